@@ -1,0 +1,1 @@
+"""Strata operator: kopf handlers for TrainingJob, InferenceService and ResourcePool."""

@@ -1,0 +1,1 @@
+"""Strata scheduler extender: cost-aware placement and demand forecasting for kube-scheduler."""

@@ -1,0 +1,1 @@
+"""Strata workloads: hybrid-parallel training and the inference server."""
