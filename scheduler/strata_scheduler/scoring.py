@@ -1,0 +1,146 @@
+"""Cost per unit of useful work, and the 0..10 score kube-scheduler receives.
+
+For a pod ``p`` on node ``n`` at UTC hour ``h``::
+
+    price(n)      = n's strata.dev/price-per-hour annotation, else catalog[instance type][capacity type]
+                    (dollars per node-hour)
+    per_gpu(n)    = price(n) / allocatable GPUs of n
+    r(p, n)       = p's relative-throughput override for n's GPU type, else catalog[p's precision][GPU type]
+    c             = hours of work at risk per interruption: min(checkpoint interval, expected runtime), or the
+                    expected runtime when the job never checkpoints
+    slowdown(p,n) = (exp(lambda * c) - 1) / (lambda * c)      with lambda = hazard(capacity type of n) per hour;
+                    1 when lambda = 0
+    cost(p, n)    = per_gpu(n) * power(zone of n, h) / r(p, n) * slowdown(p, n)
+
+``slowdown`` is the expected wall-clock time per hour of useful work when every reclaim throws away the work
+since the last checkpoint (the renewal result for restarts from a checkpoint); to first order it is
+``1 + lambda * c / 2``, the hazard rate times the work an interruption loses on average. Multiplying by it
+adds the expected cost of interruptions to the spot price, so a long job that rarely checkpoints pays for
+its risk while a job that checkpoints often keeps nearly all of the spot discount.
+
+The score of node ``n`` among the nodes ``N`` of one request::
+
+    score(n) = clamp(round_half_up(8 * min over N of cost / cost(p, n)) + pack(n) + zone(n), 0, 10)
+    pack(n)  = 1 when n already runs a pod of p's job, or p would use exactly the GPUs n has left
+    zone(n)  = 1 when p's job already has pods bound and n is in the zone that holds most of them
+
+The cheapest node gets 8, a node twice as expensive 4; packing a gang and keeping pipeline neighbours in one
+zone break near-ties. A node whose cost is unknown (not in the cache, no GPU type, no price, no throughput for
+its GPU type, no allocatable GPUs) scores 0: never preferred, never an error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from strata_scheduler.catalog import Catalog
+from strata_scheduler.model import NodeView, PodView
+
+MAX_SCORE = 10
+"""kube-scheduler's extender MaxExtenderPriority."""
+COST_POINTS = 8
+MAX_EXPONENT = 60.0
+"""Caps lambda * c so exp() cannot overflow; the slowdown is astronomically large well before that."""
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What scoring assumes when a pod does not say."""
+
+    expected_runtime_s: float = 4 * 3600.0
+    """Runtime assumed for a job without ``strata.dev/expected-runtime-seconds`` (seconds)."""
+
+
+def interruption_slowdown(hazard_per_hour: float, checkpoint_s: float | None, runtime_s: float | None) -> float:
+    """Expected wall-clock hours per hour of useful work under reclaims; see the module docstring."""
+    runtime = _positive(runtime_s)
+    checkpoint = _positive(checkpoint_s)
+    if hazard_per_hour <= 0 or runtime is None:
+        return 1.0
+    at_risk_h = min(checkpoint, runtime) / 3600.0 if checkpoint is not None else runtime / 3600.0
+    exponent = min(hazard_per_hour * at_risk_h, MAX_EXPONENT)
+    if exponent <= 0:
+        return 1.0
+    return math.expm1(exponent) / exponent
+
+
+def node_price(catalog: Catalog, node: NodeView) -> float | None:
+    if node.price_override is not None:
+        return node.price_override
+    return catalog.price(node.instance_type, node.capacity_type)
+
+
+def cost_per_unit_work(
+    catalog: Catalog, pod: PodView, node: NodeView, hour_utc: int, defaults: Defaults = Defaults()
+) -> float | None:
+    """Dollars per GPU-hour of reference (H100) work; None when anything the formula needs is missing."""
+    price = node_price(catalog, node)
+    resource = node.gpu_resource
+    if price is None or node.gpu_type is None or resource is None:
+        return None
+    throughput = catalog.relative_throughput(node.gpu_type, pod.contract.precision, pod.contract.throughput_override)
+    if throughput is None or throughput <= 0:
+        return None
+    runtime = pod.contract.expected_runtime_s
+    if _positive(runtime) is None:
+        runtime = defaults.expected_runtime_s
+    slowdown = interruption_slowdown(catalog.hazard(node.capacity_type), pod.contract.checkpoint_interval_s, runtime)
+    per_gpu = price / node.allocatable_gpus[resource]
+    return per_gpu * catalog.power_multiplier(node.zone, hour_utc) / throughput * slowdown
+
+
+@dataclass(frozen=True)
+class JobPlacement:
+    """Where the pod's job already runs: bound pods per node, and the zone of each node."""
+
+    pods_per_node: Mapping[str, int]
+    zone_of: Mapping[str, str | None]
+
+    @property
+    def main_zone(self) -> str | None:
+        zones: Counter[str] = Counter()
+        for node, count in self.pods_per_node.items():
+            zone = self.zone_of.get(node)
+            if zone:
+                zones[zone] += count
+        # Ties go to the alphabetically first zone so the answer never depends on dict order.
+        return min(zones, key=lambda z: (-zones[z], z)) if zones else None
+
+
+def score_nodes(
+    catalog: Catalog,
+    pod: PodView,
+    candidates: Iterable[tuple[str, NodeView | None, int]],
+    placement: JobPlacement,
+    hour_utc: int,
+    defaults: Defaults = Defaults(),
+) -> list[tuple[str, int]]:
+    """Score each ``(name, node or None if unknown, free GPUs)`` for ``pod``; order follows ``candidates``."""
+    rows = list(candidates)
+    costs = {
+        name: (cost_per_unit_work(catalog, pod, node, hour_utc, defaults) if node is not None and pod.gpus else None)
+        for name, node, _ in rows
+    }
+    known = [cost for cost in costs.values() if cost is not None]
+    cheapest = min(known, default=None)
+    main_zone = placement.main_zone
+    result = []
+    for name, node, free in rows:
+        cost = costs[name]
+        if cost is None or cheapest is None or node is None:
+            result.append((name, 0))
+            continue
+        points = math.floor(COST_POINTS * cheapest / cost + 0.5)
+        if placement.pods_per_node.get(name, 0) > 0 or free == pod.gpus:
+            points += 1
+        if main_zone is not None and node.zone == main_zone:
+            points += 1
+        result.append((name, max(0, min(MAX_SCORE, points))))
+    return result
+
+
+def _positive(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) and value > 0 else None

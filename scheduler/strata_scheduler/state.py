@@ -1,0 +1,213 @@
+"""The extender's picture of the cluster: nodes, pods, pools and jobs, with the aggregates the filter needs.
+
+Watches feed this object (see :mod:`strata_scheduler.watchers`); requests read it. It does no I/O, so unit
+tests build it directly. Aggregates (GPUs in use per node, where each tensor-parallel group and each job sits)
+are kept up to date on every event, so a filter call costs time proportional to the nodes it is asked about,
+never to the size of the cluster. One lock guards everything: updates are short and requests only read.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from strata_scheduler.model import NodeView, PodView, node_view, pod_view
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """What the extender reads of a ResourcePool: the capacity and GPU types it allows (empty = any)."""
+
+    name: str
+    capacity_types: frozenset[str]
+    gpu_types: frozenset[str]
+
+
+def pool_view(obj: Mapping[str, Any]) -> PoolView:
+    metadata = _mapping(obj.get("metadata"))
+    spec = _mapping(obj.get("spec"))
+    return PoolView(
+        name=str(metadata.get("name", "")),
+        capacity_types=_strings(spec.get("capacityTypes")),
+        gpu_types=_strings(spec.get("gpuTypes")),
+    )
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _strings(value: Any) -> frozenset[str]:
+    return frozenset(str(v) for v in value) if isinstance(value, list) else frozenset()
+
+
+@dataclass(frozen=True)
+class ReservedCapacity:
+    """Reserved GPUs of one type: all of them, those in use, and those in use by high-priority pods."""
+
+    total: int
+    used: int
+    used_high: int
+
+
+class ClusterState:
+    def __init__(self, high_priority: int = 100) -> None:
+        self.lock = threading.RLock()
+        self.high_priority = high_priority
+        self.nodes: dict[str, NodeView] = {}
+        self.pods: dict[str, PodView] = {}
+        self.pools: dict[str, PoolView] = {}
+        self.jobs: dict[tuple[str, str], Mapping[str, Any]] = {}
+        self.used_gpus: dict[str, Counter[str]] = defaultdict(Counter)
+        """node -> GPU resource -> GPUs held by pods bound there."""
+        self.tp_groups: dict[tuple[str, str, str], Counter[str]] = defaultdict(Counter)
+        """(namespace, job, tp group) -> node -> bound pods of the group there."""
+        self.job_nodes: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+        """(namespace, job) -> node -> bound pods of the job there."""
+        self.generation = 0
+        """Bumped on every change; memoised aggregates are valid for one generation."""
+        self._reserved_memo: tuple[int, dict[str, ReservedCapacity]] = (-1, {})
+        self.synced: set[str] = set()
+        """Kinds whose initial list has been loaded; ready once nodes and pods are in."""
+
+    @contextmanager
+    def reading(self) -> Iterator[ClusterState]:
+        with self.lock:
+            yield self
+
+    @property
+    def ready(self) -> bool:
+        return {"nodes", "pods"} <= self.synced
+
+    # --- updates from watches ---
+    def upsert_node(self, obj: Mapping[str, Any]) -> None:
+        view = node_view(obj)
+        with self.lock:
+            self.generation += 1
+            self.nodes[view.name] = view
+
+    def delete_node(self, name: str) -> None:
+        with self.lock:
+            self.generation += 1
+            self.nodes.pop(name, None)
+
+    def upsert_pod(self, obj: Mapping[str, Any]) -> None:
+        view = pod_view(obj)
+        with self.lock:
+            self.generation += 1
+            self._remove_pod(view.uid)
+            self.pods[view.uid] = view
+            if view.holds_resources:
+                self._account(view, +1)
+
+    def delete_pod(self, uid: str) -> None:
+        with self.lock:
+            self.generation += 1
+            self._remove_pod(uid)
+
+    def replace_pods(self, objs: list[Mapping[str, Any]]) -> None:
+        """Load a full list (the start of a watch, or a re-list after the watch expired)."""
+        views = [pod_view(obj) for obj in objs]
+        with self.lock:
+            self.generation += 1
+            self.pods.clear()
+            self.used_gpus.clear()
+            self.tp_groups.clear()
+            self.job_nodes.clear()
+            for view in views:
+                self.pods[view.uid] = view
+                if view.holds_resources:
+                    self._account(view, +1)
+
+    def replace_nodes(self, objs: list[Mapping[str, Any]]) -> None:
+        views = [node_view(obj) for obj in objs]
+        with self.lock:
+            self.generation += 1
+            self.nodes = {view.name: view for view in views}
+
+    def upsert_pool(self, obj: Mapping[str, Any]) -> None:
+        view = pool_view(obj)
+        with self.lock:
+            self.generation += 1
+            self.pools[view.name] = view
+
+    def delete_pool(self, name: str) -> None:
+        with self.lock:
+            self.generation += 1
+            self.pools.pop(name, None)
+
+    def upsert_job(self, obj: Mapping[str, Any]) -> None:
+        metadata = obj.get("metadata")
+        if isinstance(metadata, Mapping):
+            with self.lock:
+                self.generation += 1
+                self.jobs[(str(metadata.get("namespace", "")), str(metadata.get("name", "")))] = obj
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        with self.lock:
+            self.generation += 1
+            self.jobs.pop((namespace, name), None)
+
+    def _remove_pod(self, uid: str) -> None:
+        old = self.pods.pop(uid, None)
+        if old is not None and old.holds_resources:
+            self._account(old, -1)
+
+    def _account(self, pod: PodView, sign: int) -> None:
+        assert pod.node_name is not None
+        used = self.used_gpus[pod.node_name]
+        for resource, count in pod.gpu_requests.items():
+            used[resource] += sign * count
+        for index, key in ((self.tp_groups, pod.tp_group_key), (self.job_nodes, pod.job_key)):
+            if key is not None:
+                counter = index[key]  # type: ignore[index]
+                counter[pod.node_name] += sign
+                if counter[pod.node_name] <= 0:
+                    del counter[pod.node_name]
+                if not counter:
+                    del index[key]  # type: ignore[arg-type]
+        if not +used:
+            del self.used_gpus[pod.node_name]
+
+    # --- reads for the filter and the demand recorder ---
+    def free_gpus(self, node: NodeView) -> int:
+        resource = node.gpu_resource
+        if resource is None:
+            return 0
+        return node.allocatable_gpus[resource] - self.used_gpus.get(node.name, Counter())[resource]
+
+    def reserved_capacity(self) -> dict[str, ReservedCapacity]:
+        """Reserved GPUs by GPU type, recomputed at most once per change of the cluster."""
+        generation, memo = self._reserved_memo
+        if generation != self.generation:
+            memo = self._compute_reserved()
+            self._reserved_memo = (self.generation, memo)
+        return memo
+
+    def _compute_reserved(self) -> dict[str, ReservedCapacity]:
+        totals: Counter[str] = Counter()
+        used: Counter[str] = Counter()
+        for node in self.nodes.values():
+            if node.capacity_type == "reserved" and node.gpu_type and node.gpu_resource:
+                totals[node.gpu_type] += node.allocatable_gpus[node.gpu_resource]
+                used[node.gpu_type] += self.used_gpus.get(node.name, Counter())[node.gpu_resource]
+        used_high: Counter[str] = Counter()
+        for pod in self.pods.values():
+            bound = self.nodes.get(pod.node_name or "")
+            if (
+                pod.holds_resources
+                and bound is not None
+                and bound.capacity_type == "reserved"
+                and bound.gpu_type
+                and pod.contract.priority >= self.high_priority
+            ):
+                used_high[bound.gpu_type] += pod.gpus
+        return {gpu: ReservedCapacity(totals[gpu], used[gpu], used_high[gpu]) for gpu in totals}
+
+    def size(self) -> dict[str, int]:
+        with self.lock:
+            return {"nodes": len(self.nodes), "pods": len(self.pods), "pools": len(self.pools), "jobs": len(self.jobs)}

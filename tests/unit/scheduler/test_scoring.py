@@ -1,0 +1,145 @@
+"""Exact score tables for the cost formula in :mod:`strata_scheduler.scoring`.
+
+Test catalog, per GPU-hour (node price / 8): H100 on-demand 10, reserved 6, spot 4; MI300X on-demand 8,
+reserved 5, spot 3. MI300X does 0.9 of an H100's bf16 work. Spot nodes are reclaimed 0.1 times per hour.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from scheduler_builders import a_node, a_pod
+
+from strata_scheduler.catalog import parse_catalog
+from strata_scheduler.model import node_view, pod_view
+from strata_scheduler.scoring import JobPlacement, cost_per_unit_work, interruption_slowdown, score_nodes
+
+pytestmark = pytest.mark.unit
+
+CATALOG = parse_catalog(
+    {
+        "prices": {
+            "p5.48xlarge": {"on-demand": 80, "reserved": 48, "spot": 32},
+            "Standard_ND96isr_MI300X_v5": {"on-demand": 64, "reserved": 40, "spot": 24},
+        },
+        "throughput": {"bf16": {"H100": 1.0, "MI300X": 0.9}},
+        "power": {"zones": {"zone-peak": [2.0] * 24}},
+        "interruption": {"hazardPerHour": {"spot": 0.1}},
+    }
+)
+FLEET = {
+    "h100-od": a_node("h100-od").h100().on_demand(),
+    "h100-res": a_node("h100-res").h100().reserved(),
+    "h100-spot": a_node("h100-spot").h100().spot(),
+    "mi-od": a_node("mi-od").mi300x().on_demand(),
+    "mi-res": a_node("mi-res").mi300x().reserved(),
+    "mi-spot": a_node("mi-spot").mi300x().spot(),
+}
+NOBODY = JobPlacement(pods_per_node={}, zone_of={})
+
+
+def score(pod_builder, nodes, placement=NOBODY, free=8, hour=3):  # type: ignore[no-untyped-def]
+    pod = pod_view(pod_builder.build())
+    rows = [(name, node_view(b.build()) if b is not None else None, free) for name, b in nodes.items()]
+    return dict(score_nodes(CATALOG, pod, rows, placement, hour))
+
+
+def test_checkpointing_job_prefers_spot_and_the_cheaper_unit_of_work() -> None:
+    pod = a_pod().gpus(4).checkpoint_every(1800).runtime(36000)
+    # cheapest is MI300X spot: 3 / 0.9 * slowdown(0.05); the H100 spot node costs 0.9 * 4/3 = 1.2x that.
+    assert score(pod, FLEET) == {"h100-od": 3, "h100-res": 5, "h100-spot": 7, "mi-od": 3, "mi-res": 5, "mi-spot": 8}
+
+
+def test_long_job_that_never_checkpoints_avoids_spot() -> None:
+    pod = a_pod().gpus(4).runtime(48 * 3600)
+    # 48 h at risk: slowdown = expm1(4.8) / 4.8 = 25.1, so spot costs 25x its price.
+    assert score(pod, FLEET) == {"h100-od": 4, "h100-res": 7, "h100-spot": 0, "mi-od": 5, "mi-res": 8, "mi-spot": 1}
+
+
+def test_job_throughput_override_makes_mi300x_lose() -> None:
+    pod = a_pod().gpus(4).checkpoint_every(1800).runtime(36000).throughput("MI300X=0.5")
+    nodes = {k: v for k, v in FLEET.items() if k.endswith("res")}
+    # H100 reserved 6 vs MI300X reserved 5 / 0.5 = 10.
+    assert score(pod, nodes) == {"h100-res": 8, "mi-res": 5}
+
+
+def test_unknown_nodes_missing_labels_missing_price_and_zero_capacity_score_zero() -> None:
+    nodes = {
+        "h100-res": FLEET["h100-res"],
+        "not-in-cache": None,
+        "cpu": a_node("cpu").instance("m7i.8xlarge").on_demand(),
+        "unpriced": a_node("unpriced").h100().reserved().instance("p4d.24xlarge"),
+        "no-capacity-label": a_node("no-capacity-label").h100(),
+        "no-gpus": a_node("no-gpus").h100(count=0).reserved(),
+    }
+    assert score(a_pod().gpus(4), nodes) == {
+        "h100-res": 8,
+        "not-in-cache": 0,
+        "cpu": 0,
+        "unpriced": 0,
+        "no-capacity-label": 0,
+        "no-gpus": 0,
+    }
+
+
+def test_price_annotation_overrides_the_catalog_and_bad_annotations_are_ignored() -> None:
+    nodes = {
+        "h100-res": FLEET["h100-res"],
+        "discounted": a_node("discounted").h100().on_demand().price("24"),
+        "garbage": a_node("garbage").h100().on_demand().price("free"),
+        "negative": a_node("negative").h100().on_demand().price("-5"),
+    }
+    # 24/8 = 3 per GPU-hour beats reserved 6; garbage and negative fall back to on-demand 10.
+    assert score(a_pod().gpus(4), nodes) == {"h100-res": 4, "discounted": 8, "garbage": 2, "negative": 2}
+
+
+def test_power_multiplier_of_the_zone_at_that_hour() -> None:
+    nodes = {"cheap-zone": a_node("a").h100().reserved(), "peak-zone": a_node("b").h100().reserved().zone("zone-peak")}
+    assert score(a_pod().gpus(4), nodes) == {"cheap-zone": 8, "peak-zone": 4}
+
+
+def test_packing_and_zone_bonuses_break_ties() -> None:
+    nodes = {"same-node": FLEET["h100-res"], "same-zone": a_node("z").h100().reserved(), "far": FLEET["h100-res"]}
+    nodes["far"] = a_node("far").h100().reserved().zone("zone-b")
+    placement = JobPlacement(pods_per_node={"same-node": 2}, zone_of={"same-node": "zone-a"})
+    assert score(a_pod().gpus(4).of_job("llm"), nodes, placement) == {"same-node": 10, "same-zone": 9, "far": 8}
+
+
+def test_tight_fit_gets_the_packing_point() -> None:
+    assert score(a_pod().gpus(8), {"h100-res": FLEET["h100-res"]}, free=8) == {"h100-res": 9}
+    assert score(a_pod().gpus(4), {"h100-res": FLEET["h100-res"]}, free=8) == {"h100-res": 8}
+
+
+def test_pod_without_gpus_scores_zero_everywhere() -> None:
+    assert score(a_pod(), FLEET) == dict.fromkeys(FLEET, 0)
+
+
+@pytest.mark.parametrize(
+    ("hazard", "checkpoint_s", "runtime_s", "expected"),
+    [
+        (0.0, None, 48 * 3600, 1.0),
+        (0.05, None, None, 1.0),
+        (0.05, None, 48 * 3600, math.expm1(2.4) / 2.4),
+        (0.05, 1800, 48 * 3600, math.expm1(0.025) / 0.025),
+        (0.05, 10 * 86400, 3600, math.expm1(0.05) / 0.05),
+        (0.05, float("nan"), 3600, math.expm1(0.05) / 0.05),
+        (0.05, -1, 3600, math.expm1(0.05) / 0.05),
+    ],
+)
+def test_interruption_slowdown(
+    hazard: float, checkpoint_s: float | None, runtime_s: float | None, expected: float
+) -> None:
+    assert interruption_slowdown(hazard, checkpoint_s, runtime_s) == pytest.approx(expected, rel=1e-12)
+
+
+def test_interruption_slowdown_never_overflows() -> None:
+    slowdown = interruption_slowdown(1e9, None, 1e12)
+    assert math.isfinite(slowdown)
+    assert slowdown > 1e20
+
+
+def test_cost_is_dollars_per_reference_gpu_hour() -> None:
+    pod = pod_view(a_pod().gpus(8).build())
+    node = node_view(FLEET["mi-res"].build())
+    assert cost_per_unit_work(CATALOG, pod, node, hour_utc=0) == pytest.approx(5 / 0.9)
