@@ -71,9 +71,7 @@ BINARIES: tuple[Binary, ...] = (
         ETCD_VERSION,
         [f"-X go.etcd.io/etcd/api/v3/version.GitSHA={ETCD_VERSION}"],
     ),
-    Binary(
-        "kube-apiserver", "kubernetes", "k8s.io/kubernetes/cmd/kube-apiserver", KUBERNETES_VERSION, _kube_ldflags()
-    ),
+    Binary("kube-apiserver", "kubernetes", "k8s.io/kubernetes/cmd/kube-apiserver", KUBERNETES_VERSION, _kube_ldflags()),
     Binary(
         "kube-controller-manager",
         "kubernetes",
@@ -81,9 +79,7 @@ BINARIES: tuple[Binary, ...] = (
         KUBERNETES_VERSION,
         _kube_ldflags(),
     ),
-    Binary(
-        "kube-scheduler", "kubernetes", "k8s.io/kubernetes/cmd/kube-scheduler", KUBERNETES_VERSION, _kube_ldflags()
-    ),
+    Binary("kube-scheduler", "kubernetes", "k8s.io/kubernetes/cmd/kube-scheduler", KUBERNETES_VERSION, _kube_ldflags()),
     Binary(
         "kubectl",
         "kubernetes",
@@ -104,7 +100,10 @@ BINARIES: tuple[Binary, ...] = (
         "helm",
         "helm.sh/helm/v3/cmd/helm",
         HELM_VERSION,
-        [f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}", "-X helm.sh/helm/v3/internal/version.gitTreeState=clean"],
+        [
+            f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
+            "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
+        ],
         ("version", "--short"),
     ),
 )
@@ -133,7 +132,8 @@ def cache_key(go_version: str) -> str:
             digest.update(path.relative_to(GOMOD).as_posix().encode())
             digest.update(path.read_bytes())
     digest.update(json.dumps([(b.name, b.package, b.version, b.ldflags) for b in BINARIES]).encode())
-    return f"k8s-{KUBERNETES_VERSION}_etcd-{ETCD_VERSION}_kwok-{KWOK_VERSION}_helm-{HELM_VERSION}_{go_version}_{digest.hexdigest()[:12]}"
+    versions = f"k8s-{KUBERNETES_VERSION}_etcd-{ETCD_VERSION}_kwok-{KWOK_VERSION}_helm-{HELM_VERSION}"
+    return f"{versions}_{go_version}_{digest.hexdigest()[:12]}"
 
 
 def cache_root() -> Path:

@@ -1,0 +1,78 @@
+# Strata: `make demo` and `make test` are the only set-up commands a fresh machine needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.8
+PHASE := hack/phase.sh
+PYTEST := $(PY) -m pytest -p no:cacheprovider
+
+.PHONY: help venv binaries demo up down env lint format types imports check test test-fast test-unit test-cluster \
+        test-e2e bench-cluster clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip install --python $(PY) -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed ## Create the virtualenv and install Strata with pinned dependencies
+
+binaries: ## Build (or find cached) etcd, kube-*, kubectl, kwok, helm from pinned Go modules
+	@PYTHONPATH=hack $(PYTHON) -m strata_dev.binaries ensure
+
+demo: venv binaries ## Start the local cluster with the default GPU fleet and show it
+	$(PY) -m strata_dev demo
+
+up: venv binaries ## Keep a dev cluster running in the background (NODES=n scales the fleet)
+	$(PY) -m strata_dev up --nodes $(or $(NODES),0)
+
+down: ## Stop the dev cluster
+	@$(PY) -m strata_dev down
+
+env: ## Print the export line that points kubectl at the dev cluster
+	@$(PY) -m strata_dev env
+
+lint: venv ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv ## Format the code with ruff
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+types: venv ## mypy, strict on every package
+	$(VENV)/bin/mypy
+
+imports: venv ## import-linter: the layering between operator, scheduler and workloads
+	$(VENV)/bin/lint-imports
+
+check: lint types imports ## All static checks
+
+test-unit: venv ## Unit tests (no cluster)
+	$(PYTEST) tests -m "not cluster and not e2e and not bench"
+
+test-cluster: venv binaries ## Cluster and end-to-end tests on the local control plane (or KUBECONFIG, see README)
+	$(PYTEST) tests -m "(cluster or e2e) and not bench"
+
+test-fast: venv ## Unit tests without the slow matrices
+	$(PYTEST) tests -m "not cluster and not e2e and not slow and not bench"
+
+test: ## Everything: install, binaries, lint, types, import layering, every test tier
+	@$(PHASE) venv $(MAKE) --no-print-directory venv
+	@$(PHASE) binaries $(MAKE) --no-print-directory binaries
+	@$(PHASE) lint $(MAKE) --no-print-directory lint
+	@$(PHASE) types $(MAKE) --no-print-directory types
+	@$(PHASE) imports $(MAKE) --no-print-directory imports
+	@$(PHASE) unit-tests $(MAKE) --no-print-directory test-unit
+	@$(PHASE) cluster-tests $(MAKE) --no-print-directory test-cluster
+
+bench-cluster: venv binaries ## Measure cold build, cache size, warm start, control-plane memory, 1,000-node fleet
+	$(PY) bench/cluster/bench_cluster.py
+
+clean: ## Remove the virtualenv and caches in the repo (the binary cache in ~/.cache/strata stays)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,174 @@
+"""``python -m strata_dev``: build the binaries, run a local cluster with the GPU fleet, show it.
+
+python -m strata_dev demo            # start, create the fleet, show it, stop
+python -m strata_dev up [--nodes N]  # keep a dev cluster running in the background
+python -m strata_dev down            # stop it
+python -m strata_dev env             # print `export KUBECONFIG=...` for the running dev cluster
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from strata_dev import binaries
+from strata_dev.cluster import ClusterError, ClusterSettings, LocalCluster
+from strata_dev.fleet import DEFAULT_FLEET, Fleet, FleetError, create_fleet, load_fleet
+from strata_dev.pki import PKIError
+
+DEV_DIR = binaries.cache_root() / "dev-cluster"
+NODE_COLUMNS = (
+    "NAME:.metadata.name,"
+    "GPU:.metadata.labels.nvidia\\.com/gpu\\.product,"
+    "AMD-GPU:.metadata.labels.amd\\.com/gpu\\.product-name,"
+    "NVIDIA:.status.allocatable.nvidia\\.com/gpu,"
+    "AMD:.status.allocatable.amd\\.com/gpu,"
+    "CAPACITY:.metadata.labels.karpenter\\.sh/capacity-type,"
+    "INSTANCE-TYPE:.metadata.labels.node\\.kubernetes\\.io/instance-type,"
+    "ZONE:.metadata.labels.topology\\.kubernetes\\.io/zone,"
+    "READY:.status.conditions[?(@.type=='Ready')].status"
+)
+
+
+def _fleet(args: argparse.Namespace) -> Fleet:
+    fleet = load_fleet(Path(args.fleet))
+    return fleet.scaled(args.nodes) if args.nodes else fleet
+
+
+def _core(cluster: LocalCluster) -> object:
+    from kubernetes import client, config
+
+    return client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig)))
+
+
+def start_with_fleet(settings: ClusterSettings, fleet: Fleet) -> LocalCluster:
+    cluster = LocalCluster(settings).start()
+    print(f"control plane up in {cluster.started_s:.1f}s", flush=True)
+    took = create_fleet(_core(cluster), fleet)
+    print(f"fleet: {fleet.size} kwok nodes Ready in {took:.1f}s", flush=True)
+    return cluster
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    cluster = start_with_fleet(ClusterSettings(), _fleet(args))
+    try:
+        print(cluster.describe())
+        print(cluster.kubectl("get", "nodes", "-o", f"custom-columns={NODE_COLUMNS}"))
+        print(cluster.kubectl("version"))
+    finally:
+        cluster.stop()
+    print("demo done: the cluster is stopped (keep one running with `make up`)")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    if (DEV_DIR / "pid").exists() and _alive(int((DEV_DIR / "pid").read_text())):
+        print(f"a dev cluster is already running; {_env_line()}")
+        return 0
+    DEV_DIR.mkdir(parents=True, exist_ok=True)
+    (DEV_DIR / "ready").unlink(missing_ok=True)
+    log = DEV_DIR / "daemon.log"
+    argv = [sys.executable, "-m", "strata_dev", "_serve", "--fleet", args.fleet, "--nodes", str(args.nodes or 0)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 600
+    while not (DEV_DIR / "ready").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            print(f"error: the dev cluster did not start; log: {log}\n{log.read_text()[-2000:]}", file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+    print(log.read_text().strip())
+    print(f"dev cluster running (pid {proc.pid}). Point kubectl at it with:\n  {_env_line()}\nStop it: make down")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The daemon behind `up`: holds the cluster until SIGTERM (`down`)."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    workdir = DEV_DIR / "state"
+    cluster = start_with_fleet(ClusterSettings(workdir=workdir, keep_workdir=True), _fleet(args))
+    (DEV_DIR / "pid").write_text(str(os.getpid()))
+    (DEV_DIR / "kubeconfig").write_bytes(cluster.kubeconfig.read_bytes())
+    (DEV_DIR / "kubectl").unlink(missing_ok=True)
+    (DEV_DIR / "kubectl").symlink_to(cluster.bin_dir / "kubectl")
+    print(cluster.describe(), flush=True)
+    (DEV_DIR / "ready").write_text("ok")
+    try:
+        while not stop.wait(1.0):
+            dead = [c.name for c in cluster.components.values() if c.process.poll() is not None]
+            if dead:
+                print(f"error: {', '.join(dead)} died; stopping the dev cluster", flush=True)
+                return 1
+    finally:
+        cluster.stop()
+        for name in ("pid", "ready", "kubeconfig"):
+            (DEV_DIR / name).unlink(missing_ok=True)
+    return 0
+
+
+def cmd_down(_: argparse.Namespace) -> int:
+    pid_file = DEV_DIR / "pid"
+    if not pid_file.exists():
+        print("no dev cluster is running")
+        return 0
+    pid = int(pid_file.read_text())
+    if _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    print("dev cluster stopped")
+    return 0
+
+
+def cmd_env(_: argparse.Namespace) -> int:
+    print(_env_line())
+    return 0
+
+
+def _env_line() -> str:
+    return f"export KUBECONFIG={DEV_DIR / 'kubeconfig'} PATH={binaries.bin_dir()}:$PATH"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m strata_dev", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func in (("demo", cmd_demo), ("up", cmd_up), ("_serve", cmd_serve)):
+        p = sub.add_parser(name)
+        p.add_argument("--fleet", default=str(DEFAULT_FLEET), help="fleet file (default: examples/fleet.yaml)")
+        p.add_argument("--nodes", type=int, default=0, help="scale the fleet's pools to this many nodes in all")
+        p.set_defaults(func=func)
+    sub.add_parser("down").set_defaults(func=cmd_down)
+    sub.add_parser("env").set_defaults(func=cmd_env)
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except (ClusterError, FleetError, PKIError, binaries.BuildError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

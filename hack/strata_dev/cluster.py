@@ -1,0 +1,489 @@
+"""A real Kubernetes control plane as local processes: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and kwok (fake GPU nodes), all built from pinned Go modules by :mod:`strata_dev.binaries`.
+
+Tests, benchmarks and ``make demo`` start clusters only through :class:`LocalCluster`::
+
+    with LocalCluster(ClusterSettings()) as cluster:
+        subprocess.run(["kubectl", "--kubeconfig", str(cluster.kubeconfig), "get", "nodes"])
+
+Every run gets a fresh working folder and free loopback ports, so two runs never collide. Components run in
+their own process groups and die with the launcher (``PR_SET_PDEATHSIG``); :meth:`LocalCluster.stop` ends
+them all, also from ``atexit`` and on SIGTERM/SIGINT, and removes the working folder.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, TracebackType
+
+from strata_dev import binaries
+from strata_dev.pki import PKI, make_pki
+
+STAGES = Path(__file__).with_name("kwok-stages.yaml")
+KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+SERVICE_CIDR = "10.96.0.0/16"
+POD_CIDR = "10.244.0.0/16"
+
+
+class ClusterError(RuntimeError):
+    """One line that says which component failed, what to do and where its log is."""
+
+
+@dataclass
+class ClusterSettings:
+    """How to start a local cluster. Every field has a default that suits tests."""
+
+    workdir: Path | None = None
+    """Where state, certificates and logs go; default: a fresh folder under the system temp dir, removed on stop."""
+    keep_workdir: bool = False
+    """Keep the folder after stop (logs for a failed CI run); the folder is still fresh at every start."""
+    scheduler_config: Path | None = None
+    """A KubeSchedulerConfiguration for kube-scheduler; clientConnection and leader election are filled in."""
+    start_timeout_s: float = 90.0
+    """Longest wait for one component to become healthy; a cold etcd on a slow disk needs a few seconds."""
+    api_qps: int = 200
+    """Client QPS for controllers, scheduler and kwok; upstream defaults (20) throttle 1,000-node fleets."""
+    die_with_parent: bool = True
+    """Kill every component if the launching process dies (SIGKILL included)."""
+    extra_apiserver_args: list[str] = field(default_factory=list)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    os.setpgrp()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Component:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self, lines: int = 5) -> str:
+        try:
+            return "\n    ".join(self.log.read_text(errors="replace").strip().splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+class LocalCluster:
+    """Start, health-check and stop the local control plane. Use as a context manager."""
+
+    def __init__(self, settings: ClusterSettings | None = None, bin_dir: Path | None = None) -> None:
+        self.settings = settings or ClusterSettings()
+        self.bin_dir = bin_dir or binaries.ensure(quiet=True)
+        self.components: dict[str, Component] = {}
+        self.ports: dict[str, int] = {}
+        self._owned_workdir = self.settings.workdir is None
+        self.workdir = self.settings.workdir or Path(tempfile.mkdtemp(prefix="strata-cluster-"))
+        self.token = secrets.token_hex(16)
+        self.pki: PKI | None = None
+        self.started_s: float | None = None
+        self._stopped = True
+
+    # ----- paths -----
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.ports['apiserver']}"
+
+    def binary(self, name: str) -> str:
+        return str(self.bin_dir / name)
+
+    # ----- lifecycle -----
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def start(self) -> LocalCluster:
+        begin = time.monotonic()
+        if self.workdir.exists() and not self._owned_workdir:
+            shutil.rmtree(self.workdir)  # state from an earlier run must never leak into this one
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        self._stopped = False
+        atexit.register(self.stop)
+        self._install_signal_handlers()
+        try:
+            self.pki = make_pki(self.workdir / "pki")
+            self.ports = {n: free_port() for n in ("etcd", "etcd-peer", "apiserver", "cm", "scheduler", "kwok")}
+            self._write_access_files()
+            self._start_etcd()
+            self._start_apiserver()
+            self._start_controller_manager()
+            self.restart_scheduler(self.settings.scheduler_config)
+            self._start_kwok()
+            self._wait_for_default_namespace()
+        except BaseException:
+            self.stop()
+            raise
+        self.started_s = time.monotonic() - begin
+        return self
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        for component in reversed(list(self.components.values())):
+            _terminate(component.process)
+        self.components.clear()
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+        if not self.settings.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            previous = signal.getsignal(sig)
+
+            def handler(signum: int, frame: FrameType | None, previous: object = previous) -> None:
+                self.stop()
+                if callable(previous):
+                    previous(signum, frame)
+                else:
+                    raise SystemExit(128 + signum)
+
+            with contextlib.suppress(ValueError):  # not the main thread: atexit and PDEATHSIG still cover us
+                signal.signal(sig, handler)
+
+    # ----- components -----
+    def _spawn(self, name: str, args: list[str]) -> Component:
+        log = self.workdir / "logs" / f"{name}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                preexec_fn=_die_with_parent if self.settings.die_with_parent else os.setpgrp,
+            )
+        component = Component(name, process, log)
+        self.components[name] = component
+        return component
+
+    def _wait(self, component: Component, probe: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        while time.monotonic() < deadline:
+            code = component.process.poll()
+            if code is not None:
+                raise ClusterError(
+                    f"{component.name} exited with code {code} while starting; log: {component.log}\n    "
+                    + component.tail()
+                )
+            with contextlib.suppress(OSError, ValueError, ssl.SSLError, urllib.error.URLError):
+                if probe():
+                    return
+            time.sleep(0.1)
+        raise ClusterError(
+            f"{component.name} not {what} after {self.settings.start_timeout_s:.0f}s; log: {component.log}\n    "
+            + component.tail()
+        )
+
+    def _start_etcd(self) -> None:
+        client = f"http://127.0.0.1:{self.ports['etcd']}"
+        peer = f"http://127.0.0.1:{self.ports['etcd-peer']}"
+        etcd = self._spawn(
+            "etcd",
+            [
+                self.binary("etcd"),
+                "--name=strata",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=strata={peer}",
+                "--unsafe-no-fsync=true",  # a throw-away cluster: durability costs seconds per test
+                "--quota-backend-bytes=4294967296",
+                "--log-level=warn",
+            ],
+        )
+        self._wait(etcd, lambda: _http_ok(f"{client}/health"), "healthy")
+
+    def _start_apiserver(self) -> None:
+        assert self.pki is not None
+        port = self.ports["apiserver"]
+        args = [
+            self.binary("kube-apiserver"),
+            f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={port}",
+            f"--cert-dir={self.workdir / 'pki'}",
+            f"--tls-cert-file={self.pki.serving_cert}",
+            f"--tls-private-key-file={self.pki.serving_key}",
+            f"--client-ca-file={self.pki.ca_cert}",
+            f"--token-auth-file={self.workdir / 'tokens.csv'}",
+            "--authorization-mode=RBAC",
+            f"--service-account-key-file={self.pki.sa_pub}",
+            f"--service-account-signing-key-file={self.pki.sa_key}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--endpoint-reconciler-type=none",  # the loopback address may not be published as an endpoint
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--max-requests-inflight=2000",
+            "--max-mutating-requests-inflight=1000",
+            "--v=1",
+            *self.settings.extra_apiserver_args,
+        ]
+        apiserver = self._spawn("kube-apiserver", args)
+        self._wait(apiserver, lambda: self._api_get("/readyz") is not None, "ready")
+
+    def _start_controller_manager(self) -> None:
+        assert self.pki is not None
+        cm = self._spawn(
+            "kube-controller-manager",
+            [
+                self.binary("kube-controller-manager"),
+                *self._component_access(self.ports["cm"]),
+                "--controllers=*",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={self.pki.sa_key}",
+                f"--root-ca-file={self.pki.ca_cert}",
+                f"--cluster-signing-cert-file={self.pki.ca_cert}",
+                f"--cluster-signing-key-file={self.pki.ca_key}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--leader-elect=false",
+                f"--kube-api-qps={self.settings.api_qps}",
+                f"--kube-api-burst={self.settings.api_qps * 2}",
+                "--concurrent-gc-syncs=20",
+                "--v=1",
+            ],
+        )
+        self._wait(cm, lambda: _https_ok(f"https://127.0.0.1:{self.ports['cm']}/healthz"), "healthy")
+
+    def restart_scheduler(self, config: Path | None) -> None:
+        """(Re)start kube-scheduler from a KubeSchedulerConfiguration file (None: the default profile only)."""
+        old = self.components.pop("kube-scheduler", None)
+        if old is not None:
+            _terminate(old.process)
+        self.ports["scheduler"] = free_port()
+        path = self.workdir / "scheduler-config.yaml"
+        path.write_text(scheduler_config(config, self.kubeconfig, self.settings.api_qps))
+        scheduler = self._spawn("kube-scheduler", run_kube_scheduler_args(self, path))
+        self._wait(scheduler, lambda: _https_ok(f"https://127.0.0.1:{self.ports['scheduler']}/healthz"), "healthy")
+
+    def _start_kwok(self) -> None:
+        kwok = self._spawn("kwok", kwok_args(self.bin_dir, self.kubeconfig, self.ports["kwok"]))
+        self._wait(kwok, lambda: _http_ok(f"http://127.0.0.1:{self.ports['kwok']}/healthz"), "healthy")
+
+    def _component_access(self, port: int) -> list[str]:
+        return [
+            f"--kubeconfig={self.kubeconfig}",
+            f"--authentication-kubeconfig={self.kubeconfig}",
+            f"--authorization-kubeconfig={self.kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={port}",
+            f"--cert-dir={self.workdir / 'pki' / 'components'}",
+        ]
+
+    def _write_access_files(self) -> None:
+        assert self.pki is not None
+        (self.workdir / "tokens.csv").write_text(f'{self.token},strata-admin,strata-admin,"system:masters"\n')
+        (self.workdir / "pki" / "components").mkdir(exist_ok=True)
+        self.kubeconfig.write_text(
+            kubeconfig_yaml(f"https://127.0.0.1:{self.ports['apiserver']}", self.pki.ca_cert, self.token)
+        )
+        self.kubeconfig.chmod(0o600)
+
+    def _wait_for_default_namespace(self) -> None:
+        """Pods need the namespace's default ServiceAccount, made by the controller manager."""
+        cm = self.components["kube-controller-manager"]
+        self._wait(cm, lambda: self._api_get("/api/v1/namespaces/default/serviceaccounts/default") is not None,
+                   "creating the default ServiceAccount")  # fmt: skip
+
+    # ----- API access (stdlib only, for health checks) -----
+    def _api_get(self, path: str) -> dict[str, object] | None:
+        assert self.pki is not None
+        context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        request = urllib.request.Request(self.server + path, headers={"Authorization": f"Bearer {self.token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=5, context=context) as response:
+                body = response.read()
+        except urllib.error.HTTPError:
+            return None
+        try:
+            parsed: dict[str, object] = json.loads(body)
+            return parsed
+        except ValueError:
+            return {"text": body.decode(errors="replace")}
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> str:
+        proc = subprocess.run(
+            [self.binary("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=120,
+        )
+        if check and proc.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def describe(self) -> str:
+        lines = [f"cluster up in {self.started_s or 0:.1f}s; kubeconfig: {self.kubeconfig}"]
+        lines += [f"  {c.name:24} pid {c.process.pid:>7}  log {c.log}" for c in self.components.values()]
+        return "\n".join(lines)
+
+
+def kubeconfig_yaml(server: str, ca_cert: Path, token: str) -> str:
+    import base64
+
+    ca = base64.b64encode(ca_cert.read_bytes()).decode()
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "strata-local", "cluster": {"server": server, "certificate-authority-data": ca}}],
+            "users": [{"name": "strata-admin", "user": {"token": token}}],
+            "contexts": [{"name": "strata-local", "context": {"cluster": "strata-local", "user": "strata-admin"}}],
+            "current-context": "strata-local",
+        },
+        indent=1,
+    )
+
+
+def scheduler_config(base: Path | None, kubeconfig: Path, qps: int) -> str:
+    """A KubeSchedulerConfiguration from ``base`` (YAML or JSON) with this cluster's connection filled in.
+
+    JSON is valid YAML, so the result needs no YAML library; ``base`` is parsed with PyYAML when present.
+    """
+    config: dict[str, object] = {"apiVersion": "kubescheduler.config.k8s.io/v1", "kind": "KubeSchedulerConfiguration"}
+    if base is not None:
+        import yaml  # only needed when extending the default configuration
+
+        loaded = yaml.safe_load(base.read_text())
+        if not isinstance(loaded, dict):
+            raise ClusterError(f"{base}: not a KubeSchedulerConfiguration mapping")
+        config.update(loaded)
+    config["clientConnection"] = {"kubeconfig": str(kubeconfig), "qps": qps, "burst": qps * 2}
+    config["leaderElection"] = {"leaderElect": False}
+    return json.dumps(config, indent=1)
+
+
+def run_kube_scheduler_args(cluster: LocalCluster, config: Path) -> list[str]:
+    return [
+        cluster.binary("kube-scheduler"),
+        f"--config={config}",
+        f"--authentication-kubeconfig={cluster.kubeconfig}",
+        f"--authorization-kubeconfig={cluster.kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={cluster.ports['scheduler']}",
+        f"--cert-dir={cluster.workdir / 'pki' / 'components'}",
+        "--v=1",
+    ]
+
+
+def run_kube_scheduler(
+    bin_dir: Path, kubeconfig: Path, config: Path, log: Path, qps: int = 200
+) -> subprocess.Popen[bytes]:
+    """Run one more kube-scheduler against any cluster (local or KUBECONFIG's), e.g. for a second profile.
+
+    The caller stops it (``process.terminate()``); it dies with the calling process.
+    """
+    rendered = log.with_suffix(".config.json")
+    rendered.write_text(scheduler_config(config, kubeconfig, qps))
+    port = free_port()
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [
+                str(bin_dir / "kube-scheduler"),
+                f"--config={rendered}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--cert-dir={log.parent}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+
+
+def kwok_args(bin_dir: Path, kubeconfig: Path, server_port: int) -> list[str]:
+    """kwok with Strata's stages, managing only nodes annotated as fake (so a real cluster's nodes are safe)."""
+    key, value = KWOK_NODE_ANNOTATION
+    return [
+        str(bin_dir / "kwok"),
+        f"--kubeconfig={kubeconfig}",
+        f"--config={STAGES}",
+        "--manage-all-nodes=false",
+        f"--manage-nodes-with-annotation-selector={key}={value}",
+        "--node-lease-duration-seconds=40",
+        f"--cidr={POD_CIDR}",
+        "--node-ip=10.0.0.1",
+        f"--server-address=127.0.0.1:{server_port}",
+    ]
+
+
+def run_kwok(bin_dir: Path, kubeconfig: Path, log: Path) -> subprocess.Popen[bytes]:
+    """Run kwok against any cluster (e.g. a user's kind cluster) for the fake GPU fleet; the caller stops it."""
+    with log.open("wb") as out:
+        return subprocess.Popen(kwok_args(bin_dir, kubeconfig, free_port()), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # fmt: skip
+
+
+def _terminate(process: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return bool(response.status == 200)
+
+
+def _https_ok(url: str) -> bool:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # components serve health on self-signed certs made at start
+    with urllib.request.urlopen(url, timeout=2, context=context) as response:
+        return bool(response.status == 200)
+
+
+@contextlib.contextmanager
+def local_cluster(settings: ClusterSettings | None = None) -> Iterator[LocalCluster]:
+    with LocalCluster(settings) as cluster:
+        yield cluster

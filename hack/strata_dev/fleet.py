@@ -1,0 +1,192 @@
+"""The simulated GPU fleet: node pools from a fleet file become kwok nodes with real clusters' labels.
+
+A fleet file lists pools (GPU type, capacity type, node count, zone). Each node carries what the NVIDIA GPU
+operator, AMD's node labeller, Karpenter and the cloud provider put on real nodes: GPU product, instance
+type, capacity type, zone, 8 allocatable GPUs, CPU and memory. GPU nodes are tainted for their vendor's
+resource and spot nodes with ``karpenter.sh/capacity-type=spot:NoSchedule``, so only pods that tolerate a
+reclaim land there.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from strata_operator import api
+
+DEFAULT_FLEET = Path(__file__).resolve().parents[2] / "examples" / "fleet.yaml"
+
+
+@dataclass(frozen=True)
+class MachineType:
+    instance_type: str
+    cpu: str
+    memory: str
+    gpu: api.GPUType | None
+    product_label: tuple[str, str] | None
+    gpus: int = 8
+
+
+MACHINES: dict[str, MachineType] = {
+    "H100": MachineType(
+        "p5.48xlarge", "192", "2048Gi", api.GPUType.H100, (api.NVIDIA_PRODUCT, "NVIDIA-H100-80GB-HBM3")
+    ),
+    "MI300X": MachineType(
+        "Standard_ND96isr_MI300X_v5", "96", "1850Gi", api.GPUType.MI300X, (api.AMD_PRODUCT, "AMD_Instinct_MI300X")
+    ),
+    "none": MachineType("m7i.8xlarge", "32", "128Gi", None, None, gpus=0),
+}
+
+
+class FleetError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    gpu: str
+    capacity_type: api.CapacityType
+    nodes: int
+    zone: str
+
+    @property
+    def machine(self) -> MachineType:
+        return MACHINES[self.gpu]
+
+
+@dataclass(frozen=True)
+class Fleet:
+    pools: tuple[Pool, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(p.nodes for p in self.pools)
+
+    def gpus(self, gpu: str) -> int:
+        return sum(p.nodes * p.machine.gpus for p in self.pools if p.gpu == gpu)
+
+    def scaled(self, total_nodes: int) -> Fleet:
+        """The same pools in proportion, ``total_nodes`` in all (each pool keeps at least one node)."""
+        if total_nodes < len(self.pools):
+            raise FleetError(f"--nodes {total_nodes}: the fleet has {len(self.pools)} pools, so at least that many")
+        shares = [max(1, math.floor(total_nodes * p.nodes / self.size)) for p in self.pools]
+        shares[0] += total_nodes - sum(shares)  # rounding remainder goes to the first pool
+        return Fleet(tuple(replace(p, nodes=n) for p, n in zip(self.pools, shares, strict=True)))
+
+
+def load_fleet(path: Path = DEFAULT_FLEET) -> Fleet:
+    """Parse a fleet file; errors name the pool and the field."""
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("pools"), list) or not data["pools"]:
+        raise FleetError(f"{path}: expected a mapping with a non-empty list 'pools'")
+    pools = []
+    for i, raw in enumerate(data["pools"]):
+        where = f"{path}: pools[{i}]"
+        if not isinstance(raw, dict):
+            raise FleetError(f"{where}: expected a mapping")
+        name = str(raw.get("name") or f"pool-{i}")
+        gpu = str(raw.get("gpu", "none"))
+        if gpu not in MACHINES:
+            raise FleetError(f"{where} ({name}).gpu: {gpu!r} is not one of {', '.join(MACHINES)}")
+        try:
+            capacity = api.CapacityType(raw.get("capacityType", "on-demand"))
+        except ValueError:
+            choices = ", ".join(c.value for c in api.CapacityType)
+            bad = raw.get("capacityType")
+            raise FleetError(f"{where} ({name}).capacityType: {bad!r} is not one of {choices}") from None
+        nodes = raw.get("nodes", 1)
+        if not isinstance(nodes, int) or nodes < 0:
+            raise FleetError(f"{where} ({name}).nodes: expected a non-negative integer, got {nodes!r}")
+        pools.append(Pool(name, gpu, capacity, nodes, str(raw.get("zone", "zone-a"))))
+    names = [p.name for p in pools]
+    if len(set(names)) != len(names):
+        raise FleetError(f"{path}: pool names must be unique, got {names}")
+    return Fleet(tuple(pools))
+
+
+def node_manifest(pool: Pool, index: int) -> dict[str, Any]:
+    machine = pool.machine
+    name = f"{pool.name}-{index:04d}"
+    labels = {
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "type": "kwok",
+        api.NODE_INSTANCE_TYPE: machine.instance_type,
+        api.NODE_ZONE: pool.zone,
+        "topology.kubernetes.io/region": pool.zone[:-1],
+        api.NODE_CAPACITY_TYPE: pool.capacity_type.value,
+        "strata.dev/fleet-pool": pool.name,
+    }
+    taints = []
+    resources = {"cpu": machine.cpu, "memory": machine.memory, "pods": "110", "ephemeral-storage": "1Ti"}
+    if machine.gpu is not None and machine.product_label is not None:
+        key, product = machine.product_label
+        labels[key] = product
+        resources[machine.gpu.resource] = str(machine.gpus)
+        taints.append({"key": machine.gpu.resource, "value": "present", "effect": "NoSchedule"})
+    if pool.capacity_type is api.CapacityType.SPOT:
+        taints.append({"key": api.TAINT_SPOT, "value": "spot", "effect": "NoSchedule"})
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": labels,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+        },
+        "spec": {"taints": taints},
+        "status": {"allocatable": resources, "capacity": resources},
+    }
+
+
+def node_manifests(fleet: Fleet) -> list[dict[str, Any]]:
+    return [node_manifest(pool, i) for pool in fleet.pools for i in range(pool.nodes)]
+
+
+def create_fleet(core: Any, fleet: Fleet, wait_ready_s: float = 180.0, workers: int = 16) -> float:
+    """Create every node through ``core`` (a kubernetes CoreV1Api) and wait until kwok marks them Ready.
+
+    Returns the seconds it took. Existing nodes of the same name are left as they are.
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    begin = time.monotonic()
+    manifests = node_manifests(fleet)
+
+    def create(manifest: dict[str, Any]) -> None:
+        try:
+            core.create_node(manifest)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(create, manifests))
+    wait_nodes_ready(core, {m["metadata"]["name"] for m in manifests}, wait_ready_s)
+    return time.monotonic() - begin
+
+
+def wait_nodes_ready(core: Any, names: Iterable[str], timeout_s: float) -> None:
+    wanted = set(names)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ready = {n.metadata.name for n in core.list_node().items if _is_ready(n)}
+        missing = wanted - ready
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise FleetError(f"{len(missing)} nodes not Ready after {timeout_s:.0f}s (e.g. {sorted(missing)[:3]})")
+        time.sleep(0.25)
+
+
+def _is_ready(node: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or []))
