@@ -9,8 +9,11 @@ without pulling in the operator (import-linter enforces that).
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 GROUP = "strata.dev"
 VERSION = "v1alpha1"
@@ -39,6 +42,8 @@ LABEL_POOL = f"{GROUP}/pool"
 LABEL_PRIORITY = f"{GROUP}/priority"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "strata-operator"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+"""How many times the gang was (re)started; pods of an older attempt are never mistaken for the current gang."""
 
 # --- annotations on pods (read by the extender) ---
 ANN_GANG_SIZE = f"{GROUP}/gang-size"
@@ -54,6 +59,13 @@ ANN_PRECISION = f"{GROUP}/precision"
 ANN_THROUGHPUT = f"{GROUP}/relative-throughput"
 """Per-job override of the throughput catalog: ``H100=1.0,MI300X=1.3``."""
 ANN_DEFERRABLE = f"{GROUP}/deferrable"
+ANN_PROGRESS = f"{GROUP}/progress"
+"""Progress a worker reports about itself, as JSON:
+``{"step": 120, "checkpointStep": 100, "checkpointTime": "2026-01-01T00:00:00Z"}``.
+
+Written on the worker pod (by the workload, or by whatever watches its logs); the operator copies the highest
+values into the TrainingJob's status and counts the steps past the last checkpoint as lost when the gang restarts.
+"""
 
 # --- annotations on nodes ---
 ANN_NODE_PRICE = f"{GROUP}/price-per-hour"
@@ -175,3 +187,320 @@ def _float(value: str | None) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
+
+
+# --- typed views of the CRDs (crds/*.yaml is the source of truth; defaults come from the API server) ---
+
+
+class Phase(enum.StrEnum):
+    QUEUED = "Queued"
+    ADMITTED = "Admitted"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+    @property
+    def holds_gpus(self) -> bool:
+        """Admitted and Running jobs hold their gang's GPUs (and their pool's quota)."""
+        return self in (Phase.ADMITTED, Phase.RUNNING)
+
+    @property
+    def finished(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
+
+
+ANY_GPU = "Any"
+"""``spec.resources.gpuType`` value meaning: let admission pick one type for the whole gang."""
+
+
+def parse_time(value: object) -> datetime | None:
+    """An RFC 3339 timestamp as the API server writes it; None when absent or malformed."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def format_time(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Workload:
+    image: str
+    preset: str
+    image_pull_policy: str
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    data: int
+    tensor: int
+    pipeline: int
+    expert: int
+    micro_batches: int
+    pipeline_schedule: str
+
+
+@dataclass(frozen=True)
+class Training:
+    global_batch_size: int
+    micro_batch_size: int
+    steps: int
+    precision: str
+    activation_checkpointing: str
+    gradient_clipping: float
+    learning_rate: float
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    interval_seconds: int
+    interval_steps: int | None
+    keep: int
+    path: str
+    persistent_volume_claim: str | None
+
+
+@dataclass(frozen=True)
+class Resources:
+    gpus: int
+    gpus_per_worker: int
+    gpu_type: str
+    capacity_types: tuple[str, ...]
+    capacity_preference: str
+    cpu_per_worker: str | None
+    memory_per_worker: str | None
+
+
+@dataclass(frozen=True)
+class TrainingJobSpec:
+    workload: Workload
+    parallelism: Parallelism
+    training: Training
+    checkpoint: Checkpointing
+    resources: Resources
+    pool: str
+    max_runtime_seconds: int | None
+    backoff_limit: int
+    suspend: bool
+
+    @property
+    def workers(self) -> int:
+        return self.resources.gpus // self.resources.gpus_per_worker
+
+    @property
+    def pods_per_tp_group(self) -> int:
+        """Worker pods forming one tensor-parallel group (they must share a node); 1 when a pod holds whole groups."""
+        return max(1, self.parallelism.tensor // self.resources.gpus_per_worker)
+
+    @property
+    def gpu_types(self) -> tuple[GPUType, ...]:
+        """GPU types the job accepts, in the order admission tries them."""
+        if self.resources.gpu_type == ANY_GPU:
+            return tuple(GPUType)
+        return (GPUType(self.resources.gpu_type),)
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> TrainingJobSpec:
+        """Read a spec the API server has defaulted and validated; a missing required field raises KeyError."""
+        w, p, t, c, r = (spec[k] for k in ("workload", "parallelism", "training", "checkpoint", "resources"))
+        return cls(
+            workload=Workload(image=w["image"], preset=w["preset"], image_pull_policy=w["imagePullPolicy"]),
+            parallelism=Parallelism(
+                data=p["data"],
+                tensor=p["tensor"],
+                pipeline=p["pipeline"],
+                expert=p["expert"],
+                micro_batches=p["microBatches"],
+                pipeline_schedule=p["pipelineSchedule"],
+            ),
+            training=Training(
+                global_batch_size=t["globalBatchSize"],
+                micro_batch_size=t["microBatchSize"],
+                steps=t["steps"],
+                precision=t["precision"],
+                activation_checkpointing=t["activationCheckpointing"],
+                gradient_clipping=float(t["gradientClipping"]),
+                learning_rate=float(t["learningRate"]),
+            ),
+            checkpoint=Checkpointing(
+                interval_seconds=c["intervalSeconds"],
+                interval_steps=c.get("intervalSteps"),
+                keep=c["keep"],
+                path=c["path"],
+                persistent_volume_claim=c.get("persistentVolumeClaim"),
+            ),
+            resources=Resources(
+                gpus=r["gpus"],
+                gpus_per_worker=r["gpusPerWorker"],
+                gpu_type=r["gpuType"],
+                capacity_types=tuple(r["capacityTypes"]),
+                capacity_preference=r["capacityPreference"],
+                cpu_per_worker=_quantity(r.get("cpuPerWorker")),
+                memory_per_worker=_quantity(r.get("memoryPerWorker")),
+            ),
+            pool=spec["pool"],
+            max_runtime_seconds=spec.get("maxRuntimeSeconds"),
+            backoff_limit=spec["backoffLimit"],
+            suspend=bool(spec["suspend"]),
+        )
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One entry of ``status.conditions``, as ``metav1.Condition`` has it."""
+
+    type: str
+    status: str
+    reason: str
+    message: str
+    last_transition_time: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "type": self.type,
+            "status": self.status,
+            "reason": self.reason,
+            "message": self.message,
+            "lastTransitionTime": self.last_transition_time,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Condition:
+        return cls(
+            type=str(data.get("type", "")),
+            status=str(data.get("status", "Unknown")),
+            reason=str(data.get("reason", "")),
+            message=str(data.get("message", "")),
+            last_transition_time=str(data.get("lastTransitionTime", "")),
+        )
+
+
+@dataclass(frozen=True)
+class TrainingJobStatus:
+    phase: Phase | None = None
+    reason: str = ""
+    message: str = ""
+    conditions: tuple[Condition, ...] = ()
+    restarts: int = 0
+    attempt: int = 0
+    steps_lost: int = 0
+    retry_after: datetime | None = None
+    progress_step: int | None = None
+    checkpoint_step: int | None = None
+    checkpoint_time: datetime | None = None
+    submitted_at: datetime | None = None
+    admitted_at: datetime | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    gpu_type: GPUType | None = None
+    nodes: tuple[str, ...] = ()
+    gpu_seconds: float = 0.0
+    cost: float = 0.0
+    accounted_at: datetime | None = None
+    queue_position: int | None = None
+    workers_ready: int = 0
+
+    @classmethod
+    def from_dict(cls, status: Mapping[str, Any] | None) -> TrainingJobStatus:
+        s = status or {}
+        phase = s.get("phase")
+        placement = s.get("placement") or {}
+        checkpoint = s.get("lastCheckpoint") or {}
+        gpu = placement.get("gpuType")
+        return cls(
+            phase=Phase(phase) if isinstance(phase, str) and phase in set(Phase) else None,
+            reason=str(s.get("reason", "")),
+            message=str(s.get("message", "")),
+            conditions=tuple(Condition.from_dict(c) for c in s.get("conditions") or ()),
+            restarts=int(s.get("restarts") or 0),
+            attempt=int(s.get("attempt") or 0),
+            steps_lost=int(s.get("stepsLost") or 0),
+            retry_after=parse_time(s.get("retryAfter")),
+            progress_step=(s.get("progress") or {}).get("step"),
+            checkpoint_step=checkpoint.get("step"),
+            checkpoint_time=parse_time(checkpoint.get("time")),
+            submitted_at=parse_time(s.get("submittedAt")),
+            admitted_at=parse_time(s.get("admittedAt")),
+            start_time=parse_time(s.get("startTime")),
+            completion_time=parse_time(s.get("completionTime")),
+            gpu_type=GPUType(gpu) if isinstance(gpu, str) and gpu in set(GPUType) else None,
+            nodes=tuple(placement.get("nodes") or ()),
+            gpu_seconds=float(s.get("gpuSeconds") or 0.0),
+            cost=float(s.get("cost") or 0.0),
+            accounted_at=parse_time(s.get("accountedAt")),
+            queue_position=s.get("queuePosition"),
+            workers_ready=int((s.get("workers") or {}).get("ready") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    created: datetime
+    spec: TrainingJobSpec
+    status: TrainingJobStatus = field(default_factory=TrainingJobStatus)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def phase(self) -> Phase:
+        return self.status.phase or Phase.QUEUED
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> TrainingJob:
+        meta = body["metadata"]
+        created = parse_time(meta.get("creationTimestamp"))
+        if created is None:
+            raise ValueError(f"TrainingJob {meta.get('name')} has no creationTimestamp")
+        return cls(
+            namespace=meta["namespace"],
+            name=meta["name"],
+            uid=meta["uid"],
+            generation=int(meta.get("generation") or 1),
+            created=created,
+            spec=TrainingJobSpec.from_dict(body["spec"]),
+            status=TrainingJobStatus.from_dict(body.get("status")),
+        )
+
+
+@dataclass(frozen=True)
+class ResourcePool:
+    name: str
+    priority: int
+    gpu_types: frozenset[GPUType]
+    max_gpus: int
+    max_runtime_seconds: int | None
+    capacity_types: frozenset[str]
+    preemptible: bool
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> ResourcePool:
+        spec = body["spec"]
+        return cls(
+            name=body["metadata"]["name"],
+            priority=int(spec["priority"]),
+            gpu_types=frozenset(GPUType(t) for t in spec["gpuTypes"]),
+            max_gpus=int(spec["maxGPUs"]),
+            max_runtime_seconds=spec.get("maxRuntimeSeconds"),
+            capacity_types=frozenset(spec["capacityTypes"]),
+            preemptible=bool(spec["preemptible"]),
+        )
+
+
+def _quantity(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
+    return str(value)

@@ -1,0 +1,285 @@
+"""Gang admission: which queued TrainingJobs get GPUs now, and which running ones give way. Pure; no I/O.
+
+Rules, in the order a user would check them:
+
+1. Order. Queued jobs are considered by their pool's priority (high first), then submission time, then name.
+2. All or nothing. A job is admitted only if its pool's quota and the fleet's free GPUs of one usable type hold
+   the whole gang at once: every worker gets ``gpusPerWorker`` GPUs on one node, and the workers of one
+   tensor-parallel group share a node.
+3. No overtaking. When a job does not fit, the GPU types it could use are reserved for it: later jobs in the
+   order may still take other GPU types, not these, so a large gang is not starved by a stream of small ones.
+   A job that exceeds its pool's quota, or could not fit even on an empty fleet, reserves nothing.
+4. Preemption. A job that does not fit may preempt admitted jobs of lower-priority pools marked preemptible,
+   lowest priority first and, among equals, the most recently admitted first (they lost the least work); only
+   as many as make the gang fit, and only if preempting them is enough.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from strata_operator.api import GPUType, ResourcePool, TrainingJob
+from strata_operator.observed import Node
+
+
+@dataclass(frozen=True)
+class GangRequest:
+    """What a job asks of the fleet."""
+
+    key: str
+    pool: str
+    workers: int
+    gpus_per_worker: int
+    pods_per_group: int
+    gpu_types: tuple[GPUType, ...]
+    capacity_types: frozenset[str]
+    submitted: datetime
+
+    @property
+    def gpus(self) -> int:
+        return self.workers * self.gpus_per_worker
+
+    @classmethod
+    def from_job(cls, job: TrainingJob) -> GangRequest:
+        return cls(
+            key=job.key,
+            pool=job.spec.pool,
+            workers=job.spec.workers,
+            gpus_per_worker=job.spec.resources.gpus_per_worker,
+            pods_per_group=job.spec.pods_per_tp_group,
+            gpu_types=job.spec.gpu_types,
+            capacity_types=frozenset(job.spec.resources.capacity_types),
+            submitted=job.status.submitted_at or job.created,
+        )
+
+
+@dataclass(frozen=True)
+class AdmittedGang:
+    """A job that holds GPUs: bound workers on their nodes, unbound ones as a reservation."""
+
+    request: GangRequest
+    gpu_type: GPUType
+    admitted_at: datetime
+    bound: Mapping[str, int] = field(default_factory=dict)
+    """GPUs its bound, unfinished workers hold per node."""
+    unbound_workers: int = 0
+    """Workers not on a node yet; admission reserves room for them so nobody else takes it."""
+
+
+@dataclass(frozen=True)
+class Waiting:
+    position: int
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Preemption:
+    victim: str
+    by: str
+    message: str
+
+
+@dataclass
+class Decision:
+    admit: dict[str, GPUType] = field(default_factory=dict)
+    preempt: list[Preemption] = field(default_factory=list)
+    waiting: dict[str, Waiting] = field(default_factory=dict)
+
+
+class Reason:
+    POOL_NOT_FOUND = "PoolNotFound"
+    NO_USABLE_GPUS = "NoUsableGPUs"
+    EXCEEDS_QUOTA = "ExceedsPoolQuota"
+    WAITING_FOR_QUOTA = "WaitingForQuota"
+    EXCEEDS_FLEET = "ExceedsFleet"
+    WAITING_FOR_GPUS = "WaitingForGPUs"
+    WAITING_FOR_PREEMPTION = "WaitingForPreemption"
+    BEHIND_HIGHER_PRIORITY = "WaitingBehindEarlierJobs"
+
+
+def admit(
+    queue: Sequence[GangRequest],
+    admitted: Sequence[AdmittedGang],
+    pools: Mapping[str, ResourcePool],
+    fleet: Sequence[Node],
+    free: Mapping[str, int],
+) -> Decision:
+    """Decide one admission pass.
+
+    ``fleet`` is every schedulable GPU node; ``free`` its GPUs not held by any bound, unfinished pod (Strata's or
+    anyone's). Unbound workers of ``admitted`` gangs are placed first, as reservations.
+    """
+    nodes = {n.name: n for n in fleet if n.gpu_type is not None and n.schedulable}
+    room = {name: free.get(name, 0) for name in nodes}
+    reserved: dict[str, dict[str, int]] = {}
+    for gang in sorted(admitted, key=lambda g: (g.admitted_at, g.request.key)):
+        placement = _fit(gang.request, gang.gpu_type, gang.request.capacity_types, nodes, room, partial=True)
+        reserved[gang.request.key] = _consume(room, placement, gang.request, limit=gang.unbound_workers)
+    usage: dict[str, int] = {}
+    for gang in admitted:
+        usage[gang.request.pool] = usage.get(gang.request.pool, 0) + gang.request.gpus
+
+    decision = Decision()
+    blocked: set[GPUType] = set()
+    victims_left = {g.request.key: g for g in admitted}
+
+    def priority(request: GangRequest) -> int:
+        pool = pools.get(request.pool)
+        return pool.priority if pool else -(2**31)
+
+    order = sorted(queue, key=lambda r: (-priority(r), r.submitted, r.key))
+    for position, request in enumerate(order, start=1):
+        pool = pools.get(request.pool)
+
+        def wait(reason: str, message: str, key: str = request.key, position: int = position) -> None:
+            decision.waiting[key] = Waiting(position, reason, message)
+
+        if pool is None:
+            wait(Reason.POOL_NOT_FOUND, f"ResourcePool {request.pool} does not exist")
+            continue
+        types = [t for t in request.gpu_types if t in pool.gpu_types]
+        capacity = request.capacity_types & pool.capacity_types
+        if not types or not capacity:
+            wait(
+                Reason.NO_USABLE_GPUS, f"the job's GPU and capacity types and pool {pool.name}'s have nothing in common"
+            )
+            continue
+        if request.gpus > pool.max_gpus:
+            wait(Reason.EXCEEDS_QUOTA, f"needs {request.gpus} GPUs; pool {pool.name} allows {pool.max_gpus} in all")
+            continue
+        in_use = usage.get(pool.name, 0)
+        if in_use + request.gpus > pool.max_gpus:
+            wait(
+                Reason.WAITING_FOR_QUOTA,
+                f"needs {request.gpus} GPUs; pool {pool.name} has {pool.max_gpus - in_use} of {pool.max_gpus} left",
+            )
+            continue
+        possible = [t for t in types if _fit(request, t, capacity, nodes, _capacity(nodes)) is not None]
+        if not possible:
+            wait(
+                Reason.EXCEEDS_FLEET,
+                f"no {'/'.join(types)} fleet of {'/'.join(sorted(capacity))} nodes can hold "
+                f"{request.workers} workers of {request.gpus_per_worker} GPUs",
+            )
+            continue
+        candidates = [t for t in possible if t not in blocked]
+        if not candidates:
+            wait(Reason.BEHIND_HIGHER_PRIORITY, "jobs ahead in the queue wait for the same GPU types")
+            continue
+        chosen = next(((t, p) for t in candidates if (p := _fit(request, t, capacity, nodes, room)) is not None), None)
+        if chosen is not None:
+            gpu_type, placement = chosen
+            _consume(room, placement, request)
+            usage[pool.name] = in_use + request.gpus
+            decision.admit[request.key] = gpu_type
+            continue
+        blocked.update(candidates)
+        victims = _preemption(request, pool, candidates, capacity, nodes, room, victims_left, reserved, pools)
+        if victims:
+            for victim in victims:
+                del victims_left[victim.request.key]
+                decision.preempt.append(
+                    Preemption(
+                        victim=victim.request.key,
+                        by=request.key,
+                        message=f"preempted to admit {request.key} of higher-priority pool {pool.name}",
+                    )
+                )
+            names = ", ".join(v.request.key for v in victims)
+            wait(Reason.WAITING_FOR_PREEMPTION, f"waiting for preempted jobs to release their GPUs: {names}")
+        else:
+            wait(
+                Reason.WAITING_FOR_GPUS,
+                f"waiting for {request.workers} workers x {request.gpus_per_worker} "
+                f"{'/'.join(candidates)} GPUs to be free at once",
+            )
+    return decision
+
+
+def _capacity(nodes: Mapping[str, Node]) -> dict[str, int]:
+    return {name: node.allocatable_gpus for name, node in nodes.items()}
+
+
+def _fit(
+    request: GangRequest,
+    gpu_type: GPUType,
+    capacity: Iterable[str],
+    nodes: Mapping[str, Node],
+    room: Mapping[str, int],
+    partial: bool = False,
+) -> dict[str, int] | None:
+    """Tensor-parallel groups per node for the whole gang, best fit (fullest nodes first); None if it does not fit.
+
+    With ``partial`` the best placement of as many groups as fit is returned instead of None.
+    """
+    group_gpus = request.gpus_per_worker * request.pods_per_group
+    groups = request.workers // request.pods_per_group
+    allowed = set(capacity)
+    usable = sorted(
+        (n for n in nodes.values() if n.gpu_type == gpu_type and n.capacity_type in allowed),
+        key=lambda n: (room.get(n.name, 0), n.name),
+    )
+    placement: dict[str, int] = {}
+    for node in usable:
+        take = min(groups, room.get(node.name, 0) // group_gpus)
+        if take > 0:
+            placement[node.name] = take
+            groups -= take
+        if groups == 0:
+            return placement
+    return placement if partial else None
+
+
+def _consume(
+    room: dict[str, int], placement: Mapping[str, int] | None, request: GangRequest, limit: int | None = None
+) -> dict[str, int]:
+    """Take the placement's GPUs out of ``room`` (at most ``limit`` workers); returns GPUs taken per node."""
+    taken: dict[str, int] = {}
+    workers_left = request.workers if limit is None else limit
+    for name, groups in (placement or {}).items():
+        workers = min(groups * request.pods_per_group, workers_left)
+        if workers <= 0:
+            break
+        gpus = workers * request.gpus_per_worker
+        room[name] -= gpus
+        taken[name] = gpus
+        workers_left -= workers
+    return taken
+
+
+def _preemption(
+    request: GangRequest,
+    pool: ResourcePool,
+    types: Sequence[GPUType],
+    capacity: frozenset[str],
+    nodes: Mapping[str, Node],
+    room: Mapping[str, int],
+    candidates: Mapping[str, AdmittedGang],
+    reserved: Mapping[str, Mapping[str, int]],
+    pools: Mapping[str, ResourcePool],
+) -> list[AdmittedGang]:
+    """The fewest victims, in preemption order, whose GPUs make the gang fit; empty when none would."""
+
+    def preemptible(gang: AdmittedGang) -> bool:
+        victim_pool = pools.get(gang.request.pool)
+        return victim_pool is not None and victim_pool.preemptible and victim_pool.priority < pool.priority
+
+    for gpu_type in types:
+        eligible = sorted(
+            (g for g in candidates.values() if g.gpu_type == gpu_type and preemptible(g)),
+            key=lambda g: (pools[g.request.pool].priority, -g.admitted_at.timestamp(), g.request.key),
+        )
+        trial = dict(room)
+        chosen: list[AdmittedGang] = []
+        for victim in eligible:
+            for held in (victim.bound, reserved.get(victim.request.key, {})):
+                for name, gpus in held.items():
+                    if name in trial:
+                        trial[name] += gpus
+            chosen.append(victim)
+            if _fit(request, gpu_type, capacity, nodes, trial) is not None:
+                return chosen
+    return []

@@ -1,0 +1,316 @@
+"""One TrainingJob's life cycle as a pure function: from the job, its pods and the nodes, what to do next.
+
+Admission (Queued -> Admitted, and preemption) is decided in :mod:`strata_operator.admission`; everything else a
+job goes through is decided here:
+
+- Admitted: create the gang's pods (gated), then lift every gate at once; Running when every worker runs.
+- Running: Succeeded when every worker finished with exit code 0; a failed worker, a worker evicted, or a worker
+  whose node is gone (a spot reclaim) restarts the whole gang: Restarting, exponential backoff, then Queued again
+  (keeping its place), or Failed with BackoffLimitExceeded past ``backoffLimit``.
+- Deadlines: the smaller of the job's and the pool's ``maxRuntimeSeconds``, counted from the first start,
+  restarts included, fails the job with DeadlineExceeded.
+- Suspend: pods get SIGTERM (the workload checkpoints), GPUs are released; resuming requeues.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from strata_operator.api import Phase, ResourcePool, TrainingJob, format_time
+from strata_operator.observed import Node, WorkerPod
+from strata_operator.pods import expected_runtime_s, worker_name
+from strata_operator.settings import OperatorSettings
+from strata_operator.status import NORMAL, WARNING, Event, StatusDraft
+
+
+class Reason:
+    SUBMITTED = "Submitted"
+    ADMITTED = "Admitted"
+    GANG_STARTED = "AllWorkersRunning"
+    SUCCEEDED = "AllWorkersSucceeded"
+    WORKER_FAILED = "WorkerFailed"
+    NODE_LOST = "NodeLost"
+    WORKER_EVICTED = "WorkerEvicted"
+    WORKER_MISSING = "WorkerMissing"
+    BACKOFF_LIMIT = "BackoffLimitExceeded"
+    BACKOFF_ELAPSED = "BackoffElapsed"
+    DEADLINE = "DeadlineExceeded"
+    SUSPENDED = "Suspended"
+    RESUMED = "Resumed"
+    START_TIMEOUT = "StartTimeout"
+    POOL_NOT_FOUND = "PoolNotFound"
+    PREEMPTED = "Preempted"
+
+
+@dataclass
+class Plan:
+    """What the handler applies, in this order: status patch (with events), deletions, creations, gate lifts."""
+
+    status: StatusDraft
+    delete_pods: list[str] = field(default_factory=list)
+    create_workers: list[int] = field(default_factory=list)
+    lift_gates: list[str] = field(default_factory=list)
+    requeue_after_s: float | None = None
+    restarted: bool = False
+    gpu_seconds: float = 0.0
+    cost: float = 0.0
+
+
+def backoff_s(restarts: int, settings: OperatorSettings) -> float:
+    """Delay before the ``restarts``-th restart: base x 2^(restarts - 1), at most backoff_max_s."""
+    return float(min(settings.backoff_max_s, settings.backoff_base_s * 2 ** max(0, restarts - 1)))
+
+
+def deadline(job: TrainingJob, pool: ResourcePool | None) -> datetime | None:
+    """When the job runs out of wall time: first start + min(job limit, pool limit); None without a limit."""
+    limit = expected_runtime_s(job, pool) if pool else job.spec.max_runtime_seconds
+    if limit is None or job.status.start_time is None:
+        return None
+    return job.status.start_time + timedelta(seconds=limit)
+
+
+def reconcile(
+    job: TrainingJob,
+    pool: ResourcePool | None,
+    pods: Sequence[WorkerPod],
+    nodes: Mapping[str, Node],
+    now: datetime,
+    settings: OperatorSettings,
+    stored_status: Mapping[str, object] | None = None,
+) -> Plan:
+    plan = Plan(StatusDraft(stored=stored_status or {}, now=now))
+    draft = plan.status
+    phase = job.status.phase
+    current = [p for p in pods if p.attempt == job.status.attempt and not p.deleting]
+    alive = [p for p in pods if not p.deleting]
+
+    _record_progress(draft, job, current)
+    draft.set("workers", {"ready": sum(p.ready for p in current), "total": job.spec.workers})
+    draft.set("observedGeneration", job.generation)
+    if phase == Phase.RUNNING:
+        _account(plan, job, current, nodes, now, settings)
+
+    if phase is None:
+        draft.set("submittedAt", format_time(job.status.submitted_at or job.created))
+        draft.transition(Phase.QUEUED, Reason.SUBMITTED, f"waiting for admission to pool {job.spec.pool}")
+        return plan
+    if phase.finished:
+        plan.delete_pods = [p.name for p in alive if p.phase not in ("Succeeded", "Failed")]
+        return plan
+
+    end = deadline(job, pool)
+    if end is not None and now >= end and phase != Phase.SUSPENDED:
+        _finish(plan, Phase.FAILED, Reason.DEADLINE, f"ran past its wall-time limit at {format_time(end)}", alive)
+        return plan
+    if job.spec.suspend and phase != Phase.SUSPENDED:
+        _release(plan, alive)
+        draft.transition(Phase.SUSPENDED, Reason.SUSPENDED, "suspended: workers checkpoint and release their GPUs")
+        return plan
+    if phase == Phase.SUSPENDED:
+        if job.spec.suspend:
+            plan.delete_pods = [p.name for p in alive]
+        else:
+            draft.transition(Phase.QUEUED, Reason.RESUMED, f"resumed: waiting for admission to pool {job.spec.pool}")
+        return plan
+    if end is not None:
+        plan.requeue_after_s = max(0.5, (end - now).total_seconds())
+
+    if phase == Phase.QUEUED:
+        plan.delete_pods = [p.name for p in alive]
+        return plan
+    if phase == Phase.RESTARTING:
+        plan.delete_pods = [p.name for p in alive]
+        retry = job.status.retry_after or now
+        if now >= retry and not pods:
+            draft.set("retryAfter", None)
+            draft.transition(Phase.QUEUED, Reason.BACKOFF_ELAPSED, "backoff over: requeued in its old place")
+        else:
+            _sooner(plan, max(0.5, (retry - now).total_seconds()))
+        return plan
+    if pool is None:
+        _release(plan, alive)
+        draft.transition(Phase.QUEUED, Reason.POOL_NOT_FOUND, f"ResourcePool {job.spec.pool} is gone", WARNING)
+        return plan
+    _run_gang(plan, job, pods, current, nodes, now, settings)
+    return plan
+
+
+def _run_gang(
+    plan: Plan,
+    job: TrainingJob,
+    pods: Sequence[WorkerPod],
+    current: Sequence[WorkerPod],
+    nodes: Mapping[str, Node],
+    now: datetime,
+    settings: OperatorSettings,
+) -> None:
+    """Admitted or Running: start the gang, follow it, restart it on failure."""
+    draft, workers = plan.status, job.spec.workers
+    stale = [p for p in pods if p.attempt != job.status.attempt]
+    plan.delete_pods = [p.name for p in stale if not p.deleting]
+
+    failure = _failure(job, pods, current, nodes)
+    if failure is not None:
+        reason, message = failure
+        _restart(plan, job, reason, message, now, settings, [p for p in pods if not p.deleting])
+        return
+    if len(current) == workers and all(p.phase == "Succeeded" for p in current):
+        _finish(plan, Phase.SUCCEEDED, Reason.SUCCEEDED, f"all {workers} workers finished", [])
+        return
+    draft.set(
+        "placement",
+        {
+            "gpuType": job.status.gpu_type.value if job.status.gpu_type else None,
+            "capacityTypes": sorted({c for p in current if p.node and (c := _capacity(nodes, p.node))}),
+            "nodes": sorted({p.node for p in current if p.node}),
+        },
+    )
+    if job.phase == Phase.RUNNING:
+        return
+
+    have = {p.index for p in current}
+    taken = {p.name for p in pods if p.attempt != job.status.attempt or p.deleting}
+    missing = [i for i in range(workers) if i not in have]
+    plan.create_workers = [i for i in missing if worker_name(job.name, i) not in taken]
+    if missing:
+        _sooner(plan, 1.0)
+    elif any(p.gated for p in current):
+        plan.lift_gates = [p.name for p in current if p.gated]
+        draft.events.append(Event(NORMAL, "GatesLifted", f"all {workers} workers exist: gates lifted together"))
+    elif all(p.phase == "Running" for p in current):
+        if job.status.start_time is None:
+            draft.set("startTime", format_time(now))
+        draft.set("accountedAt", format_time(now))
+        draft.transition(Phase.RUNNING, Reason.GANG_STARTED, f"all {workers} workers are running")
+        return
+    admitted = job.status.admitted_at or now
+    if (now - admitted).total_seconds() > settings.start_timeout_s:
+        _release(plan, [p for p in pods if not p.deleting])
+        draft.transition(
+            Phase.QUEUED,
+            Reason.START_TIMEOUT,
+            f"workers not all running {settings.start_timeout_s:.0f}s after admission; requeued",
+            WARNING,
+        )
+
+
+def _failure(
+    job: TrainingJob, pods: Sequence[WorkerPod], current: Sequence[WorkerPod], nodes: Mapping[str, Node]
+) -> tuple[str, str] | None:
+    for p in current:
+        if p.phase == "Failed":
+            return Reason.WORKER_FAILED, f"worker {p.name} failed (exit code {p.exit_code}, {p.reason or 'no reason'})"
+        if p.node and p.node not in nodes:
+            return Reason.NODE_LOST, f"node {p.node} of worker {p.name} is gone"
+    evicted = [p for p in pods if p.attempt == job.status.attempt and p.deleting and p.phase != "Succeeded"]
+    if evicted and not any(p.gated for p in current):
+        return Reason.WORKER_EVICTED, f"worker {evicted[0].name} was deleted or evicted"
+    if job.phase == Phase.RUNNING and len(current) < job.spec.workers and not evicted:
+        indices = {p.index for p in current}
+        lost = next(i for i in range(job.spec.workers) if i not in indices)
+        return Reason.WORKER_MISSING, f"worker {worker_name(job.name, lost)} disappeared"
+    return None
+
+
+def _restart(
+    plan: Plan,
+    job: TrainingJob,
+    reason: str,
+    message: str,
+    now: datetime,
+    settings: OperatorSettings,
+    alive: Sequence[WorkerPod],
+) -> None:
+    draft = plan.status
+    restarts = job.status.restarts + 1
+    if restarts > job.spec.backoff_limit:
+        _finish(
+            plan, Phase.FAILED, Reason.BACKOFF_LIMIT, f"{message}; backoffLimit {job.spec.backoff_limit} reached", alive
+        )
+        return
+    step = draft.get("progress", {}).get("step")
+    checkpoint = draft.get("lastCheckpoint", {}).get("step") or 0
+    lost = max(0, step - checkpoint) if step is not None else 0
+    delay = backoff_s(restarts, settings)
+    _release(plan, alive)
+    draft.set("restarts", restarts)
+    draft.set("stepsLost", job.status.steps_lost + lost)
+    draft.set("retryAfter", format_time(now + timedelta(seconds=delay)))
+    draft.transition(
+        Phase.RESTARTING,
+        reason,
+        f"{message}; restart {restarts}/{job.spec.backoff_limit} from checkpoint step {checkpoint} "
+        f"in {delay:.0f}s ({lost} steps lost)",
+        WARNING,
+    )
+    plan.restarted = True
+    _sooner(plan, delay)
+
+
+def _finish(plan: Plan, phase: Phase, reason: str, message: str, alive: Sequence[WorkerPod]) -> None:
+    plan.delete_pods = sorted({*plan.delete_pods, *(p.name for p in alive if p.phase not in ("Succeeded", "Failed"))})
+    plan.status.set("completionTime", format_time(plan.status.now))
+    plan.status.set("accountedAt", None)
+    plan.status.transition(phase, reason, message, NORMAL if phase == Phase.SUCCEEDED else WARNING)
+
+
+def _release(plan: Plan, alive: Sequence[WorkerPod]) -> None:
+    """Give the gang's GPUs back: delete its pods (graceful: SIGTERM, the workload checkpoints)."""
+    plan.delete_pods = sorted({*plan.delete_pods, *(p.name for p in alive)})
+    plan.status.set("placement", None)
+    plan.status.set("accountedAt", None)
+
+
+def _record_progress(draft: StatusDraft, job: TrainingJob, current: Sequence[WorkerPod]) -> None:
+    steps = [p.progress.step for p in current if p.progress.step is not None]
+    if steps:
+        draft.set("progress", {"step": max(steps)})
+    reports = [p.progress for p in current if p.progress.checkpoint_step is not None]
+    if reports:
+        best = max(reports, key=lambda r: r.checkpoint_step or 0)
+        if job.status.checkpoint_step is None or (best.checkpoint_step or 0) > job.status.checkpoint_step:
+            checkpoint: dict[str, object] = {"step": best.checkpoint_step}
+            if best.checkpoint_time is not None:
+                checkpoint["time"] = format_time(best.checkpoint_time)
+            draft.set("lastCheckpoint", checkpoint)
+
+
+def _account(
+    plan: Plan,
+    job: TrainingJob,
+    current: Sequence[WorkerPod],
+    nodes: Mapping[str, Node],
+    now: datetime,
+    settings: OperatorSettings,
+) -> None:
+    """GPU-seconds and dollars since the last accounting, for the workers running on known nodes."""
+    since = job.status.accounted_at
+    if since is None or now <= since:
+        return
+    seconds = (now - since).total_seconds()
+    per_worker = job.spec.resources.gpus_per_worker
+    dollars_per_hour = 0.0
+    for p in current:
+        node = nodes.get(p.node or "")
+        if node is None or node.gpu_type is None:
+            continue
+        if node.price_per_hour is not None and node.allocatable_gpus:
+            dollars_per_hour += node.price_per_hour * per_worker / node.allocatable_gpus
+        else:
+            dollars_per_hour += settings.gpu_hour_price(node.gpu_type.value, node.capacity_type or "") * per_worker
+    plan.gpu_seconds = job.spec.resources.gpus * seconds
+    plan.cost = dollars_per_hour * seconds / 3600.0
+    plan.status.set("gpuSeconds", round(job.status.gpu_seconds + plan.gpu_seconds, 3))
+    plan.status.set("cost", round(job.status.cost + plan.cost, 6))
+    plan.status.set("accountedAt", format_time(now))
+
+
+def _capacity(nodes: Mapping[str, Node], name: str) -> str | None:
+    node = nodes.get(name)
+    return node.capacity_type if node else None
+
+
+def _sooner(plan: Plan, seconds: float) -> None:
+    plan.requeue_after_s = seconds if plan.requeue_after_s is None else min(plan.requeue_after_s, seconds)

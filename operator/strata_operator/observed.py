@@ -1,0 +1,133 @@
+"""Small, immutable summaries of the cluster objects the operator watches (pods, nodes), read from raw bodies.
+
+kopf's in-memory indices hold these, so one admission pass or one job reconcile reads memory, not the API.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from strata_operator import api
+from strata_operator.api import GPUType
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int | None = None
+    checkpoint_step: int | None = None
+    checkpoint_time: datetime | None = None
+
+    @classmethod
+    def parse(cls, value: str | None) -> Progress:
+        """Read ``strata.dev/progress``; malformed values report nothing rather than break the reconcile."""
+        try:
+            data = json.loads(value) if value else {}
+        except ValueError:
+            return cls()
+        if not isinstance(data, dict):
+            return cls()
+        step, ckpt = data.get("step"), data.get("checkpointStep")
+        return cls(
+            step=step if isinstance(step, int) and step >= 0 else None,
+            checkpoint_step=ckpt if isinstance(ckpt, int) and ckpt >= 0 else None,
+            checkpoint_time=api.parse_time(data.get("checkpointTime")),
+        )
+
+
+@dataclass(frozen=True)
+class WorkerPod:
+    """One worker pod as a job's reconcile needs to see it."""
+
+    name: str
+    index: int
+    attempt: int
+    phase: str
+    node: str | None
+    gated: bool
+    deleting: bool
+    ready: bool
+    exit_code: int | None
+    reason: str
+    progress: Progress
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> WorkerPod:
+        meta, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status") or {}
+        labels = meta.get("labels") or {}
+        exit_code, reason = None, status.get("reason") or ""
+        for cs in status.get("containerStatuses") or ():
+            terminated = (cs.get("state") or {}).get("terminated")
+            if terminated:
+                exit_code = terminated.get("exitCode")
+                reason = terminated.get("reason") or reason
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
+        return cls(
+            name=meta.get("name", ""),
+            index=_int(labels.get(api.LABEL_WORKER_INDEX)),
+            attempt=_int(labels.get(api.LABEL_ATTEMPT)),
+            phase=status.get("phase") or "Pending",
+            node=spec.get("nodeName"),
+            gated=any(g.get("name") == api.SCHEDULING_GATE for g in spec.get("schedulingGates") or ()),
+            deleting=meta.get("deletionTimestamp") is not None,
+            ready=ready,
+            exit_code=exit_code,
+            reason=reason,
+            progress=Progress.parse((meta.get("annotations") or {}).get(api.ANN_PROGRESS)),
+        )
+
+
+@dataclass(frozen=True)
+class Node:
+    """A node as admission and accounting see it."""
+
+    name: str
+    gpu_type: GPUType | None
+    capacity_type: str | None
+    allocatable_gpus: int
+    schedulable: bool
+    price_per_hour: float | None
+    """The node's own price annotation (dollars per node-hour), if any."""
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Node:
+        meta, spec, status = body.get("metadata", {}), body.get("spec") or {}, body.get("status") or {}
+        labels = meta.get("labels") or {}
+        gpu = api.gpu_type_of(labels)
+        allocatable = (status.get("allocatable") or {}).get(gpu.resource, "0") if gpu else "0"
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
+        capacity = api.capacity_type_of(labels)
+        try:
+            price: float | None = float((meta.get("annotations") or {})[api.ANN_NODE_PRICE])
+        except (KeyError, ValueError):
+            price = None
+        return cls(
+            name=meta.get("name", ""),
+            gpu_type=gpu,
+            capacity_type=capacity.value if capacity else None,
+            allocatable_gpus=_int(allocatable),
+            schedulable=ready and not spec.get("unschedulable", False),
+            price_per_hour=price,
+        )
+
+
+def gpu_request(body: Mapping[str, Any]) -> int:
+    """GPUs (of either vendor) a pod holds on its node; 0 once it finished (its GPUs are free again)."""
+    if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return 0
+    total = 0
+    for container in (body.get("spec") or {}).get("containers") or ():
+        resources = container.get("resources") or {}
+        requests = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+        total += sum(_int(requests.get(name)) for name in api.GPU_RESOURCES)
+    return total
+
+
+def _int(value: object) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        return 0

@@ -1,0 +1,287 @@
+"""Pure builders of what a TrainingJob runs as: worker pods and the headless Service for their rendezvous.
+
+No I/O here: the handlers apply what these return, and unit tests assert the exact manifests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from strata_operator import api
+from strata_operator.api import GPUType, ResourcePool, TrainingJob
+from strata_operator.settings import OperatorSettings
+
+CONTAINER = "trainer"
+TRAIN_COMMAND = ("python", "-m", "strata_workloads.train")
+
+
+class WorkerEnv:
+    """Names of the environment variables the workload reads (docs/workloads.md). Kept together so the
+    operator and the workload agree in one place."""
+
+    MASTER_ADDR = "MASTER_ADDR"
+    MASTER_PORT = "MASTER_PORT"
+    WORLD_SIZE = "WORLD_SIZE"
+    RANK = "RANK"
+    """Global rank of the worker's first process; local process ``i`` has rank ``RANK + i``."""
+    LOCAL_WORLD_SIZE = "LOCAL_WORLD_SIZE"
+    NODE_RANK = "NODE_RANK"
+    NNODES = "NNODES"
+    DATA = "STRATA_DP"
+    TENSOR = "STRATA_TP"
+    PIPELINE = "STRATA_PP"
+    EXPERT = "STRATA_EP"
+    MICRO_BATCHES = "STRATA_MICROBATCHES"
+    PIPELINE_SCHEDULE = "STRATA_PP_SCHEDULE"
+    PRESET = "STRATA_PRESET"
+    GLOBAL_BATCH = "STRATA_GLOBAL_BATCH_SIZE"
+    MICRO_BATCH = "STRATA_MICRO_BATCH_SIZE"
+    STEPS = "STRATA_STEPS"
+    PRECISION = "STRATA_PRECISION"
+    ACTIVATION_CHECKPOINTING = "STRATA_ACTIVATION_CHECKPOINTING"
+    GRAD_CLIP = "STRATA_GRAD_CLIP"
+    LEARNING_RATE = "STRATA_LR"
+    CHECKPOINT_DIR = "STRATA_CHECKPOINT_DIR"
+    CHECKPOINT_INTERVAL_S = "STRATA_CHECKPOINT_INTERVAL_S"
+    CHECKPOINT_INTERVAL_STEPS = "STRATA_CHECKPOINT_INTERVAL_STEPS"
+    CHECKPOINT_KEEP = "STRATA_CHECKPOINT_KEEP"
+    METRICS_PORT = "STRATA_METRICS_PORT"
+    JOB = "STRATA_JOB"
+    ATTEMPT = "STRATA_ATTEMPT"
+
+
+def worker_name(job_name: str, index: int) -> str:
+    return f"{job_name}-worker-{index}"
+
+
+def service_name(job_name: str) -> str:
+    return f"{job_name}-workers"
+
+
+def master_addr(job: TrainingJob) -> str:
+    return f"{worker_name(job.name, 0)}.{service_name(job.name)}.{job.namespace}.svc"
+
+
+def owner_reference(job: TrainingJob) -> dict[str, Any]:
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.TRAINING_JOB,
+        "name": job.name,
+        "uid": job.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def selector(job_name: str) -> dict[str, str]:
+    """Labels that select every worker pod of a job (of any attempt)."""
+    return {api.LABEL_JOB: job_name, api.LABEL_MANAGED_BY: api.MANAGED_BY}
+
+
+def gang_gpu_type(job: TrainingJob) -> GPUType:
+    """The one GPU type of the whole gang: granted at admission, or the only one the spec accepts."""
+    if job.status.gpu_type is not None:
+        return job.status.gpu_type
+    types = job.spec.gpu_types
+    if len(types) == 1:
+        return types[0]
+    raise ValueError(f"{job.key}: spec.resources.gpuType is Any and no GPU type was granted at admission")
+
+
+def allowed_capacity_types(job: TrainingJob, pool: ResourcePool) -> list[str]:
+    """Capacity types both the job and its pool accept, in the API's order (spot, on-demand, reserved)."""
+    return [
+        c.value for c in api.CapacityType if c.value in job.spec.resources.capacity_types and c in pool.capacity_types
+    ]
+
+
+def expected_runtime_s(job: TrainingJob, pool: ResourcePool) -> int | None:
+    limits = [x for x in (job.spec.max_runtime_seconds, pool.max_runtime_seconds) if x is not None]
+    return min(limits) if limits else None
+
+
+def build_service(job: TrainingJob, settings: OperatorSettings) -> dict[str, Any]:
+    """Headless Service giving each worker a stable DNS name; not-ready addresses are published because the
+    rendezvous happens before any worker is ready."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(job.name),
+            "namespace": job.namespace,
+            "labels": selector(job.name),
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector(job.name),
+            "ports": [{"name": "rendezvous", "port": settings.master_port, "targetPort": settings.master_port}],
+        },
+    }
+
+
+def build_worker_pods(job: TrainingJob, pool: ResourcePool, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """One gated pod per worker, in worker order. Names are stable (``<job>-worker-<index>``) so a restarted
+    operator that creates them again gets AlreadyExists instead of a duplicate gang."""
+    return [_worker_pod(job, pool, settings, index) for index in range(job.spec.workers)]
+
+
+def _worker_pod(job: TrainingJob, pool: ResourcePool, settings: OperatorSettings, index: int) -> dict[str, Any]:
+    spec = job.spec
+    gpu = gang_gpu_type(job)
+    capacity = allowed_capacity_types(job, pool)
+    runtime = expected_runtime_s(job, pool)
+    labels = {
+        **selector(job.name),
+        api.LABEL_JOB_KIND: api.TRAINING_JOB,
+        api.LABEL_WORKER_INDEX: str(index),
+        api.LABEL_TP_GROUP: str(index // spec.pods_per_tp_group),
+        api.LABEL_POOL: pool.name,
+        api.LABEL_PRIORITY: str(pool.priority),
+        api.LABEL_ATTEMPT: str(job.status.attempt),
+    }
+    annotations = {
+        api.ANN_GANG_SIZE: str(spec.workers),
+        api.ANN_TP_SIZE: str(spec.parallelism.tensor),
+        api.ANN_GPU_TYPES: gpu.value,
+        api.ANN_CAPACITY_TYPES: ",".join(capacity),
+        api.ANN_CAPACITY_PREFERENCE: spec.resources.capacity_preference,
+        api.ANN_CHECKPOINT_INTERVAL: str(spec.checkpoint.interval_seconds),
+        api.ANN_PRECISION: spec.training.precision,
+    }
+    if runtime is not None:
+        annotations[api.ANN_EXPECTED_RUNTIME] = str(runtime)
+    limits: dict[str, str] = {gpu.resource: str(spec.resources.gpus_per_worker)}
+    if spec.resources.cpu_per_worker is not None:
+        limits["cpu"] = spec.resources.cpu_per_worker
+    if spec.resources.memory_per_worker is not None:
+        limits["memory"] = spec.resources.memory_per_worker
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": worker_name(job.name, index),
+            "namespace": job.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": {
+            "schedulerName": settings.scheduler_name,
+            "schedulingGates": [{"name": api.SCHEDULING_GATE}],
+            "restartPolicy": "Never",
+            "hostname": worker_name(job.name, index),
+            "subdomain": service_name(job.name),
+            "terminationGracePeriodSeconds": settings.termination_grace_s,
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": settings.run_as_user,
+                "runAsGroup": settings.run_as_user,
+                "fsGroup": settings.run_as_user,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "tolerations": _tolerations(gpu, capacity),
+            "affinity": _affinity(capacity, spec.resources.capacity_preference),
+            "containers": [
+                {
+                    "name": CONTAINER,
+                    "image": spec.workload.image,
+                    "imagePullPolicy": spec.workload.image_pull_policy,
+                    "command": list(TRAIN_COMMAND),
+                    "env": [{"name": k, "value": v} for k, v in worker_env(job, settings, index).items()],
+                    "ports": [
+                        {"name": "rendezvous", "containerPort": settings.master_port},
+                        {"name": "metrics", "containerPort": settings.workload_metrics_port},
+                    ],
+                    "resources": {"limits": limits, "requests": dict(limits)},
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                        "runAsNonRoot": True,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "volumeMounts": [
+                        {"name": "checkpoints", "mountPath": spec.checkpoint.path},
+                        {"name": "dshm", "mountPath": "/dev/shm"},
+                    ],
+                }
+            ],
+            "volumes": [_checkpoint_volume(job), {"name": "dshm", "emptyDir": {"medium": "Memory"}}],
+        },
+    }
+
+
+def worker_env(job: TrainingJob, settings: OperatorSettings, index: int) -> dict[str, str]:
+    """The torch.distributed rendezvous plus the layout and training settings of the workload."""
+    spec, e = job.spec, WorkerEnv
+    env = {
+        e.MASTER_ADDR: master_addr(job),
+        e.MASTER_PORT: str(settings.master_port),
+        e.WORLD_SIZE: str(spec.resources.gpus),
+        e.RANK: str(index * spec.resources.gpus_per_worker),
+        e.LOCAL_WORLD_SIZE: str(spec.resources.gpus_per_worker),
+        e.NODE_RANK: str(index),
+        e.NNODES: str(spec.workers),
+        e.DATA: str(spec.parallelism.data),
+        e.TENSOR: str(spec.parallelism.tensor),
+        e.PIPELINE: str(spec.parallelism.pipeline),
+        e.EXPERT: str(spec.parallelism.expert),
+        e.MICRO_BATCHES: str(spec.parallelism.micro_batches),
+        e.PIPELINE_SCHEDULE: spec.parallelism.pipeline_schedule,
+        e.PRESET: spec.workload.preset,
+        e.GLOBAL_BATCH: str(spec.training.global_batch_size),
+        e.MICRO_BATCH: str(spec.training.micro_batch_size),
+        e.STEPS: str(spec.training.steps),
+        e.PRECISION: spec.training.precision,
+        e.ACTIVATION_CHECKPOINTING: spec.training.activation_checkpointing,
+        e.GRAD_CLIP: repr(spec.training.gradient_clipping),
+        e.LEARNING_RATE: repr(spec.training.learning_rate),
+        e.CHECKPOINT_DIR: spec.checkpoint.path,
+        e.CHECKPOINT_INTERVAL_S: str(spec.checkpoint.interval_seconds),
+        e.CHECKPOINT_KEEP: str(spec.checkpoint.keep),
+        e.METRICS_PORT: str(settings.workload_metrics_port),
+        e.JOB: job.key,
+        e.ATTEMPT: str(job.status.attempt),
+    }
+    if spec.checkpoint.interval_steps is not None:
+        env[e.CHECKPOINT_INTERVAL_STEPS] = str(spec.checkpoint.interval_steps)
+    return env
+
+
+def _tolerations(gpu: GPUType, capacity: list[str]) -> list[dict[str, str]]:
+    tolerations = [{"key": gpu.resource, "operator": "Exists", "effect": "NoSchedule"}]
+    if api.CapacityType.SPOT.value in capacity:
+        tolerations.append(
+            {"key": api.TAINT_SPOT, "operator": "Equal", "value": api.CapacityType.SPOT.value, "effect": "NoSchedule"}
+        )
+    return tolerations
+
+
+def _affinity(capacity: list[str], preference: str) -> dict[str, Any]:
+    term = {"matchExpressions": [{"key": api.NODE_CAPACITY_TYPE, "operator": "In", "values": capacity}]}
+    node_affinity: dict[str, Any] = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
+    if preference in capacity:
+        node_affinity["preferredDuringSchedulingIgnoredDuringExecution"] = [
+            {
+                "weight": 100,
+                "preference": {
+                    "matchExpressions": [{"key": api.NODE_CAPACITY_TYPE, "operator": "In", "values": [preference]}]
+                },
+            }
+        ]
+    return {"nodeAffinity": node_affinity}
+
+
+def _checkpoint_volume(job: TrainingJob) -> dict[str, Any]:
+    claim = job.spec.checkpoint.persistent_volume_claim
+    if claim:
+        return {"name": "checkpoints", "persistentVolumeClaim": {"claimName": claim}}
+    return {"name": "checkpoints", "emptyDir": {}}
+
+
+def without_gate(gates: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The pod's scheduling gates with Strata's removed (other controllers' gates stay)."""
+    return [g for g in gates or () if g.get("name") != api.SCHEDULING_GATE]

@@ -1,0 +1,107 @@
+"""The operator's settings: one object, built once at start-up from flags and environment, passed down."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from strata_operator.api import SCHEDULER_NAME
+
+DEFAULT_GPU_HOUR_PRICES: dict[str, float] = {
+    "H100/on-demand": 4.00,
+    "H100/reserved": 2.50,
+    "H100/spot": 1.60,
+    "MI300X/on-demand": 3.50,
+    "MI300X/reserved": 2.20,
+    "MI300X/spot": 1.40,
+}
+"""Dollars per GPU-hour by ``<gpu type>/<capacity type>``, list prices of the big clouds rounded (2026).
+
+A node's ``strata.dev/price-per-hour`` annotation (dollars per node-hour) overrides these for that node.
+"""
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """Everything tunable about the operator. Each field: unit, default, and why."""
+
+    scheduler_name: str = SCHEDULER_NAME
+    """schedulerName of worker pods. Default Strata's extender profile; set ``default-scheduler`` on a cluster that
+    runs no Strata scheduler (plain kube-scheduler then places the gangs)."""
+    master_port: int = 29500
+    """TCP port of the torch.distributed rendezvous on worker 0. Default 29500, torchrun's."""
+    metrics_port: int = 9090
+    """Port of the Prometheus endpoint of the operator; 0 disables it. Default 9090."""
+    workload_metrics_port: int = 9400
+    """Port on which workers export their training metrics (declared on the pods for scraping). Default 9400."""
+    admission_interval_s: float = 1.0
+    """Seconds between admission passes. Default 1 s: queued jobs start within a second of GPUs freeing, and one
+    pass over 1,000 queued jobs costs milliseconds."""
+    resync_interval_s: float = 15.0
+    """Seconds between reconciles of a job when nothing about it changed (deadlines, GPU-second accounting).
+    Default 15 s; pod changes wake the job at once."""
+    backoff_base_s: float = 10.0
+    """First restart delay, doubled at each further restart. Default 10 s, like a Job's pod backoff."""
+    backoff_max_s: float = 600.0
+    """Longest restart delay. Default 10 min: past that the fleet has changed anyway."""
+    termination_grace_s: int = 120
+    """Grace period of worker pods: time to write a checkpoint after SIGTERM. Default 120 s, a spot notice."""
+    start_timeout_s: float = 600.0
+    """An admitted gang whose workers are not all running after this many seconds is requeued (its GPUs were
+    not there after all). Default 10 min."""
+    run_as_user: int = 1000
+    """UID of the workers (restricted pod security: never root). Default 1000."""
+    peering_name: str = "strata-operator"
+    """kopf peering object; replicas with the same name elect one active. Default strata-operator."""
+    priority: int = 0
+    """kopf peering priority of this replica; the highest alive is active. Default 0 (the oldest wins ties)."""
+    standalone: bool = False
+    """Run without peering (a single replica, or no kopf peering CRD installed). Default False."""
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to serve; empty serves the whole cluster. Default empty."""
+    gpu_hour_prices: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_GPU_HOUR_PRICES))
+    """Dollars per GPU-hour by ``<gpu type>/<capacity type>``, for status.cost and the cost metric."""
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> OperatorSettings:
+        """Flags win over ``STRATA_OPERATOR_<FIELD>`` environment variables, which win over defaults."""
+        env = os.environ if env is None else env
+        parser = argparse.ArgumentParser(prog="python -m strata_operator", description="Strata's operator.")
+        defaults = cls()
+        for f in fields(cls):
+            if f.name == "gpu_hour_prices":
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            env_value = env.get("STRATA_OPERATOR_" + f.name.upper())
+            default = getattr(defaults, f.name)
+            if isinstance(default, bool):
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=_bool(env_value, default))
+            elif isinstance(default, tuple):
+                value = tuple(v for v in (env_value or "").split(",") if v) if env_value else default
+                parser.add_argument(flag, action="append", default=None, help=f"repeatable (default {value})")
+                parser.set_defaults(**{f.name + "__env": value})
+            else:
+                typ = type(default)
+                parser.add_argument(flag, type=typ, default=typ(env_value) if env_value else default)
+        ns = vars(parser.parse_args(argv))
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "gpu_hour_prices":
+                continue
+            if isinstance(getattr(defaults, f.name), tuple):
+                values[f.name] = tuple(ns[f.name]) if ns[f.name] else ns[f.name + "__env"]
+            else:
+                values[f.name] = ns[f.name]
+        return cls(**values)
+
+    def gpu_hour_price(self, gpu_type: str, capacity_type: str) -> float:
+        return float(self.gpu_hour_prices.get(f"{gpu_type}/{capacity_type}", 0.0))
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}

@@ -1,0 +1,82 @@
+"""Building status changes: a draft over the stored status that yields a merge patch and the events to post."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from strata_operator.api import Phase, format_time
+
+PHASE_CONDITIONS = tuple(p.value for p in Phase)
+"""Each phase has a condition of the same type, True while the job is in that phase."""
+PREEMPTED = "Preempted"
+
+NORMAL = "Normal"
+WARNING = "Warning"
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass
+class StatusDraft:
+    """Changes to one object's status. ``patch()`` gives only what changed, for a JSON merge patch."""
+
+    stored: Mapping[str, Any]
+    now: datetime
+    changes: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self.changes:
+            value = self.changes[key]
+            return default if value is None else value
+        return self.stored.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        if self.stored.get(key) == value and key not in self.changes:
+            return
+        self.changes[key] = value
+
+    @property
+    def phase(self) -> Phase | None:
+        value = self.get("phase")
+        return Phase(value) if value else None
+
+    def transition(self, phase: Phase, reason: str, message: str, event_type: str = NORMAL) -> None:
+        """Enter ``phase`` (or restate why we are in it): status, the phase conditions, and an event."""
+        changed = self.phase != phase or self.get("reason") != reason
+        self.set("phase", phase.value)
+        self.set("reason", reason)
+        self.set("message", message)
+        for kind in PHASE_CONDITIONS:
+            if kind == phase.value:
+                self.condition(kind, "True", reason, message)
+            elif self._condition(kind) is not None:
+                self.condition(kind, "False", reason, f"the job is {phase.value}")
+        if changed:
+            self.events.append(Event(event_type, reason, message))
+
+    def condition(self, kind: str, status: str, reason: str, message: str) -> None:
+        """Set one condition; its lastTransitionTime moves only when its status changes (metav1.Condition)."""
+        conditions = [dict(c) for c in self.get("conditions", [])]
+        old = next((c for c in conditions if c.get("type") == kind), None)
+        since = old["lastTransitionTime"] if old and old.get("status") == status else format_time(self.now)
+        new = {"type": kind, "status": status, "reason": reason, "message": message, "lastTransitionTime": since}
+        if old == new:
+            return
+        conditions = [c for c in conditions if c.get("type") != kind] + [new]
+        conditions.sort(key=lambda c: PHASE_CONDITIONS.index(c["type"]) if c["type"] in PHASE_CONDITIONS else 99)
+        self.set("conditions", conditions)
+
+    def _condition(self, kind: str) -> Mapping[str, Any] | None:
+        return next((c for c in self.get("conditions", []) if c.get("type") == kind), None)
+
+    def patch(self) -> dict[str, Any]:
+        return dict(self.changes)
