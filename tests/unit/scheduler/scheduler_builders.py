@@ -146,3 +146,30 @@ def a_node(name: str) -> NodeBuilder:
 
 def a_pod(name: str = "worker-0", namespace: str = "team") -> PodBuilder:
     return PodBuilder(name, namespace)
+
+
+TEST_CATALOG = {
+    "prices": {
+        "p5.48xlarge": {"on-demand": 80, "reserved": 48, "spot": 32},
+        "Standard_ND96isr_MI300X_v5": {"on-demand": 64, "reserved": 40, "spot": 24},
+    },
+    "throughput": {"bf16": {"H100": 1.0, "MI300X": 0.9}},
+    "interruption": {"hazardPerHour": {"spot": 0.1}},
+}
+
+
+def an_extender(*objects: Any, synced: bool = True) -> Any:
+    """An extender over a cache holding ``objects`` (node and pod builders), with the test catalog."""
+    from strata_scheduler.catalog import parse_catalog
+    from strata_scheduler.extender import Extender
+    from strata_scheduler.forecasts import ForecastBoard
+    from strata_scheduler.metrics import ExtenderMetrics
+    from strata_scheduler.state import ClusterState
+
+    state = ClusterState()
+    for builder in objects:
+        obj = builder.build()
+        (state.upsert_node if isinstance(builder, NodeBuilder) else state.upsert_pod)(obj)
+    if synced:
+        state.synced |= {"nodes", "pods"}
+    return Extender(state, parse_catalog(TEST_CATALOG), ForecastBoard(), ExtenderMetrics(state.size))

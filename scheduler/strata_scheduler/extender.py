@@ -1,0 +1,140 @@
+"""The two extender verbs, from request bytes to response bytes, with no HTTP in sight.
+
+The HTTP layer (:mod:`strata_scheduler.server`) and the latency benchmark both call these methods. Answers:
+
+- 200 with the protocol's result for every well-formed request, including pods without Strata's annotations
+  (they are treated as accepting any GPU type and capacity type), node names the cache does not know
+  (filter: rejected with a reason; prioritize: score 0) and pods that request no GPUs (filter passes every
+  node; prioritize scores 0 everywhere);
+- 400 with a message for malformed or truncated JSON and for JSON that is not ``ExtenderArgs``
+  (413 for bodies over the size limit comes from the HTTP layer);
+- 503 until the watch cache has synced, so kube-scheduler retries rather than placing on a half-known cluster;
+- should a bug raise anyway, it is logged and counted in ``strata_extender_internal_errors_total``, and the
+  answer is the protocol's own error channel for filter (200 with ``Error`` set; kube-scheduler reports it on
+  the pod) and the neutral all-zero list for prioritize. Never a 5xx from an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from strata_scheduler.catalog import Catalog
+from strata_scheduler.filtering import filter_nodes
+from strata_scheduler.forecasts import ForecastBoard
+from strata_scheduler.metrics import ExtenderMetrics
+from strata_scheduler.model import PodView, pod_view
+from strata_scheduler.protocol import BadRequest, ExtenderArgs, filter_result, parse_extender_args, priority_list
+from strata_scheduler.scoring import Defaults, JobPlacement, cost_per_unit_work, score_nodes
+from strata_scheduler.state import ClusterState
+
+log = logging.getLogger(__name__)
+
+NOT_READY = b"the Strata extender's cache has not synced yet"
+
+
+@dataclass
+class Pins:
+    """Tensor-parallel groups placed by recent filter calls whose first pod is not yet seen bound."""
+
+    ttl_s: float
+    clock: Callable[[], float] = time.monotonic
+    _pins: dict[tuple[str, str, str], tuple[str, float]] = field(default_factory=dict)
+
+    def active(self) -> dict[tuple[str, str, str], str]:
+        now = self.clock()
+        for key in [key for key, (_, expiry) in self._pins.items() if expiry <= now]:
+            del self._pins[key]
+        return {key: node for key, (node, _) in self._pins.items()}
+
+    def pin(self, group: tuple[str, str, str], node: str) -> None:
+        self._pins[group] = (node, self.clock() + self.ttl_s)
+
+
+class Extender:
+    def __init__(
+        self,
+        state: ClusterState,
+        catalog: Catalog,
+        board: ForecastBoard,
+        metrics: ExtenderMetrics,
+        defaults: Defaults | None = None,
+        pin_ttl_s: float = 30.0,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.state = state
+        self.catalog = catalog
+        self.board = board
+        self.metrics = metrics
+        self.defaults = defaults or Defaults()
+        self.pins = Pins(pin_ttl_s)
+        self.now = now
+
+    def filter(self, body: bytes) -> tuple[int, bytes]:
+        return self._serve("filter", body, self._filter)
+
+    def prioritize(self, body: bytes) -> tuple[int, bytes]:
+        return self._serve("prioritize", body, self._prioritize)
+
+    def _serve(self, verb: str, body: bytes, handler: Callable[[ExtenderArgs], bytes]) -> tuple[int, bytes]:
+        started = time.perf_counter()
+        try:
+            if not self.state.ready:
+                return 503, NOT_READY
+            try:
+                args = parse_extender_args(body)
+            except BadRequest as error:
+                self.metrics.bad_requests.labels(verb).inc()
+                return 400, str(error).encode()
+            try:
+                return 200, handler(args)
+            except Exception:
+                log.exception("extender %s failed; answering neutrally", verb)
+                self.metrics.internal_errors.labels(verb).inc()
+                if verb == "filter":
+                    return 200, filter_result(args, [], {}, {}, error="Strata extender internal error; see its log")
+                return 200, priority_list([(name, 0) for name in args.node_names])
+        finally:
+            self.metrics.latency.labels(verb).observe(time.perf_counter() - started)
+
+    def _filter(self, args: ExtenderArgs) -> bytes:
+        pod = pod_view(args.pod)
+        hold = self.board.hold_back()
+        hour = self.now().hour
+        with self.state.reading() as state:
+            outcome = filter_nodes(
+                pod, args.node_names, state, hold, self.pins.active(), lambda names: self._cheapest(pod, names, hour)
+            )
+            if outcome.pin is not None:
+                self.pins.pin(*outcome.pin)
+        for reason, count in outcome.rejected_by_reason.items():
+            self.metrics.rejected.labels(reason).inc(count)
+        return filter_result(args, outcome.passed, outcome.failed, outcome.unresolvable)
+
+    def _cheapest(self, pod: PodView, names: list[str], hour: int) -> str:
+        """The node a tensor-parallel group is placed on: lowest cost per unit of work, then name."""
+
+        def key(name: str) -> tuple[float, str]:
+            node = self.state.nodes[name]
+            cost = cost_per_unit_work(self.catalog, pod, node, hour, self.defaults)
+            return (cost if cost is not None else float("inf"), name)
+
+        return min(names, key=key)
+
+    def _prioritize(self, args: ExtenderArgs) -> bytes:
+        pod = pod_view(args.pod)
+        hour = self.now().hour
+        with self.state.reading() as state:
+            job_nodes = dict(state.job_nodes.get(pod.job_key, {})) if pod.job_key else {}
+            placement = JobPlacement(
+                pods_per_node=job_nodes,
+                zone_of={name: node.zone for name in job_nodes if (node := state.nodes.get(name))},
+            )
+            rows = []
+            for name in args.node_names:
+                node = state.nodes.get(name)
+                rows.append((name, node, state.free_gpus(node) if node is not None else 0))
+        return priority_list(score_nodes(self.catalog, pod, rows, placement, hour, self.defaults))

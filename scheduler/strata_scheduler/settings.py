@@ -1,0 +1,66 @@
+"""The extender's one settings object, built once at start-up from flags (each also readable from the environment)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+DEFAULT_CATALOG = Path(__file__).resolve().parents[1] / "config" / "catalog.yaml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    """Address to listen on. Loopback by default; in a pod, 0.0.0.0 behind a Service."""
+    port: int = 8888
+    """HTTP port for the extender verbs, probes, /metrics and /forecast."""
+    kubeconfig: str | None = None
+    """Kubeconfig file; None uses the in-cluster service account (or ~/.kube/config outside a cluster)."""
+    catalog: Path = DEFAULT_CATALOG
+    """Cost catalog YAML (prices, throughput, power tariff, hazards); a ConfigMap mounted as a file in a pod."""
+    store: Path = Path("strata-demand.sqlite")
+    """Demand history (SQLite). On a PersistentVolume in a pod, so forecasts survive restarts."""
+    prometheus_url: str | None = None
+    """Read demand history from this Prometheus (HTTP API) instead of the local store, when set."""
+    high_priority: int = 100
+    """Pods whose strata.dev/priority is at least this (and not deferrable) count as high priority."""
+    record_interval_s: float = 60.0
+    """Seconds between demand samples; one minute matches the forecaster's resolution."""
+    forecast_interval_s: float = 300.0
+    """Seconds between forecaster refits; a fit takes seconds of CPU, so not more often than this."""
+    horizon_min: int = 15
+    """How far ahead the reserved-capacity hold looks (minutes)."""
+    history_days: float = 14.0
+    """Days of demand history the forecaster fits on."""
+    pin_ttl_s: float = 30.0
+    """How long a tensor-parallel group stays pinned to a node before its first pod is seen bound (seconds)."""
+    max_body_bytes: int = 16 * 1024 * 1024
+    """Largest request accepted; 5,000 node names are about 100 KiB, full NodeLists far more."""
+    default_runtime_s: float = 4 * 3600.0
+    """Runtime assumed for a GPU pod that does not declare one (seconds); drives its spot interruption cost."""
+    watch_crds: bool = True
+    """Watch ResourcePools and TrainingJobs; their absence on a cluster is tolerated either way."""
+
+
+def parse_settings(argv: Sequence[str] | None = None) -> Settings:
+    """Flags win over ``STRATA_SCHEDULER_<FIELD>`` environment variables, which win over the defaults."""
+    parser = argparse.ArgumentParser(prog="python -m strata_scheduler", description=__doc__)
+    defaults = Settings()
+    for item in fields(Settings):
+        default = getattr(defaults, item.name)
+        env = os.environ.get(f"STRATA_SCHEDULER_{item.name.upper()}")
+        flag = "--" + item.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=_bool(env, default))
+            continue
+        kind = type(default) if default is not None else str
+        parser.add_argument(flag, type=kind, default=kind(env) if env is not None else default)
+    namespace = parser.parse_args(argv)
+    return Settings(**vars(namespace))
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    return default if value is None else value.lower() in ("1", "true", "yes")
