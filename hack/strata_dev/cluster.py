@@ -63,6 +63,8 @@ class ClusterSettings:
     die_with_parent: bool = True
     """Kill every component if the launching process dies (SIGKILL included)."""
     extra_apiserver_args: list[str] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)
+    """Fixed ports by component (etcd, etcd-peer, apiserver, cm, scheduler, kwok); the rest are picked free."""
 
 
 def free_port() -> int:
@@ -136,7 +138,8 @@ class LocalCluster:
         self._install_signal_handlers()
         try:
             self.pki = make_pki(self.workdir / "pki")
-            self.ports = {n: free_port() for n in ("etcd", "etcd-peer", "apiserver", "cm", "scheduler", "kwok")}
+            names = ("etcd", "etcd-peer", "apiserver", "cm", "scheduler", "kwok")
+            self.ports = {n: self.settings.ports.get(n) or free_port() for n in names}
             self._write_access_files()
             self._start_etcd()
             self._start_apiserver()
@@ -289,7 +292,7 @@ class LocalCluster:
         old = self.components.pop("kube-scheduler", None)
         if old is not None:
             _terminate(old.process)
-        self.ports["scheduler"] = free_port()
+        self.ports["scheduler"] = self.settings.ports.get("scheduler") or free_port()
         path = self.workdir / "scheduler-config.yaml"
         path.write_text(scheduler_config(config, self.kubeconfig, self.settings.api_qps))
         scheduler = self._spawn("kube-scheduler", run_kube_scheduler_args(self, path))
