@@ -129,6 +129,19 @@ class ClusterState:
             self.generation += 1
             self.nodes = {view.name: view for view in views}
 
+    def replace_pools(self, objs: list[Mapping[str, Any]]) -> None:
+        views = [pool_view(obj) for obj in objs]
+        with self.lock:
+            self.generation += 1
+            self.pools = {view.name: view for view in views}
+
+    def replace_jobs(self, objs: list[Mapping[str, Any]]) -> None:
+        with self.lock:
+            self.generation += 1
+            self.jobs.clear()
+            for obj in objs:
+                self.upsert_job(obj)
+
     def upsert_pool(self, obj: Mapping[str, Any]) -> None:
         view = pool_view(obj)
         with self.lock:
