@@ -48,6 +48,8 @@ class WorkerPod:
     phase: str
     node: str | None
     gated: bool
+    other_gates: tuple[str, ...]
+    """Scheduling gates of other controllers; lifting Strata's gate keeps them."""
     deleting: bool
     ready: bool
     exit_code: int | None
@@ -65,13 +67,15 @@ class WorkerPod:
                 exit_code = terminated.get("exitCode")
                 reason = terminated.get("reason") or reason
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
+        gates = [g.get("name", "") for g in spec.get("schedulingGates") or ()]
         return cls(
             name=meta.get("name", ""),
             index=_int(labels.get(api.LABEL_WORKER_INDEX)),
             attempt=_int(labels.get(api.LABEL_ATTEMPT)),
             phase=status.get("phase") or "Pending",
             node=spec.get("nodeName"),
-            gated=any(g.get("name") == api.SCHEDULING_GATE for g in spec.get("schedulingGates") or ()),
+            gated=api.SCHEDULING_GATE in gates,
+            other_gates=tuple(g for g in gates if g != api.SCHEDULING_GATE),
             deleting=meta.get("deletionTimestamp") is not None,
             ready=ready,
             exit_code=exit_code,

@@ -1,0 +1,134 @@
+"""A small asynchronous Kubernetes client for the few calls the operator makes, on kopf's own credentials.
+
+kopf already holds the connection (server, CA, token or client certificate) from its login; this client reuses
+it over one aiohttp session, so creating thousands of pods needs neither threads nor model deserialisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import ssl
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kopf
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, method: str, path: str, message: str) -> None:
+        super().__init__(f"{method} {path}: HTTP {status}: {message}")
+        self.status = status
+
+
+class Conflict(ApiError):
+    """The object changed since we read it (HTTP 409 on update): read again, then decide again."""
+
+
+class Kube:
+    """Calls of the operator; every method is idempotent (AlreadyExists and NotFound are outcomes, not errors)."""
+
+    def __init__(self, info: kopf.ConnectionInfo, timeout_s: float = 30.0) -> None:
+        self._server = info.server.rstrip("/")
+        self._headers = {"Accept": "application/json", "User-Agent": "strata-operator"}
+        if info.token:
+            self._headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
+        self._auth = aiohttp.BasicAuth(info.username, info.password or "") if info.username else None
+        self._ssl = _ssl_context(info)
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> dict[str, Any]:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=64)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=self._headers, auth=self._auth, timeout=self._timeout
+            )
+        data = None if body is None else json.dumps(body)
+        headers = {"Content-Type": content_type} if data is not None else None
+        async with self._session.request(method, self._server + path, data=data, headers=headers) as response:
+            text = await response.text()
+            if response.status >= 400:
+                error = Conflict if response.status == 409 else ApiError
+                raise error(response.status, method, path, _message(text))
+            result: dict[str, Any] = json.loads(text) if text else {}
+            return result
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> bool:
+        """POST; False when an object of that name already exists."""
+        try:
+            await self.request("POST", path, body)
+        except Conflict:
+            return False
+        return True
+
+    async def delete(self, path: str) -> bool:
+        """DELETE with the object's own grace period; False when it is already gone."""
+        try:
+            await self.request("DELETE", path, {"kind": "DeleteOptions", "apiVersion": "v1"})
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.request("PATCH", path, patch, MERGE_PATCH)
+
+
+def pod_path(namespace: str, name: str = "") -> str:
+    return f"/api/v1/namespaces/{namespace}/pods" + (f"/{name}" if name else "")
+
+
+def service_path(namespace: str, name: str = "") -> str:
+    return f"/api/v1/namespaces/{namespace}/services" + (f"/{name}" if name else "")
+
+
+def custom_path(group: str, version: str, plural: str, name: str, namespace: str | None = None) -> str:
+    scope = f"/namespaces/{namespace}" if namespace else ""
+    return f"/apis/{group}/{version}{scope}/{plural}/{name}"
+
+
+def _message(text: str) -> str:
+    with contextlib.suppress(ValueError, AttributeError):
+        return str(json.loads(text).get("message", text))
+    return text[:500]
+
+
+def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+    if not info.server.startswith("https"):
+        return False
+    if info.insecure:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        cadata = info.ca_data.decode() if isinstance(info.ca_data, bytes) else info.ca_data
+        context = ssl.create_default_context(cafile=info.ca_path, cadata=cadata)
+    cert = info.certificate_path or _to_file(info.certificate_data)
+    key = info.private_key_path or _to_file(info.private_key_data)
+    if cert:
+        context.load_cert_chain(cert, key)
+    return context
+
+
+def _to_file(data: bytes | str | None) -> str | None:
+    """ssl reads client certificates from files only; kubeconfigs may embed them."""
+    if not data:
+        return None
+    with tempfile.NamedTemporaryFile("wb", prefix="strata-operator-", suffix=".pem", delete=False) as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
+    Path(handle.name).chmod(0o600)
+    return handle.name

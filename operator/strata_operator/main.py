@@ -1,0 +1,71 @@
+"""Start-up: settings from flags and environment, handler registration, and kopf with peering."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import kopf
+
+from strata_operator import fleet, resourcepool, trainingjob
+from strata_operator.kube import Kube
+from strata_operator.runtime import Runtime
+from strata_operator.settings import OperatorSettings
+
+PREFIX = "strata.dev"
+
+
+def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    fleet.register(registry)
+    trainingjob.register(registry)
+    resourcepool.register(registry, settings.admission_interval_s)
+    kopf.on.startup(registry=registry)(configure)
+    kopf.on.login(registry=registry)(login)
+    kopf.on.cleanup(registry=registry)(close)
+    return registry
+
+
+async def configure(settings: kopf.OperatorSettings, memo: Any, logger: Any, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    settings.persistence.finalizer = f"{PREFIX}/operator"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.reporting_component = "strata-operator"
+    settings.peering.name = runtime.settings.peering_name
+    settings.peering.priority = runtime.settings.priority
+    settings.watching.server_timeout = 300
+    runtime.kube = Kube(login(settings))
+    runtime.metrics.serve(runtime.settings.metrics_port)
+    logger.info(f"strata-operator started: {runtime.settings}")
+
+
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """In a pod: its service account; elsewhere: KUBECONFIG (or ~/.kube/config)."""
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+    if info is None:
+        raise kopf.PermanentError("no Kubernetes credentials: set KUBECONFIG or run in a pod with a service account")
+    return info
+
+
+async def close(memo: Any, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    if runtime.kube is not None:
+        await runtime.kube.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = OperatorSettings.from_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kopf.run(
+        registry=build_registry(settings),
+        memo=kopf.Memo(runtime=Runtime(settings)),
+        standalone=settings.standalone,
+        priority=settings.priority,
+        peering_name=settings.peering_name,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+    )

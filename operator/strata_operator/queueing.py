@@ -1,0 +1,135 @@
+"""The admission pass: reads the queue, the admitted gangs and the fleet from memory, asks
+:func:`admission.admit`, and writes the decisions into the jobs' status (guarded by resourceVersion)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from strata_operator.admission import AdmittedGang, Decision, GangRequest, Waiting, admit
+from strata_operator.api import Phase, ResourcePool, format_time, parse_time
+from strata_operator.lifecycle import Reason
+from strata_operator.observed import Node, WorkerPod
+from strata_operator.pods import gang_gpu_type
+from strata_operator.runtime import IndexOf, Runtime
+from strata_operator.status import NORMAL, PREEMPTED, WARNING, StatusDraft
+from strata_operator.trainingjob import JobEntry, patch_status
+
+POSITION_REFRESH_S = 10.0
+"""Queue positions shift at every admission; a job's position is rewritten at most this often."""
+
+
+async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decision:
+    jobs_index: IndexOf[JobEntry] = indices["trainingjobs"]
+    pools_index: IndexOf[ResourcePool] = indices["resourcepools"]
+    pods_index: IndexOf[WorkerPod] = indices["worker_pods"]
+    nodes_index: IndexOf[Node] = indices["nodes"]
+    usage_index: IndexOf[int] = indices["gpu_usage"]
+
+    entries = {e.job.key: e for store in list(jobs_index.values()) for e in store}
+    pools = {p.name: p for store in list(pools_index.values()) for p in store}
+    fleet = [n for store in list(nodes_index.values()) for n in store]
+    free = {n.name: n.allocatable_gpus - sum(usage_index.get(n.name, ())) for n in fleet}
+
+    queue = [
+        GangRequest.from_job(e.job)
+        for e in entries.values()
+        if e.job.status.phase == Phase.QUEUED and not e.job.spec.suspend
+    ]
+    admitted = [_admitted(e, list(pods_index.get(key, ()))) for key, e in entries.items() if e.job.phase.holds_gpus]
+    decision = admit(queue, [g for g in admitted if g is not None], pools, fleet, free)
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    for key, gpu_type in decision.admit.items():
+        entry = entries[key]
+        draft = StatusDraft(entry.status, now)
+        draft.set("attempt", entry.job.status.attempt + 1)
+        draft.set("admittedAt", format_time(now))
+        draft.set("placement", {"gpuType": gpu_type.value})
+        draft.set("queuePosition", None)
+        if _condition_status(entry, PREEMPTED) == "True":
+            draft.condition(PREEMPTED, "False", Reason.ADMITTED, "admitted again")
+        draft.transition(Phase.ADMITTED, Reason.ADMITTED, f"admitted on {gpu_type.value} in pool {entry.job.spec.pool}")
+        if await patch_status(runtime, entry, draft.patch(), draft.events):
+            queued_since = _queued_since(entry) or now
+            runtime.metrics.admission_wait.labels(entry.job.spec.pool).observe((now - queued_since).total_seconds())
+            runtime.queue_written.pop(key, None)
+            runtime.wake(key)
+
+    for preemption in decision.preempt:
+        entry = entries[preemption.victim]
+        draft = StatusDraft(entry.status, now)
+        draft.condition(PREEMPTED, "True", Reason.PREEMPTED, preemption.message)
+        draft.transition(Phase.QUEUED, Reason.PREEMPTED, preemption.message + "; checkpointing and requeued", WARNING)
+        if await patch_status(runtime, entry, draft.patch(), draft.events):
+            runtime.metrics.preemptions.inc()
+            runtime.wake(preemption.victim)
+
+    for key, waiting in decision.waiting.items():
+        await _write_waiting(runtime, entries[key], waiting, now)
+
+    _update_phase_metrics(runtime, entries.values())
+    runtime.last_admission = time.monotonic()
+    return decision
+
+
+def pool_status(pool: str, entries: Mapping[str, JobEntry]) -> dict[str, int]:
+    holding = [e for e in entries.values() if e.job.spec.pool == pool and e.job.phase.holds_gpus]
+    queued = [e for e in entries.values() if e.job.spec.pool == pool and e.job.status.phase == Phase.QUEUED]
+    return {
+        "gpusInUse": sum(e.job.spec.resources.gpus for e in holding),
+        "admittedJobs": len(holding),
+        "queuedJobs": len(queued),
+    }
+
+
+def _admitted(entry: JobEntry, pods: list[WorkerPod]) -> AdmittedGang | None:
+    job = entry.job
+    try:
+        gpu_type = gang_gpu_type(job)
+    except ValueError:
+        return None
+    current = [p for p in pods if p.attempt == job.status.attempt and p.phase not in ("Succeeded", "Failed")]
+    bound: dict[str, int] = {}
+    for p in current:
+        if p.node:
+            bound[p.node] = bound.get(p.node, 0) + job.spec.resources.gpus_per_worker
+    return AdmittedGang(
+        request=GangRequest.from_job(job),
+        gpu_type=gpu_type,
+        admitted_at=job.status.admitted_at or job.created,
+        bound=bound,
+        unbound_workers=job.spec.workers - sum(1 for p in current if p.node),
+    )
+
+
+async def _write_waiting(runtime: Runtime, entry: JobEntry, waiting: Waiting, now: datetime) -> None:
+    job = entry.job
+    changed_reason = job.status.reason != waiting.reason or job.status.message != waiting.message
+    moved = job.status.queue_position != waiting.position
+    last = runtime.queue_written.get(job.key, 0.0)
+    if not changed_reason and not (moved and time.monotonic() - last >= POSITION_REFRESH_S):
+        return
+    draft = StatusDraft(entry.status, now)
+    draft.set("queuePosition", waiting.position)
+    draft.transition(Phase.QUEUED, waiting.reason, waiting.message, NORMAL)
+    if await patch_status(runtime, entry, draft.patch(), draft.events):
+        runtime.queue_written[job.key] = time.monotonic()
+
+
+def _condition_status(entry: JobEntry, kind: str) -> str | None:
+    return next((c.status for c in entry.job.status.conditions if c.type == kind), None)
+
+
+def _queued_since(entry: JobEntry) -> datetime | None:
+    queued = next((c for c in entry.job.status.conditions if c.type == Phase.QUEUED.value), None)
+    return parse_time(queued.last_transition_time) if queued else None
+
+
+def _update_phase_metrics(runtime: Runtime, entries: Any) -> None:
+    counts: dict[Phase, int] = {}
+    for entry in entries:
+        counts[entry.job.phase] = counts.get(entry.job.phase, 0) + 1
+    runtime.metrics.set_phases(counts)

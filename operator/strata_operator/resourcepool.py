@@ -1,0 +1,53 @@
+"""ResourcePool handlers: an index of pools, and a timer that runs the admission pass and keeps pool status.
+
+Each pool's timer may start the (cluster-wide) admission pass; a lock and the pass's own clock make one pass
+per interval however many pools there are. Timers run only on the active replica (kopf peering).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import kopf
+
+from strata_operator import api
+from strata_operator.api import ResourcePool
+from strata_operator.kube import ApiError, custom_path
+from strata_operator.queueing import admission_pass, pool_status
+from strata_operator.runtime import IndexOf, Runtime
+from strata_operator.trainingjob import JobEntry
+
+
+def index_resourcepools(body: kopf.Body, name: str, logger: Any, **_: Any) -> dict[str, ResourcePool] | None:
+    try:
+        return {name: ResourcePool.from_body(body)}
+    except (KeyError, ValueError, TypeError) as error:
+        logger.warning(f"unreadable ResourcePool (is the CRD installed from crds/?): {error!r}")
+        return None
+
+
+async def admit_and_report(name: str, status: kopf.Status, memo: Any, logger: Any, **indices: Any) -> None:
+    runtime: Runtime = memo.runtime
+    lock = runtime.admission_lock
+    started = time.perf_counter()
+    async with lock:
+        if time.monotonic() - runtime.last_admission >= runtime.settings.admission_interval_s * 0.9:
+            try:
+                await admission_pass(runtime, indices)
+            except ApiError as error:
+                logger.warning(f"admission pass failed, retrying next tick: {error}")
+            runtime.metrics.reconcile.labels("Admission").observe(time.perf_counter() - started)
+    jobs: IndexOf[JobEntry] = indices["trainingjobs"]
+    entries = {e.job.key: e for store in list(jobs.values()) for e in store}
+    wanted = pool_status(name, entries)
+    if any(status.get(k) != v for k, v in wanted.items()):
+        path = custom_path(api.GROUP, api.VERSION, api.RESOURCE_POOLS, name) + "/status"
+        await runtime.api.merge_patch(path, {"status": wanted})
+
+
+def register(registry: kopf.OperatorRegistry, interval_s: float) -> None:
+    kopf.index(api.GROUP, api.VERSION, api.RESOURCE_POOLS, id="resourcepools", registry=registry)(index_resourcepools)
+    kopf.timer(api.GROUP, api.VERSION, api.RESOURCE_POOLS, id="admission", interval=interval_s, registry=registry)(
+        admit_and_report
+    )

@@ -1,0 +1,67 @@
+"""What the handlers share while the operator runs: settings, the API client, metrics and wake-ups.
+
+Nothing here is state a restart would need: jobs, queues and admissions live in the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from strata_operator.kube import Kube
+from strata_operator.metrics import Metrics
+from strata_operator.settings import OperatorSettings
+
+T = TypeVar("T")
+
+IndexOf = Mapping[str, Collection[T]]
+"""How kopf's in-memory indices look to the handlers: key -> the values of the objects under that key."""
+
+
+def first(index: IndexOf[T], key: str) -> T | None:
+    return next(iter(index.get(key, ())), None)
+
+
+class IndexMapping(Mapping[str, T]):
+    """One value per key over a kopf index (nodes by name), read live."""
+
+    def __init__(self, index: IndexOf[T]) -> None:
+        self._index = index
+
+    def __getitem__(self, key: str) -> T:
+        value = first(self._index, key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._index))
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+@dataclass
+class Runtime:
+    settings: OperatorSettings
+    metrics: Metrics = field(default_factory=Metrics)
+    kube: Kube | None = None
+    wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+    last_admission: float = 0.0
+    admission_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """One admission pass at a time, however many pool timers fire."""
+    queue_written: dict[str, float] = field(default_factory=dict)
+    """When each queued job's position was last written (positions shift often; writes are throttled)."""
+
+    @property
+    def api(self) -> Kube:
+        if self.kube is None:
+            raise RuntimeError("the operator has not logged in yet")
+        return self.kube
+
+    def wake(self, key: str) -> None:
+        event = self.wakeups.get(key)
+        if event is not None:
+            event.set()

@@ -1,0 +1,171 @@
+"""TrainingJob handlers: an index of all jobs (for admission) and one daemon per job that follows its gang.
+
+The daemon is thin: it reads the job, its pods and the nodes from memory, asks :func:`lifecycle.reconcile` what
+to do, and applies that: the status first (guarded by resourceVersion, so a stale view never writes), then pod
+deletions, creations and gate lifts. A pod change wakes the daemon at once; otherwise it wakes for deadlines,
+backoffs and accounting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import aiohttp
+import kopf
+
+from strata_operator import api, lifecycle
+from strata_operator.api import ResourcePool, TrainingJob
+from strata_operator.kube import ApiError, Conflict, custom_path, pod_path, service_path
+from strata_operator.observed import Node, WorkerPod
+from strata_operator.pods import build_service, build_worker_pods
+from strata_operator.runtime import IndexMapping, IndexOf, Runtime, first
+from strata_operator.status import Event
+
+
+@dataclass(frozen=True)
+class JobEntry:
+    """A TrainingJob as the index holds it: the typed view, its raw status and its resourceVersion."""
+
+    job: TrainingJob
+    status: Mapping[str, Any]
+    resource_version: str
+
+    @property
+    def ref(self) -> dict[str, Any]:
+        """What kopf needs to post an event about the job."""
+        return {
+            "apiVersion": api.API_VERSION,
+            "kind": api.TRAINING_JOB,
+            "metadata": {"name": self.job.name, "namespace": self.job.namespace, "uid": self.job.uid},
+        }
+
+    @property
+    def status_path(self) -> str:
+        return custom_path(api.GROUP, api.VERSION, api.TRAINING_JOBS, self.job.name, self.job.namespace) + "/status"
+
+
+def index_trainingjobs(body: kopf.Body, logger: Any, **_: Any) -> dict[str, JobEntry] | None:
+    try:
+        job = TrainingJob.from_body(body)
+    except (KeyError, ValueError, TypeError) as error:
+        logger.warning(f"unreadable TrainingJob (is the CRD installed from crds/?): {error!r}")
+        return None
+    status = copy.deepcopy(dict(body.get("status") or {}))
+    return {job.key: JobEntry(job, status, str(body["metadata"].get("resourceVersion", "")))}
+
+
+async def patch_status(runtime: Runtime, entry: JobEntry, patch: Mapping[str, Any], events: list[Event]) -> bool:
+    """Write a status change if the job is still what we read; False when it changed meanwhile."""
+    if patch:
+        body = {"metadata": {"resourceVersion": entry.resource_version}, "status": dict(patch)}
+        try:
+            await runtime.api.merge_patch(entry.status_path, body)
+        except Conflict:
+            return False
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+    target = kopf.Body(cast(kopf.RawBody, entry.ref))
+    for event in events:
+        kopf.event(target, type=event.type, reason=event.reason, message=event.message)
+    return True
+
+
+async def run_trainingjob(
+    stopped: Any, namespace: str | None, name: str, memo: Any, logger: Any, **indices: Any
+) -> None:
+    """The daemon of one TrainingJob, alive while the job exists and this replica is the active one."""
+    runtime: Runtime = memo.runtime
+    key = f"{namespace}/{name}"
+    wake = runtime.wakeups.setdefault(key, asyncio.Event())
+    written_from: str | None = None
+    try:
+        while not stopped:
+            wake.clear()
+            entry = first(indices["trainingjobs"], key)
+            delay = runtime.settings.resync_interval_s
+            if entry is None:
+                delay = 0.2
+            elif entry.resource_version == written_from:
+                delay = 0.1  # our own status write has not come back through the watch yet
+            else:
+                started = time.perf_counter()
+                try:
+                    plan, written = await _reconcile(runtime, entry, indices, logger)
+                except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+                    logger.warning(f"reconcile failed, retrying: {error}")
+                    plan, written = None, False
+                runtime.metrics.reconcile.labels(api.TRAINING_JOB).observe(time.perf_counter() - started)
+                written_from = entry.resource_version if written else None
+                if plan is None:
+                    delay = 0.2
+                elif plan.requeue_after_s is not None:
+                    delay = min(delay, plan.requeue_after_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=delay)
+    finally:
+        if runtime.wakeups.get(key) is wake:
+            del runtime.wakeups[key]
+
+
+async def _reconcile(
+    runtime: Runtime, entry: JobEntry, indices: Mapping[str, Any], logger: Any
+) -> tuple[lifecycle.Plan | None, bool]:
+    """One pass; returns the plan (None if the status could not be written) and whether status was written."""
+    job = entry.job
+    pools: IndexOf[ResourcePool] = indices["resourcepools"]
+    pods: IndexOf[WorkerPod] = indices["worker_pods"]
+    nodes: Mapping[str, Node] = IndexMapping(indices["nodes"])
+    pool = first(pools, job.spec.pool)
+    now = datetime.now(UTC).replace(microsecond=0)
+    plan = lifecycle.reconcile(job, pool, list(pods.get(job.key, ())), nodes, now, runtime.settings, entry.status)
+    patch = plan.status.patch()
+    if not await patch_status(runtime, entry, patch, plan.status.events):
+        return None, False
+    if plan.restarted:
+        runtime.metrics.restarts.labels(str(patch.get("reason", ""))).inc()
+    if plan.gpu_seconds and job.status.gpu_type is not None:
+        runtime.metrics.gpu_seconds.labels(job.status.gpu_type.value).inc(plan.gpu_seconds)
+        runtime.metrics.cost.labels(job.status.gpu_type.value).inc(plan.cost)
+    kube = runtime.api
+    await asyncio.gather(*(kube.delete(pod_path(job.namespace, n)) for n in plan.delete_pods))
+    if plan.create_workers and pool is not None:
+        await kube.create(service_path(job.namespace), build_service(job, runtime.settings))
+        manifests = build_worker_pods(job, pool, runtime.settings)
+        created = await asyncio.gather(
+            *(kube.create(pod_path(job.namespace), manifests[i]) for i in plan.create_workers)
+        )
+        logger.info(f"created {sum(created)} of {len(plan.create_workers)} missing workers")
+    if plan.lift_gates:
+        by_name = {p.name: p for p in pods.get(job.key, ())}
+        await asyncio.gather(
+            *(
+                kube.merge_patch(
+                    pod_path(job.namespace, n),
+                    {"spec": {"schedulingGates": [{"name": g} for g in by_name[n].other_gates]}},
+                )
+                for n in plan.lift_gates
+                if n in by_name
+            )
+        )
+    return plan, bool(patch)
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    kopf.index(api.GROUP, api.VERSION, api.TRAINING_JOBS, id="trainingjobs", registry=registry)(index_trainingjobs)
+    kopf.daemon(
+        api.GROUP,
+        api.VERSION,
+        api.TRAINING_JOBS,
+        id="follow",
+        cancellation_timeout=5.0,
+        registry=registry,
+    )(run_trainingjob)

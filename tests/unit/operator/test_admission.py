@@ -1,0 +1,214 @@
+"""Gang admission decisions: all or nothing, quota, order, no overtaking, preemption."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from operator_builders import T0, a_node, a_pool, at
+
+from strata_operator.admission import AdmittedGang, GangRequest, Reason, admit
+from strata_operator.api import GPUType, ResourcePool
+from strata_operator.observed import Node
+
+H100, MI300X = GPUType.H100, GPUType.MI300X
+
+
+def req(
+    key: str,
+    workers: int = 1,
+    per_worker: int = 8,
+    *,
+    pool: str = "pool",
+    submitted: float = 0,
+    types: Sequence[GPUType] = (H100,),
+    pods_per_group: int = 1,
+    capacity: Sequence[str] = ("spot", "on-demand", "reserved"),
+) -> GangRequest:
+    return GangRequest(
+        key=key,
+        pool=pool,
+        workers=workers,
+        gpus_per_worker=per_worker,
+        pods_per_group=pods_per_group,
+        gpu_types=tuple(types),
+        capacity_types=frozenset(capacity),
+        submitted=at(submitted),
+    )
+
+
+def running(request: GangRequest, nodes: dict[str, int], gpu: GPUType = H100, admitted: float = 0) -> AdmittedGang:
+    return AdmittedGang(request=request, gpu_type=gpu, admitted_at=at(admitted), bound=nodes)
+
+
+def pools(*items: ResourcePool) -> dict[str, ResourcePool]:
+    return {p.name: p for p in items}
+
+
+def fleet(*nodes: Node) -> list[Node]:
+    return list(nodes)
+
+
+def all_free(nodes: list[Node]) -> dict[str, int]:
+    return {n.name: n.allocatable_gpus for n in nodes}
+
+
+def test_a_gang_is_admitted_only_when_every_worker_fits() -> None:
+    nodes = fleet(a_node("a"), a_node("b"))
+    free = {"a": 8, "b": 4}
+
+    decision = admit([req("big", workers=2)], [], pools(a_pool()), nodes, free)
+
+    assert decision.admit == {}
+    assert decision.waiting["big"].reason == Reason.WAITING_FOR_GPUS
+    assert admit([req("big", workers=2)], [], pools(a_pool()), nodes, all_free(nodes)).admit == {"big": H100}
+
+
+def test_workers_of_one_tensor_group_must_share_a_node() -> None:
+    nodes = fleet(a_node("a"), a_node("b"))
+    free = {"a": 4, "b": 4}  # 8 GPUs free, but not 8 on one node
+    grouped = req("tp8", workers=2, per_worker=4, pods_per_group=2)
+    ungrouped = req("dp", workers=2, per_worker=4)
+
+    assert admit([grouped], [], pools(a_pool()), nodes, free).admit == {}
+    assert admit([ungrouped], [], pools(a_pool()), nodes, free).admit == {"dp": H100}
+
+
+def test_pool_quota_bounds_what_its_admitted_jobs_hold_together() -> None:
+    nodes = fleet(*(a_node(f"n{i}") for i in range(4)))
+    pool = a_pool(max_gpus=16)
+    holding = running(req("old", workers=1), {"n0": 8})
+    free = {"n0": 0, "n1": 8, "n2": 8, "n3": 8}
+
+    decision = admit([req("a", submitted=1), req("b", workers=2, submitted=2)], [holding], pools(pool), nodes, free)
+
+    assert decision.admit == {"a": H100}
+    assert decision.waiting["b"].reason == Reason.WAITING_FOR_QUOTA
+    assert "pool pool has 0 of 16 left" in decision.waiting["b"].message
+
+
+def test_a_job_larger_than_its_quota_says_so_and_blocks_nobody() -> None:
+    nodes = fleet(a_node("a"), a_node("b"))
+    decision = admit(
+        [req("huge", workers=3), req("small", submitted=5)], [], pools(a_pool(max_gpus=16)), nodes, all_free(nodes)
+    )
+    assert decision.waiting["huge"].reason == Reason.EXCEEDS_QUOTA
+    assert decision.admit == {"small": H100}
+
+
+def test_higher_priority_pool_first_then_submission_order() -> None:
+    nodes = fleet(a_node("a"))
+    low, high = a_pool("low", priority=1), a_pool("high", priority=10)
+    queue = [
+        req("low-early", pool="low", submitted=0),
+        req("high-late", pool="high", submitted=9),
+        req("high-early", pool="high", submitted=5),
+    ]
+
+    decision = admit(queue, [], pools(low, high), nodes, all_free(nodes))
+
+    assert decision.admit == {"high-early": H100}
+    assert decision.waiting["high-late"].position == 2
+    assert decision.waiting["low-early"].position == 3
+
+
+def test_a_waiting_gang_is_not_overtaken_on_its_gpu_type_but_other_types_stay_usable() -> None:
+    nodes = fleet(a_node("h0"), a_node("h1"), a_node("m0", MI300X))
+    free = {"h0": 8, "h1": 0, "m0": 8}
+    queue = [
+        req("big-h100", workers=2, submitted=0),
+        req("small-h100", submitted=1),
+        req("small-mi300x", submitted=2, types=(MI300X,)),
+    ]
+
+    decision = admit(queue, [], pools(a_pool()), nodes, free)
+
+    assert decision.admit == {"small-mi300x": MI300X}
+    assert decision.waiting["small-h100"].reason == Reason.BEHIND_HIGHER_PRIORITY
+
+
+def test_a_job_that_no_fleet_could_hold_does_not_block_the_queue() -> None:
+    nodes = fleet(a_node("h0"))
+    decision = admit(
+        [req("impossible", workers=4), req("fits", submitted=1)], [], pools(a_pool()), nodes, all_free(nodes)
+    )
+    assert decision.waiting["impossible"].reason == Reason.EXCEEDS_FLEET
+    assert decision.admit == {"fits": H100}
+
+
+def test_any_gpu_type_takes_the_first_type_that_holds_the_whole_gang() -> None:
+    nodes = fleet(a_node("h0"), a_node("m0", MI300X), a_node("m1", MI300X))
+    decision = admit([req("any", workers=2, types=(H100, MI300X))], [], pools(a_pool()), nodes, all_free(nodes))
+    assert decision.admit == {"any": MI300X}
+
+
+def test_pool_gpu_types_and_capacity_types_restrict_the_job() -> None:
+    nodes = fleet(a_node("spot", capacity="spot"), a_node("res", MI300X, capacity="reserved"))
+    pool = a_pool(gpuTypes=["MI300X"], capacityTypes=["spot"])
+    decision = admit([req("j", types=(H100, MI300X))], [], pools(pool), nodes, all_free(nodes))
+    assert decision.admit == {}
+    assert decision.waiting["j"].reason == Reason.EXCEEDS_FLEET  # MI300X only on reserved; H100 not allowed
+    missing = admit([req("k", types=(H100,))], [], pools(pool), nodes, all_free(nodes))
+    assert missing.waiting["k"].reason == Reason.NO_USABLE_GPUS
+
+
+def test_unbound_workers_of_admitted_gangs_keep_their_room_reserved() -> None:
+    nodes = fleet(a_node("a"), a_node("b"))
+    starting = AdmittedGang(request=req("starting", workers=1), gpu_type=H100, admitted_at=T0, unbound_workers=1)
+    decision = admit([req("next", workers=2, submitted=1)], [starting], pools(a_pool()), nodes, all_free(nodes))
+    assert decision.admit == {}
+
+
+def test_higher_priority_preempts_the_lowest_priority_most_recent_preemptible_jobs_only_as_needed() -> None:
+    nodes = fleet(a_node("a"), a_node("b"), a_node("c"))
+    high = a_pool("high", priority=100)
+    mid = a_pool("mid", priority=50, preemptible=True)
+    low = a_pool("low", priority=10, preemptible=True)
+    admitted = [
+        running(req("mid-job", pool="mid"), {"a": 8}, admitted=0),
+        running(req("low-old", pool="low"), {"b": 8}, admitted=1),
+        running(req("low-new", pool="low"), {"c": 8}, admitted=2),
+    ]
+    free = {"a": 0, "b": 0, "c": 0}
+
+    decision = admit([req("urgent", pool="high", submitted=10)], admitted, pools(high, mid, low), nodes, free)
+
+    assert [p.victim for p in decision.preempt] == ["low-new"]
+    assert decision.preempt[0].by == "urgent"
+    assert decision.waiting["urgent"].reason == Reason.WAITING_FOR_PREEMPTION
+    assert decision.admit == {}
+
+
+def test_non_preemptible_and_equal_priority_jobs_are_never_preempted() -> None:
+    nodes = fleet(a_node("a"), a_node("b"))
+    high = a_pool("high", priority=100)
+    steady = a_pool("steady", priority=10, preemptible=False)
+    peer = a_pool("peer", priority=100, preemptible=True)
+    admitted = [running(req("s", pool="steady"), {"a": 8}), running(req("p", pool="peer"), {"b": 8})]
+
+    decision = admit([req("urgent", pool="high")], admitted, pools(high, steady, peer), nodes, {"a": 0, "b": 0})
+
+    assert decision.preempt == []
+    assert decision.waiting["urgent"].reason == Reason.WAITING_FOR_GPUS
+
+
+def test_no_preemption_when_even_all_victims_would_not_make_room() -> None:
+    nodes = fleet(a_node("a"), a_node("b"))
+    high, low = a_pool("high", priority=100), a_pool("low", priority=1, preemptible=True)
+    admitted = [running(req("low-job", pool="low"), {"a": 8})]
+    foreign = {"a": 0, "b": 0}  # node b is held by someone else's pods
+    decision = admit([req("urgent", pool="high", workers=2)], admitted, pools(high, low), nodes, foreign)
+    assert decision.preempt == []
+
+
+def test_unknown_pool_waits_with_a_reason() -> None:
+    nodes = fleet(a_node("a"))
+    decision = admit([req("lost", pool="nope")], [], {}, nodes, all_free(nodes))
+    assert decision.waiting["lost"].reason == Reason.POOL_NOT_FOUND
+    assert "nope" in decision.waiting["lost"].message
+
+
+def test_unschedulable_and_cpu_nodes_hold_no_gangs() -> None:
+    cordoned = Node("a", H100, "reserved", 8, schedulable=False, price_per_hour=None)
+    cpu = a_node("cpu", gpu=None)
+    decision = admit([req("j")], [], pools(a_pool()), [cordoned, cpu], {"a": 8, "cpu": 0})
+    assert decision.admit == {}

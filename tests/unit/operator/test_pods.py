@@ -1,0 +1,257 @@
+"""Worker pods and the rendezvous Service, asserted as exact manifests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from operator_builders import a_job, a_pool
+
+from strata_operator import api
+from strata_operator.api import GPUType
+from strata_operator.pods import build_service, build_worker_pods, gang_gpu_type, worker_env
+from strata_operator.settings import OperatorSettings
+
+SETTINGS = OperatorSettings()
+
+
+def admitted(**kwargs: Any) -> api.TrainingJob:
+    status = {"phase": "Admitted", "attempt": 2, "placement": {"gpuType": kwargs.pop("granted", "H100")}}
+    return a_job(status=status, **kwargs)
+
+
+def test_worker_pod_is_exactly_the_manifest_of_the_contract() -> None:
+    job = admitted(name="llm", data=2, tensor=4, pipeline=2, gpu_type="Any")
+    pool = a_pool("gold", priority=100, max_runtime_seconds=3600, capacityTypes=["on-demand", "reserved"])
+
+    pods = build_worker_pods(job, pool, SETTINGS)
+
+    assert [p["metadata"]["name"] for p in pods] == ["llm-worker-0", "llm-worker-1"]
+    assert pods[1] == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "llm-worker-1",
+            "namespace": "team",
+            "labels": {
+                "strata.dev/job": "llm",
+                "app.kubernetes.io/managed-by": "strata-operator",
+                "strata.dev/job-kind": "TrainingJob",
+                "strata.dev/worker-index": "1",
+                "strata.dev/tensor-parallel-group": "1",
+                "strata.dev/pool": "gold",
+                "strata.dev/priority": "100",
+                "strata.dev/attempt": "2",
+            },
+            "annotations": {
+                "strata.dev/gang-size": "2",
+                "strata.dev/tensor-parallel-size": "4",
+                "strata.dev/gpu-types": "H100",
+                "strata.dev/capacity-types": "on-demand,reserved",
+                "strata.dev/capacity-preference": "none",
+                "strata.dev/checkpoint-interval-seconds": "600",
+                "strata.dev/precision": "bf16",
+                "strata.dev/expected-runtime-seconds": "3600",
+            },
+            "ownerReferences": [
+                {
+                    "apiVersion": "strata.dev/v1alpha1",
+                    "kind": "TrainingJob",
+                    "name": "llm",
+                    "uid": "uid-llm",
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "schedulerName": "strata-scheduler",
+            "schedulingGates": [{"name": "strata.dev/gang-admission"}],
+            "restartPolicy": "Never",
+            "hostname": "llm-worker-1",
+            "subdomain": "llm-workers",
+            "terminationGracePeriodSeconds": 120,
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 1000,
+                "runAsGroup": 1000,
+                "fsGroup": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchExpressions": [
+                                    {
+                                        "key": "karpenter.sh/capacity-type",
+                                        "operator": "In",
+                                        "values": ["on-demand", "reserved"],
+                                    }
+                                ]
+                            }
+                        ]
+                    }
+                }
+            },
+            "containers": [
+                {
+                    "name": "trainer",
+                    "image": "registry.example/strata/workloads:1",
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["python", "-m", "strata_workloads.train"],
+                    "env": [
+                        {"name": "MASTER_ADDR", "value": "llm-worker-0.llm-workers.team.svc"},
+                        {"name": "MASTER_PORT", "value": "29500"},
+                        {"name": "WORLD_SIZE", "value": "16"},
+                        {"name": "RANK", "value": "8"},
+                        {"name": "LOCAL_WORLD_SIZE", "value": "8"},
+                        {"name": "NODE_RANK", "value": "1"},
+                        {"name": "NNODES", "value": "2"},
+                        {"name": "STRATA_DP", "value": "2"},
+                        {"name": "STRATA_TP", "value": "4"},
+                        {"name": "STRATA_PP", "value": "2"},
+                        {"name": "STRATA_EP", "value": "1"},
+                        {"name": "STRATA_MICROBATCHES", "value": "1"},
+                        {"name": "STRATA_PP_SCHEDULE", "value": "1F1B"},
+                        {"name": "STRATA_PRESET", "value": "debug"},
+                        {"name": "STRATA_GLOBAL_BATCH_SIZE", "value": "128"},
+                        {"name": "STRATA_MICRO_BATCH_SIZE", "value": "1"},
+                        {"name": "STRATA_STEPS", "value": "100"},
+                        {"name": "STRATA_PRECISION", "value": "bf16"},
+                        {"name": "STRATA_ACTIVATION_CHECKPOINTING", "value": "none"},
+                        {"name": "STRATA_GRAD_CLIP", "value": "1.0"},
+                        {"name": "STRATA_LR", "value": "0.0003"},
+                        {"name": "STRATA_CHECKPOINT_DIR", "value": "/checkpoints"},
+                        {"name": "STRATA_CHECKPOINT_INTERVAL_S", "value": "600"},
+                        {"name": "STRATA_CHECKPOINT_KEEP", "value": "3"},
+                        {"name": "STRATA_METRICS_PORT", "value": "9400"},
+                        {"name": "STRATA_JOB", "value": "team/llm"},
+                        {"name": "STRATA_ATTEMPT", "value": "2"},
+                    ],
+                    "ports": [
+                        {"name": "rendezvous", "containerPort": 29500},
+                        {"name": "metrics", "containerPort": 9400},
+                    ],
+                    "resources": {"limits": {"nvidia.com/gpu": "8"}, "requests": {"nvidia.com/gpu": "8"}},
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                        "runAsNonRoot": True,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "volumeMounts": [
+                        {"name": "checkpoints", "mountPath": "/checkpoints"},
+                        {"name": "dshm", "mountPath": "/dev/shm"},
+                    ],
+                }
+            ],
+            "volumes": [
+                {"name": "checkpoints", "emptyDir": {}},
+                {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+            ],
+        },
+    }
+
+
+def test_mi300x_gang_asks_for_amd_gpus_and_tolerates_their_taint_and_spot() -> None:
+    job = admitted(data=2, gpus_per_worker=1, granted="MI300X", gpu_type="Any")
+    [pod, _] = build_worker_pods(job, a_pool(), SETTINGS)
+    container = pod["spec"]["containers"][0]
+    assert container["resources"]["limits"] == {"amd.com/gpu": "1"}
+    assert pod["spec"]["tolerations"] == [
+        {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "karpenter.sh/capacity-type", "operator": "Equal", "value": "spot", "effect": "NoSchedule"},
+    ]
+    assert pod["metadata"]["annotations"]["strata.dev/capacity-types"] == "spot,on-demand,reserved"
+
+
+def test_no_spot_toleration_when_the_pool_forbids_spot() -> None:
+    job = admitted(data=1)
+    [pod] = build_worker_pods(job, a_pool(capacityTypes=["reserved"]), SETTINGS)
+    assert [t["key"] for t in pod["spec"]["tolerations"]] == ["nvidia.com/gpu"]
+    terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["reserved"]
+
+
+def test_capacity_preference_becomes_a_preferred_node_affinity() -> None:
+    job = admitted(resources={"gpus": 8, "gpuType": "H100", "capacityPreference": "spot"})
+    [pod] = build_worker_pods(job, a_pool(), SETTINGS)
+    preferred = pod["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred == [
+        {
+            "weight": 100,
+            "preference": {
+                "matchExpressions": [{"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot"]}]
+            },
+        }
+    ]
+    assert pod["metadata"]["annotations"][api.ANN_CAPACITY_PREFERENCE] == "spot"
+
+
+def test_tensor_group_spanning_two_pods_labels_both_with_one_group() -> None:
+    job = admitted(data=2, tensor=8, gpus_per_worker=4)
+    pods = build_worker_pods(job, a_pool(), SETTINGS)
+    assert [p["metadata"]["labels"][api.LABEL_TP_GROUP] for p in pods] == ["0", "0", "1", "1"]
+    assert [worker_env(job, SETTINGS, i)["RANK"] for i in range(4)] == ["0", "4", "8", "12"]
+
+
+def test_settings_choose_the_scheduler_and_rendezvous_port() -> None:
+    settings = OperatorSettings(scheduler_name="default-scheduler", master_port=23456)
+    job = admitted()
+    [pod] = build_worker_pods(job, a_pool(), settings)
+    assert pod["spec"]["schedulerName"] == "default-scheduler"
+    assert build_service(job, settings)["spec"]["ports"] == [{"name": "rendezvous", "port": 23456, "targetPort": 23456}]
+
+
+def test_checkpoint_claim_and_resource_requests_come_from_the_spec() -> None:
+    job = admitted(
+        checkpoint={"persistentVolumeClaim": "ckpt", "path": "/ckpt", "intervalSteps": 50},
+        resources={"gpus": 8, "gpuType": "H100", "cpuPerWorker": 16, "memoryPerWorker": "64Gi"},
+    )
+    [pod] = build_worker_pods(job, a_pool(), SETTINGS)
+    assert pod["spec"]["volumes"][0] == {"name": "checkpoints", "persistentVolumeClaim": {"claimName": "ckpt"}}
+    container = pod["spec"]["containers"][0]
+    assert container["volumeMounts"][0] == {"name": "checkpoints", "mountPath": "/ckpt"}
+    assert container["resources"]["requests"] == {"nvidia.com/gpu": "8", "cpu": "16", "memory": "64Gi"}
+    assert {"name": "STRATA_CHECKPOINT_INTERVAL_STEPS", "value": "50"} in container["env"]
+
+
+def test_headless_service_publishes_not_ready_workers_for_rendezvous() -> None:
+    job = admitted(name="llm")
+    assert build_service(job, SETTINGS) == {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "llm-workers",
+            "namespace": "team",
+            "labels": {"strata.dev/job": "llm", "app.kubernetes.io/managed-by": "strata-operator"},
+            "ownerReferences": [
+                {
+                    "apiVersion": "strata.dev/v1alpha1",
+                    "kind": "TrainingJob",
+                    "name": "llm",
+                    "uid": "uid-llm",
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {"strata.dev/job": "llm", "app.kubernetes.io/managed-by": "strata-operator"},
+            "ports": [{"name": "rendezvous", "port": 29500, "targetPort": 29500}],
+        },
+    }
+
+
+def test_gpu_type_any_needs_a_grant_before_pods_can_be_built() -> None:
+    job = a_job(gpu_type="Any")
+    with pytest.raises(ValueError, match="gpuType is Any"):
+        gang_gpu_type(job)
+    assert gang_gpu_type(a_job(gpu_type="MI300X")) is GPUType.MI300X
