@@ -1,0 +1,218 @@
+"""A job's life cycle decided from its pods: start, run, finish, restart, deadlines, suspend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from operator_builders import a_job, a_node, a_pool, a_worker, at
+
+from strata_operator.api import Phase, format_time
+from strata_operator.lifecycle import Plan, Reason, backoff_s, reconcile
+from strata_operator.observed import WorkerPod
+from strata_operator.settings import OperatorSettings
+
+SETTINGS = OperatorSettings(backoff_base_s=10, backoff_max_s=60, start_timeout_s=300)
+NODES = {f"n{i}": a_node(f"n{i}") for i in range(4)}
+
+
+def run(
+    phase: Phase | None,
+    pods: list[WorkerPod],
+    now: float = 60,
+    pool_limit: int | None = None,
+    spec: dict[str, Any] | None = None,
+    **status: Any,
+) -> Plan:
+    raw: dict[str, Any] = {"attempt": 1, "placement": {"gpuType": "H100"}, "admittedAt": format_time(at(0))}
+    if phase is not None:
+        raw["phase"] = phase.value
+    raw.update(status)
+    job = a_job(name="j", data=2, tensor=8, status=raw, **(spec or {}))
+    return reconcile(job, a_pool(max_runtime_seconds=pool_limit), pods, NODES, at(now), SETTINGS, raw)
+
+
+def workers(phase: str = "Running", **kwargs: Any) -> list[WorkerPod]:
+    return [a_worker("j", i, phase=phase, node=f"n{i}", **kwargs) for i in range(2)]
+
+
+def test_a_new_job_enters_the_queue_with_an_event() -> None:
+    plan = run(None, [])
+    patch = plan.status.patch()
+    assert patch["phase"] == "Queued"
+    assert patch["submittedAt"] == format_time(at(0))
+    assert [(e.reason, e.type) for e in plan.status.events] == [(Reason.SUBMITTED, "Normal")]
+    assert patch["conditions"][0]["type"] == "Queued"
+    assert patch["conditions"][0]["status"] == "True"
+
+
+def test_an_admitted_gang_gets_all_its_pods_created_then_all_gates_lifted_together() -> None:
+    first = run(Phase.ADMITTED, [])
+    assert first.create_workers == [0, 1]
+    assert first.lift_gates == []
+
+    one_missing = run(Phase.ADMITTED, [a_worker("j", 0, gated=True)])
+    assert one_missing.create_workers == [1]
+    assert one_missing.lift_gates == []
+
+    all_there = run(Phase.ADMITTED, workers("Pending", gated=True))
+    assert all_there.create_workers == []
+    assert all_there.lift_gates == ["j-worker-0", "j-worker-1"]
+
+
+def test_running_when_every_worker_runs_and_deadline_clock_starts() -> None:
+    plan = run(Phase.ADMITTED, workers())
+    patch = plan.status.patch()
+    assert patch["phase"] == "Running"
+    assert patch["startTime"] == format_time(at(60))
+    assert patch["workers"] == {"ready": 2, "total": 2}
+    assert patch["placement"]["nodes"] == ["n0", "n1"]
+
+
+def test_pods_of_an_earlier_attempt_are_deleted_and_their_names_not_reused_until_gone() -> None:
+    old = [a_worker("j", 0, attempt=0, deleting=True), a_worker("j", 1, attempt=0)]
+    plan = run(Phase.ADMITTED, old)
+    assert plan.delete_pods == ["j-worker-1"]
+    assert plan.create_workers == []
+
+
+def test_all_workers_succeeded_means_the_job_succeeded() -> None:
+    plan = run(Phase.RUNNING, workers("Succeeded", exit_code=0), startTime=format_time(at(10)))
+    patch = plan.status.patch()
+    assert patch["phase"] == "Succeeded"
+    assert patch["completionTime"] == format_time(at(60))
+
+
+def test_a_failed_worker_restarts_the_whole_gang_with_backoff_and_counts_lost_steps() -> None:
+    pods = [a_worker("j", 0, step=130), a_worker("j", 1, phase="Failed", exit_code=137, node="n1")]
+    plan = run(Phase.RUNNING, pods, startTime=format_time(at(10)), lastCheckpoint={"step": 100}, restarts=1)
+    patch = plan.status.patch()
+    assert patch["phase"] == "Restarting"
+    assert patch["reason"] == Reason.WORKER_FAILED
+    assert patch["restarts"] == 2
+    assert patch["stepsLost"] == 30
+    assert patch["retryAfter"] == format_time(at(60 + 20))
+    assert sorted(plan.delete_pods) == ["j-worker-0", "j-worker-1"]
+    assert plan.restarted
+    assert "exit code 137" in patch["message"]
+    assert plan.status.events[-1].type == "Warning"
+
+
+def test_a_worker_on_a_vanished_node_is_a_spot_reclaim_and_restarts_the_gang() -> None:
+    pods = [a_worker("j", 0, node="n0"), a_worker("j", 1, node="reclaimed")]
+    patch = run(Phase.RUNNING, pods, startTime=format_time(at(10))).status.patch()
+    assert patch["phase"] == "Restarting"
+    assert patch["reason"] == Reason.NODE_LOST
+    assert "reclaimed" in patch["message"]
+
+
+def test_an_evicted_worker_restarts_the_gang() -> None:
+    pods = [a_worker("j", 0), a_worker("j", 1, deleting=True, node="n1")]
+    assert run(Phase.RUNNING, pods, startTime=format_time(at(10))).status.patch()["reason"] == Reason.WORKER_EVICTED
+
+
+def test_past_the_backoff_limit_the_job_fails() -> None:
+    pods = [a_worker("j", 0), a_worker("j", 1, phase="Failed", exit_code=1, node="n1")]
+    plan = run(Phase.RUNNING, pods, startTime=format_time(at(10)), restarts=3, spec={"backoffLimit": 3})
+    patch = plan.status.patch()
+    assert patch["phase"] == "Failed"
+    assert patch["reason"] == Reason.BACKOFF_LIMIT
+    assert plan.delete_pods == ["j-worker-0"]
+
+
+def test_restarting_requeues_once_the_backoff_is_over_and_the_pods_are_gone() -> None:
+    waiting = run(Phase.RESTARTING, [], now=30, retryAfter=format_time(at(40)))
+    assert waiting.status.patch().get("phase") is None
+    assert waiting.requeue_after_s == 10
+    still_there = run(Phase.RESTARTING, [a_worker("j", 0, deleting=True)], now=50, retryAfter=format_time(at(40)))
+    assert still_there.status.patch().get("phase") is None
+    done = run(Phase.RESTARTING, [], now=50, retryAfter=format_time(at(40)))
+    assert done.status.patch()["phase"] == "Queued"
+    assert done.status.patch()["reason"] == Reason.BACKOFF_ELAPSED
+
+
+@pytest.mark.parametrize(("restarts", "delay"), [(1, 10), (2, 20), (3, 40), (4, 60), (10, 60)])
+def test_backoff_doubles_up_to_the_limit(restarts: int, delay: float) -> None:
+    assert backoff_s(restarts, SETTINGS) == delay
+
+
+def test_the_smaller_of_job_and_pool_runtime_limits_fails_the_job_with_deadline_exceeded() -> None:
+    started = format_time(at(0))
+    job_limit = run(
+        Phase.RUNNING, workers(), now=100, spec={"maxRuntimeSeconds": 100}, pool_limit=3600, startTime=started
+    )
+    assert job_limit.status.patch()["reason"] == Reason.DEADLINE
+    assert sorted(job_limit.delete_pods) == ["j-worker-0", "j-worker-1"]
+    pool_limit = run(
+        Phase.RUNNING, workers(), now=100, spec={"maxRuntimeSeconds": 500}, pool_limit=90, startTime=started
+    )
+    assert pool_limit.status.patch()["phase"] == "Failed"
+    within = run(Phase.RUNNING, workers(), now=80, pool_limit=90, startTime=started)
+    assert within.status.patch().get("phase") is None
+    assert within.requeue_after_s == 10
+
+
+def test_suspend_releases_the_gpus_and_resume_requeues() -> None:
+    plan = run(Phase.RUNNING, workers(), startTime=format_time(at(0)), spec={"suspend": True})
+    assert plan.status.patch()["phase"] == "Suspended"
+    assert sorted(plan.delete_pods) == ["j-worker-0", "j-worker-1"]
+    resumed = run(Phase.SUSPENDED, [], spec={"suspend": False})
+    assert resumed.status.patch()["phase"] == "Queued"
+    assert resumed.status.patch()["reason"] == Reason.RESUMED
+
+
+def test_running_gangs_accrue_gpu_seconds_and_cost_from_node_prices() -> None:
+    plan = run(
+        Phase.RUNNING, workers(), now=70, startTime=format_time(at(0)), accountedAt=format_time(at(10)), gpuSeconds=5.0
+    )
+    patch = plan.status.patch()
+    assert plan.gpu_seconds == 16 * 60
+    assert patch["gpuSeconds"] == 5.0 + 16 * 60
+    assert plan.cost == pytest.approx(16 * 2.50 * 60 / 3600)  # reserved H100 list price per GPU-hour
+    assert patch["accountedAt"] == format_time(at(70))
+
+
+def test_worker_progress_reports_become_status_and_checkpoints_never_go_back() -> None:
+    pods = [a_worker("j", 0, step=250, checkpoint_step=200), a_worker("j", 1, step=249, checkpoint_step=200)]
+    patch = run(Phase.RUNNING, pods, startTime=format_time(at(0)), lastCheckpoint={"step": 100}).status.patch()
+    assert patch["progress"] == {"step": 250}
+    assert patch["lastCheckpoint"] == {"step": 200}
+    older = run(Phase.RUNNING, pods, startTime=format_time(at(0)), lastCheckpoint={"step": 300}).status.patch()
+    assert "lastCheckpoint" not in older
+
+
+def test_a_gang_that_cannot_start_in_time_is_requeued_without_counting_a_restart() -> None:
+    plan = run(Phase.ADMITTED, workers("Pending"), now=301)
+    patch = plan.status.patch()
+    assert patch["phase"] == "Queued"
+    assert patch["reason"] == Reason.START_TIMEOUT
+    assert "restarts" not in patch
+
+
+def test_queued_jobs_own_no_pods() -> None:
+    plan = run(Phase.QUEUED, [a_worker("j", 0)])
+    assert plan.delete_pods == ["j-worker-0"]
+    assert plan.status.patch().get("phase") is None
+
+
+def test_conditions_follow_the_phase_and_keep_transition_times_when_unchanged() -> None:
+    queued = run(None, []).status.patch()["conditions"]
+    plan = run(
+        Phase.ADMITTED,
+        workers(),
+        conditions=[
+            *queued,
+            {
+                "type": "Admitted",
+                "status": "True",
+                "reason": "Admitted",
+                "message": "m",
+                "lastTransitionTime": format_time(at(1)),
+            },
+        ],
+    )
+    conditions = {c["type"]: c for c in plan.status.patch()["conditions"]}
+    assert conditions["Running"]["status"] == "True"
+    assert conditions["Admitted"]["status"] == "False"
+    assert conditions["Queued"]["status"] == "False"
+    assert conditions["Running"]["lastTransitionTime"] == format_time(at(60))
