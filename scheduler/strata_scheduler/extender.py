@@ -2,6 +2,9 @@
 
 The HTTP layer (:mod:`strata_scheduler.server`) and the latency benchmark both call these methods. Answers:
 
+- 200 with the neutral answer (every node passes, every score 0) for pods whose ``spec.schedulerName`` names
+  another scheduler: kube-scheduler shares extenders across all profiles of a process, and only Strata's
+  pods are this extender's business;
 - 200 with the protocol's result for every well-formed request, including pods without Strata's annotations
   (they are treated as accepting any GPU type and capacity type), node names the cache does not know
   (filter: rejected with a reason; prioritize: score 0) and pods that request no GPUs (filter passes every
@@ -18,10 +21,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
+from strata_operator.api import SCHEDULER_NAME
 from strata_scheduler.catalog import Catalog
 from strata_scheduler.filtering import filter_nodes
 from strata_scheduler.forecasts import ForecastBoard
@@ -101,6 +106,8 @@ class Extender:
             self.metrics.latency.labels(verb).observe(time.perf_counter() - started)
 
     def _filter(self, args: ExtenderArgs) -> bytes:
+        if not _ours(args.pod):
+            return filter_result(args, list(args.node_names), {}, {})
         pod = pod_view(args.pod)
         hold = self.board.hold_back()
         hour = self.now().hour
@@ -125,6 +132,8 @@ class Extender:
         return min(names, key=key)
 
     def _prioritize(self, args: ExtenderArgs) -> bytes:
+        if not _ours(args.pod):
+            return priority_list([(name, 0) for name in args.node_names])
         pod = pod_view(args.pod)
         hour = self.now().hour
         with self.state.reading() as state:
@@ -138,3 +147,9 @@ class Extender:
                 node = state.nodes.get(name)
                 rows.append((name, node, state.free_gpus(node) if node is not None else 0))
         return priority_list(score_nodes(self.catalog, pod, rows, placement, hour, self.defaults))
+
+
+def _ours(pod: Mapping[str, Any]) -> bool:
+    spec = pod.get("spec")
+    name = spec.get("schedulerName") if isinstance(spec, Mapping) else None
+    return not isinstance(name, str) or name in ("", SCHEDULER_NAME)

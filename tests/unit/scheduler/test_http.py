@@ -102,6 +102,16 @@ def test_prioritize_returns_a_host_priority_list(server: LiveServer) -> None:
     assert body == [{"Host": "h100-spot", "Score": 7}, {"Host": "mi-spot", "Score": 8}, {"Host": "ghost", "Score": 0}]
 
 
+def test_pods_of_other_schedulers_get_the_neutral_answer(server: LiveServer) -> None:
+    pod = a_pod().gpus(8).capacity_types("spot").build()
+    pod["spec"]["schedulerName"] = "default-scheduler"
+    names = ["h100-res", "cpu", "ghost"]
+    status, body = server.post("/filter", {"Pod": pod, "NodeNames": names})
+    assert (status, body["NodeNames"], body["FailedNodes"], body["FailedAndUnresolvableNodes"]) == (200, names, {}, {})
+    status, scores = server.post("/prioritize", {"Pod": pod, "NodeNames": names})
+    assert scores == [{"Host": name, "Score": 0} for name in names]
+
+
 def test_keys_match_case_insensitively_like_go(server: LiveServer) -> None:
     status, body = server.post("/filter", {"pod": a_pod().gpus(8).build(), "nodenames": ["h100-spot"]})
     assert status == 200
@@ -190,7 +200,7 @@ ODD_STRINGS = st.one_of(
     st.text(max_size=12),
 )
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=20,
 )
