@@ -28,7 +28,7 @@ from typing import Any
 
 from strata_operator.api import SCHEDULER_NAME
 from strata_scheduler.catalog import Catalog
-from strata_scheduler.filtering import filter_nodes
+from strata_scheduler.filtering import GroupKey, PinnedGroup, filter_nodes
 from strata_scheduler.forecasts import ForecastBoard
 from strata_scheduler.metrics import ExtenderMetrics
 from strata_scheduler.model import PodView, pod_view
@@ -43,20 +43,21 @@ NOT_READY = b"the Strata extender's cache has not synced yet"
 
 @dataclass
 class Pins:
-    """Tensor-parallel groups placed by recent filter calls whose first pod is not yet seen bound."""
+    """Tensor-parallel groups placed by recent filter calls (see :func:`~strata_scheduler.filtering.filter_nodes`)."""
 
     ttl_s: float
     clock: Callable[[], float] = time.monotonic
-    _pins: dict[tuple[str, str, str], tuple[str, float]] = field(default_factory=dict)
+    _pins: dict[GroupKey, tuple[PinnedGroup, float]] = field(default_factory=dict)
 
-    def active(self) -> dict[tuple[str, str, str], str]:
+    def active(self) -> dict[GroupKey, PinnedGroup]:
         now = self.clock()
         for key in [key for key, (_, expiry) in self._pins.items() if expiry <= now]:
             del self._pins[key]
-        return {key: node for key, (node, _) in self._pins.items()}
+        return {key: pin for key, (pin, _) in self._pins.items()}
 
-    def pin(self, group: tuple[str, str, str], node: str) -> None:
-        self._pins[group] = (node, self.clock() + self.ttl_s)
+    def pin(self, group: GroupKey, pin: PinnedGroup) -> None:
+        """Remember (or refresh) a placement; it lapses ``ttl_s`` after the group's last filter call."""
+        self._pins[group] = (pin, self.clock() + self.ttl_s)
 
 
 class Extender:

@@ -39,14 +39,27 @@ class HoldBack:
     band: str = "80%"
 
 
+GroupKey = tuple[str, str, str]
+"""(namespace, job, tensor-parallel group index)."""
+
+
+@dataclass(frozen=True)
+class PinnedGroup:
+    """A tensor-parallel group a recent filter call placed on ``node``; its unbound GPUs are kept for it there."""
+
+    node: str
+    group_gpus: int
+    pod_gpus: int
+
+
 @dataclass
 class FilterOutcome:
     passed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     unresolvable: dict[str, str] = field(default_factory=dict)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
-    pin: tuple[tuple[str, str, str], str] | None = None
-    """A tensor-parallel group this call placed, and the node it chose; the caller remembers it briefly."""
+    pin: tuple[GroupKey, PinnedGroup] | None = None
+    """A tensor-parallel group this call placed (or confirmed) on a node; the caller remembers it briefly."""
 
     def reject(self, node: str, reason: str, message: str) -> None:
         (self.unresolvable if reason in UNRESOLVABLE else self.failed)[node] = message
@@ -58,13 +71,15 @@ def filter_nodes(
     node_names: Iterable[str],
     state: ClusterState,
     hold: HoldBack,
-    pins: Mapping[tuple[str, str, str], str],
+    pins: Mapping[GroupKey, PinnedGroup],
     cheapest: Callable[[list[str]], str],
 ) -> FilterOutcome:
     """Filter ``node_names`` for ``pod``; call with ``state.lock`` held.
 
-    ``pins`` are groups an earlier call placed whose pods are not yet seen bound; ``cheapest`` picks the node
-    for a group being placed now from the nodes that pass every other check.
+    ``pins`` are groups recent calls placed: each sends its own pods to its node, and keeps the GPUs its pods
+    not yet seen bound will need there away from everyone else (pods of one group are scheduled one after the
+    other, and their bindings reach the watch cache a moment later). ``cheapest`` picks the node for a group
+    being placed now from the nodes that pass every other check.
     """
     outcome = FilterOutcome()
     if not pod.gpus:
@@ -77,8 +92,10 @@ def filter_nodes(
     capacity_types = _allowed(pod.contract.capacity_types, pool.capacity_types if pool else frozenset())
     group = pod.tp_group_key
     group_nodes = state.tp_groups.get(group) if group else None
-    group_home = min(group_nodes) if group_nodes else (pins.get(group) if group else None)
+    own_pin = pins.get(group) if group else None
+    group_home = min(group_nodes) if group_nodes else (own_pin.node if own_pin else None)
     group_gpus = max(pod.contract.tp_size, pod.gpus)
+    kept = _kept_for_pinned_groups(pins, state, exclude=group)
     low_priority = pod.contract.priority < state.high_priority or pod.contract.deferrable
     reserved = state.reserved_capacity() if low_priority and hold.upper_by_gpu_type else {}
     candidates: list[str] = []
@@ -92,10 +109,11 @@ def filter_nodes(
             outcome.reject(name, message[0], message[1])
             continue
         used = state.used_gpus[name][resource] if name in state.used_gpus else 0
-        free = node.allocatable_gpus.get(resource, 0) - used
+        free = node.allocatable_gpus.get(resource, 0) - used - kept.get(name, 0)
         if free < pod.gpus:
             total = node.allocatable_gpus.get(resource, 0)
-            outcome.reject(name, "free_gpus", f"pod needs {pod.gpus} {resource}, node has {free} free of {total}")
+            note = f" ({kept[name]} kept for a tensor-parallel group being placed there)" if kept.get(name) else ""
+            outcome.reject(name, "free_gpus", f"pod needs {pod.gpus} {resource}, node has {free} free of {total}{note}")
             continue
         if group is not None and group_home is not None and group_home != name:
             outcome.reject(name, "tp_group", f"{_group_label(group)} runs on node {group_home}; it never spans nodes")
@@ -110,15 +128,29 @@ def filter_nodes(
             outcome.reject(name, "reserved_holdback", held)
             continue
         candidates.append(name)
-    if group is not None and group_home is None and group_gpus > pod.gpus and candidates:
-        chosen = cheapest(candidates)
+    if group is not None and group_gpus > pod.gpus and candidates:
+        chosen = group_home if group_home in candidates else cheapest(candidates)
         for name in candidates:
             if name != chosen:
                 outcome.reject(name, "tp_group", f"{_group_label(group)} is being placed on node {chosen}")
-        outcome.pin = (group, chosen)
+        outcome.pin = (group, PinnedGroup(chosen, group_gpus, pod.gpus))
         candidates = [chosen]
     outcome.passed = candidates
     return outcome
+
+
+def _kept_for_pinned_groups(
+    pins: Mapping[GroupKey, PinnedGroup], state: ClusterState, exclude: GroupKey | None
+) -> dict[str, int]:
+    """GPUs per node that pinned groups (other than ``exclude``) still need for pods not yet bound."""
+    kept: dict[str, int] = {}
+    for key, pin in pins.items():
+        if key == exclude:
+            continue
+        bound_pods = state.tp_groups[key][pin.node] if key in state.tp_groups else 0
+        missing = max(0, pin.group_gpus - bound_pods * pin.pod_gpus)
+        kept[pin.node] = kept.get(pin.node, 0) + missing
+    return kept
 
 
 def _allowed(job: frozenset[str], pool: frozenset[str]) -> frozenset[str] | None:

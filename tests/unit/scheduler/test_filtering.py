@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from scheduler_builders import a_node, a_pod
 
-from strata_scheduler.filtering import FilterOutcome, HoldBack, filter_nodes
+from strata_scheduler.filtering import FilterOutcome, HoldBack, PinnedGroup, filter_nodes
 from strata_scheduler.model import pod_view
 from strata_scheduler.state import ClusterState
 
@@ -107,10 +107,25 @@ def test_unplaced_group_needs_room_for_the_whole_group_and_is_pinned_to_one_node
         "small": "tensor-parallel group 1 of job team/llm needs 8 GPUs on one node, node has 4 free"
     }
     assert outcome.unresolvable == {"n2": "tensor-parallel group 1 of job team/llm is being placed on node n1"}
-    assert outcome.pin == (("team", "llm", "1"), "n1")
+    assert outcome.pin == (("team", "llm", "1"), PinnedGroup("n1", group_gpus=8, pod_gpus=4))
     # The next pod of the group, scheduled before the first binding is seen, goes to the same node.
-    follow = run(a_pod("w1").gpus(4).of_job("llm").tp_group("1", size=8), state, ["n1", "n2"], pins=dict([outcome.pin]))
+    pins = dict([outcome.pin])
+    follow = run(a_pod("w1").gpus(4).of_job("llm").tp_group("1", size=8), state, ["n1", "n2"], pins=pins)
     assert follow.passed == ["n1"]
+    # Another group, also scheduled before that binding is seen, does not see n1's GPUs as free.
+    other = run(a_pod("v0").gpus(4).of_job("llm").tp_group("2", size=8), state, ["n1", "n2"], pins=pins)
+    assert other.passed == ["n2"]
+    held = "pod needs 4 nvidia.com/gpu, node has 0 free of 8 (8 kept for a tensor-parallel group being placed there)"
+    assert other.failed == {"n1": held}
+
+
+def test_pinned_group_keeps_only_the_gpus_its_unbound_pods_need() -> None:
+    state = cluster(a_node("n1").h100(), a_pod("w0").gpus(4).of_job("llm").tp_group("1", size=8).on("n1"))
+    pins = {("team", "llm", "1"): PinnedGroup("n1", group_gpus=8, pod_gpus=4)}
+    # 4 GPUs bound to the group, 4 kept for its second pod: nothing left for a stranger.
+    assert run(a_pod("x").gpus(1), state, ["n1"], pins=pins).failed == {
+        "n1": "pod needs 1 nvidia.com/gpu, node has 0 free of 8 (4 kept for a tensor-parallel group being placed there)"
+    }
 
 
 def test_group_of_one_pod_is_not_pinned() -> None:
