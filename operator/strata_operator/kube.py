@@ -74,10 +74,13 @@ class Kube:
             return False
         return True
 
-    async def delete(self, path: str) -> bool:
-        """DELETE with the object's own grace period; False when it is already gone."""
+    async def delete(self, path: str, grace_s: int | None = None) -> bool:
+        """DELETE with the object's own grace period (or ``grace_s``); False when it is already gone."""
+        options: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        if grace_s is not None:
+            options["gracePeriodSeconds"] = grace_s
         try:
-            await self.request("DELETE", path, {"kind": "DeleteOptions", "apiVersion": "v1"})
+            await self.request("DELETE", path, options)
         except ApiError as error:
             if error.status == 404:
                 return False

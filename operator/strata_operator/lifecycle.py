@@ -50,6 +50,8 @@ class Plan:
 
     status: StatusDraft
     delete_pods: list[str] = field(default_factory=list)
+    force_delete_pods: list[str] = field(default_factory=list)
+    """Pods whose node is gone: no kubelet will ever confirm their end, so they are removed at once."""
     create_workers: list[int] = field(default_factory=list)
     lift_gates: list[str] = field(default_factory=list)
     requeue_after_s: float | None = None
@@ -86,6 +88,7 @@ def reconcile(
     current = [p for p in pods if p.attempt == job.status.attempt and not p.deleting]
     alive = [p for p in pods if not p.deleting]
 
+    plan.force_delete_pods = sorted(p.name for p in pods if p.node and p.node not in nodes)
     _record_progress(draft, job, current)
     draft.set("workers", {"ready": sum(p.ready for p in current), "total": job.spec.workers})
     draft.set("observedGeneration", job.generation)
@@ -237,6 +240,8 @@ def _restart(
     _release(plan, alive)
     draft.set("restarts", restarts)
     draft.set("stepsLost", job.status.steps_lost + lost)
+    if step is not None:
+        draft.set("progress", {"step": checkpoint})  # the next attempt resumes from the checkpoint
     draft.set("retryAfter", format_time(now + timedelta(seconds=delay)))
     draft.transition(
         Phase.RESTARTING,

@@ -39,8 +39,22 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: Any, **_
     settings.peering.priority = runtime.settings.priority
     settings.watching.server_timeout = 300
     runtime.kube = Kube(login(settings))
+    if not runtime.settings.standalone:
+        await ensure_peering(runtime.kube, runtime.settings)
     runtime.metrics.serve(runtime.settings.metrics_port)
     logger.info(f"strata-operator started: {runtime.settings}")
+
+
+async def ensure_peering(kube: Kube, settings: OperatorSettings) -> None:
+    """Create the kopf peering object(s) replicas elect through, if absent (kopf needs them to exist)."""
+    name = settings.peering_name
+    if not settings.namespaces:
+        body = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}
+        await kube.create("/apis/kopf.dev/v1/clusterkopfpeerings", body)
+        return
+    for namespace in settings.namespaces:
+        body = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": name, "namespace": namespace}}
+        await kube.create(f"/apis/kopf.dev/v1/namespaces/{namespace}/kopfpeerings", body)
 
 
 def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:

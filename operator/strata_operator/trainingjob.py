@@ -137,6 +137,7 @@ async def _reconcile(
         runtime.metrics.cost.labels(job.status.gpu_type.value).inc(plan.cost)
     kube = runtime.api
     await asyncio.gather(*(kube.delete(pod_path(job.namespace, n)) for n in plan.delete_pods))
+    await asyncio.gather(*(kube.delete(pod_path(job.namespace, n), grace_s=0) for n in plan.force_delete_pods))
     if plan.create_workers and pool is not None:
         await kube.create(service_path(job.namespace), build_service(job, runtime.settings))
         manifests = build_worker_pods(job, pool, runtime.settings)

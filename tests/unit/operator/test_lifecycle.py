@@ -91,6 +91,7 @@ def test_a_failed_worker_restarts_the_whole_gang_with_backoff_and_counts_lost_st
     assert patch["reason"] == Reason.WORKER_FAILED
     assert patch["restarts"] == 2
     assert patch["stepsLost"] == 30
+    assert patch["progress"] == {"step": 100}  # the next attempt starts again from the checkpoint
     assert patch["retryAfter"] == format_time(at(60 + 20))
     assert sorted(plan.delete_pods) == ["j-worker-0", "j-worker-1"]
     assert plan.restarted
@@ -104,6 +105,7 @@ def test_a_worker_on_a_vanished_node_is_a_spot_reclaim_and_restarts_the_gang() -
     assert patch["phase"] == "Restarting"
     assert patch["reason"] == Reason.NODE_LOST
     assert "reclaimed" in patch["message"]
+    assert run(Phase.RUNNING, pods, startTime=format_time(at(10))).force_delete_pods == ["j-worker-1"]
 
 
 def test_an_evicted_worker_restarts_the_gang() -> None:
