@@ -22,11 +22,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from strata_operator.api import SCHEDULER_NAME
+import orjson
+
+from strata_operator.api import SCHEDULER_NAME, GPUType
 from strata_scheduler.catalog import Catalog
 from strata_scheduler.filtering import GroupKey, PinnedGroup, filter_nodes
 from strata_scheduler.forecasts import ForecastBoard
@@ -85,6 +87,16 @@ class Extender:
     def prioritize(self, body: bytes) -> tuple[int, bytes]:
         return self._serve("prioritize", body, self._prioritize)
 
+    def quote(self, body: bytes) -> tuple[int, bytes]:
+        """Which GPU type a job should be created for: the cheapest unit of work per accepted type, right now.
+
+        A pod's GPU vendor is fixed by the resource it requests (``nvidia.com/gpu`` or ``amd.com/gpu``), so
+        kube-scheduler can never weigh an H100 against an MI300X for one pod. That choice is made when the
+        operator creates a gang for a job that accepts several types; this verb answers it with the same
+        filter and cost formula the scheduling verbs use. Body: ``{"Pod": <pod template>}``.
+        """
+        return self._serve("quote", body, self._quote)
+
     def _serve(self, verb: str, body: bytes, handler: Callable[[ExtenderArgs], bytes]) -> tuple[int, bytes]:
         started = time.perf_counter()
         try:
@@ -121,6 +133,40 @@ class Extender:
         for reason, count in outcome.rejected_by_reason.items():
             self.metrics.rejected.labels(reason).inc(count)
         return filter_result(args, outcome.passed, outcome.failed, outcome.unresolvable)
+
+    def _quote(self, args: ExtenderArgs) -> bytes:
+        pod = pod_view(args.pod)
+        hour = self.now().hour
+        hold = self.board.hold_back()
+        options = []
+        with self.state.reading() as state:
+            for gpu in GPUType:
+                if pod.contract.gpu_types and gpu.value not in pod.contract.gpu_types:
+                    continue
+                as_type = replace(pod, gpu_requests={gpu.resource: max(pod.gpus, 1)})
+                names = [name for name, node in state.nodes.items() if node.gpu_type == gpu.value]
+                outcome = filter_nodes(as_type, names, state, hold, self.pins.active(), min)
+                costs = [
+                    (cost, name)
+                    for name in outcome.passed
+                    if (cost := cost_per_unit_work(self.catalog, as_type, state.nodes[name], hour, self.defaults))
+                    is not None
+                ]
+                if costs:
+                    cost, name = min(costs)
+                    node = state.nodes[name]
+                    options.append(
+                        {
+                            "gpuType": gpu.value,
+                            "resource": gpu.resource,
+                            "costPerUnitWork": round(cost, 6),
+                            "node": name,
+                            "capacityType": node.capacity_type,
+                            "feasibleNodes": len(outcome.passed),
+                        }
+                    )
+        options.sort(key=lambda option: (option["costPerUnitWork"], option["gpuType"]))
+        return orjson.dumps({"recommended": options[0]["gpuType"] if options else None, "options": options})
 
     def _cheapest(self, pod: PodView, names: list[str], hour: int) -> str:
         """The node a tensor-parallel group is placed on: lowest cost per unit of work, then name."""

@@ -4,6 +4,8 @@ Routes:
 
 - ``POST /filter``, ``POST /prioritize``: the extender verbs (see :mod:`strata_scheduler.extender` for every
   answer they give);
+- ``POST /quote``: for a pod template, the GPU type whose unit of work is cheapest now (see
+  :meth:`~strata_scheduler.extender.Extender.quote`); for the operator when a job accepts several types;
 - ``GET /healthz``: 200 while the process serves; ``GET /readyz``: 200 once the watch cache has synced, else 503;
 - ``GET /metrics``: Prometheus text format;
 - ``GET /forecast``: the latest forecasts as JSON (``{"forecasts": [...], "error": ...}``).
@@ -30,6 +32,7 @@ def build_app(extender: Extender, max_body_bytes: int = 16 * 1024 * 1024) -> web
     app[EXTENDER_KEY] = extender
     app.router.add_post("/filter", _filter)
     app.router.add_post("/prioritize", _prioritize)
+    app.router.add_post("/quote", _quote)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -43,6 +46,10 @@ async def _filter(request: web.Request) -> web.Response:
 
 async def _prioritize(request: web.Request) -> web.Response:
     return _answer(*request.app[EXTENDER_KEY].prioritize(await request.read()))
+
+
+async def _quote(request: web.Request) -> web.Response:
+    return _answer(*request.app[EXTENDER_KEY].quote(await request.read()))
 
 
 def _answer(status: int, body: bytes) -> web.Response:

@@ -112,6 +112,22 @@ def test_pods_of_other_schedulers_get_the_neutral_answer(server: LiveServer) -> 
     assert scores == [{"Host": name, "Score": 0} for name in names]
 
 
+def test_quote_recommends_the_gpu_type_with_the_cheapest_unit_of_work(server: LiveServer) -> None:
+    template = a_pod().gpus(8).capacity_types("spot").checkpoint_every(1800).runtime(36000)
+    status, body = server.post("/quote", {"Pod": template.build()})
+    assert status == 200
+    assert body["recommended"] == "MI300X"
+    assert [(o["gpuType"], o["node"], o["capacityType"]) for o in body["options"]] == [
+        ("MI300X", "mi-spot", "spot"),
+        ("H100", "h100-spot", "spot"),
+    ]
+    assert body["options"][0]["costPerUnitWork"] == pytest.approx(3 / 0.9 * 1.0254219, rel=1e-6)
+    status, body = server.post("/quote", {"Pod": template.throughput("MI300X=0.5").build()})
+    assert body["recommended"] == "H100"
+    status, body = server.post("/quote", {"Pod": a_pod().gpus(8).accepts("MI300X").capacity_types("reserved").build()})
+    assert body == {"recommended": None, "options": []}
+
+
 def test_keys_match_case_insensitively_like_go(server: LiveServer) -> None:
     status, body = server.post("/filter", {"pod": a_pod().gpus(8).build(), "nodenames": ["h100-spot"]})
     assert status == 200
@@ -244,7 +260,7 @@ def test_fuzz_json_shapes(server: LiveServer, document: Any) -> None:
     # The standard library's encoder, unlike orjson's, writes integers of any size: the server must cope.
     body = json.dumps(document).encode()
     wrapped = json.dumps({"Pod": document, "NodeNames": ["h100-spot"]}).encode()
-    for verb in ("/filter", "/prioritize"):
+    for verb in ("/filter", "/prioritize", "/quote"):
         assert server.request("POST", verb, body)[0] in (200, 400)
         assert server.request("POST", verb, wrapped)[0] in (200, 400)
     assert _internal_errors(server) == 0
@@ -267,6 +283,9 @@ def test_fuzz_extender_args(server: LiveServer, pod: dict[str, Any], names: list
     assert status == 200
     assert [entry["Host"] for entry in scores] == names
     assert all(0 <= entry["Score"] <= 10 for entry in scores)
+    status, raw = server.request("POST", "/quote", body)
+    assert status == 200
+    assert set(orjson.loads(raw)) == {"recommended", "options"}
     truncated = body[:-cut]
     assert server.request("POST", "/filter", truncated)[0] == 400
     assert _internal_errors(server) == 0
