@@ -1,0 +1,11 @@
+"""Makes this folder's helper modules importable (pytest's importlib mode does not put test folders on
+sys.path); spawned ranks inherit sys.path, so they can import the workers too."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)

@@ -1,0 +1,209 @@
+"""Distributed checkpoints with torch.distributed.checkpoint (DCP).
+
+Layout on disk: `<root>/step-00000100/` holds one complete checkpoint. A save writes into
+`<root>/step-00000100.tmp/`; only after every rank's data and DCP's metadata are written does rank 0 add the
+`COMPLETE` marker and rename the folder. A crash mid-write leaves a `.tmp` folder (or a folder without the
+marker) that `latest()` never returns. Model and optimizer go through `get_state_dict`/`set_state_dict`, so
+parameters are saved by fully-qualified name as DTensor shards and load into any other parallel layout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.filesystem import FileSystemReader
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import async_save as dcp_async_save
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+from torch.optim.lr_scheduler import LRScheduler
+
+log = logging.getLogger(__name__)
+
+MARKER = "COMPLETE"
+_PREFIX = "step-"
+_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+def merged_view(parts: list[nn.Module]) -> nn.Module:
+    """One module over this rank's pipeline stages whose parameter names equal the unsplit model's."""
+    if len(parts) == 1:
+        return parts[0]
+    view = nn.Module()
+    view.layers = nn.ModuleDict()
+    for part in parts:
+        for name in ("tok_embeddings", "norm", "output"):
+            if getattr(part, name, None) is not None:
+                view.add_module(name, getattr(part, name))
+        layers: nn.ModuleDict = part.layers  # type: ignore[assignment]
+        for key, layer in layers.items():
+            view.layers[key] = layer
+    return view
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"{_PREFIX}{step:08d}"
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first. Folders being written (.tmp) or without the marker are not."""
+    if not root.is_dir():
+        return []
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith(_PREFIX) and p.name[len(_PREFIX) :].isdigit() and (p / MARKER).is_file()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(_PREFIX) :]))
+
+
+def latest(root: Path) -> Path | None:
+    done = complete_checkpoints(root)
+    return done[-1] if done else None
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides model and optimizer."""
+
+    step: int = 0
+    data: dict[str, torch.Tensor] = field(default_factory=dict)  # loader position, same on every rank
+    rng: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.uint8))  # every rank's CPU RNG
+
+
+class Checkpointer:
+    def __init__(self, root: Path, keep: int = 3, async_save: bool = True) -> None:
+        self.root = root
+        self.keep = keep
+        self.async_save = async_save and dist.is_initialized()
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        # Async saves run collectives from a background thread: give them their own group so they never
+        # interleave with the training step's collectives.
+        self._pg: dist.ProcessGroup | None = None
+        if self.async_save:
+            group = dist.new_group(backend="gloo")
+            assert isinstance(group, dist.ProcessGroup)
+            self._pg = group
+        self._pending: tuple[Future[Any], Path, Path] | None = None
+        if self.rank == 0:
+            root.mkdir(parents=True, exist_ok=True)
+            for stale in root.glob(f"{_PREFIX}*.tmp"):
+                shutil.rmtree(stale, ignore_errors=True)
+        if dist.is_initialized():
+            dist.barrier()
+
+    def _state(
+        self, parts: list[nn.Module], optimizer: torch.optim.Optimizer, scheduler: LRScheduler, train: TrainState
+    ) -> dict[str, Any]:
+        model_sd, optim_sd = get_state_dict(merged_view(parts), optimizer, options=_OPTIONS)
+        return {
+            "model": model_sd,
+            "optim": optim_sd,
+            "scheduler": {"last_epoch": scheduler.last_epoch},
+            "train": {"step": train.step, "data": train.data, "rng": train.rng},
+        }
+
+    def save(
+        self,
+        parts: list[nn.Module],
+        optimizer: torch.optim.Optimizer,
+        scheduler: LRScheduler,
+        train: TrainState,
+        *,
+        blocking: bool = False,
+    ) -> Path:
+        self.wait()
+        final = step_dir(self.root, train.step)
+        tmp = final.with_name(final.name + ".tmp")
+        state = self._state(parts, optimizer, scheduler, train)
+        started = time.monotonic()
+        if self.async_save and not blocking:
+            future = dcp_async_save(state, checkpoint_id=str(tmp), process_group=self._pg)
+            self._pending = (future, tmp, final)  # type: ignore[assignment]
+        else:
+            dcp_save(state, checkpoint_id=str(tmp))
+            self._finalize(tmp, final)
+            log.info("checkpoint saved", extra={"path": str(final), "seconds": round(time.monotonic() - started, 3)})
+        return final
+
+    def wait(self) -> None:
+        """Block until a pending async save is durable and marked complete."""
+        if self._pending is None:
+            return
+        future, tmp, final = self._pending
+        self._pending = None
+        future.result()
+        if self._pg is not None:
+            dist.barrier(group=self._pg)  # every rank's shard is written before the marker
+        self._finalize(tmp, final)
+        log.info("checkpoint saved", extra={"path": str(final), "async": True})
+
+    def _finalize(self, tmp: Path, final: Path) -> None:
+        if self.rank == 0:
+            marker = tmp / MARKER
+            with open(marker, "w") as f:
+                f.write("ok\n")
+                f.flush()
+                os.fsync(f.fileno())
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            for old in complete_checkpoints(self.root)[: -self.keep] if self.keep > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+        if dist.is_initialized():
+            dist.barrier(group=self._pg)
+
+    def load(
+        self,
+        path: Path,
+        parts: list[nn.Module],
+        optimizer: torch.optim.Optimizer,
+        scheduler: LRScheduler,
+        train: TrainState,
+    ) -> TrainState:
+        """Loads in place (resharding to this layout); returns the saved TrainState. `train` gives the shapes
+        of its tensors (data position, RNG) as this run would save them."""
+        if not (path / MARKER).is_file():
+            raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
+        state = self._state(parts, optimizer, scheduler, train)
+        self._drop_mismatched_extras(path, state["train"])
+        dcp_load(state, checkpoint_id=str(path))
+        set_state_dict(
+            merged_view(parts),
+            optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+            options=_OPTIONS,
+        )
+        sched = scheduler.state_dict()
+        sched["last_epoch"] = int(state["scheduler"]["last_epoch"])
+        sched["_step_count"] = sched["last_epoch"] + 1
+        scheduler.load_state_dict(sched)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+        saved = state["train"]
+        return TrainState(step=int(saved["step"]), data=saved["data"], rng=saved.get("rng", train.rng))
+
+    @staticmethod
+    def _drop_mismatched_extras(path: Path, train_state: dict[str, Any]) -> None:
+        """Per-rank extras (RNG of each rank, per-rank cursors) cannot map onto a different world size; those
+        are left at their fresh values when the saved shape differs (model/optimizer reshard normally)."""
+        saved = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+        for key, value in list(train_state["data"].items()):
+            meta = saved.get(f"train.data.{key}")
+            if meta is None or getattr(meta, "size", None) != value.shape:
+                log.warning("not restoring data position entry", extra={"key": key})
+                del train_state["data"][key]
+        meta = saved.get("train.rng")
+        if meta is None or getattr(meta, "size", None) != train_state["rng"].shape:
+            log.warning("not restoring RNG state: saved by a different world size")
+            del train_state["rng"]

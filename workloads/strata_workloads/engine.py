@@ -1,0 +1,115 @@
+"""The parallel model a training step runs: model parts (one per local pipeline stage, or the whole model),
+the pipeline schedule if any, and forward/backward/clip with the right reductions for the layout."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.pipelining.schedules import _PipelineSchedule
+
+from strata_workloads.gradnorm import clip_grad_norm_
+from strata_workloads.layout import ParallelDims
+from strata_workloads.model import Transformer, cross_entropy_loss
+from strata_workloads.parallelize import ParallelizeOptions, parallelize
+from strata_workloads.pipeline import build_schedule, build_stages
+
+LossScaler = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Engine:
+    dims: ParallelDims
+    mesh: DeviceMesh | None
+    parts: list[nn.Module]
+    schedule: _PipelineSchedule | None
+    has_first_stage: bool
+    has_last_stage: bool
+    loss_scale: LossScaler | None = None  # fp16 loss scaling, applied before backward
+    grad_accum: int = 1
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [p for part in self.parts for p in part.parameters()]
+
+    def named_parameters(self) -> dict[str, nn.Parameter]:
+        return {_clean(n): p for part in self.parts for n, p in part.named_parameters()}
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = cross_entropy_loss(logits, targets) / self.grad_accum
+        return self.loss_scale(loss) if self.loss_scale is not None else loss
+
+    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """One micro-step on this rank's micro-batch; returns the unscaled local loss / grad_accum, identical on
+        every rank of the pipeline (zero-filled then summed from the last stage)."""
+        if self.schedule is None:
+            loss = cross_entropy_loss(self.parts[0](inputs), targets) / self.grad_accum
+            torch.autograd.backward(self.loss_scale(loss) if self.loss_scale is not None else loss)
+            return loss.detach()
+        losses: list[torch.Tensor] = []
+        args = (inputs,) if self.has_first_stage else ()
+        if self.has_last_stage:
+            self.schedule.step(*args, target=targets, losses=losses)
+        else:
+            self.schedule.step(*args)
+        total = torch.zeros((), device=inputs.device)
+        if self.has_last_stage:
+            total = torch.stack([loss.detach().float() for loss in losses]).mean()
+            if self.loss_scale is not None:
+                total = total / self.loss_scale(torch.ones((), device=total.device))
+        assert self.mesh is not None
+        dist.all_reduce(total, group=self.mesh["pp"].get_group())
+        return total
+
+    def global_loss(self, local: torch.Tensor) -> torch.Tensor:
+        """Mean over data-parallel ranks (the loss of the global batch)."""
+        if self.mesh is None or self.dims.dp == 1:
+            return local
+        out = local.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.AVG, group=self.mesh["dp"].get_group())
+        return out
+
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        pp_group = self.mesh["pp"].get_group() if self.mesh is not None and self.dims.pp > 1 else None
+        return clip_grad_norm_(list(self.parameters()), max_norm, pp_group=pp_group)
+
+
+def _clean(name: str) -> str:
+    return name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
+
+
+def build_engine(
+    model: Transformer,
+    dims: ParallelDims,
+    mesh: DeviceMesh | None,
+    options: ParallelizeOptions,
+    device: torch.device,
+    schedule: str = "1f1b",
+    n_microbatches: int = 1,
+    grad_accum: int = 1,
+) -> Engine:
+    """Parallelize `model` (full, identically initialised on every rank) for `dims`. mesh=None: single process."""
+    if mesh is None:
+        return Engine(dims, None, [model.to(device)], None, True, True, grad_accum=grad_accum)
+    if dims.pp == 1:
+        part = parallelize(model.to(device), mesh, dims, options)
+        return Engine(dims, mesh, [part], None, True, True, grad_accum=grad_accum)
+    pp_options = ParallelizeOptions(
+        activation_checkpointing=options.activation_checkpointing,
+        compile=options.compile,
+        compile_backend=options.compile_backend,
+        reshard_after_forward=False,
+        param_dtype=options.param_dtype,
+    )
+    engine = Engine(dims, mesh, [], None, False, False, grad_accum=grad_accum)
+    parts, stages = build_stages(
+        model.to(device), mesh["pp"], schedule, device, lambda m: parallelize(m, mesh, dims, pp_options)
+    )
+    engine.parts = parts
+    engine.has_first_stage = any(s.is_first for s in stages)
+    engine.has_last_stage = any(s.is_last for s in stages)
+    engine.schedule = build_schedule(schedule, stages, n_microbatches, engine._loss)
+    return engine

@@ -1,0 +1,76 @@
+"""Named model presets: a registry instead of if/else chains."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+BYTE_VOCAB = 256
+EOS_TOKEN = 256  # one past the byte range: separates documents in the token stream
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the GPT-style decoder. All sizes are element counts."""
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    ffn_hidden: int
+    # Padded past 257 (bytes + EOS) to a multiple of 64 so tensor parallel shards the vocabulary evenly.
+    vocab_size: int = 320
+    max_seq_len: int = 256
+    # Every `moe_every`-th layer (1-based: layers moe_every-1, 2*moe_every-1, ...) is mixture-of-experts; 0 = none.
+    moe_every: int = 0
+    n_experts: int = 0
+    top_k: int = 1
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+
+    def is_moe_layer(self, layer_id: int) -> bool:
+        return self.moe_every > 0 and (layer_id + 1) % self.moe_every == 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def validate(self) -> None:
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim={self.dim} must be divisible by n_heads={self.n_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        if self.vocab_size <= EOS_TOKEN:
+            raise ValueError(f"vocab_size={self.vocab_size} must exceed the byte vocabulary plus EOS ({EOS_TOKEN + 1})")
+        if self.moe_every and not 1 <= self.top_k <= self.n_experts:
+            raise ValueError(f"top_k={self.top_k} must lie in [1, n_experts={self.n_experts}]")
+
+    def num_params(self) -> int:
+        attn = 4 * self.dim * self.dim
+        dense = 2 * self.dim * self.ffn_hidden
+        moe = self.n_experts * dense + self.dim * self.n_experts
+        layers = sum(attn + 2 * self.dim + (moe if self.is_moe_layer(i) else dense) for i in range(self.n_layers))
+        return layers + 2 * self.vocab_size * self.dim + self.dim
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # Tests: four layers so two pipeline ranks can hold two stages each; layers 1 and 3 are MoE.
+    "debug": ModelConfig(dim=32, n_layers=4, n_heads=4, ffn_hidden=64, max_seq_len=64, moe_every=2, n_experts=4),
+    "debug-dense": ModelConfig(dim=32, n_layers=4, n_heads=4, ffn_hidden=64, max_seq_len=64),
+    # CPU benchmarks and quick local runs.
+    "small": ModelConfig(dim=128, n_layers=4, n_heads=4, ffn_hidden=512, max_seq_len=256),
+    # GPU presets.
+    "125m": ModelConfig(dim=768, n_layers=12, n_heads=12, ffn_hidden=3072, max_seq_len=1024),
+    "350m-moe": ModelConfig(
+        dim=1024, n_layers=24, n_heads=16, ffn_hidden=2816, max_seq_len=2048, moe_every=2, n_experts=8, top_k=2
+    ),
+    "1b": ModelConfig(dim=2048, n_layers=16, n_heads=16, ffn_hidden=5632, max_seq_len=2048),
+}
+
+
+def get_preset(name: str, **overrides: int | float) -> ModelConfig:
+    try:
+        config = PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown model preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
+    config = replace(config, **overrides)  # type: ignore[arg-type]
+    config.validate()
+    return config

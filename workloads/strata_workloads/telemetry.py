@@ -1,0 +1,73 @@
+"""Progress and metrics: a tqdm bar locally, JSON log lines in pods, Prometheus gauges for scraping."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from tqdm import tqdm
+
+_STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; `extra=` fields become keys."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        payload.update({k: v for k, v in record.__dict__.items() if k not in _STD_ATTRS})
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(payload, default=str).decode()
+
+
+def setup_logging(fmt: str, rank: int) -> bool:
+    """Returns True when a progress bar should be shown (TTY, rank 0)."""
+    use_tty = fmt == "tty" or (fmt == "auto" and sys.stderr.isatty())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s") if use_tty else JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    return use_tty and rank == 0
+
+
+class TrainMetrics:
+    def __init__(self, port: int) -> None:
+        self.registry = CollectorRegistry()
+        self.loss = Gauge("strata_train_loss", "Mean loss of the last optimizer step", registry=self.registry)
+        self.tokens_per_second = Gauge(
+            "strata_train_tokens_per_second", "Tokens per second, all ranks together", registry=self.registry
+        )
+        self.step_seconds = Gauge("strata_train_step_seconds", "Wall time of the last step", registry=self.registry)
+        self.grad_norm = Gauge("strata_train_grad_norm", "Global gradient norm before clipping", registry=self.registry)
+        self.step = Gauge("strata_train_step", "Optimizer steps completed", registry=self.registry)
+        self.checkpoints = Counter("strata_train_checkpoints", "Checkpoints saved", registry=self.registry)
+        if port:
+            start_http_server(port, registry=self.registry)
+
+
+class Progress:
+    def __init__(self, total: int, initial: int, bar: bool) -> None:
+        self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True) if bar else None
+        self._last = time.monotonic()
+
+    def update(self, **fields: float) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix({k: f"{v:.4g}" for k, v in fields.items()}, refresh=False)
+            self._bar.update(1)
+        else:
+            logging.getLogger("strata_workloads.train").info("step", extra=fields)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
