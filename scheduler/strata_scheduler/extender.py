@@ -33,7 +33,7 @@ from strata_scheduler.catalog import Catalog
 from strata_scheduler.filtering import GroupKey, PinnedGroup, filter_nodes
 from strata_scheduler.forecasts import ForecastBoard
 from strata_scheduler.metrics import ExtenderMetrics
-from strata_scheduler.model import PodView, pod_view
+from strata_scheduler.model import NodeView, PodView, pod_view
 from strata_scheduler.protocol import BadRequest, ExtenderArgs, filter_result, parse_extender_args, priority_list
 from strata_scheduler.scoring import Defaults, JobPlacement, cost_per_unit_work, score_nodes
 from strata_scheduler.state import ClusterState
@@ -189,10 +189,16 @@ class Extender:
                 pods_per_node=job_nodes,
                 zone_of={name: node.zone for name in job_nodes if (node := state.nodes.get(name))},
             )
-            rows = []
+            rows: list[tuple[str, NodeView | None, int]] = []
+            nodes, used_gpus = state.nodes, state.used_gpus
             for name in args.node_names:
-                node = state.nodes.get(name)
-                rows.append((name, node, state.free_gpus(node) if node is not None else 0))
+                node = nodes.get(name)
+                if node is None:
+                    rows.append((name, None, 0))
+                elif name in used_gpus and node.gpu_resource:
+                    rows.append((name, node, node.gpu_count - used_gpus[name][node.gpu_resource]))
+                else:
+                    rows.append((name, node, node.gpu_count))
         return priority_list(score_nodes(self.catalog, pod, rows, placement, hour, self.defaults))
 
 

@@ -99,18 +99,23 @@ def filter_nodes(
     low_priority = pod.contract.priority < state.high_priority or pod.contract.deferrable
     reserved = state.reserved_capacity() if low_priority and hold.upper_by_gpu_type else {}
     candidates: list[str] = []
+    mismatch: dict[tuple[str | None, str | None], tuple[str, str] | None] = {}  # per (GPU type, capacity type)
+    nodes, used_gpus, gpus = state.nodes, state.used_gpus, pod.gpus
     for name in node_names:
-        node = state.nodes.get(name)
+        node = nodes.get(name)
         if node is None:
             outcome.reject(name, "unknown_node", "node is not in the Strata extender's cache yet; it will retry")
             continue
-        message = _type_mismatch(node, gpu_types, capacity_types)
+        types = (node.gpu_type, node.capacity_type)
+        if types not in mismatch:
+            mismatch[types] = _type_mismatch(node, gpu_types, capacity_types)
+        message = mismatch[types]
         if message:
             outcome.reject(name, message[0], message[1])
             continue
-        used = state.used_gpus[name][resource] if name in state.used_gpus else 0
-        free = node.allocatable_gpus.get(resource, 0) - used - kept.get(name, 0)
-        if free < pod.gpus:
+        used = used_gpus[name][resource] if name in used_gpus else 0
+        free = node.allocatable_gpus.get(resource, 0) - used - (kept.get(name, 0) if kept else 0)
+        if free < gpus:
             total = node.allocatable_gpus.get(resource, 0)
             note = f" ({kept[name]} kept for a tensor-parallel group being placed there)" if kept.get(name) else ""
             outcome.reject(name, "free_gpus", f"pod needs {pod.gpus} {resource}, node has {free} free of {total}{note}")

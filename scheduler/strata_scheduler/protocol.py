@@ -46,7 +46,7 @@ def parse_extender_args(body: bytes) -> ExtenderArgs:
     nodes = _nodes_by_name(fields.get("nodes"))
     if names is None:
         return ExtenderArgs(pod=pod, node_names=list(nodes or {}), nodes=nodes)
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+    if not isinstance(names, list) or not set(map(type, names)) <= {str}:
         raise BadRequest("ExtenderArgs.NodeNames must be a list of node names")
     return ExtenderArgs(pod=pod, node_names=names, nodes=nodes)
 

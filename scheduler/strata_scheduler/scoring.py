@@ -120,25 +120,30 @@ def score_nodes(
 ) -> list[tuple[str, int]]:
     """Score each ``(name, node or None if unknown, free GPUs)`` for ``pod``; order follows ``candidates``."""
     rows = list(candidates)
-    costs = {
-        name: (cost_per_unit_work(catalog, pod, node, hour_utc, defaults) if node is not None and pod.gpus else None)
-        for name, node, _ in rows
+    gpus = pod.gpus
+    by_class: dict[tuple[object, ...], float | None] = {}
+    for _, node, _ in rows:
+        if node is not None and node.cost_class not in by_class:
+            by_class[node.cost_class] = cost_per_unit_work(catalog, pod, node, hour_utc, defaults) if gpus else None
+    cheapest = min((cost for cost in by_class.values() if cost is not None), default=None)
+    base = {
+        cls: math.floor(COST_POINTS * cheapest / cost + 0.5)
+        for cls, cost in by_class.items()
+        if cost is not None and cheapest is not None
     }
-    known = [cost for cost in costs.values() if cost is not None]
-    cheapest = min(known, default=None)
     main_zone = placement.main_zone
+    packed = placement.pods_per_node
     result = []
     for name, node, free in rows:
-        cost = costs[name]
-        if cost is None or cheapest is None or node is None:
+        points = base.get(node.cost_class) if node is not None else None
+        if points is None or node is None:
             result.append((name, 0))
             continue
-        points = math.floor(COST_POINTS * cheapest / cost + 0.5)
-        if placement.pods_per_node.get(name, 0) > 0 or free == pod.gpus:
+        if free == gpus or packed.get(name, 0) > 0:
             points += 1
         if main_zone is not None and node.zone == main_zone:
             points += 1
-        result.append((name, max(0, min(MAX_SCORE, points))))
+        result.append((name, points if points < MAX_SCORE else MAX_SCORE))  # base is 0..8, never negative
     return result
 
 

@@ -188,10 +188,8 @@ class ClusterState:
 
     # --- reads for the filter and the demand recorder ---
     def free_gpus(self, node: NodeView) -> int:
-        resource = node.gpu_resource
-        if resource is None:
-            return 0
-        return node.allocatable_gpus[resource] - self.used_gpus.get(node.name, Counter())[resource]
+        used = self.used_gpus[node.name][node.gpu_resource] if node.name in self.used_gpus and node.gpu_resource else 0
+        return node.gpu_count - used
 
     def reserved_capacity(self) -> dict[str, ReservedCapacity]:
         """Reserved GPUs by GPU type, recomputed at most once per change of the cluster."""

@@ -1,0 +1,142 @@
+"""Extender latency: one filter plus one prioritize call for one pod, p50 and p99, at 1,000 and 5,000 nodes.
+
+Measured two ways: through HTTP on loopback with an aiohttp client (what kube-scheduler pays, minus its own
+JSON encoding), and by calling the verbs directly (the extender's own work). Every node name goes to filter
+(kube-scheduler would send only the nodes its own plugins found feasible: this is the worst case), and the
+nodes the filter passed go to prioritize, as kube-scheduler does. The fleet is the default fleet scaled
+up (strata_dev.fleet), with a quarter of the GPU nodes half full, and the pod is a tensor-parallel worker of
+a job with pods already bound, so every check and score term runs.
+
+    .venv/bin/python bench/scheduler/extender_latency.py [--nodes 1000 5000] [--calls 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from strata_dev.fleet import load_fleet, node_manifests
+from strata_operator import api
+from strata_scheduler.catalog import load_catalog
+from strata_scheduler.extender import Extender
+from strata_scheduler.forecasts import ForecastBoard
+from strata_scheduler.metrics import ExtenderMetrics
+from strata_scheduler.server import build_app
+from strata_scheduler.settings import DEFAULT_CATALOG
+from strata_scheduler.state import ClusterState
+
+
+def a_cluster(nodes: int) -> tuple[ClusterState, list[str]]:
+    state = ClusterState()
+    manifests = node_manifests(load_fleet().scaled(nodes))
+    for manifest in manifests:
+        state.upsert_node(manifest)
+    gpu_nodes = [m for m in manifests if api.NVIDIA_GPU in m["status"]["allocatable"]]
+    for index, manifest in enumerate(gpu_nodes[::4]):
+        state.upsert_pod(_pod(f"busy-{index}", manifest["metadata"]["name"], job="other"))
+    for rank, manifest in enumerate(gpu_nodes[:2]):
+        state.upsert_pod(_pod(f"llm-{rank}", manifest["metadata"]["name"], job="llm", group=str(rank)))
+    state.synced |= {"nodes", "pods"}
+    return state, [m["metadata"]["name"] for m in manifests]
+
+
+def _pod(name: str, node: str | None, job: str, group: str = "0") -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "bench",
+            "uid": name,
+            "labels": {api.LABEL_JOB: job, api.LABEL_TP_GROUP: group, api.LABEL_PRIORITY: "10"},
+            "annotations": {
+                api.ANN_TP_SIZE: "4",
+                api.ANN_CHECKPOINT_INTERVAL: "1800",
+                api.ANN_EXPECTED_RUNTIME: "86400",
+                api.ANN_CAPACITY_TYPES: "spot,reserved,on-demand",
+                api.ANN_GPU_TYPES: "H100",
+            },
+        },
+        "spec": {
+            "schedulerName": api.SCHEDULER_NAME,
+            "nodeName": node,
+            "containers": [{"name": "w", "resources": {"requests": {api.NVIDIA_GPU: "4"}}}],
+        },
+        "status": {"phase": "Running" if node else "Pending"},
+    }
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered) * 1e3, ordered[int(len(ordered) * 0.99) - 1] * 1e3
+
+
+def prioritize_body(extender: Extender, filter_body: bytes) -> bytes:
+    """What kube-scheduler sends to prioritize: the same pod and the nodes the filter let through."""
+    status, answer = extender.filter(filter_body)
+    assert status == 200
+    request = orjson.loads(filter_body)
+    request["NodeNames"] = orjson.loads(answer)["NodeNames"]
+    return orjson.dumps(request)
+
+
+def direct(extender: Extender, body: bytes, second: bytes, calls: int) -> list[float]:
+    samples = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        status_f, _ = extender.filter(body)
+        status_p, _ = extender.prioritize(second)
+        samples.append(time.perf_counter() - started)
+        assert status_f == status_p == 200
+    return samples
+
+
+async def over_http(extender: Extender, body: bytes, second: bytes, calls: int) -> list[float]:
+    runner = web.AppRunner(build_app(extender), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    samples = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(calls):
+            started = time.perf_counter()
+            for verb, data in (("filter", body), ("prioritize", second)):
+                async with session.post(f"http://127.0.0.1:{port}/{verb}", data=data) as response:
+                    assert response.status == 200
+                    await response.read()
+            samples.append(time.perf_counter() - started)
+    await runner.cleanup()
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--nodes", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument("--calls", type=int, default=2000)
+    args = parser.parse_args()
+    catalog = load_catalog(DEFAULT_CATALOG)
+    print("| nodes sent to filter | passed to prioritize | path | p50 ms | p99 ms | filter request bytes |")
+    print("|---:|---:|---|---:|---:|---:|")
+    for nodes in args.nodes:
+        state, names = a_cluster(nodes)
+        extender = Extender(state, catalog, ForecastBoard(), ExtenderMetrics(state.size))
+        body = orjson.dumps({"Pod": _pod("llm-9", None, job="llm", group="7"), "NodeNames": names})
+        second = prioritize_body(extender, body)
+        direct(extender, body, second, 50)  # warm-up
+        for path, samples in (
+            ("direct", direct(extender, body, second, args.calls)),
+            ("HTTP", asyncio.run(over_http(extender, body, second, args.calls))),
+        ):
+            p50, p99 = percentiles(samples)
+            passed = len(orjson.loads(second)["NodeNames"])
+            print(f"| {nodes} | {passed} | {path} | {p50:.2f} | {p99:.2f} | {len(body)} |")
+
+
+if __name__ == "__main__":
+    main()

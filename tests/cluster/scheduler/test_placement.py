@@ -1,0 +1,150 @@
+"""The real kube-scheduler, running the shipped strata-scheduler profile, places GPU pods through the extender.
+
+Each test makes its own kwok GPU nodes (``test_fleet``) and keeps its pods on them, so what it asserts is the
+extender's choice, not the state of the shared fleet. Costs come from the shipped catalog
+(scheduler/config/catalog.yaml), per H100-equivalent GPU-hour: H100 spot 2.75, reserved 4.82, on-demand 6.88;
+MI300X spot 2.40 and reserved 4.20 per GPU-hour before dividing by its relative throughput (0.85 at bf16).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+import urllib3
+from scheduler_builders import a_pod
+from scheduler_cluster import TestFleet, bound_node, capacity_of, instance_of
+
+from strata_dev.testing import ClusterHandle, eventually
+from strata_scheduler.forecasts import HIGH, Forecast
+from strata_scheduler.service import ExtenderService
+
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("strata_scheduler")]
+
+H100_TRIO = (("H100", "reserved", "us-east-1a"), ("H100", "spot", "us-east-1b"), ("H100", "on-demand", "us-east-1a"))
+Fleet = Callable[..., TestFleet]
+
+
+def test_checkpointing_job_takes_spot_and_a_long_job_that_rarely_checkpoints_avoids_it(
+    cluster: ClusterHandle, namespace: str, test_fleet: Fleet
+) -> None:
+    fleet = test_fleet(*H100_TRIO)
+    # Spot is reclaimed 0.05 times an hour. Checkpointing every 30 min: 2.75 x 1.013 = 2.78 beats reserved 4.82.
+    frequent = a_pod("checkpoints-often").gpus(8).of_job("a").checkpoint_every(1800).runtime(72 * 3600)
+    # Checkpointing once a day on a 3-day run: 2.75 x (e^1.2 - 1) / 1.2 = 5.23, dearer than reserved.
+    rare = a_pod("checkpoints-daily").gpus(8).of_job("b").checkpoint_every(86400).runtime(72 * 3600)
+    assert capacity_of(cluster, bound_node(cluster, namespace, fleet.create(cluster, namespace, frequent))) == "spot"
+    assert capacity_of(cluster, bound_node(cluster, namespace, fleet.create(cluster, namespace, rare))) == "reserved"
+
+
+def test_cheapest_of_the_capacity_types_the_job_allows(
+    cluster: ClusterHandle, namespace: str, test_fleet: Fleet
+) -> None:
+    fleet = test_fleet(*H100_TRIO)
+    no_spot = a_pod("no-spot").gpus(8).capacity_types("on-demand,reserved").checkpoint_every(1800)
+    assert capacity_of(cluster, bound_node(cluster, namespace, fleet.create(cluster, namespace, no_spot))) == "reserved"
+    only = a_pod("on-demand-only").gpus(8).capacity_types("on-demand").checkpoint_every(1800)
+    assert capacity_of(cluster, bound_node(cluster, namespace, fleet.create(cluster, namespace, only))) == "on-demand"
+
+
+@pytest.mark.parametrize(
+    ("mi300x_throughput", "expected_type", "expected_instance"),
+    [
+        ("1.3", "MI300X", "Standard_ND96isr_MI300X_v5"),  # memory-bound: 2.40 / 1.3 = 1.85 beats H100's 2.75
+        ("0.6", "H100", "p5.48xlarge"),  # 2.40 / 0.6 = 4.00 loses to H100's 2.75
+    ],
+)
+def test_mi300x_wins_when_its_unit_of_work_is_cheaper_and_loses_when_it_is_not(
+    cluster: ClusterHandle,
+    namespace: str,
+    test_fleet: Fleet,
+    extender: ExtenderService,
+    mi300x_throughput: str,
+    expected_type: str,
+    expected_instance: str,
+) -> None:
+    """A pod's resource fixes its vendor, so the type is chosen when the gang is made (``/quote``, as the
+    operator does for ``gpuType: Any``); kube-scheduler then places the pod where the extender says."""
+    fleet = test_fleet(("H100", "spot", "us-east-1b"), ("MI300X", "spot", "us-east-1b"))
+    template = (
+        a_pod("llm").gpus(8).capacity_types("spot").checkpoint_every(1800).throughput(f"MI300X={mi300x_throughput}")
+    )
+    quote = _quote(extender, fleet.pod(template, namespace))
+    assert quote["recommended"] == expected_type
+    gpu_resource = next(o["resource"] for o in quote["options"] if o["gpuType"] == expected_type)
+    pod = template.gpus(8, gpu_resource)
+    assert (
+        instance_of(cluster, bound_node(cluster, namespace, fleet.create(cluster, namespace, pod))) == expected_instance
+    )
+
+
+def test_tensor_parallel_groups_are_never_split(
+    cluster: ClusterHandle, namespace: str, test_fleet: Fleet, extender: ExtenderService
+) -> None:
+    fleet = test_fleet(*(("H100", "reserved", "us-east-1a"),) * 3)
+    squatter = fleet.pod(a_pod("squatter").gpus(4), namespace)
+    squatter["spec"]["nodeName"] = fleet.nodes[0]  # half a node taken: a tempting place to split a group
+    cluster.core().create_namespaced_pod(namespace, squatter)
+    bound_node(cluster, namespace, "squatter")
+    eventually(lambda: extender.state.used_gpus.get(fleet.nodes[0]), 30, "the extender to see the squatter")
+    groups = {}
+    for group in ("0", "1"):
+        for rank in range(4):
+            builder = a_pod(f"llm-g{group}-r{rank}").gpus(2).of_job("llm").tp_group(group, size=8)
+            groups[fleet.create(cluster, namespace, builder)] = group
+    nodes_of_group: dict[str, set[str]] = {}
+    for name, group in groups.items():
+        nodes_of_group.setdefault(group, set()).add(bound_node(cluster, namespace, name))
+    assert all(len(nodes) == 1 for nodes in nodes_of_group.values()), nodes_of_group
+    assert nodes_of_group["0"] != nodes_of_group["1"]
+    assert fleet.nodes[0] not in nodes_of_group["0"] | nodes_of_group["1"]
+
+
+def test_reserved_gpus_are_held_back_when_the_forecast_calls_for_them(
+    cluster: ClusterHandle, namespace: str, test_fleet: Fleet, extender: ExtenderService
+) -> None:
+    fleet = test_fleet(("H100", "reserved", "us-east-1a"), ("H100", "spot", "us-east-1b"))
+    # High-priority H100 demand is forecast to want every reserved H100 there is (an upper band of 10,000).
+    forecast = Forecast("H100", HIGH, datetime.now(UTC), 15, 1e4, 1e4, 1e4, 0.8, "test")
+    extender.board.publish({("H100", HIGH): forecast})
+    try:
+        # A long job that never checkpoints would pick reserved (reclaims make spot cost it 4.2x)...
+        batch = a_pod("batch").gpus(8).runtime(48 * 3600)
+        assert capacity_of(cluster, bound_node(cluster, namespace, fleet.create(cluster, namespace, batch))) == "spot"
+        # ...but being low priority it went to spot, while a high-priority pod still gets reserved.
+        vip = a_pod("vip").gpus(8).runtime(48 * 3600).priority(500)
+        assert capacity_of(cluster, bound_node(cluster, namespace, fleet.create(cluster, namespace, vip))) == "reserved"
+    finally:
+        extender.board.publish({})
+
+
+def test_extender_going_away_keeps_gpu_pods_pending_until_it_is_back(
+    cluster: ClusterHandle, namespace: str, test_fleet: Fleet, extender: ExtenderService
+) -> None:
+    fleet = test_fleet(("H100", "reserved", "us-east-1a"))
+    core = cluster.core()
+    extender.stop_http()
+    try:
+        name = fleet.create(cluster, namespace, a_pod("waits").gpus(8))
+
+        def failed_event() -> str | None:
+            events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+            messages = [
+                e.message for e in events if e.reason == "FailedScheduling" and extender.url in (e.message or "")
+            ]
+            return messages[0] if messages else None
+
+        eventually(failed_event, 60, "a FailedScheduling event naming the extender")
+        assert core.read_namespaced_pod(name, namespace).spec.node_name is None
+    finally:
+        extender.serve_http()
+    assert bound_node(cluster, namespace, name, timeout_s=120) == fleet.nodes[0]
+
+
+def _quote(extender: ExtenderService, pod: dict[str, object]) -> dict[str, object]:
+    response = urllib3.request("POST", f"{extender.url}/quote", body=orjson.dumps({"Pod": pod}), timeout=10)
+    assert response.status == 200, response.data
+    document: dict[str, object] = orjson.loads(response.data)
+    return document
