@@ -118,8 +118,9 @@ def test_service_account_without_rights_is_refused_by_rbac(cluster: ClusterHandl
     token = core.create_namespaced_service_account_token(
         "nobody", namespace, {"spec": {"expirationSeconds": 600}}
     ).status.token
-    configuration = cluster.api_client().configuration
-    configuration.api_key = {"authorization": f"Bearer {token}"}
+    admin = cluster.api_client().configuration
+    configuration = client.Configuration(host=admin.host, api_key={"authorization": f"Bearer {token}"})
+    configuration.ssl_ca_cert = admin.ssl_ca_cert
     as_nobody = client.CoreV1Api(client.ApiClient(configuration))
     with pytest.raises(ApiException) as refused:
         as_nobody.list_namespaced_pod(namespace)
