@@ -16,24 +16,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from strata_dev import binaries
 from strata_dev.cluster import ClusterError, ClusterSettings, LocalCluster
 from strata_dev.fleet import DEFAULT_FLEET, Fleet, FleetError, create_fleet, load_fleet
 from strata_dev.pki import PKIError
+from strata_operator import api
 
 DEV_DIR = binaries.cache_root() / "dev-cluster"
-NODE_COLUMNS = (
-    "NAME:.metadata.name,"
-    "GPU:.metadata.labels.nvidia\\.com/gpu\\.product,"
-    "AMD-GPU:.metadata.labels.amd\\.com/gpu\\.product-name,"
-    "NVIDIA:.status.allocatable.nvidia\\.com/gpu,"
-    "AMD:.status.allocatable.amd\\.com/gpu,"
-    "CAPACITY:.metadata.labels.karpenter\\.sh/capacity-type,"
-    "INSTANCE-TYPE:.metadata.labels.node\\.kubernetes\\.io/instance-type,"
-    "ZONE:.metadata.labels.topology\\.kubernetes\\.io/zone,"
-    "READY:.status.conditions[?(@.type=='Ready')].status"
-)
 
 
 def _fleet(args: argparse.Namespace) -> Fleet:
@@ -41,7 +32,7 @@ def _fleet(args: argparse.Namespace) -> Fleet:
     return fleet.scaled(args.nodes) if args.nodes else fleet
 
 
-def _core(cluster: LocalCluster) -> object:
+def _core(cluster: LocalCluster) -> Any:
     from kubernetes import client, config
 
     return client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig)))
@@ -55,11 +46,34 @@ def start_with_fleet(settings: ClusterSettings, fleet: Fleet) -> LocalCluster:
     return cluster
 
 
+def node_table(core: Any) -> str:
+    """The fleet as a user sees it: GPU type, count, capacity type, instance type, zone, readiness."""
+    rows = [("NAME", "GPU", "GPUS", "CAPACITY", "INSTANCE-TYPE", "ZONE", "READY")]
+    for node in sorted(core.list_node().items, key=lambda n: n.metadata.name):
+        labels = node.metadata.labels or {}
+        gpu = api.gpu_type_of(labels)
+        allocatable = node.status.allocatable or {}
+        ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+        rows.append(
+            (
+                node.metadata.name,
+                gpu.value if gpu else "-",
+                allocatable.get(gpu.resource, "0") if gpu else "0",
+                labels.get(api.NODE_CAPACITY_TYPE, "-"),
+                labels.get(api.NODE_INSTANCE_TYPE, "-"),
+                labels.get(api.NODE_ZONE, "-"),
+                "Ready" if ready else "NotReady",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     cluster = start_with_fleet(ClusterSettings(), _fleet(args))
     try:
         print(cluster.describe())
-        print(cluster.kubectl("get", "nodes", "-o", f"custom-columns={NODE_COLUMNS}"))
+        print(node_table(_core(cluster)))
         print(cluster.kubectl("version"))
     finally:
         cluster.stop()
