@@ -105,15 +105,20 @@ def test_tensor_parallel_groups_are_never_split(
 def test_reserved_gpus_are_held_back_when_the_forecast_calls_for_them(
     cluster: ClusterHandle, namespace: str, test_fleet: Fleet, extender: ExtenderService
 ) -> None:
-    fleet = test_fleet(("H100", "reserved", "us-east-1a"), ("H100", "spot", "us-east-1b"))
-    # High-priority H100 demand is forecast to want every reserved H100 there is (an upper band of 10,000).
+    fleet = test_fleet(
+        ("H100", "reserved", "us-east-1a"), ("H100", "reserved", "us-east-1a"), ("H100", "spot", "us-east-1b")
+    )
+    # A long job that never checkpoints prefers reserved: reclaims would make spot cost it 4.2x.
+    before = a_pod("batch-before").gpus(8).runtime(48 * 3600)
+    assert capacity_of(cluster, bound_node(cluster, namespace, fleet.create(cluster, namespace, before))) == "reserved"
+    # Now high-priority H100 demand is forecast to want every reserved H100 there is (upper band 10,000 GPUs).
     forecast = Forecast("H100", HIGH, datetime.now(UTC), 15, 1e4, 1e4, 1e4, 0.8, "test")
     extender.board.publish({("H100", HIGH): forecast})
     try:
-        # A long job that never checkpoints would pick reserved (reclaims make spot cost it 4.2x)...
-        batch = a_pod("batch").gpus(8).runtime(48 * 3600)
-        assert capacity_of(cluster, bound_node(cluster, namespace, fleet.create(cluster, namespace, batch))) == "spot"
-        # ...but being low priority it went to spot, while a high-priority pod still gets reserved.
+        # The same kind of low-priority job goes to spot although a reserved node is free...
+        after = a_pod("batch-after").gpus(8).runtime(48 * 3600)
+        assert capacity_of(cluster, bound_node(cluster, namespace, fleet.create(cluster, namespace, after))) == "spot"
+        # ...which a high-priority pod then gets.
         vip = a_pod("vip").gpus(8).runtime(48 * 3600).priority(500)
         assert capacity_of(cluster, bound_node(cluster, namespace, fleet.create(cluster, namespace, vip))) == "reserved"
     finally:
