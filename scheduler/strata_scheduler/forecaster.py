@@ -64,7 +64,10 @@ class Prediction:
 
 
 def bin_means(times_s: np.ndarray, values: np.ndarray, bin_min: int) -> tuple[np.ndarray, np.ndarray]:
-    """Means over a regular grid of ``bin_min`` minutes; empty bins carry the previous bin's value forward."""
+    """Means over a regular grid of ``bin_min`` minutes; NaN where no sample fell (the recorder was down).
+
+    Gaps stay gaps: filling them would teach the model a flat line and the band errors that never happened.
+    """
     width = bin_min * 60
     starts = (times_s // width) * width
     grid = np.arange(starts.min(), starts.max() + width, width)
@@ -73,9 +76,6 @@ def bin_means(times_s: np.ndarray, values: np.ndarray, bin_min: int) -> tuple[np
     counts = np.bincount(index, minlength=len(grid))
     means = np.full(len(grid), np.nan)
     means[counts > 0] = sums[counts > 0] / counts[counts > 0]
-    for i in range(1, len(means)):
-        if np.isnan(means[i]):
-            means[i] = means[i - 1]
     return grid, means
 
 
@@ -94,12 +94,13 @@ def predict(times_s: np.ndarray, values: np.ndarray, config: ForecastConfig, cur
     anchored = level + model[h : len(y) + h] - model_level  # anchored[i]: forecast for bin i + h made at bin i
     errors = y[h:] - anchored[: len(y) - h]
     recent = errors[-int(config.calibration_days * 86400 / (config.bin_min * 60)) :]
+    recent = recent[~np.isnan(recent)]
     mean = float(anchored[-1])
     if len(recent) >= 10:
         tail = (1 - config.band) / 2
         low_q, high_q = np.quantile(recent, [tail, 1 - tail])
     else:  # too little history to measure errors: a band as wide as demand has moved at all
-        spread = float(np.ptp(y)) if len(y) > 1 else 0.0
+        spread = float(np.nanmax(y) - np.nanmin(y))
         low_q, high_q = -spread, spread
     return Prediction(
         mean=max(mean, 0.0), lower=max(mean + float(low_q), 0.0), upper=max(mean + float(high_q), 0.0), method=method
@@ -107,10 +108,15 @@ def predict(times_s: np.ndarray, values: np.ndarray, config: ForecastConfig, cur
 
 
 def _trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
-    sums = np.cumsum(np.insert(values, 0, 0.0))
+    """Mean of the last ``window`` values at each position, skipping NaN; NaN where all of them are."""
+    present = ~np.isnan(values)
+    sums = np.cumsum(np.insert(np.where(present, values, 0.0), 0, 0.0))
+    counts = np.cumsum(np.insert(present.astype(float), 0, 0.0))
     ends = np.arange(1, len(values) + 1)
     starts = np.maximum(ends - window, 0)
-    result: np.ndarray = (sums[ends] - sums[starts]) / (ends - starts)
+    n = counts[ends] - counts[starts]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        result: np.ndarray = np.where(n > 0, (sums[ends] - sums[starts]) / np.maximum(n, 1), np.nan)
     return result
 
 
@@ -121,7 +127,8 @@ def prophet_curve(grid: np.ndarray, y: np.ndarray, extra_bins: int, bin_min: int
     from prophet import Prophet
 
     days = (grid[-1] - grid[0]) / 86400
-    frame = pd.DataFrame({"ds": pd.to_datetime(grid, unit="s"), "y": y})
+    present = ~np.isnan(y)
+    frame = pd.DataFrame({"ds": pd.to_datetime(grid[present], unit="s"), "y": y[present]})
     model = Prophet(
         daily_seasonality=days >= 2,
         weekly_seasonality=days >= 14,
@@ -132,7 +139,8 @@ def prophet_curve(grid: np.ndarray, y: np.ndarray, extra_bins: int, bin_min: int
         # Prophet 1.5 still passes inplace= to pandas 3.1, which deprecates it; nothing here can change that.
         warnings.filterwarnings("ignore", message="The inplace keyword", module="prophet")
         model.fit(frame)
-        future = model.make_future_dataframe(periods=extra_bins, freq=f"{bin_min}min", include_history=True)
+        future_s = np.concatenate([grid, grid[-1] + bin_min * 60 * np.arange(1, extra_bins + 1)])
+        future = pd.DataFrame({"ds": pd.to_datetime(future_s, unit="s")})
         result: np.ndarray = model.predict(future)["yhat"].to_numpy()
     return result
 

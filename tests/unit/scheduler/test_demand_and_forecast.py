@@ -238,3 +238,13 @@ def test_worker_scores_forecasts_that_came_due() -> None:
     worker.run_once()
     labels = {"gpu_type": "H100", "priority": LOW}
     assert extender.metrics.registry.get_sample_value("strata_forecast_abs_error_gpus", labels) == 3.0
+
+
+def test_gaps_in_the_history_are_not_filled_in() -> None:
+    # Demand sat at 10 for a day; the recorder was down for two hours; its first sample back says 30.
+    times = np.append(minutes(1), T0 + DAY + 2 * 3600)
+    demand = np.append(np.full(len(times) - 1, 10.0), 30.0)
+    prediction = predict(times, demand, ForecastConfig(), curve=None)
+    assert prediction is not None
+    # Filling the gap with the last value before it would put two stale bins of 10 into the 15-minute level.
+    assert prediction.mean == 30.0
