@@ -6,6 +6,7 @@ it over one aiohttp session, so creating thousands of pods needs neither threads
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import ssl
@@ -118,13 +119,21 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     else:
-        cadata = info.ca_data.decode() if isinstance(info.ca_data, bytes) else info.ca_data
-        context = ssl.create_default_context(cafile=info.ca_path, cadata=cadata)
-    cert = info.certificate_path or _to_file(info.certificate_data)
-    key = info.private_key_path or _to_file(info.private_key_data)
+        cadata = _pem(info.ca_data)
+        context = ssl.create_default_context(cafile=info.ca_path, cadata=cadata.decode() if cadata else None)
+    cert = info.certificate_path or _to_file(_pem(info.certificate_data))
+    key = info.private_key_path or _to_file(_pem(info.private_key_data))
     if cert:
         context.load_cert_chain(cert, key)
     return context
+
+
+def _pem(data: bytes | str | None) -> bytes | None:
+    """kubeconfig's ``*-data`` fields are base64 of PEM; kopf passes them on as they are."""
+    if not data:
+        return None
+    raw = data.encode() if isinstance(data, str) else data
+    return raw if b"-----BEGIN" in raw else base64.b64decode(raw)
 
 
 def _to_file(data: bytes | str | None) -> str | None:

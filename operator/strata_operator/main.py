@@ -35,8 +35,6 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: Any, **_
         prefix=PREFIX, key="last-handled-configuration"
     )
     settings.posting.reporting_component = "strata-operator"
-    settings.peering.name = runtime.settings.peering_name
-    settings.peering.priority = runtime.settings.priority
     settings.watching.server_timeout = 300
     runtime.kube = Kube(login(settings))
     if not runtime.settings.standalone:
@@ -73,13 +71,13 @@ async def close(memo: Any, **_: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings = OperatorSettings.from_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kopf.run(
         registry=build_registry(settings),
         memo=kopf.Memo(runtime=Runtime(settings)),
         standalone=settings.standalone,
         priority=settings.priority,
-        peering_name=settings.peering_name,
+        peering_name=None if settings.standalone else settings.peering_name,
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
     )

@@ -62,6 +62,8 @@ class OperatorSettings:
     """Run without peering (a single replica, or no kopf peering CRD installed). Default False."""
     namespaces: tuple[str, ...] = ()
     """Namespaces to serve; empty serves the whole cluster. Default empty."""
+    log_level: str = "INFO"
+    """Python logging level (DEBUG shows kopf's watch and handler traffic). Default INFO."""
     gpu_hour_prices: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_GPU_HOUR_PRICES))
     """Dollars per GPU-hour by ``<gpu type>/<capacity type>``, for status.cost and the cost metric."""
 

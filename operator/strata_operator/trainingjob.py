@@ -28,6 +28,9 @@ from strata_operator.pods import build_service, build_worker_pods
 from strata_operator.runtime import IndexMapping, IndexOf, Runtime, first
 from strata_operator.status import Event
 
+STALE_VIEW_S = 5.0
+"""After writing a job's status, wait at most this long for the write to come back through the watch."""
+
 
 @dataclass(frozen=True)
 class JobEntry:
@@ -87,6 +90,7 @@ async def run_trainingjob(
     key = f"{namespace}/{name}"
     wake = runtime.wakeups.setdefault(key, asyncio.Event())
     written_from: str | None = None
+    written_at = 0.0
     try:
         while not stopped:
             wake.clear()
@@ -94,7 +98,7 @@ async def run_trainingjob(
             delay = runtime.settings.resync_interval_s
             if entry is None:
                 delay = 0.2
-            elif entry.resource_version == written_from:
+            elif entry.resource_version == written_from and time.monotonic() - written_at < STALE_VIEW_S:
                 delay = 0.1  # our own status write has not come back through the watch yet
             else:
                 started = time.perf_counter()
@@ -104,7 +108,7 @@ async def run_trainingjob(
                     logger.warning(f"reconcile failed, retrying: {error}")
                     plan, written = None, False
                 runtime.metrics.reconcile.labels(api.TRAINING_JOB).observe(time.perf_counter() - started)
-                written_from = entry.resource_version if written else None
+                written_from, written_at = (entry.resource_version if written else None), time.monotonic()
                 if plan is None:
                     delay = 0.2
                 elif plan.requeue_after_s is not None:

@@ -1,0 +1,40 @@
+"""Two replicas with kopf peering: one acts, the other stands by and takes over when the first stops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from operator_harness import OperatorProcess, Strata
+from operator_manifests import a_job
+
+from strata_dev.testing import ClusterHandle
+
+
+def test_the_standby_replica_takes_over_when_the_active_one_stops(
+    crds: ClusterHandle, strata: Strata, tmp_path: Path
+) -> None:
+    names = (strata.namespace,)
+    peering = ("--peering-name", f"strata-{strata.suffix}")
+    active = OperatorProcess(crds, tmp_path / "a", names, *peering, "--priority", "10")
+    standby = OperatorProcess(crds, tmp_path / "b", names, *peering, "--priority", "1")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    active.start()
+    standby.start()
+    try:
+        pool = strata.pool("team")
+        strata.submit(a_job("before", pool, data=2))
+        strata.wait_phase("before", "Running")
+        assert [p.metadata.name for p in strata.pods("before")] == ["before-worker-0", "before-worker-1"]
+
+        assert "Pausing operations in favour of" in standby.log()  # kopf's own word that it stands by
+        assert "Pausing operations" not in active.log()
+
+        active.stop()  # graceful: it leaves the peering at once
+        strata.submit(a_job("after", pool, data=1))
+        strata.wait_phase("after", "Running", timeout_s=60)
+        assert standby.alive()
+        assert len(strata.pods("before")) == 2
+    finally:
+        active.stop()
+        standby.stop()

@@ -1,0 +1,138 @@
+"""The API server itself refuses bad TrainingJobs and ResourcePools, with a message naming the field."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+from operator_harness import Strata
+from operator_manifests import a_job
+
+from strata_dev.testing import ClusterHandle
+from strata_operator import api
+
+ROOT = Path(__file__).resolve().parents[3]
+
+Edit = Callable[[dict[str, Any]], None]
+
+
+def setter(path: str, value: Any) -> Edit:
+    def edit(body: dict[str, Any]) -> None:
+        *parents, leaf = path.split(".")
+        node = body["spec"]
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+
+    return edit
+
+
+INVALID_JOBS: list[tuple[str, Edit, str]] = [
+    ("gpus-not-the-degree-product", setter("resources.gpus", 16), "resources.gpus must equal parallelism.data"),
+    ("batch-not-divisible", setter("training.globalBatchSize", 9), "training.globalBatchSize must be divisible"),
+    ("tensor-beyond-a-node", setter("parallelism.tensor", 16), "spec.parallelism.tensor"),
+    ("expert-does-not-divide", setter("parallelism.expert", 3), "parallelism.expert must divide"),
+    ("gpus-not-whole-workers", setter("resources.gpusPerWorker", 3), "resources.gpus must be a multiple"),
+    ("unknown-gpu-type", setter("resources.gpuType", "A100"), "spec.resources.gpuType"),
+    ("negative-steps", setter("training.steps", -5), "spec.training.steps"),
+    ("zero-data-degree", setter("parallelism.data", 0), "spec.parallelism.data"),
+    ("negative-backoff-limit", setter("backoffLimit", -1), "spec.backoffLimit"),
+    ("negative-runtime", setter("maxRuntimeSeconds", -10), "spec.maxRuntimeSeconds"),
+    ("unknown-precision", setter("training.precision", "fp8"), "spec.training.precision"),
+    ("unknown-capacity-type", setter("resources.capacityTypes", ["preemptible"]), "spec.resources.capacityTypes"),
+    ("preference-not-allowed", setter("resources.capacityPreference", "spot"), "resources.capacityPreference must"),
+    ("too-few-microbatches", setter("parallelism.pipeline", 2), "parallelism.microBatches must be at least"),
+    ("relative-checkpoint-path", setter("checkpoint.path", "ckpt"), "spec.checkpoint.path"),
+    ("bad-cpu-quantity", setter("resources.cpuPerWorker", "lots"), "resources.cpuPerWorker must be"),
+    ("missing-image", lambda b: b["spec"]["workload"].pop("image"), "spec.workload.image"),
+    ("missing-pool", lambda b: b["spec"].pop("pool"), "spec.pool"),
+]
+
+
+def valid_job(name: str = "valid") -> dict[str, Any]:
+    body = a_job(name, "some-pool", data=2, tensor=4, gpus_per_worker=8)
+    body["spec"]["resources"]["capacityTypes"] = ["on-demand", "reserved"]
+    return body
+
+
+def refusal(strata: Strata, body: dict[str, Any]) -> str:
+    with pytest.raises(ApiException) as caught:
+        strata.submit(body)
+    assert caught.value.status == 422, caught.value.body
+    return str(caught.value.body)
+
+
+def test_the_valid_baseline_is_accepted_and_defaulted(strata: Strata) -> None:
+    strata.submit(valid_job())
+    spec = strata.job("valid")["spec"]
+    assert spec["parallelism"]["pipelineSchedule"] == "1F1B"
+    assert spec["training"]["precision"] == "bf16"
+    assert spec["checkpoint"] == {"intervalSeconds": 600, "keep": 3, "path": "/checkpoints"}
+    assert spec["backoffLimit"] == 3
+    assert spec["suspend"] is False
+
+
+@pytest.mark.parametrize(("case", "edit", "names"), INVALID_JOBS, ids=[c[0] for c in INVALID_JOBS])
+def test_an_invalid_trainingjob_is_refused_naming_the_field(strata: Strata, case: str, edit: Edit, names: str) -> None:
+    body = copy.deepcopy(valid_job(case))
+    edit(body)
+    assert names in refusal(strata, body)
+
+
+def test_a_name_too_long_for_worker_hostnames_is_refused(strata: Strata) -> None:
+    assert "metadata.name must be at most 48 characters" in refusal(strata, valid_job("x" * 49))
+
+
+def test_layout_fields_are_immutable_while_the_job_runs_but_suspend_is_not(strata: Strata) -> None:
+    strata.submit(valid_job("running"))
+    strata.custom.patch_namespaced_custom_object_status(
+        api.GROUP, api.VERSION, strata.namespace, api.TRAINING_JOBS, "running", {"status": {"phase": "Running"}}
+    )
+    with pytest.raises(ApiException) as caught:
+        strata.patch_spec("running", {"parallelism": {"data": 1}, "resources": {"gpus": 4}})
+    assert caught.value.status == 422
+    assert "spec.parallelism" in str(caught.value.body)
+    assert "immutable while the job is Admitted, Running or Restarting" in str(caught.value.body)
+    strata.patch_spec("running", {"suspend": True})
+    assert strata.job("running")["spec"]["suspend"] is True
+
+
+def test_queued_jobs_may_still_change_their_layout(strata: Strata) -> None:
+    strata.submit(valid_job("queued"))
+    strata.patch_spec("queued", {"parallelism": {"data": 1}, "resources": {"gpus": 4, "gpusPerWorker": 4}})
+    assert strata.job("queued")["spec"]["resources"]["gpus"] == 4
+
+
+@pytest.mark.parametrize(
+    ("spec", "names"),
+    [
+        ({"maxGPUs": -8}, "spec.maxGPUs"),
+        ({"maxGPUs": 8, "gpuTypes": ["TPU"]}, "spec.gpuTypes"),
+        ({"maxGPUs": 8, "maxRuntimeSeconds": 0}, "spec.maxRuntimeSeconds"),
+        ({"maxGPUs": 8, "capacityTypes": []}, "spec.capacityTypes"),
+    ],
+)
+def test_an_invalid_resourcepool_is_refused_naming_the_field(strata: Strata, spec: dict[str, Any], names: str) -> None:
+    with pytest.raises(ApiException) as caught:
+        strata.pool("bad", **spec)
+    assert caught.value.status == 422
+    assert names in str(caught.value.body)
+
+
+EXAMPLES = sorted([*(ROOT / "examples" / "pools").glob("*.yaml"), *(ROOT / "examples" / "trainingjobs").glob("*.yaml")])
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_example_is_accepted_by_the_api_server(crds: ClusterHandle, namespace: str, path: Path) -> None:
+    assert yaml.safe_load(path.read_text())["kind"] in (api.TRAINING_JOB, api.RESOURCE_POOL)
+    crds.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path))
+
+
+def test_kubectl_explain_reads_the_descriptions(crds: ClusterHandle) -> None:
+    text = crds.kubectl("explain", "trainingjobs.spec.parallelism.tensor")
+    assert "At most 8, the GPUs of one node" in text
