@@ -122,9 +122,10 @@ def _trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
 
 def prophet_curve(grid: np.ndarray, y: np.ndarray, extra_bins: int, bin_min: int) -> np.ndarray:
     """Prophet's fitted and extrapolated mean over ``grid`` plus ``extra_bins`` more bins."""
-    quiet_prophet_logs()
     import pandas as pd
     from prophet import Prophet
+
+    quiet_prophet_logs()  # after the import: cmdstanpy sets its own level when first imported
 
     days = (grid[-1] - grid[0]) / 86400
     present = ~np.isnan(y)
