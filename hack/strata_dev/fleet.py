@@ -161,6 +161,8 @@ def create_fleet(core: Any, fleet: Fleet, wait_ready_s: float = 180.0, workers: 
 
     begin = time.monotonic()
     manifests = node_manifests(fleet)
+    # the client keeps 4 connections by default: more threads than that would only queue for one
+    core.api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] = workers
 
     def create(manifest: dict[str, Any]) -> None:
         try:
@@ -179,13 +181,14 @@ def wait_nodes_ready(core: Any, names: Iterable[str], timeout_s: float) -> None:
     wanted = set(names)
     deadline = time.monotonic() + timeout_s
     while True:
-        ready = {n.metadata.name for n in core.list_node().items if _is_ready(n)}
+        # resource_version="0" is served from the API server's watch cache, not a quorum read of etcd
+        ready = {n.metadata.name for n in core.list_node(resource_version="0").items if _is_ready(n)}
         missing = wanted - ready
         if not missing:
             return
         if time.monotonic() > deadline:
             raise FleetError(f"{len(missing)} nodes not Ready after {timeout_s:.0f}s (e.g. {sorted(missing)[:3]})")
-        time.sleep(0.25)
+        time.sleep(0.5)
 
 
 def _is_ready(node: Any) -> bool:
