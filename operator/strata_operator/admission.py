@@ -16,6 +16,7 @@ Rules, in the order a user would check them:
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,6 +41,11 @@ class GangRequest:
     @property
     def gpus(self) -> int:
         return self.workers * self.gpus_per_worker
+
+    @property
+    def groups(self) -> int:
+        """Tensor-parallel groups of workers, each of which needs one node."""
+        return self.workers // self.pods_per_group
 
     @classmethod
     def from_job(cls, job: TrainingJob) -> GangRequest:
@@ -112,12 +118,14 @@ def admit(
     ``fleet`` is every schedulable GPU node; ``free`` its GPUs not held by any bound, unfinished pod (Strata's or
     anyone's). Unbound workers of ``admitted`` gangs are placed first, as reservations.
     """
-    nodes = {n.name: n for n in fleet if n.gpu_type is not None and n.schedulable}
-    room = {name: free.get(name, 0) for name in nodes}
+    nodes = [n for n in fleet if n.gpu_type is not None and n.schedulable]
+    room = Room(nodes, free)
+    empty = Room(nodes, {n.name: n.allocatable_gpus for n in nodes})
     reserved: dict[str, dict[str, int]] = {}
     for gang in sorted(admitted, key=lambda g: (g.admitted_at, g.request.key)):
-        placement = _fit(gang.request, gang.gpu_type, gang.request.capacity_types, nodes, room, partial=True)
-        reserved[gang.request.key] = _consume(room, placement, gang.request, limit=gang.unbound_workers)
+        r = gang.request
+        groups = -(-gang.unbound_workers // r.pods_per_group)
+        reserved[r.key] = room.take(gang.gpu_type, r.capacity_types, r.gpus_per_worker * r.pods_per_group, groups)
     usage: dict[str, int] = {}
     for gang in admitted:
         usage[gang.request.pool] = usage.get(gang.request.pool, 0) + gang.request.gpus
@@ -157,7 +165,7 @@ def admit(
                 f"needs {request.gpus} GPUs; pool {pool.name} has {pool.max_gpus - in_use} of {pool.max_gpus} left",
             )
             continue
-        possible = [t for t in types if _fit(request, t, capacity, nodes, _capacity(nodes)) is not None]
+        possible = [t for t in types if empty.fits(request, t, capacity)]
         if not possible:
             wait(
                 Reason.EXCEEDS_FLEET,
@@ -169,15 +177,14 @@ def admit(
         if not candidates:
             wait(Reason.BEHIND_HIGHER_PRIORITY, "jobs ahead in the queue wait for the same GPU types")
             continue
-        chosen = next(((t, p) for t in candidates if (p := _fit(request, t, capacity, nodes, room)) is not None), None)
+        chosen = next((t for t in candidates if room.fits(request, t, capacity)), None)
         if chosen is not None:
-            gpu_type, placement = chosen
-            _consume(room, placement, request)
+            room.take(chosen, capacity, request.gpus_per_worker * request.pods_per_group, request.groups)
             usage[pool.name] = in_use + request.gpus
-            decision.admit[request.key] = gpu_type
+            decision.admit[request.key] = chosen
             continue
         blocked.update(candidates)
-        victims = _preemption(request, pool, candidates, capacity, nodes, room, victims_left, reserved, pools)
+        victims = _preemption(request, pool, candidates, capacity, room, victims_left, reserved, pools)
         if victims:
             for victim in victims:
                 del victims_left[victim.request.key]
@@ -199,55 +206,68 @@ def admit(
     return decision
 
 
-def _capacity(nodes: Mapping[str, Node]) -> dict[str, int]:
-    return {name: node.allocatable_gpus for name, node in nodes.items()}
+class Room:
+    """Free GPUs of the fleet, bucketed by node kind (GPU type, capacity type) and by free amount, so that a fit
+    check costs O(distinct amounts) rather than O(nodes): one pass over thousands of jobs and nodes stays cheap."""
 
+    def __init__(self, nodes: Iterable[Node], free: Mapping[str, int]) -> None:
+        self.free: dict[str, int] = {}
+        self.kind: dict[str, tuple[GPUType | None, str | None]] = {}
+        self.buckets: dict[tuple[GPUType | None, str | None], dict[int, set[str]]] = {}
+        for node in nodes:
+            self.kind[node.name] = (node.gpu_type, node.capacity_type)
+            self.free[node.name] = 0
+            self._bucket(node.name).setdefault(0, set()).add(node.name)
+            self.put(node.name, max(0, free.get(node.name, 0)))
 
-def _fit(
-    request: GangRequest,
-    gpu_type: GPUType,
-    capacity: Iterable[str],
-    nodes: Mapping[str, Node],
-    room: Mapping[str, int],
-    partial: bool = False,
-) -> dict[str, int] | None:
-    """Tensor-parallel groups per node for the whole gang, best fit (fullest nodes first); None if it does not fit.
+    def copy(self) -> Room:
+        other = Room((), {})
+        other.free = dict(self.free)
+        other.kind = self.kind
+        other.buckets = {k: {a: set(names) for a, names in b.items()} for k, b in self.buckets.items()}
+        return other
 
-    With ``partial`` the best placement of as many groups as fit is returned instead of None.
-    """
-    group_gpus = request.gpus_per_worker * request.pods_per_group
-    groups = request.workers // request.pods_per_group
-    allowed = set(capacity)
-    usable = sorted(
-        (n for n in nodes.values() if n.gpu_type == gpu_type and n.capacity_type in allowed),
-        key=lambda n: (room.get(n.name, 0), n.name),
-    )
-    placement: dict[str, int] = {}
-    for node in usable:
-        take = min(groups, room.get(node.name, 0) // group_gpus)
-        if take > 0:
-            placement[node.name] = take
-            groups -= take
-        if groups == 0:
-            return placement
-    return placement if partial else None
+    def put(self, name: str, amount: int) -> None:
+        bucket = self._bucket(name)
+        old = self.free[name]
+        bucket[old].discard(name)
+        if not bucket[old]:
+            del bucket[old]
+        bucket.setdefault(amount, set()).add(name)
+        self.free[name] = amount
 
+    def slots(self, gpu_type: GPUType, capacity: Iterable[str], group_gpus: int) -> int:
+        """How many groups of ``group_gpus`` GPUs (each on one node) fit now."""
+        return sum(
+            len(names) * (amount // group_gpus)
+            for c in capacity
+            for amount, names in self.buckets.get((gpu_type, c), {}).items()
+            if amount >= group_gpus
+        )
 
-def _consume(
-    room: dict[str, int], placement: Mapping[str, int] | None, request: GangRequest, limit: int | None = None
-) -> dict[str, int]:
-    """Take the placement's GPUs out of ``room`` (at most ``limit`` workers); returns GPUs taken per node."""
-    taken: dict[str, int] = {}
-    workers_left = request.workers if limit is None else limit
-    for name, groups in (placement or {}).items():
-        workers = min(groups * request.pods_per_group, workers_left)
-        if workers <= 0:
-            break
-        gpus = workers * request.gpus_per_worker
-        room[name] -= gpus
-        taken[name] = gpus
-        workers_left -= workers
-    return taken
+    def fits(self, request: GangRequest, gpu_type: GPUType, capacity: Iterable[str]) -> bool:
+        group_gpus = request.gpus_per_worker * request.pods_per_group
+        return self.slots(gpu_type, capacity, group_gpus) >= request.groups
+
+    def take(self, gpu_type: GPUType, capacity: Iterable[str], group_gpus: int, groups: int) -> dict[str, int]:
+        """Place up to ``groups`` groups, fullest usable nodes first (best fit); returns GPUs taken per node."""
+        taken: dict[str, int] = {}
+        kinds = [(gpu_type, c) for c in sorted(capacity)]
+        amounts = sorted({a for k in kinds for a in self.buckets.get(k, {}) if a >= group_gpus})
+        for amount in amounts:
+            per_node = amount // group_gpus
+            candidates = [n for k in kinds for n in self.buckets.get(k, {}).get(amount, ())]
+            for name in heapq.nsmallest(-(-groups // per_node), candidates):
+                count = min(groups, per_node)
+                self.put(name, amount - count * group_gpus)
+                taken[name] = count * group_gpus
+                groups -= count
+            if groups <= 0:
+                break
+        return taken
+
+    def _bucket(self, name: str) -> dict[int, set[str]]:
+        return self.buckets.setdefault(self.kind[name], {})
 
 
 def _preemption(
@@ -255,8 +275,7 @@ def _preemption(
     pool: ResourcePool,
     types: Sequence[GPUType],
     capacity: frozenset[str],
-    nodes: Mapping[str, Node],
-    room: Mapping[str, int],
+    room: Room,
     candidates: Mapping[str, AdmittedGang],
     reserved: Mapping[str, Mapping[str, int]],
     pools: Mapping[str, ResourcePool],
@@ -272,14 +291,16 @@ def _preemption(
             (g for g in candidates.values() if g.gpu_type == gpu_type and preemptible(g)),
             key=lambda g: (pools[g.request.pool].priority, -g.admitted_at.timestamp(), g.request.key),
         )
-        trial = dict(room)
+        if not eligible:
+            continue
+        trial = room.copy()
         chosen: list[AdmittedGang] = []
         for victim in eligible:
             for held in (victim.bound, reserved.get(victim.request.key, {})):
                 for name, gpus in held.items():
-                    if name in trial:
-                        trial[name] += gpus
+                    if name in trial.free:
+                        trial.put(name, trial.free[name] + gpus)
             chosen.append(victim)
-            if _fit(request, gpu_type, capacity, nodes, trial) is not None:
+            if trial.fits(request, gpu_type, capacity):
                 return chosen
     return []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from operator_builders import T0, a_node, a_pool, at
@@ -212,3 +213,14 @@ def test_unschedulable_and_cpu_nodes_hold_no_gangs() -> None:
     cpu = a_node("cpu", gpu=None)
     decision = admit([req("j")], [], pools(a_pool()), [cordoned, cpu], {"a": 8, "cpu": 0})
     assert decision.admit == {}
+
+
+def test_one_pass_over_a_thousand_jobs_and_four_thousand_nodes_stays_well_under_a_second() -> None:
+    kinds = [(H100, "spot"), (MI300X, "reserved"), (H100, "on-demand"), (MI300X, "spot")]
+    nodes = [a_node(f"n{i}", *kinds[i % 4]) for i in range(4000)]
+    queue = [req(f"j{i}", workers=8, submitted=i, types=(H100, MI300X)) for i in range(1000)]
+    started = time.perf_counter()
+    decision = admit(queue, [], pools(a_pool(max_gpus=10**6)), nodes, all_free(nodes))
+    elapsed = time.perf_counter() - started
+    assert len(decision.admit) == 500  # 4000 nodes hold 500 gangs of 8 whole-node workers
+    assert elapsed < 2.0, f"admission pass took {elapsed:.2f}s"
