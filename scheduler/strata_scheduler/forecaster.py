@@ -61,6 +61,8 @@ class Prediction:
     lower: float
     upper: float
     method: str
+    weights: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    """The mix of (anchored, seasonal naive, persistence) that did best over the calibration window."""
 
 
 def bin_means(times_s: np.ndarray, values: np.ndarray, bin_min: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,10 +94,17 @@ def predict(times_s: np.ndarray, values: np.ndarray, config: ForecastConfig, cur
     level = _trailing_mean(y, w)
     model_level = _trailing_mean(model[: len(y)], w)
     anchored = level + model[h : len(y) + h] - model_level  # anchored[i]: forecast for bin i + h made at bin i
-    errors = y[h:] - anchored[: len(y) - h]
-    recent = errors[-int(config.calibration_days * 86400 / (config.bin_min * 60)) :]
+    day = 86400 // (config.bin_min * 60)
+    seasonal = np.full(len(y), np.nan)  # seasonal[i]: the bin a day before bin i + h
+    if len(y) > day - h > 0:
+        seasonal[day - h :] = y[: len(y) - (day - h)]
+    seasonal = np.where(np.isnan(seasonal), level, seasonal)
+    window = int(config.calibration_days * 86400 / (config.bin_min * 60))
+    blend, weights = _best_blend((anchored, seasonal, level), y, h, window)
+    errors = y[h:] - blend[: len(y) - h]
+    recent = errors[-window:]
     recent = recent[~np.isnan(recent)]
-    mean = float(anchored[-1])
+    mean = float(blend[-1])
     if len(recent) >= 10:
         tail = (1 - config.band) / 2
         low_q, high_q = np.quantile(recent, [tail, 1 - tail])
@@ -103,8 +112,36 @@ def predict(times_s: np.ndarray, values: np.ndarray, config: ForecastConfig, cur
         spread = float(np.nanmax(y) - np.nanmin(y))
         low_q, high_q = -spread, spread
     return Prediction(
-        mean=max(mean, 0.0), lower=max(mean + float(low_q), 0.0), upper=max(mean + float(high_q), 0.0), method=method
+        mean=max(mean, 0.0),
+        lower=max(mean + float(low_q), 0.0),
+        upper=max(mean + float(high_q), 0.0),
+        method=method,
+        weights=weights,
     )
+
+
+BLEND_STEPS = 10
+
+
+def _best_blend(
+    candidates: tuple[np.ndarray, np.ndarray, np.ndarray], y: np.ndarray, h: int, window: int
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """The mix of (anchored, seasonal naive, persistence) with the lowest mean absolute error at horizon ``h``
+    over the last ``window`` origins, weights in steps of 0.1 summing to 1. Ties go to the earlier mix in the
+    order tried, which starts from pure anchored."""
+    anchored, seasonal, level = candidates
+    targets = y[h:][-window:]
+    best: tuple[float, np.ndarray, tuple[float, float, float]] | None = None
+    for a in range(BLEND_STEPS, -1, -1):
+        for s in range(BLEND_STEPS - a + 1):
+            weights = (a / BLEND_STEPS, s / BLEND_STEPS, (BLEND_STEPS - a - s) / BLEND_STEPS)
+            mix = weights[0] * anchored + weights[1] * seasonal + weights[2] * level
+            errors = np.abs(targets - mix[: len(y) - h][-window:])
+            score = float(np.nanmean(errors)) if np.any(~np.isnan(errors)) else float("inf")
+            if best is None or score < best[0] - 1e-12:
+                best = (score, mix, weights)
+    assert best is not None
+    return best[1], best[2]
 
 
 def _trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
@@ -122,10 +159,11 @@ def _trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
 
 def prophet_curve(grid: np.ndarray, y: np.ndarray, extra_bins: int, bin_min: int) -> np.ndarray:
     """Prophet's fitted and extrapolated mean over ``grid`` plus ``extra_bins`` more bins."""
+    quiet_prophet_logs()
     import pandas as pd
     from prophet import Prophet
 
-    quiet_prophet_logs()  # after the import: cmdstanpy sets its own level when first imported
+    quiet_prophet_logs()  # again: cmdstanpy sets its own level when first imported
 
     days = (grid[-1] - grid[0]) / 86400
     present = ~np.isnan(y)

@@ -187,10 +187,6 @@ class ClusterState:
             del self.used_gpus[pod.node_name]
 
     # --- reads for the filter and the demand recorder ---
-    def free_gpus(self, node: NodeView) -> int:
-        used = self.used_gpus[node.name][node.gpu_resource] if node.name in self.used_gpus and node.gpu_resource else 0
-        return node.gpu_count - used
-
     def reserved_capacity(self) -> dict[str, ReservedCapacity]:
         """Reserved GPUs by GPU type, recomputed at most once per change of the cluster."""
         generation, memo = self._reserved_memo

@@ -135,6 +135,16 @@ def test_no_history_means_no_forecast() -> None:
     assert predict(np.array([], dtype=np.int64), np.array([]), ForecastConfig(), curve=None) is None
 
 
+def test_blend_prefers_seasonal_naive_where_each_day_repeats_the_last() -> None:
+    times = minutes(3, end_offset_s=12 * 3600)
+    demand = daily_wave(times)
+    prediction = predict(times, demand, ForecastConfig(horizon_min=60), curve=None)
+    assert prediction is not None
+    assert prediction.weights == (0.0, 1.0, 0.0)
+    target = np.mean(daily_wave(np.arange(times[-1] + 60 * 56, times[-1] + 60 * 61)))
+    assert abs(prediction.mean - target) < 0.5
+
+
 def test_anchoring_adds_the_model_change_to_the_observed_level() -> None:
     """With a model that knows the true shape but not the level, the anchored forecast is exact."""
     times = minutes(2, end_offset_s=12 * 3600)  # end on the steep part of the wave
@@ -146,13 +156,12 @@ def test_anchoring_adds_the_model_change_to_the_observed_level() -> None:
 
     config = ForecastConfig(horizon_min=60, min_history_h=1)
     anchored = predict(times, shifted, config, curve=true_shape)
-    persistence = predict(times, shifted, config, curve=None)
     assert anchored is not None
-    assert persistence is not None
+    persistence = shifted[-15:].mean()
     target = np.mean(daily_wave(np.arange(times[-1] + 60 * 56, times[-1] + 60 * 61)) + 37.0)
     assert anchored.method == "anchored-prophet"
     assert abs(anchored.mean - target) < 0.5
-    assert abs(persistence.mean - target) > 5
+    assert abs(persistence - target) > 5
 
 
 def test_band_covers_close_to_its_nominal_share_out_of_sample() -> None:
@@ -181,12 +190,11 @@ def test_prophet_learns_the_daily_shape_and_beats_persistence_on_a_swing() -> No
     started = time.perf_counter()
     anchored = predict(times, demand, config, curve=prophet_curve)
     fit_s = time.perf_counter() - started
-    persistence = predict(times, demand, config, curve=None)
     assert anchored is not None
-    assert persistence is not None
+    persistence = demand[-15:].mean()
     target = np.mean(daily_wave(np.arange(times[-1] + 60 * 116, times[-1] + 60 * 121)))
     assert anchored.method == "anchored-prophet"
-    assert abs(anchored.mean - target) < abs(persistence.mean - target) / 2
+    assert abs(anchored.mean - target) < abs(persistence - target) / 2
     assert anchored.lower <= anchored.mean <= anchored.upper
     assert fit_s < 60
 
