@@ -198,4 +198,4 @@ def _held_back(node: NodeView, pod: PodView, reserved: Mapping[str, ReservedCapa
 
 def _group_label(group: tuple[str, str, str]) -> str:
     namespace, job, index = group
-    return f"tensor-parallel group {index} of job {namespace}/{job}"
+    return f"tensor-parallel group {index.split('@')[0]} of job {namespace}/{job}"

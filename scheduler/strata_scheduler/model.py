@@ -16,6 +16,7 @@ from typing import Any
 from strata_operator.api import (
     ANN_NODE_PRICE,
     GPU_RESOURCES,
+    LABEL_ATTEMPT,
     LABEL_POOL,
     NODE_INSTANCE_TYPE,
     NODE_ZONE,
@@ -56,6 +57,8 @@ class PodView:
     gpu_requests: Mapping[str, int]
     contract: PodContract
     pool: str | None
+    attempt: str = ""
+    """The gang's restart count (``strata.dev/attempt``): a restarted gang's groups are new groups."""
 
     @property
     def gpus(self) -> int:
@@ -74,7 +77,10 @@ class PodView:
     def tp_group_key(self) -> tuple[str, str, str] | None:
         if self.contract.job is None or self.contract.tp_group is None:
             return None
-        return (self.namespace, self.contract.job, self.contract.tp_group)
+        # A pod of the previous attempt may still be terminating on its old node; it must not pull the new
+        # attempt's group there.
+        group = f"{self.contract.tp_group}@{self.attempt}" if self.attempt else self.contract.tp_group
+        return (self.namespace, self.contract.job, group)
 
 
 def node_view(obj: Mapping[str, Any]) -> NodeView:
@@ -117,6 +123,7 @@ def pod_view(obj: Mapping[str, Any]) -> PodView:
         gpu_requests=gpu_requests(spec),
         contract=PodContract.from_metadata(labels, _str_dict(metadata.get("annotations"))),
         pool=labels.get(LABEL_POOL),
+        attempt=labels.get(LABEL_ATTEMPT, ""),
     )
 
 

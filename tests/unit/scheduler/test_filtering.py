@@ -128,6 +128,17 @@ def test_pinned_group_keeps_only_the_gpus_its_unbound_pods_need() -> None:
     }
 
 
+def test_a_restarted_gang_is_not_pulled_to_the_old_attempts_node() -> None:
+    old = a_pod("w0-old").gpus(4).of_job("llm").tp_group("0", size=8).on("n1", phase="Running")
+    old.obj["metadata"]["labels"]["strata.dev/attempt"] = "1"  # still terminating after the restart
+    state = cluster(a_node("n1").h100(), a_node("n2").h100(), old)
+    new = a_pod("w0").gpus(4).of_job("llm").tp_group("0", size=8)
+    new.obj["metadata"]["labels"]["strata.dev/attempt"] = "2"
+    outcome = run(new, state, ["n1", "n2"])
+    assert outcome.passed == ["n2"]
+    assert outcome.failed == {"n1": "tensor-parallel group 0 of job team/llm needs 8 GPUs on one node, node has 4 free"}
+
+
 def test_group_of_one_pod_is_not_pinned() -> None:
     state = cluster(a_node("n1").h100(), a_node("n2").h100())
     outcome = run(a_pod().gpus(8).of_job("llm").tp_group("0", size=8), state, ["n1", "n2"])
