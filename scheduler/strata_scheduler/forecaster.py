@@ -263,6 +263,7 @@ class ForecastWorker(threading.Thread):
                     upper=prediction.upper,
                     band=self.config.band,
                     method=prediction.method,
+                    weights=prediction.weights,
                 )
         return result
 

@@ -30,6 +30,8 @@ class Forecast:
     band: float
     """Nominal coverage of [lower, upper], e.g. 0.8."""
     method: str
+    weights: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    """Mix of (anchored Prophet, seasonal naive, persistence) the forecaster chose for this series."""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -42,6 +44,7 @@ class Forecast:
             "upper": round(self.upper, 3),
             "band": self.band,
             "method": self.method,
+            "blend": dict(zip(("anchored", "seasonalNaive", "persistence"), self.weights, strict=True)),
         }
 
 
