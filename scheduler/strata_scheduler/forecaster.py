@@ -1,20 +1,22 @@
-"""Demand forecasts 15 minutes ahead with an honest band, fitted in a background thread.
+"""Demand forecasts 15 minutes ahead with a measured band, fitted in a background thread.
 
 Plain Prophet is a poor short-horizon forecaster of GPU demand: it models the level as trend plus seasonality
 and so misses where demand actually *is* right now; persistence (the last 15 minutes' mean) beats it at every
-horizon up to 8 hours on the Helios traces, and its nominal 80% band covers about 60% of outcomes. So Prophet
-is used only for what it is good at, the expected *change* (daily and weekly shape), anchored to the level
-just observed::
+horizon up to 8 hours on the Helios traces, and its nominal 80% band covers about 60% of outcomes. So the
+forecast is a blend of candidates, each ``c(t)`` a forecast of demand at ``t + h`` made at ``t``::
 
-    level(t)    = mean of demand over the 15 minutes before t
-    forecast(t) = level(t) + prophet(t + h) - mean of prophet over the same 15 minutes
-    band(t)     = forecast(t) + [q(10%), q(90%)] of forecast errors at horizon h, measured on the last
-                  ``calibration_days`` of history (rolling origins, one per bin)
+    persistence(t)    = level(t) = mean of demand over the 15 minutes before t
+    anchored(t)       = level(t) + prophet(t + h) - mean of prophet over those 15 minutes
+                        (Prophet supplies only the expected change: the daily and weekly shape)
+    seasonal_naive(t) = demand in the same 5-minute bin a day before t + h
+    prophet(t)        = Prophet's own prediction for t + h
+    forecast(t)       = the mix of candidates, weights in steps of 0.1 summing to 1, with the lowest mean
+                        absolute error over the last ``calibration_days`` (rolling origins, one per bin)
+    band(t)           = forecast(t) + [q(10%), q(90%)] of that mix's errors over the same window
 
-The band is calibrated from this forecaster's own recent errors (a split-conformal interval), not from
-Prophet's parametric uncertainty, so an 80% band covers close to 80% of outcomes when the recent past is like
-the near future. Without enough history (``min_history_h``) the change term is zero, i.e. persistence with the
-same calibrated band; without any history there is no forecast and nothing is held back.
+The band comes from this forecaster's own recent errors (a split-conformal interval), not from Prophet's
+parametric uncertainty. Without enough history (``min_history_h``) there is no Prophet: the mix is of
+persistence and seasonal naive only; without any history there is no forecast and nothing is held back.
 
 Staying off the request path: fits run in :class:`ForecastWorker`, a daemon thread, on 5-minute means (a
 tenth of the points of one-minute data, same shape); the Stan optimiser runs in a child process that
@@ -28,8 +30,8 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -61,8 +63,8 @@ class Prediction:
     lower: float
     upper: float
     method: str
-    weights: tuple[float, float, float] = (1.0, 0.0, 0.0)
-    """The mix of (anchored, seasonal naive, persistence) that did best over the calibration window."""
+    weights: Mapping[str, float] = field(default_factory=lambda: {"persistence": 1.0})
+    """The mix of candidate forecasts that did best over the calibration window (see :func:`_best_blend`)."""
 
 
 def bin_means(times_s: np.ndarray, values: np.ndarray, bin_min: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +102,10 @@ def predict(times_s: np.ndarray, values: np.ndarray, config: ForecastConfig, cur
         seasonal[day - h :] = y[: len(y) - (day - h)]
     seasonal = np.where(np.isnan(seasonal), level, seasonal)
     window = int(config.calibration_days * 86400 / (config.bin_min * 60))
-    blend, weights = _best_blend((anchored, seasonal, level), y, h, window)
+    candidates = {"anchored": anchored, "seasonalNaive": seasonal, "persistence": level}
+    if method == "anchored-prophet":
+        candidates["prophet"] = model[h : len(y) + h]
+    blend, weights = _best_blend(candidates, y, h, window)
     errors = y[h:] - blend[: len(y) - h]
     recent = errors[-window:]
     recent = recent[~np.isnan(recent)]
@@ -124,24 +129,41 @@ BLEND_STEPS = 10
 
 
 def _best_blend(
-    candidates: tuple[np.ndarray, np.ndarray, np.ndarray], y: np.ndarray, h: int, window: int
-) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """The mix of (anchored, seasonal naive, persistence) with the lowest mean absolute error at horizon ``h``
-    over the last ``window`` origins, weights in steps of 0.1 summing to 1. Ties go to the earlier mix in the
-    order tried, which starts from pure anchored."""
-    anchored, seasonal, level = candidates
-    targets = y[h:][-window:]
-    best: tuple[float, np.ndarray, tuple[float, float, float]] | None = None
-    for a in range(BLEND_STEPS, -1, -1):
-        for s in range(BLEND_STEPS - a + 1):
-            weights = (a / BLEND_STEPS, s / BLEND_STEPS, (BLEND_STEPS - a - s) / BLEND_STEPS)
-            mix = weights[0] * anchored + weights[1] * seasonal + weights[2] * level
-            errors = np.abs(targets - mix[: len(y) - h][-window:])
-            score = float(np.nanmean(errors)) if np.any(~np.isnan(errors)) else float("inf")
-            if best is None or score < best[0] - 1e-12:
-                best = (score, mix, weights)
+    candidates: Mapping[str, np.ndarray], y: np.ndarray, h: int, window: int
+) -> tuple[np.ndarray, dict[str, float]]:
+    """The mix of candidate forecasts (each ``c[i]`` forecasts bin ``i + h``) with the lowest mean absolute
+    error over the last ``window`` origins; weights in steps of 0.1 that sum to 1, ties to the first mix tried.
+
+    Which candidate wins depends on the series and the horizon (persistence at minutes, the daily shape at
+    hours), so the forecaster measures instead of assuming. The errors of Prophet's candidates are in-sample,
+    which flatters them somewhat; the benchmark (bench/scheduler/forecast_quality.py) scores out of sample.
+    """
+    names = list(candidates)
+    start = max(0, len(y) - h - window)
+    origins = {name: vector[start : len(y) - h] for name, vector in candidates.items()}  # targets are observed
+    targets = y[start + h :]
+    best: tuple[float, dict[str, float]] | None = None
+    for parts in _compositions(BLEND_STEPS, len(names)):
+        weights = {name: part / BLEND_STEPS for name, part in zip(names, parts, strict=True)}
+        mix = sum((weight * origins[name] for name, weight in weights.items() if weight), np.zeros(len(targets)))
+        errors = np.abs(targets - mix)
+        score = float(np.nanmean(errors)) if np.any(~np.isnan(errors)) else float("inf")
+        if best is None or score < best[0] - 1e-12:
+            best = (score, weights)
     assert best is not None
-    return best[1], best[2]
+    chosen = {name: weight for name, weight in best[1].items() if weight}
+    mixed: np.ndarray = sum((weight * candidates[name] for name, weight in chosen.items()), np.zeros(len(y)))
+    return mixed, chosen
+
+
+def _compositions(total: int, parts: int) -> Iterator[tuple[int, ...]]:
+    """Every way to write ``total`` as ``parts`` non-negative integers, the first part largest first."""
+    if parts == 1:
+        yield (total,)
+        return
+    for first in range(total, -1, -1):
+        for rest in _compositions(total - first, parts - 1):
+            yield (first, *rest)
 
 
 def _trailing_mean(values: np.ndarray, window: int) -> np.ndarray:

@@ -7,7 +7,8 @@ model, so reading a forecast on the request path costs a dictionary lookup.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from strata_scheduler.filtering import HoldBack
@@ -30,8 +31,8 @@ class Forecast:
     band: float
     """Nominal coverage of [lower, upper], e.g. 0.8."""
     method: str
-    weights: tuple[float, float, float] = (1.0, 0.0, 0.0)
-    """Mix of (anchored Prophet, seasonal naive, persistence) the forecaster chose for this series."""
+    weights: Mapping[str, float] = field(default_factory=dict)
+    """The mix of candidate forecasts the forecaster chose for this series (name -> weight)."""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -44,7 +45,7 @@ class Forecast:
             "upper": round(self.upper, 3),
             "band": self.band,
             "method": self.method,
-            "blend": dict(zip(("anchored", "seasonalNaive", "persistence"), self.weights, strict=True)),
+            "blend": dict(self.weights),
         }
 
 

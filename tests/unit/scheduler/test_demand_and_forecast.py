@@ -140,7 +140,7 @@ def test_blend_prefers_seasonal_naive_where_each_day_repeats_the_last() -> None:
     demand = daily_wave(times)
     prediction = predict(times, demand, ForecastConfig(horizon_min=60), curve=None)
     assert prediction is not None
-    assert prediction.weights == (0.0, 1.0, 0.0)
+    assert prediction.weights == {"seasonalNaive": 1.0}
     target = np.mean(daily_wave(np.arange(times[-1] + 60 * 56, times[-1] + 60 * 61)))
     assert abs(prediction.mean - target) < 0.5
 
