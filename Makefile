@@ -9,7 +9,7 @@ PHASE := hack/phase.sh
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
 .PHONY: help venv binaries demo up down env lint format types imports check test test-fast test-unit test-cluster \
-        test-e2e bench-cluster clean
+        test-e2e bench-cluster chart-sync verify clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
@@ -70,6 +70,15 @@ test: ## Everything: install, binaries, lint, types, import layering, every test
 	@$(PHASE) imports $(MAKE) --no-print-directory imports
 	@$(PHASE) unit-tests $(MAKE) --no-print-directory test-unit
 	@$(PHASE) cluster-tests $(MAKE) --no-print-directory test-cluster
+
+CHART := charts/strata
+chart-sync: ## Copy crds/ and the scheduler's config files into the chart (the copies are checked by a test)
+	@rm -f $(CHART)/crds/*.yaml && cp crds/*.yaml $(CHART)/crds/
+	@cp scheduler/config/catalog.yaml scheduler/config/kube-scheduler-config.yaml $(CHART)/files/
+
+verify: chart-sync ## Regenerate generated files and fail if the tree changed
+	@git diff --exit-code -- $(CHART) || { echo "error: generated files were stale; commit the result of make chart-sync"; exit 1; }
+	@test -z "$$(git status --porcelain -- $(CHART))" || { echo "error: untracked generated files in $(CHART)"; exit 1; }
 
 bench-cluster: venv binaries ## Measure cold build, cache size, warm start, control-plane memory, 1,000-node fleet
 	$(PY) bench/cluster/bench_cluster.py

@@ -378,7 +378,7 @@ def kubeconfig_yaml(server: str, ca_cert: Path, token: str) -> str:
     )
 
 
-def scheduler_config(base: Path | None, kubeconfig: Path, qps: int) -> str:
+def scheduler_config(base: Path | None, kubeconfig: Path, qps: int, leader_elect: bool = False) -> str:
     """A KubeSchedulerConfiguration from ``base`` (YAML or JSON) with this cluster's connection filled in.
 
     JSON is valid YAML, so the result needs no YAML library; ``base`` is parsed with PyYAML when present.
@@ -392,7 +392,8 @@ def scheduler_config(base: Path | None, kubeconfig: Path, qps: int) -> str:
             raise ClusterError(f"{base}: not a KubeSchedulerConfiguration mapping")
         config.update(loaded)
     config["clientConnection"] = {"kubeconfig": str(kubeconfig), "qps": qps, "burst": qps * 2}
-    config["leaderElection"] = {"leaderElect": False}
+    if not leader_elect:  # one scheduler per cluster here: no lease to wait for
+        config["leaderElection"] = {"leaderElect": False}
     return json.dumps(config, indent=1)
 
 
@@ -410,14 +411,14 @@ def run_kube_scheduler_args(cluster: LocalCluster, config: Path) -> list[str]:
 
 
 def run_kube_scheduler(
-    bin_dir: Path, kubeconfig: Path, config: Path, log: Path, qps: int = 200
+    bin_dir: Path, kubeconfig: Path, config: Path, log: Path, qps: int = 200, leader_elect: bool = False
 ) -> subprocess.Popen[bytes]:
     """Run one more kube-scheduler against any cluster (local or KUBECONFIG's), e.g. for a second profile.
 
     The caller stops it (``process.terminate()``); it dies with the calling process.
     """
     rendered = log.with_suffix(".config.json")
-    rendered.write_text(scheduler_config(config, kubeconfig, qps))
+    rendered.write_text(scheduler_config(config, kubeconfig, qps, leader_elect))
     port = free_port()
     with log.open("wb") as out:
         return subprocess.Popen(

@@ -44,6 +44,35 @@ class ClusterHandle:
         return proc.stdout
 
 
+def service_account_kubeconfig(handle: ClusterHandle, namespace: str, name: str, path: Path) -> Path:
+    """A kubeconfig that acts as ServiceAccount ``namespace/name`` (a bound token from the TokenRequest API),
+    for running a component with exactly the rights a chart or manifest grants it."""
+    import yaml
+
+    token = (
+        handle.core()
+        .create_namespaced_service_account_token(name, namespace, {"spec": {"expirationSeconds": 3600}})
+        .status.token
+    )
+    admin = yaml.safe_load(handle.kubeconfig.read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+    cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [cluster],
+                "users": [{"name": name, "user": {"token": token}}],
+                "contexts": [{"name": name, "context": {"cluster": cluster["name"], "user": name}}],
+                "current-context": name,
+            }
+        )
+    )
+    path.chmod(0o600)
+    return path
+
+
 def eventually(probe: Callable[[], T | None], timeout_s: float = 60, what: str = "condition") -> T:
     """Poll ``probe`` until it returns something truthy; fail naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
