@@ -344,21 +344,26 @@ class LocalCluster:
             return {"text": body.decode(errors="replace")}
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> str:
-        proc = subprocess.run(
-            [self.binary("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
-            capture_output=True,
-            text=True,
-            input=input,
-            timeout=120,
-        )
-        if check and proc.returncode != 0:
-            raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
-        return proc.stdout
+        return kubectl(self.bin_dir, self.kubeconfig, *args, check=check, input=input)
 
     def describe(self) -> str:
         lines = [f"cluster up in {self.started_s or 0:.1f}s; kubeconfig: {self.kubeconfig}"]
         lines += [f"  {c.name:24} pid {c.process.pid:>7}  log {c.log}" for c in self.components.values()]
         return "\n".join(lines)
+
+
+def kubectl(bin_dir: Path, kubeconfig: Path, *args: str, check: bool = True, input: str | None = None) -> str:
+    """Run the pinned kubectl against ``kubeconfig``; with ``check``, a failure raises with kubectl's message."""
+    proc = subprocess.run(
+        [str(bin_dir / "kubectl"), f"--kubeconfig={kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=120,
+    )
+    if check and proc.returncode != 0:
+        raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
 
 
 def kubeconfig_yaml(server: str, ca_cert: Path, token: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,16 +31,9 @@ class ClusterHandle:
         return client.CoreV1Api(self.api_client())
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> str:
-        proc = subprocess.run(
-            [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
-            capture_output=True,
-            text=True,
-            input=input,
-            timeout=120,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
-        return proc.stdout
+        from strata_dev.cluster import kubectl
+
+        return kubectl(self.bin_dir, self.kubeconfig, *args, check=check, input=input)
 
 
 def service_account_kubeconfig(handle: ClusterHandle, namespace: str, name: str, path: Path) -> Path:
