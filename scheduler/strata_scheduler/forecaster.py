@@ -88,28 +88,33 @@ def predict(times_s: np.ndarray, values: np.ndarray, config: ForecastConfig, cur
     if len(values) == 0:
         return None
     grid, y = bin_means(np.asarray(times_s, dtype=np.int64), np.asarray(values, dtype=float), config.bin_min)
+    n = len(y)
     h = max(1, round(config.horizon_min / config.bin_min))
     w = max(1, round(config.level_window_min / config.bin_min))
-    enough = (grid[-1] - grid[0]) >= config.min_history_h * 3600
-    method = "anchored-prophet" if curve is not None and enough else "persistence"
-    model = curve(grid, y, h, config.bin_min) if method == "anchored-prophet" and curve else np.zeros(len(y) + h)
-    level = _trailing_mean(y, w)
-    model_level = _trailing_mean(model[: len(y)], w)
-    anchored = level + model[h : len(y) + h] - model_level  # anchored[i]: forecast for bin i + h made at bin i
-    day = 86400 // (config.bin_min * 60)
-    seasonal = np.full(len(y), np.nan)  # seasonal[i]: the bin a day before bin i + h
-    if len(y) > day - h > 0:
-        seasonal[day - h :] = y[: len(y) - (day - h)]
-    seasonal = np.where(np.isnan(seasonal), level, seasonal)
     window = int(config.calibration_days * 86400 / (config.bin_min * 60))
-    candidates = {"anchored": anchored, "seasonalNaive": seasonal, "persistence": level}
-    if method == "anchored-prophet":
-        candidates["prophet"] = model[h : len(y) + h]
-    blend, weights = _best_blend(candidates, y, h, window)
-    errors = y[h:] - blend[: len(y) - h]
-    recent = errors[-window:]
-    recent = recent[~np.isnan(recent)]
-    mean = float(blend[-1])
+    start = max(0, n - h - window)  # first origin of the calibration window
+    level = _trailing_mean(y, w)
+    day = 86400 // (config.bin_min * 60)
+    seasonal = np.full(n, np.nan)  # seasonal[i]: the bin a day before bin i + h
+    if n > day - h > 0:
+        seasonal[day - h :] = y[: n - (day - h)]
+    seasonal = np.where(np.isnan(seasonal), level, seasonal)
+    naive = {"persistence": level, "seasonalNaive": seasonal}  # in this order: ties go to the simplest
+    calibration, live = dict(naive), dict(naive)
+    method = "persistence"
+    # Prophet joins only when its errors can be measured out of sample: one fit on the history before the
+    # calibration window scores it there, a second on all history makes the live forecast. With less history
+    # than min_history_h plus a day of calibration, the window shrinks or Prophet sits out.
+    fit_bins = int(config.min_history_h * 3600 / (config.bin_min * 60))
+    if curve is not None and n - h - max(start, fit_bins) >= day:
+        start = max(start, fit_bins)
+        method = "anchored-prophet"
+        held_out = curve(grid[: start + 1], y[: start + 1], n - start - 1 + h, config.bin_min)
+        calibration["anchored"] = _anchored(level, held_out, h, w)
+        live["anchored"] = _anchored(level, curve(grid, y, h, config.bin_min), h, w)
+    weights, errors = _best_blend(calibration, y, h, start)
+    mean = float(sum(weight * live[name][-1] for name, weight in weights.items()))
+    recent = errors[~np.isnan(errors)]
     if len(recent) >= 10:
         tail = (1 - config.band) / 2
         low_q, high_q = np.quantile(recent, [tail, 1 - tail])
@@ -125,35 +130,40 @@ def predict(times_s: np.ndarray, values: np.ndarray, config: ForecastConfig, cur
     )
 
 
+def _anchored(level: np.ndarray, model: np.ndarray, h: int, w: int) -> np.ndarray:
+    """level[i] + the model's change from bin i's 15-minute window to bin i + h."""
+    n = len(level)
+    result: np.ndarray = level + model[h : n + h] - _trailing_mean(model[:n], w)
+    return result
+
+
 BLEND_STEPS = 10
 
 
 def _best_blend(
-    candidates: Mapping[str, np.ndarray], y: np.ndarray, h: int, window: int
-) -> tuple[np.ndarray, dict[str, float]]:
+    candidates: Mapping[str, np.ndarray], y: np.ndarray, h: int, start: int
+) -> tuple[dict[str, float], np.ndarray]:
     """The mix of candidate forecasts (each ``c[i]`` forecasts bin ``i + h``) with the lowest mean absolute
-    error over the last ``window`` origins; weights in steps of 0.1 that sum to 1, ties to the first mix tried.
+    error over the origins from ``start`` on whose target is observed; weights in steps of 0.1 that sum to 1,
+    ties to the first mix tried. Returns the weights and that mix's errors (actual - forecast).
 
     Which candidate wins depends on the series and the horizon (persistence at minutes, the daily shape at
-    hours), so the forecaster measures instead of assuming. The errors of Prophet's candidates are in-sample,
-    which flatters them somewhat; the benchmark (bench/scheduler/forecast_quality.py) scores out of sample.
+    hours), so the forecaster measures instead of assuming.
     """
     names = list(candidates)
-    start = max(0, len(y) - h - window)
-    origins = {name: vector[start : len(y) - h] for name, vector in candidates.items()}  # targets are observed
+    end = len(y) - h
+    origins = {name: vector[start:end] for name, vector in candidates.items()}
     targets = y[start + h :]
-    best: tuple[float, dict[str, float]] | None = None
+    best: tuple[float, dict[str, float], np.ndarray] | None = None
     for parts in _compositions(BLEND_STEPS, len(names)):
-        weights = {name: part / BLEND_STEPS for name, part in zip(names, parts, strict=True)}
-        mix = sum((weight * origins[name] for name, weight in weights.items() if weight), np.zeros(len(targets)))
-        errors = np.abs(targets - mix)
-        score = float(np.nanmean(errors)) if np.any(~np.isnan(errors)) else float("inf")
+        weights = {name: part / BLEND_STEPS for name, part in zip(names, parts, strict=True) if part}
+        mix = sum((weight * origins[name] for name, weight in weights.items()), np.zeros(len(targets)))
+        errors = targets - mix
+        score = float(np.nanmean(np.abs(errors))) if np.any(~np.isnan(errors)) else float("inf")
         if best is None or score < best[0] - 1e-12:
-            best = (score, weights)
+            best = (score, weights, errors)
     assert best is not None
-    chosen = {name: weight for name, weight in best[1].items() if weight}
-    mixed: np.ndarray = sum((weight * candidates[name] for name, weight in chosen.items()), np.zeros(len(y)))
-    return mixed, chosen
+    return best[1], best[2]
 
 
 def _compositions(total: int, parts: int) -> Iterator[tuple[int, ...]]:
