@@ -17,7 +17,8 @@ for the longest horizon) each method sees only samples before ``t`` and forecast
   with an 80% band from its own recent errors.
 
 Scores: sMAPE (%), MAE, and the share of outcomes inside Strata's 80% band. Two Prophet fits per series and
-origin (one before the calibration window, one on all history) serve every horizon. Also reported: Prophet's fit time on 14 days of one-minute history.
+origin (one before the calibration window, one on all history) serve every horizon. Also reported: Prophet's
+fit time on 14 days of one-minute history.
 
     .venv/bin/python bench/scheduler/forecast_quality.py [--eval-days 2.5] [--every-h 3]
 """
