@@ -22,9 +22,11 @@ from strata_dev import binaries
 from strata_dev.cluster import ClusterError, ClusterSettings, LocalCluster
 from strata_dev.fleet import DEFAULT_FLEET, Fleet, FleetError, create_fleet, load_fleet
 from strata_dev.pki import PKIError
+from strata_dev.stack import ROOT, Stack, get_json
 from strata_operator import api
 
 DEV_DIR = binaries.cache_root() / "dev-cluster"
+EXAMPLES = ROOT / "examples"
 
 
 def _fleet(args: argparse.Namespace) -> Fleet:
@@ -48,7 +50,7 @@ def start_with_fleet(settings: ClusterSettings, fleet: Fleet) -> LocalCluster:
 
 def node_table(core: Any) -> str:
     """The fleet as a user sees it: GPU type, count, capacity type, instance type, zone, readiness."""
-    rows = [("NAME", "GPU", "GPUS", "CAPACITY", "INSTANCE-TYPE", "ZONE", "READY")]
+    rows: list[tuple[str, ...]] = [("NAME", "GPU", "GPUS", "CAPACITY", "INSTANCE-TYPE", "ZONE", "READY")]
     for node in sorted(core.list_node().items, key=lambda n: n.metadata.name):
         labels = node.metadata.labels or {}
         gpu = api.gpu_type_of(labels)
@@ -65,8 +67,61 @@ def node_table(core: Any) -> str:
                 "Ready" if ready else "NotReady",
             )
         )
+    return _table(rows)
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
+
+
+def placement_table(cluster: LocalCluster, namespace: str) -> str:
+    """Each example job: phase, where its workers run, and what that capacity costs per hour now (catalog
+    price of the node share it holds x the time-of-use multiplier)."""
+    import datetime
+
+    from strata_scheduler.catalog import load_catalog
+    from strata_scheduler.settings import DEFAULT_CATALOG
+
+    catalog = load_catalog(DEFAULT_CATALOG)
+    hour = datetime.datetime.now(datetime.UTC).hour
+    core = _core(cluster)
+    nodes = {n.metadata.name: n for n in core.list_node().items}
+    jobs = get_json(cluster.bin_dir, cluster.kubeconfig, "trainingjobs", "-n", namespace)["items"]
+    rows: list[tuple[str, ...]] = [("JOB", "POOL", "PHASE", "GPU", "CAPACITY", "NODES", "$/HOUR")]
+    for job in jobs:
+        name = job["metadata"]["name"]
+        pods = core.list_namespaced_pod(namespace, label_selector=f"{api.LABEL_JOB}={name}").items
+        placed = [p for p in pods if p.spec.node_name in nodes]
+        cost = 0.0
+        kinds: set[tuple[str, str]] = set()
+        for pod in placed:
+            node = nodes[pod.spec.node_name]
+            labels = node.metadata.labels or {}
+            gpu = api.gpu_type_of(labels)
+            capacity = labels.get(api.NODE_CAPACITY_TYPE, "-")
+            kinds.add((gpu.value if gpu else "-", capacity))
+            price = catalog.price(labels.get(api.NODE_INSTANCE_TYPE), capacity) or 0.0
+            node_gpus = int((node.status.allocatable or {}).get(gpu.resource, "0")) if gpu else 0
+            limits = pod.spec.containers[0].resources.limits or {}
+            share = int(limits.get(gpu.resource, "0")) / node_gpus if gpu and node_gpus else 0.0
+            cost += price * share * catalog.power_multiplier(labels.get(api.NODE_ZONE), hour)
+        status = job.get("status", {})
+        phase = status.get("phase", "-")
+        if status.get("queuePosition"):
+            phase += f" (queue {status['queuePosition']})"
+        rows.append(
+            (
+                name,
+                job["spec"].get("pool", "-"),
+                phase,
+                ",".join(sorted({g for g, _ in kinds})) or "-",
+                ",".join(sorted({c for _, c in kinds})) or "-",
+                ",".join(sorted({p.spec.node_name for p in placed})) or "-",
+                f"{cost:.2f}" if placed else "-",
+            )
+        )
+    return _table(rows)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -75,10 +130,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(cluster.describe())
         print(node_table(_core(cluster)))
         print(cluster.kubectl("version"))
+        with Stack(cluster.bin_dir, cluster.kubeconfig, cluster.workdir / "stack") as stack:
+            print(
+                f"CRDs installed; extender at {stack.extender_url}; kube-scheduler (strata-scheduler) and operator up"
+            )
+            cluster.kubectl("apply", "-f", str(EXAMPLES / "pools"))
+            cluster.kubectl("create", "namespace", "demo")
+            _wait_for_default_service_account(cluster, "demo")
+            print(cluster.kubectl("apply", "-n", "demo", "-f", str(EXAMPLES / "trainingjobs")).strip())
+            deadline = time.monotonic() + args.wait
+            while time.monotonic() < deadline and not _settled(cluster, "demo"):
+                time.sleep(1)
+            print(cluster.kubectl("get", "resourcepools"))
+            print(cluster.kubectl("get", "trainingjobs", "-n", "demo", "-o", "wide"))
+            print(placement_table(cluster, "demo"))
     finally:
         cluster.stop()
     print("demo done: the cluster is stopped (keep one running with `make up`)")
     return 0
+
+
+def _settled(cluster: LocalCluster, namespace: str) -> bool:
+    """Every job either Running or waiting in the queue with a position."""
+    jobs = get_json(cluster.bin_dir, cluster.kubeconfig, "trainingjobs", "-n", namespace)["items"]
+    phases = [j.get("status", {}).get("phase") for j in jobs]
+    return bool(jobs) and all(p in {"Running", "Queued", "Succeeded", "Failed"} for p in phases) and "Running" in phases
+
+
+def _wait_for_default_service_account(cluster: LocalCluster, namespace: str) -> None:
+    deadline = time.monotonic() + 60
+    while not cluster.kubectl("get", "serviceaccount", "default", "-n", namespace, "--ignore-not-found").strip():
+        if time.monotonic() > deadline:
+            raise ClusterError(f"namespace {namespace}: no default ServiceAccount after 60s")
+        time.sleep(0.2)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -170,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func in (("demo", cmd_demo), ("up", cmd_up), ("_serve", cmd_serve)):
         p = sub.add_parser(name)
+        if name == "demo":
+            p.add_argument("--wait", type=float, default=90, help="seconds to wait for the example jobs to settle")
         p.add_argument("--fleet", default=str(DEFAULT_FLEET), help="fleet file (default: examples/fleet.yaml)")
         p.add_argument("--nodes", type=int, default=0, help="scale the fleet's pools to this many nodes in all")
         p.set_defaults(func=func)

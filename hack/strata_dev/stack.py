@@ -1,0 +1,119 @@
+"""Strata's own components on a cluster, as local processes: the CRDs, the scheduler extender, a kube-scheduler
+with the shipped ``strata-scheduler`` profile calling it, and the operator. ``make demo`` uses this; so can a
+developer against ``make up``'s cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from strata_dev.cluster import ClusterError, _die_with_parent, _terminate, free_port, kubectl, run_kube_scheduler
+
+ROOT = Path(__file__).resolve().parents[2]
+CRDS = ROOT / "crds"
+SCHEDULER_CONFIG = ROOT / "scheduler" / "config" / "kube-scheduler-config.yaml"
+
+
+class Stack:
+    """Start with :meth:`start`, end with :meth:`stop` (also a context manager). Logs go to ``workdir``."""
+
+    def __init__(self, bin_dir: Path, kubeconfig: Path, workdir: Path) -> None:
+        self.bin_dir = bin_dir
+        self.kubeconfig = kubeconfig
+        self.workdir = workdir
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.extender_url = ""
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def start(self) -> Stack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            kubectl(self.bin_dir, self.kubeconfig, "apply", "--server-side", "-f", str(CRDS))
+            kubectl(
+                self.bin_dir, self.kubeconfig, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"
+            )
+            self._start_extender()
+            self._start_scheduler()
+            self._start_operator()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            _terminate(process)
+        self.processes.clear()
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        with (self.workdir / f"{name}.log").open("wb") as log:
+            process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                       preexec_fn=_die_with_parent)  # fmt: skip
+        self.processes[name] = process
+        return process
+
+    def _start_extender(self) -> None:
+        port = free_port()
+        self.extender_url = f"http://127.0.0.1:{port}"
+        process = self._spawn(
+            "extender",
+            [sys.executable, "-m", "strata_scheduler", f"--kubeconfig={self.kubeconfig}", f"--port={port}",
+             f"--store={self.workdir / 'demand.sqlite'}"],
+        )  # fmt: skip
+        self._wait("extender", process, lambda: _status(f"{self.extender_url}/readyz") == 200)
+
+    def _start_scheduler(self) -> None:
+        config = yaml.safe_load(SCHEDULER_CONFIG.read_text())
+        config["extenders"][0]["urlPrefix"] = self.extender_url
+        path = self.workdir / "strata-scheduler.yaml"
+        path.write_text(yaml.safe_dump(config))
+        log = self.workdir / "strata-kube-scheduler.log"
+        self.processes["strata-kube-scheduler"] = run_kube_scheduler(self.bin_dir, self.kubeconfig, path, log)
+
+    def _start_operator(self) -> None:
+        process = self._spawn("operator", [sys.executable, "-m", "strata_operator", "--standalone", "--metrics-port=0"])
+        time.sleep(1.0)
+        if process.poll() is not None:
+            raise ClusterError(f"the operator exited at start; log: {self.workdir / 'operator.log'}")
+
+    def _wait(self, name: str, process: subprocess.Popen[bytes], probe: Any, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not probe():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise ClusterError(f"{name} did not become ready; log: {self.workdir / (name + '.log')}")
+            time.sleep(0.2)
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+    except OSError:
+        return 0
+
+
+def get_json(bin_dir: Path, kubeconfig: Path, *args: str) -> dict[str, Any]:
+    out = kubectl(bin_dir, kubeconfig, "get", *args, "-o", "json")
+    with contextlib.suppress(ValueError):
+        parsed: dict[str, Any] = json.loads(out)
+        return parsed
+    raise ClusterError(f"kubectl get {' '.join(args)}: not JSON")
