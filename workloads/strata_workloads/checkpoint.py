@@ -13,7 +13,10 @@ import logging
 import os
 import shutil
 import time
+import warnings
+from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,15 @@ log = logging.getLogger(__name__)
 MARKER = "COMPLETE"
 _PREFIX = "step-"
 _OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+# DCP warns on every single-process save/load even when asked for one explicitly (no_dist=True).
+_SINGLE_PROCESS_WARNING = "torch.distributed is disabled, unavailable or uninitialized"
+
+
+@contextmanager
+def _quiet_single_process() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_SINGLE_PROCESS_WARNING, category=UserWarning)
+        yield
 
 
 def merged_view(parts: list[nn.Module]) -> nn.Module:
@@ -131,7 +143,8 @@ class Checkpointer:
             future = dcp_async_save(state, checkpoint_id=str(tmp), process_group=self._pg)
             self._pending = (future, tmp, final)  # type: ignore[assignment]
         else:
-            dcp_save(state, checkpoint_id=str(tmp))
+            with _quiet_single_process():
+                dcp_save(state, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
             self._finalize(tmp, final)
             log.info("checkpoint saved", extra={"path": str(final), "seconds": round(time.monotonic() - started, 3)})
         return final
@@ -177,7 +190,8 @@ class Checkpointer:
             raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
         state = self._state(parts, optimizer, scheduler, train)
         self._drop_mismatched_extras(path, state["train"])
-        dcp_load(state, checkpoint_id=str(path))
+        with _quiet_single_process():
+            dcp_load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
         set_state_dict(
             merged_view(parts),
             optimizer,

@@ -38,8 +38,12 @@ class Engine:
     def named_parameters(self) -> dict[str, nn.Parameter]:
         return {_clean(n): p for part in self.parts for n, p in part.named_parameters()}
 
+    n_microbatches: int = 1
+
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = cross_entropy_loss(logits, targets) / self.grad_accum
+        # The schedule's own scale_grads would divide *all* accumulated grads by n_microbatches at the end of
+        # every step() call, compounding under gradient accumulation; scaling each micro-batch loss is exact.
+        loss = cross_entropy_loss(logits, targets) / (self.grad_accum * self.n_microbatches)
         return self.loss_scale(loss) if self.loss_scale is not None else loss
 
     def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -57,7 +61,7 @@ class Engine:
             self.schedule.step(*args)
         total = torch.zeros((), device=inputs.device)
         if self.has_last_stage:
-            total = torch.stack([loss.detach().float() for loss in losses]).mean()
+            total = torch.stack([loss.detach().float() for loss in losses]).sum()
             if self.loss_scale is not None:
                 total = total / self.loss_scale(torch.ones((), device=total.device))
         assert self.mesh is not None
@@ -111,5 +115,6 @@ def build_engine(
     engine.parts = parts
     engine.has_first_stage = any(s.is_first for s in stages)
     engine.has_last_stage = any(s.is_last for s in stages)
+    engine.n_microbatches = n_microbatches
     engine.schedule = build_schedule(schedule, stages, n_microbatches, engine._loss)
     return engine

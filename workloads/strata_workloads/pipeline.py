@@ -107,6 +107,6 @@ def build_schedule(
 ) -> _PipelineSchedule:
     spec = get_schedule_spec(schedule)
     if issubclass(spec.cls, PipelineScheduleSingle):
-        return spec.cls(stages[0], n_microbatches=n_microbatches, loss_fn=loss_fn, scale_grads=True)
+        return spec.cls(stages[0], n_microbatches=n_microbatches, loss_fn=loss_fn, scale_grads=False)
     assert issubclass(spec.cls, PipelineScheduleMulti)
-    return spec.cls(list[_PipelineStageBase](stages), n_microbatches=n_microbatches, loss_fn=loss_fn, scale_grads=True)
+    return spec.cls(list[_PipelineStageBase](stages), n_microbatches=n_microbatches, loss_fn=loss_fn, scale_grads=False)

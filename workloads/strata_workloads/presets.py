@@ -57,12 +57,13 @@ PRESETS: dict[str, ModelConfig] = {
     "debug-dense": ModelConfig(dim=32, n_layers=4, n_heads=4, ffn_hidden=64, max_seq_len=64),
     # CPU benchmarks and quick local runs.
     "small": ModelConfig(dim=128, n_layers=4, n_heads=4, ffn_hidden=512, max_seq_len=256),
-    # GPU presets.
-    "125m": ModelConfig(dim=768, n_layers=12, n_heads=12, ffn_hidden=3072, max_seq_len=1024),
-    "350m-moe": ModelConfig(
+    # GPU presets, named by parameter count (byte vocabulary, so smaller than their word-piece namesakes).
+    "85m": ModelConfig(dim=768, n_layers=12, n_heads=12, ffn_hidden=3072, max_seq_len=1024),
+    # 8 experts top-2 on every other layer: 724M parameters in total, about 280M active per token.
+    "720m-moe": ModelConfig(
         dim=1024, n_layers=24, n_heads=16, ffn_hidden=2816, max_seq_len=2048, moe_every=2, n_experts=8, top_k=2
     ),
-    "1b": ModelConfig(dim=2048, n_layers=16, n_heads=16, ffn_hidden=5632, max_seq_len=2048),
+    "640m": ModelConfig(dim=2048, n_layers=16, n_heads=16, ffn_hidden=5632, max_seq_len=2048),
 }
 
 

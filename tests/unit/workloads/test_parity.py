@@ -57,7 +57,7 @@ TWO_RANKS = [
     Case("fsdp_accum", dp_shard=2, grad_accum=2),
     Case("tp", tp=2),
     Case("ep", dp_shard=2, ep=2),
-    Case("pp_1f1b", pp=2, schedule="1f1b", n_microbatches=4),
+    Case("pp_1f1b_accum", pp=2, schedule="1f1b", n_microbatches=2, grad_accum=2),
     Case("pp_zbv", pp=2, schedule="zbv"),
 ]
 

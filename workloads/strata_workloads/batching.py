@@ -1,0 +1,89 @@
+"""Dynamic batching: requests wait at most `max_wait` for company, up to `max_batch` per model call; a bounded
+queue turns overload into a fast refusal instead of unbounded latency."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class Overloaded(Exception):
+    """The queue is full: the caller should answer 429."""
+
+
+@dataclass
+class _Pending(Generic[In, Out]):
+    item: In
+    future: asyncio.Future[Out]
+    enqueued: float
+
+
+class DynamicBatcher(Generic[In, Out]):
+    def __init__(
+        self,
+        run_batch: Callable[[list[In]], list[Out]],
+        max_batch: int,
+        max_wait_s: float,
+        max_queue: int,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._run_batch = run_batch
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._queue: asyncio.Queue[_Pending[In, Out]] = asyncio.Queue(maxsize=max_queue)
+        self._on_batch = on_batch
+        self._task: asyncio.Task[None] | None = None
+        self.in_flight = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def submit(self, item: In) -> Out:
+        future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Pending(item, future, time.monotonic()))
+        except asyncio.QueueFull:
+            raise Overloaded(f"queue full ({self._queue.maxsize} waiting)") from None
+        self.in_flight += 1
+        try:
+            return await future
+        finally:
+            self.in_flight -= 1
+
+    async def _loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            deadline = batch[0].enqueued + self.max_wait_s
+            while len(batch) < self.max_batch:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 and self._queue.empty():
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), timeout=max(remaining, 0)))
+                except TimeoutError:
+                    break
+            started = time.monotonic()
+            try:
+                # The model runs in a worker thread so the event loop keeps accepting (and refusing) requests.
+                results = await asyncio.to_thread(self._run_batch, [p.item for p in batch])
+            except Exception as err:  # one bad batch fails its requests, not the server
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(err)
+                continue
+            if self._on_batch is not None:
+                self._on_batch(len(batch), time.monotonic() - started)
+            for p, result in zip(batch, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(result)

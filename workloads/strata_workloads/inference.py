@@ -1,0 +1,105 @@
+"""Inference on one device: load a training checkpoint (any layout it was saved from), optional INT8 with
+torchao, and batched greedy generation / scoring with right padding (causal attention never looks right,
+so a padded row computes exactly what it would alone)."""
+
+from __future__ import annotations
+
+import warnings
+from enum import StrEnum
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+
+from strata_workloads.checkpoint import MARKER, latest
+from strata_workloads.model import Transformer
+from strata_workloads.presets import EOS_TOKEN, get_preset
+
+
+class Quantization(StrEnum):
+    NONE = "none"
+    INT8_WEIGHT = "int8-weight"  # int8 weights, activations in float
+    INT8_DYNAMIC = "int8-dynamic"  # int8 weights and per-token dynamically quantised int8 activations
+
+
+def load_model(preset: str, checkpoint: Path | None) -> Transformer:
+    """The model with the weights of `checkpoint` (a step folder or a checkpoint root: newest complete)."""
+    model = Transformer(get_preset(preset))
+    if checkpoint is not None:
+        path = checkpoint if (checkpoint / MARKER).is_file() else latest(checkpoint)
+        if path is None:
+            raise FileNotFoundError(f"no complete checkpoint under {checkpoint}")
+        state = {"model": model.state_dict()}
+        with warnings.catch_warnings():
+            # DCP warns on every single-process load even when asked for one explicitly (no_dist=True).
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+            dcp_load(state, checkpoint_id=str(path), no_dist=True)
+        model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def quantize(model: Transformer, mode: Quantization) -> Transformer:
+    """INT8 for every nn.Linear (attention, dense MLPs, router, output head); embeddings and the stacked
+    expert weights stay in float."""
+    if mode is Quantization.NONE:
+        return model
+    from torchao.quantization import (
+        Int8DynamicActivationInt8WeightConfig,
+        Int8WeightOnlyConfig,
+        quantize_,
+    )
+
+    config = Int8WeightOnlyConfig() if mode is Quantization.INT8_WEIGHT else Int8DynamicActivationInt8WeightConfig()
+    quantize_(model, config)
+    return model
+
+
+def encode(text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+
+def decode(tokens: list[int]) -> str:
+    return bytes(t for t in tokens if t < 256).decode("utf-8", errors="replace")
+
+
+def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(r) for r in rows])
+    batch = torch.full((len(rows), int(lengths.max())), EOS_TOKEN, dtype=torch.long)
+    for i, row in enumerate(rows):
+        batch[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return batch, lengths
+
+
+@torch.inference_mode()
+def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: list[int]) -> list[list[int]]:
+    """Greedy decoding for a batch of prompts; each row stops at its own max_new_tokens or at EOS."""
+    rows = [list(p) for p in prompts]
+    done = [n <= 0 for n in max_new_tokens]
+    produced: list[list[int]] = [[] for _ in prompts]
+    limit = model.config.max_seq_len
+    for _ in range(max(max_new_tokens, default=0)):
+        active = [i for i, d in enumerate(done) if not d]
+        if not active:
+            break
+        batch, lengths = _pad([rows[i][-limit:] for i in active])
+        logits = model(batch)
+        last = logits[torch.arange(len(active)), lengths - 1]
+        next_tokens = last.float().argmax(dim=-1).tolist()
+        for i, token in zip(active, next_tokens, strict=True):
+            rows[i].append(token)
+            produced[i].append(token)
+            if token == EOS_TOKEN or len(produced[i]) >= max_new_tokens[i]:
+                done[i] = True
+    return produced
+
+
+@torch.inference_mode()
+def score(model: Transformer, texts: list[list[int]]) -> list[tuple[float, int]]:
+    """(summed negative log-likelihood, predicted tokens) per text, for perplexity."""
+    batch, lengths = _pad(texts)
+    logits = model(batch[:, :-1]).float()
+    nll = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+    mask = torch.arange(batch.shape[1] - 1)[None, :] < (lengths - 1)[:, None]
+    sums = (nll * mask).sum(dim=1)
+    return [(float(s), int(n)) for s, n in zip(sums, lengths - 1, strict=True)]
