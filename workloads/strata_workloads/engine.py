@@ -15,7 +15,7 @@ from torch.distributed.pipelining.schedules import _PipelineSchedule
 from strata_workloads.gradnorm import clip_grad_norm_
 from strata_workloads.layout import ParallelDims
 from strata_workloads.model import Transformer, cross_entropy_loss
-from strata_workloads.parallelize import ParallelizeOptions, parallelize
+from strata_workloads.parallelize import ParallelizeOptions, apply_ac, apply_compile, parallelize
 from strata_workloads.pipeline import build_schedule, build_stages
 
 LossScaler = Callable[[torch.Tensor], torch.Tensor]
@@ -97,7 +97,11 @@ def build_engine(
 ) -> Engine:
     """Parallelize `model` (full, identically initialised on every rank) for `dims`. mesh=None: single process."""
     if mesh is None:
-        return Engine(dims, None, [model.to(device)], None, True, True, grad_accum=grad_accum)
+        model = model.to(device)
+        apply_ac(model, options.activation_checkpointing)
+        if options.compile:
+            apply_compile(model, options.compile_backend)
+        return Engine(dims, None, [model], None, True, True, grad_accum=grad_accum)
     if dims.pp == 1:
         part = parallelize(model.to(device), mesh, dims, options)
         return Engine(dims, mesh, [part], None, True, True, grad_accum=grad_accum)

@@ -78,5 +78,6 @@ def train_step(
         skipped = scaler.get_scale() < scale_before
     else:
         optimizer.step()
-    scheduler.step()
+    if not skipped:  # an overflow step is not a step: the schedule follows the updates actually made
+        scheduler.step()
     return StepResult(float(engine.global_loss(local)), float(norm), skipped)
