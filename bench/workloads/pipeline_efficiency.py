@@ -111,6 +111,8 @@ def main() -> None:
     for schedule in args.schedules:
         for p in args.stages:
             for m in args.microbatches:
+                if schedule != "gpipe" and m < p:
+                    continue  # torch's 1F1B-family schedules need at least one micro-batch per stage
                 if SCHEDULES[schedule].stages_per_rank > 1 and m % p:
                     continue
                 eff = measure(schedule, p, m)

@@ -57,6 +57,9 @@ PRESETS: dict[str, ModelConfig] = {
     "debug-dense": ModelConfig(dim=32, n_layers=4, n_heads=4, ffn_hidden=64, max_seq_len=64),
     # CPU benchmarks and quick local runs.
     "small": ModelConfig(dim=128, n_layers=4, n_heads=4, ffn_hidden=512, max_seq_len=256),
+    "small-moe": ModelConfig(
+        dim=128, n_layers=4, n_heads=4, ffn_hidden=512, max_seq_len=256, moe_every=2, n_experts=4, top_k=2
+    ),
     # GPU presets, named by parameter count (byte vocabulary, so smaller than their word-piece namesakes).
     "85m": ModelConfig(dim=768, n_layers=12, n_heads=12, ffn_hidden=3072, max_seq_len=1024),
     # 8 experts top-2 on every other layer: 724M parameters in total, about 280M active per token.
