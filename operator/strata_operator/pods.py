@@ -27,27 +27,41 @@ class WorkerEnv:
     LOCAL_WORLD_SIZE = "LOCAL_WORLD_SIZE"
     NODE_RANK = "NODE_RANK"
     NNODES = "NNODES"
-    DATA = "STRATA_DP"
+    DP_REPLICATE = "STRATA_DP_REPLICATE"
+    DP_SHARD = "STRATA_DP_SHARD"
+    """The job's data degree runs as FSDP (sharded data parallel); replication stays 1."""
     TENSOR = "STRATA_TP"
     PIPELINE = "STRATA_PP"
     EXPERT = "STRATA_EP"
-    MICRO_BATCHES = "STRATA_MICROBATCHES"
+    PP_MICROBATCHES = "STRATA_PP_MICROBATCHES"
     PIPELINE_SCHEDULE = "STRATA_PP_SCHEDULE"
-    PRESET = "STRATA_PRESET"
-    GLOBAL_BATCH = "STRATA_GLOBAL_BATCH_SIZE"
-    MICRO_BATCH = "STRATA_MICRO_BATCH_SIZE"
+    MODEL = "STRATA_MODEL"
+    GLOBAL_BATCH = "STRATA_GLOBAL_BATCH"
+    MICRO_BATCH = "STRATA_MICRO_BATCH"
     STEPS = "STRATA_STEPS"
     PRECISION = "STRATA_PRECISION"
-    ACTIVATION_CHECKPOINTING = "STRATA_ACTIVATION_CHECKPOINTING"
-    GRAD_CLIP = "STRATA_GRAD_CLIP"
+    ACTIVATION_CHECKPOINTING = "STRATA_AC"
+    MAX_GRAD_NORM = "STRATA_MAX_GRAD_NORM"
     LEARNING_RATE = "STRATA_LR"
     CHECKPOINT_DIR = "STRATA_CHECKPOINT_DIR"
-    CHECKPOINT_INTERVAL_S = "STRATA_CHECKPOINT_INTERVAL_S"
-    CHECKPOINT_INTERVAL_STEPS = "STRATA_CHECKPOINT_INTERVAL_STEPS"
+    CHECKPOINT_EVERY_SECONDS = "STRATA_CHECKPOINT_EVERY_SECONDS"
+    CHECKPOINT_EVERY_STEPS = "STRATA_CHECKPOINT_EVERY_STEPS"
     CHECKPOINT_KEEP = "STRATA_CHECKPOINT_KEEP"
     METRICS_PORT = "STRATA_METRICS_PORT"
+    LOG_FORMAT = "STRATA_LOG_FORMAT"
     JOB = "STRATA_JOB"
+    """Operator-only (for logs): the workload ignores it."""
     ATTEMPT = "STRATA_ATTEMPT"
+    """Operator-only (for logs): the workload ignores it."""
+
+
+PIPELINE_SCHEDULES = {
+    "GPipe": "gpipe",
+    "1F1B": "1f1b",
+    "Interleaved1F1B": "interleaved_1f1b",
+    "ZeroBubble": "interleaved_zb",
+}
+"""The API's schedule names and the workload's."""
 
 
 def worker_name(job_name: str, index: int) -> str:
@@ -225,29 +239,31 @@ def worker_env(job: TrainingJob, settings: OperatorSettings, index: int) -> dict
         e.LOCAL_WORLD_SIZE: str(spec.resources.gpus_per_worker),
         e.NODE_RANK: str(index),
         e.NNODES: str(spec.workers),
-        e.DATA: str(spec.parallelism.data),
+        e.DP_REPLICATE: "1",
+        e.DP_SHARD: str(spec.parallelism.data),
         e.TENSOR: str(spec.parallelism.tensor),
         e.PIPELINE: str(spec.parallelism.pipeline),
         e.EXPERT: str(spec.parallelism.expert),
-        e.MICRO_BATCHES: str(spec.parallelism.micro_batches),
-        e.PIPELINE_SCHEDULE: spec.parallelism.pipeline_schedule,
-        e.PRESET: spec.workload.preset,
+        e.PP_MICROBATCHES: str(spec.parallelism.micro_batches),
+        e.PIPELINE_SCHEDULE: PIPELINE_SCHEDULES[spec.parallelism.pipeline_schedule],
+        e.MODEL: spec.workload.preset,
         e.GLOBAL_BATCH: str(spec.training.global_batch_size),
         e.MICRO_BATCH: str(spec.training.micro_batch_size),
         e.STEPS: str(spec.training.steps),
         e.PRECISION: spec.training.precision,
         e.ACTIVATION_CHECKPOINTING: spec.training.activation_checkpointing,
-        e.GRAD_CLIP: repr(spec.training.gradient_clipping),
+        e.MAX_GRAD_NORM: repr(spec.training.gradient_clipping),
         e.LEARNING_RATE: repr(spec.training.learning_rate),
         e.CHECKPOINT_DIR: spec.checkpoint.path,
-        e.CHECKPOINT_INTERVAL_S: str(spec.checkpoint.interval_seconds),
+        e.CHECKPOINT_EVERY_SECONDS: str(spec.checkpoint.interval_seconds),
+        # without a step interval, time alone decides (the workload's own default is every 50 steps)
+        e.CHECKPOINT_EVERY_STEPS: str(spec.checkpoint.interval_steps or 0),
         e.CHECKPOINT_KEEP: str(spec.checkpoint.keep),
         e.METRICS_PORT: str(settings.workload_metrics_port),
+        e.LOG_FORMAT: "json",
         e.JOB: job.key,
         e.ATTEMPT: str(job.status.attempt),
     }
-    if spec.checkpoint.interval_steps is not None:
-        env[e.CHECKPOINT_INTERVAL_STEPS] = str(spec.checkpoint.interval_steps)
     return env
 
 

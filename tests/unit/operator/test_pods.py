@@ -112,24 +112,27 @@ def test_worker_pod_is_exactly_the_manifest_of_the_contract() -> None:
                         {"name": "LOCAL_WORLD_SIZE", "value": "8"},
                         {"name": "NODE_RANK", "value": "1"},
                         {"name": "NNODES", "value": "2"},
-                        {"name": "STRATA_DP", "value": "2"},
+                        {"name": "STRATA_DP_REPLICATE", "value": "1"},
+                        {"name": "STRATA_DP_SHARD", "value": "2"},
                         {"name": "STRATA_TP", "value": "4"},
                         {"name": "STRATA_PP", "value": "2"},
                         {"name": "STRATA_EP", "value": "1"},
-                        {"name": "STRATA_MICROBATCHES", "value": "1"},
-                        {"name": "STRATA_PP_SCHEDULE", "value": "1F1B"},
-                        {"name": "STRATA_PRESET", "value": "debug"},
-                        {"name": "STRATA_GLOBAL_BATCH_SIZE", "value": "128"},
-                        {"name": "STRATA_MICRO_BATCH_SIZE", "value": "1"},
+                        {"name": "STRATA_PP_MICROBATCHES", "value": "1"},
+                        {"name": "STRATA_PP_SCHEDULE", "value": "1f1b"},
+                        {"name": "STRATA_MODEL", "value": "debug"},
+                        {"name": "STRATA_GLOBAL_BATCH", "value": "128"},
+                        {"name": "STRATA_MICRO_BATCH", "value": "1"},
                         {"name": "STRATA_STEPS", "value": "100"},
                         {"name": "STRATA_PRECISION", "value": "bf16"},
-                        {"name": "STRATA_ACTIVATION_CHECKPOINTING", "value": "none"},
-                        {"name": "STRATA_GRAD_CLIP", "value": "1.0"},
+                        {"name": "STRATA_AC", "value": "none"},
+                        {"name": "STRATA_MAX_GRAD_NORM", "value": "1.0"},
                         {"name": "STRATA_LR", "value": "0.0003"},
                         {"name": "STRATA_CHECKPOINT_DIR", "value": "/checkpoints"},
-                        {"name": "STRATA_CHECKPOINT_INTERVAL_S", "value": "600"},
+                        {"name": "STRATA_CHECKPOINT_EVERY_SECONDS", "value": "600"},
+                        {"name": "STRATA_CHECKPOINT_EVERY_STEPS", "value": "0"},
                         {"name": "STRATA_CHECKPOINT_KEEP", "value": "3"},
                         {"name": "STRATA_METRICS_PORT", "value": "9400"},
+                        {"name": "STRATA_LOG_FORMAT", "value": "json"},
                         {"name": "STRATA_JOB", "value": "team/llm"},
                         {"name": "STRATA_ATTEMPT", "value": "2"},
                     ],
@@ -218,7 +221,7 @@ def test_checkpoint_claim_and_resource_requests_come_from_the_spec() -> None:
     container = pod["spec"]["containers"][0]
     assert container["volumeMounts"][0] == {"name": "checkpoints", "mountPath": "/ckpt"}
     assert container["resources"]["requests"] == {"nvidia.com/gpu": "8", "cpu": "16", "memory": "64Gi"}
-    assert {"name": "STRATA_CHECKPOINT_INTERVAL_STEPS", "value": "50"} in container["env"]
+    assert {"name": "STRATA_CHECKPOINT_EVERY_STEPS", "value": "50"} in container["env"]
 
 
 def test_headless_service_publishes_not_ready_workers_for_rendezvous() -> None:
