@@ -22,7 +22,7 @@ from strata_operator.api import Phase, ResourcePool, TrainingJob, format_time
 from strata_operator.observed import Node, WorkerPod
 from strata_operator.pods import expected_runtime_s, worker_name
 from strata_operator.settings import OperatorSettings
-from strata_operator.status import NORMAL, WARNING, Event, StatusDraft
+from strata_operator.status import NORMAL, WARNING, StatusDraft
 
 
 class Reason:
@@ -181,7 +181,6 @@ def _run_gang(
         _sooner(plan, 1.0)
     elif any(p.gated for p in current):
         plan.lift_gates = [p.name for p in current if p.gated]
-        draft.events.append(Event(NORMAL, "GatesLifted", f"all {workers} workers exist: gates lifted together"))
     elif all(p.phase == "Running" for p in current):
         if job.status.start_time is None:
             draft.set("startTime", format_time(now))

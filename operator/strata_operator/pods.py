@@ -12,7 +12,7 @@ from strata_operator.api import GPUType, ResourcePool, TrainingJob
 from strata_operator.settings import OperatorSettings
 
 CONTAINER = "trainer"
-TRAIN_COMMAND = ("python", "-m", "strata_workloads.train")
+TRAIN_COMMAND = ("python", "-m", "strata_workloads.launch")
 
 
 class WorkerEnv:

@@ -26,8 +26,10 @@ from strata_operator.kube import ApiError, Conflict, custom_path, pod_path, serv
 from strata_operator.observed import Node, WorkerPod
 from strata_operator.pods import build_service, build_worker_pods
 from strata_operator.runtime import IndexMapping, IndexOf, Runtime, first
-from strata_operator.status import Event
+from strata_operator.status import NORMAL, Event
 
+WAKE_DEBOUNCE_S = 0.05
+"""A wake-up waits this long before reading memory: one reconcile for a burst of a gang's pod events."""
 STALE_VIEW_S = 5.0
 """After writing a job's status, wait at most this long for the write to come back through the watch."""
 
@@ -54,13 +56,15 @@ class JobEntry:
         return custom_path(api.GROUP, api.VERSION, api.TRAINING_JOBS, self.job.name, self.job.namespace) + "/status"
 
 
-def index_trainingjobs(body: kopf.Body, logger: Any, **_: Any) -> dict[str, JobEntry] | None:
+def index_trainingjobs(body: kopf.Body, logger: Any, memo: Any, **_: Any) -> dict[str, JobEntry] | None:
+    """Every change of a job (spec or status, whoever wrote it) lands here first, and wakes the job's daemon."""
     try:
         job = TrainingJob.from_body(body)
     except (KeyError, ValueError, TypeError) as error:
         logger.warning(f"unreadable TrainingJob (is the CRD installed from crds/?): {error!r}")
         return None
     status = copy.deepcopy(dict(body.get("status") or {}))
+    memo.runtime.wake(job.key)
     return {job.key: JobEntry(job, status, str(body["metadata"].get("resourceVersion", "")))}
 
 
@@ -91,6 +95,8 @@ async def run_trainingjob(
     wake = runtime.wakeups.setdefault(key, asyncio.Event())
     written_from: str | None = None
     written_at = 0.0
+    recent: dict[str, float] = {}
+    """Pods this daemon created and gates it lifted lately: not done again while the watch catches up."""
     try:
         while not stopped:
             wake.clear()
@@ -103,7 +109,7 @@ async def run_trainingjob(
             else:
                 started = time.perf_counter()
                 try:
-                    plan, written = await _reconcile(runtime, entry, indices, logger)
+                    plan, written = await _reconcile(runtime, entry, indices, logger, recent)
                 except (ApiError, aiohttp.ClientError, TimeoutError) as error:
                     logger.warning(f"reconcile failed, retrying: {error}")
                     plan, written = None, False
@@ -115,13 +121,15 @@ async def run_trainingjob(
                     delay = min(delay, plan.requeue_after_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=delay)
+            # let the index take in the change that woke us, and the rest of a burst (a gang's pod events)
+            await asyncio.sleep(WAKE_DEBOUNCE_S)
     finally:
         if runtime.wakeups.get(key) is wake:
             del runtime.wakeups[key]
 
 
 async def _reconcile(
-    runtime: Runtime, entry: JobEntry, indices: Mapping[str, Any], logger: Any
+    runtime: Runtime, entry: JobEntry, indices: Mapping[str, Any], logger: Any, recent: dict[str, float]
 ) -> tuple[lifecycle.Plan | None, bool]:
     """One pass; returns the plan (None if the status could not be written) and whether status was written."""
     job = entry.job
@@ -142,25 +150,30 @@ async def _reconcile(
     kube = runtime.api
     await asyncio.gather(*(kube.delete(pod_path(job.namespace, n)) for n in plan.delete_pods))
     await asyncio.gather(*(kube.delete(pod_path(job.namespace, n), grace_s=0) for n in plan.force_delete_pods))
-    if plan.create_workers and pool is not None:
+    now_s = time.monotonic()
+    create = [i for i in plan.create_workers if now_s - recent.get(f"create/{i}", -STALE_VIEW_S) >= STALE_VIEW_S]
+    if create and pool is not None:
+        recent.update(dict.fromkeys((f"create/{i}" for i in create), now_s))
         await kube.create(service_path(job.namespace), build_service(job, runtime.settings))
         manifests = build_worker_pods(job, pool, runtime.settings)
-        created = await asyncio.gather(
-            *(kube.create(pod_path(job.namespace), manifests[i]) for i in plan.create_workers)
-        )
-        logger.info(f"created {sum(created)} of {len(plan.create_workers)} missing workers")
-    if plan.lift_gates:
+        created = await asyncio.gather(*(kube.create(pod_path(job.namespace), manifests[i]) for i in create))
+        logger.info(f"created {sum(created)} of {len(create)} missing workers")
+    lift = [n for n in plan.lift_gates if now_s - recent.get(f"lift/{n}", -STALE_VIEW_S) >= STALE_VIEW_S]
+    if lift:
         by_name = {p.name: p for p in pods.get(job.key, ())}
+        recent.update(dict.fromkeys((f"lift/{n}" for n in lift), now_s))
         await asyncio.gather(
             *(
                 kube.merge_patch(
                     pod_path(job.namespace, n),
                     {"spec": {"schedulingGates": [{"name": g} for g in by_name[n].other_gates]}},
                 )
-                for n in plan.lift_gates
+                for n in lift
                 if n in by_name
             )
         )
+        message = f"all {job.spec.workers} workers exist: scheduling gates lifted together"
+        kopf.event(kopf.Body(cast(kopf.RawBody, entry.ref)), type=NORMAL, reason="GatesLifted", message=message)
     return plan, bool(patch)
 
 

@@ -103,7 +103,7 @@ def test_worker_pod_is_exactly_the_manifest_of_the_contract() -> None:
                     "name": "trainer",
                     "image": "registry.example/strata/workloads:1",
                     "imagePullPolicy": "IfNotPresent",
-                    "command": ["python", "-m", "strata_workloads.train"],
+                    "command": ["python", "-m", "strata_workloads.launch"],
                     "env": [
                         {"name": "MASTER_ADDR", "value": "llm-worker-0.llm-workers.team.svc"},
                         {"name": "MASTER_PORT", "value": "29500"},
