@@ -105,6 +105,8 @@ class Watcher(threading.Thread):
                 while version is not None and not self.stop.is_set():
                     version = self._watch(version)
             except ApiException as error:
+                if self.stop.is_set():
+                    return
                 if error.status == 404 and self.kind.optional:
                     log.info("%s: CRD not installed; looking again in %.0fs", self.kind.name, self.crd_retry_s)
                     self.kind.replace([])
@@ -113,6 +115,8 @@ class Watcher(threading.Thread):
                     continue
                 log.warning("%s: API error %s; re-listing in %.1fs", self.kind.name, error.status, backoff)
             except Exception:
+                if self.stop.is_set():
+                    return  # the connection was cut because we are stopping
                 log.exception("%s: watch failed; re-listing in %.1fs", self.kind.name, backoff)
             self.stop.wait(backoff)
             backoff = min(backoff * 2, 30.0)
