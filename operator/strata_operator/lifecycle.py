@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 from strata_operator.api import Phase, ResourcePool, TrainingJob, format_time
 from strata_operator.observed import Node, WorkerPod
-from strata_operator.pods import expected_runtime_s, worker_name
+from strata_operator.pods import ExitCode, expected_runtime_s, worker_name
 from strata_operator.settings import OperatorSettings
 from strata_operator.status import NORMAL, WARNING, StatusDraft
 
@@ -31,6 +31,8 @@ class Reason:
     GANG_STARTED = "AllWorkersRunning"
     SUCCEEDED = "AllWorkersSucceeded"
     WORKER_FAILED = "WorkerFailed"
+    INVALID_CONFIGURATION = "InvalidConfiguration"
+    WORKER_CHECKPOINTED = "WorkerCheckpointed"
     NODE_LOST = "NodeLost"
     WORKER_EVICTED = "WorkerEvicted"
     WORKER_MISSING = "WorkerMissing"
@@ -155,9 +157,16 @@ def _run_gang(
     plan.delete_pods = [p.name for p in stale if not p.deleting]
 
     failure = _failure(job, pods, current, nodes)
+    alive = [p for p in pods if not p.deleting]
     if failure is not None:
         reason, message = failure
-        _restart(plan, job, reason, message, now, settings, [p for p in pods if not p.deleting])
+        if reason == Reason.INVALID_CONFIGURATION:
+            _finish(plan, Phase.FAILED, reason, f"{message}; retrying cannot help", alive)
+        elif reason == Reason.WORKER_CHECKPOINTED:
+            _release(plan, alive)
+            draft.transition(Phase.QUEUED, reason, f"{message}; requeued to resume from it", WARNING)
+        else:
+            _restart(plan, job, reason, message, now, settings, alive)
         return
     if len(current) == workers and all(p.phase == "Succeeded" for p in current):
         _finish(plan, Phase.SUCCEEDED, Reason.SUCCEEDED, f"all {workers} workers finished", [])
@@ -202,6 +211,10 @@ def _failure(
     job: TrainingJob, pods: Sequence[WorkerPod], current: Sequence[WorkerPod], nodes: Mapping[str, Node]
 ) -> tuple[str, str] | None:
     for p in current:
+        if p.phase == "Failed" and p.exit_code == ExitCode.INVALID_CONFIGURATION:
+            return Reason.INVALID_CONFIGURATION, f"worker {p.name} refused its configuration (exit code 2)"
+        if p.phase == "Failed" and p.exit_code == ExitCode.CHECKPOINTED:
+            return Reason.WORKER_CHECKPOINTED, f"worker {p.name} was told to stop and saved a checkpoint (exit 85)"
         if p.phase == "Failed":
             return Reason.WORKER_FAILED, f"worker {p.name} failed (exit code {p.exit_code}, {p.reason or 'no reason'})"
         if p.node and p.node not in nodes:

@@ -59,9 +59,20 @@ PIPELINE_SCHEDULES = {
     "GPipe": "gpipe",
     "1F1B": "1f1b",
     "Interleaved1F1B": "interleaved_1f1b",
-    "ZeroBubble": "interleaved_zb",
+    "InterleavedZeroBubble": "interleaved_zb",
+    "ZeroBubbleV": "zbv",
 }
 """The API's schedule names and the workload's."""
+
+
+class ExitCode:
+    """What a worker pod's exit code means (docs/workloads.md, "Exit codes"; the launcher combines its processes')."""
+
+    SUCCEEDED = 0
+    ERROR = 1
+    INVALID_CONFIGURATION = 2
+    CHECKPOINTED = 85
+    """SIGTERM received and a complete checkpoint saved: reschedule, it resumes from there."""
 
 
 def worker_name(job_name: str, index: int) -> str:

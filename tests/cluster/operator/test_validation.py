@@ -32,12 +32,21 @@ def setter(path: str, value: Any) -> Edit:
     return edit
 
 
+def both(first: Edit, second: Edit) -> Edit:
+    def edit(body: dict[str, Any]) -> None:
+        first(body)
+        second(body)
+
+    return edit
+
+
 INVALID_JOBS: list[tuple[str, Edit, str]] = [
     ("gpus-not-the-degree-product", setter("resources.gpus", 16), "resources.gpus must equal parallelism.data"),
     ("batch-not-divisible", setter("training.globalBatchSize", 9), "training.globalBatchSize must be divisible"),
     ("tensor-beyond-a-node", setter("parallelism.tensor", 16), "spec.parallelism.tensor"),
-    ("expert-does-not-divide", setter("parallelism.expert", 3), "parallelism.expert must divide"),
+    ("expert-does-not-divide", setter("parallelism.expert", 4), "parallelism.expert must divide parallelism.data"),
     ("gpus-not-whole-workers", setter("resources.gpusPerWorker", 3), "resources.gpus must be a multiple"),
+    ("unknown-pipeline-schedule", setter("parallelism.pipelineSchedule", "ZeroBubble"), "pipelineSchedule"),
     ("unknown-gpu-type", setter("resources.gpuType", "A100"), "spec.resources.gpuType"),
     ("negative-steps", setter("training.steps", -5), "spec.training.steps"),
     ("zero-data-degree", setter("parallelism.data", 0), "spec.parallelism.data"),
@@ -47,6 +56,11 @@ INVALID_JOBS: list[tuple[str, Edit, str]] = [
     ("unknown-capacity-type", setter("resources.capacityTypes", ["preemptible"]), "spec.resources.capacityTypes"),
     ("preference-not-allowed", setter("resources.capacityPreference", "spot"), "resources.capacityPreference must"),
     ("too-few-microbatches", setter("parallelism.pipeline", 2), "parallelism.microBatches must be at least"),
+    (
+        "microbatches-do-not-divide",
+        both(setter("parallelism.pipeline", 2), setter("parallelism.microBatches", 3)),
+        "training.microBatchSize must be divisible by parallelism.microBatches",
+    ),
     ("relative-checkpoint-path", setter("checkpoint.path", "ckpt"), "spec.checkpoint.path"),
     ("bad-cpu-quantity", setter("resources.cpuPerWorker", "lots"), "resources.cpuPerWorker must be"),
     ("missing-image", lambda b: b["spec"]["workload"].pop("image"), "spec.workload.image"),

@@ -99,6 +99,25 @@ def test_a_failed_worker_restarts_the_whole_gang_with_backoff_and_counts_lost_st
     assert plan.status.events[-1].type == "Warning"
 
 
+def test_exit_code_2_is_a_configuration_the_workload_refuses_and_fails_without_retry() -> None:
+    pods = [a_worker("j", 0), a_worker("j", 1, phase="Failed", exit_code=2, node="n1")]
+    plan = run(Phase.RUNNING, pods, startTime=format_time(at(10)))
+    patch = plan.status.patch()
+    assert patch["phase"] == "Failed"
+    assert patch["reason"] == Reason.INVALID_CONFIGURATION
+    assert "restarts" not in patch
+
+
+def test_exit_code_85_means_checkpointed_on_sigterm_and_requeues_without_a_restart() -> None:
+    pods = [a_worker("j", 0, phase="Failed", exit_code=85), a_worker("j", 1, phase="Failed", exit_code=85, node="n1")]
+    plan = run(Phase.RUNNING, pods, startTime=format_time(at(10)))
+    patch = plan.status.patch()
+    assert patch["phase"] == "Queued"
+    assert patch["reason"] == Reason.WORKER_CHECKPOINTED
+    assert "restarts" not in patch
+    assert sorted(plan.delete_pods) == ["j-worker-0", "j-worker-1"]
+
+
 def test_a_worker_on_a_vanished_node_is_a_spot_reclaim_and_restarts_the_gang() -> None:
     pods = [a_worker("j", 0, node="n0"), a_worker("j", 1, node="reclaimed")]
     patch = run(Phase.RUNNING, pods, startTime=format_time(at(10))).status.patch()

@@ -203,6 +203,21 @@ def test_tensor_group_spanning_two_pods_labels_both_with_one_group() -> None:
     assert [worker_env(job, SETTINGS, i)["RANK"] for i in range(4)] == ["0", "4", "8", "12"]
 
 
+@pytest.mark.parametrize(
+    ("schedule", "workload"),
+    [("GPipe", "gpipe"), ("1F1B", "1f1b"), ("Interleaved1F1B", "interleaved_1f1b"),
+     ("InterleavedZeroBubble", "interleaved_zb"), ("ZeroBubbleV", "zbv")],
+)  # fmt: skip
+def test_pipeline_schedules_use_the_workloads_names(schedule: str, workload: str) -> None:
+    job = admitted(
+        data=1,
+        tensor=8,
+        pipeline=2,
+        parallelism={"pipeline": 2, "tensor": 8, "microBatches": 2, "pipelineSchedule": schedule},
+    )
+    assert worker_env(job, SETTINGS, 0)["STRATA_PP_SCHEDULE"] == workload
+
+
 def test_settings_choose_the_scheduler_and_rendezvous_port() -> None:
     settings = OperatorSettings(scheduler_name="default-scheduler", master_port=23456)
     job = admitted()
