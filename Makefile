@@ -8,17 +8,20 @@ UV_VERSION := 0.13.8
 PHASE := hack/phase.sh
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: help venv binaries demo up down env lint format types imports check test test-fast test-unit test-cluster \
+.PHONY: help venv lock binaries demo up down env lint format types imports check test test-fast test-unit test-cluster \
         test-e2e bench-cluster chart-sync verify clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip install --python $(PY) -q -e '.[dev]'
+	$(VENV)/bin/uv pip install --python $(PY) -q -e '.[dev]' -c requirements.lock
 	@touch $@
+
+lock: venv ## Re-resolve requirements.lock (every transitive version) from pyproject.toml's pins
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 -q -o requirements.lock
 
 venv: $(VENV)/.installed ## Create the virtualenv and install Strata with pinned dependencies
 
