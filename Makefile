@@ -9,7 +9,7 @@ PHASE := hack/phase.sh
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
 .PHONY: help venv lock binaries demo up down env lint format types imports check test test-fast test-unit test-cluster \
-        test-e2e bench-cluster chart-sync verify clean
+        test-e2e bench-cluster bench-scheduler bench-workloads chart-sync verify clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
@@ -85,6 +85,17 @@ verify: chart-sync ## Regenerate generated files and fail if the tree changed
 
 bench-cluster: venv binaries ## Measure cold build, cache size, warm start, control-plane memory, 1,000-node fleet
 	$(PY) bench/cluster/bench_cluster.py
+
+bench-scheduler: venv binaries ## Extender latency (1,000/5,000 nodes), kube-scheduler throughput with/without it, forecast quality
+	$(PY) bench/scheduler/extender_latency.py --nodes 1000 5000
+	$(PY) bench/scheduler/scheduler_throughput.py --nodes 1000 --pods 400
+	$(PY) bench/scheduler/forecast_quality.py
+
+bench-workloads: venv ## Pipeline efficiency vs the bound, TP memory, layout throughput, INT8 serving with dynamic batching
+	$(PY) bench/workloads/pipeline_efficiency.py --stages 2 4 --microbatches 1 2 4 8
+	$(PY) bench/workloads/tp_memory.py --preset small --tp 2 4
+	$(PY) bench/workloads/layout_throughput.py --preset small-moe --steps 8
+	$(PY) bench/workloads/serving_bench.py --train-steps 150
 
 clean: ## Remove the virtualenv and caches in the repo (the binary cache in ~/.cache/strata stays)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
