@@ -9,11 +9,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.pipelining.schedules import _PipelineSchedule
 
 from strata_workloads.gradnorm import clip_grad_norm_
-from strata_workloads.layout import ParallelDims
+from strata_workloads.layout import Meshes, ParallelDims
 from strata_workloads.model import Transformer, cross_entropy_loss
 from strata_workloads.parallelize import ParallelizeOptions, apply_ac, apply_compile, parallelize
 from strata_workloads.pipeline import build_schedule, build_stages
@@ -24,7 +23,7 @@ LossScaler = Callable[[torch.Tensor], torch.Tensor]
 @dataclass
 class Engine:
     dims: ParallelDims
-    mesh: DeviceMesh | None
+    mesh: Meshes | None
     parts: list[nn.Module]
     schedule: _PipelineSchedule | None
     has_first_stage: bool
@@ -88,7 +87,7 @@ def _clean(name: str) -> str:
 def build_engine(
     model: Transformer,
     dims: ParallelDims,
-    mesh: DeviceMesh | None,
+    mesh: Meshes | None,
     options: ParallelizeOptions,
     device: torch.device,
     schedule: str = "1f1b",

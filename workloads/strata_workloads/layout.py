@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-# Mesh dimension names, outermost first. `efsdp` is the part of dp_shard that is not expert parallel:
+# World mesh dimensions, outermost first. For experts dp_shard is unflattened into ("efsdp", "ep"):
 # dp_shard = efsdp * ep, so experts are sharded over `ep` and replicated/FSDP-sharded over the rest.
-MESH_DIMS = ("pp", "dp_replicate", "efsdp", "ep", "tp")
+WORLD_DIMS = ("pp", "dp_replicate", "dp_shard", "tp")
 
 
 @dataclass(frozen=True)
@@ -89,16 +89,35 @@ class ParallelDims:
             )
         return global_batch // per_step
 
-    def build_mesh(self, device_type: str) -> DeviceMesh:
-        """One mesh with every dimension (size-1 ones included), plus flattened views used by name:
-        `dp_shard` (efsdp x ep), `dp` (all data parallel, for the loader and loss averaging) and
-        `edp` (the data-parallel ranks that hold the same experts)."""
-        mesh = init_device_mesh(
-            device_type,
-            (self.pp, self.dp_replicate, self.efsdp, self.ep, self.tp),
-            mesh_dim_names=MESH_DIMS,
+    def build_mesh(self, device_type: str) -> Meshes:
+        """One world mesh ("pp", "dp_replicate", "dp_shard", "tp") and the views the code uses by name. The
+        expert views come from unflattening dp_shard into ("efsdp", "ep"); derived meshes are kept here
+        rather than sliced back out of the root (torch is deprecating slicing flattened dims)."""
+        world = init_device_mesh(
+            device_type, (self.pp, self.dp_replicate, self.dp_shard, self.tp), mesh_dim_names=WORLD_DIMS
         )
-        mesh["efsdp", "ep"]._flatten("dp_shard")
-        mesh["dp_replicate", "efsdp", "ep"]._flatten("dp")
-        mesh["dp_replicate", "efsdp"]._flatten("edp")
-        return mesh
+        fsdp = world["dp_replicate", "dp_shard"]
+        experts = world._unflatten("dp_shard", (self.efsdp, self.ep), ("efsdp", "ep"))
+        return Meshes(
+            world,
+            {
+                "pp": world["pp"],
+                "tp": world["tp"],
+                ("dp_replicate", "dp_shard"): fsdp,
+                "dp": fsdp._flatten("dp"),
+                "ep": experts["ep"],
+                ("dp_replicate", "efsdp"): experts["dp_replicate", "efsdp"],
+            },
+        )
+
+
+@dataclass(frozen=True)
+class Meshes:
+    """Named views of the one world mesh: "pp", "tp", "dp" (all data-parallel ranks, flattened),
+    ("dp_replicate", "dp_shard") for FSDP, "ep" and ("dp_replicate", "efsdp") for experts."""
+
+    world: DeviceMesh
+    views: dict[str | tuple[str, ...], DeviceMesh]
+
+    def __getitem__(self, name: str | tuple[str, ...]) -> DeviceMesh:
+        return self.views[name]

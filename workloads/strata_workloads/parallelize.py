@@ -28,7 +28,7 @@ from torch.distributed.tensor.parallel import (
 )
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
-from strata_workloads.layout import ParallelDims
+from strata_workloads.layout import Meshes, ParallelDims
 from strata_workloads.moe import MoE
 
 # The residual stream between blocks is sharded on the sequence dimension (sequence parallel); attention and
@@ -138,7 +138,7 @@ def apply_compile(model: nn.Module, backend: str) -> None:
         block.compile(backend=backend, fullgraph=False)
 
 
-def apply_fsdp(model: nn.Module, mesh: DeviceMesh, dims: ParallelDims, options: ParallelizeOptions) -> None:
+def apply_fsdp(model: nn.Module, mesh: Meshes, dims: ParallelDims, options: ParallelizeOptions) -> None:
     mp = MixedPrecisionPolicy(param_dtype=options.param_dtype, reduce_dtype=torch.float32)
     dp_mesh = mesh["dp_replicate", "dp_shard"]
     layers: nn.ModuleDict = model.layers  # type: ignore[assignment]
@@ -162,7 +162,7 @@ def _find_moe(block: nn.Module) -> MoE | None:
     return next((m for m in block.modules() if isinstance(m, MoE)), None)
 
 
-def parallelize(model: nn.Module, mesh: DeviceMesh, dims: ParallelDims, options: ParallelizeOptions) -> nn.Module:
+def parallelize(model: nn.Module, mesh: Meshes, dims: ParallelDims, options: ParallelizeOptions) -> nn.Module:
     """Parallelize one model (or one pipeline stage's part of it) in place and return it."""
     if dims.ep > 1:
         apply_ep(model, mesh["ep"])
