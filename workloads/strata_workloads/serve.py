@@ -30,7 +30,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from strata_workloads.batching import DynamicBatcher, Overloaded
 from strata_workloads.inference import Quantization, decode, encode, generate, load_model, quantize, score
 from strata_workloads.model import Transformer
-from strata_workloads.settings import _parse
+from strata_workloads.settings import parse_value
 from strata_workloads.telemetry import setup_logging
 
 log = logging.getLogger("strata_workloads.serve")
@@ -63,12 +63,12 @@ def load_serve_settings(argv: Sequence[str] | None = None, env: Mapping[str, str
     for f in fields(ServeSettings):
         key = f"STRATA_SERVE_{f.name.upper()}"
         if key in env:
-            values[f.name] = _parse(f.type, env[key])
+            values[f.name] = parse_value(f.type, env[key])
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, help=key)
     kinds = {f.name: f.type for f in fields(ServeSettings)}
     for name, raw in vars(parser.parse_args(argv)).items():
         if raw is not None:
-            values[name] = _parse(kinds[name], raw)
+            values[name] = parse_value(kinds[name], raw)
     return ServeSettings(**values)  # type: ignore[arg-type]
 
 

@@ -65,7 +65,7 @@ def env_name(field: str) -> str:
     return f"STRATA_{field.upper()}"
 
 
-def _parse(kind: object, raw: str) -> object:
+def parse_value(kind: object, raw: str) -> object:
     if kind in (bool, "bool"):
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if kind in (int, "int"):
@@ -82,11 +82,11 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
     parser = argparse.ArgumentParser(prog="python -m strata_workloads.train")
     for f in fields(TrainSettings):
         if env_name(f.name) in env:
-            values[f.name] = _parse(f.type, env[env_name(f.name)])
+            values[f.name] = parse_value(f.type, env[env_name(f.name)])
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, help=env_name(f.name))
     args = parser.parse_args(argv)
     kinds = {f.name: f.type for f in fields(TrainSettings)}
     for name, raw in vars(args).items():
         if raw is not None:
-            values[name] = _parse(kinds[name], raw)
+            values[name] = parse_value(kinds[name], raw)
     return TrainSettings(**values)  # type: ignore[arg-type]
