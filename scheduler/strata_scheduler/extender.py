@@ -26,16 +26,25 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import orjson
 
 from strata_operator.api import SCHEDULER_NAME, GPUType
 from strata_scheduler.catalog import Catalog
+from strata_scheduler.columns import host_json
 from strata_scheduler.filtering import GroupKey, PinnedGroup, filter_nodes
 from strata_scheduler.forecasts import ForecastBoard
 from strata_scheduler.metrics import ExtenderMetrics
-from strata_scheduler.model import NodeView, PodView, pod_view
-from strata_scheduler.protocol import BadRequest, ExtenderArgs, filter_result, parse_extender_args, priority_list
-from strata_scheduler.scoring import Defaults, JobPlacement, cost_per_unit_work, score_nodes
+from strata_scheduler.model import PodView, pod_view
+from strata_scheduler.protocol import (
+    BadRequest,
+    ExtenderArgs,
+    filter_result,
+    parse_extender_args,
+    priority_list,
+    priority_list_json,
+)
+from strata_scheduler.scoring import Defaults, JobPlacement, cost_per_unit_work, score_rows
 from strata_scheduler.state import ClusterState
 
 log = logging.getLogger(__name__)
@@ -171,10 +180,14 @@ class Extender:
     def _cheapest(self, pod: PodView, names: list[str], hour: int) -> str:
         """The node a tensor-parallel group is placed on: lowest cost per unit of work, then name."""
 
+        by_class: dict[tuple[object, ...], float] = {}  # nodes of one cost class cost the same
+
         def key(name: str) -> tuple[float, str]:
             node = self.state.nodes[name]
-            cost = cost_per_unit_work(self.catalog, pod, node, hour, self.defaults)
-            return (cost if cost is not None else float("inf"), name)
+            if node.cost_class not in by_class:
+                cost = cost_per_unit_work(self.catalog, pod, node, hour, self.defaults)
+                by_class[node.cost_class] = cost if cost is not None else float("inf")
+            return (by_class[node.cost_class], name)
 
         return min(names, key=key)
 
@@ -189,17 +202,14 @@ class Extender:
                 pods_per_node=job_nodes,
                 zone_of={name: node.zone for name in job_nodes if (node := state.nodes.get(name))},
             )
-            rows: list[tuple[str, NodeView | None, int]] = []
-            nodes, used_gpus = state.nodes, state.used_gpus
-            for name in args.node_names:
-                node = nodes.get(name)
-                if node is None:
-                    rows.append((name, None, 0))
-                elif name in used_gpus and node.gpu_resource:
-                    rows.append((name, node, node.gpu_count - used_gpus[name][node.gpu_resource]))
-                else:
-                    rows.append((name, node, node.gpu_count))
-        return priority_list(score_nodes(self.catalog, pod, rows, placement, hour, self.defaults))
+            columns = state.columns
+            rows = columns.rows(args.node_names)
+            scores = score_rows(self.catalog, pod, columns, rows, placement, hour, self.defaults)
+            hosts = columns.host_json[rows]
+        unknown = np.flatnonzero(rows < 0).tolist()
+        for position in unknown:
+            hosts[position] = host_json(args.node_names[position])
+        return priority_list_json(hosts, scores)
 
 
 def _ours(pod: Mapping[str, Any]) -> bool:

@@ -23,6 +23,10 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
+
+from strata_scheduler.columns import RESOURCE_INDEX
 from strata_scheduler.model import NodeView, PodView
 from strata_scheduler.state import ClusterState, ReservedCapacity
 
@@ -66,6 +70,13 @@ class FilterOutcome:
         self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
 
 
+UNKNOWN_NODE = "node is not in the Strata extender's cache yet; it will retry"
+_CODE = {reason: code for code, reason in enumerate(REASONS, start=1)}
+"""Reason -> its code in the per-node reason array (0: still passing)."""
+_UNRESOLVABLE_CODE = np.array([reason in UNRESOLVABLE for reason in ("", *REASONS)])
+"""Reason code -> whether it goes to ``FailedAndUnresolvableNodes``."""
+
+
 def filter_nodes(
     pod: PodView,
     node_names: Iterable[str],
@@ -80,7 +91,145 @@ def filter_nodes(
     not yet seen bound will need there away from everyone else (pods of one group are scheduled one after the
     other, and their bindings reach the watch cache a moment later). ``cheapest`` picks the node for a group
     being placed now from the nodes that pass every other check.
+
+    The checks run as array operations on ``state.columns`` (one row per node); those that read only a node's
+    GPU type and capacity type run once per distinct pair, and each distinct reason sentence is written once.
+    Verdicts, sentences and their order are those of :func:`filter_nodes_reference`.
     """
+    outcome = FilterOutcome()
+    if not pod.gpus:
+        # Not a GPU pod: nothing here concerns it (kube-scheduler does not even call us for such pods).
+        outcome.passed = list(node_names)
+        return outcome
+    names = node_names if isinstance(node_names, list) else list(node_names)
+    columns = state.columns
+    resource = next(iter(pod.gpu_requests))
+    pool = state.pools.get(pod.pool or "")
+    gpu_types = _allowed(pod.contract.gpu_types, pool.gpu_types if pool else frozenset())
+    capacity_types = _allowed(pod.contract.capacity_types, pool.capacity_types if pool else frozenset())
+    group = pod.tp_group_key
+    group_nodes = state.tp_groups.get(group) if group else None
+    own_pin = pins.get(group) if group else None
+    group_home = min(group_nodes) if group_nodes else (own_pin.node if own_pin else None)
+    group_gpus = max(pod.contract.tp_size, pod.gpus)
+    kept = _kept_for_pinned_groups(pins, state, exclude=group)
+    low_priority = pod.contract.priority < state.high_priority or pod.contract.deferrable
+    reserved = state.reserved_capacity() if low_priority and hold.upper_by_gpu_type else {}
+
+    rows = columns.rows(names)
+    known = rows >= 0
+    reason = np.where(known, 0, _CODE["unknown_node"]).astype(np.int64)
+    message = np.empty(len(rows), dtype=object)
+    pending = known.copy()
+    if not pending.all():
+        message[~known] = UNKNOWN_NODE
+
+    def settle(hit: npt.NDArray[np.bool_], code: int | npt.NDArray[np.int64], text: object) -> None:
+        reason[hit] = code
+        message[hit] = text
+        pending[hit] = False
+
+    # 2, 3 and 6 read only the node's (GPU type, capacity type): decide them once per pair present.
+    type_class = columns.type_class[rows]
+    classes = max(len(columns.type_reps), 1)  # unknown rows gather class 0 too; they are masked
+    type_code = np.zeros(classes, dtype=np.int64)
+    held_code = np.zeros(classes, dtype=np.int64)
+    type_text = np.full(classes, "", dtype=object)
+    held_text = np.full(classes, "", dtype=object)
+    for code in np.flatnonzero(np.bincount(type_class[known], minlength=classes)).tolist():
+        representative = columns.type_reps[code]
+        mismatch = _type_mismatch(representative, gpu_types, capacity_types)
+        if mismatch:
+            type_code[code], type_text[code] = _CODE[mismatch[0]], mismatch[1]
+        elif held := _held_back(representative, pod, reserved, hold):
+            held_code[code], held_text[code] = _CODE["reserved_holdback"], held
+    codes = type_code[type_class]
+    hit = pending & (codes != 0)
+    if hit.any():
+        settle(hit, codes[hit], type_text[type_class[hit]])
+
+    column = RESOURCE_INDEX[resource]
+    total = columns.alloc[rows, column]
+    free = total - columns.used[rows, column]
+    kept_here = np.zeros(len(rows), dtype=np.int64)
+    for name, count in kept.items():
+        row = columns.index.get(name)
+        if row is not None:
+            kept_here[rows == row] = count
+    free -= kept_here
+    hit = pending & (free < pod.gpus)
+    if hit.any():
+
+        def no_room(free: int, total: int, kept: int) -> str:
+            note = f" ({kept} kept for a tensor-parallel group being placed there)" if kept else ""
+            return f"pod needs {pod.gpus} {resource}, node has {free} free of {total}{note}"
+
+        settle(hit, _CODE["free_gpus"], _render(no_room, free[hit], total[hit], kept_here[hit]))
+    if group is not None and group_home is not None:
+        hit = pending & (rows != columns.index.get(group_home, -2))
+        if hit.any():
+            settle(hit, _CODE["tp_group"], f"{_group_label(group)} runs on node {group_home}; it never spans nodes")
+    elif group is not None:
+        hit = pending & (free < group_gpus)
+        if hit.any():
+
+            def no_room_for_group(free: int) -> str:
+                return f"{_group_label(group)} needs {group_gpus} GPUs on one node, node has {free} free"
+
+            settle(hit, _CODE["free_gpus"], _render(no_room_for_group, free[hit]))
+    codes = held_code[type_class]
+    hit = pending & (codes != 0)
+    if hit.any():
+        settle(hit, codes[hit], held_text[type_class[hit]])
+
+    named = np.array(names, dtype=object)
+    candidates: list[str] = named[pending].tolist()
+    unresolvable = _UNRESOLVABLE_CODE[reason]
+    failed = ~pending & ~unresolvable
+    outcome.failed = dict(zip(named[failed].tolist(), message[failed].tolist(), strict=True))
+    outcome.unresolvable = dict(zip(named[unresolvable].tolist(), message[unresolvable].tolist(), strict=True))
+    counts = np.bincount(reason, minlength=len(REASONS) + 1).tolist()
+    outcome.rejected_by_reason = {REASONS[code - 1]: counts[code] for code in range(1, len(counts)) if counts[code]}
+    if group is not None and group_gpus > pod.gpus and candidates:
+        chosen = group_home if group_home in candidates else cheapest(candidates)
+        others = [name for name in candidates if name != chosen]
+        if others:
+            outcome.unresolvable.update(
+                dict.fromkeys(others, f"{_group_label(group)} is being placed on node {chosen}")
+            )
+            outcome.rejected_by_reason["tp_group"] = outcome.rejected_by_reason.get("tp_group", 0) + len(others)
+        outcome.pin = (group, PinnedGroup(chosen, group_gpus, pod.gpus))
+        candidates = [chosen]
+    outcome.passed = candidates
+    return outcome
+
+
+def _render(text: Callable[..., str], *values: npt.NDArray[np.int64]) -> npt.NDArray[np.object_]:
+    """``text(*row)`` for each row of ``values``, each distinct row written once."""
+    result = np.empty(len(values[0]), dtype=object)
+    if len(result) <= 64:
+        memo: dict[tuple[int, ...], str] = {}
+        for position, row in enumerate(zip(*(column.tolist() for column in values), strict=True)):
+            if row not in memo:
+                memo[row] = text(*row)
+            result[position] = memo[row]
+        return result
+    unique, inverse = np.unique(np.stack(values, axis=1), axis=0, return_inverse=True)
+    rendered = np.empty(len(unique), dtype=object)
+    rendered[:] = [text(*row) for row in unique.tolist()]
+    result[:] = rendered[inverse.reshape(-1)]
+    return result
+
+
+def filter_nodes_reference(
+    pod: PodView,
+    node_names: Iterable[str],
+    state: ClusterState,
+    hold: HoldBack,
+    pins: Mapping[GroupKey, PinnedGroup],
+    cheapest: Callable[[list[str]], str],
+) -> FilterOutcome:
+    """:func:`filter_nodes` written as a loop over nodes: the definition the array version is tested against."""
     outcome = FilterOutcome()
     if not pod.gpus:
         # Not a GPU pod: nothing here concerns it (kube-scheduler does not even call us for such pods).
@@ -104,7 +253,7 @@ def filter_nodes(
     for name in node_names:
         node = nodes.get(name)
         if node is None:
-            outcome.reject(name, "unknown_node", "node is not in the Strata extender's cache yet; it will retry")
+            outcome.reject(name, "unknown_node", UNKNOWN_NODE)
             continue
         types = (node.gpu_type, node.capacity_type)
         if types not in mismatch:

@@ -36,7 +36,11 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from strata_scheduler.catalog import Catalog
+from strata_scheduler.columns import NodeColumns
 from strata_scheduler.model import NodeView, PodView
 
 MAX_SCORE = 10
@@ -145,6 +149,49 @@ def score_nodes(
             points += 1
         result.append((name, points if points < MAX_SCORE else MAX_SCORE))  # base is 0..8, never negative
     return result
+
+
+def score_rows(
+    catalog: Catalog,
+    pod: PodView,
+    columns: NodeColumns,
+    rows: npt.NDArray[np.int64],
+    placement: JobPlacement,
+    hour_utc: int,
+    defaults: Defaults = Defaults(),
+) -> npt.NDArray[np.int64]:
+    """:func:`score_nodes` for the nodes at ``rows`` of ``columns`` (-1: not in the cache), as array operations.
+
+    Free GPUs are the node's own GPU resource less what bound pods hold there (``columns.used_own``), as the
+    extender passes them to :func:`score_nodes`. The cost formula runs once per cost class present; the rest is
+    a gather and a few vector operations. Gives exactly the scores of :func:`score_nodes`.
+    """
+    known = rows >= 0
+    cost_class = columns.cost_class[rows]
+    classes = max(len(columns.cost_reps), 1)  # unknown rows gather class 0 too; they are masked
+    base = np.zeros(classes, dtype=np.int64)
+    priced = np.zeros(classes, dtype=np.bool_)
+    if pod.gpus:
+        present = np.flatnonzero(np.bincount(cost_class[known], minlength=classes)).tolist()
+        costs = {
+            code: cost_per_unit_work(catalog, pod, columns.cost_reps[code], hour_utc, defaults) for code in present
+        }
+        cheapest = min((cost for cost in costs.values() if cost is not None), default=None)
+        for code, cost in costs.items():
+            if cost is not None and cheapest is not None:
+                base[code] = math.floor(COST_POINTS * cheapest / cost + 0.5)
+                priced[code] = True
+    points = base[cost_class]
+    bonus = columns.gpu_count[rows] - columns.used_own[rows] == pod.gpus
+    packed = columns.rows_of(name for name, count in placement.pods_per_node.items() if count > 0)
+    if packed:
+        bonus |= np.isin(rows, packed)
+    points += bonus
+    main_zone = placement.main_zone
+    if main_zone is not None and main_zone in columns.zone_codes:
+        points += columns.zone[rows] == columns.zone_codes[main_zone]
+    scores: npt.NDArray[np.int64] = np.where(known & priced[cost_class], np.minimum(points, MAX_SCORE), 0)
+    return scores
 
 
 def _positive(value: float | None) -> float | None:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from strata_scheduler.columns import NodeColumns
 from strata_scheduler.model import NodeView, PodView, node_view, pod_view
 
 
@@ -59,6 +60,8 @@ class ClusterState:
         self.lock = threading.RLock()
         self.high_priority = high_priority
         self.nodes: dict[str, NodeView] = {}
+        self.columns = NodeColumns()
+        """The same nodes as arrays, with GPUs in use (see :mod:`strata_scheduler.columns`)."""
         self.pods: dict[str, PodView] = {}
         self.pools: dict[str, PoolView] = {}
         self.jobs: dict[tuple[str, str], Mapping[str, Any]] = {}
@@ -89,11 +92,13 @@ class ClusterState:
         with self.lock:
             self.generation += 1
             self.nodes[view.name] = view
+            self.columns.upsert(view, self.used_gpus.get(view.name))
 
     def delete_node(self, name: str) -> None:
         with self.lock:
             self.generation += 1
             self.nodes.pop(name, None)
+            self.columns.delete(name)
 
     def upsert_pod(self, obj: Mapping[str, Any]) -> None:
         view = pod_view(obj)
@@ -122,12 +127,14 @@ class ClusterState:
                 self.pods[view.uid] = view
                 if view.holds_resources:
                     self._account(view, +1)
+            self._rebuild_columns()
 
     def replace_nodes(self, objs: list[Mapping[str, Any]]) -> None:
         views = [node_view(obj) for obj in objs]
         with self.lock:
             self.generation += 1
             self.nodes = {view.name: view for view in views}
+            self._rebuild_columns()
 
     def replace_pools(self, objs: list[Mapping[str, Any]]) -> None:
         views = [pool_view(obj) for obj in objs]
@@ -185,6 +192,12 @@ class ClusterState:
                     del index[key]  # type: ignore[arg-type]
         if not +used:
             del self.used_gpus[pod.node_name]
+        self.columns.set_used(pod.node_name, self.used_gpus.get(pod.node_name))
+
+    def _rebuild_columns(self) -> None:
+        self.columns.clear()
+        for view in self.nodes.values():
+            self.columns.upsert(view, self.used_gpus.get(view.name))
 
     # --- reads for the filter and the demand recorder ---
     def reserved_capacity(self) -> dict[str, ReservedCapacity]:

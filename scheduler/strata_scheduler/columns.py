@@ -1,0 +1,148 @@
+"""A columnar copy of the node cache, so the filter and the score are array operations instead of a loop per node.
+
+:class:`~strata_scheduler.state.ClusterState` keeps one :class:`NodeColumns` beside its ``nodes`` dict and
+updates both under its lock on every watch event (node added, changed or deleted; a pod bound or finished).
+A request maps its node names to row numbers once (one dict lookup each, in C) and from then on gathers:
+
+- ``alloc[row, r]`` and ``used[row, r]``: allocatable GPUs of resource ``r`` (``GPU_RESOURCES`` order) and the
+  GPUs bound pods hold there;
+- ``gpu_count[row]`` and ``used_own[row]``: the same for the node's own GPU resource (0 when it has none);
+- ``type_class[row]``: an index into ``type_reps``, one node per distinct (GPU type, capacity type): every check
+  that reads only those two labels runs once per class, not once per node;
+- ``cost_class[row]``: an index into ``cost_reps``, one node per distinct ``NodeView.cost_class``: the cost
+  formula runs once per class;
+- ``zone[row]``: an index into ``zones``;
+- ``host_json[row]``: ``{"Host":"<name>","Score":`` as bytes, the start of the node's prioritize entry.
+
+Class tables only grow (a class outlives its last node); they hold a few dozen entries in any real fleet.
+Rows of deleted nodes are reused.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from strata_operator.api import GPU_RESOURCES
+from strata_scheduler.model import NodeView
+
+RESOURCE_INDEX = {resource: column for column, resource in enumerate(GPU_RESOURCES)}
+
+IntArray = npt.NDArray[np.int64]
+K = TypeVar("K", bound=Hashable)
+
+
+def host_json(name: str) -> bytes:
+    """The start of one ``HostPriorityList`` entry, up to the score."""
+    return b'{"Host":' + orjson.dumps(name) + b',"Score":'
+
+
+class NodeColumns:
+    def __init__(self, capacity: int = 64) -> None:
+        self.index: dict[str, int] = {}
+        """node name -> row."""
+        self.names: list[str | None] = []
+        self._free_rows: list[int] = []
+        self.type_reps: list[NodeView] = []
+        self._type_codes: dict[tuple[str | None, str | None], int] = {}
+        self.cost_reps: list[NodeView] = []
+        self._cost_codes: dict[tuple[object, ...], int] = {}
+        self.zones: list[str | None] = []
+        self.zone_codes: dict[str | None, int] = {}
+        self._allocate(max(capacity, 1))
+
+    def _allocate(self, capacity: int) -> None:
+        width = len(GPU_RESOURCES)
+        self.alloc: IntArray = np.zeros((capacity, width), dtype=np.int64)
+        self.used: IntArray = np.zeros((capacity, width), dtype=np.int64)
+        self.gpu_count: IntArray = np.zeros(capacity, dtype=np.int64)
+        self.used_own: IntArray = np.zeros(capacity, dtype=np.int64)
+        self.own_resource: IntArray = np.full(capacity, -1, dtype=np.int64)
+        self.type_class: IntArray = np.zeros(capacity, dtype=np.int64)
+        self.cost_class: IntArray = np.zeros(capacity, dtype=np.int64)
+        self.zone: IntArray = np.zeros(capacity, dtype=np.int64)
+        self.host_json: npt.NDArray[np.object_] = np.full(capacity, b"", dtype=object)
+
+    def _grow(self) -> None:
+        old = len(self.gpu_count)
+        arrays = ("alloc", "used", "gpu_count", "used_own", "own_resource", "type_class", "cost_class", "zone")
+        saved = {name: getattr(self, name) for name in (*arrays, "host_json")}
+        self._allocate(old * 2)
+        for name, values in saved.items():
+            getattr(self, name)[:old] = values
+
+    # --- updates (call with the state's lock held) ---
+    def clear(self) -> None:
+        self.index.clear()
+        self.names.clear()
+        self._free_rows.clear()
+        self._allocate(len(self.gpu_count))
+
+    def upsert(self, node: NodeView, used: Mapping[str, int] | None) -> None:
+        row = self.index.get(node.name)
+        if row is None:
+            if self._free_rows:
+                row = self._free_rows.pop()
+                self.names[row] = node.name
+            else:
+                row = len(self.names)
+                if row == len(self.gpu_count):
+                    self._grow()
+                self.names.append(node.name)
+            self.index[node.name] = row
+            self.host_json[row] = host_json(node.name)
+        for resource, column in RESOURCE_INDEX.items():
+            self.alloc[row, column] = node.allocatable_gpus.get(resource, 0)
+        self.own_resource[row] = RESOURCE_INDEX.get(node.gpu_resource or "", -1)
+        self.gpu_count[row] = node.gpu_count
+        self.type_class[row] = self._code(self._type_codes, self.type_reps, (node.gpu_type, node.capacity_type), node)
+        self.cost_class[row] = self._code(self._cost_codes, self.cost_reps, node.cost_class, node)
+        if node.zone not in self.zone_codes:
+            self.zone_codes[node.zone] = len(self.zones)
+            self.zones.append(node.zone)
+        self.zone[row] = self.zone_codes[node.zone]
+        self.set_used(node.name, used)
+
+    def delete(self, name: str) -> None:
+        row = self.index.pop(name, None)
+        if row is None:
+            return
+        self.names[row] = None
+        self.host_json[row] = b""
+        self.alloc[row] = 0
+        self.used[row] = 0
+        self.gpu_count[row] = self.used_own[row] = 0
+        self.own_resource[row] = -1
+        self._free_rows.append(row)
+
+    def set_used(self, name: str, used: Mapping[str, int] | None) -> None:
+        """GPUs held on node ``name`` by bound pods, by resource (a no-op for nodes not in the cache)."""
+        row = self.index.get(name)
+        if row is None:
+            return
+        for resource, column in RESOURCE_INDEX.items():
+            self.used[row, column] = used.get(resource, 0) if used else 0
+        own = self.own_resource[row]
+        self.used_own[row] = self.used[row, own] if own >= 0 else 0
+
+    @staticmethod
+    def _code(codes: dict[K, int], reps: list[NodeView], key: K, node: NodeView) -> int:
+        code = codes.get(key)
+        if code is None:
+            code = codes[key] = len(reps)
+            reps.append(node)
+        return code
+
+    # --- reads ---
+    def rows(self, names: Sequence[str]) -> IntArray:
+        """Row of each name, -1 for names not in the cache."""
+        return np.fromiter(map(self.index.get, names, itertools.repeat(-1)), dtype=np.int64, count=len(names))
+
+    def rows_of(self, names: Iterable[str]) -> list[int]:
+        """Rows of those of ``names`` that are in the cache."""
+        return [row for name in names if (row := self.index.get(name)) is not None]

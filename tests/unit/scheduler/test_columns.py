@@ -1,0 +1,264 @@
+"""The columnar node cache and the array filter and score give exactly what the per-node definitions give.
+
+``filter_nodes`` and ``score_rows`` (what the extender runs) are checked against ``filter_nodes_reference`` and
+``score_nodes`` (one node at a time; ``test_filtering`` and ``test_scoring`` pin those down with exact tables)
+on random fleets, pods, pins and forecasts; the columns are checked against a fresh rebuild from the object
+cache after random add, update and delete events.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scheduler_builders import TEST_CATALOG, a_node, a_pod
+
+from strata_operator import api
+from strata_scheduler.catalog import parse_catalog
+from strata_scheduler.columns import RESOURCE_INDEX, NodeColumns, host_json
+from strata_scheduler.filtering import FilterOutcome, HoldBack, PinnedGroup, filter_nodes, filter_nodes_reference
+from strata_scheduler.model import NodeView, pod_view
+from strata_scheduler.protocol import priority_list, priority_list_json
+from strata_scheduler.scoring import JobPlacement, score_nodes, score_rows
+from strata_scheduler.state import ClusterState
+
+pytestmark = pytest.mark.unit
+
+CATALOG = parse_catalog({**TEST_CATALOG, "power": {"zones": {"zone-b": [1.5] * 24}}})
+NODE_NAMES = [f"n{i}" for i in range(12)]
+PROPERTY = settings(max_examples=100, deadline=None)
+
+node_specs = st.fixed_dictionaries(
+    {
+        "gpu": st.sampled_from(["H100", "MI300X", None]),
+        "count": st.sampled_from([0, 1, 2, 4, 8]),
+        "capacity": st.sampled_from(["spot", "reserved", "on-demand", None]),
+        "zone": st.sampled_from(["zone-a", "zone-b", None]),
+        "price": st.sampled_from([None, "24", "96", "junk"]),
+    }
+)
+pod_specs = st.fixed_dictionaries(
+    {
+        "node": st.sampled_from([*NODE_NAMES, "elsewhere"]),
+        "gpus": st.sampled_from([1, 2, 4, 8]),
+        "amd": st.booleans(),
+        "job": st.sampled_from(["llm", "other", None]),
+        "group": st.sampled_from(["0", "1", None]),
+        "priority": st.sampled_from([10, 500]),
+        "phase": st.sampled_from(["Running", "Pending", "Succeeded"]),
+    }
+)
+
+
+def node_obj(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    builder = a_node(name)
+    if spec["gpu"] == "H100":
+        builder.h100(spec["count"])
+    elif spec["gpu"] == "MI300X":
+        builder.mi300x(spec["count"])
+    if spec["capacity"]:
+        builder.capacity(spec["capacity"])
+    if spec["zone"]:
+        builder.zone(spec["zone"])
+    else:
+        builder.without_label(api.NODE_ZONE)
+    if spec["price"]:
+        builder.price(spec["price"])
+    return builder.build()
+
+
+def pod_obj(name: str, spec: dict[str, Any], bound: bool = True) -> dict[str, Any]:
+    builder = a_pod(name).amd(spec["gpus"]) if spec["amd"] else a_pod(name).gpus(spec["gpus"])
+    builder.priority(spec["priority"])
+    if spec["job"]:
+        builder.of_job(spec["job"])
+        if spec["group"]:
+            builder.tp_group(spec["group"], size=spec.get("tp_size", 8))
+    if bound:
+        builder.on(spec["node"], spec["phase"])
+    return builder.build()
+
+
+@st.composite
+def clusters(draw: st.DrawFn) -> ClusterState:
+    state = ClusterState(high_priority=100)
+    names = draw(st.lists(st.sampled_from(NODE_NAMES), unique=True, max_size=len(NODE_NAMES)))
+    for name in names:
+        state.upsert_node(node_obj(name, draw(node_specs)))
+    for index, spec in enumerate(draw(st.lists(pod_specs, max_size=10))):
+        state.upsert_pod(pod_obj(f"p{index}", spec))
+    if draw(st.booleans()):
+        pool = {"capacityTypes": draw(st.lists(st.sampled_from(["spot", "reserved", "on-demand"]), max_size=2))}
+        pool["gpuTypes"] = draw(st.lists(st.sampled_from(["H100", "MI300X"]), max_size=2))
+        state.upsert_pool({"metadata": {"name": "pool"}, "spec": pool})
+    return state
+
+
+@st.composite
+def pending_pods(draw: st.DrawFn) -> dict[str, Any]:
+    spec = draw(pod_specs)
+    spec["gpus"] = draw(st.sampled_from([0, 1, 2, 4, 8]))
+    spec["tp_size"] = draw(st.sampled_from([1, 4, 8, 16]))
+    obj = pod_obj("pending", spec, bound=False) if spec["gpus"] else a_pod("pending").build()
+    annotations = obj["metadata"]["annotations"]
+    if draw(st.booleans()):
+        annotations[api.ANN_GPU_TYPES] = draw(st.sampled_from(["H100", "MI300X", "H100,MI300X"]))
+    if draw(st.booleans()):
+        annotations[api.ANN_CAPACITY_TYPES] = draw(st.sampled_from(["spot", "reserved", "spot,on-demand"]))
+    if draw(st.booleans()):
+        annotations[api.ANN_DEFERRABLE] = "true"
+    annotations[api.ANN_CHECKPOINT_INTERVAL] = str(draw(st.sampled_from([600, 86400])))
+    annotations[api.ANN_EXPECTED_RUNTIME] = str(draw(st.sampled_from([3600, 172800])))
+    if draw(st.booleans()):
+        obj["metadata"]["labels"][api.LABEL_POOL] = "pool"
+    return obj
+
+
+def request_names(draw: st.DrawFn) -> list[str]:
+    return draw(st.lists(st.sampled_from([*NODE_NAMES, "ghost", "n1"]), max_size=20))
+
+
+def assert_same_outcome(fast: FilterOutcome, slow: FilterOutcome) -> None:
+    assert fast.passed == slow.passed
+    assert list(fast.failed.items()) == list(slow.failed.items())
+    assert list(fast.unresolvable.items()) == list(slow.unresolvable.items())
+    assert fast.rejected_by_reason == slow.rejected_by_reason
+    assert fast.pin == slow.pin
+
+
+@PROPERTY
+@given(state=clusters(), pod=pending_pods(), data=st.data())
+def test_array_filter_matches_the_per_node_filter(state: ClusterState, pod: dict[str, Any], data: Any) -> None:
+    names = request_names(data.draw)
+    pins: dict[tuple[str, str, str], PinnedGroup] = {}
+    for group in data.draw(st.lists(st.sampled_from(["0", "1", "2"]), unique=True, max_size=2)):
+        node = data.draw(st.sampled_from([*NODE_NAMES, "ghost"]))
+        pins[("team", "llm", group)] = PinnedGroup(node, group_gpus=data.draw(st.sampled_from([4, 8, 16])), pod_gpus=4)
+    upper = data.draw(st.dictionaries(st.sampled_from(["H100", "MI300X"]), st.sampled_from([0.0, 7.5, 20.0, 1e9])))
+    hold = HoldBack(upper_by_gpu_type=upper)
+    view = pod_view(pod)
+    with state.reading():
+        fast = filter_nodes(view, names, state, hold, pins, cheapest=max)
+        slow = filter_nodes_reference(view, names, state, hold, pins, cheapest=max)
+    assert_same_outcome(fast, slow)
+
+
+@PROPERTY
+@given(state=clusters(), pod=pending_pods(), hour=st.integers(0, 23), data=st.data())
+def test_array_scores_match_the_per_node_scores(state: ClusterState, pod: dict[str, Any], hour: int, data: Any) -> None:
+    names = request_names(data.draw)
+    view = pod_view(pod)
+    job_nodes = dict(state.job_nodes.get(view.job_key, {})) if view.job_key else {}
+    placement = JobPlacement(job_nodes, {name: node.zone for name in job_nodes if (node := state.nodes.get(name))})
+    rows: list[tuple[str, NodeView | None, int]] = []
+    for name in names:  # what the extender passed to score_nodes before it scored arrays
+        node = state.nodes.get(name)
+        if node is None:
+            rows.append((name, None, 0))
+        elif name in state.used_gpus and node.gpu_resource:
+            rows.append((name, node, node.gpu_count - state.used_gpus[name][node.gpu_resource]))
+        else:
+            rows.append((name, node, node.gpu_count))
+    expected = score_nodes(CATALOG, view, rows, placement, hour)
+    fast = score_rows(CATALOG, view, state.columns, state.columns.rows(names), placement, hour)
+    assert list(zip(names, fast.tolist(), strict=True)) == expected
+    hosts = state.columns.host_json[state.columns.rows(names)]
+    for position, name in enumerate(names):
+        if name not in state.nodes:
+            hosts[position] = host_json(name)
+    assert priority_list_json(hosts, fast) == priority_list(expected)
+
+
+def columns_from_scratch(state: ClusterState) -> NodeColumns:
+    fresh = NodeColumns()
+    for node in state.nodes.values():
+        fresh.upsert(node, state.used_gpus.get(node.name))
+    return fresh
+
+
+def assert_columns_match(state: ClusterState) -> None:
+    columns, fresh = state.columns, columns_from_scratch(state)
+    assert set(columns.index) == set(state.nodes)
+    for name, node in state.nodes.items():
+        row, other = columns.index[name], fresh.index[name]
+        assert columns.names[row] == name
+        used = state.used_gpus.get(name, {})
+        for resource, column in RESOURCE_INDEX.items():
+            assert columns.alloc[row, column] == node.allocatable_gpus.get(resource, 0)
+            assert columns.used[row, column] == used.get(resource, 0)
+        assert columns.gpu_count[row] == fresh.gpu_count[other] == node.gpu_count
+        assert columns.used_own[row] == fresh.used_own[other]
+        assert columns.type_reps[columns.type_class[row]].gpu_type == node.gpu_type
+        assert columns.type_reps[columns.type_class[row]].capacity_type == node.capacity_type
+        assert columns.cost_reps[columns.cost_class[row]].cost_class == node.cost_class
+        assert columns.zones[columns.zone[row]] == node.zone
+        assert columns.host_json[row] == host_json(name)
+        assert orjson.loads(columns.host_json[row] + b"0}") == {"Host": name, "Score": 0}
+    free_rows = [row for row, name in enumerate(columns.names) if name is None]
+    assert not columns.alloc[free_rows].any()
+    assert not columns.used[free_rows].any()
+
+
+events = st.one_of(
+    st.tuples(st.just("node"), st.sampled_from(NODE_NAMES), node_specs),
+    st.tuples(st.just("delete-node"), st.sampled_from(NODE_NAMES), st.none()),
+    st.tuples(st.just("pod"), st.sampled_from([f"p{i}" for i in range(6)]), pod_specs),
+    st.tuples(st.just("delete-pod"), st.sampled_from([f"p{i}" for i in range(6)]), st.none()),
+    st.tuples(st.just("relist-pods"), st.just(""), st.none()),
+    st.tuples(st.just("relist-nodes"), st.just(""), st.none()),
+)
+
+
+@PROPERTY
+@given(st.lists(events, max_size=40))
+def test_columns_follow_node_and_pod_events(history: list[tuple[str, str, Any]]) -> None:
+    state = ClusterState()
+    pods: dict[str, dict[str, Any]] = {}
+    nodes: dict[str, dict[str, Any]] = {}
+    for kind, name, spec in history:
+        if kind == "node":
+            nodes[name] = node_obj(name, spec)
+            state.upsert_node(nodes[name])
+        elif kind == "delete-node":
+            nodes.pop(name, None)
+            state.delete_node(name)
+        elif kind == "pod":
+            pods[name] = pod_obj(name, spec)
+            pods[name]["metadata"]["uid"] = name
+            state.upsert_pod(pods[name])
+        elif kind == "delete-pod":
+            pods.pop(name, None)
+            state.delete_pod(name)
+        elif kind == "relist-pods":
+            state.replace_pods(list(pods.values()))
+        else:
+            state.replace_nodes(list(nodes.values()))
+        assert_columns_match(state)
+
+
+def test_columns_grow_and_reuse_rows_of_deleted_nodes() -> None:
+    state = ClusterState()
+    for index in range(200):
+        state.upsert_node(a_node(f"n{index}").h100().spot().build())
+    state.upsert_pod(a_pod("w").gpus(4).on("n150").build())
+    assert_columns_match(state)
+    row = state.columns.index["n7"]
+    state.delete_node("n7")
+    state.upsert_node(a_node("new").mi300x(4).reserved().build())
+    assert state.columns.index["new"] == row
+    assert_columns_match(state)
+    rows = state.columns.rows(["n150", "ghost", "new"])
+    assert rows.tolist() == [state.columns.index["n150"], -1, row]
+    assert state.columns.used_own[rows[0]] == 4
+
+
+def test_priority_list_json_writes_what_orjson_writes_for_odd_names() -> None:
+    names = ['quo"te', "back\\slash", "ünïcode", "", "tab\tname"]
+    scores = np.array([0, 10, 3, 7, 1], dtype=np.int64)
+    hosts = np.array([host_json(name) for name in names], dtype=object)
+    assert priority_list_json(hosts, scores) == priority_list(list(zip(names, scores.tolist(), strict=True)))
+    assert priority_list_json(np.array([], dtype=object), np.array([], dtype=np.int64)) == b"[]"
