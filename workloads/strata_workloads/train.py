@@ -126,6 +126,8 @@ def run(settings: TrainSettings, env: Mapping[str, str]) -> int:
         ac = ActivationCheckpointing(settings.ac)
     except (ValueError, KeyError) as err:
         log.error("invalid configuration", extra={"error": str(err)})
+        if dist.is_initialized():
+            dist.destroy_process_group()
         return EXIT_BAD_CONFIG
     mesh = dims.build_mesh(device.type) if distributed else None
     torch.manual_seed(settings.seed)
