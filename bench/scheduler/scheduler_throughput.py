@@ -3,14 +3,23 @@
 Both runs use the shipped strata-scheduler profile (scheduler/config/kube-scheduler-config.yaml, including
 ``percentageOfNodesToScore: 100``); the "without" run only drops its ``extenders``. For each run the pods are
 created first, while no scheduler serves their schedulerName, then the kube-scheduler is started, so the
-figure is scheduling alone: pods bound per second between the first and the last binding.
+figure is scheduling alone: pods bound per second between the first and the last binding. Each run waits until
+the previous run's namespace (and its pods) is gone, so neither run shares the API server with a deletion.
 
-    .venv/bin/python bench/scheduler/scheduler_throughput.py [--nodes 1000] [--pods 400]
+``--repeat N`` alternates the two runs N times and reports each pair and the median ratio. ``--feature-gates``
+is passed to both kube-schedulers: kube-scheduler 1.36 turns pod signatures (opportunistic batching) off for a
+profile with extenders, so ``--feature-gates OpportunisticBatching=false`` compares like for like. After each run
+with the extender, the extender's own time per call (its latency histogram) is printed.
+
+    .venv/bin/python bench/scheduler/scheduler_throughput.py [--nodes 1000] [--pods 400] [--repeat 1]
+        [--feature-gates OpportunisticBatching=false]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +29,7 @@ from typing import Any
 import orjson
 import yaml
 
-from strata_dev.cluster import ClusterSettings, LocalCluster, free_port, run_kube_scheduler
+from strata_dev.cluster import ClusterSettings, LocalCluster, free_port, scheduler_config
 from strata_dev.fleet import create_fleet, load_fleet
 from strata_operator import api
 from strata_scheduler.catalog import load_catalog
@@ -53,7 +62,42 @@ def gpu_pod(index: int) -> dict[str, Any]:
     }
 
 
-def one_run(core: Any, cluster: LocalCluster, config: dict[str, Any], pods: int, label: str, work: Path) -> float:
+def start_scheduler(cluster: LocalCluster, config: Path, log: Path, feature_gates: str) -> subprocess.Popen[bytes]:
+    """kube-scheduler as strata_dev.cluster.run_kube_scheduler starts it, plus ``--feature-gates``."""
+    rendered = log.with_suffix(".config.json")
+    rendered.write_text(scheduler_config(config, cluster.kubeconfig, 200, False))
+    command = [
+        str(cluster.bin_dir / "kube-scheduler"),
+        f"--config={rendered}",
+        f"--authentication-kubeconfig={cluster.kubeconfig}",
+        f"--authorization-kubeconfig={cluster.kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={free_port()}",
+        f"--cert-dir={log.parent}",
+    ]
+    if feature_gates:
+        command.append(f"--feature-gates={feature_gates}")
+    with log.open("wb") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def wait_gone(core: Any, namespace: str) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    for _ in range(1200):
+        try:
+            core.read_namespace(namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return
+            raise
+        time.sleep(0.25)
+    raise RuntimeError(f"namespace {namespace} was not deleted in 5 minutes")
+
+
+def one_run(
+    core: Any, cluster: LocalCluster, config: dict[str, Any], pods: int, label: str, work: Path, feature_gates: str
+) -> float:
     namespace = f"bench-{label}"
     core.create_namespace({"metadata": {"name": namespace}})
     for _ in range(600):  # pods are refused until the namespace's default ServiceAccount exists
@@ -64,7 +108,7 @@ def one_run(core: Any, cluster: LocalCluster, config: dict[str, Any], pods: int,
         list(pool.map(lambda i: core.create_namespaced_pod(namespace, gpu_pod(i)), range(pods)))
     path = work / f"{label}.yaml"
     path.write_text(yaml.safe_dump(config))
-    process = run_kube_scheduler(cluster.bin_dir, cluster.kubeconfig, path, work / f"{label}.log")
+    process = start_scheduler(cluster, path, work / f"{label}.log", feature_gates)
     try:
         first = last = None
         deadline = time.monotonic() + 900
@@ -86,12 +130,15 @@ def one_run(core: Any, cluster: LocalCluster, config: dict[str, Any], pods: int,
         process.terminate()
         process.wait(30)
         core.delete_namespace(namespace)
+        wait_gone(core, namespace)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--pods", type=int, default=400)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--feature-gates", default="", help="passed to both kube-schedulers")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="strata-sched-bench-"))
     with LocalCluster(ClusterSettings()) as cluster:
@@ -108,13 +155,44 @@ def main() -> None:
             with_extender = yaml.safe_load(SHIPPED_CONFIG.read_text())
             with_extender["extenders"][0]["urlPrefix"] = service.url
             without = {key: value for key, value in with_extender.items() if key != "extenders"}
-            plain = one_run(core, cluster, without, args.pods, "without", work)
-            print(f"without extender: {plain:.1f} pods/s", flush=True)
-            extended = one_run(core, cluster, with_extender, args.pods, "with", work)
-            print(f"with extender: {extended:.1f} pods/s", flush=True)
-            print(f"| {args.nodes} | {args.pods} | {plain:.1f} | {extended:.1f} | {extended / plain:.2f} |")
+            ratios = []
+            for attempt in range(args.repeat):
+                plain = one_run(core, cluster, without, args.pods, f"without-{attempt}", work, args.feature_gates)
+                print(f"without extender: {plain:.1f} pods/s", flush=True)
+                before = extender_seconds(service)
+                extended = one_run(core, cluster, with_extender, args.pods, f"with-{attempt}", work, args.feature_gates)
+                print(f"with extender: {extended:.1f} pods/s; {extender_calls(before, extender_seconds(service))}")
+                ratios.append(extended / plain)
+                print(
+                    f"| {args.nodes} | {args.pods} | {plain:.1f} | {extended:.1f} | {extended / plain:.2f} |",
+                    flush=True,
+                )
+            print(f"median ratio over {len(ratios)}: {statistics.median(ratios):.2f}")
         finally:
             service.stop()
+
+
+def extender_seconds(service: ExtenderService) -> dict[str, tuple[float, float]]:
+    """(calls, seconds) per verb so far, from the extender's latency histogram."""
+    totals: dict[str, list[float]] = {}
+    for metric in service.metrics.latency.collect():
+        for sample in metric.samples:
+            verb = sample.labels.get("verb", "")
+            if sample.name.endswith("_count"):
+                totals.setdefault(verb, [0.0, 0.0])[0] = sample.value
+            elif sample.name.endswith("_sum"):
+                totals.setdefault(verb, [0.0, 0.0])[1] = sample.value
+    return {verb: (calls, seconds) for verb, (calls, seconds) in totals.items()}
+
+
+def extender_calls(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> str:
+    parts = []
+    for verb, (total_calls, total_seconds) in sorted(after.items()):
+        calls = total_calls - before.get(verb, (0.0, 0.0))[0]
+        seconds = total_seconds - before.get(verb, (0.0, 0.0))[1]
+        if calls:
+            parts.append(f"{verb}: {calls:.0f} calls, {seconds / calls * 1e3:.2f} ms each in the extender")
+    return "; ".join(parts) or "no extender calls"
 
 
 def cluster_core(cluster: LocalCluster) -> Any:

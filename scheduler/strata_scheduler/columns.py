@@ -46,6 +46,8 @@ class NodeColumns:
     def __init__(self, capacity: int = 64) -> None:
         self.index: dict[str, int] = {}
         """node name -> row."""
+        self.layout = 0
+        """Bumped whenever a name gets or loses a row: rows looked up under one layout stay valid while it lasts."""
         self.names: list[str | None] = []
         self._free_rows: list[int] = []
         self.type_reps: list[NodeView] = []
@@ -78,6 +80,7 @@ class NodeColumns:
 
     # --- updates (call with the state's lock held) ---
     def clear(self) -> None:
+        self.layout += 1
         self.index.clear()
         self.names.clear()
         self._free_rows.clear()
@@ -95,6 +98,7 @@ class NodeColumns:
                     self._grow()
                 self.names.append(node.name)
             self.index[node.name] = row
+            self.layout += 1
             self.host_json[row] = host_json(node.name)
         for resource, column in RESOURCE_INDEX.items():
             self.alloc[row, column] = node.allocatable_gpus.get(resource, 0)
@@ -112,6 +116,7 @@ class NodeColumns:
         row = self.index.pop(name, None)
         if row is None:
             return
+        self.layout += 1
         self.names[row] = None
         self.host_json[row] = b""
         self.alloc[row] = 0

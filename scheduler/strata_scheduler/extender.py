@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 
 from strata_operator.api import SCHEDULER_NAME, GPUType
@@ -89,6 +90,9 @@ class Extender:
         self.defaults = defaults or Defaults()
         self.pins = Pins(pin_ttl_s)
         self.now = now
+        self._passed: tuple[str, list[str], npt.NDArray[np.int64], int] | None = None
+        """(pod uid, nodes the last filter passed, their rows, columns layout): kube-scheduler sends exactly
+        those nodes to prioritize next, whose rows then need no second look-up."""
 
     def filter(self, body: bytes) -> tuple[int, bytes]:
         return self._serve("filter", body, self._filter)
@@ -139,6 +143,8 @@ class Extender:
             )
             if outcome.pin is not None:
                 self.pins.pin(*outcome.pin)
+            if pod.uid and outcome.passed_rows is not None:
+                self._passed = (pod.uid, outcome.passed, outcome.passed_rows, state.columns.layout)
         for reason, count in outcome.rejected_by_reason.items():
             self.metrics.rejected.labels(reason).inc(count)
         return filter_result(args, outcome.passed, outcome.failed, outcome.unresolvable)
@@ -191,6 +197,14 @@ class Extender:
 
         return min(names, key=key)
 
+    def _rows_passed(self, uid: str, names: list[str], layout: int) -> npt.NDArray[np.int64] | None:
+        """The rows the last filter call found for ``names``, if it was this pod's, passed exactly these nodes
+        and no node has come or gone since."""
+        passed = self._passed
+        if passed is None or passed[0] != uid or passed[3] != layout or passed[1] != names:
+            return None
+        return passed[2]
+
     def _prioritize(self, args: ExtenderArgs) -> bytes:
         if not _ours(args.pod):
             return priority_list([(name, 0) for name in args.node_names])
@@ -203,7 +217,9 @@ class Extender:
                 zone_of={name: node.zone for name in job_nodes if (node := state.nodes.get(name))},
             )
             columns = state.columns
-            rows = columns.rows(args.node_names)
+            rows = self._rows_passed(pod.uid, args.node_names, columns.layout)
+            if rows is None:
+                rows = columns.rows(args.node_names)
             scores = score_rows(self.catalog, pod, columns, rows, placement, hour, self.defaults)
             hosts = columns.host_json[rows]
         unknown = np.flatnonzero(rows < 0).tolist()

@@ -64,6 +64,8 @@ class FilterOutcome:
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     pin: tuple[GroupKey, PinnedGroup] | None = None
     """A tensor-parallel group this call placed (or confirmed) on a node; the caller remembers it briefly."""
+    passed_rows: npt.NDArray[np.int64] | None = None
+    """Rows of ``passed`` in ``state.columns`` (array filter only), for the prioritize call that follows."""
 
     def reject(self, node: str, reason: str, message: str) -> None:
         (self.unresolvable if reason in UNRESOLVABLE else self.failed)[node] = message
@@ -184,6 +186,7 @@ def filter_nodes(
 
     named = np.array(names, dtype=object)
     candidates: list[str] = named[pending].tolist()
+    outcome.passed_rows = rows[pending]
     unresolvable = _UNRESOLVABLE_CODE[reason]
     failed = ~pending & ~unresolvable
     outcome.failed = dict(zip(named[failed].tolist(), message[failed].tolist(), strict=True))
@@ -200,6 +203,7 @@ def filter_nodes(
             outcome.rejected_by_reason["tp_group"] = outcome.rejected_by_reason.get("tp_group", 0) + len(others)
         outcome.pin = (group, PinnedGroup(chosen, group_gpus, pod.gpus))
         candidates = [chosen]
+        outcome.passed_rows = columns.rows(candidates)
     outcome.passed = candidates
     return outcome
 

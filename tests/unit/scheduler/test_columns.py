@@ -262,3 +262,23 @@ def test_priority_list_json_writes_what_orjson_writes_for_odd_names() -> None:
     hosts = np.array([host_json(name) for name in names], dtype=object)
     assert priority_list_json(hosts, scores) == priority_list(list(zip(names, scores.tolist(), strict=True)))
     assert priority_list_json(np.array([], dtype=object), np.array([], dtype=np.int64)) == b"[]"
+
+
+def test_prioritize_after_filter_reuses_rows_only_while_they_are_valid() -> None:
+    from scheduler_builders import an_extender
+
+    nodes = [a_node("a").h100().spot(), a_node("b").h100().reserved(), a_node("c").mi300x().spot()]
+    extender = an_extender(*nodes)
+    pod = a_pod("w").gpus(4).build()
+    filtered = orjson.loads(extender.filter(orjson.dumps({"Pod": pod, "NodeNames": ["a", "b", "c", "x"]}))[1])
+    assert filtered["NodeNames"] == ["a", "b"]
+    second = orjson.dumps({"Pod": pod, "NodeNames": filtered["NodeNames"]})
+    expected = an_extender(*nodes).prioritize(second)
+    assert extender.prioritize(second) == expected
+    # A node leaves and another takes its row between the two calls: rows are looked up again.
+    extender.state.delete_node("a")
+    extender.state.upsert_node(a_node("d").h100().on_demand().build())
+    assert orjson.loads(extender.prioritize(second)[1]) == [{"Host": "a", "Score": 0}, {"Host": "b", "Score": 8}]
+    # Another pod, or other nodes, never reuse the rows.
+    other = orjson.dumps({"Pod": a_pod("v").gpus(4).build(), "NodeNames": ["b"]})
+    assert orjson.loads(extender.prioritize(other)[1]) == [{"Host": "b", "Score": 8}]
