@@ -83,14 +83,18 @@ def reconcile(
     now: datetime,
     settings: OperatorSettings,
     stored_status: Mapping[str, object] | None = None,
+    pods_settled: bool = True,
 ) -> Plan:
+    """What to do next. ``pods_settled`` is False while the caller's view of pods and nodes may still be filling
+    (just after it started or took over); a missing worker or node is then not taken for a lost one."""
     plan = Plan(StatusDraft(stored=stored_status or {}, now=now))
     draft = plan.status
     phase = job.status.phase
     current = [p for p in pods if p.attempt == job.status.attempt and not p.deleting]
     alive = [p for p in pods if not p.deleting]
 
-    plan.force_delete_pods = sorted(p.name for p in pods if p.node and p.node not in nodes)
+    if pods_settled:
+        plan.force_delete_pods = sorted(p.name for p in pods if p.node and p.node not in nodes)
     _record_progress(draft, job, current)
     draft.set("workers", {"ready": sum(p.ready for p in current), "total": job.spec.workers})
     draft.set("observedGeneration", job.generation)
@@ -138,7 +142,7 @@ def reconcile(
         _release(plan, alive)
         draft.transition(Phase.QUEUED, Reason.POOL_NOT_FOUND, f"ResourcePool {job.spec.pool} is gone", WARNING)
         return plan
-    _run_gang(plan, job, pods, current, nodes, now, settings)
+    _run_gang(plan, job, pods, current, nodes, now, settings, pods_settled)
     return plan
 
 
@@ -150,13 +154,14 @@ def _run_gang(
     nodes: Mapping[str, Node],
     now: datetime,
     settings: OperatorSettings,
+    pods_settled: bool,
 ) -> None:
     """Admitted or Running: start the gang, follow it, restart it on failure."""
     draft, workers = plan.status, job.spec.workers
     stale = [p for p in pods if p.attempt != job.status.attempt]
     plan.delete_pods = [p.name for p in stale if not p.deleting]
 
-    failure = _failure(job, pods, current, nodes)
+    failure = _failure(job, pods, current, nodes, pods_settled)
     alive = [p for p in pods if not p.deleting]
     if failure is not None:
         reason, message = failure
@@ -208,7 +213,11 @@ def _run_gang(
 
 
 def _failure(
-    job: TrainingJob, pods: Sequence[WorkerPod], current: Sequence[WorkerPod], nodes: Mapping[str, Node]
+    job: TrainingJob,
+    pods: Sequence[WorkerPod],
+    current: Sequence[WorkerPod],
+    nodes: Mapping[str, Node],
+    pods_settled: bool,
 ) -> tuple[str, str] | None:
     for p in current:
         if p.phase == "Failed" and p.exit_code == ExitCode.INVALID_CONFIGURATION:
@@ -217,12 +226,12 @@ def _failure(
             return Reason.WORKER_CHECKPOINTED, f"worker {p.name} was told to stop and saved a checkpoint (exit 85)"
         if p.phase == "Failed":
             return Reason.WORKER_FAILED, f"worker {p.name} failed (exit code {p.exit_code}, {p.reason or 'no reason'})"
-        if p.node and p.node not in nodes:
+        if p.node and p.node not in nodes and pods_settled:
             return Reason.NODE_LOST, f"node {p.node} of worker {p.name} is gone"
     evicted = [p for p in pods if p.attempt == job.status.attempt and p.deleting and p.phase != "Succeeded"]
     if evicted and not any(p.gated for p in current):
         return Reason.WORKER_EVICTED, f"worker {evicted[0].name} was deleted or evicted"
-    if job.phase == Phase.RUNNING and len(current) < job.spec.workers and not evicted:
+    if job.phase == Phase.RUNNING and len(current) < job.spec.workers and not evicted and pods_settled:
         indices = {p.index for p in current}
         lost = next(i for i in range(job.spec.workers) if i not in indices)
         return Reason.WORKER_MISSING, f"worker {worker_name(job.name, lost)} disappeared"

@@ -28,6 +28,9 @@ from strata_operator.pods import build_service, build_worker_pods
 from strata_operator.runtime import IndexMapping, IndexOf, Runtime, first
 from strata_operator.status import NORMAL, Event
 
+PODS_SETTLE_S = 5.0
+"""A daemon that just started (operator start, or a standby taking over) trusts "a worker is missing" only after
+this long: kopf may still be filling the pod index from its resumed watch."""
 WAKE_DEBOUNCE_S = 0.05
 """A wake-up waits this long before reading memory: one reconcile for a burst of a gang's pod events."""
 STALE_VIEW_S = 5.0
@@ -93,6 +96,7 @@ async def run_trainingjob(
     runtime: Runtime = memo.runtime
     key = f"{namespace}/{name}"
     wake = runtime.wakeups.setdefault(key, asyncio.Event())
+    born = time.monotonic()
     written_from: str | None = None
     written_at = 0.0
     recent: dict[str, float] = {}
@@ -109,7 +113,8 @@ async def run_trainingjob(
             else:
                 started = time.perf_counter()
                 try:
-                    plan, written = await _reconcile(runtime, entry, indices, logger, recent)
+                    settled = time.monotonic() - born >= PODS_SETTLE_S
+                    plan, written = await _reconcile(runtime, entry, indices, logger, recent, settled)
                 except (ApiError, aiohttp.ClientError, TimeoutError) as error:
                     logger.warning(f"reconcile failed, retrying: {error}")
                     plan, written = None, False
@@ -129,7 +134,12 @@ async def run_trainingjob(
 
 
 async def _reconcile(
-    runtime: Runtime, entry: JobEntry, indices: Mapping[str, Any], logger: Any, recent: dict[str, float]
+    runtime: Runtime,
+    entry: JobEntry,
+    indices: Mapping[str, Any],
+    logger: Any,
+    recent: dict[str, float],
+    settled: bool,
 ) -> tuple[lifecycle.Plan | None, bool]:
     """One pass; returns the plan (None if the status could not be written) and whether status was written."""
     job = entry.job
@@ -138,7 +148,8 @@ async def _reconcile(
     nodes: Mapping[str, Node] = IndexMapping(indices["nodes"])
     pool = first(pools, job.spec.pool)
     now = datetime.now(UTC).replace(microsecond=0)
-    plan = lifecycle.reconcile(job, pool, list(pods.get(job.key, ())), nodes, now, runtime.settings, entry.status)
+    workers = list(pods.get(job.key, ()))
+    plan = lifecycle.reconcile(job, pool, workers, nodes, now, runtime.settings, entry.status, settled)
     patch = plan.status.patch()
     if not await patch_status(runtime, entry, patch, plan.status.events):
         return None, False

@@ -71,7 +71,7 @@ class OperatorProcess:
         return self.process is not None and self.process.poll() is None
 
     def log(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(self.log_dir.glob("operator-*.log")))
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log")))
 
 
 class Strata:

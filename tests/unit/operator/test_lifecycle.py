@@ -127,6 +127,18 @@ def test_a_worker_on_a_vanished_node_is_a_spot_reclaim_and_restarts_the_gang() -
     assert run(Phase.RUNNING, pods, startTime=format_time(at(10))).force_delete_pods == ["j-worker-1"]
 
 
+def test_a_fresh_view_does_not_take_unseen_workers_or_nodes_for_lost_ones() -> None:
+    raw = {"attempt": 1, "phase": "Running", "placement": {"gpuType": "H100"}, "startTime": format_time(at(10))}
+    job = a_job(name="j", data=2, tensor=8, status=raw)
+    one_seen = [a_worker("j", 0, node="not-indexed-yet")]
+    plan = reconcile(job, a_pool(), one_seen, NODES, at(60), SETTINGS, raw, pods_settled=False)
+    assert plan.status.patch().get("phase") is None
+    assert plan.delete_pods == []
+    assert plan.force_delete_pods == []
+    settled = reconcile(job, a_pool(), one_seen, NODES, at(60), SETTINGS, raw, pods_settled=True)
+    assert settled.status.patch()["phase"] == "Restarting"
+
+
 def test_an_evicted_worker_restarts_the_gang() -> None:
     pods = [a_worker("j", 0), a_worker("j", 1, deleting=True, node="n1")]
     assert run(Phase.RUNNING, pods, startTime=format_time(at(10))).status.patch()["reason"] == Reason.WORKER_EVICTED
