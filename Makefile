@@ -9,7 +9,7 @@ PHASE := hack/phase.sh
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
 .PHONY: help venv lock binaries demo up down env lint format types imports check test test-fast test-unit test-cluster \
-        test-e2e bench-cluster bench-scheduler bench-workloads chart-sync verify clean
+        test-e2e bench-cluster bench-scheduler bench-workloads bench-operator chart-sync verify clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
@@ -90,6 +90,9 @@ bench-scheduler: venv binaries ## Extender latency (1,000/5,000 nodes), kube-sch
 	$(PY) bench/scheduler/extender_latency.py --nodes 1000 5000
 	$(PY) bench/scheduler/scheduler_throughput.py --nodes 1000 --pods 400
 	$(PY) bench/scheduler/forecast_quality.py
+
+bench-operator: venv binaries ## Operator pod-creation rate against a plain client, admission and start latency
+	$(PY) tests/cluster/operator/bench_operator.py
 
 bench-workloads: venv ## Pipeline efficiency vs the bound, TP memory, layout throughput, INT8 serving with dynamic batching
 	$(PY) bench/workloads/pipeline_efficiency.py --stages 2 4 --microbatches 1 2 4 8
