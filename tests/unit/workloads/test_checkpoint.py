@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from workloads_launch import launch
+from workloads_launch import Job, launch
 
 from strata_workloads import checkpoint as ckpt
 from strata_workloads.checkpoint import MARKER, Checkpointer, TrainState, complete_checkpoints, latest
@@ -22,13 +22,25 @@ from strata_workloads.settings import EXIT_OK, EXIT_PREEMPTED
 
 
 @pytest.mark.unit
+# Eight rank start-ups in two waves: on a starved 2-core CI machine importing torch alone can take a minute.
+@pytest.mark.timeout(900)
 def test_sigterm_checkpoint_resumes_exactly_and_loads_into_another_layout(tmp_path: Path) -> None:
+    jobs: list[Job] = []
+    try:
+        _sigterm_resume_reshard(tmp_path, jobs)
+    finally:
+        for job in jobs:
+            job.kill()
+
+
+def _sigterm_resume_reshard(tmp_path: Path, jobs: list[Job]) -> None:
     # Uninterrupted reference and an interrupted run, side by side: pipeline parallel over 2 ranks.
     # Dense model: top-1 expert routing is discontinuous, so last-ulp differences between layouts could flip a
     # token's expert and the resharded run could not be held to a tight tolerance.
     layout = {"pp": "2", "pp_schedule": "1f1b", "model": "debug-dense"}
     straight = launch(tmp_path, "straight", 2, checkpoint_dir=str(tmp_path / "straight"), **layout)
     interrupted = launch(tmp_path, "interrupted", 2, checkpoint_dir=str(tmp_path / "interrupted"), **layout)
+    jobs += [straight, interrupted]
     interrupted.wait_for_step(2)
     interrupted.terminate()
     assert interrupted.wait() == [EXIT_PREEMPTED, EXIT_PREEMPTED], interrupted.logs[0].read_text()[-3000:]
@@ -44,6 +56,7 @@ def test_sigterm_checkpoint_resumes_exactly_and_loads_into_another_layout(tmp_pa
     resharded_dir.mkdir()
     shutil.copytree(tmp_path / "straight" / "step-00000003", resharded_dir / "step-00000003")
     resharded = launch(tmp_path, "resharded", 2, checkpoint_dir=str(resharded_dir), tp="2", model="debug-dense")
+    jobs += [resumed, resharded]
     assert resumed.wait() == [EXIT_OK, EXIT_OK], resumed.logs[0].read_text()[-3000:]
     assert resharded.wait() == [EXIT_OK, EXIT_OK], resharded.logs[0].read_text()[-3000:]
 

@@ -76,23 +76,28 @@ FOUR_RANKS = [Case("3d_pp_fsdp_ep", pp=2, dp_shard=2, ep=2, schedule="interleave
 EIGHT_RANKS = [Case("4d_pp_fsdp_tp_ep", pp=2, dp_shard=2, tp=2, ep=2, schedule="interleaved_1f1b", ac="full", steps=2)]
 
 
+# Spawned rank groups: generous timeouts, because on a starved 2-core CI machine start-up dominates.
 @pytest.mark.unit
+@pytest.mark.timeout(600)
 def test_two_rank_layouts_match_single_process(tmp_path: Path) -> None:
     run_parity(tmp_path, 2, TWO_RANKS)
 
 
 @pytest.mark.unit
+@pytest.mark.timeout(600)
 def test_3d_layout_matches_single_process(tmp_path: Path) -> None:
     run_parity(tmp_path, 4, FOUR_RANKS)
 
 
 @pytest.mark.unit
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_more_schedules_and_checkpointing_modes_match_single_process(tmp_path: Path) -> None:
     run_parity(tmp_path, 2, TWO_RANKS_SLOW)
 
 
 @pytest.mark.unit
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_4d_layout_matches_single_process(tmp_path: Path) -> None:
     run_parity(tmp_path, 8, EIGHT_RANKS)

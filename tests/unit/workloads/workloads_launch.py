@@ -41,7 +41,7 @@ class Job:
     logs: list[Path]
     codes: list[int] = field(default_factory=list)
 
-    def wait(self, timeout: float = 240) -> list[int]:
+    def wait(self, timeout: float = 600) -> list[int]:
         self.codes = [p.wait(timeout=timeout) for p in self.procs]
         return self.codes
 
@@ -55,7 +55,7 @@ class Job:
     def losses(self) -> dict[int, float]:
         return {int(r["step"]): float(r["loss"]) for r in self.records() if r.get("msg") == "step"}  # type: ignore[arg-type]
 
-    def wait_for_step(self, step: int, timeout: float = 180) -> None:
+    def wait_for_step(self, step: int, timeout: float = 420) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if max(self.losses(), default=0) >= step:
@@ -64,6 +64,13 @@ class Job:
                 raise AssertionError("a rank exited early: " + self.logs[0].read_text()[-3000:])
             time.sleep(0.2)
         raise TimeoutError(f"step {step} not reached")
+
+    def kill(self) -> None:
+        """Test clean-up: no rank outlives a failed test."""
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
     def terminate(self) -> None:
         for p in self.procs:
