@@ -17,7 +17,7 @@ help: ## List the targets
 $(VENV)/.installed: pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip install --python $(PY) -q -e '.[dev]' -c requirements.lock
+	$(VENV)/bin/uv pip install --python $(PY) -q --compile-bytecode -e '.[dev]' -c requirements.lock
 	@touch $@
 
 lock: venv ## Re-resolve requirements.lock (every transitive version) from pyproject.toml's pins
