@@ -9,7 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "strata"
-SOURCES = sorted((ROOT / "crds").glob("*.yaml")) + [
+SOURCES = [
+    *sorted((ROOT / "crds").glob("*.yaml")),
     ROOT / "scheduler" / "config" / "catalog.yaml",
     ROOT / "scheduler" / "config" / "kube-scheduler-config.yaml",
 ]
