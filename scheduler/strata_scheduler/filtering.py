@@ -79,6 +79,38 @@ _UNRESOLVABLE_CODE = np.array([reason in UNRESOLVABLE for reason in ("", *REASON
 """Reason code -> whether it goes to ``FailedAndUnresolvableNodes``."""
 
 
+@dataclass(frozen=True)
+class _Request:
+    """What both filter paths derive from one pod before looking at any node."""
+
+    resource: str
+    gpu_types: frozenset[str] | None
+    capacity_types: frozenset[str] | None
+    group: GroupKey | None
+    group_home: str | None
+    group_gpus: int
+    kept: dict[str, int]
+    reserved: Mapping[str, ReservedCapacity]
+
+    @classmethod
+    def of(cls, pod: PodView, state: ClusterState, hold: HoldBack, pins: Mapping[GroupKey, PinnedGroup]) -> _Request:
+        pool = state.pools.get(pod.pool or "")
+        group = pod.tp_group_key
+        group_nodes = state.tp_groups.get(group) if group else None
+        own_pin = pins.get(group) if group else None
+        low_priority = pod.contract.priority < state.high_priority or pod.contract.deferrable
+        return cls(
+            resource=next(iter(pod.gpu_requests)),
+            gpu_types=_allowed(pod.contract.gpu_types, pool.gpu_types if pool else frozenset()),
+            capacity_types=_allowed(pod.contract.capacity_types, pool.capacity_types if pool else frozenset()),
+            group=group,
+            group_home=min(group_nodes) if group_nodes else (own_pin.node if own_pin else None),
+            group_gpus=max(pod.contract.tp_size, pod.gpus),
+            kept=_kept_for_pinned_groups(pins, state, exclude=group),
+            reserved=state.reserved_capacity() if low_priority and hold.upper_by_gpu_type else {},
+        )
+
+
 def filter_nodes(
     pod: PodView,
     node_names: Iterable[str],
@@ -105,18 +137,9 @@ def filter_nodes(
         return outcome
     names = node_names if isinstance(node_names, list) else list(node_names)
     columns = state.columns
-    resource = next(iter(pod.gpu_requests))
-    pool = state.pools.get(pod.pool or "")
-    gpu_types = _allowed(pod.contract.gpu_types, pool.gpu_types if pool else frozenset())
-    capacity_types = _allowed(pod.contract.capacity_types, pool.capacity_types if pool else frozenset())
-    group = pod.tp_group_key
-    group_nodes = state.tp_groups.get(group) if group else None
-    own_pin = pins.get(group) if group else None
-    group_home = min(group_nodes) if group_nodes else (own_pin.node if own_pin else None)
-    group_gpus = max(pod.contract.tp_size, pod.gpus)
-    kept = _kept_for_pinned_groups(pins, state, exclude=group)
-    low_priority = pod.contract.priority < state.high_priority or pod.contract.deferrable
-    reserved = state.reserved_capacity() if low_priority and hold.upper_by_gpu_type else {}
+    r = _Request.of(pod, state, hold, pins)
+    resource, gpu_types, capacity_types, kept, reserved = r.resource, r.gpu_types, r.capacity_types, r.kept, r.reserved
+    group, group_home, group_gpus = r.group, r.group_home, r.group_gpus
 
     rows = columns.rows(names)
     known = rows >= 0
@@ -239,18 +262,9 @@ def filter_nodes_reference(
         # Not a GPU pod: nothing here concerns it (kube-scheduler does not even call us for such pods).
         outcome.passed = list(node_names)
         return outcome
-    resource = next(iter(pod.gpu_requests))
-    pool = state.pools.get(pod.pool or "")
-    gpu_types = _allowed(pod.contract.gpu_types, pool.gpu_types if pool else frozenset())
-    capacity_types = _allowed(pod.contract.capacity_types, pool.capacity_types if pool else frozenset())
-    group = pod.tp_group_key
-    group_nodes = state.tp_groups.get(group) if group else None
-    own_pin = pins.get(group) if group else None
-    group_home = min(group_nodes) if group_nodes else (own_pin.node if own_pin else None)
-    group_gpus = max(pod.contract.tp_size, pod.gpus)
-    kept = _kept_for_pinned_groups(pins, state, exclude=group)
-    low_priority = pod.contract.priority < state.high_priority or pod.contract.deferrable
-    reserved = state.reserved_capacity() if low_priority and hold.upper_by_gpu_type else {}
+    r = _Request.of(pod, state, hold, pins)
+    resource, gpu_types, capacity_types, kept, reserved = r.resource, r.gpu_types, r.capacity_types, r.kept, r.reserved
+    group, group_home, group_gpus = r.group, r.group_home, r.group_gpus
     candidates: list[str] = []
     mismatch: dict[tuple[str | None, str | None], tuple[str, str] | None] = {}  # per (GPU type, capacity type)
     nodes, used_gpus, gpus = state.nodes, state.used_gpus, pod.gpus
