@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,19 +60,12 @@ def namespace(cluster: ClusterHandle, request: pytest.FixtureRequest) -> Iterato
     """A fresh namespace per test, deleted afterwards (without waiting)."""
     from kubernetes.client.exceptions import ApiException
 
+    from strata_dev.fleet import create_namespace
+
     core = cluster.core()
     base = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
     name = f"{base}-{secrets.token_hex(3)}"
-    core.create_namespace({"metadata": {"name": name, "labels": {"strata.dev/test": "true"}}})
-    deadline = time.monotonic() + 60
-    while True:  # pods are refused until the namespace's default ServiceAccount exists
-        try:
-            core.read_namespaced_service_account("default", name)
-            break
-        except ApiException as err:
-            if err.status != 404 or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    create_namespace(core, name, {"strata.dev/test": "true"})
     yield name
     try:
         core.delete_namespace(name)

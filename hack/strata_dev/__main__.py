@@ -20,7 +20,7 @@ from typing import Any
 
 from strata_dev import binaries
 from strata_dev.cluster import ClusterError, ClusterSettings, LocalCluster
-from strata_dev.fleet import DEFAULT_FLEET, Fleet, FleetError, create_fleet, load_fleet
+from strata_dev.fleet import DEFAULT_FLEET, Fleet, FleetError, create_fleet, create_namespace, load_fleet
 from strata_dev.pki import PKIError
 from strata_dev.stack import ROOT, Stack, get_json
 from strata_operator import api
@@ -135,8 +135,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"CRDs installed; extender at {stack.extender_url}; kube-scheduler (strata-scheduler) and operator up"
             )
             cluster.kubectl("apply", "-f", str(EXAMPLES / "pools"))
-            cluster.kubectl("create", "namespace", "demo")
-            _wait_for_default_service_account(cluster, "demo")
+            create_namespace(_core(cluster), "demo")
             print(cluster.kubectl("apply", "-n", "demo", "-f", str(EXAMPLES / "trainingjobs")).strip())
             deadline = time.monotonic() + args.wait
             while time.monotonic() < deadline and not _settled(cluster, "demo"):
@@ -155,14 +154,6 @@ def _settled(cluster: LocalCluster, namespace: str) -> bool:
     jobs = get_json(cluster.bin_dir, cluster.kubeconfig, "trainingjobs", "-n", namespace)["items"]
     phases = [j.get("status", {}).get("phase") for j in jobs]
     return bool(jobs) and all(p in {"Running", "Queued", "Succeeded", "Failed"} for p in phases) and "Running" in phases
-
-
-def _wait_for_default_service_account(cluster: LocalCluster, namespace: str) -> None:
-    deadline = time.monotonic() + 60
-    while not cluster.kubectl("get", "serviceaccount", "default", "-n", namespace, "--ignore-not-found").strip():
-        if time.monotonic() > deadline:
-            raise ClusterError(f"namespace {namespace}: no default ServiceAccount after 60s")
-        time.sleep(0.2)
 
 
 def cmd_up(args: argparse.Namespace) -> int:

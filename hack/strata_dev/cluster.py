@@ -80,6 +80,26 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def spawn(
+    args: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    die_with_parent: bool = True,
+) -> subprocess.Popen[bytes]:
+    """Start ``args`` in its own process group with output to ``log``; it dies with this process by default."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            preexec_fn=_die_with_parent if die_with_parent else os.setpgrp,
+        )
+
+
 @dataclass
 class Component:
     name: str
@@ -182,15 +202,7 @@ class LocalCluster:
     # ----- components -----
     def _spawn(self, name: str, args: list[str]) -> Component:
         log = self.workdir / "logs" / f"{name}.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                args,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.workdir,
-                preexec_fn=_die_with_parent if self.settings.die_with_parent else os.setpgrp,
-            )
+        process = spawn(args, log, cwd=self.workdir, die_with_parent=self.settings.die_with_parent)
         component = Component(name, process, log)
         self.components[name] = component
         return component
@@ -424,23 +436,16 @@ def run_kube_scheduler(
     """
     rendered = log.with_suffix(".config.json")
     rendered.write_text(scheduler_config(config, kubeconfig, qps, leader_elect))
-    port = free_port()
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [
-                str(bin_dir / "kube-scheduler"),
-                f"--config={rendered}",
-                f"--authentication-kubeconfig={kubeconfig}",
-                f"--authorization-kubeconfig={kubeconfig}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={port}",
-                f"--cert-dir={log.parent}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
-        )
+    args = [
+        str(bin_dir / "kube-scheduler"),
+        f"--config={rendered}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={free_port()}",
+        f"--cert-dir={log.parent}",
+    ]
+    return spawn(args, log)
 
 
 def kwok_args(bin_dir: Path, kubeconfig: Path, server_port: int) -> list[str]:
@@ -461,9 +466,7 @@ def kwok_args(bin_dir: Path, kubeconfig: Path, server_port: int) -> list[str]:
 
 def run_kwok(bin_dir: Path, kubeconfig: Path, log: Path) -> subprocess.Popen[bytes]:
     """Run kwok against any cluster (e.g. a user's kind cluster) for the fake GPU fleet; the caller stops it."""
-    with log.open("wb") as out:
-        return subprocess.Popen(kwok_args(bin_dir, kubeconfig, free_port()), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # fmt: skip
+    return spawn(kwok_args(bin_dir, kubeconfig, free_port()), log)
 
 
 def _terminate(process: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:

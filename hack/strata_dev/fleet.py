@@ -191,5 +191,22 @@ def wait_nodes_ready(core: Any, names: Iterable[str], timeout_s: float) -> None:
         time.sleep(0.5)
 
 
+def create_namespace(core: Any, name: str, labels: dict[str, str] | None = None, timeout_s: float = 60) -> str:
+    """Create a namespace and wait for its default ServiceAccount: pods are refused until the controller
+    manager has made it."""
+    from kubernetes.client.exceptions import ApiException
+
+    core.create_namespace({"metadata": {"name": name, "labels": labels or {}}})
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            core.read_namespaced_service_account("default", name)
+            return name
+        except ApiException as err:
+            if err.status != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def _is_ready(node: Any) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or []))

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from strata_dev.cluster import ClusterError, _die_with_parent, _terminate, free_port, kubectl, run_kube_scheduler
+from strata_dev.cluster import ClusterError, _terminate, free_port, kubectl, run_kube_scheduler, spawn
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "crds"
@@ -63,9 +63,7 @@ class Stack:
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
-        with (self.workdir / f"{name}.log").open("wb") as log:
-            process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                       preexec_fn=_die_with_parent)  # fmt: skip
+        process = spawn(args, self.workdir / f"{name}.log", env=env)
         self.processes[name] = process
         return process
 
