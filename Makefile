@@ -12,7 +12,7 @@ PYTEST := $(PY) -m pytest -p no:cacheprovider
         test-e2e bench-cluster bench-scheduler bench-workloads bench-operator chart-sync verify clean
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ venv: $(VENV)/.installed ## Create the virtualenv and install Strata with pinned
 binaries: ## Build (or find cached) etcd, kube-*, kubectl, kwok, helm from pinned Go modules
 	@PYTHONPATH=hack $(PYTHON) -m strata_dev.binaries ensure
 
-demo: venv binaries ## Start the local cluster with the default GPU fleet and show it
+demo: venv binaries ## Local cluster + GPU fleet, then CRDs, extender, strata kube-scheduler, operator and the examples
 	$(PY) -m strata_dev demo
 
 up: venv binaries ## Keep a dev cluster running in the background (NODES=n scales the fleet)
