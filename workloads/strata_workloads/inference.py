@@ -1,6 +1,6 @@
 """Inference on one device: load a training checkpoint (any layout it was saved from), optional INT8 with
-torchao, and batched greedy generation / scoring with right padding (causal attention never looks right,
-so a padded row computes exactly what it would alone)."""
+torchao, and batched greedy generation (KV cache) / scoring with right padding (causal attention never looks
+right, so a padded row computes exactly what it would alone)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
 from strata_workloads.checkpoint import MARKER, latest
-from strata_workloads.model import Transformer
+from strata_workloads.model import KVCache, Transformer
 from strata_workloads.presets import EOS_TOKEN, get_preset
 
 
@@ -73,7 +73,41 @@ def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.inference_mode()
 def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: list[int]) -> list[list[int]]:
-    """Greedy decoding for a batch of prompts; each row stops at its own max_new_tokens or at EOS."""
+    """Greedy decoding for a batch of prompts; each row stops at its own max_new_tokens or at EOS.
+
+    With a KV cache: one batched prefill of the right-padded prompts, then one batched decode step per new token
+    (each row at its own position), so a step costs one token per row instead of re-running every prefix. A row
+    whose prompt plus new tokens would pass `max_seq_len` needs the sliding window of `generate_recompute`,
+    and then the whole batch takes that path.
+    """
+    limit = model.config.max_seq_len
+    steps = max(max_new_tokens, default=0)
+    if steps <= 0 or any(not p or len(p) + n > limit for p, n in zip(prompts, max_new_tokens, strict=True)):
+        return generate_recompute(model, prompts, max_new_tokens)
+    batch, lengths = _pad(prompts)
+    capacity = int((lengths + torch.tensor(max_new_tokens)).max())
+    cache = KVCache(capacity, positions=torch.arange(batch.shape[1]).expand(len(prompts), -1))
+    logits = model(batch, cache)[torch.arange(len(prompts)), lengths - 1]
+    done = [n <= 0 for n in max_new_tokens]
+    produced: list[list[int]] = [[] for _ in prompts]
+    for step in range(steps):
+        next_tokens = logits.float().argmax(dim=-1)
+        for i, token in enumerate(next_tokens.tolist()):
+            if not done[i]:
+                produced[i].append(token)
+                done[i] = token == EOS_TOKEN or len(produced[i]) >= max_new_tokens[i]
+        if all(done):
+            break
+        # Finished rows keep stepping (their output is dropped); clamping keeps them inside the cache.
+        cache.positions = (lengths + step).clamp(max=capacity - 1)[:, None]
+        logits = model(next_tokens[:, None], cache)[:, -1]
+    return produced
+
+
+@torch.inference_mode()
+def generate_recompute(model: Transformer, prompts: list[list[int]], max_new_tokens: list[int]) -> list[list[int]]:
+    """Greedy decoding without a cache: every step re-runs each row's (last `max_seq_len`) tokens. The
+    reference the cached path is tested against, and the path for rows longer than the model's window."""
     rows = [list(p) for p in prompts]
     done = [n <= 0 for n in max_new_tokens]
     produced: list[list[int]] = [[] for _ in prompts]

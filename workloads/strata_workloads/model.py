@@ -7,6 +7,7 @@ same when a pipeline stage keeps only some of them; checkpoints therefore load i
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -21,18 +22,56 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary position embedding on x of shape (batch, seq, heads, head_dim), computed on the fly (no buffers)."""
+def apply_rotary(x: torch.Tensor, theta: float, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotary position embedding on x of shape (batch, seq, heads, head_dim), computed on the fly (no buffers).
+    `positions` (batch, seq) gives each token's position (decoding with a KV cache); default 0..seq-1."""
     seq, head_dim = x.shape[1], x.shape[-1]
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=x.device, dtype=torch.float32) / head_dim))
-    angles = torch.outer(torch.arange(seq, device=x.device, dtype=torch.float32), inv_freq)
-    angles = torch.cat((angles, angles), dim=-1)[None, :, None, :]
+    if positions is None:
+        angles = torch.outer(torch.arange(seq, device=x.device, dtype=torch.float32), inv_freq)
+        angles = torch.cat((angles, angles), dim=-1)[None, :, None, :]
+    else:
+        # One multiply per element, as torch.outer does: the same angles bit for bit.
+        angles = positions.to(torch.float32)[..., None] * inv_freq
+        angles = torch.cat((angles, angles), dim=-1)[:, :, None, :]
     return (x * angles.cos().to(x.dtype)) + (_rotate_half(x) * angles.sin().to(x.dtype))
 
 
+@dataclass
+class KVCache:
+    """Keys and values of every layer for incremental decoding (inference only).
+
+    Buffers are (batch, capacity, heads, head_dim). Each call writes its tokens at `positions` (batch, seq),
+    which may differ per row, so requests of different prompt lengths decode together: row i attends to cache
+    slots 0..positions[i, s] only. Slots past a row's own length may hold keys of padding; they are masked until
+    that row's own later tokens overwrite them.
+    """
+
+    capacity: int
+    positions: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.long))
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)
+    values: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Store this call's k, v (batch, seq, heads, head_dim); return all keys, values (batch, heads, used,
+        head_dim) and the attention mask (batch, 1, seq, used): True where a query may look."""
+        bsz = k.shape[0]
+        if layer not in self.keys:
+            shape = (bsz, self.capacity, *k.shape[2:])
+            self.keys[layer], self.values[layer] = k.new_zeros(shape), v.new_zeros(shape)
+        rows = torch.arange(bsz, device=k.device)[:, None]
+        self.keys[layer][rows, self.positions] = k
+        self.values[layer][rows, self.positions] = v
+        used = int(self.positions.max()) + 1
+        mask = torch.arange(used, device=k.device)[None, None, :] <= self.positions[:, :, None]
+        keys = self.keys[layer][:, :used].transpose(1, 2)
+        return keys, self.values[layer][:, :used].transpose(1, 2), mask[:, None]
+
+
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer_id: int = 0) -> None:
         super().__init__()
+        self.layer_id = layer_id
         self.head_dim = config.head_dim
         self.rope_theta = config.rope_theta
         self.wq = nn.Linear(config.dim, config.dim, bias=False)
@@ -40,13 +79,20 @@ class Attention(nn.Module):
         self.wv = nn.Linear(config.dim, config.dim, bias=False)
         self.wo = nn.Linear(config.dim, config.dim, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         bsz, seq, _ = x.shape
+        positions = None if cache is None else cache.positions
         # -1 heads: under tensor parallel each rank holds only its share of the heads.
-        q = apply_rotary(self.wq(x).view(bsz, seq, -1, self.head_dim), self.rope_theta)
-        k = apply_rotary(self.wk(x).view(bsz, seq, -1, self.head_dim), self.rope_theta)
+        q = apply_rotary(self.wq(x).view(bsz, seq, -1, self.head_dim), self.rope_theta, positions)
+        k = apply_rotary(self.wk(x).view(bsz, seq, -1, self.head_dim), self.rope_theta, positions)
         v = self.wv(x).view(bsz, seq, -1, self.head_dim)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        if cache is None:
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+            )
+        else:
+            keys, values, mask = cache.update(self.layer_id, k, v)
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask)
         return self.wo(out.transpose(1, 2).reshape(bsz, seq, -1))  # type: ignore[no-any-return]
 
 
@@ -64,7 +110,7 @@ class Block(nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int) -> None:
         super().__init__()
         self.attention_norm = nn.RMSNorm(config.dim, eps=config.norm_eps)
-        self.attention = Attention(config)
+        self.attention = Attention(config, layer_id)
         self.ffn_norm = nn.RMSNorm(config.dim, eps=config.norm_eps)
         self.feed_forward: nn.Module
         if config.is_moe_layer(layer_id):
@@ -72,8 +118,10 @@ class Block(nn.Module):
         else:
             self.feed_forward = FeedForward(config.dim, config.ffn_hidden)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        # Training calls the attention with one argument, as the tensor-parallel input plans expect.
+        attn_in = self.attention_norm(x)
+        h = x + (self.attention(attn_in) if cache is None else self.attention(attn_in, cache))
         return h + self.feed_forward(self.ffn_norm(h))  # type: ignore[no-any-return]
 
 
@@ -101,10 +149,11 @@ class Transformer(nn.Module):
             else:
                 nn.init.normal_(param, std=std)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (or this stage's activations). With `cache` (inference), tokens sit at `cache.positions`."""
         h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
         for layer in self.layers.values():
-            h = layer(h)
+            h = layer(h) if cache is None else layer(h, cache)
         h = self.norm(h) if self.norm is not None else h
         return self.output(h) if self.output is not None else h
 

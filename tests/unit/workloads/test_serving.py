@@ -14,9 +14,17 @@ from aiohttp.test_utils import TestClient, TestServer
 from strata_workloads.batching import DynamicBatcher, Overloaded
 from strata_workloads.checkpoint import Checkpointer, TrainState
 from strata_workloads.engine import build_engine
-from strata_workloads.inference import Quantization, encode, generate, load_model, quantize, score
+from strata_workloads.inference import (
+    Quantization,
+    encode,
+    generate,
+    generate_recompute,
+    load_model,
+    quantize,
+    score,
+)
 from strata_workloads.layout import ParallelDims
-from strata_workloads.model import Transformer
+from strata_workloads.model import KVCache, Transformer
 from strata_workloads.optim import OptimConfig, build_optimizer
 from strata_workloads.parallelize import ParallelizeOptions
 from strata_workloads.presets import get_preset
@@ -49,6 +57,36 @@ def test_batched_outputs_equal_unbatched(model: Transformer) -> None:
         nll_alone, n_alone = score(model, [text])[0]
         assert n == n_alone == len(text) - 1
         assert nll == pytest.approx(nll_alone, rel=1e-5)
+
+
+@pytest.mark.unit
+def test_kv_cache_decode_equals_full_recompute(model: Transformer) -> None:
+    # Logits: a prefill of right-padded prompts, then one token per row per step at its own position, against
+    # the whole sequence run from scratch.
+    rows = [encode("def main(x):\n"), encode("ab")]
+    lengths = [len(r) for r in rows]
+    extra = [[7, 8, 9], [10, 11, 12]]
+    full = [r + e for r, e in zip(rows, extra, strict=True)]
+    with torch.inference_mode():
+        batch = torch.full((2, max(lengths)), 256)
+        for i, r in enumerate(rows):
+            batch[i, : len(r)] = torch.tensor(r)
+        cache = KVCache(max(lengths) + 3, positions=torch.arange(max(lengths)).expand(2, -1))
+        got = [model(batch, cache)[torch.arange(2), torch.tensor(lengths) - 1]]
+        for step in range(3):
+            cache.positions = torch.tensor(lengths)[:, None] + step
+            got.append(model(torch.tensor([[e[step]] for e in extra]), cache)[:, -1])
+        for i, seq in enumerate(full):
+            want = model(torch.tensor([seq]))[0, lengths[i] - 1 :]
+            torch.testing.assert_close(torch.stack([g[i] for g in got]), want, rtol=1e-5, atol=1e-5)
+    # Tokens: the cached generator equals the recomputing one, batched and alone, and past the model's window
+    # (which falls back to the sliding window).
+    prompts = [encode(p) for p in PROMPTS]
+    assert generate(model, prompts, [6, 3, 5]) == generate_recompute(model, prompts, [6, 3, 5])
+    for prompt in prompts:
+        assert generate(model, [prompt], [8]) == generate_recompute(model, [prompt], [8])
+    long = [encode("x = 1\n" * 12)]  # 72 bytes, past debug's 64-token window
+    assert generate(model, long, [4]) == generate_recompute(model, long, [4])
 
 
 @pytest.mark.unit
