@@ -14,6 +14,7 @@ from torch.distributed.pipelining.schedules import _PipelineSchedule
 from strata_workloads.gradnorm import clip_grad_norm_
 from strata_workloads.layout import Meshes, ParallelDims
 from strata_workloads.model import Transformer, cross_entropy_loss
+from strata_workloads.moe import MoE
 from strata_workloads.parallelize import ParallelizeOptions, apply_ac, apply_compile, parallelize
 from strata_workloads.pipeline import build_schedule, build_stages
 
@@ -45,9 +46,23 @@ class Engine:
         loss = cross_entropy_loss(logits, targets) / (self.grad_accum * self.n_microbatches)
         return self.loss_scale(loss) if self.loss_scale is not None else loss
 
+    def _set_aux_grad_scale(self) -> None:
+        """MoE balancing losses enter backward inside their layers; give them the factor the main loss of each
+        micro-batch gets here, so both are weighted alike (see moe.py)."""
+        moes = [m for part in self.parts for m in part.modules() if isinstance(m, MoE)]
+        if not moes:
+            return
+        scale = 1.0 / (self.grad_accum * (self.n_microbatches if self.schedule is not None else 1))
+        if self.loss_scale is not None:
+            device = next(p.device for part in self.parts for p in part.parameters())
+            scale *= float(self.loss_scale(torch.ones((), device=device)))
+        for moe in moes:
+            moe.aux_grad_scale = scale
+
     def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """One micro-step on this rank's micro-batch; returns the unscaled local loss / grad_accum, identical on
         every rank of the pipeline (zero-filled then summed from the last stage)."""
+        self._set_aux_grad_scale()
         if self.schedule is None:
             loss = cross_entropy_loss(self.parts[0](inputs), targets) / self.grad_accum
             torch.autograd.backward(self.loss_scale(loss) if self.loss_scale is not None else loss)

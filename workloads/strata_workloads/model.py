@@ -114,7 +114,9 @@ class Block(nn.Module):
         self.ffn_norm = nn.RMSNorm(config.dim, eps=config.norm_eps)
         self.feed_forward: nn.Module
         if config.is_moe_layer(layer_id):
-            self.feed_forward = MoE(config.dim, config.ffn_hidden, config.n_experts, config.top_k)
+            self.feed_forward = MoE(
+                config.dim, config.ffn_hidden, config.n_experts, config.top_k, config.moe_aux_loss_coef
+            )
         else:
             self.feed_forward = FeedForward(config.dim, config.ffn_hidden)
 

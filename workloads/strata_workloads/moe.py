@@ -3,9 +3,21 @@
 Single-device by default. When `parallelize()` sets `ep_group`, expert weights are DTensors sharded on dim 0
 over the expert-parallel mesh, and tokens travel to the rank that owns their expert and back through
 all-to-all (autograd-aware functional collectives, so the backward pass does the reverse exchange).
+
+Load balancing: a Switch/GShard auxiliary loss, computed per sequence (as DeepSeek-V3's sequence-wise
+balance loss) so that it splits exactly over any data, pipeline or expert-parallel partition of the batch:
+for a sequence of T tokens, f_i = E/(k T) x (tokens routed to expert i among their top k) and P_i = mean router
+probability of expert i; loss = coef x mean over sequences of sum_i f_i P_i (1 when perfectly balanced). It is
+not added to the model's output; `_AuxLossGradient` feeds its gradient into the backward pass at the layer
+(as Megatron-LM does), so it works on any pipeline stage without carrying a second loss between stages. The
+gradient is scaled by `aux_grad_scale`, which the engine sets to the factor it applies to each micro-batch's
+main loss (1 / accumulation steps / pipeline micro-batches, times the fp16 loss scale), so the total
+objective is main loss + aux loss in every layout alike.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -13,6 +25,31 @@ import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
+
+
+class _AuxLossGradient(torch.autograd.Function):
+    """Identity on `out`; in backward also sends d(objective)/d(aux) = `scale` into the aux loss's graph."""
+
+    @staticmethod
+    def forward(ctx: Any, out: torch.Tensor, aux: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        ctx.aux_meta = (aux.shape, aux.dtype, aux.device)
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        shape, dtype, device = ctx.aux_meta
+        return grad, torch.full(shape, ctx.scale, dtype=dtype, device=device), None
+
+
+def load_balancing_loss(probs: torch.Tensor, expert_idx: torch.Tensor, batch: int) -> torch.Tensor:
+    """Mean over the `batch` sequences of sum_i f_i P_i; probs (tokens, E), expert_idx (tokens, k), tokens
+    in sequence order."""
+    n_experts, top_k = probs.shape[-1], expert_idx.shape[-1]
+    per_seq = probs.view(batch, -1, n_experts)
+    routed = F.one_hot(expert_idx, n_experts).sum(dim=1).view(batch, -1, n_experts).to(probs.dtype)
+    fraction = routed.mean(dim=1) * (n_experts / top_k)
+    return (fraction * per_seq.mean(dim=1)).sum(dim=-1).mean()
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -35,10 +72,13 @@ class GroupedExperts(nn.Module):
 
 
 class MoE(nn.Module):
-    def __init__(self, dim: int, hidden: int, n_experts: int, top_k: int) -> None:
+    def __init__(self, dim: int, hidden: int, n_experts: int, top_k: int, aux_loss_coef: float = 0.0) -> None:
         super().__init__()
         self.n_experts = n_experts
         self.top_k = top_k
+        self.aux_loss_coef = aux_loss_coef
+        self.aux_grad_scale = 1.0  # set by the engine: the factor on each micro-batch's main loss
+        self.last_aux_loss: torch.Tensor | None = None  # detached, for logging
         self.router = nn.Linear(dim, n_experts, bias=False)
         self.experts = GroupedExperts(dim, hidden, n_experts)
         self.ep_group: dist.ProcessGroup | None = None
@@ -59,7 +99,12 @@ class MoE(nn.Module):
             out_rows = self._dispatch_compute_combine(rows, counts, self.ep_group)
         weighted = out_rows * weights.flatten()[order].unsqueeze(-1).to(out_rows.dtype)
         out = torch.zeros_like(tokens, dtype=weighted.dtype).index_add_(0, token_of_row, weighted)
-        return out.to(x.dtype).reshape(shape)
+        out = out.to(x.dtype).reshape(shape)
+        if self.aux_loss_coef > 0 and self.training and torch.is_grad_enabled():
+            aux = self.aux_loss_coef * load_balancing_loss(probs, expert_idx, shape[0] if len(shape) > 2 else 1)
+            self.last_aux_loss = aux.detach()
+            out = _AuxLossGradient.apply(out, aux, self.aux_grad_scale)
+        return out
 
     def _dispatch_compute_combine(
         self, rows: torch.Tensor, counts: torch.Tensor, group: dist.ProcessGroup

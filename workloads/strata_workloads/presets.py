@@ -23,6 +23,8 @@ class ModelConfig:
     moe_every: int = 0
     n_experts: int = 0
     top_k: int = 1
+    # Load-balancing auxiliary loss weight (Switch Transformer uses 0.01); 0 turns it off.
+    moe_aux_loss_coef: float = 0.01
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
 

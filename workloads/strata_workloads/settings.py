@@ -39,6 +39,7 @@ class TrainSettings:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds dynamic loss scaling)
     ac: str = "none"  # activation checkpointing: none | selective | full
     compile: bool = False  # torch.compile each block
+    moe_aux_loss_coef: float = 0.01  # MoE load-balancing loss weight (Switch's value); 0: off
     lr: float = 3e-4
     weight_decay: float = 0.1
     warmup_steps: int = 10

@@ -118,7 +118,11 @@ def run(settings: TrainSettings, env: Mapping[str, str]) -> int:
     bar = setup_logging(settings.log_format, rank)
     try:
         dims = layout_from(settings, world)
-        config = get_preset(settings.model, max_seq_len=max(settings.seq_len, get_preset(settings.model).max_seq_len))
+        config = get_preset(
+            settings.model,
+            max_seq_len=max(settings.seq_len, get_preset(settings.model).max_seq_len),
+            moe_aux_loss_coef=settings.moe_aux_loss_coef,
+        )
         spec = get_schedule_spec(settings.pp_schedule) if dims.pp > 1 else None
         dims.validate_for_model(config.n_layers, config.n_heads, config.n_experts, spec.stages_per_rank if spec else 1)
         accum = dims.validate_batch(settings.global_batch, settings.micro_batch, settings.pp_microbatches)

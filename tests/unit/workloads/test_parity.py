@@ -1,6 +1,7 @@
 """Numerical parity: every parallel layout trains `debug` like one process from the same seed (fp32, gloo).
 
-Losses and the global gradient norm must agree to 1e-5 relative. Gradients (after clipping, so the
+The MoE load-balancing loss is on (the preset's 0.01; 0.5 in the expert-parallel case). Losses and the global
+gradient norm must agree to 1e-5 relative. Gradients (after clipping, so the
 cross-mesh clip is checked too) agree to 1e-5 of each parameter's largest gradient at the first step; after
 AdamW steps, last-ulp differences from reduction order are amplified by Adam's normalisation for
 near-zero gradients, so later steps are held to 1e-3.
@@ -56,7 +57,9 @@ TWO_RANKS = [
     Case("dp", dp_replicate=2),
     Case("fsdp_accum", dp_shard=2, grad_accum=2),
     Case("tp", tp=2),
-    Case("ep", dp_shard=2, ep=2),
+    # Expert parallel with a strong load-balancing loss: each rank balances its own sequences, so the
+    # per-sequence loss must add up to the single-process one.
+    Case("ep", dp_shard=2, ep=2, moe_aux_loss_coef=0.5),
     Case("pp_1f1b_accum", pp=2, schedule="1f1b", n_microbatches=2, grad_accum=2),
     Case("pp_zbv", pp=2, schedule="zbv"),
 ]

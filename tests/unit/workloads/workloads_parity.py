@@ -37,6 +37,7 @@ class Case:
     global_batch: int = 8
     grad_accum: int = 1
     steps: int = 3
+    moe_aux_loss_coef: float = 0.01  # the preset's default; larger where a case checks the balancing loss
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,7 +62,7 @@ def _full_grads(named: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]
 
 def _run(case: Case, dims: ParallelDims | None) -> tuple[list[float], list[float], list[dict[str, torch.Tensor]]]:
     torch.manual_seed(0)
-    model = Transformer(get_preset(case.preset))
+    model = Transformer(get_preset(case.preset, moe_aux_loss_coef=case.moe_aux_loss_coef))
     mesh = None
     if dims is not None:
         mesh = dims.build_mesh("cpu")
