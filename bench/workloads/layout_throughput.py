@@ -2,6 +2,11 @@
 and the ratio to a single-process run. Launches `python -m strata_workloads.train` as the operator would.
 
     python bench/workloads/layout_throughput.py --preset small-moe --steps 8
+
+Every run gets the same number of torch threads in all (`--threads`, default the core count), split over its
+ranks. On a machine shared with other work, a process with several OpenMP threads can lose far more than its
+share (threads spin-wait for a descheduled sibling), so the single-process baseline is the most sensitive
+figure here; `--threads 1` runs each rank single-threaded for a like-for-like check.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def run(layout: dict[str, str], preset: str, steps: int, tmp: Path) -> float:
+def run(layout: dict[str, str], preset: str, steps: int, tmp: Path, threads: int) -> float:
     world = 1
     for key in ("STRATA_DP_REPLICATE", "STRATA_DP_SHARD", "STRATA_TP", "STRATA_PP"):
         world *= int(layout.get(key, "1"))
@@ -49,7 +54,7 @@ def run(layout: dict[str, str], preset: str, steps: int, tmp: Path) -> float:
             "STRATA_DATA_MAX_DOCS": "200",
             "STRATA_DATA_SHARDS": "8",
             "STRATA_LOG_FORMAT": "json",
-            "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // world)),
+            "OMP_NUM_THREADS": str(max(1, threads // world)),
             "WORLD_SIZE": str(world),
             "RANK": str(rank),
             "LOCAL_RANK": str(rank),
@@ -76,13 +81,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default="small-moe")
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="torch threads in all, split over the ranks"
+    )
+    parser.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS))
     args = parser.parse_args()
     print("| layout | tokens/s | ratio to single process |")
     print("| --- | --- | --- |")
     base = None
-    for name, layout in LAYOUTS.items():
+    for name in args.layouts:
         with tempfile.TemporaryDirectory() as tmp:
-            rate = run(layout, args.preset, args.steps, Path(tmp))
+            rate = run(LAYOUTS[name], args.preset, args.steps, Path(tmp), args.threads)
         base = base or rate
         print(f"| {name} | {rate:.0f} | {rate / base:.2f} |", flush=True)
 
