@@ -8,6 +8,7 @@ never to the size of the cluster. One lock guards everything: updates are short 
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
@@ -85,6 +86,17 @@ class ClusterState:
     @property
     def ready(self) -> bool:
         return {"nodes", "pods"} <= self.synced
+
+    def mark_synced(self, kind: str) -> None:
+        """Record that ``kind``'s initial list is in. When that makes the cache ready for the first time, the
+        objects alive then (the cache, the Kubernetes client, imported modules) move out of the cyclic
+        collector's reach (``gc.freeze``): the requests that follow allocate a few thousand objects each, and
+        every full collection would otherwise walk all of the long-lived ones on the request path."""
+        first = not self.ready
+        self.synced.add(kind)
+        if first and self.ready:
+            gc.collect()
+            gc.freeze()
 
     # --- updates from watches ---
     def upsert_node(self, obj: Mapping[str, Any]) -> None:

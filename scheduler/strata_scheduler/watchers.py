@@ -110,7 +110,7 @@ class Watcher(threading.Thread):
                 if error.status == 404 and self.kind.optional:
                     log.info("%s: CRD not installed; looking again in %.0fs", self.kind.name, self.crd_retry_s)
                     self.kind.replace([])
-                    self.state.synced.add(self.kind.name)
+                    self.state.mark_synced(self.kind.name)
                     self.stop.wait(self.crd_retry_s)
                     continue
                 log.warning("%s: API error %s; re-listing in %.1fs", self.kind.name, error.status, backoff)
@@ -125,7 +125,7 @@ class Watcher(threading.Thread):
         response = self.kind.list_call(_preload_content=False)
         document = orjson.loads(response.data)
         self.kind.replace(document.get("items") or [])
-        self.state.synced.add(self.kind.name)
+        self.state.mark_synced(self.kind.name)
         return str(_meta(document).get("resourceVersion", ""))
 
     def _watch(self, version: str) -> str | None:

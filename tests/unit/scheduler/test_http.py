@@ -7,6 +7,7 @@ plain functions) can throw thousands of requests at it without a cluster.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import threading
 from collections.abc import Iterator
@@ -171,9 +172,14 @@ def test_not_ready_until_the_cache_has_synced() -> None:
         assert live.request("GET", "/readyz") == (503, b"watch cache not synced yet: nodes, pods")
         status, body = live.request("POST", "/filter", orjson.dumps({"Pod": {}, "NodeNames": []}))
         assert (status, body) == (503, b"the Strata extender's cache has not synced yet")
-        live.extender.state.synced |= {"nodes", "pods"}
+        live.extender.state.mark_synced("nodes")
+        assert live.request("GET", "/readyz") == (503, b"watch cache not synced yet: pods")
+        frozen = gc.get_freeze_count()
+        live.extender.state.mark_synced("pods")
         assert live.request("GET", "/readyz") == (200, b"ok")
+        assert gc.get_freeze_count() > frozen  # the synced cache is out of the cyclic collector's walks
     finally:
+        gc.unfreeze()
         live.close()
 
 
