@@ -311,7 +311,11 @@ def _account(
     now: datetime,
     settings: OperatorSettings,
 ) -> None:
-    """GPU-seconds and dollars since the last accounting, for the workers running on known nodes."""
+    """GPU-seconds and dollars since the last accounting, for the workers running on known nodes.
+
+    A worker costs its share of its node's hourly price (``gpusPerWorker / allocatable GPUs``): the node's own
+    price annotation, else the price catalog's row for its instance and capacity type (the extender's catalog).
+    A node priced by neither costs nothing rather than a guess."""
     since = job.status.accounted_at
     if since is None or now <= since:
         return
@@ -322,10 +326,11 @@ def _account(
         node = nodes.get(p.node or "")
         if node is None or node.gpu_type is None:
             continue
-        if node.price_per_hour is not None and node.allocatable_gpus:
-            dollars_per_hour += node.price_per_hour * per_worker / node.allocatable_gpus
-        else:
-            dollars_per_hour += settings.gpu_hour_price(node.gpu_type.value, node.capacity_type or "") * per_worker
+        node_hour = node.price_per_hour
+        if node_hour is None:
+            node_hour = settings.prices.price(node.instance_type, node.capacity_type)
+        if node_hour is not None and node.allocatable_gpus:
+            dollars_per_hour += node_hour * per_worker / node.allocatable_gpus
     plan.gpu_seconds = job.spec.resources.gpus * seconds
     plan.cost = dollars_per_hour * seconds / 3600.0
     plan.status.set("gpuSeconds", round(job.status.gpu_seconds + plan.gpu_seconds, 3))

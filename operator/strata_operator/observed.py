@@ -95,6 +95,8 @@ class Node:
     schedulable: bool
     price_per_hour: float | None
     """The node's own price annotation (dollars per node-hour), if any."""
+    instance_type: str | None = None
+    """``node.kubernetes.io/instance-type``: the row of the price catalog when the node has no price annotation."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Node:
@@ -115,6 +117,7 @@ class Node:
             allocatable_gpus=_int(allocatable),
             schedulable=ready and not spec.get("unschedulable", False),
             price_per_hour=price,
+            instance_type=labels.get(api.NODE_INSTANCE_TYPE),
         )
 
 

@@ -5,23 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from strata_operator.api import SCHEDULER_NAME
-
-DEFAULT_GPU_HOUR_PRICES: dict[str, float] = {
-    "H100/on-demand": 4.00,
-    "H100/reserved": 2.50,
-    "H100/spot": 1.60,
-    "MI300X/on-demand": 3.50,
-    "MI300X/reserved": 2.20,
-    "MI300X/spot": 1.40,
-}
-"""Dollars per GPU-hour by ``<gpu type>/<capacity type>``, list prices of the big clouds rounded (2026).
-
-A node's ``strata.dev/price-per-hour`` annotation (dollars per node-hour) overrides these for that node.
-"""
+from strata_operator.api.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 
 
 @dataclass(frozen=True)
@@ -64,8 +54,11 @@ class OperatorSettings:
     """Namespaces to serve; empty serves the whole cluster. Default empty."""
     log_level: str = "INFO"
     """Python logging level (DEBUG shows kopf's watch and handler traffic). Default INFO."""
-    gpu_hour_prices: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_GPU_HOUR_PRICES))
-    """Dollars per GPU-hour by ``<gpu type>/<capacity type>``, for status.cost and the cost metric."""
+    catalog: Path = DEFAULT_CATALOG
+    """The price catalog (YAML, the same document the scheduler extender reads; in the chart, the same ConfigMap):
+    ``status.cost`` prices a worker at its node's ``prices[instance type][capacity type]`` per node-hour, shared
+    by the node's GPUs. A node's ``strata.dev/price-per-hour`` annotation wins. Default: the catalog shipped in
+    :mod:`strata_operator.api`."""
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -74,8 +67,6 @@ class OperatorSettings:
         parser = argparse.ArgumentParser(prog="python -m strata_operator", description="Strata's operator.")
         defaults = cls()
         for f in fields(cls):
-            if f.name == "gpu_hour_prices":
-                continue
             flag = "--" + f.name.replace("_", "-")
             env_value = env.get("STRATA_OPERATOR_" + f.name.upper())
             default = getattr(defaults, f.name)
@@ -91,16 +82,16 @@ class OperatorSettings:
         ns = vars(parser.parse_args(argv))
         values: dict[str, Any] = {}
         for f in fields(cls):
-            if f.name == "gpu_hour_prices":
-                continue
             if isinstance(getattr(defaults, f.name), tuple):
                 values[f.name] = tuple(ns[f.name]) if ns[f.name] else ns[f.name + "__env"]
             else:
                 values[f.name] = ns[f.name]
         return cls(**values)
 
-    def gpu_hour_price(self, gpu_type: str, capacity_type: str) -> float:
-        return float(self.gpu_hour_prices.get(f"{gpu_type}/{capacity_type}", 0.0))
+    @cached_property
+    def prices(self) -> Catalog:
+        """The catalog behind :attr:`catalog`, read once (start-up reads it, so a bad file stops the operator)."""
+        return load_catalog(self.catalog)
 
 
 def _bool(value: str | None, default: bool) -> bool:

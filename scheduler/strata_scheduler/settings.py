@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-DEFAULT_CATALOG = Path(__file__).resolve().parents[1] / "config" / "catalog.yaml"
+from strata_operator.api.catalog import DEFAULT_CATALOG as DEFAULT_CATALOG  # the shared catalog, packaged
 
 
 @dataclass(frozen=True)

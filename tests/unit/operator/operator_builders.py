@@ -110,6 +110,10 @@ def a_pool(
     return ResourcePool.from_body(apply_defaults(schema("resourcepool.yaml"), body))
 
 
+INSTANCE_TYPES = {GPUType.H100: "p5.48xlarge", GPUType.MI300X: "Standard_ND96isr_MI300X_v5", None: "m7i.8xlarge"}
+"""The instance types of the default fleet (examples/fleet.yaml), as the price catalog lists them."""
+
+
 def a_node(name: str, gpu: GPUType | None = GPUType.H100, capacity: str = "reserved", gpus: int = 8) -> Node:
     return Node(
         name=name,
@@ -118,6 +122,7 @@ def a_node(name: str, gpu: GPUType | None = GPUType.H100, capacity: str = "reser
         allocatable_gpus=gpus if gpu else 0,
         schedulable=True,
         price_per_hour=None,
+        instance_type=INSTANCE_TYPES[gpu],
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -201,8 +202,21 @@ def test_running_gangs_accrue_gpu_seconds_and_cost_from_node_prices() -> None:
     patch = plan.status.patch()
     assert plan.gpu_seconds == 16 * 60
     assert patch["gpuSeconds"] == 5.0 + 16 * 60
-    assert plan.cost == pytest.approx(16 * 2.50 * 60 / 3600)  # reserved H100 list price per GPU-hour
+    # the shared price catalog: a reserved p5.48xlarge (8 H100) is $38.53 per node-hour, a worker holds all 8 GPUs
+    assert plan.cost == pytest.approx(2 * 38.53 * 60 / 3600)
     assert patch["accountedAt"] == format_time(at(70))
+
+
+def test_a_node_price_annotation_wins_over_the_catalog_and_an_unpriced_node_costs_nothing() -> None:
+    job = a_job(
+        name="j", data=2, tensor=8, status={"phase": "Running", "attempt": 1, "accountedAt": format_time(at(0))}
+    )
+    annotated = replace(NODES["n0"], price_per_hour=80.0)
+    unknown = replace(NODES["n1"], instance_type="x9.unlisted")
+    nodes = {**NODES, "n0": annotated, "n1": unknown}
+    plan = reconcile(job, a_pool(), workers(), nodes, at(3600), SETTINGS, {})
+    assert plan.cost == pytest.approx(80.0)
+    assert plan.gpu_seconds == 16 * 3600
 
 
 def test_worker_progress_reports_become_status_and_checkpoints_never_go_back() -> None:
