@@ -1,4 +1,4 @@
-"""The chart ships copies of crds/ and the scheduler's configuration (Helm cannot read outside the chart);
+"""The chart ships copies of crds/, the price catalog and the scheduler's configuration (Helm cannot read outside it);
 `make chart-sync` makes them, and this test fails when a copy has drifted from its source."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "strata"
 SOURCES = [
     *sorted((ROOT / "crds").glob("*.yaml")),
-    ROOT / "scheduler" / "config" / "catalog.yaml",
+    ROOT / "operator" / "strata_operator" / "api" / "catalog.yaml",
     ROOT / "scheduler" / "config" / "kube-scheduler-config.yaml",
 ]
 
