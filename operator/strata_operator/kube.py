@@ -52,25 +52,30 @@ class Kube:
     async def request(
         self, method: str, path: str, body: Any = None, content_type: str = "application/json"
     ) -> dict[str, Any]:
+        text = await self._send(method, path, body, content_type)
+        result: dict[str, Any] = json.loads(text) if text else {}
+        return result
+
+    async def _send(self, method: str, path: str, body: Any, content_type: str = "application/json") -> bytes:
+        """One call; the raw answer (callers that only need success skip decoding a whole pod)."""
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=self._ssl, limit=64)
             self._session = aiohttp.ClientSession(
                 connector=connector, headers=self._headers, auth=self._auth, timeout=self._timeout
             )
-        data = None if body is None else json.dumps(body)
+        data = None if body is None else json.dumps(body, separators=(",", ":"))
         headers = {"Content-Type": content_type} if data is not None else None
         async with self._session.request(method, self._server + path, data=data, headers=headers) as response:
-            text = await response.text()
+            raw = await response.read()
             if response.status >= 400:
                 error = Conflict if response.status == 409 else ApiError
-                raise error(response.status, method, path, _message(text))
-            result: dict[str, Any] = json.loads(text) if text else {}
-            return result
+                raise error(response.status, method, path, _message(raw.decode(errors="replace")))
+            return raw
 
     async def create(self, path: str, body: Mapping[str, Any]) -> bool:
         """POST; False when an object of that name already exists."""
         try:
-            await self.request("POST", path, body)
+            await self._send("POST", path, body)
         except Conflict:
             return False
         return True
@@ -81,15 +86,15 @@ class Kube:
         if grace_s is not None:
             options["gracePeriodSeconds"] = grace_s
         try:
-            await self.request("DELETE", path, options)
+            await self._send("DELETE", path, options)
         except ApiError as error:
             if error.status == 404:
                 return False
             raise
         return True
 
-    async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> dict[str, Any]:
-        return await self.request("PATCH", path, patch, MERGE_PATCH)
+    async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> None:
+        await self._send("PATCH", path, patch, MERGE_PATCH)
 
 
 def pod_path(namespace: str, name: str = "") -> str:

@@ -19,7 +19,7 @@ from strata_operator.runtime import IndexOf, Runtime
 from strata_operator.trainingjob import JobEntry
 
 
-def index_resourcepools(body: kopf.Body, name: str, logger: Any, **_: Any) -> dict[str, ResourcePool] | None:
+async def index_resourcepools(body: kopf.Body, name: str, logger: Any, **_: Any) -> dict[str, ResourcePool] | None:
     try:
         return {name: ResourcePool.from_body(body)}
     except (KeyError, ValueError, TypeError) as error:

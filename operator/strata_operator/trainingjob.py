@@ -13,7 +13,7 @@ import contextlib
 import copy
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -35,6 +35,16 @@ WAKE_DEBOUNCE_S = 0.05
 """A wake-up waits this long before reading memory: one reconcile for a burst of a gang's pod events."""
 STALE_VIEW_S = 5.0
 """After writing a job's status, wait at most this long for the write to come back through the watch."""
+REDO_AFTER_S = 30.0
+"""A pod this daemon created, or whose gate it lifted, is not created or lifted again for this long while the
+watch has not shown it yet: on a busy API server the watch lags seconds behind, and each premature retry is a
+wasted call (409 AlreadyExists). A pod deleted meanwhile is recreated after this long at most."""
+COALESCE_S = 5.0
+"""Status changes that only follow the gang (workers ready, nodes bound, step) are written at most this often per
+job: a gang of 8 starting would otherwise write its status a dozen times, and every write is an event that the
+operator (and every watcher of TrainingJobs) processes again. Phase changes are written at once."""
+FOLLOWING = frozenset({"workers", "placement", "progress"})
+"""The status fields whose changes :data:`COALESCE_S` throttles."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,7 @@ class JobEntry:
         return custom_path(api.GROUP, api.VERSION, api.TRAINING_JOBS, self.job.name, self.job.namespace) + "/status"
 
 
-def index_trainingjobs(body: kopf.Body, logger: Any, memo: Any, **_: Any) -> dict[str, JobEntry] | None:
+async def index_trainingjobs(body: kopf.Body, logger: Any, memo: Any, **_: Any) -> dict[str, JobEntry] | None:
     """Every change of a job (spec or status, whoever wrote it) lands here first, and wakes the job's daemon."""
     try:
         job = TrainingJob.from_body(body)
@@ -99,8 +109,7 @@ async def run_trainingjob(
     born = time.monotonic()
     written_from: str | None = None
     written_at = 0.0
-    recent: dict[str, float] = {}
-    """Pods this daemon created and gates it lifted lately: not done again while the watch catches up."""
+    memory = _Memory()
     try:
         while not stopped:
             wake.clear()
@@ -109,17 +118,20 @@ async def run_trainingjob(
             if entry is None:
                 delay = 0.2
             elif entry.resource_version == written_from and time.monotonic() - written_at < STALE_VIEW_S:
-                delay = 0.1  # our own status write has not come back through the watch yet
+                delay = 0.1  # our own status write (or the one we conflicted with) has not come back yet
             else:
                 started = time.perf_counter()
                 try:
                     settled = time.monotonic() - born >= PODS_SETTLE_S
-                    plan, written = await _reconcile(runtime, entry, indices, logger, recent, settled)
+                    plan, written = await _reconcile(runtime, entry, indices, logger, memory, settled)
+                    stale = plan is None  # the job changed after our view of it: wait for the watch to bring it
                 except (ApiError, aiohttp.ClientError, TimeoutError) as error:
                     logger.warning(f"reconcile failed, retrying: {error}")
-                    plan, written = None, False
+                    plan, written, stale = None, False, False
                 runtime.metrics.reconcile.labels(api.TRAINING_JOB).observe(time.perf_counter() - started)
-                written_from, written_at = (entry.resource_version if written else None), time.monotonic()
+                # after our own write, or a conflict, this view is outdated: deciding again from it before the
+                # watch delivers the newer job would only conflict again (a storm of 409s on a lagging watch)
+                written_from, written_at = (entry.resource_version if written or stale else None), time.monotonic()
                 if plan is None:
                     delay = 0.2
                 elif plan.requeue_after_s is not None:
@@ -133,12 +145,26 @@ async def run_trainingjob(
             del runtime.wakeups[key]
 
 
+@dataclass
+class _Memory:
+    """What one daemon remembers between its passes (only to save calls: a new daemon starts empty, safely)."""
+
+    recent: dict[str, float] = field(default_factory=dict)
+    """Pods this daemon created and gates it lifted lately (by attempt): not done again while the watch catches
+    up, for :data:`REDO_AFTER_S`."""
+    status_written_at: float = -COALESCE_S
+    """When this daemon last wrote the job's status (monotonic seconds)."""
+
+    def forget(self, now_s: float) -> None:
+        self.recent = {k: t for k, t in self.recent.items() if now_s - t < REDO_AFTER_S}
+
+
 async def _reconcile(
     runtime: Runtime,
     entry: JobEntry,
     indices: Mapping[str, Any],
     logger: Any,
-    recent: dict[str, float],
+    memory: _Memory,
     settled: bool,
 ) -> tuple[lifecycle.Plan | None, bool]:
     """One pass; returns the plan (None if the status could not be written) and whether status was written."""
@@ -151,8 +177,19 @@ async def _reconcile(
     workers = list(pods.get(job.key, ()))
     plan = lifecycle.reconcile(job, pool, workers, nodes, now, runtime.settings, entry.status, settled)
     patch = plan.status.patch()
+    now_s, attempt = time.monotonic(), job.status.attempt
+    memory.forget(now_s)
+    create = [i for i in plan.create_workers if f"create/{attempt}/{i}" not in memory.recent] if pool else []
+    lift = [n for n in plan.lift_gates if f"lift/{attempt}/{n}" not in memory.recent]
+    acts = plan.delete_pods or plan.force_delete_pods or create or lift
+    wait_s = memory.status_written_at + COALESCE_S - now_s
+    if patch and set(patch) <= FOLLOWING and not acts and not plan.status.events and wait_s > 0:
+        plan.requeue_after_s = wait_s if plan.requeue_after_s is None else min(plan.requeue_after_s, wait_s)
+        return plan, False
     if not await patch_status(runtime, entry, patch, plan.status.events):
         return None, False
+    if patch:
+        memory.status_written_at = time.monotonic()
     if plan.restarted:
         runtime.metrics.restarts.labels(str(patch.get("reason", ""))).inc()
     if plan.gpu_seconds and job.status.gpu_type is not None:
@@ -161,18 +198,15 @@ async def _reconcile(
     kube = runtime.api
     await asyncio.gather(*(kube.delete(pod_path(job.namespace, n)) for n in plan.delete_pods))
     await asyncio.gather(*(kube.delete(pod_path(job.namespace, n), grace_s=0) for n in plan.force_delete_pods))
-    now_s = time.monotonic()
-    create = [i for i in plan.create_workers if now_s - recent.get(f"create/{i}", -STALE_VIEW_S) >= STALE_VIEW_S]
     if create and pool is not None:
-        recent.update(dict.fromkeys((f"create/{i}" for i in create), now_s))
+        memory.recent.update(dict.fromkeys((f"create/{attempt}/{i}" for i in create), now_s))
         await kube.create(service_path(job.namespace), build_service(job, runtime.settings))
         manifests = build_worker_pods(job, pool, runtime.settings)
         created = await asyncio.gather(*(kube.create(pod_path(job.namespace), manifests[i]) for i in create))
         logger.info(f"created {sum(created)} of {len(create)} missing workers")
-    lift = [n for n in plan.lift_gates if now_s - recent.get(f"lift/{n}", -STALE_VIEW_S) >= STALE_VIEW_S]
     if lift:
         by_name = {p.name: p for p in pods.get(job.key, ())}
-        recent.update(dict.fromkeys((f"lift/{n}" for n in lift), now_s))
+        memory.recent.update(dict.fromkeys((f"lift/{attempt}/{n}" for n in lift), now_s))
         await asyncio.gather(
             *(
                 kube.merge_patch(
