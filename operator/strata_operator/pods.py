@@ -53,6 +53,15 @@ class WorkerEnv:
     """Operator-only (for logs): the workload ignores it."""
     ATTEMPT = "STRATA_ATTEMPT"
     """Operator-only (for logs): the workload ignores it."""
+    PROGRESS_ANNOTATION = "STRATA_PROGRESS_ANNOTATION"
+    """The annotation the workload writes its progress into on its own pod (:data:`api.ANN_PROGRESS`); passed
+    down so the workload needs no copy of the operator's API."""
+    POD_NAME = "POD_NAME"
+    """The pod's own name and namespace (downward API): the pod the workload reports progress on."""
+    POD_NAMESPACE = "POD_NAMESPACE"
+
+
+DOWNWARD_ENV = ((WorkerEnv.POD_NAME, "metadata.name"), (WorkerEnv.POD_NAMESPACE, "metadata.namespace"))
 
 
 PIPELINE_SCHEDULES = {
@@ -96,6 +105,10 @@ def owner_reference(job: TrainingJob) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+def service_account_name(job_name: str) -> str:
+    return f"{job_name}-worker"
 
 
 def selector(job_name: str) -> dict[str, str]:
@@ -144,6 +157,46 @@ def build_service(job: TrainingJob, settings: OperatorSettings) -> dict[str, Any
             "ports": [{"name": "rendezvous", "port": settings.master_port, "targetPort": settings.master_port}],
         },
     }
+
+
+def build_worker_access(job: TrainingJob) -> list[tuple[str, dict[str, Any]]]:
+    """The job's ServiceAccount, a Role that may only get and patch the job's own worker pods (by name), and the
+    binding: ``(collection path, manifest)`` in creation order. Workers report progress by annotating their own
+    pod with it; owned by the job, so deleting the job removes them."""
+    name, namespace = service_account_name(job.name), job.namespace
+    meta = {
+        "name": name,
+        "namespace": namespace,
+        "labels": selector(job.name),
+        "ownerReferences": [owner_reference(job)],
+    }
+    pods = [worker_name(job.name, i) for i in range(job.spec.workers)]
+    rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
+    return [
+        (
+            f"/api/v1/namespaces/{namespace}/serviceaccounts",
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        ),
+        (
+            f"{rbac}/roles",
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": meta,
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "resourceNames": pods, "verbs": ["get", "patch"]}],
+            },
+        ),
+        (
+            f"{rbac}/rolebindings",
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": meta,
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+            },
+        ),
+    ]
 
 
 def build_worker_pods(job: TrainingJob, pool: ResourcePool, settings: OperatorSettings) -> list[dict[str, Any]]:
@@ -199,7 +252,9 @@ def _worker_pod(job: TrainingJob, pool: ResourcePool, settings: OperatorSettings
             "hostname": worker_name(job.name, index),
             "subdomain": service_name(job.name),
             "terminationGracePeriodSeconds": settings.termination_grace_s,
-            "automountServiceAccountToken": False,
+            # the job's own account, allowed only to read and annotate the job's worker pods (progress reports)
+            "serviceAccountName": service_account_name(job.name),
+            "automountServiceAccountToken": True,
             "enableServiceLinks": False,
             "securityContext": {
                 "runAsNonRoot": True,
@@ -216,7 +271,10 @@ def _worker_pod(job: TrainingJob, pool: ResourcePool, settings: OperatorSettings
                     "image": spec.workload.image,
                     "imagePullPolicy": spec.workload.image_pull_policy,
                     "command": list(TRAIN_COMMAND),
-                    "env": [{"name": k, "value": v} for k, v in worker_env(job, settings, index).items()],
+                    "env": [
+                        *({"name": k, "value": v} for k, v in worker_env(job, settings, index).items()),
+                        *({"name": k, "valueFrom": {"fieldRef": {"fieldPath": f}}} for k, f in DOWNWARD_ENV),
+                    ],
                     "ports": [
                         {"name": "rendezvous", "containerPort": settings.master_port},
                         {"name": "metrics", "containerPort": settings.workload_metrics_port},
@@ -274,6 +332,7 @@ def worker_env(job: TrainingJob, settings: OperatorSettings, index: int) -> dict
         e.LOG_FORMAT: "json",
         e.JOB: job.key,
         e.ATTEMPT: str(job.status.attempt),
+        e.PROGRESS_ANNOTATION: api.ANN_PROGRESS,
     }
     return env
 

@@ -24,7 +24,7 @@ from strata_operator import api, lifecycle
 from strata_operator.api import ResourcePool, TrainingJob
 from strata_operator.kube import ApiError, Conflict, custom_path, pod_path, service_path
 from strata_operator.observed import Node, WorkerPod
-from strata_operator.pods import build_service, build_worker_pods
+from strata_operator.pods import build_service, build_worker_access, build_worker_pods
 from strata_operator.runtime import IndexMapping, IndexOf, Runtime, first
 from strata_operator.status import NORMAL, Event
 
@@ -200,9 +200,17 @@ async def _reconcile(
     await asyncio.gather(*(kube.delete(pod_path(job.namespace, n), grace_s=0) for n in plan.force_delete_pods))
     if create and pool is not None:
         memory.recent.update(dict.fromkeys((f"create/{attempt}/{i}" for i in create), now_s))
-        await kube.create(service_path(job.namespace), build_service(job, runtime.settings))
+        access = build_worker_access(job)
+        # pods need their ServiceAccount to exist, a RoleBinding its Role: two rounds of calls, not one per object
+        await asyncio.gather(
+            kube.create(service_path(job.namespace), build_service(job, runtime.settings)),
+            *(kube.create(path, manifest) for path, manifest in access[:2]),
+        )
         manifests = build_worker_pods(job, pool, runtime.settings)
-        created = await asyncio.gather(*(kube.create(pod_path(job.namespace), manifests[i]) for i in create))
+        created, _ = await asyncio.gather(
+            asyncio.gather(*(kube.create(pod_path(job.namespace), manifests[i]) for i in create)),
+            kube.create(*access[2]),
+        )
         logger.info(f"created {sum(created)} of {len(create)} missing workers")
     if lift:
         by_name = {p.name: p for p in pods.get(job.key, ())}

@@ -95,10 +95,16 @@ async def raw_rate(kube: Kube, custom: Any, core: Any, jobs: int, workers: int) 
             pod["metadata"]["name"] = "raw-" + pod["metadata"]["name"]
             pod["metadata"].pop("ownerReferences")
             manifests.append(pod)
+    # the pods run as their job's ServiceAccount, which must exist first (set-up, not timed; the operator's run
+    # does create them, and its Role and RoleBinding, within its time)
+    accounts = sorted({m["spec"]["serviceAccountName"] for m in manifests})
+    sa_path = f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts"
+    await in_batches([kube.create(sa_path, {"metadata": {"name": n}}) for n in accounts])
     started = time.perf_counter()
     await in_batches([kube.create(pod_path(NAMESPACE), m) for m in manifests])
     elapsed = time.perf_counter() - started
     await delete_all(kube, core, manifests)
+    await in_batches([kube.delete(f"{sa_path}/{n}") for n in accounts])
     return len(manifests) / elapsed
 
 

@@ -16,6 +16,7 @@ from operator_builders import a_pool, apply_defaults, schema
 from strata_operator import api
 from strata_operator.pods import PIPELINE_SCHEDULES, build_worker_pods
 from strata_operator.settings import OperatorSettings
+from strata_workloads import progress
 from strata_workloads.layout import ParallelDims
 from strata_workloads.pipeline import SCHEDULES
 from strata_workloads.presets import get_preset
@@ -34,11 +35,11 @@ def job_from(body: dict[str, Any]) -> api.TrainingJob:
 
 def pod_envs(job: api.TrainingJob) -> list[dict[str, str]]:
     pods = build_worker_pods(job, a_pool(job.spec.pool), OperatorSettings())
-    return [{e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]} for pod in pods]
+    return [{e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"] if "value" in e} for pod in pods]
 
 
 def test_every_strata_variable_the_operator_sets_is_read_by_the_workload() -> None:
-    known = {env_name(f.name) for f in fields(TrainSettings)}
+    known = {env_name(f.name) for f in fields(TrainSettings)} | {progress.ENV_ANNOTATION}
     job = job_from(yaml.safe_load(EXAMPLES[0].read_text()))
     for env in pod_envs(job):
         unknown = {k for k in env if k.startswith("STRATA_")} - known - OPERATOR_ONLY

@@ -37,7 +37,9 @@ def pod_commands(tmp_path: Path, steps: int, data: int = 2, tensor: int = 2) -> 
     commands = []
     for pod in build_worker_pods(job, a_pool("pool"), OperatorSettings()):
         container = pod["spec"]["containers"][0]
-        env = {e["name"]: e["value"] for e in container["env"]}
+        env = {
+            e["name"]: e["value"] for e in container["env"] if "value" in e
+        }  # downward-API values come from a kubelet
         # what the pod network and the checkpoint volume give a real pod
         env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "STRATA_CHECKPOINT_DIR": str(tmp_path / "ckpt")}
         env |= {"STRATA_METRICS_PORT": "0", "STRATA_DATA_MAX_DOCS": "300", "STRATA_ANOMALY_CONTAMINATION": "0"}

@@ -9,7 +9,7 @@ from operator_builders import a_job, a_pool
 
 from strata_operator import api
 from strata_operator.api import GPUType
-from strata_operator.pods import build_service, build_worker_pods, gang_gpu_type, worker_env
+from strata_operator.pods import build_service, build_worker_access, build_worker_pods, gang_gpu_type, worker_env
 from strata_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings()
@@ -71,7 +71,8 @@ def test_worker_pod_is_exactly_the_manifest_of_the_contract() -> None:
             "hostname": "llm-worker-1",
             "subdomain": "llm-workers",
             "terminationGracePeriodSeconds": 120,
-            "automountServiceAccountToken": False,
+            "serviceAccountName": "llm-worker",
+            "automountServiceAccountToken": True,
             "enableServiceLinks": False,
             "securityContext": {
                 "runAsNonRoot": True,
@@ -135,6 +136,9 @@ def test_worker_pod_is_exactly_the_manifest_of_the_contract() -> None:
                         {"name": "STRATA_LOG_FORMAT", "value": "json"},
                         {"name": "STRATA_JOB", "value": "team/llm"},
                         {"name": "STRATA_ATTEMPT", "value": "2"},
+                        {"name": "STRATA_PROGRESS_ANNOTATION", "value": "strata.dev/progress"},
+                        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
                     ],
                     "ports": [
                         {"name": "rendezvous", "containerPort": 29500},
@@ -273,3 +277,24 @@ def test_gpu_type_any_needs_a_grant_before_pods_can_be_built() -> None:
     with pytest.raises(ValueError, match="gpuType is Any"):
         gang_gpu_type(job)
     assert gang_gpu_type(a_job(gpu_type="MI300X")) is GPUType.MI300X
+
+
+def test_workers_run_as_their_jobs_account_which_may_only_read_and_annotate_its_own_pods() -> None:
+    job = a_job(name="llm", data=2, tensor=8, status={"phase": "Admitted", "attempt": 1})
+    [(sa_path, account), (role_path, role), (binding_path, binding)] = build_worker_access(job)
+    assert sa_path == "/api/v1/namespaces/team/serviceaccounts"
+    assert role_path == "/apis/rbac.authorization.k8s.io/v1/namespaces/team/roles"
+    assert binding_path == "/apis/rbac.authorization.k8s.io/v1/namespaces/team/rolebindings"
+    assert account["metadata"]["name"] == role["metadata"]["name"] == binding["metadata"]["name"] == "llm-worker"
+    for manifest in (account, role, binding):
+        assert manifest["metadata"]["ownerReferences"][0]["uid"] == job.uid  # deleted with the job
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["pods"],
+            "resourceNames": ["llm-worker-0", "llm-worker-1"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "llm-worker"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "llm-worker", "namespace": "team"}]

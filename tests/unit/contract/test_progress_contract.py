@@ -1,0 +1,57 @@
+"""The workload's progress reports and the operator agree: the pod carries the names the reporter reads, the value
+the reporter writes is one the operator parses, and a report that cannot be delivered never stops training."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from operator_builders import a_job, a_pool
+
+from strata_operator import api
+from strata_operator.observed import Progress
+from strata_operator.pods import WorkerEnv, build_worker_pods
+from strata_operator.settings import OperatorSettings
+from strata_workloads import progress
+
+
+def test_the_pod_carries_every_name_the_reporter_reads() -> None:
+    job = a_job(name="llm", data=2, tensor=8, status={"phase": "Admitted", "attempt": 1})
+    for pod in build_worker_pods(job, a_pool(), OperatorSettings()):
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        assert env[progress.ENV_ANNOTATION]["value"] == api.ANN_PROGRESS
+        assert env[progress.ENV_POD_NAME]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+        assert env[progress.ENV_POD_NAMESPACE]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+        assert pod["spec"]["automountServiceAccountToken"] is True
+    assert (WorkerEnv.PROGRESS_ANNOTATION, WorkerEnv.POD_NAME, WorkerEnv.POD_NAMESPACE) == (
+        progress.ENV_ANNOTATION,
+        progress.ENV_POD_NAME,
+        progress.ENV_POD_NAMESPACE,
+    )
+
+
+def test_the_value_the_workload_writes_is_the_one_the_operator_reads() -> None:
+    when = datetime(2026, 3, 1, 12, 30, 5, tzinfo=UTC)
+    parsed = Progress.parse(progress.ProgressReporter.value(step=130, checkpoint_step=120, when=when))
+    assert parsed == Progress(step=130, checkpoint_step=120, checkpoint_time=when)
+
+
+def test_outside_a_strata_pod_there_is_no_reporter(tmp_path: Path) -> None:
+    env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", progress.ENV_ANNOTATION: api.ANN_PROGRESS}
+    assert progress.ProgressReporter.from_environment({}, tmp_path) is None
+    assert progress.ProgressReporter.from_environment(env, tmp_path) is None  # no pod name, no token
+
+
+def test_an_undeliverable_report_is_logged_once_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    reporter = progress.ProgressReporter(
+        "https://127.0.0.1:1", "team", "llm-worker-0", api.ANN_PROGRESS, ssl.create_default_context(), token="t"
+    )
+    with caplog.at_level(logging.WARNING, logger=progress.__name__):
+        assert reporter.report(10, 10) is False
+        assert reporter.report(20, 20) is False
+    assert [r.getMessage() for r in caplog.records].count(
+        "progress report failed; training goes on (later failures are not logged)"
+    ) == 1

@@ -1,0 +1,126 @@
+"""Progress reports to the operator: after each committed checkpoint, the worker annotates its own pod.
+
+The operator reads the annotation (``{"step", "checkpointStep", "checkpointTime"}``) into the TrainingJob's
+``status.progress`` and ``status.lastCheckpoint``, which is what a restart resumes from and what a user sees.
+The pod's name, namespace and the annotation key come from the environment the operator's pod builder sets
+(downward API and ``STRATA_PROGRESS_ANNOTATION``), so this module needs nothing of the operator's code. The pod
+runs as its job's own ServiceAccount, allowed only to get and patch the job's worker pods.
+
+Only the standard library speaks to the API server (one JSON merge patch per checkpoint needs no client
+library). Reporting never fails training: the first failure is logged, later ones are not, and every call
+returns quickly (a short timeout).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ENV_ANNOTATION = "STRATA_PROGRESS_ANNOTATION"
+ENV_POD_NAME = "POD_NAME"
+ENV_POD_NAMESPACE = "POD_NAMESPACE"
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+"""Where Kubernetes mounts a pod's ServiceAccount token and the cluster's CA."""
+TIMEOUT_S = 5.0
+"""Longest a report may hold up the checkpointing rank."""
+
+
+@dataclass
+class ProgressReporter:
+    """Patches one pod's progress annotation with a bearer token."""
+
+    server: str
+    """API server URL, e.g. ``https://10.96.0.1:443``."""
+    namespace: str
+    pod: str
+    annotation: str
+    context: ssl.SSLContext
+    token: str | None = None
+    token_file: Path | None = None
+    """Read at every report: projected ServiceAccount tokens are rotated by the kubelet."""
+    _failed: bool = field(default=False, repr=False)
+
+    @classmethod
+    def from_environment(
+        cls, env: Mapping[str, str] | None = None, account_dir: Path = SERVICE_ACCOUNT_DIR
+    ) -> ProgressReporter | None:
+        """The reporter of a worker in a Strata pod; None outside one (a local run, a test without a cluster)."""
+        env = os.environ if env is None else env
+        host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
+        names = (env.get(ENV_ANNOTATION), env.get(ENV_POD_NAME), env.get(ENV_POD_NAMESPACE))
+        token, ca = account_dir / "token", account_dir / "ca.crt"
+        if not host or not all(names) or not token.is_file() or not ca.is_file():
+            return None
+        annotation, pod, namespace = (str(n) for n in names)
+        server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+        context = ssl.create_default_context(cafile=str(ca))
+        return cls(server, namespace, pod, annotation, context, token_file=token)
+
+    @staticmethod
+    def value(step: int, checkpoint_step: int, when: datetime) -> str:
+        """The annotation's value, as the operator parses it."""
+        stamp = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return json.dumps({"step": step, "checkpointStep": checkpoint_step, "checkpointTime": stamp})
+
+    def patch(self, value: str) -> int:
+        """Set the annotation; the HTTP status (0 when the API server could not be reached)."""
+        token = self.token_file.read_text().strip() if self.token_file is not None else self.token
+        body = json.dumps({"metadata": {"annotations": {self.annotation: value}}}).encode()
+        request = urllib.request.Request(
+            f"{self.server}/api/v1/namespaces/{self.namespace}/pods/{self.pod}",
+            data=body,
+            method="PATCH",
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/merge-patch+json",
+                "Accept": "application/json",
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=self.context) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return int(error.code)
+        except (OSError, ValueError):
+            return 0
+
+    def report(self, step: int, checkpoint_step: int, when: datetime | None = None) -> bool:
+        """Report a committed checkpoint; False (logged the first time only) when it did not reach the pod."""
+        try:
+            status = self.patch(self.value(step, checkpoint_step, when or datetime.now(UTC)))
+        except OSError as error:  # an unreadable token file
+            status, detail = 0, repr(error)
+        else:
+            detail = f"HTTP {status}" if status else "API server unreachable"
+        if 200 <= status < 300:
+            return True
+        if not self._failed:
+            self._failed = True
+            log.warning(
+                "progress report failed; training goes on (later failures are not logged)",
+                extra={"pod": f"{self.namespace}/{self.pod}", "error": detail},
+            )
+        return False
+
+
+@functools.cache
+def _reporter() -> ProgressReporter | None:
+    return ProgressReporter.from_environment()
+
+
+def report_checkpoint(step: int) -> None:
+    """A checkpoint of ``step`` is committed: say so on this pod (when running in one). Never raises."""
+    reporter = _reporter()
+    if reporter is not None:
+        reporter.report(step, step)
