@@ -31,6 +31,8 @@ from torch.distributed.checkpoint.state_dict_saver import async_save as dcp_asyn
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.optim.lr_scheduler import LRScheduler
 
+from strata_workloads.progress import report_checkpoint
+
 log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
@@ -171,6 +173,7 @@ class Checkpointer:
             if final.exists():
                 shutil.rmtree(final)
             os.rename(tmp, final)
+            report_checkpoint(int(final.name[len(_PREFIX) :]))  # committed: tell the operator (never raises)
             for old in complete_checkpoints(self.root)[: -self.keep] if self.keep > 0 else []:
                 shutil.rmtree(old, ignore_errors=True)
         if dist.is_initialized():
