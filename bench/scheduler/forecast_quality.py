@@ -101,14 +101,16 @@ def smape(actual: np.ndarray, forecast: np.ndarray) -> float:
     return float(100 * np.mean(terms))
 
 
-def evaluate(name: str, times: np.ndarray, values: np.ndarray, eval_days: float, every_h: float) -> list[str]:
+def evaluate(
+    name: str, times: np.ndarray, values: np.ndarray, eval_days: float, every_h: float, prophet: bool = True
+) -> list[str]:
     grid, binned = bin_means(times.astype(np.int64), values, BIN_MIN)
     longest = max(HORIZONS_MIN) * 60
     end = times[-1] - longest
     width = BIN_MIN * 60
     # Origins on bin boundaries, so the forecaster's last bin is complete and "h ahead" means bin + h exactly.
     origins = np.arange((end - eval_days * 86400) // width * width, end, every_h * 3600)
-    curve = caching_curve(max(HORIZONS_MIN) // BIN_MIN)
+    curve = caching_curve(max(HORIZONS_MIN) // BIN_MIN) if prophet else None
     rows: dict[tuple[int, str], list[tuple[float, float]]] = defaultdict(list)
     inside: dict[int, list[bool]] = defaultdict(list)
     fits = 0
@@ -130,14 +132,11 @@ def evaluate(name: str, times: np.ndarray, values: np.ndarray, eval_days: float,
             persistence = float(np.mean(recent)) if len(recent) else float(values[seen][-1])
             day_ago = np.searchsorted(grid, target_bin - 86400)
             seasonal = float(binned[day_ago]) if day_ago < len(grid) and not np.isnan(binned[day_ago]) else persistence
-            model = curve(*bin_means(times[seen].astype(np.int64), values[seen], BIN_MIN), h, BIN_MIN)
-            prophet = float(model[-1])
-            for method, forecast in (
-                ("persistence", persistence),
-                ("seasonal-naive", seasonal),
-                ("prophet", prophet),
-                ("strata", anchored.mean),
-            ):
+            forecasts = [("persistence", persistence), ("seasonal-naive", seasonal), ("strata", anchored.mean)]
+            if curve is not None:
+                model = curve(*bin_means(times[seen].astype(np.int64), values[seen], BIN_MIN), h, BIN_MIN)
+                forecasts.append(("prophet", float(model[-1])))
+            for method, forecast in forecasts:
                 rows[(h, method)].append((actual, forecast))
             inside[h].append(anchored.lower <= actual <= anchored.upper)
     lines = []
@@ -182,6 +181,9 @@ def main() -> None:
     parser.add_argument("--eval-days", type=float, default=2.5)
     parser.add_argument("--every-h", type=float, default=3.0)
     parser.add_argument("--series", nargs="*", default=None, help="names to run (default: all)")
+    parser.add_argument(
+        "--no-prophet", action="store_true", help="the blend without its Prophet candidate (quick; for iterating)"
+    )
     args = parser.parse_args()
     series = {**helios_series(), **alibaba_series()}
     table = [
@@ -191,9 +193,11 @@ def main() -> None:
     for name, (times, values) in series.items():
         if args.series and name not in args.series:
             continue
-        table += evaluate(name, times, values, args.eval_days, args.every_h)
+        table += evaluate(name, times, values, args.eval_days, args.every_h, prophet=not args.no_prophet)
     print("\nsMAPE % / MAE per cell\n")
     print("\n".join(table))
+    if args.no_prophet:
+        return
     times, values = series["helios-sum"]
     per_minute, per_bin = fit_time_on_14_days_of_minutes(times, values)
     print(f"\nProphet fit on 14 days: {per_minute:.1f} s at 1-minute resolution, {per_bin:.1f} s on 5-minute means")

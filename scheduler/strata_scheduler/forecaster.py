@@ -3,20 +3,26 @@
 Plain Prophet is a poor short-horizon forecaster of GPU demand: it models the level as trend plus seasonality
 and so misses where demand actually *is* right now; persistence (the last 15 minutes' mean) beats it at every
 horizon up to 8 hours on the Helios traces, and its nominal 80% band covers about 60% of outcomes. So the
-forecast is a blend of candidates, each ``c(t)`` a forecast of demand at ``t + h`` made at ``t``::
+forecast is a blend of candidates, each ``c(t)`` a forecast of demand at ``t + h`` made at ``t`` from bins
+before ``t`` only::
 
     persistence(t)    = level(t) = mean of demand over the 15 minutes before t
+    seasonal_naive(t) = demand in the same 5-minute bin a day before t + h
+    seasonal_median(t)= median of that bin over each of the last 7 days (robust to one odd day; exact zeros
+                        where a quiet hour is quiet every day, which a mean of candidates never gives)
+    daily_change(t)   = level(t) + how much the 15-minute level changed over the same h a day earlier
+    day_mean(t)       = mean over the last 24 hours (demand that wanders returns towards it, hours out)
     anchored(t)       = level(t) + prophet(t + h) - mean of prophet over those 15 minutes
                         (Prophet supplies only the expected change: the daily and weekly shape)
-    seasonal_naive(t) = demand in the same 5-minute bin a day before t + h
-    prophet(t)        = Prophet's own prediction for t + h
-    forecast(t)       = the mix of candidates, weights in steps of 0.1 summing to 1, with the lowest mean
-                        absolute error over the last ``calibration_days`` (rolling origins, one per bin)
+    forecast(t)       = the mix of candidates, weights in steps of 0.1 summing to 1, with the lowest sMAPE
+                        over the last ``calibration_days`` (rolling origins, one per bin), fitted per horizon
     band(t)           = forecast(t) + [q(10%), q(90%)] of that mix's errors over the same window
 
 The band comes from this forecaster's own recent errors (a split-conformal interval), not from Prophet's
-parametric uncertainty. Without enough history (``min_history_h``) there is no Prophet: the mix is of
-persistence and seasonal naive only; without any history there is no forecast and nothing is held back.
+parametric uncertainty; it is what the reserved-capacity hold uses (:meth:`ForecastBoard.hold_back
+<strata_scheduler.forecasts.ForecastBoard.hold_back>` takes the upper edge). Without enough history
+(``min_history_h``) there is no Prophet: the mix is of the model-free candidates only; without any history
+there is no forecast and nothing is held back.
 
 Staying off the request path: fits run in :class:`ForecastWorker`, a daemon thread, on 5-minute means (a
 tenth of the points of one-minute data, same shape); the Stan optimiser runs in a child process that
@@ -54,7 +60,9 @@ class ForecastConfig:
     level_window_min: int = 15
     min_history_h: float = 24.0
     """Below this much history Prophet cannot see a daily cycle; forecast by persistence instead."""
-    calibration_days: float = 3.0
+    calibration_days: float = 7.0
+    """Origins the weights and the band are measured on: a week, so each weekday counts once and an unusual
+    day or two moves neither much (3 days overfitted the mix and under-covered at 8 hours on the traces)."""
 
 
 @dataclass(frozen=True)
@@ -92,16 +100,13 @@ def predict(times_s: np.ndarray, values: np.ndarray, config: ForecastConfig, cur
     h = max(1, round(config.horizon_min / config.bin_min))
     w = max(1, round(config.level_window_min / config.bin_min))
     window = int(config.calibration_days * 86400 / (config.bin_min * 60))
-    start = max(0, n - h - window)  # first origin of the calibration window
-    level = _trailing_mean(y, w)
+    # First origin of the calibration window; the same for every horizon, so one held-out Prophet fit serves
+    # them all (origins whose target is not observed yet are left out of the scoring).
+    start = max(0, n - window)
     day = 86400 // (config.bin_min * 60)
-    seasonal = np.full(n, np.nan)  # seasonal[i]: the bin a day before bin i + h
-    if n > day - h > 0:
-        seasonal[day - h :] = y[: n - (day - h)]
-    seasonal = np.where(np.isnan(seasonal), level, seasonal)
-    naive = {"persistence": level, "seasonalNaive": seasonal}  # in this order: ties go to the simplest
-    calibration, live = dict(naive), dict(naive)
+    candidates = naive_candidates(y, h, w, day)
     method = "persistence"
+    calibration, live = dict(candidates), dict(candidates)
     # Prophet joins only when its errors can be measured out of sample: one fit on the history before the
     # calibration window scores it there, a second on all history makes the live forecast. With less history
     # than min_history_h plus a day of calibration, the window shrinks or Prophet sits out.
@@ -109,6 +114,7 @@ def predict(times_s: np.ndarray, values: np.ndarray, config: ForecastConfig, cur
     if curve is not None and n - h - max(start, fit_bins) >= day:
         start = max(start, fit_bins)
         method = "anchored-prophet"
+        level = candidates["persistence"]
         held_out = curve(grid[: start + 1], y[: start + 1], n - start - 1 + h, config.bin_min)
         calibration["anchored"] = _anchored(level, held_out, h, w)
         live["anchored"] = _anchored(level, curve(grid, y, h, config.bin_min), h, w)
@@ -130,6 +136,40 @@ def predict(times_s: np.ndarray, values: np.ndarray, config: ForecastConfig, cur
     )
 
 
+def naive_candidates(y: np.ndarray, h: int, w: int, day: int) -> dict[str, np.ndarray]:
+    """The model-free candidates; ``c[i]`` forecasts bin ``i + h`` from bins up to ``i`` only. In this order:
+    ties go to the simplest."""
+    level = _trailing_mean(y, w)
+    same_bin = np.stack([_lagged(y, days * day - h) for days in range(1, SEASONAL_DAYS + 1)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (no history that far back) stay NaN
+        median = np.nanmedian(same_bin, axis=0)
+    return {
+        "persistence": level,
+        "seasonalNaive": _fill(same_bin[0], level),
+        "seasonalMedian": _fill(median, level),
+        "dailyChange": _fill(level + _lagged(level, day - h) - _lagged(level, day), level),
+        "dayMean": _fill(_trailing_mean(y, day), level),
+    }
+
+
+SEASONAL_DAYS = 7
+"""``seasonalMedian`` looks at the same bin on each of the last this many days (every weekday once)."""
+
+
+def _lagged(values: np.ndarray, lag: int) -> np.ndarray:
+    """``values[i - lag]`` at each position ``i`` (NaN before the start); ``lag`` must be at least 0."""
+    result = np.full(len(values), np.nan)
+    if 0 <= lag < len(values):
+        result[lag:] = values[: len(values) - lag]
+    return result
+
+
+def _fill(values: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    result: np.ndarray = np.where(np.isnan(values), fallback, values)
+    return result
+
+
 def _anchored(level: np.ndarray, model: np.ndarray, h: int, w: int) -> np.ndarray:
     """level[i] + the model's change from bin i's 15-minute window to bin i + h."""
     n = len(level)
@@ -143,27 +183,33 @@ BLEND_STEPS = 10
 def _best_blend(
     candidates: Mapping[str, np.ndarray], y: np.ndarray, h: int, start: int
 ) -> tuple[dict[str, float], np.ndarray]:
-    """The mix of candidate forecasts (each ``c[i]`` forecasts bin ``i + h``) with the lowest mean absolute
-    error over the origins from ``start`` on whose target is observed; weights in steps of 0.1 that sum to 1,
-    ties to the first mix tried. Returns the weights and that mix's errors (actual - forecast).
+    """The mix of candidate forecasts (each ``c[i]`` forecasts bin ``i + h``) with the lowest sMAPE over the
+    origins from ``start`` on whose target is observed; weights in steps of 0.1 that sum to 1, ties to the
+    first mix tried. Returns the weights and that mix's errors (actual - forecast).
+
+    sMAPE rather than absolute error: it weighs a quiet hour's miss as much as a busy hour's, and it is the
+    measure the forecaster is judged by; on sparse counts (request rates) it rewards an exact zero.
 
     Which candidate wins depends on the series and the horizon (persistence at minutes, the daily shape at
-    hours), so the forecaster measures instead of assuming.
+    hours, the day's mean when demand reverts), so the forecaster measures instead of assuming. Every origin
+    scored here has its target before the last observed bin: the weights never see the future.
     """
     names = list(candidates)
     end = len(y) - h
-    origins = {name: vector[start:end] for name, vector in candidates.items()}
     targets = y[start + h :]
-    best: tuple[float, dict[str, float], np.ndarray] | None = None
-    for parts in _compositions(BLEND_STEPS, len(names)):
-        weights = {name: part / BLEND_STEPS for name, part in zip(names, parts, strict=True) if part}
-        mix = sum((weight * origins[name] for name, weight in weights.items()), np.zeros(len(targets)))
-        errors = targets - mix
-        score = float(np.nanmean(np.abs(errors))) if np.any(~np.isnan(errors)) else float("inf")
-        if best is None or score < best[0] - 1e-12:
-            best = (score, weights, errors)
-    assert best is not None
-    return best[1], best[2]
+    origins = np.stack([candidates[name][start:end] for name in names], axis=1)  # origins x candidates
+    mixes = np.array(list(_compositions(BLEND_STEPS, len(names))), dtype=float) / BLEND_STEPS  # mixes x candidates
+    observed = ~np.isnan(targets) & ~np.isnan(origins).any(axis=1)
+    if not observed.any():
+        weights = {names[0]: 1.0}
+        return weights, targets - origins[:, 0]
+    forecasts = origins[observed] @ mixes.T
+    actual = targets[observed, None]
+    scale = np.abs(actual) + np.abs(forecasts)
+    scores = np.where(scale > 0, np.abs(actual - forecasts) / np.where(scale > 0, scale, 1), 0).mean(axis=0)
+    best = int(np.flatnonzero(scores <= scores.min() + 1e-12)[0])
+    weights = {name: float(part) for name, part in zip(names, mixes[best], strict=True) if part}
+    return weights, targets - origins @ mixes[best]
 
 
 def _compositions(total: int, parts: int) -> Iterator[tuple[int, ...]]:

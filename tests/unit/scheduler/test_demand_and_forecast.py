@@ -15,7 +15,7 @@ import pytest
 from scheduler_builders import a_node, a_pod, an_extender
 
 from strata_scheduler.demand import DemandRecorder, DemandStore, PrometheusSource, demand_sample
-from strata_scheduler.forecaster import ForecastConfig, ForecastWorker, predict, prophet_curve
+from strata_scheduler.forecaster import ForecastConfig, ForecastWorker, naive_candidates, predict, prophet_curve
 from strata_scheduler.forecasts import HIGH, LOW
 
 pytestmark = pytest.mark.unit
@@ -256,3 +256,61 @@ def test_gaps_in_the_history_are_not_filled_in() -> None:
     assert prediction is not None
     # Filling the gap with the last value before it would put two stale bins of 10 into the 15-minute level.
     assert prediction.mean == 30.0
+
+
+def rolling_origins(
+    times: np.ndarray, demand: np.ndarray, horizon_min: int, first_s: int, every_s: int
+) -> list[tuple[float, float, float, float]]:
+    """(actual, forecast, lower, upper) at origins every ``every_s`` from ``first_s``; each forecast sees only
+    the samples before its origin, and is scored on the 5-minute bin ``horizon_min`` after its last sample."""
+    results = []
+    for end in range(first_s // 60, len(times) - horizon_min - 5, every_s // 60):
+        prediction = predict(times[:end], demand[:end], ForecastConfig(horizon_min=horizon_min), curve=None)
+        assert prediction is not None
+        actual = demand[end + horizon_min - 1 : end + horizon_min + 4].mean()
+        results.append((float(actual), prediction.mean, prediction.lower, prediction.upper))
+    return results
+
+
+def smape(pairs: np.ndarray) -> float:
+    return float(np.mean(2 * np.abs(pairs[:, 0] - pairs[:, 1]) / (np.abs(pairs[:, 0]) + np.abs(pairs[:, 1]))))
+
+
+def test_blend_beats_persistence_hours_ahead_on_a_daily_pattern() -> None:
+    rng = np.random.default_rng(11)
+    times = minutes(10)
+    demand = daily_wave(times) + rng.normal(0, 4, len(times))
+    every_s = 2 * 3600 + 600
+    results = np.array(rolling_origins(times, demand, 240, first_s=8 * DAY, every_s=every_s))
+    ends = range(8 * DAY // 60, len(times) - 245, every_s // 60)
+    persistence = np.array(
+        [(result[0], demand[end - 15 : end].mean()) for result, end in zip(results, ends, strict=True)]
+    )
+    assert smape(results[:, :2]) < 0.5 * smape(persistence)
+
+
+def test_band_covers_close_to_80_percent_on_a_noisy_daily_pattern() -> None:
+    rng = np.random.default_rng(5)
+    times = minutes(10)
+    drift = np.zeros(len(times))  # a slowly wandering offset on top of the daily shape
+    for i in range(1, len(times)):
+        drift[i] = 0.995 * drift[i - 1] + rng.normal(0, 0.5)
+    demand = daily_wave(times) + drift + rng.normal(0, 5, len(times))
+    results = np.array(rolling_origins(times, demand, 60, first_s=8 * DAY, every_s=41 * 60))
+    inside = (results[:, 2] <= results[:, 0]) & (results[:, 0] <= results[:, 3])
+    assert 0.72 <= inside.mean() <= 0.88, f"coverage {inside.mean():.2f} over {len(results)} origins"
+
+
+@pytest.mark.parametrize("horizon_bins", [3, 12, 48, 96])
+def test_candidates_at_an_origin_use_no_later_bin(horizon_bins: int) -> None:
+    """Changing the demand after bin ``i`` leaves every candidate forecast made at bins up to ``i`` unchanged."""
+    rng = np.random.default_rng(horizon_bins)
+    y = 100 + rng.normal(0, 10, 9 * 288)
+    y[rng.random(len(y)) < 0.05] = np.nan  # gaps too
+    before = naive_candidates(y, horizon_bins, 3, 288)
+    for cut in (300, 2000, len(y) - 1):
+        changed = y.copy()
+        changed[cut + 1 :] += 1000.0
+        after = naive_candidates(changed, horizon_bins, 3, 288)
+        for name, values in before.items():
+            np.testing.assert_array_equal(values[: cut + 1], after[name][: cut + 1], err_msg=name)
