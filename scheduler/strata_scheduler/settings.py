@@ -8,7 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from strata_operator.api.catalog import DEFAULT_CATALOG as DEFAULT_CATALOG  # the shared catalog, packaged
+from strata_operator.api import catalog as shared_catalog
+
+DEFAULT_CATALOG = shared_catalog.DEFAULT_CATALOG
+"""The price catalog shared with the operator, shipped inside strata_operator.api (so a wheel has it too)."""
 
 
 @dataclass(frozen=True)
