@@ -11,6 +11,7 @@ import kopf
 from strata_operator import fleet, resourcepool, trainingjob
 from strata_operator.api.catalog import CatalogError
 from strata_operator.kube import Kube
+from strata_operator.quotes import Quoter
 from strata_operator.runtime import Runtime
 from strata_operator.settings import OperatorSettings
 
@@ -38,6 +39,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: Any, **_
     settings.posting.reporting_component = "strata-operator"
     settings.watching.server_timeout = 300
     runtime.kube = Kube(login(settings))
+    runtime.quoter = Quoter(runtime.settings)
     if not runtime.settings.standalone:
         await ensure_peering(runtime.kube, runtime.settings)
     runtime.metrics.serve(runtime.settings.metrics_port)
@@ -88,6 +90,8 @@ async def close(memo: Any, **_: Any) -> None:
     runtime: Runtime = memo.runtime
     if runtime.kube is not None:
         await runtime.kube.close()
+    if runtime.quoter is not None:
+        await runtime.quoter.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

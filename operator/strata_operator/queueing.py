@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from strata_operator.admission import AdmittedGang, Decision, GangRequest, Waiting, admit
-from strata_operator.api import GPUType, Phase, ResourcePool, format_time, parse_time
+from strata_operator.api import GPUType, Phase, ResourcePool, TrainingJob, format_time, parse_time
 from strata_operator.lifecycle import Reason
 from strata_operator.observed import Node, WorkerPod
 from strata_operator.pods import gang_gpu_type
@@ -34,11 +35,11 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
     fleet = [n for store in list(nodes_index.values()) for n in store]
     free = {n.name: n.allocatable_gpus - sum(usage_index.get(n.name, ())) for n in fleet}
 
-    queue = [
-        GangRequest.from_job(e.job)
-        for e in entries.values()
-        if e.job.status.phase == Phase.QUEUED and not e.job.spec.suspend
-    ]
+    queued = [e.job for e in entries.values() if e.job.status.phase == Phase.QUEUED and not e.job.spec.suspend]
+    # gpuType Any: the types in the order the extender quotes them (cheapest unit of work first), else the job's
+    quoter = runtime.quoter
+    orders = await quoter.orders((j, pools[j.spec.pool]) for j in queued if j.spec.pool in pools) if quoter else {}
+    queue = [_request(job, orders.get(job.key)) for job in queued]
     admitted = [_admitted(e, list(pods_index.get(key, ()))) for key, e in entries.items() if e.job.phase.holds_gpus]
     decision = admit(queue, [g for g in admitted if g is not None], pools, fleet, free)
 
@@ -93,6 +94,11 @@ async def _write_preempted(runtime: Runtime, entry: JobEntry, message: str, now:
     if await patch_status(runtime, entry, draft.patch(), draft.events):
         runtime.metrics.preemptions.inc()
         runtime.wake(entry.job.key)
+
+
+def _request(job: TrainingJob, order: tuple[GPUType, ...] | None) -> GangRequest:
+    request = GangRequest.from_job(job)
+    return replace(request, gpu_types=order) if order else request
 
 
 def _admitted(entry: JobEntry, pods: list[WorkerPod]) -> AdmittedGang | None:

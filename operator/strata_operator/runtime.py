@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from strata_operator.kube import Kube
 from strata_operator.metrics import Metrics
+from strata_operator.quotes import Quoter
 from strata_operator.settings import OperatorSettings
 
 T = TypeVar("T")
@@ -52,6 +53,8 @@ class Runtime:
     last_admission: float = 0.0
     admission_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """One admission pass at a time, however many pool timers fire."""
+    quoter: Quoter | None = None
+    """The scheduler extender's GPU type quotes (``gpuType: Any``); None until start-up."""
     queue_written: dict[str, float] = field(default_factory=dict)
     """When each queued job's position was last written (positions shift often; writes are throttled)."""
 

@@ -60,6 +60,14 @@ class OperatorSettings:
     by the node's GPUs. A node's ``strata.dev/price-per-hour`` annotation wins. Default: the catalog shipped in
     :mod:`strata_operator.api`."""
 
+    extender_url: str = ""
+    """Base URL of Strata's scheduler extender (``http://strata-extender:8888``). For ``gpuType: Any`` jobs,
+    admission asks its ``POST /quote`` which GPU type's unit of work is cheapest now and tries that type first.
+    Empty (the default): no quotes, the job's own order (H100, then MI300X)."""
+    quote_timeout_s: float = 0.5
+    """Seconds an admission pass waits for the extender's quotes; unanswered jobs use their own order. Default
+    0.5 s: a quote costs the extender milliseconds, and admission must not stall when it is away."""
+
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> OperatorSettings:
         """Flags win over ``STRATA_OPERATOR_<FIELD>`` environment variables, which win over defaults."""

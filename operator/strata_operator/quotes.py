@@ -1,0 +1,127 @@
+"""Which GPU type a job that accepts several (``gpuType: Any``) should get: the scheduler extender's quote.
+
+A pod's GPU vendor is fixed by the resource it requests, so kube-scheduler never weighs an H100 against an MI300X
+for one pod; the choice is made at admission. The extender's ``POST /quote`` (body ``{"Pod": <pod template>}``)
+answers with the GPU types in order of cost per unit of work right now (prices, relative throughput, power tariff,
+reclaim hazard, from the same catalog). Admission then tries the types in that order.
+
+Fallback, documented in docs/operator.md: with no extender configured (``--extender-url`` empty), or when it does
+not answer within ``--quote-timeout-s`` (or answers nonsense), the job's own order is used (H100, then MI300X for
+``Any``) - the choice admission made before quotes existed. A quote is kept for :data:`QUOTE_TTL_S`, so a long
+queue costs one request per job per interval, and all of a pass's quotes are asked at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+
+from strata_operator import api
+from strata_operator.api import GPUType, ResourcePool, TrainingJob
+from strata_operator.pods import build_worker_pods
+from strata_operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+QUOTE_TTL_S = 30.0
+"""How long a job's quote is used before it is asked again (prices and free capacity move slowly)."""
+
+
+def quote_template(job: TrainingJob, pool: ResourcePool, settings: OperatorSettings) -> dict[str, Any]:
+    """Worker 0 as the operator would create it, accepting every GPU type the job accepts (the extender prices
+    the pod once per type)."""
+    types = job.spec.gpu_types
+    provisional = replace(job, status=replace(job.status, gpu_type=types[0]))
+    pod = build_worker_pods(provisional, pool, settings)[0]
+    pod["metadata"]["annotations"][api.ANN_GPU_TYPES] = ",".join(t.value for t in types)
+    return pod
+
+
+def ordered(answer: Any, accepted: Sequence[GPUType]) -> tuple[GPUType, ...] | None:
+    """The accepted types, the quote's order first (cheapest first), the rest as the job lists them; None when
+    the answer is not a quote."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("options"), list):
+        return None
+    quoted = [o.get("gpuType") for o in answer["options"] if isinstance(o, dict)]
+    recommended = answer.get("recommended")
+    if recommended is not None and (not quoted or quoted[0] != recommended):
+        quoted.insert(0, recommended)
+    first = [t for q in quoted for t in accepted if t.value == q]
+    return tuple(dict.fromkeys([*first, *accepted]))
+
+
+class Quoter:
+    """Asks the extender, with a cache and a deadline; never raises (the fallback is the job's own order)."""
+
+    def __init__(self, settings: OperatorSettings) -> None:
+        self.url = settings.extender_url.rstrip("/")
+        self.timeout_s = settings.quote_timeout_s
+        self.settings = settings
+        self._cache: dict[tuple[str, str], tuple[float, tuple[GPUType, ...]]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._failing = False
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def orders(self, jobs: Iterable[tuple[TrainingJob, ResourcePool]]) -> dict[str, tuple[GPUType, ...]]:
+        """Preferred GPU type order by job key, for the jobs that accept more than one type and got a quote."""
+        if not self.url:
+            return {}
+        now = time.monotonic()
+        self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+        result: dict[str, tuple[GPUType, ...]] = {}
+        asks: list[tuple[tuple[str, str], TrainingJob, ResourcePool]] = []
+        for job, pool in jobs:
+            if len(job.spec.gpu_types) < 2:
+                continue
+            key = (job.key, job.uid)
+            if key in self._cache:
+                result[job.key] = self._cache[key][1]
+            else:
+                asks.append((key, job, pool))
+        if not asks:
+            return result
+        tasks = [asyncio.ensure_future(self._ask(job, pool)) for _, job, pool in asks]
+        done, pending = await asyncio.wait(tasks, timeout=self.timeout_s)
+        for task in pending:
+            task.cancel()
+        answered = 0
+        for (key, job, _), task in zip(asks, tasks, strict=True):
+            order = task.result() if task in done and not task.cancelled() else None
+            if order is not None:
+                self._cache[key] = (now + QUOTE_TTL_S, order)
+                result[job.key] = order
+                answered += 1
+        self._report(answered=answered, asked=len(asks))
+        return result
+
+    async def _ask(self, job: TrainingJob, pool: ResourcePool) -> tuple[GPUType, ...] | None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        body = json.dumps({"Pod": quote_template(job, pool, self.settings)})
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+            headers = {"Content-Type": "application/json"}
+            async with self._session.post(f"{self.url}/quote", data=body, headers=headers) as response:
+                if response.status == 200:
+                    return ordered(json.loads(await response.read()), job.spec.gpu_types)
+        return None
+
+    def _report(self, answered: int, asked: int) -> None:
+        """One log line when quotes stop (and start again), not one per job and pass."""
+        failing = answered == 0 and asked > 0
+        if failing and not self._failing:
+            log.warning(f"the scheduler extender at {self.url} gives no quotes: GPU types in the job's own order")
+        elif not failing and self._failing:
+            log.info(f"the scheduler extender at {self.url} quotes again")
+        self._failing = failing
