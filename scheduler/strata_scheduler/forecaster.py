@@ -16,7 +16,8 @@ before ``t`` only::
                         (Prophet supplies only the expected change: the daily and weekly shape)
     forecast(t)       = the mix of candidates, weights in steps of 0.1 summing to 1, with the lowest sMAPE
                         over the last ``calibration_days`` (rolling origins, one per bin), fitted per horizon
-    band(t)           = forecast(t) + [q(10%), q(90%)] of that mix's errors over the same window
+    band(t)           = forecast(t) + [q(10%), q(90%)] of that mix's errors over the same window, each edge
+                        the wider of the week's and the last day's quantile
 
 The band comes from this forecaster's own recent errors (a split-conformal interval), not from Prophet's
 parametric uncertainty; it is what the reserved-capacity hold uses (:meth:`ForecastBoard.hold_back
@@ -124,6 +125,11 @@ def predict(times_s: np.ndarray, values: np.ndarray, config: ForecastConfig, cur
     if len(recent) >= 10:
         tail = (1 - config.band) / 2
         low_q, high_q = np.quantile(recent, [tail, 1 - tail])
+        last_day = errors[-day:]
+        last_day = last_day[~np.isnan(last_day)]
+        if len(last_day) >= 10:  # demand that turned more volatile lately widens the band at once
+            low_d, high_d = np.quantile(last_day, [tail, 1 - tail])
+            low_q, high_q = min(low_q, low_d), max(high_q, high_d)
     else:  # too little history to measure errors: a band as wide as demand has moved at all
         spread = float(np.nanmax(y) - np.nanmin(y))
         low_q, high_q = -spread, spread
