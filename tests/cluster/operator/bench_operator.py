@@ -1,12 +1,15 @@
 """Operator throughput on the local control plane (a benchmark, not a test: pytest does not collect it).
 
-    .venv/bin/python tests/cluster/operator/bench_operator.py --jobs 500 --workers 8
+    .venv/bin/python tests/cluster/operator/bench_operator.py --jobs 500 --workers 8 [--gpus-per-worker 1]
 
-1. Starts a local cluster with a fleet big enough for every gang at once (8 GPUs per worker, one worker a node).
+1. Starts a local cluster with a fleet big enough for every gang at once, plus 5% of each GPU type (by default
+   1 GPU per worker, so eight workers share a node: 4,000 pods on ~630 kwok nodes).
 2. Raw rate: a plain client (aiohttp, 64 requests in flight) creates the same worker pods the operator would
    (gated, so only creation is measured), then deletes them.
-3. Runs ``python -m strata_operator`` and applies all TrainingJobs at once; reports pods created per second,
-   time until every job is Running, the ratio to the raw rate, and the operator's CPU time and peak memory.
+3. Runs ``python -m strata_operator`` and applies all TrainingJobs at once; reports, by the API server's clock,
+   pods created per second from the first job's creation to the last pod's, the stages of a pod (created, gate
+   lifted, bound, Ready) and of a job, the ratio to the raw rate, the operator's CPU time and peak memory, and
+   the API requests per job (from the API server's apiserver_request_total).
 
 Prints a Markdown table for docs/benchmarks.md.
 """
@@ -44,7 +47,7 @@ POOL = "bench"
 IN_FLIGHT = 64
 
 
-def job_manifest(index: int, workers: int) -> dict[str, Any]:
+def job_manifest(index: int, workers: int, gpus_per_worker: int) -> dict[str, Any]:
     return {
         "apiVersion": api.API_VERSION,
         "kind": api.TRAINING_JOB,
@@ -52,9 +55,9 @@ def job_manifest(index: int, workers: int) -> dict[str, Any]:
         "spec": {
             "pool": POOL,
             "workload": {"image": "registry.invalid/strata/workloads:bench"},
-            "parallelism": {"data": workers, "tensor": 8},
+            "parallelism": {"data": workers, "tensor": gpus_per_worker},
             "training": {"globalBatchSize": 8 * workers, "steps": 1000},
-            "resources": {"gpus": 8 * workers, "gpusPerWorker": 8, "gpuType": "Any"},
+            "resources": {"gpus": gpus_per_worker * workers, "gpusPerWorker": gpus_per_worker, "gpuType": "Any"},
         },
     }
 
@@ -81,13 +84,18 @@ async def in_batches(calls: list[Any]) -> None:
     await asyncio.gather(*(run(c) for c in calls))
 
 
-async def raw_rate(kube: Kube, custom: Any, core: Any, jobs: int, workers: int) -> float:
+async def raw_rate(kube: Kube, custom: Any, core: Any, jobs: int, workers: int, gpus_per_worker: int) -> float:
     """Pods per second a plain client reaches creating the operator's exact worker pods (gated: creation only)."""
     pool = api.ResourcePool(POOL, 0, frozenset(api.GPUType), 10**6, None, frozenset({"reserved", "spot"}), False)
     manifests: list[dict[str, Any]] = []
     for i in range(jobs):
         body = custom.create_namespaced_custom_object(
-            api.GROUP, api.VERSION, NAMESPACE, api.TRAINING_JOBS, job_manifest(i, workers), dry_run="All"
+            api.GROUP,
+            api.VERSION,
+            NAMESPACE,
+            api.TRAINING_JOBS,
+            job_manifest(i, workers, gpus_per_worker),
+            dry_run="All",
         )  # the API server's defaults, without storing the job
         body["metadata"].update(uid=f"raw-{i}", creationTimestamp="2026-01-01T00:00:00Z")
         body["status"] = {"attempt": 1, "placement": {"gpuType": "H100" if i % 2 else "MI300X"}}  # as admission splits
@@ -118,18 +126,25 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument(
+        "--gpus-per-worker",
+        type=int,
+        default=1,
+        help="1 (default): 8 worker pods share a node, so 500 jobs need ~630 kwok nodes; 8: one worker per node, "
+        "~5,250 nodes, more than kwok keeps Ready on 2 busy cores (the pods and API calls are the same)",
+    )
     parser.add_argument("--timeout-s", type=float, default=1800)
     parser.add_argument("--profile", type=Path, default=None, help="write a cProfile of the operator here")
     args = parser.parse_args()
-    gang_nodes = args.jobs * args.workers
-    # 80% of the default fleet are GPU nodes, half H100 and half MI300X, one worker each: 5% spare per type
+    gang_nodes = math.ceil(args.jobs * args.workers * args.gpus_per_worker / 8)
+    # 80% of the default fleet are GPU nodes of 8 GPUs, half H100 and half MI300X: 5% spare per type
     fleet = load_fleet().scaled(math.ceil(gang_nodes / 0.8 * 1.05) + 8)
 
     bin_dir = binaries.ensure(quiet=True)
     with LocalCluster(ClusterSettings(api_qps=1000), bin_dir=bin_dir) as cluster:
         api_client = config.new_client_from_config(str(cluster.kubeconfig))
         core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
-        fleet_s = create_fleet(core, fleet)
+        fleet_s = create_fleet(core, fleet, wait_ready_s=900)  # 5,000 kwok nodes take minutes on a busy machine
         cluster.kubectl("apply", "-f", str(ROOT / "crds"))
         cluster.kubectl("wait", "--for=condition=Established", "crd/trainingjobs.strata.dev")
         cluster.kubectl("create", "namespace", NAMESPACE)
@@ -138,7 +153,9 @@ def main() -> None:
         info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
         assert info is not None
         kube = Kube(info)
-        raw = asyncio.run(_with_close(kube, raw_rate(kube, custom, core, args.jobs, args.workers)))
+        raw = asyncio.run(
+            _with_close(kube, raw_rate(kube, custom, core, args.jobs, args.workers, args.gpus_per_worker))
+        )
 
         pool = {"apiVersion": api.API_VERSION, "kind": api.RESOURCE_POOL, "metadata": {"name": POOL},
                 "spec": {"maxGPUs": 10**6, "capacityTypes": ["spot", "on-demand", "reserved"]}}  # fmt: skip
@@ -160,7 +177,7 @@ def main() -> None:
             calls0 = api_calls(cluster)
             kube = Kube(info)
             started = time.perf_counter()
-            asyncio.run(_with_close(kube, submit(kube, args.jobs, args.workers)))
+            asyncio.run(_with_close(kube, submit(kube, args.jobs, args.workers, args.gpus_per_worker)))
             results = follow(custom, operator.pid, args.jobs, started, args.timeout_s)
             results["cpu_s"] = proc_cpu_s(operator.pid) - cpu0
             calls = {k: v - calls0.get(k, 0) for k, v in api_calls(cluster).items()}
@@ -173,7 +190,7 @@ def main() -> None:
     rate = pods / results["last_pod_s"] if results["last_pod_s"] else 0.0
     rows = [
         ("fleet", f"{fleet.size} nodes created in {fleet_s:.0f} s"),
-        ("jobs x workers", f"{args.jobs} x {args.workers} = {pods} pods"),
+        ("jobs x workers", f"{args.jobs} x {args.workers} = {pods} pods of {args.gpus_per_worker} GPUs"),
         ("raw client pod creation", f"{raw:.0f} pods/s"),
         ("operator pod creation", f"{rate:.0f} pods/s (first job created -> last pod created: "
          f"{results['last_pod_s']:.0f} s, API server clock)"),
@@ -204,9 +221,9 @@ async def _with_close(kube: Kube, work: Any) -> Any:
         await kube.close()
 
 
-async def submit(kube: Kube, jobs: int, workers: int) -> None:
+async def submit(kube: Kube, jobs: int, workers: int, gpus_per_worker: int) -> None:
     path = custom_path(api.GROUP, api.VERSION, api.TRAINING_JOBS, "", NAMESPACE).rstrip("/")
-    await in_batches([kube.create(path, job_manifest(i, workers)) for i in range(jobs)])
+    await in_batches([kube.create(path, job_manifest(i, workers, gpus_per_worker)) for i in range(jobs)])
 
 
 def follow(custom: Any, pid: int, jobs: int, started: float, timeout_s: float) -> dict[str, Any]:
