@@ -193,7 +193,9 @@ def main() -> None:
     for name, (times, values) in series.items():
         if args.series and name not in args.series:
             continue
-        table += evaluate(name, times, values, args.eval_days, args.every_h, prophet=not args.no_prophet)
+        rows = evaluate(name, times, values, args.eval_days, args.every_h, prophet=not args.no_prophet)
+        print("\n".join(rows), flush=True)  # as each series completes: a long run's partial results survive
+        table += rows
     print("\nsMAPE % / MAE per cell\n")
     print("\n".join(table))
     if args.no_prophet:
