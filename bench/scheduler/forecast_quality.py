@@ -12,9 +12,10 @@ for the longest horizon) each method sees only samples before ``t`` and forecast
 - persistence: the mean of the last 15 minutes;
 - seasonal naive: the same 5-minute bin a day earlier;
 - Prophet: Prophet's own prediction (fitted on 5-minute means of up to 14 days);
-- Strata (:func:`strata_scheduler.forecaster.predict`): the blend of persistence, seasonal naive and
-  anchored Prophet (the last 15 minutes' level plus Prophet's predicted change) that did best on the last days,
-  with an 80% band from its own recent errors.
+- Strata (:func:`strata_scheduler.forecaster.predict`): the per-horizon blend of persistence, seasonal naive,
+  a 7-day seasonal median, yesterday's change on today's level, the day's mean and anchored Prophet (the last
+  15 minutes' level plus Prophet's predicted change) that did best on the last week, with an 80% band from its
+  own recent errors.
 
 Scores: sMAPE (%), MAE, and the share of outcomes inside Strata's 80% band. Two Prophet fits per series and
 origin (one before the calibration window, one on all history) serve every horizon. Also reported: Prophet's
