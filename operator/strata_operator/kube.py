@@ -41,7 +41,9 @@ class Kube:
             self._headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
         self._auth = aiohttp.BasicAuth(info.username, info.password or "") if info.username else None
         self._ssl = _ssl_context(info)
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        # per call on the wire, not in the connection pool's queue: at 500 jobs thousands of calls wait for one of
+        # the 64 connections, and a total timeout would fail (and retry) the very calls that are merely queued
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
