@@ -15,7 +15,8 @@ before ``t`` only::
     anchored(t)       = level(t) + prophet(t + h) - mean of prophet over those 15 minutes
                         (Prophet supplies only the expected change: the daily and weekly shape)
     forecast(t)       = the mix of candidates, weights in steps of 0.1 summing to 1, with the lowest sMAPE
-                        over the last ``calibration_days`` (rolling origins, one per bin), fitted per horizon
+                        over the last ``calibration_days`` (rolling origins, one per bin; each origin's
+                        error weighted by recency, half-life a day), fitted per horizon
     band(t)           = forecast(t) + [q(10%), q(90%)] of that mix's errors over the same window, each edge
                         the wider of the week's and the last day's quantile
 
@@ -64,6 +65,8 @@ class ForecastConfig:
     calibration_days: float = 7.0
     """Origins the weights and the band are measured on: a week, so each weekday counts once and an unusual
     day or two moves neither much (3 days overfitted the mix and under-covered at 8 hours on the traces)."""
+    weight_half_life_h: float = 24.0
+    """How fast an origin's error fades when the mix is chosen (the band uses the errors unweighted)."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,8 @@ def predict(times_s: np.ndarray, values: np.ndarray, config: ForecastConfig, cur
         held_out = curve(grid[: start + 1], y[: start + 1], n - start - 1 + h, config.bin_min)
         calibration["anchored"] = _anchored(level, held_out, h, w)
         live["anchored"] = _anchored(level, curve(grid, y, h, config.bin_min), h, w)
-    weights, errors = _best_blend(calibration, y, h, start)
+    half_life = int(config.weight_half_life_h * 3600 / (config.bin_min * 60))
+    weights, errors = _best_blend(calibration, y, h, start, half_life)
     mean = float(sum(weight * live[name][-1] for name, weight in weights.items()))
     recent = errors[~np.isnan(errors)]
     if len(recent) >= 10:
@@ -187,11 +191,14 @@ BLEND_STEPS = 10
 
 
 def _best_blend(
-    candidates: Mapping[str, np.ndarray], y: np.ndarray, h: int, start: int
+    candidates: Mapping[str, np.ndarray], y: np.ndarray, h: int, start: int, half_life_bins: int = 0
 ) -> tuple[dict[str, float], np.ndarray]:
     """The mix of candidate forecasts (each ``c[i]`` forecasts bin ``i + h``) with the lowest sMAPE over the
     origins from ``start`` on whose target is observed; weights in steps of 0.1 that sum to 1, ties to the
     first mix tried. Returns the weights and that mix's errors (actual - forecast).
+
+    Each origin's error counts ``0.5 ** (age / half_life_bins)`` (0: all alike): a candidate that was right
+    most of the week but wrong since demand stepped to a new level loses its weight within a day or so.
 
     sMAPE rather than absolute error: it weighs a quiet hour's miss as much as a busy hour's, and it is the
     measure the forecaster is judged by; on sparse counts (request rates) it rewards an exact zero.
@@ -212,7 +219,10 @@ def _best_blend(
     forecasts = origins[observed] @ mixes.T
     actual = targets[observed, None]
     scale = np.abs(actual) + np.abs(forecasts)
-    scores = np.where(scale > 0, np.abs(actual - forecasts) / np.where(scale > 0, scale, 1), 0).mean(axis=0)
+    terms = np.where(scale > 0, np.abs(actual - forecasts) / np.where(scale > 0, scale, 1), 0)
+    age = (len(targets) - 1 - np.flatnonzero(observed)).astype(float)  # in bins, 0 for the latest target
+    recency = 0.5 ** (age / half_life_bins) if half_life_bins > 0 else np.ones(len(age))
+    scores = (terms * recency[:, None]).sum(axis=0) / recency.sum()
     best = int(np.flatnonzero(scores <= scores.min() + 1e-12)[0])
     weights = {name: float(part) for name, part in zip(names, mixes[best], strict=True) if part}
     return weights, targets - origins @ mixes[best]
