@@ -27,7 +27,7 @@ parametric uncertainty; it is what the reserved-capacity hold uses (:meth:`Forec
 there is no forecast and nothing is held back.
 
 Staying off the request path: fits run in :class:`ForecastWorker`, a daemon thread, on 5-minute means (a
-tenth of the points of one-minute data, same shape); the Stan optimiser runs in a child process that
+fifth of the points of one-minute data, same shape); the Stan optimiser runs in a child process that
 cmdstanpy starts, so it does not hold the GIL; the result is published to the
 :class:`~strata_scheduler.forecasts.ForecastBoard`, which requests read without waiting.
 """
