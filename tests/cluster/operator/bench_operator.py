@@ -156,6 +156,7 @@ def main() -> None:
         raw = asyncio.run(
             _with_close(kube, raw_rate(kube, custom, core, args.jobs, args.workers, args.gpus_per_worker))
         )
+        print(f"raw client: {raw:.0f} pods/s; fleet of {fleet.size} nodes Ready in {fleet_s:.0f} s", file=sys.stderr)
 
         pool = {"apiVersion": api.API_VERSION, "kind": api.RESOURCE_POOL, "metadata": {"name": POOL},
                 "spec": {"maxGPUs": 10**6, "capacityTypes": ["spot", "on-demand", "reserved"]}}  # fmt: skip
@@ -168,6 +169,7 @@ def main() -> None:
             operator = subprocess.Popen(
                 [sys.executable, *profile, "-m", "strata_operator", "--standalone",
                  "--scheduler-name", "default-scheduler", "--metrics-port", "0", "--log-level", level,
+                 "--start-timeout-s", str(args.timeout_s),  # a slow bind is not a failed start here
                  "--namespaces", NAMESPACE],
                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ},
             )  # fmt: skip
