@@ -99,6 +99,7 @@ bench-workloads: venv ## Pipeline efficiency vs the bound, TP memory, layout thr
 	$(PY) bench/workloads/tp_memory.py --preset small --tp 2 4
 	$(PY) bench/workloads/layout_throughput.py --preset small-moe --steps 8
 	$(PY) bench/workloads/serving_bench.py --train-steps 150
+	$(PY) bench/workloads/grad_compression.py --steps 80 --rank 4
 
 clean: ## Remove the virtualenv and caches in the repo (the binary cache in ~/.cache/strata stays)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
