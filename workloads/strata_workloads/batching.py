@@ -66,11 +66,16 @@ class DynamicBatcher(Generic[In, Out]):
             batch = [await self._queue.get()]
             deadline = batch[0].enqueued + self.max_wait_s
             while len(batch) < self.max_batch:
+                # Requests already waiting join at once: under a backlog the first one's deadline has long
+                # passed, and asyncio.wait_for(timeout=0) would give up before get() ran, batching nothing.
+                if not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    continue
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 and self._queue.empty():
+                if remaining <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), timeout=max(remaining, 0)))
+                    batch.append(await asyncio.wait_for(self._queue.get(), timeout=remaining))
                 except TimeoutError:
                     break
             started = time.monotonic()
