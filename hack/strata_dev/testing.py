@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from strata_scheduler.service import ExtenderService
 
 T = TypeVar("T")
 
@@ -75,3 +79,22 @@ def eventually(probe: Callable[[], T | None], timeout_s: float = 60, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
         time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def running_extender(kubeconfig: Path, store: Path) -> Iterator[ExtenderService]:
+    """The scheduler extender in this process on a free port, watching ``kubeconfig``'s cluster, with the shipped
+    catalog and no background recording or forecasting (tests publish forecasts themselves); yielded once its
+    watch cache has synced, stopped on exit."""
+    from strata_dev.cluster import free_port
+    from strata_scheduler.catalog import load_catalog
+    from strata_scheduler.service import ExtenderService, Parts
+    from strata_scheduler.settings import DEFAULT_CATALOG, Settings
+
+    settings = Settings(port=free_port(), kubeconfig=str(kubeconfig), store=store)
+    service = ExtenderService(settings, load_catalog(DEFAULT_CATALOG), Parts(record=False, forecast=False)).start()
+    try:
+        eventually(lambda: service.state.ready, 60, "the extender's watch cache to sync")
+        yield service
+    finally:
+        service.stop()

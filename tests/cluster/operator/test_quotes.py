@@ -15,25 +15,17 @@ from operator_builders import a_pool
 from operator_harness import OperatorProcess, Strata
 from operator_manifests import a_job
 
-from strata_dev.cluster import free_port
-from strata_dev.testing import ClusterHandle, eventually
+from strata_dev.testing import ClusterHandle, running_extender
 from strata_operator.api import GPUType, TrainingJob
 from strata_operator.quotes import quote_template
 from strata_operator.settings import OperatorSettings
-from strata_scheduler.catalog import load_catalog
-from strata_scheduler.service import ExtenderService, Parts
-from strata_scheduler.settings import DEFAULT_CATALOG, Settings
+from strata_scheduler.service import ExtenderService
 
 
 @pytest.fixture
 def extender(crds: ClusterHandle, tmp_path: Path) -> Iterator[ExtenderService]:
-    settings = Settings(port=free_port(), kubeconfig=str(crds.kubeconfig), store=tmp_path / "demand.sqlite")
-    service = ExtenderService(settings, load_catalog(DEFAULT_CATALOG), Parts(record=False, forecast=False)).start()
-    try:
-        eventually(lambda: service.state.ready, 60, "the extender's watch cache to sync")
+    with running_extender(crds.kubeconfig, tmp_path / "demand.sqlite") as service:
         yield service
-    finally:
-        service.stop()
 
 
 def fp32_any(name: str, pool: str) -> dict[str, object]:

@@ -24,10 +24,8 @@ for folder in (Path(__file__).resolve().parent, Path(__file__).resolve().parents
 
 from scheduler_cluster import TEST_FLEET_LABEL, TestFleet  # noqa: E402
 
-from strata_dev.testing import ClusterHandle, eventually  # noqa: E402
-from strata_scheduler.catalog import load_catalog  # noqa: E402
-from strata_scheduler.service import ExtenderService, Parts  # noqa: E402
-from strata_scheduler.settings import DEFAULT_CATALOG, Settings  # noqa: E402
+from strata_dev.testing import ClusterHandle, running_extender  # noqa: E402
+from strata_scheduler.service import ExtenderService  # noqa: E402
 
 SHIPPED_CONFIG = Path(__file__).resolve().parents[3] / "scheduler" / "config" / "kube-scheduler-config.yaml"
 
@@ -35,19 +33,8 @@ SHIPPED_CONFIG = Path(__file__).resolve().parents[3] / "scheduler" / "config" / 
 @pytest.fixture(scope="module")
 def extender(cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExtenderService]:
     """The extender with a live watch cache; forecasts are published by the tests that need them."""
-    from strata_dev.cluster import free_port
-
-    settings = Settings(
-        port=free_port(),
-        kubeconfig=str(cluster.kubeconfig),
-        store=tmp_path_factory.mktemp("extender") / "demand.sqlite",
-    )
-    service = ExtenderService(settings, load_catalog(DEFAULT_CATALOG), Parts(record=False, forecast=False)).start()
-    try:
-        eventually(lambda: service.state.ready, 60, "the extender's watch cache to sync")
+    with running_extender(cluster.kubeconfig, tmp_path_factory.mktemp("extender") / "demand.sqlite") as service:
         yield service
-    finally:
-        service.stop()
 
 
 @pytest.fixture(scope="module")
