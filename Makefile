@@ -75,7 +75,7 @@ test: ## Everything: install, binaries, lint, types, import layering, every test
 	@$(PHASE) cluster-tests $(MAKE) --no-print-directory test-cluster
 
 CHART := charts/strata
-chart-sync: ## Copy crds/ and the scheduler's config files into the chart (the copies are checked by a test)
+chart-sync: ## Copy crds/, the price catalog and the kube-scheduler config into the chart (checked by a test)
 	@rm -f $(CHART)/crds/*.yaml && cp crds/*.yaml $(CHART)/crds/
 	@cp operator/strata_operator/api/catalog.yaml scheduler/config/kube-scheduler-config.yaml $(CHART)/files/
 
@@ -94,7 +94,7 @@ bench-scheduler: venv binaries ## Extender latency (1,000/5,000 nodes), kube-sch
 bench-operator: venv binaries ## Operator pod-creation rate against a plain client, admission and start latency
 	$(PY) tests/cluster/operator/bench_operator.py
 
-bench-workloads: venv ## Pipeline efficiency vs the bound, TP memory, layout throughput, INT8 serving with dynamic batching
+bench-workloads: venv ## Pipeline efficiency vs the bound, TP memory, layouts, INT8 serving, batching, PowerSGD
 	$(PY) bench/workloads/pipeline_efficiency.py --stages 2 4 --microbatches 1 2 4 8
 	$(PY) bench/workloads/tp_memory.py --preset small --tp 2 4
 	$(PY) bench/workloads/layout_throughput.py --preset small-moe --steps 8
