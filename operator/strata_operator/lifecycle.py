@@ -326,9 +326,7 @@ def _account(
         node = nodes.get(p.node or "")
         if node is None or node.gpu_type is None:
             continue
-        node_hour = node.price_per_hour
-        if node_hour is None:
-            node_hour = settings.prices.price(node.instance_type, node.capacity_type)
+        node_hour = settings.prices.node_price(node.price_per_hour, node.instance_type, node.capacity_type)
         if node_hour is not None and node.allocatable_gpus:
             dollars_per_hour += node_hour * per_worker / node.allocatable_gpus
     plan.gpu_seconds = job.spec.resources.gpus * seconds

@@ -13,6 +13,7 @@ from typing import Any
 
 from strata_operator import api
 from strata_operator.api import GPUType
+from strata_operator.api.catalog import parse_price
 
 
 @dataclass(frozen=True)
@@ -106,10 +107,7 @@ class Node:
         allocatable = (status.get("allocatable") or {}).get(gpu.resource, "0") if gpu else "0"
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
         capacity = api.capacity_type_of(labels)
-        try:
-            price: float | None = float((meta.get("annotations") or {})[api.ANN_NODE_PRICE])
-        except (KeyError, ValueError):
-            price = None
+        price = parse_price((meta.get("annotations") or {}).get(api.ANN_NODE_PRICE))
         return cls(
             name=meta.get("name", ""),
             gpu_type=gpu,

@@ -8,7 +8,6 @@ never turn into an exception on the request path.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from strata_operator.api import (
     capacity_type_of,
     gpu_type_of,
 )
+from strata_operator.api.catalog import parse_price
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
@@ -154,14 +154,6 @@ def parse_count(value: Any) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         return int(value.strip())
     return 0
-
-
-def parse_price(value: str | None) -> float | None:
-    try:
-        price = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return price if price is not None and math.isfinite(price) and price > 0 else None
 
 
 def _dict(value: Any) -> Mapping[str, Any]:

@@ -72,9 +72,7 @@ def interruption_slowdown(hazard_per_hour: float, checkpoint_s: float | None, ru
 
 
 def node_price(catalog: Catalog, node: NodeView) -> float | None:
-    if node.price_override is not None:
-        return node.price_override
-    return catalog.price(node.instance_type, node.capacity_type)
+    return catalog.node_price(node.price_override, node.instance_type, node.capacity_type)
 
 
 def cost_per_unit_work(

@@ -51,6 +51,11 @@ class Catalog:
             return None
         return self.prices.get(instance_type, {}).get(capacity_type)
 
+    def node_price(self, override: float | None, instance_type: str | None, capacity_type: str | None) -> float | None:
+        """A node's price per node-hour: its own annotation (``override``, see :func:`parse_price`) wins over the
+        catalog's row for its instance and capacity type; None when neither prices it."""
+        return override if override is not None else self.price(instance_type, capacity_type)
+
     def relative_throughput(self, gpu_type: str, precision: str, override: Mapping[str, float]) -> float | None:
         """Throughput of ``gpu_type`` for a job; the job's own override wins over the catalog."""
         if gpu_type in override:
@@ -126,3 +131,13 @@ def _hours(value: Any, where: str) -> tuple[float, ...]:
     if not isinstance(value, list) or len(value) != HOURS_PER_DAY:
         raise CatalogError(f"{where}: expected a list of {HOURS_PER_DAY} multipliers, one per UTC hour")
     return tuple(_number(number, f"{where}[{hour}]") for hour, number in enumerate(value))
+
+
+def parse_price(value: str | None) -> float | None:
+    """A node's ``strata.dev/price-per-hour`` annotation in dollars per node-hour; None (the catalog decides) when
+    it is absent, not a number, not finite or not positive."""
+    try:
+        price = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return price if price is not None and math.isfinite(price) and price > 0 else None

@@ -72,3 +72,25 @@ def test_a_catalog_flag_points_the_operator_at_another_document(tmp_path: Path) 
     path.write_text("prices: {p5.48xlarge: {spot: -1}}\n")
     with pytest.raises(CatalogError, match=re.escape("prices.p5.48xlarge.spot")):
         _ = OperatorSettings.from_args(["--catalog", str(path)], env={}).prices
+
+
+@pytest.mark.parametrize(
+    ("annotation", "expected"), [("30.5", 30.5), ("-3", 22.00), ("nan", 22.00), ("free", 22.00), (None, 22.00)]
+)
+def test_a_nodes_price_annotation_wins_only_when_it_is_a_price(annotation: str | None, expected: float) -> None:
+    """One rule for operator and extender: a positive, finite annotation overrides the catalog's row."""
+    from strata_operator.api import ANN_NODE_PRICE, NODE_CAPACITY_TYPE, NODE_INSTANCE_TYPE
+    from strata_operator.observed import Node
+
+    annotations = {ANN_NODE_PRICE: annotation} if annotation is not None else {}
+    node = Node.from_body(
+        {
+            "metadata": {
+                "name": "n",
+                "labels": {NODE_INSTANCE_TYPE: "p5.48xlarge", NODE_CAPACITY_TYPE: "spot"},
+                "annotations": annotations,
+            }
+        }
+    )
+    prices = OperatorSettings.from_args([], env={}).prices
+    assert prices.node_price(node.price_per_hour, node.instance_type, node.capacity_type) == expected
