@@ -9,15 +9,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import ssl
 import tempfile
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import kopf
+import orjson
 
 MERGE_PATCH = "application/merge-patch+json"
 IN_FLIGHT = 64
@@ -48,20 +49,23 @@ class Kube:
         # the 64 connections, and a total timeout would fail (and retry) the very calls that are merely queued
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self._watch_session: aiohttp.ClientSession | None = None
+        """Watches hold their connection for minutes: they get their own pool, never one of the 64 call slots."""
         self._slots = asyncio.Semaphore(IN_FLIGHT)
         """Calls wait here, before their body is encoded: 4,000 queued pod creations would otherwise each hold a
         request object and an encoded body in aiohttp's pool queue (tens of MiB at 500 jobs)."""
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._watch_session):
+            if session is not None:
+                await session.close()
+        self._session = self._watch_session = None
 
     async def request(
         self, method: str, path: str, body: Any = None, content_type: str = "application/json"
     ) -> dict[str, Any]:
         text = await self._send(method, path, body, content_type)
-        result: dict[str, Any] = json.loads(text) if text else {}
+        result: dict[str, Any] = orjson.loads(text) if text else {}
         return result
 
     async def _send(self, method: str, path: str, body: Any, content_type: str = "application/json") -> bytes:
@@ -72,7 +76,7 @@ class Kube:
                 connector=connector, headers=self._headers, auth=self._auth, timeout=self._timeout
             )
         async with self._slots:
-            data = None if body is None else json.dumps(body, separators=(",", ":"))
+            data = None if body is None else orjson.dumps(body)
             headers = {"Content-Type": content_type} if data is not None else None
             async with self._session.request(method, self._server + path, data=data, headers=headers) as response:
                 raw = await response.read()
@@ -105,6 +109,42 @@ class Kube:
     async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> None:
         await self._send("PATCH", path, patch, MERGE_PATCH)
 
+    async def list_pages(self, path: str, page_size: int = 500) -> AsyncIterator[dict[str, Any]]:
+        """A collection in pages (each a decoded List document): a list of 5,000 pods never sits in memory whole."""
+        token = ""
+        while True:
+            query = f"?limit={page_size}" + (f"&continue={quote(token)}" if token else "")
+            page = await self.request("GET", path + query)
+            yield page
+            token = str((page.get("metadata") or {}).get("continue") or "")
+            if not token:
+                return
+
+    async def watch_lines(self, path: str, resource_version: str, timeout_s: int) -> AsyncIterator[bytes]:
+        """The raw event lines of one watch from ``resource_version`` (bookmarks on), until the server ends it."""
+        if self._watch_session is None:
+            self._watch_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
+                headers=self._headers,
+                auth=self._auth,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=30.0, sock_read=timeout_s + 30.0),
+            )
+        query = f"?watch=1&allowWatchBookmarks=true&timeoutSeconds={timeout_s}&resourceVersion={resource_version}"
+        async with self._watch_session.get(self._server + path + query) as response:
+            if response.status >= 400:
+                raw = await response.read()
+                raise ApiError(response.status, "WATCH", path, _message(raw.decode(errors="replace")))
+            pending = b""
+            # events can be longer than aiohttp's line limit (a node lists its images): split chunks ourselves
+            async for chunk in response.content.iter_any():
+                pending += chunk
+                if b"\n" not in chunk:
+                    continue
+                *complete, pending = pending.split(b"\n")
+                for line in complete:
+                    if line:
+                        yield line
+
 
 def pod_path(namespace: str, name: str = "") -> str:
     return f"/api/v1/namespaces/{namespace}/pods" + (f"/{name}" if name else "")
@@ -121,7 +161,7 @@ def custom_path(group: str, version: str, plural: str, name: str, namespace: str
 
 def _message(text: str) -> str:
     with contextlib.suppress(ValueError, AttributeError):
-        return str(json.loads(text).get("message", text))
+        return str(orjson.loads(text).get("message", text))
     return text[:500]
 
 

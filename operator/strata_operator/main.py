@@ -8,8 +8,9 @@ from typing import Any, cast
 
 import kopf
 
-from strata_operator import fleet, resourcepool, trainingjob
+from strata_operator import resourcepool, trainingjob
 from strata_operator.api.catalog import CatalogError
+from strata_operator.fleet import Fleet
 from strata_operator.kube import Kube
 from strata_operator.quotes import Quoter
 from strata_operator.runtime import Runtime
@@ -17,12 +18,11 @@ from strata_operator.settings import OperatorSettings
 
 PREFIX = "strata.dev"
 WATCHED_ONLY = frozenset({"Pod", "Node"})
-"""Kinds with only index and on.event handlers here (no on.create/update, no daemons or timers)."""
+"""Kinds kopf itself never handles here (the operator watches them in :mod:`strata_operator.fleet`)."""
 
 
 def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
-    fleet.register(registry)
     trainingjob.register(registry)
     resourcepool.register(registry, settings.admission_interval_s)
     kopf.on.startup(registry=registry)(configure)
@@ -40,6 +40,9 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: Any, **_
     settings.watching.server_timeout = 300
     runtime.kube = Kube(login(settings))
     runtime.quoter = Quoter(runtime.settings)
+    runtime.fleet = Fleet(runtime.kube, runtime.settings.namespaces, runtime.wake)
+    runtime.fleet.start()
+    await runtime.fleet.wait_synced()  # no admission or reconcile from a half-listed fleet
     if not runtime.settings.standalone:
         await ensure_peering(runtime.kube, runtime.settings)
     runtime.metrics.serve(runtime.settings.metrics_port)
@@ -88,6 +91,8 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
 
 async def close(memo: Any, **_: Any) -> None:
     runtime: Runtime = memo.runtime
+    if runtime.fleet is not None:
+        await runtime.fleet.stop()
     if runtime.kube is not None:
         await runtime.kube.close()
     if runtime.quoter is not None:

@@ -16,7 +16,7 @@ from strata_operator.api import GPUType
 from strata_operator.api.catalog import parse_price
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Progress:
     step: int | None = None
     checkpoint_step: int | None = None
@@ -39,7 +39,7 @@ class Progress:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WorkerPod:
     """One worker pod as a job's reconcile needs to see it."""
 
@@ -85,7 +85,7 @@ class WorkerPod:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Node:
     """A node as admission and accounting see it."""
 

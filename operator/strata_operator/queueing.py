@@ -26,9 +26,9 @@ POSITION_REFRESH_S = 10.0
 async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decision:
     jobs_index: IndexOf[JobEntry] = indices["trainingjobs"]
     pools_index: IndexOf[ResourcePool] = indices["resourcepools"]
-    pods_index: IndexOf[WorkerPod] = indices["worker_pods"]
-    nodes_index: IndexOf[Node] = indices["nodes"]
-    usage_index: IndexOf[int] = indices["gpu_usage"]
+    pods_index: IndexOf[WorkerPod] = runtime.observed.worker_pods
+    nodes_index: IndexOf[Node] = runtime.observed.nodes
+    usage_index: IndexOf[int] = runtime.observed.gpu_usage
 
     entries = {e.job.key: e for store in list(jobs_index.values()) for e in store}
     pools = {p.name: p for store in list(pools_index.values()) for p in store}

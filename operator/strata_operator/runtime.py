@@ -10,6 +10,7 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from strata_operator.fleet import Fleet
 from strata_operator.kube import Kube
 from strata_operator.metrics import Metrics
 from strata_operator.quotes import Quoter
@@ -49,6 +50,8 @@ class Runtime:
     settings: OperatorSettings
     metrics: Metrics = field(default_factory=Metrics)
     kube: Kube | None = None
+    fleet: Fleet | None = None
+    """Pods and nodes, from the operator's own watches; None until start-up."""
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
     last_admission: float = 0.0
     admission_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -63,6 +66,12 @@ class Runtime:
         if self.kube is None:
             raise RuntimeError("the operator has not logged in yet")
         return self.kube
+
+    @property
+    def observed(self) -> Fleet:
+        if self.fleet is None:
+            raise RuntimeError("the operator has not started watching pods and nodes yet")
+        return self.fleet
 
     def wake(self, key: str) -> None:
         event = self.wakeups.get(key)

@@ -29,8 +29,8 @@ from strata_operator.runtime import IndexMapping, IndexOf, Runtime, first
 from strata_operator.status import NORMAL, Event
 
 PODS_SETTLE_S = 5.0
-"""A daemon that just started (operator start, or a standby taking over) trusts "a worker is missing" only after
-this long: kopf may still be filling the pod index from its resumed watch."""
+"""A daemon that just started (operator start, or a standby taking over) trusts "a worker is missing" or "a node
+is gone" only after this long, and only once the pod and node caches have listed (see :mod:`fleet`)."""
 WAKE_DEBOUNCE_S = 0.05
 """A wake-up waits this long before reading memory: one reconcile for a burst of a gang's pod events."""
 STALE_VIEW_S = 5.0
@@ -122,7 +122,7 @@ async def run_trainingjob(
             else:
                 started = time.perf_counter()
                 try:
-                    settled = time.monotonic() - born >= PODS_SETTLE_S
+                    settled = time.monotonic() - born >= PODS_SETTLE_S and runtime.observed.synced
                     plan, written = await _reconcile(runtime, entry, indices, logger, memory, settled)
                     stale = plan is None  # the job changed after our view of it: wait for the watch to bring it
                 except (ApiError, aiohttp.ClientError, TimeoutError) as error:
@@ -170,8 +170,8 @@ async def _reconcile(
     """One pass; returns the plan (None if the status could not be written) and whether status was written."""
     job = entry.job
     pools: IndexOf[ResourcePool] = indices["resourcepools"]
-    pods: IndexOf[WorkerPod] = indices["worker_pods"]
-    nodes: Mapping[str, Node] = IndexMapping(indices["nodes"])
+    pods: IndexOf[WorkerPod] = runtime.observed.worker_pods
+    nodes: Mapping[str, Node] = IndexMapping(runtime.observed.nodes)
     pool = first(pools, job.spec.pool)
     now = datetime.now(UTC).replace(microsecond=0)
     workers = list(pods.get(job.key, ()))
