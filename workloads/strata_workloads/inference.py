@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
 from strata_workloads.checkpoint import MARKER, latest
-from strata_workloads.model import KVCache, Transformer
+from strata_workloads.model import FeedForward, KVCache, Transformer
 from strata_workloads.presets import EOS_TOKEN, get_preset
 
 
@@ -21,6 +22,16 @@ class Quantization(StrEnum):
     NONE = "none"
     INT8_WEIGHT = "int8-weight"  # int8 weights, activations in float
     INT8_DYNAMIC = "int8-dynamic"  # int8 weights and per-token dynamically quantised int8 activations
+
+
+class Precision(StrEnum):
+    """The dtype weights and activations are computed in (a cast of the model, not autocast)."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+
+DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16}
 
 
 def load_model(preset: str, checkpoint: Path | None) -> Transformer:
@@ -53,6 +64,52 @@ def quantize(model: Transformer, mode: Quantization) -> Transformer:
     config = Int8WeightOnlyConfig() if mode is Quantization.INT8_WEIGHT else Int8DynamicActivationInt8WeightConfig()
     quantize_(model, config)
     return model
+
+
+def prepare(model: Transformer, precision: Precision, mode: Quantization, compiled: bool) -> Transformer:
+    """Cast, then quantise (torchao takes its scales' dtype from the weights), then compile.
+
+    torchao's fast CPU int8 weight-only kernel (`aten._weight_int8pack_mm`) is reached only this way: inductor
+    rewrites the dequantise-then-matmul pattern of an int8 weight-only linear into it only for bf16
+    activations and scales, and only when compiled; fp32 or eager int8 weight-only dequantises on every call.
+    """
+    model = quantize(model.to(DTYPES[precision]), mode)
+    if compiled:
+        compile_for_serving(model)
+    return model
+
+
+def compile_for_serving(model: Transformer) -> None:
+    """torch.compile every dense feed-forward and every other nn.Linear, with dynamic shapes.
+
+    Why these pieces and not whole blocks: the linears are where the time goes and where torchao's int8 kernel
+    is substituted, and they see only (batch, tokens, features) inputs. A whole block would also trace the KV
+    cache, whose update reads the longest position as a Python int (a graph break) and whose length changes
+    every decode step. Why dynamic shapes: the batcher's batch size (1..max_batch) and the prompt lengths
+    vary per call; one symbolic graph per piece covers them, where static shapes would need a graph per
+    (batch, length) pair or padding to buckets. Dynamo still specialises a size of 1, so every piece ends up
+    with at most four graphs ((1 or n rows) x (1 or n tokens)); `warm_up` compiles all four before
+    the server reports ready. The stacked expert weights of MoE layers stay eager (only their router is a
+    linear).
+    """
+    inside_ffn = {id(m) for ffn in model.modules() if isinstance(ffn, FeedForward) for m in ffn.modules()}
+    for module in model.modules():
+        if isinstance(module, FeedForward) or (isinstance(module, nn.Linear) and id(module) not in inside_ffn):
+            module.compile(dynamic=True)
+
+
+def warm_up(model: Transformer) -> None:
+    """One generation and one scoring call for each shape class a compiled model distinguishes: one row or
+    several, one token (decode) or several (prefill, scoring). Afterwards no request compiles anything."""
+    prompt, other = encode("def main():\n"), encode("import os\n")
+    # Every compiled module runs nn.Module._call_impl, one code object, and each (weight shape, shape class)
+    # pair is its own entry in that code object's cache: more than dynamo's default limit of 8, past which it
+    # would silently run the rest eagerly. Raised only while warming up, the one time anything compiles.
+    with torch._dynamo.config.patch(recompile_limit=4 * len(list(model.modules()))):
+        generate(model, [prompt], [2])  # 1 x n prefill, 1 x 1 decode
+        generate(model, [prompt, other], [2, 2])  # 2 x n prefill, 2 x 1 decode
+        score(model, [prompt])
+        score(model, [prompt, other])
 
 
 def encode(text: str) -> list[int]:

@@ -2,7 +2,7 @@
 
 POST /v1/generate {"prompt": str, "max_new_tokens": int}  -> {"text": str, "tokens": int}
 POST /v1/predict  {"text": str}                           -> {"nll": float, "tokens": int, "perplexity": float}
-GET /healthz (alive), /readyz (warmed up and not draining), /metrics (Prometheus).
+GET /healthz (alive, from the start), /readyz (warmed up, compiled where asked, and not draining), /metrics.
 Malformed requests get 400 with a message; a full queue 429; not ready or draining 503.
 On SIGTERM: /readyz turns 503, new requests get 503, in-flight requests finish (up to drain_seconds), exit 0.
 """
@@ -28,7 +28,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from strata_workloads.batching import DynamicBatcher, Overloaded
-from strata_workloads.inference import Quantization, decode, encode, generate, load_model, quantize, score
+from strata_workloads.inference import (
+    Precision,
+    Quantization,
+    decode,
+    encode,
+    generate,
+    load_model,
+    prepare,
+    score,
+    warm_up,
+)
 from strata_workloads.model import Transformer
 from strata_workloads.settings import parse_value
 from strata_workloads.telemetry import setup_logging
@@ -43,6 +53,8 @@ class ServeSettings:
     model: str = "debug"  # preset the checkpoint was trained with
     checkpoint: str = ""  # step folder or checkpoint root (newest complete); empty: random weights
     quantization: str = "none"  # none | int8-weight | int8-dynamic
+    precision: str = "fp32"  # fp32 | bf16: dtype of weights and activations
+    compile: bool = False  # torch.compile the linears (dynamic shapes) during warm-up, before ready
     host: str = "0.0.0.0"
     port: int = 8000
     max_batch: int = 8  # requests per model call
@@ -52,6 +64,25 @@ class ServeSettings:
     max_prompt_bytes: int = 4096
     drain_seconds: float = 25.0  # SIGTERM: how long in-flight requests may take (below the pod's grace period)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+
+HELP = {
+    "model": "preset the checkpoint was trained with",
+    "checkpoint": "step folder or checkpoint root (newest complete is used); empty: random weights",
+    "quantization": "none | int8-weight | int8-dynamic (torchao)",
+    "precision": "fp32 | bf16: dtype of weights and activations; int8-weight is fast on CPU only with bf16 "
+    "and --compile true",
+    "compile": "true: torch.compile the linears with dynamic shapes; warm-up compiles before /readyz is 200",
+    "host": "listen address",
+    "port": "listen port",
+    "max_batch": "requests per model call",
+    "max_wait_ms": "how long the first request of a batch waits for company (not when it is alone)",
+    "max_queue": "waiting requests beyond which new ones get 429",
+    "max_new_tokens": "largest max_new_tokens a request may ask for",
+    "max_prompt_bytes": "longest prompt accepted",
+    "drain_seconds": "on SIGTERM, how long in-flight requests may finish",
+    "threads": "torch intra-op threads; 0 keeps torch's default",
+}
 
 
 def load_serve_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ServeSettings:
@@ -64,7 +95,8 @@ def load_serve_settings(argv: Sequence[str] | None = None, env: Mapping[str, str
         key = f"STRATA_SERVE_{f.name.upper()}"
         if key in env:
             values[f.name] = parse_value(f.type, env[key])
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, help=key)
+        help_text = f"{HELP[f.name]} (env {key}; default {f.default!r})"
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, help=help_text)
     kinds = {f.name: f.type for f in fields(ServeSettings)}
     for name, raw in vars(parser.parse_args(argv)).items():
         if raw is not None:
@@ -88,12 +120,19 @@ class Server:
         self.settings = settings
         self.ready = False
         self.draining = False
+        self._warming: asyncio.Task[None] | None = None
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "strata_serve_requests", "Requests by endpoint and status", ["endpoint", "status"], registry=self.registry
         )
         self.latency = Histogram(
             "strata_serve_latency_seconds", "Request latency", ["endpoint"], registry=self.registry
+        )
+        self.batch_wait = Histogram(
+            "strata_serve_batch_wait_seconds",
+            "How long the oldest request of a batch waited before the model ran",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5),
+            registry=self.registry,
         )
         self.batch_size = Histogram(
             "strata_serve_batch_size",
@@ -113,16 +152,17 @@ class Server:
             self._observe,
         )
 
-    def _observe(self, size: int, seconds: float) -> None:
+    def _observe(self, size: int, waited: float, seconds: float) -> None:
         self.batch_size.observe(size)
+        self.batch_wait.observe(waited)
 
     def _generate_batch(self, requests: list[GenerateRequest]) -> list[list[int]]:
         return generate(self.model, [r.prompt for r in requests], [r.max_new_tokens for r in requests])
 
     def warm_up(self) -> None:
-        """One call per path before reporting ready, so the first user request does not pay for lazy init."""
-        generate(self.model, [encode("def ")], [2])
-        score(self.model, [encode("import os\n")])
+        """Every path and shape class before reporting ready, so the first user request pays neither for lazy
+        init nor for compilation."""
+        warm_up(self.model)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_prompt_bytes * 4 + 1024)
@@ -138,11 +178,34 @@ class Server:
     async def _start(self, app: web.Application) -> None:
         self.generator.start()
         self.scorer.start()
+        # In the background: compiling can take minutes, and meanwhile /healthz must answer (a liveness probe
+        # that cannot connect would restart the pod) while /readyz says 503.
+        self._warming = asyncio.get_running_loop().create_task(self._warm())
+
+    async def _warm(self) -> None:
+        began = time.monotonic()
         await asyncio.to_thread(self.warm_up)
         self.ready = True
-        log.info("ready", extra={"quantization": self.settings.quantization})
+        log.info(
+            "ready",
+            extra={
+                "quantization": self.settings.quantization,
+                "precision": self.settings.precision,
+                "compile": self.settings.compile,
+                "warm_up_s": round(time.monotonic() - began, 1),
+            },
+        )
+
+    async def wait_ready(self) -> None:
+        """Until warm-up has finished; raises what warm-up raised."""
+        if self._warming is None:
+            raise RuntimeError("the server has not started")
+        await self._warming
 
     async def _stop(self, app: web.Application) -> None:
+        if self._warming is not None and not self._warming.done():
+            self._warming.cancel()
+            await asyncio.gather(self._warming, return_exceptions=True)
         await self.generator.stop()
         await self.scorer.stop()
 
@@ -235,7 +298,11 @@ def build_server(settings: ServeSettings) -> Server:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     model = load_model(settings.model, Path(settings.checkpoint) if settings.checkpoint else None)
-    return Server(quantize(model, Quantization(settings.quantization)), settings)
+    return Server(prepare_model(model, settings), settings)
+
+
+def prepare_model(model: Transformer, settings: ServeSettings) -> Transformer:
+    return prepare(model, Precision(settings.precision), Quantization(settings.quantization), settings.compile)
 
 
 async def serve(settings: ServeSettings) -> None:
@@ -249,7 +316,14 @@ async def serve(settings: ServeSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    stopping = loop.create_task(stop.wait())
+    warming = loop.create_task(server.wait_ready())
+    await asyncio.wait({stopping, warming}, return_when=asyncio.FIRST_COMPLETED)
+    if warming.done() and warming.exception() is not None:
+        # A server that cannot warm up would never be ready; exiting lets the pod's restart policy show it.
+        await runner.cleanup()
+        raise warming.exception()  # type: ignore[misc]
+    await stopping
     await server.drain()
     await runner.cleanup()
 

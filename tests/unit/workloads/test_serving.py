@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 import time
 from pathlib import Path
 
@@ -126,7 +127,7 @@ async def test_batcher_groups_waiting_requests_and_refuses_beyond_its_queue() ->
         return [2 * i for i in items]
 
     batcher: DynamicBatcher[int, int] = DynamicBatcher(
-        slow_double, max_batch=4, max_wait_s=0.02, max_queue=4, on_batch=lambda n, s: sizes.append(n)
+        slow_double, max_batch=4, max_wait_s=0.02, max_queue=4, on_batch=lambda n, w, s: sizes.append(n)
     )
     batcher.start()
     try:
@@ -146,8 +147,18 @@ async def test_batcher_groups_waiting_requests_and_refuses_beyond_its_queue() ->
 @pytest.mark.unit
 async def test_http_contract(model: Transformer) -> None:
     server = Server(model, ServeSettings(max_batch=4, max_wait_ms=2, max_queue=2, max_new_tokens=8))
+    # Warm-up held until the test lets it go: alive, not ready, requests refused with 503.
+    gate = threading.Event()
+    warm_up = server.warm_up
+    server.warm_up = lambda: (gate.wait(timeout=60), warm_up())  # type: ignore[assignment]
     async with TestClient(TestServer(server.app())) as client:
         assert (await client.get("/healthz")).status == 200
+        assert (await client.get("/readyz")).status == 503
+        early = await client.post("/v1/generate", json={"prompt": "def ", "max_new_tokens": 3})
+        assert early.status == 503
+        assert (await early.json())["error"] == "warming up"
+        gate.set()
+        await server.wait_ready()
         assert (await client.get("/readyz")).status == 200
         ok = await client.post("/v1/generate", json={"prompt": "def ", "max_new_tokens": 3})
         assert ok.status == 200
