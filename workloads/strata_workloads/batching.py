@@ -1,5 +1,10 @@
 """Dynamic batching: requests wait at most `max_wait` for company, up to `max_batch` per model call; a bounded
-queue turns overload into a fast refusal instead of unbounded latency."""
+queue turns overload into a fast refusal instead of unbounded latency.
+
+Waiting only pays when company is likely. A request that finds the model idle and nothing queued runs at once
+unless the previous batch had company (several users sending at once, as in a closed loop of clients, whose
+next requests arrive a few milliseconds apart right after their answers): a lone user never waits for
+`max_wait`, and concurrent users still batch."""
 
 from __future__ import annotations
 
@@ -31,13 +36,15 @@ class DynamicBatcher(Generic[In, Out]):
         max_batch: int,
         max_wait_s: float,
         max_queue: int,
-        on_batch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[int, float, float], None] | None = None,
     ) -> None:
         self._run_batch = run_batch
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self._queue: asyncio.Queue[_Pending[In, Out]] = asyncio.Queue(maxsize=max_queue)
+        # (size, seconds the oldest request waited before the model ran, seconds the model ran)
         self._on_batch = on_batch
+        self._last_size = 0
         self._task: asyncio.Task[None] | None = None
         self.in_flight = 0
 
@@ -64,7 +71,7 @@ class DynamicBatcher(Generic[In, Out]):
     async def _loop(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            deadline = batch[0].enqueued + self.max_wait_s
+            deadline = batch[0].enqueued + (self.max_wait_s if self._last_size > 1 else 0.0)
             while len(batch) < self.max_batch:
                 # Requests already waiting join at once: under a backlog the first one's deadline has long
                 # passed, and asyncio.wait_for(timeout=0) would give up before get() ran, batching nothing.
@@ -79,6 +86,7 @@ class DynamicBatcher(Generic[In, Out]):
                 except TimeoutError:
                     break
             started = time.monotonic()
+            self._last_size = len(batch)
             try:
                 # The model runs in a worker thread so the event loop keeps accepting (and refusing) requests.
                 results = await asyncio.to_thread(self._run_batch, [p.item for p in batch])
@@ -88,7 +96,7 @@ class DynamicBatcher(Generic[In, Out]):
                         p.future.set_exception(err)
                 continue
             if self._on_batch is not None:
-                self._on_batch(len(batch), time.monotonic() - started)
+                self._on_batch(len(batch), started - batch[0].enqueued, time.monotonic() - started)
             for p, result in zip(batch, results, strict=True):
                 if not p.future.done():
                     p.future.set_result(result)
