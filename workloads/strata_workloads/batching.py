@@ -1,10 +1,10 @@
 """Dynamic batching: requests wait at most `max_wait` for company, up to `max_batch` per model call; a bounded
 queue turns overload into a fast refusal instead of unbounded latency.
 
-Waiting only pays when company is likely. A request that finds the model idle and nothing queued runs at once
-unless the previous batch had company (several users sending at once, as in a closed loop of clients, whose
-next requests arrive a few milliseconds apart right after their answers): a lone user never waits for
-`max_wait`, and concurrent users still batch."""
+A lone request pays `max_wait` (recorded per batch as the oldest request's wait). Running it at once when the
+model is idle would save that, but only continuous batching (later requests joining the running decode loop)
+makes that safe: here the rest of a burst that arrives a millisecond later would wait for the whole
+generation of the first request."""
 
 from __future__ import annotations
 
@@ -44,7 +44,6 @@ class DynamicBatcher(Generic[In, Out]):
         self._queue: asyncio.Queue[_Pending[In, Out]] = asyncio.Queue(maxsize=max_queue)
         # (size, seconds the oldest request waited before the model ran, seconds the model ran)
         self._on_batch = on_batch
-        self._last_size = 0
         self._task: asyncio.Task[None] | None = None
         self.in_flight = 0
 
@@ -71,7 +70,7 @@ class DynamicBatcher(Generic[In, Out]):
     async def _loop(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            deadline = batch[0].enqueued + (self.max_wait_s if self._last_size > 1 else 0.0)
+            deadline = batch[0].enqueued + self.max_wait_s
             while len(batch) < self.max_batch:
                 # Requests already waiting join at once: under a backlog the first one's deadline has long
                 # passed, and asyncio.wait_for(timeout=0) would give up before get() ran, batching nothing.
@@ -86,7 +85,6 @@ class DynamicBatcher(Generic[In, Out]):
                 except TimeoutError:
                     break
             started = time.monotonic()
-            self._last_size = len(batch)
             try:
                 # The model runs in a worker thread so the event loop keeps accepting (and refusing) requests.
                 results = await asyncio.to_thread(self._run_batch, [p.item for p in batch])
