@@ -6,8 +6,12 @@
    for a decode step at batch 1 and 8 and a prefill of 8 x 128, eager and with torch.compile (which torchao
    recommends; on CPU, inductor turns int8 weight-only linears into `aten._weight_int8pack_mm`, and the
    table counts those rewrites).
-3. Dynamic batching: a closed-loop load test on the HTTP server (generation with the KV cache): requests/s
-   and p99 latency for max_batch=1 and 8 side by side, and the best throughput under a p99 bound.
+3. Served speed: the HTTP server in-process, built as `python -m strata_workloads.serve` builds it, for
+   fp32, fp32 int8-weight, and compiled fp32 / bf16 / bf16 int8-weight on `85m`: requests/s and p50/p99 of
+   `/v1/generate` for one user (decode batch 1) and a closed loop of 8 users (decode batch 8), round-robin.
+4. Dynamic batching: a closed-loop load test on the HTTP server (generation with the KV cache): requests/s
+   and p99 latency for max_batch=1 and 8 side by side, and the best throughput under a p99 bound; then lone
+   requests to max_batch 1 and 8 alternately (same load for both), with the batcher's recorded waits.
 
     python bench/workloads/serving_bench.py --train-steps 150
 """
@@ -20,7 +24,9 @@ import copy
 import math
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch._dynamo
@@ -35,7 +41,7 @@ from strata_workloads.model import Transformer
 from strata_workloads.optim import OptimConfig, build_optimizer, train_step
 from strata_workloads.parallelize import ParallelizeOptions
 from strata_workloads.presets import get_preset
-from strata_workloads.serve import Server, ServeSettings
+from strata_workloads.serve import Server, ServeSettings, prepare_model
 
 
 def train_small(steps: int, seq: int) -> tuple[Transformer, list[list[int]]]:
@@ -63,6 +69,7 @@ def perplexity(model: Transformer, texts: list[list[int]]) -> float:
 
 
 NEW_TOKENS = 32
+PROMPT = "def main():\n    "
 SHAPES = {"decode b=1": (1, 1), "decode b=8": (8, 1), "prefill 1x64": (1, 64)}
 
 
@@ -125,24 +132,115 @@ def int8_speed(preset: str, compile_models: bool, reps: int) -> None:
                 ms[i].append(1e3 * statistics.median(measured))
     print("| variant | execution | " + " | ".join(f"{s} (ms)" for s in SHAPES) + " | speed-up vs fp32 | woq rewrites |")
     print("| --- | --- | " + " | ".join("---" for _ in SHAPES) + " | --- | --- |")
-    for i, (mode, execution, _, woq) in enumerate(variants):
+    for i, (label, execution, _, woq) in enumerate(variants):
         fp32 = next(j for j, v in enumerate(variants) if v[1] == execution and v[0] == "fp32")
         speedups = " / ".join(f"{b / m:.2f}" for b, m in zip(ms[fp32], ms[i], strict=True))
         cells = " | ".join(f"{m:.1f}" for m in ms[i])
-        print(f"| {mode} | {execution} | {cells} | {speedups} | {woq} |")
+        print(f"| {label} | {execution} | {cells} | {speedups} | {woq} |")
+
+
+SERVED = {
+    "fp32": ServeSettings(),
+    "fp32 int8-weight": ServeSettings(quantization="int8-weight"),
+    "fp32 compiled": ServeSettings(compile=True),
+    "bf16 compiled": ServeSettings(precision="bf16", compile=True),
+    "bf16 int8-weight compiled": ServeSettings(precision="bf16", quantization="int8-weight", compile=True),
+}
+
+
+def _percentile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+async def _closed_loop(client: TestClient[Any, Any], users: int, per_user: int, new_tokens: int) -> list[float]:
+    latencies: list[float] = []
+
+    async def user() -> None:
+        for _ in range(per_user):
+            began = time.perf_counter()
+            resp = await client.post("/v1/generate", json={"prompt": PROMPT, "max_new_tokens": new_tokens})
+            assert resp.status == 200, await resp.text()
+            latencies.append(time.perf_counter() - began)
+
+    await asyncio.gather(*(user() for _ in range(users)))
+    return latencies
+
+
+def _batches(server: Server) -> tuple[float, float]:
+    """(model calls, requests) the server's batch-size histogram has seen."""
+    samples = {s.name: s.value for metric in server.batch_size.collect() for s in metric.samples}
+    return samples["strata_serve_batch_size_count"], samples["strata_serve_batch_size_sum"]
+
+
+async def _served_speed(preset: str, variants: list[str], new_tokens: int, rounds: int) -> None:
+    torch.manual_seed(0)
+    base = Transformer(get_preset(preset)).eval()
+    servers: dict[str, Server] = {}
+    clients: dict[str, TestClient[Any, Any]] = {}
+    warm: dict[str, float] = {}
+    for name in variants:
+        settings = replace(SERVED[name], model=preset, max_new_tokens=new_tokens, max_queue=256)
+        began = time.perf_counter()
+        servers[name] = Server(prepare_model(copy.deepcopy(base), settings), settings)
+        clients[name] = TestClient(TestServer(servers[name].app()))
+        await clients[name].start_server()
+        await servers[name].wait_ready()  # warm-up: compiles here, before ready
+        warm[name] = time.perf_counter() - began
+        print(f"{name}: ready after {warm[name]:.0f} s", flush=True)
+    lone: dict[str, list[float]] = {n: [] for n in variants}
+    loaded: dict[str, list[float]] = {n: [] for n in variants}
+    walls: dict[str, float] = dict.fromkeys(variants, 0.0)
+    calls: dict[str, tuple[float, float]] = {}
+    for _ in range(rounds):  # round-robin: a change in the machine's load hits every variant alike
+        for name in variants:
+            lone[name] += await _closed_loop(clients[name], 1, 2, new_tokens)
+            before = _batches(servers[name])
+            began = time.perf_counter()
+            loaded[name] += await _closed_loop(clients[name], 8, 2, new_tokens)
+            walls[name] += time.perf_counter() - began
+            after = _batches(servers[name])
+            done = calls.get(name, (0.0, 0.0))
+            calls[name] = (done[0] + after[0] - before[0], done[1] + after[1] - before[1])
+    for client in clients.values():
+        await client.close()
+    print(
+        f"\nServed speed: preset {preset} ({base.config.num_params() / 1e6:.0f}M parameters), /v1/generate of "
+        f"{new_tokens} tokens, {rounds} rounds round-robin, {torch.get_num_threads()} threads; 1 user: "
+        f"{2 * rounds} requests one at a time; 8 users: closed loop, {16 * rounds} requests"
+    )
+    print(
+        "| variant | warm-up (s) | 1 user: requests/s | p50 (ms) | p99 (ms) | 8 users: requests/s | p50 (ms) "
+        "| p99 (ms) | mean batch | speed-up vs fp32 (1 user / 8 users) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    rps = {n: (len(lone[n]) / sum(lone[n]), len(loaded[n]) / walls[n]) for n in variants}
+    for name in variants:
+        ref = rps.get("fp32", rps[name])
+        one, eight = lone[name], loaded[name]
+        print(
+            f"| {name} | {warm[name]:.0f} | {rps[name][0]:.2f} | {1e3 * _percentile(one, 50):.0f} | "
+            f"{1e3 * _percentile(one, 99):.0f} | {rps[name][1]:.2f} | {1e3 * _percentile(eight, 50):.0f} | "
+            f"{1e3 * _percentile(eight, 99):.0f} | {calls[name][1] / calls[name][0]:.1f} | "
+            f"{rps[name][0] / ref[0]:.2f} / {rps[name][1] / ref[1]:.2f} |"
+        )
+
+
+def served_speed(preset: str, variants: list[str], new_tokens: int, rounds: int) -> None:
+    asyncio.run(_served_speed(preset, variants, new_tokens, rounds))
 
 
 async def load_test(model: Transformer, max_batch: int, concurrency: int, requests: int) -> tuple[float, float]:
     server = Server(model, ServeSettings(max_batch=max_batch, max_wait_ms=5, max_queue=1024, max_new_tokens=32))
     latencies: list[float] = []
     async with TestClient(TestServer(server.app())) as client:
+        await server.wait_ready()
         queue = list(range(requests))
 
         async def user() -> None:
             while queue:
                 queue.pop()
                 began = time.perf_counter()
-                body = {"prompt": "def main():\n    ", "max_new_tokens": NEW_TOKENS}
+                body = {"prompt": PROMPT, "max_new_tokens": NEW_TOKENS}
                 resp = await client.post("/v1/generate", json=body)
                 assert resp.status == 200, await resp.text()
                 latencies.append(time.perf_counter() - began)
@@ -197,6 +295,10 @@ def main() -> None:
     parser.add_argument("--speed-preset", default="85m", help="preset for the INT8 speed table")
     parser.add_argument("--speed-reps", type=int, default=10)
     parser.add_argument("--no-compile", action="store_true", help="INT8 speed: eager only")
+    parser.add_argument("--served-preset", default="85m", help="preset for the served-speed table")
+    parser.add_argument("--served-tokens", type=int, default=16, help="served speed: tokens per request")
+    parser.add_argument("--served-rounds", type=int, default=3)
+    parser.add_argument("--served-variants", nargs="+", default=list(SERVED), choices=list(SERVED))
     parser.add_argument("--requests", type=int, default=48, help="requests per load-test point")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument(
@@ -205,7 +307,7 @@ def main() -> None:
         default=0.0,
         help="p99 bound for the batching summary; 0: twice the unbatched, one-at-a-time p99",
     )
-    parser.add_argument("--skip", nargs="*", default=[], choices=["quality", "speed", "batching"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["quality", "speed", "served", "batching"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.checkpoint:
@@ -227,6 +329,9 @@ def main() -> None:
         print()
     if "speed" not in args.skip:
         int8_speed(args.speed_preset, not args.no_compile, args.speed_reps)
+        print()
+    if "served" not in args.skip:
+        served_speed(args.served_preset, args.served_variants, args.served_tokens, args.served_rounds)
         print()
     if "batching" not in args.skip:
         batching(model, args.concurrency, args.requests, args.p99_ms)
