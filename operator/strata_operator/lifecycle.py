@@ -75,6 +75,14 @@ def deadline(job: TrainingJob, pool: ResourcePool | None) -> datetime | None:
     return job.status.start_time + timedelta(seconds=limit)
 
 
+def admission_grace_s(settings: OperatorSettings) -> float:
+    """How long a new job is left to the admission pass before its daemon writes it Queued: five passes.
+
+    A job the fleet can take at once is admitted straight from submission (one status write, not two, and one
+    round trip through the watch less before its pods exist); one that must wait is written Queued after this."""
+    return 5 * settings.admission_interval_s
+
+
 def reconcile(
     job: TrainingJob,
     pool: ResourcePool | None,
@@ -90,6 +98,10 @@ def reconcile(
     plan = Plan(StatusDraft(stored=stored_status or {}, now=now))
     draft = plan.status
     phase = job.status.phase
+    wait_s = admission_grace_s(settings) - (now - job.created).total_seconds()
+    if phase is None and not job.spec.suspend and wait_s > 0:
+        plan.requeue_after_s = wait_s  # the admission pass may admit it meanwhile: write nothing yet
+        return plan
     current = [p for p in pods if p.attempt == job.status.attempt and not p.deleting]
     alive = [p for p in pods if not p.deleting]
 
@@ -176,16 +188,16 @@ def _run_gang(
     if len(current) == workers and all(p.phase == "Succeeded" for p in current):
         _finish(plan, Phase.SUCCEEDED, Reason.SUCCEEDED, f"all {workers} workers finished", [])
         return
-    draft.set(
-        "placement",
-        {
-            "gpuType": job.status.gpu_type.value if job.status.gpu_type else None,
-            "capacityTypes": sorted({c for p in current if p.node and (c := _capacity(nodes, p.node))}),
-            "nodes": sorted({p.node for p in current if p.node}),
-        },
-    )
+    placement = {
+        "gpuType": job.status.gpu_type.value if job.status.gpu_type else None,
+        "capacityTypes": sorted({c for p in current if p.node and (c := _capacity(nodes, p.node))}),
+        "nodes": sorted({p.node for p in current if p.node}),
+    }
     if job.phase == Phase.RUNNING:
+        draft.set("placement", placement)
         return
+    # while the gang starts its nodes fill in one bind at a time: placement is written once, with Running (a write
+    # per bind was the most frequent status write of a starting gang, and every write is an event for every watcher)
 
     have = {p.index for p in current}
     taken = {p.name for p in pods if p.attempt != job.status.attempt or p.deleting}
@@ -199,6 +211,7 @@ def _run_gang(
         if job.status.start_time is None:
             draft.set("startTime", format_time(now))
         draft.set("accountedAt", format_time(now))
+        draft.set("placement", placement)
         draft.transition(Phase.RUNNING, Reason.GANG_STARTED, f"all {workers} workers are running")
         return
     admitted = job.status.admitted_at or now

@@ -35,7 +35,8 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
     fleet = [n for store in list(nodes_index.values()) for n in store]
     free = {n.name: n.allocatable_gpus - sum(usage_index.get(n.name, ())) for n in fleet}
 
-    queued = [e.job for e in entries.values() if e.job.status.phase == Phase.QUEUED and not e.job.spec.suspend]
+    # new jobs (no phase yet) compete too, in submission order: one the fleet can hold is admitted straight away
+    queued = [e.job for e in entries.values() if e.job.status.phase in (Phase.QUEUED, None) and not e.job.spec.suspend]
     # gpuType Any: the types in the order the extender quotes them (cheapest unit of work first), else the job's
     quoter = runtime.quoter
     orders = await quoter.orders((j, pools[j.spec.pool]) for j in queued if j.spec.pool in pools) if quoter else {}
@@ -49,7 +50,11 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
     outcomes = await asyncio.gather(
         *(_write_admitted(runtime, entries[key], gpu_type, now) for key, gpu_type in decision.admit.items()),
         *(_write_preempted(runtime, entries[p.victim], p.message, now) for p in decision.preempt),
-        *(_write_waiting(runtime, entries[key], waiting, now) for key, waiting in decision.waiting.items()),
+        *(
+            _write_waiting(runtime, entries[key], waiting, now)
+            for key, waiting in decision.waiting.items()
+            if entries[key].job.status.phase is not None  # a new job's daemon writes it Queued (lifecycle)
+        ),
         return_exceptions=True,
     )
     failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
@@ -73,6 +78,9 @@ def pool_status(pool: str, entries: Mapping[str, JobEntry]) -> dict[str, int]:
 
 async def _write_admitted(runtime: Runtime, entry: JobEntry, gpu_type: GPUType, now: datetime) -> None:
     draft = StatusDraft(entry.status, now)
+    if entry.job.status.phase is None:  # straight from submission: its Queued moment is recorded too
+        draft.set("submittedAt", format_time(entry.job.created))
+        draft.transition(Phase.QUEUED, Reason.SUBMITTED, f"submitted to pool {entry.job.spec.pool}")
     draft.set("attempt", entry.job.status.attempt + 1)
     draft.set("admittedAt", format_time(now))
     draft.set("placement", {"gpuType": gpu_type.value})

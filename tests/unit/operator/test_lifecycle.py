@@ -47,6 +47,14 @@ def test_a_new_job_enters_the_queue_with_an_event() -> None:
     assert patch["conditions"][0]["status"] == "True"
 
 
+def test_a_new_job_is_left_to_admission_for_a_few_passes_before_it_is_written_queued() -> None:
+    fresh = run(None, [], now=2)  # SETTINGS: one admission pass a second, so five seconds of grace
+    assert fresh.status.patch() == {}
+    assert fresh.status.events == []
+    assert fresh.requeue_after_s == pytest.approx(3.0)
+    assert run(None, [], now=5).status.patch()["phase"] == "Queued"
+
+
 def test_an_admitted_gang_gets_all_its_pods_created_then_all_gates_lifted_together() -> None:
     first = run(Phase.ADMITTED, [])
     assert first.create_workers == [0, 1]
@@ -68,6 +76,13 @@ def test_running_when_every_worker_runs_and_deadline_clock_starts() -> None:
     assert patch["startTime"] == format_time(at(60))
     assert patch["workers"] == {"ready": 2, "total": 2}
     assert patch["placement"]["nodes"] == ["n0", "n1"]
+
+
+def test_a_starting_gang_writes_its_placement_once_with_running_not_per_bind() -> None:
+    one_bound = [a_worker("j", 0, phase="Running", node="n0"), a_worker("j", 1, phase="Pending")]
+    assert "placement" not in run(Phase.ADMITTED, one_bound).status.patch()
+    moved = run(Phase.RUNNING, workers(), placement={"gpuType": "H100", "capacityTypes": [], "nodes": ["n0"]})
+    assert moved.status.patch()["placement"]["nodes"] == ["n0", "n1"]  # a running gang's placement stays true
 
 
 def test_pods_of_an_earlier_attempt_are_deleted_and_their_names_not_reused_until_gone() -> None:
