@@ -12,7 +12,12 @@ A request maps its node names to row numbers once (one dict lookup each, in C) a
 - ``cost_class[row]``: an index into ``cost_reps``, one node per distinct ``NodeView.cost_class``: the cost
   formula runs once per class;
 - ``zone[row]``: an index into ``zones``;
-- ``host_json[row]``: ``{"Host":"<name>","Score":`` as bytes, the start of the node's prioritize entry.
+- ``host_json[row]``: ``{"Host":"<name>","Score":`` as bytes, the start of the node's prioritize entry;
+  ``name_json[row]``: ``"<name>"``; ``key_json[row]``: ``,"<name>":`` (an entry of the filter's
+  ``FailedNodes`` maps, less its value): answers are joined from these instead of encoding a dict per node;
+- ``name_obj[row]``: the name itself, to gather names by row.
+
+:meth:`NodeColumns.rows_json` finds the rows of a request's names from their JSON text (:mod:`.names`).
 
 Class tables only grow (a class outlives its last node); they hold a few dozen entries in any real fleet.
 Rows of deleted nodes are reused.
@@ -30,16 +35,23 @@ import orjson
 
 from strata_operator.api import GPU_RESOURCES
 from strata_scheduler.model import NodeView
+from strata_scheduler.names import NameTable
 
 RESOURCE_INDEX = {resource: column for column, resource in enumerate(GPU_RESOURCES)}
 
 IntArray = npt.NDArray[np.int64]
+_TEXTS = ("host_json", "name_json", "key_json", "name_obj")
 K = TypeVar("K", bound=Hashable)
 
 
 def host_json(name: str) -> bytes:
     """The start of one ``HostPriorityList`` entry, up to the score."""
     return b'{"Host":' + orjson.dumps(name) + b',"Score":'
+
+
+def key_json(name: str) -> bytes:
+    """A comma, then the key of one entry of a JSON object keyed by node name."""
+    return b"," + orjson.dumps(name) + b":"
 
 
 class NodeColumns:
@@ -56,6 +68,8 @@ class NodeColumns:
         self._cost_codes: dict[tuple[object, ...], int] = {}
         self.zones: list[str | None] = []
         self.zone_codes: dict[str | None, int] = {}
+        self._table: NameTable | None = None
+        """Built on first use, then kept in step with rows as names come and go."""
         self._allocate(max(capacity, 1))
 
     def _allocate(self, capacity: int) -> None:
@@ -69,11 +83,15 @@ class NodeColumns:
         self.cost_class: IntArray = np.zeros(capacity, dtype=np.int64)
         self.zone: IntArray = np.zeros(capacity, dtype=np.int64)
         self.host_json: npt.NDArray[np.object_] = np.full(capacity, b"", dtype=object)
+        self.name_json: npt.NDArray[np.object_] = np.full(capacity, b"", dtype=object)
+        self.key_json: npt.NDArray[np.object_] = np.full(capacity, b"", dtype=object)
+        self.name_obj: npt.NDArray[np.object_] = np.full(capacity, "", dtype=object)
 
     def _grow(self) -> None:
         old = len(self.gpu_count)
         arrays = ("alloc", "used", "gpu_count", "used_own", "own_resource", "type_class", "cost_class", "zone")
-        saved = {name: getattr(self, name) for name in (*arrays, "host_json")}
+        saved = {name: getattr(self, name) for name in (*arrays, *_TEXTS)}
+        self._table = None  # sized for the old capacity
         self._allocate(old * 2)
         for name, values in saved.items():
             getattr(self, name)[:old] = values
@@ -84,6 +102,7 @@ class NodeColumns:
         self.index.clear()
         self.names.clear()
         self._free_rows.clear()
+        self._table = None
         self._allocate(len(self.gpu_count))
 
     def upsert(self, node: NodeView, used: Mapping[str, int] | None) -> None:
@@ -100,6 +119,11 @@ class NodeColumns:
             self.index[node.name] = row
             self.layout += 1
             self.host_json[row] = host_json(node.name)
+            self.name_json[row] = orjson.dumps(node.name)
+            self.key_json[row] = key_json(node.name)
+            self.name_obj[row] = node.name
+            if self._table is not None and not self._table.add(row, node.name):
+                self._table = None  # rebuilt on next use
         for resource, column in RESOURCE_INDEX.items():
             self.alloc[row, column] = node.allocatable_gpus.get(resource, 0)
         self.own_resource[row] = RESOURCE_INDEX.get(node.gpu_resource or "", -1)
@@ -118,7 +142,11 @@ class NodeColumns:
             return
         self.layout += 1
         self.names[row] = None
-        self.host_json[row] = b""
+        if self._table is not None:
+            self._table.remove(row)
+        for texts in (self.host_json, self.name_json, self.key_json):
+            texts[row] = b""
+        self.name_obj[row] = ""
         self.alloc[row] = 0
         self.used[row] = 0
         self.gpu_count[row] = self.used_own[row] = 0
@@ -147,6 +175,13 @@ class NodeColumns:
     def rows(self, names: Sequence[str]) -> IntArray:
         """Row of each name, -1 for names not in the cache."""
         return np.fromiter(map(self.index.get, names, itertools.repeat(-1)), dtype=np.int64, count=len(names))
+
+    def rows_json(self, text: bytes) -> IntArray | None:
+        """Rows of the names in ``text``, the JSON text between the brackets of a ``NodeNames`` array, without
+        decoding it; None unless every name is a distinct cached node (see :class:`~.names.NameTable`)."""
+        if self._table is None:
+            self._table = NameTable(self.names, capacity=len(self.gpu_count))
+        return self._table.rows(text)
 
     def rows_of(self, names: Iterable[str]) -> list[int]:
         """Rows of those of ``names`` that are in the cache."""

@@ -33,7 +33,7 @@ import orjson
 from strata_operator.api import SCHEDULER_NAME, GPUType
 from strata_scheduler.catalog import Catalog
 from strata_scheduler.columns import host_json
-from strata_scheduler.filtering import GroupKey, PinnedGroup, filter_nodes
+from strata_scheduler.filtering import FilterOutcome, GroupKey, PinnedGroup, filter_nodes
 from strata_scheduler.forecasts import ForecastBoard
 from strata_scheduler.metrics import ExtenderMetrics
 from strata_scheduler.model import PodView, pod_view
@@ -41,9 +41,14 @@ from strata_scheduler.protocol import (
     BadRequest,
     ExtenderArgs,
     filter_result,
+    filter_result_json,
+    names_json,
+    object_json,
     parse_extender_args,
+    pod_of_head,
     priority_list,
     priority_list_json,
+    split_extender_args,
 )
 from strata_scheduler.scoring import Defaults, JobPlacement, cost_per_unit_work, score_rows
 from strata_scheduler.state import ClusterState
@@ -90,15 +95,17 @@ class Extender:
         self.defaults = defaults or Defaults()
         self.pins = Pins(pin_ttl_s)
         self.now = now
-        self._passed: tuple[str, list[str], npt.NDArray[np.int64], int] | None = None
-        """(pod uid, nodes the last filter passed, their rows, columns layout): kube-scheduler sends exactly
-        those nodes to prioritize next, whose rows then need no second look-up."""
+        self._passed: tuple[str, bytes, npt.NDArray[np.int64], int] | None = None
+        """(pod uid, JSON text of the nodes the last filter passed, their rows, columns layout): kube-scheduler
+        sends exactly those nodes to prioritize next, whose rows then need no second look-up."""
+        self._pod_memo: tuple[bytes, dict[str, Any], PodView] | None = None
+        """(head of the last split request, its pod, the pod's view): prioritize sends the pod filter sent."""
 
     def filter(self, body: bytes) -> tuple[int, bytes]:
-        return self._serve("filter", body, self._filter)
+        return self._serve("filter", body, self._filter, self._filter_split)
 
     def prioritize(self, body: bytes) -> tuple[int, bytes]:
-        return self._serve("prioritize", body, self._prioritize)
+        return self._serve("prioritize", body, self._prioritize, self._prioritize_split)
 
     def quote(self, body: bytes) -> tuple[int, bytes]:
         """Which GPU type a job should be created for: the cheapest unit of work per accepted type, right now.
@@ -110,11 +117,27 @@ class Extender:
         """
         return self._serve("quote", body, self._quote)
 
-    def _serve(self, verb: str, body: bytes, handler: Callable[[ExtenderArgs], bytes]) -> tuple[int, bytes]:
+    def _serve(
+        self,
+        verb: str,
+        body: bytes,
+        handler: Callable[[ExtenderArgs], bytes],
+        split: Callable[[bytes], bytes | None] | None = None,
+    ) -> tuple[int, bytes]:
+        """Answer with ``split`` (the fast path; None when it does not apply) or else ``handler``."""
         started = time.perf_counter()
         try:
             if not self.state.ready:
                 return 503, NOT_READY
+            if split is not None:
+                try:
+                    answer = split(body)
+                except Exception:
+                    log.exception("extender %s failed on its fast path; answering the ordinary way", verb)
+                    self.metrics.internal_errors.labels(verb).inc()
+                    answer = None
+                if answer is not None:
+                    return 200, answer
             try:
                 args = parse_extender_args(body)
             except BadRequest as error:
@@ -143,11 +166,58 @@ class Extender:
             )
             if outcome.pin is not None:
                 self.pins.pin(*outcome.pin)
-            if pod.uid and outcome.passed_rows is not None:
-                self._passed = (pod.uid, outcome.passed, outcome.passed_rows, state.columns.layout)
+        self._count(outcome)
+        return filter_result(args, outcome.passed, outcome.failed, outcome.unresolvable)
+
+    def _filter_split(self, body: bytes) -> bytes | None:
+        """:meth:`_filter` for a body :func:`split_extender_args` can cut whose names are all cached, without
+        decoding the names or building a dict per node; None for any other request."""
+        split = split_extender_args(body)
+        parsed = self._pod(split.head) if split is not None else None
+        if split is None or parsed is None or not _ours(parsed[0]) or not parsed[1].gpus:
+            return None
+        pod = parsed[1]
+        hold = self.board.hold_back()
+        hour = self.now().hour
+        with self.state.reading() as state:
+            columns = state.columns
+            rows = columns.rows_json(split.names_json)
+            if rows is None:
+                return None
+
+            def cheapest(names: list[str]) -> str:
+                return self._cheapest(pod, names, hour)
+
+            outcome = filter_nodes(pod, columns.name_obj[rows], state, hold, self.pins.active(), cheapest, rows)
+            if outcome.pin is not None:
+                self.pins.pin(*outcome.pin)
+            found, passed_rows = outcome.rejections, outcome.passed_rows
+            assert found is not None
+            assert passed_rows is not None
+            passed = names_json(columns.name_json[passed_rows])
+            texts = np.array([orjson.dumps(text) for text in found.texts], dtype=object)
+            failed = object_json(columns.key_json[rows[found.failed_at]], texts[found.failed_text])
+            unresolvable = object_json(columns.key_json[rows[found.unresolvable_at]], texts[found.unresolvable_text])
+            if pod.uid:
+                self._passed = (pod.uid, passed, passed_rows, columns.layout)
+        self._count(outcome)
+        return filter_result_json(passed, failed, unresolvable)
+
+    def _pod(self, head: bytes) -> tuple[dict[str, Any], PodView] | None:
+        """The pod of a split request and its view, decoded once for a filter and the prioritize after it."""
+        memo = self._pod_memo
+        if memo is not None and memo[0] == head:
+            return memo[1], memo[2]
+        pod = pod_of_head(head)
+        if pod is None:
+            return None
+        view = pod_view(pod)
+        self._pod_memo = (head, pod, view)
+        return pod, view
+
+    def _count(self, outcome: FilterOutcome) -> None:
         for reason, count in outcome.rejected_by_reason.items():
             self.metrics.rejected.labels(reason).inc(count)
-        return filter_result(args, outcome.passed, outcome.failed, outcome.unresolvable)
 
     def _quote(self, args: ExtenderArgs) -> bytes:
         pod = pod_view(args.pod)
@@ -197,11 +267,11 @@ class Extender:
 
         return min(names, key=key)
 
-    def _rows_passed(self, uid: str, names: list[str], layout: int) -> npt.NDArray[np.int64] | None:
-        """The rows the last filter call found for ``names``, if it was this pod's, passed exactly these nodes
-        and no node has come or gone since."""
+    def _rows_passed(self, uid: str, names_json: bytes, layout: int) -> npt.NDArray[np.int64] | None:
+        """The rows the last (split) filter call found for ``names_json``, if it was this pod's, passed exactly
+        these nodes and no node has come or gone since."""
         passed = self._passed
-        if passed is None or passed[0] != uid or passed[3] != layout or passed[1] != names:
+        if passed is None or passed[0] != uid or passed[3] != layout or passed[1] != names_json:
             return None
         return passed[2]
 
@@ -209,23 +279,45 @@ class Extender:
         if not _ours(args.pod):
             return priority_list([(name, 0) for name in args.node_names])
         pod = pod_view(args.pod)
-        hour = self.now().hour
         with self.state.reading() as state:
-            job_nodes = dict(state.job_nodes.get(pod.job_key, {})) if pod.job_key else {}
-            placement = JobPlacement(
-                pods_per_node=job_nodes,
-                zone_of={name: node.zone for name in job_nodes if (node := state.nodes.get(name))},
-            )
             columns = state.columns
-            rows = self._rows_passed(pod.uid, args.node_names, columns.layout)
-            if rows is None:
-                rows = columns.rows(args.node_names)
-            scores = score_rows(self.catalog, pod, columns, rows, placement, hour, self.defaults)
-            hosts = columns.host_json[rows]
+            rows = columns.rows(args.node_names)
+            hosts, scores = self._scores(pod, rows)
         unknown = np.flatnonzero(rows < 0).tolist()
         for position in unknown:
             hosts[position] = host_json(args.node_names[position])
         return priority_list_json(hosts, scores)
+
+    def _prioritize_split(self, body: bytes) -> bytes | None:
+        """:meth:`_prioritize` for a body :func:`split_extender_args` can cut whose names are all cached (the
+        nodes the filter call before it passed, usually), without decoding the names; else None."""
+        split = split_extender_args(body)
+        parsed = self._pod(split.head) if split is not None else None
+        if split is None or parsed is None or not _ours(parsed[0]):
+            return None
+        pod = parsed[1]
+        with self.state.reading() as state:
+            rows = self._rows_passed(pod.uid, split.names_json, state.columns.layout)
+            if rows is None:
+                rows = state.columns.rows_json(split.names_json)
+            if rows is None:
+                return None
+            hosts, scores = self._scores(pod, rows)
+        return priority_list_json(hosts, scores)
+
+    def _scores(
+        self, pod: PodView, rows: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.int64]]:
+        """Each node's score and the start of its answer entry (call with the state's lock held)."""
+        state = self.state
+        job_nodes = dict(state.job_nodes.get(pod.job_key, {})) if pod.job_key else {}
+        placement = JobPlacement(
+            pods_per_node=job_nodes,
+            zone_of={name: node.zone for name in job_nodes if (node := state.nodes.get(name))},
+        )
+        columns = state.columns
+        scores = score_rows(self.catalog, pod, columns, rows, placement, self.now().hour, self.defaults)
+        return columns.host_json[rows], scores
 
 
 def _ours(pod: Mapping[str, Any]) -> bool:

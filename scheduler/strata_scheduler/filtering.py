@@ -20,8 +20,8 @@ there: evicting anyone would not change the node's GPU type or capacity type.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +29,8 @@ import numpy.typing as npt
 from strata_scheduler.columns import RESOURCE_INDEX
 from strata_scheduler.model import NodeView, PodView
 from strata_scheduler.state import ClusterState, ReservedCapacity
+
+IntArray = npt.NDArray[np.int64]
 
 REASONS = ("unknown_node", "gpu_type", "capacity_type", "free_gpus", "tp_group", "reserved_holdback")
 UNRESOLVABLE = frozenset({"gpu_type", "capacity_type", "tp_group"})
@@ -56,20 +58,64 @@ class PinnedGroup:
     pod_gpus: int
 
 
-@dataclass
+@dataclass(frozen=True)
+class Rejections:
+    """The array filter's rejections, as positions in the request (in answer order) and sentence numbers.
+
+    The extender writes its answer from these without building a dict per node (see
+    :func:`strata_scheduler.protocol.filter_result_json`); ``FilterOutcome.failed`` and ``.unresolvable`` are
+    built from them on demand.
+    """
+
+    names: npt.NDArray[np.object_]
+    """The request's node names, by position."""
+    failed_at: IntArray
+    failed_text: IntArray
+    unresolvable_at: IntArray
+    unresolvable_text: IntArray
+    texts: list[str]
+    """The distinct sentences; ``*_text`` index into it."""
+
+
 class FilterOutcome:
-    passed: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    unresolvable: dict[str, str] = field(default_factory=dict)
-    rejected_by_reason: dict[str, int] = field(default_factory=dict)
-    pin: tuple[GroupKey, PinnedGroup] | None = None
-    """A tensor-parallel group this call placed (or confirmed) on a node; the caller remembers it briefly."""
-    passed_rows: npt.NDArray[np.int64] | None = None
-    """Rows of ``passed`` in ``state.columns`` (array filter only), for the prioritize call that follows."""
+    def __init__(self) -> None:
+        self.passed: list[str] = []
+        self.rejected_by_reason: dict[str, int] = {}
+        self.pin: tuple[GroupKey, PinnedGroup] | None = None
+        """A tensor-parallel group this call placed (or confirmed) on a node; the caller remembers it briefly."""
+        self.passed_rows: IntArray | None = None
+        """Rows of ``passed`` in ``state.columns`` (array filter only), for the prioritize call that follows."""
+        self.rejections: Rejections | None = None
+        """The array filter's rejections (the reference filter fills the dicts directly)."""
+        self._failed: dict[str, str] = {}
+        self._unresolvable: dict[str, str] = {}
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Node -> reason, for ``FailedNodes``."""
+        self._settle_dicts()
+        return self._failed
+
+    @property
+    def unresolvable(self) -> dict[str, str]:
+        """Node -> reason, for ``FailedAndUnresolvableNodes``."""
+        self._settle_dicts()
+        return self._unresolvable
 
     def reject(self, node: str, reason: str, message: str) -> None:
-        (self.unresolvable if reason in UNRESOLVABLE else self.failed)[node] = message
+        (self._unresolvable if reason in UNRESOLVABLE else self._failed)[node] = message
         self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
+
+    def _settle_dicts(self) -> None:
+        found = self.rejections
+        if found is None or self._failed or self._unresolvable:
+            return
+        texts = np.array(found.texts, dtype=object)
+        for into, at, text in (
+            (self._failed, found.failed_at, found.failed_text),
+            (self._unresolvable, found.unresolvable_at, found.unresolvable_text),
+        ):
+            into.update(zip(found.names[at].tolist(), texts[text].tolist(), strict=True))
 
 
 UNKNOWN_NODE = "node is not in the Strata extender's cache yet; it will retry"
@@ -113,18 +159,20 @@ class _Request:
 
 def filter_nodes(
     pod: PodView,
-    node_names: Iterable[str],
+    node_names: Sequence[str] | npt.NDArray[np.object_],
     state: ClusterState,
     hold: HoldBack,
     pins: Mapping[GroupKey, PinnedGroup],
     cheapest: Callable[[list[str]], str],
+    rows: IntArray | None = None,
 ) -> FilterOutcome:
     """Filter ``node_names`` for ``pod``; call with ``state.lock`` held.
 
     ``pins`` are groups recent calls placed: each sends its own pods to its node, and keeps the GPUs its pods
     not yet seen bound will need there away from everyone else (pods of one group are scheduled one after the
     other, and their bindings reach the watch cache a moment later). ``cheapest`` picks the node for a group
-    being placed now from the nodes that pass every other check.
+    being placed now from the nodes that pass every other check. ``rows``: the names' rows in
+    ``state.columns``, when the caller has them already (see ``NodeColumns.rows_json``).
 
     The checks run as array operations on ``state.columns`` (one row per node); those that read only a node's
     GPU type and capacity type run once per distinct pair, and each distinct reason sentence is written once.
@@ -135,23 +183,26 @@ def filter_nodes(
         # Not a GPU pod: nothing here concerns it (kube-scheduler does not even call us for such pods).
         outcome.passed = list(node_names)
         return outcome
-    names = node_names if isinstance(node_names, list) else list(node_names)
+    named = node_names if isinstance(node_names, np.ndarray) else np.array(list(node_names), dtype=object)
     columns = state.columns
     r = _Request.of(pod, state, hold, pins)
     resource, gpu_types, capacity_types, kept, reserved = r.resource, r.gpu_types, r.capacity_types, r.kept, r.reserved
     group, group_home, group_gpus = r.group, r.group_home, r.group_gpus
 
-    rows = columns.rows(names)
+    if rows is None:
+        rows = columns.rows(named.tolist())
     known = rows >= 0
     reason = np.where(known, 0, _CODE["unknown_node"]).astype(np.int64)
-    message = np.empty(len(rows), dtype=object)
+    texts: list[str] = []
+    text = np.zeros(len(rows), dtype=np.int64)
+    """Per node: its sentence, an index into ``texts``."""
     pending = known.copy()
     if not pending.all():
-        message[~known] = UNKNOWN_NODE
+        text[~known] = _add(texts, UNKNOWN_NODE)
 
-    def settle(hit: npt.NDArray[np.bool_], code: int | npt.NDArray[np.int64], text: object) -> None:
+    def settle(hit: npt.NDArray[np.bool_], code: int | IntArray, ids: int | IntArray) -> None:
         reason[hit] = code
-        message[hit] = text
+        text[hit] = ids
         pending[hit] = False
 
     # 2, 3 and 6 read only the node's (GPU type, capacity type): decide them once per pair present.
@@ -159,15 +210,15 @@ def filter_nodes(
     classes = max(len(columns.type_reps), 1)  # unknown rows gather class 0 too; they are masked
     type_code = np.zeros(classes, dtype=np.int64)
     held_code = np.zeros(classes, dtype=np.int64)
-    type_text = np.full(classes, "", dtype=object)
-    held_text = np.full(classes, "", dtype=object)
+    type_text = np.zeros(classes, dtype=np.int64)
+    held_text = np.zeros(classes, dtype=np.int64)
     for code in np.flatnonzero(np.bincount(type_class[known], minlength=classes)).tolist():
         representative = columns.type_reps[code]
         mismatch = _type_mismatch(representative, gpu_types, capacity_types)
         if mismatch:
-            type_code[code], type_text[code] = _CODE[mismatch[0]], mismatch[1]
+            type_code[code], type_text[code] = _CODE[mismatch[0]], _add(texts, mismatch[1])
         elif held := _held_back(representative, pod, reserved, hold):
-            held_code[code], held_text[code] = _CODE["reserved_holdback"], held
+            held_code[code], held_text[code] = _CODE["reserved_holdback"], _add(texts, held)
     codes = type_code[type_class]
     hit = pending & (codes != 0)
     if hit.any():
@@ -189,11 +240,12 @@ def filter_nodes(
             note = f" ({kept} kept for a tensor-parallel group being placed there)" if kept else ""
             return f"pod needs {pod.gpus} {resource}, node has {free} free of {total}{note}"
 
-        settle(hit, _CODE["free_gpus"], _render(no_room, free[hit], total[hit], kept_here[hit]))
+        settle(hit, _CODE["free_gpus"], _render(texts, no_room, free[hit], total[hit], kept_here[hit]))
     if group is not None and group_home is not None:
         hit = pending & (rows != columns.index.get(group_home, -2))
         if hit.any():
-            settle(hit, _CODE["tp_group"], f"{_group_label(group)} runs on node {group_home}; it never spans nodes")
+            spans = f"{_group_label(group)} runs on node {group_home}; it never spans nodes"
+            settle(hit, _CODE["tp_group"], _add(texts, spans))
     elif group is not None:
         hit = pending & (free < group_gpus)
         if hit.any():
@@ -201,51 +253,57 @@ def filter_nodes(
             def no_room_for_group(free: int) -> str:
                 return f"{_group_label(group)} needs {group_gpus} GPUs on one node, node has {free} free"
 
-            settle(hit, _CODE["free_gpus"], _render(no_room_for_group, free[hit]))
+            settle(hit, _CODE["free_gpus"], _render(texts, no_room_for_group, free[hit]))
     codes = held_code[type_class]
     hit = pending & (codes != 0)
     if hit.any():
         settle(hit, codes[hit], held_text[type_class[hit]])
 
-    named = np.array(names, dtype=object)
     candidates: list[str] = named[pending].tolist()
     outcome.passed_rows = rows[pending]
     unresolvable = _UNRESOLVABLE_CODE[reason]
-    failed = ~pending & ~unresolvable
-    outcome.failed = dict(zip(named[failed].tolist(), message[failed].tolist(), strict=True))
-    outcome.unresolvable = dict(zip(named[unresolvable].tolist(), message[unresolvable].tolist(), strict=True))
+    failed_at = np.flatnonzero(~pending & ~unresolvable)
+    unresolvable_at = np.flatnonzero(unresolvable)
+    unresolvable_text = text[unresolvable_at]
     counts = np.bincount(reason, minlength=len(REASONS) + 1).tolist()
     outcome.rejected_by_reason = {REASONS[code - 1]: counts[code] for code in range(1, len(counts)) if counts[code]}
     if group is not None and group_gpus > pod.gpus and candidates:
         chosen = group_home if group_home in candidates else cheapest(candidates)
-        others = [name for name in candidates if name != chosen]
-        if others:
-            outcome.unresolvable.update(
-                dict.fromkeys(others, f"{_group_label(group)} is being placed on node {chosen}")
-            )
+        others = np.flatnonzero(pending & (named != chosen))
+        if len(others):
+            placing = _add(texts, f"{_group_label(group)} is being placed on node {chosen}")
+            unresolvable_at = np.concatenate((unresolvable_at, others))
+            unresolvable_text = np.concatenate((unresolvable_text, np.full(len(others), placing, dtype=np.int64)))
             outcome.rejected_by_reason["tp_group"] = outcome.rejected_by_reason.get("tp_group", 0) + len(others)
         outcome.pin = (group, PinnedGroup(chosen, group_gpus, pod.gpus))
         candidates = [chosen]
         outcome.passed_rows = columns.rows(candidates)
+    outcome.rejections = Rejections(named, failed_at, text[failed_at], unresolvable_at, unresolvable_text, texts)
     outcome.passed = candidates
     return outcome
 
 
-def _render(text: Callable[..., str], *values: npt.NDArray[np.int64]) -> npt.NDArray[np.object_]:
-    """``text(*row)`` for each row of ``values``, each distinct row written once."""
-    result = np.empty(len(values[0]), dtype=object)
-    if len(result) <= 64:
-        memo: dict[tuple[int, ...], str] = {}
-        for position, row in enumerate(zip(*(column.tolist() for column in values), strict=True)):
+def _add(texts: list[str], text: str) -> int:
+    """Append a sentence; its index."""
+    texts.append(text)
+    return len(texts) - 1
+
+
+def _render(texts: list[str], text: Callable[..., str], *values: IntArray) -> IntArray:
+    """``text(*row)`` for each row of ``values``, each distinct row written once and appended to ``texts``;
+    the index of each row's sentence."""
+    base = len(texts)
+    if len(values[0]) <= 64:
+        memo: dict[tuple[int, ...], int] = {}
+        ids = []
+        for row in zip(*(column.tolist() for column in values), strict=True):
             if row not in memo:
-                memo[row] = text(*row)
-            result[position] = memo[row]
-        return result
+                memo[row] = _add(texts, text(*row))
+            ids.append(memo[row])
+        return np.array(ids, dtype=np.int64)
     unique, inverse = np.unique(np.stack(values, axis=1), axis=0, return_inverse=True)
-    rendered = np.empty(len(unique), dtype=object)
-    rendered[:] = [text(*row) for row in unique.tolist()]
-    result[:] = rendered[inverse.reshape(-1)]
-    return result
+    texts.extend(text(*row) for row in unique.tolist())
+    return base + inverse.reshape(-1)
 
 
 def filter_nodes_reference(

@@ -181,9 +181,8 @@ def score_rows(
                 priced[code] = True
     points = base[cost_class]
     bonus = columns.gpu_count[rows] - columns.used_own[rows] == pod.gpus
-    packed = columns.rows_of(name for name, count in placement.pods_per_node.items() if count > 0)
-    if packed:
-        bonus |= np.isin(rows, packed)
+    for row in columns.rows_of(name for name, count in placement.pods_per_node.items() if count > 0):
+        bonus |= rows == row  # a job spans a few nodes: a pass per node beats np.isin's sort
     points += bonus
     main_zone = placement.main_zone
     if main_zone is not None and main_zone in columns.zone_codes:

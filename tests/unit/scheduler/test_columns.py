@@ -282,3 +282,45 @@ def test_prioritize_after_filter_reuses_rows_only_while_they_are_valid() -> None
     # Another pod, or other nodes, never reuse the rows.
     other = orjson.dumps({"Pod": a_pod("v").gpus(4).build(), "NodeNames": ["b"]})
     assert orjson.loads(extender.prioritize(other)[1]) == [{"Host": "b", "Score": 8}]
+
+
+def go_body(pod: dict[str, Any], names: list[str]) -> bytes:
+    """ExtenderArgs as kube-scheduler's Go encoder writes them (field order, no spaces): the split path's input."""
+    return orjson.dumps({"Pod": pod, "Nodes": None, "NodeNames": names})
+
+
+def other_body(pod: dict[str, Any], names: list[str]) -> bytes:
+    """The same arguments in an order the split path does not take: the ordinary path's input."""
+    return orjson.dumps({"NodeNames": names, "Pod": pod})
+
+
+def an_extender_over(state: ClusterState) -> Any:
+    from strata_scheduler.extender import Extender
+    from strata_scheduler.forecasts import ForecastBoard
+    from strata_scheduler.metrics import ExtenderMetrics
+
+    state.synced |= {"nodes", "pods"}
+    return Extender(state, CATALOG, ForecastBoard(), ExtenderMetrics(state.size))
+
+
+@PROPERTY
+@given(state=clusters(), pod=pending_pods(), data=st.data())
+def test_the_split_path_answers_byte_for_byte_as_the_ordinary_path(
+    state: ClusterState, pod: dict[str, Any], data: Any
+) -> None:
+    names = request_names(data.draw)
+    split, ordinary = an_extender_over(state), an_extender_over(state)
+    calls: list[str] = []
+    for verb in ("_filter", "_prioritize"):
+        handler = getattr(split, verb)
+        setattr(split, verb, lambda args, verb=verb, handler=handler: calls.append(verb) or handler(args))
+    status, answer = split.filter(go_body(pod, names))
+    assert (status, answer) == ordinary.filter(other_body(pod, names))
+    distinct_and_cached = len(set(names)) == len(names) and set(names) <= set(state.nodes)
+    takes_split_path = distinct_and_cached and bool(pod_view(pod).gpus)
+    assert calls == ([] if takes_split_path else ["_filter"])
+    passed = orjson.loads(answer)["NodeNames"]
+    for second in (passed, names, names[::-1]):
+        calls.clear()
+        assert split.prioritize(go_body(pod, second)) == ordinary.prioritize(other_body(pod, second))
+        assert calls == ([] if len(set(second)) == len(second) and set(second) <= set(state.nodes) else ["_prioritize"])

@@ -275,7 +275,14 @@ def test_fuzz_json_shapes(server: LiveServer, document: Any) -> None:
 @FUZZ
 @given(pod=pods(), names=st.lists(NODE_NAMES, max_size=6, unique=True), cut=st.integers(1, 40))
 def test_fuzz_extender_args(server: LiveServer, pod: dict[str, Any], names: list[str], cut: int) -> None:
-    body = json.dumps({"Pod": pod, "NodeNames": names}).encode()
+    for body in (
+        json.dumps({"Pod": pod, "NodeNames": names}).encode(),
+        orjson.dumps({"Pod": pod, "Nodes": None, "NodeNames": names}),  # as Go writes it: the split path
+    ):
+        check_extender_args(server, body, names, cut)
+
+
+def check_extender_args(server: LiveServer, body: bytes, names: list[str], cut: int) -> None:
     status, raw = server.request("POST", "/filter", body)
     result = orjson.loads(raw) if status == 200 else raw
     assert status == 200
