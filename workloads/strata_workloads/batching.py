@@ -1,10 +1,11 @@
 """Dynamic batching: requests wait at most `max_wait` for company, up to `max_batch` per model call; a bounded
 queue turns overload into a fast refusal instead of unbounded latency.
 
-A lone request pays `max_wait` (recorded per batch as the oldest request's wait). Running it at once when the
-model is idle would save that, but only continuous batching (later requests joining the running decode loop)
-makes that safe: here the rest of a burst that arrives a millisecond later would wait for the whole
-generation of the first request."""
+The server scores (`/v1/predict`, one forward per batch) through this; generation uses continuous batching
+(`continuous.py`). A lone request pays `max_wait` here (recorded per batch as the oldest request's wait):
+running it at once when the model is idle would split a burst that arrives a millisecond later, whose rest
+would then wait for the whole first call. For one forward that costs little; for a whole generation it cost
+a lone request `max_wait` every time, which is why generation no longer batches this way."""
 
 from __future__ import annotations
 

@@ -28,12 +28,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from strata_workloads.batching import DynamicBatcher, Overloaded
+from strata_workloads.continuous import ContinuousBatcher, GenerateRequest
 from strata_workloads.inference import (
     Precision,
     Quantization,
     decode,
     encode,
-    generate,
     load_model,
     prepare,
     score,
@@ -57,8 +57,8 @@ class ServeSettings:
     compile: bool = False  # torch.compile the linears (dynamic shapes) during warm-up, before ready
     host: str = "0.0.0.0"
     port: int = 8000
-    max_batch: int = 8  # requests per model call
-    max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
+    max_batch: int = 8  # requests decoding together (continuous batching) / texts per scoring call
+    max_wait_ms: float = 5.0  # scoring: how long the first text of a batch waits for company
     max_queue: int = 64  # waiting requests beyond which new ones get 429
     max_new_tokens: int = 64  # upper bound a request may ask for
     max_prompt_bytes: int = 4096
@@ -75,8 +75,8 @@ HELP = {
     "compile": "true: torch.compile the linears with dynamic shapes; warm-up compiles before /readyz is 200",
     "host": "listen address",
     "port": "listen port",
-    "max_batch": "requests per model call",
-    "max_wait_ms": "how long the first request of a batch waits for company (not when it is alone)",
+    "max_batch": "requests decoding together (generation joins and leaves between steps) / texts per scoring call",
+    "max_wait_ms": "scoring only: how long the first text of a batch waits for company (generation never waits)",
     "max_queue": "waiting requests beyond which new ones get 429",
     "max_new_tokens": "largest max_new_tokens a request may ask for",
     "max_prompt_bytes": "longest prompt accepted",
@@ -108,12 +108,6 @@ class BadRequest(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class GenerateRequest:
-    prompt: list[int]
-    max_new_tokens: int
-
-
 class Server:
     def __init__(self, model: Transformer, settings: ServeSettings) -> None:
         self.model = model
@@ -130,20 +124,18 @@ class Server:
         )
         self.batch_wait = Histogram(
             "strata_serve_batch_wait_seconds",
-            "How long the oldest request of a batch waited before the model ran",
+            "How long the oldest request a model call admitted had waited for it",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5),
             registry=self.registry,
         )
         self.batch_size = Histogram(
             "strata_serve_batch_size",
-            "Requests per model call",
+            "Rows per model call: a generation step of the running batch, or a scoring batch",
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=self.registry,
         )
         self.queue_depth = Gauge("strata_serve_in_flight", "Requests queued or running", registry=self.registry)
-        self.generator: DynamicBatcher[GenerateRequest, list[int]] = DynamicBatcher(
-            self._generate_batch, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue, self._observe
-        )
+        self.generator = ContinuousBatcher(model, settings.max_batch, settings.max_queue, self._observe)
         self.scorer: DynamicBatcher[list[int], tuple[float, int]] = DynamicBatcher(
             lambda texts: score(self.model, texts),
             settings.max_batch,
@@ -152,12 +144,10 @@ class Server:
             self._observe,
         )
 
-    def _observe(self, size: int, waited: float, seconds: float) -> None:
+    def _observe(self, size: int, waited: float | None, seconds: float) -> None:
         self.batch_size.observe(size)
-        self.batch_wait.observe(waited)
-
-    def _generate_batch(self, requests: list[GenerateRequest]) -> list[list[int]]:
-        return generate(self.model, [r.prompt for r in requests], [r.max_new_tokens for r in requests])
+        if waited is not None:
+            self.batch_wait.observe(waited)
 
     def warm_up(self) -> None:
         """Every path and shape class before reporting ready, so the first user request pays neither for lazy

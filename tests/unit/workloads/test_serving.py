@@ -7,6 +7,7 @@ import copy
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -180,13 +181,13 @@ async def test_http_contract(model: Transformer) -> None:
             assert message in (await resp.json())["error"]
 
         # Overload: a slow model, a queue of two; a burst gets some 429s and every other request succeeds.
-        original = server._generate_batch
+        original = server.generator._advance
 
-        def slow(requests: list[object]) -> list[list[int]]:
+        def slow(joining: list[Any]) -> dict[Any, list[int]]:
             time.sleep(0.2)
-            return original(requests)  # type: ignore[arg-type]
+            return original(joining)
 
-        server.generator._run_batch = slow  # type: ignore[assignment]
+        server.generator._advance = slow  # type: ignore[method-assign]
         burst = await asyncio.gather(
             *(client.post("/v1/generate", json={"prompt": "a", "max_new_tokens": 1}) for _ in range(12))
         )

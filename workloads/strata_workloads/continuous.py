@@ -1,0 +1,217 @@
+"""Continuous batching for generation: requests join the running decode loop between steps and leave it when
+done, so no request waits for company and none waits for other requests' whole generations.
+
+Why: with a batcher that runs whole generations, a request that finds the model idle must either wait
+`max_wait` for company (a lone user pays it every time) or start at once, and then a burst that arrives a
+millisecond later waits for that first generation to finish. Here the first request starts at once and the
+rest of the burst joins after one decode step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import torch
+
+from strata_workloads.batching import Overloaded
+from strata_workloads.inference import _pad, generate
+from strata_workloads.model import KVCache, Transformer
+from strata_workloads.presets import EOS_TOKEN
+
+Key = TypeVar("Key")
+
+
+class RunningBatch(Generic[Key]):
+    """Rows greedy-decoding together over one KV cache. Each row attends only to its own cache slots (per-row
+    positions and mask, as in `generate`), so it produces the tokens it would produce alone; rows of
+    different ages simply sit at different positions."""
+
+    def __init__(self, model: Transformer) -> None:
+        self.model = model
+        self.keys: list[Key] = []
+        self.produced: list[list[int]] = []
+        self.limits: list[int] = []
+        self.cache: KVCache | None = None
+        self.pending = torch.zeros(0, dtype=torch.long)  # each row's last token, not yet fed to the model
+        self.positions = torch.zeros(0, dtype=torch.long)  # where that token goes in the row's cache
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @staticmethod
+    def fits(model: Transformer, prompt: list[int], max_new_tokens: int) -> bool:
+        """Whether a request can use the cache; longer ones need `generate`'s sliding window."""
+        return bool(prompt) and max_new_tokens > 0 and len(prompt) + max_new_tokens <= model.config.max_seq_len
+
+    @torch.inference_mode()
+    def join(self, keys: list[Key], prompts: list[list[int]], max_new_tokens: list[int]) -> dict[Key, list[int]]:
+        """Prefill the newcomers (their first token comes from it) and add them; returns rows already done."""
+        batch, lengths = _pad(prompts)
+        capacity = int((lengths + torch.tensor(max_new_tokens)).max())
+        cache = KVCache(capacity, positions=torch.arange(batch.shape[1]).expand(len(prompts), -1))
+        logits = self.model(batch, cache)[torch.arange(len(prompts)), lengths - 1]
+        if self.cache is None:
+            self.cache = cache
+        else:
+            self.cache = _concat(self.cache, cache)
+        self.keys += keys
+        self.produced += [[] for _ in keys]
+        self.limits += max_new_tokens
+        self.pending = torch.cat([self.pending, torch.zeros(len(keys), dtype=torch.long)])
+        self.positions = torch.cat([self.positions, lengths - 1])
+        first = len(self.keys) - len(keys)
+        return self._advance(logits, range(first, len(self.keys)))
+
+    @torch.inference_mode()
+    def step(self) -> dict[Key, list[int]]:
+        """One decode step for every row; returns (and removes) the rows that finished."""
+        if self.cache is None or not self.keys:
+            return {}
+        self.cache.positions = self.positions[:, None]
+        logits = self.model(self.pending[:, None], self.cache)[:, -1]
+        return self._advance(logits, range(len(self.keys)))
+
+    def _advance(self, logits: torch.Tensor, rows: range) -> dict[Key, list[int]]:
+        tokens = logits.float().argmax(dim=-1).tolist()
+        done: list[int] = []
+        for row, token in zip(rows, tokens, strict=True):
+            self.produced[row].append(token)
+            self.pending[row] = token
+            self.positions[row] += 1
+            if token == EOS_TOKEN or len(self.produced[row]) >= self.limits[row]:
+                done.append(row)
+        finished = {self.keys[row]: self.produced[row] for row in done}
+        if done:
+            gone = set(done)
+            self._keep([r for r in range(len(self.keys)) if r not in gone])
+        return finished
+
+    def _keep(self, rows: list[int]) -> None:
+        index = torch.tensor(rows, dtype=torch.long)
+        self.keys = [self.keys[r] for r in rows]
+        self.produced = [self.produced[r] for r in rows]
+        self.limits = [self.limits[r] for r in rows]
+        self.pending, self.positions = self.pending[index], self.positions[index]
+        if not rows:
+            self.cache = None
+        elif self.cache is not None:
+            for store in (self.cache.keys, self.cache.values):
+                for layer, buffer in store.items():
+                    store[layer] = buffer[index]
+
+
+def _concat(old: KVCache, new: KVCache) -> KVCache:
+    """One cache holding both caches' rows, at the larger capacity (the extra slots are masked until used)."""
+    capacity = max(old.capacity, new.capacity)
+
+    def grown(buffer: torch.Tensor) -> torch.Tensor:
+        extra = capacity - buffer.shape[1]
+        return (
+            buffer
+            if extra == 0
+            else torch.cat([buffer, buffer.new_zeros(buffer.shape[0], extra, *buffer.shape[2:])], 1)
+        )
+
+    merged = KVCache(capacity)
+    for layer in new.keys:
+        merged.keys[layer] = torch.cat([grown(old.keys[layer]), grown(new.keys[layer])])
+        merged.values[layer] = torch.cat([grown(old.values[layer]), grown(new.values[layer])])
+    return merged
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    prompt: list[int]
+    max_new_tokens: int
+
+
+@dataclass(eq=False)
+class _Pending:
+    request: GenerateRequest
+    future: asyncio.Future[list[int]]
+    enqueued: float
+    waited: float = field(default=0.0)
+
+
+class ContinuousBatcher:
+    """Admission and stepping on the event loop's side; the model runs in a worker thread, one step per hop,
+    so the loop keeps accepting (and refusing) requests while others decode."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        max_batch: int,
+        max_queue: int,
+        on_step: Callable[[int, float | None, float], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=max_queue)
+        # (rows in the step, seconds the oldest newcomer waited before its prefill (None: no newcomer), seconds)
+        self._on_step = on_step
+        self._running: RunningBatch[_Pending] = RunningBatch(model)
+        self._task: asyncio.Task[None] | None = None
+        self.in_flight = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def submit(self, request: GenerateRequest) -> list[int]:
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Pending(request, future, time.monotonic()))
+        except asyncio.QueueFull:
+            raise Overloaded(f"queue full ({self._queue.maxsize} waiting)") from None
+        self.in_flight += 1
+        try:
+            return await future
+        finally:
+            self.in_flight -= 1
+
+    async def _loop(self) -> None:
+        while True:
+            joining = [] if self._running else [await self._queue.get()]
+            while len(self._running) + len(joining) < self.max_batch and not self._queue.empty():
+                joining.append(self._queue.get_nowait())
+            started = time.monotonic()
+            for p in joining:
+                p.waited = started - p.enqueued
+            try:
+                finished = await asyncio.to_thread(self._advance, joining)
+            except Exception as err:  # one failed step fails the requests in it, not the server
+                for p in [*self._running.keys, *joining]:
+                    if not p.future.done():
+                        p.future.set_exception(err)
+                self._running = RunningBatch(self.model)
+                continue
+            if self._on_step is not None:
+                waited = max((p.waited for p in joining), default=None)
+                self._on_step(len(self._running) + len(finished), waited, time.monotonic() - started)
+            for p, tokens in finished.items():
+                if not p.future.done():
+                    p.future.set_result(tokens)
+
+    def _advance(self, joining: list[_Pending]) -> dict[_Pending, list[int]]:
+        """Newcomers' prefill, then one decode step for all. A request too long for the cache runs alone with
+        the sliding window (rare: it holds the others up for its whole generation)."""
+        finished: dict[_Pending, list[int]] = {}
+        fit = [p for p in joining if RunningBatch.fits(self.model, p.request.prompt, p.request.max_new_tokens)]
+        for p in joining:
+            if p not in fit:
+                finished[p] = generate(self.model, [p.request.prompt], [p.request.max_new_tokens])[0]
+        stepping = bool(self._running)
+        if fit:
+            prompts = [p.request.prompt for p in fit]
+            finished |= self._running.join(fit, prompts, [p.request.max_new_tokens for p in fit])
+        if stepping:  # newcomers already got their first token from the prefill
+            finished |= self._running.step()
+        return finished
