@@ -33,9 +33,11 @@ import torch._dynamo
 from aiohttp.test_utils import TestClient, TestServer
 from torch._dynamo.utils import counters
 
+from strata_workloads.batching import DynamicBatcher
+from strata_workloads.continuous import GenerateRequest
 from strata_workloads.data import ShardedLoader, build_shards, load_documents, stdlib_root
 from strata_workloads.engine import build_engine
-from strata_workloads.inference import Quantization, load_model, quantize, score
+from strata_workloads.inference import Quantization, generate, load_model, quantize, score
 from strata_workloads.layout import ParallelDims
 from strata_workloads.model import Transformer
 from strata_workloads.optim import OptimConfig, build_optimizer, train_step
@@ -229,8 +231,32 @@ def served_speed(preset: str, variants: list[str], new_tokens: int, rounds: int)
     asyncio.run(_served_speed(preset, variants, new_tokens, rounds))
 
 
-async def load_test(model: Transformer, max_batch: int, concurrency: int, requests: int) -> tuple[float, float]:
+# (max_batch, static): static is the batcher generation used before continuous batching (whole generations
+# per batch, the first request waiting max_wait for company), rebuilt here to measure it side by side.
+BATCHING = {"max_batch 1": (1, False), "static 8 (before)": (8, True), "continuous 8": (8, False)}
+
+
+def _batching_server(model: Transformer, variant: str) -> Server:
+    max_batch, static = BATCHING[variant]
     server = Server(model, ServeSettings(max_batch=max_batch, max_wait_ms=5, max_queue=1024, max_new_tokens=32))
+    if static:
+
+        def whole(requests: list[GenerateRequest]) -> list[list[int]]:
+            return generate(model, [r.prompt for r in requests], [r.max_new_tokens for r in requests])
+
+        # Same interface (submit, start, stop, in_flight); the server's attribute is typed for the new one.
+        server.generator = DynamicBatcher(whole, max_batch, 0.005, 1024, server._observe)  # type: ignore[assignment]
+    return server
+
+
+def _mean_wait(server: Server) -> float:
+    samples = {s.name: s.value for metric in server.batch_wait.collect() for s in metric.samples}
+    count = samples["strata_serve_batch_wait_seconds_count"]
+    return samples["strata_serve_batch_wait_seconds_sum"] / count if count else 0.0
+
+
+async def load_test(model: Transformer, variant: str, concurrency: int, requests: int) -> tuple[float, float]:
+    server = _batching_server(model, variant)
     latencies: list[float] = []
     async with TestClient(TestServer(server.app())) as client:
         await server.wait_ready()
@@ -248,42 +274,70 @@ async def load_test(model: Transformer, max_batch: int, concurrency: int, reques
         began = time.perf_counter()
         await asyncio.gather(*(user() for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
-    p99 = statistics.quantiles(latencies, n=100)[98] if len(latencies) > 1 else latencies[0]
-    return requests / elapsed, p99
+    return requests / elapsed, _percentile(latencies, 99)
+
+
+async def _lone_requests(model: Transformer, per_variant: int) -> None:
+    """One user, requests sent to each variant in turn (a, b, c, a, b, c, ...): the machine's load hits all
+    alike, unlike one variant's whole run after another's."""
+    servers = {v: _batching_server(model, v) for v in BATCHING}
+    clients = {v: TestClient(TestServer(s.app())) for v, s in servers.items()}
+    latencies: dict[str, list[float]] = {v: [] for v in BATCHING}
+    for variant, client in clients.items():
+        await client.start_server()
+        await servers[variant].wait_ready()
+    for _ in range(per_variant):
+        for variant, client in clients.items():
+            began = time.perf_counter()
+            resp = await client.post("/v1/generate", json={"prompt": PROMPT, "max_new_tokens": NEW_TOKENS})
+            assert resp.status == 200, await resp.text()
+            latencies[variant].append(time.perf_counter() - began)
+    for client in clients.values():
+        await client.close()
+    print(f"Lone requests, interleaved: {per_variant} per variant, one at a time")
+    print("| variant | p50 (ms) | p99 (ms) | mean recorded wait before the model (ms) |")
+    print("| --- | --- | --- | --- |")
+    for variant, measured in latencies.items():
+        print(
+            f"| {variant} | {1e3 * _percentile(measured, 50):.0f} | {1e3 * _percentile(measured, 99):.0f} | "
+            f"{1e3 * _mean_wait(servers[variant]):.2f} |"
+        )
 
 
 def batching(model: Transformer, concurrencies: list[int], requests: int, p99_bound_ms: float) -> None:
-    """Closed loop: `c` users each send the next request when their last one returns. For max_batch 1 and 8
-    side by side, requests/s and p99 latency per concurrency; then the best throughput whose p99 stays under
-    the bound."""
+    """Closed loop: `c` users each send the next request when their last one returns. For max_batch 1, the old
+    static batcher at 8 and continuous batching at 8 side by side, requests/s and p99 latency per concurrency;
+    then the best throughput whose p99 stays under the bound; then lone requests interleaved."""
     print(
         f"Dynamic batching: generate {NEW_TOKENS} tokens, KV cache, {requests} requests per point, "
         f"{torch.get_num_threads()} threads"
     )
-    print("| max_batch | concurrency | requests/s | p99 latency (ms) |")
+    print("| variant | concurrency | requests/s | p99 latency (ms) |")
     print("| --- | --- | --- | --- |")
-    points: dict[int, list[tuple[int, float, float]]] = {1: [], 8: []}
+    points: dict[str, list[tuple[int, float, float]]] = {v: [] for v in BATCHING}
     for c in concurrencies:
-        for max_batch in (1, 8):
-            rps, p99 = asyncio.run(load_test(model, max_batch, c, max(requests, 2 * c)))
-            print(f"| {max_batch} | {c} | {rps:.1f} | {p99 * 1e3:.0f} |", flush=True)
-            points[max_batch].append((c, rps, p99 * 1e3))
+        for variant in BATCHING:
+            rps, p99 = asyncio.run(load_test(model, variant, c, max(requests, 2 * c)))
+            print(f"| {variant} | {c} | {rps:.1f} | {p99 * 1e3:.0f} |", flush=True)
+            points[variant].append((c, rps, p99 * 1e3))
     if p99_bound_ms <= 0:
         # Machine-relative bound: twice the p99 of one request at a time, unbatched.
-        p99_bound_ms = 2 * min(points[1], key=lambda p: p[0])[2]
-    best: dict[int, tuple[float, int]] = {}
-    for max_batch, measured in points.items():
+        p99_bound_ms = 2 * min(points["max_batch 1"], key=lambda p: p[0])[2]
+    best: dict[str, tuple[float, int]] = {}
+    for variant, measured in points.items():
         for c, rps, p99_ms in measured:
-            if p99_ms <= p99_bound_ms and rps > best.get(max_batch, (0.0, 0))[0]:
-                best[max_batch] = (rps, c)
+            if p99_ms <= p99_bound_ms and rps > best.get(variant, (0.0, 0))[0]:
+                best[variant] = (rps, c)
     print()
-    print(f"| max_batch | requests/s at p99 <= {p99_bound_ms:.0f} ms | at concurrency |")
-    print("| --- | --- | --- |")
-    for max_batch in (1, 8):
-        rps, c = best.get(max_batch, (0.0, 0))
-        print(f"| {max_batch} | {rps:.1f} | {c or 'none met the bound'} |")
-    if best.get(1) and best.get(8):
-        print(f"\nbatching gain at the bound: {best[8][0] / best[1][0]:.2f}x")
+    print(f"| variant | requests/s at p99 <= {p99_bound_ms:.0f} ms | at concurrency | gain vs max_batch 1 |")
+    print("| --- | --- | --- | --- |")
+    unbatched = best.get("max_batch 1", (0.0, 0))[0]
+    for variant in BATCHING:
+        rps, c = best.get(variant, (0.0, 0))
+        gain = f"{rps / unbatched:.2f}x" if unbatched and rps else "-"
+        print(f"| {variant} | {rps:.1f} | {c or 'none met the bound'} | {gain} |")
+    print()
+    asyncio.run(_lone_requests(model, max(requests // 2, 2)))
 
 
 def main() -> None:
