@@ -43,8 +43,17 @@ COALESCE_S = 5.0
 """Status changes that only follow the gang (workers ready, nodes bound, step) are written at most this often per
 job: a gang of 8 starting would otherwise write its status a dozen times, and every write is an event that the
 operator (and every watcher of TrainingJobs) processes again. Phase changes are written at once."""
-FOLLOWING = frozenset({"workers", "placement", "progress"})
-"""The status fields whose changes :data:`COALESCE_S` throttles."""
+FOLLOW_WRITES_PER_S = 20.0
+"""...and all jobs together write such follow-ups at most about this often: with many jobs each one's interval
+grows (500 jobs: every 25 s), so a burst of starting gangs leaves the API server to the pods themselves."""
+FOLLOWING = frozenset({"workers", "placement", "progress", "accountedAt", "gpuSeconds", "cost"})
+"""The status fields whose changes :data:`COALESCE_S` throttles (accounting included: a running job is re-priced at
+every reconcile, and a pod event is reason enough to reconcile, not to write)."""
+
+
+def coalesce_s(jobs: int) -> float:
+    """Seconds between one job's follow-up status writes when ``jobs`` jobs are followed."""
+    return max(COALESCE_S, jobs / FOLLOW_WRITES_PER_S)
 
 
 @dataclass(frozen=True)
@@ -182,7 +191,7 @@ async def _reconcile(
     create = [i for i in plan.create_workers if f"create/{attempt}/{i}" not in memory.recent] if pool else []
     lift = [n for n in plan.lift_gates if f"lift/{attempt}/{n}" not in memory.recent]
     acts = plan.delete_pods or plan.force_delete_pods or create or lift
-    wait_s = memory.status_written_at + COALESCE_S - now_s
+    wait_s = memory.status_written_at + coalesce_s(len(runtime.wakeups)) - now_s
     if patch and set(patch) <= FOLLOWING and not acts and not plan.status.events and wait_s > 0:
         plan.requeue_after_s = wait_s if plan.requeue_after_s is None else min(plan.requeue_after_s, wait_s)
         return plan, False
