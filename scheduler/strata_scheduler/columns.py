@@ -13,7 +13,7 @@ A request maps its node names to row numbers once (one dict lookup each, in C) a
   formula runs once per class;
 - ``zone[row]``: an index into ``zones``;
 - ``host_json[row]``: ``{"Host":"<name>","Score":`` as bytes, the start of the node's prioritize entry;
-  ``name_json[row]``: ``"<name>"``; ``key_json[row]``: ``,"<name>":`` (an entry of the filter's
+  ``name_json[row]``: ``"<name>"``; ``key_json[row]``: ``"<name>":`` (an entry of the filter's
   ``FailedNodes`` maps, less its value): answers are joined from these instead of encoding a dict per node;
 - ``name_obj[row]``: the name itself, to gather names by row.
 
@@ -50,8 +50,8 @@ def host_json(name: str) -> bytes:
 
 
 def key_json(name: str) -> bytes:
-    """A comma, then the key of one entry of a JSON object keyed by node name."""
-    return b"," + orjson.dumps(name) + b":"
+    """The key of one entry of a JSON object keyed by node name, with its colon."""
+    return orjson.dumps(name) + b":"
 
 
 class NodeColumns:

@@ -188,16 +188,16 @@ class Extender:
             def cheapest(names: list[str]) -> str:
                 return self._cheapest(pod, names, hour)
 
-            outcome = filter_nodes(pod, columns.name_obj[rows], state, hold, self.pins.active(), cheapest, rows)
+            outcome = filter_nodes(pod, None, state, hold, self.pins.active(), cheapest, rows)
             if outcome.pin is not None:
                 self.pins.pin(*outcome.pin)
             found, passed_rows = outcome.rejections, outcome.passed_rows
             assert found is not None
             assert passed_rows is not None
             passed = names_json(columns.name_json[passed_rows])
-            texts = np.array([orjson.dumps(text) for text in found.texts], dtype=object)
-            failed = object_json(columns.key_json[rows[found.failed_at]], texts[found.failed_text])
-            unresolvable = object_json(columns.key_json[rows[found.unresolvable_at]], texts[found.unresolvable_text])
+            texts = [orjson.dumps(text) for text in found.texts]
+            failed = object_json(columns.key_json[rows[found.failed_at]], found.failed_text, texts)
+            unresolvable = object_json(columns.key_json[rows[found.unresolvable_at]], found.unresolvable_text, texts)
             if pod.uid:
                 self._passed = (pod.uid, passed, passed_rows, columns.layout)
         self._count(outcome)

@@ -67,8 +67,9 @@ class Rejections:
     built from them on demand.
     """
 
-    names: npt.NDArray[np.object_]
-    """The request's node names, by position."""
+    names_at: Callable[[IntArray], list[str]]
+    """The request's node names at some positions (from the columns on the fast path: call it with the state's
+    lock held, as the filter ran)."""
     failed_at: IntArray
     failed_text: IntArray
     unresolvable_at: IntArray
@@ -79,7 +80,9 @@ class Rejections:
 
 class FilterOutcome:
     def __init__(self) -> None:
-        self.passed: list[str] = []
+        self._passed: list[str] | None = []
+        self.passed_at: IntArray | None = None
+        """Positions of the passed nodes in the request (array filter only); their names are read on demand."""
         self.rejected_by_reason: dict[str, int] = {}
         self.pin: tuple[GroupKey, PinnedGroup] | None = None
         """A tensor-parallel group this call placed (or confirmed) on a node; the caller remembers it briefly."""
@@ -89,6 +92,24 @@ class FilterOutcome:
         """The array filter's rejections (the reference filter fills the dicts directly)."""
         self._failed: dict[str, str] = {}
         self._unresolvable: dict[str, str] = {}
+
+    @property
+    def passed(self) -> list[str]:
+        """The nodes that passed, in request order."""
+        if self._passed is None:
+            assert self.rejections is not None
+            assert self.passed_at is not None
+            self._passed = self.rejections.names_at(self.passed_at)
+        return self._passed
+
+    @passed.setter
+    def passed(self, names: list[str]) -> None:
+        self._passed = names
+
+    def pass_at(self, positions: IntArray) -> None:
+        """The nodes at these positions of the request passed; their names are read when asked for."""
+        self.passed_at = positions
+        self._passed = None
 
     @property
     def failed(self) -> dict[str, str]:
@@ -115,7 +136,7 @@ class FilterOutcome:
             (self._failed, found.failed_at, found.failed_text),
             (self._unresolvable, found.unresolvable_at, found.unresolvable_text),
         ):
-            into.update(zip(found.names[at].tolist(), texts[text].tolist(), strict=True))
+            into.update(zip(found.names_at(at), texts[text].tolist(), strict=True))
 
 
 UNKNOWN_NODE = "node is not in the Strata extender's cache yet; it will retry"
@@ -159,7 +180,7 @@ class _Request:
 
 def filter_nodes(
     pod: PodView,
-    node_names: Sequence[str] | npt.NDArray[np.object_],
+    node_names: Sequence[str] | None,
     state: ClusterState,
     hold: HoldBack,
     pins: Mapping[GroupKey, PinnedGroup],
@@ -172,25 +193,40 @@ def filter_nodes(
     not yet seen bound will need there away from everyone else (pods of one group are scheduled one after the
     other, and their bindings reach the watch cache a moment later). ``cheapest`` picks the node for a group
     being placed now from the nodes that pass every other check. ``rows``: the names' rows in
-    ``state.columns``, when the caller has them already (see ``NodeColumns.rows_json``).
+    ``state.columns``, when the caller has them already (see ``NodeColumns.rows_json``); ``node_names`` may
+    then be None, and names are read from the columns only where needed.
 
     The checks run as array operations on ``state.columns`` (one row per node); those that read only a node's
     GPU type and capacity type run once per distinct pair, and each distinct reason sentence is written once.
     Verdicts, sentences and their order are those of :func:`filter_nodes_reference`.
     """
     outcome = FilterOutcome()
+    columns = state.columns
+    if node_names is None:
+        assert rows is not None
+        given_rows = rows
+
+        def names_at(at: IntArray) -> list[str]:
+            names: list[str] = columns.name_obj[given_rows[at]].tolist()
+            return names
+
+    else:
+        listed = list(node_names)
+        named = np.array(listed, dtype=object)
+        rows = columns.rows(listed) if rows is None else rows
+
+        def names_at(at: IntArray) -> list[str]:
+            names: list[str] = named[at].tolist()
+            return names
+
     if not pod.gpus:
         # Not a GPU pod: nothing here concerns it (kube-scheduler does not even call us for such pods).
-        outcome.passed = list(node_names)
+        outcome.passed = names_at(np.arange(len(rows)))
         return outcome
-    named = node_names if isinstance(node_names, np.ndarray) else np.array(list(node_names), dtype=object)
-    columns = state.columns
     r = _Request.of(pod, state, hold, pins)
     resource, gpu_types, capacity_types, kept, reserved = r.resource, r.gpu_types, r.capacity_types, r.kept, r.reserved
     group, group_home, group_gpus = r.group, r.group_home, r.group_gpus
 
-    if rows is None:
-        rows = columns.rows(named.tolist())
     known = rows >= 0
     reason = np.where(known, 0, _CODE["unknown_node"]).astype(np.int64)
     texts: list[str] = []
@@ -259,27 +295,29 @@ def filter_nodes(
     if hit.any():
         settle(hit, codes[hit], held_text[type_class[hit]])
 
-    candidates: list[str] = named[pending].tolist()
-    outcome.passed_rows = rows[pending]
+    passed_at = np.flatnonzero(pending)
+    outcome.passed_rows = rows[passed_at]
     unresolvable = _UNRESOLVABLE_CODE[reason]
     failed_at = np.flatnonzero(~pending & ~unresolvable)
     unresolvable_at = np.flatnonzero(unresolvable)
     unresolvable_text = text[unresolvable_at]
     counts = np.bincount(reason, minlength=len(REASONS) + 1).tolist()
     outcome.rejected_by_reason = {REASONS[code - 1]: counts[code] for code in range(1, len(counts)) if counts[code]}
-    if group is not None and group_gpus > pod.gpus and candidates:
+    if group is not None and group_gpus > pod.gpus and len(passed_at):
+        candidates = names_at(passed_at)
         chosen = group_home if group_home in candidates else cheapest(candidates)
-        others = np.flatnonzero(pending & (named != chosen))
+        others = passed_at[rows[passed_at] != columns.index[chosen]]
         if len(others):
             placing = _add(texts, f"{_group_label(group)} is being placed on node {chosen}")
             unresolvable_at = np.concatenate((unresolvable_at, others))
             unresolvable_text = np.concatenate((unresolvable_text, np.full(len(others), placing, dtype=np.int64)))
             outcome.rejected_by_reason["tp_group"] = outcome.rejected_by_reason.get("tp_group", 0) + len(others)
         outcome.pin = (group, PinnedGroup(chosen, group_gpus, pod.gpus))
-        candidates = [chosen]
-        outcome.passed_rows = columns.rows(candidates)
-    outcome.rejections = Rejections(named, failed_at, text[failed_at], unresolvable_at, unresolvable_text, texts)
-    outcome.passed = candidates
+        outcome.passed = [chosen]
+        outcome.passed_rows = columns.rows([chosen])
+    else:
+        outcome.pass_at(passed_at)
+    outcome.rejections = Rejections(names_at, failed_at, text[failed_at], unresolvable_at, unresolvable_text, texts)
     return outcome
 
 

@@ -19,13 +19,15 @@ ordinary one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import orjson
+
+IntArray = npt.NDArray[np.int64]
 
 
 class BadRequest(ValueError):
@@ -124,18 +126,29 @@ def names_json(names: npt.NDArray[np.object_]) -> bytes:
     return b",".join(names.tolist())
 
 
-def object_json(keys: npt.NDArray[np.object_], values: npt.NDArray[np.object_]) -> bytes:
-    """``{k1:v1,k2:v2}`` from each key's ``,"<name>":`` (see ``columns.key_json``) and each value's JSON text;
-    the keys must be distinct (a dict would merge repeats)."""
+def object_json(keys: npt.NDArray[np.object_], values: IntArray, texts: Sequence[bytes]) -> bytes:
+    """``{k1:v1,k2:v2}`` from each key's ``"<name>":`` (``columns.key_json``) and the JSON text of each value,
+    ``texts[values[i]]``; the keys must be distinct (a dict would merge repeats).
+
+    Rejections come in long runs that share one sentence (every node of a GPU type the job does not accept), so
+    each run is one ``bytes.join`` over its keys with the sentence as separator: no bytes object per entry.
+    """
     if not len(keys):
         return b"{}"
-    parts = np.empty(2 * len(keys), dtype=object)
-    parts[0::2] = keys
-    parts[1::2] = values
-    pieces = parts.tolist()
-    pieces[0] = b"{" + pieces[0][1:]
-    pieces.append(b"}")
-    return b"".join(pieces)
+    starts = np.flatnonzero(values[1:] != values[:-1]) + 1
+    if len(starts) * 8 > len(keys):  # short runs: interleave keys and values
+        ends = [text + b"," for text in texts]
+        parts = np.empty(2 * len(keys), dtype=object)
+        parts[0::2] = keys
+        parts[1::2] = np.array(ends, dtype=object)[values]
+        pieces = parts.tolist()
+        pieces[-1] = pieces[-1][:-1]
+        return b"".join((b"{", *pieces, b"}"))
+    runs = []
+    for start, end in zip((0, *starts.tolist()), (*starts.tolist(), len(keys)), strict=True):
+        text = texts[int(values[start])]
+        runs.append((text + b",").join(keys[start:end].tolist()) + text)
+    return b"{" + b",".join(runs) + b"}"
 
 
 def filter_result_json(passed_json: bytes, failed_json: bytes, unresolvable_json: bytes) -> bytes:
@@ -176,13 +189,20 @@ def priority_list(scores: list[tuple[str, int]]) -> bytes:
 
 
 MAX_SCORE = 10
-_SCORE_TAILS = np.array([b"%d}" % score for score in range(MAX_SCORE + 1)], dtype=object)
+_SCORE_TAILS = np.array([b"%d}," % score for score in range(MAX_SCORE + 1)], dtype=object)
 
 
 def priority_list_json(hosts: npt.NDArray[np.object_], scores: npt.NDArray[np.int64]) -> bytes:
     """The bytes :func:`priority_list` writes, from each entry's ``{"Host":<name>,"Score":`` prefix
-    (:func:`strata_scheduler.columns.host_json`) and scores 0..10, without a dict per node."""
-    if len(scores) and (scores.min() < 0 or scores.max() > MAX_SCORE):
+    (:func:`strata_scheduler.columns.host_json`) and scores 0..10, without a dict or a bytes object per node."""
+    if not len(scores):
+        return b"[]"
+    if scores.min() < 0 or scores.max() > MAX_SCORE:
         names = [orjson.loads(host[len(b'{"Host":') : -len(b',"Score":')]) for host in hosts.tolist()]
         return priority_list(list(zip(names, scores.tolist(), strict=True)))
-    return b"[" + b",".join((hosts + _SCORE_TAILS[scores]).tolist()) + b"]"
+    parts = np.empty(2 * len(scores), dtype=object)
+    parts[0::2] = hosts
+    parts[1::2] = _SCORE_TAILS[scores]
+    pieces = parts.tolist()
+    pieces[-1] = pieces[-1][:-1]
+    return b"".join((b"[", *pieces, b"]"))

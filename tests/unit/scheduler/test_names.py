@@ -139,20 +139,30 @@ def test_the_table_grows_and_reuses_rows() -> None:
 ODD_KEYS = ['quo"te', "back\\slash", "ünïcode", "", "tab\tname", "</script>", "\u2028"]
 
 
-def test_answer_fragments_join_to_what_orjson_writes() -> None:
-    names = ["h100-spot", *ODD_KEYS]
-    values = ["pod needs 4 nvidia.com/gpu", 'a "quoted" reason', "ü", "", "\n", "x", "y", "z"]
+@pytest.mark.parametrize("runs", ["one sentence", "long runs", "short runs"])
+def test_answer_fragments_join_to_what_orjson_writes(runs: str) -> None:
+    names = ["h100-spot", *ODD_KEYS, *(f"n{index}" for index in range(40))]
+    sentences = ["pod needs 4 nvidia.com/gpu", 'a "quoted" reason', "ü", "", "\n"]
+    if runs == "one sentence":
+        ids = [1] * len(names)
+    elif runs == "long runs":
+        ids = [index // 10 % len(sentences) for index in range(len(names))]
+    else:
+        ids = [index * 7 % len(sentences) for index in range(len(names))]
+    values = np.array(ids, dtype=np.int64)
+    texts = [orjson.dumps(sentence) for sentence in sentences]
     keys = np.array([key_json(name) for name in names], dtype=object)
-    texts = np.array([orjson.dumps(value) for value in values], dtype=object)
-    assert object_json(keys, texts) == orjson.dumps(dict(zip(names, values, strict=True)))
-    assert object_json(keys[:1], texts[:1]) == orjson.dumps({names[0]: values[0]})
-    assert object_json(keys[:0], texts[:0]) == b"{}"
+    expected = dict(zip(names, [sentences[i] for i in ids], strict=True))
+    assert object_json(keys, values, texts) == orjson.dumps(expected)
+    assert object_json(keys[:1], values[:1], texts) == orjson.dumps({names[0]: sentences[ids[0]]})
+    assert object_json(keys[:0], values[:0], texts) == b"{}"
     passed = np.array([orjson.dumps(name) for name in names], dtype=object)
     assert b"[" + names_json(passed) + b"]" == orjson.dumps(names)
     args = ExtenderArgs(pod={}, node_names=names, nodes=None)
-    failed, unresolvable = dict(zip(names[:3], values[:3], strict=True)), dict(zip(names[3:], values[3:], strict=True))
+    failed = {name: expected[name] for name in names[:3]}
+    unresolvable = {name: expected[name] for name in names[3:]}
     written = filter_result_json(
-        names_json(passed[:2]), object_json(keys[:3], texts[:3]), object_json(keys[3:], texts[3:])
+        names_json(passed[:2]), object_json(keys[:3], values[:3], texts), object_json(keys[3:], values[3:], texts)
     )
     assert written == filter_result(args, names[:2], failed, unresolvable)
 
