@@ -95,6 +95,31 @@ def reconcile(
 ) -> Plan:
     """What to do next. ``pods_settled`` is False while the caller's view of pods and nodes may still be filling
     (just after it started or took over); a missing worker or node is then not taken for a lost one."""
+    plan = _decide(job, pool, pods, nodes, now, settings, stored_status, pods_settled)
+    since = job.status.accounted_at
+    still_running = job.status.phase == Phase.RUNNING and plan.status.phase == Phase.RUNNING
+    if still_running and since is not None and (now - since).total_seconds() < settings.resync_interval_s:
+        # a running job is accounted at most once per resync interval: a pod event is reason to reconcile, not
+        # to write the job's cost; the next accounting covers the whole span since accountedAt
+        for key in ACCOUNTING:
+            plan.status.changes.pop(key, None)
+        plan.gpu_seconds = plan.cost = 0.0
+    return plan
+
+
+ACCOUNTING = ("gpuSeconds", "cost", "accountedAt")
+
+
+def _decide(
+    job: TrainingJob,
+    pool: ResourcePool | None,
+    pods: Sequence[WorkerPod],
+    nodes: Mapping[str, Node],
+    now: datetime,
+    settings: OperatorSettings,
+    stored_status: Mapping[str, object] | None,
+    pods_settled: bool,
+) -> Plan:
     plan = Plan(StatusDraft(stored=stored_status or {}, now=now))
     draft = plan.status
     phase = job.status.phase

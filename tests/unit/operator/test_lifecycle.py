@@ -222,6 +222,16 @@ def test_running_gangs_accrue_gpu_seconds_and_cost_from_node_prices() -> None:
     assert patch["accountedAt"] == format_time(at(70))
 
 
+def test_a_running_gang_is_accounted_once_per_resync_interval_and_always_when_it_ends() -> None:
+    recent = {"startTime": format_time(at(0)), "accountedAt": format_time(at(55)), "gpuSeconds": 5.0}
+    quiet = run(Phase.RUNNING, workers(), now=60, **recent)  # 5 s since the last accounting: nothing to write
+    assert not {"gpuSeconds", "cost", "accountedAt"} & set(quiet.status.patch())
+    assert quiet.gpu_seconds == 0
+    done = run(Phase.RUNNING, workers("Succeeded", exit_code=0), now=60, **recent)
+    assert done.status.patch()["phase"] == "Succeeded"
+    assert done.status.patch()["gpuSeconds"] == 5.0 + 16 * 5  # the last seconds are not lost
+
+
 def test_a_node_price_annotation_wins_over_the_catalog_and_an_unpriced_node_costs_nothing() -> None:
     job = a_job(
         name="j", data=2, tensor=8, status={"phase": "Running", "attempt": 1, "accountedAt": format_time(at(0))}
