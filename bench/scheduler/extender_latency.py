@@ -30,7 +30,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiohttp import web
 
 from strata_dev.fleet import load_fleet, node_manifests
 from strata_operator import api
@@ -38,7 +37,7 @@ from strata_scheduler.catalog import load_catalog
 from strata_scheduler.extender import Extender
 from strata_scheduler.forecasts import ForecastBoard
 from strata_scheduler.metrics import ExtenderMetrics
-from strata_scheduler.server import build_app
+from strata_scheduler.server import ExtenderServer
 from strata_scheduler.settings import DEFAULT_CATALOG
 from strata_scheduler.state import ClusterState
 
@@ -138,26 +137,21 @@ def _client(port: int, body: bytes, second: bytes, calls: int, results: Connecti
 
 
 async def over_http_from_another_process(extender: Extender, body: bytes, second: bytes, calls: int) -> list[float]:
-    runner = web.AppRunner(build_app(extender), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    server = await ExtenderServer(extender).start("127.0.0.1", 0)
     ours, theirs = multiprocessing.Pipe()
-    client = multiprocessing.get_context("fork").Process(target=_client, args=(port, body, second, calls, theirs))
+    client = multiprocessing.get_context("fork").Process(
+        target=_client, args=(server.port, body, second, calls, theirs)
+    )
     client.start()
     samples: list[float] = await asyncio.get_running_loop().run_in_executor(None, ours.recv)
     client.join()
-    await runner.cleanup()
+    await server.close()
     return samples
 
 
 async def over_http(extender: Extender, body: bytes, second: bytes, calls: int) -> list[float]:
-    runner = web.AppRunner(build_app(extender), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    server = await ExtenderServer(extender).start("127.0.0.1", 0)
+    port = server.port
     samples = []
     async with aiohttp.ClientSession() as session:
         for _ in range(calls):
@@ -167,7 +161,7 @@ async def over_http(extender: Extender, body: bytes, second: bytes, calls: int) 
                     assert response.status == 200
                     await response.read()
             samples.append(time.perf_counter() - started)
-    await runner.cleanup()
+    await server.close()
     return samples
 
 

@@ -11,8 +11,6 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from strata_scheduler.catalog import Catalog
 from strata_scheduler.demand import DemandRecorder, DemandStore, HistorySource, PrometheusSource
 from strata_scheduler.extender import Extender
@@ -20,7 +18,7 @@ from strata_scheduler.forecaster import Curve, ForecastConfig, ForecastWorker, p
 from strata_scheduler.forecasts import ForecastBoard
 from strata_scheduler.metrics import ExtenderMetrics
 from strata_scheduler.scoring import Defaults
-from strata_scheduler.server import build_app
+from strata_scheduler.server import ExtenderServer
 from strata_scheduler.settings import Settings
 from strata_scheduler.state import ClusterState
 from strata_scheduler.watchers import api_client, start_watchers
@@ -57,7 +55,7 @@ class ExtenderService:
         self.store: DemandStore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
+        self._server: ExtenderServer | None = None
 
     @property
     def url(self) -> str:
@@ -100,15 +98,13 @@ class ExtenderService:
 
     def stop_http(self) -> None:
         """Stop answering HTTP; caches, recorder and forecaster keep running."""
-        if self._loop is not None and self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
-            self._runner = None
+        if self._loop is not None and self._server is not None:
+            asyncio.run_coroutine_threadsafe(self._server.close(), self._loop).result(timeout=30)
+            self._server = None
 
     async def _serve(self) -> None:
-        runner = web.AppRunner(build_app(self.extender, self.settings.max_body_bytes), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, self.settings.host, self.settings.port).start()
-        self._runner = runner
+        server = ExtenderServer(self.extender, self.settings.max_body_bytes)
+        self._server = await server.start(self.settings.host, self.settings.port)
 
     def stop(self) -> None:
         self.stop_http()

@@ -1,7 +1,7 @@
 """The extender's HTTP API as kube-scheduler sees it: exact field names, probes, and no 5xx whatever it is sent.
 
-A real aiohttp server on a loopback port runs on an event loop in a helper thread, so hypothesis (which drives
-plain functions) can throw thousands of requests at it without a cluster.
+The real server on a loopback port runs on an event loop in a helper thread, so hypothesis (which drives plain
+functions) can throw thousands of requests at it, through aiohttp's client, without a cluster.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scheduler_builders import a_node, a_pod, an_extender
 
 from strata_operator import api
 from strata_scheduler.extender import Extender
-from strata_scheduler.server import build_app
+from strata_scheduler.server import ExtenderServer
 
 pytestmark = pytest.mark.unit
 
@@ -35,12 +35,11 @@ class LiveServer:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="extender-test-loop", daemon=True)
         self.thread.start()
-        self.client: TestClient[Any, Any] = self._call(self._start())
+        self.server, self.client = self._call(self._start())
 
-    async def _start(self) -> TestClient[Any, Any]:
-        client: TestClient[Any, Any] = TestClient(TestServer(build_app(self.extender, max_body_bytes=MAX_BODY)))
-        await client.start_server()
-        return client
+    async def _start(self) -> tuple[ExtenderServer, aiohttp.ClientSession]:
+        server = await ExtenderServer(self.extender, max_body_bytes=MAX_BODY).start("127.0.0.1", 0)
+        return server, aiohttp.ClientSession(f"http://127.0.0.1:{server.port}")
 
     def _call(self, coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=30)
@@ -59,6 +58,7 @@ class LiveServer:
 
     def close(self) -> None:
         self._call(self.client.close())
+        self._call(self.server.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         self.loop.close()
