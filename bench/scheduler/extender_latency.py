@@ -10,7 +10,10 @@ Measured three ways:
   server's, one after the other, so it adds a cost kube-scheduler never puts on the extender; kept for
   comparison with earlier figures. Every node name goes to filter
 (kube-scheduler would send only the nodes its own plugins found feasible: this is the worst case), and the
-nodes the filter passed go to prioritize, as kube-scheduler does. The fleet is the default fleet scaled
+nodes the filter passed go to prioritize, as kube-scheduler does. Bodies are written as Go writes them
+(``{"Pod":...,"Nodes":null,"NodeNames":[...]}``), and the names come in a different order from one call to
+the next (8 orders, cycled), as kube-scheduler's parallel filter writes them: nothing may be cached on a
+request's exact text. The fleet is the default fleet scaled
 up (strata_dev.fleet), with a quarter of the GPU nodes half full, and the pod is a tensor-parallel worker of
 a job with pods already bound, so every check and score term runs.
 
@@ -22,6 +25,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import random
+import resource
 import socket
 import statistics
 import time
@@ -86,20 +91,36 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered) * 1e3, ordered[int(len(ordered) * 0.99) - 1] * 1e3
 
 
+Pair = tuple[bytes, bytes]
+"""A filter body and the prioritize body that follows it."""
+
+
+def request_pairs(extender: Extender, pod: dict[str, Any], names: list[str], orders: int = 8) -> list[Pair]:
+    """Filter and prioritize bodies for the names in ``orders`` different orders."""
+    pairs = []
+    for order in range(orders):
+        shuffled = list(names)
+        random.Random(order).shuffle(shuffled)
+        body = orjson.dumps({"Pod": pod, "Nodes": None, "NodeNames": shuffled})
+        pairs.append((body, prioritize_body(extender, body)))
+    return pairs
+
+
 def prioritize_body(extender: Extender, filter_body: bytes) -> bytes:
     """What kube-scheduler sends to prioritize: the same pod and the nodes the filter let through."""
     status, answer = extender.filter(filter_body)
     assert status == 200
     request = orjson.loads(filter_body)
     request["NodeNames"] = orjson.loads(answer)["NodeNames"]
-    return orjson.dumps(request)
+    return orjson.dumps(request)  # dicts keep their order: Pod, Nodes, NodeNames
 
 
-def direct(extender: Extender, body: bytes, second: bytes, calls: int, cpu: list[float] | None = None) -> list[float]:
+def direct(extender: Extender, pairs: list[Pair], calls: int, cpu: list[float] | None = None) -> list[float]:
     """Wall-clock seconds per filter+prioritize; CPU seconds of this thread go to ``cpu`` (on a shared machine
     the wall clock includes waiting for a core, the CPU time does not)."""
     samples = []
-    for _ in range(calls):
+    for call in range(calls):
+        body, second = pairs[call % len(pairs)]
         started, started_cpu = time.perf_counter(), time.thread_time()
         status_f, _ = extender.filter(body)
         status_p, _ = extender.prioritize(second)
@@ -125,36 +146,45 @@ def _post(sock: socket.socket, verb: str, body: bytes) -> int:
     return int(lines[0].split()[1])
 
 
-def _client(port: int, body: bytes, second: bytes, calls: int, results: Connection) -> None:
+def _client(port: int, pairs: list[Pair], calls: int, results: Connection) -> None:
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as Go's net/http does
         samples = []
-        for _ in range(calls):
+        for call in range(calls):
+            body, second = pairs[call % len(pairs)]
             started = time.perf_counter()
             assert _post(sock, "filter", body) == _post(sock, "prioritize", second) == 200
             samples.append(time.perf_counter() - started)
     results.send(samples)
 
 
-async def over_http_from_another_process(extender: Extender, body: bytes, second: bytes, calls: int) -> list[float]:
+async def over_http_from_another_process(
+    extender: Extender, pairs: list[Pair], calls: int, server_cpu: list[float] | None = None
+) -> list[float]:
+    """Samples from the client process; the server's CPU seconds per pair (user + system, mean) go to
+    ``server_cpu``: on a loaded machine the wall clock includes waiting for a core, this does not."""
+    started = resource.getrusage(resource.RUSAGE_SELF)
     server = await ExtenderServer(extender).start("127.0.0.1", 0)
     ours, theirs = multiprocessing.Pipe()
-    client = multiprocessing.get_context("fork").Process(
-        target=_client, args=(server.port, body, second, calls, theirs)
-    )
+    client = multiprocessing.get_context("fork").Process(target=_client, args=(server.port, pairs, calls, theirs))
     client.start()
     samples: list[float] = await asyncio.get_running_loop().run_in_executor(None, ours.recv)
     client.join()
     await server.close()
+    if server_cpu is not None:
+        ended = resource.getrusage(resource.RUSAGE_SELF)
+        used = ended.ru_utime - started.ru_utime + ended.ru_stime - started.ru_stime
+        server_cpu.append(used / calls)
     return samples
 
 
-async def over_http(extender: Extender, body: bytes, second: bytes, calls: int) -> list[float]:
+async def over_http(extender: Extender, pairs: list[Pair], calls: int) -> list[float]:
     server = await ExtenderServer(extender).start("127.0.0.1", 0)
     port = server.port
     samples = []
     async with aiohttp.ClientSession() as session:
-        for _ in range(calls):
+        for call in range(calls):
+            body, second = pairs[call % len(pairs)]
             started = time.perf_counter()
             for verb, data in (("filter", body), ("prioritize", second)):
                 async with session.post(f"http://127.0.0.1:{port}/{verb}", data=data) as response:
@@ -186,23 +216,29 @@ def main() -> None:
     for nodes in args.nodes:
         state, names = a_cluster(nodes)
         extender = Extender(state, catalog, ForecastBoard(), ExtenderMetrics(state.size))
-        body = orjson.dumps({"Pod": _pod("llm-9", None, job="llm", group="7"), "NodeNames": names})
-        second = prioritize_body(extender, body)
-        direct(extender, body, second, 50)  # warm-up
+        pairs = request_pairs(extender, _pod("llm-9", None, job="llm", group="7"), names)
+        body, second = pairs[0]
+        direct(extender, pairs, 50)  # warm-up
         cpu: list[float] = []
+        server_cpu: list[float] = []
         passed = len(orjson.loads(second)["NodeNames"])
         for path in args.paths:
             if path == "direct":
-                samples = direct(extender, body, second, args.calls, cpu)
+                samples = direct(extender, pairs, args.calls, cpu)
             elif path == "http":
-                samples = asyncio.run(over_http_from_another_process(extender, body, second, args.calls))
+                samples = asyncio.run(over_http_from_another_process(extender, pairs, args.calls, server_cpu))
             else:
-                samples = asyncio.run(over_http(extender, body, second, args.calls))
+                samples = asyncio.run(over_http(extender, pairs, args.calls))
             p50, p99 = percentiles(samples)
             print(f"| {nodes} | {passed} | {PATHS[path]} | {p50:.2f} | {p99:.2f} | {len(body)} |", flush=True)
         if cpu:
             p50, p99 = percentiles(cpu)
             print(f"| {nodes} | {passed} | direct, CPU time | {p50:.2f} | {p99:.2f} | {len(body)} |", flush=True)
+        if server_cpu:
+            mean = server_cpu[0] * 1e3
+            print(
+                f"| {nodes} | {passed} | HTTP, server CPU per pair (mean) | {mean:.2f} | - | {len(body)} |", flush=True
+            )
 
 
 if __name__ == "__main__":
