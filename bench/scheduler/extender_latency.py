@@ -29,6 +29,8 @@ import random
 import resource
 import socket
 import statistics
+import sys
+import threading
 import time
 from multiprocessing.connection import Connection
 from typing import Any
@@ -195,6 +197,14 @@ async def over_http(extender: Extender, pairs: list[Pair], calls: int) -> list[f
     return samples
 
 
+def _busy() -> None:
+    """Pure-Python work that never blocks: it gives the GIL up only when the interpreter makes it."""
+    total = 0
+    while True:
+        for value in range(10_000):
+            total += value * value
+
+
 PATHS = {"direct": "direct", "http": "HTTP", "inproc": "HTTP, aiohttp client in-process"}
 
 
@@ -209,7 +219,22 @@ def main() -> None:
         default=list(PATHS),
         help="which rows to measure (default: all); 'direct' also gives the CPU-time row",
     )
+    parser.add_argument(
+        "--busy-thread",
+        action="store_true",
+        help="keep a pure-Python thread busy meanwhile, as the forecaster is during a refit (GIL hand-overs)",
+    )
+    parser.add_argument(
+        "--switch-interval-ms",
+        type=float,
+        default=None,
+        help="sys.setswitchinterval for the run (CPython's default: 5 ms; the service sets 0.5 ms)",
+    )
     args = parser.parse_args()
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1e3)
+    if args.busy_thread:
+        threading.Thread(target=_busy, name="busy", daemon=True).start()
     catalog = load_catalog(DEFAULT_CATALOG)
     print("| nodes sent to filter | passed to prioritize | path | p50 ms | p99 ms | filter request bytes |")
     print("|---:|---:|---|---:|---:|---:|")

@@ -15,6 +15,7 @@ from strata_scheduler.settings import parse_settings
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(argv)
+    sys.setswitchinterval(settings.gil_switch_interval_s)  # process-wide, so here rather than in the service
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         catalog = load_catalog(settings.catalog)
