@@ -180,10 +180,23 @@ async def _served_speed(preset: str, variants: list[str], new_tokens: int, round
     servers: dict[str, Server] = {}
     clients: dict[str, TestClient[Any, Any]] = {}
     warm: dict[str, float] = {}
+    # CPU seconds of the model's thread per variant: on a loaded machine a single-threaded model's wall time
+    # swings with what else runs, its CPU time much less (memory bandwidth and caches are still shared).
+    cpu: dict[str, float] = dict.fromkeys(variants, 0.0)
     for name in variants:
         settings = replace(SERVED[name], model=preset, max_new_tokens=new_tokens, max_queue=256)
         began = time.perf_counter()
         servers[name] = Server(prepare_model(copy.deepcopy(base), settings), settings)
+        advance = servers[name].generator._advance
+
+        def timed(joining: list[Any], advance: Any = advance, name: str = name) -> Any:
+            began = time.thread_time()
+            try:
+                return advance(joining)
+            finally:
+                cpu[name] += time.thread_time() - began
+
+        servers[name].generator._advance = timed  # type: ignore[method-assign]
         clients[name] = TestClient(TestServer(servers[name].app()))
         await clients[name].start_server()
         await servers[name].wait_ready()  # warm-up: compiles here, before ready
@@ -192,17 +205,23 @@ async def _served_speed(preset: str, variants: list[str], new_tokens: int, round
     lone: dict[str, list[float]] = {n: [] for n in variants}
     loaded: dict[str, list[float]] = {n: [] for n in variants}
     bursts: dict[str, list[float]] = {n: [] for n in variants}
+    cpu_lone: dict[str, float] = dict.fromkeys(variants, 0.0)
+    cpu_burst: dict[str, float] = dict.fromkeys(variants, 0.0)
     calls: dict[str, tuple[float, float]] = {}
     # Round-robin in short turns (one request, then one burst of 8, per variant): the machine's load, which
     # changes from one minute to the next on a shared machine, hits every variant alike.
     for _ in range(rounds):
         for name in variants:
+            started = cpu[name]
             lone[name] += await _closed_loop(clients[name], 1, 1, new_tokens)
+            cpu_lone[name] += cpu[name] - started
         for name in variants:
+            started = cpu[name]
             before = _batches(servers[name])
             began = time.perf_counter()
             loaded[name] += await _closed_loop(clients[name], 8, 1, new_tokens)
             bursts[name].append(time.perf_counter() - began)
+            cpu_burst[name] += cpu[name] - started
             after = _batches(servers[name])
             done = calls.get(name, (0.0, 0.0))
             calls[name] = (done[0] + after[0] - before[0], done[1] + after[1] - before[1])
@@ -216,18 +235,23 @@ async def _served_speed(preset: str, variants: list[str], new_tokens: int, round
     )
     print(
         "| variant | warm-up (s) | 1 user: requests/s | p50 (ms) | p99 (ms) | 8 users: requests/s | p50 (ms) "
-        "| p99 (ms) | mean batch | speed-up vs fp32 (1 user / 8 users) |"
+        "| p99 (ms) | mean batch | speed-up vs fp32 (1 user / 8 users) | model CPU ms per request (1 / 8) "
+        "| CPU speed-up vs fp32 (1 / 8) |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    per_request = {n: (1e3 * cpu_lone[n] / rounds, 1e3 * cpu_burst[n] / (8 * rounds)) for n in variants}
     rps = {n: (1 / statistics.median(lone[n]), 8 / statistics.median(bursts[n])) for n in variants}
     for name in variants:
         ref = rps.get("fp32", rps[name])
+        cpu_ref = per_request.get("fp32", per_request[name])
         one, eight = lone[name], loaded[name]
         print(
             f"| {name} | {warm[name]:.0f} | {rps[name][0]:.2f} | {1e3 * _percentile(one, 50):.0f} | "
             f"{1e3 * _percentile(one, 99):.0f} | {rps[name][1]:.2f} | {1e3 * _percentile(eight, 50):.0f} | "
             f"{1e3 * _percentile(eight, 99):.0f} | {calls[name][1] / calls[name][0]:.1f} | "
-            f"{rps[name][0] / ref[0]:.2f} / {rps[name][1] / ref[1]:.2f} |"
+            f"{rps[name][0] / ref[0]:.2f} / {rps[name][1] / ref[1]:.2f} | "
+            f"{per_request[name][0]:.0f} / {per_request[name][1]:.0f} | "
+            f"{cpu_ref[0] / per_request[name][0]:.2f} / {cpu_ref[1] / per_request[name][1]:.2f} |"
         )
 
 
