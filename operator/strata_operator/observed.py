@@ -56,6 +56,7 @@ class WorkerPod:
     exit_code: int | None
     reason: str
     progress: Progress
+    uid: str = ""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> WorkerPod:
@@ -82,6 +83,7 @@ class WorkerPod:
             exit_code=exit_code,
             reason=reason,
             progress=Progress.parse((meta.get("annotations") or {}).get(api.ANN_PROGRESS)),
+            uid=meta.get("uid", ""),
         )
 
 

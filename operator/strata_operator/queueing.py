@@ -31,12 +31,17 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
     usage_index: IndexOf[int] = runtime.observed.gpu_usage
 
     entries = {e.job.key: e for store in list(jobs_index.values()) for e in store}
+    # new jobs (no phase yet) compete too, in submission order: one the fleet can hold is admitted straight away
+    queued = [e.job for e in entries.values() if e.job.status.phase in (Phase.QUEUED, None) and not e.job.spec.suspend]
+    if not queued:
+        # nothing to admit, so nothing to preempt for: a full pass would only cost time (at 500 running gangs, a
+        # tenth of a second of the event loop every second, which the pod watch then lags behind)
+        _update_phase_metrics(runtime, entries.values())
+        runtime.last_admission = time.monotonic()
+        return Decision()
     pools = {p.name: p for store in list(pools_index.values()) for p in store}
     fleet = [n for store in list(nodes_index.values()) for n in store]
     free = {n.name: n.allocatable_gpus - sum(usage_index.get(n.name, ())) for n in fleet}
-
-    # new jobs (no phase yet) compete too, in submission order: one the fleet can hold is admitted straight away
-    queued = [e.job for e in entries.values() if e.job.status.phase in (Phase.QUEUED, None) and not e.job.spec.suspend]
     # gpuType Any: the types in the order the extender quotes them (cheapest unit of work first), else the job's
     quoter = runtime.quoter
     orders = await quoter.orders((j, pools[j.spec.pool]) for j in queued if j.spec.pool in pools) if quoter else {}

@@ -35,10 +35,10 @@ WAKE_DEBOUNCE_S = 0.05
 """A wake-up waits this long before reading memory: one reconcile for a burst of a gang's pod events."""
 STALE_VIEW_S = 5.0
 """After writing a job's status, wait at most this long for the write to come back through the watch."""
-REDO_AFTER_S = 30.0
-"""A pod this daemon created, or whose gate it lifted, is not created or lifted again for this long after the API
-server answered, while the watch has not shown it yet: on a busy API server the watch lags seconds behind, and each
-premature retry is a wasted call (409 AlreadyExists). A pod deleted meanwhile is recreated after this long at most."""
+REDO_AFTER_S = 60.0
+"""A worker this daemon created is not created again until the watch has shown it, or for this long after the API
+server answered (a pod deleted again before any pass saw it is recreated after this long at most): on a busy API
+server the watch lags seconds behind, and each premature retry is a wasted call (409 AlreadyExists)."""
 COALESCE_S = 5.0
 """Status changes that only follow the gang (workers ready, nodes bound, step) are written at most this often per
 job: a gang of 8 starting would otherwise write its status a dozen times, and every write is an event that the
@@ -158,14 +158,19 @@ async def run_trainingjob(
 class _Memory:
     """What one daemon remembers between its passes (only to save calls: a new daemon starts empty, safely)."""
 
-    recent: dict[str, float] = field(default_factory=dict)
-    """Pods this daemon created and gates it lifted lately (by attempt): not done again while the watch catches
-    up, for :data:`REDO_AFTER_S`."""
+    created: dict[str, float] = field(default_factory=dict)
+    """Workers (``attempt/index``) this daemon created that no pass has seen yet: when the server answered."""
+    lifted: set[str] = field(default_factory=set)
+    """Pods (by uid) whose gate this daemon lifted: a gate never comes back on the same pod, so it is never lifted
+    again however long the watch takes to show it (a pod recreated under the same name has a new uid)."""
     status_written_at: float = -COALESCE_S
     """When this daemon last wrote the job's status (monotonic seconds)."""
 
-    def forget(self, now_s: float) -> None:
-        self.recent = {k: t for k, t in self.recent.items() if now_s - t < REDO_AFTER_S}
+    def settle(self, workers: list[WorkerPod], now_s: float) -> None:
+        """Forget what the view now shows for itself."""
+        seen = {f"{p.attempt}/{p.index}" for p in workers}
+        self.created = {k: t for k, t in self.created.items() if k not in seen and now_s - t < REDO_AFTER_S}
+        self.lifted &= {p.uid for p in workers}
 
 
 async def _reconcile(
@@ -187,9 +192,10 @@ async def _reconcile(
     plan = lifecycle.reconcile(job, pool, workers, nodes, now, runtime.settings, entry.status, settled)
     patch = plan.status.patch()
     now_s, attempt = time.monotonic(), job.status.attempt
-    memory.forget(now_s)
-    create = [i for i in plan.create_workers if f"create/{attempt}/{i}" not in memory.recent] if pool else []
-    lift = [n for n in plan.lift_gates if f"lift/{attempt}/{n}" not in memory.recent]
+    memory.settle(workers, now_s)
+    create = [i for i in plan.create_workers if f"{attempt}/{i}" not in memory.created] if pool else []
+    by_name = {p.name: p for p in workers}
+    lift = [by_name[n] for n in plan.lift_gates if n in by_name and by_name[n].uid not in memory.lifted]
     acts = plan.delete_pods or plan.force_delete_pods or create or lift
     wait_s = memory.status_written_at + coalesce_s(len(runtime.wakeups)) - now_s
     if patch and set(patch) <= FOLLOWING and not acts and not plan.status.events and wait_s > 0:
@@ -208,39 +214,52 @@ async def _reconcile(
     await asyncio.gather(*(kube.delete(pod_path(job.namespace, n)) for n in plan.delete_pods))
     await asyncio.gather(*(kube.delete(pod_path(job.namespace, n), grace_s=0) for n in plan.force_delete_pods))
     if create and pool is not None:
-        memory.recent.update(dict.fromkeys((f"create/{attempt}/{i}" for i in create), now_s))
-        access = build_worker_access(job)
-        # pods need their ServiceAccount to exist, a RoleBinding its Role: two rounds of calls, not one per object
-        await asyncio.gather(
-            kube.create(service_path(job.namespace), build_service(job, runtime.settings)),
-            *(kube.create(path, manifest) for path, manifest in access[:2]),
-        )
-        manifests = build_worker_pods(job, pool, runtime.settings)
-        created, _ = await asyncio.gather(
-            asyncio.gather(*(kube.create(pod_path(job.namespace), manifests[i]) for i in create)),
-            kube.create(*access[2]),
-        )
+        keys = [f"{attempt}/{i}" for i in create]
+        memory.created.update(dict.fromkeys(keys, now_s))
+        try:
+            created = await _create_workers(runtime, job, pool, create)
+        except BaseException:
+            for k in keys:  # created again at the next pass (those that did exist answer 409, harmlessly)
+                memory.created.pop(k, None)
+            raise
         # the clock of REDO_AFTER_S starts when the API server answered: on a saturated server a create can wait
-        # longer than that for its turn, and a clock started at sending had it sent again (409 AlreadyExists)
-        memory.recent.update(dict.fromkeys((f"create/{attempt}/{i}" for i in create), time.monotonic()))
-        logger.info(f"created {sum(created)} of {len(create)} missing workers")
+        # longer than that for its turn
+        memory.created.update(dict.fromkeys(keys, time.monotonic()))
+        logger.info(f"created {created} of {len(create)} missing workers")
     if lift:
-        by_name = {p.name: p for p in pods.get(job.key, ())}
-        memory.recent.update(dict.fromkeys((f"lift/{attempt}/{n}" for n in lift), now_s))
-        await asyncio.gather(
+        memory.lifted.update(p.uid for p in lift)
+        outcomes = await asyncio.gather(
             *(
                 kube.merge_patch(
-                    pod_path(job.namespace, n),
-                    {"spec": {"schedulingGates": [{"name": g} for g in by_name[n].other_gates]}},
+                    pod_path(job.namespace, p.name), {"spec": {"schedulingGates": [{"name": g} for g in p.other_gates]}}
                 )
-                for n in lift
-                if n in by_name
-            )
+                for p in lift
+            ),
+            return_exceptions=True,
         )
-        memory.recent.update(dict.fromkeys((f"lift/{attempt}/{n}" for n in lift), time.monotonic()))
+        failed = [(p, o) for p, o in zip(lift, outcomes, strict=True) if isinstance(o, BaseException)]
+        if failed:
+            memory.lifted -= {p.uid for p, _ in failed}  # lifted again at the next pass
+            raise failed[0][1]
         message = f"all {job.spec.workers} workers exist: scheduling gates lifted together"
         kopf.event(kopf.Body(cast(kopf.RawBody, entry.ref)), type=NORMAL, reason="GatesLifted", message=message)
     return plan, bool(patch)
+
+
+async def _create_workers(runtime: Runtime, job: TrainingJob, pool: ResourcePool, indices: list[int]) -> int:
+    """The workers' pods, with their Service, ServiceAccount, Role and RoleBinding; how many pods were new."""
+    kube, access = runtime.api, build_worker_access(job)
+    # pods need their ServiceAccount to exist, a RoleBinding its Role: two rounds of calls, not one per object
+    await asyncio.gather(
+        kube.create(service_path(job.namespace), build_service(job, runtime.settings)),
+        *(kube.create(path, manifest) for path, manifest in access[:2]),
+    )
+    manifests = build_worker_pods(job, pool, runtime.settings)
+    created, _ = await asyncio.gather(
+        asyncio.gather(*(kube.create(pod_path(job.namespace), manifests[i]) for i in indices)),
+        kube.create(*access[2]),
+    )
+    return sum(created)
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
