@@ -15,6 +15,7 @@ from strata_operator.kube import Kube
 from strata_operator.quotes import Quoter
 from strata_operator.runtime import Runtime
 from strata_operator.settings import OperatorSettings
+from strata_operator.trainingjob import FINALIZER
 
 PREFIX = "strata.dev"
 WATCHED_ONLY = frozenset({"Pod", "Node"})
@@ -33,7 +34,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
 
 async def configure(settings: kopf.OperatorSettings, memo: Any, logger: Any, **_: Any) -> None:
     runtime: Runtime = memo.runtime
-    settings.persistence.finalizer = f"{PREFIX}/operator"
+    settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix=PREFIX, key="last-handled-configuration")
     settings.posting.reporting_component = "strata-operator"

@@ -31,8 +31,14 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
     usage_index: IndexOf[int] = runtime.observed.gpu_usage
 
     entries = {e.job.key: e for store in list(jobs_index.values()) for e in store}
-    # new jobs (no phase yet) compete too, in submission order: one the fleet can hold is admitted straight away
-    queued = [e.job for e in entries.values() if e.job.status.phase in (Phase.QUEUED, None) and not e.job.spec.suspend]
+    # new jobs (no phase yet) compete too, in submission order: one the fleet can hold is admitted straight away,
+    # once kopf's first patch (its finalizer) is done: a write guarded by the version before it would only conflict
+    queued = [
+        e.job
+        for e in entries.values()
+        if (e.job.status.phase == Phase.QUEUED or (e.job.status.phase is None and e.finalized))
+        and not e.job.spec.suspend
+    ]
     if not queued:
         # nothing to admit, so nothing to preempt for: a full pass would only cost time (at 500 running gangs, a
         # tenth of a second of the event loop every second, which the pod watch then lags behind)

@@ -28,6 +28,8 @@ from strata_operator.pods import build_service, build_worker_access, build_worke
 from strata_operator.runtime import IndexMapping, IndexOf, Runtime, first
 from strata_operator.status import NORMAL, Event
 
+FINALIZER = "strata.dev/operator"
+"""kopf's finalizer on every TrainingJob (the daemon needs one), added by kopf's first patch of a new job."""
 PODS_SETTLE_S = 5.0
 """A daemon that just started (operator start, or a standby taking over) trusts "a worker is missing" or "a node
 is gone" only after this long, and only once the pod and node caches have listed (see :mod:`fleet`)."""
@@ -63,6 +65,8 @@ class JobEntry:
     job: TrainingJob
     status: Mapping[str, Any]
     resource_version: str
+    finalized: bool = True
+    """kopf's finalizer is on the job: its first patch is done, so a guarded write will not race it."""
 
     @property
     def ref(self) -> dict[str, Any]:
@@ -87,7 +91,9 @@ async def index_trainingjobs(body: kopf.Body, logger: Any, memo: Any, **_: Any) 
         return None
     status = orjson.loads(orjson.dumps(body.get("status") or {}))  # a private copy; 10x cheaper than deepcopy
     memo.runtime.wake(job.key)
-    return {job.key: JobEntry(job, status, str(body["metadata"].get("resourceVersion", "")))}
+    meta = body["metadata"]
+    finalized = FINALIZER in (meta.get("finalizers") or ())
+    return {job.key: JobEntry(job, status, str(meta.get("resourceVersion", "")), finalized)}
 
 
 async def patch_status(runtime: Runtime, entry: JobEntry, patch: Mapping[str, Any], events: list[Event]) -> bool:
@@ -248,17 +254,18 @@ async def _reconcile(
 
 async def _create_workers(runtime: Runtime, job: TrainingJob, pool: ResourcePool, indices: list[int]) -> int:
     """The workers' pods, with their Service, ServiceAccount, Role and RoleBinding; how many pods were new."""
-    kube, access = runtime.api, build_worker_access(job)
-    # pods need their ServiceAccount to exist, a RoleBinding its Role: two rounds of calls, not one per object
-    await asyncio.gather(
-        kube.create(service_path(job.namespace), build_service(job, runtime.settings)),
-        *(kube.create(path, manifest) for path, manifest in access[:2]),
-    )
-    manifests = build_worker_pods(job, pool, runtime.settings)
-    created, _ = await asyncio.gather(
-        asyncio.gather(*(kube.create(pod_path(job.namespace), manifests[i]) for i in indices)),
-        kube.create(*access[2]),
-    )
+    async with runtime.creating:
+        kube, access = runtime.api, build_worker_access(job)
+        # pods need their ServiceAccount to exist, a RoleBinding its Role: two rounds of calls, not one per object
+        await asyncio.gather(
+            kube.create(service_path(job.namespace), build_service(job, runtime.settings)),
+            *(kube.create(path, manifest) for path, manifest in access[:2]),
+        )
+        manifests = build_worker_pods(job, pool, runtime.settings)
+        created, _ = await asyncio.gather(
+            asyncio.gather(*(kube.create(pod_path(job.namespace), manifests[i]) for i in indices)),
+            kube.create(*access[2]),
+        )
     return sum(created)
 
 
