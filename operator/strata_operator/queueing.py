@@ -94,6 +94,9 @@ async def _write_admitted(runtime: Runtime, entry: JobEntry, gpu_type: GPUType, 
         draft.transition(Phase.QUEUED, Reason.SUBMITTED, f"submitted to pool {entry.job.spec.pool}")
     draft.set("attempt", entry.job.status.attempt + 1)
     draft.set("admittedAt", format_time(now))
+    # what the daemon would write at its first pass of the new attempt, written here: one status write less a gang
+    draft.set("workers", {"ready": 0, "total": entry.job.spec.workers})
+    draft.set("observedGeneration", entry.job.generation)
     draft.set("placement", {"gpuType": gpu_type.value})
     draft.set("queuePosition", None)
     if _condition_status(entry, PREEMPTED) == "True":
