@@ -18,9 +18,10 @@ from strata_operator.settings import OperatorSettings
 
 T = TypeVar("T")
 
-GANGS_CREATING = 16
-"""16 gangs of 8 keep the client's 64 connections busy; admitting 500 gangs at once otherwise held 4,000 pod
-manifests in waiting calls (a third of the operator's peak memory) for no faster creation."""
+GANGS_CREATING = 64
+"""Enough gangs (two rounds of calls each) to keep the client's 64 connections full: 16 left them idle between
+rounds (500 gangs: 16 pods/s instead of 30); unbounded, admitting 500 gangs at once held 4,000 pod manifests in
+waiting calls (peak memory 505 MiB instead of 275)."""
 
 IndexOf = Mapping[str, Collection[T]]
 """How kopf's in-memory indices look to the handlers: key -> the values of the objects under that key."""

@@ -23,28 +23,22 @@ class Overloaded(Exception):
     """The queue is full: the caller should answer 429."""
 
 
-@dataclass
-class _Pending(Generic[In, Out]):
+@dataclass(eq=False)
+class Pending(Generic[In, Out]):
+    """A request in the queue (hashable by identity: the continuous batcher keys its running rows by it)."""
+
     item: In
     future: asyncio.Future[Out]
     enqueued: float
+    waited: float = 0.0
 
 
-class DynamicBatcher(Generic[In, Out]):
-    def __init__(
-        self,
-        run_batch: Callable[[list[In]], list[Out]],
-        max_batch: int,
-        max_wait_s: float,
-        max_queue: int,
-        on_batch: Callable[[int, float, float], None] | None = None,
-    ) -> None:
-        self._run_batch = run_batch
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_s
-        self._queue: asyncio.Queue[_Pending[In, Out]] = asyncio.Queue(maxsize=max_queue)
-        # (size, seconds the oldest request waited before the model ran, seconds the model ran)
-        self._on_batch = on_batch
+class QueueServer(Generic[In, Out]):
+    """A bounded queue served by one loop task (``_loop``): the part both batchers share. A full queue refuses
+    at once (:class:`Overloaded`, answered 429) instead of growing latency without bound."""
+
+    def __init__(self, max_queue: int) -> None:
+        self._queue: asyncio.Queue[Pending[In, Out]] = asyncio.Queue(maxsize=max_queue)
         self._task: asyncio.Task[None] | None = None
         self.in_flight = 0
 
@@ -59,7 +53,7 @@ class DynamicBatcher(Generic[In, Out]):
     async def submit(self, item: In) -> Out:
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Pending(item, future, time.monotonic()))
+            self._queue.put_nowait(Pending(item, future, time.monotonic()))
         except asyncio.QueueFull:
             raise Overloaded(f"queue full ({self._queue.maxsize} waiting)") from None
         self.in_flight += 1
@@ -67,6 +61,26 @@ class DynamicBatcher(Generic[In, Out]):
             return await future
         finally:
             self.in_flight -= 1
+
+    async def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class DynamicBatcher(QueueServer[In, Out]):
+    def __init__(
+        self,
+        run_batch: Callable[[list[In]], list[Out]],
+        max_batch: int,
+        max_wait_s: float,
+        max_queue: int,
+        on_batch: Callable[[int, float, float], None] | None = None,
+    ) -> None:
+        super().__init__(max_queue)
+        self._run_batch = run_batch
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        # (size, seconds the oldest request waited before the model ran, seconds the model ran)
+        self._on_batch = on_batch
 
     async def _loop(self) -> None:
         while True:

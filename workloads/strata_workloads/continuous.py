@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import torch
 
-from strata_workloads.batching import Overloaded
+from strata_workloads.batching import Pending, QueueServer
 from strata_workloads.inference import _pad, generate
 from strata_workloads.model import KVCache, Transformer
 from strata_workloads.presets import EOS_TOKEN
@@ -129,15 +129,10 @@ class GenerateRequest:
     max_new_tokens: int
 
 
-@dataclass(eq=False)
-class _Pending:
-    request: GenerateRequest
-    future: asyncio.Future[list[int]]
-    enqueued: float
-    waited: float = field(default=0.0)
+_Pending = Pending[GenerateRequest, list[int]]
 
 
-class ContinuousBatcher:
+class ContinuousBatcher(QueueServer[GenerateRequest, list[int]]):
     """Admission and stepping on the event loop's side; the model runs in a worker thread, one step per hop,
     so the loop keeps accepting (and refusing) requests while others decode."""
 
@@ -148,34 +143,12 @@ class ContinuousBatcher:
         max_queue: int,
         on_step: Callable[[int, float | None, float], None] | None = None,
     ) -> None:
+        super().__init__(max_queue)
         self.model = model
         self.max_batch = max_batch
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=max_queue)
         # (rows in the step, seconds the oldest newcomer waited before its prefill (None: no newcomer), seconds)
         self._on_step = on_step
         self._running: RunningBatch[_Pending] = RunningBatch(model)
-        self._task: asyncio.Task[None] | None = None
-        self.in_flight = 0
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def submit(self, request: GenerateRequest) -> list[int]:
-        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait(_Pending(request, future, time.monotonic()))
-        except asyncio.QueueFull:
-            raise Overloaded(f"queue full ({self._queue.maxsize} waiting)") from None
-        self.in_flight += 1
-        try:
-            return await future
-        finally:
-            self.in_flight -= 1
 
     async def _loop(self) -> None:
         while True:
@@ -204,14 +177,14 @@ class ContinuousBatcher:
         """Newcomers' prefill, then one decode step for all. A request too long for the cache runs alone with
         the sliding window (rare: it holds the others up for its whole generation)."""
         finished: dict[_Pending, list[int]] = {}
-        fit = [p for p in joining if RunningBatch.fits(self.model, p.request.prompt, p.request.max_new_tokens)]
+        fit = [p for p in joining if RunningBatch.fits(self.model, p.item.prompt, p.item.max_new_tokens)]
         for p in joining:
             if p not in fit:
-                finished[p] = generate(self.model, [p.request.prompt], [p.request.max_new_tokens])[0]
+                finished[p] = generate(self.model, [p.item.prompt], [p.item.max_new_tokens])[0]
         stepping = bool(self._running)
         if fit:
-            prompts = [p.request.prompt for p in fit]
-            finished |= self._running.join(fit, prompts, [p.request.max_new_tokens for p in fit])
+            prompts = [p.item.prompt for p in fit]
+            finished |= self._running.join(fit, prompts, [p.item.max_new_tokens for p in fit])
         if stepping:  # newcomers already got their first token from the prefill
             finished |= self._running.step()
         return finished
