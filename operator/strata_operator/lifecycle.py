@@ -95,92 +95,87 @@ def reconcile(
 ) -> Plan:
     """What to do next. ``pods_settled`` is False while the caller's view of pods and nodes may still be filling
     (just after it started or took over); a missing worker or node is then not taken for a lost one."""
-    plan = _decide(job, pool, pods, nodes, now, settings, stored_status, pods_settled)
-    since = job.status.accounted_at
-    still_running = job.status.phase == Phase.RUNNING and plan.status.phase == Phase.RUNNING
-    if still_running and since is not None and (now - since).total_seconds() < settings.resync_interval_s:
-        # a running job is accounted at most once per resync interval: a pod event is reason to reconcile, not
-        # to write the job's cost; the next accounting covers the whole span since accountedAt
-        for key in ACCOUNTING:
-            plan.status.changes.pop(key, None)
-        plan.gpu_seconds = plan.cost = 0.0
-    return plan
+    plan = Plan(StatusDraft(stored=stored_status or {}, now=now))
+    try:
+        draft = plan.status
+        phase = job.status.phase
+        wait_s = admission_grace_s(settings) - (now - job.created).total_seconds()
+        if phase is None and not job.spec.suspend and wait_s > 0:
+            plan.requeue_after_s = wait_s  # the admission pass may admit it meanwhile: write nothing yet
+            return plan
+        current = [p for p in pods if p.attempt == job.status.attempt and not p.deleting]
+        alive = [p for p in pods if not p.deleting]
+
+        if pods_settled:
+            plan.force_delete_pods = sorted(p.name for p in pods if p.node and p.node not in nodes)
+        _record_progress(draft, job, current)
+        draft.set("workers", {"ready": sum(p.ready for p in current), "total": job.spec.workers})
+        draft.set("observedGeneration", job.generation)
+        if phase == Phase.RUNNING:
+            _account(plan, job, current, nodes, now, settings)
+
+        if phase is None:
+            draft.set("submittedAt", format_time(job.status.submitted_at or job.created))
+            draft.transition(Phase.QUEUED, Reason.SUBMITTED, f"waiting for admission to pool {job.spec.pool}")
+            return plan
+        if phase.finished:
+            plan.delete_pods = [p.name for p in alive if p.phase not in ("Succeeded", "Failed")]
+            return plan
+
+        end = deadline(job, pool)
+        if end is not None and now >= end and phase != Phase.SUSPENDED:
+            _finish(plan, Phase.FAILED, Reason.DEADLINE, f"ran past its wall-time limit at {format_time(end)}", alive)
+            return plan
+        if job.spec.suspend and phase != Phase.SUSPENDED:
+            _release(plan, alive)
+            draft.transition(Phase.SUSPENDED, Reason.SUSPENDED, "suspended: workers checkpoint and release their GPUs")
+            return plan
+        if phase == Phase.SUSPENDED:
+            if job.spec.suspend:
+                plan.delete_pods = [p.name for p in alive]
+            else:
+                draft.transition(
+                    Phase.QUEUED, Reason.RESUMED, f"resumed: waiting for admission to pool {job.spec.pool}"
+                )
+            return plan
+        if end is not None:
+            plan.requeue_after_s = max(0.5, (end - now).total_seconds())
+
+        if phase == Phase.QUEUED:
+            plan.delete_pods = [p.name for p in alive]
+            return plan
+        if phase == Phase.RESTARTING:
+            plan.delete_pods = [p.name for p in alive]
+            retry = job.status.retry_after or now
+            if now >= retry and not pods:
+                draft.set("retryAfter", None)
+                draft.transition(Phase.QUEUED, Reason.BACKOFF_ELAPSED, "backoff over: requeued in its old place")
+            else:
+                _sooner(plan, max(0.5, (retry - now).total_seconds()))
+            return plan
+        if pool is None:
+            _release(plan, alive)
+            draft.transition(Phase.QUEUED, Reason.POOL_NOT_FOUND, f"ResourcePool {job.spec.pool} is gone", WARNING)
+            return plan
+        _run_gang(plan, job, pods, current, nodes, now, settings, pods_settled)
+        return plan
+    finally:  # whichever way the pass ends
+        _defer_accounting(plan, job, now, settings)
 
 
 ACCOUNTING = ("gpuSeconds", "cost", "accountedAt")
 
 
-def _decide(
-    job: TrainingJob,
-    pool: ResourcePool | None,
-    pods: Sequence[WorkerPod],
-    nodes: Mapping[str, Node],
-    now: datetime,
-    settings: OperatorSettings,
-    stored_status: Mapping[str, object] | None,
-    pods_settled: bool,
-) -> Plan:
-    plan = Plan(StatusDraft(stored=stored_status or {}, now=now))
-    draft = plan.status
-    phase = job.status.phase
-    wait_s = admission_grace_s(settings) - (now - job.created).total_seconds()
-    if phase is None and not job.spec.suspend and wait_s > 0:
-        plan.requeue_after_s = wait_s  # the admission pass may admit it meanwhile: write nothing yet
-        return plan
-    current = [p for p in pods if p.attempt == job.status.attempt and not p.deleting]
-    alive = [p for p in pods if not p.deleting]
-
-    if pods_settled:
-        plan.force_delete_pods = sorted(p.name for p in pods if p.node and p.node not in nodes)
-    _record_progress(draft, job, current)
-    draft.set("workers", {"ready": sum(p.ready for p in current), "total": job.spec.workers})
-    draft.set("observedGeneration", job.generation)
-    if phase == Phase.RUNNING:
-        _account(plan, job, current, nodes, now, settings)
-
-    if phase is None:
-        draft.set("submittedAt", format_time(job.status.submitted_at or job.created))
-        draft.transition(Phase.QUEUED, Reason.SUBMITTED, f"waiting for admission to pool {job.spec.pool}")
-        return plan
-    if phase.finished:
-        plan.delete_pods = [p.name for p in alive if p.phase not in ("Succeeded", "Failed")]
-        return plan
-
-    end = deadline(job, pool)
-    if end is not None and now >= end and phase != Phase.SUSPENDED:
-        _finish(plan, Phase.FAILED, Reason.DEADLINE, f"ran past its wall-time limit at {format_time(end)}", alive)
-        return plan
-    if job.spec.suspend and phase != Phase.SUSPENDED:
-        _release(plan, alive)
-        draft.transition(Phase.SUSPENDED, Reason.SUSPENDED, "suspended: workers checkpoint and release their GPUs")
-        return plan
-    if phase == Phase.SUSPENDED:
-        if job.spec.suspend:
-            plan.delete_pods = [p.name for p in alive]
-        else:
-            draft.transition(Phase.QUEUED, Reason.RESUMED, f"resumed: waiting for admission to pool {job.spec.pool}")
-        return plan
-    if end is not None:
-        plan.requeue_after_s = max(0.5, (end - now).total_seconds())
-
-    if phase == Phase.QUEUED:
-        plan.delete_pods = [p.name for p in alive]
-        return plan
-    if phase == Phase.RESTARTING:
-        plan.delete_pods = [p.name for p in alive]
-        retry = job.status.retry_after or now
-        if now >= retry and not pods:
-            draft.set("retryAfter", None)
-            draft.transition(Phase.QUEUED, Reason.BACKOFF_ELAPSED, "backoff over: requeued in its old place")
-        else:
-            _sooner(plan, max(0.5, (retry - now).total_seconds()))
-        return plan
-    if pool is None:
-        _release(plan, alive)
-        draft.transition(Phase.QUEUED, Reason.POOL_NOT_FOUND, f"ResourcePool {job.spec.pool} is gone", WARNING)
-        return plan
-    _run_gang(plan, job, pods, current, nodes, now, settings, pods_settled)
-    return plan
+def _defer_accounting(plan: Plan, job: TrainingJob, now: datetime, settings: OperatorSettings) -> None:
+    """A running job is accounted at most once per resync interval, and always when it stops running: a pod event
+    is reason to reconcile, not to write the job's cost; the next accounting covers the whole span since
+    accountedAt."""
+    since = job.status.accounted_at
+    still_running = job.status.phase == Phase.RUNNING and plan.status.phase == Phase.RUNNING
+    if still_running and since is not None and (now - since).total_seconds() < settings.resync_interval_s:
+        for key in ACCOUNTING:
+            plan.status.changes.pop(key, None)
+        plan.gpu_seconds = plan.cost = 0.0
 
 
 def _run_gang(
