@@ -66,9 +66,17 @@ class Index(Mapping[str, Collection[T]], Generic[T]):
 
     def replace(self, bodies: Sequence[Mapping[str, Any]]) -> set[str]:
         """The whole index from a fresh list, swapped in at once; every key that was or is present."""
-        fresh: Index[T] = Index(self._extract)
+        fresh = self.empty()
         for body in bodies:
             fresh.upsert(_uid(body), body)
+        return self.take(fresh)
+
+    def empty(self) -> Index[T]:
+        """A new, empty index with the same function, to fill from a list and then :meth:`take`."""
+        return Index(self._extract)
+
+    def take(self, fresh: Index[T]) -> set[str]:
+        """Become ``fresh`` at once (readers never see half a list); every key that was or is present."""
         touched = set(self._by_key) | set(fresh._by_key)
         self._by_key, self._keys_of = fresh._by_key, fresh._keys_of
         return touched
@@ -114,14 +122,16 @@ class Informer:
             backoff = min(backoff * 2, RETRY_MAX_S)
 
     async def _list(self) -> str:
-        items: list[Mapping[str, Any]] = []
+        fresh = [index.empty() for index in self.indices]
         version = ""
-        async for page in self.kube.list_pages(self.path):
-            items.extend(page.get("items") or ())
+        async for page in self.kube.list_pages(self.path):  # page by page: only summaries outlive a page
+            for body in page.get("items") or ():
+                for index in fresh:
+                    index.upsert(_uid(body), body)
             version = str((page.get("metadata") or {}).get("resourceVersion", ""))
         touched: set[str] = set()
-        for index in self.indices:
-            touched |= index.replace(items)
+        for index, filled in zip(self.indices, fresh, strict=True):
+            touched |= index.take(filled)
         self.relists += 1
         self.synced.set()
         self.changed(touched)
