@@ -93,6 +93,16 @@ class Kube:
             return False
         return True
 
+    async def create_returning(self, path: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """POST; the object as the API server stored it (uid, defaults, what webhooks added), None when an object
+        of that name already exists."""
+        try:
+            raw = await self._send("POST", path, body)
+        except Conflict:
+            return None
+        created: dict[str, Any] = orjson.loads(raw)
+        return created
+
     async def delete(self, path: str, grace_s: int | None = None) -> bool:
         """DELETE with the object's own grace period (or ``grace_s``); False when it is already gone."""
         options: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}

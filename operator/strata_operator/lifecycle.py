@@ -56,6 +56,11 @@ class Plan:
     """Pods whose node is gone: no kubelet will ever confirm their end, so they are removed at once."""
     create_workers: list[int] = field(default_factory=list)
     lift_gates: list[str] = field(default_factory=list)
+    lift_when_created: bool = False
+    """``lift_gates`` names workers that ``create_workers`` is about to create: lift them (and the gated ones already
+    there) in the same pass, but only if every one of those creations made a new pod. The gang then starts one watch
+    round trip and one reconcile pass sooner, and the rule stays all or nothing: no gate is lifted before every
+    worker exists."""
     requeue_after_s: float | None = None
     restarted: bool = False
     gpu_seconds: float = 0.0
@@ -224,6 +229,9 @@ def _run_gang(
     missing = [i for i in range(workers) if i not in have]
     plan.create_workers = [i for i in missing if worker_name(job.name, i) not in taken]
     if missing:
+        if plan.create_workers == missing:
+            plan.lift_gates = [p.name for p in current if p.gated] + [worker_name(job.name, i) for i in missing]
+            plan.lift_when_created = True
         _sooner(plan, 1.0)
     elif any(p.gated for p in current):
         plan.lift_gates = [p.name for p in current if p.gated]

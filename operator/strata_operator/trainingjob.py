@@ -201,7 +201,7 @@ async def _reconcile(
     memory.settle(workers, now_s)
     create = [i for i in plan.create_workers if f"{attempt}/{i}" not in memory.created] if pool else []
     by_name = {p.name: p for p in workers}
-    lift = [by_name[n] for n in plan.lift_gates if n in by_name and by_name[n].uid not in memory.lifted]
+    lift = [] if plan.lift_when_created else _to_lift(plan.lift_gates, by_name, memory)
     acts = plan.delete_pods or plan.force_delete_pods or create or lift
     wait_s = memory.status_written_at + coalesce_s(len(runtime.wakeups)) - now_s
     if patch and set(patch) <= FOLLOWING and not acts and not plan.status.events and wait_s > 0:
@@ -231,7 +231,11 @@ async def _reconcile(
         # the clock of REDO_AFTER_S starts when the API server answered: on a saturated server a create can wait
         # longer than that for its turn
         memory.created.update(dict.fromkeys(keys, time.monotonic()))
-        logger.info(f"created {created} of {len(create)} missing workers")
+        logger.info(f"created {len(created)} of {len(create)} missing workers")
+        if plan.lift_when_created and len(created) == len(plan.create_workers):
+            # every missing worker is now a new pod of ours (none was left to an earlier pass's creation, none
+            # answered 409): the whole gang exists, so its gates go now rather than after the watch shows it
+            lift = _to_lift(plan.lift_gates, {**by_name, **{p.name: p for p in created}}, memory)
     if lift:
         memory.lifted.update(p.uid for p in lift)
         outcomes = await asyncio.gather(
@@ -252,8 +256,16 @@ async def _reconcile(
     return plan, bool(patch)
 
 
-async def _create_workers(runtime: Runtime, job: TrainingJob, pool: ResourcePool, indices: list[int]) -> int:
-    """The workers' pods, with their Service, ServiceAccount, Role and RoleBinding; how many pods were new."""
+def _to_lift(names: list[str], pods: Mapping[str, WorkerPod], memory: _Memory) -> list[WorkerPod]:
+    """The named pods whose gate is still ours to lift (gated, and not already lifted by this daemon)."""
+    return [pods[n] for n in names if n in pods and pods[n].gated and pods[n].uid not in memory.lifted]
+
+
+async def _create_workers(
+    runtime: Runtime, job: TrainingJob, pool: ResourcePool, indices: list[int]
+) -> list[WorkerPod]:
+    """The workers' pods, with their Service, ServiceAccount, Role and RoleBinding; the pods that were new, as the
+    API server stored them."""
     async with runtime.creating:
         kube, access = runtime.api, build_worker_access(job)
         # pods need their ServiceAccount to exist, a RoleBinding its Role: two rounds of calls, not one per object
@@ -263,10 +275,10 @@ async def _create_workers(runtime: Runtime, job: TrainingJob, pool: ResourcePool
         )
         manifests = build_worker_pods(job, pool, runtime.settings)
         created, _ = await asyncio.gather(
-            asyncio.gather(*(kube.create(pod_path(job.namespace), manifests[i]) for i in indices)),
+            asyncio.gather(*(kube.create_returning(pod_path(job.namespace), manifests[i]) for i in indices)),
             kube.create(*access[2]),
         )
-    return sum(created)
+    return [WorkerPod.from_body(body) for body in created if body is not None]
 
 
 def register(registry: kopf.OperatorRegistry) -> None:

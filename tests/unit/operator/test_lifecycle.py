@@ -58,15 +58,28 @@ def test_a_new_job_is_left_to_admission_for_a_few_passes_before_it_is_written_qu
 def test_an_admitted_gang_gets_all_its_pods_created_then_all_gates_lifted_together() -> None:
     first = run(Phase.ADMITTED, [])
     assert first.create_workers == [0, 1]
-    assert first.lift_gates == []
+    assert first.lift_gates == ["j-worker-0", "j-worker-1"]  # in the same pass, only if both creates make new pods
+    assert first.lift_when_created
 
     one_missing = run(Phase.ADMITTED, [a_worker("j", 0, gated=True)])
     assert one_missing.create_workers == [1]
-    assert one_missing.lift_gates == []
+    assert one_missing.lift_gates == ["j-worker-0", "j-worker-1"]
+    assert one_missing.lift_when_created
 
     all_there = run(Phase.ADMITTED, workers("Pending", gated=True))
     assert all_there.create_workers == []
     assert all_there.lift_gates == ["j-worker-0", "j-worker-1"]
+    assert not all_there.lift_when_created
+
+
+def test_no_gate_is_lifted_while_a_worker_waits_for_its_old_pod_to_go() -> None:
+    # worker 1's name is still held by the previous attempt's pod: it cannot be created in this pass, so nothing
+    # of the gang may be lifted now (worker 0 would hold its GPU alone)
+    pods = [a_worker("j", 0, gated=True), a_worker("j", 1, attempt=0, deleting=True)]
+    plan = run(Phase.ADMITTED, pods)
+    assert plan.create_workers == []
+    assert plan.lift_gates == []
+    assert not plan.lift_when_created
 
 
 def test_running_when_every_worker_runs_and_deadline_clock_starts() -> None:
