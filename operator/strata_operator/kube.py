@@ -87,21 +87,21 @@ class Kube:
 
     async def create(self, path: str, body: Mapping[str, Any]) -> bool:
         """POST; False when an object of that name already exists."""
-        try:
-            await self._send("POST", path, body)
-        except Conflict:
-            return False
-        return True
+        return await self._post(path, body) is not None
 
     async def create_returning(self, path: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """POST; the object as the API server stored it (uid, defaults, what webhooks added), None when an object
         of that name already exists."""
+        raw = await self._post(path, body)
+        created: dict[str, Any] | None = None if raw is None else orjson.loads(raw)
+        return created
+
+    async def _post(self, path: str, body: Mapping[str, Any]) -> bytes | None:
+        """POST; the raw answer, None on 409 (the name is taken)."""
         try:
-            raw = await self._send("POST", path, body)
+            return await self._send("POST", path, body)
         except Conflict:
             return None
-        created: dict[str, Any] = orjson.loads(raw)
-        return created
 
     async def delete(self, path: str, grace_s: int | None = None) -> bool:
         """DELETE with the object's own grace period (or ``grace_s``); False when it is already gone."""
