@@ -5,9 +5,11 @@
 1. Starts a local cluster with a fleet big enough for every gang at once, plus 5% of each GPU type (by default
    1 GPU per worker, so eight workers share a node: 4,000 pods on ~630 kwok nodes).
 2. Raw rates: a plain client (aiohttp, 64 requests in flight) creates the same worker pods the operator would,
-   twice: gated (creation alone: nothing else happens to them) and ungated (kube-scheduler binds them and kwok
+   three times: gated (creation alone: nothing else happens to them), ungated (kube-scheduler binds them and kwok
    starts them while the client goes on creating, as happens to the operator's pods once their gates are
-   lifted); each time it then deletes them.
+   lifted), and as gangs (each job's pods created gated, then their gates lifted together: the least the
+   all-or-nothing rule asks of any client); each time it then deletes them. For the last two it also reports
+   pods Ready per second (first pod created -> last pod Ready).
 3. Runs ``python -m strata_operator`` and applies all TrainingJobs at once; reports, by the API server's clock,
    pods created per second from the first job's creation to the last pod's, the stages of a pod (created, gate
    lifted, bound, Ready) and of a job, the ratio to the raw rate, the operator's CPU time and peak memory, and
@@ -89,12 +91,18 @@ async def in_batches(calls: list[Any]) -> None:
 
 
 async def raw_rate(
-    kube: Kube, custom: Any, core: Any, jobs: int, workers: int, gpus_per_worker: int, gated: bool
-) -> float:
-    """Pods per second a plain client reaches creating the operator's exact worker pods; ``gated=False`` drops
-    the scheduling gate, so the pods are bound and started as they come (the load the operator's pods bring)."""
+    kube: Kube, custom: Any, core: Any, jobs: int, workers: int, gpus_per_worker: int, mode: str
+) -> tuple[float, float | None]:
+    """Pods per second a plain client reaches creating the operator's exact worker pods, and (unless ``gated``)
+    pods per second from the first pod created to the last pod Ready, by the API server's clock. ``mode``:
+
+    - ``gated``: creation alone (the pods keep their gate: nothing else happens to them);
+    - ``ungated``: the gate dropped, so the pods are bound and started as they come (the load the operator's pods
+      bring);
+    - ``gangs``: the least the issue's all-or-nothing rule asks of any client: each job's pods created gated, then
+      their gates lifted together once all of them exist, every job at once (64 calls in flight in all)."""
     pool = api.ResourcePool(POOL, 0, frozenset(api.GPUType), 10**6, None, frozenset({"reserved", "spot"}), False)
-    manifests: list[dict[str, Any]] = []
+    gangs: list[list[dict[str, Any]]] = []
     for i in range(jobs):
         body = custom.create_namespaced_custom_object(
             api.GROUP,
@@ -106,23 +114,60 @@ async def raw_rate(
         )  # the API server's defaults, without storing the job
         body["metadata"].update(uid=f"raw-{i}", creationTimestamp="2026-01-01T00:00:00Z")
         body["status"] = {"attempt": 1, "placement": {"gpuType": "H100" if i % 2 else "MI300X"}}  # as admission splits
-        for pod in build_worker_pods(TrainingJob.from_body(body), pool, OperatorSettings(scheduler_name=SCHEDULER)):
+        gang = build_worker_pods(TrainingJob.from_body(body), pool, OperatorSettings(scheduler_name=SCHEDULER))
+        for pod in gang:
             pod["metadata"]["name"] = "raw-" + pod["metadata"]["name"]
             pod["metadata"].pop("ownerReferences")
-            if not gated:
+            if mode == "ungated":
                 pod["spec"].pop("schedulingGates")
-            manifests.append(pod)
+        gangs.append(gang)
+    manifests = [pod for gang in gangs for pod in gang]
     # the pods run as their job's ServiceAccount, which must exist first (set-up, not timed; the operator's run
     # does create them, and its Role and RoleBinding, within its time)
     accounts = sorted({m["spec"]["serviceAccountName"] for m in manifests})
     sa_path = f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts"
     await in_batches([kube.create(sa_path, {"metadata": {"name": n}}) for n in accounts])
+    slots = asyncio.Semaphore(IN_FLIGHT)
+
+    async def call(work: Any) -> Any:
+        async with slots:
+            return await work
+
+    async def gang_of(pods: list[dict[str, Any]]) -> None:
+        await asyncio.gather(*(call(kube.create(pod_path(NAMESPACE), m)) for m in pods))
+        lift = {"spec": {"schedulingGates": None}}
+        await asyncio.gather(*(call(kube.merge_patch(pod_path(NAMESPACE, m["metadata"]["name"]), lift)) for m in pods))
+
     started = time.perf_counter()
-    await in_batches([kube.create(pod_path(NAMESPACE), m) for m in manifests])
+    if mode == "gangs":
+        await asyncio.gather(*(gang_of(g) for g in gangs))
+    else:
+        await in_batches([kube.create(pod_path(NAMESPACE), m) for m in manifests])
     elapsed = time.perf_counter() - started
+    ready_rate = None if mode == "gated" else len(manifests) / await until_ready(core, len(manifests))
     await delete_all(kube, core, manifests)
     await in_batches([kube.delete(f"{sa_path}/{n}") for n in accounts])
-    return len(manifests) / elapsed
+    return len(manifests) / elapsed, ready_rate
+
+
+async def until_ready(core: Any, count: int, timeout_s: float = 900) -> float:
+    """Seconds from the first pod's creation to the last pod's Ready, by the API server's clock (whole seconds),
+    once all ``count`` pods in the namespace are Ready."""
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        items = core.list_namespaced_pod(NAMESPACE).items
+        ready = [last_ready(p) for p in items]
+        if len(items) >= count and all(ready):
+            first = min(p.metadata.creation_timestamp for p in items)
+            return max(1.0, float((max(r for r in ready if r) - first).total_seconds()))
+        await asyncio.sleep(1)
+    raise TimeoutError(f"{count} pods not Ready within {timeout_s:.0f} s")
+
+
+def last_ready(pod: Any) -> Any:
+    """When the pod became Ready (API server clock), or None."""
+    up = next((c for c in pod.status.conditions or () if c.type == "Ready"), None)
+    return up.last_transition_time if up is not None and up.status == "True" else None
 
 
 async def delete_all(kube: Kube, core: Any, manifests: list[dict[str, Any]]) -> None:
@@ -163,12 +208,15 @@ def main() -> None:
         assert info is not None
         kube = Kube(info)
         shape = (args.jobs, args.workers, args.gpus_per_worker)
-        raw_gated = asyncio.run(_with_close(kube, raw_rate(kube, custom, core, *shape, gated=True)))
-        kube = Kube(info)  # a client per event loop (its semaphore belongs to one)
-        raw = asyncio.run(_with_close(kube, raw_rate(kube, custom, core, *shape, gated=False)))
+        raws: dict[str, tuple[float, float | None]] = {}
+        for mode in ("gated", "ungated", "gangs"):
+            kube = Kube(info)  # a client per event loop (its semaphore belongs to one)
+            raws[mode] = asyncio.run(_with_close(kube, raw_rate(kube, custom, core, *shape, mode=mode)))
+        raw_gated, raw, raw_gangs = (raws[m][0] for m in ("gated", "ungated", "gangs"))
+        raw_ready, gangs_ready = raws["ungated"][1] or 0.0, raws["gangs"][1] or 0.0
         print(
-            f"raw client: {raw_gated:.0f} pods/s gated, {raw:.0f} pods/s ungated; fleet of {fleet.size} nodes Ready "
-            f"in {fleet_s:.0f} s",
+            f"raw client: {raw_gated:.0f} pods/s gated, {raw:.0f} ungated ({raw_ready:.0f} Ready/s), {raw_gangs:.0f} "
+            f"as gangs ({gangs_ready:.0f} Ready/s); fleet of {fleet.size} nodes Ready in {fleet_s:.0f} s",
             file=sys.stderr,
         )
 
@@ -198,12 +246,14 @@ def main() -> None:
             results["cpu_s"] = proc_cpu_s(operator.pid) - cpu0
             calls = {k: v - calls0.get(k, 0) for k, v in api_calls(cluster).items()}
             results.update(server_times(core, custom))
+            results["events"] = event_reasons(core)
         finally:
             operator.terminate()
             operator.wait(60)
 
     pods = args.jobs * args.workers
     rate = pods / results["last_pod_s"] if results["last_pod_s"] else 0.0
+    ready_rate = pods / results["last_ready_s"] if results["last_ready_s"] else 0.0
     rows = [
         ("fleet", f"{fleet.size} nodes created in {fleet_s:.0f} s"),
         ("jobs x workers", f"{args.jobs} x {args.workers} = {pods} pods of {args.gpus_per_worker} GPUs"),
@@ -211,8 +261,14 @@ def main() -> None:
         ("raw client pod creation, gated (creation alone)", f"{raw_gated:.0f} pods/s"),
         ("operator pod creation", f"{rate:.0f} pods/s (first job created -> last pod created: "
          f"{results['last_pod_s']:.0f} s, API server clock)"),
+        ("raw client as gangs (each job's pods created gated, then lifted together)", f"{raw_gangs:.0f} pods/s"),
         ("ratio operator / raw ungated", f"{rate / raw:.2f}"),
         ("ratio operator / raw gated", f"{rate / raw_gated:.2f}"),
+        ("ratio operator / raw as gangs", f"{rate / raw_gangs:.2f}"),
+        ("pods Ready per second (raw: first pod created, operator: first job created -> last pod Ready): "
+         "raw ungated / raw as gangs / operator",
+         f"{raw_ready:.0f} / {gangs_ready:.0f} / {ready_rate:.0f}"),
+        ("ratio of pods Ready per second, operator / raw ungated", f"{ready_rate / raw_ready:.2f}"),
         ("first pod created after", f"{results['first_pod_s']:.0f} s"),
         ("every job Running after", f"{results['all_running_s']:.0f} s ({results['running']} of {args.jobs})"),
         ("median / max created -> admitted", f"{results['admit_p50']:.0f} / {results['admit_max']:.0f} s"),
@@ -226,6 +282,9 @@ def main() -> None:
     print("| operator benchmark | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
+    print("\nEvents per job by reporting component and reason:")
+    for (component, reason), count in sorted(results["events"].items(), key=lambda kv: -kv[1]):
+        print(f"  {component:24} {reason:24} {count / args.jobs:6.2f}")
     print("\nAPI requests per job while the operator ran (every client; the bench's own polling included):")
     for (verb, resource), count in sorted(calls.items(), key=lambda kv: -kv[1]):
         if count >= args.jobs // 10:
@@ -282,6 +341,7 @@ def server_times(core: Any, custom: Any) -> dict[str, Any]:
     return {
         "first_pod_s": (min(pods) - t0).total_seconds() if pods else 0.0,
         "last_pod_s": (max(pods) - t0).total_seconds() if pods else 0.0,
+        "last_ready_s": max(((r - t0).total_seconds() for p in items if (r := last_ready(p))), default=0.0),
         "all_running_s": (max(running) - t0).total_seconds() if running else 0.0,
         "running": len(running),
         "admit_p50": statistics.median(admit or [0]),
@@ -297,7 +357,7 @@ def pod_stages(items: list[Any], jobs: list[TrainingJob]) -> dict[str, float]:
     operator's patch, from managedFields) -> bound (PodScheduled) -> Ready (kwok), and the job's last Ready pod
     -> the job's status Running (the operator noticing)."""
     lifted, bound, ready = [], [], []
-    last_ready: dict[str, Any] = {}
+    job_ready: dict[str, Any] = {}
     for pod in items:
         conditions = {c.type: c for c in pod.status.conditions or ()}
         lift = next((m.time for m in pod.metadata.managed_fields or () if m.manager == "strata-operator"), None)
@@ -308,11 +368,11 @@ def pod_stages(items: list[Any], jobs: list[TrainingJob]) -> dict[str, float]:
         bound.append((scheduled.last_transition_time - lift).total_seconds())
         ready.append((up.last_transition_time - scheduled.last_transition_time).total_seconds())
         job = pod.metadata.labels.get(api.LABEL_JOB, "")
-        last_ready[job] = max(last_ready.get(job, up.last_transition_time), up.last_transition_time)
+        job_ready[job] = max(job_ready.get(job, up.last_transition_time), up.last_transition_time)
     noticed = [
-        (j.status.start_time - last_ready[j.name]).total_seconds()
+        (j.status.start_time - job_ready[j.name]).total_seconds()
         for j in jobs
-        if j.status.start_time and j.name in last_ready
+        if j.status.start_time and j.name in job_ready
     ]
     return {
         "lift_p50": statistics.median(lifted or [0]),
@@ -334,6 +394,16 @@ def api_calls(cluster: LocalCluster) -> dict[tuple[str, str], float]:
         code = labels.get("code", "")
         key = (labels.get("verb", ""), resource + (f" ({code})" if code not in ("200", "201") else ""))
         counts[key] = counts.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def event_reasons(core: Any) -> dict[tuple[str, str], int]:
+    """Events in the namespace by reporting component (or source) and reason."""
+    counts: dict[tuple[str, str], int] = {}
+    for event in core.list_namespaced_event(NAMESPACE).items:
+        component = event.reporting_component or (event.source.component if event.source else "") or ""
+        key = (component, event.reason or "")
+        counts[key] = counts.get(key, 0) + (event.count or 1)
     return counts
 
 
