@@ -1,6 +1,6 @@
 """``python -m strata_dev``: build the binaries, run a local cluster with the GPU fleet, show it.
 
-python -m strata_dev demo            # start, create the fleet, show it, stop
+python -m strata_dev demo            # start, create the fleet, run Strata and the examples: queue, run, finish; stop
 python -m strata_dev up [--nodes N]  # keep a dev cluster running in the background
 python -m strata_dev down            # stop it
 python -m strata_dev env             # print `export KUBECONFIG=...` for the running dev cluster
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from strata_dev import binaries
-from strata_dev.cluster import ClusterError, ClusterSettings, LocalCluster
+from strata_dev.cluster import EXIT_CODE_ANNOTATION, ClusterError, ClusterSettings, LocalCluster
 from strata_dev.fleet import DEFAULT_FLEET, Fleet, FleetError, create_fleet, create_namespace, load_fleet
 from strata_dev.pki import PKIError
 from strata_dev.stack import ROOT, Stack, get_json
@@ -137,23 +137,102 @@ def cmd_demo(args: argparse.Namespace) -> int:
             cluster.kubectl("apply", "-f", str(EXAMPLES / "pools"))
             create_namespace(_core(cluster), "demo")
             print(cluster.kubectl("apply", "-n", "demo", "-f", str(EXAMPLES / "trainingjobs")).strip())
-            deadline = time.monotonic() + args.wait
-            while time.monotonic() < deadline and not _settled(cluster, "demo"):
-                time.sleep(1)
+            timeline = Timeline(cluster, "demo")
+            timeline.follow(_settled, args.wait)
             print(cluster.kubectl("get", "resourcepools"))
             print(cluster.kubectl("get", "trainingjobs", "-n", "demo", "-o", "wide"))
             print(placement_table(cluster, "demo"))
+            print(
+                "\nkwok nodes run no containers: the demo ends each job's workers the way their processes would, "
+                f"with exit code 0 (the {EXIT_CODE_ANNOTATION} annotation)"
+            )
+            first, *_ = timeline.running() or [""]
+            if first:
+                end_workers(cluster, "demo", first)
+                timeline.follow(lambda _c, _n: not timeline.waiting() and first in timeline.finished(), args.wait)
+            for name in timeline.running():
+                end_workers(cluster, "demo", name)
+            timeline.follow(lambda _c, _n: timeline.all_finished(), args.wait)
+            print(cluster.kubectl("get", "trainingjobs", "-n", "demo"))
+            deadline = time.monotonic() + 15  # the pools' status follows at the next admission pass
+            while time.monotonic() < deadline and not _pools_idle(cluster):
+                time.sleep(0.5)
+            print(cluster.kubectl("get", "resourcepools"))
     finally:
         cluster.stop()
     print("demo done: the cluster is stopped (keep one running with `make up`)")
     return 0
 
 
+class Timeline:
+    """Prints each example job's phase changes as they happen (seconds since the demo submitted the jobs)."""
+
+    def __init__(self, cluster: LocalCluster, namespace: str) -> None:
+        self.cluster, self.namespace = cluster, namespace
+        self.started = time.monotonic()
+        self.phases: dict[str, str] = {}
+        self.said: dict[str, tuple[str, str]] = {}
+        """What was printed last per job: its phase and why (a queued job's reason changes as admission runs)."""
+
+    def follow(self, done: Any, timeout_s: float) -> None:
+        """Poll until ``done(cluster, namespace)`` holds or ``timeout_s`` passes, printing every change."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._poll()
+            if done(self.cluster, self.namespace) or time.monotonic() > deadline:
+                return
+            time.sleep(0.5)
+
+    def _poll(self) -> None:
+        jobs = get_json(self.cluster.bin_dir, self.cluster.kubeconfig, "trainingjobs", "-n", self.namespace)
+        for job in jobs["items"]:
+            name, status = job["metadata"]["name"], job.get("status") or {}
+            phase = status.get("phase")
+            why = status.get("message") or status.get("reason") or ""
+            position = f" (queue position {status['queuePosition']})" if status.get("queuePosition") else ""
+            if not phase or self.said.get(name) == (phase, why + position):
+                continue
+            self.phases[name], self.said[name] = phase, (phase, why + position)
+            print(f"  {time.monotonic() - self.started:5.1f}s  {name:14} {phase:10} {why}{position}", flush=True)
+
+    def running(self) -> list[str]:
+        return sorted(n for n, p in self.phases.items() if p == "Running")
+
+    def waiting(self) -> list[str]:
+        return sorted(n for n, p in self.phases.items() if p in ("Queued", "Admitted"))
+
+    def finished(self) -> list[str]:
+        return sorted(n for n, p in self.phases.items() if p in ("Succeeded", "Failed"))
+
+    def all_finished(self) -> bool:
+        return bool(self.phases) and len(self.finished()) == len(self.phases)
+
+
+def end_workers(cluster: LocalCluster, namespace: str, job: str, code: int = 0) -> None:
+    """End every worker of ``job`` with ``code``, as its process would (kwok turns the annotation into the
+    pod's termination)."""
+    core = _core(cluster)
+    patch = {"metadata": {"annotations": {EXIT_CODE_ANNOTATION: str(code)}}}
+    for pod in core.list_namespaced_pod(namespace, label_selector=f"{api.LABEL_JOB}={job}").items:
+        if pod.metadata.deletion_timestamp is None:
+            core.patch_namespaced_pod(pod.metadata.name, namespace, patch)
+    print(f"ended the workers of {job} (exit code {code})", flush=True)
+
+
+def _pools_idle(cluster: LocalCluster) -> bool:
+    pools = get_json(cluster.bin_dir, cluster.kubeconfig, "resourcepools")["items"]
+    return all(not (p.get("status") or {}).get("admittedJobs") and not (p.get("status") or {}).get("queuedJobs")
+               for p in pools)  # fmt: skip
+
+
 def _settled(cluster: LocalCluster, namespace: str) -> bool:
-    """Every job either Running or waiting in the queue with a position."""
+    """Every job Running, or waiting in the queue with its position and reason, or done."""
     jobs = get_json(cluster.bin_dir, cluster.kubeconfig, "trainingjobs", "-n", namespace)["items"]
-    phases = [j.get("status", {}).get("phase") for j in jobs]
-    return bool(jobs) and all(p in {"Running", "Queued", "Succeeded", "Failed"} for p in phases) and "Running" in phases
+    statuses = [j.get("status") or {} for j in jobs]
+    phases = [s.get("phase") for s in statuses]
+    queued_known = all(s.get("queuePosition") for s in statuses if s.get("phase") == "Queued")
+    known = all(p in {"Running", "Queued", "Succeeded", "Failed"} for p in phases)
+    return bool(jobs) and known and queued_known and "Running" in phases
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -37,6 +37,9 @@ from strata_dev import binaries
 from strata_dev.pki import PKI, make_pki
 
 STAGES = Path(__file__).with_name("kwok-stages.yaml")
+EXIT_CODE_ANNOTATION = "kwok.strata.dev/exit-code"
+"""On a pod of a kwok node: the exit code its containers end with (0: Succeeded), as ``kwok-stages.yaml`` reads it;
+kwok runs no containers, so this is how tests and the demo end a worker the way its process would."""
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"

@@ -14,6 +14,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from strata_dev.cluster import EXIT_CODE_ANNOTATION
 from strata_dev.testing import ClusterHandle, eventually
 from strata_operator import api
 
@@ -134,7 +135,7 @@ class Strata:
         """What a worker's process would do: exit (kwok turns the annotation into the pod's termination)."""
         for pod in self.live_pods(job):
             if only is None or pod.metadata.name == only:
-                patch = {"metadata": {"annotations": {"kwok.strata.dev/exit-code": str(code)}}}
+                patch = {"metadata": {"annotations": {EXIT_CODE_ANNOTATION: str(code)}}}
                 self.core.patch_namespaced_pod(pod.metadata.name, self.namespace, patch, _content_type=MERGE)
 
     def report_progress(self, job: str, step: int, checkpoint_step: int) -> None:
