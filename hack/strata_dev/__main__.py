@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +147,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "\nkwok nodes run no containers: the demo ends each job's workers the way their processes would, "
                 f"with exit code 0 (the {EXIT_CODE_ANNOTATION} annotation)"
             )
-            first, *_ = timeline.running() or [""]
-            if first:
+            # one job first (debug-h100 with the examples), so the queued job is admitted into the GPUs it frees
+            running = timeline.running()
+            if running:
+                first = running[0]
                 end_workers(cluster, "demo", first)
                 timeline.follow(lambda _c, _n: not timeline.waiting() and first in timeline.finished(), args.wait)
             for name in timeline.running():
@@ -174,7 +177,7 @@ class Timeline:
         self.said: dict[str, tuple[str, str]] = {}
         """What was printed last per job: its phase and why (a queued job's reason changes as admission runs)."""
 
-    def follow(self, done: Any, timeout_s: float) -> None:
+    def follow(self, done: Callable[[LocalCluster, str], bool], timeout_s: float) -> None:
         """Poll until ``done(cluster, namespace)`` holds or ``timeout_s`` passes, printing every change."""
         deadline = time.monotonic() + timeout_s
         while True:
@@ -220,9 +223,9 @@ def end_workers(cluster: LocalCluster, namespace: str, job: str, code: int = 0) 
 
 
 def _pools_idle(cluster: LocalCluster) -> bool:
-    pools = get_json(cluster.bin_dir, cluster.kubeconfig, "resourcepools")["items"]
-    return all(not (p.get("status") or {}).get("admittedJobs") and not (p.get("status") or {}).get("queuedJobs")
-               for p in pools)  # fmt: skip
+    """No ResourcePool's status counts an admitted or a queued job any more."""
+    statuses = [p.get("status") or {} for p in get_json(cluster.bin_dir, cluster.kubeconfig, "resourcepools")["items"]]
+    return not any(s.get("admittedJobs") or s.get("queuedJobs") for s in statuses)
 
 
 def _settled(cluster: LocalCluster, namespace: str) -> bool:
