@@ -28,7 +28,7 @@ venv: $(VENV)/.installed ## Create the virtualenv and install Strata with pinned
 binaries: ## Build (or find cached) etcd, kube-*, kubectl, kwok, helm from pinned Go modules
 	@PYTHONPATH=hack $(PYTHON) -m strata_dev.binaries ensure
 
-demo: venv binaries ## Local cluster + GPU fleet, then CRDs, extender, strata kube-scheduler, operator; the examples queue, run, finish
+demo: venv binaries ## Local cluster + GPU fleet, then CRDs, extender, strata kube-scheduler, operator; the examples queue, run, survive a spot reclaim, finish
 	$(PY) -m strata_dev demo
 
 up: venv binaries ## Keep a dev cluster running in the background (NODES=n scales the fleet)

@@ -143,6 +143,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(cluster.kubectl("get", "resourcepools"))
             print(cluster.kubectl("get", "trainingjobs", "-n", "demo", "-o", "wide"))
             print(placement_table(cluster, "demo"))
+            spot = next((n for n in timeline.running() if "spot" in n), None)
+            if spot is not None:
+                print(f"\n{spot}'s workers report a checkpoint at step 100 (at step 140), as the workload does")
+                spot_reclaim(cluster, "demo", spot, timeline, args.wait)
             print(
                 "\nkwok nodes run no containers: the demo ends each job's workers the way their processes would, "
                 f"with exit code 0 (the {EXIT_CODE_ANNOTATION} annotation)"
@@ -175,6 +179,8 @@ class Timeline:
         self.started = time.monotonic()
         self.phases: dict[str, str] = {}
         self.said: dict[str, tuple[str, str]] = {}
+        self.history: dict[str, list[str]] = {}
+        """Every phase each job was seen in, in order."""
         """What was printed last per job: its phase and why (a queued job's reason changes as admission runs)."""
 
     def follow(self, done: Callable[[LocalCluster, str], bool], timeout_s: float) -> None:
@@ -196,6 +202,7 @@ class Timeline:
             if not phase or self.said.get(name) == (phase, why + position):
                 continue
             self.phases[name], self.said[name] = phase, (phase, why + position)
+            self.history.setdefault(name, []).append(phase)
             print(f"  {time.monotonic() - self.started:5.1f}s  {name:14} {phase:10} {why}{position}", flush=True)
 
     def running(self) -> list[str]:
@@ -209,6 +216,37 @@ class Timeline:
 
     def all_finished(self) -> bool:
         return bool(self.phases) and len(self.finished()) == len(self.phases)
+
+
+def spot_reclaim(cluster: LocalCluster, namespace: str, job: str, timeline: Timeline, wait_s: float) -> None:
+    """The job's workers report a checkpoint (as the workload does after each one), then the spot node under them
+    is taken away (in a cloud: reclaimed; here: the kwok node deleted): the whole gang restarts from that
+    checkpoint on other nodes, after the operator's backoff."""
+    from datetime import UTC, datetime
+
+    from strata_workloads.progress import ProgressReporter
+
+    core = _core(cluster)
+    pods = core.list_namespaced_pod(namespace, label_selector=f"{api.LABEL_JOB}={job}").items
+    value = ProgressReporter.value(140, 100, datetime.now(UTC))
+    for pod in pods:
+        patch = {"metadata": {"annotations": {api.ANN_PROGRESS: value}}}
+        core.patch_namespaced_pod(pod.metadata.name, namespace, patch)
+
+    def checkpointed(*_: Any) -> bool:
+        status = get_json(cluster.bin_dir, cluster.kubeconfig, "trainingjob", job, "-n", namespace).get("status") or {}
+        return bool((status.get("lastCheckpoint") or {}).get("step") == 100)
+
+    timeline.follow(checkpointed, wait_s)
+    node = pods[0].spec.node_name
+    print(f"spot reclaim: node {node} is taken away from {job} (its last checkpoint: step 100)", flush=True)
+    core.delete_node(node)
+
+    def back(*_: Any) -> bool:
+        return "Restarting" in timeline.history.get(job, []) and timeline.phases[job] == "Running"
+
+    timeline.follow(back, wait_s)
+    print(cluster.kubectl("get", "trainingjob", job, "-n", namespace, "-o", "wide"))
 
 
 def end_workers(cluster: LocalCluster, namespace: str, job: str, code: int = 0) -> None:
