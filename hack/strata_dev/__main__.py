@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from strata_dev import binaries
-from strata_dev.cluster import EXIT_CODE_ANNOTATION, ClusterError, ClusterSettings, LocalCluster
+from strata_dev.cluster import EXIT_CODE_ANNOTATION, ClusterError, ClusterSettings, LocalCluster, annotate_pods
 from strata_dev.fleet import DEFAULT_FLEET, Fleet, FleetError, create_fleet, create_namespace, load_fleet
 from strata_dev.pki import PKIError
 from strata_dev.stack import ROOT, Stack, get_json
@@ -139,7 +139,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             create_namespace(_core(cluster), "demo")
             print(cluster.kubectl("apply", "-n", "demo", "-f", str(EXAMPLES / "trainingjobs")).strip())
             timeline = Timeline(cluster, "demo")
-            timeline.follow(_settled, args.wait)
+            timeline.follow(timeline.settled, args.wait)
             print(cluster.kubectl("get", "resourcepools"))
             print(cluster.kubectl("get", "trainingjobs", "-n", "demo", "-o", "wide"))
             print(placement_table(cluster, "demo"))
@@ -156,10 +156,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if running:
                 first = running[0]
                 end_workers(cluster, "demo", first)
-                timeline.follow(lambda _c, _n: not timeline.waiting() and first in timeline.finished(), args.wait)
+                timeline.follow(lambda: not timeline.waiting() and first in timeline.finished(), args.wait)
             for name in timeline.running():
                 end_workers(cluster, "demo", name)
-            timeline.follow(lambda _c, _n: timeline.all_finished(), args.wait)
+            timeline.follow(timeline.all_finished, args.wait)
             print(cluster.kubectl("get", "trainingjobs", "-n", "demo"))
             deadline = time.monotonic() + 15  # the pools' status follows at the next admission pass
             while time.monotonic() < deadline and not _pools_idle(cluster):
@@ -177,18 +177,21 @@ class Timeline:
     def __init__(self, cluster: LocalCluster, namespace: str) -> None:
         self.cluster, self.namespace = cluster, namespace
         self.started = time.monotonic()
+        self.statuses: dict[str, dict[str, Any]] = {}
+        """Each job's status as last fetched."""
         self.phases: dict[str, str] = {}
         self.said: dict[str, tuple[str, str]] = {}
+        """What was printed last per job: its phase and why (a queued job's reason changes as admission runs)."""
         self.history: dict[str, list[str]] = {}
         """Every phase each job was seen in, in order."""
-        """What was printed last per job: its phase and why (a queued job's reason changes as admission runs)."""
 
-    def follow(self, done: Callable[[LocalCluster, str], bool], timeout_s: float) -> None:
-        """Poll until ``done(cluster, namespace)`` holds or ``timeout_s`` passes, printing every change."""
+    def follow(self, done: Callable[[], bool], timeout_s: float) -> None:
+        """Poll until ``done()`` holds (it reads what the poll fetched) or ``timeout_s`` passes, printing every
+        change."""
         deadline = time.monotonic() + timeout_s
         while True:
             self._poll()
-            if done(self.cluster, self.namespace) or time.monotonic() > deadline:
+            if done() or time.monotonic() > deadline:
                 return
             time.sleep(0.5)
 
@@ -196,6 +199,7 @@ class Timeline:
         jobs = get_json(self.cluster.bin_dir, self.cluster.kubeconfig, "trainingjobs", "-n", self.namespace)
         for job in jobs["items"]:
             name, status = job["metadata"]["name"], job.get("status") or {}
+            self.statuses[name] = status
             phase = status.get("phase")
             why = status.get("message") or status.get("reason") or ""
             position = f" (queue position {status['queuePosition']})" if status.get("queuePosition") else ""
@@ -204,6 +208,14 @@ class Timeline:
             self.phases[name], self.said[name] = phase, (phase, why + position)
             self.history.setdefault(name, []).append(phase)
             print(f"  {time.monotonic() - self.started:5.1f}s  {name:14} {phase:10} {why}{position}", flush=True)
+
+    def settled(self) -> bool:
+        """Every job Running, or waiting in the queue with its position and reason, or done."""
+        statuses = list(self.statuses.values())
+        phases = [s.get("phase") for s in statuses]
+        queued_known = all(s.get("queuePosition") for s in statuses if s.get("phase") == "Queued")
+        known = all(p in {"Running", "Queued", "Succeeded", "Failed"} for p in phases)
+        return bool(statuses) and known and queued_known and "Running" in phases
 
     def running(self) -> list[str]:
         return sorted(n for n, p in self.phases.items() if p == "Running")
@@ -229,34 +241,21 @@ def spot_reclaim(cluster: LocalCluster, namespace: str, job: str, timeline: Time
     core = _core(cluster)
     pods = core.list_namespaced_pod(namespace, label_selector=f"{api.LABEL_JOB}={job}").items
     value = ProgressReporter.value(140, 100, datetime.now(UTC))
-    for pod in pods:
-        patch = {"metadata": {"annotations": {api.ANN_PROGRESS: value}}}
-        core.patch_namespaced_pod(pod.metadata.name, namespace, patch)
-
-    def checkpointed(*_: Any) -> bool:
-        status = get_json(cluster.bin_dir, cluster.kubeconfig, "trainingjob", job, "-n", namespace).get("status") or {}
-        return bool((status.get("lastCheckpoint") or {}).get("step") == 100)
-
-    timeline.follow(checkpointed, wait_s)
+    annotate_pods(core, namespace, [p.metadata.name for p in pods], {api.ANN_PROGRESS: value})
+    timeline.follow(lambda: (timeline.statuses[job].get("lastCheckpoint") or {}).get("step") == 100, wait_s)
     node = pods[0].spec.node_name
     print(f"spot reclaim: node {node} is taken away from {job} (its last checkpoint: step 100)", flush=True)
     core.delete_node(node)
-
-    def back(*_: Any) -> bool:
-        return "Restarting" in timeline.history.get(job, []) and timeline.phases[job] == "Running"
-
-    timeline.follow(back, wait_s)
+    timeline.follow(lambda: "Restarting" in timeline.history[job] and timeline.phases[job] == "Running", wait_s)
     print(cluster.kubectl("get", "trainingjob", job, "-n", namespace, "-o", "wide"))
 
 
 def end_workers(cluster: LocalCluster, namespace: str, job: str, code: int = 0) -> None:
-    """End every worker of ``job`` with ``code``, as its process would (kwok turns the annotation into the
-    pod's termination)."""
+    """End every live worker of ``job`` with ``code``, as its process would."""
     core = _core(cluster)
-    patch = {"metadata": {"annotations": {EXIT_CODE_ANNOTATION: str(code)}}}
-    for pod in core.list_namespaced_pod(namespace, label_selector=f"{api.LABEL_JOB}={job}").items:
-        if pod.metadata.deletion_timestamp is None:
-            core.patch_namespaced_pod(pod.metadata.name, namespace, patch)
+    pods = core.list_namespaced_pod(namespace, label_selector=f"{api.LABEL_JOB}={job}").items
+    names = [p.metadata.name for p in pods if p.metadata.deletion_timestamp is None]
+    annotate_pods(core, namespace, names, {EXIT_CODE_ANNOTATION: str(code)})
     print(f"ended the workers of {job} (exit code {code})", flush=True)
 
 
@@ -264,16 +263,6 @@ def _pools_idle(cluster: LocalCluster) -> bool:
     """No ResourcePool's status counts an admitted or a queued job any more."""
     statuses = [p.get("status") or {} for p in get_json(cluster.bin_dir, cluster.kubeconfig, "resourcepools")["items"]]
     return not any(s.get("admittedJobs") or s.get("queuedJobs") for s in statuses)
-
-
-def _settled(cluster: LocalCluster, namespace: str) -> bool:
-    """Every job Running, or waiting in the queue with its position and reason, or done."""
-    jobs = get_json(cluster.bin_dir, cluster.kubeconfig, "trainingjobs", "-n", namespace)["items"]
-    statuses = [j.get("status") or {} for j in jobs]
-    phases = [s.get("phase") for s in statuses]
-    queued_known = all(s.get("queuePosition") for s in statuses if s.get("phase") == "Queued")
-    known = all(p in {"Running", "Queued", "Succeeded", "Failed"} for p in phases)
-    return bool(jobs) and known and queued_known and "Running" in phases
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -28,10 +28,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import Any
 
 from strata_dev import binaries
 from strata_dev.pki import PKI, make_pki
@@ -502,3 +503,11 @@ def _https_ok(url: str) -> bool:
 def local_cluster(settings: ClusterSettings | None = None) -> Iterator[LocalCluster]:
     with LocalCluster(settings) as cluster:
         yield cluster
+
+
+def annotate_pods(core: Any, namespace: str, names: Iterable[str], annotations: Mapping[str, str]) -> None:
+    """Merge ``annotations`` into each named pod: how tests and the demo act as a worker would on kwok nodes
+    (``EXIT_CODE_ANNOTATION`` to end it, the progress annotation to report a checkpoint)."""
+    patch = {"metadata": {"annotations": dict(annotations)}}
+    for name in names:
+        core.patch_namespaced_pod(name, namespace, patch, _content_type="application/merge-patch+json")

@@ -80,8 +80,9 @@ def proc_rss_mib(pid: int) -> float:
     return 0.0
 
 
-async def in_batches(calls: list[Any]) -> None:
-    semaphore = asyncio.Semaphore(IN_FLIGHT)
+async def in_batches(calls: list[Any], slots: asyncio.Semaphore | None = None) -> None:
+    """Await every call, at most ``IN_FLIGHT`` at once (or as many as ``slots``, shared between batches)."""
+    semaphore = slots or asyncio.Semaphore(IN_FLIGHT)
 
     async def run(call: Any) -> None:
         async with semaphore:
@@ -127,16 +128,12 @@ async def raw_rate(
     accounts = sorted({m["spec"]["serviceAccountName"] for m in manifests})
     sa_path = f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts"
     await in_batches([kube.create(sa_path, {"metadata": {"name": n}}) for n in accounts])
-    slots = asyncio.Semaphore(IN_FLIGHT)
-
-    async def call(work: Any) -> Any:
-        async with slots:
-            return await work
+    slots = asyncio.Semaphore(IN_FLIGHT)  # shared by every gang: 64 calls in flight in all
+    lift = {"spec": {"schedulingGates": None}}
 
     async def gang_of(pods: list[dict[str, Any]]) -> None:
-        await asyncio.gather(*(call(kube.create(pod_path(NAMESPACE), m)) for m in pods))
-        lift = {"spec": {"schedulingGates": None}}
-        await asyncio.gather(*(call(kube.merge_patch(pod_path(NAMESPACE, m["metadata"]["name"]), lift)) for m in pods))
+        await in_batches([kube.create(pod_path(NAMESPACE), m) for m in pods], slots)
+        await in_batches([kube.merge_patch(pod_path(NAMESPACE, m["metadata"]["name"]), lift) for m in pods], slots)
 
     started = time.perf_counter()
     if mode == "gangs":
@@ -359,16 +356,16 @@ def pod_stages(items: list[Any], jobs: list[TrainingJob]) -> dict[str, float]:
     lifted, bound, ready = [], [], []
     job_ready: dict[str, Any] = {}
     for pod in items:
-        conditions = {c.type: c for c in pod.status.conditions or ()}
         lift = next((m.time for m in pod.metadata.managed_fields or () if m.manager == "strata-operator"), None)
-        scheduled, up = conditions.get("PodScheduled"), conditions.get("Ready")
-        if lift is None or scheduled is None or scheduled.status != "True" or up is None or up.status != "True":
+        scheduled = next((c for c in pod.status.conditions or () if c.type == "PodScheduled"), None)
+        up = last_ready(pod)
+        if lift is None or scheduled is None or scheduled.status != "True" or up is None:
             continue
         lifted.append((lift - pod.metadata.creation_timestamp).total_seconds())
         bound.append((scheduled.last_transition_time - lift).total_seconds())
-        ready.append((up.last_transition_time - scheduled.last_transition_time).total_seconds())
+        ready.append((up - scheduled.last_transition_time).total_seconds())
         job = pod.metadata.labels.get(api.LABEL_JOB, "")
-        job_ready[job] = max(job_ready.get(job, up.last_transition_time), up.last_transition_time)
+        job_ready[job] = max(job_ready.get(job, up), up)
     noticed = [
         (j.status.start_time - job_ready[j.name]).total_seconds()
         for j in jobs

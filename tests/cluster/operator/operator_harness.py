@@ -8,17 +8,17 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from strata_dev.cluster import EXIT_CODE_ANNOTATION
+from strata_dev.cluster import EXIT_CODE_ANNOTATION, annotate_pods
 from strata_dev.testing import ClusterHandle, eventually
 from strata_operator import api
-
-MERGE = "application/merge-patch+json"
+from strata_workloads.progress import ProgressReporter
 
 
 class OperatorProcess:
@@ -133,17 +133,14 @@ class Strata:
 
     def exit_workers(self, job: str, code: int, only: str | None = None) -> None:
         """What a worker's process would do: exit (kwok turns the annotation into the pod's termination)."""
-        for pod in self.live_pods(job):
-            if only is None or pod.metadata.name == only:
-                patch = {"metadata": {"annotations": {EXIT_CODE_ANNOTATION: str(code)}}}
-                self.core.patch_namespaced_pod(pod.metadata.name, self.namespace, patch, _content_type=MERGE)
+        names = [p.metadata.name for p in self.live_pods(job) if only is None or p.metadata.name == only]
+        annotate_pods(self.core, self.namespace, names, {EXIT_CODE_ANNOTATION: str(code)})
 
     def report_progress(self, job: str, step: int, checkpoint_step: int) -> None:
         """What a worker reports about its training (the strata.dev/progress contract)."""
-        value = f'{{"step": {step}, "checkpointStep": {checkpoint_step}, "checkpointTime": "2026-01-01T00:00:00Z"}}'
-        for pod in self.live_pods(job):
-            patch = {"metadata": {"annotations": {api.ANN_PROGRESS: value}}}
-            self.core.patch_namespaced_pod(pod.metadata.name, self.namespace, patch, _content_type=MERGE)
+        value = ProgressReporter.value(step, checkpoint_step, datetime(2026, 1, 1, tzinfo=UTC))
+        names = [p.metadata.name for p in self.live_pods(job)]
+        annotate_pods(self.core, self.namespace, names, {api.ANN_PROGRESS: value})
 
     def events(self, name: str) -> list[str]:
         items = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}").items
