@@ -14,18 +14,29 @@ is passed to both kube-schedulers: kube-scheduler 1.36 turns pod signatures (opp
 profile with extenders, so ``--feature-gates OpportunisticBatching=false`` compares like for like. After each run
 with the extender, the extender's own time per call (its latency histogram) is printed.
 
+``--floor`` adds a third run to each repeat: the same configuration with the extender's ``urlPrefix`` pointed
+at bench/scheduler/nullextender, a Go extender (standard library only, built here with ``go build``) that keeps
+every node and scores every node 0 at no cost of its own. Its ratio is what kube-scheduler's extender protocol
+(two HTTP calls and their JSON per pod) costs on this machine before any extender does any work: the best any
+extender can reach here. Every run also prints the CPU time each process used per bound pod over the run's
+scheduling window (kube-scheduler started to the last pod bound; /proc/<pid>/stat), so a ratio can be read as
+where the CPU went: kube-scheduler, the API server, etcd, the extender.
+
     .venv/bin/python bench/scheduler/scheduler_throughput.py [--nodes 1000] [--pods 400] [--repeat 1]
-        [--feature-gates OpportunisticBatching=false]
+        [--feature-gates OpportunisticBatching=false] [--floor]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -40,6 +51,34 @@ from strata_scheduler.service import ExtenderService, Parts
 from strata_scheduler.settings import DEFAULT_CATALOG, Settings
 
 SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "scheduler" / "config" / "kube-scheduler-config.yaml"
+NULL_EXTENDER = Path(__file__).resolve().parent / "nullextender"
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a live process so far (fields 14 and 15 of /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+
+
+def start_null_extender(work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Build and start bench/scheduler/nullextender; returns the process and its URL."""
+    go = shutil.which("go")
+    if go is None:
+        raise SystemExit("--floor needs the Go toolchain on PATH (it builds bench/scheduler/nullextender)")
+    binary = work / "nullextender"
+    subprocess.run([go, "build", "-o", str(binary), "."], cwd=NULL_EXTENDER, check=True)
+    port = free_port()
+    process = subprocess.Popen([str(binary), f"-listen=127.0.0.1:{port}"], stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1):
+                return process, url
+        except OSError:
+            time.sleep(0.05)
+    process.terminate()
+    raise RuntimeError(f"the null extender did not answer at {url}")
 
 
 def gpu_pod(index: int) -> dict[str, Any]:
@@ -99,8 +138,16 @@ def wait_gone(core: Any, namespace: str) -> None:
 
 
 def one_run(
-    core: Any, cluster: LocalCluster, config: dict[str, Any], pods: int, label: str, work: Path, feature_gates: str
+    core: Any,
+    cluster: LocalCluster,
+    config: dict[str, Any],
+    pods: int,
+    label: str,
+    work: Path,
+    feature_gates: str,
+    watched: dict[str, int],
 ) -> float:
+    """Pods bound per second; prints the CPU each process in ``watched`` (name -> pid) and kube-scheduler used."""
     namespace = f"bench-{label}"
     core.create_namespace({"metadata": {"name": namespace}})
     for _ in range(600):  # pods are refused until the namespace's default ServiceAccount exists
@@ -112,6 +159,8 @@ def one_run(
     path = work / f"{label}.yaml"
     path.write_text(yaml.safe_dump(config))
     process = start_scheduler(cluster, path, work / f"{label}.log", feature_gates)
+    watched = {"kube-scheduler": process.pid, **watched}
+    cpu_before = {name: cpu_seconds(pid) for name, pid in watched.items()}
     try:
         deadline = time.monotonic() + 900
         # Done when no pod is left unbound: one item at most per poll, once a second, so that polling costs
@@ -121,6 +170,8 @@ def one_run(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{label}: not every pod was bound in time; see {work / f'{label}.log'}")
             time.sleep(1)
+        used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in watched.items()}
+        print(f"  {label} CPU per pod: " + ", ".join(f"{n} {s / pods * 1e3:.1f} ms" for n, s in used.items()))
         times = bind_times(cluster, namespace, pods)
         return (pods - 1) / max(times[-1] - times[0], 1e-3)
     finally:
@@ -136,8 +187,10 @@ def main() -> None:
     parser.add_argument("--pods", type=int, default=400)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--feature-gates", default="", help="passed to both kube-schedulers")
+    parser.add_argument("--floor", action="store_true", help="also run against a null extender (needs Go)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="strata-sched-bench-"))
+    null_extender, null_url = start_null_extender(work) if args.floor else (None, "")
     with LocalCluster(ClusterSettings()) as cluster:
         core = cluster_core(cluster)
         started = time.monotonic()
@@ -147,27 +200,45 @@ def main() -> None:
         sys.setswitchinterval(settings.gil_switch_interval_s)  # as the service's __main__ sets it
         service = ExtenderService(settings, load_catalog(DEFAULT_CATALOG), Parts(record=False, forecast=False))
         service.start()
+        watched = {name: cluster.components[name].process.pid for name in ("kube-apiserver", "etcd")}
+        watched["bench+extender"] = os.getpid()
+        if null_extender is not None:
+            watched["null extender"] = null_extender.pid
         try:
             while not service.state.ready:
                 time.sleep(0.2)
             with_extender = yaml.safe_load(SHIPPED_CONFIG.read_text())
             with_extender["extenders"][0]["urlPrefix"] = service.url
             without = {key: value for key, value in with_extender.items() if key != "extenders"}
-            ratios = []
+            floor = yaml.safe_load(yaml.safe_dump(with_extender))
+            floor["extenders"][0]["urlPrefix"] = null_url
+            ratios: dict[str, list[float]] = {"extended": [], "floor": []}
+
+            def timed(config: dict[str, Any], label: str) -> float:
+                return one_run(core, cluster, config, args.pods, label, work, args.feature_gates, watched)
+
             for attempt in range(args.repeat):
-                plain = one_run(core, cluster, without, args.pods, f"without-{attempt}", work, args.feature_gates)
+                plain = timed(without, f"without-{attempt}")
                 print(f"without extender: {plain:.1f} pods/s", flush=True)
                 before = extender_seconds(service)
-                extended = one_run(core, cluster, with_extender, args.pods, f"with-{attempt}", work, args.feature_gates)
+                extended = timed(with_extender, f"with-{attempt}")
                 print(f"with extender: {extended:.1f} pods/s; {extender_calls(before, extender_seconds(service))}")
-                ratios.append(extended / plain)
-                print(
-                    f"| {args.nodes} | {args.pods} | {plain:.1f} | {extended:.1f} | {extended / plain:.2f} |",
-                    flush=True,
-                )
-            print(f"median ratio over {len(ratios)}: {statistics.median(ratios):.2f}")
+                ratios["extended"].append(extended / plain)
+                row = f"| {args.nodes} | {args.pods} | {plain:.1f} | {extended:.1f} | {extended / plain:.2f} |"
+                if null_extender is not None:
+                    nulled = timed(floor, f"floor-{attempt}")
+                    print(f"with the null extender: {nulled:.1f} pods/s", flush=True)
+                    ratios["floor"].append(nulled / plain)
+                    row += f" {nulled:.1f} | {nulled / plain:.2f} |"
+                print(row, flush=True)
+            for name, values in ratios.items():
+                if values:
+                    print(f"median {name} ratio over {len(values)}: {statistics.median(values):.2f}")
         finally:
             service.stop()
+            if null_extender is not None:
+                null_extender.terminate()
+                null_extender.wait(10)
 
 
 def extender_seconds(service: ExtenderService) -> dict[str, tuple[float, float]]:

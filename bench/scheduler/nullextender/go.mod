@@ -1,0 +1,3 @@
+module strata.dev/bench/nullextender
+
+go 1.26
