@@ -86,9 +86,9 @@ verify: chart-sync ## Regenerate generated files and fail if the tree changed
 bench-cluster: venv binaries ## Measure cold build, cache size, warm start, control-plane memory, 1,000-node fleet
 	$(PY) bench/cluster/bench_cluster.py
 
-bench-scheduler: venv binaries ## Extender latency (1,000/5,000 nodes), kube-scheduler throughput with/without it, forecast quality and its hindsight bound
+bench-scheduler: venv binaries ## Extender latency (1,000/5,000 nodes), kube-scheduler throughput with/without it and with a null extender, forecast quality and its hindsight bound
 	$(PY) bench/scheduler/extender_latency.py --nodes 1000 5000
-	$(PY) bench/scheduler/scheduler_throughput.py --nodes 1000 --pods 400
+	$(PY) bench/scheduler/scheduler_throughput.py --nodes 1000 --pods 400 --floor
 	$(PY) bench/scheduler/forecast_quality.py
 	$(PY) bench/scheduler/forecast_bound.py
 
