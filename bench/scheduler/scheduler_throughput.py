@@ -29,6 +29,8 @@ where the CPU went: kube-scheduler, the API server, etcd, the extender.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import os
 import shutil
 import statistics
@@ -37,6 +39,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -61,8 +64,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
 
 
-def start_null_extender(work: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Build and start bench/scheduler/nullextender; returns the process and its URL."""
+@contextlib.contextmanager
+def null_extender(work: Path, enabled: bool) -> Iterator[tuple[subprocess.Popen[bytes] | None, str]]:
+    """Build and run bench/scheduler/nullextender while the block runs; yields the process and its URL."""
+    if not enabled:
+        yield None, ""
+        return
     go = shutil.which("go")
     if go is None:
         raise SystemExit("--floor needs the Go toolchain on PATH (it builds bench/scheduler/nullextender)")
@@ -71,14 +78,19 @@ def start_null_extender(work: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     process = subprocess.Popen([str(binary), f"-listen=127.0.0.1:{port}"], stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=1):
-                return process, url
-        except OSError:
-            time.sleep(0.05)
-    process.terminate()
-    raise RuntimeError(f"the null extender did not answer at {url}")
+    try:
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(f"the null extender did not answer at {url}")
+        yield process, url
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def gpu_pod(index: int) -> dict[str, Any]:
@@ -190,8 +202,7 @@ def main() -> None:
     parser.add_argument("--floor", action="store_true", help="also run against a null extender (needs Go)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="strata-sched-bench-"))
-    null_extender, null_url = start_null_extender(work) if args.floor else (None, "")
-    with LocalCluster(ClusterSettings()) as cluster:
+    with null_extender(work, args.floor) as (null_process, null_url), LocalCluster(ClusterSettings()) as cluster:
         core = cluster_core(cluster)
         started = time.monotonic()
         create_fleet(core, load_fleet().scaled(args.nodes), wait_ready_s=600)
@@ -202,15 +213,15 @@ def main() -> None:
         service.start()
         watched = {name: cluster.components[name].process.pid for name in ("kube-apiserver", "etcd")}
         watched["bench+extender"] = os.getpid()
-        if null_extender is not None:
-            watched["null extender"] = null_extender.pid
+        if null_process is not None:
+            watched["null extender"] = null_process.pid
         try:
             while not service.state.ready:
                 time.sleep(0.2)
             with_extender = yaml.safe_load(SHIPPED_CONFIG.read_text())
             with_extender["extenders"][0]["urlPrefix"] = service.url
             without = {key: value for key, value in with_extender.items() if key != "extenders"}
-            floor = yaml.safe_load(yaml.safe_dump(with_extender))
+            floor = copy.deepcopy(with_extender)
             floor["extenders"][0]["urlPrefix"] = null_url
             ratios: dict[str, list[float]] = {"extended": [], "floor": []}
 
@@ -225,7 +236,7 @@ def main() -> None:
                 print(f"with extender: {extended:.1f} pods/s; {extender_calls(before, extender_seconds(service))}")
                 ratios["extended"].append(extended / plain)
                 row = f"| {args.nodes} | {args.pods} | {plain:.1f} | {extended:.1f} | {extended / plain:.2f} |"
-                if null_extender is not None:
+                if null_process is not None:
                     nulled = timed(floor, f"floor-{attempt}")
                     print(f"with the null extender: {nulled:.1f} pods/s", flush=True)
                     ratios["floor"].append(nulled / plain)
@@ -236,9 +247,6 @@ def main() -> None:
                     print(f"median {name} ratio over {len(values)}: {statistics.median(values):.2f}")
         finally:
             service.stop()
-            if null_extender is not None:
-                null_extender.terminate()
-                null_extender.wait(10)
 
 
 def extender_seconds(service: ExtenderService) -> dict[str, tuple[float, float]]:
