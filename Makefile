@@ -77,7 +77,7 @@ test: ## Everything: install, binaries, lint, types, import layering, every test
 CHART := charts/strata
 chart-sync: ## Copy crds/, the price catalog and the kube-scheduler config into the chart (checked by a test)
 	@rm -f $(CHART)/crds/*.yaml && cp crds/*.yaml $(CHART)/crds/
-	@cp operator/strata_operator/api/catalog.yaml scheduler/config/kube-scheduler-config.yaml $(CHART)/files/
+	@cp api/strata_api/catalog.yaml scheduler/config/kube-scheduler-config.yaml $(CHART)/files/
 
 verify: chart-sync ## Regenerate generated files and fail if the tree changed
 	@git diff --exit-code -- $(CHART) || { echo "error: generated files were stale; commit the result of make chart-sync"; exit 1; }

@@ -38,8 +38,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+import strata_api as api
 from strata_dev.fleet import load_fleet, node_manifests
-from strata_operator import api
 from strata_scheduler.catalog import load_catalog
 from strata_scheduler.extender import Extender
 from strata_scheduler.forecasts import ForecastBoard

@@ -46,9 +46,9 @@ from typing import Any
 
 import yaml
 
+import strata_api as api
 from strata_dev.cluster import ClusterSettings, LocalCluster, free_port, scheduler_config
 from strata_dev.fleet import create_fleet, load_fleet
-from strata_operator import api
 from strata_scheduler.catalog import load_catalog
 from strata_scheduler.service import ExtenderService, Parts
 from strata_scheduler.settings import DEFAULT_CATALOG, Settings

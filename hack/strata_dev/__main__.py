@@ -19,12 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import strata_api as api
 from strata_dev import binaries
 from strata_dev.cluster import EXIT_CODE_ANNOTATION, ClusterError, ClusterSettings, LocalCluster, annotate_pods
 from strata_dev.fleet import DEFAULT_FLEET, Fleet, FleetError, create_fleet, create_namespace, load_fleet
 from strata_dev.pki import PKIError
 from strata_dev.stack import ROOT, Stack, get_json
-from strata_operator import api
 
 DEV_DIR = binaries.cache_root() / "dev-cluster"
 EXAMPLES = ROOT / "examples"

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from strata_operator import api
+import strata_api as api
 
 DEFAULT_FLEET = Path(__file__).resolve().parents[2] / "examples" / "fleet.yaml"
 

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from strata_operator.api import GPUType, ResourcePool, TrainingJob
+from strata_api import GPUType, ResourcePool, TrainingJob
 from strata_operator.observed import Node
 
 

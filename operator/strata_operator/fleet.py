@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 
-from strata_operator import api
+import strata_api as api
 from strata_operator.kube import ApiError, Kube
 from strata_operator.observed import Node, WorkerPod, gpu_request
 

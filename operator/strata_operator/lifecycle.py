@@ -18,9 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from strata_operator.api import Phase, ResourcePool, TrainingJob, format_time
+from strata_api import Phase, ResourcePool, TrainingJob, format_time
+from strata_api.workload import ExitCode
 from strata_operator.observed import Node, WorkerPod
-from strata_operator.pods import ExitCode, expected_runtime_s, worker_name
+from strata_operator.pods import expected_runtime_s, worker_name
 from strata_operator.settings import OperatorSettings
 from strata_operator.status import NORMAL, WARNING, StatusDraft
 

@@ -8,8 +8,8 @@ from typing import Any, cast
 
 import kopf
 
+from strata_api.catalog import CatalogError
 from strata_operator import resourcepool, trainingjob
-from strata_operator.api.catalog import CatalogError
 from strata_operator.fleet import Fleet
 from strata_operator.kube import Kube
 from strata_operator.quotes import Quoter

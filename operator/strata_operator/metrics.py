@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from strata_operator.api import Phase
+from strata_api import Phase
 
 
 class Metrics:

@@ -5,38 +5,14 @@ kopf's in-memory indices hold these, so one admission pass or one job reconcile 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from strata_operator import api
-from strata_operator.api import GPUType
-from strata_operator.api.catalog import parse_price
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    step: int | None = None
-    checkpoint_step: int | None = None
-    checkpoint_time: datetime | None = None
-
-    @classmethod
-    def parse(cls, value: str | None) -> Progress:
-        """Read ``strata.dev/progress``; malformed values report nothing rather than break the reconcile."""
-        try:
-            data = json.loads(value) if value else {}
-        except ValueError:
-            return cls()
-        if not isinstance(data, dict):
-            return cls()
-        step, ckpt = data.get("step"), data.get("checkpointStep")
-        return cls(
-            step=step if isinstance(step, int) and step >= 0 else None,
-            checkpoint_step=ckpt if isinstance(ckpt, int) and ckpt >= 0 else None,
-            checkpoint_time=api.parse_time(data.get("checkpointTime")),
-        )
+import strata_api as api
+from strata_api import GPUType
+from strata_api.catalog import parse_price
+from strata_api.workload import Progress
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,81 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from strata_operator import api
-from strata_operator.api import GPUType, ResourcePool, TrainingJob
+import strata_api as api
+from strata_api import GPUType, ResourcePool, TrainingJob
+from strata_api.workload import DOWNWARD_ENV, PIPELINE_SCHEDULES, WorkerEnv
 from strata_operator.settings import OperatorSettings
 
 CONTAINER = "trainer"
 TRAIN_COMMAND = ("python", "-m", "strata_workloads.launch")
-
-
-class WorkerEnv:
-    """Names of the environment variables the workload reads (docs/workloads.md). Kept together so the
-    operator and the workload agree in one place."""
-
-    MASTER_ADDR = "MASTER_ADDR"
-    MASTER_PORT = "MASTER_PORT"
-    WORLD_SIZE = "WORLD_SIZE"
-    RANK = "RANK"
-    """Global rank of the worker's first process; local process ``i`` has rank ``RANK + i``."""
-    LOCAL_WORLD_SIZE = "LOCAL_WORLD_SIZE"
-    NODE_RANK = "NODE_RANK"
-    NNODES = "NNODES"
-    DP_REPLICATE = "STRATA_DP_REPLICATE"
-    DP_SHARD = "STRATA_DP_SHARD"
-    """The job's data degree runs as FSDP (sharded data parallel); replication stays 1."""
-    TENSOR = "STRATA_TP"
-    PIPELINE = "STRATA_PP"
-    EXPERT = "STRATA_EP"
-    PP_MICROBATCHES = "STRATA_PP_MICROBATCHES"
-    PIPELINE_SCHEDULE = "STRATA_PP_SCHEDULE"
-    MODEL = "STRATA_MODEL"
-    GLOBAL_BATCH = "STRATA_GLOBAL_BATCH"
-    MICRO_BATCH = "STRATA_MICRO_BATCH"
-    STEPS = "STRATA_STEPS"
-    PRECISION = "STRATA_PRECISION"
-    ACTIVATION_CHECKPOINTING = "STRATA_AC"
-    MAX_GRAD_NORM = "STRATA_MAX_GRAD_NORM"
-    LEARNING_RATE = "STRATA_LR"
-    CHECKPOINT_DIR = "STRATA_CHECKPOINT_DIR"
-    CHECKPOINT_EVERY_SECONDS = "STRATA_CHECKPOINT_EVERY_SECONDS"
-    CHECKPOINT_EVERY_STEPS = "STRATA_CHECKPOINT_EVERY_STEPS"
-    CHECKPOINT_KEEP = "STRATA_CHECKPOINT_KEEP"
-    METRICS_PORT = "STRATA_METRICS_PORT"
-    LOG_FORMAT = "STRATA_LOG_FORMAT"
-    JOB = "STRATA_JOB"
-    """Operator-only (for logs): the workload ignores it."""
-    ATTEMPT = "STRATA_ATTEMPT"
-    """Operator-only (for logs): the workload ignores it."""
-    PROGRESS_ANNOTATION = "STRATA_PROGRESS_ANNOTATION"
-    """The annotation the workload writes its progress into on its own pod (:data:`api.ANN_PROGRESS`); passed
-    down so the workload needs no copy of the operator's API."""
-    POD_NAME = "POD_NAME"
-    """The pod's own name and namespace (downward API): the pod the workload reports progress on."""
-    POD_NAMESPACE = "POD_NAMESPACE"
-
-
-DOWNWARD_ENV = ((WorkerEnv.POD_NAME, "metadata.name"), (WorkerEnv.POD_NAMESPACE, "metadata.namespace"))
-
-
-PIPELINE_SCHEDULES = {
-    "GPipe": "gpipe",
-    "1F1B": "1f1b",
-    "Interleaved1F1B": "interleaved_1f1b",
-    "InterleavedZeroBubble": "interleaved_zb",
-    "ZeroBubbleV": "zbv",
-}
-"""The API's schedule names and the workload's."""
-
-
-class ExitCode:
-    """What a worker pod's exit code means (docs/workloads.md, "Exit codes"; the launcher combines its processes')."""
-
-    SUCCEEDED = 0
-    ERROR = 1
-    INVALID_CONFIGURATION = 2
-    CHECKPOINTED = 85
-    """SIGTERM received and a complete checkpoint saved: reschedule, it resumes from there."""
 
 
 def worker_name(job_name: str, index: int) -> str:

@@ -10,8 +10,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from strata_api import GPUType, Phase, ResourcePool, TrainingJob, format_time, parse_time
 from strata_operator.admission import AdmittedGang, Decision, GangRequest, Waiting, admit
-from strata_operator.api import GPUType, Phase, ResourcePool, TrainingJob, format_time, parse_time
 from strata_operator.lifecycle import Reason
 from strata_operator.observed import Node, WorkerPod
 from strata_operator.pods import gang_gpu_type

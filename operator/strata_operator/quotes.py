@@ -24,8 +24,8 @@ from typing import Any
 
 import aiohttp
 
-from strata_operator import api
-from strata_operator.api import GPUType, ResourcePool, TrainingJob
+import strata_api as api
+from strata_api import GPUType, ResourcePool, TrainingJob
 from strata_operator.pods import build_worker_pods
 from strata_operator.settings import OperatorSettings
 

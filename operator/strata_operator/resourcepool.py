@@ -11,8 +11,8 @@ from typing import Any
 
 import kopf
 
-from strata_operator import api
-from strata_operator.api import ResourcePool
+import strata_api as api
+from strata_api import ResourcePool
 from strata_operator.kube import ApiError, custom_path
 from strata_operator.queueing import admission_pass, pool_status
 from strata_operator.runtime import IndexOf, Runtime

@@ -10,8 +10,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from strata_operator.api import SCHEDULER_NAME
-from strata_operator.api.catalog import DEFAULT_CATALOG, Catalog, load_catalog
+from strata_api import SCHEDULER_NAME
+from strata_api.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class OperatorSettings:
     """The price catalog (YAML, the same document the scheduler extender reads; in the chart, the same ConfigMap):
     ``status.cost`` prices a worker at its node's ``prices[instance type][capacity type]`` per node-hour, shared
     by the node's GPUs. A node's ``strata.dev/price-per-hour`` annotation wins. Default: the catalog shipped in
-    :mod:`strata_operator.api`."""
+    :mod:`strata_api`."""
 
     extender_url: str = ""
     """Base URL of Strata's scheduler extender (``http://strata-extender:8888``). For ``gpuType: Any`` jobs,

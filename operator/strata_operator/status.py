@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from strata_operator.api import Phase, format_time
+from strata_api import Phase, format_time
 
 PHASE_CONDITIONS = tuple(p.value for p in Phase)
 """Each phase has a condition of the same type, True while the job is in that phase."""

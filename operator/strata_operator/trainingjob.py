@@ -20,8 +20,9 @@ import aiohttp
 import kopf
 import orjson
 
-from strata_operator import api, lifecycle
-from strata_operator.api import ResourcePool, TrainingJob
+import strata_api as api
+from strata_api import ResourcePool, TrainingJob
+from strata_operator import lifecycle
 from strata_operator.kube import ApiError, Conflict, custom_path, pod_path, service_path
 from strata_operator.observed import Node, WorkerPod
 from strata_operator.pods import build_service, build_worker_access, build_worker_pods

@@ -1,9 +1,9 @@
 """The cost catalog, as the extender reads it: one catalog, shared with the operator (which prices status.cost
-from it), lives in :mod:`strata_operator.api.catalog`, the contract both sides import."""
+from it), lives in :mod:`strata_api.catalog`, the contract both sides import."""
 
 from __future__ import annotations
 
-from strata_operator.api.catalog import (
+from strata_api.catalog import (
     DEFAULT_CATALOG,
     HOURS_PER_DAY,
     Catalog,

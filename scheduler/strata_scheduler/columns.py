@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from strata_operator.api import GPU_RESOURCES
+from strata_api import GPU_RESOURCES
 from strata_scheduler.model import NodeView
 from strata_scheduler.names import NameTable
 

@@ -22,7 +22,7 @@ from typing import Protocol
 import orjson
 from prometheus_client import CollectorRegistry, Gauge
 
-from strata_operator.api import AMD_GPU, GPUType
+from strata_api import AMD_GPU, GPUType
 from strata_scheduler.forecasts import HIGH, LOW
 from strata_scheduler.state import ClusterState
 

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from strata_operator.api import SCHEDULER_NAME, GPUType
+from strata_api import SCHEDULER_NAME, GPUType
 from strata_scheduler.catalog import Catalog
 from strata_scheduler.columns import host_json
 from strata_scheduler.filtering import FilterOutcome, GroupKey, PinnedGroup, filter_nodes

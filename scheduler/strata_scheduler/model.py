@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from strata_operator.api import (
+from strata_api import (
     ANN_NODE_PRICE,
     GPU_RESOURCES,
     LABEL_ATTEMPT,
@@ -23,7 +23,7 @@ from strata_operator.api import (
     capacity_type_of,
     gpu_type_of,
 )
-from strata_operator.api.catalog import parse_price
+from strata_api.catalog import parse_price
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 

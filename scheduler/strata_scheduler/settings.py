@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from strata_operator.api import catalog as shared_catalog
+from strata_api import catalog as shared_catalog
 
 DEFAULT_CATALOG = shared_catalog.DEFAULT_CATALOG
-"""The price catalog shared with the operator, shipped inside strata_operator.api (so a wheel has it too)."""
+"""The price catalog shared with the operator, shipped inside strata_api (so a wheel has it too)."""
 
 
 @dataclass(frozen=True)

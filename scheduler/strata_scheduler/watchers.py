@@ -19,7 +19,7 @@ import orjson
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from strata_operator.api import GROUP, RESOURCE_POOLS, TRAINING_JOBS, VERSION
+from strata_api import GROUP, RESOURCE_POOLS, TRAINING_JOBS, VERSION
 from strata_scheduler.state import ClusterState
 
 log = logging.getLogger(__name__)

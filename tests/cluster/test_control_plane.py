@@ -9,9 +9,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+import strata_api as api
 from strata_dev.fleet import Pool, node_manifest
 from strata_dev.testing import ClusterHandle, eventually
-from strata_operator import api
 
 
 def gpu_pod(name: str, resource: str, count: int, tolerate_spot: bool = False) -> dict[str, Any]:

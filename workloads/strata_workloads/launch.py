@@ -26,21 +26,21 @@ import time
 from collections.abc import Mapping, Sequence
 from types import FrameType
 
-from strata_workloads.settings import EXIT_BAD_CONFIG, EXIT_ERROR, EXIT_OK, EXIT_PREEMPTED
+from strata_api.workload import ExitCode
 
 TRAIN = ("-m", "strata_workloads.train")
 
 
 def combine(codes: Sequence[int]) -> int:
     """One exit code for the pod from its processes' codes (negative: killed by that signal)."""
-    if all(code == EXIT_OK for code in codes):
-        return EXIT_OK
-    if EXIT_BAD_CONFIG in codes:
-        return EXIT_BAD_CONFIG
-    if all(code in (EXIT_OK, EXIT_PREEMPTED) for code in codes):
-        return EXIT_PREEMPTED
-    first = next(code for code in codes if code not in (EXIT_OK, EXIT_PREEMPTED))
-    return first if first > 0 else EXIT_ERROR
+    if all(code == ExitCode.SUCCEEDED for code in codes):
+        return ExitCode.SUCCEEDED
+    if ExitCode.INVALID_CONFIGURATION in codes:
+        return ExitCode.INVALID_CONFIGURATION
+    if all(code in (ExitCode.SUCCEEDED, ExitCode.CHECKPOINTED) for code in codes):
+        return ExitCode.CHECKPOINTED
+    first = next(code for code in codes if code not in (ExitCode.SUCCEEDED, ExitCode.CHECKPOINTED))
+    return first if first > 0 else ExitCode.ERROR
 
 
 def local_envs(env: Mapping[str, str]) -> list[dict[str, str]]:
@@ -64,7 +64,7 @@ def run(argv: Sequence[str], env: Mapping[str, str], poll_s: float = 0.2) -> int
     while any(code is None for code in codes):
         for i, child in enumerate(children):
             codes[i] = child.poll()
-        failed = [c for c in codes if c not in (None, EXIT_OK, EXIT_PREEMPTED)]
+        failed = [c for c in codes if c not in (None, ExitCode.SUCCEEDED, ExitCode.CHECKPOINTED)]
         if failed:
             forward(signal.SIGTERM, None)
             for i, child in enumerate(children):
@@ -75,7 +75,7 @@ def run(argv: Sequence[str], env: Mapping[str, str], poll_s: float = 0.2) -> int
                     codes[i] = child.wait()
             break
         time.sleep(poll_s)
-    return combine([code if code is not None else EXIT_ERROR for code in codes])
+    return combine([code if code is not None else ExitCode.ERROR for code in codes])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

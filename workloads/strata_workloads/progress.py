@@ -25,11 +25,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from strata_api.workload import Progress, WorkerEnv
+
 log = logging.getLogger(__name__)
 
-ENV_ANNOTATION = "STRATA_PROGRESS_ANNOTATION"
-ENV_POD_NAME = "POD_NAME"
-ENV_POD_NAMESPACE = "POD_NAMESPACE"
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 """Where Kubernetes mounts a pod's ServiceAccount token and the cluster's CA."""
 TIMEOUT_S = 5.0
@@ -58,7 +57,7 @@ class ProgressReporter:
         """The reporter of a worker in a Strata pod; None outside one (a local run, a test without a cluster)."""
         env = os.environ if env is None else env
         host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
-        names = (env.get(ENV_ANNOTATION), env.get(ENV_POD_NAME), env.get(ENV_POD_NAMESPACE))
+        names = (env.get(WorkerEnv.PROGRESS_ANNOTATION), env.get(WorkerEnv.POD_NAME), env.get(WorkerEnv.POD_NAMESPACE))
         token, ca = account_dir / "token", account_dir / "ca.crt"
         if not host or not all(names) or not token.is_file() or not ca.is_file():
             return None
@@ -70,8 +69,7 @@ class ProgressReporter:
     @staticmethod
     def value(step: int, checkpoint_step: int, when: datetime) -> str:
         """The annotation's value, as the operator parses it."""
-        stamp = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return json.dumps({"step": step, "checkpointStep": checkpoint_step, "checkpointTime": stamp})
+        return Progress(step=step, checkpoint_step=checkpoint_step, checkpoint_time=when).encode()
 
     def patch(self, value: str) -> int:
         """Set the annotation; the HTTP status (0 when the API server could not be reached)."""

@@ -11,12 +11,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-# Exit codes the operator acts on.
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_BAD_CONFIG = 2  # layout/batch/settings invalid: retrying cannot help
-EXIT_PREEMPTED = 85  # SIGTERM received, checkpoint saved and complete: reschedule and resume
-
 
 @dataclass(frozen=True)
 class TrainSettings:

@@ -18,6 +18,7 @@ from types import FrameType
 import torch
 import torch.distributed as dist
 
+from strata_api.workload import ExitCode
 from strata_workloads.checkpoint import Checkpointer, TrainState, latest
 from strata_workloads.data import ShardedLoader, build_shards, filter_anomalies, load_documents, stdlib_root
 from strata_workloads.engine import Engine, build_engine
@@ -27,13 +28,7 @@ from strata_workloads.optim import OptimConfig, build_optimizer, train_step
 from strata_workloads.parallelize import ActivationCheckpointing, ParallelizeOptions
 from strata_workloads.pipeline import get_schedule_spec
 from strata_workloads.presets import get_preset
-from strata_workloads.settings import (
-    EXIT_BAD_CONFIG,
-    EXIT_OK,
-    EXIT_PREEMPTED,
-    TrainSettings,
-    load_settings,
-)
+from strata_workloads.settings import TrainSettings, load_settings
 from strata_workloads.telemetry import Progress, TrainMetrics, setup_logging
 
 log = logging.getLogger("strata_workloads.train")
@@ -132,7 +127,7 @@ def run(settings: TrainSettings, env: Mapping[str, str]) -> int:
         log.error("invalid configuration", extra={"error": str(err)})
         if dist.is_initialized():
             dist.destroy_process_group()
-        return EXIT_BAD_CONFIG
+        return ExitCode.INVALID_CONFIGURATION
     mesh = dims.build_mesh(device.type) if distributed else None
     torch.manual_seed(settings.seed)
     options = ParallelizeOptions(activation_checkpointing=ac, compile=settings.compile)
@@ -203,8 +198,10 @@ def run(settings: TrainSettings, env: Mapping[str, str]) -> int:
                 if checkpointer is not None:
                     checkpointer.wait()
                     _save(checkpointer, engine, optimizer, scheduler, loader, settings, world, done, metrics, True)
-                log.warning("preempted: checkpoint saved, exiting", extra={"step": done, "exit_code": EXIT_PREEMPTED})
-                return EXIT_PREEMPTED
+                log.warning(
+                    "preempted: checkpoint saved, exiting", extra={"step": done, "exit_code": ExitCode.CHECKPOINTED}
+                )
+                return ExitCode.CHECKPOINTED
             due = settings.checkpoint_every_steps and done % settings.checkpoint_every_steps == 0
             timed = (
                 settings.checkpoint_every_seconds and time.monotonic() - last_save >= settings.checkpoint_every_seconds
@@ -215,7 +212,7 @@ def run(settings: TrainSettings, env: Mapping[str, str]) -> int:
         if checkpointer is not None and settings.steps > start:
             checkpointer.wait()
             _save(checkpointer, engine, optimizer, scheduler, loader, settings, world, settings.steps, metrics, True)
-        return EXIT_OK
+        return ExitCode.SUCCEEDED
     finally:
         progress.close()
         if checkpointer is not None:

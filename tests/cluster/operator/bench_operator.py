@@ -36,11 +36,11 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
+import strata_api as api
+from strata_api import TrainingJob
 from strata_dev import binaries
 from strata_dev.cluster import ClusterSettings, LocalCluster
 from strata_dev.fleet import create_fleet, load_fleet
-from strata_operator import api
-from strata_operator.api import TrainingJob
 from strata_operator.kube import Kube, custom_path, pod_path
 from strata_operator.pods import build_worker_pods
 from strata_operator.settings import OperatorSettings

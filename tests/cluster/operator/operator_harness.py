@@ -15,9 +15,9 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+import strata_api as api
 from strata_dev.cluster import EXIT_CODE_ANNOTATION, annotate_pods
 from strata_dev.testing import ClusterHandle, eventually
-from strata_operator import api
 from strata_workloads.progress import ProgressReporter
 
 

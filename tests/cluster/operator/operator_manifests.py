@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from strata_operator import api
+import strata_api as api
 
 
 def a_job(

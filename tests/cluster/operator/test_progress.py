@@ -13,8 +13,8 @@ import yaml
 from operator_harness import OperatorProcess, Strata
 from operator_manifests import a_job
 
+import strata_api as api
 from strata_dev.testing import eventually, service_account_kubeconfig
-from strata_operator import api
 from strata_workloads.progress import ProgressReporter
 
 

@@ -9,8 +9,8 @@ from kubernetes.client.exceptions import ApiException
 from operator_harness import OperatorProcess, Strata
 from operator_manifests import a_job
 
+import strata_api as api
 from strata_dev.testing import eventually
-from strata_operator import api
 
 
 def env_of(pod: Any) -> dict[str, str]:

@@ -13,8 +13,8 @@ from kubernetes.client.exceptions import ApiException
 from operator_harness import Strata
 from operator_manifests import a_job
 
+import strata_api as api
 from strata_dev.testing import ClusterHandle
-from strata_operator import api
 
 ROOT = Path(__file__).resolve().parents[3]
 

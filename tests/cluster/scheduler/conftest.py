@@ -65,8 +65,8 @@ def strata_scheduler(
 @pytest.fixture
 def test_fleet(cluster: ClusterHandle) -> Iterator[Callable[..., TestFleet]]:
     """``test_fleet(("h100", "reserved", "us-east-1a"), ...)``: one node per tuple, Ready, removed afterwards."""
+    from strata_api import CapacityType
     from strata_dev.fleet import Pool, node_manifest, wait_nodes_ready
-    from strata_operator.api import CapacityType
 
     core = cluster.core()
     made: list[str] = []

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from strata_api import NODE_CAPACITY_TYPE, NODE_INSTANCE_TYPE
 from strata_dev.testing import ClusterHandle, eventually
-from strata_operator.api import NODE_CAPACITY_TYPE, NODE_INSTANCE_TYPE
 
 TEST_FLEET_LABEL = "strata.dev/test-fleet"
 

@@ -2,7 +2,7 @@
 
 Each test makes its own kwok GPU nodes (``test_fleet``) and keeps its pods on them, so what it asserts is the
 extender's choice, not the state of the shared fleet. Costs come from the shipped catalog
-(operator/strata_operator/api/catalog.yaml), per H100-equivalent GPU-hour: H100 spot 2.75, reserved 4.82,
+(api/strata_api/catalog.yaml), per H100-equivalent GPU-hour: H100 spot 2.75, reserved 4.82,
 on-demand 6.88;
 MI300X spot 2.40 and reserved 4.20 per GPU-hour before dividing by its relative throughput (0.85 at bf16).
 """

@@ -13,10 +13,10 @@ import pytest
 import yaml
 from operator_builders import a_pool, apply_defaults, schema
 
-from strata_operator import api
-from strata_operator.pods import PIPELINE_SCHEDULES, build_worker_pods
+import strata_api as api
+from strata_api.workload import PIPELINE_SCHEDULES, WorkerEnv
+from strata_operator.pods import build_worker_pods
 from strata_operator.settings import OperatorSettings
-from strata_workloads import progress
 from strata_workloads.layout import ParallelDims
 from strata_workloads.pipeline import SCHEDULES
 from strata_workloads.presets import get_preset
@@ -39,7 +39,7 @@ def pod_envs(job: api.TrainingJob) -> list[dict[str, str]]:
 
 
 def test_every_strata_variable_the_operator_sets_is_read_by_the_workload() -> None:
-    known = {env_name(f.name) for f in fields(TrainSettings)} | {progress.ENV_ANNOTATION}
+    known = {env_name(f.name) for f in fields(TrainSettings)} | {WorkerEnv.PROGRESS_ANNOTATION}
     job = job_from(yaml.safe_load(EXAMPLES[0].read_text()))
     for env in pod_envs(job):
         unknown = {k for k in env if k.startswith("STRATA_")} - known - OPERATOR_ONLY

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from operator_builders import a_job, a_pool
 
-from strata_operator import api
-from strata_operator.observed import Progress
-from strata_operator.pods import WorkerEnv, build_worker_pods
+import strata_api as api
+from strata_api.workload import Progress, WorkerEnv
+from strata_operator.pods import build_worker_pods
 from strata_operator.settings import OperatorSettings
 from strata_workloads import progress
 
@@ -22,15 +22,10 @@ def test_the_pod_carries_every_name_the_reporter_reads() -> None:
     job = a_job(name="llm", data=2, tensor=8, status={"phase": "Admitted", "attempt": 1})
     for pod in build_worker_pods(job, a_pool(), OperatorSettings()):
         env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
-        assert env[progress.ENV_ANNOTATION]["value"] == api.ANN_PROGRESS
-        assert env[progress.ENV_POD_NAME]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-        assert env[progress.ENV_POD_NAMESPACE]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+        assert env[WorkerEnv.PROGRESS_ANNOTATION]["value"] == api.ANN_PROGRESS
+        assert env[WorkerEnv.POD_NAME]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+        assert env[WorkerEnv.POD_NAMESPACE]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
         assert pod["spec"]["automountServiceAccountToken"] is True
-    assert (WorkerEnv.PROGRESS_ANNOTATION, WorkerEnv.POD_NAME, WorkerEnv.POD_NAMESPACE) == (
-        progress.ENV_ANNOTATION,
-        progress.ENV_POD_NAME,
-        progress.ENV_POD_NAMESPACE,
-    )
 
 
 def test_the_value_the_workload_writes_is_the_one_the_operator_reads() -> None:
@@ -40,7 +35,7 @@ def test_the_value_the_workload_writes_is_the_one_the_operator_reads() -> None:
 
 
 def test_outside_a_strata_pod_there_is_no_reporter(tmp_path: Path) -> None:
-    env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", progress.ENV_ANNOTATION: api.ANN_PROGRESS}
+    env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", WorkerEnv.PROGRESS_ANNOTATION: api.ANN_PROGRESS}
     assert progress.ProgressReporter.from_environment({}, tmp_path) is None
     assert progress.ProgressReporter.from_environment(env, tmp_path) is None  # no pod name, no token
 

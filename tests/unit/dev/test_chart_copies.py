@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "strata"
 SOURCES = [
     *sorted((ROOT / "crds").glob("*.yaml")),
-    ROOT / "operator" / "strata_operator" / "api" / "catalog.yaml",
+    ROOT / "api" / "strata_api" / "catalog.yaml",
     ROOT / "scheduler" / "config" / "kube-scheduler-config.yaml",
 ]
 

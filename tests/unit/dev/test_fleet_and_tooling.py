@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+import strata_api as api
 from strata_dev import binaries
 from strata_dev.cluster import kubeconfig_yaml, scheduler_config
 from strata_dev.fleet import DEFAULT_FLEET, FleetError, load_fleet, node_manifests
-from strata_operator import api
 
 
 def test_default_fleet_has_every_pool_the_issue_names() -> None:

@@ -14,9 +14,10 @@ from typing import Any
 
 import yaml
 
-from strata_operator import api
-from strata_operator.api import GPUType, ResourcePool, TrainingJob
-from strata_operator.observed import Node, Progress, WorkerPod
+import strata_api as api
+from strata_api import GPUType, ResourcePool, TrainingJob
+from strata_api.workload import Progress
+from strata_operator.observed import Node, WorkerPod
 
 ROOT = Path(__file__).resolve().parents[3]
 CRDS = ROOT / "crds"

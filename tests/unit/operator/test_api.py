@@ -10,7 +10,7 @@ import pytest
 import yaml
 from operator_builders import ROOT, apply_defaults, schema
 
-from strata_operator.api import ResourcePool, TrainingJob
+from strata_api import ResourcePool, TrainingJob
 from strata_operator.settings import OperatorSettings
 
 KINDS = ("trainingjob.yaml", "resourcepool.yaml")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from strata_operator import api
+import strata_api as api
 from strata_operator.fleet import Index, gpu_usage_entry, node_entry, worker_pod_entry
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from operator_builders import a_job, a_node, a_pool, a_worker, at
 
-from strata_operator.api import Phase, format_time
+from strata_api import Phase, format_time
 from strata_operator.lifecycle import Plan, Reason, backoff_s, reconcile
 from strata_operator.observed import WorkerPod
 from strata_operator.settings import OperatorSettings

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from operator_builders import a_job, a_pool
 
-from strata_operator import api
-from strata_operator.api import GPUType
+import strata_api as api
+from strata_api import GPUType
 from strata_operator.pods import build_service, build_worker_access, build_worker_pods, gang_gpu_type, worker_env
 from strata_operator.settings import OperatorSettings
 

@@ -9,8 +9,8 @@ from dataclasses import replace
 
 from operator_builders import a_job, a_pool
 
-from strata_operator import api
-from strata_operator.api import GPUType
+import strata_api as api
+from strata_api import GPUType
 from strata_operator.quotes import Quoter, ordered, quote_template
 from strata_operator.settings import OperatorSettings
 

@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 import pytest
 
-from strata_operator.api.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
+from strata_api.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
 from strata_operator.main import LeanDiffBaseStorage
 from strata_operator.settings import OperatorSettings
 
@@ -79,7 +79,7 @@ def test_a_catalog_flag_points_the_operator_at_another_document(tmp_path: Path) 
 )
 def test_a_nodes_price_annotation_wins_only_when_it_is_a_price(annotation: str | None, expected: float) -> None:
     """One rule for operator and extender: a positive, finite annotation overrides the catalog's row."""
-    from strata_operator.api import ANN_NODE_PRICE, NODE_CAPACITY_TYPE, NODE_INSTANCE_TYPE
+    from strata_api import ANN_NODE_PRICE, NODE_CAPACITY_TYPE, NODE_INSTANCE_TYPE
     from strata_operator.observed import Node
 
     annotations = {ANN_NODE_PRICE: annotation} if annotation is not None else {}

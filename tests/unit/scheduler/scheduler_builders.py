@@ -10,7 +10,7 @@ import copy
 import itertools
 from typing import Any
 
-from strata_operator import api
+import strata_api as api
 
 INSTANCE = {"H100": "p5.48xlarge", "MI300X": "Standard_ND96isr_MI300X_v5"}
 PRODUCT = {"H100": (api.NVIDIA_PRODUCT, "NVIDIA-H100-80GB-HBM3"), "MI300X": (api.AMD_PRODUCT, "AMD_Instinct_MI300X")}

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scheduler_builders import TEST_CATALOG, a_node, a_pod
 
-from strata_operator import api
+import strata_api as api
 from strata_scheduler.catalog import parse_catalog
 from strata_scheduler.columns import RESOURCE_INDEX, NodeColumns, host_json
 from strata_scheduler.filtering import FilterOutcome, HoldBack, PinnedGroup, filter_nodes, filter_nodes_reference

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scheduler_builders import a_node, a_pod, an_extender
 
-from strata_operator import api
+import strata_api as api
 from strata_scheduler.extender import Extender
 from strata_scheduler.server import ExtenderServer
 

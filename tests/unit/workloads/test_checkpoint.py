@@ -10,6 +10,7 @@ import pytest
 import torch
 from workloads_launch import Job, launch
 
+from strata_api.workload import ExitCode
 from strata_workloads import checkpoint as ckpt
 from strata_workloads.checkpoint import MARKER, Checkpointer, TrainState, complete_checkpoints, latest
 from strata_workloads.engine import build_engine
@@ -18,7 +19,6 @@ from strata_workloads.model import Transformer
 from strata_workloads.optim import OptimConfig, build_optimizer
 from strata_workloads.parallelize import ParallelizeOptions
 from strata_workloads.presets import get_preset
-from strata_workloads.settings import EXIT_OK, EXIT_PREEMPTED
 
 
 @pytest.mark.unit
@@ -43,8 +43,8 @@ def _sigterm_resume_reshard(tmp_path: Path, jobs: list[Job]) -> None:
     jobs += [straight, interrupted]
     interrupted.wait_for_step(2)
     interrupted.terminate()
-    assert interrupted.wait() == [EXIT_PREEMPTED, EXIT_PREEMPTED], interrupted.logs[0].read_text()[-3000:]
-    assert straight.wait() == [EXIT_OK, EXIT_OK], straight.logs[0].read_text()[-3000:]
+    assert interrupted.wait() == [ExitCode.CHECKPOINTED, ExitCode.CHECKPOINTED], interrupted.logs[0].read_text()[-3000:]
+    assert straight.wait() == [ExitCode.SUCCEEDED, ExitCode.SUCCEEDED], straight.logs[0].read_text()[-3000:]
     saved = latest(tmp_path / "interrupted")
     assert saved is not None, "SIGTERM left no complete checkpoint"
     stopped_at = int(saved.name.split("-")[1])
@@ -57,8 +57,8 @@ def _sigterm_resume_reshard(tmp_path: Path, jobs: list[Job]) -> None:
     shutil.copytree(tmp_path / "straight" / "step-00000003", resharded_dir / "step-00000003")
     resharded = launch(tmp_path, "resharded", 2, checkpoint_dir=str(resharded_dir), tp="2", model="debug-dense")
     jobs += [resumed, resharded]
-    assert resumed.wait() == [EXIT_OK, EXIT_OK], resumed.logs[0].read_text()[-3000:]
-    assert resharded.wait() == [EXIT_OK, EXIT_OK], resharded.logs[0].read_text()[-3000:]
+    assert resumed.wait() == [ExitCode.SUCCEEDED, ExitCode.SUCCEEDED], resumed.logs[0].read_text()[-3000:]
+    assert resharded.wait() == [ExitCode.SUCCEEDED, ExitCode.SUCCEEDED], resharded.logs[0].read_text()[-3000:]
 
     want = straight.losses()
     assert sorted(want) == [1, 2, 3, 4, 5, 6]

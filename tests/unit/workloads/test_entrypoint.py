@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 from workloads_launch import launch
 
-from strata_workloads.settings import EXIT_BAD_CONFIG
+from strata_api.workload import ExitCode
 
 
 @pytest.mark.unit
 def test_invalid_layout_exits_with_the_bad_config_code_and_names_the_degrees(tmp_path: Path) -> None:
     job = launch(tmp_path, "bad", 1, tp="2", pp="2")
-    assert job.wait(timeout=180) == [EXIT_BAD_CONFIG]
+    assert job.wait(timeout=180) == [ExitCode.INVALID_CONFIGURATION]
     errors = [r for r in job.records() if r.get("msg") == "invalid configuration"]
     assert len(errors) == 1
     assert "tp=2 * pp=2 = 4, but world_size=1" in str(errors[0]["error"])

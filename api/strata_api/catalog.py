@@ -3,7 +3,7 @@
 One YAML document (a ConfigMap key or the chart's values) holds all four tables, so an operator edits prices and
 hazards in one place and neither component needs a code change for a new instance type. Both read it: the
 scheduler extender scores nodes by cost per unit of work, the operator prices ``status.cost`` from the same
-prices. It is part of the shared contract (:mod:`strata_operator.api`), and the default document ships inside
+prices. It is part of the shared contract (:mod:`strata_api`), and the default document ships inside
 the package (:data:`DEFAULT_CATALOG`), so an installed wheel has it too. Loading is strict:
 a wrong value stops start-up with a message naming the entry, because a silently ignored price would quietly
 steer a whole fleet. A price that is simply *absent* is not an error: such nodes get the neutral score (see

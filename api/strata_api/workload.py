@@ -1,0 +1,118 @@
+"""The contract between the operator's worker pods and the bundled workload: what a pod tells its processes and
+what they tell back.
+
+The operator sets these environment variables on each worker (docs/workloads.md), the workload reads them; the
+worker's exit code tells the operator what to do next; a worker reports its progress in the
+:data:`strata_api.ANN_PROGRESS` annotation in the encoding of :class:`Progress`. Both sides import this module, so
+a name exists once. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from strata_api import parse_time
+
+
+class WorkerEnv:
+    """Names of the environment variables the operator sets on a worker and the workload reads
+    (docs/workloads.md)."""
+
+    MASTER_ADDR = "MASTER_ADDR"
+    MASTER_PORT = "MASTER_PORT"
+    WORLD_SIZE = "WORLD_SIZE"
+    RANK = "RANK"
+    """Global rank of the worker's first process; local process ``i`` has rank ``RANK + i``."""
+    LOCAL_WORLD_SIZE = "LOCAL_WORLD_SIZE"
+    NODE_RANK = "NODE_RANK"
+    NNODES = "NNODES"
+    DP_REPLICATE = "STRATA_DP_REPLICATE"
+    DP_SHARD = "STRATA_DP_SHARD"
+    """The job's data degree runs as FSDP (sharded data parallel); replication stays 1."""
+    TENSOR = "STRATA_TP"
+    PIPELINE = "STRATA_PP"
+    EXPERT = "STRATA_EP"
+    PP_MICROBATCHES = "STRATA_PP_MICROBATCHES"
+    PIPELINE_SCHEDULE = "STRATA_PP_SCHEDULE"
+    MODEL = "STRATA_MODEL"
+    GLOBAL_BATCH = "STRATA_GLOBAL_BATCH"
+    MICRO_BATCH = "STRATA_MICRO_BATCH"
+    STEPS = "STRATA_STEPS"
+    PRECISION = "STRATA_PRECISION"
+    ACTIVATION_CHECKPOINTING = "STRATA_AC"
+    MAX_GRAD_NORM = "STRATA_MAX_GRAD_NORM"
+    LEARNING_RATE = "STRATA_LR"
+    CHECKPOINT_DIR = "STRATA_CHECKPOINT_DIR"
+    CHECKPOINT_EVERY_SECONDS = "STRATA_CHECKPOINT_EVERY_SECONDS"
+    CHECKPOINT_EVERY_STEPS = "STRATA_CHECKPOINT_EVERY_STEPS"
+    CHECKPOINT_KEEP = "STRATA_CHECKPOINT_KEEP"
+    METRICS_PORT = "STRATA_METRICS_PORT"
+    LOG_FORMAT = "STRATA_LOG_FORMAT"
+    JOB = "STRATA_JOB"
+    """Operator-only (for logs): the workload ignores it."""
+    ATTEMPT = "STRATA_ATTEMPT"
+    """Operator-only (for logs): the workload ignores it."""
+    PROGRESS_ANNOTATION = "STRATA_PROGRESS_ANNOTATION"
+    """The annotation the workload writes its progress into on its own pod (:data:`strata_api.ANN_PROGRESS`)."""
+    POD_NAME = "POD_NAME"
+    """The pod's own name and namespace (downward API): the pod the workload reports progress on."""
+    POD_NAMESPACE = "POD_NAMESPACE"
+
+
+DOWNWARD_ENV = ((WorkerEnv.POD_NAME, "metadata.name"), (WorkerEnv.POD_NAMESPACE, "metadata.namespace"))
+
+
+PIPELINE_SCHEDULES = {
+    "GPipe": "gpipe",
+    "1F1B": "1f1b",
+    "Interleaved1F1B": "interleaved_1f1b",
+    "InterleavedZeroBubble": "interleaved_zb",
+    "ZeroBubbleV": "zbv",
+}
+"""The API's pipeline schedule names (``spec.parallelism.pipelineSchedule``) and the workload's
+(``STRATA_PP_SCHEDULE``)."""
+
+
+class ExitCode:
+    """What a worker pod's exit code means (docs/workloads.md, "Exit codes"; the launcher combines its processes')."""
+
+    SUCCEEDED = 0
+    ERROR = 1
+    INVALID_CONFIGURATION = 2
+    CHECKPOINTED = 85
+    """SIGTERM received and a complete checkpoint saved: reschedule, it resumes from there."""
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What a worker reports about itself in :data:`strata_api.ANN_PROGRESS`: the step it reached and its last
+    committed checkpoint."""
+
+    step: int | None = None
+    checkpoint_step: int | None = None
+    checkpoint_time: datetime | None = None
+
+    def encode(self) -> str:
+        """The annotation's value, as :meth:`parse` reads it (the time in whole seconds, UTC)."""
+        data: dict[str, object] = {"step": self.step, "checkpointStep": self.checkpoint_step}
+        if self.checkpoint_time is not None:
+            data["checkpointTime"] = self.checkpoint_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return json.dumps(data)
+
+    @classmethod
+    def parse(cls, value: str | None) -> Progress:
+        """Read ``strata.dev/progress``; malformed values report nothing rather than break the reconcile."""
+        try:
+            data = json.loads(value) if value else {}
+        except ValueError:
+            return cls()
+        if not isinstance(data, dict):
+            return cls()
+        step, ckpt = data.get("step"), data.get("checkpointStep")
+        return cls(
+            step=step if isinstance(step, int) and step >= 0 else None,
+            checkpoint_step=ckpt if isinstance(ckpt, int) and ckpt >= 0 else None,
+            checkpoint_time=parse_time(data.get("checkpointTime")),
+        )
