@@ -21,8 +21,6 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 TRAINING_JOB = "TrainingJob"
 TRAINING_JOBS = "trainingjobs"
-INFERENCE_SERVICE = "InferenceService"
-INFERENCE_SERVICES = "inferenceservices"
 RESOURCE_POOL = "ResourcePool"
 RESOURCE_POOLS = "resourcepools"
 

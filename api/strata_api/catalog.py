@@ -56,6 +56,14 @@ class Catalog:
         catalog's row for its instance and capacity type; None when neither prices it."""
         return override if override is not None else self.price(instance_type, capacity_type)
 
+    def gpu_price(
+        self, override: float | None, instance_type: str | None, capacity_type: str | None, gpus: int
+    ) -> float | None:
+        """Dollars per GPU-hour on a node of ``gpus`` allocatable GPUs: its node-hour price (:meth:`node_price`)
+        shared by its GPUs. None when nothing prices the node or it has no GPUs."""
+        price = self.node_price(override, instance_type, capacity_type)
+        return price / gpus if price is not None and gpus > 0 else None
+
     def relative_throughput(self, gpu_type: str, precision: str, override: Mapping[str, float]) -> float | None:
         """Throughput of ``gpu_type`` for a job; the job's own override wins over the catalog."""
         if gpu_type in override:

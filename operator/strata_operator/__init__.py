@@ -1,1 +1,1 @@
-"""Strata operator: kopf handlers for TrainingJob, InferenceService and ResourcePool."""
+"""Strata operator: kopf handlers for TrainingJob and ResourcePool."""

@@ -1,0 +1,96 @@
+"""One way every Strata component builds its settings object: defaults, then environment, then flags.
+
+Each component declares a frozen dataclass whose fields say unit, default and why; :func:`load_settings` turns
+``<PREFIX><FIELD>`` environment variables and ``--field-name`` flags into it, with one set of spellings for
+booleans and one error that names the variable or flag when a value does not parse. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
+FALSE_VALUES = frozenset({"0", "false", "no", "off"})
+
+
+class SettingsError(ValueError):
+    """A setting's value does not parse; the message names the environment variable or flag."""
+
+
+def parse_bool(raw: str) -> bool:
+    """``1/true/yes/on`` and ``0/false/no/off`` (any case); anything else is an error, never a silent False."""
+    value = raw.strip().lower()
+    if value in TRUE_VALUES:
+        return True
+    if value in FALSE_VALUES:
+        return False
+    raise ValueError(f"expected one of {', '.join(sorted(TRUE_VALUES | FALSE_VALUES))}, got {raw!r}")
+
+
+def _split(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _parser_of(hint: Any) -> tuple[Callable[[str], Any], bool]:
+    """How one raw string becomes the field's value, and whether the field is a tuple (repeatable, comma list)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (inner,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return _parser_of(inner)
+    if typing.get_origin(hint) is tuple:
+        return str, True
+    if hint is bool:
+        return parse_bool, False
+    if hint in (int, float, str, Path):
+        return typing.cast(Callable[[str], Any], hint), False
+    raise TypeError(f"a settings field is bool, int, float, str, Path, an optional of one, or tuple[str, ...]: {hint}")
+
+
+def load_settings(
+    cls: type[T],
+    *,
+    env_prefix: str,
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    prog: str | None = None,
+    description: str | None = None,
+) -> T:
+    """Build ``cls`` from its defaults, then ``{env_prefix}{FIELD}`` variables, then ``--field-name`` flags.
+
+    Booleans take ``--flag`` / ``--no-flag`` or ``--flag true``; tuples take a comma list from the environment and
+    a repeatable flag. A value that does not parse raises :class:`SettingsError` naming the variable (flags get
+    argparse's usage error, which names the flag).
+    """
+    env = os.environ if env is None else env
+    hints = typing.get_type_hints(cls)
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(typing.cast(Any, cls)):
+        parse, is_tuple = _parser_of(hints[field.name])
+        variable = f"{env_prefix}{field.name.upper()}"
+        if variable in env:
+            try:
+                values[field.name] = _split(env[variable]) if is_tuple else parse(env[variable])
+            except ValueError as error:
+                raise SettingsError(f"{variable}: {error}") from None
+        flag = "--" + field.name.replace("_", "-")
+        if parse is parse_bool:
+            parser.add_argument(flag, dest=field.name, type=parse_bool, nargs="?", const=True, help=variable)
+            parser.add_argument("--no-" + flag[2:], dest=field.name, action="store_const", const=False)
+        elif is_tuple:
+            parser.add_argument(flag, dest=field.name, action="append", help=f"{variable} (repeatable)")
+        else:
+            parser.add_argument(flag, dest=field.name, type=parse, help=variable)
+    parser.set_defaults(**{field.name: None for field in dataclasses.fields(typing.cast(Any, cls))})
+    for name, value in vars(parser.parse_args(argv)).items():
+        if value is not None:
+            values[name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
