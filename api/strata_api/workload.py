@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from strata_api import parse_time
+from strata_api import format_time, parse_time
 
 
 class WorkerEnv:
@@ -98,7 +98,7 @@ class Progress:
         """The annotation's value, as :meth:`parse` reads it (the time in whole seconds, UTC)."""
         data: dict[str, object] = {"step": self.step, "checkpointStep": self.checkpoint_step}
         if self.checkpoint_time is not None:
-            data["checkpointTime"] = self.checkpoint_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            data["checkpointTime"] = format_time(self.checkpoint_time.astimezone(UTC))
         return json.dumps(data)
 
     @classmethod
