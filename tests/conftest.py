@@ -3,6 +3,9 @@
 `cluster` starts the real local control plane once per session (etcd, kube-apiserver, controller manager,
 kube-scheduler, kwok with the default GPU fleet). With STRATA_USE_EXISTING_CLUSTER=1 it uses the cluster that
 KUBECONFIG points to instead (envtest's convention) and runs kwok locally against it for the fake GPU nodes.
+
+The suite imports with ``--import-mode=importlib``, which leaves ``sys.path`` alone, so the test-support folder
+(``tests/support``: ``cluster_support``) is put on it here, before any test module is imported.
 """
 
 from __future__ import annotations
@@ -10,12 +13,17 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from strata_dev.testing import ClusterHandle
+SUPPORT = str(Path(__file__).resolve().parent / "support")
+if SUPPORT not in sys.path:
+    sys.path.insert(0, SUPPORT)
+
+from cluster_support import ClusterHandle  # noqa: E402
 
 TIERS = ("unit", "cluster", "e2e")
 
@@ -41,7 +49,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterHandle]
         log = tmp_path_factory.mktemp("kwok") / "kwok.log"
         kwok = run_kwok(bin_dir, kubeconfig, log)
         try:
-            handle = ClusterHandle(kubeconfig, bin_dir, None, fleet)
+            handle = ClusterHandle(kubeconfig, bin_dir)
             create_fleet(handle.core(), fleet)
             yield handle
         finally:
@@ -50,7 +58,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterHandle]
         return
     keep = os.environ.get("STRATA_KEEP_CLUSTER_LOGS") == "1"
     with LocalCluster(ClusterSettings(keep_workdir=keep), bin_dir=bin_dir) as local:
-        handle = ClusterHandle(local.kubeconfig, bin_dir, local, fleet)
+        handle = ClusterHandle(local.kubeconfig, bin_dir)
         create_fleet(handle.core(), fleet)
         yield handle
 

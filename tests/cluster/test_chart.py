@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 import yaml
+from cluster_support import ClusterHandle, eventually, service_account_kubeconfig
 
 import strata_api as api
 from strata_dev.cluster import free_port, run_kube_scheduler
-from strata_dev.testing import ClusterHandle, eventually, service_account_kubeconfig
 from strata_scheduler.catalog import load_catalog
 from strata_scheduler.service import ExtenderService, Parts
 from strata_scheduler.settings import Settings

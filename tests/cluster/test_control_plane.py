@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from cluster_support import ClusterHandle, eventually
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 import strata_api as api
 from strata_dev.fleet import Pool, node_manifest
-from strata_dev.testing import ClusterHandle, eventually
 
 
 def gpu_pod(name: str, resource: str, count: int, tolerate_spot: bool = False) -> dict[str, Any]:

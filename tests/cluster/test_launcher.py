@@ -11,10 +11,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from cluster_support import eventually
 
 from strata_dev import binaries
 from strata_dev.cluster import ClusterError, ClusterSettings, LocalCluster
-from strata_dev.testing import eventually
 
 
 def alive(pid: int) -> bool:

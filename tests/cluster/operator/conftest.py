@@ -12,8 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from strata_dev.testing import ClusterHandle
+from cluster_support import ClusterHandle
 
 for folder in (Path(__file__).resolve().parent, Path(__file__).resolve().parents[2] / "unit" / "operator"):
     if str(folder) not in sys.path:

@@ -12,12 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cluster_support import ClusterHandle, eventually
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 import strata_api as api
 from strata_dev.cluster import EXIT_CODE_ANNOTATION, annotate_pods
-from strata_dev.testing import ClusterHandle, eventually
 from strata_workloads.progress import ProgressReporter
 
 

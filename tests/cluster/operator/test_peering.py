@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cluster_support import ClusterHandle, eventually
 from operator_harness import OperatorProcess, Strata
 from operator_manifests import a_job
-
-from strata_dev.testing import ClusterHandle, eventually
 
 
 def paused(log: str) -> bool:

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cluster_support import eventually, service_account_kubeconfig
 from operator_harness import OperatorProcess, Strata
 from operator_manifests import a_job
 
 import strata_api as api
-from strata_dev.testing import eventually, service_account_kubeconfig
 from strata_workloads.progress import ProgressReporter
 
 

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cluster_support import ClusterHandle, running_extender
 from operator_builders import a_pool
 from operator_harness import OperatorProcess, Strata
 from operator_manifests import a_job
 
 from strata_api import GPUType, TrainingJob
-from strata_dev.testing import ClusterHandle, running_extender
 from strata_operator.quotes import quote_template
 from strata_operator.settings import OperatorSettings
 from strata_scheduler.service import ExtenderService

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from cluster_support import eventually
 from kubernetes.client.exceptions import ApiException
 from operator_harness import OperatorProcess, Strata
 from operator_manifests import a_job
 
 import strata_api as api
-from strata_dev.testing import eventually
 
 
 def env_of(pod: Any) -> dict[str, str]:

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 import yaml
+from cluster_support import ClusterHandle
 from kubernetes.client.exceptions import ApiException
 from operator_harness import Strata
 from operator_manifests import a_job
 
 import strata_api as api
-from strata_dev.testing import ClusterHandle
 
 ROOT = Path(__file__).resolve().parents[3]
 

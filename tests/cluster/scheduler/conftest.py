@@ -22,9 +22,9 @@ for folder in (Path(__file__).resolve().parent, Path(__file__).resolve().parents
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
+from cluster_support import ClusterHandle, running_extender  # noqa: E402
 from scheduler_cluster import TEST_FLEET_LABEL, TestFleet  # noqa: E402
 
-from strata_dev.testing import ClusterHandle, running_extender  # noqa: E402
 from strata_scheduler.service import ExtenderService  # noqa: E402
 
 SHIPPED_CONFIG = Path(__file__).resolve().parents[3] / "scheduler" / "config" / "kube-scheduler-config.yaml"

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cluster_support import ClusterHandle, eventually
+
 from strata_api import NODE_CAPACITY_TYPE, NODE_INSTANCE_TYPE
-from strata_dev.testing import ClusterHandle, eventually
 
 TEST_FLEET_LABEL = "strata.dev/test-fleet"
 

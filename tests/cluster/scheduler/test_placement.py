@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 import urllib3
+from cluster_support import ClusterHandle, eventually
 from scheduler_builders import a_pod
 from scheduler_cluster import TestFleet, bound_node, capacity_of, instance_of
 
-from strata_dev.testing import ClusterHandle, eventually
 from strata_scheduler.forecasts import HIGH, Forecast
 from strata_scheduler.service import ExtenderService
 

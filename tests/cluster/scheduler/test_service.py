@@ -14,11 +14,11 @@ from pathlib import Path
 import orjson
 import pytest
 import urllib3
+from cluster_support import ClusterHandle, eventually
 from scheduler_builders import a_pod
 from scheduler_cluster import TestFleet
 
 from strata_dev.cluster import free_port
-from strata_dev.testing import ClusterHandle, eventually
 
 pytestmark = pytest.mark.cluster
 

@@ -1,4 +1,9 @@
-"""Helpers for tests on a cluster: a handle that works for the local cluster and for KUBECONFIG's, and polling."""
+"""Test support for the cluster tiers: a handle that works for the local cluster and for KUBECONFIG's, polling,
+a ServiceAccount's kubeconfig, and the extender in-process.
+
+Tests import it as ``cluster_support``: ``tests/conftest.py`` puts this folder on ``sys.path`` (the suite runs with
+``--import-mode=importlib``, which leaves it alone), and no other test folder has a module of that name.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +26,6 @@ class ClusterHandle:
 
     kubeconfig: Path
     bin_dir: Path
-    local: Any  # strata_dev.cluster.LocalCluster, or None on an existing cluster
-    fleet: Any  # strata_dev.fleet.Fleet
 
     def api_client(self) -> Any:
         from kubernetes import config
