@@ -43,7 +43,8 @@ from strata_workloads.model import Transformer
 from strata_workloads.optim import OptimConfig, build_optimizer, train_step
 from strata_workloads.parallelize import ParallelizeOptions
 from strata_workloads.presets import get_preset
-from strata_workloads.serve import Server, ServeSettings, prepare_model
+from strata_workloads.serve import Server, prepare_model
+from strata_workloads.settings import ServeSettings
 
 
 def train_small(steps: int, seq: int) -> tuple[Transformer, list[list[int]]]:

@@ -4,7 +4,7 @@ the pipeline schedule if any, and forward/backward/clip with the right reduction
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -15,7 +15,7 @@ from strata_workloads.gradnorm import clip_grad_norm_
 from strata_workloads.layout import Meshes, ParallelDims
 from strata_workloads.model import Transformer, cross_entropy_loss
 from strata_workloads.moe import MoE
-from strata_workloads.parallelize import ParallelizeOptions, apply_ac, apply_compile, parallelize
+from strata_workloads.parallelize import ParallelizeOptions, parallelize
 from strata_workloads.pipeline import build_schedule, build_stages
 
 LossScaler = Callable[[torch.Tensor], torch.Tensor]
@@ -23,6 +23,8 @@ LossScaler = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass
 class Engine:
+    """This rank's model parts and how a micro-batch runs through them."""
+
     dims: ParallelDims
     mesh: Meshes | None
     parts: list[nn.Module]
@@ -31,6 +33,7 @@ class Engine:
     has_last_stage: bool
     loss_scale: LossScaler | None = None  # fp16 loss scaling, applied before backward
     grad_accum: int = 1
+    n_microbatches: int = 1  # pipeline micro-batches per micro-batch
 
     def parameters(self) -> list[torch.Tensor]:
         return [p for part in self.parts for p in part.parameters()]
@@ -38,9 +41,7 @@ class Engine:
     def named_parameters(self) -> dict[str, nn.Parameter]:
         return {_clean(n): p for part in self.parts for n, p in part.named_parameters()}
 
-    n_microbatches: int = 1
-
-    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def pipeline_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # The schedule's own scale_grads would divide *all* accumulated grads by n_microbatches at the end of
         # every step() call, compounding under gradient accumulation; scaling each micro-batch loss is exact.
         loss = cross_entropy_loss(logits, targets) / (self.grad_accum * self.n_microbatches)
@@ -109,30 +110,17 @@ def build_engine(
     n_microbatches: int = 1,
     grad_accum: int = 1,
 ) -> Engine:
-    """Parallelize `model` (full, identically initialised on every rank) for `dims`. mesh=None: single process."""
-    if mesh is None:
-        model = model.to(device)
-        apply_ac(model, options.activation_checkpointing)
-        if options.compile:
-            apply_compile(model, options.compile_backend)
-        return Engine(dims, None, [model], None, True, True, grad_accum=grad_accum)
-    if dims.pp == 1:
-        part = parallelize(model.to(device), mesh, dims, options)
-        return Engine(dims, mesh, [part], None, True, True, grad_accum=grad_accum)
-    pp_options = ParallelizeOptions(
-        activation_checkpointing=options.activation_checkpointing,
-        compile=options.compile,
-        compile_backend=options.compile_backend,
-        reshard_after_forward=False,
-        param_dtype=options.param_dtype,
-    )
-    engine = Engine(dims, mesh, [], None, False, False, grad_accum=grad_accum)
+    """Parallelize `model` (full, identically initialised on every rank) for `dims`. mesh=None: single process.
+    Every part, whole model or pipeline stage, goes through `parallelize()`."""
+    model = model.to(device)
+    if mesh is None or dims.pp == 1:
+        return Engine(dims, mesh, [parallelize(model, mesh, dims, options)], None, True, True, grad_accum=grad_accum)
+    # Pipeline stages keep FSDP's parameters gathered between forward and backward of a micro-batch.
+    stage_options = replace(options, reshard_after_forward=False)
     parts, stages = build_stages(
-        model.to(device), mesh["pp"], schedule, device, lambda m: parallelize(m, mesh, dims, pp_options)
+        model, mesh["pp"], schedule, device, lambda part: parallelize(part, mesh, dims, stage_options)
     )
-    engine.parts = parts
-    engine.has_first_stage = any(s.is_first for s in stages)
-    engine.has_last_stage = any(s.is_last for s in stages)
-    engine.n_microbatches = n_microbatches
-    engine.schedule = build_schedule(schedule, stages, n_microbatches, engine._loss)
+    has_first, has_last = any(s.is_first for s in stages), any(s.is_last for s in stages)
+    engine = Engine(dims, mesh, parts, None, has_first, has_last, grad_accum=grad_accum, n_microbatches=n_microbatches)
+    engine.schedule = build_schedule(schedule, stages, n_microbatches, engine.pipeline_loss)
     return engine

@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from types import FrameType
 
-from strata_api.workload import ExitCode
+from strata_api.workload import ExitCode, WorkerEnv
 
 TRAIN = ("-m", "strata_workloads.train")
 
@@ -45,9 +45,9 @@ def combine(codes: Sequence[int]) -> int:
 
 def local_envs(env: Mapping[str, str]) -> list[dict[str, str]]:
     """The environment of each local process."""
-    local = int(env.get("LOCAL_WORLD_SIZE", "1"))
-    base = int(env.get("RANK", "0"))
-    return [{**env, "RANK": str(base + i), "LOCAL_RANK": str(i)} for i in range(local)]
+    local = int(env.get(WorkerEnv.LOCAL_WORLD_SIZE, "1"))
+    base = int(env.get(WorkerEnv.RANK, "0"))
+    return [{**env, WorkerEnv.RANK: str(base + i), "LOCAL_RANK": str(i)} for i in range(local)]
 
 
 def run(argv: Sequence[str], env: Mapping[str, str], poll_s: float = 0.2) -> int:
@@ -81,7 +81,7 @@ def run(argv: Sequence[str], env: Mapping[str, str], poll_s: float = 0.2) -> int
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     env = dict(os.environ)
-    if "LOCAL_RANK" in env or int(env.get("LOCAL_WORLD_SIZE", "1")) <= 1:
+    if "LOCAL_RANK" in env or int(env.get(WorkerEnv.LOCAL_WORLD_SIZE, "1")) <= 1:
         os.execve(sys.executable, [sys.executable, *TRAIN, *args], {**env, "LOCAL_RANK": env.get("LOCAL_RANK", "0")})
     return run(args, env)
 

@@ -1,6 +1,9 @@
 """Apply parallelism to a single-device model, in torchtitan's fixed order:
 expert parallel, tensor parallel, activation checkpointing, torch.compile, then FSDP2.
 
+`parallelize()` is the one place that order lives, for every path: the whole model, each pipeline stage's
+part, and a single process (where only checkpointing and compile apply).
+
 Tensor-parallel plans are data: dicts keyed by module name (relative to the model or to a block).
 """
 
@@ -15,7 +18,7 @@ import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
@@ -162,21 +165,19 @@ def _find_moe(block: nn.Module) -> MoE | None:
     return next((m for m in block.modules() if isinstance(m, MoE)), None)
 
 
-def parallelize(model: nn.Module, mesh: Meshes, dims: ParallelDims, options: ParallelizeOptions) -> nn.Module:
-    """Parallelize one model (or one pipeline stage's part of it) in place and return it."""
-    if dims.ep > 1:
+def parallelize(model: nn.Module, mesh: Meshes | None, dims: ParallelDims, options: ParallelizeOptions) -> nn.Module:
+    """Parallelize one model (or one pipeline stage's part of it) in place and return it. mesh=None: a single
+    process, so only activation checkpointing and compile apply."""
+    if mesh is not None and dims.ep > 1:
         apply_ep(model, mesh["ep"])
-    if dims.tp > 1:
+    if mesh is not None and dims.tp > 1:
         apply_tp(model, mesh["tp"])
     apply_ac(model, options.activation_checkpointing)
     if options.compile:
         apply_compile(model, options.compile_backend)
-    apply_fsdp(model, mesh, dims, options)
+    if mesh is not None:
+        apply_fsdp(model, mesh, dims, options)
     return model
-
-
-def fsdp_modules(parts: list[nn.Module]) -> list[FSDPModule]:
-    return [m for part in parts for m in part.modules() if isinstance(m, FSDPModule)]
 
 
 def param_groups_by_mesh(parts: list[nn.Module]) -> list[dict[str, Any]]:

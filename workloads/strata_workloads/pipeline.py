@@ -22,6 +22,7 @@ from torch.distributed.pipelining.schedules import (
 )
 from torch.distributed.pipelining.stage import _PipelineStageBase
 
+from strata_api.workload import PIPELINE_SCHEDULES
 from strata_workloads.model import Transformer
 
 
@@ -34,12 +35,13 @@ class ScheduleSpec:
 
 
 SCHEDULES: dict[str, ScheduleSpec] = {
-    "gpipe": ScheduleSpec(ScheduleGPipe, 1, "loop"),
-    "1f1b": ScheduleSpec(Schedule1F1B, 1, "loop"),
-    "interleaved_1f1b": ScheduleSpec(ScheduleInterleaved1F1B, 2, "loop"),
-    "interleaved_zb": ScheduleSpec(ScheduleInterleavedZeroBubble, 2, "loop"),
-    "zbv": ScheduleSpec(ScheduleZBVZeroBubble, 2, "v"),
+    PIPELINE_SCHEDULES["GPipe"]: ScheduleSpec(ScheduleGPipe, 1, "loop"),
+    PIPELINE_SCHEDULES["1F1B"]: ScheduleSpec(Schedule1F1B, 1, "loop"),
+    PIPELINE_SCHEDULES["Interleaved1F1B"]: ScheduleSpec(ScheduleInterleaved1F1B, 2, "loop"),
+    PIPELINE_SCHEDULES["InterleavedZeroBubble"]: ScheduleSpec(ScheduleInterleavedZeroBubble, 2, "loop"),
+    PIPELINE_SCHEDULES["ZeroBubbleV"]: ScheduleSpec(ScheduleZBVZeroBubble, 2, "v"),
 }
+"""Keyed by the workload's schedule names (``STRATA_PP_SCHEDULE``), which the contract maps the API's to."""
 
 
 def get_schedule_spec(name: str) -> ScheduleSpec:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-BYTE_VOCAB = 256
 EOS_TOKEN = 256  # one past the byte range: separates documents in the token stream
 
 

@@ -16,8 +16,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,68 +39,10 @@ from strata_workloads.inference import (
     warm_up,
 )
 from strata_workloads.model import Transformer
-from strata_workloads.settings import parse_value
+from strata_workloads.settings import ServeSettings, load_serve_settings
 from strata_workloads.telemetry import setup_logging
 
 log = logging.getLogger("strata_workloads.serve")
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """Field -> env var STRATA_SERVE_<FIELD upper-cased>."""
-
-    model: str = "debug"  # preset the checkpoint was trained with
-    checkpoint: str = ""  # step folder or checkpoint root (newest complete); empty: random weights
-    quantization: str = "none"  # none | int8-weight | int8-dynamic
-    precision: str = "fp32"  # fp32 | bf16: dtype of weights and activations
-    compile: bool = False  # torch.compile the linears (dynamic shapes) during warm-up, before ready
-    host: str = "0.0.0.0"
-    port: int = 8000
-    max_batch: int = 8  # requests decoding together (continuous batching) / texts per scoring call
-    max_wait_ms: float = 5.0  # scoring: how long the first text of a batch waits for company
-    max_queue: int = 64  # waiting requests beyond which new ones get 429
-    max_new_tokens: int = 64  # upper bound a request may ask for
-    max_prompt_bytes: int = 4096
-    drain_seconds: float = 25.0  # SIGTERM: how long in-flight requests may take (below the pod's grace period)
-    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
-
-
-HELP = {
-    "model": "preset the checkpoint was trained with",
-    "checkpoint": "step folder or checkpoint root (newest complete is used); empty: random weights",
-    "quantization": "none | int8-weight | int8-dynamic (torchao)",
-    "precision": "fp32 | bf16: dtype of weights and activations; int8-weight is fast on CPU only with bf16 "
-    "and --compile true",
-    "compile": "true: torch.compile the linears with dynamic shapes; warm-up compiles before /readyz is 200",
-    "host": "listen address",
-    "port": "listen port",
-    "max_batch": "requests decoding together (generation joins and leaves between steps) / texts per scoring call",
-    "max_wait_ms": "scoring only: how long the first text of a batch waits for company (generation never waits)",
-    "max_queue": "waiting requests beyond which new ones get 429",
-    "max_new_tokens": "largest max_new_tokens a request may ask for",
-    "max_prompt_bytes": "longest prompt accepted",
-    "drain_seconds": "on SIGTERM, how long in-flight requests may finish",
-    "threads": "torch intra-op threads; 0 keeps torch's default",
-}
-
-
-def load_serve_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ServeSettings:
-    import argparse
-
-    env = os.environ if env is None else env
-    parser = argparse.ArgumentParser(prog="python -m strata_workloads.serve")
-    values: dict[str, object] = {}
-    for f in fields(ServeSettings):
-        key = f"STRATA_SERVE_{f.name.upper()}"
-        if key in env:
-            values[f.name] = parse_value(f.type, env[key])
-        help_text = f"{HELP[f.name]} (env {key}; default {f.default!r})"
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, help=help_text)
-    kinds = {f.name: f.type for f in fields(ServeSettings)}
-    for name, raw in vars(parser.parse_args(argv)).items():
-        if raw is not None:
-            values[name] = parse_value(kinds[name], raw)
-    return ServeSettings(**values)  # type: ignore[arg-type]
 
 
 class BadRequest(ValueError):

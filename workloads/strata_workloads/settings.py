@@ -1,15 +1,20 @@
-"""Training settings: one object, built once from the environment the operator sets (and flags for local runs).
+"""The settings of each entry point: one object apiece, built once at start-up by strata_api's one loader.
 
-Every STRATA_* variable is documented in docs/workloads.md; the operator sets exactly these.
+Training reads ``STRATA_<FIELD>`` (the variables the operator sets on a worker, docs/workloads.md), serving
+``STRATA_SERVE_<FIELD>``; ``--field-name`` flags override both for local runs. Booleans take the contract's one
+set of spellings (``1/true/yes/on``, ``0/false/no/off``; ``--compile``, ``--no-compile`` or ``--compile true``).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
+
+from strata_api.settings import load_settings
+
+TRAIN_ENV_PREFIX = "STRATA_"
+SERVE_ENV_PREFIX = "STRATA_SERVE_"
 
 
 @dataclass(frozen=True)
@@ -28,7 +33,7 @@ class TrainSettings:
     tp: int = 1
     pp: int = 1
     ep: int = 1
-    pp_schedule: str = "1f1b"  # gpipe | 1f1b | interleaved_1f1b | interleaved_zb | zbv
+    pp_schedule: str = "1f1b"  # a workload name of strata_api.workload.PIPELINE_SCHEDULES (pipeline.SCHEDULES)
     pp_microbatches: int = 2  # pipeline micro-batches per micro_batch
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds dynamic loss scaling)
     ac: str = "none"  # activation checkpointing: none | selective | full
@@ -56,32 +61,36 @@ class TrainSettings:
         return Path(self.checkpoint_dir) if self.checkpoint_dir else None
 
 
-def env_name(field: str) -> str:
-    return f"STRATA_{field.upper()}"
+@dataclass(frozen=True)
+class ServeSettings:
+    """Field -> env var STRATA_SERVE_<FIELD upper-cased>."""
+
+    model: str = "debug"  # preset the checkpoint was trained with
+    checkpoint: str = ""  # step folder or checkpoint root (newest complete); empty: random weights
+    quantization: str = "none"  # none | int8-weight | int8-dynamic (torchao)
+    # fp32 | bf16: dtype of weights and activations; int8-weight is fast on CPU only with bf16 and compile
+    precision: str = "fp32"
+    compile: bool = False  # torch.compile the linears (dynamic shapes) during warm-up, before /readyz is 200
+    host: str = "0.0.0.0"  # listen address
+    port: int = 8000  # listen port
+    max_batch: int = 8  # requests decoding together (continuous batching) / texts per scoring call
+    max_wait_ms: float = 5.0  # scoring only: how long the first text of a batch waits for company
+    max_queue: int = 64  # waiting requests beyond which new ones get 429
+    max_new_tokens: int = 64  # upper bound a request may ask for
+    max_prompt_bytes: int = 4096  # longest prompt accepted
+    drain_seconds: float = 25.0  # SIGTERM: how long in-flight requests may take (below the pod's grace period)
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
 
-def parse_value(kind: object, raw: str) -> object:
-    if kind in (bool, "bool"):
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    if kind in (int, "int"):
-        return int(raw)
-    if kind in (float, "float"):
-        return float(raw)
-    return raw
-
-
-def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> TrainSettings:
+def load_train_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> TrainSettings:
     """Defaults, then STRATA_* env vars, then command-line flags (--steps 10 ...)."""
-    env = os.environ if env is None else env
-    values: dict[str, object] = {}
-    parser = argparse.ArgumentParser(prog="python -m strata_workloads.train")
-    for f in fields(TrainSettings):
-        if env_name(f.name) in env:
-            values[f.name] = parse_value(f.type, env[env_name(f.name)])
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, help=env_name(f.name))
-    args = parser.parse_args(argv)
-    kinds = {f.name: f.type for f in fields(TrainSettings)}
-    for name, raw in vars(args).items():
-        if raw is not None:
-            values[name] = parse_value(kinds[name], raw)
-    return TrainSettings(**values)  # type: ignore[arg-type]
+    return load_settings(
+        TrainSettings, env_prefix=TRAIN_ENV_PREFIX, argv=argv, env=env, prog="python -m strata_workloads.train"
+    )
+
+
+def load_serve_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ServeSettings:
+    """Defaults, then STRATA_SERVE_* env vars, then command-line flags (--port 8080 ...)."""
+    return load_settings(
+        ServeSettings, env_prefix=SERVE_ENV_PREFIX, argv=argv, env=env, prog="python -m strata_workloads.serve"
+    )

@@ -56,7 +56,9 @@ class TrainMetrics:
             start_http_server(port, registry=self.registry)
 
 
-class Progress:
+class StepLogger:
+    """One report per optimizer step: a tqdm bar on rank 0 of a TTY, otherwise a JSON `step` log line."""
+
     def __init__(self, total: int, initial: int, bar: bool) -> None:
         self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True) if bar else None
         self._last = time.monotonic()

@@ -13,7 +13,8 @@ from strata_workloads.continuous import ContinuousBatcher, GenerateRequest, Runn
 from strata_workloads.inference import encode, generate
 from strata_workloads.model import Transformer
 from strata_workloads.presets import get_preset
-from strata_workloads.serve import Server, ServeSettings
+from strata_workloads.serve import Server
+from strata_workloads.settings import ServeSettings
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from strata_workloads.layout import ParallelDims
 from strata_workloads.optim import OptimConfig, warmup_cosine
 from strata_workloads.pipeline import SCHEDULES, layer_split, stage_ids_for_rank
 from strata_workloads.presets import EOS_TOKEN, PRESETS, get_preset
-from strata_workloads.settings import TrainSettings, load_settings
+from strata_workloads.settings import TrainSettings, load_train_settings
 
 
 @pytest.mark.unit
@@ -76,7 +76,7 @@ def test_pipeline_stage_placement() -> None:
 @pytest.mark.unit
 def test_settings_from_env_then_flags() -> None:
     env = {"STRATA_TP": "2", "STRATA_PRECISION": "bf16", "STRATA_COMPILE": "true", "STRATA_LR": "0.001"}
-    settings = load_settings(["--steps", "7", "--tp", "4"], env)
+    settings = load_train_settings(["--steps", "7", "--tp", "4"], env)
     assert settings == TrainSettings(tp=4, precision="bf16", compile=True, lr=0.001, steps=7)
 
 

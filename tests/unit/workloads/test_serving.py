@@ -30,7 +30,8 @@ from strata_workloads.model import KVCache, Transformer
 from strata_workloads.optim import OptimConfig, build_optimizer
 from strata_workloads.parallelize import ParallelizeOptions
 from strata_workloads.presets import get_preset
-from strata_workloads.serve import Server, ServeSettings
+from strata_workloads.serve import Server
+from strata_workloads.settings import ServeSettings
 
 # torchao 0.18 has an invalid escape sequence in a docstring (quant_api.py); Python reports it when it compiles
 # the module from source, which happens here because the environment sets PYTHONDONTWRITEBYTECODE.

@@ -16,7 +16,8 @@ from strata_workloads.batching import DynamicBatcher
 from strata_workloads.inference import Precision, Quantization, encode, generate, prepare, score
 from strata_workloads.model import Transformer
 from strata_workloads.presets import get_preset
-from strata_workloads.serve import Server, ServeSettings, load_serve_settings, prepare_model
+from strata_workloads.serve import Server, prepare_model
+from strata_workloads.settings import ServeSettings, load_serve_settings
 
 pytestmark = [
     # torchao 0.18 has an invalid escape sequence in a docstring (see test_serving.py).

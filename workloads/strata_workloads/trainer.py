@@ -1,0 +1,257 @@
+"""The training loop as a small object: set up once, then step, checkpoint, and stop cleanly on SIGTERM.
+
+`TrainingPlan.of` validates what the settings ask for before anything is built (an error there is exit code 2);
+`Trainer` builds the parallel model, optimizer, data and checkpoints for this process, resumes from the newest
+complete checkpoint, and `fit` trains to `steps`, returning the exit code the operator acts on.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import torch
+import torch.distributed as dist
+
+from strata_api.workload import ExitCode, WorkerEnv
+from strata_workloads.checkpoint import Checkpointer, latest
+from strata_workloads.data import ShardedLoader, build_shards, filter_anomalies, load_documents, stdlib_root
+from strata_workloads.engine import build_engine
+from strata_workloads.layout import ParallelDims
+from strata_workloads.model import Transformer
+from strata_workloads.optim import OptimConfig, StepResult, build_optimizer, train_step
+from strata_workloads.parallelize import ActivationCheckpointing, ParallelizeOptions
+from strata_workloads.pipeline import get_schedule_spec
+from strata_workloads.presets import ModelConfig, get_preset
+from strata_workloads.settings import TrainSettings
+from strata_workloads.telemetry import StepLogger, TrainMetrics
+from strata_workloads.train_state import gather_train_state, restore_train_state
+
+log = logging.getLogger("strata_workloads.train")
+
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Process:
+    """This process's place in the job, from torch's rendezvous variables (docs/workloads.md)."""
+
+    world: int
+    rank: int
+    local_rank: int
+    device: torch.device
+    distributed: bool  # MASTER_ADDR set: one rank of a process group; otherwise a single process
+
+    @classmethod
+    def join(cls, env: Mapping[str, str]) -> Process:
+        """NCCL on NVIDIA and ROCm (RCCL behind the same `cuda` device and `nccl` backend), gloo on CPU."""
+        local_rank = int(env.get("LOCAL_RANK", "0"))
+        device, backend = torch.device("cpu"), "gloo"
+        if torch.cuda.is_available():
+            device, backend = torch.device("cuda", local_rank), "nccl"
+            torch.cuda.set_device(device)
+        distributed = WorkerEnv.MASTER_ADDR in env
+        if distributed:
+            dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+        world, rank = int(env.get(WorkerEnv.WORLD_SIZE, "1")), int(env.get(WorkerEnv.RANK, "0"))
+        return cls(world, rank, local_rank, device, distributed)
+
+    @staticmethod
+    def leave() -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What the settings ask for, validated up front: the layout, the model, and how a step is run."""
+
+    dims: ParallelDims
+    model: ModelConfig
+    grad_accum: int  # micro-batches per optimizer step on each data-parallel rank
+    autocast: torch.dtype | None
+    options: ParallelizeOptions
+    optim: OptimConfig
+
+    @classmethod
+    def of(cls, settings: TrainSettings, world: int) -> TrainingPlan:
+        """Raises ValueError or KeyError naming the setting at fault (exit code 2: retrying cannot help)."""
+        s = settings
+        dp_shard = s.dp_shard or max(1, world // (s.dp_replicate * s.tp * s.pp))
+        dims = ParallelDims(world, s.dp_replicate, dp_shard, s.tp, s.pp, s.ep)
+        seq_len = max(s.seq_len, get_preset(s.model).max_seq_len)
+        model = get_preset(s.model, max_seq_len=seq_len, moe_aux_loss_coef=s.moe_aux_loss_coef)
+        stages_per_rank = get_schedule_spec(s.pp_schedule).stages_per_rank if dims.pp > 1 else 1
+        dims.validate_for_model(model.n_layers, model.n_heads, model.n_experts, stages_per_rank)
+        grad_accum = dims.validate_batch(s.global_batch, s.micro_batch, s.pp_microbatches)
+        autocast = AUTOCAST[s.precision]
+        options = ParallelizeOptions(activation_checkpointing=ActivationCheckpointing(s.ac), compile=s.compile)
+        optim = OptimConfig(
+            lr=s.lr,
+            weight_decay=s.weight_decay,
+            warmup_steps=s.warmup_steps,
+            total_steps=s.steps,
+            min_lr_ratio=s.min_lr_ratio,
+            max_grad_norm=s.max_grad_norm,
+        )
+        return cls(dims, model, grad_accum, autocast, options, optim)
+
+
+class Stop:
+    """SIGTERM (spot reclaim, suspend, eviction) only sets a flag; the loop saves at a step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+    def agreed(self, device: torch.device) -> bool:
+        """True on every rank if any rank was signalled (pods are not signalled at the same instant)."""
+        flag = torch.tensor(1.0 if self.requested else 0.0, device=device)
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+class Trainer:
+    """One process's share of a training run."""
+
+    def __init__(self, settings: TrainSettings, plan: TrainingPlan, process: Process, show_bar: bool) -> None:
+        """Set up: mesh, parallel model (same seed on every rank), optimizer, loss scaling, data, checkpoints;
+        then resume from the newest complete checkpoint."""
+        self.settings, self.plan, self.process = settings, plan, process
+        mesh = plan.dims.build_mesh(process.device.type) if process.distributed else None
+        torch.manual_seed(settings.seed)
+        self.engine = build_engine(
+            Transformer(plan.model),
+            plan.dims,
+            mesh,
+            plan.options,
+            process.device,
+            settings.pp_schedule,
+            settings.pp_microbatches,
+            plan.grad_accum,
+        )
+        self.optimizer, self.scheduler = build_optimizer(self.engine, plan.optim)
+        self.scaler = self._grad_scaler()
+        self.loader = make_loader(settings, plan.dims, mesh["dp"].get_local_rank() if mesh is not None else 0)
+        path = settings.checkpoint_path
+        self.checkpointer = self._checkpointer(path) if path is not None else None
+        self.start = self.resume()
+        self.metrics = TrainMetrics(settings.metrics_port if process.local_rank == 0 else 0)
+        self.stop = Stop()
+        self.step_log = StepLogger(settings.steps, self.start, show_bar)
+        self.last_save = time.monotonic()
+
+    def _grad_scaler(self) -> torch.amp.GradScaler | None:
+        """fp16 only: dynamic loss scaling (sharded across ranks when distributed)."""
+        if self.settings.precision != "fp16":
+            return None
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        device = self.process.device.type
+        scaler = ShardedGradScaler(device) if self.process.distributed else torch.amp.GradScaler(device)
+        self.engine.loss_scale = scaler.scale
+        return scaler
+
+    def _checkpointer(self, root: Path) -> Checkpointer:
+        return Checkpointer(root, self.settings.checkpoint_keep, self.settings.checkpoint_async)
+
+    def resume(self) -> int:
+        """Load the newest complete checkpoint (resharded to this layout); the step to continue from."""
+        found = latest(self.checkpointer.root) if self.checkpointer is not None else None
+        if self.checkpointer is None or found is None:
+            return 0
+        fresh = gather_train_state(0, self.loader, self.settings.data_shards, self.process.world)
+        saved = self.checkpointer.load(found, self.engine.parts, self.optimizer, self.scheduler, fresh)
+        restore_train_state(saved, fresh, self.loader, self.process.rank)
+        log.info("resumed", extra={"checkpoint": str(found), "step": saved.step})
+        return saved.step
+
+    def fit(self) -> int:
+        """Train up to `steps`: ExitCode.SUCCEEDED (final checkpoint saved), or ExitCode.CHECKPOINTED when
+        SIGTERM stopped it after a complete checkpoint of the step it had reached."""
+        steps = self.settings.steps
+        try:
+            for done in range(self.start + 1, steps + 1):
+                self.step(done)
+                if self.stop.agreed(self.process.device):
+                    self.checkpoint(done, blocking=True)
+                    log.warning(
+                        "preempted: checkpoint saved, exiting", extra={"step": done, "exit_code": ExitCode.CHECKPOINTED}
+                    )
+                    return ExitCode.CHECKPOINTED
+                if done < steps and self.checkpoint_due(done):
+                    self.checkpoint(done, blocking=False)
+            if steps > self.start:
+                self.checkpoint(steps, blocking=True)
+            return ExitCode.SUCCEEDED
+        finally:
+            self.step_log.close()
+            if self.checkpointer is not None:
+                self.checkpointer.wait()
+
+    def step(self, done: int) -> StepResult:
+        """One optimizer step over `grad_accum` micro-batches; `done` is the step count it completes."""
+        began = time.monotonic()
+        micro = [self._next_micro_batch() for _ in range(self.plan.grad_accum)]
+        result = train_step(
+            self.engine,
+            micro,
+            self.optimizer,
+            self.scheduler,
+            self.settings.max_grad_norm,
+            self.scaler,
+            self.plan.autocast,
+        )
+        self._record(done, result, time.monotonic() - began)
+        return result
+
+    def _next_micro_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, targets = self.loader.next_batch()
+        return inputs.to(self.process.device), targets.to(self.process.device)
+
+    def _record(self, done: int, result: StepResult, elapsed: float) -> None:
+        tokens_per_s = self.settings.global_batch * self.settings.seq_len / elapsed
+        self.metrics.loss.set(result.loss)
+        self.metrics.step_seconds.set(elapsed)
+        self.metrics.tokens_per_second.set(tokens_per_s)
+        self.metrics.grad_norm.set(result.grad_norm)
+        self.metrics.step.set(done)
+        lr = float(self.scheduler.get_last_lr()[0])
+        self.step_log.update(step=done, loss=result.loss, grad_norm=result.grad_norm, tokens_per_s=tokens_per_s, lr=lr)
+
+    def checkpoint_due(self, done: int) -> bool:
+        """A periodic save: every `checkpoint_every_steps` steps, or `checkpoint_every_seconds` after the last."""
+        s = self.settings
+        by_steps = s.checkpoint_every_steps and done % s.checkpoint_every_steps == 0
+        by_time = s.checkpoint_every_seconds and time.monotonic() - self.last_save >= s.checkpoint_every_seconds
+        return self.checkpointer is not None and bool(by_steps or by_time)
+
+    def checkpoint(self, step: int, *, blocking: bool) -> None:
+        """Save model, optimizer, LR schedule, data position and RNG as of `step` (no-op without a checkpoint
+        dir). Blocking saves (SIGTERM, the end) wait for an in-flight async save first."""
+        if self.checkpointer is None:
+            return
+        if blocking:
+            self.checkpointer.wait()
+        state = gather_train_state(step, self.loader, self.settings.data_shards, self.process.world)
+        self.checkpointer.save(self.engine.parts, self.optimizer, self.scheduler, state, blocking=blocking)
+        self.metrics.checkpoints.inc()
+        self.last_save = time.monotonic()
+
+
+def make_loader(settings: TrainSettings, dims: ParallelDims, dp_rank: int) -> ShardedLoader:
+    """This data-parallel rank's loader over the (anomaly-filtered) corpus."""
+    root = Path(settings.data_dir) if settings.data_dir else stdlib_root()
+    docs = load_documents(root, settings.data_max_docs or None)
+    docs = filter_anomalies(docs, settings.anomaly_contamination, seed=settings.seed)
+    shards = build_shards(docs, settings.data_shards)
+    return ShardedLoader(shards, dp_rank, dims.dp, settings.micro_batch, settings.seq_len)
