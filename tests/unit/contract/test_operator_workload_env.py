@@ -20,7 +20,7 @@ from strata_operator.settings import OperatorSettings
 from strata_workloads.layout import ParallelDims
 from strata_workloads.pipeline import SCHEDULES
 from strata_workloads.presets import get_preset
-from strata_workloads.settings import TrainSettings, env_name, load_settings
+from strata_workloads.settings import TRAIN_ENV_PREFIX, TrainSettings, load_train_settings
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[3] / "examples" / "trainingjobs").glob("*.yaml"))
 OPERATOR_ONLY = {"STRATA_JOB", "STRATA_ATTEMPT"}
@@ -38,8 +38,13 @@ def pod_envs(job: api.TrainingJob) -> list[dict[str, str]]:
     return [{e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"] if "value" in e} for pod in pods]
 
 
+def read_by_the_workload() -> set[str]:
+    """The variables training reads: strata_api.settings.load_settings reads `{prefix}{FIELD}` for each field."""
+    return {f"{TRAIN_ENV_PREFIX}{f.name.upper()}" for f in fields(TrainSettings)} | {WorkerEnv.PROGRESS_ANNOTATION}
+
+
 def test_every_strata_variable_the_operator_sets_is_read_by_the_workload() -> None:
-    known = {env_name(f.name) for f in fields(TrainSettings)} | {WorkerEnv.PROGRESS_ANNOTATION}
+    known = read_by_the_workload()
     job = job_from(yaml.safe_load(EXAMPLES[0].read_text()))
     for env in pod_envs(job):
         unknown = {k for k in env if k.startswith("STRATA_")} - known - OPERATOR_ONLY
@@ -51,7 +56,7 @@ def test_every_pipeline_schedule_of_the_api_is_one_the_workload_runs() -> None:
         "pipelineSchedule"
     ]["enum"]
     assert set(PIPELINE_SCHEDULES) == set(enum)
-    assert set(PIPELINE_SCHEDULES.values()) <= set(SCHEDULES)
+    assert set(PIPELINE_SCHEDULES.values()) == set(SCHEDULES)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
@@ -61,7 +66,7 @@ def test_each_example_job_is_a_layout_the_workload_accepts(path: Path) -> None:
     assert len(envs) == job.spec.workers
     ranks = []
     for env in envs:
-        settings = load_settings([], env)
+        settings = load_train_settings([], env)
         assert settings.tp == job.spec.parallelism.tensor
         assert settings.pp == job.spec.parallelism.pipeline
         assert settings.ep == job.spec.parallelism.expert
