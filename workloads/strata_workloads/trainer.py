@@ -142,8 +142,11 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(self.engine, plan.optim)
         self.scaler = self._grad_scaler()
         self.loader = make_loader(settings, plan.dims, mesh["dp"].get_local_rank() if mesh is not None else 0)
-        path = settings.checkpoint_path
-        self.checkpointer = self._checkpointer(path) if path is not None else None
+        self.checkpointer = (
+            Checkpointer(settings.checkpoint_path, settings.checkpoint_keep, settings.checkpoint_async)
+            if settings.checkpoint_path is not None
+            else None
+        )
         self.start = self.resume()
         self.metrics = TrainMetrics(settings.metrics_port if process.local_rank == 0 else 0)
         self.stop = Stop()
@@ -160,9 +163,6 @@ class Trainer:
         scaler = ShardedGradScaler(device) if self.process.distributed else torch.amp.GradScaler(device)
         self.engine.loss_scale = scaler.scale
         return scaler
-
-    def _checkpointer(self, root: Path) -> Checkpointer:
-        return Checkpointer(root, self.settings.checkpoint_keep, self.settings.checkpoint_async)
 
     def resume(self) -> int:
         """Load the newest complete checkpoint (resharded to this layout); the step to continue from."""
