@@ -9,17 +9,17 @@ from typing import Any, cast
 import kopf
 
 from strata_api.catalog import CatalogError
-from strata_operator import resourcepool, trainingjob
-from strata_operator.fleet import Fleet
-from strata_operator.kube import Kube
-from strata_operator.quotes import Quoter
-from strata_operator.runtime import Runtime
+from strata_api.settings import SettingsError
+from strata_operator.handlers import resourcepool, trainingjob
+from strata_operator.runtime.kube import Kube
+from strata_operator.runtime.quoter import Quoter
+from strata_operator.runtime.shared import Runtime
+from strata_operator.runtime.watches import ClusterCache
 from strata_operator.settings import OperatorSettings
-from strata_operator.trainingjob import FINALIZER
 
 PREFIX = "strata.dev"
 WATCHED_ONLY = frozenset({"Pod", "Node"})
-"""Kinds kopf itself never handles here (the operator watches them in :mod:`strata_operator.fleet`)."""
+"""Kinds kopf itself never handles here (the operator watches them in :mod:`strata_operator.runtime.watches`)."""
 
 
 def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
@@ -34,16 +34,16 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
 
 async def configure(settings: kopf.OperatorSettings, memo: Any, logger: Any, **_: Any) -> None:
     runtime: Runtime = memo.runtime
-    settings.persistence.finalizer = FINALIZER
+    settings.persistence.finalizer = trainingjob.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix=PREFIX, key="last-handled-configuration")
     settings.posting.reporting_component = "strata-operator"
     settings.watching.server_timeout = 300
     runtime.kube = Kube(login(settings))
     runtime.quoter = Quoter(runtime.settings)
-    runtime.fleet = Fleet(runtime.kube, runtime.settings.namespaces, runtime.wake)
-    runtime.fleet.start()
-    await runtime.fleet.wait_synced()  # no admission or reconcile from a half-listed fleet
+    runtime.cache = ClusterCache(runtime.kube, runtime.settings.namespaces, runtime.wake)
+    runtime.cache.start()
+    await runtime.cache.wait_synced()  # no admission or reconcile from half-listed pods and nodes
     if not runtime.settings.standalone:
         await ensure_peering(runtime.kube, runtime.settings)
     runtime.metrics.serve(runtime.settings.metrics_port)
@@ -92,8 +92,8 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
 
 async def close(memo: Any, **_: Any) -> None:
     runtime: Runtime = memo.runtime
-    if runtime.fleet is not None:
-        await runtime.fleet.stop()
+    if runtime.cache is not None:
+        await runtime.cache.stop()
     if runtime.kube is not None:
         await runtime.kube.close()
     if runtime.quoter is not None:
@@ -101,7 +101,10 @@ async def close(memo: Any, **_: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    settings = OperatorSettings.from_args(argv)
+    try:
+        settings = OperatorSettings.from_args(argv)
+    except SettingsError as error:  # a malformed STRATA_OPERATOR_* variable: one line naming it, not a traceback
+        raise SystemExit(f"strata-operator: {error}") from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings.prices  # noqa: B018  (read the catalog now: a bad one stops start-up with its message)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 from strata_api import SCHEDULER_NAME
 from strata_api.catalog import DEFAULT_CATALOG, Catalog, load_catalog
+from strata_api.settings import load_settings
+
+ENV_PREFIX = "STRATA_OPERATOR_"
 
 
 @dataclass(frozen=True)
@@ -70,39 +70,18 @@ class OperatorSettings:
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> OperatorSettings:
-        """Flags win over ``STRATA_OPERATOR_<FIELD>`` environment variables, which win over defaults."""
-        env = os.environ if env is None else env
-        parser = argparse.ArgumentParser(prog="python -m strata_operator", description="Strata's operator.")
-        defaults = cls()
-        for f in fields(cls):
-            flag = "--" + f.name.replace("_", "-")
-            env_value = env.get("STRATA_OPERATOR_" + f.name.upper())
-            default = getattr(defaults, f.name)
-            if isinstance(default, bool):
-                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=_bool(env_value, default))
-            elif isinstance(default, tuple):
-                value = tuple(v for v in (env_value or "").split(",") if v) if env_value else default
-                parser.add_argument(flag, action="append", default=None, help=f"repeatable (default {value})")
-                parser.set_defaults(**{f.name + "__env": value})
-            else:
-                typ = type(default)
-                parser.add_argument(flag, type=typ, default=typ(env_value) if env_value else default)
-        ns = vars(parser.parse_args(argv))
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            if isinstance(getattr(defaults, f.name), tuple):
-                values[f.name] = tuple(ns[f.name]) if ns[f.name] else ns[f.name + "__env"]
-            else:
-                values[f.name] = ns[f.name]
-        return cls(**values)
+        """Flags win over ``STRATA_OPERATOR_<FIELD>`` environment variables, which win over defaults (every Strata
+        component's one loader, :func:`strata_api.settings.load_settings`)."""
+        return load_settings(
+            cls,
+            env_prefix=ENV_PREFIX,
+            argv=argv,
+            env=env,
+            prog="python -m strata_operator",
+            description="Strata's operator: admits TrainingJobs to their ResourcePools and runs their gangs.",
+        )
 
     @cached_property
     def prices(self) -> Catalog:
         """The catalog behind :attr:`catalog`, read once (start-up reads it, so a bad file stops the operator)."""
         return load_catalog(self.catalog)
-
-
-def _bool(value: str | None, default: bool) -> bool:
-    if value is None:
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}

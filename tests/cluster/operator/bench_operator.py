@@ -41,8 +41,8 @@ from strata_api import TrainingJob
 from strata_dev import binaries
 from strata_dev.cluster import ClusterSettings, LocalCluster
 from strata_dev.fleet import create_fleet, load_fleet
-from strata_operator.kube import Kube, custom_path, pod_path
-from strata_operator.pods import build_worker_pods
+from strata_operator.core.pods import build_worker_pods
+from strata_operator.runtime.kube import Kube, custom_path, pod_path
 from strata_operator.settings import OperatorSettings
 
 ROOT = Path(__file__).resolve().parents[3]

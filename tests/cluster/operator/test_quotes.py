@@ -17,7 +17,7 @@ from operator_harness import OperatorProcess, Strata
 from operator_manifests import a_job
 
 from strata_api import GPUType, TrainingJob
-from strata_operator.quotes import quote_template
+from strata_operator.core.quotes import quote_template
 from strata_operator.settings import OperatorSettings
 from strata_scheduler.service import ExtenderService
 

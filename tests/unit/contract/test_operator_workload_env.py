@@ -15,7 +15,7 @@ from operator_builders import a_pool, apply_defaults, schema
 
 import strata_api as api
 from strata_api.workload import PIPELINE_SCHEDULES, WorkerEnv
-from strata_operator.pods import build_worker_pods
+from strata_operator.core.pods import build_worker_pods
 from strata_operator.settings import OperatorSettings
 from strata_workloads.layout import ParallelDims
 from strata_workloads.pipeline import SCHEDULES

@@ -16,7 +16,7 @@ from operator_builders import a_pool, job_body
 
 import strata_api as api
 from strata_dev.cluster import free_port
-from strata_operator.pods import TRAIN_COMMAND, build_worker_pods
+from strata_operator.core.pods import TRAIN_COMMAND, build_worker_pods
 from strata_operator.settings import OperatorSettings
 from strata_workloads.launch import combine
 

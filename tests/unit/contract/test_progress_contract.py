@@ -13,7 +13,7 @@ from operator_builders import a_job, a_pool
 
 import strata_api as api
 from strata_api.workload import Progress, WorkerEnv
-from strata_operator.pods import build_worker_pods
+from strata_operator.core.pods import build_worker_pods
 from strata_operator.settings import OperatorSettings
 from strata_workloads import progress
 

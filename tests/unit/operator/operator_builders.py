@@ -17,7 +17,7 @@ import yaml
 import strata_api as api
 from strata_api import GPUType, ResourcePool, TrainingJob
 from strata_api.workload import Progress
-from strata_operator.observed import Node, WorkerPod
+from strata_operator.core.observed import Node, WorkerPod
 
 ROOT = Path(__file__).resolve().parents[3]
 CRDS = ROOT / "crds"

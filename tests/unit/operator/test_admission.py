@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from operator_builders import T0, a_node, a_pool, at
 
 from strata_api import GPUType, ResourcePool
-from strata_operator.admission import AdmittedGang, GangRequest, Reason, admit
-from strata_operator.observed import Node
+from strata_operator.core.admission import AdmittedGang, GangRequest, Reason, admit
+from strata_operator.core.observed import Node
 
 H100, MI300X = GPUType.H100, GPUType.MI300X
 

@@ -11,6 +11,7 @@ import yaml
 from operator_builders import ROOT, apply_defaults, schema
 
 from strata_api import ResourcePool, TrainingJob
+from strata_api.settings import SettingsError
 from strata_operator.settings import OperatorSettings
 
 KINDS = ("trainingjob.yaml", "resourcepool.yaml")
@@ -83,3 +84,10 @@ def test_settings_come_from_flags_over_environment_over_defaults() -> None:
     assert settings.namespaces == ("a", "b")
     assert settings.standalone is True
     assert OperatorSettings.from_args([], env={}) == OperatorSettings()
+
+
+def test_a_malformed_environment_value_is_an_error_naming_the_variable() -> None:
+    with pytest.raises(SettingsError, match="STRATA_OPERATOR_STANDALONE"):
+        OperatorSettings.from_args([], env={"STRATA_OPERATOR_STANDALONE": "maybe"})
+    with pytest.raises(SettingsError, match="STRATA_OPERATOR_BACKOFF_BASE_S"):
+        OperatorSettings.from_args([], env={"STRATA_OPERATOR_BACKOFF_BASE_S": "ten"})

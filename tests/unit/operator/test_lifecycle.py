@@ -9,8 +9,8 @@ import pytest
 from operator_builders import a_job, a_node, a_pool, a_worker, at
 
 from strata_api import Phase, format_time
-from strata_operator.lifecycle import Plan, Reason, backoff_s, reconcile
-from strata_operator.observed import WorkerPod
+from strata_operator.core.lifecycle import Plan, Reason, backoff_s, reconcile
+from strata_operator.core.observed import WorkerPod
 from strata_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings(backoff_base_s=10, backoff_max_s=60, start_timeout_s=300)

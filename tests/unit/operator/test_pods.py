@@ -9,7 +9,7 @@ from operator_builders import a_job, a_pool
 
 import strata_api as api
 from strata_api import GPUType
-from strata_operator.pods import build_service, build_worker_access, build_worker_pods, gang_gpu_type, worker_env
+from strata_operator.core.pods import build_service, build_worker_access, build_worker_pods, gang_gpu_type, worker_env
 from strata_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings()

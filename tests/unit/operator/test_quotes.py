@@ -11,7 +11,8 @@ from operator_builders import a_job, a_pool
 
 import strata_api as api
 from strata_api import GPUType
-from strata_operator.quotes import Quoter, ordered, quote_template
+from strata_operator.core.quotes import ordered, quote_template
+from strata_operator.runtime.quoter import Quoter
 from strata_operator.settings import OperatorSettings
 
 H100, MI300X = GPUType.H100, GPUType.MI300X

@@ -80,7 +80,7 @@ def test_a_catalog_flag_points_the_operator_at_another_document(tmp_path: Path) 
 def test_a_nodes_price_annotation_wins_only_when_it_is_a_price(annotation: str | None, expected: float) -> None:
     """One rule for operator and extender: a positive, finite annotation overrides the catalog's row."""
     from strata_api import ANN_NODE_PRICE, NODE_CAPACITY_TYPE, NODE_INSTANCE_TYPE
-    from strata_operator.observed import Node
+    from strata_operator.core.observed import Node
 
     annotations = {ANN_NODE_PRICE: annotation} if annotation is not None else {}
     node = Node.from_body(

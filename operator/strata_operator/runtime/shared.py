@@ -1,4 +1,5 @@
-"""What the handlers share while the operator runs: settings, the API client, metrics and wake-ups.
+"""What the handlers share while the operator runs: settings, the API client, the pod and node caches, metrics,
+quotes and wake-ups (:class:`Runtime`, in kopf's memo), and how handlers read kopf's indices.
 
 Nothing here is state a restart would need: jobs, queues and admissions live in the cluster.
 """
@@ -10,10 +11,10 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from strata_operator.fleet import Fleet
-from strata_operator.kube import Kube
-from strata_operator.metrics import Metrics
-from strata_operator.quotes import Quoter
+from strata_operator.runtime.kube import Kube
+from strata_operator.runtime.metrics import Metrics
+from strata_operator.runtime.quoter import Quoter
+from strata_operator.runtime.watches import ClusterCache
 from strata_operator.settings import OperatorSettings
 
 T = TypeVar("T")
@@ -55,14 +56,15 @@ class Runtime:
     settings: OperatorSettings
     metrics: Metrics = field(default_factory=Metrics)
     kube: Kube | None = None
-    fleet: Fleet | None = None
+    cache: ClusterCache | None = None
     """Pods and nodes, from the operator's own watches; None until start-up."""
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+    """Each job daemon's wake-up, by job key (``namespace/name``); how many there are is how many jobs are followed."""
     last_admission: float = 0.0
     admission_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """One admission pass at a time, however many pool timers fire."""
     creating: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(GANGS_CREATING))
     """Gangs whose objects are being created at once (first come, first served)."""
-    """One admission pass at a time, however many pool timers fire."""
     quoter: Quoter | None = None
     """The scheduler extender's GPU type quotes (``gpuType: Any``); None until start-up."""
     queue_written: dict[str, float] = field(default_factory=dict)
@@ -75,10 +77,10 @@ class Runtime:
         return self.kube
 
     @property
-    def observed(self) -> Fleet:
-        if self.fleet is None:
+    def observed(self) -> ClusterCache:
+        if self.cache is None:
             raise RuntimeError("the operator has not started watching pods and nodes yet")
-        return self.fleet
+        return self.cache
 
     def wake(self, key: str) -> None:
         event = self.wakeups.get(key)

@@ -1,11 +1,12 @@
-"""The operator's own pod and node caches: what a watch event does to the indices admission and daemons read."""
+"""The operator's pod and node caches (runtime.watches): what a watch event does to the indices admission and
+daemons read."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import strata_api as api
-from strata_operator.fleet import Index, gpu_usage_entry, node_entry, worker_pod_entry
+from strata_operator.runtime.watches import Index, gpu_usage_entry, node_entry, worker_pod_entry
 
 
 def pod(
@@ -46,10 +47,12 @@ def test_a_pod_moves_between_keys_when_it_changes_and_leaves_when_deleted() -> N
     assert len(usage) == 0
 
 
-def test_replace_swaps_the_whole_index_and_reports_every_key_it_touched() -> None:
+def test_a_fresh_list_swaps_the_whole_index_and_reports_every_key_it_touched() -> None:
     pods: Index[Any] = Index(worker_pod_entry)
     pods.upsert("u1", pod("train-worker-0", uid="u1"))
-    touched = pods.replace([pod("other-worker-0", uid="u9", job="other")])
+    fresh = pods.empty()  # a re-list fills a fresh index page by page, then swaps it in
+    fresh.upsert("u9", pod("other-worker-0", uid="u9", job="other"))
+    touched = pods.take(fresh)
     assert touched == {"team/train", "team/other"}
     assert list(pods) == ["team/other"]
     assert [p.name for p in pods["team/other"]] == ["other-worker-0"]
@@ -78,3 +81,13 @@ def test_nodes_are_indexed_by_name() -> None:
     assert node.name == "h0"
     assert node.schedulable
     assert node.allocatable_gpus == 8
+
+
+def test_a_node_offers_admission_only_the_gpus_of_its_own_type() -> None:
+    labels = {api.NVIDIA_PRODUCT: "NVIDIA-H100-80GB-HBM3", api.NODE_CAPACITY_TYPE: "spot"}
+    body = {"metadata": {"name": "h0", "labels": labels}, "status": {"allocatable": {"amd.com/gpu": "8"}}}
+    (node,) = node_entry(body).values()
+    assert node.gpu_type == api.GPUType.H100
+    assert node.allocatable_gpus == 0  # labelled H100, advertising AMD GPUs: nothing admission can use
+    assert node.capacity_type == "spot"
+    assert not node.schedulable  # not Ready

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from strata_api import GPUType, ResourcePool, TrainingJob
-from strata_operator.observed import Node
+from strata_operator.core.observed import Node
 
 
 @dataclass(frozen=True)

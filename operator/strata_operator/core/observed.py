@@ -11,7 +11,7 @@ from typing import Any
 
 import strata_api as api
 from strata_api import GPUType
-from strata_api.catalog import parse_price
+from strata_api.nodes import NodeFacts, parse_count
 from strata_api.workload import Progress
 
 
@@ -48,8 +48,8 @@ class WorkerPod:
         gates = [g.get("name", "") for g in spec.get("schedulingGates") or ()]
         return cls(
             name=meta.get("name", ""),
-            index=_int(labels.get(api.LABEL_WORKER_INDEX)),
-            attempt=_int(labels.get(api.LABEL_ATTEMPT)),
+            index=parse_count(labels.get(api.LABEL_WORKER_INDEX)),
+            attempt=parse_count(labels.get(api.LABEL_ATTEMPT)),
             phase=status.get("phase") or "Pending",
             node=spec.get("nodeName"),
             gated=api.SCHEDULING_GATE in gates,
@@ -65,7 +65,8 @@ class WorkerPod:
 
 @dataclass(frozen=True, slots=True)
 class Node:
-    """A node as admission and accounting see it."""
+    """A node as admission and accounting see it: a slim, immutable slice of :class:`strata_api.nodes.NodeFacts`
+    (thousands of them sit in the node cache)."""
 
     name: str
     gpu_type: GPUType | None
@@ -79,38 +80,19 @@ class Node:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Node:
-        meta, spec, status = body.get("metadata", {}), body.get("spec") or {}, body.get("status") or {}
-        labels = meta.get("labels") or {}
-        gpu = api.gpu_type_of(labels)
-        allocatable = (status.get("allocatable") or {}).get(gpu.resource, "0") if gpu else "0"
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
-        capacity = api.capacity_type_of(labels)
-        price = parse_price((meta.get("annotations") or {}).get(api.ANN_NODE_PRICE))
+        return cls.from_facts(NodeFacts.from_body(body))
+
+    @classmethod
+    def from_facts(cls, facts: NodeFacts) -> Node:
+        """The operator's slice of the one node reader: allocatable GPUs count only the resource of the node's own
+        GPU type (its product label), so a node labelled H100 that advertises AMD GPUs offers admission none."""
+        gpu = facts.gpu_type
         return cls(
-            name=meta.get("name", ""),
+            name=facts.name,
             gpu_type=gpu,
-            capacity_type=capacity.value if capacity else None,
-            allocatable_gpus=_int(allocatable),
-            schedulable=ready and not spec.get("unschedulable", False),
-            price_per_hour=price,
-            instance_type=labels.get(api.NODE_INSTANCE_TYPE),
+            capacity_type=facts.capacity_type.value if facts.capacity_type else None,
+            allocatable_gpus=facts.allocatable_gpus.get(gpu.resource, 0) if gpu else 0,
+            schedulable=facts.schedulable,
+            price_per_hour=facts.price_override,
+            instance_type=facts.instance_type,
         )
-
-
-def gpu_request(body: Mapping[str, Any]) -> int:
-    """GPUs (of either vendor) a pod holds on its node; 0 once it finished (its GPUs are free again)."""
-    if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-        return 0
-    total = 0
-    for container in (body.get("spec") or {}).get("containers") or ():
-        resources = container.get("resources") or {}
-        requests = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
-        total += sum(_int(requests.get(name)) for name in api.GPU_RESOURCES)
-    return total
-
-
-def _int(value: object) -> int:
-    try:
-        return int(str(value))
-    except ValueError:
-        return 0

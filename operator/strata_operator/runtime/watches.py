@@ -5,12 +5,12 @@ or more times as it is created, ungated, bound and started, and every node's hea
 fields of each. Through kopf every one of those events was decoded by the standard json module, wrapped, run
 through kopf's change detection and three handlers: most of the operator's CPU when gangs start at scale. Here
 one watch per kind decodes each event with orjson straight into the small summaries of
-:mod:`strata_operator.observed`, keeps them in indices shaped like kopf's (key -> the values of the objects under
+:mod:`strata_operator.core.observed`, keeps them in indices shaped like kopf's (key -> the values of the objects under
 it, so admission and the job daemons read them the same way), and wakes the daemon of a job whose pod changed.
 
 Each loop lists (in pages), then watches from the list's resourceVersion; an expired watch (410 Gone) or a
 failure lists again, replacing the whole index at once, so readers never see half a list. Admission and the job
-daemons wait for :attr:`Fleet.synced`: a pass over an empty pod index would count every GPU free.
+daemons wait for :attr:`ClusterCache.synced`: a pass over an empty pod index would count every GPU free.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 import strata_api as api
-from strata_operator.kube import ApiError, Kube
-from strata_operator.observed import Node, WorkerPod, gpu_request
+from strata_api.nodes import gpus_held
+from strata_operator.core.observed import Node, WorkerPod
+from strata_operator.runtime.kube import ApiError, Kube
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -64,13 +65,6 @@ class Index(Mapping[str, Collection[T]], Generic[T]):
                     del self._by_key[key]
         return keys
 
-    def replace(self, bodies: Sequence[Mapping[str, Any]]) -> set[str]:
-        """The whole index from a fresh list, swapped in at once; every key that was or is present."""
-        fresh = self.empty()
-        for body in bodies:
-            fresh.upsert(_uid(body), body)
-        return self.take(fresh)
-
     def empty(self) -> Index[T]:
         """A new, empty index with the same function, to fill from a list and then :meth:`take`."""
         return Index(self._extract)
@@ -103,7 +97,6 @@ class Informer:
     ) -> None:
         self.kube, self.path, self.indices, self.changed = kube, path, indices, changed
         self.synced = asyncio.Event()
-        self.relists = 0
 
     async def run(self) -> None:
         backoff = 0.5
@@ -132,7 +125,6 @@ class Informer:
         touched: set[str] = set()
         for index, filled in zip(self.indices, fresh, strict=True):
             touched |= index.take(filled)
-        self.relists += 1
         self.synced.set()
         self.changed(touched)
         return version
@@ -161,7 +153,7 @@ class Informer:
         return version
 
 
-class Fleet:
+class ClusterCache:
     """Worker pods by job, nodes by name, and GPUs held per node (by any bound, unfinished pod)."""
 
     def __init__(self, kube: Kube, namespaces: Sequence[str], wake: Callable[[str], None]) -> None:
@@ -208,7 +200,7 @@ def worker_pod_entry(body: Mapping[str, Any]) -> dict[str, WorkerPod] | None:
 def gpu_usage_entry(body: Mapping[str, Any]) -> dict[str, int] | None:
     """GPUs held on a node by a bound, unfinished pod, Strata's or anyone's."""
     node = (body.get("spec") or {}).get("nodeName")
-    gpus = gpu_request(body) if node else 0
+    gpus = gpus_held(body) if node else 0
     return {str(node): gpus} if gpus > 0 else None
 
 

@@ -13,10 +13,10 @@ import kopf
 
 import strata_api as api
 from strata_api import ResourcePool
-from strata_operator.kube import ApiError, custom_path
-from strata_operator.queueing import admission_pass, pool_status
-from strata_operator.runtime import IndexOf, Runtime
-from strata_operator.trainingjob import JobEntry
+from strata_operator.runtime.admission_pass import admission_pass, pool_status
+from strata_operator.runtime.jobs import JobEntry
+from strata_operator.runtime.kube import ApiError, custom_path
+from strata_operator.runtime.shared import IndexOf, Runtime
 
 
 async def index_resourcepools(body: kopf.Body, name: str, logger: Any, **_: Any) -> dict[str, ResourcePool] | None:

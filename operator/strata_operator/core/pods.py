@@ -298,8 +298,3 @@ def _checkpoint_volume(job: TrainingJob) -> dict[str, Any]:
     if claim:
         return {"name": "checkpoints", "persistentVolumeClaim": {"claimName": claim}}
     return {"name": "checkpoints", "emptyDir": {}}
-
-
-def without_gate(gates: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """The pod's scheduling gates with Strata's removed (other controllers' gates stay)."""
-    return [g for g in gates or () if g.get("name") != api.SCHEDULING_GATE]

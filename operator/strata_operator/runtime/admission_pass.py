@@ -11,13 +11,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from strata_api import GPUType, Phase, ResourcePool, TrainingJob, format_time, parse_time
-from strata_operator.admission import AdmittedGang, Decision, GangRequest, Waiting, admit
-from strata_operator.lifecycle import Reason
-from strata_operator.observed import Node, WorkerPod
-from strata_operator.pods import gang_gpu_type
-from strata_operator.runtime import IndexOf, Runtime
-from strata_operator.status import NORMAL, PREEMPTED, WARNING, StatusDraft
-from strata_operator.trainingjob import JobEntry, patch_status
+from strata_operator.core.admission import AdmittedGang, Decision, GangRequest, Waiting, admit
+from strata_operator.core.lifecycle import Reason
+from strata_operator.core.observed import Node, WorkerPod
+from strata_operator.core.pods import gang_gpu_type
+from strata_operator.core.status import NORMAL, PREEMPTED, WARNING, StatusDraft
+from strata_operator.runtime.jobs import JobEntry, patch_status
+from strata_operator.runtime.shared import IndexOf, Runtime
 
 POSITION_REFRESH_S = 10.0
 """Queue positions shift at every admission; a job's position is rewritten at most this often."""

@@ -1,6 +1,6 @@
 """One TrainingJob's life cycle as a pure function: from the job, its pods and the nodes, what to do next.
 
-Admission (Queued -> Admitted, and preemption) is decided in :mod:`strata_operator.admission`; everything else a
+Admission (Queued -> Admitted, and preemption) is decided in :mod:`strata_operator.core.admission`; everything else a
 job goes through is decided here:
 
 - Admitted: create the gang's pods (gated), then lift every gate at once; Running when every worker runs.
@@ -20,10 +20,10 @@ from datetime import datetime, timedelta
 
 from strata_api import Phase, ResourcePool, TrainingJob, format_time
 from strata_api.workload import ExitCode
-from strata_operator.observed import Node, WorkerPod
-from strata_operator.pods import expected_runtime_s, worker_name
+from strata_operator.core.observed import Node, WorkerPod
+from strata_operator.core.pods import expected_runtime_s, worker_name
+from strata_operator.core.status import NORMAL, WARNING, StatusDraft
 from strata_operator.settings import OperatorSettings
-from strata_operator.status import NORMAL, WARNING, StatusDraft
 
 
 class Reason:
@@ -355,9 +355,9 @@ def _account(
 ) -> None:
     """GPU-seconds and dollars since the last accounting, for the workers running on known nodes.
 
-    A worker costs its share of its node's hourly price (``gpusPerWorker / allocatable GPUs``): the node's own
-    price annotation, else the price catalog's row for its instance and capacity type (the extender's catalog).
-    A node priced by neither costs nothing rather than a guess."""
+    A worker costs ``gpusPerWorker`` times its node's price per GPU-hour (:meth:`strata_api.catalog.Catalog.gpu_price`:
+    the node's own price annotation, else the price catalog's row for its instance and capacity type, shared by its
+    allocatable GPUs). A node priced by neither costs nothing rather than a guess."""
     since = job.status.accounted_at
     if since is None or now <= since:
         return
@@ -368,9 +368,11 @@ def _account(
         node = nodes.get(p.node or "")
         if node is None or node.gpu_type is None:
             continue
-        node_hour = settings.prices.node_price(node.price_per_hour, node.instance_type, node.capacity_type)
-        if node_hour is not None and node.allocatable_gpus:
-            dollars_per_hour += node_hour * per_worker / node.allocatable_gpus
+        gpu_hour = settings.prices.gpu_price(
+            node.price_per_hour, node.instance_type, node.capacity_type, node.allocatable_gpus
+        )
+        if gpu_hour is not None:
+            dollars_per_hour += gpu_hour * per_worker
     plan.gpu_seconds = job.spec.resources.gpus * seconds
     plan.cost = dollars_per_hour * seconds / 3600.0
     plan.status.set("gpuSeconds", round(job.status.gpu_seconds + plan.gpu_seconds, 3))

@@ -1,0 +1,67 @@
+"""TrainingJobs as the operator holds them in memory, and the one way their status is written.
+
+The job index (kopf's, filled by :mod:`strata_operator.handlers.trainingjob`) holds a :class:`JobEntry` per job;
+the admission pass and each job's daemon write status through :func:`patch_status`, guarded by the
+resourceVersion they read, so a stale view never writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import kopf
+
+import strata_api as api
+from strata_api import TrainingJob
+from strata_operator.core.status import Event
+from strata_operator.runtime.kube import ApiError, Conflict, custom_path
+from strata_operator.runtime.shared import Runtime
+
+
+@dataclass(frozen=True)
+class JobEntry:
+    """A TrainingJob as the index holds it: the typed view, its raw status and its resourceVersion."""
+
+    job: TrainingJob
+    status: Mapping[str, Any]
+    resource_version: str
+    finalized: bool = True
+    """kopf's finalizer is on the job: its first patch is done, so a guarded write will not race it."""
+
+    @property
+    def ref(self) -> dict[str, Any]:
+        """What kopf needs to post an event about the job."""
+        return {
+            "apiVersion": api.API_VERSION,
+            "kind": api.TRAINING_JOB,
+            "metadata": {"name": self.job.name, "namespace": self.job.namespace, "uid": self.job.uid},
+        }
+
+    @property
+    def status_path(self) -> str:
+        return custom_path(api.GROUP, api.VERSION, api.TRAINING_JOBS, self.job.name, self.job.namespace) + "/status"
+
+
+def post_event(entry: JobEntry, event: Event) -> None:
+    """An Event about the job (kopf posts it in the background)."""
+    target = kopf.Body(cast(kopf.RawBody, entry.ref))
+    kopf.event(target, type=event.type, reason=event.reason, message=event.message)
+
+
+async def patch_status(runtime: Runtime, entry: JobEntry, patch: Mapping[str, Any], events: list[Event]) -> bool:
+    """Write a status change if the job is still what we read; False when it changed meanwhile."""
+    if patch:
+        body = {"metadata": {"resourceVersion": entry.resource_version}, "status": dict(patch)}
+        try:
+            await runtime.api.merge_patch(entry.status_path, body)
+        except Conflict:
+            return False
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+    for event in events:
+        post_event(entry, event)
+    return True
