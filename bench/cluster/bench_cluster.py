@@ -16,10 +16,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from kubernetes import client, config
-
 from strata_dev import binaries
-from strata_dev.cluster import ClusterSettings, LocalCluster
+from strata_dev.cluster import ClusterSettings, LocalCluster, core_api
 from strata_dev.fleet import Fleet, create_fleet, load_fleet
 
 
@@ -52,7 +50,7 @@ def main() -> None:
     rows.append((f"warm cluster start, median of {args.starts}", f"{statistics.median(starts):.1f} s"))
 
     with LocalCluster(ClusterSettings(), bin_dir=bin_dir) as cluster:
-        core = client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig)))
+        core = core_api(cluster.kubeconfig)
         small = load_fleet()
         create_fleet(core, small)
         time.sleep(5)

@@ -28,7 +28,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -64,14 +64,12 @@ class ClusterSettings:
     """Longest wait for one component to become healthy; a cold etcd on a slow disk needs a few seconds."""
     api_qps: int = 200
     """Client QPS for controllers, scheduler and kwok; upstream defaults (20) throttle 1,000-node fleets."""
-    die_with_parent: bool = True
-    """Kill every component if the launching process dies (SIGKILL included)."""
-    extra_apiserver_args: list[str] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     """Fixed ports by component (etcd, etcd-peer, apiserver, cm, scheduler, kwok); the rest are picked free."""
 
 
 def free_port() -> int:
+    """A loopback port free right now (the component that binds it comes next)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -89,9 +87,8 @@ def spawn(
     log: Path,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
-    die_with_parent: bool = True,
 ) -> subprocess.Popen[bytes]:
-    """Start ``args`` in its own process group with output to ``log``; it dies with this process by default."""
+    """Start ``args`` in its own process group with output to ``log``; it dies with this process."""
     with log.open("wb") as out:
         return subprocess.Popen(
             args,
@@ -100,12 +97,14 @@ def spawn(
             stdin=subprocess.DEVNULL,
             env=env,
             cwd=cwd,
-            preexec_fn=_die_with_parent if die_with_parent else os.setpgrp,
+            preexec_fn=_die_with_parent,
         )
 
 
 @dataclass
 class Component:
+    """One running control-plane process and its log."""
+
     name: str
     process: subprocess.Popen[bytes]
     log: Path
@@ -182,7 +181,7 @@ class LocalCluster:
             return
         self._stopped = True
         for component in reversed(list(self.components.values())):
-            _terminate(component.process)
+            terminate(component.process)
         self.components.clear()
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
@@ -206,7 +205,7 @@ class LocalCluster:
     # ----- components -----
     def _spawn(self, name: str, args: list[str]) -> Component:
         log = self.workdir / "logs" / f"{name}.log"
-        process = spawn(args, log, cwd=self.workdir, die_with_parent=self.settings.die_with_parent)
+        process = spawn(args, log, cwd=self.workdir)
         component = Component(name, process, log)
         self.components[name] = component
         return component
@@ -275,7 +274,6 @@ class LocalCluster:
             "--max-requests-inflight=2000",
             "--max-mutating-requests-inflight=1000",
             "--v=1",
-            *self.settings.extra_apiserver_args,
         ]
         apiserver = self._spawn("kube-apiserver", args)
         self._wait(apiserver, lambda: self._api_get("/readyz") is not None, "ready")
@@ -307,11 +305,14 @@ class LocalCluster:
         """(Re)start kube-scheduler from a KubeSchedulerConfiguration file (None: the default profile only)."""
         old = self.components.pop("kube-scheduler", None)
         if old is not None:
-            _terminate(old.process)
+            terminate(old.process)
         self.ports["scheduler"] = self.settings.ports.get("scheduler") or free_port()
         path = self.workdir / "scheduler-config.yaml"
         path.write_text(scheduler_config(config, self.kubeconfig, self.settings.api_qps))
-        scheduler = self._spawn("kube-scheduler", run_kube_scheduler_args(self, path))
+        args = kube_scheduler_args(
+            self.bin_dir, self.kubeconfig, path, self.ports["scheduler"], self.workdir / "pki" / "components"
+        )
+        scheduler = self._spawn("kube-scheduler", [*args, "--v=1"])
         self._wait(scheduler, lambda: _https_ok(f"https://127.0.0.1:{self.ports['scheduler']}/healthz"), "healthy")
 
     def _start_kwok(self) -> None:
@@ -362,6 +363,9 @@ class LocalCluster:
     def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> str:
         return kubectl(self.bin_dir, self.kubeconfig, *args, check=check, input=input)
 
+    def kubectl_json(self, *args: str) -> dict[str, Any]:
+        return kubectl_json(self.bin_dir, self.kubeconfig, *args)
+
     def describe(self) -> str:
         lines = [f"cluster up in {self.started_s or 0:.1f}s; kubeconfig: {self.kubeconfig}"]
         lines += [f"  {c.name:24} pid {c.process.pid:>7}  log {c.log}" for c in self.components.values()]
@@ -380,6 +384,24 @@ def kubectl(bin_dir: Path, kubeconfig: Path, *args: str, check: bool = True, inp
     if check and proc.returncode != 0:
         raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc.stdout
+
+
+def kubectl_json(bin_dir: Path, kubeconfig: Path, *args: str) -> dict[str, Any]:
+    """``kubectl get ARGS -o json``, parsed."""
+    out = kubectl(bin_dir, kubeconfig, "get", *args, "-o", "json")
+    try:
+        parsed: dict[str, Any] = json.loads(out)
+    except ValueError:
+        raise ClusterError(f"kubectl get {' '.join(args)}: not JSON") from None
+    return parsed
+
+
+def core_api(kubeconfig: Path) -> Any:
+    """A kubernetes ``CoreV1Api`` for ``kubeconfig``'s cluster (the client library is imported only here: the
+    launcher itself needs the standard library alone)."""
+    from kubernetes import client, config
+
+    return client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
 
 
 def kubeconfig_yaml(server: str, ca_cert: Path, token: str) -> str:
@@ -418,16 +440,17 @@ def scheduler_config(base: Path | None, kubeconfig: Path, qps: int, leader_elect
     return json.dumps(config, indent=1)
 
 
-def run_kube_scheduler_args(cluster: LocalCluster, config: Path) -> list[str]:
+def kube_scheduler_args(bin_dir: Path, kubeconfig: Path, config: Path, port: int, cert_dir: Path) -> list[str]:
+    """kube-scheduler from a rendered :func:`scheduler_config`, serving health on loopback ``port`` with a
+    self-signed certificate it writes to ``cert_dir``."""
     return [
-        cluster.binary("kube-scheduler"),
+        str(bin_dir / "kube-scheduler"),
         f"--config={config}",
-        f"--authentication-kubeconfig={cluster.kubeconfig}",
-        f"--authorization-kubeconfig={cluster.kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
         "--bind-address=127.0.0.1",
-        f"--secure-port={cluster.ports['scheduler']}",
-        f"--cert-dir={cluster.workdir / 'pki' / 'components'}",
-        "--v=1",
+        f"--secure-port={port}",
+        f"--cert-dir={cert_dir}",
     ]
 
 
@@ -440,16 +463,7 @@ def run_kube_scheduler(
     """
     rendered = log.with_suffix(".config.json")
     rendered.write_text(scheduler_config(config, kubeconfig, qps, leader_elect))
-    args = [
-        str(bin_dir / "kube-scheduler"),
-        f"--config={rendered}",
-        f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}",
-        "--bind-address=127.0.0.1",
-        f"--secure-port={free_port()}",
-        f"--cert-dir={log.parent}",
-    ]
-    return spawn(args, log)
+    return spawn(kube_scheduler_args(bin_dir, kubeconfig, rendered, free_port(), log.parent), log)
 
 
 def kwok_args(bin_dir: Path, kubeconfig: Path, server_port: int) -> list[str]:
@@ -473,7 +487,8 @@ def run_kwok(bin_dir: Path, kubeconfig: Path, log: Path) -> subprocess.Popen[byt
     return spawn(kwok_args(bin_dir, kubeconfig, free_port()), log)
 
 
-def _terminate(process: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
+def terminate(process: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
+    """End ``process``'s whole group: SIGTERM, then SIGKILL after ``grace_s``."""
     if process.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -497,12 +512,6 @@ def _https_ok(url: str) -> bool:
     context.verify_mode = ssl.CERT_NONE  # components serve health on self-signed certs made at start
     with urllib.request.urlopen(url, timeout=2, context=context) as response:
         return bool(response.status == 200)
-
-
-@contextlib.contextmanager
-def local_cluster(settings: ClusterSettings | None = None) -> Iterator[LocalCluster]:
-    with LocalCluster(settings) as cluster:
-        yield cluster
 
 
 def annotate_pods(core: Any, namespace: str, names: Iterable[str], annotations: Mapping[str, str]) -> None:

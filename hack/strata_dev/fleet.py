@@ -20,12 +20,16 @@ from typing import Any
 import yaml
 
 import strata_api as api
+from strata_dev.cluster import ClusterSettings, LocalCluster, core_api
+from strata_dev.paths import EXAMPLES
 
-DEFAULT_FLEET = Path(__file__).resolve().parents[2] / "examples" / "fleet.yaml"
+DEFAULT_FLEET = EXAMPLES / "fleet.yaml"
 
 
 @dataclass(frozen=True)
 class MachineType:
+    """What one node of a pool is: its instance type, CPU, memory, and GPUs with the vendor's product label."""
+
     instance_type: str
     cpu: str
     memory: str
@@ -46,11 +50,13 @@ MACHINES: dict[str, MachineType] = {
 
 
 class FleetError(ValueError):
-    pass
+    """A fleet file that cannot be read, or nodes that did not become Ready; the message names the pool or nodes."""
 
 
 @dataclass(frozen=True)
 class Pool:
+    """``nodes`` nodes of one machine type (``gpu``: a key of :data:`MACHINES`) and capacity type in one zone."""
+
     name: str
     gpu: str
     capacity_type: api.CapacityType
@@ -64,14 +70,13 @@ class Pool:
 
 @dataclass(frozen=True)
 class Fleet:
+    """The simulated node pools of a fleet file (:func:`load_fleet`)."""
+
     pools: tuple[Pool, ...]
 
     @property
     def size(self) -> int:
         return sum(p.nodes for p in self.pools)
-
-    def gpus(self, gpu: str) -> int:
-        return sum(p.nodes * p.machine.gpus for p in self.pools if p.gpu == gpu)
 
     def scaled(self, total_nodes: int) -> Fleet:
         """The same pools in proportion, ``total_nodes`` in all (each pool keeps at least one node)."""
@@ -113,6 +118,7 @@ def load_fleet(path: Path = DEFAULT_FLEET) -> Fleet:
 
 
 def node_manifest(pool: Pool, index: int) -> dict[str, Any]:
+    """Node ``index`` of ``pool`` as kwok should run it (kwok manages only nodes annotated ``fake``)."""
     machine = pool.machine
     name = f"{pool.name}-{index:04d}"
     labels = {
@@ -150,6 +156,15 @@ def node_manifest(pool: Pool, index: int) -> dict[str, Any]:
 
 def node_manifests(fleet: Fleet) -> list[dict[str, Any]]:
     return [node_manifest(pool, i) for pool in fleet.pools for i in range(pool.nodes)]
+
+
+def start_cluster_with_fleet(settings: ClusterSettings, fleet: Fleet) -> LocalCluster:
+    """A local cluster with ``fleet``'s nodes Ready, saying how long each part took (``make demo`` and ``make up``)."""
+    cluster = LocalCluster(settings).start()
+    print(f"control plane up in {cluster.started_s:.1f}s", flush=True)
+    took = create_fleet(core_api(cluster.kubeconfig), fleet)
+    print(f"fleet: {fleet.size} kwok nodes Ready in {took:.1f}s", flush=True)
+    return cluster
 
 
 def create_fleet(core: Any, fleet: Fleet, wait_ready_s: float = 180.0, workers: int = 16) -> float:

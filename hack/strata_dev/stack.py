@@ -5,28 +5,24 @@ developer against ``make up``'s cluster.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from strata_dev.cluster import ClusterError, _terminate, free_port, kubectl, run_kube_scheduler, spawn
-
-ROOT = Path(__file__).resolve().parents[2]
-CRDS = ROOT / "crds"
-SCHEDULER_CONFIG = ROOT / "scheduler" / "config" / "kube-scheduler-config.yaml"
+from strata_dev.cluster import ClusterError, free_port, kubectl, run_kube_scheduler, spawn, terminate
+from strata_dev.paths import CRDS, SCHEDULER_CONFIG
 
 
 class Stack:
-    """Start with :meth:`start`, end with :meth:`stop` (also a context manager). Logs go to ``workdir``."""
+    """Strata on one cluster: start with :meth:`start`, end with :meth:`stop` (also a context manager). Logs go to
+    ``workdir``."""
 
     def __init__(self, bin_dir: Path, kubeconfig: Path, workdir: Path) -> None:
         self.bin_dir = bin_dir
@@ -58,7 +54,7 @@ class Stack:
 
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):
-            _terminate(process)
+            terminate(process)
         self.processes.clear()
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
@@ -91,7 +87,9 @@ class Stack:
         if process.poll() is not None:
             raise ClusterError(f"the operator exited at start; log: {self.workdir / 'operator.log'}")
 
-    def _wait(self, name: str, process: subprocess.Popen[bytes], probe: Any, timeout_s: float = 90) -> None:
+    def _wait(
+        self, name: str, process: subprocess.Popen[bytes], probe: Callable[[], bool], timeout_s: float = 90
+    ) -> None:
         deadline = time.monotonic() + timeout_s
         while not probe():
             if process.poll() is not None or time.monotonic() > deadline:
@@ -107,11 +105,3 @@ def _status(url: str) -> int:
         return int(err.code)
     except OSError:
         return 0
-
-
-def get_json(bin_dir: Path, kubeconfig: Path, *args: str) -> dict[str, Any]:
-    out = kubectl(bin_dir, kubeconfig, "get", *args, "-o", "json")
-    with contextlib.suppress(ValueError):
-        parsed: dict[str, Any] = json.loads(out)
-        return parsed
-    raise ClusterError(f"kubectl get {' '.join(args)}: not JSON")
