@@ -39,13 +39,12 @@ import aiohttp
 import orjson
 
 import strata_api as api
+from strata_api.catalog import DEFAULT_CATALOG, load_catalog
 from strata_dev.fleet import load_fleet, node_manifests
-from strata_scheduler.catalog import load_catalog
 from strata_scheduler.extender import Extender
-from strata_scheduler.forecasts import ForecastBoard
+from strata_scheduler.forecast_board import ForecastBoard
 from strata_scheduler.metrics import ExtenderMetrics
 from strata_scheduler.server import ExtenderServer
-from strata_scheduler.settings import DEFAULT_CATALOG
 from strata_scheduler.state import ClusterState
 
 

@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import forecast_quality as fq  # the same series and sMAPE as the forecast benchmark
 
-from strata_scheduler.forecaster import bin_means
+from strata_scheduler.forecasting import bin_means
 
 
 def least_absolute_deviations(features: np.ndarray, target: np.ndarray, rounds: int = 50) -> np.ndarray:

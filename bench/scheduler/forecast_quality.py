@@ -12,7 +12,7 @@ for the longest horizon) each method sees only samples before ``t`` and forecast
 - persistence: the mean of the last 15 minutes;
 - seasonal naive: the same 5-minute bin a day earlier;
 - Prophet: Prophet's own prediction (fitted on 5-minute means of up to 14 days);
-- Strata (:func:`strata_scheduler.forecaster.predict`): the per-horizon blend of persistence, seasonal naive,
+- Strata (:func:`strata_scheduler.forecasting.predict`): the per-horizon blend of persistence, seasonal naive,
   a 7-day seasonal median, yesterday's change on today's level, the day's mean and anchored Prophet (the last
   15 minutes' level plus Prophet's predicted change) that did best on the last week, with an 80% band from its
   own recent errors.
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from strata_scheduler.forecaster import ForecastConfig, bin_means, predict, prophet_curve
+from strata_scheduler.forecasting import ForecastConfig, bin_means, predict, prophet_curve
 
 TRACES = Path(__file__).resolve().parents[3] / "shared" / "data" / "traces"
 HORIZONS_MIN = (15, 60, 240, 480)
@@ -162,7 +162,7 @@ def fit_time_on_14_days_of_minutes(times: np.ndarray, values: np.ndarray) -> tup
     import pandas as pd
     from prophet import Prophet
 
-    from strata_scheduler.forecaster import quiet_prophet_logs
+    from strata_scheduler.forecasting import quiet_prophet_logs
 
     quiet_prophet_logs()
     window = times >= times[-1] - 14 * 86400

@@ -47,11 +47,11 @@ from typing import Any
 import yaml
 
 import strata_api as api
+from strata_api.catalog import DEFAULT_CATALOG, load_catalog
 from strata_dev.cluster import ClusterSettings, LocalCluster, free_port, scheduler_config
 from strata_dev.fleet import create_fleet, load_fleet
-from strata_scheduler.catalog import load_catalog
 from strata_scheduler.service import ExtenderService, Parts
-from strata_scheduler.settings import DEFAULT_CATALOG, Settings
+from strata_scheduler.settings import Settings
 
 SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "scheduler" / "config" / "kube-scheduler-config.yaml"
 NULL_EXTENDER = Path(__file__).resolve().parent / "nullextender"

@@ -8,7 +8,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from strata_scheduler.catalog import CatalogError, load_catalog
+from strata_api.catalog import CatalogError, load_catalog
 from strata_scheduler.service import ExtenderService
 from strata_scheduler.settings import parse_settings
 

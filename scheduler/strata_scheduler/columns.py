@@ -9,15 +9,17 @@ A request maps its node names to row numbers once (one dict lookup each, in C) a
 - ``gpu_count[row]`` and ``used_own[row]``: the same for the node's own GPU resource (0 when it has none);
 - ``type_class[row]``: an index into ``type_reps``, one node per distinct (GPU type, capacity type): every check
   that reads only those two labels runs once per class, not once per node;
-- ``cost_class[row]``: an index into ``cost_reps``, one node per distinct ``NodeView.cost_class``: the cost
-  formula runs once per class;
+- ``cost_class[row]``: an index into ``cost_reps``, one node per distinct :func:`~strata_scheduler.views.cost_class`:
+  the cost formula runs once per class;
 - ``zone[row]``: an index into ``zones``;
 - ``host_json[row]``: ``{"Host":"<name>","Score":`` as bytes, the start of the node's prioritize entry;
   ``name_json[row]``: ``"<name>"``; ``key_json[row]``: ``"<name>":`` (an entry of the filter's
-  ``FailedNodes`` maps, less its value): answers are joined from these instead of encoding a dict per node;
+  ``FailedNodes`` maps, less its value): answers are joined from these instead of encoding a dict per node
+  (the filter's by the byte route, :mod:`strata_scheduler.fastpath`);
 - ``name_obj[row]``: the name itself, to gather names by row.
 
-:meth:`NodeColumns.rows_json` finds the rows of a request's names from their JSON text (:mod:`.names`).
+:meth:`NodeColumns.rows_json` finds the rows of a request's names from their JSON text
+(:mod:`strata_scheduler.fastpath.names`; its table is built on first use, so never with the byte route off).
 
 Class tables only grow (a class outlives its last node); they hold a few dozen entries in any real fleet.
 Rows of deleted nodes are reused.
@@ -34,8 +36,9 @@ import numpy.typing as npt
 import orjson
 
 from strata_api import GPU_RESOURCES
-from strata_scheduler.model import NodeView
-from strata_scheduler.names import NameTable
+from strata_api.nodes import NodeFacts
+from strata_scheduler.fastpath.names import NameTable
+from strata_scheduler.views import cost_class
 
 RESOURCE_INDEX = {resource: column for column, resource in enumerate(GPU_RESOURCES)}
 
@@ -62,9 +65,9 @@ class NodeColumns:
         """Bumped whenever a name gets or loses a row: rows looked up under one layout stay valid while it lasts."""
         self.names: list[str | None] = []
         self._free_rows: list[int] = []
-        self.type_reps: list[NodeView] = []
+        self.type_reps: list[NodeFacts] = []
         self._type_codes: dict[tuple[str | None, str | None], int] = {}
-        self.cost_reps: list[NodeView] = []
+        self.cost_reps: list[NodeFacts] = []
         self._cost_codes: dict[tuple[object, ...], int] = {}
         self.zones: list[str | None] = []
         self.zone_codes: dict[str | None, int] = {}
@@ -105,7 +108,7 @@ class NodeColumns:
         self._table = None
         self._allocate(len(self.gpu_count))
 
-    def upsert(self, node: NodeView, used: Mapping[str, int] | None) -> None:
+    def upsert(self, node: NodeFacts, used: Mapping[str, int] | None) -> None:
         row = self.index.get(node.name)
         if row is None:
             if self._free_rows:
@@ -129,7 +132,7 @@ class NodeColumns:
         self.own_resource[row] = RESOURCE_INDEX.get(node.gpu_resource or "", -1)
         self.gpu_count[row] = node.gpu_count
         self.type_class[row] = self._code(self._type_codes, self.type_reps, (node.gpu_type, node.capacity_type), node)
-        self.cost_class[row] = self._code(self._cost_codes, self.cost_reps, node.cost_class, node)
+        self.cost_class[row] = self._code(self._cost_codes, self.cost_reps, cost_class(node), node)
         if node.zone not in self.zone_codes:
             self.zone_codes[node.zone] = len(self.zones)
             self.zones.append(node.zone)
@@ -164,7 +167,7 @@ class NodeColumns:
         self.used_own[row] = self.used[row, own] if own >= 0 else 0
 
     @staticmethod
-    def _code(codes: dict[K, int], reps: list[NodeView], key: K, node: NodeView) -> int:
+    def _code(codes: dict[K, int], reps: list[NodeFacts], key: K, node: NodeFacts) -> int:
         code = codes.get(key)
         if code is None:
             code = codes[key] = len(reps)
@@ -178,7 +181,8 @@ class NodeColumns:
 
     def rows_json(self, text: bytes) -> IntArray | None:
         """Rows of the names in ``text``, the JSON text between the brackets of a ``NodeNames`` array, without
-        decoding it; None unless every name is a distinct cached node (see :class:`~.names.NameTable`)."""
+        decoding it; None unless every name is a distinct cached node (see
+        :class:`~strata_scheduler.fastpath.names.NameTable`)."""
         if self._table is None:
             self._table = NameTable(self.names, capacity=len(self.gpu_count))
         return self._table.rows(text)

@@ -23,7 +23,8 @@ import orjson
 from prometheus_client import CollectorRegistry, Gauge
 
 from strata_api import AMD_GPU, GPUType
-from strata_scheduler.forecasts import HIGH, LOW
+from strata_api.nodes import TERMINAL_PHASES
+from strata_scheduler.forecast_board import HIGH, LOW
 from strata_scheduler.state import ClusterState
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def demand_sample(state: ClusterState) -> dict[SeriesKey, float]:
     sample: dict[SeriesKey, float] = {(gpu.value, p): 0.0 for gpu in GPUType for p in (HIGH, LOW)}
     with state.reading():
         for pod in state.pods.values():
-            if not pod.gpus or pod.phase in ("Succeeded", "Failed"):
+            if not pod.gpus or pod.phase in TERMINAL_PHASES:
                 continue
             node = state.nodes.get(pod.node_name or "")
             gpu = node.gpu_type if node is not None and node.gpu_type else _gpu_of_resource(pod.gpu_requests)

@@ -1,6 +1,10 @@
-"""The two extender verbs, from request bytes to response bytes, with no HTTP in sight.
+"""The extender verbs, from request bytes to response bytes, with no HTTP in sight.
 
-The HTTP layer (:mod:`strata_scheduler.server`) and the latency benchmark both call these methods. Answers:
+The HTTP layer (:mod:`strata_scheduler.server`) and the latency benchmark both call these methods. Each verb
+takes one route: decode (:func:`strata_scheduler.decoding.decode`: the pod and the row of each node, read by
+the byte route or as plain JSON), then the one filter (:func:`strata_scheduler.filtering.filter_nodes`) or the
+one score (:func:`strata_scheduler.scoring.score_rows`), then the answer, written from per-node fragments when
+the byte route read the request and with orjson otherwise (the same bytes). Answers:
 
 - 200 with the neutral answer (every node passes, every score 0) for pods whose ``spec.schedulerName`` names
   another scheduler: kube-scheduler shares extenders across all profiles of a process, and only Strata's
@@ -21,41 +25,32 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
-from strata_api import SCHEDULER_NAME, GPUType
-from strata_scheduler.catalog import Catalog
+from strata_api import GPUType
+from strata_api.catalog import Catalog
 from strata_scheduler.columns import host_json
+from strata_scheduler.decoding import NodeRequest, decode
+from strata_scheduler.fastpath.route import ByteRoute
+from strata_scheduler.fastpath.wire import filter_result_json, names_json, object_json
 from strata_scheduler.filtering import FilterOutcome, GroupKey, PinnedGroup, filter_nodes
-from strata_scheduler.forecasts import ForecastBoard
+from strata_scheduler.forecast_board import ForecastBoard
 from strata_scheduler.metrics import ExtenderMetrics
-from strata_scheduler.model import PodView, pod_view
-from strata_scheduler.protocol import (
-    BadRequest,
-    ExtenderArgs,
-    filter_result,
-    filter_result_json,
-    names_json,
-    object_json,
-    parse_extender_args,
-    pod_of_head,
-    priority_list,
-    priority_list_json,
-    split_extender_args,
-)
+from strata_scheduler.protocol import BadRequest, filter_result, priority_list, priority_list_json
 from strata_scheduler.scoring import Defaults, JobPlacement, cost_per_unit_work, score_rows
 from strata_scheduler.state import ClusterState
+from strata_scheduler.views import PodView, cost_class
 
 log = logging.getLogger(__name__)
 
 NOT_READY = b"the Strata extender's cache has not synced yet"
+INTERNAL_ERROR = "Strata extender internal error; see its log"
 
 
 @dataclass
@@ -87,6 +82,7 @@ class Extender:
         defaults: Defaults | None = None,
         pin_ttl_s: float = 30.0,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        byte_fast_path: bool = True,
     ) -> None:
         self.state = state
         self.catalog = catalog
@@ -95,17 +91,14 @@ class Extender:
         self.defaults = defaults or Defaults()
         self.pins = Pins(pin_ttl_s)
         self.now = now
-        self._passed: tuple[str, bytes, npt.NDArray[np.int64], int] | None = None
-        """(pod uid, JSON text of the nodes the last filter passed, their rows, columns layout): kube-scheduler
-        sends exactly those nodes to prioritize next, whose rows then need no second look-up."""
-        self._pod_memo: tuple[bytes, dict[str, Any], PodView] | None = None
-        """(head of the last split request, its pod, the pod's view): prioritize sends the pod filter sent."""
+        self.route = ByteRoute() if byte_fast_path else None
+        """The byte route (:mod:`strata_scheduler.fastpath`); None decodes every request as plain JSON."""
 
     def filter(self, body: bytes) -> tuple[int, bytes]:
-        return self._serve("filter", body, self._filter, self._filter_split)
+        return self._serve("filter", body, self._filter)
 
     def prioritize(self, body: bytes) -> tuple[int, bytes]:
-        return self._serve("prioritize", body, self._prioritize, self._prioritize_split)
+        return self._serve("prioritize", body, self._prioritize)
 
     def quote(self, body: bytes) -> tuple[int, bytes]:
         """Which GPU type a job should be created for: the cheapest unit of work per accepted type, right now.
@@ -117,139 +110,134 @@ class Extender:
         """
         return self._serve("quote", body, self._quote)
 
-    def _serve(
-        self,
-        verb: str,
-        body: bytes,
-        handler: Callable[[ExtenderArgs], bytes],
-        split: Callable[[bytes], bytes | None] | None = None,
-    ) -> tuple[int, bytes]:
-        """Answer with ``split`` (the fast path; None when it does not apply) or else ``handler``."""
+    def _serve(self, verb: str, body: bytes, answer: Callable[[NodeRequest], bytes]) -> tuple[int, bytes]:
+        """Decode ``body`` and answer it, with the cache's lock held throughout (rows stay valid while it is)."""
         started = time.perf_counter()
         try:
             if not self.state.ready:
                 return 503, NOT_READY
-            if split is not None:
+            with self.state.reading() as state:
                 try:
-                    answer = split(body)
+                    request = self._decode(verb, body)
+                except BadRequest as error:
+                    self.metrics.bad_requests.labels(verb).inc()
+                    return 400, str(error).encode()
+                try:
+                    return 200, answer(request)
                 except Exception:
-                    log.exception("extender %s failed on its fast path; answering the ordinary way", verb)
+                    log.exception("extender %s failed; answering neutrally", verb)
                     self.metrics.internal_errors.labels(verb).inc()
-                    answer = None
-                if answer is not None:
-                    return 200, answer
-            try:
-                args = parse_extender_args(body)
-            except BadRequest as error:
-                self.metrics.bad_requests.labels(verb).inc()
-                return 400, str(error).encode()
-            try:
-                return 200, handler(args)
-            except Exception:
-                log.exception("extender %s failed; answering neutrally", verb)
-                self.metrics.internal_errors.labels(verb).inc()
-                if verb == "filter":
-                    return 200, filter_result(args, [], {}, {}, error="Strata extender internal error; see its log")
-                return 200, priority_list([(name, 0) for name in args.node_names])
+                    args = request.as_args(state.columns)
+                    if verb == "filter":
+                        return 200, filter_result(args, [], {}, {}, error=INTERNAL_ERROR)
+                    return 200, priority_list([(name, 0) for name in args.node_names])
         finally:
             self.metrics.latency.labels(verb).observe(time.perf_counter() - started)
 
-    def _filter(self, args: ExtenderArgs) -> bytes:
-        if not _ours(args.pod):
+    def _decode(self, verb: str, body: bytes) -> NodeRequest:
+        """:func:`~strata_scheduler.decoding.decode`; should the byte route raise, the request is read as plain
+        JSON (a bug there must not cost the answer)."""
+        if self.route is not None:
+            try:
+                return decode(body, self.state.columns, self.route)
+            except BadRequest:
+                raise
+            except Exception:
+                log.exception("extender %s failed on its byte route; decoding as plain JSON", verb)
+                self.metrics.internal_errors.labels(verb).inc()
+        return decode(body, self.state.columns, None)
+
+    def _filter(self, request: NodeRequest) -> bytes:
+        state, pod = self.state, request.view
+        if not request.ours or not pod.gpus:  # not ours, or nothing here concerns it: every node passes
+            args = request.as_args(state.columns)
             return filter_result(args, list(args.node_names), {}, {})
-        pod = pod_view(args.pod)
         hold = self.board.hold_back()
         hour = self.now().hour
-        with self.state.reading() as state:
-            outcome = filter_nodes(
-                pod, args.node_names, state, hold, self.pins.active(), lambda names: self._cheapest(pod, names, hour)
-            )
-            if outcome.pin is not None:
-                self.pins.pin(*outcome.pin)
+        names = request.args.node_names if request.args is not None else None
+
+        def cheapest(candidates: list[str]) -> str:
+            return self._cheapest(pod, candidates, hour)
+
+        outcome = filter_nodes(pod, names, state, hold, self.pins.active(), cheapest, request.rows)
+        if outcome.pin is not None:
+            self.pins.pin(*outcome.pin)
         self._count(outcome)
-        return filter_result(args, outcome.passed, outcome.failed, outcome.unresolvable)
+        if request.args is not None:
+            return filter_result(request.args, outcome.passed, outcome.failed, outcome.unresolvable)
+        return self._filter_fragments(request, outcome)
 
-    def _filter_split(self, body: bytes) -> bytes | None:
-        """:meth:`_filter` for a body :func:`split_extender_args` can cut whose names are all cached, without
-        decoding the names or building a dict per node; None for any other request."""
-        split = split_extender_args(body)
-        parsed = self._pod(split.head) if split is not None else None
-        if split is None or parsed is None or not _ours(parsed[0]) or not parsed[1].gpus:
-            return None
-        pod = parsed[1]
-        hold = self.board.hold_back()
-        hour = self.now().hour
-        with self.state.reading() as state:
-            columns = state.columns
-            rows = columns.rows_json(split.names_json)
-            if rows is None:
-                return None
-
-            def cheapest(names: list[str]) -> str:
-                return self._cheapest(pod, names, hour)
-
-            outcome = filter_nodes(pod, None, state, hold, self.pins.active(), cheapest, rows)
-            if outcome.pin is not None:
-                self.pins.pin(*outcome.pin)
-            found, passed_rows = outcome.rejections, outcome.passed_rows
-            assert found is not None
-            assert passed_rows is not None
-            passed = names_json(columns.name_json[passed_rows])
-            texts = [orjson.dumps(text) for text in found.texts]
-            failed = object_json(columns.key_json[rows[found.failed_at]], found.failed_text, texts)
-            unresolvable = object_json(columns.key_json[rows[found.unresolvable_at]], found.unresolvable_text, texts)
-            if pod.uid:
-                self._passed = (pod.uid, passed, passed_rows, columns.layout)
-        self._count(outcome)
+    def _filter_fragments(self, request: NodeRequest, outcome: FilterOutcome) -> bytes:
+        """The filter's answer joined from the columns' per-node JSON fragments (a request the byte route read:
+        every node cached and distinct); remembers the rows passed for the prioritize call that follows."""
+        columns, rows = self.state.columns, request.rows
+        found, passed_rows = outcome.rejections, outcome.passed_rows
+        assert found is not None
+        assert passed_rows is not None
+        assert self.route is not None
+        passed = names_json(columns.name_json[passed_rows])
+        texts = [orjson.dumps(text) for text in found.texts]
+        failed = object_json(columns.key_json[rows[found.failed_at]], found.failed_text, texts)
+        unresolvable = object_json(columns.key_json[rows[found.unresolvable_at]], found.unresolvable_text, texts)
+        self.route.passed(request.view.uid, passed, passed_rows, columns.layout)
         return filter_result_json(passed, failed, unresolvable)
-
-    def _pod(self, head: bytes) -> tuple[dict[str, Any], PodView] | None:
-        """The pod of a split request and its view, decoded once for a filter and the prioritize after it."""
-        memo = self._pod_memo
-        if memo is not None and memo[0] == head:
-            return memo[1], memo[2]
-        pod = pod_of_head(head)
-        if pod is None:
-            return None
-        view = pod_view(pod)
-        self._pod_memo = (head, pod, view)
-        return pod, view
 
     def _count(self, outcome: FilterOutcome) -> None:
         for reason, count in outcome.rejected_by_reason.items():
             self.metrics.rejected.labels(reason).inc(count)
 
-    def _quote(self, args: ExtenderArgs) -> bytes:
-        pod = pod_view(args.pod)
+    def _prioritize(self, request: NodeRequest) -> bytes:
+        columns, rows = self.state.columns, request.rows
+        if not request.ours:
+            return priority_list([(name, 0) for name in request.as_args(columns).node_names])
+        scores = self._scores(request.view, rows)
+        hosts = columns.host_json[rows]
+        if request.args is not None:  # plain JSON may name nodes the cache does not know
+            for position in np.flatnonzero(rows < 0).tolist():
+                hosts[position] = host_json(request.args.node_names[position])
+        return priority_list_json(hosts, scores)
+
+    def _scores(self, pod: PodView, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Each node's score (call with the state's lock held)."""
+        state = self.state
+        job_nodes = dict(state.job_nodes.get(pod.job_key, {})) if pod.job_key else {}
+        placement = JobPlacement(
+            pods_per_node=job_nodes,
+            zone_of={name: node.zone for name in job_nodes if (node := state.nodes.get(name))},
+        )
+        return score_rows(self.catalog, pod, state.columns, rows, placement, self.now().hour, self.defaults)
+
+    def _quote(self, request: NodeRequest) -> bytes:
+        pod = request.view
         hour = self.now().hour
         hold = self.board.hold_back()
         options = []
-        with self.state.reading() as state:
-            for gpu in GPUType:
-                if pod.contract.gpu_types and gpu.value not in pod.contract.gpu_types:
-                    continue
-                as_type = replace(pod, gpu_requests={gpu.resource: max(pod.gpus, 1)})
-                names = [name for name, node in state.nodes.items() if node.gpu_type == gpu.value]
-                outcome = filter_nodes(as_type, names, state, hold, self.pins.active(), min)
-                costs = [
-                    (cost, name)
-                    for name in outcome.passed
-                    if (cost := cost_per_unit_work(self.catalog, as_type, state.nodes[name], hour, self.defaults))
-                    is not None
-                ]
-                if costs:
-                    cost, name = min(costs)
-                    node = state.nodes[name]
-                    options.append(
-                        {
-                            "gpuType": gpu.value,
-                            "resource": gpu.resource,
-                            "costPerUnitWork": round(cost, 6),
-                            "node": name,
-                            "capacityType": node.capacity_type,
-                            "feasibleNodes": len(outcome.passed),
-                        }
-                    )
+        state = self.state
+        for gpu in GPUType:
+            if pod.contract.gpu_types and gpu.value not in pod.contract.gpu_types:
+                continue
+            as_type = replace(pod, gpu_requests={gpu.resource: max(pod.gpus, 1)})
+            names = [name for name, node in state.nodes.items() if node.gpu_type == gpu.value]
+            outcome = filter_nodes(as_type, names, state, hold, self.pins.active(), min)
+            costs = [
+                (cost, name)
+                for name in outcome.passed
+                if (cost := cost_per_unit_work(self.catalog, as_type, state.nodes[name], hour, self.defaults))
+                is not None
+            ]
+            if costs:
+                cost, name = min(costs)
+                node = state.nodes[name]
+                options.append(
+                    {
+                        "gpuType": gpu.value,
+                        "resource": gpu.resource,
+                        "costPerUnitWork": round(cost, 6),
+                        "node": name,
+                        "capacityType": node.capacity_type,
+                        "feasibleNodes": len(outcome.passed),
+                    }
+                )
         options.sort(key=lambda option: (option["costPerUnitWork"], option["gpuType"]))
         return orjson.dumps({"recommended": options[0]["gpuType"] if options else None, "options": options})
 
@@ -260,67 +248,10 @@ class Extender:
 
         def key(name: str) -> tuple[float, str]:
             node = self.state.nodes[name]
-            if node.cost_class not in by_class:
+            node_class = cost_class(node)
+            if node_class not in by_class:
                 cost = cost_per_unit_work(self.catalog, pod, node, hour, self.defaults)
-                by_class[node.cost_class] = cost if cost is not None else float("inf")
-            return (by_class[node.cost_class], name)
+                by_class[node_class] = cost if cost is not None else float("inf")
+            return (by_class[node_class], name)
 
         return min(names, key=key)
-
-    def _rows_passed(self, uid: str, names_json: bytes, layout: int) -> npt.NDArray[np.int64] | None:
-        """The rows the last (split) filter call found for ``names_json``, if it was this pod's, passed exactly
-        these nodes and no node has come or gone since."""
-        passed = self._passed
-        if passed is None or passed[0] != uid or passed[3] != layout or passed[1] != names_json:
-            return None
-        return passed[2]
-
-    def _prioritize(self, args: ExtenderArgs) -> bytes:
-        if not _ours(args.pod):
-            return priority_list([(name, 0) for name in args.node_names])
-        pod = pod_view(args.pod)
-        with self.state.reading() as state:
-            columns = state.columns
-            rows = columns.rows(args.node_names)
-            hosts, scores = self._scores(pod, rows)
-        unknown = np.flatnonzero(rows < 0).tolist()
-        for position in unknown:
-            hosts[position] = host_json(args.node_names[position])
-        return priority_list_json(hosts, scores)
-
-    def _prioritize_split(self, body: bytes) -> bytes | None:
-        """:meth:`_prioritize` for a body :func:`split_extender_args` can cut whose names are all cached (the
-        nodes the filter call before it passed, usually), without decoding the names; else None."""
-        split = split_extender_args(body)
-        parsed = self._pod(split.head) if split is not None else None
-        if split is None or parsed is None or not _ours(parsed[0]):
-            return None
-        pod = parsed[1]
-        with self.state.reading() as state:
-            rows = self._rows_passed(pod.uid, split.names_json, state.columns.layout)
-            if rows is None:
-                rows = state.columns.rows_json(split.names_json)
-            if rows is None:
-                return None
-            hosts, scores = self._scores(pod, rows)
-        return priority_list_json(hosts, scores)
-
-    def _scores(
-        self, pod: PodView, rows: npt.NDArray[np.int64]
-    ) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.int64]]:
-        """Each node's score and the start of its answer entry (call with the state's lock held)."""
-        state = self.state
-        job_nodes = dict(state.job_nodes.get(pod.job_key, {})) if pod.job_key else {}
-        placement = JobPlacement(
-            pods_per_node=job_nodes,
-            zone_of={name: node.zone for name in job_nodes if (node := state.nodes.get(name))},
-        )
-        columns = state.columns
-        scores = score_rows(self.catalog, pod, columns, rows, placement, self.now().hour, self.defaults)
-        return columns.host_json[rows], scores
-
-
-def _ours(pod: Mapping[str, Any]) -> bool:
-    spec = pod.get("spec")
-    name = spec.get("schedulerName") if isinstance(spec, Mapping) else None
-    return not isinstance(name, str) or name in ("", SCHEDULER_NAME)

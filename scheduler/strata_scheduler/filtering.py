@@ -20,15 +20,16 @@ there: evicting anyone would not change the node's GPU type or capacity type.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from strata_api.nodes import NodeFacts
 from strata_scheduler.columns import RESOURCE_INDEX
-from strata_scheduler.model import NodeView, PodView
 from strata_scheduler.state import ClusterState, ReservedCapacity
+from strata_scheduler.views import PodView
 
 IntArray = npt.NDArray[np.int64]
 
@@ -62,13 +63,13 @@ class PinnedGroup:
 class Rejections:
     """The array filter's rejections, as positions in the request (in answer order) and sentence numbers.
 
-    The extender writes its answer from these without building a dict per node (see
-    :func:`strata_scheduler.protocol.filter_result_json`); ``FilterOutcome.failed`` and ``.unresolvable`` are
-    built from them on demand.
+    The byte route writes its answer from these without building a dict per node (see
+    :func:`strata_scheduler.fastpath.wire.filter_result_json`); ``FilterOutcome.failed`` and ``.unresolvable``
+    are built from them on demand.
     """
 
     names_at: Callable[[IntArray], list[str]]
-    """The request's node names at some positions (from the columns on the fast path: call it with the state's
+    """The request's node names at some positions (from the columns on the byte route: call it with the state's
     lock held, as the filter ran)."""
     failed_at: IntArray
     failed_text: IntArray
@@ -82,14 +83,14 @@ class FilterOutcome:
     def __init__(self) -> None:
         self._passed: list[str] | None = []
         self.passed_at: IntArray | None = None
-        """Positions of the passed nodes in the request (array filter only); their names are read on demand."""
+        """Positions of the passed nodes in the request; their names are read on demand."""
         self.rejected_by_reason: dict[str, int] = {}
         self.pin: tuple[GroupKey, PinnedGroup] | None = None
         """A tensor-parallel group this call placed (or confirmed) on a node; the caller remembers it briefly."""
         self.passed_rows: IntArray | None = None
-        """Rows of ``passed`` in ``state.columns`` (array filter only), for the prioritize call that follows."""
+        """Rows of ``passed`` in ``state.columns``, for the prioritize call that follows."""
         self.rejections: Rejections | None = None
-        """The array filter's rejections (the reference filter fills the dicts directly)."""
+        """The rejections; None for a pod without GPUs (nothing is rejected)."""
         self._failed: dict[str, str] = {}
         self._unresolvable: dict[str, str] = {}
 
@@ -123,10 +124,6 @@ class FilterOutcome:
         self._settle_dicts()
         return self._unresolvable
 
-    def reject(self, node: str, reason: str, message: str) -> None:
-        (self._unresolvable if reason in UNRESOLVABLE else self._failed)[node] = message
-        self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
-
     def _settle_dicts(self) -> None:
         found = self.rejections
         if found is None or self._failed or self._unresolvable:
@@ -147,8 +144,8 @@ _UNRESOLVABLE_CODE = np.array([reason in UNRESOLVABLE for reason in ("", *REASON
 
 
 @dataclass(frozen=True)
-class _Request:
-    """What both filter paths derive from one pod before looking at any node."""
+class FilterRequest:
+    """What the filter derives from one pod before looking at any node."""
 
     resource: str
     gpu_types: frozenset[str] | None
@@ -160,7 +157,9 @@ class _Request:
     reserved: Mapping[str, ReservedCapacity]
 
     @classmethod
-    def of(cls, pod: PodView, state: ClusterState, hold: HoldBack, pins: Mapping[GroupKey, PinnedGroup]) -> _Request:
+    def of(
+        cls, pod: PodView, state: ClusterState, hold: HoldBack, pins: Mapping[GroupKey, PinnedGroup]
+    ) -> FilterRequest:
         pool = state.pools.get(pod.pool or "")
         group = pod.tp_group_key
         group_nodes = state.tp_groups.get(group) if group else None
@@ -198,7 +197,8 @@ def filter_nodes(
 
     The checks run as array operations on ``state.columns`` (one row per node); those that read only a node's
     GPU type and capacity type run once per distinct pair, and each distinct reason sentence is written once.
-    Verdicts, sentences and their order are those of :func:`filter_nodes_reference`.
+    Verdicts, sentences and their order are those of the per-node definition the tests hold
+    (``filter_nodes_reference`` in ``tests/unit/scheduler/scheduler_reference.py``).
     """
     outcome = FilterOutcome()
     columns = state.columns
@@ -223,7 +223,7 @@ def filter_nodes(
         # Not a GPU pod: nothing here concerns it (kube-scheduler does not even call us for such pods).
         outcome.passed = names_at(np.arange(len(rows)))
         return outcome
-    r = _Request.of(pod, state, hold, pins)
+    r = FilterRequest.of(pod, state, hold, pins)
     resource, gpu_types, capacity_types, kept, reserved = r.resource, r.gpu_types, r.capacity_types, r.kept, r.reserved
     group, group_home, group_gpus = r.group, r.group_home, r.group_gpus
 
@@ -250,10 +250,10 @@ def filter_nodes(
     held_text = np.zeros(classes, dtype=np.int64)
     for code in np.flatnonzero(np.bincount(type_class[known], minlength=classes)).tolist():
         representative = columns.type_reps[code]
-        mismatch = _type_mismatch(representative, gpu_types, capacity_types)
+        mismatch = type_mismatch(representative, gpu_types, capacity_types)
         if mismatch:
             type_code[code], type_text[code] = _CODE[mismatch[0]], _add(texts, mismatch[1])
-        elif held := _held_back(representative, pod, reserved, hold):
+        elif held := held_back(representative, pod, reserved, hold):
             held_code[code], held_text[code] = _CODE["reserved_holdback"], _add(texts, held)
     codes = type_code[type_class]
     hit = pending & (codes != 0)
@@ -280,14 +280,14 @@ def filter_nodes(
     if group is not None and group_home is not None:
         hit = pending & (rows != columns.index.get(group_home, -2))
         if hit.any():
-            spans = f"{_group_label(group)} runs on node {group_home}; it never spans nodes"
+            spans = f"{group_label(group)} runs on node {group_home}; it never spans nodes"
             settle(hit, _CODE["tp_group"], _add(texts, spans))
     elif group is not None:
         hit = pending & (free < group_gpus)
         if hit.any():
 
             def no_room_for_group(free: int) -> str:
-                return f"{_group_label(group)} needs {group_gpus} GPUs on one node, node has {free} free"
+                return f"{group_label(group)} needs {group_gpus} GPUs on one node, node has {free} free"
 
             settle(hit, _CODE["free_gpus"], _render(texts, no_room_for_group, free[hit]))
     codes = held_code[type_class]
@@ -308,7 +308,7 @@ def filter_nodes(
         chosen = group_home if group_home in candidates else cheapest(candidates)
         others = passed_at[rows[passed_at] != columns.index[chosen]]
         if len(others):
-            placing = _add(texts, f"{_group_label(group)} is being placed on node {chosen}")
+            placing = _add(texts, f"{group_label(group)} is being placed on node {chosen}")
             unresolvable_at = np.concatenate((unresolvable_at, others))
             unresolvable_text = np.concatenate((unresolvable_text, np.full(len(others), placing, dtype=np.int64)))
             outcome.rejected_by_reason["tp_group"] = outcome.rejected_by_reason.get("tp_group", 0) + len(others)
@@ -344,69 +344,6 @@ def _render(texts: list[str], text: Callable[..., str], *values: IntArray) -> In
     return base + inverse.reshape(-1)
 
 
-def filter_nodes_reference(
-    pod: PodView,
-    node_names: Iterable[str],
-    state: ClusterState,
-    hold: HoldBack,
-    pins: Mapping[GroupKey, PinnedGroup],
-    cheapest: Callable[[list[str]], str],
-) -> FilterOutcome:
-    """:func:`filter_nodes` written as a loop over nodes: the definition the array version is tested against."""
-    outcome = FilterOutcome()
-    if not pod.gpus:
-        # Not a GPU pod: nothing here concerns it (kube-scheduler does not even call us for such pods).
-        outcome.passed = list(node_names)
-        return outcome
-    r = _Request.of(pod, state, hold, pins)
-    resource, gpu_types, capacity_types, kept, reserved = r.resource, r.gpu_types, r.capacity_types, r.kept, r.reserved
-    group, group_home, group_gpus = r.group, r.group_home, r.group_gpus
-    candidates: list[str] = []
-    mismatch: dict[tuple[str | None, str | None], tuple[str, str] | None] = {}  # per (GPU type, capacity type)
-    nodes, used_gpus, gpus = state.nodes, state.used_gpus, pod.gpus
-    for name in node_names:
-        node = nodes.get(name)
-        if node is None:
-            outcome.reject(name, "unknown_node", UNKNOWN_NODE)
-            continue
-        types = (node.gpu_type, node.capacity_type)
-        if types not in mismatch:
-            mismatch[types] = _type_mismatch(node, gpu_types, capacity_types)
-        message = mismatch[types]
-        if message:
-            outcome.reject(name, message[0], message[1])
-            continue
-        used = used_gpus[name][resource] if name in used_gpus else 0
-        free = node.allocatable_gpus.get(resource, 0) - used - (kept.get(name, 0) if kept else 0)
-        if free < gpus:
-            total = node.allocatable_gpus.get(resource, 0)
-            note = f" ({kept[name]} kept for a tensor-parallel group being placed there)" if kept.get(name) else ""
-            outcome.reject(name, "free_gpus", f"pod needs {pod.gpus} {resource}, node has {free} free of {total}{note}")
-            continue
-        if group is not None and group_home is not None and group_home != name:
-            outcome.reject(name, "tp_group", f"{_group_label(group)} runs on node {group_home}; it never spans nodes")
-            continue
-        if group is not None and group_home is None and free < group_gpus:
-            outcome.reject(
-                name, "free_gpus", f"{_group_label(group)} needs {group_gpus} GPUs on one node, node has {free} free"
-            )
-            continue
-        held = _held_back(node, pod, reserved, hold)
-        if held:
-            outcome.reject(name, "reserved_holdback", held)
-            continue
-        candidates.append(name)
-    if group is not None and group_gpus > pod.gpus and candidates:
-        chosen = group_home if group_home in candidates else cheapest(candidates)
-        for name in candidates:
-            if name != chosen:
-                outcome.reject(name, "tp_group", f"{_group_label(group)} is being placed on node {chosen}")
-        outcome.pin = (group, PinnedGroup(chosen, group_gpus, pod.gpus))
-        candidates = [chosen]
-    outcome.passed = candidates
-    return outcome
-
-
 def _kept_for_pinned_groups(
     pins: Mapping[GroupKey, PinnedGroup], state: ClusterState, exclude: GroupKey | None
 ) -> dict[str, int]:
@@ -428,9 +365,10 @@ def _allowed(job: frozenset[str], pool: frozenset[str]) -> frozenset[str] | None
     return job or pool or None
 
 
-def _type_mismatch(
-    node: NodeView, gpu_types: frozenset[str] | None, capacity_types: frozenset[str] | None
+def type_mismatch(
+    node: NodeFacts, gpu_types: frozenset[str] | None, capacity_types: frozenset[str] | None
 ) -> tuple[str, str] | None:
+    """(reason, sentence) when the node's GPU type or capacity type is not allowed (checks 2 and 3); else None."""
     if gpu_types is not None and node.gpu_type not in gpu_types:
         have = node.gpu_type or "no GPU type label"
         return "gpu_type", f"job accepts GPU types {','.join(sorted(gpu_types)) or 'none'}, node has {have}"
@@ -441,7 +379,8 @@ def _type_mismatch(
     return None
 
 
-def _held_back(node: NodeView, pod: PodView, reserved: Mapping[str, ReservedCapacity], hold: HoldBack) -> str | None:
+def held_back(node: NodeFacts, pod: PodView, reserved: Mapping[str, ReservedCapacity], hold: HoldBack) -> str | None:
+    """The sentence when placing ``pod`` on a reserved node would eat into the forecast hold (check 6); else None."""
     if node.capacity_type != "reserved" or node.gpu_type is None or node.gpu_type not in reserved:
         return None
     capacity = reserved[node.gpu_type]
@@ -459,6 +398,7 @@ def _held_back(node: NodeView, pod: PodView, reserved: Mapping[str, ReservedCapa
     )
 
 
-def _group_label(group: tuple[str, str, str]) -> str:
+def group_label(group: tuple[str, str, str]) -> str:
+    """How a tensor-parallel group is named in a sentence."""
     namespace, job, index = group
     return f"tensor-parallel group {index.split('@')[0]} of job {namespace}/{job}"

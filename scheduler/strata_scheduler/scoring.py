@@ -4,7 +4,7 @@ For a pod ``p`` on node ``n`` at UTC hour ``h``::
 
     price(n)      = n's strata.dev/price-per-hour annotation, else catalog[instance type][capacity type]
                     (dollars per node-hour)
-    per_gpu(n)    = price(n) / allocatable GPUs of n
+    per_gpu(n)    = price(n) / allocatable GPUs of n                 (strata_api's Catalog.gpu_price)
     r(p, n)       = p's relative-throughput override for n's GPU type, else catalog[p's precision][GPU type]
     c             = hours of work at risk per interruption: min(checkpoint interval, expected runtime), or the
                     expected runtime when the job never checkpoints
@@ -33,18 +33,18 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from strata_scheduler.catalog import Catalog
+from strata_api.catalog import Catalog
+from strata_api.nodes import NodeFacts
 from strata_scheduler.columns import NodeColumns
-from strata_scheduler.model import NodeView, PodView
+from strata_scheduler.protocol import MAX_SCORE
+from strata_scheduler.views import PodView
 
-MAX_SCORE = 10
-"""kube-scheduler's extender MaxExtenderPriority."""
 COST_POINTS = 8
 MAX_EXPONENT = 60.0
 """Caps lambda * c so exp() cannot overflow; the slowdown is astronomically large well before that."""
@@ -71,17 +71,12 @@ def interruption_slowdown(hazard_per_hour: float, checkpoint_s: float | None, ru
     return math.expm1(exponent) / exponent
 
 
-def node_price(catalog: Catalog, node: NodeView) -> float | None:
-    return catalog.node_price(node.price_override, node.instance_type, node.capacity_type)
-
-
 def cost_per_unit_work(
-    catalog: Catalog, pod: PodView, node: NodeView, hour_utc: int, defaults: Defaults = Defaults()
+    catalog: Catalog, pod: PodView, node: NodeFacts, hour_utc: int, defaults: Defaults = Defaults()
 ) -> float | None:
     """Dollars per GPU-hour of reference (H100) work; None when anything the formula needs is missing."""
-    price = node_price(catalog, node)
-    resource = node.gpu_resource
-    if price is None or node.gpu_type is None or resource is None:
+    per_gpu = catalog.gpu_price(node.price_override, node.instance_type, node.capacity_type, node.gpu_count)
+    if per_gpu is None or node.gpu_type is None:
         return None
     throughput = catalog.relative_throughput(node.gpu_type, pod.contract.precision, pod.contract.throughput_override)
     if throughput is None or throughput <= 0:
@@ -90,7 +85,6 @@ def cost_per_unit_work(
     if _positive(runtime) is None:
         runtime = defaults.expected_runtime_s
     slowdown = interruption_slowdown(catalog.hazard(node.capacity_type), pod.contract.checkpoint_interval_s, runtime)
-    per_gpu = price / node.allocatable_gpus[resource]
     return per_gpu * catalog.power_multiplier(node.zone, hour_utc) / throughput * slowdown
 
 
@@ -112,43 +106,6 @@ class JobPlacement:
         return min(zones, key=lambda z: (-zones[z], z)) if zones else None
 
 
-def score_nodes(
-    catalog: Catalog,
-    pod: PodView,
-    candidates: Iterable[tuple[str, NodeView | None, int]],
-    placement: JobPlacement,
-    hour_utc: int,
-    defaults: Defaults = Defaults(),
-) -> list[tuple[str, int]]:
-    """Score each ``(name, node or None if unknown, free GPUs)`` for ``pod``; order follows ``candidates``."""
-    rows = list(candidates)
-    gpus = pod.gpus
-    by_class: dict[tuple[object, ...], float | None] = {}
-    for _, node, _ in rows:
-        if node is not None and node.cost_class not in by_class:
-            by_class[node.cost_class] = cost_per_unit_work(catalog, pod, node, hour_utc, defaults) if gpus else None
-    cheapest = min((cost for cost in by_class.values() if cost is not None), default=None)
-    base = {
-        cls: math.floor(COST_POINTS * cheapest / cost + 0.5)
-        for cls, cost in by_class.items()
-        if cost is not None and cheapest is not None
-    }
-    main_zone = placement.main_zone
-    packed = placement.pods_per_node
-    result = []
-    for name, node, free in rows:
-        points = base.get(node.cost_class) if node is not None else None
-        if points is None or node is None:
-            result.append((name, 0))
-            continue
-        if free == gpus or packed.get(name, 0) > 0:
-            points += 1
-        if main_zone is not None and node.zone == main_zone:
-            points += 1
-        result.append((name, points if points < MAX_SCORE else MAX_SCORE))  # base is 0..8, never negative
-    return result
-
-
 def score_rows(
     catalog: Catalog,
     pod: PodView,
@@ -158,11 +115,12 @@ def score_rows(
     hour_utc: int,
     defaults: Defaults = Defaults(),
 ) -> npt.NDArray[np.int64]:
-    """:func:`score_nodes` for the nodes at ``rows`` of ``columns`` (-1: not in the cache), as array operations.
+    """The score of each node at ``rows`` of ``columns`` (-1: not in the cache) for ``pod``, as array operations.
 
-    Free GPUs are the node's own GPU resource less what bound pods hold there (``columns.used_own``), as the
-    extender passes them to :func:`score_nodes`. The cost formula runs once per cost class present; the rest is
-    a gather and a few vector operations. Gives exactly the scores of :func:`score_nodes`.
+    Free GPUs (for ``pack``) are the node's own GPU resource less what bound pods hold there
+    (``columns.used_own``). The cost formula runs once per cost class present; the rest is a gather and a few
+    vector operations. The tests hold the same score as a loop over nodes (``score_nodes`` in
+    ``tests/unit/scheduler/scheduler_reference.py``) and check both give the same scores.
     """
     known = rows >= 0
     cost_class = columns.cost_class[rows]

@@ -11,11 +11,11 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from strata_scheduler.catalog import Catalog
+from strata_api.catalog import Catalog
 from strata_scheduler.demand import DemandRecorder, DemandStore, HistorySource, PrometheusSource
 from strata_scheduler.extender import Extender
-from strata_scheduler.forecaster import Curve, ForecastConfig, ForecastWorker, prophet_curve
-from strata_scheduler.forecasts import ForecastBoard
+from strata_scheduler.forecast_board import ForecastBoard
+from strata_scheduler.forecasting import Curve, ForecastConfig, ForecastWorker, prophet_curve
 from strata_scheduler.metrics import ExtenderMetrics
 from strata_scheduler.scoring import Defaults
 from strata_scheduler.server import ExtenderServer
@@ -51,6 +51,7 @@ class ExtenderService:
             self.metrics,
             Defaults(expected_runtime_s=settings.default_runtime_s),
             settings.pin_ttl_s,
+            byte_fast_path=settings.byte_fast_path,
         )
         self.store: DemandStore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

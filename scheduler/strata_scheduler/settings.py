@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from strata_api import catalog as shared_catalog
-
-DEFAULT_CATALOG = shared_catalog.DEFAULT_CATALOG
-"""The price catalog shared with the operator, shipped inside strata_api (so a wheel has it too)."""
+from strata_api.catalog import DEFAULT_CATALOG
+from strata_api.settings import load_settings
 
 
 @dataclass(frozen=True)
@@ -23,7 +19,8 @@ class Settings:
     kubeconfig: str | None = None
     """Kubeconfig file; None uses the in-cluster service account (or ~/.kube/config outside a cluster)."""
     catalog: Path = DEFAULT_CATALOG
-    """Cost catalog YAML (prices, throughput, power tariff, hazards); a ConfigMap mounted as a file in a pod."""
+    """Cost catalog YAML (prices, throughput, power tariff, hazards); a ConfigMap mounted as a file in a pod.
+    The default is the catalog shared with the operator, shipped inside strata_api (so a wheel has it too)."""
     store: Path = Path("strata-demand.sqlite")
     """Demand history (SQLite). On a PersistentVolume in a pod, so forecasts survive restarts."""
     prometheus_url: str | None = None
@@ -52,24 +49,15 @@ class Settings:
     forecaster or a watch thread is busy, each hand-over costs a request up to this long. With a thread kept
     busy, 0.5 ms instead of 5 ms took HTTP p50/p99 at 5,000 nodes from 28.8/133 to 15.6/84 ms (loaded 2-core
     machine; ``extender_latency.py --busy-thread --switch-interval-ms``)."""
+    byte_fast_path: bool = True
+    """Read filter and prioritize requests at the byte level where they allow it (:mod:`strata_scheduler.fastpath`:
+    the node names are looked up from their JSON text, never decoded) and write the filter's answer from cached
+    fragments. Off, every request is decoded as plain JSON; the answers are the same bytes either way, so this
+    is for ruling the byte route out when something looks wrong."""
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     """Flags win over ``STRATA_SCHEDULER_<FIELD>`` environment variables, which win over the defaults."""
-    parser = argparse.ArgumentParser(prog="python -m strata_scheduler", description=__doc__)
-    defaults = Settings()
-    for item in fields(Settings):
-        default = getattr(defaults, item.name)
-        env = os.environ.get(f"STRATA_SCHEDULER_{item.name.upper()}")
-        flag = "--" + item.name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=_bool(env, default))
-            continue
-        kind = type(default) if default is not None else str
-        parser.add_argument(flag, type=kind, default=kind(env) if env is not None else default)
-    namespace = parser.parse_args(argv)
-    return Settings(**vars(namespace))
-
-
-def _bool(value: str | None, default: bool) -> bool:
-    return default if value is None else value.lower() in ("1", "true", "yes")
+    return load_settings(
+        Settings, env_prefix="STRATA_SCHEDULER_", argv=argv, prog="python -m strata_scheduler", description=__doc__
+    )

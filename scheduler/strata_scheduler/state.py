@@ -16,13 +16,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from strata_api.nodes import NodeFacts
 from strata_scheduler.columns import NodeColumns
-from strata_scheduler.model import NodeView, PodView, node_view, pod_view
+from strata_scheduler.views import PodView, pod_view
 
 
 @dataclass(frozen=True)
 class PoolView:
-    """What the extender reads of a ResourcePool: the capacity and GPU types it allows (empty = any)."""
+    """What the extender reads of a ResourcePool: the capacity and GPU types it allows (empty = any).
+
+    Not :class:`strata_api.ResourcePool`: that view reads a pool the API server validated and raises on a
+    missing field or an unknown GPU type, while a watch callback must take whatever arrives (a pool of a newer
+    CRD version, a GPU type this build does not know) and keep the rest of the cache going."""
 
     name: str
     capacity_types: frozenset[str]
@@ -60,7 +65,7 @@ class ClusterState:
     def __init__(self, high_priority: int = 100) -> None:
         self.lock = threading.RLock()
         self.high_priority = high_priority
-        self.nodes: dict[str, NodeView] = {}
+        self.nodes: dict[str, NodeFacts] = {}
         self.columns = NodeColumns()
         """The same nodes as arrays, with GPUs in use (see :mod:`strata_scheduler.columns`)."""
         self.pods: dict[str, PodView] = {}
@@ -100,7 +105,7 @@ class ClusterState:
 
     # --- updates from watches ---
     def upsert_node(self, obj: Mapping[str, Any]) -> None:
-        view = node_view(obj)
+        view = NodeFacts.from_body(obj)
         with self.lock:
             self.generation += 1
             self.nodes[view.name] = view
@@ -142,7 +147,7 @@ class ClusterState:
             self._rebuild_columns()
 
     def replace_nodes(self, objs: list[Mapping[str, Any]]) -> None:
-        views = [node_view(obj) for obj in objs]
+        views = [NodeFacts.from_body(obj) for obj in objs]
         with self.lock:
             self.generation += 1
             self.nodes = {view.name: view for view in views}

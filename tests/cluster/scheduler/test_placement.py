@@ -19,7 +19,7 @@ from cluster_support import ClusterHandle, eventually
 from scheduler_builders import a_pod
 from scheduler_cluster import TestFleet, bound_node, capacity_of, instance_of
 
-from strata_scheduler.forecasts import HIGH, Forecast
+from strata_scheduler.forecast_board import HIGH, Forecast
 from strata_scheduler.service import ExtenderService
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("strata_scheduler")]

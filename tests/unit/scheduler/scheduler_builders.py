@@ -160,9 +160,9 @@ TEST_CATALOG = {
 
 def an_extender(*objects: Any, synced: bool = True) -> Any:
     """An extender over a cache holding ``objects`` (node and pod builders), with the test catalog."""
-    from strata_scheduler.catalog import parse_catalog
+    from strata_api.catalog import parse_catalog
     from strata_scheduler.extender import Extender
-    from strata_scheduler.forecasts import ForecastBoard
+    from strata_scheduler.forecast_board import ForecastBoard
     from strata_scheduler.metrics import ExtenderMetrics
     from strata_scheduler.state import ClusterState
 

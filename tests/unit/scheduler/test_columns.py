@@ -1,9 +1,11 @@
-"""The columnar node cache and the array filter and score give exactly what the per-node definitions give.
+"""The columnar node cache and the array filter and score give exactly what the per-node definitions give, and
+the byte route answers exactly as plain JSON does.
 
-``filter_nodes`` and ``score_rows`` (what the extender runs) are checked against ``filter_nodes_reference`` and
-``score_nodes`` (one node at a time; ``test_filtering`` and ``test_scoring`` pin those down with exact tables)
-on random fleets, pods, pins and forecasts; the columns are checked against a fresh rebuild from the object
-cache after random add, update and delete events.
+``filter_nodes`` and ``score_rows`` (the one filter and the one score every request goes through) are checked
+against ``filter_nodes_reference`` and ``score_nodes`` (one node at a time, in ``scheduler_reference``;
+``test_filtering`` and ``test_scoring`` pin the product down with exact tables) on random fleets, pods, pins and
+forecasts; the columns are checked against a fresh rebuild from the object cache after random add, update and
+delete events; the extender with the byte route on is checked against the same extender with it off.
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scheduler_builders import TEST_CATALOG, a_node, a_pod
+from scheduler_reference import ReferenceOutcome, filter_nodes_reference, reference_rows, score_nodes
 
 import strata_api as api
-from strata_scheduler.catalog import parse_catalog
+from strata_api.catalog import parse_catalog
 from strata_scheduler.columns import RESOURCE_INDEX, NodeColumns, host_json
-from strata_scheduler.filtering import FilterOutcome, HoldBack, PinnedGroup, filter_nodes, filter_nodes_reference
-from strata_scheduler.model import NodeView, pod_view
+from strata_scheduler.filtering import FilterOutcome, HoldBack, PinnedGroup, filter_nodes
 from strata_scheduler.protocol import priority_list, priority_list_json
-from strata_scheduler.scoring import JobPlacement, score_nodes, score_rows
+from strata_scheduler.scoring import JobPlacement, score_rows
 from strata_scheduler.state import ClusterState
+from strata_scheduler.views import cost_class, pod_view
 
 pytestmark = pytest.mark.unit
 
@@ -122,7 +125,7 @@ def request_names(draw: st.DrawFn) -> list[str]:
     return draw(st.lists(st.sampled_from([*NODE_NAMES, "ghost", "n1"]), max_size=20))
 
 
-def assert_same_outcome(fast: FilterOutcome, slow: FilterOutcome) -> None:
+def assert_same_outcome(fast: FilterOutcome, slow: ReferenceOutcome) -> None:
     assert fast.passed == slow.passed
     assert list(fast.failed.items()) == list(slow.failed.items())
     assert list(fast.unresolvable.items()) == list(slow.unresolvable.items())
@@ -154,16 +157,7 @@ def test_array_scores_match_the_per_node_scores(state: ClusterState, pod: dict[s
     view = pod_view(pod)
     job_nodes = dict(state.job_nodes.get(view.job_key, {})) if view.job_key else {}
     placement = JobPlacement(job_nodes, {name: node.zone for name in job_nodes if (node := state.nodes.get(name))})
-    rows: list[tuple[str, NodeView | None, int]] = []
-    for name in names:  # what the extender passed to score_nodes before it scored arrays
-        node = state.nodes.get(name)
-        if node is None:
-            rows.append((name, None, 0))
-        elif name in state.used_gpus and node.gpu_resource:
-            rows.append((name, node, node.gpu_count - state.used_gpus[name][node.gpu_resource]))
-        else:
-            rows.append((name, node, node.gpu_count))
-    expected = score_nodes(CATALOG, view, rows, placement, hour)
+    expected = score_nodes(CATALOG, view, reference_rows(state, names), placement, hour)
     fast = score_rows(CATALOG, view, state.columns, state.columns.rows(names), placement, hour)
     assert list(zip(names, fast.tolist(), strict=True)) == expected
     hosts = state.columns.host_json[state.columns.rows(names)]
@@ -194,7 +188,7 @@ def assert_columns_match(state: ClusterState) -> None:
         assert columns.used_own[row] == fresh.used_own[other]
         assert columns.type_reps[columns.type_class[row]].gpu_type == node.gpu_type
         assert columns.type_reps[columns.type_class[row]].capacity_type == node.capacity_type
-        assert columns.cost_reps[columns.cost_class[row]].cost_class == node.cost_class
+        assert cost_class(columns.cost_reps[columns.cost_class[row]]) == cost_class(node)
         assert columns.zones[columns.zone[row]] == node.zone
         assert columns.host_json[row] == host_json(name)
         assert orjson.loads(columns.host_json[row] + b"0}") == {"Host": name, "Score": 0}
@@ -285,42 +279,56 @@ def test_prioritize_after_filter_reuses_rows_only_while_they_are_valid() -> None
 
 
 def go_body(pod: dict[str, Any], names: list[str]) -> bytes:
-    """ExtenderArgs as kube-scheduler's Go encoder writes them (field order, no spaces): the split path's input."""
+    """ExtenderArgs as kube-scheduler's Go encoder writes them (field order, no spaces): the byte route's input."""
     return orjson.dumps({"Pod": pod, "Nodes": None, "NodeNames": names})
 
 
 def other_body(pod: dict[str, Any], names: list[str]) -> bytes:
-    """The same arguments in an order the split path does not take: the ordinary path's input."""
+    """The same arguments in an order the byte route does not read: always decoded as plain JSON."""
     return orjson.dumps({"NodeNames": names, "Pod": pod})
 
 
-def an_extender_over(state: ClusterState) -> Any:
+def an_extender_over(state: ClusterState, byte_fast_path: bool = True) -> Any:
     from strata_scheduler.extender import Extender
-    from strata_scheduler.forecasts import ForecastBoard
+    from strata_scheduler.forecast_board import ForecastBoard
     from strata_scheduler.metrics import ExtenderMetrics
 
     state.synced |= {"nodes", "pods"}
-    return Extender(state, CATALOG, ForecastBoard(), ExtenderMetrics(state.size))
+    return Extender(state, CATALOG, ForecastBoard(), ExtenderMetrics(state.size), byte_fast_path=byte_fast_path)
+
+
+def byte_route_reads(extender: Any) -> list[bool]:
+    """For each request the extender decodes from now on: whether the byte route read it."""
+    taken: list[bool] = []
+    decode = extender._decode
+
+    def spy(verb: str, body: bytes) -> Any:
+        request = decode(verb, body)
+        taken.append(request.args is None)
+        return request
+
+    extender._decode = spy
+    return taken
 
 
 @PROPERTY
 @given(state=clusters(), pod=pending_pods(), data=st.data())
-def test_the_split_path_answers_byte_for_byte_as_the_ordinary_path(
+def test_the_byte_route_answers_byte_for_byte_as_plain_json(
     state: ClusterState, pod: dict[str, Any], data: Any
 ) -> None:
+    """Switch on and switch off, through the same filter and score: the same bytes for the same body, and for
+    the body in another field order."""
     names = request_names(data.draw)
-    split, ordinary = an_extender_over(state), an_extender_over(state)
-    calls: list[str] = []
-    for verb in ("_filter", "_prioritize"):
-        handler = getattr(split, verb)
-        setattr(split, verb, lambda args, verb=verb, handler=handler: calls.append(verb) or handler(args))
-    status, answer = split.filter(go_body(pod, names))
-    assert (status, answer) == ordinary.filter(other_body(pod, names))
-    distinct_and_cached = len(set(names)) == len(names) and set(names) <= set(state.nodes)
-    takes_split_path = distinct_and_cached and bool(pod_view(pod).gpus)
-    assert calls == ([] if takes_split_path else ["_filter"])
+    fast = an_extender_over(state)
+    plain, other_order = an_extender_over(state, byte_fast_path=False), an_extender_over(state, byte_fast_path=False)
+    taken, plain_taken = byte_route_reads(fast), byte_route_reads(plain)
+    status, answer = fast.filter(go_body(pod, names))
+    assert (status, answer) == plain.filter(go_body(pod, names)) == other_order.filter(other_body(pod, names))
+    assert taken == [len(set(names)) == len(names) and set(names) <= set(state.nodes)]
+    assert plain_taken == [False]
     passed = orjson.loads(answer)["NodeNames"]
     for second in (passed, names, names[::-1]):
-        calls.clear()
-        assert split.prioritize(go_body(pod, second)) == ordinary.prioritize(other_body(pod, second))
-        assert calls == ([] if len(set(second)) == len(second) and set(second) <= set(state.nodes) else ["_prioritize"])
+        taken.clear()
+        answer = fast.prioritize(go_body(pod, second))
+        assert answer == plain.prioritize(go_body(pod, second)) == other_order.prioritize(other_body(pod, second))
+        assert taken == [len(set(second)) == len(second) and set(second) <= set(state.nodes)]

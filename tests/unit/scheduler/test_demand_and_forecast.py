@@ -15,8 +15,8 @@ import pytest
 from scheduler_builders import a_node, a_pod, an_extender
 
 from strata_scheduler.demand import DemandRecorder, DemandStore, PrometheusSource, demand_sample
-from strata_scheduler.forecaster import ForecastConfig, ForecastWorker, naive_candidates, predict, prophet_curve
-from strata_scheduler.forecasts import HIGH, LOW
+from strata_scheduler.forecast_board import HIGH, LOW
+from strata_scheduler.forecasting import ForecastConfig, ForecastWorker, naive_candidates, predict, prophet_curve
 
 pytestmark = pytest.mark.unit
 

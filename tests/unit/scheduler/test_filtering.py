@@ -8,8 +8,8 @@ import pytest
 from scheduler_builders import a_node, a_pod
 
 from strata_scheduler.filtering import FilterOutcome, HoldBack, PinnedGroup, filter_nodes
-from strata_scheduler.model import pod_view
 from strata_scheduler.state import ClusterState
+from strata_scheduler.views import pod_view
 
 pytestmark = pytest.mark.unit
 

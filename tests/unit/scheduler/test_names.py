@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from scheduler_builders import a_node
 
 from strata_scheduler.columns import key_json
-from strata_scheduler.names import NameTable, plain
-from strata_scheduler.protocol import ExtenderArgs, filter_result, filter_result_json, names_json, object_json
+from strata_scheduler.fastpath.names import NameTable, plain
+from strata_scheduler.fastpath.wire import filter_result_json, names_json, object_json
+from strata_scheduler.protocol import ExtenderArgs, filter_result
 from strata_scheduler.state import ClusterState
 
 pytestmark = pytest.mark.unit

@@ -1,4 +1,5 @@
-"""Exact score tables for the cost formula in :mod:`strata_scheduler.scoring`.
+"""Exact score tables for the cost formula in :mod:`strata_scheduler.scoring`: the score the extender gives
+(``score_rows``), which the per-node definition in ``scheduler_reference`` gives too.
 
 Test catalog, per GPU-hour (node price / 8): H100 on-demand 10, reserved 6, spot 4; MI300X on-demand 8,
 reserved 5, spot 3. MI300X does 0.9 of an H100's bf16 work. Spot nodes are reclaimed 0.1 times per hour.
@@ -10,10 +11,13 @@ import math
 
 import pytest
 from scheduler_builders import a_node, a_pod
+from scheduler_reference import reference_rows, score_nodes
 
-from strata_scheduler.catalog import parse_catalog
-from strata_scheduler.model import node_view, pod_view
-from strata_scheduler.scoring import JobPlacement, cost_per_unit_work, interruption_slowdown, score_nodes
+from strata_api.catalog import parse_catalog
+from strata_api.nodes import NodeFacts
+from strata_scheduler.scoring import JobPlacement, cost_per_unit_work, interruption_slowdown, score_rows
+from strata_scheduler.state import ClusterState
+from strata_scheduler.views import pod_view
 
 pytestmark = pytest.mark.unit
 
@@ -39,10 +43,20 @@ FLEET = {
 NOBODY = JobPlacement(pods_per_node={}, zone_of={})
 
 
-def score(pod_builder, nodes, placement=NOBODY, free=8, hour=3):  # type: ignore[no-untyped-def]
+def score(pod_builder, nodes, placement=NOBODY, hour=3):  # type: ignore[no-untyped-def]
+    """Each node's score (``nodes``: name -> builder, None for a node not in the cache; all GPUs free)."""
     pod = pod_view(pod_builder.build())
-    rows = [(name, node_view(b.build()) if b is not None else None, free) for name, b in nodes.items()]
-    return dict(score_nodes(CATALOG, pod, rows, placement, hour))
+    state = ClusterState()
+    for name, builder in nodes.items():
+        if builder is not None:
+            node = builder.build()
+            node["metadata"]["name"] = name
+            state.upsert_node(node)
+    names = list(nodes)
+    scores = score_rows(CATALOG, pod, state.columns, state.columns.rows(names), placement, hour)
+    given = dict(zip(names, scores.tolist(), strict=True))
+    assert given == dict(score_nodes(CATALOG, pod, reference_rows(state, names), placement, hour))
+    return given
 
 
 def test_checkpointing_job_prefers_spot_and_the_cheaper_unit_of_work() -> None:
@@ -107,8 +121,8 @@ def test_packing_and_zone_bonuses_break_ties() -> None:
 
 
 def test_tight_fit_gets_the_packing_point() -> None:
-    assert score(a_pod().gpus(8), {"h100-res": FLEET["h100-res"]}, free=8) == {"h100-res": 9}
-    assert score(a_pod().gpus(4), {"h100-res": FLEET["h100-res"]}, free=8) == {"h100-res": 8}
+    assert score(a_pod().gpus(8), {"h100-res": FLEET["h100-res"]}) == {"h100-res": 9}
+    assert score(a_pod().gpus(4), {"h100-res": FLEET["h100-res"]}) == {"h100-res": 8}
 
 
 def test_pod_without_gpus_scores_zero_everywhere() -> None:
@@ -141,5 +155,5 @@ def test_interruption_slowdown_never_overflows() -> None:
 
 def test_cost_is_dollars_per_reference_gpu_hour() -> None:
     pod = pod_view(a_pod().gpus(8).build())
-    node = node_view(FLEET["mi-res"].build())
+    node = NodeFacts.from_body(FLEET["mi-res"].build())
     assert cost_per_unit_work(CATALOG, pod, node, hour_utc=0) == pytest.approx(5 / 0.9)

@@ -22,14 +22,14 @@ before ``t`` only::
 
 The band comes from this forecaster's own recent errors (a split-conformal interval), not from Prophet's
 parametric uncertainty; it is what the reserved-capacity hold uses (:meth:`ForecastBoard.hold_back
-<strata_scheduler.forecasts.ForecastBoard.hold_back>` takes the upper edge). Without enough history
+<strata_scheduler.forecast_board.ForecastBoard.hold_back>` takes the upper edge). Without enough history
 (``min_history_h``) there is no Prophet: the mix is of the model-free candidates only; without any history
 there is no forecast and nothing is held back.
 
 Staying off the request path: fits run in :class:`ForecastWorker`, a daemon thread, on 5-minute means (a
 fifth of the points of one-minute data, same shape); the Stan optimiser runs in a child process that
 cmdstanpy starts, so it does not hold the GIL; the result is published to the
-:class:`~strata_scheduler.forecasts.ForecastBoard`, which requests read without waiting.
+:class:`~strata_scheduler.forecast_board.ForecastBoard`, which requests read without waiting.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from strata_scheduler.demand import History, HistorySource, SeriesKey
-from strata_scheduler.forecasts import Forecast, ForecastBoard
+from strata_scheduler.forecast_board import Forecast, ForecastBoard
 from strata_scheduler.metrics import ExtenderMetrics
 
 log = logging.getLogger(__name__)
