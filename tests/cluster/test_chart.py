@@ -13,8 +13,8 @@ import yaml
 from cluster_support import ClusterHandle, eventually, service_account_kubeconfig
 
 import strata_api as api
+from strata_api.catalog import load_catalog
 from strata_dev.cluster import free_port, run_kube_scheduler
-from strata_scheduler.catalog import load_catalog
 from strata_scheduler.service import ExtenderService, Parts
 from strata_scheduler.settings import Settings
 

@@ -89,10 +89,10 @@ def running_extender(kubeconfig: Path, store: Path) -> Iterator[ExtenderService]
     """The scheduler extender in this process on a free port, watching ``kubeconfig``'s cluster, with the shipped
     catalog and no background recording or forecasting (tests publish forecasts themselves); yielded once its
     watch cache has synced, stopped on exit."""
+    from strata_api.catalog import DEFAULT_CATALOG, load_catalog
     from strata_dev.cluster import free_port
-    from strata_scheduler.catalog import load_catalog
     from strata_scheduler.service import ExtenderService, Parts
-    from strata_scheduler.settings import DEFAULT_CATALOG, Settings
+    from strata_scheduler.settings import Settings
 
     settings = Settings(port=free_port(), kubeconfig=str(kubeconfig), store=store)
     service = ExtenderService(settings, load_catalog(DEFAULT_CATALOG), Parts(record=False, forecast=False)).start()
