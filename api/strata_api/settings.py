@@ -36,6 +36,11 @@ def parse_bool(raw: str) -> bool:
     raise ValueError(f"expected one of {', '.join(sorted(TRUE_VALUES | FALSE_VALUES))}, got {raw!r}")
 
 
+def env_name(env_prefix: str, field_name: str) -> str:
+    """The environment variable that sets ``field_name``: ``STRATA_`` + ``seq_len`` -> ``STRATA_SEQ_LEN``."""
+    return f"{env_prefix}{field_name.upper()}"
+
+
 def _split(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
@@ -75,7 +80,10 @@ def load_settings(
     values: dict[str, Any] = {}
     for field in dataclasses.fields(typing.cast(Any, cls)):
         parse, is_tuple = _parser_of(hints[field.name])
-        variable = f"{env_prefix}{field.name.upper()}"
+        variable = env_name(env_prefix, field.name)
+        default = field.default if field.default is not dataclasses.MISSING else None
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        where = f"env {variable}; default {shown}"
         if variable in env:
             try:
                 values[field.name] = _split(env[variable]) if is_tuple else parse(env[variable])
@@ -83,12 +91,12 @@ def load_settings(
                 raise SettingsError(f"{variable}: {error}") from None
         flag = "--" + field.name.replace("_", "-")
         if parse is parse_bool:
-            parser.add_argument(flag, dest=field.name, type=parse_bool, nargs="?", const=True, help=variable)
+            parser.add_argument(flag, dest=field.name, type=parse_bool, nargs="?", const=True, help=where)
             parser.add_argument("--no-" + flag[2:], dest=field.name, action="store_const", const=False)
         elif is_tuple:
-            parser.add_argument(flag, dest=field.name, action="append", help=f"{variable} (repeatable)")
+            parser.add_argument(flag, dest=field.name, action="append", help=f"{where} (repeatable)")
         else:
-            parser.add_argument(flag, dest=field.name, type=parse, help=variable)
+            parser.add_argument(flag, dest=field.name, type=parse, help=where)
     parser.set_defaults(**{field.name: None for field in dataclasses.fields(typing.cast(Any, cls))})
     for name, value in vars(parser.parse_args(argv)).items():
         if value is not None:

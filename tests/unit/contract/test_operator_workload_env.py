@@ -14,6 +14,7 @@ import yaml
 from operator_builders import a_pool, apply_defaults, schema
 
 import strata_api as api
+from strata_api.settings import env_name
 from strata_api.workload import PIPELINE_SCHEDULES, WorkerEnv
 from strata_operator.core.pods import build_worker_pods
 from strata_operator.settings import OperatorSettings
@@ -40,7 +41,7 @@ def pod_envs(job: api.TrainingJob) -> list[dict[str, str]]:
 
 def read_by_the_workload() -> set[str]:
     """The variables training reads: strata_api.settings.load_settings reads `{prefix}{FIELD}` for each field."""
-    return {f"{TRAIN_ENV_PREFIX}{f.name.upper()}" for f in fields(TrainSettings)} | {WorkerEnv.PROGRESS_ANNOTATION}
+    return {env_name(TRAIN_ENV_PREFIX, f.name) for f in fields(TrainSettings)} | {WorkerEnv.PROGRESS_ANNOTATION}
 
 
 def test_every_strata_variable_the_operator_sets_is_read_by_the_workload() -> None:

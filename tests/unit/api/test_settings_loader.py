@@ -1,0 +1,68 @@
+"""Every component builds its settings with strata_api.settings.load_settings: the order of precedence, the one
+set of boolean spellings, and errors that name the variable are the same for the operator, the extender and the
+workloads, so they are asserted once here on a settings object with every kind of field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from strata_api.settings import SettingsError, load_settings, parse_bool
+
+
+@dataclass(frozen=True)
+class Knobs:
+    port: int = 80
+    ratio: float = 0.5
+    name: str = "a"
+    folder: Path = Path("/tmp")
+    kubeconfig: str | None = None
+    fast: bool = True
+    namespaces: tuple[str, ...] = ()
+
+
+def load(argv: list[str], env: dict[str, str]) -> Knobs:
+    return load_settings(Knobs, env_prefix="X_", argv=argv, env=env, prog="knobs")
+
+
+def test_flags_win_over_the_environment_which_wins_over_defaults() -> None:
+    assert load([], {}) == Knobs()
+    env = {"X_PORT": "81", "X_RATIO": "0.25", "X_NAME": "b", "X_FOLDER": "/srv", "X_KUBECONFIG": "k"}
+    assert load([], env) == Knobs(81, 0.25, "b", Path("/srv"), "k")
+    assert load(["--port", "82", "--kubeconfig", "f"], env).port == 82
+    assert load(["--port", "82", "--kubeconfig", "f"], env).kubeconfig == "f"
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("1", True), ("true", True), ("Yes", True), ("ON", True), ("0", False), ("false", False), ("no", False)],
+)
+def test_one_set_of_boolean_spellings(raw: str, value: bool) -> None:
+    assert parse_bool(raw) is value
+    assert load([], {"X_FAST": raw}).fast is value
+    assert load(["--fast", raw], {}).fast is value
+
+
+def test_boolean_flags_take_the_bare_and_the_negated_form() -> None:
+    assert load(["--fast"], {"X_FAST": "0"}).fast is True
+    assert load(["--no-fast"], {}).fast is False
+
+
+def test_tuples_are_a_comma_list_in_the_environment_and_a_repeatable_flag() -> None:
+    assert load([], {"X_NAMESPACES": "a, b,,c"}).namespaces == ("a", "b", "c")
+    assert load(["--namespaces", "d", "--namespaces", "e"], {"X_NAMESPACES": "a"}).namespaces == ("d", "e")
+
+
+@pytest.mark.parametrize(("variable", "raw"), [("X_PORT", "eighty"), ("X_RATIO", "half"), ("X_FAST", "maybe")])
+def test_a_value_that_does_not_parse_is_an_error_naming_the_variable(variable: str, raw: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{variable}: "):
+        load([], {variable: raw})
+
+
+def test_a_flag_that_does_not_parse_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        load(["--fast", "maybe"], {})
+    assert exit_.value.code == 2
+    assert "--fast" in capsys.readouterr().err
