@@ -2,7 +2,7 @@
 
 Each component declares a frozen dataclass whose fields say unit, default and why; :func:`load_settings` turns
 ``<PREFIX><FIELD>`` environment variables and ``--field-name`` flags into it, with one set of spellings for
-booleans and one error that names the variable or flag when a value does not parse. Standard library only.
+booleans and one usage error that names the variable or flag when a value does not parse. Standard library only.
 """
 
 from __future__ import annotations
@@ -20,10 +20,6 @@ T = TypeVar("T")
 
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 FALSE_VALUES = frozenset({"0", "false", "no", "off"})
-
-
-class SettingsError(ValueError):
-    """A setting's value does not parse; the message names the environment variable or flag."""
 
 
 def parse_bool(raw: str) -> bool:
@@ -71,13 +67,15 @@ def load_settings(
     """Build ``cls`` from its defaults, then ``{env_prefix}{FIELD}`` variables, then ``--field-name`` flags.
 
     Booleans take ``--flag`` / ``--no-flag`` or ``--flag true``; tuples take a comma list from the environment and
-    a repeatable flag. A value that does not parse raises :class:`SettingsError` naming the variable (flags get
-    argparse's usage error, which names the flag).
+    a repeatable flag. A value that does not parse, from a flag or from the environment, is argparse's usage error:
+    one line naming the flag or the variable on stderr, then ``SystemExit(2)`` (for a worker, exit code 2 is
+    :attr:`strata_api.workload.ExitCode.INVALID_CONFIGURATION`: retrying cannot help).
     """
     env = os.environ if env is None else env
     hints = typing.get_type_hints(cls)
     parser = argparse.ArgumentParser(prog=prog, description=description)
     values: dict[str, Any] = {}
+    unparsable: list[str] = []
     for field in dataclasses.fields(typing.cast(Any, cls)):
         parse, is_tuple = _parser_of(hints[field.name])
         variable = env_name(env_prefix, field.name)
@@ -88,7 +86,7 @@ def load_settings(
             try:
                 values[field.name] = _split(env[variable]) if is_tuple else parse(env[variable])
             except ValueError as error:
-                raise SettingsError(f"{variable}: {error}") from None
+                unparsable.append(f"{variable}: {error}")
         flag = "--" + field.name.replace("_", "-")
         if parse is parse_bool:
             parser.add_argument(flag, dest=field.name, type=parse_bool, nargs="?", const=True, help=where)
@@ -97,6 +95,8 @@ def load_settings(
             parser.add_argument(flag, dest=field.name, action="append", help=f"{where} (repeatable)")
         else:
             parser.add_argument(flag, dest=field.name, type=parse, help=where)
+    if unparsable:
+        parser.error("; ".join(unparsable))
     parser.set_defaults(**{field.name: None for field in dataclasses.fields(typing.cast(Any, cls))})
     for name, value in vars(parser.parse_args(argv)).items():
         if value is not None:

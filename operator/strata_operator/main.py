@@ -9,7 +9,6 @@ from typing import Any, cast
 import kopf
 
 from strata_api.catalog import CatalogError
-from strata_api.settings import SettingsError
 from strata_operator.handlers import resourcepool, trainingjob
 from strata_operator.runtime.kube import Kube
 from strata_operator.runtime.quoter import Quoter
@@ -101,10 +100,7 @@ async def close(memo: Any, **_: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    try:
-        settings = OperatorSettings.from_args(argv)
-    except SettingsError as error:  # a malformed STRATA_OPERATOR_* variable: one line naming it, not a traceback
-        raise SystemExit(f"strata-operator: {error}") from None
+    settings = OperatorSettings.from_args(argv)  # a value that does not parse: a usage error naming it, exit 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings.prices  # noqa: B018  (read the catalog now: a bad one stops start-up with its message)

@@ -12,7 +12,6 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from strata_api.settings import SettingsError
 from strata_api.workload import ExitCode
 from strata_workloads.settings import TrainSettings, load_train_settings
 from strata_workloads.telemetry import setup_logging
@@ -37,12 +36,7 @@ def run(settings: TrainSettings, env: Mapping[str, str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = load_train_settings(argv)
-    except SettingsError as error:  # a malformed STRATA_* value: retrying cannot help, so not exit 1 ("retry")
-        print(f"invalid configuration: {error}", file=sys.stderr)
-        return ExitCode.INVALID_CONFIGURATION
-    return run(settings, os.environ)
+    return run(load_train_settings(argv), os.environ)  # a value that does not parse exits 2, as a bad layout
 
 
 if __name__ == "__main__":

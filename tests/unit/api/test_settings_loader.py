@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from strata_api.settings import SettingsError, load_settings, parse_bool
+from strata_api.settings import load_settings, parse_bool
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,13 @@ def test_tuples_are_a_comma_list_in_the_environment_and_a_repeatable_flag() -> N
 
 
 @pytest.mark.parametrize(("variable", "raw"), [("X_PORT", "eighty"), ("X_RATIO", "half"), ("X_FAST", "maybe")])
-def test_a_value_that_does_not_parse_is_an_error_naming_the_variable(variable: str, raw: str) -> None:
-    with pytest.raises(SettingsError, match=f"^{variable}: "):
+def test_a_value_that_does_not_parse_is_a_usage_error_naming_the_variable(
+    variable: str, raw: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
         load([], {variable: raw})
+    assert exit_.value.code == 2
+    assert f"knobs: error: {variable}: " in capsys.readouterr().err
 
 
 def test_a_flag_that_does_not_parse_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,7 +11,6 @@ import yaml
 from operator_builders import ROOT, apply_defaults, schema
 
 from strata_api import ResourcePool, TrainingJob
-from strata_api.settings import SettingsError
 from strata_operator.settings import OperatorSettings
 
 KINDS = ("trainingjob.yaml", "resourcepool.yaml")
@@ -86,8 +85,9 @@ def test_settings_come_from_flags_over_environment_over_defaults() -> None:
     assert OperatorSettings.from_args([], env={}) == OperatorSettings()
 
 
-def test_a_malformed_environment_value_is_an_error_naming_the_variable() -> None:
-    with pytest.raises(SettingsError, match="STRATA_OPERATOR_STANDALONE"):
-        OperatorSettings.from_args([], env={"STRATA_OPERATOR_STANDALONE": "maybe"})
-    with pytest.raises(SettingsError, match="STRATA_OPERATOR_BACKOFF_BASE_S"):
-        OperatorSettings.from_args([], env={"STRATA_OPERATOR_BACKOFF_BASE_S": "ten"})
+def test_a_malformed_environment_value_is_an_error_naming_the_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    for variable, raw in (("STRATA_OPERATOR_STANDALONE", "maybe"), ("STRATA_OPERATOR_BACKOFF_BASE_S", "ten")):
+        with pytest.raises(SystemExit) as exit_:
+            OperatorSettings.from_args([], env={variable: raw})
+        assert exit_.value.code == 2
+        assert f"error: {variable}: " in capsys.readouterr().err

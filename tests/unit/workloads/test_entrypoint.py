@@ -24,4 +24,4 @@ def test_invalid_layout_exits_with_the_bad_config_code_and_names_the_degrees(tmp
 def test_a_setting_that_does_not_parse_exits_with_the_bad_config_code_and_names_the_variable(tmp_path: Path) -> None:
     job = launch(tmp_path, "unparsable", 1, seq_len="long", compile="maybe")
     assert job.wait(timeout=180) == [ExitCode.INVALID_CONFIGURATION]
-    assert "invalid configuration: STRATA_" in job.logs[0].read_text()
+    assert "error: STRATA_SEQ_LEN: " in job.logs[0].read_text()
