@@ -51,7 +51,7 @@ format: venv ## Format the code with ruff
 types: venv ## mypy, strict on every package
 	$(VENV)/bin/mypy
 
-imports: venv ## import-linter: the layering between operator, scheduler and workloads
+imports: venv ## import-linter: strata_api a leaf, no component imports another, the layers inside each (docs/development.md)
 	$(VENV)/bin/lint-imports
 
 check: lint types imports ## All static checks

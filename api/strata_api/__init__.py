@@ -1,9 +1,11 @@
-"""The shared contract between the operator, the scheduler extender and the fleet.
+"""The shared contract of Strata's components: the operator, the scheduler extender, the workloads, the dev tooling.
 
-Everything two components must agree on lives here and nowhere else: the API group and kinds, the label and
-annotation keys the operator writes on pods and the extender reads, the node labels real GPU clusters carry,
-and small typed views over them. This module imports only the standard library so the extender may use it
-without pulling in the operator (import-linter enforces that).
+Everything two components must agree on lives in this package and nowhere else. This module: the API group and
+kinds, the label and annotation keys the operator writes on pods and the extender reads, the node labels real
+GPU clusters carry, and typed views of the CRDs. Beside it: :mod:`strata_api.workload` (what a worker pod and the
+workload tell each other), :mod:`strata_api.nodes` (the one node reader), :mod:`strata_api.catalog` (prices and
+the per-GPU price), :mod:`strata_api.settings` (the one settings loader). The package is a leaf: it imports no
+other Strata package and nothing heavier than PyYAML (import-linter and tests/unit/api enforce both).
 """
 
 from __future__ import annotations
