@@ -5,7 +5,9 @@ Checks, in order (the first failure is the reason given):
 1. the node is in the cache (``unknown_node``);
 2. its GPU type is one the job and its ResourcePool accept (``gpu_type``, unresolvable);
 3. its capacity type is one the job and its pool allow (``capacity_type``, unresolvable);
-4. it has enough free GPUs of the pod's resource, counting every pod already bound there (``free_gpus``);
+4. its allocatable GPUs of the pod's resource cover the request at all (``gpu_allocatable``, unresolvable: a
+   CPU node, another vendor's node, or one with fewer GPUs than the pod, or than its tensor-parallel group,
+   needs); then it has enough free GPUs, counting every pod already bound there (``free_gpus``);
 5. a tensor-parallel group never spans nodes (``tp_group``): once a pod of the group is bound, the rest go to
    its node; before that, the node must fit the whole group, and when the group has several pods the filter
    picks one node for it (the cheapest; see :func:`filter_nodes`) so pods scheduled one after the other
@@ -14,7 +16,7 @@ Checks, in order (the first failure is the reason given):
    free for the upper band of forecast high-priority demand (``reserved_holdback``).
 
 "Unresolvable" failures go into ``FailedAndUnresolvableNodes`` so kube-scheduler does not try to preempt pods
-there: evicting anyone would not change the node's GPU type or capacity type.
+there: evicting anyone would not change the node's GPU type, capacity type or allocatable GPUs.
 """
 
 from __future__ import annotations
@@ -33,8 +35,16 @@ from strata_scheduler.views import PodView
 
 IntArray = npt.NDArray[np.int64]
 
-REASONS = ("unknown_node", "gpu_type", "capacity_type", "free_gpus", "tp_group", "reserved_holdback")
-UNRESOLVABLE = frozenset({"gpu_type", "capacity_type", "tp_group"})
+REASONS = (
+    "unknown_node",
+    "gpu_type",
+    "capacity_type",
+    "gpu_allocatable",
+    "free_gpus",
+    "tp_group",
+    "reserved_holdback",
+)
+UNRESOLVABLE = frozenset({"gpu_type", "capacity_type", "gpu_allocatable", "tp_group"})
 
 
 @dataclass(frozen=True)
@@ -269,6 +279,10 @@ def filter_nodes(
         if row is not None:
             kept_here[rows == row] = count
     free -= kept_here
+    needed, never_fits = allocatable_need(pod, resource, group, group_home, group_gpus)
+    hit = pending & (total < needed)
+    if hit.any():
+        settle(hit, _CODE["gpu_allocatable"], _render(texts, never_fits, total[hit]))
     hit = pending & (free < pod.gpus)
     if hit.any():
 
@@ -339,8 +353,14 @@ def _render(texts: list[str], text: Callable[..., str], *values: IntArray) -> In
                 memo[row] = _add(texts, text(*row))
             ids.append(memo[row])
         return np.array(ids, dtype=np.int64)
-    unique, inverse = np.unique(np.stack(values, axis=1), axis=0, return_inverse=True)
-    texts.extend(text(*row) for row in unique.tolist())
+    # One int64 key per row from each column's rank among its distinct values: the keys sort as the rows do,
+    # and a 1-D unique is an order of magnitude cheaper than ``np.unique(..., axis=0)`` (which sorts records).
+    key = np.zeros(len(values[0]), dtype=np.int64)
+    for column in values:
+        distinct, rank = np.unique(column, return_inverse=True)
+        key = key * len(distinct) + rank.reshape(-1)
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    texts.extend(text(*(int(column[at]) for column in values)) for at in first.tolist())
     return base + inverse.reshape(-1)
 
 
@@ -377,6 +397,18 @@ def type_mismatch(
         allowed = ",".join(sorted(capacity_types)) or "none"
         return "capacity_type", f"job and pool allow capacity types {allowed}, {have}"
     return None
+
+
+def allocatable_need(
+    pod: PodView, resource: str, group: GroupKey | None, group_home: str | None, group_gpus: int
+) -> tuple[int, Callable[[int], str]]:
+    """GPUs of ``resource`` a node must have allocatable at all (the pod's, or its tensor-parallel group's while
+    the group has no node yet: a group never spans nodes), and the sentence for a node with ``total`` fewer
+    (check 4; no eviction changes a node's allocatable, so these nodes are unresolvable)."""
+    if group is not None and group_home is None and group_gpus > pod.gpus:
+        label = group_label(group)
+        return group_gpus, lambda total: f"{label} needs {group_gpus} GPUs on one node, node has {total} allocatable"
+    return pod.gpus, lambda total: f"pod needs {pod.gpus} {resource}, node has {total} allocatable"
 
 
 def held_back(node: NodeFacts, pod: PodView, reserved: Mapping[str, ReservedCapacity], hold: HoldBack) -> str | None:

@@ -19,6 +19,7 @@ from strata_scheduler.filtering import (
     GroupKey,
     HoldBack,
     PinnedGroup,
+    allocatable_need,
     group_label,
     held_back,
     type_mismatch,
@@ -64,6 +65,7 @@ def filter_nodes_reference(
     candidates: list[str] = []
     mismatch: dict[tuple[object, object], tuple[str, str] | None] = {}  # per (GPU type, capacity type)
     nodes, used_gpus, gpus = state.nodes, state.used_gpus, pod.gpus
+    needed, never_fits = allocatable_need(pod, resource, group, group_home, group_gpus)
     for name in node_names:
         node = nodes.get(name)
         if node is None:
@@ -77,9 +79,12 @@ def filter_nodes_reference(
             outcome.reject(name, message[0], message[1])
             continue
         used = used_gpus[name][resource] if name in used_gpus else 0
-        free = node.allocatable_gpus.get(resource, 0) - used - (kept.get(name, 0) if kept else 0)
+        total = node.allocatable_gpus.get(resource, 0)
+        if total < needed:
+            outcome.reject(name, "gpu_allocatable", never_fits(total))
+            continue
+        free = total - used - (kept.get(name, 0) if kept else 0)
         if free < gpus:
-            total = node.allocatable_gpus.get(resource, 0)
             note = f" ({kept[name]} kept for a tensor-parallel group being placed there)" if kept.get(name) else ""
             outcome.reject(name, "free_gpus", f"pod needs {pod.gpus} {resource}, node has {free} free of {total}{note}")
             continue

@@ -121,8 +121,8 @@ def pending_pods(draw: st.DrawFn) -> dict[str, Any]:
     return obj
 
 
-def request_names(draw: st.DrawFn) -> list[str]:
-    return draw(st.lists(st.sampled_from([*NODE_NAMES, "ghost", "n1"]), max_size=20))
+def request_names(draw: st.DrawFn, min_size: int = 0, max_size: int = 20) -> list[str]:
+    return draw(st.lists(st.sampled_from([*NODE_NAMES, "ghost", "n1"]), min_size=min_size, max_size=max_size))
 
 
 def assert_same_outcome(fast: FilterOutcome, slow: ReferenceOutcome) -> None:
@@ -147,6 +147,21 @@ def test_array_filter_matches_the_per_node_filter(state: ClusterState, pod: dict
     with state.reading():
         fast = filter_nodes(view, names, state, hold, pins, cheapest=max)
         slow = filter_nodes_reference(view, names, state, hold, pins, cheapest=max)
+    assert_same_outcome(fast, slow)
+
+
+@PROPERTY
+@given(state=clusters(), pod=pending_pods(), data=st.data())
+def test_array_filter_matches_the_per_node_filter_on_requests_long_enough_to_sort_sentences(
+    state: ClusterState, pod: dict[str, Any], data: Any
+) -> None:
+    """Over 64 rejections of one kind, the sentences are told apart by sorting keys, not by a dict."""
+    names = request_names(data.draw, min_size=65, max_size=200)
+    view = pod_view(pod)
+    hold = HoldBack(upper_by_gpu_type={})
+    with state.reading():
+        fast = filter_nodes(view, names, state, hold, {}, cheapest=max)
+        slow = filter_nodes_reference(view, names, state, hold, {}, cheapest=max)
     assert_same_outcome(fast, slow)
 
 

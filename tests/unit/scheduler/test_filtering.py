@@ -61,9 +61,41 @@ def test_pod_without_strata_annotations_only_needs_free_gpus_of_its_resource() -
     state = cluster(a_node("h").h100().reserved(), a_node("m").mi300x().spot(), a_node("zero").h100(count=0).spot())
     outcome = run(a_pod().amd(8), state, ["h", "m", "zero"])
     assert outcome.passed == ["m"]
-    assert outcome.failed == {
-        "h": "pod needs 8 amd.com/gpu, node has 0 free of 0",
-        "zero": "pod needs 8 amd.com/gpu, node has 0 free of 0",
+    assert outcome.unresolvable == {
+        "h": "pod needs 8 amd.com/gpu, node has 0 allocatable",
+        "zero": "pod needs 8 amd.com/gpu, node has 0 allocatable",
+    }
+    assert not outcome.failed
+
+
+def test_nodes_whose_allocatable_gpus_can_never_fit_are_unresolvable_and_busy_ones_are_not() -> None:
+    """kube-scheduler's preemption skips ``FailedAndUnresolvableNodes``: evicting pods from a CPU node, another
+    vendor's node or a node with fewer GPUs than the request never makes room, and a full node may."""
+    state = cluster(
+        a_node("small").h100(count=4).spot(),
+        a_node("cpu").instance("m7i.8xlarge").spot(),
+        a_node("amd").mi300x().spot(),
+        a_node("full").h100().spot(),
+        a_node("free").h100().spot(),
+        a_pod("other").gpus(8).on("full"),
+    )
+    outcome = run(a_pod().gpus(8), state, ["small", "cpu", "amd", "full", "free"])
+    assert outcome.passed == ["free"]
+    assert outcome.unresolvable == {
+        "small": "pod needs 8 nvidia.com/gpu, node has 4 allocatable",
+        "cpu": "pod needs 8 nvidia.com/gpu, node has 0 allocatable",
+        "amd": "pod needs 8 nvidia.com/gpu, node has 0 allocatable",
+    }
+    assert outcome.failed == {"full": "pod needs 8 nvidia.com/gpu, node has 0 free of 8"}
+    assert outcome.rejected_by_reason == {"gpu_allocatable": 3, "free_gpus": 1}
+
+
+def test_a_tensor_parallel_group_never_fits_a_node_with_fewer_gpus_than_the_group() -> None:
+    state = cluster(a_node("small").h100(count=4).spot(), a_node("big").h100().spot())
+    outcome = run(a_pod().gpus(4).of_job("llm").tp_group("0", size=8), state, ["small", "big"])
+    assert outcome.passed == ["big"]
+    assert outcome.unresolvable == {
+        "small": "tensor-parallel group 0 of job team/llm needs 8 GPUs on one node, node has 4 allocatable"
     }
 
 

@@ -87,9 +87,10 @@ def test_filter_speaks_the_extender_v1_field_names(server: LiveServer) -> None:
     assert body == {
         "Nodes": None,
         "NodeNames": ["h100-spot"],
-        "FailedNodes": {"mi-spot": "pod needs 8 nvidia.com/gpu, node has 0 free of 0"},
+        "FailedNodes": {},
         "FailedAndUnresolvableNodes": {
             "h100-res": "job and pool allow capacity types spot, node is reserved",
+            "mi-spot": "pod needs 8 nvidia.com/gpu, node has 0 allocatable",
             "cpu": "job and pool allow capacity types spot, node is on-demand",
         },
         "Error": "",
