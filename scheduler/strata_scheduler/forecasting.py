@@ -30,17 +30,26 @@ Staying off the request path: fits run in :class:`ForecastWorker`, a daemon thre
 fifth of the points of one-minute data, same shape); the Stan optimiser runs in a child process that
 cmdstanpy starts, so it does not hold the GIL; the result is published to the
 :class:`~strata_scheduler.forecast_board.ForecastBoard`, which requests read without waiting.
+
+A candidate that fails (Prophet or cmdstanpy raising, a curve of the wrong length, a NaN or infinite value where
+the forecast needs one) is dropped for that round and the blend is chosen among the others: the prediction says
+which were dropped and why (:class:`DroppedCandidate`), and the worker counts and logs each. One bad candidate
+never costs the whole forecast.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+import tempfile
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,6 +78,23 @@ class ForecastConfig:
     """How fast an origin's error fades when the mix is chosen (the band uses the errors unweighted)."""
 
 
+ANCHORED = "anchored"
+"""The candidate built on Prophet's curve (see the module docstring)."""
+
+
+@dataclass(frozen=True)
+class DroppedCandidate:
+    """A candidate left out of one round's blend, and why."""
+
+    name: str
+    reason: str
+    """``raised`` (the curve raised: Prophet, cmdstanpy or the Stan optimiser failed), ``wrongLength`` (the curve
+    returned a different number of values than bins asked for) or ``nonFinite`` (NaN or infinity where the
+    forecast needs a number)."""
+    detail: str
+    """One line for the log: the exception's type and message, or what was wrong with the values."""
+
+
 @dataclass(frozen=True)
 class Prediction:
     mean: float
@@ -77,6 +103,8 @@ class Prediction:
     method: str
     weights: Mapping[str, float] = field(default_factory=lambda: {"persistence": 1.0})
     """The mix of candidate forecasts that did best over the calibration window (see :func:`_best_blend`)."""
+    dropped: tuple[DroppedCandidate, ...] = ()
+    """Candidates that failed this round and were left out of the blend."""
 
 
 def bin_means(times_s: np.ndarray, values: np.ndarray, bin_min: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,10 +124,17 @@ def bin_means(times_s: np.ndarray, values: np.ndarray, bin_min: int) -> tuple[np
 
 
 def predict(times_s: np.ndarray, values: np.ndarray, config: ForecastConfig, curve: Curve | None) -> Prediction | None:
-    """Forecast ``config.horizon_min`` after the last sample; see the module docstring for the formula."""
+    """Forecast ``config.horizon_min`` after the last sample; see the module docstring for the formula.
+
+    Samples that are NaN or infinite count as missing (a gap). A candidate that fails is left out of the blend
+    and named in :attr:`Prediction.dropped`; the others still make the forecast.
+    """
+    times_s, values = np.asarray(times_s, dtype=np.int64), np.asarray(values, dtype=float)
+    finite = np.isfinite(values)
+    times_s, values = times_s[finite], values[finite]
     if len(values) == 0:
         return None
-    grid, y = bin_means(np.asarray(times_s, dtype=np.int64), np.asarray(values, dtype=float), config.bin_min)
+    grid, y = bin_means(times_s, values, config.bin_min)
     n = len(y)
     h = max(1, round(config.horizon_min / config.bin_min))
     w = max(1, round(config.level_window_min / config.bin_min))
@@ -110,18 +145,33 @@ def predict(times_s: np.ndarray, values: np.ndarray, config: ForecastConfig, cur
     day = 86400 // (config.bin_min * 60)
     candidates = naive_candidates(y, h, w, day)
     method = "persistence"
-    calibration, live = dict(candidates), dict(candidates)
+    dropped = [_dropped(name, values) for name, values in candidates.items()]
+    usable = {name: values for (name, values), problem in zip(candidates.items(), dropped, strict=True) if not problem}
+    calibration, live = dict(usable), dict(usable)
     # Prophet joins only when its errors can be measured out of sample: one fit on the history before the
     # calibration window scores it there, a second on all history makes the live forecast. With less history
     # than min_history_h plus a day of calibration, the window shrinks or Prophet sits out.
     fit_bins = int(config.min_history_h * 3600 / (config.bin_min * 60))
     if curve is not None and n - h - max(start, fit_bins) >= day:
-        start = max(start, fit_bins)
-        method = "anchored-prophet"
+        prophet_start = max(start, fit_bins)
         level = candidates["persistence"]
-        held_out = curve(grid[: start + 1], y[: start + 1], n - start - 1 + h, config.bin_min)
-        calibration["anchored"] = _anchored(level, held_out, h, w)
-        live["anchored"] = _anchored(level, curve(grid, y, h, config.bin_min), h, w)
+        try:
+            held_out = _checked_curve(
+                curve, grid[: prophet_start + 1], y[: prophet_start + 1], n - prophet_start - 1 + h, config.bin_min
+            )
+            current = _checked_curve(curve, grid, y, h, config.bin_min)
+        except _CurveFailed as failure:  # the window and the mix stay what they are without Prophet
+            dropped.append(DroppedCandidate(ANCHORED, failure.reason, failure.detail))
+        else:
+            anchored = _anchored(level, current, h, w)
+            problem = _dropped(ANCHORED, anchored)
+            if problem:
+                dropped.append(problem)
+            else:
+                start, method = prophet_start, "anchored-prophet"
+                calibration[ANCHORED], live[ANCHORED] = _anchored(level, held_out, h, w), anchored
+    if not live:
+        return None
     half_life = int(config.weight_half_life_h * 3600 / (config.bin_min * 60))
     weights, errors = _best_blend(calibration, y, h, start, half_life)
     mean = float(sum(weight * live[name][-1] for name, weight in weights.items()))
@@ -143,7 +193,49 @@ def predict(times_s: np.ndarray, values: np.ndarray, config: ForecastConfig, cur
         upper=max(mean + float(high_q), 0.0),
         method=method,
         weights=weights,
+        dropped=tuple(problem for problem in dropped if problem),
     )
+
+
+class _CurveFailed(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+DETAIL_CHARS = 300
+"""A failure's detail is cut to this many characters: it goes on one log line (cmdstanpy's errors carry the
+optimiser's whole console output)."""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:DETAIL_CHARS]
+
+
+def _checked_curve(curve: Curve, grid: np.ndarray, y: np.ndarray, extra_bins: int, bin_min: int) -> np.ndarray:
+    """The curve's values, or :class:`_CurveFailed` if it raised or gave something the forecast cannot use."""
+    try:
+        values = np.asarray(curve(grid, y, extra_bins, bin_min), dtype=float)
+    except Exception as error:  # whatever Prophet, cmdstanpy or Stan raise, the other candidates carry on
+        raise _CurveFailed("raised", _one_line(f"{type(error).__name__}: {error}")) from error
+    expected = len(grid) + extra_bins
+    if values.shape != (expected,):
+        raise _CurveFailed("wrongLength", f"{values.shape} values for {expected} bins")
+    bad = int(np.count_nonzero(~np.isfinite(values)))
+    if bad:
+        raise _CurveFailed("nonFinite", f"{bad} of {expected} values are NaN or infinite")
+    return values
+
+
+def _dropped(name: str, values: np.ndarray) -> DroppedCandidate | None:
+    """Why a candidate cannot join the blend, or None: its live value must be a number and no origin may be
+    infinite (NaN at an origin is a gap, which the blend skips)."""
+    if not np.isfinite(values[-1]):
+        return DroppedCandidate(name, "nonFinite", f"the live forecast is {values[-1]}")
+    infinite = int(np.count_nonzero(np.isinf(values)))
+    if infinite:
+        return DroppedCandidate(name, "nonFinite", f"{infinite} of {len(values)} origins are infinite")
+    return None
 
 
 def naive_candidates(y: np.ndarray, h: int, w: int, day: int) -> dict[str, np.ndarray]:
@@ -251,31 +343,75 @@ def _trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
     return result
 
 
-def prophet_curve(grid: np.ndarray, y: np.ndarray, extra_bins: int, bin_min: int) -> np.ndarray:
-    """Prophet's fitted and extrapolated mean over ``grid`` plus ``extra_bins`` more bins."""
-    quiet_prophet_logs()
-    import pandas as pd
-    from prophet import Prophet
+@dataclass(frozen=True)
+class ProphetCurve:
+    """Prophet's fitted and extrapolated mean over ``grid`` plus ``extra_bins`` more bins (a :data:`Curve`).
 
-    quiet_prophet_logs()  # again: cmdstanpy sets its own level when first imported
+    A fit goes through files: cmdstanpy writes Stan's data and initial values as JSON into its scratch directory,
+    and the optimiser (a child process) writes its output CSV and console log. All of them go under ``tmp_dir``
+    (None: Python's temp dir, ``TMPDIR`` or else /tmp), which must be writable; in a pod whose root filesystem is
+    read-only that is a mounted volume. Each fit's output goes to a directory of its own there, removed when the
+    fit ends (cmdstanpy's default keeps every fit's output until the process exits, which in a long-running
+    extender fills the volume). cmdstanpy picks its scratch directory once, from Python's temp dir, when it is
+    first imported, so the first fit imports it with Python's temp dir pointed at ``tmp_dir``.
+    """
 
-    days = (grid[-1] - grid[0]) / 86400
-    present = ~np.isnan(y)
-    frame = pd.DataFrame({"ds": pd.to_datetime(grid[present], unit="s"), "y": y[present]})
-    model = Prophet(
-        daily_seasonality=days >= 2,
-        weekly_seasonality=days >= 14,
-        yearly_seasonality=False,
-        uncertainty_samples=0,  # the band comes from measured errors, not Prophet's simulation
-    )
-    with warnings.catch_warnings():
-        # Prophet 1.5 still passes inplace= to pandas 3.1, which deprecates it; nothing here can change that.
-        warnings.filterwarnings("ignore", message="The inplace keyword", module="prophet")
-        model.fit(frame)
-        future_s = np.concatenate([grid, grid[-1] + bin_min * 60 * np.arange(1, extra_bins + 1)])
-        future = pd.DataFrame({"ds": pd.to_datetime(future_s, unit="s")})
-        result: np.ndarray = model.predict(future)["yhat"].to_numpy()
-    return result
+    tmp_dir: Path | None = None
+
+    def __call__(self, grid: np.ndarray, y: np.ndarray, extra_bins: int, bin_min: int) -> np.ndarray:
+        import pandas as pd
+
+        if self.tmp_dir is not None:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        prophet = _import_prophet(self.tmp_dir)
+        days = (grid[-1] - grid[0]) / 86400
+        present = ~np.isnan(y)
+        frame = pd.DataFrame({"ds": pd.to_datetime(grid[present], unit="s"), "y": y[present]})
+        model = prophet(
+            daily_seasonality=days >= 2,
+            weekly_seasonality=days >= 14,
+            yearly_seasonality=False,
+            uncertainty_samples=0,  # the band comes from measured errors, not Prophet's simulation
+        )
+        with (
+            tempfile.TemporaryDirectory(prefix="prophet-fit-", dir=self.tmp_dir) as fit_dir,
+            warnings.catch_warnings(),
+        ):
+            # Prophet 1.5 still passes inplace= to pandas 3.1, which deprecates it; nothing here can change that.
+            warnings.filterwarnings("ignore", message="The inplace keyword", module="prophet")
+            model.fit(frame, output_dir=fit_dir)  # Prophet hands this to cmdstanpy's optimize()
+            future_s = np.concatenate([grid, grid[-1] + bin_min * 60 * np.arange(1, extra_bins + 1)])
+            future = pd.DataFrame({"ds": pd.to_datetime(future_s, unit="s")})
+            result: np.ndarray = model.predict(future)["yhat"].to_numpy()
+        return result
+
+
+prophet_curve = ProphetCurve()
+"""Prophet with its files under Python's temp dir (tests, benchmarks, a laptop)."""
+
+_PROPHET_IMPORT = threading.Lock()
+
+
+def _import_prophet(tmp_dir: Path | None) -> Any:
+    """The Prophet class; the first call imports cmdstanpy with Python's temp dir set to ``tmp_dir``.
+
+    cmdstanpy makes its scratch directory (``cmdstanpy._TMPDIR``) with ``tempfile.mkdtemp()`` when imported and
+    offers no other way to choose it; Python's temp dir is switched back at once.
+    """
+    with _PROPHET_IMPORT:
+        quiet_prophet_logs()
+        if tmp_dir is not None and "cmdstanpy" not in sys.modules:
+            import pandas  # noqa: F401  (imported before the switch, so the switch lasts only cmdstanpy's own import)
+
+            saved, tempfile.tempdir = tempfile.tempdir, str(tmp_dir)
+            try:
+                import cmdstanpy  # noqa: F401
+            finally:
+                tempfile.tempdir = saved
+        from prophet import Prophet
+
+        quiet_prophet_logs()  # again: cmdstanpy sets its own level when first imported
+        return Prophet
 
 
 def quiet_prophet_logs() -> None:
@@ -286,7 +422,13 @@ def quiet_prophet_logs() -> None:
 
 
 class ForecastWorker(threading.Thread):
-    """Refits every ``interval_s`` and publishes forecasts; also scores forecasts that came due."""
+    """Refits every ``interval_s`` and publishes forecasts; also scores forecasts that came due.
+
+    Each candidate dropped from a series' blend counts once in ``strata_forecast_candidate_failures_total`` and
+    gets one warning line naming the series, the candidate and why. ``strata_forecast_age_seconds`` is the time
+    since the last round that published (since the worker started, before the first): it grows when fits fail or
+    hang, which is what a "forecast stale" alert watches.
+    """
 
     def __init__(
         self,
@@ -310,6 +452,8 @@ class ForecastWorker(threading.Thread):
             clock,
         )
         self._due: list[Forecast] = []
+        self._published_at = clock()
+        metrics.forecast_age.set_function(lambda: self.clock() - self._published_at)
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -329,6 +473,7 @@ class ForecastWorker(threading.Thread):
             return self.board.latest()
         self.board.publish(forecasts)
         self.board.last_error = None
+        self._published_at = self.clock()
         self.metrics.forecast_fit_seconds.set(time.perf_counter() - started)
         for (gpu, priority), forecast in forecasts.items():
             for bound in ("mean", "lower", "upper"):
@@ -346,6 +491,15 @@ class ForecastWorker(threading.Thread):
             values = np.array([gpus for _, gpus in points], dtype=float)
             curve = self.curve if np.ptp(values) > 0 else None  # a flat series has no shape to learn
             prediction = predict(times, values, self.config, curve)
+            for problem in prediction.dropped if prediction is not None else ():
+                self.metrics.forecast_candidate_failures.labels(problem.name, problem.reason).inc()
+                log.warning(
+                    "forecast of %s %s-priority demand: candidate %s dropped this round (%s: %s)",
+                    *key,
+                    problem.name,
+                    problem.reason,
+                    problem.detail,
+                )
             if prediction is not None:
                 result[key] = Forecast(
                     gpu_type=key[0],

@@ -62,4 +62,16 @@ class ExtenderMetrics:
         self.forecast_fit_seconds = Gauge(
             "strata_forecast_fit_seconds", "Time the last forecaster fit took", registry=self.registry
         )
+        self.forecast_candidate_failures = Counter(
+            "strata_forecast_candidate_failures",
+            "Forecast candidates dropped from a round's blend because they failed, by candidate and reason "
+            "(raised, wrongLength, nonFinite)",
+            ["candidate", "reason"],
+            registry=self.registry,
+        )
+        self.forecast_age = Gauge(
+            "strata_forecast_age_seconds",
+            "Seconds since the forecaster last published forecasts (since it started, if it has not yet)",
+            registry=self.registry,
+        )
         self.registry.register(_CacheSize(cache_sizes))

@@ -15,7 +15,7 @@ from strata_api.catalog import Catalog
 from strata_scheduler.demand import DemandRecorder, DemandStore, HistorySource, PrometheusSource
 from strata_scheduler.extender import Extender
 from strata_scheduler.forecast_board import ForecastBoard
-from strata_scheduler.forecasting import Curve, ForecastConfig, ForecastWorker, prophet_curve
+from strata_scheduler.forecasting import ForecastConfig, ForecastWorker, ProphetCurve
 from strata_scheduler.metrics import ExtenderMetrics
 from strata_scheduler.scoring import Defaults
 from strata_scheduler.server import ExtenderServer
@@ -36,10 +36,9 @@ class Parts:
 
 
 class ExtenderService:
-    def __init__(self, settings: Settings, catalog: Catalog, parts: Parts = Parts(), curve: Curve = prophet_curve):
+    def __init__(self, settings: Settings, catalog: Catalog, parts: Parts = Parts()):
         self.settings = settings
         self.parts = parts
-        self.curve = curve
         self.stop_event = threading.Event()
         self.state = ClusterState(high_priority=settings.high_priority)
         self.board = ForecastBoard()
@@ -83,7 +82,7 @@ class ExtenderService:
                 ForecastConfig(horizon_min=settings.horizon_min),
                 interval_s=settings.forecast_interval_s,
                 history_days=settings.history_days,
-                curve=self.curve,
+                curve=ProphetCurve(tmp_dir=settings.forecast_tmp_dir),
             ).start()
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="extender-http", daemon=True)

@@ -35,6 +35,11 @@ class Settings:
     """How far ahead the reserved-capacity hold looks (minutes)."""
     history_days: float = 14.0
     """Days of demand history the forecaster fits on."""
+    forecast_tmp_dir: Path | None = None
+    """Writable directory for the files of each Prophet fit (cmdstanpy's JSON inputs, the Stan optimiser's CSV
+    output and console log; each fit's are removed when it ends). None uses Python's temp dir (``TMPDIR``, else
+    /tmp). A pod with a read-only root filesystem needs a volume here, or every Prophet fit fails (and the forecast
+    falls back to the model-free candidates); the chart mounts an emptyDir."""
     pin_ttl_s: float = 30.0
     """How long a tensor-parallel group stays pinned to a node before its first pod is seen bound (seconds)."""
     max_body_bytes: int = 16 * 1024 * 1024
