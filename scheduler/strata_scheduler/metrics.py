@@ -47,6 +47,13 @@ class ExtenderMetrics:
             ["verb"],
             registry=self.registry,
         )
+        self.connections_dropped = Counter(
+            "strata_extender_connections_dropped",
+            "Client connections the server closed unasked, by reason (idle_timeout, request_timeout, over_cap: "
+            "closed to make room past max_connections, over_cap_all_busy: a new one refused)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.forecast = Gauge(
             "strata_forecast_gpus",
             "Forecast GPU demand 15 minutes ahead, by GPU type, priority class and band edge",

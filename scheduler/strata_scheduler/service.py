@@ -103,7 +103,7 @@ class ExtenderService:
             self._server = None
 
     async def _serve(self) -> None:
-        server = ExtenderServer(self.extender, self.settings.max_body_bytes)
+        server = ExtenderServer(self.extender, self.settings)
         self._server = await server.start(self.settings.host, self.settings.port)
 
     def stop(self) -> None:

@@ -44,6 +44,35 @@ class Settings:
     """How long a tensor-parallel group stays pinned to a node before its first pod is seen bound (seconds)."""
     max_body_bytes: int = 16 * 1024 * 1024
     """Largest request accepted; 5,000 node names are about 100 KiB, full NodeLists far more."""
+    max_head_bytes: int = 64 * 1024
+    """Largest request line plus headers (bytes), however the bytes arrive; over it: 431. Go's client sends a
+    few hundred; the limit only stops a client from making the server buffer without end."""
+    request_timeout_s: float = 10.0
+    """Seconds a request may take to arrive, head and body, from its first byte (and a new connection to send
+    its first byte); past it: 408 and the connection closed. kube-scheduler sends a request in one write of
+    about 100 KiB at 5,000 nodes; this stops slow-loris clients from holding connections forever."""
+    idle_timeout_s: float = 120.0
+    """Seconds a keep-alive connection may sit idle between requests before the server closes it. Longer than
+    the 90 s after which Go's HTTP client (kube-scheduler's) drops its own idle connections, so the server is
+    never the one to close a connection a POST is about to be written on (Go does not retry a POST then)."""
+    max_connections: int = 1024
+    """Open client connections at most; keep it well below the process's file-handle limit. Past it, a new
+    connection is still taken, and to make room the server closes the oldest connection that has not had a
+    request answered yet (a slow-loris or silent one), else the one idle longest; a connection with a request
+    in progress is never closed. So a restarted kube-scheduler gets through a flood, and the connections it
+    keeps stay served. Only when every connection is busy is the new one answered 503 and closed."""
+    error_log_interval_s: float = 10.0
+    """The same event-loop error (such as accept() failing when file handles run out) is logged at most once
+    per this many seconds, with the count of repeats left out; unthrottled, one flood wrote 42 MB in 30 s."""
+    tls_cert_file: Path | None = None
+    """Serve HTTPS with this PEM certificate (and ``tls_key_file``); None serves plain HTTP. kube-scheduler's
+    extender ``tlsConfig`` verifies it with ``caFile`` and ``serverName``, and ``enableHTTPS: true``."""
+    tls_key_file: Path | None = None
+    """The PEM private key of ``tls_cert_file``."""
+    tls_client_ca_file: Path | None = None
+    """With HTTPS: accept only clients presenting a certificate signed by this CA (mutual TLS). kube-scheduler's
+    extender config sends one (``tlsConfig.certFile``/``keyFile``); it has no way to send a bearer token or any
+    other header, so a client certificate is the one credential it can give. Off (None) by default."""
     default_runtime_s: float = 4 * 3600.0
     """Runtime assumed for a GPU pod that does not declare one (seconds); drives its spot interruption cost."""
     watch_crds: bool = True

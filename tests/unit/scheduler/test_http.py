@@ -23,6 +23,7 @@ from scheduler_builders import a_node, a_pod, an_extender
 import strata_api as api
 from strata_scheduler.extender import Extender
 from strata_scheduler.server import ExtenderServer
+from strata_scheduler.settings import Settings
 
 pytestmark = pytest.mark.unit
 
@@ -30,15 +31,16 @@ MAX_BODY = 64 * 1024
 
 
 class LiveServer:
-    def __init__(self, extender: Extender) -> None:
+    def __init__(self, extender: Extender, settings: Settings | None = None) -> None:
         self.extender = extender
+        self.settings = settings or Settings(max_body_bytes=MAX_BODY)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="extender-test-loop", daemon=True)
         self.thread.start()
         self.server, self.client = self._call(self._start())
 
     async def _start(self) -> tuple[ExtenderServer, aiohttp.ClientSession]:
-        server = await ExtenderServer(self.extender, max_body_bytes=MAX_BODY).start("127.0.0.1", 0)
+        server = await ExtenderServer(self.extender, self.settings).start("127.0.0.1", 0)
         return server, aiohttp.ClientSession(f"http://127.0.0.1:{server.port}")
 
     def _call(self, coroutine: Any) -> Any:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from scheduler_builders import a_node, a_pod, an_extender
 from test_http import LiveServer
 
-from strata_scheduler.server import MAX_HEAD
+from strata_scheduler.settings import Settings
 
 pytestmark = pytest.mark.unit
 
@@ -78,7 +78,11 @@ def test_one_connection_serves_many_requests_even_pipelined(server: LiveServer) 
             status, headers, body = read_response(sock, data)
             assert (status, headers[b"content-type"]) == (200, b"application/json")
             assert orjson.loads(body)["NodeNames"] == ["h100"]
-        sock.sendall(post("/filter", FILTER_BODY) + post("/prioritize", FILTER_BODY) + b"GET /healthz HTTP/1.1\r\n\r\n")
+        sock.sendall(
+            post("/filter", FILTER_BODY)
+            + post("/prioritize", FILTER_BODY)
+            + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
         assert read_response(sock, data)[0] == 200
         assert orjson.loads(read_response(sock, data)[2])[0]["Host"] == "h100"
         assert read_response(sock, data)[::2] == (200, b"ok")
@@ -99,9 +103,9 @@ def test_a_body_may_arrive_in_pieces_and_after_100_continue(server: LiveServer) 
 @pytest.mark.parametrize(
     ("request_bytes", "status"),
     [
-        (b"GET /nowhere HTTP/1.1\r\n\r\n", 404),
-        (b"GET /filter HTTP/1.1\r\n\r\n", 405),
-        (b"POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405),
+        (b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+        (b"GET /filter HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+        (b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405),
     ],
 )
 def test_unknown_routes_and_methods_get_a_status_and_the_connection_stays(
@@ -111,23 +115,23 @@ def test_unknown_routes_and_methods_get_a_status_and_the_connection_stays(
         data = bytearray()
         sock.sendall(request_bytes)
         assert read_response(sock, data)[0] == status
-        sock.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(sock, data)[::2] == (200, b"ok")
 
 
 @pytest.mark.parametrize(
     ("request_bytes", "status"),
     [
-        (b"POST /filter HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 501),
-        (b"POST /filter HTTP/1.1\r\nContent-Length: 12x\r\n\r\n", 400),
-        (b"POST /filter HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
-        (b"POST /filter HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n", 413),
+        (b"POST /filter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 501),
+        (b"POST /filter HTTP/1.1\r\nHost: x\r\nContent-Length: 12x\r\n\r\n", 400),
+        (b"POST /filter HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+        (b"POST /filter HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n", 413),
         (b"GET /healthz HTTP/2.0\r\n\r\n", 505),
         (b"GET\r\n\r\n", 400),
-        (b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n", 400),
-        (b"GET /healthz HTTP/1.1\r\n folded: header\r\n\r\n", 400),
-        (b"POST /filter HTTP/1.1\r\nExpect: something-else\r\n\r\n", 417),
-        (b"GET /healthz HTTP/1.1\r\nX: " + b"y" * (MAX_HEAD + 10), 431),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", 400),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n folded: header\r\n\r\n", 400),
+        (b"POST /filter HTTP/1.1\r\nHost: x\r\nExpect: something-else\r\n\r\n", 417),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: " + b"y" * (Settings().max_head_bytes + 10), 431),
     ],
 )
 def test_what_it_does_not_take_gets_a_status_and_a_closed_connection(
@@ -143,7 +147,7 @@ def test_what_it_does_not_take_gets_a_status_and_a_closed_connection(
 
 def test_connection_close_and_http_1_0_close_after_the_answer(server: LiveServer) -> None:
     for request_bytes in (
-        b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         b"GET /healthz HTTP/1.0\r\n\r\n",
     ):
         with connect(server) as sock:
@@ -160,7 +164,7 @@ def test_closing_the_server_closes_the_connections_clients_keep() -> None:
     live = LiveServer(an_extender(a_node("h100").h100().spot()))
     try:
         with connect(live) as sock:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             assert read_response(sock, bytearray())[0] == 200
             live._call(live.server.close())
             assert closed(sock)
