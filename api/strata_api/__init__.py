@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 GROUP = "strata.dev"
@@ -212,7 +214,16 @@ class Phase(enum.StrEnum):
 
 
 ANY_GPU = "Any"
-"""``spec.resources.gpuType`` value meaning: let admission pick one type for the whole gang."""
+"""``spec.resources.gpuType`` value meaning: let admission pick one GPU type for the whole gang."""
+
+CPU = "CPU"
+"""``spec.resources.gpuType`` value meaning: no GPUs; ``resources.workers`` pods of one training process each, on
+nodes without a GPU product label. Not a :class:`GPUType`: nothing that iterates GPU types ever meets it."""
+
+DEFAULT_GPUS_PER_WORKER = 8
+"""``spec.resources.gpusPerWorker`` of a GPU job that leaves it unset. The schema cannot default it (a CPU job must
+leave it unset, and a schema default would set it there too), so this view applies it; the CRD's description and
+its CEL rules say the same 8, and tests/unit/api checks that they do."""
 
 
 def parse_time(value: object) -> datetime | None:
@@ -269,12 +280,16 @@ class Checkpointing:
 @dataclass(frozen=True)
 class Resources:
     gpus: int
+    """GPUs of the gang; 0 for a CPU job."""
     gpus_per_worker: int
+    """GPUs (and training processes) per worker; 0 for a CPU job."""
     gpu_type: str
     capacity_types: tuple[str, ...]
     capacity_preference: str
     cpu_per_worker: str | None
     memory_per_worker: str | None
+    workers: int | None = None
+    """``resources.workers`` of a CPU job; None for a GPU job."""
 
 
 @dataclass(frozen=True)
@@ -290,17 +305,42 @@ class TrainingJobSpec:
     suspend: bool
 
     @property
+    def on_cpu(self) -> bool:
+        """A CPU job (``resources.gpuType: CPU``): no GPUs, one training process per worker pod."""
+        return self.resources.gpu_type == CPU
+
+    @property
     def workers(self) -> int:
+        """Worker pods of the gang."""
+        if self.resources.workers is not None:
+            return self.resources.workers
         return self.resources.gpus // self.resources.gpus_per_worker
+
+    @property
+    def processes_per_worker(self) -> int:
+        """Training processes per worker pod (``LOCAL_WORLD_SIZE``): one per GPU, one on a CPU worker."""
+        return 1 if self.on_cpu else self.resources.gpus_per_worker
+
+    @property
+    def world_size(self) -> int:
+        """Training processes of the whole gang (``WORLD_SIZE``)."""
+        return self.workers * self.processes_per_worker
+
+    @property
+    def cpu_millis(self) -> int:
+        """CPU the whole gang requests, in millicores (what a pool's ``maxCPUs`` counts for a CPU job)."""
+        return self.workers * cpu_millis(self.resources.cpu_per_worker or 0)
 
     @property
     def pods_per_tp_group(self) -> int:
         """Worker pods forming one tensor-parallel group (they must share a node); 1 when a pod holds whole groups."""
-        return max(1, self.parallelism.tensor // self.resources.gpus_per_worker)
+        return max(1, self.parallelism.tensor // self.processes_per_worker)
 
     @property
     def gpu_types(self) -> tuple[GPUType, ...]:
-        """GPU types the job accepts, in the order admission tries them."""
+        """GPU types the job accepts, in the order admission tries them; none for a CPU job."""
+        if self.on_cpu:
+            return ()
         if self.resources.gpu_type == ANY_GPU:
             return tuple(GPUType)
         return (GPUType(self.resources.gpu_type),)
@@ -309,6 +349,7 @@ class TrainingJobSpec:
     def from_dict(cls, spec: Mapping[str, Any]) -> TrainingJobSpec:
         """Read a spec the API server has defaulted and validated; a missing required field raises KeyError."""
         w, p, t, c, r = (spec[k] for k in ("workload", "parallelism", "training", "checkpoint", "resources"))
+        on_cpu = r["gpuType"] == CPU
         return cls(
             workload=Workload(image=w["image"], preset=w["preset"], image_pull_policy=w["imagePullPolicy"]),
             parallelism=Parallelism(
@@ -336,13 +377,14 @@ class TrainingJobSpec:
                 persistent_volume_claim=c.get("persistentVolumeClaim"),
             ),
             resources=Resources(
-                gpus=r["gpus"],
-                gpus_per_worker=r["gpusPerWorker"],
+                gpus=0 if on_cpu else r["gpus"],
+                gpus_per_worker=0 if on_cpu else r.get("gpusPerWorker", DEFAULT_GPUS_PER_WORKER),
                 gpu_type=r["gpuType"],
                 capacity_types=tuple(r["capacityTypes"]),
                 capacity_preference=r["capacityPreference"],
                 cpu_per_worker=_quantity(r.get("cpuPerWorker")),
                 memory_per_worker=_quantity(r.get("memoryPerWorker")),
+                workers=r["workers"] if on_cpu else None,
             ),
             pool=spec["pool"],
             max_runtime_seconds=spec.get("maxRuntimeSeconds"),
@@ -483,6 +525,8 @@ class ResourcePool:
     max_runtime_seconds: int | None
     capacity_types: frozenset[str]
     preemptible: bool
+    max_cpu_millis: int | None = None
+    """``spec.maxCPUs`` in millicores: the pool's quota for CPU jobs; None admits no CPU job."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ResourcePool:
@@ -495,6 +539,7 @@ class ResourcePool:
             max_runtime_seconds=spec.get("maxRuntimeSeconds"),
             capacity_types=frozenset(spec["capacityTypes"]),
             preemptible=bool(spec["preemptible"]),
+            max_cpu_millis=None if spec.get("maxCPUs") is None else cpu_millis(spec["maxCPUs"]),
         )
 
 
@@ -504,3 +549,31 @@ def _quantity(value: object) -> str | None:
     if isinstance(value, float) and math.isfinite(value):
         return repr(value)
     return str(value)
+
+
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$")
+_SUFFIX = {
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{s: Decimal(10) ** e for s, e in (("n", -9), ("u", -6), ("m", -3), ("k", 3), ("M", 6), ("G", 9))},
+    **{s: Decimal(10) ** e for s, e in (("T", 12), ("P", 15), ("E", 18))},
+}
+
+
+def cpu_millis(value: object) -> int:
+    """A CPU quantity (``2``, ``"1.5"``, ``"500m"``) in millicores, rounded up as Kubernetes does; the API server
+    has validated it (``isQuantity``), so a malformed one raises ValueError naming it."""
+    text = str(value).strip()
+    match = _QUANTITY.match(text)
+    try:
+        if match is None:
+            raise InvalidOperation
+        number, suffix = Decimal(match.group(1)), match.group(2) or ""
+    except InvalidOperation:
+        raise ValueError(f"{value!r} is not a CPU quantity such as 2 or 500m") from None
+    scale = Decimal(10) ** int(suffix[1:]) if suffix[:1] in ("e", "E") else _SUFFIX.get(suffix, Decimal(1))
+    return math.ceil(number * scale * 1000)
+
+
+def format_cpu_millis(millis: int) -> str:
+    """Millicores as the shortest quantity: ``4`` for 4000, ``1500m`` for 1500."""
+    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"

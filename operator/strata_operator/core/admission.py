@@ -12,6 +12,10 @@ Rules, in the order a user would check them:
 4. Preemption. A job that does not fit may preempt admitted jobs of lower-priority pools marked preemptible,
    lowest priority first and, among equals, the most recently admitted first (they lost the least work); only
    as many as make the gang fit, and only if preempting them is enough.
+5. CPU jobs (``resources.gpuType: CPU``) take no GPUs: they are admitted in the same order when their pool's CPU
+   quota (``maxCPUs``, in cores of ``workers x cpuPerWorker``) holds the whole gang, as a Kueue ClusterQueue
+   admits on quota; kube-scheduler then places the ungated gang on CPU nodes. They neither reserve GPU types
+   nor preempt or get preempted.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from strata_api import GPUType, ResourcePool, TrainingJob
+from strata_api import GPUType, ResourcePool, TrainingJob, format_cpu_millis
 from strata_operator.core.observed import Node
 
 
@@ -37,6 +41,13 @@ class GangRequest:
     gpu_types: tuple[GPUType, ...]
     capacity_types: frozenset[str]
     submitted: datetime
+    cpu_millis: int = 0
+    """CPU of a CPU job's whole gang, in millicores; 0 for a GPU job (its pool's maxCPUs does not count it)."""
+
+    @property
+    def on_cpu(self) -> bool:
+        """A CPU job: it accepts no GPU type."""
+        return not self.gpu_types
 
     @property
     def gpus(self) -> int:
@@ -58,6 +69,7 @@ class GangRequest:
             gpu_types=job.spec.gpu_types,
             capacity_types=frozenset(job.spec.resources.capacity_types),
             submitted=job.status.submitted_at or job.created,
+            cpu_millis=job.spec.cpu_millis if job.spec.on_cpu else 0,
         )
 
 
@@ -66,7 +78,8 @@ class AdmittedGang:
     """A job that holds GPUs: bound workers on their nodes, unbound ones as a reservation."""
 
     request: GangRequest
-    gpu_type: GPUType
+    gpu_type: GPUType | None
+    """None for a CPU job."""
     admitted_at: datetime
     bound: Mapping[str, int] = field(default_factory=dict)
     """GPUs its bound, unfinished workers hold per node."""
@@ -91,6 +104,8 @@ class Preemption:
 @dataclass
 class Decision:
     admit: dict[str, GPUType] = field(default_factory=dict)
+    admit_cpu: list[str] = field(default_factory=list)
+    """CPU jobs admitted (they get no GPU type)."""
     preempt: list[Preemption] = field(default_factory=list)
     waiting: dict[str, Waiting] = field(default_factory=dict)
 
@@ -99,6 +114,7 @@ class Reason:
     POOL_NOT_FOUND = "PoolNotFound"
     NO_USABLE_GPUS = "NoUsableGPUs"
     EXCEEDS_QUOTA = "ExceedsPoolQuota"
+    NO_CPU_QUOTA = "NoCPUQuota"
     WAITING_FOR_QUOTA = "WaitingForQuota"
     EXCEEDS_FLEET = "ExceedsFleet"
     WAITING_FOR_GPUS = "WaitingForGPUs"
@@ -124,11 +140,15 @@ def admit(
     reserved: dict[str, dict[str, int]] = {}
     for gang in sorted(admitted, key=lambda g: (g.admitted_at, g.request.key)):
         r = gang.request
+        if gang.gpu_type is None:
+            continue
         groups = -(-gang.unbound_workers // r.pods_per_group)
         reserved[r.key] = room.take(gang.gpu_type, r.capacity_types, r.gpus_per_worker * r.pods_per_group, groups)
     usage: dict[str, int] = {}
+    cpu_usage: dict[str, int] = {}
     for gang in admitted:
         usage[gang.request.pool] = usage.get(gang.request.pool, 0) + gang.request.gpus
+        cpu_usage[gang.request.pool] = cpu_usage.get(gang.request.pool, 0) + gang.request.cpu_millis
 
     decision = Decision()
     blocked: set[GPUType] = set()
@@ -150,6 +170,14 @@ def admit(
             continue
         types = [t for t in request.gpu_types if t in pool.gpu_types]
         capacity = request.capacity_types & pool.capacity_types
+        if request.on_cpu:
+            cpu_wait = _cpu_quota(request, pool, cpu_usage.get(pool.name, 0), capacity)
+            if cpu_wait is not None:
+                wait(*cpu_wait)
+            else:
+                cpu_usage[pool.name] = cpu_usage.get(pool.name, 0) + request.cpu_millis
+                decision.admit_cpu.append(request.key)
+            continue
         if not types or not capacity:
             wait(
                 Reason.NO_USABLE_GPUS, f"the job's GPU and capacity types and pool {pool.name}'s have nothing in common"
@@ -204,6 +232,24 @@ def admit(
                 f"{'/'.join(candidates)} GPUs to be free at once",
             )
     return decision
+
+
+def _cpu_quota(
+    request: GangRequest, pool: ResourcePool, in_use: int, capacity: frozenset[str]
+) -> tuple[str, str] | None:
+    """Why a CPU job's gang may not be admitted now (reason, message); None when its pool's CPU quota holds it."""
+    need = format_cpu_millis(request.cpu_millis)
+    if not capacity:
+        return Reason.NO_USABLE_GPUS, f"the job's capacity types and pool {pool.name}'s have nothing in common"
+    if pool.max_cpu_millis is None:
+        return Reason.NO_CPU_QUOTA, f"pool {pool.name} admits no CPU jobs: its spec.maxCPUs is unset"
+    quota = format_cpu_millis(pool.max_cpu_millis)
+    if request.cpu_millis > pool.max_cpu_millis:
+        return Reason.EXCEEDS_QUOTA, f"needs {need} CPUs; pool {pool.name} allows {quota} in all (spec.maxCPUs)"
+    if in_use + request.cpu_millis > pool.max_cpu_millis:
+        left = format_cpu_millis(pool.max_cpu_millis - in_use)
+        return Reason.WAITING_FOR_QUOTA, f"needs {need} CPUs; pool {pool.name} has {left} of {quota} left"
+    return None
 
 
 class Room:

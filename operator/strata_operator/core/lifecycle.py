@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from strata_api import Phase, ResourcePool, TrainingJob, format_time
 from strata_api.workload import ExitCode
 from strata_operator.core.observed import Node, WorkerPod
-from strata_operator.core.pods import expected_runtime_s, worker_name
+from strata_operator.core.pods import expected_runtime_s, placement_type, worker_name
 from strata_operator.core.status import NORMAL, WARNING, StatusDraft
 from strata_operator.settings import OperatorSettings
 
@@ -215,7 +215,7 @@ def _run_gang(
         _finish(plan, Phase.SUCCEEDED, Reason.SUCCEEDED, f"all {workers} workers finished", [])
         return
     placement = {
-        "gpuType": job.status.gpu_type.value if job.status.gpu_type else None,
+        "gpuType": placement_type(job),
         "capacityTypes": sorted({c for p in current if p.node and (c := _capacity(nodes, p.node))}),
         "nodes": sorted({p.node for p in current if p.node}),
     }

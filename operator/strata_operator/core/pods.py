@@ -49,13 +49,23 @@ def selector(job_name: str) -> dict[str, str]:
 
 
 def gang_gpu_type(job: TrainingJob) -> GPUType:
-    """The one GPU type of the whole gang: granted at admission, or the only one the spec accepts."""
+    """The one GPU type of the whole gang: granted at admission, or the only one the spec accepts. A CPU job has
+    none (ValueError)."""
+    if job.spec.on_cpu:
+        raise ValueError(f"{job.key}: spec.resources.gpuType is CPU: the gang has no GPU type")
     if job.status.gpu_type is not None:
         return job.status.gpu_type
     types = job.spec.gpu_types
     if len(types) == 1:
         return types[0]
     raise ValueError(f"{job.key}: spec.resources.gpuType is Any and no GPU type was granted at admission")
+
+
+def placement_type(job: TrainingJob) -> str | None:
+    """What ``status.placement.gpuType`` says the gang runs on: the GPU type granted at admission, or CPU."""
+    if job.spec.on_cpu:
+        return api.CPU
+    return job.status.gpu_type.value if job.status.gpu_type else None
 
 
 def allowed_capacity_types(job: TrainingJob, pool: ResourcePool) -> list[str]:
@@ -139,7 +149,7 @@ def build_worker_pods(job: TrainingJob, pool: ResourcePool, settings: OperatorSe
 
 def _worker_pod(job: TrainingJob, pool: ResourcePool, settings: OperatorSettings, index: int) -> dict[str, Any]:
     spec = job.spec
-    gpu = gang_gpu_type(job)
+    gpu = None if spec.on_cpu else gang_gpu_type(job)
     capacity = allowed_capacity_types(job, pool)
     runtime = expected_runtime_s(job, pool)
     labels = {
@@ -154,7 +164,7 @@ def _worker_pod(job: TrainingJob, pool: ResourcePool, settings: OperatorSettings
     annotations = {
         api.ANN_GANG_SIZE: str(spec.workers),
         api.ANN_TP_SIZE: str(spec.parallelism.tensor),
-        api.ANN_GPU_TYPES: gpu.value,
+        api.ANN_GPU_TYPES: gpu.value if gpu else api.CPU,
         api.ANN_CAPACITY_TYPES: ",".join(capacity),
         api.ANN_CAPACITY_PREFERENCE: spec.resources.capacity_preference,
         api.ANN_CHECKPOINT_INTERVAL: str(spec.checkpoint.interval_seconds),
@@ -162,7 +172,7 @@ def _worker_pod(job: TrainingJob, pool: ResourcePool, settings: OperatorSettings
     }
     if runtime is not None:
         annotations[api.ANN_EXPECTED_RUNTIME] = str(runtime)
-    limits: dict[str, str] = {gpu.resource: str(spec.resources.gpus_per_worker)}
+    limits: dict[str, str] = {gpu.resource: str(spec.resources.gpus_per_worker)} if gpu else {}
     if spec.resources.cpu_per_worker is not None:
         limits["cpu"] = spec.resources.cpu_per_worker
     if spec.resources.memory_per_worker is not None:
@@ -196,7 +206,7 @@ def _worker_pod(job: TrainingJob, pool: ResourcePool, settings: OperatorSettings
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
             "tolerations": _tolerations(gpu, capacity),
-            "affinity": _affinity(capacity, spec.resources.capacity_preference),
+            "affinity": _affinity(capacity, spec.resources.capacity_preference, on_cpu=gpu is None),
             "containers": [
                 {
                     "name": CONTAINER,
@@ -235,9 +245,9 @@ def worker_env(job: TrainingJob, settings: OperatorSettings, index: int) -> dict
     env = {
         e.MASTER_ADDR: master_addr(job),
         e.MASTER_PORT: str(settings.master_port),
-        e.WORLD_SIZE: str(spec.resources.gpus),
-        e.RANK: str(index * spec.resources.gpus_per_worker),
-        e.LOCAL_WORLD_SIZE: str(spec.resources.gpus_per_worker),
+        e.WORLD_SIZE: str(spec.world_size),
+        e.RANK: str(index * spec.processes_per_worker),
+        e.LOCAL_WORLD_SIZE: str(spec.processes_per_worker),
         e.NODE_RANK: str(index),
         e.NNODES: str(spec.workers),
         e.DP_REPLICATE: "1",
@@ -269,8 +279,9 @@ def worker_env(job: TrainingJob, settings: OperatorSettings, index: int) -> dict
     return env
 
 
-def _tolerations(gpu: GPUType, capacity: list[str]) -> list[dict[str, str]]:
-    tolerations = [{"key": gpu.resource, "operator": "Exists", "effect": "NoSchedule"}]
+def _tolerations(gpu: GPUType | None, capacity: list[str]) -> list[dict[str, str]]:
+    """The GPU taint of the gang's type (none for a CPU job) and, where spot is allowed, the spot taint."""
+    tolerations = [{"key": gpu.resource, "operator": "Exists", "effect": "NoSchedule"}] if gpu else []
     if api.CapacityType.SPOT.value in capacity:
         tolerations.append(
             {"key": api.TAINT_SPOT, "operator": "Equal", "value": api.CapacityType.SPOT.value, "effect": "NoSchedule"}
@@ -278,9 +289,24 @@ def _tolerations(gpu: GPUType, capacity: list[str]) -> list[dict[str, str]]:
     return tolerations
 
 
-def _affinity(capacity: list[str], preference: str) -> dict[str, Any]:
-    term = {"matchExpressions": [{"key": api.NODE_CAPACITY_TYPE, "operator": "In", "values": capacity}]}
-    node_affinity: dict[str, Any] = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
+NO_GPU_PRODUCT: list[dict[str, Any]] = [
+    {"key": api.NVIDIA_PRODUCT, "operator": "DoesNotExist"},
+    {"key": api.AMD_PRODUCT, "operator": "DoesNotExist"},
+]
+"""A CPU worker's nodes: those without a GPU vendor's product label (the labels GPU nodes carry on real clusters)."""
+
+
+def _affinity(capacity: list[str], preference: str, *, on_cpu: bool = False) -> dict[str, Any]:
+    """Nodes of an allowed capacity type; for a CPU job, only nodes without a GPU product label, where a node
+    without a capacity-type label (a machine nobody reclaims, as on-premises) counts as on-demand."""
+    allowed: dict[str, Any] = {"key": api.NODE_CAPACITY_TYPE, "operator": "In", "values": capacity}
+    terms: list[dict[str, Any]] = [{"matchExpressions": [allowed]}]
+    if on_cpu:
+        terms = [{"matchExpressions": [allowed, *NO_GPU_PRODUCT]}]
+        if api.CapacityType.ON_DEMAND.value in capacity:
+            unlabelled: dict[str, Any] = {"key": api.NODE_CAPACITY_TYPE, "operator": "DoesNotExist"}
+            terms.append({"matchExpressions": [unlabelled, *NO_GPU_PRODUCT]})
+    node_affinity: dict[str, Any] = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}
     if preference in capacity:
         node_affinity["preferredDuringSchedulingIgnoredDuringExecution"] = [
             {

@@ -10,7 +10,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from strata_api import GPUType, Phase, ResourcePool, TrainingJob, format_time, parse_time
+import strata_api as api
+from strata_api import GPUType, Phase, ResourcePool, TrainingJob, format_cpu_millis, format_time, parse_time
 from strata_operator.core.admission import AdmittedGang, Decision, GangRequest, Waiting, admit
 from strata_operator.core.lifecycle import Reason
 from strata_operator.core.observed import Node, WorkerPod
@@ -60,6 +61,7 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
     # a pass that admits 500 gangs costs one round trip's latency, not 500 of them in a row
     outcomes = await asyncio.gather(
         *(_write_admitted(runtime, entries[key], gpu_type, now) for key, gpu_type in decision.admit.items()),
+        *(_write_admitted(runtime, entries[key], None, now) for key in decision.admit_cpu),
         *(_write_preempted(runtime, entries[p.victim], p.message, now) for p in decision.preempt),
         *(
             _write_waiting(runtime, entries[key], waiting, now)
@@ -77,17 +79,20 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
     return decision
 
 
-def pool_status(pool: str, entries: Mapping[str, JobEntry]) -> dict[str, int]:
+def pool_status(pool: str, entries: Mapping[str, JobEntry]) -> dict[str, int | str]:
     holding = [e for e in entries.values() if e.job.spec.pool == pool and e.job.phase.holds_gpus]
     queued = [e for e in entries.values() if e.job.spec.pool == pool and e.job.status.phase == Phase.QUEUED]
     return {
         "gpusInUse": sum(e.job.spec.resources.gpus for e in holding),
+        "cpusInUse": format_cpu_millis(sum(e.job.spec.cpu_millis for e in holding if e.job.spec.on_cpu)),
         "admittedJobs": len(holding),
         "queuedJobs": len(queued),
     }
 
 
-async def _write_admitted(runtime: Runtime, entry: JobEntry, gpu_type: GPUType, now: datetime) -> None:
+async def _write_admitted(runtime: Runtime, entry: JobEntry, gpu_type: GPUType | None, now: datetime) -> None:
+    """Write a job Admitted: on ``gpu_type``, or (None) a CPU job on CPU."""
+    granted = gpu_type.value if gpu_type else api.CPU
     draft = StatusDraft(entry.status, now)
     if entry.job.status.phase is None:  # straight from submission: its Queued moment is recorded too
         draft.set("submittedAt", format_time(entry.job.created))
@@ -97,11 +102,11 @@ async def _write_admitted(runtime: Runtime, entry: JobEntry, gpu_type: GPUType, 
     # what the daemon would write at its first pass of the new attempt, written here: one status write less a gang
     draft.set("workers", {"ready": 0, "total": entry.job.spec.workers})
     draft.set("observedGeneration", entry.job.generation)
-    draft.set("placement", {"gpuType": gpu_type.value})
+    draft.set("placement", {"gpuType": granted})
     draft.set("queuePosition", None)
     if _condition_status(entry, PREEMPTED) == "True":
         draft.condition(PREEMPTED, "False", Reason.ADMITTED, "admitted again")
-    draft.transition(Phase.ADMITTED, Reason.ADMITTED, f"admitted on {gpu_type.value} in pool {entry.job.spec.pool}")
+    draft.transition(Phase.ADMITTED, Reason.ADMITTED, f"admitted on {granted} in pool {entry.job.spec.pool}")
     if await patch_status(runtime, entry, draft.patch(), draft.events):
         queued_since = _queued_since(entry) or now
         runtime.metrics.admission_wait.labels(entry.job.spec.pool).observe((now - queued_since).total_seconds())
@@ -126,7 +131,7 @@ def _request(job: TrainingJob, order: tuple[GPUType, ...] | None) -> GangRequest
 def _admitted(entry: JobEntry, pods: list[WorkerPod]) -> AdmittedGang | None:
     job = entry.job
     try:
-        gpu_type = gang_gpu_type(job)
+        gpu_type = None if job.spec.on_cpu else gang_gpu_type(job)
     except ValueError:
         return None
     current = [p for p in pods if p.attempt == job.status.attempt and p.phase not in ("Succeeded", "Failed")]

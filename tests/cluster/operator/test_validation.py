@@ -122,6 +122,74 @@ def test_queued_jobs_may_still_change_their_layout(strata: Strata) -> None:
     assert strata.job("queued")["spec"]["resources"]["gpus"] == 4
 
 
+def valid_cpu_job(name: str = "cpu") -> dict[str, Any]:
+    body = a_job(name, "some-pool", data=2, tensor=1)
+    body["spec"]["resources"] = {"gpuType": "CPU", "workers": 2, "cpuPerWorker": "1", "memoryPerWorker": "2Gi"}
+    return body
+
+
+def test_a_cpu_job_is_accepted_without_any_gpu_field(strata: Strata) -> None:
+    strata.submit(valid_cpu_job())
+    resources = strata.job("cpu")["spec"]["resources"]
+    assert resources["gpuType"] == "CPU"
+    assert "gpus" not in resources
+    assert "gpusPerWorker" not in resources  # no GPU default lands on a CPU job
+
+
+def test_a_gpu_job_may_leave_gpus_per_worker_to_its_default_of_8(strata: Strata) -> None:
+    body = valid_job("default-per-worker")
+    del body["spec"]["resources"]["gpusPerWorker"]
+    strata.submit(body)
+    body = valid_job("not-whole-nodes")
+    del body["spec"]["resources"]["gpusPerWorker"]
+    body["spec"]["parallelism"] = {"data": 3, "tensor": 4}
+    body["spec"]["training"]["globalBatchSize"] = 12
+    body["spec"]["resources"]["gpus"] = 12
+    assert "resources.gpus must be a multiple of resources.gpusPerWorker (default 8)" in refusal(strata, body)
+
+
+def drop(path: str) -> Edit:
+    def edit(body: dict[str, Any]) -> None:
+        del body["spec"]["resources"][path]
+
+    return edit
+
+
+INVALID_CPU_JOBS: list[tuple[str, Edit, str]] = [
+    ("gpus-on-cpu", setter("resources.gpus", 2), "resources.gpus must not be set when resources.gpuType is CPU"),
+    (
+        "gpus-per-worker-on-cpu",
+        setter("resources.gpusPerWorker", 1),
+        "resources.gpusPerWorker must not be set when resources.gpuType is CPU",
+    ),
+    ("no-workers", drop("workers"), "resources.workers is required when resources.gpuType is CPU"),
+    (
+        "workers-not-the-degree-product",
+        setter("resources.workers", 4),
+        "resources.workers must equal parallelism.data x parallelism.tensor x parallelism.pipeline",
+    ),
+    ("no-cpu", drop("cpuPerWorker"), "resources.cpuPerWorker is required when resources.gpuType is CPU"),
+    ("no-memory", drop("memoryPerWorker"), "resources.memoryPerWorker is required when resources.gpuType is CPU"),
+    ("bad-memory", setter("resources.memoryPerWorker", "much"), "resources.memoryPerWorker must be"),
+]
+
+
+@pytest.mark.parametrize(("case", "edit", "names"), INVALID_CPU_JOBS, ids=[c[0] for c in INVALID_CPU_JOBS])
+def test_an_invalid_cpu_job_is_refused_naming_the_field(strata: Strata, case: str, edit: Edit, names: str) -> None:
+    body = valid_cpu_job(case)
+    edit(body)
+    assert names in refusal(strata, body)
+
+
+def test_a_gpu_job_must_size_itself_in_gpus_not_workers(strata: Strata) -> None:
+    body = valid_job("gpu-workers")
+    body["spec"]["resources"]["workers"] = 1
+    assert "resources.workers is only for resources.gpuType CPU" in refusal(strata, body)
+    body = valid_job("no-gpus")
+    del body["spec"]["resources"]["gpus"]
+    assert "resources.gpus is required unless resources.gpuType is CPU" in refusal(strata, body)
+
+
 @pytest.mark.parametrize(
     ("spec", "names"),
     [
@@ -129,6 +197,8 @@ def test_queued_jobs_may_still_change_their_layout(strata: Strata) -> None:
         ({"maxGPUs": 8, "gpuTypes": ["TPU"]}, "spec.gpuTypes"),
         ({"maxGPUs": 8, "maxRuntimeSeconds": 0}, "spec.maxRuntimeSeconds"),
         ({"maxGPUs": 8, "capacityTypes": []}, "spec.capacityTypes"),
+        ({"maxGPUs": 0, "maxCPUs": "-2"}, "spec.maxCPUs must be a non-negative quantity"),
+        ({"maxGPUs": 0, "maxCPUs": "plenty"}, "spec.maxCPUs must be a non-negative quantity"),
     ],
 )
 def test_an_invalid_resourcepool_is_refused_naming_the_field(strata: Strata, spec: dict[str, Any], names: str) -> None:

@@ -30,7 +30,8 @@ OPERATOR_ONLY = {"STRATA_JOB", "STRATA_ATTEMPT"}
 def job_from(body: dict[str, Any]) -> api.TrainingJob:
     meta = {"namespace": "team", "uid": "u1", "generation": 1, "creationTimestamp": "2026-01-01T00:00:00Z"}
     body = {**body, "metadata": {**meta, **body["metadata"]}}
-    body["status"] = {"phase": "Admitted", "attempt": 1, "placement": {"gpuType": "H100"}}
+    granted = api.CPU if body["spec"]["resources"].get("gpuType") == api.CPU else "H100"
+    body["status"] = {"phase": "Admitted", "attempt": 1, "placement": {"gpuType": granted}}
     return api.TrainingJob.from_body(apply_defaults(schema("trainingjob.yaml"), body))
 
 
@@ -88,4 +89,4 @@ def test_each_example_job_is_a_layout_the_workload_accepts(path: Path) -> None:
         dims.validate_batch(settings.global_batch, settings.micro_batch, settings.pp_microbatches)
         first, local = int(env["RANK"]), int(env["LOCAL_WORLD_SIZE"])
         ranks += range(first, first + local)
-    assert sorted(ranks) == list(range(job.spec.resources.gpus)), "every global rank exactly once"
+    assert sorted(ranks) == list(range(job.spec.world_size)), "every global rank exactly once"

@@ -64,6 +64,10 @@ def job_body(
 ) -> dict[str, Any]:
     gpus = data * tensor * pipeline
     per_worker = min(8, gpus) if gpus_per_worker is None else gpus_per_worker
+    resources: dict[str, Any] = {"gpus": gpus, "gpusPerWorker": per_worker, "gpuType": gpu_type}
+    if gpu_type == api.CPU:  # one process per worker: as many workers as the layout's processes
+        resources = {"gpuType": api.CPU, "workers": gpus, "cpuPerWorker": "2", "memoryPerWorker": "4Gi"}
+    resources = spec.pop("resources", resources)
     body: dict[str, Any] = {
         "apiVersion": api.API_VERSION,
         "kind": api.TRAINING_JOB,
@@ -79,7 +83,7 @@ def job_body(
             "workload": {"image": "registry.example/strata/workloads:1"},
             "parallelism": {"data": data, "tensor": tensor, "pipeline": pipeline, "expert": expert},
             "training": {"globalBatchSize": 64 * data, "steps": 100},
-            "resources": {"gpus": gpus, "gpusPerWorker": per_worker, "gpuType": gpu_type},
+            "resources": resources,
             **spec,
         },
     }

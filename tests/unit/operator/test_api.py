@@ -52,10 +52,14 @@ def test_example_jobs_read_as_valid_layouts(path: Path) -> None:
     body["metadata"].update(namespace="default", uid="u", creationTimestamp="2026-01-01T00:00:00Z")
     spec = TrainingJob.from_body(body).spec
     p = spec.parallelism
-    assert spec.resources.gpus == p.data * p.tensor * p.pipeline
+    assert spec.world_size == p.data * p.tensor * p.pipeline
     assert spec.training.global_batch_size % (spec.training.micro_batch_size * p.data) == 0
     assert (p.data * p.tensor) % p.expert == 0
-    assert spec.resources.gpus % spec.resources.gpus_per_worker == 0
+    assert spec.workers * spec.processes_per_worker == spec.world_size
+    if spec.on_cpu:
+        assert (spec.resources.gpus, spec.processes_per_worker) == (0, 1)
+    else:
+        assert spec.resources.gpus % spec.resources.gpus_per_worker == 0
 
 
 def test_example_pools_are_the_seeds() -> None:
