@@ -8,7 +8,7 @@ UV_VERSION := 0.13.8
 PHASE := hack/phase.sh
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: help venv lock binaries demo up down env lint format types imports check test test-fast test-unit test-cluster \
+.PHONY: help venv lock binaries images image-tools demo up down env lint format types imports check test test-fast test-unit test-cluster \
         test-e2e bench-cluster bench-scheduler bench-workloads bench-operator chart-sync verify clean
 
 help: ## List the targets
@@ -33,6 +33,12 @@ demo: venv binaries ## Local cluster + GPU fleet, then CRDs, extender, strata ku
 
 up: venv binaries ## Keep a dev cluster running in the background (NODES=n scales the fleet)
 	$(PY) -m strata_dev up --nodes $(or $(NODES),0)
+
+images: venv binaries image-tools ## Build the operator, scheduler, kube-scheduler and workloads images (buildah here, cached by content hash; IMAGE_BUILDER=docker)
+	$(PY) -m strata_dev images $(IMAGES)
+
+image-tools: ## Install the pinned image builder (buildah, debootstrap; Debian packages, needs root)
+	hack/install-image-tools.sh
 
 down: ## Stop the dev cluster
 	@$(PY) -m strata_dev down

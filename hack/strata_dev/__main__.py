@@ -4,6 +4,7 @@ python -m strata_dev demo            # start, create the fleet, run Strata and t
 python -m strata_dev up [--nodes N]  # keep a dev cluster running in the background
 python -m strata_dev down            # stop it
 python -m strata_dev env             # print `export KUBECONFIG=...` for the running dev cluster
+python -m strata_dev images [NAME..] # build the container images (cached by content hash; IMAGE_BUILDER=docker)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from strata_dev import binaries, dev_cluster
+from strata_dev import binaries, dev_cluster, images
 from strata_dev.cluster import ClusterError
 from strata_dev.demo import run_demo
 from strata_dev.fleet import DEFAULT_FLEET, Fleet, FleetError, load_fleet
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--nodes", type=int, default=0, help="scale the fleet's pools to this many nodes in all")
     sub.add_parser("down")
     sub.add_parser("env")
+    sub.add_parser("images").add_argument("names", nargs="*", help="build only these images (default: all)")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -41,9 +43,11 @@ def main(argv: list[str] | None = None) -> int:
             return dev_cluster.serve(_fleet(args))
         if args.command == "down":
             return dev_cluster.down()
+        if args.command == "images":
+            return images.build(args.names)
         print(dev_cluster.env_line())
         return 0
-    except (ClusterError, FleetError, PKIError, binaries.BuildError) as err:
+    except (ClusterError, FleetError, PKIError, binaries.BuildError, images.ImageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

@@ -1,0 +1,216 @@
+"""What a user relies on in ``images/`` without building anything: one Dockerfile per deployable, each running as
+a non-root numeric user on a pinned base, each Python image installing its own extra from the lock, the extras
+covering what each package imports (and the operator's and the scheduler's pulling no torch or CUDA), and the
+content hash that decides whether ``make images`` builds again."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+import pytest
+
+from strata_dev import images
+from strata_operator.core.pods import TRAIN_COMMAND
+
+ROOT = Path(__file__).resolve().parents[3]
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+LOCK = (ROOT / "requirements.lock").read_text()
+PYTHON_IMAGES = {
+    "operator": ("operator/strata_operator", "strata_operator"),
+    "scheduler": ("scheduler/strata_scheduler", "strata_scheduler"),
+    "workloads": ("workloads/strata_workloads", "strata_workloads.launch"),
+}
+CUDA = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
+
+
+def dockerfile(name: str) -> list[str]:
+    return images.instructions((ROOT / "images" / name / "Dockerfile").read_text())
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[=<>\[ ;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _pins(requirements: list[str]) -> dict[str, str]:
+    return {_name(r): r.split("==", 1)[1] for r in requirements if "==" in r}
+
+
+def lock_pins() -> dict[str, str]:
+    return {m[0].lower(): m[1] for m in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)$", LOCK, re.MULTILINE)}
+
+
+def lock_children() -> dict[str, set[str]]:
+    """The lock's dependency graph, read from uv's ``# via`` annotations: package -> what it pulls in."""
+    children: dict[str, set[str]] = {}
+    for block in re.split(r"\n(?=[A-Za-z0-9])", LOCK):
+        head = re.match(r"^([A-Za-z0-9_.-]+)==", block)
+        if not head:
+            continue
+        for parent in re.findall(r"#\s+(?:via\s+)?([A-Za-z0-9_.-]+)(?:\s|$)", block):
+            children.setdefault(parent.lower(), set()).add(head.group(1).lower())
+    return children
+
+
+def closure(extra: str) -> set[str]:
+    """Every distribution ``pip install strata[extra]`` installs with the lock as constraints."""
+    graph = lock_children()
+    todo = [_name(r) for r in [*PROJECT["dependencies"], *PROJECT["optional-dependencies"][extra]]]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += graph.get(name, ())
+    return seen
+
+
+def third_party_imports(folder: str) -> set[str]:
+    """Top-level modules a package's source imports, other than the standard library and Strata's own."""
+    found: set[str] = set()
+    for path in (ROOT / folder).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module.split(".")[0])
+    return {m for m in found if m not in sys.stdlib_module_names and not m.startswith("strata_") and m != "__future__"}
+
+
+def test_there_is_one_dockerfile_per_deployable_and_the_builder_knows_each() -> None:
+    folders = {p.parent.name for p in (ROOT / "images").glob("*/Dockerfile")}
+    assert folders == {"operator", "scheduler", "kube-scheduler", "workloads"}
+    assert {i.name for i in images.images(Path("/bin-dir"))} == folders
+
+
+@pytest.mark.parametrize("name", ["operator", "scheduler", "kube-scheduler", "workloads"])
+def test_each_image_runs_as_a_numeric_non_root_user(name: str) -> None:
+    users = [line.split()[1] for line in dockerfile(name) if line.startswith("USER ")]
+    assert users, f"{name}: no USER (it would run as root)"
+    uid, _, gid = users[-1].partition(":")
+    # numeric, so that Kubernetes' runAsNonRoot can check it without reading /etc/passwd
+    assert uid.isdigit(), f"{name}: USER {users[-1]}"
+    assert gid.isdigit(), f"{name}: USER {users[-1]}"
+    assert int(uid) != 0, f"{name}: USER {users[-1]}"
+    assert int(gid) != 0, f"{name}: USER {users[-1]}"
+
+
+@pytest.mark.parametrize("name", ["operator", "scheduler", "kube-scheduler", "workloads"])
+def test_each_base_is_pinned_by_digest_or_empty(name: str) -> None:
+    lines = dockerfile(name)
+    args = dict(line[4:].split("=", 1) for line in lines if line.startswith("ARG ") and "=" in line)
+    stages = {line.split()[-1] for line in lines if line.startswith("FROM ") and " AS " in line}
+    for line in (line for line in lines if line.startswith("FROM ")):
+        base = line.split()[1]
+        if base == "scratch" or base in stages:
+            continue
+        reference = args.get(base.removeprefix("${").removesuffix("}"), base)
+        assert re.search(r"@sha256:[0-9a-f]{64}$", reference), f"{name}: FROM {base} is not pinned by digest"
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_IMAGES))
+def test_each_python_image_installs_its_own_extra_from_the_lock_on_one_base(name: str) -> None:
+    lines = dockerfile(name)
+    installs = [line for line in lines if "uv pip install" in line and "-r pyproject.toml" in line]
+    assert len(installs) == 1, f"{name}: one dependency install step"
+    assert f"--extra {name} " in installs[0] + " "
+    assert "-c requirements.lock" in installs[0]
+    assert [line.split()[1] for line in lines if line.startswith("FROM ")] == ["${BASE}", "${BASE}"]
+    assert lines.index(next(line for line in lines if line.startswith("ARG BASE="))) == 0
+
+
+def test_the_workloads_image_starts_what_the_operator_puts_in_a_worker_pod() -> None:
+    cmd = next(line for line in dockerfile("workloads") if line.startswith("CMD "))
+    assert ast.literal_eval(cmd[4:]) == list(TRAIN_COMMAND)
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_IMAGES))
+def test_each_extra_covers_what_its_package_imports(name: str) -> None:
+    folder, _ = PYTHON_IMAGES[name]
+    installed = closure(name)
+    distributions = packages_distributions()
+    for module in sorted(third_party_imports(folder)):
+        owners = {_name(d) for d in distributions.get(module, [])}
+        assert owners & installed, f"strata_{name} imports {module} ({owners}), which strata[{name}] does not install"
+
+
+def test_the_operator_and_scheduler_extras_pull_no_torch_or_cuda_and_the_workloads_does() -> None:
+    assert not {d for d in closure("operator") if CUDA.match(d) or d == "numpy"}
+    assert not {d for d in closure("scheduler") if CUDA.match(d)}
+    assert {"torch", "triton"} <= closure("workloads")
+
+
+def test_dev_installs_every_component_extra_and_every_pin_is_the_lock_s() -> None:
+    extras = PROJECT["optional-dependencies"]
+    assert "strata[operator,scheduler,workloads]" in extras["dev"]
+    locked = lock_pins()
+    for requirement in [*PROJECT["dependencies"], *(r for group in extras.values() for r in group)]:
+        if requirement.startswith("strata["):
+            continue
+        name, version = next(iter(_pins([requirement]).items()))
+        assert locked.get(name) == version, f"pyproject pins {requirement}, the lock has {locked.get(name)}"
+
+
+def test_dockerignore_lets_through_exactly_what_the_dockerfiles_copy_from_the_repository() -> None:
+    allowed = {line[1:] for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")}
+    copied = {src for name in PYTHON_IMAGES for src in images.copied_sources("\n".join(dockerfile(name)))}
+    assert copied == allowed
+
+
+def test_copied_sources_reads_copy_and_add_but_not_copies_from_a_stage() -> None:
+    text = "FROM x AS b\nCOPY a.txt \\\n  b/ /dst/\nCOPY --from=b /opt /opt\nADD --chown=1:1 c /c\n# COPY d /d\n"
+    assert images.copied_sources(text) == ["a.txt", "b/", "c"]
+
+
+def write_context(tmp_path: Path) -> images.Image:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "app.py").write_text("print(1)\n")
+    (tmp_path / "unrelated.txt").write_text("x\n")
+    (tmp_path / "Dockerfile").write_text("ARG BASE=b@sha256:0\nFROM ${BASE}\nCOPY src src\n")
+    return images.Image("app", tmp_path, tmp_path / "Dockerfile")
+
+
+def test_the_content_hash_changes_with_each_input_and_with_nothing_else(tmp_path: Path) -> None:
+    image = write_context(tmp_path)
+    first = images.content_hash(image, "localhost/strata-base:1")
+    assert images.content_hash(image, "localhost/strata-base:1") == first
+
+    (tmp_path / "unrelated.txt").write_text("changed\n")
+    (tmp_path / "src" / "__pycache__").mkdir()
+    (tmp_path / "src" / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"\0")
+    assert images.content_hash(image, "localhost/strata-base:1") == first, "files the image does not copy"
+
+    assert images.content_hash(image, "localhost/strata-base:2") != first, "the base"
+    (tmp_path / "src" / "app.py").write_text("print(2)\n")
+    second = images.content_hash(image, "localhost/strata-base:1")
+    assert second != first, "a copied file"
+    (tmp_path / "src" / "new.py").write_text("")
+    assert images.content_hash(image, "localhost/strata-base:1") not in {first, second}, "a new copied file"
+    third = images.content_hash(image, "localhost/strata-base:1")
+    (tmp_path / "src" / "new.py").chmod(0o755)
+    assert images.content_hash(image, "localhost/strata-base:1") != third, "a file's executable bit"
+    (tmp_path / "Dockerfile").write_text("ARG BASE=b@sha256:0\nFROM ${BASE}\nCOPY src src\nUSER 1:1\n")
+    assert images.content_hash(image, "localhost/strata-base:1") != third, "the Dockerfile"
+
+
+def test_an_image_on_an_empty_base_does_not_change_with_the_python_base(tmp_path: Path) -> None:
+    (tmp_path / "tool").write_text("binary")
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY tool /tool\n")
+    image = images.Image("tool", tmp_path, tmp_path / "Dockerfile")
+    assert images.content_hash(image, "localhost/strata-base:1") == images.content_hash(image, "other")
+
+
+def test_a_copied_path_that_is_missing_names_the_image_and_the_path(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY kube-scheduler /usr/local/bin/\n")
+    image = images.Image("kube-scheduler", tmp_path, tmp_path / "Dockerfile")
+    with pytest.raises(images.ImageError, match=r"kube-scheduler: .* copies 'kube-scheduler'"):
+        images.content_hash(image, "")
+
+
+def test_an_unknown_image_name_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(images.ImageError, match="unknown image operater: the images are operator, scheduler"):
+        images._select(images.images(Path("/bin-dir")), ["operater"])
