@@ -249,7 +249,10 @@ class ExtenderServer:
         loop = self._loop = asyncio.get_running_loop()
         loop.set_exception_handler(self.errors)
         context = tls_context(self.settings)
-        self._server = await loop.create_server(lambda: Connection(self), host, port, ssl=context)
+        handshake = self.settings.request_timeout_s if context else None  # a TLS handshake is part of a request
+        self._server = await loop.create_server(
+            lambda: Connection(self), host, port, ssl=context, ssl_handshake_timeout=handshake
+        )
         self._sweep()
         return self
 
