@@ -357,6 +357,10 @@ class ProphetCurve:
     """
 
     tmp_dir: Path | None = None
+    fit_timeout_s: float | None = 120.0
+    """Seconds one fit's Stan optimiser may run before cmdstanpy stops it and the fit raises ``TimeoutError``
+    (the Prophet candidate is then dropped for the round); None: no limit. A hung optimiser would otherwise hold
+    the forecaster, and every series' next forecast, for good."""
 
     def __call__(self, grid: np.ndarray, y: np.ndarray, extra_bins: int, bin_min: int) -> np.ndarray:
         import pandas as pd
@@ -379,7 +383,7 @@ class ProphetCurve:
         ):
             # Prophet 1.5 still passes inplace= to pandas 3.1, which deprecates it; nothing here can change that.
             warnings.filterwarnings("ignore", message="The inplace keyword", module="prophet")
-            model.fit(frame, output_dir=fit_dir)  # Prophet hands this to cmdstanpy's optimize()
+            model.fit(frame, output_dir=fit_dir, timeout=self.fit_timeout_s)  # both go to cmdstanpy's optimize()
             future_s = np.concatenate([grid, grid[-1] + bin_min * 60 * np.arange(1, extra_bins + 1)])
             future = pd.DataFrame({"ds": pd.to_datetime(future_s, unit="s")})
             result: np.ndarray = model.predict(future)["yhat"].to_numpy()
@@ -415,8 +419,10 @@ def _import_prophet(tmp_dir: Path | None) -> Any:
 
 
 def quiet_prophet_logs() -> None:
-    # cmdstanpy logs every optimiser start and stop at INFO; prophet.plot complains that plotly is absent.
-    logging.getLogger("cmdstanpy").setLevel(logging.WARNING)
+    # cmdstanpy logs every optimiser start and stop at INFO, and a failed run at ERROR just before it raises
+    # the same news as an exception, which the forecaster logs as one line; prophet.plot complains that plotly
+    # is absent.
+    logging.getLogger("cmdstanpy").setLevel(logging.CRITICAL)
     logging.getLogger("prophet.plot").setLevel(logging.CRITICAL)
     logging.getLogger("prophet").setLevel(logging.WARNING)
 

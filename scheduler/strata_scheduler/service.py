@@ -82,7 +82,7 @@ class ExtenderService:
                 ForecastConfig(horizon_min=settings.horizon_min),
                 interval_s=settings.forecast_interval_s,
                 history_days=settings.history_days,
-                curve=ProphetCurve(tmp_dir=settings.forecast_tmp_dir),
+                curve=ProphetCurve(tmp_dir=settings.forecast_tmp_dir, fit_timeout_s=settings.forecast_fit_timeout_s),
             ).start()
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="extender-http", daemon=True)

@@ -40,6 +40,11 @@ class Settings:
     output and console log; each fit's are removed when it ends). None uses Python's temp dir (``TMPDIR``, else
     /tmp). A pod with a read-only root filesystem needs a volume here, or every Prophet fit fails (and the forecast
     falls back to the model-free candidates); the chart mounts an emptyDir."""
+    forecast_fit_timeout_s: float = 120.0
+    """Seconds one Prophet fit may run before its Stan optimiser is stopped and Prophet is left out of that
+    series' forecast for the round (two fits per series and round). A fit on 14 days of 5-minute means took
+    1.3-2.8 s on a loaded 2-core machine (docs/scheduler.md), so this leaves a wide margin; a hung optimiser
+    would otherwise stop all forecasting."""
     pin_ttl_s: float = 30.0
     """How long a tensor-parallel group stays pinned to a node before its first pod is seen bound (seconds)."""
     max_body_bytes: int = 16 * 1024 * 1024

@@ -7,6 +7,7 @@ read-only root filesystem and no temp volume would meet: a temp dir that cannot 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -238,3 +239,17 @@ def test_cmdstanpy_writes_its_files_under_the_configured_dir(tmp_path: Path) -> 
     scratch, files = done.stdout.splitlines()
     assert Path(scratch).parent == fit_dir
     assert files == "[]", "Stan's inputs and outputs are removed after each fit"
+
+
+def test_a_prophet_fit_past_its_timeout_is_stopped_and_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    """The real Stan optimiser, stopped by cmdstanpy at the timeout: the forecast is the model-free one, and
+    nothing but the worker's own line (not run here) is logged about it."""
+    times, demand = wave_history(3)
+    with caplog.at_level(logging.INFO):
+        hurried = predict(times, demand, ForecastConfig(), curve=ProphetCurve(fit_timeout_s=0.001))
+    assert caplog.records == []
+    without = predict(times, demand, ForecastConfig(), curve=None)
+    assert hurried is not None
+    assert without is not None
+    assert hurried.dropped == (DroppedCandidate(ANCHORED, "raised", "TimeoutError: 1 of 1 processes timed out"),)
+    assert hurried == dataclasses.replace(without, dropped=hurried.dropped)
