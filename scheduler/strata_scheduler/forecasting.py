@@ -421,8 +421,12 @@ def _import_prophet(tmp_dir: Path | None) -> Any:
 def quiet_prophet_logs() -> None:
     # cmdstanpy logs every optimiser start and stop at INFO, and a failed run at ERROR just before it raises
     # the same news as an exception, which the forecaster logs as one line; prophet.plot complains that plotly
-    # is absent.
-    logging.getLogger("cmdstanpy").setLevel(logging.CRITICAL)
+    # is absent. cmdstanpy, the first time it logs, adds a console handler and lowers its level to DEBUG unless
+    # some handler is already in place; the NullHandler is one (records still reach the application's handlers).
+    cmdstanpy_log = logging.getLogger("cmdstanpy")
+    if not cmdstanpy_log.handlers:
+        cmdstanpy_log.addHandler(logging.NullHandler())
+    cmdstanpy_log.setLevel(logging.CRITICAL)
     logging.getLogger("prophet.plot").setLevel(logging.CRITICAL)
     logging.getLogger("prophet").setLevel(logging.WARNING)
 

@@ -236,6 +236,7 @@ def test_cmdstanpy_writes_its_files_under_the_configured_dir(tmp_path: Path) -> 
         [sys.executable, "-W", "error", "-c", script, str(fit_dir)], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
+    assert done.stderr == "", "cmdstanpy's per-fit chatter stays quiet without any logging set up"
     scratch, files = done.stdout.splitlines()
     assert Path(scratch).parent == fit_dir
     assert files == "[]", "Stan's inputs and outputs are removed after each fit"
