@@ -25,14 +25,18 @@ lock: venv ## Re-resolve requirements.lock (every transitive version) from pypro
 
 venv: $(VENV)/.installed ## Create the virtualenv and install Strata with pinned dependencies
 
-binaries: ## Build (or find cached) etcd, kube-*, kubectl, kwok, helm from pinned Go modules
+binaries: ## Build (or find cached) etcd, kube-*, kubelet, kube-proxy, kubectl, kwok, helm, coredns from pinned Go modules
 	@PYTHONPATH=hack $(PYTHON) -m strata_dev.binaries ensure
 
 demo: venv binaries ## Local cluster + GPU fleet, then CRDs, extender, strata kube-scheduler, operator; the examples queue, run, survive a spot reclaim, finish
 	$(PY) -m strata_dev demo
 
-up: venv binaries ## Keep a dev cluster running in the background (NODES=n scales the fleet)
-	$(PY) -m strata_dev up --nodes $(or $(NODES),0)
+up: venv binaries $(if $(filter 1,$(REAL_NODE)),node-deps) ## Keep a dev cluster running in the background (NODES=n scales the fleet; REAL_NODE=1 adds a real node that runs pods)
+	$(PY) -m strata_dev up --nodes $(or $(NODES),0) $(if $(filter 1,$(REAL_NODE)),--real-node)
+
+.PHONY: node-deps
+node-deps: ## Install the real node's runtime from Debian, pinned: containerd, runc, CNI plugins, iptables, conntrack, busybox-static (root)
+	@hack/install-node-deps.sh
 
 images: venv binaries image-tools ## Build the operator, scheduler, kube-scheduler and workloads images (buildah here, cached by content hash; IMAGE_BUILDER=docker)
 	$(PY) -m strata_dev images $(IMAGES)
@@ -65,7 +69,7 @@ check: lint types imports ## All static checks
 test-unit: venv ## Unit tests (no cluster)
 	$(PYTEST) tests -m "not cluster and not e2e and not bench"
 
-test-cluster: venv binaries ## Cluster and end-to-end tests on the local control plane (or KUBECONFIG, see README)
+test-cluster: venv binaries node-deps ## Cluster and end-to-end tests on the local control plane (or KUBECONFIG, see README)
 	$(PYTEST) tests -m "(cluster or e2e) and not bench"
 
 test-fast: venv ## Unit tests without the slow matrices
@@ -74,6 +78,7 @@ test-fast: venv ## Unit tests without the slow matrices
 test: ## Everything: install, binaries, lint, types, import layering, every test tier
 	@$(PHASE) venv $(MAKE) --no-print-directory venv
 	@$(PHASE) binaries $(MAKE) --no-print-directory binaries
+	@$(PHASE) node-deps $(MAKE) --no-print-directory node-deps
 	@$(PHASE) lint $(MAKE) --no-print-directory lint
 	@$(PHASE) types $(MAKE) --no-print-directory types
 	@$(PHASE) imports $(MAKE) --no-print-directory imports

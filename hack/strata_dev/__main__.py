@@ -1,7 +1,7 @@
 """``python -m strata_dev``: build the binaries, run a local cluster with the GPU fleet, show it.
 
 python -m strata_dev demo            # start, create the fleet, run Strata and the examples: queue, run, finish; stop
-python -m strata_dev up [--nodes N]  # keep a dev cluster running in the background
+python -m strata_dev up [--nodes N]  # keep a dev cluster running in the background (--real-node: add a real node)
 python -m strata_dev down            # stop it
 python -m strata_dev env             # print `export KUBECONFIG=...` for the running dev cluster
 python -m strata_dev images [NAME..] # build the container images (cached by content hash; IMAGE_BUILDER=docker)
@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--wait", type=float, default=90, help="seconds to wait for the example jobs to settle")
         p.add_argument("--fleet", default=str(DEFAULT_FLEET), help="fleet file (default: examples/fleet.yaml)")
         p.add_argument("--nodes", type=int, default=0, help="scale the fleet's pools to this many nodes in all")
+        if name in ("up", "_serve"):
+            help_text = "add one real node (containerd, kubelet) that runs pods; needs root and make node-deps"
+            p.add_argument("--real-node", action="store_true", help=help_text)
     sub.add_parser("down")
     sub.add_parser("env")
     sub.add_parser("images").add_argument("names", nargs="*", help="build only these images (default: all)")
@@ -38,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return run_demo(_fleet(args), args.wait)
         if args.command == "up":
-            return dev_cluster.up(args.fleet, args.nodes)
+            return dev_cluster.up(args.fleet, args.nodes, args.real_node)
         if args.command == "_serve":
-            return dev_cluster.serve(_fleet(args))
+            return dev_cluster.serve(_fleet(args), args.real_node)
         if args.command == "down":
             return dev_cluster.down()
         if args.command == "images":

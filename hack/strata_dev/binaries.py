@@ -30,6 +30,7 @@ KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
+COREDNS_VERSION = "v1.15.0"
 
 
 class BuildError(RuntimeError):
@@ -79,6 +80,8 @@ BINARIES: tuple[Binary, ...] = (
         _kube_ldflags(),
     ),
     Binary("kube-scheduler", "kubernetes", "k8s.io/kubernetes/cmd/kube-scheduler", KUBERNETES_VERSION, _kube_ldflags()),
+    Binary("kubelet", "kubernetes", "k8s.io/kubernetes/cmd/kubelet", KUBERNETES_VERSION, _kube_ldflags()),
+    Binary("kube-proxy", "kubernetes", "k8s.io/kubernetes/cmd/kube-proxy", KUBERNETES_VERSION, _kube_ldflags()),
     Binary(
         "kubectl",
         "kubernetes",
@@ -104,6 +107,14 @@ BINARIES: tuple[Binary, ...] = (
             "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
         ],
         ("version", "--short"),
+    ),
+    Binary(
+        "coredns",
+        "coredns",
+        "github.com/coredns/coredns",
+        COREDNS_VERSION,
+        [f"-X github.com/coredns/coredns/coremain.GitCommit={COREDNS_VERSION}"],
+        ("-version",),
     ),
 )
 
@@ -132,6 +143,7 @@ def cache_key(go_version: str) -> str:
             digest.update(path.read_bytes())
     digest.update(json.dumps([(b.name, b.package, b.version, b.ldflags) for b in BINARIES]).encode())
     versions = f"k8s-{KUBERNETES_VERSION}_etcd-{ETCD_VERSION}_kwok-{KWOK_VERSION}_helm-{HELM_VERSION}"
+    versions += f"_coredns-{COREDNS_VERSION}"
     return f"{versions}_{go_version}_{digest.hexdigest()[:12]}"
 
 

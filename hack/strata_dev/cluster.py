@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import json
-import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -35,7 +32,16 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from strata_dev import binaries
+from strata_dev.node import RealNode, preflight
+from strata_dev.node_config import NODE_NAME
 from strata_dev.pki import PKI, make_pki
+
+# re-exported: tests, the demo and the stack import these from here
+from strata_dev.processes import ClusterError as ClusterError  # noqa: PLC0414
+from strata_dev.processes import Component as Component  # noqa: PLC0414
+from strata_dev.processes import free_port as free_port  # noqa: PLC0414
+from strata_dev.processes import spawn as spawn  # noqa: PLC0414
+from strata_dev.processes import terminate as terminate  # noqa: PLC0414
 
 STAGES = Path(__file__).with_name("kwok-stages.yaml")
 EXIT_CODE_ANNOTATION = "kwok.strata.dev/exit-code"
@@ -44,10 +50,6 @@ kwok runs no containers, so this is how tests and the demo end a worker the way 
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
-
-
-class ClusterError(RuntimeError):
-    """One line that says which component failed, what to do and where its log is."""
 
 
 @dataclass
@@ -66,54 +68,9 @@ class ClusterSettings:
     """Client QPS for controllers, scheduler and kwok; upstream defaults (20) throttle 1,000-node fleets."""
     ports: dict[str, int] = field(default_factory=dict)
     """Fixed ports by component (etcd, etcd-peer, apiserver, cm, scheduler, kwok); the rest are picked free."""
-
-
-def free_port() -> int:
-    """A loopback port free right now (the component that binds it comes next)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    os.setpgrp()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def spawn(
-    args: list[str],
-    log: Path,
-    env: dict[str, str] | None = None,
-    cwd: Path | None = None,
-) -> subprocess.Popen[bytes]:
-    """Start ``args`` in its own process group with output to ``log``; it dies with this process."""
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            args,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=cwd,
-            preexec_fn=_die_with_parent,
-        )
-
-
-@dataclass
-class Component:
-    """One running control-plane process and its log."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def tail(self, lines: int = 5) -> str:
-        try:
-            return "\n    ".join(self.log.read_text(errors="replace").strip().splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+    real_node: bool = False
+    """Add one real worker node (containerd, kubelet, kube-proxy, CoreDNS in a network namespace, see
+    :mod:`strata_dev.node`) next to the kwok fleet; needs root and ``make node-deps``."""
 
 
 class LocalCluster:
@@ -129,6 +86,7 @@ class LocalCluster:
         self.token = secrets.token_hex(16)
         self.pki: PKI | None = None
         self.started_s: float | None = None
+        self.node: RealNode | None = None
         self._stopped = True
 
     # ----- paths -----
@@ -160,7 +118,14 @@ class LocalCluster:
         atexit.register(self.stop)
         self._install_signal_handlers()
         try:
-            self.pki = make_pki(self.workdir / "pki")
+            extra_ips: tuple[str, ...] = ()
+            if self.settings.real_node:
+                preflight()
+                self.node = RealNode(self.workdir / "node", self.workdir / "logs", self.bin_dir,
+                                     self.settings.start_timeout_s)  # fmt: skip
+                host_ip, node_ip = self.node.claim_addresses()
+                extra_ips = (host_ip,)
+            self.pki = make_pki(self.workdir / "pki", extra_ips)
             names = ("etcd", "etcd-peer", "apiserver", "cm", "scheduler", "kwok")
             self.ports = {n: self.settings.ports.get(n) or free_port() for n in names}
             self._write_access_files()
@@ -170,6 +135,9 @@ class LocalCluster:
             self.restart_scheduler(self.settings.scheduler_config)
             self._start_kwok()
             self._wait_for_default_namespace()
+            if self.node is not None:
+                self.node.start(host_ip, node_ip, self.ports["apiserver"], self._kubeconfig_for, self.pki.ca_cert,
+                                self._real_node_ready)  # fmt: skip
         except BaseException:
             self.stop()
             raise
@@ -180,6 +148,9 @@ class LocalCluster:
         if self._stopped:
             return
         self._stopped = True
+        if self.node is not None:
+            self.node.stop()  # first: its kubelet still talks to the API server while containers are removed
+            self.node = None
         for component in reversed(list(self.components.values())):
             terminate(component.process)
         self.components.clear()
@@ -270,6 +241,9 @@ class LocalCluster:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--endpoint-reconciler-type=none",  # the loopback address may not be published as an endpoint
             "--allow-privileged=true",
+            f"--kubelet-client-certificate={self.pki.kubelet_client_cert}",
+            f"--kubelet-client-key={self.pki.kubelet_client_key}",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",  # the real node's name resolves nowhere
             "--profiling=false",
             "--max-requests-inflight=2000",
             "--max-mutating-requests-inflight=1000",
@@ -333,10 +307,25 @@ class LocalCluster:
         assert self.pki is not None
         (self.workdir / "tokens.csv").write_text(f'{self.token},strata-admin,strata-admin,"system:masters"\n')
         (self.workdir / "pki" / "components").mkdir(exist_ok=True)
-        self.kubeconfig.write_text(
-            kubeconfig_yaml(f"https://127.0.0.1:{self.ports['apiserver']}", self.pki.ca_cert, self.token)
-        )
+        self.kubeconfig.write_text(self._kubeconfig_for(f"https://127.0.0.1:{self.ports['apiserver']}"))
         self.kubeconfig.chmod(0o600)
+
+    def _kubeconfig_for(self, server: str) -> str:
+        assert self.pki is not None
+        return kubeconfig_yaml(server, self.pki.ca_cert, self.token)
+
+    def _real_node_ready(self) -> bool:
+        node = self._api_get(f"/api/v1/nodes/{NODE_NAME}")
+        status = node.get("status") if node else None
+        conditions = status.get("conditions", []) if isinstance(status, dict) else []
+        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+    def dead_components(self) -> list[str]:
+        """Names of the components (control plane and real node) whose process has exited."""
+        found = [c.name for c in self.components.values() if c.process.poll() is not None]
+        if self.node is not None:
+            found += [c.name for c in self.node.components.values() if c.process.poll() is not None]
+        return found
 
     def _wait_for_default_namespace(self) -> None:
         """Pods need the namespace's default ServiceAccount, made by the controller manager."""
@@ -369,6 +358,8 @@ class LocalCluster:
     def describe(self) -> str:
         lines = [f"cluster up in {self.started_s or 0:.1f}s; kubeconfig: {self.kubeconfig}"]
         lines += [f"  {c.name:24} pid {c.process.pid:>7}  log {c.log}" for c in self.components.values()]
+        if self.node is not None:
+            lines += [f"  {c.name:24} pid {c.process.pid:>7}  log {c.log}" for c in self.node.components.values()]
         return "\n".join(lines)
 
 
@@ -485,20 +476,6 @@ def kwok_args(bin_dir: Path, kubeconfig: Path, server_port: int) -> list[str]:
 def run_kwok(bin_dir: Path, kubeconfig: Path, log: Path) -> subprocess.Popen[bytes]:
     """Run kwok against any cluster (e.g. a user's kind cluster) for the fake GPU fleet; the caller stops it."""
     return spawn(kwok_args(bin_dir, kubeconfig, free_port()), log)
-
-
-def terminate(process: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
-    """End ``process``'s whole group: SIGTERM, then SIGKILL after ``grace_s``."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def _http_ok(url: str) -> bool:

@@ -25,7 +25,7 @@ STOP_TIMEOUT_S = 30.0
 """Longest ``down`` waits for the daemon to stop its cluster before killing its process group."""
 
 
-def up(fleet_file: str, nodes: int) -> int:
+def up(fleet_file: str, nodes: int, real_node: bool = False) -> int:
     """Start the daemon unless one runs, wait until its cluster is ready, and say how to point kubectl at it."""
     if (DEV_DIR / "pid").exists() and _alive(int((DEV_DIR / "pid").read_text())):
         print(f"a dev cluster is already running; {env_line()}")
@@ -34,6 +34,7 @@ def up(fleet_file: str, nodes: int) -> int:
     (DEV_DIR / "ready").unlink(missing_ok=True)
     log = DEV_DIR / "daemon.log"
     argv = [sys.executable, "-m", "strata_dev", "_serve", "--fleet", fleet_file, "--nodes", str(nodes)]
+    argv += ["--real-node"] if real_node else []
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)  # fmt: skip
@@ -48,12 +49,13 @@ def up(fleet_file: str, nodes: int) -> int:
     return 0
 
 
-def serve(fleet: Fleet) -> int:
+def serve(fleet: Fleet, real_node: bool = False) -> int:
     """The daemon behind :func:`up`: holds the cluster until SIGTERM (:func:`down`) or until a component dies."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    cluster = start_cluster_with_fleet(ClusterSettings(workdir=DEV_DIR / "state", keep_workdir=True), fleet)
+    settings = ClusterSettings(workdir=DEV_DIR / "state", keep_workdir=True, real_node=real_node)
+    cluster = start_cluster_with_fleet(settings, fleet)
     (DEV_DIR / "pid").write_text(str(os.getpid()))
     (DEV_DIR / "kubeconfig").write_bytes(cluster.kubeconfig.read_bytes())
     (DEV_DIR / "kubectl").unlink(missing_ok=True)
@@ -62,7 +64,7 @@ def serve(fleet: Fleet) -> int:
     (DEV_DIR / "ready").write_text("ok")
     try:
         while not stop.wait(1.0):
-            dead = [c.name for c in cluster.components.values() if c.process.poll() is not None]
+            dead = cluster.dead_components()
             if dead:
                 print(f"error: {', '.join(dead)} died; stopping the dev cluster", flush=True)
                 return 1

@@ -25,6 +25,9 @@ class PKI:
     serving_key: Path
     sa_key: Path
     sa_pub: Path
+    kubelet_client_cert: Path
+    """The API server's client certificate towards kubelets (``kubectl logs``/``exec`` on the real node)."""
+    kubelet_client_key: Path
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -36,7 +39,9 @@ def _openssl(*args: str, cwd: Path) -> None:
         raise PKIError(f"openssl {args[0]} failed: {proc.stderr.strip()}")
 
 
-def make_pki(directory: Path) -> PKI:
+def make_pki(directory: Path, extra_ips: tuple[str, ...] = ()) -> PKI:
+    """The CA, the API server's serving certificate (for loopback and ``extra_ips``, e.g. the real node's veth
+    end), its kubelet client certificate and the service-account key pair."""
     directory.mkdir(parents=True, exist_ok=True)
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
     _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "30", "-subj", "/CN=strata-local-ca",
@@ -44,12 +49,18 @@ def make_pki(directory: Path) -> PKI:
              cwd=directory)  # fmt: skip
     _openssl("req", "-new", *ec, "-keyout", "apiserver.key", "-out", "apiserver.csr", "-subj", "/CN=kube-apiserver",
              cwd=directory)  # fmt: skip
+    names = ["IP:127.0.0.1", *(f"IP:{ip}" for ip in extra_ips), "DNS:localhost", "DNS:kubernetes",
+             "DNS:kubernetes.default", "DNS:kubernetes.default.svc"]  # fmt: skip
     (directory / "apiserver.ext").write_text(
-        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-        "DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n"
+        f"subjectAltName={','.join(names)}\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n"
     )
     _openssl("x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
              "-out", "apiserver.crt", "-days", "30", "-extfile", "apiserver.ext", cwd=directory)  # fmt: skip
+    _openssl("req", "-new", *ec, "-keyout", "kubelet-client.key", "-out", "kubelet-client.csr",
+             "-subj", "/O=system:masters/CN=kube-apiserver-kubelet-client", cwd=directory)  # fmt: skip
+    (directory / "kubelet-client.ext").write_text("extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n")
+    _openssl("x509", "-req", "-in", "kubelet-client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "kubelet-client.crt", "-days", "30", "-extfile", "kubelet-client.ext", cwd=directory)  # fmt: skip
     _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key", cwd=directory)
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=directory)
     return PKI(
@@ -59,4 +70,6 @@ def make_pki(directory: Path) -> PKI:
         serving_key=directory / "apiserver.key",
         sa_key=directory / "sa.key",
         sa_pub=directory / "sa.pub",
+        kubelet_client_cert=directory / "kubelet-client.crt",
+        kubelet_client_key=directory / "kubelet-client.key",
     )

@@ -1,0 +1,411 @@
+"""One real worker node next to the kwok fleet: containerd + runc + CNI, kubelet, kube-proxy and CoreDNS, in a
+network namespace the launcher creates (as a kind node lives in its container).
+
+Layout on the host (everything is removed by :meth:`RealNode.stop`):
+
+- network namespace ``strata-<id>`` holding the node IP, the CNI bridge ``strata0`` and every pod address;
+- a veth pair ``stn<id>h`` (host end, ``host_ip``) / ``stn<id>n`` (in the namespace, ``node_ip``) on a private /30
+  that no address or route on the machine uses;
+- a TCP forward from ``host_ip:<apiserver port>`` to the API server on 127.0.0.1 (the API server keeps listening
+  on loopback only; the kubelet refuses a loopback node IP, and the namespace's loopback is its own);
+- cgroup ``/strata-node-<id>`` in every hierarchy (kubelet's ``cgroupRoot``), and the node's folder with
+  containerd's state, kubelet's root and the config files (:mod:`strata_dev.node_config`).
+
+The components run in the host's mount namespace (``nsenter --net`` only), so kubelet and containerd see the
+same volume mounts, and stop can find and unmount every one under the node's folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from strata_dev.node_config import (
+    CNI_PLUGIN_DIR,
+    NODE_NAME,
+    REAL_NODE_LABEL,
+    NodeLayout,
+    cni_conflist,
+    containerd_config,
+    corefile,
+    kube_proxy_config,
+    kubelet_config,
+)
+from strata_dev.node_images import BUSYBOX, import_images, write_archive
+from strata_dev.processes import ClusterError, Component, spawn, terminate
+
+VETH_RANGE = ipaddress.ip_network("172.31.254.0/24")
+"""Where the node's /30 veth networks come from; one free /30 per node, checked against the host's addresses."""
+CGROUP_FS = Path("/sys/fs/cgroup")
+SHIM_SOCKETS = Path("/run/containerd/s")
+"""Where containerd 1.6 puts its shims' sockets, whatever its configured state folder (not configurable)."""
+KERNEL_TUNABLES = (
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+)
+"""Host-wide sysctls kubelet sets at start (``protectKernelDefaults: false``); stop puts back what was there."""
+KWOK_ONLY_HINT = (
+    "run the cluster kwok-only instead: leave out --real-node / REAL_NODE=1 (ClusterSettings(real_node=False))"
+)
+
+
+def preflight() -> None:
+    """Fail with the missing capability, cgroup or tool, before anything is created."""
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("not root (network namespaces, veths, cgroups and mounts need it)")
+    for tool in ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "ip", "iptables", "nsenter", "conntrack"):
+        if shutil.which(tool) is None:
+            problems.append(f"{tool} not on PATH (make node-deps)")
+    for plugin in ("bridge", "host-local", "loopback", "portmap"):
+        if not (CNI_PLUGIN_DIR / plugin).is_file():
+            problems.append(f"CNI plugin {CNI_PLUGIN_DIR / plugin} missing (make node-deps)")
+    if not BUSYBOX.is_file():
+        problems.append(f"{BUSYBOX} missing (make node-deps)")
+    for hierarchy in ("memory", "cpu", "pids", "cpuset"):
+        if not (CGROUP_FS / hierarchy).is_dir() and not (CGROUP_FS / "cgroup.controllers").is_file():
+            problems.append(f"cgroup hierarchy {CGROUP_FS / hierarchy} not mounted")
+    if "overlay" not in Path("/proc/filesystems").read_text():
+        problems.append("the overlay filesystem is not available (containerd's overlayfs snapshotter needs it)")
+    if problems:
+        raise ClusterError("this host cannot run the real node: " + "; ".join(problems) + f"\n    {KWOK_ONLY_HINT}")
+
+
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(args), capture_output=True, text=True, timeout=60)
+    if check and proc.returncode != 0:
+        raise ClusterError(f"{' '.join(args)} failed: {proc.stderr.strip()}\n    {KWOK_ONLY_HINT}")
+    return proc
+
+
+def _used_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Every IPv4 network the host has an address or a route in (in its own network namespace)."""
+    used = []
+    for line in _run("ip", "-4", "-o", "addr", "show").stdout.splitlines():
+        used.append(ipaddress.ip_interface(line.split()[3]).network)
+    for line in _run("ip", "-4", "route", "show", "table", "all").stdout.splitlines():
+        first = line.split()[0] if line.split() else ""
+        if first[:1].isdigit():
+            with contextlib.suppress(ValueError):
+                used.append(ipaddress.ip_network(first, strict=False))
+    return used
+
+
+def _free_veth_network() -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    used = _used_networks()
+    for candidate in VETH_RANGE.subnets(new_prefix=30):
+        if not any(candidate.overlaps(net) for net in used if net.prefixlen > 0):
+            return candidate
+    raise ClusterError(f"no free /30 left in {VETH_RANGE} for the real node's veth pair")
+
+
+class ApiForward:
+    """Forward TCP from ``listen`` (the veth's host end) to the API server on loopback, one thread per direction."""
+
+    def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
+        self.target = target
+        self.server = socket.create_server(listen, reuse_port=False)
+        self.server.settimeout(0.5)
+        self._closed = threading.Event()
+        self._conns: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, name="strata-node-api-forward", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._closed.set()
+        self.server.close()
+        for sock in self._conns:
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._thread.join(2)
+
+
+class RealNode:
+    """The node's network, cgroups, files and processes; :meth:`stop` removes all of it."""
+
+    def __init__(self, root: Path, logs: Path, bin_dir: Path, start_timeout_s: float = 90.0) -> None:
+        self.root = root
+        self.logs = logs
+        self.bin_dir = bin_dir
+        self.start_timeout_s = start_timeout_s
+        self.id = secrets.token_hex(3)
+        self.netns = f"strata-{self.id}"
+        self.host_link, self.node_link = f"stn{self.id}h", f"stn{self.id}n"
+        self.cgroup_root = f"/strata-node-{self.id}"
+        self.components: dict[str, Component] = {}
+        self.layout: NodeLayout | None = None
+        self._forward: ApiForward | None = None
+        self._tunables: dict[str, str] = {}
+        self._cgroups: list[Path] = []
+        self._shim_sockets_before: set[Path] = set()
+
+    # ----- addresses (known before the API server's certificate is made) -----
+    def claim_addresses(self) -> tuple[str, str]:
+        """Create the namespace and the veth pair on a free /30; return (host_ip, node_ip)."""
+        lock_path = Path(tempfile.gettempdir()) / "strata-node-veth.lock"
+        with lock_path.open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # two launchers must not pick the same /30
+            network = _free_veth_network()
+            host_ip, node_ip = (str(h) for h in list(network.hosts())[:2])
+            _run("ip", "netns", "add", self.netns)
+            _run("ip", "link", "add", self.host_link, "type", "veth", "peer", "name", self.node_link)
+            _run("ip", "link", "set", self.node_link, "netns", self.netns)
+            _run("ip", "addr", "add", f"{host_ip}/30", "dev", self.host_link)
+            _run("ip", "link", "set", self.host_link, "up")
+        ns = ("ip", "netns", "exec", self.netns)
+        _run(*ns, "ip", "addr", "add", f"{node_ip}/30", "dev", self.node_link)
+        _run(*ns, "ip", "link", "set", self.node_link, "up")
+        _run(*ns, "ip", "link", "set", "lo", "up")
+        _run(*ns, "ip", "route", "add", "default", "via", host_ip)  # kubelet needs a default route to pick an IP
+        _run(*ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        return host_ip, node_ip
+
+    # ----- start -----
+    def start(
+        self,
+        host_ip: str,
+        node_ip: str,
+        apiserver_port: int,
+        kubeconfig_yaml: Callable[[str], str],
+        client_ca: Path,
+        node_ready: Callable[[], bool],
+    ) -> None:
+        """Start containerd, import the images, start kubelet, kube-proxy and CoreDNS, wait for the node Ready.
+
+        ``kubeconfig_yaml(server)`` is the admin kubeconfig for ``server``; ``node_ready`` reads the Node.
+        """
+        self.layout = layout = NodeLayout(
+            self.root, host_ip, node_ip, 30, apiserver_port, self.cgroup_root, Path(f"/run/strata-node-{self.id}")
+        )
+        self._shim_sockets_before = _shim_sockets()
+        self._forward = ApiForward((host_ip, apiserver_port), ("127.0.0.1", apiserver_port))
+        self._make_cgroups()
+        self._write_files(layout, kubeconfig_yaml, client_ca)
+        self._tunables = {name: (Path("/proc/sys") / name).read_text() for name in KERNEL_TUNABLES}
+        containerd = self._spawn("containerd", ["containerd", "--config", str(self.root / "containerd.toml")])
+        self._wait(containerd, lambda: _ctr_ok(layout.containerd_socket), "serving")
+        import_images(write_archive(self.root / "images.tar"), layout.containerd_socket, self.logs / "images.log")
+        self._spawn("kubelet", self._kubelet_args(layout))
+        self._spawn(
+            "kube-proxy",
+            [str(self.bin_dir / "kube-proxy"), f"--config={self.root / 'kube-proxy.json'}", "--v=1"],
+        )
+        if (self.bin_dir / "coredns").is_file():
+            self._spawn("coredns", [str(self.bin_dir / "coredns"), "-conf", str(self.root / "Corefile")])
+        self._wait(self.components["kubelet"], node_ready, "Ready")
+
+    def _kubelet_args(self, layout: NodeLayout) -> list[str]:
+        return [
+            str(self.bin_dir / "kubelet"),
+            f"--config={self.root / 'kubelet.yaml'}",
+            f"--kubeconfig={layout.kubeconfig}",
+            f"--root-dir={layout.kubelet_dir}",
+            f"--cert-dir={layout.kubelet_dir / 'pki'}",
+            f"--node-ip={layout.node_ip}",
+            f"--hostname-override={NODE_NAME}",
+            f"--node-labels={REAL_NODE_LABEL}=true",
+            "--v=1",
+        ]
+
+    def _write_files(self, layout: NodeLayout, kubeconfig_yaml: Callable[[str], str], client_ca: Path) -> None:
+        for folder in (layout.cni_conf_dir, layout.kubelet_dir, self.root / "containerd", layout.run_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        layout.kubeconfig.write_text(kubeconfig_yaml(layout.server))
+        layout.kubeconfig.chmod(0o600)
+        (self.root / "kubelet.yaml").write_text(kubelet_config(layout, client_ca))
+        (self.root / "kube-proxy.json").write_text(kube_proxy_config(layout))
+        (self.root / "containerd.toml").write_text(containerd_config(layout))
+        (layout.cni_conf_dir / "10-strata.conflist").write_text(cni_conflist(layout))
+        (self.root / "Corefile").write_text(corefile(layout))
+        (self.root / "resolv.conf").write_text("# the node resolves nothing off the machine\n")
+
+    def _make_cgroups(self) -> None:
+        for hierarchy in sorted(p for p in CGROUP_FS.iterdir() if p.is_dir()):
+            path = hierarchy / self.cgroup_root.lstrip("/")
+            try:
+                path.mkdir()
+            except OSError as err:
+                raise ClusterError(
+                    f"cannot create cgroup {path} ({err.strerror}): the real node needs a writable cgroup "
+                    f"hierarchy\n    {KWOK_ONLY_HINT}"
+                ) from err
+            self._cgroups.append(path)
+            if hierarchy.name == "cpuset":  # a v1 cpuset starts empty; runc copies from the parent only below
+                for name in ("cpuset.cpus", "cpuset.mems"):
+                    (path / name).write_text((hierarchy / name).read_text())
+
+    def _spawn(self, name: str, args: list[str]) -> Component:
+        log = self.logs / f"node-{name}.log"
+        process = spawn(["nsenter", f"--net=/run/netns/{self.netns}", *args], log, cwd=self.root)
+        self.components[name] = component = Component(f"node {name}", process, log)
+        return component
+
+    def _wait(self, component: Component, probe: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive()
+            with contextlib.suppress(Exception):
+                if probe():
+                    return
+            time.sleep(0.2)
+        raise ClusterError(
+            f"{component.name} not {what} after {self.start_timeout_s:.0f}s; log: {component.log}\n    "
+            + component.tail()
+        )
+
+    def check_alive(self) -> None:
+        """Raise naming the first component of the node that exited, with its log."""
+        for component in self.components.values():
+            code = component.process.poll()
+            if code is not None:
+                raise ClusterError(
+                    f"{component.name} exited with code {code}; log: {component.log}\n    " + component.tail()
+                )
+
+    # ----- stop -----
+    def stop(self) -> None:
+        """Remove every process, container, mount, cgroup, link, namespace and file the node made."""
+        for name in ("coredns", "kube-proxy", "kubelet"):
+            if name in self.components:
+                terminate(self.components.pop(name).process)
+        self._kill_cgroup_processes()
+        if "containerd" in self.components:
+            terminate(self.components.pop("containerd").process)
+        self._kill_shims()
+        self._unmount_under(self.root)
+        self._remove_cgroups()
+        if self._forward is not None:
+            self._forward.close()
+            self._forward = None
+        _run("ip", "link", "del", self.host_link, check=False)
+        _run("ip", "netns", "del", self.netns, check=False)
+        for name, value in self._tunables.items():
+            with contextlib.suppress(OSError):
+                (Path("/proc/sys") / name).write_text(value)
+        self._tunables = {}
+        self._remove_shim_sockets()
+        if self.layout is not None:
+            shutil.rmtree(self.layout.run_dir, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _remove_shim_sockets(self) -> None:
+        """containerd 1.6 puts shim sockets in /run/containerd/s whatever its state folder; the ones this node's
+        shims left (nobody listens any more) go, and the folders too when this node made them and they are empty."""
+        for path in _shim_sockets() - self._shim_sockets_before:
+            with socket.socket(socket.AF_UNIX) as probe, contextlib.suppress(OSError):
+                probe.connect(str(path))
+                continue  # someone still listens: another node's live shim
+            path.unlink(missing_ok=True)
+        if not self._shim_sockets_before:
+            for folder in (SHIM_SOCKETS, SHIM_SOCKETS.parent):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+    def _cgroup_pids(self) -> set[int]:
+        pids: set[int] = set()
+        for path in self._cgroups:
+            for procs in path.rglob("cgroup.procs"):
+                with contextlib.suppress(OSError, ValueError):
+                    pids.update(int(p) for p in procs.read_text().split())
+        return pids
+
+    def _kill_cgroup_processes(self) -> None:
+        """The containers' processes (they outlive kubelet and containerd): SIGKILL until the cgroups are empty."""
+        deadline = time.monotonic() + 10
+        while (pids := self._cgroup_pids()) and time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+
+    def _kill_shims(self) -> None:
+        """containerd-shim-runc-v2 processes of this node's containerd (their command line names its socket)."""
+        marker = str(self.layout.run_dir if self.layout else self.root).encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                cmdline = (entry / "cmdline").read_bytes()
+                if b"containerd-shim" in cmdline and marker in cmdline:
+                    os.kill(int(entry.name), signal.SIGKILL)
+
+    @staticmethod
+    def _unmount_under(root: Path) -> None:
+        prefix = str(root) + "/"
+        for _ in range(3):
+            points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+            mine = sorted({p for p in points if p.startswith(prefix)}, key=len, reverse=True)
+            if not mine:
+                return
+            for point in mine:
+                subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
+
+    def _remove_cgroups(self) -> None:
+        deadline = time.monotonic() + 10
+        for top in self._cgroups:
+            while top.exists() and time.monotonic() < deadline:
+                for folder in sorted(
+                    (p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+                ):
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+                with contextlib.suppress(OSError):
+                    top.rmdir()
+                if top.exists():
+                    self._kill_cgroup_processes()
+                    time.sleep(0.1)
+        self._cgroups = [p for p in self._cgroups if p.exists()]
+
+
+def _shim_sockets() -> set[Path]:
+    return set(SHIM_SOCKETS.iterdir()) if SHIM_SOCKETS.is_dir() else set()
+
+
+def _ctr_ok(socket_path: Path) -> bool:
+    if not socket_path.exists():
+        return False
+    proc = subprocess.run(["ctr", "--address", str(socket_path), "version"], capture_output=True, timeout=10)
+    return proc.returncode == 0

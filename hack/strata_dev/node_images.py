@@ -1,0 +1,96 @@
+"""The real node's two local images, made without a registry or a builder: a docker-archive tar holding
+``strata.local/pause:1`` (the sandbox image) and ``strata.local/busybox:1`` (for tests), both one layer with
+Debian's static busybox and its applet links.
+
+containerd imports the tar (``ctr -n k8s.io images import``); pods use them with ``imagePullPolicy: Never``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+from strata_dev.node_config import PAUSE_IMAGE
+from strata_dev.processes import ClusterError
+
+TEST_IMAGE = "strata.local/busybox:1"
+"""A static busybox (``sh``, ``echo``, ``nslookup``, ``wget``, ``sleep``...): what the real node's tests run."""
+BUSYBOX = Path("/bin/busybox")
+"""Debian's busybox-static (``make node-deps``); a dynamically linked busybox would lack its libraries."""
+APPLETS = ("sh", "echo", "cat", "ls", "mkdir", "sleep", "nslookup", "wget", "httpd", "hostname", "env", "true", "false")
+
+
+def _layer(busybox: Path) -> bytes:
+    """One uncompressed layer: /bin/busybox, applet links, /etc/passwd and an empty /tmp (mtimes fixed)."""
+    data = busybox.read_bytes()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+
+        def add(name: str, kind: bytes, mode: int, payload: bytes = b"", target: str = "") -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.mtime, info.size, info.linkname = kind, mode, 0, len(payload), target
+            tar.addfile(info, io.BytesIO(payload) if payload else None)
+
+        for folder in ("bin", "etc", "tmp"):
+            add(folder, tarfile.DIRTYPE, 0o1777 if folder == "tmp" else 0o755)
+        add("bin/busybox", tarfile.REGTYPE, 0o755, data)
+        for applet in APPLETS:
+            add(f"bin/{applet}", tarfile.SYMTYPE, 0o777, target="busybox")
+        add("etc/passwd", tarfile.REGTYPE, 0o644, b"root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n")
+    return buffer.getvalue()
+
+
+def _config(diff_id: str, entrypoint: list[str]) -> bytes:
+    return json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Entrypoint": entrypoint, "Env": ["PATH=/bin"], "WorkingDir": "/"},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            "history": [{"created_by": "strata_dev.node_images: static busybox"}],
+        },
+        sort_keys=True,
+    ).encode()
+
+
+def write_archive(path: Path, busybox: Path = BUSYBOX) -> Path:
+    """Write the docker-archive tar with both images to ``path``."""
+    if not busybox.is_file():
+        raise ClusterError(
+            f"{busybox} is missing: run `make node-deps` (Debian's busybox-static) for the node's images"
+        )
+    layer = _layer(busybox)
+    diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+    images = {PAUSE_IMAGE: ["/bin/sleep", "2147483647"], TEST_IMAGE: ["/bin/sh"]}
+    manifest = []
+    files: dict[str, bytes] = {"layer.tar": layer}
+    for tag, entrypoint in images.items():
+        config = _config(diff_id, entrypoint)
+        name = hashlib.sha256(config).hexdigest() + ".json"
+        files[name] = config
+        manifest.append({"Config": name, "RepoTags": [tag], "Layers": ["layer.tar"]})
+    files["manifest.json"] = json.dumps(manifest).encode()
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, payload in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(payload), 0o644
+            tar.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def import_images(archive: Path, containerd_socket: Path, log: Path) -> None:
+    """Import the archive into containerd's ``k8s.io`` namespace (the one CRI reads)."""
+    with log.open("ab") as out:
+        proc = subprocess.run(
+            ["ctr", "--address", str(containerd_socket), "-n", "k8s.io", "images", "import", str(archive)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+        )
+    if proc.returncode != 0:
+        tail = "\n    ".join(log.read_text(errors="replace").strip().splitlines()[-5:])
+        raise ClusterError(f"importing the node's images into containerd failed; log: {log}\n    {tail}")

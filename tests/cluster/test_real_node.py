@@ -1,0 +1,186 @@
+"""The real node: a pod from the locally made image runs in a container to Completed and `kubectl logs` reads it,
+Services resolve and route, GPU pods cannot land on it, and stop leaves the host exactly as it found it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster_support import eventually
+
+from strata_dev.cluster import ClusterSettings, LocalCluster
+from strata_dev.node import CGROUP_FS, KERNEL_TUNABLES, SHIM_SOCKETS
+from strata_dev.node_config import NODE_NAME, POD_SUBNET, REAL_NODE_LABEL
+from strata_dev.node_images import TEST_IMAGE
+
+
+@pytest.fixture(scope="module")
+def real_cluster() -> Iterator[LocalCluster]:
+    keep = os.environ.get("STRATA_KEEP_CLUSTER_LOGS") == "1"
+    with LocalCluster(ClusterSettings(real_node=True, keep_workdir=keep)) as cluster:
+        yield cluster
+
+
+def a_pod(name: str, command: str, labels: dict[str, str] | None = None, **spec: Any) -> str:
+    """A pod of the local test image pinned to the real node (JSON is YAML, for ``kubectl apply -f -``)."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {
+            "restartPolicy": "Never",
+            "nodeSelector": {REAL_NODE_LABEL: "true"},
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {"name": "main", "image": TEST_IMAGE, "imagePullPolicy": "Never", "command": ["/bin/sh", "-c", command]}
+            ],
+            **spec,
+        },
+    }
+    return json.dumps(pod)
+
+
+def phase(cluster: LocalCluster, name: str) -> str:
+    return str(cluster.kubectl_json("pod", name).get("status", {}).get("phase", ""))
+
+
+def finished(cluster: LocalCluster, name: str) -> str | None:
+    current = phase(cluster, name)
+    return current if current in ("Succeeded", "Failed") else None
+
+
+@pytest.mark.timeout(240)
+def test_a_pod_runs_in_a_container_on_the_real_node_and_its_log_is_read(real_cluster: LocalCluster) -> None:
+    node = real_cluster.kubectl_json("node", NODE_NAME)
+    assert "kwok.x-k8s.io/node" not in node["metadata"].get("annotations", {})
+    assert node["metadata"]["labels"][REAL_NODE_LABEL] == "true"
+    assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
+    assert not any(key.endswith("/gpu") for key in node["status"]["allocatable"])
+
+    marker = uuid.uuid4().hex
+    real_cluster.kubectl("apply", "-f", "-", input=a_pod("hello", f"echo {marker} from $(hostname)"))
+    assert eventually(lambda: finished(real_cluster, "hello"), 120, "the pod to finish") == "Succeeded"
+    pod = real_cluster.kubectl_json("pod", "hello")
+    assert pod["spec"]["nodeName"] == NODE_NAME
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "Completed"
+    assert re.fullmatch(r"10\.245\.0\.\d+", pod["status"]["podIP"]), (pod["status"]["podIP"], POD_SUBNET)
+    assert real_cluster.kubectl("logs", "hello").strip() == f"{marker} from hello"
+
+
+@pytest.mark.timeout(240)
+def test_a_headless_service_resolves_and_a_cluster_ip_routes_from_another_pod(real_cluster: LocalCluster) -> None:
+    served = uuid.uuid4().hex
+    real_cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=a_pod(
+            "web",
+            f"mkdir -p /tmp/www && echo {served} > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www",
+            labels={"app": "web"},
+        ),
+    )
+    for name, cluster_ip in (("web-headless", "None"), ("web", None)):
+        service: dict[str, Any] = {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}
+        if cluster_ip:
+            service["clusterIP"] = cluster_ip
+        body = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": service}
+        real_cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+    eventually(lambda: phase(real_cluster, "web") == "Running", 120, "the web pod to run")
+    web_ip = real_cluster.kubectl_json("pod", "web")["status"]["podIP"]
+    cluster_ip = real_cluster.kubectl_json("service", "web")["spec"]["clusterIP"]
+
+    # busybox's nslookup has its own resolver; its wget is given the address (a static glibc cannot load NSS)
+    client = (
+        "nslookup web-headless.default.svc.cluster.local && nslookup web.default.svc.cluster.local"
+        f" && wget -O- http://{cluster_ip}:80/"
+    )
+    real_cluster.kubectl("apply", "-f", "-", input=a_pod("client", client))
+    assert eventually(lambda: finished(real_cluster, "client"), 120, "the client pod to finish") == "Succeeded", (
+        real_cluster.kubectl("logs", "client", check=False)
+    )
+    out = real_cluster.kubectl("logs", "client")
+    headless, cluster_name = out.split("Name:")[1:3]
+    assert f"Address: {web_ip}" in headless, out  # the headless Service's name is the pod's address
+    assert f"Address: {cluster_ip}" in cluster_name, out
+    assert served in out, out  # the ClusterIP routed through kube-proxy to the pod
+
+
+@pytest.mark.timeout(120)
+def test_a_gpu_pod_cannot_land_on_the_real_node(real_cluster: LocalCluster) -> None:
+    body = json.loads(a_pod("wants-a-gpu", "true"))
+    body["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "1"}}
+    real_cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+
+    def unschedulable() -> bool:
+        conditions = real_cluster.kubectl_json("pod", "wants-a-gpu").get("status", {}).get("conditions", [])
+        return any(c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable" for c in conditions)
+
+    eventually(unschedulable, 60, "the scheduler to refuse the GPU pod")
+    assert not real_cluster.kubectl_json("pod", "wants-a-gpu")["spec"].get("nodeName")
+
+
+def host_state(workdir: Path) -> dict[str, Any]:
+    """What the real node may touch on the host: namespaces, links, mounts, host iptables, cgroups, sysctls."""
+
+    def out(*args: str) -> str:
+        return subprocess.run(list(args), capture_output=True, text=True, check=True, timeout=30).stdout
+
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    return {
+        "netns": sorted(out("ip", "netns", "list").split()),
+        "links": sorted(line.split(":")[1].strip().split("@")[0] for line in out("ip", "-o", "link").splitlines()),
+        "mounts": sorted(m for m in mounts if m.startswith((str(workdir), "/run/netns", str(CGROUP_FS)))),
+        "iptables": sorted(
+            re.sub(r"\[\d+:\d+\]", "", line) for line in out("iptables-save").splitlines() if not line.startswith("#")
+        ),
+        "cgroups": sorted(str(p) for h in CGROUP_FS.iterdir() if h.is_dir() for p in h.iterdir() if p.is_dir()),
+        "sysctls": {name: (Path("/proc/sys") / name).read_text() for name in KERNEL_TUNABLES},
+        "run": sorted(str(p) for p in Path("/run").iterdir() if p.name.startswith(("strata", "containerd"))),
+        "shim sockets": sorted(str(p) for p in SHIM_SOCKETS.glob("*")),
+    }
+
+
+def processes_of(workdir: Path, cgroup_root: str) -> list[str]:
+    """Processes whose command line names the cluster's folder or that sit in the node's cgroup."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                cgroup = (entry / "cgroup").read_text()
+            except OSError:
+                continue
+            if str(workdir) in cmdline or cgroup_root in cgroup:
+                found.append(f"{entry.name} {cmdline}")
+    return found
+
+
+@pytest.mark.timeout(240)
+def test_stop_leaves_the_host_as_it_found_it(tmp_path: Path) -> None:
+    workdir = tmp_path / "cluster"
+    before = host_state(workdir)
+    cluster = LocalCluster(ClusterSettings(workdir=workdir, real_node=True))
+    try:
+        cluster.start()
+        assert cluster.node is not None
+        cgroup_root = cluster.node.cgroup_root
+        running = host_state(workdir)
+        assert running["netns"] != before["netns"]  # it made its own namespace
+        assert running["cgroups"] != before["cgroups"]  # and its own cgroups
+        cluster.kubectl("apply", "-f", "-", input=a_pod("sleeper", "exec sleep 600"))  # a container left running
+        eventually(lambda: phase(cluster, "sleeper") == "Running", 120, "the sleeper to run")
+        assert processes_of(workdir, cgroup_root)
+        assert [m for m in host_state(workdir)["mounts"] if m.startswith(str(workdir))]  # rootfs, shm, netns
+    finally:
+        cluster.stop()
+    assert processes_of(workdir, cgroup_root) == []
+    assert host_state(workdir) == before
+    assert not workdir.exists()
