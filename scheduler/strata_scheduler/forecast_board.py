@@ -33,6 +33,8 @@ class Forecast:
     method: str
     weights: Mapping[str, float] = field(default_factory=dict)
     """The mix of candidate forecasts the forecaster chose for this series (name -> weight)."""
+    dropped: Mapping[str, str] = field(default_factory=dict)
+    """Candidates that failed in this round and were left out of the mix (name -> reason, e.g. ``raised``)."""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -46,6 +48,7 @@ class Forecast:
             "band": self.band,
             "method": self.method,
             "blend": dict(self.weights),
+            "dropped": dict(self.dropped),
         }
 
 

@@ -522,6 +522,7 @@ class ForecastWorker(threading.Thread):
                     band=self.config.band,
                     method=prediction.method,
                     weights=prediction.weights,
+                    dropped={problem.name: problem.reason for problem in prediction.dropped},
                 )
         return result
 

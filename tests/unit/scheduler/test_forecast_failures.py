@@ -172,8 +172,11 @@ def test_worker_still_publishes_when_prophet_cannot_write_its_files(
     without_prophet = ForecastWorker(
         source, an_extender().board, an_extender().metrics, threading.Event(), curve=None, clock=lambda: now
     ).run_once()
-    assert forecasts == without_prophet  # the model-free candidates' forecast, both series
+    # the model-free candidates' forecast, both series; /forecast says what was left out
+    assert {key: dataclasses.replace(forecast, dropped={}) for key, forecast in forecasts.items()} == without_prophet
+    assert forecasts[("H100", HIGH)].to_json()["dropped"] == {ANCHORED: "raised"}
     assert forecasts[("H100", HIGH)].method == "persistence"
+    assert forecasts[("MI300X", LOW)].dropped == {}
     assert extender.board.hold_back().upper_by_gpu_type == {"H100": forecasts[("H100", HIGH)].upper}
     labels = {"candidate": ANCHORED, "reason": "raised"}
     assert extender.metrics.registry.get_sample_value(FAILURES, labels) == 1.0
