@@ -10,7 +10,7 @@ import kopf
 
 from strata_api.catalog import CatalogError
 from strata_operator.handlers import resourcepool, trainingjob
-from strata_operator.runtime.kube import Kube
+from strata_operator.runtime.kube import Kube, RetryPolicy, with_kubeconfig_token_file
 from strata_operator.runtime.quoter import Quoter
 from strata_operator.runtime.shared import Runtime
 from strata_operator.runtime.watches import ClusterCache
@@ -38,7 +38,10 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: Any, **_
     settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix=PREFIX, key="last-handled-configuration")
     settings.posting.reporting_component = "strata-operator"
     settings.watching.server_timeout = 300
-    runtime.kube = Kube(login(settings))
+    policy = RetryPolicy(attempts=runtime.settings.api_attempts, budget_s=runtime.settings.api_retry_budget_s)
+    retries = runtime.metrics.api_retries
+    # the client logs in again (as kopf does) when the server refuses its token: service-account tokens rotate
+    runtime.kube = Kube(lambda: login(settings), policy=policy, on_retry=lambda reason: retries.labels(reason).inc())
     runtime.quoter = Quoter(runtime.settings)
     runtime.cache = ClusterCache(runtime.kube, runtime.settings.namespaces, runtime.wake)
     runtime.cache.start()
@@ -82,11 +85,15 @@ class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
 
 
 def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
-    """In a pod: its service account; elsewhere: KUBECONFIG (or ~/.kube/config)."""
+    """In a pod: its service account; elsewhere: KUBECONFIG (or ~/.kube/config), its user's ``tokenFile`` included.
+
+    Token files are read at each call: kopf calls this again after a 401, and so does the operator's own client
+    (:class:`~strata_operator.runtime.kube.Kube`), so a rotated token is picked up without a restart.
+    """
     info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
     if info is None:
         raise kopf.PermanentError("no Kubernetes credentials: set KUBECONFIG or run in a pod with a service account")
-    return info
+    return with_kubeconfig_token_file(info)
 
 
 async def close(memo: Any, **_: Any) -> None:

@@ -68,6 +68,13 @@ class OperatorSettings:
     """Seconds an admission pass waits for the extender's quotes; unanswered jobs use their own order. Default
     0.5 s: a quote costs the extender milliseconds, and admission must not stall when it is away."""
 
+    api_attempts: int = 8
+    """Tries of one API call of the operator's own client when the server throttles it (429), fails (5xx) or
+    cannot be reached; a 401 adds one try after logging in again (rotated tokens). Default 8."""
+    api_retry_budget_s: float = 60.0
+    """Seconds one API call may spend waiting between those tries; past it the call fails and its reconcile is
+    retried later. Default 60 s: about how long a restarting API server is away, and a reconcile never hangs."""
+
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> OperatorSettings:
         """Flags win over ``STRATA_OPERATOR_<FIELD>`` environment variables, which win over defaults (every Strata

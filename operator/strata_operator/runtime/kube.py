@@ -2,6 +2,19 @@
 
 kopf already holds the connection (server, CA, token or client certificate) from its login; this client reuses
 it over one aiohttp session, so creating thousands of pods needs neither threads nor model deserialisation.
+
+The API server may refuse a call for a while, and a call must neither fail a reconcile for it nor wait forever:
+
+- 401: bound service-account tokens rotate (the kubelet rewrites the token file long before the old token
+  expires, and a token bound to a deleted object stops working at once). The client logs in again (the same login
+  kopf uses, which reads the token file afresh) and retries the call once.
+- 429 (API Priority and Fairness rejecting the operator's flow): it waits the server's ``Retry-After``, then
+  retries; 500/502/503/504 and dropped or refused connections: it backs off exponentially with jitter.
+- Both are bounded by :class:`RetryPolicy` (tries and seconds per call); past that the error reaches the caller,
+  whose loop retries later. Every retry is counted by reason (``strata_operator_api_retries_total``).
+
+Every call here is idempotent by name (a create that was retried after its answer was lost gets AlreadyExists),
+so retrying a POST whose fate is unknown is safe.
 """
 
 from __future__ import annotations
@@ -9,41 +22,128 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
+import logging
+import os
+import random
 import ssl
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
 import kopf
 import orjson
+import yaml
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
 IN_FLIGHT = 64
 """Calls on the wire at once (the connection pool's size): as many as the benchmark's plain client uses."""
 
 
+RETRIED_SERVER_ERRORS = frozenset({500, 502, 503, 504})
+"""Answers that say "not now" rather than "no": an API server restarting, overloaded, or behind a proxy."""
+
+
+class RetryReason:
+    """Why a call was sent again: the label values of ``strata_operator_api_retries_total``."""
+
+    UNAUTHORIZED = "unauthorized"
+    THROTTLED = "throttled"
+    SERVER_ERROR = "server_error"
+    CONNECTION = "connection"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long one call rides out an API server that throttles, fails or is away. Every wait is bounded, so a
+    reconcile never blocks forever: past ``attempts`` tries or ``budget_s`` seconds the error reaches the caller."""
+
+    attempts: int = 8
+    """Tries per call on 429, 5xx and connection errors (a 401 adds one try after a new login). Default 8."""
+    budget_s: float = 60.0
+    """Seconds of waiting between tries per call, at most; a wait that would pass it is not started. Default 60 s,
+    about how long a restarting API server is away."""
+    backoff_base_s: float = 0.2
+    """First backoff after a 5xx or a connection error, doubled per try. Default 0.2 s."""
+    backoff_max_s: float = 10.0
+    """Longest single wait, a server's Retry-After included (a huge one must not park a reconcile). Default 10 s."""
+
+
+def retry_delay(policy: RetryPolicy, attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
+    """Seconds to wait before try ``attempt + 1``.
+
+    With the server's Retry-After: that, plus up to a quarter more (throttled callers must not return in
+    lockstep), at most ``backoff_max_s``. Without: ``d = min(backoff_max_s, backoff_base_s * 2^(attempt-1))``,
+    then a uniform pick in ``[d/2, d]`` ("equal jitter": never zero, never synchronised).
+    """
+    if retry_after_s is not None:
+        return min(policy.backoff_max_s, max(0.0, retry_after_s) * (1.0 + 0.25 * rng.random()))
+    ceiling = min(policy.backoff_max_s, policy.backoff_base_s * 2.0 ** max(0, attempt - 1))
+    return ceiling / 2 + rng.uniform(0.0, ceiling / 2)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """A Retry-After header in seconds: delta-seconds (what API Priority and Fairness sends) or an HTTP date;
+    None when absent or not understood."""
+    if not value:
+        return None
+    with contextlib.suppress(ValueError):
+        return max(0.0, float(value))
+    with contextlib.suppress(TypeError, ValueError, IndexError):
+        moment = parsedate_to_datetime(value).timestamp()
+        return max(0.0, moment - (time.time() if now is None else now))
+    return None
+
+
 class ApiError(Exception):
-    def __init__(self, status: int, method: str, path: str, message: str) -> None:
+    def __init__(self, status: int, method: str, path: str, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(f"{method} {path}: HTTP {status}: {message}")
         self.status = status
+        self.retry_after_s = retry_after_s
+        """The server's Retry-After (seconds), if it sent one."""
 
 
 class Conflict(ApiError):
     """The object changed since we read it (HTTP 409 on update): read again, then decide again."""
 
 
-class Kube:
-    """Calls of the operator; every method is idempotent (AlreadyExists and NotFound are outcomes, not errors)."""
+Login = Callable[[], kopf.ConnectionInfo]
+"""Credentials as of now (kopf's login: reads the service-account token file, or the kubeconfig, afresh)."""
 
-    def __init__(self, info: kopf.ConnectionInfo, timeout_s: float = 30.0) -> None:
+
+class Kube:
+    """Calls of the operator; every method is idempotent (AlreadyExists and NotFound are outcomes, not errors).
+
+    ``credentials`` is a login to call again when the server answers 401 (a fixed ConnectionInfo never changes).
+    Only the Authorization header is taken from a new login; server and TLS settings stay those of the first.
+    """
+
+    def __init__(
+        self,
+        credentials: kopf.ConnectionInfo | Login,
+        timeout_s: float = 30.0,
+        policy: RetryPolicy | None = None,
+        on_retry: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        info = credentials if isinstance(credentials, kopf.ConnectionInfo) else credentials()
+        self._login: Login = (lambda: info) if isinstance(credentials, kopf.ConnectionInfo) else credentials
         self._server = info.server.rstrip("/")
         self._headers = {"Accept": "application/json", "User-Agent": "strata-operator"}
-        if info.token:
-            self._headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
-        self._auth = aiohttp.BasicAuth(info.username, info.password or "") if info.username else None
+        self._authorization = info.as_http_headers()
+        """Sent with each call, not set on the sessions: a new login replaces it without new connections."""
+        self._relogin = asyncio.Lock()
+        self.policy = policy or RetryPolicy()
+        self._on_retry = on_retry
+        self._rng = random.Random()
         self._ssl = _ssl_context(info)
         # per call on the wire, not in the connection pool's queue: at 500 jobs thousands of calls wait for one of
         # the 64 connections, and a total timeout would fail (and retry) the very calls that are merely queued
@@ -72,18 +172,66 @@ class Kube:
         """One call; the raw answer (callers that only need success skip decoding a whole pod)."""
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=self._ssl, limit=IN_FLIGHT)
-            self._session = aiohttp.ClientSession(
-                connector=connector, headers=self._headers, auth=self._auth, timeout=self._timeout
-            )
-        async with self._slots:
-            data = None if body is None else orjson.dumps(body)
-            headers = {"Content-Type": content_type} if data is not None else None
-            async with self._session.request(method, self._server + path, data=data, headers=headers) as response:
-                raw = await response.read()
-        if response.status >= 400:
-            error = Conflict if response.status == 409 else ApiError
-            raise error(response.status, method, path, _message(raw.decode(errors="replace")))
-        return raw
+            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers, timeout=self._timeout)
+        session = self._session
+
+        async def once() -> bytes:
+            async with self._slots:  # not held while a retry waits: other calls go on meanwhile
+                data = None if body is None else orjson.dumps(body)
+                headers = dict(self._authorization)
+                if data is not None:
+                    headers["Content-Type"] = content_type
+                async with session.request(method, self._server + path, data=data, headers=headers) as response:
+                    raw = await response.read()
+            if response.status >= 400:
+                raise _api_error(response, method, path, raw)
+            return raw
+
+        return await self._retrying(once, method, path)
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]], method: str, path: str) -> T:
+        """``call()``, again after a 401 (once, with a new login), a 429, a 5xx or a lost connection, within
+        :attr:`policy`; any other answer, or the last failure, reaches the caller."""
+        started = time.monotonic()
+        logged_in_again = False
+        attempt = 0
+        while True:
+            attempt += 1
+            authorization = self._authorization
+            retry_after: float | None = None
+            try:
+                return await call()
+            except ApiError as error:
+                if error.status == 401 and not logged_in_again:
+                    logged_in_again = True
+                    await self._login_again(authorization)
+                    self._on_retry(RetryReason.UNAUTHORIZED)
+                    attempt -= 1  # a new login is not a try of the server's patience
+                    continue
+                if error.status == 429:
+                    reason, retry_after = RetryReason.THROTTLED, error.retry_after_s
+                elif error.status in RETRIED_SERVER_ERRORS:
+                    reason, retry_after = RetryReason.SERVER_ERROR, error.retry_after_s
+                else:
+                    raise
+                failure: Exception = error
+            except (aiohttp.ClientConnectionError, TimeoutError) as error:
+                reason, failure = RetryReason.CONNECTION, error
+            delay = retry_delay(self.policy, attempt, retry_after, self._rng)
+            if attempt >= self.policy.attempts or time.monotonic() - started + delay > self.policy.budget_s:
+                raise failure
+            log.debug(f"{method} {path}: {failure!r}; try {attempt + 1} in {delay:.2f}s")
+            self._on_retry(reason)
+            await asyncio.sleep(delay)
+
+    async def _login_again(self, rejected: Mapping[str, str]) -> None:
+        """New credentials after a 401 on ``rejected``; one login for the many calls that were refused at once."""
+        async with self._relogin:
+            if self._authorization is not rejected:
+                return  # another call logged in again while this one waited
+            info = await asyncio.to_thread(self._login)
+            self._authorization = info.as_http_headers()
+            log.info("the API server refused the operator's credentials (401): logged in again")
 
     async def create(self, path: str, body: Mapping[str, Any]) -> bool:
         """POST; False when an object of that name already exists."""
@@ -136,14 +284,21 @@ class Kube:
             self._watch_session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
                 headers=self._headers,
-                auth=self._auth,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=30.0, sock_read=timeout_s + 30.0),
             )
+        session = self._watch_session
         query = f"?watch=1&allowWatchBookmarks=true&timeoutSeconds={timeout_s}&resourceVersion={resource_version}"
-        async with self._watch_session.get(self._server + path + query) as response:
+
+        async def start() -> aiohttp.ClientResponse:
+            response = await session.get(self._server + path + query, headers=self._authorization)
             if response.status >= 400:
                 raw = await response.read()
-                raise ApiError(response.status, "WATCH", path, _message(raw.decode(errors="replace")))
+                response.release()
+                raise _api_error(response, "WATCH", path, raw)
+            return response
+
+        # opening the watch is retried like a call; a stream that breaks later is the caller's to resume
+        async with await self._retrying(start, "WATCH", path) as response:
             pending = b""
             # events can be longer than aiohttp's line limit (a node lists its images): split chunks ourselves
             async for chunk in response.content.iter_any():
@@ -167,6 +322,42 @@ def service_path(namespace: str, name: str = "") -> str:
 def custom_path(group: str, version: str, plural: str, name: str, namespace: str | None = None) -> str:
     scope = f"/namespaces/{namespace}" if namespace else ""
     return f"/apis/{group}/{version}{scope}/{plural}/{name}"
+
+
+def _api_error(response: aiohttp.ClientResponse, method: str, path: str, raw: bytes) -> ApiError:
+    error = Conflict if response.status == 409 else ApiError
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    return error(response.status, method, path, _message(raw.decode(errors="replace")), retry_after)
+
+
+def with_kubeconfig_token_file(
+    info: kopf.ConnectionInfo, environ: Mapping[str, str] | None = None
+) -> kopf.ConnectionInfo:
+    """``info`` with the token of the kubeconfig user's ``tokenFile``, read now, when kopf's login found no token.
+
+    kubectl and client-go read ``tokenFile`` afresh as it rotates; kopf's minimal kubeconfig login ignores it. A
+    kubeconfig that names a projected or TokenRequest token by file must work the same for the operator.
+    """
+    if info.token or info.username or info.certificate_path or info.certificate_data:
+        return info
+    env = os.environ if environ is None else environ
+    paths = [os.path.expanduser(p.strip()) for p in (env.get("KUBECONFIG") or "~/.kube/config").split(os.pathsep)]
+    current: str | None = None
+    contexts: dict[str, Any] = {}
+    users: dict[str, Any] = {}
+    for path in (p for p in paths if p and os.path.exists(p)):
+        config = yaml.safe_load(Path(path).read_text()) or {}
+        current = current or config.get("current-context")
+        for item in config.get("contexts") or ():
+            contexts.setdefault(item["name"], item.get("context") or {})
+        for item in config.get("users") or ():
+            users.setdefault(item["name"], item.get("user") or {})
+    user = users.get(str((contexts.get(str(current)) or {}).get("user")), {})
+    token_file = user.get("tokenFile")
+    if not token_file:
+        return info
+    token = Path(os.path.expanduser(str(token_file))).read_text().strip()
+    return dataclasses.replace(info, token=token or None)
 
 
 def _message(text: str) -> str:

@@ -42,6 +42,13 @@ class Metrics:
         self.cost = Counter(
             "strata_cost_dollars_total", "Dollars spent by running gangs.", ["gpu_type"], registry=self.registry
         )
+        self.api_retries = Counter(
+            "strata_operator_api_retries_total",
+            "Calls of the operator's own API client sent again, by reason: unauthorized (logged in again after a "
+            "401), throttled (429), server_error (5xx), connection (refused, dropped or timed out).",
+            ["reason"],
+            registry=self.registry,
+        )
         for phase in Phase:
             self.jobs.labels(phase.value)
 

@@ -8,15 +8,19 @@ one watch per kind decodes each event with orjson straight into the small summar
 :mod:`strata_operator.core.observed`, keeps them in indices shaped like kopf's (key -> the values of the objects under
 it, so admission and the job daemons read them the same way), and wakes the daemon of a job whose pod changed.
 
-Each loop lists (in pages), then watches from the list's resourceVersion; an expired watch (410 Gone) or a
-failure lists again, replacing the whole index at once, so readers never see half a list. Admission and the job
-daemons wait for :attr:`ClusterCache.synced`: a pass over an empty pod index would count every GPU free.
+Each loop lists (in pages), then watches from the list's resourceVersion, and every later watch from the last
+resourceVersion it saw (bookmarks included): a watch the server ends, or a connection that drops, resumes where
+it stopped, after a backoff when it failed. Only an expired resourceVersion (410 Gone) lists again, replacing the
+whole index at once, so readers never see half a list; a re-list of 4,000 pods is what a lost connection must not
+cost. Admission and the job daemons wait for :attr:`ClusterCache.synced`: a pass over an empty pod index would
+count every GPU free.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -32,7 +36,13 @@ log = logging.getLogger(__name__)
 
 WATCH_TIMEOUT_S = 300
 """Server-side timeout of one watch; the loop continues from the last resourceVersion it saw."""
+RETRY_MIN_S = 0.5
 RETRY_MAX_S = 30.0
+"""Pause after a failed list or watch, doubled per failure in a row (the client already retried the call)."""
+
+
+class Expired(Exception):
+    """The server no longer holds the resourceVersion a watch asked for (410 Gone): only a new list can go on."""
 
 
 class Index(Mapping[str, Collection[T]], Generic[T]):
@@ -97,24 +107,38 @@ class Informer:
     ) -> None:
         self.kube, self.path, self.indices, self.changed = kube, path, indices, changed
         self.synced = asyncio.Event()
+        self.resource_version: str | None = None
+        """Where the next watch starts: the last version listed or seen; None until listed (or after a 410)."""
 
     async def run(self) -> None:
-        backoff = 0.5
+        backoff = RETRY_MIN_S
         while True:
             try:
-                version: str | None = await self._list()
-                backoff = 0.5
-                while version is not None:
-                    version = await self._watch(version)
-                continue  # expired: list again at once
+                if self.resource_version is None:
+                    await self._list()
+                    backoff = RETRY_MIN_S
+                while True:
+                    before, started = self.resource_version, time.monotonic()
+                    await self._watch()  # the server ended it: go on from where it stopped
+                    if self.resource_version != before:
+                        backoff = RETRY_MIN_S
+                    elif time.monotonic() - started < RETRY_MIN_S:  # ended at once, bringing nothing: no hot loop
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, RETRY_MAX_S)
             except asyncio.CancelledError:
                 raise
-            except Exception as error:  # any failure: list again, after a pause
-                log.warning(f"{self.path}: list/watch failed ({error!r}); listing again in {backoff:.1f}s")
+            except Expired as expired:
+                log.info(f"{self.path}: {expired}; listing again")
+                self.resource_version = None
+                continue  # at once: nothing is wrong with the server
+            except Exception as error:  # the list, or the connection of a watch, failed
+                where = "listing again" if self.resource_version is None else f"watching from {self.resource_version}"
+                log.warning(f"{self.path}: list/watch failed ({error!r}); {where} in {backoff:.1f}s")
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, RETRY_MAX_S)
 
-    async def _list(self) -> str:
+    async def _list(self) -> None:
+        """Fill every index from a fresh list (page by page) and swap it in; watches go on from its version."""
         fresh = [index.empty() for index in self.indices]
         version = ""
         async for page in self.kube.list_pages(self.path):  # page by page: only summaries outlive a page
@@ -125,32 +149,37 @@ class Informer:
         touched: set[str] = set()
         for index, filled in zip(self.indices, fresh, strict=True):
             touched |= index.take(filled)
+        self.resource_version = version
         self.synced.set()
         self.changed(touched)
-        return version
 
-    async def _watch(self, version: str) -> str | None:
-        """Follow one watch; the resourceVersion to continue from, or None when it expired (list again)."""
+    async def _watch(self) -> None:
+        """Follow one watch from :attr:`resource_version`, advancing it with every event; :class:`Expired` when the
+        server no longer has that version (410 Gone, as an answer or as an ERROR event)."""
+        assert self.resource_version is not None
         try:
-            async for line in self.kube.watch_lines(self.path, version, WATCH_TIMEOUT_S):
+            async for line in self.kube.watch_lines(self.path, self.resource_version, WATCH_TIMEOUT_S):
                 event = orjson.loads(line)
                 kind, body = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":
-                    log.info(f"{self.path}: watch ended ({body.get('message')}); listing again")
-                    return None
-                version = str((body.get("metadata") or {}).get("resourceVersion") or version)
+                    code, message = body.get("code"), body.get("message")
+                    if code == 410:
+                        raise Expired(f"resourceVersion {self.resource_version} expired ({message})")
+                    raise ApiError(int(code or 500), "WATCH", self.path, str(message))
+                version = (body.get("metadata") or {}).get("resourceVersion")
                 if kind == "BOOKMARK":
+                    self.resource_version = str(version or self.resource_version)
                     continue
                 uid, touched = _uid(body), list[str]()
                 for index in self.indices:
                     touched.extend(index.remove(uid) if kind == "DELETED" else index.upsert(uid, body))
+                self.resource_version = str(version or self.resource_version)  # after the event is in
                 if touched:
                     self.changed(touched)
         except ApiError as error:
             if error.status == 410:
-                return None
+                raise Expired(f"resourceVersion {self.resource_version} expired ({error})") from None
             raise
-        return version
 
 
 class ClusterCache:

@@ -24,11 +24,20 @@ from strata_workloads.progress import ProgressReporter
 class OperatorProcess:
     """The operator as users run it, against the test cluster; restartable and killable."""
 
-    def __init__(self, cluster: ClusterHandle, log_dir: Path, namespaces: tuple[str, ...], *flags: str) -> None:
+    def __init__(
+        self,
+        cluster: ClusterHandle,
+        log_dir: Path,
+        namespaces: tuple[str, ...],
+        *flags: str,
+        kubeconfig: Path | None = None,
+    ) -> None:
         self.cluster = cluster
         self.log_dir = log_dir
         self.namespaces = namespaces
         self.flags = flags
+        self.kubeconfig = kubeconfig or cluster.kubeconfig
+        """Whose credentials the operator uses: the cluster admin's unless a test gives it an identity."""
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -49,7 +58,7 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         self.starts += 1
-        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         with (self.log_dir / f"operator-{self.starts}.log").open("wb") as log:  # the child keeps its own copy
             self.process = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT, env=env)
         return self
