@@ -49,6 +49,8 @@ EXIT_CODE_ANNOTATION = "kwok.strata.dev/exit-code"
 kwok runs no containers, so this is how tests and the demo end a worker the way its process would."""
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 SERVICE_CIDR = "10.96.0.0/16"
+KUBERNETES_SERVICE_IP = "10.96.0.1"
+"""The ``kubernetes`` Service's address (the first of :data:`SERVICE_CIDR`), in the serving certificate."""
 POD_CIDR = "10.244.0.0/16"
 
 
@@ -87,6 +89,7 @@ class LocalCluster:
         self.pki: PKI | None = None
         self.started_s: float | None = None
         self.node: RealNode | None = None
+        self._advertise = "127.0.0.1"
         self._stopped = True
 
     # ----- paths -----
@@ -124,7 +127,8 @@ class LocalCluster:
                 self.node = RealNode(self.workdir / "node", self.workdir / "logs", self.bin_dir,
                                      self.settings.start_timeout_s)  # fmt: skip
                 host_ip, node_ip = self.node.claim_addresses()
-                extra_ips = (host_ip,)
+                self._advertise = host_ip
+                extra_ips = (host_ip, KUBERNETES_SERVICE_IP)  # the veth end, and what pods dial
             self.pki = make_pki(self.workdir / "pki", extra_ips)
             names = ("etcd", "etcd-peer", "apiserver", "cm", "scheduler", "kwok")
             self.ports = {n: self.settings.ports.get(n) or free_port() for n in names}
@@ -227,7 +231,7 @@ class LocalCluster:
             self.binary("kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
             "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--advertise-address={self._advertise}",
             f"--secure-port={port}",
             f"--cert-dir={self.workdir / 'pki'}",
             f"--tls-cert-file={self.pki.serving_cert}",
@@ -239,7 +243,9 @@ class LocalCluster:
             f"--service-account-signing-key-file={self.pki.sa_key}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--endpoint-reconciler-type=none",  # the loopback address may not be published as an endpoint
+            # the loopback address may not be published as an endpoint; the real node's veth end (forwarded to
+            # loopback) is, so pods reach the API server through the ``kubernetes`` Service
+            f"--endpoint-reconciler-type={'none' if self._advertise == '127.0.0.1' else 'lease'}",
             "--allow-privileged=true",
             f"--kubelet-client-certificate={self.pki.kubelet_client_cert}",
             f"--kubelet-client-key={self.pki.kubelet_client_key}",

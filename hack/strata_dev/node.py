@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -29,7 +30,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from strata_dev.node_config import (
@@ -60,6 +61,8 @@ KERNEL_TUNABLES = (
     "kernel/keys/root_maxbytes",
 )
 """Host-wide sysctls kubelet sets at start (``protectKernelDefaults: false``); stop puts back what was there."""
+TUNABLES_FILE = Path("/run/strata-node-sysctls.json")
+"""The host's values of :data:`KERNEL_TUNABLES` while any local node runs; the last one to stop restores them."""
 KWOK_ONLY_HINT = (
     "run the cluster kwok-only instead: leave out --real-node / REAL_NODE=1 (ClusterSettings(real_node=False))"
 )
@@ -178,16 +181,14 @@ class RealNode:
         self.components: dict[str, Component] = {}
         self.layout: NodeLayout | None = None
         self._forward: ApiForward | None = None
-        self._tunables: dict[str, str] = {}
+        self._holds_tunables = False
         self._cgroups: list[Path] = []
         self._shim_sockets_before: set[Path] = set()
 
     # ----- addresses (known before the API server's certificate is made) -----
     def claim_addresses(self) -> tuple[str, str]:
         """Create the namespace and the veth pair on a free /30; return (host_ip, node_ip)."""
-        lock_path = Path(tempfile.gettempdir()) / "strata-node-veth.lock"
-        with lock_path.open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # two launchers must not pick the same /30
+        with _host_lock():  # two launchers must not pick the same /30
             network = _free_veth_network()
             host_ip, node_ip = (str(h) for h in list(network.hosts())[:2])
             _run("ip", "netns", "add", self.netns)
@@ -224,7 +225,7 @@ class RealNode:
         self._forward = ApiForward((host_ip, apiserver_port), ("127.0.0.1", apiserver_port))
         self._make_cgroups()
         self._write_files(layout, kubeconfig_yaml, client_ca)
-        self._tunables = {name: (Path("/proc/sys") / name).read_text() for name in KERNEL_TUNABLES}
+        self._hold_tunables()
         containerd = self._spawn("containerd", ["containerd", "--config", str(self.root / "containerd.toml")])
         self._wait(containerd, lambda: _ctr_ok(layout.containerd_socket), "serving")
         import_images(write_archive(self.root / "images.tar"), layout.containerd_socket, self.logs / "images.log")
@@ -307,29 +308,71 @@ class RealNode:
 
     # ----- stop -----
     def stop(self) -> None:
-        """Remove every process, container, mount, cgroup, link, namespace and file the node made."""
-        for name in ("coredns", "kube-proxy", "kubelet"):
+        """Remove every process, container, mount, cgroup, link, namespace and file the node made.
+
+        Every step runs even when one before it failed (a half-done stop would leave the rest behind); the
+        failures are raised together at the end.
+        """
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("stop kubelet, kube-proxy, CoreDNS", lambda: self._terminate("coredns", "kube-proxy", "kubelet")),
+            ("kill the containers", self._kill_cgroup_processes),
+            ("stop containerd", lambda: self._terminate("containerd")),
+            ("kill the shims", self._kill_shims),
+            ("unmount", lambda: self._unmount_under(self.root)),
+            ("remove the cgroups", self._remove_cgroups),
+            ("close the API forward", self._close_forward),
+            ("remove the veth", lambda: _run("ip", "link", "del", self.host_link, check=False)),
+            ("remove the namespace", lambda: _run("ip", "netns", "del", self.netns, check=False)),
+            ("put back the sysctls", self._release_tunables),
+            ("remove the shim sockets", self._remove_shim_sockets),
+            ("remove the folders", self._remove_folders),
+        ]
+        failed = []
+        for what, step in steps:
+            try:
+                step()
+            except Exception as err:  # every step must get its chance; all failures are reported below
+                failed.append(f"{what}: {err}")
+        if failed:
+            raise ClusterError(f"stopping the real node {self.netns} left work undone: " + "; ".join(failed))
+
+    def _terminate(self, *names: str) -> None:
+        for name in names:
             if name in self.components:
                 terminate(self.components.pop(name).process)
-        self._kill_cgroup_processes()
-        if "containerd" in self.components:
-            terminate(self.components.pop("containerd").process)
-        self._kill_shims()
-        self._unmount_under(self.root)
-        self._remove_cgroups()
+
+    def _close_forward(self) -> None:
         if self._forward is not None:
             self._forward.close()
             self._forward = None
-        _run("ip", "link", "del", self.host_link, check=False)
-        _run("ip", "netns", "del", self.netns, check=False)
-        for name, value in self._tunables.items():
-            with contextlib.suppress(OSError):
-                (Path("/proc/sys") / name).write_text(value)
-        self._tunables = {}
-        self._remove_shim_sockets()
+
+    def _remove_folders(self) -> None:
         if self.layout is not None:
             shutil.rmtree(self.layout.run_dir, ignore_errors=True)
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def _hold_tunables(self) -> None:
+        """Record the host's kernel tunables before the first local node's kubelet changes them (a second node
+        would otherwise record the first one's kubelet's values)."""
+        with _host_lock():
+            if not TUNABLES_FILE.exists():
+                TUNABLES_FILE.write_text(json.dumps({n: (Path("/proc/sys") / n).read_text() for n in KERNEL_TUNABLES}))
+        self._holds_tunables = True
+
+    def _release_tunables(self) -> None:
+        """The last local node to stop puts the host's kernel tunables back."""
+        if not self._holds_tunables:
+            return
+        self._holds_tunables = False
+        with _host_lock():
+            others = [
+                p for p in Path("/run").glob("strata-node-*") if p.is_dir() and p.name != f"strata-node-{self.id}"
+            ]
+            if others or not TUNABLES_FILE.exists():
+                return
+            for name, value in json.loads(TUNABLES_FILE.read_text()).items():
+                (Path("/proc/sys") / name).write_text(value)
+            TUNABLES_FILE.unlink()
 
     def _remove_shim_sockets(self) -> None:
         """containerd 1.6 puts shim sockets in /run/containerd/s whatever its state folder; the ones this node's
@@ -347,9 +390,9 @@ class RealNode:
     def _cgroup_pids(self) -> set[int]:
         pids: set[int] = set()
         for path in self._cgroups:
-            for procs in path.rglob("cgroup.procs"):
+            for folder in _cgroup_tree(path):
                 with contextlib.suppress(OSError, ValueError):
-                    pids.update(int(p) for p in procs.read_text().split())
+                    pids.update(int(p) for p in (folder / "cgroup.procs").read_text().split())
         return pids
 
     def _kill_cgroup_processes(self) -> None:
@@ -364,6 +407,7 @@ class RealNode:
     def _kill_shims(self) -> None:
         """containerd-shim-runc-v2 processes of this node's containerd (their command line names its socket)."""
         marker = str(self.layout.run_dir if self.layout else self.root).encode()
+        killed = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -371,6 +415,10 @@ class RealNode:
                 cmdline = (entry / "cmdline").read_bytes()
                 if b"containerd-shim" in cmdline and marker in cmdline:
                     os.kill(int(entry.name), signal.SIGKILL)
+                    killed.append(entry)
+        deadline = time.monotonic() + 5  # gone, so their sockets no longer answer (see _remove_shim_sockets)
+        while any((entry / "cmdline").exists() for entry in killed) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     @staticmethod
     def _unmount_under(root: Path) -> None:
@@ -387,9 +435,7 @@ class RealNode:
         deadline = time.monotonic() + 10
         for top in self._cgroups:
             while top.exists() and time.monotonic() < deadline:
-                for folder in sorted(
-                    (p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
-                ):
+                for folder in reversed(_cgroup_tree(top)):  # deepest first
                     with contextlib.suppress(OSError):
                         folder.rmdir()
                 with contextlib.suppress(OSError):
@@ -398,6 +444,19 @@ class RealNode:
                     self._kill_cgroup_processes()
                     time.sleep(0.1)
         self._cgroups = [p for p in self._cgroups if p.exists()]
+
+
+@contextlib.contextmanager
+def _host_lock() -> Iterator[None]:
+    """One local node at a time picks addresses and records or restores the host's tunables."""
+    with (Path(tempfile.gettempdir()) / "strata-node.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _cgroup_tree(top: Path) -> list[Path]:
+    """``top`` and every cgroup below it, parents first; folders that vanish while walking are skipped."""
+    return [Path(folder) for folder, _, _ in os.walk(top, onerror=lambda _: None)]
 
 
 def _shim_sockets() -> set[Path]:

@@ -21,7 +21,7 @@ TEST_IMAGE = "strata.local/busybox:1"
 """A static busybox (``sh``, ``echo``, ``nslookup``, ``wget``, ``sleep``...): what the real node's tests run."""
 BUSYBOX = Path("/bin/busybox")
 """Debian's busybox-static (``make node-deps``); a dynamically linked busybox would lack its libraries."""
-APPLETS = ("sh", "echo", "cat", "ls", "mkdir", "sleep", "nslookup", "wget", "httpd", "hostname", "env", "true", "false")
+APPLETS = ("sh", "echo", "cat", "ls", "mkdir", "sleep", "nslookup", "wget", "nc", "httpd", "hostname", "env", "true")
 
 
 def _layer(busybox: Path) -> bytes:

@@ -113,6 +113,17 @@ def test_a_headless_service_resolves_and_a_cluster_ip_routes_from_another_pod(re
     assert served in out, out  # the ClusterIP routed through kube-proxy to the pod
 
 
+@pytest.mark.timeout(180)
+def test_a_pod_reaches_the_api_server_through_the_kubernetes_service(real_cluster: LocalCluster) -> None:
+    # Plain HTTP to the TLS port: Go's server answers in clear text, which proves the route (Service ->
+    # endpoint on the veth's host end -> forward -> API server) without busybox's limited TLS client.
+    request = r'(printf "GET /version HTTP/1.0\r\n\r\n"; sleep 5)'  # busybox nc stops reading at end of input
+    ask = f"{request} | nc $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT"
+    real_cluster.kubectl("apply", "-f", "-", input=a_pod("asks-the-api", ask))
+    assert eventually(lambda: finished(real_cluster, "asks-the-api"), 120, "the pod to finish") == "Succeeded"
+    assert "Client sent an HTTP request to an HTTPS server" in real_cluster.kubectl("logs", "asks-the-api")
+
+
 @pytest.mark.timeout(120)
 def test_a_gpu_pod_cannot_land_on_the_real_node(real_cluster: LocalCluster) -> None:
     body = json.loads(a_pod("wants-a-gpu", "true"))
