@@ -45,6 +45,10 @@ BASE_TRIM = ("var/lib/apt/lists", "var/cache/apt", "var/cache/debconf", "usr/sha
 """Folders emptied in the base's root filesystem: package indexes, caches and documentation no image reads."""
 
 
+HASH_LENGTH = 12
+"""Hex digits of the content hash in an image's tag and archive name."""
+
+
 class ImageError(RuntimeError):
     """An image could not be built; the message names the image, the step and the log."""
 
@@ -134,14 +138,14 @@ def content_hash(image: Image, base_ref: str) -> str:
                 continue
             digest.update(f"{relative.as_posix()}\0{path.stat().st_mode & 0o111:o}\0".encode())
             digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()[:12]
+    return digest.hexdigest()[:HASH_LENGTH]
 
 
 def base_recipe_hash() -> str:
     """The base image's key: the suite, the mirror, the packages, the trimmed folders and debootstrap's version."""
     version = subprocess.run(["debootstrap", "--version"], capture_output=True, text=True).stdout.strip()
     recipe = "\0".join([DEBIAN_SUITE, DEBIAN_MIRROR, *BASE_PACKAGES, *BASE_TRIM, version])
-    return hashlib.sha256(recipe.encode()).hexdigest()[:12]
+    return hashlib.sha256(recipe.encode()).hexdigest()[:HASH_LENGTH]
 
 
 # ---- building ---------------------------------------------------------------------------------------------------
@@ -166,10 +170,18 @@ def _run(cmd: Sequence[str], log: Path, step: str) -> None:
     with log.open("a") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
-        proc = subprocess.run(list(cmd), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.run(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=_build_env())
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-8:]
         raise ImageError(f"{step} failed (exit {proc.returncode}); log: {log}\n  " + "\n  ".join(tail))
+
+
+def _build_env() -> dict[str, str]:
+    """buildah's temporary files and ``RUN --mount=type=cache`` folders (uv's downloads) go under the image cache,
+    not /var/tmp: one folder to measure and to remove."""
+    tmp = image_dir() / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    return dict(os.environ, TMPDIR=str(tmp))
 
 
 def _has_image(ref: str) -> bool:
@@ -228,6 +240,15 @@ def _push(ref: str, archive: Path, log: Path, name: str) -> None:
     partial.unlink(missing_ok=True)
     _run(_buildah("push", "--quiet", ref, f"docker-archive:{partial}:{ref}"), log, f"{name}: writing its archive")
     partial.replace(archive)
+    remove_older_builds(archive)
+
+
+def remove_older_builds(archive: Path) -> None:
+    """Delete the archives of the same image with another hash: the workloads image alone is ~6 GiB."""
+    image = archive.name.rsplit("-", 1)[0]  # strata-<name>-<hash>.tar
+    for stale in archive.parent.glob(f"{image}-{'?' * HASH_LENGTH}.tar"):
+        if stale != archive:
+            stale.unlink()
 
 
 def _build_with_buildah(image: Image, ref: str, base_ref: str, archive: Path, log: Path) -> None:

@@ -123,6 +123,16 @@ def test_each_python_image_installs_its_own_extra_from_the_lock_on_one_base(name
     assert lines.index(next(line for line in lines if line.startswith("ARG BASE="))) == 0
 
 
+@pytest.mark.parametrize("name", sorted(PYTHON_IMAGES))
+def test_each_python_image_starts_its_component_and_imports_it_while_building(name: str) -> None:
+    lines = dockerfile(name)
+    _, module = PYTHON_IMAGES[name]
+    assert ast.literal_eval(next(line for line in lines if line.startswith("CMD "))[4:]) == ["python", "-m", module]
+    smoke = [line for line in lines if line.startswith("RUN ") and "/opt/strata/bin/python -c" in line]
+    assert len(smoke) == 1, f"{name}: one import check in the build stage"
+    assert re.search(rf"import .*\b{re.escape(module)}\b", smoke[0]), f"{name}: the check does not import {module}"
+
+
 def test_the_workloads_image_starts_what_the_operator_puts_in_a_worker_pod() -> None:
     cmd = next(line for line in dockerfile("workloads") if line.startswith("CMD "))
     assert ast.literal_eval(cmd[4:]) == list(TRAIN_COMMAND)
@@ -214,3 +224,11 @@ def test_a_copied_path_that_is_missing_names_the_image_and_the_path(tmp_path: Pa
 def test_an_unknown_image_name_is_refused_with_the_known_ones() -> None:
     with pytest.raises(images.ImageError, match="unknown image operater: the images are operator, scheduler"):
         images._select(images.images(Path("/bin-dir")), ["operater"])
+
+
+def test_a_new_build_removes_the_older_archives_of_that_image_only(tmp_path: Path) -> None:
+    names = ["strata-scheduler-aaaaaaaaaaaa", "strata-scheduler-bbbbbbbbbbbb", "strata-kube-scheduler-cccccccccccc"]
+    for name in [*names, "strata-base-dddddddddddd"]:
+        (tmp_path / f"{name}.tar").write_bytes(b"")
+    images.remove_older_builds(tmp_path / "strata-scheduler-bbbbbbbbbbbb.tar")
+    assert sorted(p.stem for p in tmp_path.iterdir()) == sorted([*names[1:], "strata-base-dddddddddddd"])
