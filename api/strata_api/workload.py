@@ -59,6 +59,10 @@ class WorkerEnv:
     POD_NAME = "POD_NAME"
     """The pod's own name and namespace (downward API): the pod the workload reports progress on."""
     POD_NAMESPACE = "POD_NAMESPACE"
+    OMP_NUM_THREADS = "OMP_NUM_THREADS"
+    """Set on a CPU worker only: the whole cores of its ``cpuPerWorker`` (at least 1), read by PyTorch at start.
+    Without it PyTorch sizes its thread pool by the host's cores, not the pod's CPU limit, and the CFS quota then
+    throttles the oversubscribed pool (docs/benchmarks.md, "CPU TrainingJob")."""
 
 
 DOWNWARD_ENV = ((WorkerEnv.POD_NAME, "metadata.name"), (WorkerEnv.POD_NAMESPACE, "metadata.namespace"))

@@ -84,6 +84,14 @@ def test_a_cpu_worker_requests_cpu_and_memory_only_and_runs_one_process() -> Non
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert (env["WORLD_SIZE"], env["RANK"], env["LOCAL_WORLD_SIZE"]) == ("2", "1", "1")
     assert (env["NODE_RANK"], env["NNODES"], env["STRATA_DP_SHARD"]) == ("1", "2", "2")
+    assert env["OMP_NUM_THREADS"] == "2"  # the 2 cores of cpuPerWorker, not the host's
+
+
+@pytest.mark.parametrize(("cpu", "threads"), [("500m", "1"), ("1", "1"), ("2500m", "2"), (16, "16")])
+def test_a_cpu_workers_thread_pool_is_its_whole_cores_and_at_least_one(cpu: str | int, threads: str) -> None:
+    job = cpu_job(resources={"gpuType": "CPU", "workers": 2, "cpuPerWorker": cpu, "memoryPerWorker": "1Gi"})
+    assert worker_env(job, SETTINGS, 0)["OMP_NUM_THREADS"] == threads
+    assert "OMP_NUM_THREADS" not in worker_env(a_job(data=8), SETTINGS, 0)  # GPU workers: the launcher's business
 
 
 def test_every_cpu_process_has_its_own_worker_and_rank() -> None:
