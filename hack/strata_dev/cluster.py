@@ -32,7 +32,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from strata_dev import binaries
-from strata_dev.node import RealNode, preflight
+from strata_dev.node import RealNode, preflight, sweep_abandoned
 from strata_dev.node_config import NODE_NAME
 from strata_dev.pki import PKI, make_pki
 
@@ -124,6 +124,7 @@ class LocalCluster:
             extra_ips: tuple[str, ...] = ()
             if self.settings.real_node:
                 preflight()
+                sweep_abandoned()  # a node whose launcher was SIGKILLed holds containers, cgroups, a namespace
                 self.node = RealNode(self.workdir / "node", self.workdir / "logs", self.bin_dir,
                                      self.settings.start_timeout_s)  # fmt: skip
                 host_ip, node_ip = self.node.claim_addresses()

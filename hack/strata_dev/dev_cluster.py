@@ -17,6 +17,7 @@ import time
 from strata_dev import binaries
 from strata_dev.cluster import ClusterSettings
 from strata_dev.fleet import Fleet, start_cluster_with_fleet
+from strata_dev.node import sweep_abandoned
 
 DEV_DIR = binaries.cache_root() / "dev-cluster"
 START_TIMEOUT_S = 600.0
@@ -89,6 +90,10 @@ def down() -> int:
             time.sleep(0.2)
         if _alive(pid):
             os.killpg(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            sweep_abandoned()  # no stop ran: remove what its real node (if any) left on the host
     pid_file.unlink(missing_ok=True)
     print("dev cluster stopped")
     return 0

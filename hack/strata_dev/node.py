@@ -169,12 +169,16 @@ class ApiForward:
 class RealNode:
     """The node's network, cgroups, files and processes; :meth:`stop` removes all of it."""
 
-    def __init__(self, root: Path, logs: Path, bin_dir: Path, start_timeout_s: float = 90.0) -> None:
+    def __init__(
+        self, root: Path, logs: Path, bin_dir: Path, start_timeout_s: float = 90.0, node_id: str | None = None
+    ) -> None:
         self.root = root
         self.logs = logs
         self.bin_dir = bin_dir
         self.start_timeout_s = start_timeout_s
-        self.id = secrets.token_hex(3)
+        self.id = node_id or secrets.token_hex(3)
+        self.run_dir = Path(f"/run/strata-node-{self.id}")
+        """Sockets, runc's state, and ``owner``/``root`` so a later launcher can sweep a node whose launcher died."""
         self.netns = f"strata-{self.id}"
         self.host_link, self.node_link = f"stn{self.id}h", f"stn{self.id}n"
         self.cgroup_root = f"/strata-node-{self.id}"
@@ -188,6 +192,9 @@ class RealNode:
     # ----- addresses (known before the API server's certificate is made) -----
     def claim_addresses(self) -> tuple[str, str]:
         """Create the namespace and the veth pair on a free /30; return (host_ip, node_ip)."""
+        self.run_dir.mkdir(parents=True)
+        (self.run_dir / "owner").write_text(str(os.getpid()))
+        (self.run_dir / "root").write_text(str(self.root))
         with _host_lock():  # two launchers must not pick the same /30
             network = _free_veth_network()
             host_ip, node_ip = (str(h) for h in list(network.hosts())[:2])
@@ -219,7 +226,7 @@ class RealNode:
         ``kubeconfig_yaml(server)`` is the admin kubeconfig for ``server``; ``node_ready`` reads the Node.
         """
         self.layout = layout = NodeLayout(
-            self.root, host_ip, node_ip, 30, apiserver_port, self.cgroup_root, Path(f"/run/strata-node-{self.id}")
+            self.root, host_ip, node_ip, 30, apiserver_port, self.cgroup_root, self.run_dir
         )
         self._shim_sockets_before = _shim_sockets()
         self._forward = ApiForward((host_ip, apiserver_port), ("127.0.0.1", apiserver_port))
@@ -347,8 +354,7 @@ class RealNode:
             self._forward = None
 
     def _remove_folders(self) -> None:
-        if self.layout is not None:
-            shutil.rmtree(self.layout.run_dir, ignore_errors=True)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _hold_tunables(self) -> None:
@@ -406,7 +412,7 @@ class RealNode:
 
     def _kill_shims(self) -> None:
         """containerd-shim-runc-v2 processes of this node's containerd (their command line names its socket)."""
-        marker = str(self.layout.run_dir if self.layout else self.root).encode()
+        marker = str(self.run_dir).encode()
         killed = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -444,6 +450,34 @@ class RealNode:
                     self._kill_cgroup_processes()
                     time.sleep(0.1)
         self._cgroups = [p for p in self._cgroups if p.exists()]
+
+
+def sweep_abandoned() -> list[str]:
+    """Remove what local nodes left whose launcher was killed outright (no stop ran: containers, shims, the
+    namespace and cgroups outlive it); return their ids. Nodes whose launcher lives are left alone."""
+    swept = []
+    for run_dir in sorted(Path("/run").glob("strata-node-*")):
+        try:
+            owner, root = int((run_dir / "owner").read_text()), Path((run_dir / "root").read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner):
+            continue
+        node = RealNode(root, root, Path(), node_id=run_dir.name.removeprefix("strata-node-"))
+        node._cgroups = [h / node.cgroup_root.lstrip("/") for h in CGROUP_FS.iterdir() if h.is_dir()]
+        node._cgroups = [path for path in node._cgroups if path.is_dir()]
+        node._holds_tunables = True  # restore them if no other node runs
+        node.stop()
+        swept.append(node.id)
+    return swept
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
 
 
 @contextlib.contextmanager

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
+import sys
+import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +19,7 @@ import pytest
 from cluster_support import eventually
 
 from strata_dev.cluster import ClusterSettings, LocalCluster
-from strata_dev.node import CGROUP_FS, KERNEL_TUNABLES, SHIM_SOCKETS
+from strata_dev.node import CGROUP_FS, KERNEL_TUNABLES, SHIM_SOCKETS, sweep_abandoned
 from strata_dev.node_config import NODE_NAME, POD_SUBNET, REAL_NODE_LABEL
 from strata_dev.node_images import TEST_IMAGE
 
@@ -195,3 +198,35 @@ def test_stop_leaves_the_host_as_it_found_it(tmp_path: Path) -> None:
     assert processes_of(workdir, cgroup_root) == []
     assert host_state(workdir) == before
     assert not workdir.exists()
+
+
+@pytest.mark.timeout(240)
+def test_a_node_whose_launcher_was_killed_is_swept(tmp_path: Path) -> None:
+    workdir, pod, ready = tmp_path / "cluster", tmp_path / "pod.json", tmp_path / "ready"
+    before = host_state(workdir)
+    pod.write_text(a_pod("sleeper", "exec sleep 600"))
+    script = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from strata_dev.cluster import ClusterSettings, LocalCluster
+        cluster = LocalCluster(ClusterSettings(workdir=Path({str(workdir)!r}), keep_workdir=True, real_node=True))
+        cluster.start()
+        cluster.kubectl("apply", "-f", {str(pod)!r})
+        while "Running" not in cluster.kubectl("get", "pod", "sleeper", "-o", "jsonpath={{.status.phase}}"):
+            time.sleep(0.2)
+        Path({str(ready)!r}).write_text(cluster.node.id)
+        time.sleep(600)
+    """)
+    launcher = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        eventually(lambda: ready.exists() and ready.read_text(), 180, "the launcher's node to run a pod")
+    finally:
+        launcher.send_signal(signal.SIGKILL)  # no stop runs: the container, its shim, the namespace outlive it
+        launcher.wait()
+    node_id = ready.read_text()
+    eventually(lambda: processes_of(workdir, f"strata-node-{node_id}"), 10, "the orphaned container")
+    assert host_state(workdir) != before
+
+    assert sweep_abandoned() == [node_id]
+    assert processes_of(workdir, f"strata-node-{node_id}") == []
+    assert host_state(workdir) == before
