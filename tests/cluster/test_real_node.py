@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from cluster_support import eventually
 
-from strata_dev.cluster import ClusterSettings, LocalCluster
+from strata_dev.cluster import ClusterError, ClusterSettings, LocalCluster
 from strata_dev.node import CGROUP_FS, KERNEL_TUNABLES, SHIM_SOCKETS, sweep_abandoned
 from strata_dev.node_config import NODE_NAME, POD_SUBNET, REAL_NODE_LABEL
 from strata_dev.node_images import TEST_IMAGE
@@ -141,6 +141,20 @@ def test_a_gpu_pod_cannot_land_on_the_real_node(real_cluster: LocalCluster) -> N
     assert not real_cluster.kubectl_json("pod", "wants-a-gpu")["spec"].get("nodeName")
 
 
+@pytest.mark.timeout(60)
+def test_a_node_component_that_dies_is_named_with_its_log(real_cluster: LocalCluster) -> None:
+    # the last test on this cluster: it kills kube-proxy (then the module's teardown must still remove it all)
+    assert real_cluster.node is not None
+    proxy = real_cluster.node.components["kube-proxy"]
+    proxy.process.kill()
+    proxy.process.wait(10)
+    assert real_cluster.dead_components() == ["node kube-proxy"]
+    with pytest.raises(ClusterError) as failure:
+        real_cluster.node.check_alive()
+    assert f"node kube-proxy exited with code -9; log: {proxy.log}" in str(failure.value)
+    assert proxy.log.name == "node-kube-proxy.log"
+
+
 def host_state(workdir: Path) -> dict[str, Any]:
     """What the real node may touch on the host: namespaces, links, mounts, host iptables, cgroups, sysctls."""
 
@@ -208,7 +222,7 @@ def test_a_node_whose_launcher_was_killed_is_swept(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from strata_dev.cluster import ClusterSettings, LocalCluster
+        from strata_dev.cluster import ClusterError, ClusterSettings, LocalCluster
         cluster = LocalCluster(ClusterSettings(workdir=Path({str(workdir)!r}), keep_workdir=True, real_node=True))
         cluster.start()
         cluster.kubectl("apply", "-f", {str(pod)!r})
