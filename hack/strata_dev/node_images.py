@@ -44,12 +44,12 @@ def _layer(busybox: Path) -> bytes:
     return buffer.getvalue()
 
 
-def _config(diff_id: str, entrypoint: list[str]) -> bytes:
+def _config(diff_id: str, run: dict[str, list[str]]) -> bytes:
     return json.dumps(
         {
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Entrypoint": entrypoint, "Env": ["PATH=/bin"], "WorkingDir": "/"},
+            "config": {**run, "Env": ["PATH=/bin"], "WorkingDir": "/"},
             "rootfs": {"type": "layers", "diff_ids": [diff_id]},
             "history": [{"created_by": "strata_dev.node_images: static busybox"}],
         },
@@ -65,11 +65,12 @@ def write_archive(path: Path, busybox: Path = BUSYBOX) -> Path:
         )
     layer = _layer(busybox)
     diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
-    images = {PAUSE_IMAGE: ["/bin/sleep", "2147483647"], TEST_IMAGE: ["/bin/sh"]}
+    # pause: an entrypoint that sleeps; busybox: only a command, so a pod's args (`kubectl run -- echo hi`) run
+    images = {PAUSE_IMAGE: {"Entrypoint": ["/bin/sleep", "2147483647"]}, TEST_IMAGE: {"Cmd": ["/bin/sh"]}}
     manifest = []
     files: dict[str, bytes] = {"layer.tar": layer}
-    for tag, entrypoint in images.items():
-        config = _config(diff_id, entrypoint)
+    for tag, run in images.items():
+        config = _config(diff_id, run)
         name = hashlib.sha256(config).hexdigest() + ".json"
         files[name] = config
         manifest.append({"Config": name, "RepoTags": [tag], "Layers": ["layer.tar"]})
