@@ -72,8 +72,9 @@ class OperatorSettings:
     """Tries of one API call of the operator's own client when the server throttles it (429), fails (5xx) or
     cannot be reached; a 401 adds one try after logging in again (rotated tokens). Default 8."""
     api_retry_budget_s: float = 60.0
-    """Seconds one API call may spend waiting between those tries; past it the call fails and its reconcile is
-    retried later. Default 60 s: about how long a restarting API server is away, and a reconcile never hangs."""
+    """Seconds from an API call's first try after which no further try starts; the call then fails and its
+    reconcile is retried later. Default 60 s: about how long a restarting API server is away, and a reconcile never
+    hangs (a call ends within this plus one try's 30 s socket timeouts)."""
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> OperatorSettings:

@@ -70,8 +70,9 @@ class RetryPolicy:
     attempts: int = 8
     """Tries per call on 429, 5xx and connection errors (a 401 adds one try after a new login). Default 8."""
     budget_s: float = 60.0
-    """Seconds of waiting between tries per call, at most; a wait that would pass it is not started. Default 60 s,
-    about how long a restarting API server is away."""
+    """Seconds from a call's first try after which no further try starts (a wait that would end past it is not
+    begun). A call therefore ends within this plus one try's socket timeouts. Default 60 s, about how long a
+    restarting API server is away."""
     backoff_base_s: float = 0.2
     """First backoff after a 5xx or a connection error, doubled per try. Default 0.2 s."""
     backoff_max_s: float = 10.0
