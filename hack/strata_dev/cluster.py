@@ -327,6 +327,12 @@ class LocalCluster:
         conditions = status.get("conditions", []) if isinstance(status, dict) else []
         return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
+    def load_images(self, *archives: Path) -> None:
+        """Import image tars (docker-archive or OCI) into the real node's containerd; nothing is ever pulled."""
+        if self.node is None:
+            raise ClusterError("this cluster has no real node (ClusterSettings(real_node=True)) to load images into")
+        self.node.load_images(*archives)
+
     def dead_components(self) -> list[str]:
         """Names of the components (control plane and real node) whose process has exited."""
         found = [c.name for c in self.components.values() if c.process.poll() is not None]

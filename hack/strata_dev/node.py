@@ -304,6 +304,14 @@ class RealNode:
             + component.tail()
         )
 
+    def load_images(self, *archives: Path) -> None:
+        """Import docker-archive or OCI tars into the node's containerd (as ``kind load image-archive`` does);
+        pods then run them with ``imagePullPolicy: Never`` (or IfNotPresent with a tag other than latest)."""
+        if self.layout is None:
+            raise ClusterError("the real node is not started: nothing to load images into")
+        for archive in archives:
+            import_images(archive, self.layout.containerd_socket, self.logs / "images.log")
+
     def check_alive(self) -> None:
         """Raise naming the first component of the node that exited, with its log."""
         for component in self.components.values():

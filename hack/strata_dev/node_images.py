@@ -57,19 +57,22 @@ def _config(diff_id: str, run: dict[str, list[str]]) -> bytes:
     ).encode()
 
 
-def write_archive(path: Path, busybox: Path = BUSYBOX) -> Path:
-    """Write the docker-archive tar with both images to ``path``."""
+NODE_IMAGES = {PAUSE_IMAGE: {"Entrypoint": ["/bin/sleep", "2147483647"]}, TEST_IMAGE: {"Cmd": ["/bin/sh"]}}
+"""pause: an entrypoint that sleeps; busybox: only a command, so a pod's args (``kubectl run -- echo hi``) run."""
+
+
+def write_archive(path: Path, busybox: Path = BUSYBOX, images: dict[str, dict[str, list[str]]] | None = None) -> Path:
+    """Write a docker-archive tar to ``path``: each of ``images`` (tag: entrypoint/command, default
+    :data:`NODE_IMAGES`) is the one busybox layer with that configuration."""
     if not busybox.is_file():
         raise ClusterError(
             f"{busybox} is missing: run `make node-deps` (Debian's busybox-static) for the node's images"
         )
     layer = _layer(busybox)
     diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
-    # pause: an entrypoint that sleeps; busybox: only a command, so a pod's args (`kubectl run -- echo hi`) run
-    images = {PAUSE_IMAGE: {"Entrypoint": ["/bin/sleep", "2147483647"]}, TEST_IMAGE: {"Cmd": ["/bin/sh"]}}
     manifest = []
     files: dict[str, bytes] = {"layer.tar": layer}
-    for tag, run in images.items():
+    for tag, run in (images or NODE_IMAGES).items():
         config = _config(diff_id, run)
         name = hashlib.sha256(config).hexdigest() + ".json"
         files[name] = config

@@ -21,7 +21,7 @@ from cluster_support import eventually
 from strata_dev.cluster import ClusterError, ClusterSettings, LocalCluster
 from strata_dev.node import CGROUP_FS, KERNEL_TUNABLES, SHIM_SOCKETS, sweep_abandoned
 from strata_dev.node_config import NODE_NAME, POD_SUBNET, REAL_NODE_LABEL
-from strata_dev.node_images import TEST_IMAGE
+from strata_dev.node_images import TEST_IMAGE, write_archive
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,17 @@ def test_a_pod_runs_in_a_container_on_the_real_node_and_its_log_is_read(real_clu
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "Completed"
     assert re.fullmatch(r"10\.245\.0\.\d+", pod["status"]["podIP"]), (pod["status"]["podIP"], POD_SUBNET)
     assert real_cluster.kubectl("logs", "hello").strip() == f"{marker} from hello"
+
+
+@pytest.mark.timeout(180)
+def test_an_image_archive_loaded_into_the_node_runs(real_cluster: LocalCluster, tmp_path: Path) -> None:
+    archive = write_archive(tmp_path / "loaded.tar", images={"strata.local/loaded:1": {"Cmd": ["echo", "loaded"]}})
+    real_cluster.load_images(archive)
+    body = json.loads(a_pod("loaded", "unused"))
+    body["spec"]["containers"][0] |= {"image": "strata.local/loaded:1", "command": None}
+    real_cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+    assert eventually(lambda: finished(real_cluster, "loaded"), 120, "the pod to finish") == "Succeeded"
+    assert real_cluster.kubectl("logs", "loaded").strip() == "loaded"
 
 
 @pytest.mark.timeout(240)
