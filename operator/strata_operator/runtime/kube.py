@@ -29,7 +29,7 @@ import random
 import ssl
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -279,7 +279,7 @@ class Kube:
             if not token:
                 return
 
-    async def watch_lines(self, path: str, resource_version: str, timeout_s: int) -> AsyncIterator[bytes]:
+    async def watch_lines(self, path: str, resource_version: str, timeout_s: int) -> AsyncGenerator[bytes, None]:
         """The raw event lines of one watch from ``resource_version`` (bookmarks on), until the server ends it."""
         if self._watch_session is None:
             self._watch_session = aiohttp.ClientSession(

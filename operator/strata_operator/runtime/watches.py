@@ -19,6 +19,7 @@ count every GPU free.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -157,25 +158,27 @@ class Informer:
         """Follow one watch from :attr:`resource_version`, advancing it with every event; :class:`Expired` when the
         server no longer has that version (410 Gone, as an answer or as an ERROR event)."""
         assert self.resource_version is not None
+        lines = self.kube.watch_lines(self.path, self.resource_version, WATCH_TIMEOUT_S)
         try:
-            async for line in self.kube.watch_lines(self.path, self.resource_version, WATCH_TIMEOUT_S):
-                event = orjson.loads(line)
-                kind, body = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    code, message = body.get("code"), body.get("message")
-                    if code == 410:
-                        raise Expired(f"resourceVersion {self.resource_version} expired ({message})")
-                    raise ApiError(int(code or 500), "WATCH", self.path, str(message))
-                version = (body.get("metadata") or {}).get("resourceVersion")
-                if kind == "BOOKMARK":
-                    self.resource_version = str(version or self.resource_version)
-                    continue
-                uid, touched = _uid(body), list[str]()
-                for index in self.indices:
-                    touched.extend(index.remove(uid) if kind == "DELETED" else index.upsert(uid, body))
-                self.resource_version = str(version or self.resource_version)  # after the event is in
-                if touched:
-                    self.changed(touched)
+            async with contextlib.aclosing(lines):  # leaving early closes the watch's connection now, not at GC
+                async for line in lines:
+                    event = orjson.loads(line)
+                    kind, body = event.get("type"), event.get("object") or {}
+                    if kind == "ERROR":
+                        code, message = body.get("code"), body.get("message")
+                        if code == 410:
+                            raise Expired(f"resourceVersion {self.resource_version} expired ({message})")
+                        raise ApiError(int(code or 500), "WATCH", self.path, str(message))
+                    version = (body.get("metadata") or {}).get("resourceVersion")
+                    if kind == "BOOKMARK":
+                        self.resource_version = str(version or self.resource_version)
+                        continue
+                    uid, touched = _uid(body), list[str]()
+                    for index in self.indices:
+                        touched.extend(index.remove(uid) if kind == "DELETED" else index.upsert(uid, body))
+                    self.resource_version = str(version or self.resource_version)  # after the event is in
+                    if touched:
+                        self.changed(touched)
         except ApiError as error:
             if error.status == 410:
                 raise Expired(f"resourceVersion {self.resource_version} expired ({error})") from None
