@@ -15,9 +15,11 @@ nodes the filter passed go to prioritize, as kube-scheduler does. Bodies are wri
 the next (8 orders, cycled), as kube-scheduler's parallel filter writes them: nothing may be cached on a
 request's exact text. The fleet is the default fleet scaled
 up (strata_dev.fleet), with a quarter of the GPU nodes half full, and the pod is a tensor-parallel worker of
-a job with pods already bound, so every check and score term runs.
+a job with pods already bound, so every check and score term runs; with ``--pod plain``, a GPU pod without
+Strata's labels and annotations (8 nvidia.com/gpu, any GPU type, any capacity type), as a user might submit.
 
     .venv/bin/python bench/scheduler/extender_latency.py [--nodes 1000 5000] [--calls 2000] [--paths direct http]
+        [--pod strata plain]
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import aiohttp
 import orjson
 
 import strata_api as api
+import strata_scheduler
 from strata_api.catalog import DEFAULT_CATALOG, load_catalog
 from strata_dev.fleet import load_fleet, node_manifests
 from strata_scheduler.extender import Extender
@@ -84,6 +87,18 @@ def _pod(name: str, node: str | None, job: str, group: str = "0") -> dict[str, A
             "containers": [{"name": "w", "resources": {"requests": {api.NVIDIA_GPU: "4"}}}],
         },
         "status": {"phase": "Running" if node else "Pending"},
+    }
+
+
+def _plain_pod() -> dict[str, Any]:
+    """A GPU pod for Strata's scheduler with none of Strata's labels or annotations."""
+    return {
+        "metadata": {"name": "plain", "namespace": "bench", "uid": "plain"},
+        "spec": {
+            "schedulerName": api.SCHEDULER_NAME,
+            "containers": [{"name": "main", "resources": {"requests": {api.NVIDIA_GPU: "8"}}}],
+        },
+        "status": {"phase": "Pending"},
     }
 
 
@@ -219,6 +234,12 @@ def main() -> None:
         help="which rows to measure (default: all); 'direct' also gives the CPU-time row",
     )
     parser.add_argument(
+        "--pod",
+        choices=["strata", "plain"],
+        default="strata",
+        help="strata: a tensor-parallel worker of a Strata job (default); plain: a GPU pod without Strata's labels",
+    )
+    parser.add_argument(
         "--busy-thread",
         action="store_true",
         help="keep a pure-Python thread busy meanwhile, as the forecaster is during a refit (GIL hand-overs)",
@@ -237,10 +258,12 @@ def main() -> None:
     catalog = load_catalog(DEFAULT_CATALOG)
     print("| nodes sent to filter | passed to prioritize | path | p50 ms | p99 ms | filter request bytes |")
     print("|---:|---:|---|---:|---:|---:|")
+    print(f"<!-- pod {args.pod}, strata_scheduler from {strata_scheduler.__file__} -->", flush=True)
     for nodes in args.nodes:
         state, names = a_cluster(nodes)
         extender = Extender(state, catalog, ForecastBoard(), ExtenderMetrics(state.size))
-        pairs = request_pairs(extender, _pod("llm-9", None, job="llm", group="7"), names)
+        pod = _pod("llm-9", None, job="llm", group="7") if args.pod == "strata" else _plain_pod()
+        pairs = request_pairs(extender, pod, names)
         body, second = pairs[0]
         direct(extender, pairs, 50)  # warm-up
         cpu: list[float] = []

@@ -150,8 +150,12 @@ class Extender:
     def _filter(self, request: NodeRequest) -> bytes:
         state, pod = self.state, request.view
         if not request.ours or not pod.gpus:  # not ours, or nothing here concerns it: every node passes
-            args = request.as_args(state.columns)
-            return filter_result(args, list(args.node_names), {}, {})
+            if request.args is not None:
+                return filter_result(request.args, list(request.args.node_names), {}, {})
+            assert self.route is not None
+            passed = names_json(state.columns.name_json[request.rows])
+            self.route.passed(pod.uid, passed, request.rows, state.columns.layout)
+            return filter_result_json(passed, b"{}", b"{}")
         hold = self.board.hold_back()
         hour = self.now().hour
         names = request.args.node_names if request.args is not None else None
@@ -188,9 +192,8 @@ class Extender:
 
     def _prioritize(self, request: NodeRequest) -> bytes:
         columns, rows = self.state.columns, request.rows
-        if not request.ours:
-            return priority_list([(name, 0) for name in request.as_args(columns).node_names])
-        scores = self._scores(request.view, rows)
+        # Another scheduler's pod gets the neutral answer: every score 0, written like any other.
+        scores = self._scores(request.view, rows) if request.ours else np.zeros(len(rows), dtype=np.int64)
         hosts = columns.host_json[rows]
         if request.args is not None:  # plain JSON may name nodes the cache does not know
             for position in np.flatnonzero(rows < 0).tolist():

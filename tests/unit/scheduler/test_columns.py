@@ -118,6 +118,8 @@ def pending_pods(draw: st.DrawFn) -> dict[str, Any]:
     annotations[api.ANN_EXPECTED_RUNTIME] = str(draw(st.sampled_from([3600, 172800])))
     if draw(st.booleans()):
         obj["metadata"]["labels"][api.LABEL_POOL] = "pool"
+    if draw(st.integers(0, 4)) == 0:  # another profile's pod: the neutral answer
+        obj["spec"]["schedulerName"] = "default-scheduler"
     return obj
 
 
