@@ -39,6 +39,8 @@ NAMESPACE = "demo"
 """Where the example TrainingJobs run."""
 CHECKPOINT_STEP, REACHED_STEP = 100, 140
 """What the spot job's workers report before their node is reclaimed: the restart loses the steps between."""
+FIRST_TO_FINISH = "debug-h100"
+"""The example job the demo ends first: it holds one of the two reserved H100 nodes that ``finetune-h100`` waits for."""
 POOLS_SETTLE_S = 15.0
 """The pools' status follows at the next admission pass."""
 
@@ -120,25 +122,31 @@ def reclaim_a_spot_node(cluster: LocalCluster, timeline: Timeline, wait_s: float
 
 
 def end_the_first_job(cluster: LocalCluster, timeline: Timeline, wait_s: float) -> None:
-    """End the first running job (``debug-h100`` with the examples), so the queued job is admitted into the GPUs it
-    frees; wait until nothing is queued and it has finished."""
+    """End :data:`FIRST_TO_FINISH`, so the queued job is admitted into the GPUs it frees; wait until nothing is
+    queued and it has finished."""
     print(
         "\nkwok nodes run no containers: the demo ends each job's workers the way their processes would, "
         f"with exit code 0 (the {EXIT_CODE_ANNOTATION} annotation)"
     )
-    running = timeline.running()
-    if not running:
+    if FIRST_TO_FINISH not in timeline.running():
         return
-    first = running[0]
-    end_workers(cluster, first)
-    timeline.follow(lambda: not timeline.waiting() and first in timeline.finished(), wait_s)
+    end_workers(cluster, FIRST_TO_FINISH)
+    timeline.follow(lambda: not timeline.waiting() and FIRST_TO_FINISH in timeline.finished(), wait_s)
 
 
 def end_every_job(cluster: LocalCluster, timeline: Timeline, wait_s: float) -> None:
-    """End every running job, wait until all have finished and the pools count none, and show jobs and pools."""
-    for name in timeline.running():
-        end_workers(cluster, name)
-    timeline.follow(timeline.all_finished, wait_s)
+    """End each job's workers once it runs (a job admitted meanwhile too), wait until all have finished and the
+    pools count none, and show jobs and pools."""
+    ended: set[str] = set()
+
+    def end_the_running() -> bool:
+        for name in timeline.running():
+            if name not in ended:
+                end_workers(cluster, name)
+                ended.add(name)
+        return timeline.all_finished()
+
+    timeline.follow(end_the_running, wait_s)
     print(cluster.kubectl("get", "trainingjobs", "-n", NAMESPACE))
     deadline = time.monotonic() + POOLS_SETTLE_S
     while time.monotonic() < deadline and not pools_idle(cluster):
