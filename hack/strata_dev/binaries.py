@@ -111,7 +111,7 @@ BINARIES: tuple[Binary, ...] = (
     Binary(
         "coredns",
         "coredns",
-        "github.com/coredns/coredns",
+        "strata.dev/hack/coredns",  # CoreDNS's coremain with the plugins the node uses (hack/gomod/coredns/main.go)
         COREDNS_VERSION,
         [f"-X github.com/coredns/coredns/coremain.GitCommit={COREDNS_VERSION}"],
         ("-version",),
@@ -138,7 +138,7 @@ def cache_key(go_version: str) -> str:
     """A folder name that changes whenever a pinned version, the toolchain or a wrapper module changes."""
     digest = hashlib.sha256()
     for path in sorted(GOMOD.rglob("*")):
-        if path.is_file() and path.name in {"go.mod", "go.sum", "tools.go"}:
+        if path.is_file() and (path.name in {"go.mod", "go.sum"} or path.suffix == ".go"):
             digest.update(path.relative_to(GOMOD).as_posix().encode())
             digest.update(path.read_bytes())
     digest.update(json.dumps([(b.name, b.package, b.version, b.ldflags) for b in BINARIES]).encode())
