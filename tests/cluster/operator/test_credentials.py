@@ -305,8 +305,6 @@ class CuttableProxy:
         self.target_port = target_port
         self.writers: list[asyncio.StreamWriter] = []
         self.server: asyncio.Server | None = None
-        self.down = False
-        """While down, every new connection is closed at once (the API server is unreachable)."""
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
@@ -325,9 +323,6 @@ class CuttableProxy:
             await self.server.wait_closed()
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.down:
-            writer.transport.abort()
-            return
         upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         self.writers += [writer, upstream_writer]
 
@@ -349,15 +344,22 @@ def a_worker_pod(name: str) -> dict[str, Any]:
                      "schedulingGates": [{"name": "strata.dev/test-never-scheduled"}]}}  # fmt: skip
 
 
+def admin_login(cluster: ClusterHandle) -> kopf.ConnectionInfo:
+    """What the operator's login finds in the cluster admin's kubeconfig."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("KUBECONFIG", str(cluster.kubeconfig))
+        admin = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
+    assert admin is not None
+    return admin
+
+
 @contextlib.asynccontextmanager
 async def informer_through_a_proxy(
-    cluster: ClusterHandle, path: str, index: Index[Any], monkeypatch: pytest.MonkeyPatch
+    cluster: ClusterHandle, path: str, index: Index[Any]
 ) -> AsyncIterator[tuple[Informer, ObservedKube, CuttableProxy, asyncio.Event]]:
     """An informer of the operator over ``path``, as the cluster admin, through a proxy the test can cut; also the
     event its change callback sets."""
-    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
-    admin = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
-    assert admin is not None
+    admin = admin_login(cluster)
     proxy = CuttableProxy(int(admin.server.rsplit(":", 1)[1]))
     kube = ObservedKube(dataclasses.replace(admin, server=f"https://127.0.0.1:{await proxy.start()}"))
     changed = asyncio.Event()
@@ -386,12 +388,12 @@ async def until(changed: asyncio.Event, what: str, probe: Any, timeout_s: float 
 
 
 async def test_a_dropped_watch_resumes_from_its_last_version_without_listing_again(
-    crds: ClusterHandle, namespace: str, monkeypatch: pytest.MonkeyPatch
+    crds: ClusterHandle, namespace: str
 ) -> None:
     pods: Index[Any] = Index(worker_pod_entry)
     core = crds.core()
     key = f"{namespace}/resumed"
-    async with informer_through_a_proxy(crds, pod_path(namespace), pods, monkeypatch) as (
+    async with informer_through_a_proxy(crds, pod_path(namespace), pods) as (
         informer, kube, proxy, changed
     ):  # fmt: skip
         await asyncio.to_thread(core.create_namespaced_pod, namespace, a_worker_pod("resumed-worker-0"))
@@ -413,36 +415,51 @@ def configmap_entry(body: Mapping[str, Any]) -> dict[str, str]:
 
 
 @pytest.mark.timeout(600)
-async def test_a_watch_whose_version_expired_while_away_lists_again(
-    crds: ClusterHandle, namespace: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Away long enough that the API server's watch cache no longer holds the last version seen (410 Gone): the
-    informer lists again and ends with what the server has now."""
+async def test_a_watch_whose_version_expired_while_away_lists_again(crds: ClusterHandle, namespace: str) -> None:
+    """Away (its loop stopped) until the API server's watch cache no longer holds the last version it saw: the
+    informer's next watch gets 410 Gone, and it lists again and ends with what the server has now."""
     core = crds.core()
     core.create_namespaced_config_map(namespace, {"metadata": {"name": "churn", "labels": {"round": "0"}}})
+    kube = ObservedKube(admin_login(crds))
     maps: Index[str] = Index(configmap_entry)
     path = f"/api/v1/namespaces/{namespace}/configmaps"
-    async with informer_through_a_proxy(crds, path, maps, monkeypatch) as (informer, kube, proxy, changed):
-        left_at = informer.resource_version
-        proxy.down = True
-        proxy.cut()
+    changed = asyncio.Event()
+    informer = Informer(kube, path, [maps], lambda keys: changed.set())
+    away = asyncio.create_task(informer.run())
+    try:
+        await asyncio.wait_for(informer.synced.wait(), 30)
+    finally:
+        away.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await away
+    left_at = informer.resource_version
 
-        def churn_until_expired() -> bool:
-            """Update a ConfigMap, twice a second, until the server's watch cache has dropped ``left_at``. It drops
-            events only when its buffer is full and the oldest is older than 75 s (before that it grows), so a slow
-            churn that fills the smallest buffer (100 events) at about 75 s is the quickest way there."""
-            for round_ in range(1, 600):
+    def churn_until_expired() -> bool:
+        """Update a ConfigMap until the server's watch cache has dropped ``left_at``. The cache drops its oldest
+        event only when its buffer is full and that event is older than 75 s (a fresher full buffer grows), so: a
+        slow churn for 75 s, then faster and faster until the buffer, whatever its size, is full."""
+        started, round_, batch = time.monotonic(), 0, 1
+        while time.monotonic() - started < 400:
+            for _ in range(batch):
+                round_ += 1
                 core.patch_namespaced_config_map("churn", namespace, {"metadata": {"labels": {"round": str(round_)}}})
-                if round_ % 10 == 0:
-                    query = f"{path}?watch=1&resourceVersion={left_at}&timeoutSeconds=1"
-                    if '"code":410' in crds.kubectl("get", "--raw", query):
-                        core.create_namespaced_config_map(namespace, {"metadata": {"name": "made-while-away"}})
-                        return True
-                time.sleep(0.5)
-            return False
+            query = f"{path}?watch=1&resourceVersion={left_at}&timeoutSeconds=1"
+            if '"code":410' in crds.kubectl("get", "--raw", query):
+                core.create_namespaced_config_map(namespace, {"metadata": {"name": "made-while-away"}})
+                return True
+            if time.monotonic() - started > 75:
+                batch = min(batch * 2, 256)
+            time.sleep(0.5)
+        return False
 
-        assert await asyncio.to_thread(churn_until_expired), f"resourceVersion {left_at} never expired"
-        proxy.down = False
-        await until(changed, "a re-list after 410 Gone", lambda: kube.lists == 2, timeout_s=120)
-        assert "made-while-away" in maps
+    assert await asyncio.to_thread(churn_until_expired), f"resourceVersion {left_at} never expired"
+    back = asyncio.create_task(informer.run())  # the loop goes on from the version it last saw
+    try:
+        await until(changed, "the informer to list again", lambda: "made-while-away" in maps, timeout_s=60)
+        assert kube.lists == 2  # the watch from the expired version was refused, and only then it listed again
         assert int(informer.resource_version or 0) > int(left_at or 0)
+    finally:
+        back.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await back
+        await kube.close()
