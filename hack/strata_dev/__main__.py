@@ -4,6 +4,7 @@ python -m strata_dev demo            # start, create the fleet, run Strata and t
 python -m strata_dev up [--nodes N]  # keep a dev cluster running in the background (--real-node: add a real node)
 python -m strata_dev down            # stop it
 python -m strata_dev env             # print `export KUBECONFIG=...` for the running dev cluster
+python -m strata_dev load-images TAR..  # import image tars into the dev cluster's real node (nothing is pulled)
 python -m strata_dev images [NAME..] # build the container images (cached by content hash; IMAGE_BUILDER=docker)
 """
 
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--real-node", action="store_true", help=help_text)
     sub.add_parser("down")
     sub.add_parser("env")
+    sub.add_parser("load-images").add_argument("archives", nargs="+", type=Path, help="docker-archive or OCI tars")
     sub.add_parser("images").add_argument("names", nargs="*", help="build only these images (default: all)")
     args = parser.parse_args(argv)
     try:
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             return dev_cluster.serve(_fleet(args), args.real_node)
         if args.command == "down":
             return dev_cluster.down()
+        if args.command == "load-images":
+            return dev_cluster.load_images(args.archives)
         if args.command == "images":
             return images.build(args.names)
         print(dev_cluster.env_line())

@@ -13,11 +13,13 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from strata_dev import binaries
 from strata_dev.cluster import ClusterSettings
 from strata_dev.fleet import Fleet, start_cluster_with_fleet
 from strata_dev.node import sweep_abandoned
+from strata_dev.node_images import import_images
 
 DEV_DIR = binaries.cache_root() / "dev-cluster"
 START_TIMEOUT_S = 600.0
@@ -61,6 +63,8 @@ def serve(fleet: Fleet, real_node: bool = False) -> int:
     (DEV_DIR / "kubeconfig").write_bytes(cluster.kubeconfig.read_bytes())
     (DEV_DIR / "kubectl").unlink(missing_ok=True)
     (DEV_DIR / "kubectl").symlink_to(cluster.bin_dir / "kubectl")
+    if cluster.node is not None and cluster.node.layout is not None:
+        (DEV_DIR / "node-containerd").write_text(str(cluster.node.layout.containerd_socket))
     print(cluster.describe(), flush=True)
     (DEV_DIR / "ready").write_text("ok")
     try:
@@ -71,7 +75,7 @@ def serve(fleet: Fleet, real_node: bool = False) -> int:
                 return 1
     finally:
         cluster.stop()
-        for name in ("pid", "ready", "kubeconfig"):
+        for name in ("pid", "ready", "kubeconfig", "node-containerd"):
             (DEV_DIR / name).unlink(missing_ok=True)
     return 0
 
@@ -96,6 +100,18 @@ def down() -> int:
             sweep_abandoned()  # no stop ran: remove what its real node (if any) left on the host
     pid_file.unlink(missing_ok=True)
     print("dev cluster stopped")
+    return 0
+
+
+def load_images(archives: list[Path]) -> int:
+    """Import image tars into the running dev cluster's real node (``make images`` writes docker-archives)."""
+    socket_file = DEV_DIR / "node-containerd"
+    if not socket_file.exists():
+        print("error: no dev cluster with a real node is running: REAL_NODE=1 make up", file=sys.stderr)
+        return 1
+    for archive in archives:
+        import_images(archive, Path(socket_file.read_text()), DEV_DIR / "load-images.log")
+        print(f"loaded {archive}")
     return 0
 
 
