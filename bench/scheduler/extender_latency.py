@@ -20,12 +20,14 @@ Strata's labels and annotations (8 nvidia.com/gpu, any GPU type, any capacity ty
 
     .venv/bin/python bench/scheduler/extender_latency.py [--nodes 1000 5000] [--calls 2000] [--paths direct http]
         [--pod strata plain]
+    .venv/bin/python bench/scheduler/extender_latency.py --nodes 5000 --compare-server OLD/server.py [--rounds 24]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import multiprocessing
 import random
 import resource
@@ -35,6 +37,7 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -175,12 +178,16 @@ def _client(port: int, pairs: list[Pair], calls: int, results: Connection) -> No
 
 
 async def over_http_from_another_process(
-    extender: Extender, pairs: list[Pair], calls: int, server_cpu: list[float] | None = None
+    extender: Extender,
+    pairs: list[Pair],
+    calls: int,
+    server_cpu: list[float] | None = None,
+    server_class: Any = ExtenderServer,
 ) -> list[float]:
     """Samples from the client process; the server's CPU seconds per pair (user + system, mean) go to
     ``server_cpu``: on a loaded machine the wall clock includes waiting for a core, this does not."""
     started = resource.getrusage(resource.RUSAGE_SELF)
-    server = await ExtenderServer(extender).start("127.0.0.1", 0)
+    server = await server_class(extender).start("127.0.0.1", 0)
     ours, theirs = multiprocessing.Pipe()
     client = multiprocessing.get_context("fork").Process(target=_client, args=(server.port, pairs, calls, theirs))
     client.start()
@@ -209,6 +216,35 @@ async def over_http(extender: Extender, pairs: list[Pair], calls: int) -> list[f
             samples.append(time.perf_counter() - started)
     await server.close()
     return samples
+
+
+def compare_servers(extender: Extender, pairs: list[Pair], old_server: Path, rounds: int, block: int = 300) -> None:
+    """The HTTP layer alone, side by side in one process: ``old_server`` (a server.py, e.g. from a worktree of an
+    earlier commit) and the current one over the same extender, in alternating blocks of ``block`` pairs (the
+    order flipped every round), so that a loaded machine's ups and downs fall on both."""
+    spec = importlib.util.spec_from_file_location("old_server", old_server)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["old_server"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    servers = {"old": module.ExtenderServer, "new": ExtenderServer}
+    samples: dict[str, list[float]] = {"old": [], "new": []}
+    cpu: dict[str, list[float]] = {"old": [], "new": []}
+    block_p99: dict[str, list[float]] = {"old": [], "new": []}
+    for round_ in range(rounds):
+        for label in ("old", "new") if round_ % 2 == 0 else ("new", "old"):
+            got = asyncio.run(over_http_from_another_process(extender, pairs, block, cpu[label], servers[label]))
+            samples[label] += got
+            block_p99[label].append(percentiles(got)[1])
+    for label in ("old", "new"):
+        p50, p99 = percentiles(samples[label])
+        print(
+            f"{label} server ({servers[label].__module__}): {len(samples[label])} pairs, HTTP p50 {p50:.2f} p99 "
+            f"{p99:.2f} ms, median p99 of {rounds} blocks {statistics.median(block_p99[label]):.2f} ms, server CPU "
+            f"per pair (median of blocks) {statistics.median(cpu[label]) * 1e3:.2f} ms",
+            flush=True,
+        )
 
 
 def _busy() -> None:
@@ -240,6 +276,14 @@ def main() -> None:
         help="strata: a tensor-parallel worker of a Strata job (default); plain: a GPU pod without Strata's labels",
     )
     parser.add_argument(
+        "--compare-server",
+        type=Path,
+        default=None,
+        metavar="SERVER_PY",
+        help="instead of the table: this server.py against the current one, alternating blocks of 300 pairs",
+    )
+    parser.add_argument("--rounds", type=int, default=24, help="blocks per server with --compare-server")
+    parser.add_argument(
         "--busy-thread",
         action="store_true",
         help="keep a pure-Python thread busy meanwhile, as the forecaster is during a refit (GIL hand-overs)",
@@ -266,6 +310,9 @@ def main() -> None:
         pairs = request_pairs(extender, pod, names)
         body, second = pairs[0]
         direct(extender, pairs, 50)  # warm-up
+        if args.compare_server is not None:
+            compare_servers(extender, pairs, args.compare_server, args.rounds)
+            continue
         cpu: list[float] = []
         server_cpu: list[float] = []
         passed = len(orjson.loads(second)["NodeNames"])
