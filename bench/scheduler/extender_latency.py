@@ -19,7 +19,7 @@ a job with pods already bound, so every check and score term runs; with ``--pod 
 Strata's labels and annotations (8 nvidia.com/gpu, any GPU type, any capacity type), as a user might submit.
 
     .venv/bin/python bench/scheduler/extender_latency.py [--nodes 1000 5000] [--calls 2000] [--paths direct http]
-        [--pod strata plain]
+        [--pod strata|plain|plain-amd|plain-1|other-scheduler|no-gpu]
     .venv/bin/python bench/scheduler/extender_latency.py --nodes 5000 --compare-server OLD/server.py [--rounds 24]
 """
 
@@ -93,16 +93,25 @@ def _pod(name: str, node: str | None, job: str, group: str = "0") -> dict[str, A
     }
 
 
-def _plain_pod() -> dict[str, Any]:
-    """A GPU pod for Strata's scheduler with none of Strata's labels or annotations."""
+def _plain_pod(requests: dict[str, str], scheduler: str = api.SCHEDULER_NAME) -> dict[str, Any]:
+    """A pod with none of Strata's labels or annotations."""
     return {
         "metadata": {"name": "plain", "namespace": "bench", "uid": "plain"},
-        "spec": {
-            "schedulerName": api.SCHEDULER_NAME,
-            "containers": [{"name": "main", "resources": {"requests": {api.NVIDIA_GPU: "8"}}}],
-        },
+        "spec": {"schedulerName": scheduler, "containers": [{"name": "main", "resources": {"requests": requests}}]},
         "status": {"phase": "Pending"},
     }
+
+
+PODS = {
+    "strata": lambda: _pod("llm-9", None, job="llm", group="7"),
+    "plain": lambda: _plain_pod({api.NVIDIA_GPU: "8"}),
+    "plain-amd": lambda: _plain_pod({api.AMD_GPU: "8"}),
+    "plain-1": lambda: _plain_pod({api.NVIDIA_GPU: "1"}),
+    "other-scheduler": lambda: _plain_pod({api.NVIDIA_GPU: "8"}, scheduler="default-scheduler"),
+    "no-gpu": lambda: _plain_pod({"cpu": "1"}),
+}
+"""Pod shapes for ``--pod``: Strata's tensor-parallel worker; GPU pods without Strata's labels (8 NVIDIA, 8 AMD,
+1 NVIDIA GPU); a pod of another scheduler profile (the neutral answer); a pod without GPUs."""
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -271,9 +280,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--pod",
-        choices=["strata", "plain"],
+        choices=PODS,
         default="strata",
-        help="strata: a tensor-parallel worker of a Strata job (default); plain: a GPU pod without Strata's labels",
+        help="strata: a tensor-parallel worker of a Strata job (default); plain*: GPU pods without Strata's labels; "
+        "other-scheduler: another profile's pod; no-gpu",
     )
     parser.add_argument(
         "--compare-server",
@@ -306,7 +316,7 @@ def main() -> None:
     for nodes in args.nodes:
         state, names = a_cluster(nodes)
         extender = Extender(state, catalog, ForecastBoard(), ExtenderMetrics(state.size))
-        pod = _pod("llm-9", None, job="llm", group="7") if args.pod == "strata" else _plain_pod()
+        pod = PODS[args.pod]()
         pairs = request_pairs(extender, pod, names)
         body, second = pairs[0]
         direct(extender, pairs, 50)  # warm-up
