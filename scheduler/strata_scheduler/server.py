@@ -29,7 +29,8 @@ oldest connection without an answered request (else the longest idle) makes room
 of silent or slow connections can neither keep kube-scheduler out nor close the connections it keeps.
 Event-loop errors are logged at most once per ``Settings.error_log_interval_s`` each. With
 ``Settings.tls_cert_file`` the server speaks HTTPS, and with ``tls_client_ca_file`` it takes only clients with
-a certificate from that CA (mutual TLS: what kube-scheduler's extender ``tlsConfig`` can present).
+a certificate from that CA on the verbs (mutual TLS: what kube-scheduler's extender ``tlsConfig`` can present;
+probes and /metrics need none, as kubelet presents none).
 
 The verbs run inline on the event loop: they are pure CPU work of a millisecond or two under one lock, and a
 thread hop would cost more than it saves.
@@ -65,6 +66,7 @@ _REASONS = {
     100: b"Continue",
     200: b"OK",
     400: b"Bad Request",
+    403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
     408: b"Request Timeout",
@@ -117,6 +119,11 @@ ROUTES: dict[bytes, tuple[bytes, Callable[[Extender, bytes], Answer]]] = {
     b"/metrics": (b"GET", _metrics),
     b"/forecast": (b"GET", _forecast),
 }
+
+
+VERBS = frozenset({b"/filter", b"/prioritize", b"/quote"})
+"""The routes that need a client certificate when ``Settings.tls_client_ca_file`` is set; probes, /metrics and
+/forecast do not (kubelet's HTTPS probes and most scrapers present none)."""
 
 
 class Refused(Exception):
@@ -224,7 +231,9 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
     if settings.tls_client_ca_file is not None:
         context.load_verify_locations(cafile=settings.tls_client_ca_file)
-        context.verify_mode = ssl.CERT_REQUIRED
+        # A certificate a client presents must verify, or the handshake fails; a client may present none, and is
+        # then served the probes and /metrics only (see VERBS).
+        context.verify_mode = ssl.CERT_OPTIONAL
     return context
 
 
@@ -306,13 +315,17 @@ class ExtenderServer:
             await self._server.wait_closed()
             self._server = None
 
-    def answer(self, head: Head, body: bytes) -> Answer:
+    def answer(self, head: Head, body: bytes, certified: bool = False) -> Answer:
+        """The answer to one request; ``certified``: its connection presented a client certificate from
+        ``Settings.tls_client_ca_file`` (needed for :data:`VERBS` when that is set)."""
         route = ROUTES.get(head.path)
         if route is None:
             return 404, TEXT, b"no such route: " + head.path
         method, handler = route
         if head.method != method:
             return 405, TEXT, b"%s takes %s" % (head.path, method)
+        if not certified and self.settings.tls_client_ca_file is not None and head.path in VERBS:
+            return 403, TEXT, b"%s needs a client certificate from the extender's client CA" % head.path
         try:
             return handler(self.extender, body)
         except Exception as error:  # the verbs catch their own; this is for /metrics and /forecast
@@ -338,6 +351,8 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.writing_paused = False
         self.deadline = math.inf
+        self.certified = False
+        """The client presented a certificate that verified against ``Settings.tls_client_ca_file``."""
 
     @property
     def idle(self) -> bool:
@@ -350,6 +365,7 @@ class Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # answers are one write each
+        self.certified = bool(transport.get_extra_info("peercert"))
         if not self.server.admit(self):
             transport.write(response(503, TEXT, b"every connection is busy; try again", keep_alive=False))
             transport.close()
@@ -436,7 +452,7 @@ class Connection(asyncio.Protocol):
                 body = bytes(view[: head.length])
             del self.buffer[: head.length]
             self.head = None
-            status, content_type, payload = server.answer(head, body)
+            status, content_type, payload = server.answer(head, body, self.certified)
             transport.write(response(status, content_type, payload, head.keep_alive))
             server.unanswered.pop(self, None)
             if not head.keep_alive:

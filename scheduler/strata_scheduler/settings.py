@@ -75,7 +75,9 @@ class Settings:
     tls_key_file: Path | None = None
     """The PEM private key of ``tls_cert_file``."""
     tls_client_ca_file: Path | None = None
-    """With HTTPS: accept only clients presenting a certificate signed by this CA (mutual TLS). kube-scheduler's
+    """With HTTPS: serve the verbs (/filter, /prioritize, /quote) only to clients presenting a certificate signed
+    by this CA (mutual TLS; a certificate that does not verify fails the handshake, and clients without one get
+    the probes and /metrics only, since kubelet's HTTPS probes present none). kube-scheduler's
     extender config sends one (``tlsConfig.certFile``/``keyFile``); it has no way to send a bearer token or any
     other header, so a client certificate is the one credential it can give. Off (None) by default."""
     default_runtime_s: float = 4 * 3600.0
