@@ -128,9 +128,17 @@ def test_each_python_image_starts_its_component_and_imports_it_while_building(na
     lines = dockerfile(name)
     _, module = PYTHON_IMAGES[name]
     assert ast.literal_eval(next(line for line in lines if line.startswith("CMD "))[4:]) == ["python", "-m", module]
-    smoke = [line for line in lines if line.startswith("RUN ") and "/opt/strata/bin/python -c" in line]
+    smoke = [line for line in lines if line.startswith("RUN ") and "/opt/strata/venv/bin/python -c" in line]
     assert len(smoke) == 1, f"{name}: one import check in the build stage"
     assert re.search(rf"import .*\b{re.escape(module)}\b", smoke[0]), f"{name}: the check does not import {module}"
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_IMAGES))
+def test_each_python_image_copies_the_contract_and_its_own_package_only(name: str) -> None:
+    # so that a change to another component does not rebuild (or ship in) this image
+    folder, _ = PYTHON_IMAGES[name]
+    copied = images.copied_sources("\n".join(dockerfile(name)))
+    assert sorted(copied) == sorted(["pyproject.toml", "requirements.lock", "api/strata_api", folder])
 
 
 def test_the_workloads_image_starts_what_the_operator_puts_in_a_worker_pod() -> None:
