@@ -125,8 +125,7 @@ class LocalCluster:
             if self.settings.real_node:
                 preflight()
                 sweep_abandoned()  # a node whose launcher was SIGKILLed holds containers, cgroups, a namespace
-                self.node = RealNode(self.workdir / "node", self.workdir / "logs", self.bin_dir,
-                                     self.settings.start_timeout_s)  # fmt: skip
+                self.node = RealNode(self.workdir / "logs", self.bin_dir, self.settings.start_timeout_s)
                 host_ip, node_ip = self.node.claim_addresses()
                 self._advertise = host_ip
                 extra_ips = (host_ip, KUBERNETES_SERVICE_IP)  # the veth end, and what pods dial

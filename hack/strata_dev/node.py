@@ -8,8 +8,10 @@ Layout on the host (everything is removed by :meth:`RealNode.stop`):
   that no address or route on the machine uses;
 - a TCP forward from ``host_ip:<apiserver port>`` to the API server on 127.0.0.1 (the API server keeps listening
   on loopback only; the kubelet refuses a loopback node IP, and the namespace's loopback is its own);
-- cgroup ``/strata-node-<id>`` in every hierarchy (kubelet's ``cgroupRoot``), and the node's folder with
-  containerd's state, kubelet's root and the config files (:mod:`strata_dev.node_config`).
+- cgroup ``/strata-node-<id>`` in every hierarchy (kubelet's ``cgroupRoot``); the node's folder
+  ``/var/lib/strata-node-<id>`` with containerd's state, kubelet's root and the config files
+  (:mod:`strata_dev.node_config`); ``/run/strata-node-<id>`` with the sockets and the launcher's pid (for
+  :func:`sweep_abandoned`); ``/run/netns`` itself if the node's ``ip netns add`` made it.
 
 The components run in the host's mount namespace (``nsenter --net`` only), so kubelet and containerd see the
 same volume mounts, and stop can find and unmount every one under the node's folder.
@@ -50,6 +52,9 @@ from strata_dev.processes import ClusterError, Component, spawn, terminate
 VETH_RANGE = ipaddress.ip_network("172.31.254.0/24")
 """Where the node's /30 veth networks come from; one free /30 per node, checked against the host's addresses."""
 CGROUP_FS = Path("/sys/fs/cgroup")
+NODE_ROOTS = Path("/var/lib")
+"""Where each node's folder ``strata-node-<id>`` goes (removed by stop)."""
+NETNS_DIR = Path("/run/netns")
 SHIM_SOCKETS = Path("/run/containerd/s")
 """Where containerd 1.6 puts its shims' sockets, whatever its configured state folder (not configurable)."""
 KERNEL_TUNABLES = (
@@ -126,7 +131,8 @@ class ApiForward:
         self.server = socket.create_server(listen, reuse_port=False)
         self.server.settimeout(0.5)
         self._closed = threading.Event()
-        self._conns: list[socket.socket] = []
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._accept, name="strata-node-api-forward", daemon=True)
         self._thread.start()
 
@@ -144,23 +150,28 @@ class ApiForward:
                 client.close()
                 continue
             upstream.settimeout(None)
-            self._conns += [client, upstream]
+            with self._lock:
+                self._conns |= {client, upstream}
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while chunk := src.recv(65536):
                 dst.sendall(chunk)
-        for sock in (src, dst):
+        for sock in (src, dst):  # ends the other direction's pump too
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            self._conns.discard(src)
+        src.close()
 
     def close(self) -> None:
         self._closed.set()
         self.server.close()
-        for sock in self._conns:
+        with self._lock:
+            open_now = list(self._conns)
+        for sock in open_now:
             with contextlib.suppress(OSError):
                 sock.close()
         self._thread.join(2)
@@ -169,16 +180,17 @@ class ApiForward:
 class RealNode:
     """The node's network, cgroups, files and processes; :meth:`stop` removes all of it."""
 
-    def __init__(
-        self, root: Path, logs: Path, bin_dir: Path, start_timeout_s: float = 90.0, node_id: str | None = None
-    ) -> None:
-        self.root = root
+    def __init__(self, logs: Path, bin_dir: Path, start_timeout_s: float = 90.0, node_id: str | None = None) -> None:
         self.logs = logs
         self.bin_dir = bin_dir
         self.start_timeout_s = start_timeout_s
         self.id = node_id or secrets.token_hex(3)
+        self.root = NODE_ROOTS / f"strata-node-{self.id}"
+        """containerd's root and state, kubelet's root, the config files: a short path on disk, since kubelet and
+        containerd put unix sockets (at most 104 bytes) below it, and pods' volumes may be large."""
         self.run_dir = Path(f"/run/strata-node-{self.id}")
-        """Sockets, runc's state, and ``owner``/``root`` so a later launcher can sweep a node whose launcher died."""
+        """Sockets, runc's state, and ``owner`` (the launcher's pid) so a later launcher can sweep a node whose
+        launcher died."""
         self.netns = f"strata-{self.id}"
         self.host_link, self.node_link = f"stn{self.id}h", f"stn{self.id}n"
         self.cgroup_root = f"/strata-node-{self.id}"
@@ -186,6 +198,7 @@ class RealNode:
         self.layout: NodeLayout | None = None
         self._forward: ApiForward | None = None
         self._holds_tunables = False
+        self._made_netns_dir = False
         self._cgroups: list[Path] = []
         self._shim_sockets_before: set[Path] = set()
 
@@ -194,8 +207,10 @@ class RealNode:
         """Create the namespace and the veth pair on a free /30; return (host_ip, node_ip)."""
         self.run_dir.mkdir(parents=True)
         (self.run_dir / "owner").write_text(str(os.getpid()))
-        (self.run_dir / "root").write_text(str(self.root))
         with _host_lock():  # two launchers must not pick the same /30
+            self._made_netns_dir = not _is_mount_point(NETNS_DIR)  # `ip netns add` mounts it on first use
+            if self._made_netns_dir:  # remembered for a sweep, should this launcher be killed
+                (self.run_dir / "made-netns").touch()
             network = _free_veth_network()
             host_ip, node_ip = (str(h) for h in list(network.hosts())[:2])
             _run("ip", "netns", "add", self.netns)
@@ -337,7 +352,7 @@ class RealNode:
             ("remove the cgroups", self._remove_cgroups),
             ("close the API forward", self._close_forward),
             ("remove the veth", lambda: _run("ip", "link", "del", self.host_link, check=False)),
-            ("remove the namespace", lambda: _run("ip", "netns", "del", self.netns, check=False)),
+            ("remove the namespace", self._remove_namespace),
             ("put back the sysctls", self._release_tunables),
             ("remove the shim sockets", self._remove_shim_sockets),
             ("remove the folders", self._remove_folders),
@@ -350,6 +365,13 @@ class RealNode:
                 failed.append(f"{what}: {err}")
         if failed:
             raise ClusterError(f"stopping the real node {self.netns} left work undone: " + "; ".join(failed))
+
+    def _remove_namespace(self) -> None:
+        _run("ip", "netns", "del", self.netns, check=False)
+        with _host_lock():
+            if self._made_netns_dir and NETNS_DIR.is_dir() and not any(NETNS_DIR.iterdir()):
+                _run("umount", str(NETNS_DIR))  # the /run/netns mount `ip netns add` made for the first node
+                NETNS_DIR.rmdir()
 
     def _terminate(self, *names: str) -> None:
         for name in names:
@@ -466,15 +488,16 @@ def sweep_abandoned() -> list[str]:
     swept = []
     for run_dir in sorted(Path("/run").glob("strata-node-*")):
         try:
-            owner, root = int((run_dir / "owner").read_text()), Path((run_dir / "root").read_text())
+            owner = int((run_dir / "owner").read_text())
         except (OSError, ValueError):
             continue
         if _alive(owner):
             continue
-        node = RealNode(root, root, Path(), node_id=run_dir.name.removeprefix("strata-node-"))
+        node = RealNode(Path(tempfile.gettempdir()), Path(), node_id=run_dir.name.removeprefix("strata-node-"))
         node._cgroups = [h / node.cgroup_root.lstrip("/") for h in CGROUP_FS.iterdir() if h.is_dir()]
         node._cgroups = [path for path in node._cgroups if path.is_dir()]
         node._holds_tunables = True  # restore them if no other node runs
+        node._made_netns_dir = (run_dir / "made-netns").exists()
         node.stop()
         swept.append(node.id)
     return swept
@@ -494,6 +517,10 @@ def _host_lock() -> Iterator[None]:
     with (Path(tempfile.gettempdir()) / "strata-node.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def _is_mount_point(path: Path) -> bool:
+    return any(line.split()[4] == str(path) for line in Path("/proc/self/mountinfo").read_text().splitlines())
 
 
 def _cgroup_tree(top: Path) -> list[Path]:

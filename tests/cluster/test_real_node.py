@@ -3,15 +3,17 @@ Services resolve and route, GPU pods cannot land on it, and stop leaves the host
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import pytest
 from cluster_support import eventually
 
 from strata_dev.cluster import ClusterError, ClusterSettings, LocalCluster
-from strata_dev.node import CGROUP_FS, KERNEL_TUNABLES, SHIM_SOCKETS, sweep_abandoned
+from strata_dev.node import CGROUP_FS, KERNEL_TUNABLES, NODE_ROOTS, SHIM_SOCKETS, sweep_abandoned
 from strata_dev.node_config import NODE_NAME, POD_SUBNET, REAL_NODE_LABEL
 from strata_dev.node_images import TEST_IMAGE, write_archive
 
@@ -166,29 +168,57 @@ def test_a_node_component_that_dies_is_named_with_its_log(real_cluster: LocalClu
     assert proxy.log.name == "node-kube-proxy.log"
 
 
-def host_state(workdir: Path) -> dict[str, Any]:
-    """What the real node may touch on the host: namespaces, links, mounts, host iptables, cgroups, sysctls."""
+NODE_ITEM = re.compile(r"(?:strata-node-|strata-|stn)([0-9a-f]{6})")
+"""A name or path of one local node: its namespace, veth, cgroup, folders, run folder."""
+SHARED = ("sysctls", "shim sockets", "shared /run", "/run/netns")
+"""What every local node shares: only comparable when no other node (another session's) runs meanwhile."""
+
+
+def host_state(workdir: Path, own: str | None = None) -> dict[str, Any]:
+    """What the real node may touch on the host: namespaces, links, mounts, host iptables, cgroups, sysctls.
+
+    Items of other local nodes (another session's tests may run one) are left out; ``own``'s are kept."""
 
     def out(*args: str) -> str:
         return subprocess.run(list(args), capture_output=True, text=True, check=True, timeout=30).stdout
 
+    def mine(items: Iterable[str]) -> list[str]:
+        return sorted(i for i in items if all(m.group(1) == own for m in NODE_ITEM.finditer(i)))
+
     mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    watched = (str(workdir), "/run/netns/", str(CGROUP_FS), str(NODE_ROOTS / "strata-node-"))
+    run = [p.name for p in Path("/run").iterdir() if p.name.startswith(("strata", "containerd"))]
+    live_sockets = []
+    for path in SHIM_SOCKETS.glob("*"):
+        with socket.socket(socket.AF_UNIX) as probe, contextlib.suppress(OSError):
+            probe.connect(str(path))
+            live_sockets.append(path)
     return {
-        "netns": sorted(out("ip", "netns", "list").split()),
-        "links": sorted(line.split(":")[1].strip().split("@")[0] for line in out("ip", "-o", "link").splitlines()),
-        "mounts": sorted(m for m in mounts if m.startswith((str(workdir), "/run/netns", str(CGROUP_FS)))),
+        "netns": mine(out("ip", "netns", "list").split()),
+        "links": mine(line.split(":")[1].strip().split("@")[0] for line in out("ip", "-o", "link").splitlines()),
+        "mounts": mine(m for m in mounts if m.startswith(watched)),
+        "node folders": mine(str(p) for p in NODE_ROOTS.glob("strata-node-*")),
         "iptables": sorted(
             re.sub(r"\[\d+:\d+\]", "", line) for line in out("iptables-save").splitlines() if not line.startswith("#")
         ),
-        "cgroups": sorted(str(p) for h in CGROUP_FS.iterdir() if h.is_dir() for p in h.iterdir() if p.is_dir()),
+        "cgroups": mine(str(p) for h in CGROUP_FS.iterdir() if h.is_dir() for p in h.iterdir() if p.is_dir()),
+        "node /run": mine(name for name in run if NODE_ITEM.search(name)),
         "sysctls": {name: (Path("/proc/sys") / name).read_text() for name in KERNEL_TUNABLES},
-        "run": sorted(str(p) for p in Path("/run").iterdir() if p.name.startswith(("strata", "containerd"))),
-        "shim sockets": sorted(str(p) for p in SHIM_SOCKETS.glob("*")),
+        "shim sockets": sorted(str(p) for p in SHIM_SOCKETS.glob("*") if p not in live_sockets),
+        "shared /run": sorted(name for name in run if not NODE_ITEM.search(name)),
+        "/run/netns": "/run/netns" in mounts,
+        "others": sorted({m.group(1) for m in NODE_ITEM.finditer(" ".join(run))} - {own}),
     }
 
 
+def left_as_found(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """What differs; what every node shares is compared only if no other node ran at either moment."""
+    skip = {"others", *(SHARED if before["others"] or after["others"] else ())}
+    return {key: (before[key], after[key]) for key in before if key not in skip and before[key] != after[key]}
+
+
 def processes_of(workdir: Path, cgroup_root: str) -> list[str]:
-    """Processes whose command line names the cluster's folder or that sit in the node's cgroup."""
+    """Processes whose command line names the cluster's or the node's folder, or that sit in the node's cgroup."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -197,7 +227,7 @@ def processes_of(workdir: Path, cgroup_root: str) -> list[str]:
                 cgroup = (entry / "cgroup").read_text()
             except OSError:
                 continue
-            if str(workdir) in cmdline or cgroup_root in cgroup:
+            if str(workdir) in cmdline or cgroup_root in cmdline or cgroup_root in cgroup:
                 found.append(f"{entry.name} {cmdline}")
     return found
 
@@ -210,18 +240,19 @@ def test_stop_leaves_the_host_as_it_found_it(tmp_path: Path) -> None:
     try:
         cluster.start()
         assert cluster.node is not None
-        cgroup_root = cluster.node.cgroup_root
-        running = host_state(workdir)
+        cgroup_root, node_id = cluster.node.cgroup_root, cluster.node.id
+        running = host_state(workdir, own=node_id)
         assert running["netns"] != before["netns"]  # it made its own namespace
         assert running["cgroups"] != before["cgroups"]  # and its own cgroups
         cluster.kubectl("apply", "-f", "-", input=a_pod("sleeper", "exec sleep 600"))  # a container left running
         eventually(lambda: phase(cluster, "sleeper") == "Running", 120, "the sleeper to run")
         assert processes_of(workdir, cgroup_root)
-        assert [m for m in host_state(workdir)["mounts"] if m.startswith(str(workdir))]  # rootfs, shm, netns
+        mounts = host_state(workdir, own=node_id)["mounts"]
+        assert [m for m in mounts if m.startswith(str(cluster.node.root))]  # rootfs, shm, pod namespaces
     finally:
         cluster.stop()
     assert processes_of(workdir, cgroup_root) == []
-    assert host_state(workdir) == before
+    assert left_as_found(before, host_state(workdir, own=node_id)) == {}
     assert not workdir.exists()
 
 
@@ -249,9 +280,9 @@ def test_a_node_whose_launcher_was_killed_is_swept(tmp_path: Path) -> None:
         launcher.send_signal(signal.SIGKILL)  # no stop runs: the container, its shim, the namespace outlive it
         launcher.wait()
     node_id = ready.read_text()
-    eventually(lambda: processes_of(workdir, f"strata-node-{node_id}"), 10, "the orphaned container")
-    assert host_state(workdir) != before
+    eventually(lambda: processes_of(workdir, f"/strata-node-{node_id}"), 10, "the orphaned container")
+    assert left_as_found(before, host_state(workdir, own=node_id))  # the container, namespace, cgroups are left
 
     assert sweep_abandoned() == [node_id]
-    assert processes_of(workdir, f"strata-node-{node_id}") == []
-    assert host_state(workdir) == before
+    assert processes_of(workdir, f"/strata-node-{node_id}") == []
+    assert left_as_found(before, host_state(workdir, own=node_id)) == {}
