@@ -68,9 +68,19 @@ KERNEL_TUNABLES = (
 """Host-wide sysctls kubelet sets at start (``protectKernelDefaults: false``); stop puts back what was there."""
 TUNABLES_FILE = Path("/run/strata-node-sysctls.json")
 """The host's values of :data:`KERNEL_TUNABLES` while any local node runs; the last one to stop restores them."""
+CAPABILITIES = {
+    12: "CAP_NET_ADMIN (the namespace, the veth pair, iptables)",
+    21: "CAP_SYS_ADMIN (mounts, cgroups, entering the namespace)",
+}
+"""Capability bit -> what the node needs it for; CAP_SYS_RESOURCE is not needed (``restrict_oom_score_adj``)."""
 KWOK_ONLY_HINT = (
     "run the cluster kwok-only instead: leave out --real-node / REAL_NODE=1 (ClusterSettings(real_node=False))"
 )
+
+
+def missing_capabilities(effective: int) -> list[str]:
+    """What the node needs that the effective capability mask (``CapEff`` of /proc/self/status) lacks."""
+    return [f"no {capability}" for bit, capability in CAPABILITIES.items() if not effective >> bit & 1]
 
 
 def preflight() -> None:
@@ -78,6 +88,10 @@ def preflight() -> None:
     problems = []
     if os.geteuid() != 0:
         problems.append("not root (network namespaces, veths, cgroups and mounts need it)")
+    status = Path("/proc/self/status").read_text()
+    problems += missing_capabilities(
+        int(next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff:")), 16)
+    )
     for tool in ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "ip", "iptables", "nsenter", "conntrack"):
         if shutil.which(tool) is None:
             problems.append(f"{tool} not on PATH (make node-deps)")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from strata_dev.node import preflight
+from strata_dev.node import missing_capabilities, preflight
 from strata_dev.node_config import (
     NODE_NAME,
     PAUSE_IMAGE,
@@ -89,3 +89,11 @@ def test_a_host_without_the_runtime_is_told_what_is_missing_and_how_to_run_kwok_
     assert "containerd not on PATH (make node-deps)" in message
     assert "runc not on PATH" in message
     assert "kwok-only" in message
+
+
+def test_a_missing_capability_is_named_with_what_it_is_for() -> None:
+    assert missing_capabilities(0) == [
+        "no CAP_NET_ADMIN (the namespace, the veth pair, iptables)",
+        "no CAP_SYS_ADMIN (mounts, cgroups, entering the namespace)",
+    ]
+    assert missing_capabilities((1 << 12) | (1 << 21)) == []
