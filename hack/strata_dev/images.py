@@ -188,16 +188,19 @@ def _has_image(ref: str) -> bool:
     return subprocess.run(_buildah("inspect", "--type", "image", ref), capture_output=True).returncode == 0
 
 
-def ensure_base(log_dir: Path) -> str:
-    """``localhost/strata-base:<hash>`` in buildah's storage: from its archive, or made with debootstrap."""
-    ref = f"localhost/strata-base:{base_recipe_hash()}"
+def base_ref() -> str:
+    return f"localhost/strata-base:{base_recipe_hash()}"
+
+
+def ensure_base(ref: str, log_dir: Path) -> None:
+    """``ref`` (the base) in buildah's storage: loaded from its archive, or made with debootstrap."""
     archive = image_dir() / f"strata-base-{ref.rsplit(':', 1)[1]}.tar"
     if _has_image(ref):
-        return ref
+        return
     log = log_dir / "strata-base.log"
     if archive.is_file():
         _run(_buildah("pull", "--quiet", f"docker-archive:{archive}"), log, "strata-base: loading its archive")
-        return ref
+        return
     print(f"images: making the base {ref} (debootstrap {DEBIAN_SUITE} + {', '.join(BASE_PACKAGES)}) ...", flush=True)
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="strata-base-", dir=image_dir()) as tmp:
@@ -221,7 +224,6 @@ def ensure_base(log_dir: Path) -> str:
         _run(_buildah("bud", "--isolation", "chroot", "--quiet", "-t", ref, tmp), log, "strata-base: buildah bud")
     _push(ref, archive, log, "strata-base")
     print(f"images: base {ref} made in {time.monotonic() - start:.0f}s ({archive.stat().st_size / 2**20:.0f} MiB)")
-    return ref
 
 
 def _unmount_below(root: Path) -> None:
@@ -290,10 +292,10 @@ def ensure(names: Sequence[str] = ()) -> list[Built]:
     logs = image_dir() / "logs"
     with _locked():
         logs.mkdir(parents=True, exist_ok=True)
-        base_ref = ensure_base(logs)
+        base = base_ref()
         built = []
         for image in selected:
-            tag = content_hash(image, base_ref)
+            tag = content_hash(image, base)
             ref = f"{image.repository}:{tag}"
             archive = image_dir() / f"strata-{image.name}-{tag}.tar"
             if archive.is_file():
@@ -303,8 +305,9 @@ def ensure(names: Sequence[str] = ()) -> list[Built]:
             log = logs / f"strata-{image.name}-{tag}.log"
             log.unlink(missing_ok=True)
             start = time.monotonic()
+            ensure_base(base, logs)  # only when something is built: the cached archives need no storage
             with binaries._ticker(image.name, every=60):
-                _build_with_buildah(image, ref, base_ref, archive, log)
+                _build_with_buildah(image, ref, base, archive, log)
             built.append(Built(image.name, ref, archive, time.monotonic() - start))
     return built
 
