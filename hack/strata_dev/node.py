@@ -215,6 +215,7 @@ class RealNode:
         self._made_netns_dir = False
         self._cgroups: list[Path] = []
         self._shim_sockets_before: set[Path] = set()
+        self._made_run_containerd = False
 
     # ----- addresses (known before the API server's certificate is made) -----
     def claim_addresses(self) -> tuple[str, str]:
@@ -258,6 +259,9 @@ class RealNode:
             self.root, host_ip, node_ip, 30, apiserver_port, self.cgroup_root, self.run_dir
         )
         self._shim_sockets_before = _shim_sockets()
+        self._made_run_containerd = not SHIM_SOCKETS.parent.exists()
+        if self._made_run_containerd:  # remembered for a sweep, should this launcher be killed
+            (self.run_dir / "made-run-containerd").touch()
         self._forward = ApiForward((host_ip, apiserver_port), ("127.0.0.1", apiserver_port))
         self._make_cgroups()
         self._write_files(layout, kubeconfig_yaml, client_ca)
@@ -432,7 +436,7 @@ class RealNode:
                 probe.connect(str(path))
                 continue  # someone still listens: another node's live shim
             path.unlink(missing_ok=True)
-        if not self._shim_sockets_before:
+        if self._made_run_containerd:
             for folder in (SHIM_SOCKETS, SHIM_SOCKETS.parent):
                 with contextlib.suppress(OSError):
                     folder.rmdir()
@@ -512,6 +516,7 @@ def sweep_abandoned() -> list[str]:
         node._cgroups = [path for path in node._cgroups if path.is_dir()]
         node._holds_tunables = True  # restore them if no other node runs
         node._made_netns_dir = (run_dir / "made-netns").exists()
+        node._made_run_containerd = (run_dir / "made-run-containerd").exists()
         node.stop()
         swept.append(node.id)
     return swept
