@@ -122,11 +122,14 @@ def _ignored(relative: Path) -> bool:
 
 
 def content_hash(image: Image, base_ref: str) -> str:
-    """A short hash of everything that makes the image: the Dockerfile, each file it copies, the base it uses."""
+    """A short hash of everything that makes the image: the Dockerfile's instructions (not its comments), each
+    file it copies, the base it uses."""
     text = image.dockerfile.read_text()
-    uses_base = any(line.startswith("ARG BASE") for line in instructions(text))
+    steps = instructions(text)
+    uses_base = any(line.startswith("ARG BASE") for line in steps)
     digest = hashlib.sha256()
-    digest.update(f"dockerfile\0{text}\0base\0{base_ref if uses_base else ''}\0".encode())
+    recipe = "\n".join(steps)
+    digest.update(f"dockerfile\0{recipe}\0base\0{base_ref if uses_base else ''}\0".encode())
     for source in copied_sources(text):
         root = image.context / source
         if not root.exists():

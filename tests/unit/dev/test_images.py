@@ -210,9 +210,12 @@ def test_the_content_hash_changes_with_each_input_and_with_nothing_else(tmp_path
     assert images.content_hash(image, "localhost/strata-base:1") not in {first, second}, "a new copied file"
     third = images.content_hash(image, "localhost/strata-base:1")
     (tmp_path / "src" / "new.py").chmod(0o755)
-    assert images.content_hash(image, "localhost/strata-base:1") != third, "a file's executable bit"
+    fourth = images.content_hash(image, "localhost/strata-base:1")
+    assert fourth != third, "a file's executable bit"
+    (tmp_path / "Dockerfile").write_text("# a comment\nARG BASE=b@sha256:0\nFROM ${BASE}\nCOPY src src\n")
+    assert images.content_hash(image, "localhost/strata-base:1") == fourth, "a comment in the Dockerfile"
     (tmp_path / "Dockerfile").write_text("ARG BASE=b@sha256:0\nFROM ${BASE}\nCOPY src src\nUSER 1:1\n")
-    assert images.content_hash(image, "localhost/strata-base:1") != third, "the Dockerfile"
+    assert images.content_hash(image, "localhost/strata-base:1") != fourth, "the Dockerfile's instructions"
 
 
 def test_an_image_on_an_empty_base_does_not_change_with_the_python_base(tmp_path: Path) -> None:
