@@ -1,13 +1,17 @@
-"""Build the container images from ``images/*/Dockerfile``, here without a Docker engine, cached by content hash.
+"""Build the container images from ``images/``, here without a Docker engine, cached by content hash.
 
 ``make images`` (``python -m strata_dev images``) builds one image per deployable with buildah, a daemonless OCI
 builder: vfs storage and chroot isolation, so it needs neither overlay mounts nor user namespaces. No container
 registry is reachable here, so the Python images' base is made here too: a Debian bookworm root filesystem with
 Python 3.11 from Debian's own packages (debootstrap), imported as ``localhost/strata-base:<hash>``.
 
+The three Python images share ``images/python/Dockerfile``, one final stage (``--target``) each, with the build
+argument ``COMPONENT`` naming the extra and the package it copies; kube-scheduler has ``images/kube-scheduler``.
 Each image is written as a docker-archive (``ctr images import`` and ``docker load`` accept it) to
-``~/.cache/strata/images/<name>-<hash>.tar``. The hash covers the Dockerfile, every file its ``COPY`` lines send
-and the base; an image whose archive exists is not built again. buildah's own storage keeps only the base
+``~/.cache/strata/images/<name>-<hash>.tar``. The hash covers the instructions of the stages the image is built
+from (its build arguments filled in), every file those stages copy and the base, and nothing else: a change to
+one component's code or final stage does not rebuild another's image. An image whose archive exists is not
+built again. buildah's own storage keeps only the base
 between runs: each built image is removed from it once archived (vfs stores every layer as a full copy).
 
 With ``IMAGE_BUILDER=docker`` the same Dockerfiles go to ``docker build`` on their default base (the official
@@ -35,7 +39,9 @@ from strata_dev import binaries
 from strata_dev.paths import REPO
 
 IMAGES_DIR = REPO / "images"
-"""One folder per deployable, each holding its Dockerfile."""
+"""``python/Dockerfile`` (the Python deployables, one target each) and ``kube-scheduler/Dockerfile``."""
+PYTHON_IMAGES = ("operator", "scheduler", "workloads")
+"""The deployables built from ``images/python/Dockerfile``: each is its target's name and its ``COMPONENT``."""
 
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -55,11 +61,14 @@ class ImageError(RuntimeError):
 
 @dataclass(frozen=True)
 class Image:
-    """One deployable: its Dockerfile and the folder sent as the build context."""
+    """One deployable: its Dockerfile, the folder sent as the build context, the stage to build (``--target``;
+    None: the last one) and the build arguments that select what it installs and copies."""
 
     name: str
     context: Path
     dockerfile: Path
+    target: str | None = None
+    build_args: tuple[tuple[str, str], ...] = ()
 
     @property
     def repository(self) -> str:
@@ -82,8 +91,10 @@ class Built:
 
 def images(bin_dir: Path) -> list[Image]:
     """Every deployable: the Python ones from the repository root, kube-scheduler from the binaries' folder."""
-    contexts = {"operator": REPO, "scheduler": REPO, "kube-scheduler": bin_dir, "workloads": REPO}
-    return [Image(name, context, IMAGES_DIR / name / "Dockerfile") for name, context in contexts.items()]
+    python = IMAGES_DIR / "python" / "Dockerfile"
+    kube_scheduler = Image("kube-scheduler", bin_dir, IMAGES_DIR / "kube-scheduler" / "Dockerfile")
+    operator, scheduler, workloads = (Image(n, REPO, python, n, (("COMPONENT", n),)) for n in PYTHON_IMAGES)
+    return [operator, scheduler, kube_scheduler, workloads]
 
 
 def image_dir() -> Path:
@@ -93,6 +104,8 @@ def image_dir() -> Path:
 # ---- content hash -----------------------------------------------------------------------------------------------
 
 _COPY = re.compile(r"^\s*(?:COPY|ADD)\s+(.*)$", re.IGNORECASE)
+_FROM = re.compile(r"^FROM\s+(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?\s*$", re.IGNORECASE)
+_COPY_FROM = re.compile(r"^(?:COPY|ADD)\s.*--from=(\S+)", re.IGNORECASE)
 
 
 def instructions(dockerfile_text: str) -> list[str]:
@@ -116,21 +129,57 @@ def copied_sources(dockerfile_text: str) -> list[str]:
     return sources
 
 
+def recipe(image: Image) -> list[str]:
+    """The instructions that make ``image``: those before the first ``FROM`` (the global ``ARG``s), then each stage
+    its target is built from (through ``FROM <stage>`` and ``COPY --from=<stage>``) in file order, with the
+    image's build arguments filled in. Docker (BuildKit) and buildah build only these stages."""
+    text = image.dockerfile.read_text()
+    for key, value in image.build_args:
+        text = re.sub(rf"\$\{{{key}\}}|\${key}\b", value, text)
+    head: list[str] = []
+    stages: list[list[str]] = []
+    for line in instructions(text):
+        if _FROM.match(line):
+            stages.append([line])
+        elif stages:
+            stages[-1].append(line)
+        else:
+            head.append(line)
+    names = {}
+    for index, stage in enumerate(stages):
+        match = _FROM.match(stage[0])
+        if match and match.group(2):
+            names[match.group(2).lower()] = index
+    if image.target is not None and image.target.lower() not in names:
+        raise ImageError(f"{image.name}: {image.dockerfile} has no stage {image.target!r} (it has {', '.join(names)})")
+    todo = [names[image.target.lower()] if image.target is not None else len(stages) - 1]
+    needed: set[int] = set()
+    while todo:
+        index = todo.pop()
+        if index in needed:
+            continue
+        needed.add(index)
+        base = _FROM.match(stages[index][0])
+        parents = [base.group(1)] if base else []
+        parents += [m.group(1) for m in map(_COPY_FROM.match, stages[index]) if m]
+        todo += [names[p.lower()] for p in parents if p.lower() in names]
+    return head + [line for index in sorted(needed) for line in stages[index]]
+
+
 def _ignored(relative: Path) -> bool:
     """What .dockerignore keeps out of the context inside copied folders: byte-code caches."""
     return "__pycache__" in relative.parts or relative.suffix == ".pyc"
 
 
 def content_hash(image: Image, base_ref: str) -> str:
-    """A short hash of everything that makes the image: the Dockerfile's instructions (not its comments), each
-    file it copies, the base it uses."""
-    text = image.dockerfile.read_text()
-    steps = instructions(text)
+    """A short hash of everything that makes the image: its :func:`recipe` (not the Dockerfile's comments, nor the
+    stages of other targets), each file that copies, the base it uses."""
+    steps = recipe(image)
     uses_base = any(line.startswith("ARG BASE") for line in steps)
     digest = hashlib.sha256()
-    recipe = "\n".join(steps)
-    digest.update(f"dockerfile\0{recipe}\0base\0{base_ref if uses_base else ''}\0".encode())
-    for source in copied_sources(text):
+    recipe_text = "\n".join(steps)
+    digest.update(f"dockerfile\0{recipe_text}\0base\0{base_ref if uses_base else ''}\0".encode())
+    for source in copied_sources(recipe_text):
         root = image.context / source
         if not root.exists():
             raise ImageError(f"{image.name}: {image.dockerfile} copies {source!r}, which is not in {image.context}")
@@ -258,13 +307,19 @@ def remove_older_builds(archive: Path) -> None:
 
 def _build_with_buildah(image: Image, ref: str, base_ref: str, archive: Path, log: Path) -> None:
     bud = ["bud", "--isolation", "chroot", "--layers=false", "--pull-never", "-f", str(image.dockerfile)]
-    bud += ["--build-arg", f"BASE={base_ref}", *_host_ca_args(), "-t", ref, str(image.context)]
+    bud += [*_target_args(image), "--build-arg", f"BASE={base_ref}", *_host_ca_args(), "-t", ref, str(image.context)]
     _run(_buildah(*bud), log, f"{image.name}: buildah bud")
     try:
         _push(ref, archive, log, image.name)
     finally:  # vfs keeps every layer as a full copy: the archive is the cache, the storage keeps only the base
         subprocess.run(_buildah("rmi", ref), capture_output=True)
         subprocess.run(_buildah("rmi", "--prune"), capture_output=True)
+
+
+def _target_args(image: Image) -> list[str]:
+    """``--target`` and ``--build-arg`` for the image: the same flags for ``buildah bud`` and ``docker build``."""
+    target = ["--target", image.target] if image.target is not None else []
+    return target + [arg for key, value in image.build_args for arg in ("--build-arg", f"{key}={value}")]
 
 
 BUILD_CA = "/run/strata-build-ca.crt"
@@ -321,7 +376,7 @@ def build_with_docker(names: Sequence[str] = ()) -> list[str]:
     refs = []
     for image in _select(images(binaries.ensure(quiet=True)), names):
         ref = f"{image.repository}:{content_hash(image, 'dockerfile-default')}"
-        cmd = ["docker", "build", "-f", str(image.dockerfile), "-t", ref, str(image.context)]
+        cmd = ["docker", "build", "-f", str(image.dockerfile), *_target_args(image), "-t", ref, str(image.context)]
         if subprocess.run(cmd).returncode != 0:
             raise ImageError(f"{image.name}: docker build failed (its output is above)")
         refs.append(ref)

@@ -1,7 +1,8 @@
-"""What a user relies on in ``images/`` without building anything: one Dockerfile per deployable, each running as
-a non-root numeric user on a pinned base, each Python image installing its own extra from the lock, the extras
-covering what each package imports (and the operator's and the scheduler's pulling no torch or CUDA), and the
-content hash that decides whether ``make images`` builds again."""
+"""What a user relies on in ``images/`` without building anything: one Dockerfile for the Python deployables (one
+target each) and one for kube-scheduler, each image running as a non-root numeric user on a pinned base, each
+Python image installing its own extra from the lock, the extras covering what each package imports (and the
+operator's and the scheduler's pulling no torch or CUDA), and the content hash that decides whether
+``make images`` builds again."""
 
 from __future__ import annotations
 
@@ -28,8 +29,12 @@ PYTHON_IMAGES = {
 CUDA = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
 
 
+IMAGES = {image.name: image for image in images.images(Path("/bin-dir"))}
+
+
 def dockerfile(name: str) -> list[str]:
-    return images.instructions((ROOT / "images" / name / "Dockerfile").read_text())
+    """The instructions that make the image ``name``: what the builder runs for it and what its hash covers."""
+    return images.recipe(IMAGES[name])
 
 
 def _name(requirement: str) -> str:
@@ -81,10 +86,26 @@ def third_party_imports(folder: str) -> set[str]:
     return {m for m in found if m not in sys.stdlib_module_names and not m.startswith("strata_") and m != "__future__"}
 
 
-def test_there_is_one_dockerfile_per_deployable_and_the_builder_knows_each() -> None:
-    folders = {p.parent.name for p in (ROOT / "images").glob("*/Dockerfile")}
-    assert folders == {"operator", "scheduler", "kube-scheduler", "workloads"}
-    assert {i.name for i in images.images(Path("/bin-dir"))} == folders
+def test_the_builder_knows_each_deployable_and_every_dockerfile_serves_one() -> None:
+    assert set(IMAGES) == {"operator", "scheduler", "kube-scheduler", "workloads"}
+    assert {p.relative_to(ROOT / "images").as_posix() for p in (ROOT / "images").glob("*/Dockerfile")} == {
+        "python/Dockerfile",
+        "kube-scheduler/Dockerfile",
+    }
+    assert {IMAGES[name].dockerfile for name in PYTHON_IMAGES} == {ROOT / "images" / "python" / "Dockerfile"}
+    assert IMAGES["kube-scheduler"].dockerfile == ROOT / "images" / "kube-scheduler" / "Dockerfile"
+    assert set(images.PYTHON_IMAGES) == set(PYTHON_IMAGES)
+    for name in PYTHON_IMAGES:  # the target and the component it installs are the same one
+        assert IMAGES[name].target == name
+        assert dict(IMAGES[name].build_args) == {"COMPONENT": name}
+
+
+def test_the_python_dockerfile_s_final_stages_are_exactly_the_python_images() -> None:
+    lines = images.instructions((ROOT / "images" / "python" / "Dockerfile").read_text())
+    stages = [line.split()[-1] for line in lines if line.startswith("FROM ") and " AS " in line]
+    used = {line.split()[1] for line in lines if line.startswith("FROM ")}
+    used |= {m for line in lines for m in re.findall(r"--from=(\S+)", line)}
+    assert {s for s in stages if s not in used} == set(PYTHON_IMAGES)
 
 
 @pytest.mark.parametrize("name", ["operator", "scheduler", "kube-scheduler", "workloads"])
@@ -119,7 +140,11 @@ def test_each_python_image_installs_its_own_extra_from_the_lock_on_one_base(name
     assert len(installs) == 1, f"{name}: one dependency install step"
     assert f"--extra {name} " in installs[0] + " "
     assert "-c requirements.lock" in installs[0]
-    assert [line.split()[1] for line in lines if line.startswith("FROM ")] == ["${BASE}", "${BASE}"]
+    froms = [line.split() for line in lines if line.startswith("FROM ")]
+    stages = [words[-1] for words in froms if "AS" in words]
+    # two stages on BASE (build, runtime), any other on an earlier stage
+    assert [words[1] for words in froms if words[1] not in stages] == ["${BASE}", "${BASE}"]
+    assert all(words[1] in stages[:i] for i, words in enumerate(froms) if words[1] != "${BASE}")
     assert lines.index(next(line for line in lines if line.startswith("ARG BASE="))) == 0
 
 
@@ -129,7 +154,7 @@ def test_each_python_image_starts_its_component_and_imports_it_while_building(na
     _, module = PYTHON_IMAGES[name]
     assert ast.literal_eval(next(line for line in lines if line.startswith("CMD "))[4:]) == ["python", "-m", module]
     smoke = [line for line in lines if line.startswith("RUN ") and "/opt/strata/venv/bin/python -c" in line]
-    assert len(smoke) == 1, f"{name}: one import check in the build stage"
+    assert len(smoke) == 1, f"{name}: one import check while building"
     assert re.search(rf"import .*\b{re.escape(module)}\b", smoke[0]), f"{name}: the check does not import {module}"
 
 
@@ -182,6 +207,55 @@ def test_dockerignore_lets_through_exactly_what_the_dockerfiles_copy_from_the_re
 def test_copied_sources_reads_copy_and_add_but_not_copies_from_a_stage() -> None:
     text = "FROM x AS b\nCOPY a.txt \\\n  b/ /dst/\nCOPY --from=b /opt /opt\nADD --chown=1:1 c /c\n# COPY d /d\n"
     assert images.copied_sources(text) == ["a.txt", "b/", "c"]
+
+
+def test_an_image_s_recipe_is_its_target_s_stages_with_its_build_arguments(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text(
+        "ARG BASE=b@sha256:0\nFROM ${BASE} AS build\nARG C\nCOPY $C/src /src\nFROM ${BASE} AS runtime\n"
+        'COPY --from=build /src /src\nFROM runtime AS one\nCMD ["one"]\nFROM runtime AS two\nCMD ["two"]\n'
+    )
+    one = images.Image("one", tmp_path, tmp_path / "Dockerfile", "one", (("C", "a"),))
+    assert images.recipe(one) == [
+        "ARG BASE=b@sha256:0",
+        "FROM ${BASE} AS build",
+        "ARG C",
+        "COPY a/src /src",
+        "FROM ${BASE} AS runtime",
+        "COPY --from=build /src /src",
+        "FROM runtime AS one",
+        'CMD ["one"]',
+    ]
+    with pytest.raises(images.ImageError, match=r"three: .* has no stage 'three' \(it has build, runtime, one, two\)"):
+        images.recipe(images.Image("three", tmp_path, tmp_path / "Dockerfile", "three"))
+
+
+def test_one_target_s_hash_ignores_another_target_s_stage_and_files(tmp_path: Path) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "app.py").write_text("print(1)\n")
+    dockerfile = tmp_path / "Dockerfile"
+    head = 'ARG BASE=b@sha256:0\nFROM ${BASE} AS build\nARG C\nCOPY ${C} /src\nFROM build AS a\nCMD ["a"]\n'
+    dockerfile.write_text(head + 'FROM build AS b\nCMD ["b"]\n')
+    a = images.Image("a", tmp_path, dockerfile, "a", (("C", "a"),))
+    b = images.Image("b", tmp_path, dockerfile, "b", (("C", "b"),))
+    first_a, first_b = images.content_hash(a, "base"), images.content_hash(b, "base")
+    assert first_a != first_b
+
+    (tmp_path / "b" / "app.py").write_text("print(2)\n")
+    dockerfile.write_text(head + 'FROM build AS b\nCMD ["b", "--verbose"]\n')
+    assert images.content_hash(a, "base") == first_a, "b's files and b's final stage"
+    assert images.content_hash(b, "base") != first_b
+    (tmp_path / "a" / "app.py").write_text("print(2)\n")
+    second_a = images.content_hash(a, "base")
+    assert second_a != first_a, "a's own files"
+    dockerfile.write_text(head.replace("ARG C", "ARG C\nENV X=1") + 'FROM build AS b\nCMD ["b"]\n')
+    assert images.content_hash(b, "base") != first_b, "a shared stage"
+    assert images.content_hash(a, "base") != second_a, "a shared stage"
+
+
+def test_the_builder_passes_the_target_and_its_build_arguments() -> None:
+    assert images._target_args(IMAGES["scheduler"]) == ["--target", "scheduler", "--build-arg", "COMPONENT=scheduler"]
+    assert images._target_args(IMAGES["kube-scheduler"]) == []
 
 
 def write_context(tmp_path: Path) -> images.Image:
