@@ -74,12 +74,9 @@ class Stack:
         self._wait("extender", process, lambda: _status(f"{self.extender_url}/readyz") == 200)
 
     def _start_scheduler(self) -> None:
-        config = yaml.safe_load(SCHEDULER_CONFIG.read_text())
-        config["extenders"][0]["urlPrefix"] = self.extender_url
-        path = self.workdir / "strata-scheduler.yaml"
-        path.write_text(yaml.safe_dump(config))
-        log = self.workdir / "strata-kube-scheduler.log"
-        self.processes["strata-kube-scheduler"] = run_kube_scheduler(self.bin_dir, self.kubeconfig, path, log)
+        self.processes["strata-kube-scheduler"] = run_strata_scheduler(
+            self.bin_dir, self.kubeconfig, self.extender_url, self.workdir / "strata-kube-scheduler.log"
+        )
 
     def _start_operator(self) -> None:
         process = self._spawn("operator", [sys.executable, "-m", "strata_operator", "--standalone", "--metrics-port=0"])
@@ -105,3 +102,13 @@ def _status(url: str) -> int:
         return int(err.code)
     except OSError:
         return 0
+
+
+def run_strata_scheduler(bin_dir: Path, kubeconfig: Path, extender_url: str, log: Path) -> subprocess.Popen[bytes]:
+    """A kube-scheduler running the shipped ``strata-scheduler`` profile (:data:`SCHEDULER_CONFIG`) with its
+    extender at ``extender_url``; its configuration is written beside ``log``. The caller stops it."""
+    config = yaml.safe_load(SCHEDULER_CONFIG.read_text())
+    config["extenders"][0]["urlPrefix"] = extender_url
+    path = log.with_name(f"{log.stem}.yaml")
+    path.write_text(yaml.safe_dump(config))
+    return run_kube_scheduler(bin_dir, kubeconfig, path, log)

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from cluster_support import ClusterHandle, eventually, running_extender
 from kubernetes import watch
 from operator_harness import OperatorProcess, Strata
@@ -18,23 +17,18 @@ from operator_manifests import a_job
 
 import strata_api as api
 
-SHIPPED_CONFIG = Path(__file__).resolve().parents[3] / "scheduler" / "config" / "kube-scheduler-config.yaml"
 KWOK_NODE = "kwok.x-k8s.io/node"
 
 
 @pytest.fixture(scope="module")
 def strata_kube_scheduler(crds: ClusterHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The shipped strata-scheduler kube-scheduler, pointed at an extender in this process; yields its log."""
-    from strata_dev.cluster import run_kube_scheduler
+    from strata_dev.stack import run_strata_scheduler
 
     folder = tmp_path_factory.mktemp("strata-kube-scheduler")
     with running_extender(crds.kubeconfig, folder / "demand.sqlite") as extender:
-        config = yaml.safe_load(SHIPPED_CONFIG.read_text())
-        config["extenders"][0]["urlPrefix"] = extender.url
-        path = folder / "config.yaml"
-        path.write_text(yaml.safe_dump(config))
         log = folder / "kube-scheduler.log"
-        process = run_kube_scheduler(crds.bin_dir, crds.kubeconfig, path, log)
+        process = run_strata_scheduler(crds.bin_dir, crds.kubeconfig, extender.url, log)
         try:
             yield log
         finally:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 # The suite imports with --import-mode=importlib, which leaves sys.path alone: put this folder (helpers) and
 # the unit tests' builder folder on it. Both module names are unique to the scheduler's tests.
@@ -26,8 +25,6 @@ from cluster_support import ClusterHandle, running_extender  # noqa: E402
 from scheduler_cluster import TEST_FLEET_LABEL, TestFleet  # noqa: E402
 
 from strata_scheduler.service import ExtenderService  # noqa: E402
-
-SHIPPED_CONFIG = Path(__file__).resolve().parents[3] / "scheduler" / "config" / "kube-scheduler-config.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +39,10 @@ def strata_scheduler(
     cluster: ClusterHandle, extender: ExtenderService, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Path]:
     """A second kube-scheduler running the shipped strata-scheduler profile, pointed at the extender."""
-    from strata_dev.cluster import run_kube_scheduler
+    from strata_dev.stack import run_strata_scheduler
 
-    config = yaml.safe_load(SHIPPED_CONFIG.read_text())
-    config["extenders"][0]["urlPrefix"] = extender.url
-    folder = tmp_path_factory.mktemp("strata-kube-scheduler")
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log = folder / "kube-scheduler.log"
-    process = run_kube_scheduler(cluster.bin_dir, cluster.kubeconfig, path, log)
+    log = tmp_path_factory.mktemp("strata-kube-scheduler") / "kube-scheduler.log"
+    process = run_strata_scheduler(cluster.bin_dir, cluster.kubeconfig, extender.url, log)
     try:
         yield log
     finally:

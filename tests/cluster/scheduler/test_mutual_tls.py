@@ -16,13 +16,13 @@ from scheduler_cluster import TestFleet, bound_node, capacity_of
 
 from strata_api.catalog import DEFAULT_CATALOG, load_catalog
 from strata_dev.cluster import free_port, run_kube_scheduler
+from strata_dev.paths import SCHEDULER_CONFIG
 from strata_dev.pki import make_pki
 from strata_scheduler.service import ExtenderService, Parts
 from strata_scheduler.settings import Settings, parse_settings
 
 pytestmark = pytest.mark.cluster
 
-SHIPPED_CONFIG = Path(__file__).resolve().parents[3] / "scheduler" / "config" / "kube-scheduler-config.yaml"
 CHART = Path(__file__).resolve().parents[3] / "charts" / "strata"
 
 
@@ -38,7 +38,7 @@ def test_kube_scheduler_places_through_an_extender_that_requires_its_client_cert
         tls_key_file=pki.serving_key,
         tls_client_ca_file=pki.ca_cert,
     )
-    config = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    config = yaml.safe_load(SCHEDULER_CONFIG.read_text())
     config["extenders"][0].update(
         urlPrefix=f"https://127.0.0.1:{settings.port}",
         enableHTTPS=True,
