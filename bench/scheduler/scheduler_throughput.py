@@ -50,10 +50,10 @@ import strata_api as api
 from strata_api.catalog import DEFAULT_CATALOG, load_catalog
 from strata_dev.cluster import ClusterSettings, LocalCluster, free_port, scheduler_config
 from strata_dev.fleet import create_fleet, load_fleet
+from strata_dev.paths import SCHEDULER_CONFIG
 from strata_scheduler.service import ExtenderService, Parts
 from strata_scheduler.settings import Settings
 
-SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "scheduler" / "config" / "kube-scheduler-config.yaml"
 NULL_EXTENDER = Path(__file__).resolve().parent / "nullextender"
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -218,7 +218,7 @@ def main() -> None:
         try:
             while not service.state.ready:
                 time.sleep(0.2)
-            with_extender = yaml.safe_load(SHIPPED_CONFIG.read_text())
+            with_extender = yaml.safe_load(SCHEDULER_CONFIG.read_text())
             with_extender["extenders"][0]["urlPrefix"] = service.url
             without = {key: value for key, value in with_extender.items() if key != "extenders"}
             floor = copy.deepcopy(with_extender)
