@@ -143,10 +143,23 @@ class Head:
     expect_continue: bool
 
 
+BARE_LINE_END = "a bare CR or LF, or a NUL, in the request head"
+
+
+def bare_line_end_or_nul(head_so_far: bytearray, scanned: int) -> bool:
+    """Whether the bytes of an unfinished head past ``scanned`` (those already looked at are not read again, so a
+    head trickled byte by byte costs linear time) hold a NUL or a LF without its CR."""
+    start = max(scanned - 1, 0)  # one byte back: the CR of a CRLF split across two reads
+    with memoryview(head_so_far) as view:
+        fresh = bytes(view[start:])
+    new_line_feeds = fresh[1:].count(b"\n") if scanned else fresh.count(b"\n")
+    return b"\0" in fresh or new_line_feeds != fresh.count(b"\r\n")
+
+
 def parse_head(raw: bytes) -> Head:
     """The request line and headers (without the blank line that ends them)."""
     if b"\0" in raw or raw.count(b"\n") != raw.count(b"\r\n") or raw.count(b"\r") != raw.count(b"\r\n"):
-        raise Refused(400, "a bare CR or LF, or a NUL, in the request head")
+        raise Refused(400, BARE_LINE_END)
     request_line, *lines = raw.split(b"\r\n")
     parts = request_line.split(b" ")
     if len(parts) != 3 or not parts[0].isalpha():
@@ -347,6 +360,8 @@ class Connection(asyncio.Protocol):
         self.server = server
         self.buffer = bytearray()
         self.head: Head | None = None
+        self.head_scanned = 0
+        """How many bytes of an unfinished head :func:`bare_line_end_or_nul` has already looked at."""
         """The request whose body is still arriving."""
         self.transport: asyncio.Transport | None = None
         self.writing_paused = False
@@ -432,7 +447,12 @@ class Connection(asyncio.Protocol):
                 if end < 0:
                     if len(self.buffer) >= limit + 4:  # the head, however it ends, is over the limit
                         self._refuse(Refused(431, f"request head over {limit} bytes"))
+                    elif bare_line_end_or_nul(self.buffer, self.head_scanned):
+                        # a head that ends with bare LFs never reaches CRLF CRLF: refuse it now, not at the timeout
+                        self._refuse(Refused(400, BARE_LINE_END))
+                    self.head_scanned = len(self.buffer)
                     return
+                self.head_scanned = 0
                 try:
                     head = parse_head(bytes(self.buffer[:end]))
                 except Refused as refused:

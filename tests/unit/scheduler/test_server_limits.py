@@ -77,6 +77,38 @@ def test_bare_line_feeds_nuls_and_a_missing_host_get_400(server: LiveServer, req
     assert answer_to(server, request_bytes) == (400, True)
 
 
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"GET /healthz HTTP/1.1\nHost: x\n\n"],  # a head with bare LFs only never reaches CRLF CRLF
+        [b"GET /healthz HTTP/1.1\r", b"\nHost: x\n"],  # a CRLF split across reads, then a bare LF
+        [b"GET /healthz HTTP/1.1\r\nHost: ", b"a\0"],  # a NUL in an unfinished head
+    ],
+)
+def test_an_unfinished_head_with_a_bare_line_feed_or_nul_gets_400_at_once(chunks: list[bytes]) -> None:
+    live = a_server(request_timeout_s=30.0)
+    try:
+        with connect(live) as sock:
+            started = time.monotonic()
+            for chunk in chunks:
+                sock.sendall(chunk)
+                time.sleep(0.05)
+            status, _, _ = read_response(sock, bytearray())
+            assert (status, closed(sock)) == (400, True)
+            assert time.monotonic() - started < 5.0, "refused at once, not at the request timeout"
+    finally:
+        live.close()
+
+
+def test_a_crlf_split_across_reads_is_not_a_bare_line_feed(server: LiveServer) -> None:
+    with connect(server) as sock:
+        for chunk in (b"GET /healthz HTTP/1.1\r", b"\nHost: x\r", b"\n\r", b"\n"):
+            sock.sendall(chunk)
+            time.sleep(0.05)
+        status, _, _ = read_response(sock, bytearray())
+        assert status == 200
+
+
 def test_http_1_0_needs_no_host(server: LiveServer) -> None:
     assert answer_to(server, b"GET /healthz HTTP/1.0\r\n\r\n") == (200, True)
 
