@@ -12,7 +12,7 @@ PYTEST := $(PY) -m pytest -p no:cacheprovider
         test-e2e bench-cluster bench-scheduler bench-workloads bench-operator chart-sync verify clean
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,17 +28,22 @@ venv: $(VENV)/.installed ## Create the virtualenv and install Strata with pinned
 binaries: ## Build (or find cached) etcd, kube-*, kubelet, kube-proxy, kubectl, kwok, helm, coredns from pinned Go modules
 	@PYTHONPATH=hack $(PYTHON) -m strata_dev.binaries ensure
 
-demo: venv binaries ## Local cluster + GPU fleet, then CRDs, extender, strata kube-scheduler, operator; the examples queue, run, survive a spot reclaim, finish
-	$(PY) -m strata_dev demo
+# The real node is on by default; REAL_NODE=0 runs the kwok fleet only (for a host that cannot run containers).
+# The demo builds (or finds cached) only the image it runs, workloads, as `make images` would.
+REAL_NODE ?= 1
+NO_REAL_NODE := $(filter 0,$(REAL_NODE))
 
-up: venv binaries $(if $(filter 1,$(REAL_NODE)),node-deps) ## Keep a dev cluster running in the background (NODES=n scales the fleet; REAL_NODE=1 adds a real node that runs pods)
-	$(PY) -m strata_dev up --nodes $(or $(NODES),0) $(if $(filter 1,$(REAL_NODE)),--real-node)
+demo: venv binaries $(if $(NO_REAL_NODE),,node-deps image-tools) ## Local cluster + GPU fleet + a real node, then Strata; the examples queue, run, survive a spot reclaim, finish; cpu-tiny trains in real pods (REAL_NODE=0: kwok only)
+	$(PY) -m strata_dev demo $(if $(NO_REAL_NODE),--no-real-node)
+
+up: venv binaries $(if $(NO_REAL_NODE),,node-deps) ## Keep a dev cluster running in the background with a real node that runs pods (NODES=n scales the fleet; REAL_NODE=0: kwok only)
+	$(PY) -m strata_dev up --nodes $(or $(NODES),0) $(if $(NO_REAL_NODE),--no-real-node)
 
 .PHONY: node-deps
 node-deps: ## Install the real node's runtime from Debian, pinned: containerd, runc, CNI plugins, iptables, conntrack, busybox-static (root)
 	@hack/install-node-deps.sh
 
-images: venv binaries image-tools ## Build the operator, scheduler, kube-scheduler and workloads images (buildah here, cached by content hash; IMAGE_BUILDER=docker)
+images: venv binaries $(if $(filter docker,$(IMAGE_BUILDER)),,image-tools) ## Build the operator, scheduler, kube-scheduler and workloads images (buildah here, cached by content hash; IMAGE_BUILDER=docker, IMAGE_TAG=tag)
 	$(PY) -m strata_dev images $(IMAGES)
 
 image-tools: ## Install the pinned image builder (buildah, debootstrap; Debian packages, needs root)
@@ -50,9 +55,13 @@ down: ## Stop the dev cluster
 env: ## Print the export line that points kubectl at the dev cluster
 	@$(PY) -m strata_dev env
 
-lint: venv ## ruff lint and format check
+lint: venv actionlint ## ruff lint and format check, actionlint on the CI workflows
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+.PHONY: actionlint
+actionlint: ## Lint .github/workflows with actionlint (pinned Go module, built once into ~/.cache/strata/tools)
+	@PYTHONPATH=hack $(PYTHON) -m strata_dev.binaries tool actionlint .github/workflows/*.yaml
 
 format: venv ## Format the code with ruff
 	$(VENV)/bin/ruff check --fix .
@@ -66,14 +75,30 @@ imports: venv ## import-linter: strata_api a leaf, no component imports another,
 
 check: lint types imports ## All static checks
 
-test-unit: venv ## Unit tests (no cluster)
-	$(PYTEST) tests -m "not cluster and not e2e and not bench"
+# The chart's unit tests render it with the pinned helm: built (or found) here, outside the tests' timeouts.
+HELM_TOOL := @PYTHONPATH=hack $(PYTHON) -m strata_dev.binaries tool helm version --short >/dev/null
 
-test-cluster: venv binaries node-deps ## Cluster and end-to-end tests on the local control plane (or KUBECONFIG, see README)
-	$(PYTEST) tests -m "(cluster or e2e) and not bench"
+test-unit: venv ## Unit tests (no cluster)
+	$(HELM_TOOL)
+	$(PYTEST) tests -m "not cluster and not e2e and not bench and not prometheus"
+
+test-cluster: venv binaries node-deps ## Cluster tests on the local control plane and its kwok GPU fleet (or KUBECONFIG, see README)
+	$(PYTEST) tests -m "cluster and not bench and not prometheus"
+
+# Locally the tier imports the images into the real node and installs the chart with them; on an existing cluster
+# (STRATA_USE_EXISTING_CLUSTER=1) Strata is installed already and the images are on its nodes.
+test-e2e: venv binaries $(if $(filter 1,$(STRATA_USE_EXISTING_CLUSTER)),,node-deps images) ## End-to-end tier: the chart's components and real training pods in containers on a real node (the local cluster, or KUBECONFIG with STRATA_USE_EXISTING_CLUSTER=1)
+	$(PYTEST) tests -m "e2e and not bench"
 
 test-fast: venv ## Unit tests without the slow matrices
-	$(PYTEST) tests -m "not cluster and not e2e and not slow and not bench"
+	$(HELM_TOOL)
+	$(PYTEST) tests -m "not cluster and not e2e and not slow and not bench and not prometheus"
+
+# Not part of `make test`: a cold build of Prometheus' Go module took about 15 minutes here (docs/benchmarks.md).
+test-prometheus: venv binaries ## Monitoring tier: promtool checks the chart's alert rules; a real Prometheus scrapes the operator, the extender and a training process, and every dashboard query and alert evaluates (builds prometheus and promtool once into ~/.cache/strata/tools)
+	@PYTHONPATH=hack $(PYTHON) -m strata_dev.binaries tool promtool --version
+	@PYTHONPATH=hack $(PYTHON) -m strata_dev.binaries tool prometheus --version
+	$(PYTEST) tests -m "prometheus and not bench"
 
 test: ## Everything: install, binaries, lint, types, import layering, every test tier
 	@$(PHASE) venv $(MAKE) --no-print-directory venv
@@ -84,6 +109,8 @@ test: ## Everything: install, binaries, lint, types, import layering, every test
 	@$(PHASE) imports $(MAKE) --no-print-directory imports
 	@$(PHASE) unit-tests $(MAKE) --no-print-directory test-unit
 	@$(PHASE) cluster-tests $(MAKE) --no-print-directory test-cluster
+	@$(PHASE) images $(MAKE) --no-print-directory images
+	@$(PHASE) e2e-tests $(MAKE) --no-print-directory test-e2e
 
 CHART := charts/strata
 chart-sync: ## Copy crds/, the price catalog and the kube-scheduler config into the chart (checked by a test)

@@ -25,7 +25,7 @@ done
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
     echo "error: installing ${missing[*]} needs root (apt-get); run: sudo $0" >&2
-    echo "       or run the cluster kwok-only (without REAL_NODE=1 / --real-node)" >&2
+    echo "       or run the cluster kwok-only: REAL_NODE=0 make demo / REAL_NODE=0 make up" >&2
     exit 1
 fi
 apt_get() { apt-get -o DPkg::Lock::Timeout=600 "$@"; }

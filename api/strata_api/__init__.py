@@ -27,6 +27,8 @@ TRAINING_JOB = "TrainingJob"
 TRAINING_JOBS = "trainingjobs"
 RESOURCE_POOL = "ResourcePool"
 RESOURCE_POOLS = "resourcepools"
+INFERENCE_SERVICE = "InferenceService"
+INFERENCE_SERVICES = "inferenceservices"
 
 SCHEDULER_NAME = "strata-scheduler"
 """The kube-scheduler profile whose extender is Strata's; the operator sets it as the pods' schedulerName."""
@@ -45,6 +47,10 @@ LABEL_PRIORITY = f"{GROUP}/priority"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "strata-operator"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_INFERENCE_SERVICE = f"{GROUP}/inference-service"
+"""On an InferenceService's Deployment, Service, PodDisruptionBudget and replica pods: the service's name."""
+LABEL_REVISION = f"{GROUP}/revision"
+"""On an InferenceService's replica pods: the hash of their pod template (the service's ``status.revision``)."""
 """How many times the gang was (re)started; pods of an older attempt are never mistaken for the current gang."""
 
 # --- annotations on pods (read by the extender) ---
@@ -226,6 +232,12 @@ leave it unset, and a schema default would set it there too), so this view appli
 its CEL rules say the same 8, and tests/unit/api checks that they do."""
 
 
+MAX_RUNTIME_SECONDS = 315_360_000
+"""The largest ``maxRuntimeSeconds`` of a TrainingJob or a ResourcePool (ten years of 365 days): the CRDs' maximum,
+and the clamp the operator applies to a limit stored before the CRDs had one (a deadline past year 9999 raised
+OverflowError in every reconcile). tests/unit/api checks that the CRDs say the same."""
+
+
 def parse_time(value: object) -> datetime | None:
     """An RFC 3339 timestamp as the API server writes it; None when absent or malformed."""
     if not isinstance(value, str) or not value:
@@ -290,6 +302,8 @@ class Resources:
     memory_per_worker: str | None
     workers: int | None = None
     """``resources.workers`` of a CPU job; None for a GPU job."""
+    node_selector: tuple[tuple[str, str], ...] = ()
+    """``resources.nodeSelector`` as sorted (label, value) pairs."""
 
 
 @dataclass(frozen=True)
@@ -385,6 +399,7 @@ class TrainingJobSpec:
                 cpu_per_worker=_quantity(r.get("cpuPerWorker")),
                 memory_per_worker=_quantity(r.get("memoryPerWorker")),
                 workers=r["workers"] if on_cpu else None,
+                node_selector=tuple(sorted(r.get("nodeSelector", {}).items())),
             ),
             pool=spec["pool"],
             max_runtime_seconds=spec.get("maxRuntimeSeconds"),
@@ -501,16 +516,8 @@ class TrainingJob:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> TrainingJob:
-        meta = body["metadata"]
-        created = parse_time(meta.get("creationTimestamp"))
-        if created is None:
-            raise ValueError(f"TrainingJob {meta.get('name')} has no creationTimestamp")
         return cls(
-            namespace=meta["namespace"],
-            name=meta["name"],
-            uid=meta["uid"],
-            generation=int(meta.get("generation") or 1),
-            created=created,
+            **_object_identity(body, TRAINING_JOB),
             spec=TrainingJobSpec.from_dict(body["spec"]),
             status=TrainingJobStatus.from_dict(body.get("status")),
         )
@@ -543,6 +550,21 @@ class ResourcePool:
         )
 
 
+def _object_identity(body: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """namespace, name, uid, generation and creation time of a namespaced object, as the views' fields."""
+    meta = body["metadata"]
+    created = parse_time(meta.get("creationTimestamp"))
+    if created is None:
+        raise ValueError(f"{kind} {meta.get('name')} has no creationTimestamp")
+    return {
+        "namespace": meta["namespace"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "generation": int(meta.get("generation") or 1),
+        "created": created,
+    }
+
+
 def _quantity(value: object) -> str | None:
     if value is None:
         return None
@@ -562,6 +584,17 @@ _SUFFIX = {
 def cpu_millis(value: object) -> int:
     """A CPU quantity (``2``, ``"1.5"``, ``"500m"``) in millicores, rounded up as Kubernetes does; the API server
     has validated it (``isQuantity``), so a malformed one raises ValueError naming it."""
+    return math.ceil(_quantity_value(value, "a CPU quantity such as 2 or 500m") * 1000)
+
+
+def memory_bytes(value: object) -> int:
+    """A memory quantity (``"64Gi"``, ``"512M"``, ``1073741824``) in bytes, rounded up; a malformed one raises
+    ValueError naming it."""
+    return math.ceil(_quantity_value(value, "a memory quantity such as 64Gi"))
+
+
+def _quantity_value(value: object, what: str) -> Decimal:
+    """A Kubernetes quantity's value in base units."""
     text = str(value).strip()
     match = _QUANTITY.match(text)
     try:
@@ -569,11 +602,146 @@ def cpu_millis(value: object) -> int:
             raise InvalidOperation
         number, suffix = Decimal(match.group(1)), match.group(2) or ""
     except InvalidOperation:
-        raise ValueError(f"{value!r} is not a CPU quantity such as 2 or 500m") from None
+        raise ValueError(f"{value!r} is not {what}") from None
     scale = Decimal(10) ** int(suffix[1:]) if suffix[:1] in ("e", "E") else _SUFFIX.get(suffix, Decimal(1))
-    return math.ceil(number * scale * 1000)
+    return number * scale
 
 
 def format_cpu_millis(millis: int) -> str:
     """Millicores as the shortest quantity: ``4`` for 4000, ``1500m`` for 1500."""
     return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """``spec.model`` of an InferenceService: where the weights come from and how the server runs them."""
+
+    training_job: str | None
+    path: str | None
+    persistent_volume_claim: str | None
+    preset: str
+    precision: str
+    quantization: str
+    compile: bool
+    max_batch: int
+    max_wait_ms: float
+
+
+@dataclass(frozen=True)
+class ReplicaResources:
+    """``spec.resources`` of an InferenceService: what each replica runs on."""
+
+    gpu_type: str
+    """``H100``, ``MI300X`` or :data:`CPU`."""
+    gpus_per_replica: int
+    """0 for CPU replicas."""
+    capacity_types: tuple[str, ...]
+    cpu_per_replica: str | None
+    memory_per_replica: str | None
+    node_selector: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.gpu_type == CPU
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    metric: str
+    target: float
+    mode: str
+    horizon_seconds: int | None
+    scale_down_stabilization_seconds: int
+
+
+@dataclass(frozen=True)
+class Rollout:
+    max_surge: int
+    max_unavailable: int
+    canary_percent: int
+
+
+DEFAULT_GPUS_PER_REPLICA = 1
+"""``spec.resources.gpusPerReplica`` of GPU replicas that leave it unset (the schema cannot default it: CPU replicas
+must leave it unset); the CRD's description says the same 1."""
+
+
+@dataclass(frozen=True)
+class InferenceServiceSpec:
+    image: str
+    image_pull_policy: str
+    model: ServedModel
+    min_replicas: int
+    max_replicas: int
+    """``replicas.max``; ``replicas.min`` when unset."""
+    resources: ReplicaResources
+    pool: str
+    autoscaling: Autoscaling | None
+    rollout: Rollout
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> InferenceServiceSpec:
+        """Read a spec the API server has defaulted and validated; a missing required field raises KeyError."""
+        w, m, replicas, r, rollout = (spec[k] for k in ("workload", "model", "replicas", "resources", "rollout"))
+        on_cpu = r["gpuType"] == CPU
+        scaling = spec.get("autoscaling")
+        return cls(
+            image=w["image"],
+            image_pull_policy=w["imagePullPolicy"],
+            model=ServedModel(
+                training_job=m.get("trainingJob"),
+                path=m.get("path"),
+                persistent_volume_claim=m.get("persistentVolumeClaim"),
+                preset=m["preset"],
+                precision=m["precision"],
+                quantization=m["quantization"],
+                compile=bool(m["compile"]),
+                max_batch=int(m["batching"]["maxBatch"]),
+                max_wait_ms=float(m["batching"]["maxWaitMs"]),
+            ),
+            min_replicas=int(replicas["min"]),
+            max_replicas=int(replicas.get("max", replicas["min"])),
+            resources=ReplicaResources(
+                gpu_type=r["gpuType"],
+                gpus_per_replica=0 if on_cpu else int(r.get("gpusPerReplica", DEFAULT_GPUS_PER_REPLICA)),
+                capacity_types=tuple(r["capacityTypes"]),
+                cpu_per_replica=_quantity(r.get("cpuPerReplica")),
+                memory_per_replica=_quantity(r.get("memoryPerReplica")),
+                node_selector=tuple(sorted(r.get("nodeSelector", {}).items())),
+            ),
+            pool=spec["pool"],
+            autoscaling=None
+            if scaling is None
+            else Autoscaling(
+                metric=scaling["metric"],
+                target=float(scaling["target"]),
+                mode=scaling["mode"],
+                horizon_seconds=scaling.get("horizonSeconds"),
+                scale_down_stabilization_seconds=int(scaling["scaleDownStabilizationSeconds"]),
+            ),
+            rollout=Rollout(
+                max_surge=int(rollout["maxSurge"]),
+                max_unavailable=int(rollout["maxUnavailable"]),
+                canary_percent=int(rollout["canaryPercent"]),
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class InferenceService:
+    """An InferenceService as the operator reads it; its status stays raw (the operator only writes it)."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    created: datetime
+    spec: InferenceServiceSpec
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> InferenceService:
+        return cls(**_object_identity(body, INFERENCE_SERVICE), spec=InferenceServiceSpec.from_dict(body["spec"]))

@@ -10,6 +10,7 @@ a name exists once. Standard library only.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -97,26 +98,56 @@ class Progress:
     step: int | None = None
     checkpoint_step: int | None = None
     checkpoint_time: datetime | None = None
+    loss: float | None = None
+    """Training loss of the global batch at ``step``."""
 
     def encode(self) -> str:
         """The annotation's value, as :meth:`parse` reads it (the time in whole seconds, UTC)."""
         data: dict[str, object] = {"step": self.step, "checkpointStep": self.checkpoint_step}
+        if self.loss is not None and math.isfinite(self.loss):  # JSON has no NaN or infinity
+            data["loss"] = self.loss
         if self.checkpoint_time is not None:
             data["checkpointTime"] = format_time(self.checkpoint_time.astimezone(UTC))
         return json.dumps(data)
 
     @classmethod
     def parse(cls, value: str | None) -> Progress:
-        """Read ``strata.dev/progress``; malformed values report nothing rather than break the reconcile."""
+        """Read ``strata.dev/progress``; malformed values (and steps outside int64) report nothing rather than break
+        the reconcile."""
         try:
             data = json.loads(value) if value else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
             return cls()
         if not isinstance(data, dict):
             return cls()
-        step, ckpt = data.get("step"), data.get("checkpointStep")
         return cls(
-            step=step if isinstance(step, int) and step >= 0 else None,
-            checkpoint_step=ckpt if isinstance(ckpt, int) and ckpt >= 0 else None,
+            step=_step(data.get("step")),
+            checkpoint_step=_step(data.get("checkpointStep")),
             checkpoint_time=parse_time(data.get("checkpointTime")),
+            loss=_loss(data.get("loss")),
         )
+
+
+MAX_STEP = 2**63 - 1
+"""The largest step a worker may report: status.progress.step and status.lastCheckpoint.step are int64, and the
+operator's JSON encoder (orjson) refuses integers past 64 bits."""
+
+
+def _step(value: object) -> int | None:
+    """A reported step: a whole number from 0 to :data:`MAX_STEP`; anything else (a bool, a float, a string, a
+    number past int64 from a buggy or hostile worker) reports nothing rather than break the operator."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_STEP:
+        return None
+    return value
+
+
+def _loss(value: object) -> float | None:
+    """A reported loss: a finite number (JSON has no NaN or infinity, and status must stay valid JSON); anything
+    else reports nothing."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        loss = float(value)  # an integer past float's range raises
+    except OverflowError:
+        return None
+    return loss if math.isfinite(loss) else None

@@ -4,6 +4,10 @@ Each binary comes from a small wrapper Go module under ``hack/gomod/<name>`` who
 pin the exact upstream version. The cache folder is keyed by every pinned version, the Go toolchain and a hash
 of the wrapper modules, so a version bump builds into a fresh folder and a warm machine builds nothing.
 
+Dev tools (:data:`TOOLS`, e.g. actionlint) are built the same way from ``hack/gotools/<name>``, each into its own
+small folder keyed by its own version (``<cache>/tools/<name>-<version>/``): bumping a tool rebuilds that tool
+only, and adding one does not change the control-plane binaries' key.
+
 Only the standard library is used here: this module runs before the virtual environment exists.
 """
 
@@ -31,6 +35,17 @@ ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
 COREDNS_VERSION = "v1.15.0"
+ACTIONLINT_VERSION = "v1.7.12"
+PROMETHEUS_VERSION = "v0.316.0"  # the Go module's version of Prometheus 3.16.0
+
+GOTOOLS = GOMOD.parent / "gotools"
+"""One wrapper Go module per dev tool; outside ``hack/gomod`` so that it is not part of :func:`cache_key`."""
+
+
+def _prometheus_release() -> str:
+    """Prometheus v3.x.y is tagged as Go module version v0.3xx.y: v0.316.0 is 3.16.0."""
+    minor, patch = PROMETHEUS_VERSION.lstrip("v").split(".")[1:]
+    return f"{minor[0]}.{int(minor[1:])}.{patch}"
 
 
 class BuildError(RuntimeError):
@@ -61,6 +76,7 @@ class Binary:
     version: str
     ldflags: list[str] = field(default_factory=list)
     version_args: tuple[str, ...] = ("--version",)
+    modules: Path = GOMOD  # the folder holding ``module``
 
 
 BINARIES: tuple[Binary, ...] = (
@@ -115,6 +131,36 @@ BINARIES: tuple[Binary, ...] = (
         COREDNS_VERSION,
         [f"-X github.com/coredns/coredns/coremain.GitCommit={COREDNS_VERSION}"],
         ("-version",),
+    ),
+)
+
+
+TOOLS: tuple[Binary, ...] = (
+    Binary(
+        "actionlint",  # lints .github/workflows (make actionlint, part of make lint)
+        "actionlint",
+        "github.com/rhysd/actionlint/cmd/actionlint",
+        ACTIONLINT_VERSION,
+        [f"-X github.com/rhysd/actionlint.version={ACTIONLINT_VERSION}"],
+        ("-version",),
+        GOTOOLS,
+    ),
+    # the control-plane helm (same wrapper module and flags), on its own for the unit tier's chart rendering: with
+    # the control-plane binaries built, Go's build cache makes this a link
+    next(binary for binary in BINARIES if binary.name == "helm"),
+    # the monitoring tests (make test-prometheus, not part of make test: a cold build of the module took 15 min
+    # here, docs/benchmarks.md); the second one built is a link
+    *(
+        Binary(
+            name,
+            "prometheus",
+            f"github.com/prometheus/prometheus/cmd/{name}",
+            PROMETHEUS_VERSION,
+            [f"-X github.com/prometheus/common/version.Version={_prometheus_release()}"],
+            ("--version",),
+            GOTOOLS,
+        )
+        for name in ("prometheus", "promtool")
     ),
 )
 
@@ -193,7 +239,7 @@ def _build_one(go: str, binary: Binary, dest: Path, log_dir: Path) -> float:
     cmd.append(binary.package)
     start = time.monotonic()
     with _ticker(binary.name), log.open("w") as out:
-        proc = subprocess.run(cmd, cwd=GOMOD / binary.module, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.run(cmd, cwd=binary.modules / binary.module, env=env, stdout=out, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
         raise BuildError(
@@ -238,6 +284,32 @@ def ensure(quiet: bool = False) -> Path:
     return directory
 
 
+def tool_path(tool: Binary) -> Path:
+    """Where a dev tool is (or will be): its own folder, keyed by its version alone."""
+    return cache_root() / "tools" / f"{tool.name}-{tool.version}" / tool.name
+
+
+def ensure_tool(name: str) -> Path:
+    """The path of the dev tool ``name``, built from its wrapper module on first use (progress on stderr)."""
+    known = {tool.name: tool for tool in TOOLS}
+    if name not in known:
+        raise BuildError(f"unknown tool {name!r}: the tools are {', '.join(known)}")
+    tool = known[name]
+    dest = tool_path(tool)
+    if dest.is_file():
+        return dest
+    go = _go()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with (dest.parent / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not dest.is_file():
+            print(f"binaries: building {tool.name} {tool.version} into {dest.parent} ...", file=sys.stderr, flush=True)
+            with contextlib.redirect_stdout(sys.stderr):  # stdout stays the tool's own
+                took = _build_one(go, tool, dest, dest.parent)
+            print(f"binaries: {tool.name} built in {took:.0f}s", file=sys.stderr, flush=True)
+    return dest
+
+
 def versions(directory: Path) -> dict[str, str]:
     """What each built binary says its version is."""
     result = {}
@@ -251,10 +323,19 @@ def versions(directory: Path) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m strata_dev.binaries", description=__doc__)
-    parser.add_argument("command", choices=["ensure", "path", "versions"], nargs="?", default="ensure")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("ensure", help="build the missing binaries (the default)")
+    commands.add_parser("path", help="print the folder that holds (or will hold) the binaries")
+    commands.add_parser("versions", help="print what each binary says its version is")
+    tool = commands.add_parser("tool", help="run a dev tool (built into its own cache folder on first use)")
+    tool.add_argument("name", choices=[t.name for t in TOOLS])
+    tool.add_argument("args", nargs=argparse.REMAINDER, help="the tool's own arguments")
     args = parser.parse_args(argv)
     try:
-        if args.command == "path":
+        if args.command == "tool":
+            path = ensure_tool(args.name)
+            os.execv(path, [str(path), *args.args])
+        elif args.command == "path":
             print(bin_dir())
         elif args.command == "versions":
             for name, version in versions(ensure(quiet=True)).items():

@@ -18,7 +18,7 @@ from pathlib import Path
 from strata_dev import binaries
 from strata_dev.cluster import ClusterSettings
 from strata_dev.fleet import Fleet, start_cluster_with_fleet
-from strata_dev.node import sweep_abandoned
+from strata_dev.node import preflight, sweep_abandoned
 from strata_dev.node_images import import_images
 
 DEV_DIR = binaries.cache_root() / "dev-cluster"
@@ -28,16 +28,21 @@ STOP_TIMEOUT_S = 30.0
 """Longest ``down`` waits for the daemon to stop its cluster before killing its process group."""
 
 
-def up(fleet_file: str, nodes: int, real_node: bool = False) -> int:
-    """Start the daemon unless one runs, wait until its cluster is ready, and say how to point kubectl at it."""
+def up(fleet_file: str, nodes: int, real_node: bool = True) -> int:
+    """Start the daemon unless one runs, wait until its cluster is ready, and say how to point kubectl at it.
+
+    ``real_node``: add the real node (the default); a host that cannot run containers is told why before the
+    daemon starts, and how to run kwok-only."""
     if (DEV_DIR / "pid").exists() and _alive(int((DEV_DIR / "pid").read_text())):
         print(f"a dev cluster is already running; {env_line()}")
         return 0
+    if real_node:
+        preflight()  # here, not only in the daemon: the reason reaches the terminal, not just the daemon's log
     DEV_DIR.mkdir(parents=True, exist_ok=True)
     (DEV_DIR / "ready").unlink(missing_ok=True)
     log = DEV_DIR / "daemon.log"
     argv = [sys.executable, "-m", "strata_dev", "_serve", "--fleet", fleet_file, "--nodes", str(nodes)]
-    argv += ["--real-node"] if real_node else []
+    argv += ["--real-node" if real_node else "--no-real-node"]
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)  # fmt: skip
@@ -52,7 +57,7 @@ def up(fleet_file: str, nodes: int, real_node: bool = False) -> int:
     return 0
 
 
-def serve(fleet: Fleet, real_node: bool = False) -> int:
+def serve(fleet: Fleet, real_node: bool = True) -> int:
     """The daemon behind :func:`up`: holds the cluster until SIGTERM (:func:`down`) or until a component dies."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -107,7 +112,7 @@ def load_images(archives: list[Path]) -> int:
     """Import image tars into the running dev cluster's real node (``make images`` writes docker-archives)."""
     socket_file = DEV_DIR / "node-containerd"
     if not socket_file.exists():
-        print("error: no dev cluster with a real node is running: REAL_NODE=1 make up", file=sys.stderr)
+        print("error: no dev cluster with a real node is running: make up (without REAL_NODE=0)", file=sys.stderr)
         return 1
     for archive in archives:
         import_images(archive, Path(socket_file.read_text()), DEV_DIR / "load-images.log")

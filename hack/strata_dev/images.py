@@ -15,7 +15,8 @@ built again. buildah's own storage keeps only the base
 between runs: each built image is removed from it once archived (vfs stores every layer as a full copy).
 
 With ``IMAGE_BUILDER=docker`` the same Dockerfiles go to ``docker build`` on their default base (the official
-Python image, pinned by digest) and the images stay in Docker's store.
+Python image, pinned by digest) and the images stay in Docker's store, tagged with ``IMAGE_TAG`` when it is set
+(``make images IMAGE_BUILDER=docker IMAGE_TAG=e2e``: what CI loads into kind), else by content hash.
 
 Standard library only, like :mod:`strata_dev.binaries`.
 """
@@ -316,6 +317,13 @@ def _build_with_buildah(image: Image, ref: str, base_ref: str, archive: Path, lo
         subprocess.run(_buildah("rmi", "--prune"), capture_output=True)
 
 
+def _remove_leftovers() -> None:
+    """Delete what an interrupted build left in the storage (its stage containers and their unnamed images, each a
+    full copy on vfs: gigabytes for the workloads image); under the lock no other build of ours is running."""
+    subprocess.run(_buildah("rm", "--all"), capture_output=True)
+    subprocess.run(_buildah("rmi", "--prune"), capture_output=True)
+
+
 def _target_args(image: Image) -> list[str]:
     """``--target`` and ``--build-arg`` for the image: the same flags for ``buildah bud`` and ``docker build``."""
     target = ["--target", image.target] if image.target is not None else []
@@ -364,6 +372,7 @@ def ensure(names: Sequence[str] = ()) -> list[Built]:
             log.unlink(missing_ok=True)
             start = time.monotonic()
             ensure_base(base, logs)  # only when something is built: the cached archives need no storage
+            _remove_leftovers()
             with binaries._ticker(image.name, every=60):
                 _build_with_buildah(image, ref, base, archive, log)
             built.append(Built(image.name, ref, archive, time.monotonic() - start))
@@ -371,16 +380,25 @@ def ensure(names: Sequence[str] = ()) -> list[Built]:
 
 
 def build_with_docker(names: Sequence[str] = ()) -> list[str]:
-    """``docker build`` each image on its Dockerfile's default base; the images stay in Docker's store."""
+    """``docker build`` each image on its Dockerfile's default base; the images stay in Docker's store, tagged
+    ``IMAGE_TAG`` when it is set (a name a chart's values and ``kind load`` can know in advance), else by content."""
     _require("docker")
     refs = []
+    tag = os.environ.get("IMAGE_TAG", "")
     for image in _select(images(binaries.ensure(quiet=True)), names):
-        ref = f"{image.repository}:{content_hash(image, 'dockerfile-default')}"
+        ref = docker_ref(image, tag)
         cmd = ["docker", "build", "-f", str(image.dockerfile), *_target_args(image), "-t", ref, str(image.context)]
         if subprocess.run(cmd).returncode != 0:
             raise ImageError(f"{image.name}: docker build failed (its output is above)")
         refs.append(ref)
     return refs
+
+
+def docker_ref(image: Image, tag: str = "") -> str:
+    """``localhost/strata-<name>:<tag>``; an empty ``tag`` is the image's content hash on the Dockerfile's base."""
+    if tag and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tag):
+        raise ImageError(f"IMAGE_TAG={tag!r} is not a valid image tag (letters, digits, '_', '.', '-'; at most 128)")
+    return f"{image.repository}:{tag or content_hash(image, 'dockerfile-default')}"
 
 
 def _select(every: list[Image], names: Sequence[str]) -> list[Image]:

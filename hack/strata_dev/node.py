@@ -56,6 +56,8 @@ NODE_ROOTS = Path("/var/lib")
 """Where each node's folder ``strata-node-<id>`` goes (removed by stop)."""
 NETNS_DIR = Path("/run/netns")
 SHIM_SOCKETS = Path("/run/containerd/s")
+CONTAINER_LOG_LINKS = Path("/var/log/containers")
+"""kubelet links each container's log here whatever its podLogsDir (a fixed path in kubelet)."""
 """Where containerd 1.6 puts its shims' sockets, whatever its configured state folder (not configurable)."""
 KERNEL_TUNABLES = (
     "vm/overcommit_memory",
@@ -74,7 +76,8 @@ CAPABILITIES = {
 }
 """Capability bit -> what the node needs it for; CAP_SYS_RESOURCE is not needed (``restrict_oom_score_adj``)."""
 KWOK_ONLY_HINT = (
-    "run the cluster kwok-only instead: leave out --real-node / REAL_NODE=1 (ClusterSettings(real_node=False))"
+    "run the cluster kwok-only instead: REAL_NODE=0 make demo / REAL_NODE=0 make up "
+    "(python -m strata_dev demo|up --no-real-node; ClusterSettings(real_node=False))"
 )
 
 
@@ -216,6 +219,7 @@ class RealNode:
         self._cgroups: list[Path] = []
         self._shim_sockets_before: set[Path] = set()
         self._made_run_containerd = False
+        self._made_log_links_dir = False
 
     # ----- addresses (known before the API server's certificate is made) -----
     def claim_addresses(self) -> tuple[str, str]:
@@ -262,6 +266,9 @@ class RealNode:
         self._made_run_containerd = not SHIM_SOCKETS.parent.exists()
         if self._made_run_containerd:  # remembered for a sweep, should this launcher be killed
             (self.run_dir / "made-run-containerd").touch()
+        self._made_log_links_dir = not CONTAINER_LOG_LINKS.exists()
+        if self._made_log_links_dir:
+            (self.run_dir / "made-log-links").touch()
         self._forward = ApiForward((host_ip, apiserver_port), ("127.0.0.1", apiserver_port))
         self._make_cgroups()
         self._write_files(layout, kubeconfig_yaml, client_ca)
@@ -373,6 +380,7 @@ class RealNode:
             ("remove the namespace", self._remove_namespace),
             ("put back the sysctls", self._release_tunables),
             ("remove the shim sockets", self._remove_shim_sockets),
+            ("remove the container log links", self._remove_log_links),
             ("remove the folders", self._remove_folders),
         ]
         failed = []
@@ -440,6 +448,17 @@ class RealNode:
             for folder in (SHIM_SOCKETS, SHIM_SOCKETS.parent):
                 with contextlib.suppress(OSError):
                     folder.rmdir()
+
+    def _remove_log_links(self) -> None:
+        """The links kubelet made in /var/log/containers to this node's pod logs (kubelet removes them only with
+        their containers, which a stop ends outright), and the folder when this node made it and it is empty."""
+        links = CONTAINER_LOG_LINKS.iterdir() if CONTAINER_LOG_LINKS.is_dir() else iter(())
+        for link in links:
+            if link.is_symlink() and Path(os.readlink(link)).is_relative_to(self.root):
+                link.unlink(missing_ok=True)
+        if self._made_log_links_dir:
+            with contextlib.suppress(OSError):
+                CONTAINER_LOG_LINKS.rmdir()
 
     def _cgroup_pids(self) -> set[int]:
         pids: set[int] = set()
@@ -517,6 +536,7 @@ def sweep_abandoned() -> list[str]:
         node._holds_tunables = True  # restore them if no other node runs
         node._made_netns_dir = (run_dir / "made-netns").exists()
         node._made_run_containerd = (run_dir / "made-run-containerd").exists()
+        node._made_log_links_dir = (run_dir / "made-log-links").exists()
         node.stop()
         swept.append(node.id)
     return swept

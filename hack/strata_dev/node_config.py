@@ -60,6 +60,10 @@ class NodeLayout:
         return self.root / "kubelet"
 
     @property
+    def pod_logs_dir(self) -> Path:
+        return self.root / "pod-logs"
+
+    @property
     def server(self) -> str:
         return f"https://{self.host_ip}:{self.apiserver_port}"
 
@@ -75,6 +79,8 @@ def kubelet_config(layout: NodeLayout, client_ca: Path) -> str:
             "failSwapOn=false: the host may have swap and this is a throw-away node",
             "cgroupRoot: the node's own cgroup, removed at stop, so two local nodes never share kubepods",
             "evictionHard memory only: the disk is the host's, shared with other work; no disk-pressure evictions",
+            "podLogsDir: the node's own; in the host's /var/log/pods another local node's kubelet removes the log"
+            " folders of pods it does not know (its log garbage collection), and containers' logs lose lines",
         ],
         "failCgroupV1": False,
         "cgroupDriver": "cgroupfs",
@@ -95,6 +101,7 @@ def kubelet_config(layout: NodeLayout, client_ca: Path) -> str:
         "clusterDomain": CLUSTER_DOMAIN,
         "clusterDNS": [layout.node_ip],
         "resolvConf": str(layout.root / "resolv.conf"),
+        "podLogsDir": str(layout.pod_logs_dir),
         "nodeStatusReportFrequency": "10s",
         "nodeStatusUpdateFrequency": "5s",
         "syncFrequency": "10s",

@@ -57,6 +57,10 @@ def _config(diff_id: str, run: dict[str, list[str]]) -> bytes:
     ).encode()
 
 
+IMPORT_BASE_S = 120.0
+IMPORT_MIN_BYTES_PER_S = 10 * 2**20
+"""An import may take :data:`IMPORT_BASE_S` plus the archive's size at this rate: ctr imported the 5.8 GiB
+workloads image in 81 s on an idle two-core machine, and needed over 120 s while an image build ran beside it."""
 NODE_IMAGES = {PAUSE_IMAGE: {"Entrypoint": ["/bin/sleep", "2147483647"]}, TEST_IMAGE: {"Cmd": ["/bin/sh"]}}
 """pause: an entrypoint that sleeps; busybox: only a command, so a pod's args (``kubectl run -- echo hi``) run."""
 
@@ -86,15 +90,27 @@ def write_archive(path: Path, busybox: Path = BUSYBOX, images: dict[str, dict[st
     return path
 
 
+def import_timeout_s(archive_bytes: int) -> float:
+    """How long an import of an archive this large may take: containerd unpacks every layer onto disk as it
+    imports, so the 5.8 GiB workloads image needs minutes on a busy two-core machine, the test images seconds."""
+    return IMPORT_BASE_S + archive_bytes / IMPORT_MIN_BYTES_PER_S
+
+
 def import_images(archive: Path, containerd_socket: Path, log: Path) -> None:
     """Import the archive into containerd's ``k8s.io`` namespace (the one CRI reads)."""
+    timeout_s = import_timeout_s(archive.stat().st_size)
     with log.open("ab") as out:
-        proc = subprocess.run(
-            ["ctr", "--address", str(containerd_socket), "-n", "k8s.io", "images", "import", str(archive)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            timeout=120,
-        )
+        try:
+            proc = subprocess.run(
+                ["ctr", "--address", str(containerd_socket), "-n", "k8s.io", "images", "import", str(archive)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=timeout_s,
+            )
+        except subprocess.TimeoutExpired:
+            raise ClusterError(
+                f"importing {archive} into the node's containerd took over {timeout_s:.0f}s; log: {log}"
+            ) from None
     if proc.returncode != 0:
         tail = "\n    ".join(log.read_text(errors="replace").strip().splitlines()[-5:])
         raise ClusterError(f"importing the node's images into containerd failed; log: {log}\n    {tail}")

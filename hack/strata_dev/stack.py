@@ -1,5 +1,6 @@
-"""Strata's own components on a cluster, as local processes: the CRDs, the scheduler extender, a kube-scheduler
-with the shipped ``strata-scheduler`` profile calling it, and the operator. ``make demo`` uses this; so can a
+"""Strata's own components on a cluster, as local processes: the CRDs, the chart's admission policy for workers'
+progress reports, the scheduler extender, a kube-scheduler with the shipped ``strata-scheduler`` profile calling
+it, and the operator. ``make demo`` uses this; so can a
 developer against ``make up``'s cluster.
 """
 
@@ -16,8 +17,13 @@ from pathlib import Path
 
 import yaml
 
+from strata_dev.binaries import KUBERNETES_VERSION
 from strata_dev.cluster import ClusterError, free_port, kubectl, run_kube_scheduler, spawn, terminate
-from strata_dev.paths import CRDS, SCHEDULER_CONFIG
+from strata_dev.paths import CRDS, REPO, SCHEDULER_CONFIG
+
+WORKER_POLICY = "templates/worker-policy.yaml"
+"""The chart's ValidatingAdmissionPolicy (and binding) that keeps each worker's token to its own pod's progress
+annotation; the operator's worker ServiceAccount relies on it (``strata_operator.core.pods.WORKER_SERVICE_ACCOUNT``)."""
 
 
 class Stack:
@@ -44,6 +50,7 @@ class Stack:
             kubectl(
                 self.bin_dir, self.kubeconfig, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"
             )
+            apply_worker_policy(self.bin_dir, self.kubeconfig)
             self._start_extender()
             self._start_scheduler()
             self._start_operator()
@@ -92,6 +99,16 @@ class Stack:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise ClusterError(f"{name} did not become ready; log: {self.workdir / (name + '.log')}")
             time.sleep(0.2)
+
+
+def apply_worker_policy(bin_dir: Path, kubeconfig: Path) -> None:
+    """Install the chart's worker policy as ``helm install`` would (release ``strata``), from the chart itself."""
+    helm = [str(bin_dir / "helm"), "template", "strata", str(REPO / "charts" / "strata"),
+            "--kube-version", KUBERNETES_VERSION, "--show-only", WORKER_POLICY]  # fmt: skip
+    rendered = subprocess.run(helm, capture_output=True, text=True, timeout=60, check=False)
+    if rendered.returncode != 0:
+        raise ClusterError(f"helm template --show-only {WORKER_POLICY} failed: {rendered.stderr.strip()}")
+    kubectl(bin_dir, kubeconfig, "apply", "--server-side", "-f", "-", input=rendered.stdout)
 
 
 def _status(url: str) -> int:

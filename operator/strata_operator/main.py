@@ -9,22 +9,25 @@ from typing import Any, cast
 import kopf
 
 from strata_api.catalog import CatalogError
-from strata_operator.handlers import resourcepool, trainingjob
+from strata_operator.handlers import inferenceservice, resourcepool, trainingjob
 from strata_operator.runtime.kube import Kube, RetryPolicy, with_kubeconfig_token_file
 from strata_operator.runtime.quoter import Quoter
+from strata_operator.runtime.serving import ServingState
 from strata_operator.runtime.shared import Runtime
 from strata_operator.runtime.watches import ClusterCache
 from strata_operator.settings import OperatorSettings
 
 PREFIX = "strata.dev"
-WATCHED_ONLY = frozenset({"Pod", "Node"})
-"""Kinds kopf itself never handles here (the operator watches them in :mod:`strata_operator.runtime.watches`)."""
+WATCHED_ONLY = frozenset({"Pod", "Node", "Deployment", "Service", "PodDisruptionBudget"})
+"""Kinds kopf never reconciles here: the operator watches pods and nodes in :mod:`strata_operator.runtime.watches`,
+and kopf only indexes what InferenceServices own."""
 
 
 def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     trainingjob.register(registry)
     resourcepool.register(registry, settings.admission_interval_s)
+    inferenceservice.register(registry)
     kopf.on.startup(registry=registry)(configure)
     kopf.on.login(registry=registry)(login)
     kopf.on.cleanup(registry=registry)(close)
@@ -115,10 +118,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"strata-operator: {error}") from None
     kopf.run(
         registry=build_registry(settings),
-        memo=kopf.Memo(runtime=Runtime(settings)),
+        memo=kopf.Memo(runtime=Runtime(settings), serving=ServingState()),
         standalone=settings.standalone,
         priority=settings.priority,
         peering_name=None if settings.standalone else settings.peering_name,
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
+        liveness_endpoint=liveness_endpoint(settings),
     )
+
+
+def liveness_endpoint(settings: OperatorSettings) -> str | None:
+    """kopf's health endpoint on every interface of the pod (the kubelet probes the pod's address), or none."""
+    return f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None

@@ -25,6 +25,10 @@ class OperatorSettings:
     """TCP port of the torch.distributed rendezvous on worker 0. Default 29500, torchrun's."""
     metrics_port: int = 9090
     """Port of the Prometheus endpoint of the operator; 0 disables it. Default 9090."""
+    liveness_port: int = 0
+    """Port of kopf's liveness endpoint (``GET /healthz``: 200 while the operator's event loop answers), served once
+    start-up (the cluster cache's first sync) is done; 0 disables it. Default 0, so that several operators can run
+    on one host; the chart sets 8080 and probes it."""
     workload_metrics_port: int = 9400
     """Port on which workers export their training metrics (declared on the pods for scraping). Default 9400."""
     admission_interval_s: float = 1.0

@@ -21,7 +21,7 @@ import pytest
 from cluster_support import eventually
 
 from strata_dev.cluster import ClusterError, ClusterSettings, LocalCluster
-from strata_dev.node import CGROUP_FS, KERNEL_TUNABLES, NODE_ROOTS, SHIM_SOCKETS, sweep_abandoned
+from strata_dev.node import CGROUP_FS, CONTAINER_LOG_LINKS, KERNEL_TUNABLES, NODE_ROOTS, SHIM_SOCKETS, sweep_abandoned
 from strata_dev.node_config import NODE_NAME, POD_SUBNET, REAL_NODE_LABEL
 from strata_dev.node_images import TEST_IMAGE, write_archive
 
@@ -170,7 +170,7 @@ def test_a_node_component_that_dies_is_named_with_its_log(real_cluster: LocalClu
 
 NODE_ITEM = re.compile(r"(?:strata-node-|strata-|stn)([0-9a-f]{6})")
 """A name or path of one local node: its namespace, veth, cgroup, folders, run folder."""
-SHARED = ("sysctls", "shim sockets", "shared /run", "/run/netns")
+SHARED = ("sysctls", "shim sockets", "shared /run", "/run/netns", "container log links", "pod logs")
 """What every local node shares: only comparable when no other node (another session's) runs meanwhile."""
 
 
@@ -205,6 +205,8 @@ def host_state(workdir: Path, own: str | None = None) -> dict[str, Any]:
         "node /run": mine(name for name in run if NODE_ITEM.search(name)),
         "sysctls": {name: (Path("/proc/sys") / name).read_text() for name in KERNEL_TUNABLES},
         "shim sockets": sorted(str(p) for p in SHIM_SOCKETS.glob("*") if p not in live_sockets),
+        "container log links": sorted(str(p) for p in CONTAINER_LOG_LINKS.glob("*")),
+        "pod logs": sorted(str(p) for p in Path("/var/log/pods").glob("*")),
         "shared /run": sorted(name for name in run if not NODE_ITEM.search(name)),
         "/run/netns": "/run/netns" in mounts,
         "others": sorted({m.group(1) for m in NODE_ITEM.finditer(" ".join(run))} - {own}),

@@ -8,6 +8,7 @@ Tests import it as ``cluster_support``: ``tests/conftest.py`` puts this folder o
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,6 +42,21 @@ class ClusterHandle:
         from strata_dev.cluster import kubectl
 
         return kubectl(self.bin_dir, self.kubeconfig, *args, check=check, input=input)
+
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "strata"
+
+
+def helm(handle: ClusterHandle, *args: str, timeout_s: float = 300) -> str:
+    """Run the pinned helm against the handle's cluster; fail with helm's own message."""
+    proc = subprocess.run(
+        [str(handle.bin_dir / "helm"), f"--kubeconfig={handle.kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert proc.returncode == 0, f"helm {' '.join(args)}: {proc.stderr}"
+    return proc.stdout
 
 
 def service_account_kubeconfig(handle: ClusterHandle, namespace: str, name: str, path: Path) -> Path:

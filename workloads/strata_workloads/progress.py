@@ -4,7 +4,8 @@ The operator reads the annotation (``{"step", "checkpointStep", "checkpointTime"
 ``status.progress`` and ``status.lastCheckpoint``, which is what a restart resumes from and what a user sees.
 The pod's name, namespace and the annotation key come from the environment the operator's pod builder sets
 (downward API and ``STRATA_PROGRESS_ANNOTATION``), so this module needs nothing of the operator's code. The pod
-runs as its job's own ServiceAccount, allowed only to get and patch the job's worker pods.
+runs as its namespace's worker ServiceAccount; the chart's admission policy lets its token (bound to this pod)
+patch only this pod, and only the progress annotation.
 
 Only the standard library speaks to the API server (one JSON merge patch per checkpoint needs no client
 library). Reporting never fails training: the first failure is logged, later ones are not, and every call
@@ -67,9 +68,9 @@ class ProgressReporter:
         return cls(server, namespace, pod, annotation, context, token_file=token)
 
     @staticmethod
-    def value(step: int, checkpoint_step: int, when: datetime) -> str:
+    def value(step: int, checkpoint_step: int, when: datetime, loss: float | None = None) -> str:
         """The annotation's value, as the operator parses it."""
-        return Progress(step=step, checkpoint_step=checkpoint_step, checkpoint_time=when).encode()
+        return Progress(step=step, checkpoint_step=checkpoint_step, checkpoint_time=when, loss=loss).encode()
 
     def patch(self, value: str) -> int:
         """Set the annotation; the HTTP status (0 when the API server could not be reached)."""
@@ -93,10 +94,10 @@ class ProgressReporter:
         except (OSError, ValueError):
             return 0
 
-    def report(self, step: int, checkpoint_step: int, when: datetime | None = None) -> bool:
+    def report(self, step: int, checkpoint_step: int, when: datetime | None = None, loss: float | None = None) -> bool:
         """Report a committed checkpoint; False (logged the first time only) when it did not reach the pod."""
         try:
-            status = self.patch(self.value(step, checkpoint_step, when or datetime.now(UTC)))
+            status = self.patch(self.value(step, checkpoint_step, when or datetime.now(UTC), loss))
         except OSError as error:  # an unreadable token file
             status, detail = 0, repr(error)
         else:
@@ -117,8 +118,26 @@ def _reporter() -> ProgressReporter | None:
     return ProgressReporter.from_environment()
 
 
+@dataclass
+class _Latest:
+    """The last step the trainer completed and its loss: what a report says besides the checkpoint."""
+
+    step: int = 0
+    loss: float | None = None
+
+
+_latest = _Latest()
+
+
+def note_step(step: int, loss: float) -> None:
+    """The trainer completed ``step`` with ``loss`` (no I/O: the next report carries it)."""
+    _latest.step, _latest.loss = step, loss
+
+
 def report_checkpoint(step: int) -> None:
-    """A checkpoint of ``step`` is committed: say so on this pod (when running in one). Never raises."""
+    """A checkpoint of ``step`` is committed: say so on this pod (when running in one), with the step the trainer
+    has reached by now (an asynchronous save commits while training goes on) and its loss. Never raises."""
     reporter = _reporter()
     if reporter is not None:
-        reporter.report(step, step)
+        reached = max(step, _latest.step)
+        reporter.report(reached, step, loss=_latest.loss if _latest.step == reached else None)

@@ -1,4 +1,4 @@
-"""Progress and metrics: a tqdm bar locally, JSON log lines in pods, Prometheus gauges for scraping."""
+"""Progress and metrics: a tqdm bar locally, JSON log lines in pods, Prometheus metrics for scraping."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from tqdm import tqdm
 
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -42,18 +42,41 @@ def setup_logging(fmt: str, rank: int) -> bool:
 
 
 class TrainMetrics:
+    """What a training process exports for scraping. Counts are counters (``rate()`` of them: steps/s, tokens/s);
+    the loss and the gradient norm are gauges of the last step, and ``strata_train_step`` is the optimizer step the
+    run is at (it goes back to the checkpoint's step after a restart: a position, not a count)."""
+
     def __init__(self, port: int) -> None:
         self.registry = CollectorRegistry()
         self.loss = Gauge("strata_train_loss", "Mean loss of the last optimizer step", registry=self.registry)
-        self.tokens_per_second = Gauge(
-            "strata_train_tokens_per_second", "Tokens per second, all ranks together", registry=self.registry
-        )
-        self.step_seconds = Gauge("strata_train_step_seconds", "Wall time of the last step", registry=self.registry)
         self.grad_norm = Gauge("strata_train_grad_norm", "Global gradient norm before clipping", registry=self.registry)
-        self.step = Gauge("strata_train_step", "Optimizer steps completed", registry=self.registry)
-        self.checkpoints = Counter("strata_train_checkpoints", "Checkpoints saved", registry=self.registry)
+        self.step = Gauge("strata_train_step", "Optimizer step the run is at", registry=self.registry)
+        self.steps = Counter(
+            "strata_train_steps_total", "Optimizer steps this process completed", registry=self.registry
+        )
+        self.tokens = Counter(
+            "strata_train_tokens_total",
+            "Tokens trained on by this process's steps, all ranks together",
+            registry=self.registry,
+        )
+        self.step_duration = Histogram(
+            "strata_train_step_duration_seconds",
+            "Wall time of one optimizer step",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=self.registry,
+        )
+        self.checkpoints = Counter("strata_train_checkpoints_total", "Checkpoints saved", registry=self.registry)
         if port:
             start_http_server(port, registry=self.registry)
+
+    def record_step(self, step: int, loss: float, grad_norm: float, tokens: int, seconds: float) -> None:
+        """One optimizer step done: ``step`` is the run's step count after it, ``tokens`` what it trained on."""
+        self.loss.set(loss)
+        self.grad_norm.set(grad_norm)
+        self.step.set(step)
+        self.steps.inc()
+        self.tokens.inc(tokens)
+        self.step_duration.observe(seconds)
 
 
 class StepLogger:

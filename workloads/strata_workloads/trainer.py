@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from strata_api.workload import ExitCode, WorkerEnv
+from strata_workloads import progress
 from strata_workloads.checkpoint import Checkpointer, latest
 from strata_workloads.data import ShardedLoader, build_shards, filter_anomalies, load_documents, stdlib_root
 from strata_workloads.engine import build_engine
@@ -219,14 +220,12 @@ class Trainer:
         return inputs.to(self.process.device), targets.to(self.process.device)
 
     def _record(self, done: int, result: StepResult, elapsed: float) -> None:
-        tokens_per_s = self.settings.global_batch * self.settings.seq_len / elapsed
-        self.metrics.loss.set(result.loss)
-        self.metrics.step_seconds.set(elapsed)
-        self.metrics.tokens_per_second.set(tokens_per_s)
-        self.metrics.grad_norm.set(result.grad_norm)
-        self.metrics.step.set(done)
+        tokens = self.settings.global_batch * self.settings.seq_len
+        tokens_per_s = tokens / elapsed
+        self.metrics.record_step(done, result.loss, result.grad_norm, tokens, elapsed)
         lr = float(self.scheduler.get_last_lr()[0])
         self.step_log.update(step=done, loss=result.loss, grad_norm=result.grad_norm, tokens_per_s=tokens_per_s, lr=lr)
+        progress.note_step(done, result.loss)
 
     def checkpoint_due(self, done: int) -> bool:
         """A periodic save: every `checkpoint_every_steps` steps, or `checkpoint_every_seconds` after the last."""

@@ -1,5 +1,7 @@
+{{/* A component's image: include "strata.image" (list . .Values.operator.image) */}}
 {{- define "strata.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- $root := index . 0 -}}{{- $image := index . 1 -}}
+{{ $image.repository }}:{{ $image.tag | default $root.Chart.AppVersion }}
 {{- end -}}
 
 {{- define "strata.labels" -}}
@@ -20,4 +22,14 @@ securityContext:
   readOnlyRootFilesystem: true
   capabilities: {drop: [ALL]}
   seccompProfile: {type: RuntimeDefault}
+{{- end -}}
+
+{{/* The pod placement every component of the release shares. */}}
+{{- define "strata.placement" -}}
+{{- with .Values.nodeSelector }}
+nodeSelector: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations: {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end -}}

@@ -16,16 +16,21 @@ Rules, in the order a user would check them:
    quota (``maxCPUs``, in cores of ``workers x cpuPerWorker``) holds the whole gang, as a Kueue ClusterQueue
    admits on quota; kube-scheduler then places the ungated gang on CPU nodes. They neither reserve GPU types
    nor preempt or get preempted.
+6. Inadmissible. A job whose workers ask more CPU or memory (``cpuPerWorker``, ``memoryPerWorker``; a
+   tensor-parallel group's workers together, as they share a node) than any node of its kind (GPU type and
+   capacity type; CPU nodes for a CPU job) has allocatable stays queued with reason NoNodeFitsWorker and the
+   largest node's figures, and reserves nothing: as Kueue leaves a workload pending with an inadmissible reason
+   rather than failing it, since a node that fits may still join the fleet.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from strata_api import GPUType, ResourcePool, TrainingJob, format_cpu_millis
+from strata_api import CapacityType, GPUType, ResourcePool, TrainingJob, cpu_millis, format_cpu_millis, memory_bytes
 from strata_operator.core.observed import Node
 
 
@@ -43,6 +48,10 @@ class GangRequest:
     submitted: datetime
     cpu_millis: int = 0
     """CPU of a CPU job's whole gang, in millicores; 0 for a GPU job (its pool's maxCPUs does not count it)."""
+    worker_cpu_millis: int = 0
+    """CPU each worker requests (``cpuPerWorker``), in millicores; 0 when unset."""
+    worker_memory: int = 0
+    """Memory each worker requests (``memoryPerWorker``), in bytes; 0 when unset."""
 
     @property
     def on_cpu(self) -> bool:
@@ -70,7 +79,18 @@ class GangRequest:
             capacity_types=frozenset(job.spec.resources.capacity_types),
             submitted=job.status.submitted_at or job.created,
             cpu_millis=job.spec.cpu_millis if job.spec.on_cpu else 0,
+            worker_cpu_millis=_or_zero(cpu_millis, job.spec.resources.cpu_per_worker),
+            worker_memory=_or_zero(memory_bytes, job.spec.resources.memory_per_worker),
         )
+
+
+def _or_zero(parse: Callable[[object], int], quantity: str | None) -> int:
+    """A worker's request for the fit check; 0 (no check) when unset or unreadable, so that one job's odd value
+    never stops the admission pass for every job (the API server validated it; this reader is stricter)."""
+    try:
+        return parse(quantity) if quantity is not None else 0
+    except (ValueError, ArithmeticError):
+        return 0
 
 
 @dataclass(frozen=True)
@@ -117,6 +137,7 @@ class Reason:
     NO_CPU_QUOTA = "NoCPUQuota"
     WAITING_FOR_QUOTA = "WaitingForQuota"
     EXCEEDS_FLEET = "ExceedsFleet"
+    NO_NODE_FITS = "NoNodeFitsWorker"
     WAITING_FOR_GPUS = "WaitingForGPUs"
     WAITING_FOR_PREEMPTION = "WaitingForPreemption"
     BEHIND_HIGHER_PRIORITY = "WaitingBehindEarlierJobs"
@@ -170,6 +191,13 @@ def admit(
             continue
         types = [t for t in request.gpu_types if t in pool.gpu_types]
         capacity = request.capacity_types & pool.capacity_types
+        # only the GPU types with a node that can hold the workers' CPU and memory (gpuType Any may fit on one)
+        fitting = [t for t in types if _no_node_fits(request, fleet, [t], capacity) is None]
+        too_big = _no_node_fits(request, fleet, types, capacity) if request.on_cpu or not fitting else None
+        if too_big is not None:
+            wait(Reason.NO_NODE_FITS, too_big)
+            continue
+        types = fitting
         if request.on_cpu:
             cpu_wait = _cpu_quota(request, pool, cpu_usage.get(pool.name, 0), capacity)
             if cpu_wait is not None:
@@ -232,6 +260,41 @@ def admit(
                 f"{'/'.join(candidates)} GPUs to be free at once",
             )
     return decision
+
+
+def _no_node_fits(
+    request: GangRequest, fleet: Sequence[Node], types: Sequence[GPUType], capacity: frozenset[str]
+) -> str | None:
+    """Why no node of the job's kind could ever hold one of its nodes' share of workers (CPU and memory), or None
+    when one could (or the job asks for neither, or no node of its kind is known: other reasons say so)."""
+    per_node = 1 if request.on_cpu else request.pods_per_group
+    cpu, memory = request.worker_cpu_millis * per_node, request.worker_memory * per_node
+    if not cpu and not memory:
+        return None
+    if request.on_cpu:  # a node without a capacity-type label counts as on-demand (see core.pods.affinity)
+        kind = [n for n in fleet if n.gpu_type is None and (n.capacity_type or CapacityType.ON_DEMAND) in capacity]
+    else:
+        kind = [n for n in fleet if n.gpu_type in types and n.capacity_type in capacity]
+    if not kind or any(_holds(n, cpu, memory) for n in kind):
+        return None
+    most_cpu = max((n.allocatable_cpu_millis or 0) for n in kind)
+    most_memory = max((n.allocatable_memory or 0) for n in kind)
+    what = "a worker" if per_node == 1 else f"a node's {per_node} workers of a tensor-parallel group"
+    return (
+        f"no node can ever hold {what}: it needs {format_cpu_millis(cpu)} CPUs and {_gib(memory)} memory, the "
+        f"largest of the {len(kind)} {'CPU' if request.on_cpu else '/'.join(types)} nodes of "
+        f"{'/'.join(sorted(capacity))} capacity allocate {format_cpu_millis(most_cpu)} CPUs and {_gib(most_memory)}"
+        " (spec.resources.cpuPerWorker, spec.resources.memoryPerWorker)"
+    )
+
+
+def _holds(node: Node, cpu: int, memory: int) -> bool:
+    cpu_ok = node.allocatable_cpu_millis is None or node.allocatable_cpu_millis >= cpu
+    return cpu_ok and (node.allocatable_memory is None or node.allocatable_memory >= memory)
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.4g}Gi"
 
 
 def _cpu_quota(

@@ -68,6 +68,14 @@ class DaemonMemory:
     again however long the watch takes to show it (a pod recreated under the same name has a new uid)."""
     status_written_at: float = -COALESCE_S
     """When this daemon last wrote the job's status (monotonic seconds)."""
+    refused: tuple[int, str] | None = None
+    """``(attempt, the API server's message)`` once the server refused, for good, to create an object of that
+    attempt's gang; the next pass fails the job (:func:`strata_operator.core.lifecycle.reconcile`'s ``refused``).
+    A new daemon that does not know it tries once more, and learns it again."""
+
+    def refusal(self, attempt: int) -> str | None:
+        """The server's message if it refused an object of ``attempt``'s gang for good."""
+        return self.refused[1] if self.refused is not None and self.refused[0] == attempt else None
 
     def settle(self, workers: Sequence[WorkerPod], now_s: float) -> None:
         """Forget what the view now shows for itself."""

@@ -3,13 +3,18 @@
 Admission (Queued -> Admitted, and preemption) is decided in :mod:`strata_operator.core.admission`; everything else a
 job goes through is decided here:
 
-- Admitted: create the gang's pods (gated), then lift every gate at once; Running when every worker runs.
+- Admitted: create the gang's pods (gated), then lift every gate at once; Running when every worker runs. A
+  gang kube-scheduler cannot fully place (a worker Unschedulable for :data:`UNSCHEDULABLE_GRACE_S`) is requeued
+  with the scheduler's reason, without counting a restart.
 - Running: Succeeded when every worker finished with exit code 0; a failed worker, a worker evicted, or a worker
   whose node is gone (a spot reclaim) restarts the whole gang: Restarting, exponential backoff, then Queued again
   (keeping its place), or Failed with BackoffLimitExceeded past ``backoffLimit``.
 - Deadlines: the smaller of the job's and the pool's ``maxRuntimeSeconds``, counted from the first start,
   restarts included, fails the job with DeadlineExceeded.
 - Suspend: pods get SIGTERM (the workload checkpoints), GPUs are released; resuming requeues.
+- Refused: when the API server refused to create one of the gang's objects for good (a 4xx other than 409 and
+  429: the spec makes an object Kubernetes does not accept), the job fails with InvalidSpec and the server's
+  message, and its GPUs go back; nothing is retried.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ class Reason:
     SUCCEEDED = "AllWorkersSucceeded"
     WORKER_FAILED = "WorkerFailed"
     INVALID_CONFIGURATION = "InvalidConfiguration"
+    INVALID_SPEC = "InvalidSpec"
+    """The API server refused an object built from the job's spec (a pod, its Service, ...): retrying cannot help."""
     WORKER_CHECKPOINTED = "WorkerCheckpointed"
     NODE_LOST = "NodeLost"
     WORKER_EVICTED = "WorkerEvicted"
@@ -43,6 +50,7 @@ class Reason:
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
     START_TIMEOUT = "StartTimeout"
+    UNSCHEDULABLE = "WorkerUnschedulable"
     POOL_NOT_FOUND = "PoolNotFound"
     PREEMPTED = "Preempted"
 
@@ -68,17 +76,29 @@ class Plan:
     cost: float = 0.0
 
 
+UNSCHEDULABLE_GRACE_S = 30.0
+"""An admitted gang one of whose ungated workers kube-scheduler has found no node for this long is requeued with
+the scheduler's reason, instead of holding its quota until the start timeout: admission saw room the scheduler
+does not grant (the extender's reserved hold-back, a taint or affinity admission does not model). Long enough for
+kube-scheduler's own retries and a bind race with another gang to settle."""
+
+
 def backoff_s(restarts: int, settings: OperatorSettings) -> float:
-    """Delay before the ``restarts``-th restart: base x 2^(restarts - 1), at most backoff_max_s."""
-    return float(min(settings.backoff_max_s, settings.backoff_base_s * 2 ** max(0, restarts - 1)))
+    """Delay before the ``restarts``-th restart: base x 2^(restarts - 1), at most backoff_max_s (the exponent stops
+    at 64: past it the float would overflow long before any backoff_max_s)."""
+    return float(min(settings.backoff_max_s, settings.backoff_base_s * 2.0 ** min(64, max(0, restarts - 1))))
 
 
 def deadline(job: TrainingJob, pool: ResourcePool | None) -> datetime | None:
-    """When the job runs out of wall time: first start + min(job limit, pool limit); None without a limit."""
-    limit = expected_runtime_s(job, pool) if pool else job.spec.max_runtime_seconds
+    """When the job runs out of wall time: first start + min(job limit, pool limit), the limit clamped as
+    :func:`expected_runtime_s` says; None without a limit."""
+    limit = expected_runtime_s(job, pool)
     if limit is None or job.status.start_time is None:
         return None
-    return job.status.start_time + timedelta(seconds=limit)
+    try:
+        return job.status.start_time + timedelta(seconds=limit)
+    except OverflowError:  # a start time written near year 9999: no deadline this side of it
+        return None
 
 
 def admission_grace_s(settings: OperatorSettings) -> float:
@@ -98,9 +118,11 @@ def reconcile(
     settings: OperatorSettings,
     stored_status: Mapping[str, object] | None = None,
     pods_settled: bool = True,
+    refused: str | None = None,
 ) -> Plan:
     """What to do next. ``pods_settled`` is False while the caller's view of pods and nodes may still be filling
-    (just after it started or took over); a missing worker or node is then not taken for a lost one."""
+    (just after it started or took over); a missing worker or node is then not taken for a lost one. ``refused``
+    is the API server's message when it refused, for good, to create an object of the job's current attempt."""
     plan = Plan(StatusDraft(stored=stored_status or {}, now=now))
     try:
         draft = plan.status
@@ -159,6 +181,10 @@ def reconcile(
             else:
                 _sooner(plan, max(0.5, (retry - now).total_seconds()))
             return plan
+        if refused is not None and phase in (Phase.ADMITTED, Phase.RUNNING):
+            message = f"the API server refused an object of the job's gang, so retrying cannot help: {refused}"
+            _finish(plan, Phase.FAILED, Reason.INVALID_SPEC, message, alive)
+            return plan
         if pool is None:
             _release(plan, alive)
             draft.transition(Phase.QUEUED, Reason.POOL_NOT_FOUND, f"ResourcePool {job.spec.pool} is gone", WARNING)
@@ -203,7 +229,7 @@ def _run_gang(
     alive = [p for p in pods if not p.deleting]
     if failure is not None:
         reason, message = failure
-        if reason == Reason.INVALID_CONFIGURATION:
+        if reason in (Reason.INVALID_CONFIGURATION, Reason.INVALID_SPEC):
             _finish(plan, Phase.FAILED, reason, f"{message}; retrying cannot help", alive)
         elif reason == Reason.WORKER_CHECKPOINTED:
             _release(plan, alive)
@@ -243,6 +269,20 @@ def _run_gang(
         draft.set("placement", placement)
         draft.transition(Phase.RUNNING, Reason.GANG_STARTED, f"all {workers} workers are running")
         return
+    refused = [p for p in current if not p.gated and p.node is None and p.unschedulable is not None]
+    if refused and not missing:
+        since = min(p.unschedulable_since or now for p in refused)
+        left = UNSCHEDULABLE_GRACE_S - (now - since).total_seconds()
+        if left <= 0:
+            first = min(refused, key=lambda p: p.index)
+            _release(plan, [p for p in pods if not p.deleting])
+            message = (
+                f"worker {first.name} found no node for {UNSCHEDULABLE_GRACE_S:.0f}s after its gates were lifted "
+                f"({len(refused)} of {workers} unplaced): {first.unschedulable}; requeued"
+            )
+            draft.transition(Phase.QUEUED, Reason.UNSCHEDULABLE, message, WARNING)
+            return
+        _sooner(plan, left)
     admitted = job.status.admitted_at or now
     if (now - admitted).total_seconds() > settings.start_timeout_s:
         _release(plan, [p for p in pods if not p.deleting])
@@ -262,6 +302,8 @@ def _failure(
     pods_settled: bool,
 ) -> tuple[str, str] | None:
     for p in current:
+        if p.image_refused is not None:
+            return Reason.INVALID_SPEC, f"the kubelet refused worker {p.name}'s image: {p.image_refused}"
         if p.phase == "Failed" and p.exit_code == ExitCode.INVALID_CONFIGURATION:
             return Reason.INVALID_CONFIGURATION, f"worker {p.name} refused its configuration (exit code 2)"
         if p.phase == "Failed" and p.exit_code == ExitCode.CHECKPOINTED:
@@ -332,9 +374,10 @@ def _release(plan: Plan, alive: Sequence[WorkerPod]) -> None:
 
 
 def _record_progress(draft: StatusDraft, job: TrainingJob, current: Sequence[WorkerPod]) -> None:
-    steps = [p.progress.step for p in current if p.progress.step is not None]
-    if steps:
-        draft.set("progress", {"step": max(steps)})
+    reached = [p.progress for p in current if p.progress.step is not None]
+    if reached:
+        latest = max(reached, key=lambda r: r.step or 0)
+        draft.set("progress", {"step": latest.step, **({"loss": latest.loss} if latest.loss is not None else {})})
     reports = [p.progress for p in current if p.progress.checkpoint_step is not None]
     if reports:
         best = max(reports, key=lambda r: r.checkpoint_step or 0)

@@ -5,12 +5,13 @@ kopf's in-memory indices hold these, so one admission pass or one job reconcile 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import strata_api as api
-from strata_api import GPUType
+from strata_api import GPUType, parse_time
 from strata_api.nodes import NodeFacts, parse_count
 from strata_api.workload import Progress
 
@@ -33,18 +34,35 @@ class WorkerPod:
     reason: str
     progress: Progress
     uid: str = ""
+    unschedulable: str | None = None
+    """kube-scheduler's message while it finds no node for the pod (PodScheduled False, reason Unschedulable)."""
+    unschedulable_since: datetime | None = None
+    """Since when the pod has been unschedulable (that condition's lastTransitionTime)."""
+    image_refused: str | None = None
+    """The kubelet's message when it cannot parse the container's image reference (waiting reason
+    InvalidImageName): no retry can start the container."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> WorkerPod:
         meta, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status") or {}
         labels = meta.get("labels") or {}
         exit_code, reason = None, status.get("reason") or ""
+        image_refused: str | None = None
         for cs in status.get("containerStatuses") or ():
             terminated = (cs.get("state") or {}).get("terminated")
             if terminated:
                 exit_code = terminated.get("exitCode")
                 reason = terminated.get("reason") or reason
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") == "InvalidImageName":
+                image_refused = str(waiting.get("message") or "InvalidImageName")
+        conditions = [c for c in status.get("conditions") or () if isinstance(c, Mapping)]
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        refused = next(
+            (c for c in conditions if c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable"), None
+        )
+        if refused is not None and refused.get("status") != "False":
+            refused = None
         gates = [g.get("name", "") for g in spec.get("schedulingGates") or ()]
         return cls(
             name=meta.get("name", ""),
@@ -60,6 +78,9 @@ class WorkerPod:
             reason=reason,
             progress=Progress.parse((meta.get("annotations") or {}).get(api.ANN_PROGRESS)),
             uid=meta.get("uid", ""),
+            unschedulable=str(refused.get("message") or "no node fits") if refused is not None else None,
+            unschedulable_since=parse_time(refused.get("lastTransitionTime")) if refused is not None else None,
+            image_refused=image_refused,
         )
 
 
@@ -77,13 +98,22 @@ class Node:
     """The node's own price annotation (dollars per node-hour), if any."""
     instance_type: str | None = None
     """``node.kubernetes.io/instance-type``: the row of the price catalog when the node has no price annotation."""
+    allocatable_cpu_millis: int | None = None
+    """Allocatable CPU in millicores; None when the node does not say (or says nonsense): no limit is assumed."""
+    allocatable_memory: int | None = None
+    """Allocatable memory in bytes; None when the node does not say."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Node:
-        return cls.from_facts(NodeFacts.from_body(body))
+        allocatable = (body.get("status") or {}).get("allocatable") or {}
+        return cls.from_facts(
+            NodeFacts.from_body(body),
+            cpu_millis=_lenient(api.cpu_millis, allocatable.get("cpu")),
+            memory=_lenient(api.memory_bytes, allocatable.get("memory")),
+        )
 
     @classmethod
-    def from_facts(cls, facts: NodeFacts) -> Node:
+    def from_facts(cls, facts: NodeFacts, cpu_millis: int | None = None, memory: int | None = None) -> Node:
         """The operator's slice of the one node reader: allocatable GPUs count only the resource of the node's own
         GPU type (its product label), so a node labelled H100 that advertises AMD GPUs offers admission none."""
         gpu = facts.gpu_type
@@ -95,4 +125,16 @@ class Node:
             schedulable=facts.schedulable,
             price_per_hour=facts.price_override,
             instance_type=facts.instance_type,
+            allocatable_cpu_millis=cpu_millis,
+            allocatable_memory=memory,
         )
+
+
+def _lenient(parse: Callable[[object], int], value: object) -> int | None:
+    """A node's quantity, or None when absent or malformed (a node body must never break the node cache)."""
+    if value is None:
+        return None
+    try:
+        return parse(value)
+    except (ValueError, ArithmeticError):
+        return None

@@ -1,4 +1,5 @@
-"""Pure builders of what a TrainingJob runs as: worker pods and the headless Service for their rendezvous.
+"""Pure builders of what a TrainingJob runs as: worker pods, and per namespace the headless Service for their
+rendezvous and the ServiceAccount they report progress with.
 
 No I/O here: the handlers apply what these return, and unit tests assert the exact manifests.
 """
@@ -20,27 +21,37 @@ def worker_name(job_name: str, index: int) -> str:
     return f"{job_name}-worker-{index}"
 
 
-def service_name(job_name: str) -> str:
-    return f"{job_name}-workers"
+WORKERS_SERVICE = "strata-workers"
+"""The headless Service of a namespace's training workers: every worker pod is ``<job>-worker-<index>`` (unique in
+its namespace) with this Service as its subdomain, so ``<job>-worker-0.strata-workers.<namespace>.svc`` is the
+rendezvous address. One per namespace, not one per job: a Service per job cost its creation and 5-7
+Endpoints/EndpointSlice writes per job."""
 
 
 def master_addr(job: TrainingJob) -> str:
-    return f"{worker_name(job.name, 0)}.{service_name(job.name)}.{job.namespace}.svc"
+    return f"{worker_name(job.name, 0)}.{WORKERS_SERVICE}.{job.namespace}.svc"
 
 
-def owner_reference(job: TrainingJob) -> dict[str, Any]:
+def controller_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
+    """The ownerReference of an object a Strata resource controls: deleting the resource deletes it."""
     return {
         "apiVersion": api.API_VERSION,
-        "kind": api.TRAINING_JOB,
-        "name": job.name,
-        "uid": job.uid,
+        "kind": kind,
+        "name": name,
+        "uid": uid,
         "controller": True,
         "blockOwnerDeletion": True,
     }
 
 
-def service_account_name(job_name: str) -> str:
-    return f"{job_name}-worker"
+def owner_reference(job: TrainingJob) -> dict[str, Any]:
+    return controller_reference(api.TRAINING_JOB, job.name, job.uid)
+
+
+WORKER_SERVICE_ACCOUNT = "strata-worker"
+"""The one ServiceAccount every worker pod of a namespace runs as. RBAC lets it get and patch pods in its
+namespace; the chart's ValidatingAdmissionPolicy (``charts/strata/templates/worker-policy.yaml``, which names this
+account) narrows that to the worker's own pod and its progress annotation, by the pod name its token is bound to."""
 
 
 def selector(job_name: str) -> dict[str, str]:
@@ -75,44 +86,38 @@ def allowed_capacity_types(job: TrainingJob, pool: ResourcePool) -> list[str]:
     ]
 
 
-def expected_runtime_s(job: TrainingJob, pool: ResourcePool) -> int | None:
-    limits = [x for x in (job.spec.max_runtime_seconds, pool.max_runtime_seconds) if x is not None]
-    return min(limits) if limits else None
+def expected_runtime_s(job: TrainingJob, pool: ResourcePool | None) -> int | None:
+    """The job's wall-time limit: the smaller of its own and its pool's ``maxRuntimeSeconds`` (the job's alone
+    without a pool), at most :data:`strata_api.MAX_RUNTIME_SECONDS` (a limit stored before the CRDs bounded it)."""
+    pool_limit = pool.max_runtime_seconds if pool else None
+    limits = [x for x in (job.spec.max_runtime_seconds, pool_limit) if x is not None]
+    return min(*limits, api.MAX_RUNTIME_SECONDS) if limits else None
 
 
-def build_service(job: TrainingJob, settings: OperatorSettings) -> dict[str, Any]:
-    """Headless Service giving each worker a stable DNS name; not-ready addresses are published because the
-    rendezvous happens before any worker is ready."""
+def build_service(namespace: str, settings: OperatorSettings) -> dict[str, Any]:
+    """The namespace's headless Service giving each training worker a stable DNS name; not-ready addresses are
+    published because the rendezvous happens before any worker is ready."""
+    workers = {api.LABEL_MANAGED_BY: api.MANAGED_BY, api.LABEL_JOB_KIND: api.TRAINING_JOB}
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": service_name(job.name),
-            "namespace": job.namespace,
-            "labels": selector(job.name),
-            "ownerReferences": [owner_reference(job)],
-        },
+        "metadata": {"name": WORKERS_SERVICE, "namespace": namespace, "labels": {api.LABEL_MANAGED_BY: api.MANAGED_BY}},
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": selector(job.name),
+            "selector": workers,
             "ports": [{"name": "rendezvous", "port": settings.master_port, "targetPort": settings.master_port}],
         },
     }
 
 
-def build_worker_access(job: TrainingJob) -> list[tuple[str, dict[str, Any]]]:
-    """The job's ServiceAccount, a Role that may only get and patch the job's own worker pods (by name), and the
-    binding: ``(collection path, manifest)`` in creation order. Workers report progress by annotating their own
-    pod with it; owned by the job, so deleting the job removes them."""
-    name, namespace = service_account_name(job.name), job.namespace
-    meta = {
-        "name": name,
-        "namespace": namespace,
-        "labels": selector(job.name),
-        "ownerReferences": [owner_reference(job)],
-    }
-    pods = [worker_name(job.name, i) for i in range(job.spec.workers)]
+def build_worker_access(namespace: str) -> list[tuple[str, dict[str, Any]]]:
+    """The namespace's worker ServiceAccount, a Role that may get and patch pods, and the binding: ``(collection
+    path, manifest)`` in creation order. Workers report progress by annotating their own pod; the chart's
+    ValidatingAdmissionPolicy keeps each worker to its own pod and that one annotation (RBAC cannot say "the pod
+    this token belongs to"). Created once per namespace, not per job: one account instead of three objects a job."""
+    name = WORKER_SERVICE_ACCOUNT
+    meta = {"name": name, "namespace": namespace, "labels": {api.LABEL_MANAGED_BY: api.MANAGED_BY}}
     rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
     return [
         (
@@ -125,7 +130,7 @@ def build_worker_access(job: TrainingJob) -> list[tuple[str, dict[str, Any]]]:
                 "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "Role",
                 "metadata": meta,
-                "rules": [{"apiGroups": [""], "resources": ["pods"], "resourceNames": pods, "verbs": ["get", "patch"]}],
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}],
             },
         ),
         (
@@ -192,21 +197,16 @@ def _worker_pod(job: TrainingJob, pool: ResourcePool, settings: OperatorSettings
             "schedulingGates": [{"name": api.SCHEDULING_GATE}],
             "restartPolicy": "Never",
             "hostname": worker_name(job.name, index),
-            "subdomain": service_name(job.name),
+            "subdomain": WORKERS_SERVICE,
             "terminationGracePeriodSeconds": settings.termination_grace_s,
-            # the job's own account, allowed only to read and annotate the job's worker pods (progress reports)
-            "serviceAccountName": service_account_name(job.name),
+            # the namespace's worker account: each worker may annotate only its own pod with progress
+            "serviceAccountName": WORKER_SERVICE_ACCOUNT,
             "automountServiceAccountToken": True,
             "enableServiceLinks": False,
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": settings.run_as_user,
-                "runAsGroup": settings.run_as_user,
-                "fsGroup": settings.run_as_user,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "tolerations": _tolerations(gpu, capacity),
-            "affinity": _affinity(capacity, spec.resources.capacity_preference, on_cpu=gpu is None),
+            "securityContext": pod_security_context(settings),
+            **({"nodeSelector": dict(spec.resources.node_selector)} if spec.resources.node_selector else {}),
+            "tolerations": tolerations(gpu, capacity),
+            "affinity": affinity(capacity, spec.resources.capacity_preference, on_cpu=gpu is None),
             "containers": [
                 {
                     "name": CONTAINER,
@@ -222,12 +222,7 @@ def _worker_pod(job: TrainingJob, pool: ResourcePool, settings: OperatorSettings
                         {"name": "metrics", "containerPort": settings.workload_metrics_port},
                     ],
                     "resources": {"limits": limits, "requests": dict(limits)},
-                    "securityContext": {
-                        "allowPrivilegeEscalation": False,
-                        "capabilities": {"drop": ["ALL"]},
-                        "runAsNonRoot": True,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": CONTAINER_SECURITY_CONTEXT,
                     "volumeMounts": [
                         {"name": "checkpoints", "mountPath": spec.checkpoint.path},
                         {"name": "dshm", "mountPath": "/dev/shm"},
@@ -236,6 +231,26 @@ def _worker_pod(job: TrainingJob, pool: ResourcePool, settings: OperatorSettings
             ],
             "volumes": [_checkpoint_volume(job), {"name": "dshm", "emptyDir": {"medium": "Memory"}}],
         },
+    }
+
+
+CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+"""Every container Strata makes for a workload (training workers, serving replicas): restricted Pod Security."""
+
+
+def pod_security_context(settings: OperatorSettings) -> dict[str, Any]:
+    """The pod-level half of restricted Pod Security for a workload pod, as the settings' non-root user."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": settings.run_as_user,
+        "runAsGroup": settings.run_as_user,
+        "fsGroup": settings.run_as_user,
+        "seccompProfile": {"type": "RuntimeDefault"},
     }
 
 
@@ -281,14 +296,14 @@ def worker_env(job: TrainingJob, settings: OperatorSettings, index: int) -> dict
     return env
 
 
-def _tolerations(gpu: GPUType | None, capacity: list[str]) -> list[dict[str, str]]:
+def tolerations(gpu: GPUType | None, capacity: list[str]) -> list[dict[str, str]]:
     """The GPU taint of the gang's type (none for a CPU job) and, where spot is allowed, the spot taint."""
-    tolerations = [{"key": gpu.resource, "operator": "Exists", "effect": "NoSchedule"}] if gpu else []
+    tolerated = [{"key": gpu.resource, "operator": "Exists", "effect": "NoSchedule"}] if gpu else []
     if api.CapacityType.SPOT.value in capacity:
-        tolerations.append(
+        tolerated.append(
             {"key": api.TAINT_SPOT, "operator": "Equal", "value": api.CapacityType.SPOT.value, "effect": "NoSchedule"}
         )
-    return tolerations
+    return tolerated
 
 
 NO_GPU_PRODUCT: list[dict[str, Any]] = [
@@ -298,7 +313,7 @@ NO_GPU_PRODUCT: list[dict[str, Any]] = [
 """A CPU worker's nodes: those without a GPU vendor's product label (the labels GPU nodes carry on real clusters)."""
 
 
-def _affinity(capacity: list[str], preference: str, *, on_cpu: bool = False) -> dict[str, Any]:
+def affinity(capacity: list[str], preference: str, *, on_cpu: bool = False) -> dict[str, Any]:
     """Nodes of an allowed capacity type; for a CPU job, only nodes without a GPU product label, where a node
     without a capacity-type label (a machine nobody reclaims, as on-premises) counts as on-demand."""
     allowed: dict[str, Any] = {"key": api.NODE_CAPACITY_TYPE, "operator": "In", "values": capacity}

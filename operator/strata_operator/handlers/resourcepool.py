@@ -7,16 +7,18 @@ per interval however many pools there are. Timers run only on the active replica
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
 import strata_api as api
 from strata_api import ResourcePool
-from strata_operator.runtime.admission_pass import admission_pass, pool_status
+from strata_operator.core.pool_status import pool_status
+from strata_operator.runtime.admission_pass import admission_pass
 from strata_operator.runtime.jobs import JobEntry
 from strata_operator.runtime.kube import ApiError, custom_path
-from strata_operator.runtime.shared import IndexOf, Runtime
+from strata_operator.runtime.shared import IndexOf, Runtime, first
 
 
 async def index_resourcepools(body: kopf.Body, name: str, logger: Any, **_: Any) -> dict[str, ResourcePool] | None:
@@ -27,7 +29,9 @@ async def index_resourcepools(body: kopf.Body, name: str, logger: Any, **_: Any)
         return None
 
 
-async def admit_and_report(name: str, status: kopf.Status, memo: Any, logger: Any, **indices: Any) -> None:
+async def admit_and_report(
+    name: str, status: kopf.Status, meta: kopf.Meta, memo: Any, logger: Any, **indices: Any
+) -> None:
     runtime: Runtime = memo.runtime
     lock = runtime.admission_lock
     started = time.perf_counter()
@@ -38,12 +42,18 @@ async def admit_and_report(name: str, status: kopf.Status, memo: Any, logger: An
             except ApiError as error:
                 logger.warning(f"admission pass failed, retrying next tick: {error}")
             runtime.metrics.reconcile.labels("Admission").observe(time.perf_counter() - started)
+    pool = first(indices["resourcepools"], name)
+    if pool is None:
+        return
     jobs: IndexOf[JobEntry] = indices["trainingjobs"]
-    entries = {e.job.key: e for store in list(jobs.values()) for e in store}
-    wanted = pool_status(name, entries)
-    if any(status.get(k) != v for k, v in wanted.items()):
+    entries = {e.job.key: e.job for store in list(jobs.values()) for e in store}
+    nodes = [n for store in list(runtime.observed.nodes.values()) for n in store] if runtime.observed.synced else None
+    now = datetime.now(UTC).replace(microsecond=0)
+    draft = pool_status(pool, int(meta.get("generation") or 1), entries.values(), nodes, status, now)
+    patch = draft.patch()
+    if patch:
         path = custom_path(api.GROUP, api.VERSION, api.RESOURCE_POOLS, name) + "/status"
-        await runtime.api.merge_patch(path, {"status": wanted})
+        await runtime.api.merge_patch(path, {"status": patch})
 
 
 def register(registry: kopf.OperatorRegistry, interval_s: float) -> None:

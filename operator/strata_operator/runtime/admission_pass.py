@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -11,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import strata_api as api
-from strata_api import GPUType, Phase, ResourcePool, TrainingJob, format_cpu_millis, format_time, parse_time
+from strata_api import GPUType, Phase, ResourcePool, TrainingJob, format_time, parse_time
 from strata_operator.core.admission import AdmittedGang, Decision, GangRequest, Waiting, admit
 from strata_operator.core.lifecycle import Reason
 from strata_operator.core.observed import Node, WorkerPod
@@ -19,6 +20,8 @@ from strata_operator.core.pods import gang_gpu_type
 from strata_operator.core.status import NORMAL, PREEMPTED, WARNING, StatusDraft
 from strata_operator.runtime.jobs import JobEntry, patch_status
 from strata_operator.runtime.shared import IndexOf, Runtime
+
+log = logging.getLogger(__name__)
 
 POSITION_REFRESH_S = 10.0
 """Queue positions shift at every admission; a job's position is rewritten at most this often."""
@@ -52,7 +55,7 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
     # gpuType Any: the types in the order the extender quotes them (cheapest unit of work first), else the job's
     quoter = runtime.quoter
     orders = await quoter.orders((j, pools[j.spec.pool]) for j in queued if j.spec.pool in pools) if quoter else {}
-    queue = [_request(job, orders.get(job.key)) for job in queued]
+    queue = [r for job in queued if (r := readable_request(job, orders.get(job.key))) is not None]
     admitted = [_admitted(e, list(pods_index.get(key, ()))) for key, e in entries.items() if e.job.phase.holds_gpus]
     decision = admit(queue, [g for g in admitted if g is not None], pools, fleet, free)
 
@@ -77,17 +80,6 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
     _update_phase_metrics(runtime, entries.values())
     runtime.last_admission = time.monotonic()
     return decision
-
-
-def pool_status(pool: str, entries: Mapping[str, JobEntry]) -> dict[str, int | str]:
-    holding = [e for e in entries.values() if e.job.spec.pool == pool and e.job.phase.holds_gpus]
-    queued = [e for e in entries.values() if e.job.spec.pool == pool and e.job.status.phase == Phase.QUEUED]
-    return {
-        "gpusInUse": sum(e.job.spec.resources.gpus for e in holding),
-        "cpusInUse": format_cpu_millis(sum(e.job.spec.cpu_millis for e in holding if e.job.spec.on_cpu)),
-        "admittedJobs": len(holding),
-        "queuedJobs": len(queued),
-    }
 
 
 async def _write_admitted(runtime: Runtime, entry: JobEntry, gpu_type: GPUType | None, now: datetime) -> None:
@@ -121,6 +113,16 @@ async def _write_preempted(runtime: Runtime, entry: JobEntry, message: str, now:
     if await patch_status(runtime, entry, draft.patch(), draft.events):
         runtime.metrics.preemptions.inc()
         runtime.wake(entry.job.key)
+
+
+def readable_request(job: TrainingJob, order: tuple[GPUType, ...] | None) -> GangRequest | None:
+    """The job's request, or None (with a warning naming it) when its spec cannot be read: one job stored with a
+    value this reader refuses must not stop every other job's admission."""
+    try:
+        return _request(job, order)
+    except (ValueError, TypeError, ArithmeticError) as error:
+        log.warning(f"TrainingJob {job.key}: left out of admission, its spec cannot be read: {error}")
+        return None
 
 
 def _request(job: TrainingJob, order: tuple[GPUType, ...] | None) -> GangRequest:
@@ -172,7 +174,4 @@ def _queued_since(entry: JobEntry) -> datetime | None:
 
 
 def _update_phase_metrics(runtime: Runtime, entries: Any) -> None:
-    counts: dict[Phase, int] = {}
-    for entry in entries:
-        counts[entry.job.phase] = counts.get(entry.job.phase, 0) + 1
-    runtime.metrics.set_phases(counts)
+    runtime.metrics.observe_jobs(entry.job for entry in entries)

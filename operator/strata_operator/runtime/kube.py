@@ -105,12 +105,25 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return None
 
 
+NOT_PERMANENT_CLIENT_ERRORS = frozenset({401, 408, 409, 429})
+"""4xx answers that a later try may not get: credentials (a new login), a request timeout, a name taken or an object
+changed (an outcome, or read again), throttling."""
+
+
 class ApiError(Exception):
     def __init__(self, status: int, method: str, path: str, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(f"{method} {path}: HTTP {status}: {message}")
         self.status = status
+        self.message = message
+        """The API server's own message (for a refused object, which field and why)."""
         self.retry_after_s = retry_after_s
         """The server's Retry-After (seconds), if it sent one."""
+
+    @property
+    def permanent(self) -> bool:
+        """The server refused the request itself (422 invalid, 400 malformed, 403 forbidden, ...): sending it again
+        gets the same answer."""
+        return 400 <= self.status < 500 and self.status not in NOT_PERMANENT_CLIENT_ERRORS
 
 
 class Conflict(ApiError):

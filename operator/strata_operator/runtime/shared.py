@@ -69,6 +69,9 @@ class Runtime:
     """The scheduler extender's GPU type quotes (``gpuType: Any``); None until start-up."""
     queue_written: dict[str, float] = field(default_factory=dict)
     """When each queued job's position was last written (positions shift often; writes are throttled)."""
+    namespace_objects: dict[str, tuple[asyncio.Task[None], float]] = field(default_factory=dict)
+    """By namespace: the creation of its workers' headless Service, ServiceAccount, Role and RoleBinding, shared by
+    every gang created there, and when it began (``time.monotonic``; see ``gangs.ensure_namespace_objects``)."""
 
     @property
     def api(self) -> Kube:

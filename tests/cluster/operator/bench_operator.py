@@ -13,7 +13,8 @@
 3. Runs ``python -m strata_operator`` and applies all TrainingJobs at once; reports, by the API server's clock,
    pods created per second from the first job's creation to the last pod's, the stages of a pod (created, gate
    lifted, bound, Ready) and of a job, the ratio to the raw rate, the operator's CPU time and peak memory, and
-   the API requests per job (from the API server's apiserver_request_total).
+   the API requests per job by verb and resource next to the gang client's (the API server's
+   apiserver_request_total read before and after each phase, with the cluster's admin credentials).
 
 Prints a Markdown table for docs/benchmarks.md.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import math
 import os
 import re
@@ -91,11 +93,17 @@ async def in_batches(calls: list[Any], slots: asyncio.Semaphore | None = None) -
     await asyncio.gather(*(run(c) for c in calls))
 
 
+Calls = dict[tuple[str, str], float]
+"""API requests by (verb, resource[/subresource][ (code)]), as :func:`api_calls` reads them."""
+
+
 async def raw_rate(
-    kube: Kube, custom: Any, core: Any, jobs: int, workers: int, gpus_per_worker: int, mode: str
-) -> tuple[float, float | None]:
-    """Pods per second a plain client reaches creating the operator's exact worker pods, and (unless ``gated``)
-    pods per second from the first pod created to the last pod Ready, by the API server's clock. ``mode``:
+    kube: Kube, custom: Any, core: Any, calls: Any, jobs: int, workers: int, gpus_per_worker: int, mode: str
+) -> tuple[float, float | None, Calls]:
+    """Pods per second a plain client reaches creating the operator's exact worker pods, (unless ``gated``) pods
+    per second from the first pod created to the last pod Ready, by the API server's clock, and the API requests
+    made meanwhile (``calls()`` before the first create and after the last pod is Ready; every client's, so
+    kube-scheduler's bindings and kwok's status writes count too, as they do for the operator). ``mode``:
 
     - ``gated``: creation alone (the pods keep their gate: nothing else happens to them);
     - ``ungated``: the gate dropped, so the pods are bound and started as they come (the load the operator's pods
@@ -123,8 +131,8 @@ async def raw_rate(
                 pod["spec"].pop("schedulingGates")
         gangs.append(gang)
     manifests = [pod for gang in gangs for pod in gang]
-    # the pods run as their job's ServiceAccount, which must exist first (set-up, not timed; the operator's run
-    # does create them, and its Role and RoleBinding, within its time)
+    # the pods run as the namespace's worker ServiceAccount, which must exist first (set-up, not timed; the
+    # operator's run creates it, and its Role and RoleBinding, within its time)
     accounts = sorted({m["spec"]["serviceAccountName"] for m in manifests})
     sa_path = f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts"
     await in_batches([kube.create(sa_path, {"metadata": {"name": n}}) for n in accounts])
@@ -135,6 +143,7 @@ async def raw_rate(
         await in_batches([kube.create(pod_path(NAMESPACE), m) for m in pods], slots)
         await in_batches([kube.merge_patch(pod_path(NAMESPACE, m["metadata"]["name"]), lift) for m in pods], slots)
 
+    calls0 = calls()
     started = time.perf_counter()
     if mode == "gangs":
         await asyncio.gather(*(gang_of(g) for g in gangs))
@@ -142,9 +151,14 @@ async def raw_rate(
         await in_batches([kube.create(pod_path(NAMESPACE), m) for m in manifests])
     elapsed = time.perf_counter() - started
     ready_rate = None if mode == "gated" else len(manifests) / await until_ready(core, len(manifests))
+    made = subtract(calls(), calls0)
     await delete_all(kube, core, manifests)
     await in_batches([kube.delete(f"{sa_path}/{n}") for n in accounts])
-    return len(manifests) / elapsed, ready_rate
+    return len(manifests) / elapsed, ready_rate, made
+
+
+def subtract(after: Calls, before: Calls) -> Calls:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v > before.get(k, 0.0)}
 
 
 async def until_ready(core: Any, count: int, timeout_s: float = 900) -> float:
@@ -205,10 +219,11 @@ def main() -> None:
         assert info is not None
         kube = Kube(info)
         shape = (args.jobs, args.workers, args.gpus_per_worker)
-        raws: dict[str, tuple[float, float | None]] = {}
+        raws: dict[str, tuple[float, float | None, Calls]] = {}
         for mode in ("gated", "ungated", "gangs"):
             kube = Kube(info)  # a client per event loop (its semaphore belongs to one)
-            raws[mode] = asyncio.run(_with_close(kube, raw_rate(kube, custom, core, *shape, mode=mode)))
+            counter = functools.partial(api_calls, cluster)
+            raws[mode] = asyncio.run(_with_close(kube, raw_rate(kube, custom, core, counter, *shape, mode=mode)))
         raw_gated, raw, raw_gangs = (raws[m][0] for m in ("gated", "ungated", "gangs"))
         raw_ready, gangs_ready = raws["ungated"][1] or 0.0, raws["gangs"][1] or 0.0
         print(
@@ -241,7 +256,7 @@ def main() -> None:
             asyncio.run(_with_close(kube, submit(kube, args.jobs, args.workers, args.gpus_per_worker)))
             results = follow(custom, operator.pid, args.jobs, started, args.timeout_s)
             results["cpu_s"] = proc_cpu_s(operator.pid) - cpu0
-            calls = {k: v - calls0.get(k, 0) for k, v in api_calls(cluster).items()}
+            calls = subtract(api_calls(cluster), calls0)
             results.update(server_times(core, custom))
             results["events"] = event_reasons(core)
         finally:
@@ -282,10 +297,33 @@ def main() -> None:
     print("\nEvents per job by reporting component and reason:")
     for (component, reason), count in sorted(results["events"].items(), key=lambda kv: -kv[1]):
         print(f"  {component:24} {reason:24} {count / args.jobs:6.2f}")
-    print("\nAPI requests per job while the operator ran (every client; the bench's own polling included):")
-    for (verb, resource), count in sorted(calls.items(), key=lambda kv: -kv[1]):
-        if count >= args.jobs // 10:
-            print(f"  {verb:7} {resource:28} {count / args.jobs:6.1f}")
+    print(requests_table(raws["gangs"][2], calls, args.jobs))
+
+
+def requests_table(gangs: Calls, operator: Calls, jobs: int) -> str:
+    """API requests per job by verb and resource, the gang client's (first create -> last pod Ready) next to the
+    operator's (first job created -> every job Running); every client's requests, the bench's own polling too."""
+    lines = ["\nAPI requests per job (every client, from apiserver_request_total):", "",
+             "| verb | resource | gang client | operator |", "|---|---|---|---|"]  # fmt: skip
+    for key in sorted(set(gangs) | set(operator), key=lambda k: -max(gangs.get(k, 0), operator.get(k, 0))):
+        if max(gangs.get(key, 0), operator.get(key, 0)) >= jobs / 20:  # at least one call in 20 jobs
+            lines.append(
+                f"| {key[0]} | {key[1]} | {gangs.get(key, 0) / jobs:.2f} | {operator.get(key, 0) / jobs:.2f} |"
+            )
+    totals = (
+        ("all", lambda k: True),
+        ("all but leases", lambda k: not k[1].startswith("leases")),
+        ("all but leases, successful only", lambda k: not k[1].startswith("leases") and not k[1].endswith(")")),
+    )
+    for name, kept in totals:
+        theirs = sum(v for k, v in gangs.items() if kept(k)) / jobs
+        mine = sum(v for k, v in operator.items() if kept(k)) / jobs
+        lines.append(f"| {name} | | {theirs:.1f} | {mine:.1f} (**{mine / theirs:.2f}x**) |")
+    lines.append(
+        "\n(leases: node and component heartbeats, which grow with the run's length, not with its jobs; failed "
+        "requests, code in brackets, are the operator's conflicts and kwok's refused status patches)"
+    )
+    return "\n".join(lines)
 
 
 async def _with_close(kube: Kube, work: Any) -> Any:

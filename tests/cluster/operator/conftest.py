@@ -1,5 +1,6 @@
-"""Fixtures for the operator on the real local control plane: the CRDs installed once, the operator as a real
-process (``python -m strata_operator``) per test, and a small client for TrainingJobs and pools.
+"""Fixtures for the operator on the real local control plane: the CRDs and the chart's worker policy installed
+once, the operator as a real process (``python -m strata_operator``) per test, and a small client for TrainingJobs
+and pools.
 
 The operator runs with ``--scheduler-name default-scheduler`` (a documented setting: no Strata scheduler profile
 runs in these tests) and short backoffs so restarts are quick to observe.
@@ -20,6 +21,8 @@ for folder in (Path(__file__).resolve().parent, Path(__file__).resolve().parents
 
 from operator_harness import OperatorProcess, Strata  # noqa: E402  (needs the folder on sys.path)
 
+from strata_dev.stack import apply_worker_policy  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[3]
 CRD_NAMES = ("trainingjobs.strata.dev", "resourcepools.strata.dev", "clusterkopfpeerings.kopf.dev")
 
@@ -29,6 +32,7 @@ def crds(cluster: ClusterHandle) -> ClusterHandle:
     cluster.kubectl("apply", "-f", str(ROOT / "crds"))
     for name in CRD_NAMES:
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+    apply_worker_policy(cluster.bin_dir, cluster.kubeconfig)  # as the chart and the dev stack install it
     return cluster
 
 

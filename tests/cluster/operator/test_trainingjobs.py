@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from cluster_support import eventually
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_harness import OperatorProcess, Strata
 from operator_manifests import a_job
@@ -36,13 +37,15 @@ def test_a_job_queues_is_admitted_runs_and_succeeds(operator: OperatorProcess, s
         assert env["WORLD_SIZE"] == "16"
         assert env["RANK"] == str(8 * index)
         assert env["LOCAL_WORLD_SIZE"] == "8"
-        assert env["MASTER_ADDR"] == f"llm-worker-0.llm-workers.{strata.namespace}.svc"
+        assert env["MASTER_ADDR"] == f"llm-worker-0.strata-workers.{strata.namespace}.svc"
         assert env["STRATA_TP"] == "8"
         assert pod.metadata.labels[api.LABEL_POOL] == pool
         assert pod.metadata.owner_references[0].kind == api.TRAINING_JOB
         node = strata.core.read_node(pod.spec.node_name)
         assert api.gpu_type_of(node.metadata.labels) is api.GPUType.H100
-    assert strata.core.read_namespaced_service("llm-workers", strata.namespace).spec.cluster_ip == "None"
+    # the namespace's headless Service publishes each worker under its hostname: the DNS name of MASTER_ADDR
+    assert strata.core.read_namespaced_service("strata-workers", strata.namespace).spec.cluster_ip == "None"
+    eventually(lambda: published_hostnames(strata) >= {"llm-worker-0", "llm-worker-1"}, 30, "workers' DNS names")
 
     eventually(lambda: strata.status("llm").get("gpuSeconds"), 30, "GPU-seconds accounted while running")
     strata.exit_workers("llm", 0)
@@ -155,7 +158,8 @@ def test_the_runtime_limit_fails_the_job_with_deadline_exceeded(operator: Operat
     failed = strata.wait_phase("slow", "Failed", timeout_s=45)
     assert failed["reason"] == "DeadlineExceeded"
     eventually(lambda: strata.live_pods("slow") == [], 30, "workers of the failed job deleted")
-    assert "DeadlineExceeded" in strata.events("slow")
+    # the Event follows the status write that failed the job (it may land a moment after the phase shows)
+    eventually(lambda: "DeadlineExceeded" in strata.events("slow"), 30, "the DeadlineExceeded Event")
 
 
 def test_suspend_releases_the_gpus_and_resume_runs_again(operator: OperatorProcess, strata: Strata) -> None:
@@ -202,3 +206,11 @@ def test_deleting_a_job_cleans_up_its_pods_and_service(operator: OperatorProcess
         return not strata.pods("ephemeral") and not [s for s in services if s.metadata.name == "ephemeral-workers"]
 
     eventually(gone, 60, "pods and service of the deleted job garbage-collected")
+
+
+def published_hostnames(strata: Strata) -> set[str]:
+    """Hostnames the EndpointSlices of the namespace's worker Service publish (what cluster DNS serves)."""
+    slices = client.DiscoveryV1Api(strata.api_client).list_namespaced_endpoint_slice(
+        strata.namespace, label_selector="kubernetes.io/service-name=strata-workers"
+    )
+    return {e.hostname for s in slices.items for e in s.endpoints or () if e.hostname}

@@ -34,6 +34,37 @@ def test_the_value_the_workload_writes_is_the_one_the_operator_reads() -> None:
     assert parsed == Progress(step=130, checkpoint_step=120, checkpoint_time=when)
 
 
+def test_the_loss_travels_with_the_step_and_a_value_json_cannot_hold_is_dropped() -> None:
+    when = datetime(2026, 3, 1, 12, 30, 5, tzinfo=UTC)
+    value = progress.ProgressReporter.value(step=130, checkpoint_step=120, when=when, loss=2.25)
+    assert Progress.parse(value).loss == 2.25
+    assert "loss" not in progress.ProgressReporter.value(step=1, checkpoint_step=1, when=when, loss=float("nan"))
+    for hostile in ('"2.5"', "true", "1e999", str(10**400), "[1]"):
+        assert Progress.parse(f'{{"step": 3, "loss": {hostile}}}') == Progress(step=3), hostile
+
+
+def test_a_checkpoint_report_carries_the_step_the_trainer_reached_and_its_loss(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent: list[str] = []
+
+    class Recording(progress.ProgressReporter):
+        def patch(self, value: str) -> int:
+            sent.append(value)
+            return 200
+
+    reporter = Recording("https://127.0.0.1:1", "team", "llm-worker-0", api.ANN_PROGRESS, ssl.create_default_context())
+    monkeypatch.setattr(progress, "_reporter", lambda: reporter)
+    monkeypatch.setattr(progress, "_latest", progress._Latest())
+    progress.note_step(120, 3.5)
+    progress.report_checkpoint(120)
+    progress.note_step(125, 3.25)  # an asynchronous save of step 120 commits while step 125 is done
+    progress.report_checkpoint(120)
+    first, second = (Progress.parse(v) for v in sent)
+    assert (first.step, first.checkpoint_step, first.loss) == (120, 120, 3.5)
+    assert (second.step, second.checkpoint_step, second.loss) == (125, 120, 3.25)
+
+
 def test_outside_a_strata_pod_there_is_no_reporter(tmp_path: Path) -> None:
     env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", WorkerEnv.PROGRESS_ANNOTATION: api.ANN_PROGRESS}
     assert progress.ProgressReporter.from_environment({}, tmp_path) is None

@@ -317,3 +317,11 @@ def test_a_new_build_removes_the_older_archives_of_that_image_only(tmp_path: Pat
         (tmp_path / f"{name}.tar").write_bytes(b"")
     images.remove_older_builds(tmp_path / "strata-scheduler-bbbbbbbbbbbb.tar")
     assert sorted(p.stem for p in tmp_path.iterdir()) == sorted([*names[1:], "strata-base-dddddddddddd"])
+
+
+def test_docker_builds_are_tagged_image_tag_when_set_else_by_content(tmp_path: Path) -> None:
+    image = write_context(tmp_path)
+    assert images.docker_ref(image, "e2e") == "localhost/strata-app:e2e"
+    assert images.docker_ref(image) == f"localhost/strata-app:{images.content_hash(image, 'dockerfile-default')}"
+    with pytest.raises(images.ImageError, match=r"IMAGE_TAG='e2e:1' is not a valid image tag"):
+        images.docker_ref(image, "e2e:1")

@@ -40,6 +40,8 @@ def test_kubelet_runs_on_this_kind_of_host_with_the_node_ip_and_cluster_dns(tmp_
     assert config["clusterDNS"] == ["172.31.254.2"]
     assert config["containerRuntimeEndpoint"] == "unix:///run/x/containerd.sock"
     assert config["authentication"]["anonymous"]["enabled"] is False
+    # containers' logs in the node's folder: another local node's kubelet removes log folders it does not know
+    assert config["podLogsDir"] == str(tmp_path / "node" / "pod-logs")
 
 
 def test_containerd_uses_the_local_pause_image_and_cannot_raise_oom_scores(tmp_path: Path) -> None:

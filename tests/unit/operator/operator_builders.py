@@ -144,6 +144,7 @@ def a_worker(
     exit_code: int | None = None,
     step: int | None = None,
     checkpoint_step: int | None = None,
+    loss: float | None = None,
 ) -> WorkerPod:
     return WorkerPod(
         name=f"{job}-worker-{index}",
@@ -157,7 +158,7 @@ def a_worker(
         ready=(phase == "Running") if ready is None else ready,
         exit_code=exit_code,
         reason="Error" if exit_code else "",
-        progress=Progress(step=step, checkpoint_step=checkpoint_step, checkpoint_time=None),
+        progress=Progress(step=step, checkpoint_step=checkpoint_step, checkpoint_time=None, loss=loss),
     )
 
 

@@ -258,9 +258,12 @@ def test_a_node_price_annotation_wins_over_the_catalog_and_an_unpriced_node_cost
 
 
 def test_worker_progress_reports_become_status_and_checkpoints_never_go_back() -> None:
-    pods = [a_worker("j", 0, step=250, checkpoint_step=200), a_worker("j", 1, step=249, checkpoint_step=200)]
+    pods = [
+        a_worker("j", 0, step=250, checkpoint_step=200, loss=2.5),
+        a_worker("j", 1, step=249, checkpoint_step=200, loss=2.75),
+    ]
     patch = run(Phase.RUNNING, pods, startTime=format_time(at(0)), lastCheckpoint={"step": 100}).status.patch()
-    assert patch["progress"] == {"step": 250}
+    assert patch["progress"] == {"step": 250, "loss": 2.5}  # the loss of the furthest step
     assert patch["lastCheckpoint"] == {"step": 200}
     older = run(Phase.RUNNING, pods, startTime=format_time(at(0)), lastCheckpoint={"step": 300}).status.patch()
     assert "lastCheckpoint" not in older

@@ -69,9 +69,9 @@ def test_worker_pod_is_exactly_the_manifest_of_the_contract() -> None:
             "schedulingGates": [{"name": "strata.dev/gang-admission"}],
             "restartPolicy": "Never",
             "hostname": "llm-worker-1",
-            "subdomain": "llm-workers",
+            "subdomain": "strata-workers",
             "terminationGracePeriodSeconds": 120,
-            "serviceAccountName": "llm-worker",
+            "serviceAccountName": "strata-worker",
             "automountServiceAccountToken": True,
             "enableServiceLinks": False,
             "securityContext": {
@@ -106,7 +106,7 @@ def test_worker_pod_is_exactly_the_manifest_of_the_contract() -> None:
                     "imagePullPolicy": "IfNotPresent",
                     "command": ["python", "-m", "strata_workloads.launch"],
                     "env": [
-                        {"name": "MASTER_ADDR", "value": "llm-worker-0.llm-workers.team.svc"},
+                        {"name": "MASTER_ADDR", "value": "llm-worker-0.strata-workers.team.svc"},
                         {"name": "MASTER_PORT", "value": "29500"},
                         {"name": "WORLD_SIZE", "value": "16"},
                         {"name": "RANK", "value": "8"},
@@ -227,7 +227,9 @@ def test_settings_choose_the_scheduler_and_rendezvous_port() -> None:
     job = admitted()
     [pod] = build_worker_pods(job, a_pool(), settings)
     assert pod["spec"]["schedulerName"] == "default-scheduler"
-    assert build_service(job, settings)["spec"]["ports"] == [{"name": "rendezvous", "port": 23456, "targetPort": 23456}]
+    assert build_service("team", settings)["spec"]["ports"] == [
+        {"name": "rendezvous", "port": 23456, "targetPort": 23456}
+    ]
 
 
 def test_checkpoint_claim_and_resource_requests_come_from_the_spec() -> None:
@@ -243,33 +245,40 @@ def test_checkpoint_claim_and_resource_requests_come_from_the_spec() -> None:
     assert {"name": "STRATA_CHECKPOINT_EVERY_STEPS", "value": "50"} in container["env"]
 
 
-def test_headless_service_publishes_not_ready_workers_for_rendezvous() -> None:
-    job = admitted(name="llm")
-    assert build_service(job, SETTINGS) == {
+def test_node_selector_of_the_spec_is_the_worker_pods_node_selector() -> None:
+    plain, chosen = (
+        build_worker_pods(admitted(resources=resources), a_pool(), SETTINGS)[0]
+        for resources in (
+            {"gpus": 8, "gpuType": "H100"},
+            {"gpus": 8, "gpuType": "H100", "nodeSelector": {"team": "vision", "strata.dev/real-node": "true"}},
+        )
+    )
+    assert "nodeSelector" not in plain["spec"]
+    assert chosen["spec"]["nodeSelector"] == {"strata.dev/real-node": "true", "team": "vision"}
+    assert chosen["spec"]["affinity"] == plain["spec"]["affinity"]  # added to the placement rules, not instead
+
+
+def test_one_headless_service_per_namespace_publishes_every_training_worker_for_rendezvous() -> None:
+    assert build_service("team", SETTINGS) == {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
-            "name": "llm-workers",
+            "name": "strata-workers",
             "namespace": "team",
-            "labels": {"strata.dev/job": "llm", "app.kubernetes.io/managed-by": "strata-operator"},
-            "ownerReferences": [
-                {
-                    "apiVersion": "strata.dev/v1alpha1",
-                    "kind": "TrainingJob",
-                    "name": "llm",
-                    "uid": "uid-llm",
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "labels": {"app.kubernetes.io/managed-by": "strata-operator"},
         },
         "spec": {
             "clusterIP": "None",
-            "publishNotReadyAddresses": True,
-            "selector": {"strata.dev/job": "llm", "app.kubernetes.io/managed-by": "strata-operator"},
+            "publishNotReadyAddresses": True,  # the rendezvous happens before any worker is ready
+            "selector": {"app.kubernetes.io/managed-by": "strata-operator", "strata.dev/job-kind": "TrainingJob"},
             "ports": [{"name": "rendezvous", "port": 29500, "targetPort": 29500}],
         },
     }
+    # every worker pod is selected (its labels) and named under it (hostname.subdomain), uniquely in the namespace
+    job = a_job(name="llm", data=2, tensor=8, status={"phase": "Admitted", "attempt": 1})
+    [pod, _] = build_worker_pods(job, a_pool(), SETTINGS)
+    assert build_service("team", SETTINGS)["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert (pod["spec"]["hostname"], pod["spec"]["subdomain"]) == ("llm-worker-0", "strata-workers")
 
 
 def test_gpu_type_any_needs_a_grant_before_pods_can_be_built() -> None:
@@ -279,22 +288,18 @@ def test_gpu_type_any_needs_a_grant_before_pods_can_be_built() -> None:
     assert gang_gpu_type(a_job(gpu_type="MI300X")) is GPUType.MI300X
 
 
-def test_workers_run_as_their_jobs_account_which_may_only_read_and_annotate_its_own_pods() -> None:
+def test_workers_run_as_one_account_per_namespace_whose_role_may_only_read_and_patch_pods() -> None:
     job = a_job(name="llm", data=2, tensor=8, status={"phase": "Admitted", "attempt": 1})
-    [(sa_path, account), (role_path, role), (binding_path, binding)] = build_worker_access(job)
+    pods = build_worker_pods(job, a_pool(), SETTINGS)
+    assert {p["spec"]["serviceAccountName"] for p in pods} == {"strata-worker"}
+    [(sa_path, account), (role_path, role), (binding_path, binding)] = build_worker_access("team")
     assert sa_path == "/api/v1/namespaces/team/serviceaccounts"
     assert role_path == "/apis/rbac.authorization.k8s.io/v1/namespaces/team/roles"
     assert binding_path == "/apis/rbac.authorization.k8s.io/v1/namespaces/team/rolebindings"
-    assert account["metadata"]["name"] == role["metadata"]["name"] == binding["metadata"]["name"] == "llm-worker"
+    assert account["metadata"]["name"] == role["metadata"]["name"] == binding["metadata"]["name"] == "strata-worker"
     for manifest in (account, role, binding):
-        assert manifest["metadata"]["ownerReferences"][0]["uid"] == job.uid  # deleted with the job
-    assert role["rules"] == [
-        {
-            "apiGroups": [""],
-            "resources": ["pods"],
-            "resourceNames": ["llm-worker-0", "llm-worker-1"],
-            "verbs": ["get", "patch"],
-        }
-    ]
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "llm-worker"}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "llm-worker", "namespace": "team"}]
+        assert "ownerReferences" not in manifest["metadata"]  # the namespace's: serves every job, outlives each
+    # which pod and which field: the chart's ValidatingAdmissionPolicy (tests/cluster/operator/test_progress.py)
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "strata-worker"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "strata-worker", "namespace": "team"}]

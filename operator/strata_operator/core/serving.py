@@ -1,0 +1,545 @@
+"""Pure builders and decisions for an InferenceService: its replicas' Deployment, its Service and
+PodDisruptionBudget, how many replicas the pool's quota holds, and the status it reports. No I/O.
+
+Why a Deployment rather than pods the operator owns itself: replicas are interchangeable (no gang, no index, no
+rendezvous), which is what a ReplicaSet manages. The Deployment controller gives, for nothing, what the operator
+would otherwise re-implement: a deleted or evicted replica is replaced by the ReplicaSet controller within
+seconds, even while the operator is down; a new revision (another model, precision or image) rolls out replica by
+replica within ``rollout.maxSurge`` / ``maxUnavailable``, kept ready by the readiness probe on the server's
+``/readyz`` (200 only after warm-up), and can be rolled back. The operator decides only the replica count and the
+template; the autoscaler will change the count the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+import strata_api as api
+from strata_api import GPUType, InferenceService, ResourcePool, TrainingJob, format_cpu_millis
+from strata_operator.core.admission import GangRequest
+from strata_operator.core.pods import (
+    CONTAINER_SECURITY_CONTEXT,
+    affinity,
+    controller_reference,
+    pod_security_context,
+    tolerations,
+)
+from strata_operator.core.status import NORMAL, WARNING, Event, StatusDraft
+from strata_operator.settings import OperatorSettings
+
+CONTAINER = "server"
+SERVE_COMMAND = ("python", "-m", "strata_workloads.serve")
+SERVE_PORT = 8000
+"""The server's port (``ServeSettings.port``, set explicitly) and the Service's: URLs read ``<name>.<ns>.svc:8000``."""
+SERVE_ENV_PREFIX = "STRATA_SERVE_"
+"""The server reads ``STRATA_SERVE_<FIELD>`` (strata_workloads.settings.ServeSettings); tests/unit/operator checks
+that every variable set here names one of its fields."""
+DRAIN_SECONDS = 25
+"""``ServeSettings.drain_seconds``: in-flight requests a SIGTERM'd replica still finishes."""
+TERMINATION_GRACE_S = DRAIN_SECONDS + 5
+"""Above the drain, so the kubelet never kills a replica that is still answering its last requests."""
+MODEL_VOLUME = "model"
+REVISION_HISTORY = 3
+
+READY = "Ready"
+QUOTA_LIMITED = "QuotaLimited"
+MODEL_AVAILABLE = "ModelAvailable"
+CONDITION_ORDER = (READY, QUOTA_LIMITED, MODEL_AVAILABLE)
+
+
+class Reason:
+    REPLICAS_READY = "ReplicasReady"
+    REPLICAS_STARTING = "ReplicasStarting"
+    NO_REPLICAS = "NoReplicas"
+    MIN_REPLICAS = "MinReplicas"
+    WITHIN_QUOTA = "WithinQuota"
+    POOL_NOT_FOUND = "PoolNotFound"
+    NO_USABLE_GPUS = "NoUsableGPUs"
+    NO_CPU_QUOTA = "NoCPUQuota"
+    WAITING_FOR_QUOTA = "WaitingForQuota"
+    CHECKPOINT = "Checkpoint"
+    RANDOM_WEIGHTS = "RandomWeights"
+    TRAINING_JOB_NOT_FOUND = "TrainingJobNotFound"
+    CHECKPOINTS_NOT_KEPT = "CheckpointsNotKept"
+
+
+# --- names and labels ---
+
+
+def selector(service: InferenceService) -> dict[str, str]:
+    """Labels that select the service's replica pods (of every revision)."""
+    return {api.LABEL_INFERENCE_SERVICE: service.name, api.LABEL_MANAGED_BY: api.MANAGED_BY}
+
+
+def owned_labels(service: InferenceService) -> dict[str, str]:
+    """Labels of everything the service owns; the operator's Deployment watch selects on the kind."""
+    return {**selector(service), api.LABEL_JOB_KIND: api.INFERENCE_SERVICE}
+
+
+def owner_reference(service: InferenceService) -> dict[str, Any]:
+    return controller_reference(api.INFERENCE_SERVICE, service.name, service.uid)
+
+
+def url(service: InferenceService) -> str:
+    return f"http://{service.name}.{service.namespace}.svc:{SERVE_PORT}"
+
+
+def _metadata(service: InferenceService) -> dict[str, Any]:
+    return {
+        "name": service.name,
+        "namespace": service.namespace,
+        "labels": owned_labels(service),
+        "ownerReferences": [owner_reference(service)],
+    }
+
+
+def allowed_capacity_types(service: InferenceService, pool: ResourcePool) -> list[str]:
+    """Capacity types both the service and its pool accept, in the API's order (spot, on-demand, reserved)."""
+    wanted = service.spec.resources.capacity_types
+    return [c.value for c in api.CapacityType if c.value in wanted and c in pool.capacity_types]
+
+
+def _gpu_type(service: InferenceService) -> GPUType | None:
+    resources = service.spec.resources
+    return None if resources.on_cpu else GPUType(resources.gpu_type)
+
+
+# --- the model ---
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the replicas read the weights: ``checkpoint`` is the server's ``STRATA_SERVE_CHECKPOINT`` ("" for
+    random weights); ``claim``, when set, is mounted read-only at ``mount_path``."""
+
+    checkpoint: str
+    claim: str | None = None
+    mount_path: str | None = None
+    reason: str = Reason.CHECKPOINT
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ModelProblem:
+    """Why the model cannot be served; no replica is started (it would only crash-loop)."""
+
+    reason: str
+    message: str
+
+
+def resolve_model(service: InferenceService, job: TrainingJob | None) -> ModelSource | ModelProblem:
+    """The model source of ``spec.model``: a TrainingJob's checkpoint volume (``job``, looked up by the caller),
+    a path (on a claim, or in the image), or random weights."""
+    model = service.spec.model
+    if model.training_job is not None:
+        name = model.training_job
+        if job is None:
+            return ModelProblem(
+                Reason.TRAINING_JOB_NOT_FOUND,
+                f"spec.model.trainingJob: TrainingJob {name} does not exist in namespace {service.namespace}",
+            )
+        checkpoint = job.spec.checkpoint
+        if checkpoint.persistent_volume_claim is None:
+            return ModelProblem(
+                Reason.CHECKPOINTS_NOT_KEPT,
+                f"spec.model.trainingJob: TrainingJob {name} keeps its checkpoints on an emptyDir (its "
+                "spec.checkpoint.persistentVolumeClaim is unset), so none outlives its workers to be served",
+            )
+        return ModelSource(
+            checkpoint=checkpoint.path,
+            claim=checkpoint.persistent_volume_claim,
+            mount_path=checkpoint.path,
+            message=f"the newest complete checkpoint of TrainingJob {name} "
+            f"(claim {checkpoint.persistent_volume_claim}, {checkpoint.path})",
+        )
+    if model.path is not None:
+        claim = model.persistent_volume_claim
+        where = f"claim {claim}, {model.path}" if claim else f"{model.path} in the image"
+        return ModelSource(
+            checkpoint=model.path,
+            claim=claim,
+            mount_path=model.path if claim else None,
+            message=f"the checkpoint at spec.model.path ({where})",
+        )
+    return ModelSource(
+        checkpoint="",
+        reason=Reason.RANDOM_WEIGHTS,
+        message=f"preset {model.preset} with random weights (neither spec.model.trainingJob nor spec.model.path)",
+    )
+
+
+def serve_env(service: InferenceService, source: ModelSource) -> dict[str, str]:
+    """The server's settings (``STRATA_SERVE_<FIELD>``) for this service's model."""
+    model, resources = service.spec.model, service.spec.resources
+    env = {
+        "MODEL": model.preset,
+        "CHECKPOINT": source.checkpoint,
+        "PRECISION": model.precision,
+        "QUANTIZATION": model.quantization,
+        "COMPILE": "true" if model.compile else "false",
+        "PORT": str(SERVE_PORT),
+        "MAX_BATCH": str(model.max_batch),
+        "MAX_WAIT_MS": repr(model.max_wait_ms),
+        "DRAIN_SECONDS": str(DRAIN_SECONDS),
+    }
+    if resources.on_cpu and resources.cpu_per_replica is not None:
+        # torch's thread pool as large as the CPU limit, not the host's cores (a cgroup limit torch cannot see)
+        env["THREADS"] = str(max(1, api.cpu_millis(resources.cpu_per_replica) // 1000))
+    return {SERVE_ENV_PREFIX + k: v for k, v in env.items()}
+
+
+# --- the quota ---
+
+
+@dataclass(frozen=True)
+class Allotment:
+    """How many replicas a service may run now, and, when fewer than it asks, why."""
+
+    replicas: int
+    limited: bool
+    reason: str
+    message: str
+
+
+def replica_cost(service: InferenceService) -> int:
+    """What one replica counts against its pool: GPUs, or for CPU replicas millicores (``maxCPUs``)."""
+    resources = service.spec.resources
+    if resources.on_cpu:
+        return api.cpu_millis(resources.cpu_per_replica or 0)
+    return resources.gpus_per_replica
+
+
+def allot(
+    services: Iterable[InferenceService], pools: Mapping[str, ResourcePool], jobs: Iterable[TrainingJob]
+) -> dict[str, Allotment]:
+    """Replicas per service (by key) within each pool's quota.
+
+    A pool's quota (``maxGPUs``; ``maxCPUs`` for CPU replicas) is first held by its admitted TrainingJobs, counted
+    as admission counts them (:class:`~strata_operator.core.admission.GangRequest`); the rest goes to the pool's
+    services in creation order, each up to ``replicas.min``, so an older service is never shrunk by a newer one.
+    """
+    gpus_used: dict[str, int] = {}
+    cpu_used: dict[str, int] = {}
+    for job in jobs:
+        if not job.phase.holds_gpus:
+            continue
+        try:
+            request = GangRequest.from_job(job)
+        except (ValueError, TypeError, ArithmeticError):
+            continue  # admission leaves such a job out too
+        gpus_used[request.pool] = gpus_used.get(request.pool, 0) + request.gpus
+        cpu_used[request.pool] = cpu_used.get(request.pool, 0) + request.cpu_millis
+    result: dict[str, Allotment] = {}
+    for service in sorted(services, key=lambda s: (s.created, s.key)):
+        pool = pools.get(service.spec.pool)
+        result[service.key] = _allot_one(service, pool, gpus_used, cpu_used)
+        if pool is not None:
+            used = cpu_used if service.spec.resources.on_cpu else gpus_used
+            used[pool.name] = used.get(pool.name, 0) + result[service.key].replicas * replica_cost(service)
+    return result
+
+
+def _allot_one(
+    service: InferenceService, pool: ResourcePool | None, gpus_used: Mapping[str, int], cpu_used: Mapping[str, int]
+) -> Allotment:
+    spec = service.spec
+    wanted = spec.min_replicas
+    if pool is None:
+        return Allotment(0, wanted > 0, Reason.POOL_NOT_FOUND, f"spec.pool: ResourcePool {spec.pool} does not exist")
+    if not allowed_capacity_types(service, pool):
+        return Allotment(
+            0,
+            wanted > 0,
+            Reason.NO_USABLE_GPUS,
+            f"spec.resources.capacityTypes and pool {pool.name}'s capacity types have nothing in common",
+        )
+    cost = replica_cost(service)
+    show: Callable[[int], str]
+    if spec.resources.on_cpu:
+        if pool.max_cpu_millis is None:
+            message = f"pool {pool.name} admits no CPU replicas: its spec.maxCPUs is unset"
+            return Allotment(0, wanted > 0, Reason.NO_CPU_QUOTA, message)
+        quota, used, unit, show = pool.max_cpu_millis, cpu_used.get(pool.name, 0), "CPUs", format_cpu_millis
+    else:
+        gpu = GPUType(spec.resources.gpu_type)
+        if gpu not in pool.gpu_types:
+            message = f"spec.resources.gpuType {gpu.value} is not one of pool {pool.name}'s GPU types"
+            return Allotment(0, wanted > 0, Reason.NO_USABLE_GPUS, message)
+        quota, used, unit, show = pool.max_gpus, gpus_used.get(pool.name, 0), "GPUs", _count
+    left = max(0, quota - used)
+    replicas = min(wanted, left // cost) if cost > 0 else wanted
+    if replicas < wanted:
+        message = (
+            f"{replicas} of {wanted} replicas (spec.replicas.min): each needs {show(cost)} {unit} and pool "
+            f"{pool.name} has {show(left)} of {show(quota)} left"
+        )
+        return Allotment(replicas, True, Reason.WAITING_FOR_QUOTA, message)
+    return Allotment(replicas, False, Reason.WITHIN_QUOTA, f"pool {pool.name}'s quota holds {replicas} replicas")
+
+
+def _count(amount: int) -> str:
+    return str(amount)
+
+
+# --- manifests ---
+
+
+def revision(template: Mapping[str, Any]) -> str:
+    """A short, stable hash of a pod template: the service's revision."""
+    return hashlib.sha256(orjson.dumps(template, option=orjson.OPT_SORT_KEYS)).hexdigest()[:10]
+
+
+def build_deployment(
+    service: InferenceService,
+    pool: ResourcePool,
+    source: ModelSource,
+    replicas: int,
+    settings: OperatorSettings,
+) -> dict[str, Any]:
+    """The replicas' Deployment; its pod template carries the revision (a hash of the rest of the template) in a
+    label, and the Deployment carries it in an annotation."""
+    template = _pod_template(service, pool, source, settings)
+    rev = revision(template)
+    template["metadata"]["labels"][api.LABEL_REVISION] = rev
+    rollout = service.spec.rollout
+    meta = _metadata(service)
+    meta["annotations"] = {api.LABEL_REVISION: rev}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector(service)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": rollout.max_surge, "maxUnavailable": rollout.max_unavailable},
+            },
+            "revisionHistoryLimit": REVISION_HISTORY,
+            "template": template,
+        },
+    }
+
+
+def _pod_template(
+    service: InferenceService, pool: ResourcePool, source: ModelSource, settings: OperatorSettings
+) -> dict[str, Any]:
+    spec = service.spec
+    gpu = _gpu_type(service)
+    capacity = allowed_capacity_types(service, pool)
+    labels = {
+        **owned_labels(service),
+        api.LABEL_POOL: pool.name,
+        api.LABEL_PRIORITY: str(pool.priority),
+    }
+    annotations = {
+        api.ANN_GPU_TYPES: gpu.value if gpu else api.CPU,
+        api.ANN_CAPACITY_TYPES: ",".join(capacity),
+        api.ANN_PRECISION: spec.model.precision,
+    }
+    limits: dict[str, str] = {gpu.resource: str(spec.resources.gpus_per_replica)} if gpu else {}
+    if spec.resources.cpu_per_replica is not None:
+        limits["cpu"] = spec.resources.cpu_per_replica
+    if spec.resources.memory_per_replica is not None:
+        limits["memory"] = spec.resources.memory_per_replica
+    mounts: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = []
+    if source.claim is not None and source.mount_path is not None:
+        mounts.append({"name": MODEL_VOLUME, "mountPath": source.mount_path, "readOnly": True})
+        volumes.append({"name": MODEL_VOLUME, "persistentVolumeClaim": {"claimName": source.claim, "readOnly": True}})
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": list(SERVE_COMMAND),
+        "env": [
+            *({"name": k, "value": v} for k, v in serve_env(service, source).items()),
+            {"name": "STRATA_LOG_FORMAT", "value": "json"},
+        ],
+        "ports": [{"name": "http", "containerPort": SERVE_PORT}],
+        # ready only once warmed up (and compiled, where asked): the Service sends it nothing before
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "http"},
+            "periodSeconds": 2,
+            "timeoutSeconds": 2,
+            "failureThreshold": 2,
+        },
+        # /healthz answers from the start, warm-up and compilation included
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
+        },
+        "resources": {"limits": limits, "requests": dict(limits)},
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
+    }
+    if mounts:
+        container["volumeMounts"] = mounts
+    pod_spec: dict[str, Any] = {
+        "schedulerName": settings.scheduler_name,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
+        "automountServiceAccountToken": False,  # the server calls no Kubernetes API
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(settings),
+        **({"nodeSelector": dict(spec.resources.node_selector)} if spec.resources.node_selector else {}),
+        "tolerations": tolerations(gpu, capacity),
+        "affinity": affinity(capacity, "none", on_cpu=gpu is None),
+        # replicas apart, so that one node or zone lost takes as few of them as it can
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": key,
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": selector(service)},
+            }
+            for key in ("kubernetes.io/hostname", api.NODE_ZONE)
+        ],
+        "containers": [container],
+    }
+    if volumes:
+        pod_spec["volumes"] = volumes
+    return {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec}
+
+
+def build_service(service: InferenceService) -> dict[str, Any]:
+    """The ClusterIP Service in front of the ready replicas (``status.url``)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(service),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(service),
+            "ports": [{"name": "http", "port": SERVE_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def build_disruption_budget(service: InferenceService) -> dict[str, Any]:
+    """Node drains evict at most ``rollout.maxUnavailable`` replicas at once, and at least one: a budget of 0
+    would block every drain of a node with a replica on it."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(service),
+        "spec": {
+            "maxUnavailable": max(1, service.spec.rollout.max_unavailable),
+            "selector": {"matchLabels": selector(service)},
+        },
+    }
+
+
+# --- what the operator observed, and the status ---
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedDeployment:
+    """An InferenceService's Deployment as the operator's watch sees it."""
+
+    replicas: int
+    ready: int
+    updated: int
+    revision: str
+    generation: int
+    observed_generation: int
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> ObservedDeployment:
+        meta, spec, status = body.get("metadata") or {}, body.get("spec") or {}, body.get("status") or {}
+        return cls(
+            replicas=int(spec.get("replicas") or 0),
+            ready=int(status.get("readyReplicas") or 0),
+            updated=int(status.get("updatedReplicas") or 0),
+            revision=str((meta.get("annotations") or {}).get(api.LABEL_REVISION, "")),
+            generation=int(meta.get("generation") or 0),
+            observed_generation=int(status.get("observedGeneration") or 0),
+        )
+
+    @property
+    def rolled_out(self) -> bool:
+        """The Deployment controller has seen its latest spec and every replica runs the latest template."""
+        return self.observed_generation >= self.generation and self.updated >= self.replicas
+
+
+def drifted(desired: Mapping[str, Any], observed_spec: Mapping[str, Any] | None) -> bool:
+    """Whether an owned Service or budget must be written: it is missing (None), or a field of ``desired``'s spec
+    differs (fields the API server fills in, such as a Service's clusterIP, are not compared)."""
+    if observed_spec is None:
+        return True
+    return any(observed_spec.get(k) != v for k, v in desired["spec"].items())
+
+
+def needs_update(desired: Mapping[str, Any], observed: ObservedDeployment | None) -> bool:
+    """Whether the Deployment must be written: its template (revision) or its size differ from ``desired``."""
+    if observed is None:
+        return True
+    return observed.revision != desired["metadata"]["annotations"][api.LABEL_REVISION] or observed.replicas != int(
+        desired["spec"]["replicas"]
+    )
+
+
+def service_status(
+    service: InferenceService,
+    stored: Mapping[str, Any],
+    model: ModelSource | ModelProblem,
+    allotment: Allotment,
+    deployment: ObservedDeployment | None,
+    rev: str | None,
+    now: datetime,
+) -> StatusDraft:
+    """The status to write, and the events for what changed: replicas, URL, revision, the Ready, QuotaLimited and
+    ModelAvailable conditions, and the last scaling decision."""
+    draft = StatusDraft(stored, now)
+    desired = allotment.replicas if isinstance(model, ModelSource) else 0
+    ready = deployment.ready if deployment is not None else 0
+    draft.set("observedGeneration", service.generation)
+    draft.set("desiredReplicas", desired)
+    draft.set("readyReplicas", ready)
+    draft.set("url", url(service))
+    if rev is not None:
+        draft.set("revision", rev)
+    if isinstance(model, ModelProblem):
+        _condition(draft, MODEL_AVAILABLE, "False", model.reason, model.message, WARNING)
+        _condition(draft, READY, "False", model.reason, f"no replica runs: {model.message}", WARNING)
+    else:
+        _condition(draft, MODEL_AVAILABLE, "True", model.reason, f"serving {model.message}")
+        if desired == 0:
+            why = allotment.message if allotment.limited else "spec.replicas.min is 0"
+            _condition(draft, READY, "False", Reason.NO_REPLICAS, f"no replica runs: {why}", WARNING)
+        elif ready >= desired and deployment is not None and deployment.rolled_out:
+            _condition(draft, READY, "True", Reason.REPLICAS_READY, f"{ready} of {desired} replicas ready")
+        else:
+            _condition(draft, READY, "False", Reason.REPLICAS_STARTING, f"{ready} of {desired} replicas ready")
+    if allotment.limited:
+        _condition(draft, QUOTA_LIMITED, "True", allotment.reason, allotment.message, WARNING)
+    else:
+        _condition(draft, QUOTA_LIMITED, "False", allotment.reason, allotment.message)
+    last = stored.get("lastScale") or {}
+    if last.get("replicas") != desired:
+        reason = allotment.reason if allotment.limited else Reason.MIN_REPLICAS
+        draft.set("lastScale", {"time": api.format_time(now), "replicas": desired, "reason": reason})
+    _sort_conditions(draft)
+    return draft
+
+
+def _condition(draft: StatusDraft, kind: str, status: str, reason: str, message: str, event_type: str = NORMAL) -> None:
+    """Set a condition, with an event of ``event_type`` when its status or reason changes (a new service's first,
+    untroubled conditions are no news)."""
+    old = next((c for c in draft.get("conditions", []) if c.get("type") == kind), None)
+    draft.condition(kind, status, reason, message)
+    changed = old is None or old.get("status") != status or old.get("reason") != reason
+    if changed and not (old is None and event_type == NORMAL):
+        draft.events.append(Event(event_type, reason, message))
+
+
+def _sort_conditions(draft: StatusDraft) -> None:
+    conditions = draft.changes.get("conditions")
+    if conditions:
+        conditions.sort(key=lambda c: CONDITION_ORDER.index(c["type"]) if c["type"] in CONDITION_ORDER else 99)

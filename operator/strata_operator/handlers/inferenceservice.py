@@ -1,0 +1,194 @@
+"""InferenceService handlers: an index of services, indices of their Deployments, Services and budgets, and one
+daemon per service.
+
+The daemon is thin: it reads the service, its pool, the pool's TrainingJobs and the service's Deployment from
+memory, asks :mod:`strata_operator.core.serving` for the replica count the quota holds, the manifests and the
+status, and applies them. A change of the service or of what it owns (a replica became ready; the Service was
+deleted) wakes it at once; otherwise it wakes every resync interval (quota freed by a finished TrainingJob).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import kopf
+import orjson
+
+import strata_api as api
+from strata_api import InferenceService, ResourcePool, TrainingJob
+from strata_operator.core import serving
+from strata_operator.core.serving import ModelSource, ObservedDeployment
+from strata_operator.runtime.jobs import JobEntry
+from strata_operator.runtime.kube import ApiError
+from strata_operator.runtime.serving import (
+    ServiceEntry,
+    ServingState,
+    deployments_path,
+    disruption_budgets_path,
+    ensure,
+    put_deployment,
+    services_path,
+    write_status,
+)
+from strata_operator.runtime.shared import IndexOf, Runtime, first
+
+STALE_VIEW_S = 5.0
+"""After writing a service's status, wait at most this long for the write to come back through the watch."""
+WAKE_DEBOUNCE_S = 0.05
+"""A wake-up waits this long before reading memory: one reconcile for a burst of Deployment events."""
+
+
+async def index_inferenceservices(body: kopf.Body, logger: Any, memo: Any, **_: Any) -> dict[str, ServiceEntry] | None:
+    try:
+        service = InferenceService.from_body(body)
+    except (KeyError, ValueError, TypeError) as error:
+        logger.warning(f"unreadable InferenceService (is the CRD installed from crds/?): {error!r}")
+        return None
+    memo.serving.wake(service.key)
+    status = orjson.loads(orjson.dumps(body.get("status") or {}))  # a private copy
+    return {service.key: ServiceEntry(service, status, str(body["metadata"].get("resourceVersion", "")))}
+
+
+def _owner_key(body: kopf.Body) -> str | None:
+    meta = body.get("metadata") or {}
+    name = (meta.get("labels") or {}).get(api.LABEL_INFERENCE_SERVICE)
+    return f"{meta.get('namespace')}/{name}" if name else None
+
+
+async def index_deployments(body: kopf.Body, memo: Any, **_: Any) -> dict[str, ObservedDeployment] | None:
+    """Each service's Deployment, by service key; every change wakes the service's daemon."""
+    key = _owner_key(body)
+    if key is None:
+        return None
+    memo.serving.wake(key)
+    return {key: ObservedDeployment.from_body(body)}
+
+
+async def index_owned_specs(body: kopf.Body, memo: Any, **_: Any) -> dict[str, dict[str, Any]] | None:
+    """Each service's Service and PodDisruptionBudget (their specs), by service key; a change wakes the daemon."""
+    key = _owner_key(body)
+    if key is None:
+        return None
+    memo.serving.wake(key)
+    spec: dict[str, Any] = orjson.loads(orjson.dumps(body.get("spec") or {}))
+    return {key: spec}
+
+
+async def wake_on_deletion(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
+    """A deleted Deployment, Service or budget leaves its index without a call to it: wake its service to make it
+    again."""
+    key = _owner_key(body)
+    if type == "DELETED" and key is not None:
+        memo.serving.wake(key)
+
+
+async def run_inferenceservice(
+    stopped: Any, namespace: str | None, name: str, memo: Any, logger: Any, **indices: Any
+) -> None:
+    """The daemon of one InferenceService, alive while it exists and this replica is the active one."""
+    runtime: Runtime = memo.runtime
+    state: ServingState = memo.serving
+    key = f"{namespace}/{name}"
+    wake = state.wakeups.setdefault(key, asyncio.Event())
+    written_from: str | None = None
+    written_at = 0.0
+    failures = 0
+    try:
+        while not stopped:
+            wake.clear()
+            entry: ServiceEntry | None = first(indices["inferenceservices"], key)
+            delay = runtime.settings.resync_interval_s
+            if entry is None:
+                delay = 0.2
+            elif entry.resource_version == written_from and time.monotonic() - written_at < STALE_VIEW_S:
+                delay = 0.1  # our own status write has not come back yet
+            else:
+                started = time.perf_counter()
+                try:
+                    written = await reconcile(runtime, entry, indices)
+                    written_from, written_at = (entry.resource_version if written else None), time.monotonic()
+                    failures = 0
+                except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+                    failures += 1
+                    delay = min(delay, 0.5 * 2.0 ** min(failures - 1, 16))
+                    logger.warning(f"InferenceService {key}: reconcile failed, retrying in {delay:.1f}s: {error}")
+                except Exception as error:  # a bug, or a value nobody foresaw: name the service, never retry hot
+                    failures += 1
+                    delay = min(delay, 0.5 * 2.0 ** min(failures - 1, 16))
+                    logger.exception(f"InferenceService {key}: reconcile raised {error!r}; retrying in {delay:.1f}s")
+                runtime.metrics.reconcile.labels(api.INFERENCE_SERVICE).observe(time.perf_counter() - started)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=delay)
+            await asyncio.sleep(WAKE_DEBOUNCE_S)
+    finally:
+        if state.wakeups.get(key) is wake:
+            del state.wakeups[key]
+
+
+async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str, Any]) -> bool:
+    """One pass: the replica count the quota holds, the Deployment, Service and budget (each written only when
+    missing or different from what the watch shows), then the status; whether a status change was written."""
+    service = entry.service
+    services_index: IndexOf[ServiceEntry] = indices["inferenceservices"]
+    pools_index: IndexOf[ResourcePool] = indices["resourcepools"]
+    jobs_index: IndexOf[JobEntry] = indices["trainingjobs"]
+    pools = {p.name: p for store in list(pools_index.values()) for p in store}
+    same_pool = [e.service for store in list(services_index.values()) for e in store]
+    jobs = [e.job for store in list(jobs_index.values()) for e in store]
+    allotment = serving.allot(
+        [s for s in same_pool if s.spec.pool == service.spec.pool],
+        pools,
+        [j for j in jobs if j.spec.pool == service.spec.pool],
+    )[service.key]
+    model = serving.resolve_model(service, _training_job(service, jobs_index))
+    observed: ObservedDeployment | None = first(indices["servingdeployments"], service.key)
+    pool = pools.get(service.spec.pool)
+    kube = runtime.api
+    rev: str | None = None
+    if pool is not None and isinstance(model, ModelSource):
+        deployment = serving.build_deployment(service, pool, model, allotment.replicas, runtime.settings)
+        rev = deployment["metadata"]["annotations"][api.LABEL_REVISION]
+        if serving.needs_update(deployment, observed):
+            await put_deployment(kube, deployment)
+        for collection, manifest, index in (
+            (services_path(service.namespace), serving.build_service(service), "servingservices"),
+            (disruption_budgets_path(service.namespace), serving.build_disruption_budget(service), "servingbudgets"),
+        ):
+            if serving.drifted(manifest, first(indices[index], service.key)):
+                await ensure(kube, collection, manifest)
+    elif observed is not None and observed.replicas:
+        # no pool or no model: a replica could only wait for nothing or crash-loop; scaled to 0, kept for later
+        await kube.merge_patch(deployments_path(service.namespace, service.name), {"spec": {"replicas": 0}})
+    now = datetime.now(UTC).replace(microsecond=0)
+    draft = serving.service_status(service, entry.status, model, allotment, observed, rev, now)
+    patch = draft.patch()
+    return await write_status(kube, entry, patch, draft.events) and bool(patch)
+
+
+def _training_job(service: InferenceService, jobs: IndexOf[JobEntry]) -> TrainingJob | None:
+    name = service.spec.model.training_job
+    found = first(jobs, f"{service.namespace}/{name}") if name else None
+    return found.job if found is not None else None
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    owned = {api.LABEL_JOB_KIND: api.INFERENCE_SERVICE}
+    kopf.index(api.GROUP, api.VERSION, api.INFERENCE_SERVICES, id="inferenceservices", registry=registry)(
+        index_inferenceservices
+    )
+    kopf.index("apps", "v1", "deployments", id="servingdeployments", labels=owned, registry=registry)(index_deployments)
+    kopf.index("", "v1", "services", id="servingservices", labels=owned, registry=registry)(index_owned_specs)
+    kopf.index("policy", "v1", "poddisruptionbudgets", id="servingbudgets", labels=owned, registry=registry)(
+        index_owned_specs
+    )
+    for group, plural in (("apps", "deployments"), ("", "services"), ("policy", "poddisruptionbudgets")):
+        kopf.on.event(group, "v1", plural, id=f"deleted-{plural}", labels=owned, registry=registry)(wake_on_deletion)
+    kopf.daemon(
+        api.GROUP, api.VERSION, api.INFERENCE_SERVICES, id="serve", cancellation_timeout=5.0, registry=registry
+    )(run_inferenceservice)

@@ -1,0 +1,94 @@
+"""InferenceServices as the operator holds them in memory, and the API calls that apply what
+:mod:`strata_operator.core.serving` builds: the Deployment, the Service, the PodDisruptionBudget and the status."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+
+import strata_api as api
+from strata_api import InferenceService
+from strata_operator.core.status import Event
+from strata_operator.runtime.kube import ApiError, Conflict, Kube, custom_path
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    """An InferenceService as the index holds it: the typed view, its raw status and its resourceVersion."""
+
+    service: InferenceService
+    status: Mapping[str, Any]
+    resource_version: str
+
+    @property
+    def status_path(self) -> str:
+        s = self.service
+        return custom_path(api.GROUP, api.VERSION, api.INFERENCE_SERVICES, s.name, s.namespace) + "/status"
+
+
+@dataclass
+class ServingState:
+    """What the InferenceService daemons share (in kopf's memo): each one's wake-up, by service key."""
+
+    wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def wake(self, key: str) -> None:
+        event = self.wakeups.get(key)
+        if event is not None:
+            event.set()
+
+
+def deployments_path(namespace: str, name: str = "") -> str:
+    return f"/apis/apps/v1/namespaces/{namespace}/deployments" + (f"/{name}" if name else "")
+
+
+def disruption_budgets_path(namespace: str, name: str = "") -> str:
+    return f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets" + (f"/{name}" if name else "")
+
+
+def services_path(namespace: str, name: str = "") -> str:
+    return f"/api/v1/namespaces/{namespace}/services" + (f"/{name}" if name else "")
+
+
+async def put_deployment(kube: Kube, deployment: Mapping[str, Any]) -> None:
+    """Create the Deployment, or replace the one there (its template and size; the selector never changes): a
+    replace, not a merge, so that a field dropped from the spec (a node selector, a volume) goes too."""
+    meta = deployment["metadata"]
+    if await kube.create(deployments_path(meta["namespace"]), deployment):
+        return
+    await kube.request("PUT", deployments_path(meta["namespace"], meta["name"]), deployment)
+
+
+async def ensure(kube: Kube, collection: str, manifest: Mapping[str, Any]) -> None:
+    """Create an object, or merge its spec into the one there (a Service's or a budget's spec has no list the
+    operator ever shortens)."""
+    if await kube.create(collection, manifest):
+        return
+    await kube.merge_patch(f"{collection}/{manifest['metadata']['name']}", {"spec": manifest["spec"]})
+
+
+async def write_status(kube: Kube, entry: ServiceEntry, patch: Mapping[str, Any], events: list[Event]) -> bool:
+    """Write a status change if the service is still what we read; False when it changed meanwhile or is gone."""
+    if patch:
+        body = {"metadata": {"resourceVersion": entry.resource_version}, "status": dict(patch)}
+        try:
+            await kube.merge_patch(entry.status_path, body)
+        except Conflict:
+            return False
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+    s = entry.service
+    ref = {
+        "apiVersion": api.API_VERSION,
+        "kind": api.INFERENCE_SERVICE,
+        "metadata": {"name": s.name, "namespace": s.namespace, "uid": s.uid},
+    }
+    for event in events:
+        kopf.event(kopf.Body(cast(kopf.RawBody, ref)), type=event.type, reason=event.reason, message=event.message)
+    return True

@@ -1,0 +1,378 @@
+"""InferenceServices on the real control plane: the operator (a real process) makes each one a Deployment, a
+Service and a PodDisruptionBudget; the real controller manager runs the ReplicaSets, kube-scheduler places the
+replicas on the kwok fleet's CPU nodes, and the status follows the Deployment. The pool's quota clamps the
+replicas, a deleted replica is replaced, and the API server refuses bad specs naming the field.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cluster_support import ClusterHandle, eventually
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from operator_harness import OperatorProcess, Strata
+from operator_manifests import a_job
+from serving_builders import service_body
+
+import strata_api as api
+
+ROOT = Path(__file__).resolve().parents[3]
+CRD = "inferenceservices.strata.dev"
+SERVE_PORT = 8000
+
+
+class Services:
+    """A test's InferenceServices and what the operator made of them."""
+
+    def __init__(self, cluster: ClusterHandle, namespace: str) -> None:
+        self.namespace = namespace
+        self.kubectl = cluster.kubectl
+        api_client = cluster.api_client()
+        self.custom = client.CustomObjectsApi(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.policy = client.PolicyV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+
+    def apply(self, body: dict[str, Any]) -> str:
+        self.custom.create_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.INFERENCE_SERVICES, body
+        )
+        return str(body["metadata"]["name"])
+
+    def get(self, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.INFERENCE_SERVICES, name
+        )
+        return obj
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict(self.get(name).get("status") or {})
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.INFERENCE_SERVICES, name, {"spec": spec}
+        )
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.INFERENCE_SERVICES, name
+        )
+
+    def condition(self, name: str, kind: str) -> dict[str, Any]:
+        return next((c for c in self.status(name).get("conditions", ()) if c["type"] == kind), {})
+
+    def wait_status(self, name: str, what: str, **expected: Any) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            status = self.status(name)
+            return status if all(status.get(k) == v for k, v in expected.items()) else None
+
+        try:
+            return eventually(probe, 60, f"InferenceService {name}: {what}")
+        except AssertionError as error:
+            raise AssertionError(f"{error}; status now: {self.status(name)}") from None
+
+    def wait_ready(self, name: str, replicas: int) -> dict[str, Any]:
+        status = self.wait_status(name, f"{replicas} replicas ready", readyReplicas=replicas, desiredReplicas=replicas)
+        eventually(lambda: self.condition(name, "Ready").get("status") == "True", 30, f"{name} Ready")
+        return status
+
+    def pods(self, name: str) -> list[Any]:
+        selector = f"{api.LABEL_INFERENCE_SERVICE}={name}"
+        items = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
+        return [p for p in items if p.metadata.deletion_timestamp is None]
+
+    def events(self, name: str) -> list[str]:
+        items = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}").items
+        return [e.reason for e in items]
+
+    def cleanup(self) -> None:
+        """Delete every service while the operator still runs (it removes kopf's finalizer), then what they owned."""
+        items = self.custom.list_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.INFERENCE_SERVICES
+        )["items"]
+        for item in items:
+            self.delete(item["metadata"]["name"])
+        selector = f"{api.LABEL_JOB_KIND}={api.INFERENCE_SERVICE}"
+        for deployment in self.apps.list_namespaced_deployment(self.namespace, label_selector=selector).items:
+            try:
+                self.apps.delete_namespaced_deployment(deployment.metadata.name, self.namespace)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+        replicas = f"{api.LABEL_INFERENCE_SERVICE}"
+        for pod in self.core.list_namespaced_pod(self.namespace, label_selector=replicas).items:
+            try:
+                self.core.delete_namespaced_pod(pod.metadata.name, self.namespace, grace_period_seconds=0)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+        eventually(
+            lambda: not self.core.list_namespaced_pod(self.namespace, label_selector=replicas).items or None,
+            60,
+            "the services' replica pods to be gone",
+        )
+
+
+@pytest.fixture(scope="module")
+def serving_crd(crds: ClusterHandle) -> ClusterHandle:
+    crds.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD}")
+    return crds
+
+
+@pytest.fixture
+def services(
+    serving_crd: ClusterHandle, namespace: str, operator: OperatorProcess, strata: Strata
+) -> Iterator[Services]:
+    helper = Services(serving_crd, namespace)
+    yield helper
+    helper.cleanup()
+
+
+def cpu_pool(strata: Strata, cpus: int) -> str:
+    return strata.pool("serve", maxGPUs=0, maxCPUs=cpus, capacityTypes=["on-demand", "reserved"])
+
+
+def test_a_service_runs_its_min_replicas_behind_a_service_and_a_budget(services: Services, strata: Strata) -> None:
+    pool = cpu_pool(strata, 8)
+    name = services.apply(service_body("chat", pool, min_replicas=2, max_replicas=4))
+    status = services.wait_ready(name, 2)
+
+    ns = services.namespace
+    assert status["url"] == f"http://chat.{ns}.svc:{SERVE_PORT}"
+    deployment = services.apps.read_namespaced_deployment("chat", ns)
+    assert deployment.spec.replicas == 2
+    assert deployment.metadata.owner_references[0].kind == api.INFERENCE_SERVICE
+    pod = deployment.spec.template.spec
+    assert pod.scheduler_name == "default-scheduler"  # the operator's --scheduler-name in these tests
+    assert pod.containers[0].command == ["python", "-m", "strata_workloads.serve"]
+    assert pod.containers[0].readiness_probe.http_get.path == "/readyz"
+    assert deployment.spec.template.metadata.labels[api.LABEL_REVISION] == status["revision"]
+
+    service = services.core.read_namespaced_service("chat", ns)
+    assert service.spec.type == "ClusterIP"
+    assert [(p.port, p.target_port) for p in service.spec.ports] == [(SERVE_PORT, "http")]
+    assert service.spec.selector == {api.LABEL_INFERENCE_SERVICE: "chat", api.LABEL_MANAGED_BY: api.MANAGED_BY}
+    budget = services.policy.read_namespaced_pod_disruption_budget("chat", ns)
+    assert budget.spec.max_unavailable == 1
+
+    replicas = services.pods("chat")
+    assert len(replicas) == 2
+    assert all(p.spec.node_name for p in replicas)
+    assert services.condition("chat", "QuotaLimited")["status"] == "False"
+
+
+def test_the_replicas_follow_replicas_min(services: Services, strata: Strata) -> None:
+    pool = cpu_pool(strata, 8)
+    name = services.apply(service_body("scaled", pool, min_replicas=1, max_replicas=5))
+    services.wait_ready(name, 1)
+    services.patch_spec(name, {"replicas": {"min": 3}})
+    services.wait_ready(name, 3)
+    assert services.apps.read_namespaced_deployment(name, services.namespace).spec.replicas == 3
+    assert services.status(name)["lastScale"]["replicas"] == 3
+
+
+def test_the_pools_quota_clamps_the_replicas_oldest_service_first(services: Services, strata: Strata) -> None:
+    pool = cpu_pool(strata, 3)  # CPU replicas of 1 CPU each
+    services.apply(service_body("first", pool, min_replicas=2))
+    services.wait_ready("first", 2)
+    services.apply(service_body("second", pool, min_replicas=2))
+    services.wait_ready("second", 1)
+
+    limited = services.condition("second", "QuotaLimited")
+    assert limited["status"] == "True"
+    assert limited["reason"] == "WaitingForQuota"
+    assert f"pool {pool} has 1 of 3 left" in limited["message"]
+    assert services.status("second")["lastScale"]["reason"] == "WaitingForQuota"
+    assert "WaitingForQuota" in services.events("second")
+    assert services.condition("first", "QuotaLimited")["status"] == "False"
+
+    services.delete("first")  # its CPUs go back to the pool: the second service grows to its min
+    services.wait_ready("second", 2)
+    assert services.condition("second", "QuotaLimited")["status"] == "False"
+
+
+def test_a_deleted_replica_is_replaced(services: Services, strata: Strata) -> None:
+    pool = cpu_pool(strata, 8)
+    name = services.apply(service_body("resilient", pool, min_replicas=2))
+    services.wait_ready(name, 2)
+    victim = services.pods(name)[0].metadata.name
+    services.core.delete_namespaced_pod(victim, services.namespace, grace_period_seconds=0)
+
+    def replaced() -> list[str] | None:
+        names = [p.metadata.name for p in services.pods(name)]
+        return names if len(names) == 2 and victim not in names else None
+
+    eventually(replaced, 60, "a new replica in place of the deleted one")
+    services.wait_ready(name, 2)
+
+
+def test_a_deleted_service_or_budget_comes_back(services: Services, strata: Strata) -> None:
+    pool = cpu_pool(strata, 8)
+    name = services.apply(service_body("kept", pool))
+    services.wait_ready(name, 1)
+    ns = services.namespace
+    services.core.delete_namespaced_service(name, ns)
+    services.policy.delete_namespaced_pod_disruption_budget(name, ns)
+
+    def service_again() -> str | None:
+        try:
+            service = services.core.read_namespaced_service(name, ns)
+            services.policy.read_namespaced_pod_disruption_budget(name, ns)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return str(service.metadata.uid)
+
+    eventually(service_again, 30, "the Service and the budget to be made again")
+
+
+def test_a_service_of_a_missing_trainingjob_starts_nothing_and_says_why(services: Services, strata: Strata) -> None:
+    pool = cpu_pool(strata, 8)
+    name = services.apply(service_body("orphan", pool, model={"trainingJob": "no-such-job"}))
+    services.wait_status(name, "no replica", desiredReplicas=0)
+    model = eventually(lambda: services.condition(name, "ModelAvailable") or None, 30, "ModelAvailable")
+    assert model["status"] == "False"
+    assert model["reason"] == "TrainingJobNotFound"
+    assert "spec.model.trainingJob: TrainingJob no-such-job does not exist" in model["message"]
+    assert services.condition(name, "Ready")["status"] == "False"
+    assert services.pods(name) == []
+    eventually(lambda: "TrainingJobNotFound" in services.events(name) or None, 30, "an Event naming the reason")
+
+
+def test_a_service_of_a_trainingjob_serves_its_checkpoint_volume(services: Services, strata: Strata) -> None:
+    pool = cpu_pool(strata, 8)
+    checkpoint = {"path": "/ckpt", "persistentVolumeClaim": "train-ckpt"}
+    strata.submit(a_job("train", pool, suspend=True, checkpoint=checkpoint))  # never runs: only its volume counts
+    name = services.apply(service_body("served", pool, model={"trainingJob": "train"}))
+    model = eventually(lambda: services.condition(name, "ModelAvailable") or None, 60, "ModelAvailable")
+    assert (model["status"], model["reason"]) == ("True", "Checkpoint")
+    assert "TrainingJob train (claim train-ckpt, /ckpt)" in model["message"]
+    pod = services.apps.read_namespaced_deployment(name, services.namespace).spec.template.spec
+    volume = pod.volumes[0].persistent_volume_claim
+    assert (volume.claim_name, volume.read_only) == ("train-ckpt", True)
+    mount = pod.containers[0].volume_mounts[0]
+    assert (mount.mount_path, mount.read_only) == ("/ckpt", True)
+    env = {e.name: e.value for e in pod.containers[0].env}
+    assert env["STRATA_SERVE_CHECKPOINT"] == "/ckpt"
+
+
+# --- what the API server refuses ---
+
+
+def setter(path: str, value: Any) -> Any:
+    def edit(body: dict[str, Any]) -> None:
+        *parents, leaf = path.split(".")
+        node = body["spec"]
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+
+    return edit
+
+
+INVALID_SERVICES: list[tuple[str, Any, str]] = [
+    ("min-above-max", setter("replicas", {"min": 3, "max": 2}), "spec.replicas.min must be at most spec.replicas.max"),
+    ("negative-min", setter("replicas.min", -1), "spec.replicas.min"),
+    ("canary-above-100", setter("rollout.canaryPercent", 101), "spec.rollout.canaryPercent"),
+    ("canary-negative", setter("rollout.canaryPercent", -1), "spec.rollout.canaryPercent"),
+    ("no-surge-no-unavailable", setter("rollout.maxSurge", 0), "spec.rollout.maxSurge and spec.rollout.maxUnavailable"),
+    (
+        "int8-weight-in-fp32",
+        setter("model.quantization", "int8-weight"),
+        "spec.model.quantization int8-weight needs spec.model.precision bf16",
+    ),
+    ("unknown-quantization", setter("model.quantization", "int4"), "spec.model.quantization"),
+    ("unknown-precision", setter("model.precision", "fp16"), "spec.model.precision"),
+    (
+        "job-and-path",
+        setter("model", {"trainingJob": "train", "path": "/models/debug"}),
+        "spec.model.trainingJob and spec.model.path are exclusive",
+    ),
+    (
+        "claim-without-path",
+        setter("model", {"persistentVolumeClaim": "models"}),
+        "spec.model.persistentVolumeClaim needs spec.model.path",
+    ),
+    ("relative-path", setter("model.path", "models/debug"), "spec.model.path must be a clean absolute path"),
+    ("path-in-proc", setter("model.path", "/proc/model"), "spec.model.path must not be a system directory"),
+    ("cpu-without-cpus", lambda b: b["spec"]["resources"].pop("cpuPerReplica"), "spec.resources.cpuPerReplica is"),
+    ("cpu-with-gpus", setter("resources.gpusPerReplica", 1), "spec.resources.gpusPerReplica must not be set"),
+    ("unknown-gpu-type", setter("resources.gpuType", "A100"), "spec.resources.gpuType"),
+    ("zero-cpu", setter("resources.cpuPerReplica", "0"), "spec.resources.cpuPerReplica must be a positive quantity"),
+    ("unknown-metric", setter("autoscaling", {"metric": "qps", "target": 5}), "spec.autoscaling.metric"),
+    ("zero-target", setter("autoscaling", {"target": 0}), "spec.autoscaling.target"),
+    ("unknown-mode", setter("autoscaling", {"target": 5, "mode": "magic"}), "spec.autoscaling.mode"),
+    ("bad-image", setter("workload.image", "ghcr.io/Strata/x"), "spec.workload.image must be an image reference"),
+    ("missing-pool", lambda b: b["spec"].pop("pool"), "spec.pool"),
+    ("batch-of-zero", setter("model.batching", {"maxBatch": 0}), "spec.model.batching.maxBatch"),
+]
+
+
+def field_message(error: ApiException) -> str:
+    """The API server's message, once each cause of the refusal is known to name a field."""
+    status = json.loads(error.body)
+    causes = [c for c in status["details"]["causes"] if "some validation rules were not checked" not in c["message"]]
+    assert causes, status["message"]
+    assert all(c.get("field") not in (None, "", "<nil>") for c in causes), status["message"]
+    return str(status["message"])
+
+
+@pytest.fixture
+def refusals(serving_crd: ClusterHandle, namespace: str) -> Services:
+    return Services(serving_crd, namespace)
+
+
+def test_the_valid_baseline_is_accepted_and_defaulted(refusals: Services) -> None:
+    refusals.apply(service_body("valid", "pool"))
+    spec = refusals.get("valid")["spec"]
+    assert spec["model"] == {
+        "preset": "debug",
+        "precision": "fp32",
+        "quantization": "none",
+        "compile": False,
+        "batching": {"maxBatch": 8, "maxWaitMs": 5},
+    }
+    assert spec["rollout"] == {"maxSurge": 1, "maxUnavailable": 0, "canaryPercent": 0}
+    assert spec["replicas"] == {"min": 1}
+    refusals.delete("valid")
+
+
+@pytest.mark.parametrize(("case", "edit", "names"), INVALID_SERVICES, ids=[c[0] for c in INVALID_SERVICES])
+def test_an_invalid_service_is_refused_naming_the_field(refusals: Services, case: str, edit: Any, names: str) -> None:
+    body = copy.deepcopy(service_body(case, "pool"))
+    edit(body)
+    with pytest.raises(ApiException) as caught:
+        refusals.apply(body)
+    assert caught.value.status == 422, caught.value.body
+    assert names in field_message(caught.value)
+
+
+EXAMPLES = sorted((ROOT / "examples" / "inferenceservices").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_shipped_example_is_accepted(serving_crd: ClusterHandle, namespace: str, path: Path) -> None:
+    assert {d["kind"] for d in yaml.safe_load_all(path.read_text())} <= {
+        api.INFERENCE_SERVICE,
+        api.TRAINING_JOB,
+        api.RESOURCE_POOL,
+    }
+    serving_crd.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path))
+
+
+def test_kubectl_explain_and_get_read_well(refusals: Services) -> None:
+    cluster = refusals
+    text = cluster.kubectl("explain", "inferenceservices.spec.model.quantization")
+    assert "needs precision bf16" in text
+    assert "sisvc" in cluster.kubectl("api-resources", "--api-group=strata.dev")
+    refusals.apply(service_body("listed", "pool"))
+    header = cluster.kubectl("get", "sisvc", "-n", refusals.namespace).splitlines()[0]
+    assert header.split() == ["NAME", "READY", "DESIRED", "URL", "REVISION", "AGE"]

@@ -1,0 +1,102 @@
+"""An InferenceService in real containers: the chart's operator makes its Deployment and Service, the kubelet runs
+the replica (python -m strata_workloads.serve, ready only after warm-up), and another pod's HTTP request through
+the Service's DNS name is answered by the model."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from cluster_support import eventually
+from e2e_support import Strata, a_cpu_pool
+
+import strata_api as api
+
+CLIENT = """
+import json, sys, urllib.request
+request = urllib.request.Request(sys.argv[1] + "/v1/generate", data=json.dumps(
+    {"prompt": "def main():", "max_new_tokens": 8}).encode(), headers={"Content-Type": "application/json"})
+print(urllib.request.urlopen(request, timeout=60).read().decode())
+"""
+
+
+@pytest.fixture
+def pool(strata: Strata) -> Iterator[str]:
+    name = f"e2e-serve-{secrets.token_hex(3)}"
+    strata.apply(a_cpu_pool(name))
+    yield name
+    strata.kubectl("delete", "resourcepool", name, "--wait=false", check=False)
+
+
+def a_cpu_service(strata: Strata, name: str, namespace: str, pool: str) -> dict[str, Any]:
+    resources: dict[str, Any] = {"gpuType": "CPU", "cpuPerReplica": "500m", "memoryPerReplica": "1Gi"}
+    if strata.node_selector:
+        resources["nodeSelector"] = strata.node_selector
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.INFERENCE_SERVICE,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "pool": pool,
+            "workload": {"image": strata.workloads_image, "imagePullPolicy": "IfNotPresent"},
+            "model": {"preset": "debug"},  # random weights: what is checked is the path of a request
+            "replicas": {"min": 1},
+            "resources": resources,
+        },
+    }
+
+
+def a_client_pod(strata: Strata, namespace: str, url: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "client", "namespace": namespace},
+        "spec": {
+            "restartPolicy": "Never",
+            **({"nodeSelector": strata.node_selector} if strata.node_selector else {}),
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "client",
+                    "image": strata.workloads_image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["python", "-c", CLIENT, url],
+                    "resources": {"limits": {"cpu": "200m", "memory": "256Mi"}},
+                    "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                }
+            ],
+        },
+    }
+
+
+@pytest.mark.timeout(1500)  # run alone, it also waits for the session: images, cluster, import, install
+def test_a_cpu_service_answers_http_through_its_service_from_another_pod(
+    strata: Strata, namespace: str, pool: str
+) -> None:
+    strata.apply(a_cpu_service(strata, "chat", namespace, pool))
+
+    def ready() -> dict[str, Any] | None:
+        status = strata.get("inferenceservice", "chat", "-n", namespace).get("status") or {}
+        return status if status.get("readyReplicas") == 1 else None
+
+    try:
+        status = eventually(ready, 300, "the service's replica to be ready")
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{strata.describe(namespace)}") from None
+    assert status["url"] == f"http://chat.{namespace}.svc:8000"
+
+    strata.apply(a_client_pod(strata, namespace, status["url"]))
+
+    def finished() -> str | None:
+        phase = strata.get("pod", "client", "-n", namespace).get("status", {}).get("phase")
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    phase = eventually(finished, 180, "the client pod to finish")
+    out = strata.kubectl("logs", "client", "-n", namespace)
+    assert phase == "Succeeded", f"{out}\n{strata.describe(namespace)}"
+    answer = json.loads(out.strip().splitlines()[-1])
+    assert answer["tokens"] == 8
+    assert isinstance(answer["text"], str)
