@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-SOURCE_DIRS = ("api", "operator", "scheduler", "workloads", "hack")
+SOURCE_DIRS = ("api", "operator", "scheduler", "workloads", "serving", "hack")
 
 
 def lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:
