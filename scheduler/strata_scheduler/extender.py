@@ -39,7 +39,7 @@ from strata_scheduler.columns import host_json
 from strata_scheduler.decoding import NodeRequest, decode
 from strata_scheduler.fastpath.route import ByteRoute
 from strata_scheduler.fastpath.wire import filter_result_json, names_json, object_json
-from strata_scheduler.filtering import FilterOutcome, GroupKey, PinnedGroup, filter_nodes
+from strata_scheduler.filtering import FilterOutcome, GroupKey, PinnedGroup, filter_nodes, reserved_holdback
 from strata_scheduler.forecast_board import ForecastBoard
 from strata_scheduler.metrics import ExtenderMetrics
 from strata_scheduler.protocol import BadRequest, filter_result, priority_list, priority_list_json
@@ -109,6 +109,19 @@ class Extender:
         filter and cost formula the scheduling verbs use. Body: ``{"Pod": <pod template>}``.
         """
         return self._serve("quote", body, self._quote)
+
+    def holdback(self) -> tuple[int, bytes]:
+        """The reserved hold-back of every GPU type now (``GET /holdback``, :mod:`strata_api.holdback`): how many
+        reserved GPUs of each type the filter keeps from low-priority pods, by the rule the filter applies
+        (:func:`~strata_scheduler.filtering.reserved_keep`). The operator's admission reads it once per pass
+        so that it admits a low-priority gang only where this extender will place every worker. 503 until the watch
+        cache has synced (admission then behaves as without an extender)."""
+        if not self.state.ready:
+            return 503, NOT_READY
+        hold = self.board.hold_back()
+        with self.state.reading() as state:
+            answer = reserved_holdback(state.reserved_capacity(), hold, state.high_priority)
+        return 200, orjson.dumps(answer.to_json())
 
     def _serve(self, verb: str, body: bytes, answer: Callable[[NodeRequest], bytes]) -> tuple[int, bytes]:
         """Decode ``body`` and answer it, with the cache's lock held throughout (rows stay valid while it is)."""

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from strata_api.holdback import ReservedHoldBack, TypeHold
 from strata_api.nodes import NodeFacts
 from strata_scheduler.columns import RESOURCE_INDEX
 from strata_scheduler.state import ClusterState, ReservedCapacity
@@ -417,17 +418,37 @@ def held_back(node: NodeFacts, pod: PodView, reserved: Mapping[str, ReservedCapa
         return None
     capacity = reserved[node.gpu_type]
     upper = hold.upper_by_gpu_type.get(node.gpu_type)
-    if upper is None or not math.isfinite(upper):
+    keep = reserved_keep(capacity, upper)
+    if upper is None or keep is None:
         return None
-    total, used, used_high = capacity.total, capacity.used, capacity.used_high
-    keep = max(0, min(total, math.ceil(upper)) - used_high)
-    left = total - used - pod.gpus
+    left = capacity.total - capacity.used - pod.gpus
     if left >= keep:
         return None
     return (
         f"reserved {node.gpu_type} GPUs are held for forecast high-priority demand (up to {upper:.0f} GPUs in "
         f"{hold.minutes} min, {hold.band} band): {keep} must stay free, this pod would leave {max(left, 0)}"
     )
+
+
+def reserved_keep(capacity: ReservedCapacity, upper: float | None) -> int | None:
+    """Reserved GPUs of one type a low-priority pod must leave free: the forecast upper band edge of
+    high-priority demand (at most every reserved GPU of the type) less what high-priority pods hold there already;
+    None when no forecast holds any (no finite upper edge). The one rule behind check 6 and ``GET /holdback``."""
+    if upper is None or not math.isfinite(upper):
+        return None
+    return max(0, min(capacity.total, math.ceil(upper)) - capacity.used_high)
+
+
+def reserved_holdback(reserved: Mapping[str, ReservedCapacity], hold: HoldBack, high_priority: int) -> ReservedHoldBack:
+    """The hold of check 6 for every reserved GPU type, as the operator's admission reads it (``GET /holdback``):
+    a gang admitted only onto what this leaves open is one the filter places whole."""
+    holds = {}
+    for gpu_type, capacity in reserved.items():
+        upper = hold.upper_by_gpu_type.get(gpu_type)
+        keep = reserved_keep(capacity, upper)
+        if upper is not None and keep is not None:
+            holds[gpu_type] = TypeHold(keep_free=keep, reserved=capacity.total, used=capacity.used, upper=upper)
+    return ReservedHoldBack(high_priority=high_priority, minutes=hold.minutes, band=hold.band, by_gpu_type=holds)
 
 
 def group_label(group: tuple[str, str, str]) -> str:

@@ -8,7 +8,9 @@ Routes:
   :meth:`~strata_scheduler.extender.Extender.quote`); for the operator when a job accepts several types;
 - ``GET /healthz``: 200 while the process serves; ``GET /readyz``: 200 once the watch cache has synced, else 503;
 - ``GET /metrics``: Prometheus text format;
-- ``GET /forecast``: the latest forecasts as JSON (``{"forecasts": [...], "error": ...}``).
+- ``GET /forecast``: the latest forecasts as JSON (``{"forecasts": [...], "error": ...}``);
+- ``GET /holdback``: the reserved GPUs of each type held back from low-priority pods now (see
+  :meth:`~strata_scheduler.extender.Extender.holdback`); for the operator's admission.
 
 Why not a web framework: kube-scheduler waits on every call, and at 5,000 nodes aiohttp's per-request work
 (request and response objects, routing, header handling, the body read through a stream) took about 30% of
@@ -51,6 +53,7 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from strata_api.holdback import HOLDBACK_PATH
 from strata_scheduler.extender import Extender
 from strata_scheduler.settings import Settings
 
@@ -110,6 +113,11 @@ def _forecast(extender: Extender, body: bytes) -> Answer:
     return 200, JSON, orjson.dumps({"forecasts": [f.to_json() for f in forecasts], "error": board.last_error})
 
 
+def _holdback(extender: Extender, body: bytes) -> Answer:
+    status, payload = extender.holdback()
+    return status, JSON if status == 200 else TEXT, payload
+
+
 ROUTES: dict[bytes, tuple[bytes, Callable[[Extender, bytes], Answer]]] = {
     b"/filter": (b"POST", _verb(Extender.filter)),
     b"/prioritize": (b"POST", _verb(Extender.prioritize)),
@@ -118,6 +126,7 @@ ROUTES: dict[bytes, tuple[bytes, Callable[[Extender, bytes], Answer]]] = {
     b"/readyz": (b"GET", _readyz),
     b"/metrics": (b"GET", _metrics),
     b"/forecast": (b"GET", _forecast),
+    HOLDBACK_PATH.encode(): (b"GET", _holdback),
 }
 
 

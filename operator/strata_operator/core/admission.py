@@ -21,17 +21,24 @@ Rules, in the order a user would check them:
    capacity type; CPU nodes for a CPU job) has allocatable stays queued with reason NoNodeFitsWorker and the
    largest node's figures, and reserves nothing: as Kueue leaves a workload pending with an inadmissible reason
    rather than failing it, since a node that fits may still join the fleet.
+7. Reserved hold-back. With the scheduler extender's hold (``GET /holdback``), a gang of a pool whose priority is
+   below the extender's high-priority line counts a GPU type's reserved GPUs only above those the extender keeps
+   free for forecast high-priority demand, as the extender will place it; one that fits only on held GPUs waits
+   with reason ReservedGPUsHeldBack, naming the type and the hold (:mod:`strata_operator.core.holdback`).
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 
 from strata_api import CapacityType, GPUType, ResourcePool, TrainingJob, cpu_millis, format_cpu_millis, memory_bytes
+from strata_api.holdback import ReservedHoldBack
+from strata_operator.core.holdback import ReservedHold
 from strata_operator.core.observed import Node
+from strata_operator.core.room import Room
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,8 @@ class Reason:
     NO_NODE_FITS = "NoNodeFitsWorker"
     WAITING_FOR_GPUS = "WaitingForGPUs"
     WAITING_FOR_PREEMPTION = "WaitingForPreemption"
+    HELD_BACK = "ReservedGPUsHeldBack"
+    """The gang fits only on reserved GPUs the scheduler extender holds for forecast high-priority demand."""
     BEHIND_HIGHER_PRIORITY = "WaitingBehindEarlierJobs"
 
 
@@ -149,22 +158,33 @@ def admit(
     pools: Mapping[str, ResourcePool],
     fleet: Sequence[Node],
     free: Mapping[str, int],
+    hold: ReservedHoldBack | None = None,
 ) -> Decision:
     """Decide one admission pass.
 
     ``fleet`` is every schedulable GPU node; ``free`` its GPUs not held by any bound, unfinished pod (Strata's or
-    anyone's). Unbound workers of ``admitted`` gangs are placed first, as reservations.
+    anyone's). Unbound workers of ``admitted`` gangs are placed first, as reservations. ``hold``: the scheduler
+    extender's reserved hold-back (:mod:`strata_operator.core.holdback`), so that a gang of a pool below its
+    high-priority line is admitted only where the extender will place every worker; None holds nothing back.
     """
     nodes = [n for n in fleet if n.gpu_type is not None and n.schedulable]
     room = Room(nodes, free)
     empty = Room(nodes, {n.name: n.allocatable_gpus for n in nodes})
+    held = ReservedHold(hold)
+
+    def priority(request: GangRequest) -> int:
+        pool = pools.get(request.pool)
+        return pool.priority if pool else -(2**31)
+
     reserved: dict[str, dict[str, int]] = {}
-    for gang in sorted(admitted, key=lambda g: (g.admitted_at, g.request.key)):
+    # gangs the hold does not hold back first: what they take on reserved nodes lowers the hold for the others
+    for gang in sorted(admitted, key=lambda g: (held.holds_back(priority(g.request)), g.admitted_at, g.request.key)):
         r = gang.request
         if gang.gpu_type is None:
             continue
         groups = -(-gang.unbound_workers // r.pods_per_group)
-        reserved[r.key] = room.take(gang.gpu_type, r.capacity_types, r.gpus_per_worker * r.pods_per_group, groups)
+        group_gpus = r.gpus_per_worker * r.pods_per_group
+        reserved[r.key] = held.take(room, gang.gpu_type, r.capacity_types, group_gpus, groups, priority(r))
     usage: dict[str, int] = {}
     cpu_usage: dict[str, int] = {}
     for gang in admitted:
@@ -174,10 +194,6 @@ def admit(
     decision = Decision()
     blocked: set[GPUType] = set()
     victims_left = {g.request.key: g for g in admitted}
-
-    def priority(request: GangRequest) -> int:
-        pool = pools.get(request.pool)
-        return pool.priority if pool else -(2**31)
 
     order = sorted(queue, key=lambda r: (-priority(r), r.submitted, r.key))
     for position, request in enumerate(order, start=1):
@@ -221,7 +237,8 @@ def admit(
                 f"needs {request.gpus} GPUs; pool {pool.name} has {pool.max_gpus - in_use} of {pool.max_gpus} left",
             )
             continue
-        possible = [t for t in types if empty.fits(request, t, capacity)]
+        group_gpus, rank = request.gpus_per_worker * request.pods_per_group, pool.priority
+        possible = [t for t in types if empty.slots(t, capacity, group_gpus) >= request.groups]
         if not possible:
             wait(
                 Reason.EXCEEDS_FLEET,
@@ -233,14 +250,16 @@ def admit(
         if not candidates:
             wait(Reason.BEHIND_HIGHER_PRIORITY, "jobs ahead in the queue wait for the same GPU types")
             continue
-        chosen = next((t for t in candidates if room.fits(request, t, capacity)), None)
+
+        fits = partial(held.fits, capacity=capacity, group_gpus=group_gpus, groups=request.groups, priority=rank)
+        chosen = next((t for t in candidates if fits(room, t)), None)
         if chosen is not None:
-            room.take(chosen, capacity, request.gpus_per_worker * request.pods_per_group, request.groups)
+            held.take(room, chosen, capacity, group_gpus, request.groups, rank)
             usage[pool.name] = in_use + request.gpus
             decision.admit[request.key] = chosen
             continue
         blocked.update(candidates)
-        victims = _preemption(request, pool, candidates, capacity, room, victims_left, reserved, pools)
+        victims = _preemption(request, pool, candidates, fits, room, victims_left, reserved, pools)
         if victims:
             for victim in victims:
                 del victims_left[victim.request.key]
@@ -253,6 +272,13 @@ def admit(
                 )
             names = ", ".join(v.request.key for v in victims)
             wait(Reason.WAITING_FOR_PREEMPTION, f"waiting for preempted jobs to release their GPUs: {names}")
+        elif kept_out := [t for t in candidates if held.kept_out(room, t, capacity, group_gpus, request.groups, rank)]:
+            wait(
+                Reason.HELD_BACK,
+                f"{held.why(room, kept_out[0])}; {request.workers} workers x {request.gpus_per_worker} "
+                f"{'/'.join(kept_out)} GPUs fit only on those (pool {pool.name} has priority {rank}, below the "
+                "extender's high-priority line)",
+            )
         else:
             wait(
                 Reason.WAITING_FOR_GPUS,
@@ -315,75 +341,11 @@ def _cpu_quota(
     return None
 
 
-class Room:
-    """Free GPUs of the fleet, bucketed by node kind (GPU type, capacity type) and by free amount, so that a fit
-    check costs O(distinct amounts) rather than O(nodes): one pass over thousands of jobs and nodes stays cheap."""
-
-    def __init__(self, nodes: Iterable[Node], free: Mapping[str, int]) -> None:
-        self.free: dict[str, int] = {}
-        self.kind: dict[str, tuple[GPUType | None, str | None]] = {}
-        self.buckets: dict[tuple[GPUType | None, str | None], dict[int, set[str]]] = {}
-        for node in nodes:
-            self.kind[node.name] = (node.gpu_type, node.capacity_type)
-            self.free[node.name] = 0
-            self._bucket(node.name).setdefault(0, set()).add(node.name)
-            self.put(node.name, max(0, free.get(node.name, 0)))
-
-    def copy(self) -> Room:
-        other = Room((), {})
-        other.free = dict(self.free)
-        other.kind = self.kind
-        other.buckets = {k: {a: set(names) for a, names in b.items()} for k, b in self.buckets.items()}
-        return other
-
-    def put(self, name: str, amount: int) -> None:
-        bucket = self._bucket(name)
-        old = self.free[name]
-        bucket[old].discard(name)
-        if not bucket[old]:
-            del bucket[old]
-        bucket.setdefault(amount, set()).add(name)
-        self.free[name] = amount
-
-    def slots(self, gpu_type: GPUType, capacity: Iterable[str], group_gpus: int) -> int:
-        """How many groups of ``group_gpus`` GPUs (each on one node) fit now."""
-        return sum(
-            len(names) * (amount // group_gpus)
-            for c in capacity
-            for amount, names in self.buckets.get((gpu_type, c), {}).items()
-            if amount >= group_gpus
-        )
-
-    def fits(self, request: GangRequest, gpu_type: GPUType, capacity: Iterable[str]) -> bool:
-        group_gpus = request.gpus_per_worker * request.pods_per_group
-        return self.slots(gpu_type, capacity, group_gpus) >= request.groups
-
-    def take(self, gpu_type: GPUType, capacity: Iterable[str], group_gpus: int, groups: int) -> dict[str, int]:
-        """Place up to ``groups`` groups, fullest usable nodes first (best fit); returns GPUs taken per node."""
-        taken: dict[str, int] = {}
-        kinds = [(gpu_type, c) for c in sorted(capacity)]
-        amounts = sorted({a for k in kinds for a in self.buckets.get(k, {}) if a >= group_gpus})
-        for amount in amounts:
-            per_node = amount // group_gpus
-            candidates = [n for k in kinds for n in self.buckets.get(k, {}).get(amount, ())]
-            for name in heapq.nsmallest(-(-groups // per_node), candidates):
-                count = min(groups, per_node)
-                self.put(name, amount - count * group_gpus)
-                taken[name] = count * group_gpus
-                groups -= count
-            if groups <= 0:
-                break
-        return taken
-
-    def _bucket(self, name: str) -> dict[int, set[str]]:
-        return self.buckets.setdefault(self.kind[name], {})
-
-
 def _preemption(
     request: GangRequest,
     pool: ResourcePool,
     types: Sequence[GPUType],
-    capacity: frozenset[str],
+    fits: Callable[[Room, GPUType], bool],
     room: Room,
     candidates: Mapping[str, AdmittedGang],
     reserved: Mapping[str, Mapping[str, int]],
@@ -410,6 +372,6 @@ def _preemption(
                     if name in trial.free:
                         trial.put(name, trial.free[name] + gpus)
             chosen.append(victim)
-            if trial.fits(request, gpu_type, capacity):
+            if fits(trial, gpu_type):
                 return chosen
     return []

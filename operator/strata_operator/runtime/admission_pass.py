@@ -52,12 +52,16 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
     pools = {p.name: p for store in list(pools_index.values()) for p in store}
     fleet = [n for store in list(nodes_index.values()) for n in store]
     free = {n.name: n.allocatable_gpus - sum(usage_index.get(n.name, ())) for n in fleet}
-    # gpuType Any: the types in the order the extender quotes them (cheapest unit of work first), else the job's
-    quoter = runtime.quoter
-    orders = await quoter.orders((j, pools[j.spec.pool]) for j in queued if j.spec.pool in pools) if quoter else {}
+    # gpuType Any: the types in the order the extender quotes them (cheapest unit of work first), else the job's;
+    # and the reserved GPUs the extender holds back from low-priority gangs (none without its answer)
+    orders: dict[str, tuple[GPUType, ...]] = {}
+    hold = None
+    if (quoter := runtime.quoter) is not None:
+        quoted = quoter.orders((j, pools[j.spec.pool]) for j in queued if j.spec.pool in pools)
+        orders, hold = await asyncio.gather(quoted, quoter.hold_back())
     queue = [r for job in queued if (r := readable_request(job, orders.get(job.key))) is not None]
     admitted = [_admitted(e, list(pods_index.get(key, ()))) for key, e in entries.items() if e.job.phase.holds_gpus]
-    decision = admit(queue, [g for g in admitted if g is not None], pools, fleet, free)
+    decision = admit(queue, [g for g in admitted if g is not None], pools, fleet, free, hold)
 
     now = datetime.now(UTC).replace(microsecond=0)
     # every write is independent (one job's status, guarded by its own resourceVersion): written concurrently, so

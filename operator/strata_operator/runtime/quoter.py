@@ -1,10 +1,14 @@
 """Asks the scheduler extender which GPU type a ``gpuType: Any`` job should get (:mod:`strata_operator.core.quotes`
-builds the request and reads the answer).
+builds the request and reads the answer), and how many reserved GPUs it holds back from low-priority gangs
+(``GET /holdback``, once per admission pass: :mod:`strata_operator.core.holdback`).
 
 Fallback, documented in docs/operator.md: with no extender configured (``--extender-url`` empty), or when it does
 not answer within ``--quote-timeout-s`` (or answers nonsense), the job's own order is used (H100, then MI300X for
 ``Any``) - the choice admission made before quotes existed. A quote is kept for :data:`QUOTE_TTL_S`, so a long
-queue costs one request per job per interval, and all of a pass's quotes are asked at once.
+queue costs one request per job per interval, and all of a pass's quotes are asked at once. The hold-back is
+asked afresh at every pass that has a queue (it moves with every bind); without an answer in time there is no
+hold, and admission admits as it did before it knew the hold (a gang the extender then half places is requeued
+after ``UNSCHEDULABLE_GRACE_S``, :mod:`strata_operator.core.lifecycle`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Iterable
 import aiohttp
 
 from strata_api import GPUType, ResourcePool, TrainingJob
+from strata_api.holdback import HOLDBACK_PATH, ReservedHoldBack
 from strata_operator.core.quotes import ordered, quote_template
 from strata_operator.settings import OperatorSettings
 
@@ -38,6 +43,7 @@ class Quoter:
         self._cache: dict[tuple[str, str], tuple[float, tuple[GPUType, ...]]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._failing = False
+        self._hold_failing = False
 
     async def close(self) -> None:
         if self._session is not None:
@@ -76,13 +82,34 @@ class Quoter:
         self._report(answered=answered, asked=len(asks))
         return result
 
-    async def _ask(self, job: TrainingJob, pool: ResourcePool) -> tuple[GPUType, ...] | None:
+    async def hold_back(self) -> ReservedHoldBack | None:
+        """The extender's reserved hold-back now; None without an extender, or without a readable answer within
+        ``quote_timeout_s`` (one log line when answers stop, one when they come back)."""
+        if not self.url:
+            return None
+        hold = None
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+            async with asyncio.timeout(self.timeout_s):
+                async with self._client().get(f"{self.url}{HOLDBACK_PATH}") as response:
+                    if response.status == 200:
+                        hold = ReservedHoldBack.from_json(json.loads(await response.read()))
+        if hold is None and not self._hold_failing:
+            log.warning(f"the scheduler extender at {self.url} gives no reserved hold-back: admission holds none back")
+        elif hold is not None and self._hold_failing:
+            log.info(f"the scheduler extender at {self.url} gives its reserved hold-back again")
+        self._hold_failing = hold is None
+        return hold
+
+    def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        return self._session
+
+    async def _ask(self, job: TrainingJob, pool: ResourcePool) -> tuple[GPUType, ...] | None:
         body = json.dumps({"Pod": quote_template(job, pool, self.settings)})
         with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
             headers = {"Content-Type": "application/json"}
-            async with self._session.post(f"{self.url}/quote", data=body, headers=headers) as response:
+            async with self._client().post(f"{self.url}/quote", data=body, headers=headers) as response:
                 if response.status == 200:
                     return ordered(json.loads(await response.read()), job.spec.gpu_types)
         return None
