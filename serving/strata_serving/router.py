@@ -1,0 +1,400 @@
+"""The router of one InferenceService: ``python -m strata_serving.router --replica host:port ...``.
+
+A thin aiohttp shell over :mod:`strata_serving.routing` (the replica table and the choice) and
+:mod:`strata_serving.retries` (what may be retried, the budget). It forwards ``POST`` on each endpoint of
+:data:`~strata_serving.retries.ENDPOINTS` to the replica the table picks, retries on another replica where the
+rules and the budget allow, and passes streamed bodies (server-sent events) through chunk by chunk. In the
+background it asks its :class:`~strata_serving.discovery.ReplicaSource` for the replicas every ``dns_interval_s``
+and probes each one's ``/readyz`` and ``/metrics`` every ``probe_interval_s``.
+
+Its own endpoints: ``/healthz`` (alive), ``/readyz`` (replicas discovered and probed once), ``/metrics``. When no
+replica can take a request it answers 503 ``{"error": ..., "reason": ...}``, the reason naming why (none
+discovered, all ejected, all draining, none ready yet). Every forwarded answer carries ``x-strata-attempts`` (how
+many replicas were tried) and ``x-strata-replica`` (the one that answered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from strata_serving.discovery import ReplicaSource, queue_depth_from_metrics, readiness_from_probe, source_from
+from strata_serving.retries import ENDPOINTS, Endpoint, RetryBudget, may_retry
+from strata_serving.router_settings import RouterSettings, load_router_settings
+from strata_serving.routing import Outcome, Policy, Replica, ReplicaTable, outcome_of_status
+
+log = logging.getLogger("strata_serving.router")
+
+ATTEMPTS_HEADER = "x-strata-attempts"
+REPLICA_HEADER = "x-strata-replica"
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "date",
+        "server",
+    }
+)
+"""Headers that describe one connection, not the message: never copied from one side to the other."""
+
+
+class RouterMetrics:
+    """The router's Prometheus series. ``strata_router_requests_total`` counts each client request once (by the
+    replica that answered, ``none`` when the router answered itself): its rate is the service's request rate."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "strata_router_requests", "Client requests by answering replica and code", ["replica", "code"], registry=r
+        )
+        self.attempts = Counter(
+            "strata_router_attempts", "Attempts at replicas by outcome", ["replica", "outcome"], registry=r
+        )
+        self.retries = Counter(
+            "strata_router_retries",
+            "Retries on another replica, by the outcome that caused them",
+            ["outcome"],
+            registry=r,
+        )
+        self.retries_denied = Counter("strata_router_retries_denied", "Retries the budget refused", registry=r)
+        self.failovers = Counter(
+            "strata_router_failovers", "Requests answered by another replica than the first one tried", registry=r
+        )
+        self.ejections = Counter("strata_router_ejections", "Replicas ejected after failures", ["replica"], registry=r)
+        self.unavailable = Counter(
+            "strata_router_unavailable", "503s for want of a replica, by reason", ["reason"], registry=r
+        )
+        self.replicas = Gauge("strata_router_replicas", "Known replicas by state", ["state"], registry=r)
+        self.latency = Histogram(
+            "strata_router_request_seconds", "Client request latency (to the last byte)", ["endpoint"], registry=r
+        )
+
+
+@dataclass
+class Attempt:
+    """How one attempt ended: an outcome, and the replica's answer when it gave one (``streamed``: already sent
+    to the client, nothing more to do)."""
+
+    outcome: Outcome
+    status: int | None = None
+    headers: dict[str, str] | None = None
+    body: bytes = b""
+    error: str = ""
+    streamed: web.StreamResponse | None = None
+
+
+def error_response(status: int, error: str, reason: str, attempts: int = 0) -> web.Response:
+    headers = {ATTEMPTS_HEADER: str(attempts)}
+    if status in (429, 503):
+        headers["Retry-After"] = "1"
+    body = orjson.dumps({"error": error, "reason": reason})
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+def copied_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
+
+
+class Router:
+    """The HTTP shell: routes, the forwarding loop, and the discovery and probe loops."""
+
+    def __init__(self, settings: RouterSettings, source: ReplicaSource, seed: int | None = None) -> None:
+        self.settings = settings
+        self.source = source
+        self.policy = Policy(settings.policy)
+        self.table = ReplicaTable(settings.table_config())
+        self.budget = RetryBudget(settings.retry_ratio, settings.retry_floor_per_s, settings.retry_window_s)
+        self.metrics = RouterMetrics()
+        self.rng = random.Random(seed)
+        self.ready = False
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_body_bytes)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics_page)
+        for path in ENDPOINTS:
+            app.router.add_post(path, self.forward)
+        app.on_startup.append(self._start)
+        app.on_cleanup.append(self._stop)
+        return app
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("the router has not started")
+        return self._session
+
+    async def _start(self, app: web.Application) -> None:
+        timeout = aiohttp.ClientTimeout(
+            sock_connect=self.settings.connect_timeout_s, sock_read=self.settings.upstream_timeout_s
+        )
+        connector = aiohttp.TCPConnector(limit=0)  # the replicas' queues bound the load, not the router's pool
+        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._discover_forever()), loop.create_task(self._probe_forever())]
+
+    async def _stop(self, app: web.Application) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.session.close()
+
+    # --- the router's own endpoints
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.ready:
+            return web.json_response({"status": "ready", "replicas": self.table.counts()})
+        return web.json_response({"status": "discovering replicas"}, status=503)
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        for state, count in self.table.counts().items():
+            self.metrics.replicas.labels(state).set(count)
+        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # --- forwarding
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        endpoint = ENDPOINTS[request.path]
+        response, replica = await self._forward(request, endpoint)
+        self.metrics.requests.labels(replica or "none", str(response.status)).inc()
+        self.metrics.latency.labels(endpoint.path).observe(time.monotonic() - started)
+        return response
+
+    async def _forward(self, request: web.Request, endpoint: Endpoint) -> tuple[web.StreamResponse, str | None]:
+        try:
+            body = await request.read()
+            parsed = orjson.loads(body)
+        except web.HTTPRequestEntityTooLarge:
+            limit = self.settings.max_body_bytes
+            return error_response(413, f"the body is larger than {limit} bytes", "bad request"), None
+        except orjson.JSONDecodeError as error:
+            return error_response(400, f"the body is not valid JSON: {error}", "bad request"), None
+        if not isinstance(parsed, dict):
+            return error_response(400, "the body must be a JSON object", "bad request"), None
+        self.budget.record_request(time.monotonic())
+        headers = copied_headers(request.headers)
+        tried: list[str] = []
+        last: Attempt | None = None
+        while True:
+            if last is not None:  # a retry: allowed by the rules, the attempt limit, a replica left and the budget
+                if last.streamed is not None:
+                    return last.streamed, tried[-1]
+                if not may_retry(last.outcome, endpoint) or len(tried) >= self.settings.max_attempts:
+                    break
+                if not self.table.candidates(frozenset(tried)):
+                    break
+                if not self.budget.try_spend(time.monotonic()):
+                    self.metrics.retries_denied.inc()
+                    break
+                self.metrics.retries.labels(last.outcome.value).inc()
+            replica = self.table.choose(self.policy, self.rng, frozenset(tried))
+            if replica is None:
+                break
+            tried.append(replica.address)
+            last = await self._attempt(replica, endpoint, request, body, headers, len(tried))
+        return self._answer(last, tried), tried[-1] if last is not None and last.status is not None else None
+
+    def _answer(self, last: Attempt | None, tried: list[str]) -> web.StreamResponse:
+        """The client's answer once no further attempt will be made: the last replica's own answer when it gave
+        one, else the router's 503 naming why no replica was left, else 502 (or 504 after a timeout)."""
+        if last is not None and last.status is not None:
+            if last.outcome is Outcome.OK and len(tried) > 1:
+                self.metrics.failovers.inc()
+            headers = dict(last.headers or {})
+            headers[ATTEMPTS_HEADER] = str(len(tried))
+            headers[REPLICA_HEADER] = tried[-1]
+            return web.Response(status=last.status, body=last.body, headers=headers)
+        reason = self.table.unavailable_reason()
+        if reason is not None:
+            self.metrics.unavailable.labels(reason.value).inc()
+            message = "no replica can take the request"
+            if last is not None:
+                message += f" (replica {tried[-1]}: {last.error})"
+            return error_response(503, message, reason.value, len(tried))
+        assert last is not None  # a routable replica exists, so one was tried
+        status = 504 if last.outcome is Outcome.TIMEOUT else 502
+        error = f"replica {tried[-1]}: {last.error}"
+        return error_response(status, error, f"upstream {last.outcome.value}", len(tried))
+
+    async def _attempt(
+        self,
+        replica: Replica,
+        endpoint: Endpoint,
+        request: web.Request,
+        body: bytes,
+        headers: dict[str, str],
+        attempts: int,
+    ) -> Attempt:
+        started = time.monotonic()
+        result = await self._exchange(replica, endpoint, request, body, headers, attempts, started)
+        now = time.monotonic()
+        if self.table.finish(replica, result.outcome, now - started, now):
+            self.metrics.ejections.labels(replica.address).inc()
+            log.warning(
+                "ejected %s for %.1f s after %d failure(s) in a row, the last %s: %s",
+                replica.address,
+                (replica.ejected_until or now) - now,
+                replica.consecutive_failures,
+                result.outcome.value,
+                result.error,
+            )
+        self.metrics.attempts.labels(replica.address, result.outcome.value).inc()
+        return result
+
+    async def _exchange(
+        self,
+        replica: Replica,
+        endpoint: Endpoint,
+        request: web.Request,
+        body: bytes,
+        headers: dict[str, str],
+        attempts: int,
+        started: float,
+    ) -> Attempt:
+        url = f"http://{replica.address}{endpoint.path}"
+        timeout = self.settings.upstream_timeout_s
+        try:
+            upstream = await asyncio.wait_for(self.session.post(url, data=body, headers=headers), timeout)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
+            return Attempt(Outcome.CONNECT_FAILED, error=f"cannot connect: {error}")
+        except TimeoutError:
+            return Attempt(Outcome.TIMEOUT, error=f"no answer within {timeout} s")
+        except aiohttp.ClientError as error:
+            return Attempt(Outcome.RESET, error=f"connection broken: {error!r}")
+        try:
+            streaming = upstream.status == 200 and upstream.content_type == "text/event-stream"
+            if not streaming:
+                payload = await asyncio.wait_for(upstream.read(), timeout)
+                return Attempt(
+                    outcome_of_status(upstream.status),
+                    upstream.status,
+                    copied_headers(upstream.headers),
+                    payload,
+                    error=f"answered {upstream.status}",
+                )
+            streamed, outcome = await self._stream(upstream, request, replica, attempts)
+            return Attempt(outcome, 200, streamed=streamed, error="the stream broke off")
+        except TimeoutError:
+            return Attempt(Outcome.TIMEOUT, error=f"no answer within {timeout} s")
+        except aiohttp.ClientError as error:
+            return Attempt(Outcome.RESET, error=f"connection broken: {error!r}")
+        finally:
+            upstream.release()
+
+    async def _stream(
+        self, upstream: aiohttp.ClientResponse, request: web.Request, replica: Replica, attempts: int
+    ) -> tuple[web.StreamResponse, Outcome]:
+        """Pass a streamed body through chunk by chunk. Once the first byte is out no retry is possible; a replica
+        that breaks off mid-stream breaks the client's connection too, so the client cannot take a cut stream
+        for a whole one."""
+        response = web.StreamResponse(status=upstream.status, headers=copied_headers(upstream.headers))
+        response.headers[ATTEMPTS_HEADER] = str(attempts)
+        response.headers[REPLICA_HEADER] = replica.address
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            log.warning("the stream from %s broke off: %r", replica.address, error)
+            if request.transport is not None:
+                request.transport.abort()
+            return response, Outcome.RESET
+        except ConnectionResetError:
+            return response, Outcome.OK  # the client left; not the replica's fault
+        await response.write_eof()
+        return response, Outcome.OK
+
+    # --- discovery and probes
+
+    async def _discover_forever(self) -> None:
+        while True:
+            try:
+                added, removed = self.table.sync(await self.source.addresses())
+            except OSError as error:
+                log.warning("discovery failed: %s", error)
+                added, removed = [], []
+            if added or removed:
+                log.info("replicas added %s, removed %s", added, removed)
+                await asyncio.gather(*(self._probe(address) for address in added))
+            self.ready = True
+            await asyncio.sleep(self.settings.dns_interval_s)
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.probe_interval_s)
+            await asyncio.gather(*(self._probe(address) for address in list(self.table.replicas)))
+
+    async def _get(self, url: str) -> tuple[int | None, bytes]:
+        try:
+            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=self.settings.probe_timeout_s)) as r:
+                return r.status, await r.read()
+        except (aiohttp.ClientError, TimeoutError):
+            return None, b""
+
+    async def _probe(self, address: str) -> None:
+        (status, ready_body), (metrics_status, metrics_body) = await asyncio.gather(
+            self._get(f"http://{address}/readyz"), self._get(f"http://{address}/metrics")
+        )
+        ready, draining = readiness_from_probe(status, ready_body)
+        depth = queue_depth_from_metrics(metrics_body.decode(errors="replace")) if metrics_status == 200 else None
+        if self.table.probed(address, ready, draining, depth, time.monotonic()):
+            log.info("readmitted %s: its cooldown is over and /readyz answers 200", address)
+
+
+async def serve(settings: RouterSettings, source: ReplicaSource) -> None:
+    """Run the router until SIGTERM or SIGINT."""
+    runner = web.AppRunner(Router(settings, source).app(), handle_signals=False, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.port).start()
+    log.info("listening on %s:%d, policy %s", settings.host, settings.port, settings.policy)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_router_settings(argv)
+        source = source_from(settings.replica, settings.replicas_dns)
+    except ValueError as error:
+        print(f"strata-router: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings, source))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

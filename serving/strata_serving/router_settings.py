@@ -1,0 +1,96 @@
+"""The router's settings: one object, built once at start-up from defaults, ``STRATA_ROUTER_*`` and flags."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from strata_api.settings import load_settings
+from strata_serving.routing import Policy, TableConfig
+
+ENV_PREFIX = "STRATA_ROUTER_"
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """Everything tunable about one InferenceService's router. Each field: unit, default and why."""
+
+    host: str = "0.0.0.0"
+    """Listen address. Default every interface (the router is the service's entry point)."""
+    port: int = 8080
+    """Listen port. Default 8080."""
+    replica: tuple[str, ...] = ()
+    """Replica addresses ``host:port`` (repeatable flag; comma list in the environment). Give this or
+    ``replicas_dns``."""
+    replicas_dns: str = ""
+    """``name:port`` of a headless Service whose name resolves to the ready replicas' addresses; re-resolved every
+    ``dns_interval_s``. Give this or ``replica``."""
+    dns_interval_s: float = 2.0
+    """Seconds between resolutions of ``replicas_dns``. Default 2 s: a new replica takes traffic within about
+    that of turning ready; a vanished one is ejected by its first refused connection long before."""
+    probe_interval_s: float = 0.5
+    """Seconds between active probes (``/readyz`` and ``/metrics``) of each replica. Default 0.5 s: a draining
+    replica stops getting new requests within half a second, and the queue depth is at most that old."""
+    probe_timeout_s: float = 0.5
+    """Seconds a probe waits for its answer; no answer is not ready. Default 0.5 s (the probe interval)."""
+    connect_timeout_s: float = 0.5
+    """Seconds to open a connection to a replica before trying another. Default 0.5 s: on a cluster network a
+    connection opens in milliseconds, and a replica that cannot be reached is better skipped fast."""
+    upstream_timeout_s: float = 60.0
+    """Seconds an attempt waits for a replica's response headers, and then between two chunks of its body; past
+    it the attempt is a timeout (retried for endpoints free of side effects). Default 60 s: a long generation on a
+    CPU replica takes seconds, not minutes."""
+    policy: str = Policy.LEAST_LOADED.value
+    """``least-loaded`` (lowest expected wait) or ``round-robin``. Default least-loaded."""
+    max_attempts: int = 3
+    """Attempts per request, the first included, each on a different replica. Default 3 (Envoy's default of two
+    retries)."""
+    retry_ratio: float = 0.2
+    """Retries at most this share of the requests of the budget window. Default 0.2 (Linkerd's)."""
+    retry_floor_per_s: float = 5.0
+    """Retries per second allowed on top of the ratio, so that a quiet service still retries. Default 5."""
+    retry_window_s: float = 10.0
+    """The retry budget's sliding window, seconds. Default 10 s (Linkerd's)."""
+    eject_after_failures: int = 3
+    """Failures in a row (timeouts, resets, 5xx other than 503) that eject a replica; one refused connection
+    ejects it at once. Default 3."""
+    eject_cooldown_s: float = 2.0
+    """Seconds an ejected replica sits out the first time; doubled at each further ejection. Default 2 s: a
+    killed pod's replacement is a new address, and a replica that merely stumbled is back soon."""
+    eject_cooldown_max_s: float = 30.0
+    """Longest ejection, seconds. Default 30 s (Envoy's base ejection time)."""
+    latency_alpha: float = 0.3
+    """Weight of the newest sample in each replica's latency EWMA. Default 0.3: a replica that turns slow is
+    priced so within a few requests."""
+    failure_alpha: float = 0.2
+    """Weight of the newest attempt in each replica's failure EWMA (its health). Default 0.2."""
+    max_body_bytes: int = 1 << 20
+    """Largest request body accepted; larger ones get 413. Default 1 MiB (the server's prompt limit is 4 KiB)."""
+    log_level: str = "INFO"
+    """Python logging level. Default INFO (ejections, readmissions and replicas coming and going)."""
+
+    def __post_init__(self) -> None:
+        Policy(self.policy)  # a ValueError naming the value
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+
+    def table_config(self) -> TableConfig:
+        return TableConfig(
+            latency_alpha=self.latency_alpha,
+            failure_alpha=self.failure_alpha,
+            eject_after_failures=self.eject_after_failures,
+            eject_cooldown_s=self.eject_cooldown_s,
+            eject_cooldown_max_s=self.eject_cooldown_max_s,
+        )
+
+
+def load_router_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> RouterSettings:
+    """Defaults, then ``STRATA_ROUTER_*`` variables, then flags (``--replica 10.0.0.5:8000 --policy round-robin``)."""
+    return load_settings(
+        RouterSettings,
+        env_prefix=ENV_PREFIX,
+        argv=argv,
+        env=env,
+        prog="python -m strata_serving.router",
+        description="The load-aware router of one InferenceService.",
+    )

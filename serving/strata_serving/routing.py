@@ -1,0 +1,260 @@
+"""The router's replica table and its choice of replica per request (pure: no I/O, no clock, no global random).
+
+Each replica carries what the router knows of it: requests it has in flight there (counted by the router, live),
+the queue depth it last reported (``strata_serve_in_flight`` from its ``/metrics``, up to one probe old, and
+counting other routers' requests too), an EWMA of its response latency, an EWMA of its failures, and its
+readiness from ``/readyz``. From these:
+
+- **expected wait** = ``(max(in flight, queue depth) + 1) x latency EWMA / health``, where ``health = 1 - failure
+  EWMA`` (at least :data:`MIN_HEALTH`). ``+ 1`` is the new request itself; the larger of the two loads because the
+  router's count is live but sees only its own requests, and the replica's gauge sees everyone's but is stale. A
+  replica with no latency sample yet is priced at the mean of the others (so a new replica gets its fair share
+  rather than all of it or none). This is the "peak EWMA" cost of Finagle and Linkerd without the peak.
+- **least-loaded** picks the lowest expected wait over every routable replica, ties broken at random. A full scan
+  rather than the power of two random choices: one router's in-flight counts are live and replicas number tens,
+  so the exact minimum costs microseconds; two choices pays off when many balancers herd on shared stale state or
+  hosts number thousands, and it would send some requests to the slow replica that the full scan avoids.
+- **round-robin** cycles over the same routable replicas (the baseline of the benchmark, and an option).
+- **passive health** (Envoy's outlier detection): a connect failure ejects a replica at once (nothing listens
+  there); :attr:`TableConfig.eject_after_failures` failures in a row of other kinds (timeouts, resets, 5xx) eject
+  it too. An ejected replica sits out a cooldown that doubles with each ejection (capped; back to the base once it
+  has answered well for the longest cooldown), and comes back only when an active probe of ``/readyz`` succeeds
+  after the cooldown. A replica's 503 (draining or warming up) marks
+  it not ready until a probe says ready again, without ejecting it: it is healthy, just not taking work.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+MIN_HEALTH = 0.05
+"""Floor of ``1 - failure EWMA``: a replica that failed every recent request costs 20x its wait, not infinity,
+so that it is still chosen when it is the only one left routable (ejection, not the score, takes it out)."""
+
+
+class Outcome(enum.Enum):
+    """How one attempt at one replica ended, as far as routing and retrying care."""
+
+    OK = "ok"
+    """An answer the replica meant: 2xx, or a 4xx about the request (the client's fault, not the replica's)."""
+    CONNECT_FAILED = "connect_failed"
+    """No connection (refused, unreachable, connect timeout): the request never left the router."""
+    UNAVAILABLE = "unavailable"
+    """503 from the replica: draining or warming up; it refused the request without processing it."""
+    OVERLOADED = "overloaded"
+    """429 from the replica: its queue is full; it refused the request without processing it."""
+    TIMEOUT = "timeout"
+    """No answer within the upstream timeout after the request was sent: it may have been processed."""
+    RESET = "reset"
+    """The connection broke after the request was sent (the replica died, a stale keep-alive connection)."""
+    SERVER_ERROR = "server_error"
+    """Any other 5xx: the replica processed the request and failed."""
+
+    @property
+    def is_failure(self) -> bool:
+        """Whether the outcome counts against the replica's health (429 and 503 are refusals, not faults)."""
+        return self not in (Outcome.OK, Outcome.UNAVAILABLE, Outcome.OVERLOADED)
+
+
+def outcome_of_status(status: int) -> Outcome:
+    """The outcome of an HTTP answer from a replica."""
+    if status == 503:
+        return Outcome.UNAVAILABLE
+    if status == 429:
+        return Outcome.OVERLOADED
+    if status >= 500:
+        return Outcome.SERVER_ERROR
+    return Outcome.OK
+
+
+class Policy(enum.Enum):
+    LEAST_LOADED = "least-loaded"
+    ROUND_ROBIN = "round-robin"
+
+
+class Unavailable(enum.Enum):
+    """Why no replica can take a request: the ``reason`` of the router's 503."""
+
+    NONE_DISCOVERED = "no replica discovered"
+    NOT_READY = "no replica ready yet"
+    ALL_EJECTED = "all replicas ejected after failures"
+    ALL_DRAINING = "all replicas draining"
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """How the table scores and ejects (``RouterSettings.table_config()``; each field's meaning and default is
+    documented there)."""
+
+    latency_alpha: float
+    failure_alpha: float
+    eject_after_failures: int
+    eject_cooldown_s: float
+    eject_cooldown_max_s: float
+
+
+@dataclass
+class Replica:
+    """What the router knows of one replica (``address`` is ``host:port``)."""
+
+    address: str
+    in_flight: int = 0
+    queue_depth: float = 0.0
+    latency_ewma_s: float | None = None
+    failure_ewma: float = 0.0
+    consecutive_failures: int = 0
+    ready: bool = False
+    draining: bool = False
+    ejected_until: float | None = None
+    ejections: int = 0
+    last_ejected_at: float = 0.0
+
+    @property
+    def ejected(self) -> bool:
+        return self.ejected_until is not None
+
+    @property
+    def routable(self) -> bool:
+        return self.ready and not self.draining and not self.ejected
+
+    @property
+    def health(self) -> float:
+        """1 when no recent request failed, falling towards :data:`MIN_HEALTH` as failures accumulate."""
+        return max(MIN_HEALTH, 1.0 - self.failure_ewma)
+
+    def expected_wait(self, default_latency_s: float) -> float:
+        """Seconds a new request is expected to take here (the module docstring gives the formula)."""
+        latency = self.latency_ewma_s if self.latency_ewma_s is not None else default_latency_s
+        return (max(self.in_flight, self.queue_depth) + 1) * latency / self.health
+
+
+@dataclass
+class ReplicaTable:
+    """Every known replica by address, the choice among them, and the bookkeeping of each attempt's outcome."""
+
+    config: TableConfig
+    replicas: dict[str, Replica] = field(default_factory=dict)
+    _next_round_robin: int = 0
+
+    def sync(self, addresses: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Make the table hold exactly ``addresses`` (the source's latest list); returns (added, removed).
+        A new replica starts not ready: it takes traffic after its first successful probe, not while warming up."""
+        wanted = list(dict.fromkeys(addresses))
+        added = [address for address in wanted if address not in self.replicas]
+        removed = [address for address in self.replicas if address not in wanted]
+        for address in removed:
+            del self.replicas[address]
+        for address in added:
+            self.replicas[address] = Replica(address)
+        return added, removed
+
+    def routable(self) -> list[Replica]:
+        return [replica for replica in self.replicas.values() if replica.routable]
+
+    def unavailable_reason(self) -> Unavailable | None:
+        """None when some replica can take a request; otherwise why none can (ejection before draining before
+        not ready: the reason that names the most specific cause among the replicas there are)."""
+        replicas = list(self.replicas.values())
+        if not replicas:
+            return Unavailable.NONE_DISCOVERED
+        if any(replica.routable for replica in replicas):
+            return None
+        if any(replica.ejected for replica in replicas):
+            return Unavailable.ALL_EJECTED
+        if any(replica.draining for replica in replicas):
+            return Unavailable.ALL_DRAINING
+        return Unavailable.NOT_READY
+
+    def candidates(self, exclude: frozenset[str] = frozenset()) -> list[Replica]:
+        """The routable replicas outside ``exclude``: where a (re)try of a request may go."""
+        return [replica for replica in self.routable() if replica.address not in exclude]
+
+    def choose(self, policy: Policy, rng: random.Random, exclude: frozenset[str] = frozenset()) -> Replica | None:
+        """The replica for the next attempt, or None when no routable replica is left outside ``exclude`` (the
+        replicas this request already tried). Counts the attempt as in flight there: call :meth:`finish` after."""
+        candidates = self.candidates(exclude)
+        if not candidates:
+            return None
+        if policy is Policy.ROUND_ROBIN:
+            ordered = sorted(candidates, key=lambda replica: replica.address)
+            chosen = ordered[self._next_round_robin % len(ordered)]
+            self._next_round_robin += 1
+        else:
+            default = self.default_latency_s()
+            waits = [replica.expected_wait(default) for replica in candidates]
+            best = min(waits)
+            chosen = rng.choice([replica for replica, wait in zip(candidates, waits, strict=True) if wait == best])
+        chosen.in_flight += 1
+        return chosen
+
+    def default_latency_s(self) -> float:
+        """The price of a replica with no latency sample: the mean of the others' EWMAs (1 when none has one:
+        then every replica is unmeasured and only load decides)."""
+        known = [r.latency_ewma_s for r in self.replicas.values() if r.latency_ewma_s is not None]
+        return sum(known) / len(known) if known else 1.0
+
+    def finish(self, replica: Replica, outcome: Outcome, seconds: float, now: float) -> bool:
+        """Book one attempt's end at ``replica``; returns True when this outcome ejected it."""
+        replica.in_flight = max(0, replica.in_flight - 1)
+        if outcome is Outcome.UNAVAILABLE:
+            replica.ready = False  # until a probe says ready again
+        if outcome in (Outcome.UNAVAILABLE, Outcome.OVERLOADED):
+            return False  # a refusal says nothing of the replica's health, either way
+        failed = outcome.is_failure
+        replica.failure_ewma += self.config.failure_alpha * (float(failed) - replica.failure_ewma)
+        if outcome in (Outcome.OK, Outcome.TIMEOUT, Outcome.SERVER_ERROR):
+            previous = replica.latency_ewma_s
+            replica.latency_ewma_s = (
+                seconds if previous is None else previous + self.config.latency_alpha * (seconds - previous)
+            )
+        if not failed:
+            replica.consecutive_failures = 0
+            if replica.ejections and now - replica.last_ejected_at > self.config.eject_cooldown_max_s:
+                replica.ejections = 0  # healthy for a while: the next ejection starts from the base cooldown
+            return False
+        replica.consecutive_failures += 1
+        if replica.ejected:
+            return False
+        if outcome is Outcome.CONNECT_FAILED or replica.consecutive_failures >= self.config.eject_after_failures:
+            self.eject(replica, now)
+            return True
+        return False
+
+    def eject(self, replica: Replica, now: float) -> None:
+        cooldown = min(self.config.eject_cooldown_s * 2**replica.ejections, self.config.eject_cooldown_max_s)
+        replica.ejections += 1
+        replica.ejected_until = now + cooldown
+        replica.last_ejected_at = now
+
+    def probed(self, address: str, ready: bool, draining: bool, queue_depth: float | None, now: float) -> bool:
+        """Book an active probe's result (``/readyz``, and the queue depth from ``/metrics`` when it answered);
+        returns True when the probe brought an ejected replica back (its cooldown over and ``/readyz`` 200)."""
+        replica = self.replicas.get(address)
+        if replica is None:
+            return False
+        replica.ready, replica.draining = ready, draining
+        if queue_depth is not None:
+            replica.queue_depth = queue_depth
+        if replica.ejected_until is not None and ready and now >= replica.ejected_until:
+            replica.ejected_until = None
+            replica.consecutive_failures = 0
+            replica.failure_ewma = 0.0
+            return True
+        return False
+
+    def counts(self) -> dict[str, int]:
+        """Replicas by state, for the router's gauge: routable, ejected, draining, not ready."""
+        states = {"routable": 0, "ejected": 0, "draining": 0, "not_ready": 0}
+        for replica in self.replicas.values():
+            if replica.routable:
+                states["routable"] += 1
+            elif replica.ejected:
+                states["ejected"] += 1
+            elif replica.draining:
+                states["draining"] += 1
+            else:
+                states["not_ready"] += 1
+        return states

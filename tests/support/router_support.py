@@ -1,0 +1,170 @@
+"""Test support for the router: its process and replica processes on loopback (``fake_replica.py`` or the real
+workload server), started with free ports, waited for, and stopped; and readers of its answers and metrics.
+
+Tests import it as ``router_support`` (``tests/conftest.py`` puts this folder on ``sys.path``); the router's
+benchmark does the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+FAKE_REPLICA = Path(__file__).resolve().parent / "fake_replica.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Process:
+    """One started process, the address it listens on, and its log."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies at once, its connections reset, as a pod on a lost node."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(10)
+
+    def terminate(self) -> None:
+        """SIGTERM: a replica drains (as a pod being deleted) and exits."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+
+@dataclass
+class Processes:
+    """Every process a test started; :meth:`stop_all` kills what is left (the fixture calls it)."""
+
+    folder: Path
+    started: list[Process] = field(default_factory=list)
+
+    def start(self, name: str, command: list[str], port: int, env: dict[str, str] | None = None) -> Process:
+        log = self.folder / f"{name}.log"
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=self.folder
+            )
+        process = Process(name, popen, port, log)
+        self.started.append(process)
+        return process
+
+    def fake_replica(self, name: str, *flags: str) -> Process:
+        port = free_port()
+        command = [sys.executable, str(FAKE_REPLICA), "--port", str(port), "--name", name, *flags]
+        return self.start(name, command, port)
+
+    def router(self, replicas: list[str], *flags: str, name: str = "router") -> Process:
+        port = free_port()
+        command = [sys.executable, "-m", "strata_serving.router", "--host", "127.0.0.1", "--port", str(port)]
+        for replica in replicas:
+            command += ["--replica", replica]
+        return self.start(name, [*command, *flags], port)
+
+    def workload_server(self, name: str, *flags: str) -> Process:
+        port = free_port()
+        command = [sys.executable, "-m", "strata_workloads.serve", "--host", "127.0.0.1", "--port", str(port)]
+        return self.start(name, [*command, *flags], port, env={"STRATA_LOG_FORMAT": "text"})
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            process.kill()
+
+
+async def wait_ready(process: Process, timeout_s: float = 30.0, path: str = "/readyz") -> None:
+    """Until ``path`` answers 200; fails with the process's log when it exits or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if process.popen.poll() is not None:
+                raise AssertionError(f"{process.name} exited with {process.popen.returncode}:\n{process.log_tail()}")
+            try:
+                async with session.get(process.url + path, timeout=aiohttp.ClientTimeout(total=1)) as response:
+                    if response.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{process.name} not ready after {timeout_s} s:\n{process.log_tail()}")
+
+
+async def wait_routable(router: Process, replicas: int, timeout_s: float = 10.0) -> None:
+    """Until the router counts ``replicas`` routable replicas (probed ready, not ejected)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if total(await metrics(router), "strata_router_replicas", state="routable") == replicas:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the router does not count {replicas} routable replicas:\n{router.log_tail()}")
+
+
+async def metrics(process: Process) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a process's ``/metrics``: (name, sorted labels) -> value."""
+    async with aiohttp.ClientSession() as session, session.get(process.url + "/metrics") as response:
+        text = await response.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    return sum(
+        value
+        for (sample, sample_labels), value in samples.items()
+        if sample == name and set(labels.items()) <= set(sample_labels)
+    )
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    replica: str
+    attempts: int
+    body: bytes
+    seconds: float
+
+
+async def post(session: aiohttp.ClientSession, url: str, body: object, timeout_s: float = 30.0) -> Answer:
+    """One request through the router: status, the answering replica, the attempts it took, the latency."""
+    started = time.monotonic()
+    async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+        payload = await response.read()
+        return Answer(
+            response.status,
+            response.headers.get("x-strata-replica", ""),
+            int(response.headers.get("x-strata-attempts", "0")),
+            payload,
+            time.monotonic() - started,
+        )

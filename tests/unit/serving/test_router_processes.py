@@ -1,0 +1,257 @@
+"""The router as a real process in front of real replica processes on loopback: the stand-in replica of
+``tests/support/fake_replica.py`` (configurable delay, failure, hang; killed or drained for real) and the workload
+server itself (``python -m strata_workloads.serve`` on the tiny ``debug`` model)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+from router_support import Answer, Process, Processes, metrics, post, total, wait_ready, wait_routable
+
+pytestmark = pytest.mark.timeout(120)
+
+GENERATE = {"prompt": "def main(", "max_new_tokens": 4}
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    started = Processes(tmp_path)
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+async def started(*processes: Process, routers: tuple[Process, ...] = ()) -> None:
+    """Until every process answers /readyz and each router counts every ready replica as routable."""
+    await asyncio.gather(*(wait_ready(process) for process in processes))
+    for router in routers:
+        await wait_ready(router)
+        await wait_routable(router, len(processes))
+
+
+async def load(
+    session: aiohttp.ClientSession, router: Process, requests: int, concurrency: int, path: str = "/v1/generate"
+) -> list[Answer]:
+    """``requests`` requests through the router, ``concurrency`` at a time."""
+    answers: list[Answer] = []
+    queue = iter(range(requests))
+
+    async def client() -> None:
+        for _ in queue:
+            answers.append(await post(session, router.url + path, GENERATE))
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return answers
+
+
+async def test_traffic_avoids_a_slow_replica_that_round_robin_keeps_feeding(
+    processes: Processes, session: aiohttp.ClientSession
+) -> None:
+    fast = [processes.fake_replica(f"fast{i}", "--delay", "0.02", "--slots", "8") for i in range(2)]
+    slow = processes.fake_replica("slow", "--delay", "0.4", "--slots", "8")
+    replicas = [replica.address for replica in [*fast, slow]]
+    least_loaded = processes.router(replicas, name="least-loaded")
+    round_robin = processes.router(replicas, "--policy", "round-robin", name="round-robin")
+    await started(*fast, slow, routers=(least_loaded, round_robin))
+
+    by_policy = {}
+    for router in (least_loaded, round_robin):
+        answers = await load(session, router, requests=90, concurrency=6)
+        assert all(answer.status == 200 for answer in answers)
+        by_policy[router.name] = Counter(answer.replica for answer in answers)[slow.address]
+    # least-loaded measures the slow replica once or twice and then sends it work only when the fast ones queue
+    # up; round-robin gives it a third of the requests, which is what makes its tail latency
+    assert by_policy["least-loaded"] <= 9, by_policy
+    assert by_policy["round-robin"] == 30, by_policy
+
+
+async def test_a_replica_killed_mid_load_loses_no_request(processes: Processes, session: aiohttp.ClientSession) -> None:
+    replicas = [processes.fake_replica(f"r{i}", "--delay", "0.05", "--slots", "4") for i in range(3)]
+    router = processes.router([replica.address for replica in replicas])
+    await started(*replicas, routers=(router,))
+
+    loading = asyncio.create_task(load(session, router, requests=240, concurrency=9))
+    await asyncio.sleep(0.6)
+    replicas[0].kill()
+    answers = await loading
+
+    assert [answer.status for answer in answers] == [200] * 240
+    assert replicas[0].address not in {answer.replica for answer in answers[-60:]}
+    assert any(answer.attempts > 1 for answer in answers), "the kill caught no request in flight"
+    samples = await metrics(router)
+    broken = sum(
+        total(samples, "strata_router_attempts_total", replica=replicas[0].address, outcome=outcome)
+        for outcome in ("reset", "connect_failed")
+    )
+    assert broken >= 1  # requests met the dead replica (in flight at the kill, or before its probe failed)
+    assert total(samples, "strata_router_replicas", state="routable") == 2
+    assert total(samples, "strata_router_failovers_total") >= 1
+    assert total(samples, "strata_router_requests_total") == 240  # each client request counted once
+
+
+async def test_a_draining_replica_gets_no_new_requests_and_none_fails(
+    processes: Processes, session: aiohttp.ClientSession
+) -> None:
+    replicas = [processes.fake_replica(f"r{i}", "--delay", "0.05", "--slots", "4") for i in range(2)]
+    router = processes.router([replica.address for replica in replicas])
+    await started(*replicas, routers=(router,))
+
+    loading = asyncio.create_task(load(session, router, requests=120, concurrency=6))
+    await asyncio.sleep(0.5)
+    replicas[0].terminate()
+    answers = await loading
+    assert [answer.status for answer in answers] == [200] * 120
+
+
+async def test_a_hung_replica_times_out_and_the_request_is_answered_by_another(
+    processes: Processes, session: aiohttp.ClientSession
+) -> None:
+    hung = processes.fake_replica("hung", "--hang")
+    healthy = processes.fake_replica("healthy")
+    router = processes.router([hung.address, healthy.address], "--upstream-timeout-s", "0.5", "--policy", "round-robin")
+    await started(hung, healthy, routers=(router,))
+
+    answers = [await post(session, router.url + "/v1/generate", GENERATE) for _ in range(4)]
+    assert {answer.status for answer in answers} == {200}
+    assert {answer.replica for answer in answers} == {healthy.address}
+    assert any(answer.attempts == 2 and 0.5 <= answer.seconds < 5 for answer in answers)
+    assert total(await metrics(router), "strata_router_attempts_total", outcome="timeout") >= 1
+
+
+async def test_the_retry_budget_caps_retries_when_every_replica_fails(
+    processes: Processes, session: aiohttp.ClientSession
+) -> None:
+    failing = [processes.fake_replica(f"f{i}", "--fail-status", "500") for i in range(2)]
+    flags = ["--retry-ratio", "0.1", "--retry-floor-per-s", "0.1", "--retry-window-s", "60"]
+    router = processes.router([replica.address for replica in failing], *flags, "--eject-after-failures", "1000")
+    await started(*failing, routers=(router,))
+
+    answers = [await post(session, router.url + "/v1/predict", {"text": "import os"}) for _ in range(40)]
+    # allowance after 40 requests: floor(0.1 x 40 + 0.1 x 60) = 10 retries, never one per request
+    assert {answer.status for answer in answers} == {500}  # the replica's own answer, passed through
+    assert sum(answer.attempts == 2 for answer in answers) == 10
+    samples = await metrics(router)
+    assert total(samples, "strata_router_retries_total") == 10
+    assert total(samples, "strata_router_retries_denied_total") == 30
+
+
+async def test_503_with_a_reason_when_no_replica_can_take_the_request(
+    processes: Processes, session: aiohttp.ClientSession
+) -> None:
+    warming = processes.fake_replica("warming", "--ready-after", "600")
+    draining = processes.fake_replica("draining", "--linger-s", "60")
+    doomed = processes.fake_replica("doomed")
+    nobody = processes.router([warming.address], name="nobody-ready")
+    drained = processes.router([draining.address], name="drained")
+    # probes every 30 s: the kill is found by the request that meets the closed port, not by a probe
+    ejecting = processes.router([doomed.address], "--probe-interval-s", "30", name="ejecting")
+    await started(doomed, routers=(ejecting,))
+    await started(draining, routers=(drained,))
+    await wait_ready(warming, path="/healthz")
+    await wait_ready(nobody)
+
+    async def refused(router: Process) -> dict[str, str]:
+        async with session.post(router.url + "/v1/generate", json=GENERATE) as response:
+            assert response.status == 503
+            assert response.headers["Retry-After"] == "1"
+            return dict(orjson.loads(await response.read()))
+
+    assert (await refused(nobody))["reason"] == "no replica ready yet"
+    doomed.kill()
+    body = await refused(ejecting)
+    assert body["reason"] == "all replicas ejected after failures"
+    assert doomed.address in body["error"]
+    draining.terminate()
+    await asyncio.sleep(1.2)  # two probes
+    assert (await refused(drained))["reason"] == "all replicas draining"
+    async with session.get(drained.url + "/readyz") as response:
+        assert response.status == 200  # the router itself is up: it answers, and says why it cannot serve
+
+
+async def test_malformed_requests_get_a_clear_4xx_and_the_router_survives(
+    processes: Processes, session: aiohttp.ClientSession
+) -> None:
+    replica = processes.fake_replica("r")
+    router = processes.router([replica.address], "--max-body-bytes", "1000")
+    await started(replica, routers=(router,))
+
+    async def answer(method: str, path: str, data: bytes) -> tuple[int, bytes]:
+        async with session.request(method, router.url + path, data=data) as response:
+            return response.status, await response.read()
+
+    status, body = await answer("POST", "/v1/generate", b"{not json")
+    assert status == 400
+    assert b"not valid JSON" in body
+    status, body = await answer("POST", "/v1/generate", b"[1, 2]")
+    assert status == 400
+    assert b"must be a JSON object" in body
+    status, body = await answer("POST", "/v1/generate", b'{"prompt": "' + b"x" * 2000 + b'"}')
+    assert status == 413
+    assert b"larger than 1000 bytes" in body
+    assert (await answer("POST", "/v1/nothing", b"{}"))[0] == 404
+    assert (await answer("GET", "/v1/generate", b""))[0] == 405
+    assert (await post(session, router.url + "/v1/generate", GENERATE)).status == 200
+    assert router.popen.poll() is None
+
+
+async def test_a_streamed_completion_passes_through_chunk_by_chunk(
+    processes: Processes, session: aiohttp.ClientSession
+) -> None:
+    replica = processes.fake_replica("streamer", "--delay", "1.0", "--chunks", "5")
+    router = processes.router([replica.address])
+    await started(replica, routers=(router,))
+
+    arrivals: list[tuple[float, bytes]] = []
+    body = {"prompt": "def ", "stream": True}
+    async with session.post(router.url + "/v1/completions", json=body) as response:
+        assert response.status == 200
+        assert response.content_type == "text/event-stream"
+        assert response.headers["x-strata-attempts"] == "1"
+        async for line in response.content:
+            if line.strip():
+                arrivals.append((time.monotonic(), line.strip()))
+    assert arrivals[-1][1] == b"data: [DONE]"
+    assert len(arrivals) == 6
+    # 0.2 s between the replica's events: a router that buffered would deliver them all at once
+    assert arrivals[-2][0] - arrivals[0][0] > 0.5
+
+
+async def test_replicas_found_through_dns(processes: Processes, session: aiohttp.ClientSession) -> None:
+    replica = processes.fake_replica("r")
+    router = processes.router([], "--replicas-dns", replica.address, "--dns-interval-s", "0.2")
+    await started(replica, routers=(router,))
+    answer = await post(session, router.url + "/v1/generate", GENERATE)
+    assert (answer.status, answer.replica) == (200, replica.address)
+
+
+async def test_the_real_workload_server_behind_the_router(processes: Processes, session: aiohttp.ClientSession) -> None:
+    server = processes.workload_server("serve", "--model", "debug", "--max-new-tokens", "8", "--threads", "1")
+    router = processes.router([server.address])
+    await wait_ready(server, timeout_s=90)
+    await started(server, routers=(router,))
+
+    generated = await post(session, router.url + "/v1/generate", {"prompt": "def ", "max_new_tokens": 4})
+    assert (generated.status, generated.replica, generated.attempts) == (200, server.address, 1)
+    assert orjson.loads(generated.body)["tokens"] == 4
+    scored = await post(session, router.url + "/v1/predict", {"text": "import os\n"})
+    assert scored.status == 200
+    assert orjson.loads(scored.body)["perplexity"] > 1
+    refused = await post(session, router.url + "/v1/generate", {"prompt": "", "max_new_tokens": 4})
+    assert refused.status == 400
+    assert b"'prompt' must be a non-empty string" in refused.body
+    await asyncio.sleep(1.2)  # two probes of its /metrics
+    samples = await metrics(router)
+    assert total(samples, "strata_router_requests_total", code="200") == 2
+    assert total(samples, "strata_router_replicas", state="routable") == 1

@@ -1,0 +1,275 @@
+"""The router's pure parts: the choice of replica, ejection and readmission, the retry rules and the budget, the
+discovery inputs and the settings."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from strata_serving.discovery import (
+    DnsSource,
+    StaticSource,
+    queue_depth_from_metrics,
+    readiness_from_probe,
+    source_from,
+    split_host_port,
+)
+from strata_serving.retries import ENDPOINTS, Endpoint, RetryBudget, may_retry
+from strata_serving.router_settings import RouterSettings, load_router_settings
+from strata_serving.routing import Outcome, Policy, ReplicaTable, Unavailable, outcome_of_status
+
+pytestmark = pytest.mark.timeout(30)
+
+CONFIG = RouterSettings().table_config()
+
+
+def a_table(*addresses: str, ready: bool = True) -> ReplicaTable:
+    table = ReplicaTable(CONFIG)
+    table.sync(addresses)
+    for address in addresses:
+        table.probed(address, ready=ready, draining=False, queue_depth=0, now=0.0)
+    return table
+
+
+def choose(table: ReplicaTable, policy: Policy = Policy.LEAST_LOADED, seed: int = 0) -> str:
+    chosen = table.choose(policy, random.Random(seed))
+    assert chosen is not None
+    return chosen.address
+
+
+def test_least_loaded_picks_the_lowest_expected_wait() -> None:
+    table = a_table("a", "b", "c")
+    table.replicas["a"].latency_ewma_s = 0.1
+    table.replicas["b"].latency_ewma_s = 0.5  # slow
+    table.replicas["c"].latency_ewma_s = 0.1
+    table.replicas["a"].in_flight = 3  # (3 + 1) x 0.1 = 0.4 < (0 + 1) x 0.5
+    assert choose(table) == "c"
+    # the choice counts itself in flight: c now waits (1 + 1) x 0.1 = 0.2, still below a and b
+    assert table.replicas["c"].in_flight == 1
+    assert choose(table) == "c"
+    table.replicas["c"].in_flight = 4  # 0.5: now the slow replica ties with c; a (0.4) is best
+    assert choose(table) == "a"
+
+
+def test_the_queue_depth_a_replica_reports_counts_when_it_exceeds_the_routers_own_count() -> None:
+    table = a_table("a", "b")
+    for replica in table.replicas.values():
+        replica.latency_ewma_s = 0.1
+    table.probed("a", ready=True, draining=False, queue_depth=10, now=1.0)  # another router's load
+    assert {choose(table, seed=seed) for seed in range(10)} == {"b"}
+
+
+def test_ties_are_broken_at_random() -> None:
+    table = a_table("a", "b", "c")
+    picks = Counter()
+    for seed in range(300):
+        replica = table.choose(Policy.LEAST_LOADED, random.Random(seed))
+        assert replica is not None
+        picks[replica.address] += 1
+        table.finish(replica, Outcome.OK, 0.1, now=1.0)  # back to equal loads and latencies
+    assert set(picks) == {"a", "b", "c"}
+    assert min(picks.values()) > 60
+
+
+def test_an_unmeasured_replica_is_priced_at_the_mean_of_the_others() -> None:
+    table = a_table("a", "b", "new")
+    table.replicas["a"].latency_ewma_s = 0.1
+    table.replicas["b"].latency_ewma_s = 0.3
+    assert table.default_latency_s() == pytest.approx(0.2)
+    table.replicas["a"].in_flight = 2  # 0.3
+    table.replicas["b"].in_flight = 0  # 0.3
+    assert choose(table) == "new"  # 0.2: takes its share, not nothing
+    assert table.replicas["new"].expected_wait(table.default_latency_s()) == pytest.approx(0.4)
+
+
+def test_round_robin_cycles_over_the_routable_replicas() -> None:
+    table = a_table("a", "b", "c")
+    table.replicas["a"].latency_ewma_s = 5.0  # ignored by round-robin
+    assert [choose(table, Policy.ROUND_ROBIN) for _ in range(6)] == ["a", "b", "c", "a", "b", "c"]
+    table.probed("b", ready=False, draining=True, queue_depth=None, now=1.0)
+    assert {choose(table, Policy.ROUND_ROBIN) for _ in range(4)} == {"a", "c"}
+
+
+def test_a_retry_never_goes_to_a_replica_the_request_already_tried() -> None:
+    table = a_table("a", "b")
+    assert table.choose(Policy.LEAST_LOADED, random.Random(0), frozenset({"a"})).address == "b"  # type: ignore[union-attr]
+    assert table.choose(Policy.LEAST_LOADED, random.Random(0), frozenset({"a", "b"})) is None
+
+
+def test_a_refused_connection_ejects_at_once_and_other_failures_after_three_in_a_row() -> None:
+    table = a_table("a", "b")
+    a, b = table.replicas["a"], table.replicas["b"]
+    assert table.finish(a, Outcome.CONNECT_FAILED, 0.0, now=10.0)
+    assert a.ejected
+    assert not a.routable
+    for n in range(1, CONFIG.eject_after_failures):
+        assert not table.finish(b, Outcome.TIMEOUT, 1.0, now=10.0), n
+    assert table.finish(b, Outcome.RESET, 0.0, now=10.0)
+    assert table.unavailable_reason() is Unavailable.ALL_EJECTED
+
+
+def test_a_success_resets_the_run_of_failures_and_refusals_are_not_failures() -> None:
+    table = a_table("a")
+    a = table.replicas["a"]
+    for outcome in (Outcome.TIMEOUT, Outcome.SERVER_ERROR, Outcome.OK, Outcome.TIMEOUT, Outcome.RESET):
+        assert not table.finish(a, outcome, 0.1, now=1.0)
+    assert a.consecutive_failures == 2
+    table.finish(a, Outcome.OVERLOADED, 0.0, now=1.0)
+    assert a.consecutive_failures == 2
+    assert not a.ejected
+    assert not table.finish(a, Outcome.UNAVAILABLE, 0.0, now=1.0)
+    assert not a.ejected
+    assert not a.ready
+
+
+def test_failures_lower_the_health_and_so_the_share_of_traffic() -> None:
+    table = a_table("a", "b")
+    for replica in table.replicas.values():
+        replica.latency_ewma_s = 0.1
+    table.finish(table.replicas["a"], Outcome.SERVER_ERROR, 0.1, now=1.0)
+    table.replicas["a"].in_flight = 0
+    assert table.replicas["a"].health < 1.0
+    table.replicas["b"].in_flight = 0
+    assert choose(table) == "b"
+
+
+def test_an_ejected_replica_comes_back_only_through_a_probe_after_its_cooldown_which_doubles() -> None:
+    table = a_table("a")
+    a = table.replicas["a"]
+    table.finish(a, Outcome.CONNECT_FAILED, 0.0, now=100.0)
+    assert a.ejected_until == 100.0 + CONFIG.eject_cooldown_s
+    assert not table.probed("a", ready=True, draining=False, queue_depth=0, now=100.5)  # cooldown not over
+    assert not table.probed("a", ready=False, draining=False, queue_depth=None, now=103.0)  # probe failed
+    assert a.ejected
+    assert table.choose(Policy.LEAST_LOADED, random.Random(0)) is None
+    assert table.probed("a", ready=True, draining=False, queue_depth=0, now=103.0)
+    assert a.routable
+    table.finish(a, Outcome.CONNECT_FAILED, 0.0, now=104.0)  # again: twice the cooldown
+    assert a.ejected_until == 104.0 + 2 * CONFIG.eject_cooldown_s
+    for _ in range(10):
+        table.eject(a, now=200.0)
+    assert a.ejected_until == 200.0 + CONFIG.eject_cooldown_max_s
+
+
+def test_the_reason_no_replica_can_take_a_request() -> None:
+    assert ReplicaTable(CONFIG).unavailable_reason() is Unavailable.NONE_DISCOVERED
+    table = a_table("a", "b", ready=False)
+    assert table.unavailable_reason() is Unavailable.NOT_READY
+    table.probed("a", ready=False, draining=True, queue_depth=None, now=1.0)
+    assert table.unavailable_reason() is Unavailable.ALL_DRAINING
+    table.eject(table.replicas["b"], now=1.0)
+    assert table.unavailable_reason() is Unavailable.ALL_EJECTED
+    table.probed("b", ready=True, draining=False, queue_depth=0, now=60.0)
+    assert table.unavailable_reason() is None
+    assert table.counts() == {"routable": 1, "ejected": 0, "draining": 1, "not_ready": 0}
+
+
+def test_sync_adds_new_replicas_not_ready_and_forgets_vanished_ones() -> None:
+    table = a_table("a", "b")
+    assert table.sync(["b", "c", "c"]) == (["c"], ["a"])
+    assert list(table.replicas) == ["b", "c"]
+    assert table.replicas["b"].routable
+    assert not table.replicas["c"].routable
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [(200, Outcome.OK), (400, Outcome.OK), (404, Outcome.OK), (429, Outcome.OVERLOADED),
+     (503, Outcome.UNAVAILABLE), (500, Outcome.SERVER_ERROR), (502, Outcome.SERVER_ERROR)],
+)  # fmt: skip
+def test_outcome_of_a_replicas_status(status: int, outcome: Outcome) -> None:
+    assert outcome_of_status(status) is outcome
+
+
+READ_ONLY = Endpoint("/read", free_of_side_effects=True)
+WRITES = Endpoint("/write", free_of_side_effects=False)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "read_only", "writes"),
+    [
+        (Outcome.OK, False, False),
+        (Outcome.CONNECT_FAILED, True, True),  # never sent
+        (Outcome.UNAVAILABLE, True, True),  # refused unread (draining, warming up)
+        (Outcome.OVERLOADED, True, True),  # refused unread (queue full)
+        (Outcome.TIMEOUT, True, False),  # may have run
+        (Outcome.RESET, True, False),
+        (Outcome.SERVER_ERROR, True, False),
+    ],
+)
+def test_which_failures_are_retried(outcome: Outcome, read_only: bool, writes: bool) -> None:
+    assert may_retry(outcome, READ_ONLY) is read_only
+    assert may_retry(outcome, WRITES) is writes
+    assert not may_retry(outcome, READ_ONLY, response_started=True)  # a stream already reaching the client
+
+
+def test_generation_completion_and_scoring_are_declared_free_of_side_effects() -> None:
+    assert set(ENDPOINTS) == {"/v1/generate", "/v1/predict", "/v1/completions"}
+    assert all(endpoint.free_of_side_effects for endpoint in ENDPOINTS.values())
+
+
+def test_the_budget_allows_a_ratio_of_recent_requests_plus_a_floor() -> None:
+    budget = RetryBudget(ratio=0.2, floor_per_s=1.0, window_s=10.0)
+    for _ in range(50):
+        budget.record_request(now=0.0)
+    assert budget.allowance(now=0.0) == 20  # 0.2 x 50 + 1 x 10
+    spent = sum(budget.try_spend(now=1.0) for _ in range(100))
+    assert spent == 20
+    assert not budget.try_spend(now=9.9)
+    # the window slides: the requests and retries of t=0-1 are forgotten, the floor is left
+    assert budget.allowance(now=10.5) == 10
+    assert sum(budget.try_spend(now=11.5) for _ in range(100)) == 10
+
+
+def test_a_quiet_service_still_gets_its_floor_and_a_zero_budget_retries_nothing() -> None:
+    assert RetryBudget(ratio=0.2, floor_per_s=0.5, window_s=4.0).try_spend(now=0.0)
+    assert not RetryBudget(ratio=0.0, floor_per_s=0.0, window_s=4.0).try_spend(now=0.0)
+
+
+def test_the_queue_depth_is_read_from_the_servers_gauge() -> None:
+    text = (
+        "# HELP strata_serve_in_flight Requests queued or running\n# TYPE strata_serve_in_flight gauge\n"
+        "strata_serve_in_flight_other 9.0\nstrata_serve_in_flight 7.0\n"
+    )
+    assert queue_depth_from_metrics(text) == 7.0
+    assert queue_depth_from_metrics('strata_serve_in_flight{pod="x"} 3\n') == 3.0
+    assert queue_depth_from_metrics("other 1\n") is None
+    assert queue_depth_from_metrics("strata_serve_in_flight nan-ish\n") is None
+
+
+def test_readiness_from_the_servers_readyz() -> None:
+    assert readiness_from_probe(200, b'{"status": "ready"}') == (True, False)
+    assert readiness_from_probe(503, b'{"status": "draining"}') == (False, True)
+    assert readiness_from_probe(503, b'{"status": "warming up"}') == (False, False)
+    assert readiness_from_probe(None, b"") == (False, False)
+
+
+def test_replica_sources_from_the_settings() -> None:
+    assert source_from(["10.0.0.1:8000"], "") == StaticSource(("10.0.0.1:8000",))
+    dns = source_from([], "model-replicas.default.svc:8000")
+    assert isinstance(dns, DnsSource)
+    assert (dns.name, dns.port) == ("model-replicas.default.svc", 8000)
+    assert split_host_port("[fd00::1]:80") == ("fd00::1", 80)
+    with pytest.raises(ValueError, match="either --replica"):
+        source_from([], "")
+    with pytest.raises(ValueError, match="either --replica"):
+        source_from(["a:1"], "b:2")
+    with pytest.raises(ValueError, match=r"expected host:port, got 'nohost'"):
+        source_from(["nohost"], "")
+
+
+async def test_a_dns_source_lists_every_address_of_the_name() -> None:
+    assert await DnsSource("127.0.0.1", 8000).addresses() == ["127.0.0.1:8000"]
+
+
+def test_settings_from_flags_and_environment() -> None:
+    settings = load_router_settings(
+        ["--replica", "a:1", "--replica", "b:2", "--policy", "round-robin"], env={"STRATA_ROUTER_MAX_ATTEMPTS": "2"}
+    )
+    assert settings.replica == ("a:1", "b:2")
+    assert settings.policy == "round-robin"
+    assert settings.max_attempts == 2
+    with pytest.raises(ValueError, match="'random' is not a valid Policy"):
+        RouterSettings(policy="random")
