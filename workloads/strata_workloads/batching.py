@@ -50,15 +50,20 @@ class QueueServer(Generic[In, Out]):
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def submit(self, item: In) -> Out:
-        future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
+    def _put(self, item: In) -> Pending[In, Out]:
+        """Queue an item, or refuse it at once when the queue is full."""
+        pending: Pending[In, Out] = Pending(item, asyncio.get_running_loop().create_future(), time.monotonic())
         try:
-            self._queue.put_nowait(Pending(item, future, time.monotonic()))
+            self._queue.put_nowait(pending)
         except asyncio.QueueFull:
             raise Overloaded(f"queue full ({self._queue.maxsize} waiting)") from None
+        return pending
+
+    async def submit(self, item: In) -> Out:
+        pending = self._put(item)
         self.in_flight += 1
         try:
-            return await future
+            return await pending.future
         finally:
             self.in_flight -= 1
 

@@ -5,20 +5,24 @@ Why: with a batcher that runs whole generations, a request that finds the model 
 `max_wait` for company (a lone user pays it every time) or start at once, and then a burst that arrives a
 millisecond later waits for that first generation to finish. Here the first request starts at once and the
 rest of the burst joins after one decode step.
+
+A request is either awaited whole (`submit`) or read as it is made (`open`: a `TokenStream` gets each step's
+tokens; closing it early, for a stop string or a client that went away, frees its row before the next step).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import torch
 
 from strata_workloads.batching import Pending, QueueServer
-from strata_workloads.inference import _pad, generate
+from strata_workloads.inference import GREEDY, Sampling, _pad, generate, next_tokens
 from strata_workloads.model import KVCache, Transformer
 from strata_workloads.presets import EOS_TOKEN
 
@@ -26,15 +30,18 @@ Key = TypeVar("Key")
 
 
 class RunningBatch(Generic[Key]):
-    """Rows greedy-decoding together over one KV cache. Each row attends only to its own cache slots (per-row
+    """Rows decoding together over one KV cache. Each row attends only to its own cache slots (per-row
     positions and mask, as in `generate`), so it produces the tokens it would produce alone; rows of
-    different ages simply sit at different positions."""
+    different ages simply sit at different positions. Each row picks its tokens by its own `Sampling`
+    (greedy unless told otherwise)."""
 
     def __init__(self, model: Transformer) -> None:
         self.model = model
         self.keys: list[Key] = []
         self.produced: list[list[int]] = []
         self.limits: list[int] = []
+        self.samplings: list[Sampling] = []
+        self.generators: list[torch.Generator | None] = []
         self.cache: KVCache | None = None
         self.pending = torch.zeros(0, dtype=torch.long)  # each row's last token, not yet fed to the model
         self.positions = torch.zeros(0, dtype=torch.long)  # where that token goes in the row's cache
@@ -48,8 +55,15 @@ class RunningBatch(Generic[Key]):
         return bool(prompt) and max_new_tokens > 0 and len(prompt) + max_new_tokens <= model.config.max_seq_len
 
     @torch.inference_mode()
-    def join(self, keys: list[Key], prompts: list[list[int]], max_new_tokens: list[int]) -> dict[Key, list[int]]:
+    def join(
+        self,
+        keys: list[Key],
+        prompts: list[list[int]],
+        max_new_tokens: list[int],
+        samplings: list[Sampling] | None = None,
+    ) -> dict[Key, list[int]]:
         """Prefill the newcomers (their first token comes from it) and add them; returns rows already done."""
+        samplings = samplings if samplings is not None else [GREEDY] * len(keys)
         batch, lengths = _pad(prompts)
         capacity = int((lengths + torch.tensor(max_new_tokens)).max())
         cache = KVCache(capacity, positions=torch.arange(batch.shape[1]).expand(len(prompts), -1))
@@ -61,6 +75,8 @@ class RunningBatch(Generic[Key]):
         self.keys += keys
         self.produced += [[] for _ in keys]
         self.limits += max_new_tokens
+        self.samplings += samplings
+        self.generators += [s.generator() for s in samplings]
         self.pending = torch.cat([self.pending, torch.zeros(len(keys), dtype=torch.long)])
         self.positions = torch.cat([self.positions, lengths - 1])
         first = len(self.keys) - len(keys)
@@ -75,8 +91,13 @@ class RunningBatch(Generic[Key]):
         logits = self.model(self.pending[:, None], self.cache)[:, -1]
         return self._advance(logits, range(len(self.keys)))
 
+    def drop(self, keys: Collection[Key]) -> None:
+        """Remove these rows unfinished (their requests were abandoned), freeing their places at once."""
+        if any(k in keys for k in self.keys):
+            self._keep([r for r, k in enumerate(self.keys) if k not in keys])
+
     def _advance(self, logits: torch.Tensor, rows: range) -> dict[Key, list[int]]:
-        tokens = logits.float().argmax(dim=-1).tolist()
+        tokens = next_tokens(logits, self.samplings[rows.start : rows.stop], self.generators[rows.start : rows.stop])
         done: list[int] = []
         for row, token in zip(rows, tokens, strict=True):
             self.produced[row].append(token)
@@ -95,6 +116,8 @@ class RunningBatch(Generic[Key]):
         self.keys = [self.keys[r] for r in rows]
         self.produced = [self.produced[r] for r in rows]
         self.limits = [self.limits[r] for r in rows]
+        self.samplings = [self.samplings[r] for r in rows]
+        self.generators = [self.generators[r] for r in rows]
         self.pending, self.positions = self.pending[index], self.positions[index]
         if not rows:
             self.cache = None
@@ -127,9 +150,44 @@ def _concat(old: KVCache, new: KVCache) -> KVCache:
 class GenerateRequest:
     prompt: list[int]
     max_new_tokens: int
+    sampling: Sampling = GREEDY
 
 
 _Pending = Pending[GenerateRequest, list[int]]
+
+
+class TokenStream:
+    """One request's tokens in the order its row makes them, a list per step of the batcher (a newcomer's first
+    step may bring two: its prefill's and the batch's step). Iteration ends when the row is done and raises
+    what failed its step. `close()` (always: it gives back the request's place in `in_flight`) abandons an
+    unfinished request: the batcher drops its row before its next step."""
+
+    def __init__(self, batcher: ContinuousBatcher, pending: _Pending) -> None:
+        self._batcher = batcher
+        self.pending = pending
+        self.sent = 0  # tokens passed to the queue so far (the batcher's side)
+        self.chunks: asyncio.Queue[list[int] | None] = asyncio.Queue()  # None: the row is done
+        self._closed = False
+
+    def __aiter__(self) -> TokenStream:
+        return self
+
+    async def __anext__(self) -> list[int]:
+        chunk = None if self._closed else await self.chunks.get()
+        if chunk is None:
+            if self.pending.future.done() and not self.pending.future.cancelled():
+                self.pending.future.result()  # the step's error, if one failed this request
+            raise StopAsyncIteration
+        return chunk
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._batcher.in_flight -= 1
+        self._batcher._streams.pop(self.pending, None)
+        if not self.pending.future.done():
+            self.pending.future.cancel()
 
 
 class ContinuousBatcher(QueueServer[GenerateRequest, list[int]]):
@@ -149,33 +207,70 @@ class ContinuousBatcher(QueueServer[GenerateRequest, list[int]]):
         # (rows in the step, seconds the oldest newcomer waited before its prefill (None: no newcomer), seconds)
         self._on_step = on_step
         self._running: RunningBatch[_Pending] = RunningBatch(model)
+        self._streams: dict[_Pending, TokenStream] = {}
+
+    @property
+    def running(self) -> int:
+        """Rows in the running batch (places taken of `max_batch`)."""
+        return len(self._running)
+
+    def open(self, request: GenerateRequest) -> TokenStream:
+        """Queue a request whose tokens are read as they are made; raises Overloaded when the queue is full."""
+        pending = self._put(request)
+        self.in_flight += 1
+        stream = TokenStream(self, pending)
+        self._streams[pending] = stream
+        return stream
 
     async def _loop(self) -> None:
         while True:
             joining = [] if self._running else [await self._queue.get()]
             while len(self._running) + len(joining) < self.max_batch and not self._queue.empty():
                 joining.append(self._queue.get_nowait())
+            joining = [p for p in joining if not p.future.done()]  # abandoned while queued
+            leaving = {p for p in self._running.keys if p.future.done()}
+            if not joining and len(leaving) == len(self._running):
+                self._running = RunningBatch(self.model)
+                continue
             started = time.monotonic()
             for p in joining:
                 p.waited = started - p.enqueued
             try:
-                finished = await asyncio.to_thread(self._advance, joining)
+                finished = await asyncio.to_thread(self._advance, joining, leaving)
             except Exception as err:  # one failed step fails the requests in it, not the server
                 for p in [*self._running.keys, *joining]:
                     if not p.future.done():
                         p.future.set_exception(err)
+                    if p in self._streams:
+                        self._streams[p].chunks.put_nowait(None)
                 self._running = RunningBatch(self.model)
                 continue
             if self._on_step is not None:
                 waited = max((p.waited for p in joining), default=None)
                 self._on_step(len(self._running) + len(finished), waited, time.monotonic() - started)
+            self._deliver(finished)
             for p, tokens in finished.items():
                 if not p.future.done():
                     p.future.set_result(tokens)
 
-    def _advance(self, joining: list[_Pending]) -> dict[_Pending, list[int]]:
-        """Newcomers' prefill, then one decode step for all. A request too long for the cache runs alone with
-        the sliding window (rare: it holds the others up for its whole generation)."""
+    def _deliver(self, finished: dict[_Pending, list[int]]) -> None:
+        """Pass each open stream the tokens its row made since the last step; a finished row's stream ends."""
+        for p, tokens in itertools.chain(
+            zip(self._running.keys, self._running.produced, strict=True), finished.items()
+        ):
+            stream = self._streams.get(p)
+            if stream is not None and len(tokens) > stream.sent:
+                stream.chunks.put_nowait(tokens[stream.sent :])
+                stream.sent = len(tokens)
+        for p in finished:
+            if p in self._streams:
+                self._streams[p].chunks.put_nowait(None)
+
+    def _advance(self, joining: list[_Pending], leaving: Collection[_Pending] = ()) -> dict[_Pending, list[int]]:
+        """Abandoned rows leave, newcomers are prefilled, then one decode step for all. A request too long for
+        the cache runs alone with the sliding window and greedy (rare: it holds the others up for its whole
+        generation; /v1/completions refuses such requests)."""
+        self._running.drop(leaving)
         finished: dict[_Pending, list[int]] = {}
         fit = [p for p in joining if RunningBatch.fits(self.model, p.item.prompt, p.item.max_new_tokens)]
         for p in joining:
@@ -184,7 +279,8 @@ class ContinuousBatcher(QueueServer[GenerateRequest, list[int]]):
         stepping = bool(self._running)
         if fit:
             prompts = [p.item.prompt for p in fit]
-            finished |= self._running.join(fit, prompts, [p.item.max_new_tokens for p in fit])
+            limits = [p.item.max_new_tokens for p in fit]
+            finished |= self._running.join(fit, prompts, limits, [p.item.sampling for p in fit])
         if stepping:  # newcomers already got their first token from the prefill
             finished |= self._running.step()
         return finished

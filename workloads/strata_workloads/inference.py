@@ -1,10 +1,14 @@
 """Inference on one device: load a training checkpoint (any layout it was saved from), optional INT8 with
-torchao, and batched greedy generation (KV cache) / scoring with right padding (causal attention never looks
-right, so a padded row computes exactly what it would alone)."""
+torchao, batched greedy generation (KV cache) / scoring with right padding (causal attention never looks
+right, so a padded row computes exactly what it would alone), and the one rule that picks a row's next token
+(`next_tokens`: greedy, or sampled with temperature and top-p)."""
 
 from __future__ import annotations
 
+import secrets
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
@@ -110,6 +114,52 @@ def warm_up(model: Transformer) -> None:
         generate(model, [prompt, other], [2, 2])  # 2 x n prefill, 2 x 1 decode
         score(model, [prompt])
         score(model, [prompt, other])
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a row picks its next token. Temperature 0 is greedy (argmax, what `generate` does). Above 0 the token
+    is drawn from softmax(logits / temperature), restricted to the smallest set of most likely tokens whose
+    probabilities reach `top_p` (nucleus sampling), by a generator of the row's own seeded with `seed` (None: a
+    random seed), so a seeded request repeats its text whatever else shares the batch."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def generator(self) -> torch.Generator | None:
+        """The row's generator (None when greedy: nothing is drawn)."""
+        if self.temperature == 0:
+            return None
+        generator = torch.Generator()
+        generator.manual_seed(self.seed if self.seed is not None else secrets.randbits(63))
+        return generator
+
+
+GREEDY = Sampling()
+
+
+def next_tokens(
+    logits: torch.Tensor, samplings: Sequence[Sampling], generators: Sequence[torch.Generator | None]
+) -> list[int]:
+    """Each row's next token from its last logits (rows, vocab): argmax for a greedy row, a draw for the others.
+    On the CPU: one row of a byte vocabulary is small, and a CPU generator gives the same draws on any device."""
+    logits = logits.float().cpu()
+    tokens: list[int] = logits.argmax(dim=-1).tolist()
+    for row, (sampling, generator) in enumerate(zip(samplings, generators, strict=True)):
+        if generator is not None:
+            tokens[row] = _draw(logits[row], sampling, generator)
+    return tokens
+
+
+def _draw(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
+    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    if sampling.top_p < 1:
+        ranked, order = probs.sort(descending=True)
+        # A token stays while the tokens ranked above it hold less than top_p: the most likely always stays.
+        keep = ranked.cumsum(0) - ranked < sampling.top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], ranked[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def encode(text: str) -> list[int]:

@@ -1,9 +1,12 @@
 """Inference server: `python -m strata_workloads.serve`.
 
+POST /v1/completions (OpenAI's completions API, streamed as server-sent events with "stream": true; completions.py)
+GET /v1/models       (the one served model, by ServeSettings.served_model)
 POST /v1/generate {"prompt": str, "max_new_tokens": int}  -> {"text": str, "tokens": int}
 POST /v1/predict  {"text": str}                           -> {"nll": float, "tokens": int, "perplexity": float}
 GET /healthz (alive, from the start), /readyz (warmed up, compiled where asked, and not draining), /metrics.
-Malformed requests get 400 with a message; a full queue 429; not ready or draining 503.
+Malformed requests get 400 with a message (in OpenAI's error shape on the OpenAI routes, naming the field); a
+full queue 429; not ready or draining 503.
 On SIGTERM: /readyz turns 503, new requests get 503, in-flight requests finish (up to drain_seconds), exit 0.
 """
 
@@ -17,6 +20,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from strata_workloads.batching import DynamicBatcher, Overloaded
-from strata_workloads.continuous import ContinuousBatcher, GenerateRequest
+from strata_workloads.completions import (
+    ApiError,
+    CompletionRequest,
+    CompletionText,
+    completion_body,
+    models_body,
+    new_completion_id,
+    now,
+    parse_completion,
+    texts,
+    usage,
+    usage_chunk,
+)
+from strata_workloads.continuous import ContinuousBatcher, GenerateRequest, TokenStream
 from strata_workloads.inference import (
     Precision,
     Quantization,
@@ -55,6 +72,7 @@ class Server:
         self.settings = settings
         self.ready = False
         self.draining = False
+        self.started = now()
         self._warming: asyncio.Task[None] | None = None
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -102,6 +120,8 @@ class Server:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/v1/generate", self.handle_generate)
         app.router.add_post("/v1/predict", self.handle_predict)
+        app.router.add_post("/v1/completions", self.handle_completions)
+        app.router.add_get("/v1/models", self.handle_models)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -182,11 +202,18 @@ class Server:
             raise BadRequest(f"'{key}' is {len(tokens)} bytes; the limit is {self.settings.max_prompt_bytes}")
         return tokens
 
+    @property
+    def unavailable(self) -> str | None:
+        """Why requests are refused with 503 now, or None."""
+        if self.draining:
+            return "draining"
+        return None if self.ready else "warming up"
+
     async def _serve(self, endpoint: str, request: web.Request) -> web.Response:
         started = time.monotonic()
         status, payload = 200, {}
-        if not self.ready or self.draining:
-            status, payload = 503, {"error": "draining" if self.draining else "warming up"}
+        if self.unavailable:
+            status, payload = 503, {"error": self.unavailable}
         else:
             try:
                 body = await self._body(request)
@@ -198,10 +225,12 @@ class Server:
                 status, payload = 400, {"error": str(err)}
             except Overloaded as err:
                 status, payload = 429, {"error": f"overloaded: {err}; retry later"}
+        self._count(endpoint, status, started)
+        return _json(payload, status)
+
+    def _count(self, endpoint: str, status: int, started: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()
         self.latency.labels(endpoint).observe(time.monotonic() - started)
-        headers = {"Retry-After": "1"} if status in (429, 503) else None
-        return web.json_response(payload, status=status, headers=headers, dumps=lambda o: orjson.dumps(o).decode())
 
     async def _generate(self, body: dict[str, Any]) -> dict[str, Any]:
         prompt = self._text(body, "prompt")
@@ -218,11 +247,94 @@ class Server:
         nll, n = await self.scorer.submit(text)
         return {"nll": nll, "tokens": n, "perplexity": math.exp(nll / n)}
 
+    async def handle_completions(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's completions; a stream's latency counts until its last chunk."""
+        started = time.monotonic()
+        response: web.StreamResponse
+        try:
+            completion, stream = await self._open_completion(request)
+        except ApiError as err:
+            response = _json(err.body(), err.status)
+        else:
+            try:
+                if completion.stream:
+                    response = await self._stream_completion(request, completion, stream)
+                else:
+                    response = await self._whole_completion(completion, stream)
+            finally:
+                stream.close()  # frees the row at once when the text stopped or the client left before the end
+        self._count("completions", response.status, started)
+        return response
+
+    async def _open_completion(self, request: web.Request) -> tuple[CompletionRequest, TokenStream]:
+        if self.unavailable:
+            raise ApiError(503, self.unavailable, kind="server_error")
+        try:
+            body = await self._body(request)
+        except BadRequest as err:
+            raise ApiError(400, str(err)) from None
+        completion = parse_completion(body, self.model, self.settings)
+        try:
+            stream = self.generator.open(GenerateRequest(completion.prompt, completion.max_tokens, completion.sampling))
+        except Overloaded as err:
+            raise ApiError(
+                429, f"overloaded: {err}; retry later", kind="requests", code="rate_limit_exceeded"
+            ) from None
+        return completion, stream
+
+    async def _whole_completion(self, completion: CompletionRequest, stream: TokenStream) -> web.Response:
+        text = CompletionText(completion.stop)
+        async with aclosing(texts(stream, text)) as pieces:
+            async for _ in pieces:
+                pass
+        body = completion_body(new_completion_id(), now(), self.settings.served_model, text.text, text.finish_reason)
+        return _json(body | {"usage": usage(completion, text)}, 200)
+
+    async def _stream_completion(
+        self, request: web.Request, completion: CompletionRequest, stream: TokenStream
+    ) -> web.StreamResponse:
+        """Server-sent events: a chunk per step that made text, a last chunk with the finish reason (then the
+        usage, when asked), then `[DONE]`. A client that left is noticed at its row's next step (its
+        connection closed, or a write failing), and the caller's close frees the row."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        text = CompletionText(completion.stop)
+        ids = (new_completion_id(), now(), self.settings.served_model)
+        extra: dict[str, Any] = {"usage": None} if completion.include_usage else {}
+        try:
+            async with aclosing(texts(stream, text)) as pieces:
+                async for piece in pieces:
+                    if request.transport is None or request.transport.is_closing():
+                        return response
+                    if piece:
+                        await response.write(_event(completion_body(*ids, piece, None) | extra))
+            await response.write(_event(completion_body(*ids, "", text.finish_reason) | extra))
+            if completion.include_usage:
+                await response.write(_event(usage_chunk(*ids, usage(completion, text))))
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client left during a write
+        return response
+
+    async def handle_models(self, request: web.Request) -> web.Response:
+        return _json(models_body(self.settings.served_model, self.started), 200)
+
     async def handle_generate(self, request: web.Request) -> web.Response:
         return await self._serve("generate", request)
 
     async def handle_predict(self, request: web.Request) -> web.Response:
         return await self._serve("predict", request)
+
+
+def _json(payload: dict[str, Any], status: int) -> web.Response:
+    headers = {"Retry-After": "1"} if status in (429, 503) else None
+    return web.json_response(payload, status=status, headers=headers, dumps=lambda o: orjson.dumps(o).decode())
+
+
+def _event(body: dict[str, Any]) -> bytes:
+    """One server-sent event."""
+    return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
 def build_server(settings: ServeSettings) -> Server:

@@ -67,6 +67,7 @@ class ServeSettings:
 
     model: str = "debug"  # preset the checkpoint was trained with
     checkpoint: str = ""  # step folder or checkpoint root (newest complete); empty: random weights
+    model_name: str = ""  # the name /v1/models lists and completions answer to; empty: the checkpoint, else the preset
     quantization: str = "none"  # none | int8-weight | int8-dynamic (torchao)
     # fp32 | bf16: dtype of weights and activations; int8-weight is fast on CPU only with bf16 and compile
     precision: str = "fp32"
@@ -80,6 +81,11 @@ class ServeSettings:
     max_prompt_bytes: int = 4096  # longest prompt accepted
     drain_seconds: float = 25.0  # SIGTERM: how long in-flight requests may take (below the pod's grace period)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+    @property
+    def served_model(self) -> str:
+        """The model's name to OpenAI clients (their requests' `model`)."""
+        return self.model_name or self.checkpoint or self.model
 
 
 def load_train_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> TrainSettings:

@@ -184,9 +184,9 @@ async def test_http_contract(model: Transformer) -> None:
         # Overload: a slow model, a queue of two; a burst gets some 429s and every other request succeeds.
         original = server.generator._advance
 
-        def slow(joining: list[Any]) -> dict[Any, list[int]]:
+        def slow(*args: Any) -> dict[Any, list[int]]:
             time.sleep(0.2)
-            return original(joining)
+            return original(*args)
 
         server.generator._advance = slow  # type: ignore[method-assign]
         burst = await asyncio.gather(
