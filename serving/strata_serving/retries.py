@@ -26,10 +26,12 @@ from strata_serving.routing import Outcome
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A path the router serves, and whether running a request twice is harmless (then any failure is retried)."""
+    """A path the router serves, its method, and whether running a request twice is harmless (then any failure
+    is retried)."""
 
     path: str
     free_of_side_effects: bool
+    method: str = "POST"
 
 
 ENDPOINTS: dict[str, Endpoint] = {
@@ -38,9 +40,11 @@ ENDPOINTS: dict[str, Endpoint] = {
         Endpoint("/v1/generate", free_of_side_effects=True),
         Endpoint("/v1/predict", free_of_side_effects=True),
         Endpoint("/v1/completions", free_of_side_effects=True),
+        Endpoint("/v1/models", free_of_side_effects=True, method="GET"),
     )
 }
-"""The replica endpoints the router forwards (POST), all read-only uses of the model."""
+"""The replica endpoints the router forwards, all read-only uses of the model (``/v1/models`` lists the served
+model, as OpenAI clients ask first)."""
 
 NOT_PROCESSED = frozenset({Outcome.CONNECT_FAILED, Outcome.UNAVAILABLE, Outcome.OVERLOADED})
 """Outcomes after which the replica has certainly not run the request."""

@@ -1,7 +1,7 @@
 """The router of one InferenceService: ``python -m strata_serving.router --replica host:port ...``.
 
 A thin aiohttp shell over :mod:`strata_serving.routing` (the replica table and the choice) and
-:mod:`strata_serving.retries` (what may be retried, the budget). It forwards ``POST`` on each endpoint of
+:mod:`strata_serving.retries` (what may be retried, the budget). It forwards each endpoint of
 :data:`~strata_serving.retries.ENDPOINTS` to the replica the table picks, retries on another replica where the
 rules and the budget allow, and passes streamed bodies (server-sent events) through chunk by chunk. In the
 background it asks its :class:`~strata_serving.discovery.ReplicaSource` for the replicas every ``dns_interval_s``
@@ -137,8 +137,8 @@ class Router:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_page)
-        for path in ENDPOINTS:
-            app.router.add_post(path, self.forward)
+        for endpoint in ENDPOINTS.values():
+            app.router.add_route(endpoint.method, endpoint.path, self.forward)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -192,7 +192,7 @@ class Router:
     async def _forward(self, request: web.Request, endpoint: Endpoint) -> tuple[web.StreamResponse, str | None]:
         try:
             body = await request.read()
-            parsed = orjson.loads(body)
+            parsed = orjson.loads(body) if endpoint.method == "POST" else {}
         except web.HTTPRequestEntityTooLarge:
             limit = self.settings.max_body_bytes
             return error_response(413, f"the body is larger than {limit} bytes", "bad request"), None
@@ -283,7 +283,8 @@ class Router:
         url = f"http://{replica.address}{endpoint.path}"
         timeout = self.settings.upstream_timeout_s
         try:
-            upstream = await asyncio.wait_for(self.session.post(url, data=body, headers=headers), timeout)
+            sending = self.session.request(endpoint.method, url, data=body or None, headers=headers)
+            upstream = await asyncio.wait_for(sending, timeout)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
             return Attempt(Outcome.CONNECT_FAILED, error=f"cannot connect: {error}")
         except TimeoutError:

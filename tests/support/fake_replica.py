@@ -1,11 +1,11 @@
 """A stand-in for the workload server, for the router's tests and benchmark: ``python tests/support/fake_replica.py``.
 
 It speaks the server's HTTP contract (``strata_workloads.serve``): ``POST /v1/generate``, ``/v1/predict`` and
-``/v1/completions`` (streamed as server-sent events with ``"stream": true``), ``/healthz``, ``/readyz``, ``/metrics``
-with ``strata_serve_in_flight``; 400 for a body that is not a JSON object, 429 beyond its queue, 503 while warming up
-or draining (SIGTERM: ``/readyz`` turns 503 "draining", in-flight requests finish, then it exits; ``--linger-s``
-keeps it up draining that long, as a pod's preStop hook would). Its service time
-is configurable instead of a model's: ``slots`` requests run at once, each for ``delay`` seconds, the rest wait in a
+``/v1/completions`` (streamed as server-sent events with ``"stream": true``), ``GET /v1/models``, ``/healthz``,
+``/readyz``, ``/metrics`` with ``strata_serve_in_flight``; 400 for a body that is not a JSON object, 429 beyond its
+queue, 503 while warming up or draining (SIGTERM: ``/readyz`` turns 503 "draining", in-flight requests finish, then
+it exits; ``--linger-s`` keeps it up draining that long, as a pod's preStop hook would). Its service time is
+configurable instead of a model's: ``slots`` requests run at once, each for ``delay`` seconds, the rest wait in a
 queue of ``max_queue``. ``--fail-status`` answers every request with that status; ``--hang`` never answers.
 Every answer names the replica (``"replica": name``).
 """
@@ -44,6 +44,9 @@ class FakeReplica:
     async def metrics(self, request: web.Request) -> web.Response:
         text = f"# TYPE strata_serve_in_flight gauge\nstrata_serve_in_flight {float(self.in_flight)}\n"
         return web.Response(text=text, content_type="text/plain")
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": self.args.name, "object": "model"}]})
 
     async def serve(self, request: web.Request) -> web.StreamResponse:
         if not self.ready:
@@ -89,6 +92,7 @@ class FakeReplica:
         app.router.add_get("/metrics", self.metrics)
         for path in ("/v1/generate", "/v1/predict", "/v1/completions"):
             app.router.add_post(path, self.serve)
+        app.router.add_get("/v1/models", self.models)
         return app
 
 

@@ -200,6 +200,7 @@ async def test_malformed_requests_get_a_clear_4xx_and_the_router_survives(
     status, body = await answer("POST", "/v1/generate", b'{"prompt": "' + b"x" * 2000 + b'"}')
     assert status == 413
     assert b"larger than 1000 bytes" in body
+    assert (await answer("GET", "/v1/models", b""))[0] == 200
     assert (await answer("POST", "/v1/nothing", b"{}"))[0] == 404
     assert (await answer("GET", "/v1/generate", b""))[0] == 405
     assert (await post(session, router.url + "/v1/generate", GENERATE)).status == 200
@@ -251,7 +252,16 @@ async def test_the_real_workload_server_behind_the_router(processes: Processes, 
     refused = await post(session, router.url + "/v1/generate", {"prompt": "", "max_new_tokens": 4})
     assert refused.status == 400
     assert b"'prompt' must be a non-empty string" in refused.body
+    async with session.get(router.url + "/v1/models") as response:
+        model = orjson.loads(await response.read())["data"][0]["id"]
+    completion = {"model": model, "prompt": "def ", "max_tokens": 4, "stream": True}
+    async with session.post(router.url + "/v1/completions", json=completion) as response:
+        assert response.status == 200
+        assert response.content_type == "text/event-stream"
+        events = [line.strip() async for line in response.content if line.strip()]
+    assert events[-1] == b"data: [DONE]"
+    assert len(events) >= 2
     await asyncio.sleep(1.2)  # two probes of its /metrics
     samples = await metrics(router)
-    assert total(samples, "strata_router_requests_total", code="200") == 2
+    assert total(samples, "strata_router_requests_total", code="200") == 4
     assert total(samples, "strata_router_replicas", state="routable") == 1

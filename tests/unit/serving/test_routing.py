@@ -205,8 +205,8 @@ def test_which_failures_are_retried(outcome: Outcome, read_only: bool, writes: b
     assert not may_retry(outcome, READ_ONLY, response_started=True)  # a stream already reaching the client
 
 
-def test_generation_completion_and_scoring_are_declared_free_of_side_effects() -> None:
-    assert set(ENDPOINTS) == {"/v1/generate", "/v1/predict", "/v1/completions"}
+def test_generation_completion_scoring_and_the_model_list_are_declared_free_of_side_effects() -> None:
+    assert set(ENDPOINTS) == {"/v1/generate", "/v1/predict", "/v1/completions", "/v1/models"}
     assert all(endpoint.free_of_side_effects for endpoint in ENDPOINTS.values())
 
 
