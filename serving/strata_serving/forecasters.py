@@ -1,0 +1,403 @@
+"""Request-rate forecasters on a fixed bin grid, chosen per series by measured accuracy, with a conformal band.
+
+A series is the request rate (req/s) sampled once per bin of ``bin_s`` seconds, measured over the same window as
+the demand it is to cover (a Prometheus ``rate(...[1m])`` every 15 s, say). A *path* made at origin ``o`` (after
+bins ``0 .. o-1`` were observed) forecasts bins ``o .. o+H-1``, using nothing from bin ``o`` on. Candidates::
+
+    persistence  path[o, k] = level(o) = mean of the ``level_bins`` bins before o
+    seasonal     path[o, k] = level(o) + level(o - day + k + 1) - level(o - day)
+                 (today's level plus how the level moved over the same span a day earlier; needs a day of history)
+    prophet      path[o, k] = level(o) + curve(o + k) - mean(curve over the level window before o)
+                 (Prophet supplies only the shape: the daily cycle and trend; refitted every so many bins)
+    lstm         a small torch LSTM (one layer, a few thousand parameters) reading the last ``lstm_input_bins``
+                 bins, scaled by their mean, and writing all H steps at once; trained on the recent history,
+                 seeded, on CPU, for at most ``lstm_train_s`` seconds; refitted like Prophet
+
+Choice (:func:`choose`): at origin ``o``, each candidate's rolling-origin error over the last ``eval_origins``
+origins whose targets are all observed (``j + H <= o``), mean absolute error over all H steps. A candidate is used
+only if it beats persistence there; the lowest error wins. Until persistence has ``min_eval_origins`` scored
+origins there is no forecast (the decision then says so and keeps the reactive floor). The band is split-conformal
+and is for the window's peak, the quantity a scale-up must cover::
+
+    peak(o)    = max over k of path[o, k]
+    upper(o)   = peak(o) + quantile(band_quantile, {max_k y[j + k] - max_k path[j, k] : j scored})
+    lower(o)   = peak(o) + quantile(1 - band_quantile, same errors)
+
+A fitted candidate keeps its recent fits, each tagged with the origin it was fitted at; a path at origin ``o`` comes
+from the newest fit made at or before ``o``, so its errors are out of sample both live and in the replay. A fit
+that raises is recorded as a failed fit: the candidate has no path until its next fit, and is named in the
+forecast's ``dropped``; the other candidates make the forecast.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from strata_serving.autoscale import Forecast
+
+PERSISTENCE = "persistence"
+
+
+@dataclass(frozen=True)
+class ForecastSettings:
+    bin_s: float
+    level_bins: int = 4
+    """Persistence's window, in bins."""
+    eval_origins: int = 120
+    """Rolling origins the choice and the band are measured on."""
+    min_eval_origins: int = 20
+    """Fewer measured origins than this: the candidate is not considered (its error is unknown)."""
+    band_quantile: float = 0.9
+    refit_every_bins: int = 240
+    prophet_min_history_bins: int = 0
+    """Prophet needs this much history (0: a day), to see a daily cycle."""
+    prophet_tmp_dir: Path | None = None
+    """Where cmdstanpy writes each fit's files (None: Python's temp dir); must be writable."""
+    prophet_fit_timeout_s: float = 60.0
+    lstm_input_bins: int = 16
+    lstm_train_bins: int = 2000
+    lstm_train_s: float = 5.0
+    lstm_epochs: int = 150
+    seed: int = 0
+
+    @property
+    def day_bins(self) -> int:
+        return round(86400 / self.bin_s)
+
+
+class Candidate(Protocol):
+    name: str
+
+    def paths(self, y: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray:
+        """(len(origins), horizon) forecasts of the rate in each bin; NaN where the candidate has none."""
+        ...
+
+
+def _levels(y: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
+    """Mean of ``y[e - width : e]`` for each end ``e`` (NaN where that reaches before the series)."""
+    cumulative = np.concatenate([[0.0], np.cumsum(y)])
+    ends = np.asarray(ends)
+    ok = (ends - width >= 0) & (ends <= len(y))
+    out = np.full(len(ends), np.nan)
+    good = ends[ok]
+    out[ok] = (cumulative[good] - cumulative[good - width]) / width
+    return out
+
+
+@dataclass
+class Persistence:
+    level_bins: int
+    name: str = PERSISTENCE
+
+    def paths(self, y: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray:
+        cumulative = np.concatenate([[0.0], np.cumsum(y)])
+        width = np.minimum(self.level_bins, origins)  # the first bins: the mean of what there is
+        with np.errstate(invalid="ignore", divide="ignore"):
+            level = np.where(width > 0, (cumulative[origins] - cumulative[origins - width]) / width, np.nan)
+        return np.repeat(level[:, None], horizon, axis=1)
+
+
+@dataclass
+class Seasonal:
+    level_bins: int
+    day_bins: int
+    name: str = "seasonal"
+
+    def paths(self, y: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray:
+        level = _levels(y, origins, self.level_bins)
+        before = _levels(y, origins - self.day_bins, self.level_bins)
+        steps = np.arange(horizon)
+        then = _levels(y, (origins[:, None] - self.day_bins + steps + 1).ravel(), self.level_bins)
+        then = then.reshape(len(origins), horizon)
+        result: np.ndarray = level[:, None] + then - before[:, None]
+        return result
+
+
+@dataclass
+class _Fit:
+    origin: int
+    model: Any
+    """None: the fit at this origin raised."""
+    error: str = ""
+
+
+@dataclass
+class FittedCandidate:
+    """A candidate that must be fitted (Prophet, the LSTM): its fits by origin, newest last."""
+
+    name: str
+    settings: ForecastSettings
+    min_history_bins: int
+    max_fits: int | None = 8
+    """Fits kept (enough for the scored origins); None keeps every one (the replay refits first, then reads)."""
+    fits: list[_Fit] = field(default_factory=list)
+
+    def refit(self, y: np.ndarray, horizon: int) -> None:
+        """Fit on all of ``y`` (a fit that raises is kept as a failure: no paths until the next fit)."""
+        if len(y) < self.min_history_bins:
+            return
+        try:
+            self.fits.append(_Fit(len(y), self._fit(y, horizon)))
+        except Exception as error:  # whatever the model raises, the other candidates carry on
+            self.fits.append(_Fit(len(y), None, f"{type(error).__name__}: {error}"[:200]))
+        if self.max_fits is not None:
+            del self.fits[: -self.max_fits]
+
+    def failure_at(self, origin: int) -> str:
+        """Why there is no path at ``origin`` (empty when there is one)."""
+        fit = self._fit_at(origin)
+        if fit is None:
+            return f"{self.name}: not fitted yet (needs {self.min_history_bins} bins of history)"
+        return f"{self.name}: {fit.error}" if fit.model is None else ""
+
+    def _fit_at(self, origin: int) -> _Fit | None:
+        older = [fit for fit in self.fits if fit.origin <= origin]
+        return older[-1] if older else None
+
+    def paths(self, y: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray:
+        out = np.full((len(origins), horizon), np.nan)
+        chosen = [self._fit_at(int(o)) for o in origins]
+        for fit in {id(f): f for f in chosen if f is not None and f.model is not None}.values():
+            rows = np.array([i for i, f in enumerate(chosen) if f is fit])
+            out[rows] = self._predict(fit, y, origins[rows], horizon)
+        return out
+
+    def _fit(self, y: np.ndarray, horizon: int) -> Any:
+        raise NotImplementedError
+
+    def _predict(self, fit: _Fit, y: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+class ProphetCandidate(FittedCandidate):
+    """Prophet's curve (trend, and a daily cycle once it has two days) anchored on the current level."""
+
+    def __init__(self, settings: ForecastSettings) -> None:
+        super().__init__("prophet", settings, settings.prophet_min_history_bins or settings.day_bins)
+
+    def _fit(self, y: np.ndarray, horizon: int) -> Any:
+        import pandas as pd
+
+        from strata_serving.prophet_fit import fit_curve
+
+        # Prophet gets at most ~4000 points (mean bins of several grid bins): the same shape, a faster fit.
+        group = max(1, math.ceil(len(y) / 4000))
+        whole = len(y) // group * group
+        coarse = y[len(y) - whole :].reshape(-1, group).mean(axis=1)
+        ahead = math.ceil((self.settings.refit_every_bins + horizon) / group) + 1
+        step_s = self.settings.bin_s * group
+        stamps = pd.to_datetime(np.arange(len(coarse) + ahead) * step_s, unit="s")
+        settings = self.settings
+        curve = fit_curve(stamps, coarse, len(coarse), settings.prophet_tmp_dir, settings.prophet_fit_timeout_s)
+        fine = np.repeat(curve, group)  # back onto the grid; index 0 is bin len(y) - whole
+        return (len(y) - whole, fine)
+
+    def _predict(self, fit: _Fit, y: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray:
+        offset, fine = fit.model
+        w = self.settings.level_bins
+        level = _levels(y, origins, w)
+        index = origins[:, None] - offset + np.arange(horizon)
+        ahead = np.where(index < len(fine), fine[np.minimum(index, len(fine) - 1)], np.nan)
+        base = np.array([fine[max(0, o - offset - w) : o - offset].mean() for o in origins])
+        result: np.ndarray = level[:, None] + ahead - base[:, None]
+        return result
+
+
+class LSTMCandidate(FittedCandidate):
+    """A one-layer LSTM with 16 hidden units and a linear head that writes every step at once."""
+
+    def __init__(self, settings: ForecastSettings) -> None:
+        super().__init__("lstm", settings, settings.lstm_input_bins + 64)
+
+    def _fit(self, y: np.ndarray, horizon: int) -> Any:
+        import torch
+
+        from strata_serving.lstm import train_lstm
+
+        history = y[-self.settings.lstm_train_bins :]
+        scale = float(history.mean()) or 1.0
+        generator = torch.Generator().manual_seed(self.settings.seed)
+        model = train_lstm(
+            history / scale,
+            self.settings.lstm_input_bins,
+            horizon,
+            epochs=self.settings.lstm_epochs,
+            budget_s=self.settings.lstm_train_s,
+            generator=generator,
+        )
+        return (model, horizon)
+
+    def _predict(self, fit: _Fit, y: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray:
+        from strata_serving.lstm import predict_lstm
+
+        model, trained_horizon = fit.model
+        out = np.full((len(origins), horizon), np.nan)
+        width = self.settings.lstm_input_bins
+        ok = origins >= width
+        if ok.any() and horizon <= trained_horizon:
+            windows = np.stack([y[o - width : o] for o in origins[ok]])
+            scale = np.maximum(windows.mean(axis=1, keepdims=True), 1e-9)
+            out[ok] = predict_lstm(model, windows / scale)[:, :horizon] * scale
+        return out
+
+
+def default_candidates(settings: ForecastSettings, fitted: bool = True) -> list[Candidate]:
+    """Persistence and seasonal always; Prophet and the LSTM when ``fitted``."""
+    candidates: list[Candidate] = [
+        Persistence(settings.level_bins),
+        Seasonal(settings.level_bins, settings.day_bins),
+    ]
+    if fitted:
+        candidates += [ProphetCandidate(settings), LSTMCandidate(settings)]
+    return candidates
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The forecast at one origin with the measured errors it was chosen by (mean absolute, req/s)."""
+
+    forecast: Forecast | None
+    errors: dict[str, float]
+
+
+def choose(
+    paths: dict[str, np.ndarray],
+    y: np.ndarray,
+    origin: int,
+    horizon: int,
+    settings: ForecastSettings,
+    first_origin: int = 0,
+    dropped: Sequence[str] = (),
+) -> Choice:
+    """Pick the forecaster by rolling-origin accuracy at ``origin`` and build its conformal band.
+
+    ``paths[name][i]`` is the path made at origin ``first_origin + i`` (at least ``horizon`` steps); the
+    origins read are ``origin - horizon - eval_origins + 1 .. origin``.
+    """
+    last_scored = origin - horizon
+    scored = np.arange(max(0, last_scored - settings.eval_origins + 1), last_scored + 1)
+    scored = scored[scored >= first_origin]
+    targets = y[scored[:, None] + np.arange(horizon)] if len(scored) else np.empty((0, horizon))
+    errors: dict[str, float] = {}
+    residuals: dict[str, np.ndarray] = {}
+    notes = list(dropped)
+    for name, table in paths.items():
+        now = table[origin - first_origin, :horizon]
+        past = table[scored - first_origin, :horizon]
+        measured = np.isfinite(past).all(axis=1)
+        if not np.isfinite(now).all() or measured.sum() < settings.min_eval_origins:
+            if not any(note.startswith(f"{name}:") for note in notes):
+                why = f"{measured.sum()} scored origins" if np.isfinite(now).all() else "no path now"
+                notes.append(f"{name}: {why}")
+            continue
+        residuals[name] = targets[measured] - past[measured]
+        errors[name] = float(np.abs(residuals[name]).mean())
+    reference = errors.get(PERSISTENCE, math.inf)
+    better = [name for name in errors if name == PERSISTENCE or errors[name] < reference]
+    if not better:  # nothing measured yet (too little history): no forecast rather than a guessed band
+        return Choice(None, errors)
+    best = min(better, key=lambda name: errors[name])
+    now = paths[best][origin - first_origin, :horizon]
+    # The band is for the window's peak, the quantity a scale-up must cover: the chosen forecaster's errors on
+    # the peak at the scored origins (the peak that came minus the peak it forecast), split-conformal.
+    past = paths[best][scored - first_origin, :horizon]
+    measured = np.isfinite(past).all(axis=1)
+    peak_errors = targets[measured].max(axis=1) - past[measured].max(axis=1)
+    low, high = np.quantile(peak_errors, [1 - settings.band_quantile, settings.band_quantile])
+    peak = float(now.max())
+    forecast = Forecast(
+        mean=max(0.0, peak),
+        lower=max(0.0, peak + float(low)),
+        upper=max(0.0, peak + float(high)),
+        horizon_s=horizon * settings.bin_s,
+        method=best,
+        dropped=tuple(notes),
+    )
+    return Choice(forecast, errors)
+
+
+def horizon_bins(horizon_s: float, bin_s: float) -> int:
+    """Bins that cover [t, t + horizon_s]."""
+    return max(1, math.ceil(horizon_s / bin_s - 1e-9))
+
+
+def all_paths(
+    candidates: Sequence[Candidate], y: np.ndarray, origins: np.ndarray, horizon: int
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Every candidate's paths at ``origins``; a candidate whose ``paths`` raises is left out and named."""
+    paths: dict[str, np.ndarray] = {}
+    dropped: list[str] = []
+    for candidate in candidates:
+        try:
+            table = np.asarray(candidate.paths(y, origins, horizon), dtype=float)
+            if table.shape != (len(origins), horizon):
+                raise ValueError(f"paths of shape {table.shape}, expected {(len(origins), horizon)}")
+        except Exception as error:  # one candidate failing never costs the forecast
+            dropped.append(f"{candidate.name}: {type(error).__name__}: {error}"[:200])
+            continue
+        paths[candidate.name] = table
+    if origins.size:
+        last = int(origins[-1])
+        fitted = [c for c in candidates if isinstance(c, FittedCandidate) and c.name in paths]
+        dropped += [note for c in fitted if (note := c.failure_at(last))]
+    return paths, dropped
+
+
+def forecast_now(
+    candidates: Sequence[Candidate], y: np.ndarray, horizon_s: float, settings: ForecastSettings
+) -> Choice:
+    """The live forecast after the last bin of ``y``: the recent origins' paths, then :func:`choose`.
+
+    Fitted candidates are refitted elsewhere (in the background); this reads their fits only.
+    """
+    horizon = horizon_bins(horizon_s, settings.bin_s)
+    origin = len(y)
+    first = max(0, origin - horizon - settings.eval_origins + 1)
+    paths, dropped = all_paths(candidates, y, np.arange(first, origin + 1), horizon)
+    return choose(paths, y, origin, horizon, settings, first_origin=first, dropped=dropped)
+
+
+def refit_all(candidates: Sequence[Candidate], y: np.ndarray, horizon: int) -> float:
+    """Refit every fitted candidate on ``y`` (what the live controller's background thread and the replay call);
+    returns the seconds it took."""
+    started = time.monotonic()
+    for candidate in candidates:
+        if isinstance(candidate, FittedCandidate):
+            candidate.refit(y, horizon)
+    return time.monotonic() - started
+
+
+def rolling_choices(
+    candidates: Sequence[Candidate], y: np.ndarray, horizons: Sequence[int], settings: ForecastSettings
+) -> dict[int, list[Choice]]:
+    """The replay's forecasts: for each horizon (bins), the :func:`choose` result at every origin ``0 .. len(y)``.
+
+    Fitted candidates are refitted every ``refit_every_bins`` on the bins before that origin only, so every path
+    is out of sample, as live; all horizons share the fits and the paths (the longest horizon's).
+    """
+    longest = max(horizons)
+    for candidate in candidates:
+        if isinstance(candidate, FittedCandidate):
+            candidate.max_fits = None
+    for origin in range(settings.refit_every_bins, len(y) + 1, settings.refit_every_bins):
+        refit_all(candidates, y[:origin], longest)
+    origins = np.arange(len(y) + 1)
+    paths, dropped = all_paths(candidates, y, origins, longest)
+    fitted = [c for c in candidates if isinstance(c, FittedCandidate) and c.name in paths]
+    failed = [c.name for c in candidates if c.name not in paths]
+    choices: dict[int, list[Choice]] = {}
+    for horizon in horizons:
+        row = []
+        for at in range(len(y) + 1):
+            notes = [note for note in dropped if note.split(":")[0] in failed]
+            notes += [note for c in fitted if (note := c.failure_at(at))]
+            row.append(choose(paths, y, at, horizon, settings, dropped=notes))
+        choices[horizon] = row
+    return choices

@@ -1,0 +1,264 @@
+"""Replay a request trace through the autoscaler: what each policy would have cost and how often it fell short.
+
+A discrete simulation on a one-second grid. Every ``interval_s`` the policy decides through
+:func:`strata_serving.autoscale.decide` (the live controller's own rule, not a copy); a replica it adds is ready
+``startup_s`` after that decision; one it removes goes at once (a starting one first, the newest first). Costs::
+
+    demand(s)          = requests arriving in the ``demand_window_s`` seconds up to s, per second
+    replica-seconds    = sum over s of (ready + starting replicas)          a starting replica is paid for
+    SLO-miss seconds   = count of s with demand(s) > ready(s) * target_rps
+    (both from ``warmup_s`` on)
+
+The policies: ``predictive`` and ``reactive`` (the HPA-like rule) from :mod:`~strata_serving.autoscale`, and a fixed
+fleet sized for the trace's peak demand from the start (no misses; the cost of never scaling).
+
+The trace loader reads the Azure LLM inference 2023 (``TIMESTAMP``) and Alibaba GenAI 2026 (``gmt_create``)
+request CSVs, gzip or plain, in place; a malformed row is an error naming the file, the line and the column.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from strata_serving.autoscale import (
+    Forecast,
+    Mode,
+    Recommendation,
+    ScalingDecision,
+    ScalingPolicy,
+    decide,
+    replicas_for,
+)
+
+FIXED = "fixed"
+
+
+class TraceError(ValueError):
+    """A trace file that cannot be read: the message names the file, the line and the column."""
+
+
+@dataclass(frozen=True)
+class Trace:
+    name: str
+    arrivals_s: np.ndarray
+    """Request arrival times in seconds after the first request, sorted."""
+    start: datetime
+    exec_s: np.ndarray | None = None
+    """Per-request execution time in seconds where the trace has it (Alibaba's ``exec_time_seconds``)."""
+
+
+_FORMATS = {
+    "TIMESTAMP": "%Y-%m-%d %H:%M:%S.%f",  # Azure LLM inference 2023: seven fraction digits, cut to six
+    "gmt_create": "%Y-%m-%d %H:%M:%S",  # Alibaba GenAI 2026
+}
+_EXEC_COLUMN = "exec_time_seconds"
+
+
+def load_trace(path: Path) -> Trace:
+    """The arrivals of one request trace (format chosen by its time column; see the module docstring)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as raw:
+            text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+            reader = csv.reader(text)
+            header = next(reader, None)
+            if header is None:
+                raise TraceError(f"{path}: line 1: the file is empty (expected a header)")
+            header = [column.strip() for column in header]
+            time_column = next((column for column in _FORMATS if column in header), None)
+            if time_column is None:
+                raise TraceError(f"{path}: line 1: no time column; expected one of {', '.join(_FORMATS)}")
+            time_index = header.index(time_column)
+            exec_index = header.index(_EXEC_COLUMN) if _EXEC_COLUMN in header else None
+            times: list[float] = []
+            execs: list[float] = []
+            for line, row in enumerate(reader, start=2):
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise TraceError(f"{path}: line {line}: {len(row)} fields, the header has {len(header)}")
+                times.append(_parse_time(row[time_index], time_column, path, line))
+                if exec_index is not None:
+                    execs.append(_parse_float(row[exec_index], _EXEC_COLUMN, path, line))
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as error:
+        raise TraceError(f"{path}: cannot read: {error}") from error
+    if not times:
+        raise TraceError(f"{path}: no requests after the header")
+    stamps = np.array(times)
+    order = np.argsort(stamps, kind="stable")
+    return Trace(
+        name=path.name.split(".")[0],
+        arrivals_s=stamps[order] - stamps[order[0]],
+        start=datetime.fromtimestamp(float(stamps[order[0]])),
+        exec_s=np.array(execs)[order] if exec_index is not None else None,
+    )
+
+
+def _parse_time(text: str, column: str, path: Path, line: int) -> float:
+    value = text.strip()
+    if "." in value:  # strptime's %f takes at most six digits
+        head, fraction = value.split(".", 1)
+        value = f"{head}.{fraction[:6]}"
+    try:
+        return datetime.strptime(value, _FORMATS[column]).timestamp()
+    except ValueError:
+        raise TraceError(
+            f"{path}: line {line}, column {column!r}: {text!r} is not a time like {_FORMATS[column]}"
+        ) from None
+
+
+def _parse_float(text: str, column: str, path: Path, line: int) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise TraceError(f"{path}: line {line}, column {column!r}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise TraceError(f"{path}: line {line}, column {column!r}: {text!r} is not a finite number")
+    return value
+
+
+def per_second_counts(arrivals_s: np.ndarray, duration_s: int | None = None) -> np.ndarray:
+    """Requests arriving in each second ``[s, s + 1)``."""
+    seconds = np.floor(arrivals_s).astype(int)
+    length = duration_s if duration_s is not None else int(seconds.max()) + 1
+    return np.bincount(seconds[seconds < length], minlength=length).astype(float)
+
+
+def demand_rate(counts: np.ndarray, window_s: int) -> np.ndarray:
+    """Requests per second over the ``window_s`` seconds up to and including each second."""
+    cumulative = np.concatenate([[0.0], np.cumsum(counts)])
+    ends = np.arange(1, len(counts) + 1)
+    result: np.ndarray = (cumulative[ends] - cumulative[np.maximum(0, ends - window_s)]) / window_s
+    return result
+
+
+def rate_series(counts: np.ndarray, bin_s: int, window_s: int) -> np.ndarray:
+    """What the forecasters read: the demand rate (over ``window_s``) at the end of each whole bin of ``bin_s``.
+
+    Bin ``b`` covers seconds ``[b * bin_s, (b + 1) * bin_s)``; its value is the demand at its last second.
+    """
+    result: np.ndarray = demand_rate(counts, window_s)[bin_s - 1 :: bin_s][: len(counts) // bin_s]
+    return result
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    interval_s: int = 15
+    """Seconds between decisions (HPA's sync period)."""
+    bin_s: int = 15
+    """The forecasters' grid: a decision at t reads the forecast made after the bins that ended by t."""
+    demand_window_s: int = 60
+    """Demand at a second is the arrival rate over this window (a queue absorbs shorter bursts)."""
+    initial_replicas: int | None = None
+    """Ready at the start; None: what the first window's demand needs."""
+    duration_s: int | None = None
+    """Seconds replayed; None: up to the last arrival."""
+    warmup_s: int = 0
+    """Costs and misses count from this second on, for every policy alike: the forecasters' warm-up (before
+    they have scored enough origins the predictive mode is the reactive floor) is left out of the comparison."""
+
+
+@dataclass
+class ReplayResult:
+    policy: str
+    replica_seconds: float
+    slo_miss_s: int
+    ready: np.ndarray
+    """Ready replicas in each second."""
+    provisioned: np.ndarray
+    """Ready plus starting replicas in each second."""
+    decisions: list[ScalingDecision] = field(default_factory=list)
+
+
+ForecastAt = Callable[[int], Forecast | None]
+"""The forecast made after the first ``n`` bins (the replay's table or a live forecaster)."""
+
+
+def simulate(
+    arrivals_s: np.ndarray, policy: ScalingPolicy, config: ReplayConfig, forecast_at: ForecastAt | None = None
+) -> ReplayResult:
+    """Replay ``arrivals_s`` through :func:`decide` with ``policy`` (see the module docstring for the costs)."""
+    counts = per_second_counts(arrivals_s, config.duration_s)
+    duration = len(counts)
+    demand = demand_rate(counts, config.demand_window_s)
+    first = config.initial_replicas
+    if first is None:
+        first = replicas_for(demand[min(duration, config.demand_window_s) - 1], policy.target_rps)
+    first = min(max(first, policy.min_replicas), policy.max_replicas)
+    ready_delta = np.zeros(duration + 1)
+    provisioned_delta = np.zeros(duration + 1)
+    ready_delta[0] = provisioned_delta[0] = first
+    ready, starting = first, deque[int]()  # starting: the second each will be ready, oldest first
+    past: deque[Recommendation] = deque()
+    decisions = []
+    window = int(policy.metric_window_s)
+    for now in range(config.interval_s, duration, config.interval_s):
+        while starting and starting[0] <= now:
+            starting.popleft()
+            ready += 1
+        predictive = forecast_at is not None and policy.mode is Mode.PREDICTIVE
+        forecast = forecast_at(now // config.bin_s) if forecast_at is not None and predictive else None
+        decision = decide(now, counts[max(0, now - window) : now], 1, ready, len(starting), policy, forecast, past)
+        decisions.append(decision)
+        past.append(Recommendation(now, decision.recommended))
+        while past and now - past[0].time_s >= policy.stabilisation_s:
+            past.popleft()
+        change = decision.replicas - ready - len(starting)
+        for _ in range(max(0, change)):
+            at = now + math.ceil(policy.startup_s)
+            starting.append(at)
+            provisioned_delta[now] += 1
+            ready_delta[min(at, duration)] += 1
+        for _ in range(max(0, -change)):
+            provisioned_delta[now] -= 1
+            if starting:
+                ready_delta[min(starting.pop(), duration)] -= 1
+            else:
+                ready -= 1
+                ready_delta[now] -= 1
+    ready_curve = np.cumsum(ready_delta)[:duration]
+    provisioned = np.cumsum(provisioned_delta)[:duration]
+    return _result(policy.mode.value, demand, ready_curve, provisioned, policy, config, decisions)
+
+
+def _result(
+    name: str,
+    demand: np.ndarray,
+    ready: np.ndarray,
+    provisioned: np.ndarray,
+    policy: ScalingPolicy,
+    config: ReplayConfig,
+    decisions: list[ScalingDecision],
+) -> ReplayResult:
+    counted = slice(config.warmup_s, None)
+    misses = int(np.count_nonzero(demand[counted] > ready[counted] * policy.target_rps + 1e-9))
+    return ReplayResult(name, float(provisioned[counted].sum()), misses, ready, provisioned, decisions)
+
+
+def fixed_fleet(arrivals_s: np.ndarray, policy: ScalingPolicy, config: ReplayConfig) -> ReplayResult:
+    """A fleet sized for the trace's peak demand, ready from the first second and never scaled."""
+    demand = demand_rate(per_second_counts(arrivals_s, config.duration_s), config.demand_window_s)
+    size = min(max(replicas_for(float(demand.max()), policy.target_rps), policy.min_replicas), policy.max_replicas)
+    fleet = np.full(len(demand), float(size))
+    return _result(FIXED, demand, fleet, fleet, policy, config, [])
+
+
+def compare(
+    arrivals_s: np.ndarray, policy: ScalingPolicy, config: ReplayConfig, forecast_at: ForecastAt
+) -> dict[str, ReplayResult]:
+    """Predictive, reactive and the fixed fleet on the same arrivals and policy settings."""
+    return {
+        Mode.PREDICTIVE.value: simulate(arrivals_s, replace(policy, mode=Mode.PREDICTIVE), config, forecast_at),
+        Mode.REACTIVE.value: simulate(arrivals_s, replace(policy, mode=Mode.REACTIVE), config),
+        FIXED: fixed_fleet(arrivals_s, policy, config),
+    }

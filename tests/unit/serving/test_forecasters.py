@@ -1,0 +1,187 @@
+"""The forecasters: persistence, the choice by rolling-origin accuracy, the peak band, and failures, by hand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from strata_serving.forecasters import (
+    Candidate,
+    FittedCandidate,
+    ForecastSettings,
+    LSTMCandidate,
+    Persistence,
+    ProphetCandidate,
+    Seasonal,
+    _Fit,
+    all_paths,
+    choose,
+    forecast_now,
+    rolling_choices,
+)
+from strata_serving.lstm import RateLSTM
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(120)]
+
+LINEAR = np.arange(100, dtype=float)
+"""A rate that climbs one request per second every bin."""
+SETTINGS = ForecastSettings(bin_s=15, level_bins=4, eval_origins=20, min_eval_origins=5)
+
+
+@dataclass
+class Oracle:
+    """Forecasts the future it is given: the most accurate candidate there can be."""
+
+    truth: np.ndarray
+    name: str = "oracle"
+
+    def paths(self, y: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray:
+        index = origins[:, None] + np.arange(horizon)
+        return np.where(index < len(self.truth), self.truth[np.minimum(index, len(self.truth) - 1)], np.nan)
+
+
+@dataclass
+class Offset:
+    """Persistence plus a constant (below it: worse than persistence on a rising series)."""
+
+    offset: float
+    name: str = "offset"
+
+    def paths(self, y: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray:
+        return Persistence(4).paths(y, origins, horizon) + self.offset
+
+
+@dataclass
+class Broken:
+    name: str = "broken"
+
+    def paths(self, y: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray:
+        raise RuntimeError("boom")
+
+
+class LastValueAtFit(FittedCandidate):
+    """Forecasts the last value it was fitted on; fails its fit when told to."""
+
+    fail: bool = False
+
+    def _fit(self, y: np.ndarray, horizon: int) -> Any:
+        if self.fail:
+            raise ValueError("the optimiser gave up")
+        return float(y[-1])
+
+    def _predict(self, fit: _Fit, y: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray:
+        return np.full((len(origins), horizon), fit.model)
+
+
+def test_persistence_is_the_mean_of_the_last_bins_and_of_what_there_is_at_the_start() -> None:
+    paths = Persistence(4).paths(LINEAR, np.array([0, 2, 50]), 3)
+    assert np.isnan(paths[0]).all()
+    assert paths[1].tolist() == [0.5, 0.5, 0.5]
+    assert paths[2].tolist() == [47.5, 47.5, 47.5]  # mean of bins 46..49
+
+
+def test_the_band_is_persistences_measured_error_on_the_window_peak() -> None:
+    paths, _ = all_paths([Persistence(4)], LINEAR, np.arange(101), 3)
+    choice = choose(paths, LINEAR, 50, 3, SETTINGS)
+    assert choice.forecast is not None
+    # at every scored origin j the peak that came, j + 2, is 4.5 above the forecast j - 2.5
+    assert (choice.forecast.mean, choice.forecast.upper) == (47.5, 52.0)
+    assert choice.forecast.horizon_s == 45.0
+    assert choice.errors == {"persistence": pytest.approx(3.5)}  # mean of 2.5, 3.5, 4.5
+
+
+def test_the_most_accurate_candidate_is_chosen_and_a_worse_one_never() -> None:
+    candidates: list[Candidate] = [Persistence(4), Offset(-5.0), Oracle(LINEAR)]
+    paths, _ = all_paths(candidates, LINEAR, np.arange(101), 3)
+    choice = choose(paths, LINEAR, 50, 3, SETTINGS)
+    assert choice.forecast is not None
+    assert choice.forecast.method == "oracle"
+    assert choice.forecast.upper == 52.0  # no error, no widening
+    without_oracle = choose({k: v for k, v in paths.items() if k != "oracle"}, LINEAR, 50, 3, SETTINGS)
+    assert without_oracle.forecast is not None
+    assert without_oracle.forecast.method == "persistence"
+    assert without_oracle.errors["offset"] > without_oracle.errors["persistence"]
+
+
+def test_no_forecast_until_enough_origins_are_scored() -> None:
+    paths, _ = all_paths([Persistence(4)], LINEAR, np.arange(101), 3)
+    assert choose(paths, LINEAR, 7, 3, SETTINGS).forecast is None  # origins 0..4 scored, 5 needed with 0 unusable
+    assert choose(paths, LINEAR, 8, 3, SETTINGS).forecast is not None
+
+
+def test_a_candidate_that_raises_is_dropped_and_the_others_forecast() -> None:
+    choice = forecast_now([Persistence(4), Broken()], LINEAR[:60], horizon_s=45, settings=SETTINGS)
+    assert choice.forecast is not None
+    assert choice.forecast.method == "persistence"
+    assert "broken: RuntimeError: boom" in choice.forecast.dropped
+
+
+def test_a_fit_that_raises_leaves_the_candidate_out_until_its_next_fit() -> None:
+    candidate = LastValueAtFit("last", SETTINGS, min_history_bins=10)
+    candidate.refit(LINEAR[:20], 3)
+    candidate.fail = True
+    candidate.refit(LINEAR[:40], 3)
+    paths = candidate.paths(LINEAR, np.array([5, 25, 45]), 2)
+    assert np.isnan(paths[0]).all()  # before any fit
+    assert paths[1].tolist() == [19.0, 19.0]  # from the fit at origin 20
+    assert np.isnan(paths[2]).all()  # the fit at 40 failed
+    assert candidate.failure_at(45) == "last: ValueError: the optimiser gave up"
+    choice = forecast_now([Persistence(4), candidate], LINEAR[:45], horizon_s=45, settings=SETTINGS)
+    assert choice.forecast is not None
+    assert choice.forecast.method == "persistence"
+    assert "last: ValueError: the optimiser gave up" in choice.forecast.dropped
+
+
+def test_the_replay_refits_on_the_past_only() -> None:
+    settings = ForecastSettings(bin_s=15, level_bins=4, eval_origins=20, min_eval_origins=5, refit_every_bins=10)
+    candidate = LastValueAtFit("last", settings, min_history_bins=10)
+    rolling_choices([Persistence(4), candidate], LINEAR, [3], settings)
+    assert [fit.origin for fit in candidate.fits] == list(range(10, 101, 10))
+    assert candidate.paths(LINEAR, np.array([25]), 1).tolist() == [[19.0]]  # fitted at 20 on bins 0..19
+
+
+def daily(days: int, bin_s: int, noise: float = 0.0) -> np.ndarray:
+    bins = np.arange(days * 86400 // bin_s)
+    rng = np.random.default_rng(0)
+    return 10 + 5 * np.sin(2 * np.pi * bins * bin_s / 86400) + noise * rng.standard_normal(len(bins))
+
+
+def test_the_seasonal_forecaster_is_chosen_where_there_is_a_daily_cycle_and_not_on_noise() -> None:
+    settings = ForecastSettings(bin_s=3600, level_bins=4, eval_origins=40, min_eval_origins=10)
+    candidates: list[Candidate] = [Persistence(4), Seasonal(4, settings.day_bins)]
+    on_cycle = forecast_now(candidates, daily(4, 3600)[:90], 3 * 3600, settings).forecast
+    on_noise = forecast_now(candidates, 10 + np.random.default_rng(1).standard_normal(90), 3 * 3600, settings).forecast
+    assert on_cycle is not None
+    assert on_cycle.method == "seasonal"
+    assert on_noise is not None
+    assert on_noise.method == "persistence"
+
+
+def test_the_lstm_is_small_seeded_and_forecasts() -> None:
+    settings = ForecastSettings(bin_s=60, lstm_input_bins=12, lstm_epochs=30, lstm_train_s=20.0)
+    series = 10 + 5 * np.sin(2 * np.pi * np.arange(300) / 12)
+    first, second = LSTMCandidate(settings), LSTMCandidate(settings)
+    first.refit(series[:200], 4)
+    second.refit(series[:200], 4)
+    origins = np.array([199, 200, 250, 300])
+    paths = first.paths(series, origins, 4)
+    assert np.isnan(paths[0]).all()  # before its fit: no path (its errors are out of sample)
+    assert np.isfinite(paths[1:]).all()
+    assert np.array_equal(paths, second.paths(series, origins, 4), equal_nan=True)  # same seed, same model
+    assert sum(p.numel() for p in RateLSTM(horizon=24).parameters()) < 5000
+
+
+def test_prophet_anchors_its_daily_shape_on_the_current_level(tmp_path: Path) -> None:
+    settings = ForecastSettings(bin_s=3600, level_bins=4, prophet_tmp_dir=tmp_path / "stan")
+    candidate = ProphetCandidate(settings)
+    cycle = daily(4, 3600)
+    candidate.refit(cycle[:72], 6)
+    assert candidate.failure_at(72) == ""
+    paths = candidate.paths(cycle, np.array([72]), 6)
+    # Prophet's curve follows the cycle closely, so the anchored path lands within a request of the truth
+    assert np.abs(paths[0] - cycle[72:78]).max() < 1.0
+    assert (tmp_path / "stan").is_dir()

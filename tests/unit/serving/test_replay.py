@@ -1,0 +1,138 @@
+"""The trace replay: its accounting on step loads worked out by hand, and the trace loader's errors."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from strata_serving.autoscale import Forecast, Mode, ScalingPolicy
+from strata_serving.replay import (
+    ReplayConfig,
+    TraceError,
+    compare,
+    demand_rate,
+    fixed_fleet,
+    load_trace,
+    rate_series,
+    simulate,
+)
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
+
+STEP_CONFIG = ReplayConfig(interval_s=15, bin_s=15, demand_window_s=1, initial_replicas=1, duration_s=300)
+
+
+def ten_per_second(start_s: int, end_s: int) -> np.ndarray:
+    """Ten arrivals in each second of [start_s, end_s)."""
+    return np.array([s + i / 10 for s in range(start_s, end_s) for i in range(10)])
+
+
+def step_policy(mode: Mode, **overrides: float) -> ScalingPolicy:
+    settings: dict[str, float] = {"startup_s": 60, "metric_window_s": 15, "margin_s": 0}
+    settings.update(overrides)
+    return ScalingPolicy(target_rps=1.0, mode=mode, **settings)  # type: ignore[arg-type]
+
+
+def perfect_from_bin_2(n: int) -> Forecast | None:
+    return Forecast(mean=10, lower=10, upper=10, horizon_s=60, method="oracle") if n >= 2 else None
+
+
+def test_a_step_load_costs_the_reactive_policy_its_start_up_time_in_misses() -> None:
+    # 10 req/s from second 90. The tick at 105 sees it ([90, 105) observed) and orders 9 replicas, ready at 165:
+    # seconds 90..164 miss (75); 1 replica for 300 s plus 9 from second 105 on cost 300 + 9 * 195.
+    result = simulate(ten_per_second(90, 300), step_policy(Mode.REACTIVE), STEP_CONFIG)
+    assert (result.slo_miss_s, result.replica_seconds) == (75, 2055.0)
+    assert result.ready[164] == 1
+    assert result.ready[165] == 10
+    assert result.provisioned[104] == 1
+    assert result.provisioned[105] == 10
+
+
+def test_a_forecast_one_start_up_ahead_covers_the_step() -> None:
+    # The forecast of 10 req/s is read at the tick at 30 (bin 2): 9 replicas ready at 90, when the load comes.
+    arrivals = ten_per_second(90, 300)
+    result = simulate(arrivals, step_policy(Mode.PREDICTIVE), STEP_CONFIG, perfect_from_bin_2)
+    assert (result.slo_miss_s, result.replica_seconds) == (0, 300 + 9 * 270)
+    assert result.decisions[1].reason == "forecast upper band 10 req/s at +60s needs 10 (oracle)"
+    fixed = fixed_fleet(arrivals, step_policy(Mode.REACTIVE), STEP_CONFIG)
+    assert (fixed.slo_miss_s, fixed.replica_seconds) == (0, 3000.0)
+    all_three = compare(arrivals, step_policy(Mode.REACTIVE), STEP_CONFIG, perfect_from_bin_2)
+    assert {name: r.slo_miss_s for name, r in all_three.items()} == {"predictive": 0, "reactive": 75, "fixed": 0}
+
+
+def test_scale_down_waits_for_the_stabilisation_window() -> None:
+    # 10 req/s until second 150, then nothing. The last recommendation of 10 is at 150; with a 60 s window the
+    # first tick free of it is 210: 10 replicas for 210 s, then 1 for 90 s.
+    config = ReplayConfig(interval_s=15, bin_s=15, demand_window_s=1, initial_replicas=10, duration_s=300)
+    result = simulate(ten_per_second(0, 150), step_policy(Mode.REACTIVE, stabilisation_s=60), config)
+    assert (result.slo_miss_s, result.replica_seconds) == (0, 10 * 210 + 90)
+    assert result.provisioned[209] == 10
+    assert result.provisioned[210] == 1
+
+
+def test_a_replica_removed_while_starting_is_paid_for_and_never_serves() -> None:
+    only_at_bin_2 = lambda n: perfect_from_bin_2(n) if n == 2 else None  # noqa: E731
+    policy = step_policy(Mode.PREDICTIVE, stabilisation_s=0)
+    result = simulate(ten_per_second(290, 300), policy, STEP_CONFIG, only_at_bin_2)
+    # 9 ordered at 30, removed at 45 (the floor is 0 again): 15 s each, and the ready count never moved
+    assert result.replica_seconds == 300 + 9 * 15
+    assert result.ready.max() == 1
+
+
+def test_the_warm_up_is_left_out_of_every_policys_figures() -> None:
+    config = ReplayConfig(interval_s=15, bin_s=15, demand_window_s=1, initial_replicas=1, duration_s=300, warmup_s=100)
+    result = simulate(ten_per_second(90, 300), step_policy(Mode.REACTIVE), config)
+    assert (result.slo_miss_s, result.replica_seconds) == (65, 200 + 9 * 195)
+
+
+def test_demand_is_the_trailing_window_rate_and_the_forecasters_read_it_per_bin() -> None:
+    counts = np.array([0.0, 4, 8, 0, 0, 4])
+    assert demand_rate(counts, 2).tolist() == [0, 2, 6, 4, 0, 2]
+    assert rate_series(counts, 3, 2).tolist() == [6, 2]  # the demand at seconds 2 and 5
+
+
+def write(path: Path, text: str) -> Path:
+    with gzip.open(path, "wt", newline="") as handle:
+        handle.write(text)
+    return path
+
+
+def test_the_azure_format_loads_with_seven_fraction_digits_and_crlf(tmp_path: Path) -> None:
+    text = (
+        "TIMESTAMP,ContextTokens,GeneratedTokens\r\n"
+        "2023-11-16 18:17:03.9799600,4808,10\r\n"
+        "2023-11-16 18:17:04.4799600,3180,8\r\n"
+        "2023-11-16 18:17:06.2299600,100,1\r\n"
+    )
+    trace = load_trace(write(tmp_path / "azure_code.csv.gz", text))
+    assert trace.arrivals_s.tolist() == pytest.approx([0.0, 0.5, 2.25])
+    assert trace.exec_s is None
+
+
+def test_the_alibaba_format_loads_with_its_execution_times(tmp_path: Path) -> None:
+    header = "gmt_create,predict_type,predict_status,exec_time_seconds,groupId\n"
+    rows = "2024-11-15 16:57:52,TXT_2_IMG,SUCCEED,32.0,G0\n2024-11-15 16:57:50,TXT_2_IMG,SUCCEED,20.0,G1\n"
+    trace = load_trace(write(tmp_path / "lora.csv.gz", header + rows))
+    assert trace.arrivals_s.tolist() == [0.0, 2.0]  # sorted by arrival
+    assert trace.exec_s is not None
+    assert trace.exec_s.tolist() == [20.0, 32.0]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("TIMESTAMP,ContextTokens\n2023-11-16 18:17:03.1,1\n2023-11-16 18:61:03.1,1\n", r"line 3, column 'TIMESTAMP'"),
+        ("TIMESTAMP,ContextTokens\n2023-11-16 18:17:03.1,1\n2023-11-16 18:17:04.1\n", r"line 3: 1 fields, the header"),
+        ("when,ContextTokens\n2023-11-16 18:17:03.1,1\n", r"line 1: no time column"),
+        ("gmt_create,exec_time_seconds\n2024-11-15 16:57:50,fast\n", r"line 2, column 'exec_time_seconds': 'fast'"),
+        ("", r"line 1: the file is empty"),
+    ],
+)
+def test_a_malformed_trace_names_the_file_line_and_column(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path / "bad.csv.gz", text)
+    with pytest.raises(TraceError, match=message) as error:
+        load_trace(path)
+    assert str(path) in str(error.value)
