@@ -190,10 +190,10 @@ async def _served_speed(preset: str, variants: list[str], new_tokens: int, round
         servers[name] = Server(prepare_model(copy.deepcopy(base), settings), settings)
         advance = servers[name].generator._advance
 
-        def timed(joining: list[Any], advance: Any = advance, name: str = name) -> Any:
+        def timed(*args: Any, advance: Any = advance, name: str = name) -> Any:
             began = time.thread_time()
             try:
-                return advance(joining)
+                return advance(*args)
             finally:
                 cpu[name] += time.thread_time() - began
 
