@@ -84,10 +84,10 @@ def _number(body: dict[str, Any], key: str, default: float, low: float, high: fl
     return float(value)
 
 
-def _integer(body: dict[str, Any], key: str, default: int | None, low: int, high: int) -> int | None:
+def _integer(body: dict[str, Any], key: str, low: int, high: int) -> int | None:
     value = body.get(key)
     if value is None:
-        return default
+        return None
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise bad(key, f"'{key}' must be an integer in [{low}, {high}]")
     return value
@@ -128,11 +128,12 @@ def parse_completion(body: dict[str, Any], model: Transformer, settings: ServeSe
     if not isinstance(name, str) or not name:
         raise bad("model", "'model' must be the served model's name (GET /v1/models)")
     if name != settings.served_model:
-        raise ApiError(404, f"The model '{name}' does not exist; this server has '{settings.served_model}'",
-                       "model", code="model_not_found")  # fmt: skip
+        message = f"The model '{name}' does not exist; this server has '{settings.served_model}'"
+        raise ApiError(404, message, "model", code="model_not_found")
     prompt = _prompt(body, settings)
-    max_tokens = _integer(body, "max_tokens", DEFAULT_MAX_TOKENS, 1, settings.max_new_tokens)
-    assert max_tokens is not None
+    max_tokens = _integer(body, "max_tokens", 1, settings.max_new_tokens)
+    if max_tokens is None:
+        max_tokens = min(DEFAULT_MAX_TOKENS, settings.max_new_tokens)
     if not RunningBatch.fits(model, prompt, max_tokens):
         window = model.config.max_seq_len
         raise bad(
@@ -143,24 +144,28 @@ def parse_completion(body: dict[str, Any], model: Transformer, settings: ServeSe
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise bad("stream", "'stream' must be true or false")
-    options = body.get("stream_options")
-    if options is not None and (
-        not stream or not isinstance(options, dict) or set(options) - {"include_usage"}
-        or not isinstance(options.get("include_usage", False), bool)
-    ):  # fmt: skip
-        raise bad("stream_options", "'stream_options' is {\"include_usage\": true|false}, with 'stream': true only")
     if body.get("user") is not None and not isinstance(body["user"], str):
         raise bad("user", "'user' must be a string")
     sampling = Sampling(
         temperature=_number(body, "temperature", 1.0, 0.0, MAX_TEMPERATURE),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
-        seed=_integer(body, "seed", None, *SEED_RANGE),
+        seed=_integer(body, "seed", *SEED_RANGE),
     )
     if sampling.top_p == 0:
         raise bad("top_p", "'top_p' must be above 0")
-    return CompletionRequest(
-        prompt, max_tokens, sampling, _stop(body), stream, bool(options and options.get("include_usage"))
-    )
+    return CompletionRequest(prompt, max_tokens, sampling, _stop(body), stream, _include_usage(body, stream))
+
+
+def _include_usage(body: dict[str, Any], stream: bool) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not stream or not isinstance(options, dict) or set(options) - {"include_usage"}:
+        raise bad("stream_options", "'stream_options' is {\"include_usage\": true|false}, with 'stream': true only")
+    include = options.get("include_usage", False)
+    if not isinstance(include, bool):
+        raise bad("stream_options", "'stream_options.include_usage' must be true or false")
+    return include
 
 
 class CompletionText:

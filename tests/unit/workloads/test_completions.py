@@ -17,6 +17,7 @@ import torch
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
+from strata_workloads.completions import CompletionText
 from strata_workloads.inference import Sampling, decode, encode, generate, next_tokens
 from strata_workloads.model import Transformer
 from strata_workloads.presets import EOS_TOKEN, get_preset
@@ -188,6 +189,24 @@ def test_next_tokens_is_argmax_when_greedy_and_a_seeded_draw_otherwise() -> None
     assert len({d[1] for d in draws}) == 1  # the same seed, the same first draw
     generator = Sampling(temperature=5.0, seed=1).generator()
     assert len({next_tokens(logits[1:], samplings[1:], [generator])[0] for _ in range(50)}) == 3
+
+
+@pytest.mark.unit
+def test_completion_text_holds_back_what_may_become_a_stop_string_or_a_character() -> None:
+    text = CompletionText(("STOP", "é!"))
+    pieces = [text.add(t) for t in [*encode("aS"), 300, *encode("Tx é")]]  # 300: a token past the bytes
+    assert pieces == ["a", "", "", "", "STx", " ", "", ""]  # "S", "ST": maybe STOP; "é" is two bytes, maybe "é!"
+    assert text.add(ord("?")) == "é?"
+    assert (text.add(ord("S")), text.add(ord("T")), text.add(ord("O"))) == ("", "", "")
+    assert text.add(ord("P")) == ""
+    assert (text.text, text.stopped, text.tokens, text.finish_reason) == ("aSTx é?", True, 13, "stop")
+    ended = CompletionText(("STOP",))
+    assert [ended.add(t) for t in encode("xST")] == ["x", "", ""]
+    assert ended.finish() == "ST"  # the row ended: what was held back was no stop string
+    assert (ended.text, ended.finish_reason) == ("xST", "length")
+    eos = CompletionText(())
+    assert (eos.add(0xC3), eos.add(EOS_TOKEN)) == ("", "\ufffd")  # a character cut off by EOS
+    assert eos.finish_reason == "stop"
 
 
 BAD_FIELDS: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
