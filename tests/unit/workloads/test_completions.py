@@ -297,3 +297,20 @@ async def test_a_client_that_leaves_mid_stream_frees_its_row(model: Transformer)
         assert "strata_serve_in_flight 0.0" in metrics
         # The one row of max_batch 1 is free: the next request is served.
         assert (await client.post("/v1/completions", json=completion("x", max_tokens=2))).status == 200
+
+
+@pytest.mark.unit
+async def test_draining_lets_an_open_stream_finish(model: Transformer) -> None:
+    async with serving(model) as (server, client):
+        slow_steps(server, 0.02)
+        resp = await client.post("/v1/completions", json=completion("def ", max_tokens=20, stream=True))
+        stream = events(resp)
+        await anext(stream)
+        drain = asyncio.create_task(server.drain())
+        refused = await client.post("/v1/completions", json=completion("x", max_tokens=2))
+        assert refused.status == 503
+        rest = [chunk async for chunk in stream]
+        assert rest[-2]["choices"][0]["finish_reason"] == "length"
+        assert rest[-1] == "[DONE]"
+        await drain
+        assert server.in_flight == 0
