@@ -267,6 +267,30 @@ class Choice:
     errors: dict[str, float]
 
 
+@dataclass(frozen=True)
+class Scores:
+    """One candidate's measured errors at each origin for one horizon (NaN: not measurable there)."""
+
+    absolute: np.ndarray
+    """Mean absolute error over the path's steps."""
+    peak: np.ndarray
+    """The peak that came minus the peak forecast, over the path's window."""
+
+    @classmethod
+    def of(cls, table: np.ndarray, y: np.ndarray, horizon: int, first_origin: int = 0) -> Scores:
+        """``table[i]`` is the path made at origin ``first_origin + i``; origins whose targets are not all
+        observed yet get NaN."""
+        origins = first_origin + np.arange(len(table))
+        index = origins[:, None] + np.arange(horizon)
+        observed = index[:, -1] < len(y)
+        targets = np.where(observed[:, None], y[np.minimum(index, len(y) - 1)], np.nan)
+        past = table[:, :horizon]
+        with np.errstate(invalid="ignore"):
+            absolute = np.abs(targets - past).mean(axis=1)
+            peak = targets.max(axis=1) - past.max(axis=1)
+        return cls(absolute, peak)
+
+
 def choose(
     paths: dict[str, np.ndarray],
     y: np.ndarray,
@@ -275,43 +299,41 @@ def choose(
     settings: ForecastSettings,
     first_origin: int = 0,
     dropped: Sequence[str] = (),
+    scores: dict[str, Scores] | None = None,
 ) -> Choice:
     """Pick the forecaster by rolling-origin accuracy at ``origin`` and build its conformal band.
 
     ``paths[name][i]`` is the path made at origin ``first_origin + i`` (at least ``horizon`` steps); the
-    origins read are ``origin - horizon - eval_origins + 1 .. origin``.
+    origins scored are ``origin - horizon - eval_origins + 1 .. origin - horizon``. ``scores`` (from
+    :meth:`Scores.of` on the same tables) saves recomputing them when many origins are chosen in turn.
     """
-    last_scored = origin - horizon
-    scored = np.arange(max(0, last_scored - settings.eval_origins + 1), last_scored + 1)
-    scored = scored[scored >= first_origin]
-    targets = y[scored[:, None] + np.arange(horizon)] if len(scored) else np.empty((0, horizon))
+    if scores is None:
+        scores = {name: Scores.of(table, y, horizon, first_origin) for name, table in paths.items()}
+    last_scored = origin - horizon - first_origin
+    window = slice(max(0, last_scored - settings.eval_origins + 1), max(0, last_scored + 1))
     errors: dict[str, float] = {}
-    residuals: dict[str, np.ndarray] = {}
     notes = list(dropped)
     for name, table in paths.items():
         now = table[origin - first_origin, :horizon]
-        past = table[scored - first_origin, :horizon]
-        measured = np.isfinite(past).all(axis=1)
-        if not np.isfinite(now).all() or measured.sum() < settings.min_eval_origins:
+        measured = scores[name].absolute[window]
+        measured = measured[np.isfinite(measured)]
+        if not np.isfinite(now).all() or len(measured) < settings.min_eval_origins:
             if not any(note.startswith(f"{name}:") for note in notes):
-                why = f"{measured.sum()} scored origins" if np.isfinite(now).all() else "no path now"
+                why = f"{len(measured)} scored origins" if np.isfinite(now).all() else "no path now"
                 notes.append(f"{name}: {why}")
             continue
-        residuals[name] = targets[measured] - past[measured]
-        errors[name] = float(np.abs(residuals[name]).mean())
+        errors[name] = float(measured.mean())
     reference = errors.get(PERSISTENCE, math.inf)
     better = [name for name in errors if name == PERSISTENCE or errors[name] < reference]
     if not better:  # nothing measured yet (too little history): no forecast rather than a guessed band
         return Choice(None, errors)
     best = min(better, key=lambda name: errors[name])
-    now = paths[best][origin - first_origin, :horizon]
     # The band is for the window's peak, the quantity a scale-up must cover: the chosen forecaster's errors on
     # the peak at the scored origins (the peak that came minus the peak it forecast), split-conformal.
-    past = paths[best][scored - first_origin, :horizon]
-    measured = np.isfinite(past).all(axis=1)
-    peak_errors = targets[measured].max(axis=1) - past[measured].max(axis=1)
+    peak_errors = scores[best].peak[window]
+    peak_errors = peak_errors[np.isfinite(peak_errors)]
     low, high = np.quantile(peak_errors, [1 - settings.band_quantile, settings.band_quantile])
-    peak = float(now.max())
+    peak = float(paths[best][origin - first_origin, :horizon].max())
     forecast = Forecast(
         mean=max(0.0, peak),
         lower=max(0.0, peak + float(low)),
@@ -374,30 +396,29 @@ def refit_all(candidates: Sequence[Candidate], y: np.ndarray, horizon: int) -> f
     return time.monotonic() - started
 
 
-def rolling_choices(
-    candidates: Sequence[Candidate], y: np.ndarray, horizons: Sequence[int], settings: ForecastSettings
-) -> dict[int, list[Choice]]:
-    """The replay's forecasts: for each horizon (bins), the :func:`choose` result at every origin ``0 .. len(y)``.
+def rolling_paths(
+    candidates: Sequence[Candidate], y: np.ndarray, horizon: int, settings: ForecastSettings
+) -> tuple[dict[str, np.ndarray], list[list[str]]]:
+    """The replay's paths at every origin ``0 .. len(y)``, and at each origin the candidates that had none, why.
 
     Fitted candidates are refitted every ``refit_every_bins`` on the bins before that origin only, so every path
-    is out of sample, as live; all horizons share the fits and the paths (the longest horizon's).
+    is out of sample, as live.
     """
-    longest = max(horizons)
     for candidate in candidates:
         if isinstance(candidate, FittedCandidate):
             candidate.max_fits = None
     for origin in range(settings.refit_every_bins, len(y) + 1, settings.refit_every_bins):
-        refit_all(candidates, y[:origin], longest)
-    origins = np.arange(len(y) + 1)
-    paths, dropped = all_paths(candidates, y, origins, longest)
+        refit_all(candidates, y[:origin], horizon)
+    paths, dropped = all_paths(candidates, y, np.arange(len(y) + 1), horizon)
     fitted = [c for c in candidates if isinstance(c, FittedCandidate) and c.name in paths]
-    failed = [c.name for c in candidates if c.name not in paths]
-    choices: dict[int, list[Choice]] = {}
-    for horizon in horizons:
-        row = []
-        for at in range(len(y) + 1):
-            notes = [note for note in dropped if note.split(":")[0] in failed]
-            notes += [note for c in fitted if (note := c.failure_at(at))]
-            row.append(choose(paths, y, at, horizon, settings, dropped=notes))
-        choices[horizon] = row
-    return choices
+    failed = [note for note in dropped if note.split(":")[0] not in paths]
+    notes = [failed + [note for c in fitted if (note := c.failure_at(at))] for at in range(len(y) + 1)]
+    return paths, notes
+
+
+def rolling_choices(
+    paths: dict[str, np.ndarray], notes: list[list[str]], y: np.ndarray, horizon: int, settings: ForecastSettings
+) -> list[Choice]:
+    """:func:`choose` at every origin of :func:`rolling_paths`' tables (any horizon up to theirs)."""
+    scores = {name: Scores.of(table, y, horizon) for name, table in paths.items()}
+    return [choose(paths, y, at, horizon, settings, dropped=notes[at], scores=scores) for at in range(len(y) + 1)]
