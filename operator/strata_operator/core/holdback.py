@@ -96,6 +96,6 @@ class ReservedHold:
             return f"no reserved {gpu_type} GPUs are held back"
         return (
             f"reserved {gpu_type} GPUs are held for forecast high-priority demand (up to {hold.upper:.0f} GPUs in "
-            f"{self.hold.minutes} min, {self.hold.band} band): {self.keep.get(gpu_type.value, 0)} must stay free, "
-            f"{room.free_gpus(gpu_type, RESERVED)} are"
+            f"{self.hold.minutes} min, {self.hold.band} band): {self.keep.get(gpu_type.value, 0)} of the "
+            f"{room.free_gpus(gpu_type, RESERVED)} free must stay free"
         )

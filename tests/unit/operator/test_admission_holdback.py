@@ -63,7 +63,7 @@ def test_a_gang_that_fits_only_on_held_reserved_gpus_waits_naming_the_type_and_t
     assert waiting.reason == Reason.HELD_BACK == "ReservedGPUsHeldBack"
     assert waiting.message == (
         "reserved MI300X GPUs are held for forecast high-priority demand (up to 30 GPUs in 15 min, 80% band): "
-        "16 must stay free, 16 are; 2 workers x 8 MI300X GPUs fit only on those (pool batch has priority 10, "
+        "16 of the 16 free must stay free; 2 workers x 8 MI300X GPUs fit only on those (pool batch has priority 10, "
         "below the extender's high-priority line)"
     )
 
