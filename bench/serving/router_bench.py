@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +87,11 @@ async def run_load(
     return results
 
 
+def machine_load() -> str:
+    """The 1-minute load average and the cores: the figures share the machine with whatever else runs."""
+    return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -124,7 +131,7 @@ async def slow_replica_comparison(folder: Path, args: argparse.Namespace) -> Non
             print(f"   {name:<14}{rows[name][0]:>9.1f}{rows[name][1]:>9.1f}{max(ok):>9.1f}{share:>11.1%}"
                   f"{len(results) - len(ok):>8}")  # fmt: skip
         print(f"   round-robin / least-loaded: p50 x{rows['round-robin'][0] / rows['least-loaded'][0]:.2f}, "
-              f"p99 x{rows['round-robin'][1] / rows['least-loaded'][1]:.2f}")  # fmt: skip
+              f"p99 x{rows['round-robin'][1] / rows['least-loaded'][1]:.2f}; {machine_load()}")  # fmt: skip
     finally:
         processes.stop_all()
 
@@ -155,10 +162,11 @@ async def failover(folder: Path, args: argparse.Namespace, event: str, max_attem
         window = (max(r.sent_at + r.seconds for r in errors) - min(r.sent_at for r in errors)) if errors else 0.0
         after = [result.seconds * 1000 for result in results if at <= result.sent_at < at + 2 and result.status == 200]
         retried = sum(result.attempts > 1 for result in results)
+        statuses = Counter(result.status for result in errors)
         return (
             f"{event} ({'retries' if max_attempts > 1 else 'no retries'})",
             str(len(results)),
-            str(len(errors)),
+            f"{len(errors)} " + " ".join(f"{status or 'none'}x{n}" for status, n in sorted(statuses.items())),
             f"{window:.2f}",
             str(retried),
             f"{percentile(after, 0.99):.1f}" if after else "-",
@@ -175,7 +183,7 @@ async def main(args: argparse.Namespace) -> None:
               f"requests/s for {args.duration_s:g} s, one replica killed or drained at "
               f"{args.duration_s / 3:.1f} s")  # fmt: skip
         header = ("run", "requests", "errored", "error s", "retried", "p99 ms, 2 s after")
-        widths = (22, 10, 9, 9, 9, 19)
+        widths = (22, 10, 24, 9, 9, 19)
         print(
             "   "
             + "".join(f"{h:>{w}}" if i else f"{h:<{w}}" for i, (h, w) in enumerate(zip(header, widths, strict=True)))
@@ -189,8 +197,10 @@ async def main(args: argparse.Namespace) -> None:
                         f"{c:>{w}}" if i else f"{c:<{w}}" for i, (c, w) in enumerate(zip(row, widths, strict=True))
                     )
                 )
-        print("   errored: answers other than 200 (all retryable: every endpoint is free of side effects); error s: "
-              "from the first errored request's start to the last one's end")  # fmt: skip
+        print(f"   {machine_load()}")
+        print("   errored: answers other than 200 by status (none: no answer), all retryable (every endpoint is "
+              "free of side effects); error s: from the first errored request's start to the last one's "
+              "end")  # fmt: skip
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

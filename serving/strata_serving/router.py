@@ -255,7 +255,11 @@ class Router:
         attempts: int,
     ) -> Attempt:
         started = time.monotonic()
-        result = await self._exchange(replica, endpoint, request, body, headers, attempts, started)
+        try:
+            result = await self._exchange(replica, endpoint, request, body, headers, attempts, started)
+        except asyncio.CancelledError:
+            self.table.abandon(replica)  # the router is stopping: not the replica's doing
+            raise
         now = time.monotonic()
         if self.table.finish(replica, result.outcome, now - started, now):
             self.metrics.ejections.labels(replica.address).inc()
@@ -323,14 +327,15 @@ class Router:
         await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
+                try:
+                    await response.write(chunk)
+                except ConnectionResetError:
+                    return response, Outcome.OK  # the client left; not the replica's fault
         except (aiohttp.ClientError, TimeoutError) as error:
             log.warning("the stream from %s broke off: %r", replica.address, error)
             if request.transport is not None:
                 request.transport.abort()
             return response, Outcome.RESET
-        except ConnectionResetError:
-            return response, Outcome.OK  # the client left; not the replica's fault
         await response.write_eof()
         return response, Outcome.OK
 

@@ -1,15 +1,17 @@
 """The router's replica table and its choice of replica per request (pure: no I/O, no clock, no global random).
 
 Each replica carries what the router knows of it: requests it has in flight there (counted by the router, live),
-the queue depth it last reported (``strata_serve_in_flight`` from its ``/metrics``, up to one probe old, and
-counting other routers' requests too), an EWMA of its response latency, an EWMA of its failures, and its
-readiness from ``/readyz``. From these:
+the requests other clients had there at the last probe (the queue depth the replica reports,
+``strata_serve_in_flight`` on its ``/metrics``, less this router's own count at that moment), an EWMA of its
+response latency, an EWMA of its failures, and its readiness from ``/readyz``. From these:
 
-- **expected wait** = ``(max(in flight, queue depth) + 1) x latency EWMA / health``, where ``health = 1 - failure
-  EWMA`` (at least :data:`MIN_HEALTH`). ``+ 1`` is the new request itself; the larger of the two loads because the
-  router's count is live but sees only its own requests, and the replica's gauge sees everyone's but is stale. A
-  replica with no latency sample yet is priced at the mean of the others (so a new replica gets its fair share
-  rather than all of it or none). This is the "peak EWMA" cost of Finagle and Linkerd without the peak.
+- **expected wait** = ``(in flight + others' + 1) x latency EWMA / health``, where ``health = 1 - failure EWMA``
+  (at least :data:`MIN_HEALTH`). ``+ 1`` is the new request itself. The router's own count is live; only the
+  others' share (other router replicas, clients that bypass the router) comes from the gauge, which is up to a
+  probe old: taking the gauge itself would count this router's requests twice and keep a replica that was busy at
+  the probe looking busy for the rest of the interval. A replica with no latency sample yet is priced at the mean
+  of the others (so a new replica gets its fair share rather than all of it or none). This is the "peak EWMA"
+  cost of Finagle and Linkerd without the peak.
 - **least-loaded** picks the lowest expected wait over every routable replica, ties broken at random. A full scan
   rather than the power of two random choices: one router's in-flight counts are live and replicas number tens,
   so the exact minimum costs microseconds; two choices pays off when many balancers herd on shared stale state or
@@ -102,7 +104,7 @@ class Replica:
 
     address: str
     in_flight: int = 0
-    queue_depth: float = 0.0
+    others_in_flight: float = 0.0
     latency_ewma_s: float | None = None
     failure_ewma: float = 0.0
     consecutive_failures: int = 0
@@ -128,7 +130,7 @@ class Replica:
     def expected_wait(self, default_latency_s: float) -> float:
         """Seconds a new request is expected to take here (the module docstring gives the formula)."""
         latency = self.latency_ewma_s if self.latency_ewma_s is not None else default_latency_s
-        return (max(self.in_flight, self.queue_depth) + 1) * latency / self.health
+        return (self.in_flight + self.others_in_flight + 1) * latency / self.health
 
 
 @dataclass
@@ -223,6 +225,10 @@ class ReplicaTable:
             return True
         return False
 
+    def abandon(self, replica: Replica) -> None:
+        """An attempt given up by the router itself (it is stopping): no longer in flight, and no verdict."""
+        replica.in_flight = max(0, replica.in_flight - 1)
+
     def eject(self, replica: Replica, now: float) -> None:
         cooldown = min(self.config.eject_cooldown_s * 2**replica.ejections, self.config.eject_cooldown_max_s)
         replica.ejections += 1
@@ -237,7 +243,7 @@ class ReplicaTable:
             return False
         replica.ready, replica.draining = ready, draining
         if queue_depth is not None:
-            replica.queue_depth = queue_depth
+            replica.others_in_flight = max(0.0, queue_depth - replica.in_flight)
         if replica.ejected_until is not None and ready and now >= replica.ejected_until:
             replica.ejected_until = None
             replica.consecutive_failures = 0

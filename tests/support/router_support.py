@@ -78,8 +78,9 @@ class Processes:
         self.started.append(process)
         return process
 
-    def fake_replica(self, name: str, *flags: str) -> Process:
-        port = free_port()
+    def fake_replica(self, name: str, *flags: str, port: int = 0) -> Process:
+        """A stand-in replica (``fake_replica.py``) on ``port`` (0: a free one)."""
+        port = port or free_port()
         command = [sys.executable, str(FAKE_REPLICA), "--port", str(port), "--name", name, *flags]
         return self.start(name, command, port)
 

@@ -154,6 +154,7 @@ async def test_503_with_a_reason_when_no_replica_can_take_the_request(
     draining = processes.fake_replica("draining", "--linger-s", "60")
     doomed = processes.fake_replica("doomed")
     nobody = processes.router([warming.address], name="nobody-ready")
+    undiscovered = processes.router([], "--replicas-dns", "no-such-replicas.invalid:8000", name="undiscovered")
     drained = processes.router([draining.address], name="drained")
     # probes every 30 s: the kill is found by the request that meets the closed port, not by a probe
     ejecting = processes.router([doomed.address], "--probe-interval-s", "30", name="ejecting")
@@ -161,6 +162,7 @@ async def test_503_with_a_reason_when_no_replica_can_take_the_request(
     await started(draining, routers=(drained,))
     await wait_ready(warming, path="/healthz")
     await wait_ready(nobody)
+    await wait_ready(undiscovered)
 
     async def refused(router: Process) -> dict[str, str]:
         async with session.post(router.url + "/v1/generate", json=GENERATE) as response:
@@ -168,6 +170,7 @@ async def test_503_with_a_reason_when_no_replica_can_take_the_request(
             assert response.headers["Retry-After"] == "1"
             return dict(orjson.loads(await response.read()))
 
+    assert (await refused(undiscovered))["reason"] == "no replica discovered"
     assert (await refused(nobody))["reason"] == "no replica ready yet"
     doomed.kill()
     body = await refused(ejecting)
@@ -178,6 +181,28 @@ async def test_503_with_a_reason_when_no_replica_can_take_the_request(
     assert (await refused(drained))["reason"] == "all replicas draining"
     async with session.get(drained.url + "/readyz") as response:
         assert response.status == 200  # the router itself is up: it answers, and says why it cannot serve
+
+
+async def test_an_ejected_replica_comes_back_through_a_probe_once_its_cooldown_is_over(
+    processes: Processes, session: aiohttp.ClientSession
+) -> None:
+    failing = processes.fake_replica("failing", "--fail-status", "500")  # its /readyz stays 200
+    other = processes.fake_replica("other")
+    flags = ["--policy", "round-robin", "--probe-interval-s", "0.2", "--eject-after-failures", "1"]
+    router = processes.router([failing.address, other.address], *flags)
+    await started(failing, other, routers=(router,))
+
+    answers = [await post(session, router.url + "/v1/generate", GENERATE) for _ in range(4)]
+    ejected_by = time.monotonic()
+    assert {(answer.status, answer.replica) for answer in answers} == {(200, other.address)}
+    assert sorted(answer.attempts for answer in answers) == [1, 1, 1, 2]  # one retry, then it sat out
+    assert total(await metrics(router), "strata_router_replicas", state="ejected") == 1
+    await wait_routable(router, 2, timeout_s=15)
+    assert time.monotonic() - ejected_by >= 1.5  # the probes said ready all along: only the cooldown (2 s) ended
+    # round-robin over both again: one of the next two requests meets the failing replica, and is retried
+    answers = [await post(session, router.url + "/v1/generate", GENERATE) for _ in range(2)]
+    assert sorted((answer.status, answer.attempts) for answer in answers) == [(200, 1), (200, 2)]
+    assert total(await metrics(router), "strata_router_ejections_total", replica=failing.address) == 2
 
 
 async def test_malformed_requests_get_a_clear_4xx_and_the_router_survives(

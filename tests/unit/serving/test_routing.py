@@ -53,12 +53,22 @@ def test_least_loaded_picks_the_lowest_expected_wait() -> None:
     assert choose(table) == "a"
 
 
-def test_the_queue_depth_a_replica_reports_counts_when_it_exceeds_the_routers_own_count() -> None:
+def test_the_queue_depth_a_replica_reports_adds_other_clients_requests_without_counting_the_routers_twice() -> None:
     table = a_table("a", "b")
-    for replica in table.replicas.values():
-        replica.latency_ewma_s = 0.1
-    table.probed("a", ready=True, draining=False, queue_depth=10, now=1.0)  # another router's load
-    assert {choose(table, seed=seed) for seed in range(10)} == {"b"}
+    a, b = table.replicas["a"], table.replicas["b"]
+    a.latency_ewma_s = b.latency_ewma_s = 0.1
+    a.in_flight = 2
+    table.probed("a", ready=True, draining=False, queue_depth=5, now=1.0)  # 2 of them ours: 3 are another router's
+    assert a.others_in_flight == 3
+    assert a.expected_wait(0.1) == pytest.approx((2 + 3 + 1) * 0.1)
+    b.in_flight = 4
+    table.probed("b", ready=True, draining=False, queue_depth=4, now=1.0)  # only ours
+    assert b.others_in_flight == 0
+    assert choose(table) == "b"  # 5 x 0.1 against a's 6 x 0.1
+    # the router's own requests finishing lower the estimate at once; the gauge's share waits for the next probe
+    for _ in range(2):
+        table.finish(a, Outcome.OK, 0.1, now=1.1)
+    assert a.expected_wait(0.1) == pytest.approx((0 + 3 + 1) * 0.1)
 
 
 def test_ties_are_broken_at_random() -> None:
