@@ -314,3 +314,32 @@ async def test_draining_lets_an_open_stream_finish(model: Transformer) -> None:
         assert rest[-1] == "[DONE]"
         await drain
         assert server.in_flight == 0
+
+
+@pytest.mark.unit
+async def test_streams_that_leave_among_others_leak_nothing(model: Transformer) -> None:
+    """Rows leaving mid-batch while others join and finish: the others' text is unchanged, nothing is left."""
+    prompts = ["def ", "x", "class A:\n", "import os\n"]
+    async with serving(model, max_batch=3) as (server, client):
+        want = {
+            p: await (await client.post("/v1/completions", json=completion(p, max_tokens=24))).json() for p in prompts
+        }
+        slow_steps(server, 0.005)
+
+        async def leave(prompt: str) -> None:
+            resp = await client.post("/v1/completions", json=completion(prompt, max_tokens=24, stream=True))
+            await anext(events(resp))
+            resp.close()
+
+        async def stay(prompt: str) -> str:
+            resp = await client.post("/v1/completions", json=completion(prompt, max_tokens=24, stream=True))
+            return "".join([c["choices"][0]["text"] async for c in events(resp) if c != "[DONE]"])
+
+        jobs = [stay(p) if i % 2 else leave(p) for i, p in enumerate(prompts * 3)]
+        results = await asyncio.gather(*jobs)
+        for i, (prompt, result) in enumerate(zip(prompts * 3, results, strict=True)):
+            if i % 2:
+                assert result == want[prompt]["choices"][0]["text"], prompt
+        await until_idle(server)
+        assert server.generator._streams == {}
+        assert server.generator._queue.empty()
