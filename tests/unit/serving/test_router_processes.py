@@ -254,6 +254,31 @@ async def test_a_streamed_completion_passes_through_chunk_by_chunk(
     assert arrivals[-2][0] - arrivals[0][0] > 0.5
 
 
+async def test_a_stream_cut_by_a_dying_replica_is_cut_for_the_client_too_and_not_retried(
+    processes: Processes, session: aiohttp.ClientSession
+) -> None:
+    dying = processes.fake_replica("dying", "--delay", "5.0", "--chunks", "5")
+    router = processes.router([dying.address])
+    await started(dying, routers=(router,))
+
+    lines: list[bytes] = []
+
+    async def read_stream() -> None:
+        async with session.post(router.url + "/v1/completions", json={"prompt": "def ", "stream": True}) as response:
+            assert response.headers["x-strata-attempts"] == "1"
+            async for line in response.content:
+                if line.strip():
+                    lines.append(line.strip())
+                    dying.kill()  # after the first event: the rest of the stream never comes
+
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await read_stream()
+    assert len(lines) == 1  # the first event, then a broken transfer: never a clean end without [DONE]
+    samples = await metrics(router)
+    assert total(samples, "strata_router_attempts_total", outcome="reset") == 1
+    assert total(samples, "strata_router_retries_total") == 0
+
+
 async def test_replicas_found_through_dns(processes: Processes, session: aiohttp.ClientSession) -> None:
     replica = processes.fake_replica("r")
     router = processes.router([], "--replicas-dns", replica.address, "--dns-interval-s", "0.2")
