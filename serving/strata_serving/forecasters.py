@@ -277,9 +277,9 @@ class Scores:
     """The peak that came minus the peak forecast, over the path's window."""
 
     @classmethod
-    def of(cls, table: np.ndarray, y: np.ndarray, horizon: int, first_origin: int = 0) -> Scores:
+    def of(cls, table: np.ndarray, y: np.ndarray, horizon: int, first_origin: int = 0, from_step: int = 0) -> Scores:
         """``table[i]`` is the path made at origin ``first_origin + i``; origins whose targets are not all
-        observed yet get NaN."""
+        observed yet get NaN. The peak is over steps ``from_step .. horizon - 1``."""
         origins = first_origin + np.arange(len(table))
         index = origins[:, None] + np.arange(horizon)
         observed = index[:, -1] < len(y)
@@ -287,7 +287,7 @@ class Scores:
         past = table[:, :horizon]
         with np.errstate(invalid="ignore"):
             absolute = np.abs(targets - past).mean(axis=1)
-            peak = targets.max(axis=1) - past.max(axis=1)
+            peak = targets[:, from_step:].max(axis=1) - past[:, from_step:].max(axis=1)
         return cls(absolute, peak)
 
 
@@ -300,15 +300,17 @@ def choose(
     first_origin: int = 0,
     dropped: Sequence[str] = (),
     scores: dict[str, Scores] | None = None,
+    from_step: int = 0,
 ) -> Choice:
     """Pick the forecaster by rolling-origin accuracy at ``origin`` and build its conformal band.
 
     ``paths[name][i]`` is the path made at origin ``first_origin + i`` (at least ``horizon`` steps); the
     origins scored are ``origin - horizon - eval_origins + 1 .. origin - horizon``. ``scores`` (from
-    :meth:`Scores.of` on the same tables) saves recomputing them when many origins are chosen in turn.
+    :meth:`Scores.of` on the same tables) saves recomputing them when many origins are chosen in turn. The band
+    is for the peak over steps ``from_step .. horizon - 1`` (the start-up time on: see the module docstring).
     """
     if scores is None:
-        scores = {name: Scores.of(table, y, horizon, first_origin) for name, table in paths.items()}
+        scores = {name: Scores.of(table, y, horizon, first_origin, from_step) for name, table in paths.items()}
     last_scored = origin - horizon - first_origin
     window = slice(max(0, last_scored - settings.eval_origins + 1), max(0, last_scored + 1))
     errors: dict[str, float] = {}
@@ -333,7 +335,7 @@ def choose(
     peak_errors = scores[best].peak[window]
     peak_errors = peak_errors[np.isfinite(peak_errors)]
     low, high = np.quantile(peak_errors, [1 - settings.band_quantile, settings.band_quantile])
-    peak = float(paths[best][origin - first_origin, :horizon].max())
+    peak = float(paths[best][origin - first_origin, from_step:horizon].max())
     forecast = Forecast(
         mean=max(0.0, peak),
         lower=max(0.0, peak + float(low)),
@@ -373,17 +375,19 @@ def all_paths(
 
 
 def forecast_now(
-    candidates: Sequence[Candidate], y: np.ndarray, horizon_s: float, settings: ForecastSettings
+    candidates: Sequence[Candidate], y: np.ndarray, horizon_s: float, settings: ForecastSettings, from_s: float = 0.0
 ) -> Choice:
     """The live forecast after the last bin of ``y``: the recent origins' paths, then :func:`choose`.
 
-    Fitted candidates are refitted elsewhere (in the background); this reads their fits only.
+    The band is for the peak over [t + from_s, t + horizon_s]. Fitted candidates are refitted elsewhere (in the
+    background); this reads their fits only.
     """
     horizon = horizon_bins(horizon_s, settings.bin_s)
+    from_step = min(horizon - 1, int(from_s // settings.bin_s))
     origin = len(y)
     first = max(0, origin - horizon - settings.eval_origins + 1)
     paths, dropped = all_paths(candidates, y, np.arange(first, origin + 1), horizon)
-    return choose(paths, y, origin, horizon, settings, first_origin=first, dropped=dropped)
+    return choose(paths, y, origin, horizon, settings, first_origin=first, dropped=dropped, from_step=from_step)
 
 
 def refit_all(candidates: Sequence[Candidate], y: np.ndarray, horizon: int) -> float:
@@ -417,8 +421,16 @@ def rolling_paths(
 
 
 def rolling_choices(
-    paths: dict[str, np.ndarray], notes: list[list[str]], y: np.ndarray, horizon: int, settings: ForecastSettings
+    paths: dict[str, np.ndarray],
+    notes: list[list[str]],
+    y: np.ndarray,
+    horizon: int,
+    settings: ForecastSettings,
+    from_step: int = 0,
 ) -> list[Choice]:
     """:func:`choose` at every origin of :func:`rolling_paths`' tables (any horizon up to theirs)."""
-    scores = {name: Scores.of(table, y, horizon) for name, table in paths.items()}
-    return [choose(paths, y, at, horizon, settings, dropped=notes[at], scores=scores) for at in range(len(y) + 1)]
+    scores = {name: Scores.of(table, y, horizon, 0, from_step) for name, table in paths.items()}
+    return [
+        choose(paths, y, at, horizon, settings, dropped=notes[at], scores=scores, from_step=from_step)
+        for at in range(len(y) + 1)
+    ]

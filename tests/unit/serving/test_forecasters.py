@@ -95,6 +95,17 @@ def test_the_band_is_persistences_measured_error_on_the_window_peak() -> None:
     assert choice.errors == {"persistence": pytest.approx(3.5)}  # mean of 2.5, 3.5, 4.5
 
 
+def test_a_band_from_the_start_up_on_leaves_out_the_load_before_a_new_replica_could_serve() -> None:
+    falling = 100 - LINEAR
+    whole = forecast_now([Persistence(4)], falling[:50], horizon_s=45, settings=SETTINGS).forecast
+    from_lead = forecast_now([Persistence(4)], falling[:50], horizon_s=45, settings=SETTINGS, from_s=30).forecast
+    # persistence says 52.5; the peak that came was 2.5 below it over all 3 steps, 4.5 below over the third alone
+    assert whole is not None
+    assert (whole.mean, whole.upper) == (52.5, 50.0)
+    assert from_lead is not None
+    assert (from_lead.mean, from_lead.upper) == (52.5, 48.0)
+
+
 def test_the_most_accurate_candidate_is_chosen_and_a_worse_one_never() -> None:
     candidates: list[Candidate] = [Persistence(4), Offset(-5.0), Oracle(LINEAR)]
     paths, _ = all_paths(candidates, LINEAR, np.arange(101), 3)
