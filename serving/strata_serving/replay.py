@@ -4,7 +4,7 @@ A discrete simulation on a one-second grid. Every ``interval_s`` the policy deci
 :func:`strata_serving.autoscale.decide` (the live controller's own rule, not a copy); a replica it adds is ready
 ``startup_s`` after that decision; one it removes goes at once (a starting one first, the newest first). Costs::
 
-    demand(s)          = requests arriving in the ``demand_window_s`` seconds up to s, per second
+    demand(s)          = requests arriving in the ``demand_window_s`` seconds up to s, per second (fewer at the start)
     replica-seconds    = sum over s of (ready + starting replicas)          a starting replica is paid for
     SLO-miss seconds   = count of s with demand(s) > ready(s) * target_rps
     (both from ``warmup_s`` on)
@@ -135,10 +135,12 @@ def per_second_counts(arrivals_s: np.ndarray, duration_s: int | None = None) -> 
 
 
 def demand_rate(counts: np.ndarray, window_s: int) -> np.ndarray:
-    """Requests per second over the ``window_s`` seconds up to and including each second."""
+    """Requests per second over the ``window_s`` seconds up to and including each second (over the seconds there
+    are, at the start: a trace that begins mid-traffic does not begin with a ramp from zero)."""
     cumulative = np.concatenate([[0.0], np.cumsum(counts)])
     ends = np.arange(1, len(counts) + 1)
-    result: np.ndarray = (cumulative[ends] - cumulative[np.maximum(0, ends - window_s)]) / window_s
+    starts = np.maximum(0, ends - window_s)
+    result: np.ndarray = (cumulative[ends] - cumulative[starts]) / (ends - starts)
     return result
 
 
