@@ -140,15 +140,19 @@ class FittedCandidate:
     fits: list[_Fit] = field(default_factory=list)
 
     def refit(self, y: np.ndarray, horizon: int) -> None:
-        """Fit on all of ``y`` (a fit that raises is kept as a failure: no paths until the next fit)."""
+        """Fit on all of ``y`` (a fit that raises is kept as a failure: no paths until the next fit).
+
+        The list of fits is replaced, never changed in place, so a forecast read in another thread while a
+        background refit finishes sees either the old fits or the new ones.
+        """
         if len(y) < self.min_history_bins:
             return
         try:
-            self.fits.append(_Fit(len(y), self._fit(y, horizon)))
+            fit = _Fit(len(y), self._fit(y, horizon))
         except Exception as error:  # whatever the model raises, the other candidates carry on
-            self.fits.append(_Fit(len(y), None, f"{type(error).__name__}: {error}"[:200]))
-        if self.max_fits is not None:
-            del self.fits[: -self.max_fits]
+            fit = _Fit(len(y), None, f"{type(error).__name__}: {error}"[:200])
+        fits = [*self.fits, fit]
+        self.fits = fits if self.max_fits is None else fits[-self.max_fits :]
 
     def failure_at(self, origin: int) -> str:
         """Why there is no path at ``origin`` (empty when there is one)."""

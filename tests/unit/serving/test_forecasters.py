@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from strata_serving.forecasters import (
     rolling_paths,
 )
 from strata_serving.lstm import RateLSTM
+from strata_serving.refit_worker import RefitWorker
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(120)]
 
@@ -201,3 +203,22 @@ def test_prophet_anchors_its_daily_shape_on_the_current_level(tmp_path: Path) ->
     # Prophet's curve follows the cycle closely, so the anchored path lands within a request of the truth
     assert np.abs(paths[0] - cycle[72:78]).max() < 1.0
     assert (tmp_path / "stan").is_dir()
+
+
+def test_the_live_refits_run_in_the_background_and_a_forecast_reads_the_latest() -> None:
+    settings = ForecastSettings(bin_s=15, level_bins=4, eval_origins=20, min_eval_origins=5)
+    candidate = LastValueAtFit("last", settings, min_history_bins=10)
+    recorded = {"y": LINEAR[:30]}
+    worker = RefitWorker([candidate], lambda: recorded["y"], horizon_bins=3, interval_s=0.05)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while worker.rounds < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        recorded["y"] = LINEAR[:60]
+        while (not candidate.fits or candidate.fits[-1].origin < 60) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+    assert not worker.is_alive()
+    assert candidate.paths(LINEAR, np.array([30, 60]), 1).tolist() == [[29.0], [59.0]]
