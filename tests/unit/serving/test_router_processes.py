@@ -60,7 +60,7 @@ async def test_traffic_avoids_a_slow_replica_that_round_robin_keeps_feeding(
     processes: Processes, session: aiohttp.ClientSession
 ) -> None:
     fast = [processes.fake_replica(f"fast{i}", "--delay", "0.02", "--slots", "8") for i in range(2)]
-    slow = processes.fake_replica("slow", "--delay", "0.4", "--slots", "8")
+    slow = processes.fake_replica("slow", "--delay", "0.8", "--slots", "8")
     replicas = [replica.address for replica in [*fast, slow]]
     least_loaded = processes.router(replicas, name="least-loaded")
     round_robin = processes.router(replicas, "--policy", "round-robin", name="round-robin")
