@@ -4,7 +4,8 @@ A discrete simulation on a one-second grid. Every ``interval_s`` the policy deci
 :func:`strata_serving.autoscale.decide` (the live controller's own rule, not a copy); a replica it adds is ready
 ``startup_s`` after that decision; one it removes goes at once (a starting one first, the newest first). Costs::
 
-    demand(s)          = requests arriving in the ``demand_window_s`` seconds up to s, per second (fewer at the start)
+    demand(s)          = requests arriving in the ``demand_window_s`` seconds up to s, per second
+                         (in the first window: the first window's rate)
     replica-seconds    = sum over s of (ready + starting replicas)          a starting replica is paid for
     SLO-miss seconds   = count of s with demand(s) > ready(s) * target_rps
     (both from ``warmup_s`` on)
@@ -135,12 +136,15 @@ def per_second_counts(arrivals_s: np.ndarray, duration_s: int | None = None) -> 
 
 
 def demand_rate(counts: np.ndarray, window_s: int) -> np.ndarray:
-    """Requests per second over the ``window_s`` seconds up to and including each second (over the seconds there
-    are, at the start: a trace that begins mid-traffic does not begin with a ramp from zero)."""
+    """Requests per second over the ``window_s`` seconds up to and including each second.
+
+    The first ``window_s`` seconds all get the first window's rate: a trace that begins mid-traffic neither ramps
+    up from zero nor spikes on a request in its first second.
+    """
     cumulative = np.concatenate([[0.0], np.cumsum(counts)])
-    ends = np.arange(1, len(counts) + 1)
-    starts = np.maximum(0, ends - window_s)
-    result: np.ndarray = (cumulative[ends] - cumulative[starts]) / (ends - starts)
+    ends = np.maximum(np.arange(1, len(counts) + 1), min(window_s, len(counts)))
+    starts = ends - min(window_s, len(counts))
+    result: np.ndarray = (cumulative[ends] - cumulative[starts]) / min(window_s, len(counts))
     return result
 
 

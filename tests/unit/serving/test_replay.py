@@ -90,8 +90,8 @@ def test_the_warm_up_is_left_out_of_every_policys_figures() -> None:
 
 def test_demand_is_the_trailing_window_rate_and_the_forecasters_read_it_per_bin() -> None:
     counts = np.array([0.0, 4, 8, 0, 0, 4])
-    assert demand_rate(counts, 2).tolist() == [0, 2, 6, 4, 0, 2]
-    assert demand_rate(counts, 3).tolist() == [0, 2, 4, 4, 8 / 3, 4 / 3]  # the first seconds: what there is
+    assert demand_rate(counts, 2).tolist() == [2, 2, 6, 4, 0, 2]  # the first second: the first window's rate
+    assert demand_rate(counts, 3).tolist() == [4, 4, 4, 4, 8 / 3, 4 / 3]
     assert rate_series(counts, 3, 2).tolist() == [6, 2]  # the demand at seconds 2 and 5
 
 
