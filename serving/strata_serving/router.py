@@ -207,6 +207,8 @@ class Router:
         while True:
             if last is not None:  # a retry: allowed by the rules, the attempt limit, a replica left and the budget
                 if last.streamed is not None:
+                    if last.outcome is Outcome.OK and len(tried) > 1:
+                        self.metrics.failovers.inc()
                     return last.streamed, tried[-1]
                 if not may_retry(last.outcome, endpoint) or len(tried) >= self.settings.max_attempts:
                     break
@@ -256,7 +258,7 @@ class Router:
     ) -> Attempt:
         started = time.monotonic()
         try:
-            result = await self._exchange(replica, endpoint, request, body, headers, attempts, started)
+            result = await self._exchange(replica, endpoint, request, body, headers, attempts)
         except asyncio.CancelledError:
             self.table.abandon(replica)  # the router is stopping: not the replica's doing
             raise
@@ -282,7 +284,6 @@ class Router:
         body: bytes,
         headers: dict[str, str],
         attempts: int,
-        started: float,
     ) -> Attempt:
         url = f"http://{replica.address}{endpoint.path}"
         timeout = self.settings.upstream_timeout_s
@@ -324,7 +325,10 @@ class Router:
         response = web.StreamResponse(status=upstream.status, headers=copied_headers(upstream.headers))
         response.headers[ATTEMPTS_HEADER] = str(attempts)
         response.headers[REPLICA_HEADER] = replica.address
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ConnectionResetError:
+            return response, Outcome.OK  # the client left before the first byte
         try:
             async for chunk in upstream.content.iter_any():
                 try:
