@@ -4,7 +4,9 @@ queue), with an open-loop client that sends on a schedule whatever the answers d
 
 1. **One slow replica, bursty load**: three replicas serve a request in ``--fast-ms``, a fourth in ``--slow-ms``;
    the load alternates between a base rate and bursts. The same arrival schedule goes through a least-loaded
-   router and a round-robin one (one after the other, same replicas): p50, p99, max and the slow replica's share.
+   router (as by default, pricing a replica as serving one request at a time; and with ``--replica-concurrency 4``,
+   what these replicas do), and a round-robin one, one after the other on the same replicas: p50, p99, max and the
+   slow replica's share.
 2. **Failover**: three replicas at a steady rate; one is killed (SIGKILL: its connections reset, as a lost node)
    mid-load, and in a second run one is drained (SIGTERM: ``/readyz`` turns 503, new requests get 503, as a
    deleted pod). Reported: errored requests, the seconds from the first error to the last, retried requests and
@@ -109,6 +111,7 @@ async def slow_replica_comparison(folder: Path, args: argparse.Namespace) -> Non
         addresses = [replica.address for replica in replicas]
         routers = {
             "least-loaded": processes.router(addresses, name="least-loaded"),
+            "least-loaded, c=4": processes.router(addresses, "--replica-concurrency", "4", name="least-loaded-c4"),
             "round-robin": processes.router(addresses, "--policy", "round-robin", name="round-robin"),
         }
         await asyncio.gather(*(wait_ready(process) for process in [*replicas, *routers.values()]))
@@ -121,17 +124,19 @@ async def slow_replica_comparison(folder: Path, args: argparse.Namespace) -> Non
               f"bursty load ({args.base_rps:g}/s, {args.burst_rps:g}/s bursts for a quarter of every "
               f"{args.period_s:g} s): {len(schedule)} requests over {args.duration_s:g} s, the same schedule for "
               "each policy")  # fmt: skip
-        print(f"   {'policy':<14}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'slow share':>12}{'errors':>8}")
+        print(f"   {'policy':<20}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'slow share':>12}{'errors':>8}")
         rows = {}
         for name, router in routers.items():
             results = await run_load(router, schedule)
             ok = [result.seconds * 1000 for result in results if result.status == 200]
             share = sum(result.replica == slow.address for result in results) / len(results)
             rows[name] = (statistics.median(ok), percentile(ok, 0.99))
-            print(f"   {name:<14}{rows[name][0]:>9.1f}{rows[name][1]:>9.1f}{max(ok):>9.1f}{share:>11.1%}"
+            print(f"   {name:<20}{rows[name][0]:>9.1f}{rows[name][1]:>9.1f}{max(ok):>9.1f}{share:>11.1%}"
                   f"{len(results) - len(ok):>8}")  # fmt: skip
-        print(f"   round-robin / least-loaded: p50 x{rows['round-robin'][0] / rows['least-loaded'][0]:.2f}, "
-              f"p99 x{rows['round-robin'][1] / rows['least-loaded'][1]:.2f}; {machine_load()}")  # fmt: skip
+        for name in ("least-loaded", "least-loaded, c=4"):
+            print(f"   round-robin / {name}: p50 x{rows['round-robin'][0] / rows[name][0]:.2f}, "
+                  f"p99 x{rows['round-robin'][1] / rows[name][1]:.2f}")  # fmt: skip
+        print(f"   {machine_load()}")
     finally:
         processes.stop_all()
 

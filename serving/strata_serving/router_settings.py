@@ -64,6 +64,10 @@ class RouterSettings:
     priced so within a few requests."""
     failure_alpha: float = 0.2
     """Weight of the newest attempt in each replica's failure EWMA (its health). Default 0.2."""
+    replica_concurrency: int = 1
+    """Requests a replica serves at once, for the expected wait: a request behind ``n`` others waits ``1 + n /
+    concurrency`` service times. Default 1 (one after the other: the cautious estimate, which sends a slow replica
+    a share in bursts that a batching replica would have absorbed); for the workload server, its ``max_batch``."""
     max_body_bytes: int = 1 << 20
     """Largest request body accepted; larger ones get 413. Default 1 MiB (the server's prompt limit is 4 KiB)."""
     log_level: str = "INFO"
@@ -71,6 +75,8 @@ class RouterSettings:
 
     def __post_init__(self) -> None:
         Policy(self.policy)  # a ValueError naming the value
+        if self.replica_concurrency < 1:
+            raise ValueError(f"replica_concurrency must be at least 1, got {self.replica_concurrency}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
 
@@ -81,6 +87,7 @@ class RouterSettings:
             eject_after_failures=self.eject_after_failures,
             eject_cooldown_s=self.eject_cooldown_s,
             eject_cooldown_max_s=self.eject_cooldown_max_s,
+            replica_concurrency=self.replica_concurrency,
         )
 
 

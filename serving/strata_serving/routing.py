@@ -5,8 +5,10 @@ the requests other clients had there at the last probe (the queue depth the repl
 ``strata_serve_in_flight`` on its ``/metrics``, less this router's own count at that moment), an EWMA of its
 response latency, an EWMA of its failures, and its readiness from ``/readyz``. From these:
 
-- **expected wait** = ``(in flight + others' + 1) x latency EWMA / health``, where ``health = 1 - failure EWMA``
-  (at least :data:`MIN_HEALTH`). ``+ 1`` is the new request itself. The router's own count is live; only the
+- **expected wait** = ``(1 + (in flight + others') / concurrency) x latency EWMA / health``, where ``health = 1 -
+  failure EWMA`` (at least :data:`MIN_HEALTH`) and ``concurrency`` is how many requests a replica serves at once
+  (1: one after the other, so ``(in flight + others' + 1) x latency``; a batching server's ``max_batch``: a
+  request behind a full batch waits about one more batch). The router's own count is live; only the
   others' share (other router replicas, clients that bypass the router) comes from the gauge, which is up to a
   probe old: taking the gauge itself would count this router's requests twice and keep a replica that was busy at
   the probe looking busy for the rest of the interval. A replica with no latency sample yet is priced at the mean
@@ -96,6 +98,7 @@ class TableConfig:
     eject_after_failures: int
     eject_cooldown_s: float
     eject_cooldown_max_s: float
+    replica_concurrency: int
 
 
 @dataclass
@@ -127,10 +130,10 @@ class Replica:
         """1 when no recent request failed, falling towards :data:`MIN_HEALTH` as failures accumulate."""
         return max(MIN_HEALTH, 1.0 - self.failure_ewma)
 
-    def expected_wait(self, default_latency_s: float) -> float:
+    def expected_wait(self, default_latency_s: float, concurrency: int = 1) -> float:
         """Seconds a new request is expected to take here (the module docstring gives the formula)."""
         latency = self.latency_ewma_s if self.latency_ewma_s is not None else default_latency_s
-        return (self.in_flight + self.others_in_flight + 1) * latency / self.health
+        return (1 + (self.in_flight + self.others_in_flight) / concurrency) * latency / self.health
 
 
 @dataclass
@@ -186,7 +189,7 @@ class ReplicaTable:
             self._next_round_robin += 1
         else:
             default = self.default_latency_s()
-            waits = [replica.expected_wait(default) for replica in candidates]
+            waits = [replica.expected_wait(default, self.config.replica_concurrency) for replica in candidates]
             best = min(waits)
             chosen = rng.choice([replica for replica, wait in zip(candidates, waits, strict=True) if wait == best])
         chosen.in_flight += 1

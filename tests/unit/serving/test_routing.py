@@ -3,6 +3,7 @@ discovery inputs and the settings."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 
@@ -51,6 +52,20 @@ def test_least_loaded_picks_the_lowest_expected_wait() -> None:
     assert choose(table) == "c"
     table.replicas["c"].in_flight = 4  # 0.5: now the slow replica ties with c; a (0.4) is best
     assert choose(table) == "a"
+
+
+def test_with_a_replicas_concurrency_a_request_behind_a_full_batch_waits_about_one_more_batch() -> None:
+    def slow_or_fast(concurrency: int) -> str:
+        table = ReplicaTable(dataclasses.replace(CONFIG, replica_concurrency=concurrency))
+        table.sync(["fast", "slow"])
+        for address in ("fast", "slow"):
+            table.probed(address, ready=True, draining=False, queue_depth=0, now=0.0)
+        table.replicas["fast"].latency_ewma_s, table.replicas["slow"].latency_ewma_s = 0.04, 0.2
+        table.replicas["fast"].in_flight = 5
+        return choose(table)
+
+    assert slow_or_fast(1) == "slow"  # one at a time: (5 + 1) x 40 ms = 240 ms against 200 ms
+    assert slow_or_fast(4) == "fast"  # four at a time: (1 + 5 / 4) x 40 ms = 90 ms
 
 
 def test_the_queue_depth_a_replica_reports_adds_other_clients_requests_without_counting_the_routers_twice() -> None:
@@ -283,3 +298,5 @@ def test_settings_from_flags_and_environment() -> None:
     assert settings.max_attempts == 2
     with pytest.raises(ValueError, match="'random' is not a valid Policy"):
         RouterSettings(policy="random")
+    with pytest.raises(ValueError, match="replica_concurrency must be at least 1"):
+        RouterSettings(replica_concurrency=0)
