@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 
 import numpy as np
@@ -111,7 +112,25 @@ class ScalingDecision:
     """What the rule asked for before stabilisation and clamping (remembered for later stabilisation)."""
     replicas: int
     """The replica count to run."""
+    cause: str
+    """What set the count, one CamelCase word for the status' ``lastScale.reason``: ``Forecast``,
+    ``ObservedLoad``, ``WithinTolerance`` (reactive), ``Stabilizing``, ``MinReplicas`` or ``MaxReplicas``."""
     reason: str
+    """The same in a sentence with its figures (an Event's message)."""
+
+    def last_scale(self) -> dict[str, object]:
+        """The InferenceService's ``status.lastScale`` (crds/inferenceservice.yaml), ``time_s`` read as unix time."""
+        status: dict[str, object] = {
+            "time": datetime.fromtimestamp(self.time_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "replicas": self.replicas,
+            "reason": self.cause,
+            "observedRate": round(self.observed_rps, 6),
+        }
+        if self.forecast is not None:
+            status["forecast"] = round(self.forecast.mean, 6)
+            status["forecastLower"] = round(self.forecast.lower, 6)
+            status["forecastUpper"] = round(self.forecast.upper, 6)
+        return status
 
 
 def observed_rate(counts: Sequence[float] | np.ndarray, bin_s: float, window_s: float) -> float:
@@ -148,17 +167,18 @@ def decide(
     if policy.mode is Mode.REACTIVE:
         ratio = observed / (current * policy.target_rps) if current else math.inf
         if current and abs(ratio - 1) <= policy.tolerance:
-            recommended = current
+            recommended, cause = current, "WithinTolerance"
             why = f"observed {observed:.3g} req/s is within {policy.tolerance:.0%} of {current} replicas' target"
         else:
-            recommended = floor
+            recommended, cause = floor, "ObservedLoad"
             why = f"observed {observed:.3g} req/s needs {floor}"
     elif forecast is None:
-        recommended = floor
+        recommended, cause = floor, "ObservedLoad"
         why = f"no forecast; observed {observed:.3g} req/s needs {floor}"
     else:
         ahead = replicas_for(forecast.upper, policy.target_rps)
         recommended = max(ahead, floor)
+        cause = "Forecast" if ahead >= floor else "ObservedLoad"
         if ahead >= floor:
             why = f"forecast upper band {forecast.upper:.3g} req/s at +{forecast.horizon_s:.0f}s needs {ahead}"
         else:
@@ -169,9 +189,11 @@ def decide(
         window = [r.replicas for r in past if now_s - r.time_s < policy.stabilisation_s]
         chosen = min(current, max([recommended, *window]))
         if chosen > recommended:
+            cause = "Stabilizing"
             why += f"; held at {chosen} by the {policy.stabilisation_s:.0f}s scale-down stabilisation"
     clamped = min(max(chosen, policy.min_replicas), policy.max_replicas)
     if clamped != chosen:
+        cause = "MinReplicas" if clamped > chosen else "MaxReplicas"
         why += f"; clamped to [{policy.min_replicas}, {policy.max_replicas}]"
     return ScalingDecision(
         time_s=now_s,
@@ -183,5 +205,6 @@ def decide(
         starting=starting,
         recommended=recommended,
         replicas=clamped,
+        cause=cause,
         reason=why,
     )

@@ -27,6 +27,7 @@ def test_the_reactive_floor_wins_when_the_forecast_is_below_the_load_now() -> No
     assert decision.observed_rps == pytest.approx(10.0)
     assert decision.reactive_floor == 4  # ceil(10 / 3)
     assert decision.replicas == 4
+    assert decision.cause == "ObservedLoad"
     assert decision.reason.startswith("observed 10 req/s needs 4")
 
 
@@ -37,12 +38,22 @@ def test_the_forecast_upper_band_over_the_lead_sizes_a_scale_up() -> None:
     assert decision.forecast is not None
     assert decision.forecast.upper == 20.0
     assert policy().horizon_s == 90.0
+    assert decision.last_scale() == {  # the InferenceService's status.lastScale
+        "time": "1970-01-01T00:16:40Z",
+        "replicas": 7,
+        "reason": "Forecast",
+        "observedRate": 10.0,
+        "forecast": 16.0,
+        "forecastLower": 12.0,
+        "forecastUpper": 20.0,
+    }
 
 
 def test_predictive_without_a_forecast_keeps_the_reactive_floor_and_says_so() -> None:
     decision = decide(1000, TEN_PER_SECOND, 1, ready=1, starting=0, policy=policy(), forecast=None)
     assert decision.replicas == 4
     assert decision.reason.startswith("no forecast")
+    assert "forecast" not in decision.last_scale()
 
 
 def test_scale_down_goes_only_to_the_highest_recommendation_in_the_stabilisation_window() -> None:
@@ -50,6 +61,7 @@ def test_scale_down_goes_only_to_the_highest_recommendation_in_the_stabilisation
     decision = decide(1000, TEN_PER_SECOND, 1, ready=8, starting=0, policy=policy(), forecast=None, past=past)
     assert decision.recommended == 4
     assert decision.replicas == 7
+    assert decision.cause == "Stabilizing"
     assert "held at 7" in decision.reason
     later = decide(1101, TEN_PER_SECOND, 1, ready=7, starting=0, policy=policy(), forecast=None, past=past)
     assert later.replicas == 4  # both recommendations have left the window
@@ -66,6 +78,7 @@ def test_replicas_are_clamped_to_min_and_max() -> None:
     low = decide(1000, TEN_PER_SECOND, 1, ready=5, starting=0, policy=bounded, forecast=a_forecast(1.0))
     high = decide(1000, TEN_PER_SECOND, 1, ready=5, starting=0, policy=bounded, forecast=a_forecast(30.0))
     assert (low.replicas, high.replicas) == (5, 6)
+    assert (low.cause, high.cause) == ("MinReplicas", "MaxReplicas")
     assert high.recommended == 10
     assert "clamped to [5, 6]" in high.reason
 
@@ -74,6 +87,7 @@ def test_reactive_keeps_the_count_within_the_tolerance_and_follows_the_ratio_out
     hpa = policy(target_rps=1.0, mode=Mode.REACTIVE)
     near = decide(1000, [10.5] * 60, 1, ready=8, starting=2, policy=hpa, forecast=a_forecast(50.0))
     assert near.replicas == 10  # 10.5 / (10 * 1) = 1.05: within 10%
+    assert near.cause == "WithinTolerance"
     assert near.forecast is None  # reactive reads no forecast
     far = decide(1000, [12.0] * 60, 1, ready=8, starting=2, policy=hpa, forecast=None)
     assert far.replicas == 12
