@@ -47,6 +47,8 @@ PERSISTENCE = "persistence"
 
 @dataclass(frozen=True)
 class ForecastSettings:
+    """One series' forecasting settings; bins are of ``bin_s`` seconds."""
+
     bin_s: float
     level_bins: int = 4
     """Persistence's window, in bins."""
@@ -55,17 +57,26 @@ class ForecastSettings:
     min_eval_origins: int = 20
     """Fewer measured origins than this: the candidate is not considered (its error is unknown)."""
     band_quantile: float = 0.9
+    """The band's upper edge is this quantile of the measured peak errors (the lower edge its complement)."""
     refit_every_bins: int = 240
+    """Prophet and the LSTM are refitted this often; a fit's paths reach this far (plus the horizon), so a live
+    refit interval must not be longer."""
     prophet_min_history_bins: int = 0
     """Prophet needs this much history (0: a day), to see a daily cycle."""
     prophet_tmp_dir: Path | None = None
     """Where cmdstanpy writes each fit's files (None: Python's temp dir); must be writable."""
     prophet_fit_timeout_s: float = 60.0
+    """A Stan optimiser that runs longer is stopped and the fit counts as failed."""
     lstm_input_bins: int = 16
+    """Bins the LSTM reads before each origin."""
     lstm_train_bins: int = 2000
+    """The recent history one LSTM fit trains on."""
     lstm_train_s: float = 5.0
+    """One LSTM fit stops after this many seconds even before ``lstm_epochs`` (a bound, so the figures of a
+    time-bounded fit move a little with the machine's load)."""
     lstm_epochs: int = 150
     seed: int = 0
+    """The LSTM's initial weights."""
 
     @property
     def day_bins(self) -> int:
