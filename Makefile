@@ -9,7 +9,7 @@ PHASE := hack/phase.sh
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
 .PHONY: help venv lock binaries images image-tools demo up down env lint format types imports check test test-fast test-unit test-cluster \
-        test-e2e bench-cluster bench-scheduler bench-workloads bench-operator chart-sync verify clean
+        test-e2e bench-cluster bench-scheduler bench-workloads bench-serving bench-operator chart-sync verify clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
@@ -139,6 +139,10 @@ bench-workloads: venv ## Pipeline efficiency vs the bound, TP memory, layouts, I
 	$(PY) bench/workloads/layout_throughput.py --preset small-moe --steps 8
 	$(PY) bench/workloads/serving_bench.py --train-steps 150
 	$(PY) bench/workloads/grad_compression.py --steps 80 --rank 4
+
+bench-serving: venv ## Autoscaler trace replay (predictive vs HPA-like vs a peak-sized fleet, PNGs); router p50/p99 with a slow replica and failover
+	$(PY) bench/serving/autoscale_replay.py
+	$(PY) bench/serving/router_bench.py
 
 clean: ## Remove the virtualenv and caches in the repo (the binary cache in ~/.cache/strata stays)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
