@@ -115,3 +115,26 @@ def test_a_hold_on_another_gpu_type_or_of_zero_changes_nothing() -> None:
     other = ReservedHoldBack(high_priority=100, by_gpu_type={"H100": TypeHold(16, 16, 0, 30.0)})
     assert admit([gang("job")], [], POOLS, nodes, free, other).admit == {"job": MI300X}
     assert admit([gang("job")], [], POOLS, nodes, free, hold(keep_free=0)).admit == {"job": MI300X}
+
+
+def test_preemption_counts_only_what_the_hold_leaves_open() -> None:
+    scavenger = a_pool("scavenger", priority=0, preemptible=True)
+    pools = {**POOLS, "scavenger": scavenger}
+    nodes = fleet()
+
+    def victim(on: str) -> AdmittedGang:
+        return AdmittedGang(request=gang(f"scav-{on}", pool="scavenger", workers=1), gpu_type=MI300X,
+                            admitted_at=at(0), bound={on: 8})  # fmt: skip
+
+    # scavenger jobs fill both spot nodes: preempting them makes room the extender will give the batch gang
+    on_spot = [victim("spot-0"), victim("spot-1")]
+    free = all_free(nodes, "spot-0", "spot-1")
+    decision = admit([gang("job", submitted=1)], on_spot, pools, nodes, free, hold(keep_free=16))
+    assert sorted(p.victim for p in decision.preempt) == ["scav-spot-0", "scav-spot-1"]
+    assert decision.waiting["job"].reason == Reason.WAITING_FOR_PREEMPTION
+    # a scavenger job on a reserved node frees only held GPUs: preempting it would not help, so nobody is preempted
+    # (spot is full with someone else's pods)
+    free = all_free(nodes, "spot-0", "spot-1", "res-0")
+    decision = admit([gang("job", submitted=1)], [victim("res-0")], pools, nodes, free, hold(keep_free=16))
+    assert decision.preempt == []  # unaware of the hold, admission would preempt scav-res-0 and count res-0 free
+    assert decision.waiting["job"].reason == Reason.WAITING_FOR_GPUS  # held or not, 8 free GPUs hold no 2 workers
