@@ -124,7 +124,8 @@ class Checkpointer:
             "model": model_sd,
             "optim": optim_sd,
             "scheduler": {"last_epoch": scheduler.last_epoch},
-            "train": {"step": train.step, "data": train.data, "rng": train.rng},
+            # A copy: a load drops the entries it cannot restore from this dict, never from the caller's state.
+            "train": {"step": train.step, "data": dict(train.data), "rng": train.rng},
         }
 
     def save(
@@ -212,8 +213,8 @@ class Checkpointer:
 
     @staticmethod
     def _drop_mismatched_extras(path: Path, train_state: dict[str, Any]) -> None:
-        """Per-rank extras (RNG of each rank, per-rank cursors) cannot map onto a different world size; those
-        are left at their fresh values when the saved shape differs (model/optimizer reshard normally)."""
+        """Per-rank extras (RNG of each rank, per-data-parallel-rank cursors) cannot map onto a different layout;
+        those are left at their fresh values when the saved shape differs (model/optimizer reshard normally)."""
         saved = FileSystemReader(str(path)).read_metadata().state_dict_metadata
         for key, value in list(train_state["data"].items()):
             meta = saved.get(f"train.data.{key}")

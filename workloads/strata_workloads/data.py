@@ -120,6 +120,7 @@ class ShardedLoader:
         self.owned = [s for s in range(len(shards)) if ring.owner(s) == dp_rank and shards[s].numel() > seq_len + 1]
         if not self.owned:
             raise ValueError(f"data-parallel rank {dp_rank} of dp={dp} owns no usable shard; use more shards")
+        self.dp_rank, self.dp = dp_rank, dp
         self.micro_batch = micro_batch
         self.seq_len = seq_len
         self.offsets = dict.fromkeys(range(len(shards)), 0)
@@ -144,7 +145,7 @@ class ShardedLoader:
             yield self.next_batch()
 
     def state_dict(self) -> dict[str, object]:
-        return {"offsets": {s: self.offsets[s] for s in self.owned}, "cursor": self.cursor}
+        return {"offsets": {s: self.offsets[s] for s in self.owned}, "cursor": self.cursor, "dp_rank": self.dp_rank}
 
     def load_state_dict(self, merged_offsets: dict[int, int], cursor: int) -> None:
         """merged_offsets: every rank's offsets together (shards this rank now owns may come from another)."""

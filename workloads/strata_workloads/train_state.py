@@ -1,8 +1,9 @@
 """What a checkpoint holds besides model and optimizer: the data position and every rank's RNG.
 
 The data position is one token offset per shard, merged across ranks, so it survives a change of the
-data-parallel degree (shards move between ranks with their offsets); the RNG is restored only when the world
-size is unchanged (checkpoint.py drops per-rank entries whose saved shape differs).
+data-parallel degree (shards move between ranks with their offsets), and one cursor per data-parallel rank,
+restored when the data-parallel degree is unchanged (tp=2 -> one process continues the same batches); the RNG
+is restored only when the world size is unchanged (checkpoint.py drops entries whose saved shape differs).
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ def gather_train_state(step: int, loader: ShardedLoader, n_shards: int, world: i
         dist.all_gather(parts, rng)
         rng = torch.cat(parts)
     offsets = torch.zeros(n_shards, dtype=torch.int64)
-    cursors = torch.zeros(world, dtype=torch.int64)
-    for rank, state in enumerate(gathered):
+    cursors = torch.zeros(loader.dp, dtype=torch.int64)  # ranks of one data-parallel rank share its cursor
+    for state in gathered:
         for shard, offset in state["offsets"].items():  # type: ignore[attr-defined]
             offsets[int(shard)] = int(offset)
-        cursors[rank] = int(state["cursor"])  # type: ignore[call-overload]
+        cursors[int(state["dp_rank"])] = int(state["cursor"])  # type: ignore[call-overload]
     return TrainState(step=step, data={"offsets": offsets, "cursors": cursors}, rng=rng)
 
 
@@ -39,6 +40,6 @@ def restore_train_state(saved: TrainState, fresh: TrainState, loader: ShardedLoa
     different world size) keep their `fresh` values."""
     offsets = saved.data.get("offsets", fresh.data["offsets"])
     cursors = saved.data.get("cursors", fresh.data["cursors"])
-    loader.load_state_dict({s: int(o) for s, o in enumerate(offsets.tolist())}, int(cursors[rank]))
+    loader.load_state_dict({s: int(o) for s, o in enumerate(offsets.tolist())}, int(cursors[loader.dp_rank]))
     if saved.rng is not fresh.rng:
         torch.set_rng_state(saved.rng[rank])

@@ -1,0 +1,65 @@
+"""Resume at another world size and layout through the real entry point: fsdp=2 -> one process, one process ->
+fsdp=2, tp=2 -> one process. Each resumes the uninterrupted runs' step-3 checkpoint and trains to step 6."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from workloads_launch import Job, launch
+
+from strata_api.workload import ExitCode
+
+DENSE = {"model": "debug-dense"}  # top-1 expert routing would flip on last-ulp differences between layouts
+
+
+def _resume_from_step_3(tmp: Path, source: Path, name: str, world: int, **layout: str) -> Job:
+    target = tmp / name
+    target.mkdir()
+    shutil.copytree(source / "step-00000003", target / "step-00000003")
+    return launch(tmp, name, world, checkpoint_dir=str(target), **DENSE, **layout)
+
+
+def _succeeded(job: Job) -> None:
+    assert set(job.wait()) == {ExitCode.SUCCEEDED}, job.logs[0].read_text()[-3000:]
+
+
+@pytest.mark.unit
+@pytest.mark.timeout(900)  # eleven rank start-ups in two waves on a starved 2-core machine
+def test_resume_at_another_world_size_and_layout(tmp_path: Path) -> None:
+    jobs: list[Job] = []
+    try:
+        one = launch(tmp_path, "one", 1, checkpoint_dir=str(tmp_path / "one"), **DENSE)
+        fsdp = launch(tmp_path, "fsdp", 2, checkpoint_dir=str(tmp_path / "fsdp"), **DENSE)
+        tp = launch(tmp_path, "tp", 2, checkpoint_dir=str(tmp_path / "tp"), tp="2", **DENSE)
+        jobs += [one, fsdp, tp]
+        for job in (one, fsdp, tp):
+            _succeeded(job)
+        fsdp_to_one = _resume_from_step_3(tmp_path, tmp_path / "fsdp", "fsdp_to_one", 1)
+        one_to_fsdp = _resume_from_step_3(tmp_path, tmp_path / "one", "one_to_fsdp", 2)
+        tp_to_one = _resume_from_step_3(tmp_path, tmp_path / "tp", "tp_to_one", 1)
+        jobs += [fsdp_to_one, one_to_fsdp, tp_to_one]
+        for job in (fsdp_to_one, one_to_fsdp, tp_to_one):
+            _succeeded(job)
+    finally:
+        for job in jobs:
+            job.kill()
+
+    want = one.losses()
+    assert sorted(want) == [1, 2, 3, 4, 5, 6]
+    # Same data-parallel degree (1): the same batches in the same order, so the same losses as never stopping.
+    got = tp_to_one.losses()
+    assert sorted(got) == [4, 5, 6]
+    for step, loss in got.items():
+        assert loss == pytest.approx(want[step], rel=1e-5), (step, got, want)
+    # Another data-parallel degree: the shards move between ranks with their offsets but the batches differ
+    # (the hash ring splits 8 shards unevenly over 2 ranks), so the model's state is what is compared: it
+    # continues near the uninterrupted run's losses, far below a fresh model's.
+    fresh = want[1]
+    for resumed, reference in ((fsdp_to_one, fsdp.losses()), (one_to_fsdp, want)):
+        got = resumed.losses()
+        assert sorted(got) == [4, 5, 6]
+        assert got[4] < 0.9 * fresh, (got, fresh)
+        for step, loss in got.items():
+            assert loss == pytest.approx(reference[step], rel=0.05), (step, got, reference)
