@@ -2,13 +2,18 @@
 
 Layout on disk: `<root>/step-00000100/` holds one complete checkpoint. A save writes into
 `<root>/step-00000100.tmp/`; only after every rank's data and DCP's metadata are written does rank 0 add the
-`COMPLETE` marker and rename the folder. A crash mid-write leaves a `.tmp` folder (or a folder without the
-marker) that `latest()` never returns. Model and optimizer go through `get_state_dict`/`set_state_dict`, so
-parameters are saved by fully-qualified name as DTensor shards and load into any other parallel layout.
+`COMPLETE` marker (the sha256 of every file) and rename the folder. A crash mid-write
+leaves a `.tmp` folder (or a folder without the marker) that `latest()` never returns. `load_newest` verifies
+the checksums before loading and falls back to the previous complete checkpoint when the newest is corrupt or
+fails to load, moving the bad one aside (`step-00000100.bad`) so that keep-K retention never counts it.
+Model and optimizer go through `get_state_dict`/`set_state_dict`, so parameters are saved by fully-qualified
+name as DTensor shards and load into any other parallel layout.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -37,6 +42,7 @@ log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
 _PREFIX = "step-"
+QUARANTINE_SUFFIX = ".bad"
 _OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 # DCP warns on every single-process save/load even when asked for one explicitly (no_dist=True).
 _SINGLE_PROCESS_WARNING = "torch.distributed is disabled, unavailable or uninitialized"
@@ -65,6 +71,75 @@ def merged_view(parts: list[nn.Module]) -> nn.Module:
     return view
 
 
+# Checksums. The marker holds `{"sha256": {file name: digest}}` over every file DCP wrote (shards and
+# `.metadata`), so a flipped bit, overwritten bytes or a truncated file is found before any of it reaches a
+# model. A marker from before checksums ("ok") reads as "no checksums": such a checkpoint loads with a warning.
+_CHUNK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    """Digest of every file in `folder` but the marker, by name."""
+    return {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MARKER}
+
+
+def marker_text(folder: Path) -> str:
+    """The marker's content for `folder` as it is now."""
+    return json.dumps({"sha256": checksums(folder)}, indent=1, sort_keys=True) + "\n"
+
+
+def recorded_checksums(folder: Path) -> dict[str, str] | None:
+    """What the marker recorded; None for a marker written before checksums. Raises OSError or ValueError
+    when the marker is unreadable or not what a save writes."""
+    text = (folder / MARKER).read_text()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        if text.strip() == "ok":  # the marker's content before checksums
+            return None
+        raise ValueError(f"{MARKER} is neither a checksum manifest nor a legacy marker") from None
+    sums = data.get("sha256") if isinstance(data, dict) else None
+    if not isinstance(sums, dict) or not sums:
+        raise ValueError(f"{MARKER} has no sha256 table")
+    return {str(k): str(v) for k, v in sums.items()}
+
+
+def integrity_problem(folder: Path) -> str | None:
+    """Why `folder` must not be loaded (a missing, changed or unreadable file), or None if every recorded file
+    is intact. A legacy checkpoint without checksums returns None; `has_checksums` tells it apart."""
+    try:
+        recorded = recorded_checksums(folder)
+    except (OSError, ValueError) as err:
+        return f"unreadable {MARKER} marker: {err}"
+    if recorded is None:
+        return None
+    for name, want in recorded.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        try:
+            got = file_sha256(path)
+        except OSError as err:
+            return f"{name} is unreadable: {err}"
+        if got != want:
+            return f"{name} fails its checksum (sha256 {got[:12]}..., recorded {want[:12]}...)"
+    return None
+
+
+def has_checksums(folder: Path) -> bool:
+    try:
+        return recorded_checksums(folder) is not None
+    except (OSError, ValueError):
+        return False
+
+
 def step_dir(root: Path, step: int) -> Path:
     return root / f"{_PREFIX}{step:08d}"
 
@@ -84,6 +159,14 @@ def complete_checkpoints(root: Path) -> list[Path]:
 def latest(root: Path) -> Path | None:
     done = complete_checkpoints(root)
     return done[-1] if done else None
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint's files do not match the checksums recorded when it was committed."""
+
+
+class NoUsableCheckpoint(Exception):
+    """Checkpoints exist but none of them loads: a restart would fail the same way."""
 
 
 @dataclass
@@ -109,6 +192,8 @@ class Checkpointer:
             assert isinstance(group, dist.ProcessGroup)
             self._pg = group
         self._pending: tuple[Future[Any], Path, Path] | None = None
+        # The newest checkpoint this run loaded or committed: retention never deletes it.
+        self.known_good: Path | None = None
         if self.rank == 0:
             root.mkdir(parents=True, exist_ok=True)
             for stale in root.glob(f"{_PREFIX}*.tmp"):
@@ -167,16 +252,19 @@ class Checkpointer:
     def _finalize(self, tmp: Path, final: Path) -> None:
         if self.rank == 0:
             marker = tmp / MARKER
+            text = marker_text(tmp)  # every rank's files are written (barrier before): their checksums
             with open(marker, "w") as f:
-                f.write("ok\n")
+                f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
             if final.exists():
                 shutil.rmtree(final)
             os.rename(tmp, final)
             report_checkpoint(int(final.name[len(_PREFIX) :]))  # committed: tell the operator (never raises)
+            self.known_good = final
             for old in complete_checkpoints(self.root)[: -self.keep] if self.keep > 0 else []:
-                shutil.rmtree(old, ignore_errors=True)
+                if old != self.known_good:
+                    shutil.rmtree(old, ignore_errors=True)
         if dist.is_initialized():
             dist.barrier(group=self._pg)
 
@@ -192,6 +280,14 @@ class Checkpointer:
         of its tensors (data position, RNG) as this run would save them."""
         if not (path / MARKER).is_file():
             raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
+        problem = self._agreed_integrity_problem(path)
+        if problem is not None:
+            raise CorruptCheckpoint(f"{path}: {problem}")
+        if not has_checksums(path):
+            log.warning(
+                "checkpoint has no checksums (saved before they were recorded): loading unverified",
+                extra={"checkpoint": str(path)},
+            )
         state = self._state(parts, optimizer, scheduler, train)
         self._drop_mismatched_extras(path, state["train"])
         with _quiet_single_process():
@@ -209,7 +305,70 @@ class Checkpointer:
         scheduler.load_state_dict(sched)
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
         saved = state["train"]
+        self.known_good = path
         return TrainState(step=int(saved["step"]), data=saved["data"], rng=saved.get("rng", train.rng))
+
+    def load_newest(
+        self,
+        parts: list[nn.Module],
+        optimizer: torch.optim.Optimizer,
+        scheduler: LRScheduler,
+        train: TrainState,
+    ) -> tuple[Path, TrainState] | None:
+        """Load the newest complete checkpoint that verifies and loads, newest first; None when there is none.
+        Each one that fails is logged with its reason and moved aside; raises NoUsableCheckpoint when
+        checkpoints exist but none loads (retrying cannot repair them). Every rank takes the same decisions."""
+        failures: list[str] = []
+        for path in reversed(complete_checkpoints(self.root)):
+            reason = self._try_load(path, parts, optimizer, scheduler, train)
+            if isinstance(reason, TrainState):
+                return path, reason
+            failures.append(f"{path.name}: {reason}")
+            log.warning(
+                "checkpoint unusable, falling back to the previous one",
+                extra={"checkpoint": str(path), "reason": reason, "moved_to": path.name + QUARANTINE_SUFFIX},
+            )
+            self._quarantine(path)
+        if failures:
+            raise NoUsableCheckpoint(f"no loadable checkpoint under {self.root}: " + "; ".join(failures))
+        return None
+
+    def _try_load(
+        self,
+        path: Path,
+        parts: list[nn.Module],
+        optimizer: torch.optim.Optimizer,
+        scheduler: LRScheduler,
+        train: TrainState,
+    ) -> TrainState | str:
+        """The loaded state, or why `path` could not be loaded (the same answer on every rank)."""
+        result: TrainState | str
+        try:
+            result = self.load(path, parts, optimizer, scheduler, train)
+        except Exception as err:  # a corrupt checkpoint fails in many ways (pickle, DCP, shapes): all fall back
+            result = f"{type(err).__name__}: {err}"
+        if dist.is_initialized():
+            failed = torch.tensor(1 if isinstance(result, str) else 0)
+            dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+            if failed.item() and not isinstance(result, str):
+                result = "failed to load on another rank"
+        return result
+
+    def _agreed_integrity_problem(self, path: Path) -> str | None:
+        """Rank 0 reads every file once against its checksum; all ranks get its verdict."""
+        verdict = [integrity_problem(path) if self.rank == 0 else None]
+        if dist.is_initialized():
+            dist.broadcast_object_list(verdict, src=0)
+        return verdict[0]
+
+    def _quarantine(self, path: Path) -> None:
+        if self.rank == 0:
+            target = path.with_name(path.name + QUARANTINE_SUFFIX)
+            if target.exists():
+                shutil.rmtree(target, ignore_errors=True)
+            os.rename(path, target)
+        if dist.is_initialized():
+            dist.barrier()
 
     @staticmethod
     def _drop_mismatched_extras(path: Path, train_state: dict[str, Any]) -> None:

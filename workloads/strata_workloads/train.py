@@ -2,7 +2,8 @@
 
 Reads the layout and hyper-parameters from STRATA_* variables (settings.py) and the rendezvous from torch's
 own variables (WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT). The exit code is
-the contract's (strata_api.workload.ExitCode): 0 done, 85 checkpointed on SIGTERM, 2 invalid configuration.
+the contract's (strata_api.workload.ExitCode): 0 done, 85 checkpointed on SIGTERM, 2 invalid configuration
+or nothing a restart could succeed with (no checkpoint loads).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from strata_api.workload import ExitCode
+from strata_workloads.checkpoint import NoUsableCheckpoint
 from strata_workloads.settings import TrainSettings, load_train_settings
 from strata_workloads.telemetry import setup_logging
 from strata_workloads.trainer import Process, Trainer, TrainingPlan
@@ -30,7 +32,13 @@ def run(settings: TrainSettings, env: Mapping[str, str]) -> int:
         except (ValueError, KeyError) as err:
             log.error("invalid configuration", extra={"error": str(err)})
             return ExitCode.INVALID_CONFIGURATION
-        return Trainer(settings, plan, process, show_bar).fit()
+        try:
+            trainer = Trainer(settings, plan, process, show_bar)
+        except NoUsableCheckpoint as err:
+            # Not "retry": a restart would find the same bytes. A person must repair or remove the checkpoints.
+            log.error("no usable checkpoint", extra={"error": str(err)})
+            return ExitCode.INVALID_CONFIGURATION
+        return trainer.fit()
     finally:
         Process.leave()
 

@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from strata_api.workload import ExitCode, WorkerEnv
 from strata_workloads import progress
-from strata_workloads.checkpoint import Checkpointer, latest
+from strata_workloads.checkpoint import Checkpointer
 from strata_workloads.data import ShardedLoader, build_shards, filter_anomalies, load_documents, stdlib_root
 from strata_workloads.engine import build_engine
 from strata_workloads.layout import ParallelDims
@@ -166,12 +166,15 @@ class Trainer:
         return scaler
 
     def resume(self) -> int:
-        """Load the newest complete checkpoint (resharded to this layout); the step to continue from."""
-        found = latest(self.checkpointer.root) if self.checkpointer is not None else None
-        if self.checkpointer is None or found is None:
+        """Load the newest complete checkpoint that verifies (resharded to this layout), falling back to older
+        ones; the step to continue from. Raises NoUsableCheckpoint when none loads."""
+        if self.checkpointer is None:
             return 0
         fresh = gather_train_state(0, self.loader, self.settings.data_shards, self.process.world)
-        saved = self.checkpointer.load(found, self.engine.parts, self.optimizer, self.scheduler, fresh)
+        loaded = self.checkpointer.load_newest(self.engine.parts, self.optimizer, self.scheduler, fresh)
+        if loaded is None:
+            return 0
+        found, saved = loaded
         restore_train_state(saved, fresh, self.loader, self.process.rank)
         log.info("resumed", extra={"checkpoint": str(found), "step": saved.step})
         return saved.step

@@ -7,18 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
+from workloads_checkpoint import single_process_state
 from workloads_launch import Job, launch
 
 from strata_api.workload import ExitCode
 from strata_workloads import checkpoint as ckpt
 from strata_workloads.checkpoint import MARKER, Checkpointer, TrainState, complete_checkpoints, latest
-from strata_workloads.engine import build_engine
-from strata_workloads.layout import ParallelDims
-from strata_workloads.model import Transformer
-from strata_workloads.optim import OptimConfig, build_optimizer
-from strata_workloads.parallelize import ParallelizeOptions
-from strata_workloads.presets import get_preset
 
 
 @pytest.mark.unit
@@ -72,23 +66,10 @@ def _sigterm_resume_reshard(tmp_path: Path, jobs: list[Job]) -> None:
         assert math.isclose(loss, want[step], rel_tol=1e-5), (step, other, want)
 
 
-def _single_process_state(tmp: Path) -> tuple[Checkpointer, list[torch.nn.Module], torch.optim.Optimizer, object]:
-    torch.manual_seed(0)
-    engine = build_engine(
-        Transformer(get_preset("debug-dense")),
-        ParallelDims(1),
-        None,
-        ParallelizeOptions(),
-        torch.device("cpu"),
-    )
-    optimizer, scheduler = build_optimizer(engine, OptimConfig())
-    return Checkpointer(tmp, keep=2, async_save=False), engine.parts, optimizer, scheduler
-
-
 @pytest.mark.unit
 def test_torn_write_is_never_taken_for_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    checkpointer, parts, optimizer, scheduler = _single_process_state(tmp_path)
-    checkpointer.save(parts, optimizer, scheduler, TrainState(step=1))  # type: ignore[arg-type]
+    checkpointer, parts, optimizer, scheduler = single_process_state(tmp_path)
+    checkpointer.save(parts, optimizer, scheduler, TrainState(step=1))
     assert latest(tmp_path) == tmp_path / "step-00000001"
 
     def crash_midway(state: dict[str, object], checkpoint_id: str, no_dist: bool) -> None:
@@ -98,13 +79,13 @@ def test_torn_write_is_never_taken_for_complete(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(ckpt, "dcp_save", crash_midway)
     with pytest.raises(OSError, match="mid-write"):
-        checkpointer.save(parts, optimizer, scheduler, TrainState(step=2))  # type: ignore[arg-type]
+        checkpointer.save(parts, optimizer, scheduler, TrainState(step=2))
     # A folder with the final name but no marker (e.g. a copy cut short) is not complete either.
     shutil.copytree(tmp_path / "step-00000001", tmp_path / "step-00000003")
     (tmp_path / "step-00000003" / MARKER).unlink()
     assert latest(tmp_path) == tmp_path / "step-00000001"
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
-        checkpointer.load(tmp_path / "step-00000003", parts, optimizer, scheduler, TrainState())  # type: ignore[arg-type]
+        checkpointer.load(tmp_path / "step-00000003", parts, optimizer, scheduler, TrainState())
     # A restarted job clears the leftovers of the torn write.
     Checkpointer(tmp_path, keep=2, async_save=False)
     assert not (tmp_path / "step-00000002.tmp").exists()
@@ -112,7 +93,7 @@ def test_torn_write_is_never_taken_for_complete(tmp_path: Path, monkeypatch: pyt
 
 @pytest.mark.unit
 def test_keeps_only_the_last_k_complete_checkpoints(tmp_path: Path) -> None:
-    checkpointer, parts, optimizer, scheduler = _single_process_state(tmp_path)
+    checkpointer, parts, optimizer, scheduler = single_process_state(tmp_path)
     for step in (1, 2, 3, 4):
-        checkpointer.save(parts, optimizer, scheduler, TrainState(step=step))  # type: ignore[arg-type]
+        checkpointer.save(parts, optimizer, scheduler, TrainState(step=step))
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000003", "step-00000004"]
