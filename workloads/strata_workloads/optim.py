@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch.optim.lr_scheduler import LambdaLR
 
 from strata_workloads.engine import Engine
@@ -45,7 +46,8 @@ def build_optimizer(engine: Engine, config: OptimConfig) -> tuple[torch.optim.Ad
 class StepResult:
     loss: float  # mean over the global batch
     grad_norm: float  # before clipping, over every parameter of every stage
-    skipped: bool = False  # fp16: overflow, step skipped and scale reduced
+    skipped: bool = False  # no update: fp16 overflow (scale reduced) or a non-finite loss or grad norm
+    nonfinite: bool = False  # the loss or grad norm was NaN or infinite on some rank: no weight changed
 
 
 def train_step(
@@ -68,8 +70,13 @@ def train_step(
     if scaler is not None:
         scaler.unscale_(optimizer)
     norm = engine.clip_grad_norm(max_grad_norm)
+    loss = engine.global_loss(local)
     if before_step is not None:
         before_step()  # sees the clipped gradients (tests compare them)
+    # With fp16 loss scaling an infinite gradient is the scaler's to handle (skip, lower the scale).
+    if _nonfinite_anywhere(loss, norm if scaler is None else None):
+        optimizer.zero_grad(set_to_none=True)  # nothing of this step reaches the weights or the optimizer state
+        return StepResult(float(loss), float(norm), skipped=True, nonfinite=True)
     skipped = False
     if scaler is not None:
         scale_before = scaler.get_scale()
@@ -80,4 +87,14 @@ def train_step(
         optimizer.step()
     if not skipped:  # an overflow step is not a step: the schedule follows the updates actually made
         scheduler.step()
-    return StepResult(float(engine.global_loss(local)), float(norm), skipped)
+    return StepResult(float(loss), float(norm), skipped)
+
+
+def _nonfinite_anywhere(loss: torch.Tensor, norm: torch.Tensor | None) -> bool:
+    """True on every rank when any rank's loss (or the global grad norm) is NaN or infinite: pipeline stages
+    without the loss must take the same decision as the last stage."""
+    values = loss.detach().reshape(1) if norm is None else torch.stack([loss.detach(), norm.detach().to(loss.device)])
+    flag = (~torch.isfinite(values)).any().to(torch.float32)
+    if dist.is_initialized():
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())

@@ -44,6 +44,7 @@ class TrainSettings:
     warmup_steps: int = 10
     min_lr_ratio: float = 0.1
     max_grad_norm: float = 1.0
+    max_nonfinite_steps: int = 3  # consecutive steps with a NaN/infinite loss or grad norm skipped before failing
     checkpoint_dir: str = ""  # empty: no checkpoints
     checkpoint_every_steps: int = 50  # 0: only on SIGTERM / at the end
     checkpoint_every_seconds: float = 0.0  # 0: off; otherwise also save when this much wall time has passed

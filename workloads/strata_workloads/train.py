@@ -3,7 +3,7 @@
 Reads the layout and hyper-parameters from STRATA_* variables (settings.py) and the rendezvous from torch's
 own variables (WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT). The exit code is
 the contract's (strata_api.workload.ExitCode): 0 done, 85 checkpointed on SIGTERM, 2 invalid configuration
-or nothing a restart could succeed with (no checkpoint loads).
+or nothing a restart could succeed with (no checkpoint loads, or the loss diverged).
 """
 
 from __future__ import annotations

@@ -153,6 +153,7 @@ class Trainer:
         self.stop = Stop()
         self.step_log = StepLogger(settings.steps, self.start, show_bar)
         self.last_save = time.monotonic()
+        self.nonfinite_in_a_row = 0
 
     def _grad_scaler(self) -> torch.amp.GradScaler | None:
         """fp16 only: dynamic loss scaling (sharded across ranks when distributed)."""
@@ -180,19 +181,23 @@ class Trainer:
         return saved.step
 
     def fit(self) -> int:
-        """Train up to `steps`: ExitCode.SUCCEEDED (final checkpoint saved), or ExitCode.CHECKPOINTED when
-        SIGTERM stopped it after a complete checkpoint of the step it had reached."""
+        """Train up to `steps`: ExitCode.SUCCEEDED (final checkpoint saved), ExitCode.CHECKPOINTED when
+        SIGTERM stopped it after a complete checkpoint of the step it had reached, or
+        ExitCode.INVALID_CONFIGURATION without saving when more than `max_nonfinite_steps` steps in a row had a
+        non-finite loss or grad norm (a restart would replay the same batches from the same weights)."""
         steps = self.settings.steps
         try:
             for done in range(self.start + 1, steps + 1):
-                self.step(done)
+                result = self.step(done)
+                if self.diverged(done, result):
+                    return ExitCode.INVALID_CONFIGURATION
                 if self.stop.agreed(self.process.device):
                     self.checkpoint(done, blocking=True)
                     log.warning(
                         "preempted: checkpoint saved, exiting", extra={"step": done, "exit_code": ExitCode.CHECKPOINTED}
                     )
                     return ExitCode.CHECKPOINTED
-                if done < steps and self.checkpoint_due(done):
+                if done < steps and not result.nonfinite and self.checkpoint_due(done):
                     self.checkpoint(done, blocking=False)
             if steps > self.start:
                 self.checkpoint(steps, blocking=True)
@@ -217,6 +222,28 @@ class Trainer:
         )
         self._record(done, result, time.monotonic() - began)
         return result
+
+    def diverged(self, done: int, result: StepResult) -> bool:
+        """Count a non-finite step (skipped: no weight changed); True once the budget in a row is spent."""
+        if not result.nonfinite:
+            self.nonfinite_in_a_row = 0
+            return False
+        self.nonfinite_in_a_row += 1
+        budget = self.settings.max_nonfinite_steps
+        details = {
+            "step": done,
+            "loss": result.loss,
+            "grad_norm": result.grad_norm,
+            "in_a_row": self.nonfinite_in_a_row,
+        }
+        if self.nonfinite_in_a_row <= budget:
+            log.warning("non-finite loss or grad norm: step skipped", extra={**details, "budget": budget})
+            return False
+        log.error(
+            "diverged: non-finite loss or grad norm beyond the budget, exiting without a checkpoint",
+            extra={**details, "budget": budget, "exit_code": ExitCode.INVALID_CONFIGURATION},
+        )
+        return True
 
     def _next_micro_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, targets = self.loader.next_batch()
