@@ -178,6 +178,7 @@ def serve_env(service: InferenceService, source: ModelSource) -> dict[str, str]:
     """The server's settings (``STRATA_SERVE_<FIELD>``) for this service's model."""
     model, resources = service.spec.model, service.spec.resources
     env = {
+        "MODEL_NAME": service.name,  # what /v1/models lists and an OpenAI client names as `model`
         "MODEL": model.preset,
         "CHECKPOINT": source.checkpoint,
         "PRECISION": model.precision,

@@ -130,6 +130,7 @@ def test_a_cpu_service_is_a_deployment_of_the_server_ready_after_warm_up() -> No
                             "imagePullPolicy": "IfNotPresent",
                             "command": ["python", "-m", "strata_workloads.serve"],
                             "env": [
+                                {"name": "STRATA_SERVE_MODEL_NAME", "value": "chat"},
                                 {"name": "STRATA_SERVE_MODEL", "value": "debug"},
                                 {"name": "STRATA_SERVE_CHECKPOINT", "value": "/models/debug"},
                                 {"name": "STRATA_SERVE_PRECISION", "value": "fp32"},
@@ -225,6 +226,8 @@ def test_every_server_setting_the_operator_sets_is_one_the_server_reads() -> Non
     assert ServeSettings.drain_seconds == serving.DRAIN_SECONDS
     assert env[f"{SERVE_ENV_PREFIX}QUANTIZATION"] == "int8-weight"
     assert env[f"{SERVE_ENV_PREFIX}COMPILE"] == "true"
+    # OpenAI-compatible clients name the model by the service's name
+    assert env[f"{SERVE_ENV_PREFIX}MODEL_NAME"] == service.name
 
 
 def test_the_revision_changes_with_the_model_not_with_the_replica_count() -> None:
