@@ -11,18 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from workloads_checkpoint import single_process_state
+from workloads_checkpoint import flip_a_bit, single_process_state
 from workloads_launch import Job, launch
 
 from strata_api.workload import ExitCode
 from strata_workloads.checkpoint import MARKER, NoUsableCheckpoint, TrainState, complete_checkpoints
-
-
-def _flip_a_bit(folder: Path) -> None:
-    shard = max(folder.glob("*.distcp"), key=lambda p: p.stat().st_size)
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    shard.write_bytes(bytes(data))
 
 
 def _truncate_a_shard(folder: Path) -> None:
@@ -50,7 +43,7 @@ def _wrong_checksum(folder: Path) -> None:
 
 
 DAMAGE: dict[str, Callable[[Path], None]] = {
-    "flipped bit": _flip_a_bit,
+    "flipped bit": flip_a_bit,
     "truncated shard": _truncate_a_shard,
     "overwritten bytes": _overwrite_bytes,
     "truncated .metadata": _truncate_metadata,
@@ -103,7 +96,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(
 @pytest.mark.timeout(120)
 def test_a_flipped_bit_names_the_file_that_fails_its_checksum(tmp_path: Path) -> None:
     _, newest = _save_two(tmp_path)
-    _flip_a_bit(newest)
+    flip_a_bit(newest)
     checkpointer, parts, optimizer, scheduler = single_process_state(tmp_path)
     with pytest.raises(Exception, match=r"\.distcp fails its checksum"):
         checkpointer.load(newest, parts, optimizer, scheduler, TrainState())
@@ -113,7 +106,7 @@ def test_a_flipped_bit_names_the_file_that_fails_its_checksum(tmp_path: Path) ->
 @pytest.mark.timeout(120)
 def test_no_loadable_checkpoint_is_an_error_that_names_each_one(tmp_path: Path) -> None:
     _, newest = _save_two(tmp_path)
-    _flip_a_bit(newest)
+    flip_a_bit(newest)
     _truncate_metadata(tmp_path / "step-00000001")
     checkpointer, parts, optimizer, scheduler = single_process_state(tmp_path)
     with pytest.raises(NoUsableCheckpoint, match=r"step-00000002: .*checksum.*; step-00000001: .*checksum"):
@@ -156,7 +149,7 @@ def test_a_damaged_newest_checkpoint_never_pushes_the_good_one_out(tmp_path: Pat
     # [1, 2, 5 (damaged)] and keep-1 retention would delete both good ones.
     _, newest = _save_two(tmp_path)
     damaged = newest.rename(tmp_path / "step-00000005")
-    _flip_a_bit(damaged)
+    flip_a_bit(damaged)
     checkpointer, parts, optimizer, scheduler = single_process_state(tmp_path, keep=1)
     loaded = checkpointer.load_newest(parts, optimizer, scheduler, TrainState())
     assert loaded is not None
@@ -179,7 +172,7 @@ def test_the_entry_point_resumes_from_the_last_good_checkpoint_or_fails_without_
         jobs.append(straight)
         assert straight.wait() == [ExitCode.SUCCEEDED], straight.logs[0].read_text()[-3000:]
         shutil.copytree(tmp_path / "straight", tmp_path / "newest_damaged")
-        _flip_a_bit(tmp_path / "newest_damaged" / "step-00000006")
+        flip_a_bit(tmp_path / "newest_damaged" / "step-00000006")
         shutil.copytree(tmp_path / "newest_damaged", tmp_path / "all_damaged")
         _truncate_a_shard(tmp_path / "all_damaged" / "step-00000003")
         fallback = launch(tmp_path, "fallback", 1, checkpoint_dir=str(tmp_path / "newest_damaged"), model="debug-dense")

@@ -1,5 +1,6 @@
 """Resume at another world size and layout through the real entry point: fsdp=2 -> one process, one process ->
-fsdp=2, tp=2 -> one process. Each resumes the uninterrupted runs' step-3 checkpoint and trains to step 6."""
+fsdp=2, tp=2 -> one process. Each resumes the uninterrupted runs' step-3 checkpoint and trains to step 6. The
+same runs show the fallback over two ranks: fsdp=2 over its own checkpoints with a flipped bit in step 6."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from workloads_checkpoint import flip_a_bit
 from workloads_launch import Job, launch
 
 from strata_api.workload import ExitCode
@@ -26,7 +28,7 @@ def _succeeded(job: Job) -> None:
 
 
 @pytest.mark.unit
-@pytest.mark.timeout(900)  # eleven rank start-ups in two waves on a starved 2-core machine
+@pytest.mark.timeout(900)  # thirteen rank start-ups in two waves on a starved 2-core machine
 def test_resume_at_another_world_size_and_layout(tmp_path: Path) -> None:
     jobs: list[Job] = []
     try:
@@ -39,8 +41,11 @@ def test_resume_at_another_world_size_and_layout(tmp_path: Path) -> None:
         fsdp_to_one = _resume_from_step_3(tmp_path, tmp_path / "fsdp", "fsdp_to_one", 1)
         one_to_fsdp = _resume_from_step_3(tmp_path, tmp_path / "one", "one_to_fsdp", 2)
         tp_to_one = _resume_from_step_3(tmp_path, tmp_path / "tp", "tp_to_one", 1)
-        jobs += [fsdp_to_one, one_to_fsdp, tp_to_one]
-        for job in (fsdp_to_one, one_to_fsdp, tp_to_one):
+        shutil.copytree(tmp_path / "fsdp", tmp_path / "fsdp_damaged")
+        flip_a_bit(tmp_path / "fsdp_damaged" / "step-00000006")
+        fallback = launch(tmp_path, "fallback", 2, checkpoint_dir=str(tmp_path / "fsdp_damaged"), **DENSE)
+        jobs += [fsdp_to_one, one_to_fsdp, tp_to_one, fallback]
+        for job in (fsdp_to_one, one_to_fsdp, tp_to_one, fallback):
             _succeeded(job)
     finally:
         for job in jobs:
@@ -63,3 +68,8 @@ def test_resume_at_another_world_size_and_layout(tmp_path: Path) -> None:
         assert got[4] < 0.9 * fresh, (got, fresh)
         for step, loss in got.items():
             assert loss == pytest.approx(reference[step], rel=0.05), (step, got, reference)
+    # Both ranks skipped the damaged step 6 and continued from step 3 exactly as the uninterrupted run did.
+    got, reference = fallback.losses(), fsdp.losses()
+    assert sorted(got) == [4, 5, 6]
+    for step, loss in got.items():
+        assert loss == pytest.approx(reference[step], rel=1e-6, abs=0), (step, got, reference)

@@ -1,4 +1,5 @@
-"""A single-process model, optimizer and checkpointer for checkpoint tests that need no process group."""
+"""A single-process model, optimizer and checkpointer for checkpoint tests that need no process group, and the
+smallest damage to a saved checkpoint."""
 
 from __future__ import annotations
 
@@ -29,3 +30,11 @@ def single_process_state(
     )
     optimizer, scheduler = build_optimizer(engine, OptimConfig())
     return Checkpointer(root, keep=keep, async_save=False), engine.parts, optimizer, scheduler
+
+
+def flip_a_bit(folder: Path) -> None:
+    """One bit of the checkpoint's largest shard flipped in place: the file keeps its size and stays parseable."""
+    shard = max(folder.glob("*.distcp"), key=lambda p: p.stat().st_size)
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
