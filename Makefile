@@ -111,6 +111,7 @@ test: ## Everything: install, binaries, lint, types, import layering, every test
 	@$(PHASE) cluster-tests $(MAKE) --no-print-directory test-cluster
 	@$(PHASE) images $(MAKE) --no-print-directory images
 	@$(PHASE) e2e-tests $(MAKE) --no-print-directory test-e2e
+	@$(PHASE) prometheus-tests $(MAKE) --no-print-directory test-prometheus
 
 CHART := charts/strata
 chart-sync: ## Copy crds/, the price catalog and the kube-scheduler config into the chart (checked by a test)

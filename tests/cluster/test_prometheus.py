@@ -2,8 +2,7 @@
 operator (its own process, running two jobs: one admitted, whose worker then fails and restarts, one queued on the
 pool's quota), the extender (watching, recording demand, forecasting, answering the operator's quotes) and a real
 training process; every query of the chart's dashboard and every alert of its PrometheusRule evaluates there
-without error, and every dashboard query returns series. (make test-prometheus: the tools' cold build is too long
-for make test.)"""
+without error, and every dashboard query returns series (make test-prometheus, the last tier of make test)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """promtool, built from Prometheus' own Go module, accepts the chart's alert rules as rendered: valid PromQL, valid
-templates in the annotations, durations that parse. (make test-prometheus: the tools' cold build is too long for
-make test.)"""
+templates in the annotations, durations that parse (make test-prometheus, the last tier of make test)."""
 
 from __future__ import annotations
 
