@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
-from strata_workloads.checkpoint import MARKER, latest
+from strata_workloads.checkpoint import MARKER, CorruptCheckpoint, integrity_problem, latest
 from strata_workloads.model import FeedForward, KVCache, Transformer
 from strata_workloads.presets import EOS_TOKEN, get_preset
 
@@ -45,6 +45,9 @@ def load_model(preset: str, checkpoint: Path | None) -> Transformer:
         path = checkpoint if (checkpoint / MARKER).is_file() else latest(checkpoint)
         if path is None:
             raise FileNotFoundError(f"no complete checkpoint under {checkpoint}")
+        problem = integrity_problem(path)  # a flipped bit must never be served
+        if problem is not None:
+            raise CorruptCheckpoint(f"{path}: {problem}")
         state = {"model": model.state_dict()}
         with warnings.catch_warnings():
             # DCP warns on every single-process load even when asked for one explicitly (no_dist=True).

@@ -15,7 +15,14 @@ from workloads_checkpoint import flip_a_bit, single_process_state
 from workloads_launch import Job, launch
 
 from strata_api.workload import ExitCode
-from strata_workloads.checkpoint import MARKER, NoUsableCheckpoint, TrainState, complete_checkpoints
+from strata_workloads.checkpoint import (
+    MARKER,
+    CorruptCheckpoint,
+    NoUsableCheckpoint,
+    TrainState,
+    complete_checkpoints,
+)
+from strata_workloads.inference import load_model
 
 
 def _truncate_a_shard(folder: Path) -> None:
@@ -100,6 +107,16 @@ def test_a_flipped_bit_names_the_file_that_fails_its_checksum(tmp_path: Path) ->
     checkpointer, parts, optimizer, scheduler = single_process_state(tmp_path)
     with pytest.raises(Exception, match=r"\.distcp fails its checksum"):
         checkpointer.load(newest, parts, optimizer, scheduler, TrainState())
+
+
+@pytest.mark.unit
+@pytest.mark.timeout(120)
+def test_serving_refuses_a_checkpoint_that_fails_its_checksum(tmp_path: Path) -> None:
+    _, newest = _save_two(tmp_path)
+    load_model("debug-dense", newest)  # intact: loads
+    flip_a_bit(newest)
+    with pytest.raises(CorruptCheckpoint, match=r"\.distcp fails its checksum"):
+        load_model("debug-dense", tmp_path)
 
 
 @pytest.mark.unit

@@ -1,6 +1,7 @@
 """Resume at another world size and layout through the real entry point: fsdp=2 -> one process, one process ->
-fsdp=2, tp=2 -> one process. Each resumes the uninterrupted runs' step-3 checkpoint and trains to step 6. The
-same runs show the fallback over two ranks: fsdp=2 over its own checkpoints with a flipped bit in step 6."""
+fsdp=2, tp=2 -> one process, tp=2 -> pp=2. Each resumes the uninterrupted runs' step-3 checkpoint and trains
+to step 6. The same runs show the fallback over two ranks: fsdp=2 over its own checkpoints with a flipped bit
+in step 6."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def _succeeded(job: Job) -> None:
 
 
 @pytest.mark.unit
-@pytest.mark.timeout(900)  # thirteen rank start-ups in two waves on a starved 2-core machine
+@pytest.mark.timeout(900)  # fifteen rank start-ups in two waves on a starved 2-core machine
 def test_resume_at_another_world_size_and_layout(tmp_path: Path) -> None:
     jobs: list[Job] = []
     try:
@@ -41,11 +42,12 @@ def test_resume_at_another_world_size_and_layout(tmp_path: Path) -> None:
         fsdp_to_one = _resume_from_step_3(tmp_path, tmp_path / "fsdp", "fsdp_to_one", 1)
         one_to_fsdp = _resume_from_step_3(tmp_path, tmp_path / "one", "one_to_fsdp", 2)
         tp_to_one = _resume_from_step_3(tmp_path, tmp_path / "tp", "tp_to_one", 1)
+        tp_to_pp = _resume_from_step_3(tmp_path, tmp_path / "tp", "tp_to_pp", 2, pp="2", pp_schedule="1f1b")
         shutil.copytree(tmp_path / "fsdp", tmp_path / "fsdp_damaged")
         flip_a_bit(tmp_path / "fsdp_damaged" / "step-00000006")
         fallback = launch(tmp_path, "fallback", 2, checkpoint_dir=str(tmp_path / "fsdp_damaged"), **DENSE)
-        jobs += [fsdp_to_one, one_to_fsdp, tp_to_one, fallback]
-        for job in (fsdp_to_one, one_to_fsdp, tp_to_one, fallback):
+        jobs += [fsdp_to_one, one_to_fsdp, tp_to_one, tp_to_pp, fallback]
+        for job in (fsdp_to_one, one_to_fsdp, tp_to_one, tp_to_pp, fallback):
             _succeeded(job)
     finally:
         for job in jobs:
@@ -54,10 +56,11 @@ def test_resume_at_another_world_size_and_layout(tmp_path: Path) -> None:
     want = one.losses()
     assert sorted(want) == [1, 2, 3, 4, 5, 6]
     # Same data-parallel degree (1): the same batches in the same order, so the same losses as never stopping.
-    got = tp_to_one.losses()
-    assert sorted(got) == [4, 5, 6]
-    for step, loss in got.items():
-        assert loss == pytest.approx(want[step], rel=1e-5), (step, got, want)
+    for resumed in (tp_to_one, tp_to_pp):
+        got = resumed.losses()
+        assert sorted(got) == [4, 5, 6]
+        for step, loss in got.items():
+            assert loss == pytest.approx(want[step], rel=1e-5), (step, got, want)
     # Another data-parallel degree: the shards move between ranks with their offsets but the batches differ
     # (the hash ring splits 8 shards unevenly over 2 ranks), so the model's state is what is compared: it
     # continues near the uninterrupted run's losses, far below a fresh model's.
