@@ -1,6 +1,7 @@
 """Inference on one device: load a training checkpoint (any layout it was saved from), optional INT8 with
 torchao, batched greedy generation (KV cache) / scoring with right padding (causal attention never looks
-right, so a padded row computes exactly what it would alone), and the one rule that picks a row's next token
+right, so a padded row computes exactly what it would alone; texts longer than the model's window in sliding
+windows), and the one rule that picks a row's next token
 (`next_tokens`: greedy, or sampled with temperature and top-p)."""
 
 from __future__ import annotations
@@ -238,12 +239,73 @@ def generate_recompute(model: Transformer, prompts: list[list[int]], max_new_tok
     return produced
 
 
+def scoring_stride(requested: int | None, window: int) -> int:
+    """The tokens each scoring window advances by: `requested` (ServeSettings.predict_stride), or half the
+    model's window when None, the choice of Hugging Face's perplexity guide (stride 512 for GPT-2's 1024): every
+    token after the first window is predicted from at least half a window of context, at twice the forwards of
+    disjoint windows (stride = window; less context) and a fraction of stride 1's (most context, one window per
+    token). Raises ValueError naming the setting when it lies outside [1, window]: a longer stride would skip
+    tokens."""
+    stride = window // 2 if requested is None else requested
+    if not 1 <= stride <= window:
+        raise ValueError(f"predict_stride={requested} must lie in [1, {window}] (the model's max_seq_len)")
+    return stride
+
+
+@dataclass(frozen=True)
+class Window:
+    """One forward of a long text: inputs text[begin:end] predict text[begin + 1 : end + 1]; only the
+    predictions of inputs from `counted` on count (the earlier ones were counted by the previous window)."""
+
+    begin: int
+    end: int
+    counted: int
+
+
+def windows(predictions: int, size: int, stride: int) -> list[Window]:
+    """The sliding windows that predict each of a text's `predictions` tokens (its length - 1) exactly once,
+    as Hugging Face's perplexity guide does: windows of `size` inputs starting every `stride`, the first
+    counting all its predictions, each later one only those past the previous window's end, so every token
+    is predicted with as much left context as a window allows. A text of at most size + 1 tokens is one
+    window."""
+    out: list[Window] = []
+    previous_end = 0
+    for begin in range(0, predictions, stride):
+        end = min(begin + size, predictions)
+        out.append(Window(begin, end, previous_end))
+        previous_end = end
+        if end == predictions:
+            break
+    return out
+
+
 @torch.inference_mode()
-def score(model: Transformer, texts: list[list[int]]) -> list[tuple[float, int]]:
-    """(summed negative log-likelihood, predicted tokens) per text, for perplexity."""
-    batch, lengths = _pad(texts)
+def score(model: Transformer, texts: list[list[int]], stride: int | None = None) -> list[tuple[float, int]]:
+    """(summed negative log-likelihood, predicted tokens) per text, for perplexity: over every token but the
+    first, a text longer than the model's window scored with sliding `windows` (stride: `scoring_stride`).
+
+    Every window of every text is a row of one batched forward (right-padded, as `generate` pads prompts); a
+    text within the window is one row built exactly as before windows existed, so its score is unchanged.
+    """
+    size = model.config.max_seq_len
+    step = scoring_stride(stride, size)
+    owners: list[int] = []
+    spans: list[Window] = []
+    for i, text in enumerate(texts):
+        for window in windows(len(text) - 1, size, step):
+            owners.append(i)
+            spans.append(window)
+    if not spans:  # only one-token texts: nothing to predict
+        return [(0.0, len(text) - 1) for text in texts]
+    # Each row carries its targets' last token too: the inputs are the row without its last column.
+    batch, lengths = _pad([texts[i][w.begin : w.end + 1] for i, w in zip(owners, spans, strict=True)])
     logits = model(batch[:, :-1]).float()
     nll = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
-    mask = torch.arange(batch.shape[1] - 1)[None, :] < (lengths - 1)[:, None]
-    sums = (nll * mask).sum(dim=1)
-    return [(float(s), int(n)) for s, n in zip(sums, lengths - 1, strict=True)]
+    columns = torch.arange(batch.shape[1] - 1)[None, :]
+    first = torch.tensor([w.counted - w.begin for w in spans])[:, None]
+    mask = (columns >= first) & (columns < (lengths - 1)[:, None])
+    sums = (nll * mask).sum(dim=1).tolist()
+    totals = [0.0] * len(texts)
+    for i, s in zip(owners, sums, strict=True):
+        totals[i] += s
+    return [(total, len(text) - 1) for total, text in zip(totals, texts, strict=True)]

@@ -4,6 +4,7 @@ POST /v1/completions (OpenAI's completions API, streamed as server-sent events w
 GET /v1/models       (the one served model, by ServeSettings.served_model)
 POST /v1/generate {"prompt": str, "max_new_tokens": int}  -> {"text": str, "tokens": int}
 POST /v1/predict  {"text": str}                           -> {"nll": float, "tokens": int, "perplexity": float}
+                  (over every token but the first; past the model's window in sliding windows, predict_stride)
 GET /healthz (alive, from the start), /readyz (warmed up, compiled where asked, and not draining), /metrics.
 Malformed requests get 400 with a message (in OpenAI's error shape on the OpenAI routes, naming the field); a
 full queue 429; not ready or draining 503.
@@ -30,6 +31,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from strata_api.workload import ExitCode
 from strata_workloads.batching import DynamicBatcher, Overloaded
 from strata_workloads.completions import (
     ApiError,
@@ -53,6 +55,7 @@ from strata_workloads.inference import (
     load_model,
     prepare,
     score,
+    scoring_stride,
     warm_up,
 )
 from strata_workloads.model import Transformer
@@ -95,8 +98,10 @@ class Server:
         )
         self.queue_depth = Gauge("strata_serve_in_flight", "Requests queued or running", registry=self.registry)
         self.generator = ContinuousBatcher(model, settings.max_batch, settings.max_queue, self._observe)
+        # Checked here, before anything starts: a stride the model's window cannot take is a bad configuration.
+        self.stride = scoring_stride(settings.predict_stride, model.config.max_seq_len)
         self.scorer: DynamicBatcher[list[int], tuple[float, int]] = DynamicBatcher(
-            lambda texts: score(self.model, texts),
+            lambda texts: score(self.model, texts, self.stride),
             settings.max_batch,
             settings.max_wait_ms / 1000,
             settings.max_queue,
@@ -348,8 +353,8 @@ def prepare_model(model: Transformer, settings: ServeSettings) -> Transformer:
     return prepare(model, Precision(settings.precision), Quantization(settings.quantization), settings.compile)
 
 
-async def serve(settings: ServeSettings) -> None:
-    server = build_server(settings)
+async def serve(server: Server) -> None:
+    settings = server.settings
     runner = web.AppRunner(server.app(), handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
@@ -374,7 +379,12 @@ async def serve(settings: ServeSettings) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     settings = load_serve_settings(argv)
     setup_logging(os.environ.get("STRATA_LOG_FORMAT", "json"), 0)
-    asyncio.run(serve(settings))
+    try:
+        server = build_server(settings)
+    except (ValueError, KeyError) as err:  # an unknown preset, quantization or precision; a stride out of range
+        log.error("invalid configuration", extra={"error": str(err).strip("'\"")})
+        return ExitCode.INVALID_CONFIGURATION
+    asyncio.run(serve(server))
     return 0
 
 

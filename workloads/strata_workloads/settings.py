@@ -80,6 +80,9 @@ class ServeSettings:
     max_queue: int = 64  # waiting requests beyond which new ones get 429
     max_new_tokens: int = 64  # upper bound a request may ask for
     max_prompt_bytes: int = 4096  # longest prompt accepted
+    # /v1/predict on a text longer than the model's max_seq_len: tokens each sliding window advances, in
+    # [1, max_seq_len]; unset: half the window (inference.scoring_stride says why)
+    predict_stride: int | None = None
     drain_seconds: float = 25.0  # SIGTERM: how long in-flight requests may take (below the pod's grace period)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
