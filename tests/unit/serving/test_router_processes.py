@@ -156,7 +156,9 @@ async def test_503_with_a_reason_when_no_replica_can_take_the_request(
     nobody = processes.router([warming.address], name="nobody-ready")
     undiscovered = processes.router([], "--replicas-dns", "no-such-replicas.invalid:8000", name="undiscovered")
     drained = processes.router([draining.address], name="drained")
-    # probes every 30 s: the kill is found by the request that meets the closed port, not by a probe
+    # probes every 30 s: the kill is found by the request that meets the closed port, not by a probe; so the router
+    # starts once its replica answers, or its first probe could find the replica not yet listening
+    await wait_ready(doomed)
     ejecting = processes.router([doomed.address], "--probe-interval-s", "30", name="ejecting")
     await started(doomed, routers=(ejecting,))
     await started(draining, routers=(drained,))
