@@ -85,14 +85,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def checksums(folder: Path) -> dict[str, str]:
-    """Digest of every file in `folder` but the marker, by name."""
-    return {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MARKER}
+def checksums(folder: Path, share: slice = slice(None)) -> dict[str, str]:
+    """Digest of every file in `folder` but the marker, by name; `share`: of the names in sorted order, the ones
+    this process hashes (ranks split the reading)."""
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != MARKER)[share]
+    return {name: file_sha256(folder / name) for name in names}
 
 
-def marker_text(folder: Path) -> str:
-    """The marker's content for `folder` as it is now."""
-    return json.dumps({"sha256": checksums(folder)}, indent=1, sort_keys=True) + "\n"
+def marker_text(table: dict[str, str]) -> str:
+    """The marker's content for a checkpoint whose files have these digests."""
+    return json.dumps({"sha256": table}, indent=1, sort_keys=True) + "\n"
 
 
 def recorded_checksums(folder: Path) -> dict[str, str] | None:
@@ -111,17 +113,18 @@ def recorded_checksums(folder: Path) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in sums.items()}
 
 
-def integrity_problem(folder: Path) -> str | None:
+def integrity_problem(folder: Path, share: slice = slice(None)) -> str | None:
     """Why `folder` must not be loaded (a missing, changed or unreadable file), or None if every recorded file
-    is intact. A legacy checkpoint without checksums returns None; `has_checksums` tells it apart."""
+    is intact; `share`: of the recorded names in sorted order, the ones this process reads. A legacy checkpoint
+    without checksums returns None; `has_checksums` tells it apart."""
     try:
         recorded = recorded_checksums(folder)
     except (OSError, ValueError) as err:
         return f"unreadable {MARKER} marker: {err}"
     if recorded is None:
         return None
-    for name, want in recorded.items():
-        path = folder / name
+    for name in sorted(recorded)[share]:
+        want, path = recorded[name], folder / name
         if not path.is_file():
             return f"{name} is missing"
         try:
@@ -249,10 +252,20 @@ class Checkpointer:
         self._finalize(tmp, final)
         log.info("checkpoint saved", extra={"path": str(final), "async": True})
 
+    def _my_share(self) -> slice:
+        """Which of a checkpoint's files (in sorted order) this rank reads for checksums: every world-th one."""
+        return slice(self.rank, None, dist.get_world_size() if dist.is_initialized() else 1)
+
     def _finalize(self, tmp: Path, final: Path) -> None:
+        # Every rank's files are written (barrier before): the ranks hash a share each, rank 0 writes them all.
+        table = checksums(tmp, self._my_share())
+        if dist.is_initialized():
+            shares: list[dict[str, str] | None] = [None] * dist.get_world_size()
+            dist.all_gather_object(shares, table, group=self._pg)
+            table = {name: digest for share in shares if share for name, digest in share.items()}
         if self.rank == 0:
             marker = tmp / MARKER
-            text = marker_text(tmp)  # every rank's files are written (barrier before): their checksums
+            text = marker_text(table)
             with open(marker, "w") as f:
                 f.write(text)
                 f.flush()
@@ -355,11 +368,13 @@ class Checkpointer:
         return result
 
     def _agreed_integrity_problem(self, path: Path) -> str | None:
-        """Rank 0 reads every file once against its checksum; all ranks get its verdict."""
-        verdict = [integrity_problem(path) if self.rank == 0 else None]
+        """Each rank reads its share of the files against their checksums; all ranks get the first problem."""
+        mine = integrity_problem(path, self._my_share())
+        verdicts: list[str | None] = [mine]
         if dist.is_initialized():
-            dist.broadcast_object_list(verdict, src=0)
-        return verdict[0]
+            verdicts = [None] * dist.get_world_size()
+            dist.all_gather_object(verdicts, mine)
+        return next((v for v in verdicts if v is not None), None)
 
     def _quarantine(self, path: Path) -> None:
         if self.rank == 0:
