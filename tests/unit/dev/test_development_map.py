@@ -10,13 +10,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 MAP = (ROOT / "docs" / "development.md").read_text()
-CONTRACTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
-PACKAGE_DIRS = {
-    "strata_api": "api",
-    "strata_operator": "operator",
-    "strata_scheduler": "scheduler",
-    "strata_workloads": "workloads",
-    "strata_dev": "hack",
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+CONTRACTS = PYPROJECT["tool"]["importlinter"]["contracts"]
+PACKAGE_DIRS: dict[str, str] = {
+    package: folder.split("/")[0] for package, folder in PYPROJECT["tool"]["setuptools"]["package-dir"].items()
 }
 
 
