@@ -86,8 +86,15 @@ class ExitCode:
     SUCCEEDED = 0
     ERROR = 1
     INVALID_CONFIGURATION = 2
+    NO_USABLE_CHECKPOINT = 3
+    """Checkpoints exist but none passes its checksums and loads: a restart would read the same bytes."""
+    DIVERGED = 4
+    """The loss or the gradient norm was not finite for more steps in a row than the budget: a restart would replay
+    the same batches from the same weights."""
     CHECKPOINTED = 85
     """SIGTERM received and a complete checkpoint saved: reschedule, it resumes from there."""
+    PERMANENT = frozenset({INVALID_CONFIGURATION, NO_USABLE_CHECKPOINT, DIVERGED})
+    """The failures a retry cannot mend: the job fails, with the kind in its status."""
 
 
 @dataclass(frozen=True, slots=True)

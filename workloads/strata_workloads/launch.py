@@ -35,8 +35,9 @@ def combine(codes: Sequence[int]) -> int:
     """One exit code for the pod from its processes' codes (negative: killed by that signal)."""
     if all(code == ExitCode.SUCCEEDED for code in codes):
         return ExitCode.SUCCEEDED
-    if ExitCode.INVALID_CONFIGURATION in codes:
-        return ExitCode.INVALID_CONFIGURATION
+    permanent = [code for code in codes if code in ExitCode.PERMANENT]
+    if permanent:
+        return permanent[0]
     if all(code in (ExitCode.SUCCEEDED, ExitCode.CHECKPOINTED) for code in codes):
         return ExitCode.CHECKPOINTED
     first = next(code for code in codes if code not in (ExitCode.SUCCEEDED, ExitCode.CHECKPOINTED))

@@ -37,7 +37,7 @@ def run(settings: TrainSettings, env: Mapping[str, str]) -> int:
         except NoUsableCheckpoint as err:
             # Not "retry": a restart would find the same bytes. A person must repair or remove the checkpoints.
             log.error("no usable checkpoint", extra={"error": str(err)})
-            return ExitCode.INVALID_CONFIGURATION
+            return ExitCode.NO_USABLE_CHECKPOINT
         return trainer.fit()
     finally:
         Process.leave()

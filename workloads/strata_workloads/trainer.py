@@ -183,14 +183,14 @@ class Trainer:
     def fit(self) -> int:
         """Train up to `steps`: ExitCode.SUCCEEDED (final checkpoint saved), ExitCode.CHECKPOINTED when
         SIGTERM stopped it after a complete checkpoint of the step it had reached, or
-        ExitCode.INVALID_CONFIGURATION without saving when more than `max_nonfinite_steps` steps in a row had a
+        ExitCode.DIVERGED without saving when more than `max_nonfinite_steps` steps in a row had a
         non-finite loss or grad norm (a restart would replay the same batches from the same weights)."""
         steps = self.settings.steps
         try:
             for done in range(self.start + 1, steps + 1):
                 result = self.step(done)
                 if self.diverged(done, result):
-                    return ExitCode.INVALID_CONFIGURATION
+                    return ExitCode.DIVERGED
                 if self.stop.agreed(self.process.device):
                     self.checkpoint(done, blocking=True)
                     log.warning(
@@ -241,7 +241,7 @@ class Trainer:
             return False
         log.error(
             "diverged: non-finite loss or grad norm beyond the budget, exiting without a checkpoint",
-            extra={**details, "budget": budget, "exit_code": ExitCode.INVALID_CONFIGURATION},
+            extra={**details, "budget": budget, "exit_code": ExitCode.DIVERGED},
         )
         return True
 

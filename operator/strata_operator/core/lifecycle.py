@@ -38,6 +38,8 @@ class Reason:
     SUCCEEDED = "AllWorkersSucceeded"
     WORKER_FAILED = "WorkerFailed"
     INVALID_CONFIGURATION = "InvalidConfiguration"
+    NO_USABLE_CHECKPOINT = "NoUsableCheckpoint"
+    DIVERGED = "TrainingDiverged"
     INVALID_SPEC = "InvalidSpec"
     """The API server refused an object built from the job's spec (a pod, its Service, ...): retrying cannot help."""
     WORKER_CHECKPOINTED = "WorkerCheckpointed"
@@ -75,6 +77,20 @@ class Plan:
     gpu_seconds: float = 0.0
     cost: float = 0.0
 
+
+PERMANENT_FAILURES: dict[int, tuple[str, str]] = {
+    ExitCode.INVALID_CONFIGURATION: (Reason.INVALID_CONFIGURATION, "refused its configuration"),
+    ExitCode.NO_USABLE_CHECKPOINT: (
+        Reason.NO_USABLE_CHECKPOINT,
+        "found checkpoints but none that passes its checksums and loads (repair or remove them)",
+    ),
+    ExitCode.DIVERGED: (
+        Reason.DIVERGED,
+        "stopped: the loss or gradient norm was not finite for too many steps in a row",
+    ),
+}
+"""The workload's exit codes that no retry mends (:data:`strata_api.workload.ExitCode.PERMANENT`): the job fails with
+the kind as its reason."""
 
 UNSCHEDULABLE_GRACE_S = 30.0
 """An admitted gang one of whose ungated workers kube-scheduler has found no node for this long is requeued with
@@ -229,7 +245,7 @@ def _run_gang(
     alive = [p for p in pods if not p.deleting]
     if failure is not None:
         reason, message = failure
-        if reason in (Reason.INVALID_CONFIGURATION, Reason.INVALID_SPEC):
+        if reason == Reason.INVALID_SPEC or reason in (r for r, _ in PERMANENT_FAILURES.values()):
             _finish(plan, Phase.FAILED, reason, f"{message}; retrying cannot help", alive)
         elif reason == Reason.WORKER_CHECKPOINTED:
             _release(plan, alive)
@@ -304,8 +320,9 @@ def _failure(
     for p in current:
         if p.image_refused is not None:
             return Reason.INVALID_SPEC, f"the kubelet refused worker {p.name}'s image: {p.image_refused}"
-        if p.phase == "Failed" and p.exit_code == ExitCode.INVALID_CONFIGURATION:
-            return Reason.INVALID_CONFIGURATION, f"worker {p.name} refused its configuration (exit code 2)"
+        if p.phase == "Failed" and p.exit_code in PERMANENT_FAILURES:
+            reason, what = PERMANENT_FAILURES[p.exit_code]
+            return reason, f"worker {p.name} {what} (exit code {p.exit_code})"
         if p.phase == "Failed" and p.exit_code == ExitCode.CHECKPOINTED:
             return Reason.WORKER_CHECKPOINTED, f"worker {p.name} was told to stop and saved a checkpoint (exit 85)"
         if p.phase == "Failed":

@@ -110,7 +110,18 @@ def test_sigterm_to_a_pod_saves_a_checkpoint_and_exits_85(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     ("codes", "pod"),
-    [([0, 0], 0), ([85, 85], 85), ([0, 85], 85), ([85, 2], 2), ([1, 85], 1), ([-9, 0], 1), ([0, 137], 137)],
+    [
+        ([0, 0], 0),
+        ([85, 85], 85),
+        ([0, 85], 85),
+        ([85, 2], 2),
+        ([1, 3], 3),
+        ([85, 4], 4),
+        ([4, 2], 4),
+        ([1, 85], 1),
+        ([-9, 0], 1),
+        ([0, 137], 137),
+    ],
 )
 def test_the_pod_exit_code_tells_the_operator_what_happened(codes: list[int], pod: int) -> None:
     assert combine(codes) == pod

@@ -9,6 +9,8 @@ import pytest
 from operator_builders import a_job, a_node, a_pool, a_worker, at
 
 from strata_api import Phase, format_time
+from strata_api.workload import ExitCode
+from strata_operator.core import lifecycle
 from strata_operator.core.lifecycle import Plan, Reason, backoff_s, reconcile
 from strata_operator.core.observed import WorkerPod
 from strata_operator.settings import OperatorSettings
@@ -128,13 +130,28 @@ def test_a_failed_worker_restarts_the_whole_gang_with_backoff_and_counts_lost_st
     assert plan.status.events[-1].type == "Warning"
 
 
-def test_exit_code_2_is_a_configuration_the_workload_refuses_and_fails_without_retry() -> None:
-    pods = [a_worker("j", 0), a_worker("j", 1, phase="Failed", exit_code=2, node="n1")]
+@pytest.mark.parametrize(
+    ("exit_code", "reason", "said"),
+    [
+        (2, Reason.INVALID_CONFIGURATION, "refused its configuration (exit code 2)"),
+        (3, Reason.NO_USABLE_CHECKPOINT, "none that passes its checksums and loads"),
+        (4, Reason.DIVERGED, "not finite for too many steps in a row (exit code 4)"),
+    ],
+)
+def test_a_failure_no_retry_mends_fails_the_job_at_once_with_its_kind_as_the_reason(
+    exit_code: int, reason: str, said: str
+) -> None:
+    pods = [a_worker("j", 0), a_worker("j", 1, phase="Failed", exit_code=exit_code, node="n1")]
     plan = run(Phase.RUNNING, pods, startTime=format_time(at(10)))
     patch = plan.status.patch()
     assert patch["phase"] == "Failed"
-    assert patch["reason"] == Reason.INVALID_CONFIGURATION
+    assert patch["reason"] == reason
+    assert said in patch["message"]
     assert "restarts" not in patch
+
+
+def test_every_permanent_exit_code_of_the_workload_contract_has_its_reason() -> None:
+    assert set(lifecycle.PERMANENT_FAILURES) == ExitCode.PERMANENT
 
 
 def test_exit_code_85_means_checkpointed_on_sigterm_and_requeues_without_a_restart() -> None:

@@ -197,7 +197,7 @@ def test_the_entry_point_resumes_from_the_last_good_checkpoint_or_fails_without_
         jobs += [fallback, hopeless]
         assert fallback.wait() == [ExitCode.SUCCEEDED], fallback.logs[0].read_text()[-3000:]
         # Not exit 1 ("retry"): a restart would find the same bytes.
-        assert hopeless.wait() == [ExitCode.INVALID_CONFIGURATION], hopeless.logs[0].read_text()[-3000:]
+        assert hopeless.wait() == [ExitCode.NO_USABLE_CHECKPOINT], hopeless.logs[0].read_text()[-3000:]
     finally:
         for job in jobs:
             job.kill()

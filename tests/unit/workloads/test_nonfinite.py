@@ -60,7 +60,7 @@ def test_a_diverging_run_exits_invalid_configuration_and_never_checkpoints_the_n
         codes = job.wait()
     finally:
         job.kill()
-    assert codes == [ExitCode.INVALID_CONFIGURATION], job.logs[0].read_text()[-3000:]
+    assert codes == [ExitCode.DIVERGED], job.logs[0].read_text()[-3000:]
     messages = [(r["msg"], r.get("step")) for r in job.records() if r["level"] in ("warning", "error")]
     assert messages == [
         ("non-finite loss or grad norm: step skipped", 2),
