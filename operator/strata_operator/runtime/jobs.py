@@ -16,7 +16,7 @@ import kopf
 import strata_api as api
 from strata_api import TrainingJob
 from strata_operator.core.status import Event
-from strata_operator.runtime.kube import ApiError, Conflict, custom_path
+from strata_operator.runtime.kube import custom_path
 from strata_operator.runtime.shared import Runtime
 
 
@@ -52,16 +52,8 @@ def post_event(entry: JobEntry, event: Event) -> None:
 
 async def patch_status(runtime: Runtime, entry: JobEntry, patch: Mapping[str, Any], events: list[Event]) -> bool:
     """Write a status change if the job is still what we read; False when it changed meanwhile."""
-    if patch:
-        body = {"metadata": {"resourceVersion": entry.resource_version}, "status": dict(patch)}
-        try:
-            await runtime.api.merge_patch(entry.status_path, body)
-        except Conflict:
-            return False
-        except ApiError as error:
-            if error.status == 404:
-                return False
-            raise
+    if patch and not await runtime.api.patch_status_if_unchanged(entry.status_path, entry.resource_version, patch):
+        return False
     for event in events:
         post_event(entry, event)
     return True

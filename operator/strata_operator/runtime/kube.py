@@ -281,6 +281,20 @@ class Kube:
     async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> None:
         await self._send("PATCH", path, patch, MERGE_PATCH)
 
+    async def patch_status_if_unchanged(self, path: str, resource_version: str, status: Mapping[str, Any]) -> bool:
+        """Merge ``status`` into the object's status only if it is still at ``resource_version``; False when it
+        changed meanwhile (409) or is gone (404): the caller reads it again instead of writing over a newer one."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": dict(status)}
+        try:
+            await self.merge_patch(path, body)
+        except Conflict:
+            return False
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
     async def list_pages(self, path: str, page_size: int = 500) -> AsyncIterator[dict[str, Any]]:
         """A collection in pages (each a decoded List document): a list of 5,000 pods never sits in memory whole."""
         token = ""

@@ -13,7 +13,7 @@ import kopf
 import strata_api as api
 from strata_api import InferenceService
 from strata_operator.core.status import Event
-from strata_operator.runtime.kube import ApiError, Conflict, Kube, custom_path
+from strata_operator.runtime.kube import Kube, custom_path
 
 
 @dataclass(frozen=True)
@@ -73,16 +73,8 @@ async def ensure(kube: Kube, collection: str, manifest: Mapping[str, Any]) -> No
 
 async def write_status(kube: Kube, entry: ServiceEntry, patch: Mapping[str, Any], events: list[Event]) -> bool:
     """Write a status change if the service is still what we read; False when it changed meanwhile or is gone."""
-    if patch:
-        body = {"metadata": {"resourceVersion": entry.resource_version}, "status": dict(patch)}
-        try:
-            await kube.merge_patch(entry.status_path, body)
-        except Conflict:
-            return False
-        except ApiError as error:
-            if error.status == 404:
-                return False
-            raise
+    if patch and not await kube.patch_status_if_unchanged(entry.status_path, entry.resource_version, patch):
+        return False
     s = entry.service
     ref = {
         "apiVersion": api.API_VERSION,
