@@ -21,6 +21,7 @@ from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from strata_workloads.checkpoint import MARKER, CorruptCheckpoint, integrity_problem, latest
 from strata_workloads.model import FeedForward, KVCache, Transformer
 from strata_workloads.presets import EOS_TOKEN, get_preset
+from strata_workloads.settings import TrainSettings
 
 
 class Quantization(StrEnum):
@@ -40,8 +41,11 @@ DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16}
 
 
 def load_model(preset: str, checkpoint: Path | None) -> Transformer:
-    """The model with the weights of `checkpoint` (a step folder or a checkpoint root: newest complete)."""
-    model = Transformer(get_preset(preset))
+    """The model with the weights of `checkpoint` (a step folder or a checkpoint root: newest complete); without
+    one, the random weights of a training run's step 0 (its default seed), so every replica serves the same model."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TrainSettings.seed)
+        model = Transformer(get_preset(preset))
     if checkpoint is not None:
         path = checkpoint if (checkpoint / MARKER).is_file() else latest(checkpoint)
         if path is None:

@@ -209,3 +209,10 @@ async def test_http_contract(model: Transformer) -> None:
         metrics = await (await client.get("/metrics")).text()
         assert 'strata_serve_requests_total{endpoint="generate",status="429"}' in metrics
         assert "strata_serve_batch_size_bucket" in metrics
+
+
+def test_replicas_without_a_checkpoint_serve_the_same_random_weights() -> None:
+    # an InferenceService of a preset with random weights: each replica loads its own model, and they must agree
+    first, second = load_model("debug", None), load_model("debug", None)
+    pairs = zip(first.state_dict().values(), second.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
