@@ -22,6 +22,7 @@ from strata_workloads.checkpoint import MARKER, CorruptCheckpoint, integrity_pro
 from strata_workloads.model import FeedForward, KVCache, Transformer
 from strata_workloads.presets import EOS_TOKEN, get_preset
 from strata_workloads.settings import TrainSettings
+from strata_workloads.tokenizer import ByteTokenizer
 
 
 class Quantization(StrEnum):
@@ -171,11 +172,12 @@ def _draw(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) 
 
 
 def encode(text: str) -> list[int]:
-    return list(text.encode("utf-8"))
+    """The byte tokenizer's ids of `text` (see strata_workloads.tokenizer for the others)."""
+    return ByteTokenizer().encode(text)
 
 
 def decode(tokens: list[int]) -> str:
-    return bytes(t for t in tokens if t < 256).decode("utf-8", errors="replace")
+    return ByteTokenizer().decode(tokens)
 
 
 def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
