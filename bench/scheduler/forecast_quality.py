@@ -162,7 +162,7 @@ def fit_time_on_14_days_of_minutes(times: np.ndarray, values: np.ndarray) -> tup
     import pandas as pd
     from prophet import Prophet
 
-    from strata_scheduler.forecasting import quiet_prophet_logs
+    from strata_api.prophet import quiet_prophet_logs
 
     quiet_prophet_logs()
     window = times >= times[-1] - 14 * 86400

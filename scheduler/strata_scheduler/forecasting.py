@@ -40,8 +40,6 @@ never costs the whole forecast.
 from __future__ import annotations
 
 import logging
-import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -49,10 +47,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from strata_api.prophet import fit_prophet_mean
 from strata_scheduler.demand import History, HistorySource, SeriesKey
 from strata_scheduler.forecast_board import Forecast, ForecastBoard
 from strata_scheduler.metrics import ExtenderMetrics
@@ -347,13 +345,8 @@ def _trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
 class ProphetCurve:
     """Prophet's fitted and extrapolated mean over ``grid`` plus ``extra_bins`` more bins (a :data:`Curve`).
 
-    A fit goes through files: cmdstanpy writes Stan's data and initial values as JSON into its scratch directory,
-    and the optimiser (a child process) writes its output CSV and console log. All of them go under ``tmp_dir``
-    (None: Python's temp dir, ``TMPDIR`` or else /tmp), which must be writable; in a pod whose root filesystem is
-    read-only that is a mounted volume. Each fit's output goes to a directory of its own there, removed when the
-    fit ends (cmdstanpy's default keeps every fit's output until the process exits, which in a long-running
-    extender fills the volume). cmdstanpy picks its scratch directory once, from Python's temp dir, when it is
-    first imported, so the first fit imports it with Python's temp dir pointed at ``tmp_dir``.
+    Its files go under ``tmp_dir`` (None: Python's temp dir), which must be writable: in a pod whose root
+    filesystem is read-only, a mounted volume (:mod:`strata_api.prophet` says what is written there and when).
     """
 
     tmp_dir: Path | None = None
@@ -365,70 +358,19 @@ class ProphetCurve:
     def __call__(self, grid: np.ndarray, y: np.ndarray, extra_bins: int, bin_min: int) -> np.ndarray:
         import pandas as pd
 
-        if self.tmp_dir is not None:
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        prophet = _import_prophet(self.tmp_dir)
         days = (grid[-1] - grid[0]) / 86400
         present = ~np.isnan(y)
-        frame = pd.DataFrame({"ds": pd.to_datetime(grid[present], unit="s"), "y": y[present]})
-        model = prophet(
-            daily_seasonality=days >= 2,
-            weekly_seasonality=days >= 14,
-            yearly_seasonality=False,
-            uncertainty_samples=0,  # the band comes from measured errors, not Prophet's simulation
+        history = pd.DataFrame({"ds": pd.to_datetime(grid[present], unit="s"), "y": y[present]})
+        future_s = np.concatenate([grid, grid[-1] + bin_min * 60 * np.arange(1, extra_bins + 1)])
+        future = pd.DataFrame({"ds": pd.to_datetime(future_s, unit="s")})
+        curve: np.ndarray = fit_prophet_mean(
+            history, future, daily=days >= 2, weekly=days >= 14, tmp_dir=self.tmp_dir, timeout_s=self.fit_timeout_s
         )
-        with (
-            tempfile.TemporaryDirectory(prefix="prophet-fit-", dir=self.tmp_dir) as fit_dir,
-            warnings.catch_warnings(),
-        ):
-            # Prophet 1.5 still passes inplace= to pandas 3.1, which deprecates it; nothing here can change that.
-            warnings.filterwarnings("ignore", message="The inplace keyword", module="prophet")
-            model.fit(frame, output_dir=fit_dir, timeout=self.fit_timeout_s)  # both go to cmdstanpy's optimize()
-            future_s = np.concatenate([grid, grid[-1] + bin_min * 60 * np.arange(1, extra_bins + 1)])
-            future = pd.DataFrame({"ds": pd.to_datetime(future_s, unit="s")})
-            result: np.ndarray = model.predict(future)["yhat"].to_numpy()
-        return result
+        return curve
 
 
 prophet_curve = ProphetCurve()
 """Prophet with its files under Python's temp dir (tests, benchmarks, a laptop)."""
-
-_PROPHET_IMPORT = threading.Lock()
-
-
-def _import_prophet(tmp_dir: Path | None) -> Any:
-    """The Prophet class; the first call imports cmdstanpy with Python's temp dir set to ``tmp_dir``.
-
-    cmdstanpy makes its scratch directory (``cmdstanpy._TMPDIR``) with ``tempfile.mkdtemp()`` when imported and
-    offers no other way to choose it; Python's temp dir is switched back at once.
-    """
-    with _PROPHET_IMPORT:
-        quiet_prophet_logs()
-        if tmp_dir is not None and "cmdstanpy" not in sys.modules:
-            import pandas  # noqa: F401  (imported before the switch, so the switch lasts only cmdstanpy's own import)
-
-            saved, tempfile.tempdir = tempfile.tempdir, str(tmp_dir)
-            try:
-                import cmdstanpy  # noqa: F401
-            finally:
-                tempfile.tempdir = saved
-        from prophet import Prophet
-
-        quiet_prophet_logs()  # again: cmdstanpy sets its own level when first imported
-        return Prophet
-
-
-def quiet_prophet_logs() -> None:
-    # cmdstanpy logs every optimiser start and stop at INFO, and a failed run at ERROR just before it raises
-    # the same news as an exception, which the forecaster logs as one line; prophet.plot complains that plotly
-    # is absent. cmdstanpy, the first time it logs, adds a console handler and lowers its level to DEBUG unless
-    # some handler is already in place; the NullHandler is one (records still reach the application's handlers).
-    cmdstanpy_log = logging.getLogger("cmdstanpy")
-    if not cmdstanpy_log.handlers:
-        cmdstanpy_log.addHandler(logging.NullHandler())
-    cmdstanpy_log.setLevel(logging.CRITICAL)
-    logging.getLogger("prophet.plot").setLevel(logging.CRITICAL)
-    logging.getLogger("prophet").setLevel(logging.WARNING)
 
 
 class ForecastWorker(threading.Thread):

@@ -200,7 +200,7 @@ class ProphetCandidate(FittedCandidate):
     def _fit(self, y: np.ndarray, horizon: int) -> Any:
         import pandas as pd
 
-        from strata_serving.prophet_fit import fit_curve
+        from strata_api.prophet import fit_prophet_mean
 
         # Prophet gets at most ~4000 points (mean bins of several grid bins): the same shape, a faster fit.
         group = max(1, math.ceil(len(y) / 4000))
@@ -209,8 +209,16 @@ class ProphetCandidate(FittedCandidate):
         ahead = math.ceil((self.settings.refit_every_bins + horizon) / group) + 1
         step_s = self.settings.bin_s * group
         stamps = pd.to_datetime(np.arange(len(coarse) + ahead) * step_s, unit="s")
-        settings = self.settings
-        curve = fit_curve(stamps, coarse, len(coarse), settings.prophet_tmp_dir, settings.prophet_fit_timeout_s)
+        history = pd.DataFrame({"ds": stamps[: len(coarse)], "y": coarse})
+        days = (stamps[len(coarse) - 1] - stamps[0]).total_seconds() / 86400
+        curve = fit_prophet_mean(
+            history,
+            pd.DataFrame({"ds": stamps}),
+            daily=days >= 2,  # the slices are too short for weekly terms
+            weekly=False,
+            tmp_dir=self.settings.prophet_tmp_dir,
+            timeout_s=self.settings.prophet_fit_timeout_s,
+        )
         fine = np.repeat(curve, group)  # back onto the grid; index 0 is bin len(y) - whole
         return (len(y) - whole, fine)
 
