@@ -72,6 +72,23 @@ class OperatorSettings:
     """Seconds an admission pass waits for the extender's quotes; unanswered jobs use their own order. Default
     0.5 s: a quote costs the extender milliseconds, and admission must not stall when it is away."""
 
+    router_image: str = "ghcr.io/strata-dev/strata-serving:latest"
+    """Image of every InferenceService's router (``python -m strata_serving.router``: the ``serving`` image, no
+    torch). The chart sets the one it installs (``serving.image``); ``make images`` builds it as
+    ``localhost/strata-serving:<hash>``."""
+    router_replicas: int = 2
+    """Routers per InferenceService, spread over nodes and zones: one lost leaves the service reachable. Default 2."""
+    scale_poll_interval_s: float = 5.0
+    """Seconds between two reads of an autoscaled service's router (``GET /scale``). Default 5 s: a decision (one
+    per 15 s interval) is applied within seconds of being made."""
+    scale_timeout_s: float = 2.0
+    """Seconds a read of ``/scale`` may take; a router that does not answer leaves the replica count as it is.
+    Default 2 s."""
+    router_urls: tuple[str, ...] = ()
+    """``namespace/name=http://host:port`` pairs: read this service's scaling decisions from this URL instead of
+    its router Service's in-cluster name (an operator run outside the cluster, as in the tests, cannot resolve
+    ``<name>.<namespace>.svc``). Default none."""
+
     api_attempts: int = 8
     """Tries of one API call of the operator's own client when the server throttles it (429), fails (5xx) or
     cannot be reached; a 401 adds one try after logging in again (rotated tokens). Default 8."""
@@ -92,6 +109,15 @@ class OperatorSettings:
             prog="python -m strata_operator",
             description="Strata's operator: admits TrainingJobs to their ResourcePools and runs their gangs.",
         )
+
+    def router_url(self, key: str, in_cluster: str) -> str:
+        """Where to read service ``key``'s (``namespace/name``) scaling decisions: its :attr:`router_urls` entry,
+        else ``in_cluster`` (its router Service's URL)."""
+        for pair in self.router_urls:
+            name, sep, url = pair.partition("=")
+            if sep and name.strip() == key:
+                return url.strip().rstrip("/")
+        return in_cluster
 
     @cached_property
     def prices(self) -> Catalog:

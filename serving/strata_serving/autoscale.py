@@ -33,6 +33,9 @@ from enum import StrEnum
 
 import numpy as np
 
+from strata_api import format_time
+from strata_api.serving import ScaleForecast, ScaleReport
+
 
 class Mode(StrEnum):
     PREDICTIVE = "predictive"
@@ -118,19 +121,24 @@ class ScalingDecision:
     reason: str
     """The same in a sentence with its figures (an Event's message)."""
 
-    def last_scale(self) -> dict[str, object]:
-        """The InferenceService's ``status.lastScale`` (crds/inferenceservice.yaml), ``time_s`` read as unix time."""
-        status: dict[str, object] = {
-            "time": datetime.fromtimestamp(self.time_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "replicas": self.replicas,
-            "reason": self.cause,
-            "observedRate": round(self.observed_rps, 6),
-        }
+    def report(self) -> ScaleReport:
+        """The router's ``GET /scale`` answer (:class:`strata_api.serving.ScaleReport`), ``time_s`` read as unix
+        time; the operator turns it into the InferenceService's ``status.lastScale``."""
+        forecast = None
         if self.forecast is not None:
-            status["forecast"] = round(self.forecast.mean, 6)
-            status["forecastLower"] = round(self.forecast.lower, 6)
-            status["forecastUpper"] = round(self.forecast.upper, 6)
-        return status
+            f = self.forecast
+            forecast = ScaleForecast(f.mean, f.lower, f.upper, f.horizon_s, f.method)
+        return ScaleReport(
+            time=format_time(datetime.fromtimestamp(self.time_s, UTC)),
+            mode=self.mode.value,
+            replicas=self.replicas,
+            reason=self.cause,
+            message=self.reason,
+            observed_rps=self.observed_rps,
+            ready=self.ready,
+            starting=self.starting,
+            forecast=forecast,
+        )
 
 
 def observed_rate(counts: Sequence[float] | np.ndarray, bin_s: float, window_s: float) -> float:

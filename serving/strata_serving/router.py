@@ -7,7 +7,9 @@ rules and the budget allow, and passes streamed bodies (server-sent events) thro
 background it asks its :class:`~strata_serving.discovery.ReplicaSource` for the replicas every ``dns_interval_s``
 and probes each one's ``/readyz`` and ``/metrics`` every ``probe_interval_s``.
 
-Its own endpoints: ``/healthz`` (alive), ``/readyz`` (replicas discovered and probed once), ``/metrics``. When no
+Its own endpoints: ``/healthz`` (alive), ``/readyz`` (replicas discovered and probed once), ``/metrics``, and with
+an ``autoscale_mode`` ``/scale``: the autoscaler's last decision (:mod:`strata_serving.scaler`; the operator polls
+it and sizes the replicas' Deployment). When no
 replica can take a request it answers 503 ``{"error": ..., "reason": ...}``, the reason naming why (none
 discovered, all ejected, all draining, none ready yet). Every forwarded answer carries ``x-strata-attempts`` (how
 many replicas were tried) and ``x-strata-replica`` (the one that answered).
@@ -30,10 +32,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from strata_api.serving import SCALE_PATH
 from strata_serving.discovery import ReplicaSource, queue_depth_from_metrics, readiness_from_probe, source_from
+from strata_serving.forecasters import ForecastSettings
+from strata_serving.refit_worker import RefitWorker
 from strata_serving.retries import ENDPOINTS, Endpoint, RetryBudget, may_retry
 from strata_serving.router_settings import RouterSettings, load_router_settings
 from strata_serving.routing import Outcome, Policy, Replica, ReplicaTable, outcome_of_status
+from strata_serving.scaler import LiveScaler, usable_candidates
 
 log = logging.getLogger("strata_serving.router")
 
@@ -87,6 +93,18 @@ class RouterMetrics:
             "strata_router_unavailable", "503s for want of a replica, by reason", ["reason"], registry=r
         )
         self.replicas = Gauge("strata_router_replicas", "Known replicas by state", ["state"], registry=r)
+        self.scale_replicas = Gauge(
+            "strata_router_scale_replicas", "The autoscaler's last decision: replicas asked for", registry=r
+        )
+        self.scale_decisions = Counter(
+            "strata_router_scale_decisions", "Autoscaler decisions by reason", ["reason"], registry=r
+        )
+        self.forecasters_dropped = Gauge(
+            "strata_router_forecaster_unavailable",
+            "Forecasters left out for this run (1), e.g. the LSTM where torch is not installed",
+            ["forecaster"],
+            registry=r,
+        )
         self.latency = Histogram(
             "strata_router_request_seconds", "Client request latency (to the last byte)", ["endpoint"], registry=r
         )
@@ -131,12 +149,28 @@ class Router:
         self.ready = False
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.scaler: LiveScaler | None = None
+        self._refits: RefitWorker | None = None
+        if settings.autoscale_mode:
+            forecast_settings = ForecastSettings(bin_s=settings.autoscale_interval_s)
+            candidates = usable_candidates(forecast_settings)
+            for note in candidates.dropped:
+                log.warning("forecaster left out for this run: %s", note)
+                self.metrics.forecasters_dropped.labels(note.split(":")[0]).set(1)
+            self.scaler = LiveScaler(
+                settings.scaling_policy(),
+                settings.autoscale_interval_s,
+                settings.autoscale_peers,
+                candidates.usable,
+                forecast_settings,
+            )
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body_bytes)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_page)
+        app.router.add_get(SCALE_PATH, self.scale)
         for endpoint in ENDPOINTS.values():
             app.router.add_route(endpoint.method, endpoint.path, self.forward)
         app.on_startup.append(self._start)
@@ -157,11 +191,18 @@ class Router:
         self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._discover_forever()), loop.create_task(self._probe_forever())]
+        if self.scaler is not None:
+            self._tasks.append(loop.create_task(self._scale_forever(self.scaler)))
+            self._refits = self.scaler.refit_worker(self.settings.autoscale_refit_interval_s)
+            if self._refits is not None:
+                self._refits.start()
 
     async def _stop(self, app: web.Application) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._refits is not None:
+            self._refits.stop()
         await self.session.close()
 
     # --- the router's own endpoints
@@ -179,11 +220,40 @@ class Router:
             self.metrics.replicas.labels(state).set(count)
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def scale(self, request: web.Request) -> web.Response:
+        """The autoscaler's last decision (:class:`strata_api.serving.ScaleReport`); 404 when the router runs no
+        autoscaler or has not decided yet."""
+        if self.scaler is None:
+            return error_response(404, "this router runs no autoscaler (autoscale_mode is empty)", "not autoscaling")
+        if self.scaler.last is None:
+            return error_response(404, "no scaling decision yet", "first interval not over")
+        return web.json_response(self.scaler.last.report().to_json())
+
+    async def _scale_forever(self, scaler: LiveScaler) -> None:
+        """One decision per interval, from the replicas the table knows: ready ones (routable, ejected or
+        draining) and starting ones (not ready yet: the headless Service publishes them too)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.settings.autoscale_interval_s)
+            counts = self.table.counts()
+            starting = counts["not_ready"]
+            ready = sum(counts.values()) - starting
+            try:
+                decision = await loop.run_in_executor(None, scaler.tick, time.time(), ready, starting)
+            except Exception:  # a forecaster bug must not end the decisions: log it, decide again next interval
+                log.exception("scaling decision failed")
+                continue
+            self.metrics.scale_replicas.set(decision.replicas)
+            self.metrics.scale_decisions.labels(decision.cause).inc()
+            log.info("scale: %d replicas (%s): %s", decision.replicas, decision.cause, decision.reason)
+
     # --- forwarding
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
         endpoint = ENDPOINTS[request.path]
+        if self.scaler is not None:
+            self.scaler.observe(time.time())
         response, replica = await self._forward(request, endpoint)
         self.metrics.requests.labels(replica or "none", str(response.status)).inc()
         self.metrics.latency.labels(endpoint.path).observe(time.monotonic() - started)

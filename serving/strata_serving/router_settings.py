@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from strata_api.settings import load_settings
+from strata_serving.autoscale import Mode, ScalingPolicy
 from strata_serving.routing import Policy, TableConfig
 
 ENV_PREFIX = "STRATA_ROUTER_"
@@ -70,6 +71,30 @@ class RouterSettings:
     a share in bursts that a batching replica would have absorbed); for the workload server, its ``max_batch``."""
     max_body_bytes: int = 1 << 20
     """Largest request body accepted; larger ones get 413. Default 1 MiB (the server's prompt limit is 4 KiB)."""
+    autoscale_mode: str = ""
+    """``predictive`` or ``reactive``: run the autoscaler (:mod:`strata_serving.scaler`) and answer its last
+    decision at ``GET /scale``; empty (the default) runs none. The operator sets it from ``spec.autoscaling.mode``."""
+    autoscale_target_rps: float = 1.0
+    """Requests per second one replica serves within its SLO (``spec.autoscaling.target``). Default 1."""
+    autoscale_min_replicas: int = 1
+    """``spec.replicas.min``. Default 1."""
+    autoscale_max_replicas: int = 1
+    """``spec.replicas.max``. Default 1."""
+    autoscale_startup_s: float = 60.0
+    """A replica's start-up time, the lead a predictive scale-up needs (``spec.autoscaling.horizonSeconds``).
+    Default 60 s."""
+    autoscale_stabilisation_s: float = 300.0
+    """Scale-down stabilisation window (``spec.autoscaling.scaleDownStabilizationSeconds``). Default 300 s, HPA's."""
+    autoscale_window_s: float = 60.0
+    """The observed rate is the mean over this many seconds (a Prometheus ``rate(...[1m])``). Default 60 s."""
+    autoscale_interval_s: float = 15.0
+    """Seconds between decisions, and the forecasters' bin. Default 15 s (HPA's sync period)."""
+    autoscale_refit_interval_s: float = 600.0
+    """Seconds between the background refits of Prophet and the LSTM. Default 10 min (40 bins of 15 s: within the
+    forecasters' ``refit_every_bins``)."""
+    autoscale_peers: int = 1
+    """Routers in front of the service (the router Deployment's replicas): each sees about its share of the
+    requests and scales its counts by this. Default 1."""
     log_level: str = "INFO"
     """Python logging level. Default INFO (ejections, readmissions and replicas coming and going)."""
 
@@ -79,6 +104,20 @@ class RouterSettings:
             raise ValueError(f"replica_concurrency must be at least 1, got {self.replica_concurrency}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if self.autoscale_mode:
+            self.scaling_policy()  # a ValueError naming the bad value
+
+    def scaling_policy(self) -> ScalingPolicy:
+        """The autoscaler's policy from the ``autoscale_*`` fields (``autoscale_mode`` must be set)."""
+        return ScalingPolicy(
+            target_rps=self.autoscale_target_rps,
+            startup_s=self.autoscale_startup_s,
+            min_replicas=self.autoscale_min_replicas,
+            max_replicas=self.autoscale_max_replicas,
+            mode=Mode(self.autoscale_mode),
+            stabilisation_s=self.autoscale_stabilisation_s,
+            metric_window_s=self.autoscale_window_s,
+        )
 
     def table_config(self) -> TableConfig:
         return TableConfig(

@@ -1,5 +1,6 @@
-"""Pure builders and decisions for an InferenceService: its replicas' Deployment, its Service and
-PodDisruptionBudget, how many replicas the pool's quota holds, and the status it reports. No I/O.
+"""Pure builders and decisions for an InferenceService: its replicas' Deployment, their headless Service and
+PodDisruptionBudget (the router in front of them: :mod:`strata_operator.core.router`), how many replicas the
+pool's quota holds, and the status it reports. No I/O.
 
 Why a Deployment rather than pods the operator owns itself: replicas are interchangeable (no gang, no index, no
 rendezvous), which is what a ReplicaSet manages. The Deployment controller gives, for nothing, what the operator
@@ -7,7 +8,7 @@ would otherwise re-implement: a deleted or evicted replica is replaced by the Re
 seconds, even while the operator is down; a new revision (another model, precision or image) rolls out replica by
 replica within ``rollout.maxSurge`` / ``maxUnavailable``, kept ready by the readiness probe on the server's
 ``/readyz`` (200 only after warm-up), and can be rolled back. The operator decides only the replica count and the
-template; the autoscaler will change the count the same way.
+template; the router's autoscaler changes the count the same way (through :func:`allot`'s ``wanted``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import orjson
 
 import strata_api as api
 from strata_api import GPUType, InferenceService, ResourcePool, TrainingJob, format_cpu_millis
+from strata_api.serving import ScaleReport
 from strata_operator.core.admission import GangRequest
 from strata_operator.core.pods import (
     CONTAINER_SECURITY_CONTEXT,
@@ -58,6 +60,8 @@ class Reason:
     REPLICAS_STARTING = "ReplicasStarting"
     NO_REPLICAS = "NoReplicas"
     MIN_REPLICAS = "MinReplicas"
+    SCALED_UP = "ScaledUp"
+    SCALED_DOWN = "ScaledDown"
     WITHIN_QUOTA = "WithinQuota"
     POOL_NOT_FOUND = "PoolNotFound"
     NO_USABLE_GPUS = "NoUsableGPUs"
@@ -87,12 +91,13 @@ def owner_reference(service: InferenceService) -> dict[str, Any]:
 
 
 def url(service: InferenceService) -> str:
+    """The service's URL: its main Service, in front of its routers (:mod:`strata_operator.core.router`)."""
     return f"http://{service.name}.{service.namespace}.svc:{SERVE_PORT}"
 
 
-def _metadata(service: InferenceService) -> dict[str, Any]:
+def _metadata(service: InferenceService, name: str | None = None) -> dict[str, Any]:
     return {
-        "name": service.name,
+        "name": name or service.name,
         "namespace": service.namespace,
         "labels": owned_labels(service),
         "ownerReferences": [owner_reference(service)],
@@ -217,13 +222,17 @@ def replica_cost(service: InferenceService) -> int:
 
 
 def allot(
-    services: Iterable[InferenceService], pools: Mapping[str, ResourcePool], jobs: Iterable[TrainingJob]
+    services: Iterable[InferenceService],
+    pools: Mapping[str, ResourcePool],
+    jobs: Iterable[TrainingJob],
+    wanted: Mapping[str, int] | None = None,
 ) -> dict[str, Allotment]:
     """Replicas per service (by key) within each pool's quota.
 
     A pool's quota (``maxGPUs``; ``maxCPUs`` for CPU replicas) is first held by its admitted TrainingJobs, counted
     as admission counts them (:class:`~strata_operator.core.admission.GangRequest`); the rest goes to the pool's
-    services in creation order, each up to ``replicas.min``, so an older service is never shrunk by a newer one.
+    services in creation order, each up to what it wants (``wanted``, by key: its autoscaler's ask; else
+    ``replicas.min``), so an older service is never shrunk by a newer one.
     """
     gpus_used: dict[str, int] = {}
     cpu_used: dict[str, int] = {}
@@ -239,7 +248,8 @@ def allot(
     result: dict[str, Allotment] = {}
     for service in sorted(services, key=lambda s: (s.created, s.key)):
         pool = pools.get(service.spec.pool)
-        result[service.key] = _allot_one(service, pool, gpus_used, cpu_used)
+        asked = (wanted or {}).get(service.key, service.spec.min_replicas)
+        result[service.key] = _allot_one(service, pool, asked, gpus_used, cpu_used)
         if pool is not None:
             used = cpu_used if service.spec.resources.on_cpu else gpus_used
             used[pool.name] = used.get(pool.name, 0) + result[service.key].replicas * replica_cost(service)
@@ -247,10 +257,14 @@ def allot(
 
 
 def _allot_one(
-    service: InferenceService, pool: ResourcePool | None, gpus_used: Mapping[str, int], cpu_used: Mapping[str, int]
+    service: InferenceService,
+    pool: ResourcePool | None,
+    wanted: int,
+    gpus_used: Mapping[str, int],
+    cpu_used: Mapping[str, int],
 ) -> Allotment:
     spec = service.spec
-    wanted = spec.min_replicas
+    source = "spec.replicas.min" if wanted == spec.min_replicas else "the autoscaler's decision"
     if pool is None:
         return Allotment(0, wanted > 0, Reason.POOL_NOT_FOUND, f"spec.pool: ResourcePool {spec.pool} does not exist")
     if not allowed_capacity_types(service, pool):
@@ -277,7 +291,7 @@ def _allot_one(
     replicas = min(wanted, left // cost) if cost > 0 else wanted
     if replicas < wanted:
         message = (
-            f"{replicas} of {wanted} replicas (spec.replicas.min): each needs {show(cost)} {unit} and pool "
+            f"{replicas} of {wanted} replicas ({source}): each needs {show(cost)} {unit} and pool "
             f"{pool.name} has {show(left)} of {show(quota)} left"
         )
         return Allotment(replicas, True, Reason.WAITING_FOR_QUOTA, message)
@@ -409,14 +423,17 @@ def _pod_template(
     return {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec}
 
 
-def build_service(service: InferenceService) -> dict[str, Any]:
-    """The ClusterIP Service in front of the ready replicas (``status.url``)."""
+def build_replicas_service(service: InferenceService) -> dict[str, Any]:
+    """The headless Service ``<name>-replicas`` whose DNS name the router resolves to the replicas' addresses;
+    replicas not ready yet are published too, so that the router counts them as starting (its probes keep them
+    out of the rotation until ``/readyz`` answers 200)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(service),
+        "metadata": _metadata(service, service.name + "-replicas"),
         "spec": {
-            "type": "ClusterIP",
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
             "selector": selector(service),
             "ports": [{"name": "http", "port": SERVE_PORT, "targetPort": "http", "protocol": "TCP"}],
         },
@@ -477,6 +494,17 @@ def drifted(desired: Mapping[str, Any], observed_spec: Mapping[str, Any] | None)
     return any(observed_spec.get(k) != v for k, v in desired["spec"].items())
 
 
+def spec_patch(desired: Mapping[str, Any], observed_spec: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The merge patch that makes an owned object's spec ``desired``'s: its fields, with each key of a map field
+    (a Service's selector) that ``desired`` no longer has set to null, since a merge patch otherwise keeps it."""
+    patch: dict[str, Any] = dict(desired["spec"])
+    for key, value in desired["spec"].items():
+        old = (observed_spec or {}).get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            patch[key] = {**{k: None for k in old if k not in value}, **value}
+    return patch
+
+
 def needs_update(desired: Mapping[str, Any], observed: ObservedDeployment | None) -> bool:
     """Whether the Deployment must be written: its template (revision) or its size differ from ``desired``."""
     if observed is None:
@@ -494,11 +522,17 @@ def service_status(
     deployment: ObservedDeployment | None,
     rev: str | None,
     now: datetime,
+    report: ScaleReport | None = None,
 ) -> StatusDraft:
     """The status to write, and the events for what changed: replicas, URL, revision, the Ready, QuotaLimited and
-    ModelAvailable conditions, and the last scaling decision."""
+    ModelAvailable conditions, and the last scaling decision (``report``: the router's, when it has one)."""
     draft = StatusDraft(stored, now)
     desired = allotment.replicas if isinstance(model, ModelSource) else 0
+    before = stored.get("desiredReplicas")
+    if isinstance(before, int) and before != desired:
+        why = allotment.message if allotment.limited else (report.message if report is not None else "")
+        kind = Reason.SCALED_UP if desired > before else Reason.SCALED_DOWN
+        draft.events.append(Event(NORMAL, kind, f"{before} -> {desired} replicas" + (f": {why}" if why else "")))
     ready = deployment.ready if deployment is not None else 0
     draft.set("observedGeneration", service.generation)
     draft.set("desiredReplicas", desired)
@@ -523,7 +557,10 @@ def service_status(
     else:
         _condition(draft, QUOTA_LIMITED, "False", allotment.reason, allotment.message)
     last = stored.get("lastScale") or {}
-    if last.get("replicas") != desired:
+    if report is not None:
+        if last.get("time") != report.time or last.get("replicas") != desired:
+            draft.set("lastScale", report.last_scale(desired, allotment.reason if allotment.limited else report.reason))
+    elif last.get("replicas") != desired:
         reason = allotment.reason if allotment.limited else Reason.MIN_REPLICAS
         draft.set("lastScale", {"time": api.format_time(now), "replicas": desired, "reason": reason})
     _sort_conditions(draft)

@@ -22,7 +22,7 @@ import orjson
 
 import strata_api as api
 from strata_api import InferenceService, ResourcePool, TrainingJob
-from strata_operator.core import serving
+from strata_operator.core import router, serving
 from strata_operator.core.serving import ModelSource, ObservedDeployment
 from strata_operator.runtime.jobs import JobEntry
 from strata_operator.runtime.kube import ApiError
@@ -33,6 +33,7 @@ from strata_operator.runtime.serving import (
     disruption_budgets_path,
     ensure,
     put_deployment,
+    read_scale,
     services_path,
     write_status,
 )
@@ -61,23 +62,31 @@ def _owner_key(body: kopf.Body) -> str | None:
     return f"{meta.get('namespace')}/{name}" if name else None
 
 
+def _own_key(body: kopf.Body) -> str:
+    """An owned object's own ``namespace/name``: a service owns two Deployments (replicas ``<name>``, routers
+    ``<name>-router``), two Services and two budgets, so the indices key them by their own names."""
+    meta = body.get("metadata") or {}
+    return f"{meta.get('namespace')}/{meta.get('name')}"
+
+
 async def index_deployments(body: kopf.Body, memo: Any, **_: Any) -> dict[str, ObservedDeployment] | None:
-    """Each service's Deployment, by service key; every change wakes the service's daemon."""
+    """Each service's Deployments, by their own key; every change wakes the service's daemon."""
     key = _owner_key(body)
     if key is None:
         return None
     memo.serving.wake(key)
-    return {key: ObservedDeployment.from_body(body)}
+    return {_own_key(body): ObservedDeployment.from_body(body)}
 
 
 async def index_owned_specs(body: kopf.Body, memo: Any, **_: Any) -> dict[str, dict[str, Any]] | None:
-    """Each service's Service and PodDisruptionBudget (their specs), by service key; a change wakes the daemon."""
+    """Each service's Services and PodDisruptionBudgets (their specs), by their own key; a change wakes the
+    service's daemon."""
     key = _owner_key(body)
     if key is None:
         return None
     memo.serving.wake(key)
     spec: dict[str, Any] = orjson.loads(orjson.dumps(body.get("spec") or {}))
-    return {key: spec}
+    return {_own_key(body): spec}
 
 
 async def wake_on_deletion(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
@@ -104,6 +113,8 @@ async def run_inferenceservice(
             wake.clear()
             entry: ServiceEntry | None = first(indices["inferenceservices"], key)
             delay = runtime.settings.resync_interval_s
+            if entry is not None and router.autoscaled(entry.service):
+                delay = min(delay, runtime.settings.scale_poll_interval_s)  # the router's next decision
             if entry is None:
                 delay = 0.2
             elif entry.resource_version == written_from and time.monotonic() - written_at < STALE_VIEW_S:
@@ -132,43 +143,63 @@ async def run_inferenceservice(
 
 
 async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str, Any]) -> bool:
-    """One pass: the replica count the quota holds, the Deployment, Service and budget (each written only when
-    missing or different from what the watch shows), then the status; whether a status change was written."""
-    service = entry.service
+    """One pass: the router's scaling decision (autoscaled services), the replica count the quota holds, the
+    Deployments, Services and budgets (each written only when missing or different from what the watch shows),
+    then the status; whether a status change was written."""
+    service, settings = entry.service, runtime.settings
     services_index: IndexOf[ServiceEntry] = indices["inferenceservices"]
     pools_index: IndexOf[ResourcePool] = indices["resourcepools"]
     jobs_index: IndexOf[JobEntry] = indices["trainingjobs"]
     pools = {p.name: p for store in list(pools_index.values()) for p in store}
-    same_pool = [e.service for store in list(services_index.values()) for e in store]
+    same_pool = [
+        e for store in list(services_index.values()) for e in store if e.service.spec.pool == service.spec.pool
+    ]
     jobs = [e.job for store in list(jobs_index.values()) for e in store]
+    report = None
+    if router.autoscaled(service):
+        report = await read_scale(router.scale_url(service, settings), settings.scale_timeout_s)
+    wanted = {e.service.key: router.wanted_replicas(e.service, None, e.status) for e in same_pool}
+    wanted[service.key] = router.wanted_replicas(service, report, entry.status)
     allotment = serving.allot(
-        [s for s in same_pool if s.spec.pool == service.spec.pool],
-        pools,
-        [j for j in jobs if j.spec.pool == service.spec.pool],
+        [e.service for e in same_pool], pools, [j for j in jobs if j.spec.pool == service.spec.pool], wanted
     )[service.key]
     model = serving.resolve_model(service, _training_job(service, jobs_index))
     observed: ObservedDeployment | None = first(indices["servingdeployments"], service.key)
     pool = pools.get(service.spec.pool)
     kube = runtime.api
     rev: str | None = None
+    ns = service.namespace
     if pool is not None and isinstance(model, ModelSource):
-        deployment = serving.build_deployment(service, pool, model, allotment.replicas, runtime.settings)
+        deployment = serving.build_deployment(service, pool, model, allotment.replicas, settings)
         rev = deployment["metadata"]["annotations"][api.LABEL_REVISION]
         if serving.needs_update(deployment, observed):
             await put_deployment(kube, deployment)
+        routers = router.build_router_deployment(service, settings)
+        if serving.needs_update(routers, first(indices["servingdeployments"], f"{ns}/{router.router_name(service)}")):
+            await put_deployment(kube, routers)
         for collection, manifest, index in (
-            (services_path(service.namespace), serving.build_service(service), "servingservices"),
-            (disruption_budgets_path(service.namespace), serving.build_disruption_budget(service), "servingbudgets"),
+            (services_path(ns), router.build_front_service(service), "servingservices"),
+            (services_path(ns), serving.build_replicas_service(service), "servingservices"),
+            (disruption_budgets_path(ns), serving.build_disruption_budget(service), "servingbudgets"),
+            (disruption_budgets_path(ns), router.build_router_budget(service), "servingbudgets"),
         ):
-            if serving.drifted(manifest, first(indices[index], service.key)):
-                await ensure(kube, collection, manifest)
+            observed_spec = first(indices[index], f"{ns}/{manifest['metadata']['name']}")
+            if serving.drifted(manifest, observed_spec):
+                await ensure(kube, collection, manifest, observed_spec)
     elif observed is not None and observed.replicas:
         # no pool or no model: a replica could only wait for nothing or crash-loop; scaled to 0, kept for later
-        await kube.merge_patch(deployments_path(service.namespace, service.name), {"spec": {"replicas": 0}})
+        await kube.merge_patch(deployments_path(ns, service.name), {"spec": {"replicas": 0}})
     now = datetime.now(UTC).replace(microsecond=0)
-    draft = serving.service_status(service, entry.status, model, allotment, observed, rev, now)
+    draft = serving.service_status(service, entry.status, model, allotment, observed, rev, now, report)
     patch = draft.patch()
-    return await write_status(kube, entry, patch, draft.events) and bool(patch)
+    written = await write_status(kube, entry, patch, draft.events)
+    if written and report is not None and "lastScale" in patch:
+        before, after = entry.status.get("desiredReplicas"), patch.get("desiredReplicas")
+        direction = "none"
+        if isinstance(before, int) and isinstance(after, int) and before != after:
+            direction = "up" if after > before else "down"
+        runtime.metrics.scale_decisions.labels(direction).inc()
+    return written and bool(patch)
 
 
 def _training_job(service: InferenceService, jobs: IndexOf[JobEntry]) -> TrainingJob | None:

@@ -140,6 +140,12 @@ class Metrics:
             ["gpu_type"],
             registry=self.registry,
         )
+        self.scale_decisions = Counter(
+            "strata_inferenceservice_scale_decisions_total",
+            "Router scaling decisions the operator applied, by direction of the replica count: up, down, none.",
+            ["direction"],
+            registry=self.registry,
+        )
         self.api_retries = Counter(
             "strata_operator_api_retries_total",
             "Calls of the operator's own API client sent again, by reason: unauthorized (logged in again after a "

@@ -8,10 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import aiohttp
 import kopf
+import orjson
 
 import strata_api as api
 from strata_api import InferenceService
+from strata_api.serving import ScaleReport
+from strata_operator.core.serving import spec_patch
 from strata_operator.core.status import Event
 from strata_operator.runtime.kube import Kube, custom_path
 
@@ -63,12 +67,30 @@ async def put_deployment(kube: Kube, deployment: Mapping[str, Any]) -> None:
     await kube.request("PUT", deployments_path(meta["namespace"], meta["name"]), deployment)
 
 
-async def ensure(kube: Kube, collection: str, manifest: Mapping[str, Any]) -> None:
+async def ensure(
+    kube: Kube, collection: str, manifest: Mapping[str, Any], observed_spec: Mapping[str, Any] | None = None
+) -> None:
     """Create an object, or merge its spec into the one there (a Service's or a budget's spec has no list the
-    operator ever shortens)."""
+    operator ever shortens; a selector key it dropped is removed)."""
     if await kube.create(collection, manifest):
         return
-    await kube.merge_patch(f"{collection}/{manifest['metadata']['name']}", {"spec": manifest["spec"]})
+    patch = {"spec": spec_patch(manifest, observed_spec)}
+    await kube.merge_patch(f"{collection}/{manifest['metadata']['name']}", patch)
+
+
+async def read_scale(url: str, timeout_s: float) -> ScaleReport | None:
+    """The router's last scaling decision (``GET /scale``); None when it has none yet, cannot be reached or
+    answers something else (the replica count then stays as it is)."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
+            session.get(url) as response,
+        ):
+            if response.status != 200:
+                return None
+            return ScaleReport.from_json(orjson.loads(await response.read()))
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 async def write_status(kube: Kube, entry: ServiceEntry, patch: Mapping[str, Any], events: list[Event]) -> bool:

@@ -22,6 +22,7 @@ from operator_manifests import a_job
 from serving_builders import service_body
 
 import strata_api as api
+from strata_api.serving import LABEL_ROUTER
 
 ROOT = Path(__file__).resolve().parents[3]
 CRD = "inferenceservices.strata.dev"
@@ -158,9 +159,16 @@ def test_a_service_runs_its_min_replicas_behind_a_service_and_a_budget(services:
     service = services.core.read_namespaced_service("chat", ns)
     assert service.spec.type == "ClusterIP"
     assert [(p.port, p.target_port) for p in service.spec.ports] == [(SERVE_PORT, "http")]
-    assert service.spec.selector == {api.LABEL_INFERENCE_SERVICE: "chat", api.LABEL_MANAGED_BY: api.MANAGED_BY}
+    assert service.spec.selector == {LABEL_ROUTER: "chat", api.LABEL_MANAGED_BY: api.MANAGED_BY}  # the routers
+    routers = services.apps.read_namespaced_deployment("chat-router", ns)
+    assert routers.spec.replicas == 2
+    assert routers.spec.template.spec.containers[0].command == ["python", "-m", "strata_serving.router"]
+    headless = services.core.read_namespaced_service("chat-replicas", ns)  # what the routers resolve
+    assert (headless.spec.cluster_ip, headless.spec.publish_not_ready_addresses) == ("None", True)
+    assert headless.spec.selector == {api.LABEL_INFERENCE_SERVICE: "chat", api.LABEL_MANAGED_BY: api.MANAGED_BY}
     budget = services.policy.read_namespaced_pod_disruption_budget("chat", ns)
     assert budget.spec.max_unavailable == 1
+    assert services.policy.read_namespaced_pod_disruption_budget("chat-router", ns).spec.max_unavailable == 1
 
     replicas = services.pods("chat")
     assert len(replicas) == 2

@@ -201,13 +201,14 @@ def test_gpu_replicas_ask_for_their_gpus_and_tolerate_their_taints() -> None:
 
 def test_the_service_and_the_budget() -> None:
     service = a_service("chat", rollout={"maxSurge": 2, "maxUnavailable": 3})
-    meta = serving.build_service(service)["metadata"]
-    assert serving.build_service(service)["spec"] == {
-        "type": "ClusterIP",
+    meta = serving.build_replicas_service(service)["metadata"]
+    assert serving.build_replicas_service(service)["spec"] == {  # headless: the router resolves its name
+        "clusterIP": "None",
+        "publishNotReadyAddresses": True,
         "selector": {api.LABEL_INFERENCE_SERVICE: "chat", api.LABEL_MANAGED_BY: api.MANAGED_BY},
         "ports": [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}],
     }
-    assert meta["name"] == "chat"
+    assert meta["name"] == "chat-replicas"
     assert meta["ownerReferences"][0]["uid"] == "uid-chat"
     assert serving.url(service) == "http://chat.team.svc:8000"
     budget = serving.build_disruption_budget(service)
@@ -424,8 +425,8 @@ def test_the_view_applies_what_the_crd_documents_but_cannot_default() -> None:
 
 
 def test_an_owned_object_is_rewritten_only_when_missing_or_changed() -> None:
-    desired = serving.build_service(a_service("chat"))
-    stored = {**desired["spec"], "clusterIP": "10.96.0.7", "sessionAffinity": "None"}  # what the server adds
+    desired = serving.build_replicas_service(a_service("chat"))
+    stored = {**desired["spec"], "sessionAffinity": "None"}  # what the server adds
     assert not serving.drifted(desired, stored)
     assert serving.drifted(desired, None)
     assert serving.drifted(desired, {**stored, "selector": {"app": "other"}})

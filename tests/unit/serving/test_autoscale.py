@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
+from strata_api.serving import ScaleReport
 from strata_serving.autoscale import Forecast, Mode, Recommendation, ScalingPolicy, decide
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
@@ -38,14 +40,20 @@ def test_the_forecast_upper_band_over_the_lead_sizes_a_scale_up() -> None:
     assert decision.forecast is not None
     assert decision.forecast.upper == 20.0
     assert policy().horizon_s == 90.0
-    assert decision.last_scale() == {  # the InferenceService's status.lastScale
+    report = decision.report()  # the router's GET /scale
+    assert ScaleReport.from_json(orjson.loads(orjson.dumps(report.to_json()))) == report
+    assert report.last_scale(replicas=7, reason=report.reason) == {  # the InferenceService's status.lastScale
         "time": "1970-01-01T00:16:40Z",
         "replicas": 7,
+        "requested": 7,
         "reason": "Forecast",
+        "message": "forecast upper band 20 req/s at +90s needs 7 (persistence)",
+        "mode": "predictive",
         "observedRate": 10.0,
         "forecast": 16.0,
         "forecastLower": 12.0,
         "forecastUpper": 20.0,
+        "forecastMethod": "persistence",
     }
 
 
@@ -53,7 +61,7 @@ def test_predictive_without_a_forecast_keeps_the_reactive_floor_and_says_so() ->
     decision = decide(1000, TEN_PER_SECOND, 1, ready=1, starting=0, policy=policy(), forecast=None)
     assert decision.replicas == 4
     assert decision.reason.startswith("no forecast")
-    assert "forecast" not in decision.last_scale()
+    assert "forecast" not in decision.report().last_scale(4, "ObservedLoad")
 
 
 def test_scale_down_goes_only_to_the_highest_recommendation_in_the_stabilisation_window() -> None:

@@ -1,0 +1,119 @@
+"""The router's scaling report (``GET /scale``), as the router writes it and the operator reads it.
+
+The router of an InferenceService sees every request, so it runs the autoscaler (``strata_serving.autoscale``)
+and serves its last decision here; the operator polls it, clamps it to the pool's quota, applies it to the
+replicas' Deployment and writes ``status.lastScale``. One shape, defined once, so that neither side re-spells the
+other's fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from strata_api import GROUP
+
+LABEL_ROUTER = f"{GROUP}/inference-service-router"
+"""Label of an InferenceService's router pods (its name); the replicas carry ``strata.dev/inference-service``."""
+SCALE_PATH = "/scale"
+"""The router's endpoint that answers the last :class:`ScaleReport` (404 before its first decision)."""
+
+
+@dataclass(frozen=True)
+class ScaleForecast:
+    """The request-rate forecast a predictive decision read, in requests per second."""
+
+    mean: float
+    lower: float
+    upper: float
+    horizon_s: float
+    method: str
+
+
+@dataclass(frozen=True)
+class ScaleReport:
+    """One scaling decision with its inputs: ``replicas`` is what the router's autoscaler asks for (already within
+    ``replicas.min``/``max``); ``reason`` one CamelCase word (``Forecast``, ``ObservedLoad``, ``WithinTolerance``,
+    ``Stabilizing``, ``MinReplicas``, ``MaxReplicas``), ``message`` the same in a sentence with its figures."""
+
+    time: str
+    """When it was decided, RFC 3339 (UTC)."""
+    mode: str
+    """``predictive`` or ``reactive``."""
+    replicas: int
+    reason: str
+    message: str
+    observed_rps: float
+    ready: int
+    starting: int
+    forecast: ScaleForecast | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "time": self.time,
+            "mode": self.mode,
+            "replicas": self.replicas,
+            "reason": self.reason,
+            "message": self.message,
+            "observedRate": round(self.observed_rps, 6),
+            "ready": self.ready,
+            "starting": self.starting,
+        }
+        if self.forecast is not None:
+            f = self.forecast
+            body["forecast"] = {
+                "mean": round(f.mean, 6),
+                "lower": round(f.lower, 6),
+                "upper": round(f.upper, 6),
+                "horizonSeconds": f.horizon_s,
+                "method": f.method,
+            }
+        return body
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> ScaleReport:
+        """Read a router's answer; a ValueError (or KeyError, TypeError) when it is not one."""
+        raw = body.get("forecast")
+        forecast = None
+        if raw is not None:
+            forecast = ScaleForecast(
+                mean=float(raw["mean"]),
+                lower=float(raw["lower"]),
+                upper=float(raw["upper"]),
+                horizon_s=float(raw["horizonSeconds"]),
+                method=str(raw["method"]),
+            )
+        replicas = int(body["replicas"])
+        if replicas < 0:
+            raise ValueError(f"replicas must be >= 0, got {replicas}")
+        return cls(
+            time=str(body["time"]),
+            mode=str(body["mode"]),
+            replicas=replicas,
+            reason=str(body["reason"]),
+            message=str(body.get("message", "")),
+            observed_rps=float(body["observedRate"]),
+            ready=int(body.get("ready", 0)),
+            starting=int(body.get("starting", 0)),
+            forecast=forecast,
+        )
+
+    def last_scale(self, replicas: int, reason: str) -> dict[str, Any]:
+        """The InferenceService's ``status.lastScale`` for this decision once the operator applied ``replicas``
+        (the router's ask clamped to the quota) for ``reason`` (the router's, or the quota's when it cut)."""
+        status: dict[str, Any] = {
+            "time": self.time,
+            "replicas": replicas,
+            "requested": self.replicas,
+            "reason": reason,
+            "message": self.message,
+            "mode": self.mode,
+            "observedRate": round(self.observed_rps, 6),
+        }
+        if self.forecast is not None:
+            status["forecast"] = round(self.forecast.mean, 6)
+            status["forecastLower"] = round(self.forecast.lower, 6)
+            status["forecastUpper"] = round(self.forecast.upper, 6)
+            status["forecastMethod"] = self.forecast.method
+        return status

@@ -1,0 +1,189 @@
+"""Pure builders for an InferenceService's router, and the reading of its scaling decisions. No I/O.
+
+Every service gets a router (``python -m strata_serving.router``, the light ``serving`` image): a Deployment of
+``router_replicas`` pods spread over nodes and zones, behind the service's main Service ``<name>`` (the URL in
+status), and the replicas behind a headless Service ``<name>-replicas`` whose DNS name the router resolves (no RBAC
+needed). The headless Service publishes replicas that are not ready yet too, so the router knows which are
+starting: its autoscaler counts them, and its probes keep them out of the rotation until ``/readyz`` says 200.
+
+The router sees every request, so it runs the autoscaler (``spec.autoscaling``, request rate only) and answers its
+last decision at ``GET /scale``; the operator reads it (:func:`wanted_replicas`), clamps it to the pool's quota
+(:func:`strata_operator.core.serving.allot`) and applies it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import strata_api as api
+from strata_api import InferenceService
+from strata_api.serving import LABEL_ROUTER, SCALE_PATH, ScaleReport
+from strata_operator.core.pods import CONTAINER_SECURITY_CONTEXT, pod_security_context
+from strata_operator.core.serving import SERVE_PORT, owned_labels, owner_reference, revision, url
+from strata_operator.settings import OperatorSettings
+
+ROUTER_CONTAINER = "router"
+ROUTER_COMMAND = ("python", "-m", "strata_serving.router")
+ROUTER_PORT = 8080
+"""The router's port (``RouterSettings.port``, set explicitly); the main Service maps the replicas' port to it, so
+the service's URL is the same with or without a router in front."""
+ROUTER_ENV_PREFIX = "STRATA_ROUTER_"
+"""The router reads ``STRATA_ROUTER_<FIELD>`` (strata_serving.router_settings.RouterSettings); tests/unit/operator
+checks that every variable set here names one of its fields."""
+ROUTER_SUFFIX = "-router"
+REPLICAS_SUFFIX = "-replicas"
+AUTOSCALED_METRIC = "rps"
+"""The one ``spec.autoscaling.metric`` the router's autoscaler acts on (``strata_serving.autoscale`` sizes by
+request rate); a service autoscaled on another metric keeps ``replicas.min``."""
+DEFAULT_STARTUP_S = 60
+"""The router's lead when ``spec.autoscaling.horizonSeconds`` is unset (no start-up time is measured yet)."""
+
+
+def router_name(service: InferenceService) -> str:
+    return service.name + ROUTER_SUFFIX
+
+
+def replicas_service_name(service: InferenceService) -> str:
+    return service.name + REPLICAS_SUFFIX
+
+
+def router_selector(service: InferenceService) -> dict[str, str]:
+    """Labels of the router's pods; not the replicas' (:func:`strata_operator.core.serving.selector`), so that
+    neither Deployment, budget nor Service ever selects the other's pods."""
+    return {LABEL_ROUTER: service.name, api.LABEL_MANAGED_BY: api.MANAGED_BY}
+
+
+def owned_metadata(service: InferenceService, name: str) -> dict[str, Any]:
+    """Metadata of an object the service owns: its labels (the operator's watches select on them and find the
+    service by its label), its owner reference (garbage collection)."""
+    return {
+        "name": name,
+        "namespace": service.namespace,
+        "labels": owned_labels(service),
+        "ownerReferences": [owner_reference(service)],
+    }
+
+
+def autoscaled(service: InferenceService) -> bool:
+    """Whether the router decides the replica count: ``spec.autoscaling`` on the request rate, with room between
+    ``replicas.min`` and ``max``."""
+    scaling = service.spec.autoscaling
+    return (
+        scaling is not None
+        and scaling.metric == AUTOSCALED_METRIC
+        and service.spec.max_replicas > service.spec.min_replicas
+    )
+
+
+def router_env(service: InferenceService, settings: OperatorSettings) -> dict[str, str]:
+    """The router's settings (``STRATA_ROUTER_<FIELD>``): where the replicas are, and the autoscaler's policy."""
+    spec = service.spec
+    env = {
+        "PORT": str(ROUTER_PORT),
+        "REPLICAS_DNS": f"{replicas_service_name(service)}.{service.namespace}.svc:{SERVE_PORT}",
+        "REPLICA_CONCURRENCY": str(spec.model.max_batch),  # the server batches this many at once
+    }
+    scaling = spec.autoscaling
+    if scaling is not None and autoscaled(service):
+        env.update(
+            AUTOSCALE_MODE=scaling.mode,
+            AUTOSCALE_TARGET_RPS=repr(scaling.target),
+            AUTOSCALE_MIN_REPLICAS=str(spec.min_replicas),
+            AUTOSCALE_MAX_REPLICAS=str(spec.max_replicas),
+            AUTOSCALE_STARTUP_S=str(scaling.horizon_seconds or DEFAULT_STARTUP_S),
+            AUTOSCALE_STABILISATION_S=str(scaling.scale_down_stabilization_seconds),
+            AUTOSCALE_PEERS=str(settings.router_replicas),
+        )
+    return {ROUTER_ENV_PREFIX + k: v for k, v in env.items()}
+
+
+def build_router_deployment(service: InferenceService, settings: OperatorSettings) -> dict[str, Any]:
+    """The router's Deployment: ``router_replicas`` pods spread over nodes and zones, ready once they have
+    discovered the replicas, with a writable ``/tmp`` (Prophet's fits write there) on a read-only root."""
+    labels = router_selector(service)
+    container: dict[str, Any] = {
+        "name": ROUTER_CONTAINER,
+        "image": settings.router_image,
+        "imagePullPolicy": service.spec.image_pull_policy,
+        "command": list(ROUTER_COMMAND),
+        "env": [{"name": k, "value": v} for k, v in router_env(service, settings).items()],
+        "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 2},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 6},
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": {**CONTAINER_SECURITY_CONTEXT, "readOnlyRootFilesystem": True},
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,  # the router calls no Kubernetes API: replicas come from DNS
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(settings),
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": key,
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": labels},
+            }
+            for key in ("kubernetes.io/hostname", api.NODE_ZONE)
+        ],
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    template = {"metadata": {"labels": dict(labels)}, "spec": pod_spec}
+    meta = owned_metadata(service, router_name(service))
+    meta["annotations"] = {api.LABEL_REVISION: revision(template)}  # what the operator compares to repair drift
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": settings.router_replicas,
+            "selector": {"matchLabels": labels},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": template,
+        },
+    }
+
+
+def build_front_service(service: InferenceService) -> dict[str, Any]:
+    """The service's main Service ``<name>`` (``status.url``), in front of its routers."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": owned_metadata(service, service.name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": router_selector(service),
+            "ports": [{"name": "http", "port": SERVE_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def build_router_budget(service: InferenceService) -> dict[str, Any]:
+    """A node drain takes at most one router at a time."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": owned_metadata(service, router_name(service)),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": router_selector(service)}},
+    }
+
+
+def scale_url(service: InferenceService, settings: OperatorSettings) -> str:
+    """Where the operator reads the router's decisions: the main Service's in-cluster name, or the override."""
+    return settings.router_url(service.key, url(service)) + SCALE_PATH
+
+
+def wanted_replicas(service: InferenceService, report: ScaleReport | None, stored: Mapping[str, Any]) -> int:
+    """How many replicas the service asks its pool for: the router's latest decision (``report``), else the last
+    one applied (``status.lastScale.requested``, so a router that is away or restarting changes nothing), else
+    ``replicas.min``; always within ``replicas.min`` and ``max``."""
+    spec = service.spec
+    if not autoscaled(service):
+        return spec.min_replicas
+    asked: Any = report.replicas if report is not None else (stored.get("lastScale") or {}).get("requested")
+    if not isinstance(asked, int):
+        return spec.min_replicas
+    return min(max(asked, spec.min_replicas), spec.max_replicas)

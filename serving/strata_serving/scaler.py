@@ -1,0 +1,147 @@
+"""The live autoscaler inside the router: the request history, the forecasters' refits, one decision per interval.
+
+The router counts every client request here (:meth:`LiveScaler.observe`); every ``interval_s`` it calls
+:meth:`LiveScaler.tick`, which appends the observed rate to the forecasters' series (one bin per interval, the
+rate over ``policy.metric_window_s`` at the bin's end, as :func:`strata_serving.replay.rate_series` builds it for
+the replay), reads the forecasters' latest fits (:func:`~strata_serving.forecasters.forecast_now`; the fits
+themselves run in a :class:`~strata_serving.refit_worker.RefitWorker` thread) and makes the one decision,
+:func:`strata_serving.autoscale.decide`. The history lives in memory only: a restarted router starts with none,
+so its first decisions are the reactive floor (predictive mode says "no forecast") until the forecasters have
+scored ``min_eval_origins`` origins.
+
+With ``peers`` routers in front of one service, each sees about ``1 / peers`` of the requests (the Service spreads
+connections evenly), so each scales its counts by ``peers``: any one of them answers for the whole service.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from strata_serving.autoscale import Mode, Recommendation, ScalingDecision, ScalingPolicy, decide
+from strata_serving.forecasters import (
+    Candidate,
+    ForecastSettings,
+    LSTMCandidate,
+    ProphetCandidate,
+    default_candidates,
+    forecast_now,
+    horizon_bins,
+)
+from strata_serving.refit_worker import RefitWorker
+
+log = logging.getLogger(__name__)
+
+OPTIONAL_MODULES: dict[type, str] = {LSTMCandidate: "torch", ProphetCandidate: "prophet"}
+"""The module each fitted forecaster needs; the router's image (the ``serving`` extra) leaves torch out, so the
+LSTM is dropped there and the measured choice runs among the others."""
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The forecasters this process can run, and those left out, each ``name: why``."""
+
+    usable: list[Candidate]
+    dropped: list[str]
+
+
+def usable_candidates(settings: ForecastSettings, importable: frozenset[str] | None = None) -> Candidates:
+    """:func:`default_candidates` less those whose module is not installed (``importable``: the modules to take
+    as installed; None: look them up)."""
+    usable: list[Candidate] = []
+    dropped: list[str] = []
+    for candidate in default_candidates(settings, fitted=True):
+        module = OPTIONAL_MODULES.get(type(candidate))
+        present = module is None or (
+            module in importable if importable is not None else importlib.util.find_spec(module) is not None
+        )
+        if present:
+            usable.append(candidate)
+        else:
+            dropped.append(f"{candidate.name}: {module} is not installed")
+    return Candidates(usable, dropped)
+
+
+class LiveScaler:
+    """One service's request history and decisions. :meth:`observe` is called for every request, :meth:`tick`
+    once per ``interval_s`` (times are unix seconds)."""
+
+    def __init__(
+        self,
+        policy: ScalingPolicy,
+        interval_s: float,
+        peers: int = 1,
+        candidates: Sequence[Candidate] = (),
+        forecast_settings: ForecastSettings | None = None,
+        history_bins: int = 2 * 5760,
+    ) -> None:
+        if interval_s <= 0 or peers < 1:
+            raise ValueError(f"need interval_s > 0 and peers >= 1, got {interval_s}, {peers}")
+        self.policy = policy
+        self.interval_s = interval_s
+        self.peers = peers
+        self.candidates = list(candidates) if policy.mode is Mode.PREDICTIVE else []
+        self.forecast_settings = forecast_settings or ForecastSettings(bin_s=interval_s)
+        self.last: ScalingDecision | None = None
+        self._window = max(1, round(policy.metric_window_s))
+        self._seconds: deque[float] = deque(maxlen=self._window + 1)  # requests per whole second, newest last
+        self._newest_second: int | None = None
+        self._series: deque[float] = deque(maxlen=history_bins)  # the forecasters' rate, one value per tick
+        self._past: deque[Recommendation] = deque()
+        self._lock = threading.Lock()
+
+    def _roll_to(self, second: int) -> None:
+        if self._newest_second is None:
+            self._newest_second = second
+            self._seconds.append(0.0)
+            return
+        for _ in range(min(second - self._newest_second, self._window + 1)):
+            self._seconds.append(0.0)
+        self._newest_second = max(self._newest_second, second)
+
+    def observe(self, now_s: float, requests: int = 1) -> None:
+        """Count ``requests`` client requests arriving at ``now_s``."""
+        with self._lock:
+            self._roll_to(int(now_s))
+            self._seconds[-1] += requests
+
+    def series(self) -> np.ndarray:
+        """The forecasters' series so far (a copy; the refit thread reads it)."""
+        with self._lock:
+            return np.array(self._series, dtype=float)
+
+    def tick(self, now_s: float, ready: int, starting: int) -> ScalingDecision:
+        """The decision at ``now_s`` for ``ready`` + ``starting`` replicas (see the module docstring)."""
+        with self._lock:
+            self._roll_to(int(now_s))
+            whole = list(self._seconds)[:-1]  # the second now running is not whole yet
+            counts = np.asarray(whole[-self._window :], dtype=float) * self.peers
+            rate = float(counts.sum() / self._window)  # the missing seconds of a fresh router count as quiet
+            self._series.append(rate)
+            series = np.array(self._series, dtype=float)
+        forecast = None
+        if self.candidates:
+            choice = forecast_now(
+                self.candidates, series, self.policy.horizon_s, self.forecast_settings, from_s=self.policy.startup_s
+            )
+            forecast = choice.forecast
+        padded = np.concatenate([np.zeros(self._window - len(counts)), counts])
+        decision = decide(now_s, padded, 1.0, ready, starting, self.policy, forecast, list(self._past))
+        self._past.append(Recommendation(now_s, decision.recommended))
+        while self._past and now_s - self._past[0].time_s >= self.policy.stabilisation_s:
+            self._past.popleft()
+        self.last = decision
+        return decision
+
+    def refit_worker(self, interval_s: float) -> RefitWorker | None:
+        """The background refits of the fitted forecasters (None when none is used, as in reactive mode)."""
+        if not self.candidates:
+            return None
+        horizon = horizon_bins(self.policy.horizon_s, self.interval_s)
+        return RefitWorker(self.candidates, self.series, horizon, interval_s)

@@ -1,0 +1,138 @@
+"""The router's autoscaler as a user of ``GET /scale`` (the operator) sees it: a real router process in front of a
+stand-in replica, loaded, deciding each interval; and the live scaler's bookkeeping on hand-made inputs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+from router_support import Process, Processes, metrics, post, total, wait_ready, wait_routable
+
+from strata_api.serving import SCALE_PATH, ScaleReport
+from strata_serving.autoscale import Mode, ScalingPolicy
+from strata_serving.forecasters import ForecastSettings
+from strata_serving.scaler import LiveScaler, usable_candidates
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    started = Processes(tmp_path)
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+async def scale(session: aiohttp.ClientSession, router: Process) -> tuple[int, dict[str, object]]:
+    async with session.get(router.url + SCALE_PATH) as response:
+        return response.status, orjson.loads(await response.read())
+
+
+async def report_after(session: aiohttp.ClientSession, router: Process, since: float) -> ScaleReport:
+    """The first decision made after ``since`` (unix seconds, whole)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        status, body = await scale(session, router)
+        if status == 200:
+            report = ScaleReport.from_json(body)
+            if report.time > time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)):
+                return report
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no decision after {since}:\n{router.log_tail()}")
+
+
+AUTOSCALE = (
+    "--autoscale-target-rps", "5", "--autoscale-min-replicas", "1", "--autoscale-max-replicas", "10",
+    "--autoscale-interval-s", "0.5", "--autoscale-window-s", "2", "--autoscale-stabilisation-s", "0",
+)  # fmt: skip
+
+
+async def test_the_router_scales_with_the_load_it_sees_and_answers_it_at_scale(
+    processes: Processes, session: aiohttp.ClientSession
+) -> None:
+    replica = processes.fake_replica("replica", "--delay", "0.005", "--slots", "8")
+    router = processes.router([replica.address], "--autoscale-mode", "reactive", *AUTOSCALE)
+    await wait_ready(replica)
+    await wait_ready(router)
+    await wait_routable(router, 1)
+
+    quiet = await report_after(session, router, time.time())
+    assert (quiet.replicas, quiet.mode, quiet.ready, quiet.starting) == (1, "reactive", 1, 0)
+
+    # about 30 requests per second for 3 s: the 2 s window sees ~30 req/s, 5 req/s per replica wants ~6
+    started = time.time()
+    while time.time() - started < 3:
+        answers = await asyncio.gather(*(post(session, router.url + "/v1/generate", {"prompt": "x"}) for _ in range(3)))
+        assert all(answer.status == 200 for answer in answers)
+        await asyncio.sleep(0.1)
+    busy = await report_after(session, router, time.time() - 1)
+    assert 4 <= busy.replicas <= 10, busy
+    assert busy.reason == "ObservedLoad"
+    assert busy.observed_rps > 15
+    assert f"needs {busy.replicas}" in busy.message
+    assert total(await metrics(router), "strata_router_scale_replicas") >= 4
+
+    await asyncio.sleep(2.5)  # the window empties; no stabilisation: back to the minimum
+    idle = await report_after(session, router, time.time())
+    assert (idle.replicas, idle.reason) == (1, "MinReplicas")
+
+
+async def test_scale_is_404_with_a_reason_without_an_autoscaler_or_before_the_first_decision(
+    processes: Processes, session: aiohttp.ClientSession
+) -> None:
+    replica = processes.fake_replica("replica")
+    plain = processes.router([replica.address], name="plain")
+    slow = processes.router(
+        [replica.address], "--autoscale-mode", "predictive", "--autoscale-interval-s", "3600", name="slow"
+    )
+    await asyncio.gather(wait_ready(replica), wait_ready(plain), wait_ready(slow))
+    assert await scale(session, plain) == (404, {"error": "this router runs no autoscaler (autoscale_mode is empty)",
+                                                  "reason": "not autoscaling"})  # fmt: skip
+    status, body = await scale(session, slow)
+    assert (status, body["reason"]) == (404, "first interval not over")
+
+
+def test_each_router_scales_its_share_of_the_requests_by_the_number_of_routers() -> None:
+    policy = ScalingPolicy(target_rps=2.0, startup_s=0, min_replicas=1, max_replicas=50, metric_window_s=10)
+    alone, one_of_three = (LiveScaler(policy, interval_s=5, peers=peers) for peers in (1, 3))
+    for second in range(100, 110):
+        for scaler in (alone, one_of_three):
+            scaler.observe(second + 0.5, requests=4)
+    assert alone.tick(110.0, ready=1, starting=0).observed_rps == pytest.approx(4.0)
+    decision = one_of_three.tick(110.0, ready=1, starting=0)
+    assert decision.observed_rps == pytest.approx(12.0)
+    assert decision.replicas == 6
+    assert one_of_three.series().tolist() == [pytest.approx(12.0)]
+
+
+def test_a_fresh_router_counts_the_seconds_it_did_not_see_as_quiet_and_predicts_nothing_yet() -> None:
+    policy = ScalingPolicy(target_rps=1.0, startup_s=30, min_replicas=1, max_replicas=50, metric_window_s=60)
+    settings = ForecastSettings(bin_s=15)
+    scaler = LiveScaler(
+        policy, interval_s=15, candidates=usable_candidates(settings).usable, forecast_settings=settings
+    )
+    for second in range(1000, 1015):
+        scaler.observe(second, requests=8)
+    decision = scaler.tick(1015.0, ready=1, starting=1)
+    assert decision.observed_rps == pytest.approx(2.0)  # 120 requests over the 60 s window, not over 15 s
+    assert decision.reason.startswith("no forecast")  # restarted: no history, the reactive floor until it has some
+    assert (decision.mode, decision.replicas) == (Mode.PREDICTIVE, 2)
+
+
+def test_the_lstm_is_left_out_where_torch_is_not_installed() -> None:
+    settings = ForecastSettings(bin_s=15)
+    without_torch = usable_candidates(settings, importable=frozenset({"prophet"}))
+    assert [c.name for c in without_torch.usable] == ["persistence", "seasonal", "prophet"]
+    assert without_torch.dropped == ["lstm: torch is not installed"]
+    assert [c.name for c in usable_candidates(settings).usable] == ["persistence", "seasonal", "prophet", "lstm"]
