@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +285,14 @@ def main() -> None:
         ("first pod created after", f"{results['first_pod_s']:.0f} s"),
         ("every job Running after", f"{results['all_running_s']:.0f} s ({results['running']} of {args.jobs})"),
         ("median / max created -> admitted", f"{results['admit_p50']:.0f} / {results['admit_max']:.0f} s"),
+        (
+            "median / max created -> finalizer added (kopf; admission waits for it)",
+            f"{results['finalized_p50']:.0f} / {results['finalized_max']:.0f} s",
+        ),
+        (
+            "median / max admitted -> first pod created",
+            f"{results['first_pod_p50']:.0f} / {results['first_pod_max']:.0f} s",
+        ),
         ("median / max admitted -> Running", f"{results['start_p50']:.0f} / {results['start_max']:.0f} s"),
         ("median pod: created -> gate lifted -> bound -> Ready",
          f"{results['lift_p50']:.0f} / {results['bind_p50']:.0f} / {results['ready_p50']:.0f} s"),
@@ -367,6 +376,16 @@ def server_times(core: Any, custom: Any) -> dict[str, Any]:
     items = core.list_namespaced_pod(NAMESPACE).items
     pods = [p.metadata.creation_timestamp for p in items]
     admit = [(j.status.admitted_at - j.created).total_seconds() for j in jobs if j.status.admitted_at]
+    finalized = [f for item in listed["items"] if (f := finalized_after(item)) is not None]
+    first_pod: dict[str, Any] = {}
+    for p in items:
+        job = (p.metadata.labels or {}).get(api.LABEL_JOB, "")
+        first_pod[job] = min(first_pod.get(job, p.metadata.creation_timestamp), p.metadata.creation_timestamp)
+    created_after = [
+        (first_pod[j.name] - j.status.admitted_at).total_seconds()
+        for j in jobs
+        if j.status.admitted_at and j.name in first_pod
+    ]
     start = [
         (j.status.start_time - j.status.admitted_at).total_seconds()
         for j in jobs
@@ -380,11 +399,26 @@ def server_times(core: Any, custom: Any) -> dict[str, Any]:
         "all_running_s": (max(running) - t0).total_seconds() if running else 0.0,
         "running": len(running),
         "admit_p50": statistics.median(admit or [0]),
+        "finalized_p50": statistics.median(finalized or [0]),
+        "finalized_max": max(finalized or [0]),
+        "first_pod_p50": statistics.median(created_after or [0]),
+        "first_pod_max": max(created_after or [0]),
         "admit_max": max(admit or [0]),
         "start_p50": statistics.median(start or [0]),
         "start_max": max(start or [0]),
         **pod_stages(items, jobs),
     }
+
+
+def finalized_after(item: dict[str, Any]) -> float | None:
+    """Seconds from a job's creation to kopf's finalizer patch (its managedFields entry that owns the finalizers;
+    the admission pass takes a job only after it), or None when it has none."""
+    meta = item["metadata"]
+    created = datetime.fromisoformat(meta["creationTimestamp"])
+    for entry in meta.get("managedFields") or ():
+        if "f:finalizers" in (entry.get("fieldsV1") or {}).get("f:metadata", {}):
+            return (datetime.fromisoformat(entry["time"]) - created).total_seconds()
+    return None
 
 
 def pod_stages(items: list[Any], jobs: list[TrainingJob]) -> dict[str, float]:
