@@ -99,20 +99,35 @@ class ExitCode:
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """What a worker reports about itself in :data:`strata_api.ANN_PROGRESS`: the step it reached and its last
-    committed checkpoint."""
+    """What a worker reports about itself in :data:`strata_api.ANN_PROGRESS`: the step it reached, its last
+    committed checkpoint, and the figures a user watches (docs/workloads.md, "What a run reports")."""
 
     step: int | None = None
     checkpoint_step: int | None = None
     checkpoint_time: datetime | None = None
     loss: float | None = None
     """Training loss of the global batch at ``step``."""
+    tokens_per_second: float | None = None
+    """Tokens trained on per second by the whole job at ``step``."""
+    mfu: float | None = None
+    """Model FLOPs utilisation at ``step``, from 0 to 1 (none when the device's peak is unknown)."""
+    peak_memory_bytes: int | None = None
+    """The most memory the worker's process has held (GPU allocations, or resident set size on CPU)."""
+    validation_loss: float | None = None
+    """Loss on the held-out split at the last evaluation."""
 
     def encode(self) -> str:
-        """The annotation's value, as :meth:`parse` reads it (the time in whole seconds, UTC)."""
+        """The annotation's value, as :meth:`parse` reads it (the time in whole seconds, UTC; JSON has no NaN or
+        infinity, so a figure that is not finite is left out)."""
         data: dict[str, object] = {"step": self.step, "checkpointStep": self.checkpoint_step}
-        if self.loss is not None and math.isfinite(self.loss):  # JSON has no NaN or infinity
-            data["loss"] = self.loss
+        figures = {
+            "loss": self.loss,
+            "tokensPerSecond": self.tokens_per_second,
+            "mfu": self.mfu,
+            "peakMemoryBytes": self.peak_memory_bytes,
+            "validationLoss": self.validation_loss,
+        }
+        data.update({key: value for key, value in figures.items() if value is not None and math.isfinite(value)})
         if self.checkpoint_time is not None:
             data["checkpointTime"] = format_time(self.checkpoint_time.astimezone(UTC))
         return json.dumps(data)
@@ -120,7 +135,7 @@ class Progress:
     @classmethod
     def parse(cls, value: str | None) -> Progress:
         """Read ``strata.dev/progress``; malformed values (and steps outside int64) report nothing rather than break
-        the reconcile."""
+        the reconcile, and each figure out of its range is left out on its own."""
         try:
             data = json.loads(value) if value else {}
         except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
@@ -128,10 +143,14 @@ class Progress:
         if not isinstance(data, dict):
             return cls()
         return cls(
-            step=_step(data.get("step")),
-            checkpoint_step=_step(data.get("checkpointStep")),
+            step=_whole_number(data.get("step")),
+            checkpoint_step=_whole_number(data.get("checkpointStep")),
             checkpoint_time=parse_time(data.get("checkpointTime")),
-            loss=_loss(data.get("loss")),
+            loss=_finite(data.get("loss")),
+            tokens_per_second=_at_least_zero(_finite(data.get("tokensPerSecond"))),
+            mfu=_ratio(_finite(data.get("mfu"))),
+            peak_memory_bytes=_whole_number(data.get("peakMemoryBytes")),
+            validation_loss=_finite(data.get("validationLoss")),
         )
 
 
@@ -140,21 +159,31 @@ MAX_STEP = 2**63 - 1
 operator's JSON encoder (orjson) refuses integers past 64 bits."""
 
 
-def _step(value: object) -> int | None:
-    """A reported step: a whole number from 0 to :data:`MAX_STEP`; anything else (a bool, a float, a string, a
-    number past int64 from a buggy or hostile worker) reports nothing rather than break the operator."""
+def _whole_number(value: object) -> int | None:
+    """A reported step or byte count: a whole number from 0 to :data:`MAX_STEP`; anything else (a bool, a float, a
+    string, a number past int64 from a buggy or hostile worker) reports nothing rather than break the operator."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_STEP:
         return None
     return value
 
 
-def _loss(value: object) -> float | None:
-    """A reported loss: a finite number (JSON has no NaN or infinity, and status must stay valid JSON); anything
-    else reports nothing."""
+def _finite(value: object) -> float | None:
+    """A reported loss, rate or ratio: a finite number (JSON has no NaN or infinity, and status must stay valid
+    JSON); anything else reports nothing."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:
-        loss = float(value)  # an integer past float's range raises
+        number = float(value)  # an integer past float's range raises
     except OverflowError:
         return None
-    return loss if math.isfinite(loss) else None
+    return number if math.isfinite(number) else None
+
+
+def _at_least_zero(value: float | None) -> float | None:
+    """A rate: a negative one reports nothing."""
+    return value if value is not None and value >= 0 else None
+
+
+def _ratio(value: float | None) -> float | None:
+    """A utilisation: outside [0, 1] it is a wrong peak or a wrong clock, and reports nothing."""
+    return value if value is not None and 0 <= value <= 1 else None

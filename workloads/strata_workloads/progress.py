@@ -1,7 +1,8 @@
 """Progress reports to the operator: after each committed checkpoint, the worker annotates its own pod.
 
-The operator reads the annotation (``{"step", "checkpointStep", "checkpointTime"}``) into the TrainingJob's
-``status.progress`` and ``status.lastCheckpoint``, which is what a restart resumes from and what a user sees.
+The operator reads the annotation (``{"step", "checkpointStep", "checkpointTime"}`` and the figures of the step
+reached: loss, tokens/s, MFU, peak memory, validation loss) into the TrainingJob's ``status.progress`` and
+``status.lastCheckpoint``, which is what a restart resumes from and what a user sees.
 The pod's name, namespace and the annotation key come from the environment the operator's pod builder sets
 (downward API and ``STRATA_PROGRESS_ANNOTATION``), so this module needs nothing of the operator's code. The pod
 runs as its namespace's worker ServiceAccount; the chart's admission policy lets its token (bound to this pod)
@@ -96,8 +97,12 @@ class ProgressReporter:
 
     def report(self, step: int, checkpoint_step: int, when: datetime | None = None, loss: float | None = None) -> bool:
         """Report a committed checkpoint; False (logged the first time only) when it did not reach the pod."""
+        return self.send(Progress(step, checkpoint_step, when or datetime.now(UTC), loss))
+
+    def send(self, report: Progress) -> bool:
+        """Write ``report`` on the pod; False (logged the first time only) when it did not reach it."""
         try:
-            status = self.patch(self.value(step, checkpoint_step, when or datetime.now(UTC), loss))
+            status = self.patch(report.encode())
         except OSError as error:  # an unreadable token file
             status, detail = 0, repr(error)
         else:
@@ -120,24 +125,57 @@ def _reporter() -> ProgressReporter | None:
 
 @dataclass
 class _Latest:
-    """The last step the trainer completed and its loss: what a report says besides the checkpoint."""
+    """The last step the trainer completed and its figures, and the last validation loss: what a report says
+    besides the checkpoint."""
 
     step: int = 0
     loss: float | None = None
+    tokens_per_second: float | None = None
+    mfu: float | None = None
+    peak_memory_bytes: int | None = None
+    validation_loss: float | None = None
 
 
 _latest = _Latest()
 
 
-def note_step(step: int, loss: float) -> None:
-    """The trainer completed ``step`` with ``loss`` (no I/O: the next report carries it)."""
-    _latest.step, _latest.loss = step, loss
+def note_step(
+    step: int,
+    loss: float,
+    tokens_per_second: float | None = None,
+    mfu: float | None = None,
+    peak_memory_bytes: int | None = None,
+) -> None:
+    """The trainer completed ``step`` with these figures (no I/O: the next report carries them)."""
+    _latest.step, _latest.loss, _latest.tokens_per_second, _latest.mfu = step, loss, tokens_per_second, mfu
+    _latest.peak_memory_bytes = peak_memory_bytes
+
+
+def note_validation(loss: float) -> None:
+    """An evaluation on the held-out split gave ``loss`` (no I/O: the next report carries it)."""
+    _latest.validation_loss = loss
+
+
+def latest_report(checkpoint_step: int, when: datetime) -> Progress:
+    """What a report of a committed checkpoint of ``checkpoint_step`` says: the step the trainer has reached by
+    now (an asynchronous save commits while training goes on) with that step's figures when they are known,
+    the peak memory and the last validation loss."""
+    reached = max(checkpoint_step, _latest.step)
+    known = _latest.step == reached
+    return Progress(
+        step=reached,
+        checkpoint_step=checkpoint_step,
+        checkpoint_time=when,
+        loss=_latest.loss if known else None,
+        tokens_per_second=_latest.tokens_per_second if known else None,
+        mfu=_latest.mfu if known else None,
+        peak_memory_bytes=_latest.peak_memory_bytes,
+        validation_loss=_latest.validation_loss,
+    )
 
 
 def report_checkpoint(step: int) -> None:
-    """A checkpoint of ``step`` is committed: say so on this pod (when running in one), with the step the trainer
-    has reached by now (an asynchronous save commits while training goes on) and its loss. Never raises."""
+    """A checkpoint of ``step`` is committed: say so on this pod (when running in one). Never raises."""
     reporter = _reporter()
     if reporter is not None:
-        reached = max(step, _latest.step)
-        reporter.report(reached, step, loss=_latest.loss if _latest.step == reached else None)
+        reporter.send(latest_report(step, datetime.now(UTC)))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import resource
 import sys
 import time
 from typing import Any
 
 import orjson
+import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from tqdm import tqdm
 
@@ -42,14 +44,19 @@ def setup_logging(fmt: str, rank: int) -> bool:
 
 
 class TrainMetrics:
-    """What a training process exports for scraping. Counts are counters (``rate()`` of them: steps/s, tokens/s);
-    the loss and the gradient norm are gauges of the last step, and ``strata_train_step`` is the optimizer step the
-    run is at (it goes back to the checkpoint's step after a restart: a position, not a count)."""
+    """What a training process exports for scraping. Counts are counters (``rate()`` of them: steps/s, tokens/s,
+    model FLOP/s); the loss, the gradient norm, the learning rate, the peak memory and the validation loss are gauges
+    of the last value, and ``strata_train_step`` is the optimizer step the run is at (it goes back to the checkpoint's
+    step after a restart: a position, not a count). MFU over any window is
+    ``rate(strata_train_model_flops_total[5m]) / strata_train_device_peak_flops`` (no precomputed rates)."""
 
     def __init__(self, port: int) -> None:
         self.registry = CollectorRegistry()
         self.loss = Gauge("strata_train_loss", "Mean loss of the last optimizer step", registry=self.registry)
         self.grad_norm = Gauge("strata_train_grad_norm", "Global gradient norm before clipping", registry=self.registry)
+        self.learning_rate = Gauge(
+            "strata_train_learning_rate", "Learning rate of the last optimizer step", registry=self.registry
+        )
         self.step = Gauge("strata_train_step", "Optimizer step the run is at", registry=self.registry)
         self.steps = Counter(
             "strata_train_steps_total", "Optimizer steps this process completed", registry=self.registry
@@ -57,6 +64,27 @@ class TrainMetrics:
         self.tokens = Counter(
             "strata_train_tokens_total",
             "Tokens trained on by this process's steps, all ranks together",
+            registry=self.registry,
+        )
+        self.model_flops = Counter(
+            "strata_train_model_flops_total",
+            "Model FLOPs of this process's steps, all ranks together (PaLM's 6N + 12LHQT per token)",
+            registry=self.registry,
+        )
+        self.device_peak_flops = Gauge(
+            "strata_train_device_peak_flops",
+            "Peak dense FLOP/s of all the run's devices at its precision (datasheet; measured on CPU): MFU's "
+            "denominator; 0 for a GPU without a known peak",
+            registry=self.registry,
+        )
+        self.peak_memory = Gauge(
+            "strata_train_peak_memory_bytes",
+            "Peak memory of this process: GPU memory allocated by PyTorch, or resident set size on CPU",
+            registry=self.registry,
+        )
+        self.validation_loss = Gauge(
+            "strata_train_validation_loss",
+            "Mean loss on the held-out split at the last evaluation",
             registry=self.registry,
         )
         self.step_duration = Histogram(
@@ -69,14 +97,37 @@ class TrainMetrics:
         if port:
             start_http_server(port, registry=self.registry)
 
-    def record_step(self, step: int, loss: float, grad_norm: float, tokens: int, seconds: float) -> None:
-        """One optimizer step done: ``step`` is the run's step count after it, ``tokens`` what it trained on."""
+    def record_step(
+        self,
+        step: int,
+        loss: float,
+        grad_norm: float,
+        tokens: int,
+        seconds: float,
+        *,
+        lr: float = 0.0,
+        model_flops: float = 0.0,
+        peak_memory_bytes: int = 0,
+    ) -> None:
+        """One optimizer step done: ``step`` is the run's step count after it, ``tokens`` what it trained on and
+        ``model_flops`` what that cost."""
         self.loss.set(loss)
         self.grad_norm.set(grad_norm)
+        self.learning_rate.set(lr)
         self.step.set(step)
         self.steps.inc()
         self.tokens.inc(tokens)
+        self.model_flops.inc(model_flops)
+        self.peak_memory.set(peak_memory_bytes)
         self.step_duration.observe(seconds)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """The most memory this process has held: PyTorch's peak allocation on a GPU (what decides an out-of-memory
+    error), the peak resident set size on a CPU (Linux reports it in KiB)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 class StepLogger:

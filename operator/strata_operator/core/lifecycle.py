@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from strata_api import Phase, ResourcePool, TrainingJob, format_time
-from strata_api.workload import ExitCode
+from strata_api.workload import ExitCode, Progress
 from strata_operator.core.observed import Node, WorkerPod
 from strata_operator.core.pods import expected_runtime_s, placement_type, worker_name
 from strata_operator.core.status import NORMAL, WARNING, StatusDraft
@@ -393,8 +393,7 @@ def _release(plan: Plan, alive: Sequence[WorkerPod]) -> None:
 def _record_progress(draft: StatusDraft, job: TrainingJob, current: Sequence[WorkerPod]) -> None:
     reached = [p.progress for p in current if p.progress.step is not None]
     if reached:
-        latest = max(reached, key=lambda r: r.step or 0)
-        draft.set("progress", {"step": latest.step, **({"loss": latest.loss} if latest.loss is not None else {})})
+        draft.set("progress", progress_summary(reached))
     reports = [p.progress for p in current if p.progress.checkpoint_step is not None]
     if reports:
         best = max(reports, key=lambda r: r.checkpoint_step or 0)
@@ -403,6 +402,23 @@ def _record_progress(draft: StatusDraft, job: TrainingJob, current: Sequence[Wor
             if best.checkpoint_time is not None:
                 checkpoint["time"] = format_time(best.checkpoint_time)
             draft.set("lastCheckpoint", checkpoint)
+
+
+def progress_summary(reports: Sequence[Progress]) -> dict[str, object]:
+    """``status.progress`` from the current workers' reports (each already bounded by :meth:`Progress.parse`): the
+    furthest step with its loss, throughput, MFU and validation loss, and the largest peak memory of any worker
+    (the one nearest to running out)."""
+    latest = max(reports, key=lambda r: r.step or 0)
+    summary: dict[str, object] = {"step": latest.step}
+    figures = {
+        "loss": latest.loss,
+        "tokensPerSecond": latest.tokens_per_second,
+        "mfu": latest.mfu,
+        "validationLoss": latest.validation_loss,
+        "peakMemoryBytes": max((r.peak_memory_bytes for r in reports if r.peak_memory_bytes is not None), default=None),
+    }
+    summary.update({key: value for key, value in figures.items() if value is not None})
+    return summary
 
 
 def _account(

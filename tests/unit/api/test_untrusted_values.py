@@ -55,3 +55,36 @@ def test_the_crds_bound_runtimes_by_the_limit_the_operator_clamps_to() -> None:
     for crd in ("trainingjob.yaml", "resourcepool.yaml"):
         field = spec_schema(crd)["properties"]["maxRuntimeSeconds"]  # type: ignore[index]
         assert field["maximum"] == api.MAX_RUNTIME_SECONDS, crd
+
+
+@pytest.mark.parametrize(
+    ("field", "hostile"),
+    [
+        ("tokensPerSecond", "-5"),
+        ("tokensPerSecond", "1e999"),
+        ("mfu", "1.5"),
+        ("mfu", "-0.1"),
+        ("mfu", '"0.4"'),
+        ("peakMemoryBytes", "-1"),
+        ("peakMemoryBytes", str(2**64)),
+        ("peakMemoryBytes", "1.5"),
+        ("validationLoss", "true"),
+        ("validationLoss", str(10**400)),
+    ],
+)
+def test_a_figure_out_of_its_range_reports_nothing_and_leaves_the_rest_of_the_report(field: str, hostile: str) -> None:
+    report = Progress.parse(f'{{"step": 7, "loss": 2.5, "{field}": {hostile}}}')
+    assert report == Progress(step=7, loss=2.5)
+
+
+def test_figures_in_range_are_read_and_can_be_written_back() -> None:
+    report = Progress.parse(
+        '{"step": 7, "tokensPerSecond": 0, "mfu": 1, "peakMemoryBytes": 9223372036854775807, "validationLoss": -0.5}'
+    )
+    assert (report.tokens_per_second, report.mfu, report.peak_memory_bytes, report.validation_loss) == (
+        0.0,
+        1.0,
+        MAX_STEP,
+        -0.5,
+    )
+    orjson.dumps({"progress": {"peakMemoryBytes": report.peak_memory_bytes}})

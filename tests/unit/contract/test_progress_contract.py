@@ -81,3 +81,18 @@ def test_an_undeliverable_report_is_logged_once_and_never_raises(caplog: pytest.
     assert [r.getMessage() for r in caplog.records].count(
         "progress report failed; training goes on (later failures are not logged)"
     ) == 1
+
+
+def test_the_figures_of_the_step_reached_travel_with_the_report_and_the_operator_reads_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(progress, "_latest", progress._Latest())
+    when = datetime(2026, 3, 1, 12, 30, 5, tzinfo=UTC)
+    progress.note_validation(2.5)
+    progress.note_step(120, 2.25, tokens_per_second=51_200.0, mfu=0.42, peak_memory_bytes=70 * 2**30)
+    report = Progress.parse(progress.latest_report(120, when).encode())
+    assert report == Progress(120, 120, when, 2.25, 51_200.0, 0.42, 70 * 2**30, 2.5)
+    # A checkpoint past the last step noted (saved before any step of this attempt): that step's figures are not
+    # known; the peak memory and the last validation loss still are.
+    later = Progress.parse(progress.latest_report(130, when).encode())
+    assert later == Progress(130, 130, when, peak_memory_bytes=70 * 2**30, validation_loss=2.5)

@@ -1,0 +1,77 @@
+"""MFU's two halves: the training FLOPs per token of a model (PaLM's 6N + 12LHQT, experts counted as active), derived
+here by hand for small models, and the peak of the device the run is on, which no run may guess."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from strata_workloads.flops import PEAK_FLOPS, DevicePeak, device_peak, flops_per_token, gpu_row, mfu
+from strata_workloads.presets import ModelConfig
+
+# dim 32, 2 layers of 4 heads (head_dim 8), GELU MLP of 64, vocabulary 320, sequences of 16 tokens.
+DENSE = ModelConfig(dim=32, n_layers=2, n_heads=4, ffn_hidden=64, vocab_size=320, max_seq_len=16)
+SEQ = 16
+ATTENTION = 12 * 2 * 4 * 8 * SEQ  # 12 L H Q T = 12,288
+
+
+@pytest.mark.timeout(60)
+def test_a_dense_model_counts_every_matrix_but_the_embedding_and_the_attention_over_the_sequence() -> None:
+    per_layer = 4 * 32 * 32 + 2 * 32 * 64 + 2 * 32  # q, k, v, o; w1, w2; two RMSNorm weights = 8,256
+    n = 2 * per_layer + 32 + 320 * 32  # the final norm and the output projection; the embedding is a lookup
+    assert n == 26_784
+    assert flops_per_token(DENSE, SEQ) == 6 * n + ATTENTION == 172_992
+
+
+@pytest.mark.timeout(60)
+def test_a_mixture_of_experts_layer_counts_its_router_and_top_k_of_its_experts() -> None:
+    moe = ModelConfig(
+        dim=32, n_layers=2, n_heads=4, ffn_hidden=64, vocab_size=320, max_seq_len=16, moe_every=2, n_experts=4, top_k=2
+    )
+    dense_layer = 4 * 32 * 32 + 2 * 32 * 64 + 2 * 32
+    moe_layer = 4 * 32 * 32 + 2 * 32 + 32 * 4 + 2 * (2 * 32 * 64)  # router; 2 of the 4 experts' w1 and w2
+    n = dense_layer + moe_layer + 32 + 320 * 32
+    assert flops_per_token(moe, SEQ) == 6 * n + ATTENTION == 198_336
+
+
+@pytest.mark.timeout(60)
+def test_longer_sequences_cost_more_attention_per_token_only() -> None:
+    assert flops_per_token(DENSE, 2 * SEQ) - flops_per_token(DENSE, SEQ) == ATTENTION
+
+
+@pytest.mark.parametrize(
+    ("name", "row"),
+    [
+        ("NVIDIA H100 80GB HBM3", "H100 SXM"),
+        ("NVIDIA H100 PCIe", "H100 PCIe"),
+        ("NVIDIA H100 NVL", "H100 NVL"),
+        ("NVIDIA H200", "H200"),
+        ("NVIDIA H200 NVL", "H200 NVL"),
+        ("AMD Instinct MI300X", "MI300X"),
+        ("NVIDIA A100-SXM4-80GB", None),
+    ],
+)
+@pytest.mark.timeout(10)
+def test_a_gpu_is_known_by_the_name_torch_gives_it_and_an_unknown_one_has_no_peak(name: str, row: str | None) -> None:
+    assert gpu_row(name) == row
+
+
+@pytest.mark.timeout(10)
+def test_every_known_gpu_has_a_dense_peak_at_every_training_precision() -> None:
+    assert PEAK_FLOPS["H100 SXM"]["bf16"] == 989.4e12  # dense: half the datasheet's 2:4-sparse 1,979 TFLOP/s
+    assert PEAK_FLOPS["MI300X"]["bf16"] == 1307.4e12
+    for row, peaks in PEAK_FLOPS.items():
+        assert set(peaks) == {"fp32", "bf16", "fp16"}, row
+        assert peaks["fp32"] < peaks["bf16"], row
+
+
+@pytest.mark.timeout(60)
+def test_a_cpu_peak_is_measured_here_and_mfu_is_the_share_of_all_devices_peaks() -> None:
+    peak = device_peak(torch.device("cpu"), "fp32")
+    assert peak is not None
+    assert peak.device == "cpu"
+    assert peak.measured
+    assert peak.flops_per_second > 1e8
+    h100 = DevicePeak("H100 SXM", 1000e12, measured=False)
+    # 8 GPUs, 1M tokens/s of a model costing 4 GFLOPs a token: 4e15 of 8e15 FLOP/s.
+    assert mfu(1e6, 4_000_000_000, h100, devices=8) == pytest.approx(0.5)
