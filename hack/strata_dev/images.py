@@ -5,7 +5,7 @@ builder: vfs storage and chroot isolation, so it needs neither overlay mounts no
 registry is reachable here, so the Python images' base is made here too: a Debian bookworm root filesystem with
 Python 3.11 from Debian's own packages (debootstrap), imported as ``localhost/strata-base:<hash>``.
 
-The three Python images share ``images/python/Dockerfile``, one final stage (``--target``) each, with the build
+The Python images share ``images/python/Dockerfile``, one final stage (``--target``) each, with the build
 argument ``COMPONENT`` naming the extra and the package it copies; kube-scheduler has ``images/kube-scheduler``.
 Each image is written as a docker-archive (``ctr images import`` and ``docker load`` accept it) to
 ``~/.cache/strata/images/<name>-<hash>.tar``. The hash covers the instructions of the stages the image is built
@@ -41,7 +41,7 @@ from strata_dev.paths import REPO
 
 IMAGES_DIR = REPO / "images"
 """``python/Dockerfile`` (the Python deployables, one target each) and ``kube-scheduler/Dockerfile``."""
-PYTHON_IMAGES = ("operator", "scheduler", "workloads")
+PYTHON_IMAGES = ("operator", "scheduler", "serving", "workloads")
 """The deployables built from ``images/python/Dockerfile``: each is its target's name and its ``COMPONENT``."""
 
 DEBIAN_SUITE = "bookworm"
@@ -94,8 +94,8 @@ def images(bin_dir: Path) -> list[Image]:
     """Every deployable: the Python ones from the repository root, kube-scheduler from the binaries' folder."""
     python = IMAGES_DIR / "python" / "Dockerfile"
     kube_scheduler = Image("kube-scheduler", bin_dir, IMAGES_DIR / "kube-scheduler" / "Dockerfile")
-    operator, scheduler, workloads = (Image(n, REPO, python, n, (("COMPONENT", n),)) for n in PYTHON_IMAGES)
-    return [operator, scheduler, kube_scheduler, workloads]
+    operator, scheduler, serving, workloads = (Image(n, REPO, python, n, (("COMPONENT", n),)) for n in PYTHON_IMAGES)
+    return [operator, scheduler, serving, kube_scheduler, workloads]
 
 
 def image_dir() -> Path:

@@ -18,7 +18,7 @@ from cluster_support import ClusterHandle, eventually
 
 import strata_api as api
 
-CHART_IMAGES = {"operator": "operator", "extender": "scheduler", "scheduler": "kube-scheduler"}
+CHART_IMAGES = {"operator": "operator", "extender": "scheduler", "scheduler": "kube-scheduler", "serving": "serving"}
 """The chart's component (its ``<component>.image`` values) -> the image `make images` builds for it."""
 TERMINAL = (api.Phase.SUCCEEDED.value, api.Phase.FAILED.value)
 

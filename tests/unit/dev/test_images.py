@@ -17,6 +17,7 @@ import pytest
 
 from strata_dev import images
 from strata_operator.core.pods import TRAIN_COMMAND
+from strata_serving.scaler import OPTIONAL_MODULES
 
 ROOT = Path(__file__).resolve().parents[3]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -24,6 +25,7 @@ LOCK = (ROOT / "requirements.lock").read_text()
 PYTHON_IMAGES = {
     "operator": ("operator/strata_operator", "strata_operator"),
     "scheduler": ("scheduler/strata_scheduler", "strata_scheduler"),
+    "serving": ("serving/strata_serving", "strata_serving.router"),
     "workloads": ("workloads/strata_workloads", "strata_workloads.launch"),
 }
 CUDA = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
@@ -87,7 +89,7 @@ def third_party_imports(folder: str) -> set[str]:
 
 
 def test_the_builder_knows_each_deployable_and_every_dockerfile_serves_one() -> None:
-    assert set(IMAGES) == {"operator", "scheduler", "kube-scheduler", "workloads"}
+    assert set(IMAGES) == {"operator", "scheduler", "serving", "kube-scheduler", "workloads"}
     assert {p.relative_to(ROOT / "images").as_posix() for p in (ROOT / "images").glob("*/Dockerfile")} == {
         "python/Dockerfile",
         "kube-scheduler/Dockerfile",
@@ -108,7 +110,7 @@ def test_the_python_dockerfile_s_final_stages_are_exactly_the_python_images() ->
     assert {s for s in stages if s not in used} == set(PYTHON_IMAGES)
 
 
-@pytest.mark.parametrize("name", ["operator", "scheduler", "kube-scheduler", "workloads"])
+@pytest.mark.parametrize("name", ["operator", "scheduler", "serving", "kube-scheduler", "workloads"])
 def test_each_image_runs_as_a_numeric_non_root_user(name: str) -> None:
     users = [line.split()[1] for line in dockerfile(name) if line.startswith("USER ")]
     assert users, f"{name}: no USER (it would run as root)"
@@ -120,7 +122,7 @@ def test_each_image_runs_as_a_numeric_non_root_user(name: str) -> None:
     assert int(gid) != 0, f"{name}: USER {users[-1]}"
 
 
-@pytest.mark.parametrize("name", ["operator", "scheduler", "kube-scheduler", "workloads"])
+@pytest.mark.parametrize("name", ["operator", "scheduler", "serving", "kube-scheduler", "workloads"])
 def test_each_base_is_pinned_by_digest_or_empty(name: str) -> None:
     lines = dockerfile(name)
     args = dict(line[4:].split("=", 1) for line in lines if line.startswith("ARG ") and "=" in line)
@@ -176,14 +178,24 @@ def test_each_extra_covers_what_its_package_imports(name: str) -> None:
     folder, _ = PYTHON_IMAGES[name]
     installed = closure(name)
     distributions = packages_distributions()
-    for module in sorted(third_party_imports(folder)):
+    optional = OPTIONAL_IMPORTS.get(name, set())
+    for module in sorted(third_party_imports(folder) - optional):
         owners = {_name(d) for d in distributions.get(module, [])}
         assert owners & installed, f"strata_{name} imports {module} ({owners}), which strata[{name}] does not install"
 
 
-def test_the_operator_and_scheduler_extras_pull_no_torch_or_cuda_and_the_workloads_does() -> None:
+OPTIONAL_IMPORTS = {"serving": {"torch"}}
+"""Modules a package imports only where installed: the router leaves its LSTM forecaster out without torch."""
+
+
+def test_an_optional_import_is_one_the_router_leaves_out_when_missing() -> None:
+    assert OPTIONAL_IMPORTS["serving"] <= set(OPTIONAL_MODULES.values())
+
+
+def test_the_operator_scheduler_and_serving_extras_pull_no_torch_or_cuda_and_the_workloads_does() -> None:
     assert not {d for d in closure("operator") if CUDA.match(d) or d == "numpy"}
     assert not {d for d in closure("scheduler") if CUDA.match(d)}
+    assert not {d for d in closure("serving") if CUDA.match(d)}  # the router's image: ~3 GiB lighter
     assert {"torch", "triton"} <= closure("workloads")
 
 
