@@ -28,6 +28,7 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the completions API
 MAX_STOPS = 4  # OpenAI's limit on stop sequences
 MAX_TEMPERATURE = 2.0  # OpenAI's range is [0, 2]
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+TOP_K_MAX = 2**31 - 1  # 0 is off; any k at or past the vocabulary keeps every token
 
 # Fields accepted only at the value that asks for nothing beyond one plain completion.
 _ONLY_DEFAULT: dict[str, tuple[object, ...]] = {
@@ -40,7 +41,19 @@ _ONLY_DEFAULT: dict[str, tuple[object, ...]] = {
     "presence_penalty": (0, 0.0),
     "logit_bias": ({},),
 }
-_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "stream", "stream_options", "seed", "user"}
+_FIELDS = {
+    "model",
+    "prompt",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",  # not OpenAI's: vLLM's and others' extra field (the openai client sends it with extra_body)
+    "stop",
+    "stream",
+    "stream_options",
+    "seed",
+    "user",
+}
 
 
 class ApiError(Exception):
@@ -150,6 +163,7 @@ def parse_completion(body: dict[str, Any], model: Transformer, settings: ServeSe
         temperature=_number(body, "temperature", 1.0, 0.0, MAX_TEMPERATURE),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
         seed=_integer(body, "seed", *SEED_RANGE),
+        top_k=_integer(body, "top_k", 0, TOP_K_MAX) or 0,
     )
     if sampling.top_p == 0:
         raise bad("top_p", "'top_p' must be above 0")

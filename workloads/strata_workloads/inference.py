@@ -128,13 +128,15 @@ def warm_up(model: Transformer) -> None:
 @dataclass(frozen=True)
 class Sampling:
     """How a row picks its next token. Temperature 0 is greedy (argmax, what `generate` does). Above 0 the token
-    is drawn from softmax(logits / temperature), restricted to the smallest set of most likely tokens whose
-    probabilities reach `top_p` (nucleus sampling), by a generator of the row's own seeded with `seed` (None: a
-    random seed), so a seeded request repeats its text whatever else shares the batch."""
+    is drawn from softmax(logits / temperature), restricted first to the `top_k` most likely tokens (0: all), then
+    to the smallest set of the most likely of those whose probabilities reach `top_p` (nucleus sampling), in that
+    order as Hugging Face's and vLLM's samplers apply them, by a generator of the row's own seeded with `seed`
+    (None: a random seed), so a seeded request repeats its text whatever else shares the batch."""
 
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    top_k: int = 0
 
     def generator(self) -> torch.Generator | None:
         """The row's generator (None when greedy: nothing is drawn)."""
@@ -163,6 +165,9 @@ def next_tokens(
 
 def _draw(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
     probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    if 0 < sampling.top_k < probs.numel():
+        kept, order = probs.topk(sampling.top_k)  # exactly k tokens, whatever ties at the k-th
+        probs = torch.zeros_like(probs).scatter(0, order, kept / kept.sum())
     if sampling.top_p < 1:
         ranked, order = probs.sort(descending=True)
         # A token stays while the tokens ranked above it hold less than top_p: the most likely always stays.

@@ -178,6 +178,27 @@ async def test_seeded_sampling_repeats_and_differs_from_greedy(model: Transforme
         assert together[0] == alone != greedy
         assert len(set(together)) > 1
         assert await text(temperature=1.0, top_p=1e-6, seed=3) == greedy  # the nucleus holds the top token only
+        assert await text(temperature=2.0, top_k=1, seed=3) == greedy  # one token kept: the most likely
+        assert await text(temperature=1.0, top_k=0, seed=7) == alone  # 0 is off
+
+
+@pytest.mark.unit
+def test_top_k_draws_only_among_the_k_most_likely_tokens() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(1, 320)
+    top3 = set(logits[0].topk(3).indices.tolist())
+    for seed in range(200):
+        sampling = Sampling(temperature=2.0, top_k=3, seed=seed)  # hot: without top-k any of 320 could come
+        assert next_tokens(logits, [sampling], [sampling.generator()])[0] in top3
+    drawn = set()
+    for seed in range(200):
+        sampling = Sampling(temperature=2.0, top_k=3, top_p=0.999, seed=seed)
+        drawn.add(next_tokens(logits, [sampling], [sampling.generator()])[0])
+    assert drawn == top3  # each of the three is drawn, and top_p applies within them
+    greedy = next_tokens(logits, [Sampling()], [None])
+    assert all(
+        next_tokens(logits, [s], [s.generator()]) == greedy for s in (Sampling(1.5, top_k=1, seed=i) for i in range(20))
+    )
 
 
 @pytest.mark.unit
@@ -231,6 +252,10 @@ BAD_FIELDS: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
     ("best_of", lambda b: b.update(best_of=3)),
     ("logprobs", lambda b: b.update(logprobs=2)),
     ("seed", lambda b: b.update(seed=1.5)),
+    ("top_k", lambda b: b.update(top_k=-1)),
+    ("top_k", lambda b: b.update(top_k=2.5)),
+    ("top_k", lambda b: b.update(top_k=True)),
+    ("top_k", lambda b: b.update(top_k="5")),
     ("user", lambda b: b.update(user=5)),
     ("frobnicate", lambda b: b.update(frobnicate=1)),
 ]
