@@ -19,12 +19,12 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -170,6 +170,35 @@ class CorruptCheckpoint(Exception):
 
 class NoUsableCheckpoint(Exception):
     """Checkpoints exist but none of them loads: a restart would fail the same way."""
+
+
+Loaded = TypeVar("Loaded")
+
+
+def newest_loadable(
+    root: Path, try_load: Callable[[Path], Loaded | str], set_aside: Callable[[Path], None] | None = None
+) -> tuple[Path, Loaded] | None:
+    """The newest complete checkpoint under `root` that `try_load` loads (it returns what it loaded, or a string:
+    why it could not), with what it loaded. Each newer one that failed is logged as a warning with its reason
+    (the line an Event is made of) and handed to `set_aside`. None when there is no complete checkpoint; raises
+    NoUsableCheckpoint naming each one when none loads. The one fallback rule of training (which moves a failed
+    checkpoint aside) and serving (which only reads)."""
+    failures: list[str] = []
+    for path in reversed(complete_checkpoints(root)):
+        result = try_load(path)
+        if not isinstance(result, str):
+            return path, result
+        failures.append(f"{path.name}: {result}")
+        moved = {"moved_to": path.name + QUARANTINE_SUFFIX} if set_aside is not None else {}
+        log.warning(
+            "checkpoint unusable, falling back to the previous one",
+            extra={"checkpoint": str(path), "reason": result, **moved},
+        )
+        if set_aside is not None:
+            set_aside(path)
+    if failures:
+        raise NoUsableCheckpoint(f"no loadable checkpoint under {root}: " + "; ".join(failures))
+    return None
 
 
 @dataclass
@@ -331,20 +360,9 @@ class Checkpointer:
         """Load the newest complete checkpoint that verifies and loads, newest first; None when there is none.
         Each one that fails is logged with its reason and moved aside; raises NoUsableCheckpoint when
         checkpoints exist but none loads (retrying cannot repair them). Every rank takes the same decisions."""
-        failures: list[str] = []
-        for path in reversed(complete_checkpoints(self.root)):
-            reason = self._try_load(path, parts, optimizer, scheduler, train)
-            if isinstance(reason, TrainState):
-                return path, reason
-            failures.append(f"{path.name}: {reason}")
-            log.warning(
-                "checkpoint unusable, falling back to the previous one",
-                extra={"checkpoint": str(path), "reason": reason, "moved_to": path.name + QUARANTINE_SUFFIX},
-            )
-            self._quarantine(path)
-        if failures:
-            raise NoUsableCheckpoint(f"no loadable checkpoint under {self.root}: " + "; ".join(failures))
-        return None
+        return newest_loadable(
+            self.root, lambda path: self._try_load(path, parts, optimizer, scheduler, train), self._quarantine
+        )
 
     def _try_load(
         self,

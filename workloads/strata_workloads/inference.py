@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
-from strata_workloads.checkpoint import MARKER, CorruptCheckpoint, integrity_problem, latest
+from strata_workloads.checkpoint import MARKER, CorruptCheckpoint, integrity_problem, newest_loadable
 from strata_workloads.model import FeedForward, KVCache, Transformer
 from strata_workloads.presets import EOS_TOKEN, get_preset
 from strata_workloads.settings import TrainSettings
@@ -42,25 +42,46 @@ DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16}
 
 
 def load_model(preset: str, checkpoint: Path | None) -> Transformer:
-    """The model with the weights of `checkpoint` (a step folder or a checkpoint root: newest complete); without
-    one, the random weights of a training run's step 0 (its default seed), so every replica serves the same model."""
+    """The model with the weights of `checkpoint`; without one, the random weights of a training run's step 0 (its
+    default seed), so every replica serves the same model. A step folder is loaded as named, and refused
+    (CorruptCheckpoint) when it fails its checksums: a flipped bit must never be served. A checkpoint root serves
+    its newest complete checkpoint that verifies and loads, falling back past damaged ones with a warning as
+    training does (checkpoint.newest_loadable; nothing is moved: a server only reads); NoUsableCheckpoint when
+    none does, FileNotFoundError when it has none."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TrainSettings.seed)
         model = Transformer(get_preset(preset))
-    if checkpoint is not None:
-        path = checkpoint if (checkpoint / MARKER).is_file() else latest(checkpoint)
-        if path is None:
+    if checkpoint is None:
+        return model.eval()
+    if (checkpoint / MARKER).is_file():
+        weights = _verified_weights(model, checkpoint)
+        if isinstance(weights, str):
+            raise CorruptCheckpoint(f"{checkpoint}: {weights}")
+    else:
+        found = newest_loadable(checkpoint, lambda path: _verified_weights(model, path))
+        if found is None:
             raise FileNotFoundError(f"no complete checkpoint under {checkpoint}")
-        problem = integrity_problem(path)  # a flipped bit must never be served
-        if problem is not None:
-            raise CorruptCheckpoint(f"{path}: {problem}")
-        state = {"model": model.state_dict()}
+        weights = found[1]
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def _verified_weights(model: Transformer, path: Path) -> dict[str, torch.Tensor] | str:
+    """The model weights of the checkpoint at `path` after its checksums pass, or why they cannot be served."""
+    problem = integrity_problem(path)
+    if problem is not None:
+        return problem
+    # Loaded in place into the model's own tensors (no second copy of the weights): a load that fails half-way
+    # leaves no trace once an older checkpoint loads, since a load that succeeds writes every tensor.
+    state = {"model": model.state_dict()}
+    try:
         with warnings.catch_warnings():
             # DCP warns on every single-process load even when asked for one explicitly (no_dist=True).
             warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
             dcp_load(state, checkpoint_id=str(path), no_dist=True)
-        model.load_state_dict(state["model"])
-    return model.eval()
+    except Exception as err:  # a damaged checkpoint fails in many ways (pickle, DCP, shapes), as in training
+        return f"{type(err).__name__}: {err}"
+    return state["model"]
 
 
 def quantize(model: Transformer, mode: Quantization) -> Transformer:

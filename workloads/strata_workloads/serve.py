@@ -33,6 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from strata_api.workload import ExitCode
 from strata_workloads.batching import DynamicBatcher, Overloaded
+from strata_workloads.checkpoint import CorruptCheckpoint, NoUsableCheckpoint
 from strata_workloads.completions import (
     ApiError,
     CompletionRequest,
@@ -384,6 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, KeyError) as err:  # an unknown preset, quantization or precision; a stride out of range
         log.error("invalid configuration", extra={"error": str(err).strip("'\"")})
         return ExitCode.INVALID_CONFIGURATION
+    except (CorruptCheckpoint, NoUsableCheckpoint) as err:  # a restart would read the same bytes
+        log.error("no usable checkpoint", extra={"error": str(err)})
+        return ExitCode.NO_USABLE_CHECKPOINT
     asyncio.run(serve(server))
     return 0
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -111,12 +113,45 @@ def test_a_flipped_bit_names_the_file_that_fails_its_checksum(tmp_path: Path) ->
 
 @pytest.mark.unit
 @pytest.mark.timeout(120)
-def test_serving_refuses_a_checkpoint_that_fails_its_checksum(tmp_path: Path) -> None:
+def test_serving_refuses_a_named_checkpoint_that_fails_its_checksum(tmp_path: Path) -> None:
     _, newest = _save_two(tmp_path)
     load_model("debug-dense", newest)  # intact: loads
     flip_a_bit(newest)
     with pytest.raises(CorruptCheckpoint, match=r"\.distcp fails its checksum"):
+        load_model("debug-dense", newest)
+
+
+@pytest.mark.unit
+@pytest.mark.timeout(120)
+def test_serving_a_root_falls_back_past_a_damaged_newest_with_a_warning_and_moves_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, newest = _save_two(tmp_path)
+    previous = tmp_path / "step-00000001"
+    expected = load_model("debug-dense", previous).state_dict()
+    assert any(not torch.equal(t, expected[k]) for k, t in load_model("debug-dense", newest).state_dict().items())
+    flip_a_bit(newest)
+    with caplog.at_level(logging.WARNING, logger="strata_workloads.checkpoint"):
+        served = load_model("debug-dense", tmp_path).state_dict()
+    assert all(torch.equal(served[k], t) for k, t in expected.items())  # the previous checkpoint's weights
+    warnings = [r for r in caplog.records if r.getMessage() == "checkpoint unusable, falling back to the previous one"]
+    assert [w.checkpoint for w in warnings] == [str(newest)]  # type: ignore[attr-defined]
+    assert "fails its checksum" in warnings[0].reason  # type: ignore[attr-defined]
+    assert not hasattr(warnings[0], "moved_to")
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000001", "step-00000002"]  # read only
+    _truncate_metadata(previous)
+    with pytest.raises(NoUsableCheckpoint, match=r"step-00000002: .*checksum.*; step-00000001: "):
         load_model("debug-dense", tmp_path)
+    # The server's entry point says so with the code no restart mends, instead of crash-looping.
+    server = subprocess.run(
+        [sys.executable, "-m", "strata_workloads.serve", "--model", "debug-dense", "--checkpoint", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert server.returncode == ExitCode.NO_USABLE_CHECKPOINT, server.stderr[-2000:]
+    assert "no usable checkpoint" in server.stderr
 
 
 @pytest.mark.unit
