@@ -78,6 +78,9 @@ class OperatorSettings:
     ``localhost/strata-serving:<hash>``."""
     router_replicas: int = 2
     """Routers per InferenceService, spread over nodes and zones: one lost leaves the service reachable. Default 2."""
+    router_node_selector: tuple[str, ...] = ()
+    """``key=value`` node labels the routers must run on (the chart passes its own ``nodeSelector``: where Strata's
+    components run). Default none: anywhere a CPU pod fits."""
     scale_poll_interval_s: float = 5.0
     """Seconds between two reads of an autoscaled service's router (``GET /scale``). Default 5 s: a decision (one
     per 15 s interval) is applied within seconds of being made."""
@@ -109,6 +112,11 @@ class OperatorSettings:
             prog="python -m strata_operator",
             description="Strata's operator: admits TrainingJobs to their ResourcePools and runs their gangs.",
         )
+
+    @property
+    def router_nodes(self) -> dict[str, str]:
+        """:attr:`router_node_selector` as a pod's ``nodeSelector``."""
+        return dict(pair.split("=", 1) for pair in self.router_node_selector if "=" in pair)
 
     def router_url(self, key: str, in_cluster: str) -> str:
         """Where to read service ``key``'s (``namespace/name``) scaling decisions: its :attr:`router_urls` entry,

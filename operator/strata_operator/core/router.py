@@ -119,6 +119,7 @@ def build_router_deployment(service: InferenceService, settings: OperatorSetting
         "automountServiceAccountToken": False,  # the router calls no Kubernetes API: replicas come from DNS
         "enableServiceLinks": False,
         "securityContext": pod_security_context(settings),
+        **({"nodeSelector": settings.router_nodes} if settings.router_nodes else {}),
         "topologySpreadConstraints": [
             {
                 "maxSkew": 1,

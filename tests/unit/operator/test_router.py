@@ -84,6 +84,10 @@ def test_the_router_deployment_runs_two_spread_routers_of_the_serving_image() ->
     assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
     assert [c["topologyKey"] for c in pod["topologySpreadConstraints"]] == ["kubernetes.io/hostname", api.NODE_ZONE]
     assert pod["automountServiceAccountToken"] is False
+    assert "nodeSelector" not in pod
+    placed = OperatorSettings.from_args(["--router-node-selector", "strata.dev/real-node=true"])
+    pod = router.build_router_deployment(a_service("chat"), placed)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"strata.dev/real-node": "true"}  # where the chart runs Strata's own pods
 
 
 def test_a_changed_router_setting_rolls_the_routers() -> None:

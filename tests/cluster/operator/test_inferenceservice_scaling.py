@@ -1,0 +1,133 @@
+"""An autoscaled InferenceService on the real control plane: the operator (a real process) follows the scaling
+decisions of a router (a real process on loopback, in front of a stand-in replica, reached through the operator's
+``--router-urls`` override since a process outside the cluster cannot resolve ``<name>.<ns>.svc``) and sizes the
+replicas' Deployment up under load and down after it, with ``status.lastScale`` and an Event each time."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster_support import ClusterHandle, eventually
+from operator_harness import OperatorProcess, Strata
+from router_support import Process, Processes, wait_ready, wait_routable
+from serving_builders import service_body
+from test_inferenceservices import Services, cpu_pool
+
+pytestmark = pytest.mark.timeout(300)
+
+NAME = "autoscaled"
+ROUTER_FLAGS = (
+    "--autoscale-mode", "reactive", "--autoscale-target-rps", "5",
+    "--autoscale-min-replicas", "1", "--autoscale-max-replicas", "5",
+    "--autoscale-interval-s", "0.5", "--autoscale-window-s", "2", "--autoscale-stabilisation-s", "0",
+)  # fmt: skip
+"""What the operator would set from the service's spec (its env), with short intervals for a test."""
+
+
+@pytest.fixture
+def router(tmp_path: Path) -> Iterator[Process]:
+    processes = Processes(tmp_path)
+    try:
+        replica = processes.fake_replica("replica", "--delay", "0.005", "--slots", "8")
+        started = processes.router([replica.address], *ROUTER_FLAGS)
+
+        async def ready() -> None:
+            await wait_ready(replica)
+            await wait_ready(started)
+            await wait_routable(started, 1)
+
+        asyncio.run(ready())
+        yield started
+    finally:
+        processes.stop_all()
+
+
+@pytest.fixture
+def services(
+    crds: ClusterHandle, namespace: str, tmp_path: Path, router: Process, strata: Strata
+) -> Iterator[Services]:
+    # after `strata`, so torn down before it: the services' own clean-up first, while the operator still runs
+    operator = OperatorProcess(
+        crds,
+        tmp_path,
+        (namespace,),
+        "--standalone",
+        "--router-urls",
+        f"{namespace}/{NAME}={router.url}",
+        "--scale-poll-interval-s",
+        "0.5",
+    ).start()
+    helper = Services(crds, namespace)
+    try:
+        yield helper
+        helper.cleanup()
+    finally:
+        operator.stop()
+
+
+class Load(threading.Thread):
+    """Requests to the router one after the other, as fast as it answers, until stopped."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.stopping = threading.Event()
+        self.sent = 0
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            request = urllib.request.Request(
+                self.url + "/v1/generate", data=b'{"prompt": "x"}', headers={"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                response.read()
+            self.sent += 1
+            self.stopping.wait(0.02)
+
+
+def test_the_operator_scales_the_replicas_as_the_router_decides(
+    services: Services, strata: Strata, router: Process
+) -> None:
+    pool = cpu_pool(strata, 8)
+    autoscaling = {"metric": "rps", "target": 5, "mode": "reactive", "scaleDownStabilizationSeconds": 0}
+    services.apply(service_body(NAME, pool, min_replicas=1, max_replicas=5, autoscaling=autoscaling))
+    services.wait_ready(NAME, 1)
+    ns = services.namespace
+
+    load = Load(router.url)
+    load.start()
+    try:
+        status = eventually(lambda: scaled_above(services, 2), 90, f"{NAME}: more than 2 replicas desired")
+        eventually(
+            lambda: services.apps.read_namespaced_deployment(NAME, ns).spec.replicas > 2, 30, "the Deployment grown"
+        )
+    finally:
+        load.stopping.set()
+        load.join(15)
+    last = status["lastScale"]
+    assert last["reason"] == "ObservedLoad"
+    assert last["mode"] == "reactive"
+    assert last["observedRate"] > 10
+    assert last["requested"] == last["replicas"] == status["desiredReplicas"]
+    assert f"needs {last['requested']}" in last["message"]
+    eventually(lambda: "ScaledUp" in services.events(NAME) or None, 30, "a ScaledUp Event")
+
+    # the load stops: the router's window empties and it asks for the minimum; the operator follows
+    down = services.wait_status(NAME, "scaled back to the minimum", desiredReplicas=1)
+    assert down["lastScale"]["reason"] == "MinReplicas"
+    eventually(lambda: services.apps.read_namespaced_deployment(NAME, ns).spec.replicas == 1, 30, "1 replica")
+    eventually(lambda: "ScaledDown" in services.events(NAME) or None, 30, "a ScaledDown Event")
+
+
+def scaled_above(services: Services, replicas: int) -> dict[str, Any] | None:
+    """The status once its desired count exceeds ``replicas`` (the exact count follows the load the machine
+    makes)."""
+    status = services.status(NAME)
+    desired = status.get("desiredReplicas")
+    return status if isinstance(desired, int) and desired > replicas else None
