@@ -54,7 +54,11 @@ _DEVICE_NAMES: tuple[tuple[str, str], ...] = (
 
 MATMUL_SIZE = 512
 """Side of the square matrices the CPU measurement multiplies: large enough to be compute bound, small enough
-to take a fraction of a second on one core."""
+to take a few milliseconds on one core."""
+MEASURE_S = 0.5
+"""How long the CPU measurement multiplies at start."""
+MIN_REPEATS = 5
+"""Products the CPU measurement times at least, however long they take."""
 
 
 @dataclass(frozen=True)
@@ -108,18 +112,18 @@ def gpu_row(device_name: str) -> str | None:
     return next((row for part, row in _DEVICE_NAMES if part in device_name), None)
 
 
-def measure_matmul_flops(dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
-    """FLOP/s of the fastest of ``repeats`` square matrix products on this process's CPU threads (after one
-    warm-up): what this process can reach, not a datasheet figure, so that a busy machine's MFU is read against
-    what it actually had."""
+def measure_matmul_flops(dtype: torch.dtype = torch.float32, seconds: float = MEASURE_S) -> float:
+    """FLOP/s of the fastest of the square matrix products this process's CPU threads do in ``seconds`` (after one
+    warm-up; at least :data:`MIN_REPEATS`): what this process can reach, not a datasheet figure. The fastest, as
+    on a machine shared with other processes the slower ones measure the others' load, not the hardware."""
     a = torch.randn(MATMUL_SIZE, MATMUL_SIZE).to(dtype)
     b = torch.randn(MATMUL_SIZE, MATMUL_SIZE).to(dtype)
     torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
+    best, repeats, until = float("inf"), 0, time.perf_counter() + seconds
+    while repeats < MIN_REPEATS or time.perf_counter() < until:
         began = time.perf_counter()
         torch.mm(a, b)
-        best = min(best, time.perf_counter() - began)
+        best, repeats = min(best, time.perf_counter() - began), repeats + 1
     return 2 * MATMUL_SIZE**3 / max(best, 1e-9)
 
 
