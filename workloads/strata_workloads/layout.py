@@ -61,11 +61,16 @@ class ParallelDims:
     def efsdp(self) -> int:
         return self.dp_shard // self.ep
 
-    def validate_for_model(self, n_layers: int, n_heads: int, n_experts: int, stages_per_rank: int = 1) -> None:
-        """Checks that depend on the model; raises naming the degree at fault."""
+    def validate_for_model(
+        self, n_layers: int, n_heads: int, n_experts: int, stages_per_rank: int = 1, n_kv_heads: int = 0
+    ) -> None:
+        """Checks that depend on the model; raises naming the degree at fault. n_kv_heads=0: as many as n_heads."""
         errors = []
         if self.tp > 1 and n_heads % self.tp:
             errors.append(f"tp={self.tp} must divide n_heads={n_heads}")
+        if self.tp > 1 and n_kv_heads and n_kv_heads % self.tp:
+            # Each rank keeps whole key/value heads with the query heads that share them.
+            errors.append(f"tp={self.tp} must divide n_kv_heads={n_kv_heads}")
         n_stages = self.pp * stages_per_rank
         if n_stages > n_layers:
             errors.append(f"pp={self.pp} x {stages_per_rank} stages per rank = {n_stages} exceeds n_layers={n_layers}")

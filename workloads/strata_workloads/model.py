@@ -1,4 +1,5 @@
-"""GPT-style decoder. Single-device code: parallelism is applied from outside (see parallelize.py).
+"""The decoder: GPT-style for the presets, Llama 3 / Qwen2 shaped when loaded from Hugging Face (GQA, SwiGLU,
+q/k/v biases, Llama 3 rotary scaling). Single-device code: parallelism is applied from outside (parallelize.py).
 
 Layers live in a ModuleDict keyed by their global index so that fully-qualified parameter names stay the
 same when a pipeline stage keeps only some of them; checkpoints therefore load into any layout.
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from strata_workloads.moe import MoE
-from strata_workloads.presets import ModelConfig
+from strata_workloads.presets import FFNActivation, ModelConfig
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -22,11 +23,36 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, theta: float, positions: torch.Tensor | None = None) -> torch.Tensor:
+def rope_inv_freq(config: ModelConfig, device: torch.device | None = None) -> torch.Tensor:
+    """Rotary inverse frequencies (head_dim / 2,), with Llama 3's scaling when the config has it.
+
+    The formula is Hugging Face's (`_compute_llama3_parameters`), so loaded Llama 3 weights see the same angles."""
+    head_dim = config.head_dim
+    exponents = torch.arange(0, head_dim, 2, device=device, dtype=torch.int64).to(torch.float32) / head_dim
+    inv_freq = 1.0 / (config.rope_theta**exponents)
+    scaling = config.rope_scaling
+    if scaling is None:
+        return inv_freq
+    low_freq_wavelen = scaling.original_max_len / scaling.low_freq_factor
+    high_freq_wavelen = scaling.original_max_len / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (scaling.original_max_len / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def apply_rotary(x: torch.Tensor, inv_freq: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
     """Rotary position embedding on x of shape (batch, seq, heads, head_dim), computed on the fly (no buffers).
-    `positions` (batch, seq) gives each token's position (decoding with a KV cache); default 0..seq-1."""
-    seq, head_dim = x.shape[1], x.shape[-1]
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=x.device, dtype=torch.float32) / head_dim))
+    `positions` (batch, seq) gives each token's position (decoding with a KV cache); default 0..seq-1.
+
+    Rotation pairs are (i, i + head_dim/2) (`_rotate_half`), Hugging Face's layout for Llama and Qwen2, so their
+    q/k projection weights load without permutation."""
+    seq = x.shape[1]
+    inv_freq = inv_freq.to(x.device)
     if positions is None:
         angles = torch.outer(torch.arange(seq, device=x.device, dtype=torch.float32), inv_freq)
         angles = torch.cat((angles, angles), dim=-1)[None, :, None, :]
@@ -69,41 +95,52 @@ class KVCache:
 
 
 class Attention(nn.Module):
+    """Causal self-attention with grouped-query heads: n_kv_heads key/value heads, each shared by
+    n_heads / n_kv_heads consecutive query heads (Hugging Face's `repeat_kv` grouping)."""
+
     def __init__(self, config: ModelConfig, layer_id: int = 0) -> None:
         super().__init__()
         self.layer_id = layer_id
         self.head_dim = config.head_dim
-        self.rope_theta = config.rope_theta
-        self.wq = nn.Linear(config.dim, config.dim, bias=False)
-        self.wk = nn.Linear(config.dim, config.dim, bias=False)
-        self.wv = nn.Linear(config.dim, config.dim, bias=False)
+        self.config = config
+        kv_dim = config.kv_heads * config.head_dim
+        self.wq = nn.Linear(config.dim, config.dim, bias=config.qkv_bias)
+        self.wk = nn.Linear(config.dim, kv_dim, bias=config.qkv_bias)
+        self.wv = nn.Linear(config.dim, kv_dim, bias=config.qkv_bias)
         self.wo = nn.Linear(config.dim, config.dim, bias=False)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         bsz, seq, _ = x.shape
         positions = None if cache is None else cache.positions
+        inv_freq = rope_inv_freq(self.config, x.device)
         # -1 heads: under tensor parallel each rank holds only its share of the heads.
-        q = apply_rotary(self.wq(x).view(bsz, seq, -1, self.head_dim), self.rope_theta, positions)
-        k = apply_rotary(self.wk(x).view(bsz, seq, -1, self.head_dim), self.rope_theta, positions)
+        q = apply_rotary(self.wq(x).view(bsz, seq, -1, self.head_dim), inv_freq, positions)
+        k = apply_rotary(self.wk(x).view(bsz, seq, -1, self.head_dim), inv_freq, positions)
         v = self.wv(x).view(bsz, seq, -1, self.head_dim)
+        gqa = q.shape[2] != k.shape[2]
         if cache is None:
             out = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=gqa
             )
         else:
             keys, values, mask = cache.update(self.layer_id, k, v)
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask)
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask, enable_gqa=gqa)
         return self.wo(out.transpose(1, 2).reshape(bsz, seq, -1))  # type: ignore[no-any-return]
 
 
 class FeedForward(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
+    """The dense MLP: w2(gelu(w1 x)), or SwiGLU w2(silu(w1 x) * w3 x) (w1 Hugging Face's gate_proj, w3 up_proj)."""
+
+    def __init__(self, dim: int, hidden: int, activation: FFNActivation = FFNActivation.GELU) -> None:
         super().__init__()
         self.w1 = nn.Linear(dim, hidden, bias=False)
         self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False) if activation is FFNActivation.SWIGLU else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.gelu(self.w1(x)))  # type: ignore[no-any-return]
+        if self.w3 is None:
+            return self.w2(F.gelu(self.w1(x)))  # type: ignore[no-any-return]
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))  # type: ignore[no-any-return]
 
 
 class Block(nn.Module):
@@ -118,7 +155,7 @@ class Block(nn.Module):
                 config.dim, config.ffn_hidden, config.n_experts, config.top_k, config.moe_aux_loss_coef
             )
         else:
-            self.feed_forward = FeedForward(config.dim, config.ffn_hidden)
+            self.feed_forward = FeedForward(config.dim, config.ffn_hidden, config.ffn_activation)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         # Training calls the attention with one argument, as the tensor-parallel input plans expect.
@@ -143,7 +180,9 @@ class Transformer(nn.Module):
     def reset_parameters(self) -> None:
         std = 0.02
         for name, param in self.named_parameters():
-            if param.dim() == 1:
+            if name.endswith(".bias"):
+                nn.init.zeros_(param)
+            elif param.dim() == 1:
                 nn.init.ones_(param)  # norm weights
             elif name.endswith(("wo.weight", "w2.weight", "w2")):
                 # Scaled residual projections, as in GPT-2.

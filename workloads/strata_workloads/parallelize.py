@@ -32,6 +32,7 @@ from torch.distributed.tensor.parallel import (
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 from strata_workloads.layout import Meshes, ParallelDims
+from strata_workloads.model import FeedForward
 from strata_workloads.moe import MoE
 
 # The residual stream between blocks is sharded on the sequence dimension (sequence parallel); attention and
@@ -57,6 +58,8 @@ DENSE_FFN_TP_PLAN: dict[str, ParallelStyle] = {
     "feed_forward.w1": ColwiseParallel(),
     "feed_forward.w2": RowwiseParallel(output_layouts=Shard(1)),
 }
+# SwiGLU's up projection is split like its gate, so each rank multiplies its own hidden units.
+SWIGLU_FFN_TP_PLAN: dict[str, ParallelStyle] = {**DENSE_FFN_TP_PLAN, "feed_forward.w3": ColwiseParallel()}
 
 # MoE under tensor parallel: every TP rank routes the full sequence (gathered) with replicated experts, then
 # keeps its sequence shard. The gather's backward is a slice and the slice's backward an all-gather, so each
@@ -108,7 +111,11 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
     parallelize_module(model, tp_mesh, top)
     layers: nn.ModuleDict = model.layers  # type: ignore[assignment]
     for block in layers.values():
-        ffn_plan = MOE_FFN_TP_PLAN if isinstance(block.feed_forward, MoE) else DENSE_FFN_TP_PLAN
+        ffn = block.feed_forward
+        if isinstance(ffn, MoE):
+            ffn_plan = MOE_FFN_TP_PLAN
+        else:
+            ffn_plan = SWIGLU_FFN_TP_PLAN if isinstance(ffn, FeedForward) and ffn.w3 is not None else DENSE_FFN_TP_PLAN
         parallelize_module(block, tp_mesh, {**BLOCK_TP_PLAN, **ffn_plan})
 
 

@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import StrEnum
 
 EOS_TOKEN = 256  # one past the byte range: separates documents in the token stream
 
 
+class FFNActivation(StrEnum):
+    GELU = "gelu"  # w2(gelu(w1 x)): the presets' MLP
+    SWIGLU = "swiglu"  # w2(silu(w1 x) * w3 x): Llama's and Qwen2's MLP
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3's rotary frequency scaling ("rope_type": "llama3"): wavelengths longer than the original context
+    divided by `factor`, shorter than original/high_freq_factor kept, the band between blended smoothly."""
+
+    factor: float
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_len: int = 8192
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape of the GPT-style decoder. All sizes are element counts."""
+    """Shape of the decoder, Llama 3 / Qwen2 shaped (the presets are the GELU, full-head special case).
+    All sizes are element counts."""
 
     dim: int
     n_layers: int
@@ -26,6 +44,13 @@ class ModelConfig:
     moe_aux_loss_coef: float = 0.01
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    # Key/value heads (grouped-query attention: each serves n_heads / n_kv_heads query heads); 0 = n_heads.
+    n_kv_heads: int = 0
+    ffn_activation: FFNActivation = FFNActivation.GELU
+    qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2)
+    # The checkpoint's output projection was its embedding (a loaded model gets its own copy, trained apart).
+    tie_embeddings: bool = False
+    rope_scaling: RopeScaling | None = None
 
     def is_moe_layer(self, layer_id: int) -> bool:
         return self.moe_every > 0 and (layer_id + 1) % self.moe_every == 0
@@ -34,20 +59,28 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.dim // self.n_heads
 
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
     def validate(self) -> None:
         if self.dim % self.n_heads:
             raise ValueError(f"dim={self.dim} must be divisible by n_heads={self.n_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
-        if self.vocab_size <= EOS_TOKEN:
-            raise ValueError(f"vocab_size={self.vocab_size} must exceed the byte vocabulary plus EOS ({EOS_TOKEN + 1})")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} must be divisible by n_kv_heads={self.n_kv_heads}")
+        if self.vocab_size < 1:
+            raise ValueError(f"vocab_size={self.vocab_size} must be positive")
         if self.moe_every and not 1 <= self.top_k <= self.n_experts:
             raise ValueError(f"top_k={self.top_k} must lie in [1, n_experts={self.n_experts}]")
 
     def num_params(self) -> int:
-        attn = 4 * self.dim * self.dim
-        dense = 2 * self.dim * self.ffn_hidden
-        moe = self.n_experts * dense + self.dim * self.n_experts
+        kv_dim = self.kv_heads * self.head_dim
+        attn = 2 * self.dim * self.dim + 2 * self.dim * kv_dim + (self.dim + 2 * kv_dim) * self.qkv_bias
+        ffn_matrices = 3 if self.ffn_activation is FFNActivation.SWIGLU else 2
+        dense = ffn_matrices * self.dim * self.ffn_hidden
+        moe = self.n_experts * 2 * self.dim * self.ffn_hidden + self.dim * self.n_experts
         layers = sum(attn + 2 * self.dim + (moe if self.is_moe_layer(i) else dense) for i in range(self.n_layers))
         return layers + 2 * self.vocab_size * self.dim + self.dim
 
@@ -56,6 +89,20 @@ PRESETS: dict[str, ModelConfig] = {
     # Tests: four layers so two pipeline ranks can hold two stages each; layers 1 and 3 are MoE.
     "debug": ModelConfig(dim=32, n_layers=4, n_heads=4, ffn_hidden=64, max_seq_len=64, moe_every=2, n_experts=4),
     "debug-dense": ModelConfig(dim=32, n_layers=4, n_heads=4, ffn_hidden=64, max_seq_len=64),
+    # Llama 3 / Qwen2 shaped: grouped-query attention (2 key/value heads), SwiGLU, q/k/v biases, Llama 3 rotary
+    # scaling; the shape a Hugging Face directory loads into, so parallel layouts are tested on it too.
+    "debug-llama": ModelConfig(
+        dim=32,
+        n_layers=4,
+        n_heads=4,
+        n_kv_heads=2,
+        ffn_hidden=64,
+        max_seq_len=64,
+        ffn_activation=FFNActivation.SWIGLU,
+        qkv_bias=True,
+        rope_theta=500000.0,
+        rope_scaling=RopeScaling(factor=8.0, original_max_len=32),
+    ),
     # CPU benchmarks and quick local runs.
     "small": ModelConfig(dim=128, n_layers=4, n_heads=4, ffn_hidden=512, max_seq_len=256),
     "small-moe": ModelConfig(

@@ -57,6 +57,8 @@ TWO_RANKS = [
     Case("dp", dp_replicate=2),
     Case("fsdp_accum", dp_shard=2, grad_accum=2),
     Case("tp", tp=2),
+    # Grouped-query attention, SwiGLU and q/k/v biases split over two tensor-parallel ranks.
+    Case("tp_gqa_swiglu", tp=2, preset="debug-llama"),
     # Expert parallel with a strong load-balancing loss: each rank balances its own sequences, so the
     # per-sequence loss must add up to the single-process one.
     Case("ep", dp_shard=2, ep=2, moe_aux_loss_coef=0.5),
