@@ -1,7 +1,9 @@
 """Where the router's replicas are: a static list, or the DNS name of a headless Service (re-resolved).
 
-In Kubernetes a headless Service's name resolves to the addresses of its *ready* pods only, so the router learns
-of new replicas and forgets deleted ones without API access or RBAC. Also the reading of a replica's probe answers.
+In Kubernetes a headless Service's name resolves to its pods' addresses (the *ready* ones only, unless the Service
+publishes not-ready addresses, as the operator's ``<name>-replicas`` does so that the router sees starting
+replicas: its probes keep them out of the rotation until ready), so the router learns of new replicas and forgets
+deleted ones without API access or RBAC. Also the reading of a replica's probe answers.
 """
 
 from __future__ import annotations
