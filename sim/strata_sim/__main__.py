@@ -1,0 +1,106 @@
+"""``python -m strata_sim``: replay a trace under each policy, print the table, write the plots.
+
+Example: ``python -m strata_sim --trace alibaba --days 30 --policies all --out /tmp/strata-sim``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from strata_api.catalog import DEFAULT_CATALOG, load_catalog
+from strata_sim.engine import Outcome, simulate
+from strata_sim.model import Job, SimInputError, load_fleet, too_big
+from strata_sim.policies import all_policies
+from strata_sim.report import figures, plot, table
+from strata_sim.traces import DAY_S, read_alibaba, read_helios, synthetic
+
+REPO = Path(__file__).resolve().parents[2]
+TRACES = REPO.parent / "shared" / "data" / "traces"
+FLEET = Path(__file__).with_name("fleet.yaml")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m strata_sim", description=__doc__)
+    parser.add_argument("--trace", default="alibaba", help="alibaba, helios, or synthetic:<jobs>")
+    parser.add_argument("--traces", type=Path, default=TRACES, help="folder holding the public traces")
+    parser.add_argument("--days", type=float, default=30.0)
+    parser.add_argument("--fleet", type=Path, default=FLEET, help="a fleet file (examples/fleet.yaml format)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every pool's node count")
+    parser.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
+    parser.add_argument("--policies", default="all", help="comma-separated names, or all")
+    parser.add_argument("--checkpoint-min", type=float, default=30.0, help="every job's checkpoint interval")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--wait-bound-min", type=float, default=10.0, help="the high-priority wait bound")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the PNG plots")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        catalog = load_catalog(args.catalog)
+        fleet = load_fleet(args.fleet, args.scale)
+        jobs = _jobs(args)
+    except SimInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    unfit = too_big(jobs, fleet)
+    if unfit:
+        print(
+            f"error: {len(unfit)} job(s) need more GPUs of one type than the fleet has "
+            f"({fleet.gpus()} GPUs; raise --scale), e.g. {unfit[0].key} ({unfit[0].workers} x "
+            f"{unfit[0].gpus_per_worker} GPUs)",
+            file=sys.stderr,
+        )
+        return 2
+    builders = all_policies(fleet, catalog)
+    names = list(builders) if args.policies == "all" else args.policies.split(",")
+    unknown = [n for n in names if n not in builders]
+    if unknown:
+        print(f"error: unknown policy {', '.join(unknown)}; known: {', '.join(builders)}", file=sys.stderr)
+        return 2
+    print(
+        f"{len(jobs)} jobs, {sum(j.work_h * j.gpus for j in jobs):,.0f} GPU-hours of work; fleet "
+        f"{len(fleet.nodes)} nodes, {fleet.gpus()} GPUs; seed {args.seed}"
+    )
+    outcomes: list[Outcome] = []
+    horizon = max((j.arrival_s for j in jobs), default=0.0)
+    for name in names:
+        started = time.perf_counter()
+        with tqdm(total=round(horizon / 3600), unit="h", desc=name, disable=args.no_progress, leave=False) as bar:
+
+            def advance(now_s: float, bar: tqdm = bar) -> None:
+                bar.update(max(0, min(round(now_s / 3600), bar.total) - bar.n))
+
+            outcome = simulate(jobs, fleet, catalog, builders[name](), seed=args.seed, progress=advance)
+        print(f"{name}: {time.perf_counter() - started:.1f} s")
+        outcomes.append(outcome)
+    rows = [figures(o, catalog, args.wait_bound_min * 60) for o in outcomes]
+    print(table(rows))
+    if args.out is not None:
+        for path in plot(outcomes, args.out):
+            print(f"wrote {path}")
+    return 0
+
+
+def _jobs(args: argparse.Namespace) -> list[Job]:
+    checkpoint = args.checkpoint_min * 60 if args.checkpoint_min > 0 else None
+    if args.trace == "alibaba":
+        jobs, summary = read_alibaba(args.traces / "alibaba_gpu_v2023", args.days, checkpoint_s=checkpoint)
+    elif args.trace == "helios":
+        jobs, summary = read_helios(args.traces / "helios_earth_vc_demand", args.days, checkpoint_s=checkpoint)
+    elif args.trace.startswith("synthetic:"):
+        return synthetic(int(args.trace.split(":", 1)[1]), args.days, args.seed, checkpoint_s=checkpoint)
+    else:
+        raise SimInputError(f"unknown trace {args.trace!r}: alibaba, helios or synthetic:<jobs>")
+    left_out = ", ".join(f"{count} {why}" for why, count in sorted(summary.skipped.items()))
+    span = max((j.arrival_s for j in jobs), default=0.0) / DAY_S
+    print(f"trace {args.trace}: {summary.jobs} jobs over {span:.1f} days; left out: {left_out or 'none'}")
+    return jobs
+
+
+if __name__ == "__main__":
+    sys.exit(main())

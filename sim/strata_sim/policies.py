@@ -1,0 +1,346 @@
+"""The schedulers compared, each a policy of the same simulator (:class:`strata_sim.engine.Policy`).
+
+- :class:`StrataPolicy`: the operator's admission pass (:func:`strata_operator.core.admission.admit`: priority
+  order, quota, all or nothing, no overtaking, preemption), GPU types in the order of the extender's cost per
+  unit of work (:func:`strata_scheduler.scoring.cost_per_unit_work`), workers placed on the cheapest capacity
+  type first by the same cost, and, with ``holdback``, the extender's reserved hold-back from its own forecaster
+  (:func:`strata_scheduler.forecasting.predict`) and rule (:func:`strata_scheduler.filtering.reserved_holdback`)
+  placed as admission expects (:class:`strata_operator.core.holdback.ReservedHold`).
+- :class:`PerPodPolicy` ``default``: kube-scheduler without gangs: pods in arrival order, each on the node with
+  the most free GPUs (LeastAllocated), any capacity type; a gang may be half placed.
+- :class:`PerPodPolicy` ``karpenter``: the same per-pod queue, each pod on the cheapest list price per GPU-hour
+  (no interruption risk, no throughput normalisation), packing nodes (MostAllocated) among equals.
+- :class:`KueuePolicy`: one strict-FIFO queue per pool (higher-priority pools first), all-or-nothing admission
+  of a gang onto the first flavor that holds it whole, flavors reserved > on-demand > spot; no preemption.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+
+import numpy as np
+
+from strata_api import CapacityType, GPUType, PodContract, ResourcePool
+from strata_api.catalog import HOURS_PER_DAY, Catalog
+from strata_api.holdback import ReservedHoldBack
+from strata_api.nodes import NodeFacts
+from strata_operator.core.admission import AdmittedGang, GangRequest, admit
+from strata_operator.core.holdback import ReservedHold
+from strata_operator.core.observed import Node
+from strata_operator.core.room import Room
+from strata_scheduler.filtering import HoldBack, reserved_holdback
+from strata_scheduler.forecasting import ForecastConfig, predict
+from strata_scheduler.scoring import cost_per_unit_work
+from strata_scheduler.state import ReservedCapacity
+from strata_scheduler.views import PodView
+from strata_sim.engine import Policy, SimState, fill_order
+from strata_sim.model import HIGH_POOL, HOUR_S, LOW_POOL, Fleet, Job, SimNode, gpu_hour_price
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+"""Replay time 0 as a timestamp (admission orders by datetimes); a midnight UTC, as the cost model assumes."""
+HIGH_PRIORITY = 100
+"""The extender's high-priority line (its default); the high pool sits on it, the low pool below."""
+CAPACITY_ORDER = (CapacityType.RESERVED.value, CapacityType.ON_DEMAND.value, CapacityType.SPOT.value)
+
+
+def pools(fleet: Fleet) -> dict[str, ResourcePool]:
+    """The two pools every trace maps to; neither quota binds (each may use the whole fleet)."""
+    every = frozenset(CapacityType)
+    types = frozenset(GPUType)
+    gpus = fleet.gpus()
+    return {
+        HIGH_POOL: ResourcePool(HIGH_POOL, HIGH_PRIORITY, types, gpus, None, frozenset(every), preemptible=False),
+        LOW_POOL: ResourcePool(LOW_POOL, 10, types, gpus, None, frozenset(every), preemptible=True),
+    }
+
+
+class PerPodPolicy:
+    """Pods in arrival order, each placed alone on the best node by ``rank`` (lower first); no gangs."""
+
+    def __init__(self, name: str, rank: Callable[[SimNode, int], tuple[float | str, ...]]) -> None:
+        self.name = name
+        self.rank = rank
+        """(node, its free GPUs) -> sort key; the first node with room wins."""
+
+    def tick(self, now_s: float, state: SimState) -> bool:
+        return False
+
+    def schedule(self, now_s: float, state: SimState) -> None:
+        partial = [run.job for run in state.runs.values() if run.workers < run.job.workers]
+        for job in sorted([*partial, *state.queue.values()], key=lambda j: (j.arrival_s, j.key)):
+            run = state.runs.get(job.key)
+            types = (run.gpu_type,) if run else job.gpu_types
+            placed = run.workers if run else 0
+            while placed < job.workers:
+                best = min(
+                    (
+                        (self.rank(state.nodes[name], free), name)
+                        for name, free in state.free.items()
+                        if free >= job.gpus_per_worker and state.nodes[name].gpu_type in types
+                    ),
+                    default=None,
+                )
+                if best is None:
+                    break
+                node = state.nodes[best[1]]
+                state.place(job, node.gpu_type, node.name, 1)
+                types, placed = (node.gpu_type,), placed + 1
+
+
+def default_scheduler() -> PerPodPolicy:
+    """kube-scheduler's LeastAllocated: the node with the largest free share of its GPUs."""
+    return PerPodPolicy("default", lambda node, free: (-free / node.gpus, node.name))
+
+
+def karpenter_like(catalog: Catalog) -> PerPodPolicy:
+    """Cheapest list price per GPU-hour first, then the fullest node (bin packing)."""
+    return PerPodPolicy("karpenter", lambda node, free: (gpu_hour_price(catalog, node), free, node.name))
+
+
+class KueuePolicy:
+    """Strict FIFO per pool queue, gangs admitted whole onto the first flavor that holds them."""
+
+    name = "kueue"
+
+    def __init__(self, pools: Mapping[str, ResourcePool]) -> None:
+        self.pools = pools
+
+    def tick(self, now_s: float, state: SimState) -> bool:
+        return False
+
+    def schedule(self, now_s: float, state: SimState) -> None:
+        waiting = state.waiting()
+        for pool in sorted(self.pools.values(), key=lambda p: -p.priority):
+            for job in (j for j in waiting if j.pool == pool.name):
+                if not self._admit(job, state) and self._could_fit(job, state):
+                    break  # StrictFIFO: the head blocks its queue (one no flavor could ever hold is inadmissible)
+
+    def _could_fit(self, job: Job, state: SimState) -> bool:
+        group = job.gpus_per_worker * job.pods_per_group
+        flavors: dict[tuple[GPUType, str], int] = {}
+        for node in state.nodes.values():
+            if node.gpu_type in job.gpu_types:
+                kind = (node.gpu_type, node.capacity_type)
+                flavors[kind] = flavors.get(kind, 0) + node.gpus // group
+        return any(slots >= job.workers // job.pods_per_group for slots in flavors.values())
+
+    def _admit(self, job: Job, state: SimState) -> bool:
+        group = job.gpus_per_worker * job.pods_per_group
+        groups = job.workers // job.pods_per_group
+        for capacity in CAPACITY_ORDER:
+            for gpu_type in job.gpu_types:
+                kind = (gpu_type, capacity)
+                names = [n for n, node in state.nodes.items() if (node.gpu_type, node.capacity_type) == kind]
+                if sum(state.free[n] // group for n in names) < groups:
+                    continue
+                for _ in range(groups):  # each group on the node with the most free GPUs (LeastAllocated)
+                    node = fill_order((n for n in names if state.free[n] >= group), state, True)[0]
+                    state.place(job, gpu_type, node, job.pods_per_group)
+                return True
+        return False
+
+
+@dataclass(frozen=True)
+class HoldBackSettings:
+    """How the simulated extender forecasts high-priority demand for the hold-back."""
+
+    refit_every: int = 12
+    """Ticks between forecasts (at the engine's 5-minute tick: hourly)."""
+    history_s: float = 3 * 86400.0
+    """Demand history each forecast sees."""
+    config: ForecastConfig = field(default_factory=lambda: ForecastConfig(calibration_days=2.0))
+    """The extender's forecaster settings, with a shorter calibration window than its default week so that a
+    month of replay refits hourly in seconds (documented in docs/simulation.md)."""
+
+
+class StrataPolicy:
+    """Strata's admission and placement; ``holdback`` adds the forecast hold, ``time_of_use`` prices the hour."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        catalog: Catalog,
+        holdback: HoldBackSettings | None = None,
+        time_of_use: bool = True,
+        name: str = "strata",
+    ) -> None:
+        self.name = name
+        self.pools = pools(fleet)
+        self.catalog = catalog if time_of_use else replace(catalog, power_default=(1.0,) * HOURS_PER_DAY, power={})
+        self.holdback = holdback
+        self.nodes = [
+            Node(n.name, n.gpu_type, n.capacity_type, n.gpus, True, None, n.instance_type) for n in fleet.nodes
+        ]
+        self.facts = {
+            (n.gpu_type, n.capacity_type): NodeFacts(
+                n.name,
+                n.gpu_type,
+                CapacityType(n.capacity_type),
+                n.instance_type,
+                n.zone,
+                {n.gpu_type.resource: n.gpus},
+                n.gpu_type.resource,
+                n.gpus,
+                None,
+                True,
+            )
+            for n in fleet.nodes
+        }
+        """One node of each kind: the cost formula reads only what a kind shares."""
+        self.reserved_total = {
+            t: sum(n.gpus for n in fleet.nodes if n.gpu_type == t and n.capacity_type == CapacityType.RESERVED)
+            for t in GPUType
+        }
+        self.history: dict[GPUType, list[tuple[float, float]]] = {t: [] for t in GPUType}
+        self.upper: dict[str, float] = {}
+        self.ticks = 0
+        self.unplaced = 0
+        """Gangs admission admitted that the extender's placement (cheapest capacity first) could not hold whole
+        at that moment: admission counts a gang's GPUs where :meth:`Room.take` puts them (best fit), the
+        extender where the score does, and the hold-back can then refuse a later gang the reserved GPUs
+        admission counted as open. They stay queued (the real gang's pods would stay Pending)."""
+        self._cost = lru_cache(maxsize=65536)(self._cost_uncached)
+
+    # -- the extender's view ------------------------------------------------------------------------------------
+    def _cost_uncached(self, kind: tuple[GPUType, str], job: Job, hour: int) -> float:
+        contract = PodContract(
+            job=job.key,
+            gang_size=job.workers,
+            tp_size=job.pods_per_group,
+            tp_group=None,
+            priority=self.pools[job.pool].priority,
+            gpu_types=frozenset(job.gpu_types),
+            capacity_types=frozenset(CapacityType),
+            checkpoint_interval_s=job.checkpoint_s,
+            expected_runtime_s=job.work_h * HOUR_S,
+            precision="bf16",
+            throughput_override={},
+            deferrable=False,
+        )
+        pod = PodView("", "sim", job.key, None, "Pending", {kind[0].resource: job.gpus_per_worker}, contract, job.pool)
+        cost = cost_per_unit_work(self.catalog, pod, self.facts[kind], hour)
+        return cost if cost is not None else float("inf")
+
+    def _kinds(self, job: Job, hour: int) -> list[tuple[GPUType, str]]:
+        """The job's node kinds, cheapest per unit of work first."""
+        kinds = [k for k in self.facts if k[0] in job.gpu_types]
+        return sorted(kinds, key=lambda k: (self._cost(k, job, hour), k))
+
+    def _request(self, job: Job, hour: int) -> GangRequest:
+        order = tuple(dict.fromkeys(k[0] for k in self._kinds(job, hour)))  # the extender's quote
+        return GangRequest(
+            key=job.key,
+            pool=job.pool,
+            workers=job.workers,
+            gpus_per_worker=job.gpus_per_worker,
+            pods_per_group=job.pods_per_group,
+            gpu_types=order,
+            capacity_types=frozenset(CapacityType),
+            submitted=EPOCH + timedelta(seconds=job.arrival_s),
+        )
+
+    def _hold(self, state: SimState) -> ReservedHoldBack | None:
+        if self.holdback is None or not self.upper:
+            return None
+        reserved = {}
+        for gpu_type, total in self.reserved_total.items():
+            used = used_high = 0
+            for run in state.runs.values():
+                gpus = sum(g for n, g in run.placed.items() if state.nodes[n].capacity_type == CapacityType.RESERVED)
+                if run.gpu_type == gpu_type:
+                    used += gpus
+                    used_high += gpus if self.pools[run.job.pool].priority >= HIGH_PRIORITY else 0
+            reserved[gpu_type.value] = ReservedCapacity(total, used, used_high)
+        return reserved_holdback(reserved, HoldBack(self.upper), HIGH_PRIORITY)
+
+    # -- the policy ---------------------------------------------------------------------------------------------
+    def tick(self, now_s: float, state: SimState) -> bool:
+        """Record high-priority GPU demand per type (running, and queued on its cheapest type) and refit."""
+        if self.holdback is None:
+            return False
+        hour = int(now_s // HOUR_S)
+        demand = dict.fromkeys(GPUType, 0.0)
+        for run in state.runs.values():
+            if run.job.pool == HIGH_POOL:
+                demand[run.gpu_type] += run.job.gpus
+        for job in state.queue.values():
+            if job.pool == HIGH_POOL:
+                demand[self._kinds(job, hour)[0][0]] += job.gpus
+        for gpu_type, value in demand.items():
+            self.history[gpu_type].append((now_s, value))
+        self.ticks += 1
+        if (self.ticks - 1) % self.holdback.refit_every:
+            return False
+        for gpu_type, samples in self.history.items():
+            recent = [(t, v) for t, v in samples if t >= now_s - self.holdback.history_s]
+            self.history[gpu_type] = recent
+            times = np.array([t for t, _ in recent], dtype=np.int64) + int(EPOCH.timestamp())
+            prediction = predict(times, np.array([v for _, v in recent]), self.holdback.config, None)
+            if prediction is not None:
+                self.upper[gpu_type.value] = prediction.upper
+        return True
+
+    def schedule(self, now_s: float, state: SimState) -> None:
+        hour = int(now_s // HOUR_S)
+        for _ in range(3):  # a pass that preempts runs again at once, as the victims' GPUs are free now
+            queue = [self._request(job, hour) for job in state.waiting()]
+            if not queue:
+                return
+            admitted = [
+                AdmittedGang(
+                    self._request(run.job, hour),
+                    run.gpu_type,
+                    EPOCH + timedelta(seconds=run.started_s or now_s),
+                    dict(run.placed),
+                )
+                for run in state.runs.values()
+            ]
+            hold = self._hold(state)
+            decision = admit(queue, admitted, self.pools, self.nodes, state.free, hold)
+            self._place(decision.admit, state, hold, hour)
+            for preemption in decision.preempt:
+                state.preempt(preemption.victim)
+            if not decision.preempt:
+                return
+
+    def _place(
+        self, admitted: Mapping[str, GPUType], state: SimState, hold: ReservedHoldBack | None, hour: int
+    ) -> None:
+        """Each admitted gang's groups on the cheapest capacity type first, as the extender's scores order them,
+        the hold respected as admission counted it."""
+        room = Room(self.nodes, state.free)
+        held = ReservedHold(hold)
+        for key, gpu_type in admitted.items():
+            job = state.queue[key]
+            group, groups = job.gpus_per_worker * job.pods_per_group, job.workers // job.pods_per_group
+            rank = self.pools[job.pool].priority
+            taken: dict[str, int] = {}
+            for kind in self._kinds(job, hour):
+                if kind[0] == gpu_type and groups > sum(taken.values()) // group:
+                    left = groups - sum(taken.values()) // group
+                    for name, gpus in held.take(room, gpu_type, (kind[1],), group, left, rank).items():
+                        taken[name] = taken.get(name, 0) + gpus
+            if sum(taken.values()) // group < groups:  # the extender's cheapest-first order left it no room
+                for name, gpus in taken.items():
+                    room.put(name, room.free[name] + gpus)
+                self.unplaced += 1
+                continue
+            for name, gpus in taken.items():
+                state.place(job, gpu_type, name, gpus // job.gpus_per_worker)
+
+
+def all_policies(fleet: Fleet, catalog: Catalog) -> dict[str, Callable[[], Policy]]:
+    """Every policy by name, each built fresh per run."""
+    return {
+        "default": default_scheduler,
+        "kueue": lambda: KueuePolicy(pools(fleet)),
+        "karpenter": lambda: karpenter_like(catalog),
+        "strata": lambda: StrataPolicy(fleet, catalog, HoldBackSettings(), name="strata"),
+        "strata-no-holdback": lambda: StrataPolicy(fleet, catalog, None, name="strata-no-holdback"),
+        "strata-no-tou": lambda: StrataPolicy(
+            fleet, catalog, HoldBackSettings(), time_of_use=False, name="strata-no-tou"
+        ),
+    }

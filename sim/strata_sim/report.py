@@ -1,0 +1,160 @@
+"""Figures per policy from an :class:`~strata_sim.engine.Outcome`, the table printed, and the plots (PNG)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from strata_api.catalog import Catalog
+from strata_sim.engine import Outcome
+from strata_sim.model import HIGH_POOL, HOUR_S, LOW_POOL, PowerClock, reserved_cost
+
+
+@dataclass(frozen=True)
+class Figures:
+    policy: str
+    total_cost: float
+    """Reserved capacity over the replay plus on-demand and spot use, dollars."""
+    cost_per_useful_gpu_h: float
+    """Total cost per GPU-hour of finished jobs' work on the reference GPU."""
+    utilisation: float
+    """GPU-hours of running gangs over the fleet's GPU-hours, until the last job finished."""
+    mean_wait_h: dict[str, float]
+    p95_wait_h: dict[str, float]
+    mean_jct_h: float
+    lost_gpu_h: float
+    high_over_bound: int
+    """High-priority jobs that waited longer than the bound."""
+    unfinished: int
+    """Jobs that never finished (a half-placed gang that never got the rest of its GPUs, or never started)."""
+    end_h: float
+
+
+def figures(outcome: Outcome, catalog: Catalog, bound_s: float = 600.0) -> Figures:
+    records = outcome.records
+    done = [r for r in records if r.finish_s is not None]
+    cost = outcome.usage_cost + reserved_cost(catalog, outcome.fleet, PowerClock(catalog), outcome.end_s)
+    useful = sum(r.job.work_h * r.job.gpus for r in done)
+    capacity_s = outcome.fleet.gpus() * outcome.end_s
+    utilisation = outcome.busy_gpu_s / capacity_s if capacity_s > 0 else 0.0
+
+    def waits(pool: str) -> np.ndarray:
+        return np.array(wait_hours(outcome, pool))
+
+    mean_wait, p95_wait = {}, {}
+    for pool in (HIGH_POOL, LOW_POOL):
+        w = waits(pool)
+        mean_wait[pool] = float(w.mean()) if len(w) else 0.0
+        p95_wait[pool] = float(np.percentile(w, 95)) if len(w) else 0.0
+    jct = [(r.finish_s - r.job.arrival_s) / HOUR_S for r in done if r.finish_s is not None]
+    high_over = sum(
+        1
+        for r in records
+        if r.job.pool == HIGH_POOL
+        and (r.first_start_s if r.first_start_s is not None else outcome.end_s) - r.job.arrival_s > bound_s
+    )
+    return Figures(
+        policy=outcome.policy,
+        total_cost=cost,
+        cost_per_useful_gpu_h=cost / useful if useful else float("inf"),
+        utilisation=utilisation,
+        mean_wait_h=mean_wait,
+        p95_wait_h=p95_wait,
+        mean_jct_h=float(np.mean(jct)) if jct else 0.0,
+        lost_gpu_h=sum(r.lost_gpu_h for r in records),
+        high_over_bound=high_over,
+        unfinished=len(records) - len(done),
+        end_h=outcome.end_s / HOUR_S,
+    )
+
+
+COLUMNS = (
+    ("policy", "{:<20}"),
+    ("cost $", "{:>12,.0f}"),
+    ("$/useful GPU-h", "{:>14.2f}"),
+    ("util", "{:>6.1%}"),
+    ("wait hi mean/p95 min", "{:>20}"),
+    ("wait lo mean/p95 min", "{:>20}"),
+    ("JCT h", "{:>8.2f}"),
+    ("lost GPU-h", "{:>10.1f}"),
+    ("hi>bound", "{:>8d}"),
+    ("unfinished", "{:>10d}"),
+)
+
+
+WIDTHS = (20, 12, 14, 6, 20, 20, 8, 10, 8, 10)
+
+
+def wait_hours(outcome: Outcome, pool: str) -> list[float]:
+    """Hours from arrival to first start of the pool's jobs that started."""
+    return [
+        (r.first_start_s - r.job.arrival_s) / HOUR_S
+        for r in outcome.records
+        if r.job.pool == pool and r.first_start_s is not None
+    ]
+
+
+def table(rows: Sequence[Figures]) -> str:
+    """The policy table, one line per policy."""
+    head = "  ".join(f"{name:<20}" if i == 0 else f"{name:>{WIDTHS[i]}}" for i, (name, _) in enumerate(COLUMNS))
+    lines = [head]
+    for f in rows:
+        values = (
+            f.policy,
+            f.total_cost,
+            f.cost_per_useful_gpu_h,
+            f.utilisation,
+            f"{f.mean_wait_h[HIGH_POOL] * 60:.1f}/{f.p95_wait_h[HIGH_POOL] * 60:.1f}",
+            f"{f.mean_wait_h[LOW_POOL] * 60:.1f}/{f.p95_wait_h[LOW_POOL] * 60:.1f}",
+            f.mean_jct_h,
+            f.lost_gpu_h,
+            f.high_over_bound,
+            f.unfinished,
+        )
+        lines.append("  ".join(fmt.format(v) for (_, fmt), v in zip(COLUMNS, values, strict=True)))
+    return "\n".join(lines)
+
+
+def plot(outcomes: Sequence[Outcome], out: Path) -> list[Path]:
+    """Utilisation, queue length, cost over time and wait CDFs, one PNG each, every policy on one axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    panels = (
+        ("utilisation.png", "GPUs running jobs / fleet GPUs", lambda o: np.array(o.series.busy) / o.fleet.gpus()),
+        ("queue.png", "jobs waiting", lambda o: np.array(o.series.queued)),
+        ("spend.png", "on-demand + spot spend so far ($)", lambda o: np.array(o.series.spend)),
+    )
+    for name, label, values in panels:
+        fig, ax = plt.subplots(figsize=(9, 4))
+        for o in outcomes:
+            ax.plot(np.array(o.series.t_s) / 86400, values(o), label=o.policy, linewidth=0.8)
+        ax.set_xlabel("day")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        written.append(out / name)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, pool in zip(axes, (HIGH_POOL, LOW_POOL), strict=True):
+        for o in outcomes:
+            w = np.sort(wait_hours(o, pool)) * 60
+            if len(w):
+                ax.plot(w, np.arange(1, len(w) + 1) / len(w), label=o.policy, linewidth=0.8)
+        ax.set_xscale("symlog")
+        ax.set_xlabel(f"wait, {pool}-priority jobs (min)")
+        ax.set_ylabel("fraction of jobs")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "wait_cdf.png", dpi=110)
+    plt.close(fig)
+    written.append(out / "wait_cdf.png")
+    return written

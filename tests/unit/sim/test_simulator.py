@@ -1,0 +1,247 @@
+"""The simulator on traces small enough to work out by hand: waits, costs, lost work, gangs, preemption, hold-back.
+
+Every test uses a catalog with flat power and no reclaims (unless it says otherwise), H100 only: a reserved node
+costs $80 per node-hour ($10 per GPU-hour) and a spot node $40 ($5 per GPU-hour).
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from strata_api import GPUType
+from strata_api.catalog import Catalog, parse_catalog
+from strata_sim.__main__ import main
+from strata_sim.engine import JobRecord, Outcome, Policy, SimState, simulate
+from strata_sim.model import HIGH_POOL, HOUR_S, LOW_POOL, Fleet, Job, PowerClock, SimInputError, SimNode, load_fleet
+from strata_sim.policies import (
+    HoldBackSettings,
+    KueuePolicy,
+    StrataPolicy,
+    default_scheduler,
+    karpenter_like,
+    pools,
+)
+from strata_sim.report import figures
+from strata_sim.traces import read_alibaba
+
+pytestmark = pytest.mark.timeout(30)
+
+H100 = (GPUType.H100,)
+
+
+def a_catalog(spot_hazard: float = 0.0) -> Catalog:
+    return parse_catalog(
+        {
+            "prices": {"p5.48xlarge": {"reserved": 80.0, "on-demand": 120.0, "spot": 40.0}},
+            "throughput": {"bf16": {"H100": 1.0, "MI300X": 0.85}},
+            "interruption": {"hazardPerHour": {"spot": spot_hazard}},
+        }
+    )
+
+
+def a_fleet(*kinds: str) -> Fleet:
+    """One 8-GPU H100 node per capacity type given, named so that name order is the order given."""
+    return Fleet(
+        tuple(SimNode(f"{chr(97 + i)}-{kind}", GPUType.H100, kind, "p5.48xlarge", 8) for i, kind in enumerate(kinds))
+    )
+
+
+def a_job(key: str, at_h: float, hours: float, workers: int = 1, pool: str = LOW_POOL, **kw: object) -> Job:
+    return Job(key, at_h * HOUR_S, workers, 8, hours, pool, gpu_types=H100, **kw)  # type: ignore[arg-type]
+
+
+def every_policy(fleet: Fleet, catalog: Catalog) -> dict[str, Policy]:
+    return {
+        "default": default_scheduler(),
+        "kueue": KueuePolicy(pools(fleet)),
+        "karpenter": karpenter_like(catalog),
+        "strata": StrataPolicy(fleet, catalog, None),
+    }
+
+
+def starts(outcome: Outcome) -> dict[str, float]:
+    return {r.job.key: -1 if r.first_start_s is None else r.first_start_s / HOUR_S for r in outcome.records}
+
+
+def test_two_nodes_three_jobs_exact_waits_and_costs_per_policy() -> None:
+    """A and B start at once, C waits half an hour for the first to finish. Reserved is paid for the whole 2 h
+    ($160); what differs is which jobs each policy puts on spot ($40 per job-hour there)."""
+    catalog, fleet = a_catalog(), a_fleet("reserved", "spot")
+    jobs = [a_job("A", 0, 1.0), a_job("B", 0, 1.0), a_job("C", 0.5, 1.0)]
+    spot_jobs = {"default": 1, "kueue": 1, "karpenter": 2, "strata": 2}
+    for name, policy in every_policy(fleet, catalog).items():
+        outcome = simulate(jobs, fleet, catalog, policy)
+        assert starts(outcome) == {"A": 0.0, "B": 0.0, "C": 1.0}, name
+        result = figures(outcome, catalog)
+        assert result.end_h == 2.0
+        assert result.total_cost == pytest.approx(160.0 + 40.0 * spot_jobs[name]), name
+        assert result.mean_wait_h[LOW_POOL] == pytest.approx(0.5 / 3), name
+        assert result.mean_jct_h == pytest.approx((1 + 1 + 1.5) / 3), name
+        assert result.cost_per_useful_gpu_h == pytest.approx(result.total_cost / 24.0)
+        assert result.utilisation == pytest.approx(24.0 / 32.0)
+
+
+def test_strata_puts_the_cheapest_work_first_and_kueue_fills_reserved_first() -> None:
+    catalog, fleet = a_catalog(), a_fleet("reserved", "spot")
+    jobs = [a_job("A", 0, 1.0)]
+    strata = simulate(jobs, fleet, catalog, StrataPolicy(fleet, catalog, None)).records[0]
+    kueue = simulate(jobs, fleet, catalog, KueuePolicy(pools(fleet))).records[0]
+    assert (strata.capacity, kueue.capacity) == ("spot", "reserved")
+
+
+def test_an_interruption_loses_exactly_the_work_since_the_last_checkpoint() -> None:
+    catalog, fleet = a_catalog(), a_fleet("spot")
+    state = SimState(fleet, catalog, PowerClock(catalog))
+    job = a_job("A", 0, 2.0, checkpoint_s=600.0)
+    state.records["A"] = JobRecord(job)
+    state.queue["A"] = job
+    state.place(job, GPUType.H100, "a-spot", 1)
+    state.now_s = 1500.0  # 2 checkpoints (1200 s) saved, 300 s lost
+    state.preempt("A")
+    record = state.records["A"]
+    assert record.done_h == pytest.approx(1200 / 3600)
+    assert record.lost_gpu_h == pytest.approx(300 / 3600 * 8)
+    assert "A" in state.queue
+    assert state.free["a-spot"] == 8
+    assert state.usage_cost == pytest.approx(40.0 * 1500 / 3600)
+
+
+def test_strata_preempts_low_priority_and_the_victim_resumes_from_its_checkpoint() -> None:
+    """L (low, 4 h, checkpoints every 30 min) runs alone; H (high) arrives at 0.75 h: strata preempts L, which
+    keeps 0.5 h, loses 0.25 h x 8 GPUs, and finishes at 1.75 + 3.5 = 5.25 h. Kueue-like does not preempt."""
+    catalog, fleet = a_catalog(), a_fleet("reserved")
+    jobs = [a_job("L", 0, 4.0), a_job("H", 0.75, 1.0, pool=HIGH_POOL)]
+    strata = {r.job.key: r for r in simulate(jobs, fleet, catalog, StrataPolicy(fleet, catalog, None)).records}
+    assert strata["H"].first_start_s == pytest.approx(0.75 * HOUR_S)
+    assert strata["L"].lost_gpu_h == pytest.approx(0.25 * 8)
+    assert strata["L"].finish_s == pytest.approx(5.25 * HOUR_S)
+    kueue = {r.job.key: r for r in simulate(jobs, fleet, catalog, KueuePolicy(pools(fleet))).records}
+    assert kueue["H"].first_start_s == pytest.approx(4.0 * HOUR_S)
+    assert kueue["L"].lost_gpu_h == 0
+
+
+class PartialGangProbe:
+    """Wraps a policy and records the most GPUs ever held by gangs only partly placed."""
+
+    def __init__(self, inner: Policy) -> None:
+        self.inner, self.name, self.most = inner, inner.name, 0
+
+    def tick(self, now_s: float, state: SimState) -> bool:
+        return self.inner.tick(now_s, state)
+
+    def schedule(self, now_s: float, state: SimState) -> None:
+        self.inner.schedule(now_s, state)
+        partial = sum(sum(r.placed.values()) for r in state.runs.values() if r.workers < r.job.workers)
+        self.most = max(self.most, partial)
+
+
+def test_gangs_are_never_half_placed_by_strata_or_kueue_but_may_be_by_default() -> None:
+    """X holds one node for 10 h; gang G (2 x 8 GPUs) arrives next. kube-scheduler without gangs binds one of
+    G's pods to the free node, where it idles for 10 h; strata and kueue keep the whole gang queued."""
+    catalog, fleet = a_catalog(), a_fleet("reserved", "reserved")
+    jobs = [a_job("X", 0, 10.0), a_job("G", 0.01, 1.0, workers=2)]
+    most = {}
+    for name, policy in every_policy(fleet, catalog).items():
+        probe = PartialGangProbe(policy)
+        outcome = simulate(jobs, fleet, catalog, probe)
+        assert starts(outcome)["G"] == pytest.approx(10.0)
+        most[name] = probe.most
+    assert most == {"default": 8, "kueue": 0, "karpenter": 8, "strata": 0}
+
+
+def test_the_hold_back_keeps_reserved_gpus_for_forecast_high_priority_demand() -> None:
+    """With the forecast's upper edge at 8 H100s, a low-priority job goes to spot and a second one waits instead
+    of taking the reserved node; a high-priority job takes it. Without a hold the second low job takes it."""
+    catalog, fleet = a_catalog(), a_fleet("reserved", "spot")
+    low1, low2, high = a_job("L1", 0, 1.0), a_job("L2", 0, 1.0), a_job("H", 0, 1.0, pool=HIGH_POOL)
+
+    def run(policy: StrataPolicy, jobs: list[Job]) -> SimState:
+        state = SimState(fleet, catalog, PowerClock(catalog))
+        for job in jobs:
+            state.queue[job.key] = job
+            state.records[job.key] = JobRecord(job)
+        policy.schedule(0.0, state)
+        return state
+
+    held = StrataPolicy(fleet, catalog, HoldBackSettings())
+    held.upper = {"H100": 8.0}
+    state = run(held, [low1, low2])
+    assert set(state.runs) == {"L1"}
+    assert state.runs["L1"].placed == {"b-spot": 8}
+    held = StrataPolicy(fleet, catalog, HoldBackSettings())
+    held.upper = {"H100": 8.0}
+    both = run(held, [low1, high])
+    assert set(both.runs) == {"H"}, "H takes spot (cheapest), so the hold keeps L1 off the reserved node"
+    assert held.unplaced == 1, "admission counted H on the reserved node and admitted L1 onto spot"
+    assert set(run(StrataPolicy(fleet, catalog, None), [low1, low2]).runs) == {"L1", "L2"}
+
+
+def test_the_hold_back_forecast_learns_high_priority_demand_during_a_replay() -> None:
+    """A steady high-priority job on the reserved node: after the first refit the extender's forecaster holds
+    that demand, so the policy's hold names H100."""
+    catalog, fleet = a_catalog(), a_fleet("reserved", "spot")
+    policy = StrataPolicy(fleet, catalog, HoldBackSettings(refit_every=1))
+    simulate([a_job("H", 0, 3.0, pool=HIGH_POOL)], fleet, catalog, policy)
+    assert policy.upper["H100"] > 0
+
+
+def test_reclaims_are_seeded_and_the_same_for_every_policy() -> None:
+    catalog, fleet = a_catalog(spot_hazard=2.0), a_fleet("spot")
+    jobs = [a_job("A", 0, 3.0, checkpoint_s=900.0)]
+    first = simulate(jobs, fleet, catalog, default_scheduler(), seed=7).records[0]
+    again = simulate(jobs, fleet, catalog, KueuePolicy(pools(fleet)), seed=7).records[0]
+    assert first.interruptions > 0
+    assert (first.interruptions, first.lost_gpu_h, first.finish_s) == (
+        again.interruptions,
+        again.lost_gpu_h,
+        again.finish_s,
+    )
+    assert first.lost_gpu_h < first.interruptions * 0.25 * 8 + 1e-9  # never more than one interval per reclaim
+
+
+def alibaba_folder(tmp_path: Path, rows: list[str]) -> Path:
+    folder = tmp_path / "alibaba_gpu_v2023"
+    folder.mkdir()
+    header = (
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time"
+    )
+    with gzip.open(folder / "openb_pod_list_default.dev.csv.gz", "wt") as handle:
+        handle.write("\n".join([header, *rows]) + "\n")
+    return folder
+
+
+def test_the_alibaba_reader_maps_pods_to_jobs_and_names_a_bad_cell(tmp_path: Path) -> None:
+    day = 86400
+    folder = alibaba_folder(
+        tmp_path,
+        [
+            f"p0,1000,1,2,1000,,LS,Running,{day * 115 + 60},{day * 115 + 3660},{day * 115 + 60}",
+            f"p1,1000,1,0,0,,BE,Running,{day * 115},{day * 116},{day * 115}",
+            f"p2,1000,1,1,500,,BE,Pending,{day * 115},{day * 116},",
+            f"p3,1000,1,1,500,,BE,Running,{day * 100},{day * 115 + 7200},{day * 100}",
+        ],
+    )
+    jobs, summary = read_alibaba(folder, days=1)
+    assert [(j.key, j.arrival_s, j.gpus, j.work_h, j.pool) for j in jobs] == [
+        ("p0", 60.0, 2, 1.0, HIGH_POOL),
+        ("p3", 0.0, 1, 2.0, LOW_POOL),
+    ]
+    assert summary.skipped == {"no GPU (CPU pod)": 1, "never scheduled (no run time)": 1}
+    (tmp_path / "bad").mkdir()
+    bad = alibaba_folder(tmp_path / "bad", ["p0,1000,1,two,1000,,LS,Running,0,10,0"])
+    with pytest.raises(SimInputError, match=r"openb_pod_list_default.dev.csv.gz: row 2, column num_gpu"):
+        read_alibaba(bad, days=1)
+
+
+def test_a_fleet_the_trace_cannot_fit_is_reported_not_truncated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fleet_file = tmp_path / "fleet.yaml"
+    fleet_file.write_text("pools:\n  - {name: h, gpu: H100, capacityType: reserved, nodes: 1}\n")
+    assert len(load_fleet(fleet_file, scale=3).nodes) == 3
+    code = main(["--trace", "synthetic:200", "--days", "1", "--fleet", str(fleet_file), "--no-progress"])
+    assert code == 2
+    assert "need more GPUs of one type than the fleet has (8 GPUs; raise --scale)" in capsys.readouterr().err
