@@ -27,6 +27,7 @@ import numpy as np
 from strata_serving.autoscale import Mode, Recommendation, ScalingDecision, ScalingPolicy, decide
 from strata_serving.forecasters import (
     Candidate,
+    FittedCandidate,
     ForecastSettings,
     LSTMCandidate,
     ProphetCandidate,
@@ -141,7 +142,7 @@ class LiveScaler:
 
     def refit_worker(self, interval_s: float) -> RefitWorker | None:
         """The background refits of the fitted forecasters (None when none is used, as in reactive mode)."""
-        if not self.candidates:
+        if not any(isinstance(c, FittedCandidate) for c in self.candidates):
             return None
         horizon = horizon_bins(self.policy.horizon_s, self.interval_s)
         return RefitWorker(self.candidates, self.series, horizon, interval_s)

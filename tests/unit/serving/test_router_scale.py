@@ -4,6 +4,7 @@ stand-in replica, loaded, deciding each interval; and the live scaler's bookkeep
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -136,3 +137,26 @@ def test_the_lstm_is_left_out_where_torch_is_not_installed() -> None:
     assert [c.name for c in without_torch.usable] == ["persistence", "seasonal", "prophet"]
     assert without_torch.dropped == ["lstm: torch is not installed"]
     assert [c.name for c in usable_candidates(settings).usable] == ["persistence", "seasonal", "prophet", "lstm"]
+
+
+def test_with_enough_history_a_predictive_router_scales_ahead_of_a_rising_load() -> None:
+    policy = ScalingPolicy(target_rps=1.0, startup_s=60, min_replicas=1, max_replicas=100, stabilisation_s=0)
+    settings = ForecastSettings(bin_s=15, eval_origins=40)
+    candidates = usable_candidates(settings, importable=frozenset()).usable  # persistence and seasonal: no fits
+    scaler = LiveScaler(policy, interval_s=15, candidates=candidates, forecast_settings=settings)
+    decisions = []
+    for tick in range(1, 61):  # 15 minutes of a load that grows by 1 request per 15 s bin
+        start = 1_000_000 + (tick - 1) * 15
+        for second in range(start, start + 15):
+            scaler.observe(second, requests=tick)
+        decisions.append(scaler.tick(start + 15.0, ready=decisions[-1].replicas if decisions else 1, starting=0))
+    first, last = decisions[0], decisions[-1]
+    assert first.forecast is None
+    assert first.reason.startswith("no forecast")
+    assert last.forecast is not None
+    assert last.forecast.method == "persistence"
+    # the band learnt that the load keeps rising: it orders for the load one lead ahead, above what it sees now
+    assert last.forecast.upper > last.observed_rps
+    assert (last.cause, last.replicas) == ("Forecast", math.ceil(last.forecast.upper - 1e-9))
+    assert last.replicas > last.reactive_floor
+    assert scaler.refit_worker(60.0) is None  # nothing to refit without Prophet or the LSTM
