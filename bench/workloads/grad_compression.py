@@ -26,7 +26,7 @@ import torch.multiprocessing as mp
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 from torch.nn.parallel import DistributedDataParallel
 
-from strata_workloads.data import ShardedLoader, build_shards, load_documents, stdlib_root
+from strata_workloads.data import PackedLoader, PackedWindows, load_documents, pack_documents, stdlib_root
 from strata_workloads.model import Transformer, cross_entropy_loss
 from strata_workloads.presets import get_preset
 
@@ -63,7 +63,8 @@ def worker(rank: int, world: int, init: str, variant: str, args: dict[str, Any],
     dist.all_reduce = counting_all_reduce  # type: ignore[assignment]
     docs = load_documents(stdlib_root(), max_docs=600)
     held_out = torch.tensor([list(d.data[: SEQ + 1]) for d in docs[-40:] if len(d.data) > SEQ][:16])
-    loader = ShardedLoader(build_shards(docs[:-40], 16), rank, world, micro_batch=GLOBAL_BATCH // world, seq_len=SEQ)
+    windows = PackedWindows([pack_documents(docs[:-40])], SEQ)
+    loader = PackedLoader(windows, rank, world, GLOBAL_BATCH // world, GLOBAL_BATCH, seed=0)
     torch.manual_seed(0)
     model = DistributedDataParallel(Transformer(get_preset("small")))
     if variant == "powersgd":

@@ -35,7 +35,7 @@ from torch._dynamo.utils import counters
 
 from strata_workloads.batching import DynamicBatcher
 from strata_workloads.continuous import GenerateRequest
-from strata_workloads.data import ShardedLoader, build_shards, load_documents, stdlib_root
+from strata_workloads.data import PackedLoader, PackedWindows, load_documents, pack_documents, stdlib_root
 from strata_workloads.engine import build_engine
 from strata_workloads.inference import Quantization, generate, load_model, quantize, score
 from strata_workloads.layout import ParallelDims
@@ -50,8 +50,7 @@ from strata_workloads.settings import ServeSettings
 def train_small(steps: int, seq: int) -> tuple[Transformer, list[list[int]]]:
     docs = load_documents(stdlib_root(), max_docs=600)
     held_out = [list(d.data[:seq]) for d in docs[-40:] if len(d.data) > seq]
-    shards = build_shards(docs[:-40], 16)
-    loader = ShardedLoader(shards, 0, 1, micro_batch=8, seq_len=seq)
+    loader = PackedLoader(PackedWindows([pack_documents(docs[:-40])], seq), 0, 1, 8, 8, seed=0)
     torch.manual_seed(0)
     engine = build_engine(
         Transformer(get_preset("small")), ParallelDims(1), None, ParallelizeOptions(), torch.device("cpu")

@@ -83,6 +83,28 @@ class Engine:
         dist.all_reduce(total, group=self.mesh["pp"].get_group())
         return total
 
+    def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of one micro-batch, forward only (validation), identical on every rank of the
+        pipeline (zero-filled then summed from the last stage)."""
+        with torch.no_grad():
+            if self.schedule is None:
+                return cross_entropy_loss(self.parts[0](inputs), targets).detach().float()
+            losses: list[torch.Tensor] = []
+            args = (inputs,) if self.has_first_stage else ()
+            if self.has_last_stage:
+                self.schedule.eval(*args, target=targets, losses=losses)
+            else:
+                self.schedule.eval(*args)
+            total = torch.zeros((), device=inputs.device)
+            if self.has_last_stage:
+                # pipeline_loss divided each pipeline micro-batch's loss by grad_accum * n_microbatches.
+                total = torch.stack([loss.detach().float() for loss in losses]).sum() * self.grad_accum
+                if self.loss_scale is not None:
+                    total = total / self.loss_scale(torch.ones((), device=total.device))
+            assert self.mesh is not None
+            dist.all_reduce(total, group=self.mesh["pp"].get_group())
+            return total
+
     def global_loss(self, local: torch.Tensor) -> torch.Tensor:
         """Mean over data-parallel ranks (the loss of the global batch)."""
         if self.mesh is None or self.dims.dp == 1:

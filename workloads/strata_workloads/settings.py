@@ -22,11 +22,6 @@ class TrainSettings:
     """Field -> env var STRATA_<FIELD upper-cased>. Units in the comments."""
 
     model: str = "debug"  # preset name (presets.PRESETS)
-    # A Hugging Face Llama/Qwen2 directory (config.json + safetensors): its shape replaces the preset and its
-    # weights are step 0 (fine-tuning); empty: the preset, randomly initialised
-    model_dir: str = ""
-    # A tokenizer.json (or a folder holding one); empty: the model_dir's tokenizer.json if it has one, else bytes
-    tokenizer: str = ""
     steps: int = 100  # optimizer steps in total (a resumed run continues up to this)
     global_batch: int = 8  # sequences per optimizer step, all data-parallel ranks together
     micro_batch: int = 4  # sequences per forward/backward on one data-parallel rank
@@ -55,9 +50,15 @@ class TrainSettings:
     checkpoint_every_seconds: float = 0.0  # 0: off; otherwise also save when this much wall time has passed
     checkpoint_keep: int = 3  # complete checkpoints kept
     checkpoint_async: bool = True
-    data_dir: str = ""  # empty: the Python standard library's sources
-    data_max_docs: int = 0  # 0: all documents
-    data_shards: int = 64
+    # A folder `python -m strata_workloads.prepare` wrote (header.json), or a dataset to prepare at start-up: a
+    # .jsonl or .parquet file, or a folder of .txt/.jsonl/.parquet files; empty: the standard library's sources
+    data_dir: str = ""
+    data_text_field: str = "text"  # the JSON field or Parquet column holding each document's text
+    data_max_docs: int = 0  # 0: all documents (datasets prepared at start-up only)
+    data_shards: int = 64  # token shards written when preparing at start-up (the batches do not depend on it)
+    data_validation_fraction: float = 0.02  # share of documents held out for validation (preparing at start-up)
+    eval_every_steps: int = 50  # validation loss every this many steps; 0: never
+    eval_batches: int = 4  # global batches of held-out windows each validation loss averages over
     anomaly_contamination: float = 0.02  # share of documents IsolationForest drops; 0 disables the filter
     metrics_port: int = 0  # Prometheus exporter on LOCAL_RANK 0; 0: off
     log_format: str = "auto"  # auto (tqdm bar on a TTY, JSON lines otherwise) | json | tty
@@ -72,11 +73,7 @@ class ServeSettings:
     """Field -> env var STRATA_SERVE_<FIELD upper-cased>."""
 
     model: str = "debug"  # preset the checkpoint was trained with
-    # A Hugging Face Llama/Qwen2 directory: its shape replaces the preset, and its weights are served when no
-    # checkpoint is given (a checkpoint fine-tuned from it is served on its shape otherwise)
-    model_dir: str = ""
-    tokenizer: str = ""  # a tokenizer.json or a folder holding one; empty: the model_dir's if present, else bytes
-    checkpoint: str = ""  # step folder or checkpoint root (newest complete); empty: random weights (or model_dir's)
+    checkpoint: str = ""  # step folder or checkpoint root (newest complete); empty: random weights
     model_name: str = ""  # the name /v1/models lists and completions answer to; empty: the checkpoint, else the preset
     quantization: str = "none"  # none | int8-weight | int8-dynamic (torchao)
     # fp32 | bf16: dtype of weights and activations; int8-weight is fast on CPU only with bf16 and compile

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from strata_api.workload import ExitCode
 from strata_workloads.checkpoint import NoUsableCheckpoint
+from strata_workloads.datasets import DatasetError
 from strata_workloads.settings import TrainSettings, load_train_settings
 from strata_workloads.telemetry import setup_logging
 from strata_workloads.trainer import Process, Trainer, TrainingPlan
@@ -34,6 +35,9 @@ def run(settings: TrainSettings, env: Mapping[str, str]) -> int:
             return ExitCode.INVALID_CONFIGURATION
         try:
             trainer = Trainer(settings, plan, process, show_bar)
+        except DatasetError as err:
+            log.error("invalid dataset", extra={"error": str(err)})
+            return ExitCode.INVALID_CONFIGURATION
         except NoUsableCheckpoint as err:
             # Not "retry": a restart would find the same bytes. A person must repair or remove the checkpoints.
             log.error("no usable checkpoint", extra={"error": str(err)})

@@ -12,7 +12,6 @@ import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 
 import torch
@@ -21,17 +20,17 @@ import torch.distributed as dist
 from strata_api.workload import ExitCode, WorkerEnv
 from strata_workloads import progress
 from strata_workloads.checkpoint import Checkpointer
-from strata_workloads.data import ShardedLoader, build_shards, filter_anomalies, load_documents, stdlib_root
+from strata_workloads.data import PackedLoader, open_training_data
 from strata_workloads.engine import build_engine
-from strata_workloads.hf_checkpoint import check_hf_model_dir, initial_model
 from strata_workloads.layout import ParallelDims
+from strata_workloads.model import Transformer
 from strata_workloads.optim import OptimConfig, StepResult, build_optimizer, train_step
 from strata_workloads.parallelize import ActivationCheckpointing, ParallelizeOptions
 from strata_workloads.pipeline import get_schedule_spec
 from strata_workloads.presets import ModelConfig, get_preset
 from strata_workloads.settings import TrainSettings
 from strata_workloads.telemetry import StepLogger, TrainMetrics
-from strata_workloads.tokenizer import Tokenizer, check_fits, load_tokenizer, resolve_tokenizer_path
+from strata_workloads.tokenizer import ByteTokenizer
 from strata_workloads.train_state import gather_train_state, restore_train_state
 
 log = logging.getLogger("strata_workloads.train")
@@ -79,7 +78,6 @@ class TrainingPlan:
     autocast: torch.dtype | None
     options: ParallelizeOptions
     optim: OptimConfig
-    tokenizer: Tokenizer  # the data's ids; its vocabulary fits the model's
 
     @classmethod
     def of(cls, settings: TrainSettings, world: int) -> TrainingPlan:
@@ -87,11 +85,10 @@ class TrainingPlan:
         s = settings
         dp_shard = s.dp_shard or max(1, world // (s.dp_replicate * s.tp * s.pp))
         dims = ParallelDims(world, s.dp_replicate, dp_shard, s.tp, s.pp, s.ep)
-        model = model_config(s)
-        tokenizer = load_tokenizer(resolve_tokenizer_path(s.tokenizer, s.model_dir))
-        check_fits(tokenizer, model.vocab_size)
+        seq_len = max(s.seq_len, get_preset(s.model).max_seq_len)
+        model = get_preset(s.model, max_seq_len=seq_len, moe_aux_loss_coef=s.moe_aux_loss_coef)
         stages_per_rank = get_schedule_spec(s.pp_schedule).stages_per_rank if dims.pp > 1 else 1
-        dims.validate_for_model(model.n_layers, model.n_heads, model.n_experts, stages_per_rank, model.n_kv_heads)
+        dims.validate_for_model(model.n_layers, model.n_heads, model.n_experts, stages_per_rank)
         grad_accum = dims.validate_batch(s.global_batch, s.micro_batch, s.pp_microbatches)
         autocast = AUTOCAST[s.precision]
         options = ParallelizeOptions(activation_checkpointing=ActivationCheckpointing(s.ac), compile=s.compile)
@@ -103,18 +100,7 @@ class TrainingPlan:
             min_lr_ratio=s.min_lr_ratio,
             max_grad_norm=s.max_grad_norm,
         )
-        return cls(dims, model, grad_accum, autocast, options, optim, tokenizer)
-
-
-def model_config(s: TrainSettings) -> ModelConfig:
-    """The model_dir's shape (a Hugging Face directory) when given, else the preset's; long enough for seq_len."""
-    if s.model_dir:
-        model, _ = check_hf_model_dir(s.model_dir)  # tensors checked now: a bad directory exits 2
-        if s.seq_len > model.max_seq_len:
-            raise ValueError(f"seq_len={s.seq_len} exceeds {s.model_dir}'s max_position_embeddings={model.max_seq_len}")
-        return model
-    seq_len = max(s.seq_len, get_preset(s.model).max_seq_len)
-    return get_preset(s.model, max_seq_len=seq_len, moe_aux_loss_coef=s.moe_aux_loss_coef)
+        return cls(dims, model, grad_accum, autocast, options, optim)
 
 
 class Stop:
@@ -145,7 +131,7 @@ class Trainer:
         mesh = plan.dims.build_mesh(process.device.type) if process.distributed else None
         torch.manual_seed(settings.seed)
         self.engine = build_engine(
-            initial_model(plan.model, settings.model_dir),  # a model_dir's weights are step 0 (fine-tuning)
+            Transformer(plan.model),
             plan.dims,
             mesh,
             plan.options,
@@ -156,7 +142,12 @@ class Trainer:
         )
         self.optimizer, self.scheduler = build_optimizer(self.engine, plan.optim)
         self.scaler = self._grad_scaler()
-        self.loader = make_loader(settings, plan.dims, mesh["dp"].get_local_rank() if mesh is not None else 0)
+        self.data = open_training_data(settings, ByteTokenizer(), plan.model.vocab_size)
+        dp_rank = mesh["dp"].get_local_rank() if mesh is not None else 0
+        self.loader = PackedLoader(
+            self.data.train, dp_rank, plan.dims.dp, settings.micro_batch, settings.global_batch, settings.seed
+        )
+        self.validation = self.data.validation_loader(settings, dp_rank, plan.dims.dp)
         self.checkpointer = (
             Checkpointer(settings.checkpoint_path, settings.checkpoint_keep, settings.checkpoint_async)
             if settings.checkpoint_path is not None
@@ -185,7 +176,7 @@ class Trainer:
         ones; the step to continue from. Raises NoUsableCheckpoint when none loads."""
         if self.checkpointer is None:
             return 0
-        fresh = gather_train_state(0, self.loader, self.settings.data_shards, self.process.world)
+        fresh = gather_train_state(0, self.loader, self.process.world)
         loaded = self.checkpointer.load_newest(self.engine.parts, self.optimizer, self.scheduler, fresh)
         if loaded is None:
             return 0
@@ -234,8 +225,34 @@ class Trainer:
             self.scaler,
             self.plan.autocast,
         )
-        self._record(done, result, time.monotonic() - began)
+        elapsed = time.monotonic() - began
+        self._record(done, result, elapsed, self.validation_loss() if self.evaluation_due(done) else None)
         return result
+
+    def evaluation_due(self, done: int) -> bool:
+        every = self.settings.eval_every_steps
+        return self.validation is not None and every > 0 and done % every == 0
+
+    def validation_loss(self) -> float:
+        """Mean loss over the first `eval_batches` global batches of held-out windows (the same windows at
+        every evaluation and for every layout), forward only."""
+        assert self.validation is not None
+        self.validation.rewind(0)
+        parts = self.engine.parts
+        for part in parts:
+            part.eval()
+        total = torch.zeros((), device=self.process.device)
+        count = self.settings.eval_batches * self.plan.grad_accum
+        try:
+            autocast = self.plan.autocast
+            with torch.autocast(self.process.device.type, autocast or torch.float32, enabled=autocast is not None):
+                for _ in range(count):
+                    inputs, targets = self.validation.next_batch()
+                    total += self.engine.evaluate(inputs.to(self.process.device), targets.to(self.process.device))
+        finally:
+            for part in parts:
+                part.train()
+        return float(self.engine.global_loss(total / count))
 
     def diverged(self, done: int, result: StepResult) -> bool:
         """Count a non-finite step (skipped: no weight changed); True once the budget in a row is spent."""
@@ -263,12 +280,15 @@ class Trainer:
         inputs, targets = self.loader.next_batch()
         return inputs.to(self.process.device), targets.to(self.process.device)
 
-    def _record(self, done: int, result: StepResult, elapsed: float) -> None:
+    def _record(self, done: int, result: StepResult, elapsed: float, val_loss: float | None) -> None:
         tokens = self.settings.global_batch * self.settings.seq_len
         tokens_per_s = tokens / elapsed
         self.metrics.record_step(done, result.loss, result.grad_norm, tokens, elapsed)
         lr = float(self.scheduler.get_last_lr()[0])
-        self.step_log.update(step=done, loss=result.loss, grad_norm=result.grad_norm, tokens_per_s=tokens_per_s, lr=lr)
+        evaluated = {} if val_loss is None else {"val_loss": val_loss}
+        self.step_log.update(
+            step=done, loss=result.loss, grad_norm=result.grad_norm, tokens_per_s=tokens_per_s, lr=lr, **evaluated
+        )
         progress.note_step(done, result.loss)
 
     def checkpoint_due(self, done: int) -> bool:
@@ -285,16 +305,7 @@ class Trainer:
             return
         if blocking:
             self.checkpointer.wait()
-        state = gather_train_state(step, self.loader, self.settings.data_shards, self.process.world)
+        state = gather_train_state(step, self.loader, self.process.world)
         self.checkpointer.save(self.engine.parts, self.optimizer, self.scheduler, state, blocking=blocking)
         self.metrics.checkpoints.inc()
         self.last_save = time.monotonic()
-
-
-def make_loader(settings: TrainSettings, dims: ParallelDims, dp_rank: int) -> ShardedLoader:
-    """This data-parallel rank's loader over the (anomaly-filtered) corpus."""
-    root = Path(settings.data_dir) if settings.data_dir else stdlib_root()
-    docs = load_documents(root, settings.data_max_docs or None)
-    docs = filter_anomalies(docs, settings.anomaly_contamination, seed=settings.seed)
-    shards = build_shards(docs, settings.data_shards)
-    return ShardedLoader(shards, dp_rank, dims.dp, settings.micro_batch, settings.seq_len)

@@ -1,4 +1,5 @@
-"""Pure checks: layout validation messages, presets, settings from env, LR schedule, data sharding and filter."""
+"""Pure checks: layout validation messages, presets, settings from env, LR schedule, the anomaly filter (data
+loading and sharding: test_datasets.py)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,12 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
-from strata_workloads.data import (
-    Document,
-    HashRing,
-    ShardedLoader,
-    build_shards,
-    filter_anomalies,
-    load_documents,
-    stdlib_root,
-)
+from strata_workloads.data import Document, filter_anomalies, load_documents, stdlib_root
 from strata_workloads.layout import ParallelDims
 from strata_workloads.optim import OptimConfig, warmup_cosine
 from strata_workloads.pipeline import SCHEDULES, layer_split, stage_ids_for_rank
-from strata_workloads.presets import EOS_TOKEN, PRESETS, get_preset
+from strata_workloads.presets import PRESETS, get_preset
 from strata_workloads.settings import TrainSettings, load_train_settings
 
 
@@ -87,39 +79,6 @@ def test_warmup_then_cosine() -> None:
     assert warmup_cosine(9, config) == pytest.approx(0.55)
     assert warmup_cosine(14, config) == pytest.approx(0.1)
     assert warmup_cosine(100, config) == pytest.approx(0.1)
-
-
-@pytest.mark.unit
-def test_consistent_hashing_moves_few_shards_on_resize() -> None:
-    shards = range(256)
-    before = {s: HashRing(4).owner(s) for s in shards}
-    after = {s: HashRing(5).owner(s) for s in shards}
-    moved = [s for s in shards if before[s] != after[s]]
-    assert all(after[s] == 4 for s in moved), "a shard moved between old ranks"
-    assert len(moved) < 256 * 0.35  # ideal is 1/5 of them
-    assert len(set(before.values())) == 4
-
-
-@pytest.mark.unit
-def test_loader_position_survives_a_change_of_data_parallel_degree() -> None:
-    docs = [Document(f"doc{i}.py", bytes([65 + i % 26]) * 300) for i in range(40)]
-    shards = build_shards(docs, 8)
-    assert sum(s.numel() for s in shards) == 40 * 301
-    assert int((torch.cat(shards) == EOS_TOKEN).sum()) == 40
-    loaders = [ShardedLoader(shards, r, 2, micro_batch=2, seq_len=16) for r in range(2)]
-    assert sorted(loaders[0].owned + loaders[1].owned) == list(range(8))
-    for loader in loaders:
-        for _ in range(3):
-            inputs, targets = loader.next_batch()
-            assert torch.equal(inputs[:, 1:], targets[:, :-1])
-    merged: dict[int, int] = {}
-    for loader in loaders:
-        merged.update(loader.state_dict()["offsets"])  # type: ignore[arg-type]
-    single = ShardedLoader(shards, 0, 1, micro_batch=1, seq_len=16)
-    single.load_state_dict(merged, cursor=0)
-    shard = single.owned[0]
-    inputs, _ = single.next_batch()
-    assert torch.equal(inputs[0], shards[shard][merged[shard] : merged[shard] + 16])
 
 
 @pytest.mark.unit
