@@ -558,8 +558,11 @@ def service_status(
         _condition(draft, QUOTA_LIMITED, "False", allotment.reason, allotment.message)
     last = stored.get("lastScale") or {}
     if report is not None:
-        if last.get("time") != report.time or last.get("replicas") != desired:
-            draft.set("lastScale", report.last_scale(desired, allotment.reason if allotment.limited else report.reason))
+        # a decision is news when the count, the ask or its cause change; the same one every interval is not
+        # rewritten (one status write per 15 s per service would be all noise)
+        scale = report.last_scale(desired, allotment.reason if allotment.limited else report.reason)
+        if any(last.get(k) != scale[k] for k in ("replicas", "requested", "reason")):
+            draft.set("lastScale", scale)
     elif last.get("replicas") != desired:
         reason = allotment.reason if allotment.limited else Reason.MIN_REPLICAS
         draft.set("lastScale", {"time": api.format_time(now), "replicas": desired, "reason": reason})

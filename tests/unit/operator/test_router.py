@@ -170,8 +170,9 @@ def test_a_decision_becomes_the_desired_count_last_scale_and_an_event_once() -> 
     assert [(e.reason, e.message) for e in draft.events] == [
         ("ScaledUp", "2 -> 4 replicas: forecast upper band needs 4")
     ]
-    again = serving.service_status(service, {**stored, **patch}, SOURCE, within, None, "r1", T0, a_report(4))
-    assert "lastScale" not in again.patch()  # the same decision is written once
+    later = a_report(4, time="2026-01-01T12:00:30Z")
+    again = serving.service_status(service, {**stored, **patch}, SOURCE, within, None, "r1", T0, later)
+    assert "lastScale" not in again.patch()  # the same decision, made again an interval later, is not news
     assert [e.reason for e in again.events if e.reason.startswith("Scaled")] == []
 
 
