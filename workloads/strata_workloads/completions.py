@@ -10,7 +10,6 @@ does not define. A prompt plus `max_tokens` past the model's window is refused, 
 
 from __future__ import annotations
 
-import codecs
 import json
 import time
 import uuid
@@ -19,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from strata_workloads.continuous import RunningBatch, TokenStream
-from strata_workloads.inference import Sampling, encode
+from strata_workloads.inference import Sampling
 from strata_workloads.model import Transformer
-from strata_workloads.presets import EOS_TOKEN
 from strata_workloads.settings import ServeSettings
+from strata_workloads.tokenizer import ByteTokenizer, Tokenizer
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the completions API
 MAX_STOPS = 4  # OpenAI's limit on stop sequences
@@ -106,7 +105,7 @@ def _integer(body: dict[str, Any], key: str, low: int, high: int) -> int | None:
     return value
 
 
-def _prompt(body: dict[str, Any], settings: ServeSettings) -> list[int]:
+def _prompt(body: dict[str, Any], settings: ServeSettings, tokenizer: Tokenizer) -> list[int]:
     value = body.get("prompt")
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
         value = value[0]  # a batch of one prompt is one prompt
@@ -114,7 +113,7 @@ def _prompt(body: dict[str, Any], settings: ServeSettings) -> list[int]:
         raise bad("prompt", "'prompt' must be one string: send one request per prompt")
     if not isinstance(value, str) or not value:
         raise bad("prompt", "'prompt' must be a non-empty string")
-    tokens = encode(value)
+    tokens = tokenizer.encode(value)
     if len(tokens) > settings.max_prompt_bytes:
         raise bad("prompt", f"'prompt' is {len(tokens)} bytes; the limit is {settings.max_prompt_bytes}")
     return tokens
@@ -128,7 +127,9 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
     return tuple(stops)
 
 
-def parse_completion(body: dict[str, Any], model: Transformer, settings: ServeSettings) -> CompletionRequest:
+def parse_completion(
+    body: dict[str, Any], model: Transformer, settings: ServeSettings, tokenizer: Tokenizer
+) -> CompletionRequest:
     """The request a completions body asks for; raises ApiError naming the first field that is wrong."""
     for key, value in body.items():
         if key in _ONLY_DEFAULT:
@@ -143,7 +144,7 @@ def parse_completion(body: dict[str, Any], model: Transformer, settings: ServeSe
     if name != settings.served_model:
         message = f"The model '{name}' does not exist; this server has '{settings.served_model}'"
         raise ApiError(404, message, "model", code="model_not_found")
-    prompt = _prompt(body, settings)
+    prompt = _prompt(body, settings, tokenizer)
     max_tokens = _integer(body, "max_tokens", 1, settings.max_new_tokens)
     if max_tokens is None:
         max_tokens = min(DEFAULT_MAX_TOKENS, settings.max_new_tokens)
@@ -183,27 +184,28 @@ def _include_usage(body: dict[str, Any], stream: bool) -> bool:
 
 
 class CompletionText:
-    """The text of a row's tokens as they come, one token at a time. Bytes are decoded incrementally (a
-    character split across tokens waits for its last byte; invalid bytes become U+FFFD, as /v1/generate
-    decodes), tokens past the byte range (EOS) make no text, the text ends before the first stop string, and
+    """The text of a row's tokens as they come, one token at a time. Tokens are decoded incrementally by the
+    tokenizer's stream decoder (a character split across tokens waits for its last piece; invalid bytes become
+    U+FFFD, as /v1/generate decodes), EOS makes no text, the text ends before the first stop string, and
     text that could still become the start of a stop string is held back until it cannot."""
 
-    def __init__(self, stop: tuple[str, ...]) -> None:
+    def __init__(self, stop: tuple[str, ...], tokenizer: Tokenizer | None = None) -> None:
+        tokenizer = tokenizer or ByteTokenizer()
         self.stop = stop
         self.text = ""  # decoded so far (without the stop string, once found)
         self.sent = 0  # characters of `text` already handed out
         self.tokens = 0  # tokens taken: the completion's usage
         self.stopped = False  # a stop string or EOS ended it
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._eos_id = tokenizer.eos_id
+        self._decoder = tokenizer.stream_decoder()
 
     def add(self, token: int) -> str:
         """The text that becomes safe to send with this token."""
         self.tokens += 1
-        if token == EOS_TOKEN:
+        if token == self._eos_id:
             self.stopped = True
             return self._flush()
-        if token < 256:
-            self.text += self._decoder.decode(bytes([token]))
+        self.text += self._decoder.step(token)
         # A stop string cannot begin in sent text (a suffix that could begin one is never sent).
         found = [i for i in (self.text.find(s, self.sent) for s in self.stop) if i >= 0]
         if found:
@@ -217,7 +219,7 @@ class CompletionText:
         return self._flush()
 
     def _flush(self) -> str:
-        self.text += self._decoder.decode(b"", final=True)
+        self.text += self._decoder.flush()
         return self._take(len(self.text))
 
     def _take(self, upto: int) -> str:

@@ -35,8 +35,9 @@ class RunningBatch(Generic[Key]):
     different ages simply sit at different positions. Each row picks its tokens by its own `Sampling`
     (greedy unless told otherwise)."""
 
-    def __init__(self, model: Transformer) -> None:
+    def __init__(self, model: Transformer, eos_id: int = EOS_TOKEN) -> None:
         self.model = model
+        self.eos_id = eos_id  # the tokenizer's end of text: a row that makes it is done
         self.keys: list[Key] = []
         self.produced: list[list[int]] = []
         self.limits: list[int] = []
@@ -103,7 +104,7 @@ class RunningBatch(Generic[Key]):
             self.produced[row].append(token)
             self.pending[row] = token
             self.positions[row] += 1
-            if token == EOS_TOKEN or len(self.produced[row]) >= self.limits[row]:
+            if token == self.eos_id or len(self.produced[row]) >= self.limits[row]:
                 done.append(row)
         finished = {self.keys[row]: self.produced[row] for row in done}
         if done:
@@ -200,13 +201,15 @@ class ContinuousBatcher(QueueServer[GenerateRequest, list[int]]):
         max_batch: int,
         max_queue: int,
         on_step: Callable[[int, float | None, float], None] | None = None,
+        eos_id: int = EOS_TOKEN,
     ) -> None:
         super().__init__(max_queue)
         self.model = model
+        self.eos_id = eos_id
         self.max_batch = max_batch
         # (rows in the step, seconds the oldest newcomer waited before its prefill (None: no newcomer), seconds)
         self._on_step = on_step
-        self._running: RunningBatch[_Pending] = RunningBatch(model)
+        self._running: RunningBatch[_Pending] = RunningBatch(model, eos_id)
         self._streams: dict[_Pending, TokenStream] = {}
 
     @property
@@ -230,7 +233,7 @@ class ContinuousBatcher(QueueServer[GenerateRequest, list[int]]):
             joining = [p for p in joining if not p.future.done()]  # abandoned while queued
             leaving = {p for p in self._running.keys if p.future.done()}
             if not joining and len(leaving) == len(self._running):
-                self._running = RunningBatch(self.model)
+                self._running = RunningBatch(self.model, self.eos_id)
                 continue
             started = time.monotonic()
             for p in joining:
@@ -243,7 +246,7 @@ class ContinuousBatcher(QueueServer[GenerateRequest, list[int]]):
                         p.future.set_exception(err)
                     if p in self._streams:
                         self._streams[p].chunks.put_nowait(None)
-                self._running = RunningBatch(self.model)
+                self._running = RunningBatch(self.model, self.eos_id)
                 continue
             if self._on_step is not None:
                 waited = max((p.waited for p in joining), default=None)

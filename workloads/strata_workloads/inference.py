@@ -19,6 +19,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
 from strata_workloads.checkpoint import MARKER, CorruptCheckpoint, integrity_problem, newest_loadable
+from strata_workloads.hf_checkpoint import check_hf_model_dir, initial_model
 from strata_workloads.model import FeedForward, KVCache, Transformer
 from strata_workloads.presets import EOS_TOKEN, get_preset
 from strata_workloads.settings import TrainSettings
@@ -41,16 +42,18 @@ class Precision(StrEnum):
 DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16}
 
 
-def load_model(preset: str, checkpoint: Path | None) -> Transformer:
-    """The model with the weights of `checkpoint`; without one, the random weights of a training run's step 0 (its
-    default seed), so every replica serves the same model. A step folder is loaded as named, and refused
+def load_model(preset: str, checkpoint: Path | None, model_dir: str = "") -> Transformer:
+    """The model with the weights of `checkpoint`; without one, a training run's step 0: `model_dir`'s weights (a
+    Hugging Face directory, whose shape replaces the preset's), else the random weights of its default seed, so
+    every replica serves the same model. A step folder is loaded as named, and refused
     (CorruptCheckpoint) when it fails its checksums: a flipped bit must never be served. A checkpoint root serves
     its newest complete checkpoint that verifies and loads, falling back past damaged ones with a warning as
     training does (checkpoint.newest_loadable; nothing is moved: a server only reads); NoUsableCheckpoint when
     none does, FileNotFoundError when it has none."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TrainSettings.seed)
-        model = Transformer(get_preset(preset))
+        config = check_hf_model_dir(model_dir)[0] if model_dir else get_preset(preset)
+        model = initial_model(config, model_dir if checkpoint is None else "")
     if checkpoint is None:
         return model.eval()
     if (checkpoint / MARKER).is_file():

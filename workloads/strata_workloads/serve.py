@@ -51,8 +51,6 @@ from strata_workloads.continuous import ContinuousBatcher, GenerateRequest, Toke
 from strata_workloads.inference import (
     Precision,
     Quantization,
-    decode,
-    encode,
     load_model,
     prepare,
     score,
@@ -62,6 +60,7 @@ from strata_workloads.inference import (
 from strata_workloads.model import Transformer
 from strata_workloads.settings import ServeSettings, load_serve_settings
 from strata_workloads.telemetry import setup_logging
+from strata_workloads.tokenizer import ByteTokenizer, Tokenizer, check_fits, load_tokenizer, resolve_tokenizer_path
 
 log = logging.getLogger("strata_workloads.serve")
 
@@ -71,9 +70,12 @@ class BadRequest(ValueError):
 
 
 class Server:
-    def __init__(self, model: Transformer, settings: ServeSettings) -> None:
+    def __init__(self, model: Transformer, settings: ServeSettings, tokenizer: Tokenizer | None = None) -> None:
+        """`tokenizer`: the text <-> ids of every endpoint and the EOS that ends a generation (default bytes)."""
         self.model = model
         self.settings = settings
+        self.tokenizer = tokenizer or ByteTokenizer()
+        check_fits(self.tokenizer, model.config.vocab_size)
         self.ready = False
         self.draining = False
         self.started = now()
@@ -98,7 +100,9 @@ class Server:
             registry=self.registry,
         )
         self.queue_depth = Gauge("strata_serve_in_flight", "Requests queued or running", registry=self.registry)
-        self.generator = ContinuousBatcher(model, settings.max_batch, settings.max_queue, self._observe)
+        self.generator = ContinuousBatcher(
+            model, settings.max_batch, settings.max_queue, self._observe, self.tokenizer.eos_id
+        )
         # Checked here, before anything starts: a stride the model's window cannot take is a bad configuration.
         self.stride = scoring_stride(settings.predict_stride, model.config.max_seq_len)
         self.scorer: DynamicBatcher[list[int], tuple[float, int]] = DynamicBatcher(
@@ -203,7 +207,7 @@ class Server:
         value = body.get(key)
         if not isinstance(value, str) or not value:
             raise BadRequest(f"'{key}' must be a non-empty string")
-        tokens = encode(value)
+        tokens = self.tokenizer.encode(value)
         if len(tokens) > self.settings.max_prompt_bytes:
             raise BadRequest(f"'{key}' is {len(tokens)} bytes; the limit is {self.settings.max_prompt_bytes}")
         return tokens
@@ -244,7 +248,7 @@ class Server:
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= self.settings.max_new_tokens:
             raise BadRequest(f"'max_new_tokens' must be an integer in [1, {self.settings.max_new_tokens}]")
         tokens = await self.generator.submit(GenerateRequest(prompt, n))
-        return {"text": decode(tokens), "tokens": len(tokens)}
+        return {"text": self.tokenizer.decode(tokens), "tokens": len(tokens)}
 
     async def _predict(self, body: dict[str, Any]) -> dict[str, Any]:
         text = self._text(body, "text")
@@ -279,7 +283,7 @@ class Server:
             body = await self._body(request)
         except BadRequest as err:
             raise ApiError(400, str(err)) from None
-        completion = parse_completion(body, self.model, self.settings)
+        completion = parse_completion(body, self.model, self.settings, self.tokenizer)
         try:
             stream = self.generator.open(GenerateRequest(completion.prompt, completion.max_tokens, completion.sampling))
         except Overloaded as err:
@@ -289,7 +293,7 @@ class Server:
         return completion, stream
 
     async def _whole_completion(self, completion: CompletionRequest, stream: TokenStream) -> web.Response:
-        text = CompletionText(completion.stop)
+        text = CompletionText(completion.stop, self.tokenizer)
         async with aclosing(texts(stream, text)) as pieces:
             async for _ in pieces:
                 pass
@@ -304,7 +308,7 @@ class Server:
         connection closed, or a write failing), and the caller's close frees the row."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
-        text = CompletionText(completion.stop)
+        text = CompletionText(completion.stop, self.tokenizer)
         ids = (new_completion_id(), now(), self.settings.served_model)
         extra: dict[str, Any] = {"usage": None} if completion.include_usage else {}
         try:
@@ -346,8 +350,9 @@ def _event(body: dict[str, Any]) -> bytes:
 def build_server(settings: ServeSettings) -> Server:
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    model = load_model(settings.model, Path(settings.checkpoint) if settings.checkpoint else None)
-    return Server(prepare_model(model, settings), settings)
+    model = load_model(settings.model, Path(settings.checkpoint) if settings.checkpoint else None, settings.model_dir)
+    tokenizer = load_tokenizer(resolve_tokenizer_path(settings.tokenizer, settings.model_dir))
+    return Server(prepare_model(model, settings), settings, tokenizer)
 
 
 def prepare_model(model: Transformer, settings: ServeSettings) -> Transformer:

@@ -22,6 +22,11 @@ class TrainSettings:
     """Field -> env var STRATA_<FIELD upper-cased>. Units in the comments."""
 
     model: str = "debug"  # preset name (presets.PRESETS)
+    # A Hugging Face Llama/Qwen2 directory (config.json + safetensors): its shape replaces the preset and its
+    # weights are step 0 (fine-tuning); empty: the preset, randomly initialised
+    model_dir: str = ""
+    # A tokenizer.json (or a folder holding one); empty: the model_dir's tokenizer.json if it has one, else bytes
+    tokenizer: str = ""
     steps: int = 100  # optimizer steps in total (a resumed run continues up to this)
     global_batch: int = 8  # sequences per optimizer step, all data-parallel ranks together
     micro_batch: int = 4  # sequences per forward/backward on one data-parallel rank
@@ -73,7 +78,11 @@ class ServeSettings:
     """Field -> env var STRATA_SERVE_<FIELD upper-cased>."""
 
     model: str = "debug"  # preset the checkpoint was trained with
-    checkpoint: str = ""  # step folder or checkpoint root (newest complete); empty: random weights
+    # A Hugging Face Llama/Qwen2 directory: its shape replaces the preset, and its weights are served when no
+    # checkpoint is given (a checkpoint fine-tuned from it is served on its shape otherwise)
+    model_dir: str = ""
+    tokenizer: str = ""  # a tokenizer.json or a folder holding one; empty: the model_dir's if present, else bytes
+    checkpoint: str = ""  # step folder or checkpoint root (newest complete); empty: random weights (or model_dir's)
     model_name: str = ""  # the name /v1/models lists and completions answer to; empty: the checkpoint, else the preset
     quantization: str = "none"  # none | int8-weight | int8-dynamic (torchao)
     # fp32 | bf16: dtype of weights and activations; int8-weight is fast on CPU only with bf16 and compile

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -80,18 +81,31 @@ class ByteTokenizer:
         return _ByteStream()
 
 
-class _HFStream:
-    def __init__(self, tokenizer: object) -> None:
-        from tokenizers.decoders import DecodeStream
+class _PrefixStream:
+    """Streams a tokenizer's `decode` itself: each step decodes all ids so far and hands out what is new, holding
+    text back while it ends in U+FFFD (a character whose remaining bytes are in tokens still to come). So the
+    pieces join to exactly `decode(ids)` (a library stream decoder treats invalid bytes its own way)."""
 
-        self._tokenizer = tokenizer
-        self._stream = DecodeStream(skip_special_tokens=True)
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self._decode = decode
+        self._ids: list[int] = []
+        self._sent = ""
 
     def step(self, token: int) -> str:
-        return self._stream.step(self._tokenizer, token) or ""  # type: ignore[arg-type]
+        self._ids.append(token)
+        text = self._decode(self._ids)
+        if text.endswith("\ufffd"):
+            return ""
+        return self._take(text)
 
     def flush(self) -> str:
-        return ""
+        return self._take(self._decode(self._ids))
+
+    def _take(self, text: str) -> str:
+        if not text.startswith(self._sent):  # an earlier piece decodes differently now: it is already out
+            return ""
+        piece, self._sent = text[len(self._sent) :], text
+        return piece
 
 
 class HFTokenizer:
@@ -126,10 +140,11 @@ class HFTokenizer:
         return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
     def decode(self, ids: list[int]) -> str:
-        return str(self._tokenizer.decode(ids, skip_special_tokens=True))
+        # EOS makes no text even when the file does not mark it special (as the byte tokenizer's EOS makes none).
+        return str(self._tokenizer.decode([i for i in ids if i != self._eos_id], skip_special_tokens=True))
 
     def stream_decoder(self) -> StreamDecoder:
-        return _HFStream(self._tokenizer)
+        return _PrefixStream(self.decode)
 
 
 def _eos_from_config(path: Path) -> str | None:

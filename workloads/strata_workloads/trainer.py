@@ -22,15 +22,15 @@ from strata_workloads import progress
 from strata_workloads.checkpoint import Checkpointer
 from strata_workloads.data import PackedLoader, open_training_data
 from strata_workloads.engine import build_engine
+from strata_workloads.hf_checkpoint import check_hf_model_dir, initial_model
 from strata_workloads.layout import ParallelDims
-from strata_workloads.model import Transformer
 from strata_workloads.optim import OptimConfig, StepResult, build_optimizer, train_step
 from strata_workloads.parallelize import ActivationCheckpointing, ParallelizeOptions
 from strata_workloads.pipeline import get_schedule_spec
 from strata_workloads.presets import ModelConfig, get_preset
 from strata_workloads.settings import TrainSettings
 from strata_workloads.telemetry import StepLogger, TrainMetrics
-from strata_workloads.tokenizer import ByteTokenizer
+from strata_workloads.tokenizer import Tokenizer, check_fits, load_tokenizer, resolve_tokenizer_path
 from strata_workloads.train_state import gather_train_state, restore_train_state
 
 log = logging.getLogger("strata_workloads.train")
@@ -78,6 +78,7 @@ class TrainingPlan:
     autocast: torch.dtype | None
     options: ParallelizeOptions
     optim: OptimConfig
+    tokenizer: Tokenizer  # the data's ids; its vocabulary fits the model's
 
     @classmethod
     def of(cls, settings: TrainSettings, world: int) -> TrainingPlan:
@@ -85,10 +86,11 @@ class TrainingPlan:
         s = settings
         dp_shard = s.dp_shard or max(1, world // (s.dp_replicate * s.tp * s.pp))
         dims = ParallelDims(world, s.dp_replicate, dp_shard, s.tp, s.pp, s.ep)
-        seq_len = max(s.seq_len, get_preset(s.model).max_seq_len)
-        model = get_preset(s.model, max_seq_len=seq_len, moe_aux_loss_coef=s.moe_aux_loss_coef)
+        model = model_config(s)
+        tokenizer = load_tokenizer(resolve_tokenizer_path(s.tokenizer, s.model_dir))
+        check_fits(tokenizer, model.vocab_size)
         stages_per_rank = get_schedule_spec(s.pp_schedule).stages_per_rank if dims.pp > 1 else 1
-        dims.validate_for_model(model.n_layers, model.n_heads, model.n_experts, stages_per_rank)
+        dims.validate_for_model(model.n_layers, model.n_heads, model.n_experts, stages_per_rank, model.n_kv_heads)
         grad_accum = dims.validate_batch(s.global_batch, s.micro_batch, s.pp_microbatches)
         autocast = AUTOCAST[s.precision]
         options = ParallelizeOptions(activation_checkpointing=ActivationCheckpointing(s.ac), compile=s.compile)
@@ -100,7 +102,18 @@ class TrainingPlan:
             min_lr_ratio=s.min_lr_ratio,
             max_grad_norm=s.max_grad_norm,
         )
-        return cls(dims, model, grad_accum, autocast, options, optim)
+        return cls(dims, model, grad_accum, autocast, options, optim, tokenizer)
+
+
+def model_config(s: TrainSettings) -> ModelConfig:
+    """The model_dir's shape (a Hugging Face directory) when given, else the preset's; long enough for seq_len."""
+    if s.model_dir:
+        model, _ = check_hf_model_dir(s.model_dir)  # tensors checked now: a bad directory exits 2
+        if s.seq_len > model.max_seq_len:
+            raise ValueError(f"seq_len={s.seq_len} exceeds {s.model_dir}'s max_position_embeddings={model.max_seq_len}")
+        return model
+    seq_len = max(s.seq_len, get_preset(s.model).max_seq_len)
+    return get_preset(s.model, max_seq_len=seq_len, moe_aux_loss_coef=s.moe_aux_loss_coef)
 
 
 class Stop:
@@ -131,7 +144,7 @@ class Trainer:
         mesh = plan.dims.build_mesh(process.device.type) if process.distributed else None
         torch.manual_seed(settings.seed)
         self.engine = build_engine(
-            Transformer(plan.model),
+            initial_model(plan.model, settings.model_dir),  # a model_dir's weights are step 0 (fine-tuning)
             plan.dims,
             mesh,
             plan.options,
@@ -142,7 +155,7 @@ class Trainer:
         )
         self.optimizer, self.scheduler = build_optimizer(self.engine, plan.optim)
         self.scaler = self._grad_scaler()
-        self.data = open_training_data(settings, ByteTokenizer(), plan.model.vocab_size)
+        self.data = open_training_data(settings, plan.tokenizer, plan.model.vocab_size)
         dp_rank = mesh["dp"].get_local_rank() if mesh is not None else 0
         self.loader = PackedLoader(
             self.data.train, dp_rank, plan.dims.dp, settings.micro_batch, settings.global_batch, settings.seed
