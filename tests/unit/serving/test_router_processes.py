@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import aiohttp
 import orjson
@@ -18,19 +16,6 @@ from router_support import Answer, Process, Processes, metrics, post, total, wai
 pytestmark = pytest.mark.timeout(120)
 
 GENERATE = {"prompt": "def main(", "max_new_tokens": 4}
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    started = Processes(tmp_path)
-    yield started
-    started.stop_all()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 async def started(*processes: Process, routers: tuple[Process, ...] = ()) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import aiohttp
 import orjson
@@ -20,19 +18,6 @@ from strata_serving.forecasters import ForecastSettings
 from strata_serving.scaler import LiveScaler, usable_candidates
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    started = Processes(tmp_path)
-    yield started
-    started.stop_all()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 async def scale(session: aiohttp.ClientSession, router: Process) -> tuple[int, dict[str, object]]:
