@@ -22,6 +22,7 @@ from strata_workloads import progress
 from strata_workloads.checkpoint import Checkpointer
 from strata_workloads.data import PackedLoader, open_training_data
 from strata_workloads.engine import build_engine
+from strata_workloads.flops import device_peak, flops_per_token, mfu
 from strata_workloads.hf_checkpoint import check_hf_model_dir, initial_model
 from strata_workloads.layout import ParallelDims
 from strata_workloads.optim import OptimConfig, StepResult, build_optimizer, train_step
@@ -29,7 +30,7 @@ from strata_workloads.parallelize import ActivationCheckpointing, ParallelizeOpt
 from strata_workloads.pipeline import get_schedule_spec
 from strata_workloads.presets import ModelConfig, get_preset
 from strata_workloads.settings import TrainSettings
-from strata_workloads.telemetry import StepLogger, TrainMetrics
+from strata_workloads.telemetry import StepLogger, TrainMetrics, peak_memory_bytes
 from strata_workloads.tokenizer import Tokenizer, check_fits, load_tokenizer, resolve_tokenizer_path
 from strata_workloads.train_state import gather_train_state, restore_train_state
 
@@ -168,6 +169,19 @@ class Trainer:
         )
         self.start = self.resume()
         self.metrics = TrainMetrics(settings.metrics_port if process.local_rank == 0 else 0)
+        self.flops_per_token = flops_per_token(plan.model, settings.seq_len)
+        self.peak = device_peak(process.device, settings.precision)
+        if self.peak is not None:
+            self.metrics.device_peak_flops.set(self.peak.flops_per_second * process.world)
+        log.info(
+            "model FLOPs per token and the device's peak (no MFU without one)",
+            extra={
+                "flops_per_token": self.flops_per_token,
+                "device": self.peak.device if self.peak else torch.cuda.get_device_name(process.device),
+                "peak_flops": self.peak.flops_per_second if self.peak else None,
+                "peak_measured": self.peak.measured if self.peak else None,
+            },
+        )
         self.stop = Stop()
         self.step_log = StepLogger(settings.steps, self.start, show_bar)
         self.last_save = time.monotonic()
@@ -294,15 +308,38 @@ class Trainer:
         return inputs.to(self.process.device), targets.to(self.process.device)
 
     def _record(self, done: int, result: StepResult, elapsed: float, val_loss: float | None) -> None:
+        """The step's figures in the log line, the metrics and the next progress report."""
         tokens = self.settings.global_batch * self.settings.seq_len
         tokens_per_s = tokens / elapsed
-        self.metrics.record_step(done, result.loss, result.grad_norm, tokens, elapsed)
         lr = float(self.scheduler.get_last_lr()[0])
-        evaluated = {} if val_loss is None else {"val_loss": val_loss}
-        self.step_log.update(
-            step=done, loss=result.loss, grad_norm=result.grad_norm, tokens_per_s=tokens_per_s, lr=lr, **evaluated
+        memory = peak_memory_bytes(self.process.device)
+        utilisation = (
+            None if self.peak is None else mfu(tokens_per_s, self.flops_per_token, self.peak, self.process.world)
         )
-        progress.note_step(done, result.loss)
+        self.metrics.record_step(
+            done,
+            result.loss,
+            result.grad_norm,
+            tokens,
+            elapsed,
+            lr=lr,
+            model_flops=tokens * self.flops_per_token,
+            peak_memory_bytes=memory,
+        )
+        optional = {"mfu": utilisation, "val_loss": val_loss}
+        self.step_log.update(
+            step=done,
+            loss=result.loss,
+            grad_norm=result.grad_norm,
+            tokens_per_s=tokens_per_s,
+            lr=lr,
+            peak_memory_bytes=memory,
+            **{key: value for key, value in optional.items() if value is not None},
+        )
+        if val_loss is not None:
+            self.metrics.validation_loss.set(val_loss)
+            progress.note_validation(val_loss)
+        progress.note_step(done, result.loss, tokens_per_s, utilisation, memory)
 
     def checkpoint_due(self, done: int) -> bool:
         """A periodic save: every `checkpoint_every_steps` steps, or `checkpoint_every_seconds` after the last."""
