@@ -193,3 +193,51 @@ def test_training_from_a_directory_starts_from_its_weights_and_refuses_a_bad_one
         TrainingPlan.of(TrainSettings(model_dir=str(tmp_path / "llama"), seq_len=256), world=1)
     _edit_tensors(tmp_path / "llama", drop="model.norm.weight")
     assert run(TrainSettings(model_dir=str(tmp_path / "llama"), seq_len=32), {}) == ExitCode.INVALID_CONFIGURATION
+
+
+@pytest.mark.timeout(300)
+def test_a_fine_tuned_directory_exports_as_one_transformers_opens(tmp_path: Path) -> None:
+    import signal
+
+    from strata_workloads.export import main as export_main
+    from strata_workloads.inference import load_model
+    from strata_workloads.settings import TrainSettings
+    from strata_workloads.trainer import Process, Trainer, TrainingPlan
+
+    random_hf_model(llama_config()).save_pretrained(tmp_path / "base")
+    settings = TrainSettings(
+        model_dir=str(tmp_path / "base"),
+        steps=2,
+        global_batch=2,
+        micro_batch=2,
+        seq_len=32,
+        data_max_docs=40,
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        checkpoint_async=False,
+        log_format="json",
+    )
+    process = Process.join({})
+    sigterm = signal.getsignal(signal.SIGTERM)
+    trainer = Trainer(settings, TrainingPlan.of(settings, process.world), process, show_bar=False)
+    try:
+        trainer.fit()
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+        scratch = getattr(getattr(trainer, "data", None), "scratch", None)
+        if scratch is not None:
+            scratch.cleanup()
+    trained = load_model("debug", tmp_path / "ckpt", str(tmp_path / "base"))
+    assert not torch.equal(trained.state_dict()["norm.weight"], load_hf_model_dir(tmp_path / "base")[1]["norm.weight"])
+    args = [
+        "--checkpoint",
+        str(tmp_path / "ckpt"),
+        "--model-dir",
+        str(tmp_path / "base"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    assert export_main(args) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.float().eval()(TOKENS).logits, trained(TOKENS), atol=1e-5, rtol=1e-5)
+    assert export_main([*args[:2], "--model-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
