@@ -43,7 +43,7 @@ up: venv binaries $(if $(NO_REAL_NODE),,node-deps) ## Keep a dev cluster running
 node-deps: ## Install the real node's runtime from Debian, pinned: containerd, runc, CNI plugins, iptables, conntrack, busybox-static (root)
 	@hack/install-node-deps.sh
 
-images: venv binaries $(if $(filter docker,$(IMAGE_BUILDER)),,image-tools) ## Build the operator, scheduler, kube-scheduler and workloads images (buildah here, cached by content hash; IMAGE_BUILDER=docker, IMAGE_TAG=tag)
+images: venv binaries $(if $(filter docker,$(IMAGE_BUILDER)),,image-tools) ## Build the operator, scheduler, serving, kube-scheduler and workloads images (buildah here, cached by content hash; IMAGE_BUILDER=docker, IMAGE_TAG=tag)
 	$(PY) -m strata_dev images $(IMAGES)
 
 image-tools: ## Install the pinned image builder (buildah, debootstrap; Debian packages, needs root)
