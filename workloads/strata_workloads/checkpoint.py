@@ -405,8 +405,9 @@ class Checkpointer:
 
     @staticmethod
     def _drop_mismatched_extras(path: Path, train_state: dict[str, Any]) -> None:
-        """Per-rank extras (RNG of each rank, per-data-parallel-rank cursors) cannot map onto a different layout;
-        those are left at their fresh values when the saved shape differs (model/optimizer reshard normally)."""
+        """Per-rank extras (the RNG of each rank) cannot map onto a different world size, and a checkpoint of an
+        older format lacks today's data position entry: those are left out (restore_train_state keeps the fresh
+        RNG and derives the position from the step) when missing or shaped otherwise (model/optimizer reshard)."""
         saved = FileSystemReader(str(path)).read_metadata().state_dict_metadata
         for key, value in list(train_state["data"].items()):
             meta = saved.get(f"train.data.{key}")

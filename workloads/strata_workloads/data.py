@@ -113,27 +113,30 @@ def prepare_dataset(
     max_docs: int = 0,
     source: str = "",
 ) -> dict[str, Any]:
-    """Tokenize `documents()` (called twice: one pass for the anomaly filter's features, one to write) into
-    `out` and return the header it wrote last (a folder without header.json is incomplete).
+    """Tokenize `documents()` into `out` and return the header it wrote last (a folder without header.json is
+    incomplete). `documents()` is called twice: one pass counts the documents (and, with the anomaly filter on,
+    computes its features), one writes; memory holds a flag (and six features) per document, never text.
 
     A fixed share of the kept documents, `validation_fraction` of them chosen by `seed` (at least one when
     the share is above zero), goes to the validation split; each other document goes to train shard
-    hash(name) % n_shards. Documents stream through: memory holds six features per document, never the text.
-    Raises DatasetError when no document is left."""
+    hash(name) % n_shards. Raises DatasetError when no document is left."""
     if n_shards < 1:
         raise DatasetError(f"data_shards={n_shards} must be at least 1")
     if not 0 <= validation_fraction < 1:
         raise DatasetError(f"validation_fraction={validation_fraction} must be in [0, 1)")
     limit = max_docs or None
-    features = [document_features(doc.data) for doc in islice(documents(), limit)]
-    if not features:
+    if contamination > 0:  # six floats per document, no text
+        features = np.array([document_features(doc.data) for doc in islice(documents(), limit)])
+        keep = anomaly_mask(features, contamination, seed)
+    else:
+        keep = np.ones(sum(1 for _ in islice(documents(), limit)), dtype=bool)
+    if not keep.size:
         raise DatasetError(f"dataset {source or out} has no documents")
-    keep = anomaly_mask(np.array(features), contamination, seed)
     kept = np.flatnonzero(keep)
     n_validation = 0
     if validation_fraction > 0 and kept.size > 1:
         n_validation = min(kept.size - 1, max(1, round(validation_fraction * kept.size)))
-    validation = np.zeros(len(features), dtype=bool)
+    validation = np.zeros(keep.size, dtype=bool)
     validation[np.random.default_rng(seed).choice(kept, n_validation, replace=False)] = True
     dtype = token_dtype(tokenizer.vocab_size)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,7 +144,7 @@ def prepare_dataset(
     dropped: list[str] = []
     train = [ShardWriter(out, "train", s, dtype) for s in range(n_shards)]
     held_out = ShardWriter(out, "validation", 0, dtype)
-    for i, doc in enumerate(islice(documents(), len(features))):
+    for i, doc in enumerate(islice(documents(), keep.size)):
         if not keep[i]:
             dropped.append(doc.name)
             continue

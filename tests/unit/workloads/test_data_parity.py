@@ -1,7 +1,8 @@
 """Batches do not depend on the layout, through the real entry point: a JSON-lines dataset prepared with
-`python -m strata_workloads.prepare` and trained by one process (gradient accumulation), and the same file
-prepared at start-up by each rank of an fsdp=2 run, with the default eight shards (which a hash ring once split
-6/2 over two ranks), train on the same batches: the same loss and validation loss at every step."""
+`python -m strata_workloads.prepare` and trained by one process (two micro-batches accumulated), and the same
+file prepared at start-up by each rank of an fsdp=2 run and of a pp=2 run, with the default eight shards (which a
+hash ring once split 6/2 over two ranks), train on the same batches: the same loss and validation loss at every
+step. A dataset with a bad line exits with the bad-configuration code and names the line and field."""
 
 from __future__ import annotations
 
@@ -58,24 +59,28 @@ def test_one_process_and_fsdp_train_on_the_same_batches(tmp_path: Path) -> None:
     try:
         one = launch(tmp_path, "one", 1, data_dir=str(prepared), **SETTINGS)
         fsdp = launch(tmp_path, "fsdp", 2, data_dir=str(dataset), **SETTINGS)
+        pipeline = launch(tmp_path, "pp", 2, data_dir=str(dataset), pp="2", pp_schedule="1f1b", **SETTINGS)
         broken = launch(tmp_path, "broken", 1, data_dir=str(bad), **SETTINGS)
-        jobs += [one, fsdp, broken]
+        jobs += [one, fsdp, pipeline, broken]
         assert one.wait() == [ExitCode.SUCCEEDED], one.logs[0].read_text()[-3000:]
         assert fsdp.wait() == [ExitCode.SUCCEEDED] * 2, fsdp.logs[0].read_text()[-3000:]
+        assert pipeline.wait() == [ExitCode.SUCCEEDED] * 2, pipeline.logs[0].read_text()[-3000:]
         assert broken.wait() == [ExitCode.INVALID_CONFIGURATION]
     finally:
         for job in jobs:
             job.kill()
 
     assert "bad.jsonl line 201: no field 'text' (fields: txt)" in broken.logs[0].read_text()
-    want, got = _step_records(one), _step_records(fsdp)
-    assert sorted(want) == sorted(got) == [1, 2, 3, 4]
-    for step in want:
-        assert got[step]["loss"] == pytest.approx(want[step]["loss"], rel=1e-5), step
+    want = _step_records(one)
+    assert sorted(want) == [1, 2, 3, 4]
     evaluated = [step for step in want if "val_loss" in want[step]]
     assert evaluated == [2, 4]
-    for step in evaluated:
-        val_loss = float(want[step]["val_loss"])  # type: ignore[arg-type]
-        assert math.isfinite(val_loss)
-        assert got[step]["val_loss"] == pytest.approx(val_loss, rel=1e-5), step
+    assert all(math.isfinite(float(want[step]["val_loss"])) for step in evaluated)  # type: ignore[arg-type]
+    for job in (fsdp, pipeline):
+        got = _step_records(job)
+        assert sorted(got) == [1, 2, 3, 4]
+        for step in want:
+            assert got[step]["loss"] == pytest.approx(want[step]["loss"], rel=1e-5), (job.logs[0], step)
+        for step in evaluated:
+            assert got[step]["val_loss"] == pytest.approx(want[step]["val_loss"], rel=1e-5), (job.logs[0], step)
     assert float(want[4]["val_loss"]) < float(want[2]["val_loss"])  # type: ignore[arg-type]
