@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from strata_workloads.flops import PEAK_FLOPS, DevicePeak, device_peak, flops_per_token, gpu_row, mfu
+from strata_workloads.model import Transformer, cross_entropy_loss
 from strata_workloads.presets import ModelConfig
 
 # dim 32, 2 layers of 4 heads (head_dim 8), GELU MLP of 64, vocabulary 320, sequences of 16 tokens.
@@ -75,3 +77,33 @@ def test_a_cpu_peak_is_measured_here_and_mfu_is_the_share_of_all_devices_peaks()
     h100 = DevicePeak("H100 SXM", 1000e12, measured=False)
     # 8 GPUs, 1M tokens/s of a model costing 4 GFLOPs a token: 4e15 of 8e15 FLOP/s.
     assert mfu(1e6, 4_000_000_000, h100, devices=8) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("experts", [0, 4], ids=["dense", "moe"])
+@pytest.mark.timeout(120)
+def test_the_formula_agrees_with_pytorch_s_flop_counter_on_a_real_training_step(experts: int) -> None:
+    """PyTorch counts every matrix product of a forward and backward pass. It differs from the formula by exactly
+    what each leaves out: the formula counts the norm weights in N (as PaLM and torchtitan count every parameter
+    but the embedding), the counter counts no elementwise work; and the counter counts the fused attention's
+    backward recomputing the scores (2 L H Q T per token: hardware FLOPs, not the model's)."""
+    config = ModelConfig(
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        ffn_hidden=128,
+        vocab_size=320,
+        max_seq_len=32,
+        moe_every=2 if experts else 0,
+        n_experts=experts,
+        top_k=2 if experts else 1,
+    )
+    torch.manual_seed(0)
+    model = Transformer(config)
+    batch, seq = 2, 32
+    tokens = torch.randint(0, 320, (batch, seq + 1))
+    with FlopCounterMode(display=False) as counter:
+        cross_entropy_loss(model(tokens[:, :-1]), tokens[:, 1:]).backward()
+    norm_weights = sum(p.numel() for p in model.parameters() if p.dim() == 1)
+    recomputed_scores = 2 * config.n_layers * config.n_heads * config.head_dim * seq
+    per_token = flops_per_token(config, seq) - 6 * norm_weights + recomputed_scores
+    assert counter.get_total_flops() == per_token * batch * seq
