@@ -3,6 +3,7 @@ packed loader's equal shares: small generated inputs, no process group."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -11,13 +12,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_tokenizer import train_tokenizer_json
 
 from strata_api.workload import ExitCode
-from strata_workloads.data import PackedLoader, PackedWindows, open_splits, prepare_dataset
+from strata_workloads.data import PackedLoader, PackedWindows, open_splits, open_training_data, prepare_dataset
 from strata_workloads.datasets import DatasetError, Document, read_documents
 from strata_workloads.prepare import main as prepare_main
+from strata_workloads.settings import TrainSettings
 from strata_workloads.shards import HEADER_FILE, PreparedDataset, shard_files
-from strata_workloads.tokenizer import ByteTokenizer
+from strata_workloads.tokenizer import ByteTokenizer, load_tokenizer
 
 TEXTS = [f"document {i}: " + "héllo wörld " * (3 + i % 5) for i in range(24)]
 
@@ -191,3 +194,26 @@ def test_prepare_command_writes_a_folder_and_names_a_bad_line(
     code = prepare_main(["--source", str(bad), "--out", str(tmp_path / "out2")], env={})
     assert code == ExitCode.INVALID_CONFIGURATION
     assert "bad.jsonl line 25: malformed JSON" in capsys.readouterr().err
+
+
+@pytest.mark.unit
+def test_a_folder_serves_only_the_tokenizer_it_was_prepared_with(tmp_path: Path) -> None:
+    path = train_tokenizer_json(tmp_path / "model")
+    tokenizer = load_tokenizer(str(path))
+    docs = [Document(f"d{i}", t.encode()) for i, t in enumerate(TEXTS)]
+    prepare_dataset(lambda: iter(docs), tmp_path / "hf", tokenizer)
+    dataset = PreparedDataset.open(tmp_path / "hf")
+    assert dataset.header["tokenizer"] == {
+        "id": "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest(),
+        "vocab_size": tokenizer.vocab_size,
+        "eos_id": tokenizer.eos_id,
+    }
+    shard = dataset.shards("train")[0]
+    texts = [tokenizer.decode(shard.document(i).tolist()) for i in range(len(shard.offsets) - 1)]
+    assert texts == TEXTS
+    settings = TrainSettings(data_dir=str(tmp_path / "hf"), seq_len=16)
+    assert len(open_training_data(settings, tokenizer, 320).train) > 0
+    with pytest.raises(DatasetError, match=r"prepared with tokenizer sha256:\w+, but this run tokenizes with bytes"):
+        open_training_data(settings, ByteTokenizer(), 320)
+    with pytest.raises(DatasetError, match=f"vocab_size={tokenizer.vocab_size} exceeds the model's vocab_size=64"):
+        open_training_data(settings, tokenizer, 64)
