@@ -83,3 +83,13 @@ def tokenizer_token(directory: Path, token_id: int) -> str:
     token = Tokenizer.from_file(str(directory / "tokenizer.json")).id_to_token(token_id)
     assert token is not None
     return str(token)
+
+
+@pytest.mark.unit
+@pytest.mark.timeout(60)
+def test_a_server_given_a_broken_directory_exits_with_the_bad_config_code(tmp_path: Path) -> None:
+    from strata_api.workload import ExitCode
+    from strata_workloads.serve import main
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    assert main(["--model-dir", str(tmp_path)]) == ExitCode.INVALID_CONFIGURATION
