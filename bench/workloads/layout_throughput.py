@@ -1,5 +1,7 @@
 """Tokens per second per layout on this machine (gloo on CPU, or NCCL when run on GPUs), same global batch,
-and the ratio to a single-process run. Launches `python -m strata_workloads.train` as the operator would.
+the ratio to a single-process run, the MFU and rank 0's peak memory the workload logs with each step (on CPU the
+MFU is against the matrix-product rate each run measures at start, so it moves with the machine's load).
+Launches `python -m strata_workloads.train` as the operator would.
 
     python bench/workloads/layout_throughput.py --preset small-moe --steps 8
 
@@ -37,7 +39,8 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def run(layout: dict[str, str], preset: str, steps: int, tmp: Path, threads: int) -> float:
+def run(layout: dict[str, str], preset: str, steps: int, tmp: Path, threads: int) -> tuple[float, float, int]:
+    """The median tokens/s and MFU past the warm-up steps, and rank 0's peak memory in bytes."""
     world = 1
     for key in ("STRATA_DP_REPLICATE", "STRATA_DP_SHARD", "STRATA_TP", "STRATA_PP"):
         world *= int(layout.get(key, "1"))
@@ -69,12 +72,11 @@ def run(layout: dict[str, str], preset: str, steps: int, tmp: Path, threads: int
     codes = [p.wait() for p in procs]
     if any(codes):
         raise RuntimeError(f"layout {layout} failed: {logs[0].read_text()[-2000:]}")
-    rates = [
-        float(r["tokens_per_s"])
-        for r in (json.loads(line) for line in logs[0].read_text().splitlines() if line.startswith("{"))
-        if r.get("msg") == "step"
-    ]
-    return statistics.median(rates[2:])  # skip warm-up steps
+    records = [json.loads(line) for line in logs[0].read_text().splitlines() if line.startswith("{")]
+    measured = [r for r in records if r.get("msg") == "step"][2:]  # skip warm-up steps
+    rate = statistics.median(float(r["tokens_per_s"]) for r in measured)
+    mfu = statistics.median(float(r.get("mfu", "nan")) for r in measured)
+    return rate, mfu, max(int(r["peak_memory_bytes"]) for r in measured)
 
 
 def main() -> None:
@@ -86,14 +88,14 @@ def main() -> None:
     )
     parser.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS))
     args = parser.parse_args()
-    print("| layout | tokens/s | ratio to single process |")
-    print("| --- | --- | --- |")
+    print("| layout | tokens/s | ratio to single process | MFU | rank 0 peak memory |")
+    print("| --- | --- | --- | --- | --- |")
     base = None
     for name in args.layouts:
         with tempfile.TemporaryDirectory() as tmp:
-            rate = run(LAYOUTS[name], args.preset, args.steps, Path(tmp), args.threads)
+            rate, mfu, memory = run(LAYOUTS[name], args.preset, args.steps, Path(tmp), args.threads)
         base = base or rate
-        print(f"| {name} | {rate:.0f} | {rate / base:.2f} |", flush=True)
+        print(f"| {name} | {rate:.0f} | {rate / base:.2f} | {mfu:.1%} | {memory / 2**30:.2f} GiB |", flush=True)
 
 
 if __name__ == "__main__":
