@@ -84,6 +84,13 @@ def source_from(replicas: Sequence[str], replicas_dns: str) -> ReplicaSource:
     return StaticSource(tuple(replicas)) if replicas else DnsSource.parse(replicas_dns)
 
 
+def canary_source_from(replicas: Sequence[str], replicas_dns: str) -> ReplicaSource | None:
+    """The canary revision's source (``--canary-replica`` or ``--canary-dns``), None when there is no canary."""
+    if not replicas and not replicas_dns:
+        return None
+    return source_from(replicas, replicas_dns)
+
+
 def queue_depth_from_metrics(text: str) -> float | None:
     """The replica's queue depth from its Prometheus text, or None when the gauge is not there."""
     for line in text.splitlines():

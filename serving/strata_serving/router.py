@@ -5,7 +5,8 @@ A thin aiohttp shell over :mod:`strata_serving.routing` (the replica table and t
 :data:`~strata_serving.retries.ENDPOINTS` to the replica the table picks, retries on another replica where the
 rules and the budget allow, and passes streamed bodies (server-sent events) through chunk by chunk. In the
 background it asks its :class:`~strata_serving.discovery.ReplicaSource` for the replicas every ``dns_interval_s``
-and probes each one's ``/readyz`` and ``/metrics`` every ``probe_interval_s``.
+(and the canary revision's source, when there is one: ``canary_percent`` of the requests go there) and probes
+each one's ``/readyz`` and ``/metrics`` every ``probe_interval_s``.
 
 Its own endpoints: ``/healthz`` (alive), ``/readyz`` (replicas discovered and probed once), ``/metrics``, and with
 an ``autoscale_mode`` ``/scale``: the autoscaler's last decision (:mod:`strata_serving.scaler`; the operator polls
@@ -33,7 +34,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from strata_api.serving import SCALE_PATH
-from strata_serving.discovery import ReplicaSource, queue_depth_from_metrics, readiness_from_probe, source_from
+from strata_serving.discovery import (
+    ReplicaSource,
+    canary_source_from,
+    queue_depth_from_metrics,
+    readiness_from_probe,
+    source_from,
+)
 from strata_serving.forecasters import ForecastSettings
 from strata_serving.refit_worker import RefitWorker
 from strata_serving.retries import ENDPOINTS, Endpoint, RetryBudget, may_retry
@@ -138,9 +145,17 @@ def copied_headers(headers: Mapping[str, str]) -> dict[str, str]:
 class Router:
     """The HTTP shell: routes, the forwarding loop, and the discovery and probe loops."""
 
-    def __init__(self, settings: RouterSettings, source: ReplicaSource, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        source: ReplicaSource,
+        seed: int | None = None,
+        canary: ReplicaSource | None = None,
+    ) -> None:
         self.settings = settings
         self.source = source
+        self.canary = canary
+        self.canary_share = settings.canary_percent / 100
         self.policy = Policy(settings.policy)
         self.table = ReplicaTable(settings.table_config())
         self.budget = RetryBudget(settings.retry_ratio, settings.retry_floor_per_s, settings.retry_window_s)
@@ -288,7 +303,7 @@ class Router:
                     self.metrics.retries_denied.inc()
                     break
                 self.metrics.retries.labels(last.outcome.value).inc()
-            replica = self.table.choose(self.policy, self.rng, frozenset(tried))
+            replica = self.table.choose(self.policy, self.rng, frozenset(tried), self.canary_share)
             if replica is None:
                 break
             tried.append(replica.address)
@@ -418,7 +433,8 @@ class Router:
     async def _discover_forever(self) -> None:
         while True:
             try:
-                added, removed = self.table.sync(await self.source.addresses())
+                canary = await self.canary.addresses() if self.canary is not None else []
+                added, removed = self.table.sync(await self.source.addresses(), canary)
             except OSError as error:
                 log.warning("discovery failed: %s", error)
                 added, removed = [], []
@@ -450,9 +466,9 @@ class Router:
             log.info("readmitted %s: its cooldown is over and /readyz answers 200", address)
 
 
-async def serve(settings: RouterSettings, source: ReplicaSource) -> None:
+async def serve(settings: RouterSettings, source: ReplicaSource, canary: ReplicaSource | None = None) -> None:
     """Run the router until SIGTERM or SIGINT."""
-    runner = web.AppRunner(Router(settings, source).app(), handle_signals=False, access_log=None)
+    runner = web.AppRunner(Router(settings, source, canary=canary).app(), handle_signals=False, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
     log.info("listening on %s:%d, policy %s", settings.host, settings.port, settings.policy)
@@ -468,11 +484,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_router_settings(argv)
         source = source_from(settings.replica, settings.replicas_dns)
+        canary = canary_source_from(settings.canary_replica, settings.canary_dns)
     except ValueError as error:
         print(f"strata-router: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(settings, source))
+    asyncio.run(serve(settings, source, canary))
     return 0
 
 

@@ -26,6 +26,16 @@ class RouterSettings:
     replicas_dns: str = ""
     """``name:port`` of a headless Service whose name resolves to the ready replicas' addresses; re-resolved every
     ``dns_interval_s``. Give this or ``replica``."""
+    canary_replica: tuple[str, ...] = ()
+    """Addresses ``host:port`` of the canary revision's replicas (repeatable; comma list in the environment). Give
+    this, ``canary_dns`` or neither (no canary)."""
+    canary_dns: str = ""
+    """``name:port`` of a headless Service that resolves to the canary revision's replicas, re-resolved as
+    ``replicas_dns``. Give this, ``canary_replica`` or neither."""
+    canary_percent: float = 0.0
+    """Share of requests, 0 to 100, sent to the canary revision's replicas while both revisions have a routable
+    replica (``spec.rollout.canaryPercent``). Default 0: the canary's replicas take requests only when no stable
+    one can."""
     dns_interval_s: float = 2.0
     """Seconds between resolutions of ``replicas_dns``. Default 2 s: a new replica takes traffic within about
     that of turning ready; a vanished one is ejected by its first refused connection long before."""
@@ -104,6 +114,10 @@ class RouterSettings:
             raise ValueError(f"replica_concurrency must be at least 1, got {self.replica_concurrency}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if not 0 <= self.canary_percent <= 100:
+            raise ValueError(f"canary_percent must be within 0 and 100, got {self.canary_percent}")
+        if self.canary_replica and self.canary_dns:
+            raise ValueError("name the canary's replicas with either --canary-replica or --canary-dns, not both")
         if self.autoscale_mode:
             self.scaling_policy()  # a ValueError naming the bad value
 

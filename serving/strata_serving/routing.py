@@ -19,6 +19,11 @@ response latency, an EWMA of its failures, and its readiness from ``/readyz``. F
   so the exact minimum costs microseconds; two choices pays off when many balancers herd on shared stale state or
   hosts number thousands, and it would send some requests to the slow replica that the full scan avoids.
 - **round-robin** cycles over the same routable replicas (the baseline of the benchmark, and an option).
+- **canary**: a replica is of the stable revision or of the canary (a new revision on trial); each request first
+  draws its revision, the canary with probability ``canary_share`` (:func:`revision_candidates`), then the policy
+  picks among that revision's replicas. The share is of requests, not of replicas: one canary replica among nine
+  stable ones at a 10% share gets about what each stable one gets. When one revision has no routable replica the
+  other takes every request: the split never fails a request that a replica could answer.
 - **passive health** (Envoy's outlier detection): a connect failure ejects a replica at once (nothing listens
   there); :attr:`TableConfig.eject_after_failures` failures in a row of other kinds (timeouts, resets, 5xx) eject
   it too. An ejected replica sits out a cooldown that doubles with each ejection (capped; back to the base once it
@@ -116,6 +121,8 @@ class Replica:
     ejected_until: float | None = None
     ejections: int = 0
     last_ejected_at: float = 0.0
+    canary: bool = False
+    """Whether it runs the canary revision (found through the canary's source) rather than the stable one."""
 
     @property
     def ejected(self) -> bool:
@@ -136,6 +143,19 @@ class Replica:
         return (1 + (self.in_flight + self.others_in_flight) / concurrency) * latency / self.health
 
 
+def revision_candidates(candidates: list[Replica], canary_share: float, draw: float) -> list[Replica]:
+    """The candidates of the revision one request goes to: the canary's when ``draw`` (uniform in [0, 1)) is below
+    ``canary_share`` (0 to 1), else the stable revision's; all of ``candidates`` when either revision has none
+    among them (a canary that is down or ejected leaves the stable revision every request, and the other way
+    round)."""
+    canary = [replica for replica in candidates if replica.canary]
+    if not canary or len(canary) == len(candidates):
+        return candidates
+    if draw < canary_share:
+        return canary
+    return [replica for replica in candidates if not replica.canary]
+
+
 @dataclass
 class ReplicaTable:
     """Every known replica by address, the choice among them, and the bookkeeping of each attempt's outcome."""
@@ -144,16 +164,20 @@ class ReplicaTable:
     replicas: dict[str, Replica] = field(default_factory=dict)
     _next_round_robin: int = 0
 
-    def sync(self, addresses: Iterable[str]) -> tuple[list[str], list[str]]:
-        """Make the table hold exactly ``addresses`` (the source's latest list); returns (added, removed).
-        A new replica starts not ready: it takes traffic after its first successful probe, not while warming up."""
-        wanted = list(dict.fromkeys(addresses))
+    def sync(self, addresses: Iterable[str], canary: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+        """Make the table hold exactly ``addresses`` and ``canary`` (the sources' latest lists: the stable
+        revision's and the canary's; an address in both is the canary's); returns (added, removed). A new replica
+        starts not ready: it takes traffic after its first successful probe, not while warming up."""
+        canaries = set(canary)
+        wanted = list(dict.fromkeys([*addresses, *canaries]))
         added = [address for address in wanted if address not in self.replicas]
         removed = [address for address in self.replicas if address not in wanted]
         for address in removed:
             del self.replicas[address]
         for address in added:
             self.replicas[address] = Replica(address)
+        for address in wanted:
+            self.replicas[address].canary = address in canaries
         return added, removed
 
     def routable(self) -> list[Replica]:
@@ -177,12 +201,18 @@ class ReplicaTable:
         """The routable replicas outside ``exclude``: where a (re)try of a request may go."""
         return [replica for replica in self.routable() if replica.address not in exclude]
 
-    def choose(self, policy: Policy, rng: random.Random, exclude: frozenset[str] = frozenset()) -> Replica | None:
+    def choose(
+        self, policy: Policy, rng: random.Random, exclude: frozenset[str] = frozenset(), canary_share: float = 0.0
+    ) -> Replica | None:
         """The replica for the next attempt, or None when no routable replica is left outside ``exclude`` (the
-        replicas this request already tried). Counts the attempt as in flight there: call :meth:`finish` after."""
+        replicas this request already tried); first the revision (``canary_share`` of the requests go to the
+        canary's replicas, :func:`revision_candidates`), then the replica by ``policy``. Counts the attempt as in
+        flight there: call :meth:`finish` after."""
         candidates = self.candidates(exclude)
         if not candidates:
             return None
+        if any(replica.canary for replica in candidates):
+            candidates = revision_candidates(candidates, canary_share, rng.random())
         if policy is Policy.ROUND_ROBIN:
             ordered = sorted(candidates, key=lambda replica: replica.address)
             chosen = ordered[self._next_round_robin % len(ordered)]
