@@ -15,7 +15,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -306,6 +306,41 @@ class Resources:
     """``resources.nodeSelector`` as sorted (label, value) pairs."""
 
 
+MAX_EXPECTED_DURATION_SECONDS = 2_592_000
+"""The largest ``spec.scheduling.expectedDurationSeconds`` (30 days), the CRD's maximum: valley scheduling prices
+a run over the time-of-use table, and a longer run is no longer a run one would defer for an hour's tariff."""
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    """``spec.scheduling``: when the job may start (valley scheduling, :mod:`strata_operator.core.valley`)."""
+
+    deferrable: bool = False
+    """The job may wait in the queue for the cheapest time-of-use power window that still meets its deadline."""
+    deadline: datetime | None = None
+    """``deadline``: when the job should have finished."""
+    deadline_seconds: int | None = None
+    """``deadlineSeconds``: seconds after the job's creation by which it should have finished."""
+    expected_duration_seconds: int | None = None
+    """``expectedDurationSeconds``: how long one run takes, by the user's estimate."""
+
+    def deadline_after(self, created: datetime) -> datetime | None:
+        """The deadline as a moment: ``deadline``, else ``deadlineSeconds`` after ``created``; None when neither."""
+        if self.deadline is not None:
+            return self.deadline
+        return created + timedelta(seconds=self.deadline_seconds) if self.deadline_seconds is not None else None
+
+    @classmethod
+    def from_dict(cls, scheduling: Mapping[str, Any] | None) -> Scheduling:
+        s = scheduling or {}
+        return cls(
+            deferrable=bool(s.get("deferrable", False)),
+            deadline=parse_time(s.get("deadline")),
+            deadline_seconds=s.get("deadlineSeconds"),
+            expected_duration_seconds=s.get("expectedDurationSeconds"),
+        )
+
+
 @dataclass(frozen=True)
 class TrainingJobSpec:
     workload: Workload
@@ -317,6 +352,7 @@ class TrainingJobSpec:
     max_runtime_seconds: int | None
     backoff_limit: int
     suspend: bool
+    scheduling: Scheduling = Scheduling()
 
     @property
     def on_cpu(self) -> bool:
@@ -405,6 +441,7 @@ class TrainingJobSpec:
             max_runtime_seconds=spec.get("maxRuntimeSeconds"),
             backoff_limit=spec["backoffLimit"],
             suspend=bool(spec["suspend"]),
+            scheduling=Scheduling.from_dict(spec.get("scheduling")),
         )
 
 

@@ -63,6 +63,10 @@ class OperatorSettings:
     ``status.cost`` prices a worker at its node's ``prices[instance type][capacity type]`` per node-hour, shared
     by the node's GPUs. A node's ``strata.dev/price-per-hour`` annotation wins. Default: the catalog shipped in
     :mod:`strata_api`."""
+    tariff_offset_s: float = 0.0
+    """Seconds after each UTC hour at which the catalog's time-of-use hours begin, for valley scheduling: 1800 for a
+    utility whose tariff hours start at half past UTC hours (India's, at UTC+5:30). Default 0: the catalog's hours
+    are UTC hours, as the extender reads them."""
 
     extender_url: str = ""
     """Base URL of Strata's scheduler extender (``http://strata-extender:8888``). For ``gpuType: Any`` jobs,

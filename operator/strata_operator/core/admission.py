@@ -25,6 +25,9 @@ Rules, in the order a user would check them:
    below the extender's high-priority line counts a GPU type's reserved GPUs only above those the extender keeps
    free for forecast high-priority demand, as the extender will place it; one that fits only on held GPUs waits
    with reason ReservedGPUsHeldBack, naming the type and the hold (:mod:`strata_operator.core.holdback`).
+8. Valley scheduling. A deferrable job whose plan (:mod:`strata_operator.core.valley`) starts later than ``now``
+   waits with reason WaitingForCheaperPower and its expected start; it keeps its place in the order (its
+   submission time), reserves no GPU type and blocks nobody, and from its start on it competes as any other.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from strata_api.holdback import ReservedHoldBack
 from strata_operator.core.holdback import ReservedHold
 from strata_operator.core.observed import Node
 from strata_operator.core.room import Room
+from strata_operator.core.valley import ValleyPlan
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class GangRequest:
     """CPU each worker requests (``cpuPerWorker``), in millicores; 0 when unset."""
     worker_memory: int = 0
     """Memory each worker requests (``memoryPerWorker``), in bytes; 0 when unset."""
+    valley: ValleyPlan | None = None
+    """A deferrable job's valley-scheduling plan: not admitted before its start."""
 
     @property
     def on_cpu(self) -> bool:
@@ -119,6 +125,8 @@ class Waiting:
     position: int
     reason: str
     message: str
+    expected_start: datetime | None = None
+    """When a deferred job (valley scheduling) is to start."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,8 @@ class Reason:
     HELD_BACK = "ReservedGPUsHeldBack"
     """The gang fits only on reserved GPUs the scheduler extender holds for forecast high-priority demand."""
     BEHIND_HIGHER_PRIORITY = "WaitingBehindEarlierJobs"
+    WAITING_FOR_CHEAPER_POWER = "WaitingForCheaperPower"
+    """A deferrable job waits for the cheapest time-of-use power window that meets its deadline."""
 
 
 def admit(
@@ -159,6 +169,7 @@ def admit(
     fleet: Sequence[Node],
     free: Mapping[str, int],
     hold: ReservedHoldBack | None = None,
+    now: datetime | None = None,
 ) -> Decision:
     """Decide one admission pass.
 
@@ -166,6 +177,7 @@ def admit(
     anyone's). Unbound workers of ``admitted`` gangs are placed first, as reservations. ``hold``: the scheduler
     extender's reserved hold-back (:mod:`strata_operator.core.holdback`), so that a gang of a pool below its
     high-priority line is admitted only where the extender will place every worker; None holds nothing back.
+    ``now``: the moment of the pass, against which deferred jobs' starts are compared; None defers nobody.
     """
     nodes = [n for n in fleet if n.gpu_type is not None and n.schedulable]
     room = Room(nodes, free)
@@ -204,6 +216,12 @@ def admit(
 
         if pool is None:
             wait(Reason.POOL_NOT_FOUND, f"ResourcePool {request.pool} does not exist")
+            continue
+        if request.valley is not None and now is not None and request.valley.defers(now):
+            start = request.valley.start
+            decision.waiting[request.key] = Waiting(
+                position, Reason.WAITING_FOR_CHEAPER_POWER, request.valley.message, start
+            )
             continue
         types = [t for t in request.gpu_types if t in pool.gpu_types]
         capacity = request.capacity_types & pool.capacity_types

@@ -102,6 +102,8 @@ class Node:
     """Allocatable CPU in millicores; None when the node does not say (or says nonsense): no limit is assumed."""
     allocatable_memory: int | None = None
     """Allocatable memory in bytes; None when the node does not say."""
+    zone: str | None = None
+    """``topology.kubernetes.io/zone``: whose time-of-use power tariff the node pays (valley scheduling)."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Node:
@@ -127,6 +129,7 @@ class Node:
             instance_type=facts.instance_type,
             allocatable_cpu_millis=cpu_millis,
             allocatable_memory=memory,
+            zone=facts.zone,
         )
 
 

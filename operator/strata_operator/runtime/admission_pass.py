@@ -18,6 +18,7 @@ from strata_operator.core.lifecycle import Reason
 from strata_operator.core.observed import Node, WorkerPod
 from strata_operator.core.pods import gang_gpu_type
 from strata_operator.core.status import NORMAL, PREEMPTED, WARNING, StatusDraft
+from strata_operator.core.valley import ValleyPlan, plan_job
 from strata_operator.runtime.jobs import JobEntry, patch_status
 from strata_operator.runtime.shared import IndexOf, Runtime
 
@@ -59,16 +60,30 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
     if (quoter := runtime.quoter) is not None:
         quoted = quoter.orders((j, pools[j.spec.pool]) for j in queued if j.spec.pool in pools)
         orders, hold = await asyncio.gather(quoted, quoter.hold_back())
-    queue = [r for job in queued if (r := readable_request(job, orders.get(job.key))) is not None]
-    admitted = [_admitted(e, list(pods_index.get(key, ()))) for key, e in entries.items() if e.job.phase.holds_gpus]
-    decision = admit(queue, [g for g in admitted if g is not None], pools, fleet, free, hold)
-
     now = datetime.now(UTC).replace(microsecond=0)
+    settings = runtime.settings
+    plans = {
+        job.key: plan
+        for job in queued
+        if job.spec.scheduling.deferrable
+        and (plan := plan_job(job, pools.get(job.spec.pool), fleet, settings.prices, now, settings.tariff_offset_s))
+    }
+    queue = [
+        replace(r, valley=plans.get(r.key))
+        for job in queued
+        if (r := readable_request(job, orders.get(job.key))) is not None
+    ]
+    admitted = [_admitted(e, list(pods_index.get(key, ()))) for key, e in entries.items() if e.job.phase.holds_gpus]
+    decision = admit(queue, [g for g in admitted if g is not None], pools, fleet, free, hold, now)
+
     # every write is independent (one job's status, guarded by its own resourceVersion): written concurrently, so
     # a pass that admits 500 gangs costs one round trip's latency, not 500 of them in a row
     outcomes = await asyncio.gather(
-        *(_write_admitted(runtime, entries[key], gpu_type, now) for key, gpu_type in decision.admit.items()),
-        *(_write_admitted(runtime, entries[key], None, now) for key in decision.admit_cpu),
+        *(
+            _write_admitted(runtime, entries[key], gpu_type, now, plans.get(key))
+            for key, gpu_type in decision.admit.items()
+        ),
+        *(_write_admitted(runtime, entries[key], None, now, plans.get(key)) for key in decision.admit_cpu),
         *(_write_preempted(runtime, entries[p.victim], p.message, now) for p in decision.preempt),
         *(
             _write_waiting(runtime, entries[key], waiting, now)
@@ -86,8 +101,11 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
     return decision
 
 
-async def _write_admitted(runtime: Runtime, entry: JobEntry, gpu_type: GPUType | None, now: datetime) -> None:
-    """Write a job Admitted: on ``gpu_type``, or (None) a CPU job on CPU."""
+async def _write_admitted(
+    runtime: Runtime, entry: JobEntry, gpu_type: GPUType | None, now: datetime, plan: ValleyPlan | None = None
+) -> None:
+    """Write a job Admitted: on ``gpu_type``, or (None) a CPU job on CPU; a deferrable job's ``plan`` says whether
+    its deadline can still be met."""
     granted = gpu_type.value if gpu_type else api.CPU
     draft = StatusDraft(entry.status, now)
     if entry.job.status.phase is None:  # straight from submission: its Queued moment is recorded too
@@ -102,7 +120,10 @@ async def _write_admitted(runtime: Runtime, entry: JobEntry, gpu_type: GPUType |
     draft.set("queuePosition", None)
     if _condition_status(entry, PREEMPTED) == "True":
         draft.condition(PREEMPTED, "False", Reason.ADMITTED, "admitted again")
-    draft.transition(Phase.ADMITTED, Reason.ADMITTED, f"admitted on {granted} in pool {entry.job.spec.pool}")
+    message = f"admitted on {granted} in pool {entry.job.spec.pool}"
+    if plan is not None and plan.deadline_missed:
+        message += f"; {plan.missed_message}"
+    draft.transition(Phase.ADMITTED, Reason.ADMITTED, message)
     if await patch_status(runtime, entry, draft.patch(), draft.events):
         queued_since = _queued_since(entry) or now
         runtime.metrics.admission_wait.labels(entry.job.spec.pool).observe((now - queued_since).total_seconds())
@@ -163,6 +184,8 @@ async def _write_waiting(runtime: Runtime, entry: JobEntry, waiting: Waiting, no
         return
     draft = StatusDraft(entry.status, now)
     draft.set("queuePosition", waiting.position)
+    if waiting.expected_start is not None:
+        draft.set("expectedStart", format_time(waiting.expected_start))
     draft.transition(Phase.QUEUED, waiting.reason, waiting.message, NORMAL)
     if await patch_status(runtime, entry, draft.patch(), draft.events):
         runtime.queue_written[job.key] = time.monotonic()
