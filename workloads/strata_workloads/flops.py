@@ -75,14 +75,16 @@ class DevicePeak:
 def active_matmul_params(model: nn.Module) -> int:
     """The parameters one token passes through in matrix products: all but embeddings, with each
     mixture-of-experts layer counting ``top_k / n_experts`` of its experts."""
-    embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    looked_up = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    multiplied = {id(p) for m in model.modules() if not isinstance(m, nn.Embedding) for p in m.parameters(False)}
+    embeddings = looked_up - multiplied  # an output projection tied to the embedding is a matrix product
     expert_params = {}
     for module in model.modules():
         if isinstance(module, MoE):
             share = module.top_k / module.n_experts
             expert_params.update({id(p): share for p in module.experts.parameters()})
     total = 0.0
-    for param in model.parameters():  # a tied output weight is one parameter, and an embedding: not counted
+    for param in model.parameters():  # each once, however many modules share it
         if id(param) not in embeddings:
             total += param.numel() * expert_params.get(id(param), 1.0)
     return round(total)

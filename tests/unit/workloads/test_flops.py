@@ -7,7 +7,15 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from strata_workloads.flops import PEAK_FLOPS, DevicePeak, device_peak, flops_per_token, gpu_row, mfu
+from strata_workloads.flops import (
+    PEAK_FLOPS,
+    DevicePeak,
+    active_matmul_params,
+    device_peak,
+    flops_per_token,
+    gpu_row,
+    mfu,
+)
 from strata_workloads.model import Transformer, cross_entropy_loss
 from strata_workloads.presets import ModelConfig
 
@@ -107,3 +115,16 @@ def test_the_formula_agrees_with_pytorch_s_flop_counter_on_a_real_training_step(
     recomputed_scores = 2 * config.n_layers * config.n_heads * config.head_dim * seq
     per_token = flops_per_token(config, seq) - 6 * norm_weights + recomputed_scores
     assert counter.get_total_flops() == per_token * batch * seq
+
+
+@pytest.mark.timeout(30)
+def test_an_output_projection_tied_to_the_embedding_still_counts_as_a_matrix_product() -> None:
+    class TiedHead(torch.nn.Module):
+        def __init__(self, tied: bool) -> None:
+            super().__init__()
+            self.embedding = torch.nn.Embedding(10, 4)
+            self.output = torch.nn.Linear(4, 10, bias=False)
+            if tied:
+                self.output.weight = self.embedding.weight
+
+    assert active_matmul_params(TiedHead(tied=True)) == active_matmul_params(TiedHead(tied=False)) == 40
