@@ -76,7 +76,11 @@ def test_a_deferrable_job_waits_queued_for_the_cheap_window_while_a_plain_one_ru
         operator.stop()
 
 
-def test_the_api_server_refuses_a_deadline_on_a_job_that_is_not_deferrable(strata: Strata) -> None:
+def test_the_api_server_refuses_a_deadline_on_a_job_that_is_not_deferrable_and_takes_the_example(
+    crds: ClusterHandle, strata: Strata
+) -> None:
+    example = Path(__file__).resolve().parents[3] / "examples" / "valley" / "nightly-finetune.yaml"
+    crds.kubectl("apply", "--dry-run=server", "-n", strata.namespace, "-f", str(example))
     pool = strata.pool("valley", priority=5, maxGPUs=64)
     with pytest.raises(ApiException) as refused:
         strata.submit(a_job("late", pool, scheduling={"deadlineSeconds": 3600}))

@@ -10,7 +10,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from operator_builders import a_job, a_node, a_pool
+import yaml
+from operator_builders import ROOT, a_job, a_node, a_pool
 
 from strata_api import GPUType
 from strata_api.catalog import DEFAULT_CATALOG, load_catalog, parse_catalog
@@ -133,6 +134,15 @@ def test_the_shipped_catalog_defers_an_evening_job_to_the_night() -> None:
     plan = plan_start(hours(17), hours(17), hours(24 + 8), 2 * H, job_tariff(load_catalog(DEFAULT_CATALOG), []))
     assert plan.start == hours(22)
     assert plan.saving == pytest.approx(1 - 2.0 / (1.10 + 1.12))
+
+
+def test_the_example_submitted_in_the_evening_peak_starts_at_night() -> None:
+    body = yaml.safe_load((ROOT / "examples" / "valley" / "nightly-finetune.yaml").read_text())
+    job = a_job(created=hours(17), scheduling=body["spec"]["scheduling"], gpu_type=body["spec"]["resources"]["gpuType"])
+    plan = plan_job(job, a_pool(), [a_node("n1")], load_catalog(DEFAULT_CATALOG), hours(17))
+    assert plan is not None
+    assert plan.start == hours(22)
+    assert f"{plan.saving:.1%}" == "9.1%"
 
 
 def _in_zone(node: Node, zone: str) -> Node:
