@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
 from strata_workloads.checkpoint import MARKER, CorruptCheckpoint, integrity_problem, newest_loadable
@@ -82,7 +83,9 @@ def _verified_weights(model: Transformer, path: Path) -> dict[str, torch.Tensor]
             # DCP warns on every single-process load even when asked for one explicitly (no_dist=True).
             warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
             dcp_load(state, checkpoint_id=str(path), no_dist=True)
-    except Exception as err:  # a damaged checkpoint fails in many ways (pickle, DCP, shapes), as in training
+    # A damaged checkpoint fails in many ways (pickle, DCP, shapes), as in training; DCP's own CheckpointException
+    # (a checkpoint of another model's shape, say) derives from BaseException, not Exception.
+    except (Exception, CheckpointException) as err:
         return f"{type(err).__name__}: {err}"
     return state["model"]
 

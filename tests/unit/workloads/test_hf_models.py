@@ -241,3 +241,5 @@ def test_a_fine_tuned_directory_exports_as_one_transformers_opens(tmp_path: Path
     with torch.no_grad():
         torch.testing.assert_close(reloaded.float().eval()(TOKENS).logits, trained(TOKENS), atol=1e-5, rtol=1e-5)
     assert export_main([*args[:2], "--model-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    # The run's directory forgotten: the preset's shape does not fit the checkpoint, which is refused, not a crash.
+    assert export_main([*args[:2], "--model", "debug-llama", "--out", str(tmp_path / "y")]) == 3
