@@ -257,6 +257,8 @@ class Workload:
     image: str
     preset: str
     image_pull_policy: str
+    model_dir: str = ""  # a Hugging Face directory on the checkpoint volume; empty: the preset
+    tokenizer: str = ""  # a tokenizer.json there; empty: model_dir's, else bytes
 
 
 @dataclass(frozen=True)
@@ -401,7 +403,13 @@ class TrainingJobSpec:
         w, p, t, c, r = (spec[k] for k in ("workload", "parallelism", "training", "checkpoint", "resources"))
         on_cpu = r["gpuType"] == CPU
         return cls(
-            workload=Workload(image=w["image"], preset=w["preset"], image_pull_policy=w["imagePullPolicy"]),
+            workload=Workload(
+                image=w["image"],
+                preset=w["preset"],
+                image_pull_policy=w["imagePullPolicy"],
+                model_dir=w.get("modelDir", ""),
+                tokenizer=w.get("tokenizer", ""),
+            ),
             parallelism=Parallelism(
                 data=p["data"],
                 tensor=p["tensor"],

@@ -291,6 +291,10 @@ def worker_env(job: TrainingJob, settings: OperatorSettings, index: int) -> dict
         e.ATTEMPT: str(job.status.attempt),
         e.PROGRESS_ANNOTATION: api.ANN_PROGRESS,
     }
+    if spec.workload.model_dir:
+        env[e.MODEL_DIR] = spec.workload.model_dir
+    if spec.workload.tokenizer:
+        env[e.TOKENIZER] = spec.workload.tokenizer
     if spec.on_cpu:  # PyTorch's thread pool as large as the CPU limit, not the host (see WorkerEnv.OMP_NUM_THREADS)
         env[e.OMP_NUM_THREADS] = str(max(1, api.cpu_millis(spec.resources.cpu_per_worker or 0) // 1000))
     return env

@@ -21,12 +21,14 @@ and the plan says so.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 
-from strata_api import ResourcePool, Scheduling, TrainingJob, format_time
+from strata_api import GPUType, ResourcePool, Scheduling, TrainingJob, format_time
 from strata_api.catalog import HOURS_PER_DAY, Catalog
 from strata_operator.core.observed import Node
 
@@ -45,26 +47,32 @@ class Tariff:
     hourly: tuple[float, ...]
     offset_s: float = 0.0
 
-    def _hours(self, moment: datetime) -> float:
+    @cached_property
+    def _before(self) -> tuple[float, ...]:
+        """Multiplier-hours of the tariff day before each hour (and the whole day last)."""
+        return tuple(itertools.accumulate(self.hourly, initial=0.0))
+
+    def hours(self, moment: datetime) -> float:
         """Tariff hours since the tariff's first midnight at or after the Unix epoch (itself a UTC midnight)."""
         return (moment.timestamp() - self.offset_s) / HOUR_S
+
+    def moment(self, hours: float) -> datetime:
+        """The moment ``hours`` tariff hours after the tariff's epoch (to the microsecond)."""
+        return datetime.fromtimestamp(hours * HOUR_S + self.offset_s, UTC)
 
     def _integral_to(self, hours: float) -> float:
         """Multiplier-hours from the tariff's epoch to ``hours``."""
         day, within = divmod(hours, HOURS_PER_DAY)
         hour = min(int(within), HOURS_PER_DAY - 1)
-        return day * sum(self.hourly) + sum(self.hourly[:hour]) + (within - hour) * self.hourly[hour]
+        return day * self._before[-1] + self._before[hour] + (within - hour) * self.hourly[hour]
 
     def cost(self, start: datetime, duration: timedelta) -> float:
         """Multiplier-hours of a run of ``duration`` from ``start``: its price relative to one at multiplier 1."""
-        begin = self._hours(start)
-        return self._integral_to(begin + duration.total_seconds() / HOUR_S) - self._integral_to(begin)
+        return self.cost_hours(self.hours(start), duration.total_seconds() / HOUR_S)
 
-    def boundaries(self, start: datetime, end: datetime) -> Iterable[datetime]:
-        """Every moment strictly between ``start`` and ``end`` where one tariff hour ends and the next begins."""
-        first, last = math.floor(self._hours(start)) + 1, math.ceil(self._hours(end)) - 1
-        for hour in range(first, last + 1):
-            yield datetime.fromtimestamp(hour * HOUR_S + self.offset_s, UTC)
+    def cost_hours(self, start: float, length: float) -> float:
+        """:meth:`cost` in tariff hours: a run of ``length`` hours from ``start``."""
+        return self._integral_to(start + length) - self._integral_to(start)
 
 
 def job_tariff(catalog: Catalog, zones: Iterable[str | None], offset_s: float = 0.0) -> Tariff:
@@ -138,20 +146,18 @@ def plan_start(
         missed = deadline is not None and now + duration > deadline
         return ValleyPlan(now, duration, deadline, tariff.cost(now, duration), submitted_cost, missed)
     latest = min(latest, now + DAY)  # the tariff repeats daily: no later start is cheaper than one within a day
-    candidates = {now, latest}
-    for boundary in tariff.boundaries(now, latest + duration):
-        candidates.update(moment for moment in (boundary, boundary - duration) if now <= moment <= latest)
-    best = _cheapest(sorted(candidates), duration, tariff)
-    return ValleyPlan(best, duration, deadline, tariff.cost(best, duration), submitted_cost)
-
-
-def _cheapest(starts: Sequence[datetime], duration: timedelta, tariff: Tariff) -> datetime:
-    best, best_cost = starts[0], tariff.cost(starts[0], duration)
-    for start in starts[1:]:
-        cost = tariff.cost(start, duration)
+    # in tariff hours: now, latest, and every hour boundary b with b or b - duration between them
+    first, last, length = tariff.hours(now), tariff.hours(latest), duration.total_seconds() / HOUR_S
+    candidates = {first, last}
+    for boundary in range(math.floor(first) + 1, math.ceil(last + length)):
+        candidates.update(start for start in (boundary, boundary - length) if first <= start <= last)
+    best, best_cost = first, tariff.cost_hours(first, length)
+    for start in sorted(candidates):
+        cost = tariff.cost_hours(start, length)
         if cost < best_cost * (1 - SAVING_EPSILON):
             best, best_cost = start, cost
-    return best
+    moment = now if best == first else latest if best == last else tariff.moment(best)
+    return ValleyPlan(moment, duration, deadline, best_cost, submitted_cost)
 
 
 def plan_for(
@@ -165,10 +171,23 @@ def plan_for(
     return plan_start(now, submitted, scheduling.deadline_after(created), duration, tariff)
 
 
+ZoneIndex = Mapping[tuple[GPUType | None, str | None], frozenset[str | None]]
+"""The zones of the schedulable nodes of each (GPU type, capacity type); GPU type None for CPU nodes."""
+
+
+def fleet_zones(fleet: Iterable[Node]) -> ZoneIndex:
+    """Index the fleet's zones once per admission pass (every deferrable job then reads a few sets, not the fleet)."""
+    zones: dict[tuple[GPUType | None, str | None], set[str | None]] = {}
+    for node in fleet:
+        if node.schedulable:
+            zones.setdefault((node.gpu_type, node.capacity_type), set()).add(node.zone)
+    return {kind: frozenset(found) for kind, found in zones.items()}
+
+
 def plan_job(
     job: TrainingJob,
     pool: ResourcePool | None,
-    fleet: Sequence[Node],
+    zones: ZoneIndex,
     catalog: Catalog,
     now: datetime,
     tariff_offset_s: float = 0.0,
@@ -176,16 +195,11 @@ def plan_job(
     """A queued job's plan, priced at the tariff of the zones of the nodes it may run on (its GPU types and capacity
     types that its pool allows; CPU nodes for a CPU job). None when it is not deferrable, or was admitted before:
     a requeued job (preempted, restarted) has begun its run and resumes as soon as it can."""
-    if job.status.attempt > 0:
+    if job.status.attempt > 0 or not job.spec.scheduling.deferrable:
         return None
     capacity = set(job.spec.resources.capacity_types) & (set(pool.capacity_types) if pool else set())
-    types = set(job.spec.gpu_types) & (set(pool.gpu_types) if pool else set())
-    zones = [
-        n.zone
-        for n in fleet
-        if n.schedulable
-        and n.capacity_type in capacity
-        and (n.gpu_type is None if job.spec.on_cpu else n.gpu_type in types)
-    ]
-    tariff = job_tariff(catalog, zones, tariff_offset_s)
+    allowed: set[GPUType] = set(job.spec.gpu_types) & (set(pool.gpu_types) if pool else set())
+    types: set[GPUType | None] = {None} if job.spec.on_cpu else set(allowed)
+    where = set().union(*(zones.get((gpu_type, kind), ()) for gpu_type in types for kind in capacity))
+    tariff = job_tariff(catalog, where, tariff_offset_s)
     return plan_for(job.spec.scheduling, job.created, job.status.submitted_at or job.created, now, tariff)

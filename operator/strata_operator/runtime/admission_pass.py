@@ -18,7 +18,7 @@ from strata_operator.core.lifecycle import Reason
 from strata_operator.core.observed import Node, WorkerPod
 from strata_operator.core.pods import gang_gpu_type
 from strata_operator.core.status import NORMAL, PREEMPTED, WARNING, StatusDraft
-from strata_operator.core.valley import ValleyPlan, plan_job
+from strata_operator.core.valley import ValleyPlan, fleet_zones, plan_job
 from strata_operator.runtime.jobs import JobEntry, patch_status
 from strata_operator.runtime.shared import IndexOf, Runtime
 
@@ -61,12 +61,12 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
         quoted = quoter.orders((j, pools[j.spec.pool]) for j in queued if j.spec.pool in pools)
         orders, hold = await asyncio.gather(quoted, quoter.hold_back())
     now = datetime.now(UTC).replace(microsecond=0)
-    settings = runtime.settings
+    settings, zones = runtime.settings, fleet_zones(fleet)
     plans = {
         job.key: plan
         for job in queued
         if job.spec.scheduling.deferrable
-        and (plan := plan_job(job, pools.get(job.spec.pool), fleet, settings.prices, now, settings.tariff_offset_s))
+        and (plan := plan_job(job, pools.get(job.spec.pool), zones, settings.prices, now, settings.tariff_offset_s))
     }
     queue = [
         replace(r, valley=plans.get(r.key))

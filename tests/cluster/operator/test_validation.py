@@ -57,6 +57,7 @@ INVALID_JOBS: list[tuple[str, Edit, str]] = [
     ("unknown-capacity-type", setter("resources.capacityTypes", ["preemptible"]), "spec.resources.capacityTypes"),
     ("preference-not-allowed", setter("resources.capacityPreference", "spot"), "resources.capacityPreference must"),
     ("too-few-microbatches", setter("parallelism.pipeline", 2), "parallelism.microBatches must be at least"),
+    ("model-dir-off-the-volume", setter("workload.modelDir", "/models/llama"), "workload.modelDir and workload"),
     (
         "microbatches-do-not-divide",
         both(setter("parallelism.pipeline", 2), setter("parallelism.microBatches", 3)),

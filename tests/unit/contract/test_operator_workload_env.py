@@ -90,3 +90,16 @@ def test_each_example_job_is_a_layout_the_workload_accepts(path: Path) -> None:
         first, local = int(env["RANK"]), int(env["LOCAL_WORLD_SIZE"])
         ranks += range(first, first + local)
     assert sorted(ranks) == list(range(job.spec.world_size)), "every global rank exactly once"
+
+
+def test_a_model_directory_and_tokenizer_reach_every_worker_s_settings() -> None:
+    body = yaml.safe_load(EXAMPLES[0].read_text())
+    path = body["spec"].get("checkpoint", {}).get("path", "/checkpoints")
+    body["spec"]["workload"] |= {"modelDir": f"{path}/models/llama", "tokenizer": f"{path}/models/tok.json"}
+    for env in pod_envs(job_from(body)):
+        settings = load_train_settings([], env)
+        assert settings.model_dir == f"{path}/models/llama"
+        assert settings.tokenizer == f"{path}/models/tok.json"
+    for env in pod_envs(job_from(yaml.safe_load(EXAMPLES[0].read_text()))):  # unset: the preset, as before
+        assert WorkerEnv.MODEL_DIR not in env
+        assert WorkerEnv.TOKENIZER not in env

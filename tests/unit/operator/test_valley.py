@@ -17,7 +17,7 @@ from strata_api import GPUType
 from strata_api.catalog import DEFAULT_CATALOG, load_catalog, parse_catalog
 from strata_operator.core.admission import GangRequest, Reason, admit
 from strata_operator.core.observed import Node
-from strata_operator.core.valley import Tariff, ValleyPlan, job_tariff, plan_job, plan_start
+from strata_operator.core.valley import Tariff, ValleyPlan, fleet_zones, job_tariff, plan_job, plan_start
 
 H = timedelta(hours=1)
 DAY0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -120,13 +120,15 @@ def test_plan_job_reads_the_spec_and_prices_the_zones_of_the_nodes_the_job_may_u
     in_a, mi300x_in_b = a_node("a1"), a_node("b1", GPUType.MI300X)
     nodes = [_in_zone(in_a, "a"), _in_zone(mi300x_in_b, "b")]
     job = a_job(created=hours(0.5), scheduling=deferrable_job(deadlineSeconds=27000))
-    plan = plan_job(job, a_pool(), nodes, catalog, hours(0.5))
+    plan = plan_job(job, a_pool(), fleet_zones(nodes), catalog, hours(0.5))
     assert plan is not None
     assert plan.start == hours(3)
     assert plan.deadline == hours(8)
-    assert plan_job(a_job(created=hours(0.5)), a_pool(), nodes, catalog, hours(0.5)) is None  # not deferrable
+    assert (
+        plan_job(a_job(created=hours(0.5)), a_pool(), fleet_zones(nodes), catalog, hours(0.5)) is None
+    )  # not deferrable
     requeued = a_job(created=hours(0.5), scheduling=deferrable_job(), status={"phase": "Queued", "attempt": 1})
-    assert plan_job(requeued, a_pool(), nodes, catalog, hours(0.5)) is None  # its run has begun
+    assert plan_job(requeued, a_pool(), fleet_zones(nodes), catalog, hours(0.5)) is None  # its run has begun
 
 
 def test_the_shipped_catalog_defers_an_evening_job_to_the_night() -> None:
@@ -139,7 +141,7 @@ def test_the_shipped_catalog_defers_an_evening_job_to_the_night() -> None:
 def test_the_example_submitted_in_the_evening_peak_starts_at_night() -> None:
     body = yaml.safe_load((ROOT / "examples" / "valley" / "nightly-finetune.yaml").read_text())
     job = a_job(created=hours(17), scheduling=body["spec"]["scheduling"], gpu_type=body["spec"]["resources"]["gpuType"])
-    plan = plan_job(job, a_pool(), [a_node("n1")], load_catalog(DEFAULT_CATALOG), hours(17))
+    plan = plan_job(job, a_pool(), fleet_zones([a_node("n1")]), load_catalog(DEFAULT_CATALOG), hours(17))
     assert plan is not None
     assert plan.start == hours(22)
     assert f"{plan.saving:.1%}" == "9.1%"
