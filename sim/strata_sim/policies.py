@@ -203,6 +203,7 @@ class StrataPolicy:
         extender where the score does, and the hold-back can then refuse a later gang the reserved GPUs
         admission counted as open. They stay queued (the real gang's pods would stay Pending)."""
         self._cost = lru_cache(maxsize=65536)(self._cost_uncached)
+        self._kinds = lru_cache(maxsize=65536)(self._kinds_uncached)
 
     # -- the extender's view ------------------------------------------------------------------------------------
     def _cost_uncached(self, kind: tuple[GPUType, str], job: Job, hour: int) -> float:
@@ -224,7 +225,7 @@ class StrataPolicy:
         cost = cost_per_unit_work(self.catalog, pod, self.facts[kind], hour)
         return cost if cost is not None else float("inf")
 
-    def _kinds(self, job: Job, hour: int) -> list[tuple[GPUType, str]]:
+    def _kinds_uncached(self, job: Job, hour: int) -> list[tuple[GPUType, str]]:
         """The job's node kinds, cheapest per unit of work first."""
         kinds = [k for k in self.facts if k[0] in job.gpu_types]
         return sorted(kinds, key=lambda k: (self._cost(k, job, hour), k))

@@ -22,6 +22,9 @@ class Figures:
     """Total cost per GPU-hour of finished jobs' work on the reference GPU."""
     utilisation: float
     """GPU-hours of running gangs over the fleet's GPU-hours, until the last job finished."""
+    utilisation_arrivals: float
+    """The same while jobs still arrive (hourly samples up to the last arrival): the busy part of a trace,
+    without the tail where a few long jobs drain."""
     mean_wait_h: dict[str, float]
     p95_wait_h: dict[str, float]
     mean_jct_h: float
@@ -40,6 +43,9 @@ def figures(outcome: Outcome, catalog: Catalog, bound_s: float = 600.0) -> Figur
     useful = sum(r.job.work_h * r.job.gpus for r in done)
     capacity_s = outcome.fleet.gpus() * outcome.end_s
     utilisation = outcome.busy_gpu_s / capacity_s if capacity_s > 0 else 0.0
+    last_arrival = max((r.job.arrival_s for r in records), default=0.0)
+    sampled = [b for t, b in zip(outcome.series.t_s, outcome.series.busy, strict=True) if t <= last_arrival]
+    arriving = float(np.mean(sampled)) / outcome.fleet.gpus() if sampled else utilisation
 
     def waits(pool: str) -> np.ndarray:
         return np.array(wait_hours(outcome, pool))
@@ -61,6 +67,7 @@ def figures(outcome: Outcome, catalog: Catalog, bound_s: float = 600.0) -> Figur
         total_cost=cost,
         cost_per_useful_gpu_h=cost / useful if useful else float("inf"),
         utilisation=utilisation,
+        utilisation_arrivals=arriving,
         mean_wait_h=mean_wait,
         p95_wait_h=p95_wait,
         mean_jct_h=float(np.mean(jct)) if jct else 0.0,
@@ -76,6 +83,7 @@ COLUMNS = (
     ("cost $", "{:>12,.0f}"),
     ("$/useful GPU-h", "{:>14.2f}"),
     ("util", "{:>6.1%}"),
+    ("util arr", "{:>8.1%}"),
     ("wait hi mean/p95 min", "{:>20}"),
     ("wait lo mean/p95 min", "{:>20}"),
     ("JCT h", "{:>8.2f}"),
@@ -85,7 +93,7 @@ COLUMNS = (
 )
 
 
-WIDTHS = (20, 12, 14, 6, 20, 20, 8, 10, 8, 10)
+WIDTHS = (20, 12, 14, 6, 8, 20, 20, 8, 10, 8, 10)
 
 
 def wait_hours(outcome: Outcome, pool: str) -> list[float]:
@@ -107,6 +115,7 @@ def table(rows: Sequence[Figures]) -> str:
             f.total_cost,
             f.cost_per_useful_gpu_h,
             f.utilisation,
+            f.utilisation_arrivals,
             f"{f.mean_wait_h[HIGH_POOL] * 60:.1f}/{f.p95_wait_h[HIGH_POOL] * 60:.1f}",
             f"{f.mean_wait_h[LOW_POOL] * 60:.1f}/{f.p95_wait_h[LOW_POOL] * 60:.1f}",
             f.mean_jct_h,
