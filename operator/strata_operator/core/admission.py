@@ -24,7 +24,9 @@ Rules, in the order a user would check them:
 7. Reserved hold-back. With the scheduler extender's hold (``GET /holdback``), a gang of a pool whose priority is
    below the extender's high-priority line counts a GPU type's reserved GPUs only above those the extender keeps
    free for forecast high-priority demand, as the extender will place it; one that fits only on held GPUs waits
-   with reason ReservedGPUsHeldBack, naming the type and the hold (:mod:`strata_operator.core.holdback`).
+   with reason ReservedGPUsHeldBack, naming the type and the hold (:mod:`strata_operator.core.holdback`). A
+   deferrable job's gang counts as below the line whatever its pool, as its workers' ``strata.dev/deferrable``
+   tells the extender.
 8. Valley scheduling. A deferrable job whose plan (:mod:`strata_operator.core.valley`) starts later than ``now``
    waits with reason WaitingForCheaperPower and its expected start; it keeps its place in the order (its
    submission time), reserves no GPU type and blocks nobody, and from its start on it competes as any other.
@@ -65,6 +67,9 @@ class GangRequest:
     """Memory each worker requests (``memoryPerWorker``), in bytes; 0 when unset."""
     valley: ValleyPlan | None = None
     """A deferrable job's valley-scheduling plan: not admitted before its start."""
+    deferrable: bool = False
+    """``spec.scheduling.deferrable``: its workers carry ``strata.dev/deferrable``, which the extender holds back
+    from reserved GPUs whatever the pool's priority (as it does a low-priority pod), so admission does too."""
 
     @property
     def on_cpu(self) -> bool:
@@ -94,6 +99,7 @@ class GangRequest:
             cpu_millis=job.spec.cpu_millis if job.spec.on_cpu else 0,
             worker_cpu_millis=_or_zero(cpu_millis, job.spec.resources.cpu_per_worker),
             worker_memory=_or_zero(memory_bytes, job.spec.resources.memory_per_worker),
+            deferrable=job.spec.scheduling.deferrable,
         )
 
 
@@ -145,6 +151,10 @@ class Decision:
     waiting: dict[str, Waiting] = field(default_factory=dict)
 
 
+LOWEST_PRIORITY = -(2**31)
+"""Below every pool's priority (a pool that does not exist; a deferrable job for the extender's hold-back)."""
+
+
 class Reason:
     POOL_NOT_FOUND = "PoolNotFound"
     NO_USABLE_GPUS = "NoUsableGPUs"
@@ -186,17 +196,21 @@ def admit(
 
     def priority(request: GangRequest) -> int:
         pool = pools.get(request.pool)
-        return pool.priority if pool else -(2**31)
+        return pool.priority if pool else LOWEST_PRIORITY
+
+    def hold_rank(request: GangRequest) -> int:
+        """The priority the extender's hold-back sees: a deferrable job's workers are below every line."""
+        return LOWEST_PRIORITY if request.deferrable else priority(request)
 
     reserved: dict[str, dict[str, int]] = {}
     # gangs the hold does not hold back first: what they take on reserved nodes lowers the hold for the others
-    for gang in sorted(admitted, key=lambda g: (held.holds_back(priority(g.request)), g.admitted_at, g.request.key)):
+    for gang in sorted(admitted, key=lambda g: (held.holds_back(hold_rank(g.request)), g.admitted_at, g.request.key)):
         r = gang.request
         if gang.gpu_type is None:
             continue
         groups = -(-gang.unbound_workers // r.pods_per_group)
         group_gpus = r.gpus_per_worker * r.pods_per_group
-        reserved[r.key] = held.take(room, gang.gpu_type, r.capacity_types, group_gpus, groups, priority(r))
+        reserved[r.key] = held.take(room, gang.gpu_type, r.capacity_types, group_gpus, groups, hold_rank(r))
     usage: dict[str, int] = {}
     cpu_usage: dict[str, int] = {}
     for gang in admitted:
@@ -255,7 +269,7 @@ def admit(
                 f"needs {request.gpus} GPUs; pool {pool.name} has {pool.max_gpus - in_use} of {pool.max_gpus} left",
             )
             continue
-        group_gpus, rank = request.gpus_per_worker * request.pods_per_group, pool.priority
+        group_gpus, rank = request.gpus_per_worker * request.pods_per_group, hold_rank(request)
         possible = [t for t in types if empty.slots(t, capacity, group_gpus) >= request.groups]
         if not possible:
             wait(
@@ -294,8 +308,9 @@ def admit(
             wait(
                 Reason.HELD_BACK,
                 f"{held.why(room, kept_out[0])}; {request.workers} workers x {request.gpus_per_worker} "
-                f"{'/'.join(kept_out)} GPUs fit only on those (pool {pool.name} has priority {rank}, below the "
-                "extender's high-priority line)",
+                f"{'/'.join(kept_out)} GPUs fit only on those ("
+                + ("the job is deferrable" if request.deferrable else f"pool {pool.name} has priority {rank}")
+                + ", below the extender's high-priority line)",
             )
         else:
             wait(

@@ -177,6 +177,8 @@ def _worker_pod(job: TrainingJob, pool: ResourcePool, settings: OperatorSettings
     }
     if runtime is not None:
         annotations[api.ANN_EXPECTED_RUNTIME] = str(runtime)
+    if spec.scheduling.deferrable:  # valley scheduling: the extender treats it as it does low-priority work
+        annotations[api.ANN_DEFERRABLE] = "true"
     limits: dict[str, str] = {gpu.resource: str(spec.resources.gpus_per_worker)} if gpu else {}
     if spec.resources.cpu_per_worker is not None:
         limits["cpu"] = spec.resources.cpu_per_worker

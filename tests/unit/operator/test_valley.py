@@ -13,11 +13,15 @@ import pytest
 import yaml
 from operator_builders import ROOT, a_job, a_node, a_pool
 
+import strata_api as api
 from strata_api import GPUType
 from strata_api.catalog import DEFAULT_CATALOG, load_catalog, parse_catalog
+from strata_api.holdback import ReservedHoldBack, TypeHold
 from strata_operator.core.admission import GangRequest, Reason, admit
 from strata_operator.core.observed import Node
+from strata_operator.core.pods import build_worker_pods
 from strata_operator.core.valley import Tariff, ValleyPlan, fleet_zones, job_tariff, plan_job, plan_start
+from strata_operator.settings import OperatorSettings
 
 H = timedelta(hours=1)
 DAY0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -182,3 +186,37 @@ def test_a_deferred_job_waits_in_its_place_blocks_nobody_and_is_admitted_at_its_
     assert at_start.waiting["team/now"].position == 2
     # without a moment (the simulator's choice, or an older caller) nobody is deferred
     assert admit([deferred], [], pools, fleet, {"n1": 8}).admit == {"team/nightly": GPUType.H100}
+
+
+def test_a_deferrable_gang_is_held_back_from_reserved_gpus_as_the_extender_will_hold_its_workers() -> None:
+    # a high-priority pool's gang of 2 workers; one spot node is full, so its second worker needs a reserved node,
+    # all of whose GPUs the extender holds for forecast high-priority demand
+    prod = a_pool("prod", priority=100, gpuTypes=["H100"], capacityTypes=["spot", "reserved"])
+    nodes = [a_node("res-0"), a_node("spot-0", capacity="spot"), a_node("spot-1", capacity="spot")]
+    free = {"res-0": 8, "spot-0": 8, "spot-1": 0}
+    keep = ReservedHoldBack(high_priority=100, by_gpu_type={"H100": TypeHold(keep_free=8, reserved=8, used=0, upper=8)})
+    plain = replace(
+        request("team/plain", hours(0)), pool="prod", workers=2, capacity_types=frozenset({"spot", "reserved"})
+    )
+    deferrable = replace(plain, key="team/deferrable", deferrable=True)
+
+    assert admit([plain], [], {"prod": prod}, nodes, free, keep).admit == {"team/plain": GPUType.H100}
+    decision = admit([deferrable], [], {"prod": prod}, nodes, free, keep)
+    assert decision.admit == {}
+    assert decision.waiting["team/deferrable"].reason == Reason.HELD_BACK
+    assert decision.waiting["team/deferrable"].message.endswith(
+        "fit only on those (the job is deferrable, below the extender's high-priority line)"
+    )
+
+
+def test_a_deferrable_jobs_workers_say_so_to_the_extender() -> None:
+    settings = OperatorSettings()
+    scheduling = deferrable_job(deadlineSeconds=27000)
+    deferred = build_worker_pods(
+        a_job(scheduling=scheduling, status={"placement": {"gpuType": "H100"}}), a_pool(), settings
+    )
+    plain = build_worker_pods(a_job(status={"placement": {"gpuType": "H100"}}), a_pool(), settings)
+    assert {pod["metadata"]["annotations"].get(api.ANN_DEFERRABLE) for pod in deferred} == {"true"}
+    assert all(api.ANN_DEFERRABLE not in pod["metadata"]["annotations"] for pod in plain)
+    contract = api.PodContract.from_metadata(deferred[0]["metadata"]["labels"], deferred[0]["metadata"]["annotations"])
+    assert contract.deferrable
