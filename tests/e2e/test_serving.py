@@ -1,6 +1,8 @@
-"""An InferenceService in real containers: the chart's operator makes its Deployment and Service, the kubelet runs
-the replica (python -m strata_workloads.serve, ready only after warm-up), and another pod's HTTP request through
-the Service's DNS name is answered by the model."""
+"""An InferenceService in real containers: the chart's operator makes the replicas' Deployment, the routers'
+Deployment (python -m strata_serving.router, the serving image) and their Services; the kubelet runs the replica
+(python -m strata_workloads.serve, ready only after warm-up); another pod's HTTP request to the service's URL goes
+through a router, which found the replica by the headless Service's DNS name, and is answered by the model; the
+router's autoscaler decides and the operator shows its decision in status.lastScale."""
 
 from __future__ import annotations
 
@@ -19,7 +21,12 @@ CLIENT = """
 import json, sys, urllib.request
 request = urllib.request.Request(sys.argv[1] + "/v1/generate", data=json.dumps(
     {"prompt": "def main():", "max_new_tokens": 8}).encode(), headers={"Content-Type": "application/json"})
-print(urllib.request.urlopen(request, timeout=60).read().decode())
+with urllib.request.urlopen(request, timeout=60) as answer:
+    headers = {k.lower(): v for k, v in answer.headers.items() if k.lower().startswith("x-strata-")}
+    body = json.loads(answer.read())
+with urllib.request.urlopen(sys.argv[1] + "/scale", timeout=10) as answer:
+    scale = json.loads(answer.read())
+print(json.dumps({"headers": headers, "body": body, "scale": scale}))
 """
 
 
@@ -43,8 +50,10 @@ def a_cpu_service(strata: Strata, name: str, namespace: str, pool: str) -> dict[
             "pool": pool,
             "workload": {"image": strata.workloads_image, "imagePullPolicy": "IfNotPresent"},
             "model": {"preset": "debug"},  # random weights: what is checked is the path of a request
-            "replicas": {"min": 1},
+            "replicas": {"min": 1, "max": 2},
             "resources": resources,
+            # reactive: no forecaster to fit; one request now and then needs the one replica
+            "autoscaling": {"metric": "rps", "target": 4, "mode": "reactive"},
         },
     }
 
@@ -73,7 +82,7 @@ def a_client_pod(strata: Strata, namespace: str, url: str) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(1500)  # run alone, it also waits for the session: images, cluster, import, install
-def test_a_cpu_service_answers_http_through_its_service_from_another_pod(
+def test_a_cpu_service_answers_http_through_its_router_from_another_pod(
     strata: Strata, namespace: str, pool: str
 ) -> None:
     strata.apply(a_cpu_service(strata, "chat", namespace, pool))
@@ -88,6 +97,18 @@ def test_a_cpu_service_answers_http_through_its_service_from_another_pod(
         raise AssertionError(f"{error}\n{strata.describe(namespace)}") from None
     assert status["url"] == f"http://chat.{namespace}.svc:8000"
 
+    def decided() -> dict[str, Any] | None:
+        last = (strata.get("inferenceservice", "chat", "-n", namespace).get("status") or {}).get("lastScale") or {}
+        return last if "requested" in last else None  # only a decision read from the router names its ask
+
+    try:
+        last = eventually(decided, 90, "the router's scaling decision in status.lastScale")
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{strata.describe(namespace)}") from None
+    assert last["mode"] == "reactive"
+    assert last["requested"] == 1
+    assert last["replicas"] == 1
+
     strata.apply(a_client_pod(strata, namespace, status["url"]))
 
     def finished() -> str | None:
@@ -98,5 +119,9 @@ def test_a_cpu_service_answers_http_through_its_service_from_another_pod(
     out = strata.kubectl("logs", "client", "-n", namespace)
     assert phase == "Succeeded", f"{out}\n{strata.describe(namespace)}"
     answer = json.loads(out.strip().splitlines()[-1])
-    assert answer["tokens"] == 8
-    assert isinstance(answer["text"], str)
+    assert answer["body"]["tokens"] == 8
+    assert isinstance(answer["body"]["text"], str)
+    assert answer["headers"]["x-strata-attempts"] == "1"  # a router answered: it names the replica it chose
+    assert answer["headers"]["x-strata-replica"].endswith(":8000")
+    assert answer["scale"]["mode"] == "reactive"
+    assert answer["scale"]["replicas"] == 1

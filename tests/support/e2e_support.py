@@ -74,7 +74,9 @@ class Strata:
     def describe(self, namespace: str) -> str:
         """What a failed test prints: the namespace's jobs, pods and events, and the workers' last log lines."""
         parts = [
-            self.kubectl("get", "trainingjobs,pods,pvc", "-n", namespace, "-o", "wide", check=False),
+            self.kubectl(
+                "get", "trainingjobs,inferenceservices,deployments,pods,pvc", "-n", namespace, "-o", "wide", check=False
+            ),
             self.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False)[-4000:],
         ]
         for line in self.kubectl("get", "pods", "-n", namespace, "-o", "name", check=False).split():
