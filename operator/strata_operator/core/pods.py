@@ -156,7 +156,9 @@ def _worker_pod(job: TrainingJob, pool: ResourcePool, settings: OperatorSettings
     spec = job.spec
     gpu = None if spec.on_cpu else gang_gpu_type(job)
     capacity = allowed_capacity_types(job, pool)
-    runtime = expected_runtime_s(job, pool)
+    # the extender's work at risk per reclaim: the run's own estimate (spec.scheduling) when shorter than the limit
+    estimates = [x for x in (expected_runtime_s(job, pool), spec.scheduling.expected_duration_seconds) if x]
+    runtime = min(estimates) if estimates else None
     labels = {
         **selector(job.name),
         api.LABEL_JOB_KIND: api.TRAINING_JOB,

@@ -220,3 +220,15 @@ def test_a_deferrable_jobs_workers_say_so_to_the_extender() -> None:
     assert all(api.ANN_DEFERRABLE not in pod["metadata"]["annotations"] for pod in plain)
     contract = api.PodContract.from_metadata(deferred[0]["metadata"]["labels"], deferred[0]["metadata"]["annotations"])
     assert contract.deferrable
+
+
+def test_the_expected_duration_is_the_runtime_the_extender_prices_reclaims_by_when_shorter_than_the_limit() -> None:
+    def runtime(pool_limit: int, duration: int) -> str:
+        job = a_job(
+            scheduling=deferrable_job(expectedDurationSeconds=duration), status={"placement": {"gpuType": "H100"}}
+        )
+        pods = build_worker_pods(job, a_pool(max_runtime_seconds=pool_limit), OperatorSettings())
+        return str(pods[0]["metadata"]["annotations"][api.ANN_EXPECTED_RUNTIME])
+
+    assert runtime(pool_limit=3600, duration=1800) == "1800"
+    assert runtime(pool_limit=3600, duration=7200) == "3600"
