@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from operator_builders import a_job, a_pool
+from progress_support import record_progress_reports
 
 import strata_api as api
 from strata_api.workload import Progress, WorkerEnv
@@ -46,16 +47,7 @@ def test_the_loss_travels_with_the_step_and_a_value_json_cannot_hold_is_dropped(
 def test_a_checkpoint_report_carries_the_step_the_trainer_reached_and_its_loss(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    sent: list[str] = []
-
-    class Recording(progress.ProgressReporter):
-        def patch(self, value: str) -> int:
-            sent.append(value)
-            return 200
-
-    reporter = Recording("https://127.0.0.1:1", "team", "llm-worker-0", api.ANN_PROGRESS, ssl.create_default_context())
-    monkeypatch.setattr(progress, "_reporter", lambda: reporter)
-    monkeypatch.setattr(progress, "_latest", progress._Latest())
+    sent = record_progress_reports(monkeypatch)
     progress.note_step(120, 3.5)
     progress.report_checkpoint(120)
     progress.note_step(125, 3.25)  # an asynchronous save of step 120 commits while step 125 is done

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import logging
 import signal
-import ssl
 from pathlib import Path
 
 import pytest
+from progress_support import record_progress_reports
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-import strata_api as api
 from strata_api.workload import ExitCode, Progress
-from strata_workloads import progress
 from strata_workloads.settings import load_train_settings
 from strata_workloads.trainer import Process, Trainer, TrainingPlan
 
@@ -35,16 +33,7 @@ SETTINGS = {
 def test_a_short_run_logs_exports_and_reports_its_figures(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sent: list[str] = []
-
-    class Recording(progress.ProgressReporter):
-        def patch(self, value: str) -> int:
-            sent.append(value)
-            return 200
-
-    reporter = Recording("https://127.0.0.1:1", "team", "llm-worker-0", api.ANN_PROGRESS, ssl.create_default_context())
-    monkeypatch.setattr(progress, "_reporter", lambda: reporter)
-    monkeypatch.setattr(progress, "_latest", progress._Latest())
+    sent = record_progress_reports(monkeypatch)
     settings = load_train_settings([], env={**SETTINGS, "STRATA_CHECKPOINT_DIR": str(tmp_path / "ckpt")})
     process = Process.join({})
     sigterm = signal.getsignal(signal.SIGTERM)
