@@ -25,7 +25,7 @@ from strata_sim.policies import (
     pools,
 )
 from strata_sim.report import figures
-from strata_sim.traces import read_alibaba
+from strata_sim.traces import read_alibaba, read_helios
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -245,3 +245,22 @@ def test_a_fleet_the_trace_cannot_fit_is_reported_not_truncated(
     code = main(["--trace", "synthetic:200", "--days", "1", "--fleet", str(fleet_file), "--no-progress"])
     assert code == 2
     assert "need more GPUs of one type than the fleet has (8 GPUs; raise --scale)" in capsys.readouterr().err
+
+
+def test_the_helios_reader_turns_demand_rises_into_jobs_and_falls_into_finishes(tmp_path: Path) -> None:
+    """Demand 0, 4, 12, 8, 8 GPUs a minute apart: A (4 GPUs) starts at 1 min, B (8) at 2 min; the fall to 8 at
+    3 min ends B, the latest, and 4 of its GPUs go on as C; A and C run to the window's end (5 min)."""
+    header = "time,running_gpu_num,pending_gpu_num"
+    rows = [f"2020-05-01 00:0{m}:00,{d},0" for m, d in enumerate((0, 4, 12, 8, 8))]
+    with gzip.open(tmp_path / "vcX_cluster_sequence_vc.dev.csv.gz", "wt") as handle:
+        handle.write("\n".join([header, *rows]) + "\n")
+    jobs, _ = read_helios(tmp_path, days=5 / 1440, high_vcs=("vcX",))
+    assert [(j.key, j.arrival_s, j.gpus, round(j.work_h * 60, 6), j.pool) for j in jobs] == [
+        ("vcX-1", 60.0, 4, 4.0, HIGH_POOL),
+        ("vcX-2", 120.0, 8, 1.0, HIGH_POOL),
+        ("vcX-3", 180.0, 4, 2.0, HIGH_POOL),
+    ]
+    with gzip.open(tmp_path / "vcY_cluster_sequence_vc.dev.csv.gz", "wt") as handle:
+        handle.write(f"{header}\n2020-05-01 00:00:00,x,0\n")
+    with pytest.raises(SimInputError, match=r"vcY_cluster_sequence_vc.dev.csv.gz: row 2, column running_gpu_num"):
+        read_helios(tmp_path, days=1)
