@@ -9,7 +9,7 @@ PHASE := hack/phase.sh
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
 .PHONY: help venv lock binaries images image-tools demo up down env lint format types imports check test test-fast test-unit test-cluster \
-        test-e2e bench-cluster bench-scheduler bench-workloads bench-serving bench-operator chart-sync verify clean
+        test-e2e bench-cluster bench-scheduler bench-workloads bench-serving bench-operator simulate chart-sync verify clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
@@ -130,6 +130,9 @@ bench-scheduler: venv binaries ## Extender latency (1,000/5,000 nodes), kube-sch
 	$(PY) bench/scheduler/scheduler_throughput.py --nodes 1000 --pods 400 --floor
 	$(PY) bench/scheduler/forecast_quality.py
 	$(PY) bench/scheduler/forecast_bound.py
+
+simulate: venv ## Trace replay of a month of Alibaba GPU jobs: Strata's admission and placement vs default, Kueue-like, Karpenter-like (table; plots in /tmp/strata-sim; docs/simulation.md)
+	$(PY) -m strata_sim --trace alibaba --days 30 --scale 0.5 --policies all --out /tmp/strata-sim
 
 bench-operator: venv binaries ## Operator pod-creation rate against a plain client, admission and start latency
 	$(PY) tests/cluster/operator/bench_operator.py
