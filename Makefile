@@ -137,12 +137,13 @@ simulate: venv ## Trace replay of a month of Alibaba GPU jobs: Strata's admissio
 bench-operator: venv binaries ## Operator pod-creation rate against a plain client, admission and start latency
 	$(PY) tests/cluster/operator/bench_operator.py
 
-bench-workloads: venv ## Pipeline efficiency vs the bound, TP memory, layouts, INT8 serving, batching, PowerSGD
+bench-workloads: venv ## Pipeline efficiency vs the bound, TP memory, layouts (tokens/s, MFU), INT8 serving, batching, PowerSGD, dataset preparation
 	$(PY) bench/workloads/pipeline_efficiency.py --stages 2 4 --microbatches 1 2 4 8
 	$(PY) bench/workloads/tp_memory.py --preset small --tp 2 4
 	$(PY) bench/workloads/layout_throughput.py --preset small-moe --steps 8
 	$(PY) bench/workloads/serving_bench.py --train-steps 150
 	$(PY) bench/workloads/grad_compression.py --steps 80 --rank 4
+	$(PY) bench/workloads/prepare_bench.py
 
 bench-serving: venv ## Autoscaler trace replay (predictive vs HPA-like vs a peak-sized fleet, PNGs); router p50/p99 with a slow replica and failover
 	$(PY) bench/serving/autoscale_replay.py
