@@ -670,6 +670,8 @@ class ServedModel:
     compile: bool
     max_batch: int
     max_wait_ms: float
+    model_dir: str = ""  # a Hugging Face directory: its shape replaces preset; its weights when nothing else is served
+    tokenizer: str = ""  # a tokenizer.json or a folder holding one; empty: model_dir's, else bytes
 
 
 @dataclass(frozen=True)
@@ -743,6 +745,8 @@ class InferenceServiceSpec:
                 compile=bool(m["compile"]),
                 max_batch=int(m["batching"]["maxBatch"]),
                 max_wait_ms=float(m["batching"]["maxWaitMs"]),
+                model_dir=m.get("modelDir", ""),
+                tokenizer=m.get("tokenizer", ""),
             ),
             min_replicas=int(replicas["min"]),
             max_replicas=int(replicas.get("max", replicas["min"])),

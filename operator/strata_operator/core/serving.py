@@ -121,13 +121,17 @@ def _gpu_type(service: InferenceService) -> GPUType | None:
 @dataclass(frozen=True)
 class ModelSource:
     """Where the replicas read the weights: ``checkpoint`` is the server's ``STRATA_SERVE_CHECKPOINT`` ("" for
-    random weights); ``claim``, when set, is mounted read-only at ``mount_path``."""
+    random weights, or ``model_dir``'s); ``claim``, when set, is mounted read-only at ``mount_path``;
+    ``model_dir`` and ``tokenizer`` (the server's ``STRATA_SERVE_MODEL_DIR`` / ``STRATA_SERVE_TOKENIZER``) are the
+    Hugging Face directory whose shape the checkpoint has and the tokenizer it was trained with ("" for none)."""
 
     checkpoint: str
     claim: str | None = None
     mount_path: str | None = None
     reason: str = Reason.CHECKPOINT
     message: str = ""
+    model_dir: str = ""
+    tokenizer: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,8 +143,10 @@ class ModelProblem:
 
 
 def resolve_model(service: InferenceService, job: TrainingJob | None) -> ModelSource | ModelProblem:
-    """The model source of ``spec.model``: a TrainingJob's checkpoint volume (``job``, looked up by the caller),
-    a path (on a claim, or in the image), or random weights."""
+    """The model source of ``spec.model``: a TrainingJob's checkpoint volume (``job``, looked up by the caller;
+    a job fine-tuned from a ``modelDir`` passes on that directory and its tokenizer, so that its checkpoint is
+    served on the shape it was trained with), a path (on a claim, or in the image), a Hugging Face directory
+    (``modelDir``, on a claim mounted there, or in the image), or random weights."""
     model = service.spec.model
     if model.training_job is not None:
         name = model.training_job
@@ -162,20 +168,35 @@ def resolve_model(service: InferenceService, job: TrainingJob | None) -> ModelSo
             mount_path=checkpoint.path,
             message=f"the newest complete checkpoint of TrainingJob {name} "
             f"(claim {checkpoint.persistent_volume_claim}, {checkpoint.path})",
+            model_dir=job.spec.workload.model_dir,
+            tokenizer=job.spec.workload.tokenizer,
         )
+    claim = model.persistent_volume_claim
     if model.path is not None:
-        claim = model.persistent_volume_claim
         where = f"claim {claim}, {model.path}" if claim else f"{model.path} in the image"
         return ModelSource(
             checkpoint=model.path,
             claim=claim,
             mount_path=model.path if claim else None,
             message=f"the checkpoint at spec.model.path ({where})",
+            model_dir=model.model_dir,
+            tokenizer=model.tokenizer,
+        )
+    if model.model_dir:
+        where = f"claim {claim}, {model.model_dir}" if claim else f"{model.model_dir} in the image"
+        return ModelSource(
+            checkpoint="",
+            claim=claim,
+            mount_path=model.model_dir if claim else None,
+            message=f"the Hugging Face weights at spec.model.modelDir ({where})",
+            model_dir=model.model_dir,
+            tokenizer=model.tokenizer,
         )
     return ModelSource(
         checkpoint="",
         reason=Reason.RANDOM_WEIGHTS,
-        message=f"preset {model.preset} with random weights (neither spec.model.trainingJob nor spec.model.path)",
+        message=f"preset {model.preset} with random weights (neither spec.model.trainingJob, path nor modelDir)",
+        tokenizer=model.tokenizer,
     )
 
 
@@ -194,6 +215,10 @@ def serve_env(service: InferenceService, source: ModelSource) -> dict[str, str]:
         "MAX_WAIT_MS": repr(model.max_wait_ms),
         "DRAIN_SECONDS": str(DRAIN_SECONDS),
     }
+    if source.model_dir:
+        env["MODEL_DIR"] = source.model_dir
+    if source.tokenizer:
+        env["TOKENIZER"] = source.tokenizer
     if resources.on_cpu and resources.cpu_per_replica is not None:
         # torch's thread pool as large as the CPU limit, not the host's cores (a cgroup limit torch cannot see)
         env["THREADS"] = str(max(1, api.cpu_millis(resources.cpu_per_replica) // 1000))

@@ -275,6 +275,57 @@ def test_a_model_that_cannot_be_served_says_why_naming_the_field() -> None:
     assert "spec.checkpoint.persistentVolumeClaim is unset" in ephemeral.message
 
 
+def test_a_job_fine_tuned_from_a_model_dir_is_served_on_its_shape_and_tokenizer() -> None:
+    # without the job's directory the replicas would build the preset and fail to load its checkpoint
+    workload = {"image": IMAGE, "modelDir": "/ckpt/base/llama", "tokenizer": "/ckpt/base/tokenizer.json"}
+    job = a_job(name="tune", checkpoint={"path": "/ckpt", "persistentVolumeClaim": "tune-ckpt"}, workload=workload)
+    service = a_service(model={"trainingJob": "tune"})
+    source = serving.resolve_model(service, job)
+    assert isinstance(source, ModelSource)
+    env = serving.serve_env(service, source)
+    assert env[f"{SERVE_ENV_PREFIX}CHECKPOINT"] == "/ckpt"
+    assert env[f"{SERVE_ENV_PREFIX}MODEL_DIR"] == "/ckpt/base/llama"
+    assert env[f"{SERVE_ENV_PREFIX}TOKENIZER"] == "/ckpt/base/tokenizer.json"
+    # a job trained from a preset passes on nothing: the server reads the preset and byte tokenizer
+    plain = serving.resolve_model(
+        service, a_job(name="tune", checkpoint={"path": "/ckpt", "persistentVolumeClaim": "c"})
+    )
+    assert isinstance(plain, ModelSource)
+    assert not {f"{SERVE_ENV_PREFIX}MODEL_DIR", f"{SERVE_ENV_PREFIX}TOKENIZER"} & set(serving.serve_env(service, plain))
+
+
+def test_a_model_dir_on_a_claim_is_served_from_where_the_claim_is_mounted() -> None:
+    hf = {"modelDir": "/models/llama", "persistentVolumeClaim": "llama", "tokenizer": "/models/llama/tok"}
+    source = serving.resolve_model(a_service(model=hf), None)
+    assert source == ModelSource(
+        checkpoint="",
+        claim="llama",
+        mount_path="/models/llama",
+        message="the Hugging Face weights at spec.model.modelDir (claim llama, /models/llama)",
+        model_dir="/models/llama",
+        tokenizer="/models/llama/tok",
+    )
+    # a fine-tuned checkpoint at path, on the shape of a directory on the same claim
+    tuned = serving.resolve_model(a_service(model={**ON_CLAIM, "modelDir": "/models/debug/base"}), None)
+    assert isinstance(tuned, ModelSource)
+    assert (tuned.checkpoint, tuned.mount_path, tuned.model_dir) == (
+        "/models/debug",
+        "/models/debug",
+        "/models/debug/base",
+    )
+
+
+def test_a_changed_model_dir_rolls_the_replicas() -> None:
+    def rev(model: dict[str, str]) -> str:
+        service = a_service(model=model)
+        source = serving.resolve_model(service, None)
+        assert isinstance(source, ModelSource)
+        d = serving.build_deployment(service, CPU_POOL, source, 1, SETTINGS)
+        return str(d["metadata"]["annotations"][api.LABEL_REVISION])
+
+    assert rev({"modelDir": "/models/a"}) != rev({"modelDir": "/models/b"})
+
+
 def test_a_path_in_the_image_and_random_weights() -> None:
     in_image = serving.resolve_model(a_service(model={"path": "/opt/model"}), None)
     assert in_image == ModelSource(
