@@ -259,6 +259,7 @@ class Workload:
     image_pull_policy: str
     model_dir: str = ""  # a Hugging Face directory on the checkpoint volume; empty: the preset
     tokenizer: str = ""  # a tokenizer.json there; empty: model_dir's, else bytes
+    data_dir: str = ""  # a dataset there (prepared folder, .jsonl/.parquet file or folder); empty: the default text
 
 
 @dataclass(frozen=True)
@@ -409,6 +410,7 @@ class TrainingJobSpec:
                 image_pull_policy=w["imagePullPolicy"],
                 model_dir=w.get("modelDir", ""),
                 tokenizer=w.get("tokenizer", ""),
+                data_dir=w.get("dataDir", ""),
             ),
             parallelism=Parallelism(
                 data=p["data"],

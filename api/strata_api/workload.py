@@ -42,6 +42,8 @@ class WorkerEnv:
     """Set only when spec.workload.modelDir is: a Hugging Face directory whose weights start the run."""
     TOKENIZER = "STRATA_TOKENIZER"
     """Set only when spec.workload.tokenizer is."""
+    DATA_DIR = "STRATA_DATA_DIR"
+    """Set only when spec.workload.dataDir is: a prepared folder or a jsonl/parquet dataset to train on."""
     GLOBAL_BATCH = "STRATA_GLOBAL_BATCH"
     MICRO_BATCH = "STRATA_MICRO_BATCH"
     STEPS = "STRATA_STEPS"

@@ -299,6 +299,8 @@ def worker_env(job: TrainingJob, settings: OperatorSettings, index: int) -> dict
         env[e.MODEL_DIR] = spec.workload.model_dir
     if spec.workload.tokenizer:
         env[e.TOKENIZER] = spec.workload.tokenizer
+    if spec.workload.data_dir:
+        env[e.DATA_DIR] = spec.workload.data_dir
     if spec.on_cpu:  # PyTorch's thread pool as large as the CPU limit, not the host (see WorkerEnv.OMP_NUM_THREADS)
         env[e.OMP_NUM_THREADS] = str(max(1, api.cpu_millis(spec.resources.cpu_per_worker or 0) // 1000))
     return env

@@ -46,7 +46,9 @@ def examples(folder: str) -> list[Path]:
     return sorted((ROOT / "examples" / folder).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", examples("trainingjobs"), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [*examples("trainingjobs"), ROOT / "examples" / "finetune" / "trainingjob.yaml"], ids=lambda p: p.name
+)
 def test_example_jobs_read_as_valid_layouts(path: Path) -> None:
     body = apply_defaults(schema("trainingjob.yaml"), yaml.safe_load(path.read_text()))
     body["metadata"].update(namespace="default", uid="u", creationTimestamp="2026-01-01T00:00:00Z")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import strata_api as api
 from strata_api import GPUType
 from strata_operator.core.pods import build_service, build_worker_access, build_worker_pods, gang_gpu_type, worker_env
 from strata_operator.settings import OperatorSettings
+from strata_workloads.settings import TrainSettings
 
 SETTINGS = OperatorSettings()
 
@@ -303,3 +305,19 @@ def test_workers_run_as_one_account_per_namespace_whose_role_may_only_read_and_p
     assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "strata-worker"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "strata-worker", "namespace": "team"}]
+
+
+def test_a_fine_tune_passes_its_directory_tokenizer_and_dataset_to_the_workers_as_the_trainer_reads_them() -> None:
+    workload = {
+        "image": "registry.example/strata/workloads:1",
+        "modelDir": "/checkpoints/base",
+        "tokenizer": "/checkpoints/base/tokenizer.json",
+        "dataDir": "/checkpoints/data/chat.jsonl",
+    }
+    env = worker_env(a_job(workload=workload), SETTINGS, 0)
+    named = {"STRATA_MODEL_DIR": "/checkpoints/base", "STRATA_TOKENIZER": "/checkpoints/base/tokenizer.json"}
+    named["STRATA_DATA_DIR"] = "/checkpoints/data/chat.jsonl"
+    assert {k: env[k] for k in named} == named
+    assert {k.removeprefix("STRATA_").lower() for k in named} <= {f.name for f in dataclasses.fields(TrainSettings)}
+    # a job from a preset on the default text sets none of them
+    assert not set(named) & set(worker_env(a_job(), SETTINGS, 0))

@@ -9,7 +9,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from operator_builders import T0, a_job, a_pool, schema
+import yaml
+from operator_builders import ROOT, T0, a_job, a_pool, apply_defaults, schema
 from serving_builders import IMAGE, a_service
 
 import strata_api as api
@@ -292,6 +293,21 @@ def test_a_job_fine_tuned_from_a_model_dir_is_served_on_its_shape_and_tokenizer(
     )
     assert isinstance(plain, ModelSource)
     assert not {f"{SERVE_ENV_PREFIX}MODEL_DIR", f"{SERVE_ENV_PREFIX}TOKENIZER"} & set(serving.serve_env(service, plain))
+
+
+def test_the_fine_tune_example_serves_its_checkpoint_on_the_base_directorys_shape() -> None:
+    def stored(name: str) -> dict[str, Any]:
+        body = yaml.safe_load((ROOT / "examples" / "finetune" / name).read_text())
+        body["metadata"].update(namespace="team", uid="u", generation=1, creationTimestamp="2026-01-01T00:00:00Z")
+        return apply_defaults(schema(name), body)
+
+    job = api.TrainingJob.from_body(stored("trainingjob.yaml"))
+    service = api.InferenceService.from_body(stored("inferenceservice.yaml"))
+    source = serving.resolve_model(service, job)
+    assert isinstance(source, ModelSource)
+    env = serving.serve_env(service, source)
+    assert (source.claim, source.mount_path) == ("finetune-checkpoints", "/checkpoints")
+    assert env[f"{SERVE_ENV_PREFIX}MODEL_DIR"] == job.spec.workload.model_dir == "/checkpoints/base"
 
 
 def test_a_model_dir_on_a_claim_is_served_from_where_the_claim_is_mounted() -> None:
