@@ -151,8 +151,16 @@ class Block(nn.Module):
         self.ffn_norm = nn.RMSNorm(config.dim, eps=config.norm_eps)
         self.feed_forward: nn.Module
         if config.is_moe_layer(layer_id):
+            hidden = config.expert_hidden
+            shared = config.n_shared_experts
             self.feed_forward = MoE(
-                config.dim, config.ffn_hidden, config.n_experts, config.top_k, config.moe_aux_loss_coef
+                config.dim,
+                hidden,
+                config.n_experts,
+                config.top_k,
+                config.moe_aux_loss_coef,
+                shared_experts=FeedForward(config.dim, shared * hidden, FFNActivation.SWIGLU) if shared else None,
+                sigmoid_router=config.moe_sigmoid_router,
             )
         else:
             self.feed_forward = FeedForward(config.dim, config.ffn_hidden, config.ffn_activation)

@@ -13,6 +13,11 @@ not added to the model's output; `_AuxLossGradient` feeds its gradient into the 
 gradient is scaled by `aux_grad_scale`, which the engine sets to the factor it applies to each micro-batch's
 main loss (1 / accumulation steps / pipeline micro-batches, times the fp16 loss scale), so the total
 objective is main loss + aux loss in every layout alike.
+
+DeepSeek-MoE options: `shared_experts`, a dense MLP every token passes through, is added to the routed output
+(it is an ordinary module: expert parallelism shards only `experts`, so the shared ones are replicated like the
+router); `sigmoid_router` scores each expert with a sigmoid and normalises the top k's weights to sum to 1
+(DeepSeek-V3), the balancing loss then using the scores normalised over all experts as its probabilities.
 """
 
 from __future__ import annotations
@@ -72,22 +77,43 @@ class GroupedExperts(nn.Module):
 
 
 class MoE(nn.Module):
-    def __init__(self, dim: int, hidden: int, n_experts: int, top_k: int, aux_loss_coef: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        n_experts: int,
+        top_k: int,
+        aux_loss_coef: float = 0.0,
+        shared_experts: nn.Module | None = None,
+        sigmoid_router: bool = False,
+    ) -> None:
         super().__init__()
         self.n_experts = n_experts
         self.top_k = top_k
         self.aux_loss_coef = aux_loss_coef
+        self.sigmoid_router = sigmoid_router
         self.aux_grad_scale = 1.0  # set by the engine: the factor on each micro-batch's main loss
         self.last_aux_loss: torch.Tensor | None = None  # detached, for logging
         self.router = nn.Linear(dim, n_experts, bias=False)
         self.experts = GroupedExperts(dim, hidden, n_experts)
+        self.shared_experts = shared_experts
         self.ep_group: dist.ProcessGroup | None = None
+
+    def route(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(probabilities over all experts for the balancing loss, top-k weights, top-k expert indices), fp32."""
+        logits = self.router(tokens).float()
+        if not self.sigmoid_router:
+            probs = F.softmax(logits, dim=-1)
+            weights, expert_idx = probs.topk(self.top_k, dim=-1)
+            return probs, weights, expert_idx
+        scores = torch.sigmoid(logits)
+        top, expert_idx = scores.topk(self.top_k, dim=-1)
+        return scores / scores.sum(-1, keepdim=True), top / top.sum(-1, keepdim=True), expert_idx
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         tokens = x.reshape(-1, shape[-1])
-        probs = F.softmax(self.router(tokens).float(), dim=-1)
-        weights, expert_idx = probs.topk(self.top_k, dim=-1)
+        probs, weights, expert_idx = self.route(tokens)
         flat_idx = expert_idx.flatten()
         order = torch.argsort(flat_idx, stable=True)
         token_of_row = order // self.top_k
@@ -100,6 +126,8 @@ class MoE(nn.Module):
         weighted = out_rows * weights.flatten()[order].unsqueeze(-1).to(out_rows.dtype)
         out = torch.zeros_like(tokens, dtype=weighted.dtype).index_add_(0, token_of_row, weighted)
         out = out.to(x.dtype).reshape(shape)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(x)
         if self.aux_loss_coef > 0 and self.training and torch.is_grad_enabled():
             aux = self.aux_loss_coef * load_balancing_loss(probs, expert_idx, shape[0] if len(shape) > 2 else 1)
             self.last_aux_loss = aux.detach()

@@ -42,6 +42,16 @@ class ModelConfig:
     top_k: int = 1
     # Load-balancing auxiliary loss weight (Switch Transformer uses 0.01); 0 turns it off.
     moe_aux_loss_coef: float = 0.01
+    # DeepSeek-MoE options. Hidden size of each routed and shared expert, 0 = ffn_hidden: fine-grained experts are
+    # many experts with a small `moe_hidden` (and a larger top_k), so a token's active parameters stay put.
+    moe_hidden: int = 0
+    # Experts every token passes through besides its routed ones: one SwiGLU MLP of n_shared_experts x moe_hidden.
+    n_shared_experts: int = 0
+    # The first k layers stay dense whatever `moe_every` says (DeepSeek's first_k_dense_replace).
+    moe_first_dense_layers: int = 0
+    # Router scores: softmax over experts (False), or DeepSeek-V3's per-expert sigmoid with the top k's weights
+    # normalised to sum to 1 (True).
+    moe_sigmoid_router: bool = False
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     # Key/value heads (grouped-query attention: each serves n_heads / n_kv_heads query heads); 0 = n_heads.
@@ -53,7 +63,11 @@ class ModelConfig:
     rope_scaling: RopeScaling | None = None
 
     def is_moe_layer(self, layer_id: int) -> bool:
-        return self.moe_every > 0 and (layer_id + 1) % self.moe_every == 0
+        return self.moe_every > 0 and layer_id >= self.moe_first_dense_layers and (layer_id + 1) % self.moe_every == 0
+
+    @property
+    def expert_hidden(self) -> int:
+        return self.moe_hidden or self.ffn_hidden
 
     @property
     def head_dim(self) -> int:
@@ -80,7 +94,8 @@ class ModelConfig:
         attn = 2 * self.dim * self.dim + 2 * self.dim * kv_dim + (self.dim + 2 * kv_dim) * self.qkv_bias
         ffn_matrices = 3 if self.ffn_activation is FFNActivation.SWIGLU else 2
         dense = ffn_matrices * self.dim * self.ffn_hidden
-        moe = self.n_experts * 2 * self.dim * self.ffn_hidden + self.dim * self.n_experts
+        routed = self.n_experts * 2 * self.dim * self.expert_hidden + self.dim * self.n_experts
+        moe = routed + 3 * self.dim * self.n_shared_experts * self.expert_hidden
         layers = sum(attn + 2 * self.dim + (moe if self.is_moe_layer(i) else dense) for i in range(self.n_layers))
         return layers + 2 * self.vocab_size * self.dim + self.dim
 
@@ -103,10 +118,42 @@ PRESETS: dict[str, ModelConfig] = {
         rope_theta=500000.0,
         rope_scaling=RopeScaling(factor=8.0, original_max_len=32),
     ),
+    # DeepSeek-MoE shaped: the first layer dense, then fine-grained experts (8 of a quarter of the dense MLP's
+    # hidden size, top 2) beside 2 shared ones, sigmoid router; four layers for two pipeline stages.
+    "debug-deepseek-moe": ModelConfig(
+        dim=32,
+        n_layers=4,
+        n_heads=4,
+        ffn_hidden=64,
+        max_seq_len=64,
+        moe_every=1,
+        moe_first_dense_layers=1,
+        n_experts=8,
+        top_k=2,
+        moe_hidden=16,
+        n_shared_experts=2,
+        moe_sigmoid_router=True,
+    ),
     # CPU benchmarks and quick local runs.
     "small": ModelConfig(dim=128, n_layers=4, n_heads=4, ffn_hidden=512, max_seq_len=256),
     "small-moe": ModelConfig(
         dim=128, n_layers=4, n_heads=4, ffn_hidden=512, max_seq_len=256, moe_every=2, n_experts=4, top_k=2
+    ),
+    # small-moe's active expert width per token (top 2 of 512 = 1024) split DeepSeek's way: 2 shared and the top 6
+    # of 32 routed experts, each 128 wide; layer 0 dense.
+    "small-deepseek-moe": ModelConfig(
+        dim=128,
+        n_layers=4,
+        n_heads=4,
+        ffn_hidden=512,
+        max_seq_len=256,
+        moe_every=1,
+        moe_first_dense_layers=1,
+        n_experts=32,
+        top_k=6,
+        moe_hidden=128,
+        n_shared_experts=2,
+        moe_sigmoid_router=True,
     ),
     # GPU presets, named by parameter count (byte vocabulary, so smaller than their word-piece namesakes).
     "85m": ModelConfig(dim=768, n_layers=12, n_heads=12, ffn_hidden=3072, max_seq_len=1024),
