@@ -310,6 +310,17 @@ INVALID_SERVICES: list[tuple[str, Any, str]] = [
         "spec.model.persistentVolumeClaim needs spec.model.path",
     ),
     ("relative-path", setter("model.path", "models/debug"), "spec.model.path must be a clean absolute path"),
+    (
+        "job-and-model-dir",
+        setter("model", {"trainingJob": "train", "modelDir": "/models/llama"}),
+        "spec.model.modelDir and spec.model.tokenizer come from the TrainingJob",
+    ),
+    (
+        "model-dir-off-the-claim",
+        setter("model", {"path": "/models/tuned", "persistentVolumeClaim": "models", "modelDir": "/base/llama"}),
+        "spec.model.modelDir and spec.model.tokenizer must lie on the claim",
+    ),
+    ("relative-model-dir", setter("model.modelDir", "models/llama"), "spec.model.modelDir must be a clean absolute"),
     ("path-in-proc", setter("model.path", "/proc/model"), "spec.model.path must not be a system directory"),
     ("cpu-without-cpus", lambda b: b["spec"]["resources"].pop("cpuPerReplica"), "spec.resources.cpuPerReplica is"),
     ("cpu-with-gpus", setter("resources.gpusPerReplica", 1), "spec.resources.gpusPerReplica must not be set"),
@@ -363,7 +374,9 @@ def test_an_invalid_service_is_refused_naming_the_field(refusals: Services, case
     assert names in field_message(caught.value)
 
 
-EXAMPLES = sorted((ROOT / "examples" / "inferenceservices").glob("*.yaml"))
+EXAMPLES = sorted(
+    [*(ROOT / "examples" / "inferenceservices").glob("*.yaml"), *(ROOT / "examples" / "finetune").glob("*.yaml")]
+)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
