@@ -57,7 +57,8 @@ INVALID_JOBS: list[tuple[str, Edit, str]] = [
     ("unknown-capacity-type", setter("resources.capacityTypes", ["preemptible"]), "spec.resources.capacityTypes"),
     ("preference-not-allowed", setter("resources.capacityPreference", "spot"), "resources.capacityPreference must"),
     ("too-few-microbatches", setter("parallelism.pipeline", 2), "parallelism.microBatches must be at least"),
-    ("model-dir-off-the-volume", setter("workload.modelDir", "/models/llama"), "workload.modelDir and workload"),
+    ("model-dir-off-the-volume", setter("workload.modelDir", "/models/llama"), "workload.modelDir, workload.tok"),
+    ("data-dir-off-the-volume", setter("workload.dataDir", "/data/train.jsonl"), "and workload.dataDir must lie"),
     (
         "microbatches-do-not-divide",
         both(setter("parallelism.pipeline", 2), setter("parallelism.microBatches", 3)),
