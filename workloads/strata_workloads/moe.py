@@ -14,10 +14,11 @@ gradient is scaled by `aux_grad_scale`, which the engine sets to the factor it a
 main loss (1 / accumulation steps / pipeline micro-batches, times the fp16 loss scale), so the total
 objective is main loss + aux loss in every layout alike.
 
-DeepSeek-MoE options: `shared_experts`, a dense MLP every token passes through, is added to the routed output
-(it is an ordinary module: expert parallelism shards only `experts`, so the shared ones are replicated like the
-router); `sigmoid_router` scores each expert with a sigmoid and normalises the top k's weights to sum to 1
-(DeepSeek-V3), the balancing loss then using the scores normalised over all experts as its probabilities.
+DeepSeek-MoE options: `shared_experts`, a dense MLP every token passes through, is added to the routed output.
+It is an ordinary module: expert parallelism shards only `experts`, so the shared ones are replicated over the
+expert-parallel ranks like the router, and tensor parallel splits them like a dense SwiGLU. `sigmoid_router`
+scores each expert with a sigmoid and normalises the top k's weights to sum to 1 (DeepSeek-V3), the balancing
+loss then using the scores normalised over all experts as its probabilities.
 """
 
 from __future__ import annotations

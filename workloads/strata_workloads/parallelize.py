@@ -75,6 +75,14 @@ MOE_FFN_TP_PLAN: dict[str, ParallelStyle] = {
     ),
 }
 
+# DeepSeek-MoE's shared experts (a SwiGLU inside the MoE, which sees the gathered sequence as a plain tensor) are
+# split like a dense SwiGLU: each rank its share of the hidden units, the products all-reduced to the full output.
+MOE_SHARED_EXPERTS_TP_PLAN: dict[str, ParallelStyle] = {
+    "feed_forward.shared_experts.w1": ColwiseParallel(),
+    "feed_forward.shared_experts.w3": ColwiseParallel(),
+    "feed_forward.shared_experts.w2": RowwiseParallel(),
+}
+
 
 class ActivationCheckpointing(StrEnum):
     NONE = "none"
@@ -113,7 +121,8 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
     for block in layers.values():
         ffn = block.feed_forward
         if isinstance(ffn, MoE):
-            ffn_plan = MOE_FFN_TP_PLAN
+            shared = MOE_SHARED_EXPERTS_TP_PLAN if ffn.shared_experts is not None else {}
+            ffn_plan = {**MOE_FFN_TP_PLAN, **shared}
         else:
             ffn_plan = SWIGLU_FFN_TP_PLAN if isinstance(ffn, FeedForward) and ffn.w3 is not None else DENSE_FFN_TP_PLAN
         parallelize_module(block, tp_mesh, {**BLOCK_TP_PLAN, **ffn_plan})
