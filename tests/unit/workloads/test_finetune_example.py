@@ -17,6 +17,7 @@ import torch
 from aiohttp.test_utils import TestClient, TestServer
 from safetensors.torch import load_file
 from test_tokenizer import train_tokenizer_json
+from workloads_hf import tiny_llama_config
 from workloads_launch import launch
 
 from strata_workloads.export import main as export_main
@@ -39,15 +40,7 @@ DOCUMENTS = [
 def base_model(directory: Path) -> None:
     """A small random Llama saved with save_pretrained beside a tokenizer.json trained for it."""
     tokenizer = load_tokenizer(str(train_tokenizer_json(directory)))
-    config = transformers.LlamaConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
+    config = tiny_llama_config(tokenizer.vocab_size)
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(config).save_pretrained(directory)
 

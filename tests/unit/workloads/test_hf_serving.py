@@ -13,6 +13,7 @@ import pytest
 import torch
 from aiohttp.test_utils import TestClient, TestServer
 from test_tokenizer import train_tokenizer_json
+from workloads_hf import tiny_llama_config
 
 from strata_workloads.serve import build_server
 from strata_workloads.settings import ServeSettings
@@ -38,15 +39,7 @@ def greedy(model: Any, prompt: list[int], steps: int) -> list[int]:
 async def test_a_served_hf_directory_answers_with_its_tokenizer_and_stops_at_its_eos(tmp_path: Path) -> None:
     directory = tmp_path / "model"
     tokenizer = load_tokenizer(str(train_tokenizer_json(directory)))
-    config = transformers.LlamaConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
+    config = tiny_llama_config(tokenizer.vocab_size)
     torch.manual_seed(0)
     reference = transformers.LlamaForCausalLM(config).eval()
     with torch.no_grad():
