@@ -70,6 +70,8 @@ class ClusterSettings:
     """Client QPS for controllers, scheduler and kwok; upstream defaults (20) throttle 1,000-node fleets."""
     ports: dict[str, int] = field(default_factory=dict)
     """Fixed ports by component (etcd, etcd-peer, apiserver, cm, scheduler, kwok); the rest are picked free."""
+    profiling: bool = False
+    """Serve the API server's Go profiles at ``/debug/pprof`` (benchmarks read where its CPU goes; off otherwise)."""
     real_node: bool = False
     """Add one real worker node (containerd, kubelet, kube-proxy, CoreDNS in a network namespace, see
     :mod:`strata_dev.node`) next to the kwok fleet; needs root and ``make node-deps``."""
@@ -250,7 +252,7 @@ class LocalCluster:
             f"--kubelet-client-certificate={self.pki.kubelet_client_cert}",
             f"--kubelet-client-key={self.pki.kubelet_client_key}",
             "--kubelet-preferred-address-types=InternalIP,Hostname",  # the real node's name resolves nowhere
-            "--profiling=false",
+            f"--profiling={str(self.settings.profiling).lower()}",
             "--max-requests-inflight=2000",
             "--max-mutating-requests-inflight=1000",
             "--v=1",

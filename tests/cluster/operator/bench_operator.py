@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -201,13 +202,23 @@ def main() -> None:
     )
     parser.add_argument("--timeout-s", type=float, default=1800)
     parser.add_argument("--profile", type=Path, default=None, help="write a cProfile of the operator here")
+    parser.add_argument(
+        "--apiserver-profile",
+        type=Path,
+        default=None,
+        help="write the API server's Go CPU profile of the first --apiserver-profile-s of the gang client's and of "
+        "the operator's run into this folder (gangs.pprof, operator.pprof; read with `go tool pprof -top`)",
+    )
+    parser.add_argument("--apiserver-profile-s", type=int, default=20)
     args = parser.parse_args()
     gang_nodes = math.ceil(args.jobs * args.workers * args.gpus_per_worker / 8)
     # 80% of the default fleet are GPU nodes of 8 GPUs, half H100 and half MI300X: 5% spare per type
     fleet = load_fleet().scaled(math.ceil(gang_nodes / 0.8 * 1.05) + 8)
 
     bin_dir = binaries.ensure(quiet=True)
-    with LocalCluster(ClusterSettings(api_qps=1000), bin_dir=bin_dir) as cluster:
+    profiling = args.apiserver_profile is not None
+    with LocalCluster(ClusterSettings(api_qps=1000, profiling=profiling), bin_dir=bin_dir) as cluster:
+        profile_to = functools.partial(apiserver_profile, cluster, args.apiserver_profile, args.apiserver_profile_s)
         api_client = config.new_client_from_config(str(cluster.kubeconfig))
         core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
         fleet_s = create_fleet(core, fleet, wait_ready_s=900)  # 5,000 kwok nodes take minutes on a busy machine
@@ -224,7 +235,10 @@ def main() -> None:
         for mode in ("gated", "ungated", "gangs"):
             kube = Kube(info)  # a client per event loop (its semaphore belongs to one)
             counter = functools.partial(api_calls, cluster)
+            profiler = profile_to("gangs") if mode == "gangs" else None
             raws[mode] = asyncio.run(_with_close(kube, raw_rate(kube, custom, core, counter, *shape, mode=mode)))
+            if profiler is not None:
+                profiler.join()
         raw_gated, raw, raw_gangs = (raws[m][0] for m in ("gated", "ungated", "gangs"))
         raw_ready, gangs_ready = raws["ungated"][1] or 0.0, raws["gangs"][1] or 0.0
         print(
@@ -254,12 +268,15 @@ def main() -> None:
             calls0 = api_calls(cluster)
             kube = Kube(info)
             started = time.perf_counter()
+            profiler = profile_to("operator")
             asyncio.run(_with_close(kube, submit(kube, args.jobs, args.workers, args.gpus_per_worker)))
             results = follow(custom, operator.pid, args.jobs, started, args.timeout_s)
             results["cpu_s"] = proc_cpu_s(operator.pid) - cpu0
             calls = subtract(api_calls(cluster), calls0)
             results.update(server_times(core, custom))
             results["events"] = event_reasons(core)
+            if profiler is not None:
+                profiler.join()
         finally:
             operator.terminate()
             operator.wait(60)
@@ -333,6 +350,28 @@ def requests_table(gangs: Calls, operator: Calls, jobs: int) -> str:
         "requests, code in brackets, are the operator's conflicts and kwok's refused status patches)"
     )
     return "\n".join(lines)
+
+
+def apiserver_profile(cluster: LocalCluster, folder: Path | None, seconds: int, name: str) -> threading.Thread | None:
+    """Start taking the API server's CPU profile for ``seconds`` in the background, into ``folder/name.pprof``
+    (None when not asked for)."""
+    if folder is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [str(cluster.bin_dir / "kubectl"), f"--kubeconfig={cluster.kubeconfig}", "get", "--raw",
+               f"/debug/pprof/profile?seconds={seconds}"]  # fmt: skip
+
+    def take() -> None:
+        out = subprocess.run(command, capture_output=True, timeout=seconds + 120, check=False)
+        if out.returncode != 0:
+            print(f"API server profile {name} failed: {out.stderr.decode()[:300]}", file=sys.stderr)
+            return
+        (folder / f"{name}.pprof").write_bytes(out.stdout)
+        print(f"API server CPU profile: {folder / name}.pprof", file=sys.stderr)
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    return thread
 
 
 async def _with_close(kube: Kube, work: Any) -> Any:
