@@ -30,6 +30,9 @@ Rules, in the order a user would check them:
 8. Valley scheduling. A deferrable job whose plan (:mod:`strata_operator.core.valley`) starts later than ``now``
    waits with reason WaitingForCheaperPower and its expected start; it keeps its place in the order (its
    submission time), reserves no GPU type and blocks nobody, and from its start on it competes as any other.
+9. Serving. The replicas of the pool's InferenceServices hold quota too (:class:`ServingShare`, counted by
+   :func:`strata_operator.core.serving.serving_shares`): a job is admitted only into what the admitted jobs and
+   those replicas leave, and one that does not fit because of them waits with WaitingForQuota naming their share.
 """
 
 from __future__ import annotations
@@ -127,6 +130,25 @@ class AdmittedGang:
 
 
 @dataclass(frozen=True)
+class ServingShare:
+    """What one pool's InferenceServices hold of its quota, by service key: GPUs (``maxGPUs``) and CPU millicores
+    (``maxCPUs``) of their replicas, as :func:`strata_operator.core.serving.serving_shares` counts them."""
+
+    gpus: Mapping[str, int] = field(default_factory=dict)
+    cpu_millis: Mapping[str, int] = field(default_factory=dict)
+
+    def why(self, on_cpu: bool) -> str:
+        """The share in words for a waiting job's message, or "" when the services hold none of that quota."""
+        held = {k: v for k, v in (self.cpu_millis if on_cpu else self.gpus).items() if v > 0}
+        if not held:
+            return ""
+        show = format_cpu_millis if on_cpu else str
+        total = show(sum(held.values()))
+        each = ", ".join(f"{key} {show(amount)}" for key, amount in sorted(held.items()))
+        return f"; the pool's InferenceServices' replicas hold {total} of them ({each})"
+
+
+@dataclass(frozen=True)
 class Waiting:
     position: int
     reason: str
@@ -180,6 +202,7 @@ def admit(
     free: Mapping[str, int],
     hold: ReservedHoldBack | None = None,
     now: datetime | None = None,
+    serving: Mapping[str, ServingShare] | None = None,
 ) -> Decision:
     """Decide one admission pass.
 
@@ -188,6 +211,7 @@ def admit(
     extender's reserved hold-back (:mod:`strata_operator.core.holdback`), so that a gang of a pool below its
     high-priority line is admitted only where the extender will place every worker; None holds nothing back.
     ``now``: the moment of the pass, against which deferred jobs' starts are compared; None defers nobody.
+    ``serving``: by pool, what its InferenceServices' replicas hold of its quota; None holds nothing.
     """
     nodes = [n for n in fleet if n.gpu_type is not None and n.schedulable]
     room = Room(nodes, free)
@@ -211,8 +235,9 @@ def admit(
         groups = -(-gang.unbound_workers // r.pods_per_group)
         group_gpus = r.gpus_per_worker * r.pods_per_group
         reserved[r.key] = held.take(room, gang.gpu_type, r.capacity_types, group_gpus, groups, hold_rank(r))
-    usage: dict[str, int] = {}
-    cpu_usage: dict[str, int] = {}
+    shares = serving or {}
+    usage = {pool: sum(share.gpus.values()) for pool, share in shares.items()}
+    cpu_usage = {pool: sum(share.cpu_millis.values()) for pool, share in shares.items()}
     for gang in admitted:
         usage[gang.request.pool] = usage.get(gang.request.pool, 0) + gang.request.gpus
         cpu_usage[gang.request.pool] = cpu_usage.get(gang.request.pool, 0) + gang.request.cpu_millis
@@ -246,10 +271,12 @@ def admit(
             wait(Reason.NO_NODE_FITS, too_big)
             continue
         types = fitting
+        share = shares.get(pool.name, ServingShare())
         if request.on_cpu:
             cpu_wait = _cpu_quota(request, pool, cpu_usage.get(pool.name, 0), capacity)
             if cpu_wait is not None:
-                wait(*cpu_wait)
+                reason, message = cpu_wait
+                wait(reason, message + share.why(on_cpu=True) if reason == Reason.WAITING_FOR_QUOTA else message)
             else:
                 cpu_usage[pool.name] = cpu_usage.get(pool.name, 0) + request.cpu_millis
                 decision.admit_cpu.append(request.key)
@@ -266,7 +293,8 @@ def admit(
         if in_use + request.gpus > pool.max_gpus:
             wait(
                 Reason.WAITING_FOR_QUOTA,
-                f"needs {request.gpus} GPUs; pool {pool.name} has {pool.max_gpus - in_use} of {pool.max_gpus} left",
+                f"needs {request.gpus} GPUs; pool {pool.name} has {max(0, pool.max_gpus - in_use)} of {pool.max_gpus} "
+                f"left{share.why(on_cpu=False)}",
             )
             continue
         group_gpus, rank = request.gpus_per_worker * request.pods_per_group, hold_rank(request)
@@ -369,7 +397,7 @@ def _cpu_quota(
     if request.cpu_millis > pool.max_cpu_millis:
         return Reason.EXCEEDS_QUOTA, f"needs {need} CPUs; pool {pool.name} allows {quota} in all (spec.maxCPUs)"
     if in_use + request.cpu_millis > pool.max_cpu_millis:
-        left = format_cpu_millis(pool.max_cpu_millis - in_use)
+        left = format_cpu_millis(max(0, pool.max_cpu_millis - in_use))
         return Reason.WAITING_FOR_QUOTA, f"needs {need} CPUs; pool {pool.name} has {left} of {quota} left"
     return None
 

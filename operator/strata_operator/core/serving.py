@@ -24,7 +24,7 @@ import orjson
 import strata_api as api
 from strata_api import GPUType, InferenceService, ResourcePool, TrainingJob, format_cpu_millis
 from strata_api.serving import ScaleReport
-from strata_operator.core.admission import GangRequest
+from strata_operator.core.admission import GangRequest, ServingShare
 from strata_operator.core.pods import (
     CONTAINER_SECURITY_CONTEXT,
     affinity,
@@ -246,6 +246,34 @@ def replica_cost(service: InferenceService) -> int:
     return resources.gpus_per_replica
 
 
+def held(service: InferenceService, replicas: int) -> tuple[int, int]:
+    """What ``replicas`` of the service hold of its pool's quota: (GPUs, CPU millicores); the one count that both
+    :func:`allot` and TrainingJob admission (:func:`serving_shares`) use."""
+    amount = replicas * replica_cost(service)
+    return (0, amount) if service.spec.resources.on_cpu else (amount, 0)
+
+
+def serving_shares(services: Iterable[tuple[InferenceService, Mapping[str, Any]]]) -> dict[str, ServingShare]:
+    """What each pool's services hold, for TrainingJob admission: ``status.desiredReplicas`` (with its status)
+    times each replica's cost.
+
+    Why ``desiredReplicas``: it is the count :func:`allot` gave the service and the operator wrote to its
+    Deployments in the same pass, kept in the cluster (a restarted operator reads it back), and the count the
+    replicas converge to: replicas still starting already hold their room at the scheduler, so counting ready
+    ones would let a job into quota a replica is about to take. A service not reconciled yet holds nothing; its
+    first allotment then comes after the admitted jobs, as :func:`allot` orders them, so both count one thing."""
+    gpus: dict[str, dict[str, int]] = {}
+    cpus: dict[str, dict[str, int]] = {}
+    for service, status in services:
+        replicas = status.get("desiredReplicas")
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas <= 0:
+            continue
+        g, c = held(service, replicas)
+        gpus.setdefault(service.spec.pool, {})[service.key] = g
+        cpus.setdefault(service.spec.pool, {})[service.key] = c
+    return {pool: ServingShare(gpus[pool], cpus[pool]) for pool in gpus}
+
+
 def allot(
     services: Iterable[InferenceService],
     pools: Mapping[str, ResourcePool],
@@ -276,8 +304,9 @@ def allot(
         asked = (wanted or {}).get(service.key, service.spec.min_replicas)
         result[service.key] = _allot_one(service, pool, asked, gpus_used, cpu_used)
         if pool is not None:
-            used = cpu_used if service.spec.resources.on_cpu else gpus_used
-            used[pool.name] = used.get(pool.name, 0) + result[service.key].replicas * replica_cost(service)
+            g, c = held(service, result[service.key].replicas)
+            gpus_used[pool.name] = gpus_used.get(pool.name, 0) + g
+            cpu_used[pool.name] = cpu_used.get(pool.name, 0) + c
     return result
 
 

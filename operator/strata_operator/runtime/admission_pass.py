@@ -17,9 +17,11 @@ from strata_operator.core.admission import AdmittedGang, Decision, GangRequest, 
 from strata_operator.core.lifecycle import Reason
 from strata_operator.core.observed import Node, WorkerPod
 from strata_operator.core.pods import gang_gpu_type
+from strata_operator.core.serving import serving_shares
 from strata_operator.core.status import NORMAL, PREEMPTED, WARNING, StatusDraft
 from strata_operator.core.valley import ValleyPlan, fleet_zones, plan_job
 from strata_operator.runtime.jobs import JobEntry, patch_status
+from strata_operator.runtime.serving import ServiceEntry
 from strata_operator.runtime.shared import IndexOf, Runtime
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,10 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
         if (r := readable_request(job, orders.get(job.key))) is not None
     ]
     admitted = [_admitted(e, list(pods_index.get(key, ()))) for key, e in entries.items() if e.job.phase.holds_gpus]
-    decision = admit(queue, [g for g in admitted if g is not None], pools, fleet, free, hold, now)
+    # the pools' InferenceServices hold quota too, at their last allotted count
+    services_index: IndexOf[ServiceEntry] = indices.get("inferenceservices", {})
+    shares = serving_shares((e.service, e.status) for store in list(services_index.values()) for e in store)
+    decision = admit(queue, [g for g in admitted if g is not None], pools, fleet, free, hold, now, shares)
 
     # every write is independent (one job's status, guarded by its own resourceVersion): written concurrently, so
     # a pass that admits 500 gangs costs one round trip's latency, not 500 of them in a row

@@ -206,6 +206,29 @@ def test_the_pools_quota_clamps_the_replicas_oldest_service_first(services: Serv
     assert services.condition("second", "QuotaLimited")["status"] == "False"
 
 
+def test_a_trainingjob_waits_for_quota_a_services_replicas_hold_and_is_admitted_when_it_goes(
+    services: Services, strata: Strata
+) -> None:
+    pool = cpu_pool(strata, 3)  # the service's 2 replicas of 1 CPU leave 1; the job asks 2
+    services.apply(service_body("holder", pool, min_replicas=2))
+    services.wait_ready("holder", 2)
+    job = a_job("trainer", pool, data=2, tensor=1)
+    job["spec"]["resources"] = {"gpuType": "CPU", "workers": 2, "cpuPerWorker": "1", "memoryPerWorker": "1Gi"}
+    strata.submit(job)
+
+    queued = strata.wait_phase("trainer", "Queued")
+    eventually(lambda: strata.status("trainer").get("reason") == "WaitingForQuota" or None, 30, "WaitingForQuota")
+    message = strata.status("trainer")["message"]
+    ns = services.namespace
+    assert f"pool {pool} has 1 of 3 left; the pool's InferenceServices' replicas hold 2 of them ({ns}/holder 2)" in (
+        message
+    ), queued
+    assert strata.live_pods("trainer") == []
+
+    services.delete("holder")  # its replicas' CPUs go back to the pool
+    strata.wait_phase("trainer", "Admitted", "Running")
+
+
 def test_a_deleted_replica_is_replaced(services: Services, strata: Strata) -> None:
     pool = cpu_pool(strata, 8)
     name = services.apply(service_body("resilient", pool, min_replicas=2))

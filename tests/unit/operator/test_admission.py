@@ -1,13 +1,17 @@
-"""Gang admission decisions: all or nothing, quota, order, no overtaking, preemption."""
+"""Gang admission decisions: all or nothing, quota (the pool's inference replicas' share included), order, no
+overtaking, preemption."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 
 from operator_builders import T0, a_node, a_pool, at
+from serving_builders import a_service
 
 from strata_api import GPUType, ResourcePool
+from strata_operator.core import serving
 from strata_operator.core.admission import AdmittedGang, GangRequest, Reason, admit
 from strata_operator.core.observed import Node
 
@@ -224,3 +228,41 @@ def test_one_pass_over_a_thousand_jobs_and_four_thousand_nodes_stays_well_under_
     elapsed = time.perf_counter() - started
     assert len(decision.admit) == 500  # 4000 nodes hold 500 gangs of 8 whole-node workers
     assert elapsed < 2.0, f"admission pass took {elapsed:.2f}s"
+
+
+def test_the_pools_inference_replicas_hold_quota_a_job_waits_for_and_gets_when_they_go() -> None:
+    nodes = fleet(*(a_node(f"n{i}") for i in range(4)))  # 32 H100s free: only the quota stands in the way
+    pool = a_pool(max_gpus=16)
+    chat = a_service("chat", resources={"gpuType": "H100", "gpusPerReplica": 4})
+    idle = a_service("idle", resources={"gpuType": "H100", "gpusPerReplica": 4})
+    shares = serving.serving_shares([(chat, {"desiredReplicas": 3}), (idle, {"desiredReplicas": 0})])
+    job = req("train", workers=1)  # 8 GPUs; 16 - 3 x 4 leaves 4
+
+    waiting = admit([job], [], pools(pool), nodes, all_free(nodes), serving=shares)
+
+    assert waiting.admit == {}
+    assert waiting.waiting["train"].reason == Reason.WAITING_FOR_QUOTA
+    assert waiting.waiting["train"].message == (
+        "needs 8 GPUs; pool pool has 4 of 16 left; the pool's InferenceServices' replicas hold 12 of them "
+        "(team/chat 12)"
+    )
+    # the service gone (or scaled to 1 replica: 4 GPUs), the job fits
+    assert admit([job], [], pools(pool), nodes, all_free(nodes), serving={}).admit == {"train": H100}
+    one = serving.serving_shares([(chat, {"desiredReplicas": 1})])
+    assert admit([job], [], pools(pool), nodes, all_free(nodes), serving=one).admit == {"train": H100}
+
+
+def test_cpu_replicas_hold_a_pools_cpu_quota_against_cpu_jobs() -> None:
+    pool = a_pool(max_gpus=0, maxCPUs=4)
+    chat = a_service("chat", resources={"gpuType": "CPU", "cpuPerReplica": "1500m", "memoryPerReplica": "1Gi"})
+    shares = serving.serving_shares([(chat, {"desiredReplicas": 2})])  # 3 CPUs
+    job = dataclasses.replace(req("cpu", types=()), cpu_millis=2000)
+
+    decision = admit([job], [], pools(pool), [], {}, serving=shares)
+
+    assert decision.admit_cpu == []
+    assert decision.waiting["cpu"].message == (
+        "needs 2 CPUs; pool pool has 1 of 4 left; the pool's InferenceServices' replicas hold 3 of them (team/chat 3)"
+    )
+    gpu_share = serving.serving_shares([(a_service("g", resources={"gpuType": "H100"}), {"desiredReplicas": 4})])
+    assert admit([job], [], pools(pool), [], {}, serving=gpu_share).admit_cpu == ["cpu"]  # GPUs are not CPUs
