@@ -22,7 +22,8 @@ SCALE_PATH = "/scale"
 
 @dataclass(frozen=True)
 class ScaleForecast:
-    """The request-rate forecast a predictive decision read, in requests per second."""
+    """The forecast a predictive decision read, in the metric's unit (requests per second for ``rps``, requests in
+    flight for ``concurrency``)."""
 
     mean: float
     lower: float
@@ -35,7 +36,8 @@ class ScaleForecast:
 class ScaleReport:
     """One scaling decision with its inputs: ``replicas`` is what the router's autoscaler asks for (already within
     ``replicas.min``/``max``); ``reason`` one CamelCase word (``Forecast``, ``ObservedLoad``, ``WithinTolerance``,
-    ``Stabilizing``, ``MinReplicas``, ``MaxReplicas``), ``message`` the same in a sentence with its figures."""
+    ``LatencyAboveTarget``, ``LatencyBelowTarget``, ``AwaitingStartup``, ``Idle``, ``Stabilizing``,
+    ``MinReplicas``, ``MaxReplicas``), ``message`` the same in a sentence with its figures."""
 
     time: str
     """When it was decided, RFC 3339 (UTC)."""
@@ -45,9 +47,16 @@ class ScaleReport:
     reason: str
     message: str
     observed_rps: float
+    """The request rate over the metric window, whatever the metric."""
     ready: int
     starting: int
     forecast: ScaleForecast | None = None
+    metric: str = "rps"
+    """What the target is: ``rps``, ``concurrency`` or ``p99Latency`` (``spec.autoscaling.metric``); ``rps`` when a
+    router from before the field answers."""
+    observed: float | None = None
+    """The metric's observed value: requests per second, mean requests in flight, or p99 latency in seconds; None
+    when not measured (a p99 with no request finished in the window, or a router from before the field)."""
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -59,7 +68,10 @@ class ScaleReport:
             "observedRate": round(self.observed_rps, 6),
             "ready": self.ready,
             "starting": self.starting,
+            "metric": self.metric,
         }
+        if self.observed is not None:
+            body["observedValue"] = round(self.observed, 6)
         if self.forecast is not None:
             f = self.forecast
             body["forecast"] = {
@@ -87,6 +99,7 @@ class ScaleReport:
         replicas = int(body["replicas"])
         if replicas < 0:
             raise ValueError(f"replicas must be >= 0, got {replicas}")
+        observed = body.get("observedValue")
         return cls(
             time=str(body["time"]),
             mode=str(body["mode"]),
@@ -97,6 +110,8 @@ class ScaleReport:
             ready=int(body.get("ready", 0)),
             starting=int(body.get("starting", 0)),
             forecast=forecast,
+            metric=str(body.get("metric", "rps")),
+            observed=None if observed is None else float(observed),
         )
 
     def last_scale(self, replicas: int, reason: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ band's peak over [t, t + start-up + margin] (the default rule), and ``lead``, ov
 margin] only (what a replica ordered now can serve; scale-down is still held by the stabilisation window). The
 issue's aim: at least 50% fewer SLO-miss seconds than reactive at no more than 10% more replica-seconds.
 
-The per-replica target (``target_rps``) is chosen per trace so that the fleet is a realistic size:
+The per-replica target (``target``, requests per second) is chosen per trace so that the fleet is a realistic size:
 
 - Azure LLM inference (code, conv): a replica serves a tenth of the 95th-percentile minute's rate, so the busy
   minutes need about 10 replicas of one model (the trace gives no service times to size from).
@@ -117,7 +117,7 @@ def run_trace(name: str, setup: Setup, args: argparse.Namespace) -> list[str]:
     )
     lines = [f"{name}: target {target:.3f} req/s ({why})"]
     for startup in args.startups:
-        policy = ScalingPolicy(target_rps=target, startup_s=startup, margin_s=margin_s)
+        policy = ScalingPolicy(target=target, startup_s=startup, margin_s=margin_s)
         rows: list[tuple[str, ReplayResult]] = []
         picks: Counter[str] = Counter()
         upper_by_tick: np.ndarray | None = None

@@ -1,26 +1,49 @@
 """How many replicas an InferenceService should have now: the one scaling decision, pure.
 
 The live controller and the trace replay (:mod:`strata_serving.replay`) both call :func:`decide`; neither has a
-copy of its rules. With ``target`` the requests per second one replica serves within its SLO::
+copy of its rules. The policy's ``metric`` says what ``target`` is (``spec.autoscaling.metric`` and ``target``):
 
-    observed         = requests in the last ``metric_window_s`` / metric_window_s          (req/s)
+- ``rps``: requests per second one replica serves within its SLO; ``observed`` the request rate over the window.
+- ``concurrency``: requests in flight one replica carries (Knative KPA's target); ``observed`` the time-averaged
+  number of requests in flight over the window (the request-seconds the window holds, divided by its length:
+  KPA's stable-window average of concurrency, exact rather than sampled).
+- ``p99Latency``: seconds the 99th percentile of request latency must stay under; not a capacity per replica, so
+  it is sized by a controller (:func:`latency_recommendation`), not by a ratio.
+
+For ``rps`` and ``concurrency`` (``target`` a capacity per replica, ``observed`` its mean over the window)::
+
     reactive_floor   = ceil(observed / target)            never below what the load needs now
     predictive       = max(ceil(forecast.upper / target), reactive_floor)
-                       forecast.upper: the highest upper band edge over [t, t + lead + margin], lead the
-                       replica start-up time, so a replica ordered now is ready before the load it is for
+                       forecast.upper: the highest upper band edge of the metric's forecast over
+                       [t, t + lead + margin], lead the replica start-up time, so that a replica ordered now is
+                       ready before the load it is for
     reactive (HPA)   = current                         if |observed / (current * target) - 1| <= tolerance
                        ceil(observed / target)         otherwise            (current = ready + starting)
+
+For ``p99Latency`` (``p99`` over the window, ``current`` = ready + starting), in either mode::
+
+    no request in the window             0                            idle: down to the floor, slowly
+    requests, none finished in it        current (1 if 0)             nothing measured: hold
+    starting > 0 and p99 > target        current                      wait for the replicas already ordered
+    p99 > target                         min(ceil(current * p99 / target), current + max(current, 4))
+    p99 < latency_scale_down_below * target   current - 1
+    otherwise                            current                      the hysteresis band
+
+Then, for every metric::
+
     scale-down       = to the highest recommendation of the last ``stabilisation_s`` only (HPA's behaviour)
     replicas         = clamp(that, min_replicas, max_replicas)
 
-The reactive mode is a Kubernetes HPA on a request-rate metric (the ratio rule with its 10% tolerance, the 300 s
+The reactive mode is a Kubernetes HPA on the metric (the ratio rule with its 10% tolerance, the 300 s
 scale-down stabilisation window, the metric averaged over a short window), kept here beside the predictive rule
 so that the replay compares the two on identical footing. HPA's scale-up rate limit (4 pods or 100% per 15 s) is
-left out: it can only slow the reactive baseline down, so leaving it out makes the comparison harder for the
-predictive mode, not easier.
+left out for the capacity metrics: it can only slow the reactive baseline down, so leaving it out makes the
+comparison harder for the predictive mode, not easier. The latency controller keeps it: there a step is a guess
+(latency is not proportional to load), and the limit bounds how far one guess goes.
 
 Predictive mode without a forecast (too little history, every forecaster failed) is the reactive floor alone,
-and the decision's reason says so.
+and the decision's reason says so. A latency target is never forecast (there is no capacity per replica to turn a
+forecast into replicas); its decisions say so.
 """
 
 from __future__ import annotations
@@ -42,17 +65,42 @@ class Mode(StrEnum):
     REACTIVE = "reactive"
 
 
+class Metric(StrEnum):
+    """What ``target`` is (``spec.autoscaling.metric``, spelt as the CRD spells it)."""
+
+    RPS = "rps"
+    CONCURRENCY = "concurrency"
+    P99_LATENCY = "p99Latency"
+
+    @property
+    def unit(self) -> str:
+        """How a value of the metric reads in a decision's reason."""
+        return {Metric.RPS: "req/s", Metric.CONCURRENCY: "in flight", Metric.P99_LATENCY: "s p99"}[self]
+
+    @property
+    def is_capacity(self) -> bool:
+        """Whether ``target`` is what one replica carries (sized by a ratio, and forecastable)."""
+        return self is not Metric.P99_LATENCY
+
+
+LATENCY_STEP_PODS = 4
+"""The latency controller's scale-up limit per decision: ``max(current, 4)`` more replicas (HPA's default scale-up
+policy, 4 pods or 100% per period, whichever is more)."""
+
+
 @dataclass(frozen=True)
 class ScalingPolicy:
     """One service's scaling settings (the InferenceService's ``autoscaling`` and ``replicas`` fields)."""
 
-    target_rps: float
-    """Requests per second one replica serves within its SLO."""
+    target: float
+    """The metric's target per replica: requests per second (``rps``), requests in flight (``concurrency``), or
+    the seconds the 99th percentile latency stays under (``p99Latency``)."""
     startup_s: float
     """Replica start-up time (image pull, weight load, warm-up): the lead a predictive scale-up needs."""
     min_replicas: int = 1
     max_replicas: int = 1000
     mode: Mode = Mode.PREDICTIVE
+    metric: Metric = Metric.RPS
     margin_s: float = 30.0
     """Forecast window past the lead: covers the next decision's own start-up (one tick) and jitter."""
     stabilisation_s: float = 300.0
@@ -60,25 +108,37 @@ class ScalingPolicy:
     tolerance: float = 0.1
     """Reactive mode: a usage ratio within 1 +- tolerance changes nothing (HPA's default)."""
     metric_window_s: float = 60.0
-    """The observed rate is the mean over this many seconds (a Prometheus ``rate(...[1m])``)."""
+    """The observed value is over this many seconds (a Prometheus ``rate(...[1m])``, KPA's 60 s stable window)."""
+    latency_scale_down_below: float = 0.5
+    """``p99Latency``: one replica fewer only while the p99 is under this share of the target; between it and the
+    target nothing changes (the hysteresis band: a p99 just under the target after a scale-up must not undo it)."""
 
     def __post_init__(self) -> None:
-        if self.target_rps <= 0:
-            raise ValueError(f"target_rps must be > 0, got {self.target_rps}")
+        if self.target <= 0:
+            raise ValueError(f"target must be > 0, got {self.target}")
         if not 0 <= self.min_replicas <= self.max_replicas:
             raise ValueError(f"need 0 <= min_replicas <= max_replicas, got {self.min_replicas}, {self.max_replicas}")
         if self.startup_s < 0 or self.margin_s < 0 or self.stabilisation_s < 0 or self.metric_window_s <= 0:
             raise ValueError("startup_s, margin_s and stabilisation_s must be >= 0 and metric_window_s > 0")
+        if not 0 < self.latency_scale_down_below < 1:
+            raise ValueError(f"latency_scale_down_below must be within (0, 1), got {self.latency_scale_down_below}")
 
     @property
     def horizon_s(self) -> float:
         """How far ahead the predictive mode looks: start-up time plus margin."""
         return self.startup_s + self.margin_s
 
+    @property
+    def target_rps(self) -> float:
+        """``target`` under its earlier name, when ``metric`` is rps (the operator's tests still read it)."""
+        if self.metric is not Metric.RPS:
+            raise AttributeError(f"target_rps: the metric is {self.metric.value}, not rps; read target")
+        return self.target
+
 
 @dataclass(frozen=True)
 class Forecast:
-    """A request-rate forecast over the window [t, t + horizon_s], in requests per second."""
+    """A forecast of the policy's metric (request rate or concurrency) over the window [t, t + horizon_s]."""
 
     mean: float
     """The chosen forecaster's highest mean over the window."""
@@ -107,7 +167,9 @@ class ScalingDecision:
     time_s: float
     mode: Mode
     observed_rps: float
+    """The request rate over the metric window, whatever the metric."""
     reactive_floor: int
+    """``ceil(observed / target)`` for a capacity metric; 0 for ``p99Latency``, which has no floor."""
     forecast: Forecast | None
     ready: int
     starting: int
@@ -117,9 +179,14 @@ class ScalingDecision:
     """The replica count to run."""
     cause: str
     """What set the count, one CamelCase word for the status' ``lastScale.reason``: ``Forecast``,
-    ``ObservedLoad``, ``WithinTolerance`` (reactive), ``Stabilizing``, ``MinReplicas`` or ``MaxReplicas``."""
+    ``ObservedLoad``, ``WithinTolerance``, ``LatencyAboveTarget``, ``LatencyBelowTarget``, ``AwaitingStartup``,
+    ``Idle``, ``Stabilizing``, ``MinReplicas`` or ``MaxReplicas``."""
     reason: str
     """The same in a sentence with its figures (an Event's message)."""
+    metric: Metric = Metric.RPS
+    observed: float | None = None
+    """The metric's value the decision read: the rate, the mean concurrency or the p99 in seconds (None: no
+    request finished in the window, so no p99)."""
 
     def report(self) -> ScaleReport:
         """The router's ``GET /scale`` answer (:class:`strata_api.serving.ScaleReport`), ``time_s`` read as unix
@@ -138,19 +205,59 @@ class ScalingDecision:
             ready=self.ready,
             starting=self.starting,
             forecast=forecast,
+            metric=self.metric.value,
+            observed=self.observed,
         )
 
 
 def observed_rate(counts: Sequence[float] | np.ndarray, bin_s: float, window_s: float) -> float:
-    """Requests per second over the last ``window_s`` of per-bin request counts (fewer bins at the start)."""
+    """Per-bin sums over the last ``window_s``, per second (fewer bins at the start): the request rate from request
+    counts, the mean concurrency from request-seconds."""
     bins = max(1, round(window_s / bin_s))
     recent = np.asarray(counts, dtype=float)[-bins:]
     return float(recent.sum() / (len(recent) * bin_s)) if len(recent) else 0.0
 
 
-def replicas_for(rate_rps: float, target_rps: float) -> int:
-    """Replicas that serve ``rate_rps`` at ``target_rps`` each (a hair over a whole number does not add one)."""
-    return max(0, math.ceil(rate_rps / target_rps - 1e-9))
+def replicas_for(value: float, target: float) -> int:
+    """Replicas that carry ``value`` at ``target`` each (a hair over a whole number does not add one)."""
+    return max(0, math.ceil(value / target - 1e-9))
+
+
+def latency_recommendation(
+    p99_s: float | None, rate_rps: float, ready: int, starting: int, policy: ScalingPolicy
+) -> tuple[int, str, str]:
+    """The ``p99Latency`` controller's recommendation, cause and reason (the module docstring's table).
+
+    Why a controller: latency is not proportional to load (it sits at the service time until the replicas
+    saturate, then climbs steeply), so ``ceil(current * p99 / target)`` is a direction and a step size, not an
+    answer; each step is bounded as HPA bounds it, nothing more is ordered while ordered replicas are still
+    starting (they have not helped yet: ordering more for the same excess overshoots), and the scale-down is one
+    replica at a time below the hysteresis band, which the stabilisation window then paces.
+    """
+    current = ready + starting
+    target = policy.target
+    if p99_s is None:
+        if rate_rps <= 0:
+            return 0, "Idle", "no request in the window"
+        if current == 0:
+            return 1, "ObservedLoad", "requests arrive and no replica runs: needs 1"
+        return current, "WithinTolerance", "no request finished in the window: holding"
+    if current == 0:
+        return 1, "ObservedLoad", f"p99 {p99_s:.3g} s with no replica running: needs 1"
+    if p99_s > target:
+        if starting:
+            return (
+                current,
+                "AwaitingStartup",
+                (f"p99 {p99_s:.3g} s is above the {target:.3g} s target; waiting for {starting} starting replica(s)"),
+            )
+        wanted = min(math.ceil(current * p99_s / target - 1e-9), current + max(current, LATENCY_STEP_PODS))
+        wanted = max(wanted, current + 1)
+        return wanted, "LatencyAboveTarget", f"p99 {p99_s:.3g} s is above the {target:.3g} s target: {wanted}"
+    low = policy.latency_scale_down_below * target
+    if p99_s < low:
+        return current - 1, "LatencyBelowTarget", f"p99 {p99_s:.3g} s is under {low:.3g} s: one fewer"
+    return current, "WithinTolerance", f"p99 {p99_s:.3g} s is within [{low:.3g}, {target:.3g}] s"
 
 
 def decide(
@@ -162,36 +269,38 @@ def decide(
     policy: ScalingPolicy,
     forecast: Forecast | None,
     past: Sequence[Recommendation] = (),
+    *,
+    busy: Sequence[float] | np.ndarray | None = None,
+    p99_s: float | None = None,
 ) -> ScalingDecision:
     """The replica count for ``now_s`` (see the module docstring for the rules).
 
-    ``counts`` are the requests per bin of ``bin_s`` seconds up to ``now_s`` (the newest last); ``past`` the
-    recommendations of earlier decisions (older than ``stabilisation_s`` are ignored); ``forecast`` is read only
-    in predictive mode.
+    ``counts`` are the requests per bin of ``bin_s`` seconds up to ``now_s`` (the newest last); ``busy`` the
+    request-seconds in the same bins (requests in flight integrated over time; needed for ``concurrency``);
+    ``p99_s`` the 99th percentile latency of the requests that finished in the metric window (read for
+    ``p99Latency``; None when none did). ``past`` holds the recommendations of earlier decisions (older than
+    ``stabilisation_s`` are ignored); ``forecast`` (of the metric) is read only in predictive mode.
     """
-    observed = observed_rate(counts, bin_s, policy.metric_window_s)
-    floor = replicas_for(observed, policy.target_rps)
+    rate = observed_rate(counts, bin_s, policy.metric_window_s)
     current = ready + starting
-    if policy.mode is Mode.REACTIVE:
-        ratio = observed / (current * policy.target_rps) if current else math.inf
-        if current and abs(ratio - 1) <= policy.tolerance:
-            recommended, cause = current, "WithinTolerance"
-            why = f"observed {observed:.3g} req/s is within {policy.tolerance:.0%} of {current} replicas' target"
-        else:
-            recommended, cause = floor, "ObservedLoad"
-            why = f"observed {observed:.3g} req/s needs {floor}"
-    elif forecast is None:
-        recommended, cause = floor, "ObservedLoad"
-        why = f"no forecast; observed {observed:.3g} req/s needs {floor}"
+    floor = 0
+    metric = policy.metric
+    observed: float | None
+    if metric is Metric.P99_LATENCY:
+        observed = p99_s
+        forecast = None
+        recommended, cause, why = latency_recommendation(p99_s, rate, ready, starting, policy)
+        if policy.mode is Mode.PREDICTIVE:
+            why += " (a latency target is not forecast)"
     else:
-        ahead = replicas_for(forecast.upper, policy.target_rps)
-        recommended = max(ahead, floor)
-        cause = "Forecast" if ahead >= floor else "ObservedLoad"
-        if ahead >= floor:
-            why = f"forecast upper band {forecast.upper:.3g} req/s at +{forecast.horizon_s:.0f}s needs {ahead}"
+        if metric is Metric.CONCURRENCY:
+            if busy is None:
+                raise ValueError("the concurrency metric needs busy: the request-seconds per bin")
+            observed = observed_rate(busy, bin_s, policy.metric_window_s)
         else:
-            why = f"observed {observed:.3g} req/s needs {floor} (forecast upper band needs {ahead})"
-        why += f" ({forecast.method})"
+            observed = rate
+        recommended, cause, why = _capacity_recommendation(observed, current, policy, forecast)
+        floor = replicas_for(observed, policy.target)
     chosen = recommended
     if recommended < current:
         window = [r.replicas for r in past if now_s - r.time_s < policy.stabilisation_s]
@@ -206,7 +315,7 @@ def decide(
     return ScalingDecision(
         time_s=now_s,
         mode=policy.mode,
-        observed_rps=observed,
+        observed_rps=rate,
         reactive_floor=floor,
         forecast=forecast if policy.mode is Mode.PREDICTIVE else None,
         ready=ready,
@@ -215,4 +324,28 @@ def decide(
         replicas=clamped,
         cause=cause,
         reason=why,
+        metric=metric,
+        observed=observed,
     )
+
+
+def _capacity_recommendation(
+    observed: float, current: int, policy: ScalingPolicy, forecast: Forecast | None
+) -> tuple[int, str, str]:
+    """The ratio rules of a capacity metric (``rps``, ``concurrency``): recommendation, cause and reason."""
+    unit = policy.metric.unit
+    floor = replicas_for(observed, policy.target)
+    if policy.mode is Mode.REACTIVE:
+        ratio = observed / (current * policy.target) if current else math.inf
+        if current and abs(ratio - 1) <= policy.tolerance:
+            why = f"observed {observed:.3g} {unit} is within {policy.tolerance:.0%} of {current} replicas' target"
+            return current, "WithinTolerance", why
+        return floor, "ObservedLoad", f"observed {observed:.3g} {unit} needs {floor}"
+    if forecast is None:
+        return floor, "ObservedLoad", f"no forecast; observed {observed:.3g} {unit} needs {floor}"
+    ahead = replicas_for(forecast.upper, policy.target)
+    if ahead >= floor:
+        why = f"forecast upper band {forecast.upper:.3g} {unit} at +{forecast.horizon_s:.0f}s needs {ahead}"
+        return ahead, "Forecast", why + f" ({forecast.method})"
+    why = f"observed {observed:.3g} {unit} needs {floor} (forecast upper band needs {ahead})"
+    return floor, "ObservedLoad", why + f" ({forecast.method})"

@@ -7,7 +7,7 @@ A discrete simulation on a one-second grid. Every ``interval_s`` the policy deci
     demand(s)          = requests arriving in the ``demand_window_s`` seconds up to s, per second
                          (in the first window: the first window's rate)
     replica-seconds    = sum over s of (ready + starting replicas)          a starting replica is paid for
-    SLO-miss seconds   = count of s with demand(s) > ready(s) * target_rps
+    SLO-miss seconds   = count of s with demand(s) > ready(s) * target
     (both from ``warmup_s`` on)
 
 The policies: ``predictive`` and ``reactive`` (the HPA-like rule) from :mod:`~strata_serving.autoscale`, and a fixed
@@ -199,7 +199,7 @@ def simulate(
     demand = demand_rate(counts, config.demand_window_s)
     first = config.initial_replicas
     if first is None:
-        first = replicas_for(demand[min(duration, config.demand_window_s) - 1], policy.target_rps)
+        first = replicas_for(demand[min(duration, config.demand_window_s) - 1], policy.target)
     first = min(max(first, policy.min_replicas), policy.max_replicas)
     ready_delta = np.zeros(duration + 1)
     provisioned_delta = np.zeros(duration + 1)
@@ -247,14 +247,14 @@ def _result(
     decisions: list[ScalingDecision],
 ) -> ReplayResult:
     counted = slice(config.warmup_s, None)
-    misses = int(np.count_nonzero(demand[counted] > ready[counted] * policy.target_rps + 1e-9))
+    misses = int(np.count_nonzero(demand[counted] > ready[counted] * policy.target + 1e-9))
     return ReplayResult(name, float(provisioned[counted].sum()), misses, ready, provisioned, decisions)
 
 
 def fixed_fleet(arrivals_s: np.ndarray, policy: ScalingPolicy, config: ReplayConfig) -> ReplayResult:
     """A fleet sized for the trace's peak demand, ready from the first second and never scaled."""
     demand = demand_rate(per_second_counts(arrivals_s, config.duration_s), config.demand_window_s)
-    size = min(max(replicas_for(float(demand.max()), policy.target_rps), policy.min_replicas), policy.max_replicas)
+    size = min(max(replicas_for(float(demand.max()), policy.target), policy.min_replicas), policy.max_replicas)
     fleet = np.full(len(demand), float(size))
     return _result(FIXED, demand, fleet, fleet, policy, config, [])
 

@@ -267,11 +267,18 @@ class Router:
     async def forward(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
         endpoint = ENDPOINTS[request.path]
-        if self.scaler is not None:
-            self.scaler.observe(time.time())
-        response, replica = await self._forward(request, endpoint)
+        scaler = self.scaler
+        if scaler is not None:
+            scaler.observe(time.time())
+        replica: str | None = None
+        try:
+            response, replica = await self._forward(request, endpoint)
+        finally:  # a cancelled request (the client left, the router stops) is no longer in flight either
+            elapsed = time.monotonic() - started
+            if scaler is not None:
+                scaler.finish(time.time(), elapsed if replica is not None else None)
         self.metrics.requests.labels(replica or "none", str(response.status)).inc()
-        self.metrics.latency.labels(endpoint.path).observe(time.monotonic() - started)
+        self.metrics.latency.labels(endpoint.path).observe(elapsed)
         return response
 
     async def _forward(self, request: web.Request, endpoint: Endpoint) -> tuple[web.StreamResponse, str | None]:

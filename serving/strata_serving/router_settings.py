@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from strata_api.settings import load_settings
-from strata_serving.autoscale import Mode, ScalingPolicy
+from strata_serving.autoscale import Metric, Mode, ScalingPolicy
 from strata_serving.routing import Policy, TableConfig
 
 ENV_PREFIX = "STRATA_ROUTER_"
@@ -84,8 +84,16 @@ class RouterSettings:
     autoscale_mode: str = ""
     """``predictive`` or ``reactive``: run the autoscaler (:mod:`strata_serving.scaler`) and answer its last
     decision at ``GET /scale``; empty (the default) runs none. The operator sets it from ``spec.autoscaling.mode``."""
-    autoscale_target_rps: float = 1.0
-    """Requests per second one replica serves within its SLO (``spec.autoscaling.target``). Default 1."""
+    autoscale_metric: str = Metric.RPS.value
+    """What ``autoscale_target`` is: ``rps`` (requests per second per replica), ``concurrency`` (requests in flight
+    per replica) or ``p99Latency`` (seconds the p99 latency stays under), spelt as ``spec.autoscaling.metric``.
+    Default rps (what the router sized by before it read a metric)."""
+    autoscale_target: float | None = None
+    """The metric's target (``spec.autoscaling.target``): req/s, requests in flight, or seconds for p99Latency.
+    Unset: ``autoscale_target_rps``, else 1."""
+    autoscale_target_rps: float | None = None
+    """The earlier name of ``autoscale_target``, for ``rps`` only (an operator that predates ``autoscale_metric``
+    sets it); give one of the two, not both."""
     autoscale_min_replicas: int = 1
     """``spec.replicas.min``. Default 1."""
     autoscale_max_replicas: int = 1
@@ -118,13 +126,27 @@ class RouterSettings:
             raise ValueError(f"canary_percent must be within 0 and 100, got {self.canary_percent}")
         if self.canary_replica and self.canary_dns:
             raise ValueError("name the canary's replicas with either --canary-replica or --canary-dns, not both")
+        if self.autoscale_target is not None and self.autoscale_target_rps is not None:
+            raise ValueError("give autoscale_target or its earlier name autoscale_target_rps, not both")
+        if self.autoscale_target_rps is not None and self.autoscale_metric != Metric.RPS.value:
+            raise ValueError(
+                f"autoscale_target_rps is a request-rate target, but autoscale_metric is {self.autoscale_metric!r}:"
+                " give autoscale_target"
+            )
         if self.autoscale_mode:
             self.scaling_policy()  # a ValueError naming the bad value
 
     def scaling_policy(self) -> ScalingPolicy:
         """The autoscaler's policy from the ``autoscale_*`` fields (``autoscale_mode`` must be set)."""
+        try:
+            metric = Metric(self.autoscale_metric)
+        except ValueError:
+            choices = ", ".join(m.value for m in Metric)
+            raise ValueError(f"autoscale_metric must be one of {choices}, got {self.autoscale_metric!r}") from None
+        target = next((t for t in (self.autoscale_target, self.autoscale_target_rps) if t is not None), 1.0)
         return ScalingPolicy(
-            target_rps=self.autoscale_target_rps,
+            target=target,
+            metric=metric,
             startup_s=self.autoscale_startup_s,
             min_replicas=self.autoscale_min_replicas,
             max_replicas=self.autoscale_max_replicas,

@@ -1,22 +1,28 @@
 """The live autoscaler inside the router: the request history, the forecasters' refits, one decision per interval.
 
-The router counts every client request here (:meth:`LiveScaler.observe`); every ``interval_s`` it calls
-:meth:`LiveScaler.tick`, which appends the observed rate to the forecasters' series (one bin per interval, the
-rate over ``policy.metric_window_s`` at the bin's end, as :func:`strata_serving.replay.rate_series` builds it for
-the replay), reads the forecasters' latest fits (:func:`~strata_serving.forecasters.forecast_now`; the fits
+The router tells it of every client request as it arrives (:meth:`LiveScaler.observe`) and as it ends
+(:meth:`LiveScaler.finish`, with its latency when a replica answered). Per whole second it keeps the requests that
+arrived, the request-seconds spent in flight (the in-flight count integrated over time, so that the window's mean
+concurrency is exact, Little's law rather than a sample) and the latencies of the requests that finished. Every
+``interval_s`` the router calls :meth:`LiveScaler.tick`, which appends the policy's metric over
+``policy.metric_window_s`` to the forecasters' series (one bin per interval: the rate, as
+:func:`strata_serving.replay.rate_series` builds it for the replay, or the mean concurrency; a latency target is
+not forecast), reads the forecasters' latest fits (:func:`~strata_serving.forecasters.forecast_now`; the fits
 themselves run in a :class:`~strata_serving.refit_worker.RefitWorker` thread) and makes the one decision,
 :func:`strata_serving.autoscale.decide`. The history lives in memory only: a restarted router starts with none,
 so its first decisions are the reactive floor (predictive mode says "no forecast") until the forecasters have
 scored ``min_eval_origins`` origins.
 
 With ``peers`` routers in front of one service, each sees about ``1 / peers`` of the requests (the Service spreads
-connections evenly), so each scales its counts by ``peers``: any one of them answers for the whole service.
+connections evenly), so each scales its counts and its request-seconds by ``peers``: any one of them answers for the
+whole service. Its latencies are a sample of the service's and are not scaled.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -24,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from strata_serving.autoscale import Mode, Recommendation, ScalingDecision, ScalingPolicy, decide
+from strata_serving.autoscale import Metric, Mode, Recommendation, ScalingDecision, ScalingPolicy, decide
 from strata_serving.forecasters import (
     Candidate,
     FittedCandidate,
@@ -70,8 +76,8 @@ def usable_candidates(settings: ForecastSettings, importable: frozenset[str] | N
 
 
 class LiveScaler:
-    """One service's request history and decisions. :meth:`observe` is called for every request, :meth:`tick`
-    once per ``interval_s`` (times are unix seconds)."""
+    """One service's request history and decisions. :meth:`observe` is called as each request arrives,
+    :meth:`finish` as it ends, :meth:`tick` once per ``interval_s`` (times are unix seconds)."""
 
     def __init__(
         self,
@@ -87,13 +93,19 @@ class LiveScaler:
         self.policy = policy
         self.interval_s = interval_s
         self.peers = peers
-        self.candidates = list(candidates) if policy.mode is Mode.PREDICTIVE else []
+        forecastable = policy.mode is Mode.PREDICTIVE and policy.metric.is_capacity
+        self.candidates = list(candidates) if forecastable else []
         self.forecast_settings = forecast_settings or ForecastSettings(bin_s=interval_s)
         self.last: ScalingDecision | None = None
         self._window = max(1, round(policy.metric_window_s))
-        self._seconds: deque[float] = deque(maxlen=self._window + 1)  # requests per whole second, newest last
+        # per whole second, newest last: requests arrived, request-seconds in flight, latencies of those finished
+        self._seconds: deque[float] = deque(maxlen=self._window + 1)
+        self._busy: deque[float] = deque(maxlen=self._window + 1)
+        self._latencies: deque[list[float]] = deque(maxlen=self._window + 1)
         self._newest_second: int | None = None
-        self._series: deque[float] = deque(maxlen=history_bins)  # the forecasters' rate, one value per tick
+        self._in_flight = 0
+        self._busy_since: float | None = None  # request-seconds are booked up to here
+        self._series: deque[float] = deque(maxlen=history_bins)  # the forecasters' metric, one value per tick
         self._past: deque[Recommendation] = deque()
         self._lock = threading.Lock()
 
@@ -101,16 +113,47 @@ class LiveScaler:
         if self._newest_second is None:
             self._newest_second = second
             self._seconds.append(0.0)
+            self._busy.append(0.0)
+            self._latencies.append([])
             return
         for _ in range(min(second - self._newest_second, self._window + 1)):
             self._seconds.append(0.0)
+            self._busy.append(0.0)
+            self._latencies.append([])
         self._newest_second = max(self._newest_second, second)
 
+    def _book_busy(self, now_s: float) -> None:
+        """Add the in-flight count times the time since the last booking to the seconds it fell in."""
+        assert self._newest_second is not None  # rolled first
+        since = self._busy_since if self._busy_since is not None else now_s
+        since = max(since, float(self._newest_second - self._window))  # older seconds have left the window
+        while since < now_s and self._in_flight:
+            second = math.floor(since)
+            until = min(now_s, second + 1.0)
+            index = second - self._newest_second - 1  # -1 is the newest second
+            if -len(self._busy) <= index <= -1:
+                self._busy[index] += self._in_flight * (until - since)
+            since = until
+        self._busy_since = now_s if self._busy_since is None else max(now_s, self._busy_since)
+
     def observe(self, now_s: float, requests: int = 1) -> None:
-        """Count ``requests`` client requests arriving at ``now_s``."""
+        """Count ``requests`` client requests arriving at ``now_s`` (each in flight until its :meth:`finish`)."""
         with self._lock:
             self._roll_to(int(now_s))
+            self._book_busy(now_s)
             self._seconds[-1] += requests
+            self._in_flight += requests
+
+    def finish(self, now_s: float, latency_s: float | None) -> None:
+        """One request observed earlier ends at ``now_s``; ``latency_s`` is its latency when a replica answered it
+        (None when the router answered itself: a 400, or a 503 for want of a replica, says nothing of the
+        replicas' latency)."""
+        with self._lock:
+            self._roll_to(int(now_s))
+            self._book_busy(now_s)
+            self._in_flight = max(0, self._in_flight - 1)
+            if latency_s is not None:
+                self._latencies[-1].append(latency_s)
 
     def series(self) -> np.ndarray:
         """The forecasters' series so far (a copy; the refit thread reads it)."""
@@ -121,10 +164,15 @@ class LiveScaler:
         """The decision at ``now_s`` for ``ready`` + ``starting`` replicas (see the module docstring)."""
         with self._lock:
             self._roll_to(int(now_s))
-            whole = list(self._seconds)[:-1]  # the second now running is not whole yet
-            counts = np.asarray(whole[-self._window :], dtype=float) * self.peers
-            rate = float(counts.sum() / self._window)  # the missing seconds of a fresh router count as quiet
-            self._series.append(rate)
+            self._book_busy(now_s)
+            # the second now running is not whole yet; the missing seconds of a fresh router count as quiet
+            counts = np.asarray(list(self._seconds)[:-1][-self._window :], dtype=float) * self.peers
+            busy = np.asarray(list(self._busy)[:-1][-self._window :], dtype=float) * self.peers
+            finished = [x for second in list(self._latencies)[:-1][-self._window :] for x in second]
+            p99 = float(np.quantile(finished, 0.99)) if finished else None
+            if self.policy.metric.is_capacity:
+                sized = busy if self.policy.metric is Metric.CONCURRENCY else counts
+                self._series.append(float(sized.sum() / self._window))
             series = np.array(self._series, dtype=float)
         forecast = None
         if self.candidates:
@@ -132,8 +180,19 @@ class LiveScaler:
                 self.candidates, series, self.policy.horizon_s, self.forecast_settings, from_s=self.policy.startup_s
             )
             forecast = choice.forecast
-        padded = np.concatenate([np.zeros(self._window - len(counts)), counts])
-        decision = decide(now_s, padded, 1.0, ready, starting, self.policy, forecast, list(self._past))
+        pad = np.zeros(self._window - len(counts))
+        decision = decide(
+            now_s,
+            np.concatenate([pad, counts]),
+            1.0,
+            ready,
+            starting,
+            self.policy,
+            forecast,
+            list(self._past),
+            busy=np.concatenate([pad, busy]),
+            p99_s=p99,
+        )
         self._past.append(Recommendation(now_s, decision.recommended))
         while self._past and now_s - self._past[0].time_s >= self.policy.stabilisation_s:
             self._past.popleft()

@@ -6,7 +6,15 @@ import orjson
 import pytest
 
 from strata_api.serving import ScaleReport
-from strata_serving.autoscale import Forecast, Mode, Recommendation, ScalingPolicy, decide
+from strata_serving.autoscale import (
+    Forecast,
+    Metric,
+    Mode,
+    Recommendation,
+    ScalingPolicy,
+    decide,
+    latency_recommendation,
+)
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
@@ -19,7 +27,7 @@ def a_forecast(upper: float, horizon_s: float = 90.0) -> Forecast:
 
 
 def policy(**overrides: object) -> ScalingPolicy:
-    settings: dict[str, object] = {"target_rps": 3.0, "startup_s": 60.0, "margin_s": 30.0}
+    settings: dict[str, object] = {"target": 3.0, "startup_s": 60.0, "margin_s": 30.0}
     settings.update(overrides)
     return ScalingPolicy(**settings)  # type: ignore[arg-type]
 
@@ -92,7 +100,7 @@ def test_replicas_are_clamped_to_min_and_max() -> None:
 
 
 def test_reactive_keeps_the_count_within_the_tolerance_and_follows_the_ratio_outside_it() -> None:
-    hpa = policy(target_rps=1.0, mode=Mode.REACTIVE)
+    hpa = policy(target=1.0, mode=Mode.REACTIVE)
     near = decide(1000, [10.5] * 60, 1, ready=8, starting=2, policy=hpa, forecast=a_forecast(50.0))
     assert near.replicas == 10  # 10.5 / (10 * 1) = 1.05: within 10%
     assert near.cause == "WithinTolerance"
@@ -111,8 +119,114 @@ def test_the_observed_rate_is_the_mean_over_the_metric_window() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("target_rps", 0.0), ("min_replicas", 7), ("metric_window_s", 0.0), ("startup_s", -1.0)]
+    ("field", "value"), [("target", 0.0), ("min_replicas", 7), ("metric_window_s", 0.0), ("startup_s", -1.0)]
 )
 def test_a_policy_that_cannot_work_is_refused(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field.split("_", maxsplit=1)[0]):
         policy(**{field: value, "max_replicas": 6})
+
+
+# --- concurrency: KPA's target, requests in flight per replica
+
+
+def test_concurrency_sizes_by_the_mean_requests_in_flight_over_the_window() -> None:
+    # 60 one-second bins: 10 requests a second, each 1.5 s long, hold 15 requests in flight on average
+    busy = [15.0] * 60
+    kpa = policy(target=4.0, metric=Metric.CONCURRENCY)
+    decision = decide(1000, TEN_PER_SECOND, 1, ready=2, starting=0, policy=kpa, forecast=None, busy=busy)
+    assert decision.observed == pytest.approx(15.0)
+    assert decision.observed_rps == pytest.approx(10.0)  # the request rate still reported beside it
+    assert (decision.reactive_floor, decision.replicas, decision.cause) == (4, 4, "ObservedLoad")  # ceil(15 / 4)
+    assert decision.reason == "no forecast; observed 15 in flight needs 4"
+    report = decision.report()
+    assert (report.metric, report.observed, report.observed_rps) == ("concurrency", 15.0, 10.0)
+    assert ScaleReport.from_json(orjson.loads(orjson.dumps(report.to_json()))) == report
+
+
+def test_concurrency_is_the_time_average_not_the_last_sample() -> None:
+    busy = [40.0] * 30 + [0.0] * 30  # 40 in flight for half the window, then none: 20 on average
+    kpa = policy(target=5.0, metric=Metric.CONCURRENCY, mode=Mode.REACTIVE)
+    decision = decide(1000, TEN_PER_SECOND, 1, ready=1, starting=0, policy=kpa, forecast=None, busy=busy)
+    assert decision.observed == pytest.approx(20.0)
+    assert decision.replicas == 4
+
+
+def test_predictive_concurrency_orders_for_the_forecast_concurrency_upper_band() -> None:
+    kpa = policy(target=4.0, metric=Metric.CONCURRENCY)
+    decision = decide(1000, TEN_PER_SECOND, 1, 2, 0, kpa, forecast=a_forecast(30.0), busy=[15.0] * 60)
+    assert (decision.replicas, decision.cause) == (8, "Forecast")  # ceil(30 / 4) above the floor of 4
+    assert decision.reason == "forecast upper band 30 in flight at +90s needs 8 (persistence)"
+
+
+def test_the_concurrency_metric_without_its_request_seconds_is_refused() -> None:
+    with pytest.raises(ValueError, match="busy"):
+        decide(1000, TEN_PER_SECOND, 1, 1, 0, policy(metric=Metric.CONCURRENCY), forecast=None)
+
+
+# --- p99Latency: a controller around a target the p99 stays under
+
+
+LATENCY = {"target": 0.2, "metric": Metric.P99_LATENCY, "mode": Mode.REACTIVE, "min_replicas": 1, "max_replicas": 50}
+
+
+@pytest.mark.parametrize(
+    ("p99_s", "rate", "ready", "starting", "expected", "cause"),
+    [
+        (0.3, 10.0, 4, 0, 6, "LatencyAboveTarget"),  # ceil(4 x 1.5): proportional to the excess
+        (0.21, 10.0, 10, 0, 11, "LatencyAboveTarget"),  # just over: at least one more
+        (2.0, 10.0, 2, 0, 6, "LatencyAboveTarget"),  # 10x over: bounded to max(current, 4) more
+        (2.0, 10.0, 10, 0, 20, "LatencyAboveTarget"),  # bounded to doubling
+        (0.3, 10.0, 3, 2, 5, "AwaitingStartup"),  # replicas already ordered have not helped yet
+        (0.15, 10.0, 4, 0, 4, "WithinTolerance"),  # within [0.1, 0.2]: the hysteresis band
+        (0.05, 10.0, 4, 0, 3, "LatencyBelowTarget"),  # well under: one fewer
+        (None, 10.0, 4, 0, 4, "WithinTolerance"),  # requests, none finished: nothing measured
+        (None, 10.0, 0, 0, 1, "ObservedLoad"),  # requests and no replica: one
+        (None, 0.0, 4, 0, 0, "Idle"),  # nothing arrived: down to the floor (after stabilisation)
+    ],
+)
+def test_the_latency_controller(
+    p99_s: float | None, rate: float, ready: int, starting: int, expected: int, cause: str
+) -> None:
+    recommended, got_cause, _ = latency_recommendation(p99_s, rate, ready, starting, policy(**LATENCY))
+    assert (recommended, got_cause) == (expected, cause)
+
+
+def test_a_latency_target_scales_up_on_the_p99_and_reports_it() -> None:
+    slo = policy(**{**LATENCY, "mode": Mode.PREDICTIVE})
+    decision = decide(1000, TEN_PER_SECOND, 1, 2, 0, slo, forecast=a_forecast(99.0), p99_s=0.5)
+    assert (decision.replicas, decision.cause) == (5, "LatencyAboveTarget")  # ceil(2 x 0.5 / 0.2)
+    assert decision.reason == "p99 0.5 s is above the 0.2 s target: 5 (a latency target is not forecast)"
+    assert decision.forecast is None
+    report = decision.report()
+    assert (report.metric, report.observed, report.forecast) == ("p99Latency", 0.5, None)
+    assert report.to_json()["observedValue"] == 0.5
+
+
+def test_a_latency_target_scales_down_one_replica_per_stabilisation_window_and_never_below_the_floor() -> None:
+    slo = policy(**{**LATENCY, "stabilisation_s": 300.0, "min_replicas": 2})
+    past = [Recommendation(-15, 4)]  # the load before needed 4
+    replicas, times = 4, []
+    for now in range(0, 1500, 15):  # 25 minutes of a p99 far under the target
+        decision = decide(now, TEN_PER_SECOND, 1, replicas, 0, slo, forecast=None, past=past, p99_s=0.01)
+        past.append(Recommendation(now, decision.recommended))
+        if decision.replicas < replicas:
+            times.append(now)
+        replicas = decision.replicas
+    assert replicas == 2
+    assert times == [285, 585]  # one fewer once a whole window (300 s) has recommended it, then the floor holds
+
+
+def test_idle_goes_to_the_floor_once_the_stabilisation_window_is_over() -> None:
+    slo = policy(**{**LATENCY, "stabilisation_s": 60.0})
+    idle = [0.0] * 60
+    held = decide(1000, idle, 1, 5, 0, slo, forecast=None, past=[Recommendation(950, 5)])
+    assert (held.replicas, held.cause) == (5, "Stabilizing")
+    after = decide(1011, idle, 1, 5, 0, slo, forecast=None, past=[Recommendation(950, 5)])
+    assert (after.replicas, after.cause, after.observed) == (1, "MinReplicas", None)
+
+
+def test_a_report_from_a_router_without_a_metric_reads_as_rps() -> None:
+    body = {"time": "1970-01-01T00:16:40Z", "mode": "reactive", "replicas": 3, "reason": "ObservedLoad",
+            "observedRate": 2.5}  # fmt: skip
+    report = ScaleReport.from_json(body)
+    assert (report.metric, report.observed, report.observed_rps) == ("rps", None, 2.5)

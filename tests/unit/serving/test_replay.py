@@ -33,7 +33,7 @@ def ten_per_second(start_s: int, end_s: int) -> np.ndarray:
 def step_policy(mode: Mode, **overrides: float) -> ScalingPolicy:
     settings: dict[str, float] = {"startup_s": 60, "metric_window_s": 15, "margin_s": 0}
     settings.update(overrides)
-    return ScalingPolicy(target_rps=1.0, mode=mode, **settings)  # type: ignore[arg-type]
+    return ScalingPolicy(target=1.0, mode=mode, **settings)  # type: ignore[arg-type]
 
 
 def perfect_from_bin_2(n: int) -> Forecast | None:
