@@ -13,6 +13,7 @@ last decision at ``GET /scale``; the operator reads it (:func:`wanted_replicas`)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,7 +38,12 @@ AUTOSCALED_METRIC = "rps"
 """The one ``spec.autoscaling.metric`` the router's autoscaler acts on (``strata_serving.autoscale`` sizes by
 request rate); a service autoscaled on another metric keeps ``replicas.min``."""
 DEFAULT_STARTUP_S = 60
-"""The router's lead when ``spec.autoscaling.horizonSeconds`` is unset (no start-up time is measured yet)."""
+"""The router's lead when ``spec.autoscaling.horizonSeconds`` is unset and no start-up time is measured yet."""
+STARTUP_STEP_S = 15
+"""A measured start-up becomes the router's lead rounded up to a multiple of this: the router's decision
+interval (``RouterSettings.autoscale_interval_s``, 15 s), below which a finer lead changes no decision. The lead
+is in the routers' environment, so each change rolls them (and restarts their forecasts' history): in steps, a
+start-up that wobbles by a second does not."""
 
 
 def router_name(service: InferenceService) -> str:
@@ -76,8 +82,23 @@ def autoscaled(service: InferenceService) -> bool:
     )
 
 
-def router_env(service: InferenceService, settings: OperatorSettings) -> dict[str, str]:
-    """The router's settings (``STRATA_ROUTER_<FIELD>``): where the replicas are, and the autoscaler's policy."""
+def startup_lead(service: InferenceService, measured_s: float | None) -> int:
+    """The autoscaler's start-up lead, in seconds: ``spec.autoscaling.horizonSeconds`` when set, else the measured
+    replica start-up (``status.startupSeconds``) rounded up to a :data:`STARTUP_STEP_S` step (at least one), else
+    :data:`DEFAULT_STARTUP_S`."""
+    scaling = service.spec.autoscaling
+    if scaling is not None and scaling.horizon_seconds:
+        return int(scaling.horizon_seconds)
+    if measured_s is None:
+        return DEFAULT_STARTUP_S
+    return max(1, math.ceil(measured_s / STARTUP_STEP_S)) * STARTUP_STEP_S
+
+
+def router_env(
+    service: InferenceService, settings: OperatorSettings, measured_startup_s: float | None = None
+) -> dict[str, str]:
+    """The router's settings (``STRATA_ROUTER_<FIELD>``): where the replicas are, and the autoscaler's policy
+    (its lead: :func:`startup_lead` of the measured start-up)."""
     spec = service.spec
     env = {
         "PORT": str(ROUTER_PORT),
@@ -91,23 +112,27 @@ def router_env(service: InferenceService, settings: OperatorSettings) -> dict[st
             AUTOSCALE_TARGET_RPS=repr(scaling.target),
             AUTOSCALE_MIN_REPLICAS=str(spec.min_replicas),
             AUTOSCALE_MAX_REPLICAS=str(spec.max_replicas),
-            AUTOSCALE_STARTUP_S=str(scaling.horizon_seconds or DEFAULT_STARTUP_S),
+            AUTOSCALE_STARTUP_S=str(startup_lead(service, measured_startup_s)),
             AUTOSCALE_STABILISATION_S=str(scaling.scale_down_stabilization_seconds),
             AUTOSCALE_PEERS=str(settings.router_replicas),
         )
     return {ROUTER_ENV_PREFIX + k: v for k, v in env.items()}
 
 
-def build_router_deployment(service: InferenceService, settings: OperatorSettings) -> dict[str, Any]:
+def build_router_deployment(
+    service: InferenceService, settings: OperatorSettings, measured_startup_s: float | None = None
+) -> dict[str, Any]:
     """The router's Deployment: ``router_replicas`` pods spread over nodes and zones, ready once they have
-    discovered the replicas, with a writable ``/tmp`` (Prophet's fits write there) on a read-only root."""
+    discovered the replicas, with a writable ``/tmp`` (Prophet's fits write there) on a read-only root.
+    ``measured_startup_s``: the replicas' measured start-up (``status.startupSeconds``), the autoscaler's lead when
+    the spec sets none."""
     labels = router_selector(service)
     container: dict[str, Any] = {
         "name": ROUTER_CONTAINER,
         "image": settings.router_image,
         "imagePullPolicy": service.spec.image_pull_policy,
         "command": list(ROUTER_COMMAND),
-        "env": [{"name": k, "value": v} for k, v in router_env(service, settings).items()],
+        "env": [{"name": k, "value": v} for k, v in router_env(service, settings, measured_startup_s).items()],
         "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 2},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 6},

@@ -577,9 +577,13 @@ def service_status(
     rev: str | None,
     now: datetime,
     report: ScaleReport | None = None,
+    cost_per_hour: float | None = None,
+    startup_seconds: float | None = None,
 ) -> StatusDraft:
     """The status to write, and the events for what changed: replicas, URL, revision, the Ready, QuotaLimited and
-    ModelAvailable conditions, and the last scaling decision (``report``: the router's, when it has one)."""
+    ModelAvailable conditions, the last scaling decision (``report``: the router's, when it has one), the running
+    replicas' ``cost_per_hour`` (None: not known yet, left as it is) and the measured ``startup_seconds`` (None:
+    no replica of the revision is ready yet, so the last measurement stays)."""
     draft = StatusDraft(stored, now)
     desired = allotment.replicas if isinstance(model, ModelSource) else 0
     before = stored.get("desiredReplicas")
@@ -594,6 +598,10 @@ def service_status(
     draft.set("url", url(service))
     if rev is not None:
         draft.set("revision", rev)
+    if cost_per_hour is not None:
+        draft.set("costPerHour", cost_per_hour)
+    if startup_seconds is not None:
+        draft.set("startupSeconds", round(startup_seconds, 1))
     if isinstance(model, ModelProblem):
         _condition(draft, MODEL_AVAILABLE, "False", model.reason, model.message, WARNING)
         _condition(draft, READY, "False", model.reason, f"no replica runs: {model.message}", WARNING)

@@ -22,7 +22,7 @@ import orjson
 
 import strata_api as api
 from strata_api import InferenceService, ResourcePool, TrainingJob
-from strata_operator.core import router, serving
+from strata_operator.core import replicas, router, serving
 from strata_operator.core.serving import ModelSource, ObservedDeployment
 from strata_operator.runtime.jobs import JobEntry
 from strata_operator.runtime.kube import ApiError
@@ -37,7 +37,7 @@ from strata_operator.runtime.serving import (
     services_path,
     write_status,
 )
-from strata_operator.runtime.shared import IndexOf, Runtime, first
+from strata_operator.runtime.shared import IndexMapping, IndexOf, Runtime, first
 
 STALE_VIEW_S = 5.0
 """After writing a service's status, wait at most this long for the write to come back through the watch."""
@@ -169,12 +169,20 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
     kube = runtime.api
     rev: str | None = None
     ns = service.namespace
+    cache = runtime.observed
+    pods = list(cache.replica_pods.get(service.key, ()))
+    startup: float | None = None
     if pool is not None and isinstance(model, ModelSource):
         deployment = serving.build_deployment(service, pool, model, allotment.replicas, settings)
         rev = deployment["metadata"]["annotations"][api.LABEL_REVISION]
         if serving.needs_update(deployment, observed):
             await put_deployment(kube, deployment)
-        routers = router.build_router_deployment(service, settings)
+        startup = replicas.startup_seconds(pods, rev)
+        stored_startup = entry.status.get("startupSeconds")
+        measured = (
+            startup if startup is not None else stored_startup if isinstance(stored_startup, float | int) else None
+        )
+        routers = router.build_router_deployment(service, settings, measured)
         if serving.needs_update(routers, first(indices["servingdeployments"], f"{ns}/{router.router_name(service)}")):
             await put_deployment(kube, routers)
         for collection, manifest, index in (
@@ -190,7 +198,8 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
         # no pool or no model: a replica could only wait for nothing or crash-loop; scaled to 0, kept for later
         await kube.merge_patch(deployments_path(ns, service.name), {"spec": {"replicas": 0}})
     now = datetime.now(UTC).replace(microsecond=0)
-    draft = serving.service_status(service, entry.status, model, allotment, observed, rev, now, report)
+    cost = replicas.cost_per_hour(service, pods, IndexMapping(cache.nodes), settings.prices) if cache.synced else None
+    draft = serving.service_status(service, entry.status, model, allotment, observed, rev, now, report, cost, startup)
     patch = draft.patch()
     written = await write_status(kube, entry, patch, draft.events)
     if written and report is not None and "lastScale" in patch:

@@ -30,6 +30,8 @@ import orjson
 import strata_api as api
 from strata_api.nodes import gpus_held
 from strata_operator.core.observed import Node, WorkerPod
+from strata_operator.core.replicas import ReplicaPod
+from strata_operator.core.serving import CONTAINER
 from strata_operator.runtime.kube import ApiError, Kube
 
 T = TypeVar("T")
@@ -186,20 +188,25 @@ class Informer:
 
 
 class ClusterCache:
-    """Worker pods by job, nodes by name, and GPUs held per node (by any bound, unfinished pod)."""
+    """Worker pods by job, InferenceService replicas by service, nodes by name, and GPUs held per node (by any
+    bound, unfinished pod). The replicas come from the same pod watch: no extra list or watch."""
 
     def __init__(self, kube: Kube, namespaces: Sequence[str], wake: Callable[[str], None]) -> None:
         self.worker_pods: Index[WorkerPod] = Index(worker_pod_entry)
+        self.replica_pods: Index[ReplicaPod] = Index(replica_pod_entry)
         self.gpu_usage: Index[int] = Index(gpu_usage_entry)
         self.nodes: Index[Node] = Index(node_entry)
 
         def wake_jobs(keys: Collection[str]) -> None:
             for key in keys:
-                if "/" in key:  # gpu_usage keys are node names; only job keys have a namespace
+                # gpu_usage keys are node names; job keys (and replica_pods' service keys, whose daemons the
+                # Deployment's status wakes instead: a job of the same name wakes for nothing) have a namespace
+                if "/" in key:
                     wake(key)
 
         pod_paths = [f"/api/v1/namespaces/{ns}/pods" for ns in namespaces] or ["/api/v1/pods"]
-        self.informers = [Informer(kube, p, [self.worker_pods, self.gpu_usage], wake_jobs) for p in pod_paths]
+        pod_indices: list[Index[Any]] = [self.worker_pods, self.replica_pods, self.gpu_usage]
+        self.informers = [Informer(kube, p, pod_indices, wake_jobs) for p in pod_paths]
         self.informers.append(Informer(kube, "/api/v1/nodes", [self.nodes]))
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -227,6 +234,16 @@ def worker_pod_entry(body: Mapping[str, Any]) -> dict[str, WorkerPod] | None:
     if not job or labels.get(api.LABEL_MANAGED_BY) != api.MANAGED_BY:
         return None
     return {f"{meta.get('namespace')}/{job}": WorkerPod.from_body(body)}
+
+
+def replica_pod_entry(body: Mapping[str, Any]) -> dict[str, ReplicaPod] | None:
+    """InferenceServices' replica pods by ``<namespace>/<service>`` (router pods carry another label)."""
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    service = labels.get(api.LABEL_INFERENCE_SERVICE)
+    if not service or labels.get(api.LABEL_MANAGED_BY) != api.MANAGED_BY:
+        return None
+    return {f"{meta.get('namespace')}/{service}": ReplicaPod.from_body(body, CONTAINER)}
 
 
 def gpu_usage_entry(body: Mapping[str, Any]) -> dict[str, int] | None:

@@ -22,6 +22,7 @@ from operator_manifests import a_job
 from serving_builders import service_body
 
 import strata_api as api
+from strata_api.catalog import DEFAULT_CATALOG, load_catalog
 from strata_api.serving import LABEL_ROUTER
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -174,6 +175,28 @@ def test_a_service_runs_its_min_replicas_behind_a_service_and_a_budget(services:
     assert len(replicas) == 2
     assert all(p.spec.node_name for p in replicas)
     assert services.condition("chat", "QuotaLimited")["status"] == "False"
+
+
+def test_a_running_service_reports_its_cost_per_hour_and_measured_startup(services: Services, strata: Strata) -> None:
+    pool = cpu_pool(strata, 8)
+    name = services.apply(service_body("priced", pool, min_replicas=2))
+    services.wait_ready(name, 2)
+
+    # two replicas of 1 CPU on the fleet's m7i.8xlarge nodes (32 CPUs): 2/32 of a node-hour at the catalog price
+    prices = load_catalog(DEFAULT_CATALOG).prices["m7i.8xlarge"]
+    expected = {round(2 * prices[c] / 32, 4) for c in ("on-demand", "reserved")}
+
+    def figures() -> dict[str, Any] | None:
+        status = services.status(name)
+        return status if status.get("costPerHour") in expected and "startupSeconds" in status else None
+
+    try:
+        status = eventually(figures, 30, f"costPerHour one of {expected} and startupSeconds in status")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; status now: {services.status(name)}") from None
+    assert 0 <= status["startupSeconds"] < 60, status
+    wide = services.kubectl("get", "sisvc", name, "-n", services.namespace, "-o", "wide").splitlines()
+    assert {"COST/H", "STARTUP"} <= set(wide[0].split()), wide
 
 
 def test_the_replicas_follow_replicas_min(services: Services, strata: Strata) -> None:

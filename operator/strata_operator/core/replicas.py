@@ -1,0 +1,114 @@
+"""An InferenceService's replica pods as the operator's pod watch sees them, and what status says of them: the
+hourly cost of the running replicas and their measured start-up time. Pure; no I/O.
+
+The pods come from the operator's one pod watch (:class:`strata_operator.runtime.watches.ClusterCache`), which
+already lists every pod of the served namespaces for GPU accounting: reading the replicas from it costs no extra
+API call.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import strata_api as api
+from strata_api import InferenceService, parse_time
+from strata_api.catalog import Catalog
+from strata_operator.core.observed import Node
+
+RECENT_STARTS = 5
+"""``status.startupSeconds`` is the median over this many replicas of the current revision, the most recently
+created first: recent enough to follow a new image or model, and a median so one slow node does not set it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaPod:
+    """One replica pod of a service: what start-up time, cost and the model's health are read from."""
+
+    name: str
+    revision: str
+    """The pod template's ``strata.dev/revision`` label."""
+    phase: str
+    node: str | None
+    created: datetime | None
+    ready_at: datetime | None
+    """When its Ready condition last turned True; None while it is not ready."""
+    deleting: bool
+    exit_code: int | None = None
+    """The server container's last exit code (its current or previous termination); None if it never ended."""
+    restarts: int = 0
+
+    @property
+    def running(self) -> bool:
+        """Bound to a node and not going away: it holds (and costs) its node's share, ready or not."""
+        return self.node is not None and self.phase == "Running" and not self.deleting
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], container: str) -> ReplicaPod:
+        """A pod body as the API returns it; ``container``: the server's container name."""
+        meta, spec, status = body.get("metadata") or {}, body.get("spec") or {}, body.get("status") or {}
+        ready = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), None)
+        ready_at = parse_time(ready.get("lastTransitionTime")) if ready and ready.get("status") == "True" else None
+        server: Mapping[str, Any] = next(
+            (s for s in status.get("containerStatuses") or () if s.get("name") == container), {}
+        )
+        ended = (server.get("state") or {}).get("terminated") or (server.get("lastState") or {}).get("terminated")
+        code = ended.get("exitCode") if ended else None
+        return cls(
+            name=str(meta.get("name", "")),
+            revision=str((meta.get("labels") or {}).get(api.LABEL_REVISION, "")),
+            phase=str(status.get("phase") or "Pending"),
+            node=spec.get("nodeName"),
+            created=parse_time(meta.get("creationTimestamp")),
+            ready_at=ready_at,
+            deleting=meta.get("deletionTimestamp") is not None,
+            exit_code=code if isinstance(code, int) else None,
+            restarts=int(server.get("restartCount") or 0),
+        )
+
+
+def startup_seconds(pods: Iterable[ReplicaPod], revision: str) -> float | None:
+    """Measured start-up of replicas of ``revision`` (the current template): pod creation to its Ready condition
+    (image pull, weight load, warm-up, compilation), the median over the :data:`RECENT_STARTS` most recently
+    created ready ones; None when none of them is ready yet. A replica that restarted counts from its creation to
+    its latest readiness: what a new replica of this revision may take too."""
+    starts = sorted(
+        (p for p in pods if p.revision == revision and p.ready_at is not None and p.created is not None),
+        key=lambda p: (p.created, p.name),
+        reverse=True,
+    )[:RECENT_STARTS]
+    seconds = [max(0.0, (p.ready_at - p.created).total_seconds()) for p in starts if p.ready_at and p.created]
+    return float(statistics.median(seconds)) if seconds else None
+
+
+def replica_price(service: InferenceService, node: Node | None, catalog: Catalog) -> float:
+    """Dollars per hour one replica of the service costs on ``node``.
+
+    GPU replicas: ``gpusPerReplica`` times the node's price per GPU-hour, :meth:`Catalog.gpu_price` (what a
+    TrainingJob's ``status.cost`` charges a worker). CPU replicas: the node's price per node-hour
+    (:meth:`Catalog.node_price`) times the share of its allocatable CPU the replica requests
+    (``cpuPerReplica``), as a GPU node's price is shared by its GPUs. 0 for a node priced by neither its
+    annotation nor the catalog, or one that does not say its CPU: nothing rather than a guess."""
+    if node is None:
+        return 0.0
+    resources = service.spec.resources
+    if not resources.on_cpu:
+        gpu_hour = catalog.gpu_price(node.price_per_hour, node.instance_type, node.capacity_type, node.allocatable_gpus)
+        return gpu_hour * resources.gpus_per_replica if gpu_hour is not None else 0.0
+    node_hour = catalog.node_price(node.price_per_hour, node.instance_type, node.capacity_type)
+    cores = node.allocatable_cpu_millis
+    if node_hour is None or not cores:
+        return 0.0
+    return node_hour * api.cpu_millis(resources.cpu_per_replica or 0) / cores
+
+
+def cost_per_hour(
+    service: InferenceService, pods: Iterable[ReplicaPod], nodes: Mapping[str, Node], catalog: Catalog
+) -> float:
+    """``status.costPerHour``: the sum of :func:`replica_price` over the service's running replicas (every
+    revision: a canary's replicas cost too), rounded to a hundredth of a cent."""
+    total = sum(replica_price(service, nodes.get(p.node or ""), catalog) for p in pods if p.running)
+    return round(total, 4)

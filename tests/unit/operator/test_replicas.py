@@ -1,0 +1,153 @@
+"""An InferenceService's replica pods (strata_operator.core.replicas): the measured start-up time and the hourly
+cost status reports, the router's lead from it, and the pod watch's index of replicas by service."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from operator_builders import T0, a_node, at
+from serving_builders import a_service
+
+import strata_api as api
+from strata_api.catalog import DEFAULT_CATALOG, load_catalog
+from strata_operator.core import replicas, router, serving
+from strata_operator.core.replicas import ReplicaPod
+from strata_operator.core.serving import Allotment, ModelSource, ObservedDeployment
+from strata_operator.runtime.watches import Index, replica_pod_entry
+
+CATALOG = load_catalog(DEFAULT_CATALOG)
+CPU = {"gpuType": "CPU", "cpuPerReplica": "2", "memoryPerReplica": "1Gi"}
+
+
+def replica_body(
+    name: str,
+    *,
+    revision: str = "rev1",
+    created: float = 0,
+    ready: float | None = None,
+    node: str | None = "cpu-0",
+    phase: str = "Running",
+    service: str | None = "chat",
+    last_exit: int | None = None,
+) -> dict[str, Any]:
+    labels = {api.LABEL_REVISION: revision, api.LABEL_MANAGED_BY: api.MANAGED_BY}
+    if service:
+        labels[api.LABEL_INFERENCE_SERVICE] = service
+    conditions = [{"type": "Ready", "status": "True" if ready is not None else "False"}]
+    if ready is not None:
+        conditions[0]["lastTransitionTime"] = api.format_time(at(ready))
+    server: dict[str, Any] = {"name": serving.CONTAINER, "restartCount": 0, "state": {"running": {}}}
+    if last_exit is not None:
+        server.update(restartCount=3, lastState={"terminated": {"exitCode": last_exit}})
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "team",
+            "uid": f"uid-{name}",
+            "labels": labels,
+            "creationTimestamp": api.format_time(at(created)),
+        },
+        "spec": {"nodeName": node} if node else {},
+        "status": {"phase": phase, "conditions": conditions, "containerStatuses": [server]},
+    }
+
+
+def replica(name: str, **kwargs: Any) -> ReplicaPod:
+    return ReplicaPod.from_body(replica_body(name, **kwargs), serving.CONTAINER)
+
+
+def test_a_replica_pod_is_read_from_its_body() -> None:
+    pod = replica("chat-1", created=0, ready=42, last_exit=2)
+    assert pod == ReplicaPod(
+        name="chat-1",
+        revision="rev1",
+        phase="Running",
+        node="cpu-0",
+        created=T0,
+        ready_at=at(42),
+        deleting=False,
+        exit_code=2,
+        restarts=3,
+    )
+    assert pod.running
+    assert not replica("waiting", node=None, phase="Pending").running
+
+
+def test_the_pod_watch_keeps_replicas_by_service_and_not_router_or_worker_pods() -> None:
+    index: Index[ReplicaPod] = Index(replica_pod_entry)
+    assert index.upsert("u1", replica_body("chat-1")) == ("team/chat",)
+    assert index.upsert("u2", replica_body("router-1", service=None)) == ()
+    assert [p.name for p in index["team/chat"]] == ["chat-1"]
+
+
+def test_startup_is_the_median_of_the_recent_ready_replicas_of_the_current_revision() -> None:
+    pods = [
+        replica("old-rev", revision="rev0", created=0, ready=500),  # another revision: not counted
+        replica("starting", created=900, ready=None),  # not ready yet: not counted
+        *(
+            replica(f"r{i}", created=100 * i, ready=100 * i + seconds)
+            for i, seconds in enumerate([99, 10, 20, 30, 40, 50])
+        ),
+    ]
+    # the five most recent ready ones (r1..r5: 10, 20, 30, 40, 50 s; r0's 99 s is older): median 30
+    assert replicas.startup_seconds(pods, "rev1") == 30.0
+    assert replicas.startup_seconds(pods, "rev2") is None
+
+
+def test_cost_is_the_running_replicas_share_of_their_nodes_price() -> None:
+    cpu_node = a_node("cpu-0", gpu=None)  # m7i.8xlarge, on reserved capacity: $1.13 per node-hour
+    cpu_node = dataclasses.replace(cpu_node, allocatable_cpu_millis=32000)
+    cpu_service = a_service("chat", resources=CPU)
+    pods = [replica("a"), replica("b"), replica("pending", node=None, phase="Pending")]
+    # 2 running replicas x 2 of the node's 32 CPUs x $1.13
+    expected = round(2 * 1.13 * 2 / 32, 4)
+    assert replicas.cost_per_hour(cpu_service, pods, {"cpu-0": cpu_node}, CATALOG) == expected
+
+    gpu_node = a_node("gpu-0")  # p5.48xlarge reserved: $38.53 for 8 H100s
+    gpu_service = a_service("big", resources={"gpuType": "H100", "gpusPerReplica": 2})
+    gpu_pods = [replica("g", node="gpu-0")]
+    assert replicas.cost_per_hour(gpu_service, gpu_pods, {"gpu-0": gpu_node}, CATALOG) == round(38.53 / 8 * 2, 4)
+
+    unpriced = dataclasses.replace(cpu_node, instance_type="unknown.large")
+    assert replicas.cost_per_hour(cpu_service, pods, {"cpu-0": unpriced}, CATALOG) == 0.0
+    assert replicas.cost_per_hour(cpu_service, pods, {}, CATALOG) == 0.0  # nodes not known
+
+
+@pytest.mark.parametrize(
+    ("horizon", "measured", "lead"),
+    [(None, None, 60), (None, 0.0, 15), (None, 3.0, 15), (None, 31.0, 45), (120, 31.0, 120)],
+    ids=["nothing-measured", "instant", "under-a-step", "rounded-up", "spec-wins"],
+)
+def test_the_routers_lead_is_the_spec_horizon_else_the_measured_startup(
+    horizon: int | None, measured: float | None, lead: int
+) -> None:
+    scaling: dict[str, Any] = {"metric": "rps", "target": 5}
+    if horizon is not None:
+        scaling["horizonSeconds"] = horizon
+    service = a_service("chat", min_replicas=1, max_replicas=4, autoscaling=scaling)
+    assert router.startup_lead(service, measured) == lead
+    env = {e["name"]: e["value"] for e in _router_env(service, measured)}
+    assert env["STRATA_ROUTER_AUTOSCALE_STARTUP_S"] == str(lead)
+
+
+def _router_env(service: api.InferenceService, measured: float | None) -> list[dict[str, str]]:
+    from strata_operator.settings import OperatorSettings
+
+    deployment = router.build_router_deployment(service, OperatorSettings(), measured)
+    env: list[dict[str, str]] = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    return env
+
+
+def test_status_reports_cost_and_startup_and_keeps_the_last_startup_while_none_is_measured() -> None:
+    service = a_service("chat", resources=CPU)
+    source = ModelSource(checkpoint="")
+    allotment = Allotment(2, False, "WithinQuota", "")
+    deployment = ObservedDeployment(2, 2, 2, "rev1", 1, 1)
+    draft = serving.service_status(service, {}, source, allotment, deployment, "rev1", T0, None, 0.1413, 31.26)
+    assert (draft.changes["costPerHour"], draft.changes["startupSeconds"]) == (0.1413, 31.3)
+    stored = {**draft.patch(), "startupSeconds": 31.3, "costPerHour": 0.1413}
+    later = serving.service_status(service, stored, source, allotment, deployment, "rev1", T0, None, 0.0, None)
+    assert later.changes.get("costPerHour") == 0.0
+    assert "startupSeconds" not in later.patch()
