@@ -4,11 +4,17 @@ A discrete simulation on a one-second grid. Every ``interval_s`` the policy deci
 :func:`strata_serving.autoscale.decide` (the live controller's own rule, not a copy); a replica it adds is ready
 ``startup_s`` after that decision; one it removes goes at once (a starting one first, the newest first). Costs::
 
-    demand(s)          = requests arriving in the ``demand_window_s`` seconds up to s, per second
-                         (in the first window: the first window's rate)
+    demand(s)          = the policy's metric over the ``demand_window_s`` seconds up to s
+                         (in the first window: the first window's value)
+                         rps:         requests arriving in the window, per second
+                         concurrency: request-seconds in the window, per second: the mean requests in flight
+                                      (Little's law on each request's duration; a trace with durations only)
     replica-seconds    = sum over s of (ready + starting replicas)          a starting replica is paid for
     SLO-miss seconds   = count of s with demand(s) > ready(s) * target
     (both from ``warmup_s`` on)
+
+A ``p99Latency`` target is not replayed: its misses depend on how latency grows with load per replica, a queueing
+model the replay does not have (the live router measures it instead).
 
 The policies: ``predictive`` and ``reactive`` (the HPA-like rule) from :mod:`~strata_serving.autoscale`, and a fixed
 fleet sized for the trace's peak demand from the start (no misses; the cost of never scaling).
@@ -33,6 +39,7 @@ import numpy as np
 
 from strata_serving.autoscale import (
     Forecast,
+    Metric,
     Mode,
     Recommendation,
     ScalingDecision,
@@ -135,6 +142,30 @@ def per_second_counts(arrivals_s: np.ndarray, duration_s: int | None = None) -> 
     return np.bincount(seconds[seconds < length], minlength=length).astype(float)
 
 
+def per_second_busy(arrivals_s: np.ndarray, durations_s: np.ndarray, duration_s: int | None = None) -> np.ndarray:
+    """Request-seconds in flight in each second ``[s, s + 1)``: each request is in flight from its arrival for its
+    duration, so a second's value is the mean number in flight during it (Little's law, second by second)."""
+    if len(arrivals_s) != len(durations_s):
+        raise ValueError(f"{len(arrivals_s)} arrivals but {len(durations_s)} durations")
+    if np.any(np.asarray(durations_s) < 0):
+        raise ValueError("durations_s must be >= 0")
+    starts = np.asarray(arrivals_s, dtype=float)
+    ends = starts + np.asarray(durations_s, dtype=float)
+    length = duration_s if duration_s is not None else int(np.floor(ends.max())) + 1 if len(ends) else 0
+    busy = np.zeros(length + 1)  # the partial seconds; index length collects what falls past the end
+    full = np.zeros(length + 2)  # difference array of the whole seconds each request covers
+    first, last = np.floor(starts).astype(int), np.floor(ends).astype(int)
+    same = first == last
+    np.add.at(busy, np.minimum(first[same], length), ends[same] - starts[same])
+    spans = ~same
+    np.add.at(busy, np.minimum(first[spans], length), first[spans] + 1 - starts[spans])
+    np.add.at(busy, np.minimum(last[spans], length), ends[spans] - last[spans])
+    np.add.at(full, np.minimum(first[spans] + 1, length), 1.0)
+    np.add.at(full, np.minimum(last[spans], length), -1.0)
+    result: np.ndarray = (busy + np.cumsum(full)[: length + 1])[:length]
+    return result
+
+
 def demand_rate(counts: np.ndarray, window_s: int) -> np.ndarray:
     """Requests per second over the ``window_s`` seconds up to and including each second.
 
@@ -190,13 +221,33 @@ ForecastAt = Callable[[int], Forecast | None]
 """The forecast made after the first ``n`` bins (the replay's table or a live forecaster)."""
 
 
-def simulate(
-    arrivals_s: np.ndarray, policy: ScalingPolicy, config: ReplayConfig, forecast_at: ForecastAt | None = None
-) -> ReplayResult:
-    """Replay ``arrivals_s`` through :func:`decide` with ``policy`` (see the module docstring for the costs)."""
+def sized_per_second(
+    arrivals_s: np.ndarray, policy: ScalingPolicy, config: ReplayConfig, durations_s: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Requests per second, and the per-second values the policy's metric sizes by (the same requests for rps,
+    the request-seconds in flight for concurrency)."""
     counts = per_second_counts(arrivals_s, config.duration_s)
+    if policy.metric is Metric.RPS:
+        return counts, counts
+    if policy.metric is Metric.P99_LATENCY:
+        raise ValueError("the replay evaluates the rps and concurrency metrics, not p99Latency (no queueing model)")
+    if durations_s is None:
+        raise ValueError("the concurrency metric needs durations_s: each request's time in flight")
+    return counts, per_second_busy(arrivals_s, durations_s, len(counts))
+
+
+def simulate(
+    arrivals_s: np.ndarray,
+    policy: ScalingPolicy,
+    config: ReplayConfig,
+    forecast_at: ForecastAt | None = None,
+    durations_s: np.ndarray | None = None,
+) -> ReplayResult:
+    """Replay ``arrivals_s`` through :func:`decide` with ``policy`` (see the module docstring for the costs);
+    ``durations_s``, each request's time in flight, is needed for the concurrency metric."""
+    counts, sized = sized_per_second(arrivals_s, policy, config, durations_s)
     duration = len(counts)
-    demand = demand_rate(counts, config.demand_window_s)
+    demand = demand_rate(sized, config.demand_window_s)
     first = config.initial_replicas
     if first is None:
         first = replicas_for(demand[min(duration, config.demand_window_s) - 1], policy.target)
@@ -214,7 +265,8 @@ def simulate(
             ready += 1
         predictive = forecast_at is not None and policy.mode is Mode.PREDICTIVE
         forecast = forecast_at(now // config.bin_s) if forecast_at is not None and predictive else None
-        decision = decide(now, counts[max(0, now - window) : now], 1, ready, len(starting), policy, forecast, past)
+        recent = slice(max(0, now - window), now)
+        decision = decide(now, counts[recent], 1, ready, len(starting), policy, forecast, past, busy=sized[recent])
         decisions.append(decision)
         past.append(Recommendation(now, decision.recommended))
         while past and now - past[0].time_s >= policy.stabilisation_s:
@@ -251,20 +303,27 @@ def _result(
     return ReplayResult(name, float(provisioned[counted].sum()), misses, ready, provisioned, decisions)
 
 
-def fixed_fleet(arrivals_s: np.ndarray, policy: ScalingPolicy, config: ReplayConfig) -> ReplayResult:
+def fixed_fleet(
+    arrivals_s: np.ndarray, policy: ScalingPolicy, config: ReplayConfig, durations_s: np.ndarray | None = None
+) -> ReplayResult:
     """A fleet sized for the trace's peak demand, ready from the first second and never scaled."""
-    demand = demand_rate(per_second_counts(arrivals_s, config.duration_s), config.demand_window_s)
+    demand = demand_rate(sized_per_second(arrivals_s, policy, config, durations_s)[1], config.demand_window_s)
     size = min(max(replicas_for(float(demand.max()), policy.target), policy.min_replicas), policy.max_replicas)
     fleet = np.full(len(demand), float(size))
     return _result(FIXED, demand, fleet, fleet, policy, config, [])
 
 
 def compare(
-    arrivals_s: np.ndarray, policy: ScalingPolicy, config: ReplayConfig, forecast_at: ForecastAt
+    arrivals_s: np.ndarray,
+    policy: ScalingPolicy,
+    config: ReplayConfig,
+    forecast_at: ForecastAt,
+    durations_s: np.ndarray | None = None,
 ) -> dict[str, ReplayResult]:
     """Predictive, reactive and the fixed fleet on the same arrivals and policy settings."""
+    predictive, reactive = replace(policy, mode=Mode.PREDICTIVE), replace(policy, mode=Mode.REACTIVE)
     return {
-        Mode.PREDICTIVE.value: simulate(arrivals_s, replace(policy, mode=Mode.PREDICTIVE), config, forecast_at),
-        Mode.REACTIVE.value: simulate(arrivals_s, replace(policy, mode=Mode.REACTIVE), config),
-        FIXED: fixed_fleet(arrivals_s, policy, config),
+        Mode.PREDICTIVE.value: simulate(arrivals_s, predictive, config, forecast_at, durations_s),
+        Mode.REACTIVE.value: simulate(arrivals_s, reactive, config, durations_s=durations_s),
+        FIXED: fixed_fleet(arrivals_s, policy, config, durations_s),
     }

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import gzip
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from strata_serving.autoscale import Forecast, Mode, ScalingPolicy
+from strata_serving.autoscale import Forecast, Metric, Mode, ScalingPolicy
 from strata_serving.replay import (
     ReplayConfig,
     TraceError,
@@ -16,6 +17,7 @@ from strata_serving.replay import (
     demand_rate,
     fixed_fleet,
     load_trace,
+    per_second_busy,
     rate_series,
     simulate,
 )
@@ -93,6 +95,34 @@ def test_demand_is_the_trailing_window_rate_and_the_forecasters_read_it_per_bin(
     assert demand_rate(counts, 2).tolist() == [2, 2, 6, 4, 0, 2]  # the first second: the first window's rate
     assert demand_rate(counts, 3).tolist() == [4, 4, 4, 4, 8 / 3, 4 / 3]
     assert rate_series(counts, 3, 2).tolist() == [6, 2]  # the demand at seconds 2 and 5
+
+
+def test_the_request_seconds_in_flight_are_each_requests_overlap_with_each_second() -> None:
+    arrivals, durations = np.array([0.5, 1.25, 3.0, 3.5]), np.array([2.0, 0.5, 0.0, 10.0])
+    # [0.5, 2.5) gives 0.5, 1, 0.5; [1.25, 1.75) 0.5 to second 1; [3.5, 13.5) is cut at the 6 seconds replayed
+    assert per_second_busy(arrivals, durations, 6).tolist() == [0.5, 1.5, 0.5, 0.5, 1.0, 1.0]
+    assert per_second_busy(arrivals[:2], durations[:2]).tolist() == [0.5, 1.5, 0.5]  # up to the last end
+    with pytest.raises(ValueError, match="durations_s must be >= 0"):
+        per_second_busy(arrivals, -durations)
+
+
+def test_concurrency_sizes_the_same_arrivals_by_how_long_each_request_takes() -> None:
+    # one request a second for 300 s; lasting 2 s each they hold 2 in flight, lasting 6 s, 6: the request rate is
+    # the same, so an rps target sizes both alike and a concurrency target sizes them by the work
+    arrivals = np.arange(0.0, 300.0)
+    config = ReplayConfig(interval_s=15, bin_s=15, demand_window_s=15, initial_replicas=1, duration_s=300)
+    kpa = replace(step_policy(Mode.REACTIVE, stabilisation_s=0), metric=Metric.CONCURRENCY)
+    short, long = (simulate(arrivals, kpa, config, durations_s=np.full(300, d)) for d in (2.0, 6.0))
+    assert (short.decisions[-1].replicas, long.decisions[-1].replicas) == (2, 6)
+    assert short.decisions[-1].observed == pytest.approx(2.0)
+    by_rate = simulate(arrivals, step_policy(Mode.REACTIVE, stabilisation_s=0), config)
+    assert by_rate.decisions[-1].replicas == 1
+    fixed = fixed_fleet(arrivals, kpa, config, np.full(300, 6.0))
+    assert (fixed.slo_miss_s, fixed.ready[0]) == (0, 6)
+    with pytest.raises(ValueError, match="needs durations_s"):
+        simulate(arrivals, kpa, config)
+    with pytest.raises(ValueError, match="not p99Latency"):
+        simulate(arrivals, replace(kpa, metric=Metric.P99_LATENCY), config)
 
 
 def write(path: Path, text: str) -> Path:
