@@ -16,8 +16,14 @@ The per-replica target (``target``, requests per second) is chosen per trace so 
 - Alibaba GenAI (diffusion): one image generation at a time per replica, 80% busy: 0.8 / median
   ``exec_time_seconds`` requests per second.
 
-Writes one PNG per trace and start-up time to ``--out``: demand, the forecast's upper band, and the ready capacity
-of the predictive and reactive fleets over time (for the 14-day trace, also its busiest day).
+A trace with execution times (Alibaba's) is replayed a second time with the ``concurrency`` metric: the requests
+in flight by Little's law (each request in flight for its ``exec_time_seconds``), a replica carrying 0.8 of them
+(one generation at a time, 80% busy). For such a trace every policy of either metric is also scored on one
+yardstick, ``work-miss s``: seconds with more requests in flight than its ready replicas carry at 0.8 each. The
+Azure traces have token counts but no service times, so they are replayed on the rate only.
+
+Writes one PNG per trace, metric and start-up time to ``--out``: demand, the forecast's upper band, and the ready
+capacity of the predictive and reactive fleets over time (for the 14-day trace, also its busiest day).
 
     .venv/bin/python bench/serving/autoscale_replay.py [--startups 30 60 120 300] [--out /tmp/strata-autoscale]
 """
@@ -34,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from strata_serving.autoscale import Forecast, ScalingPolicy
+from strata_serving.autoscale import Forecast, Metric, ScalingPolicy
 from strata_serving.forecasters import (
     Choice,
     ForecastSettings,
@@ -50,6 +56,7 @@ from strata_serving.replay import (
     compare,
     demand_rate,
     load_trace,
+    per_second_busy,
     per_second_counts,
     rate_series,
 )
@@ -86,13 +93,50 @@ def target_for(trace: Trace, demand: np.ndarray) -> tuple[float, str]:
     return p95 / 10, f"p95 minute rate {p95:.2f} req/s / 10 (busy minutes need ~10 replicas)"
 
 
+CONCURRENCY_TARGET = 0.8
+"""Requests in flight per replica for a trace with execution times: one generation at a time, 80% busy (the same
+replica as the rps target's ``0.8 / median exec time``, sized by each request's own time instead of the median)."""
+
+
 def run_trace(name: str, setup: Setup, args: argparse.Namespace) -> list[str]:
     started = time.monotonic()
     trace = load_trace(args.traces / setup.file)
     counts = per_second_counts(trace.arrivals_s)
     demand = demand_rate(counts, setup.demand_window_s)
     target, why = target_for(trace, demand)
-    series = rate_series(counts, setup.bin_s, setup.demand_window_s)
+    days = len(counts) / 86400
+    print(f"\n== {name}: {len(trace.arrivals_s):,} requests over {len(counts) / 3600:.1f} h ({days:.1f} days)")
+    work: np.ndarray | None = None  # the requests in flight (Little's law), where the trace has execution times
+    runs = [(Metric.RPS, counts, target, why)]
+    if trace.exec_s is not None:
+        busy = per_second_busy(trace.arrivals_s, trace.exec_s, len(counts))
+        work = demand_rate(busy, setup.demand_window_s)
+        runs.append((Metric.CONCURRENCY, busy, CONCURRENCY_TARGET, "one generation at a time, 80% busy"))
+    lines = []
+    for metric, sized, metric_target, metric_why in runs:
+        lines += replay_metric(name, setup, args, trace, metric, sized, metric_target, metric_why, work)
+    print(f"   ({time.monotonic() - started:.0f} s for this trace)")
+    return lines
+
+
+def replay_metric(
+    name: str,
+    setup: Setup,
+    args: argparse.Namespace,
+    trace: Trace,
+    metric: Metric,
+    sized: np.ndarray,
+    target: float,
+    why: str,
+    work: np.ndarray | None,
+) -> list[str]:
+    """One trace replayed with one metric (``sized``: its per-second values) at every start-up time. With ``work``
+    (the requests in flight, for a trace with execution times) each policy's seconds with more work in flight than
+    its ready replicas carry (at :data:`CONCURRENCY_TARGET`) are printed too, whatever the metric: one yardstick
+    for the rps and the concurrency targets."""
+    started = time.monotonic()
+    demand = demand_rate(sized, setup.demand_window_s)
+    series = rate_series(sized, setup.bin_s, setup.demand_window_s)
     settings = ForecastSettings(
         bin_s=setup.bin_s,
         refit_every_bins=setup.refit_every_bins,
@@ -108,16 +152,16 @@ def run_trace(name: str, setup: Setup, args: argparse.Namespace) -> list[str]:
     fitted_s = time.monotonic() - started
     warmup_s = (settings.min_eval_origins + max(horizons.values()) + settings.level_bins) * setup.bin_s
     config = ReplayConfig(interval_s=15, bin_s=setup.bin_s, demand_window_s=setup.demand_window_s, warmup_s=warmup_s)
-    days = len(counts) / 86400
-    print(f"\n== {name}: {len(trace.arrivals_s):,} requests over {len(counts) / 3600:.1f} h ({days:.1f} days)")
-    print(f"   target {target:.3f} req/s per replica: {why}; peak demand needs {math.ceil(demand.max() / target)}")
+    unit = metric.unit
+    print(f"\n   metric {metric.value}: target {target:.3f} {unit} per replica: {why}; peak demand needs "
+          f"{math.ceil(demand.max() / target)}")  # fmt: skip
     print(
         f"   forecast grid {setup.bin_s} s, demand over {setup.demand_window_s} s, decisions every 15 s, "
         f"first {warmup_s} s left out of every policy's figures (forecasters' warm-up)"
     )
-    lines = [f"{name}: target {target:.3f} req/s ({why})"]
+    lines = [f"{name} {metric.value}: target {target:.3f} {unit} ({why})"]
     for startup in args.startups:
-        policy = ScalingPolicy(target=target, startup_s=startup, margin_s=margin_s)
+        policy = ScalingPolicy(target=target, startup_s=startup, margin_s=margin_s, metric=metric)
         rows: list[tuple[str, ReplayResult]] = []
         picks: Counter[str] = Counter()
         upper_by_tick: np.ndarray | None = None
@@ -126,31 +170,37 @@ def run_trace(name: str, setup: Setup, args: argparse.Namespace) -> list[str]:
                 choices = rolling_choices(
                     paths, notes, series, horizons[startup], replace(settings, band_quantile=quantile), from_step
                 )
-                results = compare(trace.arrivals_s, policy, config, _reader(choices))
+                results = compare(trace.arrivals_s, policy, config, _reader(choices), trace.exec_s)
                 rows.append((f"pred {window} q{quantile:g}", results["predictive"]))
                 if window == "now" and quantile == args.quantiles[-1]:
                     picks = Counter(
                         c.forecast.method if c.forecast else "none" for c in choices[warmup_s // setup.bin_s :]
                     )
-                    upper_by_tick = _upper(choices, len(counts), setup.bin_s)
+                    upper_by_tick = _upper(choices, len(sized), setup.bin_s)
         rows += [("reactive (HPA)", results["reactive"]), ("fixed (peak)", results["fixed"])]
         reactive = results["reactive"]
         print(
             f"\n   start-up {startup} s (forecast {horizons[startup]} bins = {horizons[startup] * setup.bin_s} s ahead)"
         )
-        print(f"   {'policy':18s} {'replica-s':>12s} {'SLO-miss s':>10s} {'cost/react':>10s} {'miss/react':>10s}  aim")
+        extra = f" {'work-miss s':>11s}" if work is not None else ""
+        print(f"   {'policy':18s} {'replica-s':>12s} {'SLO-miss s':>10s} {'cost/react':>10s} {'miss/react':>10s}"
+              f"{extra}  aim")  # fmt: skip
         for label, result in rows:
             cost = result.replica_seconds / reactive.replica_seconds
             miss = result.slo_miss_s / reactive.slo_miss_s if reactive.slo_miss_s else math.nan
             aim = "met" if miss <= 0.5 and cost <= 1.10 else ""
             figures = f"{result.replica_seconds:12,.0f} {result.slo_miss_s:10,d} {cost:10.2f} {miss:10.2f}"
+            if work is not None:
+                short = work[warmup_s:] > result.ready[warmup_s:] * CONCURRENCY_TARGET + 1e-9
+                figures += f" {int(np.count_nonzero(short)):11,d}"
             print(f"   {label:18s} {figures}  {aim}")
-            lines.append(f"{name} startup {startup}s {label}: cost x{cost:.2f} miss x{miss:.2f}")
+            lines.append(f"{name} {metric.value} startup {startup}s {label}: cost x{cost:.2f} miss x{miss:.2f}")
         total = sum(picks.values())
         print("   forecaster picked: " + ", ".join(f"{m} {n / total:.0%}" for m, n in picks.most_common()))
         if upper_by_tick is not None:
-            _plot(args.out / f"{name}-startup{startup}s.png", name, startup, demand, upper_by_tick, rows, target)
-    print(f"   ({time.monotonic() - started:.0f} s for this trace, {fitted_s:.0f} s of it fitting and forecasting)")
+            out = args.out / f"{name}-{metric.value}-startup{startup}s.png"
+            _plot(out, name, startup, demand, upper_by_tick, rows, target, unit)
+    print(f"   ({time.monotonic() - started:.0f} s for this metric, {fitted_s:.0f} s of it fitting and forecasting)")
     return lines
 
 
@@ -171,6 +221,7 @@ def _plot(
     upper: np.ndarray,
     rows: list[tuple[str, ReplayResult]],
     target: float,
+    unit: str,
 ) -> None:
     import matplotlib
 
@@ -188,7 +239,7 @@ def _plot(
     for axis, (start, end) in zip(axes[:, 0], spans, strict=True):
         step = max(1, (end - start) // 4000)
         hours = np.arange(start, end, step) / 3600
-        axis.plot(hours, demand[start:end:step], lw=0.6, color="black", label="demand (req/s)")
+        axis.plot(hours, demand[start:end:step], lw=0.6, color="black", label=f"demand ({unit})")
         axis.plot(hours, upper[start:end:step], lw=0.8, color="tab:orange", label="forecast upper band")
         axis.plot(
             hours, predictive.ready[start:end:step] * target, lw=1, color="tab:blue", label="predictive ready capacity"
@@ -201,7 +252,7 @@ def _plot(
             label="reactive ready capacity",
         )
         axis.set_xlabel("hours from the first request")
-        axis.set_ylabel("requests/s")
+        axis.set_ylabel(unit)
         axis.legend(loc="upper left", fontsize=8)
     axes[0, 0].set_title(f"{name}, replica start-up {startup} s")
     figure.tight_layout()
