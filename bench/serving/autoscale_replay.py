@@ -114,7 +114,7 @@ def run_trace(name: str, setup: Setup, args: argparse.Namespace) -> list[str]:
         runs.append((Metric.CONCURRENCY, busy, CONCURRENCY_TARGET, "one generation at a time, 80% busy"))
     lines = []
     for metric, sized, metric_target, metric_why in runs:
-        lines += replay_metric(name, setup, args, trace, metric, sized, metric_target, metric_why, work)
+        lines += replay_metric(name, setup, args, trace, metric, sized, metric_target, metric_why, work, counts)
     print(f"   ({time.monotonic() - started:.0f} s for this trace)")
     return lines
 
@@ -129,6 +129,7 @@ def replay_metric(
     target: float,
     why: str,
     work: np.ndarray | None,
+    counts: np.ndarray,
 ) -> list[str]:
     """One trace replayed with one metric (``sized``: its per-second values) at every start-up time. With ``work``
     (the requests in flight, for a trace with execution times) each policy's seconds with more work in flight than
@@ -149,6 +150,11 @@ def replay_metric(
     paths, notes = rolling_paths(
         default_candidates(settings, fitted=not args.no_fitted), series, max(horizons.values()), settings
     )
+    rate_paths = None
+    if metric is Metric.CONCURRENCY:
+        rate_series_ = rate_series(counts, setup.bin_s, setup.demand_window_s)
+        candidates = default_candidates(settings, fitted=not args.no_fitted)
+        rate_paths = (rate_series_, *rolling_paths(candidates, rate_series_, max(horizons.values()), settings))
     fitted_s = time.monotonic() - started
     warmup_s = (settings.min_eval_origins + max(horizons.values()) + settings.level_bins) * setup.bin_s
     config = ReplayConfig(interval_s=15, bin_s=setup.bin_s, demand_window_s=setup.demand_window_s, warmup_s=warmup_s)
@@ -177,6 +183,19 @@ def replay_metric(
                         c.forecast.method if c.forecast else "none" for c in choices[warmup_s // setup.bin_s :]
                     )
                     upper_by_tick = _upper(choices, len(sized), setup.bin_s)
+        if rate_paths is not None:
+            rates, r_paths, r_notes = rate_paths
+            quantile = args.quantiles[-1]
+            choices = rolling_choices(
+                r_paths, r_notes, rates, horizons[startup], replace(settings, band_quantile=quantile)
+            )
+            reader = _littles_law(choices, counts, sized, setup.bin_s)
+            rows.append(
+                (
+                    f"rate x L q{quantile:g}",
+                    compare(trace.arrivals_s, policy, config, reader, trace.exec_s)["predictive"],
+                )
+            )
         rows += [("reactive (HPA)", results["reactive"]), ("fixed (peak)", results["fixed"])]
         reactive = results["reactive"]
         print(
@@ -202,6 +221,31 @@ def replay_metric(
             _plot(out, name, startup, demand, upper_by_tick, rows, target, unit)
     print(f"   ({time.monotonic() - started:.0f} s for this metric, {fitted_s:.0f} s of it fitting and forecasting)")
     return lines
+
+
+LATENCY_WINDOW_S = 3600
+"""The mean latency that turns a rate forecast into a concurrency one is measured over the last hour."""
+
+
+def _littles_law(
+    choices: list[Choice], counts: np.ndarray, busy: np.ndarray, bin_s: int
+) -> Callable[[int], Forecast | None]:
+    """A concurrency forecast from a rate forecast: the band times the mean latency of the last
+    :data:`LATENCY_WINDOW_S` (request-seconds over requests, both observed before the forecast's origin)."""
+    requests = np.concatenate([[0.0], np.cumsum(counts)])
+    seconds = np.concatenate([[0.0], np.cumsum(busy)])
+
+    def at(n: int) -> Forecast | None:
+        forecast = choices[n].forecast if n < len(choices) else None
+        end = min(n * bin_s, len(counts))
+        start = max(0, end - LATENCY_WINDOW_S)
+        if forecast is None or requests[end] == requests[start]:
+            return None
+        latency = (seconds[end] - seconds[start]) / (requests[end] - requests[start])
+        scaled = {k: getattr(forecast, k) * latency for k in ("mean", "lower", "upper")}
+        return replace(forecast, **scaled, method=f"{forecast.method} x L")
+
+    return at
 
 
 def _reader(choices: list[Choice]) -> Callable[[int], Forecast | None]:
