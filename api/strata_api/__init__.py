@@ -51,6 +51,9 @@ LABEL_INFERENCE_SERVICE = f"{GROUP}/inference-service"
 """On an InferenceService's Deployment, Service, PodDisruptionBudget and replica pods: the service's name."""
 LABEL_REVISION = f"{GROUP}/revision"
 """On an InferenceService's replica pods: the hash of their pod template (the service's ``status.revision``)."""
+LABEL_CANARY = f"{GROUP}/canary"
+"""On the replica pods of an InferenceService's canary (``"true"``): what the canary's Deployment and headless
+Service select, apart from the stable revision's replicas."""
 """How many times the gang was (re)started; pods of an older attempt are never mistaken for the current gang."""
 
 # --- annotations on pods (read by the extender) ---

@@ -20,6 +20,7 @@ from typing import Any
 import strata_api as api
 from strata_api import InferenceService
 from strata_api.serving import LABEL_ROUTER, SCALE_PATH, ScaleReport
+from strata_operator.core.canary import RolloutPlan, canary_dns
 from strata_operator.core.pods import CONTAINER_SECURITY_CONTEXT, pod_security_context
 from strata_operator.core.serving import SERVE_PORT, owned_labels, owner_reference, revision, url
 from strata_operator.settings import OperatorSettings
@@ -95,16 +96,22 @@ def startup_lead(service: InferenceService, measured_s: float | None) -> int:
 
 
 def router_env(
-    service: InferenceService, settings: OperatorSettings, measured_startup_s: float | None = None
+    service: InferenceService,
+    settings: OperatorSettings,
+    measured_startup_s: float | None = None,
+    rollout: RolloutPlan | None = None,
 ) -> dict[str, str]:
-    """The router's settings (``STRATA_ROUTER_<FIELD>``): where the replicas are, and the autoscaler's policy
-    (its lead: :func:`startup_lead` of the measured start-up)."""
+    """The router's settings (``STRATA_ROUTER_<FIELD>``): where the replicas are (and a canary's, with its share
+    of the requests, while ``rollout`` splits them), and the autoscaler's policy (its lead: :func:`startup_lead`
+    of the measured start-up)."""
     spec = service.spec
     env = {
         "PORT": str(ROUTER_PORT),
         "REPLICAS_DNS": f"{replicas_service_name(service)}.{service.namespace}.svc:{SERVE_PORT}",
         "REPLICA_CONCURRENCY": str(spec.model.max_batch),  # the server batches this many at once
     }
+    if rollout is not None and rollout.splitting:
+        env.update(CANARY_DNS=canary_dns(service), CANARY_PERCENT=str(rollout.percent))
     scaling = spec.autoscaling
     if scaling is not None and autoscaled(service):
         env.update(
@@ -120,19 +127,22 @@ def router_env(
 
 
 def build_router_deployment(
-    service: InferenceService, settings: OperatorSettings, measured_startup_s: float | None = None
+    service: InferenceService,
+    settings: OperatorSettings,
+    measured_startup_s: float | None = None,
+    rollout: RolloutPlan | None = None,
 ) -> dict[str, Any]:
     """The router's Deployment: ``router_replicas`` pods spread over nodes and zones, ready once they have
     discovered the replicas, with a writable ``/tmp`` (Prophet's fits write there) on a read-only root.
     ``measured_startup_s``: the replicas' measured start-up (``status.startupSeconds``), the autoscaler's lead when
-    the spec sets none."""
+    the spec sets none; ``rollout``: a canary's split, which the routers make."""
     labels = router_selector(service)
     container: dict[str, Any] = {
         "name": ROUTER_CONTAINER,
         "image": settings.router_image,
         "imagePullPolicy": service.spec.image_pull_policy,
         "command": list(ROUTER_COMMAND),
-        "env": [{"name": k, "value": v} for k, v in router_env(service, settings, measured_startup_s).items()],
+        "env": [{"name": k, "value": v} for k, v in router_env(service, settings, measured_startup_s, rollout).items()],
         "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 2},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 6},

@@ -81,6 +81,11 @@ def selector(service: InferenceService) -> dict[str, str]:
     return {api.LABEL_INFERENCE_SERVICE: service.name, api.LABEL_MANAGED_BY: api.MANAGED_BY}
 
 
+def canary_name(service: InferenceService) -> str:
+    """The canary's Deployment (:mod:`strata_operator.core.canary`)."""
+    return service.name + "-canary"
+
+
 def owned_labels(service: InferenceService) -> dict[str, str]:
     """Labels of everything the service owns; the operator's Deployment watch selects on the kind."""
     return {**selector(service), api.LABEL_JOB_KIND: api.INFERENCE_SERVICE}
@@ -370,14 +375,22 @@ def build_deployment(
     source: ModelSource,
     replicas: int,
     settings: OperatorSettings,
+    *,
+    canary: bool = False,
 ) -> dict[str, Any]:
     """The replicas' Deployment; its pod template carries the revision (a hash of the rest of the template) in a
-    label, and the Deployment carries it in an annotation."""
+    label, and the Deployment carries it in an annotation. ``canary``: the canary's Deployment ``<name>-canary``
+    instead (:mod:`strata_operator.core.canary`), whose pods carry ``strata.dev/canary`` beside the same revision
+    hash, so that a promoted canary's template is the stable one's to the letter."""
     template = _pod_template(service, pool, source, settings)
     rev = revision(template)
     template["metadata"]["labels"][api.LABEL_REVISION] = rev
+    match = selector(service)
+    if canary:
+        template["metadata"]["labels"][api.LABEL_CANARY] = "true"
+        match = {**match, api.LABEL_CANARY: "true"}
     rollout = service.spec.rollout
-    meta = _metadata(service)
+    meta = _metadata(service, canary_name(service) if canary else None)
     meta["annotations"] = {api.LABEL_REVISION: rev}
     return {
         "apiVersion": "apps/v1",
@@ -385,7 +398,7 @@ def build_deployment(
         "metadata": meta,
         "spec": {
             "replicas": replicas,
-            "selector": {"matchLabels": selector(service)},
+            "selector": {"matchLabels": match},
             "strategy": {
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": rollout.max_surge, "maxUnavailable": rollout.max_unavailable},
@@ -579,11 +592,14 @@ def service_status(
     report: ScaleReport | None = None,
     cost_per_hour: float | None = None,
     startup_seconds: float | None = None,
+    *,
+    canary_deployment: ObservedDeployment | None = None,
 ) -> StatusDraft:
     """The status to write, and the events for what changed: replicas, URL, revision, the Ready, QuotaLimited and
     ModelAvailable conditions, the last scaling decision (``report``: the router's, when it has one), the running
     replicas' ``cost_per_hour`` (None: not known yet, left as it is) and the measured ``startup_seconds`` (None:
-    no replica of the revision is ready yet, so the last measurement stays)."""
+    no replica of the revision is ready yet, so the last measurement stays). ``canary_deployment``: a running
+    canary's (:mod:`strata_operator.core.canary`), whose replicas count as the service's too."""
     draft = StatusDraft(stored, now)
     desired = allotment.replicas if isinstance(model, ModelSource) else 0
     before = stored.get("desiredReplicas")
@@ -591,7 +607,9 @@ def service_status(
         why = allotment.message if allotment.limited else (report.message if report is not None else "")
         kind = Reason.SCALED_UP if desired > before else Reason.SCALED_DOWN
         draft.events.append(Event(NORMAL, kind, f"{before} -> {desired} replicas" + (f": {why}" if why else "")))
-    ready = deployment.ready if deployment is not None else 0
+    running = [d for d in (deployment, canary_deployment) if d is not None]
+    ready = sum(d.ready for d in running)
+    rolled_out = deployment is not None and all(d.rolled_out for d in running)
     draft.set("observedGeneration", service.generation)
     draft.set("desiredReplicas", desired)
     draft.set("readyReplicas", ready)
@@ -610,7 +628,7 @@ def service_status(
         if desired == 0:
             why = allotment.message if allotment.limited else "spec.replicas.min is 0"
             _condition(draft, READY, "False", Reason.NO_REPLICAS, f"no replica runs: {why}", WARNING)
-        elif ready >= desired and deployment is not None and deployment.rolled_out:
+        elif ready >= desired and rolled_out:
             _condition(draft, READY, "True", Reason.REPLICAS_READY, f"{ready} of {desired} replicas ready")
         else:
             _condition(draft, READY, "False", Reason.REPLICAS_STARTING, f"{ready} of {desired} replicas ready")

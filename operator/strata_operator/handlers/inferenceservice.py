@@ -22,10 +22,11 @@ import orjson
 
 import strata_api as api
 from strata_api import InferenceService, ResourcePool, TrainingJob
-from strata_operator.core import replicas, router, serving
+from strata_operator.core import canary, replicas, router, serving
+from strata_operator.core.canary import RolloutPlan
 from strata_operator.core.serving import ModelSource, ObservedDeployment
 from strata_operator.runtime.jobs import JobEntry
-from strata_operator.runtime.kube import ApiError
+from strata_operator.runtime.kube import ApiError, Kube
 from strata_operator.runtime.serving import (
     ServiceEntry,
     ServingState,
@@ -38,6 +39,7 @@ from strata_operator.runtime.serving import (
     write_status,
 )
 from strata_operator.runtime.shared import IndexMapping, IndexOf, Runtime, first
+from strata_operator.settings import OperatorSettings
 
 STALE_VIEW_S = 5.0
 """After writing a service's status, wait at most this long for the write to come back through the watch."""
@@ -143,63 +145,84 @@ async def run_inferenceservice(
 
 
 async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str, Any]) -> bool:
-    """One pass: the router's scaling decision (autoscaled services), the replica count the quota holds, the
-    Deployments, Services and budgets (each written only when missing or different from what the watch shows),
-    then the status; whether a status change was written."""
+    """One pass: the router's scaling decision (autoscaled services), the rollout (a canary beside the stable
+    revision, :mod:`strata_operator.core.canary`), the replica count the quota holds, the Deployments, Services and
+    budgets (each written only when missing or different from what the watch shows), then the status; whether a
+    status change was written."""
     service, settings = entry.service, runtime.settings
     services_index: IndexOf[ServiceEntry] = indices["inferenceservices"]
     pools_index: IndexOf[ResourcePool] = indices["resourcepools"]
     jobs_index: IndexOf[JobEntry] = indices["trainingjobs"]
+    deployments: IndexOf[ObservedDeployment] = indices["servingdeployments"]
     pools = {p.name: p for store in list(pools_index.values()) for p in store}
     same_pool = [
         e for store in list(services_index.values()) for e in store if e.service.spec.pool == service.spec.pool
     ]
     jobs = [e.job for store in list(jobs_index.values()) for e in store]
+    ns = service.namespace
+    model = serving.resolve_model(service, _training_job(service, jobs_index))
+    observed: ObservedDeployment | None = first(deployments, service.key)
+    observed_canary: ObservedDeployment | None = first(deployments, f"{ns}/{serving.canary_name(service)}")
+    pool = pools.get(service.spec.pool)
+    plan: RolloutPlan | None = None
+    rev: str | None = None
+    if pool is not None and isinstance(model, ModelSource):
+        rev = serving.build_deployment(service, pool, model, 0, settings)["metadata"]["annotations"][api.LABEL_REVISION]
+        plan = canary.plan_rollout(service, rev, observed, observed_canary)
     report = None
     if router.autoscaled(service):
         report = await read_scale(router.scale_url(service, settings), settings.scale_timeout_s)
-    wanted = {e.service.key: router.wanted_replicas(e.service, None, e.status) for e in same_pool}
-    wanted[service.key] = router.wanted_replicas(service, report, entry.status)
+    wanted = {
+        e.service.key: canary.stored_ask(e.service, e.status, router.wanted_replicas(e.service, None, e.status))
+        for e in same_pool
+    }
+    own = router.wanted_replicas(service, report, entry.status)
+    wanted[service.key] = canary.asked(own, plan)
     allotment = serving.allot(
         [e.service for e in same_pool], pools, [j for j in jobs if j.spec.pool == service.spec.pool], wanted
     )[service.key]
-    model = serving.resolve_model(service, _training_job(service, jobs_index))
-    observed: ObservedDeployment | None = first(indices["servingdeployments"], service.key)
-    pool = pools.get(service.spec.pool)
+    stable_count, canary_count = canary.split(allotment.replicas, own, plan)
     kube = runtime.api
-    rev: str | None = None
-    ns = service.namespace
     cache = runtime.observed
     pods = list(cache.replica_pods.get(service.key, ()))
     startup: float | None = None
-    if pool is not None and isinstance(model, ModelSource):
-        deployment = serving.build_deployment(service, pool, model, allotment.replicas, settings)
-        rev = deployment["metadata"]["annotations"][api.LABEL_REVISION]
-        if serving.needs_update(deployment, observed):
-            await put_deployment(kube, deployment)
+    if pool is not None and isinstance(model, ModelSource) and plan is not None and rev is not None:
+        await _apply_replicas(
+            kube, service, pool, model, settings, plan, stable_count, canary_count, observed, observed_canary
+        )
         startup = replicas.startup_seconds(pods, rev)
         stored_startup = entry.status.get("startupSeconds")
         measured = (
             startup if startup is not None else stored_startup if isinstance(stored_startup, float | int) else None
         )
-        routers = router.build_router_deployment(service, settings, measured)
-        if serving.needs_update(routers, first(indices["servingdeployments"], f"{ns}/{router.router_name(service)}")):
+        routers = router.build_router_deployment(service, settings, measured, plan)
+        if serving.needs_update(routers, first(deployments, f"{ns}/{router.router_name(service)}")):
             await put_deployment(kube, routers)
-        for collection, manifest, index in (
+        owned = [
             (services_path(ns), router.build_front_service(service), "servingservices"),
             (services_path(ns), serving.build_replicas_service(service), "servingservices"),
             (disruption_budgets_path(ns), serving.build_disruption_budget(service), "servingbudgets"),
             (disruption_budgets_path(ns), router.build_router_budget(service), "servingbudgets"),
-        ):
+        ]
+        if plan.splitting:
+            owned.append((services_path(ns), canary.build_canary_service(service), "servingservices"))
+        for collection, manifest, index in owned:
             observed_spec = first(indices[index], f"{ns}/{manifest['metadata']['name']}")
             if serving.drifted(manifest, observed_spec):
                 await ensure(kube, collection, manifest, observed_spec)
-    elif observed is not None and observed.replicas:
+    else:
         # no pool or no model: a replica could only wait for nothing or crash-loop; scaled to 0, kept for later
-        await kube.merge_patch(deployments_path(ns, service.name), {"spec": {"replicas": 0}})
+        for name, seen in ((service.name, observed), (serving.canary_name(service), observed_canary)):
+            if seen is not None and seen.replicas:
+                await kube.merge_patch(deployments_path(ns, name), {"spec": {"replicas": 0}})
     now = datetime.now(UTC).replace(microsecond=0)
     cost = replicas.cost_per_hour(service, pods, IndexMapping(cache.nodes), settings.prices) if cache.synced else None
-    draft = serving.service_status(service, entry.status, model, allotment, observed, rev, now, report, cost, startup)
+    trial = observed_canary if plan is not None and plan.splitting else None
+    draft = serving.service_status(
+        service, entry.status, model, allotment, observed, rev, now, report, cost, startup, canary_deployment=trial
+    )
+    if plan is not None:
+        canary.rollout_status(draft, plan, observed_canary, canary_count)
     patch = draft.patch()
     written = await write_status(kube, entry, patch, draft.events)
     if written and report is not None and "lastScale" in patch:
@@ -209,6 +232,37 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
             direction = "up" if after > before else "down"
         runtime.metrics.scale_decisions.labels(direction).inc()
     return written and bool(patch)
+
+
+async def _apply_replicas(
+    kube: Kube,
+    service: InferenceService,
+    pool: ResourcePool,
+    model: ModelSource,
+    settings: OperatorSettings,
+    plan: RolloutPlan,
+    stable_count: int,
+    canary_count: int,
+    stable: ObservedDeployment | None,
+    observed_canary: ObservedDeployment | None,
+) -> None:
+    """The replicas' Deployments as ``plan`` has them: while a canary runs, the stable one keeps its template (only
+    its count is patched) and the canary's is written from the spec; otherwise the stable one runs the spec's
+    template and a canary that is there goes, with its headless Service."""
+    ns = service.namespace
+    if plan.splitting:
+        if stable is not None and stable.replicas != stable_count:
+            await kube.merge_patch(deployments_path(ns, service.name), {"spec": {"replicas": stable_count}})
+        manifest = serving.build_deployment(service, pool, model, canary_count, settings, canary=True)
+        if serving.needs_update(manifest, observed_canary):
+            await put_deployment(kube, manifest)
+        return
+    deployment = serving.build_deployment(service, pool, model, stable_count, settings)
+    if serving.needs_update(deployment, stable):
+        await put_deployment(kube, deployment)
+    if plan.remove_canary:
+        await kube.delete(deployments_path(ns, serving.canary_name(service)))
+        await kube.delete(services_path(ns, canary.canary_service_name(service)))
 
 
 def _training_job(service: InferenceService, jobs: IndexOf[JobEntry]) -> TrainingJob | None:

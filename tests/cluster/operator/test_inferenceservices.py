@@ -252,6 +252,83 @@ def test_a_trainingjob_waits_for_quota_a_services_replicas_hold_and_is_admitted_
     strata.wait_phase("trainer", "Admitted", "Running")
 
 
+def router_env(services: Services, name: str) -> dict[str, str]:
+    routers = services.apps.read_namespaced_deployment(f"{name}-router", services.namespace)
+    return {e.name: e.value for e in routers.spec.template.spec.containers[0].env}
+
+
+def deployment_revision(services: Services, name: str) -> str | None:
+    try:
+        deployment = services.apps.read_namespaced_deployment(name, services.namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return str(deployment.metadata.annotations[api.LABEL_REVISION])
+
+
+def test_a_canary_runs_the_new_revision_beside_the_stable_one_then_is_promoted(
+    services: Services, strata: Strata
+) -> None:
+    pool = cpu_pool(strata, 8)
+    name = services.apply(service_body("llm", pool, min_replicas=4, rollout={"canaryPercent": 20}))
+    old = services.wait_ready(name, 4)["revision"]
+    ns = services.namespace
+
+    services.patch_spec(name, {"model": {"preset": "small"}})  # a new revision, with 20% of the requests
+    status = services.wait_status(name, "a canary of 1 beside 4", desiredReplicas=5, readyReplicas=5)
+    new = status["revision"]
+    assert new != old
+    assert (status["stableRevision"], status["canaryRevision"], status["canaryReplicas"]) == (old, new, 1)
+    stable = services.apps.read_namespaced_deployment(name, ns)
+    assert (stable.spec.replicas, deployment_revision(services, name)) == (4, old)  # its template untouched
+    env = {e.name: e.value for e in stable.spec.template.spec.containers[0].env}
+    assert env["STRATA_SERVE_MODEL"] == "debug"
+    trial = services.apps.read_namespaced_deployment(f"{name}-canary", ns)
+    assert (trial.spec.replicas, deployment_revision(services, f"{name}-canary")) == (1, new)
+    env = {e.name: e.value for e in trial.spec.template.spec.containers[0].env}
+    assert env["STRATA_SERVE_MODEL"] == "small"
+    headless = services.core.read_namespaced_service(f"{name}-canary-replicas", ns)
+    assert headless.spec.selector[api.LABEL_CANARY] == "true"
+    routers = router_env(services, name)
+    assert routers["STRATA_ROUTER_CANARY_PERCENT"] == "20"
+    assert routers["STRATA_ROUTER_CANARY_DNS"] == f"{name}-canary-replicas.{ns}.svc:{SERVE_PORT}"
+    assert sorted(p.metadata.labels[api.LABEL_REVISION] for p in services.pods(name)) == sorted([new] + [old] * 4)
+    eventually(lambda: "CanaryStarted" in services.events(name) or None, 30, "a CanaryStarted Event")
+
+    services.patch_spec(name, {"rollout": {"canaryPercent": 100}})  # promote
+    eventually(lambda: deployment_revision(services, f"{name}-canary") is None or None, 60, "the canary gone")
+    status = services.wait_status(name, "promoted", desiredReplicas=4, readyReplicas=4, stableRevision=new)
+    assert "canaryRevision" not in status
+    assert deployment_revision(services, name) == new
+    eventually(
+        lambda: sorted(p.metadata.labels[api.LABEL_REVISION] for p in services.pods(name)) == [new] * 4 or None,
+        60,
+        "4 replicas of the new revision only",
+    )
+    assert "STRATA_ROUTER_CANARY_DNS" not in router_env(services, name)
+    with pytest.raises(ApiException) as gone:
+        services.core.read_namespaced_service(f"{name}-canary-replicas", ns)
+    assert gone.value.status == 404
+    eventually(lambda: "CanaryPromoted" in services.events(name) or None, 30, "a CanaryPromoted Event")
+
+
+def test_a_canary_is_rolled_back_when_the_template_returns_to_the_stable_one(
+    services: Services, strata: Strata
+) -> None:
+    pool = cpu_pool(strata, 8)
+    name = services.apply(service_body("back", pool, min_replicas=2, rollout={"canaryPercent": 50}))
+    old = services.wait_ready(name, 2)["revision"]
+    services.patch_spec(name, {"model": {"preset": "small"}})
+    services.wait_status(name, "a canary of 1 beside 2", desiredReplicas=3, canaryReplicas=1)
+
+    services.patch_spec(name, {"model": {"preset": "debug"}})  # back to the stable revision's template
+    eventually(lambda: deployment_revision(services, f"{name}-canary") is None or None, 60, "the canary gone")
+    status = services.wait_status(name, "rolled back", desiredReplicas=2, readyReplicas=2, revision=old)
+    assert (status["stableRevision"], "canaryRevision" in status) == (old, False)
+    eventually(lambda: "CanaryRolledBack" in services.events(name) or None, 30, "a CanaryRolledBack Event")
+
+
 def test_a_deleted_replica_is_replaced(services: Services, strata: Strata) -> None:
     pool = cpu_pool(strata, 8)
     name = services.apply(service_body("resilient", pool, min_replicas=2))

@@ -1,0 +1,179 @@
+"""Canary rollouts of an InferenceService (``spec.rollout.canaryPercent``, as KServe's canaryTrafficPercent): pure
+decisions and builders. No I/O.
+
+When the pod template's revision changes and ``canaryPercent`` is 1..99, the old revision keeps running as the
+stable Deployment ``<name>`` (its template untouched; the operator keeps only its count) and the new revision runs
+as the Deployment ``<name>-canary`` of ``ceil(total x percent / 100)`` replicas (at least 1), behind its own
+headless Service ``<name>-canary-replicas``; the routers get ``--canary-dns`` and ``--canary-percent`` and send
+that share of the requests to it (docs/router.md, "Canary"). The canary's replicas count against the pool like
+any replica: the service asks its pool for the stable count plus the canary's.
+
+- **Promotion**: ``canaryPercent`` 0 or 100, no split, so the spec's revision is the one that runs: the stable
+  Deployment rolls to the new template (within ``maxSurge``/``maxUnavailable``) and the canary's Deployment and
+  Service go. KServe promotes on 100 or on removing the field; 0 here is the field's default, "no canary", so it
+  promotes too (KServe's 0 keeps the new revision deployed with no traffic, a state this API does not have).
+- **Rollback**: the spec's template returns to the stable revision's: the canary goes, the stable was never
+  touched.
+- A template changed again during a canary replaces the canary's template (a new canary revision).
+
+Where a rollout stands lives in the cluster, the stable Deployment's revision annotation and whether the canary
+Deployment exists, so a restarted operator picks a canary up halfway.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import strata_api as api
+from strata_api import InferenceService
+from strata_operator.core.serving import (
+    SERVE_PORT,
+    ObservedDeployment,
+    owned_labels,
+    owner_reference,
+    selector,
+)
+from strata_operator.core.status import NORMAL, Event, StatusDraft
+
+
+class Reason:
+    CANARY_STARTED = "CanaryStarted"
+    CANARY_PROMOTED = "CanaryPromoted"
+    CANARY_ROLLED_BACK = "CanaryRolledBack"
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """What runs after this pass: the stable Deployment's revision, and the canary's while requests are split."""
+
+    stable_revision: str
+    canary_revision: str | None = None
+    """The new revision on trial, while the split lasts; None: no canary runs."""
+    percent: int = 0
+    """Share of requests the routers send to the canary (``canaryPercent``), while it runs."""
+    remove_canary: bool = False
+    """A canary Deployment is there and is not wanted any more (promoted or rolled back)."""
+
+    @property
+    def splitting(self) -> bool:
+        return self.canary_revision is not None
+
+
+def plan_rollout(
+    service: InferenceService,
+    revision: str,
+    stable: ObservedDeployment | None,
+    canary: ObservedDeployment | None,
+) -> RolloutPlan:
+    """The rollout for the spec's template ``revision``, given what runs (the stable and canary Deployments).
+
+    A new service (or one whose stable Deployment was deleted by hand: the old template is gone with it) runs the
+    spec's revision as its stable. A revision other than the stable's with ``canaryPercent`` 1..99 runs as the
+    canary. Anything else makes the spec's revision the stable one and removes a canary that is there."""
+    percent = service.spec.rollout.canary_percent
+    if stable is not None and stable.revision != revision and 0 < percent < 100:
+        return RolloutPlan(stable.revision, revision, percent)
+    return RolloutPlan(revision, remove_canary=canary is not None)
+
+
+def canary_replicas(total: int, percent: int) -> int:
+    """The canary's size for ``total`` stable replicas: ``ceil(total x percent / 100)``, at least 1 (a canary of
+    0 replicas would get no requests to judge it by); 0 when the service runs none."""
+    return 0 if total <= 0 else max(1, math.ceil(total * percent / 100))
+
+
+def asked(wanted: int, plan: RolloutPlan | None) -> int:
+    """What the service asks its pool for: ``wanted`` stable replicas, plus the canary's while one runs."""
+    if plan is None or not plan.splitting:
+        return wanted
+    return wanted + canary_replicas(wanted, plan.percent)
+
+
+def split(granted: int, wanted: int, plan: RolloutPlan | None) -> tuple[int, int]:
+    """The pool's grant as (stable, canary) replicas: the stable revision first, since it serves the requests the
+    canary does not; the canary gets what is left of its share."""
+    stable = min(wanted, granted)
+    return stable, (granted - stable if plan is not None and plan.splitting else 0)
+
+
+def canary_service_name(service: InferenceService) -> str:
+    return service.name + "-canary-replicas"
+
+
+def canary_dns(service: InferenceService) -> str:
+    """What the routers resolve to the canary's replicas (``--canary-dns``)."""
+    return f"{canary_service_name(service)}.{service.namespace}.svc:{SERVE_PORT}"
+
+
+def canary_selector(service: InferenceService) -> dict[str, str]:
+    return {**selector(service), api.LABEL_CANARY: "true"}
+
+
+def build_canary_service(service: InferenceService) -> dict[str, Any]:
+    """The canary's headless Service: its replicas only, starting ones too (as ``<name>-replicas`` publishes the
+    stable's). The stable's Service selects every replica, the canary's among them; the router counts an address
+    in both lists as the canary's."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": canary_service_name(service),
+            "namespace": service.namespace,
+            "labels": owned_labels(service),
+            "ownerReferences": [owner_reference(service)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": canary_selector(service),
+            "ports": [{"name": "http", "port": SERVE_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def rollout_status(draft: StatusDraft, plan: RolloutPlan, canary: ObservedDeployment | None, canary_count: int) -> None:
+    """Record the rollout in the status draft (``stableRevision``; ``canaryRevision``, ``canaryReplicas`` and
+    ``canaryReadyReplicas`` while a canary runs, removed after) with an Event when a canary starts, is promoted or
+    is rolled back."""
+    before = draft.stored.get("canaryRevision")
+    draft.set("stableRevision", plan.stable_revision)
+    if plan.splitting:
+        draft.set("canaryRevision", plan.canary_revision)
+        draft.set("canaryReplicas", canary_count)
+        draft.set("canaryReadyReplicas", canary.ready if canary is not None else 0)
+        if before != plan.canary_revision:
+            draft.events.append(
+                Event(
+                    NORMAL,
+                    Reason.CANARY_STARTED,
+                    f"revision {plan.canary_revision} runs as a canary of {canary_count} replicas taking "
+                    f"{plan.percent}% of the requests; revision {plan.stable_revision} stays the stable one"
+                    + (f" (it replaces canary revision {before})" if before else ""),
+                )
+            )
+        return
+    for key in ("canaryRevision", "canaryReplicas", "canaryReadyReplicas"):
+        if key in draft.stored:
+            draft.set(key, None)
+    if not isinstance(before, str):
+        return
+    if before == plan.stable_revision:
+        message = f"revision {before} promoted: the stable replicas roll to it and the canary's go"
+        draft.events.append(Event(NORMAL, Reason.CANARY_PROMOTED, message))
+    else:
+        message = (
+            f"canary revision {before} rolled back: its replicas go and the stable ones run revision "
+            f"{plan.stable_revision}"
+        )
+        draft.events.append(Event(NORMAL, Reason.CANARY_ROLLED_BACK, message))
+
+
+def stored_ask(service: InferenceService, status: Mapping[str, Any], wanted: int) -> int:
+    """What another service of the pool asks for, as its stored status says: ``wanted`` stable replicas, plus its
+    canary's while ``status.canaryRevision`` says one runs."""
+    if not isinstance(status.get("canaryRevision"), str):
+        return wanted
+    return wanted + canary_replicas(wanted, service.spec.rollout.canary_percent)

@@ -1,0 +1,164 @@
+"""Canary rollouts of an InferenceService (strata_operator.core.canary): when a new revision runs beside the
+stable one, how big the canary is and how the pool's grant is shared, the canary's Deployment and headless
+Service, what the routers are told, and the status and Events of a start, a promotion and a rollback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from operator_builders import T0, a_pool
+from serving_builders import a_service
+
+import strata_api as api
+from strata_operator.core import canary, router, serving
+from strata_operator.core.canary import RolloutPlan
+from strata_operator.core.serving import ModelSource, ObservedDeployment
+from strata_operator.core.status import StatusDraft
+from strata_operator.settings import OperatorSettings
+from strata_serving.router_settings import load_router_settings
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
+
+SETTINGS = OperatorSettings()
+CPU_POOL = a_pool("pool", max_gpus=0, maxCPUs=8, capacityTypes=["on-demand", "reserved"])
+SOURCE = ModelSource(checkpoint="")
+
+
+def with_percent(percent: int, **kwargs: Any) -> api.InferenceService:
+    return a_service("chat", min_replicas=5, rollout={"canaryPercent": percent}, **kwargs)
+
+
+def deployment(revision: str, replicas: int = 5, ready: int | None = None) -> ObservedDeployment:
+    ready = replicas if ready is None else ready
+    return ObservedDeployment(replicas, ready, replicas, revision, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("percent", "stable", "trial", "plan"),
+    [
+        (20, None, None, RolloutPlan("new")),  # a new service: nothing to compare with
+        (20, deployment("new"), None, RolloutPlan("new")),  # the spec's revision runs already
+        (20, deployment("old"), None, RolloutPlan("old", "new", 20)),  # a new revision: the canary starts
+        (20, deployment("old"), deployment("new", 1), RolloutPlan("old", "new", 20)),  # and keeps running
+        (0, deployment("old"), None, RolloutPlan("new")),  # no canary asked: the stable rolls as a whole
+        (100, deployment("old"), deployment("new", 1), RolloutPlan("new", remove_canary=True)),  # promoted
+        (0, deployment("old"), deployment("new", 1), RolloutPlan("new", remove_canary=True)),  # promoted too
+        (20, deployment("new"), deployment("newer", 1), RolloutPlan("new", remove_canary=True)),  # rolled back
+    ],
+    ids=["new-service", "unchanged", "starts", "runs", "no-canary", "promote-100", "promote-0", "rollback"],
+)
+def test_the_rollout_plan(
+    percent: int, stable: ObservedDeployment | None, trial: ObservedDeployment | None, plan: RolloutPlan
+) -> None:
+    assert canary.plan_rollout(with_percent(percent), "new", stable, trial) == plan
+
+
+@pytest.mark.parametrize(("total", "percent", "size"), [(10, 20, 2), (5, 20, 1), (3, 50, 2), (1, 1, 1), (0, 20, 0)])
+def test_the_canary_is_its_share_of_the_stable_count_rounded_up_and_at_least_one(
+    total: int, percent: int, size: int
+) -> None:
+    assert canary.canary_replicas(total, percent) == size
+
+
+def test_the_canary_asks_its_pool_beside_the_stable_replicas_which_come_first() -> None:
+    plan = RolloutPlan("old", "new", 20)
+    assert canary.asked(5, plan) == 6
+    assert canary.asked(5, RolloutPlan("new")) == 5
+    assert canary.split(6, 5, plan) == (5, 1)
+    assert canary.split(5, 5, plan) == (5, 0)  # the quota holds only the stable's: no canary replica yet
+    assert canary.split(5, 5, RolloutPlan("new")) == (5, 0)
+    assert canary.stored_ask(with_percent(20), {"canaryRevision": "new"}, 5) == 6
+    assert canary.stored_ask(with_percent(20), {}, 5) == 5
+
+
+def test_the_canary_deployment_runs_the_spec_template_apart_from_the_stable_one() -> None:
+    service = with_percent(20)
+    stable = serving.build_deployment(service, CPU_POOL, SOURCE, 5, SETTINGS)
+    trial = serving.build_deployment(service, CPU_POOL, SOURCE, 1, SETTINGS, canary=True)
+    rev = stable["metadata"]["annotations"][api.LABEL_REVISION]
+
+    assert trial["metadata"]["name"] == "chat-canary"
+    assert trial["metadata"]["annotations"] == {api.LABEL_REVISION: rev}  # the same hash: promotion is exact
+    assert trial["spec"]["replicas"] == 1
+    canary_labels = {**serving.selector(service), api.LABEL_CANARY: "true"}
+    assert trial["spec"]["selector"] == {"matchLabels": canary_labels}
+    labels = trial["spec"]["template"]["metadata"]["labels"]
+    assert labels == {**stable["spec"]["template"]["metadata"]["labels"], api.LABEL_CANARY: "true"}
+    assert trial["spec"]["template"]["spec"] == stable["spec"]["template"]["spec"]
+
+    headless = canary.build_canary_service(service)
+    assert headless["metadata"]["name"] == "chat-canary-replicas"
+    assert headless["spec"]["selector"] == canary_labels
+    assert (headless["spec"]["clusterIP"], headless["spec"]["publishNotReadyAddresses"]) == ("None", True)
+
+
+def test_the_routers_split_requests_only_while_a_canary_runs() -> None:
+    service = with_percent(20)
+    splitting = router.router_env(service, SETTINGS, rollout=RolloutPlan("old", "new", 20))
+    assert splitting["STRATA_ROUTER_CANARY_DNS"] == "chat-canary-replicas.team.svc:8000"
+    settings = load_router_settings([], env=splitting)  # names the router reads, values it accepts
+    assert (settings.canary_dns, settings.canary_percent) == ("chat-canary-replicas.team.svc:8000", 20.0)
+    for plan in (None, RolloutPlan("new")):
+        env = router.router_env(service, SETTINGS, rollout=plan)
+        assert "STRATA_ROUTER_CANARY_DNS" not in env
+        assert "STRATA_ROUTER_CANARY_PERCENT" not in env
+    # a change of split rolls the routers (their environment is their template)
+    before = router.build_router_deployment(service, SETTINGS)["metadata"]["annotations"]
+    during = router.build_router_deployment(service, SETTINGS, rollout=RolloutPlan("old", "new", 20))
+    assert during["metadata"]["annotations"] != before
+
+
+def events(draft: StatusDraft) -> list[tuple[str, str]]:
+    return [(e.reason, e.message) for e in draft.events]
+
+
+def test_status_and_events_of_a_canary_started_then_promoted() -> None:
+    start = StatusDraft({"stableRevision": "old"}, T0)
+    canary.rollout_status(start, RolloutPlan("old", "new", 20), deployment("new", 1, ready=0), 1)
+    assert start.patch() == {"canaryRevision": "new", "canaryReplicas": 1, "canaryReadyReplicas": 0}
+    assert events(start) == [
+        (
+            "CanaryStarted",
+            "revision new runs as a canary of 1 replicas taking 20% of the requests; revision old stays the stable one",
+        )
+    ]
+    running = {"stableRevision": "old", "canaryRevision": "new", "canaryReplicas": 1, "canaryReadyReplicas": 0}
+    again = StatusDraft(running, T0)
+    canary.rollout_status(again, RolloutPlan("old", "new", 20), deployment("new", 1), 1)
+    assert (again.patch(), again.events) == ({"canaryReadyReplicas": 1}, [])
+
+    promoted = StatusDraft({**running, "canaryReadyReplicas": 1}, T0)
+    canary.rollout_status(promoted, RolloutPlan("new", remove_canary=True), None, 0)
+    assert promoted.patch() == {
+        "stableRevision": "new",
+        "canaryRevision": None,
+        "canaryReplicas": None,
+        "canaryReadyReplicas": None,
+    }
+    assert events(promoted) == [
+        ("CanaryPromoted", "revision new promoted: the stable replicas roll to it and the canary's go")
+    ]
+
+
+def test_a_rolled_back_canary_says_so() -> None:
+    draft = StatusDraft({"stableRevision": "old", "canaryRevision": "new", "canaryReplicas": 1}, T0)
+    canary.rollout_status(draft, RolloutPlan("old", remove_canary=True), None, 0)
+    assert events(draft) == [
+        ("CanaryRolledBack", "canary revision new rolled back: its replicas go and the stable ones run revision old")
+    ]
+    assert draft.patch() == {"canaryRevision": None, "canaryReplicas": None}
+
+
+def test_a_service_with_a_canary_is_ready_when_both_revisions_are() -> None:
+    service = with_percent(20)
+    allotment = serving.Allotment(6, False, "WithinQuota", "")
+    starting = serving.service_status(
+        service, {}, SOURCE, allotment, deployment("old"), "new", T0, canary_deployment=deployment("new", 1, ready=0)
+    )
+    assert (starting.changes["readyReplicas"], starting.changes["desiredReplicas"]) == (5, 6)
+    assert next(c for c in starting.changes["conditions"] if c["type"] == "Ready")["status"] == "False"
+    ready = serving.service_status(
+        service, {}, SOURCE, allotment, deployment("old"), "new", T0, canary_deployment=deployment("new", 1)
+    )
+    assert next(c for c in ready.changes["conditions"] if c["type"] == "Ready")["status"] == "True"
