@@ -22,7 +22,7 @@ For ``rps`` and ``concurrency`` (``target`` a capacity per replica, ``observed``
 
 For ``p99Latency`` (``p99`` over the window, ``current`` = ready + starting), in either mode::
 
-    no request in the window             0                            idle: down to the floor, slowly
+    no request in the window             0                            idle: the floor, after stabilisation
     requests, none finished in it        current (1 if 0)             nothing measured: hold
     starting > 0 and p99 > target        current                      wait for the replicas already ordered
     p99 > target                         min(ceil(current * p99 / target), current + max(current, 4))
@@ -75,7 +75,7 @@ class Metric(StrEnum):
     @property
     def unit(self) -> str:
         """How a value of the metric reads in a decision's reason."""
-        return {Metric.RPS: "req/s", Metric.CONCURRENCY: "in flight", Metric.P99_LATENCY: "s p99"}[self]
+        return {Metric.RPS: "req/s", Metric.CONCURRENCY: "in flight", Metric.P99_LATENCY: "s"}[self]
 
     @property
     def is_capacity(self) -> bool:
