@@ -49,8 +49,11 @@ class StatusDraft:
         value = self.get("phase")
         return Phase(value) if value else None
 
-    def transition(self, phase: Phase, reason: str, message: str, event_type: str = NORMAL) -> None:
-        """Enter ``phase`` (or restate why we are in it): status, the phase conditions, and an event."""
+    def transition(
+        self, phase: Phase, reason: str, message: str, event_type: str = NORMAL, *, event: bool = True
+    ) -> None:
+        """Enter ``phase`` (or restate why we are in it): status, the phase conditions, and (unless ``event`` is
+        False: a moment the same write's next transition tells) an Event."""
         changed = self.phase != phase or self.get("reason") != reason
         self.set("phase", phase.value)
         self.set("reason", reason)
@@ -60,7 +63,7 @@ class StatusDraft:
                 self.condition(kind, "True", reason, message)
             elif self._condition(kind) is not None:
                 self.condition(kind, "False", reason, f"the job is {phase.value}")
-        if changed:
+        if changed and event:
             self.events.append(Event(event_type, reason, message))
 
     def condition(self, kind: str, status: str, reason: str, message: str) -> None:

@@ -24,9 +24,8 @@ from strata_api import ResourcePool, TrainingJob
 from strata_operator.core import lifecycle
 from strata_operator.core.follow import DaemonMemory, Work
 from strata_operator.core.observed import WorkerPod
-from strata_operator.core.status import NORMAL, Event
 from strata_operator.runtime import gangs
-from strata_operator.runtime.jobs import JobEntry, patch_status, post_event
+from strata_operator.runtime.jobs import JobEntry, patch_status
 from strata_operator.runtime.kube import ApiError
 from strata_operator.runtime.shared import IndexMapping, IndexOf, Runtime, first
 
@@ -223,14 +222,13 @@ async def _create(
 
 
 async def _lift(runtime: Runtime, entry: JobEntry, lift: list[WorkerPod], memory: DaemonMemory) -> None:
-    """Ungate the pods together, remember them as lifted, and say so with an Event."""
+    """Ungate the pods together and remember them as lifted. No Event: the job's next one (AllWorkersRunning, or
+    the reason it is requeued) follows within seconds, and each Event is a request on a busy API server."""
     memory.lifted.update(p.uid for p in lift)
     failed = await gangs.lift_gates(runtime.api, entry.job.namespace, lift)
     if failed:
         memory.lifted -= {p.uid for p, _ in failed}  # lifted again at the next pass
         raise failed[0][1]
-    message = f"all {entry.job.spec.workers} workers exist: scheduling gates lifted together"
-    post_event(entry, Event(NORMAL, "GatesLifted", message))
 
 
 def register(registry: kopf.OperatorRegistry) -> None:

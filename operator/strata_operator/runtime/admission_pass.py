@@ -113,9 +113,11 @@ async def _write_admitted(
     its deadline can still be met."""
     granted = gpu_type.value if gpu_type else api.CPU
     draft = StatusDraft(entry.status, now)
-    if entry.job.status.phase is None:  # straight from submission: its Queued moment is recorded too
+    if entry.job.status.phase is None:
+        # straight from submission: its Queued moment is recorded too, but told by the Admitted Event alone (an
+        # Event is a request; two at the same second say nothing the one does not)
         draft.set("submittedAt", format_time(entry.job.created))
-        draft.transition(Phase.QUEUED, Reason.SUBMITTED, f"submitted to pool {entry.job.spec.pool}")
+        draft.transition(Phase.QUEUED, Reason.SUBMITTED, f"submitted to pool {entry.job.spec.pool}", event=False)
     draft.set("attempt", entry.job.status.attempt + 1)
     draft.set("admittedAt", format_time(now))
     # what the daemon would write at its first pass of the new attempt, written here: one status write less a gang

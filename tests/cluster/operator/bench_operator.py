@@ -329,12 +329,18 @@ def main() -> None:
 def requests_table(gangs: Calls, operator: Calls, jobs: int) -> str:
     """API requests per job by verb and resource, the gang client's (first create -> last pod Ready) next to the
     operator's (first job created -> every job Running); every client's requests, the bench's own polling too."""
-    lines = ["\nAPI requests per job (every client, from apiserver_request_total):", "",
-             "| verb | resource | gang client | operator |", "|---|---|---|---|"]  # fmt: skip
-    for key in sorted(set(gangs) | set(operator), key=lambda k: -max(gangs.get(k, 0), operator.get(k, 0))):
+    lines = ["\nAPI requests per job (every client, from apiserver_request_total), and their mean latency at the "
+             "API server (apiserver_request_duration_seconds):", "",
+             "| verb | resource | gang client | operator | mean ms, gang client / operator |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    counted = [k for k in set(gangs) | set(operator) if not k[1].startswith(LATENCY)]
+    for key in sorted(counted, key=lambda k: -max(gangs.get(k, 0), operator.get(k, 0))):
         if max(gangs.get(key, 0), operator.get(key, 0)) >= jobs / 20:  # at least one call in 20 jobs
+            ms = [mean_latency_ms(c, *key) for c in (gangs, operator)]
+            latency = " / ".join("-" if m is None else f"{m:.0f}" for m in ms)
             lines.append(
-                f"| {key[0]} | {key[1]} | {gangs.get(key, 0) / jobs:.2f} | {operator.get(key, 0) / jobs:.2f} |"
+                f"| {key[0]} | {key[1]} | {gangs.get(key, 0) / jobs:.2f} | {operator.get(key, 0) / jobs:.2f} "
+                f"| {latency} |"
             )
     totals = (
         ("all", lambda k: True),
@@ -342,9 +348,9 @@ def requests_table(gangs: Calls, operator: Calls, jobs: int) -> str:
         ("all but leases, successful only", lambda k: not k[1].startswith("leases") and not k[1].endswith(")")),
     )
     for name, kept in totals:
-        theirs = sum(v for k, v in gangs.items() if kept(k)) / jobs
-        mine = sum(v for k, v in operator.items() if kept(k)) / jobs
-        lines.append(f"| {name} | | {theirs:.1f} | {mine:.1f} (**{mine / theirs:.2f}x**) |")
+        theirs = sum(gangs.get(k, 0) for k in counted if kept(k)) / jobs
+        mine = sum(operator.get(k, 0) for k in counted if kept(k)) / jobs
+        lines.append(f"| {name} | | {theirs:.1f} | {mine:.1f} (**{mine / theirs:.2f}x**) | |")
     lines.append(
         "\n(leases: node and component heartbeats, which grow with the run's length, not with its jobs; failed "
         "requests, code in brackets, are the operator's conflicts and kwok's refused status patches)"
@@ -490,19 +496,37 @@ def pod_stages(items: list[Any], jobs: list[TrainingJob]) -> dict[str, float]:
     }
 
 
+LATENCY = "seconds in "
+"""Prefix of the resource in :func:`api_calls`' keys that hold the summed request seconds rather than counts."""
+
+
 def api_calls(cluster: LocalCluster) -> dict[tuple[str, str], float]:
     """apiserver_request_total by verb and resource(/subresource) (and the HTTP code when not a success), from the
-    API server's own metrics."""
+    API server's own metrics; under ``(verb, LATENCY + resource)`` the seconds those requests took in all
+    (apiserver_request_duration_seconds_sum, which has no code)."""
     counts: dict[tuple[str, str], float] = {}
     for line in cluster.kubectl("get", "--raw", "/metrics").splitlines():
-        if not line.startswith("apiserver_request_total{"):
+        total = line.startswith("apiserver_request_total{")
+        if not total and not line.startswith("apiserver_request_duration_seconds_sum{"):
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
         resource = labels.get("resource", "") + ("/" + labels["subresource"] if labels.get("subresource") else "")
         code = labels.get("code", "")
-        key = (labels.get("verb", ""), resource + (f" ({code})" if code not in ("200", "201") else ""))
+        if total:
+            key = (labels.get("verb", ""), resource + (f" ({code})" if code not in ("200", "201") else ""))
+        else:
+            key = (labels.get("verb", ""), LATENCY + resource)
         counts[key] = counts.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
     return counts
+
+
+def mean_latency_ms(calls: Calls, verb: str, resource: str) -> float | None:
+    """The mean seconds (as ms) of a verb on a resource, every answer code together, from :func:`api_calls`."""
+    if resource.endswith(")"):
+        return None
+    count = sum(v for (b, r), v in calls.items() if b == verb and (r == resource or r.startswith(resource + " (")))
+    seconds = calls.get((verb, LATENCY + resource))
+    return 1000 * seconds / count if seconds is not None and count else None
 
 
 def event_reasons(core: Any) -> dict[tuple[str, str], int]:
