@@ -1,5 +1,5 @@
 """An InferenceService's replica pods as the operator's pod watch sees them, and what status says of them: the
-hourly cost of the running replicas and their measured start-up time. Pure; no I/O.
+hourly cost of the running replicas, their measured start-up time, and a model the server refused. Pure; no I/O.
 
 The pods come from the operator's one pod watch (:class:`strata_operator.runtime.watches.ClusterCache`), which
 already lists every pod of the served namespaces for GPU accounting: reading the replicas from it costs no extra
@@ -17,7 +17,9 @@ from typing import Any
 import strata_api as api
 from strata_api import InferenceService, parse_time
 from strata_api.catalog import Catalog
+from strata_api.workload import ExitCode
 from strata_operator.core.observed import Node
+from strata_operator.core.serving import ModelProblem
 
 RECENT_STARTS = 5
 """``status.startupSeconds`` is the median over this many replicas of the current revision, the most recently
@@ -68,6 +70,42 @@ class ReplicaPod:
             exit_code=code if isinstance(code, int) else None,
             restarts=int(server.get("restartCount") or 0),
         )
+
+
+MODEL_EXITS = {
+    ExitCode.INVALID_CONFIGURATION: (
+        "InvalidConfiguration",
+        "invalid configuration: the server refused its settings, for example a spec.model.path or modelDir that "
+        "does not exist in the replica, or a preset the checkpoint does not match",
+    ),
+    ExitCode.NO_USABLE_CHECKPOINT: (
+        "NoUsableCheckpoint",
+        "no usable checkpoint: checkpoints exist where spec.model points but none passes its checksums and loads",
+    ),
+}
+"""The server's exit codes (:class:`strata_api.workload.ExitCode`) that say its model cannot be served: a restart
+reads the same settings and bytes, so the replica would only crash-loop. Reason and meaning of each."""
+
+
+def model_failure(pods: Iterable[ReplicaPod], revision: str) -> ModelProblem | None:
+    """Why the model of ``revision`` cannot be served, from its replicas: none of them is ready and one's server
+    last exited with a code of :data:`MODEL_EXITS` (a replica that exited so once and is ready now does not
+    count: its volume was fixed meanwhile); None otherwise."""
+    current = [p for p in pods if p.revision == revision and not p.deleting]
+    if any(p.ready_at is not None for p in current):
+        return None
+    failed = sorted((p for p in current if p.exit_code in MODEL_EXITS), key=lambda p: p.name)
+    if not failed:
+        return None
+    pod = failed[0]
+    assert pod.exit_code is not None
+    reason, meaning = MODEL_EXITS[pod.exit_code]
+    restarts = f", restarted {pod.restarts} times" if pod.restarts else ""
+    return ModelProblem(
+        reason,
+        f"replica {pod.name} of revision {revision} exited with code {pod.exit_code}{restarts}: {meaning} "
+        "(its log names the cause); no replica of the revision is ready",
+    )
 
 
 def startup_seconds(pods: Iterable[ReplicaPod], revision: str) -> float | None:

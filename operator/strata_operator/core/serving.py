@@ -594,12 +594,16 @@ def service_status(
     startup_seconds: float | None = None,
     *,
     canary_deployment: ObservedDeployment | None = None,
+    model_failure: ModelProblem | None = None,
 ) -> StatusDraft:
     """The status to write, and the events for what changed: replicas, URL, revision, the Ready, QuotaLimited and
     ModelAvailable conditions, the last scaling decision (``report``: the router's, when it has one), the running
     replicas' ``cost_per_hour`` (None: not known yet, left as it is) and the measured ``startup_seconds`` (None:
     no replica of the revision is ready yet, so the last measurement stays). ``canary_deployment``: a running
-    canary's (:mod:`strata_operator.core.canary`), whose replicas count as the service's too."""
+    canary's (:mod:`strata_operator.core.canary`), whose replicas count as the service's too. ``model_failure``:
+    the replicas' servers refused the model (:func:`strata_operator.core.replicas.model_failure`): ModelAvailable
+    and Ready say so, with a Warning Event, while the replicas keep their count (a fixed volume or a new revision
+    mends it)."""
     draft = StatusDraft(stored, now)
     desired = allotment.replicas if isinstance(model, ModelSource) else 0
     before = stored.get("desiredReplicas")
@@ -623,6 +627,10 @@ def service_status(
     if isinstance(model, ModelProblem):
         _condition(draft, MODEL_AVAILABLE, "False", model.reason, model.message, WARNING)
         _condition(draft, READY, "False", model.reason, f"no replica runs: {model.message}", WARNING)
+    elif model_failure is not None:
+        _condition(draft, MODEL_AVAILABLE, "False", model_failure.reason, model_failure.message, WARNING)
+        message = f"{ready} of {desired} replicas ready: {model_failure.message}"
+        _condition(draft, READY, "False", model_failure.reason, message, WARNING)
     else:
         _condition(draft, MODEL_AVAILABLE, "True", model.reason, f"serving {model.message}")
         if desired == 0:

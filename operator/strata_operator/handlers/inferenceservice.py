@@ -218,8 +218,20 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
     now = datetime.now(UTC).replace(microsecond=0)
     cost = replicas.cost_per_hour(service, pods, IndexMapping(cache.nodes), settings.prices) if cache.synced else None
     trial = observed_canary if plan is not None and plan.splitting else None
+    refused = replicas.model_failure(pods, rev) if rev is not None else None
     draft = serving.service_status(
-        service, entry.status, model, allotment, observed, rev, now, report, cost, startup, canary_deployment=trial
+        service,
+        entry.status,
+        model,
+        allotment,
+        observed,
+        rev,
+        now,
+        report,
+        cost,
+        startup,
+        canary_deployment=trial,
+        model_failure=refused,
     )
     if plan is not None:
         canary.rollout_status(draft, plan, observed_canary, canary_count)

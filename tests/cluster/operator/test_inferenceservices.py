@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_harness import OperatorProcess, Strata
 from operator_manifests import a_job
-from serving_builders import service_body
+from serving_builders import IMAGE, service_body
 
 import strata_api as api
 from strata_api.catalog import DEFAULT_CATALOG, load_catalog
@@ -376,6 +377,61 @@ def test_a_service_of_a_missing_trainingjob_starts_nothing_and_says_why(services
     assert services.condition(name, "Ready")["status"] == "False"
     assert services.pods(name) == []
     eventually(lambda: "TrainingJobNotFound" in services.events(name) or None, 30, "an Event naming the reason")
+
+
+def crash_looping(exit_code: int, now: str) -> dict[str, Any]:
+    """A replica's status as the kubelet reports it when its server exits ``exit_code`` at every start (restart
+    policy Always: the pod stays Running, not ready, its container waiting in CrashLoopBackOff after the last
+    termination). kwok plays no restarts, so the test writes it, as the kubelet would."""
+    return {
+        "conditions": [
+            {"type": "Ready", "status": "False", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": "False", "lastTransitionTime": now},
+        ],
+        "containerStatuses": [
+            {
+                "name": "server",
+                "image": IMAGE,
+                "imageID": "",
+                "ready": False,
+                "started": False,
+                "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": exit_code, "reason": "Error", "finishedAt": now}},
+            }
+        ],
+    }
+
+
+def test_a_model_the_replicas_refuse_is_reported_not_left_to_crash_loop_unnoticed(
+    services: Services, strata: Strata
+) -> None:
+    pool = cpu_pool(strata, 8)
+    name = services.apply(service_body("refused", pool, min_replicas=2, model={"path": "/models/missing"}))
+    services.wait_ready(name, 2)  # kwok's pods start whatever the path: the servers' exits are written below
+    ns = services.namespace
+    now = api.format_time(datetime.now(UTC))
+    for pod in services.pods(name):  # what spec.model.path missing makes of every replica: exit 2, over and over
+        services.core.patch_namespaced_pod_status(pod.metadata.name, ns, {"status": crash_looping(2, now)})
+
+    eventually(
+        lambda: services.condition(name, "ModelAvailable").get("reason") == "InvalidConfiguration" or None,
+        30,
+        "ModelAvailable InvalidConfiguration",
+    )
+    model = services.condition(name, "ModelAvailable")
+    assert model["status"] == "False"
+    assert "exited with code 2, restarted 3 times: invalid configuration" in model["message"]
+    assert "spec.model.path" in model["message"]
+    assert services.condition(name, "Ready")["reason"] == "InvalidConfiguration"
+    assert services.apps.read_namespaced_deployment(name, ns).spec.replicas == 2  # the count stays
+    eventually(lambda: "InvalidConfiguration" in services.events(name) or None, 30, "a Warning Event")
+
+    # the volume fixed: a replica's next start loads the model and turns ready, and the model is available again
+    first_pod = services.pods(name)[0]
+    ready = {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}]}
+    services.core.patch_namespaced_pod_status(first_pod.metadata.name, ns, {"status": ready})
+    eventually(lambda: services.condition(name, "ModelAvailable").get("status") == "True" or None, 30, "recovery")
 
 
 def test_a_service_of_a_trainingjob_serves_its_checkpoint_volume(services: Services, strata: Strata) -> None:

@@ -151,3 +151,38 @@ def test_status_reports_cost_and_startup_and_keeps_the_last_startup_while_none_i
     later = serving.service_status(service, stored, source, allotment, deployment, "rev1", T0, None, 0.0, None)
     assert later.changes.get("costPerHour") == 0.0
     assert "startupSeconds" not in later.patch()
+
+
+def test_a_model_the_servers_refuse_is_named_by_their_exit_code_until_a_replica_is_ready() -> None:
+    failing = [replica("chat-a", last_exit=2), replica("chat-b", ready=None)]
+    problem = replicas.model_failure(failing, "rev1")
+    assert problem is not None
+    assert problem.reason == "InvalidConfiguration"
+    assert problem.message.startswith(
+        "replica chat-a of revision rev1 exited with code 2, restarted 3 times: invalid configuration: the server "
+        "refused its settings, for example a spec.model.path or modelDir that does not exist in the replica"
+    )
+    corrupt = replicas.model_failure([replica("chat-a", last_exit=3)], "rev1")
+    assert corrupt is not None
+    assert corrupt.reason == "NoUsableCheckpoint"
+    assert replicas.model_failure(failing, "rev2") is None  # another revision's replicas say nothing of this one
+    assert replicas.model_failure([replica("chat-a", last_exit=1)], "rev1") is None  # a crash a restart may mend
+    recovered = [replica("chat-a", last_exit=2, ready=30), replica("chat-b", last_exit=2)]
+    assert replicas.model_failure(recovered, "rev1") is None  # one is ready: the model loads
+
+
+def test_a_refused_model_makes_model_available_and_ready_false_with_a_warning_but_keeps_the_replicas() -> None:
+    service = a_service("chat", resources=CPU, min_replicas=2)
+    problem = replicas.model_failure([replica("chat-a", last_exit=2)], "rev1")
+    allotment = Allotment(2, False, "WithinQuota", "")
+    deployment = ObservedDeployment(2, 0, 2, "rev1", 1, 1)
+    loaded = {"type": "ModelAvailable", "status": "True", "reason": "RandomWeights", "message": ""}
+    stored = {"desiredReplicas": 2, "conditions": [{**loaded, "lastTransitionTime": "2026-01-01T11:00:00Z"}]}
+    draft = serving.service_status(
+        service, stored, ModelSource(checkpoint=""), allotment, deployment, "rev1", T0, model_failure=problem
+    )
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in draft.changes["conditions"]}
+    assert conditions["ModelAvailable"] == ("False", "InvalidConfiguration")
+    assert conditions["Ready"] == ("False", "InvalidConfiguration")
+    assert "desiredReplicas" not in draft.changes  # still 2: a fixed volume is picked up by the next restart
+    assert [(e.type, e.reason) for e in draft.events] == [("Warning", "InvalidConfiguration")] * 2
