@@ -236,25 +236,29 @@ class Extender:
             names = [name for name, node in state.nodes.items() if node.gpu_type == gpu.value]
             outcome = filter_nodes(as_type, names, state, hold, self.pins.active(), min)
             costs = [
-                (cost, name)
+                (cost, listed, name)
                 for name in outcome.passed
-                if (cost := cost_per_unit_work(self.catalog, as_type, state.nodes[name], hour, self.defaults))
+                if (cost := cost_per_unit_work(self.catalog, as_type, node := state.nodes[name], hour, self.defaults))
+                is not None
+                and (listed := cost_per_unit_work(self.catalog, as_type, node, hour, self.defaults, marginal=False))
                 is not None
             ]
             if costs:
-                cost, name = min(costs)
+                cost, listed, name = min(costs)
                 node = state.nodes[name]
                 options.append(
                     {
                         "gpuType": gpu.value,
                         "resource": gpu.resource,
                         "costPerUnitWork": round(cost, 6),
+                        "listCostPerUnitWork": round(listed, 6),
                         "node": name,
                         "capacityType": node.capacity_type,
                         "feasibleNodes": len(outcome.passed),
                     }
                 )
-        options.sort(key=lambda option: (option["costPerUnitWork"], option["gpuType"]))
+        # free reserved GPUs of several types all cost 0 (sunk): the lower commitment rate per unit of work wins
+        options.sort(key=lambda option: (option["costPerUnitWork"], option["listCostPerUnitWork"], option["gpuType"]))
         return orjson.dumps({"recommended": options[0]["gpuType"] if options else None, "options": options})
 
     def _cheapest(self, pod: PodView, names: list[str], hour: int) -> str:

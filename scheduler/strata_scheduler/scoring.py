@@ -5,12 +5,25 @@ For a pod ``p`` on node ``n`` at UTC hour ``h``::
     price(n)      = n's strata.dev/price-per-hour annotation, else catalog[instance type][capacity type]
                     (dollars per node-hour)
     per_gpu(n)    = price(n) / allocatable GPUs of n                 (strata_api's Catalog.gpu_price)
+    marginal(n)   = 0 when n is reserved, else per_gpu(n)
     r(p, n)       = p's relative-throughput override for n's GPU type, else catalog[p's precision][GPU type]
     c             = hours of work at risk per interruption: min(checkpoint interval, expected runtime), or the
                     expected runtime when the job never checkpoints
     slowdown(p,n) = (exp(lambda * c) - 1) / (lambda * c)      with lambda = hazard(capacity type of n) per hour;
                     1 when lambda = 0
-    cost(p, n)    = per_gpu(n) * power(zone of n, h) / r(p, n) * slowdown(p, n)
+    cost(p, n)    = marginal(n) * power(zone of n, h) / r(p, n) * slowdown(p, n)
+    list(p, n)    = the same with per_gpu(n) for marginal(n)   (the commitment rate: a tie-break only)
+
+A reserved GPU is **sunk cost**: the commitment is paid every hour whether a pod uses the GPU or not, so placing
+a pod on a free reserved GPU adds nothing to the bill, and ``cost`` prices it at zero. The catalog has no
+energy price apart from the node price (``power`` is a time-of-use multiplier on the whole node-hour price,
+commitment included), so nothing in it varies with use: the marginal price of a free reserved GPU is exactly
+zero, power included. Free reserved capacity is therefore filled before on-demand and spot, whose every hour is
+billed. The reserved hold-back (:mod:`strata_scheduler.filtering`, check 6) still keeps low-priority pods off
+the reserved GPUs it holds for forecast high-priority demand: a held node never reaches scoring.
+``list`` (the node's commitment or list price per unit of work) orders GPU types whose free reserved GPUs all
+cost zero: the quote and the simulator break ties by it, so a job still goes to the reserved type that does
+its work for the lower commitment rate.
 
 ``slowdown`` is the expected wall-clock time per hour of useful work when every reclaim throws away the work
 since the last checkpoint (the renewal result for restarts from a checkpoint); to first order it is
@@ -20,13 +33,18 @@ its risk while a job that checkpoints often keeps nearly all of the spot discoun
 
 The score of node ``n`` among the nodes ``N`` of one request::
 
-    score(n) = clamp(round_half_up(8 * min over N of cost / cost(p, n)) + pack(n) + zone(n), 0, 10)
-    pack(n)  = 1 when n already runs a pod of p's job, or p would use exactly the GPUs n has left
-    zone(n)  = 1 when p's job already has pods bound and n is in the zone that holds most of them
+    score(n)  = clamp(points(n) + pack(n) + zone(n), 0, 10)
+    points(n) = 8                                               when cost(p, n) = 0 (a free reserved GPU)
+              = round_half_up(S * min over paid N of cost / cost(p, n))   otherwise (paid: cost > 0)
+    S         = 8, or 5 when a node of N costs 0
+    pack(n)   = 1 when n already runs a pod of p's job, or p would use exactly the GPUs n has left
+    zone(n)   = 1 when p's job already has pods bound and n is in the zone that holds most of them
 
 The cheapest node gets 8, a node twice as expensive 4; packing a gang and keeping pipeline neighbours in one
-zone break near-ties. A node whose cost is unknown (not in the cache, no GPU type, no price, no throughput for
-its GPU type, no allocatable GPUs) scores 0: never preferred, never an error.
+zone break near-ties. Beside a free reserved node the paid nodes score at most 5, so even with both bonuses
+(7) they stay below it (8): reserved first, then the paid nodes in their cost order. A node whose cost is
+unknown (not in the cache, no GPU type, no price, no throughput for its GPU type, no allocatable GPUs) scores
+0: never preferred, never an error.
 """
 
 from __future__ import annotations
@@ -35,10 +53,12 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
+from strata_api import CapacityType
 from strata_api.catalog import Catalog
 from strata_api.nodes import NodeFacts
 from strata_scheduler.columns import NodeColumns
@@ -46,6 +66,11 @@ from strata_scheduler.protocol import MAX_SCORE
 from strata_scheduler.views import PodView
 
 COST_POINTS = 8
+"""Cost points of the cheapest node of a request (and of every free reserved node)."""
+PAID_POINTS_BESIDE_SUNK = 5
+"""Cost points of the cheapest paid node when a free reserved node is in the request: below 8 by more than the
+two bonus points, so reserved capacity is filled first."""
+K = TypeVar("K")
 MAX_EXPONENT = 60.0
 """Caps lambda * c so exp() cannot overflow; the slowdown is astronomically large well before that."""
 
@@ -72,12 +97,23 @@ def interruption_slowdown(hazard_per_hour: float, checkpoint_s: float | None, ru
 
 
 def cost_per_unit_work(
-    catalog: Catalog, pod: PodView, node: NodeFacts, hour_utc: int, defaults: Defaults = Defaults()
+    catalog: Catalog,
+    pod: PodView,
+    node: NodeFacts,
+    hour_utc: int,
+    defaults: Defaults = Defaults(),
+    *,
+    marginal: bool = True,
 ) -> float | None:
-    """Dollars per GPU-hour of reference (H100) work; None when anything the formula needs is missing."""
+    """Dollars per GPU-hour of reference (H100) work that placing ``pod`` on ``node`` adds to the bill: 0 on a
+    reserved node (sunk cost, see the module docstring); ``marginal=False``: at the node's list or commitment
+    price whatever its capacity type (the tie-break ``list``). None when anything the formula needs is missing,
+    a reserved node's price and throughput included, so that an unpriced node is never preferred."""
     per_gpu = catalog.gpu_price(node.price_override, node.instance_type, node.capacity_type, node.gpu_count)
     if per_gpu is None or node.gpu_type is None:
         return None
+    if marginal and node.capacity_type == CapacityType.RESERVED:
+        per_gpu = 0.0
     throughput = catalog.relative_throughput(node.gpu_type, pod.contract.precision, pod.contract.throughput_override)
     if throughput is None or throughput <= 0:
         return None
@@ -132,11 +168,9 @@ def score_rows(
         costs = {
             code: cost_per_unit_work(catalog, pod, columns.cost_reps[code], hour_utc, defaults) for code in present
         }
-        cheapest = min((cost for cost in costs.values() if cost is not None), default=None)
-        for code, cost in costs.items():
-            if cost is not None and cheapest is not None:
-                base[code] = math.floor(COST_POINTS * cheapest / cost + 0.5)
-                priced[code] = True
+        for code, given in cost_points(costs).items():
+            base[code] = given
+            priced[code] = True
     points = base[cost_class]
     bonus = columns.gpu_count[rows] - columns.used_own[rows] == pod.gpus
     for row in columns.rows_of(name for name, count in placement.pods_per_node.items() if count > 0):
@@ -147,6 +181,18 @@ def score_rows(
         points += columns.zone[rows] == columns.zone_codes[main_zone]
     scores: npt.NDArray[np.int64] = np.where(known & priced[cost_class], np.minimum(points, MAX_SCORE), 0)
     return scores
+
+
+def cost_points(costs: Mapping[K, float | None]) -> dict[K, int]:
+    """``points`` of the module docstring for each priced entry of ``costs`` (unpriced ones are left out)."""
+    priced = {key: cost for key, cost in costs.items() if cost is not None}
+    paid = [cost for cost in priced.values() if cost > 0]
+    sunk = len(paid) < len(priced)
+    scale = PAID_POINTS_BESIDE_SUNK if sunk else COST_POINTS
+    cheapest = min(paid, default=0.0)
+    return {
+        key: COST_POINTS if cost <= 0 else math.floor(scale * cheapest / cost + 0.5) for key, cost in priced.items()
+    }
 
 
 def _positive(value: float | None) -> float | None:

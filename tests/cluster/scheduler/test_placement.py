@@ -2,9 +2,9 @@
 
 Each test makes its own kwok GPU nodes (``test_fleet``) and keeps its pods on them, so what it asserts is the
 extender's choice, not the state of the shared fleet. Costs come from the shipped catalog
-(api/strata_api/catalog.yaml), per H100-equivalent GPU-hour: H100 spot 2.75, reserved 4.82,
-on-demand 6.88;
-MI300X spot 2.40 and reserved 4.20 per GPU-hour before dividing by its relative throughput (0.85 at bf16).
+(api/strata_api/catalog.yaml), per H100-equivalent GPU-hour: H100 spot 2.75, on-demand 6.88; MI300X spot 2.40 per
+GPU-hour before dividing by its relative throughput (0.85 at bf16). A free reserved GPU costs 0: its commitment
+(H100 4.82, MI300X 4.20) is paid whether it is used or not, so reserved capacity is filled first.
 """
 
 from __future__ import annotations
@@ -28,16 +28,20 @@ H100_TRIO = (("H100", "reserved", "us-east-1a"), ("H100", "spot", "us-east-1b"),
 Fleet = Callable[..., TestFleet]
 
 
-def test_checkpointing_job_takes_spot_and_a_long_job_that_rarely_checkpoints_avoids_it(
+def test_free_reserved_first_then_spot_for_a_checkpointing_job_and_on_demand_for_one_that_never_checkpoints(
     cluster: ClusterHandle, namespace: str, test_fleet: Fleet
 ) -> None:
     fleet = test_fleet(*H100_TRIO)
-    # Spot is reclaimed 0.05 times an hour. Checkpointing every 30 min: 2.75 x 1.013 = 2.78 beats reserved 4.82.
-    frequent = a_pod("checkpoints-often").gpus(8).of_job("a").checkpoint_every(1800).runtime(72 * 3600)
-    # Checkpointing once a day on a 3-day run: 2.75 x (e^1.2 - 1) / 1.2 = 5.23, dearer than reserved.
-    rare = a_pod("checkpoints-daily").gpus(8).of_job("b").checkpoint_every(86400).runtime(72 * 3600)
+    # The free reserved node costs nothing more to use: the first job takes it, though spot is cheaper by list.
+    first = a_pod("first").gpus(8).of_job("a").checkpoint_every(1800).runtime(72 * 3600)
+    assert capacity_of(cluster, bound_node(cluster, namespace, fleet.create(cluster, namespace, first))) == "reserved"
+    # Spot is reclaimed 0.05 times an hour. Never checkpointing on a 3-day run: 2.75 x (e^3.6 - 1) / 3.6 = 27.2,
+    # dearer than on-demand 6.88.
+    never = a_pod("never-checkpoints").gpus(8).of_job("b").runtime(72 * 3600)
+    assert capacity_of(cluster, bound_node(cluster, namespace, fleet.create(cluster, namespace, never))) == "on-demand"
+    # Checkpointing every 30 min: 2.75 x 1.013 = 2.78.
+    frequent = a_pod("checkpoints-often").gpus(8).of_job("c").checkpoint_every(1800).runtime(72 * 3600)
     assert capacity_of(cluster, bound_node(cluster, namespace, fleet.create(cluster, namespace, frequent))) == "spot"
-    assert capacity_of(cluster, bound_node(cluster, namespace, fleet.create(cluster, namespace, rare))) == "reserved"
 
 
 def test_cheapest_of_the_capacity_types_the_job_allows(
@@ -109,7 +113,7 @@ def test_reserved_gpus_are_held_back_when_the_forecast_calls_for_them(
     fleet = test_fleet(
         ("H100", "reserved", "us-east-1a"), ("H100", "reserved", "us-east-1a"), ("H100", "spot", "us-east-1b")
     )
-    # A long job that never checkpoints prefers reserved: reclaims would make spot cost it 4.2x.
+    # A free reserved node costs nothing more to use: a low-priority job takes it while no hold is forecast.
     before = a_pod("batch-before").gpus(8).runtime(48 * 3600)
     assert capacity_of(cluster, bound_node(cluster, namespace, fleet.create(cluster, namespace, before))) == "reserved"
     # Now high-priority H100 demand is forecast to want every reserved H100 there is (upper band 10,000 GPUs).

@@ -129,11 +129,14 @@ def score_nodes(
     for _, node, _ in rows:
         if node is not None and cost_class(node) not in by_class:
             by_class[cost_class(node)] = cost_per_unit_work(catalog, pod, node, hour_utc, defaults) if gpus else None
-    cheapest = min((cost for cost in by_class.values() if cost is not None), default=None)
+    # A free reserved GPU costs 0 (sunk): 8 points; paid nodes share 8 points, or 5 beside a free reserved node.
+    paid = [cost for cost in by_class.values() if cost is not None and cost > 0]
+    sunk = any(cost == 0 for cost in by_class.values())
+    scale = 5 if sunk else COST_POINTS
     base = {
-        cls: math.floor(COST_POINTS * cheapest / cost + 0.5)
+        cls: COST_POINTS if cost == 0 else math.floor(scale * min(paid) / cost + 0.5)
         for cls, cost in by_class.items()
-        if cost is not None and cheapest is not None
+        if cost is not None
     }
     main_zone = placement.main_zone
     packed = placement.pods_per_node

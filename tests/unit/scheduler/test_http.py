@@ -132,6 +132,25 @@ def test_quote_recommends_the_gpu_type_with_the_cheapest_unit_of_work(server: Li
     assert body == {"recommended": None, "options": []}
 
 
+def test_quote_recommends_a_free_reserved_gpu_first_and_the_lower_commitment_rate_among_reserved_types() -> None:
+    """A free reserved GPU costs 0 (paid whether used or not): it beats spot; between two reserved types, both 0,
+    the lower commitment per unit of work wins (MI300X 5 / 0.9 = 5.6 against H100 6), not the alphabet."""
+    live = LiveServer(
+        an_extender(a_node("h100-res").h100().reserved(), a_node("mi-res").mi300x().reserved(), *FLEET[:1], FLEET[2])
+    )
+    try:
+        status, body = live.post("/quote", {"Pod": a_pod().gpus(8).checkpoint_every(1800).runtime(36000).build()})
+        assert status == 200
+        assert [(o["gpuType"], o["node"], o["costPerUnitWork"]) for o in body["options"]] == [
+            ("MI300X", "mi-res", 0.0),
+            ("H100", "h100-res", 0.0),
+        ]
+        assert body["options"][0]["listCostPerUnitWork"] == pytest.approx(5 / 0.9, rel=1e-6)
+        assert body["recommended"] == "MI300X"
+    finally:
+        live.close()
+
+
 def test_keys_match_case_insensitively_like_go(server: LiveServer) -> None:
     status, body = server.post("/filter", {"pod": a_pod().gpus(8).build(), "nodenames": ["h100-spot"]})
     assert status == 200

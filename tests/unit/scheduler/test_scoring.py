@@ -3,6 +3,8 @@
 
 Test catalog, per GPU-hour (node price / 8): H100 on-demand 10, reserved 6, spot 4; MI300X on-demand 8,
 reserved 5, spot 3. MI300X does 0.9 of an H100's bf16 work. Spot nodes are reclaimed 0.1 times per hour.
+A free reserved GPU costs 0 (its commitment is paid whether used or not): 8 points, and the paid nodes beside it
+share 5 points, so reserved capacity is filled first.
 """
 
 from __future__ import annotations
@@ -59,23 +61,44 @@ def score(pod_builder, nodes, placement=NOBODY, hour=3):  # type: ignore[no-unty
     return given
 
 
-def test_checkpointing_job_prefers_spot_and_the_cheaper_unit_of_work() -> None:
+PAID = {k: v for k, v in FLEET.items() if not k.endswith("res")}
+"""The fleet once its reserved GPUs are all taken: only paid nodes are left to choose from."""
+
+
+def test_free_reserved_gpus_are_sunk_cost_and_come_before_spot_and_on_demand() -> None:
+    pod = a_pod().gpus(4).checkpoint_every(1800).runtime(36000)
+    # reserved costs 0: 8. Paid on 5 points: cheapest is MI300X spot, 3 / 0.9 * slowdown(0.05) = 3.42; H100 spot
+    # 4 x 1.025 = 4.10 (4.2 points), MI300X on-demand 8 / 0.9 = 8.89 (1.9), H100 on-demand 10 (1.7).
+    assert score(pod, FLEET) == {"h100-od": 2, "h100-res": 8, "h100-spot": 4, "mi-od": 2, "mi-res": 8, "mi-spot": 5}
+
+
+def test_a_paid_node_with_both_bonuses_stays_below_a_free_reserved_node() -> None:
+    nodes = {
+        "spot-with-the-job": a_node("s").h100().spot().zone("zone-a"),
+        "reserved": a_node("r").h100().reserved().zone("zone-b"),
+    }
+    placement = JobPlacement(pods_per_node={"spot-with-the-job": 1}, zone_of={"spot-with-the-job": "zone-a"})
+    pod = a_pod().gpus(4).checkpoint_every(1800).runtime(36000).of_job("llm")
+    assert score(pod, nodes, placement) == {"spot-with-the-job": 7, "reserved": 8}
+
+
+def test_without_a_free_reserved_node_a_checkpointing_job_prefers_spot_and_the_cheaper_unit_of_work() -> None:
     pod = a_pod().gpus(4).checkpoint_every(1800).runtime(36000)
     # cheapest is MI300X spot: 3 / 0.9 * slowdown(0.05); the H100 spot node costs 0.9 * 4/3 = 1.2x that.
-    assert score(pod, FLEET) == {"h100-od": 3, "h100-res": 5, "h100-spot": 7, "mi-od": 3, "mi-res": 5, "mi-spot": 8}
+    assert score(pod, PAID) == {"h100-od": 3, "h100-spot": 7, "mi-od": 3, "mi-spot": 8}
 
 
 def test_long_job_that_never_checkpoints_avoids_spot() -> None:
     pod = a_pod().gpus(4).runtime(48 * 3600)
-    # 48 h at risk: slowdown = expm1(4.8) / 4.8 = 25.1, so spot costs 25x its price.
-    assert score(pod, FLEET) == {"h100-od": 4, "h100-res": 7, "h100-spot": 0, "mi-od": 5, "mi-res": 8, "mi-spot": 1}
+    # 48 h at risk: slowdown = expm1(4.8) / 4.8 = 25.1, so spot costs 25x its price; on-demand wins.
+    assert score(pod, PAID) == {"h100-od": 7, "h100-spot": 1, "mi-od": 8, "mi-spot": 1}
 
 
 def test_job_throughput_override_makes_mi300x_lose() -> None:
     pod = a_pod().gpus(4).checkpoint_every(1800).runtime(36000).throughput("MI300X=0.5")
-    nodes = {k: v for k, v in FLEET.items() if k.endswith("res")}
-    # H100 reserved 6 vs MI300X reserved 5 / 0.5 = 10.
-    assert score(pod, nodes) == {"h100-res": 8, "mi-res": 5}
+    nodes = {k: v for k, v in FLEET.items() if k.endswith("spot")}
+    # H100 spot 4 vs MI300X spot 3 / 0.5 = 6, both x 1.025.
+    assert score(pod, nodes) == {"h100-spot": 8, "mi-spot": 5}
 
 
 def test_unknown_nodes_missing_labels_missing_price_and_zero_capacity_score_zero() -> None:
@@ -104,13 +127,25 @@ def test_price_annotation_overrides_the_catalog_and_bad_annotations_are_ignored(
         "garbage": a_node("garbage").h100().on_demand().price("free"),
         "negative": a_node("negative").h100().on_demand().price("-5"),
     }
-    # 24/8 = 3 per GPU-hour beats reserved 6; garbage and negative fall back to on-demand 10.
-    assert score(a_pod().gpus(4), nodes) == {"h100-res": 4, "discounted": 8, "garbage": 2, "negative": 2}
+    # reserved is sunk (8); among the paid nodes (5 points) 24/8 = 3 per GPU-hour is cheapest; garbage and negative
+    # fall back to on-demand 10 (1.5 points).
+    assert score(a_pod().gpus(4), nodes) == {"h100-res": 8, "discounted": 5, "garbage": 2, "negative": 2}
+    # a reserved node's own price does not make it paid: its commitment is paid anyway.
+    assert score(a_pod().gpus(4), {"res": a_node("r").h100().reserved().price("999")}) == {"res": 8}
 
 
 def test_power_multiplier_of_the_zone_at_that_hour() -> None:
-    nodes = {"cheap-zone": a_node("a").h100().reserved(), "peak-zone": a_node("b").h100().reserved().zone("zone-peak")}
+    nodes = {
+        "cheap-zone": a_node("a").h100().on_demand(),
+        "peak-zone": a_node("b").h100().on_demand().zone("zone-peak"),
+    }
     assert score(a_pod().gpus(4), nodes) == {"cheap-zone": 8, "peak-zone": 4}
+    # a reserved node costs 0 at any hour: the tariff scales a price paid whether the node is used or not
+    reserved = {
+        "cheap-zone": a_node("a").h100().reserved(),
+        "peak-zone": a_node("b").h100().reserved().zone("zone-peak"),
+    }
+    assert score(a_pod().gpus(4), reserved) == {"cheap-zone": 8, "peak-zone": 8}
 
 
 def test_packing_and_zone_bonuses_break_ties() -> None:
@@ -153,7 +188,10 @@ def test_interruption_slowdown_never_overflows() -> None:
     assert slowdown > 1e20
 
 
-def test_cost_is_dollars_per_reference_gpu_hour() -> None:
+def test_cost_is_dollars_per_reference_gpu_hour_and_zero_on_a_reserved_gpu() -> None:
     pod = pod_view(a_pod().gpus(8).build())
-    node = NodeFacts.from_body(FLEET["mi-res"].build())
-    assert cost_per_unit_work(CATALOG, pod, node, hour_utc=0) == pytest.approx(5 / 0.9)
+    on_demand = NodeFacts.from_body(FLEET["mi-od"].build())
+    reserved = NodeFacts.from_body(FLEET["mi-res"].build())
+    assert cost_per_unit_work(CATALOG, pod, on_demand, hour_utc=0) == pytest.approx(8 / 0.9)
+    assert cost_per_unit_work(CATALOG, pod, reserved, hour_utc=0) == 0.0
+    assert cost_per_unit_work(CATALOG, pod, reserved, hour_utc=0, marginal=False) == pytest.approx(5 / 0.9)
