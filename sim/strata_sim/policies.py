@@ -206,7 +206,9 @@ class StrataPolicy:
         self._kinds = lru_cache(maxsize=65536)(self._kinds_uncached)
 
     # -- the extender's view ------------------------------------------------------------------------------------
-    def _cost_uncached(self, kind: tuple[GPUType, str], job: Job, hour: int) -> float:
+    def _cost_uncached(self, kind: tuple[GPUType, str], job: Job, hour: int) -> tuple[float, float]:
+        """The extender's cost per unit of work on a node of ``kind`` (0 on reserved: sunk), then its list cost (the
+        tie-break between reserved types, as the extender's quote breaks it)."""
         contract = PodContract(
             job=job.key,
             gang_size=job.workers,
@@ -222,13 +224,15 @@ class StrataPolicy:
             deferrable=False,
         )
         pod = PodView("", "sim", job.key, None, "Pending", {kind[0].resource: job.gpus_per_worker}, contract, job.pool)
-        cost = cost_per_unit_work(self.catalog, pod, self.facts[kind], hour)
-        return cost if cost is not None else float("inf")
+        facts = self.facts[kind]
+        cost = cost_per_unit_work(self.catalog, pod, facts, hour)
+        listed = cost_per_unit_work(self.catalog, pod, facts, hour, marginal=False)
+        return (cost if cost is not None else float("inf"), listed if listed is not None else float("inf"))
 
     def _kinds_uncached(self, job: Job, hour: int) -> list[tuple[GPUType, str]]:
         """The job's node kinds, cheapest per unit of work first."""
         kinds = [k for k in self.facts if k[0] in job.gpu_types]
-        return sorted(kinds, key=lambda k: (self._cost(k, job, hour), k))
+        return sorted(kinds, key=lambda k: (*self._cost(k, job, hour), k))
 
     def _request(self, job: Job, hour: int) -> GangRequest:
         order = tuple(dict.fromkeys(k[0] for k in self._kinds(job, hour)))  # the extender's quote

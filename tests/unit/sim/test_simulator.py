@@ -68,10 +68,11 @@ def starts(outcome: Outcome) -> dict[str, float]:
 
 def test_two_nodes_three_jobs_exact_waits_and_costs_per_policy() -> None:
     """A and B start at once, C waits half an hour for the first to finish. Reserved is paid for the whole 2 h
-    ($160); what differs is which jobs each policy puts on spot ($40 per job-hour there)."""
+    ($160); what differs is which jobs each policy puts on spot ($40 per job-hour there): strata and kueue fill
+    the free reserved node first (strata: it is sunk cost), karpenter takes the lower list price."""
     catalog, fleet = a_catalog(), a_fleet("reserved", "spot")
     jobs = [a_job("A", 0, 1.0), a_job("B", 0, 1.0), a_job("C", 0.5, 1.0)]
-    spot_jobs = {"default": 1, "kueue": 1, "karpenter": 2, "strata": 2}
+    spot_jobs = {"default": 1, "kueue": 1, "karpenter": 2, "strata": 1}
     for name, policy in every_policy(fleet, catalog).items():
         outcome = simulate(jobs, fleet, catalog, policy)
         assert starts(outcome) == {"A": 0.0, "B": 0.0, "C": 1.0}, name
@@ -84,12 +85,18 @@ def test_two_nodes_three_jobs_exact_waits_and_costs_per_policy() -> None:
         assert result.utilisation == pytest.approx(24.0 / 32.0)
 
 
-def test_strata_puts_the_cheapest_work_first_and_kueue_fills_reserved_first() -> None:
+def test_strata_fills_free_reserved_gpus_first_as_they_are_paid_anyway_and_karpenter_takes_the_list_price() -> None:
+    """The reserved node costs $80 an hour used or not: a job there adds $0, on spot $40 (the same $160 of
+    reserved plus $40). Strata prices reserved at its marginal cost (0) and so does not pay the $40."""
     catalog, fleet = a_catalog(), a_fleet("reserved", "spot")
     jobs = [a_job("A", 0, 1.0)]
-    strata = simulate(jobs, fleet, catalog, StrataPolicy(fleet, catalog, None)).records[0]
-    kueue = simulate(jobs, fleet, catalog, KueuePolicy(pools(fleet))).records[0]
-    assert (strata.capacity, kueue.capacity) == ("spot", "reserved")
+    placed = {
+        name: simulate(jobs, fleet, catalog, policy).records[0].capacity
+        for name, policy in every_policy(fleet, catalog).items()
+    }
+    assert placed == {"default": "reserved", "kueue": "reserved", "karpenter": "spot", "strata": "reserved"}
+    strata = figures(simulate(jobs, fleet, catalog, StrataPolicy(fleet, catalog, None)), catalog)
+    assert strata.total_cost == pytest.approx(80.0)
 
 
 def test_an_interruption_loses_exactly_the_work_since_the_last_checkpoint() -> None:
@@ -154,7 +161,8 @@ def test_gangs_are_never_half_placed_by_strata_or_kueue_but_may_be_by_default() 
 
 def test_the_hold_back_keeps_reserved_gpus_for_forecast_high_priority_demand() -> None:
     """With the forecast's upper edge at 8 H100s, a low-priority job goes to spot and a second one waits instead
-    of taking the reserved node; a high-priority job takes it. Without a hold the second low job takes it."""
+    of taking the reserved node; a high-priority job takes it (free reserved first), and the low one then goes to
+    spot. Without a hold the second low job takes it."""
     catalog, fleet = a_catalog(), a_fleet("reserved", "spot")
     low1, low2, high = a_job("L1", 0, 1.0), a_job("L2", 0, 1.0), a_job("H", 0, 1.0, pool=HIGH_POOL)
 
@@ -174,8 +182,9 @@ def test_the_hold_back_keeps_reserved_gpus_for_forecast_high_priority_demand() -
     held = StrataPolicy(fleet, catalog, HoldBackSettings())
     held.upper = {"H100": 8.0}
     both = run(held, [low1, high])
-    assert set(both.runs) == {"H"}, "H takes spot (cheapest), so the hold keeps L1 off the reserved node"
-    assert held.unplaced == 1, "admission counted H on the reserved node and admitted L1 onto spot"
+    assert both.runs["H"].placed == {"a-reserved": 8}, "H takes the free reserved node: sunk cost, and held for it"
+    assert both.runs["L1"].placed == {"b-spot": 8}
+    assert held.unplaced == 0, "admission and placement now agree on where H goes"
     assert set(run(StrataPolicy(fleet, catalog, None), [low1, low2]).runs) == {"L1", "L2"}
 
 
