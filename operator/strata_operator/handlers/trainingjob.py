@@ -66,8 +66,6 @@ async def run_trainingjob(
     key = f"{namespace}/{name}"
     wake = runtime.wakeups.setdefault(key, asyncio.Event())
     born = time.monotonic()
-    written_from: str | None = None
-    written_at = 0.0
     failures = 0
     memory = DaemonMemory()
     try:
@@ -79,32 +77,28 @@ async def run_trainingjob(
                 delay = 0.2
             elif not entry.finalized and time.monotonic() - born < FINALIZER_WAIT_S:
                 delay = 0.1  # kopf's first patch (the finalizer) is on its way: it wakes us when it lands
-            elif entry.resource_version == written_from and time.monotonic() - written_at < STALE_VIEW_S:
-                delay = 0.1  # our own status write (or the one we conflicted with) has not come back yet
+            elif stale_view(runtime, key, entry.resource_version):
+                delay = 0.1  # a status write (ours, the admission pass's, or one we conflicted with) is not back yet
             else:
                 started = time.perf_counter()
                 try:
                     settled = time.monotonic() - born >= PODS_SETTLE_S and runtime.observed.synced
-                    plan, written = await _reconcile(runtime, entry, indices, logger, memory, settled)
-                    stale = plan is None  # the job changed after our view of it: wait for the watch to bring it
+                    plan = await _reconcile(runtime, entry, indices, logger, memory, settled)
                     failures = 0
                 except (ApiError, aiohttp.ClientError, TimeoutError) as error:
                     failures += 1
                     retry_s = failure_backoff_s(failures, delay)
                     logger.warning(f"TrainingJob {key}: reconcile failed, retrying in {retry_s:.1f}s: {error}")
-                    plan, written, stale = None, False, False
+                    plan = None
                 except Exception as error:  # a bug, or a value nobody foresaw: name the job, never retry hot
                     failures += 1
                     retry_s = failure_backoff_s(failures, delay)
                     logger.exception(f"TrainingJob {key}: reconcile raised {error!r}; retrying in {retry_s:.1f}s")
-                    plan, written, stale = None, False, False
+                    plan = None
                 runtime.metrics.reconcile.labels(api.TRAINING_JOB).observe(time.perf_counter() - started)
-                # after our own write, or a conflict, this view is outdated: deciding again from it before the
-                # watch delivers the newer job would only conflict again (a storm of 409s on a lagging watch)
-                written_from, written_at = (entry.resource_version if written or stale else None), time.monotonic()
                 if failures:
                     delay = failure_backoff_s(failures, delay)
-                elif plan is None:
+                elif plan is None:  # the job changed after our view of it: the watch brings the newer one
                     delay = 0.2
                 elif plan.requeue_after_s is not None:
                     delay = min(delay, plan.requeue_after_s)
@@ -115,6 +109,15 @@ async def run_trainingjob(
     finally:
         if runtime.wakeups.get(key) is wake:
             del runtime.wakeups[key]
+            runtime.written_from.pop(key, None)
+
+
+def stale_view(runtime: Runtime, key: str, resource_version: str) -> bool:
+    """Whether the job as the index holds it is the view a status write was decided from less than
+    :data:`STALE_VIEW_S` ago: that write (or the change it conflicted with) has not come back through the watch, and
+    deciding again from this view would only conflict (a storm of 409s on a lagging watch)."""
+    version, at = runtime.written_from.get(key, ("", 0.0))
+    return version == resource_version and time.monotonic() - at < STALE_VIEW_S
 
 
 def failure_backoff_s(failures: int, most_s: float) -> float:
@@ -130,9 +133,9 @@ async def _reconcile(
     logger: Any,
     memory: DaemonMemory,
     settled: bool,
-) -> tuple[lifecycle.Plan | None, bool]:
+) -> lifecycle.Plan | None:
     """One pass: decide from memory, write the status, apply the rest; returns the plan (None if the status could
-    not be written) and whether status was written."""
+    not be written)."""
     job = entry.job
     pools: IndexOf[ResourcePool] = indices["resourcepools"]
     pool = first(pools, job.spec.pool)
@@ -145,15 +148,15 @@ async def _reconcile(
     memory.settle(workers, now_s)
     work = memory.work(plan, workers, job.status.attempt, has_pool=pool is not None)
     if memory.holds_back(plan, work, now_s, jobs=len(runtime.wakeups)):
-        return plan, False
+        return plan
     patch = plan.status.patch()
     if not await patch_status(runtime, entry, patch, plan.status.events):
-        return None, False
+        return None
     if patch:
         memory.status_written_at = time.monotonic()
     _count(runtime, job, plan, patch)
     await _apply(runtime, entry, pool, plan, work, workers, memory, logger)
-    return plan, bool(patch)
+    return plan
 
 
 def _count(runtime: Runtime, job: TrainingJob, plan: lifecycle.Plan, patch: Mapping[str, Any]) -> None:

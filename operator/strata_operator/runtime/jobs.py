@@ -7,6 +7,7 @@ resourceVersion they read, so a stale view never writes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -51,8 +52,14 @@ def post_event(entry: JobEntry, event: Event) -> None:
 
 
 async def patch_status(runtime: Runtime, entry: JobEntry, patch: Mapping[str, Any], events: list[Event]) -> bool:
-    """Write a status change if the job is still what we read; False when it changed meanwhile."""
-    if patch and not await runtime.api.patch_status_if_unchanged(entry.status_path, entry.resource_version, patch):
+    """Write a status change if the job is still what we read; False when it changed meanwhile. Either way the
+    view it was decided from is outdated now, which :meth:`Runtime.written_from` records for every writer: the
+    admission pass's write of a new job reaches its daemon through the watch, and a daemon that decided from the
+    older view before then would only conflict."""
+    if not patch:
+        return True
+    runtime.written_from[entry.job.key] = (entry.resource_version, time.monotonic())
+    if not await runtime.api.patch_status_if_unchanged(entry.status_path, entry.resource_version, patch):
         return False
     for event in events:
         post_event(entry, event)

@@ -69,6 +69,10 @@ class Runtime:
     """The scheduler extender's GPU type quotes (``gpuType: Any``); None until start-up."""
     queue_written: dict[str, float] = field(default_factory=dict)
     """When each queued job's position was last written (positions shift often; writes are throttled)."""
+    written_from: dict[str, tuple[str, float]] = field(default_factory=dict)
+    """By job key: the resourceVersion the job's last status write was decided from (by its daemon or the admission
+    pass, whether it landed or conflicted) and when (``time.monotonic``). A view still at that version is older than
+    the job as stored: deciding from it again would only conflict (see ``runtime.jobs.patch_status``)."""
     namespace_objects: dict[str, tuple[asyncio.Task[None], float]] = field(default_factory=dict)
     """By namespace: the creation of its workers' headless Service, ServiceAccount, Role and RoleBinding, shared by
     every gang created there, and when it began (``time.monotonic``; see ``gangs.ensure_namespace_objects``)."""
