@@ -6,9 +6,19 @@ Rules, in the order a user would check them:
 2. All or nothing. A job is admitted only if its pool's quota and the fleet's free GPUs of one usable type hold
    the whole gang at once: every worker gets ``gpusPerWorker`` GPUs on one node, and the workers of one
    tensor-parallel group share a node.
-3. No overtaking. When a job does not fit, the GPU types it could use are reserved for it: later jobs in the
-   order may still take other GPU types, not these, so a large gang is not starved by a stream of small ones.
-   A job that exceeds its pool's quota, or could not fit even on an empty fleet, reserves nothing.
+3. No overtaking on the GPU type the head waits for; the other types stay open. The first job of each priority
+   that does not fit is its priority's head, and it reserves one GPU type: the one it will take, where it lacks
+   the fewest GPUs on the nodes nearest to holding it (the fewest GPUs still busy there), its quote's order
+   (cheapest first) breaking ties. Later jobs in the order may take every other type, and wait with
+   WaitingBehindEarlierJobs, naming the heads, when they would fit only on a reserved type. No later job of the
+   head's priority or below takes a GPU of its type, so that type's free GPUs only grow until the head starts
+   (it moves to another type only when that one lacks fewer): a large gang is not starved by a stream of small
+   ones, which keep running on the other types meanwhile. A job that preempts reserves the type it preempts
+   on. Reserving a type, not nodes, is what admission can enforce: a gang's GPU type is fixed when it is
+   admitted, its node is chosen later by the scheduler. Until issue 21's replay a waiting gang reserved every
+   type it accepted, so one waiting 8-GPU pod that accepted H100 and MI300X blocked every later job of its
+   priority on both. A job that exceeds its pool's quota, or could not fit even on an empty fleet, reserves
+   nothing.
 4. Preemption. A job that does not fit may preempt admitted jobs of lower-priority pools marked preemptible,
    lowest priority first and, among equals, the most recently admitted first (they lost the least work); only
    as many as make the gang fit, and only if preempting them is enough.
@@ -243,7 +253,7 @@ def admit(
         cpu_usage[gang.request.pool] = cpu_usage.get(gang.request.pool, 0) + gang.request.cpu_millis
 
     decision = Decision()
-    blocked: set[GPUType] = set()
+    heads = Reservations()
     victims_left = {g.request.key: g for g in admitted}
 
     order = sorted(queue, key=lambda r: (-priority(r), r.submitted, r.key))
@@ -306,11 +316,7 @@ def admit(
                 f"{request.workers} workers of {request.gpus_per_worker} GPUs",
             )
             continue
-        candidates = [t for t in possible if t not in blocked]
-        if not candidates:
-            wait(Reason.BEHIND_HIGHER_PRIORITY, "jobs ahead in the queue wait for the same GPU types")
-            continue
-
+        candidates = [t for t in possible if t not in heads.blocked]
         fits = partial(held.fits, capacity=capacity, group_gpus=group_gpus, groups=request.groups, priority=rank)
         chosen = next((t for t in candidates if fits(room, t)), None)
         if chosen is not None:
@@ -318,9 +324,10 @@ def admit(
             usage[pool.name] = in_use + request.gpus
             decision.admit[request.key] = chosen
             continue
-        blocked.update(candidates)
-        victims = _preemption(request, pool, candidates, fits, room, victims_left, reserved, pools)
-        if victims:
+        preempting = _preemption(request, pool, candidates, fits, room, victims_left, reserved, pools)
+        if preempting is not None:
+            victims, gpu_type = preempting
+            heads.block(gpu_type, request.key)
             for victim in victims:
                 del victims_left[victim.request.key]
                 decision.preempt.append(
@@ -332,7 +339,19 @@ def admit(
                 )
             names = ", ".join(v.request.key for v in victims)
             wait(Reason.WAITING_FOR_PREEMPTION, f"waiting for preempted jobs to release their GPUs: {names}")
-        elif kept_out := [t for t in candidates if held.kept_out(room, t, capacity, group_gpus, request.groups, rank)]:
+            continue
+        if not candidates or (behind := [t for t in possible if t in heads.blocked and fits(room, t)]):
+            waiting_on = [t for t in possible if t in heads.blocked] if not candidates else behind
+            wait(
+                Reason.BEHIND_HIGHER_PRIORITY,
+                f"jobs ahead in the queue wait for the {'/'.join(waiting_on)} GPUs it would take: "
+                + ", ".join(dict.fromkeys(k for t in waiting_on for k in heads.blocked[t])),
+            )
+            continue
+        if heads.first_of(priority(request)):
+            reach = {t: held.reach(room, t, capacity, rank) for t in candidates}
+            heads.block(nearest_type(room, empty, reach, group_gpus, request.groups), request.key)
+        if kept_out := [t for t in candidates if held.kept_out(room, t, capacity, group_gpus, request.groups, rank)]:
             wait(
                 Reason.HELD_BACK,
                 f"{held.why(room, kept_out[0])}; {request.workers} workers x {request.gpus_per_worker} "
@@ -347,6 +366,47 @@ def admit(
                 f"{'/'.join(candidates)} GPUs to be free at once",
             )
     return decision
+
+
+class Reservations:
+    """The GPU types waiting heads reserve during one pass (rule 3), with the jobs that reserve each."""
+
+    def __init__(self) -> None:
+        self.blocked: dict[GPUType, list[str]] = {}
+        self.priorities: set[int] = set()
+
+    def first_of(self, priority: int) -> bool:
+        """Whether a job of ``priority`` that waits now is its priority's head (the first to wait); marks it."""
+        first = priority not in self.priorities
+        self.priorities.add(priority)
+        return first
+
+    def block(self, gpu_type: GPUType, key: str) -> None:
+        self.blocked.setdefault(gpu_type, []).append(key)
+
+
+def nearest_type(
+    room: Room, empty: Room, reach: Mapping[GPUType, frozenset[str]], group_gpus: int, groups: int
+) -> GPUType:
+    """The GPU type a waiting head reserves (rule 3): of ``reach`` (type -> capacity types it may count on there,
+    in the quote's order, not empty), the one where it lacks the fewest GPUs on the nodes nearest to holding it
+    (the fewest GPUs still busy, one node per group), the first in order among equals.
+
+    Without run-time estimates the node that frees soonest is not known; the one with the least left to free is
+    the best guess."""
+    best: tuple[int, int, GPUType] | None = None
+    for index, (gpu_type, capacity) in enumerate(reach.items()):
+        kinds = {(gpu_type, c) for c in capacity}
+        busy = sorted(
+            empty.free[name] - room.free[name]
+            for name, kind in room.kind.items()
+            if kind in kinds and empty.free[name] >= group_gpus
+        )[:groups]
+        missing = sum(busy) + (groups - len(busy)) * group_gpus  # too few nodes there: the rest lacks whole groups
+        if best is None or (missing, index) < best[:2]:
+            best = (missing, index, gpu_type)
+    assert best is not None, "reach is never empty"
+    return best[2]
 
 
 def _no_node_fits(
@@ -411,8 +471,9 @@ def _preemption(
     candidates: Mapping[str, AdmittedGang],
     reserved: Mapping[str, Mapping[str, int]],
     pools: Mapping[str, ResourcePool],
-) -> list[AdmittedGang]:
-    """The fewest victims, in preemption order, whose GPUs make the gang fit; empty when none would."""
+) -> tuple[list[AdmittedGang], GPUType] | None:
+    """The fewest victims, in preemption order, whose GPUs make the gang fit, with the GPU type they free; None
+    when no victims would make it fit."""
 
     def preemptible(gang: AdmittedGang) -> bool:
         victim_pool = pools.get(gang.request.pool)
@@ -434,5 +495,5 @@ def _preemption(
                         trial.put(name, trial.free[name] + gpus)
             chosen.append(victim)
             if fits(trial, gpu_type):
-                return chosen
-    return []
+                return chosen, gpu_type
+    return None

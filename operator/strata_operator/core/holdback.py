@@ -46,6 +46,14 @@ class ReservedHold:
             return None
         return max(0, room.free_gpus(gpu_type, RESERVED) - keep)
 
+    def reach(self, room: Room, gpu_type: GPUType, capacity: Iterable[str], priority: int) -> frozenset[str]:
+        """The capacity types a gang of this priority can count on for ``gpu_type`` (a waiting gang reserves
+        nodes among them): all of ``capacity``, less reserved while the hold keeps the gang off it and others
+        remain."""
+        capacity = frozenset(capacity)
+        elsewhere = capacity - {RESERVED}
+        return elsewhere if elsewhere and self.budget(room, gpu_type, capacity, priority) is not None else capacity
+
     def fits(
         self, room: Room, gpu_type: GPUType, capacity: Iterable[str], group_gpus: int, groups: int, priority: int
     ) -> bool:

@@ -131,6 +131,75 @@ def test_a_waiting_gang_is_not_overtaken_on_its_gpu_type_but_other_types_stay_us
     assert decision.waiting["small-h100"].reason == Reason.BEHIND_HIGHER_PRIORITY
 
 
+def test_a_waiting_gang_accepting_both_types_reserves_only_the_one_it_is_nearest_to_and_later_jobs_use_the_other() -> (
+    None
+):
+    """Issue 21's replay: one waiting 8-GPU pod that accepted H100 and MI300X blocked every later job of its
+    priority on both. It now reserves the type where it lacks the fewest GPUs (H100: 4 busy on h0, against 6 on
+    m0); a later job takes MI300X, and one that fits only on H100 waits behind it, naming it."""
+    nodes = fleet(a_node("h0"), a_node("m0", MI300X))
+    free = {"h0": 4, "m0": 2}
+    queue = [
+        req("big", types=(H100, MI300X), submitted=0),
+        req("small-any", per_worker=2, types=(H100, MI300X), submitted=1),
+        req("small-h100", per_worker=4, submitted=2),
+    ]
+
+    decision = admit(queue, [], pools(a_pool()), nodes, free)
+
+    assert decision.admit == {"small-any": MI300X}
+    assert decision.waiting["big"].reason == Reason.WAITING_FOR_GPUS
+    assert decision.waiting["small-h100"].reason == Reason.BEHIND_HIGHER_PRIORITY
+    assert decision.waiting["small-h100"].message == "jobs ahead in the queue wait for the H100 GPUs it would take: big"
+
+
+def test_between_types_the_head_lacks_as_much_of_its_quote_order_decides_which_it_reserves() -> None:
+    nodes = fleet(a_node("h0"), a_node("m0", MI300X))
+    free = {"h0": 4, "m0": 4}
+    queue = [req("big", types=(MI300X, H100)), req("small-any", per_worker=4, types=(H100, MI300X), submitted=1)]
+    assert admit(queue, [], pools(a_pool()), nodes, free).admit == {"small-any": H100}
+
+
+def test_a_big_gang_still_starts_under_a_stream_of_small_ones_which_keep_running_on_the_other_type() -> None:
+    """h0, h1 (H100) and m0, m1 (MI300X) each run four 2-GPU jobs. A gang of two whole nodes of either type
+    waits; at every pass the oldest small job ends and a new one (submitted after the gang) arrives, accepting
+    either type. The gang reserves H100 (the first to have GPUs free): no small job lands there again, so it
+    starts once the eight small jobs on H100 have ended, while the waiting small jobs keep starting on MI300X
+    (under the earlier rule the gang reserved both types and none started)."""
+    nodes = fleet(a_node("h0"), a_node("h1"), a_node("m0", MI300X), a_node("m1", MI300X))
+    kinds = {"h0": H100, "h1": H100, "m0": MI300X, "m1": MI300X}
+    free = dict.fromkeys(kinds, 0)
+    running = [running_on(a_small(f"s{i}", i), list(kinds)[i % 4], kinds) for i in range(16)]
+    queue = [req("big", workers=2, types=(H100, MI300X), submitted=100)]
+    started_on: dict[str, str] = {}
+    for step in range(1, 17):
+        ended = running.pop(0)
+        for name, gpus in ended.bound.items():
+            free[name] += gpus
+        queue.append(a_small(f"new{step}", 100 + step))
+        decision = admit(queue, running, pools(a_pool()), nodes, free)
+        if "big" in decision.admit:
+            break
+        for key, gpu_type in decision.admit.items():
+            node = next(n for n, t in kinds.items() if t == gpu_type and free[n] >= 2)
+            free[node] -= 2
+            started_on[key] = node
+            running.append(running_on(next(r for r in queue if r.key == key), node, kinds))
+        queue = [r for r in queue if r.key not in decision.admit]
+    assert decision.admit.get("big") == H100, "the gang never started"
+    assert step == 14, "the gang starts at the pass where s13, the last small job on H100, ends"
+    assert len(started_on) == 6, "a waiting small job started at each of the six passes where one on MI300X ended"
+    assert set(started_on.values()) == {"m0", "m1"}, "none took the H100 GPUs the gang waits for"
+
+
+def a_small(key: str, submitted: float) -> GangRequest:
+    return req(key, per_worker=2, types=(H100, MI300X), submitted=submitted)
+
+
+def running_on(request: GangRequest, node: str, kinds: dict[str, GPUType]) -> AdmittedGang:
+    return running(request, {node: request.gpus}, kinds[node])
+
+
 def test_a_job_that_no_fleet_could_hold_does_not_block_the_queue() -> None:
     nodes = fleet(a_node("h0"))
     decision = admit(
