@@ -125,7 +125,10 @@ class ScaleReport:
             "message": self.message,
             "mode": self.mode,
             "observedRate": round(self.observed_rps, 6),
+            "metric": self.metric,
         }
+        if self.observed is not None:
+            status["observedValue"] = round(self.observed, 6)
         if self.forecast is not None:
             status["forecast"] = round(self.forecast.mean, 6)
             status["forecastLower"] = round(self.forecast.lower, 6)

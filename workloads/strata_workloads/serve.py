@@ -390,7 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, KeyError) as err:  # an unknown preset, quantization or precision; a stride out of range
         log.error("invalid configuration", extra={"error": str(err).strip("'\"")})
         return ExitCode.INVALID_CONFIGURATION
-    except (CorruptCheckpoint, NoUsableCheckpoint) as err:  # a restart would read the same bytes
+    except (CorruptCheckpoint, NoUsableCheckpoint, FileNotFoundError) as err:
+        # a restart would read the same bytes; a checkpoint setting with no checkpoint under it (a wrong
+        # spec.model.path, or a TrainingJob that has saved none yet) is said the same way: the operator reports it
         log.error("no usable checkpoint", extra={"error": str(err)})
         return ExitCode.NO_USABLE_CHECKPOINT
     asyncio.run(serve(server))

@@ -35,9 +35,6 @@ ROUTER_ENV_PREFIX = "STRATA_ROUTER_"
 checks that every variable set here names one of its fields."""
 ROUTER_SUFFIX = "-router"
 REPLICAS_SUFFIX = "-replicas"
-AUTOSCALED_METRIC = "rps"
-"""The one ``spec.autoscaling.metric`` the router's autoscaler acts on (``strata_serving.autoscale`` sizes by
-request rate); a service autoscaled on another metric keeps ``replicas.min``."""
 DEFAULT_STARTUP_S = 60
 """The router's lead when ``spec.autoscaling.horizonSeconds`` is unset and no start-up time is measured yet."""
 STARTUP_STEP_S = 15
@@ -73,14 +70,10 @@ def owned_metadata(service: InferenceService, name: str) -> dict[str, Any]:
 
 
 def autoscaled(service: InferenceService) -> bool:
-    """Whether the router decides the replica count: ``spec.autoscaling`` on the request rate, with room between
-    ``replicas.min`` and ``max``."""
-    scaling = service.spec.autoscaling
-    return (
-        scaling is not None
-        and scaling.metric == AUTOSCALED_METRIC
-        and service.spec.max_replicas > service.spec.min_replicas
-    )
+    """Whether the router decides the replica count: ``spec.autoscaling`` (on any of its metrics: the router's
+    autoscaler sizes by request rate, requests in flight or p99 latency), with room between ``replicas.min`` and
+    ``max``."""
+    return service.spec.autoscaling is not None and service.spec.max_replicas > service.spec.min_replicas
 
 
 def startup_lead(service: InferenceService, measured_s: float | None) -> int:
@@ -116,7 +109,8 @@ def router_env(
     if scaling is not None and autoscaled(service):
         env.update(
             AUTOSCALE_MODE=scaling.mode,
-            AUTOSCALE_TARGET_RPS=repr(scaling.target),
+            AUTOSCALE_METRIC=scaling.metric,
+            AUTOSCALE_TARGET=repr(scaling.target),
             AUTOSCALE_MIN_REPLICAS=str(spec.min_replicas),
             AUTOSCALE_MAX_REPLICAS=str(spec.max_replicas),
             AUTOSCALE_STARTUP_S=str(startup_lead(service, measured_startup_s)),

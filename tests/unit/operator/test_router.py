@@ -15,7 +15,7 @@ from strata_api.serving import LABEL_ROUTER, ScaleForecast, ScaleReport
 from strata_operator.core import router, serving
 from strata_operator.core.serving import ModelSource, ObservedDeployment
 from strata_operator.settings import OperatorSettings
-from strata_serving.autoscale import Mode
+from strata_serving.autoscale import Metric, Mode
 from strata_serving.router_settings import ENV_PREFIX as ROUTER_ENV_PREFIX
 from strata_serving.router_settings import RouterSettings, load_router_settings
 
@@ -106,7 +106,8 @@ def test_every_router_setting_the_operator_sets_is_one_the_router_reads_and_acce
     assert router.ROUTER_ENV_PREFIX == ROUTER_ENV_PREFIX
     assert {name.removeprefix(ROUTER_ENV_PREFIX) for name in env} <= fields
     policy = load_router_settings([], env=env).scaling_policy()
-    assert (policy.mode, policy.target_rps, policy.min_replicas, policy.max_replicas) == (Mode.REACTIVE, 4.0, 2, 9)
+    assert (policy.mode, policy.metric, policy.target) == (Mode.REACTIVE, Metric.RPS, 4.0)
+    assert (policy.min_replicas, policy.max_replicas) == (2, 9)
     assert (policy.startup_s, policy.stabilisation_s) == (90.0, 120.0)
     assert load_router_settings([], env=env).autoscale_peers == SETTINGS.router_replicas
 
@@ -115,15 +116,23 @@ def test_every_router_setting_the_operator_sets_is_one_the_router_reads_and_acce
     ("service", "expected"),
     [
         (a_service("plain", min_replicas=2, max_replicas=5), False),
-        (autoscaled(metric="concurrency"), False),  # the router's autoscaler sizes by request rate only
+        (autoscaled(metric="concurrency"), True),
+        (autoscaled(metric="p99Latency", target=0.5), True),
         (autoscaled(low=3, high=3), False),  # nothing to decide
         (autoscaled(), True),
     ],
-    ids=["no-autoscaling", "concurrency", "min-equals-max", "rps"],
+    ids=["no-autoscaling", "concurrency", "p99Latency", "min-equals-max", "rps"],
 )
-def test_only_a_request_rate_target_with_room_is_autoscaled(service: api.InferenceService, expected: bool) -> None:
+def test_a_service_with_autoscaling_and_room_is_autoscaled(service: api.InferenceService, expected: bool) -> None:
     assert router.autoscaled(service) is expected
     assert ("STRATA_ROUTER_AUTOSCALE_MODE" in router.router_env(service, SETTINGS)) is expected
+
+
+def test_the_router_is_told_the_services_metric_and_target() -> None:
+    for metric, target in (("concurrency", 3.0), ("p99Latency", 0.25)):
+        env = router.router_env(autoscaled(metric=metric, target=target), SETTINGS)
+        policy = load_router_settings([], env=env).scaling_policy()
+        assert (policy.metric.value, policy.target) == (metric, target)
 
 
 def test_the_wanted_count_is_the_routers_decision_within_min_and_max_else_the_last_applied_else_min() -> None:

@@ -152,6 +152,18 @@ def test_serving_a_root_falls_back_past_a_damaged_newest_with_a_warning_and_move
     )
     assert server.returncode == ExitCode.NO_USABLE_CHECKPOINT, server.stderr[-2000:]
     assert "no usable checkpoint" in server.stderr
+    # a checkpoint setting with nothing under it (a wrong spec.model.path) is said the same way, not a traceback
+    empty = tmp_path / "nothing-here"
+    empty.mkdir()
+    server = subprocess.run(
+        [sys.executable, "-m", "strata_workloads.serve", "--model", "debug-dense", "--checkpoint", str(empty)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert server.returncode == ExitCode.NO_USABLE_CHECKPOINT, server.stderr[-2000:]
+    assert f"no complete checkpoint under {empty}" in server.stderr
 
 
 @pytest.mark.unit
