@@ -234,8 +234,13 @@ class StrataPolicy:
         kinds = [k for k in self.facts if k[0] in job.gpu_types]
         return sorted(kinds, key=lambda k: (*self._cost(k, job, hour), k))
 
-    def _request(self, job: Job, hour: int) -> GangRequest:
-        order = tuple(dict.fromkeys(k[0] for k in self._kinds(job, hour)))  # the extender's quote
+    def _request(self, job: Job, hour: int, room: Mapping[tuple[GPUType, str], int]) -> GangRequest:
+        """The job as admission sees it, its GPU types in the order of the extender's quote: by the cheapest node
+        kind with room for one worker now (``room``: the most free GPUs on one node of each kind; the quote
+        filters the fleet's nodes before it prices them), then the types without room, cheapest kind first."""
+        kinds = self._kinds(job, hour)
+        open_first = [k[0] for k in kinds if room.get(k, 0) >= job.gpus_per_worker] + [k[0] for k in kinds]
+        order = tuple(dict.fromkeys(open_first))
         return GangRequest(
             key=job.key,
             pool=job.pool,
@@ -291,12 +296,17 @@ class StrataPolicy:
     def schedule(self, now_s: float, state: SimState) -> None:
         hour = int(now_s // HOUR_S)
         for _ in range(3):  # a pass that preempts runs again at once, as the victims' GPUs are free now
-            queue = [self._request(job, hour) for job in state.waiting()]
+            room: dict[tuple[GPUType, str], int] = {}
+            for name, free in state.free.items():
+                node = state.nodes[name]
+                kind = (node.gpu_type, node.capacity_type)
+                room[kind] = max(room.get(kind, 0), free)
+            queue = [self._request(job, hour, room) for job in state.waiting()]
             if not queue:
                 return
             admitted = [
                 AdmittedGang(
-                    self._request(run.job, hour),
+                    self._request(run.job, hour, room),
                     run.gpu_type,
                     EPOCH + timedelta(seconds=run.started_s or now_s),
                     dict(run.placed),

@@ -99,6 +99,31 @@ def test_strata_fills_free_reserved_gpus_first_as_they_are_paid_anyway_and_karpe
     assert strata.total_cost == pytest.approx(80.0)
 
 
+def test_strata_quotes_gpu_types_by_the_cheapest_node_with_room_now_as_the_extender_does() -> None:
+    """X fills the H100 reserved node. Y accepts H100 and MI300X: H100 has only on-demand left ($15 per GPU-hour of
+    work), MI300X a spot node ($5 / 0.85 = $5.9): the extender's quote, which prices the nodes with room, says
+    MI300X, so Y runs there rather than on H100 on-demand, the type whose cheapest kind (reserved) is full."""
+    catalog = parse_catalog(
+        {
+            "prices": {
+                "p5.48xlarge": {"reserved": 80.0, "on-demand": 120.0},
+                "Standard_ND96isr_MI300X_v5": {"spot": 40.0},
+            },
+            "throughput": {"bf16": {"H100": 1.0, "MI300X": 0.85}},
+        }
+    )
+    fleet = Fleet(
+        (
+            SimNode("a-reserved", GPUType.H100, "reserved", "p5.48xlarge", 8),
+            SimNode("b-on-demand", GPUType.H100, "on-demand", "p5.48xlarge", 8),
+            SimNode("c-spot", GPUType.MI300X, "spot", "Standard_ND96isr_MI300X_v5", 8),
+        )
+    )
+    jobs = [a_job("X", 0, 10.0), Job("Y", 0.5 * HOUR_S, 1, 8, 1.0)]
+    records = {r.job.key: r for r in simulate(jobs, fleet, catalog, StrataPolicy(fleet, catalog, None)).records}
+    assert (records["X"].capacity, records["Y"].gpu_type, records["Y"].capacity) == ("reserved", GPUType.MI300X, "spot")
+
+
 def test_an_interruption_loses_exactly_the_work_since_the_last_checkpoint() -> None:
     catalog, fleet = a_catalog(), a_fleet("spot")
     state = SimState(fleet, catalog, PowerClock(catalog))
