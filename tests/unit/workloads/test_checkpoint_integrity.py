@@ -143,27 +143,22 @@ def test_serving_a_root_falls_back_past_a_damaged_newest_with_a_warning_and_move
     with pytest.raises(NoUsableCheckpoint, match=r"step-00000002: .*checksum.*; step-00000001: "):
         load_model("debug-dense", tmp_path)
     # The server's entry point says so with the code no restart mends, instead of crash-looping.
-    server = subprocess.run(
-        [sys.executable, "-m", "strata_workloads.serve", "--model", "debug-dense", "--checkpoint", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    server = _serve(tmp_path)
     assert server.returncode == ExitCode.NO_USABLE_CHECKPOINT, server.stderr[-2000:]
     assert "no usable checkpoint" in server.stderr
     # a checkpoint setting with nothing under it (a wrong spec.model.path) is said the same way, not a traceback
     empty = tmp_path / "nothing-here"
     empty.mkdir()
-    server = subprocess.run(
-        [sys.executable, "-m", "strata_workloads.serve", "--model", "debug-dense", "--checkpoint", str(empty)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    server = _serve(empty)
     assert server.returncode == ExitCode.NO_USABLE_CHECKPOINT, server.stderr[-2000:]
     assert f"no complete checkpoint under {empty}" in server.stderr
+
+
+def _serve(checkpoint: Path) -> subprocess.CompletedProcess[str]:
+    """The server's entry point on ``checkpoint``, run to its exit."""
+    command = [sys.executable, "-m", "strata_workloads.serve", "--model", "debug-dense", "--checkpoint"]
+    command.append(str(checkpoint))
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.mark.unit
