@@ -37,8 +37,12 @@ is gone" only after this long, and only once the pod and node caches have listed
 :mod:`strata_operator.runtime.watches`)."""
 WAKE_DEBOUNCE_S = 0.05
 """A wake-up waits this long before reading memory: one reconcile for a burst of a gang's pod events."""
-STALE_VIEW_S = 5.0
-"""After writing a job's status, wait at most this long for the write to come back through the watch."""
+STALE_VIEW_S = 30.0
+"""After a status write of a job (its daemon's or the admission pass's), wait at most this long for the job to come
+back changed through the watch before deciding again. It always comes: a write either changes the job or conflicts
+with a change someone made, so this is only a bound for a watch that is being re-established. A loaded control
+plane's watch lags by seconds (at 200 new jobs on 2 busy cores, 5 s here left 0.6-0.9 conflicting writes a job,
+mostly a new job's Queued write after the admission pass had admitted it; 30 s left none)."""
 FINALIZER_WAIT_S = 5.0
 """A new job's daemon waits at most this long for kopf's finalizer patch before its first pass: a status write
 guarded by the resourceVersion read before that patch only conflicts (one 409 per new job at 200 jobs)."""

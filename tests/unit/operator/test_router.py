@@ -171,6 +171,7 @@ def test_a_decision_becomes_the_desired_count_last_scale_and_an_event_once() -> 
         "message": "forecast upper band needs 4",
         "mode": "predictive",
         "observedRate": 7.5,
+        "metric": "rps",
         "forecast": 9.0,
         "forecastLower": 6.0,
         "forecastUpper": 11.0,

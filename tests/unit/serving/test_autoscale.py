@@ -58,6 +58,8 @@ def test_the_forecast_upper_band_over_the_lead_sizes_a_scale_up() -> None:
         "message": "forecast upper band 20 req/s at +90s needs 7 (persistence)",
         "mode": "predictive",
         "observedRate": 10.0,
+        "metric": "rps",
+        "observedValue": 10.0,
         "forecast": 16.0,
         "forecastLower": 12.0,
         "forecastUpper": 20.0,
