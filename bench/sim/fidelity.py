@@ -84,15 +84,35 @@ def trace_slice(trace: str, jobs: int, traces: Path, checkpoint_s: float = CHECK
 
 def simulated(jobs: Sequence[Job], fleet: Fleet, catalog: Catalog) -> list[Decision]:
     """The simulator's decisions: Strata without the hold-back, no spot reclaims (the placement still prices the
-    catalog's hazard, as the extender does)."""
+    catalog's hazard, as the extender does); each job's first placement, as the control plane's side records it."""
     calm = dataclasses.replace(catalog, hazard_per_hour={})
-    outcome = simulate(jobs, fleet, calm, StrataPolicy(fleet, catalog, None, name="strata-no-holdback"))
-    return [_decision(record) for record in outcome.records]
+    policy = FirstPlacement(StrataPolicy(fleet, catalog, None, name="strata-no-holdback"))
+    outcome = simulate(jobs, fleet, calm, policy)
+    return [_decision(record, policy.first.get(record.job.key)) for record in outcome.records]
 
 
-def _decision(record: JobRecord) -> Decision:
-    gpu_type = record.gpu_type.value if record.gpu_type is not None else None
-    return Decision(record.job.key, record.job.arrival_s, record.first_start_s, gpu_type, record.capacity)
+class FirstPlacement:
+    """Strata's policy, noting each job's first GPU type and capacity type: :class:`JobRecord` keeps those of the
+    last start, which differ for a job preempted and started again elsewhere."""
+
+    def __init__(self, policy: StrataPolicy) -> None:
+        self.policy, self.name = policy, policy.name
+        self.first: dict[str, tuple[str, str]] = {}
+
+    def tick(self, now_s: float, state: SimState) -> bool:
+        return self.policy.tick(now_s, state)
+
+    def schedule(self, now_s: float, state: SimState) -> None:
+        self.policy.schedule(now_s, state)
+        for key, run in state.runs.items():
+            if run.started_s is not None and key not in self.first:
+                capacity = "/".join(sorted({state.nodes[n].capacity_type for n in run.placed}))
+                self.first[key] = (run.gpu_type.value, capacity)
+
+
+def _decision(record: JobRecord, first: tuple[str, str] | None) -> Decision:
+    gpu_type, capacity = first or (None, None)
+    return Decision(record.job.key, record.job.arrival_s, record.first_start_s, gpu_type, capacity)
 
 
 # -- the control plane -----------------------------------------------------------------------------------------
@@ -168,15 +188,23 @@ class Seen:
     finished: bool = False
     """Its workers were told to exit."""
     succeeded: float | None = None
+    since: float | None = None
+    """When the current attempt was admitted (None while queued)."""
+    since_type: str | None = None
+    since_running: bool = False
+    done_h: float = 0.0
+    """Reference work saved by earlier attempts, at their checkpoints (the simulator's rule)."""
 
 
 class Watcher(threading.Thread):
     """Follows the namespace's TrainingJobs and records, per job, the first admission, the first run, the GPU
     type granted and the capacity types the workers ran on."""
 
-    def __init__(self, custom: Any, t0: float, seen: dict[str, Seen]) -> None:
+    def __init__(self, custom: Any, t0: float, seen: dict[str, Seen], saved_h: Any) -> None:
         super().__init__(daemon=True)
         self.custom, self.t0, self.seen = custom, t0, seen
+        self.saved_h = saved_h
+        """(job, GPU type, real seconds it ran) -> reference hours its checkpoints saved."""
         self.lock = threading.Lock()
         self.stopping = threading.Event()
 
@@ -222,6 +250,15 @@ class Watcher(threading.Thread):
                 seen.nodes = tuple(placement.get("nodes") or ())
             if phase == "Succeeded" and seen.succeeded is None:
                 seen.succeeded = now
+            admitted = phase in ("Admitted", "Running")
+            if admitted and seen.since is None:
+                seen.since, seen.since_type, seen.since_running = now, placement.get("gpuType"), False
+            if phase == "Running" and seen.since is not None:
+                seen.since_running = True
+            if phase in ("Queued", "Restarting") and seen.since is not None:  # preempted or restarted: requeued
+                name = item["metadata"]["name"]
+                seen.done_h += self.saved_h(name, seen.since_type, now - seen.since)
+                seen.since, seen.preempted, seen.finished = None, True, False
 
 
 def serve_extender(kubeconfig: str, port: int, store: Path) -> int:
@@ -327,7 +364,16 @@ def _drive(
     watch saw of each job, in real seconds from the start."""
     seen: dict[str, Seen] = {job.key: Seen() for job in jobs}
     t0 = time.monotonic()
-    watcher = Watcher(custom, t0, seen)
+    by_key = {job.key: job for job in jobs}
+
+    def saved_h(key: str, gpu_type: str | None, ran_s: float) -> float:
+        job = by_key[key]
+        if gpu_type is None or not job.checkpoint_s:
+            return 0.0
+        ran = ran_s * HOUR_S / hour_s
+        return math.floor(ran / job.checkpoint_s) * job.checkpoint_s / HOUR_S * throughput(catalog, GPUType(gpu_type))
+
+    watcher = Watcher(custom, t0, seen, saved_h)
     watcher.start()
     queue = sorted(jobs, key=lambda j: (j.arrival_s, j.key))
     last_arrival = queue[-1].arrival_s / HOUR_S * hour_s if queue else 0.0
@@ -352,18 +398,21 @@ def _drive(
             due = [
                 job
                 for job in queue
-                if (s := seen[job.key]).running is not None
+                if (s := seen[job.key]).since is not None
+                and s.since_running
+                and s.since_type is not None
                 and not s.finished
-                and s.admitted is not None
-                and s.gpu_type is not None
-                and now >= s.admitted + run_h(job, s.gpu_type, catalog) * hour_s
+                and now >= s.since + (job.work_h - s.done_h) / throughput(catalog, GPUType(s.since_type)) * hour_s
             ]
             for job in due:
                 seen[job.key].finished = True
         for job in due:
-            annotate_pods(
-                core, NAMESPACE, [worker_name(job.key, i) for i in range(job.workers)], {exit_annotation: "0"}
-            )
+            try:
+                annotate_pods(
+                    core, NAMESPACE, [worker_name(job.key, i) for i in range(job.workers)], {exit_annotation: "0"}
+                )
+            except Exception as error:  # its pods went away meanwhile (preempted): it ends in its next attempt
+                print(f"{job.key}: cannot end its workers: {type(error).__name__}", file=sys.stderr)
         with watcher.lock:
             all_running = all(s.running is not None for s in seen.values())
         if submitted == len(queue) and (all_running or now > last_arrival + settle_s):
@@ -517,7 +566,7 @@ def timings(jobs: Sequence[Job], seen: dict[str, Seen], hour_s: float, catalog: 
     extra = [  # how much longer than its compressed run time a job held its GPUs (exit -> Succeeded seen)
         s.succeeded - s.admitted - run_h(by_key[k], s.gpu_type, catalog) * hour_s
         for k, s in seen.items()
-        if s.succeeded is not None and s.admitted is not None and s.gpu_type is not None
+        if s.succeeded is not None and s.admitted is not None and s.gpu_type is not None and not s.preempted
     ]
 
     def show(values: list[float]) -> str:
