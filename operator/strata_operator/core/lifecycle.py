@@ -117,12 +117,20 @@ def deadline(job: TrainingJob, pool: ResourcePool | None) -> datetime | None:
         return None
 
 
-def admission_grace_s(settings: OperatorSettings) -> float:
-    """How long a new job is left to the admission pass before its daemon writes it Queued: five passes.
+ADMITTING_GRACE_PASSES = 60
+"""A new job is left this many admission intervals to a running admission pass before its daemon writes it Queued
+itself: the pass writes every new job it sees Admitted or Queued with its reason, so the daemon's write is only
+for a job the pass cannot read; at 500 new jobs the pass took up to half a minute to reach the last of them, and
+the daemon's earlier write then raced it (a status write, an Event and often a conflict per job)."""
+
+
+def admission_grace_s(settings: OperatorSettings, admitting: bool = False) -> float:
+    """How long a new job is left to the admission pass before its daemon writes it Queued: five passes, or
+    :data:`ADMITTING_GRACE_PASSES` while passes are running (``admitting``; none runs while no ResourcePool exists).
 
     A job the fleet can take at once is admitted straight from submission (one status write, not two, and one
-    round trip through the watch less before its pods exist); one that must wait is written Queued after this."""
-    return 5 * settings.admission_interval_s
+    round trip through the watch less before its pods exist); one that must wait is written Queued by the pass."""
+    return (ADMITTING_GRACE_PASSES if admitting else 5) * settings.admission_interval_s
 
 
 def reconcile(
@@ -135,15 +143,17 @@ def reconcile(
     stored_status: Mapping[str, object] | None = None,
     pods_settled: bool = True,
     refused: str | None = None,
+    admitting: bool = False,
 ) -> Plan:
     """What to do next. ``pods_settled`` is False while the caller's view of pods and nodes may still be filling
     (just after it started or took over); a missing worker or node is then not taken for a lost one. ``refused``
-    is the API server's message when it refused, for good, to create an object of the job's current attempt."""
+    is the API server's message when it refused, for good, to create an object of the job's current attempt.
+    ``admitting``: admission passes are running (see :func:`admission_grace_s`)."""
     plan = Plan(StatusDraft(stored=stored_status or {}, now=now))
     try:
         draft = plan.status
         phase = job.status.phase
-        wait_s = admission_grace_s(settings) - (now - job.created).total_seconds()
+        wait_s = admission_grace_s(settings, admitting) - (now - job.created).total_seconds()
         if phase is None and not job.spec.suspend and wait_s > 0:
             plan.requeue_after_s = wait_s  # the admission pass may admit it meanwhile: write nothing yet
             return plan

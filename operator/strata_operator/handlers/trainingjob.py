@@ -147,7 +147,10 @@ async def _reconcile(
     nodes = IndexMapping(runtime.observed.nodes)
     now = datetime.now(UTC).replace(microsecond=0)
     refused = memory.refusal(job.status.attempt)
-    plan = lifecycle.reconcile(job, pool, workers, nodes, now, runtime.settings, entry.status, settled, refused)
+    admitting = time.monotonic() - runtime.last_admission < 5 * runtime.settings.admission_interval_s
+    plan = lifecycle.reconcile(
+        job, pool, workers, nodes, now, runtime.settings, entry.status, settled, refused, admitting
+    )
     now_s = time.monotonic()
     memory.settle(workers, now_s)
     work = memory.work(plan, workers, job.status.attempt, has_pool=pool is not None)

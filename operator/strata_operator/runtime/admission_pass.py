@@ -90,11 +90,7 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
         ),
         *(_write_admitted(runtime, entries[key], None, now, plans.get(key)) for key in decision.admit_cpu),
         *(_write_preempted(runtime, entries[p.victim], p.message, now) for p in decision.preempt),
-        *(
-            _write_waiting(runtime, entries[key], waiting, now)
-            for key, waiting in decision.waiting.items()
-            if entries[key].job.status.phase is not None  # a new job's daemon writes it Queued (lifecycle)
-        ),
+        *(_write_waiting(runtime, entries[key], waiting, now) for key, waiting in decision.waiting.items()),
         return_exceptions=True,
     )
     failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
@@ -190,6 +186,12 @@ async def _write_waiting(runtime: Runtime, entry: JobEntry, waiting: Waiting, no
     if not changed_reason and not (moved and time.monotonic() - last >= POSITION_REFRESH_S):
         return
     draft = StatusDraft(entry.status, now)
+    if job.status.phase is None:
+        # a new job's first transition, written by the pass that saw it wait (its daemon leaves it to the pass:
+        # lifecycle.admission_grace_s), with what its daemon would write at its first pass
+        draft.set("submittedAt", format_time(job.created))
+        draft.set("workers", {"ready": 0, "total": job.spec.workers})
+        draft.set("observedGeneration", job.generation)
     draft.set("queuePosition", waiting.position)
     if waiting.expected_start is not None:
         draft.set("expectedStart", format_time(waiting.expected_start))

@@ -57,6 +57,17 @@ def test_a_new_job_is_left_to_admission_for_a_few_passes_before_it_is_written_qu
     assert run(None, [], now=5).status.patch()["phase"] == "Queued"
 
 
+def test_while_admission_passes_run_a_new_job_is_left_to_them_far_longer() -> None:
+    # a running pass writes every new job it sees Admitted or Queued itself; the daemon's write is for a job no pass
+    # reaches (no ResourcePool, or a spec the pass cannot read), and written earlier it would race the pass
+    job = a_job(name="j", data=2, tensor=8, status={})
+    plan = reconcile(job, a_pool(), [], NODES, at(30), SETTINGS, {}, admitting=True)
+    assert plan.status.patch() == {}
+    assert plan.requeue_after_s == pytest.approx(30.0)
+    later = reconcile(job, a_pool(), [], NODES, at(60), SETTINGS, {}, admitting=True)
+    assert later.status.patch()["phase"] == "Queued"
+
+
 def test_an_admitted_gang_gets_all_its_pods_created_then_all_gates_lifted_together() -> None:
     first = run(Phase.ADMITTED, [])
     assert first.create_workers == [0, 1]
