@@ -188,6 +188,8 @@ class Seen:
     finished: bool = False
     """Its workers were told to exit."""
     succeeded: float | None = None
+    exited: float | None = None
+    """When its workers were told to exit (the operator frees its GPUs once they have, before it writes Succeeded)."""
     since: float | None = None
     """When the current attempt was admitted (None while queued)."""
     since_type: str | None = None
@@ -413,6 +415,9 @@ def _drive(
                 )
             except Exception as error:  # its pods went away meanwhile (preempted): it ends in its next attempt
                 print(f"{job.key}: cannot end its workers: {type(error).__name__}", file=sys.stderr)
+                continue
+            with watcher.lock:
+                seen[job.key].exited = now
         with watcher.lock:
             all_running = all(s.running is not None for s in seen.values())
         if submitted == len(queue) and (all_running or now > last_arrival + settle_s):
@@ -542,8 +547,9 @@ def shadowed(jobs: Sequence[Job], seen: dict[str, Seen], hour_s: float, fleet: F
         if job.key not in pass_start or s.gpu_type is None:
             continue
         work_h = job.work_h
-        if s.succeeded is not None:
-            held_h = (s.succeeded - pass_start[job.key]) * scale / HOUR_S
+        ended = min((t for t in (s.exited, s.succeeded) if t is not None), default=None)
+        if ended is not None:
+            held_h = (ended - pass_start[job.key]) * scale / HOUR_S
             work_h = max(work_h, held_h * throughput(catalog, GPUType(s.gpu_type)))
         replayed.append(dataclasses.replace(job, arrival_s=pass_start[job.key] * scale, work_h=work_h))
     policy = Shadowed(StrataPolicy(fleet, catalog, None, name="strata-no-holdback"), seen)
