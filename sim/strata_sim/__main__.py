@@ -16,7 +16,7 @@ from tqdm import tqdm
 from strata_api.catalog import DEFAULT_CATALOG, load_catalog
 from strata_sim.engine import Outcome, simulate
 from strata_sim.model import Job, SimInputError, load_fleet, too_big
-from strata_sim.policies import all_policies
+from strata_sim.policies import StrataPolicy, all_policies
 from strata_sim.report import figures, plot, table
 from strata_sim.traces import DAY_S, read_alibaba, read_helios, synthetic
 
@@ -75,8 +75,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             def advance(now_s: float, bar: tqdm = bar) -> None:
                 bar.update(max(0, min(round(now_s / 3600), bar.total) - bar.n))
 
-            outcome = simulate(jobs, fleet, catalog, builders[name](), seed=args.seed, progress=advance)
-        print(f"{name}: {time.perf_counter() - started:.1f} s")
+            policy = builders[name]()
+            outcome = simulate(jobs, fleet, catalog, policy, seed=args.seed, progress=advance)
+        notes = ""
+        if isinstance(policy, StrataPolicy):
+            notes = (
+                f"; {policy.dearer} gangs placed on a dearer node kind while a cheaper one had room, "
+                f"{policy.unplaced} admitted gangs the placement could not hold"
+            )
+        print(f"{name}: {time.perf_counter() - started:.1f} s{notes}")
         outcomes.append(outcome)
     rows = [figures(o, catalog, args.wait_bound_min * 60) for o in outcomes]
     print(table(rows))

@@ -202,6 +202,9 @@ class StrataPolicy:
         at that moment: admission counts a gang's GPUs where :meth:`Room.take` puts them (best fit), the
         extender where the score does, and the hold-back can then refuse a later gang the reserved GPUs
         admission counted as open. They stay queued (the real gang's pods would stay Pending)."""
+        self.dearer = 0
+        """Gangs placed on a node kind (GPU type x capacity type) while a kind cheaper per unit of work for them
+        (:meth:`_cost`) could hold the whole gang at that moment, the hold respected (issue 21, finding 6)."""
         self._cost = lru_cache(maxsize=65536)(self._cost_uncached)
         self._kinds = lru_cache(maxsize=65536)(self._kinds_uncached)
 
@@ -332,8 +335,10 @@ class StrataPolicy:
             job = state.queue[key]
             group, groups = job.gpus_per_worker * job.pods_per_group, job.workers // job.pods_per_group
             rank = self.pools[job.pool].priority
+            kinds = self._kinds(job, hour)
+            open_kinds = [k for k in kinds if held.fits(room, k[0], (k[1],), group, groups, rank)]
             taken: dict[str, int] = {}
-            for kind in self._kinds(job, hour):
+            for kind in kinds:
                 if kind[0] == gpu_type and groups > sum(taken.values()) // group:
                     left = groups - sum(taken.values()) // group
                     for name, gpus in held.take(room, gpu_type, (kind[1],), group, left, rank).items():
@@ -343,6 +348,8 @@ class StrataPolicy:
                     room.put(name, room.free[name] + gpus)
                 self.unplaced += 1
                 continue
+            dearest = max(self._cost((gpu_type, state.nodes[name].capacity_type), job, hour) for name in taken)
+            self.dearer += any(self._cost(k, job, hour) < dearest for k in open_kinds)
             for name, gpus in taken.items():
                 state.place(job, gpu_type, name, gpus // job.gpus_per_worker)
 
