@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +36,7 @@ import orjson
 
 from strata_api import GPUType
 from strata_api.catalog import Catalog
+from strata_api.nodes import NodeFacts
 from strata_scheduler.columns import host_json
 from strata_scheduler.decoding import NodeRequest, decode
 from strata_scheduler.fastpath.route import ByteRoute
@@ -43,7 +45,7 @@ from strata_scheduler.filtering import FilterOutcome, GroupKey, PinnedGroup, fil
 from strata_scheduler.forecast_board import ForecastBoard
 from strata_scheduler.metrics import ExtenderMetrics
 from strata_scheduler.protocol import BadRequest, filter_result, priority_list, priority_list_json
-from strata_scheduler.scoring import Defaults, JobPlacement, cost_per_unit_work, score_rows
+from strata_scheduler.scoring import Defaults, JobPlacement, KindCost, cost_per_unit_work, rank_kinds, score_rows
 from strata_scheduler.state import ClusterState
 from strata_scheduler.views import PodView, cost_class
 
@@ -101,7 +103,8 @@ class Extender:
         return self._serve("prioritize", body, self._prioritize)
 
     def quote(self, body: bytes) -> tuple[int, bytes]:
-        """Which GPU type a job should be created for: the cheapest unit of work per accepted type, right now.
+        """Which node kind (GPU type x capacity type) a job should be admitted onto: every kind with a node the
+        filter passes, cheapest unit of work first, right now (:func:`quote_answer`).
 
         A pod's GPU vendor is fixed by the resource it requests (``nvidia.com/gpu`` or ``amd.com/gpu``), so
         kube-scheduler can never weigh an H100 against an MI300X for one pod. That choice is made when the
@@ -225,41 +228,22 @@ class Extender:
 
     def _quote(self, request: NodeRequest) -> bytes:
         pod = request.view
-        hour = self.now().hour
         hold = self.board.hold_back()
-        options = []
         state = self.state
+        pins = self.pins.active()
+        passed: list[NodeFacts] = []
+        feasible: dict[GPUType, int] = {}
         for gpu in GPUType:
             if pod.contract.gpu_types and gpu.value not in pod.contract.gpu_types:
                 continue
             as_type = replace(pod, gpu_requests={gpu.resource: max(pod.gpus, 1)})
             names = [name for name, node in state.nodes.items() if node.gpu_type == gpu.value]
-            outcome = filter_nodes(as_type, names, state, hold, self.pins.active(), min)
-            costs = [
-                (cost, listed, name)
-                for name in outcome.passed
-                if (cost := cost_per_unit_work(self.catalog, as_type, node := state.nodes[name], hour, self.defaults))
-                is not None
-                and (listed := cost_per_unit_work(self.catalog, as_type, node, hour, self.defaults, marginal=False))
-                is not None
-            ]
-            if costs:
-                cost, listed, name = min(costs)
-                node = state.nodes[name]
-                options.append(
-                    {
-                        "gpuType": gpu.value,
-                        "resource": gpu.resource,
-                        "costPerUnitWork": round(cost, 6),
-                        "listCostPerUnitWork": round(listed, 6),
-                        "node": name,
-                        "capacityType": node.capacity_type,
-                        "feasibleNodes": len(outcome.passed),
-                    }
-                )
-        # free reserved GPUs of several types all cost 0 (sunk): the lower commitment rate per unit of work wins
-        options.sort(key=lambda option: (option["costPerUnitWork"], option["listCostPerUnitWork"], option["gpuType"]))
-        return orjson.dumps({"recommended": options[0]["gpuType"] if options else None, "options": options})
+            outcome = filter_nodes(as_type, names, state, hold, pins, min)
+            feasible[gpu] = len(outcome.passed)
+            passed.extend(state.nodes[name] for name in outcome.passed)
+        return orjson.dumps(
+            quote_answer(rank_kinds(self.catalog, pod, passed, self.now().hour, self.defaults), feasible)
+        )
 
     def _cheapest(self, pod: PodView, names: list[str], hour: int) -> str:
         """The node a tensor-parallel group is placed on: lowest cost per unit of work, then name."""
@@ -275,3 +259,41 @@ class Extender:
             return (by_class[node_class], name)
 
         return min(names, key=key)
+
+
+def quote_answer(kinds: Sequence[KindCost], feasible: Mapping[GPUType, int]) -> dict[str, Any]:
+    """``POST /quote``'s answer from the ranked kinds (:func:`~strata_scheduler.scoring.rank_kinds`) and the nodes
+    the filter passed per GPU type.
+
+    ``kinds``: every node kind with a node the filter passed, cheapest per unit of work first (what admission
+    takes the first fitting kind of); ``options``: one entry per GPU type, its cheapest kind, in the same order
+    (what an operator that predates ``kinds`` reads); ``recommended``: the first option's type, or null."""
+    options: list[dict[str, Any]] = []
+    for kind in kinds:
+        if all(option["gpuType"] != kind.gpu_type.value for option in options):
+            options.append(
+                {
+                    "gpuType": kind.gpu_type.value,
+                    "resource": kind.gpu_type.resource,
+                    "costPerUnitWork": round(kind.cost, 6),
+                    "listCostPerUnitWork": round(kind.listed, 6),
+                    "node": kind.node,
+                    "capacityType": kind.capacity_type,
+                    "feasibleNodes": feasible.get(kind.gpu_type, 0),
+                }
+            )
+    return {
+        "recommended": options[0]["gpuType"] if options else None,
+        "options": options,
+        "kinds": [
+            {
+                "gpuType": kind.gpu_type.value,
+                "capacityType": kind.capacity_type,
+                "costPerUnitWork": round(kind.cost, 6),
+                "listCostPerUnitWork": round(kind.listed, 6),
+                "node": kind.node,
+                "feasibleNodes": kind.nodes,
+            }
+            for kind in kinds
+        ],
+    }

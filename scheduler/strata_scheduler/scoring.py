@@ -25,6 +25,11 @@ the reserved GPUs it holds for forecast high-priority demand: a held node never 
 cost zero: the quote and the simulator break ties by it, so a job still goes to the reserved type that does
 its work for the lower commitment rate.
 
+The quote (``POST /quote``) ranks **node kinds**, GPU type x capacity type, by :func:`rank_kinds`: each kind at
+its cheapest node, ordered by ``(cost, list, GPU type, capacity type)``. Admission takes the first kind in that
+order that holds a whole gang, so that jobs admitted in one pass go where this score puts their pods, cheapest
+first, rather than all to the type whose cheapest kind had room (issue 21, finding 6).
+
 ``slowdown`` is the expected wall-clock time per hour of useful work when every reclaim throws away the work
 since the last checkpoint (the renewal result for restarts from a checkpoint); to first order it is
 ``1 + lambda * c / 2``, the hazard rate times the work an interruption loses on average. Multiplying by it
@@ -51,19 +56,19 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from strata_api import CapacityType
+from strata_api import CapacityType, GPUType
 from strata_api.catalog import Catalog
 from strata_api.nodes import NodeFacts
 from strata_scheduler.columns import NodeColumns
 from strata_scheduler.protocol import MAX_SCORE
-from strata_scheduler.views import PodView
+from strata_scheduler.views import PodView, cost_class
 
 COST_POINTS = 8
 """Cost points of the cheapest node of a request (and of every free reserved node)."""
@@ -122,6 +127,59 @@ def cost_per_unit_work(
         runtime = defaults.expected_runtime_s
     slowdown = interruption_slowdown(catalog.hazard(node.capacity_type), pod.contract.checkpoint_interval_s, runtime)
     return per_gpu * catalog.power_multiplier(node.zone, hour_utc) / throughput * slowdown
+
+
+@dataclass(frozen=True)
+class KindCost:
+    """One node kind (GPU type x capacity type) at its cheapest node: what the quote answers per kind."""
+
+    gpu_type: GPUType
+    capacity_type: CapacityType | None
+    """None for nodes without a capacity-type label (the operator's admission cannot ask for them)."""
+    cost: float
+    """``cost`` of the module docstring: dollars per GPU-hour of reference work (0 on a free reserved GPU)."""
+    listed: float
+    """``list``: the same at the node's list or commitment price (the tie-break)."""
+    node: str
+    """The cheapest node of the kind (its name breaks ties)."""
+    nodes: int
+    """Nodes of the kind that were priced."""
+
+    @property
+    def order(self) -> tuple[float, float, str, str]:
+        """The quote's order: cheapest unit of work, then the lower commitment rate, then the names."""
+        return (self.cost, self.listed, self.gpu_type.value, self.capacity_type.value if self.capacity_type else "")
+
+
+def rank_kinds(
+    catalog: Catalog, pod: PodView, nodes: Iterable[NodeFacts], hour_utc: int, defaults: Defaults = Defaults()
+) -> list[KindCost]:
+    """The node kinds of ``nodes`` (the ones the filter passed for ``pod``), cheapest per unit of work first
+    (:attr:`KindCost.order`), each at its cheapest node; a node the formula cannot price is left out.
+
+    Free reserved GPUs of several types all cost 0 (sunk), so the lower commitment rate per unit of work orders
+    them. The extender's quote and the simulator (:mod:`strata_sim.policies`) both rank with this function."""
+    best: dict[tuple[GPUType, CapacityType | None], tuple[float, float, str]] = {}
+    counts: Counter[tuple[GPUType, CapacityType | None]] = Counter()
+    by_class: dict[tuple[object, ...], tuple[float, float] | None] = {}  # nodes of one cost class cost the same
+    for node in nodes:
+        if node.gpu_type is None:
+            continue
+        node_class = cost_class(node)
+        if node_class not in by_class:
+            cost = cost_per_unit_work(catalog, pod, node, hour_utc, defaults)
+            listed = cost_per_unit_work(catalog, pod, node, hour_utc, defaults, marginal=False)
+            by_class[node_class] = (cost, listed) if cost is not None and listed is not None else None
+        priced = by_class[node_class]
+        if priced is None:
+            continue
+        kind = (node.gpu_type, node.capacity_type)
+        counts[kind] += 1
+        entry = (*priced, node.name)
+        if kind not in best or entry < best[kind]:
+            best[kind] = entry
+    kinds = [KindCost(g, c, cost, listed, name, counts[(g, c)]) for (g, c), (cost, listed, name) in best.items()]
+    return sorted(kinds, key=lambda kind: kind.order)
 
 
 @dataclass(frozen=True)

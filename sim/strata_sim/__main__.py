@@ -80,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         notes = ""
         if isinstance(policy, StrataPolicy):
             notes = (
-                f"; {policy.dearer} gangs placed on a dearer node kind while a cheaper one had room, "
+                f"; {policy.dearer} gangs placed on a dearer node kind while a cheaper one had room "
+                f"({policy.dearer_kept_off} more where its type was reserved by a waiting head), "
                 f"{policy.unplaced} admitted gangs the placement could not hold"
             )
         print(f"{name}: {time.perf_counter() - started:.1f} s{notes}")

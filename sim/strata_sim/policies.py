@@ -33,7 +33,7 @@ from strata_operator.core.observed import Node
 from strata_operator.core.room import Room
 from strata_scheduler.filtering import HoldBack, reserved_holdback
 from strata_scheduler.forecasting import ForecastConfig, predict
-from strata_scheduler.scoring import cost_per_unit_work
+from strata_scheduler.scoring import rank_kinds
 from strata_scheduler.state import ReservedCapacity
 from strata_scheduler.views import PodView
 from strata_sim.engine import Policy, SimState, fill_order
@@ -204,14 +204,16 @@ class StrataPolicy:
         admission counted as open. They stay queued (the real gang's pods would stay Pending)."""
         self.dearer = 0
         """Gangs placed on a node kind (GPU type x capacity type) while a kind cheaper per unit of work for them
-        (:meth:`_cost`) could hold the whole gang at that moment, the hold respected (issue 21, finding 6)."""
-        self._cost = lru_cache(maxsize=65536)(self._cost_uncached)
-        self._kinds = lru_cache(maxsize=65536)(self._kinds_uncached)
+        (:meth:`_cost`) could hold the whole gang at that moment, the hold respected (issue 21, finding 6), and
+        admission's rule 3 did not keep it off that kind's type."""
+        self.dearer_kept_off = 0
+        """The same where every such cheaper kind's type was reserved by a waiting head (rule 3, by design)."""
+        self._ranked = lru_cache(maxsize=65536)(self._ranked_uncached)
 
     # -- the extender's view ------------------------------------------------------------------------------------
-    def _cost_uncached(self, kind: tuple[GPUType, str], job: Job, hour: int) -> tuple[float, float]:
-        """The extender's cost per unit of work on a node of ``kind`` (0 on reserved: sunk), then its list cost (the
-        tie-break between reserved types, as the extender's quote breaks it)."""
+    def _ranked_uncached(self, job: Job, hour: int) -> dict[tuple[GPUType, str], tuple[float, float]]:
+        """The job's node kinds in the extender's quote order (:func:`strata_scheduler.scoring.rank_kinds`, one
+        node of each kind), each with its cost per unit of work (0 on reserved: sunk) and its list cost."""
         contract = PodContract(
             job=job.key,
             gang_size=job.workers,
@@ -226,24 +228,28 @@ class StrataPolicy:
             throughput_override={},
             deferrable=False,
         )
-        pod = PodView("", "sim", job.key, None, "Pending", {kind[0].resource: job.gpus_per_worker}, contract, job.pool)
-        facts = self.facts[kind]
-        cost = cost_per_unit_work(self.catalog, pod, facts, hour)
-        listed = cost_per_unit_work(self.catalog, pod, facts, hour, marginal=False)
-        return (cost if cost is not None else float("inf"), listed if listed is not None else float("inf"))
+        requests = {job.gpu_types[0].resource: job.gpus_per_worker}
+        pod = PodView("", "sim", job.key, None, "Pending", requests, contract, job.pool)
+        facts = [f for kind, f in self.facts.items() if kind[0] in job.gpu_types]
+        ranked = rank_kinds(self.catalog, pod, facts, hour)
+        return {(k.gpu_type, str(k.capacity_type)): (k.cost, k.listed) for k in ranked}
 
-    def _kinds_uncached(self, job: Job, hour: int) -> list[tuple[GPUType, str]]:
+    def _kinds(self, job: Job, hour: int) -> list[tuple[GPUType, str]]:
         """The job's node kinds, cheapest per unit of work first."""
-        kinds = [k for k in self.facts if k[0] in job.gpu_types]
-        return sorted(kinds, key=lambda k: (*self._cost(k, job, hour), k))
+        return list(self._ranked(job, hour))
+
+    def _cost(self, kind: tuple[GPUType, str], job: Job, hour: int) -> tuple[float, float]:
+        """The cost per unit of work on a node of ``kind``, then its list cost (inf where it cannot be priced)."""
+        return self._ranked(job, hour).get(kind, (float("inf"), float("inf")))
 
     def _request(self, job: Job, hour: int, room: Mapping[tuple[GPUType, str], int]) -> GangRequest:
-        """The job as admission sees it, its GPU types in the order of the extender's quote: by the cheapest node
-        kind with room for one worker now (``room``: the most free GPUs on one node of each kind; the quote
-        filters the fleet's nodes before it prices them), then the types without room, cheapest kind first."""
+        """The job as admission sees it, with the extender's quote: the node kinds with room for one worker now
+        (``room``: the most free GPUs on one node of each kind; the quote prices only the nodes its filter
+        passes), cheapest first, and the GPU types in the order of their cheapest such kind, then the types
+        without room."""
         kinds = self._kinds(job, hour)
-        open_first = [k[0] for k in kinds if room.get(k, 0) >= job.gpus_per_worker] + [k[0] for k in kinds]
-        order = tuple(dict.fromkeys(open_first))
+        quoted = tuple(k for k in kinds if room.get(k, 0) >= job.gpus_per_worker)
+        order = tuple(dict.fromkeys([k[0] for k in quoted] + [k[0] for k in kinds]))
         return GangRequest(
             key=job.key,
             pool=job.pool,
@@ -253,6 +259,7 @@ class StrataPolicy:
             gpu_types=order,
             capacity_types=frozenset(CapacityType),
             submitted=EPOCH + timedelta(seconds=job.arrival_s),
+            kinds=quoted,
         )
 
     def _hold(self, state: SimState) -> ReservedHoldBack | None:
@@ -318,14 +325,19 @@ class StrataPolicy:
             ]
             hold = self._hold(state)
             decision = admit(queue, admitted, self.pools, self.nodes, state.free, hold)
-            self._place(decision.admit, state, hold, hour)
+            self._place(decision.admit, state, hold, hour, decision.kept_off)
             for preemption in decision.preempt:
                 state.preempt(preemption.victim)
             if not decision.preempt:
                 return
 
     def _place(
-        self, admitted: Mapping[str, GPUType], state: SimState, hold: ReservedHoldBack | None, hour: int
+        self,
+        admitted: Mapping[str, GPUType],
+        state: SimState,
+        hold: ReservedHoldBack | None,
+        hour: int,
+        kept_off: Mapping[str, frozenset[GPUType]],
     ) -> None:
         """Each admitted gang's groups on the cheapest capacity type first, as the extender's scores order them,
         the hold respected as admission counted it."""
@@ -349,7 +361,10 @@ class StrataPolicy:
                 self.unplaced += 1
                 continue
             dearest = max(self._cost((gpu_type, state.nodes[name].capacity_type), job, hour) for name in taken)
-            self.dearer += any(self._cost(k, job, hour) < dearest for k in open_kinds)
+            cheaper = [k for k in open_kinds if self._cost(k, job, hour) < dearest]
+            avoidable = [k for k in cheaper if k[0] not in kept_off.get(key, ())]
+            self.dearer += bool(avoidable)
+            self.dearer_kept_off += bool(cheaper) and not avoidable
             for name, gpus in taken.items():
                 state.place(job, gpu_type, name, gpus // job.gpus_per_worker)
 

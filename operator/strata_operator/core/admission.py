@@ -5,7 +5,13 @@ Rules, in the order a user would check them:
 1. Order. Queued jobs are considered by their pool's priority (high first), then submission time, then name.
 2. All or nothing. A job is admitted only if its pool's quota and the fleet's free GPUs of one usable type hold
    the whole gang at once: every worker gets ``gpusPerWorker`` GPUs on one node, and the workers of one
-   tensor-parallel group share a node.
+   tensor-parallel group share a node. With the extender's quote by node kind (GPU type x capacity type,
+   cheapest unit of work first), the gang goes to the first kind that holds it whole, counting what this pass
+   admitted before it, which is where the extender's scores put its pods; when no single kind holds it, to the
+   first type that does, its kinds filled in the quote's order. Before issue 21's finding 6 the pass took the
+   first quoted *type* with room on any capacity type, best fit: every job of one pass got the type whose
+   cheapest kind had room when the quote was asked, and once that kind was full the rest went to the type's
+   dearer kinds (MI300X on-demand) while a cheaper kind of the other type (H100 spot) stood free.
 3. No overtaking on the GPU type the head waits for; the other types stay open. The first job of each priority
    that does not fit is its priority's head, and it reserves one GPU type: the one it will take, where it lacks
    the fewest GPUs on the nodes nearest to holding it (the fewest GPUs still busy there), its quote's order
@@ -83,6 +89,9 @@ class GangRequest:
     deferrable: bool = False
     """``spec.scheduling.deferrable``: its workers carry ``strata.dev/deferrable``, which the extender holds back
     from reserved GPUs whatever the pool's priority (as it does a low-priority pod), so admission does too."""
+    kinds: tuple[tuple[GPUType, str], ...] = ()
+    """The extender's quote by node kind (GPU type, capacity type), cheapest unit of work first (rule 2): the gang
+    goes to the first of them that holds it whole. Empty without a quote by kind: types in ``gpu_types`` order."""
 
     @property
     def on_cpu(self) -> bool:
@@ -181,6 +190,8 @@ class Decision:
     """CPU jobs admitted (they get no GPU type)."""
     preempt: list[Preemption] = field(default_factory=list)
     waiting: dict[str, Waiting] = field(default_factory=dict)
+    kept_off: dict[str, frozenset[GPUType]] = field(default_factory=dict)
+    """Admitted jobs that rule 3 kept off GPU types waiting heads reserve, with those types."""
 
 
 LOWEST_PRIORITY = -(2**31)
@@ -318,11 +329,15 @@ def admit(
             continue
         candidates = [t for t in possible if t not in heads.blocked]
         fits = partial(held.fits, capacity=capacity, group_gpus=group_gpus, groups=request.groups, priority=rank)
-        chosen = next((t for t in candidates if fits(room, t)), None)
+        chosen, fill = _choose(request, candidates, capacity, fits, room)
         if chosen is not None:
-            held.take(room, chosen, capacity, group_gpus, request.groups, rank)
+            left = request.groups
+            for kinds in fill:
+                left -= sum(held.take(room, chosen, kinds, group_gpus, left, rank).values()) // group_gpus
             usage[pool.name] = in_use + request.gpus
             decision.admit[request.key] = chosen
+            if blocked := frozenset(t for t in possible if t in heads.blocked):
+                decision.kept_off[request.key] = blocked
             continue
         preempting = _preemption(request, pool, candidates, fits, room, victims_left, reserved, pools)
         if preempting is not None:
@@ -366,6 +381,29 @@ def admit(
                 f"{'/'.join(candidates)} GPUs to be free at once",
             )
     return decision
+
+
+def _choose(
+    request: GangRequest,
+    candidates: Sequence[GPUType],
+    capacity: frozenset[str],
+    fits: Callable[..., bool],
+    room: Room,
+) -> tuple[GPUType | None, list[frozenset[str]]]:
+    """Rule 2: the GPU type the gang is admitted on, and the capacity types its groups fill, in order (each entry
+    filled best fit before the next); (None, []) when it fits nowhere now.
+
+    With a quote by kind: the type of the first quoted kind that holds the whole gang, else the first type that
+    does; its groups fill that type's quoted kinds cheapest first, then its other capacity types together, as
+    the extender's scores place the pods one by one (a cheaper kind with room for some of them gets those).
+    Without one: the first type, every capacity type together (best fit), as before kinds were quoted."""
+    whole = (t for t, c in request.kinds if t in candidates and c in capacity and fits(room, t, capacity={c}))
+    chosen = next(whole, None) or next((t for t in candidates if fits(room, t)), None)
+    if chosen is None:
+        return None, []
+    quoted = list(dict.fromkeys(c for t, c in request.kinds if t == chosen and c in capacity))
+    rest = capacity - set(quoted)
+    return chosen, [frozenset({c}) for c in quoted] + ([rest] if rest else [])
 
 
 class Reservations:

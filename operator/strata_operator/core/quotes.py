@@ -3,23 +3,36 @@ request and its answer (pure; :mod:`strata_operator.runtime.quoter` asks).
 
 A pod's GPU vendor is fixed by the resource it requests, so kube-scheduler never weighs an H100 against an MI300X
 for one pod; the choice is made at admission. The extender's ``POST /quote`` (body ``{"Pod": <pod template>}``)
-answers with the GPU types in order of cost per unit of work right now (prices, relative throughput, power tariff,
-reclaim hazard, from the same catalog). Admission then tries the types in that order.
+answers with the node kinds (``kinds``: GPU type x capacity type) with room now, in order of cost per unit of
+work (prices, relative throughput, power tariff, reclaim hazard, from the same catalog), and the GPU types in the
+order of their cheapest kind (``options``, ``recommended``). Admission takes the first kind that holds the whole
+gang, then falls back to the types in order (:mod:`strata_operator.core.admission`, rule 2).
 
-An answer that is not a quote gives no order (:func:`ordered` returns None); the fallback is then the job's own
-order (see :mod:`strata_operator.runtime.quoter`).
+An answer that is not a quote gives no order (:func:`read_quote` returns None); the fallback is then the job's own
+order (see :mod:`strata_operator.runtime.quoter`). A quote whose ``kinds`` are missing (an extender that predates
+them) or malformed gives the types alone: admission then takes the first type that holds the gang, as before.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import strata_api as api
-from strata_api import GPUType, ResourcePool, TrainingJob
+from strata_api import CapacityType, GPUType, ResourcePool, TrainingJob
 from strata_operator.core.pods import build_worker_pods
 from strata_operator.settings import OperatorSettings
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A job's quote as admission reads it."""
+
+    types: tuple[GPUType, ...]
+    """Every accepted type, the quoted ones first in the quote's order."""
+    kinds: tuple[tuple[GPUType, str], ...] = ()
+    """The quoted node kinds (GPU type, capacity type) the job accepts, cheapest first; empty without them."""
 
 
 def quote_template(job: TrainingJob, pool: ResourcePool, settings: OperatorSettings) -> dict[str, Any]:
@@ -43,3 +56,27 @@ def ordered(answer: Any, accepted: Sequence[GPUType]) -> tuple[GPUType, ...] | N
         quoted.insert(0, recommended)
     first = [t for q in quoted for t in accepted if t.value == q]
     return tuple(dict.fromkeys([*first, *accepted]))
+
+
+def ordered_kinds(answer: Any, accepted: Sequence[GPUType]) -> tuple[tuple[GPUType, str], ...]:
+    """The answer's node kinds of accepted types and known capacity types, in its order; empty when it has none or
+    they are malformed (an entry not an object, or its ``gpuType`` or ``capacityType`` not a string)."""
+    entries = answer.get("kinds") if isinstance(answer, dict) else None
+    if not isinstance(entries, list):
+        return ()
+    capacities = {c.value for c in CapacityType}
+    kinds: list[tuple[GPUType, str]] = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            return ()
+        gpu, capacity = entry.get("gpuType"), entry.get("capacityType")
+        if not isinstance(gpu, str) or not isinstance(capacity, str):
+            return ()
+        kinds.extend((t, capacity) for t in accepted if t.value == gpu and capacity in capacities)
+    return tuple(dict.fromkeys(kinds))
+
+
+def read_quote(answer: Any, accepted: Sequence[GPUType]) -> Quote | None:
+    """The quote in ``answer`` for a job that accepts ``accepted``; None when the answer is not a quote."""
+    types = ordered(answer, accepted)
+    return Quote(types, ordered_kinds(answer, accepted)) if types is not None else None

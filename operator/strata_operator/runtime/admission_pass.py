@@ -17,6 +17,7 @@ from strata_operator.core.admission import AdmittedGang, Decision, GangRequest, 
 from strata_operator.core.lifecycle import Reason
 from strata_operator.core.observed import Node, WorkerPod
 from strata_operator.core.pods import gang_gpu_type
+from strata_operator.core.quotes import Quote
 from strata_operator.core.serving import serving_shares
 from strata_operator.core.status import NORMAL, PREEMPTED, WARNING, StatusDraft
 from strata_operator.core.valley import ValleyPlan, fleet_zones, plan_job
@@ -57,7 +58,7 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
     free = {n.name: n.allocatable_gpus - sum(usage_index.get(n.name, ())) for n in fleet}
     # gpuType Any: the types in the order the extender quotes them (cheapest unit of work first), else the job's;
     # and the reserved GPUs the extender holds back from low-priority gangs (none without its answer)
-    orders: dict[str, tuple[GPUType, ...]] = {}
+    orders: dict[str, Quote] = {}
     hold = None
     if (quoter := runtime.quoter) is not None:
         quoted = quoter.orders((j, pools[j.spec.pool]) for j in queued if j.spec.pool in pools)
@@ -143,7 +144,7 @@ async def _write_preempted(runtime: Runtime, entry: JobEntry, message: str, now:
         runtime.wake(entry.job.key)
 
 
-def readable_request(job: TrainingJob, order: tuple[GPUType, ...] | None) -> GangRequest | None:
+def readable_request(job: TrainingJob, order: Quote | None) -> GangRequest | None:
     """The job's request, or None (with a warning naming it) when its spec cannot be read: one job stored with a
     value this reader refuses must not stop every other job's admission."""
     try:
@@ -153,9 +154,9 @@ def readable_request(job: TrainingJob, order: tuple[GPUType, ...] | None) -> Gan
         return None
 
 
-def _request(job: TrainingJob, order: tuple[GPUType, ...] | None) -> GangRequest:
+def _request(job: TrainingJob, order: Quote | None) -> GangRequest:
     request = GangRequest.from_job(job)
-    return replace(request, gpu_types=order) if order else request
+    return replace(request, gpu_types=order.types, kinds=order.kinds) if order and order.types else request
 
 
 def _admitted(entry: JobEntry, pods: list[WorkerPod]) -> AdmittedGang | None:

@@ -1,6 +1,6 @@
-"""Asks the scheduler extender which GPU type a ``gpuType: Any`` job should get (:mod:`strata_operator.core.quotes`
-builds the request and reads the answer), and how many reserved GPUs it holds back from low-priority gangs
-(``GET /holdback``, once per admission pass: :mod:`strata_operator.core.holdback`).
+"""Asks the scheduler extender which node kind (GPU type x capacity type) a ``gpuType: Any`` job should get
+(:mod:`strata_operator.core.quotes` builds the request and reads the answer), and how many reserved GPUs it holds
+back from low-priority gangs (``GET /holdback``, once per admission pass: :mod:`strata_operator.core.holdback`).
 
 Fallback, documented in docs/operator.md: with no extender configured (``--extender-url`` empty), or when it does
 not answer within ``--quote-timeout-s`` (or answers nonsense), the job's own order is used (H100, then MI300X for
@@ -22,9 +22,9 @@ from collections.abc import Iterable
 
 import aiohttp
 
-from strata_api import GPUType, ResourcePool, TrainingJob
+from strata_api import ResourcePool, TrainingJob
 from strata_api.holdback import HOLDBACK_PATH, ReservedHoldBack
-from strata_operator.core.quotes import ordered, quote_template
+from strata_operator.core.quotes import Quote, quote_template, read_quote
 from strata_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class Quoter:
         self.url = settings.extender_url.rstrip("/")
         self.timeout_s = settings.quote_timeout_s
         self.settings = settings
-        self._cache: dict[tuple[str, str], tuple[float, tuple[GPUType, ...]]] = {}
+        self._cache: dict[tuple[str, str], tuple[float, Quote]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._failing = False
         self._hold_failing = False
@@ -50,13 +50,14 @@ class Quoter:
             await self._session.close()
             self._session = None
 
-    async def orders(self, jobs: Iterable[tuple[TrainingJob, ResourcePool]]) -> dict[str, tuple[GPUType, ...]]:
-        """Preferred GPU type order by job key, for the jobs that accept more than one type and got a quote."""
+    async def orders(self, jobs: Iterable[tuple[TrainingJob, ResourcePool]]) -> dict[str, Quote]:
+        """The quote (GPU types and node kinds, cheapest first) by job key, for the jobs that accept more than one
+        type and got one."""
         if not self.url:
             return {}
         now = time.monotonic()
         self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
-        result: dict[str, tuple[GPUType, ...]] = {}
+        result: dict[str, Quote] = {}
         asks: list[tuple[tuple[str, str], TrainingJob, ResourcePool]] = []
         for job, pool in jobs:
             if len(job.spec.gpu_types) < 2:
@@ -105,13 +106,13 @@ class Quoter:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         return self._session
 
-    async def _ask(self, job: TrainingJob, pool: ResourcePool) -> tuple[GPUType, ...] | None:
+    async def _ask(self, job: TrainingJob, pool: ResourcePool) -> Quote | None:
         body = json.dumps({"Pod": quote_template(job, pool, self.settings)})
         with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
             headers = {"Content-Type": "application/json"}
             async with self._client().post(f"{self.url}/quote", data=body, headers=headers) as response:
                 if response.status == 200:
-                    return ordered(json.loads(await response.read()), job.spec.gpu_types)
+                    return read_quote(json.loads(await response.read()), job.spec.gpu_types)
         return None
 
     def _report(self, answered: int, asked: int) -> None:

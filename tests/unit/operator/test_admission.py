@@ -215,6 +215,56 @@ def test_any_gpu_type_takes_the_first_type_that_holds_the_whole_gang() -> None:
     assert decision.admit == {"any": MI300X}
 
 
+def test_a_pass_gives_each_job_the_first_quoted_node_kind_that_holds_it_counting_the_jobs_before_it() -> None:
+    """Issue 21, finding 6. The quote (asked once, kept for the pass) ranks the kinds with room: MI300X reserved
+    (one GPU free, $0: paid anyway), H100 spot, MI300X on-demand. Two one-GPU jobs in one pass: the first takes
+    the last MI300X reserved GPU, the second H100 spot, where the extender's scores put them. By type alone both
+    got MI300X, the quote's first type, and the second ran on MI300X on-demand while H100 spot stood free."""
+    nodes = fleet(
+        a_node("h-res"),
+        a_node("h-spot", capacity="spot"),
+        a_node("m-res", MI300X),
+        a_node("m-od", MI300X, capacity="on-demand"),
+    )
+    free = {"h-res": 0, "h-spot": 8, "m-res": 1, "m-od": 8}
+    kinds = ((MI300X, "reserved"), (H100, "spot"), (MI300X, "on-demand"))
+    a, b = (req(k, per_worker=1, submitted=i, types=(MI300X, H100)) for i, k in enumerate("ab"))
+    by_kind = [dataclasses.replace(r, kinds=kinds) for r in (a, b)]
+    assert admit(by_kind, [], pools(a_pool()), nodes, free).admit == {"a": MI300X, "b": H100}
+    assert admit([a, b], [], pools(a_pool()), nodes, free).admit == {"a": MI300X, "b": MI300X}  # without kinds
+
+
+def test_a_gang_is_counted_where_the_extender_puts_its_workers_its_kinds_cheapest_first() -> None:
+    """Two 8-GPU workers: MI300X on-demand (two nodes) is the first quoted kind that holds the whole gang, so it
+    gets MI300X; the extender places its workers one by one, cheapest first, so admission counts the MI300X
+    reserved node and one on-demand node. The next job then finds MI300X reserved full and takes H100 spot. Best
+    fit over every capacity type (by name among equals) counted the gang on both on-demand nodes and gave the
+    next job the reserved one, which the gang's first worker was about to take. With one on-demand node no single
+    kind holds the gang: it takes the first type that does, counted the same way."""
+    nodes = fleet(
+        a_node("h-spot", capacity="spot"),
+        a_node("m-res", MI300X),
+        a_node("m-od1", MI300X, capacity="on-demand"),
+        a_node("m-od2", MI300X, capacity="on-demand"),
+    )
+    kinds = ((MI300X, "reserved"), (H100, "spot"), (MI300X, "on-demand"))
+    gang = req("gang", workers=2, types=(MI300X, H100))
+    small = req("small", submitted=1, types=(MI300X, H100))
+    queue = [dataclasses.replace(r, kinds=kinds) for r in (gang, small)]
+    assert admit(queue, [], pools(a_pool()), nodes, all_free(nodes)).admit == {"gang": MI300X, "small": H100}
+    assert admit([gang, small], [], pools(a_pool()), nodes, all_free(nodes)).admit == {"gang": MI300X, "small": MI300X}
+    three = nodes[:3]
+    assert admit(queue, [], pools(a_pool()), three, all_free(three)).admit == {"gang": MI300X, "small": H100}
+
+
+def test_quoted_kinds_outside_the_pool_or_the_job_are_passed_over() -> None:
+    """The pool allows spot only: the quoted MI300X reserved kind is not the job's to take, H100 spot is."""
+    nodes = fleet(a_node("h-spot", capacity="spot"), a_node("m-res", MI300X))
+    pool = a_pool(capacityTypes=["spot"])
+    request = dataclasses.replace(req("j", types=(MI300X, H100)), kinds=((MI300X, "reserved"), (H100, "spot")))
+    assert admit([request], [], pools(pool), nodes, all_free(nodes)).admit == {"j": H100}
+
+
 def test_pool_gpu_types_and_capacity_types_restrict_the_job() -> None:
     nodes = fleet(a_node("spot", capacity="spot"), a_node("res", MI300X, capacity="reserved"))
     pool = a_pool(gpuTypes=["MI300X"], capacityTypes=["spot"])

@@ -129,7 +129,40 @@ def test_quote_recommends_the_gpu_type_with_the_cheapest_unit_of_work(server: Li
     status, body = server.post("/quote", {"Pod": template.throughput("MI300X=0.5").build()})
     assert body["recommended"] == "H100"
     status, body = server.post("/quote", {"Pod": a_pod().gpus(8).accepts("MI300X").capacity_types("reserved").build()})
-    assert body == {"recommended": None, "options": []}
+    assert body == {"recommended": None, "options": [], "kinds": []}
+
+
+def test_quote_answers_every_node_kind_with_room_cheapest_unit_of_work_first() -> None:
+    """Node kinds (GPU type x capacity type) in cost order, each at its cheapest node with room: a free reserved
+    GPU costs 0 (MI300X's commitment 5 / 0.9 below H100's 6), spot next with its reclaim slowdown (x1.0254 at
+    30-minute checkpoints), on-demand last. A kind whose nodes are full is not quoted. ``options`` (one per type,
+    its cheapest kind) stays for an operator that predates ``kinds``."""
+    six = [
+        (a_node(f"h100-{capacity}").h100() if gpu == "H100" else a_node(f"mi-{capacity}").mi300x()).capacity(capacity)
+        for gpu in ("H100", "MI300X")
+        for capacity in ("reserved", "spot", "on-demand")
+    ]
+    live = LiveServer(an_extender(*six, a_pod("busy").amd(8).on("mi-reserved")))
+    try:
+        status, body = live.post("/quote", {"Pod": a_pod().gpus(4).checkpoint_every(1800).runtime(36000).build()})
+        assert status == 200
+        assert [(k["gpuType"], k["capacityType"], k["node"]) for k in body["kinds"]] == [
+            ("H100", "reserved", "h100-reserved"),  # mi-reserved is full
+            ("MI300X", "spot", "mi-spot"),
+            ("H100", "spot", "h100-spot"),
+            ("MI300X", "on-demand", "mi-on-demand"),
+            ("H100", "on-demand", "h100-on-demand"),
+        ]
+        assert [k["costPerUnitWork"] for k in body["kinds"]] == pytest.approx(
+            [0.0, 3 / 0.9 * 1.0254219, 4 * 1.0254219, 8 / 0.9, 10.0], rel=1e-6
+        )
+        assert [(o["gpuType"], o["capacityType"]) for o in body["options"]] == [
+            ("H100", "reserved"),
+            ("MI300X", "spot"),
+        ]
+        assert body["recommended"] == "H100"
+    finally:
+        live.close()
 
 
 def test_quote_recommends_a_free_reserved_gpu_first_and_the_lower_commitment_rate_among_reserved_types() -> None:
@@ -321,7 +354,7 @@ def check_extender_args(server: LiveServer, body: bytes, names: list[str], cut: 
     assert all(0 <= entry["Score"] <= 10 for entry in scores)
     status, raw = server.request("POST", "/quote", body)
     assert status == 200
-    assert set(orjson.loads(raw)) == {"recommended", "options"}
+    assert set(orjson.loads(raw)) == {"recommended", "options", "kinds"}
     truncated = body[:-cut]
     assert server.request("POST", "/filter", truncated)[0] == 400
     assert _internal_errors(server) == 0

@@ -17,7 +17,13 @@ from scheduler_reference import reference_rows, score_nodes
 
 from strata_api.catalog import parse_catalog
 from strata_api.nodes import NodeFacts
-from strata_scheduler.scoring import JobPlacement, cost_per_unit_work, interruption_slowdown, score_rows
+from strata_scheduler.scoring import (
+    JobPlacement,
+    cost_per_unit_work,
+    interruption_slowdown,
+    rank_kinds,
+    score_rows,
+)
 from strata_scheduler.state import ClusterState
 from strata_scheduler.views import pod_view
 
@@ -195,3 +201,34 @@ def test_cost_is_dollars_per_reference_gpu_hour_and_zero_on_a_reserved_gpu() -> 
     assert cost_per_unit_work(CATALOG, pod, on_demand, hour_utc=0) == pytest.approx(8 / 0.9)
     assert cost_per_unit_work(CATALOG, pod, reserved, hour_utc=0) == 0.0
     assert cost_per_unit_work(CATALOG, pod, reserved, hour_utc=0, marginal=False) == pytest.approx(5 / 0.9)
+
+
+def test_the_quote_ranks_node_kinds_cheapest_unit_of_work_first() -> None:
+    """Free reserved first (0; MI300X's commitment 5 / 0.9 = 5.56 below H100's 6), then spot with its reclaim
+    slowdown (30-minute checkpoints at 0.1 per hour: x1.0254; MI300X 3 / 0.9 = 3.42, H100 4.10), then on-demand
+    (MI300X 8.89, H100 10). A kind at its cheapest node; a node the formula cannot price is left out."""
+    pod = pod_view(a_pod().gpus(8).checkpoint_every(1800).runtime(36000).build())
+    nodes = [NodeFacts.from_body(b.build()) for b in FLEET.values()]
+    cheap_od = a_node("mi-od-cheap").mi300x().on_demand().price("8").build()
+    unpriced = a_node("h100-odd").h100().on_demand().instance("unknown-instance").build()
+    nodes += [NodeFacts.from_body(cheap_od), NodeFacts.from_body(unpriced)]
+    kinds = rank_kinds(CATALOG, pod, nodes, hour_utc=3)
+    assert [(k.gpu_type, k.capacity_type, k.node) for k in kinds] == [
+        ("MI300X", "reserved", "mi-res"),
+        ("H100", "reserved", "h100-res"),
+        ("MI300X", "on-demand", "mi-od-cheap"),  # $8 a node-hour: 1 / 0.9 per GPU-hour of work
+        ("MI300X", "spot", "mi-spot"),
+        ("H100", "spot", "h100-spot"),
+        ("H100", "on-demand", "h100-od"),
+    ]
+    slowdown = interruption_slowdown(0.1, 1800, 36000)
+    assert [round(k.cost, 4) for k in kinds] == [
+        0.0,
+        0.0,
+        round(1 / 0.9, 4),
+        round(3 / 0.9 * slowdown, 4),
+        round(4 * slowdown, 4),
+        10.0,
+    ]
+    assert [k.nodes for k in kinds] == [1, 1, 2, 1, 1, 1]  # the unpriced H100 on-demand node is not counted
+    assert rank_kinds(CATALOG, pod, [], hour_utc=3) == []

@@ -124,6 +124,45 @@ def test_strata_quotes_gpu_types_by_the_cheapest_node_with_room_now_as_the_exten
     assert (records["X"].capacity, records["Y"].gpu_type, records["Y"].capacity) == ("reserved", GPUType.MI300X, "spot")
 
 
+def test_one_pass_gives_each_job_the_first_node_kind_that_holds_it_counting_the_jobs_before_it() -> None:
+    """Issue 21, finding 6. W fills the H100 reserved node, X holds 7 of the MI300X reserved node's 8 GPUs. A and B
+    (one GPU each, H100 or MI300X) arrive together, so one admission pass decides both on one quote: node kinds
+    with room by cost per unit of work, MI300X reserved ($0: paid anyway), H100 spot ($5), MI300X on-demand
+    ($12 / 0.85 = $14.1). A takes the last MI300X reserved GPU; B goes to H100 spot. Admission by type sent B to
+    MI300X as well (the quote's first type, which still had room on on-demand)."""
+    catalog = parse_catalog(
+        {
+            "prices": {
+                "p5.48xlarge": {"reserved": 80.0, "spot": 40.0},
+                "Standard_ND96isr_MI300X_v5": {"reserved": 64.0, "on-demand": 96.0},
+            },
+            "throughput": {"bf16": {"H100": 1.0, "MI300X": 0.85}},
+        }
+    )
+    fleet = Fleet(
+        (
+            SimNode("a-reserved", GPUType.H100, "reserved", "p5.48xlarge", 8),
+            SimNode("b-reserved", GPUType.MI300X, "reserved", "Standard_ND96isr_MI300X_v5", 8),
+            SimNode("c-spot", GPUType.H100, "spot", "p5.48xlarge", 8),
+            SimNode("d-on-demand", GPUType.MI300X, "on-demand", "Standard_ND96isr_MI300X_v5", 8),
+        )
+    )
+    jobs = [
+        a_job("W", 0, 10.0),
+        Job("X", 0, 1, 7, 10.0, gpu_types=(GPUType.MI300X,)),
+        Job("A", 0.5 * HOUR_S, 1, 1, 1.0),
+        Job("B", 0.5 * HOUR_S, 1, 1, 1.0),
+    ]
+    policy = StrataPolicy(fleet, catalog, None)
+    records = {r.job.key: r for r in simulate(jobs, fleet, catalog, policy).records}
+    assert {key: (records[key].gpu_type, records[key].capacity) for key in "AB"} == {
+        "A": (GPUType.MI300X, "reserved"),
+        "B": (GPUType.H100, "spot"),
+    }
+    assert records["A"].first_start_s == records["B"].first_start_s == 0.5 * HOUR_S
+    assert (policy.dearer, policy.dearer_kept_off, policy.unplaced) == (0, 0, 0)
+
+
 def test_an_interruption_loses_exactly_the_work_since_the_last_checkpoint() -> None:
     catalog, fleet = a_catalog(), a_fleet("spot")
     state = SimState(fleet, catalog, PowerClock(catalog))
