@@ -1,7 +1,8 @@
 """gpuType Any with the scheduler extender running: admission asks its POST /quote and the job gets the GPU type
 whose unit of work is cheapest. In fp32 an MI300X does 1.10 of an H100's work (the catalog's throughput table)
 and a reserved MI300X node costs $33.60 an hour against $38.53 for an H100 one, so the quote says MI300X, where
-the job's own order (the fallback without an extender) would have started with H100."""
+the job's own order (the fallback without an extender) would have started with H100. The quote ranks node kinds
+(GPU type x capacity type), and one admission pass gives each job the first kind that still holds it."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import json
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from cluster_support import ClusterHandle, running_extender
+from cluster_support import ClusterHandle, eventually, running_extender
 from operator_builders import a_pool
 from operator_harness import OperatorProcess, Strata
 from operator_manifests import a_job
 
+import strata_api as api
 from strata_api import GPUType, TrainingJob
 from strata_operator.core.quotes import quote_template
 from strata_operator.settings import OperatorSettings
@@ -63,3 +66,47 @@ def test_an_any_job_gets_the_gpu_type_the_extender_quotes(
         assert {p.spec.containers[0].resources.limits.get("amd.com/gpu") for p in strata.pods("quoted")} == {"8"}
     finally:
         operator.stop()
+
+
+def someone_elses_pod(name: str, node: str, resource: str, gpus: int) -> dict[str, Any]:
+    """A pod of no Strata job holding ``gpus`` of ``resource`` on ``node`` (bound by name)."""
+    limits = {resource: str(gpus)}
+    container = {"name": "c", "image": "registry.invalid/other:1", "resources": {"limits": limits, "requests": limits}}
+    spec = {"nodeName": node, "containers": [container], "tolerations": [{"operator": "Exists"}]}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
+def test_one_pass_gives_each_any_job_the_first_node_kind_that_still_holds_it(
+    crds: ClusterHandle, namespace: str, strata: Strata, extender: ExtenderService, tmp_path: Path
+) -> None:
+    """Issue 21, finding 6, on the real operator and extender. Every reserved GPU is taken but one MI300X GPU;
+    spot is free. The quote's kinds: MI300X reserved ($0: paid anyway), H100 spot ($2.75 a GPU-hour), MI300X spot
+    ($2.40 / 0.85 = $2.82). Two one-GPU Any jobs submitted before the operator starts are decided in one pass:
+    the first gets MI300X (the reserved GPU), the second H100 (spot). By type alone both got MI300X, the second
+    on MI300X spot."""
+
+    def reserved(product: str) -> list[str]:
+        selector = f"{product},{api.NODE_CAPACITY_TYPE}=reserved"
+        return sorted(n.metadata.name for n in strata.core.list_node(label_selector=selector).items)
+
+    h100, mi300x = reserved(api.NVIDIA_PRODUCT), reserved(api.AMD_PRODUCT)
+    assert (len(h100), len(mi300x)) == (2, 2)
+    fills = [(n, api.NVIDIA_GPU, 8) for n in h100] + [(mi300x[0], api.AMD_GPU, 8), (mi300x[1], api.AMD_GPU, 7)]
+    for index, (node, resource, gpus) in enumerate(fills):
+        strata.core.create_namespaced_pod(namespace, someone_elses_pod(f"other-{index}", node, resource, gpus))
+    eventually(lambda: all(extender.state.used_gpus.get(n) for n, _, _ in fills), 30, "the extender to see them")
+    pool = strata.pool("kinds", capacityTypes=["reserved", "spot"])
+    either = {"capacityTypes": ["reserved", "spot"]}
+    for name in ("first", "second"):
+        strata.submit(a_job(name, pool, data=1, tensor=1, gpus_per_worker=1, gpu_type="Any", resources=either))
+    operator = OperatorProcess(crds, tmp_path, (namespace,), "--standalone", "--extender-url", extender.url).start()
+    try:
+        granted = {
+            name: strata.wait_phase(name, "Admitted", "Running")["placement"]["gpuType"] for name in ("first", "second")
+        }
+        assert granted == {"first": "MI300X", "second": "H100"}
+        assert strata.status("first")["admittedAt"] == strata.status("second")["admittedAt"]  # one pass
+    finally:
+        operator.stop()
+        for index in range(len(fills)):
+            strata.core.delete_namespaced_pod(f"other-{index}", namespace, grace_period_seconds=0)
