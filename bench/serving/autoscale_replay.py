@@ -50,9 +50,11 @@ from strata_serving.forecasters import (
     rolling_paths,
 )
 from strata_serving.replay import (
+    Attribution,
     ReplayConfig,
     ReplayResult,
     Trace,
+    attribute,
     compare,
     demand_rate,
     load_trace,
@@ -216,6 +218,10 @@ def replay_metric(
             lines.append(f"{name} {metric.value} startup {startup}s {label}: cost x{cost:.2f} miss x{miss:.2f}")
         total = sum(picks.values())
         print("   forecaster picked: " + ", ".join(f"{m} {n / total:.0%}" for m, n in picks.most_common()))
+        if args.explain:
+            for label, result in rows:
+                if label.startswith("pred") and label.endswith(f"q{args.quantiles[-1]:g}"):
+                    _explain(label, attribute(result, reactive, demand, policy, config), reactive.replica_seconds)
         if upper_by_tick is not None:
             out = args.out / f"{name}-{metric.value}-startup{startup}s.png"
             _plot(out, name, startup, demand, upper_by_tick, rows, target, unit)
@@ -246,6 +252,24 @@ def _littles_law(
         return replace(forecast, **scaled, method=f"{forecast.method} x L")
 
     return at
+
+
+def _explain(label: str, found: Attribution, reactive_replica_s: float) -> None:
+    """Print where ``label``'s replica-seconds beyond reactive's went and where each missed (``--explain``)."""
+    print(f"   where {label} paid and missed, against reactive (extra replica-s as a share of reactive's):")
+    shares = [(f"decision cause {cause}", share) for cause, share in found.by_cause.items()]
+    if found.baseline_at_min.seconds:
+        shares.append(("reactive at its minimum", found.baseline_at_min))
+    for name, share in shares:
+        print(
+            f"     {name:34s} {share.seconds:9,d} s  extra {share.extra_replica_seconds:+11,.0f} "
+            f"({share.extra_replica_seconds / reactive_replica_s:+6.1%})  misses {share.misses:7,d} "
+            f"vs reactive {share.baseline_misses:7,d}"
+        )
+    print(
+        f"     misses with replicas already starting (ordered too late): {found.late_misses:,d}; "
+        f"reactive's: {found.baseline_late_misses:,d}"
+    )
 
 
 def _reader(choices: list[Choice]) -> Callable[[int], Forecast | None]:
@@ -313,6 +337,9 @@ def main() -> None:
     parser.add_argument("--quantiles", type=float, nargs="+", default=[0.5, 0.7, 0.9], help="band quantiles")
     parser.add_argument("--lstm-train-s", type=float, default=3.0, help="time bound of one LSTM fit")
     parser.add_argument("--no-fitted", action="store_true", help="persistence and seasonal only (no Prophet, LSTM)")
+    parser.add_argument(
+        "--explain", action="store_true", help="where predictive's extra replica-seconds go and where it misses"
+    )
     parser.add_argument("--out", type=Path, default=Path("/tmp/strata-autoscale"), help="where the PNGs go")
     args = parser.parse_args()
     for name in args.only or SETUPS:

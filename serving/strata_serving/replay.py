@@ -327,3 +327,70 @@ def compare(
         Mode.REACTIVE.value: simulate(arrivals_s, reactive, config, durations_s=durations_s),
         FIXED: fixed_fleet(arrivals_s, policy, config, durations_s),
     }
+
+
+INITIAL = "Initial"
+"""The cause :func:`attribute` gives the seconds before a policy's first decision."""
+
+
+@dataclass(frozen=True)
+class Share:
+    """Some seconds of a replay, set against the same seconds of a baseline policy's replay."""
+
+    seconds: int
+    extra_replica_seconds: float
+    """The policy's replica-seconds minus the baseline's over those seconds (negative: it spent less)."""
+    misses: int
+    baseline_misses: int
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Where a policy's replica-seconds beyond a baseline's went and where each policy missed (:func:`attribute`)."""
+
+    by_cause: dict[str, Share]
+    """The counted seconds grouped by the cause of the policy's decision in force (``Forecast``, ``Stabilizing``,
+    ...; :data:`INITIAL` before its first decision)."""
+    baseline_at_min: Share
+    """The counted seconds in which the baseline ran ``min_replicas``: the service's quiet hours."""
+    late_misses: int
+    """The policy's misses while some of its replicas were starting: the replicas were ordered, too late."""
+    baseline_late_misses: int
+
+
+def attribute(
+    result: ReplayResult,
+    baseline: ReplayResult,
+    demand: np.ndarray,
+    policy: ScalingPolicy,
+    config: ReplayConfig,
+) -> Attribution:
+    """Set ``result`` against ``baseline`` (both replayed on ``demand`` with ``policy``'s target and ``config``),
+    second by second from ``config.warmup_s``: why a predictive policy pays more than the reactive one, and which
+    of the reactive policy's misses it avoids. Pure bookkeeping over the two replays; it decides nothing."""
+    counted = slice(config.warmup_s, len(demand))
+    cause = np.full(len(demand), INITIAL, dtype=object)
+    for decision in result.decisions:
+        cause[int(decision.time_s) :] = decision.cause
+    cause = cause[counted]
+    extra = (result.provisioned - baseline.provisioned)[counted]
+    need = demand[counted] - 1e-9
+    miss = need > result.ready[counted] * policy.target
+    baseline_miss = need > baseline.ready[counted] * policy.target
+
+    def share(mask: np.ndarray) -> Share:
+        return Share(
+            int(mask.sum()),
+            float(extra[mask].sum()),
+            int((miss & mask).sum()),
+            int((baseline_miss & mask).sum()),
+        )
+
+    starting = (result.provisioned > result.ready)[counted]
+    baseline_starting = (baseline.provisioned > baseline.ready)[counted]
+    return Attribution(
+        by_cause={name: share(cause == name) for name in sorted(set(cause))},
+        baseline_at_min=share(baseline.provisioned[counted] <= policy.min_replicas),
+        late_misses=int((miss & starting).sum()),
+        baseline_late_misses=int((baseline_miss & baseline_starting).sum()),
+    )

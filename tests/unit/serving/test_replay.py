@@ -11,13 +11,17 @@ import pytest
 
 from strata_serving.autoscale import Forecast, Metric, Mode, ScalingPolicy
 from strata_serving.replay import (
+    INITIAL,
     ReplayConfig,
+    Share,
     TraceError,
+    attribute,
     compare,
     demand_rate,
     fixed_fleet,
     load_trace,
     per_second_busy,
+    per_second_counts,
     rate_series,
     simulate,
 )
@@ -167,3 +171,31 @@ def test_a_malformed_trace_names_the_file_line_and_column(tmp_path: Path, text: 
     with pytest.raises(TraceError, match=message) as error:
         load_trace(path)
     assert str(path) in str(error.value)
+
+
+def test_attribution_says_where_the_predictive_fleet_paid_more_and_which_misses_it_avoided() -> None:
+    # The step load of the two tests above: predictive (a perfect forecast from the tick at 30) orders 9 replicas
+    # at 30, reactive at 105; both have them ready 60 s later. Predictive pays 9 x 75 more, all under a Forecast
+    # decision (tick 15 had no forecast and the load needed none: MinReplicas), and misses nothing; reactive misses
+    # 90..164 (75 s), of which 105..164 (60 s) with its 9 replicas already starting, and 90..104 at its minimum.
+    arrivals = ten_per_second(90, 300)
+    both = compare(arrivals, step_policy(Mode.REACTIVE), STEP_CONFIG, perfect_from_bin_2)
+    demand = demand_rate(per_second_counts(arrivals, 300), STEP_CONFIG.demand_window_s)
+    found = attribute(both["predictive"], both["reactive"], demand, step_policy(Mode.PREDICTIVE), STEP_CONFIG)
+    assert found.by_cause == {
+        INITIAL: Share(seconds=15, extra_replica_seconds=0.0, misses=0, baseline_misses=0),
+        "MinReplicas": Share(seconds=15, extra_replica_seconds=0.0, misses=0, baseline_misses=0),
+        "Forecast": Share(seconds=270, extra_replica_seconds=9 * 75.0, misses=0, baseline_misses=75),
+    }
+    assert found.baseline_at_min == Share(seconds=105, extra_replica_seconds=9 * 75.0, misses=0, baseline_misses=15)
+    assert (found.late_misses, found.baseline_late_misses) == (0, 60)
+    hpa = attribute(both["reactive"], both["reactive"], demand, step_policy(Mode.REACTIVE), STEP_CONFIG)
+    assert sum(share.extra_replica_seconds for share in hpa.by_cause.values()) == 0.0
+    # at its minimum until the tick at 105 orders 10 (ObservedLoad); from 120, 10 replicas ready or starting
+    # carry 10 req/s (WithinTolerance) while the 9 start
+    assert {cause: share.misses for cause, share in hpa.by_cause.items()} == {
+        INITIAL: 0,
+        "MinReplicas": 15,
+        "ObservedLoad": 15,
+        "WithinTolerance": 45,
+    }
