@@ -5,6 +5,8 @@ admitted as before."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from operator_builders import a_node, a_pool, at
 
 from strata_api import GPUType
@@ -138,3 +140,15 @@ def test_preemption_counts_only_what_the_hold_leaves_open() -> None:
     decision = admit([gang("job", submitted=1)], [victim("res-0")], pools, nodes, free, hold(keep_free=16))
     assert decision.preempt == []  # unaware of the hold, admission would preempt scav-res-0 and count res-0 free
     assert decision.waiting["job"].reason == Reason.WAITING_FOR_GPUS  # held or not, 8 free GPUs hold no 2 workers
+
+
+def test_a_quoted_reserved_kind_the_hold_keeps_is_passed_over_for_the_next_kind() -> None:
+    """A low-priority one-worker gang whose quote lists MI300X reserved first (an older answer, asked before the
+    hold grew) and H100 spot next: the hold keeps every reserved MI300X GPU, so the gang takes H100 spot; a
+    high-priority gang, above the line, takes the reserved GPUs."""
+    nodes = [*fleet(reserved=1, spot=0), a_node("h100-spot", GPUType.H100, "spot")]
+    kinds = ((MI300X, "reserved"), (GPUType.H100, "spot"))
+    low = replace(gang("low", workers=1), gpu_types=(MI300X, GPUType.H100), kinds=kinds)
+    high = replace(low, key="high", pool="prod")
+    assert admit([low], [], POOLS, nodes, all_free(nodes), hold(keep_free=8, reserved=8)).admit == {"low": GPUType.H100}
+    assert admit([high], [], POOLS, nodes, all_free(nodes), hold(keep_free=8, reserved=8)).admit == {"high": MI300X}
