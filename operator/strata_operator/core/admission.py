@@ -255,7 +255,11 @@ def admit(
             continue
         groups = -(-gang.unbound_workers // r.pods_per_group)
         group_gpus = r.gpus_per_worker * r.pods_per_group
-        reserved[r.key] = held.take(room, gang.gpu_type, r.capacity_types, group_gpus, groups, hold_rank(r))
+        taken: dict[str, int] = {}
+        for kinds in _fill(r, gang.gpu_type, r.capacity_types) if groups > 0 else ():  # all bound: nothing to hold
+            left = groups - sum(taken.values()) // group_gpus
+            taken.update(held.take(room, gang.gpu_type, kinds, group_gpus, left, hold_rank(r)))
+        reserved[r.key] = taken
     shares = serving or {}
     usage = {pool: sum(share.gpus.values()) for pool, share in shares.items()}
     cpu_usage = {pool: sum(share.cpu_millis.values()) for pool, share in shares.items()}
@@ -329,10 +333,10 @@ def admit(
             continue
         candidates = [t for t in possible if t not in heads.blocked]
         fits = partial(held.fits, capacity=capacity, group_gpus=group_gpus, groups=request.groups, priority=rank)
-        chosen, fill = _choose(request, candidates, capacity, fits, room)
+        chosen = _choose(request, candidates, capacity, fits, room)
         if chosen is not None:
             left = request.groups
-            for kinds in fill:
+            for kinds in _fill(request, chosen, capacity):
                 left -= sum(held.take(room, chosen, kinds, group_gpus, left, rank).values()) // group_gpus
             usage[pool.name] = in_use + request.gpus
             decision.admit[request.key] = chosen
@@ -389,21 +393,22 @@ def _choose(
     capacity: frozenset[str],
     fits: Callable[..., bool],
     room: Room,
-) -> tuple[GPUType | None, list[frozenset[str]]]:
-    """Rule 2: the GPU type the gang is admitted on, and the capacity types its groups fill, in order (each entry
-    filled best fit before the next); (None, []) when it fits nowhere now.
-
-    With a quote by kind: the type of the first quoted kind that holds the whole gang, else the first type that
-    does; its groups fill that type's quoted kinds cheapest first, then its other capacity types together, as
-    the extender's scores place the pods one by one (a cheaper kind with room for some of them gets those).
-    Without one: the first type, every capacity type together (best fit), as before kinds were quoted."""
+) -> GPUType | None:
+    """Rule 2: the GPU type the gang is admitted on, None when it fits nowhere now. With a quote by kind, the type
+    of the first quoted kind that holds the whole gang, else the first type that does; without one, the first
+    type that does."""
     whole = (t for t, c in request.kinds if t in candidates and c in capacity and fits(room, t, capacity={c}))
-    chosen = next(whole, None) or next((t for t in candidates if fits(room, t)), None)
-    if chosen is None:
-        return None, []
-    quoted = list(dict.fromkeys(c for t, c in request.kinds if t == chosen and c in capacity))
+    return next(whole, None) or next((t for t in candidates if fits(room, t)), None)
+
+
+def _fill(request: GangRequest, gpu_type: GPUType, capacity: frozenset[str]) -> list[frozenset[str]]:
+    """The capacity types a gang's groups fill on ``gpu_type``, in order, each entry best fit before the next: its
+    quoted kinds cheapest first, then its other capacity types together, as the extender's scores place the pods
+    one by one (a cheaper kind with room for some of them gets those); without a quote by kind every capacity
+    type together (best fit), as before kinds were quoted."""
+    quoted = list(dict.fromkeys(c for t, c in request.kinds if t == gpu_type and c in capacity))
     rest = capacity - set(quoted)
-    return chosen, [frozenset({c}) for c in quoted] + ([rest] if rest else [])
+    return [frozenset({c}) for c in quoted] + ([rest] if rest else [])
 
 
 class Reservations:

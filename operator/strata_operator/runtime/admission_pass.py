@@ -76,7 +76,13 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
         for job in queued
         if (r := readable_request(job, orders.get(job.key))) is not None
     ]
-    admitted = [_admitted(e, list(pods_index.get(key, ()))) for key, e in entries.items() if e.job.phase.holds_gpus]
+    # an admitted gang's workers not yet bound are counted where the extender will put them: its last quote's kinds
+    quotes = runtime.quoter.cached if runtime.quoter is not None else lambda job: None
+    admitted = [
+        _admitted(e, list(pods_index.get(key, ())), quotes(e.job))
+        for key, e in entries.items()
+        if e.job.phase.holds_gpus
+    ]
     # the pools' InferenceServices hold quota too, at their last allotted count
     services_index: IndexOf[ServiceEntry] = indices.get("inferenceservices", {})
     shares = serving_shares((e.service, e.status) for store in list(services_index.values()) for e in store)
@@ -159,7 +165,7 @@ def _request(job: TrainingJob, order: Quote | None) -> GangRequest:
     return replace(request, gpu_types=order.types, kinds=order.kinds) if order and order.types else request
 
 
-def _admitted(entry: JobEntry, pods: list[WorkerPod]) -> AdmittedGang | None:
+def _admitted(entry: JobEntry, pods: list[WorkerPod], quote: Quote | None = None) -> AdmittedGang | None:
     job = entry.job
     try:
         gpu_type = None if job.spec.on_cpu else gang_gpu_type(job)
@@ -170,8 +176,9 @@ def _admitted(entry: JobEntry, pods: list[WorkerPod]) -> AdmittedGang | None:
     for p in current:
         if p.node:
             bound[p.node] = bound.get(p.node, 0) + job.spec.resources.gpus_per_worker
+    request = GangRequest.from_job(job)
     return AdmittedGang(
-        request=GangRequest.from_job(job),
+        request=replace(request, kinds=quote.kinds) if quote is not None else request,
         gpu_type=gpu_type,
         admitted_at=job.status.admitted_at or job.created,
         bound=bound,

@@ -83,6 +83,11 @@ class Quoter:
         self._report(answered=answered, asked=len(asks))
         return result
 
+    def cached(self, job: TrainingJob) -> Quote | None:
+        """The job's quote while it is kept (an admitted gang's unbound workers are counted on its kinds)."""
+        kept = self._cache.get((job.key, job.uid))
+        return kept[1] if kept is not None and kept[0] > time.monotonic() else None
+
     async def hold_back(self) -> ReservedHoldBack | None:
         """The extender's reserved hold-back now; None without an extender, or without a readable answer within
         ``quote_timeout_s`` (one log line when answers stop, one when they come back)."""

@@ -257,6 +257,25 @@ def test_a_gang_is_counted_where_the_extender_puts_its_workers_its_kinds_cheapes
     assert admit(queue, [], pools(a_pool()), three, all_free(three)).admit == {"gang": MI300X, "small": H100}
 
 
+def test_an_admitted_gangs_unbound_workers_are_counted_on_its_quoted_kinds_cheapest_first() -> None:
+    """A is admitted on MI300X, its 4-GPU worker not bound yet. The extender will put it on the reserved node (its
+    quote's first kind), so an 8-GPU job finds no whole node; counted best fit (the fullest node, spot) the reserved
+    node looked free, and the 8-GPU job was admitted where A's worker was about to go."""
+    nodes = fleet(a_node("m-res", MI300X), a_node("m-spot", MI300X, capacity="spot"))
+    free = {"m-res": 8, "m-spot": 4}
+    quoted = req("a", per_worker=4, types=(MI300X, H100))
+    starting = AdmittedGang(
+        request=dataclasses.replace(quoted, kinds=((MI300X, "reserved"), (MI300X, "spot"))),
+        gpu_type=MI300X,
+        admitted_at=T0,
+        unbound_workers=1,
+    )
+    big = req("big", submitted=1, types=(MI300X,))
+    assert admit([big], [starting], pools(a_pool()), nodes, free).admit == {}
+    unquoted = dataclasses.replace(starting, request=quoted)
+    assert admit([big], [unquoted], pools(a_pool()), nodes, free).admit == {"big": MI300X}
+
+
 def test_quoted_kinds_outside_the_pool_or_the_job_are_passed_over() -> None:
     """The pool allows spot only: the quoted MI300X reserved kind is not the job's to take, H100 spot is."""
     nodes = fleet(a_node("h-spot", capacity="spot"), a_node("m-res", MI300X))
