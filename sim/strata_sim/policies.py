@@ -1,11 +1,12 @@
 """The schedulers compared, each a policy of the same simulator (:class:`strata_sim.engine.Policy`).
 
 - :class:`StrataPolicy`: the operator's admission pass (:func:`strata_operator.core.admission.admit`: priority
-  order, quota, all or nothing, no overtaking, preemption), GPU types in the order of the extender's cost per
-  unit of work (:func:`strata_scheduler.scoring.cost_per_unit_work`), workers placed on the cheapest capacity
-  type first by the same cost, and, with ``holdback``, the extender's reserved hold-back from its own forecaster
-  (:func:`strata_scheduler.forecasting.predict`) and rule (:func:`strata_scheduler.filtering.reserved_holdback`)
-  placed as admission expects (:class:`strata_operator.core.holdback.ReservedHold`).
+  order, quota, all or nothing, no overtaking, preemption, the first quoted node kind that holds the gang), the
+  extender's quote by node kind (:func:`strata_scheduler.scoring.rank_kinds`: cost per unit of work), workers
+  placed on the admitted type's cheapest kind first by the same cost, and, with ``holdback``, the extender's
+  reserved hold-back from its own forecaster (:func:`strata_scheduler.forecasting.predict`) and rule
+  (:func:`strata_scheduler.filtering.reserved_holdback`) placed as admission expects
+  (:class:`strata_operator.core.holdback.ReservedHold`).
 - :class:`PerPodPolicy` ``default``: kube-scheduler without gangs: pods in arrival order, each on the node with
   the most free GPUs (LeastAllocated), any capacity type; a gang may be half placed.
 - :class:`PerPodPolicy` ``karpenter``: the same per-pod queue, each pod on the cheapest list price per GPU-hour
@@ -198,10 +199,10 @@ class StrataPolicy:
         self.upper: dict[str, float] = {}
         self.ticks = 0
         self.unplaced = 0
-        """Gangs admission admitted that the extender's placement (cheapest capacity first) could not hold whole
-        at that moment: admission counts a gang's GPUs where :meth:`Room.take` puts them (best fit), the
-        extender where the score does, and the hold-back can then refuse a later gang the reserved GPUs
-        admission counted as open. They stay queued (the real gang's pods would stay Pending)."""
+        """Gangs admission admitted that the extender's placement (cheapest kind first) could not hold whole at
+        that moment (issue 21, finding 4: admission counted a gang best fit over every capacity type before it
+        counted on the quote's kinds cheapest first). They stay queued (the real gang's pods would stay
+        Pending)."""
         self.dearer = 0
         """Gangs placed on a node kind (GPU type x capacity type) while a kind cheaper per unit of work for them
         (:meth:`_cost`) could hold the whole gang at that moment, the hold respected (issue 21, finding 6), and
