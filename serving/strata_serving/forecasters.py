@@ -20,8 +20,13 @@ origins there is no forecast (the decision then says so and keeps the reactive f
 and is for the window's peak, the quantity a scale-up must cover::
 
     peak(o)    = max over k of path[o, k]
-    upper(o)   = peak(o) + quantile(band_quantile, {max_k y[j + k] - max_k path[j, k] : j scored})
+    upper(o)   = peak(o) + quantile(band_quantile, {max_k y[j + k] - max_k path[j, k] : j scored, of the
+                                                    last band_window_s})
     lower(o)   = peak(o) + quantile(1 - band_quantile, same errors)
+
+The band is calibrated on the last hour's scored origins (``band_window_s``) even where the choice reads more: a
+service's load changes regime within hours, and errors from an earlier regime size the band for a load that has
+gone (docs/autoscaling.md, "Where the predictive mode pays and where it misses").
 
 A fitted candidate keeps its recent fits, each tagged with the origin it was fitted at; a path at origin ``o`` comes
 from the newest fit made at or before ``o``, so its errors are out of sample both live and in the replay. A fit
@@ -58,6 +63,10 @@ class ForecastSettings:
     """Fewer measured origins than this: the candidate is not considered (its error is unknown)."""
     band_quantile: float = 0.9
     """The band's upper edge is this quantile of the measured peak errors (the lower edge its complement)."""
+    band_window_s: float = 3600.0
+    """The band is calibrated on the scored origins of the last this many seconds only (at least
+    ``min_eval_origins`` of them, at most ``eval_origins``): the peak errors of the load's present regime, not of one
+    hours ago (see the module docstring)."""
     refit_every_bins: int = 240
     """Prophet and the LSTM are refitted this often; a fit's paths reach this far (plus the horizon), so a live
     refit interval must not be longer."""
@@ -78,9 +87,19 @@ class ForecastSettings:
     seed: int = 0
     """The LSTM's initial weights."""
 
+    def __post_init__(self) -> None:
+        if self.band_window_s <= 0:
+            raise ValueError(f"band_window_s must be > 0, got {self.band_window_s}")
+
     @property
     def day_bins(self) -> int:
         return round(86400 / self.bin_s)
+
+    @property
+    def band_origins(self) -> int:
+        """How many of the latest scored origins the band is calibrated on (``band_window_s`` in bins, within
+        ``min_eval_origins`` .. ``eval_origins``)."""
+        return max(self.min_eval_origins, min(self.eval_origins, math.floor(self.band_window_s / self.bin_s)))
 
 
 class Candidate(Protocol):
@@ -330,7 +349,8 @@ def choose(
     ``paths[name][i]`` is the path made at origin ``first_origin + i`` (at least ``horizon`` steps); the
     origins scored are ``origin - horizon - eval_origins + 1 .. origin - horizon``. ``scores`` (from
     :meth:`Scores.of` on the same tables) saves recomputing them when many origins are chosen in turn. The band
-    is for the peak over steps ``from_step .. horizon - 1`` (the start-up time on: see the module docstring).
+    is for the peak over steps ``from_step .. horizon - 1`` (the start-up time on: see the module docstring), from
+    the latest ``settings.band_origins`` of those origins.
     """
     if scores is None:
         scores = {name: Scores.of(table, y, horizon, first_origin, from_step) for name, table in paths.items()}
@@ -354,8 +374,8 @@ def choose(
         return Choice(None, errors)
     best = min(better, key=lambda name: errors[name])
     # The band is for the window's peak, the quantity a scale-up must cover: the chosen forecaster's errors on
-    # the peak at the scored origins (the peak that came minus the peak it forecast), split-conformal.
-    peak_errors = scores[best].peak[window]
+    # the peak at the latest scored origins (the peak that came minus the peak it forecast), split-conformal.
+    peak_errors = scores[best].peak[max(window.start, window.stop - settings.band_origins) : window.stop]
     peak_errors = peak_errors[np.isfinite(peak_errors)]
     low, high = np.quantile(peak_errors, [1 - settings.band_quantile, settings.band_quantile])
     peak = float(paths[best][origin - first_origin, from_step:horizon].max())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,27 @@ def test_the_band_is_persistences_measured_error_on_the_window_peak() -> None:
     assert (choice.forecast.mean, choice.forecast.upper) == (47.5, 52.0)
     assert choice.forecast.horizon_s == 45.0
     assert choice.errors == {"persistence": pytest.approx(3.5)}  # mean of 2.5, 3.5, 4.5
+
+
+def test_the_band_is_calibrated_on_the_latest_origins_only_and_the_choice_on_all_of_them() -> None:
+    # 0, 10, 0, 10, ... for 40 bins, then 5 from bin 40. Persistence (the mean of 4 bins) says 5 at every origin;
+    # at origin 60 (horizon 3) the scored origins are 38..57: the peak that came was 5 above it at 38 and 39 (a 10
+    # among the targets), 1.25 below at 41 and 43 (a 10 among the 4 bins averaged), and on the level elsewhere.
+    noisy_then_calm = np.array([0.0 if b % 2 == 0 else 10.0 for b in range(40)] + [5.0] * 30)
+    paths, _ = all_paths([Persistence(4)], noisy_then_calm, np.arange(71), 3)
+    two_windows = ForecastSettings(bin_s=15, level_bins=4, eval_origins=20, min_eval_origins=5, band_window_s=600)
+    wide = choose(paths, noisy_then_calm, 60, 3, two_windows).forecast
+    assert wide is not None
+    assert wide.upper == pytest.approx(5.5)  # the 0.9 quantile of the 20 errors: 0 + 0.1 x (5 - 0)
+    recent = replace(two_windows, band_window_s=150)  # 10 bins of 15 s: origins 48..57, all on the level
+    assert recent.band_origins == 10
+    narrow = choose(paths, noisy_then_calm, 60, 3, recent)
+    assert narrow.forecast is not None
+    assert (narrow.forecast.mean, narrow.forecast.upper) == (5.0, 5.0)
+    assert narrow.errors == choose(paths, noisy_then_calm, 60, 3, two_windows).errors  # chosen on all 20
+    assert replace(recent, band_window_s=15).band_origins == 5  # never fewer than min_eval_origins
+    with pytest.raises(ValueError, match="band_window_s must be > 0"):
+        ForecastSettings(bin_s=15, band_window_s=0)
 
 
 def test_a_band_from_the_start_up_on_leaves_out_the_load_before_a_new_replica_could_serve() -> None:
