@@ -15,9 +15,18 @@ any replica: the service asks its pool for the stable count plus the canary's.
 - **Rollback**: the spec's template returns to the stable revision's: the canary goes, the stable was never
   touched.
 - A template changed again during a canary replaces the canary's template (a new canary revision).
+- **The stable revision is kept** while the canary runs: the spec holds the canary's template by then, so the
+  stable one's lives on the canary's Deployment (annotation ``strata.dev/stable-deployment``: the stable
+  Deployment's spec as the API server returned it, taken once when the canary starts). A stable Deployment whose
+  pod template was edited by hand is put back from it, and one deleted by hand is recreated from it, with a
+  ``StableRestored`` Event; without it the deleted stable would come back from the spec, and the canary would
+  silently become the stable revision. Why there and not in a ControllerRevision (StatefulSets' and DaemonSets'
+  way): it is needed exactly as long as the canary's Deployment exists, which the operator already owns and may
+  write, so no other kind, watch or permission is added. If both Deployments are deleted by hand, what was kept
+  goes with them and the spec's template becomes the stable one (the state before this rule).
 
-Where a rollout stands lives in the cluster, the stable Deployment's revision annotation and whether the canary
-Deployment exists, so a restarted operator picks a canary up halfway.
+Where a rollout stands lives in the cluster, the stable Deployment's revision annotation, whether the canary
+Deployment exists and what it keeps, so a restarted operator picks a canary up halfway.
 """
 
 from __future__ import annotations
@@ -30,19 +39,22 @@ from typing import Any
 import strata_api as api
 from strata_api import InferenceService
 from strata_operator.core.serving import (
+    KEPT_STABLE,
     SERVE_PORT,
+    KeptStable,
     ObservedDeployment,
     owned_labels,
     owner_reference,
     selector,
 )
-from strata_operator.core.status import NORMAL, Event, StatusDraft
+from strata_operator.core.status import NORMAL, WARNING, Event, StatusDraft
 
 
 class Reason:
     CANARY_STARTED = "CanaryStarted"
     CANARY_PROMOTED = "CanaryPromoted"
     CANARY_ROLLED_BACK = "CanaryRolledBack"
+    STABLE_RESTORED = "StableRestored"
 
 
 @dataclass(frozen=True)
@@ -70,13 +82,62 @@ def plan_rollout(
 ) -> RolloutPlan:
     """The rollout for the spec's template ``revision``, given what runs (the stable and canary Deployments).
 
-    A new service (or one whose stable Deployment was deleted by hand: the old template is gone with it) runs the
-    spec's revision as its stable. A revision other than the stable's with ``canaryPercent`` 1..99 runs as the
-    canary. Anything else makes the spec's revision the stable one and removes a canary that is there."""
+    The stable revision is the stable Deployment's, or, when it was deleted by hand during a canary, the one the
+    canary's Deployment keeps. A new service runs the spec's revision as its stable. A revision other than the
+    stable's with ``canaryPercent`` 1..99 runs as the canary. Anything else makes the spec's revision the stable one
+    and removes a canary that is there."""
     percent = service.spec.rollout.canary_percent
-    if stable is not None and stable.revision != revision and 0 < percent < 100:
-        return RolloutPlan(stable.revision, revision, percent)
+    running = stable.revision if stable is not None else None
+    if running is None and canary is not None and canary.kept is not None:
+        running = canary.kept.revision
+    if running is not None and running != revision and 0 < percent < 100:
+        return RolloutPlan(running, revision, percent)
     return RolloutPlan(revision, remove_canary=canary is not None)
+
+
+def kept_stable(
+    plan: RolloutPlan, stable: ObservedDeployment | None, canary: ObservedDeployment | None
+) -> KeptStable | None:
+    """What the canary's Deployment keeps of the stable one while ``plan`` splits: what it keeps already, for the
+    stable revision; else the stable Deployment as it runs now (taken once, when the canary starts); None when
+    neither is there (both deleted by hand) or no canary runs."""
+    if not plan.splitting:
+        return None
+    if canary is not None and canary.kept is not None and canary.kept.revision == plan.stable_revision:
+        return canary.kept
+    if stable is not None and stable.revision == plan.stable_revision and stable.spec is not None:
+        return KeptStable(stable.revision, {k: v for k, v in stable.spec.items() if k != "replicas"})
+    return None
+
+
+def build_stable_deployment(service: InferenceService, kept: KeptStable, replicas: int) -> dict[str, Any]:
+    """The stable Deployment as the canary keeps it, with ``replicas``: what the operator puts back when the one
+    there was edited or deleted by hand during the canary."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": service.name,
+            "namespace": service.namespace,
+            "labels": owned_labels(service),
+            "ownerReferences": [owner_reference(service)],
+            "annotations": {api.LABEL_REVISION: kept.revision},
+        },
+        "spec": {**kept.spec, "replicas": replicas},
+    }
+
+
+def stable_tampered(kept: KeptStable, stable: ObservedDeployment | None) -> bool:
+    """Whether the stable Deployment must be put back from what the canary keeps: it is gone, or its pod template
+    is not the kept one (both as the API server returned them, so its defaults compare equal)."""
+    return stable is None or stable.spec is None or stable.spec.get("template") != kept.spec.get("template")
+
+
+def keeping(canary_deployment: dict[str, Any], kept: KeptStable | None) -> dict[str, Any]:
+    """The canary's Deployment manifest with what it keeps of the stable one (unchanged when nothing is kept)."""
+    if kept is not None:
+        canary_deployment["metadata"].setdefault("annotations", {})[KEPT_STABLE] = kept.annotation()
+    return canary_deployment
 
 
 def canary_replicas(total: int, percent: int) -> int:
@@ -134,12 +195,24 @@ def build_canary_service(service: InferenceService) -> dict[str, Any]:
     }
 
 
-def rollout_status(draft: StatusDraft, plan: RolloutPlan, canary: ObservedDeployment | None, canary_count: int) -> None:
+def rollout_status(
+    draft: StatusDraft,
+    plan: RolloutPlan,
+    canary: ObservedDeployment | None,
+    canary_count: int,
+    restored: str | None = None,
+) -> None:
     """Record the rollout in the status draft (``stableRevision``; ``canaryRevision``, ``canaryReplicas`` and
     ``canaryReadyReplicas`` while a canary runs, removed after) with an Event when a canary starts, is promoted or
-    is rolled back."""
+    is rolled back, and when the stable Deployment was put back (``restored``: how it had changed)."""
     before = draft.stored.get("canaryRevision")
     draft.set("stableRevision", plan.stable_revision)
+    if restored is not None:
+        message = (
+            f"the stable Deployment (revision {plan.stable_revision}) was {restored} during the canary; put back as "
+            "it ran"
+        )
+        draft.events.append(Event(WARNING, Reason.STABLE_RESTORED, message))
     if plan.splitting:
         draft.set("canaryRevision", plan.canary_revision)
         draft.set("canaryReplicas", canary_count)

@@ -524,6 +524,38 @@ def build_disruption_budget(service: InferenceService) -> dict[str, Any]:
 # --- what the operator observed, and the status ---
 
 
+KEPT_STABLE = f"{api.GROUP}/stable-deployment"
+"""On a canary's Deployment, while the canary runs: the stable revision's Deployment spec as the API server returned
+it (JSON ``{"revision": ..., "spec": ...}``, less ``replicas``), so that a stable Deployment edited or deleted by
+hand is put back as it ran rather than rebuilt from the InferenceService's spec, which holds the canary's template
+by then (:mod:`strata_operator.core.canary`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeptStable:
+    """The stable revision's Deployment spec (less ``replicas``), as kept on the canary's Deployment."""
+
+    revision: str
+    spec: Mapping[str, Any]
+
+    def annotation(self) -> str:
+        return orjson.dumps({"revision": self.revision, "spec": self.spec}, option=orjson.OPT_SORT_KEYS).decode()
+
+    @classmethod
+    def parse(cls, text: str | None) -> KeptStable | None:
+        """The kept spec from its annotation; None when there is none or it is not one (edited by hand)."""
+        try:
+            value = orjson.loads(text) if text else None
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(value, dict) or not isinstance(value.get("revision"), str):
+            return None
+        spec = value.get("spec")
+        if not isinstance(spec, dict) or not isinstance(spec.get("template"), dict):
+            return None
+        return cls(value["revision"], spec)
+
+
 @dataclass(frozen=True, slots=True)
 class ObservedDeployment:
     """An InferenceService's Deployment as the operator's watch sees it."""
@@ -534,17 +566,24 @@ class ObservedDeployment:
     revision: str
     generation: int
     observed_generation: int
+    spec: Mapping[str, Any] | None = None
+    """Its spec as the API server returned it (defaults filled in): what a canary keeps of the stable one."""
+    kept: KeptStable | None = None
+    """A canary's Deployment: the stable Deployment it keeps (:data:`KEPT_STABLE`)."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ObservedDeployment:
         meta, spec, status = body.get("metadata") or {}, body.get("spec") or {}, body.get("status") or {}
+        annotations = meta.get("annotations") or {}
         return cls(
             replicas=int(spec.get("replicas") or 0),
             ready=int(status.get("readyReplicas") or 0),
             updated=int(status.get("updatedReplicas") or 0),
-            revision=str((meta.get("annotations") or {}).get(api.LABEL_REVISION, "")),
+            revision=str(annotations.get(api.LABEL_REVISION, "")),
             generation=int(meta.get("generation") or 0),
             observed_generation=int(status.get("observedGeneration") or 0),
+            spec=orjson.loads(orjson.dumps(spec, default=dict)),
+            kept=KeptStable.parse(annotations.get(KEPT_STABLE)),
         )
 
     @property

@@ -186,8 +186,9 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
     cache = runtime.observed
     pods = list(cache.replica_pods.get(service.key, ()))
     startup: float | None = None
+    restored: str | None = None
     if pool is not None and isinstance(model, ModelSource) and plan is not None and rev is not None:
-        await _apply_replicas(
+        restored = await _apply_replicas(
             kube, service, pool, model, settings, plan, stable_count, canary_count, observed, observed_canary
         )
         startup = replicas.startup_seconds(pods, rev)
@@ -234,7 +235,7 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
         model_failure=refused,
     )
     if plan is not None:
-        canary.rollout_status(draft, plan, observed_canary, canary_count)
+        canary.rollout_status(draft, plan, observed_canary, canary_count, restored)
     patch = draft.patch()
     written = await write_status(kube, entry, patch, draft.events)
     if written and report is not None and "lastScale" in patch:
@@ -257,24 +258,35 @@ async def _apply_replicas(
     canary_count: int,
     stable: ObservedDeployment | None,
     observed_canary: ObservedDeployment | None,
-) -> None:
+) -> str | None:
     """The replicas' Deployments as ``plan`` has them: while a canary runs, the stable one keeps its template (only
-    its count is patched) and the canary's is written from the spec; otherwise the stable one runs the spec's
-    template and a canary that is there goes, with its headless Service."""
+    its count is patched; edited or deleted by hand, it is put back as the canary's Deployment keeps it) and the
+    canary's is written from the spec, keeping the stable one; otherwise the stable one runs the spec's template
+    and a canary that is there goes, with its headless Service. Returns how the stable one had changed when it was
+    put back (for its Event), else None."""
     ns = service.namespace
+    restored = None
     if plan.splitting:
-        if stable is not None and stable.replicas != stable_count:
+        kept = canary.kept_stable(plan, stable, observed_canary)
+        if kept is not None and canary.stable_tampered(kept, stable):
+            restored = "deleted" if stable is None else "edited"
+            await put_deployment(kube, canary.build_stable_deployment(service, kept, stable_count))
+        elif stable is not None and stable.replicas != stable_count:
             await kube.merge_patch(deployments_path(ns, service.name), {"spec": {"replicas": stable_count}})
         manifest = serving.build_deployment(service, pool, model, canary_count, settings, canary=True)
-        if serving.needs_update(manifest, observed_canary):
+        manifest = canary.keeping(manifest, kept)
+        if serving.needs_update(manifest, observed_canary) or (
+            observed_canary is not None and observed_canary.kept != kept
+        ):
             await put_deployment(kube, manifest)
-        return
+        return restored
     deployment = serving.build_deployment(service, pool, model, stable_count, settings)
     if serving.needs_update(deployment, stable):
         await put_deployment(kube, deployment)
     if plan.remove_canary:
         await kube.delete(deployments_path(ns, serving.canary_name(service)))
         await kube.delete(services_path(ns, canary.canary_service_name(service)))
+    return None
 
 
 def _training_job(service: InferenceService, jobs: IndexOf[JobEntry]) -> TrainingJob | None:

@@ -330,6 +330,55 @@ def test_a_canary_is_rolled_back_when_the_template_returns_to_the_stable_one(
     eventually(lambda: "CanaryRolledBack" in services.events(name) or None, 30, "a CanaryRolledBack Event")
 
 
+def test_a_canary_keeps_the_stable_revision_when_its_deployment_is_edited_or_deleted_by_hand(
+    services: Services, strata: Strata
+) -> None:
+    pool = cpu_pool(strata, 8)
+    name = services.apply(service_body("keep", pool, min_replicas=2, rollout={"canaryPercent": 50}))
+    old = services.wait_ready(name, 2)["revision"]
+    ns = services.namespace
+    services.patch_spec(name, {"model": {"preset": "small"}})  # the spec now holds the canary's template
+    new = services.wait_status(name, "a canary of 1 beside 2", desiredReplicas=3, canaryReplicas=1)["revision"]
+
+    def stable_model() -> tuple[str, str | None, str] | None:
+        try:
+            stable = services.apps.read_namespaced_deployment(name, ns)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        env = {e.name: e.value for e in stable.spec.template.spec.containers[0].env}
+        return stable.metadata.uid, env.get("STRATA_SERVE_MODEL"), stable.metadata.annotations[api.LABEL_REVISION]
+
+    first = stable_model()
+    assert first is not None
+    assert first[1:] == ("debug", old)
+    container = services.apps.read_namespaced_deployment(name, ns).spec.template.spec.containers[0].name
+    edit = {"name": container, "env": [{"name": "STRATA_SERVE_MODEL", "value": "small"}]}
+    services.apps.patch_namespaced_deployment(name, ns, {"spec": {"template": {"spec": {"containers": [edit]}}}})
+    eventually(lambda: (stable_model() or ("", "", ""))[1] == "debug" or None, 60, "the hand edit undone")
+    eventually(lambda: "StableRestored" in services.events(name) or None, 30, "a StableRestored Event")
+
+    services.apps.delete_namespaced_deployment(name, ns)
+
+    def recreated() -> bool | None:
+        seen = stable_model()
+        return (seen is not None and seen[0] != first[0] and seen[1:] == ("debug", old)) or None
+
+    eventually(recreated, 60, "the stable Deployment recreated from the stable revision, not from the spec's")
+    status = services.wait_status(name, "the canary still beside the stable revision", readyReplicas=3)
+    assert (status["stableRevision"], status["canaryRevision"]) == (old, new)
+    assert deployment_revision(services, f"{name}-canary") == new
+    eventually(
+        lambda: (
+            sorted(p.metadata.labels[api.LABEL_REVISION] for p in services.pods(name)) == sorted([old, old, new])
+            or None
+        ),
+        60,
+        "2 stable replicas and the canary's",
+    )
+
+
 def test_a_deleted_replica_is_replaced(services: Services, strata: Strata) -> None:
     pool = cpu_pool(strata, 8)
     name = services.apply(service_body("resilient", pool, min_replicas=2))

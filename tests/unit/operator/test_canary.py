@@ -54,6 +54,74 @@ def test_the_rollout_plan(
     assert canary.plan_rollout(with_percent(percent), "new", stable, trial) == plan
 
 
+STABLE_SPEC = {
+    "replicas": 5,
+    "selector": {"matchLabels": {api.LABEL_INFERENCE_SERVICE: "chat"}},
+    "template": {"metadata": {"labels": {api.LABEL_REVISION: "old"}}, "spec": {"containers": [{"name": "serve"}]}},
+    "progressDeadlineSeconds": 600,  # a default the API server filled in: kept as it ran
+}
+"""The stable Deployment's spec as the watch sees it."""
+KEPT = serving.KeptStable("old", {k: v for k, v in STABLE_SPEC.items() if k != "replicas"})
+
+
+def running(revision: str, spec: dict[str, Any], replicas: int = 5, kept: serving.KeptStable | None = None) -> Any:
+    return ObservedDeployment(replicas, replicas, replicas, revision, 1, 1, spec, kept)
+
+
+def test_a_stable_deleted_by_hand_during_a_canary_stays_the_revision_the_canary_keeps() -> None:
+    trial = running("new", {}, 1, KEPT)
+    assert canary.plan_rollout(with_percent(20), "new", None, trial) == RolloutPlan("old", "new", 20)
+    # promoted or rolled back meanwhile: the spec's revision is the stable one, as without a kept one
+    assert canary.plan_rollout(with_percent(100), "new", None, trial) == RolloutPlan("new", remove_canary=True)
+    assert canary.plan_rollout(with_percent(20), "old", None, trial) == RolloutPlan("old", remove_canary=True)
+
+
+def test_the_canary_keeps_the_stable_deployment_as_it_ran_when_the_canary_started() -> None:
+    plan = RolloutPlan("old", "new", 20)
+    stable = running("old", STABLE_SPEC)
+    assert canary.kept_stable(plan, stable, None) == KEPT  # the start: taken from the stable one, less its count
+    edited = running("old", {**STABLE_SPEC, "template": {"metadata": {}, "spec": {"containers": []}}})
+    assert canary.kept_stable(plan, edited, running("new", {}, 1, KEPT)) == KEPT  # later: what the canary keeps
+    assert canary.kept_stable(plan, None, None) is None  # both gone: nothing left to keep
+    assert canary.kept_stable(RolloutPlan("new"), stable, None) is None  # no canary
+
+    assert not canary.stable_tampered(KEPT, stable)
+    assert not canary.stable_tampered(KEPT, running("old", {**STABLE_SPEC, "replicas": 7}))  # its count is ours
+    assert canary.stable_tampered(KEPT, edited)
+    assert canary.stable_tampered(KEPT, None)
+
+    put_back = canary.build_stable_deployment(with_percent(20), KEPT, 4)
+    assert put_back["metadata"]["name"] == "chat"
+    assert put_back["metadata"]["annotations"] == {api.LABEL_REVISION: "old"}
+    assert put_back["metadata"]["ownerReferences"][0]["name"] == "chat"
+    assert put_back["spec"] == {**STABLE_SPEC, "replicas": 4}
+
+
+def test_the_canary_deployment_carries_what_it_keeps_and_the_watch_reads_it_back() -> None:
+    trial = serving.build_deployment(with_percent(20), CPU_POOL, SOURCE, 1, SETTINGS, canary=True)
+    annotated = canary.keeping(trial, KEPT)
+    seen = ObservedDeployment.from_body({"metadata": annotated["metadata"], "spec": annotated["spec"]})
+    assert seen.kept == KEPT
+    assert seen.spec == annotated["spec"]
+    assert canary.keeping(serving.build_deployment(with_percent(20), CPU_POOL, SOURCE, 1, SETTINGS), None)["metadata"][
+        "annotations"
+    ].keys() == {api.LABEL_REVISION}
+    for text in (None, "", "{", '{"revision": 3}', '{"revision": "old", "spec": {}}'):
+        assert serving.KeptStable.parse(text) is None  # missing or edited by hand into something else
+
+
+def test_a_stable_put_back_says_so() -> None:
+    draft = StatusDraft({"stableRevision": "old", "canaryRevision": "new", "canaryReplicas": 1}, T0)
+    canary.rollout_status(draft, RolloutPlan("old", "new", 20), running("new", {}, 1), 1, restored="deleted")
+    assert events(draft) == [
+        (
+            "StableRestored",
+            "the stable Deployment (revision old) was deleted during the canary; put back as it ran",
+        )
+    ]
+    assert draft.events[0].type == "Warning"
+
+
 @pytest.mark.parametrize(("total", "percent", "size"), [(10, 20, 2), (5, 20, 1), (3, 50, 2), (1, 1, 1), (0, 20, 0)])
 def test_the_canary_is_its_share_of_the_stable_count_rounded_up_and_at_least_one(
     total: int, percent: int, size: int
