@@ -268,32 +268,25 @@ def quote_answer(kinds: Sequence[KindCost], feasible: Mapping[GPUType, int]) -> 
     ``kinds``: every node kind with a node the filter passed, cheapest per unit of work first (what admission
     takes the first fitting kind of); ``options``: one entry per GPU type, its cheapest kind, in the same order
     (what an operator that predates ``kinds`` reads); ``recommended``: the first option's type, or null."""
-    options: list[dict[str, Any]] = []
-    for kind in kinds:
-        if all(option["gpuType"] != kind.gpu_type.value for option in options):
-            options.append(
-                {
-                    "gpuType": kind.gpu_type.value,
-                    "resource": kind.gpu_type.resource,
-                    "costPerUnitWork": round(kind.cost, 6),
-                    "listCostPerUnitWork": round(kind.listed, 6),
-                    "node": kind.node,
-                    "capacityType": kind.capacity_type,
-                    "feasibleNodes": feasible.get(kind.gpu_type, 0),
-                }
-            )
+    cheapest = {kind.gpu_type: kind for kind in reversed(kinds)}  # each type's first kind
+    options = [
+        {**_kind_json(kind), "resource": kind.gpu_type.resource, "feasibleNodes": feasible.get(kind.gpu_type, 0)}
+        for kind in kinds
+        if cheapest[kind.gpu_type] is kind
+    ]
     return {
         "recommended": options[0]["gpuType"] if options else None,
         "options": options,
-        "kinds": [
-            {
-                "gpuType": kind.gpu_type.value,
-                "capacityType": kind.capacity_type,
-                "costPerUnitWork": round(kind.cost, 6),
-                "listCostPerUnitWork": round(kind.listed, 6),
-                "node": kind.node,
-                "feasibleNodes": kind.nodes,
-            }
-            for kind in kinds
-        ],
+        "kinds": [{**_kind_json(kind), "feasibleNodes": kind.nodes} for kind in kinds],
+    }
+
+
+def _kind_json(kind: KindCost) -> dict[str, Any]:
+    """What the quote says of one kind, in the options and the kinds alike."""
+    return {
+        "gpuType": kind.gpu_type.value,
+        "capacityType": kind.capacity_type,
+        "costPerUnitWork": round(kind.cost, 6),
+        "listCostPerUnitWork": round(kind.listed, 6),
+        "node": kind.node,
     }

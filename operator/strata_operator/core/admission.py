@@ -255,11 +255,7 @@ def admit(
             continue
         groups = -(-gang.unbound_workers // r.pods_per_group)
         group_gpus = r.gpus_per_worker * r.pods_per_group
-        taken: dict[str, int] = {}
-        for kinds in _fill(r, gang.gpu_type, r.capacity_types) if groups > 0 else ():  # all bound: nothing to hold
-            left = groups - sum(taken.values()) // group_gpus
-            taken.update(held.take(room, gang.gpu_type, kinds, group_gpus, left, hold_rank(r)))
-        reserved[r.key] = taken
+        reserved[r.key] = _take_gang(held, room, r, gang.gpu_type, r.capacity_types, group_gpus, groups, hold_rank(r))
     shares = serving or {}
     usage = {pool: sum(share.gpus.values()) for pool, share in shares.items()}
     cpu_usage = {pool: sum(share.cpu_millis.values()) for pool, share in shares.items()}
@@ -335,9 +331,7 @@ def admit(
         fits = partial(held.fits, capacity=capacity, group_gpus=group_gpus, groups=request.groups, priority=rank)
         chosen = _choose(request, candidates, capacity, fits, room)
         if chosen is not None:
-            left = request.groups
-            for kinds in _fill(request, chosen, capacity):
-                left -= sum(held.take(room, chosen, kinds, group_gpus, left, rank).values()) // group_gpus
+            _take_gang(held, room, request, chosen, capacity, group_gpus, request.groups, rank)
             usage[pool.name] = in_use + request.gpus
             decision.admit[request.key] = chosen
             if blocked := frozenset(t for t in possible if t in heads.blocked):
@@ -409,6 +403,25 @@ def _fill(request: GangRequest, gpu_type: GPUType, capacity: frozenset[str]) -> 
     quoted = list(dict.fromkeys(c for t, c in request.kinds if t == gpu_type and c in capacity))
     rest = capacity - set(quoted)
     return [frozenset({c}) for c in quoted] + ([rest] if rest else [])
+
+
+def _take_gang(
+    held: ReservedHold,
+    room: Room,
+    request: GangRequest,
+    gpu_type: GPUType,
+    capacity: frozenset[str],
+    group_gpus: int,
+    groups: int,
+    rank: int,
+) -> dict[str, int]:
+    """Take ``groups`` of the gang's groups of ``group_gpus`` GPUs on ``gpu_type``, its capacity types in
+    :func:`_fill`'s order; GPUs taken per node (none when ``groups`` is 0: every worker is bound)."""
+    taken: dict[str, int] = {}
+    for kinds in _fill(request, gpu_type, capacity) if groups > 0 else ():
+        left = groups - sum(taken.values()) // group_gpus
+        taken.update(held.take(room, gpu_type, kinds, group_gpus, left, rank))
+    return taken
 
 
 class Reservations:
