@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 
 import numpy as np
 
@@ -197,6 +196,10 @@ class StrataPolicy:
         }
         self.history: dict[GPUType, list[tuple[float, float]]] = {t: [] for t in GPUType}
         self.upper: dict[str, float] = {}
+        self.fitted: dict[GPUType, tuple[int, bytes, bytes]] = {}
+        """The series each GPU type's forecast was last fitted on (:meth:`_series`)."""
+        self.refits_skipped = 0
+        """Refits left out because a type's series was the one its last forecast was fitted on."""
         self.ticks = 0
         self.unplaced = 0
         """Gangs admission admitted that the extender's placement (cheapest kind first) could not hold whole at
@@ -209,7 +212,12 @@ class StrataPolicy:
         admission's rule 3 did not keep it off that kind's type."""
         self.dearer_kept_off = 0
         """The same where every such cheaper kind's type was reserved by a waiting head (rule 3, by design)."""
-        self._ranked = lru_cache(maxsize=65536)(self._ranked_uncached)
+        self._hour = -1
+        self._quotes: dict[str, dict[tuple[GPUType, str], tuple[float, float]]] = {}
+        """This hour's quote per job (:meth:`_ranked`); a quote changes only with the hour's power price."""
+        self._requests: dict[tuple[str, tuple[tuple[GPUType, str], ...]], GangRequest] = {}
+        """This hour's requests per job and quoted kinds (:meth:`_request`), as a pass asks for every queued and
+        running job and most are asked again, alike, at the next pass."""
 
     # -- the extender's view ------------------------------------------------------------------------------------
     def _ranked_uncached(self, job: Job, hour: int) -> dict[tuple[GPUType, str], tuple[float, float]]:
@@ -235,6 +243,15 @@ class StrataPolicy:
         ranked = rank_kinds(self.catalog, pod, facts, hour)
         return {(k.gpu_type, str(k.capacity_type)): (k.cost, k.listed) for k in ranked}
 
+    def _ranked(self, job: Job, hour: int) -> dict[tuple[GPUType, str], tuple[float, float]]:
+        """:meth:`_ranked_uncached`, kept for the hour (the simulator's time only moves forward)."""
+        if hour != self._hour:
+            self._hour, self._quotes, self._requests = hour, {}, {}
+        ranked = self._quotes.get(job.key)
+        if ranked is None:
+            ranked = self._quotes[job.key] = self._ranked_uncached(job, hour)
+        return ranked
+
     def _kinds(self, job: Job, hour: int) -> list[tuple[GPUType, str]]:
         """The job's node kinds, cheapest per unit of work first."""
         return list(self._ranked(job, hour))
@@ -248,10 +265,13 @@ class StrataPolicy:
         (``room``: the most free GPUs on one node of each kind; the quote prices only the nodes its filter
         passes), cheapest first, and the GPU types in the order of their cheapest such kind, then the types
         without room."""
-        kinds = self._kinds(job, hour)
+        kinds = self._ranked(job, hour)
         quoted = tuple(k for k in kinds if room.get(k, 0) >= job.gpus_per_worker)
+        request = self._requests.get((job.key, quoted))
+        if request is not None:
+            return request
         order = tuple(dict.fromkeys([k[0] for k in quoted] + [k[0] for k in kinds]))
-        return GangRequest(
+        request = self._requests[job.key, quoted] = GangRequest(
             key=job.key,
             pool=job.pool,
             workers=job.workers,
@@ -262,6 +282,7 @@ class StrataPolicy:
             submitted=EPOCH + timedelta(seconds=job.arrival_s),
             kinds=quoted,
         )
+        return request
 
     def _hold(self, state: SimState) -> ReservedHoldBack | None:
         if self.holdback is None or not self.upper:
@@ -299,10 +320,25 @@ class StrataPolicy:
             recent = [(t, v) for t, v in samples if t >= now_s - self.holdback.history_s]
             self.history[gpu_type] = recent
             times = np.array([t for t, _ in recent], dtype=np.int64) + int(EPOCH.timestamp())
-            prediction = predict(times, np.array([v for _, v in recent]), self.holdback.config, None)
+            values = np.array([v for _, v in recent])
+            series = self._series(times, values)
+            if series == self.fitted.get(gpu_type):
+                self.refits_skipped += 1
+                continue  # the forecast of the same series, shifted by whole bins, is the last one
+            self.fitted[gpu_type] = series
+            prediction = predict(times, values, self.holdback.config, None)
             if prediction is not None:
                 self.upper[gpu_type.value] = prediction.upper
         return True
+
+    def _series(self, times: np.ndarray, values: np.ndarray) -> tuple[int, bytes, bytes]:
+        """What :func:`strata_scheduler.forecasting.predict` (without a curve) reads of a series: the samples'
+        times from the first one, where the first falls within its bin, and the values. Two series alike in
+        these are the same series shifted by whole bins, which it forecasts alike (it reads times only to bin
+        them)."""
+        assert self.holdback is not None
+        first = int(times[0]) if len(times) else 0
+        return first % (self.holdback.config.bin_min * 60), (times - first).tobytes(), values.tobytes()
 
     def schedule(self, now_s: float, state: SimState) -> None:
         hour = int(now_s // HOUR_S)

@@ -9,14 +9,17 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from strata_api import GPUType
 from strata_api.catalog import Catalog, parse_catalog
+from strata_scheduler.forecasting import predict
 from strata_sim.__main__ import main
 from strata_sim.engine import JobRecord, Outcome, Policy, SimState, simulate
 from strata_sim.model import HIGH_POOL, HOUR_S, LOW_POOL, Fleet, Job, PowerClock, SimInputError, SimNode, load_fleet
 from strata_sim.policies import (
+    EPOCH,
     HoldBackSettings,
     KueuePolicy,
     StrataPolicy,
@@ -259,6 +262,40 @@ def test_the_hold_back_forecast_learns_high_priority_demand_during_a_replay() ->
     policy = StrataPolicy(fleet, catalog, HoldBackSettings(refit_every=1))
     simulate([a_job("H", 0, 3.0, pool=HIGH_POOL)], fleet, catalog, policy)
     assert policy.upper["H100"] > 0
+
+
+def test_a_refit_on_the_same_series_shifted_is_skipped_and_holds_what_a_fresh_fit_gives() -> None:
+    """A steady 8-GPU high-priority job and a 30-minute history: once the history is full, every refit sees seven
+    samples of 8 H100s (and of 0 MI300X), the last series shifted by one tick, and is skipped; after every tick the
+    hold is what the extender's forecaster fits from scratch on that tick's series."""
+    catalog, fleet = a_catalog(), a_fleet("reserved", "spot")
+    settings = HoldBackSettings(refit_every=1, history_s=1800.0)
+    policy = StrataPolicy(fleet, catalog, settings)
+    ticks = []
+
+    class Checked:
+        name = "checked"
+
+        def schedule(self, now_s: float, state: SimState) -> None:
+            policy.schedule(now_s, state)
+
+        def tick(self, now_s: float, state: SimState) -> bool:
+            changed = policy.tick(now_s, state)
+            for gpu_type, samples in policy.history.items():
+                times = np.array([t for t, _ in samples], dtype=np.int64) + int(EPOCH.timestamp())
+                fresh = predict(times, np.array([v for _, v in samples]), settings.config, None)
+                assert fresh is not None
+                assert policy.upper[gpu_type.value] == fresh.upper, (now_s, gpu_type)
+            ticks.append(now_s)
+            return changed
+
+    simulate([a_job("H", 0, 3.0, pool=HIGH_POOL)], fleet, catalog, Checked())
+    # ticks at 0, 5, ..., 180 minutes; the last sees the job gone (its finish comes first at one instant)
+    assert ticks == [300.0 * i for i in range(37)]
+    # the history grows to seven samples over the ticks at 0-30 min (fitted); from 35 min each series is the
+    # last one shifted: H100 skipped at 35-175 min (29 ticks) and fitted at 180 (a 0 at the end), MI300X skipped
+    # at 35-180 (30)
+    assert policy.refits_skipped == 29 + 30
 
 
 def test_reclaims_are_seeded_and_the_same_for_every_policy() -> None:
