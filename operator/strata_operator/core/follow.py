@@ -4,7 +4,7 @@
 lags behind its own calls, and at scale every call counts. Three decisions, pure and kept here:
 
 - Throttling (:meth:`DaemonMemory.holds_back`): status changes that only follow the gang wait, per job and across
-  all jobs, unless something else happens in the same pass.
+  all jobs, unless the same pass changes the phase or records an Event; the pass's pod work goes ahead either way.
 - Memory (:meth:`DaemonMemory.work`): workers this daemon created, and gates it lifted, that the watch does not
   show yet are not created or lifted again.
 - Gate lifting (:meth:`DaemonMemory.to_lift`): which of the plan's gated pods are still this daemon's to ungate.
@@ -67,7 +67,9 @@ class DaemonMemory:
     """Pods (by uid) whose gate this daemon lifted: a gate never comes back on the same pod, so it is never lifted
     again however long the watch takes to show it (a pod recreated under the same name has a new uid)."""
     status_written_at: float = -COALESCE_S
-    """When this daemon last wrote the job's status (monotonic seconds)."""
+    """When this daemon last wrote the job's status, or when it started (monotonic seconds): a new daemon's first
+    follow-up waits one interval too, as the job's first writes (its submission, the admission pass's) are not its
+    own, and an operator that restarts with many jobs would otherwise rewrite every one of them at once."""
     refused: tuple[int, str] | None = None
     """``(attempt, the API server's message)`` once the server refused, for good, to create an object of that
     attempt's gang; the next pass fails the job (:func:`strata_operator.core.lifecycle.reconcile`'s ``refused``).
@@ -94,13 +96,15 @@ class DaemonMemory:
         """The named pods whose gate is still ours to lift (gated, and not already lifted by this daemon)."""
         return [pods[n] for n in names if n in pods and pods[n].gated and pods[n].uid not in self.lifted]
 
-    def holds_back(self, plan: Plan, work: Work, now_s: float, jobs: int) -> bool:
-        """Whether this pass writes nothing: its status change only follows the gang (:data:`FOLLOWING`), there is
-        no pod work and no event, and this job wrote less than :func:`coalesce_s` ago. The plan then comes back
-        when the write is due (``requeue_after_s``)."""
+    def holds_back(self, plan: Plan, now_s: float, jobs: int) -> bool:
+        """Whether this pass writes no status: its change only follows the gang (:data:`FOLLOWING`), there is no
+        event, and this job wrote less than :func:`coalesce_s` ago. The plan then comes back when the write is due
+        (``requeue_after_s``). Its pod work does not wait: a held change names no phase, attempt or gang, so no
+        creation, gate or deletion depends on it being stored first (a gang's creations and lifts would otherwise
+        each bring a follow-up write with them)."""
         patch = plan.status.patch()
         wait_s = self.status_written_at + coalesce_s(jobs) - now_s
-        if not patch or not set(patch) <= FOLLOWING or work or plan.status.events or wait_s <= 0:
+        if not patch or not set(patch) <= FOLLOWING or plan.status.events or wait_s <= 0:
             return False
         plan.requeue_after_s = wait_s if plan.requeue_after_s is None else min(plan.requeue_after_s, wait_s)
         return True

@@ -71,7 +71,7 @@ async def run_trainingjob(
     wake = runtime.wakeups.setdefault(key, asyncio.Event())
     born = time.monotonic()
     failures = 0
-    memory = DaemonMemory()
+    memory = DaemonMemory(status_written_at=born)
     try:
         while not stopped:
             wake.clear()
@@ -154,14 +154,13 @@ async def _reconcile(
     now_s = time.monotonic()
     memory.settle(workers, now_s)
     work = memory.work(plan, workers, job.status.attempt, has_pool=pool is not None)
-    if memory.holds_back(plan, work, now_s, jobs=len(runtime.wakeups)):
-        return plan
-    patch = plan.status.patch()
-    if not await patch_status(runtime, entry, patch, plan.status.events):
-        return None
-    if patch:
-        memory.status_written_at = time.monotonic()
-    _count(runtime, job, plan, patch)
+    if not memory.holds_back(plan, now_s, jobs=len(runtime.wakeups)):
+        patch = plan.status.patch()
+        if not await patch_status(runtime, entry, patch, plan.status.events):
+            return None
+        if patch:
+            memory.status_written_at = time.monotonic()
+        _count(runtime, job, plan, patch)
     await _apply(runtime, entry, pool, plan, work, workers, memory, logger)
     return plan
 
