@@ -146,6 +146,7 @@ def replay_metric(
         prophet_min_history_bins=setup.prophet_min_history_bins,
         lstm_train_s=args.lstm_train_s,
         prophet_tmp_dir=args.out / "stan",
+        band_days=args.band_days,
     )
     margin_s = 30.0
     horizons = {startup: horizon_bins(startup + margin_s, setup.bin_s) for startup in args.startups}
@@ -336,6 +337,12 @@ def main() -> None:
     parser.add_argument("--startups", type=int, nargs="+", default=[30, 60, 120, 300], help="replica start-up, s")
     parser.add_argument("--quantiles", type=float, nargs="+", default=[0.5, 0.7, 0.9], help="band quantiles")
     parser.add_argument("--lstm-train-s", type=float, default=3.0, help="time bound of one LSTM fit")
+    parser.add_argument(
+        "--band-days",
+        type=int,
+        default=ForecastSettings.band_days,
+        help="calibrate the band on the same time of day of this many earlier days (0: the last hour only)",
+    )
     parser.add_argument("--no-fitted", action="store_true", help="persistence and seasonal only (no Prophet, LSTM)")
     parser.add_argument(
         "--explain", action="store_true", help="where predictive's extra replica-seconds go and where it misses"

@@ -67,6 +67,11 @@ class ForecastSettings:
     """The band is calibrated on the scored origins of the last this many seconds only (at least
     ``min_eval_origins`` of them, at most ``eval_origins``): the peak errors of the load's present regime, not of one
     hours ago (see the module docstring)."""
+    band_days: int = 0
+    """0: the band reads the last ``band_window_s`` only. n > 0: it reads the scored origins within
+    ``band_window_s / 2`` of the same time of day on the n days before (where the load's daily cycle puts it in the
+    same regime as now), falling back to the last ``band_window_s`` while those hold fewer than
+    ``min_eval_origins`` (a series shorter than a day, a fitted forecaster with no path there)."""
     refit_every_bins: int = 240
     """Prophet and the LSTM are refitted this often; a fit's paths reach this far (plus the horizon), so a live
     refit interval must not be longer."""
@@ -90,6 +95,8 @@ class ForecastSettings:
     def __post_init__(self) -> None:
         if self.band_window_s <= 0:
             raise ValueError(f"band_window_s must be > 0, got {self.band_window_s}")
+        if self.band_days < 0:
+            raise ValueError(f"band_days must be >= 0, got {self.band_days}")
 
     @property
     def day_bins(self) -> int:
@@ -100,6 +107,16 @@ class ForecastSettings:
         """How many of the latest scored origins the band is calibrated on (``band_window_s`` in bins, within
         ``min_eval_origins`` .. ``eval_origins``)."""
         return max(self.min_eval_origins, min(self.eval_origins, math.floor(self.band_window_s / self.bin_s)))
+
+    @property
+    def band_history_bins(self) -> int:
+        """How far before an origin the band's origins may lie (the same time of day ``band_days`` ago, and half
+        the window before it; 0 when ``band_days`` is 0)."""
+        return self.band_days * self.day_bins + self.band_window_bins // 2 if self.band_days else 0
+
+    @property
+    def band_window_bins(self) -> int:
+        return max(1, math.floor(self.band_window_s / self.bin_s))
 
 
 class Candidate(Protocol):
@@ -166,7 +183,9 @@ class FittedCandidate:
     settings: ForecastSettings
     min_history_bins: int
     max_fits: int | None = 8
-    """Fits kept (enough for the scored origins); None keeps every one (the replay refits first, then reads)."""
+    """Fits kept (enough for the scored origins; more where ``band_days`` reaches further back, so that the band's
+    origins of earlier days have paths live as in the replay); None keeps every one (the replay refits first, then
+    reads)."""
     fits: list[_Fit] = field(default_factory=list)
 
     def refit(self, y: np.ndarray, horizon: int) -> None:
@@ -182,7 +201,10 @@ class FittedCandidate:
         except Exception as error:  # whatever the model raises, the other candidates carry on
             fit = _Fit(len(y), None, f"{type(error).__name__}: {error}"[:200])
         fits = [*self.fits, fit]
-        self.fits = fits if self.max_fits is None else fits[-self.max_fits :]
+        if self.max_fits is not None:
+            reach = self.settings.band_history_bins // self.settings.refit_every_bins + 2
+            fits = fits[-max(self.max_fits, reach) :]
+        self.fits = fits
 
     def failure_at(self, origin: int) -> str:
         """Why there is no path at ``origin`` (empty when there is one)."""
@@ -375,8 +397,7 @@ def choose(
     best = min(better, key=lambda name: errors[name])
     # The band is for the window's peak, the quantity a scale-up must cover: the chosen forecaster's errors on
     # the peak at the latest scored origins (the peak that came minus the peak it forecast), split-conformal.
-    peak_errors = scores[best].peak[max(window.start, window.stop - settings.band_origins) : window.stop]
-    peak_errors = peak_errors[np.isfinite(peak_errors)]
+    peak_errors = band_errors(scores[best].peak, origin - first_origin, window.stop, settings)
     low, high = np.quantile(peak_errors, [1 - settings.band_quantile, settings.band_quantile])
     peak = float(paths[best][origin - first_origin, from_step:horizon].max())
     forecast = Forecast(
@@ -388,6 +409,35 @@ def choose(
         dropped=tuple(notes),
     )
     return Choice(forecast, errors)
+
+
+def band_errors(peak: np.ndarray, at: int, scored_end: int, settings: ForecastSettings) -> np.ndarray:
+    """The peak errors the band is calibrated on, for the origin at index ``at`` of ``peak`` (origins from index
+    ``scored_end`` on are not scored yet).
+
+    With ``band_days`` n > 0: the errors at origins within ``band_window_s / 2`` of ``at - d * day_bins`` for d = 1
+    .. n (the same time of day on the n days before), if at least ``min_eval_origins`` of them are measured.
+    Otherwise (``band_days`` 0, under a day of history, too few measured there): the latest ``band_origins``
+    scored origins, as without it.
+    """
+    if settings.band_days:
+        spans = _same_time_spans(at, scored_end, settings)
+        same = np.concatenate([peak[lo:hi] for lo, hi in spans] or [np.empty(0)])
+        measured: np.ndarray = same[np.isfinite(same)]
+        if len(measured) >= settings.min_eval_origins:
+            return measured
+    recent = peak[max(0, scored_end - settings.band_origins) : scored_end]
+    latest: np.ndarray = recent[np.isfinite(recent)]
+    return latest
+
+
+def _same_time_spans(at: int, scored_end: int, settings: ForecastSettings) -> list[tuple[int, int]]:
+    """``[lo, hi)`` origin ranges within ``band_window_s / 2`` of ``at - d * day_bins``, d = 1 .. ``band_days``,
+    cut to ``[0, scored_end)``; empty ones left out."""
+    half = settings.band_window_bins // 2
+    days = [at - d * settings.day_bins for d in range(1, settings.band_days + 1)]
+    spans = [(max(0, c - half), min(scored_end, c + half + 1)) for c in days]
+    return [(lo, hi) for lo, hi in spans if hi > lo]
 
 
 def horizon_bins(horizon_s: float, bin_s: float) -> int:
@@ -423,13 +473,23 @@ def forecast_now(
     """The live forecast after the last bin of ``y``: the recent origins' paths, then :func:`choose`.
 
     The band is for the peak over [t + from_s, t + horizon_s]. Fitted candidates are refitted elsewhere (in the
-    background); this reads their fits only.
+    background); this reads their fits only. With ``band_days`` the paths are made at the same time of day on the
+    days before as well (the origins between are left without: nothing reads them).
     """
     horizon = horizon_bins(horizon_s, settings.bin_s)
     from_step = min(horizon - 1, int(from_s // settings.bin_s))
     origin = len(y)
-    first = max(0, origin - horizon - settings.eval_origins + 1)
-    paths, dropped = all_paths(candidates, y, np.arange(first, origin + 1), horizon)
+    recent = max(0, origin - horizon - settings.eval_origins + 1)
+    first = max(0, min(recent, origin - settings.band_history_bins))
+    wanted = np.arange(first, origin + 1)
+    used = wanted >= recent
+    for lo, hi in _same_time_spans(origin, origin - horizon + 1, settings) if settings.band_days else []:
+        used[lo - first : hi - first] = True
+    made, dropped = all_paths(candidates, y, wanted[used], horizon)
+    paths = {}
+    for name, table in made.items():
+        paths[name] = np.full((len(wanted), horizon), np.nan)
+        paths[name][used] = table
     return choose(paths, y, origin, horizon, settings, first_origin=first, dropped=dropped, from_step=from_step)
 
 

@@ -118,6 +118,68 @@ def test_the_band_is_calibrated_on_the_latest_origins_only_and_the_choice_on_all
         ForecastSettings(bin_s=15, band_window_s=0)
 
 
+def _noon_burst(days: int) -> np.ndarray:
+    """Hourly bins (a day is 24 of them), 0 except 8 at hour 12 of every day."""
+    return np.array([8.0 if b % 24 == 12 else 0.0 for b in range(days * 24)])
+
+
+HOURLY = ForecastSettings(bin_s=3600, level_bins=1, eval_origins=6, min_eval_origins=4, band_window_s=3 * 3600)
+
+
+def test_a_band_by_time_of_day_reads_the_same_hour_on_earlier_days() -> None:
+    # Persistence over 1 bin says the last bin; horizon 1, so its peak error at origin o is y[o] - y[o - 1]: +8 at
+    # hour 12, -8 at hour 13, 0 elsewhere. At origin 60 (day 2, hour 12; the last bin, hour 11, was 0) the last
+    # hour's window (origins 56..59, hours 8..11) holds four zeros; the same time of day, hour 12 +- 1, on the two
+    # days before holds origins 11..13 and 35..37: 0, +8, -8 twice. Their 0.9 quantile is 8, their 0.1 quantile -8.
+    y = _noon_burst(3)
+    paths, _ = all_paths([Persistence(1)], y, np.arange(len(y) + 1), 1)
+    by_hour = replace(HOURLY, band_days=2)
+    assert by_hour.band_history_bins == 2 * 24 + 1
+    recent = choose(paths, y, 60, 1, HOURLY).forecast
+    noon = choose(paths, y, 60, 1, by_hour).forecast
+    assert recent is not None
+    assert noon is not None
+    assert (recent.mean, recent.lower, recent.upper) == (0.0, 0.0, 0.0)
+    assert (noon.mean, noon.lower, noon.upper) == (0.0, 0.0, 8.0)  # the lower edge is clamped at 0
+    # the live forecast reads the origins a day and two back as well, and gives the replay's band
+    live = forecast_now([Persistence(1)], y[:60], horizon_s=3600, settings=by_hour).forecast
+    assert live == noon
+    # at hour 15 (origin 63) the last hour's window, origins 59..62, still holds the burst (0, +8, -8, 0: a 0.9
+    # quantile of 5.6); hours 14..16 on the days before were quiet, so the band is the forecast, 0
+    after = choose(paths, y, 63, 1, HOURLY).forecast
+    quiet = choose(paths, y, 63, 1, by_hour).forecast
+    assert after is not None
+    assert after.upper == pytest.approx(5.6)
+    assert quiet is not None
+    assert (quiet.mean, quiet.upper) == (0.0, 0.0)
+
+
+def test_a_band_by_time_of_day_falls_back_to_the_last_hour_with_too_few_origins_there() -> None:
+    # At origin 36 (day 1, hour 12) one day back holds origins 11..13: 3 errors, under min_eval_origins (4), so the
+    # band is the last hour's (origins 32..35: zeros), as with band_days 0; under a day of history likewise.
+    y = _noon_burst(3)
+    paths, _ = all_paths([Persistence(1)], y, np.arange(len(y) + 1), 1)
+    by_hour = replace(HOURLY, band_days=2)
+    assert choose(paths, y, 36, 1, by_hour) == choose(paths, y, 36, 1, HOURLY)
+    assert choose(paths, y, 12, 1, by_hour) == choose(paths, y, 12, 1, HOURLY)
+    assert choose(paths, y, 60, 1, replace(HOURLY, band_days=1)).forecast == choose(paths, y, 60, 1, HOURLY).forecast
+    with pytest.raises(ValueError, match="band_days must be >= 0"):
+        ForecastSettings(bin_s=15, band_days=-1)
+
+
+def test_a_fitted_forecaster_keeps_its_fits_as_far_back_as_the_band_by_time_of_day_reads() -> None:
+    # refitted every 4 hourly bins, the band reading 2 days back and an hour before: (48 + 1) // 4 + 2 = 14 fits,
+    # so live, as in the replay, the origins of the days before have paths; without it the usual 8
+    y = _noon_burst(3)
+    by_hour = LastValueAtFit("last", replace(HOURLY, band_days=2, refit_every_bins=4), 1)
+    recent_only = LastValueAtFit("last", replace(HOURLY, refit_every_bins=4), 1)
+    for end in range(4, len(y) + 1, 4):
+        by_hour.refit(y[:end], 1)
+        recent_only.refit(y[:end], 1)
+    assert [fit.origin for fit in by_hour.fits] == list(range(20, 73, 4))
+    assert len(recent_only.fits) == 8
+
+
 def test_a_band_from_the_start_up_on_leaves_out_the_load_before_a_new_replica_could_serve() -> None:
     falling = 100 - LINEAR
     whole = forecast_now([Persistence(4)], falling[:50], horizon_s=45, settings=SETTINGS).forecast
