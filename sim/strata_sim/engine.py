@@ -87,6 +87,9 @@ class SimState:
         self.clock = clock
         self.nodes: dict[str, SimNode] = {n.name: n for n in fleet.nodes}
         self.free: dict[str, int] = {n.name: n.gpus for n in fleet.nodes}
+        self.changed: set[str] = set()
+        """Nodes whose free GPUs changed since a policy last cleared this (so it can keep a view of ``free`` up to
+        date without reading every node at every pass)."""
         self.queue: dict[str, Job] = {}
         """Jobs waiting, in arrival order (dicts keep insertion order; a requeued job goes to the end)."""
         self.runs: dict[str, Run] = {}
@@ -110,6 +113,7 @@ class SimState:
             run = self.runs[job.key] = Run(job, gpu_type)
             del self.queue[job.key]
         self.free[node] -= gpus
+        self.changed.add(node)
         self.held_gpus += gpus
         run.placed[node] = run.placed.get(node, 0) + gpus
         run.since.setdefault(node, self.now_s)
@@ -157,6 +161,7 @@ class SimState:
         for node, gpus in run.placed.items():
             self.usage_cost += self._bill(run, node, self.now_s)
             self.free[node] += gpus
+            self.changed.add(node)
             self.held_gpus -= gpus
         if run.started_s is not None:
             self._add_busy(-run.job.gpus)

@@ -36,7 +36,7 @@ from strata_scheduler.forecasting import ForecastConfig, predict
 from strata_scheduler.scoring import rank_kinds
 from strata_scheduler.state import ReservedCapacity
 from strata_scheduler.views import PodView
-from strata_sim.engine import Policy, SimState, fill_order
+from strata_sim.engine import Policy, Run, SimState, fill_order
 from strata_sim.model import HIGH_POOL, HOUR_S, LOW_POOL, Fleet, Job, SimNode, gpu_hour_price
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -174,6 +174,10 @@ class StrataPolicy:
         self.nodes = [
             Node(n.name, n.gpu_type, n.capacity_type, n.gpus, True, None, n.instance_type) for n in fleet.nodes
         ]
+        self.empty = Room(self.nodes, {n.name: n.gpus for n in fleet.nodes})
+        """The fleet with every GPU free, for admission (built once)."""
+        self._free_room: tuple[SimState, Room] | None = None
+        """The replay whose free GPUs :meth:`_room` keeps, and its room."""
         self.facts = {
             (n.gpu_type, n.capacity_type): NodeFacts(
                 n.name,
@@ -215,6 +219,9 @@ class StrataPolicy:
         self._hour = -1
         self._quotes: dict[str, dict[tuple[GPUType, str], tuple[float, float]]] = {}
         """This hour's quote per job (:meth:`_ranked`); a quote changes only with the hour's power price."""
+        self._gangs: dict[str, tuple[Run, AdmittedGang]] = {}
+        """Running jobs as admission sees them (:meth:`_admitted`); those that ended are dropped hourly."""
+        self._gangs_hour = -1
         self._requests: dict[tuple[str, tuple[tuple[GPUType, str], ...]], GangRequest] = {}
         """This hour's requests per job and quoted kinds (:meth:`_request`), as a pass asks for every queued and
         running job and most are asked again, alike, at the next pass."""
@@ -260,7 +267,7 @@ class StrataPolicy:
         """The cost per unit of work on a node of ``kind``, then its list cost (inf where it cannot be priced)."""
         return self._ranked(job, hour).get(kind, (float("inf"), float("inf")))
 
-    def _request(self, job: Job, hour: int, room: Mapping[tuple[GPUType, str], int]) -> GangRequest:
+    def _request(self, job: Job, hour: int, room: Mapping[tuple[GPUType | None, str | None], int]) -> GangRequest:
         """The job as admission sees it, with the extender's quote: the node kinds with room for one worker now
         (``room``: the most free GPUs on one node of each kind; the quote prices only the nodes its filter
         passes), cheapest first, and the GPU types in the order of their cheapest such kind, then the types
@@ -340,29 +347,57 @@ class StrataPolicy:
         first = int(times[0]) if len(times) else 0
         return first % (self.holdback.config.bin_min * 60), (times - first).tobytes(), values.tobytes()
 
+    def _admitted(self, run: Run, now_s: float) -> AdmittedGang:
+        """A running job as admission sees it: every worker bound, so its request carries no quote (admission
+        reads only its pool, size and key; the operator builds it from the job alone too). Kept while the run
+        lasts (a started run's placement and start do not change)."""
+        kept = self._gangs.get(run.job.key)
+        if kept is not None and kept[0] is run:
+            return kept[1]
+        job = run.job
+        request = GangRequest(
+            key=job.key,
+            pool=job.pool,
+            workers=job.workers,
+            gpus_per_worker=job.gpus_per_worker,
+            pods_per_group=job.pods_per_group,
+            gpu_types=job.gpu_types,
+            capacity_types=frozenset(CapacityType),
+            submitted=EPOCH + timedelta(seconds=job.arrival_s),
+        )
+        gang = AdmittedGang(request, run.gpu_type, EPOCH + timedelta(seconds=run.started_s or now_s), dict(run.placed))
+        if run.started_s is not None:
+            self._gangs[job.key] = (run, gang)
+        return gang
+
+    def _room(self, state: SimState) -> Room:
+        """The fleet's free GPUs as admission's :class:`Room`, kept up to date from the nodes that changed since
+        the last pass (``state.changed``) rather than built from every node at every pass."""
+        if self._free_room is None or self._free_room[0] is not state:
+            self._free_room = (state, Room(self.nodes, state.free))
+        else:
+            room = self._free_room[1]
+            for name in state.changed:
+                room.put(name, max(0, state.free[name]))
+        state.changed.clear()
+        return self._free_room[1]
+
     def schedule(self, now_s: float, state: SimState) -> None:
         hour = int(now_s // HOUR_S)
+        if hour != self._gangs_hour:
+            self._gangs_hour = hour
+            self._gangs = {key: kept for key, kept in self._gangs.items() if state.runs.get(key) is kept[0]}
         for _ in range(3):  # a pass that preempts runs again at once, as the victims' GPUs are free now
-            room: dict[tuple[GPUType, str], int] = {}
-            for name, free in state.free.items():
-                node = state.nodes[name]
-                kind = (node.gpu_type, node.capacity_type)
-                room[kind] = max(room.get(kind, 0), free)
-            queue = [self._request(job, hour, room) for job in state.waiting()]
-            if not queue:
+            if not state.queue:
                 return
-            admitted = [
-                AdmittedGang(
-                    self._request(run.job, hour, room),
-                    run.gpu_type,
-                    EPOCH + timedelta(seconds=run.started_s or now_s),
-                    dict(run.placed),
-                )
-                for run in state.runs.values()
-            ]
+            fleet_room = self._room(state)
+            # the most free GPUs on one node of each kind (what the extender's quote needs)
+            room = {kind: max(amounts, default=0) for kind, amounts in fleet_room.buckets.items()}
+            queue = [self._request(job, hour, room) for job in state.waiting()]
+            admitted = [self._admitted(run, now_s) for run in state.runs.values()]
             hold = self._hold(state)
-            decision = admit(queue, admitted, self.pools, self.nodes, state.free, hold)
-            self._place(decision.admit, state, hold, hour, decision.kept_off)
+            decision = admit(queue, admitted, self.pools, self.nodes, state.free, hold, rooms=(fleet_room, self.empty))
+            self._place(decision.admit, state, hold, hour, decision.kept_off, fleet_room.copy())
             for preemption in decision.preempt:
                 state.preempt(preemption.victim)
             if not decision.preempt:
@@ -375,10 +410,10 @@ class StrataPolicy:
         hold: ReservedHoldBack | None,
         hour: int,
         kept_off: Mapping[str, frozenset[GPUType]],
+        room: Room,
     ) -> None:
         """Each admitted gang's groups on the cheapest capacity type first, as the extender's scores order them,
-        the hold respected as admission counted it."""
-        room = Room(self.nodes, state.free)
+        the hold respected as admission counted it; ``room``: the fleet's free GPUs now, which this takes from."""
         held = ReservedHold(hold)
         for key, gpu_type in admitted.items():
             job = state.queue[key]

@@ -18,11 +18,10 @@ class Room:
         self.free: dict[str, int] = {}
         self.kind: dict[str, tuple[GPUType | None, str | None]] = {}
         self.buckets: dict[tuple[GPUType | None, str | None], dict[int, set[str]]] = {}
-        for node in nodes:
-            self.kind[node.name] = (node.gpu_type, node.capacity_type)
-            self.free[node.name] = 0
-            self._bucket(node.name).setdefault(0, set()).add(node.name)
-            self.put(node.name, max(0, free.get(node.name, 0)))
+        for node in nodes:  # each node straight into its bucket: a pass builds rooms of the whole fleet
+            kind = self.kind[node.name] = (node.gpu_type, node.capacity_type)
+            amount = self.free[node.name] = max(0, free.get(node.name, 0))
+            self.buckets.setdefault(kind, {}).setdefault(amount, set()).add(node.name)
 
     def copy(self) -> Room:
         other = Room((), {})

@@ -14,6 +14,7 @@ from strata_api import GPUType, ResourcePool
 from strata_operator.core import serving
 from strata_operator.core.admission import AdmittedGang, GangRequest, Reason, admit
 from strata_operator.core.observed import Node
+from strata_operator.core.room import Room
 
 H100, MI300X = GPUType.H100, GPUType.MI300X
 
@@ -404,3 +405,28 @@ def test_cpu_replicas_hold_a_pools_cpu_quota_against_cpu_jobs() -> None:
     )
     gpu_share = serving.serving_shares([(a_service("g", resources={"gpuType": "H100"}), {"desiredReplicas": 4})])
     assert admit([job], [], pools(pool), [], {}, serving=gpu_share).admit_cpu == ["cpu"]  # GPUs are not CPUs
+
+
+def test_a_pass_given_the_callers_rooms_decides_as_one_that_builds_them_and_leaves_them_as_they_were() -> None:
+    """A replay keeps the fleet's rooms across passes: given them, a pass that admits one gang, preempts for
+    another and leaves a third waiting decides exactly as one that builds them, and takes GPUs on a copy."""
+    nodes = fleet(a_node("a"), a_node("b"), a_node("c", capacity="spot"), a_node("d", MI300X))
+    free = {"a": 0, "b": 8, "c": 8, "d": 0}
+    the_pools = pools(a_pool("high", priority=100), a_pool("low", priority=10, preemptible=True))
+    low = running(req("low-1", 1, 8, pool="low"), {"a": 8}, admitted=5)
+    queue = [
+        req("fits", 1, 8, pool="high", submitted=1),
+        req("preempts", 2, 8, pool="high", submitted=2),
+        req("waits", 1, 8, pool="low", submitted=3, types=(MI300X,)),
+    ]
+    usable = [n for n in nodes if n.gpu_type is not None and n.schedulable]
+    room, empty = Room(usable, free), Room(usable, all_free(usable))
+    before = (dict(room.free), {k: {a: set(n) for a, n in b.items()} for k, b in room.buckets.items()})
+
+    given = admit(queue, [low], the_pools, nodes, free, rooms=(room, empty))
+
+    assert given == admit(queue, [low], the_pools, nodes, free)
+    assert given.admit == {"fits": H100}
+    assert [p.victim for p in given.preempt] == ["low-1"]
+    assert given.waiting["waits"].reason == Reason.WAITING_FOR_GPUS
+    assert (room.free, room.buckets) == before
