@@ -26,7 +26,9 @@ and is for the window's peak, the quantity a scale-up must cover::
 
 The band is calibrated on the last hour's scored origins (``band_window_s``) even where the choice reads more: a
 service's load changes regime within hours, and errors from an earlier regime size the band for a load that has
-gone (docs/autoscaling.md, "Where the predictive mode pays and where it misses").
+gone (docs/autoscaling.md, "Where the predictive mode pays and where it misses"). With ``band_days`` it is calibrated
+instead on the same time of day of the days before (:func:`band_errors`; off by default: on the Alibaba trace it
+lands on the same cost-miss curve, docs/autoscaling.md, "What was tried").
 
 A fitted candidate keeps its recent fits, each tagged with the origin it was fitted at; a path at origin ``o`` comes
 from the newest fit made at or before ``o``, so its errors are out of sample both live and in the replay. A fit
@@ -106,7 +108,7 @@ class ForecastSettings:
     def band_origins(self) -> int:
         """How many of the latest scored origins the band is calibrated on (``band_window_s`` in bins, within
         ``min_eval_origins`` .. ``eval_origins``)."""
-        return max(self.min_eval_origins, min(self.eval_origins, math.floor(self.band_window_s / self.bin_s)))
+        return max(self.min_eval_origins, min(self.eval_origins, self.band_window_bins))
 
     @property
     def band_history_bins(self) -> int:
@@ -116,6 +118,7 @@ class ForecastSettings:
 
     @property
     def band_window_bins(self) -> int:
+        """``band_window_s`` in whole bins (at least one)."""
         return max(1, math.floor(self.band_window_s / self.bin_s))
 
 
