@@ -255,8 +255,11 @@ def admit(
         return LOWEST_PRIORITY if request.deferrable else priority(request)
 
     reserved: dict[str, dict[str, int]] = {}
-    # gangs the hold does not hold back first: what they take on reserved nodes lowers the hold for the others
-    for gang in sorted(admitted, key=lambda g: (held.holds_back(hold_rank(g.request)), g.admitted_at, g.request.key)):
+    # room for the unbound workers of admitted gangs (a fully bound gang takes none, so it is not even sorted:
+    # most of a large fleet's gangs at every pass), the gangs the hold does not hold back first: what they take
+    # on reserved nodes lowers the hold for the others
+    unbound = [g for g in admitted if g.unbound_workers > 0]
+    for gang in sorted(unbound, key=lambda g: (held.holds_back(hold_rank(g.request)), g.admitted_at, g.request.key)):
         r = gang.request
         if gang.gpu_type is None:
             continue
