@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from strata_serving.forecasters import (
     Candidate,
@@ -25,7 +26,7 @@ from strata_serving.forecasters import (
     rolling_choices,
     rolling_paths,
 )
-from strata_serving.lstm import RateLSTM
+from strata_serving.lstm import RateLSTM, predict_lstm, train_lstm
 from strata_serving.refit_worker import RefitWorker
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(120)]
@@ -262,7 +263,9 @@ def test_the_seasonal_forecaster_is_chosen_where_there_is_a_daily_cycle_and_not_
 
 
 def test_the_lstm_is_small_seeded_and_forecasts() -> None:
-    settings = ForecastSettings(bin_s=60, lstm_input_bins=12, lstm_epochs=30, lstm_train_s=20.0)
+    # The epochs bound the fits here, never the time budget: on a loaded machine one of two fits could otherwise
+    # stop an epoch earlier than the other (the budget has its own test below).
+    settings = ForecastSettings(bin_s=60, lstm_input_bins=12, lstm_epochs=30, lstm_train_s=600.0)
     series = 10 + 5 * np.sin(2 * np.pi * np.arange(300) / 12)
     first, second = LSTMCandidate(settings), LSTMCandidate(settings)
     first.refit(series[:200], 4)
@@ -274,6 +277,20 @@ def test_the_lstm_is_small_seeded_and_forecasts() -> None:
     # same seed, same model (up to the order of CPU threads' float sums)
     np.testing.assert_allclose(paths, second.paths(series, origins, 4), rtol=1e-4, equal_nan=True)
     assert sum(p.numel() for p in RateLSTM(horizon=24).parameters()) < 5000
+
+
+def test_an_lstm_fit_stops_at_its_time_budget() -> None:
+    series = 1 + 0.5 * np.sin(2 * np.pi * np.arange(120) / 12)
+    windows = np.stack([series[i : i + 12] / series[i : i + 12].mean() for i in (0, 40, 80)])
+
+    def fit(epochs: int, budget_s: float) -> np.ndarray:
+        model = train_lstm(series, 12, 4, epochs, budget_s, torch.Generator().manual_seed(7))
+        return predict_lstm(model, windows)
+
+    # A budget already spent stops after the first epoch: the same model as one epoch with time to spare, and not
+    # the model of the 30 epochs asked for.
+    np.testing.assert_array_equal(fit(30, 0.0), fit(1, 600.0))
+    assert not np.array_equal(fit(30, 0.0), fit(30, 600.0))
 
 
 def test_prophet_anchors_its_daily_shape_on_the_current_level(tmp_path: Path) -> None:
