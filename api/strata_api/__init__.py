@@ -64,6 +64,11 @@ ANN_GPU_TYPES = f"{GROUP}/gpu-types"
 ANN_CAPACITY_TYPES = f"{GROUP}/capacity-types"
 """Comma-separated capacity types allowed by the job and its pool (``spot,on-demand,reserved``)."""
 ANN_CAPACITY_PREFERENCE = f"{GROUP}/capacity-preference"
+ANN_PLANNED_CAPACITY_TYPES = f"{GROUP}/planned-capacity-types"
+"""Comma-separated capacity types admission counted the gang's workers on (``status.placement.plannedCapacityTypes``):
+the extender scores the nodes of those types above the others, so that the jobs one admission pass admits land
+where the pass counted them, whatever order kube-scheduler binds their pods in. Absent: no plan (every node in
+cost order)."""
 ANN_CHECKPOINT_INTERVAL = f"{GROUP}/checkpoint-interval-seconds"
 ANN_EXPECTED_RUNTIME = f"{GROUP}/expected-runtime-seconds"
 ANN_PRECISION = f"{GROUP}/precision"
@@ -155,6 +160,8 @@ class PodContract:
     precision: str
     throughput_override: Mapping[str, float]
     deferrable: bool
+    planned_capacity_types: frozenset[str] = frozenset()
+    """The capacity types admission counted the gang on (``ANN_PLANNED_CAPACITY_TYPES``); empty: no plan."""
 
     @classmethod
     def from_metadata(cls, labels: Mapping[str, str], annotations: Mapping[str, str]) -> PodContract:
@@ -172,6 +179,7 @@ class PodContract:
             precision=annotations.get(ANN_PRECISION, "bf16"),
             throughput_override=parse_throughput(annotations.get(ANN_THROUGHPUT)),
             deferrable=annotations.get(ANN_DEFERRABLE, "").lower() == "true",
+            planned_capacity_types=parse_list(annotations.get(ANN_PLANNED_CAPACITY_TYPES)),
         )
 
 
@@ -506,6 +514,8 @@ class TrainingJobStatus:
     start_time: datetime | None = None
     completion_time: datetime | None = None
     gpu_type: GPUType | None = None
+    planned_capacity_types: tuple[str, ...] = ()
+    """The capacity types admission counted the gang's workers on (``placement.plannedCapacityTypes``)."""
     nodes: tuple[str, ...] = ()
     gpu_seconds: float = 0.0
     cost: float = 0.0
@@ -537,6 +547,7 @@ class TrainingJobStatus:
             start_time=parse_time(s.get("startTime")),
             completion_time=parse_time(s.get("completionTime")),
             gpu_type=GPUType(gpu) if isinstance(gpu, str) and gpu in set(GPUType) else None,
+            planned_capacity_types=tuple(str(c) for c in placement.get("plannedCapacityTypes") or ()),
             nodes=tuple(placement.get("nodes") or ()),
             gpu_seconds=float(s.get("gpuSeconds") or 0.0),
             cost=float(s.get("cost") or 0.0),

@@ -11,7 +11,10 @@ Rules, in the order a user would check them:
    first type that does, its kinds filled in the quote's order. Before issue 21's finding 6 the pass took the
    first quoted *type* with room on any capacity type, best fit: every job of one pass got the type whose
    cheapest kind had room when the quote was asked, and once that kind was full the rest went to the type's
-   dearer kinds (MI300X on-demand) while a cheaper kind of the other type (H100 spot) stood free.
+   dearer kinds (MI300X on-demand) while a cheaper kind of the other type (H100 spot) stood free. The capacity
+   types the pass counted a quoted gang on are its plan (``Decision.planned``): its pods carry it and the extender
+   scores those nodes first, so that kube-scheduler, which binds the pass's pods in its own order, puts each gang
+   where the pass counted it (a low-priority job does not take the reserved GPUs counted for a high-priority one).
 3. No overtaking on the GPU type the head waits for; the other types stay open. The first job of each priority
    that does not fit is its priority's head, and it reserves one GPU type: the one it will take, where it lacks
    the fewest GPUs on the nodes nearest to holding it (the fewest GPUs still busy there), its quote's order
@@ -192,6 +195,11 @@ class Decision:
     waiting: dict[str, Waiting] = field(default_factory=dict)
     kept_off: dict[str, frozenset[GPUType]] = field(default_factory=dict)
     """Admitted jobs that rule 3 kept off GPU types waiting heads reserve, with those types."""
+    planned: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Admitted jobs with a quote by kind: the capacity types the pass counted their workers on, in the API's order
+    (rule 2). Their pods carry them, and the extender scores those nodes first: the jobs of one pass then land where
+    the pass counted them whatever order their pods are bound in (otherwise a later job of the pass could take the
+    reserved GPUs counted for an earlier, higher-priority one, and leave it the dearer kind)."""
 
 
 LOWEST_PRIORITY = -(2**31)
@@ -341,9 +349,12 @@ def admit(
         fits = partial(held.fits, capacity=capacity, group_gpus=group_gpus, groups=request.groups, priority=rank)
         chosen = _choose(request, candidates, capacity, fits, room)
         if chosen is not None:
-            _take_gang(held, room, request, chosen, capacity, group_gpus, request.groups, rank)
+            taken = _take_gang(held, room, request, chosen, capacity, group_gpus, request.groups, rank)
             usage[pool.name] = in_use + request.gpus
             decision.admit[request.key] = chosen
+            if request.kinds:
+                on = {room.kind[name][1] for name in taken}
+                decision.planned[request.key] = tuple(c.value for c in CapacityType if c.value in on)
             if blocked := frozenset(t for t in possible if t in heads.blocked):
                 decision.kept_off[request.key] = blocked
             continue

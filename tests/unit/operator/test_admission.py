@@ -231,8 +231,13 @@ def test_a_pass_gives_each_job_the_first_quoted_node_kind_that_holds_it_counting
     kinds = ((MI300X, "reserved"), (H100, "spot"), (MI300X, "on-demand"))
     a, b = (req(k, per_worker=1, submitted=i, types=(MI300X, H100)) for i, k in enumerate("ab"))
     by_kind = [dataclasses.replace(r, kinds=kinds) for r in (a, b)]
-    assert admit(by_kind, [], pools(a_pool()), nodes, free).admit == {"a": MI300X, "b": H100}
-    assert admit([a, b], [], pools(a_pool()), nodes, free).admit == {"a": MI300X, "b": MI300X}  # without kinds
+    decision = admit(by_kind, [], pools(a_pool()), nodes, free)
+    assert decision.admit == {"a": MI300X, "b": H100}
+    # each job's plan: the kind the pass counted it on, which its pods then prefer whatever order they are bound in
+    assert decision.planned == {"a": ("reserved",), "b": ("spot",)}
+    unquoted = admit([a, b], [], pools(a_pool()), nodes, free)
+    assert unquoted.admit == {"a": MI300X, "b": MI300X}  # without kinds
+    assert unquoted.planned == {}  # no quote, no plan: the extender's cost order alone
 
 
 def test_a_gang_is_counted_where_the_extender_puts_its_workers_its_kinds_cheapest_first() -> None:
@@ -252,7 +257,9 @@ def test_a_gang_is_counted_where_the_extender_puts_its_workers_its_kinds_cheapes
     gang = req("gang", workers=2, types=(MI300X, H100))
     small = req("small", submitted=1, types=(MI300X, H100))
     queue = [dataclasses.replace(r, kinds=kinds) for r in (gang, small)]
-    assert admit(queue, [], pools(a_pool()), nodes, all_free(nodes)).admit == {"gang": MI300X, "small": H100}
+    decision = admit(queue, [], pools(a_pool()), nodes, all_free(nodes))
+    assert decision.admit == {"gang": MI300X, "small": H100}
+    assert decision.planned == {"gang": ("on-demand", "reserved"), "small": ("spot",)}  # in the API's order
     assert admit([gang, small], [], pools(a_pool()), nodes, all_free(nodes)).admit == {"gang": MI300X, "small": MI300X}
     three = nodes[:3]
     assert admit(queue, [], pools(a_pool()), three, all_free(three)).admit == {"gang": MI300X, "small": H100}
