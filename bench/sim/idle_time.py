@@ -5,7 +5,11 @@ events, split by what the queue held then.
 
 - ``no job queued``: nothing waited; only more work could have used these GPUs;
 - ``a queued job fits by count``: some queued job's workers would fit the free GPUs (node by node), but it was
-  kept out (priority order, a waiting head's reserved GPU type, quota, the hold-back);
+  kept out; split by why the pass left the first such job (in admission order) waiting, its reason:
+  ``WaitingBehindEarlierJobs`` (rule 3: a waiting head reserves the GPU type it fits on), ``WaitingForGPUs``
+  (the count fits only across GPU types or capacity types it may not mix or take), ``WaitingForQuota``,
+  ``ReservedGPUsHeldBack`` (the hold), ``WaitingForPreemption``, or ``admitted, not placed`` (the extender's
+  cheapest-first placement could not hold it);
 - ``fragmented``: no queued job's workers fit the free GPUs of the nodes;
 - ``held back``: of the free GPUs, those the forecast hold-back kept for high-priority demand (a part of the
   three above).
@@ -25,6 +29,7 @@ from strata_sim.policies import StrataPolicy, all_policies
 from strata_sim.traces import read_alibaba
 
 KINDS = ("no job queued", "a queued job fits by count", "fragmented")
+UNPLACED = "admitted, not placed"
 
 
 def fits_by_count(job: Job, free: dict[str, int]) -> bool:
@@ -39,8 +44,10 @@ class IdleTime:
         self.inner, self.name = inner, inner.name
         self.fleet_gpus, self.until_s = fleet_gpus, until_s
         self.gpu_h = dict.fromkeys((*KINDS, "held back", "fleet"), 0.0)
+        self.kept_out: dict[str, float] = {}
+        """GPU-hours of ``a queued job fits by count``, by the waiting reason of the first such job."""
         self._since = 0.0
-        self._idle: tuple[int, str, int] | None = None
+        self._idle: tuple[int, str, int, str | None] | None = None
 
     def tick(self, now_s: float, state: SimState) -> bool:
         self._count(now_s)
@@ -51,19 +58,30 @@ class IdleTime:
         self.inner.schedule(now_s, state)
         free = dict(state.free)
         queue = list(state.queue.values())
-        kind = KINDS[0] if not queue else KINDS[1] if any(fits_by_count(j, free) for j in queue) else KINDS[2]
+        fitting = [j for j in queue if fits_by_count(j, free)]
+        kind = KINDS[0] if not queue else KINDS[1] if fitting else KINDS[2]
         hold = self.inner._hold(state)
         held = sum(h.keep_free for h in hold.by_gpu_type.values()) if hold else 0
-        self._idle = (sum(free.values()), kind, held)
+        self._idle = (sum(free.values()), kind, held, self._why(fitting))
+
+    def _why(self, fitting: list[Job]) -> str | None:
+        """The waiting reason of the first job, in the last pass's order, of those that fit by count."""
+        decision = self.inner.decision
+        if not fitting or decision is None:
+            return None
+        waits = [(w.position, w.reason) for j in fitting if (w := decision.waiting.get(j.key)) is not None]
+        return min(waits)[1] if waits else UNPLACED
 
     def _count(self, now_s: float) -> None:
         since, self._since = self._since, now_s
         if self._idle is None or since >= self.until_s:
             return
         hours = (min(now_s, self.until_s) - since) / 3600
-        idle, kind, held = self._idle
+        idle, kind, held, why = self._idle
         self.gpu_h["fleet"] += self.fleet_gpus * hours
         self.gpu_h[kind] += idle * hours
+        if why is not None:
+            self.kept_out[why] = self.kept_out.get(why, 0.0) + idle * hours
         self.gpu_h["held back"] += min(held, idle) * hours
 
 
@@ -84,6 +102,9 @@ def main() -> None:
     print(f"{args.policy}: idle GPU-hours while jobs arrive, of the fleet's {total:,.0f}")
     for kind, gpu_h in idle.gpu_h.items():
         print(f"  {kind:<28} {gpu_h:>8,.0f} GPU-h  {gpu_h / total:6.1%}")
+        if kind == KINDS[1]:
+            for why, kept in sorted(idle.kept_out.items(), key=lambda item: -item[1]):
+                print(f"    {why:<26} {kept:>8,.0f} GPU-h  {kept / total:6.1%}")
 
 
 if __name__ == "__main__":

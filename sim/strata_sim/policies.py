@@ -27,7 +27,7 @@ from strata_api import CapacityType, GPUType, PodContract, ResourcePool
 from strata_api.catalog import HOURS_PER_DAY, Catalog
 from strata_api.holdback import ReservedHoldBack
 from strata_api.nodes import NodeFacts
-from strata_operator.core.admission import AdmittedGang, GangRequest, admit
+from strata_operator.core.admission import AdmittedGang, Decision, GangRequest, admit
 from strata_operator.core.holdback import ReservedHold
 from strata_operator.core.observed import Node
 from strata_operator.core.room import Room
@@ -225,6 +225,9 @@ class StrataPolicy:
         self._requests: dict[tuple[str, tuple[tuple[GPUType, str], ...]], GangRequest] = {}
         """This hour's requests per job and quoted kinds (:meth:`_request`), as a pass asks for every queued and
         running job and most are asked again, alike, at the next pass."""
+        self.decision: Decision | None = None
+        """The last admission pass's decision (why each job waits), for measurements such as
+        ``bench/sim/idle_time.py``."""
 
     # -- the extender's view ------------------------------------------------------------------------------------
     def _ranked_uncached(self, job: Job, hour: int) -> dict[tuple[GPUType, str], tuple[float, float]]:
@@ -397,6 +400,7 @@ class StrataPolicy:
             admitted = [self._admitted(run, now_s) for run in state.runs.values()]
             hold = self._hold(state)
             decision = admit(queue, admitted, self.pools, self.nodes, state.free, hold, rooms=(fleet_room, self.empty))
+            self.decision = decision
             self._place(decision.admit, state, hold, hour, decision.kept_off, fleet_room.copy())
             for preemption in decision.preempt:
                 state.preempt(preemption.victim)
