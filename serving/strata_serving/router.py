@@ -46,7 +46,7 @@ from strata_serving.refit_worker import RefitWorker
 from strata_serving.retries import ENDPOINTS, Endpoint, RetryBudget, may_retry
 from strata_serving.router_settings import RouterSettings, load_router_settings
 from strata_serving.routing import Outcome, Policy, Replica, ReplicaTable, outcome_of_status
-from strata_serving.scaler import LiveScaler, usable_candidates
+from strata_serving.scaler import LeadFile, LiveScaler, usable_candidates
 
 log = logging.getLogger("strata_serving.router")
 
@@ -172,12 +172,17 @@ class Router:
             for note in candidates.dropped:
                 log.warning("forecaster left out for this run: %s", note)
                 self.metrics.forecasters_dropped.labels(note.split(":")[0]).set(1)
+            policy = settings.scaling_policy()
+            lead = (
+                LeadFile(settings.autoscale_startup_file, policy.startup_s) if settings.autoscale_startup_file else None
+            )
             self.scaler = LiveScaler(
-                settings.scaling_policy(),
+                policy,
                 settings.autoscale_interval_s,
                 settings.autoscale_peers,
                 candidates.usable,
                 forecast_settings,
+                lead=lead,
             )
 
     def app(self) -> web.Application:

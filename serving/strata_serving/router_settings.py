@@ -99,8 +99,13 @@ class RouterSettings:
     autoscale_max_replicas: int = 1
     """``spec.replicas.max``. Default 1."""
     autoscale_startup_s: float = 60.0
-    """A replica's start-up time, the lead a predictive scale-up needs (``spec.autoscaling.horizonSeconds``).
-    Default 60 s."""
+    """A replica's start-up time, the lead a predictive scale-up needs (``spec.autoscaling.horizonSeconds``), until
+    ``autoscale_startup_file`` gives one. Default 60 s."""
+    autoscale_startup_file: str = ""
+    """A file holding the lead in seconds, re-read at each decision (:class:`strata_serving.scaler.LeadFile`): the
+    operator mounts the service's router ConfigMap there, which carries the replicas' measured start-up, so that a
+    new measurement reaches the running routers without replacing them. While it is absent or unreadable the last
+    good value stays (``autoscale_startup_s`` before any). Default empty: the lead is ``autoscale_startup_s``."""
     autoscale_stabilisation_s: float = 300.0
     """Scale-down stabilisation window (``spec.autoscaling.scaleDownStabilizationSeconds``). Default 300 s, HPA's."""
     autoscale_window_s: float = 60.0

@@ -13,6 +13,10 @@ themselves run in a :class:`~strata_serving.refit_worker.RefitWorker` thread) an
 so its first decisions are the reactive floor (predictive mode says "no forecast") until the forecasters have
 scored ``min_eval_origins`` origins.
 
+The lead (``policy.startup_s``, the replicas' start-up) may change while the router runs: with a
+:class:`LeadFile` each decision first re-reads it, so the operator's newer measurement takes effect at the next
+decision, history and all.
+
 With ``peers`` routers in front of one service, each sees about ``1 / peers`` of the requests (the Service spreads
 connections evenly), so each scales its counts and its request-seconds by ``peers``: any one of them answers for the
 whole service. Its latencies are a sample of the service's and are not scaled.
@@ -20,6 +24,7 @@ whole service. Its latencies are a sample of the service's and are not scaled.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import math
@@ -27,6 +32,7 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -75,9 +81,56 @@ def usable_candidates(settings: ForecastSettings, importable: frozenset[str] | N
     return Candidates(usable, dropped)
 
 
+class LeadFile:
+    """The autoscaler's lead in seconds, from a file another process keeps current: the operator's router
+    ConfigMap, mounted in the router's pod (the kubelet swaps a mounted ConfigMap's files in place when it
+    changes, with no restart), so a new measurement of the replicas' start-up replaces no router. A file rather
+    than an API watch: the router has no Kubernetes credentials, and keeps none.
+
+    :meth:`read` is called at each decision: a ``stat``, and a parse only when the file changed (inode, size or
+    modification time). A finite number >= 0 becomes the lead; a file that is absent, unreadable or holds anything
+    else keeps the last good lead (``default_s`` before any) and is logged once per change, never raised: a bad
+    file must not stop the decisions."""
+
+    def __init__(self, path: str | Path, default_s: float) -> None:
+        self.path = Path(path)
+        self.value_s = default_s
+        self._seen: object = None
+        """What the file was when last looked at: its (inode, size, mtime) or, absent, the error number."""
+
+    def read(self) -> float:
+        try:
+            stat = self.path.stat()
+        except OSError as error:
+            if error.errno != self._seen:
+                log.warning("lead file %s: %s; the lead stays %g s", self.path, error.strerror, self.value_s)
+            self._seen = error.errno
+            return self.value_s
+        seen = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if seen == self._seen:
+            return self.value_s
+        self._seen = seen
+        try:
+            text = self.path.read_text(encoding="utf-8").strip()
+            value = float(text)
+        except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
+            log.warning(
+                "lead file %s: not a number of seconds (%s); the lead stays %g s", self.path, error, self.value_s
+            )
+            return self.value_s
+        if not (math.isfinite(value) and value >= 0):
+            log.warning("lead file %s: %r is not seconds >= 0; the lead stays %g s", self.path, text, self.value_s)
+            return self.value_s
+        if value != self.value_s:
+            log.info("lead file %s: the lead is now %g s (was %g s)", self.path, value, self.value_s)
+        self.value_s = value
+        return value
+
+
 class LiveScaler:
     """One service's request history and decisions. :meth:`observe` is called as each request arrives,
-    :meth:`finish` as it ends, :meth:`tick` once per ``interval_s`` (times are unix seconds)."""
+    :meth:`finish` as it ends, :meth:`tick` once per ``interval_s`` (times are unix seconds). With ``lead``, each
+    :meth:`tick` first takes the file's lead (:meth:`set_startup`)."""
 
     def __init__(
         self,
@@ -87,10 +140,13 @@ class LiveScaler:
         candidates: Sequence[Candidate] = (),
         forecast_settings: ForecastSettings | None = None,
         history_bins: int = 2 * 5760,
+        lead: LeadFile | None = None,
     ) -> None:
         if interval_s <= 0 or peers < 1:
             raise ValueError(f"need interval_s > 0 and peers >= 1, got {interval_s}, {peers}")
         self.policy = policy
+        self.lead = lead
+        self._refits: RefitWorker | None = None
         self.interval_s = interval_s
         self.peers = peers
         forecastable = policy.mode is Mode.PREDICTIVE and policy.metric.is_capacity
@@ -160,8 +216,20 @@ class LiveScaler:
         with self._lock:
             return np.array(self._series, dtype=float)
 
+    def set_startup(self, startup_s: float) -> None:
+        """The lead from the next decision on: the policy's ``startup_s``, and with it the forecasts' horizon and
+        that of the background refits (a fit for a shorter horizon serves until the next refit; the LSTM's
+        gives no path past its own horizon, and the measured choice runs among the others meanwhile)."""
+        if startup_s == self.policy.startup_s:
+            return
+        self.policy = dataclasses.replace(self.policy, startup_s=startup_s)
+        if self._refits is not None:
+            self._refits.horizon_bins = horizon_bins(self.policy.horizon_s, self.interval_s)
+
     def tick(self, now_s: float, ready: int, starting: int) -> ScalingDecision:
         """The decision at ``now_s`` for ``ready`` + ``starting`` replicas (see the module docstring)."""
+        if self.lead is not None:
+            self.set_startup(self.lead.read())
         with self._lock:
             self._roll_to(int(now_s))
             self._book_busy(now_s)
@@ -204,4 +272,5 @@ class LiveScaler:
         if not any(isinstance(c, FittedCandidate) for c in self.candidates):
             return None
         horizon = horizon_bins(self.policy.horizon_s, self.interval_s)
-        return RefitWorker(self.candidates, self.series, horizon, interval_s)
+        self._refits = RefitWorker(self.candidates, self.series, horizon, interval_s)
+        return self._refits

@@ -9,6 +9,14 @@ starting: its autoscaler counts them, and its probes keep them out of the rotati
 The router sees every request, so it runs the autoscaler (``spec.autoscaling``, request rate only) and answers its
 last decision at ``GET /scale``; the operator reads it (:func:`wanted_replicas`), clamps it to the pool's quota
 (:func:`strata_operator.core.serving.allot`) and applies it.
+
+The autoscaler's lead (:func:`startup_lead`) follows the replicas' measured start-up, which is known only once
+replicas have started and changes with each revision. It reaches the routers through a ConfigMap ``<name>-router``
+(:func:`build_router_config`) mounted into their pods, never through their pod template: the kubelet refreshes a
+mounted ConfigMap's files in place, and the router re-reads the file at each decision
+(:class:`strata_serving.scaler.LeadFile`), so a new measurement replaces no router pod (a replaced router would
+lose its request history, the forecasts' input, and answer no decision for its first interval). The routers need
+no API access for it (they have none).
 """
 
 from __future__ import annotations
@@ -39,9 +47,14 @@ DEFAULT_STARTUP_S = 60
 """The router's lead when ``spec.autoscaling.horizonSeconds`` is unset and no start-up time is measured yet."""
 STARTUP_STEP_S = 15
 """A measured start-up becomes the router's lead rounded up to a multiple of this: the router's decision
-interval (``RouterSettings.autoscale_interval_s``, 15 s), below which a finer lead changes no decision. The lead
-is in the routers' environment, so each change rolls them (and restarts their forecasts' history): in steps, a
-start-up that wobbles by a second does not."""
+interval (``RouterSettings.autoscale_interval_s``, 15 s), below which a finer lead changes no decision. In steps,
+a start-up that wobbles by a second writes no new ConfigMap."""
+LEAD_KEY = "autoscale-startup-s"
+"""The key of the router's ConfigMap that holds the lead in seconds, and so the file's name in the mount."""
+LEAD_MOUNT = "/etc/strata/router"
+"""Where the router's ConfigMap is mounted in the router pods (read-only)."""
+LEAD_FILE = f"{LEAD_MOUNT}/{LEAD_KEY}"
+"""The file the router re-reads at each decision (``RouterSettings.autoscale_startup_file``)."""
 
 
 def router_name(service: InferenceService) -> str:
@@ -89,14 +102,13 @@ def startup_lead(service: InferenceService, measured_s: float | None) -> int:
 
 
 def router_env(
-    service: InferenceService,
-    settings: OperatorSettings,
-    measured_startup_s: float | None = None,
-    rollout: RolloutPlan | None = None,
+    service: InferenceService, settings: OperatorSettings, rollout: RolloutPlan | None = None
 ) -> dict[str, str]:
     """The router's settings (``STRATA_ROUTER_<FIELD>``): where the replicas are (and a canary's, with its share
-    of the requests, while ``rollout`` splits them), and the autoscaler's policy (its lead: :func:`startup_lead`
-    of the measured start-up)."""
+    of the requests, while ``rollout`` splits them), and the autoscaler's policy. Its lead here is the one known
+    before any start-up is measured (the spec's horizon, else :data:`DEFAULT_STARTUP_S`): the router starts with
+    it and takes the measured one from :data:`LEAD_FILE` (:func:`build_router_config`), so no measurement changes
+    the pod template."""
     spec = service.spec
     env = {
         "PORT": str(ROUTER_PORT),
@@ -113,36 +125,50 @@ def router_env(
             AUTOSCALE_TARGET=repr(scaling.target),
             AUTOSCALE_MIN_REPLICAS=str(spec.min_replicas),
             AUTOSCALE_MAX_REPLICAS=str(spec.max_replicas),
-            AUTOSCALE_STARTUP_S=str(startup_lead(service, measured_startup_s)),
+            AUTOSCALE_STARTUP_S=str(startup_lead(service, None)),
+            AUTOSCALE_STARTUP_FILE=LEAD_FILE,
             AUTOSCALE_STABILISATION_S=str(scaling.scale_down_stabilization_seconds),
             AUTOSCALE_PEERS=str(settings.router_replicas),
         )
     return {ROUTER_ENV_PREFIX + k: v for k, v in env.items()}
 
 
+def build_router_config(service: InferenceService, measured_startup_s: float | None) -> dict[str, Any]:
+    """The router's ConfigMap ``<name>-router``: the autoscaler's lead (:func:`startup_lead` of
+    ``measured_startup_s``, the replicas' ``status.startupSeconds``) under :data:`LEAD_KEY`, which the router pods
+    mount at :data:`LEAD_MOUNT`."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": owned_metadata(service, router_name(service)),
+        "data": {LEAD_KEY: str(startup_lead(service, measured_startup_s))},
+    }
+
+
 def build_router_deployment(
-    service: InferenceService,
-    settings: OperatorSettings,
-    measured_startup_s: float | None = None,
-    rollout: RolloutPlan | None = None,
+    service: InferenceService, settings: OperatorSettings, rollout: RolloutPlan | None = None
 ) -> dict[str, Any]:
     """The router's Deployment: ``router_replicas`` pods spread over nodes and zones, ready once they have
-    discovered the replicas, with a writable ``/tmp`` (Prophet's fits write there) on a read-only root.
-    ``measured_startup_s``: the replicas' measured start-up (``status.startupSeconds``), the autoscaler's lead when
-    the spec sets none; ``rollout``: a canary's split, which the routers make."""
+    discovered the replicas, with a writable ``/tmp`` (Prophet's fits write there) on a read-only root and the
+    router's ConfigMap (:func:`build_router_config`) at :data:`LEAD_MOUNT`; ``rollout``: a canary's split, which the
+    routers make. The ConfigMap is optional to the pod: a router that starts before it exists runs on its
+    environment's lead until the file appears."""
     labels = router_selector(service)
     container: dict[str, Any] = {
         "name": ROUTER_CONTAINER,
         "image": settings.router_image,
         "imagePullPolicy": service.spec.image_pull_policy,
         "command": list(ROUTER_COMMAND),
-        "env": [{"name": k, "value": v} for k, v in router_env(service, settings, measured_startup_s, rollout).items()],
+        "env": [{"name": k, "value": v} for k, v in router_env(service, settings, rollout).items()],
         "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 2},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 6},
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "securityContext": {**CONTAINER_SECURITY_CONTEXT, "readOnlyRootFilesystem": True},
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "lead", "mountPath": LEAD_MOUNT, "readOnly": True},
+        ],
     }
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,  # the router calls no Kubernetes API: replicas come from DNS
@@ -159,7 +185,10 @@ def build_router_deployment(
             for key in ("kubernetes.io/hostname", api.NODE_ZONE)
         ],
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": [
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "lead", "configMap": {"name": router_name(service), "optional": True}},
+        ],
     }
     template = {"metadata": {"labels": dict(labels)}, "spec": pod_spec}
     meta = owned_metadata(service, router_name(service))

@@ -592,12 +592,13 @@ class ObservedDeployment:
         return self.observed_generation >= self.generation and self.updated >= self.replicas
 
 
-def drifted(desired: Mapping[str, Any], observed_spec: Mapping[str, Any] | None) -> bool:
-    """Whether an owned Service or budget must be written: it is missing (None), or a field of ``desired``'s spec
-    differs (fields the API server fills in, such as a Service's clusterIP, are not compared)."""
+def drifted(desired: Mapping[str, Any], observed_spec: Mapping[str, Any] | None, part: str = "spec") -> bool:
+    """Whether an owned Service, budget or ConfigMap must be written: it is missing (None), or a field of
+    ``desired``'s ``part`` (``spec``; a ConfigMap's ``data``) differs from ``observed_spec``, that part as the watch
+    shows it (fields the API server fills in, such as a Service's clusterIP, are not compared)."""
     if observed_spec is None:
         return True
-    return any(observed_spec.get(k) != v for k, v in desired["spec"].items())
+    return any(observed_spec.get(k) != v for k, v in desired[part].items())
 
 
 def spec_patch(desired: Mapping[str, Any], observed_spec: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""InferenceService handlers: an index of services, indices of their Deployments, Services and budgets, and one
-daemon per service.
+"""InferenceService handlers: an index of services, indices of their Deployments, Services, budgets and
+router ConfigMaps, and one daemon per service.
 
 The daemon is thin: it reads the service, its pool, the pool's TrainingJobs and the service's Deployment from
 memory, asks :mod:`strata_operator.core.serving` for the replica count the quota holds, the manifests and the
@@ -33,6 +33,7 @@ from strata_operator.runtime.serving import (
     deployments_path,
     disruption_budgets_path,
     ensure,
+    put_config_map,
     put_deployment,
     read_scale,
     services_path,
@@ -83,17 +84,27 @@ async def index_deployments(body: kopf.Body, memo: Any, **_: Any) -> dict[str, O
 async def index_owned_specs(body: kopf.Body, memo: Any, **_: Any) -> dict[str, dict[str, Any]] | None:
     """Each service's Services and PodDisruptionBudgets (their specs), by their own key; a change wakes the
     service's daemon."""
+    return _index_part(body, memo, "spec")
+
+
+async def index_owned_data(body: kopf.Body, memo: Any, **_: Any) -> dict[str, dict[str, Any]] | None:
+    """Each service's router ConfigMap (its data: the autoscaler's lead), by its own key; a change wakes the
+    service's daemon."""
+    return _index_part(body, memo, "data")
+
+
+def _index_part(body: kopf.Body, memo: Any, part: str) -> dict[str, dict[str, Any]] | None:
     key = _owner_key(body)
     if key is None:
         return None
     memo.serving.wake(key)
-    spec: dict[str, Any] = orjson.loads(orjson.dumps(body.get("spec") or {}))
-    return {_own_key(body): spec}
+    copied: dict[str, Any] = orjson.loads(orjson.dumps(body.get(part) or {}))
+    return {_own_key(body): copied}
 
 
 async def wake_on_deletion(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
-    """A deleted Deployment, Service or budget leaves its index without a call to it: wake its service to make it
-    again."""
+    """A deleted Deployment, Service, budget or ConfigMap leaves its index without a call to it: wake its service
+    to make it again."""
     key = _owner_key(body)
     if type == "DELETED" and key is not None:
         memo.serving.wake(key)
@@ -196,7 +207,10 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
         measured = (
             startup if startup is not None else stored_startup if isinstance(stored_startup, float | int) else None
         )
-        routers = router.build_router_deployment(service, settings, measured, plan)
+        config = router.build_router_config(service, measured)  # the lead: before the routers, which mount it
+        if serving.drifted(config, first(indices["servingconfigs"], f"{ns}/{router.router_name(service)}"), "data"):
+            await put_config_map(kube, config)
+        routers = router.build_router_deployment(service, settings, plan)
         if serving.needs_update(routers, first(deployments, f"{ns}/{router.router_name(service)}")):
             await put_deployment(kube, routers)
         owned = [
@@ -305,7 +319,13 @@ def register(registry: kopf.OperatorRegistry) -> None:
     kopf.index("policy", "v1", "poddisruptionbudgets", id="servingbudgets", labels=owned, registry=registry)(
         index_owned_specs
     )
-    for group, plural in (("apps", "deployments"), ("", "services"), ("policy", "poddisruptionbudgets")):
+    kopf.index("", "v1", "configmaps", id="servingconfigs", labels=owned, registry=registry)(index_owned_data)
+    for group, plural in (
+        ("apps", "deployments"),
+        ("", "services"),
+        ("policy", "poddisruptionbudgets"),
+        ("", "configmaps"),
+    ):
         kopf.on.event(group, "v1", plural, id=f"deleted-{plural}", labels=owned, registry=registry)(wake_on_deletion)
     kopf.daemon(
         api.GROUP, api.VERSION, api.INFERENCE_SERVICES, id="serve", cancellation_timeout=5.0, registry=registry

@@ -1,5 +1,6 @@
 """InferenceServices as the operator holds them in memory, and the API calls that apply what
-:mod:`strata_operator.core.serving` builds: the Deployment, the Service, the PodDisruptionBudget and the status."""
+:mod:`strata_operator.core.serving` builds: the Deployment, the Service, the PodDisruptionBudget, the router's
+ConfigMap and the status."""
 
 from __future__ import annotations
 
@@ -56,6 +57,18 @@ def disruption_budgets_path(namespace: str, name: str = "") -> str:
 
 def services_path(namespace: str, name: str = "") -> str:
     return f"/api/v1/namespaces/{namespace}/services" + (f"/{name}" if name else "")
+
+
+def config_maps_path(namespace: str, name: str = "") -> str:
+    return f"/api/v1/namespaces/{namespace}/configmaps" + (f"/{name}" if name else "")
+
+
+async def put_config_map(kube: Kube, config_map: Mapping[str, Any]) -> None:
+    """Create the ConfigMap, or merge its data into the one there."""
+    meta = config_map["metadata"]
+    if await kube.create(config_maps_path(meta["namespace"]), config_map):
+        return
+    await kube.merge_patch(config_maps_path(meta["namespace"], meta["name"]), {"data": config_map["data"]})
 
 
 async def put_deployment(kube: Kube, deployment: Mapping[str, Any]) -> None:

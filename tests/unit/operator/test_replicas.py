@@ -128,14 +128,17 @@ def test_the_routers_lead_is_the_spec_horizon_else_the_measured_startup(
         scaling["horizonSeconds"] = horizon
     service = a_service("chat", min_replicas=1, max_replicas=4, autoscaling=scaling)
     assert router.startup_lead(service, measured) == lead
-    env = {e["name"]: e["value"] for e in _router_env(service, measured)}
-    assert env["STRATA_ROUTER_AUTOSCALE_STARTUP_S"] == str(lead)
+    assert router.build_router_config(service, measured)["data"] == {router.LEAD_KEY: str(lead)}  # what routers read
+    # the routers' environment holds the lead known before any measurement: what they run on until the file is there
+    env = {e["name"]: e["value"] for e in _router_env(service)}
+    assert env["STRATA_ROUTER_AUTOSCALE_STARTUP_S"] == str(horizon or router.DEFAULT_STARTUP_S)
+    assert env["STRATA_ROUTER_AUTOSCALE_STARTUP_FILE"] == router.LEAD_FILE
 
 
-def _router_env(service: api.InferenceService, measured: float | None) -> list[dict[str, str]]:
+def _router_env(service: api.InferenceService) -> list[dict[str, str]]:
     from strata_operator.settings import OperatorSettings
 
-    deployment = router.build_router_deployment(service, OperatorSettings(), measured)
+    deployment = router.build_router_deployment(service, OperatorSettings())
     env: list[dict[str, str]] = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
     return env
 

@@ -81,7 +81,11 @@ def test_the_router_deployment_runs_two_spread_routers_of_the_serving_image() ->
     assert container["command"] == ["python", "-m", "strata_serving.router"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert container["volumeMounts"] == [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "lead", "mountPath": router.LEAD_MOUNT, "readOnly": True},
+    ]
+    assert pod["volumes"][1] == {"name": "lead", "configMap": {"name": "chat-router", "optional": True}}
     assert [c["topologyKey"] for c in pod["topologySpreadConstraints"]] == ["kubernetes.io/hostname", api.NODE_ZONE]
     assert pod["automountServiceAccountToken"] is False
     assert "nodeSelector" not in pod
@@ -97,6 +101,31 @@ def test_a_changed_router_setting_rolls_the_routers() -> None:
     assert not serving.needs_update(before, observed)
     after = router.build_router_deployment(service, dataclasses.replace(SETTINGS, router_image="other:2"))
     assert serving.needs_update(after, observed)
+
+
+@pytest.mark.parametrize("horizon", [None, 45], ids=["measured-lead", "spec-horizon"])
+def test_measuring_the_startup_changes_the_routers_configmap_and_never_their_pods(horizon: int | None) -> None:
+    scaling = {k: v for k, v in RPS.items() if k != "horizonSeconds"} | ({"horizonSeconds": horizon} if horizon else {})
+    service = a_service("chat", min_replicas=1, max_replicas=6, autoscaling=scaling)
+    # the routers' Deployment is built without the measurement, so its template (what rolls the routers when it
+    # changes) cannot follow it; the lead goes in the ConfigMap the routers mount instead
+    deployment = router.build_router_deployment(service, SETTINGS)
+    configs = [router.build_router_config(service, measured) for measured in (None, 40.0, 90.0)]
+    leads = [config["data"][router.LEAD_KEY] for config in configs]
+    assert leads == (["45"] * 3 if horizon else ["60", "45", "90"])  # the spec's horizon wins, else measured
+    config = configs[0]
+    assert (config["kind"], config["metadata"]["name"]) == ("ConfigMap", "chat-router")
+    assert config["metadata"]["ownerReferences"][0]["uid"] == "uid-chat"  # goes with the service
+    assert config["metadata"]["labels"][api.LABEL_INFERENCE_SERVICE] == "chat"  # the operator's watch finds it
+    mounted = deployment["spec"]["template"]["spec"]
+    volume = next(v for v in mounted["volumes"] if v.get("configMap"))
+    mount = next(m for m in mounted["containers"][0]["volumeMounts"] if m["name"] == volume["name"])
+    env = {e["name"]: e["value"] for e in mounted["containers"][0]["env"]}
+    assert volume["configMap"]["name"] == config["metadata"]["name"]
+    assert env["STRATA_ROUTER_AUTOSCALE_STARTUP_FILE"] == f"{mount['mountPath']}/{router.LEAD_KEY}"
+    assert serving.drifted(configs[2], configs[0]["data"], "data") is (horizon is None)  # a new lead is written
+    assert not serving.drifted(configs[2], configs[2]["data"], "data")
+    assert serving.drifted(configs[2], None, "data")  # missing: made
 
 
 def test_every_router_setting_the_operator_sets_is_one_the_router_reads_and_accepts() -> None:
