@@ -50,6 +50,17 @@ zone break near-ties. Beside a free reserved node the paid nodes score at most 5
 (7) they stay below it (8): reserved first, then the paid nodes in their cost order. A node whose cost is
 unknown (not in the cache, no GPU type, no price, no throughput for its GPU type, no allocatable GPUs) scores
 0: never preferred, never an error.
+
+A pod whose gang admission counted on some capacity types (``strata.dev/planned-capacity-types``, a quoted job's
+plan: :attr:`strata_operator.core.admission.Decision.planned`) scores in two tiers::
+
+    planned(n)   = 6 + score(n) * 4 // 10     (6..10) when n's capacity type is in the plan
+    unplanned(n) = score(n) // 2              (0..5)  otherwise
+
+so the nodes admission counted the gang on come first, in their usual order, and the rest keep theirs below them
+(a plan the fleet no longer matches, say another pod took the GPUs, falls back to cost). Without it, the jobs one
+pass admits land in the order kube-scheduler binds their pods: a later, lower-priority job of the pass could take
+the free reserved GPUs the pass counted for an earlier one, which then ran on spot (issue 21's fidelity replay).
 """
 
 from __future__ import annotations
@@ -75,6 +86,8 @@ COST_POINTS = 8
 PAID_POINTS_BESIDE_SUNK = 5
 """Cost points of the cheapest paid node when a free reserved node is in the request: below 8 by more than the
 two bonus points, so reserved capacity is filled first."""
+PLANNED_FLOOR = 6
+"""The lowest score of a node of a capacity type in the pod's plan; every other node scores below it."""
 K = TypeVar("K")
 MAX_EXPONENT = 60.0
 """Caps lambda * c so exp() cannot overflow; the slowdown is astronomically large well before that."""
@@ -237,8 +250,19 @@ def score_rows(
     main_zone = placement.main_zone
     if main_zone is not None and main_zone in columns.zone_codes:
         points += columns.zone[rows] == columns.zone_codes[main_zone]
-    scores: npt.NDArray[np.int64] = np.where(known & priced[cost_class], np.minimum(points, MAX_SCORE), 0)
-    return scores
+    scores = np.minimum(points, MAX_SCORE)
+    if planned := pod.contract.planned_capacity_types:
+        on_plan = np.array([str(rep.capacity_type) in planned for rep in columns.cost_reps] or [False])[cost_class]
+        scores = planned_tiers(scores, on_plan)
+    tiered: npt.NDArray[np.int64] = np.where(known & priced[cost_class], scores, 0)
+    return tiered
+
+
+def planned_tiers(scores: npt.NDArray[np.int64], on_plan: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+    """The module docstring's two tiers: ``scores`` (0..10) of nodes in the pod's plan to 6..10, the rest to 0..5."""
+    high = PLANNED_FLOOR + scores * (MAX_SCORE - PLANNED_FLOOR) // MAX_SCORE
+    tiers: npt.NDArray[np.int64] = np.where(on_plan, high, scores // 2)
+    return tiers
 
 
 def cost_points(costs: Mapping[K, float | None]) -> dict[K, int]:

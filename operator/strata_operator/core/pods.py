@@ -179,6 +179,8 @@ def _worker_pod(job: TrainingJob, pool: ResourcePool, settings: OperatorSettings
     }
     if runtime is not None:
         annotations[api.ANN_EXPECTED_RUNTIME] = str(runtime)
+    if job.status.planned_capacity_types:  # where admission counted the gang: the extender scores those nodes first
+        annotations[api.ANN_PLANNED_CAPACITY_TYPES] = ",".join(job.status.planned_capacity_types)
     if spec.scheduling.deferrable:  # valley scheduling: the extender treats it as it does low-priority work
         annotations[api.ANN_DEFERRABLE] = "true"
     limits: dict[str, str] = {gpu.resource: str(spec.resources.gpus_per_worker)} if gpu else {}

@@ -92,7 +92,7 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
     # a pass that admits 500 gangs costs one round trip's latency, not 500 of them in a row
     outcomes = await asyncio.gather(
         *(
-            _write_admitted(runtime, entries[key], gpu_type, now, plans.get(key))
+            _write_admitted(runtime, entries[key], gpu_type, now, plans.get(key), decision.planned.get(key, ()))
             for key, gpu_type in decision.admit.items()
         ),
         *(_write_admitted(runtime, entries[key], None, now, plans.get(key)) for key in decision.admit_cpu),
@@ -110,10 +110,16 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
 
 
 async def _write_admitted(
-    runtime: Runtime, entry: JobEntry, gpu_type: GPUType | None, now: datetime, plan: ValleyPlan | None = None
+    runtime: Runtime,
+    entry: JobEntry,
+    gpu_type: GPUType | None,
+    now: datetime,
+    plan: ValleyPlan | None = None,
+    planned: tuple[str, ...] = (),
 ) -> None:
     """Write a job Admitted: on ``gpu_type``, or (None) a CPU job on CPU; a deferrable job's ``plan`` says whether
-    its deadline can still be met."""
+    its deadline can still be met; ``planned``: the capacity types the pass counted the gang on (none: no plan; an
+    earlier attempt's is removed)."""
     granted = gpu_type.value if gpu_type else api.CPU
     draft = StatusDraft(entry.status, now)
     if entry.job.status.phase is None:
@@ -126,7 +132,7 @@ async def _write_admitted(
     # what the daemon would write at its first pass of the new attempt, written here: one status write less a gang
     draft.set("workers", {"ready": 0, "total": entry.job.spec.workers})
     draft.set("observedGeneration", entry.job.generation)
-    draft.set("placement", {"gpuType": granted})
+    draft.set("placement", {"gpuType": granted, "plannedCapacityTypes": list(planned) or None})
     draft.set("queuePosition", None)
     if _condition_status(entry, PREEMPTED) == "True":
         draft.condition(PREEMPTED, "False", Reason.ADMITTED, "admitted again")

@@ -202,6 +202,19 @@ def test_capacity_preference_becomes_a_preferred_node_affinity() -> None:
     assert pod["metadata"]["annotations"][api.ANN_CAPACITY_PREFERENCE] == "spot"
 
 
+def test_the_capacity_types_admission_counted_the_gang_on_reach_the_extender_on_every_worker() -> None:
+    """``status.placement.plannedCapacityTypes`` (written with Admitted) becomes the workers' annotation, which the
+    extender scores first; a job admitted without a plan (no quote) carries none."""
+    placement = {"gpuType": "MI300X", "plannedCapacityTypes": ["spot"]}
+    planned = a_job(gpu_type="Any", status={"phase": "Admitted", "attempt": 1, "placement": placement})
+    pods = build_worker_pods(planned, a_pool(), SETTINGS)
+    assert {p["metadata"]["annotations"][api.ANN_PLANNED_CAPACITY_TYPES] for p in pods} == {"spot"}
+    assert (
+        api.ANN_PLANNED_CAPACITY_TYPES
+        not in build_worker_pods(admitted(), a_pool(), SETTINGS)[0]["metadata"]["annotations"]
+    )
+
+
 def test_tensor_group_spanning_two_pods_labels_both_with_one_group() -> None:
     job = admitted(data=2, tensor=8, gpus_per_worker=4)
     pods = build_worker_pods(job, a_pool(), SETTINGS)

@@ -118,6 +118,9 @@ class PodBuilder:
     def capacity_types(self, types: str) -> PodBuilder:
         return self.annotate(api.ANN_CAPACITY_TYPES, types)
 
+    def planned_on(self, types: str) -> PodBuilder:
+        return self.annotate(api.ANN_PLANNED_CAPACITY_TYPES, types)
+
     def checkpoint_every(self, seconds: float) -> PodBuilder:
         return self.annotate(api.ANN_CHECKPOINT_INTERVAL, str(seconds))
 

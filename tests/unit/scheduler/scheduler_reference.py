@@ -150,7 +150,11 @@ def score_nodes(
             points += 1
         if main_zone is not None and node.zone == main_zone:
             points += 1
-        result.append((name, points if points < MAX_SCORE else MAX_SCORE))  # base is 0..8, never negative
+        score = points if points < MAX_SCORE else MAX_SCORE  # base is 0..8, never negative
+        if pod.contract.planned_capacity_types:  # two tiers: the plan's capacity types 6..10, the rest 0..5
+            planned = str(node.capacity_type) in pod.contract.planned_capacity_types
+            score = 6 + score * 4 // 10 if planned else score // 2
+        result.append((name, score))
     return result
 
 

@@ -114,6 +114,8 @@ def pending_pods(draw: st.DrawFn) -> dict[str, Any]:
         annotations[api.ANN_CAPACITY_TYPES] = draw(st.sampled_from(["spot", "reserved", "spot,on-demand"]))
     if draw(st.booleans()):
         annotations[api.ANN_DEFERRABLE] = "true"
+    if draw(st.booleans()):
+        annotations[api.ANN_PLANNED_CAPACITY_TYPES] = draw(st.sampled_from(["spot", "reserved", "on-demand,reserved"]))
     annotations[api.ANN_CHECKPOINT_INTERVAL] = str(draw(st.sampled_from([600, 86400])))
     annotations[api.ANN_EXPECTED_RUNTIME] = str(draw(st.sampled_from([3600, 172800])))
     if draw(st.booleans()):

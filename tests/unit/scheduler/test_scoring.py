@@ -88,6 +88,26 @@ def test_a_paid_node_with_both_bonuses_stays_below_a_free_reserved_node() -> Non
     assert score(pod, nodes, placement) == {"spot-with-the-job": 7, "reserved": 8}
 
 
+def test_the_capacity_types_admission_planned_the_gang_on_come_first_each_tier_in_cost_order() -> None:
+    """Admission counted this job on spot (a job before it in the pass on the free reserved GPUs): spot nodes get
+    6..10, the rest 0..5, so it does not take the reserved GPUs whatever order kube-scheduler binds the pass's pods
+    in. Unplanned, the same scores (see the first test): reserved 8, MI300X spot 5, H100 spot 4, on-demand 2."""
+    pod = a_pod().gpus(4).checkpoint_every(1800).runtime(36000)
+    assert score(pod.planned_on("spot"), FLEET) == {
+        "h100-od": 1,  # 2 // 2
+        "h100-res": 4,  # 8 // 2: below every planned node
+        "h100-spot": 7,  # 6 + 4 * 4 // 10
+        "mi-od": 1,
+        "mi-res": 4,
+        "mi-spot": 8,  # 6 + 5 * 4 // 10
+    }
+    # a plan over two types keeps reserved before spot; a plan the fleet no longer has falls back to cost order
+    both = score(a_pod().gpus(4).checkpoint_every(1800).runtime(36000).planned_on("spot,reserved"), FLEET)
+    assert (both["h100-res"], both["mi-res"], both["mi-spot"], both["h100-od"]) == (9, 9, 8, 1)
+    gone = score(a_pod().gpus(4).checkpoint_every(1800).runtime(36000).planned_on("reserved"), PAID)
+    assert gone == {"h100-od": 1, "h100-spot": 3, "mi-od": 1, "mi-spot": 4}  # PAID's scores (3, 7, 3, 8) halved
+
+
 def test_without_a_free_reserved_node_a_checkpointing_job_prefers_spot_and_the_cheaper_unit_of_work() -> None:
     pod = a_pod().gpus(4).checkpoint_every(1800).runtime(36000)
     # cheapest is MI300X spot: 3 / 0.9 * slowdown(0.05); the H100 spot node costs 0.9 * 4/3 = 1.2x that.
