@@ -8,7 +8,16 @@ from typing import Any
 import pytest
 from chart_render import NAMESPACE, Chart, Objects
 
-NAMESPACED = {"pods", "services", "serviceaccounts", "roles", "rolebindings", "events", "trainingjobs"}
+NAMESPACED = {
+    "pods",
+    "services",
+    "serviceaccounts",
+    "roles",
+    "rolebindings",
+    "events",
+    "trainingjobs",
+    "configmaps",  # the routers' ConfigMaps (the autoscaler's lead)
+}
 
 Grant = tuple[str, str, str]
 """(API group, resource, verb)."""
