@@ -106,6 +106,12 @@ def test_one_pass_gives_each_any_job_the_first_node_kind_that_still_holds_it(
         }
         assert granted == {"first": "MI300X", "second": "H100"}
         assert strata.status("first")["admittedAt"] == strata.status("second")["admittedAt"]  # one pass
+        # where the pass counted each: the workers carry it, and the extender scores those nodes first
+        planned = {name: strata.status(name)["placement"]["plannedCapacityTypes"] for name in ("first", "second")}
+        assert planned == {"first": ["reserved"], "second": ["spot"]}
+        for name, (types,) in planned.items():
+            pods = eventually(lambda name=name: strata.pods(name), 30, f"{name}'s workers")
+            assert {p.metadata.annotations[api.ANN_PLANNED_CAPACITY_TYPES] for p in pods} == {types}
     finally:
         operator.stop()
         for index in range(len(fills)):

@@ -44,6 +44,20 @@ def test_free_reserved_first_then_spot_for_a_checkpointing_job_and_on_demand_for
     assert capacity_of(cluster, bound_node(cluster, namespace, fleet.create(cluster, namespace, frequent))) == "spot"
 
 
+def test_a_pod_takes_the_capacity_type_admission_counted_its_gang_on_though_a_cheaper_one_is_free(
+    cluster: ClusterHandle, namespace: str, test_fleet: Fleet
+) -> None:
+    """One admission pass counted job "high" on the free reserved node and job "low" on spot
+    (``strata.dev/planned-capacity-types``). kube-scheduler binds "low" first: it still takes spot, though the
+    reserved GPUs cost nothing more, so "high" gets the reserved node it was counted on. Without the plan "low"
+    took the reserved node and "high" went to spot."""
+    fleet = test_fleet(("H100", "reserved", "us-east-1a"), ("H100", "spot", "us-east-1b"))
+    low = a_pod("low").gpus(8).of_job("low").checkpoint_every(1800).runtime(36000).planned_on("spot")
+    assert capacity_of(cluster, bound_node(cluster, namespace, fleet.create(cluster, namespace, low))) == "spot"
+    high = a_pod("high").gpus(8).of_job("high").checkpoint_every(1800).runtime(36000).planned_on("reserved")
+    assert capacity_of(cluster, bound_node(cluster, namespace, fleet.create(cluster, namespace, high))) == "reserved"
+
+
 def test_cheapest_of_the_capacity_types_the_job_allows(
     cluster: ClusterHandle, namespace: str, test_fleet: Fleet
 ) -> None:
