@@ -23,8 +23,10 @@ from operator_manifests import a_job
 from serving_builders import IMAGE, service_body
 
 import strata_api as api
+from strata_api import InferenceService
 from strata_api.catalog import DEFAULT_CATALOG, load_catalog
 from strata_api.serving import LABEL_ROUTER
+from strata_operator.core import router
 
 ROOT = Path(__file__).resolve().parents[3]
 CRD = "inferenceservices.strata.dev"
@@ -198,6 +200,53 @@ def test_a_running_service_reports_its_cost_per_hour_and_measured_startup(servic
     assert 0 <= status["startupSeconds"] < 60, status
     wide = services.kubectl("get", "sisvc", name, "-n", services.namespace, "-o", "wide").splitlines()
     assert {"COST/H", "STARTUP"} <= set(wide[0].split()), wide
+
+
+def test_the_measured_startup_reaches_the_routers_by_their_configmap_and_rolls_none_of_them(
+    services: Services, strata: Strata
+) -> None:
+    pool = cpu_pool(strata, 8)
+    scaling = {"metric": "rps", "target": 5, "mode": "reactive"}  # no horizonSeconds: the lead is the measured one
+    name = services.apply(service_body("lead", pool, min_replicas=1, max_replicas=3, autoscaling=scaling))
+    ns = services.namespace
+    services.wait_ready(name, 1)
+    status = eventually(
+        lambda: services.status(name) if "startupSeconds" in services.status(name) else None, 30, "startupSeconds"
+    )
+    measured = status["startupSeconds"]  # 0.0 on kwok's instant nodes
+    lead = str(router.startup_lead(InferenceService.from_body(services.get(name)), measured))
+
+    def published() -> dict[str, str] | None:
+        data = read_config_map(services, f"{name}-router")
+        return data if data == {router.LEAD_KEY: lead} else None
+
+    try:
+        eventually(published, 30, f"the router ConfigMap to hold the lead {lead}")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; it holds {read_config_map(services, f'{name}-router')}") from None
+    config = services.core.read_namespaced_config_map(f"{name}-router", ns)
+    assert config.metadata.owner_references[0].kind == api.INFERENCE_SERVICE  # goes with the service
+    routers = services.apps.read_namespaced_deployment(f"{name}-router", ns)
+    assert routers.metadata.generation == 1  # its template never changed since it was made: no router replaced
+    pod = routers.spec.template.spec
+    assert [v.config_map.name for v in pod.volumes if v.config_map] == [f"{name}-router"]
+    env = router_env(services, name)
+    assert env["STRATA_ROUTER_AUTOSCALE_STARTUP_FILE"] == router.LEAD_FILE
+    assert env["STRATA_ROUTER_AUTOSCALE_STARTUP_S"] == str(router.DEFAULT_STARTUP_S)  # until the file is read
+
+    services.core.delete_namespaced_config_map(f"{name}-router", ns)  # deleted by hand: put back, still no roll
+    eventually(published, 30, "the router ConfigMap made again")
+    assert services.apps.read_namespaced_deployment(f"{name}-router", ns).metadata.generation == 1
+
+
+def read_config_map(services: Services, name: str) -> dict[str, str] | None:
+    try:
+        data = services.core.read_namespaced_config_map(name, services.namespace).data
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return dict(data or {})
 
 
 def test_the_replicas_follow_replicas_min(services: Services, strata: Strata) -> None:
