@@ -27,7 +27,17 @@ Rules, in the order a user would check them:
    admitted, its node is chosen later by the scheduler. Until issue 21's replay a waiting gang reserved every
    type it accepted, so one waiting 8-GPU pod that accepted H100 and MI300X blocked every later job of its
    priority on both. A job that exceeds its pool's quota, or could not fit even on an empty fleet, reserves
-   nothing.
+   nothing. Backfill, as Slurm's EASY backfill: a later job with a run-time estimate
+   (``spec.scheduling.expectedDurationSeconds``) may take GPUs of a reserved type when it is expected to end
+   before the head could start there. The head's earliest start is when enough of that type frees for it, by
+   the expected ends of the jobs holding it (admission time plus estimate; one past its estimate is expected to
+   end at once); a GPU held by a job without an estimate is never counted as freeing, so where the head needs
+   one nobody backfills, and a job without an estimate never backfills: for them rule 3 is as before, and a
+   large gang is not starved. Nor does a backfill take pool quota a head needs (the head would then wait for
+   quota, reserve nothing, and be overtaken). A backfilled job that overruns its estimate is not preempted for
+   the head: the head starts later than expected, as in Slurm. A head that preempts has no earliest start (its
+   victims are going now): nobody backfills onto its type. ``Decision.backfilled`` names the heads each
+   backfilled job went ahead of.
 4. Preemption. A job that does not fit may preempt admitted jobs of lower-priority pools marked preemptible,
    lowest priority first and, among equals, the most recently admitted first (they lost the least work); only
    as many as make the gang fit, and only if preempting them is enough.
@@ -58,7 +68,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 
 from strata_api import CapacityType, GPUType, ResourcePool, TrainingJob, cpu_millis, format_cpu_millis, memory_bytes
@@ -95,6 +105,10 @@ class GangRequest:
     kinds: tuple[tuple[GPUType, str], ...] = ()
     """The extender's quote by node kind (GPU type, capacity type), cheapest unit of work first (rule 2): the gang
     goes to the first of them that holds it whole. Empty without a quote by kind: types in ``gpu_types`` order."""
+    expected_duration_s: float | None = None
+    """``spec.scheduling.expectedDurationSeconds``: how long one run takes by the user's estimate, seconds; None
+    without one. A queued job with one may backfill onto a type a waiting head reserves, and an admitted gang's
+    GPUs count as freeing at its admission plus this (rule 3)."""
 
     @property
     def on_cpu(self) -> bool:
@@ -125,6 +139,7 @@ class GangRequest:
             worker_cpu_millis=_or_zero(cpu_millis, job.spec.resources.cpu_per_worker),
             worker_memory=_or_zero(memory_bytes, job.spec.resources.memory_per_worker),
             deferrable=job.spec.scheduling.deferrable,
+            expected_duration_s=job.spec.scheduling.expected_duration_seconds,
         )
 
 
@@ -195,6 +210,9 @@ class Decision:
     waiting: dict[str, Waiting] = field(default_factory=dict)
     kept_off: dict[str, frozenset[GPUType]] = field(default_factory=dict)
     """Admitted jobs that rule 3 kept off GPU types waiting heads reserve, with those types."""
+    backfilled: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Admitted jobs that took a GPU type waiting heads reserve, expected to end before those could start there
+    (rule 3's backfill), with those heads."""
     planned: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Admitted jobs with a quote by kind: the capacity types the pass counted their workers on, in the API's order
     (rule 2). Their pods carry them, and the extender scores those nodes first: the jobs of one pass then land where
@@ -274,6 +292,10 @@ def admit(
         groups = -(-gang.unbound_workers // r.pods_per_group)
         group_gpus = r.gpus_per_worker * r.pods_per_group
         reserved[r.key] = _take_gang(held, room, r, gang.gpu_type, r.capacity_types, group_gpus, groups, hold_rank(r))
+    ends = Ends(now)
+    if now is not None:
+        for gang in admitted:
+            ends.add(gang.request, gang.admitted_at, gang.bound, reserved.get(gang.request.key, {}))
     shares = serving or {}
     usage = {pool: sum(share.gpus.values()) for pool, share in shares.items()}
     cpu_usage = {pool: sum(share.cpu_millis.values()) for pool, share in shares.items()}
@@ -345,23 +367,30 @@ def admit(
                 f"{request.workers} workers of {request.gpus_per_worker} GPUs",
             )
             continue
-        candidates = [t for t in possible if t not in heads.blocked]
+        end = ends.end_of(request, now)
+        backfill = frozenset(
+            t for t in possible if heads.backfills(t, end, request, partial(_quota_left, pools, usage))
+        )
+        candidates = [t for t in possible if t not in heads.blocked or t in backfill]
         fits = partial(held.fits, capacity=capacity, group_gpus=group_gpus, groups=request.groups, priority=rank)
         chosen = _choose(request, candidates, capacity, fits, room)
         if chosen is not None:
             taken = _take_gang(held, room, request, chosen, capacity, group_gpus, request.groups, rank)
+            ends.add(request, now, taken)
             usage[pool.name] = in_use + request.gpus
             decision.admit[request.key] = chosen
+            if chosen in heads.blocked:
+                decision.backfilled[request.key] = tuple(heads.blocked[chosen])
             if request.kinds:
                 on = {room.kind[name][1] for name in taken}
                 decision.planned[request.key] = tuple(c.value for c in CapacityType if c.value in on)
-            if blocked := frozenset(t for t in possible if t in heads.blocked):
+            if blocked := frozenset(t for t in possible if t in heads.blocked and t not in backfill):
                 decision.kept_off[request.key] = blocked
             continue
         preempting = _preemption(request, pool, candidates, fits, room, victims_left, reserved, pools)
         if preempting is not None:
             victims, gpu_type = preempting
-            heads.block(gpu_type, request.key)
+            heads.block(gpu_type, request, None)
             for victim in victims:
                 del victims_left[victim.request.key]
                 decision.preempt.append(
@@ -374,17 +403,21 @@ def admit(
             names = ", ".join(v.request.key for v in victims)
             wait(Reason.WAITING_FOR_PREEMPTION, f"waiting for preempted jobs to release their GPUs: {names}")
             continue
-        if not candidates or (behind := [t for t in possible if t in heads.blocked and fits(room, t)]):
-            waiting_on = [t for t in possible if t in heads.blocked] if not candidates else behind
+        headed = [t for t in possible if t in heads.blocked and t not in backfill]
+        if not candidates or (behind := [t for t in headed if fits(room, t)]):
+            waiting_on = headed if not candidates else behind
             wait(
                 Reason.BEHIND_HIGHER_PRIORITY,
                 f"jobs ahead in the queue wait for the {'/'.join(waiting_on)} GPUs it would take: "
-                + ", ".join(dict.fromkeys(k for t in waiting_on for k in heads.blocked[t])),
+                + ", ".join(dict.fromkeys(k for t in waiting_on for k in heads.blocked[t]))
+                + heads.why_not_backfilled(waiting_on, request, end, now),
             )
             continue
         if heads.first_of(priority(request)):
             reach = {t: held.reach(room, t, capacity, rank) for t in candidates}
-            heads.block(nearest_type(room, empty, reach, group_gpus, request.groups), request.key)
+            head_type = nearest_type(room, empty, reach, group_gpus, request.groups)
+            fits_head = partial(fits, gpu_type=head_type, capacity=reach[head_type])
+            heads.block(head_type, request, ends.earliest_start(room, head_type, reach[head_type], fits_head))
         if kept_out := [t for t in candidates if held.kept_out(room, t, capacity, group_gpus, request.groups, rank)]:
             wait(
                 Reason.HELD_BACK,
@@ -445,11 +478,21 @@ def _take_gang(
     return taken
 
 
+def _quota_left(pools: Mapping[str, ResourcePool], usage: Mapping[str, int], pool: str) -> int:
+    """GPUs of ``pool``'s quota (``maxGPUs``) that admitted jobs and serving replicas leave now."""
+    return pools[pool].max_gpus - usage.get(pool, 0)
+
+
 class Reservations:
-    """The GPU types waiting heads reserve during one pass (rule 3), with the jobs that reserve each."""
+    """The GPU types waiting heads reserve during one pass (rule 3), with the jobs that reserve each, the earliest
+    moment any of them could start there (None: not known, nobody backfills) and what they need of their pools'
+    quota."""
 
     def __init__(self) -> None:
         self.blocked: dict[GPUType, list[str]] = {}
+        self.starts: dict[GPUType, datetime | None] = {}
+        self.quota: dict[GPUType, list[tuple[str, int]]] = {}
+        """By reserved type, each head's pool and GPUs."""
         self.priorities: set[int] = set()
 
     def first_of(self, priority: int) -> bool:
@@ -458,8 +501,94 @@ class Reservations:
         self.priorities.add(priority)
         return first
 
-    def block(self, gpu_type: GPUType, key: str) -> None:
-        self.blocked.setdefault(gpu_type, []).append(key)
+    def block(self, gpu_type: GPUType, head: GangRequest, start: datetime | None) -> None:
+        """``head`` reserves ``gpu_type``; ``start``: when it could start there at the earliest (None: unknown)."""
+        first = gpu_type not in self.blocked
+        self.blocked.setdefault(gpu_type, []).append(head.key)
+        self.quota.setdefault(gpu_type, []).append((head.pool, head.gpus))
+        earlier = self.starts.get(gpu_type)
+        self.starts[gpu_type] = start if first else None if start is None or earlier is None else min(start, earlier)
+
+    def backfills(
+        self, gpu_type: GPUType, end: datetime | None, request: GangRequest, quota_left: Callable[[str], int]
+    ) -> bool:
+        """Whether ``request``'s job, expected to end at ``end`` (None: no estimate), may take ``gpu_type`` although
+        heads reserve it: it ends before every one of them could start there, and leaves each head's pool the
+        quota the head needs (``quota_left``: by pool, what is left now), or the head would wait for quota then,
+        reserve nothing, and be overtaken after all."""
+        start = self.starts.get(gpu_type)
+        if gpu_type not in self.blocked or start is None or end is None or end > start:
+            return False
+        return all(
+            gpus + (request.gpus if pool == request.pool else 0) <= quota_left(pool)
+            for pool, gpus in self.quota[gpu_type]
+        )
+
+    def why_not_backfilled(
+        self, gpu_types: Sequence[GPUType], request: GangRequest, end: datetime | None, now: datetime | None
+    ) -> str:
+        """Why a job behind the heads of ``gpu_types`` does not backfill, for its waiting message ("" in a pass
+        without ``now``, which backfills nothing)."""
+        if now is None:
+            return ""
+        if end is None:
+            return " (without spec.scheduling.expectedDurationSeconds it cannot go first on their type)"
+        starts = [self.starts.get(t) for t in gpu_types]
+        if any(start is None for start in starts):
+            return " (when they could start is not known: a job holding their GPUs has no expected duration)"
+        first = min(start for start in starts if start is not None)
+        if end > first:
+            return f" (by its expectedDurationSeconds it would not end before they could start at {first.isoformat()})"
+        return " (it would take pool quota they need)"
+
+
+class Ends:
+    """When the GPUs jobs hold are expected to free, by node (rule 3's backfill): admission time plus the job's
+    ``expected_duration_s``, never before ``now`` (a job past its estimate may end any moment); GPUs of a job
+    without an estimate are not listed (they never count as freeing). Empty without ``now``."""
+
+    def __init__(self, now: datetime | None) -> None:
+        self.now = now
+        self.by_node: dict[str, list[tuple[datetime, int]]] = {}
+
+    def end_of(self, request: GangRequest, start: datetime | None) -> datetime | None:
+        """When ``request``'s job would end if it started at ``start``; None without an estimate or a start."""
+        if start is None or request.expected_duration_s is None:
+            return None
+        end = start + timedelta(seconds=request.expected_duration_s)
+        return end if self.now is None else max(end, self.now)
+
+    def add(self, request: GangRequest, start: datetime | None, *held: Mapping[str, int]) -> None:
+        """The GPUs per node of ``held`` free when ``request``'s job, started at ``start``, is expected to end."""
+        end = self.end_of(request, start)
+        if end is None:
+            return
+        for gpus_by_node in held:
+            for name, gpus in gpus_by_node.items():
+                self.by_node.setdefault(name, []).append((end, gpus))
+
+    def earliest_start(
+        self, room: Room, gpu_type: GPUType, capacity: frozenset[str], fits: Callable[[Room], bool]
+    ) -> datetime | None:
+        """The first moment a gang ``fits`` in ``room`` as ``gpu_type``'s nodes of ``capacity`` free by the expected
+        ends; None when it never does by them (or there is no ``now``)."""
+        if self.now is None:
+            return None
+        kinds = {(gpu_type, c) for c in capacity}
+        frees = sorted(
+            (end, name, gpus)
+            for name, kind in room.kind.items()
+            if kind in kinds
+            for end, gpus in self.by_node.get(name, ())
+        )
+        trial = room.copy()
+        if fits(trial):
+            return self.now
+        for end, name, gpus in frees:
+            trial.put(name, trial.free[name] + gpus)
+            if fits(trial):
+                return end
+        return None
 
 
 def nearest_type(
