@@ -57,10 +57,10 @@ from strata_sim.__main__ import FLEET, TRACES
 from strata_sim.engine import JobRecord, SimState, simulate
 from strata_sim.fidelity import Decision, compare, percentile, same_kinds_by_group, table
 from strata_sim.model import HOUR_S, Fleet, Job, load_fleet, throughput
-from strata_sim.policies import StrataPolicy, pools
+from strata_sim.policies import StrataPolicy, expected_duration_s, pools
 from strata_sim.traces import read_alibaba, synthetic
 
-MAX_EXPECTED_S = 2_592_000
+MAX_EXPECTED_S = api.MAX_EXPECTED_DURATION_SECONDS
 """The API's largest ``spec.scheduling.expectedDurationSeconds`` (30 days): every job's work is capped at it."""
 NAMESPACE = "fidelity"
 CHECKPOINT_S = 1800
@@ -134,7 +134,7 @@ def job_manifest(job: Job) -> dict[str, Any]:
                 "gpuType": "Any",
                 "capacityTypes": [c.value for c in api.CapacityType],
             },
-            "scheduling": {"expectedDurationSeconds": max(1, min(round(job.work_h * HOUR_S), MAX_EXPECTED_S))},
+            "scheduling": {"expectedDurationSeconds": expected_duration_s(job)},
         },
     }
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from strata_api import CapacityType, GPUType, PodContract, ResourcePool
+from strata_api import MAX_EXPECTED_DURATION_SECONDS, CapacityType, GPUType, PodContract, ResourcePool
 from strata_api.catalog import HOURS_PER_DAY, Catalog
 from strata_api.holdback import ReservedHoldBack
 from strata_api.nodes import NodeFacts
@@ -46,12 +46,12 @@ HIGH_PRIORITY = 100
 CAPACITY_ORDER = (CapacityType.RESERVED.value, CapacityType.ON_DEMAND.value, CapacityType.SPOT.value)
 
 
-def expected_duration_s(job: Job) -> float:
-    """The job's ``expectedDurationSeconds`` as the simulator tells admission (and ``bench/sim/fidelity.py`` the
-    control plane): its work as reference hours, in seconds, for the whole run whatever was saved before. It is
-    the trace's own run time, so the estimate is exact on H100 and 15% short on MI300X (0.85 of the throughput);
-    users' estimates are rarely as good."""
-    return job.work_h * HOUR_S
+def expected_duration_s(job: Job) -> int:
+    """The job's ``expectedDurationSeconds`` as the simulator tells admission and ``bench/sim/fidelity.py`` the
+    control plane: its work as reference hours, in whole seconds within the API's bounds (1 s to 30 days), for the
+    whole run whatever was saved before. It is the trace's own run time, so the estimate is exact on H100 (for a
+    run under 30 days) and 15% short on MI300X (0.85 of the throughput); users' estimates are rarely as good."""
+    return max(1, min(round(job.work_h * HOUR_S), MAX_EXPECTED_DURATION_SECONDS))
 
 
 def pools(fleet: Fleet) -> dict[str, ResourcePool]:
