@@ -599,7 +599,9 @@ def nearest_type(
     (the fewest GPUs still busy, one node per group), the first in order among equals.
 
     Without run-time estimates the node that frees soonest is not known; the one with the least left to free is
-    the best guess."""
+    the best guess. With them, reserving the type where the head could start soonest by the expected ends was
+    tried on issue 21's replays and changed nothing measurable (docs/simulation.md, finding 7), so this rule
+    stays."""
     best: tuple[int, int, GPUType] | None = None
     for index, (gpu_type, capacity) in enumerate(reach.items()):
         kinds = {(gpu_type, c) for c in capacity}
