@@ -271,6 +271,8 @@ def _run_gang(
         "capacityTypes": sorted({c for p in current if p.node and (c := _capacity(nodes, p.node))}),
         "nodes": sorted({p.node for p in current if p.node}),
     }
+    if job.status.planned_capacity_types:  # admission's plan stays as written (a placement without it is a change)
+        placement["plannedCapacityTypes"] = list(job.status.planned_capacity_types)
     if job.phase == Phase.RUNNING:
         draft.set("placement", placement)
         return

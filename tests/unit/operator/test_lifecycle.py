@@ -111,6 +111,17 @@ def test_a_starting_gang_writes_its_placement_once_with_running_not_per_bind() -
     assert moved.status.patch()["placement"]["nodes"] == ["n0", "n1"]  # a running gang's placement stays true
 
 
+def test_admissions_planned_capacity_types_stay_in_the_placement_and_cause_no_write_of_their_own() -> None:
+    """The plan is written with Admitted; each later placement carries it as stored, so a running gang whose nodes
+    did not change writes no placement (a placement without it differed from the stored one at every pass, and every
+    running quoted job wrote its status again and again)."""
+    planned = {"gpuType": "H100", "plannedCapacityTypes": ["spot"]}
+    started = run(Phase.ADMITTED, workers(), placement=planned).status.patch()
+    assert started["placement"]["plannedCapacityTypes"] == ["spot"]
+    unchanged = run(Phase.RUNNING, workers(), placement=started["placement"]).status.patch()
+    assert "placement" not in unchanged
+
+
 def test_pods_of_an_earlier_attempt_are_deleted_and_their_names_not_reused_until_gone() -> None:
     old = [a_worker("j", 0, attempt=0, deleting=True), a_worker("j", 1, attempt=0)]
     plan = run(Phase.ADMITTED, old)
