@@ -17,26 +17,15 @@ from e2e_support import Strata, a_cpu_pool
 
 import strata_api as api
 
-# The router Deployment rolls once the replicas' start-up is measured (the autoscaler's lead is in its env), and a
-# router answers /scale with 404 "no scaling decision yet" until its first interval (15 s) is over: the Service may
-# send the client's /scale to a router that has just started, so the client asks again while that is the answer.
 CLIENT = """
-import json, sys, time, urllib.error, urllib.request
+import json, sys, urllib.request
 request = urllib.request.Request(sys.argv[1] + "/v1/generate", data=json.dumps(
     {"prompt": "def main():", "max_new_tokens": 8}).encode(), headers={"Content-Type": "application/json"})
 with urllib.request.urlopen(request, timeout=60) as answer:
     headers = {k.lower(): v for k, v in answer.headers.items() if k.lower().startswith("x-strata-")}
     body = json.loads(answer.read())
-deadline = time.monotonic() + 60
-while True:
-    try:
-        with urllib.request.urlopen(sys.argv[1] + "/scale", timeout=10) as answer:
-            scale = json.loads(answer.read())
-        break
-    except urllib.error.HTTPError as error:
-        if error.code != 404 or b"no scaling decision yet" not in error.read() or time.monotonic() > deadline:
-            raise
-        time.sleep(1)
+with urllib.request.urlopen(sys.argv[1] + "/scale", timeout=10) as answer:
+    scale = json.loads(answer.read())
 print(json.dumps({"headers": headers, "body": body, "scale": scale}))
 """
 
