@@ -17,15 +17,26 @@ from e2e_support import Strata, a_cpu_pool
 
 import strata_api as api
 
+# A router answers /scale with 404 "no scaling decision yet" until its own first interval (15 s) is over; the test
+# waits for the operator's lastScale, read from one router, and the Service may send the client's /scale to the
+# other, started seconds later (or one restarted meanwhile), so the client asks again while that is the answer.
 CLIENT = """
-import json, sys, urllib.request
+import json, sys, time, urllib.error, urllib.request
 request = urllib.request.Request(sys.argv[1] + "/v1/generate", data=json.dumps(
     {"prompt": "def main():", "max_new_tokens": 8}).encode(), headers={"Content-Type": "application/json"})
 with urllib.request.urlopen(request, timeout=60) as answer:
     headers = {k.lower(): v for k, v in answer.headers.items() if k.lower().startswith("x-strata-")}
     body = json.loads(answer.read())
-with urllib.request.urlopen(sys.argv[1] + "/scale", timeout=10) as answer:
-    scale = json.loads(answer.read())
+deadline = time.monotonic() + 60
+while True:
+    try:
+        with urllib.request.urlopen(sys.argv[1] + "/scale", timeout=10) as answer:
+            scale = json.loads(answer.read())
+        break
+    except urllib.error.HTTPError as error:
+        if error.code != 404 or b"no scaling decision yet" not in error.read() or time.monotonic() > deadline:
+            raise
+        time.sleep(1)
 print(json.dumps({"headers": headers, "body": body, "scale": scale}))
 """
 
