@@ -1,7 +1,7 @@
 """Fidelity of the simulator: one trace slice replayed on the real local control plane and in the simulator, and
 their per-job decisions compared (issue 21, item 6; docs/simulation.md, "Fidelity").
 
-    .venv/bin/python bench/sim/fidelity.py [--trace alibaba|synthetic:N] [--jobs 150] [--hour-s 10] [--scale 1]
+    .venv/bin/python bench/sim/fidelity.py [--trace alibaba|synthetic:N] [--jobs 150] [--hour-s 20] [--scale 1]
 
 1. The slice: the first ``--jobs`` jobs of the trace in arrival order, renamed ``j0000``, ``j0001``, ... in that
    order (both sides break ties between jobs submitted at one instant by name), each job's work capped at 30
@@ -594,7 +594,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=150, help="the slice: the first jobs in arrival order")
     parser.add_argument("--fleet", type=Path, default=FLEET)
     parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--hour-s", type=float, default=10.0, help="real seconds per trace hour")
+    parser.add_argument(
+        "--hour-s",
+        type=float,
+        default=20.0,
+        help="real seconds per trace hour (at 10 the control plane's own latencies decide races between a job's end "
+        "and the next arrival: docs/simulation.md, Fidelity)",
+    )
     parser.add_argument(
         "--settle-s", type=float, default=60.0, help="real seconds to wait for starts after the last arrival"
     )
