@@ -375,13 +375,14 @@ def admit(
         fits = partial(held.fits, capacity=capacity, group_gpus=group_gpus, groups=request.groups, priority=rank)
         chosen = _choose(request, candidates, capacity, fits, room)
         if chosen is not None:
+            planned = _quote_is_current(request, chosen, capacity, held, room, rank)
             taken = _take_gang(held, room, request, chosen, capacity, group_gpus, request.groups, rank)
             ends.add(request, now, taken)
             usage[pool.name] = in_use + request.gpus
             decision.admit[request.key] = chosen
             if chosen in heads.blocked:
                 decision.backfilled[request.key] = tuple(heads.blocked[chosen])
-            if request.kinds:
+            if planned:
                 on = {room.kind[name][1] for name in taken}
                 decision.planned[request.key] = tuple(c.value for c in CapacityType if c.value in on)
             if blocked := frozenset(t for t in possible if t in heads.blocked and t not in backfill):
@@ -447,6 +448,22 @@ def _choose(
     type that does."""
     whole = (t for t, c in request.kinds if t in candidates and c in capacity and fits(room, t, capacity={c}))
     return next(whole, None) or next((t for t in candidates if fits(room, t)), None)
+
+
+def _quote_is_current(
+    request: GangRequest, gpu_type: GPUType, capacity: frozenset[str], held: ReservedHold, room: Room, rank: int
+) -> bool:
+    """Whether the gang's quote may plan it on ``gpu_type``: it has one, and it lists every capacity type of that
+    type with room for a worker now. A quote lists the kinds with room when it was asked and is kept for a while
+    (``runtime.quoter.QUOTE_TTL_S``), so a kind that has freed since is missing from it, and its order says nothing
+    of that kind's price (a free reserved GPU costs nothing): such a gang gets no plan, and its pods go by the
+    extender's cost order as they would without one."""
+    if not request.kinds:
+        return False
+    return all(
+        (gpu_type, c) in request.kinds or not held.fits(room, gpu_type, (c,), request.gpus_per_worker, 1, rank)
+        for c in capacity
+    )
 
 
 def _fill(request: GangRequest, gpu_type: GPUType, capacity: frozenset[str]) -> list[frozenset[str]]:

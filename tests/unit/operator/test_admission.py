@@ -240,6 +240,23 @@ def test_a_pass_gives_each_job_the_first_quoted_node_kind_that_holds_it_counting
     assert unquoted.planned == {}  # no quote, no plan: the extender's cost order alone
 
 
+def test_a_quote_older_than_the_fleet_plans_nothing() -> None:
+    """The quote was asked while H100 reserved was full (so it lists H100 spot alone) and is kept a while; the
+    reserved GPU has freed since. The job still gets H100, but no plan: the quote's order says nothing of the freed
+    kind (a free reserved GPU costs nothing), so its pods go by the extender's cost order. A quote that lists every
+    kind with room plans as before."""
+    nodes = fleet(a_node("h-res"), a_node("h-spot", capacity="spot"))
+    free = {"h-res": 1, "h-spot": 8}
+    old = dataclasses.replace(req("j", per_worker=1, types=(H100, MI300X)), kinds=((H100, "spot"),))
+    stale = admit([old], [], pools(a_pool()), nodes, free)
+    assert stale.admit == {"j": H100}
+    assert stale.planned == {}
+    current = dataclasses.replace(old, kinds=((H100, "reserved"), (H100, "spot")))
+    assert admit([current], [], pools(a_pool()), nodes, free).planned == {"j": ("reserved",)}
+    full = {"h-res": 0, "h-spot": 8}  # the reserved node full, as when the old quote was asked: it is current
+    assert admit([old], [], pools(a_pool()), nodes, full).planned == {"j": ("spot",)}
+
+
 def test_a_gang_is_counted_where_the_extender_puts_its_workers_its_kinds_cheapest_first() -> None:
     """Two 8-GPU workers: MI300X on-demand (two nodes) is the first quoted kind that holds the whole gang, so it
     gets MI300X; the extender places its workers one by one, cheapest first, so admission counts the MI300X
