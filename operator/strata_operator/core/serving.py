@@ -601,11 +601,14 @@ def drifted(desired: Mapping[str, Any], observed_spec: Mapping[str, Any] | None,
     return any(observed_spec.get(k) != v for k, v in desired[part].items())
 
 
-def spec_patch(desired: Mapping[str, Any], observed_spec: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The merge patch that makes an owned object's spec ``desired``'s: its fields, with each key of a map field
-    (a Service's selector) that ``desired`` no longer has set to null, since a merge patch otherwise keeps it."""
-    patch: dict[str, Any] = dict(desired["spec"])
-    for key, value in desired["spec"].items():
+def spec_patch(
+    desired: Mapping[str, Any], observed_spec: Mapping[str, Any] | None, part: str = "spec"
+) -> dict[str, Any]:
+    """The merge patch that makes an owned object's spec (``part``; a ConfigMap's ``data``) ``desired``'s: its
+    fields, with each key of a map field (a Service's selector) that ``desired`` no longer has set to null, since a
+    merge patch otherwise keeps it."""
+    patch: dict[str, Any] = dict(desired[part])
+    for key, value in desired[part].items():
         old = (observed_spec or {}).get(key)
         if isinstance(value, dict) and isinstance(old, dict):
             patch[key] = {**{k: None for k in old if k not in value}, **value}

@@ -30,10 +30,10 @@ from strata_operator.runtime.kube import ApiError, Kube
 from strata_operator.runtime.serving import (
     ServiceEntry,
     ServingState,
+    config_maps_path,
     deployments_path,
     disruption_budgets_path,
     ensure,
-    put_config_map,
     put_deployment,
     read_scale,
     services_path,
@@ -208,8 +208,9 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
             startup if startup is not None else stored_startup if isinstance(stored_startup, float | int) else None
         )
         config = router.build_router_config(service, measured)  # the lead: before the routers, which mount it
-        if serving.drifted(config, first(indices["servingconfigs"], f"{ns}/{router.router_name(service)}"), "data"):
-            await put_config_map(kube, config)
+        seen_config = first(indices["servingconfigs"], f"{ns}/{router.router_name(service)}")
+        if serving.drifted(config, seen_config, "data"):
+            await ensure(kube, config_maps_path(ns), config, seen_config, "data")
         routers = router.build_router_deployment(service, settings, plan)
         if serving.needs_update(routers, first(deployments, f"{ns}/{router.router_name(service)}")):
             await put_deployment(kube, routers)

@@ -63,14 +63,6 @@ def config_maps_path(namespace: str, name: str = "") -> str:
     return f"/api/v1/namespaces/{namespace}/configmaps" + (f"/{name}" if name else "")
 
 
-async def put_config_map(kube: Kube, config_map: Mapping[str, Any]) -> None:
-    """Create the ConfigMap, or merge its data into the one there."""
-    meta = config_map["metadata"]
-    if await kube.create(config_maps_path(meta["namespace"]), config_map):
-        return
-    await kube.merge_patch(config_maps_path(meta["namespace"], meta["name"]), {"data": config_map["data"]})
-
-
 async def put_deployment(kube: Kube, deployment: Mapping[str, Any]) -> None:
     """Create the Deployment, or replace the one there (its template and size; the selector never changes): a
     replace, not a merge, so that a field dropped from the spec (a node selector, a volume) goes too."""
@@ -81,13 +73,17 @@ async def put_deployment(kube: Kube, deployment: Mapping[str, Any]) -> None:
 
 
 async def ensure(
-    kube: Kube, collection: str, manifest: Mapping[str, Any], observed_spec: Mapping[str, Any] | None = None
+    kube: Kube,
+    collection: str,
+    manifest: Mapping[str, Any],
+    observed_spec: Mapping[str, Any] | None = None,
+    part: str = "spec",
 ) -> None:
-    """Create an object, or merge its spec into the one there (a Service's or a budget's spec has no list the
-    operator ever shortens; a selector key it dropped is removed)."""
+    """Create an object, or merge its spec (``part``; a ConfigMap's ``data``) into the one there (a Service's or a
+    budget's spec has no list the operator ever shortens; a selector key it dropped is removed)."""
     if await kube.create(collection, manifest):
         return
-    patch = {"spec": spec_patch(manifest, observed_spec)}
+    patch = {part: spec_patch(manifest, observed_spec, part)}
     await kube.merge_patch(f"{collection}/{manifest['metadata']['name']}", patch)
 
 
