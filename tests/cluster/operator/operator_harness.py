@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster_support import ClusterHandle, eventually
-from kubernetes import client
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 import strata_api as api
@@ -131,6 +131,27 @@ class Strata:
             return eventually(probe, timeout_s, f"TrainingJob {name} to be {' or '.join(phases)}")
         except AssertionError as error:
             raise AssertionError(f"{error}; status now: {self.status(name)}") from None
+
+    def entered_phase(self, name: str, since: str, phase: str, timeout_s: float = 60) -> dict[str, Any]:
+        """The job's status as it first entered ``phase`` after resourceVersion ``since``, from a watch: a phase the
+        operator leaves within a second (a gang restarted on an idle cluster) is seen too, where polling may miss it."""
+        stream = watch.Watch()
+        for event in stream.stream(
+            self.custom.list_namespaced_custom_object,
+            api.GROUP,
+            api.VERSION,
+            self.namespace,
+            api.TRAINING_JOBS,
+            field_selector=f"metadata.name={name}",
+            resource_version=since,
+            timeout_seconds=int(timeout_s),
+        ):
+            status = dict(event["object"].get("status") or {})
+            if status.get("phase") == phase:
+                stream.stop()
+                return status
+        now = self.status(name)
+        raise AssertionError(f"TrainingJob {name} did not enter {phase} in {timeout_s:.0f}s; status now: {now}")
 
     def pods(self, job: str) -> list[Any]:
         selector = f"{api.LABEL_JOB}={job},{api.LABEL_MANAGED_BY}={api.MANAGED_BY}"
