@@ -462,9 +462,12 @@ class Router:
             await asyncio.gather(*(self._probe(address) for address in list(self.table.replicas)))
 
     async def _get(self, url: str) -> tuple[int | None, bytes]:
+        """(status, body); status None when no answer came in time, 0 when the connection was refused."""
         try:
             async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=self.settings.probe_timeout_s)) as r:
                 return r.status, await r.read()
+        except aiohttp.ClientConnectorError:
+            return 0, b""  # nothing listens there (or the host is unreachable): an answer, and a clear one
         except (aiohttp.ClientError, TimeoutError):
             return None, b""
 
@@ -472,7 +475,8 @@ class Router:
         (status, ready_body), (metrics_status, metrics_body) = await asyncio.gather(
             self._get(f"http://{address}/readyz"), self._get(f"http://{address}/metrics")
         )
-        ready, draining = readiness_from_probe(status, ready_body)
+        ready: bool | None
+        ready, draining = readiness_from_probe(status, ready_body) if status is not None else (None, False)
         depth = queue_depth_from_metrics(metrics_body.decode(errors="replace")) if metrics_status == 200 else None
         if self.table.probed(address, ready, draining, depth, time.monotonic()):
             log.info("readmitted %s: its cooldown is over and /readyz answers 200", address)

@@ -43,7 +43,12 @@ class RouterSettings:
     """Seconds between active probes (``/readyz`` and ``/metrics``) of each replica. Default 0.5 s: a draining
     replica stops getting new requests within half a second, and the queue depth is at most that old."""
     probe_timeout_s: float = 0.5
-    """Seconds a probe waits for its answer; no answer is not ready. Default 0.5 s (the probe interval)."""
+    """Seconds a probe waits for its answer. Default 0.5 s (the probe interval)."""
+    unready_after_unanswered_probes: int = 3
+    """Probes in a row without an answer in time that take a replica out of rotation (a 503 or a refused
+    connection does at once). Default 3 (Kubernetes' readiness ``failureThreshold``): a replica on a node short of
+    CPU answers a probe late while it still serves; one late probe is not a verdict. A replica that hangs is also
+    ejected by its requests' timeouts."""
     connect_timeout_s: float = 0.5
     """Seconds to open a connection to a replica before trying another. Default 0.5 s: on a cluster network a
     connection opens in milliseconds, and a replica that cannot be reached is better skipped fast."""
@@ -127,6 +132,10 @@ class RouterSettings:
             raise ValueError(f"replica_concurrency must be at least 1, got {self.replica_concurrency}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if self.unready_after_unanswered_probes < 1:
+            raise ValueError(
+                f"unready_after_unanswered_probes must be at least 1, got {self.unready_after_unanswered_probes}"
+            )
         if not 0 <= self.canary_percent <= 100:
             raise ValueError(f"canary_percent must be within 0 and 100, got {self.canary_percent}")
         if self.canary_replica and self.canary_dns:
@@ -168,6 +177,7 @@ class RouterSettings:
             eject_cooldown_s=self.eject_cooldown_s,
             eject_cooldown_max_s=self.eject_cooldown_max_s,
             replica_concurrency=self.replica_concurrency,
+            unready_after_unanswered_probes=self.unready_after_unanswered_probes,
         )
 
 

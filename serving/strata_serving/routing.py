@@ -29,7 +29,8 @@ response latency, an EWMA of its failures, and its readiness from ``/readyz``. F
   it too. An ejected replica sits out a cooldown that doubles with each ejection (capped; back to the base once it
   has answered well for the longest cooldown), and comes back only when an active probe of ``/readyz`` succeeds
   after the cooldown. A replica's 503 (draining or warming up) marks
-  it not ready until a probe says ready again, without ejecting it: it is healthy, just not taking work.
+  it not ready until a probe says ready again, without ejecting it: it is healthy, just not taking work. A probe
+  that gets no answer in time counts only after a few in a row (:meth:`ReplicaTable.probed`).
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class TableConfig:
     eject_cooldown_s: float
     eject_cooldown_max_s: float
     replica_concurrency: int
+    unready_after_unanswered_probes: int
 
 
 @dataclass
@@ -123,6 +125,8 @@ class Replica:
     last_ejected_at: float = 0.0
     canary: bool = False
     """Whether it runs the canary revision (found through the canary's source) rather than the stable one."""
+    unanswered_probes: int = 0
+    """Probes in a row that got no answer in time (a slow answer is not a refusal: see :meth:`ReplicaTable.probed`)."""
 
     @property
     def ejected(self) -> bool:
@@ -268,12 +272,26 @@ class ReplicaTable:
         replica.ejected_until = now + cooldown
         replica.last_ejected_at = now
 
-    def probed(self, address: str, ready: bool, draining: bool, queue_depth: float | None, now: float) -> bool:
+    def probed(self, address: str, ready: bool | None, draining: bool, queue_depth: float | None, now: float) -> bool:
         """Book an active probe's result (``/readyz``, and the queue depth from ``/metrics`` when it answered);
-        returns True when the probe brought an ejected replica back (its cooldown over and ``/readyz`` 200)."""
+        returns True when the probe brought an ejected replica back (its cooldown over and ``/readyz`` 200).
+
+        ``ready`` None is a probe that got no answer in time: the replica keeps its readiness until
+        :attr:`TableConfig.unready_after_unanswered_probes` such probes in a row (Kubernetes' ``failureThreshold``),
+        since a replica busy serving, or a node short of CPU for a moment, answers a probe late while it still
+        answers requests; taking it out on one late probe sent every request to the other revision for a probe
+        interval. An answer (200, or 503 draining or warming up) and a refused connection (``ready`` False) count
+        at once."""
         replica = self.replicas.get(address)
         if replica is None:
             return False
+        if ready is None:
+            replica.unanswered_probes += 1
+            if replica.unanswered_probes < self.config.unready_after_unanswered_probes:
+                return False
+            ready = False
+        else:
+            replica.unanswered_probes = 0
         replica.ready, replica.draining = ready, draining
         if queue_depth is not None:
             replica.others_in_flight = max(0.0, queue_depth - replica.in_flight)

@@ -11,7 +11,7 @@ from collections import Counter
 
 import aiohttp
 import pytest
-from router_support import Processes, post, wait_ready, wait_routable
+from router_support import Processes, metrics, post, wait_ready, wait_routable
 
 from strata_serving.discovery import StaticSource, canary_source_from
 from strata_serving.router_settings import RouterSettings, load_router_settings
@@ -106,7 +106,11 @@ async def test_a_router_sends_the_canary_percent_of_requests_to_the_new_revision
     answers = [await post(session, router.url + "/v1/generate", GENERATE) for _ in range(200)]
     assert [answer.status for answer in answers] == [200] * 200
     to_canary = Counter(answer.replica for answer in answers)[canary.address]
-    assert 26 <= to_canary <= 74, to_canary  # 25% of 200 is 50, give or take 4 standard deviations (6 each)
+    attempts = {
+        labels: n for (name, labels), n in (await metrics(router)).items() if name == "strata_router_attempts_total"
+    }
+    # 25% of 200 is 50, give or take 4 standard deviations (6 each); the attempts by outcome say why, should it miss
+    assert 26 <= to_canary <= 74, (to_canary, attempts)
 
     stable.kill()
     answers = [await post(session, router.url + "/v1/generate", GENERATE) for _ in range(20)]

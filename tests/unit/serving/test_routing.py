@@ -178,6 +178,26 @@ def test_an_ejected_replica_comes_back_only_through_a_probe_after_its_cooldown_w
     assert a.ejected_until == 200.0 + CONFIG.eject_cooldown_max_s
 
 
+def test_a_replica_leaves_rotation_after_unanswered_probes_in_a_row_but_at_once_when_it_answers_not_ready() -> None:
+    threshold = CONFIG.unready_after_unanswered_probes
+    assert threshold > 1
+    table = a_table("a", "b")
+    for late in range(threshold - 1):  # a probe answered late, as on a node short of CPU: still serving
+        table.probed("a", ready=None, draining=False, queue_depth=None, now=1.0 + late)
+        assert table.replicas["a"].routable
+    table.probed("a", ready=True, draining=False, queue_depth=0, now=5.0)  # an answer starts the count again
+    for late in range(threshold - 1):
+        table.probed("a", ready=None, draining=False, queue_depth=None, now=6.0 + late)
+    assert table.replicas["a"].routable
+    table.probed("a", ready=None, draining=False, queue_depth=None, now=9.0)  # the threshold-th in a row
+    assert not table.replicas["a"].routable
+    assert {choose(table, seed=seed) for seed in range(10)} == {"b"}
+    table.probed("a", ready=True, draining=False, queue_depth=0, now=10.0)
+    assert table.replicas["a"].routable
+    table.probed("b", ready=False, draining=False, queue_depth=None, now=10.0)  # refused, or 503: no grace
+    assert not table.replicas["b"].routable
+
+
 def test_the_reason_no_replica_can_take_a_request() -> None:
     assert ReplicaTable(CONFIG).unavailable_reason() is Unavailable.NONE_DISCOVERED
     table = a_table("a", "b", ready=False)
@@ -269,6 +289,7 @@ def test_readiness_from_the_servers_readyz() -> None:
     assert readiness_from_probe(503, b'{"status": "draining"}') == (False, True)
     assert readiness_from_probe(503, b'{"status": "warming up"}') == (False, False)
     assert readiness_from_probe(None, b"") == (False, False)
+    assert readiness_from_probe(0, b"") == (False, False)  # the connection refused
 
 
 def test_replica_sources_from_the_settings() -> None:
@@ -300,3 +321,5 @@ def test_settings_from_flags_and_environment() -> None:
         RouterSettings(policy="random")
     with pytest.raises(ValueError, match="replica_concurrency must be at least 1"):
         RouterSettings(replica_concurrency=0)
+    with pytest.raises(ValueError, match="unready_after_unanswered_probes must be at least 1, got 0"):
+        load_router_settings(["--unready-after-unanswered-probes", "0"])
