@@ -2,7 +2,8 @@
 Deployment (python -m strata_serving.router, the serving image) and their Services; the kubelet runs the replica
 (python -m strata_workloads.serve, ready only after warm-up); another pod's HTTP request to the service's URL goes
 through a router, which found the replica by the headless Service's DNS name, and is answered by the model; the
-router's autoscaler decides and the operator shows its decision in status.lastScale."""
+router's autoscaler decides and the operator shows its decision in status.lastScale; a new autoscaling lead reaches
+the running routers through their mounted ConfigMap, which the kubelet refreshes, with no router replaced."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from cluster_support import eventually
 from e2e_support import Strata, a_cpu_pool
 
 import strata_api as api
+from strata_api.serving import LABEL_ROUTER
 
 # A router answers /scale with 404 "no scaling decision yet" until its own first interval (15 s) is over; the test
 # waits for the operator's lastScale, read from one router, and the Service may send the client's /scale to the
@@ -136,3 +138,35 @@ def test_a_cpu_service_answers_http_through_its_router_from_another_pod(
     assert answer["headers"]["x-strata-replica"].endswith(":8000")
     assert answer["scale"]["mode"] == "reactive"
     assert answer["scale"]["replicas"] == 1
+
+    # A new lead reaches the running routers through their mounted ConfigMap: the operator rewrites it, the kubelet
+    # swaps the file in place (within its sync period, about a minute) and each router's next decision reads it;
+    # no router is replaced (a new one would start without its request history).
+    selector = f"{LABEL_ROUTER}=chat"
+    routers = router_pods(strata, namespace, selector)
+    assert routers, strata.describe(namespace)
+    patch = {"spec": {"autoscaling": {"horizonSeconds": 105}}}
+    strata.kubectl("patch", "inferenceservice", "chat", "-n", namespace, "--type=merge", "-p", json.dumps(patch))
+
+    def every_router_read_it() -> bool:
+        logs = strata.kubectl("logs", "-l", selector, "-n", namespace, "--tail=-1", "--prefix")
+        told = {line.split("/")[1] for line in logs.splitlines() if "the lead is now 105 s" in line}
+        return told >= set(routers)
+
+    try:
+        eventually(every_router_read_it, 180, "every router to read the new lead from its mounted ConfigMap")
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{strata.describe(namespace)}") from None
+    assert router_pods(strata, namespace, selector) == routers  # the same pods, none restarted
+
+
+def router_pods(strata: Strata, namespace: str, selector: str) -> dict[str, tuple[str, int]]:
+    """The router pods by name: their uid and their containers' restarts."""
+    pods = strata.get("pods", "-l", selector, "-n", namespace)["items"]
+    return {
+        pod["metadata"]["name"]: (
+            pod["metadata"]["uid"],
+            sum(c.get("restartCount", 0) for c in pod.get("status", {}).get("containerStatuses", [])),
+        )
+        for pod in pods
+    }

@@ -105,10 +105,9 @@ def router_env(
     service: InferenceService, settings: OperatorSettings, rollout: RolloutPlan | None = None
 ) -> dict[str, str]:
     """The router's settings (``STRATA_ROUTER_<FIELD>``): where the replicas are (and a canary's, with its share
-    of the requests, while ``rollout`` splits them), and the autoscaler's policy. Its lead here is the one known
-    before any start-up is measured (the spec's horizon, else :data:`DEFAULT_STARTUP_S`): the router starts with
-    it and takes the measured one from :data:`LEAD_FILE` (:func:`build_router_config`), so no measurement changes
-    the pod template."""
+    of the requests, while ``rollout`` splits them), and the autoscaler's policy. Not its lead: the router reads
+    that from :data:`LEAD_FILE` (:func:`build_router_config`) at its first decision and each one after, so neither a
+    measurement nor a change of ``spec.autoscaling.horizonSeconds`` changes the pod template."""
     spec = service.spec
     env = {
         "PORT": str(ROUTER_PORT),
@@ -125,7 +124,6 @@ def router_env(
             AUTOSCALE_TARGET=repr(scaling.target),
             AUTOSCALE_MIN_REPLICAS=str(spec.min_replicas),
             AUTOSCALE_MAX_REPLICAS=str(spec.max_replicas),
-            AUTOSCALE_STARTUP_S=str(startup_lead(service, None)),
             AUTOSCALE_STARTUP_FILE=LEAD_FILE,
             AUTOSCALE_STABILISATION_S=str(scaling.scale_down_stabilization_seconds),
             AUTOSCALE_PEERS=str(settings.router_replicas),

@@ -202,7 +202,7 @@ def test_a_running_service_reports_its_cost_per_hour_and_measured_startup(servic
     assert {"COST/H", "STARTUP"} <= set(wide[0].split()), wide
 
 
-def test_the_measured_startup_reaches_the_routers_by_their_configmap_and_rolls_none_of_them(
+def test_the_lead_reaches_the_routers_by_their_configmap_and_a_new_one_rolls_none_of_them(
     services: Services, strata: Strata
 ) -> None:
     pool = cpu_pool(strata, 8)
@@ -230,12 +230,19 @@ def test_the_measured_startup_reaches_the_routers_by_their_configmap_and_rolls_n
     assert routers.metadata.generation == 1  # its template never changed since it was made: no router replaced
     pod = routers.spec.template.spec
     assert [v.config_map.name for v in pod.volumes if v.config_map] == [f"{name}-router"]
+    mount = next(m for m in pod.containers[0].volume_mounts if m.mount_path == router.LEAD_MOUNT)
+    assert mount.sub_path is None  # a subPath mount is a copy the kubelet never refreshes
     env = router_env(services, name)
     assert env["STRATA_ROUTER_AUTOSCALE_STARTUP_FILE"] == router.LEAD_FILE
-    assert env["STRATA_ROUTER_AUTOSCALE_STARTUP_S"] == str(router.DEFAULT_STARTUP_S)  # until the file is read
+    assert "STRATA_ROUTER_AUTOSCALE_STARTUP_S" not in env  # the file is the lead's one source
 
     services.core.delete_namespaced_config_map(f"{name}-router", ns)  # deleted by hand: put back, still no roll
     eventually(published, 30, "the router ConfigMap made again")
+    assert services.apps.read_namespaced_deployment(f"{name}-router", ns).metadata.generation == 1
+
+    services.patch_spec(name, {"autoscaling": {**scaling, "horizonSeconds": 105}})  # the spec's horizon wins
+    lead = "105"
+    eventually(published, 30, "the router ConfigMap to hold the spec's horizon")
     assert services.apps.read_namespaced_deployment(f"{name}-router", ns).metadata.generation == 1
 
 

@@ -129,10 +129,12 @@ def test_the_routers_lead_is_the_spec_horizon_else_the_measured_startup(
     service = a_service("chat", min_replicas=1, max_replicas=4, autoscaling=scaling)
     assert router.startup_lead(service, measured) == lead
     assert router.build_router_config(service, measured)["data"] == {router.LEAD_KEY: str(lead)}  # what routers read
-    # the routers' environment holds the lead known before any measurement: what they run on until the file is there
+    # the routers' environment names the file and holds no lead: a new horizon, as a new measurement, rolls no router
     env = {e["name"]: e["value"] for e in _router_env(service)}
-    assert env["STRATA_ROUTER_AUTOSCALE_STARTUP_S"] == str(horizon or router.DEFAULT_STARTUP_S)
     assert env["STRATA_ROUTER_AUTOSCALE_STARTUP_FILE"] == router.LEAD_FILE
+    assert "STRATA_ROUTER_AUTOSCALE_STARTUP_S" not in env
+    other = a_service("chat", min_replicas=1, max_replicas=4, autoscaling={**scaling, "horizonSeconds": 345})
+    assert _router_env(other) == _router_env(service)
 
 
 def _router_env(service: api.InferenceService) -> list[dict[str, str]]:

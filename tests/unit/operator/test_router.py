@@ -137,7 +137,10 @@ def test_every_router_setting_the_operator_sets_is_one_the_router_reads_and_acce
     policy = load_router_settings([], env=env).scaling_policy()
     assert (policy.mode, policy.metric, policy.target) == (Mode.REACTIVE, Metric.RPS, 4.0)
     assert (policy.min_replicas, policy.max_replicas) == (2, 9)
-    assert (policy.startup_s, policy.stabilisation_s) == (90.0, 120.0)
+    assert policy.stabilisation_s == 120.0
+    # the lead (the spec's horizon, 90 s) reaches it by the file of its ConfigMap, not by the environment
+    assert load_router_settings([], env=env).autoscale_startup_file == router.LEAD_FILE
+    assert router.build_router_config(service, None)["data"] == {router.LEAD_KEY: "90"}
     assert load_router_settings([], env=env).autoscale_peers == SETTINGS.router_replicas
 
 

@@ -113,12 +113,11 @@ def test_the_router_reads_the_lead_file_it_is_given(tmp_path: Path) -> None:
     write(path, "75")
     env = {
         "STRATA_ROUTER_AUTOSCALE_MODE": "reactive",
-        "STRATA_ROUTER_AUTOSCALE_STARTUP_S": "60",
         "STRATA_ROUTER_AUTOSCALE_STARTUP_FILE": str(path),
     }
     router = Router(load_router_settings([], env=env), StaticSource(("127.0.0.1:1",)))
     assert router.scaler is not None
-    assert router.scaler.policy.startup_s == 60.0  # the environment's, until the first decision reads the file
+    assert router.scaler.policy.startup_s == 60.0  # the default, until the first decision reads the file
     router.scaler.tick(1_000_000.0, ready=1, starting=0)
     assert router.scaler.policy.startup_s == 75.0
     without = Router(load_router_settings([], env={"STRATA_ROUTER_AUTOSCALE_MODE": "reactive"}), StaticSource(()))
