@@ -1,7 +1,8 @@
 """An autoscaled InferenceService on the real control plane: the operator (a real process) follows the scaling
 decisions of a router (a real process on loopback, in front of a stand-in replica, reached through the operator's
 ``--router-urls`` override since a process outside the cluster cannot resolve ``<name>.<ns>.svc``) and sizes the
-replicas' Deployment up under load and down after it, with ``status.lastScale`` and an Event each time."""
+replicas' Deployment up under load and down after it, with ``status.lastScale`` and an Event each time; an operator
+SIGKILLed under load and restarted with the router gone keeps the count it scaled up to."""
 
 from __future__ import annotations
 
@@ -50,11 +51,8 @@ def router(tmp_path: Path) -> Iterator[Process]:
 
 
 @pytest.fixture
-def services(
-    crds: ClusterHandle, namespace: str, tmp_path: Path, router: Process, strata: Strata
-) -> Iterator[Services]:
-    # after `strata`, so torn down before it: the services' own clean-up first, while the operator still runs
-    operator = OperatorProcess(
+def operator(crds: ClusterHandle, namespace: str, tmp_path: Path, router: Process) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(
         crds,
         tmp_path,
         (namespace,),
@@ -64,12 +62,19 @@ def services(
         "--scale-poll-interval-s",
         "0.5",
     ).start()
-    helper = Services(crds, namespace)
     try:
-        yield helper
-        helper.cleanup()
+        yield process
     finally:
-        operator.stop()
+        process.stop()
+
+
+@pytest.fixture
+def services(crds: ClusterHandle, namespace: str, operator: OperatorProcess, strata: Strata) -> Iterator[Services]:
+    # after `strata` and `operator`, so torn down before them: the services' own clean-up first, while the operator
+    # still runs
+    helper = Services(crds, namespace)
+    yield helper
+    helper.cleanup()
 
 
 class Load(threading.Thread):
@@ -144,3 +149,46 @@ def at_minimum(services: Services) -> dict[str, Any] | None:
     status = services.status(NAME)
     last = status.get("lastScale") or {}
     return status if status.get("desiredReplicas") == 1 and last.get("reason") == "MinReplicas" else None
+
+
+def test_neither_a_killed_operator_nor_a_lost_router_drops_the_replicas_it_scaled_up(
+    services: Services, strata: Strata, router: Process, operator: OperatorProcess
+) -> None:
+    pool = cpu_pool(strata, 8)
+    autoscaling = {"metric": "rps", "target": 5, "mode": "reactive", "scaleDownStabilizationSeconds": 0}
+    services.apply(service_body(NAME, pool, min_replicas=1, max_replicas=5, autoscaling=autoscaling))
+    services.wait_ready(NAME, 1)
+    ns = services.namespace
+
+    load = Load(router.url)
+    load.start()
+    try:
+        scaled = eventually(lambda: scaled_above(services, 2), 90, f"{NAME}: more than 2 replicas desired")
+        eventually(lambda: services.apps.read_namespaced_deployment(NAME, ns).spec.replicas > 2, 30, "grown")
+        operator.kill()  # SIGKILL under load, with no clean-up
+    finally:
+        load.stopping.set()
+        load.join(15)
+    router.kill()  # and the decisions' source is gone: no router answers /scale
+    replicas = services.apps.read_namespaced_deployment(NAME, ns).spec.replicas
+    desired = services.status(NAME)["desiredReplicas"]
+    assert replicas == desired >= scaled["desiredReplicas"]
+
+    operator.start()
+    # the new operator reconciles the service with no decision to read: it keeps the count it last applied, which
+    # status holds, rather than falling back to replicas.min. That it did reconcile: it puts back a Service deleted
+    # while it runs; the count is checked after that, and for many reconciles more (scale poll 0.5 s, resync 2 s)
+    services.core.delete_namespaced_service(f"{NAME}-replicas", ns)
+    eventually(
+        lambda: (
+            services.core.list_namespaced_service(ns, field_selector=f"metadata.name={NAME}-replicas").items or None
+        ),
+        60,
+        "the new operator to put the replicas' Service back",
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        assert services.apps.read_namespaced_deployment(NAME, ns).spec.replicas == desired
+        assert services.status(NAME)["desiredReplicas"] == desired
+        time.sleep(0.5)
+    assert operator.alive()
