@@ -8,6 +8,12 @@ work (prices, relative throughput, power tariff, reclaim hazard, from the same c
 order of their cheapest kind (``options``, ``recommended``). Admission takes the first kind that holds the whole
 gang, then falls back to the types in order (:mod:`strata_operator.core.admission`, rule 2).
 
+A quote lists the kinds with room when it was asked. It is kept a while (``runtime.quoter.QUOTE_TTL_S``), but not
+past the moment a kind the job accepts gains room for one of its workers that the quote does not list
+(:func:`newly_roomy`): the job is then asked about again at the next pass, so a waiting gang is not admitted by an
+order that knows nothing of the GPUs that just freed (a freed reserved GPU is paid anyway, and the cheapest there
+is).
+
 An answer that is not a quote gives no order (:func:`read_quote` returns None); the fallback is then the job's own
 order (see :mod:`strata_operator.runtime.quoter`). A quote whose ``kinds`` are missing (an extender that predates
 them) or malformed gives the types alone: admission then takes the first type that holds the gang, as before.
@@ -15,12 +21,13 @@ them) or malformed gives the types alone: admission then takes the first type th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import strata_api as api
 from strata_api import CapacityType, GPUType, ResourcePool, TrainingJob
+from strata_operator.core.observed import Node
 from strata_operator.core.pods import build_worker_pods
 from strata_operator.settings import OperatorSettings
 
@@ -80,3 +87,32 @@ def read_quote(answer: Any, accepted: Sequence[GPUType]) -> Quote | None:
     """The quote in ``answer`` for a job that accepts ``accepted``; None when the answer is not a quote."""
     types = ordered(answer, accepted)
     return Quote(types, ordered_kinds(answer, accepted)) if types is not None else None
+
+
+Kind = tuple[GPUType, str]
+"""A node kind: GPU type x capacity type."""
+
+
+def room_by_kind(fleet: Iterable[Node], free: Mapping[str, int]) -> dict[Kind, int]:
+    """The most free GPUs on one schedulable node of each kind (``free``: free GPUs by node name)."""
+    most: dict[Kind, int] = {}
+    for node in fleet:
+        if node.gpu_type is None or node.capacity_type is None or not node.schedulable:
+            continue
+        kind = (node.gpu_type, node.capacity_type)
+        most[kind] = max(most.get(kind, 0), free.get(node.name, 0))
+    return most
+
+
+def roomy_kinds(job: TrainingJob, room: Mapping[Kind, int]) -> frozenset[Kind]:
+    """The kinds of a GPU type ``job`` accepts with room for one of its workers on some node."""
+    need = job.spec.resources.gpus_per_worker
+    return frozenset(k for k, most in room.items() if most >= need and k[0] in job.spec.gpu_types)
+
+
+def newly_roomy(quote: Quote, roomy_then: frozenset[Kind], roomy_now: frozenset[Kind]) -> frozenset[Kind]:
+    """The kinds that have gained room for a worker since the quote was asked (``roomy_then``) and that it does not
+    list: what makes a kept quote out of date. A kind that had room then and is not listed was left out by the
+    extender for its own reasons (the job's capacity types, the pool's nodes, the reserved hold-back), and asking
+    again would only give the same answer."""
+    return roomy_now - roomy_then - frozenset(quote.kinds)

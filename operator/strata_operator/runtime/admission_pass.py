@@ -17,7 +17,7 @@ from strata_operator.core.admission import AdmittedGang, Decision, GangRequest, 
 from strata_operator.core.lifecycle import Reason
 from strata_operator.core.observed import Node, WorkerPod
 from strata_operator.core.pods import gang_gpu_type
-from strata_operator.core.quotes import Quote
+from strata_operator.core.quotes import Quote, room_by_kind
 from strata_operator.core.serving import serving_shares
 from strata_operator.core.status import NORMAL, PREEMPTED, WARNING, StatusDraft
 from strata_operator.core.valley import ValleyPlan, fleet_zones, plan_job
@@ -61,7 +61,8 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
     orders: dict[str, Quote] = {}
     hold = None
     if (quoter := runtime.quoter) is not None:
-        quoted = quoter.orders((j, pools[j.spec.pool]) for j in queued if j.spec.pool in pools)
+        room = room_by_kind(fleet, free)  # a kept quote that a kind freed since has outdated is asked again
+        quoted = quoter.orders(((j, pools[j.spec.pool]) for j in queued if j.spec.pool in pools), room)
         orders, hold = await asyncio.gather(quoted, quoter.hold_back())
     now = datetime.now(UTC).replace(microsecond=0)
     settings, zones = runtime.settings, fleet_zones(fleet)

@@ -5,7 +5,10 @@ back from low-priority gangs (``GET /holdback``, once per admission pass: :mod:`
 Fallback, documented in docs/operator.md: with no extender configured (``--extender-url`` empty), or when it does
 not answer within ``--quote-timeout-s`` (or answers nonsense), the job's own order is used (H100, then MI300X for
 ``Any``) - the choice admission made before quotes existed. A quote is kept for :data:`QUOTE_TTL_S`, so a long
-queue costs one request per job per interval, and all of a pass's quotes are asked at once. The hold-back is
+queue costs one request per job per interval, and all of a pass's quotes are asked at once. A kept quote is asked
+again sooner when a kind it does not list gains room for the job's workers
+(:func:`~strata_operator.core.quotes.newly_roomy`): a request per waiting job per such change of the fleet, not per
+pass. The hold-back is
 asked afresh at every pass that has a queue (it moves with every bind); without an answer in time there is no
 hold, and admission admits as it did before it knew the hold (a gang the extender then half places is requeued
 after ``UNSCHEDULABLE_GRACE_S``, :mod:`strata_operator.core.lifecycle`).
@@ -18,13 +21,13 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import aiohttp
 
 from strata_api import ResourcePool, TrainingJob
 from strata_api.holdback import HOLDBACK_PATH, ReservedHoldBack
-from strata_operator.core.quotes import Quote, quote_template, read_quote
+from strata_operator.core.quotes import Kind, Quote, newly_roomy, quote_template, read_quote, roomy_kinds
 from strata_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -40,7 +43,8 @@ class Quoter:
         self.url = settings.extender_url.rstrip("/")
         self.timeout_s = settings.quote_timeout_s
         self.settings = settings
-        self._cache: dict[tuple[str, str], tuple[float, Quote]] = {}
+        self._cache: dict[tuple[str, str], tuple[float, Quote, frozenset[Kind]]] = {}
+        """By (job key, uid): when the quote expires, the quote, and the kinds with room for a worker when asked."""
         self._session: aiohttp.ClientSession | None = None
         self._failing = False
         self._hold_failing = False
@@ -50,36 +54,44 @@ class Quoter:
             await self._session.close()
             self._session = None
 
-    async def orders(self, jobs: Iterable[tuple[TrainingJob, ResourcePool]]) -> dict[str, Quote]:
+    async def orders(
+        self, jobs: Iterable[tuple[TrainingJob, ResourcePool]], room: Mapping[Kind, int] | None = None
+    ) -> dict[str, Quote]:
         """The quote (GPU types and node kinds, cheapest first) by job key, for the jobs that accept more than one
-        type and got one."""
+        type and got one. ``room``: the most free GPUs on one node of each kind now
+        (:func:`strata_operator.core.quotes.room_by_kind`); a kept quote that a kind with room since has outdated is
+        asked again (None: kept quotes are used until they expire)."""
         if not self.url:
             return {}
         now = time.monotonic()
         self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
         result: dict[str, Quote] = {}
-        asks: list[tuple[tuple[str, str], TrainingJob, ResourcePool]] = []
+        asks: list[tuple[tuple[str, str], TrainingJob, ResourcePool, frozenset[Kind]]] = []
         for job, pool in jobs:
             if len(job.spec.gpu_types) < 2:
                 continue
             key = (job.key, job.uid)
-            if key in self._cache:
-                result[job.key] = self._cache[key][1]
+            roomy = roomy_kinds(job, room) if room is not None else frozenset()
+            kept = self._cache.get(key)
+            if kept is not None and not (room is not None and newly_roomy(kept[1], kept[2], roomy)):
+                result[job.key] = kept[1]
             else:
-                asks.append((key, job, pool))
+                asks.append((key, job, pool, roomy))
         if not asks:
             return result
-        tasks = [asyncio.ensure_future(self._ask(job, pool)) for _, job, pool in asks]
+        tasks = [asyncio.ensure_future(self._ask(job, pool)) for _, job, pool, _ in asks]
         done, pending = await asyncio.wait(tasks, timeout=self.timeout_s)
         for task in pending:
             task.cancel()
         answered = 0
-        for (key, job, _), task in zip(asks, tasks, strict=True):
+        for (key, job, _, roomy), task in zip(asks, tasks, strict=True):
             order = task.result() if task in done and not task.cancelled() else None
             if order is not None:
-                self._cache[key] = (now + QUOTE_TTL_S, order)
+                self._cache[key] = (now + QUOTE_TTL_S, order, roomy)
                 result[job.key] = order
                 answered += 1
+            elif (kept := self._cache.get(key)) is not None:
+                result[job.key] = kept[1]  # asked again and no answer: the kept quote is still the best there is
         self._report(answered=answered, asked=len(asks))
         return result
 

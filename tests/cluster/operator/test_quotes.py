@@ -7,6 +7,7 @@ the job's own order (the fallback without an extender) would have started with H
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,3 +117,45 @@ def test_one_pass_gives_each_any_job_the_first_node_kind_that_still_holds_it(
         operator.stop()
         for index in range(len(fills)):
             strata.core.delete_namespaced_pod(f"other-{index}", namespace, grace_period_seconds=0)
+
+
+def test_a_waiting_gangs_quote_is_asked_again_when_a_kind_it_does_not_list_frees(
+    crds: ClusterHandle, namespace: str, strata: Strata, extender: ExtenderService, tmp_path: Path
+) -> None:
+    """A quote is kept for 30 s, but a kind that gains room for the gang's workers outdates it at once. Every GPU
+    is taken but one H100 spot node's: a gang of two 8-GPU workers waits, with a quote that lists H100 spot alone.
+    Then both reserved MI300X nodes free: the next pass asks again, and the gang is admitted on MI300X with the
+    plan of the reserved GPUs (with the kept quote it was admitted there too, but with no plan: the quote knew
+    nothing of reserved MI300X, so its workers went by the extender's cost order alone)."""
+
+    def nodes(product: str, capacity: str) -> list[str]:
+        selector = f"{product},{api.NODE_CAPACITY_TYPE}={capacity}"
+        return sorted(n.metadata.name for n in strata.core.list_node(label_selector=selector).items)
+
+    mi300x_reserved = nodes(api.AMD_PRODUCT, "reserved")
+    h100 = [*nodes(api.NVIDIA_PRODUCT, "reserved"), nodes(api.NVIDIA_PRODUCT, "spot")[0]]  # one H100 spot node free
+    mi300x = [*mi300x_reserved, *nodes(api.AMD_PRODUCT, "spot")]
+    fills = {f"other-{i}": node for i, node in enumerate([*h100, *mi300x])}
+    for name, node in fills.items():
+        resource = api.NVIDIA_GPU if node in h100 else api.AMD_GPU
+        strata.core.create_namespaced_pod(namespace, someone_elses_pod(name, node, resource, 8))
+    eventually(lambda: all(extender.state.used_gpus.get(n) for n in fills.values()), 30, "the extender to see them")
+    pool = strata.pool("requote", capacityTypes=["reserved", "spot"])
+    either = {"capacityTypes": ["reserved", "spot"]}
+    freed = [name for name, node in fills.items() if node in mi300x_reserved]
+    operator = OperatorProcess(crds, tmp_path, (namespace,), "--standalone", "--extender-url", extender.url).start()
+    try:
+        strata.submit(a_job("gang", pool, data=2, tensor=8, gpu_type="Any", resources=either))
+        eventually(lambda: strata.status("gang").get("queuePosition") or None, 30, "the gang waiting in the queue")
+        time.sleep(2)  # passes go by with the gang's quote kept
+        assert strata.status("gang")["phase"] == "Queued"
+        for name in freed:
+            strata.core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+        status = strata.wait_phase("gang", "Admitted", "Running", timeout_s=20)  # well inside the quote's 30 s
+        assert status["placement"]["gpuType"] == "MI300X"
+        assert status["placement"]["plannedCapacityTypes"] == ["reserved"]
+    finally:
+        operator.stop()
+        for name in fills:
+            if name not in freed:
+                strata.core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)

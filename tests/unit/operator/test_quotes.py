@@ -7,11 +7,20 @@ import asyncio
 import time
 from dataclasses import replace
 
-from operator_builders import a_job, a_pool
+from operator_builders import a_job, a_node, a_pool
 
 import strata_api as api
 from strata_api import GPUType
-from strata_operator.core.quotes import Quote, ordered, ordered_kinds, quote_template, read_quote
+from strata_operator.core.quotes import (
+    Quote,
+    newly_roomy,
+    ordered,
+    ordered_kinds,
+    quote_template,
+    read_quote,
+    room_by_kind,
+    roomy_kinds,
+)
 from strata_operator.runtime.quoter import Quoter
 from strata_operator.settings import OperatorSettings
 
@@ -94,3 +103,33 @@ def test_an_extender_that_is_away_costs_at_most_the_quote_timeout() -> None:
     started = time.monotonic()
     assert asyncio.run(ask()) == {}
     assert time.monotonic() - started < 2.0
+
+
+def test_a_kept_quote_is_outdated_only_by_a_kind_that_has_gained_room_for_a_worker_and_that_it_does_not_list() -> None:
+    fleet = [
+        a_node("h-res-1"),
+        a_node("h-res-2"),
+        a_node("h-spot", capacity="spot"),
+        a_node("m-res", MI300X),
+        a_node("m-spot", MI300X, "spot"),
+        a_node("cpu", None, "on-demand"),
+    ]
+    cordoned = replace(a_node("m-od", MI300X, "on-demand"), schedulable=False)
+    free = {"h-res-1": 2, "h-res-2": 5, "h-spot": 8, "m-res": 0, "m-spot": 3, "m-od": 8}
+    room = room_by_kind([*fleet, cordoned], free)
+    assert room == {(H100, "reserved"): 5, (H100, "spot"): 8, (MI300X, "reserved"): 0, (MI300X, "spot"): 3}
+
+    gang = a_job(name="gang", data=2, tensor=4, gpus_per_worker=4, gpu_type="Any")  # two workers of 4 GPUs
+    asked = roomy_kinds(gang, room)
+    assert asked == {(H100, "reserved"), (H100, "spot")}  # MI300X spot has 3 free: no room for a worker
+    quote = Quote((H100, MI300X), ((H100, "spot"),))  # the extender left H100 reserved out (say, held back)
+    assert newly_roomy(quote, asked, asked) == frozenset()  # nothing changed: keep it
+
+    room[(MI300X, "reserved")] = 8  # a reserved MI300X node freed
+    now = roomy_kinds(gang, room)
+    assert newly_roomy(quote, asked, now) == {(MI300X, "reserved")}  # ask again
+    assert newly_roomy(replace(quote, kinds=((MI300X, "reserved"), (H100, "spot"))), asked, now) == frozenset()
+    assert roomy_kinds(a_job(name="h100", data=1, tensor=4, gpus_per_worker=4), room) == {
+        (H100, "reserved"),
+        (H100, "spot"),
+    }  # a kind of a type the job does not accept never outdates its quote
