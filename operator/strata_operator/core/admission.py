@@ -388,7 +388,7 @@ def admit(
             if blocked := frozenset(t for t in possible if t in heads.blocked and t not in backfill):
                 decision.kept_off[request.key] = blocked
             continue
-        preempting = _preemption(request, pool, candidates, fits, room, victims_left, reserved, pools)
+        preempting = _preemption(request, pool, candidates, fits, room, victims_left, reserved, pools, heads, empty)
         if preempting is not None:
             victims, gpu_type = preempting
             heads.block(gpu_type, request, None)
@@ -419,6 +419,7 @@ def admit(
             head_type = nearest_type(room, empty, reach, group_gpus, request.groups)
             fits_head = partial(fits, gpu_type=head_type, capacity=reach[head_type])
             heads.block(head_type, request, ends.earliest_start(room, head_type, reach[head_type], fits_head))
+            heads.remember(head_type, reach, group_gpus, request.groups)
         if kept_out := [t for t in candidates if held.kept_out(room, t, capacity, group_gpus, request.groups, rank)]:
             wait(
                 Reason.HELD_BACK,
@@ -511,6 +512,25 @@ class Reservations:
         self.quota: dict[GPUType, list[tuple[str, int]]] = {}
         """By reserved type, each head's pool and GPUs."""
         self.priorities: set[int] = set()
+        self.choices: list[tuple[GPUType, Mapping[GPUType, frozenset[str]], int, int]] = []
+        """Each priority's head: the type it reserves, and what it chose it from (its reach, GPUs per group,
+        groups): to tell whether GPUs freed later in the pass would make it choose another."""
+
+    def remember(
+        self, gpu_type: GPUType, reach: Mapping[GPUType, frozenset[str]], group_gpus: int, groups: int
+    ) -> None:
+        """A priority's head reserves ``gpu_type``, the nearest of ``reach`` (:func:`nearest_type`)."""
+        self.choices.append((gpu_type, reach, group_gpus, groups))
+
+    def would_turn_to(self, room: Room, empty: Room, gpu_type: GPUType) -> bool:
+        """Whether a head that reserves another type would reserve ``gpu_type`` instead with ``room`` (the GPUs a
+        preemption would free): those GPUs would then go to the head, not to the job that preempted for them."""
+        return any(
+            chosen != gpu_type
+            and gpu_type in reach
+            and nearest_type(room, empty, reach, group_gpus, groups) == gpu_type
+            for chosen, reach, group_gpus, groups in self.choices
+        )
 
     def first_of(self, priority: int) -> bool:
         """Whether a job of ``priority`` that waits now is its priority's head (the first to wait); marks it."""
@@ -696,9 +716,16 @@ def _preemption(
     candidates: Mapping[str, AdmittedGang],
     reserved: Mapping[str, Mapping[str, int]],
     pools: Mapping[str, ResourcePool],
+    heads: Reservations,
+    empty: Room,
 ) -> tuple[list[AdmittedGang], GPUType] | None:
     """The fewest victims, in preemption order, whose GPUs make the gang fit, with the GPU type they free; None
-    when no victims would make it fit."""
+    when no victims would make it fit.
+
+    Not on a type whose freed GPUs would turn a waiting head ahead of the gang (one that reserves another type)
+    to that type: the head would reserve them at the next pass and the gang, behind it, could not take them; its
+    victims, back in the queue, would take them again, and the gang preempt them again (a livelock the Alibaba
+    replay on a 40-GPU fleet ran into: 300,000 preemptions of the same few jobs in one simulated day)."""
 
     def preemptible(gang: AdmittedGang) -> bool:
         victim_pool = pools.get(gang.request.pool)
@@ -720,5 +747,7 @@ def _preemption(
                         trial.put(name, trial.free[name] + gpus)
             chosen.append(victim)
             if fits(trial, gpu_type):
+                if heads.would_turn_to(trial, empty, gpu_type):
+                    break  # more victims would only free more of it
                 return chosen, gpu_type
     return None

@@ -7,6 +7,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 
+import pytest
 from operator_builders import T0, a_node, a_pool, at
 from serving_builders import a_service
 
@@ -366,6 +367,37 @@ def test_no_preemption_when_even_all_victims_would_not_make_room() -> None:
     foreign = {"a": 0, "b": 0}  # node b is held by someone else's pods
     decision = admit([req("urgent", pool="high", workers=2)], admitted, pools(high, low), nodes, foreign)
     assert decision.preempt == []
+
+
+@pytest.mark.parametrize(("mi300x_busy", "preempts"), [(6, False), (3, True)])
+def test_no_preemption_for_gpus_that_would_turn_a_waiting_head_ahead_to_them(mi300x_busy: int, preempts: bool) -> None:
+    """A head of the queue (8 GPUs, either type) can preempt nothing and reserves MI300X, where it lacks the fewest
+    GPUs. A later job of its priority (4 GPUs) could preempt four low-priority jobs on H100; but with 6 MI300X GPUs
+    busy, freeing 4 H100 GPUs would make H100 the head's nearest type: at the next pass the head reserves them, the
+    later job cannot take them, the low-priority jobs come back onto them, and the later job preempts them again (a
+    livelock the Alibaba replay on a 40-GPU fleet ran into). With 3 busy the head stays on MI300X and the
+    preemption goes ahead."""
+    nodes = fleet(a_node("h", H100, "on-demand"), a_node("m", MI300X, "reserved"))
+    high, steady = a_pool("high", priority=100), a_pool("steady", priority=50)
+    low = a_pool("low", priority=1, preemptible=True)
+    admitted = [
+        running(req("steady-h", per_worker=4, pool="steady"), {"h": 4}),
+        *(running(req(f"low-{i}", per_worker=1, pool="low"), {"h": 1}, admitted=i) for i in range(4)),
+        running(req("steady-m", per_worker=mi300x_busy, pool="steady", types=(MI300X,)), {"m": mi300x_busy}, MI300X),
+    ]
+    free = {"h": 0, "m": 8 - mi300x_busy}
+    both = (H100, MI300X)
+    queue = [req("head", pool="high", types=both), req("later", per_worker=4, pool="high", submitted=1, types=both)]
+
+    decision = admit(queue, admitted, pools(high, steady, low), nodes, free)
+
+    assert decision.waiting["head"].reason == Reason.WAITING_FOR_GPUS
+    if preempts:
+        assert sorted(p.victim for p in decision.preempt) == ["low-0", "low-1", "low-2", "low-3"]
+        assert decision.waiting["later"].reason == Reason.WAITING_FOR_PREEMPTION
+    else:
+        assert decision.preempt == []
+        assert decision.waiting["later"].reason == Reason.WAITING_FOR_GPUS
 
 
 def test_unknown_pool_waits_with_a_reason() -> None:
