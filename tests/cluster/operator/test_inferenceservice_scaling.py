@@ -10,7 +10,7 @@ import asyncio
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,15 +103,16 @@ class Load(threading.Thread):
             self.stopping.wait(max(0.0, due - time.monotonic()))
 
 
-def test_the_operator_scales_the_replicas_as_the_router_decides(
-    services: Services, strata: Strata, router: Process
-) -> None:
+def scaled_up_under_load(
+    services: Services, strata: Strata, router: Process, while_loaded: Callable[[], None] = lambda: None
+) -> dict[str, Any]:
+    """The service made, ready at 1 replica, then loaded through the router until more than 2 replicas are
+    desired and the Deployment has grown; ``while_loaded`` runs before the load stops. Returns that status."""
     pool = cpu_pool(strata, 8)
     autoscaling = {"metric": "rps", "target": 5, "mode": "reactive", "scaleDownStabilizationSeconds": 0}
     services.apply(service_body(NAME, pool, min_replicas=1, max_replicas=5, autoscaling=autoscaling))
     services.wait_ready(NAME, 1)
     ns = services.namespace
-
     load = Load(router.url)
     load.start()
     try:
@@ -119,9 +120,18 @@ def test_the_operator_scales_the_replicas_as_the_router_decides(
         eventually(
             lambda: services.apps.read_namespaced_deployment(NAME, ns).spec.replicas > 2, 30, "the Deployment grown"
         )
+        while_loaded()
     finally:
         load.stopping.set()
         load.join(15)
+    return status
+
+
+def test_the_operator_scales_the_replicas_as_the_router_decides(
+    services: Services, strata: Strata, router: Process
+) -> None:
+    status = scaled_up_under_load(services, strata, router)
+    ns = services.namespace
     last = status["lastScale"]
     assert last["reason"] == "ObservedLoad"
     assert last["mode"] == "reactive"
@@ -154,21 +164,8 @@ def at_minimum(services: Services) -> dict[str, Any] | None:
 def test_neither_a_killed_operator_nor_a_lost_router_drops_the_replicas_it_scaled_up(
     services: Services, strata: Strata, router: Process, operator: OperatorProcess
 ) -> None:
-    pool = cpu_pool(strata, 8)
-    autoscaling = {"metric": "rps", "target": 5, "mode": "reactive", "scaleDownStabilizationSeconds": 0}
-    services.apply(service_body(NAME, pool, min_replicas=1, max_replicas=5, autoscaling=autoscaling))
-    services.wait_ready(NAME, 1)
+    scaled = scaled_up_under_load(services, strata, router, operator.kill)  # SIGKILL under load, no clean-up
     ns = services.namespace
-
-    load = Load(router.url)
-    load.start()
-    try:
-        scaled = eventually(lambda: scaled_above(services, 2), 90, f"{NAME}: more than 2 replicas desired")
-        eventually(lambda: services.apps.read_namespaced_deployment(NAME, ns).spec.replicas > 2, 30, "grown")
-        operator.kill()  # SIGKILL under load, with no clean-up
-    finally:
-        load.stopping.set()
-        load.join(15)
     router.kill()  # and the decisions' source is gone: no router answers /scale
     replicas = services.apps.read_namespaced_deployment(NAME, ns).spec.replicas
     desired = services.status(NAME)["desiredReplicas"]
