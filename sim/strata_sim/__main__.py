@@ -82,8 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             notes = (
                 f"; {policy.dearer} gangs placed on a dearer node kind while a cheaper one had room "
                 f"({policy.dearer_kept_off} more where its type was reserved by a waiting head), "
-                f"{policy.unplaced} admitted gangs the placement could not hold"
+                f"{policy.unplaced} admitted gangs the placement could not hold, "
+                f"{policy.preemptions.total()} preemptions"
             )
+            if policy.preemptions:
+                (victim, by), most = policy.preemptions.most_common(1)[0]
+                notes += f" (at most {most} of one job by one job: {victim} by {by})"
         print(f"{name}: {time.perf_counter() - started:.1f} s{notes}")
         outcomes.append(outcome)
     rows = [figures(o, catalog, args.wait_bound_min * 60) for o in outcomes]

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -224,6 +225,9 @@ class StrataPolicy:
         admission's rule 3 did not keep it off that kind's type."""
         self.dearer_kept_off = 0
         """The same where every such cheaper kind's type was reserved by a waiting head (rule 3, by design)."""
+        self.preemptions: Counter[tuple[str, str]] = Counter()
+        """Admission's preemptions by (victim, preemptor): the same pair many times over is a livelock (issue 21,
+        finding 8), which the report's line names."""
         self._hour = -1
         self._quotes: dict[str, dict[tuple[GPUType, str], tuple[float, float]]] = {}
         """This hour's quote per job (:meth:`_ranked`); a quote changes only with the hour's power price."""
@@ -421,6 +425,7 @@ class StrataPolicy:
             self._place(decision.admit, state, hold, hour, decision.kept_off, fleet_room.copy())
             for preemption in decision.preempt:
                 state.preempt(preemption.victim)
+                self.preemptions[(preemption.victim, preemption.by)] += 1
             if not decision.preempt:
                 return
 

@@ -188,7 +188,9 @@ def test_strata_preempts_low_priority_and_the_victim_resumes_from_its_checkpoint
     keeps 0.5 h, loses 0.25 h x 8 GPUs, and finishes at 1.75 + 3.5 = 5.25 h. Kueue-like does not preempt."""
     catalog, fleet = a_catalog(), a_fleet("reserved")
     jobs = [a_job("L", 0, 4.0), a_job("H", 0.75, 1.0, pool=HIGH_POOL)]
-    strata = {r.job.key: r for r in simulate(jobs, fleet, catalog, StrataPolicy(fleet, catalog, None)).records}
+    policy = StrataPolicy(fleet, catalog, None)
+    strata = {r.job.key: r for r in simulate(jobs, fleet, catalog, policy).records}
+    assert policy.preemptions == {("L", "H"): 1}  # what the report counts, and a livelock would multiply
     assert strata["H"].first_start_s == pytest.approx(0.75 * HOUR_S)
     assert strata["L"].lost_gpu_h == pytest.approx(0.25 * 8)
     assert strata["L"].finish_s == pytest.approx(5.25 * HOUR_S)
