@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"; {policy.dearer} gangs placed on a dearer node kind while a cheaper one had room "
                 f"({policy.dearer_kept_off} more where its type was reserved by a waiting head), "
                 f"{policy.unplaced} admitted gangs the placement could not hold, "
-                f"{policy.preemptions.total()} preemptions"
+                f"preemptions by admission: {policy.preemptions.total()}"
             )
             if policy.preemptions:
                 (victim, by), most = policy.preemptions.most_common(1)[0]
