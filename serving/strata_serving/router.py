@@ -106,6 +106,11 @@ class RouterMetrics:
         self.scale_decisions = Counter(
             "strata_router_scale_decisions", "Autoscaler decisions by reason", ["reason"], registry=r
         )
+        self.scale_lead = Gauge(
+            "strata_router_scale_lead_seconds",
+            "The replica start-up the last decision looked ahead by (the lead, from the mounted file when given)",
+            registry=r,
+        )
         self.forecasters_dropped = Gauge(
             "strata_router_forecaster_unavailable",
             "Forecasters left out for this run (1), e.g. the LSTM where torch is not installed",
@@ -265,6 +270,7 @@ class Router:
                 continue
             self.metrics.scale_replicas.set(decision.replicas)
             self.metrics.scale_decisions.labels(decision.cause).inc()
+            self.metrics.scale_lead.set(scaler.policy.startup_s)
             log.info("scale: %d replicas (%s): %s", decision.replicas, decision.cause, decision.reason)
 
     # --- forwarding

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -73,6 +74,37 @@ async def test_the_router_scales_with_the_load_it_sees_and_answers_it_at_scale(
     await asyncio.sleep(2.5)  # the window empties; no stabilisation: back to the minimum
     idle = await report_after(session, router, time.time())
     assert (idle.replicas, idle.reason) == (1, "MinReplicas")
+
+
+async def test_a_running_router_takes_a_new_lead_from_its_file_and_reports_it(
+    processes: Processes, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """The operator's ConfigMap, as the kubelet swaps it: the file is replaced, the process keeps running, and
+    its next decision looks ahead by the new lead (the metric says which)."""
+    lead = tmp_path / "autoscale-startup-s"
+    lead.write_text("45")
+    replica = processes.fake_replica("replica")
+    router = processes.router(
+        [replica.address], "--autoscale-mode", "reactive", "--autoscale-startup-file", str(lead), *AUTOSCALE
+    )
+    await wait_ready(replica)
+    await wait_ready(router)
+
+    async def lead_reported(seconds: float) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if total(await metrics(router), "strata_router_scale_lead_seconds") == seconds:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"the router does not report a {seconds} s lead:\n{router.log_tail()}")
+
+    await lead_reported(45.0)
+    swapped = tmp_path / "new"
+    swapped.write_text("75")
+    swapped.replace(lead)  # a rename, as the kubelet's symlink swap: the file's inode changes
+    await lead_reported(75.0)
+    assert router.popen.poll() is None
+    assert "the lead is now 75 s (was 45 s)" in router.log_tail()
 
 
 async def test_scale_is_404_with_a_reason_without_an_autoscaler_or_before_the_first_decision(
