@@ -31,7 +31,7 @@ from strata_api.nodes import NodeFacts
 from strata_operator.core.admission import AdmittedGang, Decision, GangRequest, admit
 from strata_operator.core.holdback import ReservedHold
 from strata_operator.core.observed import Node
-from strata_operator.core.room import Room
+from strata_operator.core.room import Kind, Room
 from strata_scheduler.filtering import HoldBack, reserved_holdback
 from strata_scheduler.forecasting import ForecastConfig, predict
 from strata_scheduler.scoring import rank_kinds
@@ -282,7 +282,7 @@ class StrataPolicy:
         """The cost per unit of work on a node of ``kind``, then its list cost (inf where it cannot be priced)."""
         return self._ranked(job, hour).get(kind, (float("inf"), float("inf")))
 
-    def _request(self, job: Job, hour: int, room: Mapping[tuple[GPUType | None, str | None], int]) -> GangRequest:
+    def _request(self, job: Job, hour: int, room: Mapping[Kind, int]) -> GangRequest:
         """The job as admission sees it, with the extender's quote: the node kinds with room for one worker now
         (``room``: the most free GPUs on one node of each kind; the quote prices only the nodes its filter
         passes), cheapest first, and the GPU types in the order of their cheapest such kind, then the types
@@ -414,7 +414,7 @@ class StrataPolicy:
                 return
             fleet_room = self._room(state)
             # the most free GPUs on one node of each kind (what the extender's quote needs)
-            room = {kind: max(amounts, default=0) for kind, amounts in fleet_room.buckets.items()}
+            room = fleet_room.most_free()
             queue = [self._request(job, hour, room) for job in state.waiting()]
             admitted = [self._admitted(run, now_s) for run in state.runs.values()]
             hold = self._hold(state)

@@ -75,7 +75,7 @@ from strata_api import CapacityType, GPUType, ResourcePool, TrainingJob, cpu_mil
 from strata_api.holdback import ReservedHoldBack
 from strata_operator.core.holdback import ReservedHold
 from strata_operator.core.observed import Node
-from strata_operator.core.room import Room
+from strata_operator.core.room import Room, fleet_rooms
 from strata_operator.core.valley import ValleyPlan
 
 
@@ -264,12 +264,7 @@ def admit(
     from a caller that keeps them up to date across passes (a replay of a fleet of thousands of nodes, where
     building both at every pass cost more than the pass); the pass takes GPUs on a copy. None: built here.
     """
-    if rooms is None:
-        nodes = [n for n in fleet if n.gpu_type is not None and n.schedulable]
-        room = Room(nodes, free)
-        empty = Room(nodes, {n.name: n.allocatable_gpus for n in nodes})
-    else:
-        room, empty = rooms[0].copy(), rooms[1]
+    room, empty = fleet_rooms(fleet, free) if rooms is None else (rooms[0].copy(), rooms[1])
     held = ReservedHold(hold)
 
     def priority(request: GangRequest) -> int:

@@ -21,14 +21,14 @@ them) or malformed gives the types alone: admission then takes the first type th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import strata_api as api
 from strata_api import CapacityType, GPUType, ResourcePool, TrainingJob
-from strata_operator.core.observed import Node
 from strata_operator.core.pods import build_worker_pods
+from strata_operator.core.room import Kind
 from strata_operator.settings import OperatorSettings
 
 
@@ -87,21 +87,6 @@ def read_quote(answer: Any, accepted: Sequence[GPUType]) -> Quote | None:
     """The quote in ``answer`` for a job that accepts ``accepted``; None when the answer is not a quote."""
     types = ordered(answer, accepted)
     return Quote(types, ordered_kinds(answer, accepted)) if types is not None else None
-
-
-Kind = tuple[GPUType, str]
-"""A node kind: GPU type x capacity type."""
-
-
-def room_by_kind(fleet: Iterable[Node], free: Mapping[str, int]) -> dict[Kind, int]:
-    """The most free GPUs on one schedulable node of each kind (``free``: free GPUs by node name)."""
-    most: dict[Kind, int] = {}
-    for node in fleet:
-        if node.gpu_type is None or node.capacity_type is None or not node.schedulable:
-            continue
-        kind = (node.gpu_type, node.capacity_type)
-        most[kind] = max(most.get(kind, 0), free.get(node.name, 0))
-    return most
 
 
 def roomy_kinds(job: TrainingJob, room: Mapping[Kind, int]) -> frozenset[Kind]:

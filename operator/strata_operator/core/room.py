@@ -9,6 +9,9 @@ from collections.abc import Iterable, Mapping
 from strata_api import GPUType
 from strata_operator.core.observed import Node
 
+Kind = tuple[GPUType, str]
+"""A node kind: GPU type x capacity type."""
+
 
 class Room:
     """Free GPUs of the fleet, bucketed by node kind (GPU type, capacity type) and by free amount, so that a fit
@@ -69,5 +72,19 @@ class Room:
                 break
         return taken
 
+    def most_free(self) -> dict[Kind, int]:
+        """The most free GPUs on one node of each kind (what decides whether a kind has room for a worker)."""
+        return {
+            (gpu_type, capacity): max(amounts, default=0)
+            for (gpu_type, capacity), amounts in self.buckets.items()
+            if gpu_type is not None and capacity is not None
+        }
+
     def _bucket(self, name: str) -> dict[int, set[str]]:
         return self.buckets.setdefault(self.kind[name], {})
+
+
+def fleet_rooms(fleet: Iterable[Node], free: Mapping[str, int]) -> tuple[Room, Room]:
+    """The schedulable GPU nodes of ``fleet`` as rooms: with ``free`` (free GPUs by node name), and empty."""
+    nodes = [n for n in fleet if n.gpu_type is not None and n.schedulable]
+    return Room(nodes, free), Room(nodes, {n.name: n.allocatable_gpus for n in nodes})

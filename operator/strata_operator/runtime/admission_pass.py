@@ -17,7 +17,8 @@ from strata_operator.core.admission import AdmittedGang, Decision, GangRequest, 
 from strata_operator.core.lifecycle import Reason
 from strata_operator.core.observed import Node, WorkerPod
 from strata_operator.core.pods import gang_gpu_type
-from strata_operator.core.quotes import Quote, room_by_kind
+from strata_operator.core.quotes import Quote
+from strata_operator.core.room import fleet_rooms
 from strata_operator.core.serving import serving_shares
 from strata_operator.core.status import NORMAL, PREEMPTED, WARNING, StatusDraft
 from strata_operator.core.valley import ValleyPlan, fleet_zones, plan_job
@@ -56,13 +57,14 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
     pools = {p.name: p for store in list(pools_index.values()) for p in store}
     fleet = [n for store in list(nodes_index.values()) for n in store]
     free = {n.name: n.allocatable_gpus - sum(usage_index.get(n.name, ())) for n in fleet}
+    rooms = fleet_rooms(fleet, free)  # built once: the quotes read it, and admission takes GPUs on a copy
     # gpuType Any: the types in the order the extender quotes them (cheapest unit of work first), else the job's;
     # and the reserved GPUs the extender holds back from low-priority gangs (none without its answer)
     orders: dict[str, Quote] = {}
     hold = None
     if (quoter := runtime.quoter) is not None:
-        room = room_by_kind(fleet, free)  # a kept quote that a kind freed since has outdated is asked again
-        quoted = quoter.orders(((j, pools[j.spec.pool]) for j in queued if j.spec.pool in pools), room)
+        most_free = rooms[0].most_free()  # a kept quote that a kind freed since has outdated is asked again
+        quoted = quoter.orders(((j, pools[j.spec.pool]) for j in queued if j.spec.pool in pools), most_free)
         orders, hold = await asyncio.gather(quoted, quoter.hold_back())
     now = datetime.now(UTC).replace(microsecond=0)
     settings, zones = runtime.settings, fleet_zones(fleet)
@@ -87,7 +89,7 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
     # the pools' InferenceServices hold quota too, at their last allotted count
     services_index: IndexOf[ServiceEntry] = indices.get("inferenceservices", {})
     shares = serving_shares((e.service, e.status) for store in list(services_index.values()) for e in store)
-    decision = admit(queue, [g for g in admitted if g is not None], pools, fleet, free, hold, now, shares)
+    decision = admit(queue, [g for g in admitted if g is not None], pools, fleet, free, hold, now, shares, rooms)
 
     # every write is independent (one job's status, guarded by its own resourceVersion): written concurrently, so
     # a pass that admits 500 gangs costs one round trip's latency, not 500 of them in a row

@@ -27,7 +27,8 @@ import aiohttp
 
 from strata_api import ResourcePool, TrainingJob
 from strata_api.holdback import HOLDBACK_PATH, ReservedHoldBack
-from strata_operator.core.quotes import Kind, Quote, newly_roomy, quote_template, read_quote, roomy_kinds
+from strata_operator.core.quotes import Quote, newly_roomy, quote_template, read_quote, roomy_kinds
+from strata_operator.core.room import Kind
 from strata_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class Quoter:
     ) -> dict[str, Quote]:
         """The quote (GPU types and node kinds, cheapest first) by job key, for the jobs that accept more than one
         type and got one. ``room``: the most free GPUs on one node of each kind now
-        (:func:`strata_operator.core.quotes.room_by_kind`); a kept quote that a kind with room since has outdated is
+        (:meth:`strata_operator.core.room.Room.most_free`); a kept quote that a kind with room since has outdated is
         asked again (None: kept quotes are used until they expire)."""
         if not self.url:
             return {}

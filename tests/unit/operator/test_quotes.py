@@ -18,9 +18,9 @@ from strata_operator.core.quotes import (
     ordered_kinds,
     quote_template,
     read_quote,
-    room_by_kind,
     roomy_kinds,
 )
+from strata_operator.core.room import fleet_rooms
 from strata_operator.runtime.quoter import Quoter
 from strata_operator.settings import OperatorSettings
 
@@ -116,7 +116,7 @@ def test_a_kept_quote_is_outdated_only_by_a_kind_that_has_gained_room_for_a_work
     ]
     cordoned = replace(a_node("m-od", MI300X, "on-demand"), schedulable=False)
     free = {"h-res-1": 2, "h-res-2": 5, "h-spot": 8, "m-res": 0, "m-spot": 3, "m-od": 8}
-    room = room_by_kind([*fleet, cordoned], free)
+    room = fleet_rooms([*fleet, cordoned], free)[0].most_free()
     assert room == {(H100, "reserved"): 5, (H100, "spot"): 8, (MI300X, "reserved"): 0, (MI300X, "spot"): 3}
 
     gang = a_job(name="gang", data=2, tensor=4, gpus_per_worker=4, gpu_type="Any")  # two workers of 4 GPUs
