@@ -107,8 +107,8 @@ def queue_depth_from_metrics(text: str) -> float | None:
 
 def readiness_from_probe(status: int | None, body: bytes) -> tuple[bool, bool]:
     """(ready, draining) from ``/readyz``'s status and body (None: no answer; 0: the connection refused). The
-    workload server answers 503
-    with ``{"status": "draining"}`` once SIGTERM has come, and 503 ``warming up`` before it is ready."""
+    workload server answers 503 with ``{"status": "draining"}`` once SIGTERM has come, and 503 ``warming up``
+    before it is ready."""
     if status == 200:
         return True, False
     return False, status == 503 and b"draining" in body
