@@ -36,8 +36,11 @@ Rules, in the order a user would check them:
    large gang is not starved. Nor does a backfill take pool quota a head needs (the head would then wait for
    quota, reserve nothing, and be overtaken). A backfilled job that overruns its estimate is not preempted for
    the head: the head starts later than expected, as in Slurm. A head that preempts has no earliest start (its
-   victims are going now): nobody backfills onto its type. ``Decision.backfilled`` names the heads each
-   backfilled job went ahead of.
+   victims are going now): nobody backfills onto its type. Nor does a job backfill where a job of a higher
+   priority waits behind the heads (one that could not backfill for its pool's quota): the higher-priority job
+   would preempt it for those GPUs, and once requeued it would take them back (issue 21's replay of a 40-GPU
+   fleet: one pair 34 times in an hour; docs/simulation.md, finding 10). ``Decision.backfilled`` names the
+   heads each backfilled job went ahead of.
 4. Preemption. A job that does not fit may preempt admitted jobs of lower-priority pools marked preemptible,
    lowest priority first and, among equals, the most recently admitted first (they lost the least work); only
    as many as make the gang fit, and only if preempting them is enough.
@@ -364,7 +367,9 @@ def admit(
             continue
         end = ends.end_of(request, now)
         backfill = frozenset(
-            t for t in possible if heads.backfills(t, end, request, partial(_quota_left, pools, usage))
+            t
+            for t in possible
+            if heads.backfills(t, end, request, priority(request), partial(_quota_left, pools, usage))
         )
         candidates = [t for t in possible if t not in heads.blocked or t in backfill]
         fits = partial(held.fits, capacity=capacity, group_gpus=group_gpus, groups=request.groups, priority=rank)
@@ -402,11 +407,12 @@ def admit(
         headed = [t for t in possible if t in heads.blocked and t not in backfill]
         if not candidates or (behind := [t for t in headed if fits(room, t)]):
             waiting_on = headed if not candidates else behind
+            heads.wait_behind(waiting_on, priority(request))
             wait(
                 Reason.BEHIND_HIGHER_PRIORITY,
                 f"jobs ahead in the queue wait for the {'/'.join(waiting_on)} GPUs it would take: "
                 + ", ".join(dict.fromkeys(k for t in waiting_on for k in heads.blocked[t]))
-                + heads.why_not_backfilled(waiting_on, request, end, now),
+                + heads.why_not_backfilled(waiting_on, request, priority(request), end, now),
             )
             continue
         if heads.first_of(priority(request)):
@@ -507,6 +513,8 @@ class Reservations:
         self.quota: dict[GPUType, list[tuple[str, int]]] = {}
         """By reserved type, each head's pool and GPUs."""
         self.priorities: set[int] = set()
+        self.behind: dict[GPUType, int] = {}
+        """By reserved type, the highest priority of the jobs that wait behind its heads (see :meth:`backfills`)."""
         self.choices: list[tuple[GPUType, Mapping[GPUType, frozenset[str]], int, int]] = []
         """Each priority's head: the type it reserves, and what it chose it from (its reach, GPUs per group,
         groups): to tell whether GPUs freed later in the pass would make it choose another."""
@@ -541,15 +549,29 @@ class Reservations:
         earlier = self.starts.get(gpu_type)
         self.starts[gpu_type] = start if first else None if start is None or earlier is None else min(start, earlier)
 
+    def wait_behind(self, gpu_types: Sequence[GPUType], priority: int) -> None:
+        """A job of ``priority`` waits behind the heads of ``gpu_types`` (WaitingBehindEarlierJobs)."""
+        for gpu_type in gpu_types:
+            self.behind[gpu_type] = max(priority, self.behind.get(gpu_type, priority))
+
     def backfills(
-        self, gpu_type: GPUType, end: datetime | None, request: GangRequest, quota_left: Callable[[str], int]
+        self,
+        gpu_type: GPUType,
+        end: datetime | None,
+        request: GangRequest,
+        priority: int,
+        quota_left: Callable[[str], int],
     ) -> bool:
-        """Whether ``request``'s job, expected to end at ``end`` (None: no estimate), may take ``gpu_type`` although
-        heads reserve it: it ends before every one of them could start there, and leaves each head's pool the
-        quota the head needs (``quota_left``: by pool, what is left now), or the head would wait for quota then,
-        reserve nothing, and be overtaken after all."""
+        """Whether ``request``'s job, of ``priority``, expected to end at ``end`` (None: no estimate), may take
+        ``gpu_type`` although heads reserve it: it ends before every one of them could start there, leaves each
+        head's pool the quota the head needs (``quota_left``: by pool, what is left now), or the head would wait
+        for quota then, reserve nothing, and be overtaken after all, and no job of a higher priority waits behind
+        them (one that could not backfill, for its pool's quota, would preempt it for those GPUs at the next
+        pass, and it would take them back: issue 21's replay repeated that 34 times for one pair in an hour)."""
         start = self.starts.get(gpu_type)
         if gpu_type not in self.blocked or start is None or end is None or end > start:
+            return False
+        if self.behind.get(gpu_type, priority) > priority:
             return False
         return all(
             gpus + (request.gpus if pool == request.pool else 0) <= quota_left(pool)
@@ -557,7 +579,12 @@ class Reservations:
         )
 
     def why_not_backfilled(
-        self, gpu_types: Sequence[GPUType], request: GangRequest, end: datetime | None, now: datetime | None
+        self,
+        gpu_types: Sequence[GPUType],
+        request: GangRequest,
+        priority: int,
+        end: datetime | None,
+        now: datetime | None,
     ) -> str:
         """Why a job behind the heads of ``gpu_types`` does not backfill, for its waiting message ("" in a pass
         without ``now``, which backfills nothing)."""
@@ -571,6 +598,8 @@ class Reservations:
         first = min(start for start in starts if start is not None)
         if end > first:
             return f" (by its expectedDurationSeconds it would not end before they could start at {first.isoformat()})"
+        if any(self.behind.get(t, priority) > priority for t in gpu_types):
+            return " (a job of a higher priority waits for their type too)"
         return " (it would take pool quota they need)"
 
 

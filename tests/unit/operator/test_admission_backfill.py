@@ -154,3 +154,18 @@ def test_the_operator_reads_the_estimate_from_the_training_job() -> None:
     job = a_job(scheduling={"expectedDurationSeconds": 5400})
     assert GangRequest.from_job(job).expected_duration_s == 5400
     assert GangRequest.from_job(a_job()).expected_duration_s is None
+
+
+def test_no_lower_priority_job_backfills_where_a_higher_priority_one_waits_behind_the_head() -> None:
+    """The high pool allows 12 GPUs: its running job holds 4 and its head needs 8, so its own 1-h job may not go
+    first (quota). A low-priority 1-h job would: it then held the GPU a high-priority job could preempt it for,
+    and took it back once requeued (issue 21's replay, 34 times for one pair). It waits; without the high-priority
+    job behind the head it backfills."""
+    queue = [req("head", 8, 1, pool="high"), req("high-short", 1, 2, 1.0, "high"), req("low-short", 1, 3, 1.0, "low")]
+
+    decision = a_pass(queue, holding_half(pool="high"), max_gpus=12, high=100, low=10)
+
+    assert decision.admit == {}
+    assert decision.waiting["low-short"].message.endswith("(a job of a higher priority waits for their type too)")
+    alone = a_pass([queue[0], queue[2]], holding_half(pool="high"), max_gpus=12, high=100, low=10)
+    assert alone.admit == {"low-short": H100}
