@@ -595,6 +595,9 @@ class ResourcePool:
     preemptible: bool
     max_cpu_millis: int | None = None
     """``spec.maxCPUs`` in millicores: the pool's quota for CPU jobs; None admits no CPU job."""
+    defragment_after_s: int | None = None
+    """``spec.defragmentAfterSeconds``: how long a gang of the pool that no node holds waits before admission moves
+    smaller jobs off one node for it; None: never."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ResourcePool:
@@ -608,6 +611,7 @@ class ResourcePool:
             capacity_types=frozenset(spec["capacityTypes"]),
             preemptible=bool(spec["preemptible"]),
             max_cpu_millis=None if spec.get("maxCPUs") is None else cpu_millis(spec["maxCPUs"]),
+            defragment_after_s=spec.get("defragmentAfterSeconds"),
         )
 
 

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from strata_api.catalog import DEFAULT_CATALOG, load_catalog
 from strata_sim.engine import Outcome, simulate
 from strata_sim.model import Job, SimInputError, load_fleet, too_big
-from strata_sim.policies import StrataPolicy, all_policies
+from strata_sim.policies import DEFRAGMENT_AFTER_S, StrataPolicy, all_policies
 from strata_sim.report import figures, plot, table
 from strata_sim.traces import DAY_S, read_alibaba, read_helios, synthetic
 
@@ -37,6 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint-min", type=float, default=30.0, help="every job's checkpoint interval")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--wait-bound-min", type=float, default=10.0, help="the high-priority wait bound")
+    parser.add_argument(
+        "--defragment-after-h",
+        type=float,
+        default=DEFRAGMENT_AFTER_S / 3600,
+        help="strata-defrag's defragmentAfterSeconds on both pools, in hours",
+    )
     parser.add_argument("--out", type=Path, default=None, help="folder for the PNG plots")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -56,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    builders = all_policies(fleet, catalog)
+    builders = all_policies(fleet, catalog, round(args.defragment_after_h * 3600))
     names = list(builders) if args.policies == "all" else args.policies.split(",")
     unknown = [n for n in names if n not in builders]
     if unknown:
@@ -84,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"({policy.dearer_kept_off} more where its type was reserved by a waiting head), "
                 f"{policy.unplaced} admitted gangs the placement could not hold, "
                 f"preemptions by admission: {policy.preemptions.total()}"
+                + (f" ({policy.moves} of them moves, rule 10)" if policy.moves else "")
             )
             if policy.preemptions:
                 (victim, by), most = policy.preemptions.most_common(1)[0]

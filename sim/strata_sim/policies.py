@@ -55,14 +55,20 @@ def expected_duration_s(job: Job) -> int:
     return max(1, min(round(job.work_h * HOUR_S), MAX_EXPECTED_DURATION_SECONDS))
 
 
-def pools(fleet: Fleet) -> dict[str, ResourcePool]:
-    """The two pools every trace maps to; neither quota binds (each may use the whole fleet)."""
+DEFRAGMENT_AFTER_S = round(6 * HOUR_S)
+"""``strata-defrag``'s ``defragmentAfterSeconds`` on both pools unless ``--defragment-after-h`` says otherwise."""
+
+
+def pools(fleet: Fleet, defragment_after_s: int | None = None) -> dict[str, ResourcePool]:
+    """The two pools every trace maps to; neither quota binds (each may use the whole fleet).
+    ``defragment_after_s``: both pools' ``defragmentAfterSeconds`` (None: neither moves jobs)."""
     every = frozenset(CapacityType)
     types = frozenset(GPUType)
     gpus = fleet.gpus()
+    moves = {"defragment_after_s": defragment_after_s}
     return {
-        HIGH_POOL: ResourcePool(HIGH_POOL, HIGH_PRIORITY, types, gpus, None, frozenset(every), preemptible=False),
-        LOW_POOL: ResourcePool(LOW_POOL, 10, types, gpus, None, frozenset(every), preemptible=True),
+        HIGH_POOL: ResourcePool(HIGH_POOL, HIGH_PRIORITY, types, gpus, None, every, preemptible=False, **moves),
+        LOW_POOL: ResourcePool(LOW_POOL, 10, types, gpus, None, every, preemptible=True, **moves),
     }
 
 
@@ -175,9 +181,12 @@ class StrataPolicy:
         holdback: HoldBackSettings | None = None,
         time_of_use: bool = True,
         name: str = "strata",
+        defragment_after_s: int | None = None,
     ) -> None:
         self.name = name
-        self.pools = pools(fleet)
+        self.pools = pools(fleet, defragment_after_s)
+        self.defragments = defragment_after_s is not None
+        self._last_tick = -1.0
         self.catalog = catalog if time_of_use else replace(catalog, power_default=(1.0,) * HOURS_PER_DAY, power={})
         self.holdback = holdback
         self.nodes = [
@@ -225,6 +234,9 @@ class StrataPolicy:
         admission's rule 3 did not keep it off that kind's type."""
         self.dearer_kept_off = 0
         """The same where every such cheaper kind's type was reserved by a waiting head (rule 3, by design)."""
+        self.moves = 0
+        """Jobs admission moved off a node to admit a gang that had waited past its pool's
+        ``defragmentAfterSeconds`` (rule 10; counted in ``preemptions`` too)."""
         self.preemptions: Counter[tuple[str, str]] = Counter()
         """Admission's preemptions by (victim, preemptor): the same pair many times over is a livelock (issue 21,
         finding 8), which the report's line names."""
@@ -323,6 +335,21 @@ class StrataPolicy:
 
     # -- the policy ---------------------------------------------------------------------------------------------
     def tick(self, now_s: float, state: SimState) -> bool:
+        due = self._defragment_due(now_s, state)
+        return self._forecast_tick(now_s, state) or due
+
+    def _defragment_due(self, now_s: float, state: SimState) -> bool:
+        """Whether a queued job's wait reached its pool's ``defragmentAfterSeconds`` since the last tick: the
+        operator decides every admission interval, the replay on events, so a pass then lets rule 10 act."""
+        since, self._last_tick = self._last_tick, now_s
+        if not self.defragments:
+            return False
+        return any(
+            (after := self.pools[job.pool].defragment_after_s) is not None and since < job.arrival_s + after <= now_s
+            for job in state.queue.values()
+        )
+
+    def _forecast_tick(self, now_s: float, state: SimState) -> bool:
         """Record high-priority GPU demand per type (running, and queued on its cheapest type) and refit."""
         if self.holdback is None:
             return False
@@ -422,9 +449,18 @@ class StrataPolicy:
             rooms = (fleet_room, self.empty)
             decision = admit(queue, admitted, self.pools, self.nodes, state.free, hold, now, rooms=rooms)
             self.decision = decision
-            self._place(decision.admit, state, hold, hour, decision.kept_off, fleet_room.copy())
-            for preemption in decision.preempt:
+            # rule 10's moved jobs first: the gang they made room for is placed on their GPUs in this pass
+            placing = fleet_room.copy()
+            moved = [p for p in decision.preempt if p.by in decision.defragmented]
+            for preemption in moved:
+                for name, gpus in state.runs[preemption.victim].placed.items():
+                    placing.put(name, placing.free[name] + gpus)
                 state.preempt(preemption.victim)
+            self.moves += len(moved)
+            self._place(decision.admit, state, hold, hour, decision.kept_off, placing)
+            for preemption in decision.preempt:
+                if preemption.by not in decision.defragmented:
+                    state.preempt(preemption.victim)
                 self.preemptions[(preemption.victim, preemption.by)] += 1
             if not decision.preempt:
                 return
@@ -467,14 +503,19 @@ class StrataPolicy:
                 state.place(job, gpu_type, name, gpus // job.gpus_per_worker)
 
 
-def all_policies(fleet: Fleet, catalog: Catalog) -> dict[str, Callable[[], Policy]]:
-    """Every policy by name, each built fresh per run."""
+def all_policies(
+    fleet: Fleet, catalog: Catalog, defragment_after_s: int = DEFRAGMENT_AFTER_S
+) -> dict[str, Callable[[], Policy]]:
+    """Every policy by name, each built fresh per run; ``defragment_after_s``: ``strata-defrag``'s."""
     return {
         "default": default_scheduler,
         "kueue": lambda: KueuePolicy(pools(fleet)),
         "karpenter": lambda: karpenter_like(catalog),
         "strata": lambda: StrataPolicy(fleet, catalog, HoldBackSettings(), name="strata"),
         "strata-no-holdback": lambda: StrataPolicy(fleet, catalog, None, name="strata-no-holdback"),
+        "strata-defrag": lambda: StrataPolicy(
+            fleet, catalog, HoldBackSettings(), name="strata-defrag", defragment_after_s=defragment_after_s
+        ),
         "strata-no-tou": lambda: StrataPolicy(
             fleet, catalog, HoldBackSettings(), time_of_use=False, name="strata-no-tou"
         ),

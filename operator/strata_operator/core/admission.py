@@ -65,6 +65,15 @@ Rules, in the order a user would check them:
 9. Serving. The replicas of the pool's InferenceServices hold quota too (:class:`ServingShare`, counted by
    :func:`strata_operator.core.serving.serving_shares`): a job is admitted only into what the admitted jobs and
    those replicas leave, and one that does not fit because of them waits with WaitingForQuota naming their share.
+10. Defragmentation (a pool's ``defragmentAfterSeconds``). A priority's head that no node can hold, nor any
+   preemption, and that has waited that long since its submission, moves smaller jobs off one node of a type it
+   may take: jobs all of whose workers are bound there, together with fewer GPUs than the head,
+   of the head's own pool or of preemptible lower-priority pools, and only when each of them fits on the other
+   nodes now (the hold respected). The node that moves the fewest GPUs is chosen, the most recently admitted jobs
+   first. The moved jobs are preempted (they checkpoint on SIGTERM and are requeued in their old place) and the
+   head is admitted at once with that node counted for it, so a moved job cannot take it back; where they fit is
+   counted taken for the rest of the pass. Without it, issue 21's replay of a 40-GPU fleet kept 8-GPU gangs of a
+   few minutes waiting for days behind 1-GPU jobs of weeks, one on every node (docs/simulation.md, finding 9).
 """
 
 from __future__ import annotations
@@ -216,6 +225,9 @@ class Decision:
     backfilled: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Admitted jobs that took a GPU type waiting heads reserve, expected to end before those could start there
     (rule 3's backfill), with those heads."""
+    defragmented: dict[str, str] = field(default_factory=dict)
+    """Admitted jobs for which rule 10 moved smaller jobs off a node, with that node (the moved jobs are in
+    ``preempt``, by the admitted job)."""
     planned: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Admitted jobs with a quote by kind: the capacity types the pass counted their workers on, in the API's order
     (rule 2). Their pods carry them, and the extender scores those nodes first: the jobs of one pass then land where
@@ -404,6 +416,32 @@ def admit(
             names = ", ".join(v.request.key for v in victims)
             wait(Reason.WAITING_FOR_PREEMPTION, f"waiting for preempted jobs to release their GPUs: {names}")
             continue
+        if priority(request) not in heads.priorities and _may_defragment(pool, request, now):
+            moving = _defragment(request, pool, candidates, fits, room, victims_left, reserved, pools, held, rank)
+            if moving is not None:
+                victims, gpu_type, node, (after, after_held), taken = moving
+                for name, gpus in after.free.items():
+                    if room.free[name] != gpus:
+                        room.put(name, gpus)
+                held.keep = after_held.keep
+                ends.add(request, now, taken)
+                usage[pool.name] = in_use + request.gpus
+                decision.admit[request.key] = gpu_type
+                decision.defragmented[request.key] = node
+                waited = int((now - request.submitted).total_seconds()) if now is not None else 0
+                for victim in victims:
+                    del victims_left[victim.request.key]
+                    decision.preempt.append(
+                        Preemption(
+                            victim=victim.request.key,
+                            by=request.key,
+                            message=f"moved off node {node} to make room for {request.key} ({request.workers} "
+                            f"workers x {request.gpus_per_worker} GPUs), which no node held for {waited} s "
+                            f"(pool {pool.name}'s defragmentAfterSeconds is {pool.defragment_after_s}); it fits "
+                            "on other nodes now",
+                        )
+                    )
+                continue
         headed = [t for t in possible if t in heads.blocked and t not in backfill]
         if not candidates or (behind := [t for t in headed if fits(room, t)]):
             waiting_on = headed if not candidates else behind
@@ -775,3 +813,86 @@ def _preemption(
                     break  # more victims would only free more of it
                 return chosen, gpu_type
     return None
+
+
+def _may_defragment(pool: ResourcePool, request: GangRequest, now: datetime | None) -> bool:
+    """Whether rule 10 applies to ``request`` now: its pool sets ``defragmentAfterSeconds`` and it has waited that
+    long since its submission (a pass without ``now`` moves nobody)."""
+    after = pool.defragment_after_s
+    return after is not None and now is not None and (now - request.submitted).total_seconds() >= after
+
+
+def _defragment(
+    request: GangRequest,
+    pool: ResourcePool,
+    types: Sequence[GPUType],
+    fits: Callable[[Room, GPUType], bool],
+    room: Room,
+    candidates: Mapping[str, AdmittedGang],
+    reserved: Mapping[str, Mapping[str, int]],
+    pools: Mapping[str, ResourcePool],
+    held: ReservedHold,
+    rank: int,
+) -> tuple[list[AdmittedGang], GPUType, str, tuple[Room, ReservedHold], dict[str, int]] | None:
+    """Rule 10: the jobs to move off one node so that ``request`` fits, with the GPU type, the node, the room and
+    the hold after the move (``request`` taken, the moved jobs counted where they fit) and the GPUs ``request``
+    takes per node; None when no node's movable jobs free enough, or they would not all fit elsewhere now.
+    ``rank``: the priority the extender's hold-back sees for ``request``."""
+
+    def movable(gang: AdmittedGang) -> bool:
+        victim_pool = pools.get(gang.request.pool)
+        return (
+            victim_pool is not None
+            and gang.gpu_type is not None
+            and len(gang.bound) == 1
+            and gang.unbound_workers == 0
+            and not reserved.get(gang.request.key)
+            and (victim_pool.name == pool.name or (victim_pool.preemptible and victim_pool.priority < pool.priority))
+        )
+
+    capacity = request.capacity_types & pool.capacity_types
+    by_node: dict[str, list[AdmittedGang]] = {}
+    for gang in candidates.values():
+        if movable(gang):
+            (name,) = gang.bound
+            if room.kind.get(name, (None, None))[1] in capacity:
+                by_node.setdefault(name, []).append(gang)
+    best: tuple[int, str, list[AdmittedGang], GPUType, tuple[Room, ReservedHold], dict[str, int]] | None = None
+    for name, gangs in sorted(by_node.items()):
+        gpu_type = room.kind[name][0]
+        if gpu_type is None or gpu_type not in types:
+            continue
+        trial, chosen = room.copy(), []
+        for gang in sorted(gangs, key=lambda g: (-g.admitted_at.timestamp(), g.request.key)):
+            trial.put(name, trial.free[name] + gang.bound[name])
+            chosen.append(gang)
+            if fits(trial, gpu_type):
+                break
+        else:
+            continue
+        moved = sum(g.request.gpus for g in chosen)
+        if moved >= request.gpus or (best is not None and moved >= best[0]):
+            continue
+        group_gpus, trial_held = request.gpus_per_worker * request.pods_per_group, held.copy()
+        taken = _take_gang(trial_held, trial, request, gpu_type, capacity, group_gpus, request.groups, rank)
+        left = trial.free[name]
+        trial.put(name, 0)  # a moved job goes to another node, never back onto this one
+        if all(_take_elsewhere(trial_held, trial, g.request, pools[g.request.pool]) for g in chosen):
+            trial.put(name, left)
+            best = (moved, name, chosen, gpu_type, (trial, trial_held), taken)
+    if best is None:
+        return None
+    _, name, chosen, gpu_type, after, taken = best
+    return chosen, gpu_type, name, after, taken
+
+
+def _take_elsewhere(held: ReservedHold, room: Room, request: GangRequest, pool: ResourcePool) -> bool:
+    """Take room for a moved job's whole gang on the first of its types that holds it now; whether one did."""
+    capacity = request.capacity_types & pool.capacity_types
+    group_gpus = request.gpus_per_worker * request.pods_per_group
+    rank = LOWEST_PRIORITY if request.deferrable else pool.priority
+    for gpu_type in (t for t in request.gpu_types if t in pool.gpu_types):
+        if held.fits(room, gpu_type, capacity, group_gpus, request.groups, rank):
+            held.take(room, gpu_type, capacity, group_gpus, request.groups, rank)
+            return True
+    return False

@@ -35,6 +35,12 @@ class ReservedHold:
         )
         """Reserved GPUs of each type that held-back gangs must leave free now."""
 
+    def copy(self) -> ReservedHold:
+        """The same hold with its own ``keep``, for a trial on a copy of the room (:meth:`take` lowers it)."""
+        other = ReservedHold(None)
+        other.hold, other.keep = self.hold, dict(self.keep)
+        return other
+
     def holds_back(self, priority: int) -> bool:
         """Whether gangs of pools of this priority are held back from reserved GPUs."""
         return self.hold is not None and self.hold.holds_back(priority)

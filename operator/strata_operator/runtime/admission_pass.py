@@ -95,7 +95,15 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
     # a pass that admits 500 gangs costs one round trip's latency, not 500 of them in a row
     outcomes = await asyncio.gather(
         *(
-            _write_admitted(runtime, entries[key], gpu_type, now, plans.get(key), decision.planned.get(key, ()))
+            _write_admitted(
+                runtime,
+                entries[key],
+                gpu_type,
+                now,
+                plans.get(key),
+                decision.planned.get(key, ()),
+                decision.defragmented.get(key),
+            )
             for key, gpu_type in decision.admit.items()
         ),
         *(_write_admitted(runtime, entries[key], None, now, plans.get(key)) for key in decision.admit_cpu),
@@ -119,10 +127,11 @@ async def _write_admitted(
     now: datetime,
     plan: ValleyPlan | None = None,
     planned: tuple[str, ...] = (),
+    moved_off: str | None = None,
 ) -> None:
     """Write a job Admitted: on ``gpu_type``, or (None) a CPU job on CPU; a deferrable job's ``plan`` says whether
     its deadline can still be met; ``planned``: the capacity types the pass counted the gang on (none: no plan; an
-    earlier attempt's is removed)."""
+    earlier attempt's is removed); ``moved_off``: the node admission moved smaller jobs off for it (rule 10)."""
     granted = gpu_type.value if gpu_type else api.CPU
     draft = StatusDraft(entry.status, now)
     if entry.job.status.phase is None:
@@ -142,6 +151,8 @@ async def _write_admitted(
     message = f"admitted on {granted} in pool {entry.job.spec.pool}"
     if plan is not None and plan.deadline_missed:
         message += f"; {plan.missed_message}"
+    if moved_off is not None:
+        message += f"; smaller jobs moved off node {moved_off} for it (pool defragmentAfterSeconds)"
     draft.transition(Phase.ADMITTED, Reason.ADMITTED, message)
     if await patch_status(runtime, entry, draft.patch(), draft.events):
         queued_since = _queued_since(entry) or now

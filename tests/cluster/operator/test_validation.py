@@ -269,6 +269,9 @@ def test_a_gpu_job_must_size_itself_in_gpus_not_workers(strata: Strata) -> None:
         ({"maxGPUs": 8, "priority": 1000001}, "spec.priority"),
         ({"maxGPUs": 2**40}, "spec.maxGPUs"),
         ({"maxGPUs": 8, "maxRuntimeSeconds": 2**63 - 1}, "spec.maxRuntimeSeconds"),
+        ({"maxGPUs": 8, "defragmentAfterSeconds": -1}, "spec.defragmentAfterSeconds"),
+        ({"maxGPUs": 8, "defragmentAfterSeconds": 315360001}, "spec.defragmentAfterSeconds"),
+        ({"maxGPUs": 8, "defragmentAfterSeconds": "6h"}, "spec.defragmentAfterSeconds"),
     ],
 )
 def test_an_invalid_resourcepool_is_refused_naming_the_field(strata: Strata, spec: dict[str, Any], names: str) -> None:

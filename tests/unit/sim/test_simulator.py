@@ -199,6 +199,33 @@ def test_strata_preempts_low_priority_and_the_victim_resumes_from_its_checkpoint
     assert kueue["L"].lost_gpu_h == 0
 
 
+def test_a_gang_waiting_past_defragment_after_moves_a_one_gpu_job_and_starts_an_hour_later_not_a_hundred() -> None:
+    """E (8 GPUs, 1 h) fills the reserved node, so O (1 GPU, 100 h) starts on spot; after E, S (7 GPUs, 100 h)
+    takes 7 of the reserved GPUs, and W (8 GPUs) finds no node with 8 free. With defragmentAfterSeconds of 1 h
+    strata moves O onto the reserved node's last GPU (moving S would move 7) and W starts on spot an hour after
+    its arrival (by the next 5-minute tick); O loses only the minutes since its last checkpoint. Without it W
+    waits for O's 100 hours."""
+    catalog, fleet = a_catalog(), a_fleet("reserved", "spot")
+
+    def job(key: str, at_s: float, gpus: int, hours: float) -> Job:
+        return Job(key, at_s, 1, gpus, hours, LOW_POOL, gpu_types=H100)
+
+    arrives = HOUR_S + 120
+    jobs = [job("E", 0, 8, 1.0), job("O", 1, 1, 100.0), job("S", HOUR_S + 60, 7, 100.0), job("W", arrives, 8, 0.5)]
+    moving = StrataPolicy(fleet, catalog, None, defragment_after_s=round(HOUR_S))
+    moved = {r.job.key: r for r in simulate(jobs, fleet, catalog, moving).records}
+
+    assert moving.moves == 1
+    assert moving.preemptions == {("O", "W"): 1}
+    assert arrives + HOUR_S <= moved["W"].first_start_s <= arrives + HOUR_S + 300  # type: ignore[operator]
+    assert moved["W"].capacity == "spot"
+    assert (moved["O"].interruptions, moved["O"].capacity) == (1, "reserved")
+    assert 0 < moved["O"].lost_gpu_h <= 0.5
+    assert moved["S"].interruptions == 0
+    waiting = {r.job.key: r for r in simulate(jobs, fleet, catalog, StrataPolicy(fleet, catalog, None)).records}
+    assert waiting["W"].first_start_s == pytest.approx(1 + 100 * HOUR_S)
+
+
 class PartialGangProbe:
     """Wraps a policy and records the most GPUs ever held by gangs only partly placed."""
 

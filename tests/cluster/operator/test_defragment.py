@@ -1,0 +1,66 @@
+"""Admission's rule 10 on the real control plane: a gang that no node can hold, once it has waited its pool's
+``defragmentAfterSeconds``, has a smaller job moved off one node (that job fits elsewhere now) and runs there.
+
+The default fleet's H100 nodes: 2 reserved and 2 spot, 8 GPUs each. The test leaves no H100 node with 8 free GPUs
+though 8 are free in all: a whole reserved node runs an 8-GPU job, the other a 1-GPU job; one spot node an 8-GPU
+job, the other a 7-GPU job."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from cluster_support import eventually
+from operator_harness import OperatorProcess, Strata
+from operator_manifests import a_job
+
+import strata_api as api
+
+WAIT_S = 5
+
+
+def on(capacity: str) -> dict[str, list[str]]:
+    return {"capacityTypes": [capacity]}
+
+
+def node_of(strata: Strata, job: str) -> str:
+    (pod,) = strata.live_pods(job)
+    return str(pod.spec.node_name)
+
+
+def test_a_gang_that_waited_past_its_pools_setting_moves_a_smaller_job_off_a_node_and_runs_there(
+    operator: OperatorProcess, strata: Strata
+) -> None:
+    pool = strata.pool("team", defragmentAfterSeconds=WAIT_S)
+    strata.submit(a_job("spot-a", pool, resources=on("spot")))
+    strata.submit(a_job("spot-b", pool, resources=on("spot")))
+    strata.submit(a_job("reserved", pool, resources=on("reserved")))
+    for job in ("spot-a", "spot-b", "reserved"):
+        strata.wait_phase(job, "Running")
+    # the only H100 GPUs left are the other reserved node's, so the 1-GPU job (which may run on spot too) goes there
+    strata.submit(a_job("small", pool, tensor=1, gpus_per_worker=1, resources={"capacityTypes": ["reserved", "spot"]}))
+    strata.wait_phase("small", "Running")
+    small_node = node_of(strata, "small")
+    # a spot node with 1 GPU free
+    strata.custom.delete_namespaced_custom_object(api.GROUP, api.VERSION, strata.namespace, api.TRAINING_JOBS, "spot-b")
+    strata.submit(a_job("spot-seven", pool, tensor=7, gpus_per_worker=7, resources=on("spot")))
+    strata.wait_phase("spot-seven", "Running")
+    spot_node = node_of(strata, "spot-seven")
+
+    strata.submit(a_job("gang", pool, resources={"capacityTypes": ["reserved", "spot"]}))
+    eventually(lambda: strata.status("gang").get("reason") == "WaitingForGPUs", 20, "the gang waits for GPUs")
+
+    running = strata.wait_phase("gang", "Running", timeout_s=60)
+    assert running["placement"]["nodes"] == [small_node]
+    waited = datetime.fromisoformat(running["admittedAt"]) - datetime.fromisoformat(running["submittedAt"])
+    assert waited.total_seconds() >= WAIT_S
+    admitted = strata.core.list_namespaced_event(strata.namespace, field_selector="involvedObject.name=gang").items
+    assert any(
+        f"smaller jobs moved off node {small_node} for it" in e.message for e in admitted if e.reason == "Admitted"
+    )
+    moved = {c["type"]: c for c in strata.status("small")["conditions"]}["Preempted"]
+    assert moved["message"].startswith(f"moved off node {small_node} to make room for")
+    assert "Preempted" in strata.events("small")
+    strata.wait_phase("small", "Running", timeout_s=60)
+    assert node_of(strata, "small") == spot_node
+    assert strata.status("reserved")["phase"] == "Running"
+    assert strata.status("spot-seven")["phase"] == "Running"
