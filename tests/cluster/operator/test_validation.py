@@ -301,3 +301,12 @@ def test_every_shipped_example_is_accepted_by_the_api_server(crds: ClusterHandle
 def test_kubectl_explain_reads_the_descriptions(crds: ClusterHandle) -> None:
     text = crds.kubectl("explain", "trainingjobs.spec.parallelism.tensor")
     assert "At most 8, the GPUs of one node" in text
+
+
+def test_kubectl_get_wide_shows_how_long_a_pools_gangs_wait_before_jobs_are_moved(
+    crds: ClusterHandle, strata: Strata
+) -> None:
+    name = strata.pool("moves", defragmentAfterSeconds=3600)
+    header, row = crds.kubectl("get", "resourcepool", name, "-o", "wide").splitlines()[:2]
+    at = header.index("DEFRAGMENT-AFTER")  # kubectl aligns the columns; unset ones are blank
+    assert row[at:].split()[0] == "3600"
