@@ -65,10 +65,12 @@ def pools(fleet: Fleet, defragment_after_s: int | None = None) -> dict[str, Reso
     every = frozenset(CapacityType)
     types = frozenset(GPUType)
     gpus = fleet.gpus()
-    moves = {"defragment_after_s": defragment_after_s}
+    after = defragment_after_s
     return {
-        HIGH_POOL: ResourcePool(HIGH_POOL, HIGH_PRIORITY, types, gpus, None, every, preemptible=False, **moves),
-        LOW_POOL: ResourcePool(LOW_POOL, 10, types, gpus, None, every, preemptible=True, **moves),
+        HIGH_POOL: ResourcePool(
+            HIGH_POOL, HIGH_PRIORITY, types, gpus, None, every, preemptible=False, defragment_after_s=after
+        ),
+        LOW_POOL: ResourcePool(LOW_POOL, 10, types, gpus, None, every, preemptible=True, defragment_after_s=after),
     }
 
 
@@ -185,7 +187,6 @@ class StrataPolicy:
     ) -> None:
         self.name = name
         self.pools = pools(fleet, defragment_after_s)
-        self.defragments = defragment_after_s is not None
         self._last_tick = -1.0
         self.catalog = catalog if time_of_use else replace(catalog, power_default=(1.0,) * HOURS_PER_DAY, power={})
         self.holdback = holdback
@@ -342,7 +343,7 @@ class StrataPolicy:
         """Whether a queued job's wait reached its pool's ``defragmentAfterSeconds`` since the last tick: the
         operator decides every admission interval, the replay on events, so a pass then lets rule 10 act."""
         since, self._last_tick = self._last_tick, now_s
-        if not self.defragments:
+        if all(p.defragment_after_s is None for p in self.pools.values()):
             return False
         return any(
             (after := self.pools[job.pool].defragment_after_s) is not None and since < job.arrival_s + after <= now_s

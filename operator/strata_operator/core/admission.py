@@ -132,6 +132,11 @@ class GangRequest:
         return self.workers * self.gpus_per_worker
 
     @property
+    def group_gpus(self) -> int:
+        """GPUs of one tensor-parallel group, which share a node."""
+        return self.gpus_per_worker * self.pods_per_group
+
+    @property
     def groups(self) -> int:
         """Tensor-parallel groups of workers, each of which needs one node."""
         return self.workers // self.pods_per_group
@@ -287,8 +292,7 @@ def admit(
         return pool.priority if pool else LOWEST_PRIORITY
 
     def hold_rank(request: GangRequest) -> int:
-        """The priority the extender's hold-back sees: a deferrable job's workers are below every line."""
-        return LOWEST_PRIORITY if request.deferrable else priority(request)
+        return _hold_rank(request, pools.get(request.pool))
 
     reserved: dict[str, dict[str, int]] = {}
     # room for the unbound workers of admitted gangs (a fully bound gang takes none, so it is not even sorted:
@@ -300,7 +304,7 @@ def admit(
         if gang.gpu_type is None:
             continue
         groups = -(-gang.unbound_workers // r.pods_per_group)
-        group_gpus = r.gpus_per_worker * r.pods_per_group
+        group_gpus = r.group_gpus
         reserved[r.key] = _take_gang(held, room, r, gang.gpu_type, r.capacity_types, group_gpus, groups, hold_rank(r))
     ends = Ends(now)
     if now is not None:
@@ -368,7 +372,7 @@ def admit(
                 f"left{share.why(on_cpu=False)}",
             )
             continue
-        group_gpus, rank = request.gpus_per_worker * request.pods_per_group, hold_rank(request)
+        group_gpus, rank = request.group_gpus, hold_rank(request)
         possible = [t for t in types if empty.slots(t, capacity, group_gpus) >= request.groups]
         if not possible:
             wait(
@@ -417,19 +421,18 @@ def admit(
             wait(Reason.WAITING_FOR_PREEMPTION, f"waiting for preempted jobs to release their GPUs: {names}")
             continue
         if priority(request) not in heads.priorities and _may_defragment(pool, request, now):
-            moving = _defragment(request, pool, candidates, fits, room, victims_left, reserved, pools, held, rank)
-            if moving is not None:
-                victims, gpu_type, node, (after, after_held), taken = moving
-                for name, gpus in after.free.items():
+            move = _defragment(request, pool, candidates, fits, room, victims_left, reserved, pools, held, rank)
+            if move is not None:
+                for name, gpus in move.room.free.items():
                     if room.free[name] != gpus:
                         room.put(name, gpus)
-                held.keep = after_held.keep
-                ends.add(request, now, taken)
+                held.keep, node = move.held.keep, move.node
+                ends.add(request, now, move.taken)
                 usage[pool.name] = in_use + request.gpus
-                decision.admit[request.key] = gpu_type
+                decision.admit[request.key] = move.gpu_type
                 decision.defragmented[request.key] = node
                 waited = int((now - request.submitted).total_seconds()) if now is not None else 0
-                for victim in victims:
+                for victim in move.victims:
                     del victims_left[victim.request.key]
                     decision.preempt.append(
                         Preemption(
@@ -815,11 +818,36 @@ def _preemption(
     return None
 
 
+def _hold_rank(request: GangRequest, pool: ResourcePool | None) -> int:
+    """The priority the extender's hold-back sees for ``request``'s workers: its pool's (below every pool's when it
+    does not exist); a deferrable job's workers are below every line."""
+    return LOWEST_PRIORITY if request.deferrable or pool is None else pool.priority
+
+
 def _may_defragment(pool: ResourcePool, request: GangRequest, now: datetime | None) -> bool:
     """Whether rule 10 applies to ``request`` now: its pool sets ``defragmentAfterSeconds`` and it has waited that
     long since its submission (a pass without ``now`` moves nobody)."""
     after = pool.defragment_after_s
     return after is not None and now is not None and (now - request.submitted).total_seconds() >= after
+
+
+@dataclass(frozen=True)
+class _Move:
+    """Rule 10's choice: the jobs to move off ``node`` so that the gang fits on ``gpu_type``, and the pass's room and
+    hold after the move (the gang taken, the moved jobs counted where they fit), with the GPUs the gang takes per
+    node."""
+
+    victims: list[AdmittedGang]
+    gpu_type: GPUType
+    node: str
+    room: Room
+    held: ReservedHold
+    taken: dict[str, int]
+
+    @property
+    def gpus(self) -> int:
+        """GPUs of the moved jobs."""
+        return sum(g.request.gpus for g in self.victims)
 
 
 def _defragment(
@@ -833,10 +861,9 @@ def _defragment(
     pools: Mapping[str, ResourcePool],
     held: ReservedHold,
     rank: int,
-) -> tuple[list[AdmittedGang], GPUType, str, tuple[Room, ReservedHold], dict[str, int]] | None:
-    """Rule 10: the jobs to move off one node so that ``request`` fits, with the GPU type, the node, the room and
-    the hold after the move (``request`` taken, the moved jobs counted where they fit) and the GPUs ``request``
-    takes per node; None when no node's movable jobs free enough, or they would not all fit elsewhere now.
+) -> _Move | None:
+    """Rule 10: the move that frees the fewest GPUs, off one node, so that ``request`` fits; None when no node's
+    movable jobs free enough, together move as many GPUs as the gang, or would not all fit elsewhere now.
     ``rank``: the priority the extender's hold-back sees for ``request``."""
 
     def movable(gang: AdmittedGang) -> bool:
@@ -857,11 +884,13 @@ def _defragment(
             (name,) = gang.bound
             if room.kind.get(name, (None, None))[1] in capacity:
                 by_node.setdefault(name, []).append(gang)
-    best: tuple[int, str, list[AdmittedGang], GPUType, tuple[Room, ReservedHold], dict[str, int]] | None = None
+    best: _Move | None = None
     for name, gangs in sorted(by_node.items()):
         gpu_type = room.kind[name][0]
         if gpu_type is None or gpu_type not in types:
             continue
+        if room.free[name] + sum(g.bound[name] for g in gangs) < request.group_gpus:
+            continue  # even empty, the node would not hold one group (and the room is not copied for it)
         trial, chosen = room.copy(), []
         for gang in sorted(gangs, key=lambda g: (-g.admitted_at.timestamp(), g.request.key)):
             trial.put(name, trial.free[name] + gang.bound[name])
@@ -871,28 +900,24 @@ def _defragment(
         else:
             continue
         moved = sum(g.request.gpus for g in chosen)
-        if moved >= request.gpus or (best is not None and moved >= best[0]):
+        if moved >= request.gpus or (best is not None and moved >= best.gpus):
             continue
-        group_gpus, trial_held = request.gpus_per_worker * request.pods_per_group, held.copy()
-        taken = _take_gang(trial_held, trial, request, gpu_type, capacity, group_gpus, request.groups, rank)
+        trial_held = held.copy()
+        taken = _take_gang(trial_held, trial, request, gpu_type, capacity, request.group_gpus, request.groups, rank)
         left = trial.free[name]
         trial.put(name, 0)  # a moved job goes to another node, never back onto this one
         if all(_take_elsewhere(trial_held, trial, g.request, pools[g.request.pool]) for g in chosen):
             trial.put(name, left)
-            best = (moved, name, chosen, gpu_type, (trial, trial_held), taken)
-    if best is None:
-        return None
-    _, name, chosen, gpu_type, after, taken = best
-    return chosen, gpu_type, name, after, taken
+            best = _Move(chosen, gpu_type, name, trial, trial_held, taken)
+    return best
 
 
 def _take_elsewhere(held: ReservedHold, room: Room, request: GangRequest, pool: ResourcePool) -> bool:
     """Take room for a moved job's whole gang on the first of its types that holds it now; whether one did."""
     capacity = request.capacity_types & pool.capacity_types
-    group_gpus = request.gpus_per_worker * request.pods_per_group
-    rank = LOWEST_PRIORITY if request.deferrable else pool.priority
+    rank = _hold_rank(request, pool)
     for gpu_type in (t for t in request.gpu_types if t in pool.gpu_types):
-        if held.fits(room, gpu_type, capacity, group_gpus, request.groups, rank):
-            held.take(room, gpu_type, capacity, group_gpus, request.groups, rank)
+        if held.fits(room, gpu_type, capacity, request.group_gpus, request.groups, rank):
+            held.take(room, gpu_type, capacity, request.group_gpus, request.groups, rank)
             return True
     return False
