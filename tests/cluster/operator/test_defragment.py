@@ -53,13 +53,17 @@ def test_a_gang_that_waited_past_its_pools_setting_moves_a_smaller_job_off_a_nod
     assert running["placement"]["nodes"] == [small_node]
     waited = datetime.fromisoformat(running["admittedAt"]) - datetime.fromisoformat(running["submittedAt"])
     assert waited.total_seconds() >= WAIT_S
-    admitted = strata.core.list_namespaced_event(strata.namespace, field_selector="involvedObject.name=gang").items
-    assert any(
-        f"smaller jobs moved off node {small_node} for it" in e.message for e in admitted if e.reason == "Admitted"
-    )
+
+    def admitted_event() -> bool:
+        events = strata.core.list_namespaced_event(strata.namespace, field_selector="involvedObject.name=gang").items
+        return any(
+            f"smaller jobs moved off node {small_node} for it" in e.message for e in events if e.reason == "Admitted"
+        )
+
+    eventually(admitted_event, 10, "the gang's Admitted Event naming the node")  # kopf posts Events in the background
     moved = {c["type"]: c for c in strata.status("small")["conditions"]}["Preempted"]
     assert moved["message"].startswith(f"moved off node {small_node} to make room for")
-    assert "Preempted" in strata.events("small")
+    eventually(lambda: "Preempted" in strata.events("small"), 10, "the moved job's Preempted Event")
     strata.wait_phase("small", "Running", timeout_s=60)
     assert node_of(strata, "small") == spot_node
     assert strata.status("reserved")["phase"] == "Running"

@@ -66,7 +66,8 @@ def test_a_deferrable_job_waits_queued_for_the_cheap_window_while_a_plain_one_ru
             f"{api.format_time(expected_start)} to "
         )
         assert "at a mean multiplier of 0.5 " in waiting["message"]
-        assert Reason.WAITING_FOR_CHEAPER_POWER in strata.events("nightly")
+        # kopf posts Events in the background, after the status write this test has already seen
+        eventually(lambda: Reason.WAITING_FOR_CHEAPER_POWER in strata.events("nightly"), 10, "the job's Event")
         assert urgent["admittedAt"] < waiting["expectedStart"]
 
         admitted = strata.wait_phase("nightly", "Admitted", "Running", timeout_s=LEAD_S + 30)
