@@ -168,12 +168,17 @@ class Kube:
         self._slots = asyncio.Semaphore(IN_FLIGHT)
         """Calls wait here, before their body is encoded: 4,000 queued pod creations would otherwise each hold a
         request object and an encoded body in aiohttp's pool queue (tens of MiB at 500 jobs)."""
+        self._dropping: set[asyncio.Future[None]] = set()
+        """Watch connections dropped mid-stream whose sockets are not closed yet (:meth:`close` waits for them)."""
 
     async def close(self) -> None:
+        """Close both pools and wait until every socket is closed, a dropped watch's too, so that the event loop
+        may close right after (a socket still open then is leaked, and warned about)."""
         for session in (self._session, self._watch_session):
             if session is not None:
                 await session.close()
         self._session = self._watch_session = None
+        await asyncio.gather(*self._dropping, return_exceptions=True)
 
     async def request(
         self, method: str, path: str, body: Any = None, content_type: str = "application/json"
@@ -327,16 +332,33 @@ class Kube:
 
         # opening the watch is retried like a call; a stream that breaks later is the caller's to resume
         async with await self._retrying(start, "WATCH", path) as response:
-            pending = b""
-            # events can be longer than aiohttp's line limit (a node lists its images): split chunks ourselves
-            async for chunk in response.content.iter_any():
-                pending += chunk
-                if b"\n" not in chunk:
-                    continue
-                *complete, pending = pending.split(b"\n")
-                for line in complete:
-                    if line:
-                        yield line
+            try:
+                pending = b""
+                # events can be longer than aiohttp's line limit (a node lists its images): split chunks ourselves
+                async for chunk in response.content.iter_any():
+                    pending += chunk
+                    if b"\n" not in chunk:
+                        continue
+                    *complete, pending = pending.split(b"\n")
+                    for line in complete:
+                        if line:
+                            yield line
+            except BaseException:  # left mid-stream: closed by the caller, cancelled, or the stream broke
+                self._drop(response)
+                raise
+
+    def _drop(self, response: aiohttp.ClientResponse) -> None:
+        """Drop a watch's connection at once. Released unread, aiohttp would close it with a TLS goodbye that
+        waits for the server's reply, a round trip nobody awaits: an event loop closed before it ends leaks the
+        socket. Dropped, the socket closes at the loop's next turn, and :meth:`close` waits for that."""
+        connection = response.connection
+        if connection is None or connection.protocol is None:
+            return  # released already: nothing left open
+        closed = connection.protocol.closed
+        connection.protocol.abort()
+        if closed is not None and not closed.done():
+            self._dropping.add(closed)
+            closed.add_done_callback(self._dropping.discard)
 
 
 def pod_path(namespace: str, name: str = "") -> str:
