@@ -69,6 +69,11 @@ ANN_PLANNED_CAPACITY_TYPES = f"{GROUP}/planned-capacity-types"
 the extender scores the nodes of those types above the others, so that the jobs one admission pass admits land
 where the pass counted them, whatever order kube-scheduler binds their pods in. Absent: no plan (every node in
 cost order)."""
+ANN_PLANNED_NODE = f"{GROUP}/planned-node"
+"""``<node>=<GPUs>``: the node admission emptied for the gang by moving smaller jobs off it (rule 10,
+``status.placement.plannedNode``) and the GPUs it counted for the gang there. Until the gang's pods are bound there
+the extender keeps those GPUs from every other pod: the moved jobs' pods take a while to go, and another pod bound
+to the GPUs they free would leave the gang waiting again."""
 ANN_CHECKPOINT_INTERVAL = f"{GROUP}/checkpoint-interval-seconds"
 ANN_EXPECTED_RUNTIME = f"{GROUP}/expected-runtime-seconds"
 ANN_PRECISION = f"{GROUP}/precision"
@@ -138,6 +143,34 @@ def capacity_type_of(node_labels: Mapping[str, str]) -> CapacityType | None:
         return None
 
 
+@dataclass(frozen=True)
+class PlannedNode:
+    """A node admission emptied for a gang (rule 10) and the GPUs it counted for the gang there."""
+
+    name: str
+    gpus: int
+
+    def annotation(self) -> str:
+        return f"{self.name}={self.gpus}"
+
+    @classmethod
+    def parse(cls, value: str | None) -> PlannedNode | None:
+        """Read ``ANN_PLANNED_NODE``; anything but ``<node>=<positive GPUs>`` is no plan."""
+        name, _, gpus = (value or "").rpartition("=")
+        count = _int(gpus, 0)
+        return cls(name, count) if name and count > 0 else None
+
+    @classmethod
+    def from_status(cls, value: Any) -> PlannedNode | None:
+        """Read ``status.placement.plannedNode`` (``{name, gpus}``)."""
+        if not isinstance(value, Mapping) or not value.get("name"):
+            return None
+        return cls(str(value["name"]), int(value.get("gpus") or 0))
+
+    def status(self) -> dict[str, Any]:
+        return {"name": self.name, "gpus": self.gpus}
+
+
 def parse_list(value: str | None) -> frozenset[str]:
     """Split a comma-separated annotation; empty or ``any`` means no restriction (an empty set)."""
     items = frozenset(part.strip() for part in (value or "").split(",") if part.strip())
@@ -162,6 +195,8 @@ class PodContract:
     deferrable: bool
     planned_capacity_types: frozenset[str] = frozenset()
     """The capacity types admission counted the gang on (``ANN_PLANNED_CAPACITY_TYPES``); empty: no plan."""
+    planned_node: PlannedNode | None = None
+    """The node admission emptied for the gang (``ANN_PLANNED_NODE``)."""
 
     @classmethod
     def from_metadata(cls, labels: Mapping[str, str], annotations: Mapping[str, str]) -> PodContract:
@@ -180,6 +215,7 @@ class PodContract:
             throughput_override=parse_throughput(annotations.get(ANN_THROUGHPUT)),
             deferrable=annotations.get(ANN_DEFERRABLE, "").lower() == "true",
             planned_capacity_types=parse_list(annotations.get(ANN_PLANNED_CAPACITY_TYPES)),
+            planned_node=PlannedNode.parse(annotations.get(ANN_PLANNED_NODE)),
         )
 
 
@@ -516,6 +552,8 @@ class TrainingJobStatus:
     gpu_type: GPUType | None = None
     planned_capacity_types: tuple[str, ...] = ()
     """The capacity types admission counted the gang's workers on (``placement.plannedCapacityTypes``)."""
+    planned_node: PlannedNode | None = None
+    """The node admission emptied for the gang (``placement.plannedNode``; rule 10)."""
     nodes: tuple[str, ...] = ()
     gpu_seconds: float = 0.0
     cost: float = 0.0
@@ -548,6 +586,7 @@ class TrainingJobStatus:
             completion_time=parse_time(s.get("completionTime")),
             gpu_type=GPUType(gpu) if isinstance(gpu, str) and gpu in set(GPUType) else None,
             planned_capacity_types=tuple(str(c) for c in placement.get("plannedCapacityTypes") or ()),
+            planned_node=PlannedNode.from_status(placement.get("plannedNode")),
             nodes=tuple(placement.get("nodes") or ()),
             gpu_seconds=float(s.get("gpuSeconds") or 0.0),
             cost=float(s.get("cost") or 0.0),

@@ -183,7 +183,7 @@ class FilterRequest:
             group=group,
             group_home=min(group_nodes) if group_nodes else (own_pin.node if own_pin else None),
             group_gpus=max(pod.contract.tp_size, pod.gpus),
-            kept=_kept_for_pinned_groups(pins, state, exclude=group),
+            kept=_kept(pins, state, group, pod.job_key),
             reserved=state.reserved_capacity() if low_priority and hold.upper_by_gpu_type else {},
         )
 
@@ -279,7 +279,7 @@ def filter_nodes(
         row = columns.index.get(name)
         if row is not None:
             kept_here[rows == row] = count
-    free -= kept_here
+    free = np.maximum(free - kept_here, 0)  # a gang's kept GPUs may include some a leaving pod still holds
     needed, never_fits = allocatable_need(pod, resource, group, group_home, group_gpus)
     hit = pending & (total < needed)
     if hit.any():
@@ -288,7 +288,7 @@ def filter_nodes(
     if hit.any():
 
         def no_room(free: int, total: int, kept: int) -> str:
-            note = f" ({kept} kept for a tensor-parallel group being placed there)" if kept else ""
+            note = f" ({kept} kept for a gang being placed there)" if kept else ""
             return f"pod needs {pod.gpus} {resource}, node has {free} free of {total}{note}"
 
         settle(hit, _CODE["free_gpus"], _render(texts, no_room, free[hit], total[hit], kept_here[hit]))
@@ -363,6 +363,32 @@ def _render(texts: list[str], text: Callable[..., str], *values: IntArray) -> In
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     texts.extend(text(*(int(column[at]) for column in values)) for at in first.tolist())
     return base + inverse.reshape(-1)
+
+
+def _kept(
+    pins: Mapping[GroupKey, PinnedGroup], state: ClusterState, group: GroupKey | None, job: tuple[str, str] | None
+) -> dict[str, int]:
+    """GPUs per node kept from a pod of ``group`` and ``job``: for pinned groups and for gangs admission emptied a
+    node for, other than its own."""
+    kept = _kept_for_pinned_groups(pins, state, exclude=group)
+    for node, gpus in _kept_for_planned_nodes(state, exclude=job).items():
+        kept[node] = kept.get(node, 0) + gpus
+    return kept
+
+
+def _kept_for_planned_nodes(state: ClusterState, exclude: tuple[str, str] | None) -> dict[str, int]:
+    """GPUs per node that gangs (other than ``exclude``) with pods not yet bound still need on the node admission
+    emptied for them (rule 10): what admission counted for the gang there, less its pods bound there."""
+    planned: dict[tuple[str, str], tuple[str, int, int]] = {}
+    for pod in state.awaiting_planned_node.values():
+        if pod.job_key != exclude and pod.job_key is not None and pod.contract.planned_node is not None:
+            planned[pod.job_key] = (pod.contract.planned_node.name, pod.contract.planned_node.gpus, pod.gpus)
+    kept: dict[str, int] = {}
+    for job, (node, gpus, pod_gpus) in planned.items():
+        bound = state.job_nodes[job][node] * pod_gpus if job in state.job_nodes else 0
+        if gpus > bound:
+            kept[node] = kept.get(node, 0) + gpus - bound
+    return kept
 
 
 def _kept_for_pinned_groups(

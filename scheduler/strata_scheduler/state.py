@@ -77,6 +77,8 @@ class ClusterState:
         """(namespace, job, tp group) -> node -> bound pods of the group there."""
         self.job_nodes: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
         """(namespace, job) -> node -> bound pods of the job there."""
+        self.awaiting_planned_node: dict[str, PodView] = {}
+        """uid -> pods not bound yet of gangs admission emptied a node for (few: rule 10's, while they start)."""
         self.generation = 0
         """Bumped on every change; memoised aggregates are valid for one generation."""
         self._reserved_memo: tuple[int, dict[str, ReservedCapacity]] = (-1, {})
@@ -125,6 +127,8 @@ class ClusterState:
             self.pods[view.uid] = view
             if view.holds_resources:
                 self._account(view, +1)
+            if view.awaits_planned_node:
+                self.awaiting_planned_node[view.uid] = view
 
     def delete_pod(self, uid: str) -> None:
         with self.lock:
@@ -140,10 +144,13 @@ class ClusterState:
             self.used_gpus.clear()
             self.tp_groups.clear()
             self.job_nodes.clear()
+            self.awaiting_planned_node.clear()
             for view in views:
                 self.pods[view.uid] = view
                 if view.holds_resources:
                     self._account(view, +1)
+                if view.awaits_planned_node:
+                    self.awaiting_planned_node[view.uid] = view
             self._rebuild_columns()
 
     def replace_nodes(self, objs: list[Mapping[str, Any]]) -> None:
@@ -190,6 +197,7 @@ class ClusterState:
             self.jobs.pop((namespace, name), None)
 
     def _remove_pod(self, uid: str) -> None:
+        self.awaiting_planned_node.pop(uid, None)
         old = self.pods.pop(uid, None)
         if old is not None and old.holds_resources:
             self._account(old, -1)

@@ -55,6 +55,17 @@ class PodView:
         return self.node_name is not None and self.phase not in TERMINAL_PHASES
 
     @property
+    def awaits_planned_node(self) -> bool:
+        """Not bound yet, of a gang admission emptied a node for (``contract.planned_node``): the extender keeps
+        that node's GPUs for the gang until its pods are bound there."""
+        return (
+            self.node_name is None
+            and self.phase not in TERMINAL_PHASES
+            and self.contract.planned_node is not None
+            and self.job_key is not None
+        )
+
+    @property
     def job_key(self) -> tuple[str, str] | None:
         return (self.namespace, self.contract.job) if self.contract.job else None
 

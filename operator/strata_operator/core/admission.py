@@ -72,7 +72,9 @@ Rules, in the order a user would check them:
    nodes now (the hold respected). The node that moves the fewest GPUs is chosen, the most recently admitted jobs
    first. The moved jobs are preempted (they checkpoint on SIGTERM and are requeued in their old place) and the
    head is admitted at once with that node counted for it, so a moved job cannot take it back; where they fit is
-   counted taken for the rest of the pass. Without it, issue 21's replay of a 40-GPU fleet kept 8-GPU gangs of a
+   counted taken for the rest of the pass. The node and the GPUs counted there are the job's plan
+   (``Decision.defragmented``); its pods carry it and the extender keeps those GPUs for them while the moved
+   jobs' pods go. Without it, issue 21's replay of a 40-GPU fleet kept 8-GPU gangs of a
    few minutes waiting for days behind 1-GPU jobs of weeks, one on every node (docs/simulation.md, finding 9).
 """
 
@@ -83,7 +85,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 
-from strata_api import CapacityType, GPUType, ResourcePool, TrainingJob, cpu_millis, format_cpu_millis, memory_bytes
+from strata_api import (
+    CapacityType,
+    GPUType,
+    PlannedNode,
+    ResourcePool,
+    TrainingJob,
+    cpu_millis,
+    format_cpu_millis,
+    memory_bytes,
+)
 from strata_api.holdback import ReservedHoldBack
 from strata_operator.core.holdback import ReservedHold
 from strata_operator.core.observed import Node
@@ -230,9 +241,10 @@ class Decision:
     backfilled: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Admitted jobs that took a GPU type waiting heads reserve, expected to end before those could start there
     (rule 3's backfill), with those heads."""
-    defragmented: dict[str, str] = field(default_factory=dict)
-    """Admitted jobs for which rule 10 moved smaller jobs off a node, with that node (the moved jobs are in
-    ``preempt``, by the admitted job)."""
+    defragmented: dict[str, PlannedNode] = field(default_factory=dict)
+    """Admitted jobs for which rule 10 moved smaller jobs off a node, with that node and the GPUs the pass counted
+    for the job there (the moved jobs are in ``preempt``, by the admitted job). Their pods carry it, and the
+    extender keeps those GPUs for them until they are bound there."""
     planned: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Admitted jobs with a quote by kind: the capacity types the pass counted their workers on, in the API's order
     (rule 2). Their pods carry them, and the extender scores those nodes first: the jobs of one pass then land where
@@ -430,7 +442,7 @@ def admit(
                 ends.add(request, now, move.taken)
                 usage[pool.name] = in_use + request.gpus
                 decision.admit[request.key] = move.gpu_type
-                decision.defragmented[request.key] = node
+                decision.defragmented[request.key] = PlannedNode(node, move.taken.get(node, request.group_gpus))
                 waited = int((now - request.submitted).total_seconds()) if now is not None else 0
                 for victim in move.victims:
                     del victims_left[victim.request.key]

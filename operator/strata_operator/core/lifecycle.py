@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from strata_api import Phase, ResourcePool, TrainingJob, format_time
 from strata_api.workload import ExitCode, Progress
@@ -266,13 +267,15 @@ def _run_gang(
     if len(current) == workers and all(p.phase == "Succeeded" for p in current):
         _finish(plan, Phase.SUCCEEDED, Reason.SUCCEEDED, f"all {workers} workers finished", [])
         return
-    placement = {
+    placement: dict[str, Any] = {
         "gpuType": placement_type(job),
         "capacityTypes": sorted({c for p in current if p.node and (c := _capacity(nodes, p.node))}),
         "nodes": sorted({p.node for p in current if p.node}),
     }
     if job.status.planned_capacity_types:  # admission's plan stays as written (a placement without it is a change)
         placement["plannedCapacityTypes"] = list(job.status.planned_capacity_types)
+    if job.status.planned_node:
+        placement["plannedNode"] = job.status.planned_node.status()
     if job.phase == Phase.RUNNING:
         draft.set("placement", placement)
         return

@@ -181,6 +181,8 @@ def _worker_pod(job: TrainingJob, pool: ResourcePool, settings: OperatorSettings
         annotations[api.ANN_EXPECTED_RUNTIME] = str(runtime)
     if job.status.planned_capacity_types:  # where admission counted the gang: the extender scores those nodes first
         annotations[api.ANN_PLANNED_CAPACITY_TYPES] = ",".join(job.status.planned_capacity_types)
+    if job.status.planned_node:  # the node rule 10 emptied for the gang: the extender keeps its GPUs for it
+        annotations[api.ANN_PLANNED_NODE] = job.status.planned_node.annotation()
     if spec.scheduling.deferrable:  # valley scheduling: the extender treats it as it does low-priority work
         annotations[api.ANN_DEFERRABLE] = "true"
     limits: dict[str, str] = {gpu.resource: str(spec.resources.gpus_per_worker)} if gpu else {}

@@ -127,11 +127,12 @@ async def _write_admitted(
     now: datetime,
     plan: ValleyPlan | None = None,
     planned: tuple[str, ...] = (),
-    moved_off: str | None = None,
+    moved_off: api.PlannedNode | None = None,
 ) -> None:
     """Write a job Admitted: on ``gpu_type``, or (None) a CPU job on CPU; a deferrable job's ``plan`` says whether
     its deadline can still be met; ``planned``: the capacity types the pass counted the gang on (none: no plan; an
-    earlier attempt's is removed); ``moved_off``: the node admission moved smaller jobs off for it (rule 10)."""
+    earlier attempt's is removed); ``moved_off``: the node admission moved smaller jobs off for it (rule 10), with
+    the GPUs it counted for the gang there (kept for its pods by the extender)."""
     granted = gpu_type.value if gpu_type else api.CPU
     draft = StatusDraft(entry.status, now)
     if entry.job.status.phase is None:
@@ -144,7 +145,14 @@ async def _write_admitted(
     # what the daemon would write at its first pass of the new attempt, written here: one status write less a gang
     draft.set("workers", {"ready": 0, "total": entry.job.spec.workers})
     draft.set("observedGeneration", entry.job.generation)
-    draft.set("placement", {"gpuType": granted, "plannedCapacityTypes": list(planned) or None})
+    draft.set(
+        "placement",
+        {
+            "gpuType": granted,
+            "plannedCapacityTypes": list(planned) or None,
+            "plannedNode": moved_off.status() if moved_off else None,
+        },
+    )
     draft.set("queuePosition", None)
     if _condition_status(entry, PREEMPTED) == "True":
         draft.condition(PREEMPTED, "False", Reason.ADMITTED, "admitted again")
@@ -152,7 +160,7 @@ async def _write_admitted(
     if plan is not None and plan.deadline_missed:
         message += f"; {plan.missed_message}"
     if moved_off is not None:
-        message += f"; smaller jobs moved off node {moved_off} for it (pool defragmentAfterSeconds)"
+        message += f"; smaller jobs moved off node {moved_off.name} for it (pool defragmentAfterSeconds)"
     draft.transition(Phase.ADMITTED, Reason.ADMITTED, message)
     if await patch_status(runtime, entry, draft.patch(), draft.events):
         queued_since = _queued_since(entry) or now

@@ -51,6 +51,11 @@ def test_a_gang_that_waited_past_its_pools_setting_moves_a_smaller_job_off_a_nod
 
     running = strata.wait_phase("gang", "Running", timeout_s=60)
     assert running["placement"]["nodes"] == [small_node]
+    # admission's count of the node for the gang, which its pods carry to the extender (it keeps those GPUs from
+    # other pods until the gang's are bound: tests/cluster/scheduler/test_placement.py)
+    assert running["placement"]["plannedNode"] == {"name": small_node, "gpus": 8}
+    (gang_pod,) = strata.live_pods("gang")
+    assert gang_pod.metadata.annotations[api.ANN_PLANNED_NODE] == f"{small_node}=8"
     waited = datetime.fromisoformat(running["admittedAt"]) - datetime.fromisoformat(running["submittedAt"])
     assert waited.total_seconds() >= WAIT_S
 

@@ -9,6 +9,7 @@ GPU-hour before dividing by its relative throughput (0.85 at bf16). A free reser
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -119,6 +120,33 @@ def test_tensor_parallel_groups_are_never_split(
     assert all(len(nodes) == 1 for nodes in nodes_of_group.values()), nodes_of_group
     assert nodes_of_group["0"] != nodes_of_group["1"]
     assert fleet.nodes[0] not in nodes_of_group["0"] | nodes_of_group["1"]
+
+
+def test_the_node_admission_emptied_for_a_gang_is_kept_for_it_while_the_moved_job_leaves(
+    cluster: ClusterHandle, namespace: str, test_fleet: Fleet, extender: ExtenderService
+) -> None:
+    """Admission moved a 1-GPU job off a node for an 8-GPU gang (rule 10); until the moved job's pod is gone the
+    node has 7 GPUs free. A 1-GPU pod scheduled meanwhile is kept off them, the extender saying why, so the gang
+    gets the node once the pod goes; without the keep the stranger took one of the 7 and the gang waited again."""
+    fleet = test_fleet(("H100", "reserved", "us-east-1a"))
+    (node,) = fleet.nodes
+    core = cluster.core()
+    moved = fleet.pod(a_pod("moved").gpus(1).of_job("small"), namespace)
+    moved["spec"]["nodeName"] = node
+    core.create_namespaced_pod(namespace, moved)
+    eventually(lambda: extender.state.used_gpus.get(node), 30, "the extender to see the moved job's pod")
+    gang = fleet.create(cluster, namespace, a_pod("gang").gpus(8).of_job("gang").tp_group("0", 8).planned_node(node, 8))
+    stranger = fleet.create(cluster, namespace, a_pod("stranger").gpus(1).of_job("other"))
+
+    def kept_off() -> bool:
+        events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={stranger}").items
+        return any("kept for a gang being placed there" in (e.message or "") for e in events)
+
+    eventually(kept_off, 30, "the stranger's FailedScheduling naming the gang's kept GPUs")
+    core.delete_namespaced_pod("moved", namespace, grace_period_seconds=0)
+    assert bound_node(cluster, namespace, gang) == node
+    time.sleep(2)  # the stranger, retried as the node changed, finds no room (the gang took all 8)
+    assert core.read_namespaced_pod(stranger, namespace).spec.node_name is None
 
 
 def test_reserved_gpus_are_held_back_when_the_forecast_calls_for_them(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from operator_builders import a_node, a_pool, at
 
-from strata_api import GPUType, ResourcePool
+from strata_api import GPUType, PlannedNode, ResourcePool
 from strata_operator.core.admission import AdmittedGang, Decision, GangRequest, Reason, admit
 
 H100 = GPUType.H100
@@ -57,7 +57,7 @@ def test_a_gang_waiting_past_its_pools_setting_moves_a_smaller_job_off_a_node_an
     decision = a_pass([req("wide", 8)], [holding("one", {"a": 1}), holding("four", {"b": 4})], {"a": 7, "b": 4})
 
     assert decision.admit == {"wide": H100}
-    assert decision.defragmented == {"wide": "a"}
+    assert decision.defragmented == {"wide": PlannedNode("a", 8)}
     assert [(p.victim, p.by) for p in decision.preempt] == [("one", "wide")]
     assert decision.preempt[0].message == (
         "moved off node a to make room for wide (1 workers x 8 GPUs), which no node held for 36000 s (pool pool's "
@@ -120,7 +120,7 @@ def test_only_jobs_smaller_than_the_gang_all_on_the_node_are_moved() -> None:
     decision = a_pass(queue, running, free, nodes=("a", "b", "c"))
 
     assert decision.admit == {"fill-c": H100, "gang": H100}
-    assert decision.defragmented == {"gang": "a"}
+    assert decision.defragmented == {"gang": PlannedNode("a", 4)}
     assert [p.victim for p in decision.preempt] == ["one"]
 
 
@@ -151,5 +151,5 @@ def test_the_node_that_moves_the_fewest_gpus_is_chosen() -> None:
 
     decision = a_pass([req("wide", 8)], running, {"a": 6, "b": 6, "d": 7}, nodes=("a", "b", "d"))
 
-    assert decision.defragmented == {"wide": "d"}
+    assert decision.defragmented == {"wide": PlannedNode("d", 8)}
     assert [p.victim for p in decision.preempt] == ["d1"]

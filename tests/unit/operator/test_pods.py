@@ -334,3 +334,20 @@ def test_a_fine_tune_passes_its_directory_tokenizer_and_dataset_to_the_workers_a
     assert {k.removeprefix("STRATA_").lower() for k in named} <= {f.name for f in dataclasses.fields(TrainSettings)}
     # a job from a preset on the default text sets none of them
     assert not set(named) & set(worker_env(a_job(), SETTINGS, 0))
+
+
+def test_the_node_admission_emptied_for_the_gang_reaches_the_extender_on_every_worker() -> None:
+    """``status.placement.plannedNode`` (rule 10, written with Admitted) becomes the workers' annotation, which
+    the extender reads back as the same node and GPUs; a job admitted without one carries none."""
+    placement = {"gpuType": "H100", "plannedNode": {"name": "gpu-node-3", "gpus": 8}}
+    moved_for = a_job(status={"phase": "Admitted", "attempt": 1, "placement": placement})
+    pods = build_worker_pods(moved_for, a_pool(), SETTINGS)
+    assert {p["metadata"]["annotations"][api.ANN_PLANNED_NODE] for p in pods} == {"gpu-node-3=8"}
+    contract = api.PodContract.from_metadata(pods[0]["metadata"]["labels"], pods[0]["metadata"]["annotations"])
+    assert contract.planned_node == api.PlannedNode("gpu-node-3", 8)
+    assert api.ANN_PLANNED_NODE not in build_worker_pods(admitted(), a_pool(), SETTINGS)[0]["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize("value", ["", "n1", "n1=0", "n1=-2", "n1=x", "=8"])
+def test_a_malformed_planned_node_annotation_is_no_plan(value: str) -> None:
+    assert api.PlannedNode.parse(value) is None

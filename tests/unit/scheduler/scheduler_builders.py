@@ -121,6 +121,10 @@ class PodBuilder:
     def planned_on(self, types: str) -> PodBuilder:
         return self.annotate(api.ANN_PLANNED_CAPACITY_TYPES, types)
 
+    def planned_node(self, node: str, gpus: int) -> PodBuilder:
+        """Of a gang admission emptied ``node`` for, counting ``gpus`` for it there (rule 10)."""
+        return self.annotate(api.ANN_PLANNED_NODE, api.PlannedNode(node, gpus).annotation())
+
     def checkpoint_every(self, seconds: float) -> PodBuilder:
         return self.annotate(api.ANN_CHECKPOINT_INTERVAL, str(seconds))
 

@@ -83,9 +83,9 @@ def filter_nodes_reference(
         if total < needed:
             outcome.reject(name, "gpu_allocatable", never_fits(total))
             continue
-        free = total - used - (kept.get(name, 0) if kept else 0)
+        free = max(0, total - used - (kept.get(name, 0) if kept else 0))
         if free < gpus:
-            note = f" ({kept[name]} kept for a tensor-parallel group being placed there)" if kept.get(name) else ""
+            note = f" ({kept[name]} kept for a gang being placed there)" if kept.get(name) else ""
             outcome.reject(name, "free_gpus", f"pod needs {pod.gpus} {resource}, node has {free} free of {total}{note}")
             continue
         if group is not None and group_home is not None and group_home != name:

@@ -147,7 +147,7 @@ def test_unplaced_group_needs_room_for_the_whole_group_and_is_pinned_to_one_node
     # Another group, also scheduled before that binding is seen, does not see n1's GPUs as free.
     other = run(a_pod("v0").gpus(4).of_job("llm").tp_group("2", size=8), state, ["n1", "n2"], pins=pins)
     assert other.passed == ["n2"]
-    held = "pod needs 4 nvidia.com/gpu, node has 0 free of 8 (8 kept for a tensor-parallel group being placed there)"
+    held = "pod needs 4 nvidia.com/gpu, node has 0 free of 8 (8 kept for a gang being placed there)"
     assert other.failed == {"n1": held}
 
 
@@ -156,8 +156,43 @@ def test_pinned_group_keeps_only_the_gpus_its_unbound_pods_need() -> None:
     pins = {("team", "llm", "1"): PinnedGroup("n1", group_gpus=8, pod_gpus=4)}
     # 4 GPUs bound to the group, 4 kept for its second pod: nothing left for a stranger.
     assert run(a_pod("x").gpus(1), state, ["n1"], pins=pins).failed == {
-        "n1": "pod needs 1 nvidia.com/gpu, node has 0 free of 8 (4 kept for a tensor-parallel group being placed there)"
+        "n1": "pod needs 1 nvidia.com/gpu, node has 0 free of 8 (4 kept for a gang being placed there)"
     }
+
+
+def test_a_node_emptied_for_a_gang_keeps_its_gpus_for_it_until_its_pods_are_bound_there() -> None:
+    """Admission moved a 1-GPU job off n1 for an 8-GPU gang (rule 10). While the moved job's pod terminates and the
+    gang's pod waits, no other pod takes n1's GPUs (kube-scheduler knows nothing of admission's count); the
+    gang's own pod is kept from nothing and lands there once the GPUs are free."""
+    moving = a_pod("moved").gpus(1).of_job("small").on("n1")
+    gang = a_pod("gang-0").gpus(8).of_job("gang").tp_group("0", size=8).planned_node("n1", 8)
+    busy = a_pod("busy").gpus(8).on("n2")
+    state = cluster(a_node("n1").h100(), a_node("n2").h100(), busy, moving, gang)
+
+    stranger = run(a_pod("stranger").gpus(1).of_job("other"), state, ["n1", "n2"])
+    assert stranger.passed == []
+    kept = "pod needs 1 nvidia.com/gpu, node has 0 free of 8 (8 kept for a gang being placed there)"
+    assert stranger.failed["n1"] == kept
+    assert run(gang, state, ["n1", "n2"]).passed == []  # 7 free: the moved job's pod is still there
+
+    state.delete_pod(moving.build()["metadata"]["uid"])
+    assert run(gang, state, ["n1", "n2"]).passed == ["n1"]
+    assert run(a_pod("stranger").gpus(1).of_job("other"), state, ["n1"]).passed == []
+
+    state.upsert_pod(gang.on("n1").build())  # bound: nothing is kept any more
+    state.delete_pod(busy.build()["metadata"]["uid"])
+    assert run(a_pod("stranger").gpus(1).of_job("other"), state, ["n1", "n2"]).passed == ["n2"]
+
+
+def test_a_gang_keeps_on_its_emptied_node_only_the_gpus_its_unbound_pods_need() -> None:
+    """Two 4-GPU workers counted on n1: one bound there, one waiting; 4 GPUs stay kept, the other 4 are free."""
+    bound = a_pod("g-0").gpus(4).of_job("gang").planned_node("n1", 8).on("n1")
+    waiting = a_pod("g-1").gpus(4).of_job("gang").planned_node("n1", 8)
+    state = cluster(a_node("n1").h100(), bound, waiting)
+    assert run(a_pod("stranger").gpus(4).of_job("other"), state, ["n1"]).failed == {
+        "n1": "pod needs 4 nvidia.com/gpu, node has 0 free of 8 (4 kept for a gang being placed there)"
+    }
+    assert run(waiting, state, ["n1"]).passed == ["n1"]
 
 
 def test_a_restarted_gang_is_not_pulled_to_the_old_attempts_node() -> None:
