@@ -94,6 +94,11 @@ def clusters(draw: st.DrawFn) -> ClusterState:
         state.upsert_node(node_obj(name, draw(node_specs)))
     for index, spec in enumerate(draw(st.lists(pod_specs, max_size=10))):
         state.upsert_pod(pod_obj(f"p{index}", spec))
+    for index, spec in enumerate(draw(st.lists(pod_specs, max_size=2))):  # unbound, of a gang rule 10 moved for
+        waiting = pod_obj(f"w{index}", spec, bound=False)
+        gpus = draw(st.sampled_from([1, 4, 8, 16]))
+        waiting["metadata"]["annotations"][api.ANN_PLANNED_NODE] = api.PlannedNode(spec["node"], gpus).annotation()
+        state.upsert_pod(waiting)
     if draw(st.booleans()):
         pool = {"capacityTypes": draw(st.lists(st.sampled_from(["spot", "reserved", "on-demand"]), max_size=2))}
         pool["gpuTypes"] = draw(st.lists(st.sampled_from(["H100", "MI300X"]), max_size=2))
