@@ -9,15 +9,16 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
-from strata_api.catalog import DEFAULT_CATALOG, load_catalog
-from strata_sim.engine import Outcome, simulate
-from strata_sim.model import Job, SimInputError, load_fleet, too_big
+from strata_api.catalog import DEFAULT_CATALOG, Catalog, load_catalog
+from strata_sim.engine import Outcome, Policy, simulate
+from strata_sim.model import Fleet, Job, SimInputError, load_fleet, too_big
 from strata_sim.policies import DEFRAGMENT_AFTER_S, StrataPolicy, all_policies
-from strata_sim.report import figures, plot, table
+from strata_sim.report import AimRatios, Figures, aim_ratios, aims_table, figures, plot, table
 from strata_sim.traces import DAY_S, read_alibaba, read_helios, synthetic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +37,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--policies", default="all", help="comma-separated names, or all")
     parser.add_argument("--checkpoint-min", type=float, default=30.0, help="every job's checkpoint interval")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="replay with this many seeds of the spot reclaims, from --seed on (the trace stays the same); with more "
+        "than one each row is named policy@seed, and the aims' ratios per seed follow, with their median and range",
+    )
     parser.add_argument("--wait-bound-min", type=float, default=10.0, help="the high-priority wait bound")
     parser.add_argument(
         "--defragment-after-h",
@@ -71,38 +79,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{len(jobs)} jobs, {sum(j.work_h * j.gpus for j in jobs):,.0f} GPU-hours of work; fleet "
         f"{len(fleet.nodes)} nodes, {fleet.gpus()} GPUs; seed {args.seed}"
+        + (f" to {args.seed + args.seeds - 1}" if args.seeds > 1 else "")
     )
-    outcomes: list[Outcome] = []
     horizon = max((j.arrival_s for j in jobs), default=0.0)
-    for name in names:
-        started = time.perf_counter()
-        with tqdm(total=round(horizon / 3600), unit="h", desc=name, disable=args.no_progress, leave=False) as bar:
-
-            def advance(now_s: float, bar: tqdm = bar) -> None:
-                bar.update(max(0, min(round(now_s / 3600), bar.total) - bar.n))
-
-            policy = builders[name]()
-            outcome = simulate(jobs, fleet, catalog, policy, seed=args.seed, progress=advance)
-        notes = ""
-        if isinstance(policy, StrataPolicy):
-            notes = (
-                f"; {policy.dearer} gangs placed on a dearer node kind while a cheaper one had room "
-                f"({policy.dearer_kept_off} more where its type was reserved by a waiting head), "
-                f"{policy.unplaced} admitted gangs the placement could not hold, "
-                f"preemptions by admission: {policy.preemptions.total()}"
-                + (f" ({policy.moves} of them moves, rule 10)" if policy.moves else "")
-            )
-            if policy.preemptions:
-                (victim, by), most = policy.preemptions.most_common(1)[0]
-                notes += f" (at most {most} of one job by one job: {victim} by {by})"
-        print(f"{name}: {time.perf_counter() - started:.1f} s{notes}")
-        outcomes.append(outcome)
-    rows = [figures(o, catalog, args.wait_bound_min * 60) for o in outcomes]
+    rows: list[Figures] = []
+    ratios: list[AimRatios] = []
+    for seed in range(args.seed, args.seed + max(1, args.seeds)):
+        outcomes = [_replay(name, builders[name](), jobs, fleet, catalog, seed, horizon, args) for name in names]
+        seed_rows = [figures(o, catalog, args.wait_bound_min * 60) for o in outcomes]
+        ratios.append(aim_ratios(seed, seed_rows))
+        rows += [replace(f, policy=f"{f.policy}@{seed}") for f in seed_rows] if args.seeds > 1 else seed_rows
+        if args.out is not None and seed == args.seed:
+            for path in plot(outcomes, args.out):
+                print(f"wrote {path}")
     print(table(rows))
-    if args.out is not None:
-        for path in plot(outcomes, args.out):
-            print(f"wrote {path}")
+    if args.seeds > 1:
+        print(aims_table(ratios))
     return 0
+
+
+def _replay(
+    name: str,
+    policy: Policy,
+    jobs: list[Job],
+    fleet: Fleet,
+    catalog: Catalog,
+    seed: int,
+    horizon: float,
+    args: argparse.Namespace,
+) -> Outcome:
+    """One policy's replay, with a progress bar and a line on how long it took (and, for Strata, its counts)."""
+    started = time.perf_counter()
+    with tqdm(total=round(horizon / 3600), unit="h", desc=name, disable=args.no_progress, leave=False) as bar:
+
+        def advance(now_s: float, bar: tqdm = bar) -> None:
+            bar.update(max(0, min(round(now_s / 3600), bar.total) - bar.n))
+
+        outcome = simulate(jobs, fleet, catalog, policy, seed=seed, progress=advance)
+    notes = ""
+    if isinstance(policy, StrataPolicy):
+        notes = (
+            f"; {policy.dearer} gangs placed on a dearer node kind while a cheaper one had room "
+            f"({policy.dearer_kept_off} more where its type was reserved by a waiting head), "
+            f"{policy.unplaced} admitted gangs the placement could not hold, "
+            f"preemptions by admission: {policy.preemptions.total()}"
+            + (f" ({policy.moves} of them moves, rule 10)" if policy.moves else "")
+        )
+        if policy.preemptions:
+            (victim, by), most = policy.preemptions.most_common(1)[0]
+            notes += f" (at most {most} of one job by one job: {victim} by {by})"
+    label = name if args.seeds <= 1 else f"{name}@{seed}"
+    print(f"{label}: {time.perf_counter() - started:.1f} s{notes}")
+    return outcome
 
 
 def _jobs(args: argparse.Namespace) -> list[Job]:

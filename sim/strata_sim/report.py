@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,6 +125,88 @@ def table(rows: Sequence[Figures]) -> str:
         )
         lines.append("  ".join(fmt.format(v) for (_, fmt), v in zip(COLUMNS, values, strict=True)))
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class AimRatios:
+    """One seed's figures against issue 21's aims, each a ratio of two policies of the same run (None where a
+    policy the ratio needs was not run, or its figure is 0)."""
+
+    seed: int
+    cost: float | None
+    """Strata's total cost over default's."""
+    jct: float | None
+    """Strata's mean JCT over default's."""
+    utilisation: float | None
+    """Strata's utilisation while jobs arrive (not a ratio)."""
+    wait_high: float | None
+    """Strata's mean high-priority wait over default's."""
+    wait_low: float | None
+    wait_high_p95_holdback: float | None
+    """Strata's high-priority p95 wait over strata-no-holdback's (the hold-back's effect)."""
+
+
+AIMS = ("seed", "cost / default", "JCT / default", "util arr", "wait hi / default", "wait lo / default",
+        "hi p95 / no-holdback")  # fmt: skip
+
+
+def aim_ratios(seed: int, rows: Sequence[Figures]) -> AimRatios:
+    """The aims' ratios of one seed's rows (policies ``strata``, ``default``, ``strata-no-holdback``)."""
+    by = {f.policy: f for f in rows}
+    strata, default, unheld = by.get("strata"), by.get("default"), by.get("strata-no-holdback")
+
+    def over(mine: float | None, theirs: float | None) -> float | None:
+        return mine / theirs if mine is not None and theirs else None
+
+    def of(f: Figures | None, read: Callable[[Figures], float]) -> float | None:
+        return read(f) if f is not None else None
+
+    return AimRatios(
+        seed=seed,
+        cost=over(of(strata, lambda f: f.total_cost), of(default, lambda f: f.total_cost)),
+        jct=over(of(strata, lambda f: f.mean_jct_h), of(default, lambda f: f.mean_jct_h)),
+        utilisation=of(strata, lambda f: f.utilisation_arrivals),
+        wait_high=over(of(strata, lambda f: f.mean_wait_h[HIGH_POOL]), of(default, lambda f: f.mean_wait_h[HIGH_POOL])),
+        wait_low=over(of(strata, lambda f: f.mean_wait_h[LOW_POOL]), of(default, lambda f: f.mean_wait_h[LOW_POOL])),
+        wait_high_p95_holdback=over(
+            of(strata, lambda f: f.p95_wait_h[HIGH_POOL]), of(unheld, lambda f: f.p95_wait_h[HIGH_POOL])
+        ),
+    )
+
+
+def aims_table(ratios: Sequence[AimRatios]) -> str:
+    """A line per seed, then the median and the range of each column over the seeds."""
+
+    def cells(values: Sequence[float | None], percent: bool = False) -> list[str]:
+        return ["-" if v is None else f"{v:.1%}" if percent else f"{v:.2f}" for v in values]
+
+    columns = [
+        [r.cost for r in ratios],
+        [r.jct for r in ratios],
+        [r.utilisation for r in ratios],
+        [r.wait_high for r in ratios],
+        [r.wait_low for r in ratios],
+        [r.wait_high_p95_holdback for r in ratios],
+    ]
+    lines = [[str(r.seed)] for r in ratios]
+    for i, column in enumerate(columns):
+        for line, cell in zip(lines, cells(column, percent=i == 2), strict=True):
+            line.append(cell)
+    summary = [["median"], ["range"]]
+    for i, column in enumerate(columns):
+        known = sorted(v for v in column if v is not None)
+        if not known:
+            summary[0].append("-")
+            summary[1].append("-")
+            continue
+        (median,) = cells([float(np.median(known))], percent=i == 2)
+        low, high = cells([known[0], known[-1]], percent=i == 2)
+        summary[0].append(median)
+        summary[1].append(f"{low}-{high}")
+    widths = [max(len(AIMS[i]), *(len(line[i]) for line in lines + summary)) for i in range(len(AIMS))]
+    return "\n".join(
+        "  ".join(cell.rjust(widths[i]) for i, cell in enumerate(line)) for line in [list(AIMS), *lines, *summary]
+    )
 
 
 def plot(outcomes: Sequence[Outcome], out: Path) -> list[Path]:

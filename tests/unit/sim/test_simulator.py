@@ -27,7 +27,7 @@ from strata_sim.policies import (
     karpenter_like,
     pools,
 )
-from strata_sim.report import figures
+from strata_sim.report import AimRatios, Figures, aim_ratios, aims_table, figures
 from strata_sim.traces import read_alibaba, read_helios
 
 pytestmark = pytest.mark.timeout(30)
@@ -403,3 +403,42 @@ def test_the_helios_reader_turns_demand_rises_into_jobs_and_falls_into_finishes(
         handle.write(f"{header}\n2020-05-01 00:00:00,x,0\n")
     with pytest.raises(SimInputError, match=r"vcY_cluster_sequence_vc.dev.csv.gz: row 2, column running_gpu_num"):
         read_helios(tmp_path, days=1)
+
+
+def a_row(policy: str, cost: float, jct_h: float, util: float, high: tuple[float, float], low_h: float) -> Figures:
+    """Figures with the aims' inputs set (waits in hours: high as mean and p95, low as the mean)."""
+    means, p95s = {HIGH_POOL: high[0], LOW_POOL: low_h}, {HIGH_POOL: high[1], LOW_POOL: 0.0}
+    return Figures(policy, cost, 0.0, 0.0, util, means, p95s, jct_h, 0.0, 0, 0, 0.0)
+
+
+def test_the_aims_are_ratios_of_one_seeds_policies_with_their_median_and_range_over_seeds() -> None:
+    seed0 = [a_row("default", 200.0, 10.0, 0.8, (3.0, 6.0), 2.0), a_row("strata", 150.0, 9.0, 0.9, (1.0, 0.5), 1.0),
+             a_row("strata-no-holdback", 140.0, 9.0, 0.9, (1.0, 2.0), 1.0)]  # fmt: skip
+    seed1 = [a_row("default", 100.0, 10.0, 0.8, (2.0, 4.0), 4.0), a_row("strata", 90.0, 11.0, 0.7, (2.0, 1.0), 1.0)]
+    ratios = [aim_ratios(0, seed0), aim_ratios(1, seed1)]
+    assert ratios[0] == AimRatios(0, cost=0.75, jct=0.9, utilisation=0.9, wait_high=1 / 3, wait_low=0.5,
+                                  wait_high_p95_holdback=0.25)  # fmt: skip
+    assert (ratios[1].cost, ratios[1].wait_low) == (0.9, 0.25)
+    assert ratios[1].wait_high_p95_holdback is None  # no strata-no-holdback in that run
+
+    lines = [line.split() for line in aims_table(ratios).splitlines()]
+    assert lines[1] == ["0", "0.75", "0.90", "90.0%", "0.33", "0.50", "0.25"]
+    assert lines[2] == ["1", "0.90", "1.10", "70.0%", "1.00", "0.25", "-"]
+    assert lines[3] == ["median", "0.82", "1.00", "80.0%", "0.67", "0.38", "0.25"]
+    assert lines[4] == ["range", "0.75-0.90", "0.90-1.10", "70.0%-90.0%", "0.33-1.00", "0.25-0.50", "0.25-0.25"]
+
+
+def test_several_seeds_print_a_row_per_policy_and_seed_and_the_aims_per_seed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fleet_file = tmp_path / "fleet.yaml"
+    fleet_file.write_text("pools:\n  - {name: h, gpu: H100, capacityType: spot, nodes: 4}\n")
+    argv = ["--trace", "synthetic:40", "--days", "1", "--fleet", str(fleet_file), "--no-progress",
+            "--policies", "default,strata", "--seed", "3", "--seeds", "2"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [line.split()[0] for line in out.splitlines() if line.split() and "@" in line.split()[0]]
+    timed = ["default@3:", "strata@3:", "default@4:", "strata@4:"]
+    assert rows == [*timed, *(name.rstrip(":") for name in timed)]
+    aims = out[out.index("seed  cost / default") :].splitlines()
+    assert [line.split()[0] for line in aims] == ["seed", "3", "4", "median", "range"]
