@@ -136,6 +136,7 @@ def test_the_node_admission_emptied_for_a_gang_is_kept_for_it_while_the_moved_jo
     core.create_namespaced_pod(namespace, moved)
     eventually(lambda: extender.state.used_gpus.get(node), 30, "the extender to see the moved job's pod")
     gang = fleet.create(cluster, namespace, a_pod("gang").gpus(8).of_job("gang").tp_group("0", 8).planned_node(node, 8))
+    eventually(lambda: extender.state.awaiting_planned_node, 30, "the extender to see the gang's pod")
     stranger = fleet.create(cluster, namespace, a_pod("stranger").gpus(1).of_job("other"))
 
     def kept_off() -> bool:
