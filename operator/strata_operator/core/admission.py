@@ -74,8 +74,9 @@ Rules, in the order a user would check them:
    head is admitted at once with that node counted for it, so a moved job cannot take it back; where they fit is
    counted taken for the rest of the pass. The node and the GPUs counted there are the job's plan
    (``Decision.defragmented``); its pods carry it and the extender keeps those GPUs for them while the moved
-   jobs' pods go. Without it, issue 21's replay of a 40-GPU fleet kept 8-GPU gangs of a
-   few minutes waiting for days behind 1-GPU jobs of weeks, one on every node (docs/simulation.md, finding 9).
+   jobs' pods go, and later passes count the node's free GPUs for its unbound workers before anyone else's.
+   Without it, issue 21's replay of a 40-GPU fleet kept 8-GPU gangs of a few minutes waiting for days behind
+   1-GPU jobs of weeks, one on every node (docs/simulation.md, finding 9).
 """
 
 from __future__ import annotations
@@ -192,6 +193,8 @@ class AdmittedGang:
     """GPUs its bound, unfinished workers hold per node."""
     unbound_workers: int = 0
     """Workers not on a node yet; admission reserves room for them so nobody else takes it."""
+    planned_node: PlannedNode | None = None
+    """The node rule 10 emptied for it and the GPUs counted for it there (``status.placement.plannedNode``)."""
 
 
 @dataclass(frozen=True)
@@ -317,7 +320,12 @@ def admit(
             continue
         groups = -(-gang.unbound_workers // r.pods_per_group)
         group_gpus = r.group_gpus
-        reserved[r.key] = _take_gang(held, room, r, gang.gpu_type, r.capacity_types, group_gpus, groups, hold_rank(r))
+        on_plan, planned_groups = _on_planned_node(held, room, gang, hold_rank(r))
+        taken = _take_gang(held, room, r, gang.gpu_type, r.capacity_types, group_gpus, groups - planned_groups,
+                           hold_rank(r))  # fmt: skip
+        for name, gpus in on_plan.items():
+            taken[name] = taken.get(name, 0) + gpus
+        reserved[r.key] = taken
     ends = Ends(now)
     if now is not None:
         for gang in admitted:
@@ -834,6 +842,20 @@ def _hold_rank(request: GangRequest, pool: ResourcePool | None) -> int:
     """The priority the extender's hold-back sees for ``request``'s workers: its pool's (below every pool's when it
     does not exist); a deferrable job's workers are below every line."""
     return LOWEST_PRIORITY if request.deferrable or pool is None else pool.priority
+
+
+def _on_planned_node(held: ReservedHold, room: Room, gang: AdmittedGang, rank: int) -> tuple[dict[str, int], int]:
+    """Room on the node rule 10 emptied for an admitted gang whose workers there are not bound yet: every GPU it
+    has free, up to what the pass counted for the gang there less its workers bound there, so that no later job
+    counts on them (the moved jobs' GPUs there are the gang's as they go; the extender keeps them for it too).
+    The GPUs taken, and the gang's unbound groups they stand for; none without such a node."""
+    plan = gang.planned_node
+    if plan is None or plan.name not in room.free:
+        return {}, 0
+    owed = max(0, plan.gpus - gang.bound.get(plan.name, 0))
+    gpus = min(room.free[plan.name], owed)
+    held.take_on(room, plan.name, gpus, rank)
+    return {plan.name: gpus}, owed // gang.request.group_gpus
 
 
 def _may_defragment(pool: ResourcePool, request: GangRequest, now: datetime | None) -> bool:

@@ -92,15 +92,27 @@ class ReservedHold:
         budget = self.budget(room, gpu_type, capacity, priority)
         if budget is None:
             taken = room.take(gpu_type, capacity, group_gpus, groups)
-            if not self.holds_back(priority) and gpu_type.value in self.keep:
-                on_reserved = sum(gpus for name, gpus in taken.items() if room.kind[name][1] == RESERVED)
-                self.keep[gpu_type.value] = max(0, self.keep[gpu_type.value] - on_reserved)
+            self._lower_keep(room, gpu_type, taken, priority)
             return taken
         taken = room.take(gpu_type, capacity - {RESERVED}, group_gpus, groups)
         left = groups - sum(taken.values()) // group_gpus
         if left > 0:
             taken.update(room.take(gpu_type, (RESERVED,), group_gpus, min(left, budget // group_gpus)))
         return taken
+
+    def take_on(self, room: Room, node: str, gpus: int, priority: int) -> None:
+        """Count ``gpus`` of ``node`` taken by a gang of this priority that was planned there (rule 10): no fill
+        order and no budget, the node is the gang's; the hold is lowered as :meth:`take` lowers it."""
+        room.put(node, room.free[node] - gpus)
+        gpu_type = room.kind[node][0]
+        if gpu_type is not None:
+            self._lower_keep(room, gpu_type, {node: gpus}, priority)
+
+    def _lower_keep(self, room: Room, gpu_type: GPUType, taken: dict[str, int], priority: int) -> None:
+        """A gang the hold does not hold back, taking reserved GPUs, lowers what the extender keeps free there."""
+        if not self.holds_back(priority) and gpu_type.value in self.keep:
+            on_reserved = sum(gpus for name, gpus in taken.items() if room.kind[name][1] == RESERVED)
+            self.keep[gpu_type.value] = max(0, self.keep[gpu_type.value] - on_reserved)
 
     def why(self, room: Room, gpu_type: GPUType) -> str:
         """What holds ``gpu_type``'s reserved GPUs back now, in the extender's words (its refusal of a reserved node

@@ -211,6 +211,7 @@ def _admitted(entry: JobEntry, pods: list[WorkerPod], quote: Quote | None = None
         admitted_at=job.status.admitted_at or job.created,
         bound=bound,
         unbound_workers=job.spec.workers - sum(1 for p in current if p.node),
+        planned_node=job.status.planned_node,
     )
 
 

@@ -153,3 +153,27 @@ def test_the_node_that_moves_the_fewest_gpus_is_chosen() -> None:
 
     assert decision.defragmented == {"wide": PlannedNode("d", 8)}
     assert [p.victim for p in decision.preempt] == ["d1"]
+
+
+def test_at_the_next_passes_the_emptied_node_stays_the_gangs_while_the_moved_job_leaves() -> None:
+    """The gang was admitted on a, emptied for it; its worker is not bound yet, as the moved 1-GPU job's pod still
+    checkpoints there (a has 7 free). A 6-GPU job that a's free GPUs would hold is not admitted onto them: they are
+    the gang's, and no other node holds the job (nor may it move b's job, which fits nowhere else now)."""
+    gang = AdmittedGang(req("gang", 8), H100, at(NOW - 60), {}, unbound_workers=1, planned_node=PlannedNode("a", 8))
+    running = [gang, holding("four", {"b": 4})]
+
+    decision = a_pass([req("six", 6, submitted=-1)], running, {"a": 7, "b": 4})
+    assert decision.admit == {}
+    assert (decision.waiting["six"].reason, decision.preempt) == (Reason.WAITING_FOR_GPUS, [])
+
+    unplanned = AdmittedGang(req("gang", 8), H100, at(NOW - 60), {}, unbound_workers=1)  # as before the plan
+    assert a_pass([req("six", 6, submitted=-1)], [unplanned, running[1]], {"a": 7, "b": 4}).admit == {"six": H100}
+
+
+def test_a_gang_keeps_of_its_emptied_node_only_what_its_workers_counted_there_need() -> None:
+    """Two 4-GPU workers; the pass counted one on a (4 GPUs), the other is bound on b. a has 7 free (a moved 1-GPU
+    pod still there): 4 stay the gang's, 3 are anyone's; b is full."""
+    gang = AdmittedGang(req("gang", 4, workers=2), H100, at(NOW - 60), {"b": 4}, unbound_workers=1,
+                        planned_node=PlannedNode("a", 4))  # fmt: skip
+    decision = a_pass([req("three", 3), req("four", 4, submitted=1)], [gang], {"a": 7, "b": 0})
+    assert decision.admit == {"three": H100}
