@@ -153,24 +153,21 @@ AIMS = ("seed", "cost / default", "JCT / default", "util arr", "wait hi / defaul
 def aim_ratios(seed: int, rows: Sequence[Figures]) -> AimRatios:
     """The aims' ratios of one seed's rows (policies ``strata``, ``default``, ``strata-no-holdback``)."""
     by = {f.policy: f for f in rows}
-    strata, default, unheld = by.get("strata"), by.get("default"), by.get("strata-no-holdback")
+    strata = by.get("strata")
 
-    def over(mine: float | None, theirs: float | None) -> float | None:
-        return mine / theirs if mine is not None and theirs else None
-
-    def of(f: Figures | None, read: Callable[[Figures], float]) -> float | None:
-        return read(f) if f is not None else None
+    def over(baseline: str, read: Callable[[Figures], float]) -> float | None:
+        """Strata's figure over ``baseline``'s; None without either, or where the baseline's is 0."""
+        theirs = by.get(baseline)
+        return read(strata) / read(theirs) if strata is not None and theirs is not None and read(theirs) else None
 
     return AimRatios(
         seed=seed,
-        cost=over(of(strata, lambda f: f.total_cost), of(default, lambda f: f.total_cost)),
-        jct=over(of(strata, lambda f: f.mean_jct_h), of(default, lambda f: f.mean_jct_h)),
-        utilisation=of(strata, lambda f: f.utilisation_arrivals),
-        wait_high=over(of(strata, lambda f: f.mean_wait_h[HIGH_POOL]), of(default, lambda f: f.mean_wait_h[HIGH_POOL])),
-        wait_low=over(of(strata, lambda f: f.mean_wait_h[LOW_POOL]), of(default, lambda f: f.mean_wait_h[LOW_POOL])),
-        wait_high_p95_holdback=over(
-            of(strata, lambda f: f.p95_wait_h[HIGH_POOL]), of(unheld, lambda f: f.p95_wait_h[HIGH_POOL])
-        ),
+        cost=over("default", lambda f: f.total_cost),
+        jct=over("default", lambda f: f.mean_jct_h),
+        utilisation=strata.utilisation_arrivals if strata is not None else None,
+        wait_high=over("default", lambda f: f.mean_wait_h[HIGH_POOL]),
+        wait_low=over("default", lambda f: f.mean_wait_h[LOW_POOL]),
+        wait_high_p95_holdback=over("strata-no-holdback", lambda f: f.p95_wait_h[HIGH_POOL]),
     )
 
 
