@@ -16,9 +16,10 @@ from tqdm import tqdm
 
 from strata_api.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from strata_sim.engine import Outcome, Policy, simulate
+from strata_sim.floor import cost_floor
 from strata_sim.model import Fleet, Job, SimInputError, load_fleet, too_big
 from strata_sim.policies import DEFRAGMENT_AFTER_S, StrataPolicy, all_policies
-from strata_sim.report import AimRatios, Figures, aim_ratios, aims_table, figures, plot, table
+from strata_sim.report import AimRatios, Figures, aim_ratios, aims_table, figures, floor_line, plot, table
 from strata_sim.traces import DAY_S, read_alibaba, read_helios, synthetic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,6 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFRAGMENT_AFTER_S / 3600,
         help="strata-defrag's defragmentAfterSeconds on both pools, in hours",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also print the cost floor: the least any schedule of the trace on the fleet could pay (a linear "
+        "programme over a relaxation of the replay, docs/simulation.md), and with a default row the same within "
+        "5%% of default's mean JCT",
+    )
+    parser.add_argument("--floor-slot-h", type=float, default=24.0, help="the floor's time slots, hours")
     parser.add_argument("--out", type=Path, default=None, help="folder for the PNG plots")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -83,11 +92,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     horizon = max((j.arrival_s for j in jobs), default=0.0)
     rows: list[Figures] = []
+    first_seed: list[Figures] = []
     ratios: list[AimRatios] = []
     for seed in range(args.seed, args.seed + max(1, args.seeds)):
         outcomes = [_replay(name, builders[name](), jobs, fleet, catalog, seed, horizon, args) for name in names]
         seed_rows = [figures(o, catalog, args.wait_bound_min * 60) for o in outcomes]
         ratios.append(aim_ratios(seed, seed_rows))
+        if seed == args.seed:
+            first_seed = seed_rows
         rows += [replace(f, policy=f"{f.policy}@{seed}") for f in seed_rows] if args.seeds > 1 else seed_rows
         if args.out is not None and seed == args.seed:
             for path in plot(outcomes, args.out):
@@ -95,6 +107,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(rows))
     if args.seeds > 1:
         print(aims_table(ratios))
+    if args.floor:
+        print(floor_line(cost_floor(jobs, fleet, catalog, slot_h=args.floor_slot_h), first_seed))
+        default = next((f for f in first_seed if f.policy == "default"), None)
+        if default is not None:
+            within = 1.05 * default.mean_jct_h
+            print(
+                floor_line(
+                    cost_floor(jobs, fleet, catalog, slot_h=args.floor_slot_h, max_mean_jct_h=within), first_seed
+                )
+            )
     return 0
 
 

@@ -184,8 +184,11 @@ class StrataPolicy:
         time_of_use: bool = True,
         name: str = "strata",
         defragment_after_s: int | None = None,
+        capacity_types: frozenset[CapacityType] = frozenset(CapacityType),
     ) -> None:
         self.name = name
+        self.capacity_types = capacity_types
+        """Every job's ``spec.resources.capacityTypes``: the capacity types its workers may take."""
         self.pools = pools(fleet, defragment_after_s)
         self._last_tick = -1.0
         self.catalog = catalog if time_of_use else replace(catalog, power_default=(1.0,) * HOURS_PER_DAY, power={})
@@ -265,7 +268,7 @@ class StrataPolicy:
             tp_group=None,
             priority=self.pools[job.pool].priority,
             gpu_types=frozenset(job.gpu_types),
-            capacity_types=frozenset(CapacityType),
+            capacity_types=self.capacity_types,
             checkpoint_interval_s=job.checkpoint_s,
             expected_runtime_s=job.work_h * HOUR_S,
             precision="bf16",
@@ -274,7 +277,7 @@ class StrataPolicy:
         )
         requests = {job.gpu_types[0].resource: job.gpus_per_worker}
         pod = PodView("", "sim", job.key, None, "Pending", requests, contract, job.pool)
-        facts = [f for kind, f in self.facts.items() if kind[0] in job.gpu_types]
+        facts = [f for kind, f in self.facts.items() if kind[0] in job.gpu_types and kind[1] in self.capacity_types]
         ranked = rank_kinds(self.catalog, pod, facts, hour)
         return {(k.gpu_type, str(k.capacity_type)): (k.cost, k.listed) for k in ranked}
 
@@ -313,7 +316,7 @@ class StrataPolicy:
             gpus_per_worker=job.gpus_per_worker,
             pods_per_group=job.pods_per_group,
             gpu_types=order,
-            capacity_types=frozenset(CapacityType),
+            capacity_types=self.capacity_types,
             submitted=EPOCH + timedelta(seconds=job.arrival_s),
             kinds=quoted,
             expected_duration_s=expected_duration_s(job),
@@ -406,7 +409,7 @@ class StrataPolicy:
             gpus_per_worker=job.gpus_per_worker,
             pods_per_group=job.pods_per_group,
             gpu_types=job.gpu_types,
-            capacity_types=frozenset(CapacityType),
+            capacity_types=self.capacity_types,
             submitted=EPOCH + timedelta(seconds=job.arrival_s),
             expected_duration_s=expected_duration_s(job),
         )
@@ -519,5 +522,12 @@ def all_policies(
         ),
         "strata-no-tou": lambda: StrataPolicy(
             fleet, catalog, HoldBackSettings(), time_of_use=False, name="strata-no-tou"
+        ),
+        "strata-no-on-demand": lambda: StrataPolicy(
+            fleet,
+            catalog,
+            HoldBackSettings(),
+            name="strata-no-on-demand",
+            capacity_types=frozenset({CapacityType.RESERVED, CapacityType.SPOT}),
         ),
     }

@@ -10,6 +10,7 @@ import numpy as np
 
 from strata_api.catalog import Catalog
 from strata_sim.engine import Outcome
+from strata_sim.floor import CostFloor
 from strata_sim.model import HIGH_POOL, HOUR_S, LOW_POOL, PowerClock, reserved_cost
 
 
@@ -125,6 +126,25 @@ def table(rows: Sequence[Figures]) -> str:
         )
         lines.append("  ".join(fmt.format(v) for (_, fmt), v in zip(COLUMNS, values, strict=True)))
     return "\n".join(lines)
+
+
+def floor_line(floor: CostFloor, rows: Sequence[Figures]) -> str:
+    """The cost floor against the run's policies: what no schedule goes below, its parts, and each policy's cost
+    as a multiple of it; with a ``default`` row, the floor as a share of default's cost beside the 30% aim."""
+    parts = ", ".join(f"{kind} ${dollars:,.0f}" for kind, dollars in sorted(floor.usage.items()))
+    bound = "" if floor.max_mean_jct_h is None else f" with mean JCT at most {floor.max_mean_jct_h:.2f} h"
+    line = (
+        f"cost floor{bound}: ${floor.total:,.0f} (reserved ${floor.reserved:,.0f} to {floor.end_h:.0f} h"
+        + (f"; {parts}" if parts else "")
+        + ")"
+    )
+    by = {f.policy: f for f in rows}
+    if "default" in by and by["default"].total_cost > 0:
+        default = by["default"].total_cost
+        line += f"; {floor.total / default:.3f} of default's (30% below it: ${0.7 * default:,.0f})"
+    if floor.total > 0:
+        line += "; policies over it: " + ", ".join(f"{f.policy} {f.total_cost / floor.total:.2f}" for f in rows)
+    return line
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from strata_sim.policies import (
     HoldBackSettings,
     KueuePolicy,
     StrataPolicy,
+    all_policies,
     default_scheduler,
     karpenter_like,
     pools,
@@ -100,6 +101,23 @@ def test_strata_fills_free_reserved_gpus_first_as_they_are_paid_anyway_and_karpe
     assert placed == {"default": "reserved", "kueue": "reserved", "karpenter": "spot", "strata": "reserved"}
     strata = figures(simulate(jobs, fleet, catalog, StrataPolicy(fleet, catalog, None)), catalog)
     assert strata.total_cost == pytest.approx(80.0)
+
+
+def test_jobs_that_ask_for_reserved_and_spot_only_wait_for_them_rather_than_take_on_demand() -> None:
+    """Two whole-node jobs of an hour at once on a spot and an on-demand node: Strata runs them side by side
+    ($40 + $120); as ``strata-no-on-demand`` (every job's capacityTypes reserved and spot) the second waits an
+    hour for the spot node ($80 in all, mean JCT 1.5 h)."""
+    catalog, fleet = a_catalog(), a_fleet("spot", "on-demand")
+    jobs = [a_job("A", 0, 1.0), a_job("B", 0, 1.0)]
+    builders = all_policies(fleet, catalog)
+    both = simulate(jobs, fleet, catalog, builders["strata"]())
+    assert starts(both) == {"A": 0.0, "B": 0.0}
+    assert figures(both, catalog).total_cost == pytest.approx(160.0)
+    spot_only = simulate(jobs, fleet, catalog, builders["strata-no-on-demand"]())
+    assert starts(spot_only) == {"A": 0.0, "B": 1.0}
+    assert {r.capacity for r in spot_only.records} == {"spot"}
+    result = figures(spot_only, catalog)
+    assert (result.total_cost, result.mean_jct_h) == (pytest.approx(80.0), pytest.approx(1.5))
 
 
 def test_strata_quotes_gpu_types_by_the_cheapest_node_with_room_now_as_the_extender_does() -> None:
