@@ -18,7 +18,7 @@ from strata_api.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from strata_sim.engine import Outcome, Policy, simulate
 from strata_sim.floor import cost_floor
 from strata_sim.model import Fleet, Job, SimInputError, load_fleet, too_big
-from strata_sim.policies import DEFRAGMENT_AFTER_S, StrataPolicy, all_policies
+from strata_sim.policies import DEFRAGMENT_AFTER_S, LONG_JOB_S, StrataPolicy, all_policies
 from strata_sim.report import AimRatios, Figures, aim_ratios, aims_table, figures, floor_line, plot, table
 from strata_sim.traces import DAY_S, read_alibaba, read_helios, synthetic
 
@@ -53,6 +53,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="strata-defrag's defragmentAfterSeconds on both pools, in hours",
     )
     parser.add_argument(
+        "--aims-of", default="strata", help="with --seeds: the policy whose figures the aims' ratios are of"
+    )
+    parser.add_argument(
+        "--long-job-h",
+        type=float,
+        default=LONG_JOB_S / 3600,
+        help="strata-long-no-on-demand: jobs that run this long or longer ask for reserved and spot only",
+    )
+    parser.add_argument(
         "--floor",
         action="store_true",
         help="also print the cost floor: the least any schedule of the trace on the fleet could pay (a linear "
@@ -79,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    builders = all_policies(fleet, catalog, round(args.defragment_after_h * 3600))
+    builders = all_policies(fleet, catalog, round(args.defragment_after_h * 3600), args.long_job_h * 3600)
     names = list(builders) if args.policies == "all" else args.policies.split(",")
     unknown = [n for n in names if n not in builders]
     if unknown:
@@ -97,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for seed in range(args.seed, args.seed + max(1, args.seeds)):
         outcomes = [_replay(name, builders[name](), jobs, fleet, catalog, seed, horizon, args) for name in names]
         seed_rows = [figures(o, catalog, args.wait_bound_min * 60) for o in outcomes]
-        ratios.append(aim_ratios(seed, seed_rows))
+        ratios.append(aim_ratios(seed, seed_rows, args.aims_of))
         if seed == args.seed:
             first_seed = seed_rows
         rows += [replace(f, policy=f"{f.policy}@{seed}") for f in seed_rows] if args.seeds > 1 else seed_rows

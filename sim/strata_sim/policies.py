@@ -57,6 +57,10 @@ def expected_duration_s(job: Job) -> int:
 
 DEFRAGMENT_AFTER_S = round(6 * HOUR_S)
 """``strata-defrag``'s ``defragmentAfterSeconds`` on both pools unless ``--defragment-after-h`` says otherwise."""
+LONG_JOB_S = 8 * HOUR_S
+"""From this run time on ``strata-long-no-on-demand``'s jobs ask for reserved and spot only (``--long-job-h``)."""
+EVERY_CAPACITY_TYPE = frozenset(CapacityType)
+NOT_ON_DEMAND = frozenset({CapacityType.RESERVED, CapacityType.SPOT})
 
 
 def pools(fleet: Fleet, defragment_after_s: int | None = None) -> dict[str, ResourcePool]:
@@ -184,11 +188,11 @@ class StrataPolicy:
         time_of_use: bool = True,
         name: str = "strata",
         defragment_after_s: int | None = None,
-        capacity_types: frozenset[CapacityType] = frozenset(CapacityType),
+        capacity_types: Callable[[Job], frozenset[CapacityType]] = lambda job: EVERY_CAPACITY_TYPE,
     ) -> None:
         self.name = name
         self.capacity_types = capacity_types
-        """Every job's ``spec.resources.capacityTypes``: the capacity types its workers may take."""
+        """A job's ``spec.resources.capacityTypes``: the capacity types its workers may take."""
         self.pools = pools(fleet, defragment_after_s)
         self._last_tick = -1.0
         self.catalog = catalog if time_of_use else replace(catalog, power_default=(1.0,) * HOURS_PER_DAY, power={})
@@ -268,7 +272,7 @@ class StrataPolicy:
             tp_group=None,
             priority=self.pools[job.pool].priority,
             gpu_types=frozenset(job.gpu_types),
-            capacity_types=self.capacity_types,
+            capacity_types=self.capacity_types(job),
             checkpoint_interval_s=job.checkpoint_s,
             expected_runtime_s=job.work_h * HOUR_S,
             precision="bf16",
@@ -277,7 +281,9 @@ class StrataPolicy:
         )
         requests = {job.gpu_types[0].resource: job.gpus_per_worker}
         pod = PodView("", "sim", job.key, None, "Pending", requests, contract, job.pool)
-        facts = [f for kind, f in self.facts.items() if kind[0] in job.gpu_types and kind[1] in self.capacity_types]
+        facts = [
+            f for kind, f in self.facts.items() if kind[0] in job.gpu_types and kind[1] in self.capacity_types(job)
+        ]
         ranked = rank_kinds(self.catalog, pod, facts, hour)
         return {(k.gpu_type, str(k.capacity_type)): (k.cost, k.listed) for k in ranked}
 
@@ -316,7 +322,7 @@ class StrataPolicy:
             gpus_per_worker=job.gpus_per_worker,
             pods_per_group=job.pods_per_group,
             gpu_types=order,
-            capacity_types=self.capacity_types,
+            capacity_types=self.capacity_types(job),
             submitted=EPOCH + timedelta(seconds=job.arrival_s),
             kinds=quoted,
             expected_duration_s=expected_duration_s(job),
@@ -409,7 +415,7 @@ class StrataPolicy:
             gpus_per_worker=job.gpus_per_worker,
             pods_per_group=job.pods_per_group,
             gpu_types=job.gpu_types,
-            capacity_types=self.capacity_types,
+            capacity_types=self.capacity_types(job),
             submitted=EPOCH + timedelta(seconds=job.arrival_s),
             expected_duration_s=expected_duration_s(job),
         )
@@ -508,9 +514,10 @@ class StrataPolicy:
 
 
 def all_policies(
-    fleet: Fleet, catalog: Catalog, defragment_after_s: int = DEFRAGMENT_AFTER_S
+    fleet: Fleet, catalog: Catalog, defragment_after_s: int = DEFRAGMENT_AFTER_S, long_job_s: float = LONG_JOB_S
 ) -> dict[str, Callable[[], Policy]]:
-    """Every policy by name, each built fresh per run; ``defragment_after_s``: ``strata-defrag``'s."""
+    """Every policy by name, each built fresh per run; ``defragment_after_s``: ``strata-defrag``'s; ``long_job_s``:
+    the run time from which ``strata-long-no-on-demand``'s jobs ask for reserved and spot only."""
     return {
         "default": default_scheduler,
         "kueue": lambda: KueuePolicy(pools(fleet)),
@@ -524,10 +531,13 @@ def all_policies(
             fleet, catalog, HoldBackSettings(), time_of_use=False, name="strata-no-tou"
         ),
         "strata-no-on-demand": lambda: StrataPolicy(
+            fleet, catalog, HoldBackSettings(), name="strata-no-on-demand", capacity_types=lambda job: NOT_ON_DEMAND
+        ),
+        "strata-long-no-on-demand": lambda: StrataPolicy(
             fleet,
             catalog,
             HoldBackSettings(),
-            name="strata-no-on-demand",
-            capacity_types=frozenset({CapacityType.RESERVED, CapacityType.SPOT}),
+            name="strata-long-no-on-demand",
+            capacity_types=lambda job: NOT_ON_DEMAND if expected_duration_s(job) >= long_job_s else EVERY_CAPACITY_TYPE,
         ),
     }

@@ -107,8 +107,11 @@ def wait_hours(outcome: Outcome, pool: str) -> list[float]:
 
 
 def table(rows: Sequence[Figures]) -> str:
-    """The policy table, one line per policy."""
-    head = "  ".join(f"{name:<20}" if i == 0 else f"{name:>{WIDTHS[i]}}" for i, (name, _) in enumerate(COLUMNS))
+    """The policy table, one line per policy (the name column as wide as the longest name)."""
+    name_width = max([WIDTHS[0], *(len(f.policy) for f in rows)])
+    head = "  ".join(
+        f"{name:<{name_width}}" if i == 0 else f"{name:>{WIDTHS[i]}}" for i, (name, _) in enumerate(COLUMNS)
+    )
     lines = [head]
     for f in rows:
         values = (
@@ -124,7 +127,8 @@ def table(rows: Sequence[Figures]) -> str:
             f.high_over_bound,
             f.unfinished,
         )
-        lines.append("  ".join(fmt.format(v) for (_, fmt), v in zip(COLUMNS, values, strict=True)))
+        cells = [fmt.format(v) for (_, fmt), v in zip(COLUMNS, values, strict=True)]
+        lines.append("  ".join([f"{f.policy:<{name_width}}", *cells[1:]]))
     return "\n".join(lines)
 
 
@@ -170,10 +174,11 @@ AIMS = ("seed", "cost / default", "JCT / default", "util arr", "wait hi / defaul
         "hi p95 / no-holdback")  # fmt: skip
 
 
-def aim_ratios(seed: int, rows: Sequence[Figures]) -> AimRatios:
-    """The aims' ratios of one seed's rows (policies ``strata``, ``default``, ``strata-no-holdback``)."""
+def aim_ratios(seed: int, rows: Sequence[Figures], policy: str = "strata") -> AimRatios:
+    """The aims' ratios of one seed's rows: ``policy``'s (``strata`` by default) over ``default``'s, and its
+    high-priority p95 wait over ``strata-no-holdback``'s."""
     by = {f.policy: f for f in rows}
-    strata = by.get("strata")
+    strata = by.get(policy)
 
     def over(baseline: str, read: Callable[[Figures], float]) -> float | None:
         """Strata's figure over ``baseline``'s; None without either, or where the baseline's is 0."""

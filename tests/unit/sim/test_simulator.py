@@ -120,6 +120,24 @@ def test_jobs_that_ask_for_reserved_and_spot_only_wait_for_them_rather_than_take
     assert (result.total_cost, result.mean_jct_h) == (pytest.approx(80.0), pytest.approx(1.5))
 
 
+def test_only_jobs_expected_to_run_long_wait_for_reserved_or_spot_as_strata_long_no_on_demand() -> None:
+    """S (1 h) holds the spot node when L (10 h, over the 8-hour line) arrives: Strata puts L on on-demand at once
+    ($40 + $1,200); ``strata-long-no-on-demand`` has L wait 0.9 h for the spot node ($40 + $400). A short job
+    with the node busy still takes on-demand."""
+    catalog, fleet = a_catalog(), a_fleet("spot", "on-demand")
+    jobs = [a_job("S", 0, 1.0), a_job("L", 0.1, 10.0)]
+    builders = all_policies(fleet, catalog)
+    strata = simulate(jobs, fleet, catalog, builders["strata"]())
+    assert starts(strata) == {"S": 0.0, "L": 0.1}
+    assert figures(strata, catalog).total_cost == pytest.approx(40.0 + 1200.0)
+    long_waits = simulate(jobs, fleet, catalog, builders["strata-long-no-on-demand"]())
+    assert starts(long_waits) == {"S": 0.0, "L": pytest.approx(1.0)}
+    assert figures(long_waits, catalog).total_cost == pytest.approx(40.0 + 400.0)
+    short = simulate([a_job("S", 0, 1.0), a_job("T", 0.1, 2.0)], fleet, catalog, builders["strata-long-no-on-demand"]())
+    assert starts(short) == {"S": 0.0, "T": 0.1}
+    assert {r.job.key: r.capacity for r in short.records} == {"S": "spot", "T": "on-demand"}
+
+
 def test_strata_quotes_gpu_types_by_the_cheapest_node_with_room_now_as_the_extender_does() -> None:
     """X fills the H100 reserved node. Y accepts H100 and MI300X: H100 has only on-demand left ($15 per GPU-hour of
     work), MI300X a spot node ($5 / 0.85 = $5.9): the extender's quote, which prices the nodes with room, says
@@ -438,6 +456,7 @@ def test_the_aims_are_ratios_of_one_seeds_policies_with_their_median_and_range_o
                                   wait_high_p95_holdback=0.25)  # fmt: skip
     assert (ratios[1].cost, ratios[1].wait_low) == (0.9, 0.25)
     assert ratios[1].wait_high_p95_holdback is None  # no strata-no-holdback in that run
+    assert aim_ratios(0, seed0, "strata-no-holdback").cost == 0.7  # --aims-of: another policy's ratios
 
     lines = [line.split() for line in aims_table(ratios).splitlines()]
     assert lines[1] == ["0", "0.75", "0.90", "90.0%", "0.33", "0.50", "0.25"]
