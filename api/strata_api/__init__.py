@@ -637,6 +637,18 @@ class ResourcePool:
     defragment_after_s: int | None = None
     """``spec.defragmentAfterSeconds``: how long a gang of the pool that no node holds waits before admission moves
     smaller jobs off one node for it; None: never."""
+    on_demand_max_duration_s: int | None = None
+    """``spec.onDemandMaxDurationSeconds``: a job of the pool expected to run longer than this (its
+    ``scheduling.expectedDurationSeconds``) takes reserved or spot capacity only; None: no such line."""
+
+    def capacity_types_for(self, expected_duration_s: float | None) -> frozenset[str]:
+        """The capacity types the pool lets a job with this run-time estimate take: all of the pool's, less
+        on-demand for a job expected to run longer than ``onDemandMaxDurationSeconds`` (a job without an estimate
+        is not held to it). Admission counts, and the pods ask for, these."""
+        line = self.on_demand_max_duration_s
+        if line is None or expected_duration_s is None or expected_duration_s <= line:
+            return self.capacity_types
+        return self.capacity_types - {CapacityType.ON_DEMAND}
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ResourcePool:
@@ -651,6 +663,7 @@ class ResourcePool:
             preemptible=bool(spec["preemptible"]),
             max_cpu_millis=None if spec.get("maxCPUs") is None else cpu_millis(spec["maxCPUs"]),
             defragment_after_s=spec.get("defragmentAfterSeconds"),
+            on_demand_max_duration_s=spec.get("onDemandMaxDurationSeconds"),
         )
 
 

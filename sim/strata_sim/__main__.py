@@ -59,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--long-job-h",
         type=float,
         default=LONG_JOB_S / 3600,
-        help="strata-long-no-on-demand: jobs that run this long or longer ask for reserved and spot only",
+        help="strata-long-no-on-demand's pools' onDemandMaxDurationSeconds, in hours: jobs expected to run longer "
+        "take reserved or spot capacity only",
     )
     parser.add_argument(
         "--floor",
@@ -88,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    builders = all_policies(fleet, catalog, round(args.defragment_after_h * 3600), args.long_job_h * 3600)
+    builders = all_policies(fleet, catalog, round(args.defragment_after_h * 3600), round(args.long_job_h * 3600))
     names = list(builders) if args.policies == "all" else args.policies.split(",")
     unknown = [n for n in names if n not in builders]
     if unknown:

@@ -57,24 +57,26 @@ def expected_duration_s(job: Job) -> int:
 
 DEFRAGMENT_AFTER_S = round(6 * HOUR_S)
 """``strata-defrag``'s ``defragmentAfterSeconds`` on both pools unless ``--defragment-after-h`` says otherwise."""
-LONG_JOB_S = 8 * HOUR_S
-"""From this run time on ``strata-long-no-on-demand``'s jobs ask for reserved and spot only (``--long-job-h``)."""
+LONG_JOB_S = round(8 * HOUR_S)
+"""``strata-long-no-on-demand``'s pools' ``onDemandMaxDurationSeconds`` unless ``--long-job-h`` says otherwise:
+jobs expected to run longer take reserved or spot capacity only."""
 EVERY_CAPACITY_TYPE = frozenset(CapacityType)
 NOT_ON_DEMAND = frozenset({CapacityType.RESERVED, CapacityType.SPOT})
 
 
-def pools(fleet: Fleet, defragment_after_s: int | None = None) -> dict[str, ResourcePool]:
+def pools(
+    fleet: Fleet, defragment_after_s: int | None = None, on_demand_max_duration_s: int | None = None
+) -> dict[str, ResourcePool]:
     """The two pools every trace maps to; neither quota binds (each may use the whole fleet).
-    ``defragment_after_s``: both pools' ``defragmentAfterSeconds`` (None: neither moves jobs)."""
+    ``defragment_after_s``: both pools' ``defragmentAfterSeconds`` (None: neither moves jobs);
+    ``on_demand_max_duration_s``: both pools' ``onDemandMaxDurationSeconds`` (None: no line)."""
     every = frozenset(CapacityType)
     types = frozenset(GPUType)
     gpus = fleet.gpus()
-    after = defragment_after_s
+    settings = {"defragment_after_s": defragment_after_s, "on_demand_max_duration_s": on_demand_max_duration_s}
     return {
-        HIGH_POOL: ResourcePool(
-            HIGH_POOL, HIGH_PRIORITY, types, gpus, None, every, preemptible=False, defragment_after_s=after
-        ),
-        LOW_POOL: ResourcePool(LOW_POOL, 10, types, gpus, None, every, preemptible=True, defragment_after_s=after),
+        HIGH_POOL: ResourcePool(HIGH_POOL, HIGH_PRIORITY, types, gpus, None, every, preemptible=False, **settings),
+        LOW_POOL: ResourcePool(LOW_POOL, 10, types, gpus, None, every, preemptible=True, **settings),
     }
 
 
@@ -189,11 +191,12 @@ class StrataPolicy:
         name: str = "strata",
         defragment_after_s: int | None = None,
         capacity_types: Callable[[Job], frozenset[CapacityType]] = lambda job: EVERY_CAPACITY_TYPE,
+        on_demand_max_duration_s: int | None = None,
     ) -> None:
         self.name = name
         self.capacity_types = capacity_types
-        """A job's ``spec.resources.capacityTypes``: the capacity types its workers may take."""
-        self.pools = pools(fleet, defragment_after_s)
+        """A job's ``spec.resources.capacityTypes``: the capacity types it asks for."""
+        self.pools = pools(fleet, defragment_after_s, on_demand_max_duration_s)
         self._last_tick = -1.0
         self.catalog = catalog if time_of_use else replace(catalog, power_default=(1.0,) * HOURS_PER_DAY, power={})
         self.holdback = holdback
@@ -272,7 +275,7 @@ class StrataPolicy:
             tp_group=None,
             priority=self.pools[job.pool].priority,
             gpu_types=frozenset(job.gpu_types),
-            capacity_types=self.capacity_types(job),
+            capacity_types=self._allowed_capacity(job),
             checkpoint_interval_s=job.checkpoint_s,
             expected_runtime_s=job.work_h * HOUR_S,
             precision="bf16",
@@ -282,10 +285,15 @@ class StrataPolicy:
         requests = {job.gpu_types[0].resource: job.gpus_per_worker}
         pod = PodView("", "sim", job.key, None, "Pending", requests, contract, job.pool)
         facts = [
-            f for kind, f in self.facts.items() if kind[0] in job.gpu_types and kind[1] in self.capacity_types(job)
+            f for kind, f in self.facts.items() if kind[0] in job.gpu_types and kind[1] in self._allowed_capacity(job)
         ]
         ranked = rank_kinds(self.catalog, pod, facts, hour)
         return {(k.gpu_type, str(k.capacity_type)): (k.cost, k.listed) for k in ranked}
+
+    def _allowed_capacity(self, job: Job) -> frozenset[str]:
+        """The capacity types the job's pods ask for, as the operator writes them (``core.pods``): its own and its
+        pool's for its run-time estimate."""
+        return self.capacity_types(job) & self.pools[job.pool].capacity_types_for(expected_duration_s(job))
 
     def _ranked(self, job: Job, hour: int) -> dict[tuple[GPUType, str], tuple[float, float]]:
         """:meth:`_ranked_uncached`, kept for the hour (the simulator's time only moves forward)."""
@@ -514,10 +522,10 @@ class StrataPolicy:
 
 
 def all_policies(
-    fleet: Fleet, catalog: Catalog, defragment_after_s: int = DEFRAGMENT_AFTER_S, long_job_s: float = LONG_JOB_S
+    fleet: Fleet, catalog: Catalog, defragment_after_s: int = DEFRAGMENT_AFTER_S, long_job_s: int = LONG_JOB_S
 ) -> dict[str, Callable[[], Policy]]:
     """Every policy by name, each built fresh per run; ``defragment_after_s``: ``strata-defrag``'s; ``long_job_s``:
-    the run time from which ``strata-long-no-on-demand``'s jobs ask for reserved and spot only."""
+    ``strata-long-no-on-demand``'s pools' ``onDemandMaxDurationSeconds``."""
     return {
         "default": default_scheduler,
         "kueue": lambda: KueuePolicy(pools(fleet)),
@@ -534,10 +542,6 @@ def all_policies(
             fleet, catalog, HoldBackSettings(), name="strata-no-on-demand", capacity_types=lambda job: NOT_ON_DEMAND
         ),
         "strata-long-no-on-demand": lambda: StrataPolicy(
-            fleet,
-            catalog,
-            HoldBackSettings(),
-            name="strata-long-no-on-demand",
-            capacity_types=lambda job: NOT_ON_DEMAND if expected_duration_s(job) >= long_job_s else EVERY_CAPACITY_TYPE,
+            fleet, catalog, HoldBackSettings(), name="strata-long-no-on-demand", on_demand_max_duration_s=long_job_s
         ),
     }

@@ -15,6 +15,9 @@ Rules, in the order a user would check them:
    types the pass counted a quoted gang on are its plan (``Decision.planned``): its pods carry it and the extender
    scores those nodes first, so that kube-scheduler, which binds the pass's pods in its own order, puts each gang
    where the pass counted it (a low-priority job does not take the reserved GPUs counted for a high-priority one).
+   A pool's ``onDemandMaxDurationSeconds`` keeps a job expected to run longer off on-demand capacity: its gang is
+   counted on reserved and spot only (:meth:`strata_api.ResourcePool.capacity_types_for`, as its pods ask), and
+   waits for them as any gang that does not fit.
 3. No overtaking on the GPU type the head waits for; the other types stay open. The first job of each priority
    that does not fit is its priority's head, and it reserves one GPU type: the one it will take, where it lacks
    the fewest GPUs on the nodes nearest to holding it (the fewest GPUs still busy there), its quote's order
@@ -358,7 +361,7 @@ def admit(
             )
             continue
         types = [t for t in request.gpu_types if t in pool.gpu_types]
-        capacity = request.capacity_types & pool.capacity_types
+        capacity = _capacity(request, pool)
         # only the GPU types with a node that can hold the workers' CPU and memory (gpuType Any may fit on one)
         fitting = [t for t in types if _no_node_fits(request, fleet, [t], capacity) is None]
         too_big = _no_node_fits(request, fleet, types, capacity) if request.on_cpu or not fitting else None
@@ -911,7 +914,7 @@ def _defragment(
             and (victim_pool.name == pool.name or (victim_pool.preemptible and victim_pool.priority < pool.priority))
         )
 
-    capacity = request.capacity_types & pool.capacity_types
+    capacity = _capacity(request, pool)
     by_node: dict[str, list[AdmittedGang]] = {}
     for gang in candidates.values():
         if movable(gang):
@@ -946,9 +949,15 @@ def _defragment(
     return best
 
 
+def _capacity(request: GangRequest, pool: ResourcePool) -> frozenset[str]:
+    """The capacity types the gang may be counted on: its own and its pool's for its run-time estimate (a pool's
+    ``onDemandMaxDurationSeconds`` keeps a job expected to run longer off on-demand capacity)."""
+    return request.capacity_types & pool.capacity_types_for(request.expected_duration_s)
+
+
 def _take_elsewhere(held: ReservedHold, room: Room, request: GangRequest, pool: ResourcePool) -> bool:
     """Take room for a moved job's whole gang on the first of its types that holds it now; whether one did."""
-    capacity = request.capacity_types & pool.capacity_types
+    capacity = _capacity(request, pool)
     rank = _hold_rank(request, pool)
     for gpu_type in (t for t in request.gpu_types if t in pool.gpu_types):
         if held.fits(room, gpu_type, capacity, request.group_gpus, request.groups, rank):

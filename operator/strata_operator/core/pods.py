@@ -80,10 +80,10 @@ def placement_type(job: TrainingJob) -> str | None:
 
 
 def allowed_capacity_types(job: TrainingJob, pool: ResourcePool) -> list[str]:
-    """Capacity types both the job and its pool accept, in the API's order (spot, on-demand, reserved)."""
-    return [
-        c.value for c in api.CapacityType if c.value in job.spec.resources.capacity_types and c in pool.capacity_types
-    ]
+    """Capacity types both the job and its pool accept, in the API's order (spot, on-demand, reserved); the pool's
+    for the job's run-time estimate (:meth:`strata_api.ResourcePool.capacity_types_for`)."""
+    pooled = pool.capacity_types_for(job.spec.scheduling.expected_duration_seconds)
+    return [c.value for c in api.CapacityType if c.value in job.spec.resources.capacity_types and c in pooled]
 
 
 def expected_runtime_s(job: TrainingJob, pool: ResourcePool | None) -> int | None:

@@ -197,7 +197,8 @@ def plan_job(
     a requeued job (preempted, restarted) has begun its run and resumes as soon as it can."""
     if job.status.attempt > 0 or not job.spec.scheduling.deferrable:
         return None
-    capacity = set(job.spec.resources.capacity_types) & (set(pool.capacity_types) if pool else set())
+    estimate = job.spec.scheduling.expected_duration_seconds
+    capacity = set(job.spec.resources.capacity_types) & (set(pool.capacity_types_for(estimate)) if pool else set())
     allowed: set[GPUType] = set(job.spec.gpu_types) & (set(pool.gpu_types) if pool else set())
     types: set[GPUType | None] = {None} if job.spec.on_cpu else set(allowed)
     where = set().union(*(zones.get((gpu_type, kind), ()) for gpu_type in types for kind in capacity))

@@ -272,6 +272,9 @@ def test_a_gpu_job_must_size_itself_in_gpus_not_workers(strata: Strata) -> None:
         ({"maxGPUs": 8, "defragmentAfterSeconds": -1}, "spec.defragmentAfterSeconds"),
         ({"maxGPUs": 8, "defragmentAfterSeconds": 315360001}, "spec.defragmentAfterSeconds"),
         ({"maxGPUs": 8, "defragmentAfterSeconds": "6h"}, "spec.defragmentAfterSeconds"),
+        ({"maxGPUs": 8, "onDemandMaxDurationSeconds": -1}, "spec.onDemandMaxDurationSeconds"),
+        ({"maxGPUs": 8, "onDemandMaxDurationSeconds": 315360001}, "spec.onDemandMaxDurationSeconds"),
+        ({"maxGPUs": 8, "onDemandMaxDurationSeconds": "8h"}, "spec.onDemandMaxDurationSeconds"),
     ],
 )
 def test_an_invalid_resourcepool_is_refused_naming_the_field(strata: Strata, spec: dict[str, Any], names: str) -> None:
@@ -301,6 +304,8 @@ def test_every_shipped_example_is_accepted_by_the_api_server(crds: ClusterHandle
 def test_kubectl_explain_reads_the_descriptions(crds: ClusterHandle) -> None:
     text = crds.kubectl("explain", "trainingjobs.spec.parallelism.tensor")
     assert "At most 8, the GPUs of one node" in text
+    pool_text = crds.kubectl("explain", "resourcepools.spec.onDemandMaxDurationSeconds")
+    assert "takes reserved or spot capacity only" in pool_text
 
 
 def test_kubectl_get_wide_shows_how_long_a_pools_gangs_wait_before_jobs_are_moved(

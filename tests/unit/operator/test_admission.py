@@ -320,6 +320,25 @@ def test_pool_gpu_types_and_capacity_types_restrict_the_job() -> None:
     assert missing.waiting["k"].reason == Reason.NO_USABLE_GPUS
 
 
+def test_a_pools_on_demand_line_keeps_jobs_expected_to_run_longer_off_on_demand_gpus() -> None:
+    """onDemandMaxDurationSeconds 3600 and only the on-demand node free: a job expected to run two hours waits for
+    spot or reserved; one of an hour (the line itself), a shorter one and one without an estimate take on-demand."""
+    nodes = fleet(a_node("h-spot", capacity="spot"), a_node("h-od", capacity="on-demand"))
+    pool = a_pool(onDemandMaxDurationSeconds=3600)
+    spot_busy = {"h-spot": 0, "h-od": 8}
+
+    def expecting(key: str, seconds: float | None) -> GangRequest:
+        return dataclasses.replace(req(key), expected_duration_s=seconds)
+
+    long = admit([expecting("long", 7200)], [], pools(pool), nodes, spot_busy)
+    assert long.admit == {}
+    assert long.waiting["long"].reason == Reason.WAITING_FOR_GPUS
+    for key, seconds in (("line", 3600), ("short", 600), ("unknown", None)):
+        assert admit([expecting(key, seconds)], [], pools(pool), nodes, spot_busy).admit == {key: H100}, key
+    assert admit([expecting("long", 7200)], [], pools(pool), nodes, {"h-spot": 8, "h-od": 8}).admit == {"long": H100}
+    assert admit([expecting("long", 7200)], [], pools(a_pool()), nodes, spot_busy).admit == {"long": H100}
+
+
 def test_unbound_workers_of_admitted_gangs_keep_their_room_reserved() -> None:
     nodes = fleet(a_node("a"), a_node("b"))
     starting = AdmittedGang(request=req("starting", workers=1), gpu_type=H100, admitted_at=T0, unbound_workers=1)

@@ -187,6 +187,22 @@ def test_no_spot_toleration_when_the_pool_forbids_spot() -> None:
     assert terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["reserved"]
 
 
+def test_a_job_expected_past_its_pools_on_demand_line_asks_for_spot_and_reserved_only() -> None:
+    """The pool's onDemandMaxDurationSeconds is 8 hours: a 9-hour job's workers require spot or reserved nodes and
+    tell the extender so; a 2-hour job's ask for every capacity type."""
+    pool = a_pool(onDemandMaxDurationSeconds=8 * 3600)
+
+    def capacity(hours: int) -> tuple[list[str], str]:
+        [pod] = build_worker_pods(admitted(scheduling={"expectedDurationSeconds": hours * 3600}), pool, SETTINGS)
+        terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        required = terms["nodeSelectorTerms"][0]["matchExpressions"][0]
+        assert required["key"] == "karpenter.sh/capacity-type"
+        return required["values"], pod["metadata"]["annotations"][api.ANN_CAPACITY_TYPES]
+
+    assert capacity(9) == (["spot", "reserved"], "spot,reserved")
+    assert capacity(2) == (["spot", "on-demand", "reserved"], "spot,on-demand,reserved")
+
+
 def test_capacity_preference_becomes_a_preferred_node_affinity() -> None:
     job = admitted(resources={"gpus": 8, "gpuType": "H100", "capacityPreference": "spot"})
     [pod] = build_worker_pods(job, a_pool(), SETTINGS)
