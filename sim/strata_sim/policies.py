@@ -70,7 +70,7 @@ def pools(
     """The two pools every trace maps to; neither quota binds (each may use the whole fleet).
     ``defragment_after_s``: both pools' ``defragmentAfterSeconds`` (None: neither moves jobs);
     ``on_demand_max_duration_s``: both pools' ``onDemandMaxDurationSeconds`` (None: no line)."""
-    every = frozenset(CapacityType)
+    every = EVERY_CAPACITY_TYPE
     types = frozenset(GPUType)
     gpus = fleet.gpus()
     settings = {"defragment_after_s": defragment_after_s, "on_demand_max_duration_s": on_demand_max_duration_s}
@@ -284,9 +284,7 @@ class StrataPolicy:
         )
         requests = {job.gpu_types[0].resource: job.gpus_per_worker}
         pod = PodView("", "sim", job.key, None, "Pending", requests, contract, job.pool)
-        facts = [
-            f for kind, f in self.facts.items() if kind[0] in job.gpu_types and kind[1] in self._allowed_capacity(job)
-        ]
+        facts = [f for kind, f in self.facts.items() if kind[0] in job.gpu_types and kind[1] in contract.capacity_types]
         ranked = rank_kinds(self.catalog, pod, facts, hour)
         return {(k.gpu_type, str(k.capacity_type)): (k.cost, k.listed) for k in ranked}
 
