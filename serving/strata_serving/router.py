@@ -293,12 +293,18 @@ class Router:
         return response
 
     async def _forward(self, request: web.Request, endpoint: Endpoint) -> tuple[web.StreamResponse, str | None]:
+        encoding = request.headers.get("Content-Encoding", "identity")
+        if encoding.lower() != "identity":  # bodies are not decoded (serve() says why)
+            message = f"Content-Encoding {encoding!r} is not supported: send the body uncompressed"
+            return error_response(415, message, "bad request"), None
         try:
             body = await request.read()
             parsed = orjson.loads(body) if endpoint.method == "POST" else {}
         except web.HTTPRequestEntityTooLarge:
             limit = self.settings.max_body_bytes
             return error_response(413, f"the body is larger than {limit} bytes", "bad request"), None
+        except ConnectionResetError:  # nobody reads this answer; returning one spares the log a traceback
+            return error_response(400, "the client left before the body was complete", "bad request"), None
         except orjson.JSONDecodeError as error:
             return error_response(400, f"the body is not valid JSON: {error}", "bad request"), None
         if not isinstance(parsed, dict):
@@ -398,7 +404,7 @@ class Router:
         except TimeoutError:
             return Attempt(Outcome.TIMEOUT, error=f"no answer within {timeout} s")
         except aiohttp.ClientError as error:
-            return Attempt(Outcome.RESET, error=f"connection broken: {error!r}")
+            return Attempt(Outcome.RESET, error=f"connection broken: {broken(error)}")
         try:
             streaming = upstream.status == 200 and upstream.content_type == "text/event-stream"
             if not streaming:
@@ -415,7 +421,7 @@ class Router:
         except TimeoutError:
             return Attempt(Outcome.TIMEOUT, error=f"no answer within {timeout} s")
         except aiohttp.ClientError as error:
-            return Attempt(Outcome.RESET, error=f"connection broken: {error!r}")
+            return Attempt(Outcome.RESET, error=f"connection broken: {broken(error)}")
         finally:
             upstream.release()
 
@@ -488,9 +494,19 @@ class Router:
             log.info("readmitted %s: its cooldown is over and /readyz answers 200", address)
 
 
+def broken(error: aiohttp.ClientError) -> str:
+    """What a broken exchange with a replica says in the router's 502 and its log: the error's type and message.
+    Never its repr, which for a bad answer carries the request it answered, the client's headers (an
+    ``Authorization``) among them."""
+    return f"{type(error).__name__}: {error}"
+
+
 async def serve(settings: RouterSettings, source: ReplicaSource, canary: ReplicaSource | None = None) -> None:
     """Run the router until SIGTERM or SIGINT."""
-    runner = web.AppRunner(Router(settings, source, canary=canary).app(), handle_signals=False, access_log=None)
+    # Bodies are not decoded: a compressed one is refused (415) before it is read, so a body that does not decode
+    # cannot fail the server after the answer (aiohttp would drain it, decoding, and log the failure as a crash).
+    router = Router(settings, source, canary=canary)
+    runner = web.AppRunner(router.app(), handle_signals=False, access_log=None, auto_decompress=False)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
     log.info("listening on %s:%d, policy %s", settings.host, settings.port, settings.policy)

@@ -6,7 +6,8 @@ It speaks the server's HTTP contract (``strata_workloads.serve``): ``POST /v1/ge
 queue, 503 while warming up or draining (SIGTERM: ``/readyz`` turns 503 "draining", in-flight requests finish, then
 it exits; ``--linger-s`` keeps it up draining that long, as a pod's preStop hook would). Its service time is
 configurable instead of a model's: ``slots`` requests run at once, each for ``delay`` seconds, the rest wait in a
-queue of ``max_queue``. ``--fail-status`` answers every request with that status; ``--hang`` never answers.
+queue of ``max_queue``. ``--fail-status`` answers every request with that status; ``--hang`` never answers;
+``--garbage`` answers with bytes that are not HTTP and closes the connection.
 Every answer names the replica (``"replica": name``).
 """
 
@@ -58,6 +59,10 @@ class FakeReplica:
             return web.json_response({"error": f"body is not valid JSON: {error}"}, status=400)
         if not isinstance(body, dict):
             return web.json_response({"error": "body must be a JSON object"}, status=400)
+        if self.args.garbage and request.transport is not None:
+            request.transport.write(b"this is not HTTP\r\n\r\n")
+            request.transport.close()
+            return web.Response()
         if self.args.fail_status:
             return web.json_response({"error": "injected failure"}, status=self.args.fail_status)
         if self.in_flight >= self.args.slots + self.args.max_queue:
@@ -122,6 +127,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ready-after", type=float, default=0.0, help="seconds of warm-up before /readyz is 200")
     parser.add_argument("--fail-status", type=int, default=0, help="answer every request with this status")
     parser.add_argument("--hang", action="store_true", help="never answer a request")
+    parser.add_argument("--garbage", action="store_true", help="answer every request with bytes that are not HTTP")
     parser.add_argument("--linger-s", type=float, default=0.0, help="seconds to stay up draining after SIGTERM")
     return parser.parse_args(argv)
 

@@ -6,8 +6,8 @@ POST /v1/generate {"prompt": str, "max_new_tokens": int}  -> {"text": str, "toke
 POST /v1/predict  {"text": str}                           -> {"nll": float, "tokens": int, "perplexity": float}
                   (over every token but the first; past the model's window in sliding windows, predict_stride)
 GET /healthz (alive, from the start), /readyz (warmed up, compiled where asked, and not draining), /metrics.
-Malformed requests get 400 with a message (in OpenAI's error shape on the OpenAI routes, naming the field); a
-full queue 429; not ready or draining 503.
+Malformed requests get 400 with a message (in OpenAI's error shape on the OpenAI routes, naming the field), a body
+over the limit 413, a compressed one 415; a full queue 429; not ready or draining 503.
 On SIGTERM: /readyz turns 503, new requests get 503, in-flight requests finish (up to drain_seconds), exit 0.
 """
 
@@ -66,7 +66,9 @@ log = logging.getLogger("strata_workloads.serve")
 
 
 class BadRequest(ValueError):
-    pass
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Server:
@@ -124,7 +126,7 @@ class Server:
         warm_up(self.model)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_prompt_bytes * 4 + 1024)
+        app = web.Application(client_max_size=self.max_body_bytes)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
@@ -194,9 +196,21 @@ class Server:
         self.queue_depth.set(self.in_flight)
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body read (a larger one gets 413): room for the longest prompt and the other fields."""
+        return self.settings.max_prompt_bytes * 4 + 1024
+
     async def _body(self, request: web.Request) -> dict[str, Any]:
+        encoding = request.headers.get("Content-Encoding", "identity")
+        if encoding.lower() != "identity":  # bodies are not decoded (serve() says why)
+            raise BadRequest(f"Content-Encoding {encoding!r} is not supported: send the body uncompressed", 415)
         try:
             body = orjson.loads(await request.read())
+        except web.HTTPRequestEntityTooLarge:
+            raise BadRequest(f"body is larger than {self.max_body_bytes} bytes", 413) from None
+        except ConnectionResetError:  # nobody reads this answer; returning one spares the log a traceback
+            raise BadRequest("the client left before the body was complete") from None
         except orjson.JSONDecodeError as err:
             raise BadRequest(f"body is not valid JSON: {err}") from None
         if not isinstance(body, dict):
@@ -232,7 +246,7 @@ class Server:
                 else:
                     payload = await self._predict(body)
             except BadRequest as err:
-                status, payload = 400, {"error": str(err)}
+                status, payload = err.status, {"error": str(err)}
             except Overloaded as err:
                 status, payload = 429, {"error": f"overloaded: {err}; retry later"}
         self._count(endpoint, status, started)
@@ -282,7 +296,7 @@ class Server:
         try:
             body = await self._body(request)
         except BadRequest as err:
-            raise ApiError(400, str(err)) from None
+            raise ApiError(err.status, str(err)) from None
         completion = parse_completion(body, self.model, self.settings, self.tokenizer)
         try:
             stream = self.generator.open(GenerateRequest(completion.prompt, completion.max_tokens, completion.sampling))
@@ -361,7 +375,9 @@ def prepare_model(model: Transformer, settings: ServeSettings) -> Transformer:
 
 async def serve(server: Server) -> None:
     settings = server.settings
-    runner = web.AppRunner(server.app(), handle_signals=False)
+    # Bodies are not decoded: a compressed one is refused (415) before it is read, so a body that does not decode
+    # cannot fail the server after the answer (aiohttp would drain it, decoding, and log the failure as a crash).
+    runner = web.AppRunner(server.app(), handle_signals=False, auto_decompress=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
