@@ -21,9 +21,10 @@ Content-Length bodies, keep-alive), kubelet probes, Prometheus, curl. Requests o
 order (pipelining works); ``Expect: 100-continue`` is honoured. What it does not take gets a status and the
 connection is closed: a malformed request line or header 400 (a bare CR or LF, or a NUL, anywhere in the head
 included, and an HTTP/1.1 request without exactly one Host header, as RFC 9112 says), a head over
-``Settings.max_head_bytes`` 431 however its bytes arrive, a body over the size limit 413, a chunked request body
-501 (kube-scheduler always sends Content-Length), an HTTP version other than 1.0 and 1.1 505, a request that
-does not arrive within ``Settings.request_timeout_s`` 408. Unknown paths get 404, other methods 405.
+``Settings.max_head_bytes`` 431 however its bytes arrive, a body over the size limit 413, a body with a
+Content-Encoding other than identity 415, a chunked request body 501 (kube-scheduler always sends Content-Length
+and an uncoded body), an HTTP version other than 1.0 and 1.1 505, a request that does not arrive within
+``Settings.request_timeout_s`` 408. Unknown paths get 404, other methods 405.
 
 Connections are bounded (:class:`~strata_scheduler.settings.Settings`: ``request_timeout_s``,
 ``idle_timeout_s``, ``max_connections``): a connection idle past its timeout is closed, and past the cap the
@@ -74,6 +75,7 @@ _REASONS = {
     405: b"Method Not Allowed",
     408: b"Request Timeout",
     413: b"Payload Too Large",
+    415: b"Unsupported Media Type",
     417: b"Expectation Failed",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
@@ -191,6 +193,10 @@ def parse_head(raw: bytes) -> Head:
             length = int(value)
         elif name == b"transfer-encoding":
             raise Refused(501, "chunked request bodies are not served; send Content-Length")
+        elif name == b"content-encoding" and value.lower() not in (b"", b"identity"):
+            # read as it is, a gzip body failed as "not valid UTF-8: surrogates not allowed"
+            coding = value.decode(errors="replace")
+            raise Refused(415, f"Content-Encoding {coding} is not served; send the body uncoded")
         elif name == b"connection":
             tokens = {token.strip().lower() for token in value.split(b",")}
             keep_alive = b"close" not in tokens and (keep_alive or b"keep-alive" in tokens)

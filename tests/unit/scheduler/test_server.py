@@ -7,6 +7,7 @@ dead server.
 
 from __future__ import annotations
 
+import gzip
 import socket
 from collections.abc import Iterator
 
@@ -141,6 +142,17 @@ def test_what_it_does_not_take_gets_a_status_and_a_closed_connection(
         sock.sendall(request_bytes)
         got, headers, _ = read_response(sock, bytearray())
         assert (got, headers.get(b"connection")) == (status, b"close")
+        assert closed(sock)
+    assert server.request("GET", "/healthz") == (200, b"ok")
+
+
+@pytest.mark.parametrize("body", [gzip.compress(FILTER_BODY), b"\x1f\x8b not gzip"])
+def test_a_gzip_body_is_refused_by_name_not_read_as_json(server: LiveServer, body: bytes) -> None:
+    with connect(server) as sock:
+        sock.sendall(post("/filter", body, b"Content-Encoding: gzip\r\n"))
+        status, headers, message = read_response(sock, bytearray())
+        assert (status, headers.get(b"connection")) == (415, b"close")
+        assert message == b"Content-Encoding gzip is not served; send the body uncoded"
         assert closed(sock)
     assert server.request("GET", "/healthz") == (200, b"ok")
 
