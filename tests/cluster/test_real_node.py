@@ -56,6 +56,18 @@ def phase(cluster: LocalCluster, name: str) -> str:
     return str(cluster.kubectl_json("pod", name).get("status", {}).get("phase", ""))
 
 
+def ready_endpoints(cluster: LocalCluster, service: str) -> set[str]:
+    """The addresses a Service's EndpointSlices list as ready."""
+    slices = cluster.kubectl_json("endpointslices", "-l", f"kubernetes.io/service-name={service}")["items"]
+    return {
+        address
+        for piece in slices
+        for endpoint in piece.get("endpoints") or ()
+        if (endpoint.get("conditions") or {}).get("ready")
+        for address in endpoint.get("addresses", ())
+    }
+
+
 def finished(cluster: LocalCluster, name: str) -> str | None:
     current = phase(cluster, name)
     return current if current in ("Succeeded", "Failed") else None
@@ -112,16 +124,27 @@ def test_a_headless_service_resolves_and_a_cluster_ip_routes_from_another_pod(re
     eventually(lambda: phase(real_cluster, "web") == "Running", 120, "the web pod to run")
     web_ip = real_cluster.kubectl_json("pod", "web")["status"]["podIP"]
     cluster_ip = real_cluster.kubectl_json("service", "web")["spec"]["clusterIP"]
+    eventually(lambda: web_ip in ready_endpoints(real_cluster, "web"), 60, "the web Service to list the pod ready")
 
-    # busybox's nslookup has its own resolver; its wget is given the address (a static glibc cannot load NSS)
+    # busybox's nslookup has its own resolver; its wget is given the address (a static glibc cannot load NSS).
+    # kube-proxy writes the ClusterIP's rules some time after the endpoint is ready (its iptables sync, slower on a
+    # loaded machine), and a connection whose first SYN goes out before them keeps its conntrack entry, made
+    # without the DNAT, for every retransmit: wget without a timeout then waits over two minutes (the cluster tier
+    # once timed out so, the client still running, on a busy machine). So each try is a new connection with a 5 s
+    # timeout (busybox's `timeout`: Debian's static busybox 1.35 segfaults on `wget -T`), after the Service lists the
+    # pod ready; the ClusterIP must still answer within the pod's 120 s.
     client = (
         "nslookup web-headless.default.svc.cluster.local && nslookup web.default.svc.cluster.local"
-        f" && wget -O- http://{cluster_ip}:80/"
+        f" && for try in $(seq 15); do timeout 5 wget -O- http://{cluster_ip}:80/ && exit 0; sleep 1; done; exit 1"
     )
     real_cluster.kubectl("apply", "-f", "-", input=a_pod("client", client))
-    assert eventually(lambda: finished(real_cluster, "client"), 120, "the client pod to finish") == "Succeeded", (
-        real_cluster.kubectl("logs", "client", check=False)
-    )
+    try:
+        ended = eventually(lambda: finished(real_cluster, "client"), 120, "the client pod to finish")
+    except AssertionError as error:
+        status = real_cluster.kubectl_json("pod", "client").get("status", {})
+        log = real_cluster.kubectl("logs", "client", check=False)
+        raise AssertionError(f"{error}; the client's status {status}; its log: {log}") from None
+    assert ended == "Succeeded", real_cluster.kubectl("logs", "client", check=False)
     out = real_cluster.kubectl("logs", "client")
     headless, cluster_name = out.split("Name:")[1:3]
     assert f"Address: {web_ip}" in headless, out  # the headless Service's name is the pod's address
