@@ -1,4 +1,5 @@
-"""The router's scaling report (``GET /scale``), as the router writes it and the operator reads it.
+"""The router's scaling report (``GET /scale``), as the router writes it and the operator reads it; and what the
+router and the model server answer a compressed request body.
 
 The router of an InferenceService sees every request, so it runs the autoscaler (``strata_serving.autoscale``)
 and serves its last decision here; the operator polls it, clamps it to the pool's quota, applies it to the
@@ -18,6 +19,17 @@ LABEL_ROUTER = f"{GROUP}/inference-service-router"
 """Label of an InferenceService's router pods (its name); the replicas carry ``strata.dev/inference-service``."""
 SCALE_PATH = "/scale"
 """The router's endpoint that answers the last :class:`ScaleReport` (404 before its first decision)."""
+
+
+def coded_body_refusal(content_encoding: str | None) -> str | None:
+    """The message of the 415 the router and the model server answer a request body sent with a
+    ``Content-Encoding`` other than identity; None for an uncoded one. Neither decodes bodies: decoded, a body would
+    be passed on to a replica still labelled with its coding and fail there (the router would eject the replicas),
+    and one that does not decode would fail the server after its answer, as aiohttp drains it."""
+    coding = "identity" if content_encoding is None else content_encoding
+    if coding.lower() == "identity":
+        return None
+    return f"Content-Encoding {coding!r} is not supported: send the body uncompressed"
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from strata_api.serving import SCALE_PATH
+from strata_api.serving import SCALE_PATH, coded_body_refusal
 from strata_serving.discovery import (
     ReplicaSource,
     canary_source_from,
@@ -293,10 +293,8 @@ class Router:
         return response
 
     async def _forward(self, request: web.Request, endpoint: Endpoint) -> tuple[web.StreamResponse, str | None]:
-        encoding = request.headers.get("Content-Encoding", "identity")
-        if encoding.lower() != "identity":  # bodies are not decoded (serve() says why)
-            message = f"Content-Encoding {encoding!r} is not supported: send the body uncompressed"
-            return error_response(415, message, "bad request"), None
+        if refusal := coded_body_refusal(request.headers.get("Content-Encoding")):
+            return error_response(415, refusal, "bad request"), None
         try:
             body = await request.read()
             parsed = orjson.loads(body) if endpoint.method == "POST" else {}
@@ -503,9 +501,7 @@ def broken(error: aiohttp.ClientError) -> str:
 
 async def serve(settings: RouterSettings, source: ReplicaSource, canary: ReplicaSource | None = None) -> None:
     """Run the router until SIGTERM or SIGINT."""
-    # Bodies are not decoded: a compressed one is refused (415) before it is read, so a body that does not decode
-    # cannot fail the server after the answer (aiohttp would drain it, decoding, and log the failure as a crash).
-    router = Router(settings, source, canary=canary)
+    router = Router(settings, source, canary=canary)  # bodies are not decoded: strata_api.serving.coded_body_refusal
     runner = web.AppRunner(router.app(), handle_signals=False, access_log=None, auto_decompress=False)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()

@@ -31,6 +31,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from strata_api.serving import coded_body_refusal
 from strata_api.workload import ExitCode
 from strata_workloads.batching import DynamicBatcher, Overloaded
 from strata_workloads.checkpoint import CorruptCheckpoint, NoUsableCheckpoint
@@ -202,9 +203,8 @@ class Server:
         return self.settings.max_prompt_bytes * 4 + 1024
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        encoding = request.headers.get("Content-Encoding", "identity")
-        if encoding.lower() != "identity":  # bodies are not decoded (serve() says why)
-            raise BadRequest(f"Content-Encoding {encoding!r} is not supported: send the body uncompressed", 415)
+        if refusal := coded_body_refusal(request.headers.get("Content-Encoding")):
+            raise BadRequest(refusal, 415)
         try:
             body = orjson.loads(await request.read())
         except web.HTTPRequestEntityTooLarge:
@@ -375,8 +375,7 @@ def prepare_model(model: Transformer, settings: ServeSettings) -> Transformer:
 
 async def serve(server: Server) -> None:
     settings = server.settings
-    # Bodies are not decoded: a compressed one is refused (415) before it is read, so a body that does not decode
-    # cannot fail the server after the answer (aiohttp would drain it, decoding, and log the failure as a crash).
+    # bodies are not decoded: strata_api.serving.coded_body_refusal
     runner = web.AppRunner(server.app(), handle_signals=False, auto_decompress=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
