@@ -1,5 +1,6 @@
 """The router's scaling report (``GET /scale``), as the router writes it and the operator reads it; and what the
-router and the model server answer a compressed request body.
+router and the model server answer a request they will not serve (a compressed or late body, a path or method
+they have no route for) and log of one they cannot parse.
 
 The router of an InferenceService sees every request, so it runs the autoscaler (``strata_serving.autoscale``)
 and serves its last decision here; the operator polls it, clamps it to the pool's quota, applies it to the
@@ -9,7 +10,8 @@ other's fields.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,39 @@ def coded_body_refusal(content_encoding: str | None) -> str | None:
     if coding.lower() == "identity":
         return None
     return f"Content-Encoding {coding!r} is not supported: send the body uncompressed"
+
+
+def late_body_refusal(timeout_s: float) -> str:
+    """The message of the 408 the router and the model server answer a request whose body did not arrive whole
+    within ``timeout_s``: a client that trickles its body (or stops sending it) does not hold a request open."""
+    return f"the body did not arrive within {timeout_s:g} s"
+
+
+def unrouted_refusal(method: str, path: str, allowed: Collection[str] | None) -> str:
+    """The message of the 404 (``allowed`` None: no route at ``path``) or 405 (a route that takes only
+    ``allowed``) the router and the model server answer in JSON, as they answer every other refusal."""
+    if allowed is None:
+        return f"there is no endpoint {path}"
+    return f"{method} is not allowed on {path}; it takes {', '.join(sorted(allowed))}"
+
+
+class MalformedRequestLog(logging.Filter):
+    """On aiohttp's server logger: a request it cannot parse (a bad header, a line over its limit, a broken chunk)
+    is logged as one WARNING line naming the parser's complaint, where aiohttp logs an ERROR with a traceback; a
+    client sending garbage would otherwise fill the log with them. The client gets aiohttp's 400 either way.
+    Every other record passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        message = getattr(error, "message", None)
+        if getattr(error, "code", None) != 400 or not isinstance(message, str):
+            return True  # not the parser's 400 (aiohttp.http_exceptions.HttpProcessingError): a real error
+        complaint = message.strip().split("\n")[0].split(": b'")[0].rstrip(":")
+        record.msg, record.args = "%s: %s", (record.getMessage(), complaint)  # never the request's bytes it quotes
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        return True
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,17 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from strata_api.serving import SCALE_PATH, coded_body_refusal
+from strata_api.serving import (
+    SCALE_PATH,
+    MalformedRequestLog,
+    coded_body_refusal,
+    late_body_refusal,
+    unrouted_refusal,
+)
 from strata_serving.discovery import (
     ReplicaSource,
     canary_source_from,
@@ -143,6 +150,21 @@ def error_response(status: int, error: str, reason: str, attempts: int = 0) -> w
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
+@web.middleware
+async def unrouted_in_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A path the router has no route for gets its 404, and a method a route does not take its 405 (with
+    ``Allow``), in the JSON of its other refusals rather than aiohttp's plain text."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as error:
+        allowed = error.allowed_methods if isinstance(error, web.HTTPMethodNotAllowed) else None
+        message = unrouted_refusal(request.method, request.path, allowed)
+        response = error_response(error.status, message, error.reason.lower())
+        if allowed is not None:
+            response.headers["Allow"] = ",".join(sorted(allowed))
+        return response
+
+
 def copied_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
 
@@ -191,13 +213,16 @@ class Router:
             )
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body_bytes)
+        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[unrouted_in_json])
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_page)
         app.router.add_get(SCALE_PATH, self.scale)
         for endpoint in ENDPOINTS.values():
-            app.router.add_route(endpoint.method, endpoint.path, self.forward)
+            if endpoint.method == "GET":
+                app.router.add_get(endpoint.path, self.forward)  # HEAD too: answered as GET, without the body
+            else:
+                app.router.add_route(endpoint.method, endpoint.path, self.forward)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -296,8 +321,10 @@ class Router:
         if refusal := coded_body_refusal(request.headers.get("Content-Encoding")):
             return error_response(415, refusal, "bad request"), None
         try:
-            body = await request.read()
+            body = await asyncio.wait_for(request.read(), self.settings.body_timeout_s)
             parsed = orjson.loads(body) if endpoint.method == "POST" else {}
+        except TimeoutError:
+            return error_response(408, late_body_refusal(self.settings.body_timeout_s), "bad request"), None
         except web.HTTPRequestEntityTooLarge:
             limit = self.settings.max_body_bytes
             return error_response(413, f"the body is larger than {limit} bytes", "bad request"), None
@@ -502,6 +529,7 @@ def broken(error: aiohttp.ClientError) -> str:
 async def serve(settings: RouterSettings, source: ReplicaSource, canary: ReplicaSource | None = None) -> None:
     """Run the router until SIGTERM or SIGINT."""
     router = Router(settings, source, canary=canary)  # bodies are not decoded: strata_api.serving.coded_body_refusal
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequestLog())
     runner = web.AppRunner(router.app(), handle_signals=False, access_log=None, auto_decompress=False)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()

@@ -86,6 +86,9 @@ class RouterSettings:
     a share in bursts that a batching replica would have absorbed); for the workload server, its ``max_batch``."""
     max_body_bytes: int = 1 << 20
     """Largest request body accepted; larger ones get 413. Default 1 MiB (the server's prompt limit is 4 KiB)."""
+    body_timeout_s: float = 30.0
+    """Seconds a request's body has to arrive whole; a later one gets 408. Default 30 s: a 1 MiB body at 35 KB/s,
+    where a client that trickles its body (or stops sending it) would otherwise hold the request open."""
     autoscale_mode: str = ""
     """``predictive`` or ``reactive``: run the autoscaler (:mod:`strata_serving.scaler`) and answer its last
     decision at ``GET /scale``; empty (the default) runs none. The operator sets it from ``spec.autoscaling.mode``."""

@@ -169,3 +169,18 @@ async def post(session: aiohttp.ClientSession, url: str, body: object, timeout_s
             payload,
             time.monotonic() - started,
         )
+
+
+async def exchange(port: int, request: bytes, wait_s: float = 10) -> tuple[int, bytes, float]:
+    """Send raw bytes and read one answer: its status, body and the seconds it took."""
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), wait_s)
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
+    body = await asyncio.wait_for(reader.readexactly(length), wait_s)
+    writer.close()
+    return int(head.split()[1]), body, time.monotonic() - started

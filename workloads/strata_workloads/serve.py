@@ -28,10 +28,11 @@ from typing import Any
 import orjson
 import torch
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from strata_api.serving import coded_body_refusal
+from strata_api.serving import MalformedRequestLog, coded_body_refusal, late_body_refusal, unrouted_refusal
 from strata_api.workload import ExitCode
 from strata_workloads.batching import DynamicBatcher, Overloaded
 from strata_workloads.checkpoint import CorruptCheckpoint, NoUsableCheckpoint
@@ -127,7 +128,7 @@ class Server:
         warm_up(self.model)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_body_bytes)
+        app = web.Application(client_max_size=self.max_body_bytes, middlewares=[unrouted_in_json])
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
@@ -206,7 +207,9 @@ class Server:
         if refusal := coded_body_refusal(request.headers.get("Content-Encoding")):
             raise BadRequest(refusal, 415)
         try:
-            body = orjson.loads(await request.read())
+            body = orjson.loads(await asyncio.wait_for(request.read(), self.settings.body_timeout_s))
+        except TimeoutError:
+            raise BadRequest(late_body_refusal(self.settings.body_timeout_s), 408) from None
         except web.HTTPRequestEntityTooLarge:
             raise BadRequest(f"body is larger than {self.max_body_bytes} bytes", 413) from None
         except ConnectionResetError:  # nobody reads this answer; returning one spares the log a traceback
@@ -351,6 +354,20 @@ class Server:
         return await self._serve("predict", request)
 
 
+@web.middleware
+async def unrouted_in_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A path without a route gets its 404 and a method a route does not take its 405 (with ``Allow``) in the
+    server's JSON error shape, not aiohttp's plain text."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as error:
+        allowed = error.allowed_methods if isinstance(error, web.HTTPMethodNotAllowed) else None
+        response = _json({"error": unrouted_refusal(request.method, request.path, allowed)}, error.status)
+        if allowed is not None:
+            response.headers["Allow"] = ",".join(sorted(allowed))
+        return response
+
+
 def _json(payload: dict[str, Any], status: int) -> web.Response:
     headers = {"Retry-After": "1"} if status in (429, 503) else None
     return web.json_response(payload, status=status, headers=headers, dumps=lambda o: orjson.dumps(o).decode())
@@ -376,6 +393,7 @@ def prepare_model(model: Transformer, settings: ServeSettings) -> Transformer:
 async def serve(server: Server) -> None:
     settings = server.settings
     # bodies are not decoded: strata_api.serving.coded_body_refusal
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequestLog())
     runner = web.AppRunner(server.app(), handle_signals=False, auto_decompress=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)

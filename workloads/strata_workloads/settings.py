@@ -99,6 +99,7 @@ class ServeSettings:
     # [1, max_seq_len]; unset: half the window (inference.scoring_stride says why)
     predict_stride: int | None = None
     drain_seconds: float = 25.0  # SIGTERM: how long in-flight requests may take (below the pod's grace period)
+    body_timeout_s: float = 30.0  # a request's body must arrive whole within this, else 408 (no trickled bodies)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
     @property

@@ -12,7 +12,7 @@ from collections import Counter
 import aiohttp
 import orjson
 import pytest
-from router_support import Answer, Process, Processes, metrics, post, total, wait_ready, wait_routable
+from router_support import Answer, Process, Processes, exchange, metrics, post, total, wait_ready, wait_routable
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -265,6 +265,39 @@ async def test_a_compressed_body_gets_415_and_a_client_that_leaves_mid_body_no_t
     assert total(samples, "strata_router_attempts_total") == 1
     assert total(samples, "strata_router_ejections_total") == 0
     assert "Traceback" not in router.log.read_text()
+
+
+async def test_unknown_paths_wrong_methods_late_bodies_and_garbage_get_refused_in_json_and_reach_no_replica(
+    processes: Processes, session: aiohttp.ClientSession
+) -> None:
+    replica = processes.fake_replica("r")
+    router = processes.router([replica.address], "--body-timeout-s", "1")
+    await started(replica, routers=(router,))
+
+    for method, path, status, message in [
+        ("POST", "/v1/chat/completions", 404, "there is no endpoint /v1/chat/completions"),
+        ("GET", "/v1/generate", 405, "GET is not allowed on /v1/generate; it takes POST"),
+    ]:
+        async with session.request(method, router.url + path, json=GENERATE) as response:
+            assert response.status == status
+            assert (await response.json())["error"] == message
+            assert status == 404 or response.headers["Allow"] == "POST"
+    async with session.head(router.url + "/v1/models") as response:  # forwarded as a GET, answered without a body
+        assert (response.status, response.headers["x-strata-replica"]) == (200, replica.address)
+    # a body that stops coming is refused after the timeout rather than held open
+    trickled = b'POST /v1/generate HTTP/1.1\r\nHost: router\r\nContent-Length: 1000\r\n\r\n{"prompt"'
+    status, body, seconds = await exchange(router.port, trickled)
+    assert (status, orjson.loads(body)["error"]) == (408, "the body did not arrive within 1 s")
+    assert 1 <= seconds < 5
+    # a request the parser refuses: aiohttp's 400, and one warning line in the log, not a traceback
+    status, _, _ = await exchange(router.port, b"GET /v1/models HTTP/1.1\r\nContent-Length: x\r\n\r\n")
+    assert status == 400
+
+    assert (await post(session, router.url + "/v1/generate", GENERATE)).status == 200
+    assert total(await metrics(router), "strata_router_attempts_total") == 2  # the HEAD and the last POST
+    log = router.log.read_text()
+    assert "Traceback" not in log
+    assert "WARNING aiohttp.server: Error handling request from 127.0.0.1: Invalid character in Content-Length" in log
 
 
 async def test_a_streamed_completion_passes_through_chunk_by_chunk(

@@ -1,6 +1,6 @@
-"""The server process (``python -m strata_workloads.serve``) refuses bodies it cannot read with a JSON 4xx, and a
-client that leaves mid-body costs no traceback: a compressed body gets 415, an oversized one 413, in each route's
-error shape."""
+"""The server process (``python -m strata_workloads.serve``) refuses what it will not serve with a JSON 4xx, and a
+client that leaves mid-body or sends garbage costs no traceback: a compressed body gets 415, an oversized one 413,
+one that does not arrive in time 408, in each route's error shape; an unknown path 404 and a wrong method 405."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-from router_support import Processes, wait_ready
+from router_support import Processes, exchange, wait_ready
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(120)]
 
@@ -20,6 +20,7 @@ GENERATE = orjson.dumps({"prompt": "def ", "max_new_tokens": 2})
 COMPLETION = orjson.dumps({"model": "debug", "prompt": "def ", "max_tokens": 2})
 UNCOMPRESSED = "Content-Encoding 'gzip' is not supported: send the body uncompressed"
 TOO_LARGE = "body is larger than 17408 bytes"  # the default max_prompt_bytes' limit: 4 x 4096 + 1024
+LATE = "the body did not arrive within 1 s"
 
 
 @pytest.fixture
@@ -35,10 +36,8 @@ def error_message(path: str, body: dict[str, object]) -> object:
     return error["message"] if path == "/v1/completions" and isinstance(error, dict) else error
 
 
-async def test_compressed_and_oversized_bodies_get_a_json_4xx_and_the_server_keeps_serving(
-    processes: Processes,
-) -> None:
-    server = processes.workload_server("serve", "--threads", "1")
+async def test_what_it_will_not_serve_gets_a_json_4xx_and_the_server_keeps_serving(processes: Processes) -> None:
+    server = processes.workload_server("serve", "--threads", "1", "--body-timeout-s", "1")
     await wait_ready(server, timeout_s=90)
     gzipped = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
     cases = [
@@ -53,8 +52,28 @@ async def test_compressed_and_oversized_bodies_get_a_json_4xx_and_the_server_kee
             async with session.post(server.url + path, data=data, headers=headers) as response:
                 assert response.status == status, (path, await response.text())
                 assert error_message(path, await response.json()) == message
+        for path, method, status, message in [
+            ("/v1/chat/completions", "POST", 404, "there is no endpoint /v1/chat/completions"),
+            ("/v1/completions", "PUT", 405, "PUT is not allowed on /v1/completions; it takes POST"),
+        ]:
+            async with session.request(method, server.url + path, data=COMPLETION) as response:
+                assert response.status == status
+                assert (await response.json())["error"] == message
+                assert status == 404 or response.headers["Allow"] == "POST"
+        async with session.head(server.url + "/v1/models") as response:
+            assert response.status == 200
+
+        # a body that stops coming: 408 after the timeout, not a request held open
+        trickled = b'POST /v1/generate HTTP/1.1\r\nHost: serve\r\nContent-Length: 1000\r\n\r\n{"prompt"'
+        status, body, seconds = await exchange(server.port, trickled)
+        assert (status, orjson.loads(body)["error"]) == (408, LATE)
+        assert 1 <= seconds < 5
+        # a request the parser refuses: aiohttp's 400, and one warning line in the log
+        status, _, _ = await exchange(server.port, b"GET /v1/models HTTP/1.1\r\nContent-Length: x\r\n\r\n")
+        assert status == 400
+
         _, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b'POST /v1/generate HTTP/1.1\r\nHost: serve\r\nContent-Length: 1000\r\n\r\n{"prompt"')
+        writer.write(trickled)
         await writer.drain()
         writer.close()
         await writer.wait_closed()
@@ -62,4 +81,18 @@ async def test_compressed_and_oversized_bodies_get_a_json_4xx_and_the_server_kee
         async with session.post(server.url + "/v1/generate", data=GENERATE) as response:
             assert response.status == 200
             assert (await response.json())["tokens"] == 2
-    assert "Traceback" not in server.log.read_text()
+    log = server.log.read_text()
+    assert "Traceback" not in log
+    parser_records = [
+        record
+        for line in log.splitlines()
+        if line.startswith("{") and (record := orjson.loads(line))["logger"] == "aiohttp.server"
+    ]
+    assert parser_records == [
+        {
+            "ts": parser_records[0]["ts"],
+            "level": "warning",
+            "logger": "aiohttp.server",
+            "msg": "Error handling request from 127.0.0.1: Invalid character in Content-Length",
+        }
+    ]
