@@ -211,31 +211,41 @@ async def test_an_ejected_replica_comes_back_through_a_probe_once_its_cooldown_i
     assert total(await metrics(router), "strata_router_ejections_total", replica=failing.address) == 2
 
 
-async def test_malformed_requests_get_a_clear_4xx_and_the_router_survives(
+async def test_requests_it_will_not_serve_get_a_clear_4xx_in_json_reach_no_replica_and_cost_no_traceback(
     processes: Processes, session: aiohttp.ClientSession
 ) -> None:
     replica = processes.fake_replica("r")
-    router = processes.router([replica.address], "--max-body-bytes", "1000")
+    router = processes.router([replica.address], "--max-body-bytes", "1000", "--body-timeout-s", "1")
     await started(replica, routers=(router,))
 
-    async def answer(method: str, path: str, data: bytes) -> tuple[int, bytes]:
+    for method, path, data, status, message in [
+        ("POST", "/v1/generate", b"{not json", 400, "the body is not valid JSON: "),
+        ("POST", "/v1/generate", b"[1, 2]", 400, "the body must be a JSON object"),
+        ("POST", "/v1/generate", b'{"prompt": "' + b"x" * 2000 + b'"}', 413, "the body is larger than 1000 bytes"),
+        ("POST", "/v1/chat/completions", b"{}", 404, "there is no endpoint /v1/chat/completions"),
+        ("GET", "/v1/generate", b"", 405, "GET is not allowed on /v1/generate; it takes POST"),
+    ]:
         async with session.request(method, router.url + path, data=data) as response:
-            return response.status, await response.read()
+            assert response.status == status
+            assert (await response.json())["error"].startswith(message)
+            assert status != 405 or response.headers["Allow"] == "POST"
+    async with session.head(router.url + "/v1/models") as response:  # forwarded as a GET, answered without a body
+        assert (response.status, response.headers["x-strata-replica"]) == (200, replica.address)
+    # a body that stops coming is refused after the timeout rather than held open
+    trickled = b'POST /v1/generate HTTP/1.1\r\nHost: router\r\nContent-Length: 1000\r\n\r\n{"prompt"'
+    status, body, seconds = await exchange(router.port, trickled)
+    assert (status, orjson.loads(body)["error"]) == (408, "the body did not arrive within 1 s")
+    assert 1 <= seconds < 5
+    # a request the parser refuses: aiohttp's 400, and one warning line in the log, not a traceback
+    status, _, _ = await exchange(router.port, b"GET /v1/models HTTP/1.1\r\nContent-Length: x\r\n\r\n")
+    assert status == 400
 
-    status, body = await answer("POST", "/v1/generate", b"{not json")
-    assert status == 400
-    assert b"not valid JSON" in body
-    status, body = await answer("POST", "/v1/generate", b"[1, 2]")
-    assert status == 400
-    assert b"must be a JSON object" in body
-    status, body = await answer("POST", "/v1/generate", b'{"prompt": "' + b"x" * 2000 + b'"}')
-    assert status == 413
-    assert b"larger than 1000 bytes" in body
-    assert (await answer("GET", "/v1/models", b""))[0] == 200
-    assert (await answer("POST", "/v1/nothing", b"{}"))[0] == 404
-    assert (await answer("GET", "/v1/generate", b""))[0] == 405
     assert (await post(session, router.url + "/v1/generate", GENERATE)).status == 200
+    assert total(await metrics(router), "strata_router_attempts_total") == 2  # the HEAD and the last POST
     assert router.popen.poll() is None
+    log = router.log.read_text()
+    assert "Traceback" not in log
+    assert "WARNING aiohttp.server: Error handling request from 127.0.0.1: Invalid character in Content-Length" in log
 
 
 async def test_a_compressed_body_gets_415_and_a_client_that_leaves_mid_body_no_traceback(
@@ -265,39 +275,6 @@ async def test_a_compressed_body_gets_415_and_a_client_that_leaves_mid_body_no_t
     assert total(samples, "strata_router_attempts_total") == 1
     assert total(samples, "strata_router_ejections_total") == 0
     assert "Traceback" not in router.log.read_text()
-
-
-async def test_unknown_paths_wrong_methods_late_bodies_and_garbage_get_refused_in_json_and_reach_no_replica(
-    processes: Processes, session: aiohttp.ClientSession
-) -> None:
-    replica = processes.fake_replica("r")
-    router = processes.router([replica.address], "--body-timeout-s", "1")
-    await started(replica, routers=(router,))
-
-    for method, path, status, message in [
-        ("POST", "/v1/chat/completions", 404, "there is no endpoint /v1/chat/completions"),
-        ("GET", "/v1/generate", 405, "GET is not allowed on /v1/generate; it takes POST"),
-    ]:
-        async with session.request(method, router.url + path, json=GENERATE) as response:
-            assert response.status == status
-            assert (await response.json())["error"] == message
-            assert status == 404 or response.headers["Allow"] == "POST"
-    async with session.head(router.url + "/v1/models") as response:  # forwarded as a GET, answered without a body
-        assert (response.status, response.headers["x-strata-replica"]) == (200, replica.address)
-    # a body that stops coming is refused after the timeout rather than held open
-    trickled = b'POST /v1/generate HTTP/1.1\r\nHost: router\r\nContent-Length: 1000\r\n\r\n{"prompt"'
-    status, body, seconds = await exchange(router.port, trickled)
-    assert (status, orjson.loads(body)["error"]) == (408, "the body did not arrive within 1 s")
-    assert 1 <= seconds < 5
-    # a request the parser refuses: aiohttp's 400, and one warning line in the log, not a traceback
-    status, _, _ = await exchange(router.port, b"GET /v1/models HTTP/1.1\r\nContent-Length: x\r\n\r\n")
-    assert status == 400
-
-    assert (await post(session, router.url + "/v1/generate", GENERATE)).status == 200
-    assert total(await metrics(router), "strata_router_attempts_total") == 2  # the HEAD and the last POST
-    log = router.log.read_text()
-    assert "Traceback" not in log
-    assert "WARNING aiohttp.server: Error handling request from 127.0.0.1: Invalid character in Content-Length" in log
 
 
 async def test_a_streamed_completion_passes_through_chunk_by_chunk(
