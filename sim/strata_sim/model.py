@@ -87,34 +87,77 @@ class Fleet:
         return any(sum(n.gpus // group for n in self.nodes if n.gpu_type == t) >= groups for t in job.gpu_types)
 
 
+MAX_NODES = 100_000
+"""The most nodes a fleet may have after ``--scale`` (a year of a million jobs takes 1,248, docs/simulation.md):
+``--scale 1e9`` would otherwise build nodes until memory runs out."""
+
+
 def load_fleet(path: Path, scale: float = 1.0) -> Fleet:
     """GPU pools of a fleet file in the ``examples/fleet.yaml`` format, each pool's node count times ``scale``
-    (rounded, at least one node for a pool that has any); CPU pools (``gpu: none``) are left out."""
-    try:
-        data: Any = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise SimInputError(f"cannot read the fleet file {path}: {error}") from error
+    (rounded, at least one node for a pool that has any); CPU pools (``gpu: none``) are left out. Errors name the
+    file and the pool's field, as ``strata_dev.fleet.load_fleet`` has them: pool names are unique, ``nodes`` a whole
+    number of zero or more, and the fleet has at least one GPU node and at most :data:`MAX_NODES`."""
+    if not (math.isfinite(scale) and scale > 0):
+        raise SimInputError(f"--scale: expected a number more than 0, got {scale!r}")
+    data = _read_yaml(path)
     if not isinstance(data, dict) or not isinstance(data.get("pools"), list):
         raise SimInputError(f"{path}: expected a mapping with a list of pools")
     nodes: list[SimNode] = []
+    pool_of: dict[str, int] = {}
     for index, pool in enumerate(data["pools"]):
         where = f"{path}: pools[{index}]"
         if not isinstance(pool, dict):
             raise SimInputError(f"{where}: expected a mapping")
+        name = str(pool.get("name", f"pool{index}"))
+        if name in pool_of:
+            raise SimInputError(f"{where}.name: {name!r} is also the name of pools[{pool_of[name]}]")
+        pool_of[name] = index
         if pool.get("gpu") == "none":
             continue
         try:
             gpu = GPUType(pool["gpu"])
             capacity = CapacityType(pool["capacityType"]).value
-            count = int(pool["nodes"])
         except (KeyError, ValueError, TypeError) as error:
             raise SimInputError(f"{where}: needs gpu (H100/MI300X/none), capacityType and nodes: {error}") from error
-        instance, per_node = MACHINES[gpu]
-        scaled = max(1, round(count * scale)) if count > 0 else 0
-        name = str(pool.get("name", f"pool{index}"))
+        count = pool.get("nodes")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise SimInputError(f"{where}.nodes: expected a whole number of zero or more, got {count!r}")
         zone = pool.get("zone")
+        if zone is not None and not isinstance(zone, str):
+            raise SimInputError(f"{where}.zone: expected a zone name, got {zone!r}")
+        too_many = f"{where}.nodes: {count} nodes x --scale {scale:g} takes the fleet past {MAX_NODES:,} nodes"
+        if count > MAX_NODES / scale:
+            raise SimInputError(too_many)
+        scaled = max(1, round(count * scale)) if count > 0 else 0
+        if len(nodes) + scaled > MAX_NODES:
+            raise SimInputError(too_many)
+        instance, per_node = MACHINES[gpu]
         nodes += [SimNode(f"{name}-{i}", gpu, capacity, instance, per_node, zone) for i in range(scaled)]
+    if not nodes:
+        raise SimInputError(f"{path}: no GPU nodes (every pool has gpu: none or nodes: 0)")
     return Fleet(tuple(nodes))
+
+
+def _read_yaml(path: Path) -> Any:
+    """The YAML document of a file; a syntax error names the line and column, on one line."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise SimInputError(f"cannot read the fleet file {path}: {error}") from error
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        at = f": line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise SimInputError(f"{path}{at}: not YAML: {error.problem}") from error
+    except yaml.YAMLError as error:
+        raise SimInputError(f"{path}: not YAML: {' '.join(str(error).split())}") from error
+
+
+def check_catalog(fleet: Fleet, catalog: Catalog) -> None:
+    """Every node kind of the fleet is priced and its GPU type has a throughput, before any replay starts (the
+    replay would stop at the first job placed there)."""
+    for kind in nodes_by_kind(fleet).values():
+        gpu_hour_price(catalog, kind[0])
+        throughput(catalog, kind[0].gpu_type)
 
 
 @dataclass
