@@ -9,6 +9,7 @@ from typing import Any, cast
 import kopf
 
 from strata_api.catalog import CatalogError
+from strata_operator.core.status import REPORTING_COMPONENT
 from strata_operator.handlers import inferenceservice, resourcepool, trainingjob
 from strata_operator.runtime.kube import Kube, RetryPolicy, with_kubeconfig_token_file
 from strata_operator.runtime.quoter import Quoter
@@ -39,7 +40,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: Any, **_
     settings.persistence.finalizer = trainingjob.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix=PREFIX, key="last-handled-configuration")
-    settings.posting.reporting_component = "strata-operator"
+    settings.posting.reporting_component = REPORTING_COMPONENT
     settings.watching.server_timeout = 300
     policy = RetryPolicy(attempts=runtime.settings.api_attempts, budget_s=runtime.settings.api_retry_budget_s)
     retries = runtime.metrics.api_retries

@@ -67,7 +67,7 @@ class RolloutPlan:
     percent: int = 0
     """Share of requests the routers send to the canary (``canaryPercent``), while it runs."""
     remove_canary: bool = False
-    """A canary Deployment is there and is not wanted any more (promoted or rolled back)."""
+    """A canary's Deployment or Service is there and is not wanted any more (promoted or rolled back)."""
 
     @property
     def splitting(self) -> bool:
@@ -79,20 +79,23 @@ def plan_rollout(
     revision: str,
     stable: ObservedDeployment | None,
     canary: ObservedDeployment | None,
+    canary_service: bool = False,
 ) -> RolloutPlan:
-    """The rollout for the spec's template ``revision``, given what runs (the stable and canary Deployments).
+    """The rollout for the spec's template ``revision``, given what runs (the stable and canary Deployments, and
+    whether the canary's headless Service is there).
 
     The stable revision is the stable Deployment's, or, when it was deleted by hand during a canary, the one the
     canary's Deployment keeps. A new service runs the spec's revision as its stable. A revision other than the
     stable's with ``canaryPercent`` 1..99 runs as the canary. Anything else makes the spec's revision the stable one
-    and removes a canary that is there."""
+    and removes a canary that is there: its Deployment, or its Service alone, which an operator killed between the
+    two deletes leaves behind (the Deployment, gone by then, no longer says that a canary ran)."""
     percent = service.spec.rollout.canary_percent
     running = stable.revision if stable is not None else None
     if running is None and canary is not None and canary.kept is not None:
         running = canary.kept.revision
     if running is not None and running != revision and 0 < percent < 100:
         return RolloutPlan(running, revision, percent)
-    return RolloutPlan(revision, remove_canary=canary is not None)
+    return RolloutPlan(revision, remove_canary=canary is not None or canary_service)
 
 
 def kept_stable(
@@ -204,7 +207,9 @@ def rollout_status(
 ) -> None:
     """Record the rollout in the status draft (``stableRevision``; ``canaryRevision``, ``canaryReplicas`` and
     ``canaryReadyReplicas`` while a canary runs, removed after) with an Event when a canary starts, is promoted or
-    is rolled back, and when the stable Deployment was put back (``restored``: how it had changed)."""
+    is rolled back (each posted once, :attr:`~strata_operator.core.status.Event.once`: where a rollout stands is
+    the status, so an Event lost to an operator killed after the status write would never be posted again), and
+    when the stable Deployment was put back (``restored``: how it had changed)."""
     before = draft.stored.get("canaryRevision")
     draft.set("stableRevision", plan.stable_revision)
     if restored is not None:
@@ -225,6 +230,7 @@ def rollout_status(
                     f"revision {plan.canary_revision} runs as a canary of {canary_count} replicas taking "
                     f"{plan.percent}% of the requests; revision {plan.stable_revision} stays the stable one"
                     + (f" (it replaces canary revision {before})" if before else ""),
+                    once=True,
                 )
             )
         return
@@ -235,13 +241,13 @@ def rollout_status(
         return
     if before == plan.stable_revision:
         message = f"revision {before} promoted: the stable replicas roll to it and the canary's go"
-        draft.events.append(Event(NORMAL, Reason.CANARY_PROMOTED, message))
+        draft.events.append(Event(NORMAL, Reason.CANARY_PROMOTED, message, once=True))
     else:
         message = (
             f"canary revision {before} rolled back: its replicas go and the stable ones run revision "
             f"{plan.stable_revision}"
         )
-        draft.events.append(Event(NORMAL, Reason.CANARY_ROLLED_BACK, message))
+        draft.events.append(Event(NORMAL, Reason.CANARY_ROLLED_BACK, message, once=True))
 
 
 def stored_ask(service: InferenceService, status: Mapping[str, Any], wanted: int) -> int:

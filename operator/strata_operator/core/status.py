@@ -17,11 +17,55 @@ NORMAL = "Normal"
 WARNING = "Warning"
 
 
+REPORTING_COMPONENT = "strata-operator"
+"""Who posts the operator's Events (``source.component``): kopf's (``settings.posting``, set in ``main``) and the
+ones posted once (:attr:`Event.once`)."""
+
+
 @dataclass(frozen=True)
 class Event:
     type: str
     reason: str
     message: str
+    once: bool = field(default=False, compare=False)
+    """Posted exactly once for the change of spec it tells of: under a name of its own (:func:`once_event_name`),
+    before the status write that records the change. An operator killed after the status write and before a
+    posting it only queued would lose it (the next pass sees the change recorded); one killed before the status
+    write posts it again under the same name, which the API server refuses (409), so it is not duplicated either."""
+
+
+def once_event_name(name: str, uid: str, generation: int, reason: str) -> str:
+    """The name of an Event posted once (:attr:`Event.once`): the object, its uid (a service of the same name made
+    again is another), the generation of the spec whose change it tells of, and its reason."""
+    return f"{name}.{uid[:8]}.g{generation}.{reason.lower()}"
+
+
+def once_event_manifest(
+    involved: Mapping[str, Any], event: Event, name: str, now: datetime, component: str = REPORTING_COMPONENT
+) -> dict[str, Any]:
+    """A core/v1 Event about ``involved`` (its apiVersion, kind, name, namespace and uid), named ``name``."""
+    meta = involved["metadata"]
+    at = format_time(now)
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": name, "namespace": meta["namespace"]},
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message,
+        "involvedObject": {
+            "apiVersion": involved["apiVersion"],
+            "kind": involved["kind"],
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+        },
+        "source": {"component": component},
+        "reportingComponent": component,
+        "count": 1,
+        "firstTimestamp": at,
+        "lastTimestamp": at,
+    }
 
 
 @dataclass

@@ -179,7 +179,8 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
     rev: str | None = None
     if pool is not None and isinstance(model, ModelSource):
         rev = serving.build_deployment(service, pool, model, 0, settings)["metadata"]["annotations"][api.LABEL_REVISION]
-        plan = canary.plan_rollout(service, rev, observed, observed_canary)
+        canary_service = first(indices["servingservices"], f"{ns}/{canary.canary_service_name(service)}") is not None
+        plan = canary.plan_rollout(service, rev, observed, observed_canary, canary_service)
     report = None
     if router.autoscaled(service):
         report = await read_scale(router.scale_url(service, settings), settings.scale_timeout_s)

@@ -5,8 +5,10 @@ ConfigMap and the status."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import aiohttp
@@ -17,8 +19,8 @@ import strata_api as api
 from strata_api import InferenceService
 from strata_api.serving import ScaleReport
 from strata_operator.core.serving import spec_patch
-from strata_operator.core.status import Event
-from strata_operator.runtime.kube import Kube, custom_path
+from strata_operator.core.status import Event, once_event_manifest, once_event_name
+from strata_operator.runtime.kube import ApiError, Kube, custom_path
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,10 @@ def disruption_budgets_path(namespace: str, name: str = "") -> str:
 
 def services_path(namespace: str, name: str = "") -> str:
     return f"/api/v1/namespaces/{namespace}/services" + (f"/{name}" if name else "")
+
+
+def events_path(namespace: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/events"
 
 
 def config_maps_path(namespace: str, name: str = "") -> str:
@@ -103,15 +109,27 @@ async def read_scale(url: str, timeout_s: float) -> ScaleReport | None:
 
 
 async def write_status(kube: Kube, entry: ServiceEntry, patch: Mapping[str, Any], events: list[Event]) -> bool:
-    """Write a status change if the service is still what we read; False when it changed meanwhile or is gone."""
-    if patch and not await kube.patch_status_if_unchanged(entry.status_path, entry.resource_version, patch):
-        return False
+    """Write a status change if the service is still what we read; False when it changed meanwhile or is gone.
+
+    The Events posted once (:attr:`Event.once`) go first, each under its own name (409 when a killed operator
+    posted it already), then the status, then the others through kopf's queue. An Event is auxiliary: one the API
+    server refuses for another reason is left out (as kopf leaves its own out), never a reason to keep the status
+    from being written."""
     s = entry.service
     ref = {
         "apiVersion": api.API_VERSION,
         "kind": api.INFERENCE_SERVICE,
         "metadata": {"name": s.name, "namespace": s.namespace, "uid": s.uid},
     }
+    now = datetime.now(UTC)
     for event in events:
-        kopf.event(kopf.Body(cast(kopf.RawBody, ref)), type=event.type, reason=event.reason, message=event.message)
+        if event.once:
+            name = once_event_name(s.name, s.uid, s.generation, event.reason)
+            with contextlib.suppress(ApiError, aiohttp.ClientError, TimeoutError):
+                await kube.create(events_path(s.namespace), once_event_manifest(ref, event, name, now))
+    if patch and not await kube.patch_status_if_unchanged(entry.status_path, entry.resource_version, patch):
+        return False
+    for event in events:
+        if not event.once:
+            kopf.event(kopf.Body(cast(kopf.RawBody, ref)), type=event.type, reason=event.reason, message=event.message)
     return True

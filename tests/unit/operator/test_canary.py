@@ -68,6 +68,16 @@ def running(revision: str, spec: dict[str, Any], replicas: int = 5, kept: servin
     return ObservedDeployment(replicas, replicas, replicas, revision, 1, 1, spec, kept)
 
 
+def test_a_canary_service_left_without_its_deployment_is_removed_and_one_still_in_use_is_kept() -> None:
+    """An operator killed between the canary's two deletes leaves its Service alone: the plan removes it."""
+    assert canary.plan_rollout(with_percent(100), "new", deployment("new"), None, True) == RolloutPlan(
+        "new", remove_canary=True
+    )
+    assert canary.plan_rollout(with_percent(100), "new", deployment("new"), None, False) == RolloutPlan("new")
+    # while a canary runs its Service is wanted, whichever of its two objects is made first
+    assert canary.plan_rollout(with_percent(20), "new", deployment("old"), None, True) == RolloutPlan("old", "new", 20)
+
+
 def test_a_stable_deleted_by_hand_during_a_canary_stays_the_revision_the_canary_keeps() -> None:
     trial = running("new", {}, 1, KEPT)
     assert canary.plan_rollout(with_percent(20), "new", None, trial) == RolloutPlan("old", "new", 20)
