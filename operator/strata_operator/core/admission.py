@@ -84,7 +84,7 @@ Rules, in the order a user would check them:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -256,6 +256,16 @@ class Decision:
     (rule 2). Their pods carry them, and the extender scores those nodes first: the jobs of one pass then land where
     the pass counted them whatever order their pods are bound in (otherwise a later job of the pass could take the
     reserved GPUs counted for an earlier, higher-priority one, and leave it the dearer kind)."""
+
+
+def admitted_after_moves(decision: Decision, moved: Collection[str]) -> dict[str, GPUType]:
+    """The GPU jobs to write Admitted once the pass's preemptions are written, ``moved`` those written: a job rule
+    10 made room for only if every job it moves is written requeued. Admitted first, it would be a record of the
+    room whose moves were lost (an operator killed between the writes, a moved job changed meanwhile), and nothing
+    would move them again: the gang would sit on its node's missing GPUs until requeued as unschedulable."""
+    owed = {p.victim for p in decision.preempt if p.by in decision.defragmented} - set(moved)
+    stranded = {p.by for p in decision.preempt if p.victim in owed}
+    return {key: gpu_type for key, gpu_type in decision.admit.items() if key not in stranded}
 
 
 LOWEST_PRIORITY = -(2**31)

@@ -28,7 +28,7 @@ from strata_api import Phase, ResourcePool, TrainingJob, format_time
 from strata_api.workload import ExitCode, Progress
 from strata_operator.core.observed import Node, WorkerPod
 from strata_operator.core.pods import expected_runtime_s, placement_type, worker_name
-from strata_operator.core.status import NORMAL, WARNING, StatusDraft
+from strata_operator.core.status import NORMAL, WARNING, StatusDraft, attempt_event_name, once_event_name
 from strata_operator.settings import OperatorSettings
 
 
@@ -98,6 +98,43 @@ UNSCHEDULABLE_GRACE_S = 30.0
 the scheduler's reason, instead of holding its quota until the start timeout: admission saw room the scheduler
 does not grant (the extender's reserved hold-back, a taint or affinity admission does not model). Long enough for
 kube-scheduler's own retries and a bind race with another gang to settle."""
+
+
+AN_ATTEMPT = "attempt"
+A_GENERATION = "generation"
+GANG_STEPS = (Phase.ADMITTED, Phase.RUNNING, Phase.RESTARTING)
+"""Phases an attempt enters once each (only an admission, which counts a new attempt, enters Admitted), so it
+leaves each once too."""
+
+
+def once_per(before: Phase | None, after: Phase | None) -> str | None:
+    """Of what a status write from phase ``before`` to ``after`` is a moment that comes only once: of the job's
+    spec generation (:data:`A_GENERATION`: suspended, resumed), of its attempt (:data:`AN_ATTEMPT`: admitted, a new
+    attempt written with it; running; its GPUs taken back; its backoff over; finished, for good), or None (a queued
+    job's new waiting reason, which can come again).
+
+    Such a write's Events are posted once, before it, under a name of their own (:func:`once_event_name_of`, as
+    :attr:`~strata_operator.core.status.Event.once` says): the status records the moment and no later pass tells
+    of it again, so an Event only queued behind the write would die with an operator killed after it."""
+    if after is None or after == before:
+        return None
+    if Phase.SUSPENDED in (before, after):
+        return A_GENERATION  # only a change of spec.suspend suspends or resumes, once each
+    if after in GANG_STEPS or after.finished or before in GANG_STEPS:
+        return AN_ATTEMPT
+    return None
+
+
+def once_event_name_of(job: TrainingJob, after: Phase | None, attempt: int, reason: str) -> str | None:
+    """The name under which the Event ``reason`` of a status write taking ``job`` to phase ``after`` (at
+    ``attempt``: an admission writes its new one) is posted once, before the write; None for one posted after it,
+    through kopf (:func:`once_per`)."""
+    per = once_per(job.status.phase, after)
+    if per == A_GENERATION:
+        return once_event_name(job.name, job.uid, job.generation, reason)
+    if per == AN_ATTEMPT:
+        return attempt_event_name(job.name, job.uid, attempt, reason)
+    return None
 
 
 def backoff_s(restarts: int, settings: OperatorSettings) -> float:

@@ -31,13 +31,23 @@ class Event:
     """Posted exactly once for the change of spec it tells of: under a name of its own (:func:`once_event_name`),
     before the status write that records the change. An operator killed after the status write and before a
     posting it only queued would lose it (the next pass sees the change recorded); one killed before the status
-    write posts it again under the same name, which the API server refuses (409), so it is not duplicated either."""
+    write posts it again under the same name, which the API server refuses (409), so it is not duplicated either.
+    A TrainingJob's Events are posted the same way when its write is a moment that comes once
+    (:func:`strata_operator.core.lifecycle.once_per`, named by :func:`once_event_name` or
+    :func:`attempt_event_name`)."""
 
 
 def once_event_name(name: str, uid: str, generation: int, reason: str) -> str:
     """The name of an Event posted once (:attr:`Event.once`): the object, its uid (a service of the same name made
     again is another), the generation of the spec whose change it tells of, and its reason."""
     return f"{name}.{uid[:8]}.g{generation}.{reason.lower()}"
+
+
+def attempt_event_name(name: str, uid: str, attempt: int, reason: str) -> str:
+    """The name of a TrainingJob's Event posted once (:attr:`Event.once`) for a moment of its ``attempt`` (admitted,
+    running, its GPUs taken back, finished: each comes at most once an attempt, see
+    :func:`strata_operator.core.lifecycle.once_per`), told by ``reason``."""
+    return f"{name}.{uid[:8]}.a{attempt}.{reason.lower()}"
 
 
 def once_event_manifest(

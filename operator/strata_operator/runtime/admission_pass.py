@@ -13,7 +13,7 @@ from typing import Any
 
 import strata_api as api
 from strata_api import GPUType, Phase, ResourcePool, TrainingJob, format_time, parse_time
-from strata_operator.core.admission import AdmittedGang, Decision, GangRequest, Waiting, admit
+from strata_operator.core.admission import AdmittedGang, Decision, GangRequest, Waiting, admit, admitted_after_moves
 from strata_operator.core.lifecycle import Reason
 from strata_operator.core.observed import Node, WorkerPod
 from strata_operator.core.pods import gang_gpu_type
@@ -91,8 +91,14 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
     shares = serving_shares((e.service, e.status) for store in list(services_index.values()) for e in store)
     decision = admit(queue, [g for g in admitted if g is not None], pools, fleet, free, hold, now, shares, rooms)
 
-    # every write is independent (one job's status, guarded by its own resourceVersion): written concurrently, so
-    # a pass that admits 500 gangs costs one round trip's latency, not 500 of them in a row
+    # every write is one job's status, guarded by its own resourceVersion, and written concurrently (a pass that
+    # admits 500 gangs costs one round trip's latency, not 500 of them in a row), but the preemptions go first: a
+    # job rule 10 made room for is written Admitted only once the jobs it moves are written requeued
+    preempted = await asyncio.gather(
+        *(_write_preempted(runtime, entries[p.victim], p.message, now) for p in decision.preempt),
+        return_exceptions=True,
+    )
+    moved = [p.victim for p, written in zip(decision.preempt, preempted, strict=True) if written is True]
     outcomes = await asyncio.gather(
         *(
             _write_admitted(
@@ -104,14 +110,13 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
                 decision.planned.get(key, ()),
                 decision.defragmented.get(key),
             )
-            for key, gpu_type in decision.admit.items()
+            for key, gpu_type in admitted_after_moves(decision, moved).items()
         ),
         *(_write_admitted(runtime, entries[key], None, now, plans.get(key)) for key in decision.admit_cpu),
-        *(_write_preempted(runtime, entries[p.victim], p.message, now) for p in decision.preempt),
         *(_write_waiting(runtime, entries[key], waiting, now) for key, waiting in decision.waiting.items()),
         return_exceptions=True,
     )
-    failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
+    failed = next((o for o in [*preempted, *outcomes] if isinstance(o, BaseException)), None)
     if failed is not None:
         raise failed  # the next tick decides again from what was written
 
@@ -169,13 +174,16 @@ async def _write_admitted(
         runtime.wake(entry.job.key)
 
 
-async def _write_preempted(runtime: Runtime, entry: JobEntry, message: str, now: datetime) -> None:
+async def _write_preempted(runtime: Runtime, entry: JobEntry, message: str, now: datetime) -> bool:
+    """Write the job requeued, preempted; whether it was written (False: it changed since the pass read it)."""
     draft = StatusDraft(entry.status, now)
     draft.condition(PREEMPTED, "True", Reason.PREEMPTED, message)
     draft.transition(Phase.QUEUED, Reason.PREEMPTED, message + "; checkpointing and requeued", WARNING)
-    if await patch_status(runtime, entry, draft.patch(), draft.events):
-        runtime.metrics.preemptions.inc()
-        runtime.wake(entry.job.key)
+    if not await patch_status(runtime, entry, draft.patch(), draft.events):
+        return False
+    runtime.metrics.preemptions.inc()
+    runtime.wake(entry.job.key)
+    return True
 
 
 def readable_request(job: TrainingJob, order: Quote | None) -> GangRequest | None:

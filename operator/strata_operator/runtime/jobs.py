@@ -15,8 +15,10 @@ from typing import Any, cast
 import kopf
 
 import strata_api as api
-from strata_api import TrainingJob
+from strata_api import Phase, TrainingJob
+from strata_operator.core.lifecycle import once_event_name_of
 from strata_operator.core.status import Event
+from strata_operator.runtime.events import post_event_once
 from strata_operator.runtime.kube import custom_path
 from strata_operator.runtime.shared import Runtime
 
@@ -59,8 +61,16 @@ async def patch_status(runtime: Runtime, entry: JobEntry, patch: Mapping[str, An
     if not patch:
         return True
     runtime.written_from[entry.job.key] = (entry.resource_version, time.monotonic())
+    job, written = entry.job, patch.get("phase")
+    after = Phase(written) if written else job.status.phase
+    attempt = int(patch.get("attempt", job.status.attempt))  # an admission writes its new attempt
+    named = [(e, once_event_name_of(job, after, attempt, e.reason)) for e in events]
+    for event, name in named:
+        if name is not None:
+            await post_event_once(runtime.api, entry.ref, event, name)
     if not await runtime.api.patch_status_if_unchanged(entry.status_path, entry.resource_version, patch):
         return False
-    for event in events:
-        post_event(entry, event)
+    for event, name in named:
+        if name is None:
+            post_event(entry, event)
     return True

@@ -5,10 +5,8 @@ ConfigMap and the status."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import aiohttp
@@ -19,8 +17,9 @@ import strata_api as api
 from strata_api import InferenceService
 from strata_api.serving import ScaleReport
 from strata_operator.core.serving import spec_patch
-from strata_operator.core.status import Event, once_event_manifest, once_event_name
-from strata_operator.runtime.kube import ApiError, Kube, custom_path
+from strata_operator.core.status import Event, once_event_name
+from strata_operator.runtime.events import post_event_once
+from strata_operator.runtime.kube import Kube, custom_path
 
 
 @dataclass(frozen=True)
@@ -59,10 +58,6 @@ def disruption_budgets_path(namespace: str, name: str = "") -> str:
 
 def services_path(namespace: str, name: str = "") -> str:
     return f"/api/v1/namespaces/{namespace}/services" + (f"/{name}" if name else "")
-
-
-def events_path(namespace: str) -> str:
-    return f"/api/v1/namespaces/{namespace}/events"
 
 
 def config_maps_path(namespace: str, name: str = "") -> str:
@@ -121,12 +116,10 @@ async def write_status(kube: Kube, entry: ServiceEntry, patch: Mapping[str, Any]
         "kind": api.INFERENCE_SERVICE,
         "metadata": {"name": s.name, "namespace": s.namespace, "uid": s.uid},
     }
-    now = datetime.now(UTC)
     for event in events:
         if event.once:
             name = once_event_name(s.name, s.uid, s.generation, event.reason)
-            with contextlib.suppress(ApiError, aiohttp.ClientError, TimeoutError):
-                await kube.create(events_path(s.namespace), once_event_manifest(ref, event, name, now))
+            await post_event_once(kube, ref, event, name)
     if patch and not await kube.patch_status_if_unchanged(entry.status_path, entry.resource_version, patch):
         return False
     for event in events:

@@ -7,7 +7,9 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,50 @@ class OperatorProcess:
 
     def log(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log")))
+
+
+def kill_at_write(
+    operator: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    plural: str,
+    name: str,
+    written: Callable[[dict[str, Any]], bool],
+    change: Callable[[], None],
+    timeout_s: float = 60,
+) -> dict[str, Any]:
+    """Make ``change`` and SIGKILL the operator at the first change of object ``name`` (of ``plural``) whose status
+    ``written`` matches: a watch from before the change, so the kill lands right after that write, before anything
+    queued behind it is sent. The status as written."""
+    listed = custom.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, plural)
+    killed = threading.Event()
+    status: dict[str, Any] = {}
+
+    def watch_and_kill() -> None:
+        stream = watch.Watch()
+        for event in stream.stream(
+            custom.list_namespaced_custom_object,
+            api.GROUP,
+            api.VERSION,
+            namespace,
+            plural,
+            field_selector=f"metadata.name={name}",
+            resource_version=listed["metadata"]["resourceVersion"],
+            timeout_seconds=int(timeout_s),
+        ):
+            if written(event["object"].get("status") or {}):
+                operator.kill()
+                status.update(event["object"].get("status") or {})
+                killed.set()
+                stream.stop()
+
+    watcher = threading.Thread(target=watch_and_kill, daemon=True)
+    watcher.start()
+    change()
+    assert killed.wait(timeout_s), f"the operator never wrote the awaited status of {plural} {name}"
+    watcher.join(10)
+    assert not operator.alive()
+    return status
 
 
 class Strata:

@@ -22,7 +22,7 @@ import pytest
 from cluster_support import ClusterHandle, eventually
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
-from operator_harness import OperatorProcess, Strata
+from operator_harness import OperatorProcess, Strata, kill_at_write
 from serving_builders import service_body
 from test_inferenceservices import Services, cpu_pool, deployment_revision, router_env
 
@@ -274,34 +274,19 @@ def test_a_canary_service_left_by_an_operator_killed_between_its_two_deletes_goe
 
 
 def kill_at_status_write(services: Services, operator: OperatorProcess, key: str, change: Callable[[], None]) -> None:
-    """Make ``change`` and SIGKILL the operator as the service's status ``key`` is first written anew (a watch on
-    the service: right after the write, before anything queued behind it is sent); then start a new operator."""
-    ns = services.namespace
-    listed = services.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.INFERENCE_SERVICES)
+    """Make ``change`` and SIGKILL the operator as the service's status ``key`` is first written anew; then start a
+    new operator."""
     before = services.status(NAME).get(key)
-    killed = threading.Event()
-
-    def kill_at_write() -> None:
-        stream = watch.Watch()
-        for event in stream.stream(
-            services.custom.list_namespaced_custom_object,
-            api.GROUP,
-            api.VERSION,
-            ns,
-            api.INFERENCE_SERVICES,
-            resource_version=listed["metadata"]["resourceVersion"],
-            timeout_seconds=30,
-        ):
-            if (event["object"].get("status") or {}).get(key) != before:
-                operator.kill()
-                killed.set()
-                stream.stop()
-
-    watcher = threading.Thread(target=kill_at_write, daemon=True)
-    watcher.start()
-    change()
-    assert killed.wait(30), f"the operator never wrote status.{key}"
-    watcher.join(10)
+    kill_at_write(
+        operator,
+        services.custom,
+        services.namespace,
+        api.INFERENCE_SERVICES,
+        NAME,
+        lambda status: status.get(key) != before,
+        change,
+        timeout_s=30,
+    )
     operator.start()
 
 

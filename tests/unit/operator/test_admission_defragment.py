@@ -10,7 +10,15 @@ from __future__ import annotations
 from operator_builders import a_node, a_pool, at
 
 from strata_api import GPUType, PlannedNode, ResourcePool
-from strata_operator.core.admission import AdmittedGang, Decision, GangRequest, Reason, admit
+from strata_operator.core.admission import (
+    AdmittedGang,
+    Decision,
+    GangRequest,
+    Preemption,
+    Reason,
+    admit,
+    admitted_after_moves,
+)
 
 H100 = GPUType.H100
 HOUR = 3600
@@ -177,3 +185,19 @@ def test_a_gang_keeps_of_its_emptied_node_only_what_its_workers_counted_there_ne
                         planned_node=PlannedNode("a", 4))  # fmt: skip
     decision = a_pass([req("three", 3), req("four", 4, submitted=1)], [gang], {"a": 7, "b": 0})
     assert decision.admit == {"three": H100}
+
+
+def test_a_job_rule_10_made_room_for_is_written_admitted_only_once_every_job_it_moves_is_written_requeued() -> None:
+    """Admitted first, it would record room whose moves a killed operator (or a moved job changed meanwhile) lost,
+    and nothing would move them again."""
+    decision = Decision(
+        admit={"ns/head": GPUType.H100, "ns/plain": GPUType.H100},
+        preempt=[Preemption("ns/a", "ns/head", "moved"), Preemption("ns/b", "ns/head", "moved")],
+        defragmented={"ns/head": PlannedNode("n0", 8)},
+    )
+    assert admitted_after_moves(decision, ["ns/a", "ns/b"]) == {"ns/head": GPUType.H100, "ns/plain": GPUType.H100}
+    assert admitted_after_moves(decision, ["ns/a"]) == {"ns/plain": GPUType.H100}
+    assert admitted_after_moves(decision, []) == {"ns/plain": GPUType.H100}
+    # a plain preemption's preemptor is not admitted in the same pass: its victims' writes hold nothing back
+    plain = Decision(admit={"ns/other": GPUType.H100}, preempt=[Preemption("ns/c", "ns/waiting", "preempted")])
+    assert admitted_after_moves(plain, []) == {"ns/other": GPUType.H100}

@@ -1,0 +1,29 @@
+"""Events posted once (:attr:`strata_operator.core.status.Event.once`): under a name of their own, before the
+status write that records what they tell of, for a TrainingJob (``runtime.jobs``) and an InferenceService
+(``runtime.serving``) alike. kopf posts the others from a queue after the write."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from strata_operator.core.status import Event, once_event_manifest
+from strata_operator.runtime.kube import ApiError, Kube
+
+
+def events_path(namespace: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/events"
+
+
+async def post_event_once(kube: Kube, involved: Mapping[str, Any], event: Event, name: str) -> None:
+    """Post ``event`` about ``involved`` (its apiVersion, kind and metadata name, namespace, uid) as ``name``: an
+    operator killed after the status write has posted it already, and one killed before posts it again under that
+    name, which the API server refuses (409). Auxiliary, as kopf's own Events are: one refused for another reason is
+    left out, never a reason to keep the status from being written."""
+    manifest = once_event_manifest(involved, event, name, datetime.now(UTC))
+    with contextlib.suppress(ApiError, aiohttp.ClientError, TimeoutError):
+        await kube.create(events_path(involved["metadata"]["namespace"]), manifest)
