@@ -5,11 +5,12 @@ status write that records what they tell of, for a TrainingJob (``runtime.jobs``
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
+import kopf
 
 from strata_operator.core.status import Event, once_event_manifest
 from strata_operator.runtime.kube import ApiError, Kube
@@ -27,3 +28,27 @@ async def post_event_once(kube: Kube, involved: Mapping[str, Any], event: Event,
     manifest = once_event_manifest(involved, event, name, datetime.now(UTC))
     with contextlib.suppress(ApiError, aiohttp.ClientError, TimeoutError):
         await kube.create(events_path(involved["metadata"]["namespace"]), manifest)
+
+
+def post_event(involved: Mapping[str, Any], event: Event) -> None:
+    """An Event about ``involved`` that kopf posts in the background, after the caller's write."""
+    kopf.event(kopf.Body(cast(kopf.RawBody, involved)), type=event.type, reason=event.reason, message=event.message)
+
+
+async def write_with_events(
+    kube: Kube,
+    involved: Mapping[str, Any],
+    events: Sequence[tuple[Event, str | None]],
+    write: Callable[[], Awaitable[bool]],
+) -> bool:
+    """Post the Events named to be posted once (:func:`post_event_once`), then ``write`` the status, then, if it was
+    written, hand the unnamed Events to kopf; what ``write`` answered."""
+    for event, name in events:
+        if name is not None:
+            await post_event_once(kube, involved, event, name)
+    if not await write():
+        return False
+    for event, name in events:
+        if name is None:
+            post_event(involved, event)
+    return True

@@ -10,15 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
-
-import kopf
+from typing import Any
 
 import strata_api as api
 from strata_api import Phase, TrainingJob
 from strata_operator.core.lifecycle import once_event_name_of
 from strata_operator.core.status import Event
-from strata_operator.runtime.events import post_event_once
+from strata_operator.runtime.events import write_with_events
 from strata_operator.runtime.kube import custom_path
 from strata_operator.runtime.shared import Runtime
 
@@ -47,12 +45,6 @@ class JobEntry:
         return custom_path(api.GROUP, api.VERSION, api.TRAINING_JOBS, self.job.name, self.job.namespace) + "/status"
 
 
-def post_event(entry: JobEntry, event: Event) -> None:
-    """An Event about the job (kopf posts it in the background)."""
-    target = kopf.Body(cast(kopf.RawBody, entry.ref))
-    kopf.event(target, type=event.type, reason=event.reason, message=event.message)
-
-
 async def patch_status(runtime: Runtime, entry: JobEntry, patch: Mapping[str, Any], events: list[Event]) -> bool:
     """Write a status change if the job is still what we read; False when it changed meanwhile. Either way the
     view it was decided from is outdated now, which :meth:`Runtime.written_from` records for every writer: the
@@ -65,12 +57,9 @@ async def patch_status(runtime: Runtime, entry: JobEntry, patch: Mapping[str, An
     after = Phase(written) if written else job.status.phase
     attempt = int(patch.get("attempt", job.status.attempt))  # an admission writes its new attempt
     named = [(e, once_event_name_of(job, after, attempt, e.reason)) for e in events]
-    for event, name in named:
-        if name is not None:
-            await post_event_once(runtime.api, entry.ref, event, name)
-    if not await runtime.api.patch_status_if_unchanged(entry.status_path, entry.resource_version, patch):
-        return False
-    for event, name in named:
-        if name is None:
-            post_event(entry, event)
-    return True
+    return await write_with_events(
+        runtime.api,
+        entry.ref,
+        named,
+        lambda: runtime.api.patch_status_if_unchanged(entry.status_path, entry.resource_version, patch),
+    )

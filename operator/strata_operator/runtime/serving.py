@@ -7,10 +7,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
-import kopf
 import orjson
 
 import strata_api as api
@@ -18,7 +17,7 @@ from strata_api import InferenceService
 from strata_api.serving import ScaleReport
 from strata_operator.core.serving import spec_patch
 from strata_operator.core.status import Event, once_event_name
-from strata_operator.runtime.events import post_event_once
+from strata_operator.runtime.events import write_with_events
 from strata_operator.runtime.kube import Kube, custom_path
 
 
@@ -116,13 +115,9 @@ async def write_status(kube: Kube, entry: ServiceEntry, patch: Mapping[str, Any]
         "kind": api.INFERENCE_SERVICE,
         "metadata": {"name": s.name, "namespace": s.namespace, "uid": s.uid},
     }
-    for event in events:
-        if event.once:
-            name = once_event_name(s.name, s.uid, s.generation, event.reason)
-            await post_event_once(kube, ref, event, name)
-    if patch and not await kube.patch_status_if_unchanged(entry.status_path, entry.resource_version, patch):
-        return False
-    for event in events:
-        if not event.once:
-            kopf.event(kopf.Body(cast(kopf.RawBody, ref)), type=event.type, reason=event.reason, message=event.message)
-    return True
+    named = [(e, once_event_name(s.name, s.uid, s.generation, e.reason) if e.once else None) for e in events]
+
+    async def write() -> bool:
+        return not patch or await kube.patch_status_if_unchanged(entry.status_path, entry.resource_version, patch)
+
+    return await write_with_events(kube, ref, named, write)
