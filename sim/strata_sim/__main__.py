@@ -18,10 +18,9 @@ from tqdm import tqdm
 
 from strata_api.catalog import DEFAULT_CATALOG, Catalog, CatalogError, load_catalog
 from strata_sim.engine import Outcome, Policy, simulate
-from strata_sim.floor import cost_floor
 from strata_sim.model import Fleet, Job, SimInputError, check_catalog, load_fleet, too_big
 from strata_sim.policies import DEFRAGMENT_AFTER_S, LONG_JOB_S, StrataPolicy, all_policies
-from strata_sim.report import AimRatios, Figures, aim_ratios, aims_table, figures, floor_line, plot, table
+from strata_sim.report import AimRatios, Figures, aim_ratios, aims_table, figures, floor_lines, plot, table
 from strata_sim.traces import DAY_S, MAX_DAYS, read_alibaba, read_helios, synthetic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,15 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seeds > 1:
         print(aims_table(ratios))
     if args.floor:
-        print(floor_line(cost_floor(jobs, fleet, catalog, slot_h=args.floor_slot_h), first_seed))
-        default = next((f for f in first_seed if f.policy == "default"), None)
-        if default is not None:
-            within = 1.05 * default.mean_jct_h
-            print(
-                floor_line(
-                    cost_floor(jobs, fleet, catalog, slot_h=args.floor_slot_h, max_mean_jct_h=within), first_seed
-                )
-            )
+        for line in floor_lines(jobs, fleet, catalog, args.floor_slot_h, first_seed):
+            print(line)
     return 0
 
 

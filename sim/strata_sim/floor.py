@@ -38,6 +38,10 @@ from strata_api.catalog import HOURS_PER_DAY, Catalog
 from strata_sim.model import HOUR_S, Fleet, Job, PowerClock, gpu_hour_price, nodes_by_kind, reserved_cost, throughput
 
 
+class NoScheduleWithin(ValueError):
+    """No schedule of the relaxation meets the mean-JCT bound asked for."""
+
+
 @dataclass(frozen=True)
 class CostFloor:
     total: float
@@ -61,8 +65,8 @@ def cost_floor(
     tail_h: float = 7 * HOURS_PER_DAY,
 ) -> CostFloor:
     """The bound (module docstring) with slots of ``slot_h`` hours; the end may fall up to ``tail_h`` hours after
-    the last moment a job could finish. Raises ValueError when no schedule of the relaxation meets the JCT bound,
-    or when the end it would choose lies past ``tail_h`` (the bound would then not be one)."""
+    the last moment a job could finish. Raises NoScheduleWithin when no schedule of the relaxation meets the JCT bound,
+    and ValueError when the end it would choose lies past ``tail_h`` (the bound would then not be one)."""
     if not jobs:
         return CostFloor(0.0, 0.0, 0.0, {}, max_mean_jct_h)
     clock = PowerClock(catalog)
@@ -185,7 +189,7 @@ def cost_floor(
         method="highs",
     )
     if result.status == 2:
-        raise ValueError(f"no schedule of this trace on this fleet has a mean JCT of {max_mean_jct_h} h or less")
+        raise NoScheduleWithin(f"no schedule of this trace on this fleet has a mean JCT of {max_mean_jct_h} h or less")
     if result.status != 0:
         raise ValueError(f"the cost floor's programme did not solve: {result.message}")
     end_h = float(result.x[end])

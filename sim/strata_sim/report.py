@@ -10,8 +10,11 @@ import numpy as np
 
 from strata_api.catalog import Catalog
 from strata_sim.engine import Outcome
-from strata_sim.floor import CostFloor
-from strata_sim.model import HIGH_POOL, HOUR_S, LOW_POOL, PowerClock, reserved_cost
+from strata_sim.floor import CostFloor, NoScheduleWithin, cost_floor
+from strata_sim.model import HIGH_POOL, HOUR_S, LOW_POOL, Fleet, Job, PowerClock, reserved_cost
+
+JCT_AIM = 1.05
+"""Issue 21's aim allows Strata's mean JCT at most this multiple of default's."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,23 @@ def floor_line(floor: CostFloor, rows: Sequence[Figures]) -> str:
     if floor.total > 0:
         line += "; policies over it: " + ", ".join(f"{f.policy} {f.total_cost / floor.total:.2f}" for f in rows)
     return line
+
+
+def floor_lines(
+    jobs: Sequence[Job], fleet: Fleet, catalog: Catalog, slot_h: float, rows: Sequence[Figures]
+) -> list[str]:
+    """The floor's lines for ``--floor``: the floor, and with a ``default`` row the floor within the aim's JCT
+    bound, or a line saying that no schedule of the relaxation meets it (where default leaves jobs unfinished, its
+    mean JCT is over the jobs that finished, and the floor's is over all of them)."""
+    lines = [floor_line(cost_floor(jobs, fleet, catalog, slot_h=slot_h), rows)]
+    default = next((f for f in rows if f.policy == "default"), None)
+    if default is not None:
+        within = JCT_AIM * default.mean_jct_h
+        try:
+            lines.append(floor_line(cost_floor(jobs, fleet, catalog, slot_h=slot_h, max_mean_jct_h=within), rows))
+        except NoScheduleWithin as error:
+            lines.append(f"cost floor with mean JCT at most {within:.2f} h: none ({error})")
+    return lines
 
 
 @dataclass(frozen=True)

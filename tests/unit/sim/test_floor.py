@@ -18,7 +18,7 @@ from strata_sim.engine import simulate
 from strata_sim.floor import CostFloor, cost_floor
 from strata_sim.model import HOUR_S, Fleet, Job, SimNode, load_fleet
 from strata_sim.policies import all_policies
-from strata_sim.report import Figures, figures, floor_line
+from strata_sim.report import Figures, figures, floor_line, floor_lines
 from strata_sim.traces import synthetic
 
 pytestmark = pytest.mark.timeout(60)
@@ -126,5 +126,16 @@ def test_the_command_prints_the_floor_and_the_floor_within_defaults_jct(
     assert lines[1].startswith("cost floor with mean JCT at most")
 
 
-def _row(policy: str, cost: float) -> Figures:
-    return Figures(policy, cost, 0.0, 0.0, 0.0, {}, {}, 10.0, 0.0, 0, 0, 0.0)
+def test_a_default_jct_no_schedule_meets_gets_a_line_not_a_traceback() -> None:
+    # Default's mean JCT counts only the jobs it finished: here 1 h, where the one job's work alone takes 2 h.
+    jobs, fleet = [job("a", 0, 2)], nodes("spot")
+    lines = floor_lines(jobs, fleet, FLAT, 1.0, [_row("default", 100.0, jct_h=1.0)])
+    assert lines[0].startswith("cost floor: $80 ")
+    assert lines[1] == (
+        "cost floor with mean JCT at most 1.05 h: none (no schedule of this trace on this fleet has a mean JCT of "
+        "1.05 h or less)"
+    )
+
+
+def _row(policy: str, cost: float, jct_h: float = 10.0) -> Figures:
+    return Figures(policy, cost, 0.0, 0.0, 0.0, {}, {}, jct_h, 0.0, 0, 0, 0.0)
