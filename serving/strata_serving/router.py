@@ -433,7 +433,10 @@ class Router:
         try:
             streaming = upstream.status == 200 and upstream.content_type == "text/event-stream"
             if not streaming:
-                payload = await asyncio.wait_for(upstream.read(), timeout)
+                limit = self.settings.max_answer_bytes
+                payload = await asyncio.wait_for(read_at_most(upstream, limit), timeout)
+                if payload is None:
+                    return Attempt(Outcome.SERVER_ERROR, error=f"its answer is larger than {limit} bytes")
                 return Attempt(
                     outcome_of_status(upstream.status),
                     upstream.status,
@@ -517,6 +520,20 @@ class Router:
         depth = queue_depth_from_metrics(metrics_body.decode(errors="replace")) if metrics_status == 200 else None
         if self.table.probed(address, ready, draining, depth, time.monotonic()):
             log.info("readmitted %s: its cooldown is over and /readyz answers 200", address)
+
+
+async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body of ``response``, or None (the rest left unread) once it is over ``limit`` bytes."""
+    if response.content_length is not None and response.content_length > limit:
+        return None
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def broken(error: aiohttp.ClientError) -> str:

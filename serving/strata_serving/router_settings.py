@@ -86,6 +86,10 @@ class RouterSettings:
     a share in bursts that a batching replica would have absorbed); for the workload server, its ``max_batch``."""
     max_body_bytes: int = 1 << 20
     """Largest request body accepted; larger ones get 413. Default 1 MiB (the server's prompt limit is 4 KiB)."""
+    max_answer_bytes: int = 64 << 20
+    """Largest answer read from a replica (a streamed one passes through and is not held); a larger one is not
+    passed on, the client gets 502 naming the limit, and it counts against the replica. Default 64 MiB: far above
+    any answer the workload server gives, below what would take a router's memory."""
     body_timeout_s: float = 30.0
     """Seconds a request's body has to arrive whole; a later one gets 408. Default 30 s: a 1 MiB body at 35 KB/s,
     where a client that trickles its body (or stops sending it) would otherwise hold the request open."""
@@ -133,6 +137,8 @@ class RouterSettings:
         Policy(self.policy)  # a ValueError naming the value
         if self.replica_concurrency < 1:
             raise ValueError(f"replica_concurrency must be at least 1, got {self.replica_concurrency}")
+        if self.max_answer_bytes < 1:
+            raise ValueError(f"max_answer_bytes must be at least 1, got {self.max_answer_bytes}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
         if self.unready_after_unanswered_probes < 1:

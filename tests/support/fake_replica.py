@@ -7,7 +7,8 @@ queue, 503 while warming up or draining (SIGTERM: ``/readyz`` turns 503 "drainin
 it exits; ``--linger-s`` keeps it up draining that long, as a pod's preStop hook would). Its service time is
 configurable instead of a model's: ``slots`` requests run at once, each for ``delay`` seconds, the rest wait in a
 queue of ``max_queue``. ``--fail-status`` answers every request with that status; ``--hang`` never answers;
-``--garbage`` answers with bytes that are not HTTP and closes the connection.
+``--garbage`` answers with bytes that are not HTTP and closes the connection; ``--answer-bytes`` answers with a
+chunked body of that many bytes (no Content-Length).
 Every answer names the replica (``"replica": name``).
 """
 
@@ -75,9 +76,26 @@ class FakeReplica:
                 if request.path == "/v1/completions" and body.get("stream"):
                     return await self.stream(request)
                 await asyncio.sleep(self.args.delay)
+                if self.args.answer_bytes:
+                    return await self.chunked(request, self.args.answer_bytes)
                 return web.json_response({"text": "ok", "tokens": 1, "replica": self.args.name})
         finally:
             self.in_flight -= 1
+
+    async def chunked(self, request: web.Request, size: int) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        head = b'{"replica": "' + self.args.name.encode() + b'", "text": "'
+        await response.write(head)
+        left = max(0, size - len(head) - 2)
+        while left > 0:
+            part = min(left, 64 * 1024)
+            await response.write(b"x" * part)
+            left -= part
+        await response.write(b'"}')
+        await response.write_eof()
+        return response
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -128,6 +146,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fail-status", type=int, default=0, help="answer every request with this status")
     parser.add_argument("--hang", action="store_true", help="never answer a request")
     parser.add_argument("--garbage", action="store_true", help="answer every request with bytes that are not HTTP")
+    parser.add_argument("--answer-bytes", type=int, default=0, help="answer with a chunked body this long")
     parser.add_argument("--linger-s", type=float, default=0.0, help="seconds to stay up draining after SIGTERM")
     return parser.parse_args(argv)
 

@@ -248,6 +248,28 @@ async def test_requests_it_will_not_serve_get_a_clear_4xx_in_json_reach_no_repli
     assert "WARNING aiohttp.server: Error handling request from 127.0.0.1: Invalid character in Content-Length" in log
 
 
+async def test_an_answer_over_the_limit_is_not_passed_on_and_the_client_gets_502_naming_it(
+    processes: Processes, session: aiohttp.ClientSession
+) -> None:
+    # A replica whose answers (chunked, so no Content-Length announces the size) run past the router's limit: the
+    # router stops reading at the limit rather than holding the whole answer, and says why.
+    huge = processes.fake_replica("huge", "--answer-bytes", "200000")
+    router = processes.router([huge.address], "--max-answer-bytes", "100000", "--max-attempts", "1")
+    await started(huge, routers=(router,))
+    answer = await post(session, router.url + "/v1/generate", GENERATE)
+    assert answer.status == 502
+    assert orjson.loads(answer.body)["error"] == f"replica {huge.address}: its answer is larger than 100000 bytes"
+    assert total(await metrics(router), "strata_router_attempts_total", outcome="server_error") == 1
+    # an answer within the limit passes whole
+    fits = processes.fake_replica("fits", "--answer-bytes", "90000")
+    other = processes.router([fits.address], "--max-answer-bytes", "100000")
+    await started(fits, routers=(other,))
+    answer = await post(session, other.url + "/v1/generate", GENERATE)
+    assert (answer.status, len(answer.body)) == (200, 90000)
+    assert orjson.loads(answer.body)["replica"] == "fits"
+    assert "Traceback" not in router.log.read_text() + other.log.read_text()
+
+
 async def test_a_compressed_body_gets_415_and_a_client_that_leaves_mid_body_no_traceback(
     processes: Processes, session: aiohttp.ClientSession
 ) -> None:
