@@ -53,6 +53,7 @@ from typing import Any
 import strata_api as api
 from strata_api import GPUType
 from strata_api.catalog import DEFAULT_CATALOG, Catalog, load_catalog
+from strata_api.fleet import FleetPool
 from strata_sim.__main__ import FLEET, TRACES
 from strata_sim.engine import JobRecord, SimState, simulate
 from strata_sim.fidelity import Decision, compare, percentile, same_kinds_by_group, table
@@ -161,14 +162,13 @@ def pool_manifests(fleet: Fleet) -> list[dict[str, Any]]:
 def dev_fleet(fleet: Fleet) -> Any:
     """The simulator's fleet (already scaled) as the dev tooling's kwok pools: one pool per fleet-file pool."""
     from strata_dev.fleet import Fleet as DevFleet
-    from strata_dev.fleet import Pool
 
-    counts: dict[tuple[str, str, str, str], int] = {}
+    counts: dict[tuple[str, str, str, str | None], int] = {}
     for node in fleet.nodes:
-        key = (node.name.rsplit("-", 1)[0], node.gpu_type.value, node.capacity_type, node.zone or "zone-a")
+        key = (node.name.rsplit("-", 1)[0], node.gpu_type.value, node.capacity_type, node.zone)
         counts[key] = counts.get(key, 0) + 1
     return DevFleet(
-        tuple(Pool(name, gpu, api.CapacityType(cap), n, zone) for (name, gpu, cap, zone), n in counts.items())
+        tuple(FleetPool(name, gpu, api.CapacityType(cap), n, zone) for (name, gpu, cap, zone), n in counts.items())
     )
 
 

@@ -15,10 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from strata_api.fleet import FleetError
 from strata_dev import binaries, dev_cluster, images
 from strata_dev.cluster import ClusterError
 from strata_dev.demo import run_demo
-from strata_dev.fleet import DEFAULT_FLEET, Fleet, FleetError, load_fleet
+from strata_dev.fleet import DEFAULT_FLEET, Fleet, load_fleet
 from strata_dev.pki import PKIError
 
 REAL_NODE_HELP = (

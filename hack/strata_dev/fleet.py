@@ -17,62 +17,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 import strata_api as api
+from strata_api.fleet import FleetError, FleetPool, read_fleet
 from strata_dev.cluster import ClusterSettings, LocalCluster, core_api
 from strata_dev.paths import EXAMPLES
 
 DEFAULT_FLEET = EXAMPLES / "fleet.yaml"
 
 
-@dataclass(frozen=True)
-class MachineType:
-    """What one node of a pool is: its instance type, CPU, memory, and GPUs with the vendor's product label."""
-
-    instance_type: str
-    cpu: str
-    memory: str
-    gpu: api.GPUType | None
-    product_label: tuple[str, str] | None
-    gpus: int = 8
-
-
-MACHINES: dict[str, MachineType] = {
-    "H100": MachineType(
-        "p5.48xlarge", "192", "2048Gi", api.GPUType.H100, (api.NVIDIA_PRODUCT, "NVIDIA-H100-80GB-HBM3")
-    ),
-    "MI300X": MachineType(
-        "Standard_ND96isr_MI300X_v5", "96", "1850Gi", api.GPUType.MI300X, (api.AMD_PRODUCT, "AMD_Instinct_MI300X")
-    ),
-    "none": MachineType("m7i.8xlarge", "32", "128Gi", None, None, gpus=0),
-}
-
-
-class FleetError(ValueError):
-    """A fleet file that cannot be read, or nodes that did not become Ready; the message names the pool or nodes."""
-
-
-@dataclass(frozen=True)
-class Pool:
-    """``nodes`` nodes of one machine type (``gpu``: a key of :data:`MACHINES`) and capacity type in one zone."""
-
-    name: str
-    gpu: str
-    capacity_type: api.CapacityType
-    nodes: int
-    zone: str
-
-    @property
-    def machine(self) -> MachineType:
-        return MACHINES[self.gpu]
+DEFAULT_ZONE = "zone-a"
+"""The zone of a pool's nodes where the fleet file names none."""
 
 
 @dataclass(frozen=True)
 class Fleet:
     """The simulated node pools of a fleet file (:func:`load_fleet`)."""
 
-    pools: tuple[Pool, ...]
+    pools: tuple[FleetPool, ...]
 
     @property
     def size(self) -> int:
@@ -88,38 +49,17 @@ class Fleet:
 
 
 def load_fleet(path: Path = DEFAULT_FLEET) -> Fleet:
-    """Parse a fleet file; errors name the pool and the field."""
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict) or not isinstance(data.get("pools"), list) or not data["pools"]:
-        raise FleetError(f"{path}: expected a mapping with a non-empty list 'pools'")
-    pools = []
-    for i, raw in enumerate(data["pools"]):
-        where = f"{path}: pools[{i}]"
-        if not isinstance(raw, dict):
-            raise FleetError(f"{where}: expected a mapping")
-        name = str(raw.get("name") or f"pool-{i}")
-        gpu = str(raw.get("gpu", "none"))
-        if gpu not in MACHINES:
-            raise FleetError(f"{where} ({name}).gpu: {gpu!r} is not one of {', '.join(MACHINES)}")
-        try:
-            capacity = api.CapacityType(raw.get("capacityType", "on-demand"))
-        except ValueError:
-            choices = ", ".join(c.value for c in api.CapacityType)
-            bad = raw.get("capacityType")
-            raise FleetError(f"{where} ({name}).capacityType: {bad!r} is not one of {choices}") from None
-        nodes = raw.get("nodes", 1)
-        if not isinstance(nodes, int) or nodes < 0:
-            raise FleetError(f"{where} ({name}).nodes: expected a non-negative integer, got {nodes!r}")
-        pools.append(Pool(name, gpu, capacity, nodes, str(raw.get("zone", "zone-a"))))
-    names = [p.name for p in pools]
-    if len(set(names)) != len(names):
-        raise FleetError(f"{path}: pool names must be unique, got {names}")
-    return Fleet(tuple(pools))
+    """The pools of a fleet file (:func:`strata_api.fleet.read_fleet`: errors name the pool and the field)."""
+    pools = read_fleet(path)
+    if not pools:
+        raise FleetError(f"{path}: the list of pools is empty")
+    return Fleet(pools)
 
 
-def node_manifest(pool: Pool, index: int) -> dict[str, Any]:
+def node_manifest(pool: FleetPool, index: int) -> dict[str, Any]:
     """Node ``index`` of ``pool`` as kwok should run it (kwok manages only nodes annotated ``fake``)."""
     machine = pool.machine
+    zone = pool.zone or DEFAULT_ZONE
     name = f"{pool.name}-{index:04d}"
     labels = {
         "kubernetes.io/hostname": name,
@@ -127,8 +67,8 @@ def node_manifest(pool: Pool, index: int) -> dict[str, Any]:
         "kubernetes.io/arch": "amd64",
         "type": "kwok",
         api.NODE_INSTANCE_TYPE: machine.instance_type,
-        api.NODE_ZONE: pool.zone,
-        "topology.kubernetes.io/region": pool.zone[:-1],
+        api.NODE_ZONE: zone,
+        "topology.kubernetes.io/region": zone[:-1],
         api.NODE_CAPACITY_TYPE: pool.capacity_type.value,
         "strata.dev/fleet-pool": pool.name,
     }

@@ -14,24 +14,16 @@ Cost model, applied to every policy alike (see docs/simulation.md):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from strata_api import CapacityType, GPUType
 from strata_api.catalog import HOURS_PER_DAY, Catalog
+from strata_api.fleet import FleetError, read_fleet
 
 HOUR_S = 3600.0
 
-MACHINES: Mapping[GPUType, tuple[str, int]] = {
-    GPUType.H100: ("p5.48xlarge", 8),
-    GPUType.MI300X: ("Standard_ND96isr_MI300X_v5", 8),
-}
-"""Instance type and GPUs per node of each GPU type, as the dev fleet's kwok nodes have them
-(``strata_dev.fleet.MACHINES``; the simulator may not import the dev tooling)."""
 
 HIGH_POOL, LOW_POOL = "high", "low"
 """The two pools every trace is mapped to: high priority (not preemptible) and low priority (preemptible)."""
@@ -93,63 +85,35 @@ MAX_NODES = 100_000
 
 
 def load_fleet(path: Path, scale: float = 1.0) -> Fleet:
-    """GPU pools of a fleet file in the ``examples/fleet.yaml`` format, each pool's node count times ``scale``
-    (rounded, at least one node for a pool that has any); CPU pools (``gpu: none``) are left out. Errors name the
-    file and the pool's field, as ``strata_dev.fleet.load_fleet`` has them: pool names are unique, ``nodes`` a whole
-    number of zero or more, and the fleet has at least one GPU node and at most :data:`MAX_NODES`."""
+    """GPU pools of a fleet file (:func:`strata_api.fleet.read_fleet`, whose errors name the file, the pool and the
+    field), each pool's node count times ``scale`` (rounded, at least one node for a pool that has any); CPU pools
+    (``gpu: none``) are left out. The fleet has at least one GPU node and at most :data:`MAX_NODES`."""
     if not (math.isfinite(scale) and scale > 0):
         raise SimInputError(f"--scale: expected a number more than 0, got {scale!r}")
-    data = _read_yaml(path)
-    if not isinstance(data, dict) or not isinstance(data.get("pools"), list):
-        raise SimInputError(f"{path}: expected a mapping with a list of pools")
+    try:
+        pools = read_fleet(path)
+    except FleetError as error:
+        raise SimInputError(str(error)) from error
     nodes: list[SimNode] = []
-    pool_of: dict[str, int] = {}
-    for index, pool in enumerate(data["pools"]):
-        where = f"{path}: pools[{index}]"
-        if not isinstance(pool, dict):
-            raise SimInputError(f"{where}: expected a mapping")
-        name = str(pool.get("name", f"pool{index}"))
-        if name in pool_of:
-            raise SimInputError(f"{where}.name: {name!r} is also the name of pools[{pool_of[name]}]")
-        pool_of[name] = index
-        if pool.get("gpu") == "none":
+    for index, pool in enumerate(pools):
+        machine = pool.machine
+        if machine.gpu is None:
             continue
-        try:
-            gpu = GPUType(pool["gpu"])
-            capacity = CapacityType(pool["capacityType"]).value
-        except (KeyError, ValueError, TypeError) as error:
-            raise SimInputError(f"{where}: needs gpu (H100/MI300X/none), capacityType and nodes: {error}") from error
-        count = pool.get("nodes")
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            raise SimInputError(f"{where}.nodes: expected a whole number of zero or more, got {count!r}")
-        zone = pool.get("zone")
-        if zone is not None and not isinstance(zone, str):
-            raise SimInputError(f"{where}.zone: expected a zone name, got {zone!r}")
-        too_many = f"{where}.nodes: {count} nodes x --scale {scale:g} takes the fleet past {MAX_NODES:,} nodes"
-        if count > MAX_NODES / scale:
+        too_many = f"{path}: pools[{index}].nodes: {pool.nodes} nodes x --scale {scale:g} takes the fleet past"
+        too_many += f" {MAX_NODES:,} nodes"
+        if pool.nodes > MAX_NODES / scale:
             raise SimInputError(too_many)
-        scaled = max(1, round(count * scale)) if count > 0 else 0
+        scaled = max(1, round(pool.nodes * scale)) if pool.nodes > 0 else 0
         if len(nodes) + scaled > MAX_NODES:
             raise SimInputError(too_many)
-        instance, per_node = MACHINES[gpu]
-        nodes += [SimNode(f"{name}-{i}", gpu, capacity, instance, per_node, zone) for i in range(scaled)]
+        nodes += [
+            SimNode(f"{pool.name}-{i}", machine.gpu, pool.capacity_type.value, machine.instance_type, machine.gpus,
+                    pool.zone)
+            for i in range(scaled)
+        ]  # fmt: skip
     if not nodes:
         raise SimInputError(f"{path}: no GPU nodes (every pool has gpu: none or nodes: 0)")
     return Fleet(tuple(nodes))
-
-
-def _read_yaml(path: Path) -> Any:
-    """The YAML document of a file; a syntax error names the line and column, on one line."""
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as error:
-        raise SimInputError(f"cannot read the fleet file {path}: {error}") from error
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark
-        at = f": line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise SimInputError(f"{path}{at}: not YAML: {error.problem}") from error
-    except yaml.YAMLError as error:
-        raise SimInputError(f"{path}: not YAML: {' '.join(str(error).split())}") from error
 
 
 def check_catalog(fleet: Fleet, catalog: Catalog) -> None:

@@ -10,7 +10,8 @@ import pytest
 import strata_api as api
 from strata_dev import binaries
 from strata_dev.cluster import kubeconfig_yaml, scheduler_config
-from strata_dev.fleet import DEFAULT_FLEET, FleetError, load_fleet, node_manifests
+from strata_api.fleet import FleetError
+from strata_dev.fleet import DEFAULT_FLEET, load_fleet, node_manifests
 
 
 def test_default_fleet_has_every_pool_the_issue_names() -> None:
@@ -59,9 +60,11 @@ def test_scaling_below_the_pool_count_is_refused() -> None:
 @pytest.mark.parametrize(
     ("pool", "message"),
     [
-        ({"name": "x", "gpu": "A100"}, r"pools\[0\] \(x\)\.gpu: 'A100' is not one of"),
-        ({"name": "x", "gpu": "H100", "capacityType": "preemptible"}, r"\(x\)\.capacityType: 'preemptible'"),
-        ({"name": "x", "gpu": "H100", "nodes": -1}, r"\(x\)\.nodes: expected a non-negative integer"),
+        ({"name": "x", "gpu": "A100"}, r"pools\[0\]\.gpu: 'A100' is not one of H100, MI300X, none"),
+        ({"name": "x", "gpu": "H100", "capacityType": "preemptible"}, r"pools\[0\]\.capacityType: 'preemptible'"),
+        ({"name": "x", "gpu": "H100", "capacityType": "spot", "nodes": -1}, r"pools\[0\]\.nodes: expected a whole"),
+        ({"name": "x", "gpu": "H100", "capacityType": "spot"}, r"pools\[0\]\.nodes: .* got None"),
+        ({"name": "x", "gpu": "H100", "capacityType": "spot", "nodes": 1, "zone": ""}, r"pools\[0\]\.zone: "),
     ],
 )
 def test_bad_fleet_files_name_the_pool_and_field(tmp_path: Path, pool: dict[str, object], message: str) -> None:
