@@ -11,7 +11,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 import strata_api as api
-from strata_dev.fleet import Pool, node_manifest
+from strata_api.fleet import FleetPool
+from strata_dev.fleet import node_manifest
 
 
 def gpu_pod(name: str, resource: str, count: int, tolerate_spot: bool = False) -> dict[str, Any]:
@@ -130,7 +131,7 @@ def test_service_account_without_rights_is_refused_by_rbac(cluster: ClusterHandl
 
 def test_deleting_a_node_evicts_its_pods_like_a_spot_reclaim(cluster: ClusterHandle, namespace: str) -> None:
     core = cluster.core()
-    node = node_manifest(Pool("reclaim", "H100", api.CapacityType.SPOT, 1, "us-east-1b"), 0)
+    node = node_manifest(FleetPool("reclaim", "H100", api.CapacityType.SPOT, 1, "us-east-1b"), 0)
     node["metadata"]["name"] = name = f"reclaim-{namespace[-6:]}"
     node["metadata"]["labels"]["kubernetes.io/hostname"] = name
     core.create_node(node)

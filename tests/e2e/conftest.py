@@ -73,14 +73,15 @@ def gpu_node(strata: Strata, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     extender: kube-scheduler calls the extender only for pods that request GPUs. On an existing cluster kwok runs
     here against it (it manages only the nodes it made, annotated as kwok's)."""
     from strata_api import CapacityType
+    from strata_api.fleet import FleetPool
     from strata_dev.cluster import run_kwok
-    from strata_dev.fleet import Fleet, Pool, create_fleet, node_manifest
+    from strata_dev.fleet import Fleet, create_fleet, node_manifest
 
     kwok = None
     if os.environ.get("STRATA_USE_EXISTING_CLUSTER") == "1":
         log = tmp_path_factory.mktemp("kwok") / "kwok.log"
         kwok = run_kwok(strata.handle.bin_dir, strata.handle.kubeconfig, log)
-    pool = Pool("e2e-h100", "H100", CapacityType.RESERVED, 1, "us-east-1a")
+    pool = FleetPool("e2e-h100", "H100", CapacityType.RESERVED, 1, "us-east-1a")
     try:
         create_fleet(strata.handle.core(), Fleet((pool,)))
         yield node_manifest(pool, 0)["metadata"]["name"]

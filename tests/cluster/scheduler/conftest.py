@@ -58,7 +58,8 @@ def strata_scheduler(
 def test_fleet(cluster: ClusterHandle) -> Iterator[Callable[..., TestFleet]]:
     """``test_fleet(("h100", "reserved", "us-east-1a"), ...)``: one node per tuple, Ready, removed afterwards."""
     from strata_api import CapacityType
-    from strata_dev.fleet import Pool, node_manifest, wait_nodes_ready
+    from strata_api.fleet import FleetPool
+    from strata_dev.fleet import node_manifest, wait_nodes_ready
 
     core = cluster.core()
     made: list[str] = []
@@ -67,7 +68,7 @@ def test_fleet(cluster: ClusterHandle) -> Iterator[Callable[..., TestFleet]]:
         fleet_id = secrets.token_hex(3)
         names = []
         for index, (gpu, capacity, zone) in enumerate(specs):
-            pool = Pool(f"t{fleet_id}-{gpu.lower()}-{capacity}", gpu, CapacityType(capacity), 1, zone)
+            pool = FleetPool(f"t{fleet_id}-{gpu.lower()}-{capacity}", gpu, CapacityType(capacity), 1, zone)
             manifest = node_manifest(pool, index)
             manifest["metadata"]["labels"][TEST_FLEET_LABEL] = fleet_id
             core.create_node(manifest)
