@@ -2,13 +2,16 @@
 
 Each component declares a frozen dataclass whose fields say unit, default and why; :func:`load_settings` turns
 ``<PREFIX><FIELD>`` environment variables and ``--field-name`` flags into it, with one set of spellings for
-booleans and one usage error that names the variable or flag when a value does not parse. Standard library only.
+booleans and one usage error that names the variable or flag when a value does not parse or is out of range (a
+number from a flag or variable is finite and 0 or more, unless its field's metadata says otherwise: :data:`SIGNED`,
+:data:`POSITIVE`, :data:`PORT`). Standard library only.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -20,6 +23,44 @@ T = TypeVar("T")
 
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 FALSE_VALUES = frozenset({"0", "false", "no", "off"})
+
+
+SIGNED: Mapping[str, float] = {"at_least": -math.inf}
+"""Field metadata: a number that may be negative."""
+POSITIVE: Mapping[str, float] = {"above": 0.0}
+"""Field metadata: a number more than 0 (a timeout, an interval: 0 would never wait, or spin)."""
+PORT: Mapping[str, float] = {"at_most": 65535}
+"""Field metadata: a TCP port, 0 to 65535 (0 where the field says it turns the listener off)."""
+
+
+def check_number(value: float, bounds: Mapping[str, Any]) -> None:
+    """A ValueError saying what is wrong with ``value`` for a field of metadata ``bounds``: finite, at least
+    ``at_least`` (default 0), more than ``above`` and at most ``at_most`` where given."""
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    above, at_most = bounds.get("above"), bounds.get("at_most")
+    at_least = bounds.get("at_least", 0)
+    if above is not None and not value > above:
+        raise ValueError(f"expected a number more than {above:g}, got {value!r}")
+    if value < at_least:
+        raise ValueError(f"expected {at_least:g} or more, got {value!r}")
+    if at_most is not None and value > at_most:
+        raise ValueError(f"expected at most {at_most:g}, got {value!r}")
+
+
+def _bounded(parse: Callable[[str], Any], bounds: Mapping[str, Any]) -> Callable[[str], Any]:
+    """``parse`` for a number field, refusing a value out of the field's bounds (:func:`check_number`)."""
+
+    def parse_number(raw: str) -> Any:
+        value = parse(raw)
+        try:
+            check_number(value, bounds)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return value
+
+    parse_number.__name__ = parse.__name__  # argparse names the type in its own message for a value that does not parse
+    return parse_number
 
 
 def parse_bool(raw: str) -> bool:
@@ -78,6 +119,8 @@ def load_settings(
     unparsable: list[str] = []
     for field in dataclasses.fields(typing.cast(Any, cls)):
         parse, is_tuple = _parser_of(hints[field.name])
+        if parse in (int, float):
+            parse = _bounded(parse, field.metadata)
         variable = env_name(env_prefix, field.name)
         default = field.default if field.default is not dataclasses.MISSING else None
         shown = ",".join(default) if isinstance(default, tuple) else default
@@ -85,7 +128,7 @@ def load_settings(
         if variable in env:
             try:
                 values[field.name] = _split(env[variable]) if is_tuple else parse(env[variable])
-            except ValueError as error:
+            except (ValueError, argparse.ArgumentTypeError) as error:
                 unparsable.append(f"{variable}: {error}")
         flag = "--" + field.name.replace("_", "-")
         if parse is parse_bool:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 from strata_api import SCHEDULER_NAME
 from strata_api.catalog import DEFAULT_CATALOG, Catalog, load_catalog
-from strata_api.settings import load_settings
+from strata_api.settings import PORT, POSITIVE, SIGNED, load_settings
 
 ENV_PREFIX = "STRATA_OPERATOR_"
 
@@ -21,20 +21,20 @@ class OperatorSettings:
     scheduler_name: str = SCHEDULER_NAME
     """schedulerName of worker pods. Default Strata's extender profile; set ``default-scheduler`` on a cluster that
     runs no Strata scheduler (plain kube-scheduler then places the gangs)."""
-    master_port: int = 29500
+    master_port: int = field(default=29500, metadata=PORT)
     """TCP port of the torch.distributed rendezvous on worker 0. Default 29500, torchrun's."""
-    metrics_port: int = 9090
+    metrics_port: int = field(default=9090, metadata=PORT)
     """Port of the Prometheus endpoint of the operator; 0 disables it. Default 9090."""
-    liveness_port: int = 0
+    liveness_port: int = field(default=0, metadata=PORT)
     """Port of kopf's liveness endpoint (``GET /healthz``: 200 while the operator's event loop answers), served once
     start-up (the cluster cache's first sync) is done; 0 disables it. Default 0, so that several operators can run
     on one host; the chart sets 8080 and probes it."""
-    workload_metrics_port: int = 9400
+    workload_metrics_port: int = field(default=9400, metadata=PORT)
     """Port on which workers export their training metrics (declared on the pods for scraping). Default 9400."""
-    admission_interval_s: float = 1.0
+    admission_interval_s: float = field(default=1.0, metadata=POSITIVE)
     """Seconds between admission passes. Default 1 s: queued jobs start within a second of GPUs freeing, and one
     pass over 1,000 queued jobs costs milliseconds."""
-    resync_interval_s: float = 15.0
+    resync_interval_s: float = field(default=15.0, metadata=POSITIVE)
     """Seconds between reconciles of a job when nothing about it changed (deadlines, GPU-second accounting).
     Default 15 s; pod changes wake the job at once."""
     backoff_base_s: float = 10.0
@@ -43,14 +43,14 @@ class OperatorSettings:
     """Longest restart delay. Default 10 min: past that the fleet has changed anyway."""
     termination_grace_s: int = 120
     """Grace period of worker pods: time to write a checkpoint after SIGTERM. Default 120 s, a spot notice."""
-    start_timeout_s: float = 600.0
+    start_timeout_s: float = field(default=600.0, metadata=POSITIVE)
     """An admitted gang whose workers are not all running after this many seconds is requeued (its GPUs were
     not there after all). Default 10 min."""
     run_as_user: int = 1000
     """UID of the workers (restricted pod security: never root). Default 1000."""
     peering_name: str = "strata-operator"
     """kopf peering object; replicas with the same name elect one active. Default strata-operator."""
-    priority: int = 0
+    priority: int = field(default=0, metadata=SIGNED)
     """kopf peering priority of this replica; the highest alive is active. Default 0 (the oldest wins ties)."""
     standalone: bool = False
     """Run without peering (a single replica, or no kopf peering CRD installed). Default False."""
@@ -63,7 +63,7 @@ class OperatorSettings:
     ``status.cost`` prices a worker at its node's ``prices[instance type][capacity type]`` per node-hour, shared
     by the node's GPUs. A node's ``strata.dev/price-per-hour`` annotation wins. Default: the catalog shipped in
     :mod:`strata_api`."""
-    tariff_offset_s: float = 0.0
+    tariff_offset_s: float = field(default=0.0, metadata=SIGNED)
     """Seconds after each UTC hour at which the catalog's time-of-use hours begin, for valley scheduling: 1800 for a
     utility whose tariff hours start at half past UTC hours (India's, at UTC+5:30). Default 0: the catalog's hours
     are UTC hours, as the extender reads them."""
@@ -72,7 +72,7 @@ class OperatorSettings:
     """Base URL of Strata's scheduler extender (``http://strata-extender:8888``). For ``gpuType: Any`` jobs,
     admission asks its ``POST /quote`` which GPU type's unit of work is cheapest now and tries that type first.
     Empty (the default): no quotes, the job's own order (H100, then MI300X)."""
-    quote_timeout_s: float = 0.5
+    quote_timeout_s: float = field(default=0.5, metadata=POSITIVE)
     """Seconds an admission pass waits for the extender's quotes; unanswered jobs use their own order. Default
     0.5 s: a quote costs the extender milliseconds, and admission must not stall when it is away."""
 
@@ -85,10 +85,10 @@ class OperatorSettings:
     router_node_selector: tuple[str, ...] = ()
     """``key=value`` node labels the routers must run on (the chart passes its own ``nodeSelector``: where Strata's
     components run). Default none: anywhere a CPU pod fits."""
-    scale_poll_interval_s: float = 5.0
+    scale_poll_interval_s: float = field(default=5.0, metadata=POSITIVE)
     """Seconds between two reads of an autoscaled service's router (``GET /scale``). Default 5 s: a decision (one
     per 15 s interval) is applied within seconds of being made."""
-    scale_timeout_s: float = 2.0
+    scale_timeout_s: float = field(default=2.0, metadata=POSITIVE)
     """Seconds a read of ``/scale`` may take; a router that does not answer leaves the replica count as it is.
     Default 2 s."""
     router_urls: tuple[str, ...] = ()

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from strata_api.catalog import DEFAULT_CATALOG
-from strata_api.settings import load_settings
+from strata_api.settings import PORT, POSITIVE, SIGNED, load_settings
 
 
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
     """Address to listen on. Loopback by default; in a pod, 0.0.0.0 behind a Service."""
-    port: int = 8888
+    port: int = field(default=8888, metadata=PORT)
     """HTTP port for the extender verbs, probes, /metrics and /forecast."""
     kubeconfig: str | None = None
     """Kubeconfig file; None uses the in-cluster service account (or ~/.kube/config outside a cluster)."""
@@ -25,11 +25,11 @@ class Settings:
     """Demand history (SQLite). On a PersistentVolume in a pod, so forecasts survive restarts."""
     prometheus_url: str | None = None
     """Read demand history from this Prometheus (HTTP API) instead of the local store, when set."""
-    high_priority: int = 100
+    high_priority: int = field(default=100, metadata=SIGNED)
     """Pods whose strata.dev/priority is at least this (and not deferrable) count as high priority."""
-    record_interval_s: float = 60.0
+    record_interval_s: float = field(default=60.0, metadata=POSITIVE)
     """Seconds between demand samples; one minute matches the forecaster's resolution."""
-    forecast_interval_s: float = 300.0
+    forecast_interval_s: float = field(default=300.0, metadata=POSITIVE)
     """Seconds between forecaster refits; a fit takes seconds of CPU, so not more often than this."""
     horizon_min: int = 15
     """How far ahead the reserved-capacity hold looks (minutes)."""
@@ -40,7 +40,7 @@ class Settings:
     output and console log; each fit's are removed when it ends). None uses Python's temp dir (``TMPDIR``, else
     /tmp). A pod with a read-only root filesystem needs a volume here, or every Prophet fit fails (and the forecast
     falls back to the model-free candidates); the chart mounts an emptyDir."""
-    forecast_fit_timeout_s: float = 120.0
+    forecast_fit_timeout_s: float = field(default=120.0, metadata=POSITIVE)
     """Seconds one Prophet fit may run before its Stan optimiser is stopped and Prophet is left out of that
     series' forecast for the round (two fits per series and round). A fit on 14 days of 5-minute means took
     1.3-2.8 s on a loaded 2-core machine (docs/scheduler.md), so this leaves a wide margin; a hung optimiser
@@ -52,11 +52,11 @@ class Settings:
     max_head_bytes: int = 64 * 1024
     """Largest request line plus headers (bytes), however the bytes arrive; over it: 431. Go's client sends a
     few hundred; the limit only stops a client from making the server buffer without end."""
-    request_timeout_s: float = 10.0
+    request_timeout_s: float = field(default=10.0, metadata=POSITIVE)
     """Seconds a request may take to arrive, head and body, from its first byte (and a new connection to send
     its first byte); past it: 408 and the connection closed. kube-scheduler sends a request in one write of
     about 100 KiB at 5,000 nodes; this stops slow-loris clients from holding connections forever."""
-    idle_timeout_s: float = 120.0
+    idle_timeout_s: float = field(default=120.0, metadata=POSITIVE)
     """Seconds a keep-alive connection may sit idle between requests before the server closes it. Longer than
     the 90 s after which Go's HTTP client (kube-scheduler's) drops its own idle connections, so the server is
     never the one to close a connection a POST is about to be written on (Go does not retry a POST then)."""
@@ -66,7 +66,7 @@ class Settings:
     request answered yet (a slow-loris or silent one), else the one idle longest; a connection with a request
     in progress is never closed. So a restarted kube-scheduler gets through a flood, and the connections it
     keeps stay served. Only when every connection is busy is the new one answered 503 and closed."""
-    error_log_interval_s: float = 10.0
+    error_log_interval_s: float = field(default=10.0, metadata=POSITIVE)
     """The same event-loop error (such as accept() failing when file handles run out) is logged at most once
     per this many seconds, with the count of repeats left out; unthrottled, one flood wrote 42 MB in 30 s."""
     tls_cert_file: Path | None = None
@@ -84,7 +84,7 @@ class Settings:
     """Runtime assumed for a GPU pod that does not declare one (seconds); drives its spot interruption cost."""
     watch_crds: bool = True
     """Watch ResourcePools and TrainingJobs; their absence on a cluster is tolerated either way."""
-    gil_switch_interval_s: float = 0.0005
+    gil_switch_interval_s: float = field(default=0.0005, metadata=POSITIVE)
     """How long a busy thread keeps the GIL while another waits for it (``sys.setswitchinterval``; CPython's
     default is 5 ms, the whole latency budget of a call). The verbs run on the HTTP thread; while the
     forecaster or a watch thread is busy, each hand-over costs a request up to this long. With a thread kept

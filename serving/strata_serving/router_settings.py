@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from strata_api.settings import load_settings
+from strata_api.settings import PORT, POSITIVE, load_settings
 from strata_serving.autoscale import Metric, Mode, ScalingPolicy
 from strata_serving.routing import Policy, TableConfig
 
@@ -18,7 +18,7 @@ class RouterSettings:
 
     host: str = "0.0.0.0"
     """Listen address. Default every interface (the router is the service's entry point)."""
-    port: int = 8080
+    port: int = field(default=8080, metadata=PORT)
     """Listen port. Default 8080."""
     replica: tuple[str, ...] = ()
     """Replica addresses ``host:port`` (repeatable flag; comma list in the environment). Give this or
@@ -36,23 +36,23 @@ class RouterSettings:
     """Share of requests, 0 to 100, sent to the canary revision's replicas while both revisions have a routable
     replica (``spec.rollout.canaryPercent``). Default 0: the canary's replicas take requests only when no stable
     one can."""
-    dns_interval_s: float = 2.0
+    dns_interval_s: float = field(default=2.0, metadata=POSITIVE)
     """Seconds between resolutions of ``replicas_dns``. Default 2 s: a new replica takes traffic within about
     that of turning ready; a vanished one is ejected by its first refused connection long before."""
-    probe_interval_s: float = 0.5
+    probe_interval_s: float = field(default=0.5, metadata=POSITIVE)
     """Seconds between active probes (``/readyz`` and ``/metrics``) of each replica. Default 0.5 s: a draining
     replica stops getting new requests within half a second, and the queue depth is at most that old."""
-    probe_timeout_s: float = 0.5
+    probe_timeout_s: float = field(default=0.5, metadata=POSITIVE)
     """Seconds a probe waits for its answer. Default 0.5 s (the probe interval)."""
     unready_after_unanswered_probes: int = 3
     """Probes in a row without an answer in time that take a replica out of rotation (a 503 or a refused
     connection does at once). Default 3 (Kubernetes' readiness ``failureThreshold``): a replica on a node short of
     CPU answers a probe late while it still serves; one late probe is not a verdict. A replica that hangs is also
     ejected by its requests' timeouts."""
-    connect_timeout_s: float = 0.5
+    connect_timeout_s: float = field(default=0.5, metadata=POSITIVE)
     """Seconds to open a connection to a replica before trying another. Default 0.5 s: on a cluster network a
     connection opens in milliseconds, and a replica that cannot be reached is better skipped fast."""
-    upstream_timeout_s: float = 60.0
+    upstream_timeout_s: float = field(default=60.0, metadata=POSITIVE)
     """Seconds an attempt waits for a replica's response headers, and then between two chunks of its body; past
     it the attempt is a timeout (retried for endpoints free of side effects). Default 60 s: a long generation on a
     CPU replica takes seconds, not minutes."""
@@ -90,7 +90,7 @@ class RouterSettings:
     """Largest answer read from a replica (a streamed one passes through and is not held); a larger one is not
     passed on, the client gets 502 naming the limit, and it counts against the replica. Default 64 MiB: far above
     any answer the workload server gives, below what would take a router's memory."""
-    body_timeout_s: float = 30.0
+    body_timeout_s: float = field(default=30.0, metadata=POSITIVE)
     """Seconds a request's body has to arrive whole; a later one gets 408. Default 30 s: a 1 MiB body at 35 KB/s,
     where a client that trickles its body (or stops sending it) would otherwise hold the request open."""
     autoscale_mode: str = ""
@@ -100,10 +100,10 @@ class RouterSettings:
     """What ``autoscale_target`` is: ``rps`` (requests per second per replica), ``concurrency`` (requests in flight
     per replica) or ``p99Latency`` (seconds the p99 latency stays under), spelt as ``spec.autoscaling.metric``.
     Default rps (what the router sized by before it read a metric)."""
-    autoscale_target: float | None = None
+    autoscale_target: float | None = field(default=None, metadata=POSITIVE)
     """The metric's target (``spec.autoscaling.target``): req/s, requests in flight, or seconds for p99Latency.
     Unset: ``autoscale_target_rps``, else 1."""
-    autoscale_target_rps: float | None = None
+    autoscale_target_rps: float | None = field(default=None, metadata=POSITIVE)
     """The earlier name of ``autoscale_target``, for ``rps`` only (an operator that predates ``autoscale_metric``
     sets it); give one of the two, not both."""
     autoscale_min_replicas: int = 1
@@ -120,11 +120,11 @@ class RouterSettings:
     good value stays (``autoscale_startup_s`` before any). Default empty: the lead is ``autoscale_startup_s``."""
     autoscale_stabilisation_s: float = 300.0
     """Scale-down stabilisation window (``spec.autoscaling.scaleDownStabilizationSeconds``). Default 300 s, HPA's."""
-    autoscale_window_s: float = 60.0
+    autoscale_window_s: float = field(default=60.0, metadata=POSITIVE)
     """The observed rate is the mean over this many seconds (a Prometheus ``rate(...[1m])``). Default 60 s."""
-    autoscale_interval_s: float = 15.0
+    autoscale_interval_s: float = field(default=15.0, metadata=POSITIVE)
     """Seconds between decisions, and the forecasters' bin. Default 15 s (HPA's sync period)."""
-    autoscale_refit_interval_s: float = 600.0
+    autoscale_refit_interval_s: float = field(default=600.0, metadata=POSITIVE)
     """Seconds between the background refits of Prophet and the LSTM. Default 10 min (40 bins of 15 s: within the
     forecasters' ``refit_every_bins``)."""
     autoscale_peers: int = 1

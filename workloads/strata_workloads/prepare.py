@@ -12,10 +12,10 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from strata_api.settings import load_settings
+from strata_api.settings import SIGNED, load_settings
 from strata_api.workload import ExitCode
 from strata_workloads.data import prepare_dataset
 from strata_workloads.datasets import DEFAULT_TEXT_FIELD, read_documents
@@ -35,7 +35,7 @@ class PrepareSettings:
     text_field: str = DEFAULT_TEXT_FIELD  # JSON field or Parquet column holding each document's text
     shards: int = 8  # training token files (the batches do not depend on it)
     validation_fraction: float = 0.02  # share of documents held out for validation loss
-    seed: int = 0  # which documents are held out, and the anomaly filter's seed
+    seed: int = field(default=0, metadata=SIGNED)  # which documents are held out, and the anomaly filter's seed
     anomaly_contamination: float = 0.0  # share of documents IsolationForest drops; 0: keep every document
     max_docs: int = 0  # 0: every document
     log_format: str = "json"  # json | tty

@@ -8,10 +8,10 @@ set of spellings (``1/true/yes/on``, ``0/false/no/off``; ``--compile``, ``--no-c
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from strata_api.settings import load_settings
+from strata_api.settings import PORT, POSITIVE, SIGNED, load_settings
 
 TRAIN_ENV_PREFIX = "STRATA_"
 SERVE_ENV_PREFIX = "STRATA_SERVE_"
@@ -31,7 +31,7 @@ class TrainSettings:
     global_batch: int = 8  # sequences per optimizer step, all data-parallel ranks together
     micro_batch: int = 4  # sequences per forward/backward on one data-parallel rank
     seq_len: int = 64  # tokens per sequence
-    seed: int = 0
+    seed: int = field(default=0, metadata=SIGNED)
     # Degrees. dp_shard=0 means "whatever is left": world / (dp_replicate * tp * pp).
     dp_replicate: int = 1
     dp_shard: int = 0
@@ -65,7 +65,7 @@ class TrainSettings:
     eval_every_steps: int = 50  # validation loss every this many steps; 0: never
     eval_batches: int = 4  # global batches of held-out windows each validation loss averages over
     anomaly_contamination: float = 0.02  # share of documents IsolationForest drops; 0 disables the filter
-    metrics_port: int = 0  # Prometheus exporter on LOCAL_RANK 0; 0: off
+    metrics_port: int = field(default=0, metadata=PORT)  # Prometheus exporter on LOCAL_RANK 0; 0: off
     log_format: str = "auto"  # auto (tqdm bar on a TTY, JSON lines otherwise) | json | tty
 
     @property
@@ -89,7 +89,7 @@ class ServeSettings:
     precision: str = "fp32"
     compile: bool = False  # torch.compile the linears (dynamic shapes) during warm-up, before /readyz is 200
     host: str = "0.0.0.0"  # listen address
-    port: int = 8000  # listen port
+    port: int = field(default=8000, metadata=PORT)  # listen port
     max_batch: int = 8  # requests decoding together (continuous batching) / texts per scoring call
     max_wait_ms: float = 5.0  # scoring only: how long the first text of a batch waits for company
     max_queue: int = 64  # waiting requests beyond which new ones get 429
@@ -99,7 +99,9 @@ class ServeSettings:
     # [1, max_seq_len]; unset: half the window (inference.scoring_stride says why)
     predict_stride: int | None = None
     drain_seconds: float = 25.0  # SIGTERM: how long in-flight requests may take (below the pod's grace period)
-    body_timeout_s: float = 30.0  # a request's body must arrive whole within this, else 408 (no trickled bodies)
+    body_timeout_s: float = field(
+        default=30.0, metadata=POSITIVE
+    )  # a request's body must arrive whole within this, else 408 (no trickled bodies)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
     @property

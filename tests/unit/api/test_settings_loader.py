@@ -4,12 +4,12 @@ workloads, so they are asserted once here on a settings object with every kind o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from strata_api.settings import load_settings, parse_bool
+from strata_api.settings import PORT, POSITIVE, SIGNED, load_settings, parse_bool
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,9 @@ class Knobs:
     kubeconfig: str | None = None
     fast: bool = True
     namespaces: tuple[str, ...] = ()
+    offset: float = field(default=0.0, metadata=SIGNED)
+    interval_s: float = field(default=1.0, metadata=POSITIVE)
+    listen: int = field(default=0, metadata=PORT)
 
 
 def load(argv: list[str], env: dict[str, str]) -> Knobs:
@@ -70,3 +73,39 @@ def test_a_flag_that_does_not_parse_is_a_usage_error(capsys: pytest.CaptureFixtu
         load(["--fast", "maybe"], {})
     assert exit_.value.code == 2
     assert "--fast" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "raw", "message"),
+    [
+        ("--ratio", "nan", "expected a finite number, got nan"),
+        ("--ratio", "inf", "expected a finite number, got inf"),
+        ("--ratio", "-0.5", "expected 0 or more, got -0.5"),
+        ("--port", "-1", "expected 0 or more, got -1"),
+        ("--interval-s", "0", "expected a number more than 0, got 0.0"),
+        ("--listen", "65536", "expected at most 65535, got 65536"),
+    ],
+)
+def test_a_number_out_of_its_fields_range_is_a_usage_error_naming_the_flag_or_the_variable(
+    flag: str, raw: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        load([flag, raw], {})
+    assert exit_.value.code == 2
+    assert f"knobs: error: argument {flag}: {message}" in capsys.readouterr().err
+    variable = "X_" + flag[2:].replace("-", "_").upper()
+    with pytest.raises(SystemExit) as exit_:
+        load([], {variable: raw})
+    assert exit_.value.code == 2
+    assert f"knobs: error: {variable}: {message}" in capsys.readouterr().err
+
+
+def test_numbers_in_range_pass_and_a_signed_field_takes_a_negative() -> None:
+    knobs = load(["--offset", "-3600", "--interval-s", "0.001", "--listen", "65535", "--ratio", "0"], {})
+    assert (knobs.offset, knobs.interval_s, knobs.listen, knobs.ratio) == (-3600.0, 0.001, 65535, 0.0)
+
+
+def test_a_number_flag_that_does_not_parse_keeps_argparses_message(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        load(["--port", "eighty"], {})
+    assert "argument --port: invalid int value: 'eighty'" in capsys.readouterr().err
