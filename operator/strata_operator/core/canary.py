@@ -47,7 +47,7 @@ from strata_operator.core.serving import (
     owner_reference,
     selector,
 )
-from strata_operator.core.status import NORMAL, WARNING, Event, StatusDraft
+from strata_operator.core.status import NORMAL, WARNING, Event, StatusDraft, generation_moment
 
 
 class Reason:
@@ -203,13 +203,15 @@ def rollout_status(
     plan: RolloutPlan,
     canary: ObservedDeployment | None,
     canary_count: int,
+    generation: int,
     restored: str | None = None,
 ) -> None:
     """Record the rollout in the status draft (``stableRevision``; ``canaryRevision``, ``canaryReplicas`` and
     ``canaryReadyReplicas`` while a canary runs, removed after) with an Event when a canary starts, is promoted or
-    is rolled back (each posted once, :attr:`~strata_operator.core.status.Event.once`: where a rollout stands is
-    the status, so an Event lost to an operator killed after the status write would never be posted again), and
-    when the stable Deployment was put back (``restored``: how it had changed)."""
+    is rolled back (each posted once for the spec ``generation`` that made it,
+    :attr:`~strata_operator.core.status.Event.once`: where a rollout stands is the status, so an Event lost to an
+    operator killed after the status write would never be posted again), and when the stable Deployment was put
+    back (``restored``: how it had changed)."""
     before = draft.stored.get("canaryRevision")
     draft.set("stableRevision", plan.stable_revision)
     if restored is not None:
@@ -230,7 +232,7 @@ def rollout_status(
                     f"revision {plan.canary_revision} runs as a canary of {canary_count} replicas taking "
                     f"{plan.percent}% of the requests; revision {plan.stable_revision} stays the stable one"
                     + (f" (it replaces canary revision {before})" if before else ""),
-                    once=True,
+                    once=generation_moment(generation),
                 )
             )
         return
@@ -241,13 +243,13 @@ def rollout_status(
         return
     if before == plan.stable_revision:
         message = f"revision {before} promoted: the stable replicas roll to it and the canary's go"
-        draft.events.append(Event(NORMAL, Reason.CANARY_PROMOTED, message, once=True))
+        draft.events.append(Event(NORMAL, Reason.CANARY_PROMOTED, message, once=generation_moment(generation)))
     else:
         message = (
             f"canary revision {before} rolled back: its replicas go and the stable ones run revision "
             f"{plan.stable_revision}"
         )
-        draft.events.append(Event(NORMAL, Reason.CANARY_ROLLED_BACK, message, once=True))
+        draft.events.append(Event(NORMAL, Reason.CANARY_ROLLED_BACK, message, once=generation_moment(generation)))
 
 
 def stored_ask(service: InferenceService, status: Mapping[str, Any], wanted: int) -> int:

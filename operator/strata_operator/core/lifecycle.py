@@ -28,7 +28,7 @@ from strata_api import Phase, ResourcePool, TrainingJob, format_time
 from strata_api.workload import ExitCode, Progress
 from strata_operator.core.observed import Node, WorkerPod
 from strata_operator.core.pods import expected_runtime_s, placement_type, worker_name
-from strata_operator.core.status import NORMAL, WARNING, StatusDraft, attempt_event_name, once_event_name
+from strata_operator.core.status import NORMAL, WARNING, StatusDraft, attempt_moment, generation_moment
 from strata_operator.settings import OperatorSettings
 
 
@@ -113,7 +113,7 @@ def once_per(before: Phase | None, after: Phase | None) -> str | None:
     attempt written with it; running; its GPUs taken back; its backoff over; finished, for good), or None (a queued
     job's new waiting reason, which can come again).
 
-    Such a write's Events are posted once, before it, under a name of their own (:func:`once_event_name_of`, as
+    Such a write's Events are posted once, before it, under a name of their own (:func:`once_moment_of`, as
     :attr:`~strata_operator.core.status.Event.once` says): the status records the moment and no later pass tells
     of it again, so an Event only queued behind the write would die with an operator killed after it."""
     if after is None or after == before:
@@ -125,15 +125,15 @@ def once_per(before: Phase | None, after: Phase | None) -> str | None:
     return None
 
 
-def once_event_name_of(job: TrainingJob, after: Phase | None, attempt: int, reason: str) -> str | None:
-    """The name under which the Event ``reason`` of a status write taking ``job`` to phase ``after`` (at
-    ``attempt``: an admission writes its new one) is posted once, before the write; None for one posted after it,
-    through kopf (:func:`once_per`)."""
+def once_moment_of(job: TrainingJob, after: Phase | None, attempt: int) -> str | None:
+    """The moment (:attr:`~strata_operator.core.status.Event.once`) of the Events of a status write taking ``job``
+    to phase ``after`` (at ``attempt``: an admission writes its new one), posted once before the write; None for
+    Events posted after it, through kopf (:func:`once_per`)."""
     per = once_per(job.status.phase, after)
     if per == A_GENERATION:
-        return once_event_name(job.name, job.uid, job.generation, reason)
+        return generation_moment(job.generation)
     if per == AN_ATTEMPT:
-        return attempt_event_name(job.name, job.uid, attempt, reason)
+        return attempt_moment(attempt)
     return None
 
 

@@ -32,7 +32,7 @@ from strata_operator.core.pods import (
     pod_security_context,
     tolerations,
 )
-from strata_operator.core.status import NORMAL, WARNING, Event, StatusDraft
+from strata_operator.core.status import NORMAL, WARNING, Event, StatusDraft, scaling_moment
 from strata_operator.settings import OperatorSettings
 
 CONTAINER = "server"
@@ -653,7 +653,9 @@ def service_status(
     if isinstance(before, int) and before != desired:
         why = allotment.message if allotment.limited else (report.message if report is not None else "")
         kind = Reason.SCALED_UP if desired > before else Reason.SCALED_DOWN
-        draft.events.append(Event(NORMAL, kind, f"{before} -> {desired} replicas" + (f": {why}" if why else "")))
+        message = f"{before} -> {desired} replicas" + (f": {why}" if why else "")
+        # posted once, before the write: the new count in status is all a later pass sees of the change
+        draft.events.append(Event(NORMAL, kind, message, once=scaling_moment(stored.get("lastScale") or {})))
     running = [d for d in (deployment, canary_deployment) if d is not None]
     ready = sum(d.ready for d in running)
     rolled_out = deployment is not None and all(d.rolled_out for d in running)

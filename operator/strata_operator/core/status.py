@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from strata_api import Phase, format_time
+from strata_api import Phase, format_time, parse_time
 
 PHASE_CONDITIONS = tuple(p.value for p in Phase)
 """Each phase has a condition of the same type, True while the job is in that phase."""
@@ -22,32 +22,43 @@ REPORTING_COMPONENT = "strata-operator"
 ones posted once (:attr:`Event.once`)."""
 
 
+def attempt_moment(attempt: int) -> str:
+    """The moment key (:attr:`Event.once`) of what comes at most once in a TrainingJob's attempt."""
+    return f"a{attempt}"
+
+
+def generation_moment(generation: int) -> str:
+    """The moment key (:attr:`Event.once`) of what comes at most once for a spec generation (a suspend, a canary
+    started or ended)."""
+    return f"g{generation}"
+
+
+def scaling_moment(last_scale: Mapping[str, Any]) -> str:
+    """The moment key (:attr:`Event.once`) of a change of an InferenceService's replica count, made from the stored
+    ``status.lastScale`` (every change of the count writes a new one, so the time of the one it moves from tells
+    the change apart from every other): its time in epoch seconds, 0 where none is stored."""
+    at = parse_time(last_scale.get("time"))
+    return f"s{int(at.timestamp()) if at is not None else 0}"
+
+
 @dataclass(frozen=True)
 class Event:
     type: str
     reason: str
     message: str
-    once: bool = field(default=False, compare=False)
-    """Posted exactly once for the change of spec it tells of: under a name of its own (:func:`once_event_name`),
-    before the status write that records the change. An operator killed after the status write and before a
-    posting it only queued would lose it (the next pass sees the change recorded); one killed before the status
-    write posts it again under the same name, which the API server refuses (409), so it is not duplicated either.
-    A TrainingJob's Events are posted the same way when its write is a moment that comes once
-    (:func:`strata_operator.core.lifecycle.once_per`, named by :func:`once_event_name` or
-    :func:`attempt_event_name`)."""
+    once: str | None = field(default=None, compare=False)
+    """The moment it tells of, where that moment comes only once and the status write records it
+    (:func:`attempt_moment`, :func:`generation_moment`, :func:`scaling_moment`): then it is posted under a name of its
+    own (:func:`once_event_name`) before the write. An operator killed after the status write and before a posting
+    it only queued would lose it (the next pass sees the moment recorded); one killed before the status write posts
+    it again under the same name, which the API server refuses (409), so it is not duplicated either. None: a
+    moment that can come again (a waiting reason, a condition's change), posted through kopf after the write."""
 
 
-def once_event_name(name: str, uid: str, generation: int, reason: str) -> str:
-    """The name of an Event posted once (:attr:`Event.once`): the object, its uid (a service of the same name made
-    again is another), the generation of the spec whose change it tells of, and its reason."""
-    return f"{name}.{uid[:8]}.g{generation}.{reason.lower()}"
-
-
-def attempt_event_name(name: str, uid: str, attempt: int, reason: str) -> str:
-    """The name of a TrainingJob's Event posted once (:attr:`Event.once`) for a moment of its ``attempt`` (admitted,
-    running, its GPUs taken back, finished: each comes at most once an attempt, see
-    :func:`strata_operator.core.lifecycle.once_per`), told by ``reason``."""
-    return f"{name}.{uid[:8]}.a{attempt}.{reason.lower()}"
+def once_event_name(name: str, uid: str, moment: str, reason: str) -> str:
+    """The name of an Event posted once (:attr:`Event.once`): the object, its uid (an object of the same name made
+    again is another), the moment and the reason."""
+    return f"{name}.{uid[:8]}.{moment}.{reason.lower()}"
 
 
 def once_event_manifest(

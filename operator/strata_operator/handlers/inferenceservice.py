@@ -251,7 +251,7 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
         model_failure=refused,
     )
     if plan is not None:
-        canary.rollout_status(draft, plan, observed_canary, canary_count, restored)
+        canary.rollout_status(draft, plan, observed_canary, canary_count, service.generation, restored)
     patch = draft.patch()
     written = await write_status(kube, entry, patch, draft.events)
     if written and report is not None and "lastScale" in patch:

@@ -12,7 +12,7 @@ from typing import Any, cast
 import aiohttp
 import kopf
 
-from strata_operator.core.status import Event, once_event_manifest
+from strata_operator.core.status import Event, once_event_manifest, once_event_name
 from strata_operator.runtime.kube import ApiError, Kube
 
 
@@ -36,19 +36,19 @@ def post_event(involved: Mapping[str, Any], event: Event) -> None:
 
 
 async def write_with_events(
-    kube: Kube,
-    involved: Mapping[str, Any],
-    events: Sequence[tuple[Event, str | None]],
-    write: Callable[[], Awaitable[bool]],
+    kube: Kube, involved: Mapping[str, Any], events: Sequence[Event], write: Callable[[], Awaitable[bool]]
 ) -> bool:
-    """Post the Events named to be posted once (:func:`post_event_once`), then ``write`` the status, then, if it was
-    written, hand the unnamed Events to kopf; what ``write`` answered."""
-    for event, name in events:
-        if name is not None:
-            await post_event_once(kube, involved, event, name)
+    """Post the Events of moments that come once (:attr:`Event.once`, :func:`post_event_once`), then ``write`` the
+    status, then, if it was written, hand the others to kopf; what ``write`` answered."""
+    meta = involved["metadata"]
+    for event in events:
+        if event.once is not None:
+            await post_event_once(
+                kube, involved, event, once_event_name(meta["name"], meta["uid"], event.once, event.reason)
+            )
     if not await write():
         return False
-    for event, name in events:
-        if name is None:
+    for event in events:
+        if event.once is None:
             post_event(involved, event)
     return True

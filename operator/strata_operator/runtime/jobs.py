@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import strata_api as api
 from strata_api import Phase, TrainingJob
-from strata_operator.core.lifecycle import once_event_name_of
+from strata_operator.core.lifecycle import once_moment_of
 from strata_operator.core.status import Event
 from strata_operator.runtime.events import write_with_events
 from strata_operator.runtime.kube import custom_path
@@ -56,10 +56,10 @@ async def patch_status(runtime: Runtime, entry: JobEntry, patch: Mapping[str, An
     job, written = entry.job, patch.get("phase")
     after = Phase(written) if written else job.status.phase
     attempt = int(patch.get("attempt", job.status.attempt))  # an admission writes its new attempt
-    named = [(e, once_event_name_of(job, after, attempt, e.reason)) for e in events]
+    moment = once_moment_of(job, after, attempt)
     return await write_with_events(
         runtime.api,
         entry.ref,
-        named,
+        [replace(e, once=moment) for e in events],
         lambda: runtime.api.patch_status_if_unchanged(entry.status_path, entry.resource_version, patch),
     )

@@ -16,7 +16,7 @@ import strata_api as api
 from strata_api import InferenceService
 from strata_api.serving import ScaleReport
 from strata_operator.core.serving import spec_patch
-from strata_operator.core.status import Event, once_event_name
+from strata_operator.core.status import Event
 from strata_operator.runtime.events import write_with_events
 from strata_operator.runtime.kube import Kube, custom_path
 
@@ -115,9 +115,8 @@ async def write_status(kube: Kube, entry: ServiceEntry, patch: Mapping[str, Any]
         "kind": api.INFERENCE_SERVICE,
         "metadata": {"name": s.name, "namespace": s.namespace, "uid": s.uid},
     }
-    named = [(e, once_event_name(s.name, s.uid, s.generation, e.reason) if e.once else None) for e in events]
 
     async def write() -> bool:
         return not patch or await kube.patch_status_if_unchanged(entry.status_path, entry.resource_version, patch)
 
-    return await write_with_events(kube, ref, named, write)
+    return await write_with_events(kube, ref, events, write)

@@ -305,3 +305,32 @@ def test_an_operator_killed_right_after_a_rollout_status_write_still_posts_its_e
     promote = {"rollout": {"canaryPercent": 100}}
     kill_at_status_write(services, operator, "stableRevision", lambda: services.patch_spec(NAME, promote))
     converged(services, new, None, Counter(CanaryStarted=1, CanaryPromoted=1))
+
+
+def test_an_operator_killed_right_after_a_scaling_status_write_still_posts_its_event_once(
+    services: Services, strata: Strata, operator: OperatorProcess
+) -> None:
+    """The new count in status is all a later pass sees of a change of it, so the ScaledUp Event is posted before
+    the write: one kopf had only queued would die with the operator."""
+    pool = cpu_pool(strata, 8)
+    services.apply(service_body(NAME, pool, min_replicas=1))
+    services.wait_ready(NAME, 1)
+    kill_at_write(
+        operator,
+        services.custom,
+        services.namespace,
+        api.INFERENCE_SERVICES,
+        NAME,
+        lambda status: status.get("desiredReplicas") == 2,
+        lambda: services.patch_spec(NAME, {"replicas": {"min": 2}}),
+        timeout_s=30,
+    )
+    operator.start()
+    services.wait_ready(NAME, 2)
+
+    def scaled() -> Counter[str]:
+        return Counter(r for r in services.events(NAME) if r.startswith("Scaled"))
+
+    eventually(lambda: scaled() == Counter(ScaledUp=1) or None, 30, "one ScaledUp Event")
+    time.sleep(3)  # and no second one (resync 2 s)
+    assert scaled() == Counter(ScaledUp=1)

@@ -10,8 +10,8 @@ import pytest
 from operator_builders import a_job
 
 from strata_api import Phase
-from strata_operator.core.lifecycle import A_GENERATION, AN_ATTEMPT, once_event_name_of, once_per
-from strata_operator.core.status import attempt_event_name
+from strata_operator.core.lifecycle import A_GENERATION, AN_ATTEMPT, once_moment_of, once_per
+from strata_operator.core.status import once_event_name
 
 Q, A, R, RS, S, F, SU = (
     Phase.QUEUED,
@@ -57,16 +57,16 @@ def job(phase: Phase, **meta: Any) -> Any:
 
 def test_an_event_posted_once_is_named_by_the_attempt_or_generation_and_reason() -> None:
     running = job(Phase.RUNNING)
-    uid = running.uid[:8]
-    assert once_event_name_of(running, RS, 2, "NodeLost") == f"llm.{uid}.a2.nodelost"
-    assert once_event_name_of(job(Phase.QUEUED), A, 3, "Admitted") == f"llm.{uid}.a3.admitted"
-    assert once_event_name_of(running, SU, 2, "Suspended") == f"llm.{uid}.g{running.generation}.suspended"
-    assert once_event_name_of(job(Phase.QUEUED), Q, 2, "WaitingForGPUs") is None
+    assert once_moment_of(running, RS, 2) == "a2"  # NodeLost and the like
+    assert once_moment_of(job(Phase.QUEUED), A, 3) == "a3"  # admitted: the new attempt it writes
+    assert once_moment_of(running, SU, 2) == f"g{running.generation}"  # suspended
+    assert once_moment_of(job(Phase.QUEUED), Q, 2) is None  # a waiting reason: through kopf
+    assert once_event_name("llm", "0123456789", "a2", "NodeLost") == "llm.01234567.a2.nodelost"
     # another attempt, another reason or another job of the same name: another Event
     names = {
-        attempt_event_name("llm", "0123456789", 2, "Admitted"),
-        attempt_event_name("llm", "0123456789", 3, "Admitted"),
-        attempt_event_name("llm", "fedcba9876", 2, "Admitted"),
-        attempt_event_name("llm", "0123456789", 2, "Preempted"),
+        once_event_name("llm", "0123456789", "a2", "Admitted"),
+        once_event_name("llm", "0123456789", "a3", "Admitted"),
+        once_event_name("llm", "fedcba9876", "a2", "Admitted"),
+        once_event_name("llm", "0123456789", "a2", "Preempted"),
     }
     assert len(names) == 4

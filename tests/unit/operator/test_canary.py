@@ -122,7 +122,7 @@ def test_the_canary_deployment_carries_what_it_keeps_and_the_watch_reads_it_back
 
 def test_a_stable_put_back_says_so() -> None:
     draft = StatusDraft({"stableRevision": "old", "canaryRevision": "new", "canaryReplicas": 1}, T0)
-    canary.rollout_status(draft, RolloutPlan("old", "new", 20), running("new", {}, 1), 1, restored="deleted")
+    canary.rollout_status(draft, RolloutPlan("old", "new", 20), running("new", {}, 1), 1, 3, restored="deleted")
     assert events(draft) == [
         (
             "StableRestored",
@@ -193,7 +193,7 @@ def events(draft: StatusDraft) -> list[tuple[str, str]]:
 
 def test_status_and_events_of_a_canary_started_then_promoted() -> None:
     start = StatusDraft({"stableRevision": "old"}, T0)
-    canary.rollout_status(start, RolloutPlan("old", "new", 20), deployment("new", 1, ready=0), 1)
+    canary.rollout_status(start, RolloutPlan("old", "new", 20), deployment("new", 1, ready=0), 1, 3)
     assert start.patch() == {"canaryRevision": "new", "canaryReplicas": 1, "canaryReadyReplicas": 0}
     assert events(start) == [
         (
@@ -201,13 +201,14 @@ def test_status_and_events_of_a_canary_started_then_promoted() -> None:
             "revision new runs as a canary of 1 replicas taking 20% of the requests; revision old stays the stable one",
         )
     ]
+    assert start.events[0].once == "g3"  # posted once, before the write, for the spec generation that started it
     running = {"stableRevision": "old", "canaryRevision": "new", "canaryReplicas": 1, "canaryReadyReplicas": 0}
     again = StatusDraft(running, T0)
-    canary.rollout_status(again, RolloutPlan("old", "new", 20), deployment("new", 1), 1)
+    canary.rollout_status(again, RolloutPlan("old", "new", 20), deployment("new", 1), 1, 3)
     assert (again.patch(), again.events) == ({"canaryReadyReplicas": 1}, [])
 
     promoted = StatusDraft({**running, "canaryReadyReplicas": 1}, T0)
-    canary.rollout_status(promoted, RolloutPlan("new", remove_canary=True), None, 0)
+    canary.rollout_status(promoted, RolloutPlan("new", remove_canary=True), None, 0, 4)
     assert promoted.patch() == {
         "stableRevision": "new",
         "canaryRevision": None,
@@ -217,11 +218,12 @@ def test_status_and_events_of_a_canary_started_then_promoted() -> None:
     assert events(promoted) == [
         ("CanaryPromoted", "revision new promoted: the stable replicas roll to it and the canary's go")
     ]
+    assert promoted.events[0].once == "g4"
 
 
 def test_a_rolled_back_canary_says_so() -> None:
     draft = StatusDraft({"stableRevision": "old", "canaryRevision": "new", "canaryReplicas": 1}, T0)
-    canary.rollout_status(draft, RolloutPlan("old", remove_canary=True), None, 0)
+    canary.rollout_status(draft, RolloutPlan("old", remove_canary=True), None, 0, 4)
     assert events(draft) == [
         ("CanaryRolledBack", "canary revision new rolled back: its replicas go and the stable ones run revision old")
     ]

@@ -212,6 +212,13 @@ def test_a_decision_becomes_the_desired_count_last_scale_and_an_event_once() -> 
     assert [(e.reason, e.message) for e in draft.events] == [
         ("ScaledUp", "2 -> 4 replicas: forecast upper band needs 4")
     ]
+    # posted once, before the write, as the change from the stored count and its last decision (none here): the
+    # next change moves from the lastScale this write stores, so it is another moment
+    assert draft.events[0].once == "s0"
+    six = serving.Allotment(6, False, "WithinQuota", "pool pool's quota holds 6 replicas")
+    at_noon = a_report(6, time="2026-01-01T12:01:00Z")
+    then = serving.service_status(service, {**stored, **patch}, SOURCE, six, None, "r1", T0, at_noon)
+    assert [(e.reason, e.once) for e in then.events] == [("ScaledUp", f"s{int(T0.timestamp()) + 15}")]
     later = a_report(4, time="2026-01-01T12:00:30Z")
     again = serving.service_status(service, {**stored, **patch}, SOURCE, within, None, "r1", T0, later)
     assert "lastScale" not in again.patch()  # the same decision, made again an interval later, is not news
