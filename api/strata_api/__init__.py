@@ -15,7 +15,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -286,17 +286,20 @@ OverflowError in every reconcile). tests/unit/api checks that the CRDs say the s
 
 
 def parse_time(value: object) -> datetime | None:
-    """An RFC 3339 timestamp as the API server writes it; None when absent or malformed."""
+    """An RFC 3339 timestamp, with ``T`` and ``Z`` in either case (RFC 3339 allows both, and the API server's
+    ``format: date-time`` accepts ``2027-01-06t10:00:00z``); None when absent or malformed."""
     if not isinstance(value, str) or not value:
         return None
     try:
-        return datetime.fromisoformat(value)
+        return datetime.fromisoformat(value.upper())
     except ValueError:
         return None
 
 
 def format_time(value: datetime) -> str:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    """A moment as the API server writes timestamps, in UTC (``2027-01-06T04:30:00Z`` for
+    ``2027-01-06T10:00:00+05:30``); a naive datetime is taken to be UTC already."""
+    return (value.astimezone(UTC) if value.tzinfo is not None else value).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)

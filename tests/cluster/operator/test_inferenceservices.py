@@ -616,6 +616,12 @@ INVALID_SERVICES: list[tuple[str, Any, str]] = [
     ("bad-image", setter("workload.image", "ghcr.io/Strata/x"), "spec.workload.image must be an image reference"),
     ("missing-pool", lambda b: b["spec"].pop("pool"), "spec.pool"),
     ("batch-of-zero", setter("model.batching", {"maxBatch": 0}), "spec.model.batching.maxBatch"),
+    # what the API server then refused in the replicas' Deployment, the operator retrying it without end
+    ("node-selector-bad-key", setter("resources.nodeSelector", {"my team": "ml"}), "spec.resources.nodeSelector keys"),
+    ("node-selector-bad-value", setter("resources.nodeSelector", {"team": "m l"}), "nodeSelector values must be"),
+    ("memory-int-past-1pi", setter("resources.memoryPerReplica", 2**62), "spec.resources.memoryPerReplica must be"),
+    # what the operator then ignored: without replicas.max the count stays at min
+    ("autoscaling-without-max", setter("autoscaling", {"target": 5}), "spec.autoscaling needs spec.replicas.max"),
 ]
 
 
@@ -656,6 +662,28 @@ def test_an_invalid_service_is_refused_naming_the_field(refusals: Services, case
         refusals.apply(body)
     assert caught.value.status == 422, caught.value.body
     assert names in field_message(caught.value)
+
+
+def test_a_name_too_long_for_the_canary_service_is_refused(refusals: Services) -> None:
+    # the canary's headless Service <name>-canary-replicas must fit in a 63-character DNS label
+    refusals.apply(service_body("s" * 47, "pool"))
+    with pytest.raises(ApiException) as caught:
+        refusals.apply(service_body("s" * 48, "pool"))
+    assert caught.value.status == 422
+    assert "metadata.name must be at most 47 characters" in str(caught.value.body)
+    refusals.delete("s" * 47)
+
+
+@pytest.mark.parametrize("name", ["chat-router", "chat-replicas", "chat-canary", "strata-workers"])
+def test_a_name_that_would_take_another_services_objects_is_refused(refusals: Services, name: str) -> None:
+    # service chat's router Deployment is chat-router, its headless Service chat-replicas, its canary chat-canary;
+    # strata-workers is the TrainingJobs' headless Service in the namespace
+    with pytest.raises(ApiException) as caught:
+        refusals.apply(service_body(name, "pool"))
+    assert caught.value.status == 422
+    assert "metadata.name must not end in -router, -replicas or -canary, nor be strata-workers" in str(
+        caught.value.body
+    )
 
 
 EXAMPLES = sorted(

@@ -95,6 +95,13 @@ INVALID_JOBS: list[tuple[str, Edit, str]] = [
     ("batch-past-int32", setter("training.globalBatchSize", 2**40), "spec.training.globalBatchSize"),
     ("interval-past-int32", setter("checkpoint.intervalSeconds", 2**31), "spec.checkpoint.intervalSeconds"),
     ("pool-name-past-a-label", setter("pool", "p" * 64), "spec.pool"),
+    # what the API server then refused at worker creation, failing the job only once admitted
+    ("node-selector-key-with-space", setter("resources.nodeSelector", {"my team": "ml"}), "nodeSelector keys must be"),
+    ("node-selector-empty-key", setter("resources.nodeSelector", {"": "ml"}), "nodeSelector keys must be label keys"),
+    ("node-selector-long-name", setter("resources.nodeSelector", {"t" * 64: "ml"}), "nodeSelector keys must be"),
+    ("node-selector-value-with-space", setter("resources.nodeSelector", {"team": "m l"}), "nodeSelector values must"),
+    ("node-selector-unicode-value", setter("resources.nodeSelector", {"team": "é"}), "nodeSelector values must be"),
+    ("memory-int-past-1pi", setter("resources.memoryPerWorker", 2**62), "resources.memoryPerWorker must be a positive"),
 ]
 
 
@@ -163,6 +170,14 @@ def test_the_largest_values_the_schema_allows_are_accepted(strata: Strata) -> No
     body["spec"]["checkpoint"] = {"path": "/mnt/ckpt-v1.2", "persistentVolumeClaim": "ckpt.team-a"}
     body["spec"]["workload"]["image"] = "localhost:5000/strata/workloads_cuda:1.0-rc.1@sha256:" + "ab" * 32
     strata.submit(body)
+
+
+def test_a_node_selector_takes_any_label_key_and_value_a_pod_takes(strata: Strata) -> None:
+    body = valid_job("labelled")
+    selector = {"example.com/team": "ml", "t" * 63: "v" * 63, "tier": "", "Zone_A.b": "x_1.Y"}
+    body["spec"]["resources"]["nodeSelector"] = selector
+    strata.submit(body)
+    assert strata.job("labelled")["spec"]["resources"]["nodeSelector"] == selector
 
 
 def test_layout_fields_are_immutable_while_the_job_runs_but_suspend_is_not(strata: Strata) -> None:

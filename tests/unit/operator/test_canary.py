@@ -4,14 +4,15 @@ Service, what the routers are told, and the status and Events of a start, a prom
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
-from operator_builders import T0, a_pool
+from operator_builders import T0, a_pool, schema
 from serving_builders import a_service
 
 import strata_api as api
-from strata_operator.core import canary, router, serving
+from strata_operator.core import canary, pods, router, serving
 from strata_operator.core.canary import RolloutPlan
 from strata_operator.core.serving import ModelSource, ObservedDeployment
 from strata_operator.core.status import StatusDraft
@@ -242,3 +243,54 @@ def test_a_service_with_a_canary_is_ready_when_both_revisions_are() -> None:
         service, {}, SOURCE, allotment, deployment("old"), "new", T0, canary_deployment=deployment("new", 1)
     )
     assert next(c for c in ready.changes["conditions"] if c["type"] == "Ready")["status"] == "True"
+
+
+def name_rules() -> list[str]:
+    """The CEL rules crds/inferenceservice.yaml puts on metadata.name."""
+    rules = schema("inferenceservice.yaml")["properties"]["metadata"]["properties"]["name"]["x-kubernetes-validations"]
+    return [r["rule"] for r in rules]
+
+
+def owned_objects(service: api.InferenceService) -> list[dict[str, Any]]:
+    """Every object the operator makes for a service, a canary's included."""
+    return [
+        serving.build_deployment(service, CPU_POOL, SOURCE, 4, SETTINGS),
+        serving.build_deployment(service, CPU_POOL, SOURCE, 1, SETTINGS, canary=True),
+        serving.build_replicas_service(service),
+        serving.build_disruption_budget(service),
+        canary.build_canary_service(service),
+        router.build_router_deployment(service, SETTINGS, rollout=RolloutPlan("old", "new", 20)),
+        router.build_router_config(service, None),
+        router.build_front_service(service),
+        router.build_router_budget(service),
+    ]
+
+
+def test_every_object_of_a_service_of_the_longest_name_has_a_name_kubernetes_takes() -> None:
+    longest = min(int(m.group(1)) for r in name_rules() if (m := re.fullmatch(r"self\.size\(\) <= (\d+)", r)))
+    service = a_service("s" * longest, min_replicas=5, rollout={"canaryPercent": 20})
+    for made in owned_objects(service):
+        name = made["metadata"]["name"]
+        service_name = made["kind"] == "Service"  # a DNS-1035 label; the others' a DNS-1123 subdomain
+        assert len(name) <= (63 if service_name else 253), name
+        assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?" if service_name else r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name)
+        template = made.get("spec", {}).get("template", {}).get("metadata", {})
+        for labels in (made["metadata"].get("labels", {}), template.get("labels", {})):
+            assert all(len(value) <= 63 for value in labels.values()), labels
+
+
+def test_the_crd_refuses_every_name_whose_objects_would_take_another_services_or_the_workers_service() -> None:
+    # service a's object a<s1> is service b's b<s2> when b = a + s1 minus its ending s2: b ends in that difference
+    service = a_service("chat", min_replicas=5, rollout={"canaryPercent": 20})
+    suffixes = {(made["kind"], made["metadata"]["name"].removeprefix("chat")) for made in owned_objects(service)}
+    endings = {
+        longer[: len(longer) - len(shorter)]
+        for kind, longer in suffixes
+        for other, shorter in suffixes
+        if kind == other and longer != shorter and longer.endswith(shorter)
+    }
+    assert endings  # the rule below has something to check
+    rule = next(r for r in name_rules() if "endsWith" in r)
+    refused = re.findall(r"'(-[-a-z]+)'", rule)
+    assert all(any(ending.endswith(r) for r in refused) for ending in endings), (endings, rule)
+    assert f"self != '{pods.WORKERS_SERVICE}'" in rule  # the TrainingJobs' headless Service in each namespace

@@ -135,6 +135,17 @@ def test_plan_job_reads_the_spec_and_prices_the_zones_of_the_nodes_the_job_may_u
     assert plan_job(requeued, a_pool(), fleet_zones(nodes), catalog, hours(0.5)) is None  # its run has begun
 
 
+@pytest.mark.parametrize("deadline", ["2026-01-01T08:00:00Z", "2026-01-01t08:00:00z", "2026-01-01T13:30:00+05:30"])
+def test_a_deadline_in_any_rfc_3339_form_the_api_server_takes_is_kept_and_shown_in_utc(deadline: str) -> None:
+    cheap_a = [1.0] * 3 + [0.5, 0.5] + [1.0] * 19
+    catalog = parse_catalog({"power": {"default": [1.0] * 24, "zones": {"a": cheap_a}}})
+    job = a_job(created=hours(0.5), scheduling=deferrable_job(deadline=deadline))
+    plan = plan_job(job, a_pool(), fleet_zones([_in_zone(a_node("a1"), "a")]), catalog, hours(0.5))
+    assert plan is not None
+    assert plan.deadline == hours(8)
+    assert plan.message.endswith("ending by its deadline 2026-01-01T08:00:00Z")
+
+
 def test_the_shipped_catalog_defers_an_evening_job_to_the_night() -> None:
     # default table: 1.10-1.12 from 17:00 to 20:59, 1.00 from 22:00 to 06:59
     plan = plan_start(hours(17), hours(17), hours(24 + 8), 2 * H, job_tariff(load_catalog(DEFAULT_CATALOG), []))
