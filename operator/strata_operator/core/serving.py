@@ -71,6 +71,7 @@ class Reason:
     RANDOM_WEIGHTS = "RandomWeights"
     TRAINING_JOB_NOT_FOUND = "TrainingJobNotFound"
     CHECKPOINTS_NOT_KEPT = "CheckpointsNotKept"
+    NAME_TAKEN = "NameTaken"
 
 
 # --- names and labels ---
@@ -93,6 +94,23 @@ def owned_labels(service: InferenceService) -> dict[str, str]:
 
 def owner_reference(service: InferenceService) -> dict[str, Any]:
     return controller_reference(api.INFERENCE_SERVICE, service.name, service.uid)
+
+
+def held_by_another(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> str | None:
+    """Why ``existing``, an object already there under the name of ``desired`` (one the operator writes for a
+    service, with the service as its controller), is not the operator's to write: None when its controller is the
+    same service (by uid), else a message naming the object and who holds it. A user's own Deployment, Service,
+    budget or ConfigMap of that name is left as it is rather than taken over."""
+    wanted = next(r for r in desired["metadata"]["ownerReferences"] if r.get("controller"))
+    meta = existing.get("metadata") or {}
+    controller = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    if controller is not None and controller.get("uid") == wanted["uid"]:
+        return None
+    holder = f"controlled by {controller.get('kind')} {controller.get('name')}" if controller else "with no controller"
+    return (
+        f"{desired['kind']} {desired['metadata']['name']} exists, {holder}, not this service: rename the service or "
+        "delete that object"
+    )
 
 
 def url(service: InferenceService) -> str:
@@ -638,6 +656,7 @@ def service_status(
     *,
     canary_deployment: ObservedDeployment | None = None,
     model_failure: ModelProblem | None = None,
+    name_taken: str | None = None,
 ) -> StatusDraft:
     """The status to write, and the events for what changed: replicas, URL, revision, the Ready, QuotaLimited and
     ModelAvailable conditions, the last scaling decision (``report``: the router's, when it has one), the running
@@ -646,7 +665,8 @@ def service_status(
     canary's (:mod:`strata_operator.core.canary`), whose replicas count as the service's too. ``model_failure``:
     the replicas' servers refused the model (:func:`strata_operator.core.replicas.model_failure`): ModelAvailable
     and Ready say so, with a Warning Event, while the replicas keep their count (a fixed volume or a new revision
-    mends it)."""
+    mends it). ``name_taken``: an object the service needs has a name another holds (:func:`held_by_another`):
+    Ready says which, with a Warning Event, until it is renamed or deleted."""
     draft = StatusDraft(stored, now)
     desired = allotment.replicas if isinstance(model, ModelSource) else 0
     before = stored.get("desiredReplicas")
@@ -672,6 +692,9 @@ def service_status(
     if isinstance(model, ModelProblem):
         _condition(draft, MODEL_AVAILABLE, "False", model.reason, model.message, WARNING)
         _condition(draft, READY, "False", model.reason, f"no replica runs: {model.message}", WARNING)
+    elif name_taken is not None:
+        _condition(draft, MODEL_AVAILABLE, "True", model.reason, f"serving {model.message}")
+        _condition(draft, READY, "False", Reason.NAME_TAKEN, name_taken, WARNING)
     elif model_failure is not None:
         _condition(draft, MODEL_AVAILABLE, "False", model_failure.reason, model_failure.message, WARNING)
         message = f"{ready} of {desired} replicas ready: {model_failure.message}"

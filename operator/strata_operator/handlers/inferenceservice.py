@@ -28,6 +28,7 @@ from strata_operator.core.serving import ModelSource, ObservedDeployment
 from strata_operator.runtime.jobs import JobEntry
 from strata_operator.runtime.kube import ApiError, Kube
 from strata_operator.runtime.serving import (
+    NameTaken,
     ServiceEntry,
     ServingState,
     config_maps_path,
@@ -199,34 +200,20 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
     pods = list(cache.replica_pods.get(service.key, ()))
     startup: float | None = None
     restored: str | None = None
+    taken: str | None = None
     if pool is not None and isinstance(model, ModelSource) and plan is not None and rev is not None:
-        restored = await _apply_replicas(
-            kube, service, pool, model, settings, plan, stable_count, canary_count, observed, observed_canary
-        )
         startup = replicas.startup_seconds(pods, rev)
         stored_startup = entry.status.get("startupSeconds")
         measured = (
             startup if startup is not None else stored_startup if isinstance(stored_startup, float | int) else None
         )
-        config = router.build_router_config(service, measured)  # the lead: before the routers, which mount it
-        seen_config = first(indices["servingconfigs"], f"{ns}/{router.router_name(service)}")
-        if serving.drifted(config, seen_config, "data"):
-            await ensure(kube, config_maps_path(ns), config, seen_config, "data")
-        routers = router.build_router_deployment(service, settings, plan)
-        if serving.needs_update(routers, first(deployments, f"{ns}/{router.router_name(service)}")):
-            await put_deployment(kube, routers)
-        owned = [
-            (services_path(ns), router.build_front_service(service), "servingservices"),
-            (services_path(ns), serving.build_replicas_service(service), "servingservices"),
-            (disruption_budgets_path(ns), serving.build_disruption_budget(service), "servingbudgets"),
-            (disruption_budgets_path(ns), router.build_router_budget(service), "servingbudgets"),
-        ]
-        if plan.splitting:
-            owned.append((services_path(ns), canary.build_canary_service(service), "servingservices"))
-        for collection, manifest, index in owned:
-            observed_spec = first(indices[index], f"{ns}/{manifest['metadata']['name']}")
-            if serving.drifted(manifest, observed_spec):
-                await ensure(kube, collection, manifest, observed_spec)
+        try:
+            restored = await _apply_replicas(
+                kube, service, pool, model, settings, plan, stable_count, canary_count, observed, observed_canary
+            )
+            await _apply_routing(kube, service, settings, plan, measured, indices)
+        except NameTaken as error:
+            taken = str(error)
     else:
         # no pool or no model: a replica could only wait for nothing or crash-loop; scaled to 0, kept for later
         for name, seen in ((service.name, observed), (serving.canary_name(service), observed_canary)):
@@ -249,6 +236,7 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
         startup,
         canary_deployment=trial,
         model_failure=refused,
+        name_taken=taken,
     )
     if plan is not None:
         canary.rollout_status(draft, plan, observed_canary, canary_count, service.generation, restored)
@@ -261,6 +249,39 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
             direction = "up" if after > before else "down"
         runtime.metrics.scale_decisions.labels(direction).inc()
     return written and bool(patch)
+
+
+async def _apply_routing(
+    kube: Kube,
+    service: InferenceService,
+    settings: OperatorSettings,
+    plan: RolloutPlan,
+    measured_startup: float | None,
+    indices: Mapping[str, Any],
+) -> None:
+    """The routers' ConfigMap (the autoscaler's lead: before the routers, which mount it) and Deployment, the
+    Services and the budgets, each written only when missing or different from what the watch shows."""
+    ns = service.namespace
+    deployments: IndexOf[ObservedDeployment] = indices["servingdeployments"]
+    config = router.build_router_config(service, measured_startup)
+    seen_config = first(indices["servingconfigs"], f"{ns}/{router.router_name(service)}")
+    if serving.drifted(config, seen_config, "data"):
+        await ensure(kube, config_maps_path(ns), config, seen_config, "data")
+    routers = router.build_router_deployment(service, settings, plan)
+    if serving.needs_update(routers, first(deployments, f"{ns}/{router.router_name(service)}")):
+        await put_deployment(kube, routers)
+    owned = [
+        (services_path(ns), router.build_front_service(service), "servingservices"),
+        (services_path(ns), serving.build_replicas_service(service), "servingservices"),
+        (disruption_budgets_path(ns), serving.build_disruption_budget(service), "servingbudgets"),
+        (disruption_budgets_path(ns), router.build_router_budget(service), "servingbudgets"),
+    ]
+    if plan.splitting:
+        owned.append((services_path(ns), canary.build_canary_service(service), "servingservices"))
+    for collection, manifest, index in owned:
+        observed_spec = first(indices[index], f"{ns}/{manifest['metadata']['name']}")
+        if serving.drifted(manifest, observed_spec):
+            await ensure(kube, collection, manifest, observed_spec)
 
 
 async def _apply_replicas(

@@ -15,7 +15,7 @@ import orjson
 import strata_api as api
 from strata_api import InferenceService
 from strata_api.serving import ScaleReport
-from strata_operator.core.serving import spec_patch
+from strata_operator.core.serving import held_by_another, spec_patch
 from strata_operator.core.status import Event
 from strata_operator.runtime.events import write_with_events
 from strata_operator.runtime.kube import Kube, custom_path
@@ -63,13 +63,28 @@ def config_maps_path(namespace: str, name: str = "") -> str:
     return f"/api/v1/namespaces/{namespace}/configmaps" + (f"/{name}" if name else "")
 
 
+class NameTaken(Exception):
+    """An object a service needs has a name another holds (:func:`strata_operator.core.serving.held_by_another`):
+    the message says which and what to do."""
+
+
+async def _ours_to_write(kube: Kube, path: str, manifest: Mapping[str, Any]) -> None:
+    """After a create found the name taken: raise :class:`NameTaken` unless the object there is the service's."""
+    why = held_by_another(await kube.request("GET", path), manifest)
+    if why is not None:
+        raise NameTaken(why)
+
+
 async def put_deployment(kube: Kube, deployment: Mapping[str, Any]) -> None:
     """Create the Deployment, or replace the one there (its template and size; the selector never changes): a
-    replace, not a merge, so that a field dropped from the spec (a node selector, a volume) goes too."""
+    replace, not a merge, so that a field dropped from the spec (a node selector, a volume) goes too. One that is
+    not the service's is left alone (:class:`NameTaken`)."""
     meta = deployment["metadata"]
     if await kube.create(deployments_path(meta["namespace"]), deployment):
         return
-    await kube.request("PUT", deployments_path(meta["namespace"], meta["name"]), deployment)
+    path = deployments_path(meta["namespace"], meta["name"])
+    await _ours_to_write(kube, path, deployment)
+    await kube.request("PUT", path, deployment)
 
 
 async def ensure(
@@ -80,11 +95,13 @@ async def ensure(
     part: str = "spec",
 ) -> None:
     """Create an object, or merge its spec (``part``; a ConfigMap's ``data``) into the one there (a Service's or a
-    budget's spec has no list the operator ever shortens; a selector key it dropped is removed)."""
+    budget's spec has no list the operator ever shortens; a selector key it dropped is removed). One that is not
+    the service's is left alone (:class:`NameTaken`)."""
     if await kube.create(collection, manifest):
         return
-    patch = {part: spec_patch(manifest, observed_spec, part)}
-    await kube.merge_patch(f"{collection}/{manifest['metadata']['name']}", patch)
+    path = f"{collection}/{manifest['metadata']['name']}"
+    await _ours_to_write(kube, path, manifest)
+    await kube.merge_patch(path, {part: spec_patch(manifest, observed_spec, part)})
 
 
 async def read_scale(url: str, timeout_s: float) -> ScaleReport | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -200,6 +201,37 @@ def test_a_running_service_reports_its_cost_per_hour_and_measured_startup(servic
     assert 0 <= status["startupSeconds"] < 60, status
     wide = services.kubectl("get", "sisvc", name, "-n", services.namespace, "-o", "wide").splitlines()
     assert {"COST/H", "STARTUP"} <= set(wide[0].split()), wide
+
+
+def test_an_object_of_the_services_name_that_is_not_its_own_is_left_alone_and_the_status_says_so(
+    services: Services, strata: Strata
+) -> None:
+    # a user's own Service where the service's front Service would go: the operator does not take it over
+    pool = cpu_pool(strata, 8)
+    ns = services.namespace
+    theirs = {
+        "metadata": {"name": "shop", "labels": {"app": "shop"}},
+        "spec": {"selector": {"app": "shop"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }
+    services.core.create_namespaced_service(ns, theirs)
+    name = services.apply(service_body("shop", pool, min_replicas=1))
+    ready = eventually(
+        lambda: services.condition(name, "Ready") if services.condition(name, "Ready").get("reason") == "NameTaken"
+        else None,
+        30,
+        "Ready False with NameTaken",
+    )  # fmt: skip
+    assert ready["status"] == "False"
+    assert ready["message"].startswith("Service shop exists, with no controller, not this service")
+    eventually(lambda: "NameTaken" in services.events(name) or None, 30, "a NameTaken Event")
+    time.sleep(3)  # passes go on (resync 2 s) and still leave it alone
+    kept = services.core.read_namespaced_service(name, ns)
+    assert (kept.spec.selector, kept.metadata.owner_references) == ({"app": "shop"}, None)
+    # once the user's Service is gone the service makes its own and is ready
+    services.core.delete_namespaced_service(name, ns)
+    services.wait_ready(name, 1)
+    made = services.core.read_namespaced_service(name, ns)
+    assert made.metadata.owner_references[0].kind == api.INFERENCE_SERVICE
 
 
 def test_the_lead_reaches_the_routers_by_their_configmap_and_a_new_one_rolls_none_of_them(

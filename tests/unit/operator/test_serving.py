@@ -482,6 +482,35 @@ def test_status_of_a_quota_limited_service_and_a_missing_model() -> None:
     assert ("Warning", "TrainingJobNotFound") in [(e.type, e.reason) for e in draft.events]
 
 
+def test_an_object_of_a_services_name_is_the_operators_to_write_only_when_the_service_controls_it() -> None:
+    service = a_service("chat")
+    desired = serving.build_replicas_service(service)
+    ours = {"metadata": {"name": desired["metadata"]["name"], "ownerReferences": [serving.owner_reference(service)]}}
+    assert serving.held_by_another(ours, desired) is None
+    theirs = {"metadata": {"name": desired["metadata"]["name"]}}
+    assert serving.held_by_another(theirs, desired) == (
+        "Service chat-replicas exists, with no controller, not this service: rename the service or delete that object"
+    )
+    # the same name made by an earlier service of the same name (another uid), not yet collected
+    earlier = a_service("chat", uid="0ld-uid")
+    old = {"metadata": {"name": "chat-replicas", "ownerReferences": [serving.owner_reference(earlier)]}}
+    assert serving.held_by_another(old, desired) == (
+        "Service chat-replicas exists, controlled by InferenceService chat, not this service: rename the service or "
+        "delete that object"
+    )
+
+
+def test_a_name_taken_makes_ready_false_with_a_warning_and_keeps_the_count() -> None:
+    why = "Service chat exists, with no controller, not this service: rename the service or delete that object"
+    draft = serving.service_status(a_service(), {}, SOURCE, WITHIN, None, "r1", T0, name_taken=why)
+    patch = draft.patch()
+    assert conditions(patch)["Ready"] == ("False", "NameTaken")
+    assert conditions(patch)["ModelAvailable"] == ("True", "RandomWeights")
+    assert next(c["message"] for c in patch["conditions"] if c["type"] == "Ready") == why
+    assert patch["desiredReplicas"] == 2
+    assert ("Warning", "NameTaken") in [(e.type, e.reason) for e in draft.events]
+
+
 def test_the_view_applies_what_the_crd_documents_but_cannot_default() -> None:
     properties = schema("inferenceservice.yaml")["properties"]["spec"]["properties"]
     described = properties["resources"]["properties"]["gpusPerReplica"]["description"]
