@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 import strata_api as api
+from strata_api.fleet import FleetError
 from strata_dev import binaries
 from strata_dev.cluster import kubeconfig_yaml, scheduler_config
-from strata_api.fleet import FleetError
 from strata_dev.fleet import DEFAULT_FLEET, load_fleet, node_manifests
 
 
