@@ -6,6 +6,7 @@ No I/O here: the handlers apply what these return, and unit tests assert the exa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import strata_api as api
@@ -42,6 +43,33 @@ def controller_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+def foreign_controller(existing: Mapping[str, Any], uid: str) -> str | None:
+    """Who holds ``existing``, an object already there under a name the operator makes for the Strata resource of
+    ``uid``: None when that resource controls it, else ``controlled by <Kind> <name>`` or ``with no controller``
+    (a user's own object, or one of an earlier resource of the same name not yet collected), which the operator
+    leaves as it is."""
+    meta = existing.get("metadata") or {}
+    controller = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    if controller is None:
+        return "with no controller"
+    if controller.get("uid") == uid:
+        return None
+    return f"controlled by {controller.get('kind')} {controller.get('name')}"
+
+
+def worker_name_held(existing: Mapping[str, Any], job: TrainingJob) -> str | None:
+    """Who holds a worker's name for good, where ``existing`` is the pod found under it: None when it is ``job``'s,
+    on its way out, or an earlier TrainingJob's of the same name (deleted and submitted again: the garbage collector
+    removes it), so that a later pass creates the worker; else :func:`foreign_controller`'s words."""
+    meta = existing.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return None
+    controller = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    if controller is not None and (controller.get("kind"), controller.get("name")) == (api.TRAINING_JOB, job.name):
+        return None
+    return foreign_controller(existing, job.uid)
 
 
 def owner_reference(job: TrainingJob) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from strata_operator.core.pods import (
     CONTAINER_SECURITY_CONTEXT,
     affinity,
     controller_reference,
+    foreign_controller,
     pod_security_context,
     tolerations,
 )
@@ -102,11 +103,9 @@ def held_by_another(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> 
     same service (by uid), else a message naming the object and who holds it. A user's own Deployment, Service,
     budget or ConfigMap of that name is left as it is rather than taken over."""
     wanted = next(r for r in desired["metadata"]["ownerReferences"] if r.get("controller"))
-    meta = existing.get("metadata") or {}
-    controller = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
-    if controller is not None and controller.get("uid") == wanted["uid"]:
+    holder = foreign_controller(existing, wanted["uid"])
+    if holder is None:
         return None
-    holder = f"controlled by {controller.get('kind')} {controller.get('name')}" if controller else "with no controller"
     return (
         f"{desired['kind']} {desired['metadata']['name']} exists, {holder}, not this service: rename the service or "
         "delete that object"

@@ -15,7 +15,13 @@ from typing import Any
 
 from strata_api import ResourcePool, TrainingJob
 from strata_operator.core.observed import WorkerPod
-from strata_operator.core.pods import WORKER_SERVICE_ACCOUNT, build_service, build_worker_access, build_worker_pods
+from strata_operator.core.pods import (
+    WORKER_SERVICE_ACCOUNT,
+    build_service,
+    build_worker_access,
+    build_worker_pods,
+    worker_name_held,
+)
 from strata_operator.runtime.kube import ApiError, Kube, pod_path, service_path
 from strata_operator.runtime.shared import Runtime
 
@@ -46,13 +52,41 @@ async def create_workers(
             return await _create_gang(runtime, job, pool, indices)
 
 
+class NameHeld(ApiError):
+    """A worker's name is held by a pod this job does not control (a user's own, or one of an earlier job of the
+    same name not yet collected): the gang cannot be made under its names, and nothing of the other pod is
+    touched. Permanent, as the API server's refusals are: the job fails with InvalidSpec, naming the pod."""
+
+    @property
+    def permanent(self) -> bool:
+        return True
+
+
 async def _create_gang(
     runtime: Runtime, job: TrainingJob, pool: ResourcePool, indices: Sequence[int]
 ) -> list[WorkerPod]:
     await ensure_namespace_objects(runtime, job.namespace)
     kube, manifests = runtime.api, build_worker_pods(job, pool, runtime.settings)
     created = await asyncio.gather(*(kube.create_returning(pod_path(job.namespace), manifests[i]) for i in indices))
+    for index, body in zip(indices, created, strict=True):
+        if body is None:  # the name is taken: by this job's own pod (an earlier creation), or by another's
+            await _check_held(kube, job, manifests[index]["metadata"]["name"])
     return [WorkerPod.from_body(body) for body in created if body is not None]
+
+
+async def _check_held(kube: Kube, job: TrainingJob, name: str) -> None:
+    """Raise :class:`NameHeld` when the pod ``name`` is not this job's."""
+    path = pod_path(job.namespace, name)
+    try:
+        existing = await kube.request("GET", path)
+    except ApiError as error:
+        if error.status == 404:
+            return  # gone since: the next pass creates it
+        raise
+    holder = worker_name_held(existing, job)
+    if holder is not None:
+        message = f"pod {name} exists, {holder}, not this job: delete it, or submit the job under another name"
+        raise NameHeld(409, "POST", pod_path(job.namespace), message)
 
 
 async def ensure_namespace_objects(runtime: Runtime, namespace: str) -> None:

@@ -43,6 +43,26 @@ def test_a_gang_the_api_server_refuses_fails_with_invalid_spec_and_frees_its_gpu
     assert strata.status("greedy")["phase"] == "Failed"
 
 
+def test_a_workers_name_held_by_a_pod_not_the_jobs_fails_it_naming_the_pod_and_leaves_the_pod_alone(
+    operator: OperatorProcess, strata: Strata
+) -> None:
+    # a user's own pod where the job's worker 0 would go: before, the operator tried to create it at every pass
+    theirs = {
+        "metadata": {"name": "clash-worker-0", "labels": {"app": "mine"}},
+        "spec": {"containers": [{"name": "c", "image": "registry.example/mine:1"}], "nodeSelector": {"none": "x"}},
+    }
+    strata.core.create_namespaced_pod(strata.namespace, theirs)
+    pool = strata.pool("team", maxGPUs=16)
+    strata.submit(a_job("clash", pool, data=2, tensor=8))
+    failed = strata.wait_phase("clash", "Failed", timeout_s=30)
+    assert failed["reason"] == "InvalidSpec"
+    assert "pod clash-worker-0 exists, with no controller, not this job: delete it, or submit the job under another" \
+        in failed["message"]  # fmt: skip
+    eventually(lambda: strata.live_pods("clash") == [] or None, 30, "the job's own worker 1 deleted")
+    pod = strata.core.read_namespaced_pod("clash-worker-0", strata.namespace)
+    assert (pod.metadata.labels, pod.metadata.owner_references) == ({"app": "mine"}, None)
+
+
 def test_a_worker_reporting_a_step_past_int64_does_not_stop_the_operator_following_its_job(
     operator: OperatorProcess, strata: Strata
 ) -> None:

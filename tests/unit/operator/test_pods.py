@@ -10,7 +10,15 @@ from operator_builders import a_job, a_pool
 
 import strata_api as api
 from strata_api import GPUType
-from strata_operator.core.pods import build_service, build_worker_access, build_worker_pods, gang_gpu_type, worker_env
+from strata_operator.core.pods import (
+    build_service,
+    build_worker_access,
+    build_worker_pods,
+    controller_reference,
+    gang_gpu_type,
+    worker_env,
+    worker_name_held,
+)
 from strata_operator.settings import OperatorSettings
 from strata_workloads.settings import TrainSettings
 
@@ -367,3 +375,21 @@ def test_the_node_admission_emptied_for_the_gang_reaches_the_extender_on_every_w
 @pytest.mark.parametrize("value", ["", "n1", "n1=0", "n1=-2", "n1=x", "=8"])
 def test_a_malformed_planned_node_annotation_is_no_plan(value: str) -> None:
     assert api.PlannedNode.parse(value) is None
+
+
+def test_a_workers_name_is_held_for_good_only_by_a_pod_that_is_not_this_jobs_nor_leaving() -> None:
+    job = a_job(name="clash")
+
+    def pod(*owners: dict[str, Any], deleting: bool = False) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": "clash-worker-0", "ownerReferences": list(owners)}
+        if deleting:
+            meta["deletionTimestamp"] = "2026-01-01T12:00:00Z"
+        return {"metadata": meta}
+
+    assert worker_name_held(pod(controller_reference(api.TRAINING_JOB, "clash", "uid-clash")), job) is None
+    # an earlier job of the same name, deleted and submitted again: its pods go with it, the next pass makes ours
+    assert worker_name_held(pod(controller_reference(api.TRAINING_JOB, "clash", "uid-before")), job) is None
+    assert worker_name_held(pod(deleting=True), job) is None
+    assert worker_name_held(pod(), job) == "with no controller"
+    other = controller_reference(api.INFERENCE_SERVICE, "clash-worker", "uid-x")
+    assert worker_name_held(pod(other), job) == "controlled by InferenceService clash-worker"
