@@ -59,6 +59,10 @@ INVALID_JOBS: list[tuple[str, Edit, str]] = [
     ("too-few-microbatches", setter("parallelism.pipeline", 2), "parallelism.microBatches must be at least"),
     ("model-dir-off-the-volume", setter("workload.modelDir", "/models/llama"), "workload.modelDir, workload.tok"),
     ("data-dir-off-the-volume", setter("workload.dataDir", "/data/train.jsonl"), "and workload.dataDir must lie"),
+    # under checkpoint.path by its prefix only: '..' climbed out of the volume
+    ("model-dir-climbing-out", setter("workload.modelDir", "/checkpoints/../etc"), "workload.modelDir must be a clean"),
+    ("tokenizer-dot-segment", setter("workload.tokenizer", "/checkpoints/./t.json"), "workload.tokenizer must be a"),
+    ("data-dir-double-slash", setter("workload.dataDir", "/checkpoints//data"), "workload.dataDir must be a clean"),
     (
         "microbatches-do-not-divide",
         both(setter("parallelism.pipeline", 2), setter("parallelism.microBatches", 3)),
