@@ -5,7 +5,7 @@ kopf's in-memory indices hold these, so one admission pass or one job reconcile 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,6 +14,15 @@ import strata_api as api
 from strata_api import GPUType, parse_time
 from strata_api.nodes import NodeFacts, parse_count
 from strata_api.workload import Progress
+
+
+def unschedulable_condition(conditions: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """A pod's ``PodScheduled`` condition when it says the scheduler found no node for it (False, Unschedulable;
+    its message says why), else None."""
+    for condition in conditions:
+        if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
+            return condition if condition.get("status") == "False" else None
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +67,7 @@ class WorkerPod:
                 image_refused = str(waiting.get("message") or "InvalidImageName")
         conditions = [c for c in status.get("conditions") or () if isinstance(c, Mapping)]
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-        refused = next(
-            (c for c in conditions if c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable"), None
-        )
-        if refused is not None and refused.get("status") != "False":
-            refused = None
+        refused = unschedulable_condition(conditions)
         gates = [g.get("name", "") for g in spec.get("schedulingGates") or ()]
         return cls(
             name=meta.get("name", ""),

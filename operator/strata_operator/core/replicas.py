@@ -18,7 +18,7 @@ import strata_api as api
 from strata_api import InferenceService, parse_time
 from strata_api.catalog import Catalog
 from strata_api.workload import ExitCode
-from strata_operator.core.observed import Node
+from strata_operator.core.observed import Node, unschedulable_condition
 from strata_operator.core.serving import ModelProblem
 
 RECENT_STARTS = 5
@@ -42,6 +42,8 @@ class ReplicaPod:
     exit_code: int | None = None
     """The server container's last exit code (its current or previous termination); None if it never ended."""
     restarts: int = 0
+    unschedulable: str | None = None
+    """The scheduler's word on why no node takes it (its PodScheduled condition); None when placed or not yet tried."""
 
     @property
     def running(self) -> bool:
@@ -69,6 +71,7 @@ class ReplicaPod:
             deleting=meta.get("deletionTimestamp") is not None,
             exit_code=code if isinstance(code, int) else None,
             restarts=int(server.get("restartCount") or 0),
+            unschedulable=_unschedulable(status),
         )
 
 
@@ -106,6 +109,25 @@ def model_failure(pods: Iterable[ReplicaPod], revision: str) -> ModelProblem | N
         f"replica {pod.name} of revision {revision} exited with code {pod.exit_code}{restarts}: {meaning} "
         "(its log names the cause); no replica of the revision is ready",
     )
+
+
+def _unschedulable(status: Mapping[str, Any]) -> str | None:
+    refused = unschedulable_condition([c for c in status.get("conditions") or () if isinstance(c, Mapping)])
+    return str(refused.get("message") or "no node fits") if refused is not None else None
+
+
+def unplaced(pods: Iterable[ReplicaPod], revision: str) -> str | None:
+    """Why replicas of ``revision`` wait for a node, in the scheduler's words for the first of them by name (a
+    node selector no node matches, a claim that does not exist, no room); None when none waits so."""
+    waiting = sorted(
+        (p for p in pods if p.revision == revision and not p.deleting and p.node is None and p.unschedulable),
+        key=lambda p: p.name,
+    )
+    if not waiting:
+        return None
+    first = waiting[0]
+    others = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
+    return f"replica {first.name}{others} cannot be placed: {first.unschedulable}"
 
 
 def startup_seconds(pods: Iterable[ReplicaPod], revision: str) -> float | None:

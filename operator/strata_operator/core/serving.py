@@ -73,6 +73,7 @@ class Reason:
     TRAINING_JOB_NOT_FOUND = "TrainingJobNotFound"
     CHECKPOINTS_NOT_KEPT = "CheckpointsNotKept"
     NAME_TAKEN = "NameTaken"
+    REPLICAS_UNSCHEDULABLE = "ReplicasUnschedulable"
 
 
 # --- names and labels ---
@@ -656,6 +657,7 @@ def service_status(
     canary_deployment: ObservedDeployment | None = None,
     model_failure: ModelProblem | None = None,
     name_taken: str | None = None,
+    unplaced: str | None = None,
 ) -> StatusDraft:
     """The status to write, and the events for what changed: replicas, URL, revision, the Ready, QuotaLimited and
     ModelAvailable conditions, the last scaling decision (``report``: the router's, when it has one), the running
@@ -665,7 +667,8 @@ def service_status(
     the replicas' servers refused the model (:func:`strata_operator.core.replicas.model_failure`): ModelAvailable
     and Ready say so, with a Warning Event, while the replicas keep their count (a fixed volume or a new revision
     mends it). ``name_taken``: an object the service needs has a name another holds (:func:`held_by_another`):
-    Ready says which, with a Warning Event, until it is renamed or deleted."""
+    Ready says which, with a Warning Event, until it is renamed or deleted. ``unplaced``: why replicas of the
+    revision find no node (:func:`strata_operator.core.replicas.unplaced`): a Ready that is not True says so."""
     draft = StatusDraft(stored, now)
     desired = allotment.replicas if isinstance(model, ModelSource) else 0
     before = stored.get("desiredReplicas")
@@ -705,6 +708,9 @@ def service_status(
             _condition(draft, READY, "False", Reason.NO_REPLICAS, f"no replica runs: {why}", WARNING)
         elif ready >= desired and rolled_out:
             _condition(draft, READY, "True", Reason.REPLICAS_READY, f"{ready} of {desired} replicas ready")
+        elif unplaced is not None:
+            message = f"{ready} of {desired} replicas ready: {unplaced}"
+            _condition(draft, READY, "False", Reason.REPLICAS_UNSCHEDULABLE, message, WARNING)
         else:
             _condition(draft, READY, "False", Reason.REPLICAS_STARTING, f"{ready} of {desired} replicas ready")
     if allotment.limited:

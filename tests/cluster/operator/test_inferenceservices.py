@@ -203,6 +203,23 @@ def test_a_running_service_reports_its_cost_per_hour_and_measured_startup(servic
     assert {"COST/H", "STARTUP"} <= set(wide[0].split()), wide
 
 
+def test_replicas_no_node_takes_make_ready_say_why_in_the_schedulers_words(services: Services, strata: Strata) -> None:
+    pool = cpu_pool(strata, 8)
+    resources = {"gpuType": "CPU", "cpuPerReplica": "1", "memoryPerReplica": "2Gi", "nodeSelector": {"team": "none"}}
+    name = services.apply(service_body("nowhere", pool, min_replicas=1, resources=resources))
+
+    def unplaced() -> dict[str, Any] | None:
+        ready = services.condition(name, "Ready")
+        return ready if ready.get("reason") == "ReplicasUnschedulable" else None
+
+    ready = eventually(unplaced, 60, "Ready False with ReplicasUnschedulable")
+    assert ready["status"] == "False"
+    assert ready["message"].startswith("0 of 1 replicas ready: replica nowhere-")
+    assert "cannot be placed: 0/" in ready["message"]  # kube-scheduler's own count of the nodes and why
+    assert "node affinity/selector" in ready["message"]
+    eventually(lambda: "ReplicasUnschedulable" in services.events(name) or None, 30, "a ReplicasUnschedulable Event")
+
+
 def test_an_object_of_the_services_name_that_is_not_its_own_is_left_alone_and_the_status_says_so(
     services: Services, strata: Strata
 ) -> None:

@@ -191,3 +191,31 @@ def test_a_refused_model_makes_model_available_and_ready_false_with_a_warning_bu
     assert conditions["Ready"] == ("False", "InvalidConfiguration")
     assert "desiredReplicas" not in draft.changes  # still 2: a fixed volume is picked up by the next restart
     assert [(e.type, e.reason) for e in draft.events] == [("Warning", "InvalidConfiguration")] * 2
+
+
+def test_replicas_the_scheduler_cannot_place_make_ready_say_why() -> None:
+    body = replica_body("chat-b", node=None, phase="Pending")
+    why = "0/5 nodes are available: 5 node(s) didn't match Pod's node affinity/selector."
+    body["status"]["conditions"].append(
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": why}
+    )
+    waiting = ReplicaPod.from_body(body, serving.CONTAINER)
+    assert waiting.unschedulable == why
+    placed = replica("chat-a", ready=30)
+    assert placed.unschedulable is None
+    assert replicas.unplaced([placed, waiting], "rev1") == f"replica chat-b cannot be placed: {why}"
+    assert replicas.unplaced([placed, waiting], "rev2") is None  # another revision's replicas
+    two = [waiting, dataclasses.replace(waiting, name="chat-c")]
+    assert replicas.unplaced(two, "rev1") == f"replica chat-b (and 1 more) cannot be placed: {why}"
+
+    service = a_service("chat", resources=CPU, min_replicas=2)
+    allotment = Allotment(2, False, "WithinQuota", "")
+    deployment = ObservedDeployment(2, 1, 2, "rev1", 1, 1)
+    unplaced = replicas.unplaced([placed, waiting], "rev1")
+    draft = serving.service_status(
+        service, {}, ModelSource(checkpoint=""), allotment, deployment, "rev1", T0, unplaced=unplaced
+    )
+    ready = next(c for c in draft.changes["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ReplicasUnschedulable")
+    assert ready["message"] == f"1 of 2 replicas ready: replica chat-b cannot be placed: {why}"
+    assert ("Warning", "ReplicasUnschedulable") in [(e.type, e.reason) for e in draft.events]
