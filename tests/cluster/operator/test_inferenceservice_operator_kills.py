@@ -315,17 +315,9 @@ def test_an_operator_killed_right_after_a_scaling_status_write_still_posts_its_e
     pool = cpu_pool(strata, 8)
     services.apply(service_body(NAME, pool, min_replicas=1))
     services.wait_ready(NAME, 1)
-    kill_at_write(
-        operator,
-        services.custom,
-        services.namespace,
-        api.INFERENCE_SERVICES,
-        NAME,
-        lambda status: status.get("desiredReplicas") == 2,
-        lambda: services.patch_spec(NAME, {"replicas": {"min": 2}}),
-        timeout_s=30,
+    kill_at_status_write(
+        services, operator, "desiredReplicas", lambda: services.patch_spec(NAME, {"replicas": {"min": 2}})
     )
-    operator.start()
     services.wait_ready(NAME, 2)
 
     def scaled() -> Counter[str]:
