@@ -45,13 +45,17 @@ def controller_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
     }
 
 
+def controller_of(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ownerReference of ``obj`` that is its controller, if one is."""
+    return next((r for r in (obj.get("metadata") or {}).get("ownerReferences") or () if r.get("controller")), None)
+
+
 def foreign_controller(existing: Mapping[str, Any], uid: str) -> str | None:
     """Who holds ``existing``, an object already there under a name the operator makes for the Strata resource of
     ``uid``: None when that resource controls it, else ``controlled by <Kind> <name>`` or ``with no controller``
     (a user's own object, or one of an earlier resource of the same name not yet collected), which the operator
     leaves as it is."""
-    meta = existing.get("metadata") or {}
-    controller = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    controller = controller_of(existing)
     if controller is None:
         return "with no controller"
     if controller.get("uid") == uid:
@@ -63,10 +67,9 @@ def worker_name_held(existing: Mapping[str, Any], job: TrainingJob) -> str | Non
     """Who holds a worker's name for good, where ``existing`` is the pod found under it: None when it is ``job``'s,
     on its way out, or an earlier TrainingJob's of the same name (deleted and submitted again: the garbage collector
     removes it), so that a later pass creates the worker; else :func:`foreign_controller`'s words."""
-    meta = existing.get("metadata") or {}
-    if meta.get("deletionTimestamp"):
+    if (existing.get("metadata") or {}).get("deletionTimestamp"):
         return None
-    controller = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    controller = controller_of(existing)
     if controller is not None and (controller.get("kind"), controller.get("name")) == (api.TRAINING_JOB, job.name):
         return None
     return foreign_controller(existing, job.uid)

@@ -28,6 +28,7 @@ from strata_operator.core.admission import GangRequest, ServingShare
 from strata_operator.core.pods import (
     CONTAINER_SECURITY_CONTEXT,
     affinity,
+    controller_of,
     controller_reference,
     foreign_controller,
     pod_security_context,
@@ -103,7 +104,8 @@ def held_by_another(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> 
     service, with the service as its controller), is not the operator's to write: None when its controller is the
     same service (by uid), else a message naming the object and who holds it. A user's own Deployment, Service,
     budget or ConfigMap of that name is left as it is rather than taken over."""
-    wanted = next(r for r in desired["metadata"]["ownerReferences"] if r.get("controller"))
+    wanted = controller_of(desired)
+    assert wanted is not None  # every object the operator makes for a service names it as controller
     holder = foreign_controller(existing, wanted["uid"])
     if holder is None:
         return None

@@ -76,13 +76,9 @@ async def _create_gang(
 
 async def _check_held(kube: Kube, job: TrainingJob, name: str) -> None:
     """Raise :class:`NameHeld` when the pod ``name`` is not this job's."""
-    path = pod_path(job.namespace, name)
-    try:
-        existing = await kube.request("GET", path)
-    except ApiError as error:
-        if error.status == 404:
-            return  # gone since: the next pass creates it
-        raise
+    existing = await kube.read(pod_path(job.namespace, name))
+    if existing is None:
+        return  # gone since: the next pass creates it
     holder = worker_name_held(existing, job)
     if holder is not None:
         message = f"pod {name} exists, {holder}, not this job: delete it, or submit the job under another name"

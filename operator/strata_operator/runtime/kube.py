@@ -270,6 +270,15 @@ class Kube:
         except Conflict:
             return None
 
+    async def read(self, path: str) -> dict[str, Any] | None:
+        """GET; None when the object is not there (404)."""
+        try:
+            return await self.request("GET", path)
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
     async def delete(self, path: str, grace_s: int | None = None) -> bool:
         """DELETE with the object's own grace period (or ``grace_s``); False when it is already gone."""
         options: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}

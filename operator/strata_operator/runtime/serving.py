@@ -68,11 +68,14 @@ class NameTaken(Exception):
     the message says which and what to do."""
 
 
-async def _ours_to_write(kube: Kube, path: str, manifest: Mapping[str, Any]) -> None:
-    """After a create found the name taken: raise :class:`NameTaken` unless the object there is the service's."""
-    why = held_by_another(await kube.request("GET", path), manifest)
+async def _ours_to_write(kube: Kube, path: str, manifest: Mapping[str, Any]) -> bool:
+    """After a create found the name taken: whether the object is still there (gone since, the next pass creates
+    it); :class:`NameTaken` unless it is the service's."""
+    existing = await kube.read(path)
+    why = held_by_another(existing, manifest) if existing is not None else None
     if why is not None:
         raise NameTaken(why)
+    return existing is not None
 
 
 async def put_deployment(kube: Kube, deployment: Mapping[str, Any]) -> None:
@@ -83,8 +86,8 @@ async def put_deployment(kube: Kube, deployment: Mapping[str, Any]) -> None:
     if await kube.create(deployments_path(meta["namespace"]), deployment):
         return
     path = deployments_path(meta["namespace"], meta["name"])
-    await _ours_to_write(kube, path, deployment)
-    await kube.request("PUT", path, deployment)
+    if await _ours_to_write(kube, path, deployment):
+        await kube.request("PUT", path, deployment)
 
 
 async def ensure(
@@ -100,8 +103,8 @@ async def ensure(
     if await kube.create(collection, manifest):
         return
     path = f"{collection}/{manifest['metadata']['name']}"
-    await _ours_to_write(kube, path, manifest)
-    await kube.merge_patch(path, {part: spec_patch(manifest, observed_spec, part)})
+    if await _ours_to_write(kube, path, manifest):
+        await kube.merge_patch(path, {part: spec_patch(manifest, observed_spec, part)})
 
 
 async def read_scale(url: str, timeout_s: float) -> ScaleReport | None:
