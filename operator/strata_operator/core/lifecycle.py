@@ -26,7 +26,7 @@ from typing import Any
 
 from strata_api import Phase, ResourcePool, TrainingJob, format_time
 from strata_api.workload import ExitCode, Progress
-from strata_operator.core.observed import Node, WorkerPod
+from strata_operator.core.observed import Node, WorkerPod, scheduler_silence
 from strata_operator.core.pods import expected_runtime_s, placement_type, worker_name
 from strata_operator.core.status import NORMAL, WARNING, StatusDraft, attempt_moment, generation_moment
 from strata_operator.settings import OperatorSettings
@@ -54,6 +54,7 @@ class Reason:
     RESUMED = "Resumed"
     START_TIMEOUT = "StartTimeout"
     UNSCHEDULABLE = "WorkerUnschedulable"
+    WAITING_FOR_SCHEDULER = "WaitingForScheduler"
     POOL_NOT_FOUND = "PoolNotFound"
     PREEMPTED = "Preempted"
 
@@ -352,6 +353,17 @@ def _run_gang(
             return
         _sooner(plan, left)
     admitted = job.status.admitted_at or now
+    unseen = [p for p in current if not p.gated and not p.other_gates and p.awaiting_scheduler is not None]
+    if unseen and not missing:
+        left = settings.scheduler_grace_s - (now - admitted).total_seconds()
+        if left <= 0:
+            first = min(unseen, key=lambda p: p.index)
+            assert first.awaiting_scheduler is not None
+            silence = scheduler_silence(f"worker {first.name}", first.awaiting_scheduler, settings.scheduler_grace_s)
+            message = f"{silence}; the gang holds its GPUs until the start timeout ({settings.start_timeout_s:.0f}s)"
+            draft.transition(Phase.ADMITTED, Reason.WAITING_FOR_SCHEDULER, message, WARNING)
+        else:
+            _sooner(plan, left)
     if (now - admitted).total_seconds() > settings.start_timeout_s:
         _release(plan, [p for p in pods if not p.deleting])
         draft.transition(

@@ -14,6 +14,7 @@ import strata_api as api
 from strata_api import GPUType, parse_time
 from strata_api.nodes import NodeFacts, parse_count
 from strata_api.workload import Progress
+from strata_operator.settings import ENV_PREFIX
 
 
 def unschedulable_condition(conditions: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -23,6 +24,28 @@ def unschedulable_condition(conditions: Sequence[Mapping[str, Any]]) -> Mapping[
         if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
             return condition if condition.get("status") == "False" else None
     return None
+
+
+def awaiting_scheduler(spec: Mapping[str, Any], conditions: Sequence[Mapping[str, Any]]) -> str | None:
+    """The pod's ``schedulerName`` while no scheduler has looked at it, else None: it has no node and no scheduling
+    gate, and no PodScheduled condition but the API server's ``SchedulingGated`` of a pod made with gates (a
+    scheduler that tried sets ``Unschedulable``, one that placed it sets the node). Past a grace
+    (:attr:`~strata_operator.settings.OperatorSettings.scheduler_grace_s`) that means no scheduler of that name runs."""
+    if spec.get("nodeName") or spec.get("schedulingGates"):
+        return None
+    if any(c.get("type") == "PodScheduled" and c.get("reason") != "SchedulingGated" for c in conditions):
+        return None
+    return str(spec.get("schedulerName") or "default-scheduler")
+
+
+def scheduler_silence(what: str, scheduler: str, grace_s: float) -> str:
+    """What status says of ``what`` (a worker or a replica, by name) that scheduler ``scheduler`` has not looked at
+    in ``grace_s`` seconds, and what to do about it."""
+    return (
+        f"{what} has not been looked at by scheduler {scheduler!r} in {grace_s:.0f}s: is a kube-scheduler with that "
+        f"profile running? The chart installs one; on a cluster without it, run the operator with --scheduler-name "
+        f"default-scheduler ({ENV_PREFIX}SCHEDULER_NAME)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +73,8 @@ class WorkerPod:
     image_refused: str | None = None
     """The kubelet's message when it cannot parse the container's image reference (waiting reason
     InvalidImageName): no retry can start the container."""
+    awaiting_scheduler: str | None = None
+    """Its ``schedulerName`` while no scheduler has looked at it (:func:`awaiting_scheduler`)."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> WorkerPod:
@@ -86,6 +111,7 @@ class WorkerPod:
             unschedulable=str(refused.get("message") or "no node fits") if refused is not None else None,
             unschedulable_since=parse_time(refused.get("lastTransitionTime")) if refused is not None else None,
             image_refused=image_refused,
+            awaiting_scheduler=awaiting_scheduler(spec, conditions),
         )
 
 

@@ -18,7 +18,7 @@ import strata_api as api
 from strata_api import InferenceService, parse_time
 from strata_api.catalog import Catalog
 from strata_api.workload import ExitCode
-from strata_operator.core.observed import Node, unschedulable_condition
+from strata_operator.core.observed import Node, awaiting_scheduler, scheduler_silence, unschedulable_condition
 from strata_operator.core.serving import ModelProblem
 
 RECENT_STARTS = 5
@@ -44,6 +44,9 @@ class ReplicaPod:
     restarts: int = 0
     unschedulable: str | None = None
     """The scheduler's word on why no node takes it (its PodScheduled condition); None when placed or not yet tried."""
+    awaiting_scheduler: str | None = None
+    """Its ``schedulerName`` while no scheduler has looked at it
+    (:func:`strata_operator.core.observed.awaiting_scheduler`)."""
 
     @property
     def running(self) -> bool:
@@ -54,7 +57,8 @@ class ReplicaPod:
     def from_body(cls, body: Mapping[str, Any], container: str) -> ReplicaPod:
         """A pod body as the API returns it; ``container``: the server's container name."""
         meta, spec, status = body.get("metadata") or {}, body.get("spec") or {}, body.get("status") or {}
-        ready = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), None)
+        conditions = [c for c in status.get("conditions") or () if isinstance(c, Mapping)]
+        ready = next((c for c in conditions if c.get("type") == "Ready"), None)
         ready_at = parse_time(ready.get("lastTransitionTime")) if ready and ready.get("status") == "True" else None
         server: Mapping[str, Any] = next(
             (s for s in status.get("containerStatuses") or () if s.get("name") == container), {}
@@ -71,7 +75,8 @@ class ReplicaPod:
             deleting=meta.get("deletionTimestamp") is not None,
             exit_code=code if isinstance(code, int) else None,
             restarts=int(server.get("restartCount") or 0),
-            unschedulable=_unschedulable(status),
+            unschedulable=_unschedulable(conditions),
+            awaiting_scheduler=awaiting_scheduler(spec, conditions),
         )
 
 
@@ -111,8 +116,8 @@ def model_failure(pods: Iterable[ReplicaPod], revision: str) -> ModelProblem | N
     )
 
 
-def _unschedulable(status: Mapping[str, Any]) -> str | None:
-    refused = unschedulable_condition([c for c in status.get("conditions") or () if isinstance(c, Mapping)])
+def _unschedulable(conditions: list[Mapping[str, Any]]) -> str | None:
+    refused = unschedulable_condition(conditions)
     return str(refused.get("message") or "no node fits") if refused is not None else None
 
 
@@ -128,6 +133,26 @@ def unplaced(pods: Iterable[ReplicaPod], revision: str) -> str | None:
     first = waiting[0]
     others = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
     return f"replica {first.name}{others} cannot be placed: {first.unschedulable}"
+
+
+def unseen(pods: Iterable[ReplicaPod], revision: str, now: datetime, grace_s: float) -> str | None:
+    """Why replicas of ``revision`` wait when no scheduler has looked at them ``grace_s`` seconds after they were
+    made (no scheduler of their ``schedulerName`` runs), for the first of them by name; None when none waits so."""
+    waiting = sorted(
+        (
+            p
+            for p in pods
+            if p.revision == revision and not p.deleting and p.awaiting_scheduler is not None
+            and p.created is not None and (now - p.created).total_seconds() >= grace_s
+        ),
+        key=lambda p: p.name,
+    )  # fmt: skip
+    if not waiting:
+        return None
+    first = waiting[0]
+    assert first.awaiting_scheduler is not None
+    others = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
+    return scheduler_silence(f"replica {first.name}{others}", first.awaiting_scheduler, grace_s)
 
 
 def startup_seconds(pods: Iterable[ReplicaPod], revision: str) -> float | None:

@@ -75,6 +75,7 @@ class Reason:
     CHECKPOINTS_NOT_KEPT = "CheckpointsNotKept"
     NAME_TAKEN = "NameTaken"
     REPLICAS_UNSCHEDULABLE = "ReplicasUnschedulable"
+    WAITING_FOR_SCHEDULER = "WaitingForScheduler"
 
 
 # --- names and labels ---
@@ -660,6 +661,7 @@ def service_status(
     model_failure: ModelProblem | None = None,
     name_taken: str | None = None,
     unplaced: str | None = None,
+    unseen: str | None = None,
 ) -> StatusDraft:
     """The status to write, and the events for what changed: replicas, URL, revision, the Ready, QuotaLimited and
     ModelAvailable conditions, the last scaling decision (``report``: the router's, when it has one), the running
@@ -670,7 +672,8 @@ def service_status(
     and Ready say so, with a Warning Event, while the replicas keep their count (a fixed volume or a new revision
     mends it). ``name_taken``: an object the service needs has a name another holds (:func:`held_by_another`):
     Ready says which, with a Warning Event, until it is renamed or deleted. ``unplaced``: why replicas of the
-    revision find no node (:func:`strata_operator.core.replicas.unplaced`): a Ready that is not True says so."""
+    revision find no node (:func:`strata_operator.core.replicas.unplaced`): a Ready that is not True says so.
+    ``unseen``: no scheduler has looked at some of them (:func:`strata_operator.core.replicas.unseen`): likewise."""
     draft = StatusDraft(stored, now)
     desired = allotment.replicas if isinstance(model, ModelSource) else 0
     before = stored.get("desiredReplicas")
@@ -713,6 +716,9 @@ def service_status(
         elif unplaced is not None:
             message = f"{ready} of {desired} replicas ready: {unplaced}"
             _condition(draft, READY, "False", Reason.REPLICAS_UNSCHEDULABLE, message, WARNING)
+        elif unseen is not None:
+            message = f"{ready} of {desired} replicas ready: {unseen}"
+            _condition(draft, READY, "False", Reason.WAITING_FOR_SCHEDULER, message, WARNING)
         else:
             _condition(draft, READY, "False", Reason.REPLICAS_STARTING, f"{ready} of {desired} replicas ready")
     if allotment.limited:

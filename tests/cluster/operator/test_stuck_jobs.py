@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from cluster_support import eventually
 from operator_harness import OperatorProcess, Strata, annotate_pods
@@ -129,3 +130,35 @@ def test_a_gang_the_scheduler_cannot_fully_place_is_requeued_with_its_reason_wit
         assert "startTime" not in status  # never ran as a whole
     finally:
         strata.core.patch_node(tainted, {"spec": {"taints": [t for t in taints[:-1]] or None}})
+
+
+def test_workers_no_scheduler_looks_at_make_the_job_name_the_missing_scheduler_and_keep_its_gang(
+    operator: OperatorProcess, strata: Strata
+) -> None:
+    # the operator run as on a cluster without Strata's scheduler (the chart not installed): before, the job said
+    # "Admitted" for the whole start timeout and then requeued, with no word on why no worker was placed
+    operator.stop()
+    flags = ("--standalone", "--scheduler-name", "absent-scheduler", "--scheduler-grace-s", "3")
+    (operator.log_dir / "alone").mkdir()
+    alone = OperatorProcess(operator.cluster, operator.log_dir / "alone", operator.namespaces, *flags).start()
+    try:
+        pool = strata.pool("team", maxGPUs=16)
+        strata.submit(a_job("orphan", pool, data=2, tensor=8))
+
+        def waiting() -> dict[str, Any] | None:
+            status = strata.status("orphan")
+            return status if status.get("reason") == lifecycle.Reason.WAITING_FOR_SCHEDULER else None
+
+        status = eventually(waiting, 30, "reason WaitingForScheduler")
+        assert status["phase"] == "Admitted"
+        assert status["message"].startswith(
+            "worker orphan-worker-0 has not been looked at by scheduler 'absent-scheduler' in 3s: is a kube-scheduler"
+        )
+        pods = strata.pods("orphan")
+        assert len(pods) == 2
+        assert all(p.spec.scheduler_name == "absent-scheduler" and not p.spec.scheduling_gates for p in pods)
+        assert all(p.spec.node_name is None for p in pods)
+        eventually(lambda: "WaitingForScheduler" in strata.events("orphan"), 10, "a WaitingForScheduler Event")
+    finally:
+        alone.stop()
+        operator.start()  # the fixtures' cleanup needs an operator to remove kopf's finalizers

@@ -219,3 +219,30 @@ def test_replicas_the_scheduler_cannot_place_make_ready_say_why() -> None:
     assert (ready["status"], ready["reason"]) == ("False", "ReplicasUnschedulable")
     assert ready["message"] == f"1 of 2 replicas ready: replica chat-b cannot be placed: {why}"
     assert ("Warning", "ReplicasUnschedulable") in [(e.type, e.reason) for e in draft.events]
+
+
+def test_replicas_no_scheduler_looks_at_make_ready_ask_whether_their_scheduler_runs() -> None:
+    body = replica_body("chat-b", node=None, phase="Pending", created=0)
+    body["spec"]["schedulerName"] = "strata-scheduler"
+    unseen = ReplicaPod.from_body(body, serving.CONTAINER)
+    assert unseen.awaiting_scheduler == "strata-scheduler"
+    tried = dataclasses.replace(unseen, name="chat-c", awaiting_scheduler=None, unschedulable="0/5 nodes")
+    placed = replica("chat-a", ready=30)
+    assert placed.awaiting_scheduler is None
+    assert replicas.unseen([placed, unseen, tried], "rev1", at(29), grace_s=30) is None  # within the grace
+    message = replicas.unseen([placed, unseen, tried], "rev1", at(30), grace_s=30)
+    assert message is not None
+    assert message.startswith("replica chat-b has not been looked at by scheduler 'strata-scheduler' in 30s")
+    assert "--scheduler-name default-scheduler (STRATA_OPERATOR_SCHEDULER_NAME)" in message
+    assert replicas.unseen([unseen], "rev2", at(60), grace_s=30) is None  # another revision's replicas
+
+    service = a_service("chat", resources=CPU, min_replicas=2)
+    allotment = Allotment(2, False, "WithinQuota", "")
+    deployment = ObservedDeployment(2, 1, 2, "rev1", 1, 1)
+    draft = serving.service_status(
+        service, {}, ModelSource(checkpoint=""), allotment, deployment, "rev1", T0, unseen=message
+    )
+    ready = next(c for c in draft.changes["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "WaitingForScheduler")
+    assert ready["message"] == f"1 of 2 replicas ready: {message}"
+    assert ("Warning", "WaitingForScheduler") in [(e.type, e.reason) for e in draft.events]

@@ -12,7 +12,7 @@ from operator_builders import a_job, a_node, a_pool, a_worker, at
 
 from strata_api import Phase, format_time
 from strata_operator.core.lifecycle import UNSCHEDULABLE_GRACE_S, Plan, Reason, reconcile
-from strata_operator.core.observed import WorkerPod
+from strata_operator.core.observed import WorkerPod, awaiting_scheduler
 from strata_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings(start_timeout_s=600)
@@ -89,3 +89,34 @@ def test_an_image_the_kubelet_cannot_parse_fails_the_job_with_invalid_spec() -> 
     assert (patch["phase"], patch["reason"]) == ("Failed", Reason.INVALID_SPEC)
     assert "the kubelet refused worker j-worker-1's image" in patch["message"]
     assert plan.delete_pods == ["j-worker-0", "j-worker-1"]
+
+
+def test_workers_no_scheduler_looks_at_keep_the_gang_admitted_and_say_which_scheduler_is_missing() -> None:
+    unseen = replace(a_worker("j", 1, phase="Pending", node=None), awaiting_scheduler="strata-scheduler")
+    pods = [a_worker("j", 0, phase="Running", node="n0"), unseen]
+    early = run(pods, now=SETTINGS.scheduler_grace_s - 10)
+    assert early.status.phase == Phase.ADMITTED
+    assert "reason" not in early.status.patch()
+    assert early.requeue_after_s is not None
+    assert early.requeue_after_s <= 10  # looked at again when the grace ends
+    plan = run(pods, now=SETTINGS.scheduler_grace_s)
+    patch = plan.status.patch()
+    assert (plan.status.phase, patch["reason"]) == (Phase.ADMITTED, Reason.WAITING_FOR_SCHEDULER)
+    assert patch["message"].startswith("worker j-worker-1 has not been looked at by scheduler 'strata-scheduler'")
+    assert "until the start timeout (600s)" in patch["message"]
+    assert plan.delete_pods == []  # another scheduler may yet come: the start timeout still decides
+    assert [(e.type, e.reason) for e in plan.status.events] == [("Warning", Reason.WAITING_FOR_SCHEDULER)]
+    timed_out = run(pods, now=601).status.patch()
+    assert (timed_out["phase"], timed_out["reason"]) == ("Queued", Reason.START_TIMEOUT)
+
+
+def test_a_pod_is_awaiting_its_scheduler_only_while_no_scheduler_has_looked_at_it() -> None:
+    spec = {"schedulerName": "strata-scheduler"}
+    gated = {"type": "PodScheduled", "status": "False", "reason": "SchedulingGated"}
+    assert awaiting_scheduler(spec, []) == "strata-scheduler"
+    assert awaiting_scheduler(spec, [gated]) == "strata-scheduler"  # the API server's, left when the gates went
+    assert awaiting_scheduler({}, []) == "default-scheduler"  # the API server's default name
+    assert awaiting_scheduler({**spec, "schedulingGates": [{"name": "strata.dev/gang-admission"}]}, [gated]) is None
+    refused = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": HELD}
+    assert awaiting_scheduler(spec, [refused]) is None  # a scheduler tried
+    assert awaiting_scheduler({**spec, "nodeName": "n0"}, []) is None
