@@ -9,7 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,22 @@ class OperatorProcess:
 
     def log(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log")))
+
+
+@contextmanager
+def replaced_by(operator: OperatorProcess, *flags: str) -> Iterator[OperatorProcess]:
+    """Run another operator with ``flags`` (its log beside ``operator``'s) in place of the fixture's ``operator``,
+    which is stopped meanwhile and started again after: the fixtures' cleanup needs it to remove kopf's
+    finalizers."""
+    operator.stop()
+    folder = operator.log_dir / f"replaced-{operator.starts}"
+    folder.mkdir()
+    other = OperatorProcess(operator.cluster, folder, operator.namespaces, *flags).start()
+    try:
+        yield other
+    finally:
+        other.stop()
+        operator.start()
 
 
 def kill_at_write(

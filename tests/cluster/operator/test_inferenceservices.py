@@ -19,7 +19,7 @@ import yaml
 from cluster_support import ClusterHandle, eventually
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from operator_harness import OperatorProcess, Strata
+from operator_harness import OperatorProcess, Strata, replaced_by
 from operator_manifests import a_job
 from serving_builders import IMAGE, service_body
 
@@ -224,11 +224,8 @@ def test_replicas_no_scheduler_looks_at_make_ready_name_the_missing_scheduler(
     services: Services, strata: Strata, operator: OperatorProcess
 ) -> None:
     # the operator run as on a cluster without Strata's scheduler: before, Ready said "0 of 1 replicas ready"
-    operator.stop()
     flags = ("--standalone", "--scheduler-name", "absent-scheduler", "--scheduler-grace-s", "3")
-    (operator.log_dir / "alone").mkdir()
-    alone = OperatorProcess(operator.cluster, operator.log_dir / "alone", operator.namespaces, *flags).start()
-    try:
+    with replaced_by(operator, *flags):
         name = services.apply(service_body("unseen", cpu_pool(strata, 8), min_replicas=1))
 
         def waiting() -> dict[str, Any] | None:
@@ -240,9 +237,6 @@ def test_replicas_no_scheduler_looks_at_make_ready_name_the_missing_scheduler(
         assert ready["message"].startswith("0 of 1 replicas ready: replica unseen-")
         assert "has not been looked at by scheduler 'absent-scheduler' in 3s" in ready["message"]
         eventually(lambda: "WaitingForScheduler" in services.events(name) or None, 30, "a WaitingForScheduler Event")
-    finally:
-        alone.stop()
-        operator.start()  # the fixtures' cleanup needs an operator to remove kopf's finalizers
 
 
 def test_an_object_of_the_services_name_that_is_not_its_own_is_left_alone_and_the_status_says_so(

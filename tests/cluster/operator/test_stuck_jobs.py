@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from cluster_support import eventually
-from operator_harness import OperatorProcess, Strata, annotate_pods
+from operator_harness import OperatorProcess, Strata, annotate_pods, replaced_by
 from operator_manifests import a_job
 
 import strata_api as api
@@ -137,11 +137,8 @@ def test_workers_no_scheduler_looks_at_make_the_job_name_the_missing_scheduler_a
 ) -> None:
     # the operator run as on a cluster without Strata's scheduler (the chart not installed): before, the job said
     # "Admitted" for the whole start timeout and then requeued, with no word on why no worker was placed
-    operator.stop()
     flags = ("--standalone", "--scheduler-name", "absent-scheduler", "--scheduler-grace-s", "3")
-    (operator.log_dir / "alone").mkdir()
-    alone = OperatorProcess(operator.cluster, operator.log_dir / "alone", operator.namespaces, *flags).start()
-    try:
+    with replaced_by(operator, *flags):
         pool = strata.pool("team", maxGPUs=16)
         strata.submit(a_job("orphan", pool, data=2, tensor=8))
 
@@ -159,6 +156,3 @@ def test_workers_no_scheduler_looks_at_make_the_job_name_the_missing_scheduler_a
         assert all(p.spec.scheduler_name == "absent-scheduler" and not p.spec.scheduling_gates for p in pods)
         assert all(p.spec.node_name is None for p in pods)
         eventually(lambda: "WaitingForScheduler" in strata.events("orphan"), 10, "a WaitingForScheduler Event")
-    finally:
-        alone.stop()
-        operator.start()  # the fixtures' cleanup needs an operator to remove kopf's finalizers
