@@ -7,7 +7,12 @@ Conditions (metav1.Condition):
 
 - ``Ready``: True when the pool can admit jobs: it has a quota (``maxGPUs`` above 0, or ``maxCPUs`` set) and the
   fleet has nodes of its GPU and capacity types (CPU nodes for a CPU quota). False says which is missing.
-- ``QuotaExceeded``: True while jobs of the pool wait because its quota is used up or smaller than they are.
+- ``QuotaExceeded``: True while jobs of the pool wait because its quota is used up or smaller than they are, and
+  while what the pool's jobs and services hold is over its quota (a quota lowered under running jobs: they keep
+  what they hold, and nothing more is admitted until it is back under).
+
+``gpusInUse`` and ``cpusInUse`` count what the admitted jobs hold and what the pool's InferenceServices' replicas
+hold, as admission counts both (:func:`strata_operator.core.serving.serving_shares`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from strata_api import CapacityType, Phase, ResourcePool, TrainingJob, format_cpu_millis
-from strata_operator.core.admission import Reason
+from strata_operator.core.admission import Reason, ServingShare
 from strata_operator.core.observed import Node
 from strata_operator.core.status import StatusDraft
 
@@ -35,27 +40,52 @@ def pool_status(
     fleet: Iterable[Node] | None,
     stored: Mapping[str, Any],
     now: datetime,
+    serving: ServingShare | None = None,
 ) -> StatusDraft:
     """The pool's status as a draft over ``stored``; ``fleet`` None while the node cache has not listed yet (Ready
-    is then left as it was)."""
+    is then left as it was); ``serving``: what the pool's InferenceServices hold (None: no service names it)."""
     mine = [j for j in jobs if j.spec.pool == pool.name]
     holding = [j for j in mine if j.phase.holds_gpus]
     queued = [j for j in mine if j.status.phase == Phase.QUEUED]
+    serving = serving or ServingShare()
+    gpus = sum(j.spec.resources.gpus for j in holding) + sum(serving.gpus.values())
+    cpu_millis = sum(j.spec.cpu_millis for j in holding if j.spec.on_cpu) + sum(serving.cpu_millis.values())
     draft = StatusDraft(stored, now)
-    draft.set("gpusInUse", sum(j.spec.resources.gpus for j in holding))
-    draft.set("cpusInUse", format_cpu_millis(sum(j.spec.cpu_millis for j in holding if j.spec.on_cpu)))
+    draft.set("gpusInUse", gpus)
+    draft.set("cpusInUse", format_cpu_millis(cpu_millis))
     draft.set("admittedJobs", len(holding))
     draft.set("queuedJobs", len(queued))
+    draft.set(
+        "inferenceServices", len({k for share in (serving.gpus, serving.cpu_millis) for k, v in share.items() if v})
+    )
     draft.set("observedGeneration", generation)
     if fleet is not None:
         draft.condition(READY, *_readiness(pool, fleet))
     waiting = sorted(j.key for j in queued if j.status.reason in QUOTA_REASONS)
+    wait = ""
     if waiting:
         names = ", ".join(waiting[:5]) + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else "")
-        draft.condition(QUOTA_EXCEEDED, "True", "JobsWaitForQuota", f"{len(waiting)} job(s) wait for quota: {names}")
+        wait = f"{len(waiting)} job(s) wait for quota: {names}"
+    over = _over_quota(pool, gpus, cpu_millis)
+    if over:
+        message = f"{over}: what holds it keeps it, and nothing more is admitted until use is back under the quota"
+        draft.condition(QUOTA_EXCEEDED, "True", "InUseOverQuota", message + (f"; {wait}" if wait else ""))
+    elif wait:
+        draft.condition(QUOTA_EXCEEDED, "True", "JobsWaitForQuota", wait)
     else:
         draft.condition(QUOTA_EXCEEDED, "False", "WithinQuota", "no job of the pool waits for its quota")
     return draft
+
+
+def _over_quota(pool: ResourcePool, gpus: int, cpu_millis: int) -> str:
+    """What the pool holds beyond its quota, in words, or "" (a quota lowered under what runs)."""
+    over = []
+    if gpus > pool.max_gpus:
+        over.append(f"{gpus} GPUs in use, over spec.maxGPUs {pool.max_gpus}")
+    if cpu_millis and cpu_millis > (pool.max_cpu_millis or 0):
+        quota = format_cpu_millis(pool.max_cpu_millis) if pool.max_cpu_millis is not None else "unset"
+        over.append(f"{format_cpu_millis(cpu_millis)} CPUs in use, over spec.maxCPUs {quota}")
+    return "; ".join(over)
 
 
 def _readiness(pool: ResourcePool, fleet: Iterable[Node]) -> tuple[str, str, str]:

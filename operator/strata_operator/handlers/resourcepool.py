@@ -15,9 +15,11 @@ import kopf
 import strata_api as api
 from strata_api import ResourcePool
 from strata_operator.core.pool_status import pool_status
+from strata_operator.core.serving import serving_shares
 from strata_operator.runtime.admission_pass import admission_pass
 from strata_operator.runtime.jobs import JobEntry
 from strata_operator.runtime.kube import ApiError, custom_path
+from strata_operator.runtime.serving import ServiceEntry
 from strata_operator.runtime.shared import IndexOf, Runtime, first
 
 
@@ -49,7 +51,9 @@ async def admit_and_report(
     entries = {e.job.key: e.job for store in list(jobs.values()) for e in store}
     nodes = [n for store in list(runtime.observed.nodes.values()) for n in store] if runtime.observed.synced else None
     now = datetime.now(UTC).replace(microsecond=0)
-    draft = pool_status(pool, int(meta.get("generation") or 1), entries.values(), nodes, status, now)
+    services: IndexOf[ServiceEntry] = indices.get("inferenceservices", {})
+    shares = serving_shares((e.service, e.status) for store in list(services.values()) for e in store)
+    draft = pool_status(pool, int(meta.get("generation") or 1), entries.values(), nodes, status, now, shares.get(name))
     patch = draft.patch()
     if patch:
         path = custom_path(api.GROUP, api.VERSION, api.RESOURCE_POOLS, name) + "/status"

@@ -180,6 +180,14 @@ def test_a_service_runs_its_min_replicas_behind_a_service_and_a_budget(services:
     assert all(p.spec.node_name for p in replicas)
     assert services.condition("chat", "QuotaLimited")["status"] == "False"
 
+    # the pool's status counts what the replicas hold of its quota, as admission does
+    def held() -> dict[str, Any] | None:
+        body = strata.custom.get_cluster_custom_object(api.GROUP, api.VERSION, api.RESOURCE_POOLS, pool)
+        status = body.get("status") or {}
+        return status if (status.get("cpusInUse"), status.get("inferenceServices")) == ("2", 1) else None
+
+    eventually(held, 20, "the pool's cpusInUse 2 held by one service")
+
 
 def test_a_running_service_reports_its_cost_per_hour_and_measured_startup(services: Services, strata: Strata) -> None:
     pool = cpu_pool(strata, 8)

@@ -36,6 +36,24 @@ def test_a_pool_reports_ready_and_quota_exceeded_while_a_job_waits_for_quota(
     eventually(lambda: condition(strata, pool, "QuotaExceeded") == ("False", "WithinQuota"), 20, "quota cleared")
 
 
+def test_a_quota_lowered_under_a_running_job_is_said_and_the_job_keeps_its_gpus(
+    operator: OperatorProcess, strata: Strata
+) -> None:
+    pool = strata.pool("team", maxGPUs=16)
+    strata.submit(a_job("first", pool, data=2, tensor=8))
+    strata.wait_phase("first", "Running")
+    lowered = {"spec": {"maxGPUs": 8}}
+    strata.custom.patch_cluster_custom_object(api.GROUP, api.VERSION, api.RESOURCE_POOLS, pool, lowered)
+    eventually(lambda: condition(strata, pool, "QuotaExceeded") == ("True", "InUseOverQuota"), 20, "InUseOverQuota")
+    status = pool_status(strata, pool)
+    message = next(c["message"] for c in status["conditions"] if c["type"] == "QuotaExceeded")
+    assert message.startswith("16 GPUs in use, over spec.maxGPUs 8: what holds it keeps it"), message
+    assert strata.status("first")["phase"] == "Running"  # not preempted by the lower quota
+    raised = {"spec": {"maxGPUs": 16}}
+    strata.custom.patch_cluster_custom_object(api.GROUP, api.VERSION, api.RESOURCE_POOLS, pool, raised)
+    eventually(lambda: condition(strata, pool, "QuotaExceeded") == ("False", "WithinQuota"), 20, "back within quota")
+
+
 def test_a_pool_that_can_admit_nothing_is_not_ready(operator: OperatorProcess, strata: Strata) -> None:
     empty = strata.pool("empty", maxGPUs=0)
     eventually(lambda: condition(strata, empty, "Ready") == ("False", "NoQuota"), 20, "Ready False, NoQuota")

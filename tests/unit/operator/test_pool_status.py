@@ -8,6 +8,7 @@ from operator_builders import a_job, a_node, a_pool, at
 
 import strata_api as api
 from strata_api import GPUType
+from strata_operator.core.admission import ServingShare
 from strata_operator.core.pool_status import QUOTA_EXCEEDED, READY, pool_status
 
 FLEET = [a_node("h", GPUType.H100, "reserved"), a_node("c", None, "on-demand")]
@@ -61,3 +62,26 @@ def test_a_pool_without_quota_or_matching_nodes_is_not_ready_and_says_why() -> N
 def test_ready_is_left_alone_until_the_node_cache_has_listed() -> None:
     patch = pool_status(a_pool(), 1, [], None, {}, at(0)).patch()
     assert READY not in conditions(patch)
+
+
+def test_in_use_counts_the_pools_inference_replicas_as_admission_does() -> None:
+    serving = ServingShare(gpus={"team/chat": 8, "team/idle": 0}, cpu_millis={"team/cpu-chat": 1500})
+    pool = a_pool(max_gpus=32, maxCPUs="4")
+    patch = pool_status(pool, 1, [job("running", "Running")], FLEET, {}, at(0), serving).patch()
+    assert (patch["gpusInUse"], patch["cpusInUse"], patch["inferenceServices"]) == (24, "1500m", 2)
+    assert patch["admittedJobs"] == 1
+    assert conditions(patch)[QUOTA_EXCEEDED] == ("False", "WithinQuota")
+
+
+def test_a_quota_lowered_under_what_runs_is_said_and_names_what_waits() -> None:
+    jobs = [job("running", "Running"), job("waiting", "Queued", "WaitingForQuota")]
+    serving = ServingShare(gpus={"team/chat": 8})
+    patch = pool_status(a_pool(max_gpus=8), 2, jobs, FLEET, {}, at(0), serving).patch()
+    assert patch["gpusInUse"] == 24
+    assert conditions(patch)[QUOTA_EXCEEDED] == ("True", "InUseOverQuota")
+    quota = next(c for c in patch["conditions"] if c["type"] == QUOTA_EXCEEDED)
+    assert quota["message"].startswith("24 GPUs in use, over spec.maxGPUs 8: what holds it keeps it")
+    assert quota["message"].endswith("; 1 job(s) wait for quota: team/waiting")
+    cpu = pool_status(a_pool(max_gpus=0, maxCPUs="1"), 2, [], FLEET, {}, at(0), ServingShare(cpu_millis={"t/c": 2000}))
+    message = next(c["message"] for c in cpu.patch()["conditions"] if c["type"] == QUOTA_EXCEEDED)
+    assert message.startswith("2 CPUs in use, over spec.maxCPUs 1")
