@@ -63,14 +63,23 @@ def foreign_controller(existing: Mapping[str, Any], uid: str) -> str | None:
     return f"controlled by {controller.get('kind')} {controller.get('name')}"
 
 
-def worker_name_held(existing: Mapping[str, Any], job: TrainingJob) -> str | None:
-    """Who holds a worker's name for good, where ``existing`` is the pod found under it: None when it is ``job``'s,
-    on its way out, or an earlier TrainingJob's of the same name (deleted and submitted again: the garbage collector
-    removes it), so that a later pass creates the worker; else :func:`foreign_controller`'s words."""
+def left_by_earlier(existing: Mapping[str, Any], owner: Mapping[str, Any]) -> bool:
+    """Whether ``existing``, an object under a name the operator makes for the resource of ``owner`` (the
+    ownerReference it would carry), is on its way out: being deleted, or controlled by an earlier resource of that
+    kind and name (deleted and made again, another uid; the garbage collector removes its objects). The operator
+    then waits for it rather than call it taken."""
     if (existing.get("metadata") or {}).get("deletionTimestamp"):
-        return None
+        return True
     controller = controller_of(existing)
-    if controller is not None and (controller.get("kind"), controller.get("name")) == (api.TRAINING_JOB, job.name):
+    if controller is None or controller.get("uid") == owner.get("uid"):
+        return False
+    return (controller.get("kind"), controller.get("name")) == (owner.get("kind"), owner.get("name"))
+
+
+def worker_name_held(existing: Mapping[str, Any], job: TrainingJob) -> str | None:
+    """Who holds a worker's name for good, where ``existing`` is the pod found under it: None when it is ``job``'s
+    or :func:`left_by_earlier` (a later pass creates the worker); else :func:`foreign_controller`'s words."""
+    if left_by_earlier(existing, owner_reference(job)):
         return None
     return foreign_controller(existing, job.uid)
 

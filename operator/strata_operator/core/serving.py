@@ -104,7 +104,8 @@ def held_by_another(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> 
     """Why ``existing``, an object already there under the name of ``desired`` (one the operator writes for a
     service, with the service as its controller), is not the operator's to write: None when its controller is the
     same service (by uid), else a message naming the object and who holds it. A user's own Deployment, Service,
-    budget or ConfigMap of that name is left as it is rather than taken over."""
+    budget or ConfigMap of that name is left as it is rather than taken over. (One an earlier service of the same
+    name left, :func:`~strata_operator.core.pods.left_by_earlier`, is waited for before this is asked.)"""
     wanted = controller_of(desired)
     assert wanted is not None  # every object the operator makes for a service names it as controller
     holder = foreign_controller(existing, wanted["uid"])

@@ -15,6 +15,7 @@ import orjson
 import strata_api as api
 from strata_api import InferenceService
 from strata_api.serving import ScaleReport
+from strata_operator.core.pods import controller_of, left_by_earlier
 from strata_operator.core.serving import held_by_another, spec_patch
 from strata_operator.core.status import Event
 from strata_operator.runtime.events import write_with_events
@@ -69,13 +70,18 @@ class NameTaken(Exception):
 
 
 async def _ours_to_write(kube: Kube, path: str, manifest: Mapping[str, Any]) -> bool:
-    """After a create found the name taken: whether the object is still there (gone since, the next pass creates
-    it); :class:`NameTaken` unless it is the service's."""
+    """After a create found the name taken: whether the object there is the service's to write. Not when it is
+    gone since or on its way out (deleted, or left by an earlier service of the same name for the garbage
+    collector): a later pass creates it. :class:`NameTaken` when another holds it."""
     existing = await kube.read(path)
-    why = held_by_another(existing, manifest) if existing is not None else None
+    owner = controller_of(manifest)
+    assert owner is not None  # every object the operator makes for a service names it as controller
+    if existing is None or left_by_earlier(existing, owner):
+        return False
+    why = held_by_another(existing, manifest)
     if why is not None:
         raise NameTaken(why)
-    return existing is not None
+    return True
 
 
 async def put_deployment(kube: Kube, deployment: Mapping[str, Any]) -> None:

@@ -278,6 +278,41 @@ def test_an_object_of_the_services_name_that_is_not_its_own_is_left_alone_and_th
     assert made.metadata.owner_references[0].kind == api.INFERENCE_SERVICE
 
 
+def test_an_object_an_earlier_service_of_the_same_name_left_is_waited_for_not_called_taken(
+    services: Services, strata: Strata
+) -> None:
+    # a service deleted and applied again: its old objects go with the garbage collector, here held by a finalizer
+    pool = cpu_pool(strata, 8)
+    ns = services.namespace
+    earlier = {"apiVersion": api.API_VERSION, "kind": api.INFERENCE_SERVICE, "name": "again", "controller": True,
+               "uid": "00000000-0000-4000-8000-000000000000"}  # fmt: skip
+    left = {
+        "metadata": {"name": "again", "ownerReferences": [earlier], "finalizers": ["strata.dev/test-hold"]},
+        "spec": {"selector": {"app": "again"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }
+    services.core.create_namespaced_service(ns, left)
+    services.core.delete_namespaced_service("again", ns)  # on its way out, held by the finalizer meanwhile
+    name = services.apply(service_body("again", pool, min_replicas=1))
+    eventually(lambda: services.status(name).get("desiredReplicas") == 1 or None, 30, "the service reconciled")
+    time.sleep(4)  # passes go on (resync 2 s)
+    assert services.condition(name, "Ready").get("reason") != "NameTaken"
+    assert "NameTaken" not in services.events(name)
+    services.core.patch_namespaced_service("again", ns, {"metadata": {"finalizers": None}})
+    services.wait_ready(name, 1)
+
+    def front_owners() -> list[Any] | None:
+        try:
+            return list(services.core.read_namespaced_service(name, ns).metadata.owner_references or ()) or None
+        except ApiException as error:
+            if error.status == 404:
+                return None  # the earlier one gone, the service's own made at its next pass
+            raise
+
+    made = eventually(front_owners, 30, "the service's own front Service")
+    assert made[0].uid == services.get(name)["metadata"]["uid"]
+    assert "NameTaken" not in services.events(name)
+
+
 def test_the_lead_reaches_the_routers_by_their_configmap_and_a_new_one_rolls_none_of_them(
     services: Services, strata: Strata
 ) -> None:

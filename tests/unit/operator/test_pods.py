@@ -16,6 +16,7 @@ from strata_operator.core.pods import (
     build_worker_pods,
     controller_reference,
     gang_gpu_type,
+    left_by_earlier,
     worker_env,
     worker_name_held,
 )
@@ -393,3 +394,20 @@ def test_a_workers_name_is_held_for_good_only_by_a_pod_that_is_not_this_jobs_nor
     assert worker_name_held(pod(), job) == "with no controller"
     other = controller_reference(api.INFERENCE_SERVICE, "clash-worker", "uid-x")
     assert worker_name_held(pod(other), job) == "controlled by InferenceService clash-worker"
+
+
+def test_an_object_is_left_by_an_earlier_resource_when_deleted_or_held_by_one_of_the_same_kind_and_name() -> None:
+    mine = controller_reference(api.INFERENCE_SERVICE, "chat", "uid-now")
+
+    def held_by(*owners: dict[str, Any], deleting: bool = False) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": "chat", "ownerReferences": list(owners)}
+        if deleting:
+            meta["deletionTimestamp"] = "2026-01-01T12:00:00Z"
+        return {"metadata": meta}
+
+    assert left_by_earlier(held_by(controller_reference(api.INFERENCE_SERVICE, "chat", "uid-before")), mine)
+    assert left_by_earlier(held_by(deleting=True), mine)  # anyone's, on its way out
+    assert not left_by_earlier(held_by(mine), mine)  # ours: written, not waited for
+    assert not left_by_earlier(held_by(), mine)  # a user's own
+    assert not left_by_earlier(held_by(controller_reference(api.INFERENCE_SERVICE, "shop", "uid-x")), mine)
+    assert not left_by_earlier(held_by(controller_reference(api.TRAINING_JOB, "chat", "uid-y")), mine)

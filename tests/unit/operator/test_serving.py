@@ -15,6 +15,7 @@ from serving_builders import IMAGE, a_service
 
 import strata_api as api
 from strata_operator.core import serving
+from strata_operator.core.pods import left_by_earlier
 from strata_operator.core.serving import Allotment, ModelProblem, ModelSource, ObservedDeployment
 from strata_operator.settings import OperatorSettings
 from strata_workloads.settings import SERVE_ENV_PREFIX, ServeSettings
@@ -498,6 +499,9 @@ def test_an_object_of_a_services_name_is_the_operators_to_write_only_when_the_se
         "Service chat-replicas exists, controlled by InferenceService chat, not this service: rename the service or "
         "delete that object"
     )
+    # which the operator asks only of an object not on its way out: that one it waits for
+    assert left_by_earlier(old, serving.owner_reference(a_service("chat")))
+    assert not left_by_earlier(theirs, serving.owner_reference(a_service("chat")))
 
 
 def test_a_name_taken_makes_ready_false_with_a_warning_and_keeps_the_count() -> None:
