@@ -160,6 +160,25 @@ def test_a_cpu_service_answers_http_through_its_router_from_another_pod(
     assert router_pods(strata, namespace, selector) == routers  # the same pods, none restarted
 
 
+@pytest.mark.timeout(300)
+def test_replicas_of_an_image_the_node_cannot_have_make_ready_say_so_in_the_kubelets_words(
+    strata: Strata, namespace: str, pool: str
+) -> None:
+    service = a_cpu_service(strata, "typo", namespace, pool)
+    service["spec"]["workload"] = {"image": "strata.local/no-such-image:1", "imagePullPolicy": "Never"}
+    strata.apply(service)
+
+    def ready() -> dict[str, Any] | None:
+        body = strata.get(f"{api.INFERENCE_SERVICES}.{api.GROUP}", "typo", "-n", namespace)
+        found = [c for c in (body.get("status") or {}).get("conditions") or () if c["type"] == "Ready"]
+        return found[0] if found and found[0]["reason"] == "ReplicasCannotStart" else None
+
+    condition = eventually(ready, 120, "Ready False with ReplicasCannotStart")
+    assert condition["status"] == "False"
+    assert condition["message"].startswith("0 of 1 replicas ready: the kubelet cannot start replica typo-"), condition
+    assert "ErrImageNeverPull" in condition["message"], condition["message"]
+
+
 def router_pods(strata: Strata, namespace: str, selector: str) -> dict[str, tuple[str, int]]:
     """The router pods by name: their uid and their containers' restarts."""
     pods = strata.get("pods", "-l", selector, "-n", namespace)["items"]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from cluster_support import eventually
 from e2e_support import Strata, a_cpu_job, a_cpu_pool, initial_loss
 
 import strata_api as api
@@ -138,6 +139,29 @@ def test_a_configuration_error_fails_the_job_once_with_the_reason(strata: Strata
     assert found, status["message"]
     log = strata.kubectl("logs", found.group(1), "-n", namespace)
     assert "no-such-model" in log, log[-2000:]
+
+
+@pytest.mark.timeout(300)
+def test_an_image_the_node_cannot_have_keeps_the_job_admitted_saying_so_in_the_kubelets_words(
+    strata: Strata, namespace: str, pool: str
+) -> None:
+    # a typo in the image: the kubelet cannot start the workers (with pull policy Never it has no image to pull);
+    # before, the job said "Admitted" until the start timeout, then requeued, with no word on why
+    job = a_cpu_job(strata, "typo", pool)
+    job["spec"]["workload"] |= {"image": "strata.local/no-such-image:1", "imagePullPolicy": "Never"}
+    strata.apply(job | {"metadata": {"name": "typo", "namespace": namespace}})
+
+    def stuck() -> dict[str, Any] | None:
+        status = strata.job(namespace, "typo").get("status") or {}
+        return status if status.get("reason") == "WorkerCannotStart" else None
+
+    status = eventually(stuck, 120, "reason WorkerCannotStart")
+    assert status["phase"] == api.Phase.ADMITTED.value, status
+    assert re.match(r"the kubelet cannot start worker typo-worker-\d: container trainer: ErrImageNeverPull: ",
+                    status["message"]), status["message"]  # fmt: skip
+    assert '"strata.local/no-such-image:1" is not present with pull policy of Never' in status["message"]
+    events = strata.get("events", "-n", namespace, "--field-selector", "involvedObject.name=typo")["items"]
+    assert any(e["reason"] == "WorkerCannotStart" and e["type"] == "Warning" for e in events), events
 
 
 @pytest.mark.timeout(900)

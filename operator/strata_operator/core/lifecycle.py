@@ -55,6 +55,7 @@ class Reason:
     START_TIMEOUT = "StartTimeout"
     UNSCHEDULABLE = "WorkerUnschedulable"
     WAITING_FOR_SCHEDULER = "WaitingForScheduler"
+    WORKER_CANNOT_START = "WorkerCannotStart"
     POOL_NOT_FOUND = "PoolNotFound"
     PREEMPTED = "Preempted"
 
@@ -353,6 +354,7 @@ def _run_gang(
             return
         _sooner(plan, left)
     admitted = job.status.admitted_at or now
+    holds = f"the gang holds its GPUs until the start timeout ({settings.start_timeout_s:.0f}s)"
     unseen = [p for p in current if not p.gated and not p.other_gates and p.awaiting_scheduler is not None]
     if unseen and not missing:
         left = settings.scheduler_grace_s - (now - admitted).total_seconds()
@@ -360,10 +362,14 @@ def _run_gang(
             first = min(unseen, key=lambda p: p.index)
             assert first.awaiting_scheduler is not None
             silence = scheduler_silence(f"worker {first.name}", first.awaiting_scheduler, settings.scheduler_grace_s)
-            message = f"{silence}; the gang holds its GPUs until the start timeout ({settings.start_timeout_s:.0f}s)"
-            draft.transition(Phase.ADMITTED, Reason.WAITING_FOR_SCHEDULER, message, WARNING)
+            draft.transition(Phase.ADMITTED, Reason.WAITING_FOR_SCHEDULER, f"{silence}; {holds}", WARNING)
         else:
             _sooner(plan, left)
+    stuck = [p for p in current if p.cannot_start is not None]
+    if stuck and not missing:
+        first = min(stuck, key=lambda p: p.index)
+        message = f"the kubelet cannot start worker {first.name}: {first.cannot_start}; {holds}"
+        draft.transition(Phase.ADMITTED, Reason.WORKER_CANNOT_START, message, WARNING)
     if (now - admitted).total_seconds() > settings.start_timeout_s:
         _release(plan, [p for p in pods if not p.deleting])
         draft.transition(

@@ -38,6 +38,26 @@ def awaiting_scheduler(spec: Mapping[str, Any], conditions: Sequence[Mapping[str
     return str(spec.get("schedulerName") or "default-scheduler")
 
 
+CANNOT_START = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "CreateContainerConfigError", "CreateContainerError"}
+)
+"""The kubelet's waiting reasons of a container it cannot start: an image it cannot pull (or, with pull policy Never,
+does not have), a Secret or ConfigMap the container reads that is missing, a runtime that refuses the container.
+Each may mend (an image pushed or loaded, the Secret made), so a start waits on; but status says so."""
+
+
+def cannot_start(status: Mapping[str, Any]) -> str | None:
+    """The kubelet's words for the first container of the pod it cannot start (:data:`CANNOT_START`), as
+    ``container <name>: <reason>: <message>``; None when none waits so."""
+    for statuses in (status.get("initContainerStatuses"), status.get("containerStatuses")):
+        for container in statuses or ():
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in CANNOT_START:
+                said = f": {waiting['message']}" if waiting.get("message") else ""
+                return f"container {container.get('name')}: {waiting['reason']}{said}"
+    return None
+
+
 def scheduler_silence(what: str, scheduler: str, grace_s: float) -> str:
     """What status says of ``what`` (a worker or a replica, by name) that scheduler ``scheduler`` has not looked at
     in ``grace_s`` seconds, and what to do about it."""
@@ -75,6 +95,8 @@ class WorkerPod:
     InvalidImageName): no retry can start the container."""
     awaiting_scheduler: str | None = None
     """Its ``schedulerName`` while no scheduler has looked at it (:func:`awaiting_scheduler`)."""
+    cannot_start: str | None = None
+    """The kubelet's words while it cannot start the worker's container (:func:`cannot_start`)."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> WorkerPod:
@@ -112,6 +134,7 @@ class WorkerPod:
             unschedulable_since=parse_time(refused.get("lastTransitionTime")) if refused is not None else None,
             image_refused=image_refused,
             awaiting_scheduler=awaiting_scheduler(spec, conditions),
+            cannot_start=cannot_start(status),
         )
 
 

@@ -18,7 +18,13 @@ import strata_api as api
 from strata_api import InferenceService, parse_time
 from strata_api.catalog import Catalog
 from strata_api.workload import ExitCode
-from strata_operator.core.observed import Node, awaiting_scheduler, scheduler_silence, unschedulable_condition
+from strata_operator.core.observed import (
+    Node,
+    awaiting_scheduler,
+    cannot_start,
+    scheduler_silence,
+    unschedulable_condition,
+)
 from strata_operator.core.serving import ModelProblem
 
 RECENT_STARTS = 5
@@ -47,6 +53,9 @@ class ReplicaPod:
     awaiting_scheduler: str | None = None
     """Its ``schedulerName`` while no scheduler has looked at it
     (:func:`strata_operator.core.observed.awaiting_scheduler`)."""
+    cannot_start: str | None = None
+    """The kubelet's words while it cannot start one of the replica's containers
+    (:func:`strata_operator.core.observed.cannot_start`)."""
 
     @property
     def running(self) -> bool:
@@ -77,6 +86,7 @@ class ReplicaPod:
             restarts=int(server.get("restartCount") or 0),
             unschedulable=_unschedulable(conditions),
             awaiting_scheduler=awaiting_scheduler(spec, conditions),
+            cannot_start=cannot_start(status),
         )
 
 
@@ -153,6 +163,20 @@ def unseen(pods: Iterable[ReplicaPod], revision: str, now: datetime, grace_s: fl
     assert first.awaiting_scheduler is not None
     others = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
     return scheduler_silence(f"replica {first.name}{others}", first.awaiting_scheduler, grace_s)
+
+
+def not_starting(pods: Iterable[ReplicaPod], revision: str) -> str | None:
+    """Why replicas of ``revision`` do not start when the kubelet cannot start their containers (an image it cannot
+    pull, a Secret that is missing), in its words for the first of them by name; None when none waits so."""
+    waiting = sorted(
+        (p for p in pods if p.revision == revision and not p.deleting and p.cannot_start is not None),
+        key=lambda p: p.name,
+    )
+    if not waiting:
+        return None
+    first = waiting[0]
+    others = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
+    return f"the kubelet cannot start replica {first.name}{others}: {first.cannot_start}"
 
 
 def startup_seconds(pods: Iterable[ReplicaPod], revision: str) -> float | None:

@@ -76,6 +76,7 @@ class Reason:
     NAME_TAKEN = "NameTaken"
     REPLICAS_UNSCHEDULABLE = "ReplicasUnschedulable"
     WAITING_FOR_SCHEDULER = "WaitingForScheduler"
+    REPLICAS_CANNOT_START = "ReplicasCannotStart"
 
 
 # --- names and labels ---
@@ -663,6 +664,7 @@ def service_status(
     name_taken: str | None = None,
     unplaced: str | None = None,
     unseen: str | None = None,
+    not_starting: str | None = None,
 ) -> StatusDraft:
     """The status to write, and the events for what changed: replicas, URL, revision, the Ready, QuotaLimited and
     ModelAvailable conditions, the last scaling decision (``report``: the router's, when it has one), the running
@@ -674,7 +676,8 @@ def service_status(
     mends it). ``name_taken``: an object the service needs has a name another holds (:func:`held_by_another`):
     Ready says which, with a Warning Event, until it is renamed or deleted. ``unplaced``: why replicas of the
     revision find no node (:func:`strata_operator.core.replicas.unplaced`): a Ready that is not True says so.
-    ``unseen``: no scheduler has looked at some of them (:func:`strata_operator.core.replicas.unseen`): likewise."""
+    ``unseen``: no scheduler has looked at some of them (:func:`strata_operator.core.replicas.unseen`), and
+    ``not_starting``: the kubelet cannot start some (:func:`strata_operator.core.replicas.not_starting`): likewise."""
     draft = StatusDraft(stored, now)
     desired = allotment.replicas if isinstance(model, ModelSource) else 0
     before = stored.get("desiredReplicas")
@@ -720,6 +723,9 @@ def service_status(
         elif unseen is not None:
             message = f"{ready} of {desired} replicas ready: {unseen}"
             _condition(draft, READY, "False", Reason.WAITING_FOR_SCHEDULER, message, WARNING)
+        elif not_starting is not None:
+            message = f"{ready} of {desired} replicas ready: {not_starting}"
+            _condition(draft, READY, "False", Reason.REPLICAS_CANNOT_START, message, WARNING)
         else:
             _condition(draft, READY, "False", Reason.REPLICAS_STARTING, f"{ready} of {desired} replicas ready")
     if allotment.limited:

@@ -239,6 +239,7 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
         name_taken=taken,
         unplaced=replicas.unplaced(pods, rev) if rev is not None else None,
         unseen=replicas.unseen(pods, rev, now, settings.scheduler_grace_s) if rev is not None else None,
+        not_starting=replicas.not_starting(pods, rev) if rev is not None else None,
     )
     if plan is not None:
         canary.rollout_status(draft, plan, observed_canary, canary_count, service.generation, restored)

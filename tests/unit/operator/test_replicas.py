@@ -246,3 +246,25 @@ def test_replicas_no_scheduler_looks_at_make_ready_ask_whether_their_scheduler_r
     assert (ready["status"], ready["reason"]) == ("False", "WaitingForScheduler")
     assert ready["message"] == f"1 of 2 replicas ready: {message}"
     assert ("Warning", "WaitingForScheduler") in [(e.type, e.reason) for e in draft.events]
+
+
+def test_replicas_the_kubelet_cannot_start_make_ready_say_so_in_its_words() -> None:
+    body = replica_body("chat-b", phase="Pending")
+    never = 'Container image "strata.local/typo:1" is not present with pull policy of Never'
+    body["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "ErrImageNeverPull", "message": never}}
+    stuck = ReplicaPod.from_body(body, serving.CONTAINER)
+    assert stuck.cannot_start == f"container {serving.CONTAINER}: ErrImageNeverPull: {never}"
+    placed = replica("chat-a", ready=30)
+    message = replicas.not_starting([placed, stuck, dataclasses.replace(stuck, name="chat-c")], "rev1")
+    assert message == f"the kubelet cannot start replica chat-b (and 1 more): {stuck.cannot_start}"
+    assert replicas.not_starting([placed, stuck], "rev2") is None
+
+    service = a_service("chat", resources=CPU, min_replicas=2)
+    deployment = ObservedDeployment(2, 1, 2, "rev1", 1, 1)
+    draft = serving.service_status(
+        service, {}, ModelSource(checkpoint=""), Allotment(2, False, "WithinQuota", ""), deployment, "rev1", T0,
+        not_starting=message,
+    )  # fmt: skip
+    ready = next(c for c in draft.changes["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ReplicasCannotStart")
+    assert ready["message"] == f"1 of 2 replicas ready: {message}"

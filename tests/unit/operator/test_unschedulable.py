@@ -12,7 +12,7 @@ from operator_builders import a_job, a_node, a_pool, a_worker, at
 
 from strata_api import Phase, format_time
 from strata_operator.core.lifecycle import UNSCHEDULABLE_GRACE_S, Plan, Reason, reconcile
-from strata_operator.core.observed import WorkerPod, awaiting_scheduler
+from strata_operator.core.observed import WorkerPod, awaiting_scheduler, cannot_start
 from strata_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings(start_timeout_s=600)
@@ -120,3 +120,42 @@ def test_a_pod_is_awaiting_its_scheduler_only_while_no_scheduler_has_looked_at_i
     refused = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": HELD}
     assert awaiting_scheduler(spec, [refused]) is None  # a scheduler tried
     assert awaiting_scheduler({**spec, "nodeName": "n0"}, []) is None
+
+
+NEVER_PULL = 'Container image "strata.local/typo:1" is not present with pull policy of Never'
+
+
+def test_a_worker_the_kubelet_cannot_start_keeps_the_gang_admitted_in_the_kubelets_words() -> None:
+    stuck = replace(a_worker("j", 1, phase="Pending", node="n0"), cannot_start=f"container trainer: {NEVER_PULL}")
+    plan = run([a_worker("j", 0, phase="Running", node="n0"), stuck], now=20)
+    patch = plan.status.patch()
+    assert (plan.status.phase, patch["reason"]) == (Phase.ADMITTED, Reason.WORKER_CANNOT_START)
+    assert patch["message"] == (
+        f"the kubelet cannot start worker j-worker-1: container trainer: {NEVER_PULL}; the gang holds its GPUs until "
+        "the start timeout (600s)"
+    )
+    assert plan.delete_pods == []  # an image loaded or pushed meanwhile mends it: the start timeout still decides
+    assert [(e.type, e.reason) for e in plan.status.events] == [("Warning", Reason.WORKER_CANNOT_START)]
+
+
+def test_the_kubelets_reasons_for_a_container_it_cannot_start_are_read_from_the_pod() -> None:
+    def waiting(reason: str, message: str = "") -> dict[str, Any]:
+        return {"name": "trainer", "state": {"waiting": {"reason": reason, "message": message} if message else {
+            "reason": reason}}}  # fmt: skip
+
+    assert cannot_start({"containerStatuses": [waiting("ErrImageNeverPull", NEVER_PULL)]}) == (
+        f"container trainer: ErrImageNeverPull: {NEVER_PULL}"
+    )
+    assert cannot_start({"containerStatuses": [waiting("ImagePullBackOff")]}) == "container trainer: ImagePullBackOff"
+    secret = waiting("CreateContainerConfigError", 'secret "hf-token" not found')
+    assert cannot_start({"initContainerStatuses": [secret]}) == (
+        'container trainer: CreateContainerConfigError: secret "hf-token" not found'
+    )
+    assert cannot_start({"containerStatuses": [waiting("ContainerCreating")]}) is None  # on its way
+    assert cannot_start({"containerStatuses": [{"name": "trainer", "state": {"running": {}}}]}) is None
+    assert cannot_start({}) is None
+    body: dict[str, Any] = {
+        "metadata": {"name": "j-worker-1"},
+        "status": {"containerStatuses": [waiting("ErrImagePull")]},
+    }
+    assert WorkerPod.from_body(body).cannot_start == "container trainer: ErrImagePull"
