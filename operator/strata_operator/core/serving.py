@@ -77,6 +77,7 @@ class Reason:
     REPLICAS_UNSCHEDULABLE = "ReplicasUnschedulable"
     WAITING_FOR_SCHEDULER = "WaitingForScheduler"
     REPLICAS_CANNOT_START = "ReplicasCannotStart"
+    ROUTERS_NOT_READY = "RoutersNotReady"
 
 
 # --- names and labels ---
@@ -665,6 +666,7 @@ def service_status(
     unplaced: str | None = None,
     unseen: str | None = None,
     not_starting: str | None = None,
+    routers: ObservedDeployment | None = None,
 ) -> StatusDraft:
     """The status to write, and the events for what changed: replicas, URL, revision, the Ready, QuotaLimited and
     ModelAvailable conditions, the last scaling decision (``report``: the router's, when it has one), the running
@@ -677,7 +679,9 @@ def service_status(
     Ready says which, with a Warning Event, until it is renamed or deleted. ``unplaced``: why replicas of the
     revision find no node (:func:`strata_operator.core.replicas.unplaced`): a Ready that is not True says so.
     ``unseen``: no scheduler has looked at some of them (:func:`strata_operator.core.replicas.unseen`), and
-    ``not_starting``: the kubelet cannot start some (:func:`strata_operator.core.replicas.not_starting`): likewise."""
+    ``not_starting``: the kubelet cannot start some (:func:`strata_operator.core.replicas.not_starting`): likewise.
+    ``routers``: the routers' Deployment as the watch sees it; Ready is True only while one of them is ready, for
+    the service's URL answers through them."""
     draft = StatusDraft(stored, now)
     desired = allotment.replicas if isinstance(model, ModelSource) else 0
     before = stored.get("desiredReplicas")
@@ -715,8 +719,14 @@ def service_status(
         if desired == 0:
             why = allotment.message if allotment.limited else "spec.replicas.min is 0"
             _condition(draft, READY, "False", Reason.NO_REPLICAS, f"no replica runs: {why}", WARNING)
-        elif ready >= desired and rolled_out:
+        elif ready >= desired and rolled_out and routers is not None and routers.ready > 0:
             _condition(draft, READY, "True", Reason.REPLICAS_READY, f"{ready} of {desired} replicas ready")
+        elif ready >= desired and rolled_out:
+            routing = (
+                f"{routers.ready} of {routers.replicas} routers" if routers is not None else "no router Deployment"
+            )
+            message = f"{ready} of {desired} replicas ready, but {routing} ready to take requests at {url(service)}"
+            _condition(draft, READY, "False", Reason.ROUTERS_NOT_READY, message, WARNING)
         elif unplaced is not None:
             message = f"{ready} of {desired} replicas ready: {unplaced}"
             _condition(draft, READY, "False", Reason.REPLICAS_UNSCHEDULABLE, message, WARNING)

@@ -240,6 +240,7 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
         unplaced=replicas.unplaced(pods, rev) if rev is not None else None,
         unseen=replicas.unseen(pods, rev, now, settings.scheduler_grace_s) if rev is not None else None,
         not_starting=replicas.not_starting(pods, rev) if rev is not None else None,
+        routers=first(deployments, f"{ns}/{router.router_name(service)}"),
     )
     if plan is not None:
         canary.rollout_status(draft, plan, observed_canary, canary_count, service.generation, restored)

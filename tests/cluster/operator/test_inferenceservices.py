@@ -209,6 +209,7 @@ def test_a_running_service_reports_its_cost_per_hour_and_measured_startup(servic
     assert 0 <= status["startupSeconds"] < 60, status
     wide = services.kubectl("get", "sisvc", name, "-n", services.namespace, "-o", "wide").splitlines()
     assert {"COST/H", "STARTUP"} <= set(wide[0].split()), wide
+    assert wide[1].split()[wide[0].split().index("REASON")] == "ReplicasReady", wide  # the Ready condition's
 
 
 def test_replicas_no_node_takes_make_ready_say_why_in_the_schedulers_words(services: Services, strata: Strata) -> None:
@@ -245,6 +246,27 @@ def test_replicas_no_scheduler_looks_at_make_ready_name_the_missing_scheduler(
         assert ready["message"].startswith("0 of 1 replicas ready: replica unseen-")
         assert "has not been looked at by scheduler 'absent-scheduler' in 3s" in ready["message"]
         eventually(lambda: "WaitingForScheduler" in services.events(name) or None, 30, "a WaitingForScheduler Event")
+        row = services.kubectl("get", "sisvc", name, "-n", services.namespace).splitlines()
+        assert row[1].split()[row[0].split().index("REASON")] == "WaitingForScheduler", row
+
+
+def test_a_service_whose_routers_no_node_takes_is_not_ready_though_its_replicas_are(
+    services: Services, strata: Strata, operator: OperatorProcess
+) -> None:
+    # the URL answers through the routers: ready replicas behind no ready router serve nobody
+    with replaced_by(operator, "--standalone", "--router-node-selector", "strata.dev/no-such-label=x"):
+        name = services.apply(service_body("unrouted", cpu_pool(strata, 8), min_replicas=1))
+
+        def unrouted() -> dict[str, Any] | None:
+            ready = services.condition(name, "Ready")
+            return ready if ready.get("reason") == "RoutersNotReady" else None
+
+        ready = eventually(unrouted, 60, "Ready False with RoutersNotReady")
+        assert ready["message"].startswith("1 of 1 replicas ready, but 0 of 2 routers ready to take requests at http")
+        assert services.status(name)["readyReplicas"] == 1
+    # the fixture's operator, without the selector, moves the routers where they fit: the service becomes ready
+    services.wait_ready(name, 1)
+    assert services.condition(name, "Ready")["reason"] == "ReplicasReady"
 
 
 def test_an_object_of_the_services_name_that_is_not_its_own_is_left_alone_and_the_status_says_so(

@@ -156,3 +156,5 @@ def test_workers_no_scheduler_looks_at_make_the_job_name_the_missing_scheduler_a
         assert all(p.spec.scheduler_name == "absent-scheduler" and not p.spec.scheduling_gates for p in pods)
         assert all(p.spec.node_name is None for p in pods)
         eventually(lambda: "WaitingForScheduler" in strata.events("orphan"), 10, "a WaitingForScheduler Event")
+        header, row = operator.cluster.kubectl("get", "tj", "orphan", "-n", strata.namespace).splitlines()[:2]
+        assert row.split()[header.split().index("REASON")] == "WaitingForScheduler", (header, row)

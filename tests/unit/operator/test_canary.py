@@ -240,8 +240,9 @@ def test_a_service_with_a_canary_is_ready_when_both_revisions_are() -> None:
     assert (starting.changes["readyReplicas"], starting.changes["desiredReplicas"]) == (5, 6)
     assert next(c for c in starting.changes["conditions"] if c["type"] == "Ready")["status"] == "False"
     ready = serving.service_status(
-        service, {}, SOURCE, allotment, deployment("old"), "new", T0, canary_deployment=deployment("new", 1)
-    )
+        service, {}, SOURCE, allotment, deployment("old"), "new", T0, canary_deployment=deployment("new", 1),
+        routers=deployment("router", 2),
+    )  # fmt: skip
     assert next(c for c in ready.changes["conditions"] if c["type"] == "Ready")["status"] == "True"
 
 

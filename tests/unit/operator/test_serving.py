@@ -455,10 +455,22 @@ def test_status_of_a_starting_then_ready_service() -> None:
     assert patch["lastScale"] == {"time": "2026-01-01T12:00:00Z", "replicas": 2, "reason": "MinReplicas"}
     assert [e.reason for e in starting.events] == []  # a new service starting is no news
 
-    ready = serving.service_status(service, patch, SOURCE, WITHIN, observed(2, 2), "r1", T0 + timedelta(seconds=9))
+    later = T0 + timedelta(seconds=9)
+    ready = serving.service_status(service, patch, SOURCE, WITHIN, observed(2, 2), "r1", later, routers=observed(2, 1))
     assert conditions({**patch, **ready.patch()})["Ready"] == ("True", "ReplicasReady")
     assert [(e.type, e.reason) for e in ready.events] == [("Normal", "ReplicasReady")]
     assert "lastScale" not in ready.patch()  # the same decision is not rewritten
+
+
+def test_a_service_whose_routers_are_not_ready_is_not_ready_for_its_url_does_not_answer() -> None:
+    service = a_service("chat", min_replicas=2)
+    for routers, said in ((observed(2, 0), "0 of 2 routers"), (None, "no router Deployment")):
+        draft = serving.service_status(service, {}, SOURCE, WITHIN, observed(2, 2), "r1", T0, routers=routers)
+        patch = draft.patch()
+        assert conditions(patch)["Ready"] == ("False", "RoutersNotReady")
+        message = next(c["message"] for c in patch["conditions"] if c["type"] == "Ready")
+        assert message == f"2 of 2 replicas ready, but {said} ready to take requests at http://chat.team.svc:8000"
+        assert ("Warning", "RoutersNotReady") in [(e.type, e.reason) for e in draft.events]
 
 
 def test_a_rollout_in_progress_is_not_ready() -> None:
