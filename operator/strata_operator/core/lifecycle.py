@@ -26,7 +26,7 @@ from typing import Any
 
 from strata_api import Phase, ResourcePool, TrainingJob, format_time
 from strata_api.workload import ExitCode, Progress
-from strata_operator.core.observed import Node, WorkerPod, scheduler_silence
+from strata_operator.core.observed import SCHEDULER_ERROR, WAITING_FOR_SCHEDULER, Node, WorkerPod, scheduler_silence
 from strata_operator.core.pods import expected_runtime_s, placement_type, worker_name
 from strata_operator.core.status import NORMAL, WARNING, StatusDraft, attempt_moment, generation_moment
 from strata_operator.settings import OperatorSettings
@@ -54,7 +54,8 @@ class Reason:
     RESUMED = "Resumed"
     START_TIMEOUT = "StartTimeout"
     UNSCHEDULABLE = "WorkerUnschedulable"
-    WAITING_FOR_SCHEDULER = "WaitingForScheduler"
+    WAITING_FOR_SCHEDULER = WAITING_FOR_SCHEDULER
+    SCHEDULER_ERROR = SCHEDULER_ERROR
     WORKER_CANNOT_START = "WorkerCannotStart"
     POOL_NOT_FOUND = "PoolNotFound"
     PREEMPTED = "Preempted"
@@ -354,22 +355,12 @@ def _run_gang(
             return
         _sooner(plan, left)
     admitted = job.status.admitted_at or now
-    holds = f"the gang holds its GPUs until the start timeout ({settings.start_timeout_s:.0f}s)"
-    unseen = [p for p in current if not p.gated and not p.other_gates and p.awaiting_scheduler is not None]
-    if unseen and not missing:
-        left = settings.scheduler_grace_s - (now - admitted).total_seconds()
-        if left <= 0:
-            first = min(unseen, key=lambda p: p.index)
-            assert first.awaiting_scheduler is not None
-            silence = scheduler_silence(f"worker {first.name}", first.awaiting_scheduler, settings.scheduler_grace_s)
-            draft.transition(Phase.ADMITTED, Reason.WAITING_FOR_SCHEDULER, f"{silence}; {holds}", WARNING)
-        else:
-            _sooner(plan, left)
-    stuck = [p for p in current if p.cannot_start is not None]
-    if stuck and not missing:
-        first = min(stuck, key=lambda p: p.index)
-        message = f"the kubelet cannot start worker {first.name}: {first.cannot_start}; {holds}"
-        draft.transition(Phase.ADMITTED, Reason.WORKER_CANNOT_START, message, WARNING)
+    if not missing:
+        held_up = _held_up(plan, current, (now - admitted).total_seconds(), settings)
+        if held_up is not None:
+            reason, why = held_up
+            holds = f"the gang holds its GPUs until the start timeout ({settings.start_timeout_s:.0f}s)"
+            draft.transition(Phase.ADMITTED, reason, f"{why}; {holds}", WARNING)
     if (now - admitted).total_seconds() > settings.start_timeout_s:
         _release(plan, [p for p in pods if not p.deleting])
         draft.transition(
@@ -378,6 +369,32 @@ def _run_gang(
             f"workers not all running {settings.start_timeout_s:.0f}s after admission; requeued",
             WARNING,
         )
+
+
+def _held_up(
+    plan: Plan, current: Sequence[WorkerPod], waited_s: float, settings: OperatorSettings
+) -> tuple[str, str] | None:
+    """Why an admitted gang's workers are not running yet, where something outside the operator holds them up
+    and may yet give way (so the start timeout still decides): the scheduler fails on one (kube-scheduler's
+    error, say an extender it cannot reach), no scheduler has looked at one ``scheduler_grace_s`` after admission,
+    or the kubelet cannot start one's container. (reason, message) for the first such worker by index, or None;
+    within the grace a pass is asked for when it ends."""
+
+    def first(found: list[WorkerPod]) -> WorkerPod | None:
+        return min(found, key=lambda p: p.index) if found else None
+
+    if (erring := first([p for p in current if p.scheduler_error is not None])) is not None:
+        return Reason.SCHEDULER_ERROR, f"the scheduler fails on worker {erring.name}: {erring.scheduler_error}"
+    unseen = first([p for p in current if not p.gated and not p.other_gates and p.awaiting_scheduler is not None])
+    if unseen is not None and unseen.awaiting_scheduler is not None:
+        if waited_s < settings.scheduler_grace_s:
+            _sooner(plan, settings.scheduler_grace_s - waited_s)
+        else:
+            silence = scheduler_silence(f"worker {unseen.name}", unseen.awaiting_scheduler, settings.scheduler_grace_s)
+            return Reason.WAITING_FOR_SCHEDULER, silence
+    if (stuck := first([p for p in current if p.cannot_start is not None])) is not None:
+        return Reason.WORKER_CANNOT_START, f"the kubelet cannot start worker {stuck.name}: {stuck.cannot_start}"
+    return None
 
 
 def _failure(

@@ -26,6 +26,21 @@ def unschedulable_condition(conditions: Sequence[Mapping[str, Any]]) -> Mapping[
     return None
 
 
+WAITING_FOR_SCHEDULER = "WaitingForScheduler"
+"""The reason a TrainingJob's status and an InferenceService's Ready give while no scheduler looks at their pods."""
+SCHEDULER_ERROR = "SchedulerError"
+"""Theirs while kube-scheduler fails on their pods (:func:`scheduler_error`)."""
+
+
+def scheduler_error(conditions: Sequence[Mapping[str, Any]]) -> str | None:
+    """kube-scheduler's error while it fails on the pod for a cause other than room (PodScheduled False, reason
+    ``SchedulerError``: an extender it cannot reach or that errs, a plugin's failure), else None."""
+    for condition in conditions:
+        if condition.get("type") == "PodScheduled" and condition.get("reason") == "SchedulerError":
+            return str(condition.get("message") or "SchedulerError") if condition.get("status") == "False" else None
+    return None
+
+
 def awaiting_scheduler(spec: Mapping[str, Any], conditions: Sequence[Mapping[str, Any]]) -> str | None:
     """The pod's ``schedulerName`` while no scheduler has looked at it, else None: it has no node and no scheduling
     gate, and no PodScheduled condition but the API server's ``SchedulingGated`` of a pod made with gates (a
@@ -97,6 +112,8 @@ class WorkerPod:
     """Its ``schedulerName`` while no scheduler has looked at it (:func:`awaiting_scheduler`)."""
     cannot_start: str | None = None
     """The kubelet's words while it cannot start the worker's container (:func:`cannot_start`)."""
+    scheduler_error: str | None = None
+    """kube-scheduler's error while it fails on the worker (:func:`scheduler_error`)."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> WorkerPod:
@@ -135,6 +152,7 @@ class WorkerPod:
             image_refused=image_refused,
             awaiting_scheduler=awaiting_scheduler(spec, conditions),
             cannot_start=cannot_start(status),
+            scheduler_error=scheduler_error(conditions),
         )
 
 

@@ -9,7 +9,7 @@ API call.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,10 +22,11 @@ from strata_operator.core.observed import (
     Node,
     awaiting_scheduler,
     cannot_start,
+    scheduler_error,
     scheduler_silence,
     unschedulable_condition,
 )
-from strata_operator.core.serving import ModelProblem
+from strata_operator.core.serving import ModelProblem, Reason, ServingProblem
 
 RECENT_STARTS = 5
 """``status.startupSeconds`` is the median over this many replicas of the current revision, the most recently
@@ -56,6 +57,8 @@ class ReplicaPod:
     cannot_start: str | None = None
     """The kubelet's words while it cannot start one of the replica's containers
     (:func:`strata_operator.core.observed.cannot_start`)."""
+    scheduler_error: str | None = None
+    """kube-scheduler's error while it fails on the replica (:func:`strata_operator.core.observed.scheduler_error`)."""
 
     @property
     def running(self) -> bool:
@@ -87,6 +90,7 @@ class ReplicaPod:
             unschedulable=_unschedulable(conditions),
             awaiting_scheduler=awaiting_scheduler(spec, conditions),
             cannot_start=cannot_start(status),
+            scheduler_error=scheduler_error(conditions),
         )
 
 
@@ -131,52 +135,36 @@ def _unschedulable(conditions: list[Mapping[str, Any]]) -> str | None:
     return str(refused.get("message") or "no node fits") if refused is not None else None
 
 
-def unplaced(pods: Iterable[ReplicaPod], revision: str) -> str | None:
-    """Why replicas of ``revision`` wait for a node, in the scheduler's words for the first of them by name (a
-    node selector no node matches, a claim that does not exist, no room); None when none waits so."""
-    waiting = sorted(
-        (p for p in pods if p.revision == revision and not p.deleting and p.node is None and p.unschedulable),
-        key=lambda p: p.name,
-    )
-    if not waiting:
-        return None
-    first = waiting[0]
-    others = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
-    return f"replica {first.name}{others} cannot be placed: {first.unschedulable}"
+def held_up(pods: Iterable[ReplicaPod], revision: str, now: datetime, grace_s: float) -> ServingProblem | None:
+    """Why replicas of ``revision`` are not running, where something outside the operator holds them up, for the
+    first of them by name, in the first of these that applies: the scheduler finds no node (its words: a node
+    selector no node matches, a claim that does not exist, no room), the scheduler fails on them (its error, say
+    an extender it cannot reach), no scheduler has looked at them ``grace_s`` seconds after they were made (no
+    scheduler of their ``schedulerName`` runs), the kubelet cannot start their containers (an image it cannot
+    pull, a Secret that is missing). None when none is held up so."""
+    current = sorted((p for p in pods if p.revision == revision and not p.deleting), key=lambda p: p.name)
 
+    def first(reason: str, found: list[ReplicaPod], say: Callable[[ReplicaPod, str], str]) -> ServingProblem | None:
+        if not found:
+            return None
+        others = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        return ServingProblem(reason, say(found[0], f"replica {found[0].name}{others}"))
 
-def unseen(pods: Iterable[ReplicaPod], revision: str, now: datetime, grace_s: float) -> str | None:
-    """Why replicas of ``revision`` wait when no scheduler has looked at them ``grace_s`` seconds after they were
-    made (no scheduler of their ``schedulerName`` runs), for the first of them by name; None when none waits so."""
-    waiting = sorted(
-        (
-            p
-            for p in pods
-            if p.revision == revision and not p.deleting and p.awaiting_scheduler is not None
-            and p.created is not None and (now - p.created).total_seconds() >= grace_s
-        ),
-        key=lambda p: p.name,
+    def silent(p: ReplicaPod) -> bool:
+        return (
+            p.awaiting_scheduler is not None and p.created is not None and (now - p.created).total_seconds() >= grace_s
+        )
+
+    return (
+        first(Reason.REPLICAS_UNSCHEDULABLE, [p for p in current if p.node is None and p.unschedulable],
+              lambda p, who: f"{who} cannot be placed: {p.unschedulable}")
+        or first(Reason.SCHEDULER_ERROR, [p for p in current if p.scheduler_error is not None],
+                 lambda p, who: f"the scheduler fails on {who}: {p.scheduler_error}")
+        or first(Reason.WAITING_FOR_SCHEDULER, [p for p in current if silent(p)],
+                 lambda p, who: scheduler_silence(who, str(p.awaiting_scheduler), grace_s))
+        or first(Reason.REPLICAS_CANNOT_START, [p for p in current if p.cannot_start is not None],
+                 lambda p, who: f"the kubelet cannot start {who}: {p.cannot_start}")
     )  # fmt: skip
-    if not waiting:
-        return None
-    first = waiting[0]
-    assert first.awaiting_scheduler is not None
-    others = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
-    return scheduler_silence(f"replica {first.name}{others}", first.awaiting_scheduler, grace_s)
-
-
-def not_starting(pods: Iterable[ReplicaPod], revision: str) -> str | None:
-    """Why replicas of ``revision`` do not start when the kubelet cannot start their containers (an image it cannot
-    pull, a Secret that is missing), in its words for the first of them by name; None when none waits so."""
-    waiting = sorted(
-        (p for p in pods if p.revision == revision and not p.deleting and p.cannot_start is not None),
-        key=lambda p: p.name,
-    )
-    if not waiting:
-        return None
-    first = waiting[0]
-    others = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
-    return f"the kubelet cannot start replica {first.name}{others}: {first.cannot_start}"
 
 
 def startup_seconds(pods: Iterable[ReplicaPod], revision: str) -> float | None:

@@ -25,6 +25,7 @@ import strata_api as api
 from strata_api import GPUType, InferenceService, ResourcePool, TrainingJob, format_cpu_millis
 from strata_api.serving import ScaleReport
 from strata_operator.core.admission import GangRequest, ServingShare
+from strata_operator.core.observed import SCHEDULER_ERROR, WAITING_FOR_SCHEDULER
 from strata_operator.core.pods import (
     CONTAINER_SECURITY_CONTEXT,
     affinity,
@@ -75,8 +76,9 @@ class Reason:
     CHECKPOINTS_NOT_KEPT = "CheckpointsNotKept"
     NAME_TAKEN = "NameTaken"
     REPLICAS_UNSCHEDULABLE = "ReplicasUnschedulable"
-    WAITING_FOR_SCHEDULER = "WaitingForScheduler"
+    WAITING_FOR_SCHEDULER = WAITING_FOR_SCHEDULER
     REPLICAS_CANNOT_START = "ReplicasCannotStart"
+    SCHEDULER_ERROR = SCHEDULER_ERROR
     ROUTERS_NOT_READY = "RoutersNotReady"
 
 
@@ -166,6 +168,15 @@ class ModelSource:
 @dataclass(frozen=True)
 class ModelProblem:
     """Why the model cannot be served; no replica is started (it would only crash-loop)."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ServingProblem:
+    """Why replicas are not running where something outside the operator holds them up
+    (:func:`strata_operator.core.replicas.held_up`): the Ready condition's reason and message."""
 
     reason: str
     message: str
@@ -663,9 +674,7 @@ def service_status(
     canary_deployment: ObservedDeployment | None = None,
     model_failure: ModelProblem | None = None,
     name_taken: str | None = None,
-    unplaced: str | None = None,
-    unseen: str | None = None,
-    not_starting: str | None = None,
+    held_up: ServingProblem | None = None,
     routers: ObservedDeployment | None = None,
 ) -> StatusDraft:
     """The status to write, and the events for what changed: replicas, URL, revision, the Ready, QuotaLimited and
@@ -676,10 +685,9 @@ def service_status(
     the replicas' servers refused the model (:func:`strata_operator.core.replicas.model_failure`): ModelAvailable
     and Ready say so, with a Warning Event, while the replicas keep their count (a fixed volume or a new revision
     mends it). ``name_taken``: an object the service needs has a name another holds (:func:`held_by_another`):
-    Ready says which, with a Warning Event, until it is renamed or deleted. ``unplaced``: why replicas of the
-    revision find no node (:func:`strata_operator.core.replicas.unplaced`): a Ready that is not True says so.
-    ``unseen``: no scheduler has looked at some of them (:func:`strata_operator.core.replicas.unseen`), and
-    ``not_starting``: the kubelet cannot start some (:func:`strata_operator.core.replicas.not_starting`): likewise.
+    Ready says which, with a Warning Event, until it is renamed or deleted. ``held_up``: why replicas of the
+    revision are not running (:func:`strata_operator.core.replicas.held_up`: no node, a scheduler that fails or
+    none, a container the kubelet cannot start): a Ready that is not True says so, with a Warning Event.
     ``routers``: the routers' Deployment as the watch sees it; Ready is True only while one of them is ready, for
     the service's URL answers through them."""
     draft = StatusDraft(stored, now)
@@ -727,15 +735,9 @@ def service_status(
             )
             message = f"{ready} of {desired} replicas ready, but {routing} ready to take requests at {url(service)}"
             _condition(draft, READY, "False", Reason.ROUTERS_NOT_READY, message, WARNING)
-        elif unplaced is not None:
-            message = f"{ready} of {desired} replicas ready: {unplaced}"
-            _condition(draft, READY, "False", Reason.REPLICAS_UNSCHEDULABLE, message, WARNING)
-        elif unseen is not None:
-            message = f"{ready} of {desired} replicas ready: {unseen}"
-            _condition(draft, READY, "False", Reason.WAITING_FOR_SCHEDULER, message, WARNING)
-        elif not_starting is not None:
-            message = f"{ready} of {desired} replicas ready: {not_starting}"
-            _condition(draft, READY, "False", Reason.REPLICAS_CANNOT_START, message, WARNING)
+        elif held_up is not None:
+            message = f"{ready} of {desired} replicas ready: {held_up.message}"
+            _condition(draft, READY, "False", held_up.reason, message, WARNING)
         else:
             _condition(draft, READY, "False", Reason.REPLICAS_STARTING, f"{ready} of {desired} replicas ready")
     if allotment.limited:

@@ -237,9 +237,7 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
         canary_deployment=trial,
         model_failure=refused,
         name_taken=taken,
-        unplaced=replicas.unplaced(pods, rev) if rev is not None else None,
-        unseen=replicas.unseen(pods, rev, now, settings.scheduler_grace_s) if rev is not None else None,
-        not_starting=replicas.not_starting(pods, rev) if rev is not None else None,
+        held_up=replicas.held_up(pods, rev, now, settings.scheduler_grace_s) if rev is not None else None,
         routers=first(deployments, f"{ns}/{router.router_name(service)}"),
     )
     if plan is not None:

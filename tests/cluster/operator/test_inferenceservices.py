@@ -841,4 +841,4 @@ def test_kubectl_explain_and_get_read_well(refusals: Services) -> None:
     assert "sisvc" in cluster.kubectl("api-resources", "--api-group=strata.dev")
     refusals.apply(service_body("listed", "pool"))
     header = cluster.kubectl("get", "sisvc", "-n", refusals.namespace).splitlines()[0]
-    assert header.split() == ["NAME", "READY", "DESIRED", "URL", "REVISION", "AGE"]
+    assert header.split() == ["NAME", "READY", "DESIRED", "REASON", "URL", "REVISION", "AGE"]

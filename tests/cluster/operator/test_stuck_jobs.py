@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from cluster_support import eventually
@@ -158,3 +159,31 @@ def test_workers_no_scheduler_looks_at_make_the_job_name_the_missing_scheduler_a
         eventually(lambda: "WaitingForScheduler" in strata.events("orphan"), 10, "a WaitingForScheduler Event")
         header, row = operator.cluster.kubectl("get", "tj", "orphan", "-n", strata.namespace).splitlines()[:2]
         assert row.split()[header.split().index("REASON")] == "WaitingForScheduler", (header, row)
+
+
+def test_workers_the_scheduler_fails_on_make_the_job_say_so_in_its_words(
+    operator: OperatorProcess, strata: Strata, tmp_path: Path
+) -> None:
+    # the strata-scheduler kube-scheduler with its extender away (not ignorable: GPU pods wait for it); before, the
+    # job said "Admitted" until the start timeout with no word of the scheduler's error
+    from strata_dev.stack import run_strata_scheduler
+
+    cluster = operator.cluster
+    scheduler = run_strata_scheduler(cluster.bin_dir, cluster.kubeconfig, "http://127.0.0.1:9", tmp_path / "ks.log")
+    try:
+        with replaced_by(operator, "--standalone", "--scheduler-name", api.SCHEDULER_NAME):
+            pool = strata.pool("team", maxGPUs=16)
+            strata.submit(a_job("blocked", pool, data=2, tensor=8))
+
+            def failing() -> dict[str, Any] | None:
+                status = strata.status("blocked")
+                return status if status.get("reason") == lifecycle.Reason.SCHEDULER_ERROR else None
+
+            status = eventually(failing, 60, "reason SchedulerError")
+            assert status["phase"] == "Admitted"
+            assert status["message"].startswith("the scheduler fails on worker blocked-worker-"), status["message"]
+            assert "127.0.0.1:9" in status["message"], status["message"]  # kube-scheduler's own words
+            eventually(lambda: "SchedulerError" in strata.events("blocked"), 10, "a SchedulerError Event")
+    finally:
+        scheduler.terminate()
+        scheduler.wait(15)

@@ -14,8 +14,10 @@ import strata_api as api
 from strata_api.catalog import DEFAULT_CATALOG, load_catalog
 from strata_operator.core import replicas, router, serving
 from strata_operator.core.replicas import ReplicaPod
-from strata_operator.core.serving import Allotment, ModelSource, ObservedDeployment
+from strata_operator.core.serving import Allotment, ModelSource, ObservedDeployment, ServingProblem
 from strata_operator.runtime.watches import Index, replica_pod_entry
+
+GRACE = 30.0
 
 CATALOG = load_catalog(DEFAULT_CATALOG)
 CPU = {"gpuType": "CPU", "cpuPerReplica": "2", "memoryPerReplica": "1Gi"}
@@ -203,17 +205,19 @@ def test_replicas_the_scheduler_cannot_place_make_ready_say_why() -> None:
     assert waiting.unschedulable == why
     placed = replica("chat-a", ready=30)
     assert placed.unschedulable is None
-    assert replicas.unplaced([placed, waiting], "rev1") == f"replica chat-b cannot be placed: {why}"
-    assert replicas.unplaced([placed, waiting], "rev2") is None  # another revision's replicas
+    held = replicas.held_up([placed, waiting], "rev1", T0, GRACE)
+    assert held == ServingProblem("ReplicasUnschedulable", f"replica chat-b cannot be placed: {why}")
+    assert replicas.held_up([placed, waiting], "rev2", T0, GRACE) is None  # another revision's replicas
     two = [waiting, dataclasses.replace(waiting, name="chat-c")]
-    assert replicas.unplaced(two, "rev1") == f"replica chat-b (and 1 more) cannot be placed: {why}"
+    assert replicas.held_up(two, "rev1", T0, GRACE) == ServingProblem(
+        "ReplicasUnschedulable", f"replica chat-b (and 1 more) cannot be placed: {why}"
+    )
 
     service = a_service("chat", resources=CPU, min_replicas=2)
     allotment = Allotment(2, False, "WithinQuota", "")
     deployment = ObservedDeployment(2, 1, 2, "rev1", 1, 1)
-    unplaced = replicas.unplaced([placed, waiting], "rev1")
     draft = serving.service_status(
-        service, {}, ModelSource(checkpoint=""), allotment, deployment, "rev1", T0, unplaced=unplaced
+        service, {}, ModelSource(checkpoint=""), allotment, deployment, "rev1", T0, held_up=held
     )
     ready = next(c for c in draft.changes["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "ReplicasUnschedulable")
@@ -229,22 +233,25 @@ def test_replicas_no_scheduler_looks_at_make_ready_ask_whether_their_scheduler_r
     tried = dataclasses.replace(unseen, name="chat-c", awaiting_scheduler=None, unschedulable="0/5 nodes")
     placed = replica("chat-a", ready=30)
     assert placed.awaiting_scheduler is None
-    assert replicas.unseen([placed, unseen, tried], "rev1", at(29), grace_s=30) is None  # within the grace
-    message = replicas.unseen([placed, unseen, tried], "rev1", at(30), grace_s=30)
-    assert message is not None
-    assert message.startswith("replica chat-b has not been looked at by scheduler 'strata-scheduler' in 30s")
-    assert "--scheduler-name default-scheduler (STRATA_OPERATOR_SCHEDULER_NAME)" in message
-    assert replicas.unseen([unseen], "rev2", at(60), grace_s=30) is None  # another revision's replicas
+    assert replicas.held_up([placed, unseen], "rev1", at(29), grace_s=30) is None  # within the grace
+    held = replicas.held_up([placed, unseen], "rev1", at(30), grace_s=30)
+    assert held is not None
+    assert held.reason == "WaitingForScheduler"
+    assert held.message.startswith("replica chat-b has not been looked at by scheduler 'strata-scheduler' in 30s")
+    assert "--scheduler-name default-scheduler (STRATA_OPERATOR_SCHEDULER_NAME)" in held.message
+    assert replicas.held_up([unseen], "rev2", at(60), grace_s=30) is None  # another revision's replicas
+    # what the scheduler said of a replica comes first: chat-c, which it found no node for
+    assert replicas.held_up([placed, unseen, tried], "rev1", at(30), 30).reason == "ReplicasUnschedulable"
 
     service = a_service("chat", resources=CPU, min_replicas=2)
     allotment = Allotment(2, False, "WithinQuota", "")
     deployment = ObservedDeployment(2, 1, 2, "rev1", 1, 1)
     draft = serving.service_status(
-        service, {}, ModelSource(checkpoint=""), allotment, deployment, "rev1", T0, unseen=message
+        service, {}, ModelSource(checkpoint=""), allotment, deployment, "rev1", T0, held_up=held
     )
     ready = next(c for c in draft.changes["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "WaitingForScheduler")
-    assert ready["message"] == f"1 of 2 replicas ready: {message}"
+    assert ready["message"] == f"1 of 2 replicas ready: {held.message}"
     assert ("Warning", "WaitingForScheduler") in [(e.type, e.reason) for e in draft.events]
 
 
@@ -255,16 +262,30 @@ def test_replicas_the_kubelet_cannot_start_make_ready_say_so_in_its_words() -> N
     stuck = ReplicaPod.from_body(body, serving.CONTAINER)
     assert stuck.cannot_start == f"container {serving.CONTAINER}: ErrImageNeverPull: {never}"
     placed = replica("chat-a", ready=30)
-    message = replicas.not_starting([placed, stuck, dataclasses.replace(stuck, name="chat-c")], "rev1")
-    assert message == f"the kubelet cannot start replica chat-b (and 1 more): {stuck.cannot_start}"
-    assert replicas.not_starting([placed, stuck], "rev2") is None
+    held = replicas.held_up([placed, stuck, dataclasses.replace(stuck, name="chat-c")], "rev1", T0, GRACE)
+    assert held == ServingProblem(
+        "ReplicasCannotStart", f"the kubelet cannot start replica chat-b (and 1 more): {stuck.cannot_start}"
+    )
+    assert replicas.held_up([placed, stuck], "rev2", T0, GRACE) is None
 
     service = a_service("chat", resources=CPU, min_replicas=2)
     deployment = ObservedDeployment(2, 1, 2, "rev1", 1, 1)
     draft = serving.service_status(
         service, {}, ModelSource(checkpoint=""), Allotment(2, False, "WithinQuota", ""), deployment, "rev1", T0,
-        not_starting=message,
+        held_up=held,
     )  # fmt: skip
     ready = next(c for c in draft.changes["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "ReplicasCannotStart")
-    assert ready["message"] == f"1 of 2 replicas ready: {message}"
+    assert ready["message"] == f"1 of 2 replicas ready: {held.message}"
+
+
+def test_replicas_the_scheduler_fails_on_make_ready_say_so_in_its_words() -> None:
+    body = replica_body("chat-b", node=None, phase="Pending")
+    error = 'Post "http://strata-scheduler-extender:8888/filter": dial tcp: connect: connection refused'
+    body["status"]["conditions"].append(
+        {"type": "PodScheduled", "status": "False", "reason": "SchedulerError", "message": error}
+    )
+    failing = ReplicaPod.from_body(body, serving.CONTAINER)
+    assert (failing.scheduler_error, failing.unschedulable, failing.awaiting_scheduler) == (error, None, None)
+    held = replicas.held_up([replica("chat-a", ready=30), failing], "rev1", at(60), GRACE)
+    assert held == ServingProblem("SchedulerError", f"the scheduler fails on replica chat-b: {error}")

@@ -159,3 +159,17 @@ def test_the_kubelets_reasons_for_a_container_it_cannot_start_are_read_from_the_
         "status": {"containerStatuses": [waiting("ErrImagePull")]},
     }
     assert WorkerPod.from_body(body).cannot_start == "container trainer: ErrImagePull"
+
+
+def test_a_worker_the_scheduler_fails_on_keeps_the_gang_admitted_in_the_schedulers_words() -> None:
+    error = 'Post "http://strata-scheduler-extender:8888/filter": dial tcp: connect: connection refused'
+    condition = {"type": "PodScheduled", "status": "False", "reason": "SchedulerError", "message": error}
+    body: dict[str, Any] = {"metadata": {"name": "j-worker-1"}, "status": {"conditions": [condition]}}
+    read = WorkerPod.from_body(body)
+    assert (read.scheduler_error, read.unschedulable, read.awaiting_scheduler) == (error, None, None)
+    failing = replace(a_worker("j", 1, phase="Pending", node=None), scheduler_error=error)
+    plan = run([a_worker("j", 0, phase="Running", node="n0"), failing], now=5)  # no grace: kube-scheduler said so
+    patch = plan.status.patch()
+    assert (plan.status.phase, patch["reason"]) == (Phase.ADMITTED, Reason.SCHEDULER_ERROR)
+    assert patch["message"].startswith(f"the scheduler fails on worker j-worker-1: {error}; the gang holds its GPUs")
+    assert plan.delete_pods == []
