@@ -195,6 +195,19 @@ class Strata:
         except AssertionError as error:
             raise AssertionError(f"{error}; status now: {self.status(name)}") from None
 
+    def wait_reason(self, name: str, reason: str, timeout_s: float = 60) -> dict[str, Any]:
+        """The job's status once its reason is ``reason`` (a phase restated with a new reason, Admitted with
+        WaitingForScheduler, is no new phase)."""
+
+        def probe() -> dict[str, Any] | None:
+            status = self.status(name)
+            return status if status.get("reason") == reason else None
+
+        try:
+            return eventually(probe, timeout_s, f"TrainingJob {name}'s reason {reason}")
+        except AssertionError as error:
+            raise AssertionError(f"{error}; status now: {self.status(name)}") from None
+
     def entered_phase(self, name: str, since: str, phase: str, timeout_s: float = 60) -> dict[str, Any]:
         """The job's status as it first entered ``phase`` after resourceVersion ``since``, from a watch: a phase the
         operator leaves within a second (a gang restarted on an idle cluster) is seen too, where polling may miss it."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 from cluster_support import eventually
 from operator_harness import OperatorProcess, Strata, annotate_pods, replaced_by
@@ -142,12 +141,7 @@ def test_workers_no_scheduler_looks_at_make_the_job_name_the_missing_scheduler_a
     with replaced_by(operator, *flags):
         pool = strata.pool("team", maxGPUs=16)
         strata.submit(a_job("orphan", pool, data=2, tensor=8))
-
-        def waiting() -> dict[str, Any] | None:
-            status = strata.status("orphan")
-            return status if status.get("reason") == lifecycle.Reason.WAITING_FOR_SCHEDULER else None
-
-        status = eventually(waiting, 30, "reason WaitingForScheduler")
+        status = strata.wait_reason("orphan", lifecycle.Reason.WAITING_FOR_SCHEDULER, timeout_s=30)
         assert status["phase"] == "Admitted"
         assert status["message"].startswith(
             "worker orphan-worker-0 has not been looked at by scheduler 'absent-scheduler' in 3s: is a kube-scheduler"
@@ -174,12 +168,7 @@ def test_workers_the_scheduler_fails_on_make_the_job_say_so_in_its_words(
         with replaced_by(operator, "--standalone", "--scheduler-name", api.SCHEDULER_NAME):
             pool = strata.pool("team", maxGPUs=16)
             strata.submit(a_job("blocked", pool, data=2, tensor=8))
-
-            def failing() -> dict[str, Any] | None:
-                status = strata.status("blocked")
-                return status if status.get("reason") == lifecycle.Reason.SCHEDULER_ERROR else None
-
-            status = eventually(failing, 60, "reason SchedulerError")
+            status = strata.wait_reason("blocked", lifecycle.Reason.SCHEDULER_ERROR)
             assert status["phase"] == "Admitted"
             assert status["message"].startswith("the scheduler fails on worker blocked-worker-"), status["message"]
             assert "127.0.0.1:9" in status["message"], status["message"]  # kube-scheduler's own words

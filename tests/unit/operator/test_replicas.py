@@ -195,6 +195,18 @@ def test_a_refused_model_makes_model_available_and_ready_false_with_a_warning_bu
     assert [(e.type, e.reason) for e in draft.events] == [("Warning", "InvalidConfiguration")] * 2
 
 
+def ready_of(held: ServingProblem | None) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The Ready condition and the Events of a service of 2 replicas, 1 of them ready, held up as ``held`` says."""
+    service = a_service("chat", resources=CPU, min_replicas=2)
+    deployment = ObservedDeployment(2, 1, 2, "rev1", 1, 1)
+    within = Allotment(2, False, "WithinQuota", "")
+    draft = serving.service_status(
+        service, {}, ModelSource(checkpoint=""), within, deployment, "rev1", T0, held_up=held
+    )
+    ready = next(c for c in draft.changes["conditions"] if c["type"] == "Ready")
+    return ready, [(e.type, e.reason) for e in draft.events]
+
+
 def test_replicas_the_scheduler_cannot_place_make_ready_say_why() -> None:
     body = replica_body("chat-b", node=None, phase="Pending")
     why = "0/5 nodes are available: 5 node(s) didn't match Pod's node affinity/selector."
@@ -213,16 +225,10 @@ def test_replicas_the_scheduler_cannot_place_make_ready_say_why() -> None:
         "ReplicasUnschedulable", f"replica chat-b (and 1 more) cannot be placed: {why}"
     )
 
-    service = a_service("chat", resources=CPU, min_replicas=2)
-    allotment = Allotment(2, False, "WithinQuota", "")
-    deployment = ObservedDeployment(2, 1, 2, "rev1", 1, 1)
-    draft = serving.service_status(
-        service, {}, ModelSource(checkpoint=""), allotment, deployment, "rev1", T0, held_up=held
-    )
-    ready = next(c for c in draft.changes["conditions"] if c["type"] == "Ready")
+    ready, events = ready_of(held)
     assert (ready["status"], ready["reason"]) == ("False", "ReplicasUnschedulable")
     assert ready["message"] == f"1 of 2 replicas ready: replica chat-b cannot be placed: {why}"
-    assert ("Warning", "ReplicasUnschedulable") in [(e.type, e.reason) for e in draft.events]
+    assert ("Warning", "ReplicasUnschedulable") in events
 
 
 def test_replicas_no_scheduler_looks_at_make_ready_ask_whether_their_scheduler_runs() -> None:
@@ -243,16 +249,10 @@ def test_replicas_no_scheduler_looks_at_make_ready_ask_whether_their_scheduler_r
     # what the scheduler said of a replica comes first: chat-c, which it found no node for
     assert replicas.held_up([placed, unseen, tried], "rev1", at(30), 30).reason == "ReplicasUnschedulable"
 
-    service = a_service("chat", resources=CPU, min_replicas=2)
-    allotment = Allotment(2, False, "WithinQuota", "")
-    deployment = ObservedDeployment(2, 1, 2, "rev1", 1, 1)
-    draft = serving.service_status(
-        service, {}, ModelSource(checkpoint=""), allotment, deployment, "rev1", T0, held_up=held
-    )
-    ready = next(c for c in draft.changes["conditions"] if c["type"] == "Ready")
+    ready, events = ready_of(held)
     assert (ready["status"], ready["reason"]) == ("False", "WaitingForScheduler")
     assert ready["message"] == f"1 of 2 replicas ready: {held.message}"
-    assert ("Warning", "WaitingForScheduler") in [(e.type, e.reason) for e in draft.events]
+    assert ("Warning", "WaitingForScheduler") in events
 
 
 def test_replicas_the_kubelet_cannot_start_make_ready_say_so_in_its_words() -> None:
@@ -268,13 +268,7 @@ def test_replicas_the_kubelet_cannot_start_make_ready_say_so_in_its_words() -> N
     )
     assert replicas.held_up([placed, stuck], "rev2", T0, GRACE) is None
 
-    service = a_service("chat", resources=CPU, min_replicas=2)
-    deployment = ObservedDeployment(2, 1, 2, "rev1", 1, 1)
-    draft = serving.service_status(
-        service, {}, ModelSource(checkpoint=""), Allotment(2, False, "WithinQuota", ""), deployment, "rev1", T0,
-        held_up=held,
-    )  # fmt: skip
-    ready = next(c for c in draft.changes["conditions"] if c["type"] == "Ready")
+    ready, _ = ready_of(held)
     assert (ready["status"], ready["reason"]) == ("False", "ReplicasCannotStart")
     assert ready["message"] == f"1 of 2 replicas ready: {held.message}"
 
