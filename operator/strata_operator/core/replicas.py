@@ -135,20 +135,23 @@ def _unschedulable(conditions: list[Mapping[str, Any]]) -> str | None:
     return str(refused.get("message") or "no node fits") if refused is not None else None
 
 
-def held_up(pods: Iterable[ReplicaPod], revision: str, now: datetime, grace_s: float) -> ServingProblem | None:
+def held_up(
+    pods: Iterable[ReplicaPod], revision: str, now: datetime, grace_s: float, what: str = "replica"
+) -> ServingProblem | None:
     """Why replicas of ``revision`` are not running, where something outside the operator holds them up, for the
     first of them by name, in the first of these that applies: the scheduler finds no node (its words: a node
     selector no node matches, a claim that does not exist, no room), the scheduler fails on them (its error, say
     an extender it cannot reach), no scheduler has looked at them ``grace_s`` seconds after they were made (no
     scheduler of their ``schedulerName`` runs), the kubelet cannot start their containers (an image it cannot
-    pull, a Secret that is missing). None when none is held up so."""
+    pull, a Secret that is missing). None when none is held up so. ``what`` names the pods (routers are read so
+    too, with their revision "")."""
     current = sorted((p for p in pods if p.revision == revision and not p.deleting), key=lambda p: p.name)
 
     def first(reason: str, found: list[ReplicaPod], say: Callable[[ReplicaPod, str], str]) -> ServingProblem | None:
         if not found:
             return None
         others = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-        return ServingProblem(reason, say(found[0], f"replica {found[0].name}{others}"))
+        return ServingProblem(reason, say(found[0], f"{what} {found[0].name}{others}"))
 
     def silent(p: ReplicaPod) -> bool:
         return (

@@ -676,6 +676,7 @@ def service_status(
     name_taken: str | None = None,
     held_up: ServingProblem | None = None,
     routers: ObservedDeployment | None = None,
+    routers_held_up: ServingProblem | None = None,
 ) -> StatusDraft:
     """The status to write, and the events for what changed: replicas, URL, revision, the Ready, QuotaLimited and
     ModelAvailable conditions, the last scaling decision (``report``: the router's, when it has one), the running
@@ -689,7 +690,7 @@ def service_status(
     revision are not running (:func:`strata_operator.core.replicas.held_up`: no node, a scheduler that fails or
     none, a container the kubelet cannot start): a Ready that is not True says so, with a Warning Event.
     ``routers``: the routers' Deployment as the watch sees it; Ready is True only while one of them is ready, for
-    the service's URL answers through them."""
+    the service's URL answers through them, and says what holds them up (``routers_held_up``) otherwise."""
     draft = StatusDraft(stored, now)
     desired = allotment.replicas if isinstance(model, ModelSource) else 0
     before = stored.get("desiredReplicas")
@@ -734,6 +735,7 @@ def service_status(
                 f"{routers.ready} of {routers.replicas} routers" if routers is not None else "no router Deployment"
             )
             message = f"{ready} of {desired} replicas ready, but {routing} ready to take requests at {url(service)}"
+            message += f": {routers_held_up.message}" if routers_held_up is not None else ""
             _condition(draft, READY, "False", Reason.ROUTERS_NOT_READY, message, WARNING)
         elif held_up is not None:
             message = f"{ready} of {desired} replicas ready: {held_up.message}"

@@ -239,6 +239,9 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
         name_taken=taken,
         held_up=replicas.held_up(pods, rev, now, settings.scheduler_grace_s) if rev is not None else None,
         routers=first(deployments, f"{ns}/{router.router_name(service)}"),
+        routers_held_up=replicas.held_up(
+            cache.router_pods.get(service.key, ()), "", now, settings.scheduler_grace_s, what="router"
+        ),
     )
     if plan is not None:
         canary.rollout_status(draft, plan, observed_canary, canary_count, service.generation, restored)

@@ -29,8 +29,10 @@ import orjson
 
 import strata_api as api
 from strata_api.nodes import gpus_held
+from strata_api.serving import LABEL_ROUTER
 from strata_operator.core.observed import Node, WorkerPod
 from strata_operator.core.replicas import ReplicaPod
+from strata_operator.core.router import ROUTER_CONTAINER
 from strata_operator.core.serving import CONTAINER
 from strata_operator.runtime.kube import ApiError, Kube
 
@@ -188,12 +190,14 @@ class Informer:
 
 
 class ClusterCache:
-    """Worker pods by job, InferenceService replicas by service, nodes by name, and GPUs held per node (by any
-    bound, unfinished pod). The replicas come from the same pod watch: no extra list or watch."""
+    """Worker pods by job, InferenceService replicas and routers by service, nodes by name, and GPUs held per node
+    (by any bound, unfinished pod). The replicas and routers come from the same pod watch: no extra list or
+    watch."""
 
     def __init__(self, kube: Kube, namespaces: Sequence[str], wake: Callable[[str], None]) -> None:
         self.worker_pods: Index[WorkerPod] = Index(worker_pod_entry)
         self.replica_pods: Index[ReplicaPod] = Index(replica_pod_entry)
+        self.router_pods: Index[ReplicaPod] = Index(router_pod_entry)
         self.gpu_usage: Index[int] = Index(gpu_usage_entry)
         self.nodes: Index[Node] = Index(node_entry)
 
@@ -205,7 +209,7 @@ class ClusterCache:
                     wake(key)
 
         pod_paths = [f"/api/v1/namespaces/{ns}/pods" for ns in namespaces] or ["/api/v1/pods"]
-        pod_indices: list[Index[Any]] = [self.worker_pods, self.replica_pods, self.gpu_usage]
+        pod_indices: list[Index[Any]] = [self.worker_pods, self.replica_pods, self.router_pods, self.gpu_usage]
         self.informers = [Informer(kube, p, pod_indices, wake_jobs) for p in pod_paths]
         self.informers.append(Informer(kube, "/api/v1/nodes", [self.nodes]))
         self._tasks: list[asyncio.Task[None]] = []
@@ -244,6 +248,16 @@ def replica_pod_entry(body: Mapping[str, Any]) -> dict[str, ReplicaPod] | None:
     if not service or labels.get(api.LABEL_MANAGED_BY) != api.MANAGED_BY:
         return None
     return {f"{meta.get('namespace')}/{service}": ReplicaPod.from_body(body, CONTAINER)}
+
+
+def router_pod_entry(body: Mapping[str, Any]) -> dict[str, ReplicaPod] | None:
+    """InferenceServices' router pods by ``<namespace>/<service>``, read as replicas are (what holds them up)."""
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    service = labels.get(LABEL_ROUTER)
+    if not service or labels.get(api.LABEL_MANAGED_BY) != api.MANAGED_BY:
+        return None
+    return {f"{meta.get('namespace')}/{service}": ReplicaPod.from_body(body, ROUTER_CONTAINER)}
 
 
 def gpu_usage_entry(body: Mapping[str, Any]) -> dict[str, int] | None:

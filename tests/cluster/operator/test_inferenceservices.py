@@ -263,6 +263,14 @@ def test_a_service_whose_routers_no_node_takes_is_not_ready_though_its_replicas_
 
         ready = eventually(unrouted, 60, "Ready False with RoutersNotReady")
         assert ready["message"].startswith("1 of 1 replicas ready, but 0 of 2 routers ready to take requests at http")
+
+        def said_why() -> str | None:
+            message = str(services.condition(name, "Ready").get("message"))
+            return message if "cannot be placed" in message else None
+
+        message = eventually(said_why, 30, "the scheduler's words on the routers")  # the pods' conditions follow
+        assert ": router unrouted-router-" in message, message
+        assert "didn't match Pod's node affinity/selector" in message, message
         assert services.status(name)["readyReplicas"] == 1
     # the fixture's operator, without the selector, moves the routers where they fit: the service becomes ready
     services.wait_ready(name, 1)

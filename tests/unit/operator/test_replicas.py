@@ -12,10 +12,11 @@ from serving_builders import a_service
 
 import strata_api as api
 from strata_api.catalog import DEFAULT_CATALOG, load_catalog
+from strata_api.serving import LABEL_ROUTER
 from strata_operator.core import replicas, router, serving
 from strata_operator.core.replicas import ReplicaPod
 from strata_operator.core.serving import Allotment, ModelSource, ObservedDeployment, ServingProblem
-from strata_operator.runtime.watches import Index, replica_pod_entry
+from strata_operator.runtime.watches import Index, replica_pod_entry, router_pod_entry
 
 GRACE = 30.0
 
@@ -82,6 +83,31 @@ def test_the_pod_watch_keeps_replicas_by_service_and_not_router_or_worker_pods()
     assert index.upsert("u1", replica_body("chat-1")) == ("team/chat",)
     assert index.upsert("u2", replica_body("router-1", service=None)) == ()
     assert [p.name for p in index["team/chat"]] == ["chat-1"]
+
+
+def test_the_pod_watch_keeps_routers_by_service_apart_and_says_what_holds_them_up() -> None:
+    routers: Index[ReplicaPod] = Index(router_pod_entry)
+    body = replica_body("chat-router-1", service=None, node=None, phase="Pending")
+    body["metadata"]["labels"][LABEL_ROUTER] = "chat"
+    why = "0/5 nodes are available: 5 node(s) didn't match Pod's node affinity/selector."
+    body["status"]["conditions"].append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                         "message": why})  # fmt: skip
+    assert routers.upsert("u1", body) == ("team/chat",)
+    assert routers.upsert("u2", replica_body("chat-1")) == ()  # a replica is not a router
+    held = replicas.held_up(routers["team/chat"], "rev1", T0, GRACE, what="router")
+    assert held == ServingProblem("ReplicasUnschedulable", f"router chat-router-1 cannot be placed: {why}")
+
+    service = a_service("chat", resources=CPU, min_replicas=1)
+    unrouted = ObservedDeployment(2, 0, 2, "", 1, 1)
+    draft = serving.service_status(
+        service, {}, ModelSource(checkpoint=""), Allotment(1, False, "WithinQuota", ""),
+        ObservedDeployment(1, 1, 1, "rev1", 1, 1), "rev1", T0, routers=unrouted, routers_held_up=held,
+    )  # fmt: skip
+    ready = next(c for c in draft.changes["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "RoutersNotReady"
+    assert ready["message"].endswith(
+        f"0 of 2 routers ready to take requests at http://chat.team.svc:8000: {held.message}"
+    )
 
 
 def test_startup_is_the_median_of_the_recent_ready_replicas_of_the_current_revision() -> None:
