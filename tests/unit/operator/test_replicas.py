@@ -57,6 +57,15 @@ def replica_body(
     }
 
 
+def pending_body(name: str, reason: str, message: str, **kwargs: Any) -> dict[str, Any]:
+    """A replica pod not bound to a node, whose PodScheduled condition is False with ``reason`` and ``message``."""
+    body = replica_body(name, node=None, phase="Pending", **kwargs)
+    body["status"]["conditions"].append(
+        {"type": "PodScheduled", "status": "False", "reason": reason, "message": message}
+    )
+    return body
+
+
 def replica(name: str, **kwargs: Any) -> ReplicaPod:
     return ReplicaPod.from_body(replica_body(name, **kwargs), serving.CONTAINER)
 
@@ -87,11 +96,9 @@ def test_the_pod_watch_keeps_replicas_by_service_and_not_router_or_worker_pods()
 
 def test_the_pod_watch_keeps_routers_by_service_apart_and_says_what_holds_them_up() -> None:
     routers: Index[ReplicaPod] = Index(router_pod_entry)
-    body = replica_body("chat-router-1", service=None, node=None, phase="Pending")
-    body["metadata"]["labels"][LABEL_ROUTER] = "chat"
     why = "0/5 nodes are available: 5 node(s) didn't match Pod's node affinity/selector."
-    body["status"]["conditions"].append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                         "message": why})  # fmt: skip
+    body = pending_body("chat-router-1", "Unschedulable", why, service=None)
+    body["metadata"]["labels"][LABEL_ROUTER] = "chat"
     assert routers.upsert("u1", body) == ("team/chat",)
     assert routers.upsert("u2", replica_body("chat-1")) == ()  # a replica is not a router
     held = replicas.held_up(routers["team/chat"], "rev1", T0, GRACE, what="router")
@@ -234,11 +241,8 @@ def ready_of(held: ServingProblem | None) -> tuple[dict[str, Any], list[tuple[st
 
 
 def test_replicas_the_scheduler_cannot_place_make_ready_say_why() -> None:
-    body = replica_body("chat-b", node=None, phase="Pending")
     why = "0/5 nodes are available: 5 node(s) didn't match Pod's node affinity/selector."
-    body["status"]["conditions"].append(
-        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": why}
-    )
+    body = pending_body("chat-b", "Unschedulable", why)
     waiting = ReplicaPod.from_body(body, serving.CONTAINER)
     assert waiting.unschedulable == why
     placed = replica("chat-a", ready=30)
@@ -300,11 +304,8 @@ def test_replicas_the_kubelet_cannot_start_make_ready_say_so_in_its_words() -> N
 
 
 def test_replicas_the_scheduler_fails_on_make_ready_say_so_in_its_words() -> None:
-    body = replica_body("chat-b", node=None, phase="Pending")
     error = 'Post "http://strata-scheduler-extender:8888/filter": dial tcp: connect: connection refused'
-    body["status"]["conditions"].append(
-        {"type": "PodScheduled", "status": "False", "reason": "SchedulerError", "message": error}
-    )
+    body = pending_body("chat-b", "SchedulerError", error)
     failing = ReplicaPod.from_body(body, serving.CONTAINER)
     assert (failing.scheduler_error, failing.unschedulable, failing.awaiting_scheduler) == (error, None, None)
     held = replicas.held_up([replica("chat-a", ready=30), failing], "rev1", at(60), GRACE)
