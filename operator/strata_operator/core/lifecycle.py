@@ -361,6 +361,10 @@ def _run_gang(
             reason, why = held_up
             holds = f"the gang holds its GPUs until the start timeout ({settings.start_timeout_s:.0f}s)"
             draft.transition(Phase.ADMITTED, reason, f"{why}; {holds}", WARNING)
+        elif job.status.reason in HELD_UP:  # what held it up gave way: the status no longer says it does
+            running = sum(p.phase == "Running" for p in current)
+            message = f"workers starting ({running} of {workers} running)"
+            draft.transition(Phase.ADMITTED, Reason.ADMITTED, message, event=False)
     if (now - admitted).total_seconds() > settings.start_timeout_s:
         _release(plan, [p for p in pods if not p.deleting])
         draft.transition(
@@ -369,6 +373,10 @@ def _run_gang(
             f"workers not all running {settings.start_timeout_s:.0f}s after admission; requeued",
             WARNING,
         )
+
+
+HELD_UP = frozenset({Reason.SCHEDULER_ERROR, Reason.WAITING_FOR_SCHEDULER, Reason.WORKER_CANNOT_START})
+"""The reasons :func:`_held_up` restates an admitted job with."""
 
 
 def _held_up(

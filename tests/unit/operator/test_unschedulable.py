@@ -173,3 +173,17 @@ def test_a_worker_the_scheduler_fails_on_keeps_the_gang_admitted_in_the_schedule
     assert (plan.status.phase, patch["reason"]) == (Phase.ADMITTED, Reason.SCHEDULER_ERROR)
     assert patch["message"].startswith(f"the scheduler fails on worker j-worker-1: {error}; the gang holds its GPUs")
     assert plan.delete_pods == []
+
+
+def test_once_what_held_the_gang_up_gives_way_the_status_no_longer_says_it_does() -> None:
+    said = f"the kubelet cannot start worker j-worker-1: {NEVER_PULL}"
+    raw: dict[str, Any] = {"phase": "Admitted", "attempt": 1, "admittedAt": format_time(at(0))}
+    raw |= {"reason": Reason.WORKER_CANNOT_START, "message": said}
+    raw["placement"] = {"gpuType": "H100"}
+    job = a_job(name="j", data=2, tensor=8, status=raw)
+    creating = [a_worker("j", 0, phase="Running", node="n0"), a_worker("j", 1, phase="Pending", node="n0")]
+    plan = reconcile(job, a_pool(), creating, NODES, at(60), SETTINGS, raw)
+    patch = plan.status.patch()
+    assert (plan.status.phase, patch["reason"]) == (Phase.ADMITTED, Reason.ADMITTED)
+    assert patch["message"] == "workers starting (1 of 2 running)"
+    assert plan.status.events == []
