@@ -5,7 +5,8 @@ job goes through is decided here:
 
 - Admitted: create the gang's pods (gated), then lift every gate at once; Running when every worker runs. A
   gang kube-scheduler cannot fully place (a worker Unschedulable for :data:`UNSCHEDULABLE_GRACE_S`) is requeued
-  with the scheduler's reason, without counting a restart.
+  with the scheduler's reason, without counting a restart. Workers no node took that were made for another
+  scheduler than the operator's ``--scheduler-name`` (it changed) are made again for it.
 - Running: Succeeded when every worker finished with exit code 0; a failed worker, a worker evicted, or a worker
   whose node is gone (a spot reclaim) restarts the whole gang: Restarting, exponential backoff, then Queued again
   (keeping its place), or Failed with BackoffLimitExceeded past ``backoffLimit``.
@@ -57,6 +58,8 @@ class Reason:
     WAITING_FOR_SCHEDULER = WAITING_FOR_SCHEDULER
     SCHEDULER_ERROR = SCHEDULER_ERROR
     WORKER_CANNOT_START = "WorkerCannotStart"
+    SCHEDULER_CHANGED = "SchedulerChanged"
+    """Unplaced workers made for another scheduler than the operator's ``--scheduler-name`` are made again for it."""
     POOL_NOT_FOUND = "PoolNotFound"
     PREEMPTED = "Preempted"
 
@@ -322,6 +325,8 @@ def _run_gang(
     # while the gang starts its nodes fill in one bind at a time: placement is written once, with Running (a write
     # per bind was the most frequent status write of a starting gang, and every write is an event for every watcher)
 
+    if _remake_for_our_scheduler(plan, current, settings):
+        return
     have = {p.index for p in current}
     taken = {p.name for p in pods if p.attempt != job.status.attempt or p.deleting}
     missing = [i for i in range(workers) if i not in have]
@@ -375,8 +380,30 @@ def _run_gang(
         )
 
 
-HELD_UP = frozenset({Reason.SCHEDULER_ERROR, Reason.WAITING_FOR_SCHEDULER, Reason.WORKER_CANNOT_START})
-"""The reasons :func:`_held_up` restates an admitted job with."""
+HELD_UP = frozenset(
+    {Reason.SCHEDULER_ERROR, Reason.WAITING_FOR_SCHEDULER, Reason.WORKER_CANNOT_START, Reason.SCHEDULER_CHANGED}
+)
+"""The reasons an admitted job's status gives while something holds its workers up (:func:`_held_up`) or they are
+made again (:func:`_remake_for_our_scheduler`): once that is over, the status says the workers are starting."""
+
+
+def _remake_for_our_scheduler(plan: Plan, current: Sequence[WorkerPod], settings: OperatorSettings) -> bool:
+    """Delete the workers that no node took and that name a scheduler other than the operator's ``--scheduler-name``
+    (it changed since they were made: say, to the scheduler the status said was missing), so that they are made
+    again for it; a pod's ``schedulerName`` cannot be changed. Whether it deleted any."""
+    elsewhere = sorted((p for p in current if p.node is None and p.scheduler_name != settings.scheduler_name),
+                       key=lambda p: p.index)  # fmt: skip
+    if not elsewhere:
+        return False
+    plan.delete_pods += [p.name for p in elsewhere]
+    names = ", ".join(p.name for p in elsewhere)
+    message = (
+        f"worker{'s' if len(elsewhere) > 1 else ''} {names} of scheduler '{elsewhere[0].scheduler_name}', which no "
+        f"node took, made again for the operator's scheduler '{settings.scheduler_name}'"
+    )
+    plan.status.transition(Phase.ADMITTED, Reason.SCHEDULER_CHANGED, message)
+    _sooner(plan, 1.0)
+    return True
 
 
 def _held_up(

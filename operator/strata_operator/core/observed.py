@@ -50,7 +50,15 @@ def awaiting_scheduler(spec: Mapping[str, Any], conditions: Sequence[Mapping[str
         return None
     if any(c.get("type") == "PodScheduled" and c.get("reason") != "SchedulingGated" for c in conditions):
         return None
-    return str(spec.get("schedulerName") or "default-scheduler")
+    return scheduler_name(spec)
+
+
+DEFAULT_SCHEDULER = "default-scheduler"
+"""The ``schedulerName`` the API server gives a pod that names none."""
+
+
+def scheduler_name(spec: Mapping[str, Any]) -> str:
+    return str(spec.get("schedulerName") or DEFAULT_SCHEDULER)
 
 
 CANNOT_START = frozenset(
@@ -114,6 +122,8 @@ class WorkerPod:
     """The kubelet's words while it cannot start the worker's container (:func:`cannot_start`)."""
     scheduler_error: str | None = None
     """kube-scheduler's error while it fails on the worker (:func:`scheduler_error`)."""
+    scheduler_name: str = DEFAULT_SCHEDULER
+    """The pod's ``schedulerName`` (immutable: a pod made for another scheduler is made again to change it)."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> WorkerPod:
@@ -153,6 +163,7 @@ class WorkerPod:
             awaiting_scheduler=awaiting_scheduler(spec, conditions),
             cannot_start=cannot_start(status),
             scheduler_error=scheduler_error(conditions),
+            scheduler_name=scheduler_name(spec),
         )
 
 

@@ -155,6 +155,27 @@ def test_workers_no_scheduler_looks_at_make_the_job_name_the_missing_scheduler_a
         assert row.split()[header.split().index("REASON")] == "WaitingForScheduler", (header, row)
 
 
+def test_workers_made_for_a_scheduler_the_operator_no_longer_names_are_made_again_for_its_own(
+    operator: OperatorProcess, strata: Strata
+) -> None:
+    # WaitingForScheduler tells the user to run the operator with --scheduler-name default-scheduler; before, the
+    # workers already made for the missing scheduler then waited out the start timeout (schedulerName is immutable)
+    flags = ("--standalone", "--scheduler-name", "absent-scheduler", "--scheduler-grace-s", "3")
+    with replaced_by(operator, *flags):
+        pool = strata.pool("team", maxGPUs=16)
+        strata.submit(a_job("moved", pool, data=2, tensor=8))
+        strata.wait_reason("moved", lifecycle.Reason.WAITING_FOR_SCHEDULER, timeout_s=30)
+        made_before = {p.metadata.uid for p in strata.pods("moved")}
+    # the fixture's operator is back, on --scheduler-name default-scheduler: the cluster's kube-scheduler
+    status = strata.wait_phase("moved", "Running", timeout_s=60)
+    assert status["attempt"] == 1  # made again within the same admission, not requeued
+    pods = strata.live_pods("moved")
+    assert len(pods) == 2
+    assert all(p.spec.scheduler_name == "default-scheduler" and p.spec.node_name for p in pods)
+    assert not made_before & {p.metadata.uid for p in pods}
+    assert "SchedulerChanged" in strata.events("moved")
+
+
 def test_workers_the_scheduler_fails_on_make_the_job_say_so_in_its_words(
     operator: OperatorProcess, strata: Strata, tmp_path: Path
 ) -> None:

@@ -159,6 +159,7 @@ def a_worker(
         exit_code=exit_code,
         reason="Error" if exit_code else "",
         progress=Progress(step=step, checkpoint_step=checkpoint_step, checkpoint_time=None, loss=loss),
+        scheduler_name=api.SCHEDULER_NAME,  # the operator's by default
     )
 
 

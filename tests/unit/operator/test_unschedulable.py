@@ -10,7 +10,7 @@ from typing import Any
 
 from operator_builders import a_job, a_node, a_pool, a_worker, at
 
-from strata_api import Phase, format_time
+from strata_api import SCHEDULER_NAME, Phase, format_time
 from strata_operator.core.lifecycle import UNSCHEDULABLE_GRACE_S, Plan, Reason, reconcile
 from strata_operator.core.observed import WorkerPod, awaiting_scheduler, cannot_start
 from strata_operator.settings import OperatorSettings
@@ -110,6 +110,43 @@ def test_workers_no_scheduler_looks_at_keep_the_gang_admitted_and_say_which_sche
     assert (timed_out["phase"], timed_out["reason"]) == ("Queued", Reason.START_TIMEOUT)
 
 
+def test_unplaced_workers_of_another_scheduler_are_made_again_for_the_operators_once_its_name_changed() -> None:
+    # the status said no 'strata-scheduler' runs and to run the operator with --scheduler-name default-scheduler;
+    # before, the workers made for the old name waited out the start timeout (a pod's schedulerName is immutable)
+    ours = replace(SETTINGS, scheduler_name="default-scheduler")
+    old = [replace(a_worker("j", i, phase="Pending", node=None), awaiting_scheduler=SCHEDULER_NAME) for i in (0, 1)]
+    raw: dict[str, Any] = {"phase": "Admitted", "attempt": 1, "admittedAt": format_time(at(0))}
+    raw |= {"reason": Reason.WAITING_FOR_SCHEDULER, "placement": {"gpuType": "H100"}}
+    job = a_job(name="j", data=2, tensor=8, status=raw)
+    plan = reconcile(job, a_pool(), old, NODES, at(40), ours, raw)
+    assert plan.delete_pods == ["j-worker-0", "j-worker-1"]
+    assert (plan.create_workers, plan.lift_gates) == ([], [])  # made again once the old ones are gone
+    patch = plan.status.patch()
+    assert (plan.status.phase, patch["reason"]) == (Phase.ADMITTED, Reason.SCHEDULER_CHANGED)
+    assert patch["message"] == (
+        "workers j-worker-0, j-worker-1 of scheduler 'strata-scheduler', which no node took, made again for the "
+        "operator's scheduler 'default-scheduler'"
+    )
+    assert [(e.type, e.reason) for e in plan.status.events] == [("Normal", Reason.SCHEDULER_CHANGED)]
+    gone = reconcile(job, a_pool(), [], NODES, at(41), ours, raw)
+    assert (gone.create_workers, gone.lift_gates, gone.lift_when_created) == (
+        [0, 1],
+        ["j-worker-0", "j-worker-1"],
+        True,
+    )
+    # a placed worker stays where it is; with the operator's name, an unplaced one waits for its scheduler
+    placed = replace(a_worker("j", 0, phase="Running", node="n0"), scheduler_name=SCHEDULER_NAME)
+    waiting = replace(old[1], scheduler_name="default-scheduler", awaiting_scheduler=None)
+    assert reconcile(job, a_pool(), [placed, waiting], NODES, at(40), ours, raw).delete_pods == []
+    remade = {**raw, "reason": Reason.SCHEDULER_CHANGED}
+    ungated = [
+        replace(a_worker("j", i, phase="Pending", node=None), scheduler_name="default-scheduler") for i in (0, 1)
+    ]
+    after = reconcile(a_job(name="j", data=2, tensor=8, status=remade), a_pool(), ungated, NODES, at(42), ours, remade)
+    assert (after.status.patch()["reason"], after.status.patch()["message"]) == (
+        Reason.ADMITTED, "workers starting (0 of 2 running)")  # fmt: skip
+
+
 def test_a_pod_is_awaiting_its_scheduler_only_while_no_scheduler_has_looked_at_it() -> None:
     spec = {"schedulerName": "strata-scheduler"}
     gated = {"type": "PodScheduled", "status": "False", "reason": "SchedulingGated"}
@@ -120,6 +157,8 @@ def test_a_pod_is_awaiting_its_scheduler_only_while_no_scheduler_has_looked_at_i
     refused = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": HELD}
     assert awaiting_scheduler(spec, [refused]) is None  # a scheduler tried
     assert awaiting_scheduler({**spec, "nodeName": "n0"}, []) is None
+    assert WorkerPod.from_body({"spec": spec}).scheduler_name == "strata-scheduler"
+    assert WorkerPod.from_body({}).scheduler_name == "default-scheduler"
 
 
 NEVER_PULL = 'Container image "strata.local/typo:1" is not present with pull policy of Never'
