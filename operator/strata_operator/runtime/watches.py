@@ -240,24 +240,25 @@ def worker_pod_entry(body: Mapping[str, Any]) -> dict[str, WorkerPod] | None:
     return {f"{meta.get('namespace')}/{job}": WorkerPod.from_body(body)}
 
 
-def replica_pod_entry(body: Mapping[str, Any]) -> dict[str, ReplicaPod] | None:
-    """InferenceServices' replica pods by ``<namespace>/<service>`` (router pods carry another label)."""
-    meta = body.get("metadata") or {}
-    labels = meta.get("labels") or {}
-    service = labels.get(api.LABEL_INFERENCE_SERVICE)
-    if not service or labels.get(api.LABEL_MANAGED_BY) != api.MANAGED_BY:
-        return None
-    return {f"{meta.get('namespace')}/{service}": ReplicaPod.from_body(body, CONTAINER)}
+def _service_pod_entry(label: str, container: str) -> Callable[[Mapping[str, Any]], dict[str, ReplicaPod] | None]:
+    """An index entry of a Strata-managed pod of an InferenceService, by ``<namespace>/<service>`` (the value of
+    ``label``), read with ``container`` as its main one (what holds it up)."""
+
+    def entry(body: Mapping[str, Any]) -> dict[str, ReplicaPod] | None:
+        meta = body.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        service = labels.get(label)
+        if not service or labels.get(api.LABEL_MANAGED_BY) != api.MANAGED_BY:
+            return None
+        return {f"{meta.get('namespace')}/{service}": ReplicaPod.from_body(body, container)}
+
+    return entry
 
 
-def router_pod_entry(body: Mapping[str, Any]) -> dict[str, ReplicaPod] | None:
-    """InferenceServices' router pods by ``<namespace>/<service>``, read as replicas are (what holds them up)."""
-    meta = body.get("metadata") or {}
-    labels = meta.get("labels") or {}
-    service = labels.get(LABEL_ROUTER)
-    if not service or labels.get(api.LABEL_MANAGED_BY) != api.MANAGED_BY:
-        return None
-    return {f"{meta.get('namespace')}/{service}": ReplicaPod.from_body(body, ROUTER_CONTAINER)}
+replica_pod_entry = _service_pod_entry(api.LABEL_INFERENCE_SERVICE, CONTAINER)
+"""InferenceServices' replica pods (router pods carry another label)."""
+router_pod_entry = _service_pod_entry(LABEL_ROUTER, ROUTER_CONTAINER)
+"""InferenceServices' router pods, read as replicas are."""
 
 
 def gpu_usage_entry(body: Mapping[str, Any]) -> dict[str, int] | None:

@@ -99,9 +99,10 @@ def test_the_pod_watch_keeps_routers_by_service_apart_and_says_what_holds_them_u
     why = "0/5 nodes are available: 5 node(s) didn't match Pod's node affinity/selector."
     body = pending_body("chat-router-1", "Unschedulable", why, service=None)
     body["metadata"]["labels"][LABEL_ROUTER] = "chat"
+    del body["metadata"]["labels"][api.LABEL_REVISION]  # routers have no revision: the handler reads them at ""
     assert routers.upsert("u1", body) == ("team/chat",)
     assert routers.upsert("u2", replica_body("chat-1")) == ()  # a replica is not a router
-    held = replicas.held_up(routers["team/chat"], "rev1", T0, GRACE, what="router")
+    held = replicas.held_up(routers["team/chat"], "", T0, GRACE, what="router")
     assert held == ServingProblem("ReplicasUnschedulable", f"router chat-router-1 cannot be placed: {why}")
 
     service = a_service("chat", resources=CPU, min_replicas=1)
