@@ -19,7 +19,7 @@ from tqdm import tqdm
 from strata_api.catalog import DEFAULT_CATALOG, Catalog, CatalogError, load_catalog
 from strata_sim.engine import Outcome, Policy, simulate
 from strata_sim.model import Fleet, Job, SimInputError, check_catalog, load_fleet, too_big
-from strata_sim.policies import DEFRAGMENT_AFTER_S, LONG_JOB_S, StrataPolicy, all_policies
+from strata_sim.policies import DEFRAGMENT_AFTER_S, LONG_JOB_S, VALLEY_SLACK_S, StrataPolicy, all_policies
 from strata_sim.report import AimRatios, Figures, aim_ratios, aims_table, figures, floor_lines, plot, table
 from strata_sim.traces import DAY_S, MAX_DAYS, read_alibaba, read_helios, synthetic
 
@@ -112,6 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "take reserved or spot capacity only",
     )
     parser.add_argument(
+        "--valley-slack-h",
+        type=_number(0, MAX_HOURS),
+        default=VALLEY_SLACK_S / 3600,
+        help="strata-valley: every low-priority job is deferrable (valley scheduling) with deadlineSeconds its "
+        "expected run plus this many hours",
+    )
+    parser.add_argument(
         "--floor",
         action="store_true",
         help="also print the cost floor: the least any schedule of the trace on the fleet could pay (a linear "
@@ -134,7 +141,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unfit:
         print(f"error: {_unfit(unfit, fleet)}", file=sys.stderr)
         return 2
-    builders = all_policies(fleet, catalog, round(args.defragment_after_h * 3600), round(args.long_job_h * 3600))
+    builders = all_policies(
+        fleet,
+        catalog,
+        round(args.defragment_after_h * 3600),
+        round(args.long_job_h * 3600),
+        round(args.valley_slack_h * 3600),
+    )
     print(
         f"{len(jobs)} jobs, {sum(j.work_h * j.gpus for j in jobs):,.0f} GPU-hours of work; fleet "
         f"{len(fleet.nodes)} nodes, {fleet.gpus()} GPUs; seed {args.seed}"
@@ -198,6 +211,9 @@ def _replay(
         if policy.preemptions:
             (victim, by), most = policy.preemptions.most_common(1)[0]
             notes += f" (at most {most} of one job by one job: {victim} by {by})"
+        if policy.plans:
+            mean = f" by {policy.deferred_h / policy.deferred:.1f} h on average" if policy.deferred else ""
+            notes += f"; valley scheduling deferred {policy.deferred} of {len(policy.plans)} deferrable jobs{mean}"
     label = name if args.seeds <= 1 else f"{name}@{seed}"
     print(f"{label}: {time.perf_counter() - started:.1f} s{notes}")
     return outcome

@@ -102,6 +102,9 @@ class SimState:
         self._busy_until = 0.0
         self._finish: Callable[[str, float], None] = lambda key, at: None
         self.now_s = 0.0
+        self.wake_s = 0.0
+        """The latest moment a policy said a pass may start a job that waits for it (valley scheduling's deferred
+        starts): until then the replay goes on (its ticks run passes) even with nothing running or to arrive."""
 
     def place(self, job: Job, gpu_type: GPUType, node: str, workers: int) -> None:
         """Put ``workers`` workers of ``job`` on ``node`` (their GPUs must be free there)."""
@@ -244,7 +247,8 @@ def simulate(
     next_sample = 0.0
     now = 0.0
     while events:
-        if not arrivals_left and not any(run.started_s is not None for run in state.runs.values()):
+        waits = events[0][0] <= state.wake_s
+        if not arrivals_left and not waits and not any(run.started_s is not None for run in state.runs.values()):
             break  # nothing left that could finish: the rest waits forever (reported as unfinished)
         now = events[0][0]
         while next_sample <= now:

@@ -24,14 +24,15 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from strata_api import MAX_EXPECTED_DURATION_SECONDS, CapacityType, GPUType, PodContract, ResourcePool
+from strata_api import MAX_EXPECTED_DURATION_SECONDS, CapacityType, GPUType, PodContract, ResourcePool, Scheduling
 from strata_api.catalog import HOURS_PER_DAY, Catalog
 from strata_api.holdback import ReservedHoldBack
 from strata_api.nodes import NodeFacts
-from strata_operator.core.admission import AdmittedGang, Decision, GangRequest, admit
+from strata_operator.core.admission import LOWEST_PRIORITY, AdmittedGang, Decision, GangRequest, admit
 from strata_operator.core.holdback import ReservedHold
 from strata_operator.core.observed import Node
 from strata_operator.core.room import Kind, Room
+from strata_operator.core.valley import ValleyPlan, fleet_zones, kinds_tariff, plan_for
 from strata_scheduler.filtering import HoldBack, reserved_holdback
 from strata_scheduler.forecasting import ForecastConfig, predict
 from strata_scheduler.scoring import rank_kinds
@@ -60,6 +61,13 @@ DEFRAGMENT_AFTER_S = round(6 * HOUR_S)
 LONG_JOB_S = round(8 * HOUR_S)
 """``strata-long-no-on-demand``'s pools' ``onDemandMaxDurationSeconds`` unless ``--long-job-h`` says otherwise:
 jobs expected to run longer take reserved or spot capacity only."""
+VALLEY_SLACK_S = round(12 * HOUR_S)
+"""``strata-valley``: each low-priority job is deferrable with a deadline this long after its run would end had it
+started on arrival (``deadlineSeconds`` = its ``expectedDurationSeconds`` + this), unless ``--valley-slack-h``
+says otherwise."""
+DAY_S = round(24 * HOUR_S)
+"""``strata-valley`` makes jobs deferrable only if expected to run at most a day: a longer run spans every hour of
+the daily tariff, so no start saves more than a sliver of its price."""
 EVERY_CAPACITY_TYPE = frozenset(CapacityType)
 NOT_ON_DEMAND = frozenset({CapacityType.RESERVED, CapacityType.SPOT})
 
@@ -192,17 +200,25 @@ class StrataPolicy:
         defragment_after_s: int | None = None,
         capacity_types: Callable[[Job], frozenset[CapacityType]] = lambda job: EVERY_CAPACITY_TYPE,
         on_demand_max_duration_s: int | None = None,
+        deadline_s: Callable[[Job], int | None] = lambda job: None,
     ) -> None:
         self.name = name
         self.capacity_types = capacity_types
         """A job's ``spec.resources.capacityTypes``: the capacity types it asks for."""
+        self.deadline_s = deadline_s
+        """A deferrable job's ``spec.scheduling.deadlineSeconds`` (valley scheduling); None: the job is not
+        deferrable."""
         self.pools = pools(fleet, defragment_after_s, on_demand_max_duration_s)
         self._last_tick = -1.0
         self.catalog = catalog if time_of_use else replace(catalog, power_default=(1.0,) * HOURS_PER_DAY, power={})
         self.holdback = holdback
         self.nodes = [
-            Node(n.name, n.gpu_type, n.capacity_type, n.gpus, True, None, n.instance_type) for n in fleet.nodes
+            Node(n.name, n.gpu_type, n.capacity_type, n.gpus, True, None, n.instance_type, zone=n.zone)
+            for n in fleet.nodes
         ]
+        self.zones = fleet_zones(self.nodes)
+        self.plans: dict[str, ValleyPlan] = {}
+        """Deferrable jobs' valley plans, made at their first pass (:meth:`_plan`)."""
         self.empty = Room(self.nodes, {n.name: n.gpus for n in fleet.nodes})
         """The fleet with every GPU free, for admission (built once)."""
         self._free_room: tuple[SimState, Room] | None = None
@@ -248,6 +264,10 @@ class StrataPolicy:
         self.moves = 0
         """Jobs admission moved off a node to admit a gang that had waited past its pool's
         ``defragmentAfterSeconds`` (rule 10; counted in ``preemptions`` too)."""
+        self.deferred = 0
+        """Deferrable jobs whose valley plan started them later than their arrival."""
+        self.deferred_h = 0.0
+        """Their planned deferrals, summed, in hours."""
         self.preemptions: Counter[tuple[str, str]] = Counter()
         """Admission's preemptions by (victim, preemptor): the same pair many times over is a livelock (issue 21,
         finding 8), which the report's line names."""
@@ -280,7 +300,7 @@ class StrataPolicy:
             expected_runtime_s=job.work_h * HOUR_S,
             precision="bf16",
             throughput_override={},
-            deferrable=False,
+            deferrable=self.deferrable(job),
         )
         requests = {job.gpu_types[0].resource: job.gpus_per_worker}
         pod = PodView("", "sim", job.key, None, "Pending", requests, contract, job.pool)
@@ -335,6 +355,43 @@ class StrataPolicy:
         )
         return request
 
+    def deferrable(self, job: Job) -> bool:
+        return self.deadline_s(job) is not None
+
+    def _high(self, job: Job) -> bool:
+        """Whether the extender counts the job's workers as high-priority demand: its pool's priority is at its
+        line and the job is not deferrable."""
+        return self.pools[job.pool].priority >= HIGH_PRIORITY and not self.deferrable(job)
+
+    def _plan(self, job: Job, now_s: float, state: SimState) -> ValleyPlan | None:
+        """A deferrable job's valley plan as the operator's admission pass makes it (:func:`plan_for` on the tariff
+        of the zones of the kinds it may run on), for a job never started: a preempted or reclaimed one has begun
+        its run and resumes as soon as it can. Made at the job's first pass and kept: with a deadline, any later
+        pass before the planned start finds the same start (the cheapest of a range that still holds it)."""
+        deadline_s = self.deadline_s(job)
+        if deadline_s is None or state.records[job.key].first_start_s is not None:
+            return None
+        plan = self.plans.get(job.key)
+        if plan is None:
+            duration = expected_duration_s(job)
+            scheduling = Scheduling(deferrable=True, deadline_seconds=deadline_s, expected_duration_seconds=duration)
+            submitted = EPOCH + timedelta(seconds=job.arrival_s)
+            tariff = kinds_tariff(job.gpu_types, self._allowed_capacity(job), self.zones, self.catalog)
+            plan = plan_for(scheduling, submitted, submitted, EPOCH + timedelta(seconds=now_s), tariff)
+            assert plan is not None  # deferrable, with an expected duration
+            self.plans[job.key] = plan
+            if plan.defers(EPOCH + timedelta(seconds=now_s)):
+                self.deferred += 1
+                self.deferred_h += (plan.start - submitted).total_seconds() / HOUR_S
+                state.wake_s = max(state.wake_s, (plan.start - EPOCH).total_seconds())
+        return plan
+
+    def _deferred(self, request: GangRequest, job: Job, now_s: float, state: SimState) -> GangRequest:
+        """``request`` as the operator reads a deferrable job: marked so, with its valley plan while it has one."""
+        if not self.deferrable(job):
+            return request
+        return replace(request, deferrable=True, valley=self._plan(job, now_s, state))
+
     def _hold(self, state: SimState) -> ReservedHoldBack | None:
         if self.holdback is None or not self.upper:
             return None
@@ -345,19 +402,28 @@ class StrataPolicy:
                 gpus = sum(g for n, g in run.placed.items() if state.nodes[n].capacity_type == CapacityType.RESERVED)
                 if run.gpu_type == gpu_type:
                     used += gpus
-                    used_high += gpus if self.pools[run.job.pool].priority >= HIGH_PRIORITY else 0
+                    used_high += gpus if self._high(run.job) else 0
             reserved[gpu_type.value] = ReservedCapacity(total, used, used_high)
         return reserved_holdback(reserved, HoldBack(self.upper), HIGH_PRIORITY)
 
     # -- the policy ---------------------------------------------------------------------------------------------
     def tick(self, now_s: float, state: SimState) -> bool:
-        due = self._defragment_due(now_s, state)
+        since, self._last_tick = self._last_tick, now_s
+        due = self._defragment_due(since, now_s, state) or self._valley_due(since, now_s, state)
         return self._forecast_tick(now_s, state) or due
 
-    def _defragment_due(self, now_s: float, state: SimState) -> bool:
+    def _valley_due(self, since: float, now_s: float, state: SimState) -> bool:
+        """Whether a deferred job's planned start came since the last tick: the operator decides every admission
+        interval, the replay on events, so a pass then starts it (ticks fall on every hour boundary, where most
+        planned starts are; the others start up to one tick late)."""
+        return any(
+            (plan := self.plans.get(key)) is not None and since < (plan.start - EPOCH).total_seconds() <= now_s
+            for key in state.queue
+        )
+
+    def _defragment_due(self, since: float, now_s: float, state: SimState) -> bool:
         """Whether a queued job's wait reached its pool's ``defragmentAfterSeconds`` since the last tick: the
         operator decides every admission interval, the replay on events, so a pass then lets rule 10 act."""
-        since, self._last_tick = self._last_tick, now_s
         if all(p.defragment_after_s is None for p in self.pools.values()):
             return False
         return any(
@@ -372,10 +438,10 @@ class StrataPolicy:
         hour = int(now_s // HOUR_S)
         demand = dict.fromkeys(GPUType, 0.0)
         for run in state.runs.values():
-            if run.job.pool == HIGH_POOL:
+            if self._high(run.job):
                 demand[run.gpu_type] += run.job.gpus
         for job in state.queue.values():
-            if job.pool == HIGH_POOL:
+            if self._high(job):
                 demand[self._kinds(job, hour)[0][0]] += job.gpus
         for gpu_type, value in demand.items():
             self.history[gpu_type].append((now_s, value))
@@ -424,6 +490,7 @@ class StrataPolicy:
             capacity_types=self.capacity_types(job),
             submitted=EPOCH + timedelta(seconds=job.arrival_s),
             expected_duration_s=expected_duration_s(job),
+            deferrable=self.deferrable(job),
         )
         gang = AdmittedGang(
             request,
@@ -458,7 +525,7 @@ class StrataPolicy:
             fleet_room = self._room(state)
             # the most free GPUs on one node of each kind (what the extender's quote needs)
             room = fleet_room.most_free()
-            queue = [self._request(job, hour, room) for job in state.waiting()]
+            queue = [self._deferred(self._request(job, hour, room), job, now_s, state) for job in state.waiting()]
             admitted = [self._admitted(run, now_s) for run in state.runs.values()]
             hold = self._hold(state)
             now = EPOCH + timedelta(seconds=now_s)
@@ -496,7 +563,7 @@ class StrataPolicy:
         for key, gpu_type in admitted.items():
             job = state.queue[key]
             group, groups = job.gpus_per_worker * job.pods_per_group, job.workers // job.pods_per_group
-            rank = self.pools[job.pool].priority
+            rank = LOWEST_PRIORITY if self.deferrable(job) else self.pools[job.pool].priority
             kinds = self._kinds(job, hour)
             open_kinds = [k for k in kinds if held.fits(room, k[0], (k[1],), group, groups, rank)]
             taken: dict[str, int] = {}
@@ -520,10 +587,20 @@ class StrataPolicy:
 
 
 def all_policies(
-    fleet: Fleet, catalog: Catalog, defragment_after_s: int = DEFRAGMENT_AFTER_S, long_job_s: int = LONG_JOB_S
+    fleet: Fleet,
+    catalog: Catalog,
+    defragment_after_s: int = DEFRAGMENT_AFTER_S,
+    long_job_s: int = LONG_JOB_S,
+    valley_slack_s: int = VALLEY_SLACK_S,
 ) -> dict[str, Callable[[], Policy]]:
     """Every policy by name, each built fresh per run; ``defragment_after_s``: ``strata-defrag``'s; ``long_job_s``:
-    ``strata-long-no-on-demand``'s pools' ``onDemandMaxDurationSeconds``."""
+    ``strata-long-no-on-demand``'s pools' ``onDemandMaxDurationSeconds``; ``valley_slack_s``: ``strata-valley``'s
+    deadline past each low-priority job's expected run."""
+
+    def low_priority_deferrable(job: Job) -> int | None:
+        duration = expected_duration_s(job)
+        return duration + valley_slack_s if job.pool == LOW_POOL and duration <= DAY_S else None
+
     return {
         "default": default_scheduler,
         "kueue": lambda: KueuePolicy(pools(fleet)),
@@ -541,5 +618,8 @@ def all_policies(
         ),
         "strata-long-no-on-demand": lambda: StrataPolicy(
             fleet, catalog, HoldBackSettings(), name="strata-long-no-on-demand", on_demand_max_duration_s=long_job_s
+        ),
+        "strata-valley": lambda: StrataPolicy(
+            fleet, catalog, HoldBackSettings(), name="strata-valley", deadline_s=low_priority_deferrable
         ),
     }

@@ -201,6 +201,19 @@ def plan_job(
     capacity = set(job.spec.resources.capacity_types) & (set(pool.capacity_types_for(estimate)) if pool else set())
     allowed: set[GPUType] = set(job.spec.gpu_types) & (set(pool.gpu_types) if pool else set())
     types: set[GPUType | None] = {None} if job.spec.on_cpu else set(allowed)
-    where = set().union(*(zones.get((gpu_type, kind), ()) for gpu_type in types for kind in capacity))
-    tariff = job_tariff(catalog, where, tariff_offset_s)
+    tariff = kinds_tariff(types, capacity, zones, catalog, tariff_offset_s)
     return plan_for(job.spec.scheduling, job.created, job.status.submitted_at or job.created, now, tariff)
+
+
+def kinds_tariff(
+    gpu_types: Iterable[GPUType | None],
+    capacity_types: Iterable[str],
+    zones: ZoneIndex,
+    catalog: Catalog,
+    tariff_offset_s: float = 0.0,
+) -> Tariff:
+    """The tariff of a job that may run on nodes of these GPU types (None: CPU nodes) and capacity types: that of
+    the zones such nodes are in (:func:`job_tariff`)."""
+    capacity = set(capacity_types)
+    where = set().union(*(zones.get((gpu_type, kind), ()) for gpu_type in set(gpu_types) for kind in capacity))
+    return job_tariff(catalog, where, tariff_offset_s)
