@@ -55,6 +55,11 @@ def _number(low: float, high: float = math.inf, above: bool = False) -> Callable
     return parse
 
 
+def _hours(parser: argparse.ArgumentParser, flag: str, default_s: int, what: str) -> None:
+    """A setting in hours (0 to ``MAX_HOURS``) whose default is ``default_s`` seconds."""
+    parser.add_argument(flag, type=_number(0, MAX_HOURS), default=default_s / 3600, help=f"{what}, in hours")
+
+
 def _count(text: str) -> int:
     """An argparse type: a whole number of one or more."""
     try:
@@ -95,28 +100,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "than one each row is named policy@seed, and the aims' ratios per seed follow, with their median and range",
     )
     parser.add_argument("--wait-bound-min", type=_number(0), default=10.0, help="the high-priority wait bound")
-    parser.add_argument(
-        "--defragment-after-h",
-        type=_number(0, MAX_HOURS),
-        default=DEFRAGMENT_AFTER_S / 3600,
-        help="strata-defrag's defragmentAfterSeconds on both pools, in hours",
-    )
+    _hours(parser, "--defragment-after-h", DEFRAGMENT_AFTER_S, "strata-defrag's defragmentAfterSeconds on both pools")
     parser.add_argument(
         "--aims-of", default="strata", help="with --seeds: the policy whose figures the aims' ratios are of"
     )
-    parser.add_argument(
+    _hours(
+        parser,
         "--long-job-h",
-        type=_number(0, MAX_HOURS),
-        default=LONG_JOB_S / 3600,
-        help="strata-long-no-on-demand's pools' onDemandMaxDurationSeconds, in hours: jobs expected to run longer "
-        "take reserved or spot capacity only",
+        LONG_JOB_S,
+        "strata-long-no-on-demand's pools' onDemandMaxDurationSeconds: jobs expected to run longer take reserved or "
+        "spot capacity only",
     )
-    parser.add_argument(
+    _hours(
+        parser,
         "--valley-slack-h",
-        type=_number(0, MAX_HOURS),
-        default=VALLEY_SLACK_S / 3600,
-        help="strata-valley: every low-priority job is deferrable (valley scheduling) with deadlineSeconds its "
-        "expected run plus this many hours",
+        VALLEY_SLACK_S,
+        "strata-valley: every low-priority job of at most a day is deferrable (valley scheduling), with "
+        "deadlineSeconds its expected run plus this",
     )
     parser.add_argument(
         "--floor",
