@@ -28,7 +28,7 @@ from strata_api import MAX_EXPECTED_DURATION_SECONDS, CapacityType, GPUType, Pod
 from strata_api.catalog import HOURS_PER_DAY, Catalog
 from strata_api.holdback import ReservedHoldBack
 from strata_api.nodes import NodeFacts
-from strata_operator.core.admission import LOWEST_PRIORITY, AdmittedGang, Decision, GangRequest, admit
+from strata_operator.core.admission import AdmittedGang, Decision, GangRequest, admit, hold_rank
 from strata_operator.core.holdback import ReservedHold
 from strata_operator.core.observed import Node
 from strata_operator.core.room import Kind, Room
@@ -358,10 +358,13 @@ class StrataPolicy:
     def deferrable(self, job: Job) -> bool:
         return self.deadline_s(job) is not None
 
+    def _rank(self, job: Job) -> int:
+        """The priority the extender's hold-back sees for the job's workers (admission's :func:`hold_rank`)."""
+        return hold_rank(self.deferrable(job), self.pools[job.pool])
+
     def _high(self, job: Job) -> bool:
-        """Whether the extender counts the job's workers as high-priority demand: its pool's priority is at its
-        line and the job is not deferrable."""
-        return self.pools[job.pool].priority >= HIGH_PRIORITY and not self.deferrable(job)
+        """Whether the extender counts the job's workers as high-priority demand."""
+        return self._rank(job) >= HIGH_PRIORITY
 
     def _plan(self, job: Job, now_s: float, state: SimState) -> ValleyPlan | None:
         """A deferrable job's valley plan as the operator's admission pass makes it (:func:`plan_for` on the tariff
@@ -416,7 +419,7 @@ class StrataPolicy:
         """Whether a deferred job's planned start came since the last tick: the operator decides every admission
         interval, the replay on events, so a pass then starts it (ticks fall on every hour boundary, where most
         planned starts are; the others start up to one tick late)."""
-        return any(
+        return bool(self.plans) and any(
             (plan := self.plans.get(key)) is not None and since < (plan.start - EPOCH).total_seconds() <= now_s
             for key in state.queue
         )
@@ -563,7 +566,7 @@ class StrataPolicy:
         for key, gpu_type in admitted.items():
             job = state.queue[key]
             group, groups = job.gpus_per_worker * job.pods_per_group, job.workers // job.pods_per_group
-            rank = LOWEST_PRIORITY if self.deferrable(job) else self.pools[job.pool].priority
+            rank = self._rank(job)
             kinds = self._kinds(job, hour)
             open_kinds = [k for k in kinds if held.fits(room, k[0], (k[1],), group, groups, rank)]
             taken: dict[str, int] = {}

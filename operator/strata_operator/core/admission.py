@@ -319,23 +319,23 @@ def admit(
         pool = pools.get(request.pool)
         return pool.priority if pool else LOWEST_PRIORITY
 
-    def hold_rank(request: GangRequest) -> int:
-        return _hold_rank(request, pools.get(request.pool))
+    def rank_of(request: GangRequest) -> int:
+        return hold_rank(request.deferrable, pools.get(request.pool))
 
     reserved: dict[str, dict[str, int]] = {}
     # room for the unbound workers of admitted gangs (a fully bound gang takes none, so it is not even sorted:
     # most of a large fleet's gangs at every pass), the gangs the hold does not hold back first: what they take
     # on reserved nodes lowers the hold for the others
     unbound = [g for g in admitted if g.unbound_workers > 0]
-    for gang in sorted(unbound, key=lambda g: (held.holds_back(hold_rank(g.request)), g.admitted_at, g.request.key)):
+    for gang in sorted(unbound, key=lambda g: (held.holds_back(rank_of(g.request)), g.admitted_at, g.request.key)):
         r = gang.request
         if gang.gpu_type is None:
             continue
         groups = -(-gang.unbound_workers // r.pods_per_group)
         group_gpus = r.group_gpus
-        on_plan, planned_groups = _on_planned_node(held, room, gang, hold_rank(r))
+        on_plan, planned_groups = _on_planned_node(held, room, gang, rank_of(r))
         taken = _take_gang(held, room, r, gang.gpu_type, r.capacity_types, group_gpus, groups - planned_groups,
-                           hold_rank(r))  # fmt: skip
+                           rank_of(r))  # fmt: skip
         for name, gpus in on_plan.items():
             taken[name] = taken.get(name, 0) + gpus
         reserved[r.key] = taken
@@ -405,7 +405,7 @@ def admit(
                 f"left{share.why(on_cpu=False)}",
             )
             continue
-        group_gpus, rank = request.group_gpus, hold_rank(request)
+        group_gpus, rank = request.group_gpus, rank_of(request)
         possible = [t for t in types if empty.slots(t, capacity, group_gpus) >= request.groups]
         if not possible:
             wait(
@@ -851,10 +851,10 @@ def _preemption(
     return None
 
 
-def _hold_rank(request: GangRequest, pool: ResourcePool | None) -> int:
-    """The priority the extender's hold-back sees for ``request``'s workers: its pool's (below every pool's when it
-    does not exist); a deferrable job's workers are below every line."""
-    return LOWEST_PRIORITY if request.deferrable or pool is None else pool.priority
+def hold_rank(deferrable: bool, pool: ResourcePool | None) -> int:
+    """The priority the extender's hold-back sees for a job's workers: its pool's (below every pool's when it does
+    not exist); a deferrable job's workers are below every line."""
+    return LOWEST_PRIORITY if deferrable or pool is None else pool.priority
 
 
 def _on_planned_node(held: ReservedHold, room: Room, gang: AdmittedGang, rank: int) -> tuple[dict[str, int], int]:
@@ -968,7 +968,7 @@ def _capacity(request: GangRequest, pool: ResourcePool) -> frozenset[str]:
 def _take_elsewhere(held: ReservedHold, room: Room, request: GangRequest, pool: ResourcePool) -> bool:
     """Take room for a moved job's whole gang on the first of its types that holds it now; whether one did."""
     capacity = _capacity(request, pool)
-    rank = _hold_rank(request, pool)
+    rank = hold_rank(request.deferrable, pool)
     for gpu_type in (t for t in request.gpu_types if t in pool.gpu_types):
         if held.fits(room, gpu_type, capacity, request.group_gpus, request.groups, rank):
             held.take(room, gpu_type, capacity, request.group_gpus, request.groups, rank)
