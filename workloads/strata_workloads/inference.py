@@ -6,6 +6,7 @@ windows), and the one rule that picks a row's next token
 
 from __future__ import annotations
 
+import logging
 import secrets
 import warnings
 from collections.abc import Sequence
@@ -25,6 +26,8 @@ from strata_workloads.model import FeedForward, KVCache, Transformer
 from strata_workloads.presets import EOS_TOKEN, get_preset
 from strata_workloads.settings import TrainSettings
 from strata_workloads.tokenizer import ByteTokenizer
+
+log = logging.getLogger(__name__)
 
 
 class Quantization(StrEnum):
@@ -50,7 +53,8 @@ def load_model(preset: str, checkpoint: Path | None, model_dir: str = "") -> Tra
     (CorruptCheckpoint) when it fails its checksums: a flipped bit must never be served. A checkpoint root serves
     its newest complete checkpoint that verifies and loads, falling back past damaged ones with a warning as
     training does (checkpoint.newest_loadable; nothing is moved: a server only reads); NoUsableCheckpoint when
-    none does, FileNotFoundError when it has none."""
+    none does, FileNotFoundError when it has none. Logs the step folder it loaded ("weights loaded", ``checkpoint``):
+    with a root, the newest that loaded, so a replica's log says which training step it serves."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TrainSettings.seed)
         config = check_hf_model_dir(model_dir)[0] if model_dir else get_preset(preset)
@@ -65,8 +69,9 @@ def load_model(preset: str, checkpoint: Path | None, model_dir: str = "") -> Tra
         found = newest_loadable(checkpoint, lambda path: _verified_weights(model, path))
         if found is None:
             raise FileNotFoundError(f"no complete checkpoint under {checkpoint}")
-        weights = found[1]
+        checkpoint, weights = found
     model.load_state_dict(weights)
+    log.info("weights loaded", extra={"checkpoint": str(checkpoint)})
     return model.eval()
 
 

@@ -131,9 +131,12 @@ def test_serving_a_root_falls_back_past_a_damaged_newest_with_a_warning_and_move
     expected = load_model("debug-dense", previous).state_dict()
     assert any(not torch.equal(t, expected[k]) for k, t in load_model("debug-dense", newest).state_dict().items())
     flip_a_bit(newest)
-    with caplog.at_level(logging.WARNING, logger="strata_workloads.checkpoint"):
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="strata_workloads"):
         served = load_model("debug-dense", tmp_path).state_dict()
     assert all(torch.equal(served[k], t) for k, t in expected.items())  # the previous checkpoint's weights
+    loaded = [r.checkpoint for r in caplog.records if r.getMessage() == "weights loaded"]  # type: ignore[attr-defined]
+    assert loaded == [str(previous)]  # the log names the step served, not the damaged newest
     warnings = [r for r in caplog.records if r.getMessage() == "checkpoint unusable, falling back to the previous one"]
     assert [w.checkpoint for w in warnings] == [str(newest)]  # type: ignore[attr-defined]
     assert "fails its checksum" in warnings[0].reason  # type: ignore[attr-defined]

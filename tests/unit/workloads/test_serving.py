@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import threading
 import time
 from pathlib import Path
@@ -108,16 +109,22 @@ def test_int8_is_close_to_fp32(model: Transformer, mode: Quantization) -> None:
 
 
 @pytest.mark.unit
-def test_loads_the_weights_of_a_training_checkpoint(tmp_path: Path) -> None:
+def test_loads_the_weights_of_a_training_checkpoint_and_logs_the_step_it_serves(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     torch.manual_seed(3)
     engine = build_engine(
         Transformer(get_preset("debug")), ParallelDims(1), None, ParallelizeOptions(), torch.device("cpu")
     )
     optimizer, scheduler = build_optimizer(engine, OptimConfig())
     Checkpointer(tmp_path, async_save=False).save(engine.parts, optimizer, scheduler, TrainState(step=7))
-    loaded = load_model("debug", tmp_path)
+    with caplog.at_level(logging.INFO, logger="strata_workloads.inference"):
+        loaded = load_model("debug", tmp_path)
     for (name, want), got in zip(engine.parts[0].state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(want, got), name
+    # the root's newest step folder, named in the replica's log (kubectl logs says which step a replica serves)
+    said = [r.checkpoint for r in caplog.records if r.getMessage() == "weights loaded"]  # type: ignore[attr-defined]
+    assert said == [str(tmp_path / "step-00000007")]
 
 
 @pytest.mark.unit
