@@ -3,7 +3,9 @@ Deployment (python -m strata_serving.router, the serving image) and their Servic
 (python -m strata_workloads.serve, ready only after warm-up); another pod's HTTP request to the service's URL goes
 through a router, which found the replica by the headless Service's DNS name, and is answered by the model; the
 router's autoscaler decides and the operator shows its decision in status.lastScale; a new autoscaling lead reaches
-the running routers through their mounted ConfigMap, which the kubelet refreshes, with no router replaced."""
+the running routers through their mounted ConfigMap, which the kubelet refreshes, with no router replaced. A
+TrainingJob's checkpoint volume, written by its workers, is served by a service that names the job: the replica mounts
+it read-only and loads the newest step on the job's preset."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any
 
 import pytest
 from cluster_support import eventually
-from e2e_support import Strata, a_cpu_pool
+from e2e_support import Strata, a_cpu_job, a_cpu_pool
 
 import strata_api as api
 from strata_api.serving import LABEL_ROUTER
@@ -158,6 +160,54 @@ def test_a_cpu_service_answers_http_through_its_router_from_another_pod(
     except AssertionError as error:
         raise AssertionError(f"{error}\n{strata.describe(namespace)}") from None
     assert router_pods(strata, namespace, selector) == routers  # the same pods, none restarted
+
+
+@pytest.mark.timeout(900)
+def test_a_service_of_a_trained_job_serves_its_newest_checkpoint_on_the_jobs_preset_through_the_router(
+    strata: Strata, namespace: str, pool: str
+) -> None:
+    # train on a preset other than the service's default (debug): built as debug, the checkpoint would not load
+    claim = strata.checkpoint_claim(namespace)
+    job = a_cpu_job(strata, "tune", pool, claim=claim, steps=20, every=10, preset="debug-dense")
+    strata.apply(job | {"metadata": {"name": "tune", "namespace": namespace}})
+    trained = strata.wait_for_phase(namespace, "tune", (api.Phase.SUCCEEDED.value,), 480)
+    step = trained["lastCheckpoint"]["step"]
+    assert step == 20, trained
+
+    service = a_cpu_service(strata, "tuned", namespace, pool)
+    service["spec"]["model"] = {"trainingJob": "tune"}
+    strata.apply(service)
+
+    def ready() -> dict[str, Any] | None:
+        status = strata.get("inferenceservice", "tuned", "-n", namespace).get("status") or {}
+        return status if status.get("readyReplicas") == 1 else None
+
+    try:
+        status = eventually(ready, 300, "the replica of the trained job's checkpoint to be ready")
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{strata.describe(namespace)}") from None
+    model = next(c for c in status["conditions"] if c["type"] == "ModelAvailable")
+    assert model["reason"] == "Checkpoint", model
+    assert "on the job's preset debug-dense" in model["message"], model
+
+    # the replica read what the workers wrote, on the job's volume: its log names the newest step folder
+    out = strata.kubectl("logs", "deployment/tuned", "-n", namespace)
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    loaded = [line["checkpoint"] for line in lines if line.get("msg") == "weights loaded"]
+    assert loaded == [f"/checkpoints/step-{step:08d}"], out[-2000:]
+
+    strata.apply(a_client_pod(strata, namespace, status["url"]))
+
+    def finished() -> str | None:
+        phase = strata.get("pod", "client", "-n", namespace).get("status", {}).get("phase")
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    phase = eventually(finished, 180, "the client pod to finish")
+    answer_log = strata.kubectl("logs", "client", "-n", namespace)
+    assert phase == "Succeeded", f"{answer_log}\n{strata.describe(namespace)}"
+    answer = json.loads(answer_log.strip().splitlines()[-1])
+    assert answer["body"]["tokens"] == 8
+    assert answer["headers"]["x-strata-attempts"] == "1"
 
 
 @pytest.mark.timeout(300)

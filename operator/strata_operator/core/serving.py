@@ -154,7 +154,8 @@ class ModelSource:
     """Where the replicas read the weights: ``checkpoint`` is the server's ``STRATA_SERVE_CHECKPOINT`` ("" for
     random weights, or ``model_dir``'s); ``claim``, when set, is mounted read-only at ``mount_path``;
     ``model_dir`` and ``tokenizer`` (the server's ``STRATA_SERVE_MODEL_DIR`` / ``STRATA_SERVE_TOKENIZER``) are the
-    Hugging Face directory whose shape the checkpoint has and the tokenizer it was trained with ("" for none)."""
+    Hugging Face directory whose shape the checkpoint has and the tokenizer it was trained with ("" for none);
+    ``preset`` (``STRATA_SERVE_MODEL``) the preset it was trained with ("": the service's ``spec.model.preset``)."""
 
     checkpoint: str
     claim: str | None = None
@@ -163,6 +164,7 @@ class ModelSource:
     message: str = ""
     model_dir: str = ""
     tokenizer: str = ""
+    preset: str = ""
 
 
 @dataclass(frozen=True)
@@ -184,9 +186,10 @@ class ServingProblem:
 
 def resolve_model(service: InferenceService, job: TrainingJob | None) -> ModelSource | ModelProblem:
     """The model source of ``spec.model``: a TrainingJob's checkpoint volume (``job``, looked up by the caller;
-    a job fine-tuned from a ``modelDir`` passes on that directory and its tokenizer, so that its checkpoint is
-    served on the shape it was trained with), a path (on a claim, or in the image), a Hugging Face directory
-    (``modelDir``, on a claim mounted there, or in the image), or random weights."""
+    the job passes on its preset, and a job fine-tuned from a ``modelDir`` that directory and its tokenizer, so that
+    its checkpoint is served on the shape it was trained with, whatever ``spec.model.preset`` says), a path (on a
+    claim, or in the image), a Hugging Face directory (``modelDir``, on a claim mounted there, or in the image), or
+    random weights."""
     model = service.spec.model
     if model.training_job is not None:
         name = model.training_job
@@ -202,14 +205,17 @@ def resolve_model(service: InferenceService, job: TrainingJob | None) -> ModelSo
                 f"spec.model.trainingJob: TrainingJob {name} keeps its checkpoints on an emptyDir (its "
                 "spec.checkpoint.persistentVolumeClaim is unset), so none outlives its workers to be served",
             )
+        workload = job.spec.workload
+        shape = f"modelDir {workload.model_dir}" if workload.model_dir else f"preset {workload.preset}"
         return ModelSource(
             checkpoint=checkpoint.path,
             claim=checkpoint.persistent_volume_claim,
             mount_path=checkpoint.path,
             message=f"the newest complete checkpoint of TrainingJob {name} "
-            f"(claim {checkpoint.persistent_volume_claim}, {checkpoint.path})",
-            model_dir=job.spec.workload.model_dir,
-            tokenizer=job.spec.workload.tokenizer,
+            f"(claim {checkpoint.persistent_volume_claim}, {checkpoint.path}), on the job's {shape}",
+            model_dir=workload.model_dir,
+            tokenizer=workload.tokenizer,
+            preset=workload.preset,
         )
     claim = model.persistent_volume_claim
     if model.path is not None:
@@ -245,7 +251,7 @@ def serve_env(service: InferenceService, source: ModelSource) -> dict[str, str]:
     model, resources = service.spec.model, service.spec.resources
     env = {
         "MODEL_NAME": service.name,  # what /v1/models lists and an OpenAI client names as `model`
-        "MODEL": model.preset,
+        "MODEL": source.preset or model.preset,
         "CHECKPOINT": source.checkpoint,
         "PRECISION": model.precision,
         "QUANTIZATION": model.quantization,

@@ -686,11 +686,13 @@ def test_a_model_the_replicas_refuse_is_reported_not_left_to_crash_loop_unnotice
 def test_a_service_of_a_trainingjob_serves_its_checkpoint_volume(services: Services, strata: Strata) -> None:
     pool = cpu_pool(strata, 8)
     checkpoint = {"path": "/ckpt", "persistentVolumeClaim": "train-ckpt"}
-    strata.submit(a_job("train", pool, suspend=True, checkpoint=checkpoint))  # never runs: only its volume counts
+    workload = {"image": "registry.invalid/strata/workloads:test", "preset": "debug-dense"}
+    # never runs: only its volume and its preset count
+    strata.submit(a_job("train", pool, suspend=True, checkpoint=checkpoint, workload=workload))
     name = services.apply(service_body("served", pool, model={"trainingJob": "train"}))
     model = eventually(lambda: services.condition(name, "ModelAvailable") or None, 60, "ModelAvailable")
     assert (model["status"], model["reason"]) == ("True", "Checkpoint")
-    assert "TrainingJob train (claim train-ckpt, /ckpt)" in model["message"]
+    assert "TrainingJob train (claim train-ckpt, /ckpt), on the job's preset debug-dense" in model["message"]
     pod = services.apps.read_namespaced_deployment(name, services.namespace).spec.template.spec
     volume = pod.volumes[0].persistent_volume_claim
     assert (volume.claim_name, volume.read_only) == ("train-ckpt", True)
@@ -698,6 +700,7 @@ def test_a_service_of_a_trainingjob_serves_its_checkpoint_volume(services: Servi
     assert (mount.mount_path, mount.read_only) == ("/ckpt", True)
     env = {e.name: e.value for e in pod.containers[0].env}
     assert env["STRATA_SERVE_CHECKPOINT"] == "/ckpt"
+    assert env["STRATA_SERVE_MODEL"] == "debug-dense"  # the job's preset, not the service's default (debug)
 
 
 # --- what the API server refuses ---

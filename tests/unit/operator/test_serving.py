@@ -261,8 +261,28 @@ def test_a_trainingjobs_checkpoint_volume_is_mounted_read_only_where_it_wrote() 
         checkpoint="/ckpt",
         claim="train-ckpt",
         mount_path="/ckpt",
-        message="the newest complete checkpoint of TrainingJob train (claim train-ckpt, /ckpt)",
+        message="the newest complete checkpoint of TrainingJob train (claim train-ckpt, /ckpt), on the job's preset "
+        "debug",
+        preset="debug",
     )
+
+
+def test_a_trainingjobs_checkpoint_is_served_on_the_jobs_preset_whatever_the_services_says() -> None:
+    # spec.model.preset defaults to debug: a job trained on another preset would otherwise be built as debug and
+    # its checkpoint refused (NoUsableCheckpoint) until the user repeated the job's preset in the service
+    workload = {"image": IMAGE, "preset": "debug-dense"}
+    job = a_job(name="train", checkpoint={"path": "/ckpt", "persistentVolumeClaim": "c"}, workload=workload)
+    service = a_service(model={"trainingJob": "train"})
+    assert service.spec.model.preset == "debug"
+    source = serving.resolve_model(service, job)
+    assert isinstance(source, ModelSource)
+    assert serving.serve_env(service, source)[f"{SERVE_ENV_PREFIX}MODEL"] == "debug-dense"
+    assert source.message.endswith("on the job's preset debug-dense")
+    # the other sources keep the service's own preset
+    mine = a_service(model={"preset": "small", "path": "/models/step-00000010"})
+    own = serving.resolve_model(mine, None)
+    assert isinstance(own, ModelSource)
+    assert serving.serve_env(mine, own)[f"{SERVE_ENV_PREFIX}MODEL"] == "small"
 
 
 def test_a_model_that_cannot_be_served_says_why_naming_the_field() -> None:
