@@ -188,7 +188,9 @@ def test_a_service_of_a_trained_job_serves_its_newest_checkpoint_on_the_jobs_pre
         raise AssertionError(f"{error}\n{strata.describe(namespace)}") from None
     model = next(c for c in status["conditions"] if c["type"] == "ModelAvailable")
     assert model["reason"] == "Checkpoint", model
-    assert "on the job's preset debug-dense" in model["message"], model
+    assert model["message"].endswith(f"on the job's preset debug-dense, step {step} by its status.lastCheckpoint")
+    template = strata.get("deployment", "tuned", "-n", namespace)["spec"]["template"]
+    assert template["metadata"]["annotations"]["strata.dev/checkpoint-step"] == str(step)  # the step it rolls to
 
     # the replica read what the workers wrote, on the job's volume: its log names the newest step folder
     out = strata.kubectl("logs", "deployment/tuned", "-n", namespace)

@@ -51,6 +51,11 @@ TERMINATION_GRACE_S = DRAIN_SECONDS + 5
 """Above the drain, so the kubelet never kills a replica that is still answering its last requests."""
 MODEL_VOLUME = "model"
 REVISION_HISTORY = 3
+ANN_CHECKPOINT_STEP = f"{api.GROUP}/checkpoint-step"
+"""On the replicas' pod template of a service of a TrainingJob: the job's newest checkpoint step as its status
+reports it (``status.lastCheckpoint.step``). A newer one changes the template, so the replicas roll to it as to any
+new revision, and every replica serves the same step (a replica that started later would otherwise load a newer one
+than the others), as ``kubectl rollout restart``'s annotation rolls a Deployment."""
 
 READY = "Ready"
 QUOTA_LIMITED = "QuotaLimited"
@@ -165,6 +170,8 @@ class ModelSource:
     model_dir: str = ""
     tokenizer: str = ""
     preset: str = ""
+    checkpoint_step: int | None = None
+    """A TrainingJob's newest checkpoint step by its status (:data:`ANN_CHECKPOINT_STEP`); None: not known."""
 
 
 @dataclass(frozen=True)
@@ -205,17 +212,19 @@ def resolve_model(service: InferenceService, job: TrainingJob | None) -> ModelSo
                 f"spec.model.trainingJob: TrainingJob {name} keeps its checkpoints on an emptyDir (its "
                 "spec.checkpoint.persistentVolumeClaim is unset), so none outlives its workers to be served",
             )
-        workload = job.spec.workload
+        workload, step = job.spec.workload, job.status.checkpoint_step
         shape = f"modelDir {workload.model_dir}" if workload.model_dir else f"preset {workload.preset}"
+        newest = f", step {step} by its status.lastCheckpoint" if step is not None else ""
         return ModelSource(
             checkpoint=checkpoint.path,
             claim=checkpoint.persistent_volume_claim,
             mount_path=checkpoint.path,
             message=f"the newest complete checkpoint of TrainingJob {name} "
-            f"(claim {checkpoint.persistent_volume_claim}, {checkpoint.path}), on the job's {shape}",
+            f"(claim {checkpoint.persistent_volume_claim}, {checkpoint.path}), on the job's {shape}{newest}",
             model_dir=workload.model_dir,
             tokenizer=workload.tokenizer,
             preset=workload.preset,
+            checkpoint_step=step,
         )
     claim = model.persistent_volume_claim
     if model.path is not None:
@@ -466,6 +475,8 @@ def _pod_template(
         api.ANN_CAPACITY_TYPES: ",".join(capacity),
         api.ANN_PRECISION: spec.model.precision,
     }
+    if source.checkpoint_step is not None:
+        annotations[ANN_CHECKPOINT_STEP] = str(source.checkpoint_step)
     limits: dict[str, str] = {gpu.resource: str(spec.resources.gpus_per_replica)} if gpu else {}
     if spec.resources.cpu_per_replica is not None:
         limits["cpu"] = spec.resources.cpu_per_replica

@@ -32,6 +32,7 @@ from strata_operator.core import router
 ROOT = Path(__file__).resolve().parents[3]
 CRD = "inferenceservices.strata.dev"
 SERVE_PORT = 8000
+CHECKPOINT_STEP = "strata.dev/checkpoint-step"  # the annotation as a user's kubectl shows it
 
 
 class Services:
@@ -701,6 +702,28 @@ def test_a_service_of_a_trainingjob_serves_its_checkpoint_volume(services: Servi
     env = {e.name: e.value for e in pod.containers[0].env}
     assert env["STRATA_SERVE_CHECKPOINT"] == "/ckpt"
     assert env["STRATA_SERVE_MODEL"] == "debug-dense"  # the job's preset, not the service's default (debug)
+    template = services.apps.read_namespaced_deployment(name, services.namespace).spec.template
+    before = template.metadata.labels[api.LABEL_REVISION]
+    assert CHECKPOINT_STEP not in (template.metadata.annotations or {})  # no step reported yet
+
+    # the job reports a checkpoint (as its workers' progress does): the replicas roll to a revision naming its step
+    strata.custom.patch_namespaced_custom_object_status(
+        api.GROUP,
+        api.VERSION,
+        strata.namespace,
+        api.TRAINING_JOBS,
+        "train",
+        {"status": {"lastCheckpoint": {"step": 10}}},
+    )
+
+    def rolled() -> Any:
+        template = services.apps.read_namespaced_deployment(name, services.namespace).spec.template
+        return template if (template.metadata.annotations or {}).get(CHECKPOINT_STEP) == "10" else None
+
+    template = eventually(rolled, 60, "the replicas' template to name the job's checkpoint step")
+    assert template.metadata.labels[api.LABEL_REVISION] != before
+    said = "step 10 by its status.lastCheckpoint"  # the status is written after the Deployment, in the same pass
+    eventually(lambda: services.condition(name, "ModelAvailable")["message"].endswith(said) or None, 30, said)
 
 
 # --- what the API server refuses ---

@@ -285,6 +285,37 @@ def test_a_trainingjobs_checkpoint_is_served_on_the_jobs_preset_whatever_the_ser
     assert serving.serve_env(mine, own)[f"{SERVE_ENV_PREFIX}MODEL"] == "small"
 
 
+def test_a_newer_checkpoint_of_the_job_rolls_every_replica_to_it() -> None:
+    # the replicas load the newest step at start: without the step in the template, a replica started later (a
+    # scale-up, a replaced pod) would serve a newer step than the others behind the same router
+    checkpoint = {"path": "/ckpt", "persistentVolumeClaim": "c"}
+    service = a_service(model={"trainingJob": "train"})
+
+    def deployment(status: dict[str, Any] | None) -> dict[str, Any]:
+        source = serving.resolve_model(service, a_job(name="train", checkpoint=checkpoint, status=status))
+        assert isinstance(source, ModelSource)
+        return serving.build_deployment(service, CPU_POOL, source, 2, SETTINGS)
+
+    def step_of(d: dict[str, Any]) -> str | None:
+        annotations: dict[str, str] = d["spec"]["template"]["metadata"]["annotations"]
+        return annotations.get(serving.ANN_CHECKPOINT_STEP)
+
+    unknown, at_10, at_20 = (
+        deployment(None),
+        deployment({"lastCheckpoint": {"step": 10}}),
+        deployment({"lastCheckpoint": {"step": 20}}),
+    )
+    assert (step_of(unknown), step_of(at_10), step_of(at_20)) == (None, "10", "20")
+    revisions = {d["metadata"]["annotations"][api.LABEL_REVISION] for d in (unknown, at_10, at_20)}
+    assert len(revisions) == 3  # each step is a revision of its own: the Deployment rolls (or canaries) to it
+    assert deployment({"lastCheckpoint": {"step": 20}}) == at_20  # the same step: nothing to roll
+    source = serving.resolve_model(
+        service, a_job(name="train", checkpoint=checkpoint, status={"lastCheckpoint": {"step": 20}})
+    )
+    assert isinstance(source, ModelSource)
+    assert source.message.endswith("on the job's preset debug, step 20 by its status.lastCheckpoint")
+
+
 def test_a_model_that_cannot_be_served_says_why_naming_the_field() -> None:
     service = a_service(model={"trainingJob": "train"})
     missing = serving.resolve_model(service, None)
