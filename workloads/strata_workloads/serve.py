@@ -9,6 +9,7 @@ GET /healthz (alive, from the start), /readyz (warmed up, compiled where asked, 
 Malformed requests get 400 with a message (in OpenAI's error shape on the OpenAI routes, naming the field), a body
 over the limit 413, a compressed one 415; a full queue 429; not ready or draining 503.
 On SIGTERM: /readyz turns 503, new requests get 503, in-flight requests finish (up to drain_seconds), exit 0.
+Every request gets an access log line but a probe answered 2xx (QuietProbesAccessLog).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import orjson
 import torch
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from aiohttp.web_log import AccessLogger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -390,11 +392,28 @@ def prepare_model(model: Transformer, settings: ServeSettings) -> Transformer:
     return prepare(model, Precision(settings.precision), Quantization(settings.quantization), settings.compile)
 
 
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+class QuietProbesAccessLog(AccessLogger):
+    """aiohttp's access log without the lines of probes answered 2xx: the kubelet asks /readyz every 2 s and
+    /healthz every 10 s (the replicas' probes), which would otherwise be most of a replica's log and push the lines
+    that matter (``weights loaded``, ``ready``, requests, refusals) out of ``kubectl logs --tail``. A failing probe
+    (503 while warming up or draining) is logged as any request."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if request.method == "GET" and request.path in PROBE_PATHS and 200 <= response.status < 300:
+            return
+        super().log(request, response, time)
+
+
 async def serve(server: Server) -> None:
     settings = server.settings
     # bodies are not decoded: strata_api.serving.coded_body_refusal
     logging.getLogger("aiohttp.server").addFilter(MalformedRequestLog())
-    runner = web.AppRunner(server.app(), handle_signals=False, auto_decompress=False)
+    runner = web.AppRunner(
+        server.app(), handle_signals=False, auto_decompress=False, access_log_class=QuietProbesAccessLog
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
