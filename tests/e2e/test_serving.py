@@ -96,20 +96,41 @@ def a_client_pod(strata: Strata, namespace: str, url: str) -> dict[str, Any]:
     }
 
 
+def ready_status(strata: Strata, namespace: str, name: str) -> dict[str, Any]:
+    """The service's status once its one replica is ready (the namespace described when it does not get there)."""
+
+    def ready() -> dict[str, Any] | None:
+        status = strata.get("inferenceservice", name, "-n", namespace).get("status") or {}
+        return status if status.get("readyReplicas") == 1 else None
+
+    try:
+        status: dict[str, Any] = eventually(ready, 300, f"{name}'s replica to be ready")
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{strata.describe(namespace)}") from None
+    return status
+
+
+def ask_through_the_router(strata: Strata, namespace: str, url: str) -> dict[str, Any]:
+    """What the client pod (:data:`CLIENT`) printed: its answer from ``url``, the router's headers and ``/scale``."""
+    strata.apply(a_client_pod(strata, namespace, url))
+
+    def finished() -> str | None:
+        phase = strata.get("pod", "client", "-n", namespace).get("status", {}).get("phase")
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    phase = eventually(finished, 180, "the client pod to finish")
+    out = strata.kubectl("logs", "client", "-n", namespace)
+    assert phase == "Succeeded", f"{out}\n{strata.describe(namespace)}"
+    answer: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return answer
+
+
 @pytest.mark.timeout(1500)  # run alone, it also waits for the session: images, cluster, import, install
 def test_a_cpu_service_answers_http_through_its_router_from_another_pod(
     strata: Strata, namespace: str, pool: str
 ) -> None:
     strata.apply(a_cpu_service(strata, "chat", namespace, pool))
-
-    def ready() -> dict[str, Any] | None:
-        status = strata.get("inferenceservice", "chat", "-n", namespace).get("status") or {}
-        return status if status.get("readyReplicas") == 1 else None
-
-    try:
-        status = eventually(ready, 300, "the service's replica to be ready")
-    except AssertionError as error:
-        raise AssertionError(f"{error}\n{strata.describe(namespace)}") from None
+    status = ready_status(strata, namespace, "chat")
     assert status["url"] == f"http://chat.{namespace}.svc:8000"
 
     def decided() -> dict[str, Any] | None:
@@ -124,16 +145,7 @@ def test_a_cpu_service_answers_http_through_its_router_from_another_pod(
     assert last["requested"] == 1
     assert last["replicas"] == 1
 
-    strata.apply(a_client_pod(strata, namespace, status["url"]))
-
-    def finished() -> str | None:
-        phase = strata.get("pod", "client", "-n", namespace).get("status", {}).get("phase")
-        return phase if phase in ("Succeeded", "Failed") else None
-
-    phase = eventually(finished, 180, "the client pod to finish")
-    out = strata.kubectl("logs", "client", "-n", namespace)
-    assert phase == "Succeeded", f"{out}\n{strata.describe(namespace)}"
-    answer = json.loads(out.strip().splitlines()[-1])
+    answer = ask_through_the_router(strata, namespace, status["url"])
     assert answer["body"]["tokens"] == 8
     assert isinstance(answer["body"]["text"], str)
     assert answer["headers"]["x-strata-attempts"] == "1"  # a router answered: it names the replica it chose
@@ -177,15 +189,7 @@ def test_a_service_of_a_trained_job_serves_its_newest_checkpoint_on_the_jobs_pre
     service = a_cpu_service(strata, "tuned", namespace, pool)
     service["spec"]["model"] = {"trainingJob": "tune"}
     strata.apply(service)
-
-    def ready() -> dict[str, Any] | None:
-        status = strata.get("inferenceservice", "tuned", "-n", namespace).get("status") or {}
-        return status if status.get("readyReplicas") == 1 else None
-
-    try:
-        status = eventually(ready, 300, "the replica of the trained job's checkpoint to be ready")
-    except AssertionError as error:
-        raise AssertionError(f"{error}\n{strata.describe(namespace)}") from None
+    status = ready_status(strata, namespace, "tuned")
     model = next(c for c in status["conditions"] if c["type"] == "ModelAvailable")
     assert model["reason"] == "Checkpoint", model
     assert model["message"].endswith(f"on the job's preset debug-dense, step {step} by its status.lastCheckpoint")
@@ -198,16 +202,7 @@ def test_a_service_of_a_trained_job_serves_its_newest_checkpoint_on_the_jobs_pre
     loaded = [line["checkpoint"] for line in lines if line.get("msg") == "weights loaded"]
     assert loaded == [f"/checkpoints/step-{step:08d}"], out[-2000:]
 
-    strata.apply(a_client_pod(strata, namespace, status["url"]))
-
-    def finished() -> str | None:
-        phase = strata.get("pod", "client", "-n", namespace).get("status", {}).get("phase")
-        return phase if phase in ("Succeeded", "Failed") else None
-
-    phase = eventually(finished, 180, "the client pod to finish")
-    answer_log = strata.kubectl("logs", "client", "-n", namespace)
-    assert phase == "Succeeded", f"{answer_log}\n{strata.describe(namespace)}"
-    answer = json.loads(answer_log.strip().splitlines()[-1])
+    answer = ask_through_the_router(strata, namespace, status["url"])
     assert answer["body"]["tokens"] == 8
     assert answer["headers"]["x-strata-attempts"] == "1"
 
