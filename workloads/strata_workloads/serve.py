@@ -407,13 +407,18 @@ class QuietProbesAccessLog(AccessLogger):
         super().log(request, response, time)
 
 
-async def serve(server: Server) -> None:
-    settings = server.settings
-    # bodies are not decoded: strata_api.serving.coded_body_refusal
-    logging.getLogger("aiohttp.server").addFilter(MalformedRequestLog())
-    runner = web.AppRunner(
+def app_runner(server: Server) -> web.AppRunner:
+    """The server's app as :func:`serve` runs it: signals are the caller's, bodies are not decoded
+    (``strata_api.serving.coded_body_refusal``), and probes answered 2xx leave no access line."""
+    return web.AppRunner(
         server.app(), handle_signals=False, auto_decompress=False, access_log_class=QuietProbesAccessLog
     )
+
+
+async def serve(server: Server) -> None:
+    settings = server.settings
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequestLog())
+    runner = app_runner(server)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()

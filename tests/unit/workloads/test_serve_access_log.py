@@ -1,16 +1,25 @@
-"""The server process's access log (``python -m strata_workloads.serve``): every request is a line but the probes
-answered 2xx, which the kubelet sends every few seconds and which would otherwise bury the lines that matter."""
+"""The server's access log: every request is a line but the probes answered 2xx, which the kubelet sends every few
+seconds and which would otherwise bury the lines that matter (``python -m strata_workloads.serve``, and the same
+runner in process)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-from router_support import Processes, wait_ready
+import torch
+from aiohttp import web
+from router_support import Process, Processes, free_port, wait_ready
+
+from strata_workloads.model import Transformer
+from strata_workloads.presets import get_preset
+from strata_workloads.serve import Server, app_runner
+from strata_workloads.settings import ServeSettings
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(120)]
 
@@ -24,25 +33,49 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
     started.stop_all()
 
 
-async def test_probes_answered_ok_leave_no_access_line_and_everything_else_does(processes: Processes) -> None:
-    server = processes.workload_server("serve", "--threads", "1", "--drain-seconds", "3")
+async def access_lines(server: Process) -> list[tuple[str, int]]:
+    """The process's access lines once its last request's is written (a line follows the response it logs)."""
+    for _ in range(250):
+        records = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")]
+        access = [(r["first_request_line"], r["response_status"]) for r in records if r["logger"] == "aiohttp.access"]
+        if ("GET /nope HTTP/1.1", 404) in access:
+            return access
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no access line for the last request:\n{server.log_tail()}")
+
+
+async def test_the_server_process_logs_no_probe_answered_ok_and_every_other_request(processes: Processes) -> None:
+    server = processes.workload_server("serve", "--threads", "1")
     await wait_ready(server, timeout_s=90)
     async with aiohttp.ClientSession() as session:
         for path, status in [("/healthz", 200), ("/readyz", 200)] * 3 + [("/v1/models", 200), ("/nope", 404)]:
             async with session.get(server.url + path) as response:
                 assert response.status == status, path
-        server.terminate()  # draining: /readyz turns 503, a failing probe, which is logged
-        for _ in range(100):
-            async with session.get(server.url + "/readyz") as response:
-                if response.status == 503:
-                    break
-            await asyncio.sleep(0.02)
-        else:
-            raise AssertionError(f"/readyz never said 503 while draining:\n{server.log_tail()}")
-    server.popen.wait(30)
-    records = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")]
-    access = [(r["first_request_line"], r["response_status"]) for r in records if r["logger"] == "aiohttp.access"]
+    access = await access_lines(server)
     assert not [(line, status) for line, status in access if line.startswith(PROBES) and status == 200], access
     assert ("GET /v1/models HTTP/1.1", 200) in access
     assert ("GET /nope HTTP/1.1", 404) in access
-    assert ("GET /readyz HTTP/1.1", 503) in access
+
+
+async def test_a_failing_probe_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    torch.manual_seed(0)
+    server = Server(Transformer(get_preset("debug")).eval(), ServeSettings())
+    server.draining = True  # as after SIGTERM: /readyz says 503 so that the Service sends it nothing new
+    runner = app_runner(server)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        with caplog.at_level(logging.INFO, logger="aiohttp.access"):
+            async with aiohttp.ClientSession() as session:
+                for path, status in [("/healthz", 200), ("/readyz", 503)]:
+                    async with session.get(f"http://127.0.0.1:{port}{path}") as response:
+                        assert response.status == status, path
+            for _ in range(250):  # a line follows the response it logs
+                if any(r.name == "aiohttp.access" for r in caplog.records):
+                    break
+                await asyncio.sleep(0.02)
+    finally:
+        await runner.cleanup()
+    access = [(r.first_request_line, r.response_status) for r in caplog.records if r.name == "aiohttp.access"]  # type: ignore[attr-defined]
+    assert access == [("GET /readyz HTTP/1.1", 503)]
