@@ -75,6 +75,11 @@ class BadRequest(ValueError):
         self.status = status
 
 
+HEALTHZ, READYZ = "/healthz", "/readyz"
+PROBE_PATHS = frozenset({HEALTHZ, READYZ})
+"""The kubelet's probes (the replicas' liveness and readiness, as the operator writes them)."""
+
+
 class Server:
     def __init__(self, model: Transformer, settings: ServeSettings, tokenizer: Tokenizer | None = None) -> None:
         """`tokenizer`: the text <-> ids of every endpoint and the EOS that ends a generation (default bytes)."""
@@ -131,8 +136,8 @@ class Server:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_bytes, middlewares=[unrouted_in_json])
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get(HEALTHZ, self.healthz)
+        app.router.add_get(READYZ, self.readyz)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/v1/generate", self.handle_generate)
         app.router.add_post("/v1/predict", self.handle_predict)
@@ -390,9 +395,6 @@ def build_server(settings: ServeSettings) -> Server:
 
 def prepare_model(model: Transformer, settings: ServeSettings) -> Transformer:
     return prepare(model, Precision(settings.precision), Quantization(settings.quantization), settings.compile)
-
-
-PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 class QuietProbesAccessLog(AccessLogger):
