@@ -47,7 +47,7 @@ from strata_operator.core.serving import (
     owner_reference,
     selector,
 )
-from strata_operator.core.status import NORMAL, WARNING, Event, StatusDraft, generation_moment
+from strata_operator.core.status import NORMAL, WARNING, Event, StatusDraft, revision_moment
 
 
 class Reason:
@@ -55,6 +55,7 @@ class Reason:
     CANARY_PROMOTED = "CanaryPromoted"
     CANARY_ROLLED_BACK = "CanaryRolledBack"
     STABLE_RESTORED = "StableRestored"
+    ROLLING = "Rolling"
 
 
 @dataclass(frozen=True)
@@ -205,14 +206,18 @@ def rollout_status(
     canary_count: int,
     generation: int,
     restored: str | None = None,
+    serving: str = "",
 ) -> None:
     """Record the rollout in the status draft (``stableRevision``; ``canaryRevision``, ``canaryReplicas`` and
     ``canaryReadyReplicas`` while a canary runs, removed after) with an Event when a canary starts, is promoted or
-    is rolled back (each posted once for the spec ``generation`` that made it,
-    :attr:`~strata_operator.core.status.Event.once`: where a rollout stands is the status, so an Event lost to an
-    operator killed after the status write would never be posted again), and when the stable Deployment was put
-    back (``restored``: how it had changed)."""
+    is rolled back, and when the stable replicas roll to a new revision with no canary (``Rolling``; ``serving``:
+    what the new revision serves, the ModelAvailable message). Each is posted once for the revision and the spec
+    ``generation`` that made it (:attr:`~strata_operator.core.status.Event.once`, :func:`revision_moment`: where a
+    rollout stands is the status, so an Event lost to an operator killed after the status write would never be
+    posted again; a TrainingJob's newer checkpoint is a new revision under the same generation). Also when the
+    stable Deployment was put back (``restored``: how it had changed)."""
     before = draft.stored.get("canaryRevision")
+    stable_before = draft.stored.get("stableRevision")
     draft.set("stableRevision", plan.stable_revision)
     if restored is not None:
         message = (
@@ -221,6 +226,7 @@ def rollout_status(
         )
         draft.events.append(Event(WARNING, Reason.STABLE_RESTORED, message))
     if plan.splitting:
+        assert plan.canary_revision is not None
         draft.set("canaryRevision", plan.canary_revision)
         draft.set("canaryReplicas", canary_count)
         draft.set("canaryReadyReplicas", canary.ready if canary is not None else 0)
@@ -231,25 +237,33 @@ def rollout_status(
                     Reason.CANARY_STARTED,
                     f"revision {plan.canary_revision} runs as a canary of {canary_count} replicas taking "
                     f"{plan.percent}% of the requests; revision {plan.stable_revision} stays the stable one"
-                    + (f" (it replaces canary revision {before})" if before else ""),
-                    once=generation_moment(generation),
+                    + (f" (it replaces canary revision {before})" if before else "")
+                    + (f"; it serves {serving}" if serving else ""),
+                    once=revision_moment(generation, plan.canary_revision),
                 )
             )
         return
     for key in ("canaryRevision", "canaryReplicas", "canaryReadyReplicas"):
         if key in draft.stored:
             draft.set(key, None)
+    once = revision_moment(generation, plan.stable_revision)
     if not isinstance(before, str):
+        if isinstance(stable_before, str) and stable_before != plan.stable_revision:
+            message = (
+                f"revision {stable_before} -> {plan.stable_revision}: the replicas roll to it within "
+                "spec.rollout.maxSurge and maxUnavailable" + (f"; it serves {serving}" if serving else "")
+            )
+            draft.events.append(Event(NORMAL, Reason.ROLLING, message, once=once))
         return
     if before == plan.stable_revision:
         message = f"revision {before} promoted: the stable replicas roll to it and the canary's go"
-        draft.events.append(Event(NORMAL, Reason.CANARY_PROMOTED, message, once=generation_moment(generation)))
+        draft.events.append(Event(NORMAL, Reason.CANARY_PROMOTED, message, once=once))
     else:
         message = (
             f"canary revision {before} rolled back: its replicas go and the stable ones run revision "
             f"{plan.stable_revision}"
         )
-        draft.events.append(Event(NORMAL, Reason.CANARY_ROLLED_BACK, message, once=generation_moment(generation)))
+        draft.events.append(Event(NORMAL, Reason.CANARY_ROLLED_BACK, message, once=revision_moment(generation, before)))
 
 
 def stored_ask(service: InferenceService, status: Mapping[str, Any], wanted: int) -> int:

@@ -28,9 +28,16 @@ def attempt_moment(attempt: int) -> str:
 
 
 def generation_moment(generation: int) -> str:
-    """The moment key (:attr:`Event.once`) of what comes at most once for a spec generation (a suspend, a canary
-    started or ended)."""
+    """The moment key (:attr:`Event.once`) of what comes at most once for a spec generation (a TrainingJob's
+    suspend)."""
     return f"g{generation}"
+
+
+def revision_moment(generation: int, revision: str) -> str:
+    """The moment key (:attr:`Event.once`) of a rollout step of an InferenceService: a revision starting as a canary,
+    promoted, rolled back or rolled to. A spec generation alone does not tell them apart, since a TrainingJob's newer
+    checkpoint makes a new revision under the same generation (a revision does not come back within one)."""
+    return f"g{generation}.{revision}"
 
 
 def scaling_moment(last_scale: Mapping[str, Any]) -> str:
@@ -48,11 +55,12 @@ class Event:
     message: str
     once: str | None = field(default=None, compare=False)
     """The moment it tells of, where that moment comes only once and the status write records it
-    (:func:`attempt_moment`, :func:`generation_moment`, :func:`scaling_moment`): then it is posted under a name of its
-    own (:func:`once_event_name`) before the write. An operator killed after the status write and before a posting
-    it only queued would lose it (the next pass sees the moment recorded); one killed before the status write posts
-    it again under the same name, which the API server refuses (409), so it is not duplicated either. None: a
-    moment that can come again (a waiting reason, a condition's change), posted through kopf after the write."""
+    (:func:`attempt_moment`, :func:`generation_moment`, :func:`revision_moment`, :func:`scaling_moment`): then it is
+    posted under a name of its own (:func:`once_event_name`) before the write. An operator killed after the status
+    write and before a posting it only queued would lose it (the next pass sees the moment recorded); one killed
+    before the status write posts it again under the same name, which the API server refuses (409), so it is not
+    duplicated either. None: a moment that can come again (a waiting reason, a condition's change), posted through
+    kopf after the write."""
 
 
 def once_event_name(name: str, uid: str, moment: str, reason: str) -> str:

@@ -244,7 +244,9 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
         ),
     )
     if plan is not None:
-        canary.rollout_status(draft, plan, observed_canary, canary_count, service.generation, restored)
+        canary.rollout_status(
+            draft, plan, observed_canary, canary_count, service.generation, restored, serving=model.message
+        )
     patch = draft.patch()
     written = await write_status(kube, entry, patch, draft.events)
     if written and report is not None and "lastScale" in patch:

@@ -691,6 +691,9 @@ def test_a_service_of_a_trainingjob_serves_its_checkpoint_volume(services: Servi
     # never runs: only its volume and its preset count
     strata.submit(a_job("train", pool, suspend=True, checkpoint=checkpoint, workload=workload))
     name = services.apply(service_body("served", pool, model={"trainingJob": "train"}))
+    canaried = services.apply(
+        service_body("canaried", pool, model={"trainingJob": "train"}, rollout={"canaryPercent": 50})
+    )
     model = eventually(lambda: services.condition(name, "ModelAvailable") or None, 60, "ModelAvailable")
     assert (model["status"], model["reason"]) == ("True", "Checkpoint")
     assert "TrainingJob train (claim train-ckpt, /ckpt), on the job's preset debug-dense" in model["message"]
@@ -706,24 +709,40 @@ def test_a_service_of_a_trainingjob_serves_its_checkpoint_volume(services: Servi
     before = template.metadata.labels[api.LABEL_REVISION]
     assert CHECKPOINT_STEP not in (template.metadata.annotations or {})  # no step reported yet
 
-    # the job reports a checkpoint (as its workers' progress does): the replicas roll to a revision naming its step
-    strata.custom.patch_namespaced_custom_object_status(
-        api.GROUP,
-        api.VERSION,
-        strata.namespace,
-        api.TRAINING_JOBS,
-        "train",
-        {"status": {"lastCheckpoint": {"step": 10}}},
-    )
+    # the job reports a checkpoint (as its workers' progress does), then a newer one: each time the replicas roll to
+    # a revision naming its step, with a Rolling Event of its own (both under the service's one spec generation); a
+    # service with canaryPercent runs each newer step as its canary, each with a CanaryStarted Event of its own
+    def roll_to(step: int, rolls: int, before: str) -> str:
+        strata.custom.patch_namespaced_custom_object_status(
+            api.GROUP,
+            api.VERSION,
+            strata.namespace,
+            api.TRAINING_JOBS,
+            "train",
+            {"status": {"lastCheckpoint": {"step": step}}},
+        )
 
-    def rolled() -> Any:
-        template = services.apps.read_namespaced_deployment(name, services.namespace).spec.template
-        return template if (template.metadata.annotations or {}).get(CHECKPOINT_STEP) == "10" else None
+        def template_at_step() -> Any:
+            template = services.apps.read_namespaced_deployment(name, services.namespace).spec.template
+            return template if (template.metadata.annotations or {}).get(CHECKPOINT_STEP) == str(step) else None
 
-    template = eventually(rolled, 60, "the replicas' template to name the job's checkpoint step")
-    assert template.metadata.labels[api.LABEL_REVISION] != before
-    said = "step 10 by its status.lastCheckpoint"  # the status is written after the Deployment, in the same pass
-    eventually(lambda: services.condition(name, "ModelAvailable")["message"].endswith(said) or None, 30, said)
+        def messages(service: str, reason: str) -> list[str] | None:
+            selector = f"involvedObject.name={service},reason={reason}"
+            items = services.core.list_namespaced_event(services.namespace, field_selector=selector).items
+            return [e.message for e in items] if len(items) == rolls else None
+
+        template = eventually(template_at_step, 60, f"the replicas' template to name checkpoint step {step}")
+        revision: str = template.metadata.labels[api.LABEL_REVISION]
+        assert revision != before
+        said = f"step {step} by its status.lastCheckpoint"  # the status is written after the Deployment, in one pass
+        eventually(lambda: services.condition(name, "ModelAvailable")["message"].endswith(said) or None, 30, said)
+        rolling = eventually(lambda: messages(name, "Rolling"), 30, f"{rolls} Rolling Events")
+        assert any(m.startswith(f"revision {before} -> {revision}: ") and m.endswith(said) for m in rolling), rolling
+        started = eventually(lambda: messages(canaried, "CanaryStarted"), 30, f"{rolls} CanaryStarted Events")
+        assert sum(m.endswith(said) for m in started) == 1, started
+        return revision
+
+    roll_to(20, 2, roll_to(10, 1, before))
 
 
 # --- what the API server refuses ---

@@ -202,7 +202,8 @@ def test_status_and_events_of_a_canary_started_then_promoted() -> None:
             "revision new runs as a canary of 1 replicas taking 20% of the requests; revision old stays the stable one",
         )
     ]
-    assert start.events[0].once == "g3"  # posted once, before the write, for the spec generation that started it
+    # posted once, before the write, for the revision and the spec generation that started it
+    assert start.events[0].once == "g3.new"
     running = {"stableRevision": "old", "canaryRevision": "new", "canaryReplicas": 1, "canaryReadyReplicas": 0}
     again = StatusDraft(running, T0)
     canary.rollout_status(again, RolloutPlan("old", "new", 20), deployment("new", 1), 1, 3)
@@ -219,7 +220,43 @@ def test_status_and_events_of_a_canary_started_then_promoted() -> None:
     assert events(promoted) == [
         ("CanaryPromoted", "revision new promoted: the stable replicas roll to it and the canary's go")
     ]
-    assert promoted.events[0].once == "g4"
+    assert promoted.events[0].once == "g4.new"
+
+
+def test_each_checkpoint_that_replaces_a_canary_under_one_generation_is_an_event_of_its_own() -> None:
+    """A TrainingJob's newer checkpoint is a new revision with no change of spec: a canary replaced by it is news
+    again, and an Event named by the generation alone would be refused as the first one's duplicate."""
+    running = {"stableRevision": "old", "canaryRevision": "step500", "canaryReplicas": 1, "canaryReadyReplicas": 1}
+    draft = StatusDraft(running, T0)
+    serves = "the newest complete checkpoint of TrainingJob tune, step 1000 by its status.lastCheckpoint"
+    canary.rollout_status(draft, RolloutPlan("old", "step1000", 20), None, 1, 3, serving=serves)
+    assert events(draft) == [
+        (
+            "CanaryStarted",
+            "revision step1000 runs as a canary of 1 replicas taking 20% of the requests; revision old stays the "
+            f"stable one (it replaces canary revision step500); it serves {serves}",
+        )
+    ]
+    assert draft.events[0].once == "g3.step1000"
+
+
+def test_a_roll_to_a_new_revision_without_a_canary_is_an_event_once() -> None:
+    serves = "the newest complete checkpoint of TrainingJob tune, step 1000 by its status.lastCheckpoint"
+    rolled = StatusDraft({"stableRevision": "step500"}, T0)
+    canary.rollout_status(rolled, RolloutPlan("step1000"), deployment("step1000", 2), 0, 3, serving=serves)
+    assert rolled.patch() == {"stableRevision": "step1000"}
+    assert events(rolled) == [
+        (
+            "Rolling",
+            "revision step500 -> step1000: the replicas roll to it within spec.rollout.maxSurge and maxUnavailable; "
+            f"it serves {serves}",
+        )
+    ]
+    assert rolled.events[0].once == "g3.step1000"
+    for stored in ({}, {"stableRevision": "step1000"}):  # a new service's first revision, and no change: no news
+        quiet = StatusDraft(stored, T0)
+        canary.rollout_status(quiet, RolloutPlan("step1000"), deployment("step1000", 2), 0, 3, serving=serves)
+        assert quiet.events == []
 
 
 def test_a_rolled_back_canary_says_so() -> None:
