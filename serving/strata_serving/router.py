@@ -8,17 +8,25 @@ background it asks its :class:`~strata_serving.discovery.ReplicaSource` for the 
 (and the canary revision's source, when there is one: ``canary_percent`` of the requests go there) and probes
 each one's ``/readyz`` and ``/metrics`` every ``probe_interval_s``.
 
-Its own endpoints: ``/healthz`` (alive), ``/readyz`` (replicas discovered and probed once), ``/metrics``, and with
+Its own endpoints: ``/healthz`` (alive), ``/readyz`` (replicas discovered and probed once; 503 ``draining`` after
+SIGTERM), ``/metrics``, and with
 an ``autoscale_mode`` ``/scale``: the autoscaler's last decision (:mod:`strata_serving.scaler`; the operator polls
 it and sizes the replicas' Deployment). When no
 replica can take a request it answers 503 ``{"error": ..., "reason": ...}``, the reason naming why (none
 discovered, all ejected, all draining, none ready yet). Every forwarded answer carries ``x-strata-attempts`` (how
 many replicas were tried) and ``x-strata-replica`` (the one that answered).
+
+On SIGTERM it keeps answering for ``shutdown_delay_s`` (its ``/readyz`` 503 meanwhile), the time the cluster takes
+to stop sending it new connections, then closes its port and gives the requests in flight up to ``drain_s`` to
+finish: a router that closed its port at once would refuse the connections a client's proxy still sends it until
+the endpoint's removal reaches every node (the race Kubernetes' preStop sleep exists for, done in the process so
+that it needs no sleep binary in the image and no kubelet feature). A second signal ends the wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import signal
@@ -189,6 +197,8 @@ class Router:
         self.metrics = RouterMetrics()
         self.rng = random.Random(seed)
         self.ready = False
+        self.draining = False
+        """SIGTERM came: ``/readyz`` answers 503 while requests are still served (:func:`serve`)."""
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.scaler: LiveScaler | None = None
@@ -261,6 +271,8 @@ class Router:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return web.json_response({"status": "draining"}, status=503)
         if self.ready:
             return web.json_response({"status": "ready", "replicas": self.table.counts()})
         return web.json_response({"status": "discovering replicas"}, status=503)
@@ -544,10 +556,13 @@ def broken(error: aiohttp.ClientError) -> str:
 
 
 async def serve(settings: RouterSettings, source: ReplicaSource, canary: ReplicaSource | None = None) -> None:
-    """Run the router until SIGTERM or SIGINT."""
+    """Run the router until SIGTERM or SIGINT, then answer for ``shutdown_delay_s`` more (a second signal ends the
+    wait), close the port and let the requests in flight finish within ``drain_s``."""
     router = Router(settings, source, canary=canary)  # bodies are not decoded: strata_api.serving.coded_body_refusal
     logging.getLogger("aiohttp.server").addFilter(MalformedRequestLog())
-    runner = web.AppRunner(router.app(), handle_signals=False, access_log=None, auto_decompress=False)
+    runner = web.AppRunner(
+        router.app(), handle_signals=False, access_log=None, auto_decompress=False, shutdown_timeout=settings.drain_s
+    )
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
     log.info("listening on %s:%d, policy %s", settings.host, settings.port, settings.policy)
@@ -556,6 +571,13 @@ async def serve(settings: RouterSettings, source: ReplicaSource, canary: Replica
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if settings.shutdown_delay_s > 0:
+        router.draining = True
+        stop.clear()
+        log.info("stopping: answering for %g s more while new connections move elsewhere", settings.shutdown_delay_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.shutdown_delay_s)
+    log.info("closing the port; requests in flight have %g s to finish", settings.drain_s)
     await runner.cleanup()
 
 

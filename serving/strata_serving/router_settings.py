@@ -93,6 +93,14 @@ class RouterSettings:
     body_timeout_s: float = field(default=30.0, metadata=POSITIVE)
     """Seconds a request's body has to arrive whole; a later one gets 408. Default 30 s: a 1 MiB body at 35 KB/s,
     where a client that trickles its body (or stops sending it) would otherwise hold the request open."""
+    shutdown_delay_s: float = 0.0
+    """Seconds the router keeps answering after SIGTERM, its ``/readyz`` 503 meanwhile, before it closes its port:
+    the time the cluster takes to stop sending it new connections (an endpoint's removal reaching every node's
+    proxy). Default 0: close at once, as a router run by hand wants; the operator sets 5 s. A second SIGTERM or
+    SIGINT ends the wait."""
+    drain_s: float = field(default=25.0, metadata=POSITIVE)
+    """Seconds the requests in flight have to finish once the port is closed (a streamed generation among them);
+    then they are cut. Default 25 s, the workload server's own drain (``ServeSettings.drain_seconds``)."""
     autoscale_mode: str = ""
     """``predictive`` or ``reactive``: run the autoscaler (:mod:`strata_serving.scaler`) and answer its last
     decision at ``GET /scale``; empty (the default) runs none. The operator sets it from ``spec.autoscaling.mode``."""

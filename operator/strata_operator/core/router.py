@@ -30,7 +30,7 @@ from strata_api import InferenceService
 from strata_api.serving import LABEL_ROUTER, SCALE_PATH, ScaleReport
 from strata_operator.core.canary import RolloutPlan, canary_dns
 from strata_operator.core.pods import CONTAINER_SECURITY_CONTEXT, pod_security_context
-from strata_operator.core.serving import SERVE_PORT, owned_labels, owner_reference, revision, url
+from strata_operator.core.serving import DRAIN_SECONDS, SERVE_PORT, owned_labels, owner_reference, revision, url
 from strata_operator.settings import OperatorSettings
 
 ROUTER_CONTAINER = "router"
@@ -41,6 +41,12 @@ the service's URL is the same with or without a router in front."""
 ROUTER_ENV_PREFIX = "STRATA_ROUTER_"
 """The router reads ``STRATA_ROUTER_<FIELD>`` (strata_serving.router_settings.RouterSettings); tests/unit/operator
 checks that every variable set here names one of its fields."""
+ROUTER_SHUTDOWN_DELAY_S = 5
+"""``RouterSettings.shutdown_delay_s``: a router told to stop keeps answering this long, while its endpoint's
+removal reaches every node's proxy (within a second or two on a healthy cluster), before it closes its port."""
+ROUTER_TERMINATION_GRACE_S = ROUTER_SHUTDOWN_DELAY_S + DRAIN_SECONDS + 5
+"""The delay, then the requests in flight through the router (``RouterSettings.drain_s``, the replicas' drain), and
+a margin: the kubelet never kills a router that is still answering."""
 ROUTER_SUFFIX = "-router"
 REPLICAS_SUFFIX = "-replicas"
 DEFAULT_STARTUP_S = 60
@@ -113,6 +119,8 @@ def router_env(
         "PORT": str(ROUTER_PORT),
         "REPLICAS_DNS": f"{replicas_service_name(service)}.{service.namespace}.svc:{SERVE_PORT}",
         "REPLICA_CONCURRENCY": str(spec.model.max_batch),  # the server batches this many at once
+        "SHUTDOWN_DELAY_S": str(ROUTER_SHUTDOWN_DELAY_S),
+        "DRAIN_S": str(DRAIN_SECONDS),  # a request through the router takes as long as at the replica
     }
     if rollout is not None and rollout.splitting:
         env.update(CANARY_DNS=canary_dns(service), CANARY_PERCENT=str(rollout.percent))
@@ -147,10 +155,10 @@ def build_router_deployment(
     service: InferenceService, settings: OperatorSettings, rollout: RolloutPlan | None = None
 ) -> dict[str, Any]:
     """The router's Deployment: ``router_replicas`` pods spread over nodes and zones, ready once they have
-    discovered the replicas, with a writable ``/tmp`` (Prophet's fits write there) on a read-only root and the
-    router's ConfigMap (:func:`build_router_config`) at :data:`LEAD_MOUNT`; ``rollout``: a canary's split, which the
-    routers make. The ConfigMap is optional to the pod: a router that starts before it exists runs on its
-    environment's lead until the file appears."""
+    discovered the replicas, given the time to stop gracefully (:data:`ROUTER_TERMINATION_GRACE_S`), with a writable
+    ``/tmp`` (Prophet's fits write there) on a read-only root and the router's ConfigMap (:func:`build_router_config`)
+    at :data:`LEAD_MOUNT`; ``rollout``: a canary's split, which the routers make. The ConfigMap is optional to the
+    pod: a router that starts before it exists runs on its environment's lead until the file appears."""
     labels = router_selector(service)
     container: dict[str, Any] = {
         "name": ROUTER_CONTAINER,
@@ -171,6 +179,7 @@ def build_router_deployment(
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,  # the router calls no Kubernetes API: replicas come from DNS
         "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": ROUTER_TERMINATION_GRACE_S,
         "securityContext": pod_security_context(settings),
         **({"nodeSelector": settings.router_nodes} if settings.router_nodes else {}),
         "topologySpreadConstraints": [

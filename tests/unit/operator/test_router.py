@@ -89,6 +89,10 @@ def test_the_router_deployment_runs_two_spread_routers_of_the_serving_image() ->
     assert [c["topologyKey"] for c in pod["topologySpreadConstraints"]] == ["kubernetes.io/hostname", api.NODE_ZONE]
     assert pod["automountServiceAccountToken"] is False
     assert "nodeSelector" not in pod
+    # told to stop, a router answers through its shutdown delay, then drains what is in flight; the kubelet waits
+    stopping = load_router_settings([], env={e["name"]: e["value"] for e in container["env"]})
+    assert (stopping.shutdown_delay_s, stopping.drain_s) == (5.0, 25.0)
+    assert pod["terminationGracePeriodSeconds"] > stopping.shutdown_delay_s + stopping.drain_s
     placed = OperatorSettings.from_args(["--router-node-selector", "strata.dev/real-node=true"])
     pod = router.build_router_deployment(a_service("chat"), placed)["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"strata.dev/real-node": "true"}  # where the chart runs Strata's own pods

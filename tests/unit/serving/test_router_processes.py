@@ -382,3 +382,33 @@ async def test_the_real_workload_server_behind_the_router(processes: Processes, 
     samples = await metrics(router)
     assert total(samples, "strata_router_requests_total", code="200") == 4
     assert total(samples, "strata_router_replicas", state="routable") == 1
+
+
+async def test_a_router_told_to_stop_answers_new_connections_through_its_shutdown_delay_then_drains(
+    processes: Processes,
+) -> None:
+    """After SIGTERM, a Service's proxies keep sending a router new connections until its endpoint's removal reaches
+    them: it answers them for its shutdown delay (saying draining on /readyz), then closes its port, and a request
+    still in flight then finishes."""
+    replica = processes.fake_replica("r0", "--delay", "0.8")
+    router = processes.router([replica.address], "--shutdown-delay-s", "2")
+    await started(replica, routers=(router,))
+
+    router.terminate()
+    signalled = time.monotonic()
+
+    async def fresh_post() -> Answer:
+        # a connection of its own for each request, as a proxy that picked this router's endpoint opens
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+            return await post(fresh, router.url + "/v1/generate", GENERATE, timeout_s=10)
+
+    async with aiohttp.ClientSession() as fresh, fresh.get(router.url + "/readyz") as response:
+        assert (response.status, await response.json()) == (503, {"status": "draining"})
+    answered = [await fresh_post()]  # 0.8 s each: within the first half of the delay
+    await asyncio.sleep(max(0.0, 1.7 - (time.monotonic() - signalled)))
+    answered.append(await fresh_post())  # sent 1.7 s in, answered 0.8 s later: after the port closed at 2 s
+    assert [a.status for a in answered] == [200, 200], [a.body for a in answered]
+    assert await asyncio.to_thread(router.popen.wait, 30) == 0, router.log_tail()
+    assert time.monotonic() - signalled >= 2.0
+    with pytest.raises(aiohttp.ClientConnectionError):  # gone: the port refuses
+        await fresh_post()
