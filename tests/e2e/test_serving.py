@@ -3,7 +3,8 @@ Deployment (python -m strata_serving.router, the serving image) and their Servic
 (python -m strata_workloads.serve, ready only after warm-up); another pod's HTTP request to the service's URL goes
 through a router, which found the replica by the headless Service's DNS name, and is answered by the model; the
 router's autoscaler decides and the operator shows its decision in status.lastScale; a new autoscaling lead reaches
-the running routers through their mounted ConfigMap, which the kubelet refreshes, with no router replaced. A
+the running routers through their mounted ConfigMap, which the kubelet refreshes, with no router replaced; each
+router deleted in turn under load loses no request (its shutdown delay outlasts the endpoint's removal). A
 TrainingJob's checkpoint volume, written by its workers, is served by a service that names the job: the replica mounts
 it read-only and loads the newest step on the job's preset."""
 
@@ -44,6 +45,34 @@ while True:
 print(json.dumps({"headers": headers, "body": body, "scale": scale}))
 """
 
+# Four threads, each asking /v1/models on a connection of its own per request (urllib does not keep one alive), for
+# LOAD_S seconds from its first line: what a client of the service's URL sees while its routers are replaced.
+LOAD_S = 60
+LOAD = """
+import json, sys, threading, time, urllib.request
+url, seconds = sys.argv[1], float(sys.argv[2])
+lock, answered, failed = threading.Lock(), [0], {}
+print("load started", flush=True)
+start = time.monotonic()
+def ask():
+    while time.monotonic() - start < seconds:
+        try:
+            with urllib.request.urlopen(url + "/v1/models", timeout=10) as answer:
+                answer.read()
+            with lock:
+                answered[0] += 1
+        except Exception as error:  # every failure, by what it was
+            kind = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
+            with lock:
+                failed[kind] = failed.get(kind, 0) + 1
+threads = [threading.Thread(target=ask) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(json.dumps({"answered": answered[0], "failed": failed}))
+"""
+
 
 @pytest.fixture
 def pool(strata: Strata) -> Iterator[str]:
@@ -73,11 +102,13 @@ def a_cpu_service(strata: Strata, name: str, namespace: str, pool: str) -> dict[
     }
 
 
-def a_client_pod(strata: Strata, namespace: str, url: str) -> dict[str, Any]:
+def a_client_pod(
+    strata: Strata, namespace: str, url: str, script: str = CLIENT, *args: str, name: str = "client"
+) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "client", "namespace": namespace},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "restartPolicy": "Never",
             **({"nodeSelector": strata.node_selector} if strata.node_selector else {}),
@@ -87,7 +118,7 @@ def a_client_pod(strata: Strata, namespace: str, url: str) -> dict[str, Any]:
                     "name": "client",
                     "image": strata.workloads_image,
                     "imagePullPolicy": "IfNotPresent",
-                    "command": ["python", "-c", CLIENT, url],
+                    "command": ["python", "-c", script, url, *args],
                     "resources": {"limits": {"cpu": "200m", "memory": "256Mi"}},
                     "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
                 }
@@ -172,6 +203,33 @@ def test_a_cpu_service_answers_http_through_its_router_from_another_pod(
     except AssertionError as error:
         raise AssertionError(f"{error}\n{strata.describe(namespace)}") from None
     assert router_pods(strata, namespace, selector) == routers  # the same pods, none restarted
+
+    # Each router deleted in turn under load (a node drain, a roll) loses no request: told to stop, a router answers
+    # through its shutdown delay while the Service's endpoint goes from every node's proxy, then drains.
+    strata.apply(a_client_pod(strata, namespace, status["url"], LOAD, str(LOAD_S), name="load"))
+    eventually(lambda: "load started" in strata.kubectl("logs", "load", "-n", namespace, check=False), 120, "the load")
+    for old in sorted(routers):
+        strata.kubectl("delete", "pod", old, "-n", namespace, "--wait=false")
+
+        def replaced(old: str = old) -> bool:
+            ready = {
+                pod["metadata"]["name"]
+                for pod in strata.get("pods", "-l", selector, "-n", namespace)["items"]
+                if any(c.get("ready") for c in pod.get("status", {}).get("containerStatuses", []))
+            }
+            return old not in ready and len(ready) == len(routers)
+
+        eventually(replaced, 60, f"router {old} replaced by a ready one")
+
+    def finished() -> str | None:
+        phase = strata.get("pod", "load", "-n", namespace).get("status", {}).get("phase")
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    assert finished() is None, "the load ended before the last router was replaced: make LOAD_S longer"
+    assert eventually(finished, LOAD_S + 60, "the load to finish") == "Succeeded", strata.describe(namespace)
+    seen = json.loads(strata.kubectl("logs", "load", "-n", namespace).strip().splitlines()[-1])
+    assert seen["failed"] == {}, seen
+    assert seen["answered"] > 0, seen
 
 
 @pytest.mark.timeout(900)
