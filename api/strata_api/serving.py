@@ -83,8 +83,8 @@ class ScaleForecast:
 class ScaleReport:
     """One scaling decision with its inputs: ``replicas`` is what the router's autoscaler asks for (already within
     ``replicas.min``/``max``); ``reason`` one CamelCase word (``Forecast``, ``ObservedLoad``, ``WithinTolerance``,
-    ``LatencyAboveTarget``, ``LatencyBelowTarget``, ``AwaitingStartup``, ``Idle``, ``Stabilizing``,
-    ``MinReplicas``, ``MaxReplicas``), ``message`` the same in a sentence with its figures."""
+    ``LatencyAboveTarget``, ``LatencyBelowTarget``, ``AwaitingStartup``, ``Idle``, ``RequestsWaiting``,
+    ``Stabilizing``, ``MinReplicas``, ``MaxReplicas``), ``message`` the same in a sentence with its figures."""
 
     time: str
     """When it was decided, RFC 3339 (UTC)."""

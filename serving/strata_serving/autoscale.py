@@ -31,6 +31,8 @@ For ``p99Latency`` (``p99`` over the window, ``current`` = ready + starting), in
 
 Then, for every metric::
 
+    requests waiting = at least 1 while requests wait in the router for a replica (its hold, a service scaled to
+                       zero) and none is ready or starting: the metric's window may have forgotten their arrival
     scale-down       = to the highest recommendation of the last ``stabilisation_s`` only (HPA's behaviour)
     replicas         = clamp(that, min_replicas, max_replicas)
 
@@ -272,14 +274,16 @@ def decide(
     *,
     busy: Sequence[float] | np.ndarray | None = None,
     p99_s: float | None = None,
+    waiting: int = 0,
 ) -> ScalingDecision:
     """The replica count for ``now_s`` (see the module docstring for the rules).
 
     ``counts`` are the requests per bin of ``bin_s`` seconds up to ``now_s`` (the newest last); ``busy`` the
     request-seconds in the same bins (requests in flight integrated over time; needed for ``concurrency``);
     ``p99_s`` the 99th percentile latency of the requests that finished in the metric window (read for
-    ``p99Latency``; None when none did). ``past`` holds the recommendations of earlier decisions (older than
-    ``stabilisation_s`` are ignored); ``forecast`` (of the metric) is read only in predictive mode.
+    ``p99Latency``; None when none did); ``waiting`` the requests the router holds for want of a replica.
+    ``past`` holds the recommendations of earlier decisions (older than ``stabilisation_s`` are ignored);
+    ``forecast`` (of the metric) is read only in predictive mode.
     """
     rate = observed_rate(counts, bin_s, policy.metric_window_s)
     current = ready + starting
@@ -301,6 +305,9 @@ def decide(
             observed = rate
         recommended, cause, why = _capacity_recommendation(observed, current, policy, forecast)
         floor = replicas_for(observed, policy.target)
+    if waiting and recommended < 1 and current == 0:
+        recommended, cause = 1, "RequestsWaiting"
+        why = f"{waiting} request(s) wait in the router for a replica, and none is ready or starting"
     chosen = recommended
     if recommended < current:
         window = [r.replicas for r in past if now_s - r.time_s < policy.stabilisation_s]

@@ -63,6 +63,9 @@ from strata_serving.router_settings import RouterSettings, load_router_settings
 from strata_serving.routing import Outcome, Policy, Replica, ReplicaTable, outcome_of_status
 from strata_serving.scaler import LeadFile, LiveScaler, usable_candidates
 
+HOLD_POLL_S = 0.05
+"""How often a held request looks for a replica again (:meth:`Router._held`): the table changes at most every
+probe interval (0.5 s), so a tenth of it adds little wait and little work."""
 log = logging.getLogger("strata_serving.router")
 
 ATTEMPTS_HEADER = "x-strata-attempts"
@@ -115,6 +118,7 @@ class RouterMetrics:
             "strata_router_unavailable", "503s for want of a replica, by reason", ["reason"], registry=r
         )
         self.replicas = Gauge("strata_router_replicas", "Known replicas by state", ["state"], registry=r)
+        self.held = Gauge("strata_router_held", "Requests waiting for a replica able to take them", registry=r)
         self.scale_replicas = Gauge(
             "strata_router_scale_replicas", "The autoscaler's last decision: replicas asked for", registry=r
         )
@@ -199,6 +203,8 @@ class Router:
         self.ready = False
         self.draining = False
         """SIGTERM came: ``/readyz`` answers 503 while requests are still served (:func:`serve`)."""
+        self.holding = 0
+        """Requests waiting for a replica (``hold_s``)."""
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.scaler: LiveScaler | None = None
@@ -301,7 +307,7 @@ class Router:
             starting = counts["not_ready"]
             ready = sum(counts.values()) - starting
             try:
-                decision = await loop.run_in_executor(None, scaler.tick, time.time(), ready, starting)
+                decision = await loop.run_in_executor(None, scaler.tick, time.time(), ready, starting, self.holding)
             except Exception:  # a forecaster bug must not end the decisions: log it, decide again next interval
                 log.exception("scaling decision failed")
                 continue
@@ -365,11 +371,33 @@ class Router:
                     break
                 self.metrics.retries.labels(last.outcome.value).inc()
             replica = self.table.choose(self.policy, self.rng, frozenset(tried), self.canary_share)
+            if replica is None and last is None:
+                replica = await self._held()
             if replica is None:
                 break
             tried.append(replica.address)
             last = await self._attempt(replica, endpoint, request, body, headers, len(tried))
         return self._answer(last, tried), tried[-1] if last is not None and last.status is not None else None
+
+    async def _held(self) -> Replica | None:
+        """A replica for a request that found none able to take it, waited for up to ``hold_s`` (the first one of a
+        scale from zero, a replica starting): None when none comes in time, the router is stopping, or
+        ``max_held`` requests wait already."""
+        if self.settings.hold_s <= 0 or self.draining or self.holding >= self.settings.max_held:
+            return None
+        self.holding += 1
+        self.metrics.held.set(self.holding)
+        try:
+            deadline = time.monotonic() + self.settings.hold_s
+            while time.monotonic() < deadline and not self.draining:
+                await asyncio.sleep(HOLD_POLL_S)
+                replica = self.table.choose(self.policy, self.rng, frozenset(), self.canary_share)
+                if replica is not None:
+                    return replica
+            return None
+        finally:
+            self.holding -= 1
+            self.metrics.held.set(self.holding)
 
     def _answer(self, last: Attempt | None, tried: list[str]) -> web.StreamResponse:
         """The client's answer once no further attempt will be made: the last replica's own answer when it gave

@@ -93,6 +93,14 @@ class RouterSettings:
     body_timeout_s: float = field(default=30.0, metadata=POSITIVE)
     """Seconds a request's body has to arrive whole; a later one gets 408. Default 30 s: a 1 MiB body at 35 KB/s,
     where a client that trickles its body (or stops sending it) would otherwise hold the request open."""
+    hold_s: float = 0.0
+    """Seconds a request that finds no replica able to take it (none discovered, none ready yet, all ejected or
+    draining) waits for one before the 503: the first replica of a scale from zero, one still starting. Default 0:
+    the 503 at once; the operator sets 300 s for a service whose ``replicas.min`` is 0, as Knative's activator
+    holds the requests of a revision scaled to zero. A held request counts for the autoscaler as any other."""
+    max_held: int = 1000
+    """Requests held at once (``hold_s``); more get the 503 at once. Default 1,000 (a body is at most
+    ``max_body_bytes``)."""
     shutdown_delay_s: float = 0.0
     """Seconds the router keeps answering after SIGTERM, its ``/readyz`` 503 meanwhile, before it closes its port:
     the time the cluster takes to stop sending it new connections (an endpoint's removal reaching every node's

@@ -226,8 +226,9 @@ class LiveScaler:
         if self._refits is not None:
             self._refits.horizon_bins = horizon_bins(self.policy.horizon_s, self.interval_s)
 
-    def tick(self, now_s: float, ready: int, starting: int) -> ScalingDecision:
-        """The decision at ``now_s`` for ``ready`` + ``starting`` replicas (see the module docstring)."""
+    def tick(self, now_s: float, ready: int, starting: int, waiting: int = 0) -> ScalingDecision:
+        """The decision at ``now_s`` for ``ready`` + ``starting`` replicas and ``waiting`` requests held for want of
+        one (see the module docstring)."""
         if self.lead is not None:
             self.set_startup(self.lead.read())
         with self._lock:
@@ -260,6 +261,7 @@ class LiveScaler:
             list(self._past),
             busy=np.concatenate([pad, busy]),
             p99_s=p99,
+            waiting=waiting,
         )
         self._past.append(Recommendation(now_s, decision.recommended))
         while self._past and now_s - self._past[0].time_s >= self.policy.stabilisation_s:

@@ -4,9 +4,10 @@ Deployment (python -m strata_serving.router, the serving image) and their Servic
 through a router, which found the replica by the headless Service's DNS name, and is answered by the model; the
 router's autoscaler decides and the operator shows its decision in status.lastScale; a new autoscaling lead reaches
 the running routers through their mounted ConfigMap, which the kubelet refreshes, with no router replaced; each
-router deleted in turn under load loses no request (its shutdown delay outlasts the endpoint's removal). A
-TrainingJob's checkpoint volume, written by its workers, is served by a service that names the job: the replica mounts
-it read-only and loads the newest step on the job's preset."""
+router deleted in turn under load loses no request (its shutdown delay outlasts the endpoint's removal). A service
+scaled to zero holds a request in its router until the replica its autoscaler orders answers it, then goes back to
+zero. A TrainingJob's checkpoint volume, written by its workers, is served by a service that names the job: the
+replica mounts it read-only and loads the newest step on the job's preset."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ CLIENT = """
 import json, sys, time, urllib.error, urllib.request
 request = urllib.request.Request(sys.argv[1] + "/v1/generate", data=json.dumps(
     {"prompt": "def main():", "max_new_tokens": 8}).encode(), headers={"Content-Type": "application/json"})
-with urllib.request.urlopen(request, timeout=60) as answer:
+with urllib.request.urlopen(request, timeout=300) as answer:  # a service scaled to zero holds it for a replica
     headers = {k.lower(): v for k, v in answer.headers.items() if k.lower().startswith("x-strata-")}
     body = json.loads(answer.read())
 deadline = time.monotonic() + 60
@@ -263,6 +264,53 @@ def test_a_service_of_a_trained_job_serves_its_newest_checkpoint_on_the_jobs_pre
     answer = ask_through_the_router(strata, namespace, status["url"])
     assert answer["body"]["tokens"] == 8
     assert answer["headers"]["x-strata-attempts"] == "1"
+
+
+@pytest.mark.timeout(900)
+def test_a_service_scaled_to_zero_holds_a_request_until_its_first_replica_answers_then_scales_to_zero_again(
+    strata: Strata, namespace: str, pool: str
+) -> None:
+    service = a_cpu_service(strata, "idle", namespace, pool)
+    service["spec"]["replicas"] = {"min": 0, "max": 1}
+    service["spec"]["autoscaling"]["scaleDownStabilizationSeconds"] = 0
+    strata.apply(service)
+
+    def at_zero_with_a_router() -> dict[str, Any] | None:
+        status = strata.get("inferenceservice", "idle", "-n", namespace).get("status") or {}
+        out = strata.kubectl("get", "deployment", "idle-router", "-n", namespace, "-o", "json", check=False)
+        routers = json.loads(out) if out.lstrip().startswith("{") else {}  # not made yet
+        ready_routers = (routers.get("status") or {}).get("readyReplicas") or 0
+        return status if status.get("desiredReplicas") == 0 and ready_routers > 0 else None
+
+    try:
+        status = eventually(at_zero_with_a_router, 180, "no replica and a ready router")
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{strata.describe(namespace)}") from None
+    assert strata.get("deployment", "idle", "-n", namespace)["spec"]["replicas"] == 0
+
+    # the router holds the request; its autoscaler, counting it, asks for a replica; the operator starts one, and
+    # the request is answered once that replica has warmed up
+    answer = ask_through_the_router(strata, namespace, status["url"])
+    assert answer["body"]["tokens"] == 8
+    assert answer["headers"]["x-strata-attempts"] == "1"
+    scaled = strata.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=idle,reason=ScaledUp",
+        "-o", "jsonpath={.items[*].message}",
+    )  # fmt: skip
+    assert scaled.startswith("0 -> 1 replicas"), scaled
+
+    def back_at_zero() -> dict[str, Any] | None:
+        status = strata.get("inferenceservice", "idle", "-n", namespace).get("status") or {}
+        return status if status.get("desiredReplicas") == 0 else None
+
+    try:
+        idle = eventually(back_at_zero, 240, "the service scaled to zero again once no request came")
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{strata.describe(namespace)}") from None
+    assert idle["lastScale"]["replicas"] == 0, idle["lastScale"]
+    eventually(
+        lambda: strata.get("deployment", "idle", "-n", namespace)["spec"]["replicas"] == 0 or None, 60, "0 replicas"
+    )
 
 
 @pytest.mark.timeout(300)

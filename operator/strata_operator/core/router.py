@@ -47,6 +47,9 @@ removal reaches every node's proxy (within a second or two on a healthy cluster)
 ROUTER_TERMINATION_GRACE_S = ROUTER_SHUTDOWN_DELAY_S + DRAIN_SECONDS + 5
 """The delay, then the requests in flight through the router (``RouterSettings.drain_s``, the replicas' drain), and
 a margin: the kubelet never kills a router that is still answering."""
+SCALE_FROM_ZERO_HOLD_S = 300
+"""``RouterSettings.hold_s`` for a service whose ``replicas.min`` is 0: a request that finds no replica waits this
+long for the first one the autoscaler orders (Knative's default request timeout, 300 s, bounds its activator's)."""
 ROUTER_SUFFIX = "-router"
 REPLICAS_SUFFIX = "-replicas"
 DEFAULT_STARTUP_S = 60
@@ -111,7 +114,8 @@ def router_env(
     service: InferenceService, settings: OperatorSettings, rollout: RolloutPlan | None = None
 ) -> dict[str, str]:
     """The router's settings (``STRATA_ROUTER_<FIELD>``): where the replicas are (and a canary's, with its share
-    of the requests, while ``rollout`` splits them), and the autoscaler's policy. Not its lead: the router reads
+    of the requests, while ``rollout`` splits them), how it stops, how long a request waits for a replica when
+    ``replicas.min`` is 0, and the autoscaler's policy. Not its lead: the router reads
     that from :data:`LEAD_FILE` (:func:`build_router_config`) at its first decision and each one after, so neither a
     measurement nor a change of ``spec.autoscaling.horizonSeconds`` changes the pod template."""
     spec = service.spec
@@ -122,6 +126,8 @@ def router_env(
         "SHUTDOWN_DELAY_S": str(ROUTER_SHUTDOWN_DELAY_S),
         "DRAIN_S": str(DRAIN_SECONDS),  # a request through the router takes as long as at the replica
     }
+    if spec.min_replicas == 0:  # scaled to zero now and then: hold a request for the first replica
+        env["HOLD_S"] = str(SCALE_FROM_ZERO_HOLD_S)
     if rollout is not None and rollout.splitting:
         env.update(CANARY_DNS=canary_dns(service), CANARY_PERCENT=str(rollout.percent))
     scaling = spec.autoscaling

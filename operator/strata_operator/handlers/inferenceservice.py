@@ -183,7 +183,10 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
         canary_service = first(indices["servingservices"], f"{ns}/{canary.canary_service_name(service)}") is not None
         plan = canary.plan_rollout(service, rev, observed, observed_canary, canary_service)
     report = None
-    if router.autoscaled(service):
+    routers = first(deployments, f"{ns}/{router.router_name(service)}")
+    if router.autoscaled(service) and routers is not None and routers.ready > 0:
+        # not before a router is ready: until then the Service's name may not resolve, and DNS caches the miss
+        # (CoreDNS for its negative TTL) for the clients that ask next, who then cannot find the new service
         report = await read_scale(router.scale_url(service, settings), settings.scale_timeout_s)
     wanted = {
         e.service.key: canary.stored_ask(e.service, e.status, router.wanted_replicas(e.service, None, e.status))
@@ -238,7 +241,7 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
         model_failure=refused,
         name_taken=taken,
         held_up=replicas.held_up(pods, rev, now, settings.scheduler_grace_s) if rev is not None else None,
-        routers=first(deployments, f"{ns}/{router.router_name(service)}"),
+        routers=routers,
         routers_held_up=replicas.held_up(
             cache.router_pods.get(service.key, ()), "", now, settings.scheduler_grace_s, what="router"
         ),

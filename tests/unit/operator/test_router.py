@@ -256,3 +256,9 @@ def test_a_scale_url_override_serves_out_of_cluster_runs() -> None:
     local = OperatorSettings.from_args([], env={"STRATA_OPERATOR_ROUTER_URLS": "team/chat=http://127.0.0.1:9/"})
     assert router.scale_url(service, local) == "http://127.0.0.1:9/scale"
     assert router.scale_url(autoscaled("other"), local) == "http://other.team.svc:8000/scale"
+
+
+def test_the_routers_of_a_service_that_scales_to_zero_hold_a_request_for_the_first_replica() -> None:
+    held = load_router_settings([], env=router.router_env(autoscaled(low=0, high=3), SETTINGS))
+    assert held.hold_s == router.SCALE_FROM_ZERO_HOLD_S  # the autoscaler orders one; the request waits for it
+    assert load_router_settings([], env=router.router_env(autoscaled(low=1, high=3), SETTINGS)).hold_s == 0

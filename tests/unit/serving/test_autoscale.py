@@ -11,6 +11,7 @@ from strata_serving.autoscale import (
     Metric,
     Mode,
     Recommendation,
+    ScalingDecision,
     ScalingPolicy,
     decide,
     latency_recommendation,
@@ -232,3 +233,23 @@ def test_a_report_from_a_router_without_a_metric_reads_as_rps() -> None:
             "observedRate": 2.5}  # fmt: skip
     report = ScaleReport.from_json(body)
     assert (report.metric, report.observed, report.observed_rps) == ("rps", None, 2.5)
+
+
+@pytest.mark.parametrize("mode", [Mode.REACTIVE, Mode.PREDICTIVE])
+@pytest.mark.parametrize("metric", [Metric.RPS, Metric.CONCURRENCY, Metric.P99_LATENCY])
+def test_requests_held_for_want_of_a_replica_ask_for_one_after_the_window_forgot_them(
+    mode: Mode, metric: Metric
+) -> None:
+    """A service scaled to zero: the router holds a request whose arrival has left the metric's window (the first
+    replica takes a while to start), so the metric alone asks for none; the waiting request asks for one."""
+    quiet = [0.0] * 60
+    scaled_to_zero = policy(mode=mode, metric=metric, min_replicas=0, max_replicas=3, target=0.5)
+
+    def with_waiting(waiting: int, starting: int = 0) -> ScalingDecision:
+        return decide(1000, quiet, 1, 0, starting, scaled_to_zero, None, busy=quiet, waiting=waiting)
+
+    assert with_waiting(0).replicas == 0
+    held = with_waiting(2)
+    assert (held.replicas, held.cause) == (1, "RequestsWaiting")
+    assert held.reason == "2 request(s) wait in the router for a replica, and none is ready or starting"
+    assert with_waiting(2, starting=1).cause != "RequestsWaiting"  # one starting is what they wait for

@@ -12,7 +12,18 @@ from collections import Counter
 import aiohttp
 import orjson
 import pytest
-from router_support import Answer, Process, Processes, exchange, metrics, post, total, wait_ready, wait_routable
+from router_support import (
+    Answer,
+    Process,
+    Processes,
+    exchange,
+    free_port,
+    metrics,
+    post,
+    total,
+    wait_ready,
+    wait_routable,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -412,3 +423,30 @@ async def test_a_router_told_to_stop_answers_new_connections_through_its_shutdow
     assert time.monotonic() - signalled >= 2.0
     with pytest.raises(aiohttp.ClientConnectionError):  # gone: the port refuses
         await fresh_post()
+
+
+async def test_a_request_that_finds_no_replica_ready_is_held_until_one_is(
+    processes: Processes, session: aiohttp.ClientSession
+) -> None:
+    """With ``--hold-s`` (a service scaled to zero) a request waits for the first replica rather than taking the 503;
+    one that waits past the hold gets the 503 with its reason."""
+    port = free_port()  # where the replica will listen once it has started
+    router = processes.router([f"127.0.0.1:{port}"], "--hold-s", "20")
+    short = processes.router([f"127.0.0.1:{port}"], "--hold-s", "1", name="short")
+    await wait_ready(router)
+    await wait_ready(short)
+
+    sent = time.monotonic()
+    asking = asyncio.create_task(post(session, router.url + "/v1/generate", GENERATE))
+    refused = await post(session, short.url + "/v1/generate", GENERATE)
+    assert refused.status == 503
+    assert orjson.loads(refused.body)["reason"] == "no replica ready yet"
+    assert refused.seconds >= 1.0
+    assert not asking.done()
+    assert total(await metrics(router), "strata_router_held") == 1
+
+    replica = processes.fake_replica("first", port=port)
+    answer = await asking
+    assert (answer.status, answer.replica) == (200, replica.address)
+    assert time.monotonic() - sent >= 1.0
+    assert total(await metrics(router), "strata_router_held") == 0
