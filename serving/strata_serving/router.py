@@ -13,8 +13,9 @@ SIGTERM), ``/metrics``, and with
 an ``autoscale_mode`` ``/scale``: the autoscaler's last decision (:mod:`strata_serving.scaler`; the operator polls
 it and sizes the replicas' Deployment). When no
 replica can take a request it answers 503 ``{"error": ..., "reason": ...}``, the reason naming why (none
-discovered, all ejected, all draining, none ready yet). Every forwarded answer carries ``x-strata-attempts`` (how
-many replicas were tried) and ``x-strata-replica`` (the one that answered).
+discovered, all ejected, all draining, none ready yet), after holding the request up to ``hold_s`` for one (a
+service scaled to zero). Every forwarded answer carries ``x-strata-attempts`` (how many replicas were tried) and
+``x-strata-replica`` (the one that answered).
 
 On SIGTERM it keeps answering for ``shutdown_delay_s`` (its ``/readyz`` 503 meanwhile), the time the cluster takes
 to stop sending it new connections, then closes its port and gives the requests in flight up to ``drain_s`` to
@@ -66,6 +67,7 @@ from strata_serving.scaler import LeadFile, LiveScaler, usable_candidates
 HOLD_POLL_S = 0.05
 """How often a held request looks for a replica again (:meth:`Router._held`): the table changes at most every
 probe interval (0.5 s), so a tenth of it adds little wait and little work."""
+
 log = logging.getLogger("strata_serving.router")
 
 ATTEMPTS_HEADER = "x-strata-attempts"
@@ -599,8 +601,8 @@ async def serve(settings: RouterSettings, source: ReplicaSource, canary: Replica
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    router.draining = True  # readyz 503, and no request is held any more
     if settings.shutdown_delay_s > 0:
-        router.draining = True
         stop.clear()
         log.info("stopping: answering for %g s more while new connections move elsewhere", settings.shutdown_delay_s)
         with contextlib.suppress(TimeoutError):
