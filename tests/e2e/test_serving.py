@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 from cluster_support import eventually
@@ -22,6 +22,8 @@ from e2e_support import Strata, a_cpu_job, a_cpu_pool
 
 import strata_api as api
 from strata_api.serving import LABEL_ROUTER
+
+T = TypeVar("T")
 
 # A router answers /scale with 404 "no scaling decision yet" until its own first interval (15 s) is over; the test
 # waits for the operator's lastScale, read from one router, and the Service may send the client's /scale to the
@@ -128,33 +130,46 @@ def a_client_pod(
     }
 
 
-def ready_status(strata: Strata, namespace: str, name: str) -> dict[str, Any]:
-    """The service's status once its one replica is ready (the namespace described when it does not get there)."""
-
-    def ready() -> dict[str, Any] | None:
-        status = strata.get("inferenceservice", name, "-n", namespace).get("status") or {}
-        return status if status.get("readyReplicas") == 1 else None
-
+def described(strata: Strata, namespace: str, probe: Callable[[], T | None], timeout_s: float, what: str) -> T:
+    """:func:`eventually`, with the namespace described when it times out."""
     try:
-        status: dict[str, Any] = eventually(ready, 300, f"{name}'s replica to be ready")
+        return eventually(probe, timeout_s, what)
     except AssertionError as error:
         raise AssertionError(f"{error}\n{strata.describe(namespace)}") from None
-    return status
+
+
+def service_status(strata: Strata, namespace: str, name: str) -> dict[str, Any]:
+    return strata.get("inferenceservice", name, "-n", namespace).get("status") or {}
+
+
+def ready_status(strata: Strata, namespace: str, name: str) -> dict[str, Any]:
+    """The service's status once its one replica is ready."""
+
+    def ready() -> dict[str, Any] | None:
+        status = service_status(strata, namespace, name)
+        return status if status.get("readyReplicas") == 1 else None
+
+    return described(strata, namespace, ready, 300, f"{name}'s replica to be ready")
+
+
+def pod_result(strata: Strata, namespace: str, pod: str, timeout_s: float) -> dict[str, Any]:
+    """The JSON last line a client pod printed, once it has succeeded (its log and the namespace when it failed)."""
+
+    def finished() -> str | None:
+        phase = strata.get("pod", pod, "-n", namespace).get("status", {}).get("phase")
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    phase = eventually(finished, timeout_s, f"pod {pod} to finish")
+    out = strata.kubectl("logs", pod, "-n", namespace)
+    assert phase == "Succeeded", f"{out}\n{strata.describe(namespace)}"
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
 
 
 def ask_through_the_router(strata: Strata, namespace: str, url: str) -> dict[str, Any]:
     """What the client pod (:data:`CLIENT`) printed: its answer from ``url``, the router's headers and ``/scale``."""
     strata.apply(a_client_pod(strata, namespace, url))
-
-    def finished() -> str | None:
-        phase = strata.get("pod", "client", "-n", namespace).get("status", {}).get("phase")
-        return phase if phase in ("Succeeded", "Failed") else None
-
-    phase = eventually(finished, 180, "the client pod to finish")
-    out = strata.kubectl("logs", "client", "-n", namespace)
-    assert phase == "Succeeded", f"{out}\n{strata.describe(namespace)}"
-    answer: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return answer
+    return pod_result(strata, namespace, "client", 180)
 
 
 @pytest.mark.timeout(1500)  # run alone, it also waits for the session: images, cluster, import, install
@@ -166,13 +181,10 @@ def test_a_cpu_service_answers_http_through_its_router_from_another_pod(
     assert status["url"] == f"http://chat.{namespace}.svc:8000"
 
     def decided() -> dict[str, Any] | None:
-        last = (strata.get("inferenceservice", "chat", "-n", namespace).get("status") or {}).get("lastScale") or {}
+        last: dict[str, Any] = service_status(strata, namespace, "chat").get("lastScale") or {}
         return last if "requested" in last else None  # only a decision read from the router names its ask
 
-    try:
-        last = eventually(decided, 90, "the router's scaling decision in status.lastScale")
-    except AssertionError as error:
-        raise AssertionError(f"{error}\n{strata.describe(namespace)}") from None
+    last = described(strata, namespace, decided, 90, "the router's scaling decision in status.lastScale")
     assert last["mode"] == "reactive"
     assert last["requested"] == 1
     assert last["replicas"] == 1
@@ -199,10 +211,7 @@ def test_a_cpu_service_answers_http_through_its_router_from_another_pod(
         told = {line.split("/")[1] for line in logs.splitlines() if "the lead is now 105 s" in line}
         return told >= set(routers)
 
-    try:
-        eventually(every_router_read_it, 180, "every router to read the new lead from its mounted ConfigMap")
-    except AssertionError as error:
-        raise AssertionError(f"{error}\n{strata.describe(namespace)}") from None
+    described(strata, namespace, every_router_read_it, 180, "every router to read the new lead from its ConfigMap")
     assert router_pods(strata, namespace, selector) == routers  # the same pods, none restarted
 
     # Each router deleted in turn under load (a node drain, a roll) loses no request: told to stop, a router answers
@@ -222,13 +231,9 @@ def test_a_cpu_service_answers_http_through_its_router_from_another_pod(
 
         eventually(replaced, 60, f"router {old} replaced by a ready one")
 
-    def finished() -> str | None:
-        phase = strata.get("pod", "load", "-n", namespace).get("status", {}).get("phase")
-        return phase if phase in ("Succeeded", "Failed") else None
-
-    assert finished() is None, "the load ended before the last router was replaced: make LOAD_S longer"
-    assert eventually(finished, LOAD_S + 60, "the load to finish") == "Succeeded", strata.describe(namespace)
-    seen = json.loads(strata.kubectl("logs", "load", "-n", namespace).strip().splitlines()[-1])
+    load = strata.get("pod", "load", "-n", namespace).get("status", {}).get("phase")
+    assert load == "Running", "the load ended before the last router was replaced: make LOAD_S longer"
+    seen = pod_result(strata, namespace, "load", LOAD_S + 60)
     assert seen["failed"] == {}, seen
     assert seen["answered"] > 0, seen
 
@@ -276,16 +281,13 @@ def test_a_service_scaled_to_zero_holds_a_request_until_its_first_replica_answer
     strata.apply(service)
 
     def at_zero_with_a_router() -> dict[str, Any] | None:
-        status = strata.get("inferenceservice", "idle", "-n", namespace).get("status") or {}
+        status = service_status(strata, namespace, "idle")
         out = strata.kubectl("get", "deployment", "idle-router", "-n", namespace, "-o", "json", check=False)
         routers = json.loads(out) if out.lstrip().startswith("{") else {}  # not made yet
         ready_routers = (routers.get("status") or {}).get("readyReplicas") or 0
         return status if status.get("desiredReplicas") == 0 and ready_routers > 0 else None
 
-    try:
-        status = eventually(at_zero_with_a_router, 180, "no replica and a ready router")
-    except AssertionError as error:
-        raise AssertionError(f"{error}\n{strata.describe(namespace)}") from None
+    status = described(strata, namespace, at_zero_with_a_router, 180, "no replica and a ready router")
     assert strata.get("deployment", "idle", "-n", namespace)["spec"]["replicas"] == 0
 
     # the router holds the request; its autoscaler, counting it, asks for a replica; the operator starts one, and
@@ -300,13 +302,10 @@ def test_a_service_scaled_to_zero_holds_a_request_until_its_first_replica_answer
     assert scaled.startswith("0 -> 1 replicas"), scaled
 
     def back_at_zero() -> dict[str, Any] | None:
-        status = strata.get("inferenceservice", "idle", "-n", namespace).get("status") or {}
+        status = service_status(strata, namespace, "idle")
         return status if status.get("desiredReplicas") == 0 else None
 
-    try:
-        idle = eventually(back_at_zero, 240, "the service scaled to zero again once no request came")
-    except AssertionError as error:
-        raise AssertionError(f"{error}\n{strata.describe(namespace)}") from None
+    idle = described(strata, namespace, back_at_zero, 240, "the service scaled to zero again once no request came")
     assert idle["lastScale"]["replicas"] == 0, idle["lastScale"]
     eventually(
         lambda: strata.get("deployment", "idle", "-n", namespace)["spec"]["replicas"] == 0 or None, 60, "0 replicas"
