@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -252,6 +252,35 @@ def resolve_model(service: InferenceService, job: TrainingJob | None) -> ModelSo
         reason=Reason.RANDOM_WEIGHTS,
         message=f"preset {model.preset} with random weights (neither spec.model.trainingJob, path nor modelDir)",
         tokenizer=model.tokenizer,
+    )
+
+
+def rolling_deployment(
+    service: InferenceService, stable: ObservedDeployment | None, canary: ObservedDeployment | None
+) -> ObservedDeployment | None:
+    """The Deployment that takes the spec's template when it changes: the canary's while one runs at a
+    ``canaryPercent`` of 1..99, else the stable one (None: neither is there yet)."""
+    return canary if canary is not None and 0 < service.spec.rollout.canary_percent < 100 else stable
+
+
+def one_roll_at_a_time(source: ModelSource, rolling: ObservedDeployment | None, failing: bool) -> ModelSource:
+    """``source`` with a TrainingJob's newer checkpoint step held back while ``rolling`` (the Deployment that takes
+    the spec's template, :func:`rolling_deployment`) still rolls to the step its template names: that roll finishes
+    first, then the replicas roll to the step that is newest by then. Without it, a job that checkpoints more often
+    than a replica warms up changes the template before any new replica is ready, the Deployment controller
+    replaces the starting replicas each time, and the service never leaves the oldest step. A roll that cannot
+    finish does not hold the next step back: one whose replicas fail (``failing``, the model cannot be served) or
+    that the Deployment controller gave up on (:attr:`ObservedDeployment.stalled`)."""
+    newest = source.checkpoint_step
+    if newest is None or rolling is None or failing or rolling.stalled or not rolling.rolling:
+        return source
+    under_way = rolling.checkpoint_step
+    if under_way is None or under_way == newest:
+        return source
+    return replace(
+        source,
+        checkpoint_step=under_way,
+        message=f"{source.message}; the replicas finish their roll to step {under_way} before they roll to it",
     )
 
 
@@ -622,6 +651,12 @@ class ObservedDeployment:
     """Its spec as the API server returned it (defaults filled in): what a canary keeps of the stable one."""
     kept: KeptStable | None = None
     """A canary's Deployment: the stable Deployment it keeps (:data:`KEPT_STABLE`)."""
+    available: int = 0
+    total: int = 0
+    """Its pods of every revision (``status.replicas``), those an older template's included."""
+    stalled: bool = False
+    """The Deployment controller gave up waiting for its roll (``Progressing`` False, ``ProgressDeadlineExceeded``:
+    no new replica turned available within ``progressDeadlineSeconds``, 600 s by default)."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ObservedDeployment:
@@ -636,12 +671,37 @@ class ObservedDeployment:
             observed_generation=int(status.get("observedGeneration") or 0),
             spec=orjson.loads(orjson.dumps(spec, default=dict)),
             kept=KeptStable.parse(annotations.get(KEPT_STABLE)),
+            available=int(status.get("availableReplicas") or 0),
+            total=int(status.get("replicas") or 0),
+            stalled=any(
+                c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+                for c in status.get("conditions") or ()
+            ),
         )
 
     @property
     def rolled_out(self) -> bool:
         """The Deployment controller has seen its latest spec and every replica runs the latest template."""
         return self.observed_generation >= self.generation and self.updated >= self.replicas
+
+    @property
+    def rolling(self) -> bool:
+        """A roll to its latest template is under way, by ``kubectl rollout status``'s rule: the controller has not
+        seen the latest spec, or fewer replicas run the latest template than asked, or pods of an older one are
+        still there, or some running the latest template are not available yet (a scale-up's new replicas too)."""
+        return (
+            self.observed_generation < self.generation
+            or self.updated < self.replicas
+            or self.total > self.updated
+            or self.available < self.updated
+        )
+
+    @property
+    def checkpoint_step(self) -> int | None:
+        """The TrainingJob's checkpoint step its pod template names (:data:`ANN_CHECKPOINT_STEP`); None: none."""
+        template = (self.spec or {}).get("template") or {}
+        step = ((template.get("metadata") or {}).get("annotations") or {}).get(ANN_CHECKPOINT_STEP)
+        return int(step) if isinstance(step, str) and step.isdigit() else None
 
 
 def drifted(desired: Mapping[str, Any], observed_spec: Mapping[str, Any] | None, part: str = "spec") -> bool:

@@ -172,9 +172,15 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
     ]
     jobs = [e.job for store in list(jobs_index.values()) for e in store]
     ns = service.namespace
-    model = serving.resolve_model(service, _training_job(service, jobs_index))
     observed: ObservedDeployment | None = first(deployments, service.key)
     observed_canary: ObservedDeployment | None = first(deployments, f"{ns}/{serving.canary_name(service)}")
+    cache = runtime.observed
+    pods = list(cache.replica_pods.get(service.key, ()))
+    model = serving.resolve_model(service, _training_job(service, jobs_index))
+    if isinstance(model, ModelSource):
+        rolling = serving.rolling_deployment(service, observed, observed_canary)
+        failing = rolling is not None and replicas.model_failure(pods, rolling.revision) is not None
+        model = serving.one_roll_at_a_time(model, rolling, failing)
     pool = pools.get(service.spec.pool)
     plan: RolloutPlan | None = None
     rev: str | None = None
@@ -199,8 +205,6 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
     )[service.key]
     stable_count, canary_count = canary.split(allotment.replicas, own, plan)
     kube = runtime.api
-    cache = runtime.observed
-    pods = list(cache.replica_pods.get(service.key, ()))
     startup: float | None = None
     restored: str | None = None
     taken: str | None = None

@@ -745,6 +745,70 @@ def test_a_service_of_a_trainingjob_serves_its_checkpoint_volume(services: Servi
     roll_to(20, 2, roll_to(10, 1, before))
 
 
+def test_a_newer_checkpoint_waits_until_the_replicas_finish_their_roll_to_the_one_before(
+    services: Services, strata: Strata
+) -> None:
+    # a job that checkpoints more often than a replica warms up: without the wait, each step would replace the
+    # starting replicas of the one before, and the service would never leave its first step
+    pool = cpu_pool(strata, 8)
+    checkpoint = {"path": "/ckpt", "persistentVolumeClaim": "train-ckpt"}
+    workload = {"image": "registry.invalid/strata/workloads:test", "preset": "debug-dense"}
+    strata.submit(a_job("train", pool, suspend=True, checkpoint=checkpoint, workload=workload))
+    name = services.apply(service_body("followed", pool, model={"trainingJob": "train"}))
+    services.wait_ready(name, 1)
+    ns = services.namespace
+
+    def report_checkpoint(step: int) -> None:
+        strata.custom.patch_namespaced_custom_object_status(
+            api.GROUP, api.VERSION, ns, api.TRAINING_JOBS, "train", {"status": {"lastCheckpoint": {"step": step}}}
+        )
+
+    def template_step() -> str | None:
+        template = services.apps.read_namespaced_deployment(name, ns).spec.template
+        return (template.metadata.annotations or {}).get(CHECKPOINT_STEP)
+
+    # the roll to step 10 cannot finish while a ResourceQuota admits no pod beyond those running (the surge's new
+    # replica is refused), as a replica warming up for minutes would keep it going
+    running = [
+        p
+        for p in services.core.list_namespaced_pod(ns).items
+        if p.status.phase not in ("Succeeded", "Failed") and p.metadata.deletion_timestamp is None
+    ]
+    quota = client.V1ResourceQuota(
+        metadata=client.V1ObjectMeta(name="no-more-pods"),
+        spec=client.V1ResourceQuotaSpec(hard={"pods": str(len(running))}),
+    )
+    services.core.create_namespaced_resource_quota(ns, quota)
+    try:
+        eventually(
+            lambda: (services.core.read_namespaced_resource_quota("no-more-pods", ns).status.used or {}).get("pods"),
+            30,
+            "the quota controller to count the namespace's pods",
+        )
+        report_checkpoint(10)
+        eventually(lambda: template_step() == "10" or None, 60, "the replicas' template to name step 10")
+        report_checkpoint(20)
+        waiting = "; the replicas finish their roll to step 10 before they roll to it"
+        message = eventually(
+            lambda: (m := services.condition(name, "ModelAvailable").get("message", "")).endswith(waiting) and m,
+            60,
+            "ModelAvailable to say that step 20 waits for the roll to step 10",
+        )
+        assert "step 20 by its status.lastCheckpoint" in message, message
+        deployment = services.apps.read_namespaced_deployment(name, ns)
+        assert (deployment.status.updated_replicas or 0) < 1, deployment.status  # the roll to 10 is under way
+        assert template_step() == "10"
+        time.sleep(3)  # a few passes of the operator later, still
+        assert template_step() == "10"
+    finally:
+        services.core.delete_namespaced_resource_quota("no-more-pods", ns)
+    # the roll to step 10 finishes, then the replicas roll to 20
+    eventually(lambda: template_step() == "20" or None, 120, "the replicas' template to name step 20")
+    said = "step 20 by its status.lastCheckpoint"
+    eventually(lambda: services.condition(name, "ModelAvailable")["message"].endswith(said) or None, 30, said)
+    services.wait_ready(name, 1)
+
+
 # --- what the API server refuses ---
 
 

@@ -316,6 +316,84 @@ def test_a_newer_checkpoint_of_the_job_rolls_every_replica_to_it() -> None:
     assert source.message.endswith("on the job's preset debug, step 20 by its status.lastCheckpoint")
 
 
+def a_deployment_at_step(
+    step: int | None, replicas: int = 2, updated: int = 2, total: int = 2, available: int = 2, **status: Any
+) -> ObservedDeployment:
+    """A Deployment as the watch shows it, whose pod template names checkpoint ``step``."""
+    annotations = {serving.ANN_CHECKPOINT_STEP: str(step)} if step is not None else {}
+    body = {
+        "metadata": {"generation": 3, "annotations": {api.LABEL_REVISION: f"rev-{step}"}},
+        "spec": {"replicas": replicas, "template": {"metadata": {"annotations": annotations}}},
+        "status": {
+            "observedGeneration": 3,
+            "replicas": total,
+            "updatedReplicas": updated,
+            "readyReplicas": available,
+            "availableReplicas": available,
+            **status,
+        },
+    }
+    return ObservedDeployment.from_body(body)
+
+
+def test_a_deployment_rolls_until_every_replica_runs_its_latest_template_and_is_available() -> None:
+    # kubectl rollout status's rule
+    assert not a_deployment_at_step(10).rolling
+    assert a_deployment_at_step(10, updated=1, total=3, available=1).rolling  # the surge's new replica warming up
+    assert a_deployment_at_step(10, updated=2, total=3, available=2).rolling  # an old replica not yet gone
+    assert a_deployment_at_step(10, updated=2, total=2, available=1).rolling  # a new replica not yet available
+    assert a_deployment_at_step(10, observedGeneration=2).rolling  # the controller has not seen the latest spec
+    assert not a_deployment_at_step(10, replicas=0, updated=0, total=0, available=0).rolling
+    assert a_deployment_at_step(10).checkpoint_step == 10
+    assert a_deployment_at_step(None).checkpoint_step is None
+    stalled = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
+    assert a_deployment_at_step(10, available=1, conditions=[stalled]).stalled
+    progressing = {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"}
+    assert not a_deployment_at_step(10, available=1, conditions=[progressing]).stalled
+
+
+def test_a_newer_checkpoint_waits_for_the_roll_to_the_one_before_to_finish() -> None:
+    # a job that checkpoints more often than a replica warms up would otherwise change the template before any new
+    # replica is ready, and the Deployment controller would replace the starting replicas at every checkpoint
+    checkpoint = {"path": "/ckpt", "persistentVolumeClaim": "c"}
+    service = a_service(model={"trainingJob": "train"})
+    at_20 = serving.resolve_model(
+        service, a_job(name="train", checkpoint=checkpoint, status={"lastCheckpoint": {"step": 20}})
+    )
+    assert isinstance(at_20, ModelSource)
+    warming = a_deployment_at_step(10, updated=1, total=3, available=1)
+    held = serving.one_roll_at_a_time(at_20, warming, failing=False)
+    assert held == dataclasses.replace(
+        at_20,
+        checkpoint_step=10,
+        message=f"{at_20.message}; the replicas finish their roll to step 10 before they roll to it",
+    )
+    deployment = serving.build_deployment(service, CPU_POOL, held, 2, SETTINGS)
+    assert deployment["spec"]["template"]["metadata"]["annotations"][serving.ANN_CHECKPOINT_STEP] == "10"
+    # the roll done, the newest step rolls
+    assert serving.one_roll_at_a_time(at_20, a_deployment_at_step(10), failing=False) == at_20
+    # a roll that cannot finish holds nothing back: its replicas fail, or the controller gave up on it
+    assert serving.one_roll_at_a_time(at_20, warming, failing=True) == at_20
+    stalled = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
+    gave_up = a_deployment_at_step(10, updated=1, total=3, available=1, conditions=[stalled])
+    assert serving.one_roll_at_a_time(at_20, gave_up, failing=False) == at_20
+    # nothing to hold: the roll under way is to the newest step, or names none, or there is no Deployment yet
+    assert serving.one_roll_at_a_time(at_20, a_deployment_at_step(20, available=1), failing=False) == at_20
+    assert serving.one_roll_at_a_time(at_20, a_deployment_at_step(None, available=1), failing=False) == at_20
+    assert serving.one_roll_at_a_time(at_20, None, failing=False) == at_20
+    # a model that names no step (a path, random weights) is never held
+    assert serving.one_roll_at_a_time(SOURCE, warming, failing=False) == SOURCE
+
+
+def test_the_canary_takes_the_new_template_while_one_runs_else_the_stable_deployment() -> None:
+    stable, trial = a_deployment_at_step(10), a_deployment_at_step(20)
+    canaried = a_service(rollout={"canaryPercent": 20})
+    assert serving.rolling_deployment(canaried, stable, trial) is trial
+    assert serving.rolling_deployment(canaried, stable, None) is stable
+    assert serving.rolling_deployment(a_service(rollout={"canaryPercent": 100}), stable, trial) is stable
+    assert serving.rolling_deployment(a_service(), None, None) is None
+
+
 def test_a_model_that_cannot_be_served_says_why_naming_the_field() -> None:
     service = a_service(model={"trainingJob": "train"})
     missing = serving.resolve_model(service, None)
