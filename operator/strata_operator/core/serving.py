@@ -263,16 +263,17 @@ def rolling_deployment(
     return canary if canary is not None and 0 < service.spec.rollout.canary_percent < 100 else stable
 
 
-def one_roll_at_a_time(source: ModelSource, rolling: ObservedDeployment | None, failing: bool) -> ModelSource:
+def one_roll_at_a_time(source: ModelSource, rolling: ObservedDeployment | None, stuck: bool) -> ModelSource:
     """``source`` with a TrainingJob's newer checkpoint step held back while ``rolling`` (the Deployment that takes
     the spec's template, :func:`rolling_deployment`) still rolls to the step its template names: that roll finishes
     first, then the replicas roll to the step that is newest by then. Without it, a job that checkpoints more often
     than a replica warms up changes the template before any new replica is ready, the Deployment controller
     replaces the starting replicas each time, and the service never leaves the oldest step. A roll that cannot
-    finish does not hold the next step back: one whose replicas fail (``failing``, the model cannot be served) or
-    that the Deployment controller gave up on (:attr:`ObservedDeployment.stalled`)."""
+    finish does not hold the next step back: one whose replicas are ``stuck`` (their model cannot be served, or
+    something outside the operator holds them up: no node, no scheduler, a kubelet that cannot start them) or that
+    the Deployment controller gave up on (:attr:`ObservedDeployment.stalled`)."""
     newest = source.checkpoint_step
-    if newest is None or rolling is None or failing or rolling.stalled or not rolling.rolling:
+    if newest is None or rolling is None or stuck or rolling.stalled or not rolling.rolling:
         return source
     under_way = rolling.checkpoint_step
     if under_way is None or under_way == newest:

@@ -177,10 +177,14 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
     cache = runtime.observed
     pods = list(cache.replica_pods.get(service.key, ()))
     model = serving.resolve_model(service, _training_job(service, jobs_index))
+    now = datetime.now(UTC).replace(microsecond=0)
     if isinstance(model, ModelSource):
         rolling = serving.rolling_deployment(service, observed, observed_canary)
-        failing = rolling is not None and replicas.model_failure(pods, rolling.revision) is not None
-        model = serving.one_roll_at_a_time(model, rolling, failing)
+        stuck = rolling is not None and (
+            replicas.model_failure(pods, rolling.revision) is not None
+            or replicas.held_up(pods, rolling.revision, now, settings.scheduler_grace_s) is not None
+        )
+        model = serving.one_roll_at_a_time(model, rolling, stuck)
     pool = pools.get(service.spec.pool)
     plan: RolloutPlan | None = None
     rev: str | None = None
@@ -226,7 +230,6 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
         for name, seen in ((service.name, observed), (serving.canary_name(service), observed_canary)):
             if seen is not None and seen.replicas:
                 await kube.merge_patch(deployments_path(ns, name), {"spec": {"replicas": 0}})
-    now = datetime.now(UTC).replace(microsecond=0)
     cost = replicas.cost_per_hour(service, pods, IndexMapping(cache.nodes), settings.prices) if cache.synced else None
     trial = observed_canary if plan is not None and plan.splitting else None
     refused = replicas.model_failure(pods, rev) if rev is not None else None

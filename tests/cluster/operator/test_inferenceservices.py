@@ -751,11 +751,58 @@ def test_a_newer_checkpoint_waits_until_the_replicas_finish_their_roll_to_the_on
     # a job that checkpoints more often than a replica warms up: without the wait, each step would replace the
     # starting replicas of the one before, and the service would never leave its first step
     pool = cpu_pool(strata, 8)
-    checkpoint = {"path": "/ckpt", "persistentVolumeClaim": "train-ckpt"}
-    workload = {"image": "registry.invalid/strata/workloads:test", "preset": "debug-dense"}
-    strata.submit(a_job("train", pool, suspend=True, checkpoint=checkpoint, workload=workload))
-    name = services.apply(service_body("followed", pool, model={"trainingJob": "train"}))
-    services.wait_ready(name, 1)
+    volume = bound_claim(services, "train-ckpt")
+    try:
+        checkpoint = {"path": "/ckpt", "persistentVolumeClaim": "train-ckpt"}
+        workload = {"image": "registry.invalid/strata/workloads:test", "preset": "debug-dense"}
+        strata.submit(a_job("train", pool, suspend=True, checkpoint=checkpoint, workload=workload))
+        name = services.apply(service_body("followed", pool, model={"trainingJob": "train"}))
+        services.wait_ready(name, 1)
+        roll_twice_while_the_first_roll_is_held(services, strata, name)
+    finally:
+        services.core.delete_persistent_volume(volume)  # gone with the claim (pv-protection), with the namespace
+
+
+def bound_claim(services: Services, claim: str) -> str:
+    """A claim in the test's namespace bound to a volume made for it (a host path no pod of the kwok fleet
+    mounts), so that replicas mounting it are placed; the volume's name, to delete."""
+    ns = services.namespace
+    volume = f"{ns}-{claim}"[:253]
+    size = {"storage": "1Gi"}
+    services.core.create_persistent_volume(
+        {
+            "metadata": {"name": volume},
+            "spec": {
+                "capacity": size,
+                "accessModes": ["ReadWriteMany"],
+                "hostPath": {"path": f"/tmp/strata-tests/{volume}"},
+                "claimRef": {"namespace": ns, "name": claim},
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+            },
+        }
+    )
+    services.core.create_namespaced_persistent_volume_claim(
+        ns,
+        {
+            "metadata": {"name": claim},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "resources": {"requests": size},
+                "storageClassName": "",
+                "volumeName": volume,
+            },
+        },
+    )
+    eventually(
+        lambda: services.core.read_namespaced_persistent_volume_claim(claim, ns).status.phase == "Bound" or None,
+        60,
+        f"claim {claim} to be bound",
+    )
+    return volume
+
+
+def roll_twice_while_the_first_roll_is_held(services: Services, strata: Strata, name: str) -> None:
     ns = services.namespace
 
     def report_checkpoint(step: int) -> None:

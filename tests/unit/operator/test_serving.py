@@ -362,7 +362,7 @@ def test_a_newer_checkpoint_waits_for_the_roll_to_the_one_before_to_finish() -> 
     )
     assert isinstance(at_20, ModelSource)
     warming = a_deployment_at_step(10, updated=1, total=3, available=1)
-    held = serving.one_roll_at_a_time(at_20, warming, failing=False)
+    held = serving.one_roll_at_a_time(at_20, warming, stuck=False)
     assert held == dataclasses.replace(
         at_20,
         checkpoint_step=10,
@@ -371,18 +371,18 @@ def test_a_newer_checkpoint_waits_for_the_roll_to_the_one_before_to_finish() -> 
     deployment = serving.build_deployment(service, CPU_POOL, held, 2, SETTINGS)
     assert deployment["spec"]["template"]["metadata"]["annotations"][serving.ANN_CHECKPOINT_STEP] == "10"
     # the roll done, the newest step rolls
-    assert serving.one_roll_at_a_time(at_20, a_deployment_at_step(10), failing=False) == at_20
-    # a roll that cannot finish holds nothing back: its replicas fail, or the controller gave up on it
-    assert serving.one_roll_at_a_time(at_20, warming, failing=True) == at_20
+    assert serving.one_roll_at_a_time(at_20, a_deployment_at_step(10), stuck=False) == at_20
+    # a roll that cannot finish holds nothing back: its replicas fail or are held up, or the controller gave up on it
+    assert serving.one_roll_at_a_time(at_20, warming, stuck=True) == at_20
     stalled = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
     gave_up = a_deployment_at_step(10, updated=1, total=3, available=1, conditions=[stalled])
-    assert serving.one_roll_at_a_time(at_20, gave_up, failing=False) == at_20
+    assert serving.one_roll_at_a_time(at_20, gave_up, stuck=False) == at_20
     # nothing to hold: the roll under way is to the newest step, or names none, or there is no Deployment yet
-    assert serving.one_roll_at_a_time(at_20, a_deployment_at_step(20, available=1), failing=False) == at_20
-    assert serving.one_roll_at_a_time(at_20, a_deployment_at_step(None, available=1), failing=False) == at_20
-    assert serving.one_roll_at_a_time(at_20, None, failing=False) == at_20
+    assert serving.one_roll_at_a_time(at_20, a_deployment_at_step(20, available=1), stuck=False) == at_20
+    assert serving.one_roll_at_a_time(at_20, a_deployment_at_step(None, available=1), stuck=False) == at_20
+    assert serving.one_roll_at_a_time(at_20, None, stuck=False) == at_20
     # a model that names no step (a path, random weights) is never held
-    assert serving.one_roll_at_a_time(SOURCE, warming, failing=False) == SOURCE
+    assert serving.one_roll_at_a_time(SOURCE, warming, stuck=False) == SOURCE
 
 
 def test_the_canary_takes_the_new_template_while_one_runs_else_the_stable_deployment() -> None:
