@@ -653,6 +653,7 @@ class ObservedDeployment:
     kept: KeptStable | None = None
     """A canary's Deployment: the stable Deployment it keeps (:data:`KEPT_STABLE`)."""
     available: int = 0
+    """Its replicas ready for ``minReadySeconds`` (0: ready ones), of every revision (``status.availableReplicas``)."""
     total: int = 0
     """Its pods of every revision (``status.replicas``), those an older template's included."""
     stalled: bool = False
