@@ -272,6 +272,75 @@ def test_a_service_of_a_trained_job_serves_its_newest_checkpoint_on_the_jobs_pre
 
 
 @pytest.mark.timeout(900)
+def test_a_service_of_a_job_that_checkpoints_faster_than_a_replica_warms_up_is_ready_while_the_job_trains(
+    strata: Strata, namespace: str, pool: str
+) -> None:
+    # a checkpoint every few seconds, a replica that takes far longer to load and warm up (a tenth of a CPU: about a
+    # minute): one roll at a time, or each newer step would replace the replica still warming up and none would be
+    # ready until the job stopped
+    claim = strata.checkpoint_claim(namespace)
+    job = a_cpu_job(strata, "busy", pool, claim=claim, steps=400, every=5, preset="debug-dense")
+    strata.apply(job | {"metadata": {"name": "busy", "namespace": namespace}})
+
+    def job_status() -> dict[str, Any]:
+        return strata.get("trainingjob", "busy", "-n", namespace).get("status") or {}
+
+    def checkpointed() -> int | None:
+        step = (job_status().get("lastCheckpoint") or {}).get("step")
+        return step if isinstance(step, int) else None
+
+    first = described(strata, namespace, checkpointed, 300, "the job's first checkpoint")
+    service = a_cpu_service(strata, "follows", namespace, pool)
+    service["spec"]["model"] = {"trainingJob": "busy"}
+    service["spec"]["replicas"] = {"min": 1, "max": 1}
+    service["spec"]["resources"]["cpuPerReplica"] = "100m"
+    strata.apply(service)
+
+    def step_of(obj: dict[str, Any]) -> str | None:
+        return ((obj.get("metadata") or {}).get("annotations") or {}).get("strata.dev/checkpoint-step")
+
+    def started_on() -> str | None:
+        found = strata.kubectl("get", "deployment", "follows", "-n", namespace, "-o", "name", check=False)
+        return step_of(strata.get("deployment", "follows", "-n", namespace)["spec"]["template"]) if found else None
+
+    started = described(strata, namespace, started_on, 60, "the replicas' Deployment")
+
+    def ready_while_training() -> tuple[int, list[str | None]] | None:
+        status, job = service_status(strata, namespace, "follows"), job_status()
+        assert job.get("phase") == api.Phase.RUNNING.value, f"the job ended before the service was ready: {job}"
+        if status.get("readyReplicas") != 1:
+            return None
+        pods = strata.get("pods", "-n", namespace, "-l", f"{api.LABEL_INFERENCE_SERVICE}=follows")["items"]
+        ready = [p for p in pods if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get(
+            "conditions", ()))]  # fmt: skip
+        return (job["lastCheckpoint"]["step"], [step_of(p) for p in ready]) if ready else None
+
+    step, ready_on = described(strata, namespace, ready_while_training, 300, "a ready replica while the job trains")
+    # the replica started on the step of the service's creation is the one that turned ready, though the job
+    # checkpointed meanwhile: no newer step replaced it while it warmed up
+    assert step > first, (first, step)
+    assert ready_on == [started], (first, started, step, ready_on)
+
+    # the job goes on, the replicas follow it one roll at a time, and end on its last step
+    done = strata.wait_for_phase(namespace, "busy", (api.Phase.SUCCEEDED.value,), 600)
+    last = done["lastCheckpoint"]["step"]
+
+    def on_the_last_step() -> dict[str, Any] | None:
+        template = strata.get("deployment", "follows", "-n", namespace)["spec"]["template"]
+        status = service_status(strata, namespace, "follows")
+        at_last = template["metadata"]["annotations"].get("strata.dev/checkpoint-step") == str(last)
+        return status if at_last and status.get("readyReplicas") == 1 else None
+
+    status = described(strata, namespace, on_the_last_step, 300, f"the replica ready on step {last}")
+    model = next(c for c in status["conditions"] if c["type"] == "ModelAvailable")
+    assert model["message"].endswith(f"step {last} by its status.lastCheckpoint"), model
+    rolls = strata.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=follows,reason=Rolling", "-o", "name"
+    ).split()
+    assert rolls, "no Rolling Event"
+
+
+@pytest.mark.timeout(900)
 def test_a_service_scaled_to_zero_holds_a_request_until_its_first_replica_answers_then_scales_to_zero_again(
     strata: Strata, namespace: str, pool: str
 ) -> None:
