@@ -238,14 +238,20 @@ def test_a_cpu_service_answers_http_through_its_router_from_another_pod(
     assert seen["answered"] > 0, seen
 
 
+def train_on_a_claim(strata: Strata, namespace: str, pool: str, name: str, *, steps: int, every: int) -> None:
+    """A CPU TrainingJob on the preset debug-dense (not the service's default, debug) that keeps its checkpoints
+    on a claim of its own, every ``every`` of its ``steps``."""
+    claim = strata.checkpoint_claim(namespace)
+    job = a_cpu_job(strata, name, pool, claim=claim, steps=steps, every=every, preset="debug-dense")
+    strata.apply(job | {"metadata": {"name": name, "namespace": namespace}})
+
+
 @pytest.mark.timeout(900)
 def test_a_service_of_a_trained_job_serves_its_newest_checkpoint_on_the_jobs_preset_through_the_router(
     strata: Strata, namespace: str, pool: str
 ) -> None:
     # train on a preset other than the service's default (debug): built as debug, the checkpoint would not load
-    claim = strata.checkpoint_claim(namespace)
-    job = a_cpu_job(strata, "tune", pool, claim=claim, steps=20, every=10, preset="debug-dense")
-    strata.apply(job | {"metadata": {"name": "tune", "namespace": namespace}})
+    train_on_a_claim(strata, namespace, pool, "tune", steps=20, every=10)
     trained = strata.wait_for_phase(namespace, "tune", (api.Phase.SUCCEEDED.value,), 480)
     step = trained["lastCheckpoint"]["step"]
     assert step == 20, trained
@@ -278,9 +284,7 @@ def test_a_service_of_a_job_that_checkpoints_faster_than_a_replica_warms_up_is_r
     # a checkpoint every few seconds, a replica that takes far longer to load and warm up (a tenth of a CPU: about a
     # minute): one roll at a time, or each newer step would replace the replica still warming up and none would be
     # ready until the job stopped
-    claim = strata.checkpoint_claim(namespace)
-    job = a_cpu_job(strata, "busy", pool, claim=claim, steps=400, every=5, preset="debug-dense")
-    strata.apply(job | {"metadata": {"name": "busy", "namespace": namespace}})
+    train_on_a_claim(strata, namespace, pool, "busy", steps=400, every=5)
 
     def job_status() -> dict[str, Any]:
         return strata.get("trainingjob", "busy", "-n", namespace).get("status") or {}
