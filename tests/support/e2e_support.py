@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster_support import ClusterHandle, eventually
+from cluster_support import ClusterHandle, eventually, host_path_claim
 
 import strata_api as api
 
@@ -87,32 +87,21 @@ class Strata:
         """A ReadWriteOnce claim for a job's checkpoints: a hostPath volume in this session's folder on the local
         node, or a claim on the cluster's default StorageClass (kind's local-path provisioner)."""
         name = f"checkpoints-{secrets.token_hex(3)}"
-        claim: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}},
-        }
-        if self.volumes_dir is not None:
-            folder = self.volumes_dir / f"{namespace}-{name}"
-            folder.mkdir(mode=0o777)
-            folder.chmod(0o777)
-            volume = {
-                "apiVersion": "v1",
-                "kind": "PersistentVolume",
-                "metadata": {"name": f"{namespace}-{name}"},
-                "spec": {
-                    "capacity": {"storage": size},
-                    "accessModes": ["ReadWriteOnce"],
-                    "persistentVolumeReclaimPolicy": "Retain",
-                    "storageClassName": "",
-                    "hostPath": {"path": str(folder), "type": "Directory"},
-                    "claimRef": {"namespace": namespace, "name": name},
-                },
-            }
-            self.apply(volume)
-            claim["spec"] |= {"storageClassName": "", "volumeName": volume["metadata"]["name"]}
-        self.apply(claim)
+        if self.volumes_dir is None:
+            self.apply(
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": name, "namespace": namespace},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}},
+                }
+            )
+            return name
+        folder = self.volumes_dir / f"{namespace}-{name}"
+        folder.mkdir(mode=0o777)
+        folder.chmod(0o777)
+        for manifest in host_path_claim(namespace, name, str(folder), size):
+            self.apply(manifest)
         return name
 
 

@@ -178,7 +178,7 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
     pods = list(cache.replica_pods.get(service.key, ()))
     model = serving.resolve_model(service, _training_job(service, jobs_index))
     now = datetime.now(UTC).replace(microsecond=0)
-    if isinstance(model, ModelSource):
+    if isinstance(model, ModelSource) and model.checkpoint_step is not None:  # a TrainingJob's steps
         rolling = serving.rolling_deployment(service, observed, observed_canary)
         stuck = rolling is not None and (
             replicas.model_failure(pods, rolling.revision) is not None

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from cluster_support import ClusterHandle, eventually
+from cluster_support import ClusterHandle, eventually, host_path_claim
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_harness import OperatorProcess, Strata, replaced_by
@@ -767,39 +767,15 @@ def bound_claim(services: Services, claim: str) -> str:
     """A claim in the test's namespace bound to a volume made for it (a host path no pod of the kwok fleet
     mounts), so that replicas mounting it are placed; the volume's name, to delete."""
     ns = services.namespace
-    volume = f"{ns}-{claim}"[:253]
-    size = {"storage": "1Gi"}
-    services.core.create_persistent_volume(
-        {
-            "metadata": {"name": volume},
-            "spec": {
-                "capacity": size,
-                "accessModes": ["ReadWriteMany"],
-                "hostPath": {"path": f"/tmp/strata-tests/{volume}"},
-                "claimRef": {"namespace": ns, "name": claim},
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-            },
-        }
-    )
-    services.core.create_namespaced_persistent_volume_claim(
-        ns,
-        {
-            "metadata": {"name": claim},
-            "spec": {
-                "accessModes": ["ReadWriteMany"],
-                "resources": {"requests": size},
-                "storageClassName": "",
-                "volumeName": volume,
-            },
-        },
-    )
+    volume, body = host_path_claim(ns, claim, f"/tmp/strata-tests/{ns}-{claim}")
+    services.core.create_persistent_volume(volume)
+    services.core.create_namespaced_persistent_volume_claim(ns, body)
     eventually(
         lambda: services.core.read_namespaced_persistent_volume_claim(claim, ns).status.phase == "Bound" or None,
         60,
         f"claim {claim} to be bound",
     )
-    return volume
+    return str(volume["metadata"]["name"])
 
 
 def roll_twice_while_the_first_roll_is_held(services: Services, strata: Strata, name: str) -> None:
