@@ -1,6 +1,7 @@
-"""The router's scaling report (``GET /scale``), as the router writes it and the operator reads it; and what the
-router and the model server answer a request they will not serve (a compressed or late body, a path or method
-they have no route for) and log of one they cannot parse.
+"""The router's scaling report (``GET /scale``), as the router writes it and the operator reads it; the replica
+endpoints the router forwards and the model server serves; and what the two answer a request they will not serve
+(a compressed or late body, a path or method they have no route for, and the shape of every refusal's body) and
+log of one they cannot parse.
 
 The router of an InferenceService sees every request, so it runs the autoscaler (``strata_serving.autoscale``)
 and serves its last decision here; the operator polls it, clamps it to the pool's quota, applies it to the
@@ -21,6 +22,39 @@ LABEL_ROUTER = f"{GROUP}/inference-service-router"
 """Label of an InferenceService's router pods (its name); the replicas carry ``strata.dev/inference-service``."""
 SCALE_PATH = "/scale"
 """The router's endpoint that answers the last :class:`ScaleReport` (404 before its first decision)."""
+
+GENERATE_PATH, PREDICT_PATH = "/v1/generate", "/v1/predict"
+"""Strata's own endpoints of the model server: text from a prompt, and scores (perplexity) of texts."""
+COMPLETIONS_PATH, MODELS_PATH = "/v1/completions", "/v1/models"
+"""OpenAI's endpoints of the model server: completions (streamed or whole), and the model it serves."""
+
+
+def speaks_openai(path: str) -> bool:
+    """Whether a request to ``path`` is answered in OpenAI's API: its endpoints, and every other path under
+    ``/v1/`` but Strata's own two (a client of OpenAI's API may call one the server does not have, such as
+    ``/v1/chat/completions``, and reads the 404 as it reads any error of that API)."""
+    return path.startswith("/v1/") and path not in (GENERATE_PATH, PREDICT_PATH)
+
+
+def openai_error(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """A refusal's body in OpenAI's error shape, what its clients read (``error.message``, ``error.code``)."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def openai_error_type(status: int) -> str:
+    """OpenAI's ``error.type`` for a refusal with HTTP ``status``."""
+    if status == 429:
+        return "requests"  # a rate limit, as OpenAI's API names it
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def refusal_body(path: str, status: int, message: str, reason: str | None = None) -> dict[str, Any]:
+    """What the router and the model server answer in JSON when they refuse a request to ``path``: on a path that
+    :func:`speaks_openai`, OpenAI's error shape with ``reason`` as its ``code``; elsewhere (Strata's own endpoints,
+    the router's ``/scale``) ``{"error": message, "reason": reason}``, without ``reason`` when there is none."""
+    if speaks_openai(path):
+        return openai_error(message, openai_error_type(status), code=reason)
+    return {"error": message} if reason is None else {"error": message, "reason": reason}
 
 
 def coded_body_refusal(content_encoding: str | None) -> str | None:

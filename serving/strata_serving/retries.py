@@ -21,6 +21,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from strata_api.serving import COMPLETIONS_PATH, GENERATE_PATH, MODELS_PATH, PREDICT_PATH
 from strata_serving.routing import Outcome
 
 
@@ -37,10 +38,10 @@ class Endpoint:
 ENDPOINTS: dict[str, Endpoint] = {
     endpoint.path: endpoint
     for endpoint in (
-        Endpoint("/v1/generate", free_of_side_effects=True),
-        Endpoint("/v1/predict", free_of_side_effects=True),
-        Endpoint("/v1/completions", free_of_side_effects=True),
-        Endpoint("/v1/models", free_of_side_effects=True, method="GET"),
+        Endpoint(GENERATE_PATH, free_of_side_effects=True),
+        Endpoint(PREDICT_PATH, free_of_side_effects=True),
+        Endpoint(COMPLETIONS_PATH, free_of_side_effects=True),
+        Endpoint(MODELS_PATH, free_of_side_effects=True, method="GET"),
     )
 }
 """The replica endpoints the router forwards, all read-only uses of the model (``/v1/models`` lists the served

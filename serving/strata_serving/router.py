@@ -11,11 +11,12 @@ each one's ``/readyz`` and ``/metrics`` every ``probe_interval_s``.
 Its own endpoints: ``/healthz`` (alive), ``/readyz`` (replicas discovered and probed once; 503 ``draining`` after
 SIGTERM), ``/metrics``, and with
 an ``autoscale_mode`` ``/scale``: the autoscaler's last decision (:mod:`strata_serving.scaler`; the operator polls
-it and sizes the replicas' Deployment). When no
-replica can take a request it answers 503 ``{"error": ..., "reason": ...}``, the reason naming why (none
-discovered, all ejected, all draining, none ready yet), after holding the request up to ``hold_s`` for one (a
+it and sizes the replicas' Deployment). When no replica can take a request it answers 503 with a reason naming why
+(none discovered, all ejected, all draining, none ready yet), after holding the request up to ``hold_s`` for one (a
 service scaled to zero). Every forwarded answer carries ``x-strata-attempts`` (how many replicas were tried) and
-``x-strata-replica`` (the one that answered).
+``x-strata-replica`` (the one that answered). Its own refusals take the shape of the path's API
+(``strata_api.serving.refusal_body``): OpenAI's error on ``/v1/completions``, ``/v1/models`` and any other ``/v1/``
+path but Strata's own two, whose refusals are ``{"error": ..., "reason": ...}``, as are ``/scale``'s.
 
 On SIGTERM it keeps answering for ``shutdown_delay_s`` (its ``/readyz`` 503 meanwhile), the time the cluster takes
 to stop sending it new connections, then closes its port and gives the requests in flight up to ``drain_s`` to
@@ -48,6 +49,7 @@ from strata_api.serving import (
     MalformedRequestLog,
     coded_body_refusal,
     late_body_refusal,
+    refusal_body,
     unrouted_refusal,
 )
 from strata_serving.discovery import (
@@ -156,11 +158,13 @@ class Attempt:
     streamed: web.StreamResponse | None = None
 
 
-def error_response(status: int, error: str, reason: str, attempts: int = 0) -> web.Response:
+def error_response(path: str, status: int, error: str, reason: str, attempts: int = 0) -> web.Response:
+    """The router's own refusal of a request to ``path``, in the body's shape that path speaks
+    (``strata_api.serving.refusal_body``: OpenAI's error with ``reason`` as its code, or ``{"error", "reason"}``)."""
     headers = {ATTEMPTS_HEADER: str(attempts)}
     if status in (429, 503):
         headers["Retry-After"] = "1"
-    body = orjson.dumps({"error": error, "reason": reason})
+    body = orjson.dumps(refusal_body(path, status, error, reason))
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
@@ -173,7 +177,7 @@ async def unrouted_in_json(request: web.Request, handler: Handler) -> web.Stream
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as error:
         allowed = error.allowed_methods if isinstance(error, web.HTTPMethodNotAllowed) else None
         message = unrouted_refusal(request.method, request.path, allowed)
-        response = error_response(error.status, message, error.reason.lower())
+        response = error_response(request.path, error.status, message, error.reason.lower())
         if allowed is not None:
             response.headers["Allow"] = ",".join(sorted(allowed))
         return response
@@ -294,9 +298,11 @@ class Router:
         """The autoscaler's last decision (:class:`strata_api.serving.ScaleReport`); 404 when the router runs no
         autoscaler or has not decided yet."""
         if self.scaler is None:
-            return error_response(404, "this router runs no autoscaler (autoscale_mode is empty)", "not autoscaling")
+            return error_response(
+                SCALE_PATH, 404, "this router runs no autoscaler (autoscale_mode is empty)", "not autoscaling"
+            )
         if self.scaler.last is None:
-            return error_response(404, "no scaling decision yet", "first interval not over")
+            return error_response(SCALE_PATH, 404, "no scaling decision yet", "first interval not over")
         return web.json_response(self.scaler.last.report().to_json())
 
     async def _scale_forever(self, scaler: LiveScaler) -> None:
@@ -338,22 +344,23 @@ class Router:
         return response
 
     async def _forward(self, request: web.Request, endpoint: Endpoint) -> tuple[web.StreamResponse, str | None]:
+        path = endpoint.path
         if refusal := coded_body_refusal(request.headers.get("Content-Encoding")):
-            return error_response(415, refusal, "bad request"), None
+            return error_response(path, 415, refusal, "bad request"), None
         try:
             body = await asyncio.wait_for(request.read(), self.settings.body_timeout_s)
             parsed = orjson.loads(body) if endpoint.method == "POST" else {}
         except TimeoutError:
-            return error_response(408, late_body_refusal(self.settings.body_timeout_s), "bad request"), None
+            return error_response(path, 408, late_body_refusal(self.settings.body_timeout_s), "bad request"), None
         except web.HTTPRequestEntityTooLarge:
             limit = self.settings.max_body_bytes
-            return error_response(413, f"the body is larger than {limit} bytes", "bad request"), None
+            return error_response(path, 413, f"the body is larger than {limit} bytes", "bad request"), None
         except ConnectionResetError:  # nobody reads this answer; returning one spares the log a traceback
-            return error_response(400, "the client left before the body was complete", "bad request"), None
+            return error_response(path, 400, "the client left before the body was complete", "bad request"), None
         except orjson.JSONDecodeError as error:
-            return error_response(400, f"the body is not valid JSON: {error}", "bad request"), None
+            return error_response(path, 400, f"the body is not valid JSON: {error}", "bad request"), None
         if not isinstance(parsed, dict):
-            return error_response(400, "the body must be a JSON object", "bad request"), None
+            return error_response(path, 400, "the body must be a JSON object", "bad request"), None
         self.budget.record_request(time.monotonic())
         headers = copied_headers(request.headers)
         tried: list[str] = []
@@ -379,7 +386,7 @@ class Router:
                 break
             tried.append(replica.address)
             last = await self._attempt(replica, endpoint, request, body, headers, len(tried))
-        return self._answer(last, tried), tried[-1] if last is not None and last.status is not None else None
+        return self._answer(path, last, tried), tried[-1] if last is not None and last.status is not None else None
 
     async def _held(self) -> Replica | None:
         """A replica for a request that found none able to take it, waited for up to ``hold_s`` (the first one of a
@@ -401,7 +408,7 @@ class Router:
             self.holding -= 1
             self.metrics.held.set(self.holding)
 
-    def _answer(self, last: Attempt | None, tried: list[str]) -> web.StreamResponse:
+    def _answer(self, path: str, last: Attempt | None, tried: list[str]) -> web.StreamResponse:
         """The client's answer once no further attempt will be made: the last replica's own answer when it gave
         one, else the router's 503 naming why no replica was left, else 502 (or 504 after a timeout)."""
         if last is not None and last.status is not None:
@@ -417,11 +424,11 @@ class Router:
             message = "no replica can take the request"
             if last is not None:
                 message += f" (replica {tried[-1]}: {last.error})"
-            return error_response(503, message, reason.value, len(tried))
+            return error_response(path, 503, message, reason.value, len(tried))
         assert last is not None  # a routable replica exists, so one was tried
         status = 504 if last.outcome is Outcome.TIMEOUT else 502
         error = f"replica {tried[-1]}: {last.error}"
-        return error_response(status, error, f"upstream {last.outcome.value}", len(tried))
+        return error_response(path, status, error, f"upstream {last.outcome.value}", len(tried))
 
     async def _attempt(
         self,

@@ -184,3 +184,24 @@ async def exchange(port: int, request: bytes, wait_s: float = 10) -> tuple[int, 
     body = await asyncio.wait_for(reader.readexactly(length), wait_s)
     writer.close()
     return int(head.split()[1]), body, time.monotonic() - started
+
+
+OPENAI_PATHS = frozenset({"/v1/completions", "/v1/models", "/v1/chat/completions"})
+"""Paths an OpenAI client calls (the last one the server does not have): their refusals are in OpenAI's shape."""
+
+
+def refusal(path: str, status: int, body: object) -> tuple[str, str | None]:
+    """The message and the reason (OpenAI's ``code``) of a refusal's body, after checking that it is in the shape a
+    client of ``path`` reads: OpenAI's ``{"error": {"message", "type", "param", "code"}}`` on OpenAI's paths, with
+    the type its status calls for; ``{"error": message}`` (and ``"reason"``, where there is one) elsewhere."""
+    assert isinstance(body, dict), body
+    error = body["error"]
+    if path in OPENAI_PATHS:
+        assert isinstance(error, dict), body
+        assert set(error) == {"message", "type", "param", "code"}, body
+        kind = "requests" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
+        assert error["type"] == kind, body
+        return error["message"], error["code"]
+    assert isinstance(error, str), body
+    assert set(body) <= {"error", "reason"}, body
+    return error, body.get("reason")

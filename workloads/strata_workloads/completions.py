@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
+from strata_api.serving import openai_error, openai_error_type
 from strata_workloads.continuous import RunningBatch, TokenStream
 from strata_workloads.inference import Sampling
 from strata_workloads.model import Transformer
@@ -58,19 +59,12 @@ _FIELDS = {
 class ApiError(Exception):
     """A refused request as OpenAI's clients read it: an HTTP status and `{"error": {...}}`."""
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        param: str | None = None,
-        kind: str = "invalid_request_error",
-        code: str | None = None,
-    ) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
+        self.status, self.message, self.param, self.code = status, message, param, code
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+        return openai_error(self.message, openai_error_type(self.status), self.param, self.code)
 
 
 def bad(param: str, message: str) -> ApiError:

@@ -34,7 +34,17 @@ from aiohttp.web_log import AccessLogger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from strata_api.serving import MalformedRequestLog, coded_body_refusal, late_body_refusal, unrouted_refusal
+from strata_api.serving import (
+    COMPLETIONS_PATH,
+    GENERATE_PATH,
+    MODELS_PATH,
+    PREDICT_PATH,
+    MalformedRequestLog,
+    coded_body_refusal,
+    late_body_refusal,
+    refusal_body,
+    unrouted_refusal,
+)
 from strata_api.workload import ExitCode
 from strata_workloads.batching import DynamicBatcher, Overloaded
 from strata_workloads.checkpoint import CorruptCheckpoint, NoUsableCheckpoint
@@ -139,10 +149,10 @@ class Server:
         app.router.add_get(HEALTHZ, self.healthz)
         app.router.add_get(READYZ, self.readyz)
         app.router.add_get("/metrics", self.metrics)
-        app.router.add_post("/v1/generate", self.handle_generate)
-        app.router.add_post("/v1/predict", self.handle_predict)
-        app.router.add_post("/v1/completions", self.handle_completions)
-        app.router.add_get("/v1/models", self.handle_models)
+        app.router.add_post(GENERATE_PATH, self.handle_generate)
+        app.router.add_post(PREDICT_PATH, self.handle_predict)
+        app.router.add_post(COMPLETIONS_PATH, self.handle_completions)
+        app.router.add_get(MODELS_PATH, self.handle_models)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -302,7 +312,7 @@ class Server:
 
     async def _open_completion(self, request: web.Request) -> tuple[CompletionRequest, TokenStream]:
         if self.unavailable:
-            raise ApiError(503, self.unavailable, kind="server_error")
+            raise ApiError(503, self.unavailable)
         try:
             body = await self._body(request)
         except BadRequest as err:
@@ -311,9 +321,7 @@ class Server:
         try:
             stream = self.generator.open(GenerateRequest(completion.prompt, completion.max_tokens, completion.sampling))
         except Overloaded as err:
-            raise ApiError(
-                429, f"overloaded: {err}; retry later", kind="requests", code="rate_limit_exceeded"
-            ) from None
+            raise ApiError(429, f"overloaded: {err}; retry later", code="rate_limit_exceeded") from None
         return completion, stream
 
     async def _whole_completion(self, completion: CompletionRequest, stream: TokenStream) -> web.Response:
@@ -369,7 +377,8 @@ async def unrouted_in_json(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as error:
         allowed = error.allowed_methods if isinstance(error, web.HTTPMethodNotAllowed) else None
-        response = _json({"error": unrouted_refusal(request.method, request.path, allowed)}, error.status)
+        message = unrouted_refusal(request.method, request.path, allowed)
+        response = _json(refusal_body(request.path, error.status, message), error.status)
         if allowed is not None:
             response.headers["Allow"] = ",".join(sorted(allowed))
         return response

@@ -20,6 +20,7 @@ from router_support import (
     free_port,
     metrics,
     post,
+    refusal,
     total,
     wait_ready,
     wait_routable,
@@ -181,21 +182,23 @@ async def test_503_with_a_reason_when_no_replica_can_take_the_request(
     await wait_ready(nobody)
     await wait_ready(undiscovered)
 
-    async def refused(router: Process) -> dict[str, str]:
-        async with session.post(router.url + "/v1/generate", json=GENERATE) as response:
+    async def refused(router: Process, path: str = "/v1/generate") -> tuple[str, str | None]:
+        async with session.post(router.url + path, json=GENERATE) as response:
             assert response.status == 503
             assert response.headers["Retry-After"] == "1"
-            return dict(orjson.loads(await response.read()))
+            return refusal(path, 503, orjson.loads(await response.read()))
 
-    assert (await refused(undiscovered))["reason"] == "no replica discovered"
-    assert (await refused(nobody))["reason"] == "no replica ready yet"
+    assert (await refused(undiscovered))[1] == "no replica discovered"
+    assert (await refused(nobody))[1] == "no replica ready yet"
+    # the same reason in OpenAI's error shape (as its code) to a client of OpenAI's API
+    assert await refused(nobody, "/v1/completions") == ("no replica can take the request", "no replica ready yet")
     doomed.kill()
-    body = await refused(ejecting)
-    assert body["reason"] == "all replicas ejected after failures"
-    assert doomed.address in body["error"]
+    message, reason = await refused(ejecting)
+    assert reason == "all replicas ejected after failures"
+    assert doomed.address in message
     draining.terminate()
     await asyncio.sleep(1.2)  # two probes
-    assert (await refused(drained))["reason"] == "all replicas draining"
+    assert (await refused(drained))[1] == "all replicas draining"
     async with session.get(drained.url + "/readyz") as response:
         assert response.status == 200  # the router itself is up: it answers, and says why it cannot serve
 
@@ -231,14 +234,20 @@ async def test_requests_it_will_not_serve_get_a_clear_4xx_in_json_reach_no_repli
 
     for method, path, data, status, message in [
         ("POST", "/v1/generate", b"{not json", 400, "the body is not valid JSON: "),
+        ("POST", "/v1/completions", b"{not json", 400, "the body is not valid JSON: "),
         ("POST", "/v1/generate", b"[1, 2]", 400, "the body must be a JSON object"),
         ("POST", "/v1/generate", b'{"prompt": "' + b"x" * 2000 + b'"}', 413, "the body is larger than 1000 bytes"),
         ("POST", "/v1/chat/completions", b"{}", 404, "there is no endpoint /v1/chat/completions"),
         ("GET", "/v1/generate", b"", 405, "GET is not allowed on /v1/generate; it takes POST"),
+        ("GET", "/v1/completions", b"", 405, "GET is not allowed on /v1/completions; it takes POST"),
     ]:
         async with session.request(method, router.url + path, data=data) as response:
             assert response.status == status
-            assert (await response.json())["error"].startswith(message)
+            said, reason = refusal(path, status, await response.json())
+            assert said.startswith(message)
+            assert (
+                reason == {400: "bad request", 413: "bad request", 404: "not found", 405: "method not allowed"}[status]
+            )
             assert status != 405 or response.headers["Allow"] == "POST"
     async with session.head(router.url + "/v1/models") as response:  # forwarded as a GET, answered without a body
         assert (response.status, response.headers["x-strata-replica"]) == (200, replica.address)
@@ -440,7 +449,7 @@ async def test_a_request_that_finds_no_replica_ready_is_held_until_one_is(
     asking = asyncio.create_task(post(session, router.url + "/v1/generate", GENERATE))
     refused = await post(session, short.url + "/v1/generate", GENERATE)
     assert refused.status == 503
-    assert orjson.loads(refused.body)["reason"] == "no replica ready yet"
+    assert refusal("/v1/generate", 503, orjson.loads(refused.body))[1] == "no replica ready yet"
     assert refused.seconds >= 1.0
     assert not asking.done()
     assert total(await metrics(router), "strata_router_held") == 1

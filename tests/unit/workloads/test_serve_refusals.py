@@ -1,6 +1,7 @@
 """The server process (``python -m strata_workloads.serve``) refuses what it will not serve with a JSON 4xx, and a
 client that leaves mid-body or sends garbage costs no traceback: a compressed body gets 415, an oversized one 413,
-one that does not arrive in time 408, in each route's error shape; an unknown path 404 and a wrong method 405."""
+one that does not arrive in time 408, in each route's error shape (OpenAI's on its paths, the unknown
+``/v1/chat/completions`` among them); an unknown path 404 and a wrong method 405."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-from router_support import Processes, exchange, wait_ready
+from router_support import Processes, exchange, refusal, wait_ready
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(120)]
 
@@ -28,12 +29,6 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
     started = Processes(tmp_path)
     yield started
     started.stop_all()
-
-
-def error_message(path: str, body: dict[str, object]) -> object:
-    """The message of either error shape: OpenAI's on /v1/completions, the server's own elsewhere."""
-    error = body["error"]
-    return error["message"] if path == "/v1/completions" and isinstance(error, dict) else error
 
 
 async def test_what_it_will_not_serve_gets_a_json_4xx_and_the_server_keeps_serving(processes: Processes) -> None:
@@ -52,10 +47,11 @@ async def test_what_it_will_not_serve_gets_a_json_4xx_and_the_server_keeps_servi
         for path, data, headers, status, message in cases:
             async with session.post(server.url + path, data=data, headers=headers) as response:
                 assert response.status == status, (path, await response.text())
-                assert error_message(path, await response.json()) == message
+                assert refusal(path, status, await response.json()) == (message, None)
         async with session.put(server.url + "/v1/completions", data=COMPLETION) as response:
             assert (response.status, response.headers["Allow"]) == (405, "POST")
-            assert (await response.json())["error"] == "PUT is not allowed on /v1/completions; it takes POST"
+            refused = refusal("/v1/completions", 405, await response.json())
+            assert refused == ("PUT is not allowed on /v1/completions; it takes POST", None)
         async with session.head(server.url + "/v1/models") as response:
             assert response.status == 200
 
