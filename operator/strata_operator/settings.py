@@ -49,8 +49,9 @@ class OperatorSettings:
     scheduler_grace_s: float = field(default=30.0, metadata=POSITIVE)
     """A worker or replica pod that no scheduler has looked at this many seconds after it could be placed (its gates
     lifted, or made) makes the job's or the service's status name its ``schedulerName`` and ask whether that
-    scheduler runs. Default 30 s: kube-scheduler takes a new pod within a second, and within seconds through a
-    backlog of thousands."""
+    scheduler runs; one placed this long ago and not started for no reason its status gives has its Events read
+    for why its volumes do not come. Default 30 s: kube-scheduler takes a new pod within a second, and within
+    seconds through a backlog of thousands."""
     run_as_user: int = 1000
     """UID of the workers (restricted pod security: never root). Default 1000."""
     peering_name: str = "strata-operator"

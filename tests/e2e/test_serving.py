@@ -7,7 +7,8 @@ the running routers through their mounted ConfigMap, which the kubelet refreshes
 router deleted in turn under load loses no request (its shutdown delay outlasts the endpoint's removal). A service
 scaled to zero holds a request in its router until the replica its autoscaler orders answers it, then goes back to
 zero. A TrainingJob's checkpoint volume, written by its workers, is served by a service that names the job: the
-replica mounts it read-only and loads the newest step on the job's preset."""
+replica mounts it read-only and loads the newest step on the job's preset. Replicas the kubelet cannot start (an
+image it does not have, a volume it cannot mount) make the service's Ready say why in the kubelet's words."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from cluster_support import eventually
+from cluster_support import eventually, host_path_claim
 from e2e_support import Strata, a_cpu_job, a_cpu_pool
 
 import strata_api as api
@@ -402,6 +403,37 @@ def test_replicas_of_an_image_the_node_cannot_have_make_ready_say_so_in_the_kube
     assert condition["status"] == "False"
     assert condition["message"].startswith("0 of 1 replicas ready: the kubelet cannot start replica typo-"), condition
     assert "ErrImageNeverPull" in condition["message"], condition["message"]
+
+
+@pytest.mark.timeout(300)
+def test_replicas_whose_volume_cannot_be_mounted_make_ready_say_so_in_the_kubelets_words(
+    strata: Strata, namespace: str, pool: str
+) -> None:
+    # A volume bound to a folder no node has: the scheduler places the replica, the kubelet cannot mount the folder
+    # and says so only in a FailedMount Event (the container waits as ContainerCreating); on any cluster (a hostPath
+    # volume bound in advance needs no provisioner)
+    claim = f"missing-{secrets.token_hex(3)}"
+    volume, claimed = host_path_claim(namespace, claim, f"/nonexistent-strata-{secrets.token_hex(4)}")
+    strata.apply(volume)
+    try:
+        strata.apply(claimed)
+        service = a_cpu_service(strata, "nowhere", namespace, pool)
+        service["spec"]["model"] |= {"path": "/checkpoints", "persistentVolumeClaim": claim}
+        strata.apply(service)
+
+        def ready() -> dict[str, Any] | None:
+            conditions = service_status(strata, namespace, "nowhere").get("conditions") or ()
+            ready = [c for c in conditions if c["type"] == "Ready"]
+            return ready[0] if ready and ready[0]["reason"] == "ReplicasCannotStart" else None
+
+        condition = described(strata, namespace, ready, 150, "Ready False with ReplicasCannotStart")
+        assert condition["status"] == "False"
+        message = condition["message"]
+        assert message.startswith("0 of 1 replicas ready: the volumes of replica nowhere-"), message
+        assert "cannot be mounted: FailedMount: " in message, message
+        assert "is not a directory" in message, message  # the kubelet's own words on the hostPath folder
+    finally:
+        strata.kubectl("delete", "persistentvolume", volume["metadata"]["name"], "--wait=false", check=False)
 
 
 def router_pods(strata: Strata, namespace: str, selector: str) -> dict[str, tuple[str, int]]:

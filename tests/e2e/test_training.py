@@ -1,7 +1,8 @@
 """TrainingJobs that really train: the chart's operator, extender and kube-scheduler in containers place the gang,
 the kubelet runs each worker as a container, the workers find each other through the headless Service's DNS,
 train, write checkpoints on a volume, report progress into the job's status and finish; a deleted worker (a real
-SIGTERM) resumes from the newest checkpoint; a configuration error fails the job once, a crash retries."""
+SIGTERM) resumes from the newest checkpoint; a configuration error fails the job once, a crash retries; an image the
+node does not have or a checkpoint volume the kubelet cannot mount keeps the job admitted, saying so in its words."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cluster_support import eventually
+from cluster_support import eventually, host_path_claim
 from e2e_support import Strata, a_cpu_job, a_cpu_pool, initial_loss
 
 import strata_api as api
@@ -162,6 +163,35 @@ def test_an_image_the_node_cannot_have_keeps_the_job_admitted_saying_so_in_the_k
     assert '"strata.local/no-such-image:1" is not present with pull policy of Never' in status["message"]
     events = strata.get("events", "-n", namespace, "--field-selector", "involvedObject.name=typo")["items"]
     assert any(e["reason"] == "WorkerCannotStart" and e["type"] == "Warning" for e in events), events
+
+
+@pytest.mark.timeout(300)
+def test_a_checkpoint_volume_the_kubelet_cannot_mount_keeps_the_job_admitted_saying_so_in_its_words(
+    strata: Strata, namespace: str, pool: str
+) -> None:
+    # A checkpoint claim bound to a folder no node has: the workers are placed, the kubelet cannot mount the volume
+    # and says so only in FailedMount Events (the containers wait as ContainerCreating); before, the job said
+    # "workers starting" until the start timeout. On any cluster: a hostPath volume bound in advance needs no
+    # provisioner.
+    claim = f"missing-{secrets.token_hex(3)}"
+    volume, claimed = host_path_claim(namespace, claim, f"/nonexistent-strata-{secrets.token_hex(4)}")
+    strata.apply(volume)
+    try:
+        strata.apply(claimed)
+        job = a_cpu_job(strata, "unmounted", pool, claim=claim)
+        strata.apply(job | {"metadata": {"name": "unmounted", "namespace": namespace}})
+
+        def stuck() -> dict[str, Any] | None:
+            status = strata.job(namespace, "unmounted").get("status") or {}
+            return status if status.get("reason") == "WorkerCannotStart" else None
+
+        status = eventually(stuck, 150, "reason WorkerCannotStart")
+        assert status["phase"] == api.Phase.ADMITTED.value, status
+        assert re.match(r"the volumes of worker unmounted-worker-\d cannot be mounted: FailedMount: ",
+                        status["message"]), status["message"]  # fmt: skip
+        assert "is not a directory" in status["message"], status["message"]  # the kubelet's words on the folder
+    finally:
+        strata.kubectl("delete", "persistentvolume", volume["metadata"]["name"], "--wait=false", check=False)
 
 
 @pytest.mark.timeout(900)

@@ -412,8 +412,9 @@ def _held_up(
     """Why an admitted gang's workers are not running yet, where something outside the operator holds them up
     and may yet give way (so the start timeout still decides): the scheduler fails on one (kube-scheduler's
     error, say an extender it cannot reach), no scheduler has looked at one ``scheduler_grace_s`` after admission,
-    or the kubelet cannot start one's container. (reason, message) for the first such worker by index, or None;
-    within the grace a pass is asked for when it ends."""
+    the kubelet cannot start one's container, or one's volumes cannot be mounted (:attr:`WorkerPod.volume_failure`:
+    a claim's folder that is not there, a ReadWriteOnce volume attached to another node). (reason, message) for
+    the first such worker by index, or None; within the grace a pass is asked for when it ends."""
 
     def first(found: list[WorkerPod]) -> WorkerPod | None:
         return min(found, key=lambda p: p.index) if found else None
@@ -429,6 +430,9 @@ def _held_up(
             return Reason.WAITING_FOR_SCHEDULER, silence
     if (stuck := first([p for p in current if p.cannot_start is not None])) is not None:
         return Reason.WORKER_CANNOT_START, f"the kubelet cannot start worker {stuck.name}: {stuck.cannot_start}"
+    if (unmounted := first([p for p in current if p.volume_failure is not None])) is not None:
+        said = f"the volumes of worker {unmounted.name} cannot be mounted: {unmounted.volume_failure}"
+        return Reason.WORKER_CANNOT_START, said
     return None
 
 

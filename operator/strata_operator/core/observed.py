@@ -5,10 +5,10 @@ kopf's in-memory indices hold these, so one admission pass or one job reconcile 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import strata_api as api
 from strata_api import GPUType, parse_time
@@ -81,6 +81,78 @@ def cannot_start(status: Mapping[str, Any]) -> str | None:
     return None
 
 
+VOLUME_FAILURES = frozenset({"FailedMount", "FailedAttachVolume"})
+"""Reasons of the Warning Events the kubelet (``FailedMount``) and the attach-detach controller
+(``FailedAttachVolume``: a ReadWriteOnce volume attached to another node, "Multi-Attach error") post about a pod
+whose volumes do not come. Its containers then wait as ``ContainerCreating`` and its status says nothing more, so
+these Events are the only word on it. Each may mend (the volume freed, the folder made), so a start waits on."""
+
+
+VOLUME_READS = 3
+"""Pods of one job or service whose Events one pass reads for a volume failure, the first by name: the status
+names the first and counts the others, and a pass makes no more than a few extra calls."""
+
+
+class StartingPod(Protocol):
+    """What :func:`awaiting_volumes` reads of a worker or a replica pod."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def node(self) -> str | None: ...
+    @property
+    def phase(self) -> str: ...
+    @property
+    def deleting(self) -> bool: ...
+    @property
+    def cannot_start(self) -> str | None: ...
+    @property
+    def placed_at(self) -> datetime | None: ...
+
+
+def placed_at(conditions: Sequence[Mapping[str, Any]]) -> datetime | None:
+    """When the pod was bound to its node (its PodScheduled condition True since then); None while it is not."""
+    for condition in conditions:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "True":
+            return parse_time(condition.get("lastTransitionTime"))
+    return None
+
+
+def awaiting_volumes(pods: Iterable[StartingPod], now: datetime, grace_s: float) -> list[str]:
+    """The names of the pods (the first :data:`VOLUME_READS` by name) bound to a node ``grace_s`` seconds ago or
+    more and still not started, for no reason their status gives: their containers wait as ``ContainerCreating``,
+    which is also what a volume that does not come looks like there. Their Events say the rest
+    (:func:`volume_failure`)."""
+    waiting = sorted(
+        p.name
+        for p in pods
+        if p.node is not None
+        and p.phase == "Pending"
+        and not p.deleting
+        and p.cannot_start is None
+        and p.placed_at is not None
+        and (now - p.placed_at).total_seconds() >= grace_s
+    )
+    return waiting[:VOLUME_READS]
+
+
+def volume_failure(events: Iterable[Mapping[str, Any]]) -> str | None:
+    """The newest of a pod's Warning Events about its volumes (:data:`VOLUME_FAILURES`) as ``<reason>: <message>``;
+    None when there is none. ``events``: the pod's Events as the API lists them (core/v1)."""
+    found = [
+        e for e in events if e.get("type") == "Warning" and e.get("reason") in VOLUME_FAILURES and e.get("message")
+    ]
+    if not found:
+        return None
+
+    def when(event: Mapping[str, Any]) -> str:  # RFC 3339 in UTC: sorts as text
+        meta = event.get("metadata") or {}
+        return str(event.get("lastTimestamp") or event.get("eventTime") or meta.get("creationTimestamp") or "")
+
+    newest = max(found, key=when)
+    return f"{newest['reason']}: {str(newest['message']).strip()}"
+
+
 def scheduler_silence(what: str, scheduler: str, grace_s: float) -> str:
     """What status says of ``what`` (a worker or a replica, by name) that scheduler ``scheduler`` has not looked at
     in ``grace_s`` seconds, and what to do about it."""
@@ -124,6 +196,11 @@ class WorkerPod:
     """kube-scheduler's error while it fails on the worker (:func:`scheduler_error`)."""
     scheduler_name: str = DEFAULT_SCHEDULER
     """The pod's ``schedulerName`` (immutable: a pod made for another scheduler is made again to change it)."""
+    placed_at: datetime | None = None
+    """When it was bound to its node (:func:`placed_at`)."""
+    volume_failure: str | None = None
+    """Why its volumes do not come, from its Warning Events (:func:`volume_failure`); not in the pod's body: filled
+    in only for a worker :func:`awaiting_volumes` names."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> WorkerPod:
@@ -164,6 +241,7 @@ class WorkerPod:
             cannot_start=cannot_start(status),
             scheduler_error=scheduler_error(conditions),
             scheduler_name=scheduler_name(spec),
+            placed_at=placed_at(conditions),
         )
 
 

@@ -22,6 +22,7 @@ from strata_operator.core.observed import (
     Node,
     awaiting_scheduler,
     cannot_start,
+    placed_at,
     scheduler_error,
     scheduler_silence,
     unschedulable_condition,
@@ -59,6 +60,12 @@ class ReplicaPod:
     (:func:`strata_operator.core.observed.cannot_start`)."""
     scheduler_error: str | None = None
     """kube-scheduler's error while it fails on the replica (:func:`strata_operator.core.observed.scheduler_error`)."""
+    placed_at: datetime | None = None
+    """When it was bound to its node (:func:`strata_operator.core.observed.placed_at`)."""
+    volume_failure: str | None = None
+    """Why its volumes do not come, from its Warning Events (:func:`strata_operator.core.observed.volume_failure`);
+    not in the pod's body: filled in only for a replica :func:`~strata_operator.core.observed.awaiting_volumes`
+    names."""
 
     @property
     def running(self) -> bool:
@@ -91,6 +98,7 @@ class ReplicaPod:
             awaiting_scheduler=awaiting_scheduler(spec, conditions),
             cannot_start=cannot_start(status),
             scheduler_error=scheduler_error(conditions),
+            placed_at=placed_at(conditions),
         )
 
 
@@ -143,7 +151,9 @@ def held_up(
     selector no node matches, a claim that does not exist, no room), the scheduler fails on them (its error, say
     an extender it cannot reach), no scheduler has looked at them ``grace_s`` seconds after they were made (no
     scheduler of their ``schedulerName`` runs), the kubelet cannot start their containers (an image it cannot
-    pull, a Secret that is missing). None when none is held up so. ``what`` names the pods (routers are read so
+    pull, a Secret that is missing), their volumes cannot be mounted (:attr:`ReplicaPod.volume_failure`: a
+    folder or claim that is not there, a ReadWriteOnce volume attached to another node). None when none is held
+    up so. ``what`` names the pods (routers are read so
     too, with their revision "")."""
     current = sorted((p for p in pods if p.revision == revision and not p.deleting), key=lambda p: p.name)
 
@@ -167,6 +177,8 @@ def held_up(
                  lambda p, who: scheduler_silence(who, str(p.awaiting_scheduler), grace_s))
         or first(Reason.REPLICAS_CANNOT_START, [p for p in current if p.cannot_start is not None],
                  lambda p, who: f"the kubelet cannot start {who}: {p.cannot_start}")
+        or first(Reason.REPLICAS_CANNOT_START, [p for p in current if p.volume_failure is not None],
+                 lambda p, who: f"the volumes of {who} cannot be mounted: {p.volume_failure}")
     )  # fmt: skip
 
 

@@ -25,6 +25,7 @@ from strata_api import InferenceService, ResourcePool, TrainingJob
 from strata_operator.core import canary, replicas, router, serving
 from strata_operator.core.canary import RolloutPlan
 from strata_operator.core.serving import ModelSource, ObservedDeployment
+from strata_operator.runtime.events import with_volume_failures
 from strata_operator.runtime.jobs import JobEntry
 from strata_operator.runtime.kube import ApiError, Kube
 from strata_operator.runtime.serving import (
@@ -175,14 +176,16 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
     observed: ObservedDeployment | None = first(deployments, service.key)
     observed_canary: ObservedDeployment | None = first(deployments, f"{ns}/{serving.canary_name(service)}")
     cache = runtime.observed
-    pods = list(cache.replica_pods.get(service.key, ()))
-    model = serving.resolve_model(service, _training_job(service, jobs_index))
     now = datetime.now(UTC).replace(microsecond=0)
+    grace_s = settings.scheduler_grace_s
+    pods = await with_volume_failures(runtime.api, ns, cache.replica_pods.get(service.key, ()), now, grace_s)
+    router_pods = await with_volume_failures(runtime.api, ns, cache.router_pods.get(service.key, ()), now, grace_s)
+    model = serving.resolve_model(service, _training_job(service, jobs_index))
     if isinstance(model, ModelSource) and model.checkpoint_step is not None:  # a TrainingJob's steps
         rolling = serving.rolling_deployment(service, observed, observed_canary)
         stuck = rolling is not None and (
             replicas.model_failure(pods, rolling.revision) is not None
-            or replicas.held_up(pods, rolling.revision, now, settings.scheduler_grace_s) is not None
+            or replicas.held_up(pods, rolling.revision, now, grace_s) is not None
         )
         model = serving.one_roll_at_a_time(model, rolling, stuck)
     pool = pools.get(service.spec.pool)
@@ -247,11 +250,9 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
         canary_deployment=trial,
         model_failure=refused,
         name_taken=taken,
-        held_up=replicas.held_up(pods, rev, now, settings.scheduler_grace_s) if rev is not None else None,
+        held_up=replicas.held_up(pods, rev, now, grace_s) if rev is not None else None,
         routers=routers,
-        routers_held_up=replicas.held_up(
-            cache.router_pods.get(service.key, ()), "", now, settings.scheduler_grace_s, what="router"
-        ),
+        routers_held_up=replicas.held_up(router_pods, "", now, grace_s, what="router"),
     )
     if plan is not None:
         canary.rollout_status(

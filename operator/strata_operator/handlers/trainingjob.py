@@ -25,6 +25,7 @@ from strata_operator.core import lifecycle
 from strata_operator.core.follow import DaemonMemory, Work
 from strata_operator.core.observed import WorkerPod
 from strata_operator.runtime import gangs
+from strata_operator.runtime.events import with_volume_failures
 from strata_operator.runtime.jobs import JobEntry, patch_status
 from strata_operator.runtime.kube import ApiError
 from strata_operator.runtime.shared import IndexMapping, IndexOf, Runtime, first
@@ -146,6 +147,7 @@ async def _reconcile(
     workers = list(runtime.observed.worker_pods.get(job.key, ()))
     nodes = IndexMapping(runtime.observed.nodes)
     now = datetime.now(UTC).replace(microsecond=0)
+    workers = await with_volume_failures(runtime.api, job.namespace, workers, now, runtime.settings.scheduler_grace_s)
     refused = memory.refusal(job.status.attempt)
     admitting = time.monotonic() - runtime.last_admission < 5 * runtime.settings.admission_interval_s
     plan = lifecycle.reconcile(

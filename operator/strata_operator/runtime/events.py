@@ -1,17 +1,22 @@
 """Events posted once (:attr:`strata_operator.core.status.Event.once`): under a name of their own, before the
 status write that records what they tell of, for a TrainingJob (``runtime.jobs``) and an InferenceService
-(``runtime.serving``) alike. kopf posts the others from a queue after the write."""
+(``runtime.serving``) alike. kopf posts the others from a queue after the write. And the Events read: why a
+worker's or a replica's volumes do not come (:func:`with_volume_failures`)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
+from urllib.parse import quote
 
 import aiohttp
 import kopf
 
+from strata_operator.core.observed import WorkerPod, awaiting_volumes, volume_failure
+from strata_operator.core.replicas import ReplicaPod
 from strata_operator.core.status import Event, once_event_manifest, once_event_name
 from strata_operator.runtime.kube import ApiError, Kube
 
@@ -52,3 +57,26 @@ async def write_with_events(
         if event.once is None:
             post_event(involved, event)
     return True
+
+
+Starting = TypeVar("Starting", WorkerPod, ReplicaPod)
+
+
+async def with_volume_failures(
+    kube: Kube, namespace: str, pods: Iterable[Starting], now: datetime, grace_s: float
+) -> list[Starting]:
+    """``pods`` (workers or replicas in ``namespace``), those that
+    :func:`~strata_operator.core.observed.awaiting_volumes` names with ``volume_failure``: the newest of their
+    Warning Events about volumes, one LIST each. A pod whose Events say nothing of its volumes is left as it is, as is
+    one whose Events the API server refuses or fails to list (the status then says what it said before)."""
+    pods = list(pods)
+    for name in awaiting_volumes(pods, now, grace_s):
+        selector = quote(f"involvedObject.kind=Pod,involvedObject.name={name},type=Warning")
+        try:
+            listed = await kube.request("GET", f"{events_path(namespace)}?fieldSelector={selector}")
+        except (ApiError, aiohttp.ClientError, TimeoutError):
+            continue
+        said = volume_failure(listed.get("items") or ())
+        if said is not None:
+            pods = [replace(p, volume_failure=said) if p.name == name else p for p in pods]
+    return pods

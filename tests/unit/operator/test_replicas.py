@@ -13,7 +13,7 @@ from serving_builders import a_service
 import strata_api as api
 from strata_api.catalog import DEFAULT_CATALOG, load_catalog
 from strata_api.serving import LABEL_ROUTER
-from strata_operator.core import replicas, router, serving
+from strata_operator.core import observed, replicas, router, serving
 from strata_operator.core.replicas import ReplicaPod
 from strata_operator.core.serving import Allotment, ModelSource, ObservedDeployment, ServingProblem
 from strata_operator.runtime.watches import Index, replica_pod_entry, router_pod_entry
@@ -302,6 +302,67 @@ def test_replicas_the_kubelet_cannot_start_make_ready_say_so_in_its_words() -> N
     ready, _ = ready_of(held)
     assert (ready["status"], ready["reason"]) == ("False", "ReplicasCannotStart")
     assert ready["message"] == f"1 of 2 replicas ready: {held.message}"
+
+
+def placed_replica(name: str, bound: float) -> ReplicaPod:
+    """A replica bound to a node at ``bound`` whose container has not started (ContainerCreating)."""
+    body = replica_body(name, phase="Pending")
+    body["status"]["conditions"].append(
+        {"type": "PodScheduled", "status": "True", "lastTransitionTime": api.format_time(at(bound))}
+    )
+    body["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "ContainerCreating"}}
+    return ReplicaPod.from_body(body, serving.CONTAINER)
+
+
+def warning(reason: str, message: str, at_s: float, kind: str = "Warning") -> dict[str, Any]:
+    """An Event about a pod as core/v1 lists it."""
+    return {"type": kind, "reason": reason, "message": message, "lastTimestamp": api.format_time(at(at_s))}
+
+
+def test_replicas_whose_volumes_do_not_come_make_ready_say_so_in_the_words_of_their_events() -> None:
+    # only placed replicas that wait, past the grace since they were bound, for no reason their status gives are
+    # worth reading Events for, the first few by name
+    creating = placed_replica("chat-b", bound=0)
+    body = replica_body("chat-c", phase="Pending")
+    body["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "ErrImagePull", "message": "no"}}
+    pulling = dataclasses.replace(ReplicaPod.from_body(body, serving.CONTAINER), placed_at=at(0))
+    assert creating.placed_at == at(0)
+    others = [
+        replica("chat-a", ready=30),  # running
+        replica("chat-d", node=None, phase="Pending"),  # not placed
+        pulling,  # the kubelet says why in its status
+        dataclasses.replace(creating, name="chat-e", deleting=True),
+        placed_replica("chat-f", bound=10),  # bound later: within the grace
+    ]
+    assert observed.awaiting_volumes([creating, *others], at(GRACE), GRACE) == ["chat-b"]
+    assert observed.awaiting_volumes([creating, *others], at(GRACE - 1), GRACE) == []
+    many = [placed_replica(f"chat-{i}", bound=0) for i in range(9, 0, -1)]
+    assert observed.awaiting_volumes(many, at(GRACE), GRACE) == ["chat-1", "chat-2", "chat-3"]
+
+    multi = 'Multi-Attach error for volume "pvc-1" Volume is already used by pod(s) trainer-0'
+    missing = 'MountVolume.SetUp failed for volume "pv" : hostPath type check failed: /ckpt is not a directory'
+    events = [
+        warning("FailedAttachVolume", multi, 5),
+        warning("FailedMount", missing, 20),
+        warning("FailedScheduling", "0/3 nodes", 30),  # not about volumes
+        warning("FailedMount", "a mount that came after all", 40, kind="Normal"),
+    ]
+    said = "FailedMount: " + missing.strip()
+    assert observed.volume_failure(events) == said  # the newest Warning about volumes
+    assert observed.volume_failure(events[:1]) == f"FailedAttachVolume: {multi}"
+    assert observed.volume_failure(events[2:]) is None
+
+    stuck = dataclasses.replace(creating, volume_failure=said)
+    placed = replica("chat-a", ready=30)
+    held = replicas.held_up([placed, stuck, dataclasses.replace(stuck, name="chat-e")], "rev1", at(GRACE), GRACE)
+    assert held == ServingProblem(
+        "ReplicasCannotStart", f"the volumes of replica chat-b (and 1 more) cannot be mounted: {said}"
+    )
+    assert replicas.held_up([placed, creating], "rev1", at(GRACE), GRACE) is None  # no Event said why (yet)
+    ready, events_posted = ready_of(held)
+    assert (ready["status"], ready["reason"]) == ("False", "ReplicasCannotStart")
+    assert ready["message"] == f"1 of 2 replicas ready: {held.message}"
+    assert ("Warning", "ReplicasCannotStart") in events_posted
 
 
 def test_replicas_the_scheduler_fails_on_make_ready_say_so_in_its_words() -> None:

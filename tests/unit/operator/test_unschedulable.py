@@ -177,6 +177,19 @@ def test_a_worker_the_kubelet_cannot_start_keeps_the_gang_admitted_in_the_kubele
     assert [(e.type, e.reason) for e in plan.status.events] == [("Warning", Reason.WORKER_CANNOT_START)]
 
 
+def test_a_worker_whose_volumes_do_not_come_keeps_the_gang_admitted_in_the_words_of_its_events() -> None:
+    multi = 'Multi-Attach error for volume "pvc-1" Volume is already used by pod(s) other-0'
+    stuck = replace(a_worker("j", 1, phase="Pending", node="n0"), volume_failure=f"FailedAttachVolume: {multi}")
+    plan = run([a_worker("j", 0, phase="Running", node="n0"), stuck], now=40)
+    patch = plan.status.patch()
+    assert (plan.status.phase, patch["reason"]) == (Phase.ADMITTED, Reason.WORKER_CANNOT_START)
+    assert patch["message"] == (
+        f"the volumes of worker j-worker-1 cannot be mounted: FailedAttachVolume: {multi}; the gang holds its GPUs "
+        "until the start timeout (600s)"
+    )
+    assert plan.delete_pods == []  # the volume freed by the other pod mends it: the start timeout still decides
+
+
 def test_the_kubelets_reasons_for_a_container_it_cannot_start_are_read_from_the_pod() -> None:
     def waiting(reason: str, message: str = "") -> dict[str, Any]:
         return {"name": "trainer", "state": {"waiting": {"reason": reason, "message": message} if message else {
