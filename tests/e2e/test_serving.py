@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from cluster_support import eventually, host_path_claim
+from cluster_support import eventually
 from e2e_support import Strata, a_cpu_job, a_cpu_pool
 
 import strata_api as api
@@ -409,14 +409,8 @@ def test_replicas_of_an_image_the_node_cannot_have_make_ready_say_so_in_the_kube
 def test_replicas_whose_volume_cannot_be_mounted_make_ready_say_so_in_the_kubelets_words(
     strata: Strata, namespace: str, pool: str
 ) -> None:
-    # A volume bound to a folder no node has: the scheduler places the replica, the kubelet cannot mount the folder
-    # and says so only in a FailedMount Event (the container waits as ContainerCreating); on any cluster (a hostPath
-    # volume bound in advance needs no provisioner)
-    claim = f"missing-{secrets.token_hex(3)}"
-    volume, claimed = host_path_claim(namespace, claim, f"/nonexistent-strata-{secrets.token_hex(4)}")
-    strata.apply(volume)
-    try:
-        strata.apply(claimed)
+    # the scheduler places the replica, the kubelet cannot mount its volume and says so only in a FailedMount Event
+    with strata.claim_of_a_missing_folder(namespace) as claim:
         service = a_cpu_service(strata, "nowhere", namespace, pool)
         service["spec"]["model"] |= {"path": "/checkpoints", "persistentVolumeClaim": claim}
         strata.apply(service)
@@ -427,13 +421,11 @@ def test_replicas_whose_volume_cannot_be_mounted_make_ready_say_so_in_the_kubele
             return ready[0] if ready and ready[0]["reason"] == "ReplicasCannotStart" else None
 
         condition = described(strata, namespace, ready, 150, "Ready False with ReplicasCannotStart")
-        assert condition["status"] == "False"
-        message = condition["message"]
-        assert message.startswith("0 of 1 replicas ready: the volumes of replica nowhere-"), message
-        assert "cannot be mounted: FailedMount: " in message, message
-        assert "is not a directory" in message, message  # the kubelet's own words on the hostPath folder
-    finally:
-        strata.kubectl("delete", "persistentvolume", volume["metadata"]["name"], "--wait=false", check=False)
+    assert condition["status"] == "False"
+    message = condition["message"]
+    assert message.startswith("0 of 1 replicas ready: the volumes of replica nowhere-"), message
+    assert "cannot be mounted: FailedMount: " in message, message
+    assert "is not a directory" in message, message  # the kubelet's own words on the hostPath folder
 
 
 def router_pods(strata: Strata, namespace: str, selector: str) -> dict[str, tuple[str, int]]:

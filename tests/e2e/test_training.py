@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cluster_support import eventually, host_path_claim
+from cluster_support import eventually
 from e2e_support import Strata, a_cpu_job, a_cpu_pool, initial_loss
 
 import strata_api as api
@@ -142,6 +142,16 @@ def test_a_configuration_error_fails_the_job_once_with_the_reason(strata: Strata
     assert "no-such-model" in log, log[-2000:]
 
 
+def status_with_reason(strata: Strata, namespace: str, job: str, reason: str, timeout_s: float) -> dict[str, Any]:
+    """The job's status once its reason is ``reason``."""
+
+    def reached() -> dict[str, Any] | None:
+        status = strata.job(namespace, job).get("status") or {}
+        return status if status.get("reason") == reason else None
+
+    return eventually(reached, timeout_s, f"{job}'s reason {reason}")
+
+
 @pytest.mark.timeout(300)
 def test_an_image_the_node_cannot_have_keeps_the_job_admitted_saying_so_in_the_kubelets_words(
     strata: Strata, namespace: str, pool: str
@@ -152,11 +162,7 @@ def test_an_image_the_node_cannot_have_keeps_the_job_admitted_saying_so_in_the_k
     job["spec"]["workload"] |= {"image": "strata.local/no-such-image:1", "imagePullPolicy": "Never"}
     strata.apply(job | {"metadata": {"name": "typo", "namespace": namespace}})
 
-    def stuck() -> dict[str, Any] | None:
-        status = strata.job(namespace, "typo").get("status") or {}
-        return status if status.get("reason") == "WorkerCannotStart" else None
-
-    status = eventually(stuck, 120, "reason WorkerCannotStart")
+    status = status_with_reason(strata, namespace, "typo", "WorkerCannotStart", 120)
     assert status["phase"] == api.Phase.ADMITTED.value, status
     assert re.match(r"the kubelet cannot start worker typo-worker-\d: container trainer: ErrImageNeverPull: ",
                     status["message"]), status["message"]  # fmt: skip
@@ -169,29 +175,18 @@ def test_an_image_the_node_cannot_have_keeps_the_job_admitted_saying_so_in_the_k
 def test_a_checkpoint_volume_the_kubelet_cannot_mount_keeps_the_job_admitted_saying_so_in_its_words(
     strata: Strata, namespace: str, pool: str
 ) -> None:
-    # A checkpoint claim bound to a folder no node has: the workers are placed, the kubelet cannot mount the volume
-    # and says so only in FailedMount Events (the containers wait as ContainerCreating); before, the job said
-    # "workers starting" until the start timeout. On any cluster: a hostPath volume bound in advance needs no
-    # provisioner.
-    claim = f"missing-{secrets.token_hex(3)}"
-    volume, claimed = host_path_claim(namespace, claim, f"/nonexistent-strata-{secrets.token_hex(4)}")
-    strata.apply(volume)
-    try:
-        strata.apply(claimed)
-        job = a_cpu_job(strata, "unmounted", pool, claim=claim)
-        strata.apply(job | {"metadata": {"name": "unmounted", "namespace": namespace}})
-
-        def stuck() -> dict[str, Any] | None:
-            status = strata.job(namespace, "unmounted").get("status") or {}
-            return status if status.get("reason") == "WorkerCannotStart" else None
-
-        status = eventually(stuck, 150, "reason WorkerCannotStart")
-        assert status["phase"] == api.Phase.ADMITTED.value, status
-        assert re.match(r"the volumes of worker unmounted-worker-\d cannot be mounted: FailedMount: ",
-                        status["message"]), status["message"]  # fmt: skip
-        assert "is not a directory" in status["message"], status["message"]  # the kubelet's words on the folder
-    finally:
-        strata.kubectl("delete", "persistentvolume", volume["metadata"]["name"], "--wait=false", check=False)
+    # the workers are placed, the kubelet cannot mount their checkpoint volume and says so only in FailedMount Events;
+    # before, the job said "workers starting" until the start timeout
+    with strata.claim_of_a_missing_folder(namespace) as claim:
+        strata.apply(
+            a_cpu_job(strata, "unmounted", pool, claim=claim)
+            | {"metadata": {"name": "unmounted", "namespace": namespace}}
+        )
+        status = status_with_reason(strata, namespace, "unmounted", "WorkerCannotStart", 150)
+    assert status["phase"] == api.Phase.ADMITTED.value, status
+    assert re.match(r"the volumes of worker unmounted-worker-\d cannot be mounted: FailedMount: ",
+                    status["message"]), status["message"]  # fmt: skip
+    assert "is not a directory" in status["message"], status["message"]  # the kubelet's words on the folder
 
 
 @pytest.mark.timeout(900)

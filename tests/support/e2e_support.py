@@ -6,10 +6,11 @@ Tests import it as ``e2e_support`` (``tests/conftest.py`` puts this folder on ``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,20 @@ class Strata:
         for manifest in host_path_claim(namespace, name, str(folder), size):
             self.apply(manifest)
         return name
+
+    @contextlib.contextmanager
+    def claim_of_a_missing_folder(self, namespace: str) -> Iterator[str]:
+        """A claim bound in advance to a hostPath volume whose folder no node has: a pod that mounts it is placed, and
+        the kubelet cannot mount it (a ``FailedMount`` Event, the container waiting as ``ContainerCreating``). Any
+        cluster, kind's too: a volume bound in advance needs no provisioner. The volume is deleted on exit."""
+        claim = f"missing-{secrets.token_hex(3)}"
+        volume, claimed = host_path_claim(namespace, claim, f"/nonexistent-strata-{secrets.token_hex(4)}")
+        self.apply(volume)
+        try:
+            self.apply(claimed)
+            yield claim
+        finally:
+            self.kubectl("delete", "persistentvolume", volume["metadata"]["name"], "--wait=false", check=False)
 
 
 def install_values(refs: Mapping[str, str], node_selector: Mapping[str, str]) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from operator_builders import a_job, a_node, a_pool, a_worker, at
 
 from strata_api import SCHEDULER_NAME, Phase, format_time
@@ -164,30 +165,30 @@ def test_a_pod_is_awaiting_its_scheduler_only_while_no_scheduler_has_looked_at_i
 NEVER_PULL = 'Container image "strata.local/typo:1" is not present with pull policy of Never'
 
 
-def test_a_worker_the_kubelet_cannot_start_keeps_the_gang_admitted_in_the_kubelets_words() -> None:
-    stuck = replace(a_worker("j", 1, phase="Pending", node="n0"), cannot_start=f"container trainer: {NEVER_PULL}")
+MULTI_ATTACH = 'Multi-Attach error for volume "pvc-1" Volume is already used by pod(s) other-0'
+
+
+@pytest.mark.parametrize(
+    ("held", "said"),
+    [
+        # an image loaded or pushed meanwhile mends it
+        ({"cannot_start": f"container trainer: {NEVER_PULL}"},
+         f"the kubelet cannot start worker j-worker-1: container trainer: {NEVER_PULL}"),
+        # the volume freed by the pod that holds it mends it
+        ({"volume_failure": f"FailedAttachVolume: {MULTI_ATTACH}"},
+         f"the volumes of worker j-worker-1 cannot be mounted: FailedAttachVolume: {MULTI_ATTACH}"),
+    ],
+)  # fmt: skip
+def test_a_worker_the_kubelet_cannot_start_keeps_the_gang_admitted_in_the_kubelets_words(
+    held: dict[str, str], said: str
+) -> None:
+    stuck = replace(a_worker("j", 1, phase="Pending", node="n0"), **held)
     plan = run([a_worker("j", 0, phase="Running", node="n0"), stuck], now=20)
     patch = plan.status.patch()
     assert (plan.status.phase, patch["reason"]) == (Phase.ADMITTED, Reason.WORKER_CANNOT_START)
-    assert patch["message"] == (
-        f"the kubelet cannot start worker j-worker-1: container trainer: {NEVER_PULL}; the gang holds its GPUs until "
-        "the start timeout (600s)"
-    )
-    assert plan.delete_pods == []  # an image loaded or pushed meanwhile mends it: the start timeout still decides
+    assert patch["message"] == f"{said}; the gang holds its GPUs until the start timeout (600s)"
+    assert plan.delete_pods == []  # what may mend: the start timeout still decides
     assert [(e.type, e.reason) for e in plan.status.events] == [("Warning", Reason.WORKER_CANNOT_START)]
-
-
-def test_a_worker_whose_volumes_do_not_come_keeps_the_gang_admitted_in_the_words_of_its_events() -> None:
-    multi = 'Multi-Attach error for volume "pvc-1" Volume is already used by pod(s) other-0'
-    stuck = replace(a_worker("j", 1, phase="Pending", node="n0"), volume_failure=f"FailedAttachVolume: {multi}")
-    plan = run([a_worker("j", 0, phase="Running", node="n0"), stuck], now=40)
-    patch = plan.status.patch()
-    assert (plan.status.phase, patch["reason"]) == (Phase.ADMITTED, Reason.WORKER_CANNOT_START)
-    assert patch["message"] == (
-        f"the volumes of worker j-worker-1 cannot be mounted: FailedAttachVolume: {multi}; the gang holds its GPUs "
-        "until the start timeout (600s)"
-    )
-    assert plan.delete_pods == []  # the volume freed by the other pod mends it: the start timeout still decides
 
 
 def test_the_kubelets_reasons_for_a_container_it_cannot_start_are_read_from_the_pod() -> None:
