@@ -20,7 +20,7 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
-from strata_workloads.checkpoint import MARKER, CorruptCheckpoint, integrity_problem, newest_loadable
+from strata_workloads.checkpoint import MARKER, CorruptCheckpoint, integrity_problem, newest_loadable, step_dir
 from strata_workloads.hf_checkpoint import check_hf_model_dir, initial_model
 from strata_workloads.model import FeedForward, KVCache, Transformer
 from strata_workloads.presets import EOS_TOKEN, get_preset
@@ -46,15 +46,18 @@ class Precision(StrEnum):
 DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16}
 
 
-def load_model(preset: str, checkpoint: Path | None, model_dir: str = "") -> Transformer:
+def load_model(preset: str, checkpoint: Path | None, model_dir: str = "", step: int | None = None) -> Transformer:
     """The model with the weights of `checkpoint`; without one, a training run's step 0: `model_dir`'s weights (a
     Hugging Face directory, whose shape replaces the preset's), else the random weights of its default seed, so
     every replica serves the same model. A step folder is loaded as named, and refused
     (CorruptCheckpoint) when it fails its checksums: a flipped bit must never be served. A checkpoint root serves
-    its newest complete checkpoint that verifies and loads, falling back past damaged ones with a warning as
-    training does (checkpoint.newest_loadable; nothing is moved: a server only reads); NoUsableCheckpoint when
-    none does, FileNotFoundError when it has none. Logs the step folder it loaded ("weights loaded", ``checkpoint``):
-    with a root, the newest that loaded, so a replica's log says which training step it serves."""
+    its checkpoint of `step` when that one is complete, verifies and loads (the step the replicas of one revision
+    share, while the job writes newer ones), else its newest complete checkpoint that verifies and loads, falling
+    back past damaged ones with a warning as training does (checkpoint.newest_loadable; nothing is moved: a server
+    only reads); NoUsableCheckpoint when none does, FileNotFoundError when it has none. A `step` that is not there
+    (the job's retention removed it) or does not load is a warning, not a failure: a newer step serves until the
+    replicas roll to it. Logs the step folder it loaded ("weights loaded", ``checkpoint``): with a root, the one
+    that loaded, so a replica's log says which training step it serves."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TrainSettings.seed)
         config = check_hf_model_dir(model_dir)[0] if model_dir else get_preset(preset)
@@ -66,13 +69,28 @@ def load_model(preset: str, checkpoint: Path | None, model_dir: str = "") -> Tra
         if isinstance(weights, str):
             raise CorruptCheckpoint(f"{checkpoint}: {weights}")
     else:
-        found = newest_loadable(checkpoint, lambda path: _verified_weights(model, path))
+        found = _named_step(model, checkpoint, step) if step is not None else None
+        found = found or newest_loadable(checkpoint, lambda path: _verified_weights(model, path))
         if found is None:
             raise FileNotFoundError(f"no complete checkpoint under {checkpoint}")
         checkpoint, weights = found
     model.load_state_dict(weights)
     log.info("weights loaded", extra={"checkpoint": str(checkpoint)})
     return model.eval()
+
+
+def _named_step(model: Transformer, root: Path, step: int) -> tuple[Path, dict[str, torch.Tensor]] | None:
+    """The weights of `root`'s checkpoint of `step` when it is complete, verifies and loads; else None, with a
+    warning saying why (the caller then serves the newest that loads)."""
+    path = step_dir(root, step)
+    weights = _verified_weights(model, path) if (path / MARKER).is_file() else "not there, or not complete"
+    if isinstance(weights, str):
+        log.warning(
+            "the step asked for is unusable, serving the newest checkpoint that loads",
+            extra={"checkpoint": str(path), "reason": weights},
+        )
+        return None
+    return path, weights
 
 
 def _verified_weights(model: Transformer, path: Path) -> dict[str, torch.Tensor] | str:

@@ -397,7 +397,8 @@ def _event(body: dict[str, Any]) -> bytes:
 def build_server(settings: ServeSettings) -> Server:
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    model = load_model(settings.model, Path(settings.checkpoint) if settings.checkpoint else None, settings.model_dir)
+    checkpoint = Path(settings.checkpoint) if settings.checkpoint else None
+    model = load_model(settings.model, checkpoint, settings.model_dir, settings.step)
     tokenizer = load_tokenizer(resolve_tokenizer_path(settings.tokenizer, settings.model_dir))
     return Server(prepare_model(model, settings), settings, tokenizer)
 

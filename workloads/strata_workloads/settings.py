@@ -83,6 +83,9 @@ class ServeSettings:
     model_dir: str = ""
     tokenizer: str = ""  # a tokenizer.json or a folder holding one; empty: the model_dir's if present, else bytes
     checkpoint: str = ""  # step folder or checkpoint root (newest complete); empty: random weights (or model_dir's)
+    # with a checkpoint root: the step to serve (the operator's: the one the replicas' revision names), else the
+    # newest complete one; a step that is not there or does not load: the newest that does, with a warning
+    step: int | None = None
     model_name: str = ""  # the name /v1/models lists and completions answer to; empty: the checkpoint, else the preset
     quantization: str = "none"  # none | int8-weight | int8-dynamic (torchao)
     # fp32 | bf16: dtype of weights and activations; int8-weight is fast on CPU only with bf16 and compile

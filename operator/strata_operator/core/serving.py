@@ -300,6 +300,8 @@ def serve_env(service: InferenceService, source: ModelSource) -> dict[str, str]:
         "MAX_WAIT_MS": repr(model.max_wait_ms),
         "DRAIN_SECONDS": str(DRAIN_SECONDS),
     }
+    if source.checkpoint_step is not None:  # a TrainingJob's: every replica of the revision serves the same step
+        env["STEP"] = str(source.checkpoint_step)
     if source.model_dir:
         env["MODEL_DIR"] = source.model_dir
     if source.tokenizer:

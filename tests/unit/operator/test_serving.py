@@ -286,8 +286,8 @@ def test_a_trainingjobs_checkpoint_is_served_on_the_jobs_preset_whatever_the_ser
 
 
 def test_a_newer_checkpoint_of_the_job_rolls_every_replica_to_it() -> None:
-    # the replicas load the newest step at start: without the step in the template, a replica started later (a
-    # scale-up, a replaced pod) would serve a newer step than the others behind the same router
+    # each replica loads the step its template names (STRATA_SERVE_STEP): a replica started later (a scale-up, a
+    # replaced pod) serves the same step as the others behind the same router, not the newest on the volume
     checkpoint = {"path": "/ckpt", "persistentVolumeClaim": "c"}
     service = a_service(model={"trainingJob": "train"})
 
@@ -306,6 +306,12 @@ def test_a_newer_checkpoint_of_the_job_rolls_every_replica_to_it() -> None:
         deployment({"lastCheckpoint": {"step": 20}}),
     )
     assert (step_of(unknown), step_of(at_10), step_of(at_20)) == (None, "10", "20")
+
+    def served_step(d: dict[str, Any]) -> str | None:
+        env = {e["name"]: e["value"] for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+        return env.get(f"{SERVE_ENV_PREFIX}STEP")
+
+    assert (served_step(unknown), served_step(at_10), served_step(at_20)) == (None, "10", "20")
     revisions = {d["metadata"]["annotations"][api.LABEL_REVISION] for d in (unknown, at_10, at_20)}
     assert len(revisions) == 3  # each step is a revision of its own: the Deployment rolls (or canaries) to it
     assert deployment({"lastCheckpoint": {"step": 20}}) == at_20  # the same step: nothing to roll

@@ -128,6 +128,41 @@ def test_loads_the_weights_of_a_training_checkpoint_and_logs_the_step_it_serves(
 
 
 @pytest.mark.unit
+def test_a_root_serves_the_step_asked_for_while_newer_ones_exist_and_the_newest_when_that_one_cannot_be_served(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    torch.manual_seed(3)
+    engine = build_engine(
+        Transformer(get_preset("debug")), ParallelDims(1), None, ParallelizeOptions(), torch.device("cpu")
+    )
+    optimizer, scheduler = build_optimizer(engine, OptimConfig())
+    checkpointer = Checkpointer(tmp_path, keep=5, async_save=False)
+    weights: dict[int, dict[str, torch.Tensor]] = {}
+    for step in (10, 20, 30):
+        with torch.no_grad():
+            for tensor in engine.parts[0].parameters():
+                tensor.add_(0.01)  # each step's weights differ
+        checkpointer.save(engine.parts, optimizer, scheduler, TrainState(step=step))
+        weights[step] = {k: v.clone() for k, v in engine.parts[0].state_dict().items()}
+
+    def served(step: int | None) -> tuple[int, list[str]]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="strata_workloads.inference"):
+            loaded = load_model("debug", tmp_path, step=step).state_dict()
+        which = [s for s, want in weights.items() if all(torch.equal(want[k], loaded[k]) for k in want)]
+        assert len(which) == 1, which
+        return which[0], [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    assert served(20) == (20, [])  # the revision's step, though 30 is newer
+    assert served(None) == (30, [])
+    unusable = "the step asked for is unusable, serving the newest checkpoint that loads"
+    assert served(25) == (30, [unusable])  # not there (retention removed it, or never written)
+    (tmp_path / "step-00000020" / "COMPLETE").write_text("{}")  # its checksums no longer match what it holds
+    step, warned = served(20)
+    assert (step, warned[0]) == (30, unusable)
+
+
+@pytest.mark.unit
 async def test_batcher_groups_waiting_requests_and_refuses_beyond_its_queue() -> None:
     sizes: list[int] = []
 
