@@ -239,11 +239,13 @@ def test_a_cpu_service_answers_http_through_its_router_from_another_pod(
     assert seen["answered"] > 0, seen
 
 
-def train_on_a_claim(strata: Strata, namespace: str, pool: str, name: str, *, steps: int, every: int) -> None:
-    """A CPU TrainingJob on the preset debug-dense (not the service's default, debug) that keeps its checkpoints
-    on a claim of its own, every ``every`` of its ``steps``."""
+def train_on_a_claim(
+    strata: Strata, namespace: str, pool: str, name: str, *, steps: int, every: int, keep: int = 3
+) -> None:
+    """A CPU TrainingJob on the preset debug-dense (not the service's default, debug) that keeps its ``keep`` newest
+    checkpoints on a claim of its own, one every ``every`` of its ``steps``."""
     claim = strata.checkpoint_claim(namespace)
-    job = a_cpu_job(strata, name, pool, claim=claim, steps=steps, every=every, preset="debug-dense")
+    job = a_cpu_job(strata, name, pool, claim=claim, steps=steps, every=every, preset="debug-dense", keep=keep)
     strata.apply(job | {"metadata": {"name": name, "namespace": namespace}})
 
 
@@ -284,8 +286,8 @@ def test_a_service_of_a_job_that_checkpoints_faster_than_a_replica_warms_up_is_r
 ) -> None:
     # a checkpoint every few seconds, a replica that takes far longer to load and warm up (a tenth of a CPU: about a
     # minute): one roll at a time, or each newer step would replace the replica still warming up and none would be
-    # ready until the job stopped
-    train_on_a_claim(strata, namespace, pool, "busy", steps=400, every=5)
+    # ready until the job stopped. Every checkpoint kept (80 of them): the replica's step is still there when it loads
+    train_on_a_claim(strata, namespace, pool, "busy", steps=400, every=5, keep=100)
 
     def job_status() -> dict[str, Any]:
         return strata.get("trainingjob", "busy", "-n", namespace).get("status") or {}
@@ -310,7 +312,7 @@ def test_a_service_of_a_job_that_checkpoints_faster_than_a_replica_warms_up_is_r
 
     started = described(strata, namespace, started_on, 60, "the replicas' Deployment")
 
-    def ready_while_training() -> tuple[int, list[str | None]] | None:
+    def ready_while_training() -> tuple[int, list[tuple[str, str | None]]] | None:
         status, job = service_status(strata, namespace, "follows"), job_status()
         assert job.get("phase") == api.Phase.RUNNING.value, f"the job ended before the service was ready: {job}"
         if status.get("readyReplicas") != 1:
@@ -318,13 +320,19 @@ def test_a_service_of_a_job_that_checkpoints_faster_than_a_replica_warms_up_is_r
         pods = strata.get("pods", "-n", namespace, "-l", f"{api.LABEL_INFERENCE_SERVICE}=follows")["items"]
         ready = [p for p in pods if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get(
             "conditions", ()))]  # fmt: skip
-        return (job["lastCheckpoint"]["step"], [step_of(p) for p in ready]) if ready else None
+        return (job["lastCheckpoint"]["step"], [(p["metadata"]["name"], step_of(p)) for p in ready]) if ready else None
 
-    step, ready_on = described(strata, namespace, ready_while_training, 300, "a ready replica while the job trains")
+    step, ready = described(strata, namespace, ready_while_training, 300, "a ready replica while the job trains")
     # the replica started on the step of the service's creation is the one that turned ready, though the job
     # checkpointed meanwhile: no newer step replaced it while it warmed up
     assert step > first, (first, step)
-    assert ready_on == [started], (first, started, step, ready_on)
+    assert [on for _, on in ready] == [started], (first, started, step, ready)
+    # and it serves that step, though newer ones were on the volume when it loaded (STRATA_SERVE_STEP)
+    out = strata.kubectl("logs", ready[0][0], "-n", namespace)
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    loaded = [line["checkpoint"] for line in lines if line.get("msg") == "weights loaded"]
+    assert started is not None
+    assert loaded == [f"/checkpoints/step-{int(started):08d}"], (started, step, out[-2000:])
 
     # the job goes on, the replicas follow it one roll at a time, and end on its last step
     done = strata.wait_for_phase(namespace, "busy", (api.Phase.SUCCEEDED.value,), 600)

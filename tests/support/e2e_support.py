@@ -180,11 +180,12 @@ def a_cpu_job(
     cpu: str = "500m",
     memory: str = "1Gi",
     backoff_limit: int = 2,
+    keep: int = 3,
 ) -> dict[str, Any]:
     """A CPU TrainingJob of one process per worker on the nodes that run containers."""
     workers = data * pipeline
     micro = 2
-    checkpoint: dict[str, Any] = {"intervalSteps": every, "keep": 3}
+    checkpoint: dict[str, Any] = {"intervalSteps": every, "keep": keep}
     if claim is not None:
         checkpoint |= {"persistentVolumeClaim": claim, "path": "/checkpoints"}
     resources: dict[str, Any] = {"gpuType": "CPU", "workers": workers, "cpuPerWorker": cpu, "memoryPerWorker": memory}
