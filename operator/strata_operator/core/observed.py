@@ -136,20 +136,38 @@ def awaiting_volumes(pods: Iterable[StartingPod], now: datetime, grace_s: float)
     return waiting[:VOLUME_READS]
 
 
-def volume_failure(events: Iterable[Mapping[str, Any]]) -> str | None:
-    """The newest of a pod's Warning Events about its volumes (:data:`VOLUME_FAILURES`) as ``<reason>: <message>``;
-    None when there is none. ``events``: the pod's Events as the API lists them (core/v1)."""
+VOLUME_FAILURE_FRESH_S = 330.0
+"""How recent a volume failure's Event must be to count. No Event says "mounted", so one not renewed for a while
+tells of a mount that has since succeeded (the pod may be pulling its image now). The kubelet retries a mount at
+most 2 min 2 s apart and renews its ``FailedMount`` Event at each failure, but client-go's spam filter lets a
+source renew one object's Event only once in 5 minutes after its first 25: 5 minutes and a half, so that a volume
+still failing is never dropped, at the cost of a stale word for that long after a mount that succeeded."""
+
+
+def volume_failure(events: Iterable[Mapping[str, Any]], now: datetime) -> str | None:
+    """The newest of a pod's Warning Events about its volumes (:data:`VOLUME_FAILURES`) as ``<reason>: <message>``,
+    when it was last seen within :data:`VOLUME_FAILURE_FRESH_S` of ``now``; None otherwise. ``events``: the pod's
+    Events as the API lists them (core/v1)."""
+
+    def seen(event: Mapping[str, Any]) -> datetime | None:
+        series = event.get("series") or {}
+        times = (event.get("lastTimestamp"), series.get("lastObservedTime"), event.get("eventTime"),
+                 (event.get("metadata") or {}).get("creationTimestamp"))  # fmt: skip
+        parsed = [t for t in (parse_time(x) for x in times if isinstance(x, str)) if t is not None]
+        return max(parsed) if parsed else None
+
     found = [
-        e for e in events if e.get("type") == "Warning" and e.get("reason") in VOLUME_FAILURES and e.get("message")
+        (when, e)
+        for e in events
+        if e.get("type") == "Warning"
+        and e.get("reason") in VOLUME_FAILURES
+        and e.get("message")
+        and (when := seen(e)) is not None
+        and (now - when).total_seconds() <= VOLUME_FAILURE_FRESH_S
     ]
     if not found:
         return None
-
-    def when(event: Mapping[str, Any]) -> str:  # RFC 3339 in UTC: sorts as text
-        meta = event.get("metadata") or {}
-        return str(event.get("lastTimestamp") or event.get("eventTime") or meta.get("creationTimestamp") or "")
-
-    newest = max(found, key=when)
+    _, newest = max(found, key=lambda pair: pair[0])
     return f"{newest['reason']}: {str(newest['message']).strip()}"
 
 

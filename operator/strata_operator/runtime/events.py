@@ -76,7 +76,7 @@ async def with_volume_failures(
             listed = await kube.request("GET", f"{events_path(namespace)}?fieldSelector={selector}")
         except (ApiError, aiohttp.ClientError, TimeoutError):
             continue
-        said = volume_failure(listed.get("items") or ())
+        said = volume_failure(listed.get("items") or (), now)
         if said is not None:
             pods = [replace(p, volume_failure=said) if p.name == name else p for p in pods]
     return pods

@@ -348,9 +348,14 @@ def test_replicas_whose_volumes_do_not_come_make_ready_say_so_in_the_words_of_th
         warning("FailedMount", "a mount that came after all", 40, kind="Normal"),
     ]
     said = "FailedMount: " + missing.strip()
-    assert observed.volume_failure(events) == said  # the newest Warning about volumes
-    assert observed.volume_failure(events[:1]) == f"FailedAttachVolume: {multi}"
-    assert observed.volume_failure(events[2:]) is None
+    assert observed.volume_failure(events, at(60)) == said  # the newest Warning about volumes
+    assert observed.volume_failure(events[:1], at(60)) == f"FailedAttachVolume: {multi}"
+    assert observed.volume_failure(events[2:], at(60)) is None
+    # an Event not renewed for 5.5 minutes tells of a mount that has since succeeded
+    assert observed.volume_failure(events, at(20 + observed.VOLUME_FAILURE_FRESH_S)) == said
+    assert observed.volume_failure(events, at(21 + observed.VOLUME_FAILURE_FRESH_S)) is None
+    renewed = {**events[1], "lastTimestamp": None, "series": {"lastObservedTime": api.format_time(at(400))}}
+    assert observed.volume_failure([renewed], at(600)) == said  # the events.k8s.io way of renewing it
 
     stuck = dataclasses.replace(creating, volume_failure=said)
     placed = replica("chat-a", ready=30)
