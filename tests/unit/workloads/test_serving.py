@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import torch
 from aiohttp.test_utils import TestClient, TestServer
+from torch.optim.lr_scheduler import LambdaLR
 
 from strata_workloads.batching import DynamicBatcher, Overloaded
 from strata_workloads.checkpoint import Checkpointer, TrainState
-from strata_workloads.engine import build_engine
+from strata_workloads.engine import Engine, build_engine
 from strata_workloads.inference import (
     Quantization,
     encode,
@@ -108,15 +109,21 @@ def test_int8_is_close_to_fp32(model: Transformer, mode: Quantization) -> None:
         assert abs(nll - ref_nll) / ref_nll < 0.01, (mode, n, nll, ref_nll)
 
 
-@pytest.mark.unit
-def test_loads_the_weights_of_a_training_checkpoint_and_logs_the_step_it_serves(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def a_training_run() -> tuple[Engine, torch.optim.AdamW, LambdaLR]:
+    """The debug preset's engine, optimizer and scheduler on one CPU process, as a training run has them."""
     torch.manual_seed(3)
     engine = build_engine(
         Transformer(get_preset("debug")), ParallelDims(1), None, ParallelizeOptions(), torch.device("cpu")
     )
     optimizer, scheduler = build_optimizer(engine, OptimConfig())
+    return engine, optimizer, scheduler
+
+
+@pytest.mark.unit
+def test_loads_the_weights_of_a_training_checkpoint_and_logs_the_step_it_serves(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine, optimizer, scheduler = a_training_run()
     Checkpointer(tmp_path, async_save=False).save(engine.parts, optimizer, scheduler, TrainState(step=7))
     with caplog.at_level(logging.INFO, logger="strata_workloads.inference"):
         loaded = load_model("debug", tmp_path)
@@ -131,11 +138,7 @@ def test_loads_the_weights_of_a_training_checkpoint_and_logs_the_step_it_serves(
 def test_a_root_serves_the_step_asked_for_while_newer_ones_exist_and_the_newest_when_that_one_cannot_be_served(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    torch.manual_seed(3)
-    engine = build_engine(
-        Transformer(get_preset("debug")), ParallelDims(1), None, ParallelizeOptions(), torch.device("cpu")
-    )
-    optimizer, scheduler = build_optimizer(engine, OptimConfig())
+    engine, optimizer, scheduler = a_training_run()
     checkpointer = Checkpointer(tmp_path, keep=5, async_save=False)
     weights: dict[int, dict[str, torch.Tensor]] = {}
     for step in (10, 20, 30):
