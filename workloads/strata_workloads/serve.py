@@ -255,9 +255,9 @@ class Server:
 
     async def _serve(self, endpoint: str, request: web.Request) -> web.Response:
         started = time.monotonic()
-        status, payload = 200, {}
-        if self.unavailable:
-            status, payload = 503, {"error": self.unavailable}
+        status, payload, refused = 200, {}, self.unavailable
+        if refused:
+            status = 503
         else:
             try:
                 body = await self._body(request)
@@ -266,9 +266,11 @@ class Server:
                 else:
                     payload = await self._predict(body)
             except BadRequest as err:
-                status, payload = err.status, {"error": str(err)}
+                status, refused = err.status, str(err)
             except Overloaded as err:
-                status, payload = 429, {"error": f"overloaded: {err}; retry later"}
+                status, refused = 429, f"overloaded: {err}; retry later"
+        if refused:
+            payload = refusal_body(request.path, status, refused)
         self._count(endpoint, status, started)
         return _json(payload, status)
 

@@ -153,8 +153,7 @@ def held_up(
     scheduler of their ``schedulerName`` runs), the kubelet cannot start their containers (an image it cannot
     pull, a Secret that is missing), their volumes cannot be mounted (:attr:`ReplicaPod.volume_failure`: a
     folder or claim that is not there, a ReadWriteOnce volume attached to another node). None when none is held
-    up so. ``what`` names the pods (routers are read so
-    too, with their revision "")."""
+    up so. ``what`` names the pods (routers are read so too, with their revision "")."""
     current = sorted((p for p in pods if p.revision == revision and not p.deleting), key=lambda p: p.name)
 
     def first(reason: str, found: list[ReplicaPod], say: Callable[[ReplicaPod, str], str]) -> ServingProblem | None:

@@ -70,13 +70,12 @@ async def with_volume_failures(
     Warning Events about volumes, one LIST each. A pod whose Events say nothing of its volumes is left as it is, as is
     one whose Events the API server refuses or fails to list (the status then says what it said before)."""
     pods = list(pods)
+    failures: dict[str, str | None] = {}
     for name in awaiting_volumes(pods, now, grace_s):
         selector = quote(f"involvedObject.kind=Pod,involvedObject.name={name},type=Warning")
         try:
             listed = await kube.request("GET", f"{events_path(namespace)}?fieldSelector={selector}")
         except (ApiError, aiohttp.ClientError, TimeoutError):
             continue
-        said = volume_failure(listed.get("items") or (), now)
-        if said is not None:
-            pods = [replace(p, volume_failure=said) if p.name == name else p for p in pods]
-    return pods
+        failures[name] = volume_failure(listed.get("items") or (), now)
+    return [replace(p, volume_failure=failures[p.name]) if failures.get(p.name) else p for p in pods]
