@@ -29,11 +29,11 @@ binaries: ## Build (or find cached) etcd, kube-*, kubelet, kube-proxy, kubectl, 
 	@PYTHONPATH=hack $(PYTHON) -m strata_dev.binaries ensure
 
 # The real node is on by default; REAL_NODE=0 runs the kwok fleet only (for a host that cannot run containers).
-# The demo builds (or finds cached) only the image it runs, workloads, as `make images` would.
+# The demo builds (or finds cached) only the images the real node runs, workloads and serving, as `make images` would.
 REAL_NODE ?= 1
 NO_REAL_NODE := $(filter 0,$(REAL_NODE))
 
-demo: venv binaries $(if $(NO_REAL_NODE),,node-deps image-tools) ## Local cluster + GPU fleet + a real node, then Strata; the examples queue, run, survive a spot reclaim, finish; cpu-tiny trains in real pods (REAL_NODE=0: kwok only)
+demo: venv binaries $(if $(NO_REAL_NODE),,node-deps image-tools) ## Local cluster + GPU fleet + a real node, then Strata; the examples queue, run, survive a spot reclaim, finish; cpu-tiny trains in real pods and the example InferenceService serves it, scaling up under load (REAL_NODE=0: kwok only)
 	$(PY) -m strata_dev demo $(if $(NO_REAL_NODE),--no-real-node)
 
 up: venv binaries $(if $(NO_REAL_NODE),,node-deps) ## Keep a dev cluster running in the background with a real node that runs pods (NODES=n scales the fleet; REAL_NODE=0: kwok only)

@@ -41,7 +41,7 @@ import yaml
 import strata_api as api
 from strata_api.catalog import DEFAULT_CATALOG, load_catalog
 from strata_api.workload import ExitCode, Progress
-from strata_dev import images
+from strata_dev import demo_serving, images
 from strata_dev.cluster import (
     EXIT_CODE_ANNOTATION,
     ClusterError,
@@ -49,6 +49,7 @@ from strata_dev.cluster import (
     LocalCluster,
     annotate_pods,
     core_api,
+    free_port,
 )
 from strata_dev.fleet import Fleet, create_namespace, start_cluster_with_fleet
 from strata_dev.node import KWOK_ONLY_HINT, NODE_ROOTS, preflight
@@ -81,34 +82,43 @@ IMPORT_HEADROOM_BYTES = 2 * 2**30
 
 
 def run_demo(fleet: Fleet, wait_s: float, real_node: bool = True) -> int:
-    """The whole scenario; ``wait_s`` bounds each wait on the GPU jobs. ``real_node``: add the real node and train
-    ``cpu-tiny`` on it in real pods (a host that cannot run containers is told why before anything starts)."""
-    workloads = workloads_image() if real_node else None
+    """The whole scenario; ``wait_s`` bounds each wait on the GPU jobs. ``real_node``: add the real node, train
+    ``cpu-tiny`` on it in real pods and serve what it trained (a host that cannot run containers is told why before
+    anything starts)."""
+    real = real_node_images() if real_node else None
     cluster = start_cluster_with_fleet(ClusterSettings(real_node=real_node), fleet)
+    forwarded = free_port()  # where the host's operator reads the example service's router (demo_serving)
     try:
         show_the_cluster(cluster)
-        loading = ImageImport(cluster, workloads.archive) if workloads else None
-        with strata_running(cluster):
+        loading = ImageImport(cluster, *(built.archive for built in real.values())) if real else None
+        serving_args = demo_serving.operator_args(REAL_NAMESPACE, forwarded, real["serving"].ref) if real else []
+        with strata_running(cluster, serving_args):
             timeline = submit_the_examples(cluster, leave_out=REAL_JOB if real_node else None)
             timeline.follow(timeline.settled, wait_s)
             show_where_jobs_run(cluster)
             reclaim_a_spot_node(cluster, timeline, wait_s)
             end_the_first_job(cluster, timeline, wait_s)
             end_every_job(cluster, timeline, wait_s)
-            if workloads and loading:
-                train_in_real_pods(cluster, workloads.ref, loading)
+            if real and loading:
+                train_in_real_pods(cluster, real["workloads"].ref, loading)
+                demo_serving.serve_what_it_trained(cluster, REAL_NAMESPACE, real["workloads"].ref, forwarded)
     finally:
         cluster.stop()
     print("demo done: the cluster is stopped (keep one running with `make up`)")
     return 0
 
 
-def workloads_image() -> images.Built:
-    """The workloads image archive (``make images`` builds it; cached by content hash), once the host is known to
-    be able to run the real node and to hold the image in its containerd."""
+REAL_NODE_IMAGES = ("workloads", "serving")
+"""What the real node runs: ``cpu-tiny``'s workers and the example service's replicas, and the service's router."""
+
+
+def real_node_images() -> dict[str, images.Built]:
+    """The real node's image archives by name (``make images`` builds them; cached by content hash), once the host
+    is known to be able to run the real node and to hold the images in its containerd."""
     preflight()
-    (built,) = images.ensure(["workloads"])
-    problem = import_space_problem(shutil.disk_usage(NODE_ROOTS).free, built.archive.stat().st_size)
+    built = {image.name: image for image in images.ensure(list(REAL_NODE_IMAGES))}
+    size = sum(image.archive.stat().st_size for image in built.values())
+    problem = import_space_problem(shutil.disk_usage(NODE_ROOTS).free, size)
     if problem:
         raise ClusterError(f"{problem}\n    {KWOK_ONLY_HINT}")
     return built
@@ -122,7 +132,7 @@ def import_space_problem(free_bytes: int, archive_bytes: int) -> str | None:
     if free_bytes >= needed:
         return None
     return (
-        f"the real node needs {needed / 2**30:.1f} GiB free under {NODE_ROOTS} for the workloads image "
+        f"the real node needs {needed / 2**30:.1f} GiB free under {NODE_ROOTS} for its images "
         f"({archive_bytes / 2**30:.1f} GiB, kept as layers and unpacked), {free_bytes / 2**30:.1f} GiB are free"
     )
 
@@ -135,9 +145,10 @@ def show_the_cluster(cluster: LocalCluster) -> None:
 
 
 @contextlib.contextmanager
-def strata_running(cluster: LocalCluster) -> Iterator[Stack]:
-    """Strata's CRDs, extender, ``strata-scheduler`` kube-scheduler and operator on ``cluster``, stopped on exit."""
-    with Stack(cluster.bin_dir, cluster.kubeconfig, cluster.workdir / "stack") as stack:
+def strata_running(cluster: LocalCluster, operator_args: list[str]) -> Iterator[Stack]:
+    """Strata's CRDs, extender, ``strata-scheduler`` kube-scheduler and operator (with ``operator_args``) on
+    ``cluster``, stopped on exit."""
+    with Stack(cluster.bin_dir, cluster.kubeconfig, cluster.workdir / "stack", operator_args) as stack:
         print(f"CRDs installed; extender at {stack.extender_url}; kube-scheduler (strata-scheduler) and operator up")
         yield stack
 
@@ -237,11 +248,11 @@ def pools_idle(cluster: LocalCluster) -> bool:
 
 
 class ImageImport:
-    """An image archive imported into the real node's containerd in the background, while the GPU story runs
+    """Image archives imported into the real node's containerd in the background, while the GPU story runs
     (containerd unpacks the 5.8 GiB workloads image for over a minute)."""
 
-    def __init__(self, cluster: LocalCluster, archive: Path) -> None:
-        self.archive = archive
+    def __init__(self, cluster: LocalCluster, *archives: Path) -> None:
+        self.archives = archives
         self.seconds: float | None = None
         self.error: Exception | None = None
         self._thread = threading.Thread(target=self._run, args=(cluster,), name="strata-demo-import", daemon=True)
@@ -250,7 +261,7 @@ class ImageImport:
     def _run(self, cluster: LocalCluster) -> None:
         begin = time.monotonic()
         try:
-            cluster.load_images(self.archive)
+            cluster.load_images(*self.archives)
         except Exception as err:  # raised again in the demo's own thread by wait()
             self.error = err
         else:
@@ -268,12 +279,14 @@ class ImageImport:
         return self.seconds
 
 
-def real_job_manifest(example: Path, image: str) -> dict[str, Any]:
+def real_job_manifest(example: Path, image: str, claim: str) -> dict[str, Any]:
     """The TrainingJob in ``example`` on the real node (``resources.nodeSelector``: kwok's CPU nodes fit its
-    workers too, and run no containers), with ``image`` as its workload image, never pulled (the node holds it)."""
+    workers too, and run no containers), with ``image`` as its workload image, never pulled (the node holds it), and
+    its checkpoints on ``claim`` (which the example service then serves)."""
     job: dict[str, Any] = yaml.safe_load(example.read_text())
     job["spec"]["workload"].update(image=image, imagePullPolicy="Never")
     job["spec"]["resources"]["nodeSelector"] = {REAL_NODE_LABEL: "true"}
+    job["spec"].setdefault("checkpoint", {})["persistentVolumeClaim"] = claim
     return job
 
 
@@ -366,7 +379,7 @@ def train_in_real_pods(cluster: LocalCluster, image: str, loading: ImageImport) 
         print(f"  waiting for the image's import into {NODE_NAME}'s containerd ...", flush=True)
     print(f"  imported into {NODE_NAME}'s containerd in {loading.wait():.0f}s (nothing is pulled)")
     create_namespace(core_api(cluster.kubeconfig), REAL_NAMESPACE)
-    job = real_job_manifest(REAL_JOB, image)
+    job = real_job_manifest(REAL_JOB, image, demo_serving.checkpoint_claim(cluster, REAL_NAMESPACE))
     name, total_steps = job["metadata"]["name"], int(job["spec"]["training"]["steps"])
     applied = time.time()
     print(cluster.kubectl("apply", "-n", REAL_NAMESPACE, "-f", "-", input=json.dumps(job)).strip(), flush=True)

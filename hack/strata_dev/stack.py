@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
@@ -30,10 +30,12 @@ class Stack:
     """Strata on one cluster: start with :meth:`start`, end with :meth:`stop` (also a context manager). Logs go to
     ``workdir``."""
 
-    def __init__(self, bin_dir: Path, kubeconfig: Path, workdir: Path) -> None:
+    def __init__(self, bin_dir: Path, kubeconfig: Path, workdir: Path, operator_args: Sequence[str] = ()) -> None:
         self.bin_dir = bin_dir
         self.kubeconfig = kubeconfig
         self.workdir = workdir
+        self.operator_args = list(operator_args)
+        """Flags of the operator's beyond the stack's own (``python -m strata_operator --help``)."""
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.extender_url = ""
 
@@ -86,7 +88,8 @@ class Stack:
         )
 
     def _start_operator(self) -> None:
-        process = self._spawn("operator", [sys.executable, "-m", "strata_operator", "--standalone", "--metrics-port=0"])
+        args = [sys.executable, "-m", "strata_operator", "--standalone", "--metrics-port=0", *self.operator_args]
+        process = self._spawn("operator", args)
         time.sleep(1.0)
         if process.poll() is not None:
             raise ClusterError(f"the operator exited at start; log: {self.workdir / 'operator.log'}")

@@ -88,40 +88,6 @@ def service_account_kubeconfig(handle: ClusterHandle, namespace: str, name: str,
     return path
 
 
-def host_path_claim(namespace: str, claim: str, path: str, size: str = "1Gi") -> tuple[dict[str, Any], dict[str, Any]]:
-    """A ReadWriteOnce PersistentVolume named ``<namespace>-<claim>`` on the node's directory ``path``, bound in
-    advance to the claim ``claim`` in ``namespace`` (no provisioner, no StorageClass), and that claim: the two
-    manifests, to create in that order."""
-    volume = f"{namespace}-{claim}"
-    capacity = {"storage": size}
-    return (
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": volume},
-            "spec": {
-                "capacity": capacity,
-                "accessModes": ["ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "hostPath": {"path": path, "type": "Directory"},
-                "claimRef": {"namespace": namespace, "name": claim},
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": claim, "namespace": namespace},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "resources": {"requests": capacity},
-                "storageClassName": "",
-                "volumeName": volume,
-            },
-        },
-    )
-
-
 def eventually(probe: Callable[[], T | None], timeout_s: float = 60, what: str = "condition") -> T:
     """Poll ``probe`` until it returns something truthy; fail naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster_support import ClusterHandle, eventually, host_path_claim
+from cluster_support import ClusterHandle, eventually
 
 import strata_api as api
+from strata_dev.volumes import host_path_claim
 
 CHART_IMAGES = {"operator": "operator", "extender": "scheduler", "scheduler": "kube-scheduler", "serving": "serving"}
 """The chart's component (its ``<component>.image`` values) -> the image `make images` builds for it."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from cluster_support import ClusterHandle, eventually, host_path_claim
+from cluster_support import ClusterHandle, eventually
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_harness import OperatorProcess, Strata, replaced_by
@@ -27,6 +27,7 @@ import strata_api as api
 from strata_api import InferenceService
 from strata_api.catalog import DEFAULT_CATALOG, load_catalog
 from strata_api.serving import LABEL_ROUTER
+from strata_dev.volumes import host_path_claim
 from strata_operator.core import router
 
 ROOT = Path(__file__).resolve().parents[3]

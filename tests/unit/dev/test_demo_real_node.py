@@ -55,13 +55,15 @@ def test_up_says_why_before_it_starts_a_daemon(monkeypatch: pytest.MonkeyPatch, 
 
 def test_the_job_in_real_pods_is_cpu_tiny_on_the_real_node_from_the_local_image() -> None:
     example = yaml.safe_load(REAL_JOB.read_text())
-    job = real_job_manifest(REAL_JOB, "localhost/strata-workloads:98d3703ff5f7")
+    job = real_job_manifest(REAL_JOB, "localhost/strata-workloads:98d3703ff5f7", "cpu-tiny-checkpoints")
 
     assert job["spec"]["workload"]["image"] == "localhost/strata-workloads:98d3703ff5f7"
     assert job["spec"]["workload"]["imagePullPolicy"] == "Never"  # nothing is pulled: the node holds the image
     assert job["spec"]["resources"]["nodeSelector"] == {REAL_NODE_LABEL: "true"}  # not kwok's CPU nodes
     example["spec"]["workload"] |= job["spec"]["workload"]
     example["spec"]["resources"]["nodeSelector"] = {REAL_NODE_LABEL: "true"}
+    assert job["spec"]["checkpoint"]["persistentVolumeClaim"] == "cpu-tiny-checkpoints"  # what the service reads
+    example["spec"]["checkpoint"]["persistentVolumeClaim"] = "cpu-tiny-checkpoints"
     assert job == example  # everything else is the example's
     assert example["spec"]["resources"]["gpuType"] == "CPU"
 
@@ -93,6 +95,6 @@ def test_the_demo_refuses_to_import_an_image_the_disk_cannot_hold() -> None:
     assert import_space_problem(free_bytes=20 * gib, archive_bytes=archive) is None
     problem = import_space_problem(free_bytes=int(6.8 * gib), archive_bytes=archive)
     assert problem == (
-        "the real node needs 13.4 GiB free under /var/lib for the workloads image (5.7 GiB, kept as layers and "
-        "unpacked), 6.8 GiB are free"
+        "the real node needs 13.4 GiB free under /var/lib for its images (5.7 GiB, kept as layers and unpacked), "
+        "6.8 GiB are free"
     )
