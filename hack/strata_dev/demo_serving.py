@@ -7,7 +7,8 @@ what the local node needs (the image it holds, never pulled; the node selected; 
 ``replicas.max`` fit its 2 CPUs), and follows the service until its replicas, warmed up on the job's newest
 checkpoint, are ready behind its router. Then it asks the model through the router, sends a steady load above what
 ``replicas.min`` is meant to take, and prints each scaling decision the router makes and the operator writes to
-``status.lastScale``, until the replica it added is ready.
+``status.lastScale``, until the replica it added is ready. Last, still under the load, it deletes one replica (as a
+reclaimed node would) and follows its replacement: every request is answered by the others meanwhile.
 
 The operator runs on the host, outside the cluster's network, so it cannot read ``<name>.<namespace>.svc`` (an
 operator the chart installs does): the demo starts it with ``--router-urls`` naming a loopback port it chooses
@@ -32,6 +33,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+import strata_api as api
 from strata_dev.cluster import ClusterError, LocalCluster
 from strata_dev.node_config import REAL_NODE_LABEL
 from strata_dev.paths import EXAMPLES
@@ -179,24 +181,30 @@ class Load:
                     self.failed[outcome] = self.failed.get(outcome, 0) + 1
         connection.close()
 
+    def progress(self) -> str:
+        """What was answered and what failed so far, by what."""
+        with self._lock:
+            failed = ", ".join(f"{count} {kind}" for kind, count in sorted(self.failed.items())) or "none failed"
+            return f"{self.answered} answered, {failed}"
+
     def stop(self) -> str:
         """Stop sending; what was answered and what failed, by what."""
         self._stopping.set()
         for thread in self._threads:
             thread.join(60)
-        failed = ", ".join(f"{count} {kind}" for kind, count in sorted(self.failed.items())) or "none failed"
-        return f"{self.answered} answered, {failed}"
+        return self.progress()
 
 
 class ServiceView:
     """The service's status as the demo polls it: each change of its replicas, its Ready condition and its last
-    scaling decision printed once, with the seconds since the view began."""
+    scaling decision printed as it changes, with the seconds since the view began."""
 
     def __init__(self, cluster: LocalCluster, namespace: str, name: str) -> None:
         self.cluster, self.namespace, self.name = cluster, namespace, name
         self.started = time.monotonic()
         self.status: dict[str, Any] = {}
-        self._said: set[str] = set()
+        self._said: dict[str, str] = {}
+        """What was printed last of the replicas and of the scaling decision."""
 
     def follow(self, done: Callable[[dict[str, Any]], bool], timeout_s: float, what: str) -> dict[str, Any]:
         """Poll until ``done(status)`` holds; the service's status and pods on a timeout."""
@@ -217,15 +225,16 @@ class ServiceView:
             return  # the operator has not written one yet
         ready = condition(self.status, "Ready")
         self._say(
+            "replicas",
             f"replicas {self.status.get('readyReplicas', 0)} ready of {self.status.get('desiredReplicas', '-')}, "
-            f"Ready {ready.get('status', '-')} {ready.get('reason', '')}: {ready.get('message', '')}"
+            f"Ready {ready.get('status', '-')} {ready.get('reason', '')}: {ready.get('message', '')}",
         )
         if self.status.get("lastScale"):
-            self._say(scaling_decision(self.status["lastScale"]))
+            self._say("scale", scaling_decision(self.status["lastScale"]))
 
-    def _say(self, line: str) -> None:
-        if line not in self._said:
-            self._said.add(line)
+    def _say(self, what: str, line: str) -> None:
+        if self._said.get(what) != line:
+            self._said[what] = line
             print(f"  {time.monotonic() - self.started:5.1f}s  {self.name:12} {line}", flush=True)
 
 
@@ -270,7 +279,7 @@ def ready_count(status: dict[str, Any]) -> int:
 def serve_what_it_trained(cluster: LocalCluster, namespace: str, image: str, port: int) -> None:
     """Apply the example service in ``namespace`` on ``cpu-tiny``'s checkpoints there, follow it until ready, ask the
     model through its router (forwarded from ``port``), then load it until the router's autoscaler has added a
-    replica and that replica is ready."""
+    replica and that replica is ready, then delete one replica under the load and follow its replacement."""
     service = service_manifest(image)
     name, least = service["metadata"]["name"], int(service["spec"]["replicas"]["min"])
     claim = service["spec"]["model"]["persistentVolumeClaim"]
@@ -292,7 +301,9 @@ def serve_what_it_trained(cluster: LocalCluster, namespace: str, image: str, por
               f"{service['spec']['autoscaling']['target']} req/s each", flush=True)  # fmt: skip
         load = Load(port, served).start()
         try:
-            view.follow(lambda s: ready_count(s) > least, READY_TIMEOUT_S, "replica added under load")
+            scaled = view.follow(lambda s: ready_count(s) > least, READY_TIMEOUT_S, "replica added under load")
+            print(f"  so far: {load.progress()}", flush=True)
+            replace_a_replica_under_load(cluster, view, ready_count(scaled))
         finally:
             print(f"  load stopped: {load.stop()}", flush=True)
     finally:
@@ -301,6 +312,27 @@ def serve_what_it_trained(cluster: LocalCluster, namespace: str, image: str, por
     print(cluster.kubectl("get", "pods", "-n", namespace, "-o", "wide"))
     involved = f"involvedObject.kind=InferenceService,involvedObject.name={name}"
     print(cluster.kubectl("get", "events", "-n", namespace, f"--field-selector={involved}", "--sort-by=.lastTimestamp"))
+
+
+def replace_a_replica_under_load(cluster: LocalCluster, view: ServiceView, ready: int) -> None:
+    """Delete one of the service's ``ready`` replicas, as a reclaimed node or an eviction would, while the load runs:
+    it drains (its readiness turns 503, then its requests in flight finish) while the router sends the rest to the
+    others, and its Deployment starts another; wait until that one is ready and the deleted one gone."""
+    selector = f"{api.LABEL_INFERENCE_SERVICE}={view.name}"
+    victim = replica_names(cluster, view.namespace, selector)[0]
+    print(f"\ndeleting replica {victim} under the load: the router fails over to the others", flush=True)
+    cluster.kubectl("delete", "pod", victim, "-n", view.namespace, "--wait=false")
+
+    def replaced(status: dict[str, Any]) -> bool:
+        return ready_count(status) >= ready and victim not in replica_names(cluster, view.namespace, selector)
+
+    view.follow(replaced, READY_TIMEOUT_S, f"replacement of {victim}")
+
+
+def replica_names(cluster: LocalCluster, namespace: str, selector: str) -> list[str]:
+    return sorted(
+        pod["metadata"]["name"] for pod in cluster.kubectl_json("pods", "-n", namespace, "-l", selector)["items"]
+    )
 
 
 def ask_once(port: int) -> str:
