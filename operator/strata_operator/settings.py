@@ -52,6 +52,11 @@ class OperatorSettings:
     scheduler runs; one placed this long ago and not started for no reason its status gives has its Events read
     for why its volumes do not come. Default 30 s: kube-scheduler takes a new pod within a second, and within
     seconds through a backlog of thousands."""
+    model_retry_s: float = field(default=300.0, metadata=POSITIVE)
+    """Seconds the replicas of a revision whose model their servers refused (an exit the kubelet would only repeat:
+    a path that is not there, a checkpoint that does not load) stay stopped before one more try, doubled at each
+    refusal of the same revision up to 8 times this. Default 5 min: the kubelet's longest crash-loop delay, without
+    the loop; a new revision (a spec change, the job's next checkpoint) tries at once."""
     run_as_user: int = 1000
     """UID of the workers (restricted pod security: never root). Default 1000."""
     peering_name: str = "strata-operator"

@@ -1,5 +1,6 @@
 """An InferenceService's replica pods as the operator's pod watch sees them, and what status says of them: the
-hourly cost of the running replicas, their measured start-up time, and a model the server refused. Pure; no I/O.
+hourly cost of the running replicas, their measured start-up time, and a model the server refused (with the
+backoff that stops its replicas rather than let them crash-loop). Pure; no I/O.
 
 The pods come from the operator's one pod watch (:class:`strata_operator.runtime.watches.ClusterCache`), which
 already lists every pod of the served namespaces for GPU accounting: reading the replicas from it costs no extra
@@ -11,11 +12,11 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import strata_api as api
-from strata_api import InferenceService, parse_time
+from strata_api import InferenceService, format_time, parse_time
 from strata_api.catalog import Catalog
 from strata_api.workload import ExitCode
 from strata_operator.core.observed import (
@@ -115,6 +116,86 @@ MODEL_EXITS = {
 }
 """The server's exit codes (:class:`strata_api.workload.ExitCode`) that say its model cannot be served: a restart
 reads the same settings and bytes, so the replica would only crash-loop. Reason and meaning of each."""
+
+
+MODEL_RETRY_GROWTH = 8
+"""A refused revision's stop grows from ``model_retry_s`` by doubling to at most this many times it."""
+
+
+@dataclass(frozen=True)
+class ModelBackoff:
+    """A revision whose model the servers refused, kept in ``status.modelBackoff``: its replicas stay stopped until
+    ``retry_at``, then start once more; ``tries`` counts the refusals of this revision, ``reason`` and ``message``
+    are the last one's (:func:`model_failure`)."""
+
+    revision: str
+    tries: int
+    retry_at: datetime
+    reason: str
+    message: str
+
+    def stopped(self, now: datetime) -> bool:
+        return now < self.retry_at
+
+    def problem(self, now: datetime) -> ModelProblem:
+        """What status says of the revision: the refusal, and while the replicas are stopped, until when."""
+        times = "once" if self.tries == 1 else f"{self.tries} times"
+        if not self.stopped(now):
+            return ModelProblem(self.reason, f"{self.message}; refused {times}, its replicas try again")
+        return ModelProblem(
+            self.reason,
+            f"{self.message}; refused {times}, so its replicas are stopped rather than left to crash-loop, "
+            f"until {format_time(self.retry_at)} (or a new revision: a changed spec, the job's next checkpoint)",
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "tries": self.tries,
+            "retryAt": format_time(self.retry_at),
+            "reason": self.reason,
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_status(cls, value: object) -> ModelBackoff | None:
+        """What :meth:`to_status` wrote; None for anything else (a status edited by hand counts as no refusal)."""
+        if not isinstance(value, Mapping):
+            return None
+        revision, tries, retry_at = value.get("revision"), value.get("tries"), parse_time(value.get("retryAt"))
+        reason, message = value.get("reason"), value.get("message")
+        if not isinstance(revision, str) or type(tries) is not int or tries < 1 or retry_at is None:
+            return None
+        if not isinstance(reason, str) or not isinstance(message, str):
+            return None
+        return cls(revision, tries, retry_at, reason, message)
+
+
+def model_backoff(
+    stored: object,
+    revision: str | None,
+    pods: Iterable[ReplicaPod],
+    now: datetime,
+    retry_s: float,
+) -> ModelBackoff | None:
+    """The backoff of ``revision`` after this pass, from the one in status (``stored``) and its replicas: a refusal
+    seen while none is stopped (the first, or the first after a try) stops them for ``retry_s``, doubled for each
+    earlier refusal up to :data:`MODEL_RETRY_GROWTH` times it; a ready replica of the revision ends it (the volume
+    was fixed); another revision's is forgotten. None: nothing refused."""
+    if revision is None:
+        return None
+    pods = list(pods)
+    last = ModelBackoff.from_status(stored)
+    if last is not None and last.revision != revision:
+        last = None
+    if any(p.revision == revision and p.ready_at is not None and not p.deleting for p in pods):
+        return None
+    refused = model_failure(pods, revision)
+    if refused is not None and (last is None or not last.stopped(now)):
+        tries = last.tries + 1 if last is not None else 1
+        wait_s = retry_s * min(2.0 ** (tries - 1), MODEL_RETRY_GROWTH)
+        return ModelBackoff(revision, tries, now + timedelta(seconds=wait_s), refused.reason, refused.message)
+    return last
 
 
 def model_failure(pods: Iterable[ReplicaPod], revision: str) -> ModelProblem | None:

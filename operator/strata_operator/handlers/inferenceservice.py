@@ -183,8 +183,10 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
     model = serving.resolve_model(service, _training_job(service, jobs_index))
     if isinstance(model, ModelSource) and model.checkpoint_step is not None:  # a TrainingJob's steps
         rolling = serving.rolling_deployment(service, observed, observed_canary)
+        stopped = replicas.ModelBackoff.from_status(entry.status.get("modelBackoff"))
         stuck = rolling is not None and (
             replicas.model_failure(pods, rolling.revision) is not None
+            or (stopped is not None and stopped.revision == rolling.revision)  # its replicas stopped
             or replicas.held_up(pods, rolling.revision, now, grace_s) is not None
         )
         model = serving.one_roll_at_a_time(model, rolling, stuck)
@@ -211,6 +213,12 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
         [e.service for e in same_pool], pools, [j for j in jobs if j.spec.pool == service.spec.pool], wanted
     )[service.key]
     stable_count, canary_count = canary.split(allotment.replicas, own, plan)
+    backoff = replicas.model_backoff(entry.status.get("modelBackoff"), rev, pods, now, settings.model_retry_s)
+    if backoff is not None and backoff.stopped(now):  # the refused revision's replicas stop: no crash loop
+        if plan is not None and plan.splitting:
+            canary_count = 0
+        else:
+            stable_count = 0
     kube = runtime.api
     startup: float | None = None
     restored: str | None = None
@@ -235,7 +243,7 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
                 await kube.merge_patch(deployments_path(ns, name), {"spec": {"replicas": 0}})
     cost = replicas.cost_per_hour(service, pods, IndexMapping(cache.nodes), settings.prices) if cache.synced else None
     trial = observed_canary if plan is not None and plan.splitting else None
-    refused = replicas.model_failure(pods, rev) if rev is not None else None
+    refused = backoff.problem(now) if backoff is not None else None
     draft = serving.service_status(
         service,
         entry.status,
@@ -254,6 +262,7 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
         routers=routers,
         routers_held_up=replicas.held_up(router_pods, "", now, grace_s, what="router"),
     )
+    draft.set("modelBackoff", backoff.to_status() if backoff is not None else None)
     if plan is not None:
         canary.rollout_status(
             draft, plan, observed_canary, canary_count, service.generation, restored, serving=model.message

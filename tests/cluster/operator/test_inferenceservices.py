@@ -143,6 +143,10 @@ def services(
     helper.cleanup()
 
 
+RETRY_S = 15
+"""The operator's ``--model-retry-s`` where a test waits for a refused revision's next try."""
+
+
 def cpu_pool(strata: Strata, cpus: int) -> str:
     return strata.pool("serve", maxGPUs=0, maxCPUs=cpus, capacityTypes=["on-demand", "reserved"])
 
@@ -654,9 +658,12 @@ def crash_looping(exit_code: int, now: str) -> dict[str, Any]:
     }
 
 
-def test_a_model_the_replicas_refuse_is_reported_not_left_to_crash_loop_unnoticed(
-    services: Services, strata: Strata
+def test_a_model_the_replicas_refuse_stops_them_instead_of_a_crash_loop_and_they_try_again_later(
+    services: Services, strata: Strata, operator: OperatorProcess
 ) -> None:
+    operator.stop()  # the same operator with a short stop before the next try
+    operator.flags = (*operator.flags, "--model-retry-s", str(RETRY_S))
+    operator.start()
     pool = cpu_pool(strata, 8)
     name = services.apply(service_body("refused", pool, min_replicas=2, model={"path": "/models/missing"}))
     services.wait_ready(name, 2)  # kwok's pods start whatever the path: the servers' exits are written below
@@ -674,15 +681,30 @@ def test_a_model_the_replicas_refuse_is_reported_not_left_to_crash_loop_unnotice
     assert model["status"] == "False"
     assert "exited with code 2, restarted 3 times: invalid configuration" in model["message"]
     assert "spec.model.path" in model["message"]
+    assert "refused once, so its replicas are stopped rather than left to crash-loop" in model["message"]
     assert services.condition(name, "Ready")["reason"] == "InvalidConfiguration"
-    assert services.apps.read_namespaced_deployment(name, ns).spec.replicas == 2  # the count stays
+    backoff = services.status(name)["modelBackoff"]
+    assert (backoff["tries"], backoff["reason"], backoff["revision"]) == (
+        1,
+        "InvalidConfiguration",
+        revision(services, name),
+    )
+    # no crash loop: the Deployment keeps no replica of the refused revision until the next try
+    assert services.apps.read_namespaced_deployment(name, ns).spec.replicas == 0
+    eventually(lambda: not services.pods(name) or None, 30, "the refused replicas gone")
+    assert services.status(name)["desiredReplicas"] == 2  # what it asks for once the model loads
     eventually(lambda: "InvalidConfiguration" in services.events(name) or None, 30, "a Warning Event")
 
-    # the volume fixed: a replica's next start loads the model and turns ready, and the model is available again
-    first_pod = services.pods(name)[0]
-    ready = {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}]}
-    services.core.patch_namespaced_pod_status(first_pod.metadata.name, ns, {"status": ready})
-    eventually(lambda: services.condition(name, "ModelAvailable").get("status") == "True" or None, 30, "recovery")
+    # the volume fixed meanwhile: at retryAt the replicas start again, load the model (kwok's pods turn ready) and
+    # the refusal is over
+    eventually(lambda: services.apps.read_namespaced_deployment(name, ns).spec.replicas == 2 or None, 30, "a try")
+    eventually(lambda: services.condition(name, "ModelAvailable").get("status") == "True" or None, 60, "recovery")
+    services.wait_ready(name, 2)
+    assert "modelBackoff" not in services.status(name)
+
+
+def revision(services: Services, name: str) -> str:
+    return str(services.status(name)["revision"])
 
 
 def test_a_service_of_a_trainingjob_serves_its_checkpoint_volume(services: Services, strata: Strata) -> None:

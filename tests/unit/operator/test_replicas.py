@@ -212,7 +212,61 @@ def test_a_model_the_servers_refuse_is_named_by_their_exit_code_until_a_replica_
     assert replicas.model_failure(recovered, "rev1") is None  # one is ready: the model loads
 
 
-def test_a_refused_model_makes_model_available_and_ready_false_with_a_warning_but_keeps_the_replicas() -> None:
+def test_a_refused_revision_stops_its_replicas_then_tries_again_waiting_longer_at_each_refusal() -> None:
+    failing = [replica("chat-a", last_exit=2), replica("chat-b", last_exit=2)]
+    first = replicas.model_backoff(None, "rev1", failing, T0, 300)
+    assert first is not None
+    assert (first.revision, first.tries, first.retry_at, first.reason) == ("rev1", 1, at(300), "InvalidConfiguration")
+    assert first.stopped(at(299))
+    assert not first.stopped(at(300))
+    stopped = first.problem(at(10)).message
+    assert stopped.startswith("replica chat-a of revision rev1 exited with code 2")
+    assert stopped.endswith(
+        "; refused once, so its replicas are stopped rather than left to crash-loop, until 2026-01-01T12:05:00Z "
+        "(or a new revision: a changed spec, the job's next checkpoint)"
+    )
+
+    stored = first.to_status()
+    assert replicas.ModelBackoff.from_status(stored) == first  # status carries it across passes and restarts
+    assert replicas.model_backoff(stored, "rev1", [], at(100), 300) == first  # stopped: no pod, the same stop
+    assert replicas.model_backoff(stored, "rev1", failing, at(100), 300) == first  # the stopped pods' own exits
+    starting = [replica("chat-c", created=300)]  # retryAt passed: the replicas start again, not refused yet
+    trying = replicas.model_backoff(stored, "rev1", starting, at(305), 300)
+    assert trying == first
+    assert not trying.stopped(at(305))
+    assert trying.problem(at(305)).message.endswith("; refused once, its replicas try again")
+
+    second = replicas.model_backoff(stored, "rev1", [replica("chat-c", last_exit=3)], at(320), 300)
+    assert second is not None
+    assert (second.tries, second.retry_at, second.reason) == (2, at(320 + 600), "NoUsableCheckpoint")
+    tenth = dataclasses.replace(first, tries=9, retry_at=at(0)).to_status()
+    longest = replicas.model_backoff(tenth, "rev1", [replica("chat-c", last_exit=2)], at(10), 300)
+    assert longest is not None
+    assert longest.retry_at == at(10 + 8 * 300)
+
+    fixed = [replica("chat-c", created=300, ready=330)]
+    assert replicas.model_backoff(stored, "rev1", fixed, at(340), 300) is None  # a replica loads: it is over
+    assert replicas.model_backoff(stored, "rev2", [], at(100), 300) is None  # a new revision starts afresh
+    assert replicas.model_backoff(None, "rev1", [replica("chat-a", last_exit=1)], T0, 300) is None  # may mend
+    assert replicas.model_backoff(stored, None, failing, T0, 300) is None  # no model to serve
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        None,
+        "rev1",
+        {"revision": "rev1", "tries": "2", "retryAt": "2026-01-01T12:05:00Z", "reason": "R", "message": "m"},
+        {"revision": "rev1", "tries": 0, "retryAt": "2026-01-01T12:05:00Z", "reason": "R", "message": "m"},
+        {"revision": "rev1", "tries": 1, "retryAt": "soon", "reason": "R", "message": "m"},
+        {"revision": "rev1", "tries": 1, "retryAt": "2026-01-01T12:05:00Z", "reason": None, "message": "m"},
+    ],
+)
+def test_a_backoff_status_not_written_by_the_operator_counts_as_none(stored: object) -> None:
+    assert replicas.ModelBackoff.from_status(stored) is None
+
+
+def test_a_refused_model_makes_model_available_and_ready_false_with_a_warning_and_keeps_its_desired_count() -> None:
     service = a_service("chat", resources=CPU, min_replicas=2)
     problem = replicas.model_failure([replica("chat-a", last_exit=2)], "rev1")
     allotment = Allotment(2, False, "WithinQuota", "")
@@ -225,7 +279,7 @@ def test_a_refused_model_makes_model_available_and_ready_false_with_a_warning_bu
     conditions = {c["type"]: (c["status"], c["reason"]) for c in draft.changes["conditions"]}
     assert conditions["ModelAvailable"] == ("False", "InvalidConfiguration")
     assert conditions["Ready"] == ("False", "InvalidConfiguration")
-    assert "desiredReplicas" not in draft.changes  # still 2: a fixed volume is picked up by the next restart
+    assert "desiredReplicas" not in draft.changes  # still 2: what it asks for once the model loads (the backoff)
     assert [(e.type, e.reason) for e in draft.events] == [("Warning", "InvalidConfiguration")] * 2
 
 
