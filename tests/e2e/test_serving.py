@@ -8,7 +8,8 @@ router deleted in turn under load loses no request (its shutdown delay outlasts 
 scaled to zero holds a request in its router until the replica its autoscaler orders answers it, then goes back to
 zero. A TrainingJob's checkpoint volume, written by its workers, is served by a service that names the job: the
 replica mounts it read-only and loads the newest step on the job's preset. Replicas the kubelet cannot start (an
-image it does not have, a volume it cannot mount) make the service's Ready say why in the kubelet's words."""
+image it does not have, a volume it cannot mount) make the service's Ready say why in the kubelet's words. Replicas
+whose server finds no usable checkpoint are stopped, with the reason, rather than left to crash-loop."""
 
 from __future__ import annotations
 
@@ -434,6 +435,37 @@ def test_replicas_whose_volume_cannot_be_mounted_make_ready_say_so_in_the_kubele
     assert message.startswith("0 of 1 replicas ready: the volumes of replica nowhere-"), message
     assert "cannot be mounted: FailedMount: " in message, message
     assert "is not a directory" in message, message  # the kubelet's own words on the hostPath folder
+
+
+@pytest.mark.timeout(600)
+def test_replicas_whose_server_finds_no_checkpoint_are_stopped_not_left_to_crash_loop(
+    strata: Strata, namespace: str, pool: str
+) -> None:
+    # an empty checkpoint folder: the real server exits 3 (no usable checkpoint); a restart would read the same bytes
+    claim = strata.checkpoint_claim(namespace)
+    service = a_cpu_service(strata, "empty", namespace, pool)
+    service["spec"]["model"] |= {"path": "/checkpoints", "persistentVolumeClaim": claim}
+    strata.apply(service)
+
+    def stopped() -> dict[str, Any] | None:
+        status = service_status(strata, namespace, "empty")
+        return status if "modelBackoff" in status else None
+
+    status = described(strata, namespace, stopped, 240, "status.modelBackoff")
+    model = next(c for c in status["conditions"] if c["type"] == "ModelAvailable")
+    assert (model["status"], model["reason"]) == ("False", "NoUsableCheckpoint"), model
+    assert "exited with code 3" in model["message"], model
+    assert "its replicas are stopped rather than left to crash-loop" in model["message"], model
+    assert (status["modelBackoff"]["tries"], status["modelBackoff"]["reason"]) == (1, "NoUsableCheckpoint")
+    deployment = strata.get("deployment", "empty", "-n", namespace)
+    assert deployment["spec"]["replicas"] == 0
+
+    def gone() -> bool | None:
+        return not strata.get("pods", "-l", f"{api.LABEL_INFERENCE_SERVICE}=empty", "-n", namespace)["items"] or None
+
+    described(strata, namespace, gone, 60, "the refused replica gone")
+    events = strata.get("events", "-n", namespace, "--field-selector", "involvedObject.name=empty")["items"]
+    assert any(e["reason"] == "NoUsableCheckpoint" and e["type"] == "Warning" for e in events), events
 
 
 def router_pods(strata: Strata, namespace: str, selector: str) -> dict[str, tuple[str, int]]:
