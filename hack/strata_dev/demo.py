@@ -13,8 +13,11 @@
 6. end the first job's workers, so the queued job is admitted into the GPUs it frees;
 7. end every other job's workers, wait until all have finished;
 8. with the real node (the default): train ``cpu-tiny`` in real pods on it, from the workloads image built by
-   ``make images`` and imported into the node's containerd meanwhile, printing worker 0's loss as it falls,
-   until the job has Succeeded; then stop everything.
+   ``make images`` and imported into the node's containerd meanwhile (with the serving image), printing worker
+   0's loss as it falls, until the job has Succeeded, its checkpoints on the claim the example InferenceService
+   reads;
+9. serve them: the example InferenceService on the real node, asked and loaded through its router until it
+   scales up, and one replica replaced under the load (:mod:`strata_dev.demo_serving`); then stop everything.
 
 kwok nodes run no containers, so for the GPU jobs the demo acts as the workers would: it annotates their pods
 with progress (:class:`strata_api.workload.Progress`) and with the exit code their processes end with.
