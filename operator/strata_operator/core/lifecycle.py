@@ -27,6 +27,7 @@ from typing import Any
 
 from strata_api import Phase, ResourcePool, TrainingJob, format_time
 from strata_api.workload import ExitCode, Progress
+from strata_operator.core.backoff import doubling_s
 from strata_operator.core.observed import SCHEDULER_ERROR, WAITING_FOR_SCHEDULER, Node, WorkerPod, scheduler_silence
 from strata_operator.core.pods import expected_runtime_s, placement_type, worker_name
 from strata_operator.core.status import NORMAL, WARNING, StatusDraft, attempt_moment, generation_moment
@@ -144,9 +145,8 @@ def once_moment_of(job: TrainingJob, after: Phase | None, attempt: int) -> str |
 
 
 def backoff_s(restarts: int, settings: OperatorSettings) -> float:
-    """Delay before the ``restarts``-th restart: base x 2^(restarts - 1), at most backoff_max_s (the exponent stops
-    at 64: past it the float would overflow long before any backoff_max_s)."""
-    return float(min(settings.backoff_max_s, settings.backoff_base_s * 2.0 ** min(64, max(0, restarts - 1))))
+    """Delay before the ``restarts``-th restart: base x 2^(restarts - 1), at most backoff_max_s."""
+    return doubling_s(settings.backoff_base_s, settings.backoff_max_s, restarts)
 
 
 def deadline(job: TrainingJob, pool: ResourcePool | None) -> datetime | None:

@@ -19,6 +19,7 @@ import strata_api as api
 from strata_api import InferenceService, format_time, parse_time
 from strata_api.catalog import Catalog
 from strata_api.workload import ExitCode
+from strata_operator.core.backoff import doubling_s
 from strata_operator.core.observed import (
     Node,
     awaiting_scheduler,
@@ -172,20 +173,19 @@ class ModelBackoff:
 
 
 def model_backoff(
-    stored: object,
+    last: ModelBackoff | None,
     revision: str | None,
     pods: Iterable[ReplicaPod],
     now: datetime,
     retry_s: float,
 ) -> ModelBackoff | None:
-    """The backoff of ``revision`` after this pass, from the one in status (``stored``) and its replicas: a refusal
+    """The backoff of ``revision`` after this pass, from the one in status (``last``) and its replicas: a refusal
     seen while none is stopped (the first, or the first after a try) stops them for ``retry_s``, doubled for each
     earlier refusal up to :data:`MODEL_RETRY_GROWTH` times it; a ready replica of the revision ends it (the volume
     was fixed); another revision's is forgotten. None: nothing refused."""
     if revision is None:
         return None
     pods = list(pods)
-    last = ModelBackoff.from_status(stored)
     if last is not None and last.revision != revision:
         last = None
     if any(p.revision == revision and p.ready_at is not None and not p.deleting for p in pods):
@@ -193,7 +193,7 @@ def model_backoff(
     refused = model_failure(pods, revision)
     if refused is not None and (last is None or not last.stopped(now)):
         tries = last.tries + 1 if last is not None else 1
-        wait_s = retry_s * min(2.0 ** (tries - 1), MODEL_RETRY_GROWTH)
+        wait_s = doubling_s(retry_s, retry_s * MODEL_RETRY_GROWTH, tries)
         return ModelBackoff(revision, tries, now + timedelta(seconds=wait_s), refused.reason, refused.message)
     return last
 

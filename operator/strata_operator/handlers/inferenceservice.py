@@ -23,6 +23,7 @@ import orjson
 import strata_api as api
 from strata_api import InferenceService, ResourcePool, TrainingJob
 from strata_operator.core import canary, replicas, router, serving
+from strata_operator.core.backoff import failure_backoff_s
 from strata_operator.core.canary import RolloutPlan
 from strata_operator.core.serving import ModelSource, ObservedDeployment
 from strata_operator.runtime.events import with_volume_failures
@@ -142,11 +143,11 @@ async def run_inferenceservice(
                     failures = 0
                 except (ApiError, aiohttp.ClientError, TimeoutError) as error:
                     failures += 1
-                    delay = min(delay, 0.5 * 2.0 ** min(failures - 1, 16))
+                    delay = failure_backoff_s(failures, delay)
                     logger.warning(f"InferenceService {key}: reconcile failed, retrying in {delay:.1f}s: {error}")
                 except Exception as error:  # a bug, or a value nobody foresaw: name the service, never retry hot
                     failures += 1
-                    delay = min(delay, 0.5 * 2.0 ** min(failures - 1, 16))
+                    delay = failure_backoff_s(failures, delay)
                     logger.exception(f"InferenceService {key}: reconcile raised {error!r}; retrying in {delay:.1f}s")
                 runtime.metrics.reconcile.labels(api.INFERENCE_SERVICE).observe(time.perf_counter() - started)
             with contextlib.suppress(TimeoutError):
@@ -181,12 +182,12 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
     pods = await with_volume_failures(runtime.api, ns, cache.replica_pods.get(service.key, ()), now, grace_s)
     router_pods = await with_volume_failures(runtime.api, ns, cache.router_pods.get(service.key, ()), now, grace_s)
     model = serving.resolve_model(service, _training_job(service, jobs_index))
+    stored_backoff = replicas.ModelBackoff.from_status(entry.status.get("modelBackoff"))
     if isinstance(model, ModelSource) and model.checkpoint_step is not None:  # a TrainingJob's steps
         rolling = serving.rolling_deployment(service, observed, observed_canary)
-        stopped = replicas.ModelBackoff.from_status(entry.status.get("modelBackoff"))
         stuck = rolling is not None and (
             replicas.model_failure(pods, rolling.revision) is not None
-            or (stopped is not None and stopped.revision == rolling.revision)  # its replicas stopped
+            or (stored_backoff is not None and stored_backoff.revision == rolling.revision)  # replicas stopped
             or replicas.held_up(pods, rolling.revision, now, grace_s) is not None
         )
         model = serving.one_roll_at_a_time(model, rolling, stuck)
@@ -213,7 +214,7 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
         [e.service for e in same_pool], pools, [j for j in jobs if j.spec.pool == service.spec.pool], wanted
     )[service.key]
     stable_count, canary_count = canary.split(allotment.replicas, own, plan)
-    backoff = replicas.model_backoff(entry.status.get("modelBackoff"), rev, pods, now, settings.model_retry_s)
+    backoff = replicas.model_backoff(stored_backoff, rev, pods, now, settings.model_retry_s)
     if backoff is not None and backoff.stopped(now):  # the refused revision's replicas stop: no crash loop
         if plan is not None and plan.splitting:
             canary_count = 0

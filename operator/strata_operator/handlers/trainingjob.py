@@ -22,6 +22,7 @@ import orjson
 import strata_api as api
 from strata_api import ResourcePool, TrainingJob
 from strata_operator.core import lifecycle
+from strata_operator.core.backoff import failure_backoff_s
 from strata_operator.core.follow import DaemonMemory, Work
 from strata_operator.core.observed import WorkerPod
 from strata_operator.runtime import gangs
@@ -123,12 +124,6 @@ def stale_view(runtime: Runtime, key: str, resource_version: str) -> bool:
     deciding again from this view would only conflict (a storm of 409s on a lagging watch)."""
     version, at = runtime.written_from.get(key, ("", 0.0))
     return version == resource_version and time.monotonic() - at < STALE_VIEW_S
-
-
-def failure_backoff_s(failures: int, most_s: float) -> float:
-    """Wait after the ``failures``-th failed pass in a row: 0.5 s doubling, at most ``most_s`` (the resync
-    interval). A pass that fails again at once (a call the API server keeps refusing) is not a hot loop."""
-    return min(most_s, 0.5 * 2.0 ** min(failures - 1, 16))
 
 
 async def _reconcile(

@@ -41,6 +41,8 @@ import kopf
 import orjson
 import yaml
 
+from strata_operator.core.backoff import doubling_s
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ def retry_delay(policy: RetryPolicy, attempt: int, retry_after_s: float | None, 
     """
     if retry_after_s is not None:
         return min(policy.backoff_max_s, max(0.0, retry_after_s) * (1.0 + 0.25 * rng.random()))
-    ceiling = min(policy.backoff_max_s, policy.backoff_base_s * 2.0 ** max(0, attempt - 1))
+    ceiling = doubling_s(policy.backoff_base_s, policy.backoff_max_s, attempt)
     return ceiling / 2 + rng.uniform(0.0, ceiling / 2)
 
 

@@ -227,28 +227,31 @@ def test_a_refused_revision_stops_its_replicas_then_tries_again_waiting_longer_a
     )
 
     stored = first.to_status()
-    assert replicas.ModelBackoff.from_status(stored) == first  # status carries it across passes and restarts
-    assert replicas.model_backoff(stored, "rev1", [], at(100), 300) == first  # stopped: no pod, the same stop
-    assert replicas.model_backoff(stored, "rev1", failing, at(100), 300) == first  # the stopped pods' own exits
+    kept = replicas.ModelBackoff.from_status(stored)
+    assert kept == first  # status carries it across passes and restarts
+    assert replicas.model_backoff(kept, "rev1", [], at(100), 300) == first  # stopped: no pod, the same stop
+    assert replicas.model_backoff(kept, "rev1", failing, at(100), 300) == first  # the stopped pods' own exits
     starting = [replica("chat-c", created=300)]  # retryAt passed: the replicas start again, not refused yet
-    trying = replicas.model_backoff(stored, "rev1", starting, at(305), 300)
+    trying = replicas.model_backoff(kept, "rev1", starting, at(305), 300)
     assert trying == first
     assert not trying.stopped(at(305))
     assert trying.problem(at(305)).message.endswith("; refused once, its replicas try again")
 
-    second = replicas.model_backoff(stored, "rev1", [replica("chat-c", last_exit=3)], at(320), 300)
+    second = replicas.model_backoff(kept, "rev1", [replica("chat-c", last_exit=3)], at(320), 300)
     assert second is not None
     assert (second.tries, second.retry_at, second.reason) == (2, at(320 + 600), "NoUsableCheckpoint")
     tenth = dataclasses.replace(first, tries=9, retry_at=at(0)).to_status()
-    longest = replicas.model_backoff(tenth, "rev1", [replica("chat-c", last_exit=2)], at(10), 300)
+    longest = replicas.model_backoff(
+        replicas.ModelBackoff.from_status(tenth), "rev1", [replica("chat-c", last_exit=2)], at(10), 300
+    )
     assert longest is not None
     assert longest.retry_at == at(10 + 8 * 300)
 
     fixed = [replica("chat-c", created=300, ready=330)]
-    assert replicas.model_backoff(stored, "rev1", fixed, at(340), 300) is None  # a replica loads: it is over
-    assert replicas.model_backoff(stored, "rev2", [], at(100), 300) is None  # a new revision starts afresh
+    assert replicas.model_backoff(kept, "rev1", fixed, at(340), 300) is None  # a replica loads: it is over
+    assert replicas.model_backoff(kept, "rev2", [], at(100), 300) is None  # a new revision starts afresh
     assert replicas.model_backoff(None, "rev1", [replica("chat-a", last_exit=1)], T0, 300) is None  # may mend
-    assert replicas.model_backoff(stored, None, failing, T0, 300) is None  # no model to serve
+    assert replicas.model_backoff(kept, None, failing, T0, 300) is None  # no model to serve
 
 
 @pytest.mark.parametrize(

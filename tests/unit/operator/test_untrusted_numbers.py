@@ -13,10 +13,10 @@ from operator_builders import a_job, a_node, a_pool, a_worker, at
 
 import strata_api as api
 from strata_api import Phase, TrainingJob, format_time
+from strata_operator.core.backoff import failure_backoff_s
 from strata_operator.core.lifecycle import Reason, backoff_s, deadline, reconcile
 from strata_operator.core.observed import WorkerPod
 from strata_operator.core.pods import build_worker_pods
-from strata_operator.handlers.trainingjob import failure_backoff_s
 from strata_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings(backoff_base_s=10, backoff_max_s=60, start_timeout_s=300)
