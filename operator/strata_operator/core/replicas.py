@@ -107,12 +107,13 @@ class ReplicaPod:
 MODEL_EXITS = {
     ExitCode.INVALID_CONFIGURATION: (
         "InvalidConfiguration",
-        "invalid configuration: the server refused its settings, for example a spec.model.path or modelDir that "
-        "does not exist in the replica, or a preset the checkpoint does not match",
+        "invalid configuration: the server refused its settings, for example a preset, precision or quantization "
+        "it does not know, or a preset the checkpoint does not match",
     ),
     ExitCode.NO_USABLE_CHECKPOINT: (
         "NoUsableCheckpoint",
-        "no usable checkpoint: checkpoints exist where spec.model points but none passes its checksums and loads",
+        "no usable checkpoint where spec.model points: none there (a wrong spec.model.path or modelDir, a job that "
+        "has saved none yet) or none that passes its checksums and loads",
     ),
 }
 """The server's exit codes (:class:`strata_api.workload.ExitCode`) that say its model cannot be served: a restart

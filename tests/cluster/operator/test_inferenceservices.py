@@ -669,31 +669,31 @@ def test_a_model_the_replicas_refuse_stops_them_instead_of_a_crash_loop_and_they
     services.wait_ready(name, 2)  # kwok's pods start whatever the path: the servers' exits are written below
     ns = services.namespace
     now = api.format_time(datetime.now(UTC))
-    for pod in services.pods(name):  # what spec.model.path missing makes of every replica: exit 2, over and over
-        services.core.patch_namespaced_pod_status(pod.metadata.name, ns, {"status": crash_looping(2, now)})
+    for pod in services.pods(name):  # what spec.model.path missing makes of every replica: exit 3, over and over
+        services.core.patch_namespaced_pod_status(pod.metadata.name, ns, {"status": crash_looping(3, now)})
 
     eventually(
-        lambda: services.condition(name, "ModelAvailable").get("reason") == "InvalidConfiguration" or None,
+        lambda: services.condition(name, "ModelAvailable").get("reason") == "NoUsableCheckpoint" or None,
         30,
-        "ModelAvailable InvalidConfiguration",
+        "ModelAvailable NoUsableCheckpoint",
     )
     model = services.condition(name, "ModelAvailable")
     assert model["status"] == "False"
-    assert "exited with code 2, restarted 3 times: invalid configuration" in model["message"]
+    assert "exited with code 3, restarted 3 times: no usable checkpoint" in model["message"]
     assert "spec.model.path" in model["message"]
     assert "refused once, so its replicas are stopped rather than left to crash-loop" in model["message"]
-    assert services.condition(name, "Ready")["reason"] == "InvalidConfiguration"
+    assert services.condition(name, "Ready")["reason"] == "NoUsableCheckpoint"
     backoff = services.status(name)["modelBackoff"]
     assert (backoff["tries"], backoff["reason"], backoff["revision"]) == (
         1,
-        "InvalidConfiguration",
+        "NoUsableCheckpoint",
         revision(services, name),
     )
     # no crash loop: the Deployment keeps no replica of the refused revision until the next try
     assert services.apps.read_namespaced_deployment(name, ns).spec.replicas == 0
     eventually(lambda: not services.pods(name) or None, 30, "the refused replicas gone")
     assert services.status(name)["desiredReplicas"] == 2  # what it asks for once the model loads
-    eventually(lambda: "InvalidConfiguration" in services.events(name) or None, 30, "a Warning Event")
+    eventually(lambda: "NoUsableCheckpoint" in services.events(name) or None, 30, "a Warning Event")
 
     # the volume fixed meanwhile: at retryAt the replicas start again, load the model (kwok's pods turn ready) and
     # the refusal is over

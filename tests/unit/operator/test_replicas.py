@@ -201,7 +201,7 @@ def test_a_model_the_servers_refuse_is_named_by_their_exit_code_until_a_replica_
     assert problem.reason == "InvalidConfiguration"
     assert problem.message.startswith(
         "replica chat-a of revision rev1 exited with code 2, restarted 3 times: invalid configuration: the server "
-        "refused its settings, for example a spec.model.path or modelDir that does not exist in the replica"
+        "refused its settings, for example a preset, precision or quantization it does not know"
     )
     corrupt = replicas.model_failure([replica("chat-a", last_exit=3)], "rev1")
     assert corrupt is not None
