@@ -68,6 +68,22 @@ def coded_body_refusal(content_encoding: str | None) -> str | None:
     return f"Content-Encoding {coding!r} is not supported: send the body uncompressed"
 
 
+def large_body_refusal(limit: int) -> str:
+    """The message of the 413 the router and the model server answer a request body larger than ``limit`` bytes.
+    Both refuse a declared ``Content-Length`` over the limit before reading a byte of the body (rather than after
+    waiting for a body a client that sent only its headers never sends), and a chunked one once it passes it."""
+    return f"the body is larger than {limit} bytes"
+
+
+IDLE_CONNECTION_S = 3630.0
+"""Default seconds a client connection to the router or the model server may sit without a whole request head, idle
+between requests (keep-alive) or sending its headers, before it is closed (aiohttp's ``keepalive_timeout``, which
+is also the only limit on a head that never ends, a slow-loris client's). aiohttp's own default, kept: longer than
+the idle timeouts of the proxies that pool connections to either (Envoy's hour, Istio's sidecars and Gateway API
+implementations among them), so that neither is the one to close a connection a POST is about to be written on.
+Where one faces untrusted clients directly, its ``idle_timeout_s`` shortens it."""
+
+
 def late_body_refusal(timeout_s: float) -> str:
     """The message of the 408 the router and the model server answer a request whose body did not arrive whole
     within ``timeout_s``: a client that trickles its body (or stops sending it) does not hold a request open."""

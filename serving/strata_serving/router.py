@@ -48,6 +48,7 @@ from strata_api.serving import (
     SCALE_PATH,
     MalformedRequestLog,
     coded_body_refusal,
+    large_body_refusal,
     late_body_refusal,
     refusal_body,
     unrouted_refusal,
@@ -347,14 +348,15 @@ class Router:
         path = endpoint.path
         if refusal := coded_body_refusal(request.headers.get("Content-Encoding")):
             return error_response(path, 415, refusal, "bad request"), None
+        if (request.content_length or 0) > self.settings.max_body_bytes:
+            return error_response(path, 413, large_body_refusal(self.settings.max_body_bytes), "bad request"), None
         try:
             body = await asyncio.wait_for(request.read(), self.settings.body_timeout_s)
             parsed = orjson.loads(body) if endpoint.method == "POST" else {}
         except TimeoutError:
             return error_response(path, 408, late_body_refusal(self.settings.body_timeout_s), "bad request"), None
         except web.HTTPRequestEntityTooLarge:
-            limit = self.settings.max_body_bytes
-            return error_response(path, 413, f"the body is larger than {limit} bytes", "bad request"), None
+            return error_response(path, 413, large_body_refusal(self.settings.max_body_bytes), "bad request"), None
         except ConnectionResetError:  # nobody reads this answer; returning one spares the log a traceback
             return error_response(path, 400, "the client left before the body was complete", "bad request"), None
         except orjson.JSONDecodeError as error:
@@ -598,7 +600,12 @@ async def serve(settings: RouterSettings, source: ReplicaSource, canary: Replica
     router = Router(settings, source, canary=canary)  # bodies are not decoded: strata_api.serving.coded_body_refusal
     logging.getLogger("aiohttp.server").addFilter(MalformedRequestLog())
     runner = web.AppRunner(
-        router.app(), handle_signals=False, access_log=None, auto_decompress=False, shutdown_timeout=settings.drain_s
+        router.app(),
+        handle_signals=False,
+        access_log=None,
+        auto_decompress=False,
+        shutdown_timeout=settings.drain_s,
+        keepalive_timeout=settings.idle_timeout_s,
     )
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from strata_api.serving import IDLE_CONNECTION_S
 from strata_api.settings import PORT, POSITIVE, load_settings
 from strata_serving.autoscale import Metric, Mode, ScalingPolicy
 from strata_serving.routing import Policy, TableConfig
@@ -93,6 +94,10 @@ class RouterSettings:
     body_timeout_s: float = field(default=30.0, metadata=POSITIVE)
     """Seconds a request's body has to arrive whole; a later one gets 408. Default 30 s: a 1 MiB body at 35 KB/s,
     where a client that trickles its body (or stops sending it) would otherwise hold the request open."""
+    idle_timeout_s: float = field(default=IDLE_CONNECTION_S, metadata=POSITIVE)
+    """Seconds a client connection may sit without a whole request head, idle between requests or sending its
+    headers (a slow-loris client), before the router closes it. Default 3,630 s, aiohttp's
+    (``strata_api.serving.IDLE_CONNECTION_S`` says why); shorten it where clients reach the router directly."""
     hold_s: float = 0.0
     """Seconds a request that finds no replica able to take it (none discovered, none ready yet, all ejected or
     draining) waits for one before the 503: the first replica of a scale from zero, one still starting. Default 0:

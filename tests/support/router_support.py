@@ -8,6 +8,8 @@ benchmark does the same.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -184,6 +186,28 @@ async def exchange(port: int, request: bytes, wait_s: float = 10) -> tuple[int, 
     body = await asyncio.wait_for(reader.readexactly(length), wait_s)
     writer.close()
     return int(head.split()[1]), body, time.monotonic() - started
+
+
+async def seconds_until_closed(port: int, request_line: bytes, gap_s: float = 0.25, wait_s: float = 10) -> float:
+    """Send ``request_line``, then one header line every ``gap_s`` and never the blank line that ends the head (a
+    slow-loris client), until the other side closes the connection; the seconds that took."""
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request_line)
+        for n in itertools.count():
+            if time.monotonic() - started > wait_s:
+                raise AssertionError(f"the connection was still open after {wait_s} s")
+            with contextlib.suppress(TimeoutError):
+                if await asyncio.wait_for(reader.read(), gap_s) == b"":
+                    return time.monotonic() - started
+            writer.write(b"X-Wait-%d: y\r\n" % n)
+            await writer.drain()
+    except ConnectionError:
+        return time.monotonic() - started
+    finally:
+        writer.close()
+    raise AssertionError("unreachable")
 
 
 OPENAI_PATHS = frozenset({"/v1/completions", "/v1/models", "/v1/chat/completions"})

@@ -41,6 +41,7 @@ from strata_api.serving import (
     PREDICT_PATH,
     MalformedRequestLog,
     coded_body_refusal,
+    large_body_refusal,
     late_body_refusal,
     refusal_body,
     unrouted_refusal,
@@ -85,9 +86,11 @@ class BadRequest(ValueError):
         self.status = status
 
 
-HEALTHZ, READYZ = "/healthz", "/readyz"
-PROBE_PATHS = frozenset({HEALTHZ, READYZ})
-"""The kubelet's probes (the replicas' liveness and readiness, as the operator writes them)."""
+HEALTHZ, READYZ, METRICS = "/healthz", "/readyz", "/metrics"
+POLLED_PATHS = frozenset({HEALTHZ, READYZ, METRICS})
+"""What machines ask every few seconds: the kubelet's probes (the replicas' liveness and readiness, as the operator
+writes them), and ``/readyz`` and ``/metrics`` from each router twice a second (``probe_interval_s``: readiness and
+the queue depth) and ``/metrics`` from Prometheus."""
 
 
 class Server:
@@ -148,7 +151,7 @@ class Server:
         app = web.Application(client_max_size=self.max_body_bytes, middlewares=[unrouted_in_json])
         app.router.add_get(HEALTHZ, self.healthz)
         app.router.add_get(READYZ, self.readyz)
-        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get(METRICS, self.metrics)
         app.router.add_post(GENERATE_PATH, self.handle_generate)
         app.router.add_post(PREDICT_PATH, self.handle_predict)
         app.router.add_post(COMPLETIONS_PATH, self.handle_completions)
@@ -223,12 +226,14 @@ class Server:
     async def _body(self, request: web.Request) -> dict[str, Any]:
         if refusal := coded_body_refusal(request.headers.get("Content-Encoding")):
             raise BadRequest(refusal, 415)
+        if (request.content_length or 0) > self.max_body_bytes:
+            raise BadRequest(large_body_refusal(self.max_body_bytes), 413)
         try:
             body = orjson.loads(await asyncio.wait_for(request.read(), self.settings.body_timeout_s))
         except TimeoutError:
             raise BadRequest(late_body_refusal(self.settings.body_timeout_s), 408) from None
         except web.HTTPRequestEntityTooLarge:
-            raise BadRequest(f"body is larger than {self.max_body_bytes} bytes", 413) from None
+            raise BadRequest(large_body_refusal(self.max_body_bytes), 413) from None
         except ConnectionResetError:  # nobody reads this answer; returning one spares the log a traceback
             raise BadRequest("the client left before the body was complete") from None
         except orjson.JSONDecodeError as err:
@@ -410,13 +415,14 @@ def prepare_model(model: Transformer, settings: ServeSettings) -> Transformer:
 
 
 class QuietProbesAccessLog(AccessLogger):
-    """aiohttp's access log without the lines of probes answered 2xx: the kubelet asks /readyz every 2 s and
-    /healthz every 10 s (the replicas' probes), which would otherwise be most of a replica's log and push the lines
-    that matter (``weights loaded``, ``ready``, requests, refusals) out of ``kubectl logs --tail``. A failing probe
-    (503 while warming up or draining) is logged as any request."""
+    """aiohttp's access log without the lines of polls answered 2xx (:data:`POLLED_PATHS`): each router asks
+    /readyz and /metrics twice a second, the kubelet /readyz every 2 s and /healthz every 10 s, which would
+    otherwise be nearly all of a replica's log (over 14,000 lines an hour with one router) and push the lines that
+    matter (``weights loaded``, ``ready``, requests, refusals) out of ``kubectl logs --tail``. A failing probe (503
+    while warming up or draining) is logged as any request."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        if request.method == "GET" and request.path in PROBE_PATHS and 200 <= response.status < 300:
+        if request.method == "GET" and request.path in POLLED_PATHS and 200 <= response.status < 300:
             return
         super().log(request, response, time)
 
@@ -425,7 +431,11 @@ def app_runner(server: Server) -> web.AppRunner:
     """The server's app as :func:`serve` runs it: signals are the caller's, bodies are not decoded
     (``strata_api.serving.coded_body_refusal``), and probes answered 2xx leave no access line."""
     return web.AppRunner(
-        server.app(), handle_signals=False, auto_decompress=False, access_log_class=QuietProbesAccessLog
+        server.app(),
+        handle_signals=False,
+        auto_decompress=False,
+        access_log_class=QuietProbesAccessLog,
+        keepalive_timeout=server.settings.idle_timeout_s,
     )
 
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from strata_api.serving import IDLE_CONNECTION_S
 from strata_api.settings import PORT, POSITIVE, SIGNED, load_settings
 
 TRAIN_ENV_PREFIX = "STRATA_"
@@ -105,6 +106,8 @@ class ServeSettings:
     body_timeout_s: float = field(
         default=30.0, metadata=POSITIVE
     )  # a request's body must arrive whole within this, else 408 (no trickled bodies)
+    # a connection without a whole request head (idle, or a head that never ends) is closed after this
+    idle_timeout_s: float = field(default=IDLE_CONNECTION_S, metadata=POSITIVE)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
     @property

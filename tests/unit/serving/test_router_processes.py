@@ -21,6 +21,7 @@ from router_support import (
     metrics,
     post,
     refusal,
+    seconds_until_closed,
     total,
     wait_ready,
     wait_routable,
@@ -229,7 +230,9 @@ async def test_requests_it_will_not_serve_get_a_clear_4xx_in_json_reach_no_repli
     processes: Processes, session: aiohttp.ClientSession
 ) -> None:
     replica = processes.fake_replica("r")
-    router = processes.router([replica.address], "--max-body-bytes", "1000", "--body-timeout-s", "1")
+    router = processes.router(
+        [replica.address], "--max-body-bytes", "1000", "--body-timeout-s", "1", "--idle-timeout-s", "1"
+    )
     await started(replica, routers=(router,))
 
     for method, path, data, status, message in [
@@ -256,6 +259,15 @@ async def test_requests_it_will_not_serve_get_a_clear_4xx_in_json_reach_no_repli
     status, body, seconds = await exchange(router.port, trickled)
     assert (status, orjson.loads(body)["error"]) == (408, "the body did not arrive within 1 s")
     assert 1 <= seconds < 5
+    # a body declared over the limit: 413 before a byte of it is read, not a wait for a body that never comes
+    announced = b"POST /v1/generate HTTP/1.1\r\nHost: router\r\nContent-Length: 1000000000\r\n\r\n"
+    status, body, _ = await exchange(router.port, announced)
+    assert (status, orjson.loads(body)) == (
+        413,
+        {"error": "the body is larger than 1000 bytes", "reason": "bad request"},
+    )
+    # a head that never ends (a slow-loris client) is cut at the idle timeout, not held for aiohttp's hour
+    assert 1 <= await seconds_until_closed(router.port, b"GET /v1/models HTTP/1.1\r\n") < 5
     # a request the parser refuses: aiohttp's 400, and one warning line in the log, not a traceback
     status, _, _ = await exchange(router.port, b"GET /v1/models HTTP/1.1\r\nContent-Length: x\r\n\r\n")
     assert status == 400

@@ -1,6 +1,6 @@
-"""The server's access log: every request is a line but the probes answered 2xx, which the kubelet sends every few
-seconds and which would otherwise bury the lines that matter (``python -m strata_workloads.serve``, and the same
-runner in process)."""
+"""The server's access log: every request is a line but the polls answered 2xx (the kubelet's probes, each router's
+``/readyz`` and ``/metrics`` twice a second), which would otherwise bury the lines that matter (``python -m
+strata_workloads.serve``, and the same runner in process)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from strata_workloads.settings import ServeSettings
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(120)]
 
-PROBES = ("GET /healthz ", "GET /readyz ")
+POLLS = ("GET /healthz ", "GET /readyz ", "GET /metrics ")
 
 
 @pytest.fixture
@@ -44,15 +44,16 @@ async def access_lines(server: Process) -> list[tuple[str, int]]:
     raise AssertionError(f"no access line for the last request:\n{server.log_tail()}")
 
 
-async def test_the_server_process_logs_no_probe_answered_ok_and_every_other_request(processes: Processes) -> None:
+async def test_the_server_process_logs_no_poll_answered_ok_and_every_other_request(processes: Processes) -> None:
     server = processes.workload_server("serve", "--threads", "1")
     await wait_ready(server, timeout_s=90)
     async with aiohttp.ClientSession() as session:
-        for path, status in [("/healthz", 200), ("/readyz", 200)] * 3 + [("/v1/models", 200), ("/nope", 404)]:
+        polls = [("/healthz", 200), ("/readyz", 200), ("/metrics", 200)] * 3
+        for path, status in [*polls, ("/v1/models", 200), ("/nope", 404)]:
             async with session.get(server.url + path) as response:
                 assert response.status == status, path
     access = await access_lines(server)
-    assert not [(line, status) for line, status in access if line.startswith(PROBES) and status == 200], access
+    assert not [(line, status) for line, status in access if line.startswith(POLLS) and status == 200], access
     assert ("GET /v1/models HTTP/1.1", 200) in access
     assert ("GET /nope HTTP/1.1", 404) in access
 

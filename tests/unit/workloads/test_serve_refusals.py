@@ -13,14 +13,14 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-from router_support import Processes, exchange, refusal, wait_ready
+from router_support import Processes, exchange, refusal, seconds_until_closed, wait_ready
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(120)]
 
 GENERATE = orjson.dumps({"prompt": "def ", "max_new_tokens": 2})
 COMPLETION = orjson.dumps({"model": "debug", "prompt": "def ", "max_tokens": 2})
 UNCOMPRESSED = "Content-Encoding 'gzip' is not supported: send the body uncompressed"
-TOO_LARGE = "body is larger than 17408 bytes"  # the default max_prompt_bytes' limit: 4 x 4096 + 1024
+TOO_LARGE = "the body is larger than 17408 bytes"  # the default max_prompt_bytes' limit: 4 x 4096 + 1024
 LATE = "the body did not arrive within 1 s"
 
 
@@ -32,7 +32,7 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 
 
 async def test_what_it_will_not_serve_gets_a_json_4xx_and_the_server_keeps_serving(processes: Processes) -> None:
-    server = processes.workload_server("serve", "--threads", "1", "--body-timeout-s", "1")
+    server = processes.workload_server("serve", "--threads", "1", "--body-timeout-s", "1", "--idle-timeout-s", "1")
     await wait_ready(server, timeout_s=90)
     gzipped = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
     cases = [
@@ -60,6 +60,12 @@ async def test_what_it_will_not_serve_gets_a_json_4xx_and_the_server_keeps_servi
         status, body, seconds = await exchange(server.port, trickled)
         assert (status, orjson.loads(body)["error"]) == (408, LATE)
         assert 1 <= seconds < 5
+        # a body declared over the limit: 413 before a byte of it is read, not a wait for a body that never comes
+        announced = b"POST /v1/completions HTTP/1.1\r\nHost: serve\r\nContent-Length: 1000000000\r\n\r\n"
+        status, body, _ = await exchange(server.port, announced)
+        assert (status, refusal("/v1/completions", 413, orjson.loads(body))) == (413, (TOO_LARGE, None))
+        # a head that never ends (a slow-loris client) is cut at the idle timeout, not held for aiohttp's hour
+        assert 1 <= await seconds_until_closed(server.port, b"GET /v1/models HTTP/1.1\r\n") < 5
         # a request the parser refuses: aiohttp's 400, and one warning line in the log
         status, _, _ = await exchange(server.port, b"GET /v1/models HTTP/1.1\r\nContent-Length: x\r\n\r\n")
         assert status == 400
