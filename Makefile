@@ -6,10 +6,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.8
 PHASE := hack/phase.sh
+BESIDE := hack/beside.sh
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
 .PHONY: help venv lock binaries images image-tools demo up down env lint format types imports check test test-fast test-unit test-cluster \
-        test-e2e bench-cluster bench-scheduler bench-workloads bench-serving bench-operator simulate chart-sync verify clean
+        test-e2e monitoring-tools bench-cluster bench-scheduler bench-workloads bench-serving bench-operator simulate chart-sync verify clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
@@ -94,10 +95,11 @@ test-fast: venv ## Unit tests without the slow matrices
 	$(HELM_TOOL)
 	$(PYTEST) tests -m "not cluster and not e2e and not slow and not bench and not prometheus"
 
-# Not part of `make test`: a cold build of Prometheus' Go module took about 15 minutes here (docs/benchmarks.md).
-test-prometheus: venv binaries ## Monitoring tier: promtool checks the chart's alert rules; a real Prometheus scrapes the operator, the extender and a training process, and every dashboard query and alert evaluates (builds prometheus and promtool once into ~/.cache/strata/tools)
+monitoring-tools: ## Build (or find cached) prometheus and promtool for the monitoring tier, into ~/.cache/strata/tools
 	@PYTHONPATH=hack $(PYTHON) -m strata_dev.binaries tool promtool --version
 	@PYTHONPATH=hack $(PYTHON) -m strata_dev.binaries tool prometheus --version
+
+test-prometheus: venv binaries monitoring-tools ## Monitoring tier: promtool checks the chart's alert rules; a real Prometheus scrapes the operator, the extender and a training process, and every dashboard query and alert evaluates
 	$(PYTEST) tests -m "prometheus and not bench"
 
 test: ## Everything: install, binaries, lint, types, import layering, every test tier
@@ -108,8 +110,9 @@ test: ## Everything: install, binaries, lint, types, import layering, every test
 	@$(PHASE) types $(MAKE) --no-print-directory types
 	@$(PHASE) imports $(MAKE) --no-print-directory imports
 	@$(PHASE) unit-tests $(MAKE) --no-print-directory test-unit
+	@$(BESIDE) start images-and-tools $(MAKE) --no-print-directory images monitoring-tools
 	@$(PHASE) cluster-tests $(MAKE) --no-print-directory test-cluster
-	@$(PHASE) images $(MAKE) --no-print-directory images
+	@$(BESIDE) wait images-and-tools
 	@$(PHASE) e2e-tests $(MAKE) --no-print-directory test-e2e
 	@$(PHASE) prometheus-tests $(MAKE) --no-print-directory test-prometheus
 
