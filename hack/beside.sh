@@ -4,8 +4,9 @@
 #   hack/beside.sh wait NAME          waits for it, prints its output and how long it took, exits with its status
 # `make test` builds the images and the monitoring tier's tools this way while the cluster tier runs: that tier
 # waits on the control plane most of the time (load under 1 on 2 cores), and on a cold machine the builds take
-# about 10 minutes (docs/benchmarks.md). A warm machine finds both cached in seconds. A phase that fails stops `make test`
-# before the wait, and a build still running beside it then finishes on its own (the caches are locked per item).
+# about 10 minutes (docs/benchmarks.md). A warm machine finds both cached in seconds. A phase that fails stops
+# `make test` before the wait, and a build still running beside it then finishes on its own (the caches are locked
+# per item).
 set -u
 dir=.local/make-test
 action=$1 name=$2
