@@ -9,7 +9,7 @@ GET /healthz (alive, from the start), /readyz (warmed up, compiled where asked, 
 Malformed requests get 400 with a message (in OpenAI's error shape on the OpenAI routes, naming the field), a body
 over the limit 413, a compressed one 415; a full queue 429; not ready or draining 503.
 On SIGTERM: /readyz turns 503, new requests get 503, in-flight requests finish (up to drain_seconds), exit 0.
-Every request gets an access log line but a probe answered 2xx (QuietProbesAccessLog).
+Every request gets an access log line but a poll answered 2xx (probes, routers, Prometheus: QuietPollsAccessLog).
 """
 
 from __future__ import annotations
@@ -414,7 +414,7 @@ def prepare_model(model: Transformer, settings: ServeSettings) -> Transformer:
     return prepare(model, Precision(settings.precision), Quantization(settings.quantization), settings.compile)
 
 
-class QuietProbesAccessLog(AccessLogger):
+class QuietPollsAccessLog(AccessLogger):
     """aiohttp's access log without the lines of polls answered 2xx (:data:`POLLED_PATHS`): each router asks
     /readyz and /metrics twice a second, the kubelet /readyz every 2 s and /healthz every 10 s, which would
     otherwise be nearly all of a replica's log (over 14,000 lines an hour with one router) and push the lines that
@@ -429,12 +429,13 @@ class QuietProbesAccessLog(AccessLogger):
 
 def app_runner(server: Server) -> web.AppRunner:
     """The server's app as :func:`serve` runs it: signals are the caller's, bodies are not decoded
-    (``strata_api.serving.coded_body_refusal``), and probes answered 2xx leave no access line."""
+    (``strata_api.serving.coded_body_refusal``), polls answered 2xx leave no access line, and a connection without a
+    whole request head closes after ``idle_timeout_s``."""
     return web.AppRunner(
         server.app(),
         handle_signals=False,
         auto_decompress=False,
-        access_log_class=QuietProbesAccessLog,
+        access_log_class=QuietPollsAccessLog,
         keepalive_timeout=server.settings.idle_timeout_s,
     )
 
