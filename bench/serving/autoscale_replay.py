@@ -171,7 +171,9 @@ def replay_metric(
     )
     lines = [f"{name} {metric.value}: target {target:.3f} {unit} ({why})"]
     for startup in args.startups:
-        policy = ScalingPolicy(target=target, startup_s=startup, margin_s=margin_s, metric=metric)
+        policy = ScalingPolicy(
+            target=target, startup_s=startup, margin_s=margin_s, metric=metric, starting_hold_s=args.starting_hold_s
+        )
         rows: list[tuple[str, ReplayResult]] = []
         picks: Counter[str] = Counter()
         upper_by_tick: np.ndarray | None = None
@@ -351,6 +353,13 @@ def main() -> None:
         type=int,
         default=ForecastSettings.band_days,
         help="calibrate the band on the same time of day of this many earlier days (0: the last hour only)",
+    )
+    parser.add_argument(
+        "--starting-hold-s",
+        type=float,
+        default=ScalingPolicy.starting_hold_s,
+        help="predictive: cancel a starting replica that no recommendation of this many seconds asks for"
+        " (300, the stabilisation window: never)",
     )
     parser.add_argument("--no-fitted", action="store_true", help="persistence and seasonal only (no Prophet, LSTM)")
     parser.add_argument(

@@ -36,6 +36,17 @@ Then, for every metric::
     scale-down       = to the highest recommendation of the last ``stabilisation_s`` only (HPA's behaviour)
     replicas         = clamp(that, min_replicas, max_replicas)
 
+except that the predictive mode of a capacity metric holds a replica still starting only while something still
+asks for it (ready replicas are held as above)::
+
+    starting held    = up to the highest reactive floor of the last ``stabilisation_s`` (the load asked for it)
+                       or the highest recommendation of the last ``starting_hold_s`` (the band asks for it still)
+    otherwise        cancelled, newest first (a Deployment scaled down deletes its not-ready pods first)
+
+A band-sized order that the next forecasts no longer back (an upward blip the forecast then reads as noise)
+costs ``starting_hold_s`` of a starting replica, not the ``startup_s`` it would take to start and the
+stabilisation window it would then be held for; an order the observed load made is held as HPA holds it.
+
 The reactive mode is a Kubernetes HPA on the metric (the ratio rule with its 10% tolerance, the 300 s
 scale-down stabilisation window, the metric averaged over a short window), kept here beside the predictive rule
 so that the replay compares the two on identical footing. HPA's scale-up rate limit (4 pods or 100% per 15 s) is
@@ -111,6 +122,10 @@ class ScalingPolicy:
     """Reactive mode: a usage ratio within 1 +- tolerance changes nothing (HPA's default)."""
     metric_window_s: float = 60.0
     """The observed value is over this many seconds (a Prometheus ``rate(...[1m])``, KPA's 60 s stable window)."""
+    starting_hold_s: float = 30.0
+    """Predictive mode, capacity metrics: a replica still starting that no reactive floor of the stabilisation
+    window asked for is cancelled once no recommendation of the last ``starting_hold_s`` asks for it (the module
+    docstring). ``stabilisation_s`` or more holds it like a ready one, as the reactive mode does."""
     latency_scale_down_below: float = 0.5
     """``p99Latency``: one replica fewer only while the p99 is under this share of the target; between it and the
     target nothing changes (the hysteresis band: a p99 just under the target after a scale-up must not undo it)."""
@@ -120,8 +135,10 @@ class ScalingPolicy:
             raise ValueError(f"target must be > 0, got {self.target}")
         if not 0 <= self.min_replicas <= self.max_replicas:
             raise ValueError(f"need 0 <= min_replicas <= max_replicas, got {self.min_replicas}, {self.max_replicas}")
-        if self.startup_s < 0 or self.margin_s < 0 or self.stabilisation_s < 0 or self.metric_window_s <= 0:
-            raise ValueError("startup_s, margin_s and stabilisation_s must be >= 0 and metric_window_s > 0")
+        if min(self.startup_s, self.margin_s, self.stabilisation_s, self.starting_hold_s) < 0:
+            raise ValueError("startup_s, margin_s, stabilisation_s and starting_hold_s must be >= 0")
+        if self.metric_window_s <= 0:
+            raise ValueError(f"metric_window_s must be > 0, got {self.metric_window_s}")
         if not 0 < self.latency_scale_down_below < 1:
             raise ValueError(f"latency_scale_down_below must be within (0, 1), got {self.latency_scale_down_below}")
 
@@ -156,10 +173,13 @@ class Forecast:
 
 @dataclass(frozen=True)
 class Recommendation:
-    """One past decision's unclamped, unstabilised replica count: what stabilisation remembers."""
+    """One past decision's unclamped, unstabilised replica count and its reactive floor: what stabilisation
+    remembers (:meth:`ScalingDecision.remembered`)."""
 
     time_s: float
     replicas: int
+    floor: int = 0
+    """What the observed load alone needed then (the decision's ``reactive_floor``)."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +209,10 @@ class ScalingDecision:
     observed: float | None = None
     """The metric's value the decision read: the rate, the mean concurrency or the p99 in seconds (None: no
     request finished in the window, so no p99)."""
+
+    def remembered(self) -> Recommendation:
+        """What later decisions' stabilisation remembers of this one."""
+        return Recommendation(self.time_s, self.recommended, self.reactive_floor)
 
     def report(self) -> ScaleReport:
         """The router's ``GET /scale`` answer (:class:`strata_api.serving.ScaleReport`), ``time_s`` read as unix
@@ -310,11 +334,24 @@ def decide(
         why = f"{waiting} request(s) wait in the router for a replica, and none is ready or starting"
     chosen = recommended
     if recommended < current:
-        window = [r.replicas for r in past if now_s - r.time_s < policy.stabilisation_s]
-        chosen = min(current, max([recommended, *window]))
+        window = [r for r in past if now_s - r.time_s < policy.stabilisation_s]
+        held = max([recommended, *(r.replicas for r in window)])
+        cancelled = 0
+        if starting and policy.mode is Mode.PREDICTIVE and metric.is_capacity:
+            asked = [r.replicas for r in window if now_s - r.time_s < policy.starting_hold_s]
+            wanted = max([recommended, *(r.floor for r in window), *asked])
+            cancelled = max(0, min(held, current) - max(ready, wanted))
+            held = min(held, max(ready, wanted))
+        chosen = min(current, held)
         if chosen > recommended:
             cause = "Stabilizing"
             why += f"; held at {chosen} by the {policy.stabilisation_s:.0f}s scale-down stabilisation"
+        if cancelled:
+            why += (
+                f"; {cancelled} starting replica(s) cancelled: neither the load in the last"
+                f" {policy.stabilisation_s:.0f}s nor a recommendation in the last {policy.starting_hold_s:.0f}s"
+                " asks for them"
+            )
     clamped = min(max(chosen, policy.min_replicas), policy.max_replicas)
     if clamped != chosen:
         cause = "MinReplicas" if clamped > chosen else "MaxReplicas"

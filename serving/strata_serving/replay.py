@@ -268,7 +268,7 @@ def simulate(
         recent = slice(max(0, now - window), now)
         decision = decide(now, counts[recent], 1, ready, len(starting), policy, forecast, past, busy=sized[recent])
         decisions.append(decision)
-        past.append(Recommendation(now, decision.recommended))
+        past.append(decision.remembered())
         while past and now - past[0].time_s >= policy.stabilisation_s:
             past.popleft()
         change = decision.replicas - ready - len(starting)

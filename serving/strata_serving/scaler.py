@@ -263,7 +263,7 @@ class LiveScaler:
             p99_s=p99,
             waiting=waiting,
         )
-        self._past.append(Recommendation(now_s, decision.recommended))
+        self._past.append(decision.remembered())
         while self._past and now_s - self._past[0].time_s >= self.policy.stabilisation_s:
             self._past.popleft()
         self.last = decision

@@ -86,6 +86,35 @@ def test_scale_down_goes_only_to_the_highest_recommendation_in_the_stabilisation
     assert later.replicas == 4  # both recommendations have left the window
 
 
+def test_predictive_cancels_starting_replicas_only_the_band_asked_for_once_no_recent_recommendation_does() -> None:
+    # 10 req/s needs 4; a band 60 s ago asked for 9: 4 ready, 5 still starting
+    band_asked = [Recommendation(940, 9, floor=4)]
+    decision = decide(1000, TEN_PER_SECOND, 1, ready=4, starting=5, policy=policy(), forecast=a_forecast(5.0),
+                      past=band_asked)  # fmt: skip
+    assert decision.replicas == 4
+    assert decision.reason.endswith(
+        "; 5 starting replica(s) cancelled: neither the load in the last 300s nor a recommendation in the last 30s"
+        " asks for them"
+    )
+    asked_lately = [*band_asked, Recommendation(975, 7, floor=4)]
+    decision = decide(1000, TEN_PER_SECOND, 1, 4, 5, policy(), a_forecast(5.0), past=asked_lately)
+    assert (decision.replicas, decision.cause) == (7, "Stabilizing")  # 25 s ago 7 were asked for: 2 cancelled
+    assert "; 2 starting replica(s) cancelled" in decision.reason
+    reactive = decide(1000, TEN_PER_SECOND, 1, 4, 5, policy(mode=Mode.REACTIVE), None, past=band_asked)
+    assert reactive.replicas == 9  # HPA holds a starting replica like a ready one
+    hpa_like = decide(1000, TEN_PER_SECOND, 1, 4, 5, policy(starting_hold_s=300.0), a_forecast(5.0), band_asked)
+    assert (hpa_like.replicas, hpa_like.cause) == (9, "Stabilizing")
+
+
+def test_predictive_holds_starting_replicas_that_the_observed_load_asked_for() -> None:
+    load_asked = [Recommendation(800, 8, floor=8)]  # 200 s ago the load itself needed 8
+    decision = decide(1000, TEN_PER_SECOND, 1, ready=3, starting=6, policy=policy(), forecast=a_forecast(5.0),
+                      past=load_asked)  # fmt: skip
+    assert (decision.replicas, decision.cause) == (8, "Stabilizing")  # what HPA holds: the load asked for 8
+    ready_only = decide(1000, TEN_PER_SECOND, 1, 9, 0, policy(), a_forecast(5.0), past=[Recommendation(940, 9)])
+    assert ready_only.replicas == 9  # ready replicas are held by the whole window, as before
+
+
 def test_stabilisation_never_scales_up() -> None:
     past = [Recommendation(900, 9)]
     decision = decide(1000, TEN_PER_SECOND, 1, ready=5, starting=0, policy=policy(), forecast=None, past=past)

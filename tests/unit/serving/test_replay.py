@@ -88,6 +88,20 @@ def test_a_replica_removed_while_starting_is_paid_for_and_never_serves() -> None
     assert result.ready.max() == 1
 
 
+def test_a_band_sized_order_that_the_next_forecasts_no_longer_back_is_cancelled_while_starting() -> None:
+    only_at_bin_2 = lambda n: perfect_from_bin_2(n) if n == 2 else None  # noqa: E731
+    arrivals = ten_per_second(290, 300)
+    held = simulate(arrivals, step_policy(Mode.PREDICTIVE, starting_hold_s=300), STEP_CONFIG, only_at_bin_2)
+    # HPA's way: the 9 ordered at 30 are held by the 300 s window, start until 90 and stay to the end
+    assert held.replica_seconds == 300 + 9 * 270
+    assert held.ready[90] == 10
+    cancelled = simulate(arrivals, step_policy(Mode.PREDICTIVE, starting_hold_s=30), STEP_CONFIG, only_at_bin_2)
+    # the recommendation of 10 at 30 is still within 30 s at 45, not at 60: cancelled there, never ready
+    assert cancelled.replica_seconds == 300 + 9 * 30
+    assert cancelled.ready.max() == 1
+    assert "9 starting replica(s) cancelled" in cancelled.decisions[3].reason
+
+
 def test_the_warm_up_is_left_out_of_every_policys_figures() -> None:
     config = ReplayConfig(interval_s=15, bin_s=15, demand_window_s=1, initial_replicas=1, duration_s=300, warmup_s=100)
     result = simulate(ten_per_second(90, 300), step_policy(Mode.REACTIVE), config)
