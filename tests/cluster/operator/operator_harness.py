@@ -87,6 +87,14 @@ class OperatorProcess:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log")))
 
 
+def cleaned_up_then_stopped(strata: Strata, *operators: OperatorProcess) -> None:
+    """Remove the test's objects while its own ``operators`` still run, so that they take their finalizers off at
+    once (the ``strata`` fixture's cleanup after them would wait 10 s for an operator first), then stop them."""
+    strata.cleanup()
+    for operator in operators:
+        operator.stop()
+
+
 @contextmanager
 def replaced_by(operator: OperatorProcess, *flags: str) -> Iterator[OperatorProcess]:
     """Run another operator with ``flags`` (its log beside ``operator``'s) in place of the fixture's ``operator``,

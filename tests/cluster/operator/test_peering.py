@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cluster_support import ClusterHandle, eventually
-from operator_harness import OperatorProcess, Strata
+from operator_harness import OperatorProcess, Strata, cleaned_up_then_stopped
 from operator_manifests import a_job
 
 
@@ -41,5 +41,4 @@ def test_the_standby_replica_takes_over_when_the_active_one_stops(
         assert standby.alive()
         assert len(strata.pods("before")) == 2
     finally:
-        active.stop()
-        standby.stop()
+        cleaned_up_then_stopped(strata, active, standby)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from cluster_support import ClusterHandle, eventually, running_extender
 from operator_builders import a_pool
-from operator_harness import OperatorProcess, Strata
+from operator_harness import OperatorProcess, Strata, cleaned_up_then_stopped
 from operator_manifests import a_job
 
 import strata_api as api
@@ -66,7 +66,7 @@ def test_an_any_job_gets_the_gpu_type_the_extender_quotes(
         assert status["placement"]["gpuType"] == "MI300X"
         assert {p.spec.containers[0].resources.limits.get("amd.com/gpu") for p in strata.pods("quoted")} == {"8"}
     finally:
-        operator.stop()
+        cleaned_up_then_stopped(strata, operator)
 
 
 def someone_elses_pod(name: str, node: str, resource: str, gpus: int) -> dict[str, Any]:
@@ -114,7 +114,7 @@ def test_one_pass_gives_each_any_job_the_first_node_kind_that_still_holds_it(
             pods = eventually(lambda name=name: strata.pods(name), 30, f"{name}'s workers")
             assert {p.metadata.annotations[api.ANN_PLANNED_CAPACITY_TYPES] for p in pods} == {types}
     finally:
-        operator.stop()
+        cleaned_up_then_stopped(strata, operator)
         for index in range(len(fills)):
             strata.core.delete_namespaced_pod(f"other-{index}", namespace, grace_period_seconds=0)
 
@@ -155,7 +155,7 @@ def test_a_waiting_gangs_quote_is_asked_again_when_a_kind_it_does_not_list_frees
         assert status["placement"]["gpuType"] == "MI300X"
         assert status["placement"]["plannedCapacityTypes"] == ["reserved"]
     finally:
-        operator.stop()
+        cleaned_up_then_stopped(strata, operator)
         for name in fills:
             if name not in freed:
                 strata.core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from cluster_support import ClusterHandle, eventually, running_extender
-from operator_harness import OperatorProcess, Strata
+from operator_harness import OperatorProcess, Strata, cleaned_up_then_stopped
 from operator_manifests import a_job
 
 import strata_api as api
@@ -121,7 +121,7 @@ def test_a_low_priority_gang_the_hold_would_split_waits_with_the_reason_then_run
         assert status["attempt"] == 1
         assert lifecycle.Reason.UNSCHEDULABLE not in strata.events("held")
     finally:
-        operator.stop()
+        cleaned_up_then_stopped(strata, operator)
 
 
 def test_a_gang_half_placed_by_an_operator_unaware_of_the_hold_is_requeued_once_and_then_waits_with_the_reason(
@@ -168,4 +168,4 @@ def test_a_gang_half_placed_by_an_operator_unaware_of_the_hold_is_requeued_once_
             assert (strata.status("held").get("phase"), strata.status("held").get("attempt")) == ("Queued", attempt)
             time.sleep(1)
     finally:
-        operator.stop()
+        cleaned_up_then_stopped(strata, operator)

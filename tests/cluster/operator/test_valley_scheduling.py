@@ -18,7 +18,7 @@ import pytest
 import yaml
 from cluster_support import ClusterHandle, eventually
 from kubernetes.client.exceptions import ApiException
-from operator_harness import OperatorProcess, Strata
+from operator_harness import OperatorProcess, Strata, cleaned_up_then_stopped
 from operator_manifests import a_job
 
 import strata_api as api
@@ -74,7 +74,7 @@ def test_a_deferrable_job_waits_queued_for_the_cheap_window_while_a_plain_one_ru
         assert admitted["admittedAt"] >= waiting["expectedStart"]
         eventually(lambda: strata.pods("nightly"), 30, "the deferred job's worker pod")
     finally:
-        operator.stop()
+        cleaned_up_then_stopped(strata, operator)
 
 
 def test_the_api_server_refuses_a_deadline_on_a_job_that_is_not_deferrable_and_takes_the_example(
