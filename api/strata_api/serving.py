@@ -22,6 +22,10 @@ LABEL_ROUTER = f"{GROUP}/inference-service-router"
 """Label of an InferenceService's router pods (its name); the replicas carry ``strata.dev/inference-service``."""
 SCALE_PATH = "/scale"
 """The router's endpoint that answers the last :class:`ScaleReport` (404 before its first decision)."""
+SCALE_APPLIED_PARAM = "applied"
+"""``GET /scale?applied=N``: the replicas the operator has set on the service's Deployments (every revision's
+``spec.replicas``), which the router then counts as ready or starting: a replica still waiting for a node has no
+address yet, so the router cannot see it (HPA counts the Deployment's ``spec.replicas`` the same way)."""
 
 GENERATE_PATH, PREDICT_PATH = "/v1/generate", "/v1/predict"
 """Strata's own endpoints of the model server: text from a prompt, and scores (perplexity) of texts."""

@@ -45,6 +45,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from strata_api.serving import (
+    SCALE_APPLIED_PARAM,
     SCALE_PATH,
     MalformedRequestLog,
     coded_body_refusal,
@@ -65,7 +66,7 @@ from strata_serving.refit_worker import RefitWorker
 from strata_serving.retries import ENDPOINTS, Endpoint, RetryBudget, may_retry
 from strata_serving.router_settings import RouterSettings, load_router_settings
 from strata_serving.routing import Outcome, Policy, Replica, ReplicaTable, outcome_of_status
-from strata_serving.scaler import LeadFile, LiveScaler, usable_candidates
+from strata_serving.scaler import LeadFile, LiveScaler, starting_replicas, usable_candidates
 
 HOLD_POLL_S = 0.05
 """How often a held request looks for a replica again (:meth:`Router._held`): the table changes at most every
@@ -215,6 +216,8 @@ class Router:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.scaler: LiveScaler | None = None
+        self.applied: int | None = None
+        """The replicas the operator last said it has set (``GET /scale?applied=N``); None: not told yet."""
         self._refits: RefitWorker | None = None
         if settings.autoscale_mode:
             forecast_settings = ForecastSettings(bin_s=settings.autoscale_interval_s)
@@ -302,19 +305,26 @@ class Router:
             return error_response(
                 SCALE_PATH, 404, "this router runs no autoscaler (autoscale_mode is empty)", "not autoscaling"
             )
+        applied = request.query.get(SCALE_APPLIED_PARAM)
+        if applied is not None:
+            if not (applied.isascii() and applied.isdigit()):
+                message = f"{SCALE_APPLIED_PARAM} must be a whole number of replicas >= 0, got {applied[:40]!r}"
+                return error_response(SCALE_PATH, 400, message, "bad parameter")
+            self.applied = int(applied)
         if self.scaler.last is None:
             return error_response(SCALE_PATH, 404, "no scaling decision yet", "first interval not over")
         return web.json_response(self.scaler.last.report().to_json())
 
     async def _scale_forever(self, scaler: LiveScaler) -> None:
         """One decision per interval, from the replicas the table knows: ready ones (routable, ejected or
-        draining) and starting ones (not ready yet: the headless Service publishes them too)."""
+        draining) and starting ones (not ready yet: the headless Service publishes them too, and those the
+        operator's applied count has past the ready ones, which may have no address yet)."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.settings.autoscale_interval_s)
             counts = self.table.counts()
-            starting = counts["not_ready"]
-            ready = sum(counts.values()) - starting
+            ready = sum(counts.values()) - counts["not_ready"]
+            starting = starting_replicas(ready, counts["not_ready"], self.applied)
             try:
                 decision = await loop.run_in_executor(None, scaler.tick, time.time(), ready, starting, self.holding)
             except Exception:  # a forecaster bug must not end the decisions: log it, decide again next interval

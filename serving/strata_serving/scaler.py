@@ -127,6 +127,13 @@ class LeadFile:
         return value
 
 
+def starting_replicas(ready: int, not_ready: int, applied: int | None) -> int:
+    """Replicas ordered and not ready yet: the not-ready ones the router sees or, when more, those of the
+    operator's ``applied`` count past the ready ones (:data:`strata_api.serving.SCALE_APPLIED_PARAM`: one waiting for
+    a node has no address, so the router cannot see it); ``applied`` None: not told yet."""
+    return not_ready if applied is None else max(not_ready, applied - ready)
+
+
 class LiveScaler:
     """One service's request history and decisions. :meth:`observe` is called as each request arrives,
     :meth:`finish` as it ends, :meth:`tick` once per ``interval_s`` (times are unix seconds). With ``lead``, each

@@ -27,7 +27,7 @@ from typing import Any
 
 import strata_api as api
 from strata_api import InferenceService
-from strata_api.serving import LABEL_ROUTER, SCALE_PATH, ScaleReport
+from strata_api.serving import LABEL_ROUTER, SCALE_APPLIED_PARAM, SCALE_PATH, ScaleReport
 from strata_operator.core.canary import RolloutPlan, canary_dns
 from strata_operator.core.pods import CONTAINER_SECURITY_CONTEXT, pod_security_context
 from strata_operator.core.serving import DRAIN_SECONDS, SERVE_PORT, owned_labels, owner_reference, revision, url
@@ -243,9 +243,10 @@ def build_router_budget(service: InferenceService) -> dict[str, Any]:
     }
 
 
-def scale_url(service: InferenceService, settings: OperatorSettings) -> str:
-    """Where the operator reads the router's decisions: the main Service's in-cluster name, or the override."""
-    return settings.router_url(service.key, url(service)) + SCALE_PATH
+def scale_url(service: InferenceService, settings: OperatorSettings, applied: int) -> str:
+    """Where the operator reads the router's decisions (the main Service's in-cluster name, or the override),
+    telling it the ``applied`` replicas (every revision's Deployment's ``spec.replicas``, ``SCALE_APPLIED_PARAM``)."""
+    return f"{settings.router_url(service.key, url(service))}{SCALE_PATH}?{SCALE_APPLIED_PARAM}={applied}"
 
 
 def wanted_replicas(service: InferenceService, report: ScaleReport | None, stored: Mapping[str, Any]) -> int:

@@ -203,7 +203,8 @@ async def reconcile(runtime: Runtime, entry: ServiceEntry, indices: Mapping[str,
     if router.autoscaled(service) and routers is not None and routers.ready > 0:
         # not before a router is ready: until then the Service's name may not resolve, and DNS caches the miss
         # (CoreDNS for its negative TTL) for the clients that ask next, who then cannot find the new service
-        report = await read_scale(router.scale_url(service, settings), settings.scale_timeout_s)
+        applied = sum(d.replicas for d in (observed, observed_canary) if d is not None)
+        report = await read_scale(router.scale_url(service, settings, applied), settings.scale_timeout_s)
     wanted = {
         e.service.key: canary.stored_ask(e.service, e.status, router.wanted_replicas(e.service, None, e.status))
         for e in same_pool

@@ -14,12 +14,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from cluster_support import ClusterHandle, eventually
 from operator_harness import OperatorProcess, Strata
 from router_support import Process, Processes, wait_ready, wait_routable
 from serving_builders import service_body
 from test_inferenceservices import Services, cpu_pool
+
+from strata_api.serving import SCALE_PATH, ScaleReport
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -130,7 +133,18 @@ def scaled_up_under_load(
 def test_the_operator_scales_the_replicas_as_the_router_decides(
     services: Services, strata: Strata, router: Process
 ) -> None:
-    status = scaled_up_under_load(services, strata, router)
+    def router_counts_what_the_operator_set() -> None:
+        # the kwok replicas have no address the router can reach: it counts them as starting because the operator
+        # tells it the count it set (GET /scale?applied=N), as HPA counts the Deployment's spec.replicas
+        def counted() -> bool | None:
+            grown = services.apps.read_namespaced_deployment(NAME, services.namespace).spec.replicas
+            with urllib.request.urlopen(router.url + SCALE_PATH, timeout=10) as answer:
+                report = ScaleReport.from_json(orjson.loads(answer.read()))
+            return (grown > 2 and report.ready + report.starting == grown) or None
+
+        eventually(counted, 30, "the router counting the replicas the operator set")
+
+    status = scaled_up_under_load(services, strata, router, router_counts_what_the_operator_set)
     ns = services.namespace
     last = status["lastScale"]
     assert last["reason"] == "ObservedLoad"

@@ -252,10 +252,10 @@ def test_a_selector_key_the_operator_dropped_is_removed_by_the_patch() -> None:
 
 def test_a_scale_url_override_serves_out_of_cluster_runs() -> None:
     service = autoscaled("chat")
-    assert router.scale_url(service, SETTINGS) == "http://chat.team.svc:8000/scale"
+    assert router.scale_url(service, SETTINGS, 3) == "http://chat.team.svc:8000/scale?applied=3"
     local = OperatorSettings.from_args([], env={"STRATA_OPERATOR_ROUTER_URLS": "team/chat=http://127.0.0.1:9/"})
-    assert router.scale_url(service, local) == "http://127.0.0.1:9/scale"
-    assert router.scale_url(autoscaled("other"), local) == "http://other.team.svc:8000/scale"
+    assert router.scale_url(service, local, 0) == "http://127.0.0.1:9/scale?applied=0"
+    assert router.scale_url(autoscaled("other"), local, 2) == "http://other.team.svc:8000/scale?applied=2"
 
 
 def test_the_routers_of_a_service_that_scales_to_zero_hold_a_request_for_the_first_replica() -> None:

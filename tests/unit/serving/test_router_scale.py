@@ -13,11 +13,11 @@ import orjson
 import pytest
 from router_support import Process, Processes, metrics, post, total, wait_ready, wait_routable
 
-from strata_api.serving import SCALE_PATH, ScaleReport
+from strata_api.serving import SCALE_APPLIED_PARAM, SCALE_PATH, ScaleReport
 from strata_serving.autoscale import Metric, Mode, ScalingPolicy
 from strata_serving.forecasters import ForecastSettings
 from strata_serving.router_settings import RouterSettings, load_router_settings
-from strata_serving.scaler import LiveScaler, usable_candidates
+from strata_serving.scaler import LiveScaler, starting_replicas, usable_candidates
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -74,6 +74,36 @@ async def test_the_router_scales_with_the_load_it_sees_and_answers_it_at_scale(
     await asyncio.sleep(2.5)  # the window empties; no stabilisation: back to the minimum
     idle = await report_after(session, router, time.time())
     assert (idle.replicas, idle.reason) == (1, "MinReplicas")
+
+
+async def test_replicas_the_operator_set_that_have_no_address_yet_count_as_starting(
+    processes: Processes, session: aiohttp.ClientSession
+) -> None:
+    replica = processes.fake_replica("replica")
+    router = processes.router([replica.address], "--autoscale-mode", "reactive", *AUTOSCALE)
+    await wait_ready(replica)
+    await wait_ready(router)
+    await wait_routable(router, 1)
+    seen = await report_after(session, router, time.time())
+    assert (seen.ready, seen.starting) == (1, 0)
+
+    async with session.get(f"{router.url}{SCALE_PATH}?{SCALE_APPLIED_PARAM}=4") as response:
+        assert response.status == 200  # the operator has set 4: 3 of them still wait for a node, no address yet
+    told = await report_after(session, router, time.time())
+    assert (told.ready, told.starting) == (1, 3)
+    for bad in ("-1", "lots", "2.5"):
+        async with session.get(f"{router.url}{SCALE_PATH}?{SCALE_APPLIED_PARAM}={bad}") as response:
+            assert response.status == 400
+            body = orjson.loads(await response.read())
+            assert body["error"] == f"applied must be a whole number of replicas >= 0, got {bad!r}"
+    kept = await report_after(session, router, time.time())
+    assert kept.starting == 3  # a refused value changes nothing
+
+
+def test_starting_replicas_are_the_not_ready_ones_seen_or_the_applied_ones_past_the_ready() -> None:
+    assert starting_replicas(ready=2, not_ready=1, applied=None) == 1  # not told: what the router sees
+    assert starting_replicas(ready=2, not_ready=1, applied=6) == 4  # 3 of them have no address yet
+    assert starting_replicas(ready=5, not_ready=2, applied=3) == 2  # a scale-down under way: still seen
 
 
 async def test_a_running_router_takes_a_new_lead_from_its_file_and_reports_it(
