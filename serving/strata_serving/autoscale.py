@@ -32,7 +32,8 @@ For ``p99Latency`` (``p99`` over the window, ``current`` = ready + starting), in
 Then, for every metric::
 
     requests waiting = at least 1 while requests wait in the router for a replica (its hold, a service scaled to
-                       zero) and none is ready or starting: the metric's window may have forgotten their arrival
+                       zero): the metric's window may have forgotten their arrival, and the replica starting for
+                       them must not be cancelled
     scale-down       = to the highest recommendation of the last ``stabilisation_s`` only (HPA's behaviour)
     replicas         = clamp(that, min_replicas, max_replicas)
 
@@ -329,9 +330,11 @@ def decide(
             observed = rate
         recommended, cause, why = _capacity_recommendation(observed, current, policy, forecast)
         floor = replicas_for(observed, policy.target)
-    if waiting and recommended < 1 and current == 0:
+    if waiting and recommended < 1:
         recommended, cause = 1, "RequestsWaiting"
-        why = f"{waiting} request(s) wait in the router for a replica, and none is ready or starting"
+        why = f"{waiting} request(s) wait in the router for a replica, " + (
+            "and none is ready or starting" if current == 0 else "and the one starting is kept for them"
+        )
     chosen = recommended
     if recommended < current:
         window = [r for r in past if now_s - r.time_s < policy.stabilisation_s]
