@@ -307,8 +307,10 @@ class Router:
             )
         applied = request.query.get(SCALE_APPLIED_PARAM)
         if applied is not None:
-            if not (applied.isascii() and applied.isdigit()):
-                message = f"{SCALE_APPLIED_PARAM} must be a whole number of replicas >= 0, got {applied[:40]!r}"
+            if not (applied.isascii() and applied.isdigit() and len(applied) <= 6):
+                message = (
+                    f"{SCALE_APPLIED_PARAM} must be a whole number of replicas from 0 to 999999, got {applied[:40]!r}"
+                )
                 return error_response(SCALE_PATH, 400, message, "bad parameter")
             self.applied = int(applied)
         if self.scaler.last is None:
