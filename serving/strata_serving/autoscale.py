@@ -338,14 +338,12 @@ def decide(
     chosen = recommended
     if recommended < current:
         window = [r for r in past if now_s - r.time_s < policy.stabilisation_s]
-        held = max([recommended, *(r.replicas for r in window)])
+        chosen = min(current, max([recommended, *(r.replicas for r in window)]))
         cancelled = 0
         if starting and policy.mode is Mode.PREDICTIVE and metric.is_capacity:
             asked = [r.replicas for r in window if now_s - r.time_s < policy.starting_hold_s]
-            wanted = max([recommended, *(r.floor for r in window), *asked])
-            cancelled = max(0, min(held, current) - max(ready, wanted))
-            held = min(held, max(ready, wanted))
-        chosen = min(current, held)
+            kept = min(chosen, max(ready, recommended, *(r.floor for r in window), *asked))
+            cancelled, chosen = chosen - kept, kept
         if chosen > recommended:
             cause = "Stabilizing"
             why += f"; held at {chosen} by the {policy.stabilisation_s:.0f}s scale-down stabilisation"
