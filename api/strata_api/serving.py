@@ -27,6 +27,16 @@ SCALE_APPLIED_PARAM = "applied"
 ``spec.replicas``), which the router then counts as ready or starting: a replica still waiting for a node has no
 address yet, so the router cannot see it (HPA counts the Deployment's ``spec.replicas`` the same way)."""
 
+QUEUE_DEPTH_METRIC = "strata_serve_in_flight"
+"""The model server's gauge of its requests queued or running, on its ``/metrics``; each router reads it twice a
+second for the requests that other routers and clients have there."""
+NODE_PRESSURE_METRIC = "strata_serve_node_pressure"
+"""The model server's gauge of its node's pressure, on its ``/metrics``, one sample per resource (label
+``resource``: ``cpu``, ``memory``): the share of the last 10 seconds in which some task on the node waited for that
+resource (Linux's pressure stall information, ``some avg10`` of ``/proc/pressure/<resource>``, over 100). The
+router reads it with the queue depth and scores a replica on a stalled node down (``strata_serving.routing``); a
+server on a kernel without PSI has no sample, and the router reads no pressure."""
+
 GENERATE_PATH, PREDICT_PATH = "/v1/generate", "/v1/predict"
 """Strata's own endpoints of the model server: text from a prompt, and scores (perplexity) of texts."""
 COMPLETIONS_PATH, MODELS_PATH = "/v1/completions", "/v1/models"

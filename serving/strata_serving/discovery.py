@@ -9,13 +9,13 @@ deleted ones without API access or RBAC. Also the reading of a replica's probe a
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-QUEUE_DEPTH_METRIC = "strata_serve_in_flight"
-"""The workload server's gauge of requests queued or running (``strata_workloads.serve``)."""
+from strata_api.serving import NODE_PRESSURE_METRIC, QUEUE_DEPTH_METRIC
 
 
 class ReplicaSource(Protocol):
@@ -91,18 +91,31 @@ def canary_source_from(replicas: Sequence[str], replicas_dns: str) -> ReplicaSou
     return source_from(replicas, replicas_dns)
 
 
+def gauge_samples(text: str, name: str) -> list[float]:
+    """The values of gauge ``name``'s samples in a Prometheus text page, in page order (each label set's one); a
+    sample whose value is not a number is left out."""
+    values: list[float] = []
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{"):
+            try:
+                values.append(float(line.rsplit(" ", 1)[1]))
+            except (IndexError, ValueError):
+                continue
+    return values
+
+
 def queue_depth_from_metrics(text: str) -> float | None:
     """The replica's queue depth from its Prometheus text, or None when the gauge is not there."""
-    for line in text.splitlines():
-        if line.startswith(QUEUE_DEPTH_METRIC) and line[len(QUEUE_DEPTH_METRIC) : len(QUEUE_DEPTH_METRIC) + 1] in (
-            " ",
-            "{",
-        ):
-            try:
-                return float(line.rsplit(" ", 1)[1])
-            except (IndexError, ValueError):
-                return None
-    return None
+    depths = gauge_samples(text, QUEUE_DEPTH_METRIC)
+    return depths[0] if depths else None
+
+
+def node_pressure_from_metrics(text: str) -> float:
+    """The replica's node pressure from its Prometheus text: the most stalled of the resources it reports (a share,
+    0 to 1; values out of that range are clipped, NaN left out), 0 when it reports none (a server on a kernel
+    without PSI, or one from before the gauge)."""
+    shares = [min(1.0, max(0.0, share)) for share in gauge_samples(text, NODE_PRESSURE_METRIC) if math.isfinite(share)]
+    return max(shares, default=0.0)
 
 
 def readiness_from_probe(status: int | None, body: bytes) -> tuple[bool, bool]:

@@ -57,6 +57,7 @@ from strata_api.serving import (
 from strata_serving.discovery import (
     ReplicaSource,
     canary_source_from,
+    node_pressure_from_metrics,
     queue_depth_from_metrics,
     readiness_from_probe,
     source_from,
@@ -580,8 +581,11 @@ class Router:
         )
         ready: bool | None
         ready, draining = readiness_from_probe(status, ready_body) if status is not None else (None, False)
-        depth = queue_depth_from_metrics(metrics_body.decode(errors="replace")) if metrics_status == 200 else None
-        if self.table.probed(address, ready, draining, depth, time.monotonic()):
+        depth = pressure = None
+        if metrics_status == 200:
+            page = metrics_body.decode(errors="replace")
+            depth, pressure = queue_depth_from_metrics(page), node_pressure_from_metrics(page)
+        if self.table.probed(address, ready, draining, depth, time.monotonic(), pressure):
             log.info("readmitted %s: its cooldown is over and /readyz answers 200", address)
 
 

@@ -3,17 +3,22 @@
 Each replica carries what the router knows of it: requests it has in flight there (counted by the router, live),
 the requests other clients had there at the last probe (the queue depth the replica reports,
 ``strata_serve_in_flight`` on its ``/metrics``, less this router's own count at that moment), an EWMA of its
-response latency, an EWMA of its failures, and its readiness from ``/readyz``. From these:
+response latency, an EWMA of its failures, its readiness from ``/readyz``, and the pressure on its node (also from
+``/metrics``). From these:
 
-- **expected wait** = ``(1 + (in flight + others') / concurrency) x latency EWMA / health``, where ``health = 1 -
-  failure EWMA`` (at least :data:`MIN_HEALTH`) and ``concurrency`` is how many requests a replica serves at once
-  (1: one after the other, so ``(in flight + others' + 1) x latency``; a batching server's ``max_batch``: a
-  request behind a full batch waits about one more batch). The router's own count is live; only the
-  others' share (other router replicas, clients that bypass the router) comes from the gauge, which is up to a
+- **expected wait** = ``(1 + (in flight + others') / concurrency) x latency EWMA / health``, where ``health = (1 -
+  failure EWMA) x (1 - node pressure)`` (at least :data:`MIN_HEALTH`) and ``concurrency`` is how many requests a
+  replica serves at once (1: one after the other, so ``(in flight + others' + 1) x latency``; a batching server's
+  ``max_batch``: a request behind a full batch waits about one more batch). The router's own count is live; only
+  the others' share (other router replicas, clients that bypass the router) comes from the gauge, which is up to a
   probe old: taking the gauge itself would count this router's requests twice and keep a replica that was busy at
   the probe looking busy for the rest of the interval. A replica with no latency sample yet is priced at the mean
   of the others (so a new replica gets its fair share rather than all of it or none). This is the "peak EWMA"
-  cost of Finagle and Linkerd without the peak.
+  cost of Finagle and Linkerd without the peak. The **node pressure** is the share of the last 10 s in which some
+  task on the replica's node waited for a CPU or for memory (the most stalled of the two, as the replica reports it
+  at each probe, ``strata_workloads.pressure``): a replica on a node stalled half the time costs twice its wait. It
+  tells what the latency EWMA learns only from answers that are already late: a node whose other pods took its
+  CPUs, or that reclaims memory on its way to the kubelet's eviction, slows the requests sent there next.
 - **least-loaded** picks the lowest expected wait over every routable replica, ties broken at random. A full scan
   rather than the power of two random choices: one router's in-flight counts are live and replicas number tens,
   so the exact minimum costs microseconds; two choices pays off when many balancers herd on shared stale state or
@@ -41,8 +46,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 MIN_HEALTH = 0.05
-"""Floor of ``1 - failure EWMA``: a replica that failed every recent request costs 20x its wait, not infinity,
-so that it is still chosen when it is the only one left routable (ejection, not the score, takes it out)."""
+"""Floor of the health: a replica that failed every recent request, or whose node stalls all the time, costs 20x
+its wait, not infinity, so that it is still chosen when it is the only one left routable (ejection, not the score,
+takes it out)."""
 
 
 class Outcome(enum.Enum):
@@ -127,6 +133,9 @@ class Replica:
     """Whether it runs the canary revision (found through the canary's source) rather than the stable one."""
     unanswered_probes: int = 0
     """Probes in a row that got no answer in time (a slow answer is not a refusal: see :meth:`ReplicaTable.probed`)."""
+    node_pressure: float = 0.0
+    """Share of the last 10 s in which some task on its node waited for a CPU or memory, at the last probe that read
+    its ``/metrics`` (0 when it reports none)."""
 
     @property
     def ejected(self) -> bool:
@@ -138,8 +147,9 @@ class Replica:
 
     @property
     def health(self) -> float:
-        """1 when no recent request failed, falling towards :data:`MIN_HEALTH` as failures accumulate."""
-        return max(MIN_HEALTH, 1.0 - self.failure_ewma)
+        """1 when no recent request failed and its node stalls on nothing, falling towards :data:`MIN_HEALTH` as
+        failures accumulate or its node's pressure grows."""
+        return max(MIN_HEALTH, (1.0 - self.failure_ewma) * (1.0 - self.node_pressure))
 
     def expected_wait(self, default_latency_s: float, concurrency: int = 1) -> float:
         """Seconds a new request is expected to take here (the module docstring gives the formula)."""
@@ -272,9 +282,18 @@ class ReplicaTable:
         replica.ejected_until = now + cooldown
         replica.last_ejected_at = now
 
-    def probed(self, address: str, ready: bool | None, draining: bool, queue_depth: float | None, now: float) -> bool:
-        """Book an active probe's result (``/readyz``, and the queue depth from ``/metrics`` when it answered);
-        returns True when the probe brought an ejected replica back (its cooldown over and ``/readyz`` 200).
+    def probed(
+        self,
+        address: str,
+        ready: bool | None,
+        draining: bool,
+        queue_depth: float | None,
+        now: float,
+        node_pressure: float | None = None,
+    ) -> bool:
+        """Book an active probe's result (``/readyz``, and the queue depth and node pressure from ``/metrics`` when
+        it answered: None for either keeps the last); returns True when the probe brought an ejected replica back
+        (its cooldown over and ``/readyz`` 200).
 
         ``ready`` None is a probe that got no answer in time: the replica keeps its readiness until
         :attr:`TableConfig.unready_after_unanswered_probes` such probes in a row (Kubernetes' ``failureThreshold``),
@@ -295,6 +314,8 @@ class ReplicaTable:
         replica.ready, replica.draining = ready, draining
         if queue_depth is not None:
             replica.others_in_flight = max(0.0, queue_depth - replica.in_flight)
+        if node_pressure is not None:
+            replica.node_pressure = node_pressure
         if replica.ejected_until is not None and ready and now >= replica.ejected_until:
             replica.ejected_until = None
             replica.consecutive_failures = 0

@@ -14,6 +14,7 @@ whose server finds no usable checkpoint are stopped, with the reason, rather tha
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -198,6 +199,21 @@ def test_a_cpu_service_answers_http_through_its_router_from_another_pod(
     assert answer["headers"]["x-strata-replica"].endswith(":8000")
     assert answer["scale"]["mode"] == "reactive"
     assert answer["scale"]["replicas"] == 1
+
+    # The replica reports its node's pressure for the routers' health score: Linux's PSI as the container sees it.
+    read = (
+        "import os, urllib.request; print(os.path.exists('/proc/pressure/cpu')); "
+        "print(urllib.request.urlopen('http://127.0.0.1:8000/metrics').read().decode())"
+    )
+    psi, _, page = strata.kubectl("exec", "deployment/chat", "-n", namespace, "--", "python", "-c", read).partition(
+        "\n"
+    )
+    shares = dict(re.findall(r'^strata_serve_node_pressure\{resource="(\w+)"\} (\S+)$', page, re.MULTILINE))
+    if psi == "True":  # a kernel with PSI, as this project's real node has: both resources, each a share
+        assert shares.keys() == {"cpu", "memory"}, page
+        assert all(0.0 <= float(share) <= 1.0 for share in shares.values()), page
+    else:
+        assert shares == {}, page
 
     # A new lead reaches the running routers through their mounted ConfigMap: the operator rewrites it, the kubelet
     # swaps the file in place (within its sync period, about a minute) and each router's next decision reads it;

@@ -8,7 +8,8 @@ it exits; ``--linger-s`` keeps it up draining that long, as a pod's preStop hook
 configurable instead of a model's: ``slots`` requests run at once, each for ``delay`` seconds, the rest wait in a
 queue of ``max_queue``. ``--fail-status`` answers every request with that status; ``--hang`` never answers;
 ``--garbage`` answers with bytes that are not HTTP and closes the connection; ``--answer-bytes`` answers with a
-chunked body of that many bytes (no Content-Length).
+chunked body of that many bytes (no Content-Length); ``--node-pressure-file`` reports the share in that file (read at
+each scrape, so a test can change it) as its node's CPU pressure, ``strata_serve_node_pressure``.
 Every answer names the replica (``"replica": name``).
 """
 
@@ -19,6 +20,7 @@ import asyncio
 import json
 import signal
 import time
+from pathlib import Path
 
 from aiohttp import web
 
@@ -45,6 +47,13 @@ class FakeReplica:
 
     async def metrics(self, request: web.Request) -> web.Response:
         text = f"# TYPE strata_serve_in_flight gauge\nstrata_serve_in_flight {float(self.in_flight)}\n"
+        if self.args.node_pressure_file:
+            share = float(await asyncio.to_thread(Path(self.args.node_pressure_file).read_text))
+            text += (
+                "# TYPE strata_serve_node_pressure gauge\n"
+                f'strata_serve_node_pressure{{resource="cpu"}} {share}\n'
+                'strata_serve_node_pressure{resource="memory"} 0.0\n'
+            )
         return web.Response(text=text, content_type="text/plain")
 
     async def models(self, request: web.Request) -> web.Response:
@@ -148,6 +157,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--garbage", action="store_true", help="answer every request with bytes that are not HTTP")
     parser.add_argument("--answer-bytes", type=int, default=0, help="answer with a chunked body this long")
     parser.add_argument("--linger-s", type=float, default=0.0, help="seconds to stay up draining after SIGTERM")
+    parser.add_argument(
+        "--node-pressure-file", default="", help="a file holding the node's CPU pressure share, read at each scrape"
+    )
     return parser.parse_args(argv)
 
 

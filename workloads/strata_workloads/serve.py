@@ -5,7 +5,8 @@ GET /v1/models       (the one served model, by ServeSettings.served_model)
 POST /v1/generate {"prompt": str, "max_new_tokens": int}  -> {"text": str, "tokens": int}
 POST /v1/predict  {"text": str}                           -> {"nll": float, "tokens": int, "perplexity": float}
                   (over every token but the first; past the model's window in sliding windows, predict_stride)
-GET /healthz (alive, from the start), /readyz (warmed up, compiled where asked, and not draining), /metrics.
+GET /healthz (alive, from the start), /readyz (warmed up, compiled where asked, and not draining), /metrics (with
+the queue depth and the node's pressure, which the routers read: strata_workloads.pressure).
 Malformed requests get 400 with a message (in OpenAI's error shape on the OpenAI routes, naming the field), a body
 over the limit 413, a compressed one 415; a full queue 429; not ready or draining 503.
 On SIGTERM: /readyz turns 503, new requests get 503, in-flight requests finish (up to drain_seconds), exit 0.
@@ -38,7 +39,9 @@ from strata_api.serving import (
     COMPLETIONS_PATH,
     GENERATE_PATH,
     MODELS_PATH,
+    NODE_PRESSURE_METRIC,
     PREDICT_PATH,
+    QUEUE_DEPTH_METRIC,
     MalformedRequestLog,
     coded_body_refusal,
     large_body_refusal,
@@ -73,6 +76,7 @@ from strata_workloads.inference import (
     warm_up,
 )
 from strata_workloads.model import Transformer
+from strata_workloads.pressure import read_node_pressure
 from strata_workloads.settings import ServeSettings, load_serve_settings
 from strata_workloads.telemetry import setup_logging
 from strata_workloads.tokenizer import ByteTokenizer, Tokenizer, check_fits, load_tokenizer, resolve_tokenizer_path
@@ -89,8 +93,8 @@ class BadRequest(ValueError):
 HEALTHZ, READYZ, METRICS = "/healthz", "/readyz", "/metrics"
 POLLED_PATHS = frozenset({HEALTHZ, READYZ, METRICS})
 """What machines ask every few seconds: the kubelet's probes (the replicas' liveness and readiness, as the operator
-writes them), and ``/readyz`` and ``/metrics`` from each router twice a second (``probe_interval_s``: readiness and
-the queue depth) and ``/metrics`` from Prometheus."""
+writes them), and ``/readyz`` and ``/metrics`` from each router twice a second (``probe_interval_s``: readiness, the
+queue depth and the node's pressure) and ``/metrics`` from Prometheus."""
 
 
 class Server:
@@ -123,7 +127,13 @@ class Server:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=self.registry,
         )
-        self.queue_depth = Gauge("strata_serve_in_flight", "Requests queued or running", registry=self.registry)
+        self.queue_depth = Gauge(QUEUE_DEPTH_METRIC, "Requests queued or running", registry=self.registry)
+        self.node_pressure = Gauge(
+            NODE_PRESSURE_METRIC,
+            "Share of the last 10 s in which some task on the node waited for the resource (Linux PSI some avg10)",
+            ["resource"],
+            registry=self.registry,
+        )
         self.generator = ContinuousBatcher(
             model, settings.max_batch, settings.max_queue, self._observe, self.tokenizer.eos_id
         )
@@ -216,6 +226,10 @@ class Server:
 
     async def metrics(self, request: web.Request) -> web.Response:
         self.queue_depth.set(self.in_flight)
+        self.node_pressure.clear()  # a resource no longer readable is not reported as it last was
+        if self.settings.node_pressure_dir:  # read in the loop: the kernel writes procfs files in memory, no I/O
+            for resource, share in read_node_pressure(Path(self.settings.node_pressure_dir)).items():
+                self.node_pressure.labels(resource).set(share)
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @property

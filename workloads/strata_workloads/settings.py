@@ -13,6 +13,7 @@ from pathlib import Path
 
 from strata_api.serving import IDLE_CONNECTION_S
 from strata_api.settings import PORT, POSITIVE, SIGNED, load_settings
+from strata_workloads.pressure import PSI_DIR
 
 TRAIN_ENV_PREFIX = "STRATA_"
 SERVE_ENV_PREFIX = "STRATA_SERVE_"
@@ -109,6 +110,8 @@ class ServeSettings:
     # a connection without a whole request head (idle, or a head that never ends) is closed after this
     idle_timeout_s: float = field(default=IDLE_CONNECTION_S, metadata=POSITIVE)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    # the node's pressure stall information (PSI), reported on /metrics for the routers; empty: report none
+    node_pressure_dir: str = PSI_DIR
 
     @property
     def served_model(self) -> str:

@@ -8,6 +8,7 @@ import asyncio
 import gzip
 import time
 from collections import Counter
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -74,6 +75,32 @@ async def test_traffic_avoids_a_slow_replica_that_round_robin_keeps_feeding(
     # up; round-robin gives it a third of the requests, which is what makes its tail latency
     assert by_policy["least-loaded"] <= 9, by_policy
     assert by_policy["round-robin"] == 30, by_policy
+
+
+async def test_traffic_leaves_a_replica_whose_node_stalls_and_comes_back_when_the_stall_ends(
+    processes: Processes, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    pressure = tmp_path / "pressure"
+    pressure.write_text("0.9")  # its node stalled on CPU 90% of the last 10 s
+    calm = processes.fake_replica("calm", "--delay", "0.05", "--slots", "8")
+    stalled = processes.fake_replica(
+        "stalled", "--delay", "0.05", "--slots", "8", "--node-pressure-file", str(pressure)
+    )
+    router = processes.router([calm.address, stalled.address], "--probe-interval-s", "0.2")
+    await started(calm, stalled, routers=(router,))
+    await asyncio.sleep(1.0)  # a few probes: the router has read the pressure
+
+    # Both answer in 50 ms; priced at 10x its wait, the stalled node's replica is worth a request only when the
+    # calm one has 9 ahead of it, which 4 clients never make.
+    answers = await load(session, router, requests=60, concurrency=4)
+    assert all(answer.status == 200 for answer in answers)
+    assert Counter(answer.replica for answer in answers)[stalled.address] <= 2
+
+    pressure.write_text("0.0")
+    await asyncio.sleep(1.0)
+    answers = await load(session, router, requests=60, concurrency=4)
+    assert all(answer.status == 200 for answer in answers)
+    assert Counter(answer.replica for answer in answers)[stalled.address] >= 15
 
 
 async def test_a_replica_killed_mid_load_loses_no_request(processes: Processes, session: aiohttp.ClientSession) -> None:

@@ -12,6 +12,7 @@ import pytest
 from strata_serving.discovery import (
     DnsSource,
     StaticSource,
+    node_pressure_from_metrics,
     queue_depth_from_metrics,
     readiness_from_probe,
     source_from,
@@ -19,7 +20,7 @@ from strata_serving.discovery import (
 )
 from strata_serving.retries import ENDPOINTS, Endpoint, RetryBudget, may_retry
 from strata_serving.router_settings import RouterSettings, load_router_settings
-from strata_serving.routing import Outcome, Policy, ReplicaTable, Unavailable, outcome_of_status
+from strata_serving.routing import MIN_HEALTH, Outcome, Policy, ReplicaTable, Unavailable, outcome_of_status
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -158,6 +159,53 @@ def test_failures_lower_the_health_and_so_the_share_of_traffic() -> None:
     assert table.replicas["a"].health < 1.0
     table.replicas["b"].in_flight = 0
     assert choose(table) == "b"
+
+
+def test_a_replica_on_a_stalled_node_gets_the_traffic_only_when_the_others_queue_past_what_the_stall_costs() -> None:
+    table = a_table("calm", "stalled")
+    calm, stalled = table.replicas["calm"], table.replicas["stalled"]
+    calm.latency_ewma_s = stalled.latency_ewma_s = 0.1
+    # the node stalls half the time: health 0.5, so one request there is priced as two
+    assert not table.probed("stalled", ready=True, draining=False, queue_depth=0, now=1.0, node_pressure=0.5)
+    assert stalled.health == 0.5
+    assert choose(table) == "calm"  # 0.1 against (0 + 1) x 0.1 / 0.5 = 0.2
+    calm.in_flight = 2  # (2 + 1) x 0.1 = 0.3: the stalled node's replica is now the shorter wait
+    assert choose(table) == "stalled"
+    stalled.in_flight = 0
+    table.probed("stalled", ready=True, draining=False, queue_depth=0, now=1.5, node_pressure=0.8)
+    assert choose(table) == "calm"  # 0.3 against 0.1 / 0.2 = 0.5
+    stalled.in_flight = calm.in_flight = 0
+    # pressure and failures multiply; the floor keeps a replica choosable when it is the last one
+    table.finish(stalled, Outcome.SERVER_ERROR, 0.1, now=2.0)
+    assert stalled.health == pytest.approx((1 - CONFIG.failure_alpha) * (1 - 0.8))
+    table.probed("stalled", ready=True, draining=False, queue_depth=0, now=3.0, node_pressure=1.0)
+    assert stalled.health == MIN_HEALTH
+
+
+def test_a_probe_without_a_metrics_page_keeps_the_last_pressure_and_a_page_without_the_gauge_clears_it() -> None:
+    table = a_table("a")
+    table.probed("a", ready=True, draining=False, queue_depth=0, now=1.0, node_pressure=0.3)
+    table.probed("a", ready=True, draining=False, queue_depth=None, now=2.0, node_pressure=None)  # /metrics failed
+    assert table.replicas["a"].node_pressure == 0.3
+    table.probed("a", ready=True, draining=False, queue_depth=0, now=3.0, node_pressure=node_pressure_from_metrics(""))
+    assert table.replicas["a"].node_pressure == 0.0
+
+
+def test_the_node_pressure_is_the_most_stalled_resource_the_server_reports() -> None:
+    page = (
+        "# TYPE strata_serve_node_pressure gauge\n"
+        'strata_serve_node_pressure{resource="cpu"} 0.25\n'
+        'strata_serve_node_pressure{resource="memory"} 0.4\n'
+        "strata_serve_node_pressure_other 0.9\n"
+        "strata_serve_in_flight 2.0\n"
+    )
+    assert node_pressure_from_metrics(page) == 0.4
+    assert queue_depth_from_metrics(page) == 2.0
+    assert node_pressure_from_metrics("strata_serve_in_flight 2.0\n") == 0.0  # a server without PSI
+    assert node_pressure_from_metrics('strata_serve_node_pressure{resource="cpu"} NaN\n') == 0.0
+    assert node_pressure_from_metrics('strata_serve_node_pressure{resource="cpu"} 7\n') == 1.0  # clipped
+    assert node_pressure_from_metrics('strata_serve_node_pressure{resource="cpu"} -1\n') == 0.0
+    assert node_pressure_from_metrics('strata_serve_node_pressure{resource="cpu"} high\n') == 0.0
 
 
 def test_an_ejected_replica_comes_back_only_through_a_probe_after_its_cooldown_which_doubles() -> None:
