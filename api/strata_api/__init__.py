@@ -745,6 +745,10 @@ class ServedModel:
     compile: bool
     max_batch: int
     max_wait_ms: float
+    batching_mode: str
+    """``batching.mode``: ``continuous`` or ``static`` (``strata_workloads.continuous`` runs both)."""
+    warmup_requests: int
+    """Requests of full length each replica serves itself before it reports ready."""
     model_dir: str = ""  # a Hugging Face directory: its shape replaces preset; its weights when nothing else is served
     tokenizer: str = ""  # a tokenizer.json or a folder holding one; empty: model_dir's, else bytes
 
@@ -820,6 +824,8 @@ class InferenceServiceSpec:
                 compile=bool(m["compile"]),
                 max_batch=int(m["batching"]["maxBatch"]),
                 max_wait_ms=float(m["batching"]["maxWaitMs"]),
+                batching_mode=m["batching"]["mode"],
+                warmup_requests=int(m["warmupRequests"]),
                 model_dir=m.get("modelDir", ""),
                 tokenizer=m.get("tokenizer", ""),
             ),

@@ -10,7 +10,7 @@
    fp32, fp32 int8-weight, and compiled fp32 / bf16 / bf16 int8-weight on `85m`: requests/s and p50/p99 of
    `/v1/generate` for one request at a time (decode batch 1) and bursts of 8 (decode batch 8), round-robin.
 4. Dynamic batching: a closed-loop load test on the HTTP server (generation with the KV cache): requests/s
-   and p99 latency for max_batch 1, the old static batcher at 8 and continuous batching at 8 side by side,
+   and p99 latency for max_batch 1, static batching at 8 and continuous batching at 8 side by side,
    the best throughput under a p99 bound; then lone requests to the three in turn, with recorded waits.
 
     python bench/workloads/serving_bench.py --train-steps 150
@@ -33,11 +33,9 @@ import torch._dynamo
 from aiohttp.test_utils import TestClient, TestServer
 from torch._dynamo.utils import counters
 
-from strata_workloads.batching import DynamicBatcher
-from strata_workloads.continuous import GenerateRequest
 from strata_workloads.data import PackedLoader, PackedWindows, load_documents, pack_documents, stdlib_root
 from strata_workloads.engine import build_engine
-from strata_workloads.inference import Quantization, generate, load_model, quantize, score
+from strata_workloads.inference import Quantization, load_model, quantize, score
 from strata_workloads.layout import ParallelDims
 from strata_workloads.model import Transformer
 from strata_workloads.optim import OptimConfig, build_optimizer, train_step
@@ -259,22 +257,15 @@ def served_speed(preset: str, variants: list[str], new_tokens: int, rounds: int)
     asyncio.run(_served_speed(preset, variants, new_tokens, rounds))
 
 
-# (max_batch, static): static is the batcher generation used before continuous batching (whole generations
-# per batch, the first request waiting max_wait for company), rebuilt here to measure it side by side.
-BATCHING = {"max_batch 1": (1, False), "static 8 (before)": (8, True), "continuous 8": (8, False)}
+# (max_batch, batching mode): static is how generation was batched before continuous batching (whole generations
+# per batch, the first request waiting max_wait for company), the server's `batching: static` since.
+BATCHING = {"max_batch 1": (1, "continuous"), "static 8": (8, "static"), "continuous 8": (8, "continuous")}
 
 
 def _batching_server(model: Transformer, variant: str) -> Server:
-    max_batch, static = BATCHING[variant]
-    server = Server(model, ServeSettings(max_batch=max_batch, max_wait_ms=5, max_queue=1024, max_new_tokens=32))
-    if static:
-
-        def whole(requests: list[GenerateRequest]) -> list[list[int]]:
-            return generate(model, [r.prompt for r in requests], [r.max_new_tokens for r in requests])
-
-        # Same interface (submit, start, stop, in_flight); the server's attribute is typed for the new one.
-        server.generator = DynamicBatcher(whole, max_batch, 0.005, 1024, server._observe)  # type: ignore[assignment]
-    return server
+    max_batch, mode = BATCHING[variant]
+    settings = ServeSettings(max_batch=max_batch, max_wait_ms=5, max_queue=1024, max_new_tokens=32, batching=mode)
+    return Server(model, settings)
 
 
 def _mean_wait(server: Server) -> float:
@@ -333,8 +324,8 @@ async def _lone_requests(model: Transformer, per_variant: int) -> None:
 
 
 def batching(model: Transformer, concurrencies: list[int], requests: int, p99_bound_ms: float) -> None:
-    """Closed loop: `c` users each send the next request when their last one returns. For max_batch 1, the old
-    static batcher at 8 and continuous batching at 8 side by side, requests/s and p99 latency per concurrency;
+    """Closed loop: `c` users each send the next request when their last one returns. For max_batch 1, static
+    batching at 8 and continuous batching at 8 side by side, requests/s and p99 latency per concurrency;
     then the best throughput whose p99 stays under the bound; then lone requests interleaved."""
     print(
         f"Dynamic batching: generate {NEW_TOKENS} tokens, KV cache, {requests} requests per point, "

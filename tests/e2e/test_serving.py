@@ -179,9 +179,16 @@ def ask_through_the_router(strata: Strata, namespace: str, url: str) -> dict[str
 def test_a_cpu_service_answers_http_through_its_router_from_another_pod(
     strata: Strata, namespace: str, pool: str
 ) -> None:
-    strata.apply(a_cpu_service(strata, "chat", namespace, pool))
+    service = a_cpu_service(strata, "chat", namespace, pool)
+    service["spec"]["model"] |= {"warmupRequests": 2, "batching": {"mode": "static"}}
+    strata.apply(service)
     status = ready_status(strata, namespace, "chat")
     assert status["url"] == f"http://chat.{namespace}.svc:8000"
+    # the replica served its two warm-up requests, batched statically, before it said ready
+    out = strata.kubectl("logs", "deployment/chat", "-n", namespace)
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    ready = [record for record in records if record.get("msg") == "ready"]
+    assert [(r["batching"], r["warmup_requests"]) for r in ready] == [("static", 2)], out[-2000:]
 
     def decided() -> dict[str, Any] | None:
         last: dict[str, Any] = service_status(strata, namespace, "chat").get("lastScale") or {}

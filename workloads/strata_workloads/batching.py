@@ -70,6 +70,23 @@ class QueueServer(Generic[In, Out]):
     async def _loop(self) -> None:
         raise NotImplementedError
 
+    async def _gather(self, batch: list[Pending[In, Out]], size: int, deadline: float) -> None:
+        """Add waiting requests to ``batch`` until it holds ``size`` or ``deadline`` (monotonic) has passed: the
+        wait for company of a batch that is formed before it runs."""
+        while len(batch) < size:
+            # Requests already waiting join at once: under a backlog the first one's deadline has long
+            # passed, and asyncio.wait_for(timeout=0) would give up before get() ran, batching nothing.
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), timeout=remaining))
+            except TimeoutError:
+                return
+
 
 class DynamicBatcher(QueueServer[In, Out]):
     def __init__(
@@ -90,20 +107,7 @@ class DynamicBatcher(QueueServer[In, Out]):
     async def _loop(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            deadline = batch[0].enqueued + self.max_wait_s
-            while len(batch) < self.max_batch:
-                # Requests already waiting join at once: under a backlog the first one's deadline has long
-                # passed, and asyncio.wait_for(timeout=0) would give up before get() ran, batching nothing.
-                if not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), timeout=remaining))
-                except TimeoutError:
-                    break
+            await self._gather(batch, self.max_batch, batch[0].enqueued + self.max_wait_s)
             started = time.monotonic()
             try:
                 # The model runs in a worker thread so the event loop keeps accepting (and refusing) requests.

@@ -8,6 +8,12 @@ rest of the burst joins after one decode step.
 
 A request is either awaited whole (`submit`) or read as it is made (`open`: a `TokenStream` gets each step's
 tokens; closing it early, for a stop string or a client that went away, frees its row before the next step).
+
+Static batching (`static_wait_s`; an InferenceService's `batching.mode: static`) runs the same rows the way a
+batcher of whole generations does, for comparison and for clients that want it: a batch forms while its first
+request waits up to `max_wait` for company, then decodes until its last row is done, with no newcomer joining;
+a row that finishes early leaves its place empty. Each row still makes the tokens it would make alone, so the two
+modes give the same answers and differ only in when a request starts.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import itertools
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Generic, TypeVar
 
 import torch
@@ -27,6 +34,13 @@ from strata_workloads.model import KVCache, Transformer
 from strata_workloads.presets import EOS_TOKEN
 
 Key = TypeVar("Key")
+
+
+class Batching(StrEnum):
+    """How generation requests share the model (``ServeSettings.batching``)."""
+
+    CONTINUOUS = "continuous"
+    STATIC = "static"
 
 
 class RunningBatch(Generic[Key]):
@@ -202,11 +216,16 @@ class ContinuousBatcher(QueueServer[GenerateRequest, list[int]]):
         max_queue: int,
         on_step: Callable[[int, float | None, float], None] | None = None,
         eos_id: int = EOS_TOKEN,
+        static_wait_s: float | None = None,
     ) -> None:
         super().__init__(max_queue)
         self.model = model
         self.eos_id = eos_id
         self.max_batch = max_batch
+        self.static_wait_s = static_wait_s
+        """None: continuous batching. Seconds: static batching, the baseline the batching mode ``static`` serves
+        (module docstring): a batch forms while its first request waits this long for company, up to
+        ``max_batch``, and runs until its last row is done; requests that arrive meanwhile wait for its end."""
         # (rows in the step, seconds the oldest newcomer waited before its prefill (None: no newcomer), seconds)
         self._on_step = on_step
         self._running: RunningBatch[_Pending] = RunningBatch(model, eos_id)
@@ -227,8 +246,15 @@ class ContinuousBatcher(QueueServer[GenerateRequest, list[int]]):
 
     async def _loop(self) -> None:
         while True:
-            joining = [] if self._running else [await self._queue.get()]
-            while len(self._running) + len(joining) < self.max_batch and not self._queue.empty():
+            if not self._running:
+                joining = [await self._queue.get()]
+                if self.static_wait_s is not None:
+                    await self._gather(joining, self.max_batch, joining[0].enqueued + self.static_wait_s)
+            else:
+                joining = []
+            while self.static_wait_s is None and len(self._running) + len(joining) < self.max_batch:
+                if self._queue.empty():
+                    break
                 joining.append(self._queue.get_nowait())
             joining = [p for p in joining if not p.future.done()]  # abandoned while queued
             leaving = {p for p in self._running.keys if p.future.done()}

@@ -65,7 +65,7 @@ from strata_workloads.completions import (
     usage,
     usage_chunk,
 )
-from strata_workloads.continuous import ContinuousBatcher, GenerateRequest, TokenStream
+from strata_workloads.continuous import Batching, ContinuousBatcher, GenerateRequest, TokenStream
 from strata_workloads.inference import (
     Precision,
     Quantization,
@@ -134,8 +134,16 @@ class Server:
             ["resource"],
             registry=self.registry,
         )
+        if settings.batching not in set(Batching):
+            raise ValueError(f"batching {settings.batching!r} is none of {', '.join(Batching)}")
+        static = Batching(settings.batching) is Batching.STATIC
         self.generator = ContinuousBatcher(
-            model, settings.max_batch, settings.max_queue, self._observe, self.tokenizer.eos_id
+            model,
+            settings.max_batch,
+            settings.max_queue,
+            self._observe,
+            self.tokenizer.eos_id,
+            static_wait_s=settings.max_wait_ms / 1000 if static else None,
         )
         # Checked here, before anything starts: a stride the model's window cannot take is a bad configuration.
         self.stride = scoring_stride(settings.predict_stride, model.config.max_seq_len)
@@ -156,6 +164,26 @@ class Server:
         """Every path and shape class before reporting ready, so the first user request pays neither for lazy
         init nor for compilation."""
         warm_up(self.model)
+
+    def warm_up_request(self) -> GenerateRequest:
+        """A request as long as the model's window takes: the longest prompt the server accepts that leaves room
+        for ``max_new_tokens`` in the KV cache, so that a batch of them takes the cache of a full batch at full
+        length."""
+        window = self.model.config.max_seq_len
+        new_tokens = max(1, min(self.settings.max_new_tokens, window - 1))
+        length = max(1, min(self.settings.max_prompt_bytes, window - new_tokens))
+        text = self.tokenizer.encode("def main():\n    return 0\n") or [0]
+        return GenerateRequest((text * (length // len(text) + 1))[:length], new_tokens)
+
+    async def serve_warm_up_requests(self) -> None:
+        """``warmup_requests`` of :meth:`warm_up_request` through the batcher, ``max_batch`` at a time (what a
+        replica's memory must hold under full load, taken before it reports ready rather than by a user's
+        request); an error here fails the warm-up, so the replica never reports ready."""
+        left = self.settings.warmup_requests
+        while left > 0:
+            batch = min(left, self.settings.max_batch)
+            await asyncio.gather(*(self.generator.submit(self.warm_up_request()) for _ in range(batch)))
+            left -= batch
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_bytes, middlewares=[unrouted_in_json])
@@ -180,6 +208,7 @@ class Server:
     async def _warm(self) -> None:
         began = time.monotonic()
         await asyncio.to_thread(self.warm_up)
+        await self.serve_warm_up_requests()
         self.ready = True
         log.info(
             "ready",
@@ -187,6 +216,8 @@ class Server:
                 "quantization": self.settings.quantization,
                 "precision": self.settings.precision,
                 "compile": self.settings.compile,
+                "batching": self.settings.batching,
+                "warmup_requests": self.settings.warmup_requests,
                 "warm_up_s": round(time.monotonic() - began, 1),
             },
         )
@@ -483,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(os.environ.get("STRATA_LOG_FORMAT", "json"), 0)
     try:
         server = build_server(settings)
-    except (ValueError, KeyError) as err:  # an unknown preset, quantization or precision; a stride out of range
+    except (ValueError, KeyError) as err:  # an unknown preset, quantization, precision or batching; a bad stride
         log.error("invalid configuration", extra={"error": str(err).strip("'\"")})
         return ExitCode.INVALID_CONFIGURATION
     except (CorruptCheckpoint, NoUsableCheckpoint, FileNotFoundError) as err:

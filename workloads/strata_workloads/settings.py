@@ -93,10 +93,13 @@ class ServeSettings:
     # fp32 | bf16: dtype of weights and activations; int8-weight is fast on CPU only with bf16 and compile
     precision: str = "fp32"
     compile: bool = False  # torch.compile the linears (dynamic shapes) during warm-up, before /readyz is 200
+    # requests of full length the server serves itself after warm-up, before /readyz is 200 (max_batch at a time)
+    warmup_requests: int = 0
     host: str = "0.0.0.0"  # listen address
     port: int = field(default=8000, metadata=PORT)  # listen port
     max_batch: int = 8  # requests decoding together (continuous batching) / texts per scoring call
-    max_wait_ms: float = 5.0  # scoring only: how long the first text of a batch waits for company
+    max_wait_ms: float = 5.0  # scoring, and generation when static: how long a batch's first request waits for company
+    batching: str = "continuous"  # generation: continuous | static (continuous.py)
     max_queue: int = 64  # waiting requests beyond which new ones get 429
     max_new_tokens: int = 64  # upper bound a request may ask for
     max_prompt_bytes: int = 4096  # longest prompt accepted

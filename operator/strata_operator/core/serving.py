@@ -298,6 +298,8 @@ def serve_env(service: InferenceService, source: ModelSource) -> dict[str, str]:
         "PORT": str(SERVE_PORT),
         "MAX_BATCH": str(model.max_batch),
         "MAX_WAIT_MS": repr(model.max_wait_ms),
+        "BATCHING": model.batching_mode,
+        "WARMUP_REQUESTS": str(model.warmup_requests),
         "DRAIN_SECONDS": str(DRAIN_SECONDS),
     }
     if source.checkpoint_step is not None:  # a TrainingJob's: every replica of the revision serves the same step

@@ -915,6 +915,8 @@ INVALID_SERVICES: list[tuple[str, Any, str]] = [
     ("bad-image", setter("workload.image", "ghcr.io/Strata/x"), "spec.workload.image must be an image reference"),
     ("missing-pool", lambda b: b["spec"].pop("pool"), "spec.pool"),
     ("batch-of-zero", setter("model.batching", {"maxBatch": 0}), "spec.model.batching.maxBatch"),
+    ("unknown-batching", setter("model.batching", {"mode": "dynamic"}), "spec.model.batching.mode"),
+    ("negative-warm-up", setter("model.warmupRequests", -1), "spec.model.warmupRequests"),
     # what the API server then refused in the replicas' Deployment, the operator retrying it without end
     ("node-selector-bad-key", setter("resources.nodeSelector", {"my team": "ml"}), "spec.resources.nodeSelector keys"),
     ("node-selector-bad-value", setter("resources.nodeSelector", {"team": "m l"}), "nodeSelector values must be"),
@@ -946,7 +948,8 @@ def test_the_valid_baseline_is_accepted_and_defaulted(refusals: Services) -> Non
         "precision": "fp32",
         "quantization": "none",
         "compile": False,
-        "batching": {"maxBatch": 8, "maxWaitMs": 5},
+        "warmupRequests": 0,
+        "batching": {"maxBatch": 8, "maxWaitMs": 5, "mode": "continuous"},
     }
     assert spec["rollout"] == {"maxSurge": 1, "maxUnavailable": 0, "canaryPercent": 0}
     assert spec["replicas"] == {"min": 1}

@@ -141,6 +141,8 @@ def test_a_cpu_service_is_a_deployment_of_the_server_ready_after_warm_up() -> No
                                 {"name": "STRATA_SERVE_PORT", "value": "8000"},
                                 {"name": "STRATA_SERVE_MAX_BATCH", "value": "8"},
                                 {"name": "STRATA_SERVE_MAX_WAIT_MS", "value": "5.0"},
+                                {"name": "STRATA_SERVE_BATCHING", "value": "continuous"},
+                                {"name": "STRATA_SERVE_WARMUP_REQUESTS", "value": "0"},
                                 {"name": "STRATA_SERVE_DRAIN_SECONDS", "value": "25"},
                                 {"name": "STRATA_SERVE_THREADS", "value": "1"},
                                 {"name": "STRATA_LOG_FORMAT", "value": "json"},
@@ -229,6 +231,12 @@ def test_every_server_setting_the_operator_sets_is_one_the_server_reads() -> Non
     assert ServeSettings.drain_seconds == serving.DRAIN_SECONDS
     assert env[f"{SERVE_ENV_PREFIX}QUANTIZATION"] == "int8-weight"
     assert env[f"{SERVE_ENV_PREFIX}COMPILE"] == "true"
+    static = a_service(model={"preset": "debug", "batching": {"mode": "static", "maxWaitMs": 20}})
+    static_env = serving.serve_env(static, ModelSource(checkpoint="/c"))
+    assert (static_env[f"{SERVE_ENV_PREFIX}BATCHING"], static_env[f"{SERVE_ENV_PREFIX}MAX_WAIT_MS"]) == (
+        "static",
+        "20.0",
+    )
     # OpenAI-compatible clients name the model by the service's name
     assert env[f"{SERVE_ENV_PREFIX}MODEL_NAME"] == service.name
 

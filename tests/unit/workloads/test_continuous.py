@@ -4,16 +4,18 @@ does not wait for a long one, and a lone request does not wait for company."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 import torch
 from aiohttp.test_utils import TestClient, TestServer
 
+from strata_api.workload import ExitCode
 from strata_workloads.continuous import ContinuousBatcher, GenerateRequest, RunningBatch
 from strata_workloads.inference import encode, generate
 from strata_workloads.model import Transformer
 from strata_workloads.presets import get_preset
-from strata_workloads.serve import Server
+from strata_workloads.serve import Server, main
 from strata_workloads.settings import ServeSettings
 
 
@@ -96,3 +98,126 @@ async def test_a_lone_request_does_not_wait_for_company(model: Transformer) -> N
     assert samples["strata_serve_batch_wait_seconds_count"] >= 1
     # Generous: scheduling time only, well under a millisecond when idle; the old batcher waited the second.
     assert samples["strata_serve_batch_wait_seconds_sum"] < 0.5
+
+
+@pytest.mark.unit
+async def test_static_batching_runs_a_batch_to_its_end_before_the_next_starts_with_the_same_tokens(
+    model: Transformer,
+) -> None:
+    """`batching.mode: static`: the first request waits for company, the batch formed runs until its last row is
+    done, and a request arriving meanwhile waits for that end; each row's tokens are still its own."""
+    steps: list[tuple[int, float | None]] = []
+    late: list[asyncio.Task[list[int]]] = []
+    arrived = asyncio.Event()
+
+    def on_step(rows: int, waited: float | None, seconds: float) -> None:
+        steps.append((rows, waited))
+        if len(steps) == 1:  # the first batch has started: one more arrives, with a place free for it
+            late.append(asyncio.get_running_loop().create_task(batcher.submit(GenerateRequest(encode("ab"), 2))))
+            arrived.set()
+
+    batcher = ContinuousBatcher(model, max_batch=4, max_queue=8, on_step=on_step, static_wait_s=0.3)
+    batcher.start()
+    try:
+        long = asyncio.create_task(batcher.submit(GenerateRequest(encode("def main("), 12)))
+        await asyncio.sleep(0.05)  # within the first request's wait for company: it joins the same batch
+        short = asyncio.create_task(batcher.submit(GenerateRequest(encode("import os\n"), 3)))
+        await arrived.wait()
+        assert await short == _alone(model, "import os\n", 3)
+        assert await long == _alone(model, "def main(", 12)
+        assert await late[0] == _alone(model, "ab", 2)
+    finally:
+        await batcher.stop()
+    first_rows, first_waited = steps[0]
+    assert first_rows == 2  # both requests of the first 0.3 s, prefilled together
+    assert first_waited is not None
+    assert first_waited >= 0.25  # the first request waited for company
+    late_start = next(i for i, (_, waited) in enumerate(steps) if i > 0 and waited is not None)
+    assert late_start == 12  # the long row's 12 tokens: a prefill and 11 steps, then the late request's batch
+    assert [rows for rows, _ in steps[1:late_start]] == [2, 2] + [1] * 9  # the short row left after 3 tokens
+
+
+@pytest.mark.unit
+async def test_continuous_batching_starts_the_same_late_request_at_the_next_step(model: Transformer) -> None:
+    """The same arrivals as the static test above, continuous: the late request joins the running batch."""
+    steps: list[tuple[int, float | None]] = []
+    arrived = asyncio.Event()
+    late: list[asyncio.Task[list[int]]] = []
+
+    def on_step(rows: int, waited: float | None, seconds: float) -> None:
+        steps.append((rows, waited))
+        if len(steps) == 1:
+            late.append(asyncio.get_running_loop().create_task(batcher.submit(GenerateRequest(encode("ab"), 2))))
+            arrived.set()
+
+    batcher = ContinuousBatcher(model, max_batch=4, max_queue=8, on_step=on_step)
+    batcher.start()
+    try:
+        long = asyncio.create_task(batcher.submit(GenerateRequest(encode("def main("), 12)))
+        await arrived.wait()
+        assert await late[0] == _alone(model, "ab", 2)
+        assert not long.done()
+        assert await long == _alone(model, "def main(", 12)
+    finally:
+        await batcher.stop()
+    assert steps[0] == (1, pytest.approx(0, abs=0.2))  # no wait for company
+    joined = next(i for i, (_, waited) in enumerate(steps) if i > 0 and waited is not None)
+    assert joined <= 3  # the late request joined within a step or two of its arrival, not after the long row's 12
+
+
+@pytest.mark.unit
+async def test_a_static_server_answers_as_a_continuous_one_and_an_unknown_mode_is_a_configuration_error(
+    model: Transformer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    answers = {}
+    for mode in ("continuous", "static"):
+        server = Server(model, ServeSettings(max_batch=4, max_wait_ms=20, max_new_tokens=6, batching=mode))
+        async with TestClient(TestServer(server.app())) as client:
+            await server.wait_ready()
+            replies = await asyncio.gather(
+                *(client.post("/v1/generate", json={"prompt": p, "max_new_tokens": 6}) for p in ("def ", "x = 1"))
+            )
+            answers[mode] = [(await r.json())["text"] for r in replies]
+    assert answers["static"] == answers["continuous"]
+    assert main(["--batching", "dynamic"]) == ExitCode.INVALID_CONFIGURATION
+    assert "batching 'dynamic' is none of continuous, static" in capfd.readouterr().err
+
+
+@pytest.mark.unit
+async def test_warm_up_requests_fill_full_batches_at_full_length_before_the_server_is_ready(model: Transformer) -> None:
+    server = Server(model, ServeSettings(max_batch=2, max_new_tokens=8, warmup_requests=3))
+    served: list[GenerateRequest] = []
+    rows: list[int] = []
+    submit, advance = server.generator.submit, server.generator._advance
+
+    async def recording(request: GenerateRequest) -> list[int]:
+        served.append(request)
+        return await submit(request)
+
+    def counting(joining: list[Any], leaving: Any = ()) -> Any:
+        rows.append(len(joining) + server.generator.running)
+        return advance(joining, leaving)
+
+    server.generator.submit = recording  # type: ignore[method-assign]
+    server.generator._advance = counting  # type: ignore[method-assign]
+    async with TestClient(TestServer(server.app())) as client:
+        await server.wait_ready()
+        assert (await client.get("/readyz")).status == 200
+    window = model.config.max_seq_len
+    assert len(served) == 3
+    assert all(len(r.prompt) + r.max_new_tokens == window and r.max_new_tokens == 8 for r in served)
+    assert max(rows) == 2  # a full batch of max_batch at once, then the third alone
+
+
+@pytest.mark.unit
+async def test_a_replica_that_cannot_serve_its_warm_up_requests_never_reports_ready(model: Transformer) -> None:
+    server = Server(model, ServeSettings(max_batch=2, warmup_requests=2))
+
+    def out_of_memory(*args: Any) -> Any:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    server.generator._advance = out_of_memory  # type: ignore[method-assign]
+    async with TestClient(TestServer(server.app())) as client:
+        with pytest.raises(torch.OutOfMemoryError):
+            await server.wait_ready()
+        assert (await client.get("/readyz")).status == 503
