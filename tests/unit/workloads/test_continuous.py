@@ -1,5 +1,6 @@
 """Continuous batching: rows that join a running batch get the tokens they would get alone, a short request
-does not wait for a long one, and a lone request does not wait for company."""
+does not wait for a long one, and a lone request does not wait for company. Static batching (the same rows, a batch
+formed whole and run to its end) gives the same answers; warm-up requests fill full batches before ready."""
 
 from __future__ import annotations
 
@@ -105,7 +106,8 @@ async def test_static_batching_runs_a_batch_to_its_end_before_the_next_starts_wi
     model: Transformer,
 ) -> None:
     """`batching.mode: static`: the first request waits for company, the batch formed runs until its last row is
-    done, and a request arriving meanwhile waits for that end; each row's tokens are still its own."""
+    done, and a request arriving meanwhile waits for that end (continuous batching starts it at the next step:
+    the test above); each row's tokens are still its own."""
     steps: list[tuple[int, float | None]] = []
     late: list[asyncio.Task[list[int]]] = []
     arrived = asyncio.Event()
@@ -135,34 +137,6 @@ async def test_static_batching_runs_a_batch_to_its_end_before_the_next_starts_wi
     late_start = next(i for i, (_, waited) in enumerate(steps) if i > 0 and waited is not None)
     assert late_start == 12  # the long row's 12 tokens: a prefill and 11 steps, then the late request's batch
     assert [rows for rows, _ in steps[1:late_start]] == [2, 2] + [1] * 9  # the short row left after 3 tokens
-
-
-@pytest.mark.unit
-async def test_continuous_batching_starts_the_same_late_request_at_the_next_step(model: Transformer) -> None:
-    """The same arrivals as the static test above, continuous: the late request joins the running batch."""
-    steps: list[tuple[int, float | None]] = []
-    arrived = asyncio.Event()
-    late: list[asyncio.Task[list[int]]] = []
-
-    def on_step(rows: int, waited: float | None, seconds: float) -> None:
-        steps.append((rows, waited))
-        if len(steps) == 1:
-            late.append(asyncio.get_running_loop().create_task(batcher.submit(GenerateRequest(encode("ab"), 2))))
-            arrived.set()
-
-    batcher = ContinuousBatcher(model, max_batch=4, max_queue=8, on_step=on_step)
-    batcher.start()
-    try:
-        long = asyncio.create_task(batcher.submit(GenerateRequest(encode("def main("), 12)))
-        await arrived.wait()
-        assert await late[0] == _alone(model, "ab", 2)
-        assert not long.done()
-        assert await long == _alone(model, "def main(", 12)
-    finally:
-        await batcher.stop()
-    assert steps[0] == (1, pytest.approx(0, abs=0.2))  # no wait for company
-    joined = next(i for i, (_, waited) in enumerate(steps) if i > 0 and waited is not None)
-    assert joined <= 3  # the late request joined within a step or two of its arrival, not after the long row's 12
 
 
 @pytest.mark.unit
