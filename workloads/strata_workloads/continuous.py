@@ -246,16 +246,12 @@ class ContinuousBatcher(QueueServer[GenerateRequest, list[int]]):
 
     async def _loop(self) -> None:
         while True:
-            if not self._running:
-                joining = [await self._queue.get()]
-                if self.static_wait_s is not None:
-                    await self._gather(joining, self.max_batch, joining[0].enqueued + self.static_wait_s)
-            else:
-                joining = []
-            while self.static_wait_s is None and len(self._running) + len(joining) < self.max_batch:
-                if self._queue.empty():
-                    break
-                joining.append(self._queue.get_nowait())
+            joining = [] if self._running else [await self._queue.get()]
+            if self.static_wait_s is None:
+                while len(self._running) + len(joining) < self.max_batch and not self._queue.empty():
+                    joining.append(self._queue.get_nowait())
+            elif joining:  # static: a batch forms only once the last one has ended, and waits for company
+                await self._gather(joining, self.max_batch, joining[0].enqueued + self.static_wait_s)
             joining = [p for p in joining if not p.future.done()]  # abandoned while queued
             leaving = {p for p in self._running.keys if p.future.done()}
             if not joining and len(leaving) == len(self._running):

@@ -136,7 +136,7 @@ class Server:
         )
         if settings.batching not in set(Batching):
             raise ValueError(f"batching {settings.batching!r} is none of {', '.join(Batching)}")
-        static = Batching(settings.batching) is Batching.STATIC
+        static = settings.batching == Batching.STATIC
         self.generator = ContinuousBatcher(
             model,
             settings.max_batch,
@@ -179,10 +179,10 @@ class Server:
         """``warmup_requests`` of :meth:`warm_up_request` through the batcher, ``max_batch`` at a time (what a
         replica's memory must hold under full load, taken before it reports ready rather than by a user's
         request); an error here fails the warm-up, so the replica never reports ready."""
-        left = self.settings.warmup_requests
+        request, left = self.warm_up_request(), self.settings.warmup_requests
         while left > 0:
             batch = min(left, self.settings.max_batch)
-            await asyncio.gather(*(self.generator.submit(self.warm_up_request()) for _ in range(batch)))
+            await asyncio.gather(*(self.generator.submit(request) for _ in range(batch)))
             left -= batch
 
     def app(self) -> web.Application:
