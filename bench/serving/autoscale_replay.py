@@ -22,6 +22,13 @@ in flight by Little's law (each request in flight for its ``exec_time_seconds``)
 yardstick, ``work-miss s``: seconds with more requests in flight than its ready replicas carry at 0.8 each. The
 Azure traces have token counts but no service times, so they are replayed on the rate only.
 
+``--hindsight`` adds two yardsticks that are not policies, since they read the future: the predictive rule fed an
+exact forecast (the demand's true peak over the ``now`` or ``lead`` window, no band), with the policy's
+stabilisation window and with each of ``--exact-stabilisation-s``, and exact only ``--exact-horizons-s`` ahead;
+and the hindsight floor, the least any scaler pays without missing a second. The floor's gap to the exact rows is
+the rule's own (its decision interval, metric window and stabilisation); the exact rows' gap to the ``pred`` rows
+is the forecast's.
+
 Writes one PNG per trace, metric and start-up time to ``--out``: demand, the forecast's upper band, and the ready
 capacity of the predictive and reactive fleets over time (for the 14-day trace, also its busiest day).
 
@@ -40,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from strata_serving.autoscale import Forecast, Metric, ScalingPolicy
+from strata_serving.autoscale import Forecast, Metric, Mode, ScalingPolicy
 from strata_serving.forecasters import (
     Choice,
     ForecastSettings,
@@ -50,6 +57,7 @@ from strata_serving.forecasters import (
     rolling_paths,
 )
 from strata_serving.replay import (
+    HINDSIGHT_FLOOR,
     Attribution,
     ReplayConfig,
     ReplayResult,
@@ -57,10 +65,13 @@ from strata_serving.replay import (
     attribute,
     compare,
     demand_rate,
+    exact_forecasts,
+    hindsight_floor,
     load_trace,
     per_second_busy,
     per_second_counts,
     rate_series,
+    simulate,
 )
 
 TRACES = Path(__file__).resolve().parents[3] / "shared" / "data" / "traces"
@@ -203,6 +214,8 @@ def replay_metric(
                 )
             )
         rows += [("reactive (HPA)", results["reactive"]), ("fixed (peak)", results["fixed"])]
+        if args.hindsight:
+            rows += _hindsight_rows(trace, policy, config, demand, setup.bin_s, args)
         reactive = results["reactive"]
         print(
             f"\n   start-up {startup} s (forecast {horizons[startup]} bins = {horizons[startup] * setup.bin_s} s ahead)"
@@ -231,6 +244,28 @@ def replay_metric(
             _plot(out, name, startup, demand, upper_by_tick, rows, target, unit)
     print(f"   ({time.monotonic() - started:.0f} s for this metric, {fitted_s:.0f} s of it fitting and forecasting)")
     return lines
+
+
+def _hindsight_rows(
+    trace: Trace, policy: ScalingPolicy, config: ReplayConfig, demand: np.ndarray, bin_s: int, args: argparse.Namespace
+) -> list[tuple[str, ReplayResult]]:
+    """``--hindsight``'s yardsticks: the predictive rule fed an exact forecast over each window, with the policy's
+    stabilisation and with each of ``--exact-stabilisation-s`` (an exact forecast already knows the fall); over
+    ``[t, t + h]`` for each of ``--exact-horizons-s`` (a forecast exact less far ahead); and the floor."""
+
+    def exact(label: str, start_s: float, end_s: float, stabilisation_s: float) -> tuple[str, ReplayResult]:
+        predictive = replace(policy, mode=Mode.PREDICTIVE, stabilisation_s=stabilisation_s)
+        forecasts = exact_forecasts(demand, bin_s, start_s, end_s)
+        return label, simulate(trace.arrivals_s, predictive, config, forecasts, trace.exec_s)
+
+    rows = []
+    for stabilisation in [policy.stabilisation_s, *args.exact_stabilisation_s]:
+        tag = "" if stabilisation == policy.stabilisation_s else f" stab {stabilisation:g}"
+        rows.append(exact(f"exact now{tag}", 0.0, policy.horizon_s, stabilisation))
+        rows.append(exact(f"exact lead{tag}", policy.startup_s, policy.horizon_s, stabilisation))
+    rows += [exact(f"exact {h} s ahead", 0.0, h, policy.stabilisation_s) for h in args.exact_horizons_s]
+    rows.append((HINDSIGHT_FLOOR, hindsight_floor(trace.arrivals_s, policy, config, trace.exec_s)))
+    return rows
 
 
 LATENCY_WINDOW_S = 3600
@@ -362,6 +397,26 @@ def main() -> None:
         " (300, the stabilisation window: never)",
     )
     parser.add_argument("--no-fitted", action="store_true", help="persistence and seasonal only (no Prophet, LSTM)")
+    parser.add_argument(
+        "--hindsight",
+        action="store_true",
+        help="add two yardsticks that read the future: the predictive rule with an exact forecast (`exact now`,"
+        " `exact lead`) and the least any scaler pays without missing a second (`hindsight floor`)",
+    )
+    parser.add_argument(
+        "--exact-stabilisation-s",
+        type=int,
+        nargs="*",
+        default=[60],
+        help="--hindsight: the exact forecast's rows again with these scale-down stabilisation windows, s",
+    )
+    parser.add_argument(
+        "--exact-horizons-s",
+        type=int,
+        nargs="*",
+        default=[],
+        help="--hindsight: rows with a forecast exact only this many seconds ahead, over [t, t + h]",
+    )
     parser.add_argument(
         "--explain", action="store_true", help="where predictive's extra replica-seconds go and where it misses"
     )

@@ -17,7 +17,10 @@ A ``p99Latency`` target is not replayed: its misses depend on how latency grows 
 model the replay does not have (the live router measures it instead).
 
 The policies: ``predictive`` and ``reactive`` (the HPA-like rule) from :mod:`~strata_serving.autoscale`, and a fixed
-fleet sized for the trace's peak demand from the start (no misses; the cost of never scaling).
+fleet sized for the trace's peak demand from the start (no misses; the cost of never scaling). Two yardsticks
+that are not policies, since they read the future: :func:`hindsight_floor`, the least any scaler could pay
+without missing a second, and :func:`exact_forecasts`, the forecast a perfect forecaster would give the
+predictive rule.
 
 The trace loader reads the Azure LLM inference 2023 (``TIMESTAMP``) and Alibaba GenAI 2026 (``gmt_create``)
 request CSVs, gzip or plain, in place; a malformed row is an error naming the file, the line and the column.
@@ -311,6 +314,57 @@ def fixed_fleet(
     size = min(max(replicas_for(float(demand.max()), policy.target), policy.min_replicas), policy.max_replicas)
     fleet = np.full(len(demand), float(size))
     return _result(FIXED, demand, fleet, fleet, policy, config, [])
+
+
+HINDSIGHT_FLOOR = "hindsight floor"
+
+
+def hindsight_floor(
+    arrivals_s: np.ndarray, policy: ScalingPolicy, config: ReplayConfig, durations_s: np.ndarray | None = None
+) -> ReplayResult:
+    """The cheapest fleet that misses no second, for a scaler that knew the whole trace: no rule can cost less
+    and miss nothing.
+
+    A replica ready at second u was ordered by ``u - startup_s`` and is paid from then, so at every second t at
+    least the replicas needed at any second of ``[t, t + startup_s]`` are paid for::
+
+        provisioned(t) >= max over u in [t, t + startup_s] of need(u),   need(u) = replicas_for(demand(u))
+
+    and that bound is reached: one replica per level of need, ordered ``startup_s`` before the level is first
+    needed and kept through gaps shorter than ``startup_s``. The bound ignores the decision interval and the
+    metric's window, which only make a real rule dearer.
+    """
+    demand = demand_rate(sized_per_second(arrivals_s, policy, config, durations_s)[1], config.demand_window_s)
+    need = np.maximum(np.ceil(demand / policy.target - 1e-9), 0.0)
+    need[demand > need * policy.target + 1e-9] += 1  # the ceiling's tolerance must not leave a second short
+    need = np.clip(need, policy.min_replicas, policy.max_replicas)
+    return _result(HINDSIGHT_FLOOR, demand, need, _ahead_max(need, math.ceil(policy.startup_s)), policy, config, [])
+
+
+def _ahead_max(values: np.ndarray, span: int) -> np.ndarray:
+    """Each second's highest value over ``[t, t + span]`` (clipped at the end)."""
+    padded = np.concatenate([values, np.full(span, -np.inf)])
+    result: np.ndarray = np.lib.stride_tricks.sliding_window_view(padded, span + 1).max(axis=1)
+    return result
+
+
+def exact_forecasts(demand: np.ndarray, bin_s: int, start_s: float, end_s: float) -> ForecastAt:
+    """A forecaster that knows the future: at the origin after ``n`` bins (``t = n * bin_s``), the highest
+    ``demand`` over ``[t + start_s, t + end_s]``, with no band (mean, lower and upper alike).
+
+    Replayed through :func:`simulate`, it separates what the rule costs from what the forecast does: from
+    :func:`hindsight_floor` to this replay is the rule's (its decision interval, metric window, stabilisation),
+    from this replay to the forecasters' the forecast's.
+    """
+
+    def at(n: int) -> Forecast | None:
+        first, last = n * bin_s + math.ceil(start_s), n * bin_s + math.ceil(end_s) + 1
+        if first >= len(demand):
+            return None
+        peak = float(demand[first:last].max())
+        return Forecast(peak, peak, peak, end_s, "exact")
+
+    return at
 
 
 def compare(

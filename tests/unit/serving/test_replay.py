@@ -18,7 +18,9 @@ from strata_serving.replay import (
     attribute,
     compare,
     demand_rate,
+    exact_forecasts,
     fixed_fleet,
+    hindsight_floor,
     load_trace,
     per_second_busy,
     per_second_counts,
@@ -67,6 +69,53 @@ def test_a_forecast_one_start_up_ahead_covers_the_step() -> None:
     assert (fixed.slo_miss_s, fixed.replica_seconds) == (0, 3000.0)
     all_three = compare(arrivals, step_policy(Mode.REACTIVE), STEP_CONFIG, perfect_from_bin_2)
     assert {name: r.slo_miss_s for name, r in all_three.items()} == {"predictive": 0, "reactive": 75, "fixed": 0}
+
+
+def test_an_exact_forecast_is_the_demands_true_peak_over_its_window() -> None:
+    arrivals = ten_per_second(90, 300)
+    demand = demand_rate(per_second_counts(arrivals, 300), 1)
+    now = exact_forecasts(demand, 15, 0, 60)
+    assert [(f.upper, f.mean, f.lower) for f in (now(1), now(2)) if f] == [(0.0, 0.0, 0.0), (10.0, 10.0, 10.0)]
+    assert now(20) is None  # the origin at 300 s is past the trace
+    lead = exact_forecasts(demand, 15, 75, 75)
+    assert [lead(n).upper for n in (0, 1) if lead(n)] == [0.0, 10.0]  # second 75, then second 90
+    # through the rule it is the hand-made forecast of the step above: 9 replicas ordered at 30, ready at 90
+    result = simulate(arrivals, step_policy(Mode.PREDICTIVE), STEP_CONFIG, now)
+    assert (result.slo_miss_s, result.replica_seconds) == (0, 300 + 9 * 270)
+
+
+def test_the_hindsight_floor_orders_each_replica_one_start_up_before_it_is_needed() -> None:
+    # 10 req/s from second 90: 10 replicas needed from 90, so paid from 30 (start-up 60), 1 before: what the
+    # rule costs with a forecast right one start-up ahead, and no less
+    floor = hindsight_floor(ten_per_second(90, 300), step_policy(Mode.REACTIVE), STEP_CONFIG)
+    assert (floor.slo_miss_s, floor.replica_seconds) == (0, 30 + 10 * 270)
+    assert (floor.provisioned[29], floor.provisioned[30], floor.ready[89], floor.ready[90]) == (1, 10, 1, 10)
+    perfect = simulate(ten_per_second(90, 300), step_policy(Mode.PREDICTIVE), STEP_CONFIG, perfect_from_bin_2)
+    assert perfect.replica_seconds == floor.replica_seconds
+
+
+@pytest.mark.parametrize(
+    ("second_burst", "replica_seconds"),
+    [
+        # a gap of 30 s, shorter than the start-up: the 9 extra replicas are kept through it, 0..210 at 10
+        ((150, 210), 210 * 10 + 90 * 1),
+        # a gap of 80 s: they go at 120 and are ordered again at 140, 60 s before 200
+        ((200, 260), (120 + 120) * 10 + 60 * 1),
+    ],
+)
+def test_the_hindsight_floor_keeps_replicas_through_gaps_shorter_than_the_start_up(
+    second_burst: tuple[int, int], replica_seconds: int
+) -> None:
+    arrivals = np.concatenate([ten_per_second(60, 120), ten_per_second(*second_burst)])
+    floor = hindsight_floor(arrivals, step_policy(Mode.REACTIVE), STEP_CONFIG)
+    assert (floor.slo_miss_s, floor.replica_seconds) == (0, replica_seconds)
+
+
+def test_the_hindsight_floor_keeps_the_policys_minimum_and_counts_from_the_warm_up() -> None:
+    config = replace(STEP_CONFIG, warmup_s=100)
+    floor = hindsight_floor(ten_per_second(90, 300), step_policy(Mode.REACTIVE, min_replicas=3), config)
+    assert (floor.slo_miss_s, floor.replica_seconds) == (0, 200 * 10)
+    assert floor.provisioned[0] == 3
 
 
 def test_scale_down_waits_for_the_stabilisation_window() -> None:
