@@ -7,6 +7,7 @@ SIGKILLed under load and restarted with the router gone keeps the count it scale
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 import urllib.request
@@ -146,19 +147,31 @@ def test_the_operator_scales_the_replicas_as_the_router_decides(
 
     status = scaled_up_under_load(services, strata, router, router_counts_what_the_operator_set)
     ns = services.namespace
+    # status.lastScale is the router's latest decision: the one that grew the count (ObservedLoad), or one after it
+    # that keeps the count, where the load is within the ratio rule's 10% of it (15 req/s or a little under on 3
+    # replicas of 5, on a machine too busy for the load's 16 a second); either way with its inputs
     last = status["lastScale"]
-    assert last["reason"] == "ObservedLoad"
     assert last["mode"] == "reactive"
     assert last["observedRate"] > 10
     assert last["requested"] == last["replicas"] == status["desiredReplicas"]
-    assert f"needs {last['requested']}" in last["message"]
-    eventually(lambda: "ScaledUp" in services.events(NAME) or None, 30, "a ScaledUp Event")
+    said = {"ObservedLoad": f"needs {last['requested']}", "WithinTolerance": f"of {last['replicas']} replicas' target"}
+    assert last["reason"] in said, last
+    assert said[last["reason"]] in last["message"], last
+    # the growth itself is an Event that names the decision that made it: the observed load and what it needs
+    grown = re.compile(r"(\d+) -> (\d+) replicas: observed [\d.]+ req/s needs \2")
+    eventually(lambda: any(grown.fullmatch(m) for m in scaled_up_messages(services)) or None, 30, "a ScaledUp Event")
 
     # the load stops: the router's window empties and it asks for the minimum; the operator follows (on the way
     # down the window's tail may first ask for 1 replica on what is left of the load: reason ObservedLoad)
     eventually(lambda: at_minimum(services), 60, f"{NAME}: scaled back to the minimum, reason MinReplicas")
     eventually(lambda: services.apps.read_namespaced_deployment(NAME, ns).spec.replicas == 1, 30, "1 replica")
     eventually(lambda: "ScaledDown" in services.events(NAME) or None, 30, "a ScaledDown Event")
+
+
+def scaled_up_messages(services: Services) -> list[str]:
+    selector = f"involvedObject.name={NAME}"
+    events = services.core.list_namespaced_event(services.namespace, field_selector=selector).items
+    return [e.message for e in events if e.reason == "ScaledUp"]
 
 
 def scaled_above(services: Services, replicas: int) -> dict[str, Any] | None:
