@@ -97,6 +97,17 @@ SETUPS = {
 }
 
 
+MARGIN_S = 30.0
+"""The forecast window past the start-up (``ScalingPolicy.margin_s``)."""
+
+
+def forecasters_warmup_s(settings: ForecastSettings, startups: list[int]) -> int:
+    """Seconds left out of every policy's figures: until the forecasters have scored enough origins at the longest
+    horizon (before that the predictive mode is the reactive floor)."""
+    longest = horizon_bins(max(startups) + MARGIN_S, settings.bin_s)
+    return (settings.min_eval_origins + longest + settings.level_bins) * settings.bin_s
+
+
 def target_for(trace: Trace, demand: np.ndarray) -> tuple[float, str]:
     """The per-replica target and how it was chosen (see the module docstring)."""
     if trace.exec_s is not None:
@@ -160,7 +171,7 @@ def replay_metric(
         prophet_tmp_dir=args.out / "stan",
         band_days=args.band_days,
     )
-    margin_s = 30.0
+    margin_s = MARGIN_S
     horizons = {startup: horizon_bins(startup + margin_s, setup.bin_s) for startup in args.startups}
     paths, notes = rolling_paths(
         default_candidates(settings, fitted=not args.no_fitted), series, max(horizons.values()), settings
@@ -171,7 +182,7 @@ def replay_metric(
         candidates = default_candidates(settings, fitted=not args.no_fitted)
         rate_paths = (rate_series_, *rolling_paths(candidates, rate_series_, max(horizons.values()), settings))
     fitted_s = time.monotonic() - started
-    warmup_s = (settings.min_eval_origins + max(horizons.values()) + settings.level_bins) * setup.bin_s
+    warmup_s = forecasters_warmup_s(settings, args.startups)
     config = ReplayConfig(interval_s=15, bin_s=setup.bin_s, demand_window_s=setup.demand_window_s, warmup_s=warmup_s)
     unit = metric.unit
     print(f"\n   metric {metric.value}: target {target:.3f} {unit} per replica: {why}; peak demand needs "

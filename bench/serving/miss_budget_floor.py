@@ -27,14 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-from autoscale_replay import SETUPS, TRACES, target_for
+from autoscale_replay import SETUPS, TRACES, forecasters_warmup_s, target_for
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from strata_serving.autoscale import Mode, ScalingPolicy
+from strata_serving.forecasters import ForecastSettings
 from strata_serving.replay import ReplayConfig, demand_rate, hindsight_floor, load_trace, per_second_counts, simulate
-
-WARMUP_S = 450
-"""As the Azure rows of ``autoscale_replay.py`` (the forecasters' warm-up there): the same seconds are counted."""
 
 
 def least_cost(need: np.ndarray, startup_s: int, budget: int, min_replicas: int, limit_s: float) -> tuple[float, float]:
@@ -87,13 +85,14 @@ def main() -> None:
         setup = SETUPS[name]
         trace = load_trace(args.traces / setup.file)
         target, _ = target_for(trace, demand_rate(per_second_counts(trace.arrivals_s), setup.demand_window_s))
-        config = ReplayConfig(interval_s=15, bin_s=setup.bin_s, demand_window_s=setup.demand_window_s)
-        config = replace(config, warmup_s=WARMUP_S)
+        # the seconds autoscale_replay.py counts with the same --startups
+        warmup_s = forecasters_warmup_s(ForecastSettings(bin_s=setup.bin_s), args.startups)
+        config = ReplayConfig(bin_s=setup.bin_s, demand_window_s=setup.demand_window_s, warmup_s=warmup_s)
         for startup in args.startups:
             policy = ScalingPolicy(target=target, startup_s=startup)
             reactive = simulate(trace.arrivals_s, replace(policy, mode=Mode.REACTIVE), config)
             floor = hindsight_floor(trace.arrivals_s, policy, config)
-            need = floor.ready[WARMUP_S:]
+            need = floor.ready[warmup_s:]
             print(
                 f"{name}, start-up {startup} s: reactive {reactive.replica_seconds:,.0f} replica-s, "
                 f"{reactive.slo_miss_s} miss s; no misses at all from {floor.replica_seconds:,.0f} "

@@ -302,8 +302,14 @@ def _result(
     decisions: list[ScalingDecision],
 ) -> ReplayResult:
     counted = slice(config.warmup_s, None)
-    misses = int(np.count_nonzero(demand[counted] > ready[counted] * policy.target + 1e-9))
+    misses = int(np.count_nonzero(_short(demand[counted], ready[counted], policy.target)))
     return ReplayResult(name, float(provisioned[counted].sum()), misses, ready, provisioned, decisions)
+
+
+def _short(demand: np.ndarray, ready: np.ndarray, target: float) -> np.ndarray:
+    """The seconds a replay counts as SLO misses: demand above what the ready replicas carry."""
+    result: np.ndarray = demand > ready * target + 1e-9
+    return result
 
 
 def fixed_fleet(
@@ -335,8 +341,8 @@ def hindsight_floor(
     metric's window, which only make a real rule dearer.
     """
     demand = demand_rate(sized_per_second(arrivals_s, policy, config, durations_s)[1], config.demand_window_s)
-    need = np.maximum(np.ceil(demand / policy.target - 1e-9), 0.0)
-    need[demand > need * policy.target + 1e-9] += 1  # the ceiling's tolerance must not leave a second short
+    need = np.fromiter((replicas_for(d, policy.target) for d in demand), float, len(demand))
+    need[_short(demand, need, policy.target)] += 1  # replicas_for's tolerance is relative, a miss's absolute
     need = np.clip(need, policy.min_replicas, policy.max_replicas)
     return _result(HINDSIGHT_FLOOR, demand, need, _ahead_max(need, math.ceil(policy.startup_s)), policy, config, [])
 
