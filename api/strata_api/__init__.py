@@ -626,6 +626,32 @@ class TrainingJob:
         )
 
 
+CONSOLIDATE_MIN_REMAINING_S = 3600
+"""``consolidation.minRemainingSeconds`` of a ResourcePool that leaves it unset (the CRD's default too; tests/unit/api
+checks that they agree)."""
+CONSOLIDATE_AFTER_S = 300
+"""``consolidation.afterSeconds`` of a ResourcePool that leaves it unset (the CRD's default too)."""
+
+
+@dataclass(frozen=True)
+class Consolidation:
+    """A ResourcePool's ``spec.consolidation`` (admission's rule 11): a running job of the pool that has run
+    ``after_s`` since its admission and is expected to run at least ``min_remaining_s`` longer moves off on-demand
+    or spot GPUs when cheaper capacity (reserved, or spot for on-demand) can hold its whole gang."""
+
+    min_remaining_s: int = CONSOLIDATE_MIN_REMAINING_S
+    after_s: int = CONSOLIDATE_AFTER_S
+
+    @classmethod
+    def from_spec(cls, value: Mapping[str, Any] | None) -> Consolidation | None:
+        if value is None:
+            return None
+        return cls(
+            int(value.get("minRemainingSeconds", CONSOLIDATE_MIN_REMAINING_S)),
+            int(value.get("afterSeconds", CONSOLIDATE_AFTER_S)),
+        )
+
+
 @dataclass(frozen=True)
 class ResourcePool:
     name: str
@@ -643,6 +669,9 @@ class ResourcePool:
     on_demand_max_duration_s: int | None = None
     """``spec.onDemandMaxDurationSeconds``: a job of the pool expected to run longer than this (its
     ``scheduling.expectedDurationSeconds``) takes reserved or spot capacity only; None: no such line."""
+    consolidation: Consolidation | None = None
+    """``spec.consolidation``: running jobs of the pool move off on-demand or spot GPUs when cheaper capacity holds
+    them (admission's rule 11); None: never."""
 
     def capacity_types_for(self, expected_duration_s: float | None) -> frozenset[str]:
         """The capacity types the pool lets a job with this run-time estimate take: all of the pool's, less
@@ -667,6 +696,7 @@ class ResourcePool:
             max_cpu_millis=None if spec.get("maxCPUs") is None else cpu_millis(spec["maxCPUs"]),
             defragment_after_s=spec.get("defragmentAfterSeconds"),
             on_demand_max_duration_s=spec.get("onDemandMaxDurationSeconds"),
+            consolidation=Consolidation.from_spec(spec.get("consolidation")),
         )
 
 

@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from tqdm import tqdm
 
+from strata_api import CONSOLIDATE_AFTER_S, CONSOLIDATE_MIN_REMAINING_S, Consolidation
 from strata_api.catalog import DEFAULT_CATALOG, Catalog, CatalogError, load_catalog
 from strata_sim.engine import Outcome, Policy, simulate
 from strata_sim.model import Fleet, Job, SimInputError, check_catalog, load_fleet, too_big
@@ -108,8 +109,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser,
         "--long-job-h",
         LONG_JOB_S,
-        "strata-long-no-on-demand's pools' onDemandMaxDurationSeconds: jobs expected to run longer take reserved or "
-        "spot capacity only",
+        "the pools' onDemandMaxDurationSeconds of strata-long-no-on-demand and strata-consolidate: jobs expected to "
+        "run longer take reserved or spot capacity only",
+    )
+    _hours(
+        parser,
+        "--consolidate-h",
+        CONSOLIDATE_MIN_REMAINING_S,
+        "strata-consolidate's pools' consolidation.minRemainingSeconds: running jobs expected to run at least this "
+        "much longer move to cheaper capacity when it can hold them",
+    )
+    parser.add_argument(
+        "--consolidate-after-s",
+        type=_number(0, MAX_HOURS * 3600),
+        default=CONSOLIDATE_AFTER_S,
+        help="strata-consolidate's pools' consolidation.afterSeconds: a job is moved only this long after its "
+        "admission",
     )
     _hours(
         parser,
@@ -147,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         round(args.defragment_after_h * 3600),
         round(args.long_job_h * 3600),
         round(args.valley_slack_h * 3600),
+        Consolidation(round(args.consolidate_h * 3600), round(args.consolidate_after_s)),
     )
     print(
         f"{len(jobs)} jobs, {sum(j.work_h * j.gpus for j in jobs):,.0f} GPU-hours of work; fleet "
@@ -211,6 +227,8 @@ def _replay(
         if policy.preemptions:
             (victim, by), most = policy.preemptions.most_common(1)[0]
             notes += f" (at most {most} of one job by one job: {victim} by {by})"
+        if policy.consolidating:
+            notes += f"; jobs moved to cheaper capacity (rule 11): {policy.consolidations}"
         if policy.plans:
             mean = f" by {policy.deferred_h / policy.deferred:.1f} h on average" if policy.deferred else ""
             notes += f"; valley scheduling deferred {policy.deferred} of {len(policy.plans)} deferrable jobs{mean}"

@@ -24,7 +24,15 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from strata_api import MAX_EXPECTED_DURATION_SECONDS, CapacityType, GPUType, PodContract, ResourcePool, Scheduling
+from strata_api import (
+    MAX_EXPECTED_DURATION_SECONDS,
+    CapacityType,
+    Consolidation,
+    GPUType,
+    PodContract,
+    ResourcePool,
+    Scheduling,
+)
 from strata_api.catalog import HOURS_PER_DAY, Catalog
 from strata_api.holdback import ReservedHoldBack
 from strata_api.nodes import NodeFacts
@@ -65,6 +73,9 @@ VALLEY_SLACK_S = round(12 * HOUR_S)
 """``strata-valley``: each low-priority job is deferrable with a deadline this long after its run would end had it
 started on arrival (``deadlineSeconds`` = its ``expectedDurationSeconds`` + this), unless ``--valley-slack-h``
 says otherwise."""
+CONSOLIDATION = Consolidation()
+"""``strata-consolidate``'s pools' ``consolidation`` unless ``--consolidate-h`` or ``--consolidate-after-s`` say
+otherwise: the API's defaults."""
 DAY_S = round(24 * HOUR_S)
 """``strata-valley`` makes jobs deferrable only if expected to run at most a day: a longer run spans every hour of
 the daily tariff, so no start saves more than a sliver of its price."""
@@ -73,19 +84,25 @@ NOT_ON_DEMAND = frozenset({CapacityType.RESERVED, CapacityType.SPOT})
 
 
 def pools(
-    fleet: Fleet, defragment_after_s: int | None = None, on_demand_max_duration_s: int | None = None
+    fleet: Fleet,
+    defragment_after_s: int | None = None,
+    on_demand_max_duration_s: int | None = None,
+    consolidation: Consolidation | None = None,
 ) -> dict[str, ResourcePool]:
     """The two pools every trace maps to; neither quota binds (each may use the whole fleet).
     ``defragment_after_s``: both pools' ``defragmentAfterSeconds`` (None: neither moves jobs);
-    ``on_demand_max_duration_s``: both pools' ``onDemandMaxDurationSeconds`` (None: no line)."""
+    ``on_demand_max_duration_s``: both pools' ``onDemandMaxDurationSeconds`` (None: no line);
+    ``consolidation``: both pools' ``consolidation`` (None: no job is moved to cheaper capacity)."""
     every = EVERY_CAPACITY_TYPE
     types = frozenset(GPUType)
     gpus = fleet.gpus()
-    settings = {"defragment_after_s": defragment_after_s, "on_demand_max_duration_s": on_demand_max_duration_s}
-    return {
-        HIGH_POOL: ResourcePool(HIGH_POOL, HIGH_PRIORITY, types, gpus, None, every, preemptible=False, **settings),
-        LOW_POOL: ResourcePool(LOW_POOL, 10, types, gpus, None, every, preemptible=True, **settings),
-    }
+    high = replace(
+        ResourcePool(HIGH_POOL, HIGH_PRIORITY, types, gpus, None, every, preemptible=False),
+        defragment_after_s=defragment_after_s,
+        on_demand_max_duration_s=on_demand_max_duration_s,
+        consolidation=consolidation,
+    )
+    return {HIGH_POOL: high, LOW_POOL: replace(high, name=LOW_POOL, priority=10, preemptible=True)}
 
 
 class PerPodPolicy:
@@ -201,6 +218,7 @@ class StrataPolicy:
         capacity_types: Callable[[Job], frozenset[CapacityType]] = lambda job: EVERY_CAPACITY_TYPE,
         on_demand_max_duration_s: int | None = None,
         deadline_s: Callable[[Job], int | None] = lambda job: None,
+        consolidation: Consolidation | None = None,
     ) -> None:
         self.name = name
         self.capacity_types = capacity_types
@@ -208,7 +226,9 @@ class StrataPolicy:
         self.deadline_s = deadline_s
         """A deferrable job's ``spec.scheduling.deadlineSeconds`` (valley scheduling); None: the job is not
         deferrable."""
-        self.pools = pools(fleet, defragment_after_s, on_demand_max_duration_s)
+        self.pools = pools(fleet, defragment_after_s, on_demand_max_duration_s, consolidation)
+        self.consolidating = consolidation is not None
+        """Whether a pass may move running jobs (rule 11), so passes run with nothing queued too."""
         self._last_tick = -1.0
         self.catalog = catalog if time_of_use else replace(catalog, power_default=(1.0,) * HOURS_PER_DAY, power={})
         self.holdback = holdback
@@ -264,6 +284,8 @@ class StrataPolicy:
         self.moves = 0
         """Jobs admission moved off a node to admit a gang that had waited past its pool's
         ``defragmentAfterSeconds`` (rule 10; counted in ``preemptions`` too)."""
+        self.consolidations = 0
+        """Running jobs admission moved to cheaper capacity (rule 11; not counted in ``preemptions``)."""
         self.deferred = 0
         """Deferrable jobs whose valley plan started them later than their arrival."""
         self.deferred_h = 0.0
@@ -523,7 +545,7 @@ class StrataPolicy:
             self._gangs_hour = hour
             self._gangs = {key: kept for key, kept in self._gangs.items() if state.runs.get(key) is kept[0]}
         for _ in range(3):  # a pass that preempts runs again at once, as the victims' GPUs are free now
-            if not state.queue:
+            if not state.queue and not self.consolidating:
                 return
             fleet_room = self._room(state)
             # the most free GPUs on one node of each kind (what the extender's quote needs)
@@ -547,7 +569,10 @@ class StrataPolicy:
             for preemption in decision.preempt:
                 if preemption.by not in decision.defragmented:
                     state.preempt(preemption.victim)
-                self.preemptions[(preemption.victim, preemption.by)] += 1
+                if preemption.by == preemption.victim:
+                    self.consolidations += 1
+                else:
+                    self.preemptions[(preemption.victim, preemption.by)] += 1
             if not decision.preempt:
                 return
 
@@ -595,10 +620,12 @@ def all_policies(
     defragment_after_s: int = DEFRAGMENT_AFTER_S,
     long_job_s: int = LONG_JOB_S,
     valley_slack_s: int = VALLEY_SLACK_S,
+    consolidation: Consolidation = CONSOLIDATION,
 ) -> dict[str, Callable[[], Policy]]:
     """Every policy by name, each built fresh per run; ``defragment_after_s``: ``strata-defrag``'s; ``long_job_s``:
-    ``strata-long-no-on-demand``'s pools' ``onDemandMaxDurationSeconds``; ``valley_slack_s``: ``strata-valley``'s
-    deadline past each low-priority job's expected run."""
+    the pools' ``onDemandMaxDurationSeconds`` of ``strata-long-no-on-demand`` and ``strata-consolidate``;
+    ``valley_slack_s``: ``strata-valley``'s deadline past each low-priority job's expected run;
+    ``consolidation``: ``strata-consolidate``'s pools' ``consolidation`` (the API's defaults unless given)."""
 
     def low_priority_deferrable(job: Job) -> int | None:
         duration = expected_duration_s(job)
@@ -621,6 +648,14 @@ def all_policies(
         ),
         "strata-long-no-on-demand": lambda: StrataPolicy(
             fleet, catalog, HoldBackSettings(), name="strata-long-no-on-demand", on_demand_max_duration_s=long_job_s
+        ),
+        "strata-consolidate": lambda: StrataPolicy(
+            fleet,
+            catalog,
+            HoldBackSettings(),
+            name="strata-consolidate",
+            on_demand_max_duration_s=long_job_s,
+            consolidation=consolidation,
         ),
         "strata-valley": lambda: StrataPolicy(
             fleet, catalog, HoldBackSettings(), name="strata-valley", deadline_s=low_priority_deferrable

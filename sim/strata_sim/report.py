@@ -217,10 +217,11 @@ def aim_ratios(seed: int, rows: Sequence[Figures], policy: str = "strata") -> Ai
 
 
 def aims_table(ratios: Sequence[AimRatios]) -> str:
-    """A line per seed, then the median and the range of each column over the seeds."""
+    """A line per seed, then the median and the range of each column over the seeds; ratios to three places, as
+    an aim's line (0.70 of the cost, 1.05 of the JCT) may fall between two hundredths."""
 
     def cells(values: Sequence[float | None], percent: bool = False) -> list[str]:
-        return ["-" if v is None else f"{v:.1%}" if percent else f"{v:.2f}" for v in values]
+        return ["-" if v is None else f"{v:.1%}" if percent else f"{v:.3f}" for v in values]
 
     columns = [
         [r.cost for r in ratios],

@@ -80,6 +80,17 @@ Rules, in the order a user would check them:
    jobs' pods go, and later passes count the node's free GPUs for its unbound workers before anyone else's.
    Without it, issue 21's replay of a 40-GPU fleet kept 8-GPU gangs of a few minutes waiting for days behind
    1-GPU jobs of weeks, one on every node (docs/simulation.md, finding 9).
+11. Consolidation (a pool's ``consolidation``), as Karpenter replaces on-demand capacity with cheaper capacity,
+   but for a job rather than a node. After the queue is served, a running gang of such a pool, every worker bound,
+   admitted at least ``afterSeconds`` ago and expected to run at least ``minRemainingSeconds`` longer (admission
+   time plus ``expectedDurationSeconds``, less now) is moved when the room this pass leaves holds its whole gang on
+   cheaper capacity: reserved or spot for a gang on on-demand GPUs, reserved for one on spot. Reserved GPUs count as the
+   extender will place the gang (the hold respected), and no GPU type a waiting head reserves (rule 3) is counted.
+   The gangs that save the most (GPUs x expected time left) go first, and each move counts its room taken for the
+   rest. A moved job is preempted by itself (it checkpoints on SIGTERM and is requeued in its old place), and its
+   next admission, by the quote's cost order, starts it on the cheaper capacity. A job without an estimate is
+   never moved. In issue 21's replay of Helios, jobs that started on on-demand GPUs while spot and reserved ones
+   were full paid on-demand prices for their whole run (docs/simulation.md, finding 14).
 """
 
 from __future__ import annotations
@@ -232,6 +243,7 @@ class Waiting:
 class Preemption:
     victim: str
     by: str
+    """The job it makes room for; the victim itself for a move onto cheaper capacity (rule 11)."""
     message: str
 
 
@@ -509,7 +521,71 @@ def admit(
                 f"waiting for {request.workers} workers x {request.gpus_per_worker} "
                 f"{'/'.join(candidates)} GPUs to be free at once",
             )
+    if now is not None:
+        _consolidate(decision, list(victims_left.values()), pools, room, held, heads, now, rank_of)
     return decision
+
+
+CHEAPER_CAPACITY: Mapping[str, frozenset[str]] = {
+    CapacityType.ON_DEMAND: frozenset({CapacityType.RESERVED, CapacityType.SPOT}),
+    CapacityType.SPOT: frozenset({CapacityType.RESERVED}),
+}
+"""Rule 11: the capacity types cheaper than a gang's dearest (reserved is paid whether used or not)."""
+_DEAREST_FIRST = (CapacityType.ON_DEMAND, CapacityType.SPOT)
+
+
+def _consolidate(
+    decision: Decision,
+    running: Sequence[AdmittedGang],
+    pools: Mapping[str, ResourcePool],
+    room: Room,
+    held: ReservedHold,
+    heads: Reservations,
+    now: datetime,
+    rank_of: Callable[[GangRequest], int],
+) -> None:
+    """Rule 11: move running gangs of consolidating pools onto cheaper capacity that the pass left free."""
+    movable: list[tuple[float, AdmittedGang, ResourcePool, frozenset[str]]] = []
+    for gang in running:
+        request, pool = gang.request, pools.get(gang.request.pool)
+        rule = pool.consolidation if pool is not None else None
+        if (
+            pool is None
+            or rule is None
+            or request.expected_duration_s is None
+            or gang.gpu_type is None
+            or gang.unbound_workers
+            or not gang.bound
+            or any(name not in room.kind for name in gang.bound)
+        ):
+            continue
+        ran_s = (now - gang.admitted_at).total_seconds()
+        left_s = request.expected_duration_s - ran_s
+        if ran_s < rule.after_s or left_s < rule.min_remaining_s:
+            continue
+        on = {room.kind[name][1] for name in gang.bound}
+        dearest = next((c for c in _DEAREST_FIRST if c in on), None)
+        cheaper = CHEAPER_CAPACITY[dearest] & _capacity(request, pool) if dearest else frozenset()
+        if cheaper:
+            movable.append((left_s, gang, pool, cheaper))
+    # the gangs that save the most first: GPUs x time left
+    for left_s, gang, pool, cheaper in sorted(movable, key=lambda m: (-m[0] * m[1].request.gpus, m[1].request.key)):
+        request, rank = gang.request, rank_of(gang.request)
+        types = [t for t in request.gpu_types if t in pool.gpu_types and t not in heads.blocked]
+        target = next((t for t in types if held.fits(room, t, cheaper, request.group_gpus, request.groups, rank)), None)
+        if target is None:
+            continue
+        _take_gang(held, room, request, target, cheaper, request.group_gpus, request.groups, rank)
+        decision.preempt.append(
+            Preemption(
+                victim=request.key,
+                by=request.key,
+                message=f"moved to cheaper capacity: {target} {'/'.join(sorted(cheaper))} holds its "
+                f"{request.workers} workers x {request.gpus_per_worker} GPUs now, and it is expected to run "
+                f"{int(left_s)} s more (pool {pool.name} moves jobs with at least "
+                f"{pool.consolidation.min_remaining_s if pool.consolidation else 0} s left)",
+            )
+        )
 
 
 def _choose(

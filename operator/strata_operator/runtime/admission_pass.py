@@ -48,13 +48,14 @@ async def admission_pass(runtime: Runtime, indices: Mapping[str, Any]) -> Decisi
         if (e.job.status.phase == Phase.QUEUED or (e.job.status.phase is None and e.finalized))
         and not e.job.spec.suspend
     ]
-    if not queued:
-        # nothing to admit, so nothing to preempt for: a full pass would only cost time (at 500 running gangs, a
-        # tenth of a second of the event loop every second, which the pod watch then lags behind)
+    pools = {p.name: p for store in list(pools_index.values()) for p in store}
+    if not queued and not any(p.consolidation is not None for p in pools.values()):
+        # nothing to admit, so nothing to preempt for, and no pool moves running jobs to cheaper capacity (rule 11):
+        # a full pass would only cost time (at 500 running gangs, a tenth of a second of the event loop every
+        # second, which the pod watch then lags behind)
         _update_phase_metrics(runtime, entries.values())
         runtime.last_admission = time.monotonic()
         return Decision()
-    pools = {p.name: p for store in list(pools_index.values()) for p in store}
     fleet = [n for store in list(nodes_index.values()) for n in store]
     free = {n.name: n.allocatable_gpus - sum(usage_index.get(n.name, ())) for n in fleet}
     rooms = fleet_rooms(fleet, free)  # built once: the quotes read it, and admission takes GPUs on a copy

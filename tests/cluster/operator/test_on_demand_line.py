@@ -2,55 +2,16 @@
 waits for spot or reserved GPUs while an on-demand node stands free, and a shorter job takes that node.
 
 The default fleet has no on-demand GPU node, so the test turns one of the two H100 spot nodes into an on-demand
-one (its capacity-type label and its spot taint) for its duration and puts it back after.
+one for its duration (the ``on_demand_node`` fixture).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from cluster_support import eventually
 from operator_harness import OperatorProcess, Strata
 from operator_manifests import a_job
-
-import strata_api as api
-
-
-@pytest.fixture
-def on_demand_node(strata: Strata) -> Iterator[tuple[str, str]]:
-    """(the H100 spot node left as it is, the H100 spot node made on-demand for the test)."""
-    spot = sorted(
-        n.metadata.name
-        for n in strata.core.list_node().items
-        if api.gpu_type_of(n.metadata.labels) is api.GPUType.H100
-        and n.metadata.labels.get(api.NODE_CAPACITY_TYPE) == api.CapacityType.SPOT
-    )
-    assert len(spot) >= 2, spot
-    kept, changed = spot[0], spot[1]
-    taints = strata.core.read_node(changed).spec.taints or []
-    strata.core.patch_node(
-        changed,
-        {
-            "metadata": {"labels": {api.NODE_CAPACITY_TYPE: api.CapacityType.ON_DEMAND.value}},
-            "spec": {"taints": [t for t in _plain(strata, taints) if t["key"] != api.NODE_CAPACITY_TYPE] or None},
-        },
-    )
-    try:
-        yield kept, changed
-    finally:
-        strata.core.patch_node(
-            changed,
-            {
-                "metadata": {"labels": {api.NODE_CAPACITY_TYPE: api.CapacityType.SPOT.value}},
-                "spec": {"taints": _plain(strata, taints) or None},
-            },
-        )
-
-
-def _plain(strata: Strata, taints: list[Any]) -> list[dict[str, Any]]:
-    return [strata.api_client.sanitize_for_serialization(t) for t in taints]
 
 
 def test_a_job_expected_past_the_line_waits_for_spot_while_a_short_one_takes_on_demand(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_support import ClusterHandle, eventually, running_extender
+from cluster_support import ClusterHandle, eventually
 from operator_harness import OperatorProcess, Strata, cleaned_up_then_stopped
 from operator_manifests import a_job
 
@@ -31,21 +31,6 @@ from strata_operator.core import lifecycle
 from strata_operator.core.admission import Reason
 from strata_scheduler.forecast_board import HIGH, Forecast
 from strata_scheduler.service import ExtenderService
-
-
-@pytest.fixture(scope="module")
-def extender_and_scheduler(crds: ClusterHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExtenderService]:
-    """The extender in this process and the shipped strata-scheduler kube-scheduler calling it."""
-    from strata_dev.stack import run_strata_scheduler
-
-    folder = tmp_path_factory.mktemp("strata-kube-scheduler")
-    with running_extender(crds.kubeconfig, folder / "demand.sqlite") as extender:
-        process = run_strata_scheduler(crds.bin_dir, crds.kubeconfig, extender.url, folder / "kube-scheduler.log")
-        try:
-            yield extender
-        finally:
-            process.terminate()
-            process.wait(15)
 
 
 @pytest.fixture

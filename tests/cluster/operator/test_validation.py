@@ -294,6 +294,10 @@ def test_a_gpu_job_must_size_itself_in_gpus_not_workers(strata: Strata) -> None:
         ({"maxGPUs": 8, "onDemandMaxDurationSeconds": -1}, "spec.onDemandMaxDurationSeconds"),
         ({"maxGPUs": 8, "onDemandMaxDurationSeconds": 315360001}, "spec.onDemandMaxDurationSeconds"),
         ({"maxGPUs": 8, "onDemandMaxDurationSeconds": "8h"}, "spec.onDemandMaxDurationSeconds"),
+        ({"maxGPUs": 8, "consolidation": {"minRemainingSeconds": -1}}, "spec.consolidation.minRemainingSeconds"),
+        ({"maxGPUs": 8, "consolidation": {"afterSeconds": "5m"}}, "spec.consolidation.afterSeconds"),
+        ({"maxGPUs": 8, "consolidation": {"afterSeconds": 315360001}}, "spec.consolidation.afterSeconds"),
+        ({"maxGPUs": 8, "consolidation": "yes"}, "spec.consolidation"),
     ],
 )
 def test_an_invalid_resourcepool_is_refused_naming_the_field(strata: Strata, spec: dict[str, Any], names: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from strata_api import GPUType
+from strata_api import Consolidation, GPUType
 from strata_api.catalog import Catalog, parse_catalog
 from strata_scheduler.forecasting import predict
 from strata_sim.__main__ import main
@@ -136,6 +136,35 @@ def test_only_jobs_expected_to_run_long_wait_for_reserved_or_spot_as_strata_long
     short = simulate([a_job("S", 0, 1.0), a_job("T", 0.1, 2.0)], fleet, catalog, builders["strata-long-no-on-demand"]())
     assert starts(short) == {"S": 0.0, "T": 0.1}
     assert {r.job.key: r.capacity for r in short.records} == {"S": "spot", "T": "on-demand"}
+
+
+def test_a_job_on_on_demand_moves_to_the_spot_node_when_it_frees_as_strata_consolidate() -> None:
+    """S (1 h) holds the spot node when M (5 h, under the 8-hour line) arrives at 0.1 h: M takes on-demand. At 1 h
+    S ends; M, expected to run 4.1 h more (over the hour of ``consolidateMinRemainingSeconds``), is moved there. It
+    saved its checkpoint at 0.6 h and loses the 0.4 h since, so it runs 4.5 h more on spot and ends at 5.5 h:
+    $40 (S) + 0.9 h x $120 + 4.5 h x $40 = $328, against $640 with M on on-demand throughout. With 5 hours the
+    least time left to move for, M stays."""
+    catalog, fleet = a_catalog(), a_fleet("spot", "on-demand")
+    jobs = [a_job("S", 0, 1.0), a_job("M", 0.1, 5.0)]
+    builders = all_policies(fleet, catalog)
+    stays = simulate(jobs, fleet, catalog, builders["strata-long-no-on-demand"]())
+    assert figures(stays, catalog).total_cost == pytest.approx(40.0 + 600.0)
+    policy = builders["strata-consolidate"]()
+    moves = simulate(jobs, fleet, catalog, policy)
+    assert isinstance(policy, StrataPolicy)
+    assert (policy.consolidations, policy.preemptions.total()) == (1, 0)
+    record = {r.job.key: r for r in moves.records}["M"]
+    assert (record.capacity, record.interruptions) == ("spot", 1)
+    assert record.finish_s == pytest.approx(5.5 * HOUR_S)
+    assert record.lost_gpu_h == pytest.approx(0.4 * 8)
+    assert figures(moves, catalog).total_cost == pytest.approx(40.0 + 108.0 + 180.0)
+    late = simulate(
+        jobs,
+        fleet,
+        catalog,
+        all_policies(fleet, catalog, consolidation=Consolidation(5 * 3600))["strata-consolidate"](),
+    )
+    assert figures(late, catalog).total_cost == pytest.approx(40.0 + 600.0)
 
 
 def test_strata_quotes_gpu_types_by_the_cheapest_node_with_room_now_as_the_extender_does() -> None:
@@ -459,10 +488,12 @@ def test_the_aims_are_ratios_of_one_seeds_policies_with_their_median_and_range_o
     assert aim_ratios(0, seed0, "strata-no-holdback").cost == 0.7  # --aims-of: another policy's ratios
 
     lines = [line.split() for line in aims_table(ratios).splitlines()]
-    assert lines[1] == ["0", "0.75", "0.90", "90.0%", "0.33", "0.50", "0.25"]
-    assert lines[2] == ["1", "0.90", "1.10", "70.0%", "1.00", "0.25", "-"]
-    assert lines[3] == ["median", "0.82", "1.00", "80.0%", "0.67", "0.38", "0.25"]
-    assert lines[4] == ["range", "0.75-0.90", "0.90-1.10", "70.0%-90.0%", "0.33-1.00", "0.25-0.50", "0.25-0.25"]
+    assert lines[1] == ["0", "0.750", "0.900", "90.0%", "0.333", "0.500", "0.250"]
+    assert lines[2] == ["1", "0.900", "1.100", "70.0%", "1.000", "0.250", "-"]
+    assert lines[3] == ["median", "0.825", "1.000", "80.0%", "0.667", "0.375", "0.250"]
+    assert lines[4] == [
+        "range", "0.750-0.900", "0.900-1.100", "70.0%-90.0%", "0.333-1.000", "0.250-0.500", "0.250-0.250"
+    ]  # fmt: skip
 
 
 def test_several_seeds_print_a_row_per_policy_and_seed_and_the_aims_per_seed(
