@@ -102,6 +102,7 @@ from functools import partial
 
 from strata_api import (
     CapacityType,
+    Consolidation,
     GPUType,
     PlannedNode,
     ResourcePool,
@@ -526,12 +527,9 @@ def admit(
     return decision
 
 
-CHEAPER_CAPACITY: Mapping[str, frozenset[str]] = {
-    CapacityType.ON_DEMAND: frozenset({CapacityType.RESERVED, CapacityType.SPOT}),
-    CapacityType.SPOT: frozenset({CapacityType.RESERVED}),
-}
-"""Rule 11: the capacity types cheaper than a gang's dearest (reserved is paid whether used or not)."""
-_DEAREST_FIRST = (CapacityType.ON_DEMAND, CapacityType.SPOT)
+CHEAPEST_CAPACITY_FIRST: tuple[str, ...] = (CapacityType.RESERVED, CapacityType.SPOT, CapacityType.ON_DEMAND)
+"""Rule 11: capacity types by what one more GPU of them costs (a reserved GPU is paid whether used or not)."""
+_PRICE_RANK = {capacity: rank for rank, capacity in enumerate(CHEAPEST_CAPACITY_FIRST)}
 
 
 def _consolidate(
@@ -545,31 +543,31 @@ def _consolidate(
     rank_of: Callable[[GangRequest], int],
 ) -> None:
     """Rule 11: move running gangs of consolidating pools onto cheaper capacity that the pass left free."""
-    movable: list[tuple[float, AdmittedGang, ResourcePool, frozenset[str]]] = []
+    if not any(pool.consolidation is not None for pool in pools.values()):
+        return  # every pass of every fleet comes here: without a consolidating pool, no gang is even looked at
+    movable: list[tuple[float, AdmittedGang, ResourcePool, Consolidation, frozenset[str]]] = []
     for gang in running:
         request, pool = gang.request, pools.get(gang.request.pool)
-        rule = pool.consolidation if pool is not None else None
         if (
             pool is None
-            or rule is None
+            or pool.consolidation is None
             or request.expected_duration_s is None
             or gang.gpu_type is None
             or gang.unbound_workers
             or not gang.bound
-            or any(name not in room.kind for name in gang.bound)
         ):
             continue
+        rule = pool.consolidation
         ran_s = (now - gang.admitted_at).total_seconds()
         left_s = request.expected_duration_s - ran_s
-        if ran_s < rule.after_s or left_s < rule.min_remaining_s:
-            continue
-        on = {room.kind[name][1] for name in gang.bound}
-        dearest = next((c for c in _DEAREST_FIRST if c in on), None)
-        cheaper = CHEAPER_CAPACITY[dearest] & _capacity(request, pool) if dearest else frozenset()
+        ranks = {_PRICE_RANK.get(room.kind.get(name, (None, None))[1] or "", -1) for name in gang.bound}
+        if ran_s < rule.after_s or left_s < rule.min_remaining_s or min(ranks) < 0:
+            continue  # (a node gone or without a capacity type: the lifecycle requeues such a gang, not this rule)
+        cheaper = frozenset(CHEAPEST_CAPACITY_FIRST[: max(ranks)]) & _capacity(request, pool)
         if cheaper:
-            movable.append((left_s, gang, pool, cheaper))
-    # the gangs that save the most first: GPUs x time left
-    for left_s, gang, pool, cheaper in sorted(movable, key=lambda m: (-m[0] * m[1].request.gpus, m[1].request.key)):
+            movable.append((left_s, gang, pool, rule, cheaper))
+    movable.sort(key=lambda m: (-m[0] * m[1].request.gpus, m[1].request.key))  # the most saved first: GPUs x time left
+    for left_s, gang, pool, rule, cheaper in movable:
         request, rank = gang.request, rank_of(gang.request)
         types = [t for t in request.gpu_types if t in pool.gpu_types and t not in heads.blocked]
         target = next((t for t in types if held.fits(room, t, cheaper, request.group_gpus, request.groups, rank)), None)
@@ -582,8 +580,7 @@ def _consolidate(
                 by=request.key,
                 message=f"moved to cheaper capacity: {target} {'/'.join(sorted(cheaper))} holds its "
                 f"{request.workers} workers x {request.gpus_per_worker} GPUs now, and it is expected to run "
-                f"{int(left_s)} s more (pool {pool.name} moves jobs with at least "
-                f"{pool.consolidation.min_remaining_s if pool.consolidation else 0} s left)",
+                f"{int(left_s)} s more (pool {pool.name} moves jobs with at least {rule.min_remaining_s} s left)",
             )
         )
 
